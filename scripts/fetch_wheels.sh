@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Download, on this (networked) machine, the wheels the GPU machine lacks into .whl/ (git-ignored; carry it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+grep -qx '/.whl/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo '/.whl/' >> .git/info/exclude; }
+python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 -d .whl "numpy==2.4.*" fla-core==0.6.0 einops

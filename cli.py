@@ -41,9 +41,13 @@ def info():
 def check(ops, backends, quick, full, dtypes, json_path, seed):
     """Sweep ops x variants x shapes x dtypes x causal against the float64 explicit reference, forward and
     every gradient.  Exits 1 if any cell fails."""
+    from workbench import BackendUnavailable
     from workbench.check import run_check
-    ok = run_check(ops=ops, backends=backends, quick=quick, full=full, dtypes=dtypes, json_path=json_path,
-                   seed=seed, echo=click.echo)
+    try:
+        ok = run_check(ops=ops, backends=backends, quick=quick, full=full, dtypes=dtypes, json_path=json_path,
+                       seed=seed, echo=click.echo)
+    except (ValueError, BackendUnavailable) as e:
+        raise click.UsageError(str(e)) from None
     sys.exit(0 if ok else 1)
 
 

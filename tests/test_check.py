@@ -1,0 +1,77 @@
+"""The `check` sweep and the CLI: it passes on the references, and a planted wrong variant fails it."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import cli
+from workbench import check, registry
+from workbench.reference import softmax
+
+
+def test_cli_info_lists_backends_and_variants():
+    res = CliRunner().invoke(cli.main, ["info"])
+    assert res.exit_code == 0, res.output
+    for word in ("numpy", "numba", "cupy", "numpy:chunked", "zeros"):
+        assert word in res.output
+
+
+def test_cli_check_quick_passes_and_writes_json(tmp_path):
+    path = tmp_path / "check.json"
+    res = CliRunner().invoke(cli.main, ["check", "--backend", "numpy", "--quick", "--json", str(path)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(path.read_text())
+    cells = data["cells"]
+    assert {c["op"] for c in cells} == set(registry.OPS)
+    assert all(c["ok"] for c in cells)
+    assert any(c["dtype"] == "float32" for c in cells) and any(c["dtype"] == "float64" for c in cells)
+    assert "passed, 0 failed" in res.output
+
+
+def test_cli_check_bad_arguments_are_usage_errors():
+    res = CliRunner().invoke(cli.main, ["check", "--backend", "tpu"])
+    assert res.exit_code == 2 and "unknown backend or variant 'tpu'" in res.output
+    res = CliRunner().invoke(cli.main, ["check", "--op", "cosine"])
+    assert res.exit_code == 2 and "unknown op 'cosine'" in res.output
+
+
+@pytest.fixture
+def broken_variant():
+    """A softmax variant that forgets the causal mask in its forward and drops a factor in dk."""
+    def fwd(q, k, v, causal=True, scale=1.0):
+        return softmax.explicit_forward(q, k, v, causal=False, scale=scale)
+
+    def bwd(ctx, do):
+        dq, dk, dv = softmax.explicit_backward(ctx, do)
+        return dq, 0.5 * dk, dv
+    v = registry.register(registry.Variant("softmax", "numpy", "broken", fwd, bwd))
+    yield v
+    registry._TABLE.pop(("softmax", "numpy", "broken"))
+
+
+def test_check_catches_a_wrong_variant(broken_variant):
+    res = CliRunner().invoke(cli.main, ["check", "--backend", "numpy:broken", "--quick"])
+    assert res.exit_code == 1
+    assert "FAIL" in res.output
+    # non-causal cells of its forward are right, but its dk is wrong everywhere
+    cell = check.compare("softmax", "numpy:broken", (2,), 9, 4, causal=False)
+    assert cell["out"] < 1e-6 and cell["dk"] > 0.1 and not cell["ok"]
+
+
+def test_check_reports_a_crashing_variant_as_a_failed_cell():
+    def fwd(q, k, v, causal=True, scale=1.0):
+        raise RuntimeError("kernel exploded")
+    registry.register(registry.Variant("softmax", "numpy", "crash", fwd, fwd))
+    try:
+        cell = check.run_cell(registry.get("softmax", "numpy", "crash"), check.Shape((1,), 4, 2, 2), "float32",
+                              True, "", {}, seed=0)
+        assert not cell.ok and "kernel exploded" in cell.error
+    finally:
+        registry._TABLE.pop(("softmax", "numpy", "crash"))
+
+
+def test_rel_error_handles_nan_and_zero_reference():
+    assert np.isnan(check.rel_error(np.array([np.nan, 1.0]), np.array([1.0, 1.0])))
+    assert check.rel_error(np.zeros(3), np.zeros(3)) == 0.0
+    assert check.rel_error(np.array([1.0, 2.0]), np.array([1.0, 1.0])) == pytest.approx(1 / np.sqrt(2))

@@ -1,0 +1,315 @@
+"""Correctness sweep: every registered variant against the float64 explicit NumPy reference.
+
+A *cell* is (op, variant, shape, dtype, options).  For each cell the inputs are drawn fresh, the variant's
+forward and backward run through the public API (``vjp``), and the relative error
+``||x - ref|| / ||ref||`` of the output and of every gradient is compared with the dtype's tolerance
+(SPEC section 4).  Inputs are rounded to float16-representable values first, so every dtype computes the same
+function of the same inputs and one float64 reference serves them all.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from . import backends, registry
+from .inputs import default_options, random_inputs
+from .ops import PUBLIC_OPS, vjp
+
+TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "tf32": 5e-3, "float16": 2e-2, "bfloat16": 2e-2}
+
+
+@dataclass(frozen=True)
+class Shape:
+    lead: tuple
+    T: int
+    Dk: int
+    Dv: int
+
+    def __str__(self):
+        return f"{'x'.join(map(str, self.lead))}x{self.T}x{self.Dk}" + (f"/{self.Dv}" if self.Dv != self.Dk else "")
+
+
+# ----------------------------------------------------------------------------- the sweep, as data
+SHAPES = {
+    # CPU: NumPy references (default sweep must finish in well under a minute on 2 cores)
+    "cpu": [Shape((2,), 1, 8, 8), Shape((2, 3), 37, 5, 7), Shape((2,), 130, 16, 16), Shape((1,), 257, 32, 24)],
+    "cpu-quick": [Shape((2,), 1, 8, 8), Shape((2, 3), 37, 5, 7)],
+    # Numba's CUDA simulator runs every thread in Python: tiny shapes only
+    "simulator": [Shape((2,), 1, 4, 4), Shape((2,), 19, 4, 6)],
+    "simulator-quick": [Shape((1,), 19, 4, 6)],
+    # a real GPU (SPEC/issues: T = 1, 127, 1024, 4097; head dims 32, 64, 80, 128; several leading dims)
+    "gpu": [Shape((2,), 1, 64, 64), Shape((2, 2), 127, 64, 64), Shape((1, 2), 1024, 64, 64),
+            Shape((1,), 4097, 64, 64), Shape((2,), 127, 128, 128), Shape((1,), 1024, 128, 128),
+            Shape((2,), 127, 32, 32), Shape((2,), 127, 80, 80), Shape((2, 3), 67, 16, 24)],
+    "gpu-quick": [Shape((2,), 1, 64, 64), Shape((2, 2), 127, 64, 64), Shape((2,), 127, 80, 80)],
+}
+
+
+def option_grid(op: str, quick: bool) -> list:
+    """Extra options (beyond causal) swept per op: (label, options-for-the-op, extra input args)."""
+    if op == "linear":
+        grid = [("identity", dict(feature_map="identity", normalize=False)),
+                ("elu1,norm", dict(feature_map="elu1", normalize=True)),
+                ("relu,norm", dict(feature_map="relu", normalize=True)),
+                ("elu1", dict(feature_map="elu1", normalize=False))]
+        return grid[:2] if quick else grid
+    if op == "zeros":
+        return [("2 gates", dict(n_gates=2)), ("3 gates", dict(n_gates=3))]
+    if op == "decayed":
+        grid = [("g in [-1,0)", dict(log_decay_range=(-1.0, -0.01))),
+                ("g in [-30,0]", dict(log_decay_range=(-30.0, 0.0)))]
+        return grid[:1] if quick else grid
+    return [("", {})]
+
+
+def causal_values(op: str) -> tuple:
+    return (True,) if op == "decayed" else (True, False)
+
+
+def shapes_for(variant: registry.Variant, quick: bool, full: bool) -> list:
+    if variant.backend == "numba" and backends.numba_simulator():
+        return SHAPES["simulator-quick" if quick else "simulator"]
+    if variant.gpu:
+        return SHAPES["gpu-quick" if quick else "gpu"]
+    if full:
+        return SHAPES["cpu"] + [s for s in SHAPES["gpu"] if s.T <= 1024]
+    return SHAPES["cpu-quick" if quick else "cpu"]
+
+
+def dtypes_for(variant: registry.Variant) -> list:
+    """float32 and float64 for NumPy; float32 and float16 (and float64 where supported) for GPU kernels."""
+    if variant.gpu:
+        return [d for d in ("float32", "float16", "bfloat16", "float64") if d in variant.dtypes]
+    return [d for d in ("float32", "float64") if d in variant.dtypes]
+
+
+# ----------------------------------------------------------------------------- one cell
+def rel_error(x, ref) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    den = np.linalg.norm(ref)
+    num = np.linalg.norm(x - ref)
+    if not np.isfinite(num):
+        return float("nan")
+    return float(num / den) if den > 0 else float(num)
+
+
+def _split_input_options(op: str, extra: dict) -> tuple:
+    extra = dict(extra)
+    input_kw = {k: extra.pop(k) for k in ("n_gates", "log_decay_range") if k in extra}
+    if "feature_map" in extra:
+        input_kw["feature_map"] = extra["feature_map"]
+    return input_kw, extra
+
+
+_REF_CACHE: dict = {}
+
+
+def _reference(op, arrays, options, dout, key):
+    """Float64 explicit reference (out, grads), cached per cell key (shared by variants and dtypes)."""
+    if key not in _REF_CACHE:
+        if len(_REF_CACHE) > 64:
+            _REF_CACHE.clear()
+        out, pb = vjp(PUBLIC_OPS[op], *arrays, backend="numpy:explicit", **options)
+        _REF_CACHE[key] = (out, pb(dout))
+    return _REF_CACHE[key]
+
+
+def compare(op: str, backend_key: str, lead=(2,), T=16, Dk=8, Dv=None, dtype="float32", options=None, seed=0,
+            n_gates=2, log_decay_range=None, causal=None) -> dict:
+    """Relative errors of one variant on one cell against the float64 explicit reference.
+
+    Returns ``{"out": e, "dq": e, ..., "tol": tol, "ok": bool, "seconds": s}``.
+    ``options`` are the public op's keyword options (defaults filled in); ``causal`` overrides options'.
+    """
+    Dv = Dk if Dv is None else Dv
+    options = dict(options or {})
+    if causal is not None and op != "decayed":
+        options["causal"] = causal
+    opts = default_options(op, **options)
+    if op == "decayed":
+        opts.pop("causal", None)
+    input_kw = dict(n_gates=n_gates, feature_map=opts.get("feature_map", "identity"))
+    if log_decay_range is not None:
+        input_kw["log_decay_range"] = log_decay_range
+    arrays64 = [a.astype(np.float16).astype(np.float64)
+                for a in random_inputs(op, lead, T, Dk, Dv, "float64", seed, **input_kw)]
+    rng = np.random.default_rng(seed + 7919)
+    dout64 = rng.standard_normal((*lead, T, Dv)).astype(np.float16).astype(np.float64)
+    key = (op, tuple(lead), T, Dk, Dv, seed, json.dumps(opts, sort_keys=True, default=str),
+           json.dumps(input_kw, sort_keys=True, default=str))
+    ref_out, ref_grads = _reference(op, arrays64, opts, dout64, key)
+
+    cast = _caster(dtype)
+    t0 = time.perf_counter()
+    out, pullback = vjp(PUBLIC_OPS[op], *[cast(a) for a in arrays64], backend=backend_key, **opts)
+    grads = pullback(cast(dout64))
+    seconds = time.perf_counter() - t0
+    names = ("out",) + tuple("d" + n for n in registry.ARRAY_ARGS[op])
+    errors = {n: rel_error(_to_float64(x), r) for n, x, r in zip(names, (out,) + tuple(grads),
+                                                                   (ref_out,) + tuple(ref_grads))}
+    tol = TOLERANCE[dtype]
+    ok = all(e <= tol for e in errors.values())       # NaN compares False: fails
+    return dict(errors, tol=tol, ok=bool(ok), seconds=seconds)
+
+
+def _caster(dtype: str):
+    if dtype == "bfloat16":
+        try:
+            import ml_dtypes  # noqa: F401
+            return lambda a: a.astype("bfloat16")
+        except ImportError:
+            raise TypeError("bfloat16 inputs need ml_dtypes (NumPy has no bfloat16)") from None
+    return lambda a: a.astype(dtype)
+
+
+def _to_float64(x):
+    if not isinstance(x, np.ndarray):
+        x = x.get()
+    return x.astype(np.float64)
+
+
+# ----------------------------------------------------------------------------- the sweep
+@dataclass
+class Cell:
+    op: str
+    variant: str
+    shape: str
+    dtype: str
+    causal: bool
+    options: str
+    errors: dict = field(default_factory=dict)
+    tol: float = 0.0
+    ok: bool = False
+    error: str = ""
+    seconds: float = 0.0
+
+
+def select_variants(ops=(), backends_=()) -> tuple:
+    """(variants to check, notes about skipped ones).  Default: every variant whose backend is usable here.
+    A backend named explicitly must be usable: otherwise BackendUnavailable, naming why."""
+    for op in ops:
+        if op not in registry.OPS:
+            raise ValueError(f"unknown op {op!r}; available: {', '.join(registry.OPS)}")
+    known = set(registry.BACKENDS) | {v.key for v in registry.variants()}
+    for b in backends_:
+        if b not in known:
+            raise ValueError(f"unknown backend or variant {b!r}; available: {', '.join(sorted(known))}")
+    chosen, notes = [], []
+    for v in registry.variants():
+        if (ops and v.op not in ops) or (backends_ and not any(b in (v.backend, v.key) for b in backends_)):
+            continue
+        usable, why = backends.status(v.backend)
+        if not usable:
+            if backends_:
+                raise backends.BackendUnavailable(f"backend {v.backend!r} cannot run here: {why}")
+            notes.append(f"skipped {v.op} {v.key}: {why}")
+            continue
+        chosen.append(v)
+    if backends_ and not chosen:
+        raise ValueError(f"no registered variant matches backend {', '.join(backends_)}"
+                         + (f" for op {', '.join(ops)}" if ops else "")
+                         + f"; registered: {', '.join(sorted(known))}")
+    return chosen, notes
+
+
+def plan(ops=(), backends_=(), quick=False, full=False, dtypes=()) -> tuple:
+    variants, notes = select_variants(ops, backends_)
+    cells = []
+    for v in variants:
+        for shape in shapes_for(v, quick, full):
+            for dtype in dtypes_for(v):
+                if dtypes and dtype not in dtypes:
+                    continue
+                for causal in causal_values(v.op):
+                    for label, extra in option_grid(v.op, quick):
+                        if extra.get("normalize") and shape.T < 2:
+                            # o = A v / (A + eps) at T=1: dq, dk vanish up to eps, relative error is noise
+                            continue
+                        cells.append((v, shape, dtype, causal, label, extra))
+    return cells, notes
+
+
+def run_cell(v, shape, dtype, causal, label, extra, seed) -> Cell:
+    cell = Cell(v.op, v.key, str(shape), dtype, causal, label)
+    kw = dict(extra)
+    n_gates = kw.pop("n_gates", 2)
+    ldr = kw.pop("log_decay_range", None)
+    try:
+        res = compare(v.op, v.key, shape.lead, shape.T, shape.Dk, shape.Dv, dtype, options=kw, seed=seed,
+                      n_gates=n_gates, log_decay_range=ldr, causal=causal)
+        cell.tol, cell.ok, cell.seconds = res.pop("tol"), res.pop("ok"), res.pop("seconds")
+        cell.errors = res
+    except Exception as e:              # a crash is a failing cell, reported, not a dead sweep
+        cell.error = f"{type(e).__name__}: {e}"
+    return cell
+
+
+def run_check(ops=(), backends=(), quick=False, full=False, dtypes=(), json_path=None, seed=0, echo=print):
+    from tabulate import tabulate
+    from tqdm import tqdm
+
+    cells, notes = plan(ops, backends, quick, full, dtypes)
+    for n in notes:
+        echo(n)
+    if not cells:
+        echo("nothing to check")
+        return False
+    results = []
+    for args in tqdm(cells, desc="check", unit="cell", file=sys.stderr, disable=None):
+        results.append(run_cell(*args, seed=seed))
+    rows = []
+    for c in results:
+        grads = {k: e for k, e in c.errors.items() if k != "out"}
+        worst = max(grads, key=lambda k: (np.nan_to_num(grads[k], nan=np.inf))) if grads else ""
+        rows.append([c.op, c.variant, c.shape, c.dtype, "causal" if c.causal else "full", c.options,
+                     _fmt(c.errors.get("out")), f"{_fmt(grads.get(worst))} ({worst})" if worst else "",
+                     f"{c.tol:.0e}" if c.tol else "", "ok" if c.ok else ("ERROR: " + c.error[:60] if c.error
+                                                                         else "FAIL")])
+    echo(tabulate(rows, headers=["op", "variant", "shape", "dtype", "mask", "options", "out err",
+                                 "worst grad err", "tol", "result"]))
+    n_fail = sum(not c.ok for c in results)
+    echo(f"\n{len(results) - n_fail} passed, {n_fail} failed ({len(results)} cells)")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(dict(environment=environment(), cells=[asdict(c) for c in results]), f, indent=1,
+                      default=str)
+        echo(f"wrote {json_path}")
+    return n_fail == 0
+
+
+def _fmt(e):
+    return "" if e is None else f"{e:.1e}"
+
+
+# ----------------------------------------------------------------------------- info
+def environment() -> dict:
+    env = dict(python=platform.python_version(), numpy=np.__version__, machine=platform.machine())
+    for name in ("numba", "cupy"):
+        try:
+            env[name] = __import__(name).__version__
+        except Exception:
+            env[name] = None
+    env["backends"] = {b: backends.status(b)[1] for b in registry.BACKENDS}
+    return env
+
+
+def info_report() -> str:
+    from tabulate import tabulate
+    lines = ["Backends:"]
+    for b in registry.BACKENDS:
+        ok, why = backends.status(b)
+        lines.append(f"  {b:6s} {'yes' if ok else 'no ':3s}  {why}")
+    lines.append(f"GPU: {'yes' if backends.gpu_available() else 'no'}")
+    env = environment()
+    lines.append(f"Versions: python {env['python']}, numpy {env['numpy']}, numba {env['numba']}, "
+                 f"cupy {env['cupy']}")
+    rows = [[v.op, v.key + (" *" if v.default else ""), ",".join(v.dtypes),
+             "yes" if backends.status(v.backend)[0] else "no", v.description] for v in registry.variants()]
+    lines.append("\nRegistered variants (* = the backend's default):")
+    lines.append(tabulate(rows, headers=["op", "variant", "dtypes", "usable here", "what it does"]))
+    return "\n".join(lines)

@@ -38,14 +38,16 @@ def info():
 @click.option("--dtype", "dtypes", multiple=True, help="restrict to these dtypes")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write every cell to this JSON file")
 @click.option("--seed", default=0, show_default=True, help="seed of the random inputs")
-def check(ops, backends, quick, full, dtypes, json_path, seed):
+@click.option("--jobs", "-j", default=1, show_default=True,
+              help="processes to run cells in (0: one per CPU core); GPU sweeps are bound by JIT compiles")
+def check(ops, backends, quick, full, dtypes, json_path, seed, jobs):
     """Sweep ops x variants x shapes x dtypes x causal against the float64 explicit reference, forward and
     every gradient.  Exits 1 if any cell fails."""
     from workbench import BackendUnavailable
     from workbench.check import run_check
     try:
         ok = run_check(ops=ops, backends=backends, quick=quick, full=full, dtypes=dtypes, json_path=json_path,
-                       seed=seed, echo=click.echo)
+                       seed=seed, echo=click.echo, jobs=jobs)
     except (ValueError, BackendUnavailable) as e:
         raise click.UsageError(str(e)) from None
     sys.exit(0 if ok else 1)

@@ -75,3 +75,15 @@ def test_rel_error_handles_nan_and_zero_reference():
     assert np.isnan(check.rel_error(np.array([np.nan, 1.0]), np.array([1.0, 1.0])))
     assert check.rel_error(np.zeros(3), np.zeros(3)) == 0.0
     assert check.rel_error(np.array([1.0, 2.0]), np.array([1.0, 1.0])) == pytest.approx(1 / np.sqrt(2))
+
+
+def test_parallel_check_gives_the_same_cells_in_the_same_order(tmp_path):
+    """--jobs N runs cell groups in spawned processes; the result table must not depend on it."""
+    serial, parallel = tmp_path / "serial.json", tmp_path / "parallel.json"
+    assert check.run_check(ops=("zeros",), backends=("numpy",), quick=True, json_path=str(serial), echo=lambda *_: None)
+    assert check.run_check(ops=("zeros",), backends=("numpy",), quick=True, json_path=str(parallel),
+                           echo=lambda *_: None, jobs=2)
+    a, b = (json.loads(p.read_text())["cells"] for p in (serial, parallel))
+    assert len(a) == len(b) > 4
+    strip = lambda c: {k: v for k, v in c.items() if k != "seconds"}      # noqa: E731
+    assert [strip(c) for c in a] == [strip(c) for c in b]

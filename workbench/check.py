@@ -249,7 +249,43 @@ def run_cell(v, shape, dtype, causal, label, extra, seed) -> Cell:
     return cell
 
 
-def run_check(ops=(), backends=(), quick=False, full=False, dtypes=(), json_path=None, seed=0, echo=print):
+def _run_group(keys_and_cells, seed) -> list:
+    """Worker side of ``jobs > 1``: cells named by variant key (Variant objects hold closures)."""
+    registry.load_all()
+    out = []
+    for key, shape, dtype, causal, label, extra in keys_and_cells:
+        backend, name = key.split(":")
+        op = extra.pop("__op")
+        out.append(run_cell(registry.get(op, backend, name), shape, dtype, causal, label, extra, seed))
+    return out
+
+
+def _run_parallel(cells, seed, jobs, bar) -> list:
+    """Run cells in ``jobs`` processes (spawned: CUDA contexts do not survive fork).  Cells that share a
+    variant, head dims and dtype go to one process, so each JIT/NVRTC compilation happens once; on a GPU
+    machine the compiles, not the kernels, dominate the sweep's time."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing as mp
+    groups: dict = {}
+    for i, (v, shape, dtype, causal, label, extra) in enumerate(cells):
+        groups.setdefault((v.key, v.op, shape.Dk, shape.Dv, dtype), []).append(
+            (i, (v.key, shape, dtype, causal, label, dict(extra, __op=v.op))))
+    results = [None] * len(cells)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_group, [c for _, c in g], seed): [i for i, _ in g]
+                   for g in sorted(groups.values(), key=len, reverse=True)}
+        for fut in as_completed(futures):
+            for i, cell in zip(futures[fut], fut.result()):
+                results[i] = cell
+            bar.update(len(futures[fut]))
+    return results
+
+
+def run_check(ops=(), backends=(), quick=False, full=False, dtypes=(), json_path=None, seed=0, echo=print,
+              jobs=1):
+    """Run the sweep; ``jobs`` > 1 runs cell groups in that many processes (0: one per CPU core)."""
+    import os
+
     from tabulate import tabulate
     from tqdm import tqdm
 
@@ -259,9 +295,15 @@ def run_check(ops=(), backends=(), quick=False, full=False, dtypes=(), json_path
     if not cells:
         echo("nothing to check")
         return False
-    results = []
-    for args in tqdm(cells, desc="check", unit="cell", file=sys.stderr, disable=None):
-        results.append(run_cell(*args, seed=seed))
+    jobs = (os.cpu_count() or 1) if jobs == 0 else int(jobs)
+    with tqdm(total=len(cells), desc="check", unit="cell", file=sys.stderr, disable=None) as bar:
+        if jobs > 1:
+            results = _run_parallel(cells, seed, jobs, bar)
+        else:
+            results = []
+            for args in cells:
+                results.append(run_cell(*args, seed=seed))
+                bar.update(1)
     rows = []
     for c in results:
         grads = {k: e for k, e in c.errors.items() if k != "out"}

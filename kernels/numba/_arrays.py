@@ -1,0 +1,103 @@
+"""Moving arrays between the caller's kind (NumPy or CuPy) and Numba device arrays -- written once here.
+
+Every Numba variant is registered with ``array_kind="any"``: ``forward`` receives NumPy arrays or CuPy
+arrays and must return the same kind.  Use it like this::
+
+    io = DeviceIO(q)                     # remembers the caller's kind from any input array
+    dq = io.to_device(q)                 # NumPy: host->device copy; CuPy: zero-copy view
+    o = io.empty((N, T, Dv), q.dtype)    # new device array, filled with NaN (poison) unless POISON=False
+    kernel[grid, block](dq, ..., o)
+    return io.to_caller(o)               # NumPy: device->host copy; CuPy: zero-copy cupy.ndarray
+
+Arrays saved in a variant's ``ctx`` for the backward stay on the device (the objects returned by
+``to_device``/``empty``), so a backward pass does not copy them again.
+
+Streams: Numba launches on its default stream (the legacy NULL stream) and CuPy's default stream is also
+the NULL stream, so CuPy-allocated outputs and Numba launches are ordered without explicit syncs.
+
+Under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) ``cuda.to_device`` returns a fake device array backed by
+NumPy, and everything below works unchanged.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import cuda
+
+# Fill every new output with NaN before the launch so that an element a kernel forgot to write shows up
+# as NaN in the checks.  The timing script turns this off (a fill kernel is not part of the op).
+POISON = True
+
+
+def _is_cupy(x) -> bool:
+    return type(x).__module__.startswith("cupy")
+
+
+def work_dtype(dtype) -> np.dtype:
+    """The accumulation dtype of a kernel: float64 for float64 inputs, float32 otherwise."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+class DeviceIO:
+    """The caller's array kind, and conversions between it and Numba device arrays."""
+
+    def __init__(self, like):
+        self.kind = "cupy" if _is_cupy(like) else "numpy"
+        self._cupy = None
+        if self.kind == "cupy":
+            import cupy
+            self._cupy = cupy
+        # id(device array) -> (device array, the cupy.ndarray that owns its memory); both kept alive so
+        # the id cannot be reused while this DeviceIO lives, and to_caller returns the owner itself.
+        self._owners = {}
+
+    def to_device(self, x):
+        """A Numba device view of a caller array (copied to the device when it is NumPy)."""
+        if self.kind == "cupy":
+            if not _is_cupy(x):
+                x = self._cupy.asarray(x)
+            d = cuda.as_cuda_array(x)
+            self._owners[id(d)] = (d, x)
+            return d
+        if isinstance(x, np.ndarray):
+            return cuda.to_device(np.ascontiguousarray(x))
+        return x                                   # already a device array
+
+    def empty(self, shape, dtype, fill=None):
+        """A new C-contiguous device array; filled with ``fill`` if given, else NaN when POISON is on."""
+        shape = tuple(int(s) for s in shape)
+        dtype = np.dtype(dtype)
+        value = fill if fill is not None else (np.nan if POISON else None)
+        if self.kind == "cupy":
+            cp = self._cupy
+            x = cp.empty(shape, dtype) if value is None else cp.full(shape, value, dtype)
+            d = cuda.as_cuda_array(x)
+            self._owners[id(d)] = (d, x)
+            return d
+        if value is None:
+            return cuda.device_array(shape, dtype)
+        return cuda.to_device(np.full(shape, value, dtype))
+
+    def zeros(self, shape, dtype):
+        """A new device array of zeros (for kernels that accumulate, e.g. with atomics)."""
+        return self.empty(shape, dtype, fill=0)
+
+    def to_caller(self, d):
+        """The device array as the caller's kind: NumPy (a copy to the host) or CuPy (no copy)."""
+        if self.kind == "cupy":
+            pair = self._owners.get(id(d))
+            return pair[1] if pair is not None and pair[0] is d else self._cupy.asarray(d)
+        return d.copy_to_host()
+
+
+def grid_1d(n: int, threads: int = 128) -> tuple:
+    """(blocks, threads) for one thread per item over n items."""
+    return (max(1, (n + threads - 1) // threads), threads)
+
+
+def head_dims_up_to_256(options, shapes):
+    """The ``supports`` of every Numba variant: one thread's row accumulators live in local arrays sized by
+    the head dims, so they are bounded."""
+    Dk, Dv = shapes["q"][-1], shapes["v"][-1]
+    if Dk > 256 or Dv > 256:
+        return f"head dims up to 256 (got Dk={Dk}, Dv={Dv})"
+    return None

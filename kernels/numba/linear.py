@@ -1,0 +1,623 @@
+"""Linear attention in Numba CUDA: a plain "naive" rung and a chunked rung (fla's chunk form).
+
+Math (workbench/reference/linear.py; derivation of the backward in its docstring).  Q = phi(q), K = phi(k),
+A_ti = scale Q_t.K_i (i <= t when causal), num_t = sum_i A_ti v_i, den_t = sum_i A_ti + eps,
+o_t = num_t / den_t (normalize) or num_t.
+
+One trick carries normalize through every kernel: the *augmented value* v~_i = [v_i, 1] (width Dw = Dv + 1
+when normalize, else Dw = Dv).  Then den - eps is the extra column of num, the states S~ = sum K_i v~_i^T
+hold z = sum K_i as their last column, and with the augmented output gradient
+    dnum~_t = [dnum_t, dden_t],   dnum_t = do_t / den_t,   dden_t = -(do_t.o_t) / den_t   (normalize)
+    dnum~_t = do_t                                                                          (otherwise)
+the whole backward is
+    dA_ti = dnum~_t . v~_i  (i <= t),      dv_i = sum_t A_ti dnum_t,
+    dQ_t = scale sum_i dA_ti K_i,          dK_i = scale sum_t dA_ti Q_t,
+    dq = dQ * phi'(q),   dk = dK * phi'(k).
+Chunked (chunks of C rows, c = 0..nC-1; intra-chunk terms use the masked C x C blocks A and dA):
+    forward:   h_c = K_c^T v~_c  (Dk x Dw, every chunk in parallel);  S_c = sum_{c' < c} h_c'  (exclusive scan)
+               num~_t = sum_{i in c, i <= t} A_ti v~_i + scale Q_t^T S_c
+    backward:  dQ_t = scale (sum_{i in c, i<=t} dA_ti K_i + S_c dnum~_t)            (S_c saved by the forward)
+               g_c = Q_c^T dnum~_c;  dS_c = sum_{c' > c} g_c'                         (reverse exclusive scan)
+               dK_i = scale (sum_{t in c, t>=i} dA_ti Q_t + dS_c v~_i)
+               dv_i = sum_{t in c, t>=i} A_ti dnum_t + scale (dS_c^T K_i)[:Dv]
+Non-causal: no intra-chunk term, and the "previous" state is the total sum_c h_c (stored in slot 0).
+Memory: O(T (Dk + Dv)) plus the per-chunk states (N, nC, Dk, Dw) -- T/C states, never one per token.
+
+Layout: q, k (N, T, Dk); v, o, do (N, T, Dv); den (N, T); dnum~ (N, T, Dw); states (N, nC, Dk, Dw); all
+C-contiguous.  Grids put the leading index n on blockIdx.x and the chunk (or row tile) on blockIdx.y.
+
+naive   -- one thread per output row: forward num~_t accumulated over keys in a local array; backward one
+           thread per query row (dq) and one per key row (dk, dv), everything read from global memory.
+chunked -- kernels: chunk_states (one block per (n, chunk), each thread owns a strided set of the Dk x Dw
+           state entries in a local array; Q/K/v tiles staged through shared memory DB columns at a time),
+           scan_states (one thread per (n, state entry), walking the chunks), chunk_forward / chunk_dq /
+           chunk_dkdv (one block per (n, chunk): the masked C x C blocks A, dA built in shared memory by a
+           staged "gram" product, then every output entry of the chunk is a strided work item).
+
+Accumulation float32 for float32 inputs, float64 for float64.  ``CONFIG`` holds chunk/tile sizes (tests shrink
+them for the simulator).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numba
+import numpy as np
+from numba import cuda
+
+from workbench.registry import Variant, register
+
+from ._arrays import DeviceIO, work_dtype, head_dims_up_to_256
+
+CONFIG = {"chunk32": 64, "chunk64": 32, "db": 16, "threads": 128, "rows": 64}
+SHARED_BYTES = 46 * 1024
+PLAIN, PHI, AUG = 0, 1, 2          # how a kernel reads an operand: as stored, through phi, or as [x, 1]
+
+
+def _nb_type(dtype):
+    return numba.float64 if np.dtype(dtype) == np.float64 else numba.float32
+
+
+# ============================================================================ device helpers
+@functools.lru_cache(maxsize=None)
+def _phi(fmap, acc):
+    """(phi, phi') as device functions.  NaN propagates through phi (relu(NaN) = NaN, as np.maximum)."""
+    ONE, ZERO = acc(1), acc(0)
+    if fmap == "identity":
+        def f(x):
+            return x
+
+        def df(x):
+            return ONE
+    elif fmap == "relu":
+        def f(x):
+            return ZERO if x <= ZERO else x
+
+        def df(x):
+            return ONE if x > ZERO else ZERO
+    elif fmap == "elu1":
+        def f(x):
+            return x + ONE if x > ZERO else math.exp(x)
+
+        def df(x):
+            return ONE if x > ZERO else math.exp(x)
+    else:
+        raise ValueError(fmap)
+    return cuda.jit(device=True)(f), cuda.jit(device=True)(df)
+
+
+@functools.lru_cache(maxsize=None)
+def _loader(mode, fmap, acc):
+    """load(X, n, row, col) -> X[n, row, col] as stored (PLAIN), through phi (PHI), or with an extra
+    column of ones at col == X.shape[2] (AUG: the augmented value v~)."""
+    phi, _ = _phi(fmap, acc)
+    ONE = acc(1)
+    if mode == PLAIN:
+        def load(X, n, r, c):
+            return acc(X[n, r, c])
+    elif mode == PHI:
+        def load(X, n, r, c):
+            return phi(acc(X[n, r, c]))
+    else:
+        def load(X, n, r, c):
+            return acc(X[n, r, c]) if c < X.shape[2] else ONE
+    return cuda.jit(device=True)(load)
+
+
+@functools.lru_cache(maxsize=None)
+def _gram(C, W, DB, NT, PER, xmode, ymode, fmap, acc):
+    """Device fn gram(X, Y, n, c0, T, sx, sy, out): for the work items x = tid + s*NT < C*C (s < PER), with
+    t = x // C, i = x % C:  out[s] = sum_{col < W} LX(X[n, c0+t, col]) * LY(Y[n, c0+i, col]).
+    Columns are staged DB at a time in the shared tiles sx, sy (C x DB each); rows past T read as 0.
+    Every thread of the block must call it (it synchronises)."""
+    LX, LY = _loader(xmode, fmap, acc), _loader(ymode, fmap, acc)
+    ZERO = acc(0)
+
+    def gram(X, Y, n, c0, T, sx, sy, out):
+        tid = cuda.threadIdx.x
+        for s in range(PER):
+            out[s] = ZERO
+        for b0 in range(0, W, DB):
+            cuda.syncthreads()
+            for x in range(tid, C * DB, NT):
+                r = x // DB
+                col = b0 + x - r * DB
+                ok = c0 + r < T and col < W
+                sx[r, col - b0] = LX(X, n, c0 + r, col) if ok else ZERO
+                sy[r, col - b0] = LY(Y, n, c0 + r, col) if ok else ZERO
+            cuda.syncthreads()
+            for s in range(PER):
+                x = tid + s * NT
+                if x < C * C:
+                    t = x // C
+                    i = x - t * C
+                    a = ZERO
+                    for j in range(DB):
+                        a += sx[t, j] * sy[i, j]
+                    out[s] += a
+        cuda.syncthreads()
+    return cuda.jit(device=True)(gram)
+
+
+# ============================================================================ naive
+@functools.lru_cache(maxsize=None)
+def _naive_fwd(Dk, Dv, causal, normalize, fmap, acc):
+    """One thread per query row t: num~_t = sum_i scale Q_t.K_i v~_i over keys i (i <= t when causal)."""
+    Dw = Dv + 1 if normalize else Dv
+    phi, _ = _phi(fmap, acc)
+    vload = _loader(AUG, fmap, acc)
+    ZERO = acc(0)
+
+    @cuda.jit
+    def kern(q, k, v, scale, eps, o, den):
+        n = cuda.blockIdx.x
+        t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        T = q.shape[1]
+        if t >= T:
+            return
+        num = cuda.local.array(Dw, acc)
+        for e in range(Dw):
+            num[e] = ZERO
+        iend = t + 1 if causal else T
+        for i in range(iend):
+            a = ZERO
+            for d in range(Dk):
+                a += phi(acc(q[n, t, d])) * phi(acc(k[n, i, d]))
+            a *= scale
+            for e in range(Dw):
+                num[e] += a * vload(v, n, i, e)
+        if normalize:
+            dn = num[Dv] + eps
+            den[n, t] = dn
+            for e in range(Dv):
+                o[n, t, e] = num[e] / dn
+        else:
+            for e in range(Dv):
+                o[n, t, e] = num[e]
+    return kern
+
+
+@functools.lru_cache(maxsize=None)
+def _dnum_kernel(Dv, acc):
+    """Augmented output gradient with normalize: dnum~_t = [do_t / den_t, -(do_t.o_t) / den_t]."""
+    @cuda.jit
+    def kern(do, o, den, dnum):
+        n = cuda.blockIdx.x
+        t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        if t >= do.shape[1]:
+            return
+        inv = acc(1) / den[n, t]
+        s = acc(0)
+        for e in range(Dv):
+            g = acc(do[n, t, e])
+            s += g * acc(o[n, t, e])
+            dnum[n, t, e] = g * inv
+        dnum[n, t, Dv] = -s * inv
+    return kern
+
+
+@functools.lru_cache(maxsize=None)
+def _naive_dq(Dk, Dw, causal, fmap, acc):
+    """One thread per query row t: dq_t = phi'(q_t) * scale sum_i (dnum~_t.v~_i) K_i."""
+    phi, dphi = _phi(fmap, acc)
+    vload = _loader(AUG, fmap, acc)
+    ZERO = acc(0)
+
+    @cuda.jit
+    def kern(q, k, v, dnum, scale, dq):
+        n = cuda.blockIdx.x
+        t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        T = q.shape[1]
+        if t >= T:
+            return
+        g = cuda.local.array(Dk, acc)
+        for d in range(Dk):
+            g[d] = ZERO
+        iend = t + 1 if causal else T
+        for i in range(iend):
+            da = ZERO
+            for e in range(Dw):
+                da += acc(dnum[n, t, e]) * vload(v, n, i, e)
+            for d in range(Dk):
+                g[d] += da * phi(acc(k[n, i, d]))
+        for d in range(Dk):
+            dq[n, t, d] = g[d] * scale * dphi(acc(q[n, t, d]))
+    return kern
+
+
+@functools.lru_cache(maxsize=None)
+def _naive_dkdv(Dk, Dv, Dw, causal, fmap, acc):
+    """One thread per key row i: dk_i = phi'(k_i) * scale sum_t dA_ti Q_t,  dv_i = sum_t A_ti dnum_t."""
+    phi, dphi = _phi(fmap, acc)
+    vload = _loader(AUG, fmap, acc)
+    ZERO = acc(0)
+
+    @cuda.jit
+    def kern(q, k, v, dnum, scale, dk, dv):
+        n = cuda.blockIdx.x
+        i = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        T = q.shape[1]
+        if i >= T:
+            return
+        gk = cuda.local.array(Dk, acc)
+        gv = cuda.local.array(Dv, acc)
+        for d in range(Dk):
+            gk[d] = ZERO
+        for e in range(Dv):
+            gv[e] = ZERO
+        t0 = i if causal else 0
+        for t in range(t0, T):
+            a = ZERO
+            for d in range(Dk):
+                a += phi(acc(q[n, t, d])) * phi(acc(k[n, i, d]))
+            a *= scale
+            da = ZERO
+            for e in range(Dw):
+                g = acc(dnum[n, t, e])
+                da += g * vload(v, n, i, e)
+                if e < Dv:
+                    gv[e] += a * g
+            for d in range(Dk):
+                gk[d] += da * phi(acc(q[n, t, d]))
+        for d in range(Dk):
+            dk[n, i, d] = gk[d] * scale * dphi(acc(k[n, i, d]))
+        for e in range(Dv):
+            dv[n, i, e] = gv[e]
+    return kern
+
+
+# ============================================================================ chunked
+@functools.lru_cache(maxsize=None)
+def _chunk_states(Dk, Dw, C, DB, NT, ymode, fmap, acc):
+    """h[n, c, d, e] = sum_{r in chunk c} phi(X[n, r, d]) * LY(Y[n, r, e]) for d < Dk, e < Dw.
+    Block = NT threads for one (n, c); thread tid owns entries x = tid + s*NT of the flattened Dk x Dw state.
+    Rows of the chunk are staged in shared memory RB at a time: X rows (RB x Dk), Y rows (RB x Dw)."""
+    LX, LY = _loader(PHI, fmap, acc), _loader(ymode, fmap, acc)
+    PER = -(-(Dk * Dw) // NT)
+    RB = max(1, min(C, (SHARED_BYTES // 2) // ((Dk + Dw) * np.dtype(_np(acc)).itemsize)))
+    ZERO = acc(0)
+
+    @cuda.jit
+    def kern(X, Y, h):
+        sx = cuda.shared.array((RB, Dk), acc)
+        sy = cuda.shared.array((RB, Dw), acc)
+        hl = cuda.local.array(PER, acc)
+        n = cuda.blockIdx.x
+        c = cuda.blockIdx.y
+        tid = cuda.threadIdx.x
+        T = X.shape[1]
+        c0 = c * C
+        for s in range(PER):
+            hl[s] = ZERO
+        for r0 in range(c0, min(c0 + C, T), RB):
+            cuda.syncthreads()
+            for x in range(tid, RB * Dk, NT):
+                r = x // Dk
+                d = x - r * Dk
+                sx[r, d] = LX(X, n, r0 + r, d) if r0 + r < T and r0 + r < c0 + C else ZERO
+            for x in range(tid, RB * Dw, NT):
+                r = x // Dw
+                e = x - r * Dw
+                sy[r, e] = LY(Y, n, r0 + r, e) if r0 + r < T and r0 + r < c0 + C else ZERO
+            cuda.syncthreads()
+            for s in range(PER):
+                x = tid + s * NT
+                if x < Dk * Dw:
+                    d = x // Dw
+                    e = x - d * Dw
+                    a = ZERO
+                    for r in range(RB):
+                        a += sx[r, d] * sy[r, e]
+                    hl[s] += a
+        for s in range(PER):
+            x = tid + s * NT
+            if x < Dk * Dw:
+                d = x // Dw
+                h[n, c, d, x - d * Dw] = hl[s]
+    return kern
+
+
+def _np(acc):
+    return np.float64 if acc == numba.float64 else np.float32
+
+
+@functools.lru_cache(maxsize=None)
+def _scan_states(causal, reverse, acc):
+    """In place over the chunk axis of h (N, nC, Dk, Dw), one thread per (n, d, e):
+    causal: exclusive prefix (reverse=False: sum over earlier chunks; True: over later chunks);
+    non-causal: the total over all chunks, written to slot 0 (the other slots are left as they are)."""
+    @cuda.jit
+    def kern(h):
+        n = cuda.blockIdx.x
+        x = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        nC, Dk, Dw = h.shape[1], h.shape[2], h.shape[3]
+        if x >= Dk * Dw:
+            return
+        d = x // Dw
+        e = x - d * Dw
+        run = acc(0)
+        for j in range(nC):
+            c = nC - 1 - j if reverse else j
+            val = h[n, c, d, e]
+            if causal:
+                h[n, c, d, e] = run
+            run += val
+        if not causal:
+            h[n, 0, d, e] = run
+    return kern
+
+
+@functools.lru_cache(maxsize=None)
+def _chunk_forward(Dk, Dv, C, DB, NT, causal, normalize, fmap, acc):
+    """One block per (n, chunk c).  Causal: A = scale Q_c K_c^T masked (i <= t) into shared memory.  Work items
+    (t, e) over C x Dw: num~[t, e] = sum_{i<=t} A[t, i] v~[i, e] + scale sum_d Q[t, d] S[n, c|0, d, e]."""
+    Dw = Dv + 1 if normalize else Dv
+    PER_A = -(-(C * C) // NT)
+    PER_O = -(-(C * Dw) // NT)
+    gram = _gram(C, Dk, DB, NT, PER_A, PHI, PHI, fmap, acc)
+    phi, _ = _phi(fmap, acc)
+    vload = _loader(AUG, fmap, acc)
+    ZERO = acc(0)
+
+    @cuda.jit
+    def kern(q, k, v, S, scale, eps, o, den):
+        sA = cuda.shared.array((C, C), acc)
+        sx = cuda.shared.array((C, DB), acc)
+        sy = cuda.shared.array((C, DB), acc)
+        sden = cuda.shared.array(C, acc)
+        al = cuda.local.array(PER_A, acc)
+        ol = cuda.local.array(PER_O, acc)
+        n = cuda.blockIdx.x
+        c = cuda.blockIdx.y
+        tid = cuda.threadIdx.x
+        T = q.shape[1]
+        c0 = c * C
+        cs = c if causal else 0
+        if causal:
+            gram(q, k, n, c0, T, sx, sy, al)
+            for s in range(PER_A):
+                x = tid + s * NT
+                if x < C * C:
+                    t = x // C
+                    i = x - t * C
+                    sA[t, i] = al[s] * scale if i <= t else ZERO
+            cuda.syncthreads()
+        for s in range(PER_O):
+            x = tid + s * NT
+            val = ZERO
+            if x < C * Dw:
+                t = x // Dw
+                e = x - t * Dw
+                if c0 + t < T:
+                    inter = ZERO
+                    for d in range(Dk):
+                        inter += phi(acc(q[n, c0 + t, d])) * S[n, cs, d, e]
+                    val = inter * scale
+                    if causal:
+                        for i in range(t + 1):
+                            val += sA[t, i] * vload(v, n, c0 + i, e)
+                    if normalize and e == Dv:
+                        sden[t] = val + eps
+            ol[s] = val
+        if normalize:
+            cuda.syncthreads()
+        for s in range(PER_O):
+            x = tid + s * NT
+            if x < C * Dw:
+                t = x // Dw
+                e = x - t * Dw
+                if c0 + t < T:
+                    if normalize:
+                        if e == Dv:
+                            den[n, c0 + t] = sden[t]
+                        else:
+                            o[n, c0 + t, e] = ol[s] / sden[t]
+                    else:
+                        o[n, c0 + t, e] = ol[s]
+    return kern
+
+
+@functools.lru_cache(maxsize=None)
+def _chunk_dq(Dk, Dv, Dw, C, DB, NT, causal, fmap, acc):
+    """One block per (n, chunk c).  Causal: dA = dnum~_c v~_c^T masked (i <= t) in shared memory.  Work items
+    (t, d) over C x Dk: dq[t, d] = phi'(q[t, d]) scale (sum_{i<=t} dA[t, i] K[i, d] + sum_e S[c|0, d, e] dnum~[t, e])."""
+    PER_A = -(-(C * C) // NT)
+    PER_Q = -(-(C * Dk) // NT)
+    gram = _gram(C, Dw, DB, NT, PER_A, PLAIN, AUG, fmap, acc)
+    phi, dphi = _phi(fmap, acc)
+    ZERO = acc(0)
+
+    @cuda.jit
+    def kern(q, k, v, dnum, S, scale, dq):
+        sdA = cuda.shared.array((C, C), acc)
+        sx = cuda.shared.array((C, DB), acc)
+        sy = cuda.shared.array((C, DB), acc)
+        al = cuda.local.array(PER_A, acc)
+        n = cuda.blockIdx.x
+        c = cuda.blockIdx.y
+        tid = cuda.threadIdx.x
+        T = q.shape[1]
+        c0 = c * C
+        cs = c if causal else 0
+        if causal:
+            gram(dnum, v, n, c0, T, sx, sy, al)
+            for s in range(PER_A):
+                x = tid + s * NT
+                if x < C * C:
+                    t = x // C
+                    i = x - t * C
+                    sdA[t, i] = al[s] if i <= t else ZERO
+            cuda.syncthreads()
+        for s in range(PER_Q):
+            x = tid + s * NT
+            if x < C * Dk:
+                t = x // Dk
+                d = x - t * Dk
+                if c0 + t < T:
+                    val = ZERO
+                    for e in range(Dw):
+                        val += S[n, cs, d, e] * acc(dnum[n, c0 + t, e])
+                    if causal:
+                        for i in range(t + 1):
+                            val += sdA[t, i] * phi(acc(k[n, c0 + i, d]))
+                    dq[n, c0 + t, d] = val * scale * dphi(acc(q[n, c0 + t, d]))
+    return kern
+
+
+@functools.lru_cache(maxsize=None)
+def _chunk_dkdv(Dk, Dv, Dw, C, DB, NT, causal, fmap, acc):
+    """One block per (n, chunk c).  Causal: A (scale Q K^T) and dA (dnum~ v~^T), both masked (i <= t), in shared
+    memory.  Work items (i, d) over C x Dk and (i, e) over C x Dv:
+        dk[i, d] = phi'(k[i, d]) scale (sum_{t>=i} dA[t, i] Q[t, d] + sum_e dS[d, e] v~[i, e])
+        dv[i, e] = sum_{t>=i} A[t, i] dnum[t, e] + scale sum_d K[i, d] dS[d, e]
+    with dS = dS_c (reverse-scanned suffix state) when causal, the total (slot 0) otherwise."""
+    PER_A = -(-(C * C) // NT)
+    gram_a = _gram(C, Dk, DB, NT, PER_A, PHI, PHI, fmap, acc)
+    gram_da = _gram(C, Dw, DB, NT, PER_A, PLAIN, AUG, fmap, acc)
+    phi, dphi = _phi(fmap, acc)
+    vload = _loader(AUG, fmap, acc)
+    ZERO = acc(0)
+
+    @cuda.jit
+    def kern(q, k, v, dnum, dS, scale, dk, dv):
+        sA = cuda.shared.array((C, C), acc)
+        sdA = cuda.shared.array((C, C), acc)
+        sx = cuda.shared.array((C, DB), acc)
+        sy = cuda.shared.array((C, DB), acc)
+        al = cuda.local.array(PER_A, acc)
+        n = cuda.blockIdx.x
+        c = cuda.blockIdx.y
+        tid = cuda.threadIdx.x
+        T = q.shape[1]
+        c0 = c * C
+        cs = c if causal else 0
+        nrow = min(C, T - c0)
+        if causal:
+            gram_a(q, k, n, c0, T, sx, sy, al)
+            for s in range(PER_A):
+                x = tid + s * NT
+                if x < C * C:
+                    t = x // C
+                    i = x - t * C
+                    sA[t, i] = al[s] * scale if i <= t else ZERO
+            gram_da(dnum, v, n, c0, T, sx, sy, al)
+            for s in range(PER_A):
+                x = tid + s * NT
+                if x < C * C:
+                    t = x // C
+                    i = x - t * C
+                    sdA[t, i] = al[s] if i <= t else ZERO
+            cuda.syncthreads()
+        for x in range(tid, C * Dk, NT):
+            i = x // Dk
+            d = x - i * Dk
+            if i < nrow:
+                val = ZERO
+                for e in range(Dw):
+                    val += dS[n, cs, d, e] * vload(v, n, c0 + i, e)
+                if causal:
+                    for t in range(i, nrow):
+                        val += sdA[t, i] * phi(acc(q[n, c0 + t, d]))
+                dk[n, c0 + i, d] = val * scale * dphi(acc(k[n, c0 + i, d]))
+        for x in range(tid, C * Dv, NT):
+            i = x // Dv
+            e = x - i * Dv
+            if i < nrow:
+                val = ZERO
+                for d in range(Dk):
+                    val += phi(acc(k[n, c0 + i, d])) * dS[n, cs, d, e]
+                val *= scale
+                if causal:
+                    for t in range(i, nrow):
+                        val += sA[t, i] * acc(dnum[n, c0 + t, e])
+                dv[n, c0 + i, e] = val
+    return kern
+
+
+# ============================================================================ host side
+def _chunk_size(wdt):
+    """Chunk length C and column-tile DB for the accumulation dtype, within the shared budget
+    (chunk_dkdv holds two C x C blocks and two C x DB staging tiles)."""
+    C = CONFIG["chunk64"] if wdt == np.float64 else CONFIG["chunk32"]
+    DB = CONFIG["db"]
+    while C > 1 and (2 * C * C + 2 * C * DB) * wdt.itemsize > SHARED_BYTES:
+        C //= 2
+    return C, DB
+
+
+def _launch_rows(T):
+    b = CONFIG["rows"]
+    return -(-T // b), b
+
+
+def _forward(chunked, q, k, v, causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6):
+    io = DeviceIO(q)
+    N, T, Dk = q.shape
+    Dv = v.shape[2]
+    Dw = Dv + 1 if normalize else Dv
+    wdt = work_dtype(q.dtype)
+    acc = _nb_type(wdt)
+    causal, normalize = bool(causal), bool(normalize)
+    dq_, dk_, dv_ = io.to_device(q), io.to_device(k), io.to_device(v)
+    o = io.empty((N, T, Dv), q.dtype)
+    den = io.empty((N, T) if normalize else (1, 1), wdt)
+    sc, ep = wdt.type(scale), wdt.type(eps)
+    S = None
+    if chunked:
+        C, DB = _chunk_size(wdt)
+        NT = CONFIG["threads"]
+        nC = -(-T // C)
+        S = io.empty((N, nC, Dk, Dw), wdt)
+        _chunk_states(Dk, Dw, C, DB, NT, AUG, feature_map, acc)[(N, nC), NT](dk_, dv_, S)
+        _scan_states(causal, False, acc)[(N, -(-(Dk * Dw) // 128)), 128](S)
+        _chunk_forward(Dk, Dv, C, DB, NT, causal, normalize, feature_map, acc)[(N, nC), NT](
+            dq_, dk_, dv_, S, sc, ep, o, den)
+    else:
+        nb, b = _launch_rows(T)
+        _naive_fwd(Dk, Dv, causal, normalize, feature_map, acc)[(N, nb), b](dq_, dk_, dv_, sc, ep, o, den)
+    ctx = (io, chunked, dq_, dk_, dv_, o, den, S, causal, normalize, feature_map, sc, q.dtype)
+    return io.to_caller(o), ctx
+
+
+def _backward(ctx, do):
+    io, chunked, q, k, v, o, den, S, causal, normalize, fmap, sc, dtype = ctx
+    N, T, Dk = q.shape
+    Dv = v.shape[2]
+    Dw = Dv + 1 if normalize else Dv
+    wdt = work_dtype(dtype)
+    acc = _nb_type(wdt)
+    ddo = io.to_device(do)
+    nb, b = _launch_rows(T)
+    if normalize:
+        dnum = io.empty((N, T, Dw), wdt)
+        _dnum_kernel(Dv, acc)[(N, nb), b](ddo, o, den, dnum)
+    else:
+        dnum = ddo
+    dq = io.empty((N, T, Dk), dtype)
+    dk = io.empty((N, T, Dk), dtype)
+    dv = io.empty((N, T, Dv), dtype)
+    if chunked:
+        C, DB = _chunk_size(wdt)
+        NT = CONFIG["threads"]
+        nC = -(-T // C)
+        dS = io.empty((N, nC, Dk, Dw), wdt)
+        _chunk_dq(Dk, Dv, Dw, C, DB, NT, causal, fmap, acc)[(N, nC), NT](q, k, v, dnum, S, sc, dq)
+        _chunk_states(Dk, Dw, C, DB, NT, PLAIN, fmap, acc)[(N, nC), NT](q, dnum, dS)
+        _scan_states(causal, True, acc)[(N, -(-(Dk * Dw) // 128)), 128](dS)
+        _chunk_dkdv(Dk, Dv, Dw, C, DB, NT, causal, fmap, acc)[(N, nC), NT](q, k, v, dnum, dS, sc, dk, dv)
+    else:
+        _naive_dq(Dk, Dw, causal, fmap, acc)[(N, nb), b](q, k, v, dnum, sc, dq)
+        _naive_dkdv(Dk, Dv, Dw, causal, fmap, acc)[(N, nb), b](q, k, v, dnum, sc, dk, dv)
+    return io.to_caller(dq), io.to_caller(dk), io.to_caller(dv)
+
+
+register(Variant("linear", "numba", "naive", functools.partial(_forward, False), _backward,
+                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_up_to_256,
+                 description="one thread per output row (O(T^2)); naive backward (thread per query row for "
+                             "dq, per key row for dk/dv)"))
+register(Variant("linear", "numba", "chunked", functools.partial(_forward, True), _backward,
+                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_up_to_256, default=True,
+                 description="chunked: per-chunk Dk x Dv states in parallel, scan over chunks, masked C x C "
+                             "blocks in shared memory; backward chunked (forward states for dq, reverse-scanned "
+                             "states for dk/dv)"))

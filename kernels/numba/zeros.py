@@ -1,0 +1,506 @@
+"""ZeroS (zero-sum linear) attention in Numba CUDA: a plain "naive" rung and a "chunked" rung.
+
+Math (SPEC section 3, workbench/reference/zeros.py; window W(t) = {i <= t} causal, n_t = t, else all T):
+    m_t = max_{W(t)} s,  E_t = sum_{W(t)} e^{s_i - m_t},  P_t = sum_{W(t)} s_i,  p_ti = e^{s_i - m_t} / E_t
+    r_ti = sigh_t p_ti + beta_t s_i + gamma_t,   beta = (sig1 - sigh) / n,  gamma = (tz - sigh - beta P) / n
+    o_t  = sum_{W(t)} r_ti (q_t.k_i) v_i
+Backward (the reference's linear-time derivation), dR_ti = (q_t.k_i)(do_t.v_i):
+    dq_t = sum_i r_ti (do_t.v_i) k_i,   dv_i = sum_t r_ti (q_t.k_i) do_t,   dk_i = sum_t r_ti (do_t.v_i) q_t
+    U_t = sum_i p_ti dR_ti = do_t.oF_t,  V_t = sum_i s_i dR_ti = do_t.oG_t,  Z_t = sum_i dR_ti = do_t.oH_t
+          with the three parts of the output  oF_t = sum_i p_ti B_ti v_i,  oG_t = sum_i s_i B_ti v_i,
+          oH_t = sum_i B_ti v_i  (B_ti = q_t.k_i)
+    dgates_t = (dsig1 sig1 (1-sig1), dsigh sigh (1-sigh)[, Z/n (1-tz^2)]),
+          dsig1 = V/n - P Z/n^2,  dsigh = U - dsig1 - Z/n
+    ds_j = sum_{t: j in W(t)} [sigh_t p_tj (dR_tj - U_t) + beta_t dR_tj - beta_t Z_t / n_t]
+         = k_j.(dkF_j + dkG_j) - e^{s_j - m_j} X_j - Y_j
+          with dk = dkF + s dkG + dkH split as  dkF_j = sum_t sigh_t p_tj (do_t.v_j) q_t,
+          dkG_j = sum_t beta_t (do_t.v_j) q_t,  dkH_j = sum_t gamma_t (do_t.v_j) q_t,
+          X_j = sum_{t>=j} sigh_t U_t e^{m_j - m_t} / E_t  (a reverse scan X_j = sigh_j U_j / E_j
+                + e^{m_j - m_{j+1}} X_{j+1}; m is non-decreasing, so every factor is <= 1)
+          Y_j = sum_{t>=j} beta_t Z_t / n_t.   Non-causal: m, E, P, n constant, X and Y plain totals.
+Stability for any s: every exponential is e^{s_i - m_t} with s_i <= m_t (i in W(t)) or e^{m_j - m_t}, t >= j.
+
+naive    one thread per output row, everything from global memory, O(T^2): forward (each thread finds its own
+         m_t, E_t, P_t); backward kernel 1, one thread per query row: dq, U, V, Z, dgates, saves (m, E, P, U, Z);
+         kernel 2, one thread per key row j: dk, dv, ds straight from the formulas above.
+chunked  1. stats: one block per n, a segmented scan (each thread a contiguous run of rows; thread 0 combines
+            the runs' (max, sum e^{s - max}, sum s)) writes m, E, P and, per position and state x in (F, G, H),
+            coefficient pairs (mult, log) in four (N, T, 3, 2) arrays:
+               Qf  = (sigh/E, -m), (beta, 0), (gamma, 0)      query role of o, dq; key role of dk, dv (rev)
+               Kf  = (1, s), (s, 0), (1, 0)                    key role of o, dq, parts; query role of dv
+               Qp  = (1/E, -m), (1, 0), (1, 0)                 query role of the output parts oF, oG, oH
+               Qdk = (1, s), (1, 0), (1, 0)                    query role of the dk parts
+         2. kernels/numba/_chunked.py (coef family, 3 states F, G, H, each Dk x BV in shared memory with its own
+            running-max reference): o; backward: parts (oF, oG, oH); dq; dk parts in reverse; dv in reverse.
+         3. finish: one block per n, segmented reverse scan: U, V, Z, dgates, dk = dkF + s dkG + dkH, ds.
+         Memory O(T (Dk + Dv)): coefficient arrays (N, T, 3, 2) and the output/dk parts, no per-token state.
+Layout: q, k (N, T, Dk); v, o, do (N, T, Dv); s (N, T); gates (N, T, 2|3); C-contiguous.  Accumulation in
+float32 for float32 inputs, float64 for float64.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+from numba import cuda
+
+from workbench.registry import Variant, register
+
+from . import _chunked
+from ._arrays import DeviceIO, grid_1d, head_dims_up_to_256
+from ._chunked import nb_type
+
+SCAN_THREADS = 128        # threads per block of the stats and finish scans (tests shrink it)
+
+
+@functools.lru_cache(maxsize=None)
+def _gate_fn(acc):
+    """Device function: (sig1, sigh, tz, beta, gamma) of row t, given its window's P and size nt."""
+    ZERO, HALF, ONE = acc(0), acc(0.5), acc(1)
+
+    @cuda.jit(device=True)
+    def gate(gates, n, t, P, nt):
+        sig1 = HALF * (ONE + math.tanh(HALF * acc(gates[n, t, 0])))      # stable sigmoid
+        sigh = HALF * (ONE + math.tanh(HALF * acc(gates[n, t, 1])))
+        tz = ZERO
+        if gates.shape[2] == 3:
+            tz = math.tanh(acc(gates[n, t, 2]))
+        beta = (sig1 - sigh) / nt
+        gamma = (tz - sigh - beta * P) / nt
+        return sig1, sigh, tz, beta, gamma
+    return gate
+
+
+@functools.lru_cache(maxsize=None)
+def _gate_grads_fn(acc):
+    """Device function: write dgates[n, t, :] from U, V, Z, P, nt (reference _gate_grads)."""
+    ONE = acc(1)
+    gate = _gate_fn(acc)
+
+    @cuda.jit(device=True)
+    def gate_grads(gates, n, t, U, V, Z, P, nt, dgates):
+        sig1, sigh, tz, beta, gamma = gate(gates, n, t, P, nt)
+        dsig1 = V / nt - P * Z / (nt * nt)
+        dsigh = U - dsig1 - Z / nt
+        dgates[n, t, 0] = dsig1 * sig1 * (ONE - sig1)
+        dgates[n, t, 1] = dsigh * sigh * (ONE - sigh)
+        if gates.shape[2] == 3:
+            dgates[n, t, 2] = Z / nt * (ONE - tz * tz)
+    return gate_grads
+
+
+# ============================================================================ naive
+@functools.lru_cache(maxsize=None)
+def _window_stats_fn(acc):
+    """Device function: (m, E, P) over s[n, i0:i1] -- max, sum e^{s - max}, sum (two passes)."""
+    ZERO, NEG_INF = acc(0), acc(-math.inf)
+
+    @cuda.jit(device=True)
+    def stats(s, n, i0, i1):
+        m = NEG_INF
+        P = ZERO
+        for i in range(i0, i1):
+            x = acc(s[n, i])
+            if x > m:
+                m = x
+            P += x
+        E = ZERO
+        for i in range(i0, i1):
+            E += math.exp(acc(s[n, i]) - m)
+        return m, E, P
+    return stats
+
+
+@functools.lru_cache(maxsize=None)
+def _naive_fwd(Dk, Dv, causal, acc):
+    """One thread per query row t: o_t = sum_{i in W(t)} r_ti (q_t.k_i) v_i."""
+    ZERO = acc(0)
+    stats, gate = _window_stats_fn(acc), _gate_fn(acc)
+
+    @cuda.jit
+    def kern(q, k, v, s, gates, o):
+        n = cuda.blockIdx.x
+        t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        T = q.shape[1]
+        if t >= T:
+            return
+        i1 = t + 1 if causal else T
+        m, E, P = stats(s, n, 0, i1)
+        sig1, sigh, tz, beta, gamma = gate(gates, n, t, P, acc(i1))
+        row = cuda.local.array(Dv, acc)
+        for e in range(Dv):
+            row[e] = ZERO
+        for i in range(i1):
+            si = acc(s[n, i])
+            B = ZERO
+            for d in range(Dk):
+                B += acc(q[n, t, d]) * acc(k[n, i, d])
+            w = (sigh * math.exp(si - m) / E + beta * si + gamma) * B
+            for e in range(Dv):
+                row[e] += w * acc(v[n, i, e])
+        for e in range(Dv):
+            o[n, t, e] = row[e]
+    return kern
+
+
+@functools.lru_cache(maxsize=None)
+def _naive_bwd_rows(Dk, Dv, causal, acc):
+    """One thread per query row t: dq_t, U_t, V_t, Z_t, dgates_t; saves (m, E, P, U, Z) of the row."""
+    ZERO = acc(0)
+    stats, gate, gate_grads = _window_stats_fn(acc), _gate_fn(acc), _gate_grads_fn(acc)
+
+    @cuda.jit
+    def kern(q, k, v, s, gates, do, dq, dgates, rows):
+        n = cuda.blockIdx.x
+        t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        T = q.shape[1]
+        if t >= T:
+            return
+        i1 = t + 1 if causal else T
+        nt = acc(i1)
+        m, E, P = stats(s, n, 0, i1)
+        sig1, sigh, tz, beta, gamma = gate(gates, n, t, P, nt)
+        g = cuda.local.array(Dk, acc)
+        for d in range(Dk):
+            g[d] = ZERO
+        U = ZERO
+        V = ZERO
+        Z = ZERO
+        for i in range(i1):
+            si = acc(s[n, i])
+            p = math.exp(si - m) / E
+            r = sigh * p + beta * si + gamma
+            B = ZERO
+            for d in range(Dk):
+                B += acc(q[n, t, d]) * acc(k[n, i, d])
+            dA = ZERO
+            for e in range(Dv):
+                dA += acc(do[n, t, e]) * acc(v[n, i, e])
+            dR = B * dA
+            U += dR * p
+            V += dR * si
+            Z += dR
+            for d in range(Dk):
+                g[d] += r * dA * acc(k[n, i, d])
+        for d in range(Dk):
+            dq[n, t, d] = g[d]
+        gate_grads(gates, n, t, U, V, Z, P, nt, dgates)
+        rows[n, t, 0] = m
+        rows[n, t, 1] = E
+        rows[n, t, 2] = P
+        rows[n, t, 3] = U
+        rows[n, t, 4] = Z
+    return kern
+
+
+@functools.lru_cache(maxsize=None)
+def _naive_bwd_keys(Dk, Dv, causal, acc):
+    """One thread per key row j: dk_j, dv_j, ds_j summed over the query rows t whose window holds j."""
+    ZERO = acc(0)
+    gate = _gate_fn(acc)
+
+    @cuda.jit
+    def kern(q, k, v, s, gates, do, rows, dk, dv, ds):
+        n = cuda.blockIdx.x
+        j = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        T = q.shape[1]
+        if j >= T:
+            return
+        gk = cuda.local.array(Dk, acc)
+        gv = cuda.local.array(Dv, acc)
+        for d in range(Dk):
+            gk[d] = ZERO
+        for e in range(Dv):
+            gv[e] = ZERO
+        sj = acc(s[n, j])
+        dsj = ZERO
+        for t in range(j if causal else 0, T):
+            nt = acc(t + 1) if causal else acc(T)
+            m, E, P, U, Z = rows[n, t, 0], rows[n, t, 1], rows[n, t, 2], rows[n, t, 3], rows[n, t, 4]
+            sig1, sigh, tz, beta, gamma = gate(gates, n, t, P, nt)
+            p = math.exp(sj - m) / E
+            r = sigh * p + beta * sj + gamma
+            B = ZERO
+            for d in range(Dk):
+                B += acc(q[n, t, d]) * acc(k[n, j, d])
+            dA = ZERO
+            for e in range(Dv):
+                dA += acc(do[n, t, e]) * acc(v[n, j, e])
+            dR = B * dA
+            for e in range(Dv):
+                gv[e] += r * B * acc(do[n, t, e])
+            for d in range(Dk):
+                gk[d] += r * dA * acc(q[n, t, d])
+            dsj += sigh * p * (dR - U) + beta * (dR - Z / nt)
+        for d in range(Dk):
+            dk[n, j, d] = gk[d]
+        for e in range(Dv):
+            dv[n, j, e] = gv[e]
+        ds[n, j] = dsj
+    return kern
+
+
+def _rows_grid(N, T):
+    blocks, threads = grid_1d(T, 64)
+    return (N, blocks), threads
+
+
+def _naive_forward(q, k, v, s, gates, causal=True):
+    io = DeviceIO(q)
+    q, k, v, s, gates = (io.to_device(x) for x in (q, k, v, s, gates))
+    N, T, Dk = q.shape
+    Dv = v.shape[2]
+    o = io.empty((N, T, Dv), q.dtype)
+    _naive_fwd(Dk, Dv, causal, nb_type(q.dtype))[_rows_grid(N, T)](q, k, v, s, gates, o)
+    return io.to_caller(o), ("naive", io, causal, (q, k, v, s, gates))
+
+
+def _naive_backward(io, causal, arrays, do):
+    q, k, v, s, gates = arrays
+    N, T, Dk = q.shape
+    Dv = v.shape[2]
+    acc = nb_type(q.dtype)
+    dq, dk, dv = io.empty(q.shape, q.dtype), io.empty(k.shape, q.dtype), io.empty(v.shape, q.dtype)
+    ds, dgates = io.empty(s.shape, q.dtype), io.empty(gates.shape, q.dtype)
+    rows = io.empty((N, T, 5), q.dtype)
+    _naive_bwd_rows(Dk, Dv, causal, acc)[_rows_grid(N, T)](q, k, v, s, gates, do, dq, dgates, rows)
+    _naive_bwd_keys(Dk, Dv, causal, acc)[_rows_grid(N, T)](q, k, v, s, gates, do, rows, dk, dv, ds)
+    return dq, dk, dv, ds, dgates
+
+
+# ============================================================================ chunked: scans
+@functools.lru_cache(maxsize=None)
+def _stats_kernel(causal, NT, acc):
+    """One block per n.  Pass 1: each thread's run [lo, hi) summarised as (max, sum e^{s - max}, sum s);
+    thread 0 turns the runs into exclusive prefixes (causal) or the totals (non-causal); pass 2: each thread
+    rescans its run from its prefix and writes m, E, P and the coefficient arrays of every row."""
+    ZERO, ONE, NEG_INF = acc(0), acc(1), acc(-math.inf)
+    gate = _gate_fn(acc)
+
+    @cuda.jit(device=True)
+    def merge(m1, E1, m2, E2):
+        """(max, sum e^{s - max}) of the union of two sets, each given relative to its own max."""
+        m = m2 if m2 > m1 else m1
+        E = ZERO
+        if m1 != NEG_INF:
+            E += E1 * math.exp(m1 - m)
+        if m2 != NEG_INF:
+            E += E2 * math.exp(m2 - m)
+        return m, E
+
+    @cuda.jit
+    def kern(s, gates, Qf, Kf, Qp, Qdk, st):
+        n = cuda.blockIdx.x
+        u = cuda.threadIdx.x
+        T = s.shape[1]
+        SEG = (T + NT - 1) // NT
+        lo = min(u * SEG, T)
+        hi = min(lo + SEG, T)
+        sm = cuda.shared.array(NT, acc)
+        sE = cuda.shared.array(NT, acc)
+        sP = cuda.shared.array(NT, acc)
+        m = NEG_INF
+        E = ZERO
+        P = ZERO
+        for t in range(lo, hi):
+            x = acc(s[n, t])
+            m, E = merge(m, E, x, ONE)
+            P += x
+        sm[u] = m
+        sE[u] = E
+        sP[u] = P
+        cuda.syncthreads()
+        if u == 0:
+            m = NEG_INF
+            E = ZERO
+            P = ZERO
+            for w in range(NT):
+                mw, Ew, Pw = sm[w], sE[w], sP[w]
+                if causal:                     # exclusive prefix of run w
+                    sm[w] = m
+                    sE[w] = E
+                    sP[w] = P
+                m, E = merge(m, E, mw, Ew)
+                P += Pw
+            if not causal:                     # totals, for every run
+                for w in range(NT):
+                    sm[w] = m
+                    sE[w] = E
+                    sP[w] = P
+        cuda.syncthreads()
+        m, E, P = sm[u], sE[u], sP[u]
+        for t in range(lo, hi):
+            x = acc(s[n, t])
+            if causal:
+                m, E = merge(m, E, x, ONE)
+                P += x
+            nt = acc(t + 1) if causal else acc(T)
+            sig1, sigh, tz, beta, gamma = gate(gates, n, t, P, nt)
+            st[n, t, 0] = m
+            st[n, t, 1] = E
+            st[n, t, 2] = P
+            Qf[n, t, 0, 0] = sigh / E
+            Qf[n, t, 0, 1] = -m
+            Qf[n, t, 1, 0] = beta
+            Qf[n, t, 1, 1] = ZERO
+            Qf[n, t, 2, 0] = gamma
+            Qf[n, t, 2, 1] = ZERO
+            Kf[n, t, 0, 0] = ONE
+            Kf[n, t, 0, 1] = x
+            Kf[n, t, 1, 0] = x
+            Kf[n, t, 1, 1] = ZERO
+            Kf[n, t, 2, 0] = ONE
+            Kf[n, t, 2, 1] = ZERO
+            Qp[n, t, 0, 0] = ONE / E
+            Qp[n, t, 0, 1] = -m
+            Qdk[n, t, 0, 0] = ONE
+            Qdk[n, t, 0, 1] = x
+            for y in range(1, 3):
+                Qp[n, t, y, 0] = ONE
+                Qp[n, t, y, 1] = ZERO
+                Qdk[n, t, y, 0] = ONE
+                Qdk[n, t, y, 1] = ZERO
+    return kern
+
+
+@functools.lru_cache(maxsize=None)
+def _finish_kernel(Dk, Dv, causal, NT, acc):
+    """One block per n.  Pass 1 (each thread a run [lo, hi) of rows): U, V, Z, dgates, dk, and per row
+    a_t = sigh U / E, b_t = beta Z / n, K_t = k.(dkF + dkG) into scratch; the run's reverse composition
+    X_lo = A + e^{m_lo - m_hi} X_hi, Y_lo = Yrun + Y_hi.  Thread 0 turns the runs into X, Y at each run's end;
+    pass 2: each thread's reverse scan and ds_t = K_t - e^{s_t - m_t} X_t - Y_t."""
+    ZERO = acc(0)
+    gate, gate_grads = _gate_fn(acc), _gate_grads_fn(acc)
+
+    @cuda.jit
+    def kern(do, oF, oG, oH, k, dkF, dkG, dkH, s, gates, st, dk, ds, dgates, scratch):
+        n = cuda.blockIdx.x
+        u = cuda.threadIdx.x
+        T = s.shape[1]
+        SEG = (T + NT - 1) // NT
+        lo = min(u * SEG, T)
+        hi = min(lo + SEG, T)
+        sX = cuda.shared.array(NT, acc)
+        sY = cuda.shared.array(NT, acc)
+        for t in range(lo, hi):
+            U = ZERO
+            V = ZERO
+            Z = ZERO
+            for e in range(Dv):
+                dov = acc(do[n, t, e])
+                U += dov * acc(oF[n, t, e])
+                V += dov * acc(oG[n, t, e])
+                Z += dov * acc(oH[n, t, e])
+            st_ = acc(s[n, t])
+            K = ZERO
+            for d in range(Dk):
+                f = acc(dkF[n, t, d])
+                gG = acc(dkG[n, t, d])
+                dk[n, t, d] = f + st_ * gG + acc(dkH[n, t, d])
+                K += acc(k[n, t, d]) * (f + gG)
+            E, P = st[n, t, 1], st[n, t, 2]
+            nt = acc(t + 1) if causal else acc(T)
+            sig1, sigh, tz, beta, gamma = gate(gates, n, t, P, nt)
+            gate_grads(gates, n, t, U, V, Z, P, nt, dgates)
+            scratch[n, t, 0] = sigh * U / E
+            scratch[n, t, 1] = beta * Z / nt
+            scratch[n, t, 2] = K
+        X = ZERO
+        Y = ZERO
+        for t in range(hi - 1, lo - 1, -1):
+            if causal and t + 1 < T:
+                X *= math.exp(st[n, t, 0] - st[n, t + 1, 0])
+            X += scratch[n, t, 0]
+            Y += scratch[n, t, 1]
+        sX[u] = X
+        sY[u] = Y
+        cuda.syncthreads()
+        if u == 0:
+            X = ZERO
+            Y = ZERO
+            for w in range(NT - 1, -1, -1):
+                Xw, Yw = sX[w], sY[w]
+                wlo = min(w * SEG, T)
+                whi = min(wlo + SEG, T)
+                if causal:
+                    sX[w] = X                      # X, Y at the first row after run w
+                    sY[w] = Y
+                    if wlo < whi:
+                        if whi < T:
+                            X *= math.exp(st[n, wlo, 0] - st[n, whi, 0])
+                        X += Xw
+                        Y += Yw
+                else:
+                    X += Xw
+                    Y += Yw
+            if not causal:
+                for w in range(NT):
+                    sX[w] = X
+                    sY[w] = Y
+        cuda.syncthreads()
+        X = sX[u]
+        Y = sY[u]
+        for t in range(hi - 1, lo - 1, -1):
+            m = st[n, t, 0]
+            if causal:
+                if t + 1 < T:
+                    X *= math.exp(m - st[n, t + 1, 0])
+                X += scratch[n, t, 0]
+                Y += scratch[n, t, 1]
+            ds[n, t] = scratch[n, t, 2] - math.exp(acc(s[n, t]) - m) * X - Y
+    return kern
+
+
+# ============================================================================ chunked
+def _chunked_forward(q, k, v, s, gates, causal=True):
+    io = DeviceIO(q)
+    q, k, v, s, gates = (io.to_device(x) for x in (q, k, v, s, gates))
+    N, T, Dk = q.shape
+    Dv = v.shape[2]
+    acc = nb_type(q.dtype)
+    Qf, Kf, Qp, Qdk = (io.empty((N, T, 3, 2), q.dtype) for _ in range(4))
+    st = io.empty((N, T, 3), q.dtype)
+    _stats_kernel(causal, SCAN_THREADS, acc)[N, SCAN_THREADS](s, gates, Qf, Kf, Qp, Qdk, st)
+    o = io.empty((N, T, Dv), q.dtype)
+    _chunked.launch(q, k, v, o, qco=Qf, kco=Kf, NS=3, causal=causal)
+    return io.to_caller(o), ("chunked", io, causal, (q, k, v, s, gates, Qf, Kf, Qp, Qdk, st))
+
+
+def _chunked_backward(io, causal, arrays, do):
+    q, k, v, s, gates, Qf, Kf, Qp, Qdk, st = arrays
+    N, T, Dk = q.shape
+    Dv = v.shape[2]
+    acc = nb_type(q.dtype)
+    dt = q.dtype
+    oF, oG, oH = (io.empty((N, T, Dv), dt) for _ in range(3))
+    _chunked.launch(q, k, v, oF, oG, oH, qco=Qp, kco=Kf, NS=3, causal=causal, parts=True)
+    dq = io.empty(q.shape, dt)
+    _chunked.launch(do, v, k, dq, qco=Qf, kco=Kf, NS=3, causal=causal)
+    dkF, dkG, dkH = (io.empty((N, T, Dk), dt) for _ in range(3))
+    _chunked.launch(v, do, q, dkF, dkG, dkH, qco=Qdk, kco=Qf, NS=3, causal=causal, rev=True, parts=True)
+    dv = io.empty(v.shape, dt)
+    _chunked.launch(k, q, do, dv, qco=Kf, kco=Qf, NS=3, causal=causal, rev=True)
+    dk, ds, dgates = io.empty(k.shape, dt), io.empty(s.shape, dt), io.empty(gates.shape, dt)
+    scratch = io.empty((N, T, 3), dt)
+    _finish_kernel(Dk, Dv, causal, SCAN_THREADS, acc)[N, SCAN_THREADS](
+        do, oF, oG, oH, k, dkF, dkG, dkH, s, gates, st, dk, ds, dgates, scratch)
+    return dq, dk, dv, ds, dgates
+
+
+def _backward(ctx, do):
+    kind, io, causal, arrays = ctx
+    do = io.to_device(do)
+    grads = (_chunked_backward if kind == "chunked" else _naive_backward)(io, causal, arrays, do)
+    return tuple(io.to_caller(x) for x in grads)
+
+
+register(Variant("zeros", "numba", "naive", _naive_forward, _backward,
+                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_up_to_256,
+                 description="one thread per output row, O(T^2), each row's softmax stats recomputed; backward: "
+                             "one thread per query row (dq, U, V, Z, dgates), one per key row (dk, dv, ds)"))
+register(Variant("zeros", "numba", "chunked", _chunked_forward, _backward,
+                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_up_to_256, default=True,
+                 description="chunked: F, G, H states (Dk x BV each, shared memory) with a running-max "
+                             "reference for e^s; segmented-scan stats; backward = the same kernel for the output "
+                             "parts, dq, dk parts and dv (reverse), then a segmented reverse scan for ds, dgates"))

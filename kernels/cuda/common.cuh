@@ -1,0 +1,75 @@
+// common.cuh -- helpers shared by the CuPy RawKernel sources in kernels/cuda.
+//
+// Header-free on purpose: NVRTC ships no cuda_fp16.h / cuda_bf16.h of its own, so 16-bit floats are
+// plain 16-bit storage types here and every conversion is one PTX instruction (or a bit shift).
+// That keeps the sources compiling with nothing but NVRTC (the CI test needs no CUDA toolkit).
+//
+//   wb_half   IEEE binary16 storage (same bits as numpy float16 / cupy float16)
+//   wb_bf16   bfloat16 storage (upper 16 bits of a float32)
+//   to_f32(x), from_f32<T>(f)  scalar load/store conversion, round-to-nearest-even
+//   pack2<T>(lo, hi)           two floats -> one 32-bit register of two 16-bit values (lo at the lower
+//                              address), the operand format of mma.sync
+//   warp_sum / warp_max        butterfly reductions over the 32 lanes of a warp
+//   WB_INF, WB_NAN             +inf and a quiet NaN without math.h
+//
+// Everything is __device__ __forceinline__; nothing here launches or allocates.
+#pragma once
+
+struct __align__(2) wb_half { unsigned short bits; };
+struct __align__(2) wb_bf16 { unsigned short bits; };
+
+#define WB_INF (__int_as_float(0x7f800000))
+#define WB_NAN (__int_as_float(0x7fffffff))
+#define WB_LOG2E 1.4426950408889634f
+#define WB_LN2 0.6931471805599453f
+
+// ---------------------------------------------------------------- scalar conversions
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(wb_half x) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(x.bits));
+    return f;
+}
+__device__ __forceinline__ float to_f32(wb_bf16 x) {          // exact: bf16 is a truncated float32
+    return __uint_as_float(((unsigned)x.bits) << 16);
+}
+
+template <typename T> __device__ __forceinline__ T from_f32(float f);
+template <> __device__ __forceinline__ float from_f32<float>(float f) { return f; }
+template <> __device__ __forceinline__ wb_half from_f32<wb_half>(float f) {
+    wb_half h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h.bits) : "f"(f));
+    return h;
+}
+template <> __device__ __forceinline__ wb_bf16 from_f32<wb_bf16>(float f) {   // sm_80+
+    wb_bf16 h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h.bits) : "f"(f));
+    return h;
+}
+
+// ---------------------------------------------------------------- packed pairs (mma operands)
+// pack2<T>(lo, hi): bits 0..15 hold lo, bits 16..31 hold hi (PTX cvt puts its first source in the
+// upper half).
+template <typename T> __device__ __forceinline__ unsigned pack2(float lo, float hi);
+template <> __device__ __forceinline__ unsigned pack2<wb_half>(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+template <> __device__ __forceinline__ unsigned pack2<wb_bf16>(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+// ---------------------------------------------------------------- warp reductions
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}

@@ -1,0 +1,857 @@
+// softmax.cu -- softmax attention, forward and backward, three versions (llm.c dev/cuda style: a plain
+// one and numbered faster ones, each runnable through kernels/cupy/softmax.py).
+//
+// Math (per leading index n; workbench/reference/softmax.py has the derivation):
+//   a_ti = scale q_t.k_i  (i <= t when causal),  p_ti = exp(a_ti - lse_t),  o_t = sum_i p_ti v_i
+//   lse_t = log sum_i exp(a_ti)                       saved in float32 by every forward
+//   D_t   = do_t . o_t                                (softmax Jacobian term)
+//   dv_i  = sum_t p_ti do_t      dp_ti = do_t . v_i     ds_ti = p_ti (dp_ti - D_t)
+//   dq_t  = scale sum_i ds_ti k_i                     dk_i  = scale sum_t ds_ti q_t
+// Exponentials are base 2: s_ti = a_ti * log2(e), p = exp2(s - lse_t log2(e)), so the scale and log2(e)
+// fold into one multiplier sl2 = scale * log2(e).  Online softmax keeps a running row max m and sum l:
+//   m' = max(m, max_i s_i),  l' = l 2^(m - m') + sum_i 2^(s_i - m'),  acc' = acc 2^(m - m') + sum_i 2^(s_i - m') v_i
+// Every accumulation is float32, whatever the storage type T (float, wb_half, wb_bf16).
+//
+// Layout: q, k (N, T, dk) and v, o, do (N, T, dv), contiguous row-major; lse, D (N, T) float32.
+// dk and dv are runtime values; the tiled kernels take a compile-time bucket D >= max(dk, dv) and
+// zero-fill the padding columns (and rows past T) when they load a tile, so the padding adds zeros
+// to every dot product and is never written back.
+//
+//   0  naive_*   one warp per row (query row forward/dq, key row dk/dv); lanes split the head dims.
+//   1  flash_*   FlashAttention-2 tiling on CUDA cores, float32 FMAs, tiles in shared memory.
+//   2  mma_*     the same tiling on tensor cores: mma.sync m16n8k16 (f16 or bf16 in, f32 accumulate),
+//                operands loaded with ldmatrix; P and dS go from accumulator to operand registers.
+// Backward of 1 and 2: bwd_dot (D_t), then a kernel over key tiles (dk, dv) and one over query tiles
+// (dq), both recomputing p from the saved lse; causal tiles above the diagonal are skipped by the
+// loop bounds.  Grids are 1-D: block b handles tile (ntiles - 1 - b / N) of row n = b % N, so the
+// longest causal tiles start first.
+#include "common.cuh"
+
+// ============================================================================ 0. naive
+#define NAIVE_MAXD 256
+#define NAIVE_PER_LANE (NAIVE_MAXD / 32)     // head-dim elements per lane: d = lane + 32 j
+
+template <typename T>
+__device__ __forceinline__ void naive_load_row(float (&r)[NAIVE_PER_LANE], const T* p, int d_act, int lane,
+                                               float mul) {
+#pragma unroll
+    for (int j = 0; j < NAIVE_PER_LANE; ++j) {
+        int d = lane + 32 * j;
+        r[j] = d < d_act ? to_f32(p[d]) * mul : 0.f;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ float naive_dot(const float (&r)[NAIVE_PER_LANE], const T* p, int d_act, int lane) {
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < NAIVE_PER_LANE; ++j) {
+        int d = lane + 32 * j;
+        if (d < d_act) s += r[j] * to_f32(p[d]);
+    }
+    return warp_sum(s);
+}
+
+template <typename T>
+__device__ __forceinline__ void naive_axpy(float (&acc)[NAIVE_PER_LANE], float a, const T* p, int d_act, int lane) {
+#pragma unroll
+    for (int j = 0; j < NAIVE_PER_LANE; ++j) {
+        int d = lane + 32 * j;
+        if (d < d_act) acc[j] += a * to_f32(p[d]);
+    }
+}
+
+// o_t, lse_t for row w = n T + t: online softmax over keys i < (causal ? t + 1 : T).
+template <typename T>
+__global__ void naive_fwd(const T* q, const T* k, const T* v, T* o, float* lse,
+                          int N, int T_, int dk, int dv, float sl2, int causal) {
+    long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (w >= (long long)N * T_) return;
+    int t = (int)(w % T_);
+    const T* kn = k + (w - t) * dk;
+    const T* vn = v + (w - t) * dv;
+    float qr[NAIVE_PER_LANE], acc[NAIVE_PER_LANE];
+    naive_load_row(qr, q + w * dk, dk, lane, sl2);          // q pre-scaled: s is in log2 units
+#pragma unroll
+    for (int j = 0; j < NAIVE_PER_LANE; ++j) acc[j] = 0.f;
+    float m = -WB_INF, l = 0.f;
+    int iend = causal ? t + 1 : T_;
+    for (int i = 0; i < iend; ++i) {
+        float s = naive_dot(qr, kn + (long long)i * dk, dk, lane);
+        float mn = fmaxf(m, s);
+        float base = mn == -WB_INF ? 0.f : mn;
+        float corr = exp2f(m - base), p = exp2f(s - base);
+        l = l * corr + p;
+#pragma unroll
+        for (int j = 0; j < NAIVE_PER_LANE; ++j) acc[j] *= corr;
+        naive_axpy(acc, p, vn + (long long)i * dv, dv, lane);
+        m = mn;
+    }
+    float inv = 1.f / l;
+#pragma unroll
+    for (int j = 0; j < NAIVE_PER_LANE; ++j) {
+        int d = lane + 32 * j;
+        if (d < dv) o[w * dv + d] = from_f32<T>(acc[j] * inv);
+    }
+    if (lane == 0) lse[w] = (m + log2f(l)) * WB_LN2;
+}
+
+// dq_t (and D_t = do_t . o_t, written to Dbuf for naive_bwd_dkdv): one warp per query row.
+template <typename T>
+__global__ void naive_bwd_dq(const T* q, const T* k, const T* v, const T* o, const float* lse, const T* dout,
+                             T* dq, float* Dbuf, int N, int T_, int dk, int dv, float sl2, float scale,
+                             int causal) {
+    long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (w >= (long long)N * T_) return;
+    int t = (int)(w % T_);
+    const T* kn = k + (w - t) * dk;
+    const T* vn = v + (w - t) * dv;
+    float qr[NAIVE_PER_LANE], dor[NAIVE_PER_LANE], acc[NAIVE_PER_LANE];
+    naive_load_row(qr, q + w * dk, dk, lane, sl2);
+    naive_load_row(dor, dout + w * dv, dv, lane, 1.f);
+    float Dt = naive_dot(dor, o + w * dv, dv, lane);
+    if (lane == 0) Dbuf[w] = Dt;
+    float lse2 = lse[w] * WB_LOG2E;
+#pragma unroll
+    for (int j = 0; j < NAIVE_PER_LANE; ++j) acc[j] = 0.f;
+    int iend = causal ? t + 1 : T_;
+    for (int i = 0; i < iend; ++i) {
+        float p = exp2f(naive_dot(qr, kn + (long long)i * dk, dk, lane) - lse2);
+        float dp = naive_dot(dor, vn + (long long)i * dv, dv, lane);
+        naive_axpy(acc, p * (dp - Dt), kn + (long long)i * dk, dk, lane);
+    }
+#pragma unroll
+    for (int j = 0; j < NAIVE_PER_LANE; ++j) {
+        int d = lane + 32 * j;
+        if (d < dk) dq[w * dk + d] = from_f32<T>(acc[j] * scale);
+    }
+}
+
+// dk_i, dv_i: one warp per key row i, over queries t >= i (causal) or all t.  Needs Dbuf.
+template <typename T>
+__global__ void naive_bwd_dkdv(const T* q, const T* k, const T* v, const float* lse, const float* Dbuf,
+                               const T* dout, T* dk_, T* dv_, int N, int T_, int dk, int dv, float sl2,
+                               float scale, int causal) {
+    long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (w >= (long long)N * T_) return;
+    int i = (int)(w % T_);
+    long long row0 = w - i;                          // n T
+    float kr[NAIVE_PER_LANE], vr[NAIVE_PER_LANE], gk[NAIVE_PER_LANE], gv[NAIVE_PER_LANE];
+    naive_load_row(kr, k + w * dk, dk, lane, sl2);
+    naive_load_row(vr, v + w * dv, dv, lane, 1.f);
+#pragma unroll
+    for (int j = 0; j < NAIVE_PER_LANE; ++j) gk[j] = gv[j] = 0.f;
+    for (int t = causal ? i : 0; t < T_; ++t) {
+        long long r = row0 + t;
+        float p = exp2f(naive_dot(kr, q + r * dk, dk, lane) - lse[r] * WB_LOG2E);
+        const T* dot_ = dout + r * dv;
+        naive_axpy(gv, p, dot_, dv, lane);
+        float dp = naive_dot(vr, dot_, dv, lane);
+        naive_axpy(gk, p * (dp - Dbuf[r]), q + r * dk, dk, lane);
+    }
+#pragma unroll
+    for (int j = 0; j < NAIVE_PER_LANE; ++j) {
+        int d = lane + 32 * j;
+        if (d < dk) dk_[w * dk + d] = from_f32<T>(gk[j] * scale);
+        if (d < dv) dv_[w * dv + d] = from_f32<T>(gv[j]);
+    }
+}
+
+// D_t = do_t . o_t for the tiled backwards: one warp per row.
+template <typename T>
+__global__ void bwd_dot(const T* o, const T* dout, float* Dbuf, long long rows, int dv) {
+    long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (w >= rows) return;
+    float s = 0.f;
+    for (int d = lane; d < dv; d += 32) s += to_f32(o[w * dv + d]) * to_f32(dout[w * dv + d]);
+    s = warp_sum(s);
+    if (lane == 0) Dbuf[w] = s;
+}
+
+// ============================================================================ 1. flash (CUDA cores)
+// 256 threads = 16 row groups x 16 column lanes: thread (r, c) = (tid / 16, tid % 16) owns tile rows
+// r + 16 i (i < BR / 16) and tile columns c + 16 j.  Shared tiles are float32 [rows][D + 1]: the odd
+// row stride makes both access patterns conflict-free (16 lanes walking rows of one column, or
+// walking one row).  A row's 16 owners are one half-warp, so row reductions are 4 xor-shuffles.
+#define FL_THREADS 256
+
+// rows [row0, row0 + ROWS) of a (T_, d_act) matrix -> s[ROWS][D + 1] as float, times mul; zeros past
+// T_ and past d_act.
+template <typename T, int D, int ROWS>
+__device__ __forceinline__ void fl_load(float* s, const T* g, int row0, int T_, int d_act, float mul) {
+    for (int idx = threadIdx.x; idx < ROWS * D; idx += FL_THREADS) {
+        int r = idx / D, d = idx % D, t = row0 + r;
+        s[r * (D + 1) + d] = (t < T_ && d < d_act) ? to_f32(g[(long long)t * d_act + d]) * mul : 0.f;
+    }
+}
+
+// max and sum over the 16 lanes of a half-warp (xor offsets < 16 stay inside it)
+__device__ __forceinline__ float hw_max(float x) {
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+__device__ __forceinline__ float hw_sum(float x) {
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+// Forward.  Block: BR query rows; loops over BC-key tiles.  smem: Q [BR][D+1] (pre-scaled by sl2),
+// K, V [BC][D+1], P [BR][BC+1].
+template <typename T, int D, int BR, int BC>
+__global__ void __launch_bounds__(FL_THREADS) flash_fwd(const T* q, const T* k, const T* v, T* o, float* lse,
+                                                        int N, int T_, int dk, int dv, float sl2, int causal) {
+    constexpr int LD = D + 1, TM = BR / 16, TN = BC / 16, TD = D / 16;
+    extern __shared__ float smem[];
+    float* sQ = smem;
+    float* sK = sQ + BR * LD;
+    float* sV = sK + BC * LD;
+    float* sP = sV + BC * LD;
+    const int ntiles = (T_ + BR - 1) / BR;
+    const int n = blockIdx.x % N, q0 = (ntiles - 1 - (int)(blockIdx.x / N)) * BR;
+    const int r = threadIdx.x >> 4, c = threadIdx.x & 15;
+    const long long nT = (long long)n * T_;
+    fl_load<T, D, BR>(sQ, q + nT * dk, q0, T_, dk, sl2);
+
+    float m[TM], l[TM], acc[TM][TD];
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        m[i] = -WB_INF; l[i] = 0.f;
+#pragma unroll
+        for (int j = 0; j < TD; ++j) acc[i][j] = 0.f;
+    }
+    const int kend = causal ? min(T_, q0 + BR) : T_;
+    for (int k0 = 0; k0 < kend; k0 += BC) {
+        __syncthreads();                                   // previous tile fully consumed
+        fl_load<T, D, BC>(sK, k + nT * dk, k0, T_, dk, 1.f);
+        fl_load<T, D, BC>(sV, v + nT * dv, k0, T_, dv, 1.f);
+        __syncthreads();
+        float s[TM][TN];                                   // s = (sl2 q) . k
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) s[i][j] = 0.f;
+#pragma unroll 4
+        for (int d = 0; d < D; ++d) {
+            float a[TM], b[TN];
+#pragma unroll
+            for (int i = 0; i < TM; ++i) a[i] = sQ[(r + 16 * i) * LD + d];
+#pragma unroll
+            for (int j = 0; j < TN; ++j) b[j] = sK[(c + 16 * j) * LD + d];
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j) s[i][j] += a[i] * b[j];
+        }
+#pragma unroll
+        for (int i = 0; i < TM; ++i) {
+            const int row = q0 + r + 16 * i;
+            float mx = -WB_INF;
+#pragma unroll
+            for (int j = 0; j < TN; ++j) {
+                const int key = k0 + c + 16 * j;
+                if (key >= T_ || (causal && key > row)) s[i][j] = -WB_INF;
+                mx = fmaxf(mx, s[i][j]);
+            }
+            const float mn = fmaxf(m[i], hw_max(mx));
+            const float base = mn == -WB_INF ? 0.f : mn;
+            const float corr = exp2f(m[i] - base);
+            float sum = 0.f;
+#pragma unroll
+            for (int j = 0; j < TN; ++j) {
+                const float p = exp2f(s[i][j] - base);
+                sum += p;
+                sP[(r + 16 * i) * (BC + 1) + c + 16 * j] = p;
+            }
+            l[i] = l[i] * corr + hw_sum(sum);
+            m[i] = mn;
+#pragma unroll
+            for (int j = 0; j < TD; ++j) acc[i][j] *= corr;
+        }
+        __syncthreads();                                   // P complete
+#pragma unroll 4
+        for (int kk = 0; kk < BC; ++kk) {
+            float a[TM], b[TD];
+#pragma unroll
+            for (int i = 0; i < TM; ++i) a[i] = sP[(r + 16 * i) * (BC + 1) + kk];
+#pragma unroll
+            for (int j = 0; j < TD; ++j) b[j] = sV[kk * LD + c + 16 * j];
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TD; ++j) acc[i][j] += a[i] * b[j];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int row = q0 + r + 16 * i;
+        if (row >= T_) continue;
+        const float inv = 1.f / l[i];
+#pragma unroll
+        for (int j = 0; j < TD; ++j) {
+            const int d = c + 16 * j;
+            if (d < dv) o[(nT + row) * dv + d] = from_f32<T>(acc[i][j] * inv);
+        }
+        if (c == 0) lse[nT + row] = (m[i] + log2f(l[i])) * WB_LN2;
+    }
+}
+
+// dk, dv.  Block: BK key rows (thread rows = keys), loops over BQ-query tiles from the diagonal on.
+// Transposed scores S^T[key][query]: p^T = exp2(sl2 k.q - lse2_q), dp^T = v.do, ds^T = p^T (dp^T - D_q);
+// dv += p^T do, dk += scale ds^T q.  smem: K, V [BK][D+1], Q, dO [BQ][D+1], P^T, dS^T [BK][BQ+1],
+// lse2 and D of the query tile [BQ].
+template <typename T, int D, int BK, int BQ>
+__global__ void __launch_bounds__(FL_THREADS) flash_bwd_dkdv(const T* q, const T* k, const T* v,
+        const float* lse, const float* Dbuf, const T* dout, T* dk_, T* dv_, int N, int T_, int dk, int dv,
+        float sl2, float scale, int causal) {
+    constexpr int LD = D + 1, TM = BK / 16, TN = BQ / 16, TD = D / 16;
+    extern __shared__ float smem[];
+    float* sK = smem;
+    float* sV = sK + BK * LD;
+    float* sQ = sV + BK * LD;
+    float* sO = sQ + BQ * LD;             // dO tile
+    float* sP = sO + BQ * LD;
+    float* sS = sP + BK * (BQ + 1);       // dS^T
+    float* sL = sS + BK * (BQ + 1);
+    float* sD = sL + BQ;
+    const int ntiles = (T_ + BK - 1) / BK;
+    const int n = blockIdx.x % N, k0 = (ntiles - 1 - (int)(blockIdx.x / N)) * BK;
+    const int r = threadIdx.x >> 4, c = threadIdx.x & 15;
+    const long long nT = (long long)n * T_;
+    fl_load<T, D, BK>(sK, k + nT * dk, k0, T_, dk, sl2);
+    fl_load<T, D, BK>(sV, v + nT * dv, k0, T_, dv, 1.f);
+    float gk[TM][TD], gv[TM][TD];
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+#pragma unroll
+        for (int j = 0; j < TD; ++j) gk[i][j] = gv[i][j] = 0.f;
+    for (int q0 = causal ? (k0 / BQ) * BQ : 0; q0 < T_; q0 += BQ) {
+        __syncthreads();
+        fl_load<T, D, BQ>(sQ, q + nT * dk, q0, T_, dk, 1.f);
+        fl_load<T, D, BQ>(sO, dout + nT * dv, q0, T_, dv, 1.f);
+        for (int x = threadIdx.x; x < BQ; x += FL_THREADS) {
+            const int t = q0 + x;
+            sL[x] = t < T_ ? lse[nT + t] * WB_LOG2E : 0.f;
+            sD[x] = t < T_ ? Dbuf[nT + t] : 0.f;
+        }
+        __syncthreads();
+        float s[TM][TN], dp[TM][TN];
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) s[i][j] = dp[i][j] = 0.f;
+#pragma unroll 2
+        for (int d = 0; d < D; ++d) {
+            float a[TM], a2[TM], b[TN], b2[TN];
+#pragma unroll
+            for (int i = 0; i < TM; ++i) { a[i] = sK[(r + 16 * i) * LD + d]; a2[i] = sV[(r + 16 * i) * LD + d]; }
+#pragma unroll
+            for (int j = 0; j < TN; ++j) { b[j] = sQ[(c + 16 * j) * LD + d]; b2[j] = sO[(c + 16 * j) * LD + d]; }
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j) { s[i][j] += a[i] * b[j]; dp[i][j] += a2[i] * b2[j]; }
+        }
+#pragma unroll
+        for (int i = 0; i < TM; ++i) {
+            const int key = k0 + r + 16 * i;
+#pragma unroll
+            for (int j = 0; j < TN; ++j) {
+                const int x = c + 16 * j, t = q0 + x;
+                const bool ok = t < T_ && key < T_ && (!causal || key <= t);
+                const float p = ok ? exp2f(s[i][j] - sL[x]) : 0.f;
+                sP[(r + 16 * i) * (BQ + 1) + x] = p;
+                sS[(r + 16 * i) * (BQ + 1) + x] = p * (dp[i][j] - sD[x]);
+            }
+        }
+        __syncthreads();
+#pragma unroll 2
+        for (int x = 0; x < BQ; ++x) {
+            float a[TM], a2[TM], b[TD], b2[TD];
+#pragma unroll
+            for (int i = 0; i < TM; ++i) { a[i] = sP[(r + 16 * i) * (BQ + 1) + x]; a2[i] = sS[(r + 16 * i) * (BQ + 1) + x]; }
+#pragma unroll
+            for (int j = 0; j < TD; ++j) { b[j] = sO[x * LD + c + 16 * j]; b2[j] = sQ[x * LD + c + 16 * j]; }
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TD; ++j) { gv[i][j] += a[i] * b[j]; gk[i][j] += a2[i] * b2[j]; }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int key = k0 + r + 16 * i;
+        if (key >= T_) continue;
+#pragma unroll
+        for (int j = 0; j < TD; ++j) {
+            const int d = c + 16 * j;
+            if (d < dk) dk_[(nT + key) * dk + d] = from_f32<T>(gk[i][j] * scale);
+            if (d < dv) dv_[(nT + key) * dv + d] = from_f32<T>(gv[i][j]);
+        }
+    }
+}
+
+// dq.  Block: BR query rows, loops over BC-key tiles up to the diagonal.  s = sl2 q.k, p = exp2(s - lse2),
+// dp = do.v, ds = p (dp - D); dq += scale ds k.  smem: Q, dO [BR][D+1], K, V [BC][D+1], dS [BR][BC+1].
+template <typename T, int D, int BR, int BC>
+__global__ void __launch_bounds__(FL_THREADS) flash_bwd_dq(const T* q, const T* k, const T* v,
+        const float* lse, const float* Dbuf, const T* dout, T* dq, int N, int T_, int dk, int dv, float sl2,
+        float scale, int causal) {
+    constexpr int LD = D + 1, TM = BR / 16, TN = BC / 16, TD = D / 16;
+    extern __shared__ float smem[];
+    float* sQ = smem;
+    float* sO = sQ + BR * LD;
+    float* sK = sO + BR * LD;
+    float* sV = sK + BC * LD;
+    float* sS = sV + BC * LD;
+    const int ntiles = (T_ + BR - 1) / BR;
+    const int n = blockIdx.x % N, q0 = (ntiles - 1 - (int)(blockIdx.x / N)) * BR;
+    const int r = threadIdx.x >> 4, c = threadIdx.x & 15;
+    const long long nT = (long long)n * T_;
+    fl_load<T, D, BR>(sQ, q + nT * dk, q0, T_, dk, sl2);
+    fl_load<T, D, BR>(sO, dout + nT * dv, q0, T_, dv, 1.f);
+    float l2[TM], Dr[TM], g[TM][TD];
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int t = q0 + r + 16 * i;
+        l2[i] = t < T_ ? lse[nT + t] * WB_LOG2E : 0.f;
+        Dr[i] = t < T_ ? Dbuf[nT + t] : 0.f;
+#pragma unroll
+        for (int j = 0; j < TD; ++j) g[i][j] = 0.f;
+    }
+    const int kend = causal ? min(T_, q0 + BR) : T_;
+    for (int k0 = 0; k0 < kend; k0 += BC) {
+        __syncthreads();
+        fl_load<T, D, BC>(sK, k + nT * dk, k0, T_, dk, 1.f);
+        fl_load<T, D, BC>(sV, v + nT * dv, k0, T_, dv, 1.f);
+        __syncthreads();
+        float s[TM][TN], dp[TM][TN];
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) s[i][j] = dp[i][j] = 0.f;
+#pragma unroll 2
+        for (int d = 0; d < D; ++d) {
+            float a[TM], a2[TM], b[TN], b2[TN];
+#pragma unroll
+            for (int i = 0; i < TM; ++i) { a[i] = sQ[(r + 16 * i) * LD + d]; a2[i] = sO[(r + 16 * i) * LD + d]; }
+#pragma unroll
+            for (int j = 0; j < TN; ++j) { b[j] = sK[(c + 16 * j) * LD + d]; b2[j] = sV[(c + 16 * j) * LD + d]; }
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j) { s[i][j] += a[i] * b[j]; dp[i][j] += a2[i] * b2[j]; }
+        }
+#pragma unroll
+        for (int i = 0; i < TM; ++i) {
+            const int t = q0 + r + 16 * i;
+#pragma unroll
+            for (int j = 0; j < TN; ++j) {
+                const int key = k0 + c + 16 * j;
+                const bool ok = t < T_ && key < T_ && (!causal || key <= t);
+                const float p = ok ? exp2f(s[i][j] - l2[i]) : 0.f;
+                sS[(r + 16 * i) * (BC + 1) + c + 16 * j] = p * (dp[i][j] - Dr[i]);
+            }
+        }
+        __syncthreads();
+#pragma unroll 2
+        for (int kk = 0; kk < BC; ++kk) {
+            float a[TM], b[TD];
+#pragma unroll
+            for (int i = 0; i < TM; ++i) a[i] = sS[(r + 16 * i) * (BC + 1) + kk];
+#pragma unroll
+            for (int j = 0; j < TD; ++j) b[j] = sK[kk * LD + c + 16 * j];
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TD; ++j) g[i][j] += a[i] * b[j];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int t = q0 + r + 16 * i;
+        if (t >= T_) continue;
+#pragma unroll
+        for (int j = 0; j < TD; ++j) {
+            const int d = c + 16 * j;
+            if (d < dk) dq[(nT + t) * dk + d] = from_f32<T>(g[i][j] * scale);
+        }
+    }
+}
+
+// ============================================================================ 2. mma (tensor cores)
+// 128 threads = 4 warps; warp w owns 16 rows (16 w .. 16 w + 15) of the block's 64-row operand.  Shared
+// tiles keep the storage type T in [rows][D + 8]: the 16-byte pad puts the 8 row addresses of each
+// ldmatrix 8x8 load in different banks.  mma.sync m16n8k16 fragments (g = lane / 4, t = lane % 4):
+//   A 16x16 (row-major): a0 (g, 2t..2t+1)  a1 (g+8, 2t..)  a2 (g, 2t+8..)  a3 (g+8, 2t+8..)
+//   B 16x8  (k x n):     b0 (k 2t..2t+1, n g)  b1 (k 2t+8.., n g)
+//   C 16x8  (float):     c0 c1 (g, 2t..2t+1)   c2 c3 (g+8, 2t..2t+1)
+// so the C fragments of two adjacent 8-column tiles, packed to 16 bits, are the A fragment of a 16-wide
+// k slice (P and dS never touch shared memory).  Row statistics of row g live in the 4 lanes sharing g.
+#define MM_THREADS 128
+
+template <typename T> struct mma_op;
+template <> struct mma_op<wb_half> {
+    static __device__ __forceinline__ void run(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+template <> struct mma_op<wb_bf16> {
+    static __device__ __forceinline__ void run(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+};
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void ldsm4(unsigned (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)) : "memory");
+}
+__device__ __forceinline__ void ldsm4_t(unsigned (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)) : "memory");
+}
+
+// A fragment of rows m0..m0+15, k slice k0..k0+15 of a [rows][LDH] tile (matrices: (m0,k0) (m0+8,k0)
+// (m0,k0+8) (m0+8,k0+8); lane L gives row L % 8 of matrix L / 8).
+template <typename T, int LDH>
+__device__ __forceinline__ void ld_a(unsigned (&a)[4], const T* s, int m0, int k0) {
+    const int L = threadIdx.x & 31, mi = L >> 3, rr = L & 7;
+    ldsm4(a, s + (m0 + rr + 8 * (mi & 1)) * LDH + k0 + 8 * (mi >> 1));
+}
+// B fragments for C += A B^T where B is stored [n][k] (rows = the mma's n): n tiles n0 and n0+8, k slice
+// k0.  b[0], b[1] serve n0; b[2], b[3] serve n0+8.
+template <typename T, int LDH>
+__device__ __forceinline__ void ld_bt(unsigned (&b)[4], const T* s, int n0, int k0) {
+    const int L = threadIdx.x & 31, mi = L >> 3, rr = L & 7;
+    ldsm4(b, s + (n0 + rr + 8 * (mi >> 1)) * LDH + k0 + 8 * (mi & 1));
+}
+// B fragments for C += A B where B is stored [k][n]: k slice k0, n tiles n0 and n0+8 (transposing load).
+template <typename T, int LDH>
+__device__ __forceinline__ void ld_b(unsigned (&b)[4], const T* s, int k0, int n0) {
+    const int L = threadIdx.x & 31, mi = L >> 3, rr = L & 7;
+    ldsm4_t(b, s + (k0 + rr + 8 * (mi & 1)) * LDH + n0 + 8 * (mi >> 1));
+}
+// C fragments of 16 x (2 NK 8) -> A fragments of NK 16-wide k slices.
+// Two warp-level GEMMs in one k-loop, for this warp's 16 rows m0.. of A1 and A2 against the NB * 8 rows of
+// B1 and B2 (read transposed, ld_bt): s = A1 B1^T and dp = A2 B2^T over K = 16 KD (both zeroed first).
+// The backward kernels use it for the score tile and the dO.V^T tile side by side.
+template <typename T, int LDH, int KD, int NB>
+__device__ __forceinline__ void mma_two_abt(float (&s)[NB][4], float (&dp)[NB][4], const T* sA1, const T* sA2,
+                                            const T* sB1, const T* sB2, int m0) {
+#pragma unroll
+    for (int j = 0; j < NB; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < KD; ++kk) {
+        unsigned a1[4], a2[4];
+        ld_a<T, LDH>(a1, sA1, m0, 16 * kk);
+        ld_a<T, LDH>(a2, sA2, m0, 16 * kk);
+#pragma unroll
+        for (int np = 0; np < NB / 2; ++np) {
+            unsigned b[4];
+            ld_bt<T, LDH>(b, sB1, 16 * np, 16 * kk);
+            mma_op<T>::run(s[2 * np], a1, b[0], b[1]);
+            mma_op<T>::run(s[2 * np + 1], a1, b[2], b[3]);
+            ld_bt<T, LDH>(b, sB2, 16 * np, 16 * kk);
+            mma_op<T>::run(dp[2 * np], a2, b[0], b[1]);
+            mma_op<T>::run(dp[2 * np + 1], a2, b[2], b[3]);
+        }
+    }
+}
+
+template <typename T, int NK>
+__device__ __forceinline__ void c_to_a(unsigned (&a)[NK][4], const float (&c)[2 * NK][4]) {
+#pragma unroll
+    for (int kk = 0; kk < NK; ++kk) {
+        a[kk][0] = pack2<T>(c[2 * kk][0], c[2 * kk][1]);
+        a[kk][1] = pack2<T>(c[2 * kk][2], c[2 * kk][3]);
+        a[kk][2] = pack2<T>(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+        a[kk][3] = pack2<T>(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+    }
+}
+
+// rows [row0, row0 + ROWS) of a (T_, d_act) matrix of T -> s[ROWS][D + 8]; zeros past T_ and d_act.
+// 16-byte copies when the rows are exactly D wide.
+template <typename T, int D, int ROWS>
+__device__ __forceinline__ void mm_load(T* s, const T* g, int row0, int T_, int d_act) {
+    constexpr int LDH = D + 8;
+    if (d_act == D) {
+        constexpr int CH = D / 8;
+        for (int idx = threadIdx.x; idx < ROWS * CH; idx += MM_THREADS) {
+            const int r = idx / CH, ch = idx % CH, t = row0 + r;
+            uint4 val = {0u, 0u, 0u, 0u};
+            if (t < T_) val = *reinterpret_cast<const uint4*>(g + (long long)t * D + ch * 8);
+            *reinterpret_cast<uint4*>(s + r * LDH + ch * 8) = val;
+        }
+    } else {
+        for (int idx = threadIdx.x; idx < ROWS * D; idx += MM_THREADS) {
+            const int r = idx / D, d = idx % D, t = row0 + r;
+            T val;
+            val.bits = 0;
+            if (t < T_ && d < d_act) val = g[(long long)t * d_act + d];
+            s[r * LDH + d] = val;
+        }
+    }
+}
+
+// Forward: block = 64 query rows, 64-key tiles.  smem: Q, K, V [64][D+8] of T.
+template <typename T, int D>
+__global__ void __launch_bounds__(MM_THREADS) mma_fwd(const T* q, const T* k, const T* v, T* o, float* lse,
+                                                      int N, int T_, int dk, int dv, float sl2, int causal) {
+    constexpr int BR = 64, BC = 64, LDH = D + 8, KD = D / 16, NC = BC / 8, ND = D / 8;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* sQ = reinterpret_cast<T*>(smem_raw);
+    T* sK = sQ + BR * LDH;
+    T* sV = sK + BC * LDH;
+    const int ntiles = (T_ + BR - 1) / BR;
+    const int n = blockIdx.x % N, q0 = (ntiles - 1 - (int)(blockIdx.x / N)) * BR;
+    const int w = threadIdx.x >> 5, L = threadIdx.x & 31, g = L >> 2, tq = L & 3;
+    const long long nT = (long long)n * T_;
+    mm_load<T, D, BR>(sQ, q + nT * dk, q0, T_, dk);
+    __syncthreads();
+    unsigned qa[KD][4];
+#pragma unroll
+    for (int kk = 0; kk < KD; ++kk) ld_a<T, LDH>(qa[kk], sQ, 16 * w, 16 * kk);
+    float m[2] = {-WB_INF, -WB_INF}, l[2] = {0.f, 0.f}, acc[ND][4];
+#pragma unroll
+    for (int j = 0; j < ND; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    const int row[2] = {q0 + 16 * w + g, q0 + 16 * w + g + 8};
+    const int kend = causal ? min(T_, q0 + BR) : T_;
+    for (int k0 = 0; k0 < kend; k0 += BC) {
+        __syncthreads();
+        mm_load<T, D, BC>(sK, k + nT * dk, k0, T_, dk);
+        mm_load<T, D, BC>(sV, v + nT * dv, k0, T_, dv);
+        __syncthreads();
+        float s[NC][4];
+#pragma unroll
+        for (int j = 0; j < NC; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KD; ++kk)
+#pragma unroll
+            for (int np = 0; np < NC / 2; ++np) {
+                unsigned b[4];
+                ld_bt<T, LDH>(b, sK, 16 * np, 16 * kk);
+                mma_op<T>::run(s[2 * np], qa[kk], b[0], b[1]);
+                mma_op<T>::run(s[2 * np + 1], qa[kk], b[2], b[3]);
+            }
+        float mx[2] = {-WB_INF, -WB_INF};
+#pragma unroll
+        for (int j = 0; j < NC; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int key = k0 + 8 * j + 2 * tq + (e & 1);
+                float x = s[j][e] * sl2;
+                if (key >= T_ || (causal && key > row[e >> 1])) x = -WB_INF;
+                s[j][e] = x;
+                mx[e >> 1] = fmaxf(mx[e >> 1], x);
+            }
+        float base[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+            const float mn = fmaxf(m[h], mx[h]);
+            base[h] = mn == -WB_INF ? 0.f : mn;
+            const float corr = exp2f(m[h] - base[h]);
+            l[h] *= corr;                       // per-lane partial sums; reduced once at the end
+            m[h] = mn;
+#pragma unroll
+            for (int j = 0; j < ND; ++j) { acc[j][2 * h] *= corr; acc[j][2 * h + 1] *= corr; }
+        }
+#pragma unroll
+        for (int j = 0; j < NC; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float p = exp2f(s[j][e] - base[e >> 1]);
+                s[j][e] = p;
+                l[e >> 1] += p;
+            }
+        unsigned pa[BC / 16][4];
+        c_to_a<T, BC / 16>(pa, s);
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; ++kk)
+#pragma unroll
+            for (int np = 0; np < ND / 2; ++np) {
+                unsigned b[4];
+                ld_b<T, LDH>(b, sV, 16 * kk, 16 * np);
+                mma_op<T>::run(acc[2 * np], pa[kk], b[0], b[1]);
+                mma_op<T>::run(acc[2 * np + 1], pa[kk], b[2], b[3]);
+            }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+        if (row[h] >= T_) continue;
+        const float inv = 1.f / l[h];
+#pragma unroll
+        for (int j = 0; j < ND; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int d = 8 * j + 2 * tq + e;
+                if (d < dv) o[(nT + row[h]) * dv + d] = from_f32<T>(acc[j][2 * h + e] * inv);
+            }
+        if (tq == 0) lse[nT + row[h]] = (m[h] + log2f(l[h])) * WB_LN2;
+    }
+}
+
+// dk, dv: block = 64 keys (warp w: keys 16 w ..), BQ-query tiles from the diagonal on.
+// S^T = K Q^T and dP^T = V dO^T (A from K, V in smem; B = Q, dO stored [query][d]); P^T, dS^T are
+// the A operands of dV += P^T dO and dK += dS^T Q (B = dO, Q stored [query][d], transposing load).
+template <typename T, int D, int BQ>
+__global__ void __launch_bounds__(MM_THREADS) mma_bwd_dkdv(const T* q, const T* k, const T* v,
+        const float* lse, const float* Dbuf, const T* dout, T* dk_, T* dv_, int N, int T_, int dk, int dv,
+        float sl2, float scale, int causal) {
+    constexpr int BK = 64, LDH = D + 8, KD = D / 16, NQ = BQ / 8, ND = D / 8;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* sK = reinterpret_cast<T*>(smem_raw);
+    T* sV = sK + BK * LDH;
+    T* sQ = sV + BK * LDH;
+    T* sO = sQ + BQ * LDH;
+    float* sL = reinterpret_cast<float*>(sO + BQ * LDH);
+    float* sD = sL + BQ;
+    const int ntiles = (T_ + BK - 1) / BK;
+    const int n = blockIdx.x % N, k0 = (ntiles - 1 - (int)(blockIdx.x / N)) * BK;
+    const int w = threadIdx.x >> 5, L = threadIdx.x & 31, g = L >> 2, tq = L & 3;
+    const long long nT = (long long)n * T_;
+    mm_load<T, D, BK>(sK, k + nT * dk, k0, T_, dk);
+    mm_load<T, D, BK>(sV, v + nT * dv, k0, T_, dv);
+    float gk[ND][4], gv[ND][4];
+#pragma unroll
+    for (int j = 0; j < ND; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) gk[j][e] = gv[j][e] = 0.f;
+    const int key[2] = {k0 + 16 * w + g, k0 + 16 * w + g + 8};
+    for (int q0 = causal ? (k0 / BQ) * BQ : 0; q0 < T_; q0 += BQ) {
+        __syncthreads();
+        mm_load<T, D, BQ>(sQ, q + nT * dk, q0, T_, dk);
+        mm_load<T, D, BQ>(sO, dout + nT * dv, q0, T_, dv);
+        for (int x = threadIdx.x; x < BQ; x += MM_THREADS) {
+            const int t = q0 + x;
+            sL[x] = t < T_ ? lse[nT + t] * WB_LOG2E : 0.f;
+            sD[x] = t < T_ ? Dbuf[nT + t] : 0.f;
+        }
+        __syncthreads();
+        float s[NQ][4], dp[NQ][4];
+        mma_two_abt<T, LDH, KD, NQ>(s, dp, sK, sV, sQ, sO, 16 * w);      // s^T = K Q^T, dp^T = V dO^T
+#pragma unroll
+        for (int j = 0; j < NQ; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int x = 8 * j + 2 * tq + (e & 1), t = q0 + x, kr = key[e >> 1];
+                const bool ok = t < T_ && kr < T_ && (!causal || kr <= t);
+                const float p = ok ? exp2f(s[j][e] * sl2 - sL[x]) : 0.f;
+                s[j][e] = p;
+                dp[j][e] = p * (dp[j][e] - sD[x]);
+            }
+        unsigned pa[BQ / 16][4], da[BQ / 16][4];
+        c_to_a<T, BQ / 16>(pa, s);
+        c_to_a<T, BQ / 16>(da, dp);
+#pragma unroll
+        for (int kk = 0; kk < BQ / 16; ++kk)
+#pragma unroll
+            for (int np = 0; np < ND / 2; ++np) {
+                unsigned b[4];
+                ld_b<T, LDH>(b, sO, 16 * kk, 16 * np);
+                mma_op<T>::run(gv[2 * np], pa[kk], b[0], b[1]);
+                mma_op<T>::run(gv[2 * np + 1], pa[kk], b[2], b[3]);
+                ld_b<T, LDH>(b, sQ, 16 * kk, 16 * np);
+                mma_op<T>::run(gk[2 * np], da[kk], b[0], b[1]);
+                mma_op<T>::run(gk[2 * np + 1], da[kk], b[2], b[3]);
+            }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        if (key[h] >= T_) continue;
+#pragma unroll
+        for (int j = 0; j < ND; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int d = 8 * j + 2 * tq + e;
+                if (d < dk) dk_[(nT + key[h]) * dk + d] = from_f32<T>(gk[j][2 * h + e] * scale);
+                if (d < dv) dv_[(nT + key[h]) * dv + d] = from_f32<T>(gv[j][2 * h + e]);
+            }
+    }
+}
+
+// dq: block = 64 queries (warp w: rows 16 w ..), BC-key tiles up to the diagonal.  S = Q K^T,
+// dP = dO V^T (B = K, V stored [key][d]); dS is the A operand of dQ += dS K (B = K, transposing load).
+template <typename T, int D, int BC>
+__global__ void __launch_bounds__(MM_THREADS) mma_bwd_dq(const T* q, const T* k, const T* v,
+        const float* lse, const float* Dbuf, const T* dout, T* dq, int N, int T_, int dk, int dv, float sl2,
+        float scale, int causal) {
+    constexpr int BR = 64, LDH = D + 8, KD = D / 16, NC = BC / 8, ND = D / 8;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* sQ = reinterpret_cast<T*>(smem_raw);
+    T* sO = sQ + BR * LDH;
+    T* sK = sO + BR * LDH;
+    T* sV = sK + BC * LDH;
+    const int ntiles = (T_ + BR - 1) / BR;
+    const int n = blockIdx.x % N, q0 = (ntiles - 1 - (int)(blockIdx.x / N)) * BR;
+    const int w = threadIdx.x >> 5, L = threadIdx.x & 31, g = L >> 2, tq = L & 3;
+    const long long nT = (long long)n * T_;
+    mm_load<T, D, BR>(sQ, q + nT * dk, q0, T_, dk);
+    mm_load<T, D, BR>(sO, dout + nT * dv, q0, T_, dv);
+    const int row[2] = {q0 + 16 * w + g, q0 + 16 * w + g + 8};
+    float l2[2], Dr[2], gq[ND][4];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        l2[h] = row[h] < T_ ? lse[nT + row[h]] * WB_LOG2E : 0.f;
+        Dr[h] = row[h] < T_ ? Dbuf[nT + row[h]] : 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < ND; ++j) gq[j][0] = gq[j][1] = gq[j][2] = gq[j][3] = 0.f;
+    const int kend = causal ? min(T_, q0 + BR) : T_;
+    for (int k0 = 0; k0 < kend; k0 += BC) {
+        __syncthreads();
+        mm_load<T, D, BC>(sK, k + nT * dk, k0, T_, dk);
+        mm_load<T, D, BC>(sV, v + nT * dv, k0, T_, dv);
+        __syncthreads();
+        float s[NC][4], dp[NC][4];
+        mma_two_abt<T, LDH, KD, NC>(s, dp, sQ, sO, sK, sV, 16 * w);      // s = Q K^T, dp = dO V^T
+#pragma unroll
+        for (int j = 0; j < NC; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int kr = k0 + 8 * j + 2 * tq + (e & 1), h = e >> 1;
+                const bool ok = row[h] < T_ && kr < T_ && (!causal || kr <= row[h]);
+                const float p = ok ? exp2f(s[j][e] * sl2 - l2[h]) : 0.f;
+                dp[j][e] = p * (dp[j][e] - Dr[h]);
+            }
+        unsigned da[BC / 16][4];
+        c_to_a<T, BC / 16>(da, dp);
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; ++kk)
+#pragma unroll
+            for (int np = 0; np < ND / 2; ++np) {
+                unsigned b[4];
+                ld_b<T, LDH>(b, sK, 16 * kk, 16 * np);
+                mma_op<T>::run(gq[2 * np], da[kk], b[0], b[1]);
+                mma_op<T>::run(gq[2 * np + 1], da[kk], b[2], b[3]);
+            }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        if (row[h] >= T_) continue;
+#pragma unroll
+        for (int j = 0; j < ND; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int d = 8 * j + 2 * tq + e;
+                if (d < dk) dq[(nT + row[h]) * dk + d] = from_f32<T>(gq[j][2 * h + e] * scale);
+            }
+    }
+}

@@ -1,0 +1,186 @@
+"""Launch code shared by the linear, decayed and ZeroS CuPy kernels: the decayed linear-attention core.
+
+The core (kernels/cuda/chunked.cuh) computes, per leading index,
+
+    out_r = scale * sum_{c visible from r} exp(L_r - L_c) (X_r . Y_c) Z_c
+
+and its backward is three more calls of itself (dq = core(do, v, k), dk = core_rev(v, do, q),
+dv = core_rev(k, q, do)).  Two implementations:
+  "naive":   naive_out, one thread per output row, O(T^2 (dx + dz)), per-token log decays ``g``.
+  "chunked": chunk_state (carried Dk x Dv states, one sequential pass over chunks per state tile) and
+             chunk_out (one block per chunk x 64 output columns: C x C block + state), chunk-local
+             cumulative log decays ``b`` (N, NC*C).
+All outputs are float32 (poisoned with NaN before each launch); the op modules cast to the input dtype.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._module import get_kernel
+
+DIMS = (32, 64, 128, 256)          # padded contraction dims (template DXP)
+MAX_DIM = 256
+THREADS = 256
+BV = 64                            # output-column tile of chunk_out
+BS = 32                            # state tile of chunk_state
+
+_TI = {"float32": "float", "float16": "wb_half"}
+
+
+def pad_dim(d: int) -> int:
+    for p in DIMS:
+        if d <= p:
+            return p
+    raise ValueError(f"head dim {d} > {MAX_DIM}")
+
+
+def chunk_size(dk: int, dv: int) -> int:
+    """Chunk length: 64 while both head dims fit 128 (shared memory), else 32."""
+    return 64 if max(dk, dv) <= 128 else 32
+
+
+def _b(x):
+    return "true" if x else "false"
+
+
+def out_smem_bytes(dxp: int, C: int) -> int:
+    return 4 * (C * (dxp + 1) + max(C * (dxp + 1), dxp * (BV + 1)) + C * (C + 1) + C * (BV + 1) + C)
+
+
+def state_expr(ti, C, decay, rev):
+    return f"chunk_state<{ti}, {C}, {_b(decay)}, {_b(rev)}>"
+
+
+def out_expr(ti, dxp, C, decay, causal, rev):
+    return f"chunk_out<{ti}, {dxp}, {C}, {_b(decay)}, {_b(causal)}, {_b(rev)}>"
+
+
+def naive_expr(ti, decay, causal, rev):
+    return f"naive_out<{ti}, {_b(decay)}, {_b(causal)}, {_b(rev)}>"
+
+
+def instantiations(source: str, decay_values=(False,), dtypes=("float32", "float16")) -> list:
+    """Every (source, name_expression) the core can launch for the given decay flags."""
+    out = []
+    for dt in dtypes:
+        ti = _TI[dt]
+        combos = [(d, True, r) for d in decay_values for r in (False, True)]
+        if False in decay_values:
+            combos += [(False, False, r) for r in (False, True)]
+        for C in (64, 32):
+            for d in sorted({d for d, _, _ in combos}):
+                for rev in (False, True):
+                    out.append((source, state_expr(ti, C, d, rev)))
+            for dxp in DIMS:
+                if C == 64 and dxp > 128:
+                    continue
+                for d, causal, rev in combos:
+                    out.append((source, out_expr(ti, dxp, C, d, causal, rev)))
+        for d, causal, rev in combos:
+            out.append((source, naive_expr(ti, d, causal, rev)))
+    return out
+
+
+# ----------------------------------------------------------------------------- launches
+def _ti(x):
+    name = str(x.dtype)
+    if name not in _TI:
+        raise TypeError(f"CuPy core kernels take float32 or float16, got {name}")
+    return _TI[name]
+
+
+def _dummy():
+    import cupy as cp
+    return cp.zeros(1, cp.float32)
+
+
+def states(source, A, B, b, C, decay, rev):
+    """(N, NC+1, da, db) float32: forward prefix states (H[c] = chunks < c, H[NC] = total) or, with rev,
+    suffix states (H[c] = chunks >= c, H[0] = total)."""
+    import cupy as cp
+    N, T, da = A.shape
+    db = B.shape[-1]
+    NC = -(-T // C)
+    H = cp.full((N, NC + 1, da, db), np.nan, cp.float32)
+    kern = get_kernel(source, state_expr(_ti(A), C, decay, rev))
+    grid = (-(-db // BS), -(-da // BS), N)
+    kern(grid, (THREADS,), (A, B, b if decay else _dummy(), H, np.int32(T), np.int32(da), np.int32(db),
+                            np.int32(NC)))
+    return H
+
+
+def out(source, X, Y, Z, b, H, hs, slot_off, C, decay, causal, rev, scale):
+    """(N, T, dz) float32: the chunk_out launch; hs = (stride of H's X index, stride of its Z index)."""
+    import cupy as cp
+    N, T, dx = X.shape
+    dz = Z.shape[-1]
+    NC = -(-T // C)
+    dxp = pad_dim(dx)
+    o = cp.full((N, T, dz), np.nan, cp.float32)
+    kern = get_kernel(source, out_expr(_ti(X), dxp, C, decay, causal, rev))
+    smem = out_smem_bytes(dxp, C)
+    if kern.max_dynamic_shared_size_bytes < smem:
+        kern.max_dynamic_shared_size_bytes = smem
+    kern((NC, N, -(-dz // BV)), (THREADS,),
+         (X, Y, Z, b if decay else _dummy(), H, o, np.int32(T), np.int32(dx), np.int32(dz), np.int32(NC),
+          np.int32(slot_off), np.int64(hs[0]), np.int64(hs[1]), np.float32(scale)), shared_mem=smem)
+    return o
+
+
+def naive(source, X, Y, Z, g, decay, causal, rev, scale):
+    import cupy as cp
+    N, T, dx = X.shape
+    dz = Z.shape[-1]
+    o = cp.full((N, T, dz), np.nan, cp.float32)
+    kern = get_kernel(source, naive_expr(_ti(X), decay, causal, rev))
+    kern((-(-T // 128), N), (128,), (X, Y, Z, g if decay else _dummy(), o, np.int32(T), np.int32(dx),
+                                    np.int32(dz), np.float32(scale)))
+    return o
+
+
+# ----------------------------------------------------------------------------- the core, fwd + bwd
+def core_forward(source, impl, q, k, v, causal, scale, b=None, g=None):
+    """o (float32) and what the backward needs.  impl "chunked" takes b (chunk-local cumulative log
+    decays, (N, NC*C) float32, or None), impl "naive" takes g (per-token log decays, (N, T), or None)."""
+    decay = (b is not None) if impl == "chunked" else (g is not None)
+    if decay and not causal:
+        raise ValueError("a decayed core must be causal")
+    if impl == "naive":
+        return naive(source, q, k, v, g, decay, causal, False, scale), None
+    N, T, dk = q.shape
+    dv = v.shape[-1]
+    C = chunk_size(dk, dv)
+    NC = -(-T // C)
+    H = states(source, k, v, b, C, decay, False)
+    o = out(source, q, k, v, b, H, (dv, 1), 0 if causal else NC, C, decay, causal, False, scale)
+    return o, H
+
+
+def core_backward(source, impl, q, k, v, H, do, causal, scale, b=None, g=None):
+    """(dq, dk, dv) float32.  do must have q's dtype."""
+    decay = (b is not None) if impl == "chunked" else (g is not None)
+    if impl == "naive":
+        dq = naive(source, do, v, k, g, decay, causal, False, scale)
+        dk = naive(source, v, do, q, g, decay, causal, True, scale)
+        dv = naive(source, k, q, do, g, decay, causal, True, scale)
+        return dq, dk, dv
+    N, T, dk_ = q.shape
+    dv_ = v.shape[-1]
+    C = chunk_size(dk_, dv_)
+    NC = -(-T // C)
+    dH = states(source, q, do, b, C, decay, True)
+    dq = out(source, do, v, k, b, H, (1, dv_), 0 if causal else NC, C, decay, causal, False, scale)
+    dk = out(source, v, do, q, b, dH, (1, dv_), 1 if causal else 0, C, decay, causal, True, scale)
+    dv = out(source, k, q, do, b, dH, (dv_, 1), 1 if causal else 0, C, decay, causal, True, scale)
+    return dq, dk, dv
+
+
+def chunk_cumsum(g, C):
+    """b: (N, NC*C) float32 within-chunk cumulative sums of g (N, T), padded with zeros past T (so the
+    padded positions repeat the chunk's last value)."""
+    import cupy as cp
+    N, T = g.shape
+    NC = -(-T // C)
+    gp = cp.zeros((N, NC * C), cp.float32)
+    gp[:, :T] = g
+    return cp.cumsum(gp.reshape(N, NC, C), axis=2).reshape(N, NC * C)

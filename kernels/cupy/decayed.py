@@ -1,0 +1,62 @@
+"""CuPy decayed linear attention (kernels/cuda/decayed.cu: the shared skeleton with DECAY = true).
+
+Maps the reference derivation (workbench/reference/decayed.py) onto the core of ``_chunked``:
+  forward   o = core(q, k, v) with D_ti = scale exp(G_t - G_i): the chunked variant passes the
+            within-chunk cumulative log decays b (every exponent it forms is <= 0), the naive variant the
+            per-token g (it accumulates sum_{j=i+1..t} g_j while walking the row);
+  backward  dq = (dA o D) k + e^{b} do S^T, dk = (dA o D)^T q + u dS v, dv = A^T do + u dS^T k
+            (chunk_state REV carries dS), then dG_t = do_t.o_t - v_t.dv_t (row dots, float32) and
+            dlog_decay = the reverse cumulative sum of dG (its first entry is exactly 0: g_0 cancels).
+"""
+from __future__ import annotations
+
+from workbench.registry import Variant, register
+
+from . import _chunked as core
+
+SOURCE = "decayed.cu"
+INSTANTIATIONS = core.instantiations(SOURCE, decay_values=(True,))
+
+
+def _make(impl):
+    def forward(q, k, v, log_decay, scale=1.0):
+        import cupy as cp
+        g = log_decay.astype(cp.float32)
+        if impl == "chunked":
+            b = core.chunk_cumsum(g, core.chunk_size(q.shape[-1], v.shape[-1]))
+            o, H = core.core_forward(SOURCE, impl, q, k, v, True, scale, b=b)
+        else:
+            b = None
+            o, H = core.core_forward(SOURCE, impl, q, k, v, True, scale, g=g)
+        return o.astype(q.dtype, copy=False), (q, k, v, g, b, H, o, scale)
+
+    def backward(ctx, do):
+        import cupy as cp
+        q, k, v, g, b, H, o, scale = ctx
+        if impl == "chunked":
+            dq, dk, dv = core.core_backward(SOURCE, impl, q, k, v, H, do, True, scale, b=b)
+        else:
+            dq, dk, dv = core.core_backward(SOURCE, impl, q, k, v, H, do, True, scale, g=g)
+        dG = (do.astype(cp.float32) * o).sum(-1) - (v.astype(cp.float32) * dv).sum(-1)
+        dg = cp.cumsum(dG[:, ::-1], axis=1)[:, ::-1]
+        dg[:, 0] = 0          # exact: g_0 never enters a difference G_t - G_i (i <= t)
+        return tuple(x.astype(q.dtype, copy=False) for x in (dq, dk, dv, dg))
+
+    return forward, backward
+
+
+def supports(options, shapes):
+    dk, dv = shapes["q"][-1], shapes["v"][-1]
+    if max(dk, dv) > core.MAX_DIM:
+        return f"head dims up to {core.MAX_DIM} (Dk={dk}, Dv={dv})"
+    return None
+
+
+for _impl, _desc, _default in (
+        ("naive", "one thread per output row, decay accumulated along the row, O(T^2 D)", False),
+        ("chunked", "chunked: carried decayed Dk x Dv states + C x C blocks, chunk-local log-decay cumsums",
+         True)):
+    _f, _b = _make(_impl)
+    register(Variant("decayed", "cupy", _impl, _f, _b, dtypes=("float32", "float16"), array_kind="cupy",
+                     gpu=True, default=_default, supports=supports, description=_desc,
+                     form="quadratic" if _impl == "naive" else "linear"))

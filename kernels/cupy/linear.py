@@ -1,0 +1,96 @@
+"""CuPy linear attention (kernels/cuda/linear.cu on the shared skeleton kernels/cuda/chunked.cuh).
+
+Maps the reference derivation (workbench/reference/linear.py) onto the core of ``_chunked``:
+  forward   num = core(phi(q), phi(k), v_aug): v_aug = v, or [v, 1] with normalize (den = the last
+            column + eps, o = num / den);
+  backward  dnum = do (or do / den), dden = -(do . o) / den; do_aug = [dnum, dden] (normalize);
+            dQ, dK, dv_aug = core backward (dq = (dA) K + state term, dk/dv from the suffix states);
+            dq = dQ phi'(q), dk = dK phi'(k), dv = dv_aug[..., :Dv].
+Variants: "naive" (one thread per output row) and "chunked" (states + C x C blocks).  The identity map
+without normalize runs the kernels on the input dtype (float16 loads, float32 math); the other options
+work in float32 (phi and the ones column are formed by CuPy elementwise ops).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from workbench.registry import Variant, register
+
+from . import _chunked as core
+
+SOURCE = "linear.cu"
+INSTANTIATIONS = core.instantiations(SOURCE, decay_values=(False,))
+
+
+def _phi(x, name):
+    import cupy as cp
+    if name == "identity":
+        return x
+    if name == "relu":
+        return cp.maximum(x, 0)
+    return cp.where(x > 0, x + 1, cp.exp(cp.minimum(x, 0)))
+
+
+def _dphi(x, name):
+    import cupy as cp
+    if name == "relu":
+        return (x > 0).astype(cp.float32)
+    return cp.where(x > 0, 1, cp.exp(cp.minimum(x, 0))).astype(cp.float32)
+
+
+def _make(impl):
+    def forward(q, k, v, causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6):
+        import cupy as cp
+        dtype = q.dtype
+        plain = feature_map == "identity" and not normalize
+        if plain:
+            Q, K, Va = q, k, v
+        else:
+            Q, K = _phi(q.astype(cp.float32), feature_map), _phi(k.astype(cp.float32), feature_map)
+            Va = v.astype(cp.float32)
+            if normalize:
+                Va = cp.concatenate([Va, cp.ones(v.shape[:-1] + (1,), cp.float32)], axis=-1)
+        num, H = core.core_forward(SOURCE, impl, Q, K, Va, causal, scale)
+        if normalize:
+            den = num[..., -1] + eps
+            o = num[..., :-1] / den[..., None]
+        else:
+            den, o = None, num
+        ctx = (q, k, Q, K, Va, H, o, den, causal, feature_map, normalize, scale)
+        return o.astype(dtype, copy=False), ctx
+
+    def backward(ctx, do):
+        import cupy as cp
+        q, k, Q, K, Va, H, o, den, causal, fmap, normalize, scale = ctx
+        dtype = q.dtype
+        if normalize:
+            do32 = do.astype(cp.float32)
+            dnum = do32 / den[..., None]
+            dden = -(do32 * o).sum(-1) / den
+            doa = cp.concatenate([dnum, dden[..., None]], axis=-1)
+        else:
+            doa = do.astype(Q.dtype)
+        dQ, dK, dVa = core.core_backward(SOURCE, impl, Q, K, Va, H, doa, causal, scale)
+        dv = dVa[..., :-1] if normalize else dVa
+        if fmap != "identity":
+            dQ = dQ * _dphi(q.astype(cp.float32), fmap)
+            dK = dK * _dphi(k.astype(cp.float32), fmap)
+        return tuple(x.astype(dtype, copy=False) for x in (dQ, dK, dv))
+
+    return forward, backward
+
+
+def supports(options, shapes):
+    dk, dv = shapes["q"][-1], shapes["v"][-1]
+    if max(dk, dv + bool(options.get("normalize"))) > core.MAX_DIM:
+        return f"head dims up to {core.MAX_DIM} (Dk={dk}, Dv={dv}{' + 1 for normalize' if options.get('normalize') else ''})"
+    return None
+
+
+for _impl, _desc, _default in (
+        ("naive", "one thread per output row (and per key row in the backward), O(T^2 D)", False),
+        ("chunked", "chunked: carried Dk x Dv states + C x C blocks in shared memory (C = 64)", True)):
+    _f, _b = _make(_impl)
+    register(Variant("linear", "cupy", _impl, _f, _b, dtypes=("float32", "float16"), array_kind="cupy",
+                     gpu=True, default=_default, supports=supports, description=_desc,
+                     form="quadratic" if _impl == "naive" else "linear"))

@@ -47,6 +47,9 @@ class Variant:
     is_reference: bool = False      # an exact NumPy reference (checked against the explicit float64 one)
     gpu: bool = False               # needs a CUDA device (or the Numba simulator)
     tags: tuple = field(default_factory=tuple)
+    # Cost model used by ``bench`` (workbench/bench/costs.py): "quadratic" (explicit T x T pairs),
+    # "linear" (state / chunked linear-time form) or "" to infer it from the op and the variant's name.
+    form: str = ""
 
     @property
     def key(self) -> str:

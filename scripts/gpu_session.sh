@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The GPU session in one device call:
+#   run(command="bash scripts/device.sh bash scripts/gpu_session.sh", carry=[".whl"])
+#   run(command="STEPS='bench goals plots' bash scripts/device.sh bash scripts/gpu_session.sh", carry=[".whl"])
+# Steps (STEPS, in this order; default all):
+#   check  -- `cli.py check` per backend (numba, cupy), cells spread over the CPU cores (-j 0): JSON + table
+#   bench  -- the headline grid (ceilings measured first): JSON, CSV, Markdown
+#   goals  -- the issues' goal cells the headline grid lacks (grids softmax-d128, chunked-long, zeros-paper)
+#   plots  -- roofline (forward and fwd+bwd) and scaling PNGs from the headline JSON
+# Every step has a hard time limit and runs even if an earlier one failed; the limits add up to < 600 s
+# with the default STEPS only if you keep them (CHECK_TIMEOUT per backend, BENCH_TIMEOUT, GOALS_TIMEOUT).
+# Everything lands in $OUT/work/ and is packed into $OUT/results.tgz (the device tool returns at most 8
+# files); session.log, bench.md and the PNGs are also copied to $OUT itself for a quick look.
+set -u
+cd "$(dirname "$0")/.."
+export OUT="${OUT:-$PWD/out}"
+WORK="$OUT/work"
+mkdir -p "$WORK"
+export MPLBACKEND=Agg PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+STEPS="${STEPS:-check bench goals plots}"
+CHECK_BACKENDS="${CHECK_BACKENDS:-numba cupy}"
+CHECK_TIMEOUT="${CHECK_TIMEOUT:-170}"
+CHECK_ARGS="${CHECK_ARGS:-}"
+BENCH_BUDGET="${BENCH_BUDGET:-200}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-260}"
+GOALS_TIMEOUT="${GOALS_TIMEOUT:-150}"
+
+step() {   # step NAME TIMEOUT_S CMD...: run with a hard time limit, report the status, never abort the session
+  local name="$1" limit="$2"; shift 2
+  local t0=$SECONDS
+  echo "=== $name: $* (limit ${limit}s)"
+  timeout --kill-after=10 "$limit" "$@"
+  local rc=$?
+  echo "=== $name: rc=$rc after $((SECONDS - t0))s"
+}
+
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+
+session() {
+  echo "gpu_session: $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(hostname); steps: $STEPS"
+  if has check; then
+    for b in $CHECK_BACKENDS; do
+      # shellcheck disable=SC2086
+      step "check-$b" "$CHECK_TIMEOUT" "$PY" cli.py check --backend "$b" -j 0 $CHECK_ARGS \
+           --json "$WORK/check_$b.json" > "$WORK/check_$b.txt" 2>&1
+      tail -n 3 "$WORK/check_$b.txt"
+      grep -E "FAIL|ERROR" "$WORK/check_$b.txt" | head -n 40
+    done
+  fi
+  if has bench; then
+    step bench "$BENCH_TIMEOUT" "$PY" cli.py bench --grid headline --budget "$BENCH_BUDGET" --remeasure \
+         --json "$WORK/bench.json" --csv "$WORK/bench.csv" --md "$WORK/bench.md" --short
+  fi
+  if has goals; then
+    local t0=$SECONDS
+    for g in zeros-paper softmax-d128 chunked-long; do
+      local left=$((GOALS_TIMEOUT - (SECONDS - t0)))
+      [ "$left" -gt 20 ] || { echo "=== goals: no time left for $g"; continue; }
+      step "goals-$g" "$left" "$PY" cli.py bench --grid "$g" --json "$WORK/$g.json" --md "$WORK/$g.md" --short
+    done
+  fi
+  if has plots && [ -s "$WORK/bench.json" ]; then
+    step roofline 60 "$PY" cli.py roofline "$WORK/bench.json" --pass fwdbwd --out "$WORK/roofline.png"
+    step roofline-fwd 60 "$PY" cli.py roofline "$WORK/bench.json" --pass fwd --out "$WORK/roofline_fwd.png"
+    step scaling 60 "$PY" cli.py scaling --json "$WORK/bench.json" --pass fwdbwd --out "$WORK/scaling.png"
+  fi
+  echo "=== files:"
+  ls -la "$WORK"
+}
+
+session 2>&1 | tee "$WORK/session.log"
+for f in session.log bench.md roofline.png scaling.png; do
+  [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/$f"
+done
+tar czf "$OUT/results.tgz" -C "$WORK" .
+rm -rf "$WORK"

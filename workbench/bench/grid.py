@@ -1,0 +1,142 @@
+"""Benchmarks declared as data: the grid of cells and the lines to compare (like triton's perf_report).
+
+A cell is (op, T, D, dtype, causal); every line of a cell -- our variants of the listed backends and the
+op's peers -- is timed on the same freshly drawn inputs, for each pass.  ``baseline`` names, per op, the
+lines the ratios are taken against, in order of preference: the first one measured in the cell is its
+baseline.  ``budget_s`` bounds the run: cells not started when it is spent are listed as skipped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .costs import PASSES
+
+OPS = ("softmax", "linear", "decayed", "zeros")
+
+GPU_BASELINES = {
+    "softmax": ("peer:sdpa-flash", "peer:sdpa-cudnn", "peer:sdpa-efficient"),
+    "linear": ("peer:fla-linear",),
+    "decayed": ("peer:fla-gla-g", "peer:fla-gla-gamma"),
+    "zeros": ("peer:zeros-prefix-torch",),
+}
+CPU_BASELINES = {op: ("numpy:explicit",) for op in OPS}
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    description: str
+    device: str                                 # "gpu" (CUDA-event timing) or "host" (perf_counter)
+    ops: tuple = OPS
+    backends: tuple = ("numba", "cupy")         # whose registered variants are our lines
+    exclude: tuple = ()                         # variant keys left out ("numpy:explicit", ...)
+    only: tuple = ()                            # when set, only these line keys ("cupy:flash", "peer:fla-linear")
+    peers: bool = True
+    dtypes: tuple = ("float32",)
+    Ts: tuple = (1024,)
+    Ds: tuple = (64,)                           # head dim, Dk = Dv = D
+    lead: tuple = (2, 8)                        # (batch, heads); N = B * H
+    causal: tuple = (True,)
+    passes: tuple = PASSES
+    baseline: dict = field(default_factory=lambda: dict(GPU_BASELINES))
+    flush_l2: bool = True
+    target_ms: float = 100.0                    # time spent on the samples of one measurement
+    budget_s: float = 300.0
+    n_gates: int = 2
+    max_T: dict = field(default_factory=dict)   # {substring of a line key: largest T it is run at}
+
+    def wants(self, key: str) -> bool:
+        """A line is run when no ``only`` is set, or its key or its group ("cupy", "peer") is listed."""
+        return not self.only or key in self.only or key.split(":", 1)[0] in self.only
+
+    def too_long(self, key: str, T: int):
+        """The reason a line is not run at this T (``max_T``), else None."""
+        for pat, limit in self.max_T.items():
+            if pat in key and T > limit:
+                return f"not run above T={limit} in grid {self.name} (max_T: {pat!r})"
+        return None
+
+    def cells(self) -> list:
+        """(op, T, D, dtype, causal) in run order: the smallest T of every op first, so a spent budget cuts
+        the largest cells.  Decayed attention is always causal (one cell, causal=True)."""
+        out = []
+        for T in self.Ts:
+            for D in self.Ds:
+                for dtype in self.dtypes:
+                    for causal in self.causal:
+                        for op in self.ops:
+                            if op == "decayed" and not causal:
+                                continue
+                            out.append((op, T, D, dtype, causal))
+        return out
+
+    def filtered(self, ops=(), backends=(), dtypes=(), Ts=(), Ds=(), passes=(), budget_s=None,
+                 flush_l2=None, peers=None) -> "Grid":
+        """The grid restricted by the command line's filters (empty = keep)."""
+        g = self
+        if ops:
+            g = replace(g, ops=tuple(o for o in OPS if o in ops))
+        if backends:                            # groups "cupy", "peer", or line keys "cupy:flash", "peer:sdpa-flash"
+            groups = {b.split(":", 1)[0] for b in backends}
+            g = replace(g, backends=tuple(b for b in g.backends + tuple(sorted(groups)) if b in groups
+                                          and b != "peer"), only=tuple(backends),
+                        peers=g.peers and "peer" in groups)
+            g = replace(g, backends=tuple(dict.fromkeys(g.backends)))
+        if dtypes:
+            g = replace(g, dtypes=tuple(dtypes))
+        if Ts:
+            g = replace(g, Ts=tuple(sorted(Ts)))
+        if Ds:
+            g = replace(g, Ds=tuple(Ds))
+        if passes:
+            g = replace(g, passes=tuple(p for p in PASSES if p in passes))
+        if budget_s is not None:
+            g = replace(g, budget_s=budget_s)
+        if flush_l2 is not None:
+            g = replace(g, flush_l2=flush_l2)
+        if peers is not None:
+            g = replace(g, peers=peers)
+        return g
+
+
+GRIDS = {
+    "cpu": Grid(
+        "cpu", "NumPy backend on the host: both references, small T (seconds)", device="host",
+        backends=("numpy",), peers=False, dtypes=("float32",), Ts=(64, 256), Ds=(16,), lead=(1, 2),
+        baseline=dict(CPU_BASELINES), flush_l2=False, target_ms=60.0, budget_s=120.0),
+    "headline": Grid(
+        "headline", "the GPU session: all ops, ours vs peers, T 1k..16k, D 64, fp16 and fp32, causal",
+        device="gpu", dtypes=("float16", "float32"), Ts=(1024, 4096, 16384), Ds=(64,), lead=(2, 16),
+        target_ms=80.0, budget_s=200.0, max_T={":naive": 4096}),
+    # The issues' goal cells that the headline grid does not hold (B=2, H=16, causal):
+    "softmax-d128": Grid(
+        "softmax-d128", "GPU goal cells: softmax fp16 at D 128, T 4k and 16k, ours vs SDPA", device="gpu",
+        ops=("softmax",), backends=("cupy",), dtypes=("float16",), Ts=(4096, 16384), Ds=(128,), lead=(2, 16),
+        target_ms=80.0, budget_s=90.0, max_T={":naive": 4096}),
+    "chunked-long": Grid(
+        "chunked-long", "GPU goal cells: linear and decayed at T 2k and 64k, fp16 and fp32, ours vs fla",
+        device="gpu", ops=("linear", "decayed"), dtypes=("float16", "float32"), Ts=(2048, 65536), Ds=(64,),
+        lead=(2, 16), target_ms=80.0, budget_s=120.0, max_T={":naive": 4096}),
+    "zeros-paper": Grid(
+        "zeros-paper", "GPU goal cell: ZeroS fp32 T 2048 D 64 against the paper's prefix-sum form",
+        device="gpu", ops=("zeros",), dtypes=("float32",), Ts=(2048,), Ds=(64,), lead=(2, 16),
+        target_ms=80.0, budget_s=60.0, max_T={":naive": 4096}),
+    "default": Grid(
+        "default", "GPU: all ops, T 1k..8k, D 64 and 128, fp16 and fp32, causal and not", device="gpu",
+        dtypes=("float16", "float32"), Ts=(1024, 2048, 4096, 8192), Ds=(64, 128), lead=(2, 8),
+        causal=(True, False), budget_s=900.0, max_T={":naive": 4096}),
+    "scaling": Grid(
+        "scaling", "GPU: time against T (512..32k) for every op, fp16, D 64, forward+backward", device="gpu",
+        dtypes=("float16",), Ts=(512, 1024, 2048, 4096, 8192, 16384, 32768), Ds=(64,), lead=(1, 8),
+        passes=("fwd", "fwdbwd"), target_ms=60.0, budget_s=300.0, max_T={":naive": 8192}),
+    "cpu-scaling": Grid(
+        "cpu-scaling", "NumPy backend: time against T (32..512)", device="host", backends=("numpy",),
+        peers=False, Ts=(32, 64, 128, 256, 512), Ds=(16,), lead=(1, 2), passes=("fwd",),
+        baseline=dict(CPU_BASELINES), flush_l2=False, target_ms=40.0, budget_s=120.0),
+}
+
+
+def get_grid(name: str) -> Grid:
+    if name not in GRIDS:
+        raise ValueError(f"unknown grid {name!r}; available: {', '.join(GRIDS)}")
+    return GRIDS[name]

@@ -1,0 +1,282 @@
+"""The harness: runs a ``Grid`` cell by cell, times every line and pass, and returns one result dict.
+
+Per cell (op, T, D, dtype, causal): inputs are drawn fresh (``workbench.inputs.random_inputs``, a new seed
+per cell, never zeros) together with a random output gradient ``do``; each line (our variants, then peers)
+is prepared on those inputs -- moved to the device, one forward run whose ctx the backward timing reuses --
+and each pass is timed (``timing.py``: CUDA events on the GPU, perf_counter on the host).  Every line and
+every pass runs in its own try/except: a failure is a row with ``status="error"`` and the message, a line
+that cannot run the cell is a row with ``status="skip"`` and the reason; nothing aborts the run.
+Each ok row carries the cost model (``costs.py``), the achieved rates against the ceilings, the relative
+difference of its forward output from the cell's first line of ours (``rel_err``), and the speed-up of the
+row over the cell's baseline (``vs_baseline = t_baseline / t_row``; > 1: this row is faster).
+"""
+from __future__ import annotations
+
+import gc
+import importlib
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from typing import Optional
+
+import numpy as np
+
+from .. import registry
+from ..inputs import default_options, random_inputs
+from . import costs, lines, peers
+from .grid import Grid
+from .timing import gpu_clock, time_gpu, time_host
+
+ROW_FIELDS = ("op", "T", "Dk", "Dv", "dtype", "causal", "pass", "line", "kind", "status", "note",
+              "ms_median", "ms_q1", "ms_q3", "ms_min", "ms_max", "reps", "clock", "form", "flops", "bytes",
+              "intensity", "tflops", "gbps", "compute", "peak_flops", "peak_bw", "bound_ms", "roof_frac",
+              "rel_err", "peak_mem_bytes", "baseline", "vs_baseline", "vs_peers", "B", "H", "N")
+
+
+def versions() -> dict:
+    """Versions of Python and of every library a line may use (None: not importable)."""
+    out = {"python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("cupy", "numba", "torch", "triton", "fla"):
+        try:
+            out[mod] = getattr(importlib.import_module(mod), "__version__", "?")
+        except Exception:
+            out[mod] = None
+    return out
+
+
+def git_commit() -> Optional[str]:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip() or None
+    except Exception:
+        return None
+
+
+# CUDA errors after which the context is unusable: the remaining cells are not started.
+_STICKY = ("illegal memory access", "illegal address", "unspecified launch failure", "misaligned address",
+           "illegal instruction", "hardware stack error", "cudaErrorLaunchFailure", "CUDA_ERROR_LAUNCH_FAILED")
+
+
+def sticky_error(rows: list) -> Optional[str]:
+    """The note of the first row whose error leaves the CUDA context unusable, else None."""
+    for r in rows:
+        note = r.get("note") or ""
+        if r.get("status") == "error" and any(p.lower() in note.lower() for p in _STICKY):
+            return f"{r['line']} {r['op']} T={r['T']} {r['pass']}: {note}"
+    return None
+
+
+def _error_text(e: BaseException) -> str:
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+    msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}{where}"
+
+
+class _Clocks:
+    """One CUDA-event clock per library, made on first use."""
+
+    def __init__(self):
+        self._c = {}
+
+    def get(self, name: str):
+        if name not in self._c:
+            self._c[name] = gpu_clock(prefer=name)
+        return self._c[name]
+
+
+def _time(prep: lines.Prepared, pass_: str, grid: Grid, clocks: _Clocks):
+    fn = prep.pass_fn(pass_)
+    if fn is None:
+        raise lines.Skip(f"no {pass_} pass")
+    if prep.clock == "host":
+        return time_host(fn, target_ms=grid.target_ms)
+    return time_gpu(fn, warmup=2, flush_l2=grid.flush_l2, target_ms=grid.target_ms, min_reps=3,
+                    clock=clocks.get(prep.clock))
+
+
+def _free_device_memory():
+    gc.collect()
+    peers.free_torch_memory()
+    cp = sys.modules.get("cupy")
+    if cp is not None:
+        try:
+            cp.cuda.Device().synchronize()
+            cp.get_default_memory_pool().free_all_blocks()
+        except Exception:
+            pass
+
+
+def _cell_lines(grid: Grid, op: str, dtype: str, options: dict, shape: costs.Shape, arrays_shapes: dict):
+    """[(key, kind, form, prepare(arrays, dout, options) or None, why_not, comparable, compute_fp32)]."""
+    out = []
+    vopts = None
+    try:
+        vopts = lines.validated_options(op, options, shape.Dk)
+    except Exception as e:
+        vopts_err = _error_text(e)
+    else:
+        vopts_err = None
+    for v in lines.our_lines(op, grid.backends, grid.exclude):
+        if not grid.wants(v.key):
+            continue
+        why = vopts_err or grid.too_long(v.key, shape.T) or lines.why_not(v, dtype, vopts, arrays_shapes)
+        form = costs.form_of(op, v.name, getattr(v, "form", ""))
+        prep = (lambda a, d, o, v=v: lines.prepare_variant(v, a, d, o))
+        out.append((v.key, "ours", form, prep, why, True, None))
+    if grid.peers:
+        torch_why = peers.torch_cuda_ok() if grid.device == "gpu" else "peers run on the GPU only"
+        for p in peers.peers_for(op):
+            if not grid.wants(p.key):
+                continue
+            why = torch_why or p.why_not(dtype, options, shape)
+            form = "quadratic" if op == "softmax" else "linear"
+            out.append((p.key, "peer", form, p.prepare, why, p.comparable, p.compute_fp32))
+    return out
+
+
+def run_cell(grid: Grid, op: str, T: int, D: int, dtype: str, causal: bool, ceil: dict, seed: int,
+             clocks: _Clocks) -> list:
+    B, H = grid.lead
+    shape = costs.Shape(B * H, T, D, D, grid.n_gates)
+    options = default_options(op, causal=causal)
+    base = dict(op=op, T=T, Dk=D, Dv=D, dtype=dtype, causal=causal if op != "decayed" else True,
+                B=B, H=H, N=B * H)
+    try:
+        arrays = random_inputs(op, lead=(B, H), T=T, Dk=D, Dv=D, dtype=dtype, seed=seed, n_gates=grid.n_gates)
+        dout = np.random.default_rng(seed + 10_000).standard_normal((B, H, T, D)).astype(dtype)
+    except Exception as e:
+        return [dict(base, line="inputs", kind="-", status="error", note=_error_text(e), **{"pass": p})
+                for p in grid.passes]
+    arrays_shapes = {n: a.shape for n, a in zip(registry.ARRAY_ARGS[op], arrays)}
+    rows, ref_out = [], None
+    for key, kind, form, prepare, why, comparable, compute_fp32 in _cell_lines(
+            grid, op, dtype, options, shape, arrays_shapes):
+        line_base = dict(base, line=key, kind=kind, form=form)
+        if why:
+            rows += [dict(line_base, status="skip", note=why, **{"pass": p}) for p in grid.passes]
+            continue
+        try:
+            prep = prepare(arrays, dout, options)
+        except lines.Skip as e:
+            rows += [dict(line_base, status="skip", note=str(e), **{"pass": p}) for p in grid.passes]
+            continue
+        except Exception as e:
+            rows += [dict(line_base, status="error", note="prepare: " + _error_text(e), **{"pass": p})
+                     for p in grid.passes]
+            _free_device_memory()
+            continue
+        rel_err, notes = None, [prep.note] if prep.note else []
+        try:
+            out = lines.to_numpy(prep.output).reshape(-1)
+            if ref_out is None and kind == "ours":
+                ref_out = out
+            if ref_out is not None and comparable:
+                rel_err = float(np.linalg.norm(out - ref_out) / max(np.linalg.norm(ref_out), 1e-300))
+        except Exception as e:
+            notes.append("output check: " + _error_text(e))
+        peak_mem = None
+        if prep.peak_mem is not None and grid.device == "gpu" and "fwdbwd" in grid.passes:
+            try:
+                peak_mem = prep.peak_mem()
+            except Exception as e:
+                notes.append("peak_mem: " + _error_text(e))
+        compute = prep.compute or (compute_fp32 if dtype == "float32" else None) or dtype
+        for pass_ in grid.passes:
+            row = dict(line_base, rel_err=rel_err, peak_mem_bytes=peak_mem, compute=compute,
+                       note="; ".join(notes), **{"pass": pass_})
+            try:
+                t = _time(prep, pass_, grid, clocks)
+            except lines.Skip as e:
+                rows.append(dict(row, status="skip", note=str(e)))
+                continue
+            except Exception as e:
+                rows.append(dict(row, status="error", note=_error_text(e)))
+                continue
+            flop = costs.flops(op, form, shape, causal, pass_)
+            nbytes = costs.min_bytes(op, shape, dtype, pass_)
+            peak_flops = (ceil.get("flops") or {}).get(compute)
+            peak_bw = ceil.get("bw")
+            row.update(t.as_dict(), status="ok", peak_flops=peak_flops, peak_bw=peak_bw,
+                       **costs.achieved(flop, nbytes, t.ms_median * 1e-3, peak_flops, peak_bw))
+            rows.append(row)
+        del prep
+        _free_device_memory()
+    _add_ratios(rows, grid.baseline.get(op, ()))
+    return rows
+
+
+def _add_ratios(rows: list, preference: tuple) -> None:
+    """Per pass: the baseline (first preferred line measured ok), vs_baseline for every ok row, and for our
+    rows the speed-up over each peer measured (vs_peers: {peer: t_peer / t_ours})."""
+    for pass_ in {r["pass"] for r in rows}:
+        ok = {r["line"]: r for r in rows if r["pass"] == pass_ and r.get("status") == "ok"}
+        base = next((k for k in preference if k in ok), None)
+        for r in ok.values():
+            if base is not None:
+                r["baseline"] = base
+                r["vs_baseline"] = ok[base]["ms_median"] / r["ms_median"]
+            if r["kind"] == "ours":
+                r["vs_peers"] = {k: p["ms_median"] / r["ms_median"] for k, p in ok.items() if p["kind"] == "peer"}
+
+
+def run_grid(grid: Grid, ceil: dict, seed: int = 0, echo=print, progress: bool = True, on_cell=None) -> dict:
+    """Run every cell of ``grid`` (within its time budget); returns {"meta", "results", "skipped_cells"}.
+    ``on_cell(partial_result)`` is called after every cell (the command writes the JSON each time, so a run
+    killed from outside keeps what it measured; ``meta.complete`` is False until the end)."""
+    from tqdm import tqdm
+    load_error = None
+    try:
+        registry.load_all()
+    except Exception as e:              # a provider that does not import: time what did register
+        load_error = _error_text(e)
+        if echo:
+            echo(f"bench: registry.load_all failed ({load_error}); timing the variants registered so far")
+    poison_off = lines.disable_poison()
+    meta = dict(grid=asdict(grid), device=ceil.get("device"), ceilings=ceil, versions=versions(),
+                commit=git_commit(), date=time.strftime("%Y-%m-%d %H:%M:%S"), seed=seed,
+                poison_disabled=poison_off, registry_error=load_error,
+                lines={op: [v.key for v in lines.our_lines(op, grid.backends, grid.exclude)] for op in grid.ops})
+    cells = grid.cells()
+    rows, skipped = [], []
+    meta["complete"] = False
+    partial = {"meta": meta, "results": rows, "skipped_cells": skipped}
+    clocks = _Clocks()
+    t0 = time.perf_counter()
+    tty = sys.stderr.isatty()
+    bar = tqdm(cells, desc=f"bench {grid.name}", unit="cell", disable=not (progress and tty))
+    lost = None
+    for i, (op, T, D, dtype, causal) in enumerate(bar):
+        elapsed = time.perf_counter() - t0
+        if lost or (i > 0 and elapsed > grid.budget_s):          # the first cell always runs
+            reason = f"CUDA context lost: {lost}" if lost else f"time budget of {grid.budget_s:.0f} s spent"
+            skipped.append(dict(op=op, T=T, D=D, dtype=dtype, causal=causal, reason=reason))
+            continue
+        bar.set_postfix_str(f"{op} T={T} D={D} {dtype}")
+        cell_rows = run_cell(grid, op, T, D, dtype, causal, ceil, seed + 7919 * i, clocks)
+        rows += cell_rows
+        if grid.device == "gpu":
+            lost = sticky_error(cell_rows)
+            if lost and echo:
+                echo(f"bench: stopping: the CUDA context is unusable after {lost}")
+        if progress and not tty and echo:
+            n_ok = sum(r["status"] == "ok" for r in cell_rows)
+            n_err = sum(r["status"] == "error" for r in cell_rows)
+            echo(f"[{i + 1}/{len(cells)}] {op} T={T} D={D} {dtype} causal={causal}: {n_ok} ok, {n_err} errors "
+                 f"({time.perf_counter() - t0:.0f} s)")
+        if on_cell is not None:
+            meta["wall_s"] = time.perf_counter() - t0
+            try:
+                on_cell(partial)
+            except Exception as e:
+                if echo:
+                    echo(f"bench: saving the partial result failed: {_error_text(e)}")
+    meta["wall_s"] = time.perf_counter() - t0
+    meta["complete"] = True
+    if poison_off:
+        for name in poison_off:
+            setattr(sys.modules[name], "POISON", True)
+    return partial

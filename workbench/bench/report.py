@@ -1,0 +1,153 @@
+"""Tables and files from a bench result: the full table, the short headline table, JSON and CSV.
+
+Speed-up columns are ``t_baseline / t_line`` (> 1: the line is faster than the baseline); the baseline of
+each cell is named in its own column.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from typing import Optional
+
+from tabulate import tabulate
+
+from .harness import ROW_FIELDS
+
+SPEEDUP_NOTE = "speed-up = t_baseline / t_line (> 1: the line is faster than the baseline)"
+
+
+def _f(x, fmt="{:.3g}"):
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return ""
+    return fmt.format(x)
+
+
+def _pct(x):
+    return "" if x is None else f"{100 * x:.0f}%"
+
+
+def _short_peer(key: Optional[str]) -> str:
+    return (key or "").replace("peer:", "")
+
+
+def full_table(result: dict, fmt: str = "github", include_skips: bool = False) -> str:
+    """One row per (cell, line, pass): time, spread, rates, roofline fraction, speed-up vs the baseline."""
+    rows = []
+    for r in result["results"]:
+        if r.get("status") != "ok" and not include_skips:
+            continue
+        iqr = (r["ms_q3"] - r["ms_q1"]) / r["ms_median"] if r.get("ms_median") else None
+        rows.append([r["op"], r["T"], r["Dk"], r["dtype"], "c" if r.get("causal") else "nc", r["pass"],
+                     r["line"], _f(r.get("ms_median"), "{:.4g}"), _pct(iqr), _f(r.get("tflops")),
+                     _f(r.get("gbps")), _f(r.get("intensity"), "{:.1f}"), _pct(r.get("roof_frac")),
+                     _short_peer(r.get("baseline")), _f(r.get("vs_baseline"), "{:.2f}"),
+                     _f(r.get("rel_err"), "{:.1e}"),
+                     r["status"] if r.get("status") != "ok" else "", (r.get("note") or "")[:60]])
+    head = ["op", "T", "D", "dtype", "causal", "pass", "line", "ms (median)", "IQR/med", "TFLOP/s", "GB/s",
+            "FLOP/B", "roofline", "baseline", "speed-up", "rel err", "status", "note"]
+    return tabulate(rows, headers=head, tablefmt=fmt, disable_numparse=True)
+
+
+def short_table(result: dict, fmt: str = "github") -> str:
+    """The headline: per (op, T, D, dtype, pass) our fastest line (other than the baseline) against the
+    baseline."""
+    cells = {}
+    for r in result["results"]:
+        if r.get("status") != "ok":
+            continue
+        key = (r["op"], r["T"], r["Dk"], r["dtype"], r.get("causal"), r["pass"])
+        c = cells.setdefault(key, {"ours": None, "base": None})
+        is_base = r.get("baseline") == r["line"]        # on the host the baseline is one of ours
+        if r["kind"] == "ours" and not is_base and (c["ours"] is None or r["ms_median"] < c["ours"]["ms_median"]):
+            c["ours"] = r
+        if r.get("baseline") == r["line"]:
+            c["base"] = r
+    rows = []
+    order = {"fwd": 0, "bwd": 1, "fwdbwd": 2}
+    ops = {"softmax": 0, "linear": 1, "decayed": 2, "zeros": 3}
+    for key in sorted(cells, key=lambda k: (ops.get(k[0], 9), k[3], k[1], k[2], str(k[4]), order.get(k[5], 3))):
+        o, b = cells[key]["ours"], cells[key]["base"]
+        op, T, D, dtype, causal, pass_ = key
+        rows.append([op, T, D, dtype, pass_, o["line"] if o else "-", _f(o and o["ms_median"], "{:.4g}"),
+                     _pct(o and o.get("roof_frac")), _short_peer(b and b["line"]) or "-",
+                     _f(b and b["ms_median"], "{:.4g}"),
+                     _f(b["ms_median"] / o["ms_median"], "{:.2f}") if (o and b) else ""])
+    head = ["op", "T", "D", "dtype", "pass", "our best", "ms", "roofline", "baseline", "baseline ms",
+            "speed-up (t_base/t_ours)"]
+    return tabulate(rows, headers=head, tablefmt=fmt, disable_numparse=True)
+
+
+def problems(result: dict, limit: int = 20) -> str:
+    """Errors (and the time-budget skips) in a few lines."""
+    errs = [r for r in result["results"] if r.get("status") == "error"]
+    out = []
+    seen = set()
+    for r in errs:
+        k = (r["line"], r.get("note"))
+        if k in seen:
+            continue
+        seen.add(k)
+        out.append(f"  error {r['op']} {r['line']} T={r['T']} {r['dtype']} {r['pass']}: {r.get('note')}")
+    if len(out) > limit:
+        out = out[:limit] + [f"  ... {len(out) - limit} more distinct errors in the JSON"]
+    skips = {}
+    for r in result["results"]:
+        if r.get("status") == "skip":
+            skips.setdefault((r["line"], (r.get("note") or "")[:120]), []).append(r)
+    for (line, note), rs in list(skips.items())[:limit]:
+        out.append(f"  skip  {line} ({len(rs)} rows): {note}")
+    if len(skips) > limit:
+        out.append(f"  ... {len(skips) - limit} more distinct skips in the JSON")
+    sk = result.get("skipped_cells") or []
+    if sk:
+        out.append(f"  {len(sk)} cells not run: {sk[0]['reason']}")
+    return "\n".join(out)
+
+
+def header(result: dict) -> str:
+    m = result["meta"]
+    c = m.get("ceilings") or {}
+    peaks = ", ".join(f"{k} {v / 1e12:.3g}" for k, v in (c.get("flops") or {}).items())
+    bw = f"{c['bw'] / 1e9:.4g} GB/s" if c.get("bw") else "?"
+    return (f"device: {m.get('device')} | grid {m['grid']['name']} | {m.get('date')} | commit {m.get('commit')}\n"
+            f"ceilings ({c.get('source', '?')}): copy {bw}; matmul TFLOP/s: {peaks}\n"
+            f"timing: median of many runs after warm-up ({'CUDA events, L2 flushed before each run' if m['grid']['device'] == 'gpu' else 'perf_counter'}); "
+            f"{SPEEDUP_NOTE}; roofline = max(FLOPs/peak, bytes/bw) / time")
+
+
+def markdown(result: dict) -> str:
+    parts = ["# Bench results", "", "```", header(result), "```", "", "## Headline: our fastest line vs the baseline",
+             "", short_table(result), "", "## Every measurement", "", full_table(result)]
+    p = problems(result)
+    if p:
+        parts += ["", "## Errors and skips", "", "```", p, "```"]
+    return "\n".join(parts) + "\n"
+
+
+def write_json(result: dict, path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1, default=_json_default)
+
+
+def _json_default(x):
+    try:
+        return float(x)
+    except Exception:
+        return str(x)
+
+
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_csv(result: dict, path: str) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(ROW_FIELDS), extrasaction="ignore")
+        w.writeheader()
+        for r in result["results"]:
+            r = dict(r)
+            if isinstance(r.get("vs_peers"), dict):
+                r["vs_peers"] = ";".join(f"{k}={v:.3f}" for k, v in r["vs_peers"].items())
+            w.writerow(r)

@@ -10,13 +10,18 @@
 # Every step has a hard time limit and runs even if an earlier one failed; the limits add up to < 600 s
 # with the default STEPS only if you keep them (CHECK_TIMEOUT per backend, BENCH_TIMEOUT, GOALS_TIMEOUT).
 # Everything lands in $OUT/work/ and is packed into $OUT/results.tgz (the device tool returns at most 8
-# files); session.log, bench.md and the PNGs are also copied to $OUT itself for a quick look.
+# files); session.log, bench.md and the PNGs are also copied to $OUT itself for a quick look; with bench
+# or goals, Triton's cache comes back as triton_cache.tgz (unpack it into .triton_cache/ and carry it).
 set -u
 cd "$(dirname "$0")/.."
 export OUT="${OUT:-$PWD/out}"
 WORK="$OUT/work"
 mkdir -p "$WORK"
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
+# Triton's cache (compiled kernels and, with fla's cache_results, autotuning results) survives between calls
+# when it comes back as triton_cache.tgz and is unpacked into .triton_cache/ here and carried.
+export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$PWD/.triton_cache}"
+mkdir -p "$TRITON_CACHE_DIR"
 PY="${PYTHON:-python3}"
 STEPS="${STEPS:-check bench goals plots}"
 CHECK_BACKENDS="${CHECK_BACKENDS:-numba cupy}"
@@ -75,3 +80,7 @@ for f in session.log bench.md roofline.png scaling.png; do
 done
 tar czf "$OUT/results.tgz" -C "$WORK" .
 rm -rf "$WORK"
+if has bench || has goals; then
+  tar czf "$OUT/triton_cache.tgz" -C "$TRITON_CACHE_DIR" .
+  [ "$(stat -c %s "$OUT/triton_cache.tgz")" -lt 15000000 ] || { echo "triton cache too large to return"; rm "$OUT/triton_cache.tgz"; }
+fi

@@ -30,6 +30,9 @@ CHECK_ARGS="${CHECK_ARGS:-}"
 BENCH_BUDGET="${BENCH_BUDGET:-200}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-260}"
 GOALS_TIMEOUT="${GOALS_TIMEOUT:-150}"
+BENCH_ARGS="${BENCH_ARGS:-}"            # filters for the headline grid, e.g. "--op softmax --op zeros"
+GOALS="${GOALS:-zeros-paper softmax-d128 chunked-long}"
+GOALS_ARGS="${GOALS_ARGS:-}"            # filters for the goal grids, e.g. "--dtype float16"
 
 step() {   # step NAME TIMEOUT_S CMD...: run with a hard time limit, report the status, never abort the session
   local name="$1" limit="$2"; shift 2
@@ -54,15 +57,17 @@ session() {
     done
   fi
   if has bench; then
-    step bench "$BENCH_TIMEOUT" "$PY" cli.py bench --grid headline --budget "$BENCH_BUDGET" --remeasure \
+    # shellcheck disable=SC2086
+    step bench "$BENCH_TIMEOUT" "$PY" cli.py bench --grid headline $BENCH_ARGS --budget "$BENCH_BUDGET" --remeasure \
          --json "$WORK/bench.json" --csv "$WORK/bench.csv" --md "$WORK/bench.md" --short
   fi
   if has goals; then
     local t0=$SECONDS
-    for g in zeros-paper softmax-d128 chunked-long; do
+    for g in $GOALS; do
       local left=$((GOALS_TIMEOUT - (SECONDS - t0)))
       [ "$left" -gt 20 ] || { echo "=== goals: no time left for $g"; continue; }
-      step "goals-$g" "$left" "$PY" cli.py bench --grid "$g" --json "$WORK/$g.json" --md "$WORK/$g.md" --short
+      # shellcheck disable=SC2086
+      step "goals-$g" "$left" "$PY" cli.py bench --grid "$g" $GOALS_ARGS --json "$WORK/$g.json" --md "$WORK/$g.md" --short
     done
   fi
   if has plots && [ -s "$WORK/bench.json" ]; then

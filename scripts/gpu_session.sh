@@ -2,16 +2,26 @@
 # The GPU session in one device call:
 #   run(command="bash scripts/device.sh bash scripts/gpu_session.sh", carry=[".whl"])
 #   run(command="STEPS='bench goals plots' bash scripts/device.sh bash scripts/gpu_session.sh", carry=[".whl"])
-# Steps (STEPS, in this order; default all):
+# Steps (STEPS, in this order; default "check bench plots"):
 #   check  -- `cli.py check` per backend (numba, cupy), cells spread over the CPU cores (-j 0): JSON + table
 #   bench  -- the headline grid (ceilings measured first): JSON, CSV, Markdown
 #   goals  -- the issues' goal cells the headline grid lacks (grids softmax-d128, chunked-long, zeros-paper)
 #   plots  -- roofline (forward and fwd+bwd) and scaling PNGs from the headline JSON
-# Every step has a hard time limit and runs even if an earlier one failed; the limits add up to < 600 s
-# with the default STEPS only if you keep them (CHECK_TIMEOUT per backend, BENCH_TIMEOUT, GOALS_TIMEOUT).
+# Every step has a hard time limit and runs even if an earlier one failed.  The default (check, a budgeted
+# headline bench, plots) fits the device tool's 600 s per call: about 155 s numba check + 85 s cupy check
+# (16 processes) + 180 s bench + plots.  The full bench does not fit one call: fla's Triton autotuning
+# compiles for 100-200 s per kernel family and dtype in every fresh process.  The H100 session of
+# 2026-11-23 (results/h100-2026-11-23) therefore ran as these calls, merged afterwards with
+# `cli.py bench --from-json A --from-json B ... --json merged.json`:
+#   STEPS="check"
+#   STEPS="bench goals plots" BENCH_ARGS="--op softmax --op zeros" GOALS="zeros-paper softmax-d128"
+#   STEPS="bench" BENCH_ARGS="--op linear --op decayed --dtype float16 --T 1024 --T 2048 --T 4096 --T 16384 --T 65536"
+#   STEPS="bench" BENCH_ARGS="--op linear --op decayed --dtype float32 --T 1024 --T 2048 --T 4096 --T 16384 --T 65536"
+# (each with BENCH_BUDGET/BENCH_TIMEOUT raised to about 450/540).
 # Everything lands in $OUT/work/ and is packed into $OUT/results.tgz (the device tool returns at most 8
 # files); session.log, bench.md and the PNGs are also copied to $OUT itself for a quick look; with bench
-# or goals, Triton's cache comes back as triton_cache.tgz (unpack it into .triton_cache/ and carry it).
+# or goals, Triton's cache comes back as triton_cache.tgz when it is under 15 MB (unpack it into
+# .triton_cache/ and carry it to skip the recompiles; it was larger every time on 2026-11-23).
 set -u
 cd "$(dirname "$0")/.."
 export OUT="${OUT:-$PWD/out}"
@@ -23,12 +33,12 @@ export MPLBACKEND=Agg PYTHONUNBUFFERED=1
 export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$PWD/.triton_cache}"
 mkdir -p "$TRITON_CACHE_DIR"
 PY="${PYTHON:-python3}"
-STEPS="${STEPS:-check bench goals plots}"
+STEPS="${STEPS:-check bench plots}"
 CHECK_BACKENDS="${CHECK_BACKENDS:-numba cupy}"
 CHECK_TIMEOUT="${CHECK_TIMEOUT:-170}"
 CHECK_ARGS="${CHECK_ARGS:-}"
-BENCH_BUDGET="${BENCH_BUDGET:-200}"
-BENCH_TIMEOUT="${BENCH_TIMEOUT:-260}"
+BENCH_BUDGET="${BENCH_BUDGET:-140}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}"
 GOALS_TIMEOUT="${GOALS_TIMEOUT:-150}"
 BENCH_ARGS="${BENCH_ARGS:-}"            # filters for the headline grid, e.g. "--op softmax --op zeros"
 GOALS="${GOALS:-zeros-paper softmax-d128 chunked-long}"

@@ -199,3 +199,29 @@ def test_backend_filter_takes_groups_and_line_keys():
     g = G.get_grid("cpu").filtered(backends=("numpy:chunked",))
     assert g.backends == ("numpy",) and not g.peers
     assert g.wants("numpy:chunked") and not g.wants("numpy:explicit")
+
+
+def test_merge_joins_runs_of_one_device_and_the_cli_saves_it(tmp_path):
+    """A GPU session split over device calls: results merged, rows ordered by op/dtype/T, runs listed."""
+    from cli import main
+    paths = []
+    for op in ("zeros", "softmax"):
+        out = tmp_path / f"{op}.json"
+        r = CliRunner().invoke(main, ["bench", "--grid", "cpu", "--T", "16", "--D", "4", "--op", op,
+                                      "--pass", "fwd", "--json", str(out)])
+        assert r.exit_code == 0, r.output
+        paths.append(out)
+    a, b = (report.read_json(str(p)) for p in paths)
+    m = report.merge([a, b])
+    assert len(m["results"]) == len(a["results"]) + len(b["results"])
+    assert [r["op"] for r in m["results"]][0] == "softmax" and m["results"][-1]["op"] == "zeros"
+    assert [x["grid"] for x in m["meta"]["merged_from"]] == ["cpu", "cpu"]
+    other = json.loads(json.dumps(b))
+    other["meta"]["device"] = "another device"
+    with pytest.raises(ValueError, match="different devices"):
+        report.merge([a, other])
+    merged = tmp_path / "merged.json"
+    r = CliRunner().invoke(main, ["bench", "--from-json", str(paths[0]), "--from-json", str(paths[1]),
+                                  "--json", str(merged), "--short"])
+    assert r.exit_code == 0, r.output
+    assert len(report.read_json(str(merged))["results"]) == len(m["results"])

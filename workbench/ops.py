@@ -101,7 +101,7 @@ def _pick_variant(op: str, backend: str, kind: str, dtype: str, options: dict, s
         backend_name, variant_name = backend.split(":", 1)
     else:
         backend_name, variant_name = backend, None
-    variant = registry.get(op, backend_name, variant_name)
+    variant = registry.get(op, backend_name, variant_name, dtype=dtype)
     if variant.gpu:
         backends.require(variant.backend)
     if dtype not in variant.dtypes:

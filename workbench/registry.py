@@ -44,6 +44,7 @@ class Variant:
     # supports(options, shapes) -> None when fine, else a reason string.  shapes: dict name -> shape.
     supports: Optional[Callable] = None
     default: bool = False           # the variant that "<backend>" alone picks
+    default_for: tuple = ()         # dtypes for which "<backend>" alone picks this one instead
     is_reference: bool = False      # an exact NumPy reference (checked against the explicit float64 one)
     gpu: bool = False               # needs a CUDA device (or the Numba simulator)
     tags: tuple = field(default_factory=tuple)
@@ -103,8 +104,9 @@ def variants(op: Optional[str] = None, backend: Optional[str] = None) -> list:
             if (op is None or o == op) and (backend is None or b == backend)]
 
 
-def get(op: str, backend: str, name: Optional[str] = None) -> Variant:
-    """The variant ``backend:name`` of ``op`` (the backend's default when name is None)."""
+def get(op: str, backend: str, name: Optional[str] = None, dtype: Optional[str] = None) -> Variant:
+    """The variant ``backend:name`` of ``op``; when name is None the backend's default for ``dtype`` (a
+    variant listing it in ``default_for``), else its default."""
     load_all()
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {', '.join(available_keys(op))}")
@@ -113,7 +115,8 @@ def get(op: str, backend: str, name: Optional[str] = None) -> Variant:
         raise ValueError(f"no {backend} variant of {op} is registered; available: "
                          f"{', '.join(available_keys(op))}")
     if name is None:
-        defaults = [v for v in cands if v.default] or cands
+        defaults = ([v for v in cands if dtype is not None and dtype in v.default_for]
+                    or [v for v in cands if v.default] or cands)
         return defaults[0]
     for v in cands:
         if v.name == name:

@@ -117,6 +117,53 @@ __global__ void __launch_bounds__(256) chunk_state(const TI* __restrict__ A, con
 }
 
 // ------------------------------------------------------------------------------------------------
+// state_combine: the segmented form of chunk_state.  With T = NC C and NC = NSEG L, the host runs
+// chunk_state on the inputs viewed as (N NSEG, L C, d) -- every segment of L chunks its own sequence,
+// all in parallel -- giving Hs: (N, NSEG, L+1, E) segment-local prefix (REV: suffix) states, E = da db.
+// This kernel adds what the earlier (REV: later) segments carry in, one thread per (n, state element),
+// walking the chunks in order:
+//   forward  H[sL+j] = Hs[s][j] + D(sL .. sL+j-1) carry,   carry <- Hs[s][L] + D(segment) carry
+//   REV      H[sL+j] = Hs[s][j] + D(sL+j .. sL+L-1) carry, carry <- H[sL]      (H[NC] = 0)
+// with D(range) = prod over the chunks c in range of e^{b_last(c)} (1 without decay).  Grid
+// (ceil(E/256), N), block 256; reads Hs once and writes H once (coalesced over the state elements).
+template <bool DECAY, bool REV>
+__global__ void __launch_bounds__(256) state_combine(const float* __restrict__ Hs, const float* __restrict__ b,
+                                                     float* __restrict__ H, int NC, int L, int C, int E) {
+    const int e = blockIdx.x * 256 + threadIdx.x, n = blockIdx.y;
+    if (e >= E) return;
+    const int NSEG = NC / L;
+    const float* bn = b + (long)n * NC * C;
+    const float* hs0 = Hs + (long)n * NSEG * (L + 1) * E + e;
+    float* hn = H + (long)n * (NC + 1) * E + e;
+    float carry = 0.f;
+    if (!REV) {
+        for (int s = 0; s < NSEG; ++s) {
+            const float* hs = hs0 + (long)s * (L + 1) * E;
+            float dec = 1.f;
+            for (int j = 0; j < L; ++j) {
+                const int c = s * L + j;
+                hn[(long)c * E] = hs[(long)j * E] + dec * carry;
+                if (DECAY) dec *= __expf(bn[(long)c * C + C - 1]);
+            }
+            carry = hs[(long)L * E] + dec * carry;
+        }
+        hn[(long)NC * E] = carry;
+    } else {
+        hn[(long)NC * E] = 0.f;
+        for (int s = NSEG - 1; s >= 0; --s) {
+            const float* hs = hs0 + (long)s * (L + 1) * E;
+            float dec = 1.f;
+            for (int j = L - 1; j >= 0; --j) {
+                const int c = s * L + j;
+                if (DECAY) dec *= __expf(bn[(long)c * C + C - 1]);
+                hn[(long)c * E] = hs[(long)j * E] + dec * carry;
+            }
+            carry = hs[0] + dec * carry;
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
 // chunk_out: grid (NC, N, ceil(dz/BV)), block 256, dynamic shared memory out_smem_floats(DXP, C).
 // One block computes the (C x BV) output tile of one chunk: (1) the masked, decayed C x C block
 // A = scale * D o (X_c Y_c^T) in shared memory (CAUSAL only: without a mask the chunk is inside the

@@ -10,6 +10,8 @@ dv = core_rev(k, q, do)).  Two implementations:
   "chunked": chunk_state (carried Dk x Dv states, one sequential pass over chunks per state tile) and
              chunk_out (one block per chunk x 64 output columns: C x C block + state), chunk-local
              cumulative log decays ``b`` (N, NC*C).
+  "chunked_seg": the same, with the state pass cut into segments of SEGMENT chunks run in parallel and
+             joined by state_combine (see ``states``).
 All outputs are float32 (poisoned with NaN before each launch); the op modules cast to the input dtype.
 """
 from __future__ import annotations
@@ -23,6 +25,12 @@ MAX_DIM = 256
 THREADS = 256
 BV = 64                            # output-column tile of chunk_out
 BS = 32                            # state tile of chunk_state
+SEGMENT = 8                        # chunks per segment of the segmented state pass (states())
+# impl -> chunks per segment of the state pass: "chunked" walks all chunks in one chain per state tile;
+# "chunked_seg" cuts the chain into segments run in parallel.  Measured on the H100 (docs/kernels/linear.md):
+# chunked_seg is 0-20% slower at T = 4k..64k except fp16 backward -- the chain was not the bottleneck.
+SEGMENTS = {"chunked": 0, "chunked_seg": SEGMENT}
+IMPLS = ("naive", "chunked", "chunked_seg")
 
 _TI = {"float32": "float", "float16": "wb_half"}
 
@@ -51,6 +59,10 @@ def state_expr(ti, C, decay, rev):
     return f"chunk_state<{ti}, {C}, {_b(decay)}, {_b(rev)}>"
 
 
+def combine_expr(decay, rev):
+    return f"state_combine<{_b(decay)}, {_b(rev)}>"
+
+
 def out_expr(ti, dxp, C, decay, causal, rev):
     return f"chunk_out<{ti}, {dxp}, {C}, {_b(decay)}, {_b(causal)}, {_b(rev)}>"
 
@@ -71,6 +83,8 @@ def instantiations(source: str, decay_values=(False,), dtypes=("float32", "float
             for d in sorted({d for d, _, _ in combos}):
                 for rev in (False, True):
                     out.append((source, state_expr(ti, C, d, rev)))
+                    if dt == dtypes[0] and C == 64:
+                        out.append((source, combine_expr(d, rev)))
             for dxp in DIMS:
                 if C == 64 and dxp > 128:
                     continue
@@ -94,18 +108,33 @@ def _dummy():
     return cp.zeros(1, cp.float32)
 
 
-def states(source, A, B, b, C, decay, rev):
+def states(source, A, B, b, C, decay, rev, segment=None):
     """(N, NC+1, da, db) float32: forward prefix states (H[c] = chunks < c, H[NC] = total) or, with rev,
-    suffix states (H[c] = chunks >= c, H[0] = total)."""
+    suffix states (H[c] = chunks >= c, H[0] = total).
+
+    chunk_state walks the chunks one after another in (da/32)(db/32) N blocks -- 128 blocks at N = 32,
+    D = 64, a latency-bound chain of NC steps.  When T = NC C with NC a multiple of ``segment`` (default
+    SEGMENT) and at least two segments, the chain is cut: chunk_state runs on every segment at once (the
+    inputs viewed as N NSEG sequences of ``segment`` chunks) and state_combine adds the carried states."""
     import cupy as cp
     N, T, da = A.shape
     db = B.shape[-1]
     NC = -(-T // C)
-    H = cp.full((N, NC + 1, da, db), np.nan, cp.float32)
+    L = SEGMENT if segment is None else segment
+    seg = L > 0 and T == NC * C and NC % L == 0 and NC >= 2 * L
+    n_seq, T_seq, NC_seq = (N * (NC // L), L * C, L) if seg else (N, T, NC)
+    Hs = cp.full((n_seq, NC_seq + 1, da, db), np.nan, cp.float32)
     kern = get_kernel(source, state_expr(_ti(A), C, decay, rev))
-    grid = (-(-db // BS), -(-da // BS), N)
-    kern(grid, (THREADS,), (A, B, b if decay else _dummy(), H, np.int32(T), np.int32(da), np.int32(db),
-                            np.int32(NC)))
+    grid = (-(-db // BS), -(-da // BS), n_seq)
+    kern(grid, (THREADS,), (A, B, b if decay else _dummy(), Hs, np.int32(T_seq), np.int32(da), np.int32(db),
+                            np.int32(NC_seq)))
+    if not seg:
+        return Hs
+    H = cp.full((N, NC + 1, da, db), np.nan, cp.float32)
+    E = da * db
+    get_kernel(source, combine_expr(decay, rev))((-(-E // 256), N), (256,),
+                                                (Hs, b if decay else _dummy(), H, np.int32(NC), np.int32(L),
+                                                 np.int32(C), np.int32(E)))
     return H
 
 
@@ -142,7 +171,7 @@ def naive(source, X, Y, Z, g, decay, causal, rev, scale):
 def core_forward(source, impl, q, k, v, causal, scale, b=None, g=None):
     """o (float32) and what the backward needs.  impl "chunked" takes b (chunk-local cumulative log
     decays, (N, NC*C) float32, or None), impl "naive" takes g (per-token log decays, (N, T), or None)."""
-    decay = (b is not None) if impl == "chunked" else (g is not None)
+    decay = (b is not None) if impl != "naive" else (g is not None)
     if decay and not causal:
         raise ValueError("a decayed core must be causal")
     if impl == "naive":
@@ -151,14 +180,14 @@ def core_forward(source, impl, q, k, v, causal, scale, b=None, g=None):
     dv = v.shape[-1]
     C = chunk_size(dk, dv)
     NC = -(-T // C)
-    H = states(source, k, v, b, C, decay, False)
+    H = states(source, k, v, b, C, decay, False, segment=SEGMENTS[impl])
     o = out(source, q, k, v, b, H, (dv, 1), 0 if causal else NC, C, decay, causal, False, scale)
     return o, H
 
 
 def core_backward(source, impl, q, k, v, H, do, causal, scale, b=None, g=None):
     """(dq, dk, dv) float32.  do must have q's dtype."""
-    decay = (b is not None) if impl == "chunked" else (g is not None)
+    decay = (b is not None) if impl != "naive" else (g is not None)
     if impl == "naive":
         dq = naive(source, do, v, k, g, decay, causal, False, scale)
         dk = naive(source, v, do, q, g, decay, causal, True, scale)
@@ -168,7 +197,7 @@ def core_backward(source, impl, q, k, v, H, do, causal, scale, b=None, g=None):
     dv_ = v.shape[-1]
     C = chunk_size(dk_, dv_)
     NC = -(-T // C)
-    dH = states(source, q, do, b, C, decay, True)
+    dH = states(source, q, do, b, C, decay, True, segment=SEGMENTS[impl])
     dq = out(source, do, v, k, b, H, (1, dv_), 0 if causal else NC, C, decay, causal, False, scale)
     dk = out(source, v, do, q, b, dH, (1, dv_), 1 if causal else 0, C, decay, causal, True, scale)
     dv = out(source, k, q, do, b, dH, (dv_, 1), 1 if causal else 0, C, decay, causal, True, scale)

@@ -22,7 +22,7 @@ def _make(impl):
     def forward(q, k, v, log_decay, scale=1.0):
         import cupy as cp
         g = log_decay.astype(cp.float32)
-        if impl == "chunked":
+        if impl != "naive":
             b = core.chunk_cumsum(g, core.chunk_size(q.shape[-1], v.shape[-1]))
             o, H = core.core_forward(SOURCE, impl, q, k, v, True, scale, b=b)
         else:
@@ -33,7 +33,7 @@ def _make(impl):
     def backward(ctx, do):
         import cupy as cp
         q, k, v, g, b, H, o, scale = ctx
-        if impl == "chunked":
+        if impl != "naive":
             dq, dk, dv = core.core_backward(SOURCE, impl, q, k, v, H, do, True, scale, b=b)
         else:
             dq, dk, dv = core.core_backward(SOURCE, impl, q, k, v, H, do, True, scale, g=g)
@@ -54,8 +54,10 @@ def supports(options, shapes):
 
 for _impl, _desc, _default in (
         ("naive", "one thread per output row, decay accumulated along the row, O(T^2 D)", False),
-        ("chunked", "chunked: carried decayed Dk x Dv states + C x C blocks, chunk-local log-decay cumsums",
-         True)):
+        ("chunked", "chunked: carried decayed Dk x Dv states (one chain over the chunks per state tile) "
+                    "+ C x C blocks, chunk-local log-decay cumsums", True),
+        ("chunked_seg", "chunked, the decayed state chain cut into segments of 8 chunks run in parallel, then "
+                        "joined", False)):
     _f, _b = _make(_impl)
     register(Variant("decayed", "cupy", _impl, _f, _b, dtypes=("float32", "float16"), array_kind="cupy",
                      gpu=True, default=_default, supports=supports, description=_desc,

@@ -89,7 +89,10 @@ def supports(options, shapes):
 
 for _impl, _desc, _default in (
         ("naive", "one thread per output row (and per key row in the backward), O(T^2 D)", False),
-        ("chunked", "chunked: carried Dk x Dv states + C x C blocks in shared memory (C = 64)", True)):
+        ("chunked", "chunked: carried Dk x Dv states (one chain over the chunks per state tile) + C x C "
+                    "blocks in shared memory (C = 64)", True),
+        ("chunked_seg", "chunked, the state chain cut into segments of 8 chunks run in parallel, then joined",
+         False)):
     _f, _b = _make(_impl)
     register(Variant("linear", "cupy", _impl, _f, _b, dtypes=("float32", "float16"), array_kind="cupy",
                      gpu=True, default=_default, supports=supports, description=_desc,

@@ -200,6 +200,6 @@ register(Variant("softmax", "cupy", "flash", _make("flash"), _backward, dtypes=_
                  description="FlashAttention-2 tiles on CUDA cores (fp32 FMA), saved lse; backward: D pre-pass, "
                              "key-tile kernel (dk, dv), query-tile kernel (dq)"))
 register(Variant("softmax", "cupy", "flash_mma", _make("mma"), _backward, dtypes=_FAMILY_DTYPES["mma"],
-                 array_kind="cupy", gpu=True, supports=_supports,
+                 array_kind="cupy", gpu=True, supports=_supports, default_for=("float16", "bfloat16"),
                  description="flash tiling on tensor cores (mma.sync m16n8k16, fp32 accumulate), forward and "
                              "backward; head dims > 128 run cupy:flash's kernels"))

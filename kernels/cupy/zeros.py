@@ -69,7 +69,7 @@ def _make(impl):
         vals = {"F": u[..., None] * v, "G": s[..., None] * v, "H": v}
         dec = {}
         if causal:
-            dec = dict(b=bF) if impl == "chunked" else dict(g=gF)
+            dec = dict(b=bF) if impl != "naive" else dict(g=gF)
         oF, HF = core.core_forward(SOURCE, impl, q, k, vals["F"], causal, 1.0, **dec)
         outs, calls = {"F": oF}, [(("F",), vals["F"], HF, dec)]
         for grp in _groups(Dv):
@@ -113,7 +113,9 @@ def supports(options, shapes):
 
 for _impl, _desc, _default in (
         ("naive", "scans + the naive core (one thread per output row), O(T^2 D)", False),
-        ("chunked", "scans + the chunked core: states F (running max), G, H carried per chunk", True)):
+        ("chunked", "scans + the chunked core: states F (running max), G, H, one chain over the chunks", True),
+        ("chunked_seg", "scans + the chunked core with the state chains cut into segments run in parallel",
+         False)):
     _f, _b = _make(_impl)
     register(Variant("zeros", "cupy", _impl, _f, _b, dtypes=("float32", "float16"), array_kind="cupy",
                      gpu=True, default=_default, supports=supports, description=_desc,

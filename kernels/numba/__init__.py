@@ -5,5 +5,5 @@ import importlib
 import pkgutil
 
 for _m in pkgutil.iter_modules(__path__):
-    if not _m.name.startswith(("_", "bench")):          # bench_numba is a script, not a provider
+    if not _m.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_m.name}")

@@ -62,8 +62,12 @@ def show(result: dict, full: bool = True, echo=print) -> None:
     echo(report.short_table(result, fmt="simple"))
 
 
-def show_json(path: str, full: bool = False, echo=print) -> dict:
-    result = report.read_json(path)
+def show_json(paths, full: bool = False, echo=print, json_path: str = None, csv_path: str = None,
+              md_path: str = None) -> dict:
+    """Print the tables of earlier results (several: merged, see ``report.merge``) and optionally save them."""
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    result = report.merge([report.read_json(p) for p in paths])
+    save(result, json_path, csv_path, md_path)
     show(result, full=full, echo=echo)
     return result
 

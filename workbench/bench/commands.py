@@ -31,8 +31,8 @@ _PASS = click.Choice(PASSES)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the result JSON here")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="write one CSV row per measurement")
 @click.option("--md", "md_path", type=click.Path(dir_okay=False), help="write the Markdown tables here")
-@click.option("--from-json", "from_json", type=click.Path(exists=True, dir_okay=False),
-              help="do not run: print the tables of an earlier result")
+@click.option("--from-json", "from_json", type=click.Path(exists=True, dir_okay=False), multiple=True,
+              help="do not run: print (and with --json/--csv/--md save) earlier results; several are merged")
 @click.option("--full/--short", default=True, help="print every measurement, or the headline table only")
 @click.option("--seed", default=0, show_default=True, help="seed of the random inputs")
 def bench(grid, ops, backends, dtypes, Ts, Ds, passes, budget_s, no_flush, no_peers, peak_bw, peak_flops,
@@ -40,7 +40,12 @@ def bench(grid, ops, backends, dtypes, Ts, Ds, passes, budget_s, no_flush, no_pe
     """Time ops x variants (and peers) x dtypes x T x D on a named grid; report against the roofline."""
     from . import api
     if from_json:
-        api.show_json(from_json, full=full, echo=click.echo)
+        try:
+            api.show_json(from_json, full=full, echo=click.echo, json_path=json_path, csv_path=csv_path,
+                          md_path=md_path)
+        except ValueError as e:
+            click.echo(f"bench: {e}", err=True)
+            sys.exit(2)
         return
     try:
         api.run_bench(grid=grid, ops=ops, backends=backends, dtypes=dtypes, Ts=Ts, Ds=Ds, passes=passes,

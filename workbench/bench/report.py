@@ -125,6 +125,29 @@ def markdown(result: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
+def merge(results: list) -> dict:
+    """One result from several runs (a GPU session split over device calls): rows concatenated and ordered by
+    op, dtype, T, D; meta of the first run, with ``merged_from`` naming every run's grid, date and commit.
+    Ratios stay as measured: each row's baseline was timed in the same run, on the same inputs."""
+    if not results:
+        raise ValueError("nothing to merge")
+    if len(results) == 1:
+        return results[0]
+    devices = {r["meta"].get("device") for r in results}
+    if len(devices) > 1:
+        raise ValueError(f"results from different devices cannot be merged: {sorted(map(str, devices))}")
+    order = {op: i for i, op in enumerate(("softmax", "linear", "decayed", "zeros"))}
+    rows = [row for r in results for row in r["results"]]
+    rows.sort(key=lambda row: (order.get(row["op"], 9), str(row["dtype"]), row["T"], row["Dk"]))
+    meta = json.loads(json.dumps(results[0]["meta"], default=_json_default))
+    meta["grid"] = dict(meta["grid"], name="+".join(dict.fromkeys(r["meta"]["grid"]["name"] for r in results)))
+    meta["merged_from"] = [dict(grid=r["meta"]["grid"]["name"], date=r["meta"].get("date"),
+                                commit=r["meta"].get("commit"), wall_s=r["meta"].get("wall_s")) for r in results]
+    meta["complete"] = all(r["meta"].get("complete", False) for r in results)
+    return dict(meta=meta, results=rows,
+                skipped_cells=[c for r in results for c in (r.get("skipped_cells") or [])])
+
+
 def write_json(result: dict, path: str) -> None:
     with open(path, "w") as f:
         json.dump(result, f, indent=1, default=_json_default)

@@ -250,12 +250,11 @@ def run_cell(v, shape, dtype, causal, label, extra, seed) -> Cell:
 
 
 def _run_group(keys_and_cells, seed) -> list:
-    """Worker side of ``jobs > 1``: cells named by variant key (Variant objects hold closures)."""
+    """Worker side of ``jobs > 1``: cells name their variant by (op, key) (Variant objects hold closures)."""
     registry.load_all()
     out = []
-    for key, shape, dtype, causal, label, extra in keys_and_cells:
+    for op, key, shape, dtype, causal, label, extra in keys_and_cells:
         backend, name = key.split(":")
-        op = extra.pop("__op")
         out.append(run_cell(registry.get(op, backend, name), shape, dtype, causal, label, extra, seed))
     return out
 
@@ -269,7 +268,7 @@ def _run_parallel(cells, seed, jobs, bar) -> list:
     groups: dict = {}
     for i, (v, shape, dtype, causal, label, extra) in enumerate(cells):
         groups.setdefault((v.key, v.op, shape.Dk, shape.Dv, dtype), []).append(
-            (i, (v.key, shape, dtype, causal, label, dict(extra, __op=v.op))))
+            (i, (v.op, v.key, shape, dtype, causal, label, extra)))
     results = [None] * len(cells)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = {pool.submit(_run_group, [c for _, c in g], seed): [i for i, _ in g]

@@ -73,7 +73,7 @@ def naive_expr(ti, decay, causal, rev):
 
 def instantiations(source: str, decay_values=(False,), dtypes=("float32", "float16")) -> list:
     """Every (source, name_expression) the core can launch for the given decay flags."""
-    out = []
+    out = [(source, combine_expr(d, rev)) for d in sorted(set(decay_values)) for rev in (False, True)]
     for dt in dtypes:
         ti = _TI[dt]
         combos = [(d, True, r) for d in decay_values for r in (False, True)]
@@ -83,8 +83,6 @@ def instantiations(source: str, decay_values=(False,), dtypes=("float32", "float
             for d in sorted({d for d, _, _ in combos}):
                 for rev in (False, True):
                     out.append((source, state_expr(ti, C, d, rev)))
-                    if dt == dtypes[0] and C == 64:
-                        out.append((source, combine_expr(d, rev)))
             for dxp in DIMS:
                 if C == 64 and dxp > 128:
                     continue

@@ -148,12 +148,9 @@ def _install(recorder):
 
 def _cells(op: str, quick: bool):
     """(label, options, input kwargs, causal values) covering every kernel configuration of an op."""
-    from workbench.check import causal_values, option_grid
+    from workbench.check import _split_input_options, causal_values, option_grid
     for label, extra in option_grid(op, quick=False):
-        extra = dict(extra)
-        input_kw = {k: extra.pop(k) for k in ("n_gates", "log_decay_range") if k in extra}
-        if "feature_map" in extra:
-            input_kw["feature_map"] = extra["feature_map"]
+        input_kw, extra = _split_input_options(op, extra)
         if quick and op == "linear" and extra.get("feature_map") == "relu":
             continue
         yield label, extra, input_kw, causal_values(op)

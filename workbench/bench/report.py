@@ -5,6 +5,7 @@ each cell is named in its own column.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -139,7 +140,7 @@ def merge(results: list) -> dict:
     order = {op: i for i, op in enumerate(("softmax", "linear", "decayed", "zeros"))}
     rows = [row for r in results for row in r["results"]]
     rows.sort(key=lambda row: (order.get(row["op"], 9), str(row["dtype"]), row["T"], row["Dk"]))
-    meta = json.loads(json.dumps(results[0]["meta"], default=_json_default))
+    meta = copy.deepcopy(results[0]["meta"])
     meta["grid"] = dict(meta["grid"], name="+".join(dict.fromkeys(r["meta"]["grid"]["name"] for r in results)))
     meta["merged_from"] = [dict(grid=r["meta"]["grid"]["name"], date=r["meta"].get("date"),
                                 commit=r["meta"].get("commit"), wall_s=r["meta"].get("wall_s")) for r in results]

@@ -15,6 +15,8 @@ def _has_nvidia_gpu() -> bool:
 
 
 HAS_GPU = _has_nvidia_gpu()
+# Tests poison every kernel output with NaN before each launch (unwritten elements show up).
+os.environ.setdefault("WORKBENCH_POISON", "1")
 if not HAS_GPU:
     os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 

@@ -5,6 +5,7 @@ imports on a machine with neither.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -100,3 +101,31 @@ def to_kind(x, kind: str):
             raise BackendUnavailable("CuPy with a GPU is needed to move arrays to the device")
         return cp.asarray(x)
     raise ValueError(kind)
+
+
+# ----------------------------------------------------------------------------- output poisoning
+# Checks and tests fill every kernel output with NaN before the launch, so an element a kernel never wrote
+# shows up as NaN instead of as stale memory.  The user's fast path does not pay for those fills: outputs
+# are allocated uninitialised unless poisoning is on (environment WORKBENCH_POISON=1, or ``poisoned()``).
+_POISON = [os.environ.get("WORKBENCH_POISON", "0") not in ("", "0")]
+
+
+def poisoning() -> bool:
+    """True while kernel outputs are NaN-filled before each launch."""
+    return _POISON[-1]
+
+
+@contextlib.contextmanager
+def poisoned(on: bool = True):
+    """Turn output poisoning on (or off) inside the block: ``with backends.poisoned(): ...``."""
+    _POISON.append(bool(on))
+    try:
+        yield
+    finally:
+        _POISON.pop()
+
+
+def new_output(xp, shape, dtype):
+    """A kernel's output buffer of module ``xp`` (numpy or cupy): NaN-filled while poisoning, else
+    uninitialised (every element must be written by the kernel)."""
+    return xp.full(shape, xp.nan, dtype) if _POISON[-1] else xp.empty(shape, dtype)

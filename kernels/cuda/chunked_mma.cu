@@ -39,10 +39,12 @@
 #include "mma.cuh"
 
 namespace tc {
-constexpr int C = 64;              // chunk length
-constexpr int THREADS = 128;       // 4 warps
-constexpr int BV = 64;             // column tile of outputs and of the state held by one block
-constexpr int PAD = 8;             // row padding of every shared tile (elements)
+enum : int {
+    C = 64,                        // chunk length
+    THREADS = 128,                 // 4 warps
+    BV = 64,                       // column tile of outputs and of the state held by one block
+    PAD = 8,                       // row padding of every shared tile (elements)
+};
 constexpr float G_MIN = -1.0e4f;   // log decays below this (and -inf) read as G_MIN: exp(G_MIN) == 0 exactly
 
 // per-chunk scalars, after the tiles in shared memory

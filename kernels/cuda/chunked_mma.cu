@@ -81,19 +81,33 @@ __device__ __forceinline__ void chunk_logdecay(Trailer* tr, const float* __restr
     tr->u[2 * L + 1] = dexp(bl - b1);
 }
 
-// rows [0, C) x columns [0, W) of the tile <- g[r * ldg + col0 + c] (zeros past nrows or ncols).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(wbmma::smem_u32(dst)), "l"(src), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+// rows [0, C) x columns [0, W) of the tile <- g[r * ldg + col0 + c] (zeros past nrows or ncols).  16-byte
+// rows go through cp.async (zero-filled past the data; the caller waits with cp_async_wait() before the
+// barrier that publishes the tile), so every load of a chunk is in flight at once; other layouts load
+// element by element.
 template <typename T, int W>
 __device__ __forceinline__ void load_tile(T* s, int lds, const T* __restrict__ g, long long ldg, int nrows, int col0,
                                           int ncols) {
     constexpr int VEC = 16 / sizeof(T), CV = W / VEC;
     const bool vec = (ldg % VEC) == 0 && (col0 % VEC) == 0 && (((unsigned long long)g) & 15ull) == 0;
-    for (int idx = threadIdx.x; idx < C * CV; idx += THREADS) {
-        const int r = idx / CV, c = (idx % CV) * VEC;
-        T* dst = s + r * lds + c;
-        const T* src = g + r * ldg + col0 + c;
-        if (vec && r < nrows && col0 + c + VEC <= ncols) {
-            *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-        } else {
+    if (vec) {
+        for (int idx = threadIdx.x; idx < C * CV; idx += THREADS) {
+            const int r = idx / CV, c = (idx % CV) * VEC;
+            const int left = r < nrows ? ncols - (col0 + c) : 0;
+            const int bytes = left <= 0 ? 0 : (left >= VEC ? 16 : left * (int)sizeof(T));
+            cp_async16(s + r * lds + c, bytes ? g + r * ldg + col0 + c : g, bytes);
+        }
+    } else {
+        for (int idx = threadIdx.x; idx < C * CV; idx += THREADS) {
+            const int r = idx / CV, c = (idx % CV) * VEC;
+            T* dst = s + r * lds + c;
+            const T* src = g + r * ldg + col0 + c;
 #pragma unroll
             for (int e = 0; e < VEC; ++e)
                 dst[e] = (r < nrows && col0 + c + e < ncols) ? src[e] : wbmma::zero_val<T>();
@@ -272,6 +286,7 @@ __global__ void __launch_bounds__(128) tc_fwd(const T* __restrict__ q, const T* 
             if (decay && w == 0) chunk_logdecay(tr, g + row0, nrow);
         }
         const float sigma = state_to_smem<T, HMT, 8>(H, sH, LDV, hm0, tr->red);
+        cp_async_wait();
         __syncthreads();
         float acc[1][8][4];
         zero(acc);
@@ -338,6 +353,7 @@ __global__ void __launch_bounds__(128) tc_seg_state(const T* __restrict__ x, con
         if (decay && w == 0) chunk_logdecay(tr, g + row0, nrow);
         load_tile<T, DXP>(sX, LDX, x + row0 * dx, dx, nrow, 0, dx);
         load_tile<T, BV>(sY, LDY, y + row0 * dy, dy, nrow, c0, dy);
+        cp_async_wait();
         __syncthreads();
         if (decay || wscale != 1.f) {
             scale_rows<T, BV>(sY, LDY, decay ? (REV ? tr->e : tr->u) : nullptr, wscale);
@@ -422,6 +438,7 @@ __global__ void __launch_bounds__(128) tc_bwd_dq(const T* __restrict__ q, const 
             }
         }
         const float sigma = state_to_smem<T, 1, HNT>(H, sH, LDV, 16 * w, tr->red);
+        cp_async_wait();
         __syncthreads();
         float acc[1][8][4];
         zero(acc);
@@ -512,6 +529,7 @@ __global__ void __launch_bounds__(128) tc_bwd_dkdv(const T* __restrict__ q, cons
         load_tile<T, DVP>(sO, LDV, dout + row0 * dv, dv, nrow, 0, dv);
         if (causal && decay && w == 0) chunk_logdecay(tr, g + row0, nrow);
         const float sigma = state_to_smem<T, SMT, SNT>(dS, sS, LDS, sm0, tr->red);
+        cp_async_wait();
         __syncthreads();
         auto inter = [&](int r) { return sigma * (causal && decay ? tr->u[r] : 1.f); };
         if (WHICH != 1) {                                          // dv (columns vc0 ..)

@@ -113,7 +113,7 @@ def test_last_row_and_direct_rows_match_reference_weight_matrices():
             W = np.tril(q @ mT(k))
             opts = dict()
         elif op == "decayed":
-            W = (q @ mT(k)) * ref_decayed._decay_matrix(np.cumsum(arrays[3], -1))
+            W = (q @ mT(k)) * np.exp(ref_decayed._log_decay_matrix(arrays[3]))
             opts = dict()
         else:
             W = ref_zeros._explicit_weights(arrays[3], arrays[4], True)[0] * (q @ mT(k))

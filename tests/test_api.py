@@ -44,10 +44,21 @@ def test_vjp_defaults_match_the_op():
     np.testing.assert_array_equal(out, wb.softmax_attention(q, k, v, causal=False, scale=0.3))
 
 
-def test_float16_on_numpy_is_computed_in_float32():
-    q, k, v = _args("linear", dtype="float16")
-    out = wb.linear_attention(q, k, v)
-    assert out.dtype == np.float16
+@pytest.mark.parametrize("op", registry.OPS)
+def test_float16_on_numpy_is_computed_in_float32(op):
+    """float16 in, float16 out, and every value is the float32 computation rounded once to float16 (not a
+    float16 computation: over T = 300 its sums would be off by far more than one float16 rounding)."""
+    fn = wb.PUBLIC_OPS[op]
+    args16 = _args(op, (2,), 300, 16, 8, dtype="float16")
+    do16 = np.random.default_rng(1).standard_normal((2, 300, 8)).astype(np.float16)
+    out, pb = wb.vjp(fn, *args16)                                  # auto: numpy:chunked
+    out32, pb32 = wb.vjp(fn, *[a.astype(np.float32) for a in args16])
+    ref, pb_ref = wb.vjp(fn, *[a.astype(np.float64) for a in args16], backend="numpy:explicit")
+    for x, x32, r in zip((out,) + pb(do16), (out32,) + pb32(do16.astype(np.float32)),
+                         (ref,) + pb_ref(do16.astype(np.float64))):
+        assert x.dtype == np.float16
+        np.testing.assert_array_equal(x, x32.astype(np.float16))
+        assert np.linalg.norm(x - r) / np.linalg.norm(r) < 1e-3          # float16 rounding, ~3e-4
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -179,9 +179,18 @@ def test_cli_bench_cpu_grid(tmp_path):
     assert "speed-up" in r.output and out.exists() and (tmp_path / "b.md").exists()
     r = CliRunner().invoke(main, ["bench", "--from-json", str(out), "--short"])
     assert r.exit_code == 0 and "numpy:explicit" in r.output and "speed-up" in r.output
+
+
+def test_cli_bench_gpu_grid_without_a_gpu_is_a_usage_error(monkeypatch):
+    """On a machine without a GPU (made so here, whatever this machine has), a GPU grid is refused with exit
+    status 2 and a message naming the grid and the way out, before anything is timed."""
+    from cli import main
+    from workbench.bench import api
+    monkeypatch.setattr(api, "gpu_available", lambda: False)
+    monkeypatch.setattr(api, "run_grid", lambda *a, **kw: pytest.fail("a GPU grid ran without a GPU"))
     r = CliRunner().invoke(main, ["bench", "--grid", "headline"])
-    if r.exit_code != 0:                        # no GPU here: a clear message, exit status 2
-        assert "needs a CUDA GPU" in r.output
+    assert r.exit_code == 2, r.output
+    assert "grid 'headline' needs a CUDA GPU" in r.output and "use --grid cpu" in r.output
 
 
 def test_sticky_cuda_errors_are_recognised():

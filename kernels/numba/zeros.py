@@ -498,9 +498,11 @@ def _backward(ctx, do):
 register(Variant("zeros", "numba", "naive", _naive_forward, _backward,
                  dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_up_to_256,
                  description="one thread per output row, O(T^2), each row's softmax stats recomputed; backward: "
-                             "one thread per query row (dq, U, V, Z, dgates), one per key row (dk, dv, ds)"))
+                             "one thread per query row (dq, U, V, Z, dgates), one per key row (dk, dv, ds)",
+                 tol={"float32": 2e-5, "float64": 5e-14}))
 register(Variant("zeros", "numba", "chunked", _chunked_forward, _backward,
                  dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_up_to_256, default=True,
                  description="chunked: F, G, H states (Dk x BV each, shared memory) with a running-max "
                              "reference for e^s; segmented-scan stats; backward = the same kernel for the output "
-                             "parts, dq, dk parts and dv (reverse), then a segmented reverse scan for ds, dgates"))
+                             "parts, dq, dk parts and dv (reverse), then a segmented reverse scan for ds, dgates",
+                 tol={"float32": 5e-6, "float64": 2e-14}))

@@ -17,9 +17,11 @@ import numpy as np
 from workbench.registry import Variant, register
 
 from . import _chunked as core
+from ._module import declare_groups
 
 SOURCE = "linear.cu"
 INSTANTIATIONS = core.instantiations(SOURCE, decay_values=(False,))
+declare_groups(SOURCE, core.compile_groups(decay_values=(False,)))
 
 
 def _phi(x, name):
@@ -46,8 +48,8 @@ def _make(impl):
         if plain:
             Q, K, Va = q, k, v
         else:
-            Q, K = _phi(q.astype(cp.float32), feature_map), _phi(k.astype(cp.float32), feature_map)
-            Va = v.astype(cp.float32)
+            Q, K = (_phi(x.astype(cp.float32, copy=False), feature_map) for x in (q, k))
+            Va = v.astype(cp.float32, copy=False)
             if normalize:
                 Va = cp.concatenate([Va, cp.ones(v.shape[:-1] + (1,), cp.float32)], axis=-1)
         num, H = core.core_forward(SOURCE, impl, Q, K, Va, causal, scale)
@@ -64,17 +66,17 @@ def _make(impl):
         q, k, Q, K, Va, H, o, den, causal, fmap, normalize, scale = ctx
         dtype = q.dtype
         if normalize:
-            do32 = do.astype(cp.float32)
+            do32 = do.astype(cp.float32, copy=False)
             dnum = do32 / den[..., None]
             dden = -(do32 * o).sum(-1) / den
             doa = cp.concatenate([dnum, dden[..., None]], axis=-1)
         else:
-            doa = do.astype(Q.dtype)
+            doa = do.astype(Q.dtype, copy=False)
         dQ, dK, dVa = core.core_backward(SOURCE, impl, Q, K, Va, H, doa, causal, scale)
         dv = dVa[..., :-1] if normalize else dVa
         if fmap != "identity":
-            dQ = dQ * _dphi(q.astype(cp.float32), fmap)
-            dK = dK * _dphi(k.astype(cp.float32), fmap)
+            dQ = dQ * _dphi(q.astype(cp.float32, copy=False), fmap)
+            dK = dK * _dphi(k.astype(cp.float32, copy=False), fmap)
         return tuple(x.astype(dtype, copy=False) for x in (dQ, dK, dv))
 
     return forward, backward

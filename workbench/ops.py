@@ -227,9 +227,11 @@ _PLANS: dict = {}
 def _opt_key(v):
     """A hashable key for an option value that tells apart values the validation treats differently."""
     t = type(v)
-    if t is bool or t is str or v is None or t is int:
+    if t is str or v is None:
         return v
-    return (t, v.hex() if t is float else repr(v))
+    if t is bool or t is int:                   # True == 1: the type tells them apart
+        return t, v
+    return t, (v.hex() if t is float else repr(v))
 
 
 def _plan(op: str, arrays: tuple, options: dict, backend) -> _Plan:

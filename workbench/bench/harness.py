@@ -9,22 +9,31 @@ that cannot run the cell is a row with ``status="skip"`` and the reason; nothing
 Each ok row carries the cost model (``costs.py``), the achieved rates against the ceilings, the relative
 difference of its forward output from the cell's first line of ours (``rel_err``), and the speed-up of the
 row over the cell's baseline (``vs_baseline = t_baseline / t_row``; > 1: this row is faster).
+
+API lines (``api:<variant>``, kind "api", see ``lines.prepare_api`` and ``Grid.api``) are wall-clocked per
+call (median of up to ``grid.api_reps`` calls, a device sync after each on the GPU); their rows carry the
+variant's own time of the same pass (``kernel_ms``: CUDA events on the GPU, L2 flushed before each run when
+the grid flushes; on the host, in grids with API lines, the same wall-clock loop as the API lines),
+``overhead_ms = ms_median - kernel_ms`` (the host cost of the public API), and on the GPU
+``host_ms``, the median host time of one call without the sync.  They have no cost model (no rates).
+The bench times the user's path: output poisoning (``backends.poisoned``) is off while it runs.
 """
 from __future__ import annotations
 
 import gc
 import importlib
 import platform
+import statistics
 import subprocess
 import sys
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Optional
 
 import numpy as np
 
-from .. import registry
+from .. import backends, registry
 from ..inputs import default_options, random_inputs
 from . import costs, lines, peers
 from .grid import Grid
@@ -33,7 +42,9 @@ from .timing import gpu_clock, time_gpu, time_host
 ROW_FIELDS = ("op", "T", "Dk", "Dv", "dtype", "causal", "pass", "line", "kind", "status", "note",
               "ms_median", "ms_q1", "ms_q3", "ms_min", "ms_max", "reps", "clock", "form", "flops", "bytes",
               "intensity", "tflops", "gbps", "compute", "peak_flops", "peak_bw", "bound_ms", "roof_frac",
-              "rel_err", "peak_mem_bytes", "baseline", "vs_baseline", "vs_peers", "B", "H", "N")
+              "rel_err", "peak_mem_bytes", "baseline", "vs_baseline", "vs_peers", "B", "H", "N",
+              "api_of", "kernel_ms", "overhead_ms", "host_ms")
+API_WARMUP = 10             # untimed calls of an API line before its samples
 
 
 def versions() -> dict:
@@ -89,13 +100,44 @@ class _Clocks:
 
 
 def _time(prep: lines.Prepared, pass_: str, grid: Grid, clocks: _Clocks):
+    """(Timing, extra row fields) of one pass."""
     fn = prep.pass_fn(pass_)
     if fn is None:
         raise lines.Skip(f"no {pass_} pass")
+    if prep.clock == "wall" or (prep.clock == "host" and grid.api != "off"):
+        return _time_wall(fn, prep.sync, grid)      # host lines: timed like the API lines they are compared to
     if prep.clock == "host":
-        return time_host(fn, target_ms=grid.target_ms)
+        return time_host(fn, target_ms=grid.target_ms), {}
     return time_gpu(fn, warmup=2, flush_l2=grid.flush_l2, target_ms=grid.target_ms, min_reps=3,
-                    clock=clocks.get(prep.clock))
+                    clock=clocks.get(prep.clock)), {}
+
+
+def _time_wall(fn, sync, grid: Grid):
+    """Wall time per call of an API line: ``fn()`` then ``sync()`` per sample, as many samples as fit
+    ``grid.api_budget_ms`` (3 .. ``grid.api_reps``); with a sync, also the median host time of a call alone."""
+    def call():
+        fn()
+        if sync is not None:
+            sync()
+    for _ in range(API_WARMUP):
+        call()
+    t0 = time.perf_counter()
+    for _ in range(3):
+        call()
+    est_ms = (time.perf_counter() - t0) / 3 * 1e3
+    reps = int(max(3, min(grid.api_reps, grid.api_budget_ms / max(est_ms, 1e-6))))
+    t = time_host(fn, warmup=1, reps=reps, sync=sync)
+    extra = {}
+    if sync is not None:
+        t = replace(t, clock="wall+sync")
+        samples = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t0)
+        sync()
+        extra["host_ms"] = statistics.median(samples) * 1e3
+    return t, extra
 
 
 def _free_device_memory():
@@ -127,6 +169,12 @@ def _cell_lines(grid: Grid, op: str, dtype: str, options: dict, shape: costs.Sha
         form = costs.form_of(op, v.name, getattr(v, "form", ""))
         prep = (lambda a, d, o, v=v: lines.prepare_variant(v, a, d, o))
         out.append((v.key, "ours", form, prep, why, True, None))
+    ours = [v for v in lines.our_lines(op, grid.backends, grid.exclude) if grid.wants(v.key)]
+    for v in lines.api_variants(op, dtype, grid.api, ours):
+        why = vopts_err or grid.too_long(v.key, shape.T) or lines.why_not(v, dtype, vopts, arrays_shapes)
+        prep = (lambda a, d, o, v=v: lines.prepare_api(v, a, d, o))
+        out.append((f"api:{v.key}", "api", costs.form_of(op, v.name, getattr(v, "form", "")), prep, why, True,
+                    None))
     if grid.peers:
         torch_why = peers.torch_cuda_ok() if grid.device == "gpu" else "peers run on the GPU only"
         for p in peers.peers_for(op):
@@ -189,12 +237,15 @@ def run_cell(grid: Grid, op: str, T: int, D: int, dtype: str, causal: bool, ceil
             row = dict(line_base, rel_err=rel_err, peak_mem_bytes=peak_mem, compute=compute,
                        note="; ".join(notes), **{"pass": pass_})
             try:
-                t = _time(prep, pass_, grid, clocks)
+                t, extra = _time(prep, pass_, grid, clocks)
             except lines.Skip as e:
                 rows.append(dict(row, status="skip", note=str(e)))
                 continue
             except Exception as e:
                 rows.append(dict(row, status="error", note=_error_text(e)))
+                continue
+            if kind == "api":
+                rows.append(dict(row, **t.as_dict(), **extra, status="ok", api_of=prep.extra["api_of"]))
                 continue
             flop = costs.flops(op, form, shape, causal, pass_)
             nbytes = costs.min_bytes(op, shape, dtype, pass_)
@@ -206,7 +257,19 @@ def run_cell(grid: Grid, op: str, T: int, D: int, dtype: str, causal: bool, ceil
         del prep
         _free_device_memory()
     _add_ratios(rows, grid.baseline.get(op, ()))
+    _add_overheads(rows)
     return rows
+
+
+def _add_overheads(rows: list) -> None:
+    """Every ok API row: the time of its variant's row in the same pass (kernel_ms) and the difference."""
+    own = {(r["line"], r["pass"]): r["ms_median"] for r in rows if r.get("status") == "ok" and r["kind"] == "ours"}
+    for r in rows:
+        if r.get("status") == "ok" and r["kind"] == "api":
+            k = own.get((r["api_of"], r["pass"]))
+            if k is not None:
+                r["kernel_ms"] = k
+                r["overhead_ms"] = r["ms_median"] - k
 
 
 def _add_ratios(rows: list, preference: tuple) -> None:
@@ -235,10 +298,9 @@ def run_grid(grid: Grid, ceil: dict, seed: int = 0, echo=print, progress: bool =
         load_error = _error_text(e)
         if echo:
             echo(f"bench: registry.load_all failed ({load_error}); timing the variants registered so far")
-    poison_off = lines.disable_poison()
     meta = dict(grid=asdict(grid), device=ceil.get("device"), ceilings=ceil, versions=versions(),
                 commit=git_commit(), date=time.strftime("%Y-%m-%d %H:%M:%S"), seed=seed,
-                poison_disabled=poison_off, registry_error=load_error,
+                poisoning=False, registry_error=load_error,
                 lines={op: [v.key for v in lines.our_lines(op, grid.backends, grid.exclude)] for op in grid.ops})
     cells = grid.cells()
     rows, skipped = [], []
@@ -256,7 +318,8 @@ def run_grid(grid: Grid, ceil: dict, seed: int = 0, echo=print, progress: bool =
             skipped.append(dict(op=op, T=T, D=D, dtype=dtype, causal=causal, reason=reason))
             continue
         bar.set_postfix_str(f"{op} T={T} D={D} {dtype}")
-        cell_rows = run_cell(grid, op, T, D, dtype, causal, ceil, seed + 7919 * i, clocks)
+        with backends.poisoned(False):             # time the user's path: no NaN fills of outputs
+            cell_rows = run_cell(grid, op, T, D, dtype, causal, ceil, seed + 7919 * i, clocks)
         rows += cell_rows
         if grid.device == "gpu":
             lost = sticky_error(cell_rows)
@@ -276,7 +339,4 @@ def run_grid(grid: Grid, ceil: dict, seed: int = 0, echo=print, progress: bool =
                     echo(f"bench: saving the partial result failed: {_error_text(e)}")
     meta["wall_s"] = time.perf_counter() - t0
     meta["complete"] = True
-    if poison_off:
-        for name in poison_off:
-            setattr(sys.modules[name], "POISON", True)
     return partial

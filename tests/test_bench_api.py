@@ -84,3 +84,35 @@ def test_cli_bench_shows_the_api_overhead_table(tmp_path):
     assert r.exit_code == 0, r.output
     assert "host overhead of the public API" in r.output and "api:numpy:chunked" in r.output
     assert "API overhead us" in (tmp_path / "b.md").read_text()
+
+
+def test_head_start_clock_holds_the_gpu_after_each_flush():
+    from workbench.bench import timing
+
+    class Clock:
+        name = "cuda-event(fake)"
+
+        def __init__(self):
+            self.log = []
+
+        def event(self):
+            return [0.0]
+
+        def record(self, ev):
+            self.log.append("record")
+
+        def elapsed_ms(self, a, b):
+            return 1.0
+
+        def sync(self):
+            pass
+
+        def flush(self):
+            self.log.append("flush")
+
+    base = Clock()
+    clock = harness._HeadStart(base, 2.0)
+    clock._spin = lambda: base.log.append("spin")
+    t = timing.time_gpu(lambda: None, warmup=1, reps=3, flush_l2=True, clock=clock)
+    assert base.log[2:] == ["flush", "spin", "record", "record"] * 3 and "head start" in clock.name
+    assert t.reps == 3 and G.GRIDS["api"].head_start_ms > 0 and G.GRIDS["headline"].head_start_ms == 0

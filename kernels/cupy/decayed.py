@@ -64,3 +64,41 @@ for _impl, _desc, _default in (
     register(Variant("decayed", "cupy", _impl, _f, _b, dtypes=("float32", "float16"), array_kind="cupy",
                      gpu=True, default=_default, supports=supports, description=_desc,
                      form="quadratic" if _impl == "naive" else "linear"))
+
+
+# ----------------------------------------------------------------------------- tensor cores
+# cupy:chunked_mma (float16, bfloat16; float32 as 3xTF32) and cupy:chunked_mma_tf32: the tensor-core chunk
+# core (kernels/cuda/chunked_mma.cu); d log_decay = reverse cumsum of q.dq - k.dk, formed in the kernels.
+from . import _chunked_mma as mma  # noqa: E402
+
+
+def _make_mma(split):
+    def forward(q, k, v, log_decay, scale=1.0):
+        import cupy as cp
+        g = cp.ascontiguousarray(log_decay, dtype=cp.float32)
+        return mma.forward(q, k, v, g, scale=scale, causal=True, split=split)
+
+    def backward(ctx, do):
+        import cupy as cp
+        dq, dk, dv, dg, _ = mma.backward(ctx, cp.ascontiguousarray(do, dtype=ctx.q.dtype))
+        return dq, dk, dv, dg.astype(ctx.q.dtype, copy=False)
+
+    return forward, backward
+
+
+def _supports_mma(options, shapes):
+    dk, dv = shapes["q"][-1], shapes["v"][-1]
+    if max(dk, dv) > mma.MAX_DIM:
+        return f"head dims up to {mma.MAX_DIM} on tensor cores (Dk={dk}, Dv={dv})"
+    return None
+
+
+_f, _b = _make_mma(3)
+register(Variant("decayed", "cupy", "chunked_mma", _f, _b, dtypes=("float32", "float16", "bfloat16"),
+                 array_kind="cupy", gpu=True, supports=_supports_mma, form="linear",
+                 description="tensor cores (mma.sync): chunks of 64, segment-carried states, in-kernel float64 "
+                             "log-decay cumsums; float32 as 3xTF32"))
+_f, _b = _make_mma(1)
+register(Variant("decayed", "cupy", "chunked_mma_tf32", _f, _b, dtypes=("float32",), array_kind="cupy", gpu=True,
+                 supports=_supports_mma, form="linear", tags=("tf32",),
+                 description="cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, opt-in)"))

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(backends.cupy_module() is not None, reason="a re
 def _fake_cupy(log: dict):
     cp = types.ModuleType("cupy")
     for name in ("float32", "float16", "nan", "maximum", "minimum", "exp", "where", "concatenate", "cumsum",
-                 "zeros", "ones", "ones_like", "ascontiguousarray"):
+                 "zeros", "ones", "ones_like", "ascontiguousarray", "asarray"):
         setattr(cp, name, getattr(np, name))
 
     def full(shape, value, dtype=None):
@@ -37,7 +37,7 @@ def _fake_cupy(log: dict):
 
         def __call__(self, grid, block, args, shared_mem=0):
             assert all(type(t) is tuple and all(int(x) >= 1 for x in t) for t in (grid, block)), (grid, block)
-            assert all(isinstance(a, (np.ndarray, np.generic)) for a in args), [type(a) for a in args]
+            assert all(isinstance(a, (np.ndarray, np.generic, int, float)) for a in args), [type(a) for a in args]
             if shared_mem > 48 * 1024:
                 assert self.max_dynamic_shared_size_bytes >= shared_mem, "no shared-memory opt-in"
             log["launches"].append(self.expr)
@@ -52,15 +52,21 @@ def _fake_cupy(log: dict):
             return Kernel(expr)
 
     cp.full, cp.empty, cp.RawModule, cp.__version__ = full, empty, RawModule, "fake"
+    device = types.SimpleNamespace(synchronize=lambda: None, attributes={"MultiProcessorCount": 132})
     cp.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, getDevice=lambda: 0),
-                                    Device=lambda: types.SimpleNamespace(synchronize=lambda: None))
+                                    Device=lambda: device)
     return cp
 
 
 def _clear_caches():
-    from kernels.cupy import _chunked, _module, softmax
-    for fn in (_module._module, _module.get_kernel, softmax._kernel, _chunked._kernel, backends.cupy_module):
-        fn.cache_clear()
+    """Forget every kernel, device array and module the kernel modules cached (lru_cache'd functions)."""
+    from kernels.cupy import _chunked, _module
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("kernels.cupy."):
+            for attr in list(vars(mod).values()):
+                if callable(getattr(attr, "cache_clear", None)):
+                    attr.cache_clear()
+    backends.cupy_module.cache_clear()
     _chunked._DUMMIES.clear()
     _module._OPTED_IN.clear()
 

@@ -128,8 +128,8 @@ def _make_mma(split):
         if feature_map == "identity":
             Q, K = q, k
         else:
-            Q = _phi(q.astype(cp.float32), feature_map).astype(dt)
-            K = _phi(k.astype(cp.float32), feature_map).astype(dt)
+            Q = _phi(q.astype(cp.float32, copy=False), feature_map).astype(dt, copy=False)
+            K = _phi(k.astype(cp.float32, copy=False), feature_map).astype(dt, copy=False)
         Va = cp.concatenate([v, cp.ones(v.shape[:-1] + (1,), dt)], axis=-1) if normalize else v
         num, cctx = mma.forward(Q, K, Va, None, scale=scale, causal=causal, split=split)
         o = den = None
@@ -145,7 +145,7 @@ def _make_mma(split):
         import cupy as cp
         dt = ctx.q.dtype
         if ctx.normalize:
-            do32 = do.astype(cp.float32)
+            do32 = do.astype(cp.float32, copy=False)
             doa = cp.concatenate([do32 / ctx.den[..., None], (-(do32 * ctx.o).sum(-1) / ctx.den)[..., None]],
                                  axis=-1).astype(dt)
         else:
@@ -153,8 +153,10 @@ def _make_mma(split):
         dQ, dK, dVa, _, _ = mma.backward(ctx.core, doa)
         dv = dVa[..., :-1] if ctx.normalize else dVa
         if ctx.feature_map != "identity":
-            dQ = (dQ.astype(cp.float32) * _dphi(ctx.q.astype(cp.float32), ctx.feature_map)).astype(dt)
-            dK = (dK.astype(cp.float32) * _dphi(ctx.k.astype(cp.float32), ctx.feature_map)).astype(dt)
+            dQ = (dQ.astype(cp.float32, copy=False) * _dphi(ctx.q.astype(cp.float32, copy=False), ctx.feature_map)
+                  ).astype(dt, copy=False)
+            dK = (dK.astype(cp.float32, copy=False) * _dphi(ctx.k.astype(cp.float32, copy=False), ctx.feature_map)
+                  ).astype(dt, copy=False)
         return dQ, dK, cp.ascontiguousarray(dv)
 
     return forward, backward

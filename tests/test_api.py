@@ -312,3 +312,18 @@ def test_auto_picks_a_gpu_variant_that_takes_the_dtype(monkeypatch):
     with pytest.raises(TypeError, match=r"softmax_attention: no cupy/numba variant can take cupy arrays of dtype "
                                         r"float64.*numba:naive, numba:tiled.*numba: no CUDA GPU"):
         ops._auto_variant("softmax", "cupy", "float64")
+
+
+def test_registering_a_variant_drops_cached_plans(monkeypatch):
+    from workbench import ops
+    q, k, v = _args("linear")
+    assert wb.linear_attention(q, k, v, backend="numpy") is not None
+    before = registry.get("linear", "numpy", dtype="float64")
+    monkeypatch.setattr(registry, "_TABLE", dict(registry._TABLE))
+    monkeypatch.setattr(registry, "_VIEWS", {})
+    marker = np.zeros((2, 6, 3))
+    registry.register(registry.Variant("linear", "numpy", "zz_first", lambda *a, **o: (marker, None),
+                                       lambda c, d: None, default_for=("float64",)))
+    assert wb.linear_attention(q, k, v, backend="numpy") is marker       # the new default, not a stale plan
+    assert before.name == "chunked"
+    ops._PLANS.clear()

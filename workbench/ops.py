@@ -222,6 +222,7 @@ class _Plan:
 
 
 _PLANS: dict = {}
+_PLANS_VERSION = [-1]          # registry.VERSION the cached plans were made under
 
 
 def _opt_key(v):
@@ -241,11 +242,12 @@ def _plan(op: str, arrays: tuple, options: dict, backend) -> _Plan:
         plan = _PLANS.get(key)
     except (TypeError, AttributeError):         # unhashable or not an array: validation says what is wrong
         key = plan = None
-    if plan is None:
+    if plan is None or _PLANS_VERSION[0] != registry.VERSION[0]:
         plan = _make_plan(op, arrays, options, backend)
         if key is not None:
-            if len(_PLANS) >= _MAX_PLANS:
+            if len(_PLANS) >= _MAX_PLANS or _PLANS_VERSION[0] != registry.VERSION[0]:
                 _PLANS.clear()
+                _PLANS_VERSION[0] = registry.VERSION[0]
             _PLANS[key] = plan
     else:
         _require(op, plan.variant)

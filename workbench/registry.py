@@ -63,6 +63,7 @@ class Variant:
 _TABLE: dict = {}          # (op, backend, name) -> Variant
 _LOADED = False
 _VIEWS: dict = {}          # (op, backend) -> sorted list of variants; rebuilt after every register()
+VERSION = [0]              # bumped by every register(): choices cached elsewhere (ops' plans) are stale
 
 # Modules that register variants when imported.  GPU modules must import without a GPU (and without
 # CuPy installed): they import their GPU libraries lazily, inside forward/backward.
@@ -83,6 +84,7 @@ def register(variant: Variant) -> Variant:
         raise ValueError(f"variant {variant.op} {variant.key} registered twice")
     _TABLE[key] = variant
     _VIEWS.clear()
+    VERSION[0] += 1
     return variant
 
 

@@ -44,7 +44,9 @@ ROW_FIELDS = ("op", "T", "Dk", "Dv", "dtype", "causal", "pass", "line", "kind", 
               "intensity", "tflops", "gbps", "compute", "peak_flops", "peak_bw", "bound_ms", "roof_frac",
               "rel_err", "peak_mem_bytes", "baseline", "vs_baseline", "vs_peers", "B", "H", "N",
               "api_of", "kernel_ms", "overhead_ms", "host_ms")
-API_WARMUP = 10             # untimed calls of an API line before its samples
+API_WARMUP = 10             # untimed calls of an API line before its samples (fewer when slow: API_WARMUP_MS)
+API_WARMUP_MS = 50.0
+HOST_ONLY_MS = 1.0          # the host-only loop runs for calls shorter than this (where host time matters)
 
 
 def versions() -> dict:
@@ -154,21 +156,24 @@ def _time(prep: lines.Prepared, pass_: str, grid: Grid, clocks: _Clocks):
 
 def _time_wall(fn, sync, grid: Grid):
     """Wall time per call of an API line: ``fn()`` then ``sync()`` per sample, as many samples as fit
-    ``grid.api_budget_ms`` (3 .. ``grid.api_reps``); with a sync, also the median host time of a call alone."""
+    ``grid.api_budget_ms`` (3 .. ``grid.api_reps``); with a sync and calls under HOST_ONLY_MS, also the median
+    host time of a call alone."""
     def call():
+        t0 = time.perf_counter()
         fn()
         if sync is not None:
             sync()
-    for _ in range(API_WARMUP):
-        call()
-    t0 = time.perf_counter()
-    for _ in range(3):
-        call()
-    est_ms = (time.perf_counter() - t0) / 3 * 1e3
+        return (time.perf_counter() - t0) * 1e3
+    spent, est_ms = 0.0, None
+    for i in range(API_WARMUP):
+        est_ms = call()
+        spent += est_ms
+        if i >= 1 and spent > API_WARMUP_MS:
+            break
     reps = int(max(3, min(grid.api_reps, grid.api_budget_ms / max(est_ms, 1e-6))))
     t = time_host(fn, warmup=1, reps=reps, sync=sync)
     extra = {}
-    if sync is not None:
+    if sync is not None and t.ms_median < HOST_ONLY_MS:
         t = replace(t, clock="wall+sync")
         samples = []
         for _ in range(reps):

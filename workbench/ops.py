@@ -216,9 +216,10 @@ class _Plan:
         g = arrays[self.decay_index]
         if self.kind == "cupy" and not backends.device_checks():
             return
-        if (g > 0).any():
+        positive = g > 0
+        if positive.any():
             raise ValueError(f"{self.op}_attention: argument 'log_decay' must be <= 0 everywhere (a log decay: "
-                             f"0 keeps the state, -inf resets it), got values up to {float(g.max())}")
+                             f"0 keeps the state, -inf resets it), got values up to {float(g[positive].max())}")
 
 
 _PLANS: dict = {}

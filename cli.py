@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
 
 import click
 
@@ -51,6 +52,47 @@ def check(ops, backends, quick, full, dtypes, json_path, seed, jobs):
     except (ValueError, BackendUnavailable) as e:
         raise click.UsageError(str(e)) from None
     sys.exit(0 if ok else 1)
+
+
+@main.command()
+@click.option("--op", "ops", multiple=True, type=click.Choice(("softmax", "linear", "decayed", "zeros")),
+              help="only these ops (repeatable; default all)")
+@click.option("--backend", "backends_", multiple=True, type=click.Choice(("cupy", "numba")),
+              help="only these GPU backends (repeatable; default every one usable here)")
+@click.option("--jobs", "-j", default=0, show_default=True, type=click.IntRange(min=0),
+              help="processes compiling CuPy groups (0: one per CPU core)")
+@click.option("--list", "list_only", is_flag=True, help="print what would be compiled; compile nothing")
+def warmup(ops, backends_, jobs, list_only):
+    """Compile every kernel for the local GPU (CuPy: every compile group, then one tiny call per variant,
+    dtype and option set; Numba: its precompile step, if it has one), so later processes load them from the
+    on-disk caches.  Exits 1 if anything failed, 2 if no requested backend can run here."""
+    from workbench import warmup as wu
+    chosen = backends_ or wu.GPU_BACKENDS
+    if not list_only:
+        usable = [b for b in chosen if wu.usable(b)[0]]
+        if not usable:
+            why = "; ".join(f"{b}: {wu.usable(b)[1]}" for b in chosen)
+            raise click.UsageError(f"nothing to warm up: no requested GPU backend can run here ({why})")
+        for b in chosen:
+            if b not in usable:
+                click.echo(f"warmup: skipping {b}: {wu.usable(b)[1]}", err=True)
+        chosen = tuple(usable)
+    tasks, notes = wu.plan(ops, chosen)
+    for note in notes:
+        click.echo(f"warmup: {note}", err=True)
+    if list_only:
+        for t in tasks:
+            click.echo(f"{t.backend:6s} {t.label}")
+        click.echo(f"{len(tasks)} tasks")
+        return
+    if not tasks:
+        click.echo("warmup: nothing to do", err=True)
+        sys.exit(1)
+    t0 = time.perf_counter()
+    failures = wu.run(tasks, jobs=jobs, echo=click.echo)
+    click.echo(f"warmup: {len(tasks) - len(failures)}/{len(tasks)} tasks done in {time.perf_counter() - t0:.0f} s"
+               f"{f'; {len(failures)} failed' if failures else ''}")
+    sys.exit(1 if failures else 0)
 
 
 def _add_command_modules():

@@ -59,6 +59,9 @@ def show(result: dict, full: bool = True, echo=print) -> None:
     p = report.problems(result)
     if p:
         echo("problems:\n" + p)
+    api = report.api_table(result, fmt="simple")
+    if api:
+        echo(f"host overhead of the public API ({report.API_NOTE}):\n{api}")
     echo(report.short_table(result, fmt="simple"))
 
 

@@ -1,7 +1,7 @@
 """Benchmarks declared as data: the grid of cells and the lines to compare (like triton's perf_report).
 
-A cell is (op, T, D, dtype, causal); every line of a cell -- our variants of the listed backends and the
-op's peers -- is timed on the same freshly drawn inputs, for each pass.  ``baseline`` names, per op, the
+A cell is (op, T, D, dtype, causal); every line of a cell -- our variants of the listed backends, the public
+API calling them (``api``), and the op's peers -- is timed on the same freshly drawn inputs, for each pass.  ``baseline`` names, per op, the
 lines the ratios are taken against, in order of preference: the first one measured in the cell is its
 baseline.  ``budget_s`` bounds the run: cells not started when it is spent are listed as skipped.
 """
@@ -44,6 +44,15 @@ class Grid:
     budget_s: float = 300.0
     n_gates: int = 2
     max_T: dict = field(default_factory=dict)   # {substring of a line key: largest T it is run at}
+    # API lines ("api:<variant>"): the public op / vjp + pullback wall-clocked next to the variant's own time.
+    # "default": one per backend (the variant the backend name alone picks for the dtype); "all": one per
+    # variant line; "off": none.  Each measurement takes up to api_reps calls within about api_budget_ms.
+    api: str = "default"
+    api_reps: int = 1000
+    api_budget_ms: float = 100.0
+    # GPU, with flush_l2: hold the GPU this long (a spin kernel) after each flush, so the host has queued the
+    # whole timed call before the GPU starts it: the time is the kernels' own, without host launch gaps.
+    head_start_ms: float = 0.0
 
     def wants(self, key: str) -> bool:
         """A line is run when no ``only`` is set, or its key or its group ("cupy", "peer") is listed."""
@@ -103,7 +112,16 @@ GRIDS = {
     "cpu": Grid(
         "cpu", "NumPy backend on the host: both references, small T (seconds)", device="host",
         backends=("numpy",), peers=False, dtypes=("float32",), Ts=(64, 256), Ds=(16,), lead=(1, 2),
-        baseline=dict(CPU_BASELINES), flush_l2=False, target_ms=60.0, budget_s=120.0),
+        baseline=dict(CPU_BASELINES), flush_l2=False, target_ms=60.0, budget_s=120.0, api="off"),
+    "cpu-api": Grid(
+        "cpu-api", "host overhead of the public API on the NumPy backend: T 1 and 64, every variant", device="host",
+        backends=("numpy",), peers=False, dtypes=("float32",), Ts=(1, 64), Ds=(16,), lead=(1, 1),
+        baseline=dict(CPU_BASELINES), flush_l2=False, target_ms=100.0, budget_s=120.0, api="all",
+        api_budget_ms=1000.0),
+    "api": Grid(
+        "api", "GPU: host overhead of the public API at T 64 (B = H = 1, D 64), every variant, fp16 and fp32",
+        device="gpu", peers=False, dtypes=("float16", "float32"), Ts=(64,), Ds=(64,),
+        lead=(1, 1), target_ms=50.0, budget_s=400.0, api="all", api_budget_ms=1000.0, head_start_ms=2.0),
     "headline": Grid(
         "headline", "the GPU session: all ops, ours vs peers, T 1k..16k, D 64, fp16 and fp32, causal",
         device="gpu", dtypes=("float16", "float32"), Ts=(1024, 4096, 16384), Ds=(64,), lead=(2, 16),
@@ -132,7 +150,7 @@ GRIDS = {
     "cpu-scaling": Grid(
         "cpu-scaling", "NumPy backend: time against T (32..512)", device="host", backends=("numpy",),
         peers=False, Ts=(32, 64, 128, 256, 512), Ds=(16,), lead=(1, 2), passes=("fwd",),
-        baseline=dict(CPU_BASELINES), flush_l2=False, target_ms=40.0, budget_s=120.0),
+        baseline=dict(CPU_BASELINES), flush_l2=False, target_ms=40.0, budget_s=120.0, api="off"),
 }
 
 

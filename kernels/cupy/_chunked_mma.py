@@ -185,7 +185,6 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     dt = str(q.dtype)
     split = split if dt == "float32" else 1            # the 3xTF32 split applies to float32 products only
     item, dkp = ITEMSIZE[dt], pad_dim(dk)
-    split = split if dt == "float32" else 1          # the split only exists for float32 operands
     ntv = -(-dv // BV)
     if L is None:
         longest = T if cu is None else max(b - a for a, b in zip(cu[:-1], cu[1:]))

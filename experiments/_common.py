@@ -12,7 +12,8 @@ import numpy as np
 import workbench as wb
 from workbench.reference.common import feature_map as _phi, sigmoid
 
-DEFAULT_OUT = os.path.join("results", "experiments")
+DEFAULT_OUT = os.path.join("out", "experiments")        # scratch (git-ignored); results/experiments is committed
+COMMITTED_OUT = os.path.join("results", "experiments")    # the figures README shows: written only when asked
 DPI = 100
 
 

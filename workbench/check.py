@@ -223,9 +223,7 @@ def plan(ops=(), backends_=(), quick=False, full=False, dtypes=()) -> tuple:
     cells = []
     for v in variants:
         for shape in shapes_for(v, quick, full):
-            for dtype in dtypes_for(v):
-                if dtypes and dtype not in dtypes:
-                    continue
+            for dtype in ([d for d in dtypes if d in v.dtypes] if dtypes else dtypes_for(v)):
                 for causal in causal_values(v.op):
                     for label, extra in option_grid(v.op, quick):
                         if extra.get("normalize") and shape.T < 2:

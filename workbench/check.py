@@ -3,7 +3,7 @@
 A *cell* is (op, variant, shape, dtype, options).  For each cell the inputs are drawn fresh, the variant's
 forward and backward run through the public API (``vjp``), and the relative error
 ``||x - ref|| / ||ref||`` of the output and of every gradient is compared with the dtype's tolerance
-(SPEC section 4).  Inputs are rounded to float16-representable values first, so every dtype computes the same
+(docs/spec.md section 4).  Inputs are rounded to float16-representable values first, so every dtype computes the same
 function of the same inputs and one float64 reference serves them all.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ SHAPES = {
     # Numba's CUDA simulator runs every thread in Python: tiny shapes only
     "simulator": [Shape((2,), 1, 4, 4), Shape((2,), 19, 4, 6)],
     "simulator-quick": [Shape((1,), 19, 4, 6)],
-    # a real GPU (SPEC/issues: T = 1, 127, 1024, 4097; head dims 32, 64, 80, 128; several leading dims)
+    # a real GPU (T = 1, 127, 1024, 4097; head dims 32, 64, 80, 128; several leading dims)
     "gpu": [Shape((2,), 1, 64, 64), Shape((2, 2), 127, 64, 64), Shape((1, 2), 1024, 64, 64),
             Shape((1,), 4097, 64, 64), Shape((2,), 127, 128, 128), Shape((1,), 1024, 128, 128),
             Shape((2,), 127, 32, 32), Shape((2,), 127, 80, 80), Shape((2, 3), 67, 16, 24)],

@@ -11,6 +11,9 @@ import time
 
 import click
 
+import workbench
+from workbench.cli_params import DTYPE, NON_NEGATIVE_INT, OP, SEED, Backend, make_parent
+
 # Modules that each define click commands in a ``COMMANDS`` list (added when the module exists).
 _COMMAND_MODULES = (
     "workbench.bench.commands",      # bench, roofline, scaling
@@ -19,6 +22,7 @@ _COMMAND_MODULES = (
 
 
 @click.group(context_settings=dict(help_option_names=["-h", "--help"]))
+@click.version_option(workbench.__version__, "--version", prog_name="workbench")
 def main():
     """Attention workbench: softmax, linear, decayed and ZeroS attention kernels, checked and timed."""
 
@@ -31,21 +35,26 @@ def info():
 
 
 @main.command()
-@click.option("--op", "ops", multiple=True, help="op(s) to check: softmax, linear, decayed, zeros (default all)")
-@click.option("--backend", "backends", multiple=True,
+@click.option("--op", "ops", type=OP, multiple=True, help="op(s) to check (repeatable; default all)")
+@click.option("--backend", "backends", type=Backend(), multiple=True,
               help="backend or backend:variant (repeatable); default: every backend usable here")
 @click.option("--quick", is_flag=True, help="a small sweep (seconds)")
 @click.option("--full", is_flag=True, help="the large GPU sweep (T up to 4097, head dims 32..128)")
-@click.option("--dtype", "dtypes", multiple=True, help="restrict to these dtypes")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write every cell to this JSON file")
-@click.option("--seed", default=0, show_default=True, help="seed of the random inputs")
-@click.option("--jobs", "-j", default=1, show_default=True,
+@click.option("--dtype", "dtypes", type=DTYPE, multiple=True,
+              help="only these dtypes (repeatable; default: each variant's usual dtypes)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="write every cell to this JSON file (its folder is created)")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="seed of the random inputs")
+@click.option("--jobs", "-j", type=NON_NEGATIVE_INT, default=1, show_default=True,
               help="processes to run cells in (0: one per CPU core); GPU sweeps are bound by JIT compiles")
 def check(ops, backends, quick, full, dtypes, json_path, seed, jobs):
     """Sweep ops x variants x shapes x dtypes x causal against the float64 explicit reference, forward and
-    every gradient.  Exits 1 if any cell fails."""
+    every gradient.  Exits 1 if any cell fails or nothing was checked."""
     from workbench import BackendUnavailable
     from workbench.check import run_check
+    if quick and full:
+        raise click.UsageError("--quick and --full exclude each other")
+    make_parent(json_path)
     try:
         ok = run_check(ops=ops, backends=backends, quick=quick, full=full, dtypes=dtypes, json_path=json_path,
                        seed=seed, echo=click.echo, jobs=jobs)

@@ -1,4 +1,4 @@
-"""The public ops: validation, backend choice, and ``vjp``.
+"""The public ops (docs/spec.md section 2): validation, backend choice, and ``vjp``.
 
 Each public op checks its inputs, picks a registered variant, flattens the leading dims to one, calls
 ``variant.forward``, and reshapes the result back.  ``vjp`` does the same and returns a pullback that calls
@@ -350,7 +350,7 @@ def decayed_attention(q, k, v, log_decay, scale=1.0, backend="auto", causal=True
 
 @_op("zeros")
 def zeros_attention(q, k, v, s, gates, causal=True, backend="auto"):
-    """ZeroS (zero-sum linear) attention (docs/).  s: ``(..., T)`` radial logits; gates:
+    """ZeroS (zero-sum linear) attention, docs/spec.md section 3.4.  s: ``(..., T)`` radial logits; gates:
     ``(..., T, 2)`` (first-order and higher-order gates) or ``(..., T, 3)`` (plus a zero-order gate)."""
     return _forward("zeros", (q, k, v, s, gates), dict(causal=causal), backend)[0]
 

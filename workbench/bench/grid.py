@@ -126,17 +126,17 @@ GRIDS = {
         "headline", "the GPU session: all ops, ours vs peers, T 1k..16k, D 64, fp16 and fp32, causal",
         device="gpu", dtypes=("float16", "float32"), Ts=(1024, 4096, 16384), Ds=(64,), lead=(2, 16),
         target_ms=80.0, budget_s=200.0, max_T={":naive": 4096}),
-    # The issues' goal cells that the headline grid does not hold (B=2, H=16, causal):
+    # Cells the kernel notes (docs/kernels/*.md) quote that the headline grid does not hold (B=2, H=16, causal):
     "softmax-d128": Grid(
-        "softmax-d128", "GPU goal cells: softmax fp16 at D 128, T 4k and 16k, ours vs SDPA", device="gpu",
+        "softmax-d128", "GPU: softmax fp16 at D 128, T 4k and 16k, ours vs SDPA", device="gpu",
         ops=("softmax",), backends=("cupy",), dtypes=("float16",), Ts=(4096, 16384), Ds=(128,), lead=(2, 16),
         target_ms=80.0, budget_s=90.0, max_T={":naive": 4096}),
     "chunked-long": Grid(
-        "chunked-long", "GPU goal cells: linear and decayed at T 2k and 64k, fp16 and fp32, ours vs fla",
+        "chunked-long", "GPU: linear and decayed at T 2k and 64k, fp16 and fp32, ours vs fla",
         device="gpu", ops=("linear", "decayed"), dtypes=("float16", "float32"), Ts=(2048, 65536), Ds=(64,),
         lead=(2, 16), target_ms=80.0, budget_s=120.0, max_T={":naive": 4096}),
     "zeros-paper": Grid(
-        "zeros-paper", "GPU goal cell: ZeroS fp32 T 2048 D 64 against the paper's prefix-sum form",
+        "zeros-paper", "GPU: ZeroS fp32 T 2048 D 64 against the paper's prefix-sum form",
         device="gpu", ops=("zeros",), dtypes=("float32",), Ts=(2048,), Ds=(64,), lead=(2, 16),
         target_ms=80.0, budget_s=60.0, max_T={":naive": 4096}),
     "default": Grid(

@@ -1273,7 +1273,8 @@ __global__ void fa2_dq_post(const float* dqacc, T* dq, long long count, float sc
 }
 
 // P^T and dS^T of one query tile: s (raw k.q) -> p = 2^(sl2 s - lse_t log2 e), dp -> p (dp - D_t).  Key of
-// (j, e) = key_g + 8 (e >> 1); query (tile-local) x = 8 j + 2 tq + (e & 1).  sL holds lse log2 e, sD holds D.
+// (j, e) = key_g + 8 (e >> 1); query (tile-local) x = 8 j + 2 tq + (e & 1).  sL holds lse (natural log, as
+// saved by the forward and copied as is), sD holds D.
 template <int NQ, bool MASK>
 __device__ __forceinline__ void fa_bwd_p(float (&s)[NQ][4], float (&dp)[NQ][4], const float* sL, const float* sD,
                                          int key_g, int tq, int q0, int T_, int causal, float sl2) {
@@ -1282,7 +1283,7 @@ __device__ __forceinline__ void fa_bwd_p(float (&s)[NQ][4], float (&dp)[NQ][4], 
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int x = 8 * j + 2 * tq + (e & 1);
-            float p = exp2f(s[j][e] * sl2 - sL[x]);
+            float p = exp2f(s[j][e] * sl2 - sL[x] * WB_LOG2E);
             if (MASK) {
                 const int t = q0 + x, key = key_g + 8 * (e >> 1);
                 if (t >= T_ || key >= T_ || (causal && key > t)) p = 0.f;

@@ -65,6 +65,9 @@ def test_registered_and_default():
     keys = {v.name for v in registry.variants("softmax", "cupy")}
     assert set(VARIANTS) <= keys
     assert registry.get("softmax", "cupy").name == "flash"
+    assert registry.get("softmax", "cupy", dtype="float16").name == "fa2"
+    assert registry.get("softmax", "cupy", dtype="bfloat16").name == "fa2"
+    assert registry.get("softmax", "cupy", dtype="float32").name == "flash"
 
 
 def test_instantiations_cover_every_launch():

@@ -205,7 +205,7 @@ register(Variant("softmax", "cupy", "flash", _make("flash"), _backward, dtypes=_
                  description="FlashAttention-2 tiles on CUDA cores (fp32 FMA), saved lse; backward: D pre-pass, "
                              "key-tile kernel (dk, dv), query-tile kernel (dq)"))
 register(Variant("softmax", "cupy", "flash_mma", _make("mma"), _backward, dtypes=_FAMILY_DTYPES["mma"],
-                 array_kind="cupy", gpu=True, supports=_supports, default_for=("float16", "bfloat16"),
+                 array_kind="cupy", gpu=True, supports=_supports,
                  description="flash tiling on tensor cores (mma.sync m16n8k16, fp32 accumulate), forward and "
                              "backward; head dims > 128 run cupy:flash's kernels"))
 
@@ -256,6 +256,7 @@ class Fa2Spec:
     kind: str                 # "h" or "tf"
     split: int = 0            # TF32 split: 1 (TF32 accuracy) or 3 (float32 accuracy); 0 for "h"
     deterministic: bool = False   # True: section 2's two-kernel backward instead of atomics
+    default_for: tuple = ()       # dtypes for which "cupy" alone picks this variant
     tags: tuple = ()
     description: str = ""
 
@@ -269,7 +270,7 @@ class Fa2Spec:
 
 
 FA2_SPECS = (
-    Fa2Spec("fa2", ("float16", "bfloat16"), "h",
+    Fa2Spec("fa2", ("float16", "bfloat16"), "h", default_for=("float16", "bfloat16"),
             description="FlashAttention-2 schedule on tensor cores (mma.sync m16n8k16): cp.async K/V pipeline, "
                         "128-query blocks, masks on diagonal tiles only; one-pass backward, dq by float32 "
                         "atomics (not bitwise deterministic)"),
@@ -417,4 +418,4 @@ def _fa2_make(spec: Fa2Spec):
 for _spec in FA2_SPECS:
     register(Variant("softmax", "cupy", _spec.name, _fa2_make(_spec), _fa2_backward, dtypes=_spec.dtypes,
                      array_kind="cupy", gpu=True, supports=_supports, tags=_spec.tags,
-                     description=_spec.description))
+                     default_for=_spec.default_for, description=_spec.description))

@@ -1,4 +1,4 @@
-// softmax.cu -- softmax attention, forward and backward, three versions (llm.c dev/cuda style: a plain
+// softmax.cu -- softmax attention, forward and backward, four versions (llm.c dev/cuda style: a plain
 // one and numbered faster ones, each runnable through kernels/cupy/softmax.py).
 //
 // Math (per leading index n; workbench/reference/softmax.py has the derivation):
@@ -25,6 +25,9 @@
 // (dq), both recomputing p from the saved lse; causal tiles above the diagonal are skipped by the
 // loop bounds.  Grids are 1-D: block b handles tile (ntiles - 1 - b / N) of row n = b % N, so the
 // longest causal tiles start first.
+//   3  fa2_*     FlashAttention-2's schedule on tensor cores (f16/bf16, and f32 through 1x or 3x TF32):
+//                cp.async-pipelined tiles, several m16 tiles per warp, masks on diagonal tiles only, and a
+//                one-pass backward (per key block; dq added with float32 atomics).  Its own header below.
 #include "common.cuh"
 
 // ============================================================================ 0. naive

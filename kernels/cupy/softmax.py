@@ -1,4 +1,4 @@
-"""CuPy softmax attention: three variants over kernels/cuda/softmax.cu (read its header for the math).
+"""CuPy softmax attention: seven variants over kernels/cuda/softmax.cu (read its header for the math).
 
   cupy:naive      one warp per row; forward = online softmax over keys; backward = a warp per query row
                   (dq, and D_t = do_t.o_t) then a warp per key row (dk, dv).  Any head dim <= 256.
@@ -7,6 +7,11 @@
                   Backward: D_t pre-pass, a kernel over key tiles (dk, dv), a kernel over query tiles (dq).
   cupy:flash_mma  the same tiling on tensor cores (mma.sync m16n8k16, float16/bfloat16 in, float32
                   accumulate), forward and backward; head dims above 128 run cupy:flash's kernels.
+  cupy:fa2        FlashAttention-2's schedule on tensor cores (float16/bfloat16; the default for them):
+                  cp.async-pipelined K/V tiles, 128-query blocks, one-pass backward with dq by float32 atomics.
+  cupy:fa2_det    fa2's forward with flash_mma's deterministic backward.
+  cupy:fa2_3xtf32, cupy:fa2_tf32   fa2 for float32 on TF32 tensor cores, split 3xTF32 (float32 accuracy) or
+                  one TF32 product (tagged "tf32": TF32 accuracy).  Host side in the "fa2" section at the end.
 
 Mapping onto the derivation in workbench/reference/softmax.py: every forward saves lse (float32); every
 backward recomputes p = exp(a - lse) tile by tile, forms D = rowsum(do * o), dv = p^T do,

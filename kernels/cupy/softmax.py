@@ -7,7 +7,7 @@
                   Backward: D_t pre-pass, a kernel over key tiles (dk, dv), a kernel over query tiles (dq).
   cupy:flash_mma  the same tiling on tensor cores (mma.sync m16n8k16, float16/bfloat16 in, float32
                   accumulate), forward and backward; head dims above 128 run cupy:flash's kernels.
-  cupy:fa2        FlashAttention-2's schedule on tensor cores (float16/bfloat16; the default for them):
+  cupy:fa2        FlashAttention-2's schedule on tensor cores (float16/bfloat16):
                   cp.async-pipelined K/V tiles, 128-query blocks, one-pass backward with dq by float32 atomics.
   cupy:fa2_det    fa2's forward with flash_mma's deterministic backward.
   cupy:fa2_3xtf32, cupy:fa2_tf32   fa2 for float32 on TF32 tensor cores, split 3xTF32 (float32 accuracy) or

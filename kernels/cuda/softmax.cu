@@ -610,6 +610,27 @@ __device__ __forceinline__ void mm_load(T* s, const T* g, int row0, int T_, int 
     }
 }
 
+// Online-softmax step of one m16 accumulator tile's two rows (h = 0: row g, h = 1: row g + 8).  mx[h]: this
+// lane's max of the new scores (log2 units).  Reduces it over the row's 4 lanes, moves the running max m to
+// m' = max(m, mx), rescales the per-lane partial sums l and the output accumulators acc by 2^(m - m'), and
+// returns the exponent base (m', or 0 while the row has seen only -inf) for p = 2^(s - base).
+template <int ND>
+__device__ __forceinline__ void mma_rescale(float (&mx)[2], float (&m)[2], float (&l)[2], float (&acc)[ND][4],
+                                            float (&base)[2]) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        const float mn = fmaxf(m[h], mx[h]);
+        base[h] = mn == -WB_INF ? 0.f : mn;
+        const float corr = exp2f(m[h] - base[h]);
+        l[h] *= corr;                       // per-lane partial sums; reduced once at the end
+        m[h] = mn;
+#pragma unroll
+        for (int j = 0; j < ND; ++j) { acc[j][2 * h] *= corr; acc[j][2 * h + 1] *= corr; }
+    }
+}
+
 // Forward: block = 64 query rows, 64-key tiles.  smem: Q, K, V [64][D+8] of T.
 template <typename T, int D>
 __global__ void __launch_bounds__(MM_THREADS) mma_fwd(const T* q, const T* k, const T* v, T* o, float* lse,
@@ -662,18 +683,7 @@ __global__ void __launch_bounds__(MM_THREADS) mma_fwd(const T* q, const T* k, co
                 mx[e >> 1] = fmaxf(mx[e >> 1], x);
             }
         float base[2];
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-            const float mn = fmaxf(m[h], mx[h]);
-            base[h] = mn == -WB_INF ? 0.f : mn;
-            const float corr = exp2f(m[h] - base[h]);
-            l[h] *= corr;                       // per-lane partial sums; reduced once at the end
-            m[h] = mn;
-#pragma unroll
-            for (int j = 0; j < ND; ++j) { acc[j][2 * h] *= corr; acc[j][2 * h + 1] *= corr; }
-        }
+        mma_rescale<ND>(mx, m, l, acc, base);
 #pragma unroll
         for (int j = 0; j < NC; ++j)
 #pragma unroll
@@ -1039,16 +1049,6 @@ struct fa_tf {
         }
     }
     template <int LD>
-    static __device__ __forceinline__ void load_a(A& a, const float* s, int m0, int k0) {
-        const int L = threadIdx.x & 31, g = L >> 2, t = L & 3;
-        const float2 x = *reinterpret_cast<const float2*>(s + (m0 + g) * LD + k0 + 2 * t);
-        const float2 y = *reinterpret_cast<const float2*>(s + (m0 + g + 8) * LD + k0 + 2 * t);
-        cvt(a.h[0], a.l[0], x.x);
-        cvt(a.h[1], a.l[1], y.x);
-        cvt(a.h[2], a.l[2], x.y);
-        cvt(a.h[3], a.l[3], y.y);
-    }
-    template <int LD>
     static __device__ __forceinline__ void load_bt(B& b0, B& b1, const float* s, int n0, int k0) {
         const int L = threadIdx.x & 31, g = L >> 2, t = L & 3;
         const float2 x = *reinterpret_cast<const float2*>(s + (n0 + g) * LD + k0 + 2 * t);
@@ -1057,6 +1057,15 @@ struct fa_tf {
         cvt(b0.h[1], b0.l[1], x.y);
         cvt(b1.h[0], b1.l[0], y.x);
         cvt(b1.h[1], b1.l[1], y.y);
+    }
+    // the same two 8-byte loads as load_bt (rows m0 + g and m0 + 8 + g, columns k0 + 2t, 2t + 1), as an A
+    // fragment: a0 (g, 2t), a1 (g+8, 2t), a2 (g, 2t+1), a3 (g+8, 2t+1)
+    template <int LD>
+    static __device__ __forceinline__ void load_a(A& a, const float* s, int m0, int k0) {
+        B r0, r1;
+        load_bt<LD>(r0, r1, s, m0, k0);
+        a.h[0] = r0.h[0]; a.h[1] = r1.h[0]; a.h[2] = r0.h[1]; a.h[3] = r1.h[1];
+        a.l[0] = r0.l[0]; a.l[1] = r1.l[0]; a.l[2] = r0.l[1]; a.l[3] = r1.l[1];
     }
     template <int LD>
     static __device__ __forceinline__ void load_b(B& b0, B& b1, const float* s, int k0, int n0) {
@@ -1112,21 +1121,7 @@ __device__ __forceinline__ void fa_softmax(float (&s)[MT][NC][4], float (&m)[MT]
                 mx[e >> 1] = fmaxf(mx[e >> 1], x);
             }
         float base[2];
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-            const float mn = fmaxf(m[mt][h], mx[h]);
-            base[h] = mn == -WB_INF ? 0.f : mn;
-            const float corr = exp2f(m[mt][h] - base[h]);
-            l[mt][h] *= corr;
-            m[mt][h] = mn;
-#pragma unroll
-            for (int j = 0; j < ND; ++j) {
-                acc[mt][j][2 * h] *= corr;
-                acc[mt][j][2 * h + 1] *= corr;
-            }
-        }
+        mma_rescale<ND>(mx, m[mt], l[mt], acc[mt], base);
 #pragma unroll
         for (int j = 0; j < NC; ++j)
 #pragma unroll

@@ -892,7 +892,7 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dq(const T* q, const T* k,
 //     dp_ti = do_t . v_i,  ds_ti = p_ti (dp_ti - D_t)
 //     dk_i = scale sum_t ds_ti q_t                   (dS^T Q)
 //     dq_t = scale sum_i ds_ti k_i                   (dS K: this block's share, added atomically)
-// from dD_t-free softmax calculus: o_t = sum_i p_ti v_i with p_t = softmax(a_t), so dp_ti = do_t.v_i and
+// by the chain rule: o_t = sum_i p_ti v_i with p_t = softmax(a_t), so dp_ti = do_t.v_i and
 // da_ti = p_ti (dp_ti - sum_j p_tj dp_tj) = p_ti (dp_ti - do_t.o_t); then a_ti = scale q_t.k_i gives dq, dk.
 // Per query tile, with S^T and dP^T computed ONCE (5 products of 2 BQ 64 D FLOPs instead of section 2's 7):
 //     wait; sync; issue Q_{i+1} (second Q buffer)

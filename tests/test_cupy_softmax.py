@@ -114,7 +114,7 @@ def test_fa2_instantiations_cover_every_plan():
         assert set(group) <= exprs
         for D in cs.FA2_BUCKETS:                    # what _fa2_plan looks up is in the compiled group
             t = cs.FA2_TILES[(fam, D)]
-            assert f"fa2_fwd<{pol}, {D}, {t.mt}, {cs._cpp_bool(t.qreg)}>" in group
+            assert f"fa2_fwd<{pol}, {D}, {t.mt}, {cs._cpp_bool(t.qreg)}, {t.bc}>" in group
             assert f"fa2_bwd<{pol}, {D}, {t.bq}, {cs._cpp_bool(t.kvreg)}>" in group
 
 
@@ -124,7 +124,7 @@ def test_fa2_tiles_fit():
     fams = {s.family for s in cs.FA2_SPECS}
     assert set(cs.FA2_TILES) == {(f, D) for f in fams for D in cs.FA2_BUCKETS}
     for (fam, D), t in cs.FA2_TILES.items():
-        assert t.mt in (1, 2) and t.bq in (16, 32, 64)
+        assert t.mt in (1, 2) and t.bc in (32, 64) and t.bq in (16, 32, 64)
         mq = t.bq // 16
         assert 4 % mq == 0 and (D // (4 // mq)) % 16 == 0           # dQ tile split over 4 warps
         for pass_ in ("fwd", "bwd"):

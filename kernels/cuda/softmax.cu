@@ -875,8 +875,8 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dq(const T* q, const T* k,
 // One kernel template per pass, over an operand policy P (fa_h<T> or fa_tf<SPLIT>, below), the head-dim bucket
 // D and the tiling.  4 warps (FA_THREADS) per block.
 //
-// Forward fa2_fwd<P, D, MT, QREG>: block = 64 MT query rows, warp w owns rows 16 MT w .. (MT m16 tiles, so each
-// B fragment feeds MT mma), 64-key tiles.  K and V have one shared buffer each and alternate with the compute
+// Forward fa2_fwd<P, D, MT, QREG, BC>: block = 64 MT query rows, warp w owns rows 16 MT w .. (MT m16 tiles, so
+// each B fragment feeds MT mma), BC-key tiles.  K and V have one shared buffer each and alternate with the compute
 // (cp.async, zero-filled past T and past the head dim):
 //     wait; sync; issue V_j;      S = Q K_j^T        (V_j lands meanwhile)
 //     online softmax (mask only on tiles that cross the diagonal or T: a warp-uniform branch)
@@ -1133,12 +1133,12 @@ __device__ __forceinline__ void fa_softmax(float (&s)[MT][NC][4], float (&m)[MT]
     }
 }
 
-template <class P, int D, int MT, bool QREG>
+template <class P, int D, int MT, bool QREG, int BC>
 __global__ void __launch_bounds__(FA_THREADS) fa2_fwd(const typename P::T* q, const typename P::T* k,
         const typename P::T* v, typename P::T* o, float* lse, int N, int T_, int dk, int dv, float sl2,
         int causal) {
     using T = typename P::T;
-    constexpr int BR = 64 * MT, BC = 64, LDQ = D + P::PAD_R, LDK = D + P::PAD_R, LDV = D + P::PAD_C;
+    constexpr int BR = 64 * MT, LDQ = D + P::PAD_R, LDK = D + P::PAD_R, LDV = D + P::PAD_C;
     constexpr int KD = D / P::KS, NC = BC / 8, ND = D / 8, KC = BC / P::KS, CW = P::KS / 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* sQ = reinterpret_cast<T*>(smem_raw);

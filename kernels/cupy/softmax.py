@@ -222,14 +222,15 @@ register(Variant("softmax", "cupy", "flash_mma", _make("mma"), _backward, dtypes
 # buffer holding the dq accumulator and D.  Head dims above FA2_BUCKETS[-1] run cupy:flash's kernels.
 FA2_BUCKETS = (32, 64, 128)
 FA_THREADS = 128
-FA2_KEY_TILE = 64                   # keys per forward tile and per backward block (fixed in softmax.cu)
+FA2_KEY_BLOCK = 64                  # keys per backward block (BK in softmax.cu)
 
 
 @dataclass(frozen=True)
 class Fa2Tiles:
-    """Template arguments of fa2_fwd<P, D, MT, QREG> and fa2_bwd<P, D, BQ, KVREG>."""
+    """Template arguments of fa2_fwd<P, D, MT, QREG, BC> and fa2_bwd<P, D, BQ, KVREG>."""
     mt: int          # forward: m16 tiles per warp (block = 64 mt query rows)
     qreg: bool       # forward: Q fragments in registers for the whole block (else re-read per key tile)
+    bc: int          # forward: keys per tile
     bq: int          # backward: query rows per tile
     kvreg: bool      # backward: K and V fragments in registers for the whole block
 
@@ -237,17 +238,18 @@ class Fa2Tiles:
 # (tile family, head-dim bucket) -> tiles.  Families: "h" float16/bfloat16 (m16n8k16); "tf1", "tf3" float32
 # through TF32 with 1 or 3 products per operand pair.  Chosen from ptxas's sm_90 report (scripts/ptxas_report.py;
 # numbers in docs/kernels/softmax.md): no spill, except 4 bytes in tf3's D=128 backward.  At D=128 the forward
-# keeps 64-row blocks (128 rows spill 100 bytes) and the backward 32-query tiles (64 spill 8 bytes).
+# keeps 128-row blocks with 32-key tiles (64-key tiles spill 100 bytes) and the backward 32-query tiles (64
+# spill 8 bytes).
 FA2_TILES = {
-    ("h", 32): Fa2Tiles(2, True, 64, True),
-    ("h", 64): Fa2Tiles(2, True, 64, True),
-    ("h", 128): Fa2Tiles(1, False, 32, False),
-    ("tf1", 32): Fa2Tiles(2, False, 64, False),
-    ("tf1", 64): Fa2Tiles(2, False, 64, False),
-    ("tf1", 128): Fa2Tiles(1, False, 32, False),
-    ("tf3", 32): Fa2Tiles(2, False, 64, False),
-    ("tf3", 64): Fa2Tiles(2, False, 64, False),
-    ("tf3", 128): Fa2Tiles(1, False, 16, False),
+    ("h", 32): Fa2Tiles(2, True, 64, 64, True),
+    ("h", 64): Fa2Tiles(2, True, 64, 64, True),
+    ("h", 128): Fa2Tiles(2, False, 32, 32, False),
+    ("tf1", 32): Fa2Tiles(2, False, 64, 64, False),
+    ("tf1", 64): Fa2Tiles(2, False, 64, 64, False),
+    ("tf1", 128): Fa2Tiles(2, False, 32, 32, False),
+    ("tf3", 32): Fa2Tiles(2, False, 64, 64, False),
+    ("tf3", 64): Fa2Tiles(2, False, 64, 64, False),
+    ("tf3", 128): Fa2Tiles(2, False, 32, 16, False),
 }
 # element size in bytes and row paddings (PAD_R, PAD_C, PAD_X) of the shared tiles, as fa_h / fa_tf declare them
 _FA2_SMEM_LAYOUT = {"h": (2, 8, 8, 8), "tf1": (4, 8, 4, 4), "tf3": (4, 8, 4, 4)}
@@ -293,10 +295,10 @@ FA2_SPECS = (
 def fa2_smem(family: str, D: int, t: Fa2Tiles, pass_: str) -> int:
     """Dynamic shared memory (bytes) of fa2_fwd / fa2_bwd, as laid out in softmax.cu."""
     size, pad_r, pad_c, pad_x = _FA2_SMEM_LAYOUT[family]
-    bc = FA2_KEY_TILE
     if pass_ == "fwd":
-        return size * (64 * t.mt * (D + pad_r) + bc * (D + pad_r) + bc * (D + pad_c))
-    return size * (bc * (D + pad_x) + bc * (D + pad_r) + 3 * t.bq * (D + pad_x) + t.bq * (bc + pad_r)) + 8 * t.bq
+        return size * (64 * t.mt * (D + pad_r) + t.bc * (D + pad_r) + t.bc * (D + pad_c))
+    bk = FA2_KEY_BLOCK
+    return size * (bk * (D + pad_x) + bk * (D + pad_r) + 3 * t.bq * (D + pad_x) + t.bq * (bk + pad_r)) + 8 * t.bq
 
 
 def _cpp_bool(b: bool) -> str:
@@ -308,7 +310,7 @@ def fa2_expressions(policy: str, family: str, ctype: str) -> tuple:
     out = []
     for D in FA2_BUCKETS:
         t = FA2_TILES[(family, D)]
-        out.append(f"fa2_fwd<{policy}, {D}, {t.mt}, {_cpp_bool(t.qreg)}>")
+        out.append(f"fa2_fwd<{policy}, {D}, {t.mt}, {_cpp_bool(t.qreg)}, {t.bc}>")
         out.append(f"fa2_bwd<{policy}, {D}, {t.bq}, {_cpp_bool(t.kvreg)}>")
     return tuple(out) + (f"fa2_bwd_pre<{ctype}>", f"fa2_dq_post<{ctype}>")
 
@@ -349,7 +351,7 @@ def _fa2_plan(policy: str, family: str, ctype: str, dk: int, dv: int) -> Optiona
     def kern(expr):
         return get_kernel(SOURCE, expr, group=group)
 
-    return Fa2Plan(fwd=kern(f"fa2_fwd<{policy}, {D}, {t.mt}, {_cpp_bool(t.qreg)}>"),
+    return Fa2Plan(fwd=kern(f"fa2_fwd<{policy}, {D}, {t.mt}, {_cpp_bool(t.qreg)}, {t.bc}>"),
                    bwd=kern(f"fa2_bwd<{policy}, {D}, {t.bq}, {_cpp_bool(t.kvreg)}>"),
                    pre=kern(f"fa2_bwd_pre<{ctype}>"), post=kern(f"fa2_dq_post<{ctype}>"),
                    rows=64 * t.mt, fwd_smem=fa2_smem(family, D, t, "fwd"), bwd_smem=fa2_smem(family, D, t, "bwd"),
@@ -407,7 +409,7 @@ def _fa2_backward(ctx: Fa2Ctx, do):
     acc = cp.empty(rows * dk + rows, cp.float32)          # dq accumulator (zeroed by fa2_bwd_pre), then D
     dqacc, Dbuf = acc[:rows * dk], acc[rows * dk:]
     launch(plan.pre, (-(-rows // 8),), (256,), (o, do, Dbuf, dqacc, np.int64(rows), plan.dv, plan.dk))
-    launch(plan.bwd, (-(-T // FA2_KEY_TILE) * N,), (FA_THREADS,),
+    launch(plan.bwd, (-(-T // FA2_KEY_BLOCK) * N,), (FA_THREADS,),
            (q, k, v, lse, Dbuf, do, dqacc, dk_, dv_, np.int32(N), np.int32(T), plan.dk, plan.dv,
             np.float32(ctx.scale * LOG2E), np.float32(ctx.scale), np.int32(ctx.causal)), plan.bwd_smem)
     launch(plan.post, (-(-rows * dk // 256),), (256,), (dqacc, dq, np.int64(rows * dk), np.float32(ctx.scale)))

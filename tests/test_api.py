@@ -193,7 +193,7 @@ def test_backend_default_can_depend_on_dtype():
     """"cupy" alone picks the tensor-core softmax for float16 (4x faster than cupy:flash on the H100) and the
     CUDA-core one for float32, which the tensor-core kernels do not take."""
     from workbench import registry
-    assert registry.get("softmax", "cupy", dtype="float16").name == "flash_mma"
+    assert registry.get("softmax", "cupy", dtype="float16").name == "fa2"
     assert registry.get("softmax", "cupy", dtype="float32").name == "flash"
     assert registry.get("softmax", "cupy").name == "flash"
     assert registry.get("linear", "cupy", dtype="float16").name == "chunked"

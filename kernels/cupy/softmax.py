@@ -382,7 +382,7 @@ class Fa2Ctx:
 
 def _aligned16(x):
     """x itself when its data is 16-byte aligned (cp.async copies 16-byte chunks), else an aligned copy."""
-    return x if x.data.ptr % 16 == 0 else x.copy()
+    return x if backends.data_ptr(x) % 16 == 0 else x.copy()
 
 
 def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0):

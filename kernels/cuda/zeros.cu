@@ -131,31 +131,37 @@ __global__ void zeros_scan_bwd(const TI* __restrict__ s, const TI* __restrict__ 
 // are the prefix "sums" of the token triples (s_j, 1, s_j) under the associative, commutative combine
 //   (M1, E1, P1) + (M2, E2, P2) = (M, E1 e^{M1 - M} + E2 e^{M2 - M}, P1 + P2),   M = fmaxf(M1, M2)
 // (every exponent <= 0, identity (-inf, 0, 0)).  So, over chunks of C = 64 tokens:
-//   zeros_fchunk   one warp per chunk: the chunk's triple (a warp reduction) and its max |s|;
+//   zeros_fchunk   one warp per chunk: the chunk's triple (a warp reduction), its min and max of s;
 //   zeros_fscan    one block per head: the exclusive scan of the chunk triples (the carry into each chunk;
-//                  not causal: the head's total) and sigma = the least power of two >= max(1, max |s|);
+//                  not causal: the head's total), the head's shift c = (min s + max s) / 2 and scale
+//                  sigma = the least power of two >= max(1, max |s - c|);
 //   zeros_ftoken   one block per chunk: warp 0 scans the chunk's tokens (two per lane, a shuffle scan)
-//                  seeded by the carry, and writes per token m, E, P, alpha = sigh/E, beta = (sig1-sigh)/n,
-//                  gamma = (tz - sigh - beta P)/n, u = e^{s - m} and gF_t = m_{t-1} - m_t (0 at t = 0 and
-//                  when not causal); then all four warps form the stream values
-//                      vF = u v,   vG = (s / sigma) v,   vH = v   (vH only when G and H share one call).
+//                  seeded by the carry, and writes per token m, E, P' = sum (s - c) = P - n c (in float64),
+//                  alpha = sigh/E, beta = (sig1-sigh)/n, gamma = (tz - sigh - beta P')/n, u = e^{s - m} and
+//                  gF_t = m_{t-1} - m_t (0 at t = 0 and when not causal); then all four warps form the values
+//                      vF = u v,   vG = ((s - c) / sigma) v,   vH = v   (vH only when G and H share one call).
+// ZeroS is invariant to s -> s + c (the first-order weights are s_i/n - P/n^2, the softmax is shift-free),
+// so the first-order path runs on s - c: without it a common offset of s cancels between beta oG and
+// gamma oH and multiplies the rounding of the 16-bit stream outputs by |offset|.  c, like m, is held fixed
+// in the backward (o does not depend on it), which is exact.
 // fmaxf drops a NaN from the max but the NaN reaches E (e^{NaN}) and P, so exactly the rows whose window
 // holds it become NaN; s of +-1e3 stays exact because every exponential is of a difference <= 0; ties give
 // e^0 = 1 (rescale skips the exp when the maxima are equal).
 //
 // The streams (core = kernels/cuda/chunked_mma.cu, o' = scale q^T S with S_t = e^{g_t} S_{t-1} + k_t v_t^T):
 //   oF' = core(q, k, vF; g = gF, scale = s_o)  = s_o sum_{i<=t} e^{s_i - m_t} (q_t.k_i) v_i   (e^{m_i - m_t} <= 1)
-//   [oG', oH'] = core(q, k, [vG, vH]; no decay, scale = s_o) = s_o [sum s_i (q.k_i) v_i / sigma, sum (q.k_i) v_i]
+//   [oG', oH'] = core(q, k, [vG, vH]; no decay, scale = s_o) = s_o [sum (s_i - c)(q.k_i) v_i / sigma, sum (q.k_i) v_i]
 //   zeros_combine:  o = (alpha / s_o) oF' + (beta sigma / s_o) oG' + (gamma / s_o) oH'.
 // s_o = 2^-max(0, ceil(log2 T) - 8) (host) and sigma (per head) are powers of two, so they cost no precision
 // in any format; they keep the stored 16-bit stream outputs (sums over up to T tokens) and the s-weighted
 // values inside the float16 range.
 //
-// Backward.  With a = do.oF, V = do.oG, Z = do.oH (true, unscaled row dots), U = a / E:
+// Backward (s below is s - c throughout).  With a = do.oF, V = do.oG, Z = do.oH (true, unscaled row dots),
+// U = a / E:
 //   zeros_bchunk   one block per chunk: the row dots, the streams' output gradients
 //                      dOF = (alpha / s_o) do,  dOG = beta / (4 s_o) do,  dOH = gamma / (4 sigma s_o) do
 //                  (the core's gradients come back exact for F and divided by 4 sigma for G and H, which
-//                  keeps dO and the 16-bit gradients in range: |alpha| <= 1, |beta| <= 1, |gamma| <= 2 + max|s|),
+//                  keeps dO and the 16-bit gradients in range: |alpha| <= 1, |beta| <= 1, |gamma| <= 2 + sigma),
 //                  dgates (dsig1 = V/n - P Z/n^2, dsigh = U - dsig1 - Z/n, dtz = Z/n), x = alpha U, y = beta Z/n,
 //                  and the chunk partials below;
 //   zeros_bscan    one block per head: the reverse scan over chunks;
@@ -172,15 +178,17 @@ __global__ void zeros_scan_bwd(const TI* __restrict__ s, const TI* __restrict__ 
 // The running max is held fixed throughout: o does not depend on it, so the gradient is exact.  The core
 // also returns d gF (F is a decayed call); it is discarded for the same reason.
 //
-// Layouts: per-token statistics st (NST, N, T) float32 (rows ST_*); per-chunk arrays (N, NC); stream
-// arrays (N, T, width) row-major with a leading dimension ld (G and H may share one array: vH = vG + Dv).
+// Layouts: per-token statistics st (NST, N, T) float32 (rows ST_*); per head (NHEAD, N) float32 (sigma, c);
+// per-chunk arrays (N, NC); stream arrays (N, T, width) row-major with a leading dimension ld (G and H may
+// share one array: vH = vG + Dv).
 namespace zs {
 constexpr int C = 64;              // tokens per scan chunk: one warp, two per lane
 constexpr int WARPS = 4;           // warps per block of the per-chunk kernels (16 rows each in the row phase)
 constexpr int SCAN = 256;          // threads per block of the scans over chunks (one block per head)
 constexpr int CPL = 4;             // head-dim columns per lane in the row loops (head dims <= 128)
 constexpr unsigned FULL = 0xffffffffu;
-enum { ST_M, ST_E, ST_P, ST_ALPHA, ST_BETA, ST_GAMMA, ST_U, ST_GF, NST };
+enum { ST_M, ST_E, ST_P, ST_ALPHA, ST_BETA, ST_GAMMA, ST_U, ST_GF, NST };   // rows of st (NST, N, T)
+enum { HEAD_SIGMA, HEAD_SHIFT, NHEAD };                                    // rows of head (NHEAD, N)
 
 // x e^{from - to} (to >= from), exactly x when the two are equal, and 0 for x == 0 even when from or to
 // is -inf (the empty element); NaN x stays NaN.
@@ -227,11 +235,17 @@ __device__ __forceinline__ float pow2_at_least(float a) {
     return __uint_as_float((unsigned)(127 + e) << 23);
 }
 
+// sigmoid and tanh through __expf (about 1e-6 relative; tanhf under --use_fast_math is tanh.approx.f32,
+// about 2^-11): the gates scale every output row, so float32 needs them to float32 accuracy.  Saturates
+// to 0 / 1 and -1 / 1 for large |x| (e^x = inf gives 1 / inf = 0).
+__device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + __expf(-x)); }
+__device__ __forceinline__ float tanh_exp(float x) { return 1.f - 2.f / (1.f + __expf(2.f * x)); }
+
 struct Gates { float sig1, sigh, tz; };
 template <typename TI>
 __device__ __forceinline__ Gates gates_at(const TI* __restrict__ gates, long long row, int ng) {
     const TI* g = gates + row * ng;
-    return {wb_sigmoid(to_f32(g[0])), wb_sigmoid(to_f32(g[1])), ng == 3 ? tanhf(to_f32(g[2])) : 0.f};
+    return {sigmoid(to_f32(g[0])), sigmoid(to_f32(g[1])), ng == 3 ? tanh_exp(to_f32(g[2])) : 0.f};
 }
 }  // namespace zs
 
@@ -239,33 +253,36 @@ __device__ __forceinline__ Gates gates_at(const TI* __restrict__ gates, long lon
 // grid (ceil(NC / 4), N), block 128: warp w reduces chunk 4 blockIdx.x + w.
 template <typename TI>
 __global__ void __launch_bounds__(128) zeros_fchunk(const TI* __restrict__ s, int T, int NC, float* __restrict__ cM,
-        float* __restrict__ cE, double* __restrict__ cP, float* __restrict__ cA) {
+        float* __restrict__ cE, double* __restrict__ cP, float* __restrict__ cLo, float* __restrict__ cHi) {
     using namespace zs;
     const int lane = threadIdx.x & 31, c = blockIdx.x * WARPS + (threadIdx.x >> 5), n = blockIdx.y;
     if (c >= NC) return;                                           // warp-uniform
     const long long base = (long long)n * T;
     Fwd acc = fwd_empty();
-    float amax = 0.f;
+    float lo = WB_INF, hi = -WB_INF;                               // min and max of s (NaN ignored)
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int t = c * C + 2 * lane + h;
         if (t < T) {
             const float x = to_f32(s[base + t]);
             acc = acc + fwd_token(x);
-            amax = fmaxf(amax, fabsf(x));
+            lo = fminf(lo, x);
+            hi = fmaxf(hi, x);
         }
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {                             // commutative: every lane ends equal
         acc = acc + shfl_xor(acc, o);
-        amax = fmaxf(amax, __shfl_xor_sync(FULL, amax, o));
+        lo = fminf(lo, __shfl_xor_sync(FULL, lo, o));
+        hi = fmaxf(hi, __shfl_xor_sync(FULL, hi, o));
     }
     if (lane == 0) {
         const long long at = (long long)n * NC + c;
         cM[at] = acc.M;
         cE[at] = acc.E;
         cP[at] = acc.P;
-        cA[at] = amax;
+        cLo[at] = lo;
+        cHi[at] = hi;
     }
 }
 
@@ -273,20 +290,21 @@ __global__ void __launch_bounds__(128) zeros_fchunk(const TI* __restrict__ s, in
 // CAUSAL: x[c] = the triple of all chunks before c; else x[c] = the head's total (every c).
 template <bool CAUSAL>
 __global__ void __launch_bounds__(256) zeros_fscan(const float* __restrict__ cM, const float* __restrict__ cE,
-        const double* __restrict__ cP, const float* __restrict__ cA, int NC, float* __restrict__ xM,
-        float* __restrict__ xE, double* __restrict__ xP, float* __restrict__ sigma) {
+        const double* __restrict__ cP, const float* __restrict__ cLo, const float* __restrict__ cHi, int NC,
+        float* __restrict__ xM, float* __restrict__ xE, double* __restrict__ xP, float* __restrict__ head) {
     using namespace zs;
     __shared__ Fwd wtot[SCAN / 32];
-    __shared__ float wmax[SCAN / 32];
+    __shared__ float wlo[SCAN / 32], whi[SCAN / 32];
     const int n = blockIdx.x, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     const int per = (NC + SCAN - 1) / SCAN, c0 = min(NC, tid * per), c1 = min(NC, c0 + per);
     const long long base = (long long)n * NC;
     auto chunk = [&](int c) { return Fwd{cM[base + c], cE[base + c], cP[base + c]}; };
     Fwd agg = fwd_empty();
-    float amax = 0.f;
+    float lo = WB_INF, hi = -WB_INF;
     for (int c = c0; c < c1; ++c) {
         agg = agg + chunk(c);
-        amax = fmaxf(amax, cA[base + c]);
+        lo = fminf(lo, cLo[base + c]);
+        hi = fmaxf(hi, cHi[base + c]);
     }
     Fwd inc = agg;                                                 // inclusive scan over the warp's runs
 #pragma unroll
@@ -294,9 +312,13 @@ __global__ void __launch_bounds__(256) zeros_fscan(const float* __restrict__ cM,
         const Fwd y = shfl_up(inc, o);
         if (lane >= o) inc = y + inc;
     }
-    amax = warp_max(amax);
+    hi = warp_max(hi);
+    lo = -warp_max(-lo);
     if (lane == 31) wtot[w] = inc;
-    if (lane == 0) wmax[w] = amax;
+    if (lane == 0) {
+        wlo[w] = lo;
+        whi[w] = hi;
+    }
     __syncthreads();
     if (CAUSAL) {
         Fwd ex = shfl_up(inc, 1);
@@ -319,10 +341,15 @@ __global__ void __launch_bounds__(256) zeros_fscan(const float* __restrict__ cM,
             xP[base + c] = tot.P;
         }
     }
-    if (tid == 0) {
-        float a = 1.f;
-        for (int j = 0; j < SCAN / 32; ++j) a = fmaxf(a, wmax[j]);
-        sigma[n] = pow2_at_least(a);
+    if (tid == 0) {                                                // the head's shift c and scale sigma
+        for (int j = 0; j < SCAN / 32; ++j) {
+            lo = fminf(lo, wlo[j]);
+            hi = fmaxf(hi, whi[j]);
+        }
+        float c = 0.5f * (lo + hi);
+        if (!(fabsf(c) < WB_INF)) c = 0.f;                         // no finite s, or both infinities
+        head[HEAD_SIGMA * gridDim.x + n] = pow2_at_least(fmaxf(1.f, fmaxf(hi - c, c - lo)));
+        head[HEAD_SHIFT * gridDim.x + n] = c;
     }
 }
 
@@ -331,14 +358,15 @@ __global__ void __launch_bounds__(256) zeros_fscan(const float* __restrict__ cM,
 template <typename TI, bool CAUSAL>
 __global__ void __launch_bounds__(128) zeros_ftoken(const TI* __restrict__ s, const TI* __restrict__ gates,
         const TI* __restrict__ v, int ng, int T, int Dv, int NC, const float* __restrict__ xM,
-        const float* __restrict__ xE, const double* __restrict__ xP, const float* __restrict__ sigma,
+        const float* __restrict__ xE, const double* __restrict__ xP, const float* __restrict__ head,
         float* __restrict__ st, TI* __restrict__ vF, TI* __restrict__ vG, int ldG, TI* __restrict__ vH, int ldH) {
     using namespace zs;
     __shared__ float su[C], ss[C];
     const int c = blockIdx.x, n = blockIdx.y, cs = c * C, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const long long base = (long long)n * T, NT = (long long)gridDim.y * T;
     if (w == 0) {
-        const float isg = 1.f / sigma[n];                          // exact: sigma is a power of two
+        const float isg = 1.f / head[HEAD_SIGMA * gridDim.y + n];   // exact: sigma is a power of two
+        const float shift = head[HEAD_SHIFT * gridDim.y + n];
         float sv[2];
         Fwd e[2];
 #pragma unroll
@@ -371,7 +399,8 @@ __global__ void __launch_bounds__(128) zeros_ftoken(const TI* __restrict__ s, co
         for (int h = 0; h < 2; ++h) {
             const int t = cs + 2 * lane + h;
             if (t >= T) continue;
-            const float m = at[h].M, E = at[h].E, P = (float)at[h].P, nt = CAUSAL ? (float)(t + 1) : (float)T;
+            const float nt = CAUSAL ? (float)(t + 1) : (float)T;
+            const float m = at[h].M, E = at[h].E, P = (float)(at[h].P - (double)nt * shift);   // sum (s - c)
             const Gates g = gates_at(gates, base + t, ng);
             const float beta = (g.sig1 - g.sigh) / nt;
             const float u = __expf(sv[h] - m);
@@ -384,7 +413,7 @@ __global__ void __launch_bounds__(128) zeros_ftoken(const TI* __restrict__ s, co
             st[ST_U * NT + base + t] = u;
             st[ST_GF * NT + base + t] = (CAUSAL && t > 0) ? prev[h] - m : 0.f;
             su[2 * lane + h] = u;
-            ss[2 * lane + h] = sv[h] * isg;
+            ss[2 * lane + h] = (sv[h] - shift) * isg;
         }
     }
     __syncthreads();
@@ -408,13 +437,13 @@ __global__ void __launch_bounds__(128) zeros_ftoken(const TI* __restrict__ s, co
 
 // grid (NC, N), block 128: o = (alpha / s_o) oF' + (beta sigma / s_o) oG' + (gamma / s_o) oH' (inv_s = 1 / s_o).
 template <typename TI>
-__global__ void __launch_bounds__(128) zeros_combine(const float* __restrict__ st, const float* __restrict__ sigma,
+__global__ void __launch_bounds__(128) zeros_combine(const float* __restrict__ st, const float* __restrict__ head,
         const TI* __restrict__ oF, const TI* __restrict__ oG, int ldG, const TI* __restrict__ oH, int ldH,
         TI* __restrict__ o, int T, int Dv, float inv_s) {
     using namespace zs;
     const int cs = blockIdx.x * C, n = blockIdx.y, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const long long base = (long long)n * T, NT = (long long)gridDim.y * T;
-    const float sg = sigma[n];
+    const float sg = head[HEAD_SIGMA * gridDim.y + n];
     for (int r = 16 * w; r < 16 * w + 16; ++r) {
         const int t = cs + r;
         if (t >= T) break;
@@ -438,14 +467,14 @@ __global__ void __launch_bounds__(128) zeros_combine(const float* __restrict__ s
 template <typename TI, bool CAUSAL>
 __global__ void __launch_bounds__(128) zeros_bchunk(const TI* __restrict__ dout, const TI* __restrict__ oF,
         const TI* __restrict__ oG, int ldG, const TI* __restrict__ oH, int ldH, const TI* __restrict__ gates, int ng,
-        const float* __restrict__ st, const float* __restrict__ sigma, int T, int Dv, int NC, float inv_s,
+        const float* __restrict__ st, const float* __restrict__ head, int T, int Dv, int NC, float inv_s,
         TI* __restrict__ dOF, TI* __restrict__ dOG, int ldDG, TI* __restrict__ dOH, int ldDH, float* __restrict__ xy,
         TI* __restrict__ dgates, float* __restrict__ cR, double* __restrict__ cQ) {
     using namespace zs;
     __shared__ float sx[C], sy[C];
     const int c = blockIdx.x, n = blockIdx.y, cs = c * C, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const long long base = (long long)n * T, NT = (long long)gridDim.y * T;
-    const float sg = sigma[n];
+    const float sg = head[HEAD_SIGMA * gridDim.y + n];
     for (int r = 16 * w; r < 16 * w + 16; ++r) {
         const int t = cs + r;
         if (t >= T) break;
@@ -558,7 +587,7 @@ __global__ void __launch_bounds__(256) zeros_bscan(const float* __restrict__ cR,
 // carry) -> the scalar part of ds; then warp w assembles rows 16w..16w+15.  The core's gradients: F (exact),
 // G and H (divided by 4 sigma; dqH/dkH are nullptr when G and H were one call, whose dq/dk is dqG/dkG).
 template <typename TI, bool CAUSAL>
-__global__ void __launch_bounds__(128) zeros_bfinish(const float* __restrict__ st, const float* __restrict__ sigma,
+__global__ void __launch_bounds__(128) zeros_bfinish(const float* __restrict__ st, const float* __restrict__ head,
         const float* __restrict__ xy, const float* __restrict__ yR, const double* __restrict__ yQ,
         const TI* __restrict__ s, const TI* __restrict__ v, const TI* __restrict__ dqF, const TI* __restrict__ dqG,
         const TI* __restrict__ dqH, const TI* __restrict__ dkF, const TI* __restrict__ dkG, const TI* __restrict__ dkH,
@@ -601,12 +630,12 @@ __global__ void __launch_bounds__(128) zeros_bfinish(const float* __restrict__ s
         }
     }
     __syncthreads();
-    const float g4 = 4.f * sigma[n];
+    const float g4 = 4.f * head[HEAD_SIGMA * gridDim.y + n], shift = head[HEAD_SHIFT * gridDim.y + n];
     for (int r = 16 * w; r < 16 * w + 16; ++r) {
         const int t = cs + r;
         if (t >= T) break;
         const long long row = base + t;
-        const float u = st[ST_U * NT + row], sr = to_f32(s[row]);
+        const float u = st[ST_U * NT + row], sr = to_f32(s[row]) - shift;
 #pragma unroll
         for (int i = 0; i < CPL; ++i) {
             const int col = lane + 32 * i;

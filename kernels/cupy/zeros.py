@@ -125,9 +125,9 @@ for _impl, _desc, _default in (
 # ----------------------------------------------------------------------------- tensor cores
 # cupy:chunked_mma (float16, bfloat16; float32 as 3xTF32) and cupy:chunked_mma_tf32: the parallel scans and
 # row kernels of zeros.cu (namespace zs) around two calls of the tensor-core chunk core
-# (kernels/cuda/chunked_mma.cu): F = core(q, k, u v; log decays gF), [G, H] = core(q, k, [(s/sigma) v, v])
+# (kernels/cuda/chunked_mma.cu): F = core(q, k, u v; log decays gF), [G, H] = core(q, k, [((s - c)/sigma) v, v])
 # (two calls when 2 Dv > 128), o = (alpha oF + beta sigma oG + gamma oH) / s_o.  Read the zeros.cu section
-# header for the derivation and the scales s_o (stream outputs) and sigma (per head, s-weighted values).
+# header for the derivation, the shift c and the scales s_o (stream outputs) and sigma (per head).
 import math  # noqa: E402
 from dataclasses import dataclass as _dataclass  # noqa: E402
 
@@ -139,8 +139,9 @@ from ._module import launch  # noqa: E402
 SCAN_CHUNK = 64             # tokens per scan chunk (zeros.cu: zs::C)
 SCAN_WARPS = 4              # warps per block of the per-chunk kernels (zs::WARPS)
 SCAN_THREADS = 256          # block of the scans over chunks (zs::SCAN)
-NST = 8                     # per-token statistics rows (zs::NST): m, E, P, alpha, beta, gamma, u, gF
+NST = 8                     # per-token statistics rows (zs::NST): m, E, P - n c, alpha, beta, gamma, u, gF
 ST_GF = 7
+NHEAD = 2                   # per-head rows (zs::NHEAD): sigma, c
 _CT = {"float32": "float", "float16": "wb_half", "bfloat16": "wb_bf16"}
 
 
@@ -175,34 +176,35 @@ def _at(a, offset: int = 0):
 
 @_dataclass
 class ForwardStats:
-    """Per-token statistics (zeros_ftoken): st (NST, N, T) float32 rows m, E, P, alpha, beta, gamma, u, gF;
-    sigma (N,) float32, the power of two >= max(1, max |s|) per head."""
+    """Per-token statistics (zeros_ftoken): st (NST, N, T) float32 rows m, E, P - n c, alpha, beta, gamma, u, gF;
+    head (NHEAD, N) float32 rows sigma (the power of two >= max(1, max |s - c|)) and c ((min s + max s) / 2)."""
     st: object
-    sigma: object
+    head: object
 
 
 def forward_stats(s, gates, v, causal, vF, vG, ldG, vH=None, ldH=0) -> ForwardStats:
-    """The three forward scan kernels; also writes the stream values vF = u v, vG = (s/sigma) v and (when
-    vH is given) vH = v, at leading dimensions Dv, ldG, ldH."""
+    """The three forward scan kernels; also writes the stream values vF = u v, vG = ((s - c)/sigma) v and
+    (when vH is given) vH = v, at leading dimensions Dv, ldG, ldH."""
     import cupy as cp
     N, T = s.shape
     dt = str(s.dtype)
     NC = -(-T // SCAN_CHUNK)
     i32 = np.int32
-    cM, cE, cA = (new_output(cp, (N, NC), cp.float32) for _ in range(3))
+    cM, cE, cLo, cHi = (new_output(cp, (N, NC), cp.float32) for _ in range(4))
     cP = new_output(cp, (N, NC), cp.float64)
     launch(_zs(dt, f"zeros_fchunk<{_CT[dt]}>"), (-(-NC // SCAN_WARPS), N), (32 * SCAN_WARPS,),
-           (s, i32(T), i32(NC), cM, cE, cP, cA))
+           (s, i32(T), i32(NC), cM, cE, cP, cLo, cHi))
     xM, xE = (new_output(cp, (N, NC), cp.float32) for _ in range(2))
     xP = new_output(cp, (N, NC), cp.float64)
-    sigma = new_output(cp, (N,), cp.float32)
-    launch(_zs(dt, f"zeros_fscan<{_flag(causal)}>"), (N,), (SCAN_THREADS,), (cM, cE, cP, cA, i32(NC), xM, xE, xP, sigma))
+    head = new_output(cp, (NHEAD, N), cp.float32)
+    launch(_zs(dt, f"zeros_fscan<{_flag(causal)}>"), (N,), (SCAN_THREADS,),
+           (cM, cE, cP, cLo, cHi, i32(NC), xM, xE, xP, head))
     st = new_output(cp, (NST, N, T), cp.float32)
     Dv = v.shape[-1]
     launch(_zs(dt, f"zeros_ftoken<{_CT[dt]}, {_flag(causal)}>"), (NC, N), (32 * SCAN_WARPS,),
-           (s, gates, v, i32(gates.shape[-1]), i32(T), i32(Dv), i32(NC), xM, xE, xP, sigma, st, vF, vG, i32(ldG),
+           (s, gates, v, i32(gates.shape[-1]), i32(T), i32(Dv), i32(NC), xM, xE, xP, head, st, vF, vG, i32(ldG),
             vH if vH is not None else np.uint64(0), i32(ldH)))
-    return ForwardStats(st, sigma)
+    return ForwardStats(st, head)
 
 
 @_dataclass
@@ -240,7 +242,7 @@ def backward_scalars(dt, do, outs: Streams, gates, stats: ForwardStats, causal, 
     cQ = new_output(cp, (N, NC), cp.float64)
     launch(_zs(dt, f"zeros_bchunk<{_CT[dt]}, {_flag(causal)}>"), (NC, N), (32 * SCAN_WARPS,),
            (do, outs.F, outs.g(), i32(outs.g_ld), outs.h(), i32(outs.h_ld), gates, i32(gates.shape[-1]), stats.st,
-            stats.sigma, i32(T), i32(Dv), i32(NC), np.float32(inv_s), douts.F, douts.g(), i32(douts.g_ld), douts.h(),
+            stats.head, i32(T), i32(Dv), i32(NC), np.float32(inv_s), douts.F, douts.g(), i32(douts.g_ld), douts.h(),
             i32(douts.h_ld), xy, dgates, cR, cQ))
     yR = new_output(cp, (N, NC), cp.float32)
     yQ = new_output(cp, (N, NC), cp.float64)
@@ -254,7 +256,7 @@ def combine(dt, stats: ForwardStats, outs: Streams, inv_s: float):
     N, T, Dv = outs.F.shape
     o = new_output(cp, (N, T, Dv), outs.F.dtype)
     launch(_zs(dt, f"zeros_combine<{_CT[dt]}>"), (-(-T // SCAN_CHUNK), N), (32 * SCAN_WARPS,),
-           (stats.st, stats.sigma, outs.F, outs.g(), np.int32(outs.g_ld), outs.h(), np.int32(outs.h_ld), o,
+           (stats.st, stats.head, outs.F, outs.g(), np.int32(outs.g_ld), outs.h(), np.int32(outs.h_ld), o,
             np.int32(T), np.int32(Dv), np.float32(inv_s)))
     return o
 
@@ -285,7 +287,7 @@ def finish(dt, s, v, stats: ForwardStats, xy, yR, yQ, g: CoreGrads, causal):
     ds = new_output(cp, (N, T), s.dtype)
     null = np.uint64(0)
     launch(_zs(dt, f"zeros_bfinish<{_CT[dt]}, {_flag(causal)}>"), (NC, N), (32 * SCAN_WARPS,),
-           (stats.st, stats.sigma, xy, yR, yQ, s, v, g.dqF, g.dqG, null if g.dqH is None else g.dqH, g.dkF, g.dkG,
+           (stats.st, stats.head, xy, yR, yQ, s, v, g.dqF, g.dqG, null if g.dqH is None else g.dqH, g.dkF, g.dkG,
             null if g.dkH is None else g.dkH, g.dv.F, g.dv.g(), i32(g.dv.g_ld), g.dv.h(), i32(g.dv.h_ld), i32(T),
             i32(Dk), i32(Dv), i32(NC), dq, dk, dv, ds))
     return dq, dk, dv, ds

@@ -241,6 +241,21 @@ __device__ __forceinline__ float pow2_at_least(float a) {
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + __expf(-x)); }
 __device__ __forceinline__ float tanh_exp(float x) { return 1.f - 2.f / (1.f + __expf(2.f * x)); }
 
+// The block of the per-chunk kernels: grid (NC, N), 4 warps; chunk c of head n, rows cs.. of it.
+struct Block {
+    int c, n, cs, lane, w;
+    long long base, NT;        // n T, N T (row offsets into (N, T) and (rows, N, T) arrays)
+};
+__device__ __forceinline__ Block block_of(int T) {
+    return {(int)blockIdx.x, (int)blockIdx.y, (int)blockIdx.x * C, (int)threadIdx.x & 31, (int)threadIdx.x >> 5,
+            (long long)blockIdx.y * T, (long long)gridDim.y * T};
+}
+// f(r, row) for the rows r in [16w, 16w + 16) of the chunk that exist (row = base + cs + r)
+template <typename F>
+__device__ __forceinline__ void warp_rows(const Block& b, int T, F f) {
+    for (int r = 16 * b.w; r < 16 * b.w + 16 && b.cs + r < T; ++r) f(r, b.base + b.cs + r);
+}
+
 struct Gates { float sig1, sigh, tz; };
 template <typename TI>
 __device__ __forceinline__ Gates gates_at(const TI* __restrict__ gates, long long row, int ng) {
@@ -362,9 +377,10 @@ __global__ void __launch_bounds__(128) zeros_ftoken(const TI* __restrict__ s, co
         float* __restrict__ st, TI* __restrict__ vF, TI* __restrict__ vG, int ldG, TI* __restrict__ vH, int ldH) {
     using namespace zs;
     __shared__ float su[C], ss[C];
-    const int c = blockIdx.x, n = blockIdx.y, cs = c * C, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    const long long base = (long long)n * T, NT = (long long)gridDim.y * T;
-    if (w == 0) {
+    const Block b = block_of(T);
+    const int c = b.c, n = b.n, cs = b.cs, lane = b.lane;
+    const long long base = b.base, NT = b.NT;
+    if (b.w == 0) {
         const float isg = 1.f / head[HEAD_SIGMA * gridDim.y + n];   // exact: sigma is a power of two
         const float shift = head[HEAD_SHIFT * gridDim.y + n];
         float sv[2];
@@ -417,10 +433,7 @@ __global__ void __launch_bounds__(128) zeros_ftoken(const TI* __restrict__ s, co
         }
     }
     __syncthreads();
-    for (int r = 16 * w; r < 16 * w + 16; ++r) {
-        const int t = cs + r;
-        if (t >= T) break;
-        const long long row = base + t;
+    warp_rows(b, T, [&](int r, long long row) {
         const float ur = su[r], sr = ss[r];
 #pragma unroll
         for (int i = 0; i < CPL; ++i) {
@@ -432,7 +445,7 @@ __global__ void __launch_bounds__(128) zeros_ftoken(const TI* __restrict__ s, co
             vG[row * ldG + col] = from_f32<TI>(sr * xf);
             if (vH) vH[row * ldH + col] = x;
         }
-    }
+    });
 }
 
 // grid (NC, N), block 128: o = (alpha / s_o) oF' + (beta sigma / s_o) oG' + (gamma / s_o) oH' (inv_s = 1 / s_o).
@@ -441,13 +454,11 @@ __global__ void __launch_bounds__(128) zeros_combine(const float* __restrict__ s
         const TI* __restrict__ oF, const TI* __restrict__ oG, int ldG, const TI* __restrict__ oH, int ldH,
         TI* __restrict__ o, int T, int Dv, float inv_s) {
     using namespace zs;
-    const int cs = blockIdx.x * C, n = blockIdx.y, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    const long long base = (long long)n * T, NT = (long long)gridDim.y * T;
-    const float sg = head[HEAD_SIGMA * gridDim.y + n];
-    for (int r = 16 * w; r < 16 * w + 16; ++r) {
-        const int t = cs + r;
-        if (t >= T) break;
-        const long long row = base + t;
+    const Block b = block_of(T);
+    const int lane = b.lane;
+    const long long NT = b.NT;
+    const float sg = head[HEAD_SIGMA * gridDim.y + b.n];
+    warp_rows(b, T, [&](int, long long row) {
         const float ca = st[ST_ALPHA * NT + row] * inv_s, cb = st[ST_BETA * NT + row] * sg * inv_s,
                     cg = st[ST_GAMMA * NT + row] * inv_s;
 #pragma unroll
@@ -457,7 +468,7 @@ __global__ void __launch_bounds__(128) zeros_combine(const float* __restrict__ s
             o[row * Dv + col] = from_f32<TI>(ca * to_f32(oF[row * Dv + col]) + cb * to_f32(oG[row * ldG + col])
                                              + cg * to_f32(oH[row * ldH + col]));
         }
-    }
+    });
 }
 
 // ---------------------------------------------------------------------------------------- backward scans
@@ -472,13 +483,12 @@ __global__ void __launch_bounds__(128) zeros_bchunk(const TI* __restrict__ dout,
         TI* __restrict__ dgates, float* __restrict__ cR, double* __restrict__ cQ) {
     using namespace zs;
     __shared__ float sx[C], sy[C];
-    const int c = blockIdx.x, n = blockIdx.y, cs = c * C, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    const long long base = (long long)n * T, NT = (long long)gridDim.y * T;
+    const Block b = block_of(T);
+    const int c = b.c, n = b.n, cs = b.cs, lane = b.lane;
+    const long long base = b.base, NT = b.NT;
     const float sg = head[HEAD_SIGMA * gridDim.y + n];
-    for (int r = 16 * w; r < 16 * w + 16; ++r) {
+    warp_rows(b, T, [&](int r, long long row) {
         const int t = cs + r;
-        if (t >= T) break;
-        const long long row = base + t;
         float d[CPL], pa = 0.f, pv = 0.f, pz = 0.f;
 #pragma unroll
         for (int i = 0; i < CPL; ++i) {
@@ -516,9 +526,9 @@ __global__ void __launch_bounds__(128) zeros_bchunk(const TI* __restrict__ dout,
             dg[1] = from_f32<TI>(dsigh * g.sigh * (1.f - g.sigh));
             if (ng == 3) dg[2] = from_f32<TI>(Z / nt * (1.f - g.tz * g.tz));
         }
-    }
+    });
     __syncthreads();
-    if (w == 0) {
+    if (b.w == 0) {
         const float mu = st[ST_M * NT + base + cs];
         float R = 0.f;
         double Q = 0.0;
@@ -596,9 +606,10 @@ __global__ void __launch_bounds__(128) zeros_bfinish(const float* __restrict__ s
         TI* __restrict__ ds) {
     using namespace zs;
     __shared__ float sds[C];
-    const int c = blockIdx.x, n = blockIdx.y, cs = c * C, lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    const long long base = (long long)n * T, NT = (long long)gridDim.y * T, at = (long long)n * NC + c;
-    if (w == 0) {
+    const Block b = block_of(T);
+    const int c = b.c, n = b.n, cs = b.cs, lane = b.lane;
+    const long long base = b.base, NT = b.NT, at = (long long)n * NC + c;
+    if (b.w == 0) {
         float Rt[2] = {yR[at], yR[at]};
         double Qt[2] = {yQ[at], yQ[at]};
         if (CAUSAL) {
@@ -631,10 +642,7 @@ __global__ void __launch_bounds__(128) zeros_bfinish(const float* __restrict__ s
     }
     __syncthreads();
     const float g4 = 4.f * head[HEAD_SIGMA * gridDim.y + n], shift = head[HEAD_SHIFT * gridDim.y + n];
-    for (int r = 16 * w; r < 16 * w + 16; ++r) {
-        const int t = cs + r;
-        if (t >= T) break;
-        const long long row = base + t;
+    warp_rows(b, T, [&](int r, long long row) {
         const float u = st[ST_U * NT + row], sr = to_f32(s[row]) - shift;
 #pragma unroll
         for (int i = 0; i < CPL; ++i) {
@@ -658,5 +666,5 @@ __global__ void __launch_bounds__(128) zeros_bfinish(const float* __restrict__ s
         }
         pd = warp_sum(pd);
         if (lane == 0) ds[row] = from_f32<TI>(sds[r] + pd);
-    }
+    });
 }

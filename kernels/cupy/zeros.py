@@ -135,6 +135,7 @@ from workbench.backends import new_output  # noqa: E402
 
 from . import _chunked_mma as mma  # noqa: E402
 from ._module import launch  # noqa: E402
+from .decayed import _supports_mma  # noqa: E402  (head dims up to the core's MAX_DIM, the same rule)
 
 SCAN_CHUNK = 64             # tokens per scan chunk (zeros.cu: zs::C)
 SCAN_WARPS = 4              # warps per block of the per-chunk kernels (zs::WARPS)
@@ -359,13 +360,6 @@ def _make_mma(split):
         return dq, dk, dv, ds, dgates
 
     return forward, backward
-
-
-def _supports_mma(options, shapes):
-    dk, dv = shapes["q"][-1], shapes["v"][-1]
-    if max(dk, dv) > mma.MAX_DIM:
-        return f"head dims up to {mma.MAX_DIM} on tensor cores (Dk={dk}, Dv={dv})"
-    return None
 
 
 _f, _bw = _make_mma(3)

@@ -33,99 +33,115 @@ chunked -- kernels: chunk_states (one block per (n, chunk), each thread owns a s
            scan_states (one thread per (n, state entry), walking the chunks), chunk_forward / chunk_dq /
            chunk_dkdv (one block per (n, chunk): the masked C x C blocks A, dA built in shared memory by a
            staged "gram" product, then every output entry of the chunk is a strided work item).
+           The naive forward keeps den - eps (the extra column of num~) in a scalar beside num[Dv].
 
-Accumulation float32 for float32 inputs, float64 for float64.  ``CONFIG`` holds chunk/tile sizes (tests shrink
-them for the simulator).
+Accumulation float32 for float32 inputs, float64 for float64.  Kernels are compiled once per head-dim bucket DB
+and dtype (kernels/numba/_jit.py): head dims, causal, normalize and the feature map (an integer code, one
+uniform branch per phi) are run-time arguments; per-thread arrays are sized by the bucket (DB + 1 where they
+hold a column of v~), and loops over head dims run over the bucket in skip groups.  ``CONFIG`` holds
+chunk/tile sizes (tests shrink them for the simulator).
 """
 from __future__ import annotations
 
 import functools
 import math
 
-import numba
 import numpy as np
 from numba import cuda
 
 from workbench.registry import Variant, register
 
-from ._arrays import DeviceIO, work_dtype, head_dims_up_to_256
+from ._arrays import DeviceIO, head_dims_in_buckets
+from ._jit import bucket, cdiv, device, group, kernel, nb_type, row_dot, work_dtype
 
 CONFIG = {"chunk32": 64, "chunk64": 32, "db": 16, "threads": 128, "rows": 64}
 SHARED_BYTES = 46 * 1024
 PLAIN, PHI, AUG = 0, 1, 2          # how a kernel reads an operand: as stored, through phi, or as [x, 1]
-
-
-def _nb_type(dtype):
-    return numba.float64 if np.dtype(dtype) == np.float64 else numba.float32
+FEATURE_MAPS = {"identity": 0, "relu": 1, "elu1": 2}     # run-time codes of phi
+RELU, ELU1 = FEATURE_MAPS["relu"], FEATURE_MAPS["elu1"]
 
 
 # ============================================================================ device helpers
 @functools.lru_cache(maxsize=None)
-def _phi(fmap, acc):
-    """(phi, phi') as device functions.  NaN propagates through phi (relu(NaN) = NaN, as np.maximum)."""
+def _phi(acc):
+    """(phi, phi') as device functions of (x, feature-map code).  NaN propagates through phi (relu(NaN) = NaN,
+    as np.maximum)."""
     ONE, ZERO = acc(1), acc(0)
-    if fmap == "identity":
-        def f(x):
-            return x
 
-        def df(x):
-            return ONE
-    elif fmap == "relu":
-        def f(x):
+    def f(x, fm):
+        if fm == RELU:
             return ZERO if x <= ZERO else x
-
-        def df(x):
-            return ONE if x > ZERO else ZERO
-    elif fmap == "elu1":
-        def f(x):
+        if fm == ELU1:
             return x + ONE if x > ZERO else math.exp(x)
+        return x
 
-        def df(x):
+    def df(x, fm):
+        if fm == RELU:
+            return ONE if x > ZERO else ZERO
+        if fm == ELU1:
             return ONE if x > ZERO else math.exp(x)
-    else:
-        raise ValueError(fmap)
-    return cuda.jit(device=True)(f), cuda.jit(device=True)(df)
+        return ONE
+    return device(f), device(df)
 
 
 @functools.lru_cache(maxsize=None)
-def _loader(mode, fmap, acc):
-    """load(X, n, row, col) -> X[n, row, col] as stored (PLAIN), through phi (PHI), or with an extra
+def _loader(mode, acc):
+    """load(X, n, row, col, fm) -> X[n, row, col] as stored (PLAIN), through phi (PHI), or with an extra
     column of ones at col == X.shape[2] (AUG: the augmented value v~)."""
-    phi, _ = _phi(fmap, acc)
+    phi, _ = _phi(acc)
     ONE = acc(1)
     if mode == PLAIN:
-        def load(X, n, r, c):
+        def load(X, n, r, c, fm):
             return acc(X[n, r, c])
     elif mode == PHI:
-        def load(X, n, r, c):
-            return phi(acc(X[n, r, c]))
+        def load(X, n, r, c, fm):
+            return phi(acc(X[n, r, c]), fm)
     else:
-        def load(X, n, r, c):
+        def load(X, n, r, c, fm):
             return acc(X[n, r, c]) if c < X.shape[2] else ONE
-    return cuda.jit(device=True)(load)
+    return device(load)
 
 
 @functools.lru_cache(maxsize=None)
-def _gram(C, W, DB, NT, PER, xmode, ymode, fmap, acc):
-    """Device fn gram(X, Y, n, c0, T, sx, sy, out): for the work items x = tid + s*NT < C*C (s < PER), with
-    t = x // C, i = x % C:  out[s] = sum_{col < W} LX(X[n, c0+t, col]) * LY(Y[n, c0+i, col]).
-    Columns are staged DB at a time in the shared tiles sx, sy (C x DB each); rows past T read as 0.
-    Every thread of the block must call it (it synchronises)."""
-    LX, LY = _loader(xmode, fmap, acc), _loader(ymode, fmap, acc)
+def _phi_dot(DB, acc):
+    """Device fn dot(X, n, t, Y, i, D, fm) = sum_{d < D} phi(X[n, t, d]) phi(Y[n, i, d]), unrolled over the
+    bucket in skip groups."""
+    phi, _ = _phi(acc)
+    G = group(DB)
     ZERO = acc(0)
 
-    def gram(X, Y, n, c0, T, sx, sy, out):
+    def dot(X, n, t, Y, i, D, fm):
+        s = ZERO
+        for d0 in range(0, DB, G):
+            if d0 < D:
+                for d in range(d0, d0 + G):
+                    if d < D:
+                        s += phi(acc(X[n, t, d]), fm) * phi(acc(Y[n, i, d]), fm)
+        return s
+    return device(dot)
+
+
+@functools.lru_cache(maxsize=None)
+def _gram(C, BC, NT, PER, xmode, ymode, acc):
+    """Device fn gram(X, Y, n, c0, T, W, fm, sx, sy, out): for the work items x = tid + s*NT < C*C (s < PER),
+    with t = x // C, i = x % C:  out[s] = sum_{col < W} LX(X[n, c0+t, col]) * LY(Y[n, c0+i, col]).
+    Columns are staged BC at a time in the shared tiles sx, sy (C x BC each); rows past T read as 0.
+    Every thread of the block must call it (it synchronises)."""
+    LX, LY = _loader(xmode, acc), _loader(ymode, acc)
+    ZERO = acc(0)
+
+    def gram(X, Y, n, c0, T, W, fm, sx, sy, out):
         tid = cuda.threadIdx.x
         for s in range(PER):
             out[s] = ZERO
-        for b0 in range(0, W, DB):
+        for b0 in range(0, W, BC):
             cuda.syncthreads()
-            for x in range(tid, C * DB, NT):
-                r = x // DB
-                col = b0 + x - r * DB
+            for x in range(tid, C * BC, NT):
+                r = x // BC
+                col = b0 + x - r * BC
                 ok = c0 + r < T and col < W
-                sx[r, col - b0] = LX(X, n, c0 + r, col) if ok else ZERO
-                sy[r, col - b0] = LY(Y, n, c0 + r, col) if ok else ZERO
+                sx[r, col - b0] = LX(X, n, c0 + r, col, fm) if ok else ZERO
+                sy[r, col - b0] = LY(Y, n, c0 + r, col, fm) if ok else ZERO
             cuda.syncthreads()
             for s in range(PER):
                 x = tid + s * NT
@@ -133,58 +149,59 @@ def _gram(C, W, DB, NT, PER, xmode, ymode, fmap, acc):
                     t = x // C
                     i = x - t * C
                     a = ZERO
-                    for j in range(DB):
+                    for j in range(BC):
                         a += sx[t, j] * sy[i, j]
                     out[s] += a
         cuda.syncthreads()
-    return cuda.jit(device=True)(gram)
+    return device(gram)
 
 
 # ============================================================================ naive
 @functools.lru_cache(maxsize=None)
-def _naive_fwd(Dk, Dv, causal, normalize, fmap, acc):
-    """One thread per query row t: num~_t = sum_i scale Q_t.K_i v~_i over keys i (i <= t when causal)."""
-    Dw = Dv + 1 if normalize else Dv
-    phi, _ = _phi(fmap, acc)
-    vload = _loader(AUG, fmap, acc)
+def _naive_fwd(DB, acc):
+    """One thread per query row t: num_t = sum_i scale Q_t.K_i v_i and den_t - eps = sum_i scale Q_t.K_i over
+    keys i (i <= t when causal)."""
+    G = group(DB)
+    dot = _phi_dot(DB, acc)
     ZERO = acc(0)
 
-    @cuda.jit
-    def kern(q, k, v, scale, eps, o, den):
+    @kernel
+    def kern(q, k, v, scale, eps, causal, normalize, fm, o, den):
         n = cuda.blockIdx.x
         t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T = q.shape[1]
+        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
         if t >= T:
             return
-        num = cuda.local.array(Dw, acc)
-        for e in range(Dw):
+        num = cuda.local.array(DB, acc)
+        for e in range(DB):
             num[e] = ZERO
+        nden = ZERO
         iend = t + 1 if causal else T
         for i in range(iend):
-            a = ZERO
-            for d in range(Dk):
-                a += phi(acc(q[n, t, d])) * phi(acc(k[n, i, d]))
-            a *= scale
-            for e in range(Dw):
-                num[e] += a * vload(v, n, i, e)
+            a = dot(q, n, t, k, i, Dk, fm) * scale
+            nden += a
+            for e0 in range(0, DB, G):
+                if e0 < Dv:
+                    for e in range(e0, e0 + G):
+                        if e < Dv:
+                            num[e] += a * acc(v[n, i, e])
+        dn = nden + eps
         if normalize:
-            dn = num[Dv] + eps
             den[n, t] = dn
-            for e in range(Dv):
-                o[n, t, e] = num[e] / dn
-        else:
-            for e in range(Dv):
-                o[n, t, e] = num[e]
+        for e in range(DB):
+            if e < Dv:
+                o[n, t, e] = num[e] / dn if normalize else num[e]
     return kern
 
 
 @functools.lru_cache(maxsize=None)
-def _dnum_kernel(Dv, acc):
+def _dnum_kernel(acc):
     """Augmented output gradient with normalize: dnum~_t = [do_t / den_t, -(do_t.o_t) / den_t]."""
-    @cuda.jit
+    @kernel
     def kern(do, o, den, dnum):
         n = cuda.blockIdx.x
         t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+        Dv = do.shape[2]
         if t >= do.shape[1]:
             return
         inv = acc(1) / den[n, t]
@@ -198,95 +215,105 @@ def _dnum_kernel(Dv, acc):
 
 
 @functools.lru_cache(maxsize=None)
-def _naive_dq(Dk, Dw, causal, fmap, acc):
+def _naive_dq(DB, acc):
     """One thread per query row t: dq_t = phi'(q_t) * scale sum_i (dnum~_t.v~_i) K_i."""
-    phi, dphi = _phi(fmap, acc)
-    vload = _loader(AUG, fmap, acc)
+    phi, dphi = _phi(acc)
+    G = group(DB)
+    dot = row_dot(DB, acc)
     ZERO = acc(0)
 
-    @cuda.jit
-    def kern(q, k, v, dnum, scale, dq):
+    @kernel
+    def kern(q, k, v, dnum, scale, causal, normalize, fm, dq):
         n = cuda.blockIdx.x
         t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T = q.shape[1]
+        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
         if t >= T:
             return
-        g = cuda.local.array(Dk, acc)
-        for d in range(Dk):
+        g = cuda.local.array(DB, acc)
+        for d in range(DB):
             g[d] = ZERO
+        dden = acc(dnum[n, t, Dv]) if normalize else ZERO          # the extra column of dnum~ (v~ = 1 there)
         iend = t + 1 if causal else T
         for i in range(iend):
-            da = ZERO
-            for e in range(Dw):
-                da += acc(dnum[n, t, e]) * vload(v, n, i, e)
-            for d in range(Dk):
-                g[d] += da * phi(acc(k[n, i, d]))
-        for d in range(Dk):
-            dq[n, t, d] = g[d] * scale * dphi(acc(q[n, t, d]))
+            da = dot(dnum, n, t, v, i, Dv) + dden
+            for d0 in range(0, DB, G):
+                if d0 < Dk:
+                    for d in range(d0, d0 + G):
+                        if d < Dk:
+                            g[d] += da * phi(acc(k[n, i, d]), fm)
+        for d in range(DB):
+            if d < Dk:
+                dq[n, t, d] = g[d] * scale * dphi(acc(q[n, t, d]), fm)
     return kern
 
 
 @functools.lru_cache(maxsize=None)
-def _naive_dkdv(Dk, Dv, Dw, causal, fmap, acc):
+def _naive_dkdv(DB, acc):
     """One thread per key row i: dk_i = phi'(k_i) * scale sum_t dA_ti Q_t,  dv_i = sum_t A_ti dnum_t."""
-    phi, dphi = _phi(fmap, acc)
-    vload = _loader(AUG, fmap, acc)
+    phi, dphi = _phi(acc)
+    G = group(DB)
+    pdot, dot = _phi_dot(DB, acc), row_dot(DB, acc)
     ZERO = acc(0)
 
-    @cuda.jit
-    def kern(q, k, v, dnum, scale, dk, dv):
+    @kernel
+    def kern(q, k, v, dnum, scale, causal, normalize, fm, dk, dv):
         n = cuda.blockIdx.x
         i = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T = q.shape[1]
+        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
         if i >= T:
             return
-        gk = cuda.local.array(Dk, acc)
-        gv = cuda.local.array(Dv, acc)
-        for d in range(Dk):
+        gk = cuda.local.array(DB, acc)
+        gv = cuda.local.array(DB, acc)
+        for d in range(DB):
             gk[d] = ZERO
-        for e in range(Dv):
-            gv[e] = ZERO
+            gv[d] = ZERO
         t0 = i if causal else 0
         for t in range(t0, T):
-            a = ZERO
-            for d in range(Dk):
-                a += phi(acc(q[n, t, d])) * phi(acc(k[n, i, d]))
-            a *= scale
-            da = ZERO
-            for e in range(Dw):
-                g = acc(dnum[n, t, e])
-                da += g * vload(v, n, i, e)
-                if e < Dv:
-                    gv[e] += a * g
-            for d in range(Dk):
-                gk[d] += da * phi(acc(q[n, t, d]))
-        for d in range(Dk):
-            dk[n, i, d] = gk[d] * scale * dphi(acc(k[n, i, d]))
-        for e in range(Dv):
-            dv[n, i, e] = gv[e]
+            a = pdot(q, n, t, k, i, Dk, fm) * scale
+            da = dot(dnum, n, t, v, i, Dv)
+            if normalize:
+                da += acc(dnum[n, t, Dv])
+            for e0 in range(0, DB, G):
+                if e0 < Dv:
+                    for e in range(e0, e0 + G):
+                        if e < Dv:
+                            gv[e] += a * acc(dnum[n, t, e])
+            for d0 in range(0, DB, G):
+                if d0 < Dk:
+                    for d in range(d0, d0 + G):
+                        if d < Dk:
+                            gk[d] += da * phi(acc(q[n, t, d]), fm)
+        for d in range(DB):
+            if d < Dk:
+                dk[n, i, d] = gk[d] * scale * dphi(acc(k[n, i, d]), fm)
+            if d < Dv:
+                dv[n, i, d] = gv[d]
     return kern
 
 
 # ============================================================================ chunked
 @functools.lru_cache(maxsize=None)
-def _chunk_states(Dk, Dw, C, DB, NT, ymode, fmap, acc):
-    """h[n, c, d, e] = sum_{r in chunk c} phi(X[n, r, d]) * LY(Y[n, r, e]) for d < Dk, e < Dw.
+def _chunk_states(DB, C, NT, acc):
+    """h[n, c, d, e] = sum_{r in chunk c} phi(X[n, r, d]) * Y~[n, r, e] for d < Dk, e < Dw = h.shape[3], with
+    Y~ = [Y, 1] when aug (Y = v) and Y itself otherwise (Y = dnum~, already Dw wide).
     Block = NT threads for one (n, c); thread tid owns entries x = tid + s*NT of the flattened Dk x Dw state.
-    Rows of the chunk are staged in shared memory RB at a time: X rows (RB x Dk), Y rows (RB x Dw)."""
-    LX, LY = _loader(PHI, fmap, acc), _loader(ymode, fmap, acc)
-    PER = -(-(Dk * Dw) // NT)
-    RB = max(1, min(C, (SHARED_BYTES // 2) // ((Dk + Dw) * np.dtype(_np(acc)).itemsize)))
-    ZERO = acc(0)
+    Rows of the chunk are staged in shared memory RB at a time: X rows (RB x DB), Y~ rows (RB x (DB + 1))."""
+    phi, _ = _phi(acc)
+    DW1 = DB + 1
+    PER = cdiv(DB * DW1, NT)
+    RB = max(1, min(C, (SHARED_BYTES // 2) // ((DB + DW1) * np.dtype(acc.name).itemsize)))
+    ZERO, ONE = acc(0), acc(1)
 
-    @cuda.jit
-    def kern(X, Y, h):
-        sx = cuda.shared.array((RB, Dk), acc)
-        sy = cuda.shared.array((RB, Dw), acc)
+    @kernel
+    def kern(X, Y, aug, fm, h):
+        sx = cuda.shared.array((RB, DB), acc)
+        sy = cuda.shared.array((RB, DW1), acc)
         hl = cuda.local.array(PER, acc)
         n = cuda.blockIdx.x
         c = cuda.blockIdx.y
         tid = cuda.threadIdx.x
-        T = X.shape[1]
+        T, Dk, Dw = X.shape[1], X.shape[2], h.shape[3]
+        Dy = Y.shape[2]
         c0 = c * C
         for s in range(PER):
             hl[s] = ZERO
@@ -295,11 +322,14 @@ def _chunk_states(Dk, Dw, C, DB, NT, ymode, fmap, acc):
             for x in range(tid, RB * Dk, NT):
                 r = x // Dk
                 d = x - r * Dk
-                sx[r, d] = LX(X, n, r0 + r, d) if r0 + r < T and r0 + r < c0 + C else ZERO
+                sx[r, d] = phi(acc(X[n, r0 + r, d]), fm) if r0 + r < T and r0 + r < c0 + C else ZERO
             for x in range(tid, RB * Dw, NT):
                 r = x // Dw
                 e = x - r * Dw
-                sy[r, e] = LY(Y, n, r0 + r, e) if r0 + r < T and r0 + r < c0 + C else ZERO
+                val = ZERO
+                if r0 + r < T and r0 + r < c0 + C:
+                    val = ONE if aug and e == Dy else acc(Y[n, r0 + r, e])
+                sy[r, e] = val
             cuda.syncthreads()
             for s in range(PER):
                 x = tid + s * NT
@@ -318,17 +348,13 @@ def _chunk_states(Dk, Dw, C, DB, NT, ymode, fmap, acc):
     return kern
 
 
-def _np(acc):
-    return np.float64 if acc == numba.float64 else np.float32
-
-
 @functools.lru_cache(maxsize=None)
-def _scan_states(causal, reverse, acc):
+def _scan_states(acc):
     """In place over the chunk axis of h (N, nC, Dk, Dw), one thread per (n, d, e):
     causal: exclusive prefix (reverse=False: sum over earlier chunks; True: over later chunks);
     non-causal: the total over all chunks, written to slot 0 (the other slots are left as they are)."""
-    @cuda.jit
-    def kern(h):
+    @kernel
+    def kern(h, causal, reverse):
         n = cuda.blockIdx.x
         x = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
         nC, Dk, Dw = h.shape[1], h.shape[2], h.shape[3]
@@ -349,33 +375,34 @@ def _scan_states(causal, reverse, acc):
 
 
 @functools.lru_cache(maxsize=None)
-def _chunk_forward(Dk, Dv, C, DB, NT, causal, normalize, fmap, acc):
+def _chunk_forward(DB, C, BC, NT, acc):
     """One block per (n, chunk c).  Causal: A = scale Q_c K_c^T masked (i <= t) into shared memory.  Work items
     (t, e) over C x Dw: num~[t, e] = sum_{i<=t} A[t, i] v~[i, e] + scale sum_d Q[t, d] S[n, c|0, d, e]."""
-    Dw = Dv + 1 if normalize else Dv
-    PER_A = -(-(C * C) // NT)
-    PER_O = -(-(C * Dw) // NT)
-    gram = _gram(C, Dk, DB, NT, PER_A, PHI, PHI, fmap, acc)
-    phi, _ = _phi(fmap, acc)
-    vload = _loader(AUG, fmap, acc)
+    PER_A = cdiv(C * C, NT)
+    PER_O = cdiv(C * (DB + 1), NT)
+    G = group(DB)
+    gram = _gram(C, BC, NT, PER_A, PHI, PHI, acc)
+    phi, _ = _phi(acc)
+    vload = _loader(AUG, acc)
     ZERO = acc(0)
 
-    @cuda.jit
-    def kern(q, k, v, S, scale, eps, o, den):
+    @kernel
+    def kern(q, k, v, S, scale, eps, causal, normalize, fm, o, den):
         sA = cuda.shared.array((C, C), acc)
-        sx = cuda.shared.array((C, DB), acc)
-        sy = cuda.shared.array((C, DB), acc)
+        sx = cuda.shared.array((C, BC), acc)
+        sy = cuda.shared.array((C, BC), acc)
         sden = cuda.shared.array(C, acc)
         al = cuda.local.array(PER_A, acc)
         ol = cuda.local.array(PER_O, acc)
         n = cuda.blockIdx.x
         c = cuda.blockIdx.y
         tid = cuda.threadIdx.x
-        T = q.shape[1]
+        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
+        Dw = S.shape[3]
         c0 = c * C
         cs = c if causal else 0
         if causal:
-            gram(q, k, n, c0, T, sx, sy, al)
+            gram(q, k, n, c0, T, Dk, fm, sx, sy, al)
             for s in range(PER_A):
                 x = tid + s * NT
                 if x < C * C:
@@ -391,12 +418,15 @@ def _chunk_forward(Dk, Dv, C, DB, NT, causal, normalize, fmap, acc):
                 e = x - t * Dw
                 if c0 + t < T:
                     inter = ZERO
-                    for d in range(Dk):
-                        inter += phi(acc(q[n, c0 + t, d])) * S[n, cs, d, e]
+                    for d0 in range(0, DB, G):
+                        if d0 < Dk:
+                            for d in range(d0, d0 + G):
+                                if d < Dk:
+                                    inter += phi(acc(q[n, c0 + t, d]), fm) * S[n, cs, d, e]
                     val = inter * scale
                     if causal:
                         for i in range(t + 1):
-                            val += sA[t, i] * vload(v, n, c0 + i, e)
+                            val += sA[t, i] * vload(v, n, c0 + i, e, fm)
                     if normalize and e == Dv:
                         sden[t] = val + eps
             ol[s] = val
@@ -419,29 +449,30 @@ def _chunk_forward(Dk, Dv, C, DB, NT, causal, normalize, fmap, acc):
 
 
 @functools.lru_cache(maxsize=None)
-def _chunk_dq(Dk, Dv, Dw, C, DB, NT, causal, fmap, acc):
+def _chunk_dq(DB, C, BC, NT, acc):
     """One block per (n, chunk c).  Causal: dA = dnum~_c v~_c^T masked (i <= t) in shared memory.  Work items
     (t, d) over C x Dk: dq[t, d] = phi'(q[t, d]) scale (sum_{i<=t} dA[t, i] K[i, d] + sum_e S[c|0, d, e] dnum~[t, e])."""
-    PER_A = -(-(C * C) // NT)
-    PER_Q = -(-(C * Dk) // NT)
-    gram = _gram(C, Dw, DB, NT, PER_A, PLAIN, AUG, fmap, acc)
-    phi, dphi = _phi(fmap, acc)
+    PER_A = cdiv(C * C, NT)
+    PER_Q = cdiv(C * DB, NT)
+    G = group(DB)
+    gram = _gram(C, BC, NT, PER_A, PLAIN, AUG, acc)
+    phi, dphi = _phi(acc)
     ZERO = acc(0)
 
-    @cuda.jit
-    def kern(q, k, v, dnum, S, scale, dq):
+    @kernel
+    def kern(q, k, v, dnum, S, scale, causal, fm, dq):
         sdA = cuda.shared.array((C, C), acc)
-        sx = cuda.shared.array((C, DB), acc)
-        sy = cuda.shared.array((C, DB), acc)
+        sx = cuda.shared.array((C, BC), acc)
+        sy = cuda.shared.array((C, BC), acc)
         al = cuda.local.array(PER_A, acc)
         n = cuda.blockIdx.x
         c = cuda.blockIdx.y
         tid = cuda.threadIdx.x
-        T = q.shape[1]
+        T, Dk, Dw = q.shape[1], q.shape[2], dnum.shape[2]
         c0 = c * C
         cs = c if causal else 0
         if causal:
-            gram(dnum, v, n, c0, T, sx, sy, al)
+            gram(dnum, v, n, c0, T, Dw, fm, sx, sy, al)
             for s in range(PER_A):
                 x = tid + s * NT
                 if x < C * C:
@@ -456,52 +487,56 @@ def _chunk_dq(Dk, Dv, Dw, C, DB, NT, causal, fmap, acc):
                 d = x - t * Dk
                 if c0 + t < T:
                     val = ZERO
-                    for e in range(Dw):
-                        val += S[n, cs, d, e] * acc(dnum[n, c0 + t, e])
+                    for e0 in range(0, DB + 1, G):
+                        if e0 < Dw:
+                            for e in range(e0, e0 + G):
+                                if e < Dw:
+                                    val += S[n, cs, d, e] * acc(dnum[n, c0 + t, e])
                     if causal:
                         for i in range(t + 1):
-                            val += sdA[t, i] * phi(acc(k[n, c0 + i, d]))
-                    dq[n, c0 + t, d] = val * scale * dphi(acc(q[n, c0 + t, d]))
+                            val += sdA[t, i] * phi(acc(k[n, c0 + i, d]), fm)
+                    dq[n, c0 + t, d] = val * scale * dphi(acc(q[n, c0 + t, d]), fm)
     return kern
 
 
 @functools.lru_cache(maxsize=None)
-def _chunk_dkdv(Dk, Dv, Dw, C, DB, NT, causal, fmap, acc):
+def _chunk_dkdv(DB, C, BC, NT, acc):
     """One block per (n, chunk c).  Causal: A (scale Q K^T) and dA (dnum~ v~^T), both masked (i <= t), in shared
     memory.  Work items (i, d) over C x Dk and (i, e) over C x Dv:
         dk[i, d] = phi'(k[i, d]) scale (sum_{t>=i} dA[t, i] Q[t, d] + sum_e dS[d, e] v~[i, e])
         dv[i, e] = sum_{t>=i} A[t, i] dnum[t, e] + scale sum_d K[i, d] dS[d, e]
     with dS = dS_c (reverse-scanned suffix state) when causal, the total (slot 0) otherwise."""
-    PER_A = -(-(C * C) // NT)
-    gram_a = _gram(C, Dk, DB, NT, PER_A, PHI, PHI, fmap, acc)
-    gram_da = _gram(C, Dw, DB, NT, PER_A, PLAIN, AUG, fmap, acc)
-    phi, dphi = _phi(fmap, acc)
-    vload = _loader(AUG, fmap, acc)
+    PER_A = cdiv(C * C, NT)
+    G = group(DB)
+    gram_a = _gram(C, BC, NT, PER_A, PHI, PHI, acc)
+    gram_da = _gram(C, BC, NT, PER_A, PLAIN, AUG, acc)
+    phi, dphi = _phi(acc)
+    vload = _loader(AUG, acc)
     ZERO = acc(0)
 
-    @cuda.jit
-    def kern(q, k, v, dnum, dS, scale, dk, dv):
+    @kernel
+    def kern(q, k, v, dnum, dS, scale, causal, fm, dk, dv):
         sA = cuda.shared.array((C, C), acc)
         sdA = cuda.shared.array((C, C), acc)
-        sx = cuda.shared.array((C, DB), acc)
-        sy = cuda.shared.array((C, DB), acc)
+        sx = cuda.shared.array((C, BC), acc)
+        sy = cuda.shared.array((C, BC), acc)
         al = cuda.local.array(PER_A, acc)
         n = cuda.blockIdx.x
         c = cuda.blockIdx.y
         tid = cuda.threadIdx.x
-        T = q.shape[1]
+        T, Dk, Dv, Dw = q.shape[1], q.shape[2], v.shape[2], dnum.shape[2]
         c0 = c * C
         cs = c if causal else 0
         nrow = min(C, T - c0)
         if causal:
-            gram_a(q, k, n, c0, T, sx, sy, al)
+            gram_a(q, k, n, c0, T, Dk, fm, sx, sy, al)
             for s in range(PER_A):
                 x = tid + s * NT
                 if x < C * C:
                     t = x // C
                     i = x - t * C
                     sA[t, i] = al[s] * scale if i <= t else ZERO
-            gram_da(dnum, v, n, c0, T, sx, sy, al)
+            gram_da(dnum, v, n, c0, T, Dw, fm, sx, sy, al)
             for s in range(PER_A):
                 x = tid + s * NT
                 if x < C * C:
@@ -514,19 +549,25 @@ def _chunk_dkdv(Dk, Dv, Dw, C, DB, NT, causal, fmap, acc):
             d = x - i * Dk
             if i < nrow:
                 val = ZERO
-                for e in range(Dw):
-                    val += dS[n, cs, d, e] * vload(v, n, c0 + i, e)
+                for e0 in range(0, DB + 1, G):
+                    if e0 < Dw:
+                        for e in range(e0, e0 + G):
+                            if e < Dw:
+                                val += dS[n, cs, d, e] * vload(v, n, c0 + i, e, fm)
                 if causal:
                     for t in range(i, nrow):
-                        val += sdA[t, i] * phi(acc(q[n, c0 + t, d]))
-                dk[n, c0 + i, d] = val * scale * dphi(acc(k[n, c0 + i, d]))
+                        val += sdA[t, i] * phi(acc(q[n, c0 + t, d]), fm)
+                dk[n, c0 + i, d] = val * scale * dphi(acc(k[n, c0 + i, d]), fm)
         for x in range(tid, C * Dv, NT):
             i = x // Dv
             e = x - i * Dv
             if i < nrow:
                 val = ZERO
-                for d in range(Dk):
-                    val += phi(acc(k[n, c0 + i, d])) * dS[n, cs, d, e]
+                for d0 in range(0, DB, G):
+                    if d0 < Dk:
+                        for d in range(d0, d0 + G):
+                            if d < Dk:
+                                val += phi(acc(k[n, c0 + i, d]), fm) * dS[n, cs, d, e]
                 val *= scale
                 if causal:
                     for t in range(i, nrow):
@@ -537,87 +578,89 @@ def _chunk_dkdv(Dk, Dv, Dw, C, DB, NT, causal, fmap, acc):
 
 # ============================================================================ host side
 def _chunk_size(wdt):
-    """Chunk length C and column-tile DB for the accumulation dtype, within the shared budget
-    (chunk_dkdv holds two C x C blocks and two C x DB staging tiles)."""
+    """Chunk length C and column-tile BC for the accumulation dtype, within the shared budget
+    (chunk_dkdv holds two C x C blocks and two C x BC staging tiles)."""
     C = CONFIG["chunk64"] if wdt == np.float64 else CONFIG["chunk32"]
-    DB = CONFIG["db"]
-    while C > 1 and (2 * C * C + 2 * C * DB) * wdt.itemsize > SHARED_BYTES:
+    BC = CONFIG["db"]
+    while C > 1 and (2 * C * C + 2 * C * BC) * wdt.itemsize > SHARED_BYTES:
         C //= 2
-    return C, DB
+    return C, BC
 
 
 def _launch_rows(T):
     b = CONFIG["rows"]
-    return -(-T // b), b
+    return cdiv(T, b), b
 
 
 def _forward(chunked, q, k, v, causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6):
     io = DeviceIO(q)
     N, T, Dk = q.shape
     Dv = v.shape[2]
+    DB = bucket(Dk, Dv)
     Dw = Dv + 1 if normalize else Dv
     wdt = work_dtype(q.dtype)
-    acc = _nb_type(wdt)
-    causal, normalize = bool(causal), bool(normalize)
+    acc = nb_type(wdt)
+    causal, normalize, fm = bool(causal), bool(normalize), FEATURE_MAPS[feature_map]
     dq_, dk_, dv_ = io.to_device(q), io.to_device(k), io.to_device(v)
     o = io.empty((N, T, Dv), q.dtype)
     den = io.empty((N, T) if normalize else (1, 1), wdt)
     sc, ep = wdt.type(scale), wdt.type(eps)
     S = None
     if chunked:
-        C, DB = _chunk_size(wdt)
+        C, BC = _chunk_size(wdt)
         NT = CONFIG["threads"]
-        nC = -(-T // C)
+        nC = cdiv(T, C)
         S = io.empty((N, nC, Dk, Dw), wdt)
-        _chunk_states(Dk, Dw, C, DB, NT, AUG, feature_map, acc)[(N, nC), NT](dk_, dv_, S)
-        _scan_states(causal, False, acc)[(N, -(-(Dk * Dw) // 128)), 128](S)
-        _chunk_forward(Dk, Dv, C, DB, NT, causal, normalize, feature_map, acc)[(N, nC), NT](
-            dq_, dk_, dv_, S, sc, ep, o, den)
+        _chunk_states(DB, C, NT, acc)[(N, nC), NT](dk_, dv_, True, fm, S)
+        _scan_states(acc)[(N, cdiv(Dk * Dw, 128)), 128](S, causal, False)
+        _chunk_forward(DB, C, BC, NT, acc)[(N, nC), NT](dq_, dk_, dv_, S, sc, ep, causal, normalize, fm, o, den)
     else:
         nb, b = _launch_rows(T)
-        _naive_fwd(Dk, Dv, causal, normalize, feature_map, acc)[(N, nb), b](dq_, dk_, dv_, sc, ep, o, den)
-    ctx = (io, chunked, dq_, dk_, dv_, o, den, S, causal, normalize, feature_map, sc, q.dtype)
+        _naive_fwd(DB, acc)[(N, nb), b](dq_, dk_, dv_, sc, ep, causal, normalize, fm, o, den)
+    ctx = (io, chunked, dq_, dk_, dv_, o, den, S, causal, normalize, fm, sc, q.dtype)
     return io.to_caller(o), ctx
 
 
 def _backward(ctx, do):
-    io, chunked, q, k, v, o, den, S, causal, normalize, fmap, sc, dtype = ctx
+    io, chunked, q, k, v, o, den, S, causal, normalize, fm, sc, dtype = ctx
     N, T, Dk = q.shape
     Dv = v.shape[2]
+    DB = bucket(Dk, Dv)
     Dw = Dv + 1 if normalize else Dv
     wdt = work_dtype(dtype)
-    acc = _nb_type(wdt)
+    acc = nb_type(wdt)
     ddo = io.to_device(do)
     nb, b = _launch_rows(T)
     if normalize:
         dnum = io.empty((N, T, Dw), wdt)
-        _dnum_kernel(Dv, acc)[(N, nb), b](ddo, o, den, dnum)
+        _dnum_kernel(acc)[(N, nb), b](ddo, o, den, dnum)
     else:
         dnum = ddo
     dq = io.empty((N, T, Dk), dtype)
     dk = io.empty((N, T, Dk), dtype)
     dv = io.empty((N, T, Dv), dtype)
     if chunked:
-        C, DB = _chunk_size(wdt)
+        C, BC = _chunk_size(wdt)
         NT = CONFIG["threads"]
-        nC = -(-T // C)
+        nC = cdiv(T, C)
         dS = io.empty((N, nC, Dk, Dw), wdt)
-        _chunk_dq(Dk, Dv, Dw, C, DB, NT, causal, fmap, acc)[(N, nC), NT](q, k, v, dnum, S, sc, dq)
-        _chunk_states(Dk, Dw, C, DB, NT, PLAIN, fmap, acc)[(N, nC), NT](q, dnum, dS)
-        _scan_states(causal, True, acc)[(N, -(-(Dk * Dw) // 128)), 128](dS)
-        _chunk_dkdv(Dk, Dv, Dw, C, DB, NT, causal, fmap, acc)[(N, nC), NT](q, k, v, dnum, dS, sc, dk, dv)
+        _chunk_dq(DB, C, BC, NT, acc)[(N, nC), NT](q, k, v, dnum, S, sc, causal, fm, dq)
+        _chunk_states(DB, C, NT, acc)[(N, nC), NT](q, dnum, False, fm, dS)
+        _scan_states(acc)[(N, cdiv(Dk * Dw, 128)), 128](dS, causal, True)
+        _chunk_dkdv(DB, C, BC, NT, acc)[(N, nC), NT](q, k, v, dnum, dS, sc, causal, fm, dk, dv)
     else:
-        _naive_dq(Dk, Dw, causal, fmap, acc)[(N, nb), b](q, k, v, dnum, sc, dq)
-        _naive_dkdv(Dk, Dv, Dw, causal, fmap, acc)[(N, nb), b](q, k, v, dnum, sc, dk, dv)
+        _naive_dq(DB, acc)[(N, nb), b](q, k, v, dnum, sc, causal, normalize, fm, dq)
+        _naive_dkdv(DB, acc)[(N, nb), b](q, k, v, dnum, sc, causal, normalize, fm, dk, dv)
     return io.to_caller(dq), io.to_caller(dk), io.to_caller(dv)
 
 
 register(Variant("linear", "numba", "naive", functools.partial(_forward, False), _backward,
-                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_up_to_256,
+                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
                  description="one thread per output row (O(T^2)); naive backward (thread per query row for "
                              "dq, per key row for dk/dv)"))
 register(Variant("linear", "numba", "chunked", functools.partial(_forward, True), _backward,
-                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_up_to_256, default=True,
+                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
+                 default=True,
                  description="chunked: per-chunk Dk x Dv states in parallel, scan over chunks, masked C x C "
                              "blocks in shared memory; backward chunked (forward states for dq, reverse-scanned "
                              "states for dk/dv)"))

@@ -35,11 +35,13 @@ chunked -- kernels: chunk_states (one block per (n, chunk), each thread owns a s
            staged "gram" product, then every output entry of the chunk is a strided work item).
            The naive forward keeps den - eps (the extra column of num~) in a scalar beside num[Dv].
 
-Accumulation float32 for float32 inputs, float64 for float64.  Kernels are compiled once per head-dim bucket DB
-and dtype (kernels/numba/_jit.py): head dims, causal, normalize and the feature map (an integer code, one
-uniform branch per phi) are run-time arguments; per-thread arrays are sized by the bucket (DB + 1 where they
-hold a column of v~), and loops over head dims run over the bucket in skip groups.  ``CONFIG`` holds
-chunk/tile sizes (tests shrink them for the simulator).
+Accumulation float32 for float32 inputs, float64 for float64.  Kernels are compiled once per head-dim bucket DB,
+feature map and dtype (kernels/numba/_jit.py).  Head dims, causal and normalize are run-time arguments; the
+feature map stays compile-time because phi sits inside the unrolled per-thread loops (a run-time switch there
+stopped their full unrolling and moved the per-thread rows to local memory).  Per-thread arrays are sized by
+the bucket (DB + 1 where they hold a column of v~); loops over head dims run over the bucket in skip groups,
+and work items are laid out with the bucket's strides (constant divisors), masked past the actual dims.
+``CONFIG`` holds chunk/tile sizes (tests shrink them for the simulator).
 """
 from __future__ import annotations
 
@@ -57,80 +59,83 @@ from ._jit import bucket, cdiv, device, group, kernel, nb_type, row_dot, work_dt
 CONFIG = {"chunk32": 64, "chunk64": 32, "db": 16, "threads": 128, "rows": 64}
 SHARED_BYTES = 46 * 1024
 PLAIN, PHI, AUG = 0, 1, 2          # how a kernel reads an operand: as stored, through phi, or as [x, 1]
-FEATURE_MAPS = {"identity": 0, "relu": 1, "elu1": 2}     # run-time codes of phi
-RELU, ELU1 = FEATURE_MAPS["relu"], FEATURE_MAPS["elu1"]
 
 
 # ============================================================================ device helpers
 @functools.lru_cache(maxsize=None)
-def _phi(acc):
-    """(phi, phi') as device functions of (x, feature-map code).  NaN propagates through phi (relu(NaN) = NaN,
-    as np.maximum)."""
+def _phi(fmap, acc):
+    """(phi, phi') as device functions.  NaN propagates through phi (relu(NaN) = NaN, as np.maximum)."""
     ONE, ZERO = acc(1), acc(0)
+    if fmap == "identity":
+        def f(x):
+            return x
 
-    def f(x, fm):
-        if fm == RELU:
+        def df(x):
+            return ONE
+    elif fmap == "relu":
+        def f(x):
             return ZERO if x <= ZERO else x
-        if fm == ELU1:
-            return x + ONE if x > ZERO else math.exp(x)
-        return x
 
-    def df(x, fm):
-        if fm == RELU:
+        def df(x):
             return ONE if x > ZERO else ZERO
-        if fm == ELU1:
+    elif fmap == "elu1":
+        def f(x):
+            return x + ONE if x > ZERO else math.exp(x)
+
+        def df(x):
             return ONE if x > ZERO else math.exp(x)
-        return ONE
+    else:
+        raise ValueError(fmap)
     return device(f), device(df)
 
 
 @functools.lru_cache(maxsize=None)
-def _loader(mode, acc):
-    """load(X, n, row, col, fm) -> X[n, row, col] as stored (PLAIN), through phi (PHI), or with an extra
+def _loader(mode, fmap, acc):
+    """load(X, n, row, col) -> X[n, row, col] as stored (PLAIN), through phi (PHI), or with an extra
     column of ones at col == X.shape[2] (AUG: the augmented value v~)."""
-    phi, _ = _phi(acc)
+    phi, _ = _phi(fmap, acc)
     ONE = acc(1)
     if mode == PLAIN:
-        def load(X, n, r, c, fm):
+        def load(X, n, r, c):
             return acc(X[n, r, c])
     elif mode == PHI:
-        def load(X, n, r, c, fm):
-            return phi(acc(X[n, r, c]), fm)
+        def load(X, n, r, c):
+            return phi(acc(X[n, r, c]))
     else:
-        def load(X, n, r, c, fm):
+        def load(X, n, r, c):
             return acc(X[n, r, c]) if c < X.shape[2] else ONE
     return device(load)
 
 
 @functools.lru_cache(maxsize=None)
-def _phi_dot(DB, acc):
-    """Device fn dot(X, n, t, Y, i, D, fm) = sum_{d < D} phi(X[n, t, d]) phi(Y[n, i, d]), unrolled over the
+def _phi_dot(DB, fmap, acc):
+    """Device fn dot(X, n, t, Y, i, D) = sum_{d < D} phi(X[n, t, d]) phi(Y[n, i, d]), unrolled over the
     bucket in skip groups."""
-    phi, _ = _phi(acc)
+    phi, _ = _phi(fmap, acc)
     G = group(DB)
     ZERO = acc(0)
 
-    def dot(X, n, t, Y, i, D, fm):
+    def dot(X, n, t, Y, i, D):
         s = ZERO
         for d0 in range(0, DB, G):
             if d0 < D:
                 for d in range(d0, d0 + G):
                     if d < D:
-                        s += phi(acc(X[n, t, d]), fm) * phi(acc(Y[n, i, d]), fm)
+                        s += phi(acc(X[n, t, d])) * phi(acc(Y[n, i, d]))
         return s
     return device(dot)
 
 
 @functools.lru_cache(maxsize=None)
-def _gram(C, BC, NT, PER, xmode, ymode, acc):
-    """Device fn gram(X, Y, n, c0, T, W, fm, sx, sy, out): for the work items x = tid + s*NT < C*C (s < PER),
+def _gram(C, BC, NT, PER, xmode, ymode, fmap, acc):
+    """Device fn gram(X, Y, n, c0, T, W, sx, sy, out): for the work items x = tid + s*NT < C*C (s < PER),
     with t = x // C, i = x % C:  out[s] = sum_{col < W} LX(X[n, c0+t, col]) * LY(Y[n, c0+i, col]).
     Columns are staged BC at a time in the shared tiles sx, sy (C x BC each); rows past T read as 0.
     Every thread of the block must call it (it synchronises)."""
-    LX, LY = _loader(xmode, acc), _loader(ymode, acc)
+    LX, LY = _loader(xmode, fmap, acc), _loader(ymode, fmap, acc)
     ZERO = acc(0)
 
-    def gram(X, Y, n, c0, T, W, fm, sx, sy, out):
+    def gram(X, Y, n, c0, T, W, sx, sy, out):
         tid = cuda.threadIdx.x
         for s in range(PER):
             out[s] = ZERO
@@ -140,8 +145,8 @@ def _gram(C, BC, NT, PER, xmode, ymode, acc):
                 r = x // BC
                 col = b0 + x - r * BC
                 ok = c0 + r < T and col < W
-                sx[r, col - b0] = LX(X, n, c0 + r, col, fm) if ok else ZERO
-                sy[r, col - b0] = LY(Y, n, c0 + r, col, fm) if ok else ZERO
+                sx[r, col - b0] = LX(X, n, c0 + r, col) if ok else ZERO
+                sy[r, col - b0] = LY(Y, n, c0 + r, col) if ok else ZERO
             cuda.syncthreads()
             for s in range(PER):
                 x = tid + s * NT
@@ -158,15 +163,15 @@ def _gram(C, BC, NT, PER, xmode, ymode, acc):
 
 # ============================================================================ naive
 @functools.lru_cache(maxsize=None)
-def _naive_fwd(DB, acc):
+def _naive_fwd(DB, fmap, acc):
     """One thread per query row t: num_t = sum_i scale Q_t.K_i v_i and den_t - eps = sum_i scale Q_t.K_i over
     keys i (i <= t when causal)."""
     G = group(DB)
-    dot = _phi_dot(DB, acc)
+    dot = _phi_dot(DB, fmap, acc)
     ZERO = acc(0)
 
     @kernel
-    def kern(q, k, v, scale, eps, causal, normalize, fm, o, den):
+    def kern(q, k, v, scale, eps, causal, normalize, o, den):
         n = cuda.blockIdx.x
         t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
         T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
@@ -178,7 +183,7 @@ def _naive_fwd(DB, acc):
         nden = ZERO
         iend = t + 1 if causal else T
         for i in range(iend):
-            a = dot(q, n, t, k, i, Dk, fm) * scale
+            a = dot(q, n, t, k, i, Dk) * scale
             nden += a
             for e0 in range(0, DB, G):
                 if e0 < Dv:
@@ -215,15 +220,15 @@ def _dnum_kernel(acc):
 
 
 @functools.lru_cache(maxsize=None)
-def _naive_dq(DB, acc):
+def _naive_dq(DB, fmap, acc):
     """One thread per query row t: dq_t = phi'(q_t) * scale sum_i (dnum~_t.v~_i) K_i."""
-    phi, dphi = _phi(acc)
+    phi, dphi = _phi(fmap, acc)
     G = group(DB)
     dot = row_dot(DB, acc)
     ZERO = acc(0)
 
     @kernel
-    def kern(q, k, v, dnum, scale, causal, normalize, fm, dq):
+    def kern(q, k, v, dnum, scale, causal, normalize, dq):
         n = cuda.blockIdx.x
         t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
         T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
@@ -239,24 +244,26 @@ def _naive_dq(DB, acc):
             for d0 in range(0, DB, G):
                 if d0 < Dk:
                     for d in range(d0, d0 + G):
-                        if d < Dk:
-                            g[d] += da * phi(acc(k[n, i, d]), fm)
+                        kd = acc(k[n, i, d]) if d < Dk else ZERO      # g past Dk is never written
+                        g[d] += da * phi(kd)
         for d in range(DB):
+            qd = acc(q[n, t, d]) if d < Dk else ZERO
+            val = g[d] * scale * dphi(qd)
             if d < Dk:
-                dq[n, t, d] = g[d] * scale * dphi(acc(q[n, t, d]), fm)
+                dq[n, t, d] = val
     return kern
 
 
 @functools.lru_cache(maxsize=None)
-def _naive_dkdv(DB, acc):
+def _naive_dkdv(DB, fmap, acc):
     """One thread per key row i: dk_i = phi'(k_i) * scale sum_t dA_ti Q_t,  dv_i = sum_t A_ti dnum_t."""
-    phi, dphi = _phi(acc)
+    phi, dphi = _phi(fmap, acc)
     G = group(DB)
-    pdot, dot = _phi_dot(DB, acc), row_dot(DB, acc)
+    pdot, dot = _phi_dot(DB, fmap, acc), row_dot(DB, acc)
     ZERO = acc(0)
 
     @kernel
-    def kern(q, k, v, dnum, scale, causal, normalize, fm, dk, dv):
+    def kern(q, k, v, dnum, scale, causal, normalize, dk, dv):
         n = cuda.blockIdx.x
         i = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
         T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
@@ -269,7 +276,7 @@ def _naive_dkdv(DB, acc):
             gv[d] = ZERO
         t0 = i if causal else 0
         for t in range(t0, T):
-            a = pdot(q, n, t, k, i, Dk, fm) * scale
+            a = pdot(q, n, t, k, i, Dk) * scale
             da = dot(dnum, n, t, v, i, Dv)
             if normalize:
                 da += acc(dnum[n, t, Dv])
@@ -281,11 +288,13 @@ def _naive_dkdv(DB, acc):
             for d0 in range(0, DB, G):
                 if d0 < Dk:
                     for d in range(d0, d0 + G):
-                        if d < Dk:
-                            gk[d] += da * phi(acc(q[n, t, d]), fm)
+                        qd = acc(q[n, t, d]) if d < Dk else ZERO      # gk past Dk is never written
+                        gk[d] += da * phi(qd)
         for d in range(DB):
+            kd = acc(k[n, i, d]) if d < Dk else ZERO
+            val = gk[d] * scale * dphi(kd)
             if d < Dk:
-                dk[n, i, d] = gk[d] * scale * dphi(acc(k[n, i, d]), fm)
+                dk[n, i, d] = val
             if d < Dv:
                 dv[n, i, d] = gv[d]
     return kern
@@ -293,19 +302,20 @@ def _naive_dkdv(DB, acc):
 
 # ============================================================================ chunked
 @functools.lru_cache(maxsize=None)
-def _chunk_states(DB, C, NT, acc):
+def _chunk_states(DB, C, NT, fmap, acc):
     """h[n, c, d, e] = sum_{r in chunk c} phi(X[n, r, d]) * Y~[n, r, e] for d < Dk, e < Dw = h.shape[3], with
     Y~ = [Y, 1] when aug (Y = v) and Y itself otherwise (Y = dnum~, already Dw wide).
-    Block = NT threads for one (n, c); thread tid owns entries x = tid + s*NT of the flattened Dk x Dw state.
-    Rows of the chunk are staged in shared memory RB at a time: X rows (RB x DB), Y~ rows (RB x (DB + 1))."""
-    phi, _ = _phi(acc)
+    Block = NT threads for one (n, c); thread tid owns entries x = tid + s*NT of the DB x (DB + 1) bucket
+    layout of the state (entries past Dk, Dw are skipped).  Rows of the chunk are staged in shared memory RB
+    at a time: X rows (RB x DB), Y~ rows (RB x (DB + 1)), zero past the actual widths."""
+    phi, _ = _phi(fmap, acc)
     DW1 = DB + 1
     PER = cdiv(DB * DW1, NT)
     RB = max(1, min(C, (SHARED_BYTES // 2) // ((DB + DW1) * np.dtype(acc.name).itemsize)))
     ZERO, ONE = acc(0), acc(1)
 
     @kernel
-    def kern(X, Y, aug, fm, h):
+    def kern(X, Y, aug, h):
         sx = cuda.shared.array((RB, DB), acc)
         sy = cuda.shared.array((RB, DW1), acc)
         hl = cuda.local.array(PER, acc)
@@ -319,32 +329,36 @@ def _chunk_states(DB, C, NT, acc):
             hl[s] = ZERO
         for r0 in range(c0, min(c0 + C, T), RB):
             cuda.syncthreads()
-            for x in range(tid, RB * Dk, NT):
-                r = x // Dk
-                d = x - r * Dk
-                sx[r, d] = phi(acc(X[n, r0 + r, d]), fm) if r0 + r < T and r0 + r < c0 + C else ZERO
-            for x in range(tid, RB * Dw, NT):
-                r = x // Dw
-                e = x - r * Dw
+            for x in range(tid, RB * DB, NT):
+                r = x // DB
+                d = x - r * DB
                 val = ZERO
-                if r0 + r < T and r0 + r < c0 + C:
+                if r0 + r < T and r0 + r < c0 + C and d < Dk:
+                    val = phi(acc(X[n, r0 + r, d]))
+                sx[r, d] = val
+            for x in range(tid, RB * DW1, NT):
+                r = x // DW1
+                e = x - r * DW1
+                val = ZERO
+                if r0 + r < T and r0 + r < c0 + C and e < Dw:
                     val = ONE if aug and e == Dy else acc(Y[n, r0 + r, e])
                 sy[r, e] = val
             cuda.syncthreads()
             for s in range(PER):
                 x = tid + s * NT
-                if x < Dk * Dw:
-                    d = x // Dw
-                    e = x - d * Dw
+                if x < DB * DW1:
+                    d = x // DW1
+                    e = x - d * DW1
                     a = ZERO
                     for r in range(RB):
                         a += sx[r, d] * sy[r, e]
                     hl[s] += a
         for s in range(PER):
             x = tid + s * NT
-            if x < Dk * Dw:
-                d = x // Dw
-                h[n, c, d, x - d * Dw] = hl[s]
+            d = x // DW1
+            e = x - d * DW1
+            if x < DB * DW1 and d < Dk and e < Dw:
+                h[n, c, d, e] = hl[s]
     return kern
 
 
@@ -375,19 +389,21 @@ def _scan_states(acc):
 
 
 @functools.lru_cache(maxsize=None)
-def _chunk_forward(DB, C, BC, NT, acc):
+def _chunk_forward(DB, C, BC, NT, fmap, acc):
     """One block per (n, chunk c).  Causal: A = scale Q_c K_c^T masked (i <= t) into shared memory.  Work items
-    (t, e) over C x Dw: num~[t, e] = sum_{i<=t} A[t, i] v~[i, e] + scale sum_d Q[t, d] S[n, c|0, d, e]."""
+    (t, e) over C x (DB + 1) (e < Dw live): num~[t, e] = sum_{i<=t} A[t, i] v~[i, e] + scale sum_d Q[t, d]
+    S[n, c|0, d, e]."""
+    DW1 = DB + 1
     PER_A = cdiv(C * C, NT)
-    PER_O = cdiv(C * (DB + 1), NT)
+    PER_O = cdiv(C * DW1, NT)
     G = group(DB)
-    gram = _gram(C, BC, NT, PER_A, PHI, PHI, acc)
-    phi, _ = _phi(acc)
-    vload = _loader(AUG, acc)
+    gram = _gram(C, BC, NT, PER_A, PHI, PHI, fmap, acc)
+    phi, _ = _phi(fmap, acc)
+    vload = _loader(AUG, fmap, acc)
     ZERO = acc(0)
 
     @kernel
-    def kern(q, k, v, S, scale, eps, causal, normalize, fm, o, den):
+    def kern(q, k, v, S, scale, eps, causal, normalize, o, den):
         sA = cuda.shared.array((C, C), acc)
         sx = cuda.shared.array((C, BC), acc)
         sy = cuda.shared.array((C, BC), acc)
@@ -402,7 +418,7 @@ def _chunk_forward(DB, C, BC, NT, acc):
         c0 = c * C
         cs = c if causal else 0
         if causal:
-            gram(q, k, n, c0, T, Dk, fm, sx, sy, al)
+            gram(q, k, n, c0, T, Dk, sx, sy, al)
             for s in range(PER_A):
                 x = tid + s * NT
                 if x < C * C:
@@ -412,55 +428,53 @@ def _chunk_forward(DB, C, BC, NT, acc):
             cuda.syncthreads()
         for s in range(PER_O):
             x = tid + s * NT
+            t = x // DW1
+            e = x - t * DW1
             val = ZERO
-            if x < C * Dw:
-                t = x // Dw
-                e = x - t * Dw
-                if c0 + t < T:
-                    inter = ZERO
-                    for d0 in range(0, DB, G):
-                        if d0 < Dk:
-                            for d in range(d0, d0 + G):
-                                if d < Dk:
-                                    inter += phi(acc(q[n, c0 + t, d]), fm) * S[n, cs, d, e]
-                    val = inter * scale
-                    if causal:
-                        for i in range(t + 1):
-                            val += sA[t, i] * vload(v, n, c0 + i, e, fm)
-                    if normalize and e == Dv:
-                        sden[t] = val + eps
+            if x < C * DW1 and e < Dw and c0 + t < T:
+                inter = ZERO
+                for d0 in range(0, DB, G):
+                    if d0 < Dk:
+                        for d in range(d0, d0 + G):
+                            if d < Dk:
+                                inter += phi(acc(q[n, c0 + t, d])) * S[n, cs, d, e]
+                val = inter * scale
+                if causal:
+                    for i in range(t + 1):
+                        val += sA[t, i] * vload(v, n, c0 + i, e)
+                if normalize and e == Dv:
+                    sden[t] = val + eps
             ol[s] = val
         if normalize:
             cuda.syncthreads()
         for s in range(PER_O):
             x = tid + s * NT
-            if x < C * Dw:
-                t = x // Dw
-                e = x - t * Dw
-                if c0 + t < T:
-                    if normalize:
-                        if e == Dv:
-                            den[n, c0 + t] = sden[t]
-                        else:
-                            o[n, c0 + t, e] = ol[s] / sden[t]
+            t = x // DW1
+            e = x - t * DW1
+            if x < C * DW1 and e < Dw and c0 + t < T:
+                if normalize:
+                    if e == Dv:
+                        den[n, c0 + t] = sden[t]
                     else:
-                        o[n, c0 + t, e] = ol[s]
+                        o[n, c0 + t, e] = ol[s] / sden[t]
+                else:
+                    o[n, c0 + t, e] = ol[s]
     return kern
 
 
 @functools.lru_cache(maxsize=None)
-def _chunk_dq(DB, C, BC, NT, acc):
+def _chunk_dq(DB, C, BC, NT, fmap, acc):
     """One block per (n, chunk c).  Causal: dA = dnum~_c v~_c^T masked (i <= t) in shared memory.  Work items
-    (t, d) over C x Dk: dq[t, d] = phi'(q[t, d]) scale (sum_{i<=t} dA[t, i] K[i, d] + sum_e S[c|0, d, e] dnum~[t, e])."""
+    (t, d) over C x DB (d < Dk live): dq[t, d] = phi'(q[t, d]) scale (sum_{i<=t} dA[t, i] K[i, d]
+    + sum_e S[c|0, d, e] dnum~[t, e])."""
     PER_A = cdiv(C * C, NT)
-    PER_Q = cdiv(C * DB, NT)
     G = group(DB)
-    gram = _gram(C, BC, NT, PER_A, PLAIN, AUG, acc)
-    phi, dphi = _phi(acc)
+    gram = _gram(C, BC, NT, PER_A, PLAIN, AUG, fmap, acc)
+    phi, dphi = _phi(fmap, acc)
     ZERO = acc(0)
 
     @kernel
-    def kern(q, k, v, dnum, S, scale, causal, fm, dq):
+    def kern(q, k, v, dnum, S, scale, causal, dq):
         sdA = cuda.shared.array((C, C), acc)
         sx = cuda.shared.array((C, BC), acc)
         sy = cuda.shared.array((C, BC), acc)
@@ -472,7 +486,7 @@ def _chunk_dq(DB, C, BC, NT, acc):
         c0 = c * C
         cs = c if causal else 0
         if causal:
-            gram(dnum, v, n, c0, T, Dw, fm, sx, sy, al)
+            gram(dnum, v, n, c0, T, Dw, sx, sy, al)
             for s in range(PER_A):
                 x = tid + s * NT
                 if x < C * C:
@@ -480,42 +494,40 @@ def _chunk_dq(DB, C, BC, NT, acc):
                     i = x - t * C
                     sdA[t, i] = al[s] if i <= t else ZERO
             cuda.syncthreads()
-        for s in range(PER_Q):
-            x = tid + s * NT
-            if x < C * Dk:
-                t = x // Dk
-                d = x - t * Dk
-                if c0 + t < T:
-                    val = ZERO
-                    for e0 in range(0, DB + 1, G):
-                        if e0 < Dw:
-                            for e in range(e0, e0 + G):
-                                if e < Dw:
-                                    val += S[n, cs, d, e] * acc(dnum[n, c0 + t, e])
-                    if causal:
-                        for i in range(t + 1):
-                            val += sdA[t, i] * phi(acc(k[n, c0 + i, d]), fm)
-                    dq[n, c0 + t, d] = val * scale * dphi(acc(q[n, c0 + t, d]), fm)
+        for x in range(tid, C * DB, NT):
+            t = x // DB
+            d = x - t * DB
+            if d < Dk and c0 + t < T:
+                val = ZERO
+                for e0 in range(0, DB + 1, G):
+                    if e0 < Dw:
+                        for e in range(e0, e0 + G):
+                            if e < Dw:
+                                val += S[n, cs, d, e] * acc(dnum[n, c0 + t, e])
+                if causal:
+                    for i in range(t + 1):
+                        val += sdA[t, i] * phi(acc(k[n, c0 + i, d]))
+                dq[n, c0 + t, d] = val * scale * dphi(acc(q[n, c0 + t, d]))
     return kern
 
 
 @functools.lru_cache(maxsize=None)
-def _chunk_dkdv(DB, C, BC, NT, acc):
+def _chunk_dkdv(DB, C, BC, NT, fmap, acc):
     """One block per (n, chunk c).  Causal: A (scale Q K^T) and dA (dnum~ v~^T), both masked (i <= t), in shared
-    memory.  Work items (i, d) over C x Dk and (i, e) over C x Dv:
+    memory.  Work items (i, d) and (i, e) over C x DB (d < Dk, e < Dv live):
         dk[i, d] = phi'(k[i, d]) scale (sum_{t>=i} dA[t, i] Q[t, d] + sum_e dS[d, e] v~[i, e])
         dv[i, e] = sum_{t>=i} A[t, i] dnum[t, e] + scale sum_d K[i, d] dS[d, e]
     with dS = dS_c (reverse-scanned suffix state) when causal, the total (slot 0) otherwise."""
     PER_A = cdiv(C * C, NT)
     G = group(DB)
-    gram_a = _gram(C, BC, NT, PER_A, PHI, PHI, acc)
-    gram_da = _gram(C, BC, NT, PER_A, PLAIN, AUG, acc)
-    phi, dphi = _phi(acc)
-    vload = _loader(AUG, acc)
+    gram_a = _gram(C, BC, NT, PER_A, PHI, PHI, fmap, acc)
+    gram_da = _gram(C, BC, NT, PER_A, PLAIN, AUG, fmap, acc)
+    phi, dphi = _phi(fmap, acc)
+    vload = _loader(AUG, fmap, acc)
     ZERO = acc(0)
 
     @kernel
-    def kern(q, k, v, dnum, dS, scale, causal, fm, dk, dv):
+    def kern(q, k, v, dnum, dS, scale, causal, dk, dv):
         sA = cuda.shared.array((C, C), acc)
         sdA = cuda.shared.array((C, C), acc)
         sx = cuda.shared.array((C, BC), acc)
@@ -529,14 +541,14 @@ def _chunk_dkdv(DB, C, BC, NT, acc):
         cs = c if causal else 0
         nrow = min(C, T - c0)
         if causal:
-            gram_a(q, k, n, c0, T, Dk, fm, sx, sy, al)
+            gram_a(q, k, n, c0, T, Dk, sx, sy, al)
             for s in range(PER_A):
                 x = tid + s * NT
                 if x < C * C:
                     t = x // C
                     i = x - t * C
                     sA[t, i] = al[s] * scale if i <= t else ZERO
-            gram_da(dnum, v, n, c0, T, Dw, fm, sx, sy, al)
+            gram_da(dnum, v, n, c0, T, Dw, sx, sy, al)
             for s in range(PER_A):
                 x = tid + s * NT
                 if x < C * C:
@@ -544,30 +556,30 @@ def _chunk_dkdv(DB, C, BC, NT, acc):
                     i = x - t * C
                     sdA[t, i] = al[s] if i <= t else ZERO
             cuda.syncthreads()
-        for x in range(tid, C * Dk, NT):
-            i = x // Dk
-            d = x - i * Dk
-            if i < nrow:
+        for x in range(tid, C * DB, NT):
+            i = x // DB
+            d = x - i * DB
+            if i < nrow and d < Dk:
                 val = ZERO
                 for e0 in range(0, DB + 1, G):
                     if e0 < Dw:
                         for e in range(e0, e0 + G):
                             if e < Dw:
-                                val += dS[n, cs, d, e] * vload(v, n, c0 + i, e, fm)
+                                val += dS[n, cs, d, e] * vload(v, n, c0 + i, e)
                 if causal:
                     for t in range(i, nrow):
-                        val += sdA[t, i] * phi(acc(q[n, c0 + t, d]), fm)
-                dk[n, c0 + i, d] = val * scale * dphi(acc(k[n, c0 + i, d]), fm)
-        for x in range(tid, C * Dv, NT):
-            i = x // Dv
-            e = x - i * Dv
-            if i < nrow:
+                        val += sdA[t, i] * phi(acc(q[n, c0 + t, d]))
+                dk[n, c0 + i, d] = val * scale * dphi(acc(k[n, c0 + i, d]))
+        for x in range(tid, C * DB, NT):
+            i = x // DB
+            e = x - i * DB
+            if i < nrow and e < Dv:
                 val = ZERO
                 for d0 in range(0, DB, G):
                     if d0 < Dk:
                         for d in range(d0, d0 + G):
                             if d < Dk:
-                                val += phi(acc(k[n, c0 + i, d]), fm) * dS[n, cs, d, e]
+                                val += phi(acc(k[n, c0 + i, d])) * dS[n, cs, d, e]
                 val *= scale
                 if causal:
                     for t in range(i, nrow):
@@ -600,7 +612,7 @@ def _forward(chunked, q, k, v, causal=True, feature_map="identity", normalize=Fa
     Dw = Dv + 1 if normalize else Dv
     wdt = work_dtype(q.dtype)
     acc = nb_type(wdt)
-    causal, normalize, fm = bool(causal), bool(normalize), FEATURE_MAPS[feature_map]
+    causal, normalize, fm = bool(causal), bool(normalize), feature_map
     dq_, dk_, dv_ = io.to_device(q), io.to_device(k), io.to_device(v)
     o = io.empty((N, T, Dv), q.dtype)
     den = io.empty((N, T) if normalize else (1, 1), wdt)
@@ -611,12 +623,12 @@ def _forward(chunked, q, k, v, causal=True, feature_map="identity", normalize=Fa
         NT = CONFIG["threads"]
         nC = cdiv(T, C)
         S = io.empty((N, nC, Dk, Dw), wdt)
-        _chunk_states(DB, C, NT, acc)[(N, nC), NT](dk_, dv_, True, fm, S)
+        _chunk_states(DB, C, NT, fm, acc)[(N, nC), NT](dk_, dv_, True, S)
         _scan_states(acc)[(N, cdiv(Dk * Dw, 128)), 128](S, causal, False)
-        _chunk_forward(DB, C, BC, NT, acc)[(N, nC), NT](dq_, dk_, dv_, S, sc, ep, causal, normalize, fm, o, den)
+        _chunk_forward(DB, C, BC, NT, fm, acc)[(N, nC), NT](dq_, dk_, dv_, S, sc, ep, causal, normalize, o, den)
     else:
         nb, b = _launch_rows(T)
-        _naive_fwd(DB, acc)[(N, nb), b](dq_, dk_, dv_, sc, ep, causal, normalize, fm, o, den)
+        _naive_fwd(DB, fm, acc)[(N, nb), b](dq_, dk_, dv_, sc, ep, causal, normalize, o, den)
     ctx = (io, chunked, dq_, dk_, dv_, o, den, S, causal, normalize, fm, sc, q.dtype)
     return io.to_caller(o), ctx
 
@@ -644,13 +656,13 @@ def _backward(ctx, do):
         NT = CONFIG["threads"]
         nC = cdiv(T, C)
         dS = io.empty((N, nC, Dk, Dw), wdt)
-        _chunk_dq(DB, C, BC, NT, acc)[(N, nC), NT](q, k, v, dnum, S, sc, causal, fm, dq)
-        _chunk_states(DB, C, NT, acc)[(N, nC), NT](q, dnum, False, fm, dS)
+        _chunk_dq(DB, C, BC, NT, fm, acc)[(N, nC), NT](q, k, v, dnum, S, sc, causal, dq)
+        _chunk_states(DB, C, NT, fm, acc)[(N, nC), NT](q, dnum, False, dS)
         _scan_states(acc)[(N, cdiv(Dk * Dw, 128)), 128](dS, causal, True)
-        _chunk_dkdv(DB, C, BC, NT, acc)[(N, nC), NT](q, k, v, dnum, dS, sc, causal, fm, dk, dv)
+        _chunk_dkdv(DB, C, BC, NT, fm, acc)[(N, nC), NT](q, k, v, dnum, dS, sc, causal, dk, dv)
     else:
-        _naive_dq(DB, acc)[(N, nb), b](q, k, v, dnum, sc, causal, normalize, fm, dq)
-        _naive_dkdv(DB, acc)[(N, nb), b](q, k, v, dnum, sc, causal, normalize, fm, dk, dv)
+        _naive_dq(DB, fm, acc)[(N, nb), b](q, k, v, dnum, sc, causal, normalize, dq)
+        _naive_dkdv(DB, fm, acc)[(N, nb), b](q, k, v, dnum, sc, causal, normalize, dk, dv)
     return io.to_caller(dq), io.to_caller(dk), io.to_caller(dv)
 
 

@@ -3,9 +3,6 @@ API.  On a CPU machine the kernels run on Numba's CUDA simulator (tests/conftest
 tiny: chunk 8 with T = 19 (three chunks, the last one partial), Da/Dc tiles of 4 with Dk = 5, Dv = 7 (two tiles
 each, the last one partial).  The simulator never type-checks a kernel, so one test compiles every kernel to
 PTX with libNVVM (no GPU needed).  GPU-only tests use the real tile sizes."""
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,7 +18,6 @@ from kernels.numba import _chunked, _jit  # noqa: E402
 TOL = {"float32": 1e-4, "float64": 1e-10}
 MULTI_TILE = {"chunk": 8, "block_k": 4, "block_v": 4, "threads": 8}
 ONE_TILE = {"chunk": 8, "block_k": 8, "block_v": 8, "threads": 8}
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture

@@ -182,3 +182,44 @@ def test_warmup_leaves_later_processes_nothing_to_compile(tmp_path):
     assert use.returncode == 0, use.stderr[-3000:]
     hits, misses = map(int, use.stdout.split("STATS")[1].split()[:2])
     assert misses == 0 and hits > 0, use.stdout
+
+
+# ----------------------------------------------------------------------------- scripts/shape_sweep.py
+def _sweep_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("shape_sweep", os.path.join(ROOT, "scripts", "shape_sweep.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod                 # (its dataclasses look their module up)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_shape_sweep_runs_every_op_and_counts_failures(one_small_bucket):
+    """The sweep (tiny: two head-dim pairs of one bucket, T = 1, 2) calls every op fwd+bwd, causal and not,
+    and times each op's first call; a backend that fails every call is counted, not hidden."""
+    sw = _sweep_module()
+    lines = []
+    res = sw.sweep("numba", sw.OPS, ((3, 5), (12, 7)), 2, echo=lines.append)
+    assert [o.op for o in res.ops] == list(sw.OPS) and res.failures == 0, [o.failures for o in res.ops]
+    assert [o.calls for o in res.ops] == [8, 8, 4, 8]
+    assert all(0 < o.first_call_s <= o.total_s for o in res.ops) and res.wall_s >= sum(o.total_s for o in res.ops)
+    assert len(lines) == 4 and lines[0].startswith("softmax")
+    bad = sw.sweep("numba:no_such_variant", ("softmax",), ((3, 5),), 1, echo=lines.append)
+    assert bad.failures == 2 and "no_such_variant" in bad.ops[0].failures[0]
+
+
+def test_shape_sweep_command(tmp_path):
+    """The command itself, in a fresh process on the simulator (one op, T = 1): exit 0, the timing lines, and
+    the JSON written into a folder it creates."""
+    if not numba_simulator():
+        pytest.skip("the GPU run is the lead's measurement (docs/kernels)")
+    out = tmp_path / "new" / "sweep.json"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, os.path.join("scripts", "shape_sweep.py"), "--quick", "--ops", "softmax",
+                        "--T-max", "1", "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert "softmax  first call" in r.stdout and "total wall" in r.stdout, r.stdout
+    import json
+    data = json.loads(out.read_text())
+    assert data["ops"][0]["calls"] == 4 and data["failures"] == 0

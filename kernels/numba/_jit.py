@@ -84,11 +84,23 @@ def work_dtype(dtype) -> np.dtype:
 
 
 @functools.lru_cache(maxsize=None)
-def row_dot(DB: int, acc):
-    """Device function dot(X, n, t, Y, i, D) = sum_{d < D} X[n, t, d] Y[n, i, d] for D <= DB, straight from
-    global memory, unrolled over the bucket (loads past D are skipped by group and then per element)."""
+def identity(acc):
+    """Device function x -> x (the default element map of the row helpers)."""
+    def ident(x):
+        return x
+    return device(ident)
+
+
+# Per-thread row helpers.  ``row`` is a thread's local array of DB values; every loop over it is unrolled over
+# the bucket (constant indices, so the row stays in registers after inlining) in skip groups.  Global loads
+# past D are never issued; shared tiles are zero past D, so tile loops need no per-element guard.
+@functools.lru_cache(maxsize=None)
+def row_dot(DB: int, acc, fn=None):
+    """Device function dot(X, n, t, Y, i, D) = sum_{d < D} fn(X[n, t, d]) fn(Y[n, i, d]) (fn: identity, or a
+    feature map), straight from global memory."""
     G = group(DB)
     ZERO = acc(0)
+    f = fn or identity(acc)
 
     def dot(X, n, t, Y, i, D):
         s = ZERO
@@ -96,9 +108,64 @@ def row_dot(DB: int, acc):
             if d0 < D:
                 for d in range(d0, d0 + G):
                     if d < D:
-                        s += acc(X[n, t, d]) * acc(Y[n, i, d])
+                        s += f(acc(X[n, t, d])) * f(acc(Y[n, i, d]))
         return s
     return device(dot)
+
+
+@functools.lru_cache(maxsize=None)
+def row_axpy(DB: int, acc, fn=None):
+    """Device function axpy(row, a, X, n, i, D): row[d] += a fn(X[n, i, d]) for d < D, from global memory."""
+    G = group(DB)
+    f = fn or identity(acc)
+
+    def axpy(row, a, X, n, i, D):
+        for d0 in range(0, DB, G):
+            if d0 < D:
+                for d in range(d0, d0 + G):
+                    if d < D:
+                        row[d] += a * f(acc(X[n, i, d]))
+    return device(axpy)
+
+
+@functools.lru_cache(maxsize=None)
+def row_store(DB: int):
+    """Device function store(X, n, t, row, D, mult): X[n, t, d] = row[d] mult for d < D."""
+    def store(X, n, t, row, D, mult):
+        for d in range(DB):
+            if d < D:
+                X[n, t, d] = row[d] * mult
+    return device(store)
+
+
+@functools.lru_cache(maxsize=None)
+def tile_dot(DB: int, acc):
+    """Device function dot(A, r, B, j, D) = sum_{d < D} A[r, d] B[j, d] of two rows of 2-D arrays (shared
+    tiles, or a thread's own (1, DB) row)."""
+    G = group(DB)
+    ZERO = acc(0)
+
+    def dot(A, r, B, j, D):
+        s = ZERO
+        for d0 in range(0, DB, G):
+            if d0 < D:
+                for d in range(d0, d0 + G):
+                    s += A[r, d] * B[j, d]
+        return s
+    return device(dot)
+
+
+@functools.lru_cache(maxsize=None)
+def tile_axpy(DB: int):
+    """Device function axpy(row, a, A, r, D): row[d] += a A[r, d] for d < D (A a zero-padded shared tile)."""
+    G = group(DB)
+
+    def axpy(row, a, A, r, D):
+        for d0 in range(0, DB, G):
+            if d0 < D:
+                for d in range(d0, d0 + G):
+                    row[d] += a * A[r, d]
+    return device(axpy)
 
 
 @functools.lru_cache(maxsize=None)

@@ -46,7 +46,7 @@ from workbench.registry import Variant, register
 
 from . import _chunked
 from ._arrays import DeviceIO, grid_1d, head_dims_in_buckets
-from ._jit import bucket, group, kernel, nb_type, row_dot
+from ._jit import bucket, kernel, nb_type, row_axpy, row_dot, row_store
 
 SCAN_THREADS = 128        # threads per block of the dg scan (tests shrink it)
 
@@ -56,9 +56,8 @@ SCAN_THREADS = 128        # threads per block of the dg scan (tests shrink it)
 def _naive_kernel(DB, acc):
     """One thread per row p: out_p = sum scale exp(G_t - G_i) (a_p.b_j) c_j over j <= p (forward: t = p, i = j)
     or j >= p (rev: i = p, t = j); the log decay L = G_t - G_i is summed along the loop (always <= 0)."""
-    ZERO = acc(0)
-    G = group(DB)
-    dot = row_dot(DB, acc)
+    ZERO, ONE = acc(0), acc(1)
+    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
 
     @kernel
     def kern(a, b, c, g, scale, rev, out):
@@ -73,12 +72,7 @@ def _naive_kernel(DB, acc):
         L = ZERO
         j = p
         while True:
-            w = scale * math.exp(L) * dot(a, n, p, b, j, Da)
-            for e0 in range(0, DB, G):
-                if e0 < Dc:
-                    for e in range(e0, e0 + G):
-                        if e < Dc:
-                            row[e] += w * acc(c[n, j, e])
+            axpy(row, scale * math.exp(L) * dot(a, n, p, b, j, Da), c, n, j, Dc)
             if rev:
                 if j == T - 1:
                     break
@@ -89,9 +83,7 @@ def _naive_kernel(DB, acc):
                     break
                 L += acc(g[n, j])            # exp(G_p - G_{j-1}) = exp(sum_{j-1 < j' <= p} g_j')
                 j -= 1
-        for e in range(DB):
-            if e < Dc:
-                out[n, p, e] = row[e]
+        store(out, n, p, row, Dc, ONE)
     return kern
 
 

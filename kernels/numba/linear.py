@@ -54,7 +54,7 @@ from numba import cuda
 from workbench.registry import Variant, register
 
 from ._arrays import DeviceIO, head_dims_in_buckets
-from ._jit import bucket, cdiv, device, group, kernel, nb_type, row_dot, work_dtype
+from ._jit import bucket, cdiv, device, group, kernel, nb_type, row_axpy, row_dot, row_store, work_dtype
 
 CONFIG = {"chunk32": 64, "chunk64": 32, "db": 16, "threads": 128, "rows": 64}
 SHARED_BYTES = 46 * 1024
@@ -108,25 +108,6 @@ def _loader(mode, fmap, acc):
 
 
 @functools.lru_cache(maxsize=None)
-def _phi_dot(DB, fmap, acc):
-    """Device fn dot(X, n, t, Y, i, D) = sum_{d < D} phi(X[n, t, d]) phi(Y[n, i, d]), unrolled over the
-    bucket in skip groups."""
-    phi, _ = _phi(fmap, acc)
-    G = group(DB)
-    ZERO = acc(0)
-
-    def dot(X, n, t, Y, i, D):
-        s = ZERO
-        for d0 in range(0, DB, G):
-            if d0 < D:
-                for d in range(d0, d0 + G):
-                    if d < D:
-                        s += phi(acc(X[n, t, d])) * phi(acc(Y[n, i, d]))
-        return s
-    return device(dot)
-
-
-@functools.lru_cache(maxsize=None)
 def _gram(C, BC, NT, PER, xmode, ymode, fmap, acc):
     """Device fn gram(X, Y, n, c0, T, W, sx, sy, out): for the work items x = tid + s*NT < C*C (s < PER),
     with t = x // C, i = x % C:  out[s] = sum_{col < W} LX(X[n, c0+t, col]) * LY(Y[n, c0+i, col]).
@@ -166,9 +147,9 @@ def _gram(C, BC, NT, PER, xmode, ymode, fmap, acc):
 def _naive_fwd(DB, fmap, acc):
     """One thread per query row t: num_t = sum_i scale Q_t.K_i v_i and den_t - eps = sum_i scale Q_t.K_i over
     keys i (i <= t when causal)."""
-    G = group(DB)
-    dot = _phi_dot(DB, fmap, acc)
-    ZERO = acc(0)
+    phi, _ = _phi(fmap, acc)
+    dot, axpy, store = row_dot(DB, acc, phi), row_axpy(DB, acc), row_store(DB)
+    ZERO, ONE = acc(0), acc(1)
 
     @kernel
     def kern(q, k, v, scale, eps, causal, normalize, o, den):
@@ -185,17 +166,11 @@ def _naive_fwd(DB, fmap, acc):
         for i in range(iend):
             a = dot(q, n, t, k, i, Dk) * scale
             nden += a
-            for e0 in range(0, DB, G):
-                if e0 < Dv:
-                    for e in range(e0, e0 + G):
-                        if e < Dv:
-                            num[e] += a * acc(v[n, i, e])
+            axpy(num, a, v, n, i, Dv)
         dn = nden + eps
         if normalize:
             den[n, t] = dn
-        for e in range(DB):
-            if e < Dv:
-                o[n, t, e] = num[e] / dn if normalize else num[e]
+        store(o, n, t, num, Dv, ONE / dn if normalize else ONE)
     return kern
 
 
@@ -223,8 +198,7 @@ def _dnum_kernel(acc):
 def _naive_dq(DB, fmap, acc):
     """One thread per query row t: dq_t = phi'(q_t) * scale sum_i (dnum~_t.v~_i) K_i."""
     phi, dphi = _phi(fmap, acc)
-    G = group(DB)
-    dot = row_dot(DB, acc)
+    dot, axpy = row_dot(DB, acc), row_axpy(DB, acc, phi)
     ZERO = acc(0)
 
     @kernel
@@ -240,12 +214,7 @@ def _naive_dq(DB, fmap, acc):
         dden = acc(dnum[n, t, Dv]) if normalize else ZERO          # the extra column of dnum~ (v~ = 1 there)
         iend = t + 1 if causal else T
         for i in range(iend):
-            da = dot(dnum, n, t, v, i, Dv) + dden
-            for d0 in range(0, DB, G):
-                if d0 < Dk:
-                    for d in range(d0, d0 + G):
-                        kd = acc(k[n, i, d]) if d < Dk else ZERO      # g past Dk is never written
-                        g[d] += da * phi(kd)
+            axpy(g, dot(dnum, n, t, v, i, Dv) + dden, k, n, i, Dk)
         for d in range(DB):
             qd = acc(q[n, t, d]) if d < Dk else ZERO
             val = g[d] * scale * dphi(qd)
@@ -258,9 +227,9 @@ def _naive_dq(DB, fmap, acc):
 def _naive_dkdv(DB, fmap, acc):
     """One thread per key row i: dk_i = phi'(k_i) * scale sum_t dA_ti Q_t,  dv_i = sum_t A_ti dnum_t."""
     phi, dphi = _phi(fmap, acc)
-    G = group(DB)
-    pdot, dot = _phi_dot(DB, fmap, acc), row_dot(DB, acc)
-    ZERO = acc(0)
+    pdot, dot = row_dot(DB, acc, phi), row_dot(DB, acc)
+    axpy, paxpy, store = row_axpy(DB, acc), row_axpy(DB, acc, phi), row_store(DB)
+    ZERO, ONE = acc(0), acc(1)
 
     @kernel
     def kern(q, k, v, dnum, scale, causal, normalize, dk, dv):
@@ -280,23 +249,14 @@ def _naive_dkdv(DB, fmap, acc):
             da = dot(dnum, n, t, v, i, Dv)
             if normalize:
                 da += acc(dnum[n, t, Dv])
-            for e0 in range(0, DB, G):
-                if e0 < Dv:
-                    for e in range(e0, e0 + G):
-                        if e < Dv:
-                            gv[e] += a * acc(dnum[n, t, e])
-            for d0 in range(0, DB, G):
-                if d0 < Dk:
-                    for d in range(d0, d0 + G):
-                        qd = acc(q[n, t, d]) if d < Dk else ZERO      # gk past Dk is never written
-                        gk[d] += da * phi(qd)
+            axpy(gv, a, dnum, n, t, Dv)
+            paxpy(gk, da, q, n, t, Dk)
         for d in range(DB):
             kd = acc(k[n, i, d]) if d < Dk else ZERO
             val = gk[d] * scale * dphi(kd)
             if d < Dk:
                 dk[n, i, d] = val
-            if d < Dv:
-                dv[n, i, d] = gv[d]
+        store(dv, n, i, gv, Dv, ONE)
     return kern
 
 

@@ -43,7 +43,8 @@ from numba import cuda
 from workbench.registry import Variant, register
 
 from ._arrays import DeviceIO, head_dims_in_buckets
-from ._jit import bucket, cdiv, group, kernel, nb_type, row_dot, tile_loader, work_dtype
+from ._jit import (bucket, cdiv, group, kernel, nb_type, row_axpy, row_dot, row_store, tile_axpy, tile_dot,
+                   tile_loader, work_dtype)
 
 CONFIG = {"block_q": 64, "block_k": 64, "block_kv": 32, "block_q_bwd": 32}
 SHARED_BYTES = 46 * 1024          # static shared memory budget per block (device limit 48 KB)
@@ -64,7 +65,7 @@ def _naive_fwd(DB, acc):
     NEG_INF = acc(-math.inf)
     ZERO = acc(0)
     G = group(DB)
-    dot = row_dot(DB, acc)
+    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
 
     @kernel
     def kern(q, k, v, scale, causal, o, lse):
@@ -91,14 +92,8 @@ def _naive_fwd(DB, acc):
                 m = s
             p = math.exp(s - m)
             l += p
-            for e0 in range(0, DB, G):
-                if e0 < Dv:
-                    for e in range(e0, e0 + G):
-                        if e < Dv:
-                            accv[e] += p * acc(v[n, i, e])
-        for e in range(DB):
-            if e < Dv:
-                o[n, t, e] = accv[e] / l
+            axpy(accv, p, v, n, i, Dv)
+        store(o, n, t, accv, Dv, acc(1) / l)
         lse[n, t] = m + math.log(l)
     return kern
 
@@ -123,8 +118,7 @@ def _rowdot(acc):
 def _naive_dq(DB, acc):
     """One thread per query row t: dq_t = scale sum_{i} p_ti (do_t.v_i - D_t) k_i."""
     ZERO = acc(0)
-    G = group(DB)
-    dot = row_dot(DB, acc)
+    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
 
     @kernel
     def kern(q, k, v, do, lse, D, scale, causal, dq):
@@ -140,14 +134,8 @@ def _naive_dq(DB, acc):
         for i in range(iend):
             p = math.exp(dot(q, n, t, k, i, Dk) * scale - lse[n, t])
             ds = p * (dot(do, n, t, v, i, Dv) - D[n, t])
-            for d0 in range(0, DB, G):
-                if d0 < Dk:
-                    for d in range(d0, d0 + G):
-                        if d < Dk:
-                            g[d] += ds * acc(k[n, i, d])
-        for d in range(DB):
-            if d < Dk:
-                dq[n, t, d] = g[d] * scale
+            axpy(g, ds, k, n, i, Dk)
+        store(dq, n, t, g, Dk, scale)
     return kern
 
 
@@ -155,8 +143,7 @@ def _naive_dq(DB, acc):
 def _naive_dkdv(DB, acc):
     """One thread per key row i: dv_i = sum_t p_ti do_t,  dk_i = scale sum_t p_ti (do_t.v_i - D_t) q_t."""
     ZERO = acc(0)
-    G = group(DB)
-    dot = row_dot(DB, acc)
+    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
 
     @kernel
     def kern(q, k, v, do, lse, D, scale, causal, dk, dv):
@@ -174,21 +161,10 @@ def _naive_dkdv(DB, acc):
         for t in range(t0, T):
             p = math.exp(dot(q, n, t, k, i, Dk) * scale - lse[n, t])
             ds = p * (dot(do, n, t, v, i, Dv) - D[n, t])
-            for e0 in range(0, DB, G):
-                if e0 < Dv:
-                    for e in range(e0, e0 + G):
-                        if e < Dv:
-                            gv[e] += p * acc(do[n, t, e])
-            for d0 in range(0, DB, G):
-                if d0 < Dk:
-                    for d in range(d0, d0 + G):
-                        if d < Dk:
-                            gk[d] += ds * acc(q[n, t, d])
-        for d in range(DB):
-            if d < Dk:
-                dk[n, i, d] = gk[d] * scale
-            if d < Dv:
-                dv[n, i, d] = gv[d]
+            axpy(gv, p, do, n, t, Dv)
+            axpy(gk, ds, q, n, t, Dk)
+        store(dk, n, i, gk, Dk, scale)
+        store(dv, n, i, gv, Dv, acc(1))
     return kern
 
 
@@ -202,12 +178,13 @@ def _tiled_fwd(DB, BQ, BK, acc):
     ZERO, ONE = acc(0), acc(1)
     G = group(DB)
     load = tile_loader(BK, DB, acc)
+    dot, axpy, store = tile_dot(DB, acc), tile_axpy(DB), row_store(DB)
 
     @kernel
     def kern(q, k, v, scale, causal, o, lse):
         sk = cuda.shared.array((BK, DB), acc)
         sv = cuda.shared.array((BK, DB), acc)
-        qr = cuda.local.array(DB, acc)
+        qr = cuda.local.array((1, DB), acc)                # the thread's pre-scaled query row
         accv = cuda.local.array(DB, acc)
         n = cuda.blockIdx.x
         q0 = cuda.blockIdx.y * BQ
@@ -216,7 +193,7 @@ def _tiled_fwd(DB, BQ, BK, acc):
         T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
         live = t < T
         for d in range(DB):
-            qr[d] = acc(q[n, t, d]) * scale if live and d < Dk else ZERO
+            qr[0, d] = acc(q[n, t, d]) * scale if live and d < Dk else ZERO
             accv[d] = ZERO
         m = NEG_INF
         l = ZERO
@@ -231,11 +208,7 @@ def _tiled_fwd(DB, BQ, BK, acc):
                 if causal:
                     jend = min(jend, t - k0 + 1)     # only the diagonal tile cuts this short
                 for j in range(jend):
-                    s = ZERO
-                    for d0 in range(0, DB, G):
-                        if d0 < Dk:
-                            for d in range(d0, d0 + G):
-                                s += qr[d] * sk[j, d]
+                    s = dot(qr, 0, sk, j, Dk)
                     if s > m:
                         corr = math.exp(m - s)
                         l *= corr
@@ -246,14 +219,9 @@ def _tiled_fwd(DB, BQ, BK, acc):
                         m = s
                     p = math.exp(s - m)
                     l += p
-                    for e0 in range(0, DB, G):
-                        if e0 < Dv:
-                            for e in range(e0, e0 + G):
-                                accv[e] += p * sv[j, e]
+                    axpy(accv, p, sv, j, Dv)
         if live:
-            for e in range(DB):
-                if e < Dv:
-                    o[n, t, e] = accv[e] / l
+            store(o, n, t, accv, Dv, ONE / l)
             lse[n, t] = m + math.log(l)
     return kern
 
@@ -268,6 +236,7 @@ def _tiled_dkdv(DB, BKV, BQ, acc):
     G = group(DB)
     load_own = tile_loader(BKV, DB, acc)
     load = tile_loader(BQ, DB, acc)
+    dot, axpy, store = tile_dot(DB, acc), tile_axpy(DB), row_store(DB)
 
     @kernel
     def kern(q, k, v, do, lse, D, scale, causal, dk, dv):
@@ -303,29 +272,17 @@ def _tiled_dkdv(DB, BKV, BQ, acc):
                 rstart = max(0, i - t0) if causal else 0
                 rend = min(BQ, T - t0)
                 for r in range(rstart, rend):
-                    s = ZERO
-                    for d0 in range(0, DB, G):
-                        if d0 < Dk:
-                            for d in range(d0, d0 + G):
-                                s += sq[r, d] * kr[tid, d]
-                    p = math.exp(s - slse[r])
+                    p = math.exp(dot(sq, r, kr, tid, Dk) - slse[r])
                     dp = ZERO
-                    for e0 in range(0, DB, G):
+                    for e0 in range(0, DB, G):              # dp and dv in one pass over the do row
                         if e0 < Dv:
                             for e in range(e0, e0 + G):
                                 dp += sdo[r, e] * vr[tid, e]
                                 gv[e] += p * sdo[r, e]
-                    ds = p * (dp - sD[r])
-                    for d0 in range(0, DB, G):
-                        if d0 < Dk:
-                            for d in range(d0, d0 + G):
-                                gk[d] += ds * sq[r, d]
+                    axpy(gk, p * (dp - sD[r]), sq, r, Dk)
         if live:
-            for d in range(DB):
-                if d < Dk:
-                    dk[n, i, d] = gk[d] * scale
-                if d < Dv:
-                    dv[n, i, d] = gv[d]
+            store(dk, n, i, gk, Dk, scale)
+            store(dv, n, i, gv, Dv, ONE)
     return kern
 
 
@@ -335,9 +292,9 @@ def _tiled_dq(DB, BQ, BK, acc):
     tiles (k, v) of BK rows staged in shared memory; causal: no key tile beyond the block's last row."""
     ZERO, ONE = acc(0), acc(1)
     DB1 = DB + 1
-    G = group(DB)
     load_own = tile_loader(BQ, DB, acc)
     load = tile_loader(BK, DB, acc)
+    dot, axpy, store = tile_dot(DB, acc), tile_axpy(DB), row_store(DB)
 
     @kernel
     def kern(q, k, v, do, lse, D, scale, causal, dq):
@@ -369,26 +326,10 @@ def _tiled_dq(DB, BQ, BK, acc):
                 if causal:
                     jend = min(jend, t - k0 + 1)
                 for j in range(jend):
-                    s = ZERO
-                    for d0 in range(0, DB, G):
-                        if d0 < Dk:
-                            for d in range(d0, d0 + G):
-                                s += qr[tid, d] * sk[j, d]
-                    p = math.exp(s - lt)
-                    dp = ZERO
-                    for e0 in range(0, DB, G):
-                        if e0 < Dv:
-                            for e in range(e0, e0 + G):
-                                dp += dor[tid, e] * sv[j, e]
-                    ds = p * (dp - Dt)
-                    for d0 in range(0, DB, G):
-                        if d0 < Dk:
-                            for d in range(d0, d0 + G):
-                                g[d] += ds * sk[j, d]
+                    p = math.exp(dot(qr, tid, sk, j, Dk) - lt)
+                    axpy(g, p * (dot(dor, tid, sv, j, Dv) - Dt), sk, j, Dk)
         if live:
-            for d in range(DB):
-                if d < Dk:
-                    dq[n, t, d] = g[d] * scale
+            store(dq, n, t, g, Dk, scale)
     return kern
 
 

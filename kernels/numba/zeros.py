@@ -43,14 +43,13 @@ from __future__ import annotations
 import functools
 import math
 
-import numpy as np
 from numba import cuda
 
 from workbench.registry import Variant, register
 
 from . import _chunked
 from ._arrays import DeviceIO, grid_1d, head_dims_in_buckets
-from ._jit import bucket, device, group, kernel, nb_type, row_dot
+from ._jit import bucket, device, kernel, nb_type, row_axpy, row_dot, row_store
 
 SCAN_THREADS = 128        # threads per block of the stats and finish scans (tests shrink it)
 
@@ -116,9 +115,9 @@ def _window_stats_fn(acc):
 @functools.lru_cache(maxsize=None)
 def _naive_fwd(DB, acc):
     """One thread per query row t: o_t = sum_{i in W(t)} r_ti (q_t.k_i) v_i."""
-    ZERO = acc(0)
-    G = group(DB)
-    stats, gate, dot = _window_stats_fn(acc), _gate_fn(acc), row_dot(DB, acc)
+    ZERO, ONE = acc(0), acc(1)
+    stats, gate = _window_stats_fn(acc), _gate_fn(acc)
+    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
 
     @kernel
     def kern(q, k, v, s, gates, causal, o):
@@ -136,24 +135,17 @@ def _naive_fwd(DB, acc):
         for i in range(i1):
             si = acc(s[n, i])
             w = (sigh * math.exp(si - m) / E + beta * si + gamma) * dot(q, n, t, k, i, Dk)
-            for e0 in range(0, DB, G):
-                if e0 < Dv:
-                    for e in range(e0, e0 + G):
-                        if e < Dv:
-                            row[e] += w * acc(v[n, i, e])
-        for e in range(DB):
-            if e < Dv:
-                o[n, t, e] = row[e]
+            axpy(row, w, v, n, i, Dv)
+        store(o, n, t, row, Dv, ONE)
     return kern
 
 
 @functools.lru_cache(maxsize=None)
 def _naive_bwd_rows(DB, acc):
     """One thread per query row t: dq_t, U_t, V_t, Z_t, dgates_t; saves (m, E, P, U, Z) of the row."""
-    ZERO = acc(0)
-    G = group(DB)
+    ZERO, ONE = acc(0), acc(1)
     stats, gate, gate_grads = _window_stats_fn(acc), _gate_fn(acc), _gate_grads_fn(acc)
-    dot = row_dot(DB, acc)
+    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
 
     @kernel
     def kern(q, k, v, s, gates, do, causal, dq, dgates, rows):
@@ -181,14 +173,8 @@ def _naive_bwd_rows(DB, acc):
             U += dR * p
             V += dR * si
             Z += dR
-            for d0 in range(0, DB, G):
-                if d0 < Dk:
-                    for d in range(d0, d0 + G):
-                        if d < Dk:
-                            g[d] += r * dA * acc(k[n, i, d])
-        for d in range(DB):
-            if d < Dk:
-                dq[n, t, d] = g[d]
+            axpy(g, r * dA, k, n, i, Dk)
+        store(dq, n, t, g, Dk, ONE)
         gate_grads(gates, n, t, U, V, Z, P, nt, dgates)
         rows[n, t, 0] = m
         rows[n, t, 1] = E
@@ -201,9 +187,9 @@ def _naive_bwd_rows(DB, acc):
 @functools.lru_cache(maxsize=None)
 def _naive_bwd_keys(DB, acc):
     """One thread per key row j: dk_j, dv_j, ds_j summed over the query rows t whose window holds j."""
-    ZERO = acc(0)
-    G = group(DB)
-    gate, dot = _gate_fn(acc), row_dot(DB, acc)
+    ZERO, ONE = acc(0), acc(1)
+    gate = _gate_fn(acc)
+    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
 
     @kernel
     def kern(q, k, v, s, gates, do, rows, causal, dk, dv, ds):
@@ -228,22 +214,11 @@ def _naive_bwd_keys(DB, acc):
             B = dot(q, n, t, k, j, Dk)
             dA = dot(do, n, t, v, j, Dv)
             dR = B * dA
-            for e0 in range(0, DB, G):
-                if e0 < Dv:
-                    for e in range(e0, e0 + G):
-                        if e < Dv:
-                            gv[e] += r * B * acc(do[n, t, e])
-            for d0 in range(0, DB, G):
-                if d0 < Dk:
-                    for d in range(d0, d0 + G):
-                        if d < Dk:
-                            gk[d] += r * dA * acc(q[n, t, d])
+            axpy(gv, r * B, do, n, t, Dv)
+            axpy(gk, r * dA, q, n, t, Dk)
             dsj += sigh * p * (dR - U) + beta * (dR - Z / nt)
-        for d in range(DB):
-            if d < Dk:
-                dk[n, j, d] = gk[d]
-            if d < Dv:
-                dv[n, j, d] = gv[d]
+        store(dk, n, j, gk, Dk, ONE)
+        store(dv, n, j, gv, Dv, ONE)
         ds[n, j] = dsj
     return kern
 

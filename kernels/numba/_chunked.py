@@ -68,7 +68,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from ._jit import bucket, cdiv, kernel, nb_type
+from ._jit import bucket, cdiv, kernel, nb_type, tile_loader
 
 # Tile sizes; None means "choose from the head-dim bucket and dtype" (tiles()).  Tests set small values.
 CONFIG = {"chunk": None, "block_k": None, "block_v": None, "threads": None}
@@ -118,9 +118,11 @@ def chunk_kernel(DB, NS, decay, C, BK, BV, NT, acc):
     ES = cdiv(BK * BV, NT)            # state elements per thread (per Da tile)
     NSEO = NS * EO
     BKP = BK + 1                      # padded row of the a, b tiles (column reads avoid bank conflicts)
-    ZERO = acc(0)
+    ZERO, ONE = acc(0), acc(1)
     NEG_INF = acc(-math.inf)
     FLOOR = acc(LOG_FLOOR[np.dtype(acc.name).itemsize])
+    load_ab = tile_loader(C, BK, NT, acc)    # a or b rows of the chunk, one Da tile (into the padded tiles)
+    load_c = tile_loader(C, BV, NT, acc)     # c rows of the chunk, this block's columns
 
     @kernel
     def kern(a, b, c, qco, kco, g, out0, out1, out2, scale, rev, causal, parts):
@@ -194,17 +196,8 @@ def chunk_kernel(DB, NS, decay, C, BK, BV, NT, acc):
                     for r in range(NSEO):
                         accO[r] = ZERO
                     for d0 in range(0, Da, BK):
-                        for e in range(tid, C * BK, NT):
-                            p = e // BK
-                            d = e - p * BK
-                            va = ZERO
-                            vb = ZERO
-                            if p < L and d0 + d < Da:
-                                t = T - 1 - (p0 + p) if rev else p0 + p
-                                va = acc(a[n, t, d0 + d])
-                                vb = acc(b[n, t, d0 + d])
-                            As[p, d] = va
-                            Bs[p, d] = vb
+                        load_ab(As, a, n, p0, d0, T, Da, rev, ONE)
+                        load_ab(Bs, b, n, p0, d0, T, Da, rev, ONE)
                         cuda.syncthreads()
                         if causal:
                             for r in range(EB):
@@ -229,14 +222,7 @@ def chunk_kernel(DB, NS, decay, C, BK, BV, NT, acc):
                                     accO[x * EO + r] += sacc
                         cuda.syncthreads()
                     if causal:                                  # the chunk's c rows
-                        for e in range(tid, C * BV, NT):
-                            p = e // BV
-                            jj = e - p * BV
-                            vc = ZERO
-                            if p < L and j0 + jj < Dc:
-                                t = T - 1 - (p0 + p) if rev else p0 + p
-                                vc = acc(c[n, t, j0 + jj])
-                            Cs[p, jj] = vc
+                        load_c(Cs, c, n, p0, j0, T, Dc, rev, ONE)
                     for xo in range(nout):
                         # ---- B: weighted, masked scores of the states summed into output xo
                         if causal:
@@ -295,14 +281,7 @@ def chunk_kernel(DB, NS, decay, C, BK, BV, NT, acc):
                                         mx = kw[x, 1, i]
                                 rnew[x] = mx
                     if not causal:                                          # c rows not loaded by A-C
-                        for e in range(tid, C * BV, NT):
-                            p = e // BV
-                            jj = e - p * BV
-                            vc = ZERO
-                            if p < L and j0 + jj < Dc:
-                                t = T - 1 - (p0 + p) if rev else p0 + p
-                                vc = acc(c[n, t, j0 + jj])
-                            Cs[p, jj] = vc
+                        load_c(Cs, c, n, p0, j0, T, Dc, rev, ONE)
                     cuda.syncthreads()
                     for e in range(tid, NS * C, NT):                        # key weights of the update
                         x = e // C
@@ -317,14 +296,7 @@ def chunk_kernel(DB, NS, decay, C, BK, BV, NT, acc):
                             kw[x, 0, i] = wk
                     cuda.syncthreads()
                     for d0 in range(0, Da, BK):
-                        for e in range(tid, C * BK, NT):
-                            p = e // BK
-                            d = e - p * BK
-                            vb = ZERO
-                            if p < L and d0 + d < Da:
-                                t = T - 1 - (p0 + p) if rev else p0 + p
-                                vb = acc(b[n, t, d0 + d])
-                            Bs[p, d] = vb
+                        load_ab(Bs, b, n, p0, d0, T, Da, rev, ONE)
                         cuda.syncthreads()
                         for r in range(ES):
                             e = tid + r * NT

@@ -169,19 +169,21 @@ def tile_axpy(DB: int):
 
 
 @functools.lru_cache(maxsize=None)
-def tile_loader(ROWS: int, COLS: int, acc):
-    """Device function load(dst, src, n, r0, T, D, mult): the shared tile dst[j, d] = mult * src[n, r0 + j, d]
-    for j < ROWS, d < COLS, zero past row T and past column D (the actual head dim); the elements are strided
-    over the block's threads (coalesced reads), so every thread of the block calls it."""
+def tile_loader(ROWS: int, COLS: int, NT: int, acc):
+    """Device function load(dst, src, n, r0, c0, T, D, rev, mult): the shared tile dst[j, d] =
+    mult * src[n, row, c0 + d] for j < ROWS, d < COLS, with row = r0 + j (rev: T - 1 - (r0 + j)), zero past
+    row T and past column D (the actual head dim); the elements are strided over the block's NT threads
+    (coalesced reads), so every thread of the block calls it."""
     ZERO = acc(0)
 
-    def load(dst, src, n, r0, T, D, mult):
-        for x in range(cuda.threadIdx.x, ROWS * COLS, cuda.blockDim.x):
+    def load(dst, src, n, r0, c0, T, D, rev, mult):
+        for x in range(cuda.threadIdx.x, ROWS * COLS, NT):
             j = x // COLS
             d = x - j * COLS
             val = ZERO
-            if r0 + j < T and d < D:
-                val = acc(src[n, r0 + j, d]) * mult
+            if r0 + j < T and c0 + d < D:
+                row = T - 1 - (r0 + j) if rev else r0 + j
+                val = acc(src[n, row, c0 + d]) * mult
             dst[j, d] = val
     return device(load)
 

@@ -108,6 +108,37 @@ def _loader(mode, fmap, acc):
 
 
 @functools.lru_cache(maxsize=None)
+def _state_dots(DB, ymode, fmap, acc):
+    """Device functions over one state S[n, cs] (Dk x Dw) and one row, unrolled over the bucket in skip groups:
+    col(X, n, r, S, cs, e, D) = sum_{d < D} phi(X[n, r, d]) S[n, cs, d, e]   (a query/key row times column e)
+    row(Y, n, r, S, cs, d, W) = sum_{e < W} LY(Y[n, r, e]) S[n, cs, d, e]     (row d times a value-side row,
+    read as LY = ymode: PLAIN dnum~, AUG v~)."""
+    phi, _ = _phi(fmap, acc)
+    LY = _loader(ymode, fmap, acc)
+    G = group(DB)
+    ZERO = acc(0)
+
+    def col(X, n, r, S, cs, e, D):
+        s = ZERO
+        for d0 in range(0, DB, G):
+            if d0 < D:
+                for d in range(d0, d0 + G):
+                    if d < D:
+                        s += phi(acc(X[n, r, d])) * S[n, cs, d, e]
+        return s
+
+    def row(Y, n, r, S, cs, d, W):
+        s = ZERO
+        for e0 in range(0, DB + 1, G):
+            if e0 < W:
+                for e in range(e0, e0 + G):
+                    if e < W:
+                        s += LY(Y, n, r, e) * S[n, cs, d, e]
+        return s
+    return device(col), device(row)
+
+
+@functools.lru_cache(maxsize=None)
 def _gram(C, BC, NT, PER, xmode, ymode, fmap, acc):
     """Device fn gram(X, Y, n, c0, T, W, sx, sy, out): for the work items x = tid + s*NT < C*C (s < PER),
     with t = x // C, i = x % C:  out[s] = sum_{col < W} LX(X[n, c0+t, col]) * LY(Y[n, c0+i, col]).
@@ -356,9 +387,8 @@ def _chunk_forward(DB, C, BC, NT, fmap, acc):
     DW1 = DB + 1
     PER_A = cdiv(C * C, NT)
     PER_O = cdiv(C * DW1, NT)
-    G = group(DB)
     gram = _gram(C, BC, NT, PER_A, PHI, PHI, fmap, acc)
-    phi, _ = _phi(fmap, acc)
+    col, _ = _state_dots(DB, AUG, fmap, acc)
     vload = _loader(AUG, fmap, acc)
     ZERO = acc(0)
 
@@ -392,13 +422,7 @@ def _chunk_forward(DB, C, BC, NT, fmap, acc):
             e = x - t * DW1
             val = ZERO
             if x < C * DW1 and e < Dw and c0 + t < T:
-                inter = ZERO
-                for d0 in range(0, DB, G):
-                    if d0 < Dk:
-                        for d in range(d0, d0 + G):
-                            if d < Dk:
-                                inter += phi(acc(q[n, c0 + t, d])) * S[n, cs, d, e]
-                val = inter * scale
+                val = col(q, n, c0 + t, S, cs, e, Dk) * scale
                 if causal:
                     for i in range(t + 1):
                         val += sA[t, i] * vload(v, n, c0 + i, e)
@@ -428,9 +452,9 @@ def _chunk_dq(DB, C, BC, NT, fmap, acc):
     (t, d) over C x DB (d < Dk live): dq[t, d] = phi'(q[t, d]) scale (sum_{i<=t} dA[t, i] K[i, d]
     + sum_e S[c|0, d, e] dnum~[t, e])."""
     PER_A = cdiv(C * C, NT)
-    G = group(DB)
     gram = _gram(C, BC, NT, PER_A, PLAIN, AUG, fmap, acc)
     phi, dphi = _phi(fmap, acc)
+    _, row = _state_dots(DB, PLAIN, fmap, acc)
     ZERO = acc(0)
 
     @kernel
@@ -458,12 +482,7 @@ def _chunk_dq(DB, C, BC, NT, fmap, acc):
             t = x // DB
             d = x - t * DB
             if d < Dk and c0 + t < T:
-                val = ZERO
-                for e0 in range(0, DB + 1, G):
-                    if e0 < Dw:
-                        for e in range(e0, e0 + G):
-                            if e < Dw:
-                                val += S[n, cs, d, e] * acc(dnum[n, c0 + t, e])
+                val = row(dnum, n, c0 + t, S, cs, d, Dw)
                 if causal:
                     for i in range(t + 1):
                         val += sdA[t, i] * phi(acc(k[n, c0 + i, d]))
@@ -479,11 +498,10 @@ def _chunk_dkdv(DB, C, BC, NT, fmap, acc):
         dv[i, e] = sum_{t>=i} A[t, i] dnum[t, e] + scale sum_d K[i, d] dS[d, e]
     with dS = dS_c (reverse-scanned suffix state) when causal, the total (slot 0) otherwise."""
     PER_A = cdiv(C * C, NT)
-    G = group(DB)
     gram_a = _gram(C, BC, NT, PER_A, PHI, PHI, fmap, acc)
     gram_da = _gram(C, BC, NT, PER_A, PLAIN, AUG, fmap, acc)
     phi, dphi = _phi(fmap, acc)
-    vload = _loader(AUG, fmap, acc)
+    col, row = _state_dots(DB, AUG, fmap, acc)
     ZERO = acc(0)
 
     @kernel
@@ -520,12 +538,7 @@ def _chunk_dkdv(DB, C, BC, NT, fmap, acc):
             i = x // DB
             d = x - i * DB
             if i < nrow and d < Dk:
-                val = ZERO
-                for e0 in range(0, DB + 1, G):
-                    if e0 < Dw:
-                        for e in range(e0, e0 + G):
-                            if e < Dw:
-                                val += dS[n, cs, d, e] * vload(v, n, c0 + i, e)
+                val = row(v, n, c0 + i, dS, cs, d, Dw)
                 if causal:
                     for t in range(i, nrow):
                         val += sdA[t, i] * phi(acc(q[n, c0 + t, d]))
@@ -534,13 +547,7 @@ def _chunk_dkdv(DB, C, BC, NT, fmap, acc):
             i = x // DB
             e = x - i * DB
             if i < nrow and e < Dv:
-                val = ZERO
-                for d0 in range(0, DB, G):
-                    if d0 < Dk:
-                        for d in range(d0, d0 + G):
-                            if d < Dk:
-                                val += phi(acc(k[n, c0 + i, d])) * dS[n, cs, d, e]
-                val *= scale
+                val = col(k, n, c0 + i, dS, cs, e, Dk) * scale
                 if causal:
                     for t in range(i, nrow):
                         val += sA[t, i] * acc(dnum[n, c0 + t, e])

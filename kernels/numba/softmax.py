@@ -177,7 +177,7 @@ def _tiled_fwd(DB, BQ, BK, acc):
     NEG_INF = acc(-math.inf)
     ZERO, ONE = acc(0), acc(1)
     G = group(DB)
-    load = tile_loader(BK, DB, acc)
+    load = tile_loader(BK, DB, BQ, acc)
     dot, axpy, store = tile_dot(DB, acc), tile_axpy(DB), row_store(DB)
 
     @kernel
@@ -200,8 +200,8 @@ def _tiled_fwd(DB, BQ, BK, acc):
         kend = min(T, q0 + BQ) if causal else T      # causal: no key tile beyond the block's last row
         for k0 in range(0, kend, BK):
             cuda.syncthreads()                       # previous tile fully consumed
-            load(sk, k, n, k0, T, Dk, ONE)
-            load(sv, v, n, k0, T, Dv, ONE)
+            load(sk, k, n, k0, 0, T, Dk, False, ONE)
+            load(sv, v, n, k0, 0, T, Dv, False, ONE)
             cuda.syncthreads()
             if live:
                 jend = min(BK, T - k0)
@@ -234,8 +234,8 @@ def _tiled_dkdv(DB, BKV, BQ, acc):
     ZERO, ONE = acc(0), acc(1)
     DB1 = DB + 1                        # padded row stride of the threads' own rows
     G = group(DB)
-    load_own = tile_loader(BKV, DB, acc)
-    load = tile_loader(BQ, DB, acc)
+    load_own = tile_loader(BKV, DB, BKV, acc)
+    load = tile_loader(BQ, DB, BKV, acc)
     dot, axpy, store = tile_dot(DB, acc), tile_axpy(DB), row_store(DB)
 
     @kernel
@@ -254,16 +254,16 @@ def _tiled_dkdv(DB, BKV, BQ, acc):
         i = k0 + tid
         T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
         live = i < T
-        load_own(kr, k, n, k0, T, Dk, scale)          # pre-scaled k
-        load_own(vr, v, n, k0, T, Dv, ONE)
+        load_own(kr, k, n, k0, 0, T, Dk, False, scale)          # pre-scaled k
+        load_own(vr, v, n, k0, 0, T, Dv, False, ONE)
         for d in range(DB):
             gk[d] = ZERO
             gv[d] = ZERO
         tstart = (k0 // BQ) * BQ if causal else 0     # causal: query tiles wholly before k0 see no key here
         for t0 in range(tstart, T, BQ):
             cuda.syncthreads()
-            load(sq, q, n, t0, T, Dk, ONE)
-            load(sdo, do, n, t0, T, Dv, ONE)
+            load(sq, q, n, t0, 0, T, Dk, False, ONE)
+            load(sdo, do, n, t0, 0, T, Dv, False, ONE)
             for r in range(tid, BQ, BKV):
                 slse[r] = lse[n, t0 + r] if t0 + r < T else ZERO
                 sD[r] = D[n, t0 + r] if t0 + r < T else ZERO
@@ -292,8 +292,8 @@ def _tiled_dq(DB, BQ, BK, acc):
     tiles (k, v) of BK rows staged in shared memory; causal: no key tile beyond the block's last row."""
     ZERO, ONE = acc(0), acc(1)
     DB1 = DB + 1
-    load_own = tile_loader(BQ, DB, acc)
-    load = tile_loader(BK, DB, acc)
+    load_own = tile_loader(BQ, DB, BQ, acc)
+    load = tile_loader(BK, DB, BQ, acc)
     dot, axpy, store = tile_dot(DB, acc), tile_axpy(DB), row_store(DB)
 
     @kernel
@@ -309,8 +309,8 @@ def _tiled_dq(DB, BQ, BK, acc):
         t = q0 + tid
         T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
         live = t < T
-        load_own(qr, q, n, q0, T, Dk, scale)         # pre-scaled q
-        load_own(dor, do, n, q0, T, Dv, ONE)
+        load_own(qr, q, n, q0, 0, T, Dk, False, scale)         # pre-scaled q
+        load_own(dor, do, n, q0, 0, T, Dv, False, ONE)
         for d in range(DB):
             g[d] = ZERO
         lt = lse[n, t] if live else ZERO
@@ -318,8 +318,8 @@ def _tiled_dq(DB, BQ, BK, acc):
         kend = min(T, q0 + BQ) if causal else T
         for k0 in range(0, kend, BK):
             cuda.syncthreads()
-            load(sk, k, n, k0, T, Dk, ONE)
-            load(sv, v, n, k0, T, Dv, ONE)
+            load(sk, k, n, k0, 0, T, Dk, False, ONE)
+            load(sv, v, n, k0, 0, T, Dv, False, ONE)
             cuda.syncthreads()
             if live:
                 jend = min(BK, T - k0)

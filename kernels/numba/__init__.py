@@ -6,7 +6,9 @@ them for the local GPU ahead of use (``_warmup.py``)."""
 import importlib
 import pkgutil
 
-from ._warmup import warmup  # noqa: F401
+from ._warmup import warmup
+
+__all__ = ["warmup"]
 
 for _m in pkgutil.iter_modules(__path__):
     if not _m.name.startswith("_"):

@@ -12,6 +12,7 @@ from workbench.reference import softmax as ref
 numba_softmax = pytest.importorskip("kernels.numba.softmax")
 from kernels.numba import _jit  # noqa: E402
 
+pytestmark = pytest.mark.slow      # Numba CUDA simulator: minutes; -m "not slow" leaves them out
 TOL = {"float32": 1e-4, "float64": 1e-10}
 SMALL_TILES = {"block_q": 8, "block_k": 4, "block_kv": 4, "block_q_bwd": 8}
 

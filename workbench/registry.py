@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 OPS = ("softmax", "linear", "decayed", "zeros")
 BACKENDS = ("numpy", "numba", "cupy")
@@ -29,6 +29,10 @@ ARRAY_ARGS = {
     "decayed": ("q", "k", "v", "log_decay"),
     "zeros": ("q", "k", "v", "s", "gates"),
 }
+
+# Relative-error tolerance per dtype (``||x - ref|| / ||ref||`` against the float64 reference): what ``check``
+# applies to a variant that declares none, and the ceiling of any tolerance a variant declares.
+TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "tf32": 5e-3, "float16": 2e-2, "bfloat16": 2e-2}
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,22 @@ class Variant:
     # Cost model used by ``bench`` (workbench/bench/costs.py): "quadratic" (explicit T x T pairs),
     # "linear" (state / chunked linear-time form) or "" to infer it from the op and the variant's name.
     form: str = ""
+    # Tolerance per dtype from this variant's measured error (about 4x the worst relative error of a GPU
+    # sweep, rounded up to 1, 2 or 5 x 10^k; scripts/derive_tolerances.py derives it from check JSONs), at
+    # most TOLERANCE[dtype]; a dtype not listed gets TOLERANCE[dtype].
+    tol: Mapping[str, float] = field(default_factory=dict, hash=False)
 
     @property
     def key(self) -> str:
         return f"{self.backend}:{self.name}"
+
+    def ceiling(self, dtype: str) -> float:
+        """The dtype's tolerance; float32 variants tagged "tf32" compute in TF32 and get the tf32 one."""
+        return TOLERANCE["tf32" if dtype == "float32" and "tf32" in self.tags else dtype]
+
+    def tolerance(self, dtype: str) -> float:
+        """The relative-error tolerance ``check`` applies to this variant's ``dtype`` cells."""
+        return min(self.tol.get(dtype, self.ceiling(dtype)), self.ceiling(dtype))
 
     def unsupported_reason(self, options: dict, shapes: dict) -> Optional[str]:
         return self.supports(options, shapes) if self.supports else None
@@ -62,6 +78,8 @@ class Variant:
 
 _TABLE: dict = {}          # (op, backend, name) -> Variant
 _LOADED = False
+_VIEWS: dict = {}          # (op, backend) -> sorted list of variants; rebuilt after every register()
+VERSION = [0]              # bumped by every register(): choices cached elsewhere (ops' plans) are stale
 
 # Modules that register variants when imported.  GPU modules must import without a GPU (and without
 # CuPy installed): they import their GPU libraries lazily, inside forward/backward.
@@ -77,10 +95,17 @@ def register(variant: Variant) -> Variant:
         raise ValueError(f"unknown op {variant.op!r}")
     if variant.backend not in BACKENDS:
         raise ValueError(f"unknown backend {variant.backend!r}")
+    for dtype, tol in variant.tol.items():
+        if dtype not in variant.dtypes or dtype not in TOLERANCE or not 0 < tol <= variant.ceiling(dtype):
+            raise ValueError(f"variant {variant.op} {variant.key}: tol[{dtype!r}] = {tol!r}; expected a dtype "
+                             f"of the variant ({', '.join(variant.dtypes)}) and 0 < tol <= "
+                             f"{variant.ceiling(dtype) if dtype in TOLERANCE else None}")
     key = (variant.op, variant.backend, variant.name)
     if key in _TABLE and _TABLE[key] is not variant:
         raise ValueError(f"variant {variant.op} {variant.key} registered twice")
     _TABLE[key] = variant
+    _VIEWS.clear()
+    VERSION[0] += 1
     return variant
 
 
@@ -100,8 +125,11 @@ def load_all() -> None:
 
 def variants(op: Optional[str] = None, backend: Optional[str] = None) -> list:
     load_all()
-    return [v for (o, b, _), v in sorted(_TABLE.items())
-            if (op is None or o == op) and (backend is None or b == backend)]
+    view = _VIEWS.get((op, backend))
+    if view is None:
+        view = _VIEWS[(op, backend)] = [v for (o, b, _), v in sorted(_TABLE.items())
+                                        if (op is None or o == op) and (backend is None or b == backend)]
+    return list(view)
 
 
 def get(op: str, backend: str, name: Optional[str] = None, dtype: Optional[str] = None) -> Variant:

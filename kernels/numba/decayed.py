@@ -217,10 +217,12 @@ def _backward(ctx, do):
 register(Variant("decayed", "numba", "naive", functools.partial(_forward, False), _backward,
                  dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
                  description="one thread per output row (query row for o, dq; key row for dk, dv), O(T^2), "
-                             "decay summed along the loop; dg by row dots + a per-n reverse cumsum"))
+                             "decay summed along the loop; dg by row dots + a per-n reverse cumsum",
+                 tol={"float32": 1e-4, "float64": 5e-13}))
 register(Variant("decayed", "numba", "chunked", functools.partial(_forward, True), _backward,
                  dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
                  default=True,
                  description="chunked: C x C intra-chunk block with within-chunk log-decay cumsums, Dk x BV "
                              "state in shared memory carried across chunks; backward = the same kernel for dq "
-                             "and, run in reverse, for dk and dv; dg by a block segmented reverse scan"))
+                             "and, run in reverse, for dk and dv; dg by a block segmented reverse scan",
+                 tol={"float32": 1e-4, "float64": 2e-13}))

@@ -636,10 +636,12 @@ def _backward(ctx, do):
 register(Variant("linear", "numba", "naive", functools.partial(_forward, False), _backward,
                  dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
                  description="one thread per output row (O(T^2)); naive backward (thread per query row for "
-                             "dq, per key row for dk/dv)"))
+                             "dq, per key row for dk/dv)",
+                 tol={"float32": 1e-4, "float64": 2e-13}))
 register(Variant("linear", "numba", "chunked", functools.partial(_forward, True), _backward,
                  dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
                  default=True,
                  description="chunked: per-chunk Dk x Dv states in parallel, scan over chunks, masked C x C "
                              "blocks in shared memory; backward chunked (forward states for dq, reverse-scanned "
-                             "states for dk/dv)"))
+                             "states for dk/dv)",
+                 tol={"float32": 5e-5, "float64": 1e-13}))

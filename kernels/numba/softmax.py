@@ -401,9 +401,11 @@ def _backward(ctx, do):
 register(Variant("softmax", "numba", "naive", functools.partial(_forward, False), _backward,
                  dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
                  description="one thread per query row, online softmax from global memory; naive backward "
-                             "(one thread per query row for dq, per key row for dk/dv)"))
+                             "(one thread per query row for dq, per key row for dk/dv)",
+                 tol={"float32": 1e-5, "float64": 2e-14}))
 register(Variant("softmax", "numba", "tiled", functools.partial(_forward, True), _backward,
                  dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
                  default=True,
                  description="FlashAttention-2 style: K/V tiles in shared memory, online softmax, causal tile "
-                             "skipping, saved LSE; backward recomputes P per tile (dk/dv kernel + dq kernel)"))
+                             "skipping, saved LSE; backward recomputes P per tile (dk/dv kernel + dq kernel)",
+                 tol={"float32": 1e-5, "float64": 2e-14}))

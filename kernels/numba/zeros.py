@@ -1,6 +1,6 @@
 """ZeroS (zero-sum linear) attention in Numba CUDA: a plain "naive" rung and a "chunked" rung.
 
-Math (workbench/reference/zeros.py; window W(t) = {i <= t} causal, n_t = t, else all T):
+Math (docs/spec.md section 3.4, workbench/reference/zeros.py; window W(t) = {i <= t} causal, n_t = t, else all T):
     m_t = max_{W(t)} s,  E_t = sum_{W(t)} e^{s_i - m_t},  P_t = sum_{W(t)} s_i,  p_ti = e^{s_i - m_t} / E_t
     r_ti = sigh_t p_ti + beta_t s_i + gamma_t,   beta = (sig1 - sigh) / n,  gamma = (tz - sigh - beta P) / n
     o_t  = sum_{W(t)} r_ti (q_t.k_i) v_i
@@ -483,10 +483,12 @@ def _backward(ctx, do):
 register(Variant("zeros", "numba", "naive", _naive_forward, _backward,
                  dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
                  description="one thread per output row, O(T^2), each row's softmax stats recomputed; backward: "
-                             "one thread per query row (dq, U, V, Z, dgates), one per key row (dk, dv, ds)"))
+                             "one thread per query row (dq, U, V, Z, dgates), one per key row (dk, dv, ds)",
+                 tol={"float32": 2e-5, "float64": 5e-14}))
 register(Variant("zeros", "numba", "chunked", _chunked_forward, _backward,
                  dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
                  default=True,
                  description="chunked: F, G, H states (Dk x BV each, shared memory) with a running-max "
                              "reference for e^s; segmented-scan stats; backward = the same kernel for the output "
-                             "parts, dq, dk parts and dv (reverse), then a segmented reverse scan for ds, dgates"))
+                             "parts, dq, dk parts and dv (reverse), then a segmented reverse scan for ds, dgates",
+                 tol={"float32": 5e-6, "float64": 2e-14}))

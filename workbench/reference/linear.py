@@ -9,6 +9,7 @@ Backward (hand-derived).  Without normalize, dnum = do and dden = 0.  With norma
     dnum_t = do_t / den_t,        dden_t = -(do_t . num_t) / den_t^2 = -(do_t . o_t) / den_t.
 Then dA_ti = dnum_t.v_i + dden_t (masked), and
     dv = A^T dnum,   dQ = scale dA K,   dK = scale dA^T Q,   dq = dQ * phi'(q),   dk = dK * phi'(k).
+The chunked form derives dden through o instead: dden_t = -(dnum_t . o_t).
 Chunked: within a chunk the masked C x C block is explicit; across chunks
     dQ_t += scale (S_prev dnum_t + z_prev dden_t)                    (forward sweep, prefix states)
     dK_i += scale (dS v_i + dz),  dv_i += scale dS^T K_i              (reverse sweep)
@@ -92,7 +93,9 @@ def chunked_backward(ctx, do):
     q, k, v, num, den, causal, fmap, normalize, scale, C, dt = ctx
     do = do.astype(q.dtype)
     Q, K = _phi(q, fmap), _phi(k, fmap)
-    dnum, dden = _dnum_dden(do, num, den)
+    # its own derivation of (dnum, dden), through the output o = num / den: dden = -(do / den).o
+    dnum = do / den[..., None] if normalize else do
+    dden = -(dnum * num / den[..., None]).sum(-1) if normalize else None
     N, T, Dk = Q.shape
     if not causal:
         S, dS = mT(K) @ v, mT(Q) @ dnum                       # (N, Dk, Dv)

@@ -1,6 +1,6 @@
 """ZeroS (zero-sum linear attention) references: explicit O(T^2) and chunked linear-time.
 
-Forward (SPEC section 3), window W(t) = {i <= t} (causal, n_t = t) or all T positions (n_t = T):
+Forward (docs/spec.md section 3.4), window W(t) = {i <= t} (causal, n_t = t) or all T positions (n_t = T):
     p_ti = exp(s_i) / E_t,  E_t = sum_{j in W(t)} exp(s_j),  P_t = sum_{j in W(t)} s_j
     r_ti = sig1_t first_ti + sigh_t rest_ti (+ tz_t zero_ti),   zero = 1/n,  first = s_i/n - P/n^2,
            rest = p - zero - first;  sig1 = sigmoid(gates0), sigh = sigmoid(gates1), tz = tanh(gates2)
@@ -43,12 +43,27 @@ def _gate_values(gates):
 
 
 def _gate_grads(gates, U, V, Z, P, n):
+    """dgates from the row sums U, V, Z (the explicit reference's derivation, in the module docstring)."""
     sig1, sigh, tz = _gate_values(gates)
     dsig1 = V / n - P * Z / n ** 2
     dsigh = U - dsig1 - Z / n
     cols = [dsig1 * sig1 * (1 - sig1), dsigh * sigh * (1 - sigh)]
     if gates.shape[-1] == 3:
         cols.append(Z / n * (1 - tz ** 2))
+    return np.stack(cols, -1)
+
+
+def _gate_grads_by_coefficients(gates, U, V, Z, P, n):
+    """dgates derived (independently of ``_gate_grads``) through the row coefficients: the gates reach the
+    output only through alpha, beta, gamma, with dL/dalpha_t = E_t U_t, dL/dbeta_t = V_t, dL/dgamma_t = Z_t,
+    and gamma depends on beta (-P/n), so dL/dbeta (total) = V - Z P / n and, with alpha = sigh / E,
+        dsig1 = dbeta / n,   dsigh = (E U) / E - dbeta / n - Z / n,   dtz = Z / n;
+    sigmoid'(x) = sigmoid(x) sigmoid(-x), tanh'(x) = 1 - tanh(x)^2."""
+    dbeta = V - Z * P / n
+    dsig = (dbeta / n, U - dbeta / n - Z / n)
+    cols = [d * sigmoid(gates[..., i]) * sigmoid(-gates[..., i]) for i, d in enumerate(dsig)]
+    if gates.shape[-1] == 3:
+        cols.append(Z / n * (1 - np.tanh(gates[..., 2]) ** 2))
     return np.stack(cols, -1)
 
 
@@ -190,7 +205,7 @@ def _noncausal_backward(q, k, v, s, gates, do):
     a2 = (alpha * U).sum(-1, keepdims=True)
     c4 = (beta * Z / n).sum(-1, keepdims=True)
     ds = w * ((kA * v).sum(-1) - a2) + ((k @ Bs) * v).sum(-1) - c4
-    return dq, dk, dv, ds, _gate_grads(gates, U, V, Z, P, n)
+    return dq, dk, dv, ds, _gate_grads_by_coefficients(gates, U, V, Z, P, n)
 
 
 def _causal_backward(q, k, v, s, gates, do, C):
@@ -244,4 +259,4 @@ def _causal_backward(q, k, v, s, gates, do, C):
             Bs = Bs + mT(qc * beta[..., None]) @ doc
             Cs = Cs + mT(qc * gamma[..., None]) @ doc
             c4 = c4 + bZn.sum(-1)
-    return dq, dk, dv, ds, _gate_grads(gates, U, V, Z, P, n)
+    return dq, dk, dv, ds, _gate_grads_by_coefficients(gates, U, V, Z, P, n)

@@ -295,7 +295,8 @@ def _naive_dkdv(DB, fmap, acc):
 @functools.lru_cache(maxsize=None)
 def _chunk_states(DB, C, NT, fmap, acc):
     """h[n, c, d, e] = sum_{r in chunk c} phi(X[n, r, d]) * Y~[n, r, e] for d < Dk, e < Dw = h.shape[3], with
-    Y~ = [Y, 1] when aug (Y = v) and Y itself otherwise (Y = dnum~, already Dw wide).
+    Y~ = [Y, 1] when h is one column wider than Y (Y = v with normalize) and Y itself otherwise (v, or dnum~,
+    already Dw wide).
     Block = NT threads for one (n, c); thread tid owns entries x = tid + s*NT of the DB x (DB + 1) bucket
     layout of the state (entries past Dk, Dw are skipped).  Rows of the chunk are staged in shared memory RB
     at a time: X rows (RB x DB), Y~ rows (RB x (DB + 1)), zero past the actual widths."""
@@ -306,7 +307,7 @@ def _chunk_states(DB, C, NT, fmap, acc):
     ZERO, ONE = acc(0), acc(1)
 
     @kernel
-    def kern(X, Y, aug, h):
+    def kern(X, Y, h):
         sx = cuda.shared.array((RB, DB), acc)
         sy = cuda.shared.array((RB, DW1), acc)
         hl = cuda.local.array(PER, acc)
@@ -332,7 +333,7 @@ def _chunk_states(DB, C, NT, fmap, acc):
                 e = x - r * DW1
                 val = ZERO
                 if r0 + r < T and r0 + r < c0 + C and e < Dw:
-                    val = ONE if aug and e == Dy else acc(Y[n, r0 + r, e])
+                    val = ONE if e == Dy else acc(Y[n, r0 + r, e])
                 sy[r, e] = val
             cuda.syncthreads()
             for s in range(PER):
@@ -590,7 +591,7 @@ def _forward(chunked, q, k, v, causal=True, feature_map="identity", normalize=Fa
         NT = CONFIG["threads"]
         nC = cdiv(T, C)
         S = io.empty((N, nC, Dk, Dw), wdt)
-        _chunk_states(DB, C, NT, fm, acc)[(N, nC), NT](dk_, dv_, True, S)
+        _chunk_states(DB, C, NT, fm, acc)[(N, nC), NT](dk_, dv_, S)
         _scan_states(acc)[(N, cdiv(Dk * Dw, 128)), 128](S, causal, False)
         _chunk_forward(DB, C, BC, NT, fm, acc)[(N, nC), NT](dq_, dk_, dv_, S, sc, ep, causal, normalize, o, den)
     else:
@@ -624,7 +625,7 @@ def _backward(ctx, do):
         nC = cdiv(T, C)
         dS = io.empty((N, nC, Dk, Dw), wdt)
         _chunk_dq(DB, C, BC, NT, fm, acc)[(N, nC), NT](q, k, v, dnum, S, sc, causal, dq)
-        _chunk_states(DB, C, NT, fm, acc)[(N, nC), NT](q, dnum, False, dS)
+        _chunk_states(DB, C, NT, fm, acc)[(N, nC), NT](q, dnum, dS)
         _scan_states(acc)[(N, cdiv(Dk * Dw, 128)), 128](dS, causal, True)
         _chunk_dkdv(DB, C, BC, NT, fm, acc)[(N, nC), NT](q, k, v, dnum, dS, sc, causal, dk, dv)
     else:

@@ -1,4 +1,4 @@
-"""Experiments: theory vs SPEC check values and closed forms, measured rows vs theory, the claims' direction."""
+"""Experiments: theory vs docs/spec.md's check values and closed forms, rows vs theory, the claims' direction."""
 import json
 import math
 import os

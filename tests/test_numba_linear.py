@@ -11,6 +11,7 @@ from workbench.reference import linear as ref
 
 numba_linear = pytest.importorskip("kernels.numba.linear")
 
+pytestmark = pytest.mark.slow      # Numba CUDA simulator: minutes; -m "not slow" leaves them out
 TOL = {"float32": 1e-4, "float64": 1e-10}
 SMALL = {"chunk32": 4, "chunk64": 4, "db": 3, "threads": 16, "rows": 8}
 

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow      # libNVVM compiles: minutes; -m "not slow" leaves them out
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -10,6 +10,7 @@ from workbench.reference import softmax as ref
 
 numba_softmax = pytest.importorskip("kernels.numba.softmax")
 
+pytestmark = pytest.mark.slow      # Numba CUDA simulator: minutes; -m "not slow" leaves them out
 TOL = {"float32": 1e-4, "float64": 1e-10}
 SMALL_TILES = {"block_q": 8, "block_k": 4, "block_kv": 4, "block_q_bwd": 8}
 

@@ -18,6 +18,7 @@ from workbench.reference import zeros as ref
 nz = pytest.importorskip("kernels.numba.zeros")
 from kernels.numba import _chunked  # noqa: E402
 
+pytestmark = pytest.mark.slow      # Numba CUDA simulator: minutes; -m "not slow" leaves them out
 TOL = {"float32": 1e-4, "float64": 1e-10}
 MULTI_TILE = {"chunk": 8, "block_k": 4, "block_v": 4, "threads": 8}
 ONE_TILE = {"chunk": 8, "block_k": 8, "block_v": 8, "threads": 8}

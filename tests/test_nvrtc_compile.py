@@ -7,6 +7,7 @@ nvrtc = pytest.importorskip("cuda.bindings.nvrtc")
 
 from kernels.cupy import nvrtc_check  # noqa: E402
 
+pytestmark = pytest.mark.slow      # NVRTC compiles: minutes; -m "not slow" leaves them out
 SOURCES = nvrtc_check.instantiations()
 
 

@@ -5,7 +5,7 @@ A *cell* is (op, variant, shape, dtype, options).  For each cell the inputs are 
 forward and backward run through the public API (``vjp``), and the relative error
 ``||x - ref|| / ||ref||`` of the output and of every gradient is compared with the variant's tolerance for
 that dtype (``registry.Variant.tolerance``: declared per variant from its measured error, at most the dtype's
-``registry.TOLERANCE``).  Inputs are rounded to float16-representable values first, so every dtype computes
+``registry.TOLERANCE``; docs/spec.md section 4).  Inputs are rounded to float16-representable values first, so every dtype computes
 the same function of the same inputs and one float64 reference serves them all.
 
 The explicit reference (``numpy:explicit``) is the reference row, never compared with itself.  It is checked
@@ -54,7 +54,7 @@ SHAPES = {
     # Numba's CUDA simulator runs every thread in Python: tiny shapes only
     "simulator": [Shape((2,), 1, 4, 4), Shape((2,), 19, 4, 6)],
     "simulator-quick": [Shape((1,), 19, 4, 6)],
-    # a real GPU (SPEC/issues: T = 1, 127, 1024, 4097; head dims 32, 64, 80, 128; several leading dims)
+    # a real GPU (T = 1, 127, 1024, 4097; head dims 32, 64, 80, 128; several leading dims)
     "gpu": [Shape((2,), 1, 64, 64), Shape((2, 2), 127, 64, 64), Shape((1, 2), 1024, 64, 64),
             Shape((1,), 4097, 64, 64), Shape((2,), 127, 128, 128), Shape((1,), 1024, 128, 128),
             Shape((2,), 127, 32, 32), Shape((2,), 127, 80, 80), Shape((2, 3), 67, 16, 24)],
@@ -298,9 +298,7 @@ def plan(ops=(), backends_=(), quick=False, full=False, dtypes=()) -> tuple:
         if v.key == REFERENCE:
             continue
         for shape in shapes_for(v, quick, full):
-            for dtype in dtypes_for(v):
-                if dtypes and dtype not in dtypes:
-                    continue
+            for dtype in ([d for d in dtypes if d in v.dtypes] if dtypes else dtypes_for(v)):
                 for causal in causal_values(v.op):
                     for label, extra in option_grid(v.op, quick):
                         if extra.get("normalize") and shape.T < 2:

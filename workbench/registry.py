@@ -78,6 +78,8 @@ class Variant:
 
 _TABLE: dict = {}          # (op, backend, name) -> Variant
 _LOADED = False
+_VIEWS: dict = {}          # (op, backend) -> sorted list of variants; rebuilt after every register()
+VERSION = [0]              # bumped by every register(): choices cached elsewhere (ops' plans) are stale
 
 # Modules that register variants when imported.  GPU modules must import without a GPU (and without
 # CuPy installed): they import their GPU libraries lazily, inside forward/backward.
@@ -102,6 +104,8 @@ def register(variant: Variant) -> Variant:
     if key in _TABLE and _TABLE[key] is not variant:
         raise ValueError(f"variant {variant.op} {variant.key} registered twice")
     _TABLE[key] = variant
+    _VIEWS.clear()
+    VERSION[0] += 1
     return variant
 
 
@@ -121,8 +125,11 @@ def load_all() -> None:
 
 def variants(op: Optional[str] = None, backend: Optional[str] = None) -> list:
     load_all()
-    return [v for (o, b, _), v in sorted(_TABLE.items())
-            if (op is None or o == op) and (backend is None or b == backend)]
+    view = _VIEWS.get((op, backend))
+    if view is None:
+        view = _VIEWS[(op, backend)] = [v for (o, b, _), v in sorted(_TABLE.items())
+                                        if (op is None or o == op) and (backend is None or b == backend)]
+    return list(view)
 
 
 def get(op: str, backend: str, name: Optional[str] = None, dtype: Optional[str] = None) -> Variant:

@@ -13,15 +13,17 @@ from __future__ import annotations
 from workbench.registry import Variant, register
 
 from . import _chunked as core
+from ._module import declare_groups
 
 SOURCE = "decayed.cu"
 INSTANTIATIONS = core.instantiations(SOURCE, decay_values=(True,))
+declare_groups(SOURCE, core.compile_groups(decay_values=(True,)))
 
 
 def _make(impl):
     def forward(q, k, v, log_decay, scale=1.0):
         import cupy as cp
-        g = log_decay.astype(cp.float32)
+        g = log_decay.astype(cp.float32, copy=False)
         if impl != "naive":
             b = core.chunk_cumsum(g, core.chunk_size(q.shape[-1], v.shape[-1]))
             o, H = core.core_forward(SOURCE, impl, q, k, v, True, scale, b=b)
@@ -37,7 +39,7 @@ def _make(impl):
             dq, dk, dv = core.core_backward(SOURCE, impl, q, k, v, H, do, True, scale, b=b)
         else:
             dq, dk, dv = core.core_backward(SOURCE, impl, q, k, v, H, do, True, scale, g=g)
-        dG = (do.astype(cp.float32) * o).sum(-1) - (v.astype(cp.float32) * dv).sum(-1)
+        dG = (do.astype(cp.float32, copy=False) * o).sum(-1) - (v.astype(cp.float32, copy=False) * dv).sum(-1)
         dg = cp.cumsum(dG[:, ::-1], axis=1)[:, ::-1]
         dg[:, 0] = 0          # exact: g_0 never enters a difference G_t - G_i (i <= t)
         return tuple(x.astype(q.dtype, copy=False) for x in (dq, dk, dv, dg))

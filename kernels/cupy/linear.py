@@ -17,9 +17,11 @@ import numpy as np
 from workbench.registry import Variant, register
 
 from . import _chunked as core
+from ._module import declare_groups
 
 SOURCE = "linear.cu"
 INSTANTIATIONS = core.instantiations(SOURCE, decay_values=(False,))
+declare_groups(SOURCE, core.compile_groups(decay_values=(False,)))
 
 
 def _phi(x, name):
@@ -46,8 +48,8 @@ def _make(impl):
         if plain:
             Q, K, Va = q, k, v
         else:
-            Q, K = _phi(q.astype(cp.float32), feature_map), _phi(k.astype(cp.float32), feature_map)
-            Va = v.astype(cp.float32)
+            Q, K = (_phi(x.astype(cp.float32, copy=False), feature_map) for x in (q, k))
+            Va = v.astype(cp.float32, copy=False)
             if normalize:
                 Va = cp.concatenate([Va, cp.ones(v.shape[:-1] + (1,), cp.float32)], axis=-1)
         num, H = core.core_forward(SOURCE, impl, Q, K, Va, causal, scale)
@@ -64,17 +66,17 @@ def _make(impl):
         q, k, Q, K, Va, H, o, den, causal, fmap, normalize, scale = ctx
         dtype = q.dtype
         if normalize:
-            do32 = do.astype(cp.float32)
+            do32 = do.astype(cp.float32, copy=False)
             dnum = do32 / den[..., None]
             dden = -(do32 * o).sum(-1) / den
             doa = cp.concatenate([dnum, dden[..., None]], axis=-1)
         else:
-            doa = do.astype(Q.dtype)
+            doa = do.astype(Q.dtype, copy=False)
         dQ, dK, dVa = core.core_backward(SOURCE, impl, Q, K, Va, H, doa, causal, scale)
         dv = dVa[..., :-1] if normalize else dVa
         if fmap != "identity":
-            dQ = dQ * _dphi(q.astype(cp.float32), fmap)
-            dK = dK * _dphi(k.astype(cp.float32), fmap)
+            dQ = dQ * _dphi(q.astype(cp.float32, copy=False), fmap)
+            dK = dK * _dphi(k.astype(cp.float32, copy=False), fmap)
         return tuple(x.astype(dtype, copy=False) for x in (dQ, dK, dv))
 
     return forward, backward
@@ -126,8 +128,8 @@ def _make_mma(split):
         if feature_map == "identity":
             Q, K = q, k
         else:
-            Q = _phi(q.astype(cp.float32), feature_map).astype(dt)
-            K = _phi(k.astype(cp.float32), feature_map).astype(dt)
+            Q = _phi(q.astype(cp.float32, copy=False), feature_map).astype(dt, copy=False)
+            K = _phi(k.astype(cp.float32, copy=False), feature_map).astype(dt, copy=False)
         Va = cp.concatenate([v, cp.ones(v.shape[:-1] + (1,), dt)], axis=-1) if normalize else v
         num, cctx = mma.forward(Q, K, Va, None, scale=scale, causal=causal, split=split)
         o = den = None
@@ -143,7 +145,7 @@ def _make_mma(split):
         import cupy as cp
         dt = ctx.q.dtype
         if ctx.normalize:
-            do32 = do.astype(cp.float32)
+            do32 = do.astype(cp.float32, copy=False)
             doa = cp.concatenate([do32 / ctx.den[..., None], (-(do32 * ctx.o).sum(-1) / ctx.den)[..., None]],
                                  axis=-1).astype(dt)
         else:
@@ -151,8 +153,10 @@ def _make_mma(split):
         dQ, dK, dVa, _, _ = mma.backward(ctx.core, doa)
         dv = dVa[..., :-1] if ctx.normalize else dVa
         if ctx.feature_map != "identity":
-            dQ = (dQ.astype(cp.float32) * _dphi(ctx.q.astype(cp.float32), ctx.feature_map)).astype(dt)
-            dK = (dK.astype(cp.float32) * _dphi(ctx.k.astype(cp.float32), ctx.feature_map)).astype(dt)
+            dQ = (dQ.astype(cp.float32, copy=False) * _dphi(ctx.q.astype(cp.float32, copy=False), ctx.feature_map)
+                  ).astype(dt, copy=False)
+            dK = (dK.astype(cp.float32, copy=False) * _dphi(ctx.k.astype(cp.float32, copy=False), ctx.feature_map)
+                  ).astype(dt, copy=False)
         return dQ, dK, cp.ascontiguousarray(dv)
 
     return forward, backward

@@ -14,17 +14,20 @@ ds = p (do v^T - D), dq = scale ds k, dk = scale ds^T q.  No T x T matrix is sto
 
 Head dims: the tiled kernels are templates over a head-dim bucket D (32, 64, 128, 256; mma: 32, 64, 128)
 with the actual dk, dv passed at run time; loads zero-fill the padding, so dk != dv and odd head dims
-are exact.  Outputs are filled with NaN before each launch so an unwritten element shows.
+are exact.  Outputs are allocated with ``backends.new_output`` (NaN-filled while poisoning, so an unwritten
+element shows in the checks; uninitialised otherwise).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 
+from workbench.backends import new_output
 from workbench.registry import Variant, register
 
-from ._module import get_kernel, launch
+from ._module import declare_groups, get_kernel, launch
 
 SOURCE = "softmax.cu"
 LOG2E = 1.0 / math.log(2.0)
@@ -70,6 +73,7 @@ def _expr(family: str, ctype: str, D: int, kind: str, t: tuple) -> str:
     return f"mma_fwd<{ctype}, {D}>" if kind == "fwd" else f"mma_bwd_{kind}<{ctype}, {D}, {t[1]}>"
 
 
+@functools.lru_cache(maxsize=None)
 def expressions(family: str, ctype: str) -> tuple:
     """Every template instantiation of one family for one storage type (compiled together)."""
     if family == "naive":
@@ -89,8 +93,17 @@ INSTANTIATIONS = [(SOURCE, e) for fam, dts in _FAMILY_DTYPES.items() for dt in d
                   for e in expressions(fam, CTYPE[dt])]
 
 
+declare_groups(SOURCE, [expressions(fam, CTYPE[dt]) for fam, dts in _FAMILY_DTYPES.items() for dt in dts])
+
+
+@functools.lru_cache(maxsize=None)
 def _kernel(family: str, ctype: str, expr: str):
     return get_kernel(SOURCE, expr, group=expressions(family, ctype))
+
+
+@functools.lru_cache(maxsize=None)
+def _ctype(dtype) -> str:
+    return CTYPE[str(dtype)]
 
 
 # ----------------------------------------------------------------------------- shared memory (bytes)
@@ -114,10 +127,6 @@ def smem_mma(kind: str, D: int, t: tuple = None) -> int:
 
 
 # ----------------------------------------------------------------------------- forward / backward
-def _nan(cp, shape, dtype):
-    return cp.full(shape, cp.nan, dtype=dtype)
-
-
 def _plan(family: str, dk: int, dv: int) -> tuple:
     """(family actually run, head-dim bucket): flash_mma above head dim 128 runs the flash kernels."""
     d = max(dk, dv)
@@ -132,10 +141,10 @@ def _forward(family, q, k, v, causal=True, scale=1.0):
     import cupy as cp
     N, T, dk = q.shape
     dv = v.shape[-1]
-    ct = CTYPE[str(q.dtype)]
+    ct = _ctype(q.dtype)
     fam, D = _plan(family, dk, dv)
-    o = _nan(cp, (N, T, dv), q.dtype)
-    lse = _nan(cp, (N, T), cp.float32)
+    o = new_output(cp, (N, T, dv), q.dtype)
+    lse = new_output(cp, (N, T), cp.float32)
     args = (q, k, v, o, lse, np.int32(N), np.int32(T), np.int32(dk), np.int32(dv),
             np.float32(scale * LOG2E), np.int32(bool(causal)))
     if fam == "naive":
@@ -152,13 +161,14 @@ def _forward(family, q, k, v, causal=True, scale=1.0):
 def _backward(ctx, do):
     import cupy as cp
     family, q, k, v, o, lse, causal, scale = ctx
-    do = cp.ascontiguousarray(do, dtype=q.dtype)
+    if do.dtype != q.dtype or not do.flags.c_contiguous:
+        do = cp.ascontiguousarray(do, dtype=q.dtype)
     N, T, dk = q.shape
     dv = v.shape[-1]
-    ct = CTYPE[str(q.dtype)]
+    ct = _ctype(q.dtype)
     fam, D = _plan(family, dk, dv)
-    dq, dk_, dv_ = _nan(cp, q.shape, q.dtype), _nan(cp, k.shape, k.dtype), _nan(cp, v.shape, v.dtype)
-    Dbuf = _nan(cp, (N, T), cp.float32)
+    dq, dk_, dv_ = (new_output(cp, x.shape, x.dtype) for x in (q, k, v))
+    Dbuf = new_output(cp, (N, T), cp.float32)
     dims = (np.int32(N), np.int32(T), np.int32(dk), np.int32(dv), np.float32(scale * LOG2E),
             np.float32(scale), np.int32(causal))
     if fam == "naive":

@@ -19,23 +19,27 @@ import numpy as np
 
 from workbench.registry import Variant, register
 
+from workbench.backends import new_output
+
 from . import _chunked as core
-from ._module import get_kernel
+from ._module import declare_groups, get_kernel
 
 SOURCE = "zeros.cu"
+SCANS = tuple(f"zeros_scan_{d}<float, {c}>" for d in ("fwd", "bwd") for c in ("true", "false"))
 INSTANTIATIONS = (core.instantiations(SOURCE, decay_values=(False, True), dtypes=("float32",))
-                  + [(SOURCE, f"zeros_scan_{d}<float, {c}>") for d in ("fwd", "bwd") for c in ("true", "false")])
+                  + [(SOURCE, e) for e in SCANS])
+declare_groups(SOURCE, core.compile_groups(decay_values=(False, True), dtypes=("float32",)) + [SCANS])
 
 
 def _scan_fwd(s, gates, causal, C):
     import cupy as cp
     N, T = s.shape
     NC = -(-T // C)
-    outs = [cp.full((N, T), np.nan, cp.float32) for _ in range(3)]           # m, E, P
-    coef = cp.full((N, T, 3), np.nan, cp.float32)
-    u = cp.full((N, T), np.nan, cp.float32)
-    bF = cp.full((N, NC * C), np.nan, cp.float32)
-    gF = cp.full((N, T), np.nan, cp.float32)
+    outs = [new_output(cp, (N, T), cp.float32) for _ in range(3)]           # m, E, P
+    coef = new_output(cp, (N, T, 3), cp.float32)
+    u = new_output(cp, (N, T), cp.float32)
+    bF = new_output(cp, (N, NC * C), cp.float32)
+    gF = new_output(cp, (N, T), cp.float32)
     kern = get_kernel(SOURCE, f"zeros_scan_fwd<float, {'true' if causal else 'false'}>")
     kern((-(-N // 64),), (64,), (s, gates, np.int32(gates.shape[-1]), np.int32(N), np.int32(T), np.int32(C),
                                  np.int32(NC), *outs, coef, u, bF, gF))
@@ -45,8 +49,8 @@ def _scan_fwd(s, gates, causal, C):
 def _scan_bwd(s, gates, causal, m, E, P, a, V, Z):
     import cupy as cp
     N, T = s.shape
-    ds = cp.full((N, T), np.nan, cp.float32)
-    dgates = cp.full(gates.shape, np.nan, cp.float32)
+    ds = new_output(cp, (N, T), cp.float32)
+    dgates = new_output(cp, gates.shape, cp.float32)
     kern = get_kernel(SOURCE, f"zeros_scan_bwd<float, {'true' if causal else 'false'}>")
     kern((-(-N // 64),), (64,), (s, gates, np.int32(gates.shape[-1]), np.int32(N), np.int32(T), m, E, P,
                                  a, V, Z, ds, dgates))
@@ -62,7 +66,7 @@ def _make(impl):
     def forward(q, k, v, s, gates, causal=True):
         import cupy as cp
         dtype = q.dtype
-        q, k, v, s, gates = (x.astype(cp.float32) for x in (q, k, v, s, gates))
+        q, k, v, s, gates = (x.astype(cp.float32, copy=False) for x in (q, k, v, s, gates))
         Dk, Dv = q.shape[-1], v.shape[-1]
         C = core.chunk_size(Dk, Dv)
         m, E, P, coef, u, bF, gF = _scan_fwd(s, gates, causal, C)
@@ -85,7 +89,7 @@ def _make(impl):
     def backward(ctx, do):
         import cupy as cp
         q, k, v, s, gates, causal, m, E, P, coef, u, outs, calls, dtype = ctx
-        do = do.astype(cp.float32)
+        do = do.astype(cp.float32, copy=False)
         a, Vr, Zr = ((do * outs[x]).sum(-1) for x in ("F", "G", "H"))
         ds, dgates = _scan_bwd(s, gates, causal, m, E, P, a, Vr, Zr)
         dos = {x: coef[..., j:j + 1] * do for j, x in enumerate("FGH")}

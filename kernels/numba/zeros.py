@@ -1,6 +1,6 @@
 """ZeroS (zero-sum linear) attention in Numba CUDA: a plain "naive" rung and a "chunked" rung.
 
-Math (SPEC section 3, workbench/reference/zeros.py; window W(t) = {i <= t} causal, n_t = t, else all T):
+Math (docs/spec.md section 3.4, workbench/reference/zeros.py; window W(t) = {i <= t} causal, n_t = t, else all T):
     m_t = max_{W(t)} s,  E_t = sum_{W(t)} e^{s_i - m_t},  P_t = sum_{W(t)} s_i,  p_ti = e^{s_i - m_t} / E_t
     r_ti = sigh_t p_ti + beta_t s_i + gamma_t,   beta = (sig1 - sigh) / n,  gamma = (tz - sigh - beta P) / n
     o_t  = sum_{W(t)} r_ti (q_t.k_i) v_i

@@ -1,6 +1,6 @@
 """ZeroS (zero-sum linear attention) references: explicit O(T^2) and chunked linear-time.
 
-Forward (SPEC section 3), window W(t) = {i <= t} (causal, n_t = t) or all T positions (n_t = T):
+Forward (docs/spec.md section 3.4), window W(t) = {i <= t} (causal, n_t = t) or all T positions (n_t = T):
     p_ti = exp(s_i) / E_t,  E_t = sum_{j in W(t)} exp(s_j),  P_t = sum_{j in W(t)} s_j
     r_ti = sig1_t first_ti + sigh_t rest_ti (+ tz_t zero_ti),   zero = 1/n,  first = s_i/n - P/n^2,
            rest = p - zero - first;  sig1 = sigmoid(gates0), sigh = sigmoid(gates1), tz = tanh(gates2)

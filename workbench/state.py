@@ -141,32 +141,30 @@ def stack(states, xp=np):
 # ----------------------------------------------------------------------------- validation
 def check_cu_seqlens(where: str, cu_seqlens, T: int) -> Optional[tuple]:
     """``cu_seqlens`` as a tuple of Python ints, checked: 1-D integers, 0 first, T last, strictly
-    increasing (no zero-length sequence).  None stays None."""
+    increasing (no zero-length sequence).  None stays None.  A CuPy array is copied to the host (a device
+    sync: pass a tuple, list or NumPy array on the fast path)."""
     if cu_seqlens is None:
         return None
-    x = cu_seqlens.get() if type(cu_seqlens).__module__.startswith("cupy") else cu_seqlens   # to the host
+    x = cu_seqlens.get() if type(cu_seqlens).__module__.startswith("cupy") else cu_seqlens
     if isinstance(x, np.ndarray):
         ok = x.ndim == 1 and np.issubdtype(x.dtype, np.integer)
-        vals = x.tolist() if ok else []
+        cu = tuple(x.tolist()) if ok else ()
     else:
         ok = isinstance(x, (list, tuple)) and all(isinstance(c, numbers.Integral) and not isinstance(c, bool)
                                                    for c in x)
-        vals = list(x) if ok else []
-    if not ok or len(vals) < 2:
+        cu = tuple(int(c) for c in x) if ok else ()
+    if not ok or len(cu) < 2:
         raise ValueError(f"{where}: argument 'cu_seqlens' must be a 1-D sequence of at least 2 integers "
                          f"(offsets 0 = c_0 < c_1 < ... < c_nseq = T of the packed sequences), got "
                          f"{_short(cu_seqlens)}")
-    arr = np.asarray(vals, dtype=np.int64)
-    cu = tuple(int(x) for x in arr.tolist())
     if cu[0] != 0 or cu[-1] != T:
         raise ValueError(f"{where}: argument 'cu_seqlens' must start at 0 and end at T = {T} (the packed "
                          f"length), got {_short(cu)}")
-    lengths = np.diff(arr)
-    if (lengths <= 0).any():
-        j = int(np.argmax(lengths <= 0))
-        what = "a zero-length sequence" if lengths[j] == 0 else "decreasing offsets"
-        raise ValueError(f"{where}: argument 'cu_seqlens' must be strictly increasing; sequence {j} has length "
-                         f"{int(lengths[j])} ({what}: c[{j}] = {cu[j]}, c[{j + 1}] = {cu[j + 1]})")
+    for j, (a, b) in enumerate(zip(cu[:-1], cu[1:])):
+        if b <= a:
+            what = "a zero-length sequence" if a == b else "decreasing offsets"
+            raise ValueError(f"{where}: argument 'cu_seqlens' must be strictly increasing; sequence {j} has "
+                             f"length {b - a} ({what}: c[{j}] = {a}, c[{j + 1}] = {b})")
     return cu
 
 

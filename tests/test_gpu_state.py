@@ -8,15 +8,9 @@ import workbench as wb
 from workbench import backends, check, registry, state as wst
 from workbench.inputs import random_inputs, random_state
 
+from test_gpu_api import cp  # noqa: F401  (the CuPy module, or a skip)
+
 pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(scope="module")
-def cp():
-    mod = backends.cupy_module()
-    if mod is None:
-        pytest.skip("needs CuPy and a GPU")
-    return mod
 
 
 STEP_CASES = [("softmax", {}), ("linear", dict(feature_map="elu1", normalize=True)), ("decayed", dict(scale=0.5)),

@@ -56,23 +56,29 @@ def _dtype_name(dt) -> str:
     return name
 
 
-def _check_arrays(op: str, arrays: dict) -> tuple:
-    """Validate shapes and dtypes; return (array kind, dtype name, leading shape, T, Dk, Dv)."""
+def _check_kinds_and_dtypes(where: str, arrays: dict) -> tuple:
+    """(array kind, dtype name) shared by every array, else a TypeError naming the argument."""
     kinds = {}
     for name, x in arrays.items():
         try:
             kinds[name] = backends.array_kind(x)
         except TypeError as e:
-            raise TypeError(f"{op}_attention: argument {name!r}: {e}") from None
+            raise TypeError(f"{where}: argument {name!r}: {e}") from None
     if len(set(kinds.values())) > 1:
-        raise TypeError(f"{op}_attention: mixed array kinds {kinds}; pass all NumPy or all CuPy arrays")
+        raise TypeError(f"{where}: mixed array kinds {kinds}; pass all NumPy or all CuPy arrays")
     dts = {name: _dtype_name(x.dtype) for name, x in arrays.items()}
     for name, dt in dts.items():
         if dt not in _FLOAT_DTYPES:
-            raise TypeError(f"{op}_attention: argument {name!r} has dtype {dt}; expected a floating dtype "
+            raise TypeError(f"{where}: argument {name!r} has dtype {dt}; expected a floating dtype "
                             f"(float16, float32 or float64; bfloat16 on the backends that take it)")
     if len(set(dts.values())) > 1:
-        raise TypeError(f"{op}_attention: mixed dtypes {dts}; all arrays must share one dtype")
+        raise TypeError(f"{where}: mixed dtypes {dts}; all arrays must share one dtype")
+    return kinds["q"], dts["q"]
+
+
+def _check_arrays(op: str, arrays: dict) -> tuple:
+    """Validate shapes and dtypes; return (array kind, dtype name, leading shape, T, Dk, Dv)."""
+    kind, dtype = _check_kinds_and_dtypes(f"{op}_attention", arrays)
     q, k, v = arrays["q"], arrays["k"], arrays["v"]
     if q.ndim < 2:
         raise ValueError(f"{op}_attention: argument 'q' must have shape (..., T, Dk), got {q.shape}")
@@ -95,7 +101,7 @@ def _check_arrays(op: str, arrays: dict) -> tuple:
         if g.shape[:-1] != (*lead, T) or g.ndim != q.ndim or g.shape[-1] not in (2, 3):
             raise ValueError(f"{op}_attention: argument 'gates' must have shape {(*lead, T, 2)} or "
                              f"{(*lead, T, 3)} ((..., T, 2|3)), got {g.shape}")
-    return kinds["q"], dts["q"], tuple(lead), T, Dk, Dv
+    return kind, dtype, tuple(lead), T, Dk, Dv
 
 
 def _check_options(op: str, options: dict, Dk: int) -> dict:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backends
-from .ops import _FLOAT_DTYPES, _check_options, _dtype_name
+from .ops import _check_kinds_and_dtypes, _check_options
 from .state import KVCache, DecayedState, LinearState, ZeroSState, check_state, empty_state, state_dtype
 
 
@@ -35,18 +35,7 @@ def _xp(kind):
 def _check_token(op: str, arrays: dict) -> tuple:
     """Validate one token's arrays; return (kind, dtype name, lead, Dk, Dv)."""
     where = f"{op}_attention_step"
-    kinds = {}
-    for name, x in arrays.items():
-        try:
-            kinds[name] = backends.array_kind(x)
-        except TypeError as e:
-            raise TypeError(f"{where}: argument {name!r}: {e}") from None
-    if len(set(kinds.values())) > 1:
-        raise TypeError(f"{where}: mixed array kinds {kinds}; pass all NumPy or all CuPy arrays")
-    dts = {name: _dtype_name(x.dtype) for name, x in arrays.items()}
-    if len(set(dts.values())) > 1 or dts["q"] not in _FLOAT_DTYPES:
-        raise TypeError(f"{where}: arguments must share one floating dtype (float16, float32, float64; "
-                        f"bfloat16 on CuPy), got {dts}")
+    kind, dtype = _check_kinds_and_dtypes(where, arrays)
     q, k, v = arrays["q"], arrays["k"], arrays["v"]
     if q.ndim < 1 or q.shape[-1] < 1:
         raise ValueError(f"{where}: argument 'q' must have shape (..., Dk) (one token), got {q.shape}")
@@ -65,7 +54,7 @@ def _check_token(op: str, arrays: dict) -> tuple:
         if tuple(g.shape[:-1]) != lead or g.ndim != q.ndim or g.shape[-1] not in (2, 3):
             raise ValueError(f"{where}: argument 'gates' must have shape {(*lead, 2)} or {(*lead, 3)} "
                              f"((..., 2|3)), got {g.shape}")
-    return kinds["q"], dts["q"], lead, q.shape[-1], v.shape[-1]
+    return kind, dtype, lead, q.shape[-1], v.shape[-1]
 
 
 def _prepare(op: str, arrays: dict, state, options: dict):

@@ -91,10 +91,11 @@ def state_as(state, dtype):
     return None if state is None else map_state(lambda a: np.asarray(a, dtype=dtype), state)
 
 
-def packed_forward(one, arrays, cu, state, return_state, **options):
-    """Run ``one`` on every packed sequence and join the results: ``one(*arrays_j, state=state_j,
-    **options) -> (out_j, final_j, ctx_j)``, arrays (N, T, ...) sliced along T, states (N, nseq, ...)
-    indexed along the sequence dim.  Returns (out, final state (N, nseq, ...) or None, [ctx_j])."""
+def packed_forward(one, arrays, dt, cu, state, return_state, **options):
+    """A linear-time reference's forward over packed sequences: ``one(*arrays_j, state=state_j, **options)
+    -> (out_j, final_j, ctx_j)`` on each sequence (arrays (N, T, ...) in the work dtype, sliced along T;
+    ``state`` (N, nseq, ...) indexed along the sequence dim, or None).  Returns the variant's ``(result,
+    ctx)``: result ``out`` (cast to ``dt``), or ``(out, final state (N, nseq, ...))`` with return_state."""
     from ..state import select, stack
     T = arrays[0].shape[1]
     outs, finals, ctxs = [], [], []
@@ -103,19 +104,21 @@ def packed_forward(one, arrays, cu, state, return_state, **options):
         outs.append(o)
         finals.append(fin)
         ctxs.append(c)
-    return np.concatenate(outs, axis=1), (stack(finals) if return_state else None), ctxs
+    out = np.concatenate(outs, axis=1).astype(dt)
+    return ((out, stack(finals)) if return_state else out), (ctxs, cu, state is not None, dt, arrays[0].dtype)
 
 
-def packed_backward(one, ctxs, dout, cu, dstate, has_state):
+def packed_backward(one, ctx, dout, dstate):
     """The backward of ``packed_forward``: ``one(ctx_j, dout_j, dfinal_j) -> (grads_j, dstate0_j)`` per
-    sequence; returns the array gradients joined along T, plus the initial state's gradient (N, nseq, ...)
-    when ``has_state``."""
+    sequence, in the work dtype; returns the array gradients joined along T in the input dtype, plus the
+    initial state's gradient (N, nseq, ...) when the forward had one."""
     from ..state import select, stack
-    T = dout.shape[1]
+    ctxs, cu, has_state, dt, wdt = ctx
+    dout, dstate = dout.astype(wdt), state_as(dstate, wdt)
     grads, dstates = [], []
-    for (j, a, b), c in zip(sequences(T, cu), ctxs):
+    for (j, a, b), c in zip(sequences(dout.shape[1], cu), ctxs):
         g, d0 = one(c, dout[:, a:b], None if dstate is None else select(dstate, j))
         grads.append(g)
         dstates.append(d0)
-    joined = tuple(np.concatenate(gs, axis=1) for gs in zip(*grads))
+    joined = tuple(np.concatenate(gs, axis=1).astype(dt) for gs in zip(*grads))
     return joined + ((stack(dstates),) if has_state else ())

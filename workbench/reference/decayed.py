@@ -161,10 +161,8 @@ def chunked_forward(q, k, v, log_decay, scale=1.0, chunk=CHUNK, initial_state=No
     dt = q.dtype
     q, k, v, g = as_work(q, k, v, log_decay)
     st = state_as(initial_state, q.dtype)
-    o, final, ctxs = packed_forward(_chunked_forward_one, (q, k, v, g), cu_seqlens, st, return_state,
-                                    scale=scale, C=chunk)
-    out = (o.astype(dt), final) if return_state else o.astype(dt)
-    return out, (ctxs, cu_seqlens, st is not None, dt)
+    return packed_forward(_chunked_forward_one, (q, k, v, g), dt, cu_seqlens, st, return_state, scale=scale,
+                          C=chunk)
 
 
 def _chunked_forward_one(q, k, v, g, state, scale, C):
@@ -181,10 +179,7 @@ def _chunked_forward_one(q, k, v, g, state, scale, C):
 
 
 def chunked_backward(ctx, do, dstate=None):
-    ctxs, cu, has_state, dt = ctx
-    wdt = ctxs[0][0].dtype
-    grads = packed_backward(_chunked_backward_one, ctxs, do.astype(wdt), cu, state_as(dstate, wdt), has_state)
-    return tuple(x.astype(dt) for x in grads[:4]) + grads[4:]
+    return packed_backward(_chunked_backward_one, ctx, do, dstate)
 
 
 def _chunked_backward_one(ctx, do, dfinal):

@@ -123,11 +123,8 @@ def chunked_forward(q, k, v, causal=True, feature_map="identity", normalize=Fals
     dt = q.dtype
     q, k, v = as_work(q, k, v)
     st = state_as(initial_state, q.dtype)
-    o, final, ctxs = packed_forward(_chunked_forward_one, (q, k, v), cu_seqlens, st, return_state,
-                                    causal=causal, feature_map=feature_map, normalize=normalize, scale=scale,
-                                    eps=eps, C=chunk)
-    out = (o.astype(dt), final) if return_state else o.astype(dt)
-    return out, (ctxs, cu_seqlens, st is not None, dt)
+    return packed_forward(_chunked_forward_one, (q, k, v), dt, cu_seqlens, st, return_state, causal=causal,
+                          feature_map=feature_map, normalize=normalize, scale=scale, eps=eps, C=chunk)
 
 
 def _chunked_forward_one(q, k, v, state, causal, feature_map, normalize, scale, eps, C):
@@ -163,10 +160,7 @@ def _chunked_num_den(Q, K, v, causal, scale, eps, normalize, C, state):
 
 
 def chunked_backward(ctx, do, dstate=None):
-    ctxs, cu, has_state, dt = ctx
-    grads = packed_backward(_chunked_backward_one, ctxs, do.astype(ctxs[0][0].dtype), cu,
-                            state_as(dstate, ctxs[0][0].dtype), has_state)
-    return tuple(g.astype(dt) for g in grads[:3]) + grads[3:]
+    return packed_backward(_chunked_backward_one, ctx, do, dstate)
 
 
 def _chunked_backward_one(ctx, do, dfinal):

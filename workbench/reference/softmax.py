@@ -61,9 +61,8 @@ def _key_blocks(qs, qe, T, causal, B):
 def tiled_forward(q, k, v, causal=True, scale=1.0, block=BLOCK, cu_seqlens=None):
     dt = q.dtype
     q, k, v = as_work(q, k, v)
-    o, _, ctxs = packed_forward(_tiled_forward_one, (q, k, v), cu_seqlens, None, False, causal=causal,
-                                scale=scale, block=block)
-    return o.astype(dt), (ctxs, cu_seqlens, dt)
+    return packed_forward(_tiled_forward_one, (q, k, v), dt, cu_seqlens, None, False, causal=causal, scale=scale,
+                          block=block)
 
 
 def _tiled_forward_one(q, k, v, state, causal, scale, block):
@@ -93,9 +92,7 @@ def _tiled_forward_one(q, k, v, state, causal, scale, block):
 
 
 def tiled_backward(ctx, do):
-    ctxs, cu, dt = ctx
-    grads = packed_backward(_tiled_backward_one, ctxs, do.astype(ctxs[0][0].dtype), cu, None, False)
-    return tuple(g.astype(dt) for g in grads)
+    return packed_backward(_tiled_backward_one, ctx, do, None)
 
 
 def _tiled_backward_one(ctx, do, dfinal):

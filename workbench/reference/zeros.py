@@ -301,10 +301,8 @@ def chunked_forward(q, k, v, s, gates, causal=True, chunk=CHUNK, initial_state=N
     dt = q.dtype
     q, k, v, s, gates = as_work(q, k, v, s, gates)
     st = state_as(initial_state, q.dtype)
-    o, final, ctxs = packed_forward(_chunked_forward_one, (q, k, v, s, gates), cu_seqlens, st, return_state,
-                                    causal=causal, C=chunk)
-    out = (o.astype(dt), final) if return_state else o.astype(dt)
-    return out, (ctxs, cu_seqlens, st is not None, dt)
+    return packed_forward(_chunked_forward_one, (q, k, v, s, gates), dt, cu_seqlens, st, return_state,
+                          causal=causal, C=chunk)
 
 
 def _chunked_forward_one(q, k, v, s, gates, state, causal, C):
@@ -327,10 +325,7 @@ def _chunked_forward_one(q, k, v, s, gates, state, causal, C):
 
 
 def chunked_backward(ctx, do, dstate=None):
-    ctxs, cu, has_state, dt = ctx
-    wdt = ctxs[0][0].dtype
-    grads = packed_backward(_chunked_backward_one, ctxs, do.astype(wdt), cu, state_as(dstate, wdt), has_state)
-    return tuple(x.astype(dt) for x in grads[:5]) + grads[5:]
+    return packed_backward(_chunked_backward_one, ctx, do, dstate)
 
 
 def _chunked_backward_one(ctx, do, dfinal):

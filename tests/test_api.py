@@ -193,7 +193,7 @@ def test_backend_default_can_depend_on_dtype():
     """"cupy" alone picks the tensor-core softmax for float16 (4x faster than cupy:flash on the H100) and the
     CUDA-core one for float32, which the tensor-core kernels do not take."""
     from workbench import registry
-    assert registry.get("softmax", "cupy", dtype="float16").name == "flash_mma"
+    assert registry.get("softmax", "cupy", dtype="float16").name == "fa2"
     assert registry.get("softmax", "cupy", dtype="float32").name == "flash"
     assert registry.get("softmax", "cupy").name == "flash"
     assert registry.get("linear", "cupy", dtype="float16").name == "chunked"
@@ -313,8 +313,9 @@ def test_auto_picks_a_gpu_variant_that_takes_the_dtype(monkeypatch):
         pytest.skip("needs the cupy and numba variants registered")
     monkeypatch.setattr(backends, "status", lambda b: (True, "pretend"))
     monkeypatch.setattr(backends, "numba_simulator", lambda: False)
-    assert ops._auto_variant("softmax", "cupy", "float32").key == "cupy:flash"
-    assert ops._auto_variant("softmax", "cupy", "float16").key == "cupy:flash_mma"
+    for dtype in ("float32", "float16"):                 # the CuPy backend's default for the dtype
+        assert ops._auto_variant("softmax", "cupy", dtype) is registry.get("softmax", "cupy", dtype=dtype)
+    assert ops._auto_variant("softmax", "cupy", "float16").key != ops._auto_variant("softmax", "cupy", "float32").key
     for op in registry.OPS:
         v = ops._auto_variant(op, "cupy", "float64")
         assert v.backend == "numba" and "float64" in v.dtypes and v.array_kind == "any"

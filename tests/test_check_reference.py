@@ -112,7 +112,7 @@ def tight_variant():
     v = registry.register(registry.Variant("softmax", "numpy", "tight", softmax.tiled_forward, softmax.tiled_backward,
                                            dtypes=("float32", "float64"), tol={"float32": 1e-9}))
     yield v
-    registry._TABLE.pop(("softmax", "numpy", "tight"))
+    registry.unregister("softmax", "numpy", "tight")
 
 
 def test_check_applies_and_prints_the_variant_tolerance(tight_variant, tmp_path):

@@ -162,3 +162,11 @@ def new_output(xp, shape, dtype):
     """A kernel's output buffer of module ``xp`` (numpy or cupy): NaN-filled while poisoning, else
     uninitialised (every element must be written by the kernel)."""
     return xp.full(shape, xp.nan, dtype) if _POISON[-1] else xp.empty(shape, dtype)
+
+
+def data_ptr(x) -> int:
+    """The address of an array's first element (CuPy: device pointer; NumPy: host pointer)."""
+    try:
+        return x.data.ptr
+    except AttributeError:
+        return x.__array_interface__["data"][0]

@@ -146,9 +146,19 @@ def register(variant: Variant) -> Variant:
     if key in _TABLE and _TABLE[key] is not variant:
         raise ValueError(f"variant {variant.op} {variant.key} registered twice")
     _TABLE[key] = variant
+    _changed()
+    return variant
+
+
+def unregister(op: str, backend: str, name: str) -> None:
+    """Remove a variant (tests that register temporary ones); cached views and plans are dropped."""
+    _TABLE.pop((op, backend, name))
+    _changed()
+
+
+def _changed() -> None:
     _VIEWS.clear()
     VERSION[0] += 1
-    return variant
 
 
 def load_all() -> None:

@@ -281,9 +281,7 @@ def featureless_default():
     v = registry.register(registry.Variant("softmax", "numpy", "zz_plain", wb.registry.get("softmax", "numpy").forward,
                                            wb.registry.get("softmax", "numpy").backward, default_for=("float64",)))
     yield v
-    registry._TABLE.pop(("softmax", "numpy", "zz_plain"))
-    registry._VIEWS.clear()
-    registry.VERSION[0] += 1
+    registry.unregister("softmax", "numpy", "zz_plain")
 
 
 def test_auto_and_a_bare_backend_pick_a_variant_with_the_features(featureless_default):

@@ -353,7 +353,7 @@ def _make_mma(split):
         fused = len(ctx.cores) == 2
         douts = _stream_arrays(cp, N, T, Dv, v.dtype, fused)
         dgates, xy, yR, yQ = backward_scalars(dt, do, ctx.outs, ctx.gates, ctx.stats, ctx.causal, ctx.inv_s, douts)
-        dqF, dkF, dvF, _, _ = mma.backward(ctx.cores[0], douts.F)      # d gF is not needed (m held fixed)
+        dqF, dkF, dvF, _, _ = mma.backward(ctx.cores[0], douts.F, want_dg=False)     # d gF is not needed (m held fixed)
         if fused:
             dqG, dkG, dvGH, _, _ = mma.backward(ctx.cores[1], douts.G)
             grads = CoreGrads(dqF, dkF, dqG, dkG, None, None, Streams(dvF, dvGH, 0, 2 * Dv, dvGH, Dv, 2 * Dv))

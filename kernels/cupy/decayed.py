@@ -69,19 +69,35 @@ for _impl, _desc, _default in (
 # ----------------------------------------------------------------------------- tensor cores
 # cupy:chunked_mma (float16, bfloat16; float32 as 3xTF32) and cupy:chunked_mma_tf32: the tensor-core chunk
 # core (kernels/cuda/chunked_mma.cu); d log_decay = reverse cumsum of q.dq - k.dk, formed in the kernels.
+from dataclasses import dataclass  # noqa: E402
+
+from workbench.state import DecayedState  # noqa: E402
+
 from . import _chunked_mma as mma  # noqa: E402
 
 
+@dataclass
+class _MMAContext:
+    core: mma.CoreContext
+    has_initial: bool        # an initial state was passed: the backward returns its gradient
+
+
 def _make_mma(split):
-    def forward(q, k, v, log_decay, scale=1.0):
+    def forward(q, k, v, log_decay, scale=1.0, initial_state=None, return_state=False, cu_seqlens=None):
         import cupy as cp
         g = cp.ascontiguousarray(log_decay, dtype=cp.float32)
-        return mma.forward(q, k, v, g, scale=scale, causal=True, split=split)
+        S0 = None if initial_state is None else cp.ascontiguousarray(initial_state.S, dtype=cp.float32)
+        o, cctx = mma.forward(q, k, v, g, scale=scale, causal=True, split=split, S0=S0, want_final=return_state,
+                              cu=cu_seqlens)
+        ctx = _MMAContext(cctx, initial_state is not None)
+        return ((o, DecayedState(cctx.final)) if return_state else o), ctx
 
-    def backward(ctx, do):
+    def backward(ctx, do, dfinal=None):
         import cupy as cp
-        dq, dk, dv, dg, _ = mma.backward(ctx, cp.ascontiguousarray(do, dtype=ctx.q.dtype))
-        return dq, dk, dv, dg.astype(ctx.q.dtype, copy=False)
+        dST = None if dfinal is None else cp.ascontiguousarray(dfinal.S, dtype=cp.float32)
+        dq, dk, dv, dg, dS0 = mma.backward(ctx.core, cp.ascontiguousarray(do, dtype=ctx.core.q.dtype), dST)
+        grads = (dq, dk, dv, dg.astype(ctx.core.q.dtype, copy=False))
+        return grads + ((DecayedState(dS0),) if ctx.has_initial else ())
 
     return forward, backward
 
@@ -96,9 +112,10 @@ def _supports_mma(options, shapes):
 _f, _b = _make_mma(3)
 register(Variant("decayed", "cupy", "chunked_mma", _f, _b, dtypes=("float32", "float16", "bfloat16"),
                  array_kind="cupy", gpu=True, supports=_supports_mma, form="linear",
+                 features=frozenset({"state", "packed"}),
                  description="tensor cores (mma.sync): chunks of 64, segment-carried states, in-kernel float64 "
                              "log-decay cumsums; float32 as 3xTF32"))
 _f, _b = _make_mma(1)
 register(Variant("decayed", "cupy", "chunked_mma_tf32", _f, _b, dtypes=("float32",), array_kind="cupy", gpu=True,
-                 supports=_supports_mma, form="linear", tags=("tf32",),
+                 supports=_supports_mma, features=frozenset({"state", "packed"}), form="linear", tags=("tf32",),
                  description="cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, opt-in)"))

@@ -24,8 +24,8 @@ OPS = {"linear": (wb.linear_attention, ref_linear), "decayed": (wb.decayed_atten
 @pytest.mark.parametrize("op", ["linear", "decayed", "zeros"])
 def test_variants_registered(op):
     names = {v.name for v in registry.variants(op, "cupy")}
-    assert {"naive", "chunked"} <= names
-    assert registry.get(op, "cupy").name == "chunked"
+    assert {"naive", "chunked", "chunked_mma"} <= names
+    assert registry.get(op, "cupy").name == "chunked_mma"          # the tensor-core core is the default
 
 
 def test_pad_and_chunk():

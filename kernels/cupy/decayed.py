@@ -16,6 +16,7 @@ from . import _chunked as core
 from ._module import declare_groups
 
 SOURCE = "decayed.cu"
+LOG_DECAY_FLOOR = -30.0     # the chunked CUDA-core variants' accurate range (docs/kernels/decayed.md)
 INSTANTIATIONS = core.instantiations(SOURCE, decay_values=(True,))
 declare_groups(SOURCE, core.compile_groups(decay_values=(True,)))
 
@@ -25,6 +26,12 @@ def _make(impl):
         import cupy as cp
         g = log_decay.astype(cp.float32, copy=False)
         if impl != "naive":
+            # float32 differences of within-chunk cumsums: accurate for log decays >= LOG_DECAY_FLOOR only,
+            # and -inf would give inf - inf; refuse rather than return something silently wrong
+            if g.size and float(g.min()) < LOG_DECAY_FLOOR:
+                raise ValueError(f"decayed_attention: backend cupy:{impl} is accurate for log_decay >= "
+                                 f"{LOG_DECAY_FLOOR} only (got {float(g.min())}); cupy:chunked_mma (the default) "
+                                 f"and cupy:naive take any value in [-inf, 0]")
             b = core.chunk_cumsum(g, core.chunk_size(q.shape[-1], v.shape[-1]))
             o, H = core.core_forward(SOURCE, impl, q, k, v, True, scale, b=b)
         else:
@@ -57,7 +64,7 @@ def supports(options, shapes):
 for _impl, _desc, _default in (
         ("naive", "one thread per output row, decay accumulated along the row, O(T^2 D)", False),
         ("chunked", "chunked: carried decayed Dk x Dv states (one chain over the chunks per state tile) "
-                    "+ C x C blocks, chunk-local log-decay cumsums", True),
+                    "+ C x C blocks, chunk-local log-decay cumsums; the fallback above head dim 128", False),
         ("chunked_seg", "chunked, the decayed state chain cut into segments of 8 chunks run in parallel, then "
                         "joined", False)):
     _f, _b = _make(_impl)
@@ -111,7 +118,7 @@ def _supports_mma(options, shapes):
 
 _f, _b = _make_mma(3)
 register(Variant("decayed", "cupy", "chunked_mma", _f, _b, dtypes=("float32", "float16", "bfloat16"),
-                 array_kind="cupy", gpu=True, supports=_supports_mma, form="linear",
+                 array_kind="cupy", gpu=True, default=True, supports=_supports_mma, form="linear",
                  features=frozenset({"state", "packed"}),
                  description="tensor cores (mma.sync): chunks of 64, segment-carried states, in-kernel float64 "
                              "log-decay cumsums; float32 as 3xTF32"))

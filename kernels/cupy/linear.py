@@ -92,7 +92,7 @@ def supports(options, shapes):
 for _impl, _desc, _default in (
         ("naive", "one thread per output row (and per key row in the backward), O(T^2 D)", False),
         ("chunked", "chunked: carried Dk x Dv states (one chain over the chunks per state tile) + C x C "
-                    "blocks in shared memory (C = 64)", True),
+                    "blocks in shared memory (C = 64); the fallback above head dim 128", False),
         ("chunked_seg", "chunked, the state chain cut into segments of 8 chunks run in parallel, then joined",
          False)):
     _f, _b = _make(_impl)
@@ -195,7 +195,7 @@ def _supports_mma(options, shapes):
 
 _f, _b = _make_mma(3)
 register(Variant("linear", "cupy", "chunked_mma", _f, _b, dtypes=("float32", "float16", "bfloat16"),
-                 array_kind="cupy", gpu=True, supports=_supports_mma, form="linear",
+                 array_kind="cupy", gpu=True, default=True, supports=_supports_mma, form="linear",
                  features=frozenset({"state", "packed"}),
                  description="tensor cores (mma.sync): chunks of 64, segment-carried states; float32 as 3xTF32"))
 def _supports_mma_tf32(options, shapes):

@@ -117,7 +117,8 @@ def supports(options, shapes):
 
 for _impl, _desc, _default in (
         ("naive", "scans + the naive core (one thread per output row), O(T^2 D)", False),
-        ("chunked", "scans + the chunked core: states F (running max), G, H, one chain over the chunks", True),
+        ("chunked", "scans + the chunked core: states F (running max), G, H, one chain over the chunks; the "
+                    "fallback above head dim 128", False),
         ("chunked_seg", "scans + the chunked core with the state chains cut into segments run in parallel",
          False)):
     _f, _b = _make(_impl)
@@ -369,7 +370,7 @@ def _make_mma(split):
 
 _f, _bw = _make_mma(3)
 register(Variant("zeros", "cupy", "chunked_mma", _f, _bw, dtypes=("float32", "float16", "bfloat16"),
-                 array_kind="cupy", gpu=True, supports=_supports_mma, form="linear",
+                 array_kind="cupy", gpu=True, default=True, supports=_supports_mma, form="linear",
                  description="parallel scans + the tensor-core chunk core: F (decayed by the running max) and "
                              "[G, H] in two core calls; float32 as 3xTF32"))
 _f, _bw = _make_mma(1)

@@ -82,6 +82,8 @@ from workbench.state import DecayedState  # noqa: E402
 
 from . import _chunked_mma as mma  # noqa: E402
 
+INSTANTIATIONS = INSTANTIATIONS + mma.INSTANTIATIONS     # the kernels this module's variants launch
+
 
 @dataclass
 class _MMAContext:

@@ -111,6 +111,8 @@ from workbench.state import LinearState  # noqa: E402
 
 from . import _chunked_mma as mma  # noqa: E402
 
+INSTANTIATIONS = INSTANTIATIONS + mma.INSTANTIATIONS     # the kernels this module's variants launch
+
 
 @_dataclass
 class _MMAContext:

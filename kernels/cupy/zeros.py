@@ -139,6 +139,8 @@ from dataclasses import dataclass as _dataclass  # noqa: E402
 from workbench.backends import data_ptr, new_output  # noqa: E402
 
 from . import _chunked_mma as mma  # noqa: E402
+
+INSTANTIATIONS = INSTANTIATIONS + mma.INSTANTIATIONS     # the kernels this module's variants launch
 from ._module import launch  # noqa: E402
 from .decayed import _supports_mma  # noqa: E402  (head dims up to the core's MAX_DIM, the same rule)
 

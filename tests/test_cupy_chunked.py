@@ -40,8 +40,8 @@ def test_pad_and_chunk():
                                                   (zeros, None, ("float",))])
 def test_every_launch_is_instantiated(module, decay, dtypes):
     """Every expression the launch code can form for head dims 1..256 is in INSTANTIATIONS."""
-    listed = {e for _, e in module.INSTANTIATIONS}
-    assert all(src == module.SOURCE for src, _ in module.INSTANTIATIONS)
+    listed = {e for src, e in module.INSTANTIATIONS if src == module.SOURCE}
+    assert {src for src, _ in module.INSTANTIATIONS} <= {module.SOURCE, "chunked_mma.cu"}
     decays = (False, True) if decay is None else (decay,)
     for ti in dtypes:
         for dk in range(1, 257, 7):

@@ -90,39 +90,46 @@ class Grid:
     diff_steps: int
     layers: int = 2
     head_width: int = 64
+    lr_width: int = 64
     stop_at: float = 0.995
 
     def heads(self, width: int) -> int:
         return max(1, width // self.head_width)
 
+    def lr_for(self, width: int) -> float:
+        """``lr`` up to ``lr_width``, then ``lr * lr_width / width`` (Adam's step on a hidden matrix moves its
+        output by ~ lr * width, so wider models take proportionally smaller steps)."""
+        return self.lr * min(1.0, self.lr_width / width)
+
     def runs(self, seed: int) -> list:
         out = []
-        common = dict(layers=self.layers, batch=self.batch, lr=self.lr, seed=seed)
+        common = dict(layers=self.layers, batch=self.batch, seed=seed)
         for T, kvs in self.lengths:
             for kv in kvs:
                 for w in self.widths:
                     for m in self.mixers:
                         out.append(RunSpec("mqar", m, w, T, kv, self.vocab, 0, self.heads(w), steps=self.steps,
-                                           **common))
+                                           lr=self.lr_for(w), **common))
         for w in self.diff_widths:
             for m in self.mixers:
                 out.append(RunSpec("difference", m, w, self.diff_length, self.diff_kv, self.vocab // 2,
-                                   self.diff_values, self.heads(w), steps=self.diff_steps, **common))
+                                   self.diff_values, self.heads(w), steps=self.diff_steps, lr=self.lr_for(w),
+                                   **common))
         return out
 
 
 ALL_MIXERS = tuple(MIXERS)
 GRIDS = {
     "quick": Grid("quick", mixers=("softmax", "linear-elu1", "zeros2"), widths=(16, 32), lengths=((64, (8,)),),
-                  vocab=64, steps=250, batch=32, lr=3e-3, eval_every=50, test_size=256,
-                  diff_widths=(32,), diff_length=64, diff_kv=8, diff_values=4, diff_steps=250),
+                  vocab=64, steps=300, batch=32, lr=1e-2, eval_every=50, test_size=256,
+                  diff_widths=(), diff_length=32, diff_kv=4, diff_values=4, diff_steps=0),
     "cpu": Grid("cpu", mixers=ALL_MIXERS, widths=(16, 32, 64), lengths=((64, (8, 16)), (128, (16,))),
-                vocab=128, steps=800, batch=32, lr=3e-3, eval_every=100, test_size=512,
-                diff_widths=(16, 32, 64), diff_length=64, diff_kv=8, diff_values=8, diff_steps=800),
+                vocab=64, steps=600, batch=32, lr=1e-2, eval_every=50, test_size=256,
+                diff_widths=(32,), diff_length=32, diff_kv=4, diff_values=4, diff_steps=1500),
     "gpu": Grid("gpu", mixers=ALL_MIXERS, widths=(64, 128, 256), lengths=((64, (4, 16)), (128, (8, 32)),
                                                                          (256, (16, 64))),
-                vocab=512, steps=1500, batch=64, lr=3e-3, eval_every=100, test_size=1024,
-                diff_widths=(64, 128, 256), diff_length=128, diff_kv=16, diff_values=16, diff_steps=1500),
+                vocab=256, steps=1000, batch=64, lr=1e-2, eval_every=100, test_size=512,
+                diff_widths=(128,), diff_length=64, diff_kv=8, diff_values=8, diff_steps=1000),
 }
 
 
@@ -154,7 +161,8 @@ def _blas_single_thread(backend: str):
 
 def train(spec: RunSpec, grid: Grid, backend: str = "numpy", on_step=None) -> dict:
     """Train one run; returns its record: settings, curves (step, train loss averaged since the previous
-    evaluation, held-out loss and accuracy), final and best accuracy, steps run, seconds.
+    evaluation, held-out loss and accuracy; step 0 is the initial model), final and best accuracy, steps
+    run, seconds.
 
     Deterministic: the weights come from ``spec.seed``, the training batches from ``[seed, 1]`` and the
     held-out set from ``[seed, 2]`` (so every mixer sees the same data)."""
@@ -175,7 +183,14 @@ def train(spec: RunSpec, grid: Grid, backend: str = "numpy", on_step=None) -> di
         n = sum(p.queries for p in parts)
         return (sum(p.loss * p.queries for p in parts) / n, sum(p.accuracy * p.queries for p in parts) / n)
 
+    def record(step, train_loss):
+        loss, acc = evaluate()
+        for k, v in zip(curve, (step, train_loss, loss, acc)):
+            curve[k].append(v)
+        return acc
+
     with _blas_single_thread(backend):
+        record(0, None)
         for step in range(1, spec.steps + 1):
             b = task.batch(data, spec.batch)
             metrics, grads = model.loss_and_grads(params, b.tokens, b.labels)
@@ -186,9 +201,7 @@ def train(spec: RunSpec, grid: Grid, backend: str = "numpy", on_step=None) -> di
             if on_step:
                 on_step()
             if step % grid.eval_every == 0 or step == spec.steps:
-                loss, acc = evaluate()
-                for k, v in zip(curve, (step, float(np.mean(window)), loss, acc)):
-                    curve[k].append(v)
+                acc = record(step, float(np.mean(window)))
                 window = []
                 if acc >= grid.stop_at:
                     break
@@ -204,7 +217,7 @@ def train(spec: RunSpec, grid: Grid, backend: str = "numpy", on_step=None) -> di
 # sequences here), cuBLAS float32 GEMMs, elementwise traffic, and a fixed cost per step for the ~300
 # kernel launches and the Python around them.
 GPU_RATES = dict(matmul=25e12, softmax=8e12, linear=3e12, decayed=3e12, zeros=1.2e12, bandwidth=2.0e12,
-                 step_overhead=6e-3)
+                 step_overhead=6e-3, compile=90.0)
 ELEMENTWISE_PASSES = 60      # reads + writes of a (B, T, D) float32 array per block and step (fwd + bwd)
 
 
@@ -225,22 +238,25 @@ def step_cost(spec: RunSpec) -> dict:
     return dict(matmul_flops=matmul, op_flops=op, bytes=nbytes)
 
 
-def gpu_seconds(spec: RunSpec, rates=GPU_RATES) -> float:
-    """Estimated seconds of a run that goes the whole step budget (no early stop) on one H100/H200."""
+def gpu_seconds(spec: RunSpec, grid: Grid, rates=GPU_RATES) -> float:
+    """Estimated seconds of a run that goes its whole step budget (no early stop) on one H100/H200: the
+    training steps plus the held-out evaluations (a forward pass costs about a third of a step)."""
     c = step_cost(spec)
     op = MIXERS[spec.mixer].op
     per_step = (c["matmul_flops"] / rates["matmul"] + c["op_flops"] / rates[op] + c["bytes"] / rates["bandwidth"]
                 + rates["step_overhead"])
-    return spec.steps * per_step
+    evals = (spec.steps // grid.eval_every + 2) * math.ceil(grid.test_size / spec.batch)
+    return (spec.steps + evals / 3) * per_step
 
 
 def gpu_estimate(grid: Grid, seed: int = 0) -> dict:
     """Estimated GPU time of a whole grid, every run to its full step budget (the bound; early stops
-    only shorten it)."""
+    only shorten it), plus ``rates["compile"]`` for the kernels' first compilation."""
     runs = grid.runs(seed)
-    secs = [gpu_seconds(r) for r in runs]
-    return dict(runs=len(runs), seconds=float(sum(secs)), minutes=float(sum(secs) / 60),
-                longest_run_seconds=float(max(secs)), rates=GPU_RATES)
+    secs = [gpu_seconds(r, grid) for r in runs]
+    total = float(sum(secs)) + GPU_RATES["compile"]
+    return dict(runs=len(runs), seconds=total, minutes=total / 60, longest_run_seconds=float(max(secs)),
+                rates=GPU_RATES)
 
 
 # ============================================================================= the sweep
@@ -370,26 +386,28 @@ def _plot(res, grid: Grid, stem: str) -> list:
     fig.tight_layout()
     files.append(save_fig(fig, f"{stem}_accuracy.png"))
 
-    # training curves: the hardest cell of each length at every width
+    # training curves: the hardest cell of each length (and the difference task) at every width
+    cells = [(T, max(kvs), "mqar", grid.widths) for T, kvs in grid.lengths]
+    if grid.diff_widths:
+        cells.append((grid.diff_length, grid.diff_kv, "difference", grid.diff_widths))
     widths = sorted(set(grid.widths) | set(grid.diff_widths))
-    fig, axes = plt.subplots(len(widths), len(grid.lengths) + 1,
-                             figsize=(4.2 * (len(grid.lengths) + 1), 3.0 * len(widths)), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(len(widths), len(cells), figsize=(4.2 * len(cells), 3.0 * len(widths)),
+                             squeeze=False, sharey=True)
     for i, w in enumerate(widths):
-        cells = [(T, max(kvs), "mqar") for T, kvs in grid.lengths] + [(grid.diff_length, grid.diff_kv, "difference")]
-        for j, (T, kv, task) in enumerate(cells):
+        for j, (T, kv, task, task_widths) in enumerate(cells):
             ax = axes[i][j]
+            if w not in task_widths:
+                ax.axis("off")
+                continue
             for m in mixers:
                 for r in res["runs"].values():
                     s = r["spec"]
                     if (s["task"], s["mixer"], s["width"], s["seq_len"], s["kv_pairs"]) == (task, m, w, T, kv):
                         ax.plot(r["curve"]["step"], r["curve"]["test_accuracy"], color=colors[m],
                                 label=MIXERS[m].label)
-            name = "MQAR" if task == "mqar" else "difference"
-            ax.set(title=f"{name}, D = {w}, T = {T}, kv = {kv}", ylim=(-0.03, 1.03))
+            name = "MQAR" if task == "mqar" else "difference recall"
+            ax.set(title=f"{name}, D = {w}, T = {T}, kv = {kv}", ylim=(-0.03, 1.03), xlabel="training step")
             ax.grid(alpha=0.3)
-            if i == len(widths) - 1:
-                ax.set_xlabel("training step")
             if j == 0:
                 ax.set_ylabel("held-out accuracy")
     axes[0][0].legend(fontsize=7)

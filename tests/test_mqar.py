@@ -193,14 +193,15 @@ def test_difference_recall_layout():
 
 # ============================================================================ training
 def test_tiny_training_run_learns():
-    """Softmax on an easy MQAR (T = 16, 2 pairs): the held-out loss falls by more than half and the
-    accuracy leaves chance (1 in 8 values) far behind, in a few seconds."""
+    """Softmax on an easy MQAR (T = 16, 2 pairs): the held-out loss falls below half its initial value and
+    the accuracy leaves chance (1 in 8 values) far behind, in about a second."""
     grid = replace(mqar.GRIDS["quick"], eval_every=25, test_size=64)
     spec = mqar.RunSpec("mqar", "softmax", 16, 16, 2, 16, 0, 1, 2, steps=150, batch=16, lr=1e-2, seed=0)
     rec = mqar.train(spec, grid)
     c = rec["curve"]
+    assert c["step"][0] == 0 and c["test_accuracy"][0] < 0.3
     assert c["test_loss"][-1] < 0.5 * c["test_loss"][0]
-    assert rec["best_accuracy"] > 0.5
+    assert rec["best_accuracy"] > 0.6
     assert rec["params"] == M.count_params(spec.model_config())
 
 
@@ -252,7 +253,7 @@ def test_step_cost_counts_the_matrix_products():
     per_token = 2 * 32 * 32 * (4 + 2 * 2)
     assert c["matmul_flops"] == 3 * (2 * per_token * 8 * 64 + 2 * 32 * 64 * 8 * 4)
     assert c["op_flops"] == 2 * 8 * 64 * 7 * 2 * 32 * 32          # one 32 x 32 state, 7 MACs per entry
-    assert mqar.gpu_seconds(s) > 10 * mqar.GPU_RATES["step_overhead"]
+    assert mqar.gpu_seconds(s, mqar.GRIDS["cpu"]) > 10 * mqar.GPU_RATES["step_overhead"]
 
 
 # ============================================================================ GPU

@@ -41,7 +41,7 @@ def _run_one(name, out, quick, backend, seed, quiet):
 @click.option("--seed", default=0, show_default=True, help="seed of the random draws")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def experiment(name, out, quick, backend, seed, quiet):
-    """Run an experiment that reproduces a seed: sparsity, zeros-contrastive, zeros-dilution (or all).
+    """Run an experiment that reproduces a seed: sparsity, zeros-contrastive, zeros-dilution, mqar (or all).
 
     Writes NAME.json (every number) and NAME*.png under --out and prints a short table."""
     _check_backend(backend)

@@ -26,7 +26,7 @@ before its value), so what is measured is the long-range recall of the op itself
 normalisation is the one the ZeroS layer (and RetNet, GLA) use; every op gets it alike.  The op's own
 per-token projections (decay: ``D + 1`` numbers per head; ZeroS: ``D + (D + 1) gates`` per head -- s needs no
 bias, ZeroS being unchanged when every s_i moves by the same amount) are the only parameters that differ
-between mixers: about 1% of the model or less at the widths used.
+between mixers: at most 2% of the model (ZeroS with 3 gates at D = 16), under 1% from D = 64 on.
 
 ``AdamW`` (decoupled weight decay on the matrices, linear warm-up then cosine decay, global-norm clipping)
 trains it.  ``init_params`` draws the weights from a seed in NumPy and moves them to the arrays' module, so a

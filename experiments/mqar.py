@@ -325,7 +325,11 @@ def tables(res) -> dict:
         s = r["spec"]
         if s["task"] == "difference":
             diff.setdefault(s["mixer"], {})[s["width"]] = r["final_accuracy"]
-    return dict(accuracy=acc, smallest_width=smallest, difference=diff)
+    runs = list(res["runs"].values())
+    steps = sum(r["steps_run"] for r in runs)
+    seconds = sum(r["seconds"] for r in runs)
+    timing = dict(seconds=seconds, steps=steps, seconds_per_step=seconds / max(1, steps))
+    return dict(accuracy=acc, smallest_width=smallest, difference=diff, timing=timing)
 
 
 def summary(res) -> str:
@@ -346,8 +350,10 @@ def summary(res) -> str:
                 if m in t["difference"]]
         lines += ["", "difference recall (answer m_a - m_b): final held-out accuracy",
                   table(rows, ["mixer"] + [f"D={w}" for w in dw])]
-    est = res["gpu_estimate"]
-    lines += ["", f"GPU estimate of this grid (every run to its full budget): {est['minutes']:.1f} min"]
+    est, tm = res["gpu_estimate"], t["timing"]
+    lines += ["", f"measured here ({res['backend']}): {tm['seconds'] / 60:.1f} min for {tm['steps']} training steps, "
+              f"{1e3 * tm['seconds_per_step']:.1f} ms a step with its share of evaluations; GPU estimate of the "
+              f"whole grid, every run to its full budget: {est['minutes']:.1f} min"]
     return "\n".join(lines)
 
 

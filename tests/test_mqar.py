@@ -234,6 +234,15 @@ def test_sweep_writes_results_and_resumes(tmp_path, monkeypatch):
     assert len(json.loads(path.read_text())["runs"]) == 6
 
 
+def test_cli_runs_the_quick_grid(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+    import cli
+    monkeypatch.setitem(mqar.GRIDS, "quick", replace(_test_grid(), name="quick"))
+    r = CliRunner().invoke(cli.main, ["experiment", "mqar", "--quick", "--quiet", "--out", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert "smallest width reaching 90%" in r.output and (tmp_path / "mqar_quick.json").exists()
+
+
 def test_grids():
     gpu = mqar.GRIDS["gpu"]
     assert len(gpu.mixers) >= 4 and len(gpu.widths) >= 3 and len(gpu.lengths) >= 3

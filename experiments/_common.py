@@ -12,13 +12,14 @@ import numpy as np
 import workbench as wb
 from workbench.reference.common import feature_map as _phi, sigmoid
 
-DEFAULT_OUT = os.path.join("results", "experiments")
+DEFAULT_OUT = os.path.join("out", "experiments")        # scratch (git-ignored); results/experiments is committed
+COMMITTED_OUT = os.path.join("results", "experiments")    # the figures README shows: written only when asked
 DPI = 100
 
 
 # ----------------------------------------------------------------------------- the measure
 def sparsity(x, axis=-1):
-    """``S(x) = mean|x| / sqrt(mean x^2)`` along ``axis`` (SPEC section 6); in [1/sqrt(n), 1], small = sparse.
+    """``S(x) = mean|x| / sqrt(mean x^2)`` along ``axis`` (docs/spec.md section 6); in [1/sqrt(n), 1], small = sparse.
     Signed rows (ZeroS) are measured through |x|, which the formula does anyway."""
     x = np.asarray(x, dtype=np.float64)
     return np.abs(x).mean(axis) / np.sqrt((x * x).mean(axis))
@@ -59,7 +60,7 @@ def last_row_weights(op: str, arrays, backend: str = "numpy", **options):
 
 def direct_row_weights(op: str, arrays, t: int, options=None):
     """Weights ``w_t.`` of query row ``t`` (0-based, causal: keys 0..t) for every leading index, computed
-    directly in float64 from the SPEC section 3 formulas in O(t Dk) -- for long T, where neither a T x T matrix
+    directly in float64 from the docs/spec.md section 3 formulas in O(t Dk) -- for long T, where neither a T x T matrix
     nor all T rows are affordable.  ``arrays`` are the op's arrays with one leading dim ``(N, T, ...)``.
     Tested against the references' explicit weight matrices."""
     o = dict(options or {})

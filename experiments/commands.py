@@ -2,51 +2,56 @@
 from __future__ import annotations
 
 import importlib
+import sys
 import time
 
 import click
 
+from workbench.cli_params import SEED, Backend
+
 from . import EXPERIMENTS
-from ._common import DEFAULT_OUT
+from ._common import COMMITTED_OUT, DEFAULT_OUT
 
 
-def _check_backend(backend: str) -> None:
-    from workbench import backends, registry
-    name = backend.split(":", 1)[0]
-    if name not in registry.BACKENDS:
-        raise click.BadParameter(f"unknown backend {backend!r}; choose one of {', '.join(registry.BACKENDS)} "
-                                 f"(or backend:variant)", param_hint="--backend")
-    ok, why = backends.status(name)
-    if not ok:
-        raise click.BadParameter(f"backend {name} is not usable here: {why}", param_hint="--backend")
-
-
-def _run_one(name, out, quick, backend, seed, quiet):
+def _run_one(name, out, quick, backend, seed, quiet) -> bool:
+    """Run one experiment; a failure is reported in one line (the other experiments of ``all`` still run)."""
     mod = importlib.import_module(EXPERIMENTS[name])
     t0 = time.time()
-    res = mod.run(out=out, quick=quick, backend=backend, seed=seed, progress_bar=not quiet)
+    try:
+        res = mod.run(out=out, quick=quick, backend=backend, seed=seed, progress_bar=not quiet)
+    except Exception as e:
+        click.echo(f"== experiment {name} failed after {time.time() - t0:.1f} s: {type(e).__name__}: {e}", err=True)
+        return False
     click.echo(f"== experiment {name} ({time.time() - t0:.1f} s, backend {backend}{', quick' if quick else ''})")
     click.echo(mod.summary(res))
     click.echo("wrote " + ", ".join(res["files"]))
-    return res
+    return True
 
 
 @click.command("experiment", context_settings=dict(help_option_names=["-h", "--help"]))
 @click.argument("name", type=click.Choice(sorted(EXPERIMENTS) + ["all"]))
-@click.option("--out", default=DEFAULT_OUT, show_default=True, type=click.Path(file_okay=False),
-              help="folder for NAME.json and NAME*.png")
+@click.option("--out", default=None, type=click.Path(file_okay=False),
+              help=f"folder for NAME.json and NAME*.png (created)  [default: {DEFAULT_OUT}, a scratch folder]")
+@click.option("--update-results", is_flag=True,
+              help=f"write into {COMMITTED_OUT}/, refreshing the committed figures README shows")
 @click.option("--quick", is_flag=True, help="small settings (seconds), for smoke tests")
-@click.option("--backend", default="numpy", show_default=True,
+@click.option("--backend", default="numpy", show_default=True, type=Backend(every_op=True),
               help="backend of the ops that produce the measured rows: numpy, numba, cupy or backend:variant")
-@click.option("--seed", default=0, show_default=True, help="seed of the random draws")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="seed of the random draws")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def experiment(name, out, quick, backend, seed, quiet):
-    """Run an experiment that reproduces a seed: sparsity, zeros-contrastive, zeros-dilution, mqar (or all).
+def experiment(name, out, update_results, quick, backend, seed, quiet):
+    """Run an experiment that reproduces a claim: sparsity, zeros-contrastive, zeros-dilution, mqar (or all).
 
-    Writes NAME.json (every number) and NAME*.png under --out and prints a short table."""
-    _check_backend(backend)
-    for n in (sorted(EXPERIMENTS) if name == "all" else [name]):
-        _run_one(n, out, quick, backend, seed, quiet)
+    Writes NAME.json (every number) and NAME*.png under --out and prints a short table.  Exits 1 if any
+    experiment failed."""
+    if update_results and out:
+        raise click.UsageError("--out and --update-results exclude each other")
+    if update_results and quick:
+        raise click.UsageError("--update-results with --quick would replace the committed figures by quick ones")
+    out = COMMITTED_OUT if update_results else (out or DEFAULT_OUT)
+    ok = [_run_one(n, out, quick, backend, seed, quiet) for n in (sorted(EXPERIMENTS) if name == "all" else [name])]
+    if not all(ok):
+        sys.exit(1)
 
 
 COMMANDS = [experiment]

@@ -1,4 +1,4 @@
-"""Attention sparsity (seed 000, SPEC section 6): theory by deterministic quadrature, measured on rows that the
+"""Attention sparsity (docs/spec.md section 6): theory by deterministic quadrature, measured on rows that the
 workbench's own ops produce.
 
 Sparsity of a row x of length n:  ``S(x) = mean|x| / sqrt(mean x^2)`` in ``[1/sqrt(n), 1]``; small is sparse.
@@ -7,7 +7,7 @@ n -> infinity, ``S = E|f| / sqrt(E f^2)``: a one-dimensional Gaussian integral.
 
 Theory here is computed by composite Gauss-Legendre quadrature against the normal density (panels of width
 0.5 between the kinks and sign changes of f, 24 nodes each; error far below 1e-10 for these integrands) -- no
-Monte Carlo.  The SPEC's closed forms are implemented next to it and the tests check one against the other.
+Monte Carlo.  The closed forms of docs/spec.md are implemented next to it and the tests check one against the other.
 The relu^2 curve below t = -8 uses the asymptotic series of the tail (the closed form cancels there).
 
 Measured points: for each setting, R independent rows of T keys drawn exactly as the theory assumes, each
@@ -120,7 +120,7 @@ def relu2_theory(t):
 
 
 def relu2_closed(t):
-    """SPEC's closed form; below t = -8 (where it cancels) the asymptotic series."""
+    """The closed form (docs/spec.md section 6); below t = -8 (where it cancels) the asymptotic series."""
     if t < RELU2_TAIL_T:
         return relu2_tail(t)
     P, p = Phi(t), phi(t)
@@ -173,7 +173,7 @@ def feature_moments(fmap: str, mu: float, sigma: float = 1.0):
 
 
 def nonneg_closed(g, m, C):
-    """SPEC's exact form ``S = 1 / sqrt(1 + g^T C g / (g^T m)^2)`` for a query feature g and key features with
+    """The exact form ``S = 1 / sqrt(1 + g^T C g / (g^T m)^2)`` for a query feature g and key features with
     mean vector m and covariance C."""
     g, m, C = np.asarray(g, float), np.asarray(m, float), np.asarray(C, float)
     return 1.0 / math.sqrt(1.0 + g @ C @ g / (g @ m) ** 2)
@@ -540,7 +540,7 @@ def run(out=DEFAULT_OUT, quick=False, backend="numpy", seed=0, progress_bar=True
                              "relu^2 rows = relu(linear_attention identity row)^2 (the workbench has no relu^2 op)",
                     large_T_criterion=f"(E f^4/(E f^2)^2 - 1)/T < {LARGE_T_CRITERION}",
                     agreement=f"|measured - theory| <= {Z_AGREE} standard errors",
-                    sweep="direct float64 rows (SPEC section 3 formulas, O(T Dk) per row; tested against the "
+                    sweep="direct float64 rows (docs/spec.md section 3 formulas, O(T Dk) per row; tested against the "
                           "references' explicit weight matrices) for a few query rows t in [T/2, T) of "
                           "workbench.inputs.random_inputs(op, Dk=64)"),
         checks=checks, theory=curves, measured=pts, skipped_points=skipped, sweep_T=sweep,

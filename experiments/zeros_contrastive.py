@@ -1,4 +1,4 @@
-"""ZeroS's contrastive claim (seed 001): one ZeroS layer outputs ``o = v_1 - v_2``; softmax and non-negative
+"""ZeroS's contrastive claim: one ZeroS layer outputs ``o = v_1 - v_2``; softmax and non-negative
 linear attention cannot.
 
 Task: a causal sequence of T tokens with fixed random values ``v_i`` (Dv = T, so the v_i are linearly

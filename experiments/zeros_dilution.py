@@ -1,6 +1,6 @@
-"""Dilution by the uniform zero-order term (seed 001, ZeroS's second limitation) as the context grows.
+"""Dilution by the uniform zero-order term (ZeroS's second limitation, docs/spec.md section 6) as the context grows.
 
-Softmax's weights over a window of n = T radial logits split as ``p = zero + first + rest`` (SPEC section 3):
+Softmax's weights over a window of n = T radial logits split as ``p = zero + first + rest`` (docs/spec.md section 3.4):
 ``zero_i = 1/T`` (uniform, content-free), ``first_i = (s_i - mean s) / T`` and the higher orders
 ``rest = p - zero - first``.  One relevant token j has logit ``s* = S_STAR``; the T - 1 others have logits
 ``N(0, SIGMA_BG^2)``; the query is the last (causal) row.

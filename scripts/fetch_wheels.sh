@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Download, on this (networked) machine, the wheels the GPU machine lacks into .whl/ (git-ignored; carry it).
+# For a GPU machine without network: download, on a networked machine, the wheels it lacks into .whl/
+# (git-ignored): numpy 2.4 (numba-cuda needs numpy < 2.5), fla-core and einops (the flash-linear-attention
+# peer), for CPython 3.12 on x86-64 Linux.  Copy .whl/ over and run `WHEELS=.whl bash scripts/gpu_session.sh`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo '/.whl/' >> .git/info/exclude; }

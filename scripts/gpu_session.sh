@@ -1,101 +1,118 @@
 #!/usr/bin/env bash
-# The GPU session in one device call:
-#   run(command="bash scripts/device.sh bash scripts/gpu_session.sh", carry=[".whl"])
-#   run(command="STEPS='bench goals plots' bash scripts/device.sh bash scripts/gpu_session.sh", carry=[".whl"])
-# Steps (STEPS, in this order; default "check bench plots"):
-#   check  -- `cli.py check` per backend (numba, cupy), cells spread over the CPU cores (-j 0): JSON + table
-#   bench  -- the headline grid (ceilings measured first): JSON, CSV, Markdown
-#   goals  -- the issues' goal cells the headline grid lacks (grids softmax-d128, chunked-long, zeros-paper)
-#   plots  -- roofline (forward and fwd+bwd) and scaling PNGs from the headline JSON
-# Every step has a hard time limit and runs even if an earlier one failed.  The default (check, a budgeted
-# headline bench, plots) fits the device tool's 600 s per call: about 155 s numba check + 85 s cupy check
-# (16 processes) + 180 s bench + plots.  The full bench does not fit one call: fla's Triton autotuning
-# compiles for 100-200 s per kernel family and dtype in every fresh process.  The H100 session of
-# 2026-11-23 (results/h100-2026-11-23) therefore ran as these calls, merged afterwards with
-# `cli.py bench --from-json A --from-json B ... --json merged.json`:
-#   STEPS="check"
-#   STEPS="bench goals plots" BENCH_ARGS="--op softmax --op zeros" GOALS="zeros-paper softmax-d128"
-#   STEPS="bench" BENCH_ARGS="--op linear --op decayed --dtype float16 --T 1024 --T 2048 --T 4096 --T 16384 --T 65536"
-#   STEPS="bench" BENCH_ARGS="--op linear --op decayed --dtype float32 --T 1024 --T 2048 --T 4096 --T 16384 --T 65536"
-# (each with BENCH_BUDGET/BENCH_TIMEOUT raised to about 450/540).
-# Everything lands in $OUT/work/ and is packed into $OUT/results.tgz (the device tool returns at most 8
-# files); session.log, bench.md and the PNGs are also copied to $OUT itself for a quick look; with bench
-# or goals, Triton's cache comes back as triton_cache.tgz when it is under 15 MB (unpack it into
-# .triton_cache/ and carry it to skip the recompiles; it was larger every time on 2026-11-23).
+# The whole GPU session on your own GPU machine, in one command (docs/gpu.md explains each step):
+#
+#   bash scripts/gpu_session.sh [OUT_DIR]          # default OUT_DIR: out/gpu-session-<UTC date and time>
+#   STEPS="check tests" bash scripts/gpu_session.sh out/gpu
+#
+# Steps (STEPS, run in this order; default "check tests bench plots"):
+#   check  -- `cli.py check` per backend (CHECK_BACKENDS, default "numba cupy"), cells spread over the CPU
+#             cores (-j 0): check_<backend>.json and .txt
+#   tests  -- `python -m pytest -m gpu` (every GPU test; needs the [test] extra): pytest_gpu.txt
+#   bench  -- the headline grid (ceilings measured first): bench.json, bench.csv, bench.md
+#   goals  -- the extra grids of docs/kernels (softmax-d128, chunked-long, zeros-paper): <grid>.json and .md
+#   plots  -- roofline (fwd+bwd and fwd) and scaling PNGs from bench.json
+# Every step has a time limit and runs even if an earlier one failed.  OUT_DIR ends up holding every file
+# above, session.log (everything printed) and summary.txt: each step's exit status, the check totals and
+# the GPU tests' last line with every failure.  The script exits 1 if any step failed.
+#
+# Knobs (environment): PYTHON, CHECK_BACKENDS, CHECK_ARGS, CHECK_TIMEOUT (s), TESTS_ARGS, TESTS_TIMEOUT,
+# BENCH_ARGS (filters for the headline grid, e.g. "--op softmax --dtype float16"), BENCH_BUDGET (s; default:
+# the grid's own), BENCH_TIMEOUT, GOALS (grid names), GOALS_ARGS, GOALS_TIMEOUT; WHEELS and DEVICE_INFO as
+# in scripts/device.sh, which this script runs first.
 set -u
-cd "$(dirname "$0")/.."
-export OUT="${OUT:-$PWD/out}"
-WORK="$OUT/work"
-mkdir -p "$WORK"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+OUT_DIR="${1:-$ROOT/out/gpu-session-$(date -u '+%Y%m%d-%H%M%S')}"
+mkdir -p "$OUT_DIR"
+OUT_DIR="$(cd "$OUT_DIR" && pwd)"
+cd "$ROOT"
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
-# Triton's cache (compiled kernels and, with fla's cache_results, autotuning results) survives between calls
-# when it comes back as triton_cache.tgz and is unpacked into .triton_cache/ here and carried.
-export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$PWD/.triton_cache}"
-mkdir -p "$TRITON_CACHE_DIR"
 PY="${PYTHON:-python3}"
-STEPS="${STEPS:-check bench plots}"
+STEPS="${STEPS:-check tests bench plots}"
 CHECK_BACKENDS="${CHECK_BACKENDS:-numba cupy}"
-CHECK_TIMEOUT="${CHECK_TIMEOUT:-170}"
 CHECK_ARGS="${CHECK_ARGS:-}"
-BENCH_BUDGET="${BENCH_BUDGET:-140}"
-BENCH_TIMEOUT="${BENCH_TIMEOUT:-180}"
-GOALS_TIMEOUT="${GOALS_TIMEOUT:-150}"
-BENCH_ARGS="${BENCH_ARGS:-}"            # filters for the headline grid, e.g. "--op softmax --op zeros"
+CHECK_TIMEOUT="${CHECK_TIMEOUT:-1200}"
+TESTS_ARGS="${TESTS_ARGS:-}"
+TESTS_TIMEOUT="${TESTS_TIMEOUT:-1200}"
+BENCH_ARGS="${BENCH_ARGS:-}"
+BENCH_BUDGET="${BENCH_BUDGET:-}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-1800}"
 GOALS="${GOALS:-zeros-paper softmax-d128 chunked-long}"
-GOALS_ARGS="${GOALS_ARGS:-}"            # filters for the goal grids, e.g. "--dtype float16"
+GOALS_ARGS="${GOALS_ARGS:-}"
+GOALS_TIMEOUT="${GOALS_TIMEOUT:-1200}"
+SUMMARY="$OUT_DIR/summary.txt"
+: > "$SUMMARY"
 
-step() {   # step NAME TIMEOUT_S CMD...: run with a hard time limit, report the status, never abort the session
-  local name="$1" limit="$2"; shift 2
+step() {   # step NAME TIMEOUT_S LOG CMD...: run with a time limit (output to LOG, or "-": the console),
+           # record the exit status, never abort the session
+  local name="$1" limit="$2" log="$3"; shift 3
   local t0=$SECONDS
   echo "=== $name: $* (limit ${limit}s)"
-  timeout --kill-after=10 "$limit" "$@"
+  if [ "$log" = "-" ]; then
+    timeout --kill-after=10 "$limit" "$@"
+  else
+    timeout --kill-after=10 "$limit" "$@" > "$log" 2>&1
+  fi
   local rc=$?
   echo "=== $name: rc=$rc after $((SECONDS - t0))s"
+  echo "$name: rc=$rc ($((SECONDS - t0)) s)" >> "$SUMMARY"
+  return $rc
 }
 
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 
 session() {
-  echo "gpu_session: $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(hostname); steps: $STEPS"
+  echo "gpu_session: $(date -u '+%Y-%m-%d %H:%M:%S UTC') on $(hostname); steps: $STEPS; results in $OUT_DIR"
+  DEVICE_INFO="$OUT_DIR/gpu.txt" bash scripts/device.sh || echo "gpu_session: no usable GPU found (see above)"
+  if [ -n "${WHEELS:-}" ]; then
+    export PYTHONPATH="${TMPDIR:-/tmp}/workbench-site:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+  fi
   if has check; then
     for b in $CHECK_BACKENDS; do
       # shellcheck disable=SC2086
-      step "check-$b" "$CHECK_TIMEOUT" "$PY" cli.py check --backend "$b" -j 0 $CHECK_ARGS \
-           --json "$WORK/check_$b.json" > "$WORK/check_$b.txt" 2>&1
-      tail -n 3 "$WORK/check_$b.txt"
-      grep -E "FAIL|ERROR" "$WORK/check_$b.txt" | head -n 40
+      step "check-$b" "$CHECK_TIMEOUT" "$OUT_DIR/check_$b.txt" "$PY" cli.py check --backend "$b" -j 0 $CHECK_ARGS \
+           --json "$OUT_DIR/check_$b.json"
+      tail -n 3 "$OUT_DIR/check_$b.txt"
+      grep -E "FAIL|ERROR" "$OUT_DIR/check_$b.txt" | head -n 40
+      { grep -E "^[0-9]+ passed, [0-9]+ failed" "$OUT_DIR/check_$b.txt" || tail -n 1 "$OUT_DIR/check_$b.txt"; } \
+        | sed "s/^/  check-$b: /" >> "$SUMMARY"
     done
+  fi
+  if has tests; then
+    # shellcheck disable=SC2086
+    step tests "$TESTS_TIMEOUT" "$OUT_DIR/pytest_gpu.txt" "$PY" -m pytest -m gpu -q -rfE -p no:cacheprovider $TESTS_ARGS
+    { grep -E "^(FAILED|ERROR) " "$OUT_DIR/pytest_gpu.txt"; tail -n 1 "$OUT_DIR/pytest_gpu.txt"; } \
+      | sed "s/^/  pytest -m gpu: /" | tee -a "$SUMMARY"
   fi
   if has bench; then
     # shellcheck disable=SC2086
-    step bench "$BENCH_TIMEOUT" "$PY" cli.py bench --grid headline $BENCH_ARGS --budget "$BENCH_BUDGET" --remeasure \
-         --json "$WORK/bench.json" --csv "$WORK/bench.csv" --md "$WORK/bench.md" --short
+    step bench "$BENCH_TIMEOUT" - "$PY" cli.py bench --grid headline $BENCH_ARGS ${BENCH_BUDGET:+--budget "$BENCH_BUDGET"} \
+         --remeasure --json "$OUT_DIR/bench.json" --csv "$OUT_DIR/bench.csv" --md "$OUT_DIR/bench.md" --short
   fi
   if has goals; then
     local t0=$SECONDS
     for g in $GOALS; do
       local left=$((GOALS_TIMEOUT - (SECONDS - t0)))
-      [ "$left" -gt 20 ] || { echo "=== goals: no time left for $g"; continue; }
+      [ "$left" -gt 20 ] || { echo "=== goals: no time left for $g"; echo "goals-$g: not run (time)" >> "$SUMMARY"; continue; }
       # shellcheck disable=SC2086
-      step "goals-$g" "$left" "$PY" cli.py bench --grid "$g" $GOALS_ARGS --json "$WORK/$g.json" --md "$WORK/$g.md" --short
+      step "goals-$g" "$left" - "$PY" cli.py bench --grid "$g" $GOALS_ARGS --json "$OUT_DIR/$g.json" \
+           --md "$OUT_DIR/$g.md" --short
     done
   fi
-  if has plots && [ -s "$WORK/bench.json" ]; then
-    step roofline 60 "$PY" cli.py roofline "$WORK/bench.json" --pass fwdbwd --out "$WORK/roofline.png"
-    step roofline-fwd 60 "$PY" cli.py roofline "$WORK/bench.json" --pass fwd --out "$WORK/roofline_fwd.png"
-    step scaling 60 "$PY" cli.py scaling --json "$WORK/bench.json" --pass fwdbwd --out "$WORK/scaling.png"
+  if has plots; then
+    if [ -s "$OUT_DIR/bench.json" ]; then
+      step roofline 120 - "$PY" cli.py roofline "$OUT_DIR/bench.json" --pass fwdbwd --out "$OUT_DIR/roofline.png"
+      step roofline-fwd 120 - "$PY" cli.py roofline "$OUT_DIR/bench.json" --pass fwd --out "$OUT_DIR/roofline_fwd.png"
+      step scaling 120 - "$PY" cli.py scaling --json "$OUT_DIR/bench.json" --pass fwdbwd --out "$OUT_DIR/scaling.png"
+    else
+      echo "=== plots: no bench.json in $OUT_DIR (run the bench step first)"
+      echo "plots: not run (no bench.json)" >> "$SUMMARY"
+    fi
   fi
+  echo "=== summary ($SUMMARY):"
+  cat "$SUMMARY"
   echo "=== files:"
-  ls -la "$WORK"
+  ls -la "$OUT_DIR"
 }
 
-session 2>&1 | tee "$WORK/session.log"
-for f in session.log bench.md roofline.png scaling.png; do
-  [ -f "$WORK/$f" ] && cp "$WORK/$f" "$OUT/$f"
-done
-tar czf "$OUT/results.tgz" -C "$WORK" .
-rm -rf "$WORK"
-if has bench || has goals; then
-  tar czf "$OUT/triton_cache.tgz" -C "$TRITON_CACHE_DIR" .
-  [ "$(stat -c %s "$OUT/triton_cache.tgz")" -lt 15000000 ] || { echo "triton cache too large to return"; rm "$OUT/triton_cache.tgz"; }
-fi
+session 2>&1 | tee "$OUT_DIR/session.log"
+! grep -qE "rc=[1-9]|not run" "$SUMMARY"

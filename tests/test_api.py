@@ -44,10 +44,21 @@ def test_vjp_defaults_match_the_op():
     np.testing.assert_array_equal(out, wb.softmax_attention(q, k, v, causal=False, scale=0.3))
 
 
-def test_float16_on_numpy_is_computed_in_float32():
-    q, k, v = _args("linear", dtype="float16")
-    out = wb.linear_attention(q, k, v)
-    assert out.dtype == np.float16
+@pytest.mark.parametrize("op", registry.OPS)
+def test_float16_on_numpy_is_computed_in_float32(op):
+    """float16 in, float16 out, and every value is the float32 computation rounded once to float16 (not a
+    float16 computation: over T = 300 its sums would be off by far more than one float16 rounding)."""
+    fn = wb.PUBLIC_OPS[op]
+    args16 = _args(op, (2,), 300, 16, 8, dtype="float16")
+    do16 = np.random.default_rng(1).standard_normal((2, 300, 8)).astype(np.float16)
+    out, pb = wb.vjp(fn, *args16)                                  # auto: numpy:chunked
+    out32, pb32 = wb.vjp(fn, *[a.astype(np.float32) for a in args16])
+    ref, pb_ref = wb.vjp(fn, *[a.astype(np.float64) for a in args16], backend="numpy:explicit")
+    for x, x32, r in zip((out,) + pb(do16), (out32,) + pb32(do16.astype(np.float32)),
+                         (ref,) + pb_ref(do16.astype(np.float64))):
+        assert x.dtype == np.float16
+        np.testing.assert_array_equal(x, x32.astype(np.float16))
+        assert np.linalg.norm(x - r) / np.linalg.norm(r) < 1e-3          # float16 rounding, ~3e-4
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -182,7 +193,149 @@ def test_backend_default_can_depend_on_dtype():
     """"cupy" alone picks the tensor-core softmax for float16 (4x faster than cupy:flash on the H100) and the
     CUDA-core one for float32, which the tensor-core kernels do not take."""
     from workbench import registry
-    assert registry.get("softmax", "cupy", dtype="float16").name == "flash_mma"
+    assert registry.get("softmax", "cupy", dtype="float16").name == "fa2"
     assert registry.get("softmax", "cupy", dtype="float32").name == "flash"
     assert registry.get("softmax", "cupy").name == "flash"
     assert registry.get("linear", "cupy", dtype="float16").name == "chunked"
+
+
+# ----------------------------------------------------------------------------- input contract
+def test_positive_log_decay_is_refused_and_minus_inf_is_legal():
+    q, k, v, g = _args("decayed")
+    wb.decayed_attention(q, k, v, g)                     # the plan of this signature is now cached
+    bad = g.copy()
+    bad[1, 3] = 0.25
+    with pytest.raises(ValueError, match=r"decayed_attention: argument 'log_decay' must be <= 0.*0\.25"):
+        wb.decayed_attention(q, k, v, bad)               # values are checked on every call, cached plan or not
+    with pytest.raises(ValueError, match="'log_decay'"):
+        wb.vjp(wb.decayed_attention, q, k, v, np.full_like(g, np.inf))
+    reset = g.copy()
+    reset[:, 2] = -np.inf                                # an exact reset of the state: accepted
+    wb.vjp(wb.decayed_attention, q, k, v, reset)
+
+
+def test_matrix_and_masked_arrays_are_refused():
+    q, k, v = (a[0] for a in _args("softmax"))           # 2-D: (T, D)
+    with pytest.raises(TypeError, match=r"softmax_attention: argument 'q'.*numpy\.matrix"):
+        wb.softmax_attention(np.matrix(q), k, v)
+    with pytest.raises(TypeError, match=r"softmax_attention: argument 'k'.*masked array"):
+        wb.softmax_attention(q, np.ma.masked_array(k, mask=k > 1), v)
+    out, pb = wb.vjp(wb.softmax_attention, q, k, v)
+    with pytest.raises(TypeError, match="'dout'.*masked array"):
+        pb(np.ma.masked_array(out))
+
+
+def test_non_native_byte_order_is_accepted_and_converted():
+    args = _args("zeros", dtype="float32")
+    swapped = [a.astype(a.dtype.newbyteorder("S")) for a in args]
+    assert not swapped[0].dtype.isnative
+    out, pb = wb.vjp(wb.zeros_attention, *swapped)
+    ref, pb_ref = wb.vjp(wb.zeros_attention, *args)
+    assert out.dtype == np.float32 and out.dtype.isnative
+    np.testing.assert_array_equal(out, ref)
+    dout = np.ones_like(ref)
+    for g, r in zip(pb(dout.astype(dout.dtype.newbyteorder("S"))), pb_ref(dout)):
+        assert g.dtype == np.float32 and g.dtype.isnative
+        np.testing.assert_array_equal(g, r)
+
+
+@pytest.mark.parametrize("bad", ["float64", "int64", "float16"])
+def test_pullback_refuses_a_dout_of_another_dtype(bad):
+    q, k, v = _args("linear", dtype="float32")
+    out, pb = wb.vjp(wb.linear_attention, q, k, v)
+    with pytest.raises(TypeError, match=f"linear_attention pullback: argument 'dout' has dtype {bad}; "
+                                        f"expected float32"):
+        pb(np.ones(out.shape, bad))
+    assert all(g.dtype == np.float32 for g in pb(np.ones_like(out)))
+
+
+def test_unknown_options_name_the_op():
+    q, k, v = _args("softmax")
+    with pytest.raises(TypeError, match=r"vjp: softmax_attention got unexpected keyword argument\(s\) 'foo'"):
+        wb.vjp(wb.softmax_attention, q, k, v, foo=1)
+    with pytest.raises(TypeError, match="softmax_attention.*'foo'"):
+        wb.softmax_attention(q, k, v, foo=1)
+
+
+def test_dtype_error_says_float16_is_fine_on_numpy():
+    q, k, v = _args("softmax")
+    with pytest.raises(TypeError, match=r"expected a floating dtype \(float16, float32 or float64") as e:
+        wb.softmax_attention(q.astype(np.int32), k, v)
+    assert "GPU" not in str(e.value)
+    assert wb.softmax_attention(*(a.astype(np.float16) for a in (q, k, v))).dtype == np.float16
+
+
+@pytest.mark.parametrize("call, op", [
+    (lambda q, k, v: wb.softmax_attention(q, k, v, backend="jax"), "softmax"),
+    (lambda q, k, v: wb.linear_attention(q, k, v, backend=3), "linear"),
+    (lambda q, k, v: wb.linear_attention(q, k, v, scale="x"), "linear"),
+    (lambda q, k, v: wb.softmax_attention(q, k, v, backend="numpy:fast"), "softmax"),
+    (lambda q, k, v: wb.zeros_attention(q, k, v, q[..., 0], q[..., :2], backend="numpy:explicit", causal=2), "zeros"),
+    (lambda q, k, v: wb.vjp(wb.linear_attention, q, k, v)[1](v[..., :1]), "linear"),
+    (lambda q, k, v: wb.vjp(wb.softmax_attention, q, k, v)[1]([1.0]), "softmax"),
+])
+def test_every_error_names_the_op(call, op):
+    q, k, v = _args("softmax")
+    with pytest.raises((TypeError, ValueError)) as e:
+        call(q, k, v)
+    assert f"{op}_attention" in str(e.value)
+
+
+# ----------------------------------------------------------------------------- plans
+def test_a_cached_plan_does_not_skip_validation_of_other_signatures():
+    q, k, v = _args("softmax")
+    wb.softmax_attention(q, k, v, causal=True)
+    with pytest.raises(TypeError, match="causal"):       # 1 == True, but the key tells them apart
+        wb.softmax_attention(q, k, v, causal=1)
+    with pytest.raises(TypeError, match="mixed dtypes"):
+        wb.softmax_attention(q, k, v.astype(np.float32))
+    from workbench import ops
+    assert ops._opt_key(0.0) != ops._opt_key(-0.0)      # -0.0 == 0.0 too
+    assert ops._opt_key(np.float32(0.0)) != ops._opt_key(np.float32(-0.0))
+
+
+def test_plans_are_reused_and_outputs_are_fresh():
+    from workbench import ops
+    q, k, v = _args("linear", (3,), 9, 4, 4)
+    a = wb.linear_attention(q, k, v)
+    n = len(ops._PLANS)
+    b = wb.linear_attention(q * 2, k, v)
+    assert len(ops._PLANS) == n                          # same signature: no new plan
+    assert a is not b and not np.shares_memory(a, b)
+    np.testing.assert_allclose(b, 2 * a, rtol=1e-12)
+
+
+def test_auto_picks_a_gpu_variant_that_takes_the_dtype(monkeypatch):
+    """CuPy arrays: the CuPy default for the dtype, Numba's (CuPy arrays without a copy) for float64; an error
+    naming the variants that take the dtype when none can run here."""
+    from workbench import backends, ops
+    if not registry.variants("softmax", "cupy") or not registry.variants("softmax", "numba"):
+        pytest.skip("needs the cupy and numba variants registered")
+    monkeypatch.setattr(backends, "status", lambda b: (True, "pretend"))
+    monkeypatch.setattr(backends, "numba_simulator", lambda: False)
+    for dtype in ("float32", "float16"):                 # the CuPy backend's default for the dtype
+        assert ops._auto_variant("softmax", "cupy", dtype) is registry.get("softmax", "cupy", dtype=dtype)
+    assert ops._auto_variant("softmax", "cupy", "float16").key != ops._auto_variant("softmax", "cupy", "float32").key
+    for op in registry.OPS:
+        v = ops._auto_variant(op, "cupy", "float64")
+        assert v.backend == "numba" and "float64" in v.dtypes and v.array_kind == "any"
+        assert ops._auto_variant(op, "numpy", "float64").key == "numpy:chunked"
+    monkeypatch.setattr(backends, "status", lambda b: (b != "numba", "no CUDA GPU"))
+    with pytest.raises(TypeError, match=r"softmax_attention: no cupy/numba variant can take cupy arrays of dtype "
+                                        r"float64.*numba:naive, numba:tiled.*numba: no CUDA GPU"):
+        ops._auto_variant("softmax", "cupy", "float64")
+
+
+def test_registering_a_variant_drops_cached_plans(monkeypatch):
+    from workbench import ops
+    q, k, v = _args("linear")
+    assert wb.linear_attention(q, k, v, backend="numpy") is not None
+    before = registry.get("linear", "numpy", dtype="float64")
+    monkeypatch.setattr(registry, "_TABLE", dict(registry._TABLE))
+    monkeypatch.setattr(registry, "_VIEWS", {})
+    marker = np.zeros((2, 6, 3))
+    registry.register(registry.Variant("linear", "numpy", "zz_first", lambda *a, **o: (marker, None),
+                                       lambda c, d: None, default_for=("float64",)))
+    assert wb.linear_attention(q, k, v, backend="numpy") is marker       # the new default, not a stale plan
+    assert before.name == "chunked"
+    ops._PLANS.clear()

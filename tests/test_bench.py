@@ -1,9 +1,7 @@
 """The timing harness on the NumPy backend: a tiny grid end to end, failures recorded per cell, the GPU
 timing loop driven by a fake clock, the ZeroS prefix-sum peer's formula, the CLI."""
 import json
-import sys
 import time
-import types
 from dataclasses import replace
 
 import numpy as np
@@ -148,17 +146,6 @@ def test_peer_is_skipped_when_its_library_is_missing():
     assert {p.op for p in peers.PEERS} == {"softmax", "linear", "decayed", "zeros"}
 
 
-def test_disable_poison():
-    mod = types.ModuleType("kernels.fake_poison_for_test")
-    mod.POISON = True
-    sys.modules[mod.__name__] = mod
-    try:
-        assert mod.__name__ in lines.disable_poison()
-        assert mod.POISON is False
-    finally:
-        del sys.modules[mod.__name__]
-
-
 def test_ceilings_cache_and_overrides():
     c = ceilings.get_ceilings(gpu=False, peak_bw=5e9, peak_flops={"float32": 1e12})
     assert c["bw"] == 5e9 and c["flops"]["float32"] == 1e12 and c["flops"]["float64"] == 50e9
@@ -179,9 +166,18 @@ def test_cli_bench_cpu_grid(tmp_path):
     assert "speed-up" in r.output and out.exists() and (tmp_path / "b.md").exists()
     r = CliRunner().invoke(main, ["bench", "--from-json", str(out), "--short"])
     assert r.exit_code == 0 and "numpy:explicit" in r.output and "speed-up" in r.output
+
+
+def test_cli_bench_gpu_grid_without_a_gpu_is_a_usage_error(monkeypatch):
+    """On a machine without a GPU (made so here, whatever this machine has), a GPU grid is refused with exit
+    status 2 and a message naming the grid and the way out, before anything is timed."""
+    from cli import main
+    from workbench.bench import api
+    monkeypatch.setattr(api, "gpu_available", lambda: False)
+    monkeypatch.setattr(api, "run_grid", lambda *a, **kw: pytest.fail("a GPU grid ran without a GPU"))
     r = CliRunner().invoke(main, ["bench", "--grid", "headline"])
-    if r.exit_code != 0:                        # no GPU here: a clear message, exit status 2
-        assert "needs a CUDA GPU" in r.output
+    assert r.exit_code == 2, r.output
+    assert "grid 'headline' needs a CUDA GPU" in r.output and "use --grid cpu" in r.output
 
 
 def test_sticky_cuda_errors_are_recognised():

@@ -47,7 +47,7 @@ def broken_variant():
         return dq, 0.5 * dk, dv
     v = registry.register(registry.Variant("softmax", "numpy", "broken", fwd, bwd))
     yield v
-    registry._TABLE.pop(("softmax", "numpy", "broken"))
+    registry.unregister("softmax", "numpy", "broken")
 
 
 def test_check_catches_a_wrong_variant(broken_variant):
@@ -68,7 +68,7 @@ def test_check_reports_a_crashing_variant_as_a_failed_cell():
                               True, "", {}, seed=0)
         assert not cell.ok and "kernel exploded" in cell.error
     finally:
-        registry._TABLE.pop(("softmax", "numpy", "crash"))
+        registry.unregister("softmax", "numpy", "crash")
 
 
 def test_rel_error_handles_nan_and_zero_reference():

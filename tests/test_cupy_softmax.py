@@ -1,6 +1,11 @@
-"""CuPy softmax kernels (naive, flash, flash_mma) against the float64 explicit NumPy reference, through the
-public API.  GPU only (marked ``gpu``; skipped without CuPy and a device).  The CPU-side parts (the
+"""CuPy softmax kernels (naive, flash, flash_mma, fa2 and its float32 / deterministic siblings) against the
+float64 explicit NumPy reference, through the public API.  GPU only (marked ``gpu``; skipped without CuPy and a device).  The CPU-side parts (the
 instantiation list, shared-memory budgets, registration) run everywhere."""
+import os
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -12,8 +17,15 @@ from workbench.reference import softmax as ref
 from kernels.cupy import softmax as cs
 
 TOL = {"float32": 1e-4, "float16": 2e-2, "bfloat16": 2e-2}
-VARIANTS = ["naive", "flash", "flash_mma"]
+TF32_TOL = 5e-3                 # float32 inputs through one TF32 product per operand pair
+FA2 = ["fa2", "fa2_det", "fa2_3xtf32", "fa2_tf32"]
+VARIANTS = ["naive", "flash", "flash_mma"] + FA2
 H100_SMEM = 227 * 1024
+
+
+def tol(variant, dtype):
+    tagged = "tf32" in registry.get("softmax", "cupy", variant).tags
+    return TF32_TOL if tagged and dtype == "float32" else TOL[dtype]
 
 
 def rel(x, r):
@@ -22,16 +34,26 @@ def rel(x, r):
     return err / nr if nr > 0 else err
 
 
-def run_case(variant, lead, T, Dk, Dv, dtype, causal, scale=None, seed=0):
+def _as(a, dtype):
+    if dtype == "bfloat16":
+        pytest.importorskip("ml_dtypes")            # registers numpy's "bfloat16"
+    return a.astype(dtype)
+
+
+def run_case(variant, lead, T, Dk, Dv, dtype, causal, scale=None, seed=0, round16=True):
     q, k, v = random_inputs("softmax", lead=lead, T=T, Dk=Dk, Dv=Dv, dtype="float64", seed=seed)
     do = np.random.default_rng(seed + 1).standard_normal((*lead, T, Dv))
-    # round through float16 (as workbench.check does): every dtype then computes the same function as the
-    # float64 reference, and at T=1 causal the reference's dq, dk come out exactly 0 (p = 1, dp = D exactly)
-    # instead of 1e-17 round-off that no kernel reproduces
-    q, k, v, do = (a.astype(np.float16).astype(np.float64) for a in (q, k, v, do))
-    out, pull = wb.vjp(wb.softmax_attention, *(a.astype(dtype) for a in (q, k, v)),
+    if round16:
+        # round through float16 (as workbench.check does): every dtype then computes the same function as the
+        # float64 reference, and at T=1 causal the reference's dq, dk come out exactly 0 (p = 1, dp = D
+        # exactly) instead of 1e-17 round-off that no kernel reproduces
+        q, k, v, do = (a.astype(np.float16).astype(np.float64) for a in (q, k, v, do))
+    else:
+        # float32 inputs with all 24 mantissa bits (TF32 keeps 11: the 3xTF32 split has work to do)
+        q, k, v, do = (a.astype(np.float32).astype(np.float64) for a in (q, k, v, do))
+    out, pull = wb.vjp(wb.softmax_attention, *(_as(a, dtype) for a in (q, k, v)),
                        backend=f"cupy:{variant}", causal=causal, scale=scale)
-    grads = pull(do.astype(dtype))
+    grads = pull(_as(do, dtype))
     sc = 1 / np.sqrt(Dk) if scale is None else scale
     o_ref, ctx = ref.explicit_forward(q, k, v, causal=causal, scale=sc)
     g_ref = ref.explicit_backward(ctx, do)
@@ -39,7 +61,7 @@ def run_case(variant, lead, T, Dk, Dv, dtype, causal, scale=None, seed=0):
     errs = {"o": rel(out, o_ref)}
     errs.update({n: rel(g, r) for n, g, r in zip(("dq", "dk", "dv"), grads, g_ref)})
     for name, err in errs.items():
-        assert np.isfinite(err) and err < TOL[dtype], (variant, name, err, errs)
+        assert np.isfinite(err) and err < tol(variant, dtype), (variant, name, err, errs)
     return errs
 
 
@@ -48,6 +70,9 @@ def test_registered_and_default():
     keys = {v.name for v in registry.variants("softmax", "cupy")}
     assert set(VARIANTS) <= keys
     assert registry.get("softmax", "cupy").name == "flash"
+    assert registry.get("softmax", "cupy", dtype="float16").name == "fa2"
+    assert registry.get("softmax", "cupy", dtype="bfloat16").name == "fa2"
+    assert registry.get("softmax", "cupy", dtype="float32").name == "flash"
 
 
 def test_instantiations_cover_every_launch():
@@ -73,6 +98,57 @@ def test_tiles_cover_every_bucket():
                 assert cs.tiles("mma", D, kind)[0] == 64
 
 
+def test_fa2_registered():
+    for name in FA2:
+        v = registry.get("softmax", "cupy", name)
+        assert v.gpu and v.array_kind == "cupy"
+        assert set(v.dtypes) == ({"float32"} if "tf32" in name else {"float16", "bfloat16"})
+    assert "tf32" in registry.get("softmax", "cupy", "fa2_tf32").tags          # checked at the tf32 tolerance
+    assert "tf32" not in registry.get("softmax", "cupy", "fa2_3xtf32").tags    # float32 accuracy
+
+
+def test_fa2_instantiations_cover_every_plan():
+    exprs = {e for _, e in cs.INSTANTIATIONS}
+    for pol, (fam, ct) in cs._fa2_groups().items():
+        group = cs.fa2_expressions(pol, fam, ct)
+        assert set(group) <= exprs
+        for D in cs.FA2_BUCKETS:                    # what _fa2_plan looks up is in the compiled group
+            t = cs.FA2_TILES[(fam, D)]
+            assert f"fa2_fwd<{pol}, {D}, {t.mt}, {cs._cpp_bool(t.qreg)}, {t.bc}>" in group
+            assert f"fa2_bwd<{pol}, {D}, {t.bq}, {cs._cpp_bool(t.kvreg)}>" in group
+
+
+def test_fa2_tiles_fit():
+    """Every bucket of every family has tiles; they satisfy the kernels' static_asserts and fit in shared
+    memory."""
+    fams = {s.family for s in cs.FA2_SPECS}
+    assert set(cs.FA2_TILES) == {(f, D) for f in fams for D in cs.FA2_BUCKETS}
+    for (fam, D), t in cs.FA2_TILES.items():
+        assert t.mt in (1, 2) and t.bc in (32, 64) and t.bq in (16, 32, 64)
+        mq = t.bq // 16
+        assert 4 % mq == 0 and (D // (4 // mq)) % 16 == 0           # dQ tile split over 4 warps
+        for pass_ in ("fwd", "bwd"):
+            assert 0 < cs.fa2_smem(fam, D, t, pass_) <= H100_SMEM, (fam, D, t, pass_)
+
+
+def test_fa2_plan_above_128_falls_back():
+    assert cs._fa2_plan("fa_h<wb_half>", "h", "wb_half", 200, 64) is None     # cupy:flash's kernels run
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20) for the CPU emulator")
+def test_fa2_kernels_in_the_cpu_emulator():
+    """The fa2 kernels (float16 and 3xTF32) run on the CPU emulator (scripts/cuda_emulate.py) through the real
+    host code and match the float64 reference; the emulator first reproduces the GPU-verified flash_mma.  A
+    subprocess: the emulator installs a stand-in ``cupy`` module."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "cuda_emulate.py")
+    r = subprocess.run([sys.executable, script, "-k", "self-check", "-k", "fa2 fp16 T=70 D=64 causal=True",
+                        "-k", "fa2_3xtf32 T=70 D=64 causal=False", "-k", "Dk=5"],
+                       capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("ok  ") == 4, r.stdout
+
+
 def test_head_dim_limit_is_a_clear_error():
     v = registry.get("softmax", "cupy", "flash")
     assert v.unsupported_reason({}, {"q": (1, 4, 300), "k": (1, 4, 300), "v": (1, 4, 8)})
@@ -85,7 +161,11 @@ needs_cupy = pytest.mark.skipif(backends.cupy_module() is None, reason="needs Cu
 
 
 def _dtypes(variant):
-    return ["float16"] if variant == "flash_mma" else ["float32", "float16"]
+    if variant == "flash_mma":
+        return ["float16"]
+    if variant in FA2:
+        return list(registry.get("softmax", "cupy", variant).dtypes)
+    return ["float32", "float16"]
 
 
 @gpu
@@ -114,7 +194,7 @@ def test_large_logits(variant):
                                  backend=f"cupy:{variant}")
         o_ref, _ = ref.explicit_forward(q, k, v, causal=True, scale=1.0)
         assert np.abs(q @ np.swapaxes(k, -1, -2)).max() > 300
-        assert np.isfinite(o).all() and rel(o, o_ref) < TOL[dtype]
+        assert np.isfinite(o).all() and rel(o, o_ref) < tol(variant, dtype)
 
 
 @gpu
@@ -123,9 +203,51 @@ def test_large_logits(variant):
 def test_nan_propagates(variant):
     cp = backends.cupy_module()
     q, k, v = (cp.asarray(a) for a in random_inputs("softmax", lead=(1,), T=70, Dk=64, Dv=64, dtype="float32"))
-    dtype = "float16" if variant == "flash_mma" else "float32"
+    dtype = _dtypes(variant)[0] if variant in FA2 else ("float16" if variant == "flash_mma" else "float32")
     q, k, v = (a.astype(dtype) for a in (q, k, v))
     q[0, 5, 3] = cp.nan
     o = wb.softmax_attention(q, k, v, causal=True, backend=f"cupy:{variant}")
     bad = cp.isnan(o).any(axis=-1)[0].get()
     assert bad[5] and not bad[:5].any() and not bad[6:].any()
+
+
+@gpu
+@needs_cupy
+@pytest.mark.parametrize("variant", FA2)
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("shape", [((1,), 4097, 64, 64), ((1,), 4097, 128, 128), ((3,), 1000, 96, 40)])
+def test_fa2_many_blocks(variant, causal, shape):
+    """Many key blocks add into each dq row (float32 atomics in fa2's one-pass backward); T not a multiple of
+    any tile; several heads."""
+    lead, T, Dk, Dv = shape
+    run_case(variant, lead, T, Dk, Dv, _dtypes(variant)[0], causal)
+
+
+@gpu
+@needs_cupy
+@pytest.mark.parametrize("causal", [True, False])
+def test_fa2_atomic_dq_matches_deterministic(causal):
+    """fa2 (dq by atomics) and fa2_det (dq by a pass over query tiles) share the forward: their gradients
+    differ only by float32 summation order before the final float16 rounding."""
+    cp = backends.cupy_module()
+    q, k, v = (cp.asarray(a, dtype=cp.float16)
+               for a in random_inputs("softmax", lead=(2,), T=1537, Dk=64, Dv=64, dtype="float32", seed=5))
+    do = cp.asarray(np.random.default_rng(6).standard_normal((2, 1537, 64)), dtype=cp.float16)
+    grads = {}
+    for name in ("fa2", "fa2_det"):
+        out, pull = wb.vjp(wb.softmax_attention, q, k, v, causal=causal, backend=f"cupy:{name}")
+        grads[name] = [cp.asnumpy(g).astype(np.float64) for g in pull(do)]
+    for a, b in zip(grads["fa2"], grads["fa2_det"]):
+        assert rel(a, b) < 2e-3
+
+
+@gpu
+@needs_cupy
+@pytest.mark.parametrize("causal", [True, False])
+def test_3xtf32_reaches_float32_accuracy(causal):
+    """On float32 inputs that use all 24 mantissa bits, the 3xTF32 split meets the float32 tolerance and is far
+    closer than one TF32 product (which the split exists to beat)."""
+    e3 = run_case("fa2_3xtf32", (2,), 300, 64, 64, "float32", causal, round16=False)
+    e1 = run_case("fa2_tf32", (2,), 300, 64, 64, "float32", causal, round16=False)
+    assert max(e3.values()) < 1e-4
+    assert max(e3.values()) < max(e1.values()) / 10, (e3, e1)

@@ -1,4 +1,4 @@
-"""Experiments: theory vs SPEC check values and closed forms, measured rows vs theory, the claims' direction."""
+"""Experiments: theory vs docs/spec.md's check values and closed forms, rows vs theory, the claims' direction."""
 import json
 import math
 import os
@@ -113,7 +113,7 @@ def test_last_row_and_direct_rows_match_reference_weight_matrices():
             W = np.tril(q @ mT(k))
             opts = dict()
         elif op == "decayed":
-            W = (q @ mT(k)) * ref_decayed._decay_matrix(np.cumsum(arrays[3], -1))
+            W = (q @ mT(k)) * np.exp(ref_decayed._log_decay_matrix(arrays[3]))
             opts = dict()
         else:
             W = ref_zeros._explicit_weights(arrays[3], arrays[4], True)[0] * (q @ mT(k))
@@ -152,8 +152,13 @@ def test_measured_rows_agree_with_theory_small():
     _agree(sp.measure_nonneg("elu1", 0.0, 4, 2048, 8, rng), sp.nonneg_theory("elu1", 0.0, 4))
     _agree(sp.measure_nonneg("relu", -1.0, 1, 2048, 8, rng), sp.nonneg_theory("relu", -1.0, 1))
     _agree(sp.measure_zeros(0.5, (0.0, 0.0), 2048, 8, rng), sp.zeros_theory(0.5, 0.5, 0.5, 16))
-    np.testing.assert_allclose(sp.measure_decay([0.5, 0.9], 100), [sp.decay_theory(0.5, 100),
-                                                                   sp.decay_theory(0.9, 100)], rtol=1e-12)
+    # decay: the op's last row (q.k = 1) is (lambda^(n-1), ..., lambda, 1) value by value, and its sparsity is
+    # the closed form (derived on its own, not the finite sum decay_theory adds up)
+    lams, n = np.array([0.5, 0.9]), 100
+    ones = np.ones((2, n, 1))
+    row = C.last_row_weights("decayed", (ones, ones, ones, np.repeat(np.log(lams)[:, None], n, 1)), scale=1.0)
+    np.testing.assert_allclose(row, lams[:, None] ** np.arange(n - 1, -1, -1), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(sp.measure_decay(lams, n), [sp.decay_closed(lam, n) for lam in lams], rtol=1e-10)
     # and they can fail: linear rows are not as sparse as softmax at gamma = 2
     assert C.sparsity(w).mean() > sp.softmax_theory(2.0) + 0.5
 

@@ -1,4 +1,4 @@
-"""Every CUDA source in kernels/cuda compiles with NVRTC for sm_80 and sm_90, with every template
+"""Every CUDA source in kernels/cuda compiles with NVRTC for sm_90 (and to compute_80 PTX), with every template
 instantiation the kernels.cupy modules launch, with no error and no warning.  Needs no GPU: only
 ``cuda-bindings`` and the ``nvidia-cuda-nvrtc`` wheel (the sources include no toolkit header)."""
 import pytest
@@ -7,6 +7,7 @@ nvrtc = pytest.importorskip("cuda.bindings.nvrtc")
 
 from kernels.cupy import nvrtc_check  # noqa: E402
 
+pytestmark = pytest.mark.slow      # NVRTC compiles: minutes; -m "not slow" leaves them out
 SOURCES = nvrtc_check.instantiations()
 
 

@@ -80,13 +80,22 @@ def gpu_available() -> bool:
 
 # ----------------------------------------------------------------------------- array kinds
 def array_kind(x) -> str:
-    """'numpy' or 'cupy' for an array argument; TypeError for anything else."""
-    if isinstance(x, np.ndarray):
+    """'numpy' or 'cupy' for an array argument; TypeError for anything else.  NumPy subclasses whose
+    semantics the ops would silently drop are refused: ``numpy.matrix`` (2-D only, ``*`` is a matrix
+    product) and masked arrays (the mask would be ignored)."""
+    t = type(x)
+    if t is np.ndarray:
         return "numpy"
-    mod = type(x).__module__
-    if mod.startswith("cupy"):
+    if isinstance(x, np.ndarray):
+        if isinstance(x, np.matrix):
+            raise TypeError("got a numpy.matrix; pass a numpy.ndarray (np.asarray(x))")
+        if isinstance(x, np.ma.MaskedArray):
+            raise TypeError("got a masked array (numpy.ma.MaskedArray); the ops cannot honour a mask: pass "
+                            "x.filled(value) or np.asarray(x) to say what masked elements hold")
+        return "numpy"
+    if t.__module__.startswith("cupy"):
         return "cupy"
-    raise TypeError(f"expected a numpy.ndarray or cupy.ndarray, got {type(x).__name__}")
+    raise TypeError(f"expected a numpy.ndarray or cupy.ndarray, got {t.__name__}")
 
 
 def to_kind(x, kind: str):
@@ -103,11 +112,30 @@ def to_kind(x, kind: str):
     raise ValueError(kind)
 
 
-# ----------------------------------------------------------------------------- output poisoning
-# Checks and tests fill every kernel output with NaN before the launch, so an element a kernel never wrote
-# shows up as NaN instead of as stale memory.  The user's fast path does not pay for those fills: outputs
-# are allocated uninitialised unless poisoning is on (environment WORKBENCH_POISON=1, or ``poisoned()``).
-_POISON = [os.environ.get("WORKBENCH_POISON", "0") not in ("", "0")]
+# ----------------------------------------------------------------------------- switches
+# Two process-wide switches, each a stack so that a ``with`` block restores the previous state.
+#   poisoning:     checks and tests fill every kernel output with NaN before the launch, so an element a
+#                  kernel never wrote shows up as NaN instead of as stale memory.  The user's fast path does
+#                  not pay for those fills: outputs are allocated uninitialised unless poisoning is on
+#                  (environment WORKBENCH_POISON=1, or ``poisoned()``).
+#   device checks: input checks that need the values of CuPy arrays (a device reduction and a host sync per
+#                  call, e.g. refusing positive log decays) run only while this is on (environment
+#                  WORKBENCH_DEVICE_CHECKS=1, or ``device_checked()``); NumPy inputs are always checked.
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "0") not in ("", "0")
+
+
+_POISON = [_env_flag("WORKBENCH_POISON")]
+_DEVICE_CHECKS = [_env_flag("WORKBENCH_DEVICE_CHECKS")]
+
+
+@contextlib.contextmanager
+def _pushed(stack: list, on: bool):
+    stack.append(bool(on))
+    try:
+        yield
+    finally:
+        stack.pop()
 
 
 def poisoning() -> bool:
@@ -115,17 +143,30 @@ def poisoning() -> bool:
     return _POISON[-1]
 
 
-@contextlib.contextmanager
 def poisoned(on: bool = True):
     """Turn output poisoning on (or off) inside the block: ``with backends.poisoned(): ...``."""
-    _POISON.append(bool(on))
-    try:
-        yield
-    finally:
-        _POISON.pop()
+    return _pushed(_POISON, on)
+
+
+def device_checks() -> bool:
+    """True while the ops check the values of CuPy inputs too (each such check syncs the device)."""
+    return _DEVICE_CHECKS[-1]
+
+
+def device_checked(on: bool = True):
+    """Check the values of CuPy inputs (or not) inside the block: ``with backends.device_checked(): ...``."""
+    return _pushed(_DEVICE_CHECKS, on)
 
 
 def new_output(xp, shape, dtype):
     """A kernel's output buffer of module ``xp`` (numpy or cupy): NaN-filled while poisoning, else
     uninitialised (every element must be written by the kernel)."""
     return xp.full(shape, xp.nan, dtype) if _POISON[-1] else xp.empty(shape, dtype)
+
+
+def data_ptr(x) -> int:
+    """The address of an array's first element (CuPy: device pointer; NumPy: host pointer)."""
+    try:
+        return x.data.ptr
+    except AttributeError:
+        return x.__array_interface__["data"][0]

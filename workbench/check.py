@@ -1,13 +1,26 @@
-"""Correctness sweep: every registered variant against the float64 explicit NumPy reference.
+"""Correctness sweep: every registered variant against the float64 explicit NumPy reference, and that reference
+against finite differences.
 
 A *cell* is (op, variant, shape, dtype, options).  For each cell the inputs are drawn fresh, the variant's
 forward and backward run through the public API (``vjp``), and the relative error
-``||x - ref|| / ||ref||`` of the output and of every gradient is compared with the dtype's tolerance
-(SPEC section 4).  Inputs are rounded to float16-representable values first, so every dtype computes the same
-function of the same inputs and one float64 reference serves them all.
+``||x - ref|| / ||ref||`` of the output and of every gradient is compared with the variant's tolerance for
+that dtype (``registry.Variant.tolerance``: declared per variant from its measured error, at most the dtype's
+``registry.TOLERANCE``; docs/spec.md section 4).  Inputs are rounded to float16-representable values first, so every dtype computes
+the same function of the same inputs and one float64 reference serves them all.
+
+Variants that declare the optional features of ``registry.FEATURES`` get more cells (labels ``+state``,
+``+packed``, ``+state+packed``): an initial state in, the final state out and its gradient back in
+(``state``), sequences packed into T with ``inputs.packed_lengths`` (lengths 1, 63, 64, 65, ...;
+``packed``); the errors then include the final state's fields (``final.S``, ...) and the initial state's
+gradient (``dinit.S``, ...).
+
+The explicit reference (``numpy:explicit``) is the reference row, never compared with itself.  It is checked
+on its own, every run, by *finite-difference cells*: per op and option, at one small shape, every element of
+its hand-derived gradients against float64 central differences of its forward.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import sys
@@ -17,10 +30,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import backends, registry
-from .inputs import default_options, random_inputs
+from .inputs import default_options, packed_lengths, random_inputs, random_state
 from .ops import PUBLIC_OPS, vjp
+from .state import fields, map_state, state_dtype
 
-TOLERANCE = {"float64": 1e-10, "float32": 1e-4, "tf32": 5e-3, "float16": 2e-2, "bfloat16": 2e-2}
+REFERENCE = "numpy:explicit"        # what every cell is compared with
 
 
 @dataclass(frozen=True)
@@ -35,6 +49,12 @@ class Shape:
 
 
 # ----------------------------------------------------------------------------- the sweep, as data
+# Finite-difference cells: one small shape, central differences with step FD_STEP in float64 (truncation
+# error ~ h^2 times the third derivative, rounding ~ 1e-16 |f| / h: both ~1e-10 relative), pass at FD_TOLERANCE.
+FD_SHAPE = Shape((2,), 6, 3, 4)
+FD_STEP = 1e-5
+FD_TOLERANCE = 1e-6
+
 SHAPES = {
     # CPU: NumPy references (default sweep must finish in well under a minute on 2 cores)
     "cpu": [Shape((2,), 1, 8, 8), Shape((2, 3), 37, 5, 7), Shape((2,), 130, 16, 16), Shape((1,), 257, 32, 24)],
@@ -42,7 +62,7 @@ SHAPES = {
     # Numba's CUDA simulator runs every thread in Python: tiny shapes only
     "simulator": [Shape((2,), 1, 4, 4), Shape((2,), 19, 4, 6)],
     "simulator-quick": [Shape((1,), 19, 4, 6)],
-    # a real GPU (SPEC/issues: T = 1, 127, 1024, 4097; head dims 32, 64, 80, 128; several leading dims)
+    # a real GPU (T = 1, 127, 1024, 4097; head dims 32, 64, 80, 128; several leading dims)
     "gpu": [Shape((2,), 1, 64, 64), Shape((2, 2), 127, 64, 64), Shape((1, 2), 1024, 64, 64),
             Shape((1,), 4097, 64, 64), Shape((2,), 127, 128, 128), Shape((1,), 1024, 128, 128),
             Shape((2,), 127, 32, 32), Shape((2,), 127, 80, 80), Shape((2, 3), 67, 16, 24)],
@@ -69,6 +89,20 @@ def option_grid(op: str, quick: bool) -> list:
 
 def causal_values(op: str) -> tuple:
     return (True,) if op == "decayed" else (True, False)
+
+
+# State and packing cells: (label suffix, flags).  state: an initial state in, the final state out and its
+# gradient back in (causal only); packed: cu_seqlens from inputs.packed_lengths(T).
+FEATURE_GRID = [("+state", dict(state=True)), ("+packed", dict(packed=True)),
+                ("+state+packed", dict(state=True, packed=True))]
+
+
+def feature_grid(variant: registry.Variant, causal: bool, quick: bool) -> list:
+    """The feature cells a variant gets for one causal value: every applicable combination, or with
+    ``quick`` only the most inclusive one.  They run over the op's quick option grid."""
+    grid = [(label, flags) for label, flags in FEATURE_GRID
+            if all(f in variant.features for f in flags) and (causal or not flags.get("state"))]
+    return grid[-1:] if quick else grid
 
 
 def shapes_for(variant: registry.Variant, quick: bool, full: bool) -> list:
@@ -109,23 +143,47 @@ def _split_input_options(op: str, extra: dict) -> tuple:
 _REF_CACHE: dict = {}
 
 
-def _reference(op, arrays, options, dout, key):
-    """Float64 explicit reference (out, grads), cached per cell key (shared by variants and dtypes)."""
-    if key not in _REF_CACHE:
+def _reference(op, cin):
+    """Float64 explicit reference (out, grads) of a cell, cached per cell key (shared by variants and dtypes)."""
+    if cin.key not in _REF_CACHE:
         if len(_REF_CACHE) > 64:
             _REF_CACHE.clear()
-        out, pb = vjp(PUBLIC_OPS[op], *arrays, backend="numpy:explicit", **options)
-        _REF_CACHE[key] = (out, pb(dout))
-    return _REF_CACHE[key]
+        out, pb = vjp(PUBLIC_OPS[op], *cin.arrays, backend=REFERENCE, **cin.options, **cin.extras())
+        _REF_CACHE[cin.key] = (out, pb(cin.dout, *([cin.dstate] if cin.dstate is not None else [])))
+    return _REF_CACHE[cin.key]
 
 
-def compare(op: str, backend_key: str, lead=(2,), T=16, Dk=8, Dv=None, dtype="float32", options=None, seed=0,
-            n_gates=2, log_decay_range=None, causal=None) -> dict:
-    """Relative errors of one variant on one cell against the float64 explicit reference.
+@dataclass(frozen=True)
+class CellInputs:
+    """The float64 inputs of one cell (rounded to float16-representable values), its ``dout`` and the public
+    op's options; ``key`` identifies them (the reference cache's key).  State cells: an initial state and the
+    final state's gradient ``dstate`` (float64, float16-representable); packed cells: ``cu_seqlens``."""
+    arrays: tuple
+    dout: np.ndarray
+    options: dict
+    key: tuple
+    initial_state: object = None
+    dstate: object = None
+    cu_seqlens: tuple = None
 
-    Returns ``{"out": e, "dq": e, ..., "tol": tol, "ok": bool, "seconds": s}``.
-    ``options`` are the public op's keyword options (defaults filled in); ``causal`` overrides options'.
-    """
+    def extras(self, dtype: str = "float64") -> dict:
+        """The public op's state and packing keywords, the state in the state dtype of ``dtype``."""
+        out = {}
+        if self.initial_state is not None:
+            out.update(initial_state=_cast_state(self.initial_state, dtype), return_state=True)
+        if self.cu_seqlens is not None:
+            out["cu_seqlens"] = self.cu_seqlens
+        return out
+
+
+def _cast_state(st, dtype: str):
+    sdt = state_dtype(dtype)
+    return map_state(lambda a: a.astype(sdt), st)
+
+
+def cell_inputs(op: str, lead=(2,), T=16, Dk=8, Dv=None, options=None, seed=0, n_gates=2, log_decay_range=None,
+                causal=None, state=False, packed=False) -> CellInputs:
+    """``options`` are the public op's keyword options (defaults filled in); ``causal`` overrides options'."""
     Dv = Dk if Dv is None else Dv
     options = dict(options or {})
     if causal is not None and op != "decayed":
@@ -136,26 +194,114 @@ def compare(op: str, backend_key: str, lead=(2,), T=16, Dk=8, Dv=None, dtype="fl
     input_kw = dict(n_gates=n_gates, feature_map=opts.get("feature_map", "identity"))
     if log_decay_range is not None:
         input_kw["log_decay_range"] = log_decay_range
-    arrays64 = [a.astype(np.float16).astype(np.float64)
-                for a in random_inputs(op, lead, T, Dk, Dv, "float64", seed, **input_kw)]
+    arrays64 = tuple(_half_exact(a) for a in random_inputs(op, lead, T, Dk, Dv, "float64", seed, **input_kw))
     rng = np.random.default_rng(seed + 7919)
-    dout64 = rng.standard_normal((*lead, T, Dv)).astype(np.float16).astype(np.float64)
+    dout64 = _half_exact(rng.standard_normal((*lead, T, Dv)))
+    cu = packed_lengths(T) if packed else None
+    init = dstate = None
+    if state:
+        slead = (*lead, len(cu) - 1) if packed else tuple(lead)
+        normalize = bool(opts.get("normalize", False))
+        init = map_state(_half_exact, random_state(op, slead, Dk, Dv, seed=seed, normalize=normalize))
+        dstate = map_state(lambda a: _half_exact(rng.standard_normal(a.shape)), init)
     key = (op, tuple(lead), T, Dk, Dv, seed, json.dumps(opts, sort_keys=True, default=str),
-           json.dumps(input_kw, sort_keys=True, default=str))
-    ref_out, ref_grads = _reference(op, arrays64, opts, dout64, key)
+           json.dumps(input_kw, sort_keys=True, default=str), bool(state), bool(packed))
+    return CellInputs(arrays64, dout64, opts, key, init, dstate, cu)
+
+
+def _half_exact(a):
+    """float64 values that float16 (and so every dtype) represents exactly."""
+    return a.astype(np.float16).astype(np.float64)
+
+
+def _variant(op: str, backend_key: str, dtype: str) -> registry.Variant:
+    backend, _, name = backend_key.partition(":")
+    return registry.get(op, backend, name or None, dtype=dtype)
+
+
+def _named(op: str, out, grads, has_state: bool) -> dict:
+    """name -> array of a cell's results: out, final.<field> (state cells), d<arg>, dinit.<field>."""
+    o, final = out if has_state else (out, None)
+    res = {"out": o}
+    if final is not None:
+        res.update({f"final.{n}": x for n, x in fields(final).items()})
+    res.update({"d" + n: g for n, g in zip(registry.ARRAY_ARGS[op], grads)})
+    if has_state:
+        res.update({f"dinit.{n}": x for n, x in fields(grads[-1]).items()})
+    return res
+
+
+def compare(op: str, backend_key: str, lead=(2,), T=16, Dk=8, Dv=None, dtype="float32", options=None, seed=0,
+            n_gates=2, log_decay_range=None, causal=None, state=False, packed=False) -> dict:
+    """Relative errors of one variant on one cell against the float64 explicit reference.
+
+    Returns ``{"out": e, "dq": e, ..., "tol": tol, "ok": bool, "seconds": s}``, tol the variant's tolerance
+    for ``dtype`` (state cells add ``final.<field>`` and ``dinit.<field>``).  ``options`` are the public op's
+    keyword options (defaults filled in); ``causal`` overrides options'.  ``state``: an initial state in, the
+    final state out and its gradient back; ``packed``: sequences packed with ``inputs.packed_lengths(T)``.
+    """
+    cin = cell_inputs(op, lead, T, Dk, Dv, options, seed, n_gates, log_decay_range, causal, state, packed)
+    ref_out, ref_grads = _reference(op, cin)
 
     cast = _caster(dtype)
     t0 = time.perf_counter()
     with backends.poisoned():          # unwritten output elements show up as NaN
-        out, pullback = vjp(PUBLIC_OPS[op], *[cast(a) for a in arrays64], backend=backend_key, **opts)
-        grads = pullback(cast(dout64))
+        out, pullback = vjp(PUBLIC_OPS[op], *[cast(a) for a in cin.arrays], backend=backend_key, **cin.options,
+                            **cin.extras(dtype))
+        grads = pullback(cast(cin.dout), *([_cast_state(cin.dstate, dtype)] if state else []))
     seconds = time.perf_counter() - t0
-    names = ("out",) + tuple("d" + n for n in registry.ARRAY_ARGS[op])
-    errors = {n: rel_error(_to_float64(x), r) for n, x, r in zip(names, (out,) + tuple(grads),
-                                                                   (ref_out,) + tuple(ref_grads))}
-    tol = TOLERANCE[dtype]
+    ref = _named(op, ref_out, ref_grads, state)
+    got = _named(op, out, grads, state)
+    if got.keys() != ref.keys():
+        raise ValueError(f"{backend_key} returned {sorted(got)}; the reference returns {sorted(ref)}")
+    errors = {n: rel_error(_to_float64(got[n]), ref[n]) for n in ref}
+    tol = _variant(op, backend_key, dtype).tolerance(dtype)
     ok = all(e <= tol for e in errors.values())       # NaN compares False: fails
     return dict(errors, tol=tol, ok=bool(ok), seconds=seconds)
+
+
+def finite_differences(op: str, lead=FD_SHAPE.lead, T=FD_SHAPE.T, Dk=FD_SHAPE.Dk, Dv=FD_SHAPE.Dv, options=None,
+                       seed=0, n_gates=2, log_decay_range=None, causal=None, step=FD_STEP, state=False,
+                       packed=False) -> dict:
+    """Relative errors of the explicit reference's gradients against float64 central differences.
+
+    With ``f(x) = sum(out(x) * dout)`` (state cells: plus ``<final state, dstate>`` over its fields), every
+    element j of every array argument x (and of every field of the initial state) gets
+    ``(f(x + h e_j) - f(x - h e_j)) / 2h``; all perturbed copies of one argument run as one batched call of
+    the reference's forward (a leading dim of 2 x size(x) independent problems).  Returns
+    ``{"dq": e, ..., "tol": FD_TOLERANCE, "ok": bool, "seconds": s}`` (state cells add ``dinit.<field>``).
+    """
+    cin = cell_inputs(op, lead, T, Dk, Dv, options, seed, n_gates, log_decay_range, causal, state, packed)
+    fn = PUBLIC_OPS[op]
+    t0 = time.perf_counter()
+    _, pullback = vjp(fn, *cin.arrays, backend=REFERENCE, **cin.options, **cin.extras())
+    grads = pullback(cin.dout, *([cin.dstate] if state else []))
+    targets = [("d" + n, grads[i], i, None) for i, n in enumerate(registry.ARRAY_ARGS[op])]
+    if state:
+        targets += [(f"dinit.{n}", x, None, n) for n, x in fields(grads[-1]).items()]
+    errors = {}
+    for label, grad, i, field_name in targets:
+        x = cin.arrays[i] if i is not None else getattr(cin.initial_state, field_name)
+        m = x.size
+        steps = step * np.eye(m).reshape((m,) + x.shape)
+        batch = [np.broadcast_to(a, (2 * m,) + a.shape) for a in cin.arrays]
+        extras = cin.extras()
+        if state:
+            extras["initial_state"] = map_state(lambda a: np.broadcast_to(a, (2 * m,) + a.shape), cin.initial_state)
+        plus_minus = np.concatenate([x + steps, x - steps])
+        if i is not None:
+            batch[i] = plus_minus
+        else:
+            extras["initial_state"] = dataclasses.replace(extras["initial_state"], **{field_name: plus_minus})
+        res = fn(*batch, backend=REFERENCE, **cin.options, **extras)
+        o, final = res if state else (res, None)
+        f = (o * cin.dout).reshape(2 * m, -1).sum(-1)
+        if state:
+            for n, y in fields(final).items():
+                f = f + (y * getattr(cin.dstate, n)).reshape(2 * m, -1).sum(-1)
+        errors[label] = rel_error(grad, ((f[:m] - f[m:]) / (2 * step)).reshape(x.shape))
+    ok = all(e <= FD_TOLERANCE for e in errors.values())
+    return dict(errors, tol=FD_TOLERANCE, ok=bool(ok), seconds=time.perf_counter() - t0)
 
 
 def _caster(dtype: str):
@@ -183,6 +329,8 @@ class Cell:
     dtype: str
     causal: bool
     options: str
+    # "compare": the variant against the reference; "fd": the reference's gradients against finite differences
+    kind: str = "compare"
     errors: dict = field(default_factory=dict)
     tol: float = 0.0
     ok: bool = False
@@ -219,30 +367,55 @@ def select_variants(ops=(), backends_=()) -> tuple:
 
 
 def plan(ops=(), backends_=(), quick=False, full=False, dtypes=()) -> tuple:
+    """(cells, notes); a cell is (variant, shape, dtype, causal, option label, options, kind).  Per op: the
+    reference's finite-difference cells first (every option, quick or not, whatever the dtypes asked for: they
+    cost milliseconds and every cell rests on the reference), then every chosen variant but the reference
+    against it.  No cells when nothing but the
+    finite differences would run and the reference itself was not chosen."""
     variants, notes = select_variants(ops, backends_)
-    cells = []
+    cells, fd = [], []
+    for op in dict.fromkeys(v.op for v in variants):
+        reference = _variant(op, REFERENCE, "float64")
+        fd += [(reference, FD_SHAPE, "float64", causal, label, extra, "fd")
+               for causal in causal_values(op) for label, extra in option_grid(op, quick=False)]
+        fd += [(reference, FD_SHAPE, "float64", causal, f"{label} {suffix}".strip(), dict(extra, **flags), "fd")
+               for causal in causal_values(op) for label, extra in option_grid(op, quick=True)
+               for suffix, flags in feature_grid(reference, causal, quick=False)]
     for v in variants:
+        if v.key == REFERENCE:
+            continue
         for shape in shapes_for(v, quick, full):
-            for dtype in dtypes_for(v):
-                if dtypes and dtype not in dtypes:
-                    continue
+            for dtype in ([d for d in dtypes if d in v.dtypes] if dtypes else dtypes_for(v)):
                 for causal in causal_values(v.op):
-                    for label, extra in option_grid(v.op, quick):
+                    grid = option_grid(v.op, quick) + [
+                        (f"{label} {suffix}".strip(), dict(extra, **flags))
+                        for label, extra in option_grid(v.op, quick=True)
+                        for suffix, flags in feature_grid(v, causal, quick)]
+                    for label, extra in grid:
                         if extra.get("normalize") and shape.T < 2:
                             # o = A v / (A + eps) at T=1: dq, dk vanish up to eps, relative error is noise
                             continue
-                        cells.append((v, shape, dtype, causal, label, extra))
-    return cells, notes
+                        cells.append((v, shape, dtype, causal, label, extra, "compare"))
+    if not cells and not any(v.key == REFERENCE for v in variants):
+        return [], notes
+    return sorted(fd + cells, key=lambda c: c[0].op), notes        # stable: per op, fd cells first
 
 
-def run_cell(v, shape, dtype, causal, label, extra, seed) -> Cell:
-    cell = Cell(v.op, v.key, str(shape), dtype, causal, label)
+def run_cell(v, shape, dtype, causal, label, extra, kind="compare", seed=0) -> Cell:
+    fd = kind == "fd"
+    cell = Cell(v.op, v.key, str(shape), dtype, causal, "finite differences" + (f", {label}" if label else "")
+                if fd else label, kind, tol=FD_TOLERANCE if fd else v.tolerance(dtype))
     kw = dict(extra)
     n_gates = kw.pop("n_gates", 2)
     ldr = kw.pop("log_decay_range", None)
+    flags = dict(state=kw.pop("state", False), packed=kw.pop("packed", False))
     try:
-        res = compare(v.op, v.key, shape.lead, shape.T, shape.Dk, shape.Dv, dtype, options=kw, seed=seed,
-                      n_gates=n_gates, log_decay_range=ldr, causal=causal)
+        if fd:
+            res = finite_differences(v.op, shape.lead, shape.T, shape.Dk, shape.Dv, options=kw, seed=seed,
+                                     n_gates=n_gates, log_decay_range=ldr, causal=causal, **flags)
+        else:
+            res = compare(v.op, v.key, shape.lead, shape.T, shape.Dk, shape.Dv, dtype, options=kw, seed=seed,
+                          n_gates=n_gates, log_decay_range=ldr, causal=causal, **flags)
         cell.tol, cell.ok, cell.seconds = res.pop("tol"), res.pop("ok"), res.pop("seconds")
         cell.errors = res
     except Exception as e:              # a crash is a failing cell, reported, not a dead sweep
@@ -254,9 +427,9 @@ def _run_group(keys_and_cells, seed) -> list:
     """Worker side of ``jobs > 1``: cells name their variant by (op, key) (Variant objects hold closures)."""
     registry.load_all()
     out = []
-    for op, key, shape, dtype, causal, label, extra in keys_and_cells:
+    for op, key, shape, dtype, causal, label, extra, kind in keys_and_cells:
         backend, name = key.split(":")
-        out.append(run_cell(registry.get(op, backend, name), shape, dtype, causal, label, extra, seed))
+        out.append(run_cell(registry.get(op, backend, name), shape, dtype, causal, label, extra, kind, seed))
     return out
 
 
@@ -267,9 +440,9 @@ def _run_parallel(cells, seed, jobs, bar) -> list:
     from concurrent.futures import ProcessPoolExecutor, as_completed
     import multiprocessing as mp
     groups: dict = {}
-    for i, (v, shape, dtype, causal, label, extra) in enumerate(cells):
+    for i, (v, shape, dtype, causal, label, extra, kind) in enumerate(cells):
         groups.setdefault((v.key, v.op, shape.Dk, shape.Dv, dtype), []).append(
-            (i, (v.op, v.key, shape, dtype, causal, label, extra)))
+            (i, (v.op, v.key, shape, dtype, causal, label, extra, kind)))
     results = [None] * len(cells)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = {pool.submit(_run_group, [c for _, c in g], seed): [i for i, _ in g]
@@ -306,6 +479,8 @@ def run_check(ops=(), backends=(), quick=False, full=False, dtypes=(), json_path
                 bar.update(1)
     rows = []
     for c in results:
+        if not rows or rows[-1][0] != c.op:          # the op's reference row: what its cells are compared with
+            rows.append([c.op, REFERENCE, "", "float64", "", "", "", "", "", "reference"])
         grads = {k: e for k, e in c.errors.items() if k != "out"}
         worst = max(grads, key=lambda k: (np.nan_to_num(grads[k], nan=np.inf))) if grads else ""
         rows.append([c.op, c.variant, c.shape, c.dtype, "causal" if c.causal else "full", c.options,
@@ -313,13 +488,15 @@ def run_check(ops=(), backends=(), quick=False, full=False, dtypes=(), json_path
                      f"{c.tol:.0e}" if c.tol else "", "ok" if c.ok else ("ERROR: " + c.error[:60] if c.error
                                                                          else "FAIL")])
     echo(tabulate(rows, headers=["op", "variant", "shape", "dtype", "mask", "options", "out err",
-                                 "worst grad err", "tol", "result"]))
+                                 "worst grad err", "tol", "result"], disable_numparse=True))
     n_fail = sum(not c.ok for c in results)
-    echo(f"\n{len(results) - n_fail} passed, {n_fail} failed ({len(results)} cells)")
+    n_fd = sum(c.kind == "fd" for c in results)
+    echo(f"\n{len(results) - n_fail} passed, {n_fail} failed ({len(results)} cells: {len(results) - n_fd} "
+         f"against the reference {REFERENCE}, {n_fd} of its gradients against finite differences)")
     if json_path:
         with open(json_path, "w") as f:
-            json.dump(dict(environment=environment(), cells=[asdict(c) for c in results]), f, indent=1,
-                      default=str)
+            json.dump(dict(environment=environment(), reference=REFERENCE, cells=[asdict(c) for c in results]),
+                      f, indent=1, default=str)
         echo(f"wrote {json_path}")
     return n_fail == 0
 

@@ -1,4 +1,4 @@
-// softmax.cu -- softmax attention, forward and backward, three versions (llm.c dev/cuda style: a plain
+// softmax.cu -- softmax attention, forward and backward, four versions (llm.c dev/cuda style: a plain
 // one and numbered faster ones, each runnable through kernels/cupy/softmax.py).
 //
 // Math (per leading index n; workbench/reference/softmax.py has the derivation):
@@ -25,6 +25,9 @@
 // (dq), both recomputing p from the saved lse; causal tiles above the diagonal are skipped by the
 // loop bounds.  Grids are 1-D: block b handles tile (ntiles - 1 - b / N) of row n = b % N, so the
 // longest causal tiles start first.
+//   3  fa2_*     FlashAttention-2's schedule on tensor cores (f16/bf16, and f32 through 1x or 3x TF32):
+//                cp.async-pipelined tiles, several m16 tiles per warp, masks on diagonal tiles only, and a
+//                one-pass backward (per key block; dq added with float32 atomics).  Its own header below.
 #include "common.cuh"
 
 // ============================================================================ 0. naive
@@ -607,6 +610,27 @@ __device__ __forceinline__ void mm_load(T* s, const T* g, int row0, int T_, int 
     }
 }
 
+// Online-softmax step of one m16 accumulator tile's two rows (h = 0: row g, h = 1: row g + 8).  mx[h]: this
+// lane's max of the new scores (log2 units).  Reduces it over the row's 4 lanes, moves the running max m to
+// m' = max(m, mx), rescales the per-lane partial sums l and the output accumulators acc by 2^(m - m'), and
+// returns the exponent base (m', or 0 while the row has seen only -inf) for p = 2^(s - base).
+template <int ND>
+__device__ __forceinline__ void mma_rescale(float (&mx)[2], float (&m)[2], float (&l)[2], float (&acc)[ND][4],
+                                            float (&base)[2]) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+        mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+        const float mn = fmaxf(m[h], mx[h]);
+        base[h] = mn == -WB_INF ? 0.f : mn;
+        const float corr = exp2f(m[h] - base[h]);
+        l[h] *= corr;                       // per-lane partial sums; reduced once at the end
+        m[h] = mn;
+#pragma unroll
+        for (int j = 0; j < ND; ++j) { acc[j][2 * h] *= corr; acc[j][2 * h + 1] *= corr; }
+    }
+}
+
 // Forward: block = 64 query rows, 64-key tiles.  smem: Q, K, V [64][D+8] of T.
 template <typename T, int D>
 __global__ void __launch_bounds__(MM_THREADS) mma_fwd(const T* q, const T* k, const T* v, T* o, float* lse,
@@ -659,18 +683,7 @@ __global__ void __launch_bounds__(MM_THREADS) mma_fwd(const T* q, const T* k, co
                 mx[e >> 1] = fmaxf(mx[e >> 1], x);
             }
         float base[2];
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-            const float mn = fmaxf(m[h], mx[h]);
-            base[h] = mn == -WB_INF ? 0.f : mn;
-            const float corr = exp2f(m[h] - base[h]);
-            l[h] *= corr;                       // per-lane partial sums; reduced once at the end
-            m[h] = mn;
-#pragma unroll
-            for (int j = 0; j < ND; ++j) { acc[j][2 * h] *= corr; acc[j][2 * h + 1] *= corr; }
-        }
+        mma_rescale<ND>(mx, m, l, acc, base);
 #pragma unroll
         for (int j = 0; j < NC; ++j)
 #pragma unroll
@@ -853,5 +866,582 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dq(const T* q, const T* k,
                 const int d = 8 * j + 2 * tq + e;
                 if (d < dk) dq[(nT + row[h]) * dk + d] = from_f32<T>(gq[j][2 * h + e] * scale);
             }
+    }
+}
+
+// ============================================================================ 3. fa2 (pipelined tensor cores)
+// FlashAttention-2's schedule on the mma.sync tensor cores, for float16/bfloat16 (m16n8k16, ldmatrix operands,
+// the helpers of section 2) and for float32 through TF32 (m16n8k8; 1xTF32, or 3xTF32 for float32 accuracy).
+// One kernel template per pass, over an operand policy P (fa_h<T> or fa_tf<SPLIT>, below), the head-dim bucket
+// D and the tiling.  4 warps (FA_THREADS) per block.
+//
+// Forward fa2_fwd<P, D, MT, QREG, BC>: block = 64 MT query rows, warp w owns rows 16 MT w .. (MT m16 tiles, so
+// each B fragment feeds MT mma), BC-key tiles.  K and V have one shared buffer each and alternate with the compute
+// (cp.async, zero-filled past T and past the head dim):
+//     wait; sync; issue V_j;      S = Q K_j^T        (V_j lands meanwhile)
+//     online softmax (mask only on tiles that cross the diagonal or T: a warp-uniform branch)
+//     wait; sync; issue K_{j+1};  O += P V_j         (K_{j+1} lands meanwhile)
+// Q's fragments stay in registers (QREG) or are read from shared memory per tile (large D); P goes from the S
+// accumulators straight into the A operand of P V (never touches shared memory).  Saves lse (float32, natural
+// log) as every forward here.
+//
+// Backward fa2_bwd<P, D, BQ, KVREG>: one pass per block of 64 keys (warp w owns keys 16 w ..), looping over the
+// query tiles (BQ rows) that see those keys (from the diagonal on when causal).  With s = sl2 q.k (log2 units),
+// p_ti = 2^(s_ti - lse_t log2 e) and D_t = do_t . o_t (pre-kernel fa2_bwd_pre):
+//     dv_i = sum_t p_ti do_t                         (P^T dO)
+//     dp_ti = do_t . v_i,  ds_ti = p_ti (dp_ti - D_t)
+//     dk_i = scale sum_t ds_ti q_t                   (dS^T Q)
+//     dq_t = scale sum_i ds_ti k_i                   (dS K: this block's share, added atomically)
+// by the chain rule: o_t = sum_i p_ti v_i with p_t = softmax(a_t), so dp_ti = do_t.v_i and
+// da_ti = p_ti (dp_ti - sum_j p_tj dp_tj) = p_ti (dp_ti - do_t.o_t); then a_ti = scale q_t.k_i gives dq, dk.
+// Per query tile, with S^T and dP^T computed ONCE (5 products of 2 BQ 64 D FLOPs instead of section 2's 7):
+//     wait; sync; issue Q_{i+1} (second Q buffer)
+//     S^T = K Q_i^T, dP^T = V dO_i^T                 (A = K, V: registers when KVREG; B = Q_i, dO_i)
+//     P^T, dS^T in registers; dS^T also to shared memory (sS, stored [query][key])
+//     dV += P^T dO_i, dK += dS^T Q_i                  (A = the S^T / dP^T accumulators, register to register)
+//     sync; issue dO_{i+1}, lse_{i+1}, D_{i+1}
+//     dQ_i (BQ x D, split over the 4 warps) = dS K: added into a float32 buffer with red.global.add
+// dK, dV are written once at the end (dK scaled); fa2_dq_post scales and casts the float32 dQ buffer.  The
+// atomic adds make dq's last float32 bits depend on the order blocks finish (cupy:fa2_det keeps the
+// deterministic two-kernel backward of section 2 for float16/bfloat16).
+#define FA_THREADS 128
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+
+// rows [row0, row0 + ROWS) of a (T_, d_act) row-major matrix -> s[ROWS][LD] (its first D columns); zeros past T_
+// and past d_act.  Rows made of whole 16-byte chunks go through cp.async (src-size 0 zero-fills); other head
+// dims fall back to plain loads and stores (visible, like the async copies after their wait, after the next
+// __syncthreads).  Global rows must be 16-byte aligned (the host guarantees a 16-byte aligned base).
+template <typename T, int D, int LD, int ROWS>
+__device__ __forceinline__ void fa_load(T* s, const T* g, int row0, int T_, int d_act) {
+    constexpr int E = 16 / (int)sizeof(T), CH = D / E, IT = (ROWS * CH + FA_THREADS - 1) / FA_THREADS;
+    if (d_act % E == 0) {
+        const int chact = d_act / E;
+#pragma unroll
+        for (int it = 0; it < IT; ++it) {
+            const int idx = threadIdx.x + it * FA_THREADS;
+            if (ROWS * CH % FA_THREADS != 0 && idx >= ROWS * CH) break;
+            const int r = idx / CH, ch = idx % CH, t = row0 + r;
+            const bool ok = t < T_ && ch < chact;
+            cp_async16(s + r * LD + ch * E, ok ? g + (long long)t * d_act + ch * E : g, ok ? 16 : 0);
+        }
+    } else {
+        for (int idx = threadIdx.x; idx < ROWS * D; idx += FA_THREADS) {
+            const int r = idx / D, d = idx % D, t = row0 + r;
+            s[r * LD + d] = (t < T_ && d < d_act) ? g[(long long)t * d_act + d] : from_f32<T>(0.f);
+        }
+    }
+}
+
+// ROWS float32 values g[row0 ..] -> s (zeros past T_).
+template <int ROWS>
+__device__ __forceinline__ void fa_load_vec(float* s, const float* g, int row0, int T_) {
+    for (int x = threadIdx.x; x < ROWS; x += FA_THREADS) {
+        const bool ok = row0 + x < T_;
+        cp_async4(s + x, ok ? g + row0 + x : g, ok ? 4 : 0);
+    }
+}
+
+// row[d], row[d + 1] = a, b for the columns below dv (one 4- or 8-byte store when dv is even).
+template <typename T>
+__device__ __forceinline__ void fa_store2(T* row, int d, int dv, float a, float b) {
+    if ((dv & 1) == 0 && d + 1 < dv) {
+        if constexpr (sizeof(T) == 4) {
+            float2 x;
+            x.x = a;
+            x.y = b;
+            *reinterpret_cast<float2*>(row + d) = x;
+        } else {
+            *reinterpret_cast<unsigned*>(row + d) = pack2<T>(a, b);
+        }
+        return;
+    }
+    if (d < dv) row[d] = from_f32<T>(a);
+    if (d + 1 < dv) row[d + 1] = from_f32<T>(b);
+}
+
+// row[d] += a, row[d + 1] += b (float32, global, relaxed atomics) for the columns below dk.
+__device__ __forceinline__ void fa_red2(float* row, int d, int dk, float a, float b) {
+#if __CUDA_ARCH__ >= 900
+    if ((dk & 1) == 0 && d + 1 < dk) {
+        asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(row + d), "f"(a), "f"(b) : "memory");
+        return;
+    }
+#endif
+    if (d < dk) asm volatile("red.global.add.f32 [%0], %1;" ::"l"(row + d), "f"(a) : "memory");
+    if (d + 1 < dk) asm volatile("red.global.add.f32 [%0], %1;" ::"l"(row + d + 1), "f"(b) : "memory");
+}
+
+// ---------------------------------------------------------------------------- operand policies
+// Both expose: T (storage type of the shared tiles), KS (the k extent of one mma), PAD_R / PAD_C / PAD_X (row
+// padding of tiles read along rows by load_a/load_bt, along columns by load_b, or both), fragment types A
+// (16 x KS) and B (KS x 8), and
+//   load_a<LD>(a, s, m0, k0)        A = s[m0 .. m0+15][k0 .. k0+KS-1]              (s stored [m][k])
+//   load_bt<LD>(b0, b1, s, n0, k0)  B = s[n][k0 ..]^T for n tiles n0 and n0 + 8    (s stored [n][k])
+//   load_b<LD>(b0, b1, s, k0, n0)   B = s[k0 ..][n] for n tiles n0 and n0 + 8      (s stored [k][n])
+//   mma(c, a, b)                    c (16 x 8 float32 accumulator) += A B
+//   c_to_a(a, c0, c1)               A fragment from the accumulators of the KS / 8 adjacent 8-column tiles
+//                                   c0 (, c1): P and dS go register to register into the next product.
+// Within one product A and B agree on which physical k each register holds; the tf32 policy uses that freedom.
+template <typename TT>
+struct fa_h {                               // float16 / bfloat16: m16n8k16, ldmatrix (section 2's helpers)
+    using T = TT;
+    static constexpr int KS = 16, PAD_R = 8, PAD_C = 8, PAD_X = 8;
+    struct A { unsigned x[4]; };
+    struct B { unsigned x[2]; };
+    template <int LD>
+    static __device__ __forceinline__ void load_a(A& a, const T* s, int m0, int k0) { ld_a<T, LD>(a.x, s, m0, k0); }
+    template <int LD>
+    static __device__ __forceinline__ void load_bt(B& b0, B& b1, const T* s, int n0, int k0) {
+        unsigned r[4];
+        ld_bt<T, LD>(r, s, n0, k0);
+        b0.x[0] = r[0]; b0.x[1] = r[1]; b1.x[0] = r[2]; b1.x[1] = r[3];
+    }
+    template <int LD>
+    static __device__ __forceinline__ void load_b(B& b0, B& b1, const T* s, int k0, int n0) {
+        unsigned r[4];
+        ld_b<T, LD>(r, s, k0, n0);
+        b0.x[0] = r[0]; b0.x[1] = r[1]; b1.x[0] = r[2]; b1.x[1] = r[3];
+    }
+    static __device__ __forceinline__ void mma(float (&c)[4], const A& a, const B& b) {
+        mma_op<T>::run(c, a.x, b.x[0], b.x[1]);
+    }
+    static __device__ __forceinline__ void c_to_a(A& a, const float (&c0)[4], const float (&c1)[4]) {
+        a.x[0] = pack2<T>(c0[0], c0[1]);
+        a.x[1] = pack2<T>(c0[2], c0[3]);
+        a.x[2] = pack2<T>(c1[0], c1[1]);
+        a.x[3] = pack2<T>(c1[2], c1[3]);
+    }
+};
+
+// float32 through TF32 tensor cores, mma.sync m16n8k8 (g = lane / 4, t = lane % 4; PTX ISA fragment layout):
+//   A 16x8: a0 (g, t)  a1 (g+8, t)  a2 (g, t+4)  a3 (g+8, t+4)     B 8x8: b0 (k t, n g)  b1 (k t+4, n g)
+//   C 16x8: c0 c1 (g, 2t..2t+1)  c2 c3 (g+8, 2t..2t+1)  (as for m16n8k16)
+// 32-bit operands have no ldmatrix.trans, so fragments are read with plain shared loads, and every fragment
+// here maps the mma's k index t to physical column 2t and t+4 to 2t+1 (a permutation of the 8 k values, the
+// same in A and B, so the product is unchanged).  Then an accumulator tile IS an A fragment (a0..a3 = c0, c2,
+// c1, c3) and row-wise fragments are 8-byte loads: (g, 2t), (g, 2t+1) adjacent.  Bank-conflict free with
+// row strides = 8 (mod 32) words for the row-wise loads (load_a, load_bt) and = 4 (mod 32) for load_b.
+// SPLIT = 3: x = hi + lo with hi = tf32_rna(x), lo = tf32_rna(x - hi); a.b ~ lo_a hi_b + hi_a lo_b + hi_a hi_b
+// (the dropped lo.lo term is ~2^-22 relative: float32 accuracy).  SPLIT = 1: hi only (TF32 accuracy, ~1e-3).
+template <int SPLIT>
+struct fa_tf {
+    using T = float;
+    static constexpr int KS = 8, PAD_R = 8, PAD_C = 4, PAD_X = 4;
+    struct A { unsigned h[4], l[4]; };
+    struct B { unsigned h[2], l[2]; };
+    static __device__ __forceinline__ void cvt(unsigned& h, unsigned& l, float x) {
+        asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(h) : "f"(x));
+        if constexpr (SPLIT == 3) {
+            const float r = x - __uint_as_float(h);
+            asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(l) : "f"(r));
+        } else {
+            l = 0u;
+        }
+    }
+    template <int LD>
+    static __device__ __forceinline__ void load_bt(B& b0, B& b1, const float* s, int n0, int k0) {
+        const int L = threadIdx.x & 31, g = L >> 2, t = L & 3;
+        const float2 x = *reinterpret_cast<const float2*>(s + (n0 + g) * LD + k0 + 2 * t);
+        const float2 y = *reinterpret_cast<const float2*>(s + (n0 + 8 + g) * LD + k0 + 2 * t);
+        cvt(b0.h[0], b0.l[0], x.x);
+        cvt(b0.h[1], b0.l[1], x.y);
+        cvt(b1.h[0], b1.l[0], y.x);
+        cvt(b1.h[1], b1.l[1], y.y);
+    }
+    // the same two 8-byte loads as load_bt (rows m0 + g and m0 + 8 + g, columns k0 + 2t, 2t + 1), as an A
+    // fragment: a0 (g, 2t), a1 (g+8, 2t), a2 (g, 2t+1), a3 (g+8, 2t+1)
+    template <int LD>
+    static __device__ __forceinline__ void load_a(A& a, const float* s, int m0, int k0) {
+        B r0, r1;
+        load_bt<LD>(r0, r1, s, m0, k0);
+        a.h[0] = r0.h[0]; a.h[1] = r1.h[0]; a.h[2] = r0.h[1]; a.h[3] = r1.h[1];
+        a.l[0] = r0.l[0]; a.l[1] = r1.l[0]; a.l[2] = r0.l[1]; a.l[3] = r1.l[1];
+    }
+    template <int LD>
+    static __device__ __forceinline__ void load_b(B& b0, B& b1, const float* s, int k0, int n0) {
+        const int L = threadIdx.x & 31, g = L >> 2, t = L & 3;
+        const float* p = s + (k0 + 2 * t) * LD + n0 + g;
+        cvt(b0.h[0], b0.l[0], p[0]);
+        cvt(b0.h[1], b0.l[1], p[LD]);
+        cvt(b1.h[0], b1.l[0], p[8]);
+        cvt(b1.h[1], b1.l[1], p[LD + 8]);
+    }
+    static __device__ __forceinline__ void mma1(float (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
+        asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    }
+    static __device__ __forceinline__ void mma(float (&c)[4], const A& a, const B& b) {
+        if constexpr (SPLIT == 3) {               // small terms first
+            mma1(c, a.l, b.h);
+            mma1(c, a.h, b.l);
+        }
+        mma1(c, a.h, b.h);
+    }
+    static __device__ __forceinline__ void c_to_a(A& a, const float (&c0)[4], const float (&)[4]) {
+        cvt(a.h[0], a.l[0], c0[0]);
+        cvt(a.h[1], a.l[1], c0[2]);
+        cvt(a.h[2], a.l[2], c0[1]);
+        cvt(a.h[3], a.l[3], c0[3]);
+    }
+};
+
+// ---------------------------------------------------------------------------- forward
+// One key tile of the online softmax for a warp's MT m16 tiles: s (raw q.k) -> p = 2^(sl2 s - m'), rescales
+// l and acc by 2^(m - m').  Row of (mt, h) = row_g + 16 mt + 8 h; key of (j, e) = key_t + 8 j + (e & 1).
+// MASK: -inf past T_ and above the diagonal (only tiles that cross them take this branch).  Row sums l are
+// per-lane partials (the 4 lanes of a row are reduced once, at the end).
+template <int MT, int NC, int ND, bool MASK>
+__device__ __forceinline__ void fa_softmax(float (&s)[MT][NC][4], float (&m)[MT][2], float (&l)[MT][2],
+                                           float (&acc)[MT][ND][4], int row_g, int key_t, int T_, int causal,
+                                           float sl2) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        float mx[2] = {-WB_INF, -WB_INF};
+#pragma unroll
+        for (int j = 0; j < NC; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float x = s[mt][j][e] * sl2;
+                if (MASK) {
+                    const int key = key_t + 8 * j + (e & 1), row = row_g + 16 * mt + 8 * (e >> 1);
+                    if (key >= T_ || (causal && key > row)) x = -WB_INF;
+                }
+                s[mt][j][e] = x;
+                mx[e >> 1] = fmaxf(mx[e >> 1], x);
+            }
+        float base[2];
+        mma_rescale<ND>(mx, m[mt], l[mt], acc[mt], base);
+#pragma unroll
+        for (int j = 0; j < NC; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float p = exp2f(s[mt][j][e] - base[e >> 1]);
+                s[mt][j][e] = p;
+                l[mt][e >> 1] += p;
+            }
+    }
+}
+
+template <class P, int D, int MT, bool QREG, int BC>
+__global__ void __launch_bounds__(FA_THREADS) fa2_fwd(const typename P::T* q, const typename P::T* k,
+        const typename P::T* v, typename P::T* o, float* lse, int N, int T_, int dk, int dv, float sl2,
+        int causal) {
+    using T = typename P::T;
+    constexpr int BR = 64 * MT, LDQ = D + P::PAD_R, LDK = D + P::PAD_R, LDV = D + P::PAD_C;
+    constexpr int KD = D / P::KS, NC = BC / 8, ND = D / 8, KC = BC / P::KS, CW = P::KS / 8;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* sQ = reinterpret_cast<T*>(smem_raw);
+    T* sK = sQ + BR * LDQ;
+    T* sV = sK + BC * LDK;
+    const int ntiles = (T_ + BR - 1) / BR;
+    const int n = blockIdx.x % N, q0 = (ntiles - 1 - (int)(blockIdx.x / N)) * BR;
+    const int w = threadIdx.x >> 5, L = threadIdx.x & 31, g = L >> 2, tq = L & 3;
+    const int r0 = q0 + 16 * MT * w;                            // first row of this warp
+    const long long nT = (long long)n * T_;
+    const T* kn = k + nT * dk;
+    const T* vn = v + nT * dv;
+    fa_load<T, D, LDQ, BR>(sQ, q + nT * dk, q0, T_, dk);
+    fa_load<T, D, LDK, BC>(sK, kn, 0, T_, dk);
+    cp_async_commit();
+    typename P::A qa[QREG ? MT : 1][QREG ? KD : 1];
+    float m[MT][2], l[MT][2], acc[MT][ND][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        m[mt][0] = m[mt][1] = -WB_INF;
+        l[mt][0] = l[mt][1] = 0.f;
+#pragma unroll
+        for (int j = 0; j < ND; ++j) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.f;
+    }
+    cp_async_wait_all();
+    __syncthreads();
+    if constexpr (QREG) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int kk = 0; kk < KD; ++kk) P::template load_a<LDQ>(qa[mt][kk], sQ, 16 * (MT * w + mt), P::KS * kk);
+    }
+    const int kend = causal ? min(T_, q0 + BR) : T_;
+    const int nk = (kend + BC - 1) / BC;
+    for (int j = 0; j < nk; ++j) {
+        const int k0 = j * BC;
+        cp_async_wait_all();
+        __syncthreads();                                         // K_j landed; every warp is done with V_{j-1}
+        fa_load<T, D, LDV, BC>(sV, vn, k0, T_, dv);
+        cp_async_commit();
+        float s[MT][NC][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int c = 0; c < NC; ++c) s[mt][c][0] = s[mt][c][1] = s[mt][c][2] = s[mt][c][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KD; ++kk) {
+            typename P::A a[MT];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                if constexpr (QREG) a[mt] = qa[mt][kk];
+                else P::template load_a<LDQ>(a[mt], sQ, 16 * (MT * w + mt), P::KS * kk);
+            }
+#pragma unroll
+            for (int np = 0; np < NC / 2; ++np) {
+                typename P::B b0, b1;
+                P::template load_bt<LDK>(b0, b1, sK, 16 * np, P::KS * kk);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    P::mma(s[mt][2 * np], a[mt], b0);
+                    P::mma(s[mt][2 * np + 1], a[mt], b1);
+                }
+            }
+        }
+        if (k0 + BC > T_ || (causal && k0 + BC - 1 > r0))        // warp-uniform
+            fa_softmax<MT, NC, ND, true>(s, m, l, acc, r0 + g, k0 + 2 * tq, T_, causal, sl2);
+        else
+            fa_softmax<MT, NC, ND, false>(s, m, l, acc, r0 + g, k0 + 2 * tq, T_, causal, sl2);
+        cp_async_wait_all();
+        __syncthreads();                                         // V_j landed; every warp is done with K_j
+        if (j + 1 < nk) {
+            fa_load<T, D, LDK, BC>(sK, kn, k0 + BC, T_, dk);
+            cp_async_commit();
+        }
+#pragma unroll
+        for (int kc = 0; kc < KC; ++kc) {
+            typename P::A pa[MT];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) P::c_to_a(pa[mt], s[mt][CW * kc], s[mt][CW * kc + CW - 1]);
+#pragma unroll
+            for (int np = 0; np < ND / 2; ++np) {
+                typename P::B b0, b1;
+                P::template load_b<LDV>(b0, b1, sV, P::KS * kc, 16 * np);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    P::mma(acc[mt][2 * np], pa[mt], b0);
+                    P::mma(acc[mt][2 * np + 1], pa[mt], b1);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            float lt = l[mt][h];
+            lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+            lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+            const int row = r0 + 16 * mt + g + 8 * h;
+            if (row >= T_) continue;
+            const float inv = 1.f / lt;
+            T* orow = o + (nT + row) * dv;
+#pragma unroll
+            for (int j = 0; j < ND; ++j)
+                fa_store2<T>(orow, 8 * j + 2 * tq, dv, acc[mt][j][2 * h] * inv, acc[mt][j][2 * h + 1] * inv);
+            if (tq == 0) lse[nT + row] = (m[mt][h] + log2f(lt)) * WB_LN2;
+        }
+}
+
+// ---------------------------------------------------------------------------- backward
+// D_t = do_t . o_t (one warp per row) and the row's float32 dq accumulator zeroed.
+template <typename T>
+__global__ void fa2_bwd_pre(const T* o, const T* dout, float* Dbuf, float* dqacc, long long rows, int dv, int dk) {
+    const long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (w >= rows) return;
+    float s = 0.f;
+    for (int d = lane; d < dv; d += 32) s += to_f32(o[w * dv + d]) * to_f32(dout[w * dv + d]);
+    s = warp_sum(s);
+    if (lane == 0) Dbuf[w] = s;
+    for (int d = lane; d < dk; d += 32) dqacc[w * dk + d] = 0.f;
+}
+
+// dq = scale * dqacc, cast to the storage type.
+template <typename T>
+__global__ void fa2_dq_post(const float* dqacc, T* dq, long long count, float scale) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count;
+         i += (long long)gridDim.x * blockDim.x)
+        dq[i] = from_f32<T>(dqacc[i] * scale);
+}
+
+// P^T and dS^T of one query tile: s (raw k.q) -> p = 2^(sl2 s - lse_t log2 e), dp -> p (dp - D_t).  Key of
+// (j, e) = key_g + 8 (e >> 1); query (tile-local) x = 8 j + 2 tq + (e & 1).  sL holds lse (natural log, as
+// saved by the forward and copied as is), sD holds D.
+template <int NQ, bool MASK>
+__device__ __forceinline__ void fa_bwd_p(float (&s)[NQ][4], float (&dp)[NQ][4], const float* sL, const float* sD,
+                                         int key_g, int tq, int q0, int T_, int causal, float sl2) {
+#pragma unroll
+    for (int j = 0; j < NQ; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int x = 8 * j + 2 * tq + (e & 1);
+            float p = exp2f(s[j][e] * sl2 - sL[x] * WB_LOG2E);
+            if (MASK) {
+                const int t = q0 + x, key = key_g + 8 * (e >> 1);
+                if (t >= T_ || key >= T_ || (causal && key > t)) p = 0.f;
+            }
+            s[j][e] = p;
+            dp[j][e] = p * (dp[j][e] - sD[x]);
+        }
+}
+
+template <class P, int D, int BQ, bool KVREG>
+__global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, const typename P::T* k,
+        const typename P::T* v, const float* lse, const float* Dbuf, const typename P::T* dout, float* dqacc,
+        typename P::T* dk_, typename P::T* dv_, int N, int T_, int dk, int dv, float sl2, float scale,
+        int causal) {
+    using T = typename P::T;
+    constexpr int BK = 64, LDK = D + P::PAD_X, LDV = D + P::PAD_R, LDQ = D + P::PAD_X, LDS = BK + P::PAD_R;
+    constexpr int KD = D / P::KS, NQ = BQ / 8, ND = D / 8, KQ = BQ / P::KS, KK = BK / P::KS, CW = P::KS / 8;
+    constexpr int MQ = BQ / 16, WN = 4 / MQ, DW = D / WN, NDW = DW / 8;   // dQ tile: warp -> (m tile, columns)
+    static_assert(MQ * WN == 4 && DW % 16 == 0, "dQ tile must split into 4 warps of 16-column multiples");
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* sK = reinterpret_cast<T*>(smem_raw);
+    T* sV = sK + BK * LDK;
+    T* sQ = sV + BK * LDV;                                      // two buffers of BQ rows
+    T* sO = sQ + 2 * BQ * LDQ;
+    T* sS = sO + BQ * LDQ;                                      // dS of the tile, [query][key]
+    float* sL = reinterpret_cast<float*>(sS + BQ * LDS);
+    float* sD = sL + BQ;
+    const int n = blockIdx.x % N, k0 = (int)(blockIdx.x / N) * BK;   // causal: longest key blocks first
+    const int w = threadIdx.x >> 5, L = threadIdx.x & 31, g = L >> 2, tq = L & 3;
+    const long long nT = (long long)n * T_;
+    const T* qn = q + nT * dk;
+    const T* on = dout + nT * dv;
+    const float* ln = lse + nT;
+    const float* Dn = Dbuf + nT;
+    const int i0 = causal ? k0 / BQ : 0, nq = (T_ + BQ - 1) / BQ;
+    fa_load<T, D, LDK, BK>(sK, k + nT * dk, k0, T_, dk);
+    fa_load<T, D, LDV, BK>(sV, v + nT * dv, k0, T_, dv);
+    fa_load<T, D, LDQ, BQ>(sQ, qn, i0 * BQ, T_, dk);
+    fa_load<T, D, LDQ, BQ>(sO, on, i0 * BQ, T_, dv);
+    fa_load_vec<BQ>(sL, ln, i0 * BQ, T_);
+    fa_load_vec<BQ>(sD, Dn, i0 * BQ, T_);
+    cp_async_commit();
+    float gk[ND][4], gv[ND][4];
+#pragma unroll
+    for (int j = 0; j < ND; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) gk[j][e] = gv[j][e] = 0.f;
+    typename P::A ka[KVREG ? KD : 1], va[KVREG ? KD : 1];
+    const int key_g = k0 + 16 * w + g;                          // keys of this lane: key_g, key_g + 8
+    const int mq = w / WN, c0 = (w % WN) * DW;                  // this warp's share of the dQ tile
+    cp_async_wait_all();
+    __syncthreads();
+    if constexpr (KVREG) {
+#pragma unroll
+        for (int kk = 0; kk < KD; ++kk) {
+            P::template load_a<LDK>(ka[kk], sK, 16 * w, P::KS * kk);
+            P::template load_a<LDV>(va[kk], sV, 16 * w, P::KS * kk);
+        }
+    }
+    for (int i = i0; i < nq; ++i) {
+        const int q0 = i * BQ;
+        T* sQc = sQ + ((i - i0) & 1) * BQ * LDQ;
+        cp_async_wait_all();
+        __syncthreads();                     // Q_i, dO_i, lse_i, D_i landed; every warp is done with tile i-1
+        if (i + 1 < nq) {
+            fa_load<T, D, LDQ, BQ>(sQ + (((i - i0) & 1) ^ 1) * BQ * LDQ, qn, q0 + BQ, T_, dk);
+            cp_async_commit();
+        }
+        float s[NQ][4], dp[NQ][4];                              // S^T = K Q^T, dP^T = V dO^T (this warp's keys)
+#pragma unroll
+        for (int j = 0; j < NQ; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < KD; ++kk) {
+            typename P::A a1, a2;
+            if constexpr (KVREG) {
+                a1 = ka[kk];
+                a2 = va[kk];
+            } else {
+                P::template load_a<LDK>(a1, sK, 16 * w, P::KS * kk);
+                P::template load_a<LDV>(a2, sV, 16 * w, P::KS * kk);
+            }
+#pragma unroll
+            for (int np = 0; np < NQ / 2; ++np) {
+                typename P::B b0, b1;
+                P::template load_bt<LDQ>(b0, b1, sQc, 16 * np, P::KS * kk);
+                P::mma(s[2 * np], a1, b0);
+                P::mma(s[2 * np + 1], a1, b1);
+                P::template load_bt<LDQ>(b0, b1, sO, 16 * np, P::KS * kk);
+                P::mma(dp[2 * np], a2, b0);
+                P::mma(dp[2 * np + 1], a2, b1);
+            }
+        }
+        if (q0 + BQ > T_ || k0 + BK > T_ || (causal && q0 < k0 + 16 * w + 15))   // warp-uniform
+            fa_bwd_p<NQ, true>(s, dp, sL, sD, key_g, tq, q0, T_, causal, sl2);
+        else
+            fa_bwd_p<NQ, false>(s, dp, sL, sD, key_g, tq, q0, T_, causal, sl2);
+#pragma unroll
+        for (int j = 0; j < NQ; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+                sS[(8 * j + 2 * tq + (e & 1)) * LDS + 16 * w + g + 8 * (e >> 1)] = from_f32<T>(dp[j][e]);
+#pragma unroll
+        for (int kc = 0; kc < KQ; ++kc) {                       // dV += P^T dO, dK += dS^T Q
+            typename P::A pa, da;
+            P::c_to_a(pa, s[CW * kc], s[CW * kc + CW - 1]);
+            P::c_to_a(da, dp[CW * kc], dp[CW * kc + CW - 1]);
+#pragma unroll
+            for (int np = 0; np < ND / 2; ++np) {
+                typename P::B b0, b1;
+                P::template load_b<LDQ>(b0, b1, sO, P::KS * kc, 16 * np);
+                P::mma(gv[2 * np], pa, b0);
+                P::mma(gv[2 * np + 1], pa, b1);
+                P::template load_b<LDQ>(b0, b1, sQc, P::KS * kc, 16 * np);
+                P::mma(gk[2 * np], da, b0);
+                P::mma(gk[2 * np + 1], da, b1);
+            }
+        }
+        __syncthreads();                     // dS complete in sS; every warp is done with sO, sL, sD
+        if (i + 1 < nq) {
+            fa_load<T, D, LDQ, BQ>(sO, on, q0 + BQ, T_, dv);
+            fa_load_vec<BQ>(sL, ln, q0 + BQ, T_);
+            fa_load_vec<BQ>(sD, Dn, q0 + BQ, T_);
+            cp_async_commit();
+        }
+        float gq[NDW][4];                                       // dQ rows q0 + 16 mq .., columns c0 .. c0 + DW
+#pragma unroll
+        for (int j = 0; j < NDW; ++j) gq[j][0] = gq[j][1] = gq[j][2] = gq[j][3] = 0.f;
+#pragma unroll
+        for (int kc = 0; kc < KK; ++kc) {
+            typename P::A a;
+            P::template load_a<LDS>(a, sS, 16 * mq, P::KS * kc);
+#pragma unroll
+            for (int np = 0; np < NDW / 2; ++np) {
+                typename P::B b0, b1;
+                P::template load_b<LDK>(b0, b1, sK, P::KS * kc, c0 + 16 * np);
+                P::mma(gq[2 * np], a, b0);
+                P::mma(gq[2 * np + 1], a, b1);
+            }
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = q0 + 16 * mq + g + 8 * h;
+            if (row >= T_) continue;
+            float* dst = dqacc + (nT + row) * dk;
+#pragma unroll
+            for (int j = 0; j < NDW; ++j) fa_red2(dst, c0 + 8 * j + 2 * tq, dk, gq[j][2 * h], gq[j][2 * h + 1]);
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int key = key_g + 8 * h;
+        if (key >= T_) continue;
+        T* krow = dk_ + (nT + key) * dk;
+        T* vrow = dv_ + (nT + key) * dv;
+#pragma unroll
+        for (int j = 0; j < ND; ++j) {
+            fa_store2<T>(krow, 8 * j + 2 * tq, dk, gk[j][2 * h] * scale, gk[j][2 * h + 1] * scale);
+            fa_store2<T>(vrow, 8 * j + 2 * tq, dv, gv[j][2 * h], gv[j][2 * h + 1]);
+        }
     }
 }

@@ -12,13 +12,22 @@ dv = core_rev(k, q, do)).  Two implementations:
              cumulative log decays ``b`` (N, NC*C).
   "chunked_seg": the same, with the state pass cut into segments of SEGMENT chunks run in parallel and
              joined by state_combine (see ``states``).
-All outputs are float32 (poisoned with NaN before each launch); the op modules cast to the input dtype.
+All outputs are float32 (``backends.new_output``: NaN-filled while poisoning); the op modules cast to the
+input dtype.
+
+Compile groups (``compile_groups``, declared by each op module): per storage type, the state kernels of both
+chunk lengths and the naive kernels; per storage type, chunk length and padded head dim, the chunk_out
+kernels; state_combine alone.  A call at one head dim compiles only its bucket.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from ._module import get_kernel
+from workbench.backends import new_output
+
+from ._module import get_kernel, launch
 
 DIMS = (32, 64, 128, 256)          # padded contraction dims (template DXP)
 MAX_DIM = 256
@@ -71,39 +80,58 @@ def naive_expr(ti, decay, causal, rev):
     return f"naive_out<{ti}, {_b(decay)}, {_b(causal)}, {_b(rev)}>"
 
 
-def instantiations(source: str, decay_values=(False,), dtypes=("float32", "float16")) -> list:
-    """Every (source, name_expression) the core can launch for the given decay flags."""
-    out = [(source, combine_expr(d, rev)) for d in sorted(set(decay_values)) for rev in (False, True)]
+def compile_groups(decay_values=(False,), dtypes=("float32", "float16")) -> list:
+    """The name expressions the core can launch for the given decay flags, as compile groups (module doc)."""
+    decays = sorted(set(decay_values))
+    combos = [(d, True, r) for d in decays for r in (False, True)]
+    if False in decays:
+        combos += [(False, False, r) for r in (False, True)]
+    groups = [tuple(combine_expr(d, rev) for d in decays for rev in (False, True))]
     for dt in dtypes:
         ti = _TI[dt]
-        combos = [(d, True, r) for d in decay_values for r in (False, True)]
-        if False in decay_values:
-            combos += [(False, False, r) for r in (False, True)]
+        groups.append(tuple([state_expr(ti, C, d, rev) for C in (64, 32) for d in decays for rev in (False, True)]
+                            + [naive_expr(ti, d, causal, rev) for d, causal, rev in combos]))
         for C in (64, 32):
-            for d in sorted({d for d, _, _ in combos}):
-                for rev in (False, True):
-                    out.append((source, state_expr(ti, C, d, rev)))
             for dxp in DIMS:
                 if C == 64 and dxp > 128:
                     continue
-                for d, causal, rev in combos:
-                    out.append((source, out_expr(ti, dxp, C, d, causal, rev)))
-        for d, causal, rev in combos:
-            out.append((source, naive_expr(ti, d, causal, rev)))
-    return out
+                groups.append(tuple(out_expr(ti, dxp, C, d, causal, rev) for d, causal, rev in combos))
+    return groups
+
+
+def instantiations(source: str, decay_values=(False,), dtypes=("float32", "float16")) -> list:
+    """Every (source, name_expression) the core can launch for the given decay flags."""
+    return [(source, e) for g in compile_groups(decay_values, dtypes) for e in g]
 
 
 # ----------------------------------------------------------------------------- launches
-def _ti(x):
-    name = str(x.dtype)
+@functools.lru_cache(maxsize=None)
+def _ti_of(dtype) -> str:
+    name = str(dtype)
     if name not in _TI:
         raise TypeError(f"CuPy core kernels take float32 or float16, got {name}")
     return _TI[name]
 
 
+def _ti(x):
+    return _ti_of(x.dtype)
+
+
+_DUMMIES: dict = {}       # device id -> a one-element float32 array passed for the unused decay pointer
+
+
 def _dummy():
     import cupy as cp
-    return cp.zeros(1, cp.float32)
+    dev = cp.cuda.runtime.getDevice()
+    d = _DUMMIES.get(dev)
+    if d is None:
+        d = _DUMMIES[dev] = cp.zeros(1, cp.float32)
+    return d
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(source: str, expr: str):
+    return get_kernel(source, expr)
 
 
 def states(source, A, B, b, C, decay, rev, segment=None):
@@ -121,18 +149,18 @@ def states(source, A, B, b, C, decay, rev, segment=None):
     L = SEGMENT if segment is None else segment
     seg = L > 0 and T == NC * C and NC % L == 0 and NC >= 2 * L
     n_seq, T_seq, NC_seq = (N * (NC // L), L * C, L) if seg else (N, T, NC)
-    Hs = cp.full((n_seq, NC_seq + 1, da, db), np.nan, cp.float32)
-    kern = get_kernel(source, state_expr(_ti(A), C, decay, rev))
+    Hs = new_output(cp, (n_seq, NC_seq + 1, da, db), cp.float32)
+    kern = _kernel(source, state_expr(_ti(A), C, decay, rev))
     grid = (-(-db // BS), -(-da // BS), n_seq)
     kern(grid, (THREADS,), (A, B, b if decay else _dummy(), Hs, np.int32(T_seq), np.int32(da), np.int32(db),
                             np.int32(NC_seq)))
     if not seg:
         return Hs
-    H = cp.full((N, NC + 1, da, db), np.nan, cp.float32)
+    H = new_output(cp, (N, NC + 1, da, db), cp.float32)
     E = da * db
-    get_kernel(source, combine_expr(decay, rev))((-(-E // 256), N), (256,),
-                                                (Hs, b if decay else _dummy(), H, np.int32(NC), np.int32(L),
-                                                 np.int32(C), np.int32(E)))
+    _kernel(source, combine_expr(decay, rev))((-(-E // 256), N), (256,),
+                                              (Hs, b if decay else _dummy(), H, np.int32(NC), np.int32(L),
+                                               np.int32(C), np.int32(E)))
     return H
 
 
@@ -143,14 +171,11 @@ def out(source, X, Y, Z, b, H, hs, slot_off, C, decay, causal, rev, scale):
     dz = Z.shape[-1]
     NC = -(-T // C)
     dxp = pad_dim(dx)
-    o = cp.full((N, T, dz), np.nan, cp.float32)
-    kern = get_kernel(source, out_expr(_ti(X), dxp, C, decay, causal, rev))
-    smem = out_smem_bytes(dxp, C)
-    if kern.max_dynamic_shared_size_bytes < smem:
-        kern.max_dynamic_shared_size_bytes = smem
-    kern((NC, N, -(-dz // BV)), (THREADS,),
-         (X, Y, Z, b if decay else _dummy(), H, o, np.int32(T), np.int32(dx), np.int32(dz), np.int32(NC),
-          np.int32(slot_off), np.int64(hs[0]), np.int64(hs[1]), np.float32(scale)), shared_mem=smem)
+    o = new_output(cp, (N, T, dz), cp.float32)
+    kern = _kernel(source, out_expr(_ti(X), dxp, C, decay, causal, rev))
+    launch(kern, (NC, N, -(-dz // BV)), (THREADS,),
+           (X, Y, Z, b if decay else _dummy(), H, o, np.int32(T), np.int32(dx), np.int32(dz), np.int32(NC),
+            np.int32(slot_off), np.int64(hs[0]), np.int64(hs[1]), np.float32(scale)), out_smem_bytes(dxp, C))
     return o
 
 
@@ -158,8 +183,8 @@ def naive(source, X, Y, Z, g, decay, causal, rev, scale):
     import cupy as cp
     N, T, dx = X.shape
     dz = Z.shape[-1]
-    o = cp.full((N, T, dz), np.nan, cp.float32)
-    kern = get_kernel(source, naive_expr(_ti(X), decay, causal, rev))
+    o = new_output(cp, (N, T, dz), cp.float32)
+    kern = _kernel(source, naive_expr(_ti(X), decay, causal, rev))
     kern((-(-T // 128), N), (128,), (X, Y, Z, g if decay else _dummy(), o, np.int32(T), np.int32(dx),
                                     np.int32(dz), np.float32(scale)))
     return o
@@ -208,6 +233,9 @@ def chunk_cumsum(g, C):
     import cupy as cp
     N, T = g.shape
     NC = -(-T // C)
-    gp = cp.zeros((N, NC * C), cp.float32)
-    gp[:, :T] = g
+    if T == NC * C:
+        gp = g if g.dtype == cp.float32 else g.astype(cp.float32)
+    else:
+        gp = cp.zeros((N, NC * C), cp.float32)
+        gp[:, :T] = g
     return cp.cumsum(gp.reshape(N, NC, C), axis=2).reshape(N, NC * C)

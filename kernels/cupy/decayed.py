@@ -13,15 +13,17 @@ from __future__ import annotations
 from workbench.registry import Variant, register
 
 from . import _chunked as core
+from ._module import declare_groups
 
 SOURCE = "decayed.cu"
 INSTANTIATIONS = core.instantiations(SOURCE, decay_values=(True,))
+declare_groups(SOURCE, core.compile_groups(decay_values=(True,)))
 
 
 def _make(impl):
     def forward(q, k, v, log_decay, scale=1.0):
         import cupy as cp
-        g = log_decay.astype(cp.float32)
+        g = log_decay.astype(cp.float32, copy=False)
         if impl != "naive":
             b = core.chunk_cumsum(g, core.chunk_size(q.shape[-1], v.shape[-1]))
             o, H = core.core_forward(SOURCE, impl, q, k, v, True, scale, b=b)
@@ -37,7 +39,7 @@ def _make(impl):
             dq, dk, dv = core.core_backward(SOURCE, impl, q, k, v, H, do, True, scale, b=b)
         else:
             dq, dk, dv = core.core_backward(SOURCE, impl, q, k, v, H, do, True, scale, g=g)
-        dG = (do.astype(cp.float32) * o).sum(-1) - (v.astype(cp.float32) * dv).sum(-1)
+        dG = (do.astype(cp.float32, copy=False) * o).sum(-1) - (v.astype(cp.float32, copy=False) * dv).sum(-1)
         dg = cp.cumsum(dG[:, ::-1], axis=1)[:, ::-1]
         dg[:, 0] = 0          # exact: g_0 never enters a difference G_t - G_i (i <= t)
         return tuple(x.astype(q.dtype, copy=False) for x in (dq, dk, dv, dg))
@@ -61,4 +63,42 @@ for _impl, _desc, _default in (
     _f, _b = _make(_impl)
     register(Variant("decayed", "cupy", _impl, _f, _b, dtypes=("float32", "float16"), array_kind="cupy",
                      gpu=True, default=_default, supports=supports, description=_desc,
-                     form="quadratic" if _impl == "naive" else "linear"))
+                     form="quadratic" if _impl == "naive" else "linear", tol={"float32": 1e-4, "float16": 2e-3}))
+
+
+# ----------------------------------------------------------------------------- tensor cores
+# cupy:chunked_mma (float16, bfloat16; float32 as 3xTF32) and cupy:chunked_mma_tf32: the tensor-core chunk
+# core (kernels/cuda/chunked_mma.cu); d log_decay = reverse cumsum of q.dq - k.dk, formed in the kernels.
+from . import _chunked_mma as mma  # noqa: E402
+
+
+def _make_mma(split):
+    def forward(q, k, v, log_decay, scale=1.0):
+        import cupy as cp
+        g = cp.ascontiguousarray(log_decay, dtype=cp.float32)
+        return mma.forward(q, k, v, g, scale=scale, causal=True, split=split)
+
+    def backward(ctx, do):
+        import cupy as cp
+        dq, dk, dv, dg, _ = mma.backward(ctx, cp.ascontiguousarray(do, dtype=ctx.q.dtype))
+        return dq, dk, dv, dg.astype(ctx.q.dtype, copy=False)
+
+    return forward, backward
+
+
+def _supports_mma(options, shapes):
+    dk, dv = shapes["q"][-1], shapes["v"][-1]
+    if max(dk, dv) > mma.MAX_DIM:
+        return f"head dims up to {mma.MAX_DIM} on tensor cores (Dk={dk}, Dv={dv})"
+    return None
+
+
+_f, _b = _make_mma(3)
+register(Variant("decayed", "cupy", "chunked_mma", _f, _b, dtypes=("float32", "float16", "bfloat16"),
+                 array_kind="cupy", gpu=True, supports=_supports_mma, form="linear",
+                 description="tensor cores (mma.sync): chunks of 64, segment-carried states, in-kernel float64 "
+                             "log-decay cumsums; float32 as 3xTF32"))
+_f, _b = _make_mma(1)
+register(Variant("decayed", "cupy", "chunked_mma_tf32", _f, _b, dtypes=("float32",), array_kind="cupy", gpu=True,
+                 supports=_supports_mma, form="linear", tags=("tf32",),
+                 description="cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, opt-in)"))

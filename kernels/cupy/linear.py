@@ -17,9 +17,11 @@ import numpy as np
 from workbench.registry import Variant, register
 
 from . import _chunked as core
+from ._module import declare_groups
 
 SOURCE = "linear.cu"
 INSTANTIATIONS = core.instantiations(SOURCE, decay_values=(False,))
+declare_groups(SOURCE, core.compile_groups(decay_values=(False,)))
 
 
 def _phi(x, name):
@@ -46,8 +48,8 @@ def _make(impl):
         if plain:
             Q, K, Va = q, k, v
         else:
-            Q, K = _phi(q.astype(cp.float32), feature_map), _phi(k.astype(cp.float32), feature_map)
-            Va = v.astype(cp.float32)
+            Q, K = (_phi(x.astype(cp.float32, copy=False), feature_map) for x in (q, k))
+            Va = v.astype(cp.float32, copy=False)
             if normalize:
                 Va = cp.concatenate([Va, cp.ones(v.shape[:-1] + (1,), cp.float32)], axis=-1)
         num, H = core.core_forward(SOURCE, impl, Q, K, Va, causal, scale)
@@ -64,17 +66,17 @@ def _make(impl):
         q, k, Q, K, Va, H, o, den, causal, fmap, normalize, scale = ctx
         dtype = q.dtype
         if normalize:
-            do32 = do.astype(cp.float32)
+            do32 = do.astype(cp.float32, copy=False)
             dnum = do32 / den[..., None]
             dden = -(do32 * o).sum(-1) / den
             doa = cp.concatenate([dnum, dden[..., None]], axis=-1)
         else:
-            doa = do.astype(Q.dtype)
+            doa = do.astype(Q.dtype, copy=False)
         dQ, dK, dVa = core.core_backward(SOURCE, impl, Q, K, Va, H, doa, causal, scale)
         dv = dVa[..., :-1] if normalize else dVa
         if fmap != "identity":
-            dQ = dQ * _dphi(q.astype(cp.float32), fmap)
-            dK = dK * _dphi(k.astype(cp.float32), fmap)
+            dQ = dQ * _dphi(q.astype(cp.float32, copy=False), fmap)
+            dK = dK * _dphi(k.astype(cp.float32, copy=False), fmap)
         return tuple(x.astype(dtype, copy=False) for x in (dQ, dK, dv))
 
     return forward, backward
@@ -96,4 +98,89 @@ for _impl, _desc, _default in (
     _f, _b = _make(_impl)
     register(Variant("linear", "cupy", _impl, _f, _b, dtypes=("float32", "float16"), array_kind="cupy",
                      gpu=True, default=_default, supports=supports, description=_desc,
-                     form="quadratic" if _impl == "naive" else "linear"))
+                     form="quadratic" if _impl == "naive" else "linear", tol={"float32": 1e-4, "float16": 1e-3}))
+
+
+# ----------------------------------------------------------------------------- tensor cores
+# cupy:chunked_mma (float16, bfloat16; float32 as 3xTF32) and cupy:chunked_mma_tf32 (float32 as TF32):
+# the tensor-core chunk core of kernels/cuda/chunked_mma.cu (kernels/cupy/_chunked_mma.py).  phi and the
+# normalising column of ones are formed around it in the input dtype, as above.
+from dataclasses import dataclass as _dataclass  # noqa: E402
+
+from . import _chunked_mma as mma  # noqa: E402
+
+
+@_dataclass
+class _MMAContext:
+    core: mma.CoreContext
+    q: object
+    k: object
+    o: object                # normalised output (float32), normalize only
+    den: object              # (N, T) float32 denominators, normalize only
+    feature_map: str
+    normalize: bool
+
+
+def _make_mma(split):
+    def forward(q, k, v, causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6):
+        import cupy as cp
+        dt = q.dtype
+        if feature_map == "identity":
+            Q, K = q, k
+        else:
+            Q = _phi(q.astype(cp.float32, copy=False), feature_map).astype(dt, copy=False)
+            K = _phi(k.astype(cp.float32, copy=False), feature_map).astype(dt, copy=False)
+        Va = cp.concatenate([v, cp.ones(v.shape[:-1] + (1,), dt)], axis=-1) if normalize else v
+        num, cctx = mma.forward(Q, K, Va, None, scale=scale, causal=causal, split=split)
+        o = den = None
+        if normalize:
+            den = num[..., -1].astype(cp.float32) + eps
+            o = num[..., :-1].astype(cp.float32) / den[..., None]
+            out = o.astype(dt)
+        else:
+            out = num
+        return out, _MMAContext(cctx, q, k, o, den, feature_map, bool(normalize))
+
+    def backward(ctx, do):
+        import cupy as cp
+        dt = ctx.q.dtype
+        if ctx.normalize:
+            do32 = do.astype(cp.float32, copy=False)
+            doa = cp.concatenate([do32 / ctx.den[..., None], (-(do32 * ctx.o).sum(-1) / ctx.den)[..., None]],
+                                 axis=-1).astype(dt)
+        else:
+            doa = cp.ascontiguousarray(do, dtype=dt)
+        dQ, dK, dVa, _, _ = mma.backward(ctx.core, doa)
+        dv = dVa[..., :-1] if ctx.normalize else dVa
+        if ctx.feature_map != "identity":
+            dQ = (dQ.astype(cp.float32, copy=False) * _dphi(ctx.q.astype(cp.float32, copy=False), ctx.feature_map)
+                  ).astype(dt, copy=False)
+            dK = (dK.astype(cp.float32, copy=False) * _dphi(ctx.k.astype(cp.float32, copy=False), ctx.feature_map)
+                  ).astype(dt, copy=False)
+        return dQ, dK, cp.ascontiguousarray(dv)
+
+    return forward, backward
+
+
+def _supports_mma(options, shapes):
+    dk, dv = shapes["q"][-1], shapes["v"][-1] + bool(options.get("normalize"))
+    if max(dk, dv) > mma.MAX_DIM:
+        return f"head dims up to {mma.MAX_DIM} on tensor cores (Dk={dk}, Dv={dv}{' incl. the normaliser' if options.get('normalize') else ''})"
+    return None
+
+
+_f, _b = _make_mma(3)
+register(Variant("linear", "cupy", "chunked_mma", _f, _b, dtypes=("float32", "float16", "bfloat16"),
+                 array_kind="cupy", gpu=True, supports=_supports_mma, form="linear",
+                 description="tensor cores (mma.sync): chunks of 64, segment-carried states; float32 as 3xTF32"))
+def _supports_mma_tf32(options, shapes):
+    if options.get("normalize"):
+        return ("normalize=True needs cupy:chunked_mma (measured on an H200: TF32 rounding of the normaliser "
+                "column gives 5e-3 gradient errors, above the tf32 tolerance)")
+    return _supports_mma(options, shapes)
+
+
+_f, _b = _make_mma(1)
+register(Variant("linear", "cupy", "chunked_mma_tf32", _f, _b, dtypes=("float32",), array_kind="cupy", gpu=True,
+                 supports=_supports_mma_tf32, form="linear", tags=("tf32",),
+                 description="cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, opt-in)"))

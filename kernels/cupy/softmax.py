@@ -1,4 +1,4 @@
-"""CuPy softmax attention: three variants over kernels/cuda/softmax.cu (read its header for the math).
+"""CuPy softmax attention: seven variants over kernels/cuda/softmax.cu (read its header for the math).
 
   cupy:naive      one warp per row; forward = online softmax over keys; backward = a warp per query row
                   (dq, and D_t = do_t.o_t) then a warp per key row (dk, dv).  Any head dim <= 256.
@@ -7,6 +7,11 @@
                   Backward: D_t pre-pass, a kernel over key tiles (dk, dv), a kernel over query tiles (dq).
   cupy:flash_mma  the same tiling on tensor cores (mma.sync m16n8k16, float16/bfloat16 in, float32
                   accumulate), forward and backward; head dims above 128 run cupy:flash's kernels.
+  cupy:fa2        FlashAttention-2's schedule on tensor cores (float16/bfloat16):
+                  cp.async-pipelined K/V tiles, 128-query blocks, one-pass backward with dq by float32 atomics.
+  cupy:fa2_det    fa2's forward with flash_mma's deterministic backward.
+  cupy:fa2_3xtf32, cupy:fa2_tf32   fa2 for float32 on TF32 tensor cores, split 3xTF32 (float32 accuracy) or
+                  one TF32 product (tagged "tf32": TF32 accuracy).  Host side in the "fa2" section at the end.
 
 Mapping onto the derivation in workbench/reference/softmax.py: every forward saves lse (float32); every
 backward recomputes p = exp(a - lse) tile by tile, forms D = rowsum(do * o), dv = p^T do,
@@ -14,17 +19,22 @@ ds = p (do v^T - D), dq = scale ds k, dk = scale ds^T q.  No T x T matrix is sto
 
 Head dims: the tiled kernels are templates over a head-dim bucket D (32, 64, 128, 256; mma: 32, 64, 128)
 with the actual dk, dv passed at run time; loads zero-fill the padding, so dk != dv and odd head dims
-are exact.  Outputs are filled with NaN before each launch so an unwritten element shows.
+are exact.  Outputs are allocated with ``backends.new_output`` (NaN-filled while poisoning, so an unwritten
+element shows in the checks; uninitialised otherwise).
 """
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 
+from workbench import backends
 from workbench.registry import Variant, register
 
-from ._module import get_kernel, launch
+from ._module import declare_groups, get_kernel, launch
 
 SOURCE = "softmax.cu"
 LOG2E = 1.0 / math.log(2.0)
@@ -70,6 +80,7 @@ def _expr(family: str, ctype: str, D: int, kind: str, t: tuple) -> str:
     return f"mma_fwd<{ctype}, {D}>" if kind == "fwd" else f"mma_bwd_{kind}<{ctype}, {D}, {t[1]}>"
 
 
+@functools.lru_cache(maxsize=None)
 def expressions(family: str, ctype: str) -> tuple:
     """Every template instantiation of one family for one storage type (compiled together)."""
     if family == "naive":
@@ -87,10 +98,20 @@ _FAMILY_DTYPES = {"naive": ("float32", "float16", "bfloat16"), "flash": ("float3
 # (source, name expression) of every kernel this module can launch: read by the NVRTC compile test.
 INSTANTIATIONS = [(SOURCE, e) for fam, dts in _FAMILY_DTYPES.items() for dt in dts
                   for e in expressions(fam, CTYPE[dt])]
+# the fa2 kernels (section "fa2" at the end of this file) are appended there
 
 
+declare_groups(SOURCE, [expressions(fam, CTYPE[dt]) for fam, dts in _FAMILY_DTYPES.items() for dt in dts])
+
+
+@functools.lru_cache(maxsize=None)
 def _kernel(family: str, ctype: str, expr: str):
     return get_kernel(SOURCE, expr, group=expressions(family, ctype))
+
+
+@functools.lru_cache(maxsize=None)
+def _ctype(dtype) -> str:
+    return CTYPE[str(dtype)]
 
 
 # ----------------------------------------------------------------------------- shared memory (bytes)
@@ -114,10 +135,6 @@ def smem_mma(kind: str, D: int, t: tuple = None) -> int:
 
 
 # ----------------------------------------------------------------------------- forward / backward
-def _nan(cp, shape, dtype):
-    return cp.full(shape, cp.nan, dtype=dtype)
-
-
 def _plan(family: str, dk: int, dv: int) -> tuple:
     """(family actually run, head-dim bucket): flash_mma above head dim 128 runs the flash kernels."""
     d = max(dk, dv)
@@ -132,10 +149,10 @@ def _forward(family, q, k, v, causal=True, scale=1.0):
     import cupy as cp
     N, T, dk = q.shape
     dv = v.shape[-1]
-    ct = CTYPE[str(q.dtype)]
+    ct = _ctype(q.dtype)
     fam, D = _plan(family, dk, dv)
-    o = _nan(cp, (N, T, dv), q.dtype)
-    lse = _nan(cp, (N, T), cp.float32)
+    o = backends.new_output(cp, (N, T, dv), q.dtype)
+    lse = backends.new_output(cp, (N, T), cp.float32)
     args = (q, k, v, o, lse, np.int32(N), np.int32(T), np.int32(dk), np.int32(dv),
             np.float32(scale * LOG2E), np.int32(bool(causal)))
     if fam == "naive":
@@ -152,13 +169,14 @@ def _forward(family, q, k, v, causal=True, scale=1.0):
 def _backward(ctx, do):
     import cupy as cp
     family, q, k, v, o, lse, causal, scale = ctx
-    do = cp.ascontiguousarray(do, dtype=q.dtype)
+    if do.dtype != q.dtype or not do.flags.c_contiguous:
+        do = cp.ascontiguousarray(do, dtype=q.dtype)
     N, T, dk = q.shape
     dv = v.shape[-1]
-    ct = CTYPE[str(q.dtype)]
+    ct = _ctype(q.dtype)
     fam, D = _plan(family, dk, dv)
-    dq, dk_, dv_ = _nan(cp, q.shape, q.dtype), _nan(cp, k.shape, k.dtype), _nan(cp, v.shape, v.dtype)
-    Dbuf = _nan(cp, (N, T), cp.float32)
+    dq, dk_, dv_ = (backends.new_output(cp, x.shape, x.dtype) for x in (q, k, v))
+    Dbuf = backends.new_output(cp, (N, T), cp.float32)
     dims = (np.int32(N), np.int32(T), np.int32(dk), np.int32(dv), np.float32(scale * LOG2E),
             np.float32(scale), np.int32(causal))
     if fam == "naive":
@@ -194,12 +212,229 @@ def _make(family):
 register(Variant("softmax", "cupy", "naive", _make("naive"), _backward, dtypes=_FAMILY_DTYPES["naive"],
                  array_kind="cupy", gpu=True, supports=_supports,
                  description="one warp per row, online softmax; backward warp per query row (dq) and per "
-                             "key row (dk, dv), recomputing p from the saved lse"))
+                             "key row (dk, dv), recomputing p from the saved lse",
+                 tol={"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}))
 register(Variant("softmax", "cupy", "flash", _make("flash"), _backward, dtypes=_FAMILY_DTYPES["flash"],
                  array_kind="cupy", gpu=True, default=True, supports=_supports,
                  description="FlashAttention-2 tiles on CUDA cores (fp32 FMA), saved lse; backward: D pre-pass, "
-                             "key-tile kernel (dk, dv), query-tile kernel (dq)"))
+                             "key-tile kernel (dk, dv), query-tile kernel (dq)",
+                 tol={"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}))
 register(Variant("softmax", "cupy", "flash_mma", _make("mma"), _backward, dtypes=_FAMILY_DTYPES["mma"],
-                 array_kind="cupy", gpu=True, supports=_supports, default_for=("float16", "bfloat16"),
+                 array_kind="cupy", gpu=True, supports=_supports,
                  description="flash tiling on tensor cores (mma.sync m16n8k16, fp32 accumulate), forward and "
-                             "backward; head dims > 128 run cupy:flash's kernels"))
+                             "backward; head dims > 128 run cupy:flash's kernels",
+                 tol={"float16": 2e-3, "bfloat16": 2e-2}))
+
+
+# ============================================================================= fa2 (softmax.cu section 3)
+# Host side of cupy:fa2, fa2_det, fa2_tf32 and fa2_3xtf32, kept apart from the launch path above.  Whatever
+# does not depend on N or T (kernels, tiles, shared-memory sizes, int32 head dims) is computed once per
+# (operand policy, dtype, dk, dv) by _fa2_plan; a call allocates its outputs and, in the backward, one float32
+# buffer holding the dq accumulator and D.  Head dims above FA2_BUCKETS[-1] run cupy:flash's kernels.
+FA2_BUCKETS = (32, 64, 128)
+FA_THREADS = 128
+FA2_KEY_BLOCK = 64                  # keys per backward block (BK in softmax.cu)
+
+
+@dataclass(frozen=True)
+class Fa2Tiles:
+    """Template arguments of fa2_fwd<P, D, MT, QREG, BC> and fa2_bwd<P, D, BQ, KVREG>."""
+    mt: int          # forward: m16 tiles per warp (block = 64 mt query rows)
+    qreg: bool       # forward: Q fragments in registers for the whole block (else re-read per key tile)
+    bc: int          # forward: keys per tile
+    bq: int          # backward: query rows per tile
+    kvreg: bool      # backward: K and V fragments in registers for the whole block
+
+
+# (tile family, head-dim bucket) -> tiles.  Families: "h" float16/bfloat16 (m16n8k16); "tf1", "tf3" float32
+# through TF32 with 1 or 3 products per operand pair.  Chosen from ptxas's sm_90 report (scripts/ptxas_report.py;
+# numbers in docs/kernels/softmax.md): no spill, except 4 bytes in tf3's D=128 backward.  At D=128 the forward
+# keeps 128-row blocks with 32-key tiles (64-key tiles spill 100 bytes) and the backward 32-query tiles (64
+# spill 8 bytes).
+FA2_TILES = {
+    ("h", 32): Fa2Tiles(2, True, 64, 64, True),
+    ("h", 64): Fa2Tiles(2, True, 64, 64, True),
+    ("h", 128): Fa2Tiles(2, False, 32, 32, False),
+    ("tf1", 32): Fa2Tiles(2, False, 64, 64, False),
+    ("tf1", 64): Fa2Tiles(2, False, 64, 64, False),
+    ("tf1", 128): Fa2Tiles(2, False, 32, 32, False),
+    ("tf3", 32): Fa2Tiles(2, False, 64, 64, False),
+    ("tf3", 64): Fa2Tiles(2, False, 64, 64, False),
+    ("tf3", 128): Fa2Tiles(2, False, 32, 16, False),
+}
+# element size in bytes and row paddings (PAD_R, PAD_C, PAD_X) of the shared tiles, as fa_h / fa_tf declare them
+_FA2_SMEM_LAYOUT = {"h": (2, 8, 8, 8), "tf1": (4, 8, 4, 4), "tf3": (4, 8, 4, 4)}
+
+
+@dataclass(frozen=True)
+class Fa2Spec:
+    """One registered fa2 variant."""
+    name: str
+    dtypes: tuple
+    kind: str                 # "h" or "tf"
+    split: int = 0            # TF32 split: 1 (TF32 accuracy) or 3 (float32 accuracy); 0 for "h"
+    deterministic: bool = False   # True: section 2's two-kernel backward instead of atomics
+    default_for: tuple = ()       # dtypes for which "cupy" alone picks this variant
+    tags: tuple = ()
+    description: str = ""
+
+    def policy(self, dtype: str) -> str:
+        return f"fa_h<{CTYPE[dtype]}>" if self.kind == "h" else f"fa_tf<{self.split}>"
+
+    @property
+    def family(self) -> str:
+        """Key of FA2_TILES."""
+        return "h" if self.kind == "h" else f"tf{self.split}"
+
+
+FA2_SPECS = (
+    Fa2Spec("fa2", ("float16", "bfloat16"), "h", default_for=("float16", "bfloat16"),
+            description="FlashAttention-2 schedule on tensor cores (mma.sync m16n8k16): cp.async K/V pipeline, "
+                        "128-query blocks, masks on diagonal tiles only; one-pass backward, dq by float32 "
+                        "atomics (not bitwise deterministic)"),
+    Fa2Spec("fa2_det", ("float16", "bfloat16"), "h", deterministic=True,
+            description="cupy:fa2's forward with flash_mma's deterministic two-kernel backward"),
+    Fa2Spec("fa2_3xtf32", ("float32",), "tf", split=3,
+            description="cupy:fa2 for float32 on TF32 tensor cores (m16n8k8), every product split 3xTF32 "
+                        "(hi.hi + hi.lo + lo.hi): float32 accuracy"),
+    Fa2Spec("fa2_tf32", ("float32",), "tf", split=1, tags=("tf32",),
+            description="cupy:fa2 for float32 on TF32 tensor cores, one product per operand pair: TF32 "
+                        "accuracy (checked at the tf32 tolerance)"),
+)
+
+
+def fa2_smem(family: str, D: int, t: Fa2Tiles, pass_: str) -> int:
+    """Dynamic shared memory (bytes) of fa2_fwd / fa2_bwd, as laid out in softmax.cu."""
+    size, pad_r, pad_c, pad_x = _FA2_SMEM_LAYOUT[family]
+    if pass_ == "fwd":
+        return size * (64 * t.mt * (D + pad_r) + t.bc * (D + pad_r) + t.bc * (D + pad_c))
+    bk = FA2_KEY_BLOCK
+    return size * (bk * (D + pad_x) + bk * (D + pad_r) + 3 * t.bq * (D + pad_x) + t.bq * (bk + pad_r)) + 8 * t.bq
+
+
+def _cpp_bool(b: bool) -> str:
+    return "true" if b else "false"
+
+
+def fa2_expressions(policy: str, family: str, ctype: str) -> tuple:
+    """Every fa2 instantiation of one operand policy (compiled together): fwd and bwd per bucket, pre, post."""
+    out = []
+    for D in FA2_BUCKETS:
+        t = FA2_TILES[(family, D)]
+        out.append(f"fa2_fwd<{policy}, {D}, {t.mt}, {_cpp_bool(t.qreg)}, {t.bc}>")
+        out.append(f"fa2_bwd<{policy}, {D}, {t.bq}, {_cpp_bool(t.kvreg)}>")
+    return tuple(out) + (f"fa2_bwd_pre<{ctype}>", f"fa2_dq_post<{ctype}>")
+
+
+def _fa2_groups() -> dict:
+    """policy -> (tile family, ctype) for every policy some spec uses (deduplicated)."""
+    return {s.policy(dt): (s.family, CTYPE[dt]) for s in FA2_SPECS for dt in s.dtypes}
+
+
+INSTANTIATIONS += [(SOURCE, e) for pol, (fam, ct) in _fa2_groups().items()
+                   for e in fa2_expressions(pol, fam, ct)]
+declare_groups(SOURCE, [fa2_expressions(pol, fam, ct) for pol, (fam, ct) in _fa2_groups().items()])
+
+
+@dataclass(frozen=True)
+class Fa2Plan:
+    """Everything a launch needs that does not depend on N or T."""
+    fwd: Any
+    bwd: Any
+    pre: Any
+    post: Any
+    rows: int              # query rows per forward block
+    fwd_smem: int
+    bwd_smem: int
+    dk: np.int32
+    dv: np.int32
+
+
+@functools.lru_cache(maxsize=None)
+def _fa2_plan(policy: str, family: str, ctype: str, dk: int, dv: int) -> Optional[Fa2Plan]:
+    """The plan for these head dims, or None when they exceed FA2_BUCKETS (cupy:flash's kernels run)."""
+    d = max(dk, dv)
+    if d > FA2_BUCKETS[-1]:
+        return None
+    D = _bucket(d, FA2_BUCKETS)
+    t = FA2_TILES[(family, D)]
+    group = fa2_expressions(policy, family, ctype)
+
+    def kern(expr):
+        return get_kernel(SOURCE, expr, group=group)
+
+    return Fa2Plan(fwd=kern(f"fa2_fwd<{policy}, {D}, {t.mt}, {_cpp_bool(t.qreg)}, {t.bc}>"),
+                   bwd=kern(f"fa2_bwd<{policy}, {D}, {t.bq}, {_cpp_bool(t.kvreg)}>"),
+                   pre=kern(f"fa2_bwd_pre<{ctype}>"), post=kern(f"fa2_dq_post<{ctype}>"),
+                   rows=64 * t.mt, fwd_smem=fa2_smem(family, D, t, "fwd"), bwd_smem=fa2_smem(family, D, t, "bwd"),
+                   dk=np.int32(dk), dv=np.int32(dv))
+
+
+@dataclass
+class Fa2Ctx:
+    spec: Fa2Spec
+    plan: Optional[Fa2Plan]        # None: the forward ran cupy:flash's kernels (head dim > 128)
+    saved: tuple                   # (q, k, v, o, lse) as the fa2 kernels saw them
+    causal: bool
+    scale: float
+    fallback: Any = None           # cupy:flash's ctx when plan is None
+
+
+def _aligned16(x):
+    """x itself when its data is 16-byte aligned (cp.async copies 16-byte chunks), else an aligned copy."""
+    return x if backends.data_ptr(x) % 16 == 0 else x.copy()
+
+
+def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0):
+    import cupy as cp
+    N, T, dk = q.shape
+    dv = v.shape[-1]
+    dt = str(q.dtype)
+    plan = _fa2_plan(spec.policy(dt), spec.family, CTYPE[dt], dk, dv)
+    if plan is None:
+        o, ctx = _forward("flash", q, k, v, causal=causal, scale=scale)
+        return o, Fa2Ctx(spec, None, (), bool(causal), float(scale), fallback=ctx)
+    q, k, v = _aligned16(q), _aligned16(k), _aligned16(v)
+    o = backends.new_output(cp, (N, T, dv), q.dtype)
+    lse = backends.new_output(cp, (N, T), cp.float32)
+    launch(plan.fwd, (-(-T // plan.rows) * N,), (FA_THREADS,),
+           (q, k, v, o, lse, np.int32(N), np.int32(T), plan.dk, plan.dv, np.float32(scale * LOG2E),
+            np.int32(bool(causal))), plan.fwd_smem)
+    return o, Fa2Ctx(spec, plan, (q, k, v, o, lse), bool(causal), float(scale))
+
+
+def _fa2_backward(ctx: Fa2Ctx, do):
+    if ctx.plan is None:
+        return _backward(ctx.fallback, do)
+    q, k, v, o, lse = ctx.saved
+    if ctx.spec.deterministic:
+        return _backward(("mma", q, k, v, o, lse, ctx.causal, ctx.scale), do)
+    import cupy as cp
+    plan = ctx.plan
+    N, T, dk = q.shape
+    dv = v.shape[-1]
+    do = _aligned16(cp.ascontiguousarray(do, dtype=q.dtype))
+    dq = backends.new_output(cp, q.shape, q.dtype)
+    dk_ = backends.new_output(cp, k.shape, k.dtype)
+    dv_ = backends.new_output(cp, v.shape, v.dtype)
+    rows = N * T
+    acc = cp.empty(rows * dk + rows, cp.float32)          # dq accumulator (zeroed by fa2_bwd_pre), then D
+    dqacc, Dbuf = acc[:rows * dk], acc[rows * dk:]
+    launch(plan.pre, (-(-rows // 8),), (256,), (o, do, Dbuf, dqacc, np.int64(rows), plan.dv, plan.dk))
+    launch(plan.bwd, (-(-T // FA2_KEY_BLOCK) * N,), (FA_THREADS,),
+           (q, k, v, lse, Dbuf, do, dqacc, dk_, dv_, np.int32(N), np.int32(T), plan.dk, plan.dv,
+            np.float32(ctx.scale * LOG2E), np.float32(ctx.scale), np.int32(ctx.causal)), plan.bwd_smem)
+    launch(plan.post, (-(-rows * dk // 256),), (256,), (dqacc, dq, np.int64(rows * dk), np.float32(ctx.scale)))
+    return dq, dk_, dv_
+
+
+def _fa2_make(spec: Fa2Spec):
+    def forward(q, k, v, causal=True, scale=1.0):
+        return _fa2_forward(spec, q, k, v, causal=causal, scale=scale)
+    return forward
+
+
+for _spec in FA2_SPECS:
+    register(Variant("softmax", "cupy", _spec.name, _fa2_make(_spec), _fa2_backward, dtypes=_spec.dtypes,
+                     array_kind="cupy", gpu=True, supports=_supports, tags=_spec.tags,
+                     default_for=_spec.default_for, description=_spec.description))

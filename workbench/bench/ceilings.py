@@ -1,4 +1,4 @@
-"""Roofline ceilings measured on the device at the start of a run (SPEC section 5), cached per device name.
+"""Roofline ceilings measured on the device at the start of a run (docs/spec.md section 5), cached per device name.
 
 What is measured.
 * ``bw``: device-to-device copy of a 1 GiB float32 buffer into another (``dst[...] = src`` in CuPy), median

@@ -1,4 +1,4 @@
-"""FLOP and minimum-byte models of every op, per pass, as functions of shape and options (SPEC section 5).
+"""FLOP and minimum-byte models of every op, per pass, as functions of shape and options (docs/spec.md section 5).
 
 Conventions (the README's bench section repeats them):
 
@@ -25,7 +25,7 @@ Conventions (the README's bench section repeats them):
     token): its time against this count is what the reader wants to compare.
 
   Backward / forward is therefore 2.5 in both forms when Dk = Dv (the FlashAttention convention).
-* Minimum bytes (SPEC section 5): each input read once and each output written once, in the dtype's
+* Minimum bytes (docs/spec.md section 5): each input read once and each output written once, in the dtype's
   itemsize.  Forward: the op's arrays in, ``o`` out.  Backward: the op's arrays and ``do`` in, one gradient
   per array out.  Forward+backward: the op's arrays and ``do`` in, ``o`` and the gradients out (the
   output is written once; it is not read back).

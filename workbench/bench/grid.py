@@ -1,7 +1,7 @@
 """Benchmarks declared as data: the grid of cells and the lines to compare (like triton's perf_report).
 
-A cell is (op, T, D, dtype, causal); every line of a cell -- our variants of the listed backends and the
-op's peers -- is timed on the same freshly drawn inputs, for each pass.  ``baseline`` names, per op, the
+A cell is (op, T, D, dtype, causal); every line of a cell -- our variants of the listed backends, the public
+API calling them (``api``), and the op's peers -- is timed on the same freshly drawn inputs, for each pass.  ``baseline`` names, per op, the
 lines the ratios are taken against, in order of preference: the first one measured in the cell is its
 baseline.  ``budget_s`` bounds the run: cells not started when it is spent are listed as skipped.
 """
@@ -44,6 +44,15 @@ class Grid:
     budget_s: float = 300.0
     n_gates: int = 2
     max_T: dict = field(default_factory=dict)   # {substring of a line key: largest T it is run at}
+    # API lines ("api:<variant>"): the public op / vjp + pullback wall-clocked next to the variant's own time.
+    # "default": one per backend (the variant the backend name alone picks for the dtype); "all": one per
+    # variant line; "off": none.  Each measurement takes up to api_reps calls within about api_budget_ms.
+    api: str = "default"
+    api_reps: int = 1000
+    api_budget_ms: float = 100.0
+    # GPU, with flush_l2: hold the GPU this long (a spin kernel) after each flush, so the host has queued the
+    # whole timed call before the GPU starts it: the time is the kernels' own, without host launch gaps.
+    head_start_ms: float = 0.0
 
     def wants(self, key: str) -> bool:
         """A line is run when no ``only`` is set, or its key or its group ("cupy", "peer") is listed."""
@@ -103,22 +112,31 @@ GRIDS = {
     "cpu": Grid(
         "cpu", "NumPy backend on the host: both references, small T (seconds)", device="host",
         backends=("numpy",), peers=False, dtypes=("float32",), Ts=(64, 256), Ds=(16,), lead=(1, 2),
-        baseline=dict(CPU_BASELINES), flush_l2=False, target_ms=60.0, budget_s=120.0),
+        baseline=dict(CPU_BASELINES), flush_l2=False, target_ms=60.0, budget_s=120.0, api="off"),
+    "cpu-api": Grid(
+        "cpu-api", "host overhead of the public API on the NumPy backend: T 1 and 64, every variant", device="host",
+        backends=("numpy",), peers=False, dtypes=("float32",), Ts=(1, 64), Ds=(16,), lead=(1, 1),
+        baseline=dict(CPU_BASELINES), flush_l2=False, target_ms=100.0, budget_s=120.0, api="all",
+        api_budget_ms=1000.0),
+    "api": Grid(
+        "api", "GPU: host overhead of the public API at T 64 (B = H = 1, D 64), every variant, fp16 and fp32",
+        device="gpu", peers=False, dtypes=("float16", "float32"), Ts=(64,), Ds=(64,),
+        lead=(1, 1), target_ms=50.0, budget_s=400.0, api="all", api_budget_ms=1000.0, head_start_ms=2.0),
     "headline": Grid(
         "headline", "the GPU session: all ops, ours vs peers, T 1k..16k, D 64, fp16 and fp32, causal",
         device="gpu", dtypes=("float16", "float32"), Ts=(1024, 4096, 16384), Ds=(64,), lead=(2, 16),
         target_ms=80.0, budget_s=200.0, max_T={":naive": 4096}),
-    # The issues' goal cells that the headline grid does not hold (B=2, H=16, causal):
+    # Cells the kernel notes (docs/kernels/*.md) quote that the headline grid does not hold (B=2, H=16, causal):
     "softmax-d128": Grid(
-        "softmax-d128", "GPU goal cells: softmax fp16 at D 128, T 4k and 16k, ours vs SDPA", device="gpu",
+        "softmax-d128", "GPU: softmax fp16 at D 128, T 4k and 16k, ours vs SDPA", device="gpu",
         ops=("softmax",), backends=("cupy",), dtypes=("float16",), Ts=(4096, 16384), Ds=(128,), lead=(2, 16),
         target_ms=80.0, budget_s=90.0, max_T={":naive": 4096}),
     "chunked-long": Grid(
-        "chunked-long", "GPU goal cells: linear and decayed at T 2k and 64k, fp16 and fp32, ours vs fla",
+        "chunked-long", "GPU: linear and decayed at T 2k and 64k, fp16 and fp32, ours vs fla",
         device="gpu", ops=("linear", "decayed"), dtypes=("float16", "float32"), Ts=(2048, 65536), Ds=(64,),
         lead=(2, 16), target_ms=80.0, budget_s=120.0, max_T={":naive": 4096}),
     "zeros-paper": Grid(
-        "zeros-paper", "GPU goal cell: ZeroS fp32 T 2048 D 64 against the paper's prefix-sum form",
+        "zeros-paper", "GPU: ZeroS fp32 T 2048 D 64 against the paper's prefix-sum form",
         device="gpu", ops=("zeros",), dtypes=("float32",), Ts=(2048,), Ds=(64,), lead=(2, 16),
         target_ms=80.0, budget_s=60.0, max_T={":naive": 4096}),
     "default": Grid(
@@ -132,7 +150,7 @@ GRIDS = {
     "cpu-scaling": Grid(
         "cpu-scaling", "NumPy backend: time against T (32..512)", device="host", backends=("numpy",),
         peers=False, Ts=(32, 64, 128, 256, 512), Ds=(16,), lead=(1, 2), passes=("fwd",),
-        baseline=dict(CPU_BASELINES), flush_l2=False, target_ms=40.0, budget_s=120.0),
+        baseline=dict(CPU_BASELINES), flush_l2=False, target_ms=40.0, budget_s=120.0, api="off"),
 }
 
 

@@ -9,22 +9,31 @@ that cannot run the cell is a row with ``status="skip"`` and the reason; nothing
 Each ok row carries the cost model (``costs.py``), the achieved rates against the ceilings, the relative
 difference of its forward output from the cell's first line of ours (``rel_err``), and the speed-up of the
 row over the cell's baseline (``vs_baseline = t_baseline / t_row``; > 1: this row is faster).
+
+API lines (``api:<variant>``, kind "api", see ``lines.prepare_api`` and ``Grid.api``) are wall-clocked per
+call (median of up to ``grid.api_reps`` calls, a device sync after each on the GPU); their rows carry the
+variant's own time of the same pass (``kernel_ms``: CUDA events on the GPU, L2 flushed before each run when
+the grid flushes; on the host, in grids with API lines, the same wall-clock loop as the API lines),
+``overhead_ms = ms_median - kernel_ms`` (the host cost of the public API), and on the GPU
+``host_ms``, the median host time of one call without the sync.  They have no cost model (no rates).
+The bench times the user's path: output poisoning (``backends.poisoned``) is off while it runs.
 """
 from __future__ import annotations
 
 import gc
 import importlib
 import platform
+import statistics
 import subprocess
 import sys
 import time
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Optional
 
 import numpy as np
 
-from .. import registry
+from .. import backends, registry
 from ..inputs import default_options, random_inputs
 from . import costs, lines, peers
 from .grid import Grid
@@ -33,7 +42,11 @@ from .timing import gpu_clock, time_gpu, time_host
 ROW_FIELDS = ("op", "T", "Dk", "Dv", "dtype", "causal", "pass", "line", "kind", "status", "note",
               "ms_median", "ms_q1", "ms_q3", "ms_min", "ms_max", "reps", "clock", "form", "flops", "bytes",
               "intensity", "tflops", "gbps", "compute", "peak_flops", "peak_bw", "bound_ms", "roof_frac",
-              "rel_err", "peak_mem_bytes", "baseline", "vs_baseline", "vs_peers", "B", "H", "N")
+              "rel_err", "peak_mem_bytes", "baseline", "vs_baseline", "vs_peers", "B", "H", "N",
+              "api_of", "kernel_ms", "overhead_ms", "host_ms")
+API_WARMUP = 10             # untimed calls of an API line before its samples (fewer when slow: API_WARMUP_MS)
+API_WARMUP_MS = 50.0
+HOST_ONLY_MS = 1.0          # the host-only loop runs for calls shorter than this (where host time matters)
 
 
 def versions() -> dict:
@@ -77,25 +90,99 @@ def _error_text(e: BaseException) -> str:
 
 
 class _Clocks:
-    """One CUDA-event clock per library, made on first use."""
+    """One CUDA-event clock per library, made on first use (with a head start, see ``_HeadStart``)."""
 
-    def __init__(self):
+    def __init__(self, head_start_ms: float = 0.0):
         self._c = {}
+        self.head_start_ms = head_start_ms
 
     def get(self, name: str):
         if name not in self._c:
-            self._c[name] = gpu_clock(prefer=name)
+            clock = gpu_clock(prefer=name)
+            self._c[name] = _HeadStart(clock, self.head_start_ms) if self.head_start_ms > 0 else clock
         return self._c[name]
 
 
+_SPIN_SOURCE = r"""extern "C" __global__ void wb_spin(long long cycles) {
+    long long t0 = clock64();
+    while (clock64() - t0 < cycles) {}
+}"""
+
+
+class _HeadStart:
+    """A CUDA-event clock whose ``flush`` (called before every timed run) also keeps the GPU busy for ``ms``
+    milliseconds with a one-thread spin kernel: the host queues the whole timed call meanwhile, so the
+    events measure the kernels' own time, not the host's launch gaps."""
+
+    def __init__(self, clock, ms: float):
+        self._clock = clock
+        self.name = f"{clock.name}, {ms:g} ms head start"
+        self._spin = None
+        self._ms = ms
+
+    def __getattr__(self, name):                 # event, record, elapsed_ms, sync
+        return getattr(self._clock, name)
+
+    def flush(self):
+        self._clock.flush()
+        if self._spin is None:
+            self._spin = self._make_spin()
+        self._spin()
+
+    def _make_spin(self):
+        if "torch" in self._clock.name:
+            import torch
+            khz = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "clock_rate", 2_000_000)
+            return lambda: torch.cuda._sleep(int(self._ms * khz))
+        import cupy as cp
+        khz = cp.cuda.runtime.getDeviceProperties(cp.cuda.runtime.getDevice())["clockRate"]
+        kern = cp.RawKernel(_SPIN_SOURCE, "wb_spin")
+        cycles = np.int64(self._ms * khz)
+        return lambda: kern((1,), (1,), (cycles,))
+
+
 def _time(prep: lines.Prepared, pass_: str, grid: Grid, clocks: _Clocks):
+    """(Timing, extra row fields) of one pass."""
     fn = prep.pass_fn(pass_)
     if fn is None:
         raise lines.Skip(f"no {pass_} pass")
+    if prep.clock == "wall" or (prep.clock == "host" and grid.api != "off"):
+        return _time_wall(fn, prep.sync, grid)      # host lines: timed like the API lines they are compared to
     if prep.clock == "host":
-        return time_host(fn, target_ms=grid.target_ms)
+        return time_host(fn, target_ms=grid.target_ms), {}
     return time_gpu(fn, warmup=2, flush_l2=grid.flush_l2, target_ms=grid.target_ms, min_reps=3,
-                    clock=clocks.get(prep.clock))
+                    clock=clocks.get(prep.clock)), {}
+
+
+def _time_wall(fn, sync, grid: Grid):
+    """Wall time per call of an API line: ``fn()`` then ``sync()`` per sample, as many samples as fit
+    ``grid.api_budget_ms`` (3 .. ``grid.api_reps``); with a sync and calls under HOST_ONLY_MS, also the median
+    host time of a call alone."""
+    def call():
+        t0 = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        return (time.perf_counter() - t0) * 1e3
+    spent, est_ms = 0.0, None
+    for i in range(API_WARMUP):
+        est_ms = call()
+        spent += est_ms
+        if i >= 1 and spent > API_WARMUP_MS:
+            break
+    reps = int(max(3, min(grid.api_reps, grid.api_budget_ms / max(est_ms, 1e-6))))
+    t = time_host(fn, warmup=1, reps=reps, sync=sync)
+    extra = {}
+    if sync is not None and t.ms_median < HOST_ONLY_MS:
+        t = replace(t, clock="wall+sync")
+        samples = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t0)
+        sync()
+        extra["host_ms"] = statistics.median(samples) * 1e3
+    return t, extra
 
 
 def _free_device_memory():
@@ -127,6 +214,12 @@ def _cell_lines(grid: Grid, op: str, dtype: str, options: dict, shape: costs.Sha
         form = costs.form_of(op, v.name, getattr(v, "form", ""))
         prep = (lambda a, d, o, v=v: lines.prepare_variant(v, a, d, o))
         out.append((v.key, "ours", form, prep, why, True, None))
+    ours = [v for v in lines.our_lines(op, grid.backends, grid.exclude) if grid.wants(v.key)]
+    for v in lines.api_variants(op, dtype, grid.api, ours):
+        why = vopts_err or grid.too_long(v.key, shape.T) or lines.why_not(v, dtype, vopts, arrays_shapes)
+        prep = (lambda a, d, o, v=v: lines.prepare_api(v, a, d, o))
+        out.append((f"api:{v.key}", "api", costs.form_of(op, v.name, getattr(v, "form", "")), prep, why, True,
+                    None))
     if grid.peers:
         torch_why = peers.torch_cuda_ok() if grid.device == "gpu" else "peers run on the GPU only"
         for p in peers.peers_for(op):
@@ -189,12 +282,15 @@ def run_cell(grid: Grid, op: str, T: int, D: int, dtype: str, causal: bool, ceil
             row = dict(line_base, rel_err=rel_err, peak_mem_bytes=peak_mem, compute=compute,
                        note="; ".join(notes), **{"pass": pass_})
             try:
-                t = _time(prep, pass_, grid, clocks)
+                t, extra = _time(prep, pass_, grid, clocks)
             except lines.Skip as e:
                 rows.append(dict(row, status="skip", note=str(e)))
                 continue
             except Exception as e:
                 rows.append(dict(row, status="error", note=_error_text(e)))
+                continue
+            if kind == "api":
+                rows.append(dict(row, **t.as_dict(), **extra, status="ok", api_of=prep.extra["api_of"]))
                 continue
             flop = costs.flops(op, form, shape, causal, pass_)
             nbytes = costs.min_bytes(op, shape, dtype, pass_)
@@ -206,7 +302,19 @@ def run_cell(grid: Grid, op: str, T: int, D: int, dtype: str, causal: bool, ceil
         del prep
         _free_device_memory()
     _add_ratios(rows, grid.baseline.get(op, ()))
+    _add_overheads(rows)
     return rows
+
+
+def _add_overheads(rows: list) -> None:
+    """Every ok API row: the time of its variant's row in the same pass (kernel_ms) and the difference."""
+    own = {(r["line"], r["pass"]): r["ms_median"] for r in rows if r.get("status") == "ok" and r["kind"] == "ours"}
+    for r in rows:
+        if r.get("status") == "ok" and r["kind"] == "api":
+            k = own.get((r["api_of"], r["pass"]))
+            if k is not None:
+                r["kernel_ms"] = k
+                r["overhead_ms"] = r["ms_median"] - k
 
 
 def _add_ratios(rows: list, preference: tuple) -> None:
@@ -235,16 +343,15 @@ def run_grid(grid: Grid, ceil: dict, seed: int = 0, echo=print, progress: bool =
         load_error = _error_text(e)
         if echo:
             echo(f"bench: registry.load_all failed ({load_error}); timing the variants registered so far")
-    poison_off = lines.disable_poison()
     meta = dict(grid=asdict(grid), device=ceil.get("device"), ceilings=ceil, versions=versions(),
                 commit=git_commit(), date=time.strftime("%Y-%m-%d %H:%M:%S"), seed=seed,
-                poison_disabled=poison_off, registry_error=load_error,
+                poisoning=False, registry_error=load_error,
                 lines={op: [v.key for v in lines.our_lines(op, grid.backends, grid.exclude)] for op in grid.ops})
     cells = grid.cells()
     rows, skipped = [], []
     meta["complete"] = False
     partial = {"meta": meta, "results": rows, "skipped_cells": skipped}
-    clocks = _Clocks()
+    clocks = _Clocks(grid.head_start_ms)
     t0 = time.perf_counter()
     tty = sys.stderr.isatty()
     bar = tqdm(cells, desc=f"bench {grid.name}", unit="cell", disable=not (progress and tty))
@@ -256,7 +363,8 @@ def run_grid(grid: Grid, ceil: dict, seed: int = 0, echo=print, progress: bool =
             skipped.append(dict(op=op, T=T, D=D, dtype=dtype, causal=causal, reason=reason))
             continue
         bar.set_postfix_str(f"{op} T={T} D={D} {dtype}")
-        cell_rows = run_cell(grid, op, T, D, dtype, causal, ceil, seed + 7919 * i, clocks)
+        with backends.poisoned(False):             # time the user's path: no NaN fills of outputs
+            cell_rows = run_cell(grid, op, T, D, dtype, causal, ceil, seed + 7919 * i, clocks)
         rows += cell_rows
         if grid.device == "gpu":
             lost = sticky_error(cell_rows)
@@ -276,7 +384,4 @@ def run_grid(grid: Grid, ceil: dict, seed: int = 0, echo=print, progress: bool =
                     echo(f"bench: saving the partial result failed: {_error_text(e)}")
     meta["wall_s"] = time.perf_counter() - t0
     meta["complete"] = True
-    if poison_off:
-        for name in poison_off:
-            setattr(sys.modules[name], "POISON", True)
     return partial

@@ -4,11 +4,15 @@ A *line* is one implementation of an op.  ``prepare`` turns it and one cell's in
 three zero-argument callables, each running one pass (forward; backward on the ctx saved by one forward;
 forward then backward), the clock that times them, and the forward's output (for the agreement check).
 Peers (``peers.py``) build the same ``Prepared``.
+
+API lines (``prepare_api``, key ``api:<variant>``) run the same variant through the public API -- the op for
+the forward, ``wb.vjp`` then the pullback for fwd+bwd, the pullback of one ``vjp`` for the backward -- and are
+wall-clocked (clock "wall": ``perf_counter`` per call, with a device sync after each call on the GPU), so a
+table shows what a user pays next to the variant's own time.
 """
 from __future__ import annotations
 
 import importlib
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -26,12 +30,13 @@ class Prepared:
     forward: Callable[[], Any]
     backward: Optional[Callable[[], Any]]
     fwdbwd: Optional[Callable[[], Any]]
-    clock: str                          # "host", "cupy" or "torch": how the passes are timed
+    clock: str                          # "host", "cupy", "torch" or "wall" (API lines): how passes are timed
     output: Any = None                  # the first forward's output, for the agreement check
     compute: Optional[str] = None       # ceiling key when it differs from the dtype (e.g. "tf32")
     note: str = ""
     peak_mem: Optional[Callable[[], Optional[int]]] = None    # extra device bytes of one fwd+bwd
     extra: dict = field(default_factory=dict)
+    sync: Optional[Callable[[], None]] = None     # "wall" clock: waits for the device (None on the host)
 
     def pass_fn(self, pass_: str):
         return {"fwd": self.forward, "bwd": self.backward, "fwdbwd": self.fwdbwd}[pass_]
@@ -73,15 +78,22 @@ def why_not(variant, dtype: str, options: dict, shapes: dict) -> Optional[str]:
         return f"supports() raised {type(e).__name__}: {e}"
 
 
-def disable_poison() -> list:
-    """Turn off the NaN fill of fresh outputs in kernel modules that have one (``POISON = True``): a fill
-    kernel is not part of the op.  Returns the modules changed."""
-    changed = []
-    for name, mod in list(sys.modules.items()):
-        if name.startswith("kernels.") and getattr(mod, "POISON", None) is True:
-            mod.POISON = False
-            changed.append(name)
-    return changed
+def api_variants(op: str, dtype: str, mode: str, variants: list) -> list:
+    """The variants (among ``variants``, our lines of the cell) that get an API line: mode "all": each;
+    "default": per backend, the one the backend name alone picks for the dtype; "off": none."""
+    if mode == "all":
+        return list(variants)
+    if mode == "off":
+        return []
+    if mode != "default":
+        raise ValueError(f"unknown api mode {mode!r}; expected off, default or all")
+    keys = {v.key for v in variants}
+    picked = []
+    for backend in dict.fromkeys(v.backend for v in variants):
+        v = registry.get(op, backend, dtype=dtype)
+        if v.key in keys:
+            picked.append(v)
+    return picked
 
 
 def to_numpy(x) -> np.ndarray:
@@ -144,3 +156,30 @@ def prepare_variant(variant, arrays: tuple, dout: np.ndarray, options: dict) -> 
 
     return Prepared(fwd, bwd, fwdbwd, clock, output=out, note=note, peak_mem=peak_mem,
                     compute="tf32" if "tf32" in variant.tags else None)
+
+
+def prepare_api(variant, arrays: tuple, dout: np.ndarray, options: dict) -> Prepared:
+    """The public API running ``variant`` (``backend=variant.key``) on one cell: arrays (and dout) moved to
+    the device first for GPU variants that take CuPy arrays, one ``vjp`` whose pullback the backward timing
+    reuses.  ``options`` are the public op's keyword options."""
+    from ..ops import PUBLIC_OPS, vjp
+    op = PUBLIC_OPS[variant.op]
+    xs, d, sync = list(arrays), dout, None
+    if variant.gpu and variant.array_kind in ("cupy", "any"):
+        cp = importlib.import_module("cupy")
+        xs, d = [cp.asarray(a) for a in xs], cp.asarray(d)
+        device = cp.cuda.Device()
+        sync = device.synchronize
+    kw = dict(options, backend=variant.key)
+    out, pullback = vjp(op, *xs, **kw)
+
+    def fwd():
+        return op(*xs, **kw)
+
+    def bwd():
+        return pullback(d)
+
+    def fwdbwd():
+        return vjp(op, *xs, **kw)[1](d)
+
+    return Prepared(fwd, bwd, fwdbwd, "wall", output=out, sync=sync, extra={"api_of": variant.key})

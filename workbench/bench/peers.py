@@ -1,4 +1,4 @@
-"""Public peers timed in the same run as our kernels (SPEC section 5), all through torch on the GPU.
+"""Public peers timed in the same run as our kernels (docs/spec.md section 5), all through torch on the GPU.
 
 Each peer is declared as data (``Peer``: name, op, dtypes, the cells it supports) with a ``prepare`` that
 converts one cell's NumPy inputs to torch CUDA tensors in the peer's layout (outside the timing) and returns
@@ -13,7 +13,7 @@ accumulation), and forward+backward.  A peer whose library is missing is skipped
 * ``fla-gla-g``: ``fla.ops.simple_gla.chunk_simple_gla(q, k, v, g=log_decay)``: per-token decay, the
   same problem as our decayed op.  ``fla-gla-gamma``: ``g_gamma`` = one constant log decay per head
   (the cell's first log_decay of each head): RetNet-style, a different decay, same cost.
-* ``zeros-prefix-torch``: the ZeroS paper's prefix-sum form written here from SPEC section 3: per-token
+* ``zeros-prefix-torch``: the ZeroS paper's prefix-sum form written here from docs/spec.md section 3.4: per-token
   ``Dk x Dv`` states ``F_t, G_t, H_t`` materialised by ``torch.cumsum``, ``o_t = q_t^T (alpha F + beta G +
   gamma H)``; O(T Dk Dv) memory, reported as ``peak_mem_bytes`` (torch.cuda.max_memory_allocated).
 """
@@ -171,7 +171,7 @@ def _fla_linear_supports(options, shape):
 
 # ----------------------------------------------------------------------------- ZeroS prefix-sum form
 def zeros_prefix_sum(xp, q, k, v, s, gates, causal: bool, n):
-    """The ZeroS paper's prefix-sum form (SPEC section 3) for any array module ``xp`` with NumPy-style
+    """The ZeroS paper's prefix-sum form (docs/spec.md section 3.4) for any array module ``xp`` with NumPy-style
     ``exp``, ``tanh`` and ``einsum`` (torch or numpy).  Shapes: q, k (N, T, Dk); v (N, T, Dv); s (N, T);
     gates (N, T, 2|3); ``n`` (T,) = 1..T causal, T otherwise.  Materialises three (N, T, Dk, Dv) state
     tensors.  e^{s} is taken relative to each row's maximum (which cancels in alpha = sigh / E)."""

@@ -1,4 +1,5 @@
-"""Tables and files from a bench result: the full table, the short headline table, JSON and CSV.
+"""Tables and files from a bench result: the full table, the short headline table, the API overhead table,
+JSON and CSV.
 
 Speed-up columns are ``t_baseline / t_line`` (> 1: the line is faster than the baseline); the baseline of
 each cell is named in its own column.
@@ -79,6 +80,31 @@ def short_table(result: dict, fmt: str = "github") -> str:
     return tabulate(rows, headers=head, tablefmt=fmt, disable_numparse=True)
 
 
+def api_table(result: dict, fmt: str = "github") -> str:
+    """The public API next to the variant it runs, per cell and pass: the variant's own time, the API's wall
+    time per call, their difference (the host overhead of the API) and, on the GPU, the host time of one call
+    alone.  Empty when the result has no API rows."""
+    rows = []
+    for r in result["results"]:
+        if r.get("kind") != "api" or r.get("status") != "ok":
+            continue
+        rows.append([r["op"], r["T"], r["Dk"], r["dtype"], r["pass"], r.get("api_of") or r["line"],
+                     _f(r.get("kernel_ms"), "{:.4g}"), _f(r.get("ms_median"), "{:.4g}"),
+                     _f(r["overhead_ms"] * 1e3 if r.get("overhead_ms") is not None else None, "{:.1f}"),
+                     _f(r["host_ms"] * 1e3 if r.get("host_ms") is not None else None, "{:.1f}"),
+                     r.get("reps", "")])
+    if not rows:
+        return ""
+    head = ["op", "T", "D", "dtype", "pass", "variant", "variant ms", "API ms", "API overhead us",
+            "API host us", "calls"]
+    return tabulate(rows, headers=head, tablefmt=fmt, disable_numparse=True)
+
+
+API_NOTE = ("API ms: wall time of one call of the public op (fwd), of wb.vjp + pullback (fwdbwd) or of the "
+            "pullback (bwd), device synced after each call, median; API overhead = API ms - variant ms (the "
+            "variant timed directly, CUDA events on the GPU); API host us: the call's host time alone (GPU)")
+
+
 def problems(result: dict, limit: int = 20) -> str:
     """Errors (and the time-budget skips) in a few lines."""
     errs = [r for r in result["results"] if r.get("status") == "error"]
@@ -120,6 +146,9 @@ def header(result: dict) -> str:
 def markdown(result: dict) -> str:
     parts = ["# Bench results", "", "```", header(result), "```", "", "## Headline: our fastest line vs the baseline",
              "", short_table(result), "", "## Every measurement", "", full_table(result)]
+    api = api_table(result)
+    if api:
+        parts += ["", "## Host overhead of the public API", "", API_NOTE + ".", "", api]
     p = problems(result)
     if p:
         parts += ["", "## Errors and skips", "", "```", p, "```"]

@@ -9,16 +9,37 @@ buffer larger than the L2 cache is overwritten *before* each start event, so eve
 cold cache and the flush itself is not timed.  ``reps=None`` picks the count from a first estimate so that
 the samples take about ``target_ms`` (between ``min_reps`` and ``max_reps``), estimated from the last
 warm-up call (timed alone).  Reported: median, first and
-third quartiles, min and max, in milliseconds.
+third quartiles, min and max, in milliseconds, and ``noisy``: the interquartile range exceeds ``NOISY_IQR``
+(25%) of the median, so the median is not to be trusted (on the host, usually other processes or BLAS
+threads competing for the cores).
+
+Host timings run with the BLAS thread pools pinned (``host_threads``, through threadpoolctl): on a machine
+with few cores an unpinned OpenBLAS swings one cell by 10x between runs.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 L2_FLUSH_BYTES = 256 << 20         # larger than any current L2 (H100: 50 MiB)
+NOISY_IQR = 0.25                   # IQR / median above this: the timing is flagged as noisy
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def iqr_fraction(q1: Optional[float], q3: Optional[float], median: Optional[float]) -> Optional[float]:
+    """(q3 - q1) / median, or None when the median is missing or zero."""
+    if q1 is None or q3 is None or not median:
+        return None
+    return (q3 - q1) / median
+
+
+def is_noisy(q1, q3, median) -> bool:
+    f = iqr_fraction(q1, q3, median)
+    return f is not None and f > NOISY_IQR
 
 
 @dataclass
@@ -31,8 +52,12 @@ class Timing:
     reps: int
     clock: str
 
+    @property
+    def noisy(self) -> bool:
+        return is_noisy(self.ms_q1, self.ms_q3, self.ms_median)
+
     def as_dict(self) -> dict:
-        return asdict(self)
+        return dict(asdict(self), noisy=self.noisy)
 
 
 def summarize(samples_ms: list, clock: str) -> Timing:
@@ -161,3 +186,37 @@ def time_host(fn: Callable, warmup: int = 1, reps: Optional[int] = None, target_
             if i + 1 >= deadline:
                 break
     return summarize(samples, "perf_counter")
+
+
+# ----------------------------------------------------------------------------- host threads
+@contextmanager
+def host_threads(n: int):
+    """Limit the BLAS and OpenMP thread pools to ``n`` threads inside the block (``n=0``: leave them).
+
+    Yields what the result's meta records: ``requested``, ``pinned`` (whether the limit is in force) and
+    ``pools`` (each library's name, version and thread count as seen inside the block).  Without
+    threadpoolctl nothing is pinned and the thread environment variables are reported instead."""
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        env = {k: os.environ.get(k) for k in THREAD_ENV}
+        yield dict(requested=n, pinned=False, pools=[], cpu_count=os.cpu_count(), env=env,
+                   note="threadpoolctl is not installed: BLAS threads not pinned")
+        return
+
+    def pools():
+        return [dict(library=p.get("internal_api"), version=p.get("version"), threads=p.get("num_threads"))
+                for p in threadpool_info()]
+
+    if n:
+        with threadpool_limits(limits=n):
+            yield dict(requested=n, pinned=True, pools=pools(), cpu_count=os.cpu_count())
+    else:
+        yield dict(requested=0, pinned=False, pools=pools(), cpu_count=os.cpu_count())
+
+
+def describe_threads(info: dict) -> str:
+    """One line for the console: the thread count of every pool, pinned or not."""
+    pools = ", ".join(f"{p['library']} {p['version']}: {p['threads']}" for p in info.get("pools", ())) or "none found"
+    how = f"pinned to {info['requested']}" if info.get("pinned") else (info.get("note") or "not pinned")
+    return f"host threads: {how} (pools: {pools}; {info.get('cpu_count')} CPUs)"

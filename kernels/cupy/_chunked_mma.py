@@ -1,0 +1,288 @@
+"""Launch code of the tensor-core chunk core, kernels/cuda/chunked_mma.cu (read its header for the math).
+
+One core serves linear attention (no decay), decayed attention (per-token log decays) and the streams of
+ZeroS: ``forward`` and ``backward`` below take q, k, v of one storage dtype (float16, bfloat16, or
+float32 run as 3xTF32 / TF32 products), optional per-token log decays g, an optional initial state per
+sequence and optional packed sequences (``cu_seqlens``), and return the output and every gradient
+(initial state included).
+
+Work split: sequences are cut into segments of ``L`` chunks of 64 (``segment_table``); a block walks one
+segment carrying its state tile in registers.  With one segment per sequence (``L = 0``) the forward is
+one launch; with more, a parallel pass sums each segment's state (``tc_seg_state``) and a scan chains
+them (``tc_seg_scan``).  ``choose_segments`` picks L so that the grid fills the GPU.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from workbench.backends import new_output
+
+from ._module import declare_groups, get_kernel, launch
+
+SOURCE = "chunked_mma.cu"
+C = 64                      # chunk length          (chunked_mma.cu: tc::C)
+BV = 64                     # column tile           (tc::BV)
+THREADS = 128               # block size            (tc::THREADS)
+PAD = 8                     # shared row padding    (tc::PAD)
+TRAILER_BYTES = 8 * C + 4 * C + 4 * C + 4 * 32      # sizeof(tc::Trailer)
+DIMS = (64, 128)            # padded head dims (DKP, DVP)
+MAX_DIM = DIMS[-1]
+CTYPE = {"float32": "float", "float16": "wb_half", "bfloat16": "wb_bf16"}
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def pad_dim(d: int) -> int:
+    for p in DIMS:
+        if d <= p:
+            return p
+    raise ValueError(f"head dim {d} > {MAX_DIM}")
+
+
+# ----------------------------------------------------------------------------- instantiations
+def _group(ctype: str, split: int) -> tuple:
+    """Every kernel of one storage type and split, compiled together (one NVRTC run, one disk-cache entry)."""
+    out = []
+    for p in DIMS:
+        out.append(f"tc_fwd<{ctype}, {p}, {split}>")
+        out.append(f"tc_bwd_dq<{ctype}, {p}, {split}>")
+        for rev in ("false", "true"):
+            out.append(f"tc_seg_state<{ctype}, {p}, {rev}, {split}>")
+    out.append(f"tc_bwd_dkdv<{ctype}, 64, 64, {split}, 0>")
+    for dkp in DIMS:
+        for dvp in DIMS:
+            if (dkp, dvp) != (64, 64):
+                out += [f"tc_bwd_dkdv<{ctype}, {dkp}, {dvp}, {split}, {w}>" for w in (1, 2)]
+    return tuple(out)
+
+
+COMMON = ("tc_seg_scan<false>", "tc_seg_scan<true>", "tc_dg")
+GROUPS = {("float16", 1): _group("wb_half", 1), ("bfloat16", 1): _group("wb_bf16", 1),
+          ("float32", 3): _group("float", 3), ("float32", 1): _group("float", 1)}
+INSTANTIATIONS = [(SOURCE, e) for grp in list(GROUPS.values()) + [COMMON] for e in grp]
+declare_groups(SOURCE, list(GROUPS.values()) + [COMMON])      # what cli.py warmup compiles
+
+
+def _kern(dtype: str, split: int, expr: str):
+    return get_kernel(SOURCE, expr, group=GROUPS[(dtype, split)])
+
+
+def _common(expr: str):
+    return get_kernel(SOURCE, expr, group=COMMON)
+
+
+# ----------------------------------------------------------------------------- shared memory (bytes)
+def smem_fwd(item: int, dkp: int) -> int:
+    return item * (2 * C * (dkp + PAD) + C * (BV + PAD) + dkp * (BV + PAD)) + TRAILER_BYTES
+
+
+def smem_seg_state(item: int, dxp: int) -> int:
+    return item * (C * (dxp + PAD) + C * (BV + PAD)) + TRAILER_BYTES
+
+
+def smem_dq(item: int, dvp: int) -> int:
+    return item * (2 * C * (dvp + PAD) + 2 * C * (BV + PAD) + BV * (dvp + PAD)) + TRAILER_BYTES
+
+
+def smem_dkdv(item: int, dkp: int, dvp: int, which: int) -> int:
+    rows = BV if which == 1 else dkp
+    cols = BV if which == 2 else dvp
+    return item * (2 * C * (dkp + PAD) + 2 * C * (dvp + PAD) + rows * (cols + PAD)) + TRAILER_BYTES
+
+
+# ----------------------------------------------------------------------------- segments
+@dataclass(frozen=True)
+class SegmentTable:
+    """The packed T axis cut into sequences (``cu``: offsets) and each sequence into segments of ``L``
+    chunks (L = 0: one segment per sequence).  Device int32 arrays: t0, t1 (token range of each segment),
+    seq (its sequence), seq_seg (offsets of each sequence's segments), cu_dev."""
+    T: int
+    L: int
+    cu: tuple
+    nseg: int
+    t0: object
+    t1: object
+    seq: object
+    seq_seg: object
+    cu_dev: object
+
+    @property
+    def nseq(self) -> int:
+        return len(self.cu) - 1
+
+    @property
+    def single(self) -> bool:
+        return self.nseg == self.nseq
+
+
+@functools.lru_cache(maxsize=256)
+def segment_table(T: int, L: int, cu: Optional[tuple] = None) -> SegmentTable:
+    import cupy as cp
+    cu = tuple(cu) if cu is not None else (0, T)
+    t0, t1, seq, seq_seg = [], [], [], [0]
+    for s, (a, b) in enumerate(zip(cu[:-1], cu[1:])):
+        step = L * C if L > 0 else max(b - a, 1)
+        for x in range(a, b, step):
+            t0.append(x)
+            t1.append(min(b, x + step))
+            seq.append(s)
+        seq_seg.append(len(t0))
+    dev = lambda a: cp.asarray(np.asarray(a, np.int32))      # noqa: E731
+    return SegmentTable(T, L, cu, len(t0), dev(t0), dev(t1), dev(seq), dev(seq_seg), dev(cu))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count() -> int:
+    import cupy as cp
+    return int(cp.cuda.Device().attributes["MultiProcessorCount"])
+
+
+def choose_segments(N: int, longest: int, tiles: int) -> int:
+    """Chunks per segment: whole sequences when N x column tiles already gives about two blocks per SM,
+    else segments short enough that the grid does (measured trade-off: docs/kernels/linear.md)."""
+    want = math.ceil(2 * _sm_count() / max(1, N * tiles))
+    nch = math.ceil(longest / C)
+    if want <= 1 or nch <= 1:
+        return 0
+    L = math.ceil(nch / want)
+    return 0 if L >= nch else L
+
+
+# ----------------------------------------------------------------------------- forward / backward
+@dataclass
+class CoreContext:
+    """What the backward of one core call needs (kept by the op's context)."""
+    q: object
+    k: object
+    v: object
+    g: object                 # (N, T) float32 log decays, or None
+    table: SegmentTable
+    Hstart: object            # causal: (N, nseg, dk, dv) state before each segment (None: zeros); else totals
+    gam: object               # (N, nseg) segment log-decay totals, or None
+    final: object             # (N, nseq, dk, dv) state after each sequence, or None
+    S0: object                # (N, nseq, dk, dv) initial state, or None
+    scale: float
+    causal: bool
+    split: int
+
+
+def _ptr(x):
+    """An optional array argument: the array, or a null pointer."""
+    return np.uint64(0) if x is None else x
+
+
+def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_final=False, cu=None,
+            L=None):
+    """o (N, T, dv) in q's dtype, and the CoreContext.  g: (N, T) float32 or None; S0: (N, nseq, dk, dv)
+    float32 or None; cu: sequence offsets (tuple) or None."""
+    import cupy as cp
+    N, T, dk = q.shape
+    dv = v.shape[-1]
+    dt = str(q.dtype)
+    split = split if dt == "float32" else 1            # the 3xTF32 split applies to float32 products only
+    item, dkp = ITEMSIZE[dt], pad_dim(dk)
+    ntv = -(-dv // BV)
+    if L is None:
+        longest = T if cu is None else max(b - a for a, b in zip(cu[:-1], cu[1:]))
+        L = choose_segments(N, longest, ntv)
+    tab = segment_table(T, L, cu)
+    E = dk * dv
+    o = new_output(cp, (N, T, dv), q.dtype)
+    i32 = np.int32
+    dims = (i32(T), i32(dk), i32(dv), i32(tab.nseg), i32(tab.nseq))
+    segs = (tab.t0, tab.t1)
+    Hstart = gam = final = None
+    if causal and tab.single:
+        Hstart = S0
+        final = new_output(cp, (N, tab.nseq, dk, dv), cp.float32) if want_final else None
+    else:
+        Eseg = new_output(cp, (N, tab.nseg, dk, dv), cp.float32)
+        gam = new_output(cp, (N, tab.nseg), cp.float32) if g is not None else None
+        launch(_kern(dt, split, f"tc_seg_state<{CTYPE[dt]}, {dkp}, false, {split}>"), (tab.nseg * ntv, N),
+               (THREADS,), (k, v, _ptr(g), Eseg, _ptr(gam)) + segs + (i32(T), i32(dk), i32(dv), i32(tab.nseg),
+                                                                    np.float32(1.0)),
+               smem_seg_state(item, dkp))
+        if not causal and tab.single:
+            final = Eseg                                     # one segment per sequence: its sum is the total
+        else:
+            Hstart = new_output(cp, (N, tab.nseg, dk, dv), cp.float32)
+            final = new_output(cp, (N, tab.nseq, dk, dv), cp.float32)
+            launch(_common("tc_seg_scan<false>"), (-(-E // 256), tab.nseq, N), (256,),
+                   (Eseg, _ptr(gam), _ptr(S0), Hstart, final, tab.seq_seg, i32(tab.nseg), i32(tab.nseq),
+                    np.int64(E)))
+    Hin = Hstart if causal else final
+    launch(_kern(dt, split, f"tc_fwd<{CTYPE[dt]}, {dkp}, {split}>"), (tab.nseg * ntv, N), (THREADS,),
+           (q, k, v, _ptr(g), o, _ptr(Hin), _ptr(final if (causal and tab.single) else None)) + segs
+           + (tab.seq,) + dims + (np.float32(scale), i32(bool(causal))),
+           smem_fwd(item, dkp))
+    ctx = CoreContext(q, k, v, g, tab, Hstart if causal else final, gam, final, S0, float(scale), bool(causal),
+                      split)
+    return o, ctx
+
+
+def backward(ctx: CoreContext, do, dST=None, want_dg=True):
+    """(dq, dk, dv, dg, dS0): gradients in q's dtype except dg (float32; None without decay or when not
+    ``want_dg``) and dS0 (float32, None without an initial state).  dST: (N, nseq, dk, dv) gradient of the
+    final state, or None."""
+    import cupy as cp
+    q, k, v, g, tab = ctx.q, ctx.k, ctx.v, ctx.g, ctx.table
+    N, T, dk = q.shape
+    dv = v.shape[-1]
+    dt = str(q.dtype)
+    item, dkp, dvp, split = ITEMSIZE[dt], pad_dim(dk), pad_dim(dv), ctx.split
+    ct = CTYPE[dt]
+    ntk, ntv = -(-dk // BV), -(-dv // BV)
+    E = dk * dv
+    i32 = np.int32
+    segs = (tab.t0, tab.t1)
+    dims = (i32(T), i32(dk), i32(dv), i32(tab.nseg), i32(tab.nseq))
+    decay = g is not None
+    want_dg = decay and want_dg
+    dq = new_output(cp, q.shape, q.dtype)
+    dk_ = new_output(cp, k.shape, k.dtype)
+    dv_ = new_output(cp, v.shape, v.dtype)
+    dS0 = dSend = None
+    if ctx.causal and tab.single:
+        dSend = dST
+        dS0 = new_output(cp, (N, tab.nseq, dk, dv), cp.float32) if ctx.S0 is not None else None
+    else:
+        Rseg = new_output(cp, (N, tab.nseg, dk, dv), cp.float32)
+        launch(_kern(dt, split, f"tc_seg_state<{ct}, {dkp}, true, {split}>"), (tab.nseg * ntv, N), (THREADS,),
+               (q, do, _ptr(g), Rseg, 0) + segs + (i32(T), i32(dk), i32(dv), i32(tab.nseg),
+                                                    np.float32(ctx.scale)),
+               smem_seg_state(item, dkp))
+        if not ctx.causal and tab.single:
+            dSend = Rseg                                     # the total gradient of each sequence's state
+        else:
+            dSend = new_output(cp, (N, tab.nseg, dk, dv), cp.float32)
+            dS0 = new_output(cp, (N, tab.nseq, dk, dv), cp.float32)
+            launch(_common("tc_seg_scan<true>"), (-(-E // 256), tab.nseq, N), (256,),
+                   (Rseg, _ptr(ctx.gam), _ptr(dST), dSend, dS0, tab.seq_seg, i32(tab.nseg), i32(tab.nseq),
+                    np.int64(E)))
+            if not ctx.causal:
+                dSend = dS0                                  # not causal: the gradient of the total
+    rq = new_output(cp, (ntk, N, T), cp.float32) if want_dg else None
+    rk = new_output(cp, (ntk, N, T), cp.float32) if want_dg else None
+    tail = segs + (tab.seq,) + dims + (np.float32(ctx.scale), i32(ctx.causal))
+    launch(_kern(dt, split, f"tc_bwd_dq<{ct}, {dvp}, {split}>"), (tab.nseg * ntk, N), (THREADS,),
+           (q, k, v, _ptr(g), do, dq, _ptr(rq), _ptr(ctx.Hstart)) + tail, smem_dq(item, dvp))
+    dS0_out = dS0 if (ctx.causal and tab.single) else None
+    whiches = ((0, 1),) if (dkp, dvp) == (64, 64) else ((1, ntk), (2, ntv))
+    for which, tiles in whiches:
+        launch(_kern(dt, split, f"tc_bwd_dkdv<{ct}, {dkp}, {dvp}, {split}, {which}>"), (tab.nseg * tiles, N),
+               (THREADS,), (q, k, v, _ptr(g), do, dk_, dv_, _ptr(rk), _ptr(dSend), _ptr(dS0_out)) + tail,
+               smem_dkdv(item, dkp, dvp, which))
+    dg = None
+    if want_dg:
+        dg = new_output(cp, (N, T), cp.float32)
+        cst = None
+        if dST is not None:
+            cst = cp.ascontiguousarray((dST * ctx.final).sum(axis=(-2, -1)), dtype=cp.float32)
+        launch(_common("tc_dg"), (tab.nseq, N), (1024,),
+               (rq, i32(ntk), rk, i32(ntk), dg, tab.cu_dev, _ptr(cst), i32(ctx.S0 is None), i32(T),
+                i32(tab.nseq)))
+    return dq, dk_, dv_, dg, (dS0 if ctx.S0 is not None else None)

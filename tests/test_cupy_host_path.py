@@ -1,0 +1,143 @@
+"""The CuPy variants' host-side launch code without a GPU: a stand-in ``cupy`` module (NumPy arrays, kernels
+that only record their launches) runs every variant's forward and backward, so the launch path -- kernel
+lookup, compile groups, output allocation, launch arguments -- is exercised on every machine.  The numbers
+are meaningless; the GPU tests check those.  Also: ``cli.py warmup`` lists and refuses without a GPU."""
+import sys
+import types
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from workbench import backends, registry
+from workbench.inputs import default_options, random_inputs
+from workbench.bench.lines import validated_options
+
+pytestmark = pytest.mark.skipif(backends.cupy_module() is not None, reason="a real CuPy is present")
+
+
+def _fake_cupy(log: dict):
+    cp = types.ModuleType("cupy")
+    for name in ("float32", "float16", "float64", "nan", "maximum", "minimum", "exp", "where", "concatenate", "cumsum",
+                 "zeros", "ones", "ones_like", "ascontiguousarray", "asarray"):
+        setattr(cp, name, getattr(np, name))
+
+    def full(shape, value, dtype=None):
+        log["full"].append(value)
+        return np.full(shape, value, dtype)
+
+    def empty(shape, dtype=None):
+        log["empty"] += 1
+        return np.full(shape, 0.5, dtype)        # stands in for uninitialised memory
+
+    class Kernel:
+        def __init__(self, expr):
+            self.expr = expr
+            self.max_dynamic_shared_size_bytes = 48 * 1024
+
+        def __call__(self, grid, block, args, shared_mem=0):
+            assert all(type(t) is tuple and all(int(x) >= 1 for x in t) for t in (grid, block)), (grid, block)
+            assert all(isinstance(a, (np.ndarray, np.generic, int, float)) for a in args), [type(a) for a in args]
+            if shared_mem > 48 * 1024:
+                assert self.max_dynamic_shared_size_bytes >= shared_mem, "no shared-memory opt-in"
+            log["launches"].append(self.expr)
+
+    class RawModule:
+        def __init__(self, code, options, name_expressions):
+            self.exprs = tuple(name_expressions)
+            log["modules"].append(self.exprs)
+
+        def get_function(self, expr):
+            assert expr in self.exprs
+            return Kernel(expr)
+
+    cp.full, cp.empty, cp.RawModule, cp.__version__ = full, empty, RawModule, "fake"
+    device = types.SimpleNamespace(synchronize=lambda: None, attributes={"MultiProcessorCount": 132})
+    cp.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, getDevice=lambda: 0),
+                                    Device=lambda: device)
+    return cp
+
+
+def _clear_caches():
+    """Forget every kernel, device array and module the kernel modules cached (lru_cache'd functions)."""
+    from kernels.cupy import _chunked, _module
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("kernels.cupy."):
+            for attr in list(vars(mod).values()):
+                if callable(getattr(attr, "cache_clear", None)):
+                    attr.cache_clear()
+    backends.cupy_module.cache_clear()
+    _chunked._DUMMIES.clear()
+    _module._OPTED_IN.clear()
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    log = dict(full=[], empty=0, launches=[], modules=[])
+    _clear_caches()
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(log))
+    yield log
+    monkeypatch.undo()
+    _clear_caches()
+
+
+def _cases():
+    for op in registry.OPS:
+        for v in registry.variants(op, "cupy"):
+            for dtype in v.dtypes:
+                if dtype != "bfloat16":
+                    yield pytest.param(v, dtype, id=f"{op}-{v.key}-{dtype}")
+
+
+@pytest.mark.parametrize("variant, dtype", list(_cases()))
+def test_launch_path_of_every_cupy_variant(fake, variant, dtype):
+    from kernels.cupy import _module
+    op = variant.op
+    for (dk, dv), causal in (((64, 64), True), ((16, 5), False), ((200, 96), True)):
+        for extra in ([{}] if op != "linear" else [{}, dict(feature_map="elu1", normalize=True)]):
+            arrays = random_inputs(op, (3,), 70, dk, dv, dtype, seed=0)
+            opts = validated_options(op, default_options(op, causal=causal, **extra), dk)
+            if variant.unsupported_reason(opts, {"q": arrays[0].shape, "v": arrays[2].shape}):
+                continue
+            for poison in (False, True):
+                fake["full"].clear()
+                with backends.poisoned(poison):
+                    out, ctx = variant.forward(*arrays, **opts)
+                    grads = variant.backward(ctx, np.ones_like(out))
+                assert out.shape == (3, 70, dv) and out.dtype == dtype
+                assert [g.shape for g in grads] == [a.shape for a in arrays]
+                assert all(g.dtype == dtype for g in grads)
+                nan_fills = [v for v in fake["full"] if np.isnan(v)]
+                assert bool(nan_fills) == poison, "outputs NaN-filled exactly while poisoning"
+    assert fake["launches"]
+    declared = {g for _, g in _module.groups()}
+    assert all(m in declared for m in fake["modules"]), "a module compiled outside the declared groups"
+
+
+def test_warmup_lists_every_group_and_refuses_without_a_gpu(monkeypatch):
+    from cli import main
+    from kernels.cupy import _module
+    r = CliRunner().invoke(main, ["warmup", "--list", "--backend", "cupy", "--op", "softmax"])
+    assert r.exit_code == 0, r.output
+    softmax_groups = [g for src, g in _module.groups() if src == "softmax.cu"]
+    assert r.output.count("compile softmax.cu") == len(softmax_groups) > 0
+    assert "call cupy:flash_mma float16" in r.output
+    monkeypatch.setattr(backends, "status", lambda b: (False, "no GPU here"))
+    r = CliRunner().invoke(main, ["warmup"])
+    assert r.exit_code == 2 and "nothing to warm up" in r.output and "no GPU here" in r.output
+
+
+def test_cuda_source_text_changes_with_its_headers(tmp_path, monkeypatch):
+    """CuPy's on-disk cache keys on the source text: a header edit must change it."""
+    from kernels.cupy import _module
+    (tmp_path / "a.cuh").write_text("#pragma once\nconst int A = 1;\n")
+    (tmp_path / "b.cuh").write_text('#pragma once\n#include "a.cuh"\n')
+    (tmp_path / "k.cu").write_text('#include "b.cuh"\n__global__ void k() {}\n')
+    monkeypatch.setattr(_module, "CUDA_DIR", str(tmp_path))
+    _module.source.cache_clear()
+    before = _module.source("k.cu")
+    assert before.startswith('#include "b.cuh"') and "b.cuh:" in before and "a.cuh:" in before
+    (tmp_path / "a.cuh").write_text("#pragma once\nconst int A = 2;\n")
+    _module.source.cache_clear()
+    assert _module.source("k.cu") != before
+    _module.source.cache_clear()

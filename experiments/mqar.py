@@ -10,7 +10,7 @@ task, which asks for ``m_a - m_b`` of two recalled numbers (a signed contrast of
 zero-sum ZeroS row can read out in one step).
 
 Three grids (``GRIDS``): ``quick`` (``--quick``; seconds per run, a couple of minutes on two cores), ``cpu``
-(the default with the NumPy backend: the largest sweep a shared two-core machine runs in about 40 minutes)
+(the default with the NumPy backend: about an hour on a shared two-core machine)
 and ``gpu`` (the default with a GPU backend: 6 mixers x 3 widths x 3 lengths x 2 key-value counts, designed
 for under 25 minutes on one H100/H200, ``gpu_estimate``).  Results go to ``OUT/mqar_<grid>.json``, written
 after every run; a run already in that file (same ``RunSpec``) is skipped, so an interrupted sweep resumes.
@@ -22,11 +22,11 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ._common import DEFAULT_OUT, progress, pyplot, save_fig, table, to_builtin, write_json
+from ._common import DEFAULT_OUT, progress, pyplot, save_fig, table, write_json
 from .model import MIXERS, AdamW, Model, ModelConfig, count_params, init_params
 from .recall_tasks import MQAR, DifferenceRecall
 
@@ -162,7 +162,7 @@ def _blas_single_thread(backend: str):
 def train(spec: RunSpec, grid: Grid, backend: str = "numpy", on_step=None) -> dict:
     """Train one run; returns its record: settings, curves (step, train loss averaged since the previous
     evaluation, held-out loss and accuracy; step 0 is the initial model), final and best accuracy, steps
-    run, seconds.
+    run, seconds.  A non-finite training loss ends the run with ``diverged_at`` set and accuracy 0.
 
     Deterministic: the weights come from ``spec.seed``, the training batches from ``[seed, 1]`` and the
     held-out set from ``[seed, 2]`` (so every mixer sees the same data)."""
@@ -175,7 +175,7 @@ def train(spec: RunSpec, grid: Grid, backend: str = "numpy", on_step=None) -> di
     data = np.random.default_rng([spec.seed, 1])
     test = task.batch(np.random.default_rng([spec.seed, 2]), grid.test_size)
     curve = dict(step=[], train_loss=[], test_loss=[], test_accuracy=[])
-    window, t0, step = [], time.time(), 0
+    window, t0, step, diverged = [], time.time(), 0, None
 
     def evaluate():
         parts = [model.evaluate(params, test.tokens[i:i + spec.batch], test.labels[i:i + spec.batch])
@@ -194,8 +194,11 @@ def train(spec: RunSpec, grid: Grid, backend: str = "numpy", on_step=None) -> di
         for step in range(1, spec.steps + 1):
             b = task.batch(data, spec.batch)
             metrics, grads = model.loss_and_grads(params, b.tokens, b.labels)
-            if not math.isfinite(metrics.loss):
-                raise FloatingPointError(f"{spec.mixer}: loss is {metrics.loss} at step {step}")
+            if not math.isfinite(metrics.loss):       # recorded, not raised: a resumed sweep would hit it again
+                diverged = step
+                for k, v in zip(curve, (step, None, None, 0.0)):
+                    curve[k].append(v)
+                break
             opt.step(params, grads)
             window.append(metrics.loss)
             if on_step:
@@ -208,7 +211,7 @@ def train(spec: RunSpec, grid: Grid, backend: str = "numpy", on_step=None) -> di
     return dict(spec=asdict(spec), params=count_params(cfg), backend=backend, steps_run=step,
                 seconds=time.time() - t0, final_accuracy=curve["test_accuracy"][-1],
                 best_accuracy=max(curve["test_accuracy"]), final_test_loss=curve["test_loss"][-1],
-                stopped_early=step < spec.steps, curve=curve)
+                stopped_early=step < spec.steps, diverged_at=diverged, curve=curve)
 
 
 # ============================================================================= the GPU budget

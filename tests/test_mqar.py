@@ -205,6 +205,22 @@ def test_tiny_training_run_learns():
     assert rec["params"] == M.count_params(spec.model_config())
 
 
+def test_a_diverging_run_is_recorded_not_raised(monkeypatch):
+    grid = replace(mqar.GRIDS["quick"], eval_every=2, test_size=8)
+    spec = mqar.RunSpec("mqar", "softmax", 8, 16, 2, 16, 0, 1, 1, steps=6, batch=4, lr=1e-2, seed=0)
+    real = M.Model.loss_and_grads
+    calls = []
+
+    def blow_up_at_step_3(self, P, tokens, labels):
+        metrics, G = real(self, P, tokens, labels)
+        calls.append(1)
+        return (M.Metrics(float("nan"), 0.0, metrics.queries) if len(calls) == 3 else metrics), G
+    monkeypatch.setattr(M.Model, "loss_and_grads", blow_up_at_step_3)
+    rec = mqar.train(spec, grid)
+    assert rec["diverged_at"] == 3 and rec["steps_run"] == 3 and rec["final_accuracy"] == 0.0
+    assert rec["curve"]["step"] == [0, 2, 3]
+
+
 def _test_grid():
     return mqar.Grid("test", mixers=("softmax", "zeros2"), widths=(8,), lengths=((16, (2,)),), vocab=16, steps=3,
                      batch=4, lr=1e-2, eval_every=2, test_size=8, diff_widths=(8,), diff_length=16, diff_kv=2,

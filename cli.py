@@ -64,7 +64,7 @@ def check(ops, backends, quick, full, dtypes, json_path, seed, jobs):
 
 
 @main.command()
-@click.option("--op", "ops", multiple=True, type=click.Choice(("softmax", "linear", "decayed", "zeros")),
+@click.option("--op", "ops", multiple=True, type=click.Choice(workbench.registry.OPS),
               help="only these ops (repeatable; default all)")
 @click.option("--backend", "backends_", multiple=True, type=click.Choice(("cupy", "numba")),
               help="only these GPU backends (repeatable; default every one usable here)")

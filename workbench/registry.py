@@ -52,16 +52,9 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
-OPS = ("softmax", "linear", "decayed", "zeros")
-BACKENDS = ("numpy", "numba", "cupy")
+from .opspec import ARRAY_ARGS, OPS, SPECS  # noqa: F401  (the ops, their array arguments: workbench/opspec.py)
 
-# Array arguments of each op, in order (also the order of the gradients).
-ARRAY_ARGS = {
-    "softmax": ("q", "k", "v"),
-    "linear": ("q", "k", "v"),
-    "decayed": ("q", "k", "v", "log_decay"),
-    "zeros": ("q", "k", "v", "s", "gates"),
-}
+BACKENDS = ("numpy", "numba", "cupy")
 
 # Optional features a variant may implement (see the module doc).
 FEATURES = ("state", "packed")
@@ -134,9 +127,10 @@ def register(variant: Variant) -> Variant:
     if variant.backend not in BACKENDS:
         raise ValueError(f"unknown backend {variant.backend!r}")
     bad = set(variant.features) - set(FEATURES)
-    if bad or ("state" in variant.features and variant.op == "softmax"):
+    if bad or not set(variant.features) <= set(SPECS[variant.op].features):
         raise ValueError(f"variant {variant.op} {variant.key}: features {sorted(variant.features)}; expected a "
-                         f"subset of {FEATURES} (no state for softmax)")
+                         f"subset of {FEATURES} (no state for "
+                         f"{', '.join(o for o, sp in SPECS.items() if 'state' not in sp.features)})")
     for dtype, tol in variant.tol.items():
         if dtype not in variant.dtypes or dtype not in TOLERANCE or not 0 < tol <= variant.ceiling(dtype):
             raise ValueError(f"variant {variant.op} {variant.key}: tol[{dtype!r}] = {tol!r}; expected a dtype "

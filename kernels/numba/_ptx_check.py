@@ -30,7 +30,9 @@ import time
 
 import click
 
-from ._trace import OPS, trace
+from workbench.opspec import OPS
+
+from ._trace import trace
 
 CC = (9, 0)                                     # H100
 STATIC_SHARED_LIMIT = 48 * 1024

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from ..opspec import OPS, SPECS
 from .costs import PASSES
-
-OPS = ("softmax", "linear", "decayed", "zeros")
 
 GPU_BASELINES = {
     "softmax": ("peer:sdpa-flash", "peer:sdpa-cudnn", "peer:sdpa-efficient"),
@@ -67,14 +66,14 @@ class Grid:
 
     def cells(self) -> list:
         """(op, T, D, dtype, causal) in run order: the smallest T of every op first, so a spent budget cuts
-        the largest cells.  Decayed attention is always causal (one cell, causal=True)."""
+        the largest cells.  A causal-only op (decayed) gets one cell, causal=True."""
         out = []
         for T in self.Ts:
             for D in self.Ds:
                 for dtype in self.dtypes:
                     for causal in self.causal:
                         for op in self.ops:
-                            if op == "decayed" and not causal:
+                            if causal not in SPECS[op].causal_values:
                                 continue
                             out.append((op, T, D, dtype, causal))
         return out

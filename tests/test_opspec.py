@@ -1,6 +1,7 @@
 """The op table (workbench/opspec.py) and the places that read it instead of repeating its facts."""
 import inspect
 
+import numpy as np
 import pytest
 
 import workbench as wb
@@ -55,3 +56,17 @@ def test_causal_only_ops():
 def test_unknown_op_names_the_ops():
     with pytest.raises(ValueError, match="unknown op 'nope'; available: softmax, linear, decayed, zeros"):
         opspec.spec("nope")
+
+
+def test_a_provider_that_fails_to_import_raises_every_time(monkeypatch):
+    monkeypatch.setattr(registry, "_LOADED", False)
+    monkeypatch.setattr(registry, "_FAILED", [])
+    monkeypatch.setattr(registry, "_PARTIAL_OK", [False])
+    monkeypatch.setattr(registry, "_PROVIDERS", registry._PROVIDERS + ("kernels.not_a_provider",))
+    for _ in range(2):
+        with pytest.raises(registry.ProviderImportError, match="kernels.not_a_provider failed to import"):
+            registry.variants("softmax")
+    failures = registry.load_all(allow_failures=True)
+    assert [mod for mod, _ in failures] == ["kernels.not_a_provider"]
+    assert registry.variants("softmax")              # what did import is served once the failure is accepted
+    np.testing.assert_equal(len(registry.OPS), len(opspec.SPECS))

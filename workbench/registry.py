@@ -109,6 +109,8 @@ class Variant:
 
 _TABLE: dict = {}          # (op, backend, name) -> Variant
 _LOADED = False
+_FAILED: list = []         # (provider, exception) of every provider that did not import
+_PARTIAL_OK = [False]      # load_all(allow_failures=True) was called: serve the providers that imported
 _VIEWS: dict = {}          # (op, backend) -> sorted list of variants; rebuilt after every register()
 VERSION = [0]              # bumped by every register(): choices cached elsewhere (ops' plans) are stale
 
@@ -155,18 +157,32 @@ def _changed() -> None:
     VERSION[0] += 1
 
 
-def load_all() -> None:
-    """Import every provider module once (each registers its variants)."""
+class ProviderImportError(ImportError):
+    """A provider module of ``_PROVIDERS`` failed to import: its variants are not registered."""
+
+
+def load_all(allow_failures: bool = False) -> list:
+    """Import every provider module once (each registers its variants).
+
+    A provider that fails to import raises ``ProviderImportError`` (its error chained) from this call and
+    from every later one -- every lookup calls this -- so nothing works on a table that silently lacks a
+    backend.  ``allow_failures=True`` (``bench``: time what did register) returns the failures instead, as
+    (provider, exception) pairs, and from then on the table serves the providers that imported."""
     global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    for mod in _PROVIDERS:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:    # a provider package not written yet: skip it
-            if e.name != mod and not mod.startswith(e.name or "\0"):
-                raise
+    if not _LOADED:
+        _LOADED = True                  # before the imports: a provider's import may look variants up
+        for mod in _PROVIDERS:
+            try:
+                importlib.import_module(mod)
+            except Exception as e:
+                _FAILED.append((mod, e))
+    if allow_failures:
+        _PARTIAL_OK[0] = True
+    elif _FAILED and not _PARTIAL_OK[0]:
+        mod, e = _FAILED[0]
+        raise ProviderImportError(f"variant provider {mod} failed to import ({type(e).__name__}: {e}); its "
+                                  f"variants are not registered") from e
+    return list(_FAILED)
 
 
 def variants(op: Optional[str] = None, backend: Optional[str] = None) -> list:

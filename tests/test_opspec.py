@@ -70,3 +70,25 @@ def test_a_provider_that_fails_to_import_raises_every_time(monkeypatch):
     assert [mod for mod, _ in failures] == ["kernels.not_a_provider"]
     assert registry.variants("softmax")              # what did import is served once the failure is accepted
     np.testing.assert_equal(len(registry.OPS), len(opspec.SPECS))
+
+
+def test_a_renamed_variant_keeps_its_former_name(recwarn):
+    """numba:tiled is now numba:flash (one name per algorithm: cupy:flash): the old key still selects it, with
+    a FutureWarning, in the API, the registry and the command line; listings show the new name only."""
+    import warnings
+    from click.testing import CliRunner
+
+    from cli import main
+    flash = registry.get("softmax", "numba", "flash")
+    with pytest.warns(FutureWarning, match="numba:tiled is now numba:flash"):
+        assert registry.get("softmax", "numba", "tiled") is flash
+    with pytest.warns(FutureWarning):
+        assert registry.canonical_key("numba:tiled") == "numba:flash"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert registry.canonical_key("numba:naive") == "numba:naive"
+        assert registry.canonical_key("numpy:tiled") == "numpy:tiled"        # no such former name
+    assert "numba:tiled" not in registry.available_keys("softmax")
+    with pytest.warns(FutureWarning):
+        r = CliRunner().invoke(main, ["check", "--op", "softmax", "--backend", "numba:tiled", "--quick"])
+    assert r.exit_code == 0 and "numba:flash" in r.output, r.output

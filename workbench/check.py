@@ -332,6 +332,7 @@ def select_variants(ops=(), backends_=()) -> tuple:
     for op in ops:
         spec(op)                        # ValueError naming the known ops
     known = set(registry.BACKENDS) | {v.key for v in registry.variants()}
+    backends_ = tuple(registry.canonical_key(b) for b in backends_)
     for b in backends_:
         if b not in known:
             raise ValueError(f"unknown backend or variant {b!r}; available: {', '.join(sorted(known))}")

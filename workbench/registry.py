@@ -49,6 +49,7 @@ True), alone or together, with or without ``cu_seqlens``:
 from __future__ import annotations
 
 import importlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
@@ -78,7 +79,6 @@ class Variant:
     supports: Optional[Callable] = None
     default: bool = False           # the variant that "<backend>" alone picks
     default_for: tuple = ()         # dtypes for which "<backend>" alone picks this one instead
-    is_reference: bool = False      # an exact NumPy reference (checked against the explicit float64 one)
     gpu: bool = False               # needs a CUDA device (or the Numba simulator)
     tags: tuple = field(default_factory=tuple)
     # Cost model used by ``bench`` (workbench/bench/costs.py): "quadratic" (explicit T x T pairs),
@@ -90,6 +90,8 @@ class Variant:
     tol: Mapping[str, float] = field(default_factory=dict, hash=False)
     # The optional features of the module doc this variant implements: "state", "packed".
     features: frozenset = frozenset()
+    # Former names (deprecated): ``get`` and ``canonical_key`` still accept them, with a FutureWarning.
+    aliases: tuple = ()
 
     @property
     def key(self) -> str:
@@ -141,6 +143,8 @@ def register(variant: Variant) -> Variant:
     key = (variant.op, variant.backend, variant.name)
     if key in _TABLE and _TABLE[key] is not variant:
         raise ValueError(f"variant {variant.op} {variant.key} registered twice")
+    if any((variant.op, variant.backend, a) in _TABLE for a in variant.aliases):
+        raise ValueError(f"variant {variant.op} {variant.key}: a former name {variant.aliases} is a variant's name")
     _TABLE[key] = variant
     _changed()
     return variant
@@ -211,8 +215,29 @@ def get(op: str, backend: str, name: Optional[str] = None, dtype: Optional[str] 
     for v in cands:
         if v.name == name:
             return v
+    for v in cands:
+        if name in v.aliases:
+            _warn_renamed(f"{backend}:{name}", v.key)
+            return v
     raise ValueError(f"unknown variant {backend}:{name} for op {op}; available: "
                      f"{', '.join(available_keys(op))}")
+
+
+def _warn_renamed(old: str, new: str) -> None:
+    warnings.warn(f"variant {old} is now {new}; the old name is deprecated and will be removed", FutureWarning,
+                  stacklevel=3)
+
+
+def canonical_key(key: str, warn: bool = True) -> str:
+    """``key`` ("backend:name") with a deprecated variant name replaced by the current one (a FutureWarning
+    unless ``warn=False``: results recorded before the rename); anything else unchanged."""
+    backend, _, name = str(key).partition(":")
+    for v in variants(backend=backend) if name and backend in BACKENDS else ():
+        if name in v.aliases and not any(w.name == name for w in variants(backend=backend)):
+            if warn:
+                _warn_renamed(key, v.key)
+            return v.key
+    return key
 
 
 def available_keys(op: Optional[str] = None) -> list:

@@ -232,36 +232,36 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
     final state, or None."""
     import cupy as cp
     q, k, v, g, tab = ctx.q, ctx.k, ctx.v, ctx.g, ctx.table
-    N, T, dk = q.shape
-    dv = v.shape[-1]
+    N, T, Dk = q.shape
+    Dv = v.shape[-1]
     dt = str(q.dtype)
-    item, dkp, dvp, split = ITEMSIZE[dt], pad_dim(dk), pad_dim(dv), ctx.split
+    item, dkp, dvp, split = ITEMSIZE[dt], pad_dim(Dk), pad_dim(Dv), ctx.split
     ct = CTYPE[dt]
-    ntk, ntv = -(-dk // BV), -(-dv // BV)
-    E = dk * dv
+    ntk, ntv = -(-Dk // BV), -(-Dv // BV)
+    E = Dk * Dv
     i32 = np.int32
     segs = (tab.t0, tab.t1)
-    dims = (i32(T), i32(dk), i32(dv), i32(tab.nseg), i32(tab.nseq))
+    dims = (i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(tab.nseq))
     decay = g is not None
     want_dg = decay and want_dg
     dq = new_output(cp, q.shape, q.dtype)
-    dk_ = new_output(cp, k.shape, k.dtype)
-    dv_ = new_output(cp, v.shape, v.dtype)
+    dk = new_output(cp, k.shape, k.dtype)
+    dv = new_output(cp, v.shape, v.dtype)
     dS0 = dSend = None
     if ctx.causal and tab.single:
         dSend = dST
-        dS0 = new_output(cp, (N, tab.nseq, dk, dv), cp.float32) if ctx.S0 is not None else None
+        dS0 = new_output(cp, (N, tab.nseq, Dk, Dv), cp.float32) if ctx.S0 is not None else None
     else:
-        Rseg = new_output(cp, (N, tab.nseg, dk, dv), cp.float32)
+        Rseg = new_output(cp, (N, tab.nseg, Dk, Dv), cp.float32)
         launch(_kern(dt, split, f"tc_seg_state<{ct}, {dkp}, true, {split}>"), (tab.nseg * ntv, N), (THREADS,),
-               (q, do, _ptr(g), Rseg, 0) + segs + (i32(T), i32(dk), i32(dv), i32(tab.nseg),
+               (q, do, _ptr(g), Rseg, 0) + segs + (i32(T), i32(Dk), i32(Dv), i32(tab.nseg),
                                                     np.float32(ctx.scale)),
                smem_seg_state(item, dkp))
         if not ctx.causal and tab.single:
             dSend = Rseg                                     # the total gradient of each sequence's state
         else:
-            dSend = new_output(cp, (N, tab.nseg, dk, dv), cp.float32)
-            dS0 = new_output(cp, (N, tab.nseq, dk, dv), cp.float32)
+            dSend = new_output(cp, (N, tab.nseg, Dk, Dv), cp.float32)
+            dS0 = new_output(cp, (N, tab.nseq, Dk, Dv), cp.float32)
             launch(_common("tc_seg_scan<true>"), (-(-E // 256), tab.nseq, N), (256,),
                    (Rseg, _ptr(ctx.gam), _ptr(dST), dSend, dS0, tab.seq_seg, i32(tab.nseg), i32(tab.nseq),
                     np.int64(E)))
@@ -276,7 +276,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
     whiches = ((0, 1),) if (dkp, dvp) == (64, 64) else ((1, ntk), (2, ntv))
     for which, tiles in whiches:
         launch(_kern(dt, split, f"tc_bwd_dkdv<{ct}, {dkp}, {dvp}, {split}, {which}>"), (tab.nseg * tiles, N),
-               (THREADS,), (q, k, v, _ptr(g), do, dk_, dv_, _ptr(rk), _ptr(dSend), _ptr(dS0_out)) + tail,
+               (THREADS,), (q, k, v, _ptr(g), do, dk, dv, _ptr(rk), _ptr(dSend), _ptr(dS0_out)) + tail,
                smem_dkdv(item, dkp, dvp, which))
     dg = None
     if want_dg:
@@ -287,4 +287,4 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
         launch(_common("tc_dg"), (tab.nseq, N), (1024,),
                (rq, i32(ntk), rk, i32(ntk), dg, tab.cu_dev, _ptr(cst), i32(ctx.S0 is None), i32(T),
                 i32(tab.nseq)))
-    return dq, dk_, dv_, dg, (dS0 if ctx.S0 is not None else None)
+    return dq, dk, dv, dg, (dS0 if ctx.S0 is not None else None)

@@ -3,7 +3,7 @@
 ``trace`` drives the *real* host code of each variant (its bucket and tile choice, its kernel factories, its
 launch arguments) with fake device arrays: ``DeviceIO`` hands out shape/dtype-only arrays and every
 ``kernel[grid, block](*args)`` records (kernel, argument types) instead of launching.  Nothing is compiled.
-Two users: ``_ptx_check`` compiles each traced kernel to PTX (no GPU needed), ``_warmup`` compiles each for
+Two users: ``ptx_check`` compiles each traced kernel to PTX (no GPU needed), ``_warmup`` compiles each for
 the local GPU into Numba's disk cache.  Works on the CUDA simulator too (the tests compare the kernels two
 shapes launch).
 """
@@ -115,7 +115,7 @@ def trace(ops=OPS, dtypes=("float32", "float64"), dims=((64, 64),), variants=Non
           echo=None) -> list:
     """Every distinct (kernel, argument types) that forward + backward of the numba variants of ``ops``
     launch, for each dtype, head-dim pair (Dk, Dv) and option cell, in first-launch order.  ``variants``:
-    only these variant names (e.g. ``("tiled", "chunked")``); ``echo`` gets one line per traced cell."""
+    only these variant names (e.g. ``("flash", "chunked")``); ``echo`` gets one line per traced cell."""
     from workbench import registry
     from workbench.inputs import default_options, random_inputs
     from workbench.opspec import check_options

@@ -18,6 +18,6 @@ for _op, _mod, _fast, _fast_fwd, _fast_bwd in (
          zeros.chunked_backward)):
     _features = frozenset(SPECS[_op].features)          # the references implement every feature
     register(Variant(_op, "numpy", "explicit", _mod.explicit_forward, _mod.explicit_backward, dtypes=_DTYPES,
-                     description="explicit T x T matrices in float64", is_reference=True, features=_features))
+                     description="explicit T x T matrices in float64", features=_features))
     register(Variant(_op, "numpy", "chunked", _fast_fwd, _fast_bwd, dtypes=_DTYPES, description=_fast,
-                     default=True, is_reference=True, features=_features))
+                     default=True, features=_features))

@@ -43,9 +43,11 @@ from dataclasses import dataclass
 import numpy as np
 from numba import cuda
 
+from workbench.state import DecayedState
+
 from . import _chunked
 from ._arrays import DeviceIO, Saved, grid_1d, register_variant
-from ._jit import bucket, kernel, nb_type, row_axpy, row_dot, row_store
+from ._jit import bucket, cdiv, kernel, nb_type, row_axpy, row_dot, row_store
 
 SCAN_THREADS = 128        # threads per block of the dg scan (tests shrink it)
 
@@ -139,20 +141,32 @@ def _naive_dg(io, do, o, v, dv):
 # ============================================================================ chunked dg
 @functools.lru_cache(maxsize=None)
 def _scan_dg(NT, acc):
-    """One block per n, NT threads; thread u owns rows [u SEG, (u+1) SEG).  Pass 1: dG_t into dg, segment
-    sums into tot[u]; thread 0 turns tot into suffix sums over later segments; pass 2: each thread's reverse
-    cumulative sum of its rows, starting from the sum of all later segments."""
+    """One block per (n, sequence j) of [a, b), NT threads; thread u owns rows [a + u SEG, a + (u+1) SEG).
+    Pass 1: dG_t = do_t.o_t - v_t.dv_t into dg, segment sums into tot[u], and the block's partial sums of
+    <D, S_T> (the final state's gradient and the final state, when given); thread 0 turns tot into suffix sums
+    over later segments, starting from <D, S_T>; pass 2: each thread's reverse cumulative sum of its rows."""
     ZERO = acc(0)
 
     @kernel
-    def kern(do, o, v, dv, dg):
+    def kern(do, o, v, dv, cu, D, Sfin, has_D, has_init, dg):
         n = cuda.blockIdx.x
+        j = cuda.blockIdx.y
         u = cuda.threadIdx.x
-        T, Dv = o.shape[1], o.shape[2]
-        SEG = (T + NT - 1) // NT
-        lo = min(u * SEG, T)
-        hi = min(lo + SEG, T)
+        Dv = o.shape[2]
+        a, b = cu[j], cu[j + 1]
+        SEG = (b - a + NT - 1) // NT
+        lo = min(a + u * SEG, b)
+        hi = min(lo + SEG, b)
         tot = cuda.shared.array(NT, acc)
+        red = cuda.shared.array(NT, acc)
+        c = ZERO
+        if has_D:
+            X, Y = D.shape[2], D.shape[3]
+            for x in range(u, X * Y, NT):
+                d = x // Y
+                e = x - d * Y
+                c += D[n, j, d, e] * Sfin[n, j, d, e]
+        red[u] = c
         s = ZERO
         for t in range(lo, hi):
             r = ZERO
@@ -164,6 +178,8 @@ def _scan_dg(NT, acc):
         cuda.syncthreads()
         if u == 0:
             after = ZERO
+            for w in range(NT):
+                after += red[w]                # <D, S_T>: every position's decay scales the final state
             for w in range(NT - 1, -1, -1):
                 seg = tot[w]
                 tot[w] = after                 # sum over segments after w
@@ -173,52 +189,96 @@ def _scan_dg(NT, acc):
         for t in range(hi - 1, lo - 1, -1):
             s += dg[n, t]
             dg[n, t] = s
-        if lo == 0 and hi > 0:
-            dg[n, 0] = ZERO            # exact: g_0 never enters a difference G_t - G_i (i <= t)
+        if lo == a and hi > lo and not has_init:
+            dg[n, a] = ZERO            # exact: without S0, g_a never enters a difference G_t - G_i (i <= t)
     return kern
 
 
-def _chunked_dg(io, do, o, v, dv):
+def _chunked_dg(io, do, o, v, dv, segs, D, Sfin, has_init):
     N, T, Dv = o.shape
+    acc = nb_type(o.dtype)
     dg = io.empty((N, T), o.dtype)
-    _scan_dg(SCAN_THREADS, nb_type(o.dtype))[N, SCAN_THREADS](do, o, v, dv, dg)
+    d4 = _chunked._dummy(acc, 4)
+    cu = io.to_device(np.asarray(segs.cu, np.int32))
+    _scan_dg(SCAN_THREADS, acc)[(N, segs.nseq), SCAN_THREADS](
+        do, o, v, dv, cu, d4 if D is None else D, d4 if Sfin is None else Sfin, D is not None, has_init, dg)
     return dg
 
 
 # ============================================================================ variants
-def _run(impl, a, b, c, g, scale, out, rev):
-    if impl == "chunked":
-        _chunked.launch(a, b, c, out, g=g, scale=scale, decay=True, rev=rev)
-    else:
-        _naive_launch(a, b, c, g, scale, out, rev)
-
-
 @dataclass
 class _Context(Saved):
-    """What the backward needs (impl: "naive" or "chunked"; o for dg)."""
+    """What the backward needs (impl: "naive" or "chunked"; o for dg; chunked: the segments and the forward
+    pass's states, whether an initial state was given)."""
     log_decay: object
     o: object
     scale: float
+    segs: object = None
+    fw: object = None
+    has_init: bool = False
 
 
-def _forward(impl, q, k, v, log_decay, scale=1.0):
+def _naive_forward(io, q, k, v, g, scale):
+    o = io.empty((q.shape[0], q.shape[1], v.shape[2]), q.dtype)
+    _naive_launch(q, k, v, g, scale, o, rev=False)
+    return o
+
+
+def _naive_backward(ctx, do):
+    io, q, k, v, g, scale = ctx.io, ctx.q, ctx.k, ctx.v, ctx.log_decay, ctx.scale
+    dq, dk, dv = io.empty(q.shape, q.dtype), io.empty(k.shape, k.dtype), io.empty(v.shape, v.dtype)
+    _naive_launch(do, v, k, g, scale, dq, rev=False)        # dq_t = sum_{i<=t} w (do_t.v_i) k_i
+    _naive_launch(v, do, q, g, scale, dk, rev=True)         # dk_i = sum_{t>=i} w (v_i.do_t) q_t
+    _naive_launch(k, q, do, g, scale, dv, rev=True)         # dv_i = sum_{t>=i} w (k_i.q_t) do_t
+    return dq, dk, dv, _naive_dg(io, do, ctx.o, v, dv)
+
+
+def _forward(impl, q, k, v, log_decay, scale=1.0, initial_state=None, return_state=False, cu_seqlens=None):
     io = DeviceIO(q)
     q, k, v, g = (io.to_device(x) for x in (q, k, v, log_decay))
-    N, T, _ = q.shape
-    o = io.empty((N, T, v.shape[2]), q.dtype)
-    _run(impl, q, k, v, g, scale, o, rev=False)
-    return io.to_caller(o), _Context(io, impl, q, k, v, g, o, scale)
+    if impl != "chunked":
+        o = _naive_forward(io, q, k, v, g, scale)
+        return io.to_caller(o), _Context(io, impl, q, k, v, g, o, scale)
+    N, T, Dk = q.shape
+    Dv = v.shape[2]
+    core = _chunked.plan(q, Dv, _chunked.DECAY)
+    cu = tuple(cu_seqlens) if cu_seqlens is not None else (0, T)
+    L = _chunked.choose_segments(N, max(b - a for a, b in zip(cu[:-1], cu[1:])), core.C, cdiv(Dv, core.BV))
+    segs = _chunked.segments(io, T, core.C, L, cu)
+    S0 = None if initial_state is None else io.to_device(initial_state.S)
+    fw = _chunked.states(io, core, segs, k, v, Dk, Dv, g=g, S0=S0, want_final=bool(return_state), scale=scale)
+    o = io.empty((N, T, Dv), q.dtype)
+    _chunked.run(core, segs, q, k, v, o, g=g, scale=scale, S0=fw.starts,
+                 Sfin=fw.final if segs.single else None)
+    ctx = _Context(io, impl, q, k, v, g, o, scale, segs, fw, S0 is not None)
+    out = io.to_caller(o)
+    return ((out, DecayedState(io.to_caller(fw.final))) if return_state else out), ctx
 
 
-def _backward(ctx: _Context, do):
-    io, q, k, v, g, scale = ctx.io, ctx.q, ctx.k, ctx.v, ctx.log_decay, ctx.scale
+def _backward(ctx: _Context, do, dfinal=None):
+    """Decayed attention's backward (module doc); with states (kernels/numba/_chunked.py): dq's run starts
+    from the forward's states transposed; dk's and dv's reverse runs carry dS = the state's gradient from
+    dfinal; dS0 is dk's run's final state (transposed); dg adds <dS_T, S_T> (the reference's derivation)."""
+    io = ctx.io
     do = io.to_device(do)
+    if ctx.impl != "chunked":
+        return tuple(io.to_caller(x) for x in _naive_backward(ctx, do))
+    q, k, v, g, scale, segs, fw = ctx.q, ctx.k, ctx.v, ctx.log_decay, ctx.scale, ctx.segs, ctx.fw
+    N, T, Dk = q.shape
+    Dv = v.shape[2]
+    D = None if dfinal is None else io.to_device(dfinal.S)
     dq, dk, dv = io.empty(q.shape, q.dtype), io.empty(k.shape, k.dtype), io.empty(v.shape, v.dtype)
-    _run(ctx.impl, do, v, k, g, scale, dq, rev=False)        # dq_t = sum_{i<=t} w (do_t.v_i) k_i
-    _run(ctx.impl, v, do, q, g, scale, dk, rev=True)         # dk_i = sum_{t>=i} w (v_i.do_t) q_t
-    _run(ctx.impl, k, q, do, g, scale, dv, rev=True)         # dv_i = sum_{t>=i} w (k_i.q_t) do_t
-    dg = (_chunked_dg if ctx.impl == "chunked" else _naive_dg)(io, do, ctx.o, v, dv)
-    return tuple(io.to_caller(x) for x in (dq, dk, dv, dg))
+    core_q = _chunked.plan(do, Dk, _chunked.DECAY)
+    _chunked.run(core_q, segs, do, v, k, dq, g=g, scale=scale, S0=fw.starts, st_trans=True)
+    core_v = _chunked.plan(k, Dv, _chunked.DECAY)
+    bw = _chunked.states(io, core_v, segs, q, do, Dk, Dv, g=g, S0=D, want_final=ctx.has_init, scale=scale,
+                         scale_in_state=True, rev=True)
+    _chunked.run(core_q, segs, v, do, q, dk, g=g, scale=scale, scale_in_state=True, rev=True, S0=bw.starts,
+                 st_trans=True, Sfin=bw.final if segs.single else None)
+    _chunked.run(core_v, segs, k, q, do, dv, g=g, scale=scale, scale_in_state=True, rev=True, S0=bw.starts)
+    dg = _chunked_dg(io, do, ctx.o, v, dv, segs, D, fw.final if D is not None else None, ctx.has_init)
+    grads = tuple(io.to_caller(x) for x in (dq, dk, dv, dg))
+    return grads + ((DecayedState(io.to_caller(bw.final)),) if ctx.has_init else ())
 
 
 register_variant("decayed", "naive", _forward, _backward,
@@ -226,7 +286,8 @@ register_variant("decayed", "naive", _forward, _backward,
                  "decay summed along the loop; dg by row dots + a per-n reverse cumsum",
                  {"float32": 1e-4, "float64": 5e-13})
 register_variant("decayed", "chunked", _forward, _backward,
-                 "chunked: C x C intra-chunk block with within-chunk log-decay cumsums, Dk x BV "
-                 "state in shared memory carried across chunks; backward = the same kernel for dq "
-                 "and, run in reverse, for dk and dv; dg by a block segmented reverse scan",
-                 {"float32": 1e-4, "float64": 2e-13}, default=True)
+                 "chunked core (kernels/numba/_chunked.py, decay family): C x C intra-chunk block with "
+                 "within-chunk log-decay cumsums, Dk x BV state in shared memory carried across the chunks of "
+                 "a segment, segment states + scan; backward = the same core for dq and, in reverse, for dk "
+                 "and dv; dg by a block segmented reverse scan per sequence; initial/final state, cu_seqlens",
+                 {"float32": 1e-4, "float64": 2e-13}, default=True, features=frozenset({"state", "packed"}))

@@ -106,11 +106,18 @@ SHARED_BYTES = 46 * 1024          # static shared-memory budget per block (devic
 LOG_FLOOR = {4: -128.0, 8: -1024.0}   # per accumulation itemsize: exp(LOG_FLOOR) == 0 exactly (docstring)
 
 
-def shared_bytes(DB, NS, C, BK, BV, itemsize) -> int:
-    return itemsize * (NS * DB * BV + 2 * C * (BK + 1) + C * BV + C * C + 4 * NS * C + 2 * NS)
+def state_rows(DB: int, BK: int, family: str) -> int:
+    """Rows of the shared state: the bucket, plus one Da tile for the plain family, whose Da may be the bucket
+    + 1 (linear attention's normalised value [v, 1] as an operand: the backward's a = v~, b = dnum~)."""
+    return DB + BK if family == PLAIN else DB
 
 
-def tiles(DB: int, NS: int, itemsize: int) -> tuple:
+def shared_bytes(DB, NS, C, BK, BV, itemsize, family=DECAY) -> int:
+    return itemsize * (NS * state_rows(DB, BK, family) * BV + 2 * C * (BK + 1) + C * BV + C * C + 4 * NS * C
+                       + 2 * NS + 2)
+
+
+def tiles(DB: int, NS: int, itemsize: int, family: str = DECAY) -> tuple:
     """(C, BK, BV, NT): chunk length, Da tile, value-column tile, threads per block, for head-dim bucket DB.
 
     Start from C = 32, BK = 32, BV = 32 (capped at the bucket), then shrink BK to 16, BV down to 8, C to 16,
@@ -121,7 +128,7 @@ def tiles(DB: int, NS: int, itemsize: int) -> tuple:
     BV = CONFIG["block_v"] or min(32, DB)
     NT = CONFIG["threads"] or 256
     fixed = CONFIG["chunk"] and CONFIG["block_k"] and CONFIG["block_v"]
-    while not fixed and shared_bytes(DB, NS, C, BK, BV, itemsize) > SHARED_BYTES:
+    while not fixed and shared_bytes(DB, NS, C, BK, BV, itemsize, family) > SHARED_BYTES:
         if BK > 16:
             BK //= 2
         elif BV > 8:
@@ -175,6 +182,7 @@ def chunk_kernel(DB, NS, family, C, BK, BV, NT, acc):
     ES = cdiv(BK * BV, NT)            # state elements per thread (per Da tile)
     NSEO = NS * EO
     BKP = BK + 1                      # padded row of the a, b tiles (column reads avoid bank conflicts)
+    R = state_rows(DB, BK, family)    # rows of the state (>= every Da this kernel takes)
     ZERO, ONE = acc(0), acc(1)
     NEG_INF = acc(-math.inf)
     FLOOR = acc(LOG_FLOOR[np.dtype(acc.name).itemsize])
@@ -191,7 +199,7 @@ def chunk_kernel(DB, NS, family, C, BK, BV, NT, acc):
         Da, Dc = b.shape[2], out0.shape[2]            # (the state pass passes c as out0: never written)
         t0, t1, sb = seg[sg, 0], seg[sg, 1], seg[sg, 2]
         Ls = t1 - t0
-        S = cuda.shared.array((NS, DB, BV), acc)        # states, one value-column tile
+        S = cuda.shared.array((NS, R, BV), acc)         # states, one value-column tile
         As = cuda.shared.array((C, BKP), acc)           # a rows of the chunk, one Da tile
         Bs = cuda.shared.array((C, BKP), acc)           # b rows of the chunk, one Da tile
         Cs = cuda.shared.array((C, BV), acc)            # c rows of the chunk, this block's columns
@@ -206,9 +214,9 @@ def chunk_kernel(DB, NS, family, C, BK, BV, NT, acc):
         sq = ONE if scale_in_state else scale           # the output's state term
         sk = scale if scale_in_state else ONE           # the state update
 
-        for e in range(tid, NS * DB * BV, NT):
-            x = e // (DB * BV)
-            rem = e - x * DB * BV
+        for e in range(tid, NS * R * BV, NT):
+            x = e // (R * BV)
+            rem = e - x * R * BV
             d = rem // BV
             jj = rem - d * BV
             val = ZERO
@@ -406,9 +414,9 @@ def chunk_kernel(DB, NS, family, C, BK, BV, NT, acc):
             if decay and rev and emit:
                 gv = acc(g[n, t0])
                 last = math.exp(FLOOR if gv < FLOOR else gv)
-            for e in range(tid, NS * DB * BV, NT):
-                x = e // (DB * BV)
-                rem = e - x * DB * BV
+            for e in range(tid, NS * R * BV, NT):
+                x = e // (R * BV)
+                rem = e - x * R * BV
                 d = rem // BV
                 jj = rem - d * BV
                 if d < Da and j0 + jj < Dc:
@@ -533,11 +541,13 @@ class Core:
     N: int
 
 
-def plan(a, Dc: int, family: str, NS: int = 1) -> Core:
-    N, _, Da = a.shape
+def plan(a, family: str, dims: tuple, NS: int = 1) -> Core:
+    """The core for operands like ``a`` (N, T, .), compiled for the bucket of the op's head dims ``dims``
+    (every run of one op shares it; the plain family takes Da up to the bucket + 1)."""
+    N = a.shape[0]
     acc = nb_type(a.dtype)
-    DB = bucket(Da, Dc)
-    C, BK, BV, NT = tiles(DB, NS, np.dtype(a.dtype).itemsize)
+    DB = bucket(*dims)
+    C, BK, BV, NT = tiles(DB, NS, np.dtype(a.dtype).itemsize, family)
     return Core(chunk_kernel(DB, NS, family, C, BK, BV, NT, acc), acc, family, NS, C, BV, NT, N)
 
 

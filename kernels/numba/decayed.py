@@ -241,7 +241,7 @@ def _forward(impl, q, k, v, log_decay, scale=1.0, initial_state=None, return_sta
         return io.to_caller(o), _Context(io, impl, q, k, v, g, o, scale)
     N, T, Dk = q.shape
     Dv = v.shape[2]
-    core = _chunked.plan(q, Dv, _chunked.DECAY)
+    core = _chunked.plan(q, _chunked.DECAY, (Dk, Dv))
     cu = tuple(cu_seqlens) if cu_seqlens is not None else (0, T)
     L = _chunked.choose_segments(N, max(b - a for a, b in zip(cu[:-1], cu[1:])), core.C, cdiv(Dv, core.BV))
     segs = _chunked.segments(io, T, core.C, L, cu)
@@ -268,14 +268,13 @@ def _backward(ctx: _Context, do, dfinal=None):
     Dv = v.shape[2]
     D = None if dfinal is None else io.to_device(dfinal.S)
     dq, dk, dv = io.empty(q.shape, q.dtype), io.empty(k.shape, k.dtype), io.empty(v.shape, v.dtype)
-    core_q = _chunked.plan(do, Dk, _chunked.DECAY)
-    _chunked.run(core_q, segs, do, v, k, dq, g=g, scale=scale, S0=fw.starts, st_trans=True)
-    core_v = _chunked.plan(k, Dv, _chunked.DECAY)
-    bw = _chunked.states(io, core_v, segs, q, do, Dk, Dv, g=g, S0=D, want_final=ctx.has_init, scale=scale,
+    core = _chunked.plan(q, _chunked.DECAY, (Dk, Dv))
+    _chunked.run(core, segs, do, v, k, dq, g=g, scale=scale, S0=fw.starts, st_trans=True)
+    bw = _chunked.states(io, core, segs, q, do, Dk, Dv, g=g, S0=D, want_final=ctx.has_init, scale=scale,
                          scale_in_state=True, rev=True)
-    _chunked.run(core_q, segs, v, do, q, dk, g=g, scale=scale, scale_in_state=True, rev=True, S0=bw.starts,
+    _chunked.run(core, segs, v, do, q, dk, g=g, scale=scale, scale_in_state=True, rev=True, S0=bw.starts,
                  st_trans=True, Sfin=bw.final if segs.single else None)
-    _chunked.run(core_v, segs, k, q, do, dv, g=g, scale=scale, scale_in_state=True, rev=True, S0=bw.starts)
+    _chunked.run(core, segs, k, q, do, dv, g=g, scale=scale, scale_in_state=True, rev=True, S0=bw.starts)
     dg = _chunked_dg(io, do, ctx.o, v, dv, segs, D, fw.final if D is not None else None, ctx.has_init)
     grads = tuple(io.to_caller(x) for x in (dq, dk, dv, dg))
     return grads + ((DecayedState(io.to_caller(bw.final)),) if ctx.has_init else ())

@@ -45,6 +45,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 from numba import cuda
 
 from . import _chunked
@@ -271,13 +272,13 @@ def _stats_kernel(NT, acc):
         return m, E
 
     @kernel
-    def kern(s, gates, causal, Qf, Kf, Qp, Qdk, st):
+    def kern(s, gates, cu, causal, Qf, Kf, Qp, Qdk, st):
         n = cuda.blockIdx.x
+        a, b = cu[cuda.blockIdx.y], cu[cuda.blockIdx.y + 1]
         u = cuda.threadIdx.x
-        T = s.shape[1]
-        SEG = (T + NT - 1) // NT
-        lo = min(u * SEG, T)
-        hi = min(lo + SEG, T)
+        SEG = (b - a + NT - 1) // NT
+        lo = min(a + u * SEG, b)
+        hi = min(lo + SEG, b)
         sm = cuda.shared.array(NT, acc)
         sE = cuda.shared.array(NT, acc)
         sP = cuda.shared.array(NT, acc)
@@ -316,7 +317,7 @@ def _stats_kernel(NT, acc):
             if causal:
                 m, E = merge(m, E, x, ONE)
                 P += x
-            nt = acc(t + 1) if causal else acc(T)
+            nt = acc(t - a + 1) if causal else acc(b - a)
             sig1, sigh, tz, beta, gamma = gate(gates, n, t, P, nt)
             st[n, t, 0] = m
             st[n, t, 1] = E
@@ -355,12 +356,13 @@ def _finish_kernel(NT, acc):
     gate, gate_grads = _gate_fn(acc), _gate_grads_fn(acc)
 
     @kernel
-    def kern(do, oF, oG, oH, k, dkF, dkG, dkH, s, gates, st, causal, dk, ds, dgates, scratch):
+    def kern(do, oF, oG, oH, k, dkF, dkG, dkH, s, gates, st, cu, causal, dk, ds, dgates, scratch):
         n = cuda.blockIdx.x
+        a, T = cu[cuda.blockIdx.y], cu[cuda.blockIdx.y + 1]        # the sequence [a, T)
         u = cuda.threadIdx.x
-        T, Dk, Dv = s.shape[1], k.shape[2], do.shape[2]
-        SEG = (T + NT - 1) // NT
-        lo = min(u * SEG, T)
+        Dk, Dv = k.shape[2], do.shape[2]
+        SEG = (T - a + NT - 1) // NT
+        lo = min(a + u * SEG, T)
         hi = min(lo + SEG, T)
         sX = cuda.shared.array(NT, acc)
         sY = cuda.shared.array(NT, acc)
@@ -381,7 +383,7 @@ def _finish_kernel(NT, acc):
                 dk[n, t, d] = f + st_ * gG + acc(dkH[n, t, d])
                 K += acc(k[n, t, d]) * (f + gG)
             E, P = st[n, t, 1], st[n, t, 2]
-            nt = acc(t + 1) if causal else acc(T)
+            nt = acc(t - a + 1) if causal else acc(T - a)
             sig1, sigh, tz, beta, gamma = gate(gates, n, t, P, nt)
             gate_grads(gates, n, t, U, V, Z, P, nt, dgates)
             scratch[n, t, 0] = sigh * U / E
@@ -402,7 +404,7 @@ def _finish_kernel(NT, acc):
             Y = ZERO
             for w in range(NT - 1, -1, -1):
                 Xw, Yw = sX[w], sY[w]
-                wlo = min(w * SEG, T)
+                wlo = min(a + w * SEG, T)
                 whi = min(wlo + SEG, T)
                 if causal:
                     sX[w] = X                      # X, Y at the first row after run w
@@ -436,23 +438,45 @@ def _finish_kernel(NT, acc):
 # ============================================================================ chunked
 @dataclass
 class _Coefficients:
-    """The chunk kernel's per-position coefficient arrays (N, T, 3, 2) from the stats scan (module doc), and
-    the statistics st (N, T, 3): m, E, P."""
+    """The chunk kernel's per-position coefficient arrays (N, T, 3, 2) from the stats scan (module doc), the
+    statistics st (N, T, 3): m, E, P, and the sequences (the core's segments, one per sequence) as offsets
+    (device cu) and as the core's Segments."""
     Qf: object
     Kf: object
     Qp: object
     Qdk: object
     st: object
+    cu: object
+    segs: object
 
 
-def _chunked_forward(io, q, k, v, s, gates, causal):
+def _coef_run(io, core, segs, a, b, c, outs, qco, kco, causal, rev=False, parts=False):
+    """One output of the core's coef family (three states F, G, H).  Non-causal: the state pass writes each
+    sequence's total states and their references, then the output pass reads them (no intra-chunk term)."""
+    if causal:
+        _chunked.run(core, segs, a, b, c, *outs, qco=qco, kco=kco, rev=rev, parts=parts)
+        return
+    N, _, Da = b.shape
+    wdt = np.dtype(core.acc.name)
+    S = io.empty((N, segs.nseg * core.NS, Da, c.shape[2]), wdt)
+    R = io.empty((N, segs.nseg * core.NS), wdt)
+    _chunked.run(core, segs, b, b, c, c, qco=qco, kco=kco, rev=rev, emit=False, Sfin=S, Rfin=R)
+    _chunked.run(core, segs, a, b, c, *outs, qco=qco, kco=kco, rev=rev, parts=parts, intra=False, fold=False,
+                 S0=S, R0=R)
+
+
+def _chunked_forward(io, q, k, v, s, gates, causal, cu_seqlens=None):
     N, T, Dk = q.shape
     Dv = v.shape[2]
-    co = _Coefficients(*(io.empty((N, T, 3, 2), q.dtype) for _ in range(4)), io.empty((N, T, 3), q.dtype))
-    _stats_kernel(SCAN_THREADS, nb_type(q.dtype))[N, SCAN_THREADS](s, gates, causal, co.Qf, co.Kf, co.Qp, co.Qdk,
-                                                                   co.st)
+    core = _chunked.plan(q, _chunked.COEF, (Dk, Dv), NS=3)
+    cu = tuple(cu_seqlens) if cu_seqlens is not None else (0, T)
+    segs = _chunked.segments(io, T, core.C, 0, cu)
+    co = _Coefficients(*(io.empty((N, T, 3, 2), q.dtype) for _ in range(4)), io.empty((N, T, 3), q.dtype),
+                       io.to_device(np.asarray(cu, np.int32)), segs)
+    _stats_kernel(SCAN_THREADS, nb_type(q.dtype))[(N, segs.nseq), SCAN_THREADS](
+        s, gates, co.cu, causal, co.Qf, co.Kf, co.Qp, co.Qdk, co.st)
     o = io.empty((N, T, Dv), q.dtype)
-    _chunked.launch(q, k, v, o, qco=co.Qf, kco=co.Kf, NS=3, causal=causal)
+    _coef_run(io, core, segs, q, k, v, (o,), co.Qf, co.Kf, causal)
     return o, co
 
 
@@ -462,18 +486,19 @@ def _chunked_backward(ctx, do):
     Dv = v.shape[2]
     acc = nb_type(q.dtype)
     dt = q.dtype
+    core, segs = _chunked.plan(q, _chunked.COEF, (Dk, Dv), NS=3), co.segs
     oF, oG, oH = (io.empty((N, T, Dv), dt) for _ in range(3))
-    _chunked.launch(q, k, v, oF, oG, oH, qco=co.Qp, kco=co.Kf, NS=3, causal=causal, parts=True)
+    _coef_run(io, core, segs, q, k, v, (oF, oG, oH), co.Qp, co.Kf, causal, parts=True)
     dq = io.empty(q.shape, dt)
-    _chunked.launch(do, v, k, dq, qco=co.Qf, kco=co.Kf, NS=3, causal=causal)
+    _coef_run(io, core, segs, do, v, k, (dq,), co.Qf, co.Kf, causal)
     dkF, dkG, dkH = (io.empty((N, T, Dk), dt) for _ in range(3))
-    _chunked.launch(v, do, q, dkF, dkG, dkH, qco=co.Qdk, kco=co.Qf, NS=3, causal=causal, rev=True, parts=True)
+    _coef_run(io, core, segs, v, do, q, (dkF, dkG, dkH), co.Qdk, co.Qf, causal, rev=True, parts=True)
     dv = io.empty(v.shape, dt)
-    _chunked.launch(k, q, do, dv, qco=co.Kf, kco=co.Qf, NS=3, causal=causal, rev=True)
+    _coef_run(io, core, segs, k, q, do, (dv,), co.Kf, co.Qf, causal, rev=True)
     dk, ds, dgates = io.empty(k.shape, dt), io.empty(s.shape, dt), io.empty(gates.shape, dt)
     scratch = io.empty((N, T, 3), dt)
-    _finish_kernel(SCAN_THREADS, acc)[N, SCAN_THREADS](
-        do, oF, oG, oH, k, dkF, dkG, dkH, s, gates, co.st, causal, dk, ds, dgates, scratch)
+    _finish_kernel(SCAN_THREADS, acc)[(N, segs.nseq), SCAN_THREADS](
+        do, oF, oG, oH, k, dkF, dkG, dkH, s, gates, co.st, co.cu, causal, dk, ds, dgates, scratch)
     return dq, dk, dv, ds, dgates
 
 
@@ -487,11 +512,14 @@ class _Context(Saved):
     coefficients: Optional[_Coefficients]     # chunked only
 
 
-def _forward(impl, q, k, v, s, gates, causal=True):
+def _forward(impl, q, k, v, s, gates, causal=True, cu_seqlens=None):
     io = DeviceIO(q)
     q, k, v, s, gates = (io.to_device(x) for x in (q, k, v, s, gates))
     causal = bool(causal)
-    o, co = (_chunked_forward if impl == "chunked" else _naive_forward)(io, q, k, v, s, gates, causal)
+    if impl == "chunked":
+        o, co = _chunked_forward(io, q, k, v, s, gates, causal, cu_seqlens)
+    else:
+        o, co = _naive_forward(io, q, k, v, s, gates, causal)
     return io.to_caller(o), _Context(io, impl, q, k, v, s, gates, causal, co)
 
 
@@ -507,5 +535,6 @@ register_variant("zeros", "naive", _forward, _backward,
 register_variant("zeros", "chunked", _forward, _backward,
                  "chunked: F, G, H states (Dk x BV each, shared memory) with a running-max "
                  "reference for e^s; segmented-scan stats; backward = the same kernel for the output "
-                 "parts, dq, dk parts and dv (reverse), then a segmented reverse scan for ds, dgates",
-                 {"float32": 5e-6, "float64": 2e-14}, default=True)
+                 "parts, dq, dk parts and dv (reverse), then a segmented reverse scan for ds, dgates; "
+                 "cu_seqlens (the scans and the core per sequence)",
+                 {"float32": 5e-6, "float64": 2e-14}, default=True, features=frozenset({"packed"}))

@@ -1,7 +1,8 @@
 """Numba linear attention (naive and chunked) against the float64 explicit NumPy reference, through the public
 API, for every feature map, normalize on and off, causal and not.  On a CPU machine this runs on Numba's CUDA
-simulator (tests/conftest.py): tiny shapes, chunks shrunk to 4 rows so T=11 spans three chunks, the last one
-partial, and the staged column tile (db=3) does not divide the head dims."""
+simulator (tests/conftest.py): tiny shapes, the chunked core's chunks shrunk to 4 rows so T=11 spans three
+chunks, the last one partial, and Dk, Dv over tiles of 4 (partial tiles); the chunked rung runs with one
+segment per sequence and with segments of one chunk (state pass, scan, output pass)."""
 import numpy as np
 import pytest
 
@@ -13,20 +14,21 @@ from workbench.inputs import random_inputs
 from workbench.reference import linear as ref
 
 numba_linear = pytest.importorskip("kernels.numba.linear")
-from kernels.numba import _jit  # noqa: E402
+from kernels.numba import _chunked, _jit  # noqa: E402
 
 pytestmark = pytest.mark.slow      # Numba CUDA simulator: minutes; -m "not slow" leaves them out
 TOL = registry.TOLERANCE          # the library's relative-error tolerance per dtype
-SMALL = {"chunk_float32": 4, "chunk_float64": 4, "block_cols": 3, "threads": 16, "rows": 8}
+SMALL = {"chunk": 4, "block_k": 4, "block_v": 4, "threads": 16}
 
 
 @pytest.fixture(autouse=True)
 def small_tiles(monkeypatch):
     """Tiny chunks; on the simulator also head-dim buckets of 8 and 16 with skip groups of 4 (GPU: 64/128/256
     and 16), so that a bucket holds partial groups and groups skipped at run time."""
-    for key, val in SMALL.items():
-        monkeypatch.setitem(numba_linear.CONFIG, key, val)
+    monkeypatch.setitem(numba_linear.CONFIG, "rows", 8)
     if numba_simulator():
+        for key, val in SMALL.items():
+            monkeypatch.setitem(_chunked.CONFIG, key, val)
         monkeypatch.setattr(_jit, "BUCKETS", (8, 16))
         monkeypatch.setattr(_jit, "GROUP", 4)
 
@@ -58,6 +60,14 @@ def test_feature_maps_float64(variant, causal, feature_map, normalize):
     run_case(variant, (2,), 11, 5, 4, "float64", causal, feature_map, normalize)
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_chunked_segments_and_a_full_bucket_with_the_normaliser(causal, monkeypatch):
+    """Segments of one chunk (state pass, scan, output pass), and Dv = the bucket (8 on the simulator) with
+    normalize: the core's operand [v, 1] is one wider than the bucket (the plain family's state has room)."""
+    monkeypatch.setitem(_chunked.CONFIG, "segment_chunks", 1)
+    run_case("chunked", (2,), 11, 8, 8, "float64", causal, "relu", True, scale=0.5)
+
+
 @pytest.mark.parametrize("variant", ["naive", "chunked"])
 def test_leading_dims_float32(variant):
     run_case(variant, (2, 3), 9, 3, 5, "float32", True, "elu1", True, scale=0.5)
@@ -74,10 +84,14 @@ def test_chunked_chunk_boundary_exact_multiple():
     run_case("chunked", (1,), 8, 4, 6, "float64", True)
 
 
-def test_chunk_size_fits_shared_memory():
-    for dt in (np.dtype(np.float32), np.dtype(np.float64)):
-        C, DB = numba_linear._chunk_size(dt)
-        assert (2 * C * C + 2 * C * DB) * dt.itemsize <= numba_linear.SHARED_BYTES
+def test_core_tiles_fit_device_limits():
+    """The plain family (linear) in every head-dim bucket, both dtypes: static shared memory <= 48 KB with its
+    extra state rows, and the Da tile divides the bucket."""
+    for itemsize in (4, 8):
+        for DB in (8, 16, 32, 64, 128, 256):
+            C, BK, BV, NT = _chunked.tiles(DB, 1, itemsize, _chunked.PLAIN)
+            assert _chunked.shared_bytes(DB, 1, C, BK, BV, itemsize, _chunked.PLAIN) <= 48 * 1024
+            assert min(C, BK, BV) >= 1 and NT <= 1024 and DB % BK == 0
 
 
 def test_nan_propagates_without_crash():
@@ -93,8 +107,6 @@ def test_nan_propagates_without_crash():
 @pytest.mark.parametrize("causal", [True, False])
 def test_gpu_real_chunks(variant, causal, monkeypatch):
     """On a GPU: default chunks, T not a multiple of 64, head dims 64, 128 and odd."""
-    defaults = {"chunk_float32": 64, "chunk_float64": 32, "block_cols": 16, "threads": 128, "rows": 64}
-    for key, val in defaults.items():
-        monkeypatch.setitem(numba_linear.CONFIG, key, val)
+    monkeypatch.setitem(numba_linear.CONFIG, "rows", 64)
     for T, Dk, Dv in [(127, 64, 64), (200, 128, 128), (65, 80, 48)]:
         run_case(variant, (2,), T, Dk, Dv, "float32", causal, "elu1", True)

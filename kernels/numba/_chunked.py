@@ -229,7 +229,8 @@ def chunk_kernel(DB, NS, family, C, BK, BV, NT, acc):
             tot[tid] = ZERO
         cuda.syncthreads()
         nout = NS if parts else 1                       # outputs written per chunk
-        for ch in range((Ls + C - 1) // C):
+        nch = (Ls + C - 1) // C
+        for ch in range(nch):
             p0 = ch * C
             L = min(C, Ls - p0)
             # ---- per-row coefficients of the chunk
@@ -352,7 +353,7 @@ def chunk_kernel(DB, NS, family, C, BK, BV, NT, acc):
                                 else:
                                     out2[n, t, j0 + jj] = o
                     cuda.syncthreads()      # W is rewritten next (next output, D, or the next chunk)
-            if fold:
+            if fold and (has_fin or ch < nch - 1):        # (the last fold matters only to the final state)
                 # ---- D: fold the chunk into the states
                 if tid == 0:
                     if decay:

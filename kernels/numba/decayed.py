@@ -14,6 +14,27 @@ p = T-1-t), the decay between processed positions i' < p is exp(G_t - G_i) = exp
 forward decay of the shifted reversed sequence g''_p = g[T-p] (g''_0 = 0; it only ever multiplies an empty
 state).
 
+State and packed sequences (chunked rung; workbench/state.py).  Per sequence [a, b) (cu_seqlens; one sequence
+[0, T) without), pre_t = sum_{a<=j<=t} g_j, post_i = sum_{i<j<b} g_j, tot = sum_{a<=j<b} g_j, S0 the initial
+state and D = dS_b the final state's gradient (zero when not given):
+    o_t  += scale exp(pre_t) q_t^T S0,            S_b = exp(tot) S0 + sum_i exp(post_i) k_i v_i^T
+    dq_t += scale exp(pre_t) S0 do_t               -- dq's forward run starts from S0^T
+    dk_i += exp(post_i) D v_i,  dv_i += exp(post_i) D^T k_i
+                                                   -- the reverse runs start from D (dk's as D^T)
+    dS0   = scale sum_t exp(pre_t) q_t do_t^T + exp(tot) D
+                                                   -- dk's reverse run's final state (transposed)
+The reverse runs keep the scale inside their state (``scale_in_state``), so their state is exactly
+dS_t = exp(G_{b-1} - G_t) D + scale sum_{t' > t} exp(G_t' - G_t) q_t' do_t'^T, the gradient of the state
+after position t: D enters unscaled and its value at the sequence start is dS0 (one more decay by g_a: the reverse
+walker ends relative to position a, dS0 is relative to the position before it).
+The decay gradient.  g_j -> g_j + e changes o and S_b exactly as scaling the rows o_t (t >= j) and S_b by e^e
+and the values v_i (i >= j) by e^-e does (check each pair (t, i), the S0 term, and S_b's terms), so with the
+full gradients (state terms included)
+    dg_j = sum_{a<=t, t>=j} do_t.o_t - sum_{i>=j} v_i.dv_i + <D, S_b>       (j in [a, b))
+-- the reverse cumulative sum above plus one constant per sequence (the reference's x_t, y_i and
+exp(tot) <S0, D> terms, summed).  Without S0 the sum at j = a vanishes exactly (g_a then never enters a
+difference G_t - G_i, nor S_b) and is written as 0; with S0 it is g_a's gradient through S0's decay.
+
 Stability: every exponent is a difference B_p - B_i (i <= p) of cumulative sums of log decays <= 0, so <= 0;
 the chunked rung uses within-chunk cumulative sums only (never G_t of the whole sequence, which reaches
 -30 T), the naive rung accumulates sum_{i<j<=t} g_j along its loop.  Any log decay in [-inf, 0] works:
@@ -21,17 +42,19 @@ log_decay_t = -inf is an exact reset (every token before t drops out of o_t' for
 running sum becomes -inf and exp(-inf) = 0; the chunked rung floors log decays at a finite value whose exp
 is exactly 0 (kernels/numba/_chunked.py says why that is exact), so its within-chunk sums stay finite.
 
-Layout: q, k (N, T, Dk); v, o, do (N, T, Dv); log_decay, dg (N, T); C-contiguous.  Accumulation in float32 for
-float32 inputs, float64 for float64.  Kernels are compiled per head-dim bucket and dtype (kernels/numba/_jit.py):
-head dims and the direction are run-time values.
+Layout: q, k (N, T, Dk); v, o, do (N, T, Dv); log_decay, dg (N, T); states (N, nseq, Dk, Dv); C-contiguous.
+Accumulation in float32 for float32 inputs, float64 for float64.  Kernels are compiled per head-dim bucket and
+dtype (kernels/numba/_jit.py): head dims and the direction are run-time values.
 
 naive    one thread per output row (forward and dq: query row t, loop i = t..0; dk, dv: key row i, loop
          t = i..T-1), dot products and the row accumulator (local array) from global memory.
          dg: one thread per row for do_t.o_t - v_t.dv_t, then one thread per n for the reverse cumsum.
-chunked  kernels/numba/_chunked.py (decay family): grid (N, Dc/BV), the block walks the chunks with a Da x BV
-         state in shared memory; O(T (Dk + Dv)) memory, 4 launches of the same kernel (o; dq; dk, dv in
-         reverse).  dg: one block per n, each thread a contiguous segment of rows (row dots, segment sum), a
-         suffix sum over the segments, then each thread's reverse cumsum.
+chunked  the one chunked core, kernels/numba/_chunked.py (decay family): segments of chunks, each walked by one
+         block per (n, value-column tile) with a Da x BV state in shared memory; a state pass and a scan give
+         each segment its starting state.  O(T (Dk + Dv)) memory plus one state per segment.  Forward: state
+         pass, scan, o; backward: dq (from the forward's segment states), reverse state pass and scan (dS),
+         dk and dv in reverse.  dg: one block per (n, sequence), each thread a contiguous run of rows (row
+         dots, run sum), a suffix sum over the runs from <D, S_b>, then each thread's reverse cumsum.
 Both rungs save o in the forward (needed by dg).
 """
 from __future__ import annotations

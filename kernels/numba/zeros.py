@@ -23,16 +23,23 @@ Stability for any s: every exponential is e^{s_i - m_t} with s_i <= m_t (i in W(
 naive    one thread per output row, everything from global memory, O(T^2): forward (each thread finds its own
          m_t, E_t, P_t); backward kernel 1, one thread per query row: dq, U, V, Z, dgates, saves (m, E, P, U, Z);
          kernel 2, one thread per key row j: dk, dv, ds straight from the formulas above.
-chunked  1. stats: one block per n, a segmented scan (each thread a contiguous run of rows; thread 0 combines
-            the runs' (max, sum e^{s - max}, sum s)) writes m, E, P and, per position and state x in (F, G, H),
+chunked  1. stats: one block per (n, sequence), a scan over runs (each thread a contiguous run of rows,
+            summarised as (max, sum e^{s - max}, sum s); thread 0 combines the NT run summaries -- no loop over
+            T in one thread -- and each thread rescans its run from its prefix) writes m, E, P and, per position and state x in (F, G, H),
             coefficient pairs (mult, log) in four (N, T, 3, 2) arrays:
                Qf  = (sigh/E, -m), (beta, 0), (gamma, 0)      query role of o, dq; key role of dk, dv (rev)
                Kf  = (1, s), (s, 0), (1, 0)                    key role of o, dq, parts; query role of dv
                Qp  = (1/E, -m), (1, 0), (1, 0)                 query role of the output parts oF, oG, oH
                Qdk = (1, s), (1, 0), (1, 0)                    query role of the dk parts
-         2. kernels/numba/_chunked.py (coef family, 3 states F, G, H, each Dk x BV in shared memory with its own
-            running-max reference): o; backward: parts (oF, oG, oH); dq; dk parts in reverse; dv in reverse.
-         3. finish: one block per n, segmented reverse scan: U, V, Z, dgates, dk = dkF + s dkG + dkH, ds.
+         2. the one chunked core, kernels/numba/_chunked.py (coef family, 3 states F, G, H, each Dk x BV in
+            shared memory with its own running-max reference; one segment per sequence): o; backward: parts
+            (oF, oG, oH); dq; dk parts in reverse; dv in reverse.  Non-causal: a state pass writes each
+            sequence's total states and references, then the output pass reads them.
+         3. finish: one block per (n, sequence), the same scan over runs in reverse: U, V, Z, dgates,
+            dk = dkF + s dkG + dkH, ds.
+         Packed sequences (cu_seqlens): every scan and the core run per sequence, the window and n_t are the
+         sequence's.  (No initial/final state yet: the ZeroS state's backward -- dm0 through the max, dE0,
+         dn0 -- is not written for this rung yet; the NumPy references have it.)
          Memory O(T (Dk + Dv)): coefficient arrays (N, T, 3, 2) and the output/dk parts, no per-token state.
 Layout: q, k (N, T, Dk); v, o, do (N, T, Dv); s (N, T); gates (N, T, 2|3); C-contiguous.  Accumulation in
 float32 for float32 inputs, float64 for float64.  Kernels are compiled per head-dim bucket and dtype

@@ -48,6 +48,11 @@ class DeviceIO:
         # the id cannot be reused while this DeviceIO lives, and to_caller returns the owner itself.
         self._owners = {}
 
+    @property
+    def xp(self):
+        """The caller's array module (numpy or cupy), for host-side work on small arrays (states)."""
+        return self._cupy if self.kind == "cupy" else np
+
     def to_device(self, x):
         """A Numba device view of a caller array (copied to the device when it is NumPy)."""
         if self.kind == "cupy":

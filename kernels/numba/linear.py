@@ -310,17 +310,10 @@ def _operands(io, q, k, v, fm, normalize, acc):
     return Q, K, Va
 
 
-def _xp(io):
-    if io.kind == "cupy":
-        import cupy
-        return cupy
-    return np
-
-
 def _state_to_core(io, st, normalize):
     """A LinearState (fields (N, nseq, ...)) as the core's (N, nseq, Dk, Dw) state: with normalize, z is the
     column of the ones appended to v."""
-    xp = _xp(io)
+    xp = io.xp
     S = st.S if not normalize else xp.concatenate([st.S, st.z[..., None]], axis=-1)
     return io.to_device(xp.ascontiguousarray(S))
 
@@ -329,7 +322,7 @@ def _state_from_core(io, S, normalize):
     S = io.to_caller(S)
     if not normalize:
         return LinearState(S)
-    xp = _xp(io)
+    xp = io.xp
     return LinearState(xp.ascontiguousarray(S[..., :-1]), xp.ascontiguousarray(S[..., -1]))
 
 

@@ -55,6 +55,8 @@ from typing import Optional
 import numpy as np
 from numba import cuda
 
+from workbench.state import ZeroSState
+
 from . import _chunked
 from ._arrays import DeviceIO, Saved, grid_1d, register_variant
 from ._jit import bucket, device, kernel, nb_type, row_axpy, row_dot, row_store
@@ -279,9 +281,11 @@ def _stats_kernel(NT, acc):
         return m, E
 
     @kernel
-    def kern(s, gates, cu, causal, Qf, Kf, Qp, Qdk, st):
+    def kern(s, gates, cu, init, has_init, causal, Qf, Kf, Qp, Qdk, st, fin):
         n = cuda.blockIdx.x
-        a, b = cu[cuda.blockIdx.y], cu[cuda.blockIdx.y + 1]
+        j = cuda.blockIdx.y
+        a, b = cu[j], cu[j + 1]
+        n0 = init[n, j, 3] if has_init else ZERO
         u = cuda.threadIdx.x
         SEG = (b - a + NT - 1) // NT
         lo = min(a + u * SEG, b)
@@ -304,6 +308,8 @@ def _stats_kernel(NT, acc):
             m = NEG_INF
             E = ZERO
             P = ZERO
+            if has_init:                       # the initial state's (m0, E0, P0) come first
+                m, E, P = init[n, j, 0], init[n, j, 1], init[n, j, 2]
             for w in range(NT):
                 mw, Ew, Pw = sm[w], sE[w], sP[w]
                 if causal:                     # exclusive prefix of run w
@@ -324,8 +330,13 @@ def _stats_kernel(NT, acc):
             if causal:
                 m, E = merge(m, E, x, ONE)
                 P += x
-            nt = acc(t - a + 1) if causal else acc(b - a)
+            nt = n0 + acc(t - a + 1) if causal else acc(b - a)
             sig1, sigh, tz, beta, gamma = gate(gates, n, t, P, nt)
+            if t == b - 1:                     # the sequence's final (m, E, P, n)
+                fin[n, j, 0] = m
+                fin[n, j, 1] = E
+                fin[n, j, 2] = P
+                fin[n, j, 3] = nt
             st[n, t, 0] = m
             st[n, t, 1] = E
             st[n, t, 2] = P
@@ -363,9 +374,12 @@ def _finish_kernel(NT, acc):
     gate, gate_grads = _gate_fn(acc), _gate_grads_fn(acc)
 
     @kernel
-    def kern(do, oF, oG, oH, k, dkF, dkG, dkH, s, gates, st, cu, causal, dk, ds, dgates, scratch):
+    def kern(do, oF, oG, oH, k, dkF, dkG, dkH, s, gates, st, cu, init, has_init, seed, mu, has_seed, causal, dk, ds,
+             dgates, scratch, sc):
         n = cuda.blockIdx.x
-        a, T = cu[cuda.blockIdx.y], cu[cuda.blockIdx.y + 1]        # the sequence [a, T)
+        j = cuda.blockIdx.y
+        a, T = cu[j], cu[j + 1]                                     # the sequence [a, T)
+        n0 = init[n, j, 3] if has_init else ZERO
         u = cuda.threadIdx.x
         Dk, Dv = k.shape[2], do.shape[2]
         SEG = (T - a + NT - 1) // NT
@@ -373,6 +387,8 @@ def _finish_kernel(NT, acc):
         hi = min(lo + SEG, T)
         sX = cuda.shared.array(NT, acc)
         sY = cuda.shared.array(NT, acc)
+        sN = cuda.shared.array(NT, acc)
+        dn = ZERO
         for t in range(lo, hi):
             U = ZERO
             V = ZERO
@@ -390,9 +406,10 @@ def _finish_kernel(NT, acc):
                 dk[n, t, d] = f + st_ * gG + acc(dkH[n, t, d])
                 K += acc(k[n, t, d]) * (f + gG)
             E, P = st[n, t, 1], st[n, t, 2]
-            nt = acc(t - a + 1) if causal else acc(T - a)
+            nt = n0 + acc(t - a + 1) if causal else acc(T - a)
             sig1, sigh, tz, beta, gamma = gate(gates, n, t, P, nt)
             gate_grads(gates, n, t, U, V, Z, P, nt, dgates)
+            dn -= (beta * (V - Z * P / nt) + gamma * Z) / nt              # dL/dn_t (through beta, gamma)
             scratch[n, t, 0] = sigh * U / E
             scratch[n, t, 1] = beta * Z / nt
             scratch[n, t, 2] = K
@@ -405,10 +422,14 @@ def _finish_kernel(NT, acc):
             Y += scratch[n, t, 1]
         sX[u] = X
         sY[u] = Y
+        sN[u] = dn
         cuda.syncthreads()
         if u == 0:
             X = ZERO
             Y = ZERO
+            if has_seed:                           # the final state's gradient: a2 = -dE, c4 = -dP at m_T
+                X = -seed[n, j, 0]
+                Y = -seed[n, j, 1]
             for w in range(NT - 1, -1, -1):
                 Xw, Yw = sX[w], sY[w]
                 wlo = min(a + w * SEG, T)
@@ -428,6 +449,13 @@ def _finish_kernel(NT, acc):
                 for w in range(NT):
                     sX[w] = X
                     sY[w] = Y
+            dn = ZERO
+            for w in range(NT):
+                dn += sN[w]
+            if has_init:                           # the initial state's dE0 (X at row a is relative to m_a), dP0, dn0
+                sc[n, j, 0] = -math.exp(init[n, j, 0] - st[n, a, 0]) * X
+                sc[n, j, 1] = -Y
+                sc[n, j, 2] = dn
         cuda.syncthreads()
         X = sX[u]
         Y = sY[u]
@@ -438,7 +466,12 @@ def _finish_kernel(NT, acc):
                     X *= math.exp(m - st[n, t + 1, 0])
                 X += scratch[n, t, 0]
                 Y += scratch[n, t, 1]
-            ds[n, t] = scratch[n, t, 2] - math.exp(acc(s[n, t]) - m) * X - Y
+            val = scratch[n, t, 2] - math.exp(acc(s[n, t]) - m) * X - Y
+            if has_seed:                           # the final max's gradient goes to its first s_t (m0 wins ties)
+                prev = st[n, t - 1, 0] if t > a else (init[n, j, 0] if has_init else acc(-math.inf))
+                if acc(s[n, t]) == st[n, T - 1, 0] and prev < st[n, T - 1, 0]:
+                    val += mu[n, j]
+            ds[n, t] = val
     return kern
 
 
@@ -457,11 +490,12 @@ class _Coefficients:
     segs: object
 
 
-def _coef_run(io, core, segs, a, b, c, outs, qco, kco, causal, rev=False, parts=False):
-    """One output of the core's coef family (three states F, G, H).  Non-causal: the state pass writes each
-    sequence's total states and their references, then the output pass reads them (no intra-chunk term)."""
+def _coef_run(io, core, segs, a, b, c, outs, qco, kco, causal, rev=False, parts=False, **states):
+    """One output of the core's coef family (three states F, G, H; ``states``: S0, R0, st_trans, Sfin, Rfin,
+    causal only).  Non-causal: the state pass writes each sequence's total states and their references, then
+    the output pass reads them (no intra-chunk term)."""
     if causal:
-        _chunked.run(core, segs, a, b, c, *outs, qco=qco, kco=kco, rev=rev, parts=parts)
+        _chunked.run(core, segs, a, b, c, *outs, qco=qco, kco=kco, rev=rev, parts=parts, **states)
         return
     N, _, Da = b.shape
     wdt = np.dtype(core.acc.name)
@@ -472,67 +506,155 @@ def _coef_run(io, core, segs, a, b, c, outs, qco, kco, causal, rev=False, parts=
                  S0=S, R0=R)
 
 
-def _chunked_forward(io, q, k, v, s, gates, causal, cu_seqlens=None):
+@dataclass
+class _CoreState:
+    """A ZeroS state (or its final gradient) as the core and the scans take it, on the device: S (N, nseq 3,
+    Dk, Dv) the F, G, H fields interleaved per sequence, R (N, nseq 3) their log references, scalars (N, nseq,
+    k) per sequence (the initial state: m0, E0, P0, n0; a final gradient: dE, dP)."""
+    S: object
+    R: object
+    scalars: object
+
+
+def _core_state(io, F, G, H, ref, scalars):
+    xp = io.xp
+    N, nseq = ref.shape
+    zero = xp.zeros_like(ref)
+    S = xp.stack([F, G, H], axis=2).reshape((N, nseq * 3) + F.shape[2:])
+    R = xp.stack([ref, zero, zero], axis=2).reshape(N, nseq * 3)
+    return _CoreState(*(io.to_device(xp.ascontiguousarray(x)) for x in (S, R, xp.stack(scalars, axis=2))))
+
+
+def _fields(io, S, R, shift):
+    """(F, G, H) of a core state (N, nseq 3, Dk, Dv) with references R, each rescaled to the log reference
+    ``-shift`` (F: shift[0] (N, nseq); G, H: 0), as the caller's arrays."""
+    xp = io.xp
+    S, R = io.to_caller(S), io.to_caller(R)
+    N = R.shape[0]
+    S = S.reshape((N, -1, 3) + S.shape[2:])
+    R = R.reshape(N, -1, 3)
+    return tuple(xp.ascontiguousarray(S[:, :, x] * xp.exp(R[..., x] + (shift if x == 0 else 0))[..., None, None])
+                 for x in range(3))
+
+
+def _chunked_forward(io, q, k, v, s, gates, causal, cu_seqlens=None, initial_state=None, return_state=False):
     N, T, Dk = q.shape
     Dv = v.shape[2]
+    dt = q.dtype
+    acc = nb_type(dt)
     core = _chunked.plan(q, _chunked.COEF, (Dk, Dv), NS=3)
     cu = tuple(cu_seqlens) if cu_seqlens is not None else (0, T)
     segs = _chunked.segments(io, T, core.C, 0, cu)
-    co = _Coefficients(*(io.empty((N, T, 3, 2), q.dtype) for _ in range(4)), io.empty((N, T, 3), q.dtype),
+    co = _Coefficients(*(io.empty((N, T, 3, 2), dt) for _ in range(4)), io.empty((N, T, 3), dt),
                        io.to_device(np.asarray(cu, np.int32)), segs)
-    _stats_kernel(SCAN_THREADS, nb_type(q.dtype))[(N, segs.nseq), SCAN_THREADS](
-        s, gates, co.cu, causal, co.Qf, co.Kf, co.Qp, co.Qdk, co.st)
-    o = io.empty((N, T, Dv), q.dtype)
-    _coef_run(io, core, segs, q, k, v, (o,), co.Qf, co.Kf, causal)
-    return o, co
+    st0 = initial_state
+    init = None if st0 is None else _core_state(io, st0.F, st0.G, st0.H, st0.m, (st0.m, st0.E, st0.P, st0.n))
+    fin = io.empty((N, segs.nseq, 4), dt)
+    _stats_kernel(SCAN_THREADS, acc)[(N, segs.nseq), SCAN_THREADS](
+        s, gates, co.cu, _chunked._dummy(acc, 3) if init is None else init.scalars, init is not None, causal,
+        co.Qf, co.Kf, co.Qp, co.Qdk, co.st, fin)
+    o = io.empty((N, T, Dv), dt)
+    states = {} if init is None else dict(S0=init.S, R0=init.R)
+    if return_state:
+        states.update(Sfin=io.empty((N, segs.nseq * 3, Dk, Dv), dt), Rfin=io.empty((N, segs.nseq * 3), dt))
+    _coef_run(io, core, segs, q, k, v, (o,), co.Qf, co.Kf, causal, **states)
+    final = None
+    if return_state:
+        f = io.to_caller(fin)
+        m = io.xp.ascontiguousarray(f[..., 0])
+        F, G, H = _fields(io, states["Sfin"], states["Rfin"], -m)
+        final = ZeroSState(m, *(io.xp.ascontiguousarray(f[..., x]) for x in (1, 2, 3)), F, G, H)
+    return o, co, init, final
 
 
-def _chunked_backward(ctx, do):
+def _chunked_backward(ctx, do, dfinal=None):
+    """The chunked backward (module doc).  With an initial state: the output parts and dq start from it; with
+    the final state's gradient (dm, dE, dP, dn, dF, dG, dH): the reverse runs of the dk parts and dv start from
+    (dF, dG, dH) at the final max (log reference -m_b), the finish scan's X and Y from -dE and -dP, and mu =
+    dm - E_b dE - <F_b, dF> goes to the first s_t reaching the final max m_b (or to m0, which wins a tie);
+    the initial state's gradient is dv's run's final state (dF0 = e^{m0 + r} S^F, dG0, dH0), the finish
+    scan's -e^{m0 - m_a} X_a (dE0), -Y_a (dP0) and sum_t dn_t (+ dn: dn0), and dm0 = E0 dE0 + <F0, dF0>
+    (+ mu when m0 is the maximum) (workbench/reference/zeros.py derives every term)."""
     io, q, k, v, s, gates, causal, co = ctx.io, ctx.q, ctx.k, ctx.v, ctx.s, ctx.gates, ctx.causal, ctx.coefficients
     N, T, Dk = q.shape
     Dv = v.shape[2]
     acc = nb_type(q.dtype)
     dt = q.dtype
+    xp = io.xp
     core, segs = _chunked.plan(q, _chunked.COEF, (Dk, Dv), NS=3), co.segs
+    init, fin = ctx.init, ctx.final
+    fwd = {} if init is None else dict(S0=init.S, R0=init.R)
+    seed = mu = None
+    if dfinal is not None:
+        seed = _core_state(io, dfinal.F, dfinal.G, dfinal.H, -fin.m, (dfinal.E, dfinal.P))
+        mu = io.to_device(xp.ascontiguousarray(dfinal.m - fin.E * dfinal.E - (fin.F * dfinal.F).sum((-2, -1))))
+    rev = {} if seed is None else dict(S0=seed.S, R0=seed.R)
     oF, oG, oH = (io.empty((N, T, Dv), dt) for _ in range(3))
-    _coef_run(io, core, segs, q, k, v, (oF, oG, oH), co.Qp, co.Kf, causal, parts=True)
+    _coef_run(io, core, segs, q, k, v, (oF, oG, oH), co.Qp, co.Kf, causal, parts=True, **fwd)
     dq = io.empty(q.shape, dt)
-    _coef_run(io, core, segs, do, v, k, (dq,), co.Qf, co.Kf, causal)
+    _coef_run(io, core, segs, do, v, k, (dq,), co.Qf, co.Kf, causal, **fwd, **({"st_trans": True} if fwd else {}))
     dkF, dkG, dkH = (io.empty((N, T, Dk), dt) for _ in range(3))
-    _coef_run(io, core, segs, v, do, q, (dkF, dkG, dkH), co.Qdk, co.Qf, causal, rev=True, parts=True)
+    _coef_run(io, core, segs, v, do, q, (dkF, dkG, dkH), co.Qdk, co.Qf, causal, rev=True, parts=True, **rev,
+              **({"st_trans": True} if rev else {}))
     dv = io.empty(v.shape, dt)
-    _coef_run(io, core, segs, k, q, do, (dv,), co.Kf, co.Qf, causal, rev=True)
+    if init is not None:
+        rev.update(Sfin=io.empty((N, segs.nseq * 3, Dk, Dv), dt), Rfin=io.empty((N, segs.nseq * 3), dt))
+    _coef_run(io, core, segs, k, q, do, (dv,), co.Kf, co.Qf, causal, rev=True, **rev)
     dk, ds, dgates = io.empty(k.shape, dt), io.empty(s.shape, dt), io.empty(gates.shape, dt)
     scratch = io.empty((N, T, 3), dt)
+    sc = io.empty((N, segs.nseq, 3), dt)
+    d2, d3 = _chunked._dummy(acc, 2), _chunked._dummy(acc, 3)
     _finish_kernel(SCAN_THREADS, acc)[(N, segs.nseq), SCAN_THREADS](
-        do, oF, oG, oH, k, dkF, dkG, dkH, s, gates, co.st, co.cu, causal, dk, ds, dgates, scratch)
-    return dq, dk, dv, ds, dgates
+        do, oF, oG, oH, k, dkF, dkG, dkH, s, gates, co.st, co.cu, d3 if init is None else init.scalars,
+        init is not None, d3 if seed is None else seed.scalars, d2 if mu is None else mu, seed is not None, causal,
+        dk, ds, dgates, scratch, sc)
+    grads = (dq, dk, dv, ds, dgates)
+    if init is None:
+        return grads, None
+    st0 = ctx.initial_state
+    dF0, dG0, dH0 = _fields(io, rev["Sfin"], rev["Rfin"], st0.m)
+    scv = io.to_caller(sc)
+    dE0, dP0, dn0 = (xp.ascontiguousarray(scv[..., x]) for x in range(3))
+    dm0 = st0.E * dE0 + (st0.F * dF0).sum((-2, -1))
+    if dfinal is not None:
+        dn0 = dn0 + dfinal.n
+        dm0 = dm0 + xp.where(st0.m >= fin.m, io.to_caller(mu), 0)
+    return grads, ZeroSState(dm0, dE0, dP0, dn0, dF0, dG0, dH0)
 
 
 # ============================================================================ variants
 @dataclass
 class _Context(Saved):
-    """What the backward needs (impl: "naive" or "chunked")."""
+    """What the backward needs (impl: "naive" or "chunked"; chunked: the initial state as given and as the core
+    takes it, and the final state when it was returned)."""
     s: object
     gates: object
     causal: bool
-    coefficients: Optional[_Coefficients]     # chunked only
+    coefficients: Optional[_Coefficients] = None
+    initial_state: object = None
+    init: Optional[_CoreState] = None
+    final: object = None
 
 
-def _forward(impl, q, k, v, s, gates, causal=True, cu_seqlens=None):
+def _forward(impl, q, k, v, s, gates, causal=True, initial_state=None, return_state=False, cu_seqlens=None):
     io = DeviceIO(q)
     q, k, v, s, gates = (io.to_device(x) for x in (q, k, v, s, gates))
     causal = bool(causal)
-    if impl == "chunked":
-        o, co = _chunked_forward(io, q, k, v, s, gates, causal, cu_seqlens)
-    else:
-        o, co = _naive_forward(io, q, k, v, s, gates, causal)
-    return io.to_caller(o), _Context(io, impl, q, k, v, s, gates, causal, co)
+    if impl != "chunked":
+        o, _ = _naive_forward(io, q, k, v, s, gates, causal)
+        return io.to_caller(o), _Context(io, impl, q, k, v, s, gates, causal)
+    o, co, init, final = _chunked_forward(io, q, k, v, s, gates, causal, cu_seqlens, initial_state, return_state)
+    ctx = _Context(io, impl, q, k, v, s, gates, causal, co, initial_state, init, final)
+    out = io.to_caller(o)
+    return ((out, final) if return_state else out), ctx
 
 
-def _backward(ctx: _Context, do):
-    grads = (_chunked_backward if ctx.impl == "chunked" else _naive_backward)(ctx, ctx.io.to_device(do))
-    return tuple(ctx.io.to_caller(x) for x in grads)
+def _backward(ctx: _Context, do, dfinal=None):
+    do = ctx.io.to_device(do)
+    if ctx.impl != "chunked":
+        return tuple(ctx.io.to_caller(x) for x in _naive_backward(ctx, do))
+    grads, d0 = _chunked_backward(ctx, do, dfinal)
+    return tuple(ctx.io.to_caller(x) for x in grads) + ((d0,) if d0 is not None else ())
 
 
 register_variant("zeros", "naive", _forward, _backward,
@@ -543,5 +665,5 @@ register_variant("zeros", "chunked", _forward, _backward,
                  "chunked: F, G, H states (Dk x BV each, shared memory) with a running-max "
                  "reference for e^s; segmented-scan stats; backward = the same kernel for the output "
                  "parts, dq, dk parts and dv (reverse), then a segmented reverse scan for ds, dgates; "
-                 "cu_seqlens (the scans and the core per sequence)",
-                 {"float32": 5e-6, "float64": 2e-14}, default=True, features=frozenset({"packed"}))
+                 "initial/final state, cu_seqlens (the scans and the core per sequence)",
+                 {"float32": 5e-6, "float64": 2e-14}, default=True, features=frozenset({"state", "packed"}))

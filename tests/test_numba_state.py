@@ -1,5 +1,5 @@
-"""State and packed sequences on the Numba chunked core (kernels/numba/_chunked.py): numba:chunked of linear and
-decayed (initial/final state, cu_seqlens) and of ZeroS (cu_seqlens) against the float64 explicit reference --
+"""State and packed sequences on the Numba chunked core (kernels/numba/_chunked.py): numba:chunked of linear,
+decayed and ZeroS (initial/final state, cu_seqlens) against the float64 explicit reference --
 output, final state, every gradient and the initial state's gradient -- and two calls with the state handed
 over against one call.  On a CPU machine this runs on the CUDA simulator with chunks of 4 rows, so packed
 lengths 1, 3, 4, 5 play the roles of 1, 63, 64, 65 (a sequence shorter than, equal to and just past a chunk,
@@ -68,7 +68,7 @@ def test_state_and_packed_match_the_reference(op, options, segment_chunks, monke
 
 
 @pytest.mark.parametrize("split", [1, 4, 5])
-@pytest.mark.parametrize("op,options", CASES[:3], ids=IDS[:3])
+@pytest.mark.parametrize("op,options", CASES, ids=IDS)
 def test_two_calls_equal_one_call(op, options, split, monkeypatch):
     """T = 11 in one call against two calls split at ``split`` (a chunk of 4: inside the first chunk, at its
     end, past it), the first's final state handed to the second and the second's initial-state gradient back
@@ -114,3 +114,32 @@ def test_decayed_reset_at_a_sequence_start_keeps_the_initial_state_gradient(monk
     np.testing.assert_allclose(o, o0, rtol=1e-14, atol=1e-14)
     grads = pb(np.ones_like(o))
     assert np.isfinite(grads[3]).all() and np.abs(grads[-1].S).max() == 0.0
+
+
+@pytest.mark.parametrize("where", ["state", "sequence", "empty"])
+def test_zeros_gradient_of_the_running_max(where):
+    """ZeroS's final max m_b = max(m0, s_i) carries the final state's gradient dm (and E_b, F_b's dependence on
+    it) to m0 when the state holds the maximum, to the first s_i reaching it otherwise, and nowhere from an
+    empty state (m0 = -inf, n0 = 0): ds and every field of the initial state's gradient against
+    numpy:explicit, float64, two packed sequences."""
+    T, lead, cu = 9, (2,), (0, 4, 9)
+    q, k, v, s, gates = random_inputs("zeros", lead, T, 4, 3, "float64", seed=7, n_gates=3)
+    init = random_state("zeros", (*lead, 2), 4, 3, seed=7)
+    if where == "state":
+        init = wst.ZeroSState(init.m + 50.0, *(getattr(init, f) for f in ("E", "P", "n", "F", "G", "H")))
+    elif where == "sequence":
+        s[:, 2] = s[:, 3] = s[:, 6] = 60.0                         # a tie in the first sequence: the first wins
+    else:
+        z = np.zeros_like(init.E)
+        init = wst.ZeroSState(np.full_like(init.m, -np.inf), z, z, z, *(np.zeros_like(init.F) for _ in range(3)))
+    rng = np.random.default_rng(8)
+    dout = rng.standard_normal((*lead, T, 3))
+    dfin = wst.map_state(lambda a: rng.standard_normal(a.shape), init)
+    got, want = [], []
+    for backend, res in (("numba:chunked", got), ("numpy:explicit", want)):
+        (o, fin), pb = wb.vjp(wb.zeros_attention, q, k, v, s, gates, initial_state=init, return_state=True,
+                              cu_seqlens=cu, backend=backend)
+        g = pb(dout, dfin)
+        res += [o, *g[:-1]] + [getattr(fin, f) for f in wst.fields(fin)] + [getattr(g[-1], f) for f in wst.fields(g[-1])]
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert np.isfinite(a).all() and check.rel_error(a, b) < 1e-12, (i, check.rel_error(a, b))

@@ -210,40 +210,25 @@ def _naive_dkdv(DB, fmap, acc):
 # The chunked rung runs the one core (kernels/numba/_chunked.py, plain family) on Q = phi(q), K = phi(k) and
 # v~ = [v, 1] (normalize); these passes form them, and the gradients' phi' factors, one thread per element.
 @functools.lru_cache(maxsize=None)
-def _map_phi(fmap, acc):
-    """out = phi(x) elementwise (N, T, D)."""
-    phi, _ = _phi(fmap, acc)
+def _phi_pass(fmap, acc, grad):
+    """Elementwise over (N, T, D), one thread per element: out = phi(x) (grad False), or out *= phi'(x) in
+    place (grad True: the gradients' factor)."""
+    phi, dphi = _phi(fmap, acc)
 
     @kernel
     def kern(x, out):
         i = cuda.grid(1)
-        D = x.shape[2]
-        if i >= x.shape[0] * x.shape[1] * D:
+        T, D = x.shape[1], x.shape[2]
+        if i >= x.shape[0] * T * D:
             return
         nt = i // D
         d = i - nt * D
-        n = nt // x.shape[1]
-        t = nt - n * x.shape[1]
-        out[n, t, d] = phi(acc(x[n, t, d]))
-    return kern
-
-
-@functools.lru_cache(maxsize=None)
-def _mul_dphi(fmap, acc):
-    """g *= phi'(x) elementwise, in place (N, T, D)."""
-    _, dphi = _phi(fmap, acc)
-
-    @kernel
-    def kern(x, g):
-        i = cuda.grid(1)
-        D = x.shape[2]
-        if i >= x.shape[0] * x.shape[1] * D:
-            return
-        nt = i // D
-        d = i - nt * D
-        n = nt // x.shape[1]
-        t = nt - n * x.shape[1]
-        g[n, t, d] = g[n, t, d] * dphi(acc(x[n, t, d]))
+        n = nt // T
+        t = nt - n * T
+        if grad:
+            out[n, t, d] = out[n, t, d] * dphi(acc(x[n, t, d]))
+        else:
+            out[n, t, d] = phi(acc(x[n, t, d]))
     return kern
 
 
@@ -302,7 +287,7 @@ def _operands(io, q, k, v, fm, normalize, acc):
     else:
         Q, K = io.empty(q.shape, q.dtype), io.empty(k.shape, k.dtype)
         for x, out in ((q, Q), (k, K)):
-            _map_phi(fm, acc)[_elementwise(x)](x, out)
+            _phi_pass(fm, acc, False)[_elementwise(x)](x, out)
     Va = v
     if normalize:
         Va = io.empty((N, T, Dv + 1), v.dtype)
@@ -416,8 +401,8 @@ def _backward(ctx: _Context, do, dfinal=None):
     _chunked.run(core, segs, K, Q, dnum, dv, scale=sc, scale_in_state=True, rev=True, S0=bw.starts, intra=causal,
                  fold=causal)
     if fm != "identity":
-        _mul_dphi(fm, acc)[_elementwise(q)](q, dq)
-        _mul_dphi(fm, acc)[_elementwise(k)](k, dk)
+        for x, grad in ((q, dq), (k, dk)):
+            _phi_pass(fm, acc, True)[_elementwise(x)](x, grad)
     grads = (io.to_caller(dq), io.to_caller(dk), io.to_caller(dv))
     return grads + ((_state_from_core(io, bw.final, ctx.normalize),) if ctx.has_init else ())
 

@@ -475,12 +475,13 @@ def scan_kernel(acc):
 class Segments:
     """The packed T axis cut into sequences (``cu``) and each sequence into segments of ``L`` chunks (L = 0:
     one per sequence).  ``seg``: device (nseg, 3) int32 rows (t0, t1, end of the sequence); ``seq_seg``:
-    device (nseq + 1,) int32 offsets of each sequence's segments."""
+    device (nseq + 1,) int32 offsets of each sequence's segments; ``cu_dev``: the offsets on the device."""
     cu: tuple
     L: int
     nseg: int
     seg: object
     seq_seg: object
+    cu_dev: object
 
     @property
     def nseq(self) -> int:
@@ -499,8 +500,7 @@ def segments(io, T: int, C: int, L: int, cu: Optional[tuple] = None) -> Segments
         step = L * C if L > 0 else b - a
         rows += [(x, min(b, x + step), b) for x in range(a, b, step)]
         seq_seg.append(len(rows))
-    return Segments(cu, L, len(rows), io.to_device(np.asarray(rows, np.int32)),
-                    io.to_device(np.asarray(seq_seg, np.int32)))
+    return Segments(cu, L, len(rows), *(io.to_device(np.asarray(x, np.int32)) for x in (rows, seq_seg, cu)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -594,6 +594,7 @@ def states(io, core: Core, segs: Segments, b, c, X: int, Y: int, *, g=None, S0=N
     acc = core.acc
     scan_kernel(acc)[(N, cdiv(X * Y, SCAN_THREADS), segs.nseq), SCAN_THREADS](
         E, _dummy(acc, 2) if gam is None else gam, _dummy(acc, 2) if g is None else g,
-        _dummy(acc, 4) if S0 is None else S0, starts, final, segs.seg, segs.seq_seg, gam is not None, bool(rev), S0 is not None, not causal)
+        _dummy(acc, 4) if S0 is None else S0, starts, final, segs.seg, segs.seq_seg, gam is not None, bool(rev),
+        S0 is not None, not causal)
     return Pass(starts, final)
 

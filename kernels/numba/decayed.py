@@ -222,9 +222,8 @@ def _chunked_dg(io, do, o, v, dv, segs, D, Sfin, has_init):
     acc = nb_type(o.dtype)
     dg = io.empty((N, T), o.dtype)
     d4 = _chunked._dummy(acc, 4)
-    cu = io.to_device(np.asarray(segs.cu, np.int32))
     _scan_dg(SCAN_THREADS, acc)[(N, segs.nseq), SCAN_THREADS](
-        do, o, v, dv, cu, d4 if D is None else D, d4 if Sfin is None else Sfin, D is not None, has_init, dg)
+        do, o, v, dv, segs.cu_dev, d4 if D is None else D, d4 if Sfin is None else Sfin, D is not None, has_init, dg)
     return dg
 
 

@@ -25,8 +25,8 @@ naive    one thread per output row, everything from global memory, O(T^2): forwa
          kernel 2, one thread per key row j: dk, dv, ds straight from the formulas above.
 chunked  1. stats: one block per (n, sequence), a scan over runs (each thread a contiguous run of rows,
             summarised as (max, sum e^{s - max}, sum s); thread 0 combines the NT run summaries -- no loop over
-            T in one thread -- and each thread rescans its run from its prefix) writes m, E, P and, per position and state x in (F, G, H),
-            coefficient pairs (mult, log) in four (N, T, 3, 2) arrays:
+            T in one thread -- and each thread rescans its run from its prefix) writes m, E, P and, per position
+            and state x in (F, G, H), coefficient pairs (mult, log) in four (N, T, 3, 2) arrays:
                Qf  = (sigh/E, -m), (beta, 0), (gamma, 0)      query role of o, dq; key role of dk, dv (rev)
                Kf  = (1, s), (s, 0), (1, 0)                    key role of o, dq, parts; query role of dv
                Qp  = (1/E, -m), (1, 0), (1, 0)                 query role of the output parts oF, oG, oH
@@ -545,8 +545,8 @@ def _chunked_forward(io, q, k, v, s, gates, causal, cu_seqlens=None, initial_sta
     core = _chunked.plan(q, _chunked.COEF, (Dk, Dv), NS=3)
     cu = tuple(cu_seqlens) if cu_seqlens is not None else (0, T)
     segs = _chunked.segments(io, T, core.C, 0, cu)
-    co = _Coefficients(*(io.empty((N, T, 3, 2), dt) for _ in range(4)), io.empty((N, T, 3), dt),
-                       io.to_device(np.asarray(cu, np.int32)), segs)
+    co = _Coefficients(*(io.empty((N, T, 3, 2), dt) for _ in range(4)), io.empty((N, T, 3), dt), segs.cu_dev,
+                       segs)
     st0 = initial_state
     init = None if st0 is None else _core_state(io, st0.F, st0.G, st0.H, st0.m, (st0.m, st0.E, st0.P, st0.n))
     fin = io.empty((N, segs.nseq, 4), dt)

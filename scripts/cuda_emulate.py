@@ -6,7 +6,7 @@ anything imports CuPy.  Its ``RawModule`` compiles each kernel a module asks for
 text and name expression, C++20, cached on disk by content) against scripts/cuda_emu/emu.h, which emulates the
 CUDA execution model (one std::thread per CUDA thread, block barriers, warp collectives) and the inline PTX
 the sources use, after this script rewrites every ``asm(...)`` statement into an ``emu::ptx(text, outputs,
-inputs)`` call and every ``__shared__`` declaration into emulator memory.  Its kernels check a launch as the
+inputs)`` call and every ``__shared__`` declaration into emulator memory (poisoned before each block).  Its kernels check a launch as the
 driver would (argument count and sizes against the kernel's parameters, the dynamic shared-memory opt-in,
 grid and block limits).  So every kernels/cupy module runs unchanged; which cases run is data (``CASES``):
 each names a family (its runner: the check that family's GPU tests make) and the runner's arguments.
@@ -121,12 +121,26 @@ def rewrite_asm(src: str) -> str:
     return "".join(out)
 
 
+_STATIC_SHARED = re.compile(r"^(\s*)__shared__\s+([^;]*);", re.M)
+
+
+def _static_shared(m) -> str:
+    """``__shared__ T a[..], b[..];`` -> ``static T a[..], b[..];`` plus a registration of each array, so that
+    the emulator poisons it before every block."""
+    parts = _split_top(m.group(2), ",")
+    names = [re.match(r"(?s).*?\b(\w+)\s*(?:\[[^\]]*\]\s*)*$", parts[0]).group(1)]
+    names += [re.match(r"\s*(\w+)", p).group(1) for p in parts[1:]]
+    regs = " ".join(f"static emu::SharedStatic emu_shared_{n}({n}, sizeof({n}));" for n in names)
+    return f"{m.group(1)}static {m.group(2)}; {regs}"
+
+
 def rewrite_shared(src: str) -> str:
-    """``extern __shared__ T name[];`` -> a pointer to the emulator's dynamic shared memory; any other
-    ``__shared__`` (a static array) -> ``static`` (blocks run one at a time)."""
+    """``extern __shared__ T name[];`` -> a pointer to the emulator's dynamic shared memory; a statement
+    ``__shared__ T a[..], ...;`` (static shared arrays) -> function-local statics (blocks run one at a time),
+    registered for poisoning."""
     src = _EXTERN_SHARED.sub(lambda m: f"{m.group(1)}* const {m.group(2)} = reinterpret_cast<{m.group(1)}*>"
                                        f"(emu::dyn_smem);", src)
-    return re.sub(r"\b__shared__\b", "static", src)
+    return _STATIC_SHARED.sub(_static_shared, src)
 
 
 def rewrite(src: str) -> str:

@@ -79,7 +79,15 @@ extern "C" __global__ void copy_through_shared(const float* x, float* y, int wai
     if (wait) asm volatile("cp.async.wait_all;\n" ::: "memory");
     __syncthreads();
     y[threadIdx.x] = s[threadIdx.x];
+    __syncthreads();                                   // every read done before a late wait lands its copy
     if (!wait) asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+// a static shared array: block 0 writes all of it, block 1 half; each reads all of it
+extern "C" __global__ void half_written(float* y) {
+    __shared__ float s[32];
+    if (threadIdx.x < (blockIdx.x ? 16 : 32)) s[threadIdx.x] = 1.f;
+    __syncthreads();
+    y[blockIdx.x * 32 + threadIdx.x] = s[threadIdx.x];
 }
 // lane 0 returns before the warp's shuffle
 extern "C" __global__ void early_return(float* x) {
@@ -93,7 +101,8 @@ extern "C" __global__ void early_return(float* x) {
 @needs_gxx
 def test_launch_and_memory_checks(emu):
     """What the emulator refuses or exposes, on kernels of its own: argument sizes, shared-memory opt-in, a
-    read of a cp.async destination before the wait (NaN), a warp collective after a lane returned."""
+    read of a cp.async destination before the wait or of unwritten static shared memory in every block (NaN), a
+    warp collective after a lane returned."""
     from kernels.cupy._module import compile_options
     mod = emu.RawModule(CHECKS_SOURCE, compile_options())
     x = emu._copy(np.arange(64, dtype=np.float32))
@@ -112,5 +121,8 @@ def test_launch_and_memory_checks(emu):
     assert np.isnan(y).all()                                           # read before the copy landed
     with pytest.raises(RuntimeError, match="dynamic shared memory"):
         copy((1,), (32,), (x, y, np.int32(1)), shared_mem=64 * 1024)   # no opt-in above 48 KiB
+    y = emu._copy(np.zeros(64, np.float32))
+    mod.get_function("half_written")((2,), (32,), (y,))
+    assert (y[:48] == 1).all() and np.isnan(y[48:]).all()
     with pytest.raises(RuntimeError, match="without every lane"):
         mod.get_function("early_return")((1,), (32,), (x,))

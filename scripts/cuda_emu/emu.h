@@ -13,8 +13,8 @@
 // is in flight is an error.  Dynamic shared memory (every `extern __shared__` array, rewritten into a pointer
 // to emu::dyn_smem) is filled with 0xff bytes (NaN as float/half) before each block, and a write past the
 // launch's dynamic size is an error.  Static `__shared__` arrays become function-local statics (one copy, as
-// blocks run one at a time).  The launch checks the argument count and each argument's size against the
-// kernel's parameter types.
+// blocks run one at a time), poisoned the same way.  The launch checks the argument count and each argument's
+// size against the kernel's parameter types.
 #pragma once
 #include <atomic>
 #include <barrier>
@@ -25,6 +25,7 @@
 #include <functional>
 #include <math.h>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -63,6 +64,21 @@ namespace emu {
 constexpr int SMEM_BYTES = 256 * 1024;
 alignas(128) inline unsigned char dyn_smem[SMEM_BYTES];
 inline int dyn_bytes = 0;                          // the running launch's dynamic shared memory size
+
+// static shared arrays (function-local statics after cuda_emulate.py's rewrite), poisoned before every block
+struct SharedStatic {
+    static std::vector<std::pair<void*, size_t>>& all() { static std::vector<std::pair<void*, size_t>> v; return v; }
+    static std::mutex& lock() { static std::mutex m; return m; }
+    SharedStatic(void* p, size_t n) {
+        std::memset(p, 0xff, n);
+        std::lock_guard<std::mutex> g(lock());
+        all().emplace_back(p, n);
+    }
+    static void poison_all() {
+        std::lock_guard<std::mutex> g(lock());
+        for (auto& [p, n] : all()) std::memset(p, 0xff, n);
+    }
+};
 
 struct Warp;
 struct WarpPhase { Warp* w; void operator()() noexcept; };
@@ -332,6 +348,7 @@ inline void launch(emu_dim3 grid, unsigned block, unsigned smem_bytes, std::func
             for (unsigned long long b = 0; b < nblocks; ++b) {
                 if (t == 0) {                           // a fresh block: barriers, poisoned shared memory
                     std::memset(dyn_smem, 0xff, SMEM_BYTES);
+                    SharedStatic::poison_all();
                     blk.bar.reset(new std::barrier<>((std::ptrdiff_t)block));
                     blk.warps.clear();
                     for (unsigned i = 0; i < block / 32; ++i) {

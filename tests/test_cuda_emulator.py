@@ -69,10 +69,12 @@ extern "C" __global__ void add_one(float* x, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] += 1.f;
 }
-// copies x[0..32) into shared memory with cp.async; waits only when asked; writes the tile back
+// copies x[0..32) into shared memory with cp.async; waits (before reading the tile) only when asked
 extern "C" __global__ void copy_through_shared(const float* x, float* y, int wait) {
     extern __shared__ __align__(16) unsigned char raw[];
     float* s = reinterpret_cast<float*>(raw);
+    s[threadIdx.x] = -1.f;                             // what the tile held before the copy
+    __syncthreads();
     if (threadIdx.x < 8)
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(wbmma::smem_u32(s + 4 * threadIdx.x)),
                      "l"(x + 4 * threadIdx.x), "r"(16));
@@ -81,6 +83,17 @@ extern "C" __global__ void copy_through_shared(const float* x, float* y, int wai
     y[threadIdx.x] = s[threadIdx.x];
     __syncthreads();                                   // every read done before a late wait lands its copy
     if (!wait) asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+// another thread writes a cp.async destination while the copy is in flight
+extern "C" __global__ void write_in_flight(const float* x) {
+    extern __shared__ __align__(16) unsigned char raw[];
+    float* s = reinterpret_cast<float*>(raw);
+    if (threadIdx.x == 0)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(wbmma::smem_u32(s)), "l"(x), "r"(16));
+    __syncthreads();
+    if (threadIdx.x == 1) s[2] = 0.f;
+    __syncthreads();
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
 }
 // a static shared array: block 0 writes all of it, block 1 half; each reads all of it
 extern "C" __global__ void half_written(float* y) {
@@ -100,9 +113,9 @@ extern "C" __global__ void early_return(float* x) {
 @pytest.mark.slow
 @needs_gxx
 def test_launch_and_memory_checks(emu):
-    """What the emulator refuses or exposes, on kernels of its own: argument sizes, shared-memory opt-in, a
-    read of a cp.async destination before the wait or of unwritten static shared memory in every block (NaN), a
-    warp collective after a lane returned."""
+    """What the emulator refuses or exposes, on kernels of its own: argument count and sizes, launches above 48 KiB
+    of shared memory without the opt-in, a write to a cp.async destination in flight, a read of it before the
+    wait and of unwritten static shared memory in every block (NaN), a warp collective after a lane returned."""
     from kernels.cupy._module import compile_options
     mod = emu.RawModule(CHECKS_SOURCE, compile_options())
     x = emu._copy(np.arange(64, dtype=np.float32))
@@ -119,6 +132,8 @@ def test_launch_and_memory_checks(emu):
     assert np.array_equal(y, x[:32])
     copy((1,), (32,), (x, y, np.int32(0)), shared_mem=128)
     assert np.isnan(y).all()                                           # read before the copy landed
+    with pytest.raises(RuntimeError, match="written while a cp.async to it was in flight"):
+        mod.get_function("write_in_flight")((1,), (32,), (x,), shared_mem=16)
     with pytest.raises(RuntimeError, match="dynamic shared memory"):
         copy((1,), (32,), (x, y, np.int32(1)), shared_mem=64 * 1024)   # no opt-in above 48 KiB
     y = emu._copy(np.zeros(64, np.float32))

@@ -398,7 +398,7 @@ __global__ void __launch_bounds__(256) tc_seg_scan(const float* __restrict__ Ese
 // ================================================================================================ backward: dq
 // grid (NSEG * ceil(dk / 64), N); smem: dO, V [C][DVP+8], K, Q [C][72] (this block's 64 dk columns),
 // H [64][DVP+8] of T + Trailer.  H: rows of this dk tile, all dv columns, walked forwards as in tc_fwd.
-// rq (decay only): (ceil(dk/64), N, T) partial row dots q.dq of this tile.
+// rq (decay only; nullptr: not wanted): (ceil(dk/64), N, T) partial row dots q.dq of this tile.
 template <typename T, int DVP, int SPLIT>
 __global__ void __launch_bounds__(128) tc_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const float* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dq,
@@ -453,7 +453,7 @@ __global__ void __launch_bounds__(128) tc_bwd_dq(const T* __restrict__ q, const 
             gemm_rs<T, SPLIT, 8, AFrags<T, 8>::N, false>(acc[0], P.f, sK, LDT, 0, 0, (16 * w + 16) / KS);  // + dP K
         }
         store_rows<T, 8>(acc[0], dq + row0 * dk, dk, 16 * w, nrow, k0, dk);
-        if (causal && decay) {                                     // row dots q.dq of this tile
+        if (causal && decay && rq) {                               // row dots q.dq of this tile
             const int gq = (threadIdx.x & 31) >> 2, tq = threadIdx.x & 3;
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
@@ -489,7 +489,7 @@ __global__ void __launch_bounds__(128) tc_bwd_dq(const T* __restrict__ q, const 
 // smem: Q, K [C][DKP+8], V, dO [C][DVP+8], dS [R][CC+8] of T + Trailer (V is not loaded for WHICH 2).
 // causal: dS starts at dSin[n][seg] (the gradient of the state after the segment; nullptr: zeros);
 // dSstart[n][seg] (optional) gets the gradient of the state before it.  Not causal: dS = dSin[n][seq].
-// rk (decay only): (ceil(dk/64), N, T) partial row dots k.dk.
+// rk (decay only; nullptr: not wanted): (ceil(dk/64), N, T) partial row dots k.dk.
 template <typename T, int DKP, int DVP, int SPLIT, int WHICH>
 __global__ void __launch_bounds__(128) tc_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const float* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dkout,
@@ -561,7 +561,7 @@ __global__ void __launch_bounds__(128) tc_bwd_dkdv(const T* __restrict__ q, cons
                 gemm_rs<T, SPLIT, 8, AFrags<T, 8>::N, false>(acc[0], P.f, sQ + kr0, LDK, 0, (16 * w) / KS, C / KS);
             }
             store_rows<T, 8>(acc[0], dkout + row0 * dk, dk, 16 * w, nrow, kr0, dk);
-            if (causal && decay) {                                 // row dots k.dk of this tile
+            if (causal && decay && rk) {                           // row dots k.dk of this tile
                 const int gq = (threadIdx.x & 31) >> 2, tq = threadIdx.x & 3;
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {

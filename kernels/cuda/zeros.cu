@@ -1,5 +1,14 @@
-// zeros.cu -- ZeroS attention: the per-position scalar scans; the matrix work is the shared skeleton.
+// zeros.cu -- ZeroS attention: the per-position scalar work around the chunk cores.
 //
+// Two families live here:
+//   * zeros_scan_fwd / zeros_scan_bwd (below, first): the serial scans of the CUDA-core variants
+//     (cupy:naive, cupy:chunked, cupy:chunked_seg), kept as the measured rung; one thread per head walks T.
+//   * zeros_f* / zeros_b* / zeros_combine (after them, namespace zs): the parallel scans and the row work of
+//     the tensor-core variant cupy:chunked_mma (kernels/cuda/chunked_mma.cu is its core).  No loop over T
+//     anywhere: chunk partials, a scan over the chunks, a per-token fix-up.  The derivation is in the header
+//     of that section and in docs/kernels/zeros.md.
+//
+// ------------------------------------------------------------------------------------------ CUDA-core rung
 // With m_t the running max of s (the global max when not causal), E_t = sum_{j in W(t)} e^{s_j - m_t},
 // P_t = sum_{j in W(t)} s_j and alpha = sigh / E, beta = (sig1 - sigh) / n, gamma = (tz - sigh - beta P) / n,
 //   o_t = alpha_t oF_t + beta_t oG_t + gamma_t oH_t,
@@ -112,4 +121,560 @@ __global__ void zeros_scan_bwd(const TI* __restrict__ s, const TI* __restrict__ 
     }
     if (!CAUSAL)
         for (int t = 0; t < T; ++t) ds[base + t] = -__expf(to_f32(s[base + t]) - m[base + t]) * R - Q;
+}
+
+// ================================================================================================
+// Parallel scans and row work of cupy:chunked_mma (the tensor-core core: kernels/cuda/chunked_mma.cu)
+// ================================================================================================
+// Forward statistics.  Per head, with n_t = t + 1 (causal) or T, the window W(t) = {j <= t} (or all j):
+//   m_t = max_{j in W(t)} s_j,  E_t = sum_{j in W(t)} e^{s_j - m_t},  P_t = sum_{j in W(t)} s_j,
+// are the prefix "sums" of the token triples (s_j, 1, s_j) under the associative, commutative combine
+//   (M1, E1, P1) + (M2, E2, P2) = (M, E1 e^{M1 - M} + E2 e^{M2 - M}, P1 + P2),   M = fmaxf(M1, M2)
+// (every exponent <= 0, identity (-inf, 0, 0)).  So, over chunks of C = 64 tokens:
+//   zeros_fchunk   one warp per chunk: the chunk's triple (a warp reduction), its min and max of s;
+//   zeros_fscan    one block per head: the exclusive scan of the chunk triples (the carry into each chunk;
+//                  not causal: the head's total), the head's shift c = (min s + max s) / 2 and scale
+//                  sigma = the least power of two >= max(1, max |s - c|);
+//   zeros_ftoken   one block per chunk: warp 0 scans the chunk's tokens (two per lane, a shuffle scan)
+//                  seeded by the carry, and writes per token m, E, P' = sum (s - c) = P - n c (in float64),
+//                  alpha = sigh/E, beta = (sig1-sigh)/n, gamma = (tz - sigh - beta P')/n, u = e^{s - m} and
+//                  gF_t = m_{t-1} - m_t (0 at t = 0 and when not causal); then all four warps form the values
+//                      vF = u v,   vG = ((s - c) / sigma) v,   vH = v   (vH only when G and H share one call).
+// ZeroS is invariant to s -> s + c (the first-order weights are s_i/n - P/n^2, the softmax is shift-free),
+// so the first-order path runs on s - c: without it a common offset of s cancels between beta oG and
+// gamma oH and multiplies the rounding of the 16-bit stream outputs by |offset|.  c, like m, is held fixed
+// in the backward (o does not depend on it), which is exact.
+// fmaxf drops a NaN from the max but the NaN reaches E (e^{NaN}) and P, so exactly the rows whose window
+// holds it become NaN; s of +-1e3 stays exact because every exponential is of a difference <= 0; ties give
+// e^0 = 1 (rescale skips the exp when the maxima are equal).
+//
+// The streams (core = kernels/cuda/chunked_mma.cu, o' = scale q^T S with S_t = e^{g_t} S_{t-1} + k_t v_t^T):
+//   oF' = core(q, k, vF; g = gF, scale = s_o)  = s_o sum_{i<=t} e^{s_i - m_t} (q_t.k_i) v_i   (e^{m_i - m_t} <= 1)
+//   [oG', oH'] = core(q, k, [vG, vH]; no decay, scale = s_o) = s_o [sum (s_i - c)(q.k_i) v_i / sigma, sum (q.k_i) v_i]
+//   zeros_combine:  o = (alpha / s_o) oF' + (beta sigma / s_o) oG' + (gamma / s_o) oH'.
+// s_o = 2^-max(0, ceil(log2 T) - 8) (host) and sigma (per head) are powers of two, so they cost no precision
+// in any format; they keep the stored 16-bit stream outputs (sums over up to T tokens) and the s-weighted
+// values inside the float16 range.
+//
+// Backward (s below is s - c throughout).  With a = do.oF, V = do.oG, Z = do.oH (true, unscaled row dots),
+// U = a / E:
+//   zeros_bchunk   one block per chunk: the row dots, the streams' output gradients
+//                      dOF = (alpha / s_o) do,  dOG = beta / (4 s_o) do,  dOH = gamma / (4 sigma s_o) do
+//                  (the core's gradients come back exact for F and divided by 4 sigma for G and H, which
+//                  keeps dO and the 16-bit gradients in range: |alpha| <= 1, |beta| <= 1, |gamma| <= 2 + sigma),
+//                  dgates (dsig1 = V/n - P Z/n^2, dsigh = U - dsig1 - Z/n, dtz = Z/n), x = alpha U, y = beta Z/n,
+//                  and the chunk partials below;
+//   zeros_bscan    one block per head: the reverse scan over chunks;
+//   zeros_bfinish  one block per chunk: warp 0 scans the chunk's tokens backwards seeded by the carry, then
+//                  all warps assemble dq = dqF + 4 sigma dqGH, dk likewise, dv = u dvF + 4 s dvG + 4 sigma dvH,
+//                      ds_j = -u_j R_j - Q_j + u_j (v_j.dvF_j) + 4 (v_j.dvG_j).
+// The scalar part of ds (through E and P; the value path is the last two terms) needs, causally,
+//   R_j = sum_{t >= j} x_t e^{m_j - m_t}   (= x_j + e^{m_j - m_{j+1}} R_{j+1}),   Q_j = sum_{t >= j} y_t.
+// R is a max-rescaled suffix sum: a pair (mu, R) means R relative to e^{mu}, mu = m at the range's first
+// token; for a range A followed by B,  A + B = (mu_A, R_A + R_B e^{mu_A - mu_B})  (mu_A <= mu_B since m
+// never decreases; associative, not commutative).  Per chunk: the partial (m_first, sum x_t e^{m_first - m_t},
+// sum y); a reverse exclusive scan over chunks gives the carry (R and Q at the next chunk's first token);
+// the fix-up scans inside the chunk.  Not causal: R and Q are the head's plain totals (m is constant).
+// The running max is held fixed throughout: o does not depend on it, so the gradient is exact.  The core
+// also returns d gF (F is a decayed call); it is discarded for the same reason.
+//
+// Layouts: per-token statistics st (NST, N, T) float32 (rows ST_*); per head (NHEAD, N) float32 (sigma, c);
+// per-chunk arrays (N, NC); stream arrays (N, T, width) row-major with a leading dimension ld (G and H may
+// share one array: vH = vG + Dv).
+namespace zs {
+constexpr int C = 64;              // tokens per scan chunk: one warp, two per lane
+constexpr int WARPS = 4;           // warps per block of the per-chunk kernels (16 rows each in the row phase)
+constexpr int SCAN = 256;          // threads per block of the scans over chunks (one block per head)
+constexpr int CPL = 4;             // head-dim columns per lane in the row loops (head dims <= 128)
+constexpr unsigned FULL = 0xffffffffu;
+enum { ST_M, ST_E, ST_P, ST_ALPHA, ST_BETA, ST_GAMMA, ST_U, ST_GF, NST };   // rows of st (NST, N, T)
+enum { HEAD_SIGMA, HEAD_SHIFT, NHEAD };                                    // rows of head (NHEAD, N)
+
+// x e^{from - to} (to >= from), exactly x when the two are equal, and 0 for x == 0 even when from or to
+// is -inf (the empty element); NaN x stays NaN.
+__device__ __forceinline__ float rescale(float x, float from, float to) {
+    return (x == 0.f || from == to) ? x : x * __expf(from - to);
+}
+
+struct Fwd { float M, E; double P; };                     // (max, sum e^{s - M}, sum s)
+__device__ __forceinline__ Fwd fwd_empty() { return {-WB_INF, 0.f, 0.0}; }
+__device__ __forceinline__ Fwd fwd_token(float s) { return {s, 1.f, (double)s}; }
+__device__ __forceinline__ Fwd operator+(const Fwd& a, const Fwd& b) {
+    const float M = fmaxf(a.M, b.M);
+    return {M, rescale(a.E, a.M, M) + rescale(b.E, b.M, M), a.P + b.P};
+}
+__device__ __forceinline__ Fwd shfl_up(const Fwd& a, int o) {
+    return {__shfl_up_sync(FULL, a.M, o), __shfl_up_sync(FULL, a.E, o), __shfl_up_sync(FULL, a.P, o)};
+}
+__device__ __forceinline__ Fwd shfl_xor(const Fwd& a, int o) {
+    return {__shfl_xor_sync(FULL, a.M, o), __shfl_xor_sync(FULL, a.E, o), __shfl_xor_sync(FULL, a.P, o)};
+}
+
+// (mu, R, Q): R relative to e^{mu}; empty = (0, 0, 0), which may only stand on the right of a "+"
+// (every caller keeps empties after the non-empty elements: tokens past T, chunks past NC).
+struct Bwd { float mu, R; double Q; };
+__device__ __forceinline__ Bwd bwd_empty() { return {0.f, 0.f, 0.0}; }
+__device__ __forceinline__ Bwd operator+(const Bwd& a, const Bwd& b) {
+    return {a.mu, a.R + rescale(b.R, a.mu, b.mu), a.Q + b.Q};
+}
+__device__ __forceinline__ Bwd shfl_down(const Bwd& a, int o) {
+    return {__shfl_down_sync(FULL, a.mu, o), __shfl_down_sync(FULL, a.R, o), __shfl_down_sync(FULL, a.Q, o)};
+}
+
+__device__ __forceinline__ double warp_sum_d(double x) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(FULL, x, o);
+    return x;
+}
+
+// the least power of two >= a for a >= 1 (2^126 for larger or non-finite a)
+__device__ __forceinline__ float pow2_at_least(float a) {
+    if (!(a < 0x1p126f)) return 0x1p126f;
+    const unsigned b = __float_as_uint(a);
+    const int e = (int)((b >> 23) & 0xff) - 127 + ((b & 0x7fffffu) ? 1 : 0);
+    return __uint_as_float((unsigned)(127 + e) << 23);
+}
+
+// sigmoid and tanh through __expf (about 1e-6 relative; tanhf under --use_fast_math is tanh.approx.f32,
+// about 2^-11): the gates scale every output row, so float32 needs them to float32 accuracy.  Saturates
+// to 0 / 1 and -1 / 1 for large |x| (e^x = inf gives 1 / inf = 0).
+__device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + __expf(-x)); }
+__device__ __forceinline__ float tanh_exp(float x) { return 1.f - 2.f / (1.f + __expf(2.f * x)); }
+// 1 - tanh(x)^2 = 4 e^{-2|x|} / (1 + e^{-2|x|})^2, without the cancellation of 1 - tz * tz for large |x|
+__device__ __forceinline__ float dtanh_exp(float x) {
+    const float e = __expf(-2.f * fabsf(x)), d = 1.f + e;
+    return 4.f * e / (d * d);
+}
+// sigmoid(x) (1 - sigmoid(x)) = e^{-|x|} / (1 + e^{-|x|})^2, likewise
+__device__ __forceinline__ float dsigmoid(float x) {
+    const float e = __expf(-fabsf(x)), d = 1.f + e;
+    return e / (d * d);
+}
+
+// The block of the per-chunk kernels: grid (NC, N), 4 warps; chunk c of head n, rows cs.. of it.
+struct Block {
+    int c, n, cs, lane, w;
+    long long base, NT;        // n T, N T (row offsets into (N, T) and (rows, N, T) arrays)
+};
+__device__ __forceinline__ Block block_of(int T) {
+    return {(int)blockIdx.x, (int)blockIdx.y, (int)blockIdx.x * C, (int)threadIdx.x & 31, (int)threadIdx.x >> 5,
+            (long long)blockIdx.y * T, (long long)gridDim.y * T};
+}
+// f(r, row) for the rows r in [16w, 16w + 16) of the chunk that exist (row = base + cs + r)
+template <typename F>
+__device__ __forceinline__ void warp_rows(const Block& b, int T, F f) {
+    for (int r = 16 * b.w; r < 16 * b.w + 16 && b.cs + r < T; ++r) f(r, b.base + b.cs + r);
+}
+
+struct Gates { float sig1, sigh, tz; };
+template <typename TI>
+__device__ __forceinline__ Gates gates_at(const TI* __restrict__ gates, long long row, int ng) {
+    const TI* g = gates + row * ng;
+    return {sigmoid(to_f32(g[0])), sigmoid(to_f32(g[1])), ng == 3 ? tanh_exp(to_f32(g[2])) : 0.f};
+}
+}  // namespace zs
+
+// ---------------------------------------------------------------------------------------- forward scans
+// grid (ceil(NC / 4), N), block 128: warp w reduces chunk 4 blockIdx.x + w.
+template <typename TI>
+__global__ void __launch_bounds__(128) zeros_fchunk(const TI* __restrict__ s, int T, int NC, float* __restrict__ cM,
+        float* __restrict__ cE, double* __restrict__ cP, float* __restrict__ cLo, float* __restrict__ cHi) {
+    using namespace zs;
+    const int lane = threadIdx.x & 31, c = blockIdx.x * WARPS + (threadIdx.x >> 5), n = blockIdx.y;
+    if (c >= NC) return;                                           // warp-uniform
+    const long long base = (long long)n * T;
+    Fwd acc = fwd_empty();
+    float lo = WB_INF, hi = -WB_INF;                               // min and max of s (NaN ignored)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int t = c * C + 2 * lane + h;
+        if (t < T) {
+            const float x = to_f32(s[base + t]);
+            acc = acc + fwd_token(x);
+            lo = fminf(lo, x);
+            hi = fmaxf(hi, x);
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {                             // commutative: every lane ends equal
+        acc = acc + shfl_xor(acc, o);
+        lo = fminf(lo, __shfl_xor_sync(FULL, lo, o));
+        hi = fmaxf(hi, __shfl_xor_sync(FULL, hi, o));
+    }
+    if (lane == 0) {
+        const long long at = (long long)n * NC + c;
+        cM[at] = acc.M;
+        cE[at] = acc.E;
+        cP[at] = acc.P;
+        cLo[at] = lo;
+        cHi[at] = hi;
+    }
+}
+
+// grid (N), block 256: thread j combines a contiguous run of chunks, a block scan joins the runs.
+// CAUSAL: x[c] = the triple of all chunks before c; else x[c] = the head's total (every c).
+template <bool CAUSAL>
+__global__ void __launch_bounds__(256) zeros_fscan(const float* __restrict__ cM, const float* __restrict__ cE,
+        const double* __restrict__ cP, const float* __restrict__ cLo, const float* __restrict__ cHi, int NC,
+        float* __restrict__ xM, float* __restrict__ xE, double* __restrict__ xP, float* __restrict__ head) {
+    using namespace zs;
+    __shared__ Fwd wtot[SCAN / 32];
+    __shared__ float wlo[SCAN / 32], whi[SCAN / 32];
+    const int n = blockIdx.x, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+    const int per = (NC + SCAN - 1) / SCAN, c0 = min(NC, tid * per), c1 = min(NC, c0 + per);
+    const long long base = (long long)n * NC;
+    auto chunk = [&](int c) { return Fwd{cM[base + c], cE[base + c], cP[base + c]}; };
+    Fwd agg = fwd_empty();
+    float lo = WB_INF, hi = -WB_INF;
+    for (int c = c0; c < c1; ++c) {
+        agg = agg + chunk(c);
+        lo = fminf(lo, cLo[base + c]);
+        hi = fmaxf(hi, cHi[base + c]);
+    }
+    Fwd inc = agg;                                                 // inclusive scan over the warp's runs
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const Fwd y = shfl_up(inc, o);
+        if (lane >= o) inc = y + inc;
+    }
+    hi = warp_max(hi);
+    lo = -warp_max(-lo);
+    if (lane == 31) wtot[w] = inc;
+    if (lane == 0) {
+        wlo[w] = lo;
+        whi[w] = hi;
+    }
+    __syncthreads();
+    if (CAUSAL) {
+        Fwd ex = shfl_up(inc, 1);
+        if (lane == 0) ex = fwd_empty();
+        Fwd before = fwd_empty();
+        for (int j = 0; j < w; ++j) before = before + wtot[j];
+        ex = before + ex;
+        for (int c = c0; c < c1; ++c) {
+            xM[base + c] = ex.M;
+            xE[base + c] = ex.E;
+            xP[base + c] = ex.P;
+            ex = ex + chunk(c);
+        }
+    } else {
+        Fwd tot = fwd_empty();
+        for (int j = 0; j < SCAN / 32; ++j) tot = tot + wtot[j];
+        for (int c = c0; c < c1; ++c) {
+            xM[base + c] = tot.M;
+            xE[base + c] = tot.E;
+            xP[base + c] = tot.P;
+        }
+    }
+    if (tid == 0) {                                                // the head's shift c and scale sigma
+        for (int j = 0; j < SCAN / 32; ++j) {
+            lo = fminf(lo, wlo[j]);
+            hi = fmaxf(hi, whi[j]);
+        }
+        float c = 0.5f * (lo + hi);
+        if (!(fabsf(c) < WB_INF)) c = 0.f;                         // no finite s, or both infinities
+        head[HEAD_SIGMA * gridDim.x + n] = pow2_at_least(fmaxf(1.f, fmaxf(hi - c, c - lo)));
+        head[HEAD_SHIFT * gridDim.x + n] = c;
+    }
+}
+
+// grid (NC, N), block 128: chunk blockIdx.x.  Warp 0: the per-token statistics; then warp w forms the
+// values of rows 16w..16w+15.  vH may be nullptr (H's values are v itself).
+template <typename TI, bool CAUSAL>
+__global__ void __launch_bounds__(128) zeros_ftoken(const TI* __restrict__ s, const TI* __restrict__ gates,
+        const TI* __restrict__ v, int ng, int T, int Dv, int NC, const float* __restrict__ xM,
+        const float* __restrict__ xE, const double* __restrict__ xP, const float* __restrict__ head,
+        float* __restrict__ st, TI* __restrict__ vF, TI* __restrict__ vG, int ldG, TI* __restrict__ vH, int ldH) {
+    using namespace zs;
+    __shared__ float su[C], ss[C];
+    const Block b = block_of(T);
+    const int c = b.c, n = b.n, cs = b.cs, lane = b.lane;
+    const long long base = b.base, NT = b.NT;
+    if (b.w == 0) {
+        const float isg = 1.f / head[HEAD_SIGMA * gridDim.y + n];   // exact: sigma is a power of two
+        const float shift = head[HEAD_SHIFT * gridDim.y + n];
+        float sv[2];
+        Fwd e[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int t = cs + 2 * lane + h;
+            sv[h] = t < T ? to_f32(s[base + t]) : 0.f;
+            e[h] = t < T ? fwd_token(sv[h]) : fwd_empty();
+        }
+        const Fwd carry{xM[(long long)n * NC + c], xE[(long long)n * NC + c], xP[(long long)n * NC + c]};
+        Fwd at[2];
+        float prev[2] = {0.f, 0.f};                                // m of the token before (causal)
+        if (CAUSAL) {
+            Fwd inc = e[0] + e[1];
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const Fwd y = shfl_up(inc, o);
+                if (lane >= o) inc = y + inc;
+            }
+            Fwd ex = shfl_up(inc, 1);
+            if (lane == 0) ex = fwd_empty();
+            const Fwd before = carry + ex;
+            at[0] = before + e[0];
+            at[1] = at[0] + e[1];
+            prev[0] = before.M;
+            prev[1] = at[0].M;
+        } else {
+            at[0] = at[1] = carry;                                 // the head's totals
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int t = cs + 2 * lane + h;
+            if (t >= T) continue;
+            const float nt = CAUSAL ? (float)(t + 1) : (float)T;
+            const float m = at[h].M, E = at[h].E, P = (float)(at[h].P - (double)nt * shift);   // sum (s - c)
+            const Gates g = gates_at(gates, base + t, ng);
+            const float beta = (g.sig1 - g.sigh) / nt;
+            const float u = __expf(sv[h] - m);
+            st[ST_M * NT + base + t] = m;
+            st[ST_E * NT + base + t] = E;
+            st[ST_P * NT + base + t] = P;
+            st[ST_ALPHA * NT + base + t] = g.sigh / E;
+            st[ST_BETA * NT + base + t] = beta;
+            st[ST_GAMMA * NT + base + t] = (g.tz - g.sigh - beta * P) / nt;
+            st[ST_U * NT + base + t] = u;
+            st[ST_GF * NT + base + t] = (CAUSAL && t > 0) ? prev[h] - m : 0.f;
+            su[2 * lane + h] = u;
+            ss[2 * lane + h] = (sv[h] - shift) * isg;
+        }
+    }
+    __syncthreads();
+    warp_rows(b, T, [&](int r, long long row) {
+        const float ur = su[r], sr = ss[r];
+#pragma unroll
+        for (int i = 0; i < CPL; ++i) {
+            const int col = lane + 32 * i;
+            if (col >= Dv) break;
+            const TI x = v[row * Dv + col];
+            const float xf = to_f32(x);
+            vF[row * Dv + col] = from_f32<TI>(ur * xf);
+            vG[row * ldG + col] = from_f32<TI>(sr * xf);
+            if (vH) vH[row * ldH + col] = x;
+        }
+    });
+}
+
+// grid (NC, N), block 128: o = (alpha / s_o) oF' + (beta sigma / s_o) oG' + (gamma / s_o) oH' (inv_s = 1 / s_o).
+template <typename TI>
+__global__ void __launch_bounds__(128) zeros_combine(const float* __restrict__ st, const float* __restrict__ head,
+        const TI* __restrict__ oF, const TI* __restrict__ oG, int ldG, const TI* __restrict__ oH, int ldH,
+        TI* __restrict__ o, int T, int Dv, float inv_s) {
+    using namespace zs;
+    const Block b = block_of(T);
+    const int lane = b.lane;
+    const long long NT = b.NT;
+    const float sg = head[HEAD_SIGMA * gridDim.y + b.n];
+    warp_rows(b, T, [&](int, long long row) {
+        const float ca = st[ST_ALPHA * NT + row] * inv_s, cb = st[ST_BETA * NT + row] * sg * inv_s,
+                    cg = st[ST_GAMMA * NT + row] * inv_s;
+#pragma unroll
+        for (int i = 0; i < CPL; ++i) {
+            const int col = lane + 32 * i;
+            if (col >= Dv) break;
+            o[row * Dv + col] = from_f32<TI>(ca * to_f32(oF[row * Dv + col]) + cb * to_f32(oG[row * ldG + col])
+                                             + cg * to_f32(oH[row * ldH + col]));
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------- backward scans
+// grid (NC, N), block 128: warp w handles rows 16w..16w+15 of chunk blockIdx.x (row dots, dO of the three
+// streams, dgates, x and y), then warp 0 writes the chunk partials cR (relative to m at the chunk's first
+// token) and cQ.  xy: (2, N, T) float32, x then y.
+template <typename TI, bool CAUSAL>
+__global__ void __launch_bounds__(128) zeros_bchunk(const TI* __restrict__ dout, const TI* __restrict__ oF,
+        const TI* __restrict__ oG, int ldG, const TI* __restrict__ oH, int ldH, const TI* __restrict__ gates, int ng,
+        const float* __restrict__ st, const float* __restrict__ head, int T, int Dv, int NC, float inv_s,
+        TI* __restrict__ dOF, TI* __restrict__ dOG, int ldDG, TI* __restrict__ dOH, int ldDH, float* __restrict__ xy,
+        TI* __restrict__ dgates, float* __restrict__ cR, double* __restrict__ cQ) {
+    using namespace zs;
+    __shared__ float sx[C], sy[C];
+    const Block b = block_of(T);
+    const int c = b.c, n = b.n, cs = b.cs, lane = b.lane;
+    const long long base = b.base, NT = b.NT;
+    const float sg = head[HEAD_SIGMA * gridDim.y + n];
+    warp_rows(b, T, [&](int r, long long row) {
+        const int t = cs + r;
+        float d[CPL], pa = 0.f, pv = 0.f, pz = 0.f;
+#pragma unroll
+        for (int i = 0; i < CPL; ++i) {
+            const int col = lane + 32 * i;
+            d[i] = 0.f;
+            if (col < Dv) {
+                d[i] = to_f32(dout[row * Dv + col]);
+                pa += d[i] * to_f32(oF[row * Dv + col]);
+                pv += d[i] * to_f32(oG[row * ldG + col]);
+                pz += d[i] * to_f32(oH[row * ldH + col]);
+            }
+        }
+        const float a = warp_sum(pa) * inv_s, V = warp_sum(pv) * sg * inv_s, Z = warp_sum(pz) * inv_s;
+        const float alpha = st[ST_ALPHA * NT + row], beta = st[ST_BETA * NT + row], gamma = st[ST_GAMMA * NT + row];
+        const float cF = alpha * inv_s, cG = 0.25f * beta * inv_s, cH = 0.25f * gamma * inv_s / sg;
+#pragma unroll
+        for (int i = 0; i < CPL; ++i) {
+            const int col = lane + 32 * i;
+            if (col >= Dv) break;
+            dOF[row * Dv + col] = from_f32<TI>(cF * d[i]);
+            dOG[row * ldDG + col] = from_f32<TI>(cG * d[i]);
+            dOH[row * ldDH + col] = from_f32<TI>(cH * d[i]);
+        }
+        if (lane == 0) {
+            const float nt = CAUSAL ? (float)(t + 1) : (float)T, P = st[ST_P * NT + row];
+            const float U = a / st[ST_E * NT + row], x = alpha * U, y = beta * Z / nt;
+            sx[r] = x;
+            sy[r] = y;
+            xy[row] = x;
+            xy[NT + row] = y;
+            const float dsig1 = V / nt - P * Z / (nt * nt), dsigh = U - dsig1 - Z / nt;
+            TI* dg = dgates + row * ng;
+            const TI* gr = gates + row * ng;
+            dg[0] = from_f32<TI>(dsig1 * dsigmoid(to_f32(gr[0])));
+            dg[1] = from_f32<TI>(dsigh * dsigmoid(to_f32(gr[1])));
+            if (ng == 3) dg[2] = from_f32<TI>(Z / nt * dtanh_exp(to_f32(gr[2])));
+        }
+    });
+    __syncthreads();
+    if (b.w == 0) {
+        const float mu = st[ST_M * NT + base + cs];
+        float R = 0.f;
+        double Q = 0.0;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int r = 2 * lane + h;
+            if (cs + r < T) {
+                R += rescale(sx[r], mu, st[ST_M * NT + base + cs + r]);
+                Q += sy[r];
+            }
+        }
+        R = warp_sum(R);
+        Q = warp_sum_d(Q);
+        if (lane == 0) {
+            cR[(long long)n * NC + c] = R;
+            cQ[(long long)n * NC + c] = Q;
+        }
+    }
+}
+
+// grid (N), block 256: the reverse scan over chunks.  CAUSAL: yR[c], yQ[c] = R and Q at the first token of
+// chunk c + 1 (R relative to m there; 0 for the last chunk); else the head's totals (every c).
+template <bool CAUSAL>
+__global__ void __launch_bounds__(256) zeros_bscan(const float* __restrict__ cR, const double* __restrict__ cQ,
+        const float* __restrict__ stm, int T, int NC, float* __restrict__ yR, double* __restrict__ yQ) {
+    using namespace zs;
+    __shared__ Bwd wtot[SCAN / 32];
+    const int n = blockIdx.x, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+    const int per = (NC + SCAN - 1) / SCAN, c0 = min(NC, tid * per), c1 = min(NC, c0 + per);
+    const long long base = (long long)n * NC;
+    auto chunk = [&](int c) { return Bwd{stm[(long long)n * T + (long long)c * C], cR[base + c], cQ[base + c]}; };
+    Bwd agg = bwd_empty();
+    if (c0 < c1) {
+        agg = chunk(c0);
+        for (int c = c0 + 1; c < c1; ++c) agg = agg + chunk(c);
+    }
+    Bwd inc = agg;                                                 // inclusive suffix scan over the warp's runs
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const Bwd y = shfl_down(inc, o);
+        if (lane + o < 32) inc = inc + y;
+    }
+    if (lane == 0) wtot[w] = inc;
+    __syncthreads();
+    Bwd after = bwd_empty();                                       // everything after this warp
+    for (int j = SCAN / 32 - 1; j > w; --j) after = wtot[j] + after;
+    if (CAUSAL) {
+        const Bwd ex = shfl_down(inc, 1);
+        if (lane < 31) after = ex + after;
+        for (int c = c1 - 1; c >= c0; --c) {
+            yR[base + c] = after.R;
+            yQ[base + c] = after.Q;
+            after = chunk(c) + after;
+        }
+    } else {
+        Bwd tot = bwd_empty();
+        for (int j = SCAN / 32 - 1; j >= 0; --j) tot = wtot[j] + tot;
+        for (int c = c0; c < c1; ++c) {
+            yR[base + c] = tot.R;
+            yQ[base + c] = tot.Q;
+        }
+    }
+}
+
+// grid (NC, N), block 128.  Warp 0: R_j, Q_j for the chunk's tokens (a reverse shuffle scan seeded by the
+// carry) -> the scalar part of ds; then warp w assembles rows 16w..16w+15.  The core's gradients: F (exact),
+// G and H (divided by 4 sigma; dqH/dkH are nullptr when G and H were one call, whose dq/dk is dqG/dkG).
+template <typename TI, bool CAUSAL>
+__global__ void __launch_bounds__(128) zeros_bfinish(const float* __restrict__ st, const float* __restrict__ head,
+        const float* __restrict__ xy, const float* __restrict__ yR, const double* __restrict__ yQ,
+        const TI* __restrict__ s, const TI* __restrict__ v, const TI* __restrict__ dqF, const TI* __restrict__ dqG,
+        const TI* __restrict__ dqH, const TI* __restrict__ dkF, const TI* __restrict__ dkG, const TI* __restrict__ dkH,
+        const TI* __restrict__ dvF, const TI* __restrict__ dvG, int ldG, const TI* __restrict__ dvH, int ldH,
+        int T, int Dk, int Dv, int NC, TI* __restrict__ dq, TI* __restrict__ dk, TI* __restrict__ dv,
+        TI* __restrict__ ds) {
+    using namespace zs;
+    __shared__ float sds[C];
+    const Block b = block_of(T);
+    const int c = b.c, n = b.n, cs = b.cs, lane = b.lane;
+    const long long base = b.base, NT = b.NT, at = (long long)n * NC + c;
+    if (b.w == 0) {
+        float Rt[2] = {yR[at], yR[at]};
+        double Qt[2] = {yQ[at], yQ[at]};
+        if (CAUSAL) {
+            Bwd e[2];
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const long long row = base + cs + 2 * lane + h;
+                e[h] = cs + 2 * lane + h < T ? Bwd{st[ST_M * NT + row], xy[row], (double)xy[NT + row]} : bwd_empty();
+            }
+            Bwd inc = e[0] + e[1];
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                const Bwd y = shfl_down(inc, o);
+                if (lane + o < 32) inc = inc + y;
+            }
+            const Bwd ex = shfl_down(inc, 1);
+            const Bwd carry{c + 1 < NC ? st[ST_M * NT + base + cs + C] : 0.f, yR[at], yQ[at]};
+            const Bwd after = lane < 31 ? ex + carry : carry;
+            const Bwd r1 = e[1] + after, r0 = e[0] + r1;
+            Rt[0] = r0.R;
+            Rt[1] = r1.R;
+            Qt[0] = r0.Q;
+            Qt[1] = r1.Q;
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int t = cs + 2 * lane + h;
+            if (t < T) sds[2 * lane + h] = -st[ST_U * NT + base + t] * Rt[h] - (float)Qt[h];
+        }
+    }
+    __syncthreads();
+    const float g4 = 4.f * head[HEAD_SIGMA * gridDim.y + n], shift = head[HEAD_SHIFT * gridDim.y + n];
+    warp_rows(b, T, [&](int r, long long row) {
+        const float u = st[ST_U * NT + row], sr = to_f32(s[row]) - shift;
+#pragma unroll
+        for (int i = 0; i < CPL; ++i) {
+            const int col = lane + 32 * i;
+            if (col >= Dk) break;
+            const long long x = row * Dk + col;
+            const float gq = to_f32(dqG[x]) + (dqH ? to_f32(dqH[x]) : 0.f);
+            const float gk = to_f32(dkG[x]) + (dkH ? to_f32(dkH[x]) : 0.f);
+            dq[x] = from_f32<TI>(to_f32(dqF[x]) + g4 * gq);
+            dk[x] = from_f32<TI>(to_f32(dkF[x]) + g4 * gk);
+        }
+        float pd = 0.f;
+#pragma unroll
+        for (int i = 0; i < CPL; ++i) {
+            const int col = lane + 32 * i;
+            if (col >= Dv) break;
+            const float f = to_f32(dvF[row * Dv + col]), gg = to_f32(dvG[row * ldG + col]);
+            const float hh = to_f32(dvH[row * ldH + col]), xv = to_f32(v[row * Dv + col]);
+            dv[row * Dv + col] = from_f32<TI>(u * f + 4.f * sr * gg + g4 * hh);
+            pd += xv * (u * f + 4.f * gg);
+        }
+        pd = warp_sum(pd);
+        if (lane == 0) ds[row] = from_f32<TI>(sds[r] + pd);
+    });
 }

@@ -224,9 +224,10 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     return o, ctx
 
 
-def backward(ctx: CoreContext, do, dST=None):
-    """(dq, dk, dv, dg, dS0): gradients in q's dtype except dg (float32, None without decay) and dS0
-    (float32, None without an initial state).  dST: (N, nseq, dk, dv) gradient of the final state, or None."""
+def backward(ctx: CoreContext, do, dST=None, want_dg=True):
+    """(dq, dk, dv, dg, dS0): gradients in q's dtype except dg (float32; None without decay or when not
+    ``want_dg``) and dS0 (float32, None without an initial state).  dST: (N, nseq, dk, dv) gradient of the
+    final state, or None."""
     import cupy as cp
     q, k, v, g, tab = ctx.q, ctx.k, ctx.v, ctx.g, ctx.table
     N, T, dk = q.shape
@@ -240,6 +241,7 @@ def backward(ctx: CoreContext, do, dST=None):
     segs = (tab.t0, tab.t1)
     dims = (i32(T), i32(dk), i32(dv), i32(tab.nseg), i32(tab.nseq))
     decay = g is not None
+    want_dg = decay and want_dg
     dq = new_output(cp, q.shape, q.dtype)
     dk_ = new_output(cp, k.shape, k.dtype)
     dv_ = new_output(cp, v.shape, v.dtype)
@@ -263,8 +265,8 @@ def backward(ctx: CoreContext, do, dST=None):
                     np.int64(E)))
             if not ctx.causal:
                 dSend = dS0                                  # not causal: the gradient of the total
-    rq = new_output(cp, (ntk, N, T), cp.float32) if decay else None
-    rk = new_output(cp, (ntk, N, T), cp.float32) if decay else None
+    rq = new_output(cp, (ntk, N, T), cp.float32) if want_dg else None
+    rk = new_output(cp, (ntk, N, T), cp.float32) if want_dg else None
     tail = segs + (tab.seq,) + dims + (np.float32(ctx.scale), i32(ctx.causal))
     launch(_kern(dt, split, f"tc_bwd_dq<{ct}, {dvp}, {split}>"), (tab.nseg * ntk, N), (THREADS,),
            (q, k, v, _ptr(g), do, dq, _ptr(rq), _ptr(ctx.Hstart)) + tail, smem_dq(item, dvp))
@@ -275,7 +277,7 @@ def backward(ctx: CoreContext, do, dST=None):
                (THREADS,), (q, k, v, _ptr(g), do, dk_, dv_, _ptr(rk), _ptr(dSend), _ptr(dS0_out)) + tail,
                smem_dkdv(item, dkp, dvp, which))
     dg = None
-    if decay:
+    if want_dg:
         dg = new_output(cp, (N, T), cp.float32)
         cst = None
         if dST is not None:

@@ -124,3 +124,255 @@ for _impl, _desc, _default in (
     register(Variant("zeros", "cupy", _impl, _f, _b, dtypes=("float32", "float16"), array_kind="cupy",
                      gpu=True, default=_default, supports=supports, description=_desc,
                      form="quadratic" if _impl == "naive" else "linear", tol={"float32": 5e-5, "float16": 2e-3}))
+
+
+# ----------------------------------------------------------------------------- tensor cores
+# cupy:chunked_mma (float16, bfloat16; float32 as 3xTF32) and cupy:chunked_mma_tf32: the parallel scans and
+# row kernels of zeros.cu (namespace zs) around two calls of the tensor-core chunk core
+# (kernels/cuda/chunked_mma.cu): F = core(q, k, u v; log decays gF), [G, H] = core(q, k, [((s - c)/sigma) v, v])
+# (two calls when 2 Dv > 128), o = (alpha oF + beta sigma oG + gamma oH) / s_o.  Read the zeros.cu section
+# header for the derivation, the shift c and the scales s_o (stream outputs) and sigma (per head).
+import math  # noqa: E402
+from dataclasses import dataclass as _dataclass  # noqa: E402
+
+from workbench.backends import data_ptr, new_output  # noqa: E402
+
+from . import _chunked_mma as mma  # noqa: E402
+from ._module import launch  # noqa: E402
+from .decayed import _supports_mma  # noqa: E402  (head dims up to the core's MAX_DIM, the same rule)
+
+SCAN_CHUNK = 64             # tokens per scan chunk (zeros.cu: zs::C)
+SCAN_WARPS = 4              # warps per block of the per-chunk kernels (zs::WARPS)
+SCAN_THREADS = 256          # block of the scans over chunks (zs::SCAN)
+NST = 8                     # per-token statistics rows (zs::NST): m, E, P - n c, alpha, beta, gamma, u, gF
+ST_GF = 7
+NHEAD = 2                   # per-head rows (zs::NHEAD): sigma, c
+_CT = {"float32": "float", "float16": "wb_half", "bfloat16": "wb_bf16"}
+
+
+def _flag(x):
+    return "true" if x else "false"
+
+
+def scan_exprs(ctype: str) -> tuple:
+    """Every zs kernel of one storage type, compiled together (one NVRTC run per dtype)."""
+    out = [f"zeros_fchunk<{ctype}>", f"zeros_combine<{ctype}>"]
+    out += [f"zeros_{k}<{ctype}, {_flag(c)}>" for k in ("ftoken", "bchunk", "bfinish") for c in (True, False)]
+    out += [f"zeros_{k}<{_flag(c)}>" for k in ("fscan", "bscan") for c in (True, False)]
+    return tuple(out)
+
+
+INSTANTIATIONS += [(SOURCE, e) for ct in _CT.values() for e in scan_exprs(ct)]
+declare_groups(SOURCE, [scan_exprs(ct) for ct in _CT.values()])
+
+
+def _zs(dtype: str, expr: str):
+    return get_kernel(SOURCE, expr, group=scan_exprs(_CT[dtype]))
+
+
+def output_scale(T: int) -> float:
+    """s_o: the power of two the stream outputs are stored at (<= 256 / T, at most 1)."""
+    return 2.0 ** -max(0, math.ceil(math.log2(max(T, 1))) - 8)
+
+
+def _at(a, offset: int = 0):
+    """Device address of element ``offset`` of a contiguous array (columns of a shared stream array)."""
+    return np.uint64(data_ptr(a) + offset * a.itemsize)
+
+
+@_dataclass
+class ForwardStats:
+    """Per-token statistics (zeros_ftoken): st (NST, N, T) float32 rows m, E, P - n c, alpha, beta, gamma, u, gF;
+    head (NHEAD, N) float32 rows sigma (the power of two >= max(1, max |s - c|)) and c ((min s + max s) / 2)."""
+    st: object
+    head: object
+
+
+def forward_stats(s, gates, v, causal, vF, vG, ldG, vH=None, ldH=0) -> ForwardStats:
+    """The three forward scan kernels; also writes the stream values vF = u v, vG = ((s - c)/sigma) v and
+    (when vH is given) vH = v, at leading dimensions Dv, ldG, ldH."""
+    import cupy as cp
+    N, T = s.shape
+    dt = str(s.dtype)
+    NC = -(-T // SCAN_CHUNK)
+    i32 = np.int32
+    cM, cE, cLo, cHi = (new_output(cp, (N, NC), cp.float32) for _ in range(4))
+    cP = new_output(cp, (N, NC), cp.float64)
+    launch(_zs(dt, f"zeros_fchunk<{_CT[dt]}>"), (-(-NC // SCAN_WARPS), N), (32 * SCAN_WARPS,),
+           (s, i32(T), i32(NC), cM, cE, cP, cLo, cHi))
+    xM, xE = (new_output(cp, (N, NC), cp.float32) for _ in range(2))
+    xP = new_output(cp, (N, NC), cp.float64)
+    head = new_output(cp, (NHEAD, N), cp.float32)
+    launch(_zs(dt, f"zeros_fscan<{_flag(causal)}>"), (N,), (SCAN_THREADS,),
+           (cM, cE, cP, cLo, cHi, i32(NC), xM, xE, xP, head))
+    st = new_output(cp, (NST, N, T), cp.float32)
+    Dv = v.shape[-1]
+    launch(_zs(dt, f"zeros_ftoken<{_CT[dt]}, {_flag(causal)}>"), (NC, N), (32 * SCAN_WARPS,),
+           (s, gates, v, i32(gates.shape[-1]), i32(T), i32(Dv), i32(NC), xM, xE, xP, head, st, vF, vG, i32(ldG),
+            vH if vH is not None else np.uint64(0), i32(ldH)))
+    return ForwardStats(st, head)
+
+
+@_dataclass
+class Streams:
+    """The stream arrays of one op call: F (N, T, Dv) and G, H as (array, column offset, leading dim)."""
+    F: object
+    G: object
+    g_off: int
+    g_ld: int
+    H: object
+    h_off: int
+    h_ld: int
+
+    def g(self):
+        return _at(self.G, self.g_off)
+
+    def h(self):
+        return _at(self.H, self.h_off)
+
+
+def _gh_fused(Dv: int) -> bool:
+    return 2 * Dv <= mma.MAX_DIM
+
+
+def backward_scalars(dt, do, outs: Streams, gates, stats: ForwardStats, causal, inv_s, douts: Streams):
+    """zeros_bchunk + zeros_bscan: the streams' output gradients (into douts), dgates, and the per-token
+    x, y with the chunk carries that zeros_bfinish needs.  Returns (dgates, xy, yR, yQ)."""
+    import cupy as cp
+    N, T, Dv = do.shape
+    NC = -(-T // SCAN_CHUNK)
+    i32 = np.int32
+    xy = new_output(cp, (2, N, T), cp.float32)
+    dgates = new_output(cp, gates.shape, gates.dtype)
+    cR = new_output(cp, (N, NC), cp.float32)
+    cQ = new_output(cp, (N, NC), cp.float64)
+    launch(_zs(dt, f"zeros_bchunk<{_CT[dt]}, {_flag(causal)}>"), (NC, N), (32 * SCAN_WARPS,),
+           (do, outs.F, outs.g(), i32(outs.g_ld), outs.h(), i32(outs.h_ld), gates, i32(gates.shape[-1]), stats.st,
+            stats.head, i32(T), i32(Dv), i32(NC), np.float32(inv_s), douts.F, douts.g(), i32(douts.g_ld), douts.h(),
+            i32(douts.h_ld), xy, dgates, cR, cQ))
+    yR = new_output(cp, (N, NC), cp.float32)
+    yQ = new_output(cp, (N, NC), cp.float64)
+    launch(_zs(dt, f"zeros_bscan<{_flag(causal)}>"), (N,), (SCAN_THREADS,), (cR, cQ, stats.st[0], i32(T), i32(NC), yR, yQ))
+    return dgates, xy, yR, yQ
+
+
+def combine(dt, stats: ForwardStats, outs: Streams, inv_s: float):
+    """zeros_combine: o = inv_s (alpha oF' + beta sigma oG' + gamma oH') in the input dtype."""
+    import cupy as cp
+    N, T, Dv = outs.F.shape
+    o = new_output(cp, (N, T, Dv), outs.F.dtype)
+    launch(_zs(dt, f"zeros_combine<{_CT[dt]}>"), (-(-T // SCAN_CHUNK), N), (32 * SCAN_WARPS,),
+           (stats.st, stats.head, outs.F, outs.g(), np.int32(outs.g_ld), outs.h(), np.int32(outs.h_ld), o,
+            np.int32(T), np.int32(Dv), np.float32(inv_s)))
+    return o
+
+
+@_dataclass
+class CoreGrads:
+    """Gradients from the core calls: F exact; G and H divided by 4 sigma (dqH, dkH None when G and H were
+    one call); dvG, dvH as (array, column offset, leading dim) through a Streams-like pair."""
+    dqF: object
+    dkF: object
+    dqG: object
+    dkG: object
+    dqH: object
+    dkH: object
+    dv: Streams
+
+
+def finish(dt, s, v, stats: ForwardStats, xy, yR, yQ, g: CoreGrads, causal):
+    """zeros_bfinish: dq, dk, dv, ds in the input dtype."""
+    import cupy as cp
+    N, T, Dv = v.shape
+    Dk = g.dqF.shape[-1]
+    NC = -(-T // SCAN_CHUNK)
+    i32 = np.int32
+    dq = new_output(cp, (N, T, Dk), s.dtype)
+    dk = new_output(cp, (N, T, Dk), s.dtype)
+    dv = new_output(cp, (N, T, Dv), s.dtype)
+    ds = new_output(cp, (N, T), s.dtype)
+    null = np.uint64(0)
+    launch(_zs(dt, f"zeros_bfinish<{_CT[dt]}, {_flag(causal)}>"), (NC, N), (32 * SCAN_WARPS,),
+           (stats.st, stats.head, xy, yR, yQ, s, v, g.dqF, g.dqG, null if g.dqH is None else g.dqH, g.dkF, g.dkG,
+            null if g.dkH is None else g.dkH, g.dv.F, g.dv.g(), i32(g.dv.g_ld), g.dv.h(), i32(g.dv.h_ld), i32(T),
+            i32(Dk), i32(Dv), i32(NC), dq, dk, dv, ds))
+    return dq, dk, dv, ds
+
+
+def _stream_arrays(cp, N, T, Dv, dtype, fused, h_given=None) -> Streams:
+    """Fresh F, G, H arrays: G and H side by side in one (N, T, 2 Dv) array when fused, else apart (H may
+    be given: the values of H are v itself)."""
+    F = new_output(cp, (N, T, Dv), dtype)
+    if fused:
+        GH = new_output(cp, (N, T, 2 * Dv), dtype)
+        return Streams(F, GH, 0, 2 * Dv, GH, Dv, 2 * Dv)
+    H = h_given if h_given is not None else new_output(cp, (N, T, Dv), dtype)
+    return Streams(F, new_output(cp, (N, T, Dv), dtype), 0, Dv, H, 0, Dv)
+
+
+@_dataclass
+class _MMAContext:
+    s: object
+    v: object
+    gates: object
+    causal: bool
+    inv_s: float
+    stats: ForwardStats
+    outs: Streams            # the stored stream outputs oF', oG', oH'
+    cores: tuple             # CoreContext of F, then of GH (fused) or of G and H
+
+
+def _make_mma(split):
+    def forward(q, k, v, s, gates, causal=True):
+        import cupy as cp
+        N, T, Dv = v.shape
+        dt = str(q.dtype)
+        fused = _gh_fused(Dv)
+        vals = _stream_arrays(cp, N, T, Dv, q.dtype, fused, h_given=v)
+        stats = forward_stats(s, gates, v, causal, vals.F, vals.g(), vals.g_ld,
+                              vals.h() if fused else None, vals.h_ld)
+        so = output_scale(T)
+        gF = stats.st[ST_GF] if causal else None
+        oF, cF = mma.forward(q, k, vals.F, gF, scale=so, causal=causal, split=split)
+        if fused:
+            oGH, cGH = mma.forward(q, k, vals.G, None, scale=so, causal=causal, split=split)
+            outs, cores = Streams(oF, oGH, 0, 2 * Dv, oGH, Dv, 2 * Dv), (cF, cGH)
+        else:
+            oG, cG = mma.forward(q, k, vals.G, None, scale=so, causal=causal, split=split)
+            oH, cH = mma.forward(q, k, v, None, scale=so, causal=causal, split=split)
+            outs, cores = Streams(oF, oG, 0, Dv, oH, 0, Dv), (cF, cG, cH)
+        o = combine(dt, stats, outs, 1.0 / so)
+        return o, _MMAContext(s, v, gates, bool(causal), 1.0 / so, stats, outs, cores)
+
+    def backward(ctx, do):
+        import cupy as cp
+        v = ctx.v
+        N, T, Dv = v.shape
+        dt = str(v.dtype)
+        do = cp.ascontiguousarray(do, dtype=v.dtype)
+        fused = len(ctx.cores) == 2
+        douts = _stream_arrays(cp, N, T, Dv, v.dtype, fused)
+        dgates, xy, yR, yQ = backward_scalars(dt, do, ctx.outs, ctx.gates, ctx.stats, ctx.causal, ctx.inv_s, douts)
+        dqF, dkF, dvF, _, _ = mma.backward(ctx.cores[0], douts.F, want_dg=False)     # d gF is not needed (m held fixed)
+        if fused:
+            dqG, dkG, dvGH, _, _ = mma.backward(ctx.cores[1], douts.G)
+            grads = CoreGrads(dqF, dkF, dqG, dkG, None, None, Streams(dvF, dvGH, 0, 2 * Dv, dvGH, Dv, 2 * Dv))
+        else:
+            dqG, dkG, dvG, _, _ = mma.backward(ctx.cores[1], douts.G)
+            dqH, dkH, dvH, _, _ = mma.backward(ctx.cores[2], douts.H)
+            grads = CoreGrads(dqF, dkF, dqG, dkG, dqH, dkH, Streams(dvF, dvG, 0, Dv, dvH, 0, Dv))
+        dq, dk, dv, ds = finish(dt, ctx.s, v, ctx.stats, xy, yR, yQ, grads, ctx.causal)
+        return dq, dk, dv, ds, dgates
+
+    return forward, backward
+
+
+_f, _bw = _make_mma(3)
+register(Variant("zeros", "cupy", "chunked_mma", _f, _bw, dtypes=("float32", "float16", "bfloat16"),
+                 array_kind="cupy", gpu=True, supports=_supports_mma, form="linear",
+                 description="parallel scans + the tensor-core chunk core: F (decayed by the running max) and "
+                             "[G, H] in two core calls; float32 as 3xTF32"))
+_f, _bw = _make_mma(1)
+register(Variant("zeros", "cupy", "chunked_mma_tf32", _f, _bw, dtypes=("float32",), array_kind="cupy", gpu=True,
+                 supports=_supports_mma, form="linear", tags=("tf32",),
+                 description="cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, opt-in)"))

@@ -6,16 +6,19 @@ anything imports CuPy.  Its ``RawModule`` compiles each kernel a module asks for
 text and name expression, C++20, cached on disk by content) against scripts/cuda_emu/emu.h, which emulates the
 CUDA execution model (one std::thread per CUDA thread, block barriers, warp collectives) and the inline PTX
 the sources use, after this script rewrites every ``asm(...)`` statement into an ``emu::ptx(text, outputs,
-inputs)`` call and every ``__shared__`` declaration into emulator memory (poisoned before each block).  Its kernels check a launch as the
-driver would (argument count and sizes against the kernel's parameters, the dynamic shared-memory opt-in,
-grid and block limits).  So every kernels/cupy module runs unchanged; which cases run is data (``CASES``):
-each names a family (its runner: the check that family's GPU tests make) and the runner's arguments.
+inputs)`` call and every ``__shared__`` declaration into emulator memory (poisoned before each block).  Its
+kernels check a launch as the driver would (argument count and sizes against the kernel's parameters, the
+dynamic shared-memory opt-in, grid and block limits).  So every kernels/cupy module runs unchanged; which
+cases run is data (``cases()``): each names its family (the kernel module it checks), a runner (the check that
+family's GPU tests make) and the runner's arguments.
 
 Families:  softmax      the registry's cupy softmax variants against workbench.reference.softmax; first the
                         emulator's self-check on cupy:flash_mma (tensor-core kernels verified on GPUs: if
                         they fail here, the emulator is wrong, not the kernels)
            chunked_mma  kernels/cupy/_chunked_mma.py forward + backward through tests/test_cupy_chunked_mma.py's
                         run_case (a float64 token-by-token recurrence) and its tolerances
+           zeros        the cupy ZeroS variants through tests/test_cupy_zeros_mma.py's _vjp_errors and
+                        tolerances, and that file's GPU tests of the scan and row kernels, called as they are
 
     python scripts/cuda_emulate.py              # every case; exit 1 on any failure (or when none ran)
     python scripts/cuda_emulate.py -k fa2_tf32  # cases whose label contains the text (repeatable: any)
@@ -391,40 +394,79 @@ def run_chunked_mma(dtype, split, cu, dk, dv, mode, L) -> Result:
     return Result(not bad, {n: e for n, (e, _) in res.items()}, tol, "; ".join(bad))
 
 
-@dataclass(frozen=True)
-class Family:
-    run: object                  # runner(**case.params) -> Result
+def run_zeros_variant(impl, dtype, lead, T, Dk, Dv, causal, n_gates) -> Result:
+    """A cupy ZeroS variant on the tensor-core core through the public API (wb.vjp), output and every gradient
+    against the float64 reference, through tests/test_cupy_zeros_mma.py's _vjp_errors and tolerances."""
+    t = _load_test_module("test_cupy_zeros_mma")
+    tol = {(i, d): x for i, d, x in t.CASES}[(impl, dtype)]
+    errs = t._vjp_errors(impl, dtype, lead, T, Dk, Dv, causal, n_gates)
+    return Result(all(e < tol for e in errs.values()), errs, tol)
 
 
-FAMILIES = {"softmax": Family(run_softmax), "chunked_mma": Family(run_chunked_mma)}
+def run_test_function(module, function, kwargs) -> Result:
+    """A GPU test function of tests/<module>.py, called with kwargs (its parameters): passes unless it raises."""
+    getattr(_load_test_module(module), function)(**kwargs)
+    return Result(True, {}, float("nan"))
+
+
+RUNNERS = {"softmax": run_softmax, "chunked_mma": run_chunked_mma, "zeros_variant": run_zeros_variant,
+           "test_function": run_test_function}
 
 
 # ----------------------------------------------------------------------------- cases
 @dataclass(frozen=True)
 class Case:
-    family: str
+    family: str                  # the kernel module it checks
     label: str
+    runner: str                  # a key of RUNNERS
     params: dict = field(hash=False)
 
 
 def _softmax(label, variant, dtype, lead, T, Dk, Dv, causal, full_mantissa=False):
-    return Case("softmax", label, dict(variant=variant, dtype=dtype, lead=lead, T=T, Dk=Dk, Dv=Dv, causal=causal,
-                                       full_mantissa=full_mantissa, seed=len(label)))
+    return Case("softmax", label, "softmax", dict(variant=variant, dtype=dtype, lead=lead, T=T, Dk=Dk, Dv=Dv,
+                                                  causal=causal, full_mantissa=full_mantissa, seed=len(label)))
 
 
 def _chunked(dtype, split, cu, dk, dv, mode, L):
     label = f"chunked_mma {dtype}/{split} cu={','.join(map(str, cu))} {dk}x{dv} {mode} L={L}"
-    return Case("chunked_mma", label, dict(dtype=dtype, split=split, cu=cu, dk=dk, dv=dv, mode=mode, L=L))
+    return Case("chunked_mma", label, "chunked_mma", dict(dtype=dtype, split=split, cu=cu, dk=dk, dv=dv, mode=mode,
+                                                          L=L))
 
 
-CASES = [_softmax("emulator self-check: flash_mma (GPU-verified kernels)", "flash_mma", "float16", (1,), 70, 64, 64,
-                  True)]
+def _zeros(impl, dtype, lead, T, Dk, Dv, causal, n_gates):
+    label = (f"zeros cupy:{impl} {dtype} {'x'.join(map(str, lead))} T={T} {Dk}x{Dv} causal={causal} "
+             f"gates={n_gates}")
+    return Case("zeros", label, "zeros_variant", dict(impl=impl, dtype=dtype, lead=lead, T=T, Dk=Dk, Dv=Dv,
+                                                      causal=causal, n_gates=n_gates))
+
+
+def _zeros_test(function, **kwargs):
+    label = f"zeros {function}(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")"
+    return Case("zeros", label, "test_function", dict(module="test_cupy_zeros_mma", function=function,
+                                                      kwargs=kwargs))
+
+
+def _test_grid(module: str, function: str) -> list:
+    """Every parameter combination of a test function's ``pytest.mark.parametrize`` marks, as kwargs (those
+    with a bfloat16 value left out: not emulated)."""
+    combos = [{}]
+    for m in getattr(getattr(_load_test_module(module), function), "pytestmark", []):
+        if m.name != "parametrize":
+            continue
+        names, values = m.args[0], m.args[1]
+        names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+        combos = [{**c, **dict(zip(names, v if len(names) > 1 else (v,)))} for c in combos for v in values]
+    return [c for c in combos if "bfloat16" not in c.values()]
+
+
+SOFTMAX_CASES = [
+    _softmax("emulator self-check: flash_mma (GPU-verified kernels)", "flash_mma", "float16", (1,), 70, 64, 64, True)]
 for _causal in (True, False):
-    CASES += [_softmax(f"fa2 fp16 T=70 D=64 causal={_causal}", "fa2", "float16", (2,), 70, 64, 64, _causal),
-              _softmax(f"fa2_3xtf32 T=70 D=64 causal={_causal}", "fa2_3xtf32", "float32", (1,), 70, 64, 64, _causal,
-                       True),
-              _softmax(f"fa2_tf32 T=70 D=64 causal={_causal}", "fa2_tf32", "float32", (1,), 70, 64, 64, _causal, True)]
-CASES += [
+    SOFTMAX_CASES += [
+        _softmax(f"fa2 fp16 T=70 D=64 causal={_causal}", "fa2", "float16", (2,), 70, 64, 64, _causal),
+        _softmax(f"fa2_3xtf32 T=70 D=64 causal={_causal}", "fa2_3xtf32", "float32", (1,), 70, 64, 64, _causal, True),
+        _softmax(f"fa2_tf32 T=70 D=64 causal={_causal}", "fa2_tf32", "float32", (1,), 70, 64, 64, _causal, True)]
+SOFTMAX_CASES += [
     _softmax("fa2 fp16 T=1", "fa2", "float16", (2,), 1, 64, 64, True),
     _softmax("fa2 fp16 T=200 Dk=Dv=128", "fa2", "float16", (1,), 200, 128, 128, True),
     _softmax("fa2 fp16 T=130 Dk=16 Dv=24 (bucket 32)", "fa2", "float16", (2,), 130, 16, 24, False),
@@ -434,6 +476,7 @@ CASES += [
     _softmax("fa2_3xtf32 T=150 Dk=Dv=128", "fa2_3xtf32", "float32", (1,), 150, 128, 128, True, True),
     _softmax("fa2_3xtf32 T=130 Dk=32 Dv=24", "fa2_3xtf32", "float32", (1,), 130, 32, 24, False, True),
     _softmax("fa2_tf32 T=150 Dk=Dv=128", "fa2_tf32", "float32", (1,), 150, 128, 128, False, True)]
+
 # chunked_mma: every storage type and split the emulator runs x every mode x segment lengths.  Shapes: packed
 # T = 130 (sequences of 1, 63, 1, 65 tokens: chunk edges, one-token sequences) and T = 130 in one sequence
 # (segments of 3, 1 and 2 chunks), each with every L; head dims 80 x 72 (128-wide tiles, separate dk and dv
@@ -441,10 +484,36 @@ CASES += [
 CHUNKED_SHAPES = [((0, 1, 64, 65, 130), 64, 64, (0, 1, 2)), ((0, 130), 32, 48, (0, 1, 2)),
                   ((0, 97), 80, 72, (0, 1)), ((0, 63, 130), 96, 40, (0, 1)), ((0, 70), 5, 7, (0, 1)),
                   ((0, 1), 64, 64, (0,))]
-for _dt, _split in (("float16", 1), ("float32", 3), ("float32", 1)):
-    for _cu, _dk, _dv, _Ls in CHUNKED_SHAPES:
-        for _mode in ("linear", "decayed", "noncausal"):
-            CASES += [_chunked(_dt, _split, _cu, _dk, _dv, _mode, _L) for _L in _Ls]
+CHUNKED_CASES = [_chunked(dt, split, cu, dk, dv, mode, L)
+                 for dt, split in (("float16", 1), ("float32", 3), ("float32", 1))
+                 for cu, dk, dv, Ls in CHUNKED_SHAPES for mode in ("linear", "decayed", "noncausal") for L in Ls]
+
+# zeros: the ZeroS variants on the tensor-core core (public API; every dtype and split the emulator runs; the
+# GPU test's shapes but its T = 4097, one lead dim where it has two; both causal modes and gate counts spread
+# over them), then GPU tests called as they are: every parametrisation of the scan and row kernel tests and of
+# the extreme-logit variant test, the NaN tests.
+ZEROS_CASES = [_zeros(*row) for row in (
+    ("chunked_mma", "float32", (2, 3), 37, 5, 7, True, 3),
+    ("chunked_mma", "float32", (1,), 1, 64, 64, False, 2),
+    ("chunked_mma", "float32", (1,), 130, 64, 64, False, 3),
+    ("chunked_mma", "float32", (1,), 200, 80, 48, True, 2),
+    ("chunked_mma", "float32", (1,), 70, 128, 80, False, 3),
+    ("chunked_mma", "float32", (1,), 65, 32, 128, True, 2),
+    ("chunked_mma", "float16", (1,), 1, 64, 64, True, 3),
+    ("chunked_mma", "float16", (2, 3), 37, 5, 7, False, 2),
+    ("chunked_mma", "float16", (1,), 130, 64, 64, True, 2),
+    ("chunked_mma", "float16", (1,), 70, 128, 80, True, 3),
+    ("chunked_mma_tf32", "float32", (1,), 130, 64, 64, True, 3),
+    ("chunked_mma_tf32", "float32", (1,), 65, 32, 128, False, 2))]
+ZEROS_GRID_TESTS = ("test_forward_stats", "test_backward_rows", "test_variant_extreme_logits")
+ZEROS_TESTS = ("test_forward_stats_nan", "test_variant_nan_in_s_reaches_later_rows_only")
+
+
+def cases() -> list:
+    """Every case, in running order (the zeros grids read from its test file's parametrize marks)."""
+    zeros_tests = [_zeros_test(f, **kw) for f in ZEROS_GRID_TESTS for kw in _test_grid("test_cupy_zeros_mma", f)]
+    return (SOFTMAX_CASES + CHUNKED_CASES + ZEROS_CASES + zeros_tests
+            + [_zeros_test(f) for f in ZEROS_TESTS])
 
 
 # ----------------------------------------------------------------------------- main
@@ -453,7 +522,7 @@ def main(argv=None) -> int:
     ap.add_argument("-k", action="append", default=[], help="only cases whose label contains this text")
     ap.add_argument("--list", action="store_true", help="print the selected case labels and exit")
     a = ap.parse_args(argv)
-    chosen = [c for c in CASES if not a.k or any(k in c.label for k in a.k)]
+    chosen = [c for c in cases() if not a.k or any(k in c.label for k in a.k)]
     if a.list:
         print("\n".join(c.label for c in chosen))
         return 0 if chosen else 1
@@ -465,12 +534,13 @@ def main(argv=None) -> int:
     for c in chosen:
         t = time.time()
         try:
-            r = FAMILIES[c.family].run(**c.params)
+            r = RUNNERS[c.runner](**c.params)
         except Exception as e:                 # a launch the emulator refused, a failed build: the case fails
             r = Result(False, {}, float("nan"), f"{type(e).__name__}: {e}")
         bad += not r.ok
-        print(f"{'ok  ' if r.ok else 'FAIL'} {c.label}: " + " ".join(f"{n} {e:.1e}" for n, e in r.errors.items())
-              + f" (tol {r.tol:.0e}, {time.time() - t:.0f} s)" + (f"\n     {r.note}" if r.note else ""), flush=True)
+        errs = " ".join(f"{n} {e:.1e}" for n, e in r.errors.items()) + (f" (tol {r.tol:.0e})" if r.errors else "")
+        print(f"{'ok  ' if r.ok else 'FAIL'} {c.label}: {errs} ({time.time() - t:.0f} s)"
+              + (f"\n     {r.note}" if r.note else ""), flush=True)
     print(f"{len(chosen) - bad} of {len(chosen)} cases passed")
     return 1 if bad else 0
 

@@ -23,6 +23,9 @@ FAMILY_CASES = {
     "chunked_mma": ["chunked_mma float16/1 cu=0,1,64,65,130 64x64 decayed L=1",
                     "chunked_mma float32/3 cu=0,97 80x72 linear L=0",
                     "chunked_mma float32/1 cu=0,63,130 96x40 noncausal L=1"],
+    "zeros": ["zeros cupy:chunked_mma float16 1 T=130 64x64 causal=True gates=2",
+              "zeros test_forward_stats(T=130, kind=ties, causal=True)",
+              "zeros test_backward_rows(T=65, kind=ties, Dv=80, causal=False)"],
 }
 
 
@@ -41,12 +44,15 @@ def emu():
 
 
 def test_case_list(emu):
-    labels = [c.label for c in emu.CASES]
+    cases = emu.cases()
+    labels = [c.label for c in cases]
     assert len(set(labels)) == len(labels)
-    assert {c.family for c in emu.CASES} == set(emu.FAMILIES) == set(FAMILY_CASES)
+    assert {c.family for c in cases} == set(FAMILY_CASES)
+    assert {c.runner for c in cases} == set(emu.RUNNERS)
+    assert sum("test_forward_stats(" in x for x in labels) == 36        # the GPU test's whole grid
     for family, chosen in FAMILY_CASES.items():
         for text in chosen:
-            hits = [c for c in emu.CASES if text in c.label]
+            hits = [c for c in cases if text in c.label]
             assert len(hits) == 1 and hits[0].family == family, (text, [c.label for c in hits])
     r = _emulate("--list", "-k", "no such case")
     assert r.returncode == 1

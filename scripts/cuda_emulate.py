@@ -25,7 +25,9 @@ Families:  softmax      the registry's cupy softmax variants against workbench.r
     python scripts/cuda_emulate.py --list       # the case labels
 
 Slow (threads x barriers on a few cores): small shapes only.  bfloat16 is not emulated (NumPy has no such
-dtype here); the bfloat16 kernels differ from the float16 ones only in their mma and conversion instructions.
+dtype here; such cases are left out); the bfloat16 kernels differ from the float16 ones only in their mma and
+conversion instructions.  Not checked: global-memory bounds (a read past an array returns whatever the host
+memory holds), the memory model beyond barriers and cp.async waits, timing.
 """
 from __future__ import annotations
 

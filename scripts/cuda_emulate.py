@@ -19,6 +19,8 @@ Families:  softmax      the registry's cupy softmax variants against workbench.r
                         run_case (a float64 token-by-token recurrence) and its tolerances
            zeros        the cupy ZeroS variants through tests/test_cupy_zeros_mma.py's _vjp_errors and
                         tolerances, and that file's GPU tests of the scan and row kernels, called as they are
+           every op     one cell of ``cli.py check`` (workbench.check.compare) per registered cupy variant
+                        and dtype: every module of kernels/cupy, state and packed sequences where implemented
 
     python scripts/cuda_emulate.py              # every case; exit 1 on any failure (or when none ran)
     python scripts/cuda_emulate.py -k fa2_tf32  # cases whose label contains the text (repeatable: any)
@@ -411,8 +413,19 @@ def run_test_function(module, function, kwargs) -> Result:
     return Result(True, {}, float("nan"))
 
 
+def run_check_cell(op, variant, dtype, lead, T, Dk, Dv, causal, state, packed) -> Result:
+    """A registered cupy variant of any op through the public API on one cell of ``cli.py check``
+    (workbench.check.compare: the float64 explicit reference, the variant's own tolerance), the output, every
+    gradient and, with ``state``, the final state and the initial state's gradient."""
+    from workbench import check
+    r = check.compare(op, f"cupy:{variant}", lead, T, Dk, Dv, dtype, causal=causal, state=state, packed=packed)
+    tol, ok = r.pop("tol"), r.pop("ok")
+    r.pop("seconds")
+    return Result(ok, r, tol)
+
+
 RUNNERS = {"softmax": run_softmax, "chunked_mma": run_chunked_mma, "zeros_variant": run_zeros_variant,
-           "test_function": run_test_function}
+           "test_function": run_test_function, "check_cell": run_check_cell}
 
 
 # ----------------------------------------------------------------------------- cases
@@ -446,6 +459,28 @@ def _zeros_test(function, **kwargs):
     label = f"zeros {function}(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")"
     return Case("zeros", label, "test_function", dict(module="test_cupy_zeros_mma", function=function,
                                                       kwargs=kwargs))
+
+
+def _cells() -> list:
+    """One check cell per registered cupy variant of every op and emulated dtype: causal (with an initial state,
+    the final state and packed sequences where the variant implements them), and not causal in the first
+    dtype; T = 70 crosses a 64-token chunk or tile, head dims 16 x 24."""
+    from workbench import registry
+    import kernels.cupy  # noqa: F401  (registers the cupy variants)
+    out = []
+    for op in registry.OPS:
+        for v in registry.variants(op):
+            if v.backend != "cupy":
+                continue
+            for i, dtype in enumerate(d for d in v.dtypes if d != "bfloat16"):
+                for causal in (True, False) if i == 0 and op != "decayed" else (True,):
+                    state, packed = causal and "state" in v.features, causal and "packed" in v.features
+                    label = (f"{op} cell cupy:{v.name} {dtype} T=70 16x24 causal={causal}"
+                             + " state" * state + " packed" * packed)
+                    out.append(Case(op, label, "check_cell", dict(op=op, variant=v.name, dtype=dtype, lead=(2,),
+                                                                  T=70, Dk=16, Dv=24, causal=causal, state=state,
+                                                                  packed=packed)))
+    return out
 
 
 def _test_grid(module: str, function: str) -> list:
@@ -515,7 +550,7 @@ def cases() -> list:
     """Every case, in running order (the zeros grids read from its test file's parametrize marks)."""
     zeros_tests = [_zeros_test(f, **kw) for f in ZEROS_GRID_TESTS for kw in _test_grid("test_cupy_zeros_mma", f)]
     return (SOFTMAX_CASES + CHUNKED_CASES + ZEROS_CASES + zeros_tests
-            + [_zeros_test(f) for f in ZEROS_TESTS])
+            + [_zeros_test(f) for f in ZEROS_TESTS] + _cells())
 
 
 # ----------------------------------------------------------------------------- main

@@ -147,6 +147,34 @@ __device__ __forceinline__ void scale_acc_rows(float (&a)[MT][NT][4], int m0, F 
     }
 }
 
+// every element of an accumulator tile times f (a state carried across a chunk: f = e^{b_last})
+template <int MT, int NT>
+__device__ __forceinline__ void scale_acc(float (&a)[MT][NT][4], float f) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) a[i][j][0] *= f, a[i][j][1] *= f, a[i][j][2] *= f, a[i][j][3] *= f;
+}
+
+// Row dots x_r . acc_r of the warp's 16 rows (tile rows m0 + ...) against a shared tile s (row stride lds),
+// written to out[r] for rows r < nrow: the d log_decay terms q.dq and k.dk of one 64-column tile.
+template <typename T>
+__device__ __forceinline__ void row_dots(const float (&a)[8][4], const T* s, int lds, int m0, int nrow,
+                                         float* __restrict__ out) {
+    const int gq = (threadIdx.x & 31) >> 2, tq = threadIdx.x & 3;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int r = m0 + gq + 8 * h;
+        float d = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+            d += a[nt][2 * h] * to_f32(s[r * lds + 8 * nt + 2 * tq]) + a[nt][2 * h + 1] * to_f32(s[r * lds + 8 * nt + 2 * tq + 1]);
+        d += __shfl_xor_sync(0xffffffffu, d, 1);
+        d += __shfl_xor_sync(0xffffffffu, d, 2);
+        if (tq == 0 && r < nrow) out[r] = d;
+    }
+}
+
 // The state tile (fp32 fragments, rows m0.. of the block's tile) -> shared memory in T, scaled by 1/sigma;
 // returns sigma (1 except for fp16, where it is the power of two that keeps |H| / sigma <= 2^14).
 // Every thread of the block must call it (it synchronises for the fp16 reduction).
@@ -306,11 +334,7 @@ __global__ void __launch_bounds__(128) tc_fwd(const T* __restrict__ q, const T* 
                 __syncthreads();                                   // every warp is done reading sV
                 scale_rows<T, BV>(sV, LDV, tr->u, 1.f);
                 __syncthreads();
-                const float el = tr->e[C - 1];
-#pragma unroll
-                for (int i = 0; i < HMT; ++i)
-#pragma unroll
-                    for (int j = 0; j < 8; ++j) H[i][j][0] *= el, H[i][j][1] *= el, H[i][j][2] *= el, H[i][j][3] *= el;
+                scale_acc(H, tr->e[C - 1]);
             }
             gemm_ss<T, SPLIT, HMT, 8, true, false>(H, sK, LDK, sV, LDV, hm0, 0, 0, C);
         }
@@ -360,12 +384,8 @@ __global__ void __launch_bounds__(128) tc_seg_state(const T* __restrict__ x, con
             __syncthreads();
         }
         if (decay) {
-            const float el = tr->e[C - 1];
             gsum += tr->b[C - 1];
-#pragma unroll
-            for (int i = 0; i < HMT; ++i)
-#pragma unroll
-                for (int jj = 0; jj < 8; ++jj) Es[i][jj][0] *= el, Es[i][jj][1] *= el, Es[i][jj][2] *= el, Es[i][jj][3] *= el;
+            scale_acc(Es, tr->e[C - 1]);
         }
         gemm_ss<T, SPLIT, HMT, 8, true, false>(Es, sX, LDX, sY, LDY, hm0, 0, 0, C);
     }
@@ -453,29 +473,14 @@ __global__ void __launch_bounds__(128) tc_bwd_dq(const T* __restrict__ q, const 
             gemm_rs<T, SPLIT, 8, AFrags<T, 8>::N, false>(acc[0], P.f, sK, LDT, 0, 0, (16 * w + 16) / KS);  // + dP K
         }
         store_rows<T, 8>(acc[0], dq + row0 * dk, dk, 16 * w, nrow, k0, dk);
-        if (causal && decay && rq) {                               // row dots q.dq of this tile
-            const int gq = (threadIdx.x & 31) >> 2, tq = threadIdx.x & 3;
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int r = 16 * w + gq + 8 * h;
-                float d = 0.f;
-#pragma unroll
-                for (int nt = 0; nt < 8; ++nt)
-                    d += acc[0][nt][2 * h] * to_f32(sQ[r * LDT + 8 * nt + 2 * tq])
-                       + acc[0][nt][2 * h + 1] * to_f32(sQ[r * LDT + 8 * nt + 2 * tq + 1]);
-                d += __shfl_xor_sync(0xffffffffu, d, 1);
-                d += __shfl_xor_sync(0xffffffffu, d, 2);
-                if (tq == 0 && r < nrow) rq[((long long)kt * N + n) * T_ + cs + r] = d;
-            }
-        }
+        if (causal && decay && rq)                                 // row dots q.dq of this tile
+            row_dots<T>(acc[0], sQ, LDT, 16 * w, nrow, rq + ((long long)kt * N + n) * T_ + cs);
         if (causal && cs + C < t1) {                              // H (this dk tile) <- e^{b_last} H + K^T diag(u) V
             if (decay) {
                 __syncthreads();
                 scale_rows<T, DVP>(sV, LDV, tr->u, 1.f);
                 __syncthreads();
-                const float el = tr->e[C - 1];
-#pragma unroll
-                for (int j = 0; j < HNT; ++j) H[0][j][0] *= el, H[0][j][1] *= el, H[0][j][2] *= el, H[0][j][3] *= el;
+                scale_acc(H, tr->e[C - 1]);
             }
             gemm_ss<T, SPLIT, 1, HNT, true, false>(H, sK, LDT, sV, LDV, 16 * w, 0, 0, C);
         }
@@ -561,33 +566,14 @@ __global__ void __launch_bounds__(128) tc_bwd_dkdv(const T* __restrict__ q, cons
                 gemm_rs<T, SPLIT, 8, AFrags<T, 8>::N, false>(acc[0], P.f, sQ + kr0, LDK, 0, (16 * w) / KS, C / KS);
             }
             store_rows<T, 8>(acc[0], dkout + row0 * dk, dk, 16 * w, nrow, kr0, dk);
-            if (causal && decay && rk) {                           // row dots k.dk of this tile
-                const int gq = (threadIdx.x & 31) >> 2, tq = threadIdx.x & 3;
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const int r = 16 * w + gq + 8 * h;
-                    float d = 0.f;
-#pragma unroll
-                    for (int nt = 0; nt < 8; ++nt)
-                        d += acc[0][nt][2 * h] * to_f32(sK[r * LDK + kr0 + 8 * nt + 2 * tq])
-                           + acc[0][nt][2 * h + 1] * to_f32(sK[r * LDK + kr0 + 8 * nt + 2 * tq + 1]);
-                    d += __shfl_xor_sync(0xffffffffu, d, 1);
-                    d += __shfl_xor_sync(0xffffffffu, d, 2);
-                    if (tq == 0 && r < nrow) rk[((long long)tile * N + n) * T_ + cs + r] = d;
-                }
-            }
+            if (causal && decay && rk)                             // row dots k.dk of this tile
+                row_dots<T>(acc[0], sK + kr0, LDK, 16 * w, nrow, rk + ((long long)tile * N + n) * T_ + cs);
         }
         if (causal && (j > 0 || dSstart)) {                       // dS <- e^{b_last} dS + Q^T diag(scale e^b) dO
             __syncthreads();
             scale_rows<T, DVP>(sO, LDV, decay ? tr->e : nullptr, scale);
             __syncthreads();
-            if (decay) {
-                const float el = tr->e[C - 1];
-#pragma unroll
-                for (int i = 0; i < SMT; ++i)
-#pragma unroll
-                    for (int jj = 0; jj < SNT; ++jj) dS[i][jj][0] *= el, dS[i][jj][1] *= el, dS[i][jj][2] *= el, dS[i][jj][3] *= el;
-            }
+            if (decay) scale_acc(dS, tr->e[C - 1]);
             gemm_ss<T, SPLIT, SMT, SNT, true, false>(dS, sQ + kr0, LDK, sO + vc0, LDV, sm0, 0, 0, C);
         }
     }

@@ -487,26 +487,55 @@ def test_backward_rows(T, kind, Dv, causal):
 
 
 # ----------------------------------------------------------------------------- GPU: the variant
-def _vjp_errors(impl, dtype, lead, T, Dk, Dv, causal, n_gates, seed=0, s_fn=None, form="explicit"):
-    """Relative errors of the output and every gradient against the float64 reference (explicit O(T^2), or
-    the chunked linear-time form for long T)."""
+def _inputs(lead, T, Dk, Dv, n_gates, seed, s_fn):
+    """float64 inputs (float16 values: exact in every dtype) and do."""
     arrays = [a.astype(np.float16).astype(np.float64)
               for a in random_inputs("zeros", lead, T, Dk, Dv, "float64", seed, n_gates=n_gates)]
     if s_fn is not None:
         arrays[3] = s_fn(arrays[3])
-    do = np.random.default_rng(seed + 3).standard_normal((*lead, T, Dv)).astype(np.float16)
+    do = np.random.default_rng(seed + 3).standard_normal((*lead, T, Dv)).astype(np.float16).astype(np.float64)
+    return arrays, do
+
+
+def _errors(arrays, do, causal, form, out, grads):
+    """Relative errors of the output and every gradient against the float64 reference (explicit O(T^2), or
+    the chunked linear-time form for long T); absolute where the reference is exactly 0 (T = 1)."""
+    T, Dv = do.shape[-2:]
+    flat = [a.reshape((-1,) + a.shape[do.ndim - 2:]) for a in arrays]
+    fwd, bwd = getattr(ref_zeros, f"{form}_forward"), getattr(ref_zeros, f"{form}_backward")
+    ro, ctx = fwd(*flat, causal=causal)
+    rg = bwd(ctx, do.reshape((-1, T, Dv)))
+
+    def rel(x, r):
+        err = np.linalg.norm(np.asarray(x, np.float64).reshape(r.shape) - r)
+        return err / np.linalg.norm(r) if np.linalg.norm(r) > 0 else err
+    return dict(zip(("o", "dq", "dk", "dv", "ds", "dgates"), [rel(out, ro)] + [rel(g, r) for g, r in zip(grads, rg)]))
+
+
+def _vjp_errors(impl, dtype, lead, T, Dk, Dv, causal, n_gates, seed=0, s_fn=None, form="explicit"):
+    """The variant through the public API (wb.vjp) against the float64 reference."""
+    arrays, do = _inputs(lead, T, Dk, Dv, n_gates, seed, s_fn)
     out, pull = wb.vjp(wb.zeros_attention, *[_cast(a, dtype) for a in arrays], causal=causal,
                        backend=f"cupy:{impl}")
     grads = pull(_cast(do, dtype))
     assert str(out.dtype) == dtype and out.shape == (*lead, T, Dv)
-    flat = [a.reshape((-1,) + a.shape[len(lead):]) for a in arrays]
-    fwd, bwd = getattr(ref_zeros, f"{form}_forward"), getattr(ref_zeros, f"{form}_backward")
-    ro, ctx = fwd(*flat, causal=causal)
-    rg = bwd(ctx, do.astype(np.float64).reshape((-1, T, Dv)))
-    def rel(x, r):                                            # absolute where the reference is exactly 0 (T = 1)
-        err = np.linalg.norm(np.asarray(x, np.float64).reshape(r.shape) - r)
-        return err / np.linalg.norm(r) if np.linalg.norm(r) > 0 else err
-    return dict(zip(("o", "dq", "dk", "dv", "ds", "dgates"), [rel(out, ro)] + [rel(g, r) for g, r in zip(grads, rg)]))
+    return _errors(arrays, do, causal, form, out, grads)
+
+
+def run_case(impl, dtype, N, T, Dk, Dv, causal, n_gates, seed=0, s_fn=None, form="explicit", **kw):
+    """The variant's own forward and backward (its registry entry, on (N, T, D) device arrays, poisoned
+    outputs; kw goes to the forward, e.g. L) against the float64 reference: {name: relative error}.  Also what
+    the CPU emulator (scripts/cuda_emulate.py) runs."""
+    import cupy as cp
+    from workbench.backends import poisoned
+    arrays, do = _inputs((N,), T, Dk, Dv, n_gates, seed, s_fn)
+    var = registry.get("zeros", "cupy", impl)
+    dev = [cp.ascontiguousarray(_cast(a, dtype)) for a in arrays + [do]]
+    with poisoned():
+        out, ctx = var.forward(*dev[:5], causal=causal, **kw)
+        grads = var.backward(ctx, dev[5])
+    assert str(out.dtype) == dtype and out.shape == (N, T, Dv)
+    return _errors(arrays, do, causal, form, cp.asnumpy(out), [cp.asnumpy(g) for g in grads])
 
 
 SHAPES = [((2, 3), 37, 5, 7), ((1,), 1, 64, 64), ((2,), 130, 64, 64), ((1,), 200, 80, 48), ((1,), 70, 128, 80),

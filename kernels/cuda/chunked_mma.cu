@@ -631,3 +631,574 @@ __global__ void __launch_bounds__(1024) tc_dg(const float* __restrict__ rq, int 
         dg[(long long)n * T_ + t] = (zero_first && t == a) ? 0.f : (float)acc;
     }
 }
+
+// ================================================================================================ ZeroS in one pass
+// The tensor-core kernels of cupy:chunked_mma_fused (kernels/cupy/zeros.py; derivation, tiles and costs in
+// docs/kernels/zeros.md).  ZeroS is o_t = sum_{i in W(t)} r_ti (q_t.k_i) v_i with
+//   r_ti = alpha_t e^{s_i - m_t} + beta_t s'_i + gamma_t      (s' = s - c, m the running max; alpha, beta, gamma,
+// m per token and sigma, c per head come from the parallel scans of zeros.cu), so three states: F (relative to
+// the running max), G' = sum (s'/sigma) k v^T, H = sum k v^T.  Per chunk, with m_ref = m before the chunk (m at
+// its first token for the first chunk) and m_end = m at its last token (every exponent below is <= 0):
+//   o  = (r o Q K^T) V + diag(alpha e^{m_ref - m}) Q F + diag(beta sigma) Q G' + diag(gamma) Q H
+//   F <- e^{m_ref - m_end} F + K^T diag(e^{s - m_end}) V,   G' <- G' + K^T diag(s'/sigma) V,   H <- H + K^T V
+// Backward, dP = dO V^T, suffix states A = sum_{t after} alpha_t e^{m_end - m_t} q_t do_t^T, Bs = sum beta q do^T,
+// Cs = sum gamma q do^T (all t after the chunk; A relative to m_end):
+//   dq = (r o dP) K + diag(alpha e^{m_ref - m}) dO F^T + diag(beta sigma) dO G'^T + diag(gamma) dO H^T
+//   dv = (r o S)^T dO + diag(e^{s - m_end}) K A + diag(s') K Bs + K Cs
+//   dk = (r o dP)^T Q + diag(e^{s - m_end}) V A^T + diag(s') V Bs^T + V Cs^T
+//   ds (direct part) = sum_t S o dP o (alpha_t e^{s_i - m_t} + beta_t) + e^{s - m_end} rowdot(K A, V) + rowdot(K Bs, V)
+//   A <- e^{m_ref - m_end} A + Q^T diag(alpha e^{m_ref - m}) dO,   Bs <- Bs + Q^T diag(beta) dO,   Cs likewise
+// and the row dots a = do.oF, V = do.oG, Z = do.oH (dgates and the scalar part of ds, zeros.cu) come out of
+// the dq sweep: a_t = sum_i e^{s_i - m_t} S dP + e^{m_ref - m_t} q.(F do), V_t = sum_i s'_i S dP + sigma q.(G' do),
+// Z_t = sum_i S dP + q.(H do).
+// Every block (4 warps) holds its three states as fp32 mma accumulators in tiles of BW = 32 columns of the
+// wide side: "key-major" (tz_fwd, tz_bwd_dv): DKP rows x 32 columns (warp w: rows (DKP/4) w ..); "value-major"
+// (tz_bwd_dq, tz_bwd_dk): 32 rows x DVP columns (warp w: columns (DVP/4) w ..).  The state operands go to
+// shared memory in T each chunk (fp16: each state scaled by its own power of two, tc::state_to_smem); the
+// update's per-token weights scale the narrow operand (a 32-column tile) in shared memory.
+// Inputs per token: s (T) and the float32 rows m, alpha, beta, gamma (N, T); per head sigma and c (N).
+// States in memory: (N, segments or 1, 3, dk, dv) float32 (F, G', H or A, Bs, Cs).
+namespace tz {
+using namespace tc;
+enum : int {
+    BW = 32,                       // columns of the wide side per block
+    LDW = BW + PAD,                // row stride of the 32-column tiles
+};
+
+// per-chunk scalars, after the tiles in shared memory
+struct Rows {
+    float m[C], al[C], be[C], ga[C];   // per row; rows past the data: alpha = beta = gamma = 0, m = m_end
+    float s[C], sc[C];                 // s and s' = s - c (0 past the data)
+    float w[3][C];                     // the state update's per-token operand weights (load_stats)
+    float red[32];                     // block reductions (tc::state_to_smem)
+    float mref, mend;
+};
+
+// e^{a - b} for a <= b; exactly 1 when a == b (also both -inf)
+__device__ __forceinline__ float xp(float a, float b) { return a == b ? 1.f : __expf(a - b); }
+
+// Threads 0..C-1: row r of the chunk (rows from row0 = n T + cs, nrow of them).  KEYW: w = (e^{s - m_end},
+// s'/sigma, 1) (the key side of F, G', H); else w = (alpha e^{m_ref - m}, beta, gamma) (the query side of A, Bs, Cs).
+template <typename T, bool KEYW>
+__device__ __forceinline__ void load_stats(Rows* tr, const T* __restrict__ s, const float* __restrict__ m,
+        const float* __restrict__ al, const float* __restrict__ be, const float* __restrict__ ga, long long row0,
+        int cs, int nrow, float shift, float isig) {
+    const int r = threadIdx.x;
+    const float mend = m[row0 + nrow - 1], mref = cs > 0 ? m[row0 - 1] : m[row0];
+    if (r == 0) {
+        tr->mend = mend;
+        tr->mref = mref;
+    }
+    if (r < C) {
+        const bool ok = r < nrow;
+        const float sv = ok ? to_f32(s[row0 + r]) : 0.f, mr = ok ? m[row0 + r] : mend;
+        const float a = ok ? al[row0 + r] : 0.f, b = ok ? be[row0 + r] : 0.f, g = ok ? ga[row0 + r] : 0.f;
+        const float sc = ok ? sv - shift : 0.f;
+        tr->m[r] = mr;
+        tr->s[r] = sv;
+        tr->sc[r] = sc;
+        tr->al[r] = a;
+        tr->be[r] = b;
+        tr->ga[r] = g;
+        tr->w[0][r] = KEYW ? (ok ? xp(sv, mend) : 0.f) : a * xp(mref, mr);
+        tr->w[1][r] = KEYW ? sc * isig : b;
+        tr->w[2][r] = KEYW ? (ok ? 1.f : 0.f) : g;
+    }
+}
+
+// NCOPY tiles dst + j C ld (j < NCOPY) <- diag(w[j]) src (C rows, W columns, row stride ld)
+template <typename T, int W, int NCOPY>
+__device__ __forceinline__ void weighted_copies(T* dst, const T* src, int ld, const Rows* tr) {
+    for (int idx = threadIdx.x; idx < C * W; idx += THREADS) {
+        const int r = idx / W, c = idx % W;
+        const float x = to_f32(src[r * ld + c]);
+#pragma unroll
+        for (int j = 0; j < NCOPY; ++j) dst[j * C * ld + r * ld + c] = from_f32<T>(tr->w[j][r] * x);
+    }
+}
+
+// acc += f(row) x for the warp's 16 rows (tile rows m0..)
+template <int NT, typename F>
+__device__ __forceinline__ void add_rows(float (&acc)[NT][4], const float (&x)[NT][4], int m0, F f) {
+    const int g = (threadIdx.x & 31) >> 2;
+    const float f0 = f(m0 + g), f1 = f(m0 + g + 8);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        acc[nt][0] += f0 * x[nt][0];
+        acc[nt][1] += f0 * x[nt][1];
+        acc[nt][2] += f1 * x[nt][2];
+        acc[nt][3] += f1 * x[nt][3];
+    }
+}
+
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// d[h] = sum_c x[row][c] y[row][c] for rows m0 + g + 8h of the warp's 16 x 8NT tile x (y: a T tile in shared
+// memory, columns from 0); every thread of a row's quad gets the sum.
+template <typename T, int NT>
+__device__ __forceinline__ void row_dots(float (&d)[2], const float (&x)[NT][4], const T* y, int ld, int m0) {
+    const int L = threadIdx.x & 31, g = L >> 2, t = L & 3;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const T* yr = y + (m0 + g + 8 * h) * ld + 2 * t;
+        float p = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) p += x[nt][2 * h] * to_f32(yr[8 * nt]) + x[nt][2 * h + 1] * to_f32(yr[8 * nt + 1]);
+        d[h] = quad_sum(p);
+    }
+}
+
+// out[r] <- d for the warp's rows r = m0 + g + 8h < nrow (one thread per row)
+__device__ __forceinline__ void store_row_values(float* __restrict__ out, const float (&d)[2], int m0, int nrow) {
+    const int L = threadIdx.x & 31;
+    if ((L & 3) == 0)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+            if (m0 + (L >> 2) + 8 * h < nrow) out[m0 + (L >> 2) + 8 * h] = d[h];
+}
+
+// The intra-chunk tile S (the warp's 16 rows, 64 columns) -> r o S on the visible elements, 0 elsewhere.  LOWER:
+// rows are queries, columns keys, visible c <= r; else rows are keys, columns queries, visible c >= r.  Before an
+// element is weighed, f(nt, e, query, key, e^{s_key - m_query}) sees it (S[0][nt][e] still unweighed).
+template <bool LOWER, typename F>
+__device__ __forceinline__ void weigh(float (&S)[1][8][4], int m0, const Rows* tr, F f) {
+    const int L = threadIdx.x & 31, g = L >> 2, t = L & 3;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int r = m0 + g + 8 * (e >> 1), c = 8 * nt + 2 * t + (e & 1);
+            const int qr = LOWER ? r : c, kr = LOWER ? c : r;
+            const bool vis = LOWER ? c <= r : c >= r;
+            const float ex = xp(tr->s[kr], tr->m[qr]);
+            if (vis) f(nt, e, qr, kr, ex);
+            S[0][nt][e] = vis ? (tr->al[qr] * ex + tr->be[qr] * tr->sc[kr] + tr->ga[qr]) * S[0][nt][e] : 0.f;  // a select
+        }
+}
+
+// the three states' operands -> shared memory (tile j at dst + j * stride), their fp16 scales -> sg
+template <typename T, int MT, int NT>
+__device__ __forceinline__ void states_to_smem(const float (&X)[3][MT][NT][4], T* dst, int stride, int lds, int m0,
+                                               float* red, float (&sg)[3]) {
+#pragma unroll
+    for (int j = 0; j < 3; ++j) sg[j] = state_to_smem<T, MT, NT>(X[j], dst + j * stride, lds, m0, red);
+}
+
+// X[0] (F or A) rescaled by f before the chunk's update
+template <int MT, int NT>
+__device__ __forceinline__ void scale_state(float (&X)[MT][NT][4], float f) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) X[i][j][0] *= f, X[i][j][1] *= f, X[i][j][2] *= f, X[i][j][3] *= f;
+}
+
+// the state base of head n, segment sg (causal: per segment, nullptr stays nullptr; else one per head)
+__device__ __forceinline__ const float* state_at(const float* base, int n, int sg, int NSEG, long long E, bool causal) {
+    if (!base) return nullptr;
+    return causal ? base + ((long long)n * NSEG + sg) * 3 * E : base + (long long)n * 3 * E;
+}
+}  // namespace tz
+
+// ------------------------------------------------------------------------------------------------ ZeroS forward
+// grid (NSEG * ceil(dv / 32), N); dynamic smem: Q, K [C][DKP+8], V, e^{s - m_end} V, (s'/sigma) V [C][40] (this
+// block's 32 columns of v), the state operands F, G', H [DKP][40] of T + tz::Rows.
+// o != nullptr: o for this column tile.  Causal: the states start at Hin[n][seg] (nullptr: zeros) and walk the
+//   segment; not causal: Hin[n] holds the head's totals (F relative to its max), nothing is carried.
+// o == nullptr: Eseg[n][seg] <- the segment's own state sum (F relative to m at its last token); q is not read.
+template <typename T, int DKP, int SPLIT>
+__global__ void __launch_bounds__(128) tz_fwd(const T* __restrict__ q, const T* __restrict__ k,
+        const T* __restrict__ v, const T* __restrict__ s, const float* __restrict__ m, const float* __restrict__ al,
+        const float* __restrict__ be, const float* __restrict__ ga, const float* __restrict__ head_sig,
+        const float* __restrict__ head_shift, T* __restrict__ o, const float* __restrict__ Hin,
+        float* __restrict__ Eseg, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, int T_, int dk,
+        int dv, int NSEG, int causal) {
+    using namespace tz;
+    using namespace wbmma;
+    constexpr int LDK = DKP + PAD, KS = Traits<T>::KS, HMT = DKP / 64;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* sQ = reinterpret_cast<T*>(smem_raw);
+    T* sK = sQ + C * LDK;
+    T* sV = sK + C * LDK;                                          // v, then its two weighted copies
+    T* sX = sV + 3 * C * LDW;
+    Rows* tr = reinterpret_cast<Rows*>(sX + 3 * DKP * LDW);
+    const bool outp = o != nullptr, walk = !outp || causal;
+    const int ntw = (dv + BW - 1) / BW;
+    const int vt = blockIdx.x % ntw, sg = blockIdx.x / ntw, n = blockIdx.y;
+    const int c0 = vt * BW, w = threadIdx.x >> 5, hm0 = (DKP / 4) * w;
+    const int t0 = seg_t0[sg], t1 = seg_t1[sg];
+    const long long nT = (long long)n * T_, E = (long long)dk * dv;
+    const float sig = head_sig[n], shift = head_shift[n], isig = 1.f / sig;
+    const float* src = outp ? state_at(Hin, n, sg, NSEG, E, causal) : nullptr;
+    float X[3][HMT][4][4];
+#pragma unroll
+    for (int j = 0; j < 3; ++j) state_load(X[j], src ? src + j * E : nullptr, hm0, 0, c0, dk, dv);
+    float sg3[3] = {1.f, 1.f, 1.f};
+    for (int cs = t0; cs < t1; cs += C) {
+        const int nrow = min(C, t1 - cs);
+        const long long row0 = nT + cs;
+        const bool upd = walk && (!outp || cs + C < t1);
+        __syncthreads();                                           // the previous chunk is done with smem
+        if (outp) load_tile<T, DKP>(sQ, LDK, q + row0 * dk, dk, nrow, 0, dk);
+        if (walk) {
+            load_tile<T, DKP>(sK, LDK, k + row0 * dk, dk, nrow, 0, dk);
+            load_tile<T, BW>(sV, LDW, v + row0 * dv, dv, nrow, c0, dv);
+        }
+        load_stats<T, true>(tr, s, m, al, be, ga, row0, cs, nrow, shift, isig);
+        if (outp && (causal || cs == t0)) states_to_smem<T, HMT, 4>(X, sX, DKP * LDW, LDW, hm0, tr->red, sg3);
+        cp_async_wait();
+        __syncthreads();
+        if (upd) weighted_copies<T, BW, 2>(sV + C * LDW, sV, LDW, tr);
+        if (outp) {
+            float acc[1][4][4];
+            zero(acc);
+#pragma unroll
+            for (int j = 0; j < 3; ++j) {                          // the inter-chunk part: Q F, Q G', Q H row-scaled
+                float x[1][4][4];
+                zero(x);
+                gemm_ss<T, SPLIT, 1, 4, false, false>(x, sQ, LDK, sX + j * DKP * LDW, LDW, 16 * w, 0, 0, DKP);
+                add_rows(acc[0], x[0], 16 * w, [&](int r) {
+                    return sg3[j] * (j == 0 ? tr->al[r] * xp(tr->mref, tr->m[r]) : j == 1 ? tr->be[r] * sig : tr->ga[r]);
+                });
+            }
+            if (causal) {                                          // + (r o Q K^T) V
+                float S[1][8][4];
+                zero(S);
+                gemm_ss<T, SPLIT, 1, 8, false, true>(S, sQ, LDK, sK, LDK, 16 * w, 0, 0, DKP, 0, w + 1);
+                weigh<true>(S, 16 * w, tr, [](int, int, int, int, float) {});
+                AFrags<T, 8> P;
+                c_to_a<T, 8>(P, S[0]);
+                gemm_rs<T, SPLIT, 4, AFrags<T, 8>::N, false>(acc[0], P.f, sV, LDW, 0, 0, (16 * w + 16) / KS);
+            }
+            store_rows<T, 4>(acc[0], o + row0 * dv, dv, 16 * w, nrow, c0, dv);
+        }
+        if (upd) {                                                 // F, G', H <- the chunk's keys and values
+            __syncthreads();                                       // the weighted copies are complete
+            scale_state(X[0], xp(tr->mref, tr->mend));
+            gemm_ss<T, SPLIT, HMT, 4, true, false>(X[0], sK, LDK, sV + C * LDW, LDW, hm0, 0, 0, C);
+            gemm_ss<T, SPLIT, HMT, 4, true, false>(X[1], sK, LDK, sV + 2 * C * LDW, LDW, hm0, 0, 0, C);
+            gemm_ss<T, SPLIT, HMT, 4, true, false>(X[2], sK, LDK, sV, LDW, hm0, 0, 0, C);
+        }
+    }
+    if (!outp)
+#pragma unroll
+        for (int j = 0; j < 3; ++j) state_store(X[j], Eseg + (((long long)n * NSEG + sg) * 3 + j) * E, hm0, 0, c0, dk, dv);
+}
+
+// grid (ceil(3 dk dv / 256), N), block 256: chain the segment states of each head, one element of (3, dk, dv)
+// per thread; the F (or A) part, e < dk dv, is rescaled across segment s by e^{m_end(s-1) - m_end(s)}
+// (m_end(s) = m at the last token of segment s, m_end(s-1) = m before it).
+//   forward: Hout[s] = the states before segment s (zeros before the first), from the segment sums Eseg;
+//   REV:     Hout[s] = the suffix states after segment s (zeros after the last), from the segments' suffix sums.
+// Hout may be nullptr; fin (optional) <- the chain over every segment (not causal: the totals; m is constant).
+template <bool REV>
+__global__ void __launch_bounds__(256) tz_seg_scan(const float* __restrict__ Eseg, const float* __restrict__ m,
+        const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, int T_, int NSEG, long long E,
+        float* __restrict__ Hout, float* __restrict__ fin) {
+    const long long e = (long long)blockIdx.x * 256 + threadIdx.x, E3 = 3 * E;
+    const int n = blockIdx.y;
+    if (e >= E3) return;
+    const float* mn = m + (long long)n * T_;
+    float h = 0.f;
+    for (int j = 0; j < NSEG; ++j) {
+        const int sg = REV ? NSEG - 1 - j : j;
+        const long long at = ((long long)n * NSEG + sg) * E3 + e;
+        if (Hout) Hout[at] = h;
+        const int a = seg_t0[sg];
+        const float f = (e < E && a > 0) ? tz::xp(mn[a - 1], mn[seg_t1[sg] - 1]) : 1.f;
+        h = f * h + Eseg[at];
+    }
+    if (fin) fin[(long long)n * E3 + e] = h;
+}
+
+// ------------------------------------------------------------------------------------------------ ZeroS backward: dq
+// grid (NSEG * ceil(dk / 32), N); smem: dO, V [C][DVP+8], Q, K, e^{s - m_end} K, (s'/sigma) K [C][40] (this block's
+// 32 columns of dk), the state operands F, G', H [32][DVP+8] (this block's 32 rows) of T + tz::Rows.
+// The states walk forwards from Hin[n][seg] (causal; nullptr: zeros) or are Hin[n]'s totals (not causal).
+// dq: this block's 32 columns.  rd (3, ntk, N, T): this tile's part of the row dots a, V, Z (the tiles add up:
+// the intra part is linear in S = the sum of the tiles' Q K^T, the inter part is a dot with q).
+template <typename T, int DVP, int SPLIT>
+__global__ void __launch_bounds__(128) tz_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
+        const T* __restrict__ v, const T* __restrict__ s, const float* __restrict__ m, const float* __restrict__ al,
+        const float* __restrict__ be, const float* __restrict__ ga, const float* __restrict__ head_sig,
+        const float* __restrict__ head_shift, const T* __restrict__ dout, T* __restrict__ dq, float* __restrict__ rd,
+        const float* __restrict__ Hin, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, int T_, int dk,
+        int dv, int NSEG, int causal) {
+    using namespace tz;
+    using namespace wbmma;
+    constexpr int LDV = DVP + PAD, KS = Traits<T>::KS, NTW = DVP / 32;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* sO = reinterpret_cast<T*>(smem_raw);
+    T* sV = sO + C * LDV;
+    T* sQ = sV + C * LDV;
+    T* sK = sQ + C * LDW;                                          // k, then its two weighted copies
+    T* sX = sK + 3 * C * LDW;
+    Rows* tr = reinterpret_cast<Rows*>(sX + 3 * BW * LDV);
+    const int ntk = (dk + BW - 1) / BW;
+    const int kt = blockIdx.x % ntk, sg = blockIdx.x / ntk, n = blockIdx.y, N = gridDim.y;
+    const int k0 = kt * BW, w = threadIdx.x >> 5, hn0 = (DVP / 4) * w;
+    const int t0 = seg_t0[sg], t1 = seg_t1[sg];
+    const long long nT = (long long)n * T_, E = (long long)dk * dv;
+    const float sig = head_sig[n], shift = head_shift[n], isig = 1.f / sig;
+    const float* src = state_at(Hin, n, sg, NSEG, E, causal);
+    float X[3][2][NTW][4];
+#pragma unroll
+    for (int j = 0; j < 3; ++j) state_load(X[j], src ? src + j * E : nullptr, 0, k0, hn0, dk, dv);
+    float sg3[3] = {1.f, 1.f, 1.f};
+    for (int cs = t0; cs < t1; cs += C) {
+        const int nrow = min(C, t1 - cs);
+        const long long row0 = nT + cs;
+        const bool upd = causal && cs + C < t1;
+        __syncthreads();
+        load_tile<T, DVP>(sO, LDV, dout + row0 * dv, dv, nrow, 0, dv);
+        load_tile<T, BW>(sQ, LDW, q + row0 * dk, dk, nrow, k0, dk);
+        if (causal) {
+            load_tile<T, DVP>(sV, LDV, v + row0 * dv, dv, nrow, 0, dv);
+            load_tile<T, BW>(sK, LDW, k + row0 * dk, dk, nrow, k0, dk);
+        }
+        load_stats<T, true>(tr, s, m, al, be, ga, row0, cs, nrow, shift, isig);
+        if (causal || cs == t0) states_to_smem<T, 2, NTW>(X, sX + hn0, BW * LDV, LDV, 0, tr->red, sg3);
+        cp_async_wait();
+        __syncthreads();
+        if (upd) weighted_copies<T, BW, 2>(sK + C * LDW, sK, LDW, tr);
+        float acc[1][4][4], dots[3][2];
+        zero(acc);
+#pragma unroll
+        for (int j = 0; j < 3; ++j) {                              // dO X^T: dq's inter part and the row dots' (with q)
+            float x[1][4][4];
+            zero(x);
+            gemm_ss<T, SPLIT, 1, 4, false, true>(x, sO, LDV, sX + j * BW * LDV, LDV, 16 * w, 0, 0, DVP);
+            auto rowf = [&](int r) { return sg3[j] * (j == 0 ? xp(tr->mref, tr->m[r]) : j == 1 ? sig : 1.f); };
+            row_dots<T, 4>(dots[j], x[0], sQ, LDW, 16 * w);
+            const int g = (threadIdx.x & 31) >> 2;
+            dots[j][0] *= rowf(16 * w + g);
+            dots[j][1] *= rowf(16 * w + g + 8);
+            add_rows(acc[0], x[0], 16 * w, [&](int r) {
+                return rowf(r) * (j == 0 ? tr->al[r] : j == 1 ? tr->be[r] : tr->ga[r]);
+            });
+        }
+        if (causal) {                                              // + (r o dP) K; the intra row dots
+            float S[1][8][4], D[1][8][4];
+            zero(S);
+            zero(D);
+            gemm_ss<T, SPLIT, 1, 8, false, true>(D, sO, LDV, sV, LDV, 16 * w, 0, 0, DVP, 0, w + 1);   // dO V^T
+            gemm_ss<T, SPLIT, 1, 8, false, true>(S, sQ, LDW, sK, LDW, 16 * w, 0, 0, BW, 0, w + 1);    // this tile's Q K^T
+            float ia[2] = {0.f, 0.f}, iv[2] = {0.f, 0.f}, iz[2] = {0.f, 0.f};
+            weigh<true>(D, 16 * w, tr, [&](int nt, int e, int, int kr, float ex) {
+                const float p = S[0][nt][e] * D[0][nt][e];
+                ia[e >> 1] += ex * p;
+                iv[e >> 1] += tr->sc[kr] * p;
+                iz[e >> 1] += p;
+            });
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                dots[0][h] += quad_sum(ia[h]);
+                dots[1][h] += quad_sum(iv[h]);
+                dots[2][h] += quad_sum(iz[h]);
+            }
+            AFrags<T, 8> P;
+            c_to_a<T, 8>(P, D[0]);
+            gemm_rs<T, SPLIT, 4, AFrags<T, 8>::N, false>(acc[0], P.f, sK, LDW, 0, 0, (16 * w + 16) / KS);
+        }
+        store_rows<T, 4>(acc[0], dq + row0 * dk, dk, 16 * w, nrow, k0, dk);
+#pragma unroll
+        for (int j = 0; j < 3; ++j) store_row_values(rd + ((long long)(j * ntk + kt) * N + n) * T_ + cs, dots[j], 16 * w, nrow);
+        if (upd) {
+            __syncthreads();
+            scale_state(X[0], xp(tr->mref, tr->mend));
+            gemm_ss<T, SPLIT, 2, NTW, true, false>(X[0], sK + C * LDW, LDW, sV, LDV, 0, hn0, 0, C);
+            gemm_ss<T, SPLIT, 2, NTW, true, false>(X[1], sK + 2 * C * LDW, LDW, sV, LDV, 0, hn0, 0, C);
+            gemm_ss<T, SPLIT, 2, NTW, true, false>(X[2], sK, LDW, sV, LDV, 0, hn0, 0, C);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ ZeroS backward: dv, ds
+// grid (NSEG * ceil(dv / 32), N), walking each segment backwards; smem: Q, K [C][DKP+8], dO, alpha e^{m_ref - m} dO,
+// beta dO, gamma dO, V [C][40] (this block's 32 columns of dv and do), the state operands A, Bs, Cs [DKP][40] of T
+// + tz::Rows.
+// dvout != nullptr: dv for this tile and dsp[vt][n][t] = this tile's part of the direct ds (dP and the rowdots
+//   with v are sums over the dv tiles).  Causal: the states start at Sin[n][seg] (the suffix states after the
+//   segment, A relative to m at its last token; nullptr: zeros); not causal: Sin[n] holds the totals.
+// dvout == nullptr: Rseg[n][seg] <- the segment's own suffix sum (A relative to m before the segment).
+template <typename T, int DKP, int SPLIT>
+__global__ void __launch_bounds__(128) tz_bwd_dv(const T* __restrict__ q, const T* __restrict__ k,
+        const T* __restrict__ v, const T* __restrict__ s, const float* __restrict__ m, const float* __restrict__ al,
+        const float* __restrict__ be, const float* __restrict__ ga, const float* __restrict__ head_sig,
+        const float* __restrict__ head_shift, const T* __restrict__ dout, T* __restrict__ dvout,
+        float* __restrict__ dsp, const float* __restrict__ Sin, float* __restrict__ Rseg,
+        const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, int T_, int dk, int dv, int NSEG, int causal) {
+    using namespace tz;
+    using namespace wbmma;
+    constexpr int LDK = DKP + PAD, KS = Traits<T>::KS, HMT = DKP / 64;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* sQ = reinterpret_cast<T*>(smem_raw);
+    T* sK = sQ + C * LDK;
+    T* sO = sK + C * LDK;                                          // do, then its three weighted copies
+    T* sVt = sO + 4 * C * LDW;
+    T* sX = sVt + C * LDW;
+    Rows* tr = reinterpret_cast<Rows*>(sX + 3 * DKP * LDW);
+    const bool outp = dvout != nullptr, walk = !outp || causal;
+    const int ntw = (dv + BW - 1) / BW;
+    const int vt = blockIdx.x % ntw, sg = blockIdx.x / ntw, n = blockIdx.y, N = gridDim.y;
+    const int c0 = vt * BW, w = threadIdx.x >> 5, hm0 = (DKP / 4) * w;
+    const int t0 = seg_t0[sg], t1 = seg_t1[sg];
+    const long long nT = (long long)n * T_, E = (long long)dk * dv;
+    const float sig = head_sig[n], shift = head_shift[n], isig = 1.f / sig;
+    const float* src = outp ? state_at(Sin, n, sg, NSEG, E, causal) : nullptr;
+    float X[3][HMT][4][4];
+#pragma unroll
+    for (int j = 0; j < 3; ++j) state_load(X[j], src ? src + j * E : nullptr, hm0, 0, c0, dk, dv);
+    float sg3[3] = {1.f, 1.f, 1.f};
+    const int nch = (t1 - t0 + C - 1) / C;
+    for (int jc = nch - 1; jc >= 0; --jc) {
+        const int cs = t0 + C * jc, nrow = min(C, t1 - cs);
+        const long long row0 = nT + cs;
+        const bool upd = walk && (!outp || jc > 0);
+        __syncthreads();
+        if (walk) {
+            load_tile<T, DKP>(sQ, LDK, q + row0 * dk, dk, nrow, 0, dk);
+            load_tile<T, BW>(sO, LDW, dout + row0 * dv, dv, nrow, c0, dv);
+        }
+        if (outp) {
+            load_tile<T, DKP>(sK, LDK, k + row0 * dk, dk, nrow, 0, dk);
+            load_tile<T, BW>(sVt, LDW, v + row0 * dv, dv, nrow, c0, dv);
+        }
+        load_stats<T, false>(tr, s, m, al, be, ga, row0, cs, nrow, shift, isig);
+        if (outp && (causal || jc == nch - 1)) states_to_smem<T, HMT, 4>(X, sX, DKP * LDW, LDW, hm0, tr->red, sg3);
+        cp_async_wait();
+        __syncthreads();
+        if (upd) weighted_copies<T, BW, 3>(sO + C * LDW, sO, LDW, tr);
+        if (outp) {
+            float acc[1][4][4], ds[2] = {0.f, 0.f};
+            zero(acc);
+#pragma unroll
+            for (int j = 0; j < 3; ++j) {                          // K A, K Bs, K Cs: dv's inter part, ds's rowdots with v
+                float x[1][4][4];
+                zero(x);
+                gemm_ss<T, SPLIT, 1, 4, false, false>(x, sK, LDK, sX + j * DKP * LDW, LDW, 16 * w, 0, 0, DKP);
+                add_rows(acc[0], x[0], 16 * w, [&](int r) {
+                    return sg3[j] * (j == 0 ? xp(tr->s[r], tr->mend) : j == 1 ? tr->sc[r] : 1.f);
+                });
+                if (j < 2) {
+                    float d[2];
+                    row_dots<T, 4>(d, x[0], sVt, LDW, 16 * w);
+                    const int g = (threadIdx.x & 31) >> 2;
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        const int r = 16 * w + g + 8 * h;
+                        ds[h] += d[h] * sg3[j] * (j == 0 ? xp(tr->s[r], tr->mend) : 1.f);
+                    }
+                }
+            }
+            if (causal) {                                          // + (r o S)^T dO; the intra part of ds
+                float S[1][8][4], D[1][8][4];
+                zero(S);
+                zero(D);
+                gemm_ss<T, SPLIT, 1, 8, false, true>(S, sK, LDK, sQ, LDK, 16 * w, 0, 0, DKP, w, 4);     // K Q^T
+                gemm_ss<T, SPLIT, 1, 8, false, true>(D, sVt, LDW, sO, LDW, 16 * w, 0, 0, BW, w, 4);     // this tile's V dO^T
+                float id[2] = {0.f, 0.f};
+                weigh<false>(S, 16 * w, tr, [&](int nt, int e, int qr, int, float ex) {
+                    id[e >> 1] += S[0][nt][e] * D[0][nt][e] * (tr->al[qr] * ex + tr->be[qr]);
+                });
+                ds[0] += quad_sum(id[0]);
+                ds[1] += quad_sum(id[1]);
+                AFrags<T, 8> P;
+                c_to_a<T, 8>(P, S[0]);
+                gemm_rs<T, SPLIT, 4, AFrags<T, 8>::N, false>(acc[0], P.f, sO, LDW, 0, (16 * w) / KS, C / KS);
+            }
+            store_rows<T, 4>(acc[0], dvout + row0 * dv, dv, 16 * w, nrow, c0, dv);
+            store_row_values(dsp + ((long long)vt * N + n) * T_ + cs, ds, 16 * w, nrow);
+        }
+        if (upd) {                                                 // fold this chunk's queries into A, Bs, Cs
+            __syncthreads();
+            scale_state(X[0], xp(tr->mref, tr->mend));
+#pragma unroll
+            for (int j = 0; j < 3; ++j)
+                gemm_ss<T, SPLIT, HMT, 4, true, false>(X[j], sQ, LDK, sO + (1 + j) * C * LDW, LDW, hm0, 0, 0, C);
+        }
+    }
+    if (!outp)
+#pragma unroll
+        for (int j = 0; j < 3; ++j) state_store(X[j], Rseg + (((long long)n * NSEG + sg) * 3 + j) * E, hm0, 0, c0, dk, dv);
+}
+
+// ------------------------------------------------------------------------------------------------ ZeroS backward: dk
+// grid (NSEG * ceil(dk / 32), N), walking each segment backwards; smem: V, dO [C][DVP+8], Q, alpha e^{m_ref - m} Q,
+// beta Q, gamma Q [C][40] (this block's 32 columns of dk), the state operands A, Bs, Cs [32][DVP+8] (this block's
+// rows) of T + tz::Rows.  The states as in tz_bwd_dv (Sin[n][seg] causal, nullptr: zeros; totals Sin[n]).
+template <typename T, int DVP, int SPLIT>
+__global__ void __launch_bounds__(128) tz_bwd_dk(const T* __restrict__ q, const T* __restrict__ v,
+        const T* __restrict__ s, const float* __restrict__ m, const float* __restrict__ al, const float* __restrict__ be,
+        const float* __restrict__ ga, const float* __restrict__ head_sig, const float* __restrict__ head_shift,
+        const T* __restrict__ dout, T* __restrict__ dkout, const float* __restrict__ Sin, const int* __restrict__ seg_t0,
+        const int* __restrict__ seg_t1, int T_, int dk, int dv, int NSEG, int causal) {
+    using namespace tz;
+    using namespace wbmma;
+    constexpr int LDV = DVP + PAD, KS = Traits<T>::KS, NTW = DVP / 32;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* sV = reinterpret_cast<T*>(smem_raw);
+    T* sO = sV + C * LDV;
+    T* sQ = sO + C * LDV;                                          // q, then its three weighted copies
+    T* sX = sQ + 4 * C * LDW;
+    Rows* tr = reinterpret_cast<Rows*>(sX + 3 * BW * LDV);
+    const int ntk = (dk + BW - 1) / BW;
+    const int kt = blockIdx.x % ntk, sg = blockIdx.x / ntk, n = blockIdx.y;
+    const int k0 = kt * BW, w = threadIdx.x >> 5, hn0 = (DVP / 4) * w;
+    const int t0 = seg_t0[sg], t1 = seg_t1[sg];
+    const long long nT = (long long)n * T_, E = (long long)dk * dv;
+    const float sig = head_sig[n], shift = head_shift[n], isig = 1.f / sig;
+    const float* src = state_at(Sin, n, sg, NSEG, E, causal);
+    float X[3][2][NTW][4];
+#pragma unroll
+    for (int j = 0; j < 3; ++j) state_load(X[j], src ? src + j * E : nullptr, 0, k0, hn0, dk, dv);
+    float sg3[3] = {1.f, 1.f, 1.f};
+    const int nch = (t1 - t0 + C - 1) / C;
+    for (int jc = nch - 1; jc >= 0; --jc) {
+        const int cs = t0 + C * jc, nrow = min(C, t1 - cs);
+        const long long row0 = nT + cs;
+        const bool upd = causal && jc > 0;
+        __syncthreads();
+        load_tile<T, DVP>(sV, LDV, v + row0 * dv, dv, nrow, 0, dv);
+        if (causal) {
+            load_tile<T, DVP>(sO, LDV, dout + row0 * dv, dv, nrow, 0, dv);
+            load_tile<T, BW>(sQ, LDW, q + row0 * dk, dk, nrow, k0, dk);
+        }
+        load_stats<T, false>(tr, s, m, al, be, ga, row0, cs, nrow, shift, isig);
+        if (causal || jc == nch - 1) states_to_smem<T, 2, NTW>(X, sX + hn0, BW * LDV, LDV, 0, tr->red, sg3);
+        cp_async_wait();
+        __syncthreads();
+        if (upd) weighted_copies<T, BW, 3>(sQ + C * LDW, sQ, LDW, tr);
+        float acc[1][4][4];
+        zero(acc);
+#pragma unroll
+        for (int j = 0; j < 3; ++j) {                              // V A^T, V Bs^T, V Cs^T
+            float x[1][4][4];
+            zero(x);
+            gemm_ss<T, SPLIT, 1, 4, false, true>(x, sV, LDV, sX + j * BW * LDV, LDV, 16 * w, 0, 0, DVP);
+            add_rows(acc[0], x[0], 16 * w, [&](int r) {
+                return sg3[j] * (j == 0 ? xp(tr->s[r], tr->mend) : j == 1 ? tr->sc[r] : 1.f);
+            });
+        }
+        if (causal) {                                              // + (r o dP)^T Q
+            float D[1][8][4];
+            zero(D);
+            gemm_ss<T, SPLIT, 1, 8, false, true>(D, sV, LDV, sO, LDV, 16 * w, 0, 0, DVP, w, 4);        // V dO^T
+            weigh<false>(D, 16 * w, tr, [](int, int, int, int, float) {});
+            AFrags<T, 8> P;
+            c_to_a<T, 8>(P, D[0]);
+            gemm_rs<T, SPLIT, 4, AFrags<T, 8>::N, false>(acc[0], P.f, sQ, LDW, 0, (16 * w) / KS, C / KS);
+        }
+        store_rows<T, 4>(acc[0], dkout + row0 * dk, dk, 16 * w, nrow, k0, dk);
+        if (upd) {
+            __syncthreads();
+            scale_state(X[0], xp(tr->mref, tr->mend));
+#pragma unroll
+            for (int j = 0; j < 3; ++j)
+                gemm_ss<T, SPLIT, 2, NTW, true, false>(X[j], sQ + (1 + j) * C * LDW, LDW, sO, LDV, 0, hn0, 0, C);
+        }
+    }
+}

@@ -674,6 +674,11 @@ struct Rows {
     float mref, mend;
 };
 
+// Blocks per SM each kernel is compiled for: 3 (<= 168 registers) where 16-bit tiles of head dim 64 let three
+// blocks share an SM's shared memory; else 2 (float32 tiles fill shared memory at one or two blocks).
+template <typename T, int D>
+__host__ __device__ constexpr int min_blocks() { return (D == 64 && !wbmma::Traits<T>::F32) ? 3 : 2; }
+
 // e^{a - b} for a <= b; exactly 1 when a == b (also both -inf)
 __device__ __forceinline__ float xp(float a, float b) { return a == b ? 1.f : __expf(a - b); }
 
@@ -810,7 +815,7 @@ __device__ __forceinline__ const float* state_at(const float* base, int n, int s
 //   segment; not causal: Hin[n] holds the head's totals (F relative to its max), nothing is carried.
 // o == nullptr: Eseg[n][seg] <- the segment's own state sum (F relative to m at its last token); q is not read.
 template <typename T, int DKP, int SPLIT>
-__global__ void __launch_bounds__(128) tz_fwd(const T* __restrict__ q, const T* __restrict__ k,
+__global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_fwd(const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const T* __restrict__ s, const float* __restrict__ m, const float* __restrict__ al,
         const float* __restrict__ be, const float* __restrict__ ga, const float* __restrict__ head_sig,
         const float* __restrict__ head_shift, T* __restrict__ o, const float* __restrict__ Hin,
@@ -921,7 +926,7 @@ __global__ void __launch_bounds__(256) tz_seg_scan(const float* __restrict__ Ese
 // dq: this block's 32 columns.  rd (3, ntk, N, T): this tile's part of the row dots a, V, Z (the tiles add up:
 // the intra part is linear in S = the sum of the tiles' Q K^T, the inter part is a dot with q).
 template <typename T, int DVP, int SPLIT>
-__global__ void __launch_bounds__(128) tz_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
+__global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const T* __restrict__ s, const float* __restrict__ m, const float* __restrict__ al,
         const float* __restrict__ be, const float* __restrict__ ga, const float* __restrict__ head_sig,
         const float* __restrict__ head_shift, const T* __restrict__ dout, T* __restrict__ dq, float* __restrict__ rd,
@@ -964,22 +969,8 @@ __global__ void __launch_bounds__(128) tz_bwd_dq(const T* __restrict__ q, const 
         cp_async_wait();
         __syncthreads();
         if (upd) weighted_copies<T, BW, 2>(sK + C * LDW, sK, LDW, tr);
-        float acc[1][4][4], dots[3][2];
+        float acc[1][4][4], dots[3][2] = {{0.f, 0.f}, {0.f, 0.f}, {0.f, 0.f}};
         zero(acc);
-#pragma unroll
-        for (int j = 0; j < 3; ++j) {                              // dO X^T: dq's inter part and the row dots' (with q)
-            float x[1][4][4];
-            zero(x);
-            gemm_ss<T, SPLIT, 1, 4, false, true>(x, sO, LDV, sX + j * BW * LDV, LDV, 16 * w, 0, 0, DVP);
-            auto rowf = [&](int r) { return sg3[j] * (j == 0 ? xp(tr->mref, tr->m[r]) : j == 1 ? sig : 1.f); };
-            row_dots<T, 4>(dots[j], x[0], sQ, LDW, 16 * w);
-            const int g = (threadIdx.x & 31) >> 2;
-            dots[j][0] *= rowf(16 * w + g);
-            dots[j][1] *= rowf(16 * w + g + 8);
-            add_rows(acc[0], x[0], 16 * w, [&](int r) {
-                return rowf(r) * (j == 0 ? tr->al[r] : j == 1 ? tr->be[r] : tr->ga[r]);
-            });
-        }
         if (causal) {                                              // + (r o dP) K; the intra row dots
             float S[1][8][4], D[1][8][4];
             zero(S);
@@ -995,13 +986,28 @@ __global__ void __launch_bounds__(128) tz_bwd_dq(const T* __restrict__ q, const 
             });
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                dots[0][h] += quad_sum(ia[h]);
-                dots[1][h] += quad_sum(iv[h]);
-                dots[2][h] += quad_sum(iz[h]);
+                dots[0][h] = quad_sum(ia[h]);
+                dots[1][h] = quad_sum(iv[h]);
+                dots[2][h] = quad_sum(iz[h]);
             }
             AFrags<T, 8> P;
             c_to_a<T, 8>(P, D[0]);
             gemm_rs<T, SPLIT, 4, AFrags<T, 8>::N, false>(acc[0], P.f, sK, LDW, 0, 0, (16 * w + 16) / KS);
+        }
+#pragma unroll
+        for (int j = 0; j < 3; ++j) {                              // dO X^T: dq's inter part and the row dots' (with q)
+            float x[1][4][4];
+            zero(x);
+            gemm_ss<T, SPLIT, 1, 4, false, true>(x, sO, LDV, sX + j * BW * LDV, LDV, 16 * w, 0, 0, DVP);
+            auto rowf = [&](int r) { return sg3[j] * (j == 0 ? xp(tr->mref, tr->m[r]) : j == 1 ? sig : 1.f); };
+            float d[2];
+            row_dots<T, 4>(d, x[0], sQ, LDW, 16 * w);
+            const int g = (threadIdx.x & 31) >> 2;
+            dots[j][0] = rowf(16 * w + g) * d[0] + dots[j][0];
+            dots[j][1] = rowf(16 * w + g + 8) * d[1] + dots[j][1];
+            add_rows(acc[0], x[0], 16 * w, [&](int r) {
+                return rowf(r) * (j == 0 ? tr->al[r] : j == 1 ? tr->be[r] : tr->ga[r]);
+            });
         }
         store_rows<T, 4>(acc[0], dq + row0 * dk, dk, 16 * w, nrow, k0, dk);
 #pragma unroll
@@ -1025,7 +1031,7 @@ __global__ void __launch_bounds__(128) tz_bwd_dq(const T* __restrict__ q, const 
 //   segment, A relative to m at its last token; nullptr: zeros); not causal: Sin[n] holds the totals.
 // dvout == nullptr: Rseg[n][seg] <- the segment's own suffix sum (A relative to m before the segment).
 template <typename T, int DKP, int SPLIT>
-__global__ void __launch_bounds__(128) tz_bwd_dv(const T* __restrict__ q, const T* __restrict__ k,
+__global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_bwd_dv(const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const T* __restrict__ s, const float* __restrict__ m, const float* __restrict__ al,
         const float* __restrict__ be, const float* __restrict__ ga, const float* __restrict__ head_sig,
         const float* __restrict__ head_shift, const T* __restrict__ dout, T* __restrict__ dvout,
@@ -1075,6 +1081,22 @@ __global__ void __launch_bounds__(128) tz_bwd_dv(const T* __restrict__ q, const 
         if (outp) {
             float acc[1][4][4], ds[2] = {0.f, 0.f};
             zero(acc);
+            if (causal) {                                          // + (r o S)^T dO; the intra part of ds
+                float S[1][8][4], D[1][8][4];
+                zero(S);
+                zero(D);
+                gemm_ss<T, SPLIT, 1, 8, false, true>(S, sK, LDK, sQ, LDK, 16 * w, 0, 0, DKP, w, 4);     // K Q^T
+                gemm_ss<T, SPLIT, 1, 8, false, true>(D, sVt, LDW, sO, LDW, 16 * w, 0, 0, BW, w, 4);     // this tile's V dO^T
+                float id[2] = {0.f, 0.f};
+                weigh<false>(S, 16 * w, tr, [&](int nt, int e, int qr, int, float ex) {
+                    id[e >> 1] += S[0][nt][e] * D[0][nt][e] * (tr->al[qr] * ex + tr->be[qr]);
+                });
+                ds[0] += quad_sum(id[0]);
+                ds[1] += quad_sum(id[1]);
+                AFrags<T, 8> P;
+                c_to_a<T, 8>(P, S[0]);
+                gemm_rs<T, SPLIT, 4, AFrags<T, 8>::N, false>(acc[0], P.f, sO, LDW, 0, (16 * w) / KS, C / KS);
+            }
 #pragma unroll
             for (int j = 0; j < 3; ++j) {                          // K A, K Bs, K Cs: dv's inter part, ds's rowdots with v
                 float x[1][4][4];
@@ -1093,22 +1115,6 @@ __global__ void __launch_bounds__(128) tz_bwd_dv(const T* __restrict__ q, const 
                         ds[h] += d[h] * sg3[j] * (j == 0 ? xp(tr->s[r], tr->mend) : 1.f);
                     }
                 }
-            }
-            if (causal) {                                          // + (r o S)^T dO; the intra part of ds
-                float S[1][8][4], D[1][8][4];
-                zero(S);
-                zero(D);
-                gemm_ss<T, SPLIT, 1, 8, false, true>(S, sK, LDK, sQ, LDK, 16 * w, 0, 0, DKP, w, 4);     // K Q^T
-                gemm_ss<T, SPLIT, 1, 8, false, true>(D, sVt, LDW, sO, LDW, 16 * w, 0, 0, BW, w, 4);     // this tile's V dO^T
-                float id[2] = {0.f, 0.f};
-                weigh<false>(S, 16 * w, tr, [&](int nt, int e, int qr, int, float ex) {
-                    id[e >> 1] += S[0][nt][e] * D[0][nt][e] * (tr->al[qr] * ex + tr->be[qr]);
-                });
-                ds[0] += quad_sum(id[0]);
-                ds[1] += quad_sum(id[1]);
-                AFrags<T, 8> P;
-                c_to_a<T, 8>(P, S[0]);
-                gemm_rs<T, SPLIT, 4, AFrags<T, 8>::N, false>(acc[0], P.f, sO, LDW, 0, (16 * w) / KS, C / KS);
             }
             store_rows<T, 4>(acc[0], dvout + row0 * dv, dv, 16 * w, nrow, c0, dv);
             store_row_values(dsp + ((long long)vt * N + n) * T_ + cs, ds, 16 * w, nrow);
@@ -1131,7 +1137,7 @@ __global__ void __launch_bounds__(128) tz_bwd_dv(const T* __restrict__ q, const 
 // beta Q, gamma Q [C][40] (this block's 32 columns of dk), the state operands A, Bs, Cs [32][DVP+8] (this block's
 // rows) of T + tz::Rows.  The states as in tz_bwd_dv (Sin[n][seg] causal, nullptr: zeros; totals Sin[n]).
 template <typename T, int DVP, int SPLIT>
-__global__ void __launch_bounds__(128) tz_bwd_dk(const T* __restrict__ q, const T* __restrict__ v,
+__global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dk(const T* __restrict__ q, const T* __restrict__ v,
         const T* __restrict__ s, const float* __restrict__ m, const float* __restrict__ al, const float* __restrict__ be,
         const float* __restrict__ ga, const float* __restrict__ head_sig, const float* __restrict__ head_shift,
         const T* __restrict__ dout, T* __restrict__ dkout, const float* __restrict__ Sin, const int* __restrict__ seg_t0,

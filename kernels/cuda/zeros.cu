@@ -7,6 +7,9 @@
 //     the tensor-core variant cupy:chunked_mma (kernels/cuda/chunked_mma.cu is its core).  No loop over T
 //     anywhere: chunk partials, a scan over the chunks, a per-token fix-up.  The derivation is in the header
 //     of that section and in docs/kernels/zeros.md.
+//   * zeros_fused_bscalar / zeros_fused_bds (last): the scalar backward of cupy:chunked_mma_fused, whose
+//     tensor-core kernels (tz_*) are at the end of chunked_mma.cu; the forward scans above serve it too
+//     (zeros_ftoken without stream values).
 //
 // ------------------------------------------------------------------------------------------ CUDA-core rung
 // With m_t the running max of s (the global max when not causal), E_t = sum_{j in W(t)} e^{s_j - m_t},

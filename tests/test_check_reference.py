@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from workbench import check, registry
+from workbench import check, registry, state
 from workbench.reference import common, decayed, linear, softmax, zeros
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,13 +39,23 @@ def test_reference_is_the_reference_row_and_is_checked_by_finite_differences(tmp
     assert compared and all(c["variant"] != "numpy:explicit" for c in compared)     # never against itself
     assert {c["variant"] for c in fd} == {"numpy:explicit"} and all(c["dtype"] == "float64" for c in fd)
     for op in registry.OPS:
-        opts = {c["options"] for c in fd if c["op"] == op}
+        plain = [c for c in fd if c["op"] == op and "+" not in c["options"]]
+        opts = {c["options"] for c in plain}
         # every option of the op, --quick or not
         assert len(opts) == len(check.option_grid(op, quick=False)), (op, opts)
         names = {"d" + n for n in registry.ARRAY_ARGS[op]}
-        for c in (c for c in fd if c["op"] == op):
+        for c in plain:
             assert set(c["errors"]) == names and all(0 < e < 1e-8 for e in c["errors"].values()), c
             assert c["tol"] == check.FD_TOLERANCE and c["ok"]
+        # the state and packing options of the reference (workbench/state.py): the initial state's gradient too
+        featured = [c for c in fd if c["op"] == op and "+" in c["options"]]
+        assert {c["options"].split()[-1] for c in featured} == (
+            {"+packed"} if op == "softmax" else {"+state", "+packed", "+state+packed"})
+        for c in featured:
+            want = names | ({f"dinit.{f}" for f in state.layout(op, 3, 4, "norm" in c["options"])}
+                            if "+state" in c["options"] else set())
+            assert set(c["errors"]) == want and all(0 < e < 1e-8 for e in c["errors"].values()), c
+            assert c["ok"]
     # one reference row per op in the table, with no result of its own
     rows = [line.split() for line in res.output.splitlines()]
     ref_rows = [r for r in rows if r[1:2] == ["numpy:explicit"] and r[-1] == "reference"]

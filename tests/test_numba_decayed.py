@@ -3,32 +3,34 @@ API.  On a CPU machine the kernels run on Numba's CUDA simulator (tests/conftest
 tiny: chunk 8 with T = 19 (three chunks, the last one partial), Da/Dc tiles of 4 with Dk = 5, Dv = 7 (two tiles
 each, the last one partial).  The simulator never type-checks a kernel, so one test compiles every kernel to
 PTX with libNVVM (no GPU needed).  GPU-only tests use the real tile sizes."""
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import workbench as wb
+from workbench.backends import numba_simulator
 from workbench.inputs import random_inputs
 from workbench.reference import decayed as ref
 
 nd = pytest.importorskip("kernels.numba.decayed")
-from kernels.numba import _chunked  # noqa: E402
+from kernels.numba import _chunked, _jit  # noqa: E402
 
 pytestmark = pytest.mark.slow      # Numba CUDA simulator: minutes; -m "not slow" leaves them out
 TOL = {"float32": 1e-4, "float64": 1e-10}
 MULTI_TILE = {"chunk": 8, "block_k": 4, "block_v": 4, "threads": 8}
 ONE_TILE = {"chunk": 8, "block_k": 8, "block_v": 8, "threads": 8}
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture
 def tiles(monkeypatch):
+    """Tiny tiles; on the simulator also head-dim buckets of 8 and 16 with skip groups of 4 (GPU: 64/128/256
+    and 16), so that a bucket holds partial groups and groups skipped at run time."""
     def set_tiles(cfg, scan_threads=4):
         for key, val in cfg.items():
             monkeypatch.setitem(_chunked.CONFIG, key, val)
+        if numba_simulator():
+            monkeypatch.setattr(_jit, "BUCKETS", (8, 16))
+            monkeypatch.setattr(_jit, "GROUP", 4)
         monkeypatch.setattr(nd, "SCAN_THREADS", scan_threads)
     return set_tiles
 
@@ -40,14 +42,19 @@ def rel(x, r):
     return err / (np.linalg.norm(r) if np.linalg.norm(r) > 1e-6 else 1.0)
 
 
-def run(variant, q, k, v, g, do, scale=1.0):
+def numba_vjp(variant, q, k, v, g, do, scale=1.0):
+    """(o, dq, dk, dv, dlog_decay) of one numba variant through the public API."""
     out, pull = wb.vjp(wb.decayed_attention, q, k, v, g, backend=f"numba:{variant}", scale=scale)
-    grads = pull(do)
+    return (out,) + tuple(pull(do))
+
+
+def run(variant, q, k, v, g, do, scale=1.0):
+    got = numba_vjp(variant, q, k, v, g, do, scale)
     T = q.shape[-2]        # the reference takes one leading dim: flatten, then restore the shapes
     flat = [x.astype(np.float64).reshape((-1, T) + x.shape[len(q.shape) - 1:]) for x in (q, k, v, g, do)]
     o_ref, ctx = ref.explicit_forward(*flat[:4], scale=scale)
     want = (o_ref,) + tuple(ref.explicit_backward(ctx, flat[4]))
-    return (out,) + tuple(grads), tuple(w.reshape(x.shape) for w, x in zip(want, (out, q, k, v, g)))
+    return got, tuple(w.reshape(x.shape) for w, x in zip(want, (got[0], q, k, v, g)))
 
 
 def check_case(variant, lead, T, Dk, Dv, dtype, scale=1.0, decay_range=(-1.0, -0.01), seed=0):
@@ -99,13 +106,78 @@ def test_nan_propagates_forward_only(variant, tiles):
 
 
 def test_tiles_fit_device_limits():
-    """Every head dim up to 256, both dtypes: static shared memory <= 48 KB, threads <= 1024, tiles >= 1."""
+    """Every head-dim bucket (and smaller test buckets), both dtypes: static shared memory <= 48 KB, threads
+    <= 1024, tiles >= 1, and the Da tile divides the bucket."""
     for itemsize in (4, 8):
-        for Da in list(range(1, 17)) + [31, 32, 63, 64, 80, 96, 127, 128, 129, 192, 255, 256]:
-            for Dc in (1, 7, 64, 128, 256):
-                C, BK, BV, NT = _chunked.tiles(Da, Dc, 1, 1, itemsize)
-                assert _chunked.shared_bytes(Da, 1, 1, C, BK, BV, itemsize) <= 48 * 1024
-                assert min(C, BK, BV) >= 1 and NT <= 1024
+        for DB in (8, 16, 32) + _jit.BUCKETS:
+            C, BK, BV, NT = _chunked.tiles(DB, 1, itemsize)
+            assert _chunked.shared_bytes(DB, 1, C, BK, BV, itemsize) <= 48 * 1024
+            assert min(C, BK, BV) >= 1 and NT <= 1024 and DB % BK == 0
+
+
+def pairwise_truth(q, k, v, g, do, scale=1.0):
+    """Float64 outputs and gradients straight from the definition, for log decays anywhere in [-inf, 0]:
+    w_ti = exp(sum_{i < j <= t} g_j) summed pair by pair (-inf gives exp(-inf) = 0, never a NaN; no cumsum G
+    whose differences would cancel), then o, dq, dk, dv from w and dg_j = sum_{t >= j} (do_t.o_t - v_t.dv_t),
+    dg_0 = 0.  One leading dim."""
+    q, k, v, g, do = (np.asarray(x, np.float64) for x in (q, k, v, g, do))
+    N, T, _ = q.shape
+    outs = [np.zeros_like(x) for x in (v, q, k, v, g)]
+    for n in range(N):
+        W = np.zeros((T, T))
+        for t in range(T):
+            for i in range(t + 1):
+                W[t, i] = np.exp(g[n, i + 1:t + 1].sum()) if i < t else 1.0
+        A = scale * W * (q[n] @ k[n].T)                 # o = A v
+        dA = scale * W * (do[n] @ v[n].T)
+        o = A @ v[n]
+        dv = A.T @ do[n]
+        dg = np.cumsum((np.sum(do[n] * o, 1) - np.sum(v[n] * dv, 1))[::-1])[::-1]
+        dg[0] = 0.0
+        for x, val in zip(outs, (o, dA @ k[n], dA.T @ q[n], dv, dg)):
+            x[n] = val
+    return outs
+
+
+@pytest.mark.parametrize("variant", ["naive", "chunked"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_minus_inf_log_decay_is_an_exact_reset(variant, dtype, tiles):
+    """log_decay = -inf at positions 5 (mid-chunk), 8 (a chunk's first row), 9 (right after) and 0: every
+    earlier token drops out of the later rows, no NaN anywhere, and each segment between resets is the
+    op on that segment alone."""
+    tiles(MULTI_TILE)
+    q, k, v, g = random_inputs("decayed", lead=(2,), T=19, Dk=5, Dv=7, dtype="float64", seed=11)
+    g[:, [0, 5, 8, 9]] = -np.inf
+    do = np.random.default_rng(12).standard_normal((2, 19, 7))
+    got = numba_vjp(variant, *(x.astype(dtype) for x in (q, k, v, g, do)), scale=0.7)
+    want = pairwise_truth(q, k, v, g, do, scale=0.7)
+    seg_o, _ = ref.explicit_forward(q[:, 9:], k[:, 9:], v[:, 9:], np.where(np.isinf(g[:, 9:]), 0.0, g[:, 9:]),
+                                    scale=0.7)
+    np.testing.assert_allclose(want[0][:, 9:], seg_o, rtol=1e-12, atol=1e-12)      # the truth is a reset
+    for name, x, r in zip(("o", "dq", "dk", "dv", "dlog_decay"), got, want):
+        assert np.isfinite(x).all(), name
+        err = rel(x, r)
+        assert err < TOL[dtype], (variant, name, err)
+
+
+@pytest.mark.parametrize("variant", ["naive", "chunked"])
+def test_any_log_decay_in_minus_inf_to_zero_is_accurate_in_float32(variant, tiles):
+    """Log decays drawn from -inf, -1e30, -1e4, -200, -60, [-30, 0] and -1e-3, in float32, against the pairwise
+    float64 truth: within float32 rounding (the chunked rung floors them at a finite value whose exp is 0)."""
+    tiles(dict(ONE_TILE, chunk=16))
+    rng = np.random.default_rng(21)
+    T = 40
+    q, k, v, _ = random_inputs("decayed", lead=(1,), T=T, Dk=4, Dv=3, dtype="float64", seed=20)
+    pool = np.array([-np.inf, -1e30, -1e4, -200.0, -60.0, -1e-3])
+    g = np.where(rng.random((1, T)) < 0.4, rng.choice(pool, (1, T)), rng.uniform(-30.0, 0.0, (1, T)))
+    g = np.where(rng.random((1, T)) < 0.3, rng.uniform(-0.05, 0.0, (1, T)), g)     # long-lived stretches too
+    q, k, v, g = (x.astype(np.float32).astype(np.float64) for x in (q, k, v, g))
+    do = rng.standard_normal((1, T, 3)).astype(np.float32).astype(np.float64)
+    got = numba_vjp(variant, *(x.astype(np.float32) for x in (q, k, v, g, do)))
+    want = pairwise_truth(q, k, v, g, do)
+    errs = {n: rel(x, r) for n, x, r in zip(("o", "dq", "dk", "dv", "dlog_decay"), got, want)}
+    assert all(np.isfinite(x).all() for x in got), errs
+    assert max(errs.values()) < 1e-5, errs
 
 
 # ----------------------------------------------------------------------------- real GPU, real tile sizes

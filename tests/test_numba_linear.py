@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 
 import workbench as wb
+from workbench.backends import numba_simulator
 from workbench.inputs import random_inputs
 from workbench.reference import linear as ref
 
 numba_linear = pytest.importorskip("kernels.numba.linear")
+from kernels.numba import _jit  # noqa: E402
 
 pytestmark = pytest.mark.slow      # Numba CUDA simulator: minutes; -m "not slow" leaves them out
 TOL = {"float32": 1e-4, "float64": 1e-10}
@@ -18,8 +20,13 @@ SMALL = {"chunk32": 4, "chunk64": 4, "db": 3, "threads": 16, "rows": 8}
 
 @pytest.fixture(autouse=True)
 def small_tiles(monkeypatch):
+    """Tiny chunks; on the simulator also head-dim buckets of 8 and 16 with skip groups of 4 (GPU: 64/128/256
+    and 16), so that a bucket holds partial groups and groups skipped at run time."""
     for key, val in SMALL.items():
         monkeypatch.setitem(numba_linear.CONFIG, key, val)
+    if numba_simulator():
+        monkeypatch.setattr(_jit, "BUCKETS", (8, 16))
+        monkeypatch.setattr(_jit, "GROUP", 4)
 
 
 def rel(x, r):

@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 
 import workbench as wb
+from workbench.backends import numba_simulator
 from workbench.inputs import random_inputs
 from workbench.reference import softmax as ref
 
 numba_softmax = pytest.importorskip("kernels.numba.softmax")
+from kernels.numba import _jit  # noqa: E402
 
 pytestmark = pytest.mark.slow      # Numba CUDA simulator: minutes; -m "not slow" leaves them out
 TOL = {"float32": 1e-4, "float64": 1e-10}
@@ -17,8 +19,13 @@ SMALL_TILES = {"block_q": 8, "block_k": 4, "block_kv": 4, "block_q_bwd": 8}
 
 @pytest.fixture(autouse=True)
 def small_tiles(monkeypatch):
+    """Tiny tiles, and head-dim buckets of 8 and 16 with skip groups of 4 (on the GPU: 64/128/256 and 16),
+    so that the simulator stays fast and a bucket holds a partial group and groups skipped at run time."""
     for key, val in SMALL_TILES.items():
         monkeypatch.setitem(numba_softmax.CONFIG, key, val)
+    if numba_simulator():
+        monkeypatch.setattr(_jit, "BUCKETS", (8, 16))
+        monkeypatch.setattr(_jit, "GROUP", 4)
 
 
 def rel(x, r):
@@ -71,7 +78,7 @@ def test_tiles_fit_static_shared_memory(D, itemsize, monkeypatch):
     """With the default tiles, every tiled kernel's static shared memory stays under the 48 KB limit."""
     for key, val in {"block_q": 64, "block_k": 64, "block_kv": 32, "block_q_bwd": 32}.items():
         monkeypatch.setitem(numba_softmax.CONFIG, key, val)
-    tl = numba_softmax._tiles(D, D, itemsize)
+    tl = numba_softmax._tiles(D, itemsize)
     own, tile = (2 * D + 2) * itemsize, 2 * D * itemsize
     limit = numba_softmax.SHARED_BYTES
     assert tl["bk"] * tile <= limit                                               # forward

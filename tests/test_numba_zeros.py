@@ -4,33 +4,35 @@ tiny: chunk 8 with T = 19 (three chunks, the last one partial), Da/Dc tiles of 4
 each, the last one partial), scans of 4 threads (runs of 5 rows, the last one partial).  The simulator never
 type-checks a kernel, so one test compiles every kernel to PTX with libNVVM (no GPU needed).  GPU-only tests
 use the real tile sizes."""
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import workbench as wb
+from workbench.backends import numba_simulator
 from workbench.inputs import random_inputs
 from workbench.reference import zeros as ref
 
 nz = pytest.importorskip("kernels.numba.zeros")
-from kernels.numba import _chunked  # noqa: E402
+from kernels.numba import _chunked, _jit  # noqa: E402
 
 pytestmark = pytest.mark.slow      # Numba CUDA simulator: minutes; -m "not slow" leaves them out
 TOL = {"float32": 1e-4, "float64": 1e-10}
 MULTI_TILE = {"chunk": 8, "block_k": 4, "block_v": 4, "threads": 8}
 ONE_TILE = {"chunk": 8, "block_k": 8, "block_v": 8, "threads": 8}
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = ("o", "dq", "dk", "dv", "ds", "dgates")
 
 
 @pytest.fixture
 def tiles(monkeypatch):
+    """Tiny tiles; on the simulator also head-dim buckets of 8 and 16 with skip groups of 4 (GPU: 64/128/256
+    and 16), so that a bucket holds partial groups and groups skipped at run time."""
     def set_tiles(cfg, scan_threads=4):
         for key, val in cfg.items():
             monkeypatch.setitem(_chunked.CONFIG, key, val)
+        if numba_simulator():
+            monkeypatch.setattr(_jit, "BUCKETS", (8, 16))
+            monkeypatch.setattr(_jit, "GROUP", 4)
         monkeypatch.setattr(nz, "SCAN_THREADS", scan_threads)
     return set_tiles
 
@@ -112,14 +114,13 @@ def test_nan_propagates_forward_only(variant, tiles):
 
 
 def test_tiles_fit_device_limits():
-    """Every head dim up to 256, both dtypes, summed and per-state outputs: static shared memory <= 48 KB."""
+    """Every head-dim bucket (and smaller test buckets), both dtypes, three states: static shared memory
+    <= 48 KB, the Da tile divides the bucket."""
     for itemsize in (4, 8):
-        for NW in (1, 3):
-            for Da in list(range(1, 17)) + [31, 32, 63, 64, 80, 96, 127, 128, 129, 192, 255, 256]:
-                for Dc in (1, 7, 64, 128, 256):
-                    C, BK, BV, NT = _chunked.tiles(Da, Dc, 3, NW, itemsize)
-                    assert _chunked.shared_bytes(Da, 3, NW, C, BK, BV, itemsize) <= 48 * 1024
-                    assert min(C, BK, BV) >= 1 and NT <= 1024
+        for DB in (8, 16, 32) + _jit.BUCKETS:
+            C, BK, BV, NT = _chunked.tiles(DB, 3, itemsize)
+            assert _chunked.shared_bytes(DB, 3, C, BK, BV, itemsize) <= 48 * 1024
+            assert min(C, BK, BV) >= 1 and NT <= 1024 and DB % BK == 0
 
 
 # ----------------------------------------------------------------------------- real GPU, real tile sizes

@@ -8,12 +8,19 @@ that dtype (``registry.Variant.tolerance``: declared per variant from its measur
 ``registry.TOLERANCE``; docs/spec.md section 4).  Inputs are rounded to float16-representable values first, so every dtype computes
 the same function of the same inputs and one float64 reference serves them all.
 
+Variants that declare the optional features of ``registry.FEATURES`` get more cells (labels ``+state``,
+``+packed``, ``+state+packed``): an initial state in, the final state out and its gradient back in
+(``state``), sequences packed into T with ``inputs.packed_lengths`` (lengths 1, 63, 64, 65, ...;
+``packed``); the errors then include the final state's fields (``final.S``, ...) and the initial state's
+gradient (``dinit.S``, ...).
+
 The explicit reference (``numpy:explicit``) is the reference row, never compared with itself.  It is checked
 on its own, every run, by *finite-difference cells*: per op and option, at one small shape, every element of
 its hand-derived gradients against float64 central differences of its forward.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import sys
@@ -23,8 +30,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import backends, registry
-from .inputs import default_options, random_inputs
+from .inputs import default_options, packed_lengths, random_inputs, random_state
 from .ops import PUBLIC_OPS, vjp
+from .state import fields, map_state, state_dtype
 
 REFERENCE = "numpy:explicit"        # what every cell is compared with
 
@@ -83,6 +91,20 @@ def causal_values(op: str) -> tuple:
     return (True,) if op == "decayed" else (True, False)
 
 
+# State and packing cells: (label suffix, flags).  state: an initial state in, the final state out and its
+# gradient back in (causal only); packed: cu_seqlens from inputs.packed_lengths(T).
+FEATURE_GRID = [("+state", dict(state=True)), ("+packed", dict(packed=True)),
+                ("+state+packed", dict(state=True, packed=True))]
+
+
+def feature_grid(variant: registry.Variant, causal: bool, quick: bool) -> list:
+    """The feature cells a variant gets for one causal value: every applicable combination, or with
+    ``quick`` only the most inclusive one.  They run over the op's quick option grid."""
+    grid = [(label, flags) for label, flags in FEATURE_GRID
+            if all(f in variant.features for f in flags) and (causal or not flags.get("state"))]
+    return grid[-1:] if quick else grid
+
+
 def shapes_for(variant: registry.Variant, quick: bool, full: bool) -> list:
     if variant.backend == "numba" and backends.numba_simulator():
         return SHAPES["simulator-quick" if quick else "simulator"]
@@ -121,28 +143,46 @@ def _split_input_options(op: str, extra: dict) -> tuple:
 _REF_CACHE: dict = {}
 
 
-def _reference(op, arrays, options, dout, key):
-    """Float64 explicit reference (out, grads), cached per cell key (shared by variants and dtypes)."""
-    if key not in _REF_CACHE:
+def _reference(op, cin):
+    """Float64 explicit reference (out, grads) of a cell, cached per cell key (shared by variants and dtypes)."""
+    if cin.key not in _REF_CACHE:
         if len(_REF_CACHE) > 64:
             _REF_CACHE.clear()
-        out, pb = vjp(PUBLIC_OPS[op], *arrays, backend="numpy:explicit", **options)
-        _REF_CACHE[key] = (out, pb(dout))
-    return _REF_CACHE[key]
+        out, pb = vjp(PUBLIC_OPS[op], *cin.arrays, backend=REFERENCE, **cin.options, **cin.extras())
+        _REF_CACHE[cin.key] = (out, pb(cin.dout, *([cin.dstate] if cin.dstate is not None else [])))
+    return _REF_CACHE[cin.key]
 
 
 @dataclass(frozen=True)
 class CellInputs:
     """The float64 inputs of one cell (rounded to float16-representable values), its ``dout`` and the public
-    op's options; ``key`` identifies them (the reference cache's key)."""
+    op's options; ``key`` identifies them (the reference cache's key).  State cells: an initial state and the
+    final state's gradient ``dstate`` (float64, float16-representable); packed cells: ``cu_seqlens``."""
     arrays: tuple
     dout: np.ndarray
     options: dict
     key: tuple
+    initial_state: object = None
+    dstate: object = None
+    cu_seqlens: tuple = None
+
+    def extras(self, dtype: str = "float64") -> dict:
+        """The public op's state and packing keywords, the state in the state dtype of ``dtype``."""
+        out = {}
+        if self.initial_state is not None:
+            out.update(initial_state=_cast_state(self.initial_state, dtype), return_state=True)
+        if self.cu_seqlens is not None:
+            out["cu_seqlens"] = self.cu_seqlens
+        return out
+
+
+def _cast_state(st, dtype: str):
+    sdt = state_dtype(dtype)
+    return map_state(lambda a: a.astype(sdt), st)
 
 
 def cell_inputs(op: str, lead=(2,), T=16, Dk=8, Dv=None, options=None, seed=0, n_gates=2, log_decay_range=None,
-                causal=None) -> CellInputs:
+                causal=None, state=False, packed=False) -> CellInputs:
     """``options`` are the public op's keyword options (defaults filled in); ``causal`` overrides options'."""
     Dv = Dk if Dv is None else Dv
     options = dict(options or {})
@@ -154,13 +194,24 @@ def cell_inputs(op: str, lead=(2,), T=16, Dk=8, Dv=None, options=None, seed=0, n
     input_kw = dict(n_gates=n_gates, feature_map=opts.get("feature_map", "identity"))
     if log_decay_range is not None:
         input_kw["log_decay_range"] = log_decay_range
-    arrays64 = tuple(a.astype(np.float16).astype(np.float64)
-                     for a in random_inputs(op, lead, T, Dk, Dv, "float64", seed, **input_kw))
+    arrays64 = tuple(_half_exact(a) for a in random_inputs(op, lead, T, Dk, Dv, "float64", seed, **input_kw))
     rng = np.random.default_rng(seed + 7919)
-    dout64 = rng.standard_normal((*lead, T, Dv)).astype(np.float16).astype(np.float64)
+    dout64 = _half_exact(rng.standard_normal((*lead, T, Dv)))
+    cu = packed_lengths(T) if packed else None
+    init = dstate = None
+    if state:
+        slead = (*lead, len(cu) - 1) if packed else tuple(lead)
+        normalize = bool(opts.get("normalize", False))
+        init = map_state(_half_exact, random_state(op, slead, Dk, Dv, seed=seed, normalize=normalize))
+        dstate = map_state(lambda a: _half_exact(rng.standard_normal(a.shape)), init)
     key = (op, tuple(lead), T, Dk, Dv, seed, json.dumps(opts, sort_keys=True, default=str),
-           json.dumps(input_kw, sort_keys=True, default=str))
-    return CellInputs(arrays64, dout64, opts, key)
+           json.dumps(input_kw, sort_keys=True, default=str), bool(state), bool(packed))
+    return CellInputs(arrays64, dout64, opts, key, init, dstate, cu)
+
+
+def _half_exact(a):
+    """float64 values that float16 (and so every dtype) represents exactly."""
+    return a.astype(np.float16).astype(np.float64)
 
 
 def _variant(op: str, backend_key: str, dtype: str) -> registry.Variant:
@@ -168,54 +219,87 @@ def _variant(op: str, backend_key: str, dtype: str) -> registry.Variant:
     return registry.get(op, backend, name or None, dtype=dtype)
 
 
+def _named(op: str, out, grads, has_state: bool) -> dict:
+    """name -> array of a cell's results: out, final.<field> (state cells), d<arg>, dinit.<field>."""
+    o, final = out if has_state else (out, None)
+    res = {"out": o}
+    if final is not None:
+        res.update({f"final.{n}": x for n, x in fields(final).items()})
+    res.update({"d" + n: g for n, g in zip(registry.ARRAY_ARGS[op], grads)})
+    if has_state:
+        res.update({f"dinit.{n}": x for n, x in fields(grads[-1]).items()})
+    return res
+
+
 def compare(op: str, backend_key: str, lead=(2,), T=16, Dk=8, Dv=None, dtype="float32", options=None, seed=0,
-            n_gates=2, log_decay_range=None, causal=None) -> dict:
+            n_gates=2, log_decay_range=None, causal=None, state=False, packed=False) -> dict:
     """Relative errors of one variant on one cell against the float64 explicit reference.
 
     Returns ``{"out": e, "dq": e, ..., "tol": tol, "ok": bool, "seconds": s}``, tol the variant's tolerance
-    for ``dtype``.  ``options`` are the public op's keyword options (defaults filled in); ``causal`` overrides
-    options'.
+    for ``dtype`` (state cells add ``final.<field>`` and ``dinit.<field>``).  ``options`` are the public op's
+    keyword options (defaults filled in); ``causal`` overrides options'.  ``state``: an initial state in, the
+    final state out and its gradient back; ``packed``: sequences packed with ``inputs.packed_lengths(T)``.
     """
-    cin = cell_inputs(op, lead, T, Dk, Dv, options, seed, n_gates, log_decay_range, causal)
-    arrays64, dout64, opts = cin.arrays, cin.dout, cin.options
-    ref_out, ref_grads = _reference(op, arrays64, opts, dout64, cin.key)
+    cin = cell_inputs(op, lead, T, Dk, Dv, options, seed, n_gates, log_decay_range, causal, state, packed)
+    ref_out, ref_grads = _reference(op, cin)
 
     cast = _caster(dtype)
     t0 = time.perf_counter()
     with backends.poisoned():          # unwritten output elements show up as NaN
-        out, pullback = vjp(PUBLIC_OPS[op], *[cast(a) for a in arrays64], backend=backend_key, **opts)
-        grads = pullback(cast(dout64))
+        out, pullback = vjp(PUBLIC_OPS[op], *[cast(a) for a in cin.arrays], backend=backend_key, **cin.options,
+                            **cin.extras(dtype))
+        grads = pullback(cast(cin.dout), *([_cast_state(cin.dstate, dtype)] if state else []))
     seconds = time.perf_counter() - t0
-    names = ("out",) + tuple("d" + n for n in registry.ARRAY_ARGS[op])
-    errors = {n: rel_error(_to_float64(x), r) for n, x, r in zip(names, (out,) + tuple(grads),
-                                                                   (ref_out,) + tuple(ref_grads))}
+    ref = _named(op, ref_out, ref_grads, state)
+    got = _named(op, out, grads, state)
+    if got.keys() != ref.keys():
+        raise ValueError(f"{backend_key} returned {sorted(got)}; the reference returns {sorted(ref)}")
+    errors = {n: rel_error(_to_float64(got[n]), ref[n]) for n in ref}
     tol = _variant(op, backend_key, dtype).tolerance(dtype)
     ok = all(e <= tol for e in errors.values())       # NaN compares False: fails
     return dict(errors, tol=tol, ok=bool(ok), seconds=seconds)
 
 
 def finite_differences(op: str, lead=FD_SHAPE.lead, T=FD_SHAPE.T, Dk=FD_SHAPE.Dk, Dv=FD_SHAPE.Dv, options=None,
-                       seed=0, n_gates=2, log_decay_range=None, causal=None, step=FD_STEP) -> dict:
+                       seed=0, n_gates=2, log_decay_range=None, causal=None, step=FD_STEP, state=False,
+                       packed=False) -> dict:
     """Relative errors of the explicit reference's gradients against float64 central differences.
 
-    With ``f(x) = sum(out(x) * dout)``, every element j of every array argument x gets
+    With ``f(x) = sum(out(x) * dout)`` (state cells: plus ``<final state, dstate>`` over its fields), every
+    element j of every array argument x (and of every field of the initial state) gets
     ``(f(x + h e_j) - f(x - h e_j)) / 2h``; all perturbed copies of one argument run as one batched call of
     the reference's forward (a leading dim of 2 x size(x) independent problems).  Returns
-    ``{"dq": e, ..., "tol": FD_TOLERANCE, "ok": bool, "seconds": s}``.
+    ``{"dq": e, ..., "tol": FD_TOLERANCE, "ok": bool, "seconds": s}`` (state cells add ``dinit.<field>``).
     """
-    cin = cell_inputs(op, lead, T, Dk, Dv, options, seed, n_gates, log_decay_range, causal)
+    cin = cell_inputs(op, lead, T, Dk, Dv, options, seed, n_gates, log_decay_range, causal, state, packed)
     fn = PUBLIC_OPS[op]
     t0 = time.perf_counter()
-    _, pullback = vjp(fn, *cin.arrays, backend=REFERENCE, **cin.options)
-    grads = pullback(cin.dout)
+    _, pullback = vjp(fn, *cin.arrays, backend=REFERENCE, **cin.options, **cin.extras())
+    grads = pullback(cin.dout, *([cin.dstate] if state else []))
+    targets = [("d" + n, grads[i], i, None) for i, n in enumerate(registry.ARRAY_ARGS[op])]
+    if state:
+        targets += [(f"dinit.{n}", x, None, n) for n, x in fields(grads[-1]).items()]
     errors = {}
-    for i, (name, x) in enumerate(zip(registry.ARRAY_ARGS[op], cin.arrays)):
+    for label, grad, i, field_name in targets:
+        x = cin.arrays[i] if i is not None else getattr(cin.initial_state, field_name)
         m = x.size
         steps = step * np.eye(m).reshape((m,) + x.shape)
         batch = [np.broadcast_to(a, (2 * m,) + a.shape) for a in cin.arrays]
-        batch[i] = np.concatenate([x + steps, x - steps])
-        f = (fn(*batch, backend=REFERENCE, **cin.options) * cin.dout).reshape(2 * m, -1).sum(-1)
-        errors["d" + name] = rel_error(grads[i], ((f[:m] - f[m:]) / (2 * step)).reshape(x.shape))
+        extras = cin.extras()
+        if state:
+            extras["initial_state"] = map_state(lambda a: np.broadcast_to(a, (2 * m,) + a.shape), cin.initial_state)
+        plus_minus = np.concatenate([x + steps, x - steps])
+        if i is not None:
+            batch[i] = plus_minus
+        else:
+            extras["initial_state"] = dataclasses.replace(extras["initial_state"], **{field_name: plus_minus})
+        res = fn(*batch, backend=REFERENCE, **cin.options, **extras)
+        o, final = res if state else (res, None)
+        f = (o * cin.dout).reshape(2 * m, -1).sum(-1)
+        if state:
+            for n, y in fields(final).items():
+                f = f + (y * getattr(cin.dstate, n)).reshape(2 * m, -1).sum(-1)
+        errors[label] = rel_error(grad, ((f[:m] - f[m:]) / (2 * step)).reshape(x.shape))
     ok = all(e <= FD_TOLERANCE for e in errors.values())
     return dict(errors, tol=FD_TOLERANCE, ok=bool(ok), seconds=time.perf_counter() - t0)
 
@@ -294,13 +378,20 @@ def plan(ops=(), backends_=(), quick=False, full=False, dtypes=()) -> tuple:
         reference = _variant(op, REFERENCE, "float64")
         fd += [(reference, FD_SHAPE, "float64", causal, label, extra, "fd")
                for causal in causal_values(op) for label, extra in option_grid(op, quick=False)]
+        fd += [(reference, FD_SHAPE, "float64", causal, f"{label} {suffix}".strip(), dict(extra, **flags), "fd")
+               for causal in causal_values(op) for label, extra in option_grid(op, quick=True)
+               for suffix, flags in feature_grid(reference, causal, quick=False)]
     for v in variants:
         if v.key == REFERENCE:
             continue
         for shape in shapes_for(v, quick, full):
             for dtype in ([d for d in dtypes if d in v.dtypes] if dtypes else dtypes_for(v)):
                 for causal in causal_values(v.op):
-                    for label, extra in option_grid(v.op, quick):
+                    grid = option_grid(v.op, quick) + [
+                        (f"{label} {suffix}".strip(), dict(extra, **flags))
+                        for label, extra in option_grid(v.op, quick=True)
+                        for suffix, flags in feature_grid(v, causal, quick)]
+                    for label, extra in grid:
                         if extra.get("normalize") and shape.T < 2:
                             # o = A v / (A + eps) at T=1: dq, dk vanish up to eps, relative error is noise
                             continue
@@ -317,13 +408,14 @@ def run_cell(v, shape, dtype, causal, label, extra, kind="compare", seed=0) -> C
     kw = dict(extra)
     n_gates = kw.pop("n_gates", 2)
     ldr = kw.pop("log_decay_range", None)
+    flags = dict(state=kw.pop("state", False), packed=kw.pop("packed", False))
     try:
         if fd:
             res = finite_differences(v.op, shape.lead, shape.T, shape.Dk, shape.Dv, options=kw, seed=seed,
-                                     n_gates=n_gates, log_decay_range=ldr, causal=causal)
+                                     n_gates=n_gates, log_decay_range=ldr, causal=causal, **flags)
         else:
             res = compare(v.op, v.key, shape.lead, shape.T, shape.Dk, shape.Dv, dtype, options=kw, seed=seed,
-                          n_gates=n_gates, log_decay_range=ldr, causal=causal)
+                          n_gates=n_gates, log_decay_range=ldr, causal=causal, **flags)
         cell.tol, cell.ok, cell.seconds = res.pop("tol"), res.pop("ok"), res.pop("seconds")
         cell.errors = res
     except Exception as e:              # a crash is a failing cell, reported, not a dead sweep

@@ -46,3 +46,40 @@ def random_inputs(op: str, lead=(2,), T=16, Dk=8, Dv=None, dtype="float64", seed
         arrays.append(rng.standard_normal((*lead, T, n_gates)))
     assert len(arrays) == len(ARRAY_ARGS[op])
     return tuple(a.astype(dtype) for a in arrays)
+
+
+def random_state(op: str, lead=(2,), Dk=8, Dv=None, dtype="float64", seed=0, normalize=False):
+    """A random state of ``op`` (workbench.state) with NumPy fields of ``lead`` + the field's shape (``lead``
+    includes the sequence dim when packing), in the state dtype of ``dtype``.  Valid values: a positive
+    denominator state z, ZeroS E >= 1 (the running max m is one of the sums' terms) and counts n >= 1."""
+    from .state import STATE_TYPES, layout, state_dtype
+    Dv = Dk if Dv is None else Dv
+    rng = np.random.default_rng(seed + 104729)
+    lead = tuple(lead)
+    out = {}
+    for name, shape in layout(op, Dk, Dv, normalize).items():
+        x = rng.standard_normal(lead + shape)
+        if name == "z":
+            x = np.abs(x) + 0.5
+        elif name == "E":
+            x = 1 + np.abs(x)
+        elif name == "n":
+            x = rng.integers(1, 20, lead).astype(np.float64)
+        elif name == "P":
+            x = 3 * x
+        elif op in ("linear", "decayed"):
+            x = x / np.sqrt(Dk)
+        out[name] = x.astype(state_dtype(dtype))
+    return STATE_TYPES[op](**out)
+
+
+def packed_lengths(T: int, pattern=(1, 63, 64, 65, 2, 127, 129)) -> tuple:
+    """Offsets ``cu_seqlens`` cutting T positions into sequences of awkward lengths: the pattern's lengths
+    in turn while they fit, then the remainder (sequences start and end inside chunks of 64)."""
+    cu, i = [0], 0
+    while cu[-1] < T:
+        n = pattern[i % len(pattern)]
+        i += 1
+        left = T - cu[-1]
+        cu.append(cu[-1] + (n if n < left else left))
+    return tuple(cu)

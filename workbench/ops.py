@@ -18,10 +18,16 @@ Input contract (every error names the op and the argument):
   * ``log_decay <= 0`` (``-inf`` allowed: an exact reset of the state).  NumPy inputs are always checked;
     CuPy inputs only under ``backends.device_checked()`` / ``WORKBENCH_DEVICE_CHECKS=1``, because the check
     is a device reduction plus a host sync on every call;
-  * the pullback's ``dout``: the output's kind, shape and dtype (no silent cast).
+  * the pullback's ``dout``: the output's kind, shape and dtype (no silent cast);
+  * ``cu_seqlens`` (every op) and ``initial_state`` / ``return_state`` (linear, decayed, zeros; causal
+    only): see workbench/state.py.  The state's fields have the leading dims (plus the sequence dim with
+    cu_seqlens) and the state dtype (float32, float64 for float64 inputs); a variant must declare the
+    feature (``registry.Variant.features``).  cu_seqlens as a tuple, list or NumPy array is cached with the
+    plan; a CuPy array costs a device-to-host copy per call.
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from dataclasses import dataclass
@@ -29,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import backends, registry
+from . import state as _st
 
 FEATURE_MAPS = ("identity", "elu1", "relu")
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -49,23 +56,29 @@ def _dtype_name(dt) -> str:
     return name
 
 
-def _check_arrays(op: str, arrays: dict) -> tuple:
-    """Validate shapes and dtypes; return (array kind, dtype name, leading shape, T, Dk, Dv)."""
+def _check_kinds_and_dtypes(where: str, arrays: dict) -> tuple:
+    """(array kind, dtype name) shared by every array, else a TypeError naming the argument."""
     kinds = {}
     for name, x in arrays.items():
         try:
             kinds[name] = backends.array_kind(x)
         except TypeError as e:
-            raise TypeError(f"{op}_attention: argument {name!r}: {e}") from None
+            raise TypeError(f"{where}: argument {name!r}: {e}") from None
     if len(set(kinds.values())) > 1:
-        raise TypeError(f"{op}_attention: mixed array kinds {kinds}; pass all NumPy or all CuPy arrays")
+        raise TypeError(f"{where}: mixed array kinds {kinds}; pass all NumPy or all CuPy arrays")
     dts = {name: _dtype_name(x.dtype) for name, x in arrays.items()}
     for name, dt in dts.items():
         if dt not in _FLOAT_DTYPES:
-            raise TypeError(f"{op}_attention: argument {name!r} has dtype {dt}; expected a floating dtype "
+            raise TypeError(f"{where}: argument {name!r} has dtype {dt}; expected a floating dtype "
                             f"(float16, float32 or float64; bfloat16 on the backends that take it)")
     if len(set(dts.values())) > 1:
-        raise TypeError(f"{op}_attention: mixed dtypes {dts}; all arrays must share one dtype")
+        raise TypeError(f"{where}: mixed dtypes {dts}; all arrays must share one dtype")
+    return kinds["q"], dts["q"]
+
+
+def _check_arrays(op: str, arrays: dict) -> tuple:
+    """Validate shapes and dtypes; return (array kind, dtype name, leading shape, T, Dk, Dv)."""
+    kind, dtype = _check_kinds_and_dtypes(f"{op}_attention", arrays)
     q, k, v = arrays["q"], arrays["k"], arrays["v"]
     if q.ndim < 2:
         raise ValueError(f"{op}_attention: argument 'q' must have shape (..., T, Dk), got {q.shape}")
@@ -88,7 +101,7 @@ def _check_arrays(op: str, arrays: dict) -> tuple:
         if g.shape[:-1] != (*lead, T) or g.ndim != q.ndim or g.shape[-1] not in (2, 3):
             raise ValueError(f"{op}_attention: argument 'gates' must have shape {(*lead, T, 2)} or "
                              f"{(*lead, T, 3)} ((..., T, 2|3)), got {g.shape}")
-    return kinds["q"], dts["q"], tuple(lead), T, Dk, Dv
+    return kind, dtype, tuple(lead), T, Dk, Dv
 
 
 def _check_options(op: str, options: dict, Dk: int) -> dict:
@@ -146,7 +159,11 @@ def _auto_variant(op: str, kind: str, dtype: str):
                     f"pass backend=... with arrays of the kind that variant takes, or another dtype")
 
 
-def _pick_variant(op: str, backend: str, kind: str, dtype: str, options: dict, shapes: dict):
+_FEATURE_OPTIONS = {"state": "initial_state/return_state", "packed": "cu_seqlens"}
+
+
+def _pick_variant(op: str, backend: str, kind: str, dtype: str, options: dict, shapes: dict,
+                  features: frozenset = frozenset()):
     if not isinstance(backend, str):
         raise TypeError(f"{op}_attention: backend must be a string, got {backend!r}")
     if backend == "auto":
@@ -157,6 +174,19 @@ def _pick_variant(op: str, backend: str, kind: str, dtype: str, options: dict, s
             variant = registry.get(op, backend_name, variant_name or None, dtype=dtype)
         except ValueError as e:
             raise ValueError(f"{op}_attention: {e}") from None
+    if not features <= variant.features:
+        # auto and a bare backend name pick a variant that has the features; a named variant must have them
+        named = backend != "auto" and ":" in backend
+        alt = None if named else _variant_with(op, AUTO_BACKENDS[kind] if backend == "auto" else (variant.backend,),
+                                               dtype, options, shapes, features)
+        if alt is None:
+            missing = sorted(features - variant.features)
+            have = [v.key for v in registry.variants(op) if features <= v.features]
+            raise ValueError(f"{op}_attention: backend {variant.key} does not support "
+                             f"{', '.join(_FEATURE_OPTIONS[f] for f in missing)}; variants of {op} that support "
+                             f"{', '.join(_FEATURE_OPTIONS[f] for f in sorted(features))}: "
+                             f"{', '.join(have) if have else 'none'}")
+        variant = alt
     _require(op, variant)
     if dtype not in variant.dtypes:
         raise TypeError(f"{op}_attention: backend {variant.key} does not support dtype {dtype}; "
@@ -165,6 +195,17 @@ def _pick_variant(op: str, backend: str, kind: str, dtype: str, options: dict, s
     if why:
         raise ValueError(f"{op}_attention: backend {variant.key} does not support these inputs: {why}")
     return variant
+
+
+def _variant_with(op: str, backend_names, dtype: str, options: dict, shapes: dict, features: frozenset):
+    """The first usable variant of the backends that takes dtype, these inputs and every feature, or None."""
+    for name in backend_names:
+        if not backends.status(name)[0]:
+            continue
+        for v in registry.variants(op, name):
+            if dtype in v.dtypes and features <= v.features and v.unsupported_reason(options, shapes) is None:
+                return v
+    return None
 
 
 def _require(op: str, variant) -> None:
@@ -191,6 +232,14 @@ class _Plan:
     to_kind: str                # the kind the variant takes when it differs from the caller's, else ""
     native: bool                # every argument in native byte order
     decay_index: int            # position of log_decay among the arrays (-1: none)
+    # state and packing (workbench/state.py); options above include return_state/cu_seqlens when used
+    return_state: bool = False
+    has_state: bool = False     # an initial state is passed (the gradients get one more: its gradient)
+    state_lead: tuple = ()      # the caller's leading dims of state fields (lead, plus nseq when packed)
+    flat_state_lead: tuple = () # (N, nseq): what the variant sees
+    normalize: bool = False     # linear: the state carries z
+    Dk: int = 0
+    Dv: int = 0
 
     def flatten(self, arrays) -> list:
         flat = []
@@ -209,6 +258,24 @@ class _Plan:
         if self.to_kind:
             x = backends.to_kind(x, self.kind)
         return x if x.shape == shape else x.reshape(shape)
+
+    def flatten_state(self, state):
+        """A (validated) state of the caller's layout as the variant takes it: fields (N, nseq, ...)."""
+        def flat(x):
+            x = x.reshape(self.flat_state_lead + x.shape[len(self.state_lead):])
+            if self.to_kind:
+                x = backends.to_kind(x, self.to_kind)
+            return x if x.flags.c_contiguous else _contiguous(x)
+        return _st.map_state(flat, state)
+
+    def back_state(self, state):
+        """A state from the variant in the caller's kind and layout."""
+        return _st.map_state(lambda x: self.back(x, self.state_lead + x.shape[2:]), state)
+
+    def check_state(self, state, name: str, allow_none_fields: bool = False, where: str = ""):
+        return _st.check_state(where or f"{self.op}_attention", self.op, state, lead=self.state_lead, Dk=self.Dk, Dv=self.Dv,
+                               dtype=str(self.dtype), kind=self.kind, normalize=self.normalize, name=name,
+                               allow_none_fields=allow_none_fields)
 
     def check_values(self, arrays) -> None:
         if self.decay_index < 0:
@@ -236,15 +303,41 @@ def _opt_key(v):
     return t, (v.hex() if t is float else repr(v))
 
 
-def _plan(op: str, arrays: tuple, options: dict, backend) -> _Plan:
+@dataclass(frozen=True)
+class _Extras:
+    """The state and packing arguments of one call, as the caller passed them."""
+    initial_state: object = None
+    return_state: object = False
+    cu_seqlens: object = None
+
+    def key(self):
+        """Hashable: the state's type and the type, dtype and shape of its fields; cu_seqlens' values (a CuPy
+        array raises TypeError: no plan is cached, it is validated every call)."""
+        st, cu = self.initial_state, self.cu_seqlens
+        if st is not None:
+            st = (type(st), *[None if x is None else (type(x), x.dtype, x.shape)
+                              for x in (getattr(st, f.name) for f in dataclasses.fields(st))])
+        if isinstance(cu, np.ndarray):
+            cu = (cu.dtype.str, cu.shape, cu.tobytes())
+        elif isinstance(cu, (tuple, list)):
+            cu = (type(cu), *[(type(c), c) for c in cu])
+        elif cu is not None:
+            raise TypeError("cu_seqlens: not cached")
+        return st, _opt_key(self.return_state), cu
+
+
+_NO_EXTRAS = _Extras()
+
+
+def _plan(op: str, arrays: tuple, options: dict, backend, extras: _Extras = _NO_EXTRAS) -> _Plan:
     try:
         key = (op, backend, *[(type(x), x.dtype, x.shape) for x in arrays],
-               *[(k, _opt_key(v)) for k, v in options.items()])
+               *[(k, _opt_key(v)) for k, v in options.items()], extras.key() if extras is not _NO_EXTRAS else None)
         plan = _PLANS.get(key)
     except (TypeError, AttributeError):         # unhashable or not an array: validation says what is wrong
         key = plan = None
     if plan is None or _PLANS_VERSION[0] != registry.VERSION[0]:
-        plan = _make_plan(op, arrays, options, backend)
+        plan = _make_plan(op, arrays, options, backend, extras)
         if key is not None:
             if len(_PLANS) >= _MAX_PLANS or _PLANS_VERSION[0] != registry.VERSION[0]:
                 _PLANS.clear()
@@ -256,20 +349,37 @@ def _plan(op: str, arrays: tuple, options: dict, backend) -> _Plan:
     return plan
 
 
-def _make_plan(op: str, arrays: tuple, options: dict, backend) -> _Plan:
+def _make_plan(op: str, arrays: tuple, options: dict, backend, extras: _Extras = _NO_EXTRAS) -> _Plan:
     names = registry.ARRAY_ARGS[op]
     named = dict(zip(names, arrays))
     kind, dtype, lead, T, Dk, Dv = _check_arrays(op, named)
     options = _check_options(op, options, Dk)
+    where = f"{op}_attention"
+    cu = _st.check_cu_seqlens(where, extras.cu_seqlens, T)
+    if not isinstance(extras.return_state, (bool, np.bool_)):
+        raise TypeError(f"{where}: 'return_state' must be True or False, got {extras.return_state!r}")
+    stateful = extras.initial_state is not None or bool(extras.return_state)
+    if stateful and not options.get("causal", True):
+        raise ValueError(f"{where}: initial_state and return_state need causal=True (a state summarises the "
+                         f"tokens before a position; with causal=False every token sees its whole sequence)")
+    features = frozenset(({"state"} if stateful else set()) | ({"packed"} if cu is not None else set()))
     shapes = {n: tuple(a.shape) for n, a in named.items()}
-    variant = _pick_variant(op, backend, kind, dtype, options, shapes)
+    variant = _pick_variant(op, backend, kind, dtype, options, shapes, features)
     N = math.prod(lead)
     flat_shapes = tuple((N,) + s[len(lead):] for s in shapes.values())
     to_kind = variant.array_kind if variant.array_kind not in ("any", kind) else ""
     first = arrays[0].dtype
-    return _Plan(op, variant, kind, first if first.isnative else first.newbyteorder("="), tuple(shapes.values()),
-                 flat_shapes, (*lead, T, Dv), (N, T, Dv), options, to_kind,
-                 all(a.dtype.isnative for a in arrays), names.index("log_decay") if "log_decay" in names else -1)
+    nseq = () if cu is None else (len(cu) - 1,)
+    variant_options = dict(options, **({"return_state": True} if extras.return_state else {}),
+                           **({"cu_seqlens": cu} if cu is not None else {}))
+    plan = _Plan(op, variant, kind, first if first.isnative else first.newbyteorder("="), tuple(shapes.values()),
+                 flat_shapes, (*lead, T, Dv), (N, T, Dv), variant_options, to_kind,
+                 all(a.dtype.isnative for a in arrays), names.index("log_decay") if "log_decay" in names else -1,
+                 bool(extras.return_state), extras.initial_state is not None, (*lead, *nseq), (N, len(cu) - 1 if cu else 1),
+                 bool(options.get("normalize", False)), Dk, Dv)
+    if extras.initial_state is not None:
+        plan.check_state(extras.initial_state, "initial_state")
+    return plan
 
 
 def _contiguous(x):
@@ -279,16 +389,33 @@ def _contiguous(x):
 
 
 # ----------------------------------------------------------------------------- dispatch
-def _forward(op: str, arrays: tuple, options: dict, backend):
-    plan = _plan(op, arrays, options, backend)
-    out, ctx = plan.variant.forward(*plan.flatten(arrays), **plan.options)
-    return plan.back(out, plan.out_shape), plan, ctx
+def _forward(op: str, arrays: tuple, options: dict, backend, extras: _Extras = _NO_EXTRAS):
+    """(out, plan, ctx); out is (o, final state) with return_state."""
+    plan = _plan(op, arrays, options, backend, extras)
+    if extras.initial_state is None:
+        res, ctx = plan.variant.forward(*plan.flatten(arrays), **plan.options)
+    else:
+        res, ctx = plan.variant.forward(*plan.flatten(arrays), initial_state=plan.flatten_state(extras.initial_state),
+                                        **plan.options)
+    if plan.return_state:
+        return (plan.back(res[0], plan.out_shape), plan.back_state(res[1])), plan, ctx
+    return plan.back(res, plan.out_shape), plan, ctx
+
+
+def _full_state(plan: _Plan, dstate):
+    """A validated final-state gradient with every field set (None fields: zeros)."""
+    plan.check_state(dstate, "dstate", allow_none_fields=True, where=f"{plan.op}_attention pullback")
+    xp = np if plan.kind == "numpy" else backends.cupy_module()
+    want = _st.layout(plan.op, plan.Dk, plan.Dv, plan.normalize)
+    dt = _st.state_dtype(str(plan.dtype))
+    return type(dstate)(**{n: getattr(dstate, n) if getattr(dstate, n) is not None
+                           else xp.zeros(plan.state_lead + shape, dt) for n, shape in want.items()})
 
 
 def _pullback(plan: _Plan, ctx):
     where = f"{plan.op}_attention pullback"
 
-    def pullback(dout):
+    def pullback(dout, dstate=None):
         try:
             kind = backends.array_kind(dout)
         except TypeError as e:
@@ -307,8 +434,17 @@ def _pullback(plan: _Plan, ctx):
         d = dout if dout.shape == plan.flat_out_shape else dout.reshape(plan.flat_out_shape)
         if plan.to_kind:
             d = backends.to_kind(d, plan.to_kind)
-        grads = plan.variant.backward(ctx, d if d.flags.c_contiguous else _contiguous(d))
-        return tuple(plan.back(g, s) for g, s in zip(grads, plan.arg_shapes))
+        d = d if d.flags.c_contiguous else _contiguous(d)
+        if plan.return_state:
+            dfinal = None if dstate is None else plan.flatten_state(_full_state(plan, dstate))
+            grads = plan.variant.backward(ctx, d, dfinal)
+        elif dstate is not None:
+            raise TypeError(f"{where}: argument 'dstate' (the final state's gradient) needs return_state=True "
+                            f"in the call")
+        else:
+            grads = plan.variant.backward(ctx, d)
+        out = tuple(plan.back(g, s) for g, s in zip(grads, plan.arg_shapes))
+        return out + (plan.back_state(grads[-1]),) if plan.has_state else out
     return pullback
 
 
@@ -320,52 +456,90 @@ def _op(name: str):
 
 
 # ----------------------------------------------------------------------------- public ops
+_STATE_DOC = """
+    State and packing (workbench/state.py; docs/spec.md): ``cu_seqlens`` packs sequences into the T axis
+    (offsets ``0 = c_0 < ... < c_nseq = T``; no token attends across a boundary); ``initial_state`` (a
+    ``{cls}``, causal only) continues each sequence from a state; ``return_state=True`` returns
+    ``(o, final_state)``.  With cu_seqlens the state fields have the sequence dim: ``(..., nseq, ...)``."""
+
+
+def _extras(initial_state=None, return_state=False, cu_seqlens=None) -> _Extras:
+    if initial_state is None and return_state is False and cu_seqlens is None:
+        return _NO_EXTRAS
+    return _Extras(initial_state, return_state, cu_seqlens)
+
+
 @_op("softmax")
-def softmax_attention(q, k, v, causal=True, scale=None, backend="auto"):
+def softmax_attention(q, k, v, causal=True, scale=None, backend="auto", cu_seqlens=None):
     """Softmax attention ``o_t = sum_i softmax_i(scale * q_t.k_i) v_i`` (sums over i <= t when causal).
 
     q, k: ``(..., T, Dk)``; v: ``(..., T, Dv)``; returns ``(..., T, Dv)``.  scale defaults to 1/sqrt(Dk).
+    ``cu_seqlens``: offsets of sequences packed into the T axis (workbench/state.py); keys of other
+    sequences are masked out.
     """
-    return _forward("softmax", (q, k, v), dict(causal=causal, scale=scale), backend)[0]
+    return _forward("softmax", (q, k, v), dict(causal=causal, scale=scale), backend,
+                    _extras(cu_seqlens=cu_seqlens))[0]
 
 
 @_op("linear")
 def linear_attention(q, k, v, causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6,
-                     backend="auto"):
+                     backend="auto", initial_state=None, return_state=False, cu_seqlens=None):
     """Linear attention ``o_t = sum_i scale * phi(q_t).phi(k_i) v_i``, divided by
-    ``sum_i scale * phi(q_t).phi(k_i) + eps`` when ``normalize``.  phi: identity, elu1 (elu+1) or relu."""
+    ``sum_i scale * phi(q_t).phi(k_i) + eps`` when ``normalize``.  phi: identity, elu1 (elu+1) or relu.
+    """
     return _forward("linear", (q, k, v),
                     dict(causal=causal, feature_map=feature_map, normalize=normalize, scale=scale, eps=eps),
-                    backend)[0]
+                    backend, _extras(initial_state, return_state, cu_seqlens))[0]
 
 
 @_op("decayed")
-def decayed_attention(q, k, v, log_decay, scale=1.0, backend="auto", causal=True):
+def decayed_attention(q, k, v, log_decay, scale=1.0, backend="auto", causal=True, initial_state=None,
+                      return_state=False, cu_seqlens=None):
     """Decayed linear attention (always causal): ``S_t = exp(g_t) S_{t-1} + k_t v_t^T``,
     ``o_t = scale * q_t^T S_t``, with ``g = log_decay <= 0`` of shape ``(..., T)``; ``g_t = -inf`` resets
     the state (every earlier token drops out).  Positive log decays are refused with a ValueError (CuPy
-    inputs only under ``workbench.backends.device_checked()``: the check syncs the device)."""
-    return _forward("decayed", (q, k, v, log_decay), dict(scale=scale, causal=causal), backend)[0]
+    inputs only under ``workbench.backends.device_checked()``: the check syncs the device).
+    """
+    return _forward("decayed", (q, k, v, log_decay), dict(scale=scale, causal=causal), backend,
+                    _extras(initial_state, return_state, cu_seqlens))[0]
 
 
 @_op("zeros")
-def zeros_attention(q, k, v, s, gates, causal=True, backend="auto"):
+def zeros_attention(q, k, v, s, gates, causal=True, backend="auto", initial_state=None, return_state=False,
+                    cu_seqlens=None):
     """ZeroS (zero-sum linear) attention, docs/spec.md section 3.4.  s: ``(..., T)`` radial logits; gates:
-    ``(..., T, 2)`` (first-order and higher-order gates) or ``(..., T, 3)`` (plus a zero-order gate)."""
-    return _forward("zeros", (q, k, v, s, gates), dict(causal=causal), backend)[0]
+    ``(..., T, 2)`` (first-order and higher-order gates) or ``(..., T, 3)`` (plus a zero-order gate).
+    """
+    return _forward("zeros", (q, k, v, s, gates), dict(causal=causal), backend,
+                    _extras(initial_state, return_state, cu_seqlens))[0]
+
+
+for _f, _cls in ((linear_attention, "LinearState"), (decayed_attention, "DecayedState"),
+                 (zeros_attention, "ZeroSState")):
+    _f.__doc__ = _f.__doc__.rstrip() + "\n" + _STATE_DOC.format(cls=_cls) + "\n"
 
 
 PUBLIC_OPS = {f._wb_op: f for f in (softmax_attention, linear_attention, decayed_attention, zeros_attention)}
-# op -> its keyword options and their defaults, in signature order (backend excluded)
+_EXTRA_OPTIONS = ("initial_state", "return_state", "cu_seqlens")
+# op -> its keyword options and their defaults, in signature order (backend and the state/packing ones
+# excluded: those are in the op's signature too, see _EXTRA_OPTIONS)
 _OPTIONS = {name: {p.name: p.default for p in inspect.signature(f).parameters.values()
-                   if p.name not in registry.ARRAY_ARGS[name] and p.name != "backend"}
+                   if p.name not in registry.ARRAY_ARGS[name] and p.name != "backend"
+                   and p.name not in _EXTRA_OPTIONS}
             for name, f in PUBLIC_OPS.items()}
+_OP_EXTRAS = {name: tuple(p for p in _EXTRA_OPTIONS if p in inspect.signature(f).parameters)
+              for name, f in PUBLIC_OPS.items()}
 
 
 def vjp(op, *arrays, **options):
     """``out, pullback = vjp(op, *arrays, **options)``; ``pullback(dout)`` returns one gradient per array
     argument, in argument order (softmax/linear: dq, dk, dv; decayed: + dlog_decay; zeros: + ds, dgates).
-    ``dout`` must have the output's kind, shape and dtype."""
+    ``dout`` must have the output's kind, shape and dtype.
+
+    State and packing: with ``return_state=True``, ``out`` is ``(o, final_state)`` and the pullback is
+    ``pullback(dout, dstate=None)``, ``dstate`` the final state's gradient (a state object; None, or None
+    fields, mean zero).  With an ``initial_state``, the gradients end with one more: a state object holding
+    the gradient of every field of the initial state."""
     name = getattr(op, "_wb_op", None)
     if name is None:
         raise TypeError(f"vjp: {op!r} is not a workbench op; pass one of "
@@ -375,11 +549,13 @@ def vjp(op, *arrays, **options):
         raise TypeError(f"vjp: {op.__name__} takes {len(arg_names)} arrays ({', '.join(arg_names)}), "
                         f"got {len(arrays)}")
     backend = options.pop("backend", "auto")
+    extras = {k: options.pop(k) for k in _OP_EXTRAS[name] if k in options}
     defaults = _OPTIONS[name]
     if not options.keys() <= defaults.keys():
         bad = ", ".join(repr(k) for k in options if k not in defaults)
         raise TypeError(f"vjp: {op.__name__} got unexpected keyword argument(s) {bad}; its options are "
-                        f"{', '.join(defaults)} and backend (arrays are positional)")
+                        f"{', '.join(list(defaults) + list(_OP_EXTRAS[name]))} and backend (arrays are "
+                        f"positional)")
     opts = {k: options.get(k, d) for k, d in defaults.items()} if options else defaults
-    out, plan, ctx = _forward(name, arrays, opts, backend)
+    out, plan, ctx = _forward(name, arrays, opts, backend, _extras(**extras) if extras else _NO_EXTRAS)
     return out, _pullback(plan, ctx)

@@ -12,6 +12,39 @@ A variant's contract (arrays are already validated, flattened to one leading dim
 Shapes seen by a variant: q, k ``(N, T, Dk)``; v ``(N, T, Dv)``; log_decay and s ``(N, T)``;
 gates ``(N, T, 2|3)``.  ``array_kind`` says which arrays the variant takes: ``"numpy"``, ``"cupy"`` or
 ``"any"`` (the variant accepts both and returns the kind it was given).
+
+Optional features (``Variant.features``, a subset of ``FEATURES``; semantics in workbench/state.py and
+docs/spec.md).  A variant declares the features it implements.  The public ops refuse a call that needs a
+feature the chosen variant lacks (the error names the options and the variants that have them; ``auto``
+and a bare backend name pick a variant that has them), and pass a feature's keywords only when the caller
+used it, so a variant without the feature never sees them and its signature stays as above.
+
+``"packed"``: ``cu_seqlens`` (every op).
+    out, ctx = variant.forward(*arrays, **options, cu_seqlens=cu)
+  ``cu`` is a tuple of Python ints, ``0 = cu[0] < cu[1] < ... < cu[-1] = T`` (validated: no empty
+  sequence); sequence j is positions ``[cu[j], cu[j+1])`` of the T axis of every array, the same for every
+  leading index n.  No token attends across a boundary (causal or not); ZeroS's window and count n_t are
+  the sequence's.  The backward gets nothing extra.
+
+``"state"``: ``initial_state`` and ``return_state`` (linear, decayed, zeros; causal calls only -- the ops
+refuse ``causal=False``).  Each keyword is passed only when used (initial_state not None, return_state
+True), alone or together, with or without ``cu_seqlens``:
+    result, ctx = variant.forward(*arrays, **options, initial_state=S0, return_state=True, cu_seqlens=cu)
+  ``S0``: the op's state object (``workbench.state``: ``LinearState``, ``DecayedState``, ``ZeroSState``)
+  with every field flattened to ``(N, nseq, *field)``, ``nseq = len(cu) - 1`` with cu_seqlens, else 1;
+  C-contiguous, of the variant's array kind, dtype float32 for float16/bfloat16/float32 inputs and
+  float64 for float64 inputs (``state.state_dtype``).  Fields (``state.layout``): LinearState ``S (Dk, Dv)``
+  and ``z (Dk,)`` exactly when normalize=True (else None); DecayedState ``S (Dk, Dv)``; ZeroSState ``m, E,
+  P, n ()`` and ``F, G, H (Dk, Dv)`` (E and F relative to m).  Sequence j starts from ``S0[:, j]``.
+  With ``return_state=True``, ``result`` is the pair ``(out, final)``: ``final`` the state after each
+  sequence's last token, same type, layout and dtype as S0 (whether or not S0 was given); else ``result``
+  is ``out``.
+    grads = variant.backward(ctx, dout)              # the call had no return_state
+    grads = variant.backward(ctx, dout, dfinal)      # the call had return_state=True
+  ``dfinal``: None (a zero gradient) or a state object, same layout, every field set: the gradient of the
+  loss with respect to ``final``.  ``grads`` holds one gradient per array argument and, when the call had
+  an initial state, one more, last: a state object with the gradient of every field of ``S0`` (same type,
+  layout and dtype).
 """
 from __future__ import annotations
 
@@ -29,6 +62,9 @@ ARRAY_ARGS = {
     "decayed": ("q", "k", "v", "log_decay"),
     "zeros": ("q", "k", "v", "s", "gates"),
 }
+
+# Optional features a variant may implement (see the module doc).
+FEATURES = ("state", "packed")
 
 # Relative-error tolerance per dtype (``||x - ref|| / ||ref||`` against the float64 reference): what ``check``
 # applies to a variant that declares none, and the ceiling of any tolerance a variant declares.
@@ -59,6 +95,8 @@ class Variant:
     # sweep, rounded up to 1, 2 or 5 x 10^k; scripts/derive_tolerances.py derives it from check JSONs), at
     # most TOLERANCE[dtype]; a dtype not listed gets TOLERANCE[dtype].
     tol: Mapping[str, float] = field(default_factory=dict, hash=False)
+    # The optional features of the module doc this variant implements: "state", "packed".
+    features: frozenset = frozenset()
 
     @property
     def key(self) -> str:
@@ -95,6 +133,10 @@ def register(variant: Variant) -> Variant:
         raise ValueError(f"unknown op {variant.op!r}")
     if variant.backend not in BACKENDS:
         raise ValueError(f"unknown backend {variant.backend!r}")
+    bad = set(variant.features) - set(FEATURES)
+    if bad or ("state" in variant.features and variant.op == "softmax"):
+        raise ValueError(f"variant {variant.op} {variant.key}: features {sorted(variant.features)}; expected a "
+                         f"subset of {FEATURES} (no state for softmax)")
     for dtype, tol in variant.tol.items():
         if dtype not in variant.dtypes or dtype not in TOLERANCE or not 0 < tol <= variant.ceiling(dtype):
             raise ValueError(f"variant {variant.op} {variant.key}: tol[{dtype!r}] = {tol!r}; expected a dtype "

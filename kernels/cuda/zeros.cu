@@ -243,6 +243,16 @@ __device__ __forceinline__ float pow2_at_least(float a) {
 // to 0 / 1 and -1 / 1 for large |x| (e^x = inf gives 1 / inf = 0).
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + __expf(-x)); }
 __device__ __forceinline__ float tanh_exp(float x) { return 1.f - 2.f / (1.f + __expf(2.f * x)); }
+// 1 - tanh(x)^2 = 4 e^{-2|x|} / (1 + e^{-2|x|})^2, without the cancellation of 1 - tz * tz for large |x|
+__device__ __forceinline__ float dtanh_exp(float x) {
+    const float e = __expf(-2.f * fabsf(x)), d = 1.f + e;
+    return 4.f * e / (d * d);
+}
+// sigmoid(x) (1 - sigmoid(x)) = e^{-|x|} / (1 + e^{-|x|})^2, likewise
+__device__ __forceinline__ float dsigmoid(float x) {
+    const float e = __expf(-fabsf(x)), d = 1.f + e;
+    return e / (d * d);
+}
 
 // The block of the per-chunk kernels: grid (NC, N), 4 warps; chunk c of head n, rows cs.. of it.
 struct Block {
@@ -489,12 +499,12 @@ __device__ __forceinline__ void token_scalars(float a, float V, float Z, int t, 
     y = st[ST_BETA * NT + row] * Z / nt;
     xy[row] = x;
     xy[NT + row] = y;
-    const Gates g = gates_at(gates, row, ng);
     const float dsig1 = V / nt - P * Z / (nt * nt), dsigh = U - dsig1 - Z / nt;
     TI* dg = dgates + row * ng;
-    dg[0] = from_f32<TI>(dsig1 * g.sig1 * (1.f - g.sig1));
-    dg[1] = from_f32<TI>(dsigh * g.sigh * (1.f - g.sigh));
-    if (ng == 3) dg[2] = from_f32<TI>(Z / nt * (1.f - g.tz * g.tz));
+    const TI* gr = gates + row * ng;
+    dg[0] = from_f32<TI>(dsig1 * dsigmoid(to_f32(gr[0])));
+    dg[1] = from_f32<TI>(dsigh * dsigmoid(to_f32(gr[1])));
+    if (ng == 3) dg[2] = from_f32<TI>(Z / nt * dtanh_exp(to_f32(gr[2])));
 }
 
 // Warp 0 of a per-chunk block: the chunk's partial of the reverse scan from its tokens' x (sx) and y (sy):

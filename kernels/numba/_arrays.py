@@ -5,7 +5,7 @@ arrays and must return the same kind.  Use it like this::
 
     io = DeviceIO(q)                     # remembers the caller's kind from any input array
     dq = io.to_device(q)                 # NumPy: host->device copy; CuPy: zero-copy view
-    o = io.empty((N, T, Dv), q.dtype)    # new device array, filled with NaN (poison) unless POISON=False
+    o = io.empty((N, T, Dv), q.dtype)    # new device array, NaN-filled while workbench.backends.poisoning()
     kernel[grid, block](dq, ..., o)
     return io.to_caller(o)               # NumPy: device->host copy; CuPy: zero-copy cupy.ndarray
 
@@ -23,18 +23,13 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-# Fill every new output with NaN before the launch so that an element a kernel forgot to write shows up
-# as NaN in the checks.  The timing script turns this off (a fill kernel is not part of the op).
-POISON = True
+from workbench.backends import poisoning
+
+from . import _jit
 
 
 def _is_cupy(x) -> bool:
     return type(x).__module__.startswith("cupy")
-
-
-def work_dtype(dtype) -> np.dtype:
-    """The accumulation dtype of a kernel: float64 for float64 inputs, float32 otherwise."""
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
 
 
 class DeviceIO:
@@ -63,10 +58,11 @@ class DeviceIO:
         return x                                   # already a device array
 
     def empty(self, shape, dtype, fill=None):
-        """A new C-contiguous device array; filled with ``fill`` if given, else NaN when POISON is on."""
+        """A new C-contiguous device array; filled with ``fill`` if given, else with NaN while output
+        poisoning is on (``workbench.backends.poisoning()``: the tests and ``check``), else uninitialised."""
         shape = tuple(int(s) for s in shape)
         dtype = np.dtype(dtype)
-        value = fill if fill is not None else (np.nan if POISON else None)
+        value = fill if fill is not None else (np.nan if poisoning() else None)
         if self.kind == "cupy":
             cp = self._cupy
             x = cp.empty(shape, dtype) if value is None else cp.full(shape, value, dtype)
@@ -94,10 +90,11 @@ def grid_1d(n: int, threads: int = 128) -> tuple:
     return (max(1, (n + threads - 1) // threads), threads)
 
 
-def head_dims_up_to_256(options, shapes):
-    """The ``supports`` of every Numba variant: one thread's row accumulators live in local arrays sized by
-    the head dims, so they are bounded."""
+def head_dims_in_buckets(options, shapes):
+    """The ``supports`` of every Numba variant: kernels are compiled per head-dim bucket (``_jit.BUCKETS``),
+    whose largest bounds the head dims."""
     Dk, Dv = shapes["q"][-1], shapes["v"][-1]
-    if Dk > 256 or Dv > 256:
-        return f"head dims up to 256 (got Dk={Dk}, Dv={Dv})"
+    top = _jit.BUCKETS[-1]
+    if Dk > top or Dv > top:
+        return f"head dims up to {top} (got Dk={Dk}, Dv={Dv})"
     return None

@@ -16,10 +16,14 @@ state).
 
 Stability: every exponent is a difference B_p - B_i (i <= p) of cumulative sums of log decays <= 0, so <= 0;
 the chunked rung uses within-chunk cumulative sums only (never G_t of the whole sequence, which reaches
--30 T), the naive rung accumulates sum_{i<j<=t} g_j along its loop.
+-30 T), the naive rung accumulates sum_{i<j<=t} g_j along its loop.  Any log decay in [-inf, 0] works:
+log_decay_t = -inf is an exact reset (every token before t drops out of o_t' for t' >= t).  The naive rung's
+running sum becomes -inf and exp(-inf) = 0; the chunked rung floors log decays at a finite value whose exp
+is exactly 0 (kernels/numba/_chunked.py says why that is exact), so its within-chunk sums stay finite.
 
 Layout: q, k (N, T, Dk); v, o, do (N, T, Dv); log_decay, dg (N, T); C-contiguous.  Accumulation in float32 for
-float32 inputs, float64 for float64.
+float32 inputs, float64 for float64.  Kernels are compiled per head-dim bucket and dtype (kernels/numba/_jit.py):
+head dims and the direction are run-time values.
 
 naive    one thread per output row (forward and dq: query row t, loop i = t..0; dk, dv: key row i, loop
          t = i..T-1), dot products and the row accumulator (local array) from global memory.
@@ -41,38 +45,34 @@ from numba import cuda
 from workbench.registry import Variant, register
 
 from . import _chunked
-from ._arrays import DeviceIO, grid_1d, head_dims_up_to_256
-from ._chunked import cdiv, nb_type
+from ._arrays import DeviceIO, grid_1d, head_dims_in_buckets
+from ._jit import bucket, kernel, nb_type, row_axpy, row_dot, row_store
 
 SCAN_THREADS = 128        # threads per block of the dg scan (tests shrink it)
 
 
 # ============================================================================ naive
 @functools.lru_cache(maxsize=None)
-def _naive_kernel(Da, Dc, rev, acc):
+def _naive_kernel(DB, acc):
     """One thread per row p: out_p = sum scale exp(G_t - G_i) (a_p.b_j) c_j over j <= p (forward: t = p, i = j)
     or j >= p (rev: i = p, t = j); the log decay L = G_t - G_i is summed along the loop (always <= 0)."""
-    ZERO = acc(0)
+    ZERO, ONE = acc(0), acc(1)
+    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
 
-    @cuda.jit
-    def kern(a, b, c, g, scale, out):
+    @kernel
+    def kern(a, b, c, g, scale, rev, out):
         n = cuda.blockIdx.x
         p = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T = a.shape[1]
+        T, Da, Dc = a.shape[1], a.shape[2], c.shape[2]
         if p >= T:
             return
-        row = cuda.local.array(Dc, acc)
-        for e in range(Dc):
+        row = cuda.local.array(DB, acc)
+        for e in range(DB):
             row[e] = ZERO
         L = ZERO
         j = p
         while True:
-            dot = ZERO
-            for d in range(Da):
-                dot += acc(a[n, p, d]) * acc(b[n, j, d])
-            w = scale * math.exp(L) * dot
-            for e in range(Dc):
-                row[e] += w * acc(c[n, j, e])
+            axpy(row, scale * math.exp(L) * dot(a, n, p, b, j, Da), c, n, j, Dc)
             if rev:
                 if j == T - 1:
                     break
@@ -83,22 +83,21 @@ def _naive_kernel(Da, Dc, rev, acc):
                     break
                 L += acc(g[n, j])            # exp(G_p - G_{j-1}) = exp(sum_{j-1 < j' <= p} g_j')
                 j -= 1
-        for e in range(Dc):
-            out[n, p, e] = row[e]
+        store(out, n, p, row, Dc, ONE)
     return kern
 
 
 @functools.lru_cache(maxsize=None)
-def _row_dG(Dv, acc):
+def _row_dG(acc):
     """dG_t = do_t.o_t - v_t.dv_t, one thread per row."""
-    @cuda.jit
+    @kernel
     def kern(do, o, v, dv, dG):
         n = cuda.blockIdx.x
         t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
         if t >= o.shape[1]:
             return
         s = acc(0)
-        for e in range(Dv):
+        for e in range(o.shape[2]):
             s += acc(do[n, t, e]) * acc(o[n, t, e]) - acc(v[n, t, e]) * acc(dv[n, t, e])
         dG[n, t] = s
     return kern
@@ -107,7 +106,7 @@ def _row_dG(Dv, acc):
 @functools.lru_cache(maxsize=None)
 def _reverse_cumsum(acc):
     """dg_t = sum_{t' >= t} dG_t', one thread per n, in place."""
-    @cuda.jit
+    @kernel
     def kern(dg):
         n = cuda.grid(1)
         if n >= dg.shape[0]:
@@ -124,8 +123,8 @@ def _reverse_cumsum(acc):
 def _naive_launch(a, b, c, g, scale, out, rev):
     N, T, Da = a.shape
     blocks, threads = grid_1d(T, 64)
-    kern = _naive_kernel(Da, c.shape[2], rev, nb_type(a.dtype))
-    kern[(N, blocks), threads](a, b, c, g, np.dtype(a.dtype).type(scale), out)
+    kern = _naive_kernel(bucket(Da, c.shape[2]), nb_type(a.dtype))
+    kern[(N, blocks), threads](a, b, c, g, np.dtype(a.dtype).type(scale), bool(rev), out)
 
 
 def _naive_dg(io, do, o, v, dv):
@@ -133,24 +132,24 @@ def _naive_dg(io, do, o, v, dv):
     acc = nb_type(o.dtype)
     dg = io.empty((N, T), o.dtype)
     blocks, threads = grid_1d(T, 64)
-    _row_dG(Dv, acc)[(N, blocks), threads](do, o, v, dv, dg)
+    _row_dG(acc)[(N, blocks), threads](do, o, v, dv, dg)
     _reverse_cumsum(acc)[grid_1d(N, 64)](dg)
     return dg
 
 
 # ============================================================================ chunked dg
 @functools.lru_cache(maxsize=None)
-def _scan_dg(Dv, NT, acc):
+def _scan_dg(NT, acc):
     """One block per n, NT threads; thread u owns rows [u SEG, (u+1) SEG).  Pass 1: dG_t into dg, segment
     sums into tot[u]; thread 0 turns tot into suffix sums over later segments; pass 2: each thread's reverse
     cumulative sum of its rows, starting from the sum of all later segments."""
     ZERO = acc(0)
 
-    @cuda.jit
+    @kernel
     def kern(do, o, v, dv, dg):
         n = cuda.blockIdx.x
         u = cuda.threadIdx.x
-        T = o.shape[1]
+        T, Dv = o.shape[1], o.shape[2]
         SEG = (T + NT - 1) // NT
         lo = min(u * SEG, T)
         hi = min(lo + SEG, T)
@@ -183,7 +182,7 @@ def _scan_dg(Dv, NT, acc):
 def _chunked_dg(io, do, o, v, dv):
     N, T, Dv = o.shape
     dg = io.empty((N, T), o.dtype)
-    _scan_dg(Dv, SCAN_THREADS, nb_type(o.dtype))[N, SCAN_THREADS](do, o, v, dv, dg)
+    _scan_dg(SCAN_THREADS, nb_type(o.dtype))[N, SCAN_THREADS](do, o, v, dv, dg)
     return dg
 
 
@@ -216,12 +215,13 @@ def _backward(ctx, do):
 
 
 register(Variant("decayed", "numba", "naive", functools.partial(_forward, False), _backward,
-                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_up_to_256,
+                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
                  description="one thread per output row (query row for o, dq; key row for dk, dv), O(T^2), "
                              "decay summed along the loop; dg by row dots + a per-n reverse cumsum",
                  tol={"float32": 1e-4, "float64": 5e-13}))
 register(Variant("decayed", "numba", "chunked", functools.partial(_forward, True), _backward,
-                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_up_to_256, default=True,
+                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
+                 default=True,
                  description="chunked: C x C intra-chunk block with within-chunk log-decay cumsums, Dk x BV "
                              "state in shared memory carried across chunks; backward = the same kernel for dq "
                              "and, run in reverse, for dk and dv; dg by a block segmented reverse scan",

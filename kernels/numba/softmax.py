@@ -26,30 +26,28 @@ tiled  -- forward: a block of BQ threads (BQ query rows) stages key/value tiles 
           than atomics for dq: deterministic results, no float64 atomics contention, and each kernel writes
           its rows once; the price is recomputing q.k and do.v once more (7 instead of 5 T^2 D products).
 
-Accumulation is float32 for float32 inputs, float64 for float64.  Head dims are compile-time constants (one
-compiled kernel per (dtype, Dk, Dv, tiles, causal)), so any Dk, Dv works; 64 and 128 keep the inner loops
-unrollable.  Tile sizes shrink so static shared memory stays under 48 KB.  ``CONFIG`` holds the tile sizes
-(tests shrink them to run under the simulator).
+Accumulation is float32 for float32 inputs, float64 for float64.  Kernels are compiled once per head-dim
+bucket DB (``_jit.BUCKETS``: 64, 128, 256) and dtype, cached on disk (kernels/numba/_jit.py): the head
+dims are read from the arrays at run time, shared tiles are zero-filled past them, the per-thread rows
+(q row, accumulators) are sized by the bucket and walked in skip groups, and ``causal`` is a run-time
+argument (it only sets loop bounds).  Tile sizes are a function of the bucket and shrink so static shared
+memory stays under 48 KB.  ``CONFIG`` holds the tile sizes (tests shrink them to run under the simulator).
 """
 from __future__ import annotations
 
 import functools
 import math
 
-import numba
-import numpy as np
 from numba import cuda
 
 from workbench.registry import Variant, register
 
-from ._arrays import DeviceIO, work_dtype, head_dims_up_to_256
+from ._arrays import DeviceIO, head_dims_in_buckets
+from ._jit import (bucket, cdiv, group, kernel, nb_type, row_axpy, row_dot, row_store, tile_axpy, tile_dot,
+                   tile_loader, work_dtype)
 
 CONFIG = {"block_q": 64, "block_k": 64, "block_kv": 32, "block_q_bwd": 32}
 SHARED_BYTES = 46 * 1024          # static shared memory budget per block (device limit 48 KB)
-
-
-def _nb_type(dtype):
-    return numba.float64 if np.dtype(dtype) == np.float64 else numba.float32
 
 
 def _fit(rows: int, row_bytes: int, fixed_bytes: int = 0, budget: int = None) -> int:
@@ -62,242 +60,210 @@ def _fit(rows: int, row_bytes: int, fixed_bytes: int = 0, budget: int = None) ->
 
 # ============================================================================ naive
 @functools.lru_cache(maxsize=None)
-def _naive_fwd(Dk, Dv, causal, acc):
+def _naive_fwd(DB, acc):
     """One thread per query row t: online softmax over keys i (i <= t when causal), all reads global."""
     NEG_INF = acc(-math.inf)
     ZERO = acc(0)
+    G = group(DB)
+    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
 
-    @cuda.jit
-    def kern(q, k, v, scale, o, lse):
+    @kernel
+    def kern(q, k, v, scale, causal, o, lse):
         n = cuda.blockIdx.x
         t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T = q.shape[1]
+        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
         if t >= T:
             return
-        accv = cuda.local.array(Dv, acc)
-        for e in range(Dv):
+        accv = cuda.local.array(DB, acc)
+        for e in range(DB):
             accv[e] = ZERO
         m = NEG_INF
         l = ZERO
         iend = t + 1 if causal else T
         for i in range(iend):
-            s = ZERO
-            for d in range(Dk):
-                s += acc(q[n, t, d]) * acc(k[n, i, d])
-            s *= scale
+            s = dot(q, n, t, k, i, Dk) * scale
             if s > m:                        # new running max: rescale l and acc by exp(m_old - m_new)
                 corr = math.exp(m - s)
                 l *= corr
-                for e in range(Dv):
-                    accv[e] *= corr
+                for e0 in range(0, DB, G):
+                    if e0 < Dv:
+                        for e in range(e0, e0 + G):
+                            accv[e] *= corr
                 m = s
             p = math.exp(s - m)
             l += p
-            for e in range(Dv):
-                accv[e] += p * acc(v[n, i, e])
-        for e in range(Dv):
-            o[n, t, e] = accv[e] / l
+            axpy(accv, p, v, n, i, Dv)
+        store(o, n, t, accv, Dv, acc(1) / l)
         lse[n, t] = m + math.log(l)
     return kern
 
 
 @functools.lru_cache(maxsize=None)
-def _rowdot(Dv, acc):
-    """D_t = do_t . o_t, one thread per row (shared by both rungs' backward)."""
-    @cuda.jit
+def _rowdot(acc):
+    """D_t = do_t . o_t, one thread per row (shared by both rungs' backward); a plain run-time loop."""
+    @kernel
     def kern(do, o, D):
         n = cuda.blockIdx.x
         t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
         if t >= o.shape[1]:
             return
         s = acc(0)
-        for e in range(Dv):
+        for e in range(o.shape[2]):
             s += acc(do[n, t, e]) * acc(o[n, t, e])
         D[n, t] = s
     return kern
 
 
 @functools.lru_cache(maxsize=None)
-def _naive_dq(Dk, Dv, causal, acc):
+def _naive_dq(DB, acc):
     """One thread per query row t: dq_t = scale sum_{i} p_ti (do_t.v_i - D_t) k_i."""
     ZERO = acc(0)
+    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
 
-    @cuda.jit
-    def kern(q, k, v, do, lse, D, scale, dq):
+    @kernel
+    def kern(q, k, v, do, lse, D, scale, causal, dq):
         n = cuda.blockIdx.x
         t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T = q.shape[1]
+        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
         if t >= T:
             return
-        g = cuda.local.array(Dk, acc)
-        for d in range(Dk):
+        g = cuda.local.array(DB, acc)
+        for d in range(DB):
             g[d] = ZERO
         iend = t + 1 if causal else T
         for i in range(iend):
-            s = ZERO
-            for d in range(Dk):
-                s += acc(q[n, t, d]) * acc(k[n, i, d])
-            p = math.exp(s * scale - lse[n, t])
-            dp = ZERO
-            for e in range(Dv):
-                dp += acc(do[n, t, e]) * acc(v[n, i, e])
-            ds = p * (dp - D[n, t])
-            for d in range(Dk):
-                g[d] += ds * acc(k[n, i, d])
-        for d in range(Dk):
-            dq[n, t, d] = g[d] * scale
+            p = math.exp(dot(q, n, t, k, i, Dk) * scale - lse[n, t])
+            ds = p * (dot(do, n, t, v, i, Dv) - D[n, t])
+            axpy(g, ds, k, n, i, Dk)
+        store(dq, n, t, g, Dk, scale)
     return kern
 
 
 @functools.lru_cache(maxsize=None)
-def _naive_dkdv(Dk, Dv, causal, acc):
+def _naive_dkdv(DB, acc):
     """One thread per key row i: dv_i = sum_t p_ti do_t,  dk_i = scale sum_t p_ti (do_t.v_i - D_t) q_t."""
     ZERO = acc(0)
+    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
 
-    @cuda.jit
-    def kern(q, k, v, do, lse, D, scale, dk, dv):
+    @kernel
+    def kern(q, k, v, do, lse, D, scale, causal, dk, dv):
         n = cuda.blockIdx.x
         i = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T = q.shape[1]
+        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
         if i >= T:
             return
-        gk = cuda.local.array(Dk, acc)
-        gv = cuda.local.array(Dv, acc)
-        for d in range(Dk):
+        gk = cuda.local.array(DB, acc)
+        gv = cuda.local.array(DB, acc)
+        for d in range(DB):
             gk[d] = ZERO
-        for e in range(Dv):
-            gv[e] = ZERO
+            gv[d] = ZERO
         t0 = i if causal else 0
         for t in range(t0, T):
-            s = ZERO
-            for d in range(Dk):
-                s += acc(q[n, t, d]) * acc(k[n, i, d])
-            p = math.exp(s * scale - lse[n, t])
-            dp = ZERO
-            for e in range(Dv):
-                dp += acc(do[n, t, e]) * acc(v[n, i, e])
-                gv[e] += p * acc(do[n, t, e])
-            ds = p * (dp - D[n, t])
-            for d in range(Dk):
-                gk[d] += ds * acc(q[n, t, d])
-        for d in range(Dk):
-            dk[n, i, d] = gk[d] * scale
-        for e in range(Dv):
-            dv[n, i, e] = gv[e]
+            p = math.exp(dot(q, n, t, k, i, Dk) * scale - lse[n, t])
+            ds = p * (dot(do, n, t, v, i, Dv) - D[n, t])
+            axpy(gv, p, do, n, t, Dv)
+            axpy(gk, ds, q, n, t, Dk)
+        store(dk, n, i, gk, Dk, scale)
+        store(dv, n, i, gv, Dv, acc(1))
     return kern
 
 
 # ============================================================================ tiled
 @functools.lru_cache(maxsize=None)
-def _tiled_fwd(Dk, Dv, BQ, BK, causal, acc):
-    """Block = BQ threads = BQ query rows of one n; K/V tiles of BK rows in shared memory (sk, sv); each
-    thread keeps its pre-scaled query row qr[Dk] and its accumulator accv[Dv] in local arrays."""
+def _tiled_fwd(DB, BQ, BK, acc):
+    """Block = BQ threads = BQ query rows of one n; K/V tiles of BK rows in shared memory (sk, sv, zero past
+    the head dims); each thread keeps its pre-scaled query row qr[DB] and its accumulator accv[DB] in
+    registers."""
     NEG_INF = acc(-math.inf)
-    ZERO = acc(0)
+    ZERO, ONE = acc(0), acc(1)
+    G = group(DB)
+    load = tile_loader(BK, DB, BQ, acc)
+    dot, axpy, store = tile_dot(DB, acc), tile_axpy(DB), row_store(DB)
 
-    @cuda.jit
-    def kern(q, k, v, scale, o, lse):
-        sk = cuda.shared.array((BK, Dk), acc)
-        sv = cuda.shared.array((BK, Dv), acc)
-        qr = cuda.local.array(Dk, acc)
-        accv = cuda.local.array(Dv, acc)
+    @kernel
+    def kern(q, k, v, scale, causal, o, lse):
+        sk = cuda.shared.array((BK, DB), acc)
+        sv = cuda.shared.array((BK, DB), acc)
+        qr = cuda.local.array((1, DB), acc)                # the thread's pre-scaled query row
+        accv = cuda.local.array(DB, acc)
         n = cuda.blockIdx.x
         q0 = cuda.blockIdx.y * BQ
         tid = cuda.threadIdx.x
         t = q0 + tid
-        T = q.shape[1]
+        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
         live = t < T
-        if live:
-            for d in range(Dk):
-                qr[d] = acc(q[n, t, d]) * scale
-        for e in range(Dv):
-            accv[e] = ZERO
+        for d in range(DB):
+            qr[0, d] = acc(q[n, t, d]) * scale if live and d < Dk else ZERO
+            accv[d] = ZERO
         m = NEG_INF
         l = ZERO
         kend = min(T, q0 + BQ) if causal else T      # causal: no key tile beyond the block's last row
         for k0 in range(0, kend, BK):
             cuda.syncthreads()                       # previous tile fully consumed
-            for x in range(tid, BK * Dk, BQ):        # coalesced tile loads, zero-padded past T
-                j = x // Dk
-                d = x - j * Dk
-                sk[j, d] = acc(k[n, k0 + j, d]) if k0 + j < T else ZERO
-            for x in range(tid, BK * Dv, BQ):
-                j = x // Dv
-                e = x - j * Dv
-                sv[j, e] = acc(v[n, k0 + j, e]) if k0 + j < T else ZERO
+            load(sk, k, n, k0, 0, T, Dk, False, ONE)
+            load(sv, v, n, k0, 0, T, Dv, False, ONE)
             cuda.syncthreads()
             if live:
                 jend = min(BK, T - k0)
                 if causal:
                     jend = min(jend, t - k0 + 1)     # only the diagonal tile cuts this short
                 for j in range(jend):
-                    s = ZERO
-                    for d in range(Dk):
-                        s += qr[d] * sk[j, d]
+                    s = dot(qr, 0, sk, j, Dk)
                     if s > m:
                         corr = math.exp(m - s)
                         l *= corr
-                        for e in range(Dv):
-                            accv[e] *= corr
+                        for e0 in range(0, DB, G):
+                            if e0 < Dv:
+                                for e in range(e0, e0 + G):
+                                    accv[e] *= corr
                         m = s
                     p = math.exp(s - m)
                     l += p
-                    for e in range(Dv):
-                        accv[e] += p * sv[j, e]
+                    axpy(accv, p, sv, j, Dv)
         if live:
-            for e in range(Dv):
-                o[n, t, e] = accv[e] / l
+            store(o, n, t, accv, Dv, ONE / l)
             lse[n, t] = m + math.log(l)
     return kern
 
 
 @functools.lru_cache(maxsize=None)
-def _tiled_dkdv(Dk, Dv, BKV, BQ, causal, acc):
+def _tiled_dkdv(DB, BKV, BQ, acc):
     """Block = BKV threads = BKV key rows i of one n; its own k_i, v_i in padded shared rows (odd stride:
-    no bank conflicts when every thread reads its own row at the same column); dk_i, dv_i in local arrays.
+    no bank conflicts when every thread reads its own row at the same column); dk_i, dv_i in registers.
     Query tiles of BQ rows (q, do, lse, D) are staged in shared memory and read as broadcasts."""
-    ZERO = acc(0)
-    DK1, DV1 = Dk + 1, Dv + 1          # padded row strides (shared-array shapes must be closure constants)
+    ZERO, ONE = acc(0), acc(1)
+    DB1 = DB + 1                        # padded row stride of the threads' own rows
+    G = group(DB)
+    load_own = tile_loader(BKV, DB, BKV, acc)
+    load = tile_loader(BQ, DB, BKV, acc)
+    dot, axpy, store = tile_dot(DB, acc), tile_axpy(DB), row_store(DB)
 
-    @cuda.jit
-    def kern(q, k, v, do, lse, D, scale, dk, dv):
-        kr = cuda.shared.array((BKV, DK1), acc)
-        vr = cuda.shared.array((BKV, DV1), acc)
-        sq = cuda.shared.array((BQ, Dk), acc)
-        sdo = cuda.shared.array((BQ, Dv), acc)
+    @kernel
+    def kern(q, k, v, do, lse, D, scale, causal, dk, dv):
+        kr = cuda.shared.array((BKV, DB1), acc)
+        vr = cuda.shared.array((BKV, DB1), acc)
+        sq = cuda.shared.array((BQ, DB), acc)
+        sdo = cuda.shared.array((BQ, DB), acc)
         slse = cuda.shared.array(BQ, acc)
         sD = cuda.shared.array(BQ, acc)
-        gk = cuda.local.array(Dk, acc)
-        gv = cuda.local.array(Dv, acc)
+        gk = cuda.local.array(DB, acc)
+        gv = cuda.local.array(DB, acc)
         n = cuda.blockIdx.x
         k0 = cuda.blockIdx.y * BKV
         tid = cuda.threadIdx.x
         i = k0 + tid
-        T = q.shape[1]
+        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
         live = i < T
-        for x in range(tid, BKV * Dk, BKV):
-            j = x // Dk
-            d = x - j * Dk
-            kr[j, d] = acc(k[n, k0 + j, d]) * scale if k0 + j < T else ZERO    # pre-scaled k
-        for x in range(tid, BKV * Dv, BKV):
-            j = x // Dv
-            e = x - j * Dv
-            vr[j, e] = acc(v[n, k0 + j, e]) if k0 + j < T else ZERO
-        for d in range(Dk):
+        load_own(kr, k, n, k0, 0, T, Dk, False, scale)          # pre-scaled k
+        load_own(vr, v, n, k0, 0, T, Dv, False, ONE)
+        for d in range(DB):
             gk[d] = ZERO
-        for e in range(Dv):
-            gv[e] = ZERO
+            gv[d] = ZERO
         tstart = (k0 // BQ) * BQ if causal else 0     # causal: query tiles wholly before k0 see no key here
         for t0 in range(tstart, T, BQ):
             cuda.syncthreads()
-            for x in range(tid, BQ * Dk, BKV):
-                r = x // Dk
-                d = x - r * Dk
-                sq[r, d] = acc(q[n, t0 + r, d]) if t0 + r < T else ZERO
-            for x in range(tid, BQ * Dv, BKV):
-                r = x // Dv
-                e = x - r * Dv
-                sdo[r, e] = acc(do[n, t0 + r, e]) if t0 + r < T else ZERO
+            load(sq, q, n, t0, 0, T, Dk, False, ONE)
+            load(sdo, do, n, t0, 0, T, Dv, False, ONE)
             for r in range(tid, BQ, BKV):
                 slse[r] = lse[n, t0 + r] if t0 + r < T else ZERO
                 sD[r] = D[n, t0 + r] if t0 + r < T else ZERO
@@ -306,96 +272,74 @@ def _tiled_dkdv(Dk, Dv, BKV, BQ, causal, acc):
                 rstart = max(0, i - t0) if causal else 0
                 rend = min(BQ, T - t0)
                 for r in range(rstart, rend):
-                    s = ZERO
-                    for d in range(Dk):
-                        s += sq[r, d] * kr[tid, d]
-                    p = math.exp(s - slse[r])
+                    p = math.exp(dot(sq, r, kr, tid, Dk) - slse[r])
                     dp = ZERO
-                    for e in range(Dv):
-                        dp += sdo[r, e] * vr[tid, e]
-                        gv[e] += p * sdo[r, e]
-                    ds = p * (dp - sD[r])
-                    for d in range(Dk):
-                        gk[d] += ds * sq[r, d]
+                    for e0 in range(0, DB, G):              # dp and dv in one pass over the do row
+                        if e0 < Dv:
+                            for e in range(e0, e0 + G):
+                                dp += sdo[r, e] * vr[tid, e]
+                                gv[e] += p * sdo[r, e]
+                    axpy(gk, p * (dp - sD[r]), sq, r, Dk)
         if live:
-            for d in range(Dk):
-                dk[n, i, d] = gk[d] * scale
-            for e in range(Dv):
-                dv[n, i, e] = gv[e]
+            store(dk, n, i, gk, Dk, scale)
+            store(dv, n, i, gv, Dv, ONE)
     return kern
 
 
 @functools.lru_cache(maxsize=None)
-def _tiled_dq(Dk, Dv, BQ, BK, causal, acc):
-    """Block = BQ threads = BQ query rows t; own q_t, do_t in padded shared rows, dq_t in a local array;
-    key tiles (k, v) of BK rows staged in shared memory; causal: no key tile beyond the block's last row."""
-    ZERO = acc(0)
-    DK1, DV1 = Dk + 1, Dv + 1
+def _tiled_dq(DB, BQ, BK, acc):
+    """Block = BQ threads = BQ query rows t; own q_t, do_t in padded shared rows, dq_t in registers; key
+    tiles (k, v) of BK rows staged in shared memory; causal: no key tile beyond the block's last row."""
+    ZERO, ONE = acc(0), acc(1)
+    DB1 = DB + 1
+    load_own = tile_loader(BQ, DB, BQ, acc)
+    load = tile_loader(BK, DB, BQ, acc)
+    dot, axpy, store = tile_dot(DB, acc), tile_axpy(DB), row_store(DB)
 
-    @cuda.jit
-    def kern(q, k, v, do, lse, D, scale, dq):
-        qr = cuda.shared.array((BQ, DK1), acc)
-        dor = cuda.shared.array((BQ, DV1), acc)
-        sk = cuda.shared.array((BK, Dk), acc)
-        sv = cuda.shared.array((BK, Dv), acc)
-        g = cuda.local.array(Dk, acc)
+    @kernel
+    def kern(q, k, v, do, lse, D, scale, causal, dq):
+        qr = cuda.shared.array((BQ, DB1), acc)
+        dor = cuda.shared.array((BQ, DB1), acc)
+        sk = cuda.shared.array((BK, DB), acc)
+        sv = cuda.shared.array((BK, DB), acc)
+        g = cuda.local.array(DB, acc)
         n = cuda.blockIdx.x
         q0 = cuda.blockIdx.y * BQ
         tid = cuda.threadIdx.x
         t = q0 + tid
-        T = q.shape[1]
+        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
         live = t < T
-        for x in range(tid, BQ * Dk, BQ):
-            r = x // Dk
-            d = x - r * Dk
-            qr[r, d] = acc(q[n, q0 + r, d]) * scale if q0 + r < T else ZERO     # pre-scaled q
-        for x in range(tid, BQ * Dv, BQ):
-            r = x // Dv
-            e = x - r * Dv
-            dor[r, e] = acc(do[n, q0 + r, e]) if q0 + r < T else ZERO
-        for d in range(Dk):
+        load_own(qr, q, n, q0, 0, T, Dk, False, scale)         # pre-scaled q
+        load_own(dor, do, n, q0, 0, T, Dv, False, ONE)
+        for d in range(DB):
             g[d] = ZERO
         lt = lse[n, t] if live else ZERO
         Dt = D[n, t] if live else ZERO
         kend = min(T, q0 + BQ) if causal else T
         for k0 in range(0, kend, BK):
             cuda.syncthreads()
-            for x in range(tid, BK * Dk, BQ):
-                j = x // Dk
-                d = x - j * Dk
-                sk[j, d] = acc(k[n, k0 + j, d]) if k0 + j < T else ZERO
-            for x in range(tid, BK * Dv, BQ):
-                j = x // Dv
-                e = x - j * Dv
-                sv[j, e] = acc(v[n, k0 + j, e]) if k0 + j < T else ZERO
+            load(sk, k, n, k0, 0, T, Dk, False, ONE)
+            load(sv, v, n, k0, 0, T, Dv, False, ONE)
             cuda.syncthreads()
             if live:
                 jend = min(BK, T - k0)
                 if causal:
                     jend = min(jend, t - k0 + 1)
                 for j in range(jend):
-                    s = ZERO
-                    for d in range(Dk):
-                        s += qr[tid, d] * sk[j, d]
-                    p = math.exp(s - lt)
-                    dp = ZERO
-                    for e in range(Dv):
-                        dp += dor[tid, e] * sv[j, e]
-                    ds = p * (dp - Dt)
-                    for d in range(Dk):
-                        g[d] += ds * sk[j, d]
+                    p = math.exp(dot(qr, tid, sk, j, Dk) - lt)
+                    axpy(g, p * (dot(dor, tid, sv, j, Dv) - Dt), sk, j, Dk)
         if live:
-            for d in range(Dk):
-                dq[n, t, d] = g[d] * scale
+            store(dq, n, t, g, Dk, scale)
     return kern
 
 
 # ============================================================================ host side
-def _tiles(Dk, Dv, itemsize):
-    """Tile sizes for the tiled rung, shrunk to the shared-memory budget.  The per-thread padded rows
-    (k_i, v_i in dk/dv; q_t, do_t in dq) get at most half the budget, the streamed tiles the rest."""
-    own = (Dk + Dv + 2) * itemsize                       # one thread's padded rows
-    tile = (Dk + Dv) * itemsize                          # one staged row of the streamed operands
+def _tiles(DB, itemsize):
+    """Tile sizes of the tiled rung for head-dim bucket DB, shrunk to the shared-memory budget.  The
+    per-thread padded rows (k_i, v_i in dk/dv; q_t, do_t in dq) get at most half the budget, the streamed
+    tiles the rest."""
+    own = (2 * DB + 2) * itemsize                        # one thread's padded rows
+    tile = 2 * DB * itemsize                             # one staged row of the streamed operands
     bq = CONFIG["block_q"]
     bk = _fit(CONFIG["block_k"], tile)                   # forward: K/V tile only
     bkv = _fit(CONFIG["block_kv"], own, budget=SHARED_BYTES // 2)
@@ -409,20 +353,22 @@ def _forward(tiled, q, k, v, causal=True, scale=1.0):
     io = DeviceIO(q)
     N, T, Dk = q.shape
     Dv = v.shape[2]
+    DB = bucket(Dk, Dv)
     wdt = work_dtype(q.dtype)
-    acc = _nb_type(wdt)
+    acc = nb_type(wdt)
+    causal = bool(causal)
     dq_, dk_, dv_ = io.to_device(q), io.to_device(k), io.to_device(v)
     o = io.empty((N, T, Dv), q.dtype)
     lse = io.empty((N, T), wdt)
     sc = wdt.type(scale)
     if tiled:
-        tl = _tiles(Dk, Dv, wdt.itemsize)
+        tl = _tiles(DB, wdt.itemsize)
         bq = tl["bq"]
-        _tiled_fwd(Dk, Dv, bq, tl["bk"], bool(causal), acc)[(N, -(-T // bq)), bq](dq_, dk_, dv_, sc, o, lse)
+        _tiled_fwd(DB, bq, tl["bk"], acc)[(N, cdiv(T, bq)), bq](dq_, dk_, dv_, sc, causal, o, lse)
     else:
         bq = CONFIG["block_q"]
-        _naive_fwd(Dk, Dv, bool(causal), acc)[(N, -(-T // bq)), bq](dq_, dk_, dv_, sc, o, lse)
-    ctx = (io, tiled, dq_, dk_, dv_, o, lse, bool(causal), sc, q.dtype)
+        _naive_fwd(DB, acc)[(N, cdiv(T, bq)), bq](dq_, dk_, dv_, sc, causal, o, lse)
+    ctx = (io, tiled, dq_, dk_, dv_, o, lse, causal, sc, q.dtype)
     return io.to_caller(o), ctx
 
 
@@ -430,34 +376,36 @@ def _backward(ctx, do):
     io, tiled, q, k, v, o, lse, causal, sc, dtype = ctx
     N, T, Dk = q.shape
     Dv = v.shape[2]
+    DB = bucket(Dk, Dv)
     wdt = work_dtype(dtype)
-    acc = _nb_type(wdt)
+    acc = nb_type(wdt)
     ddo = io.to_device(do)
     D = io.empty((N, T), wdt)
     dq = io.empty((N, T, Dk), dtype)
     dk = io.empty((N, T, Dk), dtype)
     dv = io.empty((N, T, Dv), dtype)
     rows = 128
-    _rowdot(Dv, acc)[(N, -(-T // rows)), rows](ddo, o, D)
+    _rowdot(acc)[(N, cdiv(T, rows)), rows](ddo, o, D)
     if tiled:
-        tl = _tiles(Dk, Dv, wdt.itemsize)
+        tl = _tiles(DB, wdt.itemsize)
         bkv, bqb, bq, bk = tl["bkv"], tl["bqb"], tl["bq_dq"], tl["bk_dq"]
-        _tiled_dkdv(Dk, Dv, bkv, bqb, causal, acc)[(N, -(-T // bkv)), bkv](q, k, v, ddo, lse, D, sc, dk, dv)
-        _tiled_dq(Dk, Dv, bq, bk, causal, acc)[(N, -(-T // bq)), bq](q, k, v, ddo, lse, D, sc, dq)
+        _tiled_dkdv(DB, bkv, bqb, acc)[(N, cdiv(T, bkv)), bkv](q, k, v, ddo, lse, D, sc, causal, dk, dv)
+        _tiled_dq(DB, bq, bk, acc)[(N, cdiv(T, bq)), bq](q, k, v, ddo, lse, D, sc, causal, dq)
     else:
         b = CONFIG["block_q"]
-        _naive_dkdv(Dk, Dv, causal, acc)[(N, -(-T // b)), b](q, k, v, ddo, lse, D, sc, dk, dv)
-        _naive_dq(Dk, Dv, causal, acc)[(N, -(-T // b)), b](q, k, v, ddo, lse, D, sc, dq)
+        _naive_dkdv(DB, acc)[(N, cdiv(T, b)), b](q, k, v, ddo, lse, D, sc, causal, dk, dv)
+        _naive_dq(DB, acc)[(N, cdiv(T, b)), b](q, k, v, ddo, lse, D, sc, causal, dq)
     return io.to_caller(dq), io.to_caller(dk), io.to_caller(dv)
 
 
 register(Variant("softmax", "numba", "naive", functools.partial(_forward, False), _backward,
-                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_up_to_256,
+                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
                  description="one thread per query row, online softmax from global memory; naive backward "
                              "(one thread per query row for dq, per key row for dk/dv)",
                  tol={"float32": 1e-5, "float64": 2e-14}))
 register(Variant("softmax", "numba", "tiled", functools.partial(_forward, True), _backward,
-                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_up_to_256, default=True,
+                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
+                 default=True,
                  description="FlashAttention-2 style: K/V tiles in shared memory, online softmax, causal tile "
                              "skipping, saved LSE; backward recomputes P per tile (dk/dv kernel + dq kernel)",
                  tol={"float32": 1e-5, "float64": 2e-14}))

@@ -35,21 +35,21 @@ chunked  1. stats: one block per n, a segmented scan (each thread a contiguous r
          3. finish: one block per n, segmented reverse scan: U, V, Z, dgates, dk = dkF + s dkG + dkH, ds.
          Memory O(T (Dk + Dv)): coefficient arrays (N, T, 3, 2) and the output/dk parts, no per-token state.
 Layout: q, k (N, T, Dk); v, o, do (N, T, Dv); s (N, T); gates (N, T, 2|3); C-contiguous.  Accumulation in
-float32 for float32 inputs, float64 for float64.
+float32 for float32 inputs, float64 for float64.  Kernels are compiled per head-dim bucket and dtype
+(kernels/numba/_jit.py); head dims, causal, direction and output parts are run-time values.
 """
 from __future__ import annotations
 
 import functools
 import math
 
-import numpy as np
 from numba import cuda
 
 from workbench.registry import Variant, register
 
 from . import _chunked
-from ._arrays import DeviceIO, grid_1d, head_dims_up_to_256
-from ._chunked import nb_type
+from ._arrays import DeviceIO, grid_1d, head_dims_in_buckets
+from ._jit import bucket, device, kernel, nb_type, row_axpy, row_dot, row_store
 
 SCAN_THREADS = 128        # threads per block of the stats and finish scans (tests shrink it)
 
@@ -59,7 +59,7 @@ def _gate_fn(acc):
     """Device function: (sig1, sigh, tz, beta, gamma) of row t, given its window's P and size nt."""
     ZERO, HALF, ONE = acc(0), acc(0.5), acc(1)
 
-    @cuda.jit(device=True)
+    @device
     def gate(gates, n, t, P, nt):
         sig1 = HALF * (ONE + math.tanh(HALF * acc(gates[n, t, 0])))      # stable sigmoid
         sigh = HALF * (ONE + math.tanh(HALF * acc(gates[n, t, 1])))
@@ -78,7 +78,7 @@ def _gate_grads_fn(acc):
     ONE = acc(1)
     gate = _gate_fn(acc)
 
-    @cuda.jit(device=True)
+    @device
     def gate_grads(gates, n, t, U, V, Z, P, nt, dgates):
         sig1, sigh, tz, beta, gamma = gate(gates, n, t, P, nt)
         dsig1 = V / nt - P * Z / (nt * nt)
@@ -96,7 +96,7 @@ def _window_stats_fn(acc):
     """Device function: (m, E, P) over s[n, i0:i1] -- max, sum e^{s - max}, sum (two passes)."""
     ZERO, NEG_INF = acc(0), acc(-math.inf)
 
-    @cuda.jit(device=True)
+    @device
     def stats(s, n, i0, i1):
         m = NEG_INF
         P = ZERO
@@ -113,56 +113,53 @@ def _window_stats_fn(acc):
 
 
 @functools.lru_cache(maxsize=None)
-def _naive_fwd(Dk, Dv, causal, acc):
+def _naive_fwd(DB, acc):
     """One thread per query row t: o_t = sum_{i in W(t)} r_ti (q_t.k_i) v_i."""
-    ZERO = acc(0)
+    ZERO, ONE = acc(0), acc(1)
     stats, gate = _window_stats_fn(acc), _gate_fn(acc)
+    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
 
-    @cuda.jit
-    def kern(q, k, v, s, gates, o):
+    @kernel
+    def kern(q, k, v, s, gates, causal, o):
         n = cuda.blockIdx.x
         t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T = q.shape[1]
+        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
         if t >= T:
             return
         i1 = t + 1 if causal else T
         m, E, P = stats(s, n, 0, i1)
         sig1, sigh, tz, beta, gamma = gate(gates, n, t, P, acc(i1))
-        row = cuda.local.array(Dv, acc)
-        for e in range(Dv):
+        row = cuda.local.array(DB, acc)
+        for e in range(DB):
             row[e] = ZERO
         for i in range(i1):
             si = acc(s[n, i])
-            B = ZERO
-            for d in range(Dk):
-                B += acc(q[n, t, d]) * acc(k[n, i, d])
-            w = (sigh * math.exp(si - m) / E + beta * si + gamma) * B
-            for e in range(Dv):
-                row[e] += w * acc(v[n, i, e])
-        for e in range(Dv):
-            o[n, t, e] = row[e]
+            w = (sigh * math.exp(si - m) / E + beta * si + gamma) * dot(q, n, t, k, i, Dk)
+            axpy(row, w, v, n, i, Dv)
+        store(o, n, t, row, Dv, ONE)
     return kern
 
 
 @functools.lru_cache(maxsize=None)
-def _naive_bwd_rows(Dk, Dv, causal, acc):
+def _naive_bwd_rows(DB, acc):
     """One thread per query row t: dq_t, U_t, V_t, Z_t, dgates_t; saves (m, E, P, U, Z) of the row."""
-    ZERO = acc(0)
+    ZERO, ONE = acc(0), acc(1)
     stats, gate, gate_grads = _window_stats_fn(acc), _gate_fn(acc), _gate_grads_fn(acc)
+    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
 
-    @cuda.jit
-    def kern(q, k, v, s, gates, do, dq, dgates, rows):
+    @kernel
+    def kern(q, k, v, s, gates, do, causal, dq, dgates, rows):
         n = cuda.blockIdx.x
         t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T = q.shape[1]
+        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
         if t >= T:
             return
         i1 = t + 1 if causal else T
         nt = acc(i1)
         m, E, P = stats(s, n, 0, i1)
         sig1, sigh, tz, beta, gamma = gate(gates, n, t, P, nt)
-        g = cuda.local.array(Dk, acc)
-        for d in range(Dk):
+        g = cuda.local.array(DB, acc)
+        for d in range(DB):
             g[d] = ZERO
         U = ZERO
         V = ZERO
@@ -171,20 +168,13 @@ def _naive_bwd_rows(Dk, Dv, causal, acc):
             si = acc(s[n, i])
             p = math.exp(si - m) / E
             r = sigh * p + beta * si + gamma
-            B = ZERO
-            for d in range(Dk):
-                B += acc(q[n, t, d]) * acc(k[n, i, d])
-            dA = ZERO
-            for e in range(Dv):
-                dA += acc(do[n, t, e]) * acc(v[n, i, e])
-            dR = B * dA
+            dA = dot(do, n, t, v, i, Dv)
+            dR = dot(q, n, t, k, i, Dk) * dA
             U += dR * p
             V += dR * si
             Z += dR
-            for d in range(Dk):
-                g[d] += r * dA * acc(k[n, i, d])
-        for d in range(Dk):
-            dq[n, t, d] = g[d]
+            axpy(g, r * dA, k, n, i, Dk)
+        store(dq, n, t, g, Dk, ONE)
         gate_grads(gates, n, t, U, V, Z, P, nt, dgates)
         rows[n, t, 0] = m
         rows[n, t, 1] = E
@@ -195,24 +185,24 @@ def _naive_bwd_rows(Dk, Dv, causal, acc):
 
 
 @functools.lru_cache(maxsize=None)
-def _naive_bwd_keys(Dk, Dv, causal, acc):
+def _naive_bwd_keys(DB, acc):
     """One thread per key row j: dk_j, dv_j, ds_j summed over the query rows t whose window holds j."""
-    ZERO = acc(0)
+    ZERO, ONE = acc(0), acc(1)
     gate = _gate_fn(acc)
+    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
 
-    @cuda.jit
-    def kern(q, k, v, s, gates, do, rows, dk, dv, ds):
+    @kernel
+    def kern(q, k, v, s, gates, do, rows, causal, dk, dv, ds):
         n = cuda.blockIdx.x
         j = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T = q.shape[1]
+        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
         if j >= T:
             return
-        gk = cuda.local.array(Dk, acc)
-        gv = cuda.local.array(Dv, acc)
-        for d in range(Dk):
+        gk = cuda.local.array(DB, acc)
+        gv = cuda.local.array(DB, acc)
+        for d in range(DB):
             gk[d] = ZERO
-        for e in range(Dv):
-            gv[e] = ZERO
+            gv[d] = ZERO
         sj = acc(s[n, j])
         dsj = ZERO
         for t in range(j if causal else 0, T):
@@ -221,22 +211,14 @@ def _naive_bwd_keys(Dk, Dv, causal, acc):
             sig1, sigh, tz, beta, gamma = gate(gates, n, t, P, nt)
             p = math.exp(sj - m) / E
             r = sigh * p + beta * sj + gamma
-            B = ZERO
-            for d in range(Dk):
-                B += acc(q[n, t, d]) * acc(k[n, j, d])
-            dA = ZERO
-            for e in range(Dv):
-                dA += acc(do[n, t, e]) * acc(v[n, j, e])
+            B = dot(q, n, t, k, j, Dk)
+            dA = dot(do, n, t, v, j, Dv)
             dR = B * dA
-            for e in range(Dv):
-                gv[e] += r * B * acc(do[n, t, e])
-            for d in range(Dk):
-                gk[d] += r * dA * acc(q[n, t, d])
+            axpy(gv, r * B, do, n, t, Dv)
+            axpy(gk, r * dA, q, n, t, Dk)
             dsj += sigh * p * (dR - U) + beta * (dR - Z / nt)
-        for d in range(Dk):
-            dk[n, j, d] = gk[d]
-        for e in range(Dv):
-            dv[n, j, e] = gv[e]
+        store(dk, n, j, gk, Dk, ONE)
+        store(dv, n, j, gv, Dv, ONE)
         ds[n, j] = dsj
     return kern
 
@@ -251,8 +233,9 @@ def _naive_forward(q, k, v, s, gates, causal=True):
     q, k, v, s, gates = (io.to_device(x) for x in (q, k, v, s, gates))
     N, T, Dk = q.shape
     Dv = v.shape[2]
+    causal = bool(causal)
     o = io.empty((N, T, Dv), q.dtype)
-    _naive_fwd(Dk, Dv, causal, nb_type(q.dtype))[_rows_grid(N, T)](q, k, v, s, gates, o)
+    _naive_fwd(bucket(Dk, Dv), nb_type(q.dtype))[_rows_grid(N, T)](q, k, v, s, gates, causal, o)
     return io.to_caller(o), ("naive", io, causal, (q, k, v, s, gates))
 
 
@@ -264,21 +247,22 @@ def _naive_backward(io, causal, arrays, do):
     dq, dk, dv = io.empty(q.shape, q.dtype), io.empty(k.shape, q.dtype), io.empty(v.shape, q.dtype)
     ds, dgates = io.empty(s.shape, q.dtype), io.empty(gates.shape, q.dtype)
     rows = io.empty((N, T, 5), q.dtype)
-    _naive_bwd_rows(Dk, Dv, causal, acc)[_rows_grid(N, T)](q, k, v, s, gates, do, dq, dgates, rows)
-    _naive_bwd_keys(Dk, Dv, causal, acc)[_rows_grid(N, T)](q, k, v, s, gates, do, rows, dk, dv, ds)
+    DB = bucket(Dk, Dv)
+    _naive_bwd_rows(DB, acc)[_rows_grid(N, T)](q, k, v, s, gates, do, causal, dq, dgates, rows)
+    _naive_bwd_keys(DB, acc)[_rows_grid(N, T)](q, k, v, s, gates, do, rows, causal, dk, dv, ds)
     return dq, dk, dv, ds, dgates
 
 
 # ============================================================================ chunked: scans
 @functools.lru_cache(maxsize=None)
-def _stats_kernel(causal, NT, acc):
+def _stats_kernel(NT, acc):
     """One block per n.  Pass 1: each thread's run [lo, hi) summarised as (max, sum e^{s - max}, sum s);
     thread 0 turns the runs into exclusive prefixes (causal) or the totals (non-causal); pass 2: each thread
     rescans its run from its prefix and writes m, E, P and the coefficient arrays of every row."""
     ZERO, ONE, NEG_INF = acc(0), acc(1), acc(-math.inf)
     gate = _gate_fn(acc)
 
-    @cuda.jit(device=True)
+    @device
     def merge(m1, E1, m2, E2):
         """(max, sum e^{s - max}) of the union of two sets, each given relative to its own max."""
         m = m2 if m2 > m1 else m1
@@ -289,8 +273,8 @@ def _stats_kernel(causal, NT, acc):
             E += E2 * math.exp(m2 - m)
         return m, E
 
-    @cuda.jit
-    def kern(s, gates, Qf, Kf, Qp, Qdk, st):
+    @kernel
+    def kern(s, gates, causal, Qf, Kf, Qp, Qdk, st):
         n = cuda.blockIdx.x
         u = cuda.threadIdx.x
         T = s.shape[1]
@@ -365,7 +349,7 @@ def _stats_kernel(causal, NT, acc):
 
 
 @functools.lru_cache(maxsize=None)
-def _finish_kernel(Dk, Dv, causal, NT, acc):
+def _finish_kernel(NT, acc):
     """One block per n.  Pass 1 (each thread a run [lo, hi) of rows): U, V, Z, dgates, dk, and per row
     a_t = sigh U / E, b_t = beta Z / n, K_t = k.(dkF + dkG) into scratch; the run's reverse composition
     X_lo = A + e^{m_lo - m_hi} X_hi, Y_lo = Yrun + Y_hi.  Thread 0 turns the runs into X, Y at each run's end;
@@ -373,11 +357,11 @@ def _finish_kernel(Dk, Dv, causal, NT, acc):
     ZERO = acc(0)
     gate, gate_grads = _gate_fn(acc), _gate_grads_fn(acc)
 
-    @cuda.jit
-    def kern(do, oF, oG, oH, k, dkF, dkG, dkH, s, gates, st, dk, ds, dgates, scratch):
+    @kernel
+    def kern(do, oF, oG, oH, k, dkF, dkG, dkH, s, gates, st, causal, dk, ds, dgates, scratch):
         n = cuda.blockIdx.x
         u = cuda.threadIdx.x
-        T = s.shape[1]
+        T, Dk, Dv = s.shape[1], k.shape[2], do.shape[2]
         SEG = (T + NT - 1) // NT
         lo = min(u * SEG, T)
         hi = min(lo + SEG, T)
@@ -461,7 +445,8 @@ def _chunked_forward(q, k, v, s, gates, causal=True):
     acc = nb_type(q.dtype)
     Qf, Kf, Qp, Qdk = (io.empty((N, T, 3, 2), q.dtype) for _ in range(4))
     st = io.empty((N, T, 3), q.dtype)
-    _stats_kernel(causal, SCAN_THREADS, acc)[N, SCAN_THREADS](s, gates, Qf, Kf, Qp, Qdk, st)
+    causal = bool(causal)
+    _stats_kernel(SCAN_THREADS, acc)[N, SCAN_THREADS](s, gates, causal, Qf, Kf, Qp, Qdk, st)
     o = io.empty((N, T, Dv), q.dtype)
     _chunked.launch(q, k, v, o, qco=Qf, kco=Kf, NS=3, causal=causal)
     return io.to_caller(o), ("chunked", io, causal, (q, k, v, s, gates, Qf, Kf, Qp, Qdk, st))
@@ -483,8 +468,8 @@ def _chunked_backward(io, causal, arrays, do):
     _chunked.launch(k, q, do, dv, qco=Kf, kco=Qf, NS=3, causal=causal, rev=True)
     dk, ds, dgates = io.empty(k.shape, dt), io.empty(s.shape, dt), io.empty(gates.shape, dt)
     scratch = io.empty((N, T, 3), dt)
-    _finish_kernel(Dk, Dv, causal, SCAN_THREADS, acc)[N, SCAN_THREADS](
-        do, oF, oG, oH, k, dkF, dkG, dkH, s, gates, st, dk, ds, dgates, scratch)
+    _finish_kernel(SCAN_THREADS, acc)[N, SCAN_THREADS](
+        do, oF, oG, oH, k, dkF, dkG, dkH, s, gates, st, causal, dk, ds, dgates, scratch)
     return dq, dk, dv, ds, dgates
 
 
@@ -496,12 +481,13 @@ def _backward(ctx, do):
 
 
 register(Variant("zeros", "numba", "naive", _naive_forward, _backward,
-                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_up_to_256,
+                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
                  description="one thread per output row, O(T^2), each row's softmax stats recomputed; backward: "
                              "one thread per query row (dq, U, V, Z, dgates), one per key row (dk, dv, ds)",
                  tol={"float32": 2e-5, "float64": 5e-14}))
 register(Variant("zeros", "numba", "chunked", _chunked_forward, _backward,
-                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_up_to_256, default=True,
+                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
+                 default=True,
                  description="chunked: F, G, H states (Dk x BV each, shared memory) with a running-max "
                              "reference for e^s; segmented-scan stats; backward = the same kernel for the output "
                              "parts, dq, dk parts and dv (reverse), then a segmented reverse scan for ds, dgates",

@@ -15,7 +15,8 @@ for _op, _mod, _fast, _fast_fwd, _fast_bwd in (
          decayed.chunked_forward, decayed.chunked_backward),
         ("zeros", zeros, "chunked: three carried states with a running max", zeros.chunked_forward,
          zeros.chunked_backward)):
+    _features = frozenset({"packed"} if _op == "softmax" else {"packed", "state"})
     register(Variant(_op, "numpy", "explicit", _mod.explicit_forward, _mod.explicit_backward, dtypes=_DTYPES,
-                     description="explicit T x T matrices in float64", is_reference=True))
+                     description="explicit T x T matrices in float64", is_reference=True, features=_features))
     register(Variant(_op, "numpy", "chunked", _fast_fwd, _fast_bwd, dtypes=_DTYPES, description=_fast,
-                     default=True, is_reference=True))
+                     default=True, is_reference=True, features=_features))

@@ -27,12 +27,29 @@ Its decay gradient splits the pairs spanning j (in chunk c) by where t and i lie
     i before c, t in c, t>=j:  sum_{t>=j} x_t,   x_t = scale exp(pre_t) q_t^T S do_t;
     i in c, i<j, t after c:    sum_{i<j} y_i,    y_i = exp(post_i) k_i^T dS v_i;
     i before c, t after c:     exp(tot) <S, dS>  (the same for every j in c).
+
+Packed sequences (``cu_seqlens``): pairs (t, i) in different sequences are masked (L_ti = -inf).
+Initial state S0 per sequence [a, b) and the final state S_b:
+    o_t += scale exp(pre_t) q_t^T S0,          pre_t  = sum_{a<=j<=t} g_j  (S0 decays into row t by G_t)
+    S_b  = exp(tot) S0 + sum_i exp(post_i) k_i v_i^T,   post_i = sum_{i<j<b} g_j,  tot = sum_{a<=j<b} g_j.
+Their gradients, with D = dS_b the gradient of the final state:
+    dq_t += scale exp(pre_t) S0 do_t,     dk_i += exp(post_i) D v_i,     dv_i += exp(post_i) D^T k_i,
+    dS0   = scale sum_t exp(pre_t) q_t do_t^T + exp(tot) D,
+and for the decay the new pairs are (row t, the state S0) and (the final state, key i) and (the final
+state, S0), which span position j when j <= t, when i < j, and always:
+    dg_j += sum_{t>=j} x_t + sum_{i<j} y_i + exp(tot) <S0, D>,
+    x_t = scale exp(pre_t) q_t^T S0 do_t,   y_i = exp(post_i) k_i^T D v_i.
+These are the chunked form's cross-chunk terms below with the state before the first chunk (S0) and the
+gradient after the last (D) in place of zeros: the chunked form runs each sequence from S = S0 and its
+reverse sweep from dS = D, and dS after the first chunk is dS0.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .common import CHUNK, as_work, causal_mask, chunks, mT
+from ..state import DecayedState, state_dtype
+from .common import (CHUNK, as_work, causal_mask, chunks, mT, packed_backward, packed_forward, packed_mask, sequences,
+                     state_as)
 
 
 def _log_decay_matrix(g):
@@ -64,53 +81,113 @@ def _dlog_decay(W):
     return np.diagonal(spans, axis1=-2, axis2=-1).copy()
 
 
-def explicit_forward(q, k, v, log_decay, scale=1.0):
+def _packed_log_decay_matrix(g, cu):
+    """``_log_decay_matrix`` over the packed T axis, -inf across sequence boundaries."""
+    return np.where(packed_mask(g.shape[-1], True, cu), _log_decay_matrix(g), -np.inf)
+
+
+def _sequence_decays(g, a, b):
+    """exp(pre) (N, b-a), exp(post) (N, b-a), exp(tot) (N,) of the sequence [a, b)."""
+    ga = g[:, a:b]
+    return np.exp(_prefix_sums(ga)), np.exp(_suffix_sums(ga)), np.exp(ga.sum(-1))
+
+
+# ----------------------------------------------------------------------------- explicit O(T^2)
+def explicit_forward(q, k, v, log_decay, scale=1.0, initial_state=None, return_state=False, cu_seqlens=None):
     dt = q.dtype
     q, k, v, g = as_work(q, k, v, log_decay, dtype=np.float64)
-    A = scale * (q @ mT(k)) * np.exp(_log_decay_matrix(g))
+    st = state_as(initial_state, np.float64)
+    A = scale * (q @ mT(k)) * np.exp(_packed_log_decay_matrix(g, cu_seqlens))
     o = A @ v
-    return o.astype(dt), (q, k, v, g, scale, dt)
+    finals = []
+    for j, a, b in sequences(q.shape[1], cu_seqlens):
+        e_pre, e_post, e_tot = _sequence_decays(g, a, b)
+        if st is not None:
+            o[:, a:b] += scale * e_pre[..., None] * (q[:, a:b] @ st.S[:, j])
+        if return_state:
+            finals.append(mT(k[:, a:b] * e_post[..., None]) @ v[:, a:b]
+                          + (0 if st is None else e_tot[:, None, None] * st.S[:, j]))
+    out = o.astype(dt)
+    if return_state:
+        out = (out, DecayedState(np.stack(finals, 1).astype(state_dtype(dt))))
+    return out, (q, k, v, g, scale, cu_seqlens, st, dt)
 
 
-def explicit_backward(ctx, do):
-    q, k, v, g, scale, dt = ctx
+def explicit_backward(ctx, do, dstate=None):
+    q, k, v, g, scale, cu, st, dt = ctx
     do = do.astype(np.float64)
-    D = scale * np.exp(_log_decay_matrix(g))
-    A = (q @ mT(k)) * D
+    D = None if dstate is None else state_as(dstate, np.float64).S
+    Dm = scale * np.exp(_packed_log_decay_matrix(g, cu))
+    A = (q @ mT(k)) * Dm
     dA = do @ mT(v)
     dv = mT(A) @ do
-    dq = (dA * D) @ k
-    dk = mT(dA * D) @ q
+    dq = (dA * Dm) @ k
+    dk = mT(dA * Dm) @ q
     dg = _dlog_decay(dA * A)
-    return tuple(x.astype(dt) for x in (dq, dk, dv, dg))
+    dS0 = []
+    for j, a, b in sequences(q.shape[1], cu):
+        e_pre, e_post, e_tot = _sequence_decays(g, a, b)
+        qs, ks, vs, dos = q[:, a:b], k[:, a:b], v[:, a:b], do[:, a:b]
+        if st is not None:
+            S0 = st.S[:, j]
+            dq[:, a:b] += scale * e_pre[..., None] * (dos @ mT(S0))
+            x = scale * e_pre * ((qs @ S0) * dos).sum(-1)
+            dg[:, a:b] += np.cumsum(x[:, ::-1], -1)[:, ::-1]                   # sum_{t >= j} x_t
+            dS0.append(scale * (mT(qs * e_pre[..., None]) @ dos))
+        if D is not None:
+            Dj = D[:, j]
+            dk[:, a:b] += e_post[..., None] * (vs @ mT(Dj))
+            dv[:, a:b] += e_post[..., None] * (ks @ Dj)
+            y = e_post * ((ks @ Dj) * vs).sum(-1)
+            dg[:, a + 1:b] += np.cumsum(y[:, :-1], -1)                           # sum_{i < j} y_i
+            if st is not None:
+                dg[:, a:b] += (e_tot * (st.S[:, j] * Dj).sum((-2, -1)))[:, None]
+                dS0[-1] = dS0[-1] + e_tot[:, None, None] * Dj
+    grads = tuple(x.astype(dt) for x in (dq, dk, dv, dg))
+    if st is None:
+        return grads
+    return grads + (DecayedState(np.stack(dS0, 1).astype(state_dtype(dt))),)
 
 
+# ----------------------------------------------------------------------------- chunked linear time
 def _chunk_decays(g, scale):
     """Within-chunk decays: (scale exp(L) (N,C,C), exp(pre) (N,C), exp(post) (N,C), exp(tot) (N,))."""
     return (scale * np.exp(_log_decay_matrix(g)), np.exp(_prefix_sums(g)), np.exp(_suffix_sums(g)),
             np.exp(g.sum(-1)))
 
 
-def chunked_forward(q, k, v, log_decay, scale=1.0, chunk=CHUNK):
+def chunked_forward(q, k, v, log_decay, scale=1.0, chunk=CHUNK, initial_state=None, return_state=False,
+                    cu_seqlens=None):
     dt = q.dtype
     q, k, v, g = as_work(q, k, v, log_decay)
+    st = state_as(initial_state, q.dtype)
+    return packed_forward(_chunked_forward_one, (q, k, v, g), dt, cu_seqlens, st, return_state, scale=scale,
+                          C=chunk)
+
+
+def _chunked_forward_one(q, k, v, g, state, scale, C):
+    """One sequence: (o, final DecayedState, ctx)."""
     N, T, Dk = q.shape
     o = np.empty((N, T, v.shape[-1]), dtype=q.dtype)
-    S = np.zeros((N, Dk, v.shape[-1]), dtype=q.dtype)
-    for cs, ce in chunks(T, chunk):
+    S = np.zeros((N, Dk, v.shape[-1]), dtype=q.dtype) if state is None else state.S
+    for cs, ce in chunks(T, C):
         qc, kc, vc = q[:, cs:ce], k[:, cs:ce], v[:, cs:ce]
         D, e_pre, e_post, e_tot = _chunk_decays(g[:, cs:ce], scale)
         o[:, cs:ce] = ((qc @ mT(kc)) * D) @ vc + scale * e_pre[..., None] * (qc @ S)
         S = e_tot[:, None, None] * S + mT(kc * e_post[..., None]) @ vc
-    return o.astype(dt), (q, k, v, g, scale, chunk, dt)
+    return o, DecayedState(S), (q, k, v, g, scale, C, state)
 
 
-def chunked_backward(ctx, do):
-    q, k, v, g, scale, C, dt = ctx
-    do = do.astype(q.dtype)
+def chunked_backward(ctx, do, dstate=None):
+    return packed_backward(_chunked_backward_one, ctx, do, dstate)
+
+
+def _chunked_backward_one(ctx, do, dfinal):
+    """One sequence: ((dq, dk, dv, dg), the initial state's gradient or None)."""
+    q, k, v, g, scale, C, state = ctx
     N, T, Dk = q.shape
     dq, dk, dv, dg = np.empty_like(q), np.empty_like(k), np.empty_like(v), np.empty_like(g)
-    S = np.zeros((N, Dk, v.shape[-1]), dtype=q.dtype)
+    S = np.zeros((N, Dk, v.shape[-1]), dtype=q.dtype) if state is None else state.S
     S_before, x = [], np.empty_like(g)
     for cs, ce in chunks(T, C):                                    # forward sweep: dq, x
         qc, kc, vc, doc = q[:, cs:ce], k[:, cs:ce], v[:, cs:ce], do[:, cs:ce]
@@ -119,7 +196,7 @@ def chunked_backward(ctx, do):
         x[:, cs:ce] = scale * e_pre * ((qc @ S) * doc).sum(-1)
         S_before.append(S)
         S = e_tot[:, None, None] * S + mT(kc * e_post[..., None]) @ vc
-    dS = np.zeros_like(S)
+    dS = np.zeros_like(S) if dfinal is None else dfinal.S
     for (cs, ce), S in reversed(list(zip(chunks(T, C), S_before))):  # reverse sweep: dk, dv, dg
         qc, kc, vc, doc = q[:, cs:ce], k[:, cs:ce], v[:, cs:ce], do[:, cs:ce]
         D, e_pre, e_post, e_tot = _chunk_decays(g[:, cs:ce], scale)
@@ -134,4 +211,4 @@ def chunked_backward(ctx, do):
         dg[:, cs:ce] = (_dlog_decay(dA * A) + x_after + y_before
                         + (e_tot * (S * dS).sum((-2, -1)))[:, None])
         dS = e_tot[:, None, None] * dS + scale * (mT(qc * e_pre[..., None]) @ doc)
-    return tuple(a.astype(dt) for a in (dq, dk, dv, dg))
+    return (dq, dk, dv, dg), (None if state is None else DecayedState(dS))

@@ -10,35 +10,39 @@ Backward (hand-derived).  With do = dL/do:
     dk   = scale * da^T q
 The tiled form saves the per-row log-sum-exp  lse_t = log sum_i exp(a_ti)  in the forward and recomputes
 p_ti = exp(a_ti - lse_t) block by block in the backward, so neither pass holds a T x T matrix.
+
+Packed sequences (``cu_seqlens``): keys of other sequences are masked out of every row (the explicit form
+masks the T x T matrix; the tiled form runs each sequence on its own).  The gradients are the formulas
+above per sequence.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .common import BLOCK, as_work, causal_mask, mT
+from .common import BLOCK, as_work, causal_mask, mT, packed_backward, packed_forward, packed_mask
 
 
-def explicit_forward(q, k, v, causal=True, scale=1.0):
+def explicit_forward(q, k, v, causal=True, scale=1.0, cu_seqlens=None):
     dt = q.dtype
     q, k, v = as_work(q, k, v, dtype=np.float64)
-    p = _probs(q, k, causal, scale)
+    p = _probs(q, k, causal, scale, cu_seqlens)
     o = p @ v
-    return o.astype(dt), (q, k, v, causal, scale, dt)
+    return o.astype(dt), (q, k, v, causal, scale, cu_seqlens, dt)
 
 
-def _probs(q, k, causal, scale):
+def _probs(q, k, causal, scale, cu=None):
     T = q.shape[-2]
     a = scale * (q @ mT(k))
-    a = np.where(causal_mask(T, causal), a, -np.inf)
+    a = np.where(packed_mask(T, causal, cu), a, -np.inf)
     m = a.max(-1, keepdims=True)
     p = np.exp(a - m)
     return p / p.sum(-1, keepdims=True)
 
 
 def explicit_backward(ctx, do):
-    q, k, v, causal, scale, dt = ctx
+    q, k, v, causal, scale, cu, dt = ctx
     do = do.astype(np.float64)
-    p = _probs(q, k, causal, scale)
+    p = _probs(q, k, causal, scale, cu)
     o = p @ v
     dv = mT(p) @ do
     dp = do @ mT(v)
@@ -54,9 +58,15 @@ def _key_blocks(qs, qe, T, causal, B):
     return [(ks, min(ks + B, T)) for ks in range(0, end, B)]
 
 
-def tiled_forward(q, k, v, causal=True, scale=1.0, block=BLOCK):
+def tiled_forward(q, k, v, causal=True, scale=1.0, block=BLOCK, cu_seqlens=None):
     dt = q.dtype
     q, k, v = as_work(q, k, v)
+    return packed_forward(_tiled_forward_one, (q, k, v), dt, cu_seqlens, None, False, causal=causal, scale=scale,
+                          block=block)
+
+
+def _tiled_forward_one(q, k, v, state, causal, scale, block):
+    """One sequence: (o, None, ctx)."""
     N, T, _ = q.shape
     o = np.empty((N, T, v.shape[-1]), dtype=q.dtype)
     lse = np.empty((N, T), dtype=q.dtype)
@@ -78,12 +88,16 @@ def tiled_forward(q, k, v, causal=True, scale=1.0, block=BLOCK):
             m = m_new
         o[:, qs:qe] = acc / l
         lse[:, qs:qe] = (m + np.log(l))[..., 0]
-    return o.astype(dt), (q, k, v, o, lse, causal, scale, block, dt)
+    return o, None, (q, k, v, o, lse, causal, scale, block)
 
 
 def tiled_backward(ctx, do):
-    q, k, v, o, lse, causal, scale, block, dt = ctx
-    do = do.astype(q.dtype)
+    return packed_backward(_tiled_backward_one, ctx, do, None)
+
+
+def _tiled_backward_one(ctx, do, dfinal):
+    """One sequence: ((dq, dk, dv), None)."""
+    q, k, v, o, lse, causal, scale, block = ctx
     N, T, _ = q.shape
     dq, dk, dv = np.zeros_like(q), np.zeros_like(k), np.zeros_like(v)
     D = (do * o).sum(-1, keepdims=True)
@@ -99,4 +113,4 @@ def tiled_backward(ctx, do):
             da = p * (dob @ mT(v[:, ks:ke]) - Db)
             dq[:, qs:qe] += scale * (da @ k[:, ks:ke])
             dk[:, ks:ke] += scale * (mT(da) @ qb)
-    return tuple(g.astype(dt) for g in (dq, dk, dv))
+    return (dq, dk, dv), None

@@ -1,0 +1,206 @@
+"""How every Numba kernel is compiled: per head-dim bucket, cached on disk, listed for warm-up.
+
+Buckets.  A kernel is specialised on a head-dim *bucket* DB (the smallest of ``BUCKETS`` that holds both
+head dims, as the CUDA kernels' template parameter D), on the accumulation type and on its tile sizes (a
+function of the bucket).  The actual head dims are read from the arrays' shapes at run time; tiles are
+zero-filled past them and writes are masked, so every (Dk, Dv) of one bucket runs the same compiled kernel
+(any pair up to 64 shares the 64 kernels).  Per-thread arrays (the rows a thread accumulates) are sized by
+the bucket and indexed only by compile-time loop indices, so they stay in registers; loops over them
+walk the bucket in groups of ``GROUP`` columns and skip, at run time, every group wholly past the actual
+dim (``for d0 in range(0, DB, G): if d0 < D: for d in range(d0, d0 + G): ...``), so a head dim of 48 in
+the 64 bucket does 48/64 of the work plus one uniform branch per group.  Options that only change indices,
+loop bounds or a uniform branch (causal, direction, feature map, normalize, output parts) are run-time
+arguments: they cost a branch, where a compile-time option costs one more compile per value.
+
+Disk cache.  Every kernel is made by ``kernel`` = ``cuda.jit(cache=True)``.  Kernels are closures made by
+``functools.lru_cache``'d factories; Numba's cache key holds the signature, the GPU's compute capability,
+the kernel's bytecode and a hash of its closure cells (the bucket, tiles and type: plain values, and the
+device functions it calls, which serialise by value), so each (bucket, dtype) kernel is its own cache entry,
+reused by every later process on the machine.  The cache index is dropped when the kernel's *source file*
+changes, so a kernel must call device functions only through its closure (made by a factory, as
+``row_dot`` below) or define them in its own file; a device function imported from another module as a
+global would not invalidate the cache when edited (tests/test_numba_jit.py checks this rule).
+Where the cache lives: ``kernels/numba/__pycache__`` when writable, else Numba's user-wide cache dir;
+``NUMBA_CACHE_DIR`` overrides both (``scripts/shape_sweep.py --fresh-cache`` points it at an empty folder).
+
+``compile_stats()`` counts the disk-cache hits and misses (fresh compiles) of every kernel made so far.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from numba import cuda
+
+BUCKETS = (64, 128, 256)     # head-dim buckets (tests shrink them to keep the simulator fast)
+GROUP = 16                   # columns per run-time skip group inside a bucket
+
+KERNELS: list = []           # every kernel dispatcher made, in order (for compile_stats and the tests)
+
+
+def bucket(*dims: int) -> int:
+    """The smallest bucket holding every head dim given (ValueError past the largest)."""
+    d = max(int(x) for x in dims)
+    for b in BUCKETS:
+        if d <= b:
+            return b
+    raise ValueError(f"head dims up to {BUCKETS[-1]} (got {', '.join(str(int(x)) for x in dims)})")
+
+
+def group(DB: int) -> int:
+    """The skip-group width for bucket DB (GROUP, or DB itself for a smaller test bucket)."""
+    return min(GROUP, DB)
+
+
+def kernel(fn):
+    """``cuda.jit(cache=True)``, and remember the dispatcher."""
+    k = cuda.jit(cache=True)(fn)
+    KERNELS.append(k)
+    return k
+
+
+def device(fn):
+    return cuda.jit(device=True)(fn)
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def pow2_at_least(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def nb_type(dtype):
+    """The Numba accumulation type for an array dtype: float64 for float64, float32 otherwise."""
+    return numba.float64 if np.dtype(dtype) == np.float64 else numba.float32
+
+
+def work_dtype(dtype) -> np.dtype:
+    """The NumPy accumulation dtype: float64 for float64 inputs, float32 otherwise."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def identity(acc):
+    """Device function x -> x (the default element map of the row helpers)."""
+    def ident(x):
+        return x
+    return device(ident)
+
+
+# Per-thread row helpers.  ``row`` is a thread's local array of DB values; every loop over it is unrolled over
+# the bucket (constant indices, so the row stays in registers after inlining) in skip groups.  Global loads
+# past D are never issued; shared tiles are zero past D, so tile loops need no per-element guard.
+@functools.lru_cache(maxsize=None)
+def row_dot(DB: int, acc, fn=None):
+    """Device function dot(X, n, t, Y, i, D) = sum_{d < D} fn(X[n, t, d]) fn(Y[n, i, d]) (fn: identity, or a
+    feature map), straight from global memory."""
+    G = group(DB)
+    ZERO = acc(0)
+    f = fn or identity(acc)
+
+    def dot(X, n, t, Y, i, D):
+        s = ZERO
+        for d0 in range(0, DB, G):
+            if d0 < D:
+                for d in range(d0, d0 + G):
+                    if d < D:
+                        s += f(acc(X[n, t, d])) * f(acc(Y[n, i, d]))
+        return s
+    return device(dot)
+
+
+@functools.lru_cache(maxsize=None)
+def row_axpy(DB: int, acc, fn=None):
+    """Device function axpy(row, a, X, n, i, D): row[d] += a fn(X[n, i, d]) for d < D, from global memory."""
+    G = group(DB)
+    f = fn or identity(acc)
+
+    def axpy(row, a, X, n, i, D):
+        for d0 in range(0, DB, G):
+            if d0 < D:
+                for d in range(d0, d0 + G):
+                    if d < D:
+                        row[d] += a * f(acc(X[n, i, d]))
+    return device(axpy)
+
+
+@functools.lru_cache(maxsize=None)
+def row_store(DB: int):
+    """Device function store(X, n, t, row, D, mult): X[n, t, d] = row[d] mult for d < D."""
+    def store(X, n, t, row, D, mult):
+        for d in range(DB):
+            if d < D:
+                X[n, t, d] = row[d] * mult
+    return device(store)
+
+
+@functools.lru_cache(maxsize=None)
+def tile_dot(DB: int, acc):
+    """Device function dot(A, r, B, j, D) = sum_{d < D} A[r, d] B[j, d] of two rows of 2-D arrays (shared
+    tiles, or a thread's own (1, DB) row)."""
+    G = group(DB)
+    ZERO = acc(0)
+
+    def dot(A, r, B, j, D):
+        s = ZERO
+        for d0 in range(0, DB, G):
+            if d0 < D:
+                for d in range(d0, d0 + G):
+                    s += A[r, d] * B[j, d]
+        return s
+    return device(dot)
+
+
+@functools.lru_cache(maxsize=None)
+def tile_axpy(DB: int):
+    """Device function axpy(row, a, A, r, D): row[d] += a A[r, d] for d < D (A a zero-padded shared tile)."""
+    G = group(DB)
+
+    def axpy(row, a, A, r, D):
+        for d0 in range(0, DB, G):
+            if d0 < D:
+                for d in range(d0, d0 + G):
+                    row[d] += a * A[r, d]
+    return device(axpy)
+
+
+@functools.lru_cache(maxsize=None)
+def tile_loader(ROWS: int, COLS: int, NT: int, acc):
+    """Device function load(dst, src, n, r0, c0, T, D, rev, mult): the shared tile dst[j, d] =
+    mult * src[n, row, c0 + d] for j < ROWS, d < COLS, with row = r0 + j (rev: T - 1 - (r0 + j)), zero past
+    row T and past column D (the actual head dim); the elements are strided over the block's NT threads
+    (coalesced reads), so every thread of the block calls it."""
+    ZERO = acc(0)
+
+    def load(dst, src, n, r0, c0, T, D, rev, mult):
+        for x in range(cuda.threadIdx.x, ROWS * COLS, NT):
+            j = x // COLS
+            d = x - j * COLS
+            val = ZERO
+            if r0 + j < T and c0 + d < D:
+                row = T - 1 - (r0 + j) if rev else r0 + j
+                val = acc(src[n, row, c0 + d]) * mult
+            dst[j, d] = val
+    return device(load)
+
+
+@dataclass(frozen=True)
+class CompileStats:
+    kernels: int        # kernel dispatchers made in this process
+    hits: int           # signatures loaded from the disk cache
+    misses: int         # signatures compiled here (and saved to the cache)
+
+
+def compile_stats() -> CompileStats:
+    hits = misses = 0
+    for k in KERNELS:
+        st = getattr(k, "stats", None)           # the CUDA simulator's kernels have none
+        if st is not None:
+            hits += sum(st.cache_hits.values())
+            misses += sum(st.cache_misses.values())
+    return CompileStats(len(KERNELS), hits, misses)
+

@@ -535,10 +535,13 @@ def test_backward_rows(T, kind, Dv, causal):
 
 
 # ----------------------------------------------------------------------------- GPU: the variant
-def _inputs(lead, T, Dk, Dv, n_gates, seed, s_fn):
-    """float64 inputs (float16 values: exact in every dtype) and do."""
-    arrays = [a.astype(np.float16).astype(np.float64)
-              for a in random_inputs("zeros", lead, T, Dk, Dv, "float64", seed, n_gates=n_gates)]
+def _inputs(lead, T, Dk, Dv, n_gates, seed, s_fn, prep=None):
+    """float64 inputs (float16 values: exact in every dtype) and do; s_fn(s) replaces s, prep(q, k, v) the
+    three (before the rounding)."""
+    arrays = list(random_inputs("zeros", lead, T, Dk, Dv, "float64", seed, n_gates=n_gates))
+    if prep is not None:
+        arrays[:3] = prep(*arrays[:3])
+    arrays = [a.astype(np.float16).astype(np.float64) for a in arrays]
     if s_fn is not None:
         arrays[3] = s_fn(arrays[3])
     do = np.random.default_rng(seed + 3).standard_normal((*lead, T, Dv)).astype(np.float16).astype(np.float64)
@@ -570,13 +573,13 @@ def _vjp_errors(impl, dtype, lead, T, Dk, Dv, causal, n_gates, seed=0, s_fn=None
     return _errors(arrays, do, causal, form, out, grads)
 
 
-def run_case(impl, dtype, N, T, Dk, Dv, causal, n_gates, seed=0, s_fn=None, form="explicit", **kw):
+def run_case(impl, dtype, N, T, Dk, Dv, causal, n_gates, seed=0, s_fn=None, prep=None, form="explicit", **kw):
     """The variant's own forward and backward (its registry entry, on (N, T, D) device arrays, poisoned
     outputs; kw goes to the forward, e.g. L) against the float64 reference: {name: relative error}.  Also what
     the CPU emulator (scripts/cuda_emulate.py) runs."""
     import cupy as cp
     from workbench.backends import poisoned
-    arrays, do = _inputs((N,), T, Dk, Dv, n_gates, seed, s_fn)
+    arrays, do = _inputs((N,), T, Dk, Dv, n_gates, seed, s_fn, prep)
     var = registry.get("zeros", "cupy", impl)
     dev = [cp.ascontiguousarray(_cast(a, dtype)) for a in arrays + [do]]
     with poisoned():
@@ -639,6 +642,20 @@ def test_fused_segment_lengths(dtype, tol, L, causal):
     chunked float64 reference at T = 1000, Dk != Dv, 3 heads."""
     errs = run_case("chunked_mma_fused", dtype, 3, 1000, 48, 40, causal, 3, seed=7, form="chunked", L=L)
     assert all(e < tol for e in errs.values()), errs
+
+
+def large_states(q, k, v):
+    """Positive q, k and v of about 2000: the states F, G, H grow like T |k| |v| and pass the float16 range
+    (65504) within a few hundred tokens, so the fp16 state operands must be scaled (tz::states_to_smem)."""
+    return np.abs(q), np.abs(k), 2000 * np.abs(v)
+
+
+@gpu
+@pytest.mark.parametrize("causal", [True, False])
+def test_fused_float16_large_states(causal):
+    errs = run_case("chunked_mma_fused", "float16", 2, 1000, 32, 32, causal, 3, seed=9, prep=large_states,
+                    form="chunked")
+    assert all(e < 2e-2 for e in errs.values()), errs
 
 
 @gpu

@@ -196,7 +196,21 @@ def test_backend_default_can_depend_on_dtype():
     assert registry.get("softmax", "cupy", dtype="float16").name == "fa2"
     assert registry.get("softmax", "cupy", dtype="float32").name == "flash"
     assert registry.get("softmax", "cupy").name == "flash"
-    assert registry.get("linear", "cupy", dtype="float16").name == "chunked"
+    assert registry.get("linear", "cupy", dtype="float16").name == "chunked_mma"
+
+
+def test_a_default_that_cannot_take_the_inputs_falls_back(monkeypatch):
+    """Head dims above the tensor-core variants' 128: "cupy" alone falls back to a variant that takes them; a
+    named variant is refused."""
+    from workbench import backends, ops, registry
+    monkeypatch.setattr(backends, "status", lambda b: (True, "pretend"))
+    shapes = {"q": (2, 70, 200), "k": (2, 70, 200), "v": (2, 70, 200)}
+    opts = dict(causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6)
+    small = {n: (2, 70, 64) for n in shapes}
+    assert ops._pick_variant("linear", "cupy", "cupy", "float16", opts, small).name == "chunked_mma"
+    assert ops._pick_variant("linear", "cupy", "cupy", "float16", opts, shapes).name == "chunked"
+    with pytest.raises(ValueError, match="cupy:chunked_mma does not support these inputs: head dims up to 128"):
+        ops._pick_variant("linear", "cupy:chunked_mma", "cupy", "float16", opts, shapes)
 
 
 # ----------------------------------------------------------------------------- input contract

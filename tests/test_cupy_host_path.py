@@ -141,3 +141,33 @@ def test_cuda_source_text_changes_with_its_headers(tmp_path, monkeypatch):
     _module.source.cache_clear()
     assert _module.source("k.cu") != before
     _module.source.cache_clear()
+
+
+@pytest.mark.parametrize("op", ["linear", "decayed"])
+@pytest.mark.parametrize("normalize", [False, True])
+def test_state_and_packed_launch_path_of_chunked_mma(fake, op, normalize):
+    """The tensor-core variants' state / packed keywords through the stand-in CuPy: states in and out with the
+    registry contract's types and shapes, and one more gradient (the initial state's) when one was passed."""
+    from workbench.state import DecayedState, LinearState
+    if op == "decayed" and normalize:
+        pytest.skip("decayed has no normalize")
+    v = registry.get(op, "cupy", "chunked_mma")
+    assert v.features >= {"state", "packed"}
+    cu = (0, 1, 64, 65, 130)
+    N, T, dk, dv = 2, cu[-1], 16, 24
+    arrays = random_inputs(op, (N,), T, dk, dv, "float16", seed=0)
+    extra = dict(normalize=True, feature_map="elu1") if normalize else {}
+    opts = validated_options(op, default_options(op, causal=True, **extra), dk)
+    Cls = LinearState if op == "linear" else DecayedState
+    fields = dict(S=np.ones((N, len(cu) - 1, dk, dv), np.float32))
+    if normalize:
+        fields["z"] = np.ones((N, len(cu) - 1, dk), np.float32)
+    S0 = Cls(**fields)
+    (out, final), ctx = v.forward(*arrays, **opts, initial_state=S0, return_state=True, cu_seqlens=cu)
+    assert out.shape == (N, T, dv) and type(final) is Cls and final.S.shape == (N, len(cu) - 1, dk, dv)
+    assert (final.z.shape == (N, len(cu) - 1, dk)) if normalize else getattr(final, "z", None) is None
+    grads = v.backward(ctx, np.ones_like(out), final)
+    assert [g.shape for g in grads[:len(arrays)]] == [a.shape for a in arrays]
+    assert type(grads[-1]) is Cls and grads[-1].S.shape == final.S.shape
+    out2, ctx2 = v.forward(*arrays, **opts, cu_seqlens=cu)           # packed alone: no state, no extra gradient
+    assert len(v.backward(ctx2, np.ones_like(out2))) == len(arrays)

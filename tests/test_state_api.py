@@ -270,8 +270,11 @@ def test_a_variant_without_the_feature_is_refused_naming_those_that_have_it():
     q, k, v = _lin()
     for kw, words in ((dict(return_state=True), "initial_state/return_state"), (dict(cu_seqlens=(0, 3, 10)),
                                                                                   "cu_seqlens")):
+        having = ", ".join(v.key for v in registry.variants("linear") if
+                           {"state" if "state" in words else "packed"} <= v.features)
+        assert "numpy:chunked" in having and "numpy:explicit" in having
         with pytest.raises(ValueError, match=rf"backend numba:\w+ does not support {words}; variants of linear "
-                                             rf"that support {words}: numpy:chunked, numpy:explicit"):
+                                             rf"that support {words}: {having}$"):
             wb.linear_attention(q, k, v, backend="numba:chunked", **kw)
 
 

@@ -192,17 +192,24 @@ def _pick_variant(op: str, backend: str, kind: str, dtype: str, options: dict, s
         raise TypeError(f"{op}_attention: backend {variant.key} does not support dtype {dtype}; "
                         f"it supports {', '.join(variant.dtypes)} ({_takers(op, dtype)})")
     why = variant.unsupported_reason(options, shapes)
+    if why and not (backend != "auto" and ":" in backend):
+        # a default that cannot take these inputs (head dims, options): the backend's next variant that can
+        alt = _variant_with(op, AUTO_BACKENDS[kind] if backend == "auto" else (variant.backend,), dtype, options,
+                            shapes, features)
+        if alt is not None:
+            variant, why = alt, None
     if why:
         raise ValueError(f"{op}_attention: backend {variant.key} does not support these inputs: {why}")
     return variant
 
 
 def _variant_with(op: str, backend_names, dtype: str, options: dict, shapes: dict, features: frozenset):
-    """The first usable variant of the backends that takes dtype, these inputs and every feature, or None."""
+    """The first usable variant of the backends that takes dtype, these inputs and every feature (a backend's
+    defaults for the dtype first), or None."""
     for name in backend_names:
         if not backends.status(name)[0]:
             continue
-        for v in registry.variants(op, name):
+        for v in sorted(registry.variants(op, name), key=lambda v: (dtype not in v.default_for, not v.default)):
             if dtype in v.dtypes and features <= v.features and v.unsupported_reason(options, shapes) is None:
                 return v
     return None

@@ -32,6 +32,7 @@ PAD = 8                     # shared row padding    (tc::PAD)
 TRAILER_BYTES = 8 * C + 4 * C + 4 * C + 4 * 32      # sizeof(tc::Trailer)
 DIMS = (64, 128)            # padded head dims (DKP, DVP)
 MAX_DIM = DIMS[-1]
+SEGMENT_CHUNKS = 8          # chunks per segment when the grid is full anyway (choose_segments)
 CTYPE = {"float32": "float", "float16": "wb_half", "bfloat16": "wb_bf16"}
 ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -142,13 +143,14 @@ def _sm_count() -> int:
 
 
 def choose_segments(N: int, longest: int, tiles: int) -> int:
-    """Chunks per segment: whole sequences when N x column tiles already gives about two blocks per SM,
-    else segments short enough that the grid does (measured trade-off: docs/kernels/linear.md)."""
-    want = math.ceil(2 * _sm_count() / max(1, N * tiles))
+    """Chunks per segment.  Measured on an H200 (scripts/tune_chunked_mma.py; N = 32, D = 64, float16,
+    docs/kernels/linear.md): segments of 4-16 chunks are fastest at every T from 4k to 64k (fwd+bwd at 64k:
+    2.32 ms at 8 against 2.99 at 128 and 16.1 with whole sequences), so take SEGMENT_CHUNKS, shortened when
+    that leaves fewer than about two blocks per SM."""
     nch = math.ceil(longest / C)
-    if want <= 1 or nch <= 1:
+    if nch <= 1:
         return 0
-    L = math.ceil(nch / want)
+    L = min(SEGMENT_CHUNKS, max(1, math.ceil(nch * N * tiles / (2 * _sm_count()))))
     return 0 if L >= nch else L
 
 

@@ -16,6 +16,7 @@ from . import _chunked as core
 from ._module import declare_groups
 
 SOURCE = "decayed.cu"
+LOG_DECAY_FLOOR = -30.0     # the chunked CUDA-core variants' accurate range (docs/kernels/decayed.md)
 INSTANTIATIONS = core.instantiations(SOURCE, decay_values=(True,))
 declare_groups(SOURCE, core.compile_groups(decay_values=(True,)))
 
@@ -25,6 +26,12 @@ def _make(impl):
         import cupy as cp
         g = log_decay.astype(cp.float32, copy=False)
         if impl != "naive":
+            # float32 differences of within-chunk cumsums: accurate for log decays >= LOG_DECAY_FLOOR only,
+            # and -inf would give inf - inf; refuse rather than return something silently wrong
+            if g.size and float(g.min()) < LOG_DECAY_FLOOR:
+                raise ValueError(f"decayed_attention: backend cupy:{impl} is accurate for log_decay >= "
+                                 f"{LOG_DECAY_FLOOR} only (got {float(g.min())}); cupy:chunked_mma (the default) "
+                                 f"and cupy:naive take any value in [-inf, 0]")
             b = core.chunk_cumsum(g, core.chunk_size(q.shape[-1], v.shape[-1]))
             o, H = core.core_forward(SOURCE, impl, q, k, v, True, scale, b=b)
         else:
@@ -57,7 +64,7 @@ def supports(options, shapes):
 for _impl, _desc, _default in (
         ("naive", "one thread per output row, decay accumulated along the row, O(T^2 D)", False),
         ("chunked", "chunked: carried decayed Dk x Dv states (one chain over the chunks per state tile) "
-                    "+ C x C blocks, chunk-local log-decay cumsums", True),
+                    "+ C x C blocks, chunk-local log-decay cumsums; the fallback above head dim 128", False),
         ("chunked_seg", "chunked, the decayed state chain cut into segments of 8 chunks run in parallel, then "
                         "joined", False)):
     _f, _b = _make(_impl)
@@ -69,19 +76,37 @@ for _impl, _desc, _default in (
 # ----------------------------------------------------------------------------- tensor cores
 # cupy:chunked_mma (float16, bfloat16; float32 as 3xTF32) and cupy:chunked_mma_tf32: the tensor-core chunk
 # core (kernels/cuda/chunked_mma.cu); d log_decay = reverse cumsum of q.dq - k.dk, formed in the kernels.
+from dataclasses import dataclass  # noqa: E402
+
+from workbench.state import DecayedState  # noqa: E402
+
 from . import _chunked_mma as mma  # noqa: E402
+
+INSTANTIATIONS = INSTANTIATIONS + mma.INSTANTIATIONS     # the kernels this module's variants launch
+
+
+@dataclass
+class _MMAContext:
+    core: mma.CoreContext
+    has_initial: bool        # an initial state was passed: the backward returns its gradient
 
 
 def _make_mma(split):
-    def forward(q, k, v, log_decay, scale=1.0):
+    def forward(q, k, v, log_decay, scale=1.0, initial_state=None, return_state=False, cu_seqlens=None):
         import cupy as cp
         g = cp.ascontiguousarray(log_decay, dtype=cp.float32)
-        return mma.forward(q, k, v, g, scale=scale, causal=True, split=split)
+        S0 = None if initial_state is None else cp.ascontiguousarray(initial_state.S, dtype=cp.float32)
+        o, cctx = mma.forward(q, k, v, g, scale=scale, causal=True, split=split, S0=S0, want_final=return_state,
+                              cu=cu_seqlens)
+        ctx = _MMAContext(cctx, initial_state is not None)
+        return ((o, DecayedState(cctx.final)) if return_state else o), ctx
 
-    def backward(ctx, do):
+    def backward(ctx, do, dfinal=None):
         import cupy as cp
-        dq, dk, dv, dg, _ = mma.backward(ctx, cp.ascontiguousarray(do, dtype=ctx.q.dtype))
-        return dq, dk, dv, dg.astype(ctx.q.dtype, copy=False)
+        dST = None if dfinal is None else cp.ascontiguousarray(dfinal.S, dtype=cp.float32)
+        dq, dk, dv, dg, dS0 = mma.backward(ctx.core, cp.ascontiguousarray(do, dtype=ctx.core.q.dtype), dST)
+        grads = (dq, dk, dv, dg.astype(ctx.core.q.dtype, copy=False))
+        return grads + ((DecayedState(dS0),) if ctx.has_initial else ())
 
     return forward, backward
 
@@ -95,10 +120,11 @@ def _supports_mma(options, shapes):
 
 _f, _b = _make_mma(3)
 register(Variant("decayed", "cupy", "chunked_mma", _f, _b, dtypes=("float32", "float16", "bfloat16"),
-                 array_kind="cupy", gpu=True, supports=_supports_mma, form="linear",
+                 array_kind="cupy", gpu=True, default=True, supports=_supports_mma, form="linear",
+                 features=frozenset({"state", "packed"}),
                  description="tensor cores (mma.sync): chunks of 64, segment-carried states, in-kernel float64 "
                              "log-decay cumsums; float32 as 3xTF32"))
 _f, _b = _make_mma(1)
 register(Variant("decayed", "cupy", "chunked_mma_tf32", _f, _b, dtypes=("float32",), array_kind="cupy", gpu=True,
-                 supports=_supports_mma, form="linear", tags=("tf32",),
+                 supports=_supports_mma, features=frozenset({"state", "packed"}), form="linear", tags=("tf32",),
                  description="cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, opt-in)"))

@@ -92,7 +92,7 @@ def supports(options, shapes):
 for _impl, _desc, _default in (
         ("naive", "one thread per output row (and per key row in the backward), O(T^2 D)", False),
         ("chunked", "chunked: carried Dk x Dv states (one chain over the chunks per state tile) + C x C "
-                    "blocks in shared memory (C = 64)", True),
+                    "blocks in shared memory (C = 64); the fallback above head dim 128", False),
         ("chunked_seg", "chunked, the state chain cut into segments of 8 chunks run in parallel, then joined",
          False)):
     _f, _b = _make(_impl)
@@ -107,7 +107,11 @@ for _impl, _desc, _default in (
 # normalising column of ones are formed around it in the input dtype, as above.
 from dataclasses import dataclass as _dataclass  # noqa: E402
 
+from workbench.state import LinearState  # noqa: E402
+
 from . import _chunked_mma as mma  # noqa: E402
+
+INSTANTIATIONS = INSTANTIATIONS + mma.INSTANTIATIONS     # the kernels this module's variants launch
 
 
 @_dataclass
@@ -119,10 +123,27 @@ class _MMAContext:
     den: object              # (N, T) float32 denominators, normalize only
     feature_map: str
     normalize: bool
+    has_initial: bool        # an initial state was passed: the backward returns its gradient
+
+
+def _state_to_core(st, normalize):
+    """A LinearState (fields (N, nseq, ...)) as the core's (N, nseq, Dk, Dv[+1]) float32 state: with
+    normalize, z is the state's column for the ones appended to v."""
+    import cupy as cp
+    S = st.S if not normalize else cp.concatenate([st.S, st.z[..., None]], axis=-1)
+    return cp.ascontiguousarray(S, dtype=cp.float32)
+
+
+def _state_from_core(S, normalize):
+    import cupy as cp
+    if not normalize:
+        return LinearState(S)
+    return LinearState(cp.ascontiguousarray(S[..., :-1]), cp.ascontiguousarray(S[..., -1]))
 
 
 def _make_mma(split):
-    def forward(q, k, v, causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6):
+    def forward(q, k, v, causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6,
+                initial_state=None, return_state=False, cu_seqlens=None):
         import cupy as cp
         dt = q.dtype
         if feature_map == "identity":
@@ -131,7 +152,9 @@ def _make_mma(split):
             Q = _phi(q.astype(cp.float32, copy=False), feature_map).astype(dt, copy=False)
             K = _phi(k.astype(cp.float32, copy=False), feature_map).astype(dt, copy=False)
         Va = cp.concatenate([v, cp.ones(v.shape[:-1] + (1,), dt)], axis=-1) if normalize else v
-        num, cctx = mma.forward(Q, K, Va, None, scale=scale, causal=causal, split=split)
+        S0 = None if initial_state is None else _state_to_core(initial_state, normalize)
+        num, cctx = mma.forward(Q, K, Va, None, scale=scale, causal=causal, split=split, S0=S0,
+                                want_final=return_state, cu=cu_seqlens)
         o = den = None
         if normalize:
             den = num[..., -1].astype(cp.float32) + eps
@@ -139,9 +162,10 @@ def _make_mma(split):
             out = o.astype(dt)
         else:
             out = num
-        return out, _MMAContext(cctx, q, k, o, den, feature_map, bool(normalize))
+        ctx = _MMAContext(cctx, q, k, o, den, feature_map, bool(normalize), initial_state is not None)
+        return ((out, _state_from_core(cctx.final, normalize)) if return_state else out), ctx
 
-    def backward(ctx, do):
+    def backward(ctx, do, dfinal=None):
         import cupy as cp
         dt = ctx.q.dtype
         if ctx.normalize:
@@ -150,14 +174,16 @@ def _make_mma(split):
                                  axis=-1).astype(dt)
         else:
             doa = cp.ascontiguousarray(do, dtype=dt)
-        dQ, dK, dVa, _, _ = mma.backward(ctx.core, doa)
+        dST = None if dfinal is None else _state_to_core(dfinal, ctx.normalize)
+        dQ, dK, dVa, _, dS0 = mma.backward(ctx.core, doa, dST)
         dv = dVa[..., :-1] if ctx.normalize else dVa
         if ctx.feature_map != "identity":
             dQ = (dQ.astype(cp.float32, copy=False) * _dphi(ctx.q.astype(cp.float32, copy=False), ctx.feature_map)
                   ).astype(dt, copy=False)
             dK = (dK.astype(cp.float32, copy=False) * _dphi(ctx.k.astype(cp.float32, copy=False), ctx.feature_map)
                   ).astype(dt, copy=False)
-        return dQ, dK, cp.ascontiguousarray(dv)
+        grads = (dQ, dK, cp.ascontiguousarray(dv))
+        return grads + ((_state_from_core(dS0, ctx.normalize),) if ctx.has_initial else ())
 
     return forward, backward
 
@@ -171,7 +197,8 @@ def _supports_mma(options, shapes):
 
 _f, _b = _make_mma(3)
 register(Variant("linear", "cupy", "chunked_mma", _f, _b, dtypes=("float32", "float16", "bfloat16"),
-                 array_kind="cupy", gpu=True, supports=_supports_mma, form="linear",
+                 array_kind="cupy", gpu=True, default=True, supports=_supports_mma, form="linear",
+                 features=frozenset({"state", "packed"}),
                  description="tensor cores (mma.sync): chunks of 64, segment-carried states; float32 as 3xTF32"))
 def _supports_mma_tf32(options, shapes):
     if options.get("normalize"):
@@ -182,5 +209,5 @@ def _supports_mma_tf32(options, shapes):
 
 _f, _b = _make_mma(1)
 register(Variant("linear", "cupy", "chunked_mma_tf32", _f, _b, dtypes=("float32",), array_kind="cupy", gpu=True,
-                 supports=_supports_mma_tf32, form="linear", tags=("tf32",),
+                 supports=_supports_mma_tf32, features=frozenset({"state", "packed"}), form="linear", tags=("tf32",),
                  description="cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, opt-in)"))

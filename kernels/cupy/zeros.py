@@ -117,7 +117,8 @@ def supports(options, shapes):
 
 for _impl, _desc, _default in (
         ("naive", "scans + the naive core (one thread per output row), O(T^2 D)", False),
-        ("chunked", "scans + the chunked core: states F (running max), G, H, one chain over the chunks", True),
+        ("chunked", "scans + the chunked core: states F (running max), G, H, one chain over the chunks; the "
+                    "fallback above head dim 128", False),
         ("chunked_seg", "scans + the chunked core with the state chains cut into segments run in parallel",
          False)):
     _f, _b = _make(_impl)
@@ -138,6 +139,8 @@ from dataclasses import dataclass as _dataclass  # noqa: E402
 from workbench.backends import data_ptr, new_output  # noqa: E402
 
 from . import _chunked_mma as mma  # noqa: E402
+
+INSTANTIATIONS = INSTANTIATIONS + mma.INSTANTIATIONS     # the kernels this module's variants launch
 from ._module import launch  # noqa: E402
 from .decayed import _supports_mma  # noqa: E402  (head dims up to the core's MAX_DIM, the same rule)
 
@@ -371,7 +374,7 @@ def _make_mma(split):
 
 _f, _bw = _make_mma(3)
 register(Variant("zeros", "cupy", "chunked_mma", _f, _bw, dtypes=("float32", "float16", "bfloat16"),
-                 array_kind="cupy", gpu=True, supports=_supports_mma, form="linear",
+                 array_kind="cupy", gpu=True, default=True, supports=_supports_mma, form="linear",
                  description="parallel scans + the tensor-core chunk core: F (decayed by the running max) and "
                              "[G, H] in two core calls; float32 as 3xTF32"))
 _f, _bw = _make_mma(1)

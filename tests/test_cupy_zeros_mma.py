@@ -323,15 +323,6 @@ def test_stat_rows_match_the_kernels():
     assert [n[3:].lower() for n in names[:-1]] == [r.lower() for r in zeros.STAT_ROWS]
 
 
-def test_fused_segments(monkeypatch):
-    """Segments fill the GPU (132 SMs here) and are at most FUSED_MAX_L chunks; one per head when the heads do."""
-    monkeypatch.setattr(zeros.mma, "_sm_count", lambda: 132)
-    assert zeros.fused_segments(32, 4096, 2) == 8                 # 64 chunks: the grid alone would take 13
-    assert zeros.fused_segments(32, 1024, 2) == 4                 # 16 chunks: 4 segments fill the GPU
-    assert zeros.fused_segments(1024, 65536, 2) == 0              # 2048 blocks without segments
-    assert zeros.fused_segments(2, 64, 2) == 0                    # one chunk
-
-
 def test_fused_shared_memory_fits():
     """Every tz kernel's dynamic shared memory fits an sm_80 / sm_90 block (opt-in limits 163 / 227 KiB) at
     both padded head dims; float16 and bfloat16 fit sm_80."""

@@ -390,10 +390,6 @@ register(Variant("zeros", "cupy", "chunked_mma_tf32", _f, _bw, dtypes=("float32"
 # scalar kernels zeros_fused_bscalar / zeros_bscan / zeros_fused_bds.  Derivation, tiles, costs: the tz
 # section of chunked_mma.cu and docs/kernels/zeros.md.
 FUSED_BW = 32               # columns of the wide side per block (chunked_mma.cu: tz::BW)
-# Chunks per segment at most: the walk over a segment's chunks is latency-bound, and the linear core's
-# segment sweep on the H200 (results/h200-2026-12-01/call2/tune.txt) was fastest at 4-8 chunks per segment at
-# every T from 4k to 64k (2-4x faster than the 29-52 that filling the grid alone gives at 16k-64k).
-FUSED_MAX_L = 8
 FUSED_ROWS_BYTES = 4 * (9 * mma.C + 32 + 2)      # sizeof(tz::Rows): 9 rows of C floats, red[32], mref, mend
 SPLIT = {"float32": 3, "float16": 1, "bfloat16": 1}           # float32 runs 3xTF32 products
 # per kernel: the padded head dim its wide tiles use ("k": DKP, "v": DVP), whether its states are key-major
@@ -410,13 +406,6 @@ FUSED_COMMON = ("tz_seg_scan<false>", "tz_seg_scan<true>")
 FUSED_GROUPS = {dt: fused_exprs(ct, SPLIT[dt]) for dt, ct in _CT.items()}
 INSTANTIATIONS += [(mma.SOURCE, e) for grp in list(FUSED_GROUPS.values()) + [FUSED_COMMON] for e in grp]
 declare_groups(mma.SOURCE, list(FUSED_GROUPS.values()) + [FUSED_COMMON])
-
-
-def fused_segments(N: int, T: int, tiles: int) -> int:
-    """Chunks per segment: _chunked_mma.choose_segments's (segments short enough to fill the GPU), at most
-    FUSED_MAX_L; 0 (one segment per head) when the heads alone fill it."""
-    L = mma.choose_segments(N, T, tiles)
-    return min(L, FUSED_MAX_L) if L else 0
 
 
 def smem_fused(kernel: str, item: int, dp: int) -> int:
@@ -484,7 +473,7 @@ def _fused_forward(q, k, v, s, gates, causal=True, L=None):
     stats = forward_stats(s, gates, v, causal)
     ntw = -(-Dv // FUSED_BW)
     if L is None:
-        L = fused_segments(N, T, max(ntw, -(-Dk // FUSED_BW)))
+        L = mma.choose_segments(N, T, max(ntw, -(-Dk // FUSED_BW)))
     tab = mma.segment_table(T, L)
     tok = _token_args(s, stats)
     tail = (tab.t0, tab.t1, i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(bool(causal)))

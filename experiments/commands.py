@@ -40,7 +40,7 @@ def _run_one(name, out, quick, backend, seed, quiet) -> bool:
 @click.option("--seed", type=SEED, default=0, show_default=True, help="seed of the random draws")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def experiment(name, out, update_results, quick, backend, seed, quiet):
-    """Run an experiment that reproduces a claim: sparsity, zeros-contrastive, zeros-dilution (or all).
+    """Run an experiment that reproduces a claim: sparsity, zeros-contrastive, zeros-dilution, mqar (or all).
 
     Writes NAME.json (every number) and NAME*.png under --out and prints a short table.  Exits 1 if any
     experiment failed."""

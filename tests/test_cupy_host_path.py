@@ -171,3 +171,18 @@ def test_state_and_packed_launch_path_of_chunked_mma(fake, op, normalize):
     assert type(grads[-1]) is Cls and grads[-1].S.shape == final.S.shape
     out2, ctx2 = v.forward(*arrays, **opts, cu_seqlens=cu)           # packed alone: no state, no extra gradient
     assert len(v.backward(ctx2, np.ones_like(out2))) == len(arrays)
+
+
+@pytest.mark.parametrize("impl", ["chunked", "chunked_seg"])
+def test_cuda_core_decayed_refuses_log_decays_below_its_range(fake, impl):
+    """cupy:chunked / chunked_seg (float32 cumsum differences) refuse log decays below -30 and -inf with a clear
+    error naming the variants that take them, instead of returning something silently wrong."""
+    q, k, v, g = random_inputs("decayed", (2,), 70, 16, 16, "float32", seed=0)
+    var = registry.get("decayed", "cupy", impl)
+    var.forward(q, k, v, np.full_like(g, -30.0))                       # the edge of the range is taken
+    for bad in (-31.0, -np.inf):
+        g2 = g.copy()
+        g2[1, 5] = bad
+        with pytest.raises(ValueError, match=rf"cupy:{impl} is accurate for log_decay >= -30.*cupy:chunked_mma"):
+            var.forward(q, k, v, g2)
+    registry.get("decayed", "cupy", "chunked_mma").forward(q, k, v, g2)   # the default takes -inf

@@ -21,6 +21,8 @@ from kernels.numba import _chunked, _trace, linear, softmax  # noqa: E402
 from kernels.numba import decayed as nd  # noqa: E402
 from kernels.numba import zeros as nz  # noqa: E402
 
+pytestmark = pytest.mark.slow      # Numba CUDA simulator and subprocesses: minutes; -m "not slow" leaves them out
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPS = ("softmax", "linear", "decayed", "zeros")
 VARIANTS = [(op, v) for op in OPS for v in ("naive", "tiled" if op == "softmax" else "chunked")]

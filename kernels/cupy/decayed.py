@@ -89,23 +89,33 @@ INSTANTIATIONS = INSTANTIATIONS + mma.INSTANTIATIONS     # the kernels this modu
 class _MMAContext:
     core: mma.CoreContext
     has_initial: bool        # an initial state was passed: the backward returns its gradient
+    dtype: object            # the inputs' dtype (the gradients are returned in it)
+
+
+# Input dtypes whose core runs in float32 (3xTF32): with bfloat16 operands, d log_decay = reverse cumsum of
+# q.dq - k.dk cancels beyond bfloat16's 8 bits (2.1e-2 at T = 193 on the emulated kernels, growing with T).
+CORE_IN_FLOAT32 = ("bfloat16",)
 
 
 def _make_mma(split):
     def forward(q, k, v, log_decay, scale=1.0, initial_state=None, return_state=False, cu_seqlens=None):
         import cupy as cp
+        dt = q.dtype
+        if str(dt) in CORE_IN_FLOAT32:
+            q, k, v = (x.astype(cp.float32) for x in (q, k, v))
         g = cp.ascontiguousarray(log_decay, dtype=cp.float32)
         S0 = None if initial_state is None else cp.ascontiguousarray(initial_state.S, dtype=cp.float32)
         o, cctx = mma.forward(q, k, v, g, scale=scale, causal=True, split=split, S0=S0, want_final=return_state,
                               cu=cu_seqlens)
-        ctx = _MMAContext(cctx, initial_state is not None)
+        o = o.astype(dt, copy=False)
+        ctx = _MMAContext(cctx, initial_state is not None, dt)
         return ((o, DecayedState(cctx.final)) if return_state else o), ctx
 
     def backward(ctx, do, dfinal=None):
         import cupy as cp
         dST = None if dfinal is None else cp.ascontiguousarray(dfinal.S, dtype=cp.float32)
         dq, dk, dv, dg, dS0 = mma.backward(ctx.core, cp.ascontiguousarray(do, dtype=ctx.core.q.dtype), dST)
-        grads = (dq, dk, dv, dg.astype(ctx.core.q.dtype, copy=False))
+        grads = tuple(x.astype(ctx.dtype, copy=False) for x in (dq, dk, dv, dg))
         return grads + ((DecayedState(dS0),) if ctx.has_initial else ())
 
     return forward, backward

@@ -175,11 +175,14 @@ def test_kernel_limits():
 
 
 def test_instantiations_and_compile_groups():
-    """Every op x dtype x access width is listed (the NVRTC test and warmup compile them) and compiled in its
-    op's declared group."""
+    """Every op x dtype x access width is listed (the NVRTC test compiles them), compiled in its op's declared
+    group, and that group is in warmup's list for the op (not for softmax, which has no step kernel)."""
+    from workbench import warmup
     exprs = {e for _, e in kernel_steps.INSTANTIATIONS}
     assert len(exprs) == 3 * 3 * 2
     for op in kernel_steps.OPS:
         group = _module.group_of(kernel_steps.SOURCE, kernel_steps.expression(op, "float16", 4))
         assert set(group) == {kernel_steps.expression(op, dt, w) for dt in kernel_steps.CTYPE
                               for w in kernel_steps.WIDTHS}
+        assert (kernel_steps.SOURCE, group) in warmup.cupy_groups((op,))
+    assert not [src for src, _ in warmup.cupy_groups(("softmax",)) if src == kernel_steps.SOURCE]

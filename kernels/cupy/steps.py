@@ -40,7 +40,12 @@ def expression(op: str, dtype: str, width: int) -> str:
     return f"{op}_step<{CTYPE[dtype]}, {width}>"
 
 
-INSTANTIATIONS = [(SOURCE, expression(op, dt, w)) for op in OPS for dt in CTYPE for w in WIDTHS]
+def instantiations(ops=OPS) -> list:
+    """[(source, expression)] of the step kernels of ``ops`` (those without steps are left out)."""
+    return [(SOURCE, expression(op, dt, w)) for op in OPS if op in ops for dt in CTYPE for w in WIDTHS]
+
+
+INSTANTIATIONS = instantiations()
 # one compile group per op: a decode loop of one op compiles (or loads) only that op's six kernels
 declare_groups(SOURCE, [[expression(op, dt, w) for dt in CTYPE for w in WIDTHS] for op in OPS])
 

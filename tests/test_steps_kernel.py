@@ -8,6 +8,12 @@ it was (the kernel writes new arrays).  Shapes: 16-byte and 4-byte state accesse
 column slabs of 32 with a partial last one, Dk beyond one pass of loads (128 rows), no leading dims.
 CPU: the path choice and its errors, the instantiation list.
 """
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -152,6 +158,41 @@ def test_public_steps_run_the_kernel_on_cupy_arrays(label, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- CPU
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# a few of the GPU cases above, run through the CPU emulator: 16- and 4-byte accesses, three slabs and two
+# passes of row loads, no leading dims, every op, float16 and float32, the extreme values
+EMULATED = [("linear-elu1-norm", (2, 3), 64, 64, "float16"), ("decayed", (1,), 5, 7, "float32"),
+            ("zeros-3", (2,), 130, 72, "float32"), ("linear", (), 16, 40, "float32")]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20) for the CPU emulator")
+def test_kernel_steps_in_the_cpu_emulator():
+    """The GPU test functions above, called on the CPU emulator's stand-in cupy (scripts/cuda_emulate.py: every
+    kernel built with g++ against emu.h, launches checked as the driver would), in a subprocess."""
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{os.path.join(ROOT, "scripts")!r}, {os.path.join(ROOT, "tests")!r}, {ROOT!r}]
+        import cuda_emulate as emu
+        if not hasattr(emu, "RawModule"):
+            print("SKIP: this checkout's emulator cannot build kernels by name expression")
+            sys.exit(0)
+        sys.modules["cupy"] = emu.fake_cupy()
+        import test_steps_kernel as t
+        from workbench.backends import poisoned
+        with poisoned():
+            for label, lead, Dk, Dv, dtype in t.EMULATED:
+                t.test_kernel_steps_equal_the_float64_op(label, lead, Dk, Dv, dtype)
+            t.test_kernel_steps_extreme_values("zeros-3", "float32")
+        print("PASSED", len(t.EMULATED) + 1)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    if r.stdout.startswith("SKIP"):
+        pytest.skip(r.stdout.strip())
+    assert f"PASSED {len(EMULATED) + 1}" in r.stdout, r.stdout
+
+
 def test_numpy_arrays_take_the_array_form_and_path_errors_are_clear():
     q, k, v, g = (_token(x, 0, (2,)) for x in random_inputs("decayed", (2,), 1, 4, 3, "float32"))
     o, st = wb.steps.step("decayed", q, k, v, g, path="auto")

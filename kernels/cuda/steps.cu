@@ -25,7 +25,7 @@
 // element is read and written by one thread), but the per-head values (z', m', E', P', n') are written by
 // the head's first slab while its other slabs still read the old ones, so in and out must not alias.
 //
-// Precision: __expf (the --use_fast_math exp, ~2 ulp plus 2 ulp per unit of |x|) for e^g, e^{m-m'}, e^{s-m'}
+// Precision: __expf (the --use_fast_math exp, at most 2 + 1.17 |x| ulp) for e^g, e^{m-m'}, e^{s-m'}
 // and elu1; sigmoid and tanh through __expf (tanhf under --use_fast_math is tanh.approx.f32, ~2^-11).
 // phi(x): 0 identity, 1 elu1 (x + 1 for x > 0, else e^x), 2 relu.
 #include "common.cuh"

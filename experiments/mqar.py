@@ -12,8 +12,10 @@ zero-sum ZeroS row can read out in one step).
 Three grids (``GRIDS``): ``quick`` (``--quick``; seconds per run, a couple of minutes on two cores), ``cpu``
 (the default with the NumPy backend: about an hour on a shared two-core machine)
 and ``gpu`` (the default with a GPU backend: 6 mixers x 3 widths x 3 lengths x 2 key-value counts, designed
-for under 25 minutes on one H100/H200, ``gpu_estimate``).  Results go to ``OUT/mqar_<grid>.json``, written
-after every run; a run already in that file (same ``RunSpec``) is skipped, so an interrupted sweep resumes.
+for about 5 minutes on one H100/H200 with ``jobs=8``, ``gpu_estimate``).  Results go to
+``OUT/mqar_<grid>.json``; a run already in that file (same ``RunSpec``) is skipped, so an interrupted sweep
+resumes.  ``jobs`` trains that many runs at once in worker processes (each run first lands in its own file,
+merged by the main process); ``time_limit`` stops the sweep in time (see ``run``).
 """
 from __future__ import annotations
 
@@ -610,7 +612,8 @@ def tables(res) -> dict:
     """Final accuracy per (T, kv, mixer, width); per mixer and (T, kv), the smallest width whose final
     accuracy reaches ``ACCURACY_GOAL`` (None: no width did); the difference task per (mixer, width)."""
     acc, smallest, diff = {}, {}, {}
-    for r in _mqar_runs(res):
+    by_cell = lambda r: (r["spec"]["seq_len"], r["spec"]["kv_pairs"], r["spec"]["width"])
+    for r in sorted(_mqar_runs(res), key=by_cell):          # cells by (T, kv), widths ascending
         s = r["spec"]
         acc.setdefault(f"T={s['seq_len']} kv={s['kv_pairs']}", {}).setdefault(s["mixer"], {})[s["width"]] = \
             r["final_accuracy"]
@@ -618,7 +621,7 @@ def tables(res) -> dict:
         for m, by_w in by_mixer.items():
             ok = [w for w, a in sorted(by_w.items()) if a >= ACCURACY_GOAL]
             smallest.setdefault(cell, {})[m] = ok[0] if ok else None
-    for r in res["runs"].values():
+    for r in sorted(res["runs"].values(), key=by_cell):
         s = r["spec"]
         if s["task"] == "difference":
             diff.setdefault(s["mixer"], {})[s["width"]] = r["final_accuracy"]
@@ -654,7 +657,7 @@ def summary(res) -> str:
               f"steps, {1e3 * tm['seconds_per_step']:.1f} ms a step within a run (with its share of evaluations)"
               + (f"; this call: {tm['wall_seconds'] / 60:.1f} min wall with {tm['jobs']} job(s)"
                  if "wall_seconds" in tm else "")
-              + f"; GPU estimate of the whole grid with {est['jobs']} job(s), every run to its full budget: "
+              + f"; GPU estimate of the whole grid with {est.get('jobs', 1)} job(s), every run to its full budget: "
                 f"{est['minutes']:.1f} min"]
     missing = res.get("planned", len(res["runs"])) - len(res["runs"])
     if missing:
@@ -662,6 +665,48 @@ def summary(res) -> str:
                       f"({res.get('stopped_at_time_limit', 0)} stopped at the time limit); run the same command "
                       f"again to continue"]
     return "\n".join(lines)
+
+
+def load(path: str) -> dict:
+    """A results file as ``run`` returns it (with its ``tables``), for ``summary`` and ``markdown``."""
+    with open(path) as f:
+        res = json.load(f)
+    res["tables"] = tables(res)
+    return res
+
+
+def markdown(res) -> str:
+    """README's tables of a sweep: final held-out accuracy per mixer and (T, pairs) at every width, the
+    smallest width reaching ``ACCURACY_GOAL`` ("none": no width did; "-": no run yet), and the difference
+    task's accuracies."""
+    t = res["tables"]
+    cells = list(t["accuracy"])
+    mixers = [m for m in MIXERS if any(m in t["accuracy"][c] for c in cells)]
+    widths = sorted({w for c in cells for bm in t["accuracy"][c].values() for w in bm})
+    head = "| mixer | " + " | ".join(c.replace(" kv=", ", ") + " pairs" for c in cells) + " |"
+    rule = "|---" * (len(cells) + 1) + "|"
+
+    def rows(cell_text):
+        return [f"| {MIXERS[m].label} | " + " | ".join(cell_text(c, m) for c in cells) + " |" for m in mixers]
+
+    def accuracies(c, m):
+        by_w = t["accuracy"][c].get(m, {})
+        return " / ".join("-" if by_w.get(w) is None else f"{by_w[w]:.2f}" for w in widths)
+
+    def smallest(c, m):
+        if m not in t["smallest_width"][c]:
+            return "-"
+        w = t["smallest_width"][c][m]
+        return "none" if w is None else str(w)
+    out = [f"Final held-out accuracy at widths {' / '.join(map(str, widths))}:", "", head, rule, *rows(accuracies),
+           "", f"Smallest width that reaches {ACCURACY_GOAL:.0%} accuracy (\"none\": none of "
+               f"{', '.join(map(str, widths))}):", "", head, rule, *rows(smallest)]
+    if t["difference"]:
+        parts = [f"{MIXERS[m].label} " + " / ".join(f"{a:.3f}" for _, a in sorted(by_w.items()))
+                 for m, by_w in sorted(t["difference"].items(), key=lambda kv: -max(kv[1].values()))]
+        dw = sorted({w for by_w in t["difference"].values() for w in by_w})
+        out += ["", f"Difference recall (width {' / '.join(map(str, dw))}): " + ", ".join(parts) + "."]
+    return "\n".join(out)
 
 
 # ============================================================================= plots
@@ -693,7 +738,8 @@ def _plot(res, grid: Grid, stem: str) -> list:
             ax.grid(alpha=0.3)
             if j == 0:
                 ax.set_ylabel("held-out accuracy")
-    axes[0][0].legend(fontsize=8)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
     fig.suptitle(f"MQAR accuracy against model width ({grid.name} grid: {grid.layers} blocks, "
                  f"{grid.steps} steps max, batch {grid.batch})", fontsize=12)
     fig.tight_layout()
@@ -723,7 +769,8 @@ def _plot(res, grid: Grid, stem: str) -> list:
             ax.grid(alpha=0.3)
             if j == 0:
                 ax.set_ylabel("held-out accuracy")
-    axes[0][0].legend(fontsize=7)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     files.append(save_fig(fig, f"{stem}_curves.png"))
     return files

@@ -390,6 +390,50 @@ def test_cli_runs_the_quick_grid(tmp_path, monkeypatch):
     r = CliRunner().invoke(cli.main, ["experiment", "mqar", "--quick", "--quiet", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert "smallest width reaching 90%" in r.output and (tmp_path / "mqar_quick.json").exists()
+    r = CliRunner().invoke(cli.main, ["experiment", "mqar", "--quick", "--quiet", "--out", str(tmp_path / "j"),
+                                      "--jobs", "2", "--time-limit", "300"])
+    assert r.exit_code == 0, r.output
+    assert "with 2 job(s)" in r.output and "INCOMPLETE" not in r.output
+    for bad in (["sparsity", "--jobs", "2"], ["all", "--time-limit", "60"], ["mqar", "--jobs", "0"]):
+        r = CliRunner().invoke(cli.main, ["experiment", *bad, "--quick", "--out", str(tmp_path / "x")])
+        assert r.exit_code == 2, (bad, r.output)
+    r = CliRunner().invoke(cli.main, ["experiment", "mqar", "--quick", "--quiet", "--out", str(tmp_path / "y"),
+                                      "--time-limit", "5"])
+    assert r.exit_code == 1 and "time_limit must exceed" in r.output
+
+
+def test_markdown_tables():
+    """README's tables from a results file: accuracies per width, the smallest width reaching 90% ("none"
+    when no width did, "-" for a mixer with no run in that cell), cells ordered by (T, pairs)."""
+    def rec(mixer, w, T, kv, acc, task="mqar"):
+        return dict(spec=dict(task=task, mixer=mixer, width=w, seq_len=T, kv_pairs=kv), final_accuracy=acc,
+                    steps_run=10, seconds=1.0)
+    runs = [rec("softmax", 64, 128, 8, 0.95), rec("softmax", 32, 128, 8, 0.5), rec("zeros2", 32, 128, 8, 0.2),
+            rec("zeros2", 64, 128, 8, 0.89), rec("softmax", 32, 64, 4, 0.91), rec("softmax", 64, 64, 4, 1.0),
+            rec("zeros2", 64, 64, 4, 0.97), rec("softmax", 64, 64, 4, 0.5, task="difference")]
+    res = dict(runs={str(i): r for i, r in enumerate(runs)})
+    res["tables"] = mqar.tables(res)
+    md = mqar.markdown(res).splitlines()
+    assert md[0] == "Final held-out accuracy at widths 32 / 64:"
+    assert md[2] == "| mixer | T=64, 4 pairs | T=128, 8 pairs |"
+    assert "| softmax | 0.91 / 1.00 | 0.50 / 0.95 |" in md and "| ZeroS, 2 gates | - / 0.97 | 0.20 / 0.89 |" in md
+    i = md.index('Smallest width that reaches 90% accuracy ("none": none of 32, 64):')
+    assert md[i + 4:i + 6] == ["| softmax | 32 | 64 |", "| ZeroS, 2 gates | 64 | none |"]
+    assert md[-1] == "Difference recall (width 64): softmax 0.500."
+
+
+def test_readme_shows_the_committed_cpu_tables():
+    """The cpu grid's tables in README are what scripts/mqar_table.py prints from the committed results."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, os.path.join(root, "scripts", "mqar_table.py"),
+                          os.path.join(root, "results", "experiments", "mqar_cpu.json")],
+                         capture_output=True, text=True, check=True).stdout
+    readme = open(os.path.join(root, "README.md")).read()
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 14 and all(line in readme for line in rows)
+    bad = subprocess.run([sys.executable, os.path.join(root, "scripts", "mqar_table.py"), "/nonexistent.json"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "cannot read" in bad.stderr
 
 
 def test_grids():

@@ -118,6 +118,23 @@ def test_adamw_weight_decay_on_matrices_only_and_clipping():
     assert opt.step(p, g) == pytest.approx(math.sqrt(4 * 900 + 2 * 1600))
 
 
+def test_adamw_clips_on_the_device_as_on_the_host():
+    """Clipping scales g by min(1, clip / |g|): the same trajectory as an unclipped optimiser fed the
+    pre-scaled gradients (one step above the clip, one below)."""
+    rng = np.random.default_rng(0)
+    g1, g2 = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+    g1 *= 50 / np.linalg.norm(g1)
+    g2 *= 0.5 / np.linalg.norm(g2)
+    start = rng.standard_normal((3, 4))
+    a, b = {"embed": start.copy()}, {"embed": start.copy()}
+    clipped, plain = M.AdamW(lr=0.1, steps=10, clip=1.0), M.AdamW(lr=0.1, steps=10, clip=0.0)
+    assert float(clipped.step(a, {"embed": g1})) == pytest.approx(50)
+    plain.step(b, {"embed": g1 / 50})
+    clipped.step(a, {"embed": g2})
+    plain.step(b, {"embed": g2})
+    np.testing.assert_allclose(a["embed"], b["embed"], rtol=1e-12)
+
+
 # ============================================================================ generators
 def test_mqar_layout():
     task = MQAR(vocab=64, seq_len=48, kv_pairs=6)

@@ -116,6 +116,7 @@ class ModelConfig:
 NORM_EPS = 1e-6         # RMSNorm of the residual stream
 OUT_NORM_EPS = 1e-5     # per-head norm of the op's output (ZeroS rows can be near zero)
 UNIT_EPS = 1e-12        # unit-length q, k
+TINY = float(np.finfo(np.float32).tiny)     # a gradient norm's floor before dividing by it
 
 
 # ============================================================================= layers
@@ -614,7 +615,7 @@ class AdamW:
         g = xp.concatenate([grads[n].ravel() for n in self._names])
         norm = xp.sqrt((g * g).sum())
         if self.clip:                       # g * min(1, clip / norm), without reading norm on the host
-            g *= xp.minimum(1.0, self.clip / xp.maximum(norm, np.finfo(np.float32).tiny))
+            g *= xp.minimum(1.0, self.clip / xp.maximum(norm, TINY))
         c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
         self._m *= self.b1
         self._m += (1 - self.b1) * g

@@ -458,12 +458,6 @@ def warm_job(job: Job) -> str:
     return ""
 
 
-def _init_worker():
-    """Worker processes: one BLAS thread each (the runs are the parallelism)."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
-
-
 def warm_phases(todo: list) -> list:
     """Warm-up jobs' specs in two phases: one per mixer first (its kernels compile in parallel, each once),
     then one per remaining (task, mixer, length, head width) the runs need (mostly cache loads)."""
@@ -501,8 +495,7 @@ def _execute(jobs_list: list, n_jobs: int, warm: list, warn):
         return
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     import multiprocessing
-    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         for phase in warm:
             for job, err in zip(phase, pool.map(warm_job, phase)):
                 if err:

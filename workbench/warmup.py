@@ -48,13 +48,16 @@ def _module_of(variant):
 
 
 def cupy_groups(ops) -> list:
-    """[(source, expressions)]: every compile group the CuPy variants of ``ops`` can launch."""
-    from kernels.cupy import _module
+    """[(source, expressions)]: every compile group the CuPy variants of ``ops`` and their step kernels
+    (kernels/cupy/steps.py) can launch."""
+    from kernels.cupy import _module, steps
     wanted = {}
     for op in ops:
         for v in registry.variants(op, "cupy"):
             for src, expr in getattr(_module_of(v), "INSTANTIATIONS", ()):
                 wanted.setdefault((src, _module.group_of(src, expr)), None)
+    for src, expr in steps.instantiations(ops):
+        wanted.setdefault((src, _module.group_of(src, expr)), None)
     return list(wanted)
 
 
@@ -93,7 +96,19 @@ def _np_dtype(dtype: str):
     return dtype
 
 
+def _step_call(op: str, dtype: str):
+    def run():
+        import cupy as cp
+        from . import steps
+        arrays = random_inputs(op, (2,), 1, TINY_D, TINY_D, dtype if dtype != "bfloat16" else "float32", seed=0)
+        tok = [cp.asarray(a[:, 0].astype(_np_dtype(dtype))) for a in arrays]
+        steps.step(op, *tok, path="kernel")
+        cp.cuda.Device().synchronize()
+    return run
+
+
 def cupy_tasks(ops) -> list:
+    from kernels.cupy import steps as step_kernels
     tasks = [Task("cupy", f"compile {src}: {len(exprs)} kernels ({exprs[0]}{', ...' if len(exprs) > 1 else ''})",
                   group=(src, exprs)) for src, exprs in cupy_groups(ops)]
     for op in ops:
@@ -104,6 +119,10 @@ def cupy_tasks(ops) -> list:
                 for T, opts in itertools.product(TINY_Ts, _options(op)):
                     shown = ", ".join(f"{k}={val}" for k, val in opts.items() if val is not None)
                     tasks.append(Task("cupy", f"call {v.key} {dtype} T={T} {shown}", run=_api_call(v, dtype, T, opts)))
+    for op in (o for o in ops if o in step_kernels.OPS):
+        for dtype in step_kernels.CTYPE:
+            if dtype != "bfloat16" or importlib.util.find_spec("ml_dtypes") is not None:
+                tasks.append(Task("cupy", f"step {op} {dtype} (the step kernel)", run=_step_call(op, dtype)))
     return tasks
 
 

@@ -254,7 +254,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
     else:
         Rseg = new_output(cp, (N, tab.nseg, Dk, Dv), cp.float32)
         launch(_kern(dt, split, f"tc_seg_state<{ct}, {dkp}, true, {split}>"), (tab.nseg * ntv, N), (THREADS,),
-               (q, do, _ptr(g), Rseg, 0) + segs + (i32(T), i32(Dk), i32(Dv), i32(tab.nseg),
+               (q, do, _ptr(g), Rseg, _ptr(None)) + segs + (i32(T), i32(Dk), i32(Dv), i32(tab.nseg),
                                                     np.float32(ctx.scale)),
                smem_seg_state(item, dkp))
         if not ctx.causal and tab.single:

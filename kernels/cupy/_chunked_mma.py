@@ -22,7 +22,7 @@ import numpy as np
 
 from workbench.backends import new_output
 
-from ._module import declare_groups, get_kernel, launch
+from ._module import CTYPE, ITEMSIZE, declare_groups, get_kernel, launch, padded_dim
 
 SOURCE = "chunked_mma.cu"
 C = 64                      # chunk length          (chunked_mma.cu: tc::C)
@@ -33,15 +33,10 @@ TRAILER_BYTES = 8 * C + 4 * C + 4 * C + 4 * 32      # sizeof(tc::Trailer)
 DIMS = (64, 128)            # padded head dims (DKP, DVP)
 MAX_DIM = DIMS[-1]
 SEGMENT_CHUNKS = 8          # chunks per segment when the grid is full anyway (choose_segments)
-CTYPE = {"float32": "float", "float16": "wb_half", "bfloat16": "wb_bf16"}
-ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def pad_dim(d: int) -> int:
-    for p in DIMS:
-        if d <= p:
-            return p
-    raise ValueError(f"head dim {d} > {MAX_DIM}")
+    return padded_dim(d, DIMS)
 
 
 # ----------------------------------------------------------------------------- instantiations

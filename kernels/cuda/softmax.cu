@@ -204,6 +204,42 @@ __device__ __forceinline__ float hw_sum(float x) {
     return x;
 }
 
+// Register-tiled products: thread (r, c) owns rows r + 16 i (i < TM) and columns c + 16 j (j < TN) of each of
+// the NP accumulators, and for every x < K adds
+//   acc[p][i][j] += A_p[(r + 16 i) LDA + x] * B_p[(c + 16 j) BROW + x BCOL]
+// (BROW = LD, BCOL = 1: A B^T of two row-major tiles; BROW = 1, BCOL = LD: A B).  The NP products share one
+// loop (the backward's score and dO.V^T tiles side by side).
+template <int NP, int TM, int TN>
+__device__ __forceinline__ void fl_zero(float (&acc)[NP][TM][TN]) {
+#pragma unroll
+    for (int p = 0; p < NP; ++p)
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) acc[p][i][j] = 0.f;
+}
+template <int NP, int TM, int TN, int K, int LDA, int BROW, int BCOL, int UNROLL>
+__device__ __forceinline__ void fl_mm(float (&acc)[NP][TM][TN], const float* const (&A)[NP],
+                                      const float* const (&B)[NP], int r, int c) {
+#pragma unroll UNROLL
+    for (int x = 0; x < K; ++x) {
+        float a[NP][TM], b[NP][TN];
+#pragma unroll
+        for (int p = 0; p < NP; ++p) {
+#pragma unroll
+            for (int i = 0; i < TM; ++i) a[p][i] = A[p][(r + 16 * i) * LDA + x];
+#pragma unroll
+            for (int j = 0; j < TN; ++j) b[p][j] = B[p][(c + 16 * j) * BROW + x * BCOL];
+        }
+#pragma unroll
+        for (int p = 0; p < NP; ++p)
+#pragma unroll
+            for (int i = 0; i < TM; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j) acc[p][i][j] += a[p][i] * b[p][j];
+    }
+}
+
 // Forward.  Block: BR query rows; loops over BC-key tiles.  smem: Q [BR][D+1] (pre-scaled by sl2),
 // K, V [BC][D+1], P [BR][BC+1].
 template <typename T, int D, int BR, int BC>
@@ -221,36 +257,21 @@ __global__ void __launch_bounds__(FL_THREADS) flash_fwd(const T* q, const T* k, 
     const long long nT = (long long)n * T_;
     fl_load<T, D, BR>(sQ, q + nT * dk, q0, T_, dk, sl2);
 
-    float m[TM], l[TM], acc[TM][TD];
+    float m[TM], l[TM], acc1[1][TM][TD];
+    float (&acc)[TM][TD] = acc1[0];
+    fl_zero(acc1);
 #pragma unroll
-    for (int i = 0; i < TM; ++i) {
-        m[i] = -WB_INF; l[i] = 0.f;
-#pragma unroll
-        for (int j = 0; j < TD; ++j) acc[i][j] = 0.f;
-    }
+    for (int i = 0; i < TM; ++i) { m[i] = -WB_INF; l[i] = 0.f; }
     const int kend = causal ? min(T_, q0 + BR) : T_;
     for (int k0 = 0; k0 < kend; k0 += BC) {
         __syncthreads();                                   // previous tile fully consumed
         fl_load<T, D, BC>(sK, k + nT * dk, k0, T_, dk, 1.f);
         fl_load<T, D, BC>(sV, v + nT * dv, k0, T_, dv, 1.f);
         __syncthreads();
-        float s[TM][TN];                                   // s = (sl2 q) . k
-#pragma unroll
-        for (int i = 0; i < TM; ++i)
-#pragma unroll
-            for (int j = 0; j < TN; ++j) s[i][j] = 0.f;
-#pragma unroll 4
-        for (int d = 0; d < D; ++d) {
-            float a[TM], b[TN];
-#pragma unroll
-            for (int i = 0; i < TM; ++i) a[i] = sQ[(r + 16 * i) * LD + d];
-#pragma unroll
-            for (int j = 0; j < TN; ++j) b[j] = sK[(c + 16 * j) * LD + d];
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) s[i][j] += a[i] * b[j];
-        }
+        float s1[1][TM][TN];                               // s = (sl2 q) . k
+        float (&s)[TM][TN] = s1[0];
+        fl_zero(s1);
+        fl_mm<1, TM, TN, D, LD, LD, 1, 4>(s1, {sQ}, {sK}, r, c);
 #pragma unroll
         for (int i = 0; i < TM; ++i) {
             const int row = q0 + r + 16 * i;
@@ -277,18 +298,7 @@ __global__ void __launch_bounds__(FL_THREADS) flash_fwd(const T* q, const T* k, 
             for (int j = 0; j < TD; ++j) acc[i][j] *= corr;
         }
         __syncthreads();                                   // P complete
-#pragma unroll 4
-        for (int kk = 0; kk < BC; ++kk) {
-            float a[TM], b[TD];
-#pragma unroll
-            for (int i = 0; i < TM; ++i) a[i] = sP[(r + 16 * i) * (BC + 1) + kk];
-#pragma unroll
-            for (int j = 0; j < TD; ++j) b[j] = sV[kk * LD + c + 16 * j];
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TD; ++j) acc[i][j] += a[i] * b[j];
-        }
+        fl_mm<1, TM, TD, BC, BC + 1, 1, LD, 4>(acc1, {sP}, {sV}, r, c);
     }
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
@@ -328,11 +338,10 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dkdv(const T* q, const T
     const long long nT = (long long)n * T_;
     fl_load<T, D, BK>(sK, k + nT * dk, k0, T_, dk, sl2);
     fl_load<T, D, BK>(sV, v + nT * dv, k0, T_, dv, 1.f);
-    float gk[TM][TD], gv[TM][TD];
-#pragma unroll
-    for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TD; ++j) gk[i][j] = gv[i][j] = 0.f;
+    float gvk[2][TM][TD];
+    float (&gv)[TM][TD] = gvk[0];
+    float (&gk)[TM][TD] = gvk[1];
+    fl_zero(gvk);
     for (int q0 = causal ? (k0 / BQ) * BQ : 0; q0 < T_; q0 += BQ) {
         __syncthreads();
         fl_load<T, D, BQ>(sQ, q + nT * dk, q0, T_, dk, 1.f);
@@ -343,23 +352,11 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dkdv(const T* q, const T
             sD[x] = t < T_ ? Dbuf[nT + t] : 0.f;
         }
         __syncthreads();
-        float s[TM][TN], dp[TM][TN];
-#pragma unroll
-        for (int i = 0; i < TM; ++i)
-#pragma unroll
-            for (int j = 0; j < TN; ++j) s[i][j] = dp[i][j] = 0.f;
-#pragma unroll 2
-        for (int d = 0; d < D; ++d) {
-            float a[TM], a2[TM], b[TN], b2[TN];
-#pragma unroll
-            for (int i = 0; i < TM; ++i) { a[i] = sK[(r + 16 * i) * LD + d]; a2[i] = sV[(r + 16 * i) * LD + d]; }
-#pragma unroll
-            for (int j = 0; j < TN; ++j) { b[j] = sQ[(c + 16 * j) * LD + d]; b2[j] = sO[(c + 16 * j) * LD + d]; }
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) { s[i][j] += a[i] * b[j]; dp[i][j] += a2[i] * b2[j]; }
-        }
+        float sdp[2][TM][TN];
+        float (&s)[TM][TN] = sdp[0];
+        float (&dp)[TM][TN] = sdp[1];
+        fl_zero(sdp);
+        fl_mm<2, TM, TN, D, LD, LD, 1, 2>(sdp, {sK, sV}, {sQ, sO}, r, c);
 #pragma unroll
         for (int i = 0; i < TM; ++i) {
             const int key = k0 + r + 16 * i;
@@ -373,18 +370,7 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dkdv(const T* q, const T
             }
         }
         __syncthreads();
-#pragma unroll 2
-        for (int x = 0; x < BQ; ++x) {
-            float a[TM], a2[TM], b[TD], b2[TD];
-#pragma unroll
-            for (int i = 0; i < TM; ++i) { a[i] = sP[(r + 16 * i) * (BQ + 1) + x]; a2[i] = sS[(r + 16 * i) * (BQ + 1) + x]; }
-#pragma unroll
-            for (int j = 0; j < TD; ++j) { b[j] = sO[x * LD + c + 16 * j]; b2[j] = sQ[x * LD + c + 16 * j]; }
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TD; ++j) { gv[i][j] += a[i] * b[j]; gk[i][j] += a2[i] * b2[j]; }
-        }
+        fl_mm<2, TM, TD, BQ, BQ + 1, 1, LD, 2>(gvk, {sP, sS}, {sO, sQ}, r, c);
     }
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
@@ -418,14 +404,14 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dq(const T* q, const T* 
     const long long nT = (long long)n * T_;
     fl_load<T, D, BR>(sQ, q + nT * dk, q0, T_, dk, sl2);
     fl_load<T, D, BR>(sO, dout + nT * dv, q0, T_, dv, 1.f);
-    float l2[TM], Dr[TM], g[TM][TD];
+    float l2[TM], Dr[TM], g1[1][TM][TD];
+    float (&g)[TM][TD] = g1[0];
+    fl_zero(g1);
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
         const int t = q0 + r + 16 * i;
         l2[i] = t < T_ ? lse[nT + t] * WB_LOG2E : 0.f;
         Dr[i] = t < T_ ? Dbuf[nT + t] : 0.f;
-#pragma unroll
-        for (int j = 0; j < TD; ++j) g[i][j] = 0.f;
     }
     const int kend = causal ? min(T_, q0 + BR) : T_;
     for (int k0 = 0; k0 < kend; k0 += BC) {
@@ -433,23 +419,11 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dq(const T* q, const T* 
         fl_load<T, D, BC>(sK, k + nT * dk, k0, T_, dk, 1.f);
         fl_load<T, D, BC>(sV, v + nT * dv, k0, T_, dv, 1.f);
         __syncthreads();
-        float s[TM][TN], dp[TM][TN];
-#pragma unroll
-        for (int i = 0; i < TM; ++i)
-#pragma unroll
-            for (int j = 0; j < TN; ++j) s[i][j] = dp[i][j] = 0.f;
-#pragma unroll 2
-        for (int d = 0; d < D; ++d) {
-            float a[TM], a2[TM], b[TN], b2[TN];
-#pragma unroll
-            for (int i = 0; i < TM; ++i) { a[i] = sQ[(r + 16 * i) * LD + d]; a2[i] = sO[(r + 16 * i) * LD + d]; }
-#pragma unroll
-            for (int j = 0; j < TN; ++j) { b[j] = sK[(c + 16 * j) * LD + d]; b2[j] = sV[(c + 16 * j) * LD + d]; }
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) { s[i][j] += a[i] * b[j]; dp[i][j] += a2[i] * b2[j]; }
-        }
+        float sdp[2][TM][TN];
+        float (&s)[TM][TN] = sdp[0];
+        float (&dp)[TM][TN] = sdp[1];
+        fl_zero(sdp);
+        fl_mm<2, TM, TN, D, LD, LD, 1, 2>(sdp, {sQ, sO}, {sK, sV}, r, c);
 #pragma unroll
         for (int i = 0; i < TM; ++i) {
             const int t = q0 + r + 16 * i;
@@ -462,18 +436,7 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dq(const T* q, const T* 
             }
         }
         __syncthreads();
-#pragma unroll 2
-        for (int kk = 0; kk < BC; ++kk) {
-            float a[TM], b[TD];
-#pragma unroll
-            for (int i = 0; i < TM; ++i) a[i] = sS[(r + 16 * i) * (BC + 1) + kk];
-#pragma unroll
-            for (int j = 0; j < TD; ++j) b[j] = sK[kk * LD + c + 16 * j];
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TD; ++j) g[i][j] += a[i] * b[j];
-        }
+        fl_mm<1, TM, TD, BC, BC + 1, 1, LD, 2>(g1, {sS}, {sK}, r, c);
     }
 #pragma unroll
     for (int i = 0; i < TM; ++i) {

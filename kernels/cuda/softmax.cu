@@ -204,42 +204,6 @@ __device__ __forceinline__ float hw_sum(float x) {
     return x;
 }
 
-// Register-tiled products: thread (r, c) owns rows r + 16 i (i < TM) and columns c + 16 j (j < TN) of each of
-// the NP accumulators, and for every x < K adds
-//   acc[p][i][j] += A_p[(r + 16 i) LDA + x] * B_p[(c + 16 j) BROW + x BCOL]
-// (BROW = LD, BCOL = 1: A B^T of two row-major tiles; BROW = 1, BCOL = LD: A B).  The NP products share one
-// loop (the backward's score and dO.V^T tiles side by side).
-template <int NP, int TM, int TN>
-__device__ __forceinline__ void fl_zero(float (&acc)[NP][TM][TN]) {
-#pragma unroll
-    for (int p = 0; p < NP; ++p)
-#pragma unroll
-        for (int i = 0; i < TM; ++i)
-#pragma unroll
-            for (int j = 0; j < TN; ++j) acc[p][i][j] = 0.f;
-}
-template <int NP, int TM, int TN, int K, int LDA, int BROW, int BCOL, int UNROLL>
-__device__ __forceinline__ void fl_mm(float (&acc)[NP][TM][TN], const float* const (&A)[NP],
-                                      const float* const (&B)[NP], int r, int c) {
-#pragma unroll UNROLL
-    for (int x = 0; x < K; ++x) {
-        float a[NP][TM], b[NP][TN];
-#pragma unroll
-        for (int p = 0; p < NP; ++p) {
-#pragma unroll
-            for (int i = 0; i < TM; ++i) a[p][i] = A[p][(r + 16 * i) * LDA + x];
-#pragma unroll
-            for (int j = 0; j < TN; ++j) b[p][j] = B[p][(c + 16 * j) * BROW + x * BCOL];
-        }
-#pragma unroll
-        for (int p = 0; p < NP; ++p)
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) acc[p][i][j] += a[p][i] * b[p][j];
-    }
-}
-
 // Forward.  Block: BR query rows; loops over BC-key tiles.  smem: Q [BR][D+1] (pre-scaled by sl2),
 // K, V [BC][D+1], P [BR][BC+1].
 template <typename T, int D, int BR, int BC>
@@ -259,7 +223,7 @@ __global__ void __launch_bounds__(FL_THREADS) flash_fwd(const T* q, const T* k, 
 
     float m[TM], l[TM], acc1[1][TM][TD];
     float (&acc)[TM][TD] = acc1[0];
-    fl_zero(acc1);
+    rt_zero(acc1);
 #pragma unroll
     for (int i = 0; i < TM; ++i) { m[i] = -WB_INF; l[i] = 0.f; }
     const int kend = causal ? min(T_, q0 + BR) : T_;
@@ -270,8 +234,8 @@ __global__ void __launch_bounds__(FL_THREADS) flash_fwd(const T* q, const T* k, 
         __syncthreads();
         float s1[1][TM][TN];                               // s = (sl2 q) . k
         float (&s)[TM][TN] = s1[0];
-        fl_zero(s1);
-        fl_mm<1, TM, TN, D, LD, LD, 1, 4>(s1, {sQ}, {sK}, r, c);
+        rt_zero(s1);
+        rt_mm<1, TM, TN, D, LD, LD, 1, 4>(s1, {sQ}, {sK}, r, c);
 #pragma unroll
         for (int i = 0; i < TM; ++i) {
             const int row = q0 + r + 16 * i;
@@ -298,7 +262,7 @@ __global__ void __launch_bounds__(FL_THREADS) flash_fwd(const T* q, const T* k, 
             for (int j = 0; j < TD; ++j) acc[i][j] *= corr;
         }
         __syncthreads();                                   // P complete
-        fl_mm<1, TM, TD, BC, BC + 1, 1, LD, 4>(acc1, {sP}, {sV}, r, c);
+        rt_mm<1, TM, TD, BC, BC + 1, 1, LD, 4>(acc1, {sP}, {sV}, r, c);
     }
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
@@ -341,7 +305,7 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dkdv(const T* q, const T
     float gvk[2][TM][TD];
     float (&gv)[TM][TD] = gvk[0];
     float (&gk)[TM][TD] = gvk[1];
-    fl_zero(gvk);
+    rt_zero(gvk);
     for (int q0 = causal ? (k0 / BQ) * BQ : 0; q0 < T_; q0 += BQ) {
         __syncthreads();
         fl_load<T, D, BQ>(sQ, q + nT * dk, q0, T_, dk, 1.f);
@@ -355,8 +319,8 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dkdv(const T* q, const T
         float sdp[2][TM][TN];
         float (&s)[TM][TN] = sdp[0];
         float (&dp)[TM][TN] = sdp[1];
-        fl_zero(sdp);
-        fl_mm<2, TM, TN, D, LD, LD, 1, 2>(sdp, {sK, sV}, {sQ, sO}, r, c);
+        rt_zero(sdp);
+        rt_mm<2, TM, TN, D, LD, LD, 1, 2>(sdp, {sK, sV}, {sQ, sO}, r, c);
 #pragma unroll
         for (int i = 0; i < TM; ++i) {
             const int key = k0 + r + 16 * i;
@@ -370,7 +334,7 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dkdv(const T* q, const T
             }
         }
         __syncthreads();
-        fl_mm<2, TM, TD, BQ, BQ + 1, 1, LD, 2>(gvk, {sP, sS}, {sO, sQ}, r, c);
+        rt_mm<2, TM, TD, BQ, BQ + 1, 1, LD, 2>(gvk, {sP, sS}, {sO, sQ}, r, c);
     }
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
@@ -406,7 +370,7 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dq(const T* q, const T* 
     fl_load<T, D, BR>(sO, dout + nT * dv, q0, T_, dv, 1.f);
     float l2[TM], Dr[TM], g1[1][TM][TD];
     float (&g)[TM][TD] = g1[0];
-    fl_zero(g1);
+    rt_zero(g1);
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
         const int t = q0 + r + 16 * i;
@@ -422,8 +386,8 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dq(const T* q, const T* 
         float sdp[2][TM][TN];
         float (&s)[TM][TN] = sdp[0];
         float (&dp)[TM][TN] = sdp[1];
-        fl_zero(sdp);
-        fl_mm<2, TM, TN, D, LD, LD, 1, 2>(sdp, {sQ, sO}, {sK, sV}, r, c);
+        rt_zero(sdp);
+        rt_mm<2, TM, TN, D, LD, LD, 1, 2>(sdp, {sQ, sO}, {sK, sV}, r, c);
 #pragma unroll
         for (int i = 0; i < TM; ++i) {
             const int t = q0 + r + 16 * i;
@@ -436,7 +400,7 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dq(const T* q, const T* 
             }
         }
         __syncthreads();
-        fl_mm<1, TM, TD, BC, BC + 1, 1, LD, 2>(g1, {sS}, {sK}, r, c);
+        rt_mm<1, TM, TD, BC, BC + 1, 1, LD, 2>(g1, {sS}, {sK}, r, c);
     }
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
@@ -593,15 +557,7 @@ __global__ void __launch_bounds__(MM_THREADS) mma_fwd(const T* q, const T* k, co
         float s[NC][4];
 #pragma unroll
         for (int j = 0; j < NC; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < KD; ++kk)
-#pragma unroll
-            for (int np = 0; np < NC / 2; ++np) {
-                unsigned b[4];
-                ld_bt<T, LDH>(b, sK, 16 * np, 16 * kk);
-                wbmma::mma<T>(s[2 * np], qa[kk], b[0], b[1]);
-                wbmma::mma<T>(s[2 * np + 1], qa[kk], b[2], b[3]);
-            }
+        wbmma::gemm_rs<T, 1, NC, KD, true>(s, qa, sK, LDH, 0, 0, KD);           // s = Q K^T
         float mx[2] = {-WB_INF, -WB_INF};
 #pragma unroll
         for (int j = 0; j < NC; ++j)
@@ -625,15 +581,7 @@ __global__ void __launch_bounds__(MM_THREADS) mma_fwd(const T* q, const T* k, co
             }
         unsigned pa[BC / 16][4];
         c_to_a<T, BC / 16>(pa, s);
-#pragma unroll
-        for (int kk = 0; kk < BC / 16; ++kk)
-#pragma unroll
-            for (int np = 0; np < ND / 2; ++np) {
-                unsigned b[4];
-                ld_b<T, LDH>(b, sV, 16 * kk, 16 * np);
-                wbmma::mma<T>(acc[2 * np], pa[kk], b[0], b[1]);
-                wbmma::mma<T>(acc[2 * np + 1], pa[kk], b[2], b[3]);
-            }
+        wbmma::gemm_rs<T, 1, ND, BC / 16, false>(acc, pa, sV, LDH, 0, 0, BC / 16);   // acc += P V
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -704,18 +652,8 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dkdv(const T* q, const T* 
         unsigned pa[BQ / 16][4], da[BQ / 16][4];
         c_to_a<T, BQ / 16>(pa, s);
         c_to_a<T, BQ / 16>(da, dp);
-#pragma unroll
-        for (int kk = 0; kk < BQ / 16; ++kk)
-#pragma unroll
-            for (int np = 0; np < ND / 2; ++np) {
-                unsigned b[4];
-                ld_b<T, LDH>(b, sO, 16 * kk, 16 * np);
-                wbmma::mma<T>(gv[2 * np], pa[kk], b[0], b[1]);
-                wbmma::mma<T>(gv[2 * np + 1], pa[kk], b[2], b[3]);
-                ld_b<T, LDH>(b, sQ, 16 * kk, 16 * np);
-                wbmma::mma<T>(gk[2 * np], da[kk], b[0], b[1]);
-                wbmma::mma<T>(gk[2 * np + 1], da[kk], b[2], b[3]);
-            }
+        wbmma::gemm_rs<T, 1, ND, BQ / 16, false>(gv, pa, sO, LDH, 0, 0, BQ / 16);    // dV += P^T dO
+        wbmma::gemm_rs<T, 1, ND, BQ / 16, false>(gk, da, sQ, LDH, 0, 0, BQ / 16);    // dK += dS^T Q
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -777,15 +715,7 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dq(const T* q, const T* k,
             }
         unsigned da[BC / 16][4];
         c_to_a<T, BC / 16>(da, dp);
-#pragma unroll
-        for (int kk = 0; kk < BC / 16; ++kk)
-#pragma unroll
-            for (int np = 0; np < ND / 2; ++np) {
-                unsigned b[4];
-                ld_b<T, LDH>(b, sK, 16 * kk, 16 * np);
-                wbmma::mma<T>(gq[2 * np], da[kk], b[0], b[1]);
-                wbmma::mma<T>(gq[2 * np + 1], da[kk], b[2], b[3]);
-            }
+        wbmma::gemm_rs<T, 1, ND, BC / 16, false>(gq, da, sK, LDH, 0, 0, BC / 16);    // dQ += dS K
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
-from ..opspec import OPS, SPECS
+from ..opspec import OPS, SPECS, STATE_OPS
 from .costs import PASSES
 
 GPU_BASELINES = {
@@ -160,7 +160,7 @@ GRIDS = {
 
 
 # ----------------------------------------------------------------------------- decode and packing
-STEP_OPS = ("linear", "decayed", "zeros")
+STEP_OPS = STATE_OPS
 
 
 def _refuse(grid, what: str, given) -> None:

@@ -97,17 +97,18 @@ __device__ __forceinline__ void rt_mm(float (&acc)[NP][TM][TN], const float* con
     for (int x = 0; x < K; ++x) {
         float a[NP][TM], b[NP][TN];
 #pragma unroll
-        for (int p = 0; p < NP; ++p) {
+        for (int i = 0; i < TM; ++i)
 #pragma unroll
-            for (int i = 0; i < TM; ++i) a[p][i] = A[p][(r + 16 * i) * LDA + x];
+            for (int p = 0; p < NP; ++p) a[p][i] = A[p][(r + 16 * i) * LDA + x];
 #pragma unroll
-            for (int j = 0; j < TN; ++j) b[p][j] = B[p][(c + 16 * j) * BROW + x * BCOL];
-        }
+        for (int j = 0; j < TN; ++j)
 #pragma unroll
-        for (int p = 0; p < NP; ++p)
+            for (int p = 0; p < NP; ++p) b[p][j] = B[p][(c + 16 * j) * BROW + x * BCOL];
 #pragma unroll
-            for (int i = 0; i < TM; ++i)
+        for (int i = 0; i < TM; ++i)
 #pragma unroll
-                for (int j = 0; j < TN; ++j) acc[p][i][j] += a[p][i] * b[p][j];
+            for (int j = 0; j < TN; ++j)
+#pragma unroll
+                for (int p = 0; p < NP; ++p) acc[p][i][j] += a[p][i] * b[p][j];
     }
 }

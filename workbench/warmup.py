@@ -24,11 +24,11 @@ from typing import Callable, Optional
 
 from . import backends, registry
 from .inputs import default_options, random_inputs
+from .opspec import spec
 
 GPU_BACKENDS = ("cupy", "numba")
 TINY_Ts = (64, 70)              # a whole number of chunks, and a padded last chunk (two launch paths)
 TINY_D = 64
-LINEAR_OPTIONS = tuple(dict(feature_map=f, normalize=n) for f in ("identity", "elu1", "relu") for n in (False, True))
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,16 @@ def compile_cupy_group(source: str, expressions: tuple) -> float:
 
 
 def _options(op: str) -> list:
-    causals = (True,) if op == "decayed" else (True, False)
-    extra = LINEAR_OPTIONS if op == "linear" else (dict(),)
-    return [default_options(op, causal=c, **x) for c, x in itertools.product(causals, extra)]
+    """Every mask and every combination of the op's finite option values (``OpSpec.choices``)."""
+    sp = spec(op)
+    extra = [dict(zip(sp.choices, values)) for values in itertools.product(*sp.choices.values())]
+    return [default_options(op, causal=c, **x) for c, x in itertools.product(sp.causal_values, extra)]
+
+
+def _shapes(op: str, T: int) -> dict:
+    """The argument shapes of the tiny warm-up call (what a variant's ``unsupported_reason`` looks at)."""
+    arrays = random_inputs(op, (1,), T, TINY_D, TINY_D, "float32", seed=0)
+    return {name: a.shape for name, a in zip(registry.ARRAY_ARGS[op], arrays)}
 
 
 def _api_call(variant, dtype: str, T: int, options: dict):
@@ -116,6 +123,8 @@ def cupy_tasks(ops) -> list:
                 if dtype == "bfloat16" and importlib.util.find_spec("ml_dtypes") is None:
                     continue
                 for T, opts in itertools.product(TINY_Ts, _options(op)):
+                    if v.unsupported_reason(opts, _shapes(op, T)) is not None:
+                        continue                # e.g. normalize=True on a tf32 variant: the op refuses it
                     shown = ", ".join(f"{k}={val}" for k, val in opts.items() if val is not None)
                     tasks.append(Task("cupy", f"call {v.key} {dtype} T={T} {shown}", run=_api_call(v, dtype, T, opts)))
     for op in (o for o in ops if o in step_kernels.OPS):

@@ -116,6 +116,7 @@ class ModelConfig:
 NORM_EPS = 1e-6         # RMSNorm of the residual stream
 OUT_NORM_EPS = 1e-5     # per-head norm of the op's output (ZeroS rows can be near zero)
 UNIT_EPS = 1e-12        # unit-length q, k
+TINY = float(np.finfo(np.float32).tiny)     # a gradient norm's floor before dividing by it
 
 
 # ============================================================================= layers
@@ -355,9 +356,22 @@ def init_params(cfg: ModelConfig, seed: int, dtype=np.float32, xp=np) -> dict:
 # ============================================================================= the model
 @dataclass
 class Metrics:
-    """Loss and accuracy of one batch over its queried positions."""
+    """Loss and accuracy of one batch over its queried positions: floats, or 0-d arrays of the model's array
+    module when asked for with ``sync=False`` (``float()`` them when needed: on a GPU that waits for the
+    device)."""
     loss: float
     accuracy: float
+    queries: int
+
+
+@dataclass(frozen=True)
+class ModelBatch:
+    """A batch as the model takes it, already on the parameters' array module: token ids ``(B, T)``, the flat
+    indices of the queried positions (labels >= 0) and their targets.  ``Model.prepare`` makes it; the
+    selection is computed on the host, so a training step never waits for the device to find it."""
+    tokens: object
+    sel: object
+    y: object
     queries: int
 
 
@@ -463,9 +477,32 @@ class Model:
         return dh
 
     # ------------------------------------------------------------------ whole model
-    def _forward(self, P, tokens, labels, grad):
+    @staticmethod
+    def prepare(tokens, labels, xp=np) -> ModelBatch:
+        """``tokens`` ``(B, T)`` ids and ``labels`` ``(B, T)`` targets (< 0 where nothing is asked), NumPy
+        arrays, as a ``ModelBatch`` on ``xp``."""
+        tokens, labels = np.asarray(tokens), np.asarray(labels)
+        flat = labels.ravel()
+        sel = np.nonzero(flat >= 0)[0]
+        if sel.size == 0:
+            raise ValueError("Model: the batch has no queried position (every label < 0)")
+        return ModelBatch(xp.asarray(tokens), xp.asarray(sel), xp.asarray(flat[sel]), int(sel.size))
+
+    def _batch(self, P, tokens, labels) -> ModelBatch:
+        if isinstance(tokens, ModelBatch):
+            if labels is not None:
+                raise ValueError("Model: pass a ModelBatch alone, or tokens and labels")
+            return tokens
+        if labels is None:
+            raise ValueError("Model: labels missing (pass tokens and labels, or a ModelBatch)")
         xp = array_module(P["embed"])
-        tokens, labels = xp.asarray(tokens), xp.asarray(labels)
+        if xp is not np and not isinstance(tokens, np.ndarray):
+            tokens, labels = xp.asnumpy(tokens), xp.asnumpy(labels)
+        return self.prepare(tokens, labels, xp)
+
+    def _forward(self, P, batch: ModelBatch, grad, sync=True):
+        xp = array_module(P["embed"])
+        tokens = batch.tokens
         h = Embedding.forward(P["embed"], tokens)
         blocks = []
         for b in range(self.cfg.layers):
@@ -476,27 +513,26 @@ class Model:
             h = h + y
             blocks.append((actx, mctx))
         D = self.cfg.width
-        sel = xp.nonzero(labels.ravel() >= 0)[0]
-        if sel.size == 0:
-            raise ValueError("Model: the batch has no queried position (every label < 0)")
+        sel, y = batch.sel, batch.y
         hs = h.reshape(-1, D)[sel]
         f, fctx = RMSNorm.forward(hs, P["norm_f"], NORM_EPS)
         logits = Dense.forward(f, P["unembed"])
-        y = labels.ravel()[sel]
         loss, prob = CrossEntropy.forward(logits, y)
         acc = (logits.argmax(-1) == y).mean()
-        metrics = Metrics(float(loss), float(acc), int(sel.size))
+        metrics = Metrics(float(loss), float(acc), batch.queries) if sync else Metrics(loss, acc, batch.queries)
         ctx = dict(tokens=tokens, blocks=blocks, sel=sel, hshape=h.shape, fctx=fctx, f=f, prob=prob, y=y)
         return metrics, ctx
 
-    def evaluate(self, P, tokens, labels) -> Metrics:
-        """Loss and accuracy on a batch (forward only)."""
-        return self._forward(P, tokens, labels, grad=False)[0]
+    def evaluate(self, P, tokens, labels=None, sync=True) -> Metrics:
+        """Loss and accuracy on a batch (forward only): ``tokens`` and ``labels`` as in ``loss_and_grads``,
+        or a ``ModelBatch``."""
+        return self._forward(P, self._batch(P, tokens, labels), grad=False, sync=sync)[0]
 
-    def loss_and_grads(self, P, tokens, labels):
+    def loss_and_grads(self, P, tokens, labels=None, sync=True):
         """(Metrics, gradients dict) for a batch: tokens ``(B, T)`` ids, labels ``(B, T)`` targets, < 0 where
-        nothing is asked."""
-        metrics, c = self._forward(P, tokens, labels, grad=True)
+        nothing is asked (or a ``ModelBatch`` alone).  ``sync=False``: the metrics stay 0-d arrays on the
+        device, so the step never waits for it."""
+        metrics, c = self._forward(P, self._batch(P, tokens, labels), grad=True, sync=sync)
         xp = array_module(P["embed"])
         G = {}
         dlogits = CrossEntropy.backward(c["prob"], c["y"])
@@ -566,8 +602,9 @@ class AdamW:
         self._decay = xp.concatenate(decay) * self.weight_decay
         self._m, self._v = xp.zeros_like(self._flat), xp.zeros_like(self._flat)
 
-    def step(self, params: dict, grads: dict) -> float:
-        """Update ``params`` in place; returns the gradient's global norm before clipping."""
+    def step(self, params: dict, grads: dict):
+        """Update ``params`` in place; returns the gradient's global norm before clipping (a 0-d array of the
+        parameters' module: reading it on the host waits for a GPU)."""
         if self._flat is None or tuple(params) != self._names or any(
                 params[n] is not v for n, v in zip(self._names, self._views)):
             if self.t:
@@ -576,9 +613,9 @@ class AdamW:
         xp = array_module(self._flat)
         self.t += 1
         g = xp.concatenate([grads[n].ravel() for n in self._names])
-        norm = float(xp.sqrt((g * g).sum()))
-        if self.clip and norm > self.clip:
-            g *= self.clip / norm
+        norm = xp.sqrt((g * g).sum())
+        if self.clip:                       # g * min(1, clip / norm), without reading norm on the host
+            g *= xp.minimum(1.0, self.clip / xp.maximum(norm, TINY))
         c1, c2 = 1 - self.b1 ** self.t, 1 - self.b2 ** self.t
         self._m *= self.b1
         self._m += (1 - self.b1) * g

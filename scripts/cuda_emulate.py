@@ -1,26 +1,42 @@
-"""Run the CuPy softmax variants' CUDA kernels on the CPU, through the real host code, against the float64
-reference: a correctness check of new kernels before any GPU time is spent.
+"""Run the CuPy kernels of kernels/cuda on the CPU, through the real host code of kernels/cupy, against float64
+references: a correctness check of new kernels before any GPU time is spent.
 
-The sources in kernels/cuda are compiled with g++ (C++20) against scripts/cuda_emu/emu.h, which emulates the
-CUDA execution model (one std::thread per CUDA thread, block barriers, warp collectives) and the inline PTX the
-sources use (mma.sync f16/bf16/tf32, ldmatrix, cp.async, red, cvt), after this script rewrites every
-``asm(...)`` statement into an ``emu::ptx(text, outputs, inputs)`` call.  A stand-in ``cupy`` module on NumPy
-arrays lets kernels/cupy/softmax.py run unchanged; its kernel launches go to the emulator.
+A stand-in ``cupy`` module (NumPy arrays, 256-byte aligned like CuPy's allocations) is installed before
+anything imports CuPy.  Its ``RawModule`` compiles each kernel a module asks for (one g++ build per source
+text and name expression, C++20, cached on disk by content) against scripts/cuda_emu/emu.h, which emulates the
+CUDA execution model (one std::thread per CUDA thread, block barriers, warp collectives) and the inline PTX
+the sources use, after this script rewrites every ``asm(...)`` statement into an ``emu::ptx(text, outputs,
+inputs)`` call and every ``__shared__`` declaration into emulator memory (poisoned before each block).  Its
+kernels check a launch as the driver would (argument count and sizes against the kernel's parameters, the
+dynamic shared-memory opt-in, grid and block limits).  So every kernels/cupy module runs unchanged; which
+cases run is data (``cases()``): each names its family (the kernel module it checks), a runner (the check that
+family's GPU tests make) and the runner's arguments.
 
-The emulator is first checked on section 2's tensor-core kernels (cupy:flash_mma), which are verified on real
-GPUs: if they fail here, the emulator is wrong, not the kernels.
+Families:  softmax      the registry's cupy softmax variants against workbench.reference.softmax; first the
+                        emulator's self-check on cupy:flash_mma (tensor-core kernels verified on GPUs: if
+                        they fail here, the emulator is wrong, not the kernels)
+           chunked_mma  kernels/cupy/_chunked_mma.py forward + backward through tests/test_cupy_chunked_mma.py's
+                        run_case (a float64 token-by-token recurrence) and its tolerances
+           zeros        the cupy ZeroS variants through tests/test_cupy_zeros_mma.py's _vjp_errors and
+                        tolerances, and that file's GPU tests of the scan and row kernels, called as they are
+           every op     one cell of ``cli.py check`` (workbench.check.compare) per registered cupy variant
+                        and dtype: every module of kernels/cupy, state and packed sequences where implemented
 
-    python scripts/cuda_emulate.py              # every case; exit 1 on any failure
+    python scripts/cuda_emulate.py              # every case; exit 1 on any failure (or when none ran)
     python scripts/cuda_emulate.py -k fa2_tf32  # cases whose label contains the text (repeatable: any)
+    python scripts/cuda_emulate.py --list       # the case labels
 
 Slow (threads x barriers on a few cores): small shapes only.  bfloat16 is not emulated (NumPy has no such
-dtype here); fa_h<wb_bf16> differs from the float16 policy only in its mma and conversion instructions.
+dtype here; such cases are left out); the bfloat16 kernels differ from the float16 ones only in their mma and
+conversion instructions.  Not checked: global-memory bounds (a read past an array returns whatever the host
+memory holds), the memory model beyond barriers and cp.async waits, timing.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
 import hashlib
+import importlib.util
 import os
 import re
 import subprocess
@@ -28,16 +44,18 @@ import sys
 import tempfile
 import time
 import types
+from dataclasses import dataclass, field
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 EMU_DIR = os.path.join(ROOT, "scripts", "cuda_emu")
-CUDA_DIR = os.path.join(ROOT, "kernels", "cuda")
+SMEM_OPTIN_MAX = 227 * 1024          # sm_90's largest dynamic shared memory per block (opted in)
+SMEM_DEFAULT_MAX = 48 * 1024         # without the opt-in attribute
 
 
-# ----------------------------------------------------------------------------- asm -> emu::ptx rewrite
+# ----------------------------------------------------------------------------- source rewrite
 def _match_paren(s: str, i: int) -> int:
     """Index of the ')' closing the '(' at s[i] (skipping string literals)."""
     depth, j = 0, i
@@ -81,6 +99,7 @@ def _split_top(s: str, sep: str) -> list:
 
 _ASM = re.compile(r"\basm\s*(?:volatile\s*)?\(")
 _OPERAND = re.compile(r'^\s*"([=+]?)[a-z]+"\s*\((.*)\)\s*$', re.S)
+_EXTERN_SHARED = re.compile(r"\bextern\s+__shared__\s+(?:__align__\(\s*\d+\s*\)\s*)?([\w\s]+?)\s*\b(\w+)\s*\[\s*\]\s*;")
 
 
 def rewrite_asm(src: str) -> str:
@@ -109,20 +128,57 @@ def rewrite_asm(src: str) -> str:
     return "".join(out)
 
 
+_STATIC_SHARED = re.compile(r"^(\s*)__shared__\s+([^;]*);", re.M)
+
+
+def _static_shared(m) -> str:
+    """``__shared__ T a[..], b[..];`` -> ``static T a[..], b[..];`` plus a registration of each array, so that
+    the emulator poisons it before every block."""
+    parts = _split_top(m.group(2), ",")
+    names = [re.match(r"(?s).*?\b(\w+)\s*(?:\[[^\]]*\]\s*)*$", parts[0]).group(1)]
+    names += [re.match(r"\s*(\w+)", p).group(1) for p in parts[1:]]
+    regs = " ".join(f"static emu::SharedStatic emu_shared_{n}({n}, sizeof({n}));" for n in names)
+    return f"{m.group(1)}static {m.group(2)}; {regs}"
+
+
+def rewrite_shared(src: str) -> str:
+    """``extern __shared__ T name[];`` -> a pointer to the emulator's dynamic shared memory; a statement
+    ``__shared__ T a[..], ...;`` (static shared arrays) -> function-local statics (blocks run one at a time),
+    registered for poisoning."""
+    src = _EXTERN_SHARED.sub(lambda m: f"{m.group(1)}* const {m.group(2)} = reinterpret_cast<{m.group(1)}*>"
+                                       f"(emu::dyn_smem);", src)
+    return _STATIC_SHARED.sub(_static_shared, src)
+
+
+def rewrite(src: str) -> str:
+    return rewrite_shared(rewrite_asm(src))
+
+
 # ----------------------------------------------------------------------------- build
-def build(expressions: list, source: str = "softmax.cu") -> tuple:
-    """(ctypes library, {expression: function}) for the given kernel instantiations (cached by content)."""
-    files = {n: rewrite_asm(open(os.path.join(CUDA_DIR, n)).read())
-             for n in os.listdir(CUDA_DIR) if n.endswith((".cu", ".cuh"))}
-    wrappers = []
-    for i, e in enumerate(expressions):
-        wrappers.append(
-            f'extern "C" int emu_run_{i}(unsigned grid, unsigned block, void** args) {{\n'
-            f"    try {{ emu::launch(grid, block, [&] {{ emu::call(&{e}, args); }}); return 0; }}\n"
-            f'    catch (const std::exception& x) {{ fprintf(stderr, "%s\\n", x.what()); return 1; }}\n}}\n')
-    main = (f'#include <cstdio>\n#include "emu.h"\n#include "{source}"\n' + "".join(wrappers))
-    key = hashlib.sha1((main + "".join(files[k] for k in sorted(files)) +
-                        open(os.path.join(EMU_DIR, "emu.h")).read()).encode()).hexdigest()[:16]
+_ERR_LEN = 2000
+
+
+def build(code: str, expression: str, include_dirs: list):
+    """The ctypes entry point running kernel ``expression`` of source text ``code`` in the emulator (one g++
+    build per source text and expression, cached in the temp directory by content)."""
+    files = {}
+    for d in include_dirs:
+        for n in sorted(os.listdir(d)):
+            if n.endswith((".cuh", ".h")):
+                with open(os.path.join(d, n)) as f:
+                    files.setdefault(n, rewrite(f.read()))
+    files["kernel_source.cu"] = rewrite(code)
+    main = (
+        '#include <cstdio>\n#include "emu.h"\n#include "kernel_source.cu"\n'
+        'extern "C" int emu_run(unsigned gx, unsigned gy, unsigned gz, unsigned block, unsigned smem, void** args,\n'
+        '                       const int* sizes, int n, char* err, int err_len) {\n'
+        f"    try {{\n        emu::check_args(&{expression}, sizes, n);\n"
+        f"        emu::launch({{gx, gy, gz}}, block, smem, [&] {{ emu::call(&{expression}, args); }});\n"
+        "        return 0;\n"
+        '    } catch (const std::exception& x) { snprintf(err, err_len, "%s", x.what()); return 1; }\n}\n')
+    with open(os.path.join(EMU_DIR, "emu.h")) as f:
+        emu_h = f.read()
+    key = hashlib.sha1("\0".join([main, emu_h] + [f"{k}\0{files[k]}" for k in sorted(files)]).encode()).hexdigest()[:16]
     work = os.path.join(tempfile.gettempdir(), f"wb_cuda_emu_{key}")
     lib = os.path.join(work, "emu.so")
     if not os.path.exists(lib):
@@ -137,147 +193,399 @@ def build(expressions: list, source: str = "softmax.cu") -> tuple:
                "-o", lib + ".tmp", os.path.join(work, "main.cpp")]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
-            raise RuntimeError(f"g++ failed:\n{r.stderr[:6000]}")
+            raise RuntimeError(f"g++ failed on {expression}:\n{r.stderr[:6000]}")
         os.replace(lib + ".tmp", lib)
-        print(f"built {len(expressions)} kernels in {time.time() - t:.0f} s ({work})", flush=True)
-    so = ctypes.CDLL(lib)
-    funcs = {}
-    for i, e in enumerate(expressions):
-        f = getattr(so, f"emu_run_{i}")
-        f.argtypes = [ctypes.c_uint, ctypes.c_uint, ctypes.POINTER(ctypes.c_void_p)]
-        f.restype = ctypes.c_int
-        funcs[e] = f
-    return so, funcs
+        print(f"  built {expression} in {time.time() - t:.0f} s", flush=True)
+    f = ctypes.CDLL(lib).emu_run
+    f.argtypes = [ctypes.c_uint] * 5 + [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int), ctypes.c_int,
+                                        ctypes.c_char_p, ctypes.c_int]
+    f.restype = ctypes.c_int
+    return f
 
 
-# ----------------------------------------------------------------------------- a cupy stand-in on NumPy
+# ----------------------------------------------------------------------------- the stand-in cupy
 class HostArray(np.ndarray):
-    """A NumPy array that answers ``.data.ptr`` like a cupy.ndarray."""
+    """A NumPy array standing in for a cupy.ndarray (``.data.ptr``, ``.get()``)."""
 
     @property
     def data(self):
         return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
 
+    def get(self):
+        return np.array(self)
 
-def _host(a):
-    return np.asarray(a).view(HostArray)
+
+def _alloc(shape, dtype) -> HostArray:
+    """An uninitialised array whose data starts on a 256-byte boundary (as CuPy's allocations do)."""
+    dtype = np.dtype(dtype)
+    shape = (shape,) if np.isscalar(shape) else tuple(shape)
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(n + 256, np.uint8)
+    off = -raw.__array_interface__["data"][0] % 256
+    return raw[off:off + n].view(dtype).reshape(shape).view(HostArray)
 
 
-def fake_cupy():
-    cp = types.ModuleType("cupy")
-    cp.float16, cp.float32, cp.float64, cp.nan = np.float16, np.float32, np.float64, np.nan
-    cp.ndarray = HostArray
-    cp.empty = lambda shape, dtype=np.float32: _host(np.empty(shape, dtype))
-    cp.full = lambda shape, v, dtype=None: _host(np.full(shape, v, dtype))
-    cp.zeros = lambda shape, dtype=np.float32: _host(np.zeros(shape, dtype))
-    cp.asarray = lambda a, dtype=None: _host(np.array(a, dtype=dtype))
-    cp.ascontiguousarray = lambda a, dtype=None: _host(np.ascontiguousarray(a, dtype=dtype))
-    cp.asnumpy = lambda a: np.asarray(a)
-    return cp
+def _copy(a, dtype=None) -> HostArray:
+    a = np.asarray(a, dtype=dtype)
+    out = _alloc(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
+def _same_or_copy(a, dtype=None, contiguous=False):
+    """CuPy's asarray / ascontiguousarray: the array itself when it is already a device array of that dtype
+    (and layout), else a copy."""
+    if (isinstance(a, HostArray) and (dtype is None or np.dtype(dtype) == a.dtype)
+            and (not contiguous or a.flags.c_contiguous)):
+        return a
+    return _copy(a, dtype)
+
+
+def _ascontiguousarray(a, dtype=None):
+    """CuPy's ascontiguousarray takes device arrays only (a NumPy array is a TypeError there, as here)."""
+    if not isinstance(a, HostArray):
+        raise TypeError(f"Argument 'a' has incorrect type (expected cupy._core.core._ndarray_base, got "
+                        f"{type(a).__module__}.{type(a).__name__})")
+    return _same_or_copy(a, dtype, contiguous=True)
+
+
+def _wrap(fn):
+    """A NumPy function whose ndarray results come back as device arrays."""
+    def f(*args, **kwargs):
+        r = fn(*args, **kwargs)
+        return r.view(HostArray) if type(r) is np.ndarray else r
+    return f
 
 
 class EmuKernel:
-    def __init__(self, expr, func):
-        self.expr, self.func = expr, func
+    """A RawKernel whose launches run in the emulator, checked as the driver would check them."""
+
+    def __init__(self, expression, entry):
+        self.expression, self.entry = expression, entry
         self.max_dynamic_shared_size_bytes = 0
 
+    def _arg(self, a):
+        if isinstance(a, np.ndarray):
+            return ctypes.c_void_p(a.__array_interface__["data"][0])
+        if isinstance(a, np.generic):
+            return np.ctypeslib.as_ctypes_type(a.dtype)(a.item())
+        if isinstance(a, bool):
+            return ctypes.c_bool(a)
+        if isinstance(a, int):                 # CuPy passes Python ints as int64, floats as float64
+            return ctypes.c_int64(a)
+        if isinstance(a, float):
+            return ctypes.c_double(a)
+        raise TypeError(f"{self.expression}: argument of type {type(a).__name__}")
+
     def __call__(self, grid, block, args, shared_mem=0):
-        if shared_mem > 256 * 1024:
-            raise ValueError(f"{self.expr}: {shared_mem} bytes of shared memory")
-        vals = []
-        for a in args:
-            if isinstance(a, np.ndarray):
-                vals.append(ctypes.c_void_p(a.__array_interface__["data"][0]))
-            elif isinstance(a, np.int32):
-                vals.append(ctypes.c_int32(int(a)))
-            elif isinstance(a, np.int64):
-                vals.append(ctypes.c_int64(int(a)))
-            elif isinstance(a, np.float32):
-                vals.append(ctypes.c_float(float(a)))
-            else:
-                raise TypeError(f"{self.expr}: argument of type {type(a).__name__}")
-        ptrs = (ctypes.c_void_p * len(vals))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in vals])
-        if self.func(int(grid[0]), int(block[0]), ptrs):
-            raise RuntimeError(f"{self.expr} failed in the emulator")
+        grid = tuple(int(x) for x in grid) + (1,) * (3 - len(grid))
+        block = tuple(int(x) for x in block)
+        if any(b != 1 for b in block[1:]):
+            raise ValueError(f"{self.expression}: the emulator runs one-dimensional blocks only, got {block}")
+        limit = max(SMEM_DEFAULT_MAX, min(self.max_dynamic_shared_size_bytes, SMEM_OPTIN_MAX))
+        if shared_mem > limit:
+            raise RuntimeError(f"{self.expression}: {shared_mem} bytes of dynamic shared memory, the launch allows "
+                               f"{limit} (max_dynamic_shared_size_bytes {self.max_dynamic_shared_size_bytes})")
+        vals = [self._arg(a) for a in args]
+        ptrs = (ctypes.c_void_p * max(1, len(vals)))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in vals])
+        sizes = (ctypes.c_int * max(1, len(vals)))(*[ctypes.sizeof(v) for v in vals])
+        err = ctypes.create_string_buffer(_ERR_LEN)
+        if self.entry(*grid, block[0], int(shared_mem), ptrs, sizes, len(vals), err, _ERR_LEN):
+            raise RuntimeError(f"{self.expression} failed in the emulator: {err.value.decode()}")
 
 
-# ----------------------------------------------------------------------------- cases
-def cases():
-    """(label, variant, dtype, lead, T, Dk, Dv, causal, full-mantissa float32 inputs)."""
-    c = [("emulator self-check: flash_mma (GPU-verified kernels)", "flash_mma", "float16", (1,), 70, 64, 64, True, False)]
-    for causal in (True, False):
-        c += [(f"fa2 fp16 T=70 D=64 causal={causal}", "fa2", "float16", (2,), 70, 64, 64, causal, False),
-              (f"fa2_3xtf32 T=70 D=64 causal={causal}", "fa2_3xtf32", "float32", (1,), 70, 64, 64, causal, True),
-              (f"fa2_tf32 T=70 D=64 causal={causal}", "fa2_tf32", "float32", (1,), 70, 64, 64, causal, True)]
-    c += [("fa2 fp16 T=1", "fa2", "float16", (2,), 1, 64, 64, True, False),
-          ("fa2 fp16 T=200 Dk=Dv=128", "fa2", "float16", (1,), 200, 128, 128, True, False),
-          ("fa2 fp16 T=130 Dk=16 Dv=24 (bucket 32)", "fa2", "float16", (2,), 130, 16, 24, False, False),
-          ("fa2 fp16 T=67 Dk=5 Dv=7 (plain loads)", "fa2", "float16", (1,), 67, 5, 7, True, False),
-          ("fa2 fp16 T=150 D=80 (bucket 128)", "fa2", "float16", (1,), 150, 80, 80, False, False),
-          ("fa2_det fp16 T=70 D=64", "fa2_det", "float16", (1,), 70, 64, 64, True, False),
-          ("fa2_3xtf32 T=150 Dk=Dv=128", "fa2_3xtf32", "float32", (1,), 150, 128, 128, True, True),
-          ("fa2_3xtf32 T=130 Dk=32 Dv=24", "fa2_3xtf32", "float32", (1,), 130, 32, 24, False, True),
-          ("fa2_tf32 T=150 Dk=Dv=128", "fa2_tf32", "float32", (1,), 150, 128, 128, False, True)]
-    return c
+class RawModule:
+    """cupy.RawModule: kernels built on demand, one per name expression."""
+
+    def __init__(self, code, options=(), name_expressions=None, **_):
+        self.code = code
+        self.names = None if name_expressions is None else tuple(name_expressions)
+        self.include_dirs = [o[2:] for o in options if o.startswith("-I")]
+        self._kernels = {}
+
+    def compile(self, *_, **__):
+        for e in self.names or ():
+            self.get_function(e)
+
+    def get_function(self, name):
+        if self.names is not None and name not in self.names:
+            raise KeyError(f"{name!r} is not among the module's name expressions")
+        if name not in self._kernels:
+            self._kernels[name] = EmuKernel(name, build(self.code, name, self.include_dirs))
+        return self._kernels[name]
 
 
-def needed_expressions(cs) -> list:
-    ex = list(cs.expressions("mma", "wb_half"))
-    for pol, (fam, ct) in cs._fa2_groups().items():
-        if ct != "wb_bf16":
-            ex += cs.fa2_expressions(pol, fam, ct)
-    return list(dict.fromkeys(ex))
+def fake_cupy() -> types.ModuleType:
+    cp = types.ModuleType("cupy")
+    cp.__version__ = "cpu-emulator"
+    cp.ndarray = HostArray
+    cp.empty = lambda shape, dtype=np.float64: _alloc(shape, dtype)
+    cp.zeros = lambda shape, dtype=np.float64: _copy(np.zeros(shape, dtype))
+    cp.ones = lambda shape, dtype=np.float64: _copy(np.ones(shape, dtype))
+    cp.full = lambda shape, v, dtype=None: _copy(np.full(shape, v, dtype))
+    cp.empty_like = lambda a, dtype=None: _alloc(np.shape(a), dtype or a.dtype)
+    cp.asarray = lambda a, dtype=None: _same_or_copy(a, dtype)
+    cp.ascontiguousarray = _ascontiguousarray
+    cp.asnumpy = lambda a: np.array(a)
+    cp.RawModule = RawModule
+    cp.RawKernel = lambda code, name, options=(), **_: RawModule(code, options).get_function(name)
+    device = types.SimpleNamespace(id=0, synchronize=lambda: None, attributes={"MultiProcessorCount": 132})
+    props = {"name": b"CPU emulator", "major": 9, "minor": 0, "multiProcessorCount": 132,
+             "sharedMemPerBlockOptin": SMEM_OPTIN_MAX}
+    cp.cuda = types.SimpleNamespace(
+        Device=lambda *_: device,
+        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, getDevice=lambda: 0,
+                                      getDeviceProperties=lambda *_: props))
+
+    def __getattr__(name):                    # everything else: NumPy's, on device arrays
+        fn = getattr(np, name)
+        return _wrap(fn) if callable(fn) and not isinstance(fn, type) else fn
+    cp.__getattr__ = __getattr__
+    return cp
 
 
-def run_case(cs, registry, ref, label, variant, dtype, lead, T, Dk, Dv, causal, full_mantissa):
+# ----------------------------------------------------------------------------- families
+@dataclass
+class Result:
+    ok: bool
+    errors: dict                 # name -> relative error
+    tol: float
+    note: str = ""
+
+
+def _load_test_module(name: str):
+    """tests/<name>.py as a module (the tests directory is not a package)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tests", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_softmax(variant, dtype, lead, T, Dk, Dv, causal, full_mantissa, seed) -> Result:
+    """A registered cupy softmax variant, forward and backward, against the float64 explicit reference.
+    full_mantissa: float32 inputs keep every mantissa bit (else they are float16 values)."""
+    from workbench import registry
+    from workbench.backends import poisoned
+    from workbench.check import rel_error
     from workbench.inputs import random_inputs
-    rng = np.random.default_rng(len(label))
-    q, k, v = random_inputs("softmax", lead=lead, T=T, Dk=Dk, Dv=Dv, dtype="float64", seed=len(label))
+    from workbench.reference import softmax as ref
+    rng = np.random.default_rng(seed)
+    q, k, v = random_inputs("softmax", lead=lead, T=T, Dk=Dk, Dv=Dv, dtype="float64", seed=seed)
     do = rng.standard_normal((*lead, T, Dv))
     rnd = np.float32 if full_mantissa else np.float16
     q, k, v, do = (a.astype(rnd).astype(np.float64) for a in (q, k, v, do))
     N = int(np.prod(lead))
-    flat = [_host(np.ascontiguousarray(a.reshape(N, T, -1).astype(dtype))) for a in (q, k, v, do)]
+    flat = [_copy(a.reshape(N, T, -1), dtype) for a in (q, k, v, do)]
     scale = 1.0 / np.sqrt(Dk)
     var = registry.get("softmax", "cupy", variant)
-    out, ctx = var.forward(*flat[:3], causal=causal, scale=scale)
-    grads = var.backward(ctx, flat[3])
+    with poisoned():
+        out, ctx = var.forward(*flat[:3], causal=causal, scale=scale)
+        grads = var.backward(ctx, flat[3])
     o_ref, rctx = ref.explicit_forward(q, k, v, causal=causal, scale=scale)
     g_ref = ref.explicit_backward(rctx, do)
-    errs = {}
-    for name, x, r in zip(("o", "dq", "dk", "dv"), (out,) + tuple(grads), (o_ref,) + tuple(g_ref)):
-        x = np.asarray(x, np.float64).reshape(r.shape)
-        nr = np.linalg.norm(r)
-        errs[name] = np.linalg.norm(x - r) / nr if nr > 0 else np.linalg.norm(x - r)
-    tol = 5e-3 if "tf32" in var.tags else {"float32": 1e-4, "float16": 2e-2}[dtype]
-    ok = all(np.isfinite(e) and e < tol for e in errs.values())
-    return ok, errs, tol
+    errs = {name: rel_error(np.asarray(x, np.float64).reshape(r.shape), r)
+            for name, x, r in zip(("o", "dq", "dk", "dv"), (out,) + tuple(grads), (o_ref,) + tuple(g_ref))}
+    tol = registry.TOLERANCE["tf32" if "tf32" in var.tags else dtype]
+    return Result(all(np.isfinite(e) and e < tol for e in errs.values()), errs, tol)
 
 
+def run_chunked_mma(dtype, split, cu, dk, dv, mode, L) -> Result:
+    """The tensor-core chunk core (N = 1), forward and every gradient, through the GPU test's run_case and
+    tolerance (mode: linear, decayed or noncausal, as that test's modes; causal cases carry an initial state
+    and a final-state gradient)."""
+    t = _load_test_module("test_cupy_chunked_mma")
+    causal = mode != "noncausal"
+    res = t.run_case(dtype, split, 1, list(cu), dk, dv, mode == "decayed", causal, L, with_state=causal, seed=L)
+    tol = t.TOL[(dtype, split)]
+    bad = [f"{n}: {w}" for n, (e, w) in res.items() if not e <= tol]
+    return Result(not bad, {n: e for n, (e, _) in res.items()}, tol, "; ".join(bad))
+
+
+def run_zeros_variant(impl, dtype, lead, T, Dk, Dv, causal, n_gates) -> Result:
+    """A cupy ZeroS variant on the tensor-core core through the public API (wb.vjp), output and every gradient
+    against the float64 reference, through tests/test_cupy_zeros_mma.py's _vjp_errors and tolerances."""
+    t = _load_test_module("test_cupy_zeros_mma")
+    tol = {(i, d): x for i, d, x in t.CASES}[(impl, dtype)]
+    errs = t._vjp_errors(impl, dtype, lead, T, Dk, Dv, causal, n_gates)
+    return Result(all(e < tol for e in errs.values()), errs, tol)
+
+
+def run_test_function(module, function, kwargs) -> Result:
+    """A GPU test function of tests/<module>.py, called with kwargs (its parameters): passes unless it raises."""
+    getattr(_load_test_module(module), function)(**kwargs)
+    return Result(True, {}, float("nan"))
+
+
+def run_check_cell(op, variant, dtype, lead, T, Dk, Dv, causal, state, packed) -> Result:
+    """A registered cupy variant of any op through the public API on one cell of ``cli.py check``
+    (workbench.check.compare: the float64 explicit reference, the variant's own tolerance), the output, every
+    gradient and, with ``state``, the final state and the initial state's gradient."""
+    from workbench import check
+    r = check.compare(op, f"cupy:{variant}", lead, T, Dk, Dv, dtype, causal=causal, state=state, packed=packed)
+    tol, ok = r.pop("tol"), r.pop("ok")
+    r.pop("seconds")
+    return Result(ok, r, tol)
+
+
+RUNNERS = {"softmax": run_softmax, "chunked_mma": run_chunked_mma, "zeros_variant": run_zeros_variant,
+           "test_function": run_test_function, "check_cell": run_check_cell}
+
+
+# ----------------------------------------------------------------------------- cases
+@dataclass(frozen=True)
+class Case:
+    family: str                  # the kernel module it checks
+    label: str
+    runner: str                  # a key of RUNNERS
+    params: dict = field(hash=False)
+
+
+def _softmax(label, variant, dtype, lead, T, Dk, Dv, causal, full_mantissa=False):
+    return Case("softmax", label, "softmax", dict(variant=variant, dtype=dtype, lead=lead, T=T, Dk=Dk, Dv=Dv,
+                                                  causal=causal, full_mantissa=full_mantissa, seed=len(label)))
+
+
+def _chunked(dtype, split, cu, dk, dv, mode, L):
+    label = f"chunked_mma {dtype}/{split} cu={','.join(map(str, cu))} {dk}x{dv} {mode} L={L}"
+    return Case("chunked_mma", label, "chunked_mma", dict(dtype=dtype, split=split, cu=cu, dk=dk, dv=dv, mode=mode,
+                                                          L=L))
+
+
+def _zeros(impl, dtype, lead, T, Dk, Dv, causal, n_gates):
+    label = (f"zeros cupy:{impl} {dtype} {'x'.join(map(str, lead))} T={T} {Dk}x{Dv} causal={causal} "
+             f"gates={n_gates}")
+    return Case("zeros", label, "zeros_variant", dict(impl=impl, dtype=dtype, lead=lead, T=T, Dk=Dk, Dv=Dv,
+                                                      causal=causal, n_gates=n_gates))
+
+
+def _zeros_test(function, **kwargs):
+    label = f"zeros {function}(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")"
+    return Case("zeros", label, "test_function", dict(module="test_cupy_zeros_mma", function=function,
+                                                      kwargs=kwargs))
+
+
+def _cells() -> list:
+    """One check cell per registered cupy variant of every op and emulated dtype: causal (with an initial state,
+    the final state and packed sequences where the variant implements them), and not causal in the first
+    dtype; T = 70 crosses a 64-token chunk or tile, head dims 16 x 24."""
+    from workbench import registry
+    import kernels.cupy  # noqa: F401  (registers the cupy variants)
+    out = []
+    for op in registry.OPS:
+        for v in registry.variants(op):
+            if v.backend != "cupy":
+                continue
+            for i, dtype in enumerate(d for d in v.dtypes if d != "bfloat16"):
+                for causal in (True, False) if i == 0 and op != "decayed" else (True,):
+                    state, packed = causal and "state" in v.features, causal and "packed" in v.features
+                    label = (f"{op} cell cupy:{v.name} {dtype} T=70 16x24 causal={causal}"
+                             + " state" * state + " packed" * packed)
+                    out.append(Case(op, label, "check_cell", dict(op=op, variant=v.name, dtype=dtype, lead=(2,),
+                                                                  T=70, Dk=16, Dv=24, causal=causal, state=state,
+                                                                  packed=packed)))
+    return out
+
+
+def _test_grid(module: str, function: str) -> list:
+    """Every parameter combination of a test function's ``pytest.mark.parametrize`` marks, as kwargs (those
+    with a bfloat16 value left out: not emulated)."""
+    combos = [{}]
+    for m in getattr(getattr(_load_test_module(module), function), "pytestmark", []):
+        if m.name != "parametrize":
+            continue
+        names, values = m.args[0], m.args[1]
+        names = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+        combos = [{**c, **dict(zip(names, v if len(names) > 1 else (v,)))} for c in combos for v in values]
+    return [c for c in combos if "bfloat16" not in c.values()]
+
+
+SOFTMAX_CASES = [
+    _softmax("emulator self-check: flash_mma (GPU-verified kernels)", "flash_mma", "float16", (1,), 70, 64, 64, True)]
+for _causal in (True, False):
+    SOFTMAX_CASES += [
+        _softmax(f"fa2 fp16 T=70 D=64 causal={_causal}", "fa2", "float16", (2,), 70, 64, 64, _causal),
+        _softmax(f"fa2_3xtf32 T=70 D=64 causal={_causal}", "fa2_3xtf32", "float32", (1,), 70, 64, 64, _causal, True),
+        _softmax(f"fa2_tf32 T=70 D=64 causal={_causal}", "fa2_tf32", "float32", (1,), 70, 64, 64, _causal, True)]
+SOFTMAX_CASES += [
+    _softmax("fa2 fp16 T=1", "fa2", "float16", (2,), 1, 64, 64, True),
+    _softmax("fa2 fp16 T=200 Dk=Dv=128", "fa2", "float16", (1,), 200, 128, 128, True),
+    _softmax("fa2 fp16 T=130 Dk=16 Dv=24 (bucket 32)", "fa2", "float16", (2,), 130, 16, 24, False),
+    _softmax("fa2 fp16 T=67 Dk=5 Dv=7 (plain loads)", "fa2", "float16", (1,), 67, 5, 7, True),
+    _softmax("fa2 fp16 T=150 D=80 (bucket 128)", "fa2", "float16", (1,), 150, 80, 80, False),
+    _softmax("fa2_det fp16 T=70 D=64", "fa2_det", "float16", (1,), 70, 64, 64, True),
+    _softmax("fa2_3xtf32 T=150 Dk=Dv=128", "fa2_3xtf32", "float32", (1,), 150, 128, 128, True, True),
+    _softmax("fa2_3xtf32 T=130 Dk=32 Dv=24", "fa2_3xtf32", "float32", (1,), 130, 32, 24, False, True),
+    _softmax("fa2_tf32 T=150 Dk=Dv=128", "fa2_tf32", "float32", (1,), 150, 128, 128, False, True)]
+
+# chunked_mma: every storage type and split the emulator runs x every mode x segment lengths.  Shapes: packed
+# T = 130 (sequences of 1, 63, 1, 65 tokens: chunk edges, one-token sequences) and T = 130 in one sequence
+# (segments of 3, 1 and 2 chunks), each with every L; head dims 80 x 72 (128-wide tiles, separate dk and dv
+# kernels), 96 x 40 (mixed), 5 x 7 (element-wise loads) with L = 0 and 1; T = 1 (every L is one segment).
+CHUNKED_SHAPES = [((0, 1, 64, 65, 130), 64, 64, (0, 1, 2)), ((0, 130), 32, 48, (0, 1, 2)),
+                  ((0, 97), 80, 72, (0, 1)), ((0, 63, 130), 96, 40, (0, 1)), ((0, 70), 5, 7, (0, 1)),
+                  ((0, 1), 64, 64, (0,))]
+CHUNKED_CASES = [_chunked(dt, split, cu, dk, dv, mode, L)
+                 for dt, split in (("float16", 1), ("float32", 3), ("float32", 1))
+                 for cu, dk, dv, Ls in CHUNKED_SHAPES for mode in ("linear", "decayed", "noncausal") for L in Ls]
+
+# zeros: the ZeroS variants on the tensor-core core (public API; every dtype and split the emulator runs; the
+# GPU test's shapes but its T = 4097, one lead dim where it has two; both causal modes and gate counts spread
+# over them), then GPU tests called as they are: every parametrisation of the scan and row kernel tests and of
+# the extreme-logit variant test, the NaN tests.
+ZEROS_CASES = [_zeros(*row) for row in (
+    ("chunked_mma", "float32", (2, 3), 37, 5, 7, True, 3),
+    ("chunked_mma", "float32", (1,), 1, 64, 64, False, 2),
+    ("chunked_mma", "float32", (1,), 130, 64, 64, False, 3),
+    ("chunked_mma", "float32", (1,), 200, 80, 48, True, 2),
+    ("chunked_mma", "float32", (1,), 70, 128, 80, False, 3),
+    ("chunked_mma", "float32", (1,), 65, 32, 128, True, 2),
+    ("chunked_mma", "float16", (1,), 1, 64, 64, True, 3),
+    ("chunked_mma", "float16", (2, 3), 37, 5, 7, False, 2),
+    ("chunked_mma", "float16", (1,), 130, 64, 64, True, 2),
+    ("chunked_mma", "float16", (1,), 70, 128, 80, True, 3),
+    ("chunked_mma_tf32", "float32", (1,), 130, 64, 64, True, 3),
+    ("chunked_mma_tf32", "float32", (1,), 65, 32, 128, False, 2))]
+ZEROS_GRID_TESTS = ("test_forward_stats", "test_backward_rows", "test_variant_extreme_logits")
+ZEROS_TESTS = ("test_forward_stats_nan", "test_variant_nan_in_s_reaches_later_rows_only")
+
+
+def cases() -> list:
+    """Every case, in running order (the zeros grids read from its test file's parametrize marks)."""
+    zeros_tests = [_zeros_test(f, **kw) for f in ZEROS_GRID_TESTS for kw in _test_grid("test_cupy_zeros_mma", f)]
+    return (SOFTMAX_CASES + CHUNKED_CASES + ZEROS_CASES + zeros_tests
+            + [_zeros_test(f) for f in ZEROS_TESTS] + _cells())
+
+
+# ----------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-k", action="append", default=[], help="only cases whose label contains this text")
+    ap.add_argument("--list", action="store_true", help="print the selected case labels and exit")
     a = ap.parse_args(argv)
-    sys.modules["cupy"] = fake_cupy()
-    from workbench import backends, registry
-    from workbench.reference import softmax as ref
-    from kernels.cupy import softmax as cs
-    _, funcs = build(needed_expressions(cs))
-    cs.get_kernel = lambda src, expr, options=None, group=None: EmuKernel(expr, funcs[expr])
-    bad = ran = 0
-    for case in cases():
-        if a.k and not any(k in case[0] for k in a.k):
-            continue
-        ran += 1
-        t = time.time()
-        with backends.poisoned():
-            ok, errs, tol = run_case(cs, registry, ref, *case)
-        bad += not ok
-        print(f"{'ok  ' if ok else 'FAIL'} {case[0]}: " + " ".join(f"{n} {e:.1e}" for n, e in errs.items())
-              + f" (tol {tol:.0e}, {time.time() - t:.0f} s)", flush=True)
-    if not ran:
+    chosen = [c for c in cases() if not a.k or any(k in c.label for k in a.k)]
+    if a.list:
+        print("\n".join(c.label for c in chosen))
+        return 0 if chosen else 1
+    if not chosen:
         print("no case matches", a.k)
-    return 1 if bad or not ran else 0
+        return 1
+    sys.modules["cupy"] = fake_cupy()
+    bad = 0
+    for c in chosen:
+        t = time.time()
+        try:
+            r = RUNNERS[c.runner](**c.params)
+        except Exception as e:                 # a launch the emulator refused, a failed build: the case fails
+            r = Result(False, {}, float("nan"), f"{type(e).__name__}: {e}")
+        bad += not r.ok
+        errs = " ".join(f"{n} {e:.1e}" for n, e in r.errors.items()) + (f" (tol {r.tol:.0e})" if r.errors else "")
+        print(f"{'ok  ' if r.ok else 'FAIL'} {c.label}: {errs} ({time.time() - t:.0f} s)"
+              + (f"\n     {r.note}" if r.note else ""), flush=True)
+    print(f"{len(chosen) - bad} of {len(chosen)} cases passed")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

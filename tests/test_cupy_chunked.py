@@ -87,10 +87,15 @@ def _run(op, impl, lead, T, Dk, Dv, dtype, seed=0, **kw):
 SHAPES = [((2, 3), 37, 5, 7), ((1,), 1, 64, 64), ((2,), 130, 64, 64), ((1,), 200, 80, 48), ((1,), 70, 160, 24)]
 
 
-@gpu
-@pytest.mark.parametrize("impl", ["naive", "chunked"])
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("shape", SHAPES)
+def every_case(test):
+    """A GPU test over both kernels, both dtypes and every shape."""
+    for mark in (pytest.mark.parametrize("shape", SHAPES), pytest.mark.parametrize("dtype", ["float32", "float16"]),
+                 pytest.mark.parametrize("impl", ["naive", "chunked"]), gpu):
+        test = mark(test)
+    return test
+
+
+@every_case
 def test_linear(impl, dtype, shape):
     for causal in (True, False):
         for fmap, norm in (("identity", False), ("elu1", True), ("relu", False)):
@@ -100,20 +105,14 @@ def test_linear(impl, dtype, shape):
             assert max(errs) < TOL[dtype], (causal, fmap, norm, errs)
 
 
-@gpu
-@pytest.mark.parametrize("impl", ["naive", "chunked"])
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("shape", SHAPES)
+@every_case
 def test_decayed(impl, dtype, shape):
     for rng in ((-1.0, -0.01), (-30.0, 0.0)):
         errs = _run("decayed", impl, *shape, dtype, log_decay_range=rng, scale=0.9)
         assert max(errs) < TOL[dtype], (rng, errs)
 
 
-@gpu
-@pytest.mark.parametrize("impl", ["naive", "chunked"])
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("shape", SHAPES)
+@every_case
 def test_zeros(impl, dtype, shape):
     for causal in (True, False):
         for n_gates in (2, 3):

@@ -283,15 +283,54 @@ def test_registered():
     assert t.dtypes == ("float32",) and "tf32" in t.tags
     assert v.unsupported_reason({}, {"q": (2, 8, 64), "v": (2, 8, 129)})
     assert v.unsupported_reason({}, {"q": (2, 8, 128), "v": (2, 8, 128)}) is None
+    f = registry.get("zeros", "cupy", "chunked_mma_fused")
+    assert set(f.dtypes) == {"float32", "float16", "bfloat16"} and f.gpu and f.form == "linear" and not f.tags
+    assert f.unsupported_reason({}, {"q": (2, 8, 129), "v": (2, 8, 64)})
+    assert f.unsupported_reason({}, {"q": (2, 8, 128), "v": (2, 8, 1)}) is None
 
 
 def test_every_scan_kernel_is_listed():
     listed = {e for src, e in zeros.INSTANTIATIONS if src == zeros.SOURCE}
     for ct in ("float", "wb_half", "wb_bf16"):
         group = zeros.scan_exprs(ct)
-        assert set(group) <= listed and len(group) == 12
+        assert set(group) <= listed and len(group) == 16
         assert {"zeros_fchunk", "zeros_fscan", "zeros_ftoken", "zeros_combine", "zeros_bchunk", "zeros_bscan",
-                "zeros_bfinish"} == {e.split("<")[0] for e in group}
+                "zeros_bfinish", "zeros_fused_bscalar", "zeros_fused_bds"} == {e.split("<")[0] for e in group}
+
+
+def test_every_fused_kernel_is_listed_and_declared():
+    """Each dtype's tz group holds the four tensor-core kernels at both padded head dims with the dtype's split,
+    every expression is an NVRTC instantiation of chunked_mma.cu, and every group is declared for warmup."""
+    from kernels.cupy import _module
+    listed = {e for src, e in zeros.INSTANTIATIONS if src == zeros.mma.SOURCE}
+    declared = {g for src, g in _module.groups() if src == zeros.mma.SOURCE}
+    for dt, ct in (("float32", "float"), ("float16", "wb_half"), ("bfloat16", "wb_bf16")):
+        group = zeros.FUSED_GROUPS[dt]
+        split = 3 if dt == "float32" else 1
+        assert set(group) == {f"{k}<{ct}, {p}, {split}>" for k in ("tz_fwd", "tz_bwd_dq", "tz_bwd_dv", "tz_bwd_dk")
+                              for p in (64, 128)}
+        assert set(group) <= listed and group in declared
+    assert set(zeros.FUSED_COMMON) <= listed and zeros.FUSED_COMMON in declared
+
+
+def test_stat_rows_match_the_kernels():
+    """zeros.STAT_ROWS names the rows of zs's per-token statistics in the kernels' order."""
+    import os
+    import re
+    text = open(os.path.join(os.path.dirname(zeros.__file__), "..", "cuda", "zeros.cu")).read()
+    enum = re.search(r"enum \{ (ST_M[^}]*) \};", text).group(1)
+    names = [x.strip() for x in enum.split(",")]
+    assert names[-1] == "NST" and len(names) - 1 == zeros.NST
+    assert [n[3:].lower() for n in names[:-1]] == [r.lower() for r in zeros.STAT_ROWS]
+
+
+def test_fused_shared_memory_fits():
+    """Every tz kernel's dynamic shared memory fits an sm_80 / sm_90 block (opt-in limits 163 / 227 KiB) at
+    both padded head dims; float16 and bfloat16 fit sm_80."""
+    for name in ("tz_fwd", "tz_bwd_dq", "tz_bwd_dv", "tz_bwd_dk"):
+        for dp in (64, 128):
+            assert zeros.smem_fused(name, 4, dp) <= 227 * 1024
+            assert zeros.smem_fused(name, 2, dp) <= 163 * 1024
 
 
 def test_output_scale():
@@ -330,11 +369,11 @@ def _close(name, got, ref, rtol, floor=0.0):
         raise AssertionError(f"{name}: {(~ok).sum()} bad, first at {tuple(i)}: {got[tuple(i)]} vs {ref[tuple(i)]}")
 
 
-def _streams(cp, arrays, fused):
-    """Streams over (F, G, H) host arrays: G, H side by side in one array when fused."""
+def _streams(cp, arrays, one_call):
+    """Streams over (F, G, H) host arrays: G, H side by side in one array when one_call."""
     F, G, H = arrays
     Dv = F.shape[-1]
-    if fused:
+    if one_call:
         GH = cp.ascontiguousarray(cp.concatenate([G, H], -1))
         return zeros.Streams(F, GH, 0, 2 * Dv, GH, Dv, 2 * Dv)
     return zeros.Streams(F, G, 0, Dv, H, 0, Dv)
@@ -349,20 +388,20 @@ def _gh_host(st, Dv):
     return a(st.G), a(st.H)
 
 
-def _run_stats(s, gates, v, causal, dtype, fused=True):
+def _run_stats(s, gates, v, causal, dtype, one_call=True):
     import cupy as cp
     from workbench.backends import poisoned
     N, T, Dv = v.shape
     sd, gd, vd = _dev(s, dtype), _dev(gates, dtype), _dev(v, dtype)
     with poisoned():
-        vals = zeros._stream_arrays(cp, N, T, Dv, vd.dtype, fused, h_given=vd)
+        vals = zeros._stream_arrays(cp, N, T, Dv, vd.dtype, one_call, h_given=vd)
         stats = zeros.forward_stats(sd, gd, vd, causal, vals.F, vals.g(), vals.g_ld,
-                                    vals.h() if fused else None, vals.h_ld)
+                                    vals.h() if one_call else None, vals.h_ld)
         cp.cuda.Device().synchronize()
     return stats, vals
 
 
-STAT_ROWS = ("m", "E", "P", "alpha", "beta", "gamma", "u", "gF")
+STAT_ROWS = zeros.STAT_ROWS
 
 
 # ----------------------------------------------------------------------------- GPU: scans and row kernels
@@ -428,12 +467,12 @@ def test_backward_rows(T, kind, Dv, causal):
     statistics and synthetic stream outputs and core gradients (G and H in one array or two)."""
     import cupy as cp
     from workbench.backends import poisoned
-    N, Dk, fused = 2, 40, Dv == 24
+    N, Dk, one_call = 2, 40, Dv == 24
     rng = np.random.default_rng(T + Dv)
     f32 = lambda x: x.astype(np.float32).astype(np.float64)   # noqa: E731  (what the kernels see)
     s, gates = f32(logits(kind, N, T, T) + 7.25), f32(rng.standard_normal((N, T, 3)))   # an offset: c != 0
     v = f32(rng.standard_normal((N, T, Dv)))
-    stats, _ = _run_stats(s, gates, v, causal, "float32", fused)
+    stats, _ = _run_stats(s, gates, v, causal, "float32", one_call)
     st = dict(zip(STAT_ROWS, _host(stats.st)))
     sg = _host(stats.head[0])[:, None]
     so = zeros.output_scale(T)
@@ -442,14 +481,14 @@ def test_backward_rows(T, kind, Dv, causal):
     oF, oG, oH, do = (f32(rng.standard_normal((N, T, Dv))) for _ in range(4))
     core = [f32(rng.standard_normal((N, T, d))) for d in (Dk,) * 6 + (Dv,) * 3]
     with poisoned():
-        outs = _streams(cp, [_dev(x, "float32") for x in (oF, oG, oH)], fused)
+        outs = _streams(cp, [_dev(x, "float32") for x in (oF, oG, oH)], one_call)
         o = zeros.combine("float32", stats, outs, 1 / so)
-        douts = zeros._stream_arrays(cp, N, T, Dv, cp.float32, fused)
+        douts = zeros._stream_arrays(cp, N, T, Dv, cp.float32, one_call)
         dgates, xy, yR, yQ = zeros.backward_scalars("float32", _dev(do, "float32"), outs, _dev(gates, "float32"),
                                                     stats, causal, 1 / so, douts)
         dqF, dkF, dqG, dkG, dqH, dkH, dvF, dvG, dvH = (_dev(x, "float32") for x in core)
-        dvs = _streams(cp, [dvF, dvG, dvH], fused)
-        grads = zeros.CoreGrads(dqF, dkF, dqG, dkG, None if fused else dqH, None if fused else dkH, dvs)
+        dvs = _streams(cp, [dvF, dvG, dvH], one_call)
+        grads = zeros.CoreGrads(dqF, dkF, dqG, dkG, None if one_call else dqH, None if one_call else dkH, dvs)
         dq, dk, dv, ds = zeros.finish("float32", _dev(s, "float32"), _dev(v, "float32"), stats, xy, yR, yQ, grads,
                                       causal)
     al, be, ga = (st[x][..., None] for x in ("alpha", "beta", "gamma"))
@@ -475,7 +514,7 @@ def test_backward_rows(T, kind, Dv, causal):
     _, _, dsS_abs, _ = direct_backward(st, np.abs(xg) * E / st["alpha"], 0 * Z, np.abs(yg) * n / st["beta"], causal)
     g4, u = 4 * sg3, st["u"][..., None]
     dqF, dkF, dqG, dkG, dqH, dkH, dvF, dvG, dvH = core
-    if fused:
+    if one_call:
         dqH, dkH = 0 * dqG, 0 * dkG
     _close("dq", _host(dq), dqF + g4 * (dqG + dqH), 1e-6, np.abs(dqF) + g4 * (np.abs(dqG) + np.abs(dqH)))
     _close("dk", _host(dk), dkF + g4 * (dkG + dkH), 1e-6, np.abs(dkF) + g4 * (np.abs(dkG) + np.abs(dkH)))
@@ -487,31 +526,63 @@ def test_backward_rows(T, kind, Dv, causal):
 
 
 # ----------------------------------------------------------------------------- GPU: the variant
-def _vjp_errors(impl, dtype, lead, T, Dk, Dv, causal, n_gates, seed=0, s_fn=None, form="explicit"):
-    """Relative errors of the output and every gradient against the float64 reference (explicit O(T^2), or
-    the chunked linear-time form for long T)."""
-    arrays = [a.astype(np.float16).astype(np.float64)
-              for a in random_inputs("zeros", lead, T, Dk, Dv, "float64", seed, n_gates=n_gates)]
+def _inputs(lead, T, Dk, Dv, n_gates, seed, s_fn, prep=None):
+    """float64 inputs (float16 values: exact in every dtype) and do; s_fn(s) replaces s, prep(q, k, v) the
+    three (before the rounding)."""
+    arrays = list(random_inputs("zeros", lead, T, Dk, Dv, "float64", seed, n_gates=n_gates))
+    if prep is not None:
+        arrays[:3] = prep(*arrays[:3])
+    arrays = [a.astype(np.float16).astype(np.float64) for a in arrays]
     if s_fn is not None:
         arrays[3] = s_fn(arrays[3])
-    do = np.random.default_rng(seed + 3).standard_normal((*lead, T, Dv)).astype(np.float16)
-    out, pull = wb.vjp(wb.zeros_attention, *[_cast(a, dtype) for a in arrays], causal=causal,
-                       backend=f"cupy:{impl}")
-    grads = pull(_cast(do, dtype))
-    assert str(out.dtype) == dtype and out.shape == (*lead, T, Dv)
-    flat = [a.reshape((-1,) + a.shape[len(lead):]) for a in arrays]
+    do = np.random.default_rng(seed + 3).standard_normal((*lead, T, Dv)).astype(np.float16).astype(np.float64)
+    return arrays, do
+
+
+def _errors(arrays, do, causal, form, out, grads):
+    """Relative errors of the output and every gradient against the float64 reference (explicit O(T^2), or
+    the chunked linear-time form for long T); absolute where the reference is exactly 0 (T = 1)."""
+    T, Dv = do.shape[-2:]
+    flat = [a.reshape((-1,) + a.shape[do.ndim - 2:]) for a in arrays]
     fwd, bwd = getattr(ref_zeros, f"{form}_forward"), getattr(ref_zeros, f"{form}_backward")
     ro, ctx = fwd(*flat, causal=causal)
-    rg = bwd(ctx, do.astype(np.float64).reshape((-1, T, Dv)))
+    rg = bwd(ctx, do.reshape((-1, T, Dv)))
     def rel(x, r):                                            # absolute where the reference is exactly 0 (T = 1)
         return rel_error(np.asarray(x, np.float64).reshape(r.shape), r)
     return dict(zip(("o", "dq", "dk", "dv", "ds", "dgates"), [rel(out, ro)] + [rel(g, r) for g, r in zip(grads, rg)]))
 
 
+def _vjp_errors(impl, dtype, lead, T, Dk, Dv, causal, n_gates, seed=0, s_fn=None, form="explicit"):
+    """The variant through the public API (wb.vjp) against the float64 reference."""
+    arrays, do = _inputs(lead, T, Dk, Dv, n_gates, seed, s_fn)
+    out, pull = wb.vjp(wb.zeros_attention, *[_cast(a, dtype) for a in arrays], causal=causal,
+                       backend=f"cupy:{impl}")
+    grads = pull(_cast(do, dtype))
+    assert str(out.dtype) == dtype and out.shape == (*lead, T, Dv)
+    return _errors(arrays, do, causal, form, out, grads)
+
+
+def run_case(impl, dtype, N, T, Dk, Dv, causal, n_gates, seed=0, s_fn=None, prep=None, form="explicit", **kw):
+    """The variant's own forward and backward (its registry entry, on (N, T, D) device arrays, poisoned
+    outputs; kw goes to the forward, e.g. L) against the float64 reference: {name: relative error}.  Also what
+    the CPU emulator (scripts/cuda_emulate.py) runs."""
+    import cupy as cp
+    from workbench.backends import poisoned
+    arrays, do = _inputs((N,), T, Dk, Dv, n_gates, seed, s_fn, prep)
+    var = registry.get("zeros", "cupy", impl)
+    dev = [cp.ascontiguousarray(_dev(a, dtype)) for a in arrays + [do]]
+    with poisoned():
+        out, ctx = var.forward(*dev[:5], causal=causal, **kw)
+        grads = var.backward(ctx, dev[5])
+    assert str(out.dtype) == dtype and out.shape == (N, T, Dv)
+    return _errors(arrays, do, causal, form, cp.asnumpy(out), [cp.asnumpy(g) for g in grads])
+
+
 SHAPES = [((2, 3), 37, 5, 7), ((1,), 1, 64, 64), ((2,), 130, 64, 64), ((1,), 200, 80, 48), ((1,), 70, 128, 80),
           ((2,), 65, 32, 128), ((1,), 4097, 64, 64)]
 CASES = [("chunked_mma", "float32", 1e-4), ("chunked_mma", "float16", 2e-2), ("chunked_mma", "bfloat16", 3e-2),
-         ("chunked_mma_tf32", "float32", 5e-3)]
+         ("chunked_mma_tf32", "float32", 5e-3), ("chunked_mma_fused", "float32", 1e-4),
+         ("chunked_mma_fused", "float16", 2e-2), ("chunked_mma_fused", "bfloat16", 2e-2)]
 
 
 @gpu
@@ -525,22 +596,54 @@ def test_variant_matches_reference(impl, dtype, tol, shape):
             assert not bad, (causal, n_gates, bad)
 
 
+MMA_IMPLS = ("chunked_mma", "chunked_mma_fused")
+
+
 @gpu
+@pytest.mark.parametrize("impl", MMA_IMPLS)
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("float16", 2e-2), ("bfloat16", 3e-2)])
 @pytest.mark.parametrize("T", [150, 1000])
-def test_variant_extreme_logits(dtype, tol, T):
+def test_variant_extreme_logits(impl, dtype, tol, T):
     """s of +-1e3 with tied maxima (e^s overflows without the running max; sigma = 1024)."""
     def s_fn(s):
         return np.where(np.arange(T) % 3 == 0, 1e3, -1e3) * np.sign(s)
     for causal in (True, False):
-        errs = _vjp_errors("chunked_mma", dtype, (2,), T, 16, 16, causal, 3, seed=4, s_fn=s_fn)
+        errs = _vjp_errors(impl, dtype, (2,), T, 16, 16, causal, 3, seed=4, s_fn=s_fn)
         assert all(e < tol for e in errs.values()), (causal, errs)
 
 
 @gpu
-def test_variant_long_sequence_float16():
-    """T = 16k in float16: the stream outputs (sums over up to T tokens) stay in range through s_o."""
-    errs = _vjp_errors("chunked_mma", "float16", (1,), 16384, 64, 64, True, 2, seed=5, form="chunked")
+@pytest.mark.parametrize("impl", MMA_IMPLS)
+def test_variant_long_sequence_float16(impl):
+    """T = 16k in float16: sums over up to T tokens stay in range (the composition's stream outputs through
+    s_o; the one-pass kernel's fp16 state operands through their power-of-two scales)."""
+    errs = _vjp_errors(impl, "float16", (1,), 16384, 64, 64, True, 2, seed=5, form="chunked")
+    assert all(e < 2e-2 for e in errs.values()), errs
+
+
+@gpu
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("float16", 2e-2)])
+@pytest.mark.parametrize("L", [0, 1, 3, None])
+@pytest.mark.parametrize("causal", [True, False])
+def test_fused_segment_lengths(dtype, tol, L, causal):
+    """cupy:chunked_mma_fused with every kind of segmentation (one segment per head, one chunk per segment,
+    3 chunks, the automatic choice): the segment passes and scans (forwards and in reverse) against the
+    chunked float64 reference at T = 1000, Dk != Dv, 3 heads."""
+    errs = run_case("chunked_mma_fused", dtype, 3, 1000, 48, 40, causal, 3, seed=7, form="chunked", L=L)
+    assert all(e < tol for e in errs.values()), errs
+
+
+def large_states(q, k, v):
+    """Positive q, k and v of about 2000: the states F, G, H grow like T |k| |v| and pass the float16 range
+    (65504) within a few hundred tokens, so the fp16 state operands must be scaled (tz::states_to_smem)."""
+    return np.abs(q), np.abs(k), 2000 * np.abs(v)
+
+
+@gpu
+@pytest.mark.parametrize("causal", [True, False])
+def test_fused_float16_large_states(causal):
+    errs = run_case("chunked_mma_fused", "float16", 2, 1000, 32, 32, causal, 3, seed=9, prep=large_states,
+                    form="chunked")
     assert all(e < 2e-2 for e in errs.values()), errs
 
 
@@ -552,6 +655,16 @@ def test_variant_nan_in_s_reaches_later_rows_only():
     s[0, 80] = np.nan
     out = wb.zeros_attention(q, k, v, s, gates, backend="cupy:chunked_mma")
     assert np.isfinite(out[0, :80]).all() and np.isnan(out[0, 80:]).any(-1).all() and np.isfinite(out[1]).all()
+
+
+@gpu
+def test_fused_nan_in_s_reaches_later_rows_only():
+    """The same for cupy:chunked_mma_fused at t = 77, off the 16-row bands: it keeps v as it is (the NaN is only
+    in the weights, which are selected to zero where masked), so exactly the rows from 77 on are NaN."""
+    q, k, v, s, gates = random_inputs("zeros", (2,), 200, 32, 32, "float32", seed=2)
+    s[0, 77] = np.nan
+    out = wb.zeros_attention(q, k, v, s, gates, backend="cupy:chunked_mma_fused")
+    assert np.isfinite(out[0, :77]).all() and np.isnan(out[0, 77:]).any(-1).all() and np.isfinite(out[1]).all()
 
 
 def test_math_helpers():

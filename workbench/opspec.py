@@ -185,6 +185,7 @@ SPECS = {s.name: s for s in (
 
 OPS = tuple(SPECS)                                                  # the ops, in the order every table lists them
 ARRAY_ARGS = {name: s.array_names for name, s in SPECS.items()}     # op -> its array arguments, in order
+STATE_OPS = tuple(op for op in OPS if SPECS[op].linear_states)     # ops with a recurrent state (steps, decode)
 
 
 def spec(op: str) -> OpSpec:

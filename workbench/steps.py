@@ -15,17 +15,30 @@ return_state=True)``), to round-off.
               G += s k v^T, H += k v^T;          o = q^T (alpha F + beta G + gamma H)   (docs/spec.md 3.4)
     softmax:  the cache gains (k, v);           o = softmax(scale K q)^T V over the whole cache
 
-The steps run on the arrays' own module (NumPy or CuPy) with a handful of array operations each; they
-take no backend and have no vjp (they are for generation).  The softmax cache grows by one concatenation
-per step (a copy of the cache: O(Tc) per token), a comparison point rather than a serving design.
+Two forms compute a step (``step(..., path=)``).  CuPy arrays of float16, bfloat16 and float32 take the
+step kernel (kernels/cupy/steps.py, kernels/cuda/steps.cu): every head of the batch advanced in one
+launch, each state element read and written once; the new state is written to new arrays (the old one
+stays valid).  NumPy arrays, float64, and head dims the kernel does not take run the array form below: a
+handful of array operations on the arrays' own module (NumPy, or many small CuPy launches), which is also
+the float64 reference the kernel is tested against.  The steps take no backend and have no vjp (they are
+for generation).  A call's validation is cached per signature (the arrays' and the state's types, dtypes
+and shapes, and the options), as the ops' plans are.  The softmax cache grows by one concatenation per
+step (a copy of the cache: O(Tc) per token), a comparison point rather than a serving design.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import backends
-from .ops import _check_kinds_and_dtypes, _check_options
+from .ops import _check_kinds_and_dtypes, _check_options, _opt_key
+from .opspec import ARRAY_ARGS, STATE_OPS
 from .state import KVCache, DecayedState, LinearState, ZeroSState, check_state, empty_state, state_dtype
+
+PATHS = ("auto", "kernel", "array")
+_ARGS = {op: ARRAY_ARGS[op] for op in STATE_OPS}
+_MAX_PLANS = 1024
 
 
 def _xp(kind):
@@ -57,21 +70,106 @@ def _check_token(op: str, arrays: dict) -> tuple:
     return kind, dtype, lead, q.shape[-1], v.shape[-1]
 
 
-def _prepare(op: str, arrays: dict, state, options: dict):
-    """(xp, work dtype, the arrays in it, the validated state (or the empty one), validated options)."""
-    kind, dtype, lead, Dk, Dv = _check_token(op, arrays)
-    options = _check_options(op, options, Dk) if options else {}
-    normalize = bool(options.get("normalize", False))
-    xp = _xp(kind)
+@dataclass(frozen=True)
+class _Plan:
+    """What a step call's signature decides, validated once (cached per signature, as the ops' plans)."""
+    op: str
+    kind: str
+    dtype: str
+    lead: tuple
+    Dk: int
+    Dv: int
+    options: dict             # validated options (linear: feature_map, normalize, scale, eps; decayed: scale)
+    kernel: bool              # the CuPy step kernel runs it (kernels/cupy/steps.py), else the array form
+
+
+_PLANS: dict = {}
+
+
+def _state_key(state):
     if state is None:
-        state = empty_state(op, lead, Dk, Dv, dtype, xp, normalize)
-    else:
-        check_state(f"{op}_attention_step", op, state, lead=lead, Dk=Dk, Dv=Dv, dtype=dtype, kind=kind,
-                    normalize=normalize, name="state")
-    wd = state_dtype(dtype)
-    return xp, wd, {n: x.astype(wd) for n, x in arrays.items()}, state, options
+        return None
+    return (type(state), *[None if x is None else (type(x), x.dtype, x.shape) for x in vars(state).values()])
 
 
+def _plan(op: str, arrays: dict, state, options: dict, path: str) -> _Plan:
+    try:
+        key = (op, path, *[(type(x), x.dtype, x.shape) for x in arrays.values()], _state_key(state),
+               *[(k, _opt_key(v)) for k, v in options.items()])
+        plan = _PLANS.get(key)
+    except (TypeError, AttributeError):         # not arrays: validation says what is wrong
+        key = plan = None
+    if plan is None:
+        plan = _make_plan(op, arrays, state, options, path)
+        if key is not None:
+            if len(_PLANS) >= _MAX_PLANS:
+                _PLANS.clear()
+            _PLANS[key] = plan
+    return plan
+
+
+def validated_options(op: str, options: dict, Dk: int) -> dict:
+    """The options a step form takes (linear: feature_map, normalize, scale, eps; decayed: scale; zeros:
+    none), validated as the op validates them; missing ones get the op's defaults."""
+    defaults = {"linear": dict(feature_map="identity", normalize=False, scale=1.0, eps=1e-6),
+                "decayed": dict(scale=1.0), "zeros": {}}[op]
+    unknown = set(options) - set(defaults)
+    if unknown:
+        raise TypeError(f"{op}_attention_step got unexpected option(s) {', '.join(sorted(map(repr, unknown)))}; "
+                        f"its options are {', '.join(defaults) or 'none'}")
+    out = _check_options(op, dict(defaults, **options, causal=True), Dk)
+    out.pop("causal", None)
+    return out
+
+
+def _make_plan(op: str, arrays: dict, state, options: dict, path: str) -> _Plan:
+    where = f"{op}_attention_step"
+    if path not in PATHS:
+        raise ValueError(f"{where}: unknown path {path!r}; expected one of {', '.join(PATHS)}")
+    kind, dtype, lead, Dk, Dv = _check_token(op, arrays)
+    options = validated_options(op, options, Dk)
+    if state is not None:
+        check_state(where, op, state, lead=lead, Dk=Dk, Dv=Dv, dtype=dtype, kind=kind,
+                    normalize=bool(options.get("normalize", False)), name="state")
+    why = "the arrays are NumPy arrays" if kind == "numpy" else None
+    if why is None:
+        from kernels.cupy import steps as kernel_steps
+        why = kernel_steps.unsupported(dtype, Dk)
+    if path == "kernel" and why:
+        raise ValueError(f"{where}: path='kernel' needs the CuPy step kernel, which cannot take this step: {why}")
+    return _Plan(op, kind, dtype, lead, Dk, Dv, options, kernel=why is None and path != "array")
+
+
+def step(op: str, *arrays, state=None, path: str = "auto", **options):
+    """One token of ``op`` (linear, decayed or zeros): the arrays as the op's step function takes them, then
+    ``state`` and the options.  ``path``: "auto" (the CuPy step kernel for CuPy arrays of float16, bfloat16
+    and float32, else the array form), "kernel" (the kernel or a ValueError) or "array" (the array form on
+    the arrays' own module: NumPy, or many small CuPy operations).  Returns ``(o, state)``."""
+    if op not in _ARGS:
+        raise ValueError(f"step: unknown op {op!r}; steps with a state exist for {', '.join(_ARGS)} "
+                         f"(softmax_attention_step takes a KVCache)")
+    names = _ARGS[op]
+    if len(arrays) != len(names):
+        raise TypeError(f"{op}_attention_step takes {len(names)} arrays ({', '.join(names)}), got {len(arrays)}")
+    named = dict(zip(names, arrays))
+    plan = _plan(op, named, state, options, path)
+    if op == "decayed" and (plan.kind == "numpy" or backends.device_checks()):
+        g = named["log_decay"]
+        if (g > 0).any():
+            raise ValueError(f"decayed_attention_step: argument 'log_decay' must be <= 0 everywhere, got values "
+                             f"up to {float(g.max())}")
+    if state is None:
+        state = empty_state(op, plan.lead, plan.Dk, plan.Dv, plan.dtype, _xp(plan.kind),
+                            bool(plan.options.get("normalize", False)))
+    if plan.kernel:
+        from kernels.cupy import steps as kernel_steps
+        return getattr(kernel_steps, f"{op}_step")(*arrays, state, **plan.options)
+    xp, wd = _xp(plan.kind), state_dtype(plan.dtype)
+    o, new = _ARRAY_FORMS[op](xp, *(x.astype(wd) for x in arrays), state, **plan.options)
+    return o.astype(arrays[0].dtype), new
+
+
+# ----------------------------------------------------------------------------- the array form
 def _phi(xp, x, name):
     if name == "identity":
         return x
@@ -89,54 +187,59 @@ def _read(q, S):
     return (q[..., None, :] @ S)[..., 0, :]
 
 
+def _linear_array(xp, q, k, v, state, feature_map, normalize, scale, eps):
+    Q, K = _phi(xp, q, feature_map), _phi(xp, k, feature_map)
+    S = state.S + _outer(K, v)
+    o = scale * _read(Q, S)
+    z = None
+    if normalize:
+        z = state.z + K
+        o = o / (scale * (Q * z).sum(-1) + eps)[..., None]
+    return o, LinearState(S, z)
+
+
+def _decayed_array(xp, q, k, v, log_decay, state, scale):
+    S = xp.exp(log_decay)[..., None, None] * state.S + _outer(k, v)
+    return scale * _read(q, S), DecayedState(S)
+
+
+def _zeros_array(xp, q, k, v, s, gates, state):
+    st = state
+    m = xp.maximum(st.m, s)
+    c, w = xp.exp(st.m - m), xp.exp(s - m)
+    kv = _outer(k, v)
+    new = ZeroSState(m, c * st.E + w, st.P + s, st.n + 1, c[..., None, None] * st.F + w[..., None, None] * kv,
+                     st.G + s[..., None, None] * kv, st.H + kv)
+    sig1, sigh = 0.5 * (1 + xp.tanh(0.5 * gates[..., 0])), 0.5 * (1 + xp.tanh(0.5 * gates[..., 1]))
+    tz = xp.tanh(gates[..., 2]) if gates.shape[-1] == 3 else 0
+    alpha = sigh / new.E
+    beta = (sig1 - sigh) / new.n
+    gamma = (tz - sigh - beta * new.P) / new.n
+    o = alpha[..., None] * _read(q, new.F) + beta[..., None] * _read(q, new.G) + gamma[..., None] * _read(q, new.H)
+    return o, new
+
+
+_ARRAY_FORMS = {"linear": _linear_array, "decayed": _decayed_array, "zeros": _zeros_array}
+
+
+# ----------------------------------------------------------------------------- the public steps
 def linear_attention_step(q, k, v, state=None, feature_map="identity", normalize=False, scale=1.0, eps=1e-6):
     """One token of causal linear attention from ``state`` (a LinearState, or None: empty); returns
     ``(o, state)``.  Options as ``linear_attention``."""
-    xp, _, a, state, o_ = _prepare("linear", dict(q=q, k=k, v=v), state,
-                                   dict(causal=True, feature_map=feature_map, normalize=normalize, scale=scale,
-                                        eps=eps))
-    Q, K = _phi(xp, a["q"], o_["feature_map"]), _phi(xp, a["k"], o_["feature_map"])
-    S = state.S + _outer(K, a["v"])
-    o = o_["scale"] * _read(Q, S)
-    z = None
-    if o_["normalize"]:
-        z = state.z + K
-        o = o / (o_["scale"] * (Q * z).sum(-1) + o_["eps"])[..., None]
-    return o.astype(q.dtype), LinearState(S, z)
+    return step("linear", q, k, v, state=state, feature_map=feature_map, normalize=normalize, scale=scale, eps=eps)
 
 
 def decayed_attention_step(q, k, v, log_decay, state=None, scale=1.0):
     """One token of decayed linear attention from ``state`` (a DecayedState, or None: empty): ``S = e^g S +
     k v^T``, ``o = scale q^T S``; returns ``(o, state)``.  ``log_decay <= 0`` (checked as in
     ``decayed_attention``)."""
-    xp, _, a, state, o_ = _prepare("decayed", dict(q=q, k=k, v=v, log_decay=log_decay), state,
-                                   dict(causal=True, scale=scale))
-    if backends.array_kind(log_decay) == "numpy" or backends.device_checks():
-        if (log_decay > 0).any():
-            raise ValueError(f"decayed_attention_step: argument 'log_decay' must be <= 0 everywhere, got values "
-                             f"up to {float(log_decay.max())}")
-    S = xp.exp(a["log_decay"])[..., None, None] * state.S + _outer(a["k"], a["v"])
-    return (o_["scale"] * _read(a["q"], S)).astype(q.dtype), DecayedState(S)
+    return step("decayed", q, k, v, log_decay, state=state, scale=scale)
 
 
 def zeros_attention_step(q, k, v, s, gates, state=None):
     """One token of causal ZeroS attention from ``state`` (a ZeroSState, or None: empty); returns
     ``(o, state)``."""
-    xp, _, a, st, _ = _prepare("zeros", dict(q=q, k=k, v=v, s=s, gates=gates), state, {})
-    s_, g = a["s"], a["gates"]
-    m = xp.maximum(st.m, s_)
-    c, w = xp.exp(st.m - m), xp.exp(s_ - m)
-    kv = _outer(a["k"], a["v"])
-    new = ZeroSState(m, c * st.E + w, st.P + s_, st.n + 1, c[..., None, None] * st.F + w[..., None, None] * kv,
-                     st.G + s_[..., None, None] * kv, st.H + kv)
-    sig1, sigh = 0.5 * (1 + xp.tanh(0.5 * g[..., 0])), 0.5 * (1 + xp.tanh(0.5 * g[..., 1]))
-    tz = xp.tanh(g[..., 2]) if g.shape[-1] == 3 else 0
-    alpha = sigh / new.E
-    beta = (sig1 - sigh) / new.n
-    gamma = (tz - sigh - beta * new.P) / new.n
-    o = (alpha[..., None] * _read(a["q"], new.F) + beta[..., None] * _read(a["q"], new.G)
-         + gamma[..., None] * _read(a["q"], new.H))
-    return o.astype(q.dtype), new
+    return step("zeros", q, k, v, s, gates, state=state)
 
 
 def softmax_attention_step(q, k, v, cache=None, scale=None):

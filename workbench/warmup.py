@@ -48,13 +48,16 @@ def _module_of(variant):
 
 
 def cupy_groups(ops) -> list:
-    """[(source, expressions)]: every compile group the CuPy variants of ``ops`` can launch."""
-    from kernels.cupy import _module
+    """[(source, expressions)]: every compile group the CuPy variants of ``ops`` and their step kernels
+    (kernels/cupy/steps.py) can launch."""
+    from kernels.cupy import _module, steps
     wanted = {}
     for op in ops:
         for v in registry.variants(op, "cupy"):
             for src, expr in getattr(_module_of(v), "INSTANTIATIONS", ()):
                 wanted.setdefault((src, _module.group_of(src, expr)), None)
+    for src, expr in steps.instantiations(ops):
+        wanted.setdefault((src, _module.group_of(src, expr)), None)
     return list(wanted)
 
 
@@ -71,6 +74,12 @@ def _options(op: str) -> list:
     sp = spec(op)
     extra = [dict(zip(sp.choices, values)) for values in itertools.product(*sp.choices.values())]
     return [default_options(op, causal=c, **x) for c, x in itertools.product(sp.causal_values, extra)]
+
+
+def _shapes(op: str, T: int) -> dict:
+    """The argument shapes of the tiny warm-up call (what a variant's ``unsupported_reason`` looks at)."""
+    arrays = random_inputs(op, (1,), T, TINY_D, TINY_D, "float32", seed=0)
+    return {name: a.shape for name, a in zip(registry.ARRAY_ARGS[op], arrays)}
 
 
 def _api_call(variant, dtype: str, T: int, options: dict):
@@ -93,7 +102,19 @@ def _np_dtype(dtype: str):
     return dtype
 
 
+def _step_call(op: str, dtype: str):
+    def run():
+        import cupy as cp
+        from . import steps
+        arrays = random_inputs(op, (2,), 1, TINY_D, TINY_D, dtype if dtype != "bfloat16" else "float32", seed=0)
+        tok = [cp.asarray(a[:, 0].astype(_np_dtype(dtype))) for a in arrays]
+        steps.step(op, *tok, path="kernel")
+        cp.cuda.Device().synchronize()
+    return run
+
+
 def cupy_tasks(ops) -> list:
+    from kernels.cupy import steps as step_kernels
     tasks = [Task("cupy", f"compile {src}: {len(exprs)} kernels ({exprs[0]}{', ...' if len(exprs) > 1 else ''})",
                   group=(src, exprs)) for src, exprs in cupy_groups(ops)]
     for op in ops:
@@ -102,8 +123,14 @@ def cupy_tasks(ops) -> list:
                 if dtype == "bfloat16" and importlib.util.find_spec("ml_dtypes") is None:
                     continue
                 for T, opts in itertools.product(TINY_Ts, _options(op)):
+                    if v.unsupported_reason(opts, _shapes(op, T)) is not None:
+                        continue                # e.g. normalize=True on a tf32 variant: the op refuses it
                     shown = ", ".join(f"{k}={val}" for k, val in opts.items() if val is not None)
                     tasks.append(Task("cupy", f"call {v.key} {dtype} T={T} {shown}", run=_api_call(v, dtype, T, opts)))
+    for op in (o for o in ops if o in step_kernels.OPS):
+        for dtype in step_kernels.CTYPE:
+            if dtype != "bfloat16" or importlib.util.find_spec("ml_dtypes") is not None:
+                tasks.append(Task("cupy", f"step {op} {dtype} (the step kernel)", run=_step_call(op, dtype)))
     return tasks
 
 

@@ -147,6 +147,34 @@ __device__ __forceinline__ void scale_acc_rows(float (&a)[MT][NT][4], int m0, F 
     }
 }
 
+// every element of an accumulator tile times f (a state carried across a chunk: f = e^{b_last})
+template <int MT, int NT>
+__device__ __forceinline__ void scale_acc(float (&a)[MT][NT][4], float f) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) a[i][j][0] *= f, a[i][j][1] *= f, a[i][j][2] *= f, a[i][j][3] *= f;
+}
+
+// Row dots x_r . acc_r of the warp's 16 rows (tile rows m0 + ...) against a shared tile s (row stride lds),
+// written to out[r] for rows r < nrow: the d log_decay terms q.dq and k.dk of one 64-column tile.
+template <typename T>
+__device__ __forceinline__ void row_dots(const float (&a)[8][4], const T* s, int lds, int m0, int nrow,
+                                         float* __restrict__ out) {
+    const int gq = (threadIdx.x & 31) >> 2, tq = threadIdx.x & 3;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int r = m0 + gq + 8 * h;
+        float d = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+            d += a[nt][2 * h] * to_f32(s[r * lds + 8 * nt + 2 * tq]) + a[nt][2 * h + 1] * to_f32(s[r * lds + 8 * nt + 2 * tq + 1]);
+        d += __shfl_xor_sync(0xffffffffu, d, 1);
+        d += __shfl_xor_sync(0xffffffffu, d, 2);
+        if (tq == 0 && r < nrow) out[r] = d;
+    }
+}
+
 // The state tile (fp32 fragments, rows m0.. of the block's tile) -> shared memory in T, scaled by 1/sigma;
 // returns sigma (1 except for fp16, where it is the power of two that keeps |H| / sigma <= 2^14).
 // Every thread of the block must call it (it synchronises for the fp16 reduction).
@@ -306,11 +334,7 @@ __global__ void __launch_bounds__(128) tc_fwd(const T* __restrict__ q, const T* 
                 __syncthreads();                                   // every warp is done reading sV
                 scale_rows<T, BV>(sV, LDV, tr->u, 1.f);
                 __syncthreads();
-                const float el = tr->e[C - 1];
-#pragma unroll
-                for (int i = 0; i < HMT; ++i)
-#pragma unroll
-                    for (int j = 0; j < 8; ++j) H[i][j][0] *= el, H[i][j][1] *= el, H[i][j][2] *= el, H[i][j][3] *= el;
+                scale_acc(H, tr->e[C - 1]);
             }
             gemm_ss<T, SPLIT, HMT, 8, true, false>(H, sK, LDK, sV, LDV, hm0, 0, 0, C);
         }
@@ -360,12 +384,8 @@ __global__ void __launch_bounds__(128) tc_seg_state(const T* __restrict__ x, con
             __syncthreads();
         }
         if (decay) {
-            const float el = tr->e[C - 1];
             gsum += tr->b[C - 1];
-#pragma unroll
-            for (int i = 0; i < HMT; ++i)
-#pragma unroll
-                for (int jj = 0; jj < 8; ++jj) Es[i][jj][0] *= el, Es[i][jj][1] *= el, Es[i][jj][2] *= el, Es[i][jj][3] *= el;
+            scale_acc(Es, tr->e[C - 1]);
         }
         gemm_ss<T, SPLIT, HMT, 8, true, false>(Es, sX, LDX, sY, LDY, hm0, 0, 0, C);
     }
@@ -453,29 +473,14 @@ __global__ void __launch_bounds__(128) tc_bwd_dq(const T* __restrict__ q, const 
             gemm_rs<T, SPLIT, 8, AFrags<T, 8>::N, false>(acc[0], P.f, sK, LDT, 0, 0, (16 * w + 16) / KS);  // + dP K
         }
         store_rows<T, 8>(acc[0], dq + row0 * dk, dk, 16 * w, nrow, k0, dk);
-        if (causal && decay && rq) {                               // row dots q.dq of this tile
-            const int gq = (threadIdx.x & 31) >> 2, tq = threadIdx.x & 3;
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int r = 16 * w + gq + 8 * h;
-                float d = 0.f;
-#pragma unroll
-                for (int nt = 0; nt < 8; ++nt)
-                    d += acc[0][nt][2 * h] * to_f32(sQ[r * LDT + 8 * nt + 2 * tq])
-                       + acc[0][nt][2 * h + 1] * to_f32(sQ[r * LDT + 8 * nt + 2 * tq + 1]);
-                d += __shfl_xor_sync(0xffffffffu, d, 1);
-                d += __shfl_xor_sync(0xffffffffu, d, 2);
-                if (tq == 0 && r < nrow) rq[((long long)kt * N + n) * T_ + cs + r] = d;
-            }
-        }
+        if (causal && decay && rq)                                 // row dots q.dq of this tile
+            row_dots<T>(acc[0], sQ, LDT, 16 * w, nrow, rq + ((long long)kt * N + n) * T_ + cs);
         if (causal && cs + C < t1) {                              // H (this dk tile) <- e^{b_last} H + K^T diag(u) V
             if (decay) {
                 __syncthreads();
                 scale_rows<T, DVP>(sV, LDV, tr->u, 1.f);
                 __syncthreads();
-                const float el = tr->e[C - 1];
-#pragma unroll
-                for (int j = 0; j < HNT; ++j) H[0][j][0] *= el, H[0][j][1] *= el, H[0][j][2] *= el, H[0][j][3] *= el;
+                scale_acc(H, tr->e[C - 1]);
             }
             gemm_ss<T, SPLIT, 1, HNT, true, false>(H, sK, LDT, sV, LDV, 16 * w, 0, 0, C);
         }
@@ -561,33 +566,14 @@ __global__ void __launch_bounds__(128) tc_bwd_dkdv(const T* __restrict__ q, cons
                 gemm_rs<T, SPLIT, 8, AFrags<T, 8>::N, false>(acc[0], P.f, sQ + kr0, LDK, 0, (16 * w) / KS, C / KS);
             }
             store_rows<T, 8>(acc[0], dkout + row0 * dk, dk, 16 * w, nrow, kr0, dk);
-            if (causal && decay && rk) {                           // row dots k.dk of this tile
-                const int gq = (threadIdx.x & 31) >> 2, tq = threadIdx.x & 3;
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const int r = 16 * w + gq + 8 * h;
-                    float d = 0.f;
-#pragma unroll
-                    for (int nt = 0; nt < 8; ++nt)
-                        d += acc[0][nt][2 * h] * to_f32(sK[r * LDK + kr0 + 8 * nt + 2 * tq])
-                           + acc[0][nt][2 * h + 1] * to_f32(sK[r * LDK + kr0 + 8 * nt + 2 * tq + 1]);
-                    d += __shfl_xor_sync(0xffffffffu, d, 1);
-                    d += __shfl_xor_sync(0xffffffffu, d, 2);
-                    if (tq == 0 && r < nrow) rk[((long long)tile * N + n) * T_ + cs + r] = d;
-                }
-            }
+            if (causal && decay && rk)                             // row dots k.dk of this tile
+                row_dots<T>(acc[0], sK + kr0, LDK, 16 * w, nrow, rk + ((long long)tile * N + n) * T_ + cs);
         }
         if (causal && (j > 0 || dSstart)) {                       // dS <- e^{b_last} dS + Q^T diag(scale e^b) dO
             __syncthreads();
             scale_rows<T, DVP>(sO, LDV, decay ? tr->e : nullptr, scale);
             __syncthreads();
-            if (decay) {
-                const float el = tr->e[C - 1];
-#pragma unroll
-                for (int i = 0; i < SMT; ++i)
-#pragma unroll
-                    for (int jj = 0; jj < SNT; ++jj) dS[i][jj][0] *= el, dS[i][jj][1] *= el, dS[i][jj][2] *= el, dS[i][jj][3] *= el;
-            }
+            if (decay) scale_acc(dS, tr->e[C - 1]);
             gemm_ss<T, SPLIT, SMT, SNT, true, false>(dS, sQ + kr0, LDK, sO + vc0, LDV, sm0, 0, 0, C);
         }
     }
@@ -629,5 +615,619 @@ __global__ void __launch_bounds__(1024) tc_dg(const float* __restrict__ rq, int 
     for (int t = hi - 1; t >= lo; --t) {
         acc += dG(t);
         dg[(long long)n * T_ + t] = (zero_first && t == a) ? 0.f : (float)acc;
+    }
+}
+
+// ================================================================================================ ZeroS in one pass
+// The tensor-core kernels of cupy:chunked_mma_fused (kernels/cupy/zeros.py; derivation, tiles and costs in
+// docs/kernels/zeros.md).  ZeroS is o_t = sum_{i in W(t)} r_ti (q_t.k_i) v_i with
+//   r_ti = alpha_t e^{s_i - m_t} + beta_t s'_i + gamma_t      (s' = s - c, m the running max; alpha, beta, gamma,
+// m per token and sigma, c per head come from the parallel scans of zeros.cu), so three states: F (relative to
+// the running max), G' = sum (s'/sigma) k v^T, H = sum k v^T.  Per chunk, with m_ref = m before the chunk (m at
+// its first token for the first chunk) and m_end = m at its last token (every exponent below is <= 0):
+//   o  = (r o Q K^T) V + diag(alpha e^{m_ref - m}) Q F + diag(beta sigma) Q G' + diag(gamma) Q H
+//   F <- e^{m_ref - m_end} F + K^T diag(e^{s - m_end}) V,   G' <- G' + K^T diag(s'/sigma) V,   H <- H + K^T V
+// Backward, dP = dO V^T, suffix states A = sum_{t after} alpha_t e^{m_end - m_t} q_t do_t^T, Bs = sum beta q do^T,
+// Cs = sum gamma q do^T (all t after the chunk; A relative to m_end):
+//   dq = (r o dP) K + diag(alpha e^{m_ref - m}) dO F^T + diag(beta sigma) dO G'^T + diag(gamma) dO H^T
+//   dv = (r o S)^T dO + diag(e^{s - m_end}) K A + diag(s') K Bs + K Cs
+//   dk = (r o dP)^T Q + diag(e^{s - m_end}) V A^T + diag(s') V Bs^T + V Cs^T
+//   ds (direct part) = sum_t S o dP o (alpha_t e^{s_i - m_t} + beta_t) + e^{s - m_end} rowdot(K A, V) + rowdot(K Bs, V)
+//   A <- e^{m_ref - m_end} A + Q^T diag(alpha e^{m_ref - m}) dO,   Bs <- Bs + Q^T diag(beta) dO,   Cs likewise
+// and the row dots a = do.oF, V = do.oG, Z = do.oH (dgates and the scalar part of ds, zeros.cu) come out of
+// the dq sweep: a_t = sum_i e^{s_i - m_t} S dP + e^{m_ref - m_t} q.(F do), V_t = sum_i s'_i S dP + sigma q.(G' do),
+// Z_t = sum_i S dP + q.(H do).
+// Every block (4 warps) holds its three states as fp32 mma accumulators in tiles of BW = 32 columns of the
+// wide side: "key-major" (tz_fwd, tz_bwd_dv): DKP rows x 32 columns (warp w: rows (DKP/4) w ..); "value-major"
+// (tz_bwd_dq, tz_bwd_dk): 32 rows x DVP columns (warp w: columns (DVP/4) w ..).  The state operands go to
+// shared memory in T each chunk (fp16: each state scaled by its own power of two, as tc::state_to_smem); the
+// update's per-token weights scale the narrow operand (a 32-column tile) in shared memory.
+// Inputs per token: s (T) and the float32 rows m, alpha, beta, gamma (N, T); per head sigma and c (N).
+// States in memory: (N, segments or 1, 3, dk, dv) float32 (F, G', H or A, Bs, Cs).
+namespace tz {
+using namespace tc;
+enum : int {
+    BW = 32,                       // columns of the wide side per block
+    LDW = BW + PAD,                // row stride of the 32-column tiles
+};
+
+// per-chunk scalars, after the tiles in shared memory
+struct Rows {
+    float m[C], al[C], be[C], ga[C];   // per row; rows past the data: alpha = beta = gamma = 0, m = m_end
+    float s[C], sc[C];                 // s and s' = s - c (0 past the data)
+    float w[3][C];                     // the state update's per-token operand weights (load_stats)
+    float red[32];                     // block reductions (states_to_smem)
+    float mref, mend;
+};
+
+// Blocks per SM each kernel is compiled for: 3 (<= 168 registers) where 16-bit tiles of head dim 64 let three
+// blocks share an SM's shared memory; else 2 (float32 tiles fill shared memory at one or two blocks).
+template <typename T, int D>
+__host__ __device__ constexpr int min_blocks() { return (D == 64 && !wbmma::Traits<T>::F32) ? 3 : 2; }
+
+// e^{a - b} for a <= b; exactly 1 when a == b (also both -inf)
+__device__ __forceinline__ float xp(float a, float b) { return a == b ? 1.f : __expf(a - b); }
+
+// Threads 0..C-1: row r of the chunk (rows from row0 = n T + cs, nrow of them).  KEYW: w = (e^{s - m_end},
+// s'/sigma, 1) (the key side of F, G', H); else w = (alpha e^{m_ref - m}, beta, gamma) (the query side of A, Bs, Cs).
+template <typename T, bool KEYW>
+__device__ __forceinline__ void load_stats(Rows* tr, const T* __restrict__ s, const float* __restrict__ m,
+        const float* __restrict__ al, const float* __restrict__ be, const float* __restrict__ ga, long long row0,
+        int cs, int nrow, float shift, float isig) {
+    const int r = threadIdx.x;
+    const float mend = m[row0 + nrow - 1], mref = cs > 0 ? m[row0 - 1] : m[row0];
+    if (r == 0) {
+        tr->mend = mend;
+        tr->mref = mref;
+    }
+    if (r < C) {
+        const bool ok = r < nrow;
+        const float sv = ok ? to_f32(s[row0 + r]) : 0.f, mr = ok ? m[row0 + r] : mend;
+        const float a = ok ? al[row0 + r] : 0.f, b = ok ? be[row0 + r] : 0.f, g = ok ? ga[row0 + r] : 0.f;
+        const float sc = ok ? sv - shift : 0.f;
+        tr->m[r] = mr;
+        tr->s[r] = sv;
+        tr->sc[r] = sc;
+        tr->al[r] = a;
+        tr->be[r] = b;
+        tr->ga[r] = g;
+        tr->w[0][r] = KEYW ? (ok ? xp(sv, mend) : 0.f) : a * xp(mref, mr);
+        tr->w[1][r] = KEYW ? sc * isig : b;
+        tr->w[2][r] = KEYW ? (ok ? 1.f : 0.f) : g;
+    }
+}
+
+// NCOPY tiles dst + j C ld (j < NCOPY) <- diag(w[j]) src (C rows, W columns, row stride ld)
+template <typename T, int W, int NCOPY>
+__device__ __forceinline__ void weighted_copies(T* dst, const T* src, int ld, const Rows* tr) {
+    for (int idx = threadIdx.x; idx < C * W; idx += THREADS) {
+        const int r = idx / W, c = idx % W;
+        const float x = to_f32(src[r * ld + c]);
+#pragma unroll
+        for (int j = 0; j < NCOPY; ++j) dst[j * C * ld + r * ld + c] = from_f32<T>(tr->w[j][r] * x);
+    }
+}
+
+// acc += f(row) x for the warp's 16 rows (tile rows m0..)
+template <int NT, typename F>
+__device__ __forceinline__ void add_rows(float (&acc)[NT][4], const float (&x)[NT][4], int m0, F f) {
+    const int g = (threadIdx.x & 31) >> 2;
+    const float f0 = f(m0 + g), f1 = f(m0 + g + 8);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        acc[nt][0] += f0 * x[nt][0];
+        acc[nt][1] += f0 * x[nt][1];
+        acc[nt][2] += f1 * x[nt][2];
+        acc[nt][3] += f1 * x[nt][3];
+    }
+}
+
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// d[h] = sum_c x[row][c] y[row][c] for rows m0 + g + 8h of the warp's 16 x 8NT tile x (y: a T tile in shared
+// memory, columns from 0); every thread of a row's quad gets the sum.
+template <typename T, int NT>
+__device__ __forceinline__ void row_dots(float (&d)[2], const float (&x)[NT][4], const T* y, int ld, int m0) {
+    const int L = threadIdx.x & 31, g = L >> 2, t = L & 3;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const T* yr = y + (m0 + g + 8 * h) * ld + 2 * t;
+        float p = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) p += x[nt][2 * h] * to_f32(yr[8 * nt]) + x[nt][2 * h + 1] * to_f32(yr[8 * nt + 1]);
+        d[h] = quad_sum(p);
+    }
+}
+
+// out[r] <- d for the warp's rows r = m0 + g + 8h < nrow (one thread per row)
+__device__ __forceinline__ void store_row_values(float* __restrict__ out, const float (&d)[2], int m0, int nrow) {
+    const int L = threadIdx.x & 31;
+    if ((L & 3) == 0)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+            if (m0 + (L >> 2) + 8 * h < nrow) out[m0 + (L >> 2) + 8 * h] = d[h];
+}
+
+// The intra-chunk tile S (the warp's 16 rows, 64 columns) -> r o S on the visible elements, 0 elsewhere.  LOWER:
+// rows are queries, columns keys, visible c <= r; else rows are keys, columns queries, visible c >= r.  Before an
+// element is weighed, f(nt, e, query, key, e^{s_key - m_query}) sees it (S[0][nt][e] still unweighed).
+template <bool LOWER, typename F>
+__device__ __forceinline__ void weigh(float (&S)[1][8][4], int m0, const Rows* tr, F f) {
+    const int L = threadIdx.x & 31, g = L >> 2, t = L & 3;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int r = m0 + g + 8 * (e >> 1), c = 8 * nt + 2 * t + (e & 1);
+            const int qr = LOWER ? r : c, kr = LOWER ? c : r;
+            const bool vis = LOWER ? c <= r : c >= r;
+            const float ex = xp(tr->s[kr], tr->m[qr]);
+            if (vis) f(nt, e, qr, kr, ex);
+            S[0][nt][e] = vis ? (tr->al[qr] * ex + tr->be[qr] * tr->sc[kr] + tr->ga[qr]) * S[0][nt][e] : 0.f;  // a select
+        }
+}
+
+// The three states (fp32 fragments: rows m0 + .., columns from 0 of dst) -> their operands in shared memory
+// (tile j at dst + j * stride) in T, each divided by sg[j]: 1, except for fp16, where sg[j] is the power of two
+// that keeps |X_j| / sg[j] <= 2^14 (as tc::state_to_smem, with one block reduction for the three).  Every
+// thread calls it; fp16 synchronises once, and red is next written after the caller's next barrier.
+template <typename T, int MT, int NT>
+__device__ __forceinline__ void states_to_smem(const float (&X)[3][MT][NT][4], T* dst, int stride, int lds, int m0,
+                                               float* red, float (&sg)[3]) {
+    float inv[3] = {1.f, 1.f, 1.f};
+    if constexpr (wbmma::Traits<T>::HALF) {
+        const int w = threadIdx.x >> 5;
+#pragma unroll
+        for (int j = 0; j < 3; ++j) {
+            float mx = 0.f;
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) mx = fmaxf(mx, fabsf(X[j][mt][nt][e]));
+            mx = warp_max(mx);
+            if ((threadIdx.x & 31) == 0) red[3 * w + j] = mx;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int j = 0; j < 3; ++j) {
+            const float mx = fmaxf(fmaxf(red[j], red[3 + j]), fmaxf(red[6 + j], red[9 + j]));
+            const int ex = (int)((__float_as_uint(mx) >> 23) & 0xff) - 127;   // mx in [2^ex, 2^(ex+1))
+            sg[j] = 1.f;
+            if (ex > 13 && ex < 128) {
+                sg[j] = __uint_as_float((unsigned)(127 + ex - 13) << 23);     // 2^(ex-13)
+                inv[j] = __uint_as_float((unsigned)(127 - ex + 13) << 23);
+            }
+        }
+    } else {
+        sg[0] = sg[1] = sg[2] = 1.f;
+    }
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+#pragma unroll
+    for (int j = 0; j < 3; ++j)
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    T* d = dst + j * stride + (m0 + 16 * mt + g + 8 * h) * lds + 8 * nt + 2 * t;
+                    if constexpr (wbmma::Traits<T>::F32) {
+                        d[0] = X[j][mt][nt][2 * h];
+                        d[1] = X[j][mt][nt][2 * h + 1];
+                    } else {
+                        *reinterpret_cast<unsigned*>(d) = pack2<T>(X[j][mt][nt][2 * h] * inv[j], X[j][mt][nt][2 * h + 1] * inv[j]);
+                    }
+                }
+}
+
+// The block's place: tile `tile` (columns col0.. of its wide side, of width `width`) of segment sg of head n;
+// the segment's tokens t0..t1, n T, dk dv, and the head's sigma, c and 1 / sigma.
+struct Place {
+    int n, sg, tile, col0, t0, t1;
+    long long nT, E;
+    float sig, shift, isig;
+};
+__device__ __forceinline__ Place place_of(int width, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1,
+        int T_, int dk, int dv, const float* __restrict__ head_sig, const float* __restrict__ head_shift) {
+    const int ntile = (width + BW - 1) / BW, tile = blockIdx.x % ntile, sg = blockIdx.x / ntile, n = blockIdx.y;
+    const float sig = head_sig[n];
+    return {n, sg, tile, tile * BW, seg_t0[sg], seg_t1[sg], (long long)n * T_, (long long)dk * dv, sig,
+            head_shift[n], 1.f / sig};
+}
+
+// the three states' fragments <-> their place in three consecutive (dk, dv) fp32 matrices (src nullptr: zeros)
+template <int MT, int NT>
+__device__ __forceinline__ void states_load(float (&X)[3][MT][NT][4], const float* __restrict__ src, int m0, int r0,
+                                            int c0, int dk, int dv) {
+#pragma unroll
+    for (int j = 0; j < 3; ++j) state_load(X[j], src ? src + j * (long long)dk * dv : nullptr, m0, r0, c0, dk, dv);
+}
+template <int MT, int NT>
+__device__ __forceinline__ void states_store(float (&X)[3][MT][NT][4], float* __restrict__ dst, int m0, int r0, int c0,
+                                             int dk, int dv) {
+#pragma unroll
+    for (int j = 0; j < 3; ++j) state_store(X[j], dst + j * (long long)dk * dv, m0, r0, c0, dk, dv);
+}
+
+// the state base of head n, segment sg (causal: per segment, nullptr stays nullptr; else one per head)
+__device__ __forceinline__ const float* state_at(const float* base, const Place& p, int NSEG, bool causal) {
+    if (!base) return nullptr;
+    return base + ((causal ? (long long)p.n * NSEG + p.sg : (long long)p.n) * 3) * p.E;
+}
+
+// The inter-chunk products of the warp's 16 rows m0..: acc += sum_j diag(f(j, row)) (A X_j), A from sA (row-major,
+// k-depth kdim), X_j the state operand at sX + j * stride (BNK: stored [n][k], the product is A X_j^T); g(j, x)
+// sees each product x first.
+template <typename T, int SPLIT, bool BNK, typename F, typename G>
+__device__ __forceinline__ void inter(float (&acc)[4][4], const T* sA, int lda, const T* sX, int stride, int ldx,
+                                      int m0, int kdim, F f, G g) {
+#pragma unroll
+    for (int j = 0; j < 3; ++j) {
+        float x[1][4][4];
+        zero(x);
+        wbmma::gemm_ss<T, SPLIT, 1, 4, false, BNK>(x, sA, lda, sX + j * stride, ldx, m0, 0, 0, kdim);
+        g(j, x[0]);
+        add_rows(acc, x[0], m0, [&](int r) { return f(j, r); });
+    }
+}
+
+// The chunk folded into the states: X_0 (F or A) rescaled by fd, then X_j += A_j^T B_j over the chunk's C tokens
+// (A_j = A + j aStep stored [token][state row], B_j = B + j bStep stored [token][state column]).
+template <typename T, int SPLIT, int MT, int NT>
+__device__ __forceinline__ void fold(float (&X)[3][MT][NT][4], float fd, const T* A, int aStep, int lda, const T* B,
+                                     int bStep, int ldb, int m0, int n0) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int jj = 0; jj < NT; ++jj)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) X[0][i][jj][e] *= fd;
+#pragma unroll
+    for (int j = 0; j < 3; ++j)
+        wbmma::gemm_ss<T, SPLIT, MT, NT, true, false>(X[j], A + j * aStep, lda, B + j * bStep, ldb, m0, n0, 0, C);
+}
+}  // namespace tz
+
+// ------------------------------------------------------------------------------------------------ ZeroS forward
+// grid (NSEG * ceil(dv / 32), N); dynamic smem: Q, K [C][DKP+8], e^{s - m_end} V, (s'/sigma) V, V [C][40] (this
+// block's 32 columns of v), the state operands F, G', H [DKP][40] of T + tz::Rows.
+// o != nullptr: o for this column tile.  Causal: the states start at Hin[n][seg] (nullptr: zeros) and walk the
+//   segment; not causal: Hin[n] holds the head's totals (F relative to its max), nothing is carried.
+// o == nullptr: Eseg[n][seg] <- the segment's own state sum (F relative to m at its last token); q is not read.
+template <typename T, int DKP, int SPLIT>
+__global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_fwd(const T* __restrict__ q,
+        const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ s, const float* __restrict__ m,
+        const float* __restrict__ al, const float* __restrict__ be, const float* __restrict__ ga,
+        const float* __restrict__ head_sig, const float* __restrict__ head_shift, T* __restrict__ o,
+        const float* __restrict__ Hin, float* __restrict__ Eseg, const int* __restrict__ seg_t0,
+        const int* __restrict__ seg_t1, int T_, int dk, int dv, int NSEG, int causal) {
+    using namespace tz;
+    using namespace wbmma;
+    constexpr int LDK = DKP + PAD, KS = Traits<T>::KS, HMT = DKP / 64;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* sQ = reinterpret_cast<T*>(smem_raw);
+    T* sK = sQ + C * LDK;
+    T* sW = sK + C * LDK;                                          // the two weighted copies of v, then v
+    T* sV = sW + 2 * C * LDW;
+    T* sX = sV + C * LDW;
+    Rows* tr = reinterpret_cast<Rows*>(sX + 3 * DKP * LDW);
+    const Place p = place_of(dv, seg_t0, seg_t1, T_, dk, dv, head_sig, head_shift);
+    const bool outp = o != nullptr, walk = !outp || causal;
+    const int w = threadIdx.x >> 5, hm0 = (DKP / 4) * w;
+    float X[3][HMT][4][4], sg3[3] = {1.f, 1.f, 1.f};
+    states_load(X, outp ? state_at(Hin, p, NSEG, causal) : nullptr, hm0, 0, p.col0, dk, dv);
+    for (int cs = p.t0; cs < p.t1; cs += C) {
+        const int nrow = min(C, p.t1 - cs);
+        const long long row0 = p.nT + cs;
+        const bool upd = walk && (!outp || cs + C < p.t1);
+        __syncthreads();                                           // the previous chunk is done with smem
+        if (outp) load_tile<T, DKP>(sQ, LDK, q + row0 * dk, dk, nrow, 0, dk);
+        if (walk) {
+            load_tile<T, DKP>(sK, LDK, k + row0 * dk, dk, nrow, 0, dk);
+            load_tile<T, BW>(sV, LDW, v + row0 * dv, dv, nrow, p.col0, dv);
+        }
+        load_stats<T, true>(tr, s, m, al, be, ga, row0, cs, nrow, p.shift, p.isig);
+        if (outp && (causal || cs == p.t0)) states_to_smem<T, HMT, 4>(X, sX, DKP * LDW, LDW, hm0, tr->red, sg3);
+        cp_async_wait();
+        __syncthreads();
+        if (upd) weighted_copies<T, BW, 2>(sW, sV, LDW, tr);
+        if (outp) {
+            float acc[1][4][4];
+            zero(acc);
+            if (causal) {                                          // (r o Q K^T) V
+                float S[1][8][4];
+                zero(S);
+                gemm_ss<T, SPLIT, 1, 8, false, true>(S, sQ, LDK, sK, LDK, 16 * w, 0, 0, DKP, 0, w + 1);
+                weigh<true>(S, 16 * w, tr, [](int, int, int, int, float) {});
+                AFrags<T, 8> P;
+                c_to_a<T, 8>(P, S[0]);
+                gemm_rs<T, SPLIT, 4, AFrags<T, 8>::N, false>(acc[0], P.f, sV, LDW, 0, 0, (16 * w + 16) / KS);
+            }
+            inter<T, SPLIT, false>(acc[0], sQ, LDK, sX, DKP * LDW, LDW, 16 * w, DKP,     // + Q F, Q G', Q H row-scaled
+                [&](int j, int r) {
+                    return sg3[j] * (j == 0 ? tr->al[r] * xp(tr->mref, tr->m[r]) : j == 1 ? tr->be[r] * p.sig : tr->ga[r]);
+                }, [](int, const float (&)[4][4]) {});
+            store_rows<T, 4>(acc[0], o + row0 * dv, dv, 16 * w, nrow, p.col0, dv);
+        }
+        if (upd) {                                                 // F, G', H <- the chunk's keys and values
+            __syncthreads();                                       // the weighted copies are complete
+            fold<T, SPLIT>(X, xp(tr->mref, tr->mend), sK, 0, LDK, sW, C * LDW, LDW, hm0, 0);
+        }
+    }
+    if (!outp) states_store(X, Eseg + ((long long)p.n * NSEG + p.sg) * 3 * p.E, hm0, 0, p.col0, dk, dv);
+}
+
+// grid (ceil(3 dk dv / 256), N), block 256: chain the segment states of each head, one element of (3, dk, dv)
+// per thread; the F (or A) part, e < dk dv, is rescaled across segment s by e^{m_end(s-1) - m_end(s)}
+// (m_end(s) = m at the last token of segment s, m_end(s-1) = m before it).
+//   forward: Hout[s] = the states before segment s (zeros before the first), from the segment sums Eseg;
+//   REV:     Hout[s] = the suffix states after segment s (zeros after the last), from the segments' suffix sums.
+// Hout may be nullptr; fin (optional) <- the chain over every segment (not causal: the totals; m is constant).
+template <bool REV>
+__global__ void __launch_bounds__(256) tz_seg_scan(const float* __restrict__ Eseg, const float* __restrict__ m,
+        const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, int T_, int NSEG, long long E,
+        float* __restrict__ Hout, float* __restrict__ fin) {
+    const long long e = (long long)blockIdx.x * 256 + threadIdx.x, E3 = 3 * E;
+    const int n = blockIdx.y;
+    if (e >= E3) return;
+    const float* mn = m + (long long)n * T_;
+    float h = 0.f;
+    for (int j = 0; j < NSEG; ++j) {
+        const int sg = REV ? NSEG - 1 - j : j;
+        const long long at = ((long long)n * NSEG + sg) * E3 + e;
+        if (Hout) Hout[at] = h;
+        const int a = seg_t0[sg];
+        const float f = (e < E && a > 0) ? tz::xp(mn[a - 1], mn[seg_t1[sg] - 1]) : 1.f;
+        h = f * h + Eseg[at];
+    }
+    if (fin) fin[(long long)n * E3 + e] = h;
+}
+
+// ------------------------------------------------------------------------------------------------ ZeroS backward: dq
+// grid (NSEG * ceil(dk / 32), N); smem: dO, V [C][DVP+8], Q, e^{s - m_end} K, (s'/sigma) K, K [C][40] (this block's
+// 32 columns of dk), the state operands F, G', H [32][DVP+8] (this block's 32 rows) of T + tz::Rows.
+// The states walk forwards from Hin[n][seg] (causal; nullptr: zeros) or are Hin[n]'s totals (not causal).
+// dq: this block's 32 columns.  rd (3, ntk, N, T): this tile's part of the row dots a, V, Z (the tiles add up:
+// the intra part is linear in S = the sum of the tiles' Q K^T, the inter part is a dot with q).
+template <typename T, int DVP, int SPLIT>
+__global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dq(const T* __restrict__ q,
+        const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ s, const float* __restrict__ m,
+        const float* __restrict__ al, const float* __restrict__ be, const float* __restrict__ ga,
+        const float* __restrict__ head_sig, const float* __restrict__ head_shift, const T* __restrict__ dout,
+        T* __restrict__ dq, float* __restrict__ rd, const float* __restrict__ Hin, const int* __restrict__ seg_t0,
+        const int* __restrict__ seg_t1, int T_, int dk, int dv, int NSEG, int causal) {
+    using namespace tz;
+    using namespace wbmma;
+    constexpr int LDV = DVP + PAD, KS = Traits<T>::KS, NTW = DVP / 32;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* sO = reinterpret_cast<T*>(smem_raw);
+    T* sV = sO + C * LDV;
+    T* sQ = sV + C * LDV;
+    T* sW = sQ + C * LDW;                                          // the two weighted copies of k, then k
+    T* sK = sW + 2 * C * LDW;
+    T* sX = sK + C * LDW;
+    Rows* tr = reinterpret_cast<Rows*>(sX + 3 * BW * LDV);
+    const Place p = place_of(dk, seg_t0, seg_t1, T_, dk, dv, head_sig, head_shift);
+    const int ntk = (dk + BW - 1) / BW, N = gridDim.y, w = threadIdx.x >> 5, hn0 = (DVP / 4) * w;
+    float X[3][2][NTW][4], sg3[3] = {1.f, 1.f, 1.f};
+    states_load(X, state_at(Hin, p, NSEG, causal), 0, p.col0, hn0, dk, dv);
+    for (int cs = p.t0; cs < p.t1; cs += C) {
+        const int nrow = min(C, p.t1 - cs);
+        const long long row0 = p.nT + cs;
+        const bool upd = causal && cs + C < p.t1;
+        __syncthreads();
+        load_tile<T, DVP>(sO, LDV, dout + row0 * dv, dv, nrow, 0, dv);
+        load_tile<T, BW>(sQ, LDW, q + row0 * dk, dk, nrow, p.col0, dk);
+        if (causal) {
+            load_tile<T, DVP>(sV, LDV, v + row0 * dv, dv, nrow, 0, dv);
+            load_tile<T, BW>(sK, LDW, k + row0 * dk, dk, nrow, p.col0, dk);
+        }
+        load_stats<T, true>(tr, s, m, al, be, ga, row0, cs, nrow, p.shift, p.isig);
+        if (causal || cs == p.t0) states_to_smem<T, 2, NTW>(X, sX + hn0, BW * LDV, LDV, 0, tr->red, sg3);
+        cp_async_wait();
+        __syncthreads();
+        if (upd) weighted_copies<T, BW, 2>(sW, sK, LDW, tr);
+        float acc[1][4][4], dots[3][2] = {{0.f, 0.f}, {0.f, 0.f}, {0.f, 0.f}};
+        zero(acc);
+        if (causal) {                                              // (r o dP) K; the intra row dots
+            float S[1][8][4], D[1][8][4];
+            zero(S);
+            zero(D);
+            gemm_ss<T, SPLIT, 1, 8, false, true>(D, sO, LDV, sV, LDV, 16 * w, 0, 0, DVP, 0, w + 1);   // dO V^T
+            gemm_ss<T, SPLIT, 1, 8, false, true>(S, sQ, LDW, sK, LDW, 16 * w, 0, 0, BW, 0, w + 1);    // this tile's Q K^T
+            float ia[2] = {0.f, 0.f}, iv[2] = {0.f, 0.f}, iz[2] = {0.f, 0.f};
+            weigh<true>(D, 16 * w, tr, [&](int nt, int e, int, int kr, float ex) {
+                const float pr = S[0][nt][e] * D[0][nt][e];
+                ia[e >> 1] += ex * pr;
+                iv[e >> 1] += tr->sc[kr] * pr;
+                iz[e >> 1] += pr;
+            });
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                dots[0][h] = quad_sum(ia[h]);
+                dots[1][h] = quad_sum(iv[h]);
+                dots[2][h] = quad_sum(iz[h]);
+            }
+            AFrags<T, 8> P;
+            c_to_a<T, 8>(P, D[0]);
+            gemm_rs<T, SPLIT, 4, AFrags<T, 8>::N, false>(acc[0], P.f, sK, LDW, 0, 0, (16 * w + 16) / KS);
+        }
+        auto rowf = [&](int j, int r) { return sg3[j] * (j == 0 ? xp(tr->mref, tr->m[r]) : j == 1 ? p.sig : 1.f); };
+        inter<T, SPLIT, true>(acc[0], sO, LDV, sX, BW * LDV, LDV, 16 * w, DVP,          // + dO F^T, dO G'^T, dO H^T
+            [&](int j, int r) { return rowf(j, r) * (j == 0 ? tr->al[r] : j == 1 ? tr->be[r] : tr->ga[r]); },
+            [&](int j, const float (&x)[4][4]) {                   // the inter row dots: q . (X do)
+                float d[2];
+                row_dots<T, 4>(d, x, sQ, LDW, 16 * w);
+                const int g = (threadIdx.x & 31) >> 2;
+                dots[j][0] += rowf(j, 16 * w + g) * d[0];
+                dots[j][1] += rowf(j, 16 * w + g + 8) * d[1];
+            });
+        store_rows<T, 4>(acc[0], dq + row0 * dk, dk, 16 * w, nrow, p.col0, dk);
+#pragma unroll
+        for (int j = 0; j < 3; ++j)
+            store_row_values(rd + ((long long)(j * ntk + p.tile) * N + p.n) * T_ + cs, dots[j], 16 * w, nrow);
+        if (upd) {
+            __syncthreads();
+            fold<T, SPLIT>(X, xp(tr->mref, tr->mend), sW, C * LDW, LDW, sV, 0, LDV, 0, hn0);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ ZeroS backward: dv, ds
+// grid (NSEG * ceil(dv / 32), N), walking each segment backwards; smem: Q, K [C][DKP+8], alpha e^{m_ref - m} dO,
+// beta dO, gamma dO, dO, V [C][40] (this block's 32 columns of dv and do), the state operands A, Bs, Cs [DKP][40]
+// of T + tz::Rows.
+// dvout != nullptr: dv for this tile and dsp[vt][n][t] = this tile's part of the direct ds (dP and the rowdots
+//   with v are sums over the dv tiles).  Causal: the states start at Sin[n][seg] (the suffix states after the
+//   segment, A relative to m at its last token; nullptr: zeros); not causal: Sin[n] holds the totals.
+// dvout == nullptr: Rseg[n][seg] <- the segment's own suffix sum (A relative to m before the segment).
+template <typename T, int DKP, int SPLIT>
+__global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_bwd_dv(const T* __restrict__ q,
+        const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ s, const float* __restrict__ m,
+        const float* __restrict__ al, const float* __restrict__ be, const float* __restrict__ ga,
+        const float* __restrict__ head_sig, const float* __restrict__ head_shift, const T* __restrict__ dout,
+        T* __restrict__ dvout, float* __restrict__ dsp, const float* __restrict__ Sin, float* __restrict__ Rseg,
+        const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, int T_, int dk, int dv, int NSEG, int causal) {
+    using namespace tz;
+    using namespace wbmma;
+    constexpr int LDK = DKP + PAD, KS = Traits<T>::KS, HMT = DKP / 64;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* sQ = reinterpret_cast<T*>(smem_raw);
+    T* sK = sQ + C * LDK;
+    T* sW = sK + C * LDK;                                          // the three weighted copies of do, then do
+    T* sO = sW + 3 * C * LDW;
+    T* sVt = sO + C * LDW;
+    T* sX = sVt + C * LDW;
+    Rows* tr = reinterpret_cast<Rows*>(sX + 3 * DKP * LDW);
+    const Place p = place_of(dv, seg_t0, seg_t1, T_, dk, dv, head_sig, head_shift);
+    const bool outp = dvout != nullptr, walk = !outp || causal;
+    const int N = gridDim.y, w = threadIdx.x >> 5, hm0 = (DKP / 4) * w;
+    float X[3][HMT][4][4], sg3[3] = {1.f, 1.f, 1.f};
+    states_load(X, outp ? state_at(Sin, p, NSEG, causal) : nullptr, hm0, 0, p.col0, dk, dv);
+    const int nch = (p.t1 - p.t0 + C - 1) / C;
+    for (int jc = nch - 1; jc >= 0; --jc) {
+        const int cs = p.t0 + C * jc, nrow = min(C, p.t1 - cs);
+        const long long row0 = p.nT + cs;
+        const bool upd = walk && (!outp || jc > 0);
+        __syncthreads();
+        if (walk) {
+            load_tile<T, DKP>(sQ, LDK, q + row0 * dk, dk, nrow, 0, dk);
+            load_tile<T, BW>(sO, LDW, dout + row0 * dv, dv, nrow, p.col0, dv);
+        }
+        if (outp) {
+            load_tile<T, DKP>(sK, LDK, k + row0 * dk, dk, nrow, 0, dk);
+            load_tile<T, BW>(sVt, LDW, v + row0 * dv, dv, nrow, p.col0, dv);
+        }
+        load_stats<T, false>(tr, s, m, al, be, ga, row0, cs, nrow, p.shift, p.isig);
+        if (outp && (causal || jc == nch - 1)) states_to_smem<T, HMT, 4>(X, sX, DKP * LDW, LDW, hm0, tr->red, sg3);
+        cp_async_wait();
+        __syncthreads();
+        if (upd) weighted_copies<T, BW, 3>(sW, sO, LDW, tr);
+        if (outp) {
+            float acc[1][4][4], ds[2] = {0.f, 0.f};
+            zero(acc);
+            if (causal) {                                          // (r o S)^T dO; the intra part of ds
+                float S[1][8][4], D[1][8][4];
+                zero(S);
+                zero(D);
+                gemm_ss<T, SPLIT, 1, 8, false, true>(S, sK, LDK, sQ, LDK, 16 * w, 0, 0, DKP, w, 4);     // K Q^T
+                gemm_ss<T, SPLIT, 1, 8, false, true>(D, sVt, LDW, sO, LDW, 16 * w, 0, 0, BW, w, 4);     // this tile's V dO^T
+                float id[2] = {0.f, 0.f};
+                weigh<false>(S, 16 * w, tr, [&](int nt, int e, int qr, int, float ex) {
+                    id[e >> 1] += S[0][nt][e] * D[0][nt][e] * (tr->al[qr] * ex + tr->be[qr]);
+                });
+                ds[0] += quad_sum(id[0]);
+                ds[1] += quad_sum(id[1]);
+                AFrags<T, 8> P;
+                c_to_a<T, 8>(P, S[0]);
+                gemm_rs<T, SPLIT, 4, AFrags<T, 8>::N, false>(acc[0], P.f, sO, LDW, 0, (16 * w) / KS, C / KS);
+            }
+            auto keyf = [&](int j, int r) { return sg3[j] * (j == 0 ? xp(tr->s[r], tr->mend) : 1.f); };
+            inter<T, SPLIT, false>(acc[0], sK, LDK, sX, DKP * LDW, LDW, 16 * w, DKP,      // + K A, K Bs, K Cs
+                [&](int j, int r) { return keyf(j, r) * (j == 1 ? tr->sc[r] : 1.f); },
+                [&](int j, const float (&x)[4][4]) {               // ds: e^{s - m_end} v.(K A) + v.(K Bs)
+                    if (j == 2) return;
+                    float d[2];
+                    row_dots<T, 4>(d, x, sVt, LDW, 16 * w);
+                    const int g = (threadIdx.x & 31) >> 2;
+                    ds[0] += keyf(j, 16 * w + g) * d[0];
+                    ds[1] += keyf(j, 16 * w + g + 8) * d[1];
+                });
+            store_rows<T, 4>(acc[0], dvout + row0 * dv, dv, 16 * w, nrow, p.col0, dv);
+            store_row_values(dsp + ((long long)p.tile * N + p.n) * T_ + cs, ds, 16 * w, nrow);
+        }
+        if (upd) {                                                 // fold this chunk's queries into A, Bs, Cs
+            __syncthreads();
+            fold<T, SPLIT>(X, xp(tr->mref, tr->mend), sQ, 0, LDK, sW, C * LDW, LDW, hm0, 0);
+        }
+    }
+    if (!outp) states_store(X, Rseg + ((long long)p.n * NSEG + p.sg) * 3 * p.E, hm0, 0, p.col0, dk, dv);
+}
+
+// ------------------------------------------------------------------------------------------------ ZeroS backward: dk
+// grid (NSEG * ceil(dk / 32), N), walking each segment backwards; smem: V, dO [C][DVP+8], alpha e^{m_ref - m} Q,
+// beta Q, gamma Q, Q [C][40] (this block's 32 columns of dk), the state operands A, Bs, Cs [32][DVP+8] (this
+// block's rows) of T + tz::Rows.  The states as in tz_bwd_dv (Sin[n][seg] causal, nullptr: zeros; totals Sin[n]).
+template <typename T, int DVP, int SPLIT>
+__global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dk(const T* __restrict__ q,
+        const T* __restrict__ v, const T* __restrict__ s, const float* __restrict__ m, const float* __restrict__ al,
+        const float* __restrict__ be, const float* __restrict__ ga, const float* __restrict__ head_sig,
+        const float* __restrict__ head_shift, const T* __restrict__ dout, T* __restrict__ dkout,
+        const float* __restrict__ Sin, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, int T_, int dk,
+        int dv, int NSEG, int causal) {
+    using namespace tz;
+    using namespace wbmma;
+    constexpr int LDV = DVP + PAD, KS = Traits<T>::KS, NTW = DVP / 32;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* sV = reinterpret_cast<T*>(smem_raw);
+    T* sO = sV + C * LDV;
+    T* sW = sO + C * LDV;                                          // the three weighted copies of q, then q
+    T* sQ = sW + 3 * C * LDW;
+    T* sX = sQ + C * LDW;
+    Rows* tr = reinterpret_cast<Rows*>(sX + 3 * BW * LDV);
+    const Place p = place_of(dk, seg_t0, seg_t1, T_, dk, dv, head_sig, head_shift);
+    const int w = threadIdx.x >> 5, hn0 = (DVP / 4) * w;
+    float X[3][2][NTW][4], sg3[3] = {1.f, 1.f, 1.f};
+    states_load(X, state_at(Sin, p, NSEG, causal), 0, p.col0, hn0, dk, dv);
+    const int nch = (p.t1 - p.t0 + C - 1) / C;
+    for (int jc = nch - 1; jc >= 0; --jc) {
+        const int cs = p.t0 + C * jc, nrow = min(C, p.t1 - cs);
+        const long long row0 = p.nT + cs;
+        const bool upd = causal && jc > 0;
+        __syncthreads();
+        load_tile<T, DVP>(sV, LDV, v + row0 * dv, dv, nrow, 0, dv);
+        if (causal) {
+            load_tile<T, DVP>(sO, LDV, dout + row0 * dv, dv, nrow, 0, dv);
+            load_tile<T, BW>(sQ, LDW, q + row0 * dk, dk, nrow, p.col0, dk);
+        }
+        load_stats<T, false>(tr, s, m, al, be, ga, row0, cs, nrow, p.shift, p.isig);
+        if (causal || jc == nch - 1) states_to_smem<T, 2, NTW>(X, sX + hn0, BW * LDV, LDV, 0, tr->red, sg3);
+        cp_async_wait();
+        __syncthreads();
+        if (upd) weighted_copies<T, BW, 3>(sW, sQ, LDW, tr);
+        float acc[1][4][4];
+        zero(acc);
+        if (causal) {                                              // (r o dP)^T Q
+            float D[1][8][4];
+            zero(D);
+            gemm_ss<T, SPLIT, 1, 8, false, true>(D, sV, LDV, sO, LDV, 16 * w, 0, 0, DVP, w, 4);        // V dO^T
+            weigh<false>(D, 16 * w, tr, [](int, int, int, int, float) {});
+            AFrags<T, 8> P;
+            c_to_a<T, 8>(P, D[0]);
+            gemm_rs<T, SPLIT, 4, AFrags<T, 8>::N, false>(acc[0], P.f, sQ, LDW, 0, (16 * w) / KS, C / KS);
+        }
+        inter<T, SPLIT, true>(acc[0], sV, LDV, sX, BW * LDV, LDV, 16 * w, DVP,          // + V A^T, V Bs^T, V Cs^T
+            [&](int j, int r) { return sg3[j] * (j == 0 ? xp(tr->s[r], tr->mend) : j == 1 ? tr->sc[r] : 1.f); },
+            [](int, const float (&)[4][4]) {});
+        store_rows<T, 4>(acc[0], dkout + row0 * dk, dk, 16 * w, nrow, p.col0, dk);
+        if (upd) {
+            __syncthreads();
+            fold<T, SPLIT>(X, xp(tr->mref, tr->mend), sW, C * LDW, LDW, sO, 0, LDV, 0, hn0);
+        }
     }
 }

@@ -7,6 +7,9 @@
 //     the tensor-core variant cupy:chunked_mma (kernels/cuda/chunked_mma.cu is its core).  No loop over T
 //     anywhere: chunk partials, a scan over the chunks, a per-token fix-up.  The derivation is in the header
 //     of that section and in docs/kernels/zeros.md.
+//   * zeros_fused_bscalar / zeros_fused_bds (last): the scalar backward of cupy:chunked_mma_fused, whose
+//     tensor-core kernels (tz_*) are at the end of chunked_mma.cu; the forward scans above serve it too
+//     (zeros_ftoken without stream values).
 //
 // ------------------------------------------------------------------------------------------ CUDA-core rung
 // With m_t the running max of s (the global max when not causal), E_t = sum_{j in W(t)} e^{s_j - m_t},
@@ -379,7 +382,7 @@ __global__ void __launch_bounds__(256) zeros_fscan(const float* __restrict__ cM,
 }
 
 // grid (NC, N), block 128: chunk blockIdx.x.  Warp 0: the per-token statistics; then warp w forms the
-// values of rows 16w..16w+15.  vH may be nullptr (H's values are v itself).
+// values of rows 16w..16w+15.  vH may be nullptr (H's values are v itself); vF nullptr: statistics only.
 template <typename TI, bool CAUSAL>
 __global__ void __launch_bounds__(128) zeros_ftoken(const TI* __restrict__ s, const TI* __restrict__ gates,
         const TI* __restrict__ v, int ng, int T, int Dv, int NC, const float* __restrict__ xM,
@@ -442,6 +445,7 @@ __global__ void __launch_bounds__(128) zeros_ftoken(const TI* __restrict__ s, co
             ss[2 * lane + h] = (sv[h] - shift) * isg;
         }
     }
+    if (!vF) return;                                               // statistics only (uniform over the block)
     __syncthreads();
     warp_rows(b, T, [&](int r, long long row) {
         const float ur = su[r], sr = ss[r];
@@ -482,6 +486,91 @@ __global__ void __launch_bounds__(128) zeros_combine(const float* __restrict__ s
 }
 
 // ---------------------------------------------------------------------------------------- backward scans
+namespace zs {
+// The per-token part of the backward scalars from the true row dots a = do.oF, V = do.oG, Z = do.oH of token t
+// (row = n T + t): x = alpha U (U = a / E) and y = beta Z / n into xy (and returned), and dgates.
+template <typename TI, bool CAUSAL>
+__device__ __forceinline__ void token_scalars(float a, float V, float Z, int t, long long row, int T, long long NT,
+        const float* __restrict__ st, const TI* __restrict__ gates, int ng, float* __restrict__ xy,
+        TI* __restrict__ dgates, float& x, float& y) {
+    const float nt = CAUSAL ? (float)(t + 1) : (float)T, P = st[ST_P * NT + row];
+    const float U = a / st[ST_E * NT + row];
+    x = st[ST_ALPHA * NT + row] * U;
+    y = st[ST_BETA * NT + row] * Z / nt;
+    xy[row] = x;
+    xy[NT + row] = y;
+    const float dsig1 = V / nt - P * Z / (nt * nt), dsigh = U - dsig1 - Z / nt;
+    TI* dg = dgates + row * ng;
+    const TI* gr = gates + row * ng;
+    dg[0] = from_f32<TI>(dsig1 * dsigmoid(to_f32(gr[0])));
+    dg[1] = from_f32<TI>(dsigh * dsigmoid(to_f32(gr[1])));
+    if (ng == 3) dg[2] = from_f32<TI>(Z / nt * dtanh_exp(to_f32(gr[2])));
+}
+
+// Warp 0 of a per-chunk block: the chunk's partial of the reverse scan from its tokens' x (sx) and y (sy):
+// cR = sum x_t e^{m_first - m_t} (relative to m at the chunk's first token), cQ = sum y_t.
+__device__ __forceinline__ void chunk_partial(const Block& b, int T, int NC, const float* __restrict__ st,
+        const float* sx, const float* sy, float* __restrict__ cR, double* __restrict__ cQ) {
+    const long long NT = b.NT, base = b.base;
+    const int cs = b.cs, lane = b.lane;
+    const float mu = st[ST_M * NT + base + cs];
+    float R = 0.f;
+    double Q = 0.0;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int r = 2 * lane + h;
+        if (cs + r < T) {
+            R += rescale(sx[r], mu, st[ST_M * NT + base + cs + r]);
+            Q += sy[r];
+        }
+    }
+    R = warp_sum(R);
+    Q = warp_sum_d(Q);
+    if (lane == 0) {
+        cR[(long long)b.n * NC + b.c] = R;
+        cQ[(long long)b.n * NC + b.c] = Q;
+    }
+}
+
+// Warp 0 of a per-chunk block: the scalar part of ds for the chunk's tokens, sds[r] = -u R - Q, with R_j, Q_j
+// by a reverse shuffle scan seeded by the carry yR, yQ of zeros_bscan (not causal: the totals).
+template <bool CAUSAL>
+__device__ __forceinline__ void scalar_ds(const Block& b, int T, int NC, const float* __restrict__ st,
+        const float* __restrict__ xy, const float* __restrict__ yR, const double* __restrict__ yQ, float* sds) {
+    const int c = b.c, cs = b.cs, lane = b.lane;
+    const long long base = b.base, NT = b.NT, at = (long long)b.n * NC + c;
+    float Rt[2] = {yR[at], yR[at]};
+    double Qt[2] = {yQ[at], yQ[at]};
+    if (CAUSAL) {
+        Bwd e[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const long long row = base + cs + 2 * lane + h;
+            e[h] = cs + 2 * lane + h < T ? Bwd{st[ST_M * NT + row], xy[row], (double)xy[NT + row]} : bwd_empty();
+        }
+        Bwd inc = e[0] + e[1];
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const Bwd y = shfl_down(inc, o);
+            if (lane + o < 32) inc = inc + y;
+        }
+        const Bwd ex = shfl_down(inc, 1);
+        const Bwd carry{c + 1 < NC ? st[ST_M * NT + base + cs + C] : 0.f, yR[at], yQ[at]};
+        const Bwd after = lane < 31 ? ex + carry : carry;
+        const Bwd r1 = e[1] + after, r0 = e[0] + r1;
+        Rt[0] = r0.R;
+        Rt[1] = r1.R;
+        Qt[0] = r0.Q;
+        Qt[1] = r1.Q;
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int t = cs + 2 * lane + h;
+        if (t < T) sds[2 * lane + h] = -st[ST_U * NT + base + t] * Rt[h] - (float)Qt[h];
+    }
+}
+}  // namespace zs
+
 // grid (NC, N), block 128: warp w handles rows 16w..16w+15 of chunk blockIdx.x (row dots, dO of the three
 // streams, dgates, x and y), then warp 0 writes the chunk partials cR (relative to m at the chunk's first
 // token) and cQ.  xy: (2, N, T) float32, x then y.
@@ -494,11 +583,10 @@ __global__ void __launch_bounds__(128) zeros_bchunk(const TI* __restrict__ dout,
     using namespace zs;
     __shared__ float sx[C], sy[C];
     const Block b = block_of(T);
-    const int c = b.c, n = b.n, cs = b.cs, lane = b.lane;
-    const long long base = b.base, NT = b.NT;
-    const float sg = head[HEAD_SIGMA * gridDim.y + n];
+    const int cs = b.cs, lane = b.lane;
+    const long long NT = b.NT;
+    const float sg = head[HEAD_SIGMA * gridDim.y + b.n];
     warp_rows(b, T, [&](int r, long long row) {
-        const int t = cs + r;
         float d[CPL], pa = 0.f, pv = 0.f, pz = 0.f;
 #pragma unroll
         for (int i = 0; i < CPL; ++i) {
@@ -522,41 +610,10 @@ __global__ void __launch_bounds__(128) zeros_bchunk(const TI* __restrict__ dout,
             dOG[row * ldDG + col] = from_f32<TI>(cG * d[i]);
             dOH[row * ldDH + col] = from_f32<TI>(cH * d[i]);
         }
-        if (lane == 0) {
-            const float nt = CAUSAL ? (float)(t + 1) : (float)T, P = st[ST_P * NT + row];
-            const float U = a / st[ST_E * NT + row], x = alpha * U, y = beta * Z / nt;
-            sx[r] = x;
-            sy[r] = y;
-            xy[row] = x;
-            xy[NT + row] = y;
-            const float dsig1 = V / nt - P * Z / (nt * nt), dsigh = U - dsig1 - Z / nt;
-            TI* dg = dgates + row * ng;
-            const TI* gr = gates + row * ng;
-            dg[0] = from_f32<TI>(dsig1 * dsigmoid(to_f32(gr[0])));
-            dg[1] = from_f32<TI>(dsigh * dsigmoid(to_f32(gr[1])));
-            if (ng == 3) dg[2] = from_f32<TI>(Z / nt * dtanh_exp(to_f32(gr[2])));
-        }
+        if (lane == 0) token_scalars<TI, CAUSAL>(a, V, Z, cs + r, row, T, NT, st, gates, ng, xy, dgates, sx[r], sy[r]);
     });
     __syncthreads();
-    if (b.w == 0) {
-        const float mu = st[ST_M * NT + base + cs];
-        float R = 0.f;
-        double Q = 0.0;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int r = 2 * lane + h;
-            if (cs + r < T) {
-                R += rescale(sx[r], mu, st[ST_M * NT + base + cs + r]);
-                Q += sy[r];
-            }
-        }
-        R = warp_sum(R);
-        Q = warp_sum_d(Q);
-        if (lane == 0) {
-            cR[(long long)n * NC + c] = R;
-            cQ[(long long)n * NC + c] = Q;
-        }
-    }
+    if (b.w == 0) chunk_partial(b, T, NC, st, sx, sy, cR, cQ);
 }
 
 // grid (N), block 256: the reverse scan over chunks.  CAUSAL: yR[c], yQ[c] = R and Q at the first token of
@@ -617,39 +674,9 @@ __global__ void __launch_bounds__(128) zeros_bfinish(const float* __restrict__ s
     using namespace zs;
     __shared__ float sds[C];
     const Block b = block_of(T);
-    const int c = b.c, n = b.n, cs = b.cs, lane = b.lane;
-    const long long base = b.base, NT = b.NT, at = (long long)n * NC + c;
-    if (b.w == 0) {
-        float Rt[2] = {yR[at], yR[at]};
-        double Qt[2] = {yQ[at], yQ[at]};
-        if (CAUSAL) {
-            Bwd e[2];
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const long long row = base + cs + 2 * lane + h;
-                e[h] = cs + 2 * lane + h < T ? Bwd{st[ST_M * NT + row], xy[row], (double)xy[NT + row]} : bwd_empty();
-            }
-            Bwd inc = e[0] + e[1];
-#pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                const Bwd y = shfl_down(inc, o);
-                if (lane + o < 32) inc = inc + y;
-            }
-            const Bwd ex = shfl_down(inc, 1);
-            const Bwd carry{c + 1 < NC ? st[ST_M * NT + base + cs + C] : 0.f, yR[at], yQ[at]};
-            const Bwd after = lane < 31 ? ex + carry : carry;
-            const Bwd r1 = e[1] + after, r0 = e[0] + r1;
-            Rt[0] = r0.R;
-            Rt[1] = r1.R;
-            Qt[0] = r0.Q;
-            Qt[1] = r1.Q;
-        }
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int t = cs + 2 * lane + h;
-            if (t < T) sds[2 * lane + h] = -st[ST_U * NT + base + t] * Rt[h] - (float)Qt[h];
-        }
-    }
+    const int n = b.n, lane = b.lane;
+    const long long NT = b.NT;
+    if (b.w == 0) scalar_ds<CAUSAL>(b, T, NC, st, xy, yR, yQ, sds);
     __syncthreads();
     const float g4 = 4.f * head[HEAD_SIGMA * gridDim.y + n], shift = head[HEAD_SHIFT * gridDim.y + n];
     warp_rows(b, T, [&](int r, long long row) {
@@ -677,4 +704,53 @@ __global__ void __launch_bounds__(128) zeros_bfinish(const float* __restrict__ s
         pd = warp_sum(pd);
         if (lane == 0) ds[row] = from_f32<TI>(sds[r] + pd);
     });
+}
+
+// ---------------------------------------------------------------------------------------- one pass: scalars
+// The scalar kernels of cupy:chunked_mma_fused around the tensor-core kernels tz_* of chunked_mma.cu (which
+// leave the row dots and the direct part of ds as per-tile partials): the same per-token code as zeros_bchunk
+// and zeros_bfinish.
+
+// grid (NC, N), block 128: thread r < 64 sums token cs + r's row dots over the ntk dk tiles (rd: (3, ntk, N, T),
+// rows a, V, Z) -> x, y, dgates; then warp 0 writes the chunk partials cR, cQ (as zeros_bchunk).
+template <typename TI, bool CAUSAL>
+__global__ void __launch_bounds__(128) zeros_fused_bscalar(const float* __restrict__ rd, int ntk,
+        const TI* __restrict__ gates, int ng, const float* __restrict__ st, int T, int NC, float* __restrict__ xy,
+        TI* __restrict__ dgates, float* __restrict__ cR, double* __restrict__ cQ) {
+    using namespace zs;
+    __shared__ float sx[C], sy[C];
+    const Block b = block_of(T);
+    const int r = threadIdx.x, t = b.cs + r;
+    if (r < C && t < T) {
+        const long long row = b.base + t;
+        float d[3];
+#pragma unroll
+        for (int j = 0; j < 3; ++j) {
+            d[j] = 0.f;
+            for (int i = 0; i < ntk; ++i) d[j] += rd[((long long)j * ntk + i) * b.NT + row];
+        }
+        token_scalars<TI, CAUSAL>(d[0], d[1], d[2], t, row, T, b.NT, st, gates, ng, xy, dgates, sx[r], sy[r]);
+    }
+    __syncthreads();
+    if (b.w == 0) chunk_partial(b, T, NC, st, sx, sy, cR, cQ);
+}
+
+// grid (NC, N), block 128: ds = the direct part summed over the ntv dv tiles (dsp: (ntv, N, T)) + the scalar part
+// -u R - Q (warp 0, as zeros_bfinish), in the input dtype.
+template <typename TI, bool CAUSAL>
+__global__ void __launch_bounds__(128) zeros_fused_bds(const float* __restrict__ st, const float* __restrict__ xy,
+        const float* __restrict__ yR, const double* __restrict__ yQ, const float* __restrict__ dsp, int ntv, int T,
+        int NC, TI* __restrict__ ds) {
+    using namespace zs;
+    __shared__ float sds[C];
+    const Block b = block_of(T);
+    if (b.w == 0) scalar_ds<CAUSAL>(b, T, NC, st, xy, yR, yQ, sds);
+    __syncthreads();
+    const int r = threadIdx.x, t = b.cs + r;
+    if (r < C && t < T) {
+        const long long row = b.base + t;
+        float d = sds[r];
+        for (int i = 0; i < ntv; ++i) d += dsp[i * b.NT + row];
+        ds[row] = from_f32<TI>(d);
+    }
 }

@@ -28,10 +28,10 @@ import numpy as np
 
 from workbench.backends import new_output
 
-from ._module import get_kernel, launch
+from ._module import CTYPE, get_kernel, launch, padded_dim
 
 DIMS = (32, 64, 128, 256)          # padded contraction dims (template DXP)
-MAX_DIM = 256
+MAX_DIM = DIMS[-1]
 THREADS = 256
 BV = 64                            # output-column tile of chunk_out
 BS = 32                            # state tile of chunk_state
@@ -41,14 +41,11 @@ SEGMENT = 8                        # chunks per segment of the segmented state p
 # chunked_seg is 0-20% slower at T = 4k..64k except fp16 backward -- the chain was not the bottleneck.
 SEGMENTS = {"chunked": 0, "chunked_seg": SEGMENT}
 
-_TI = {"float32": "float", "float16": "wb_half"}
+_TI = {dt: CTYPE[dt] for dt in ("float32", "float16")}
 
 
 def pad_dim(d: int) -> int:
-    for p in DIMS:
-        if d <= p:
-            return p
-    raise ValueError(f"head dim {d} > {MAX_DIM}")
+    return padded_dim(d, DIMS)
 
 
 def chunk_size(dk: int, dv: int) -> int:

@@ -22,7 +22,7 @@ import numpy as np
 
 from workbench.backends import new_output
 
-from ._module import declare_groups, get_kernel, launch
+from ._module import CTYPE, ITEMSIZE, declare_groups, get_kernel, launch, padded_dim
 
 SOURCE = "chunked_mma.cu"
 C = 64                      # chunk length          (chunked_mma.cu: tc::C)
@@ -33,15 +33,10 @@ TRAILER_BYTES = 8 * C + 4 * C + 4 * C + 4 * 32      # sizeof(tc::Trailer)
 DIMS = (64, 128)            # padded head dims (DKP, DVP)
 MAX_DIM = DIMS[-1]
 SEGMENT_CHUNKS = 8          # chunks per segment when the grid is full anyway (choose_segments)
-CTYPE = {"float32": "float", "float16": "wb_half", "bfloat16": "wb_bf16"}
-ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def pad_dim(d: int) -> int:
-    for p in DIMS:
-        if d <= p:
-            return p
-    raise ValueError(f"head dim {d} > {MAX_DIM}")
+    return padded_dim(d, DIMS)
 
 
 # ----------------------------------------------------------------------------- instantiations
@@ -254,7 +249,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
     else:
         Rseg = new_output(cp, (N, tab.nseg, Dk, Dv), cp.float32)
         launch(_kern(dt, split, f"tc_seg_state<{ct}, {dkp}, true, {split}>"), (tab.nseg * ntv, N), (THREADS,),
-               (q, do, _ptr(g), Rseg, 0) + segs + (i32(T), i32(Dk), i32(Dv), i32(tab.nseg),
+               (q, do, _ptr(g), Rseg, _ptr(None)) + segs + (i32(T), i32(Dk), i32(Dv), i32(tab.nseg),
                                                     np.float32(ctx.scale)),
                smem_seg_state(item, dkp))
         if not ctx.causal and tab.single:

@@ -34,12 +34,11 @@ import numpy as np
 from workbench import backends
 from workbench.registry import Variant, register
 
-from ._module import declare_groups, get_kernel, launch
+from ._module import CTYPE, declare_groups, get_kernel, launch
 
 SOURCE = "softmax.cu"
 LOG2E = 1.0 / math.log(2.0)
 MAX_HEAD_DIM = 256
-CTYPE = {"float32": "float", "float16": "wb_half", "bfloat16": "wb_bf16"}
 FLASH_BUCKETS = (32, 64, 128, 256)
 MMA_BUCKETS = (32, 64, 128)
 NAIVE_THREADS, FLASH_THREADS, MMA_THREADS = 128, 256, 128

@@ -165,8 +165,10 @@ from .decayed import _supports_mma  # noqa: E402  (head dims up to the core's MA
 SCAN_CHUNK = 64             # tokens per scan chunk (zeros.cu: zs::C)
 SCAN_WARPS = 4              # warps per block of the per-chunk kernels (zs::WARPS)
 SCAN_THREADS = 256          # block of the scans over chunks (zs::SCAN)
-NST = 8                     # per-token statistics rows (zs::NST): m, E, P - n c, alpha, beta, gamma, u, gF
-ST_GF = 7
+STAT_ROWS = ("m", "E", "P", "alpha", "beta", "gamma", "u", "gF")   # per-token statistics rows (zs::ST_*; P - n c)
+NST = len(STAT_ROWS)        # zs::NST
+ST = {name: i for i, name in enumerate(STAT_ROWS)}
+ST_GF = ST["gF"]
 NHEAD = 2                   # per-head rows (zs::NHEAD): sigma, c
 _CT = {"float32": "float", "float16": "wb_half", "bfloat16": "wb_bf16"}
 
@@ -180,6 +182,7 @@ def scan_exprs(ctype: str) -> tuple:
     out = [f"zeros_fchunk<{ctype}>", f"zeros_combine<{ctype}>"]
     out += [f"zeros_{k}<{ctype}, {_flag(c)}>" for k in ("ftoken", "bchunk", "bfinish") for c in (True, False)]
     out += [f"zeros_{k}<{_flag(c)}>" for k in ("fscan", "bscan") for c in (True, False)]
+    out += [f"zeros_fused_{k}<{ctype}, {_flag(c)}>" for k in ("bscalar", "bds") for c in (True, False)]
     return tuple(out)
 
 
@@ -209,9 +212,9 @@ class ForwardStats:
     head: object
 
 
-def forward_stats(s, gates, v, causal, vF, vG, ldG, vH=None, ldH=0) -> ForwardStats:
-    """The three forward scan kernels; also writes the stream values vF = u v, vG = ((s - c)/sigma) v and
-    (when vH is given) vH = v, at leading dimensions Dv, ldG, ldH."""
+def forward_stats(s, gates, v, causal, vF=None, vG=None, ldG=0, vH=None, ldH=0) -> ForwardStats:
+    """The three forward scan kernels; when vF is given, also writes the stream values vF = u v,
+    vG = ((s - c)/sigma) v and (when vH is given) vH = v, at leading dimensions Dv, ldG, ldH."""
     import cupy as cp
     N, T = s.shape
     dt = str(s.dtype)
@@ -229,8 +232,8 @@ def forward_stats(s, gates, v, causal, vF, vG, ldG, vH=None, ldH=0) -> ForwardSt
     st = new_output(cp, (NST, N, T), cp.float32)
     Dv = v.shape[-1]
     launch(_zs(dt, f"zeros_ftoken<{_CT[dt]}, {_flag(causal)}>"), (NC, N), (32 * SCAN_WARPS,),
-           (s, gates, v, i32(gates.shape[-1]), i32(T), i32(Dv), i32(NC), xM, xE, xP, head, st, vF, vG, i32(ldG),
-            vH if vH is not None else np.uint64(0), i32(ldH)))
+           (s, gates, v, i32(gates.shape[-1]), i32(T), i32(Dv), i32(NC), xM, xE, xP, head, st, mma._ptr(vF),
+            mma._ptr(vG), i32(ldG), mma._ptr(vH), i32(ldH)))
     return ForwardStats(st, head)
 
 
@@ -252,7 +255,7 @@ class Streams:
         return _at(self.H, self.h_off)
 
 
-def _gh_fused(Dv: int) -> bool:
+def _gh_one_call(Dv: int) -> bool:
     return 2 * Dv <= mma.MAX_DIM
 
 
@@ -312,19 +315,18 @@ def finish(dt, s, v, stats: ForwardStats, xy, yR, yQ, g: CoreGrads, causal):
     dk = new_output(cp, (N, T, Dk), s.dtype)
     dv = new_output(cp, (N, T, Dv), s.dtype)
     ds = new_output(cp, (N, T), s.dtype)
-    null = np.uint64(0)
     launch(_zs(dt, f"zeros_bfinish<{_CT[dt]}, {_flag(causal)}>"), (NC, N), (32 * SCAN_WARPS,),
-           (stats.st, stats.head, xy, yR, yQ, s, v, g.dqF, g.dqG, null if g.dqH is None else g.dqH, g.dkF, g.dkG,
-            null if g.dkH is None else g.dkH, g.dv.F, g.dv.g(), i32(g.dv.g_ld), g.dv.h(), i32(g.dv.h_ld), i32(T),
-            i32(Dk), i32(Dv), i32(NC), dq, dk, dv, ds))
+           (stats.st, stats.head, xy, yR, yQ, s, v, g.dqF, g.dqG, mma._ptr(g.dqH), g.dkF, g.dkG, mma._ptr(g.dkH),
+            g.dv.F, g.dv.g(), i32(g.dv.g_ld), g.dv.h(), i32(g.dv.h_ld), i32(T), i32(Dk), i32(Dv), i32(NC), dq, dk, dv,
+            ds))
     return dq, dk, dv, ds
 
 
-def _stream_arrays(cp, N, T, Dv, dtype, fused, h_given=None) -> Streams:
-    """Fresh F, G, H arrays: G and H side by side in one (N, T, 2 Dv) array when fused, else apart (H may
+def _stream_arrays(cp, N, T, Dv, dtype, one_call, h_given=None) -> Streams:
+    """Fresh F, G, H arrays: G and H side by side in one (N, T, 2 Dv) array when one_call, else apart (H may
     be given: the values of H are v itself)."""
     F = new_output(cp, (N, T, Dv), dtype)
-    if fused:
+    if one_call:
         GH = new_output(cp, (N, T, 2 * Dv), dtype)
         return Streams(F, GH, 0, 2 * Dv, GH, Dv, 2 * Dv)
     H = h_given if h_given is not None else new_output(cp, (N, T, Dv), dtype)
@@ -340,7 +342,7 @@ class _MMAContext:
     inv_s: float
     stats: ForwardStats
     outs: Streams            # the stored stream outputs oF', oG', oH'
-    cores: tuple             # CoreContext of F, then of GH (fused) or of G and H
+    cores: tuple             # CoreContext of F, then of GH (one call) or of G and H
 
 
 def _make_mma(split):
@@ -348,14 +350,14 @@ def _make_mma(split):
         import cupy as cp
         N, T, Dv = v.shape
         dt = str(q.dtype)
-        fused = _gh_fused(Dv)
-        vals = _stream_arrays(cp, N, T, Dv, q.dtype, fused, h_given=v)
+        one_call = _gh_one_call(Dv)
+        vals = _stream_arrays(cp, N, T, Dv, q.dtype, one_call, h_given=v)
         stats = forward_stats(s, gates, v, causal, vals.F, vals.g(), vals.g_ld,
-                              vals.h() if fused else None, vals.h_ld)
+                              vals.h() if one_call else None, vals.h_ld)
         so = output_scale(T)
         gF = stats.st[ST_GF] if causal else None
         oF, cF = mma.forward(q, k, vals.F, gF, scale=so, causal=causal, split=split)
-        if fused:
+        if one_call:
             oGH, cGH = mma.forward(q, k, vals.G, None, scale=so, causal=causal, split=split)
             outs, cores = Streams(oF, oGH, 0, 2 * Dv, oGH, Dv, 2 * Dv), (cF, cGH)
         else:
@@ -371,11 +373,11 @@ def _make_mma(split):
         N, T, Dv = v.shape
         dt = str(v.dtype)
         do = cp.ascontiguousarray(do, dtype=v.dtype)
-        fused = len(ctx.cores) == 2
-        douts = _stream_arrays(cp, N, T, Dv, v.dtype, fused)
+        one_call = len(ctx.cores) == 2
+        douts = _stream_arrays(cp, N, T, Dv, v.dtype, one_call)
         dgates, xy, yR, yQ = backward_scalars(dt, do, ctx.outs, ctx.gates, ctx.stats, ctx.causal, ctx.inv_s, douts)
         dqF, dkF, dvF, _, _ = mma.backward(ctx.cores[0], douts.F, want_dg=False)     # d gF is not needed (m held fixed)
-        if fused:
+        if one_call:
             dqG, dkG, dvGH, _, _ = mma.backward(ctx.cores[1], douts.G)
             grads = CoreGrads(dqF, dkF, dqG, dkG, None, None, Streams(dvF, dvGH, 0, 2 * Dv, dvGH, Dv, 2 * Dv))
         else:
@@ -397,3 +399,154 @@ _f, _bw = _make_mma(1)
 register(Variant("zeros", "cupy", "chunked_mma_tf32", _f, _bw, dtypes=("float32",), array_kind="cupy", gpu=True,
                  supports=_supports_mma, form="linear", tags=("tf32",),
                  description="cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, opt-in)"))
+
+
+# ----------------------------------------------------------------------------- one pass on tensor cores
+# cupy:chunked_mma_fused: the forward scans above (statistics only), then the tz_* kernels at the end of
+# chunked_mma.cu (each block holds the three states F, G', H or A, Bs, Cs of a 32-column tile; the ZeroS
+# weights are formed in registers; one Q K^T and one dO V^T per chunk serve all three streams) and the
+# scalar kernels zeros_fused_bscalar / zeros_bscan / zeros_fused_bds.  Derivation, tiles, costs: the tz
+# section of chunked_mma.cu and docs/kernels/zeros.md.
+FUSED_BW = 32               # columns of the wide side per block (chunked_mma.cu: tz::BW)
+FUSED_ROWS_BYTES = 4 * (9 * mma.C + 32 + 2)      # sizeof(tz::Rows): 9 rows of C floats, red[32], mref, mend
+SPLIT = {"float32": 3, "float16": 1, "bfloat16": 1}           # float32 runs 3xTF32 products
+# per kernel: the padded head dim its wide tiles use ("k": DKP, "v": DVP), whether its states are key-major
+# (DKP x 32) or value-major (32 x DVP), and how many 32-column C-row tiles it keeps in shared memory
+_FUSED_KERNELS = {"tz_fwd": ("k", 3), "tz_bwd_dq": ("v", 4), "tz_bwd_dv": ("k", 5), "tz_bwd_dk": ("v", 4)}
+
+
+def fused_exprs(ctype: str, split: int) -> tuple:
+    """Every tz kernel of one storage type (one NVRTC run per dtype)."""
+    return tuple(f"{name}<{ctype}, {p}, {split}>" for p in mma.DIMS for name in _FUSED_KERNELS)
+
+
+FUSED_COMMON = ("tz_seg_scan<false>", "tz_seg_scan<true>")
+FUSED_GROUPS = {dt: fused_exprs(ct, SPLIT[dt]) for dt, ct in _CT.items()}
+INSTANTIATIONS += [(mma.SOURCE, e) for grp in list(FUSED_GROUPS.values()) + [FUSED_COMMON] for e in grp]
+declare_groups(mma.SOURCE, list(FUSED_GROUPS.values()) + [FUSED_COMMON])
+
+
+def smem_fused(kernel: str, item: int, dp: int) -> int:
+    """Dynamic shared memory (bytes) of a tz kernel with padded wide head dim dp (DKP or DVP, as templated)."""
+    C, PAD, W = mma.C, mma.PAD, FUSED_BW
+    side, narrow = _FUSED_KERNELS[kernel]
+    states = 3 * dp * (W + PAD) if side == "k" else 3 * W * (dp + PAD)
+    return item * (2 * C * (dp + PAD) + narrow * C * (W + PAD) + states) + FUSED_ROWS_BYTES
+
+
+@_dataclass
+class _FusedContext:
+    q: object
+    k: object
+    v: object
+    s: object
+    gates: object
+    causal: bool
+    stats: ForwardStats
+    table: object            # _chunked_mma.SegmentTable (one sequence per head)
+    H: object                # causal: (N, nseg, 3, Dk, Dv) states before each segment (None: one segment);
+                             # not causal: (N, 1, 3, Dk, Dv) totals
+
+
+def _fused_launch(dt: str, name: str, dims, N: int, tiles: int, tab, args) -> None:
+    """One tz kernel over (segments x tiles, N) blocks; dims = (dk, dv)."""
+    dp = mma.pad_dim(dims[0] if _FUSED_KERNELS[name][0] == "k" else dims[1])
+    launch(get_kernel(mma.SOURCE, f"{name}<{_CT[dt]}, {dp}, {SPLIT[dt]}>", group=FUSED_GROUPS[dt]),
+           (tab.nseg * tiles, N), (mma.THREADS,), args, smem_fused(name, mma.ITEMSIZE[dt], dp))
+
+
+def _chained(causal, tab, m, shape, rev, segment_pass):
+    """The states every walker starts from.  Causal with one segment: None (zeros); causal: the scan of the
+    segment sums (forwards, or the suffix sums in reverse); not causal: the totals.  segment_pass(out) fills
+    out (N, nseg, 3, Dk, Dv) with each segment's own sum."""
+    import cupy as cp
+    if causal and tab.single:
+        return None
+    N, Dk, Dv = shape
+    part = new_output(cp, (N, tab.nseg, 3, Dk, Dv), cp.float32)
+    segment_pass(part)
+    if not causal and tab.single:
+        return part
+    out = new_output(cp, (N, tab.nseg if causal else 1, 3, Dk, Dv), cp.float32)
+    E = Dk * Dv
+    launch(get_kernel(mma.SOURCE, f"tz_seg_scan<{_flag(rev)}>", group=FUSED_COMMON), (-(-3 * E // 256), N),
+           (256,), (part, m, tab.t0, tab.t1, np.int32(m.shape[-1]), np.int32(tab.nseg), np.int64(E),
+                    out if causal else np.uint64(0), np.uint64(0) if causal else out))
+    return out
+
+
+def _token_args(s, stats: ForwardStats) -> tuple:
+    """s, the rows m, alpha, beta, gamma of the statistics and the per-head sigma and c (every tz kernel)."""
+    st, head = stats.st, stats.head
+    return (s, st[ST["m"]], st[ST["alpha"]], st[ST["beta"]], st[ST["gamma"]], head[0], head[1])
+
+
+def _fused_forward(q, k, v, s, gates, causal=True, L=None):
+    """L: chunks per segment (None: _chunked_mma.choose_segments; 0: one segment per head)."""
+    import cupy as cp
+    N, T, Dk = q.shape
+    Dv = v.shape[-1]
+    dt = str(q.dtype)
+    i32 = np.int32
+    stats = forward_stats(s, gates, v, causal)
+    ntw = -(-Dv // FUSED_BW)
+    if L is None:
+        L = mma.choose_segments(N, T, max(ntw, -(-Dk // FUSED_BW)))
+    tab = mma.segment_table(T, L)
+    tok = _token_args(s, stats)
+    tail = (tab.t0, tab.t1, i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(bool(causal)))
+    null = np.uint64(0)
+
+    def segment_sums(out):
+        _fused_launch(dt, "tz_fwd", (Dk, Dv), N, ntw, tab, (null, k, v) + tok + (null, null, out) + tail)
+    H = _chained(causal, tab, stats.st[ST["m"]], (N, Dk, Dv), False, segment_sums)
+    o = new_output(cp, (N, T, Dv), q.dtype)
+    _fused_launch(dt, "tz_fwd", (Dk, Dv), N, ntw, tab, (q, k, v) + tok + (o, mma._ptr(H), null) + tail)
+    return o, _FusedContext(q, k, v, s, gates, bool(causal), stats, tab, H)
+
+
+def _fused_backward(ctx: _FusedContext, do):
+    import cupy as cp
+    q, k, v, s, gates, tab, stats, causal = ctx.q, ctx.k, ctx.v, ctx.s, ctx.gates, ctx.table, ctx.stats, ctx.causal
+    N, T, Dk = q.shape
+    Dv = v.shape[-1]
+    dt = str(q.dtype)
+    do = cp.ascontiguousarray(do, dtype=v.dtype)
+    i32 = np.int32
+    ntk, ntv = -(-Dk // FUSED_BW), -(-Dv // FUSED_BW)
+    tok = _token_args(s, stats)
+    tail = (tab.t0, tab.t1, i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(causal))
+    null = np.uint64(0)
+    dq = new_output(cp, q.shape, q.dtype)
+    rd = new_output(cp, (3, ntk, N, T), cp.float32)               # row dots a, V, Z per dk tile
+    _fused_launch(dt, "tz_bwd_dq", (Dk, Dv), N, ntk, tab, (q, k, v) + tok + (do, dq, rd, mma._ptr(ctx.H)) + tail)
+
+    def segment_sums(out):
+        _fused_launch(dt, "tz_bwd_dv", (Dk, Dv), N, ntv, tab, (q, k, v) + tok + (do, null, null, null, out) + tail)
+    S = _chained(causal, tab, stats.st[ST["m"]], (N, Dk, Dv), True, segment_sums)
+    dv = new_output(cp, v.shape, v.dtype)
+    dsp = new_output(cp, (ntv, N, T), cp.float32)                 # the direct part of ds per dv tile
+    _fused_launch(dt, "tz_bwd_dv", (Dk, Dv), N, ntv, tab, (q, k, v) + tok + (do, dv, dsp, mma._ptr(S), null) + tail)
+    dk = new_output(cp, k.shape, k.dtype)
+    _fused_launch(dt, "tz_bwd_dk", (Dk, Dv), N, ntk, tab, (q, v) + tok + (do, dk, mma._ptr(S)) + tail)
+    # the scalars: dgates and the scalar part of ds
+    NC = -(-T // SCAN_CHUNK)
+    ct, c = _CT[dt], _flag(causal)
+    xy = new_output(cp, (2, N, T), cp.float32)
+    dgates = new_output(cp, gates.shape, gates.dtype)
+    cR, cQ = new_output(cp, (N, NC), cp.float32), new_output(cp, (N, NC), cp.float64)
+    launch(_zs(dt, f"zeros_fused_bscalar<{ct}, {c}>"), (NC, N), (32 * SCAN_WARPS,),
+           (rd, i32(ntk), gates, i32(gates.shape[-1]), stats.st, i32(T), i32(NC), xy, dgates, cR, cQ))
+    yR, yQ = new_output(cp, (N, NC), cp.float32), new_output(cp, (N, NC), cp.float64)
+    launch(_zs(dt, f"zeros_bscan<{c}>"), (N,), (SCAN_THREADS,), (cR, cQ, stats.st[ST["m"]], i32(T), i32(NC), yR, yQ))
+    ds = new_output(cp, s.shape, s.dtype)
+    launch(_zs(dt, f"zeros_fused_bds<{ct}, {c}>"), (NC, N), (32 * SCAN_WARPS,),
+           (stats.st, xy, yR, yQ, dsp, i32(ntv), i32(T), i32(NC), ds))
+    return dq, dk, dv, ds, dgates
+
+
+register(Variant("zeros", "cupy", "chunked_mma_fused", _fused_forward, _fused_backward,
+                 dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
+                 form="linear",
+                 description="parallel scans + one tensor-core pass: the three states per block, the ZeroS weights "
+                             "in registers, one Q K^T and dO V^T per chunk; float32 as 3xTF32"))

@@ -1,25 +1,35 @@
 // emu.h -- run the CUDA C++ kernels of kernels/cuda on the CPU, for testing without a GPU (scripts/cuda_emulate.py).
 //
-// One std::thread per CUDA thread of a block; blocks run one after another.  __syncthreads is a block barrier;
-// warp collectives (shfl, ldmatrix, mma.sync) publish each lane's operands in a per-warp exchange area, meet at
-// a warp barrier, compute their own results from every lane's operands, and meet again.  The inline PTX of the
+// One std::thread per CUDA thread of a block; blocks run one after another (grids of up to three dimensions,
+// one-dimensional blocks).  __syncthreads is a block barrier; a thread that returns drops out of it (and out of
+// its warp's barrier: a warp collective that completes without every lane of the warp is an error).  Warp
+// collectives (shfl, ldmatrix, mma.sync) publish each lane's operands in a per-warp exchange area, meet at a
+// warp barrier, compute their own results from every lane's operands, and meet again.  The inline PTX of the
 // sources is rewritten by cuda_emulate.py into emu::ptx(text, outputs, inputs) calls, emulated below from the
 // PTX ISA's definitions (fragment layouts of mma.m16n8k16 f16/bf16 and mma.m16n8k8 tf32, ldmatrix(.trans),
-// cp.async with zero fill, red.global.add, cvt rounding).  cp.async copies land at the issuing thread's next
-// cp.async.wait_group, so a read that does not wait for its copy sees stale data.  Shared memory is filled with
-// 0xff bytes (NaN as float/half) before each block.
+// cp.async with zero fill and commit/wait groups, red.global.add, cvt rounding).
+// cp.async: the destination is poisoned (0xff bytes) when the copy is issued and the data lands at the issuing
+// thread's wait for its group, so a read that does not wait sees NaN; a write to the destination while the copy
+// is in flight is an error.  Dynamic shared memory (every `extern __shared__` array, rewritten into a pointer
+// to emu::dyn_smem) is filled with 0xff bytes (NaN as float/half) before each block, and a write past the
+// launch's dynamic size is an error.  Static `__shared__` arrays become function-local statics (one copy, as
+// blocks run one at a time), poisoned the same way.  The launch checks the argument count and each argument's
+// size against the kernel's parameter types.
 #pragma once
 #include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <math.h>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -32,7 +42,6 @@ inline emu_dim3 blockDim, gridDim;
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define __shared__
 #define __align__(n) __attribute__((aligned(n)))
 #define __syncthreads() emu::syncthreads()
 #ifndef __CUDA_ARCH__
@@ -41,65 +50,100 @@ inline emu_dim3 blockDim, gridDim;
 
 struct uint4 { unsigned x, y, z, w; };
 struct float2 { float x, y; };
-
-// dynamic shared memory of the running block, under the names the sources declare it with
-#define EMU_SMEM_BYTES (256 * 1024)
-alignas(16) unsigned char smem_raw[EMU_SMEM_BYTES];
-alignas(16) float smem[EMU_SMEM_BYTES / 4];
+inline float2 make_float2(float x, float y) { return {x, y}; }
 
 inline float __int_as_float(int x) { float f; std::memcpy(&f, &x, 4); return f; }
 inline float __uint_as_float(unsigned x) { float f; std::memcpy(&f, &x, 4); return f; }
 inline unsigned __float_as_uint(float f) { unsigned x; std::memcpy(&x, &f, 4); return x; }
+inline float __expf(float x) { return expf(x); }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
 
 namespace emu {
+// dynamic shared memory of the running block: every `extern __shared__` array of the sources points here
+constexpr int SMEM_BYTES = 256 * 1024;
+alignas(128) inline unsigned char dyn_smem[SMEM_BYTES];
+inline int dyn_bytes = 0;                          // the running launch's dynamic shared memory size
+
+// static shared arrays (function-local statics after cuda_emulate.py's rewrite), poisoned before every block
+struct SharedStatic {
+    static std::vector<std::pair<void*, size_t>>& all() { static std::vector<std::pair<void*, size_t>> v; return v; }
+    static std::mutex& lock() { static std::mutex m; return m; }
+    SharedStatic(void* p, size_t n) {
+        std::memset(p, 0xff, n);
+        std::lock_guard<std::mutex> g(lock());
+        all().emplace_back(p, n);
+    }
+    static void poison_all() {
+        std::lock_guard<std::mutex> g(lock());
+        for (auto& [p, n] : all()) std::memset(p, 0xff, n);
+    }
+};
+
+struct Warp;
+struct WarpPhase { Warp* w; void operator()() noexcept; };
 struct Warp {
-    std::barrier<>* bar;
+    std::unique_ptr<std::barrier<WarpPhase>> bar;
+    std::atomic<int> arrived{0};                    // lanes at the barrier's current phase (returned lanes drop)
+    bool broken = false;                            // the last phase completed without every lane
     uint64_t x[32][16];
 };
+inline void WarpPhase::operator()() noexcept { w->broken = w->arrived.exchange(0) != 32; }
 struct Block {
-    std::barrier<>* bar;
-    std::vector<Warp> warps;
+    std::unique_ptr<std::barrier<>> bar;
+    std::vector<std::unique_ptr<Warp>> warps;
 };
 inline Block* B = nullptr;
-struct Copy { void* dst; const void* src; int n, src_n; };
-inline thread_local std::vector<Copy> pending;
+
+struct Copy { unsigned char* dst; const void* src; int n, src_n; long group; };
+inline thread_local std::vector<Copy> pending;      // this thread's cp.async copies not yet landed
+inline thread_local long committed = 0;             // cp.async groups this thread committed
 
 inline void syncthreads() { B->bar->arrive_and_wait(); }
 inline int lane() { return threadIdx.x & 31; }
-inline Warp& warp() { return B->warps[threadIdx.x >> 5]; }
-inline void warp_sync() { warp().bar->arrive_and_wait(); }
+inline Warp& warp() { return *B->warps[threadIdx.x >> 5]; }
+inline void warp_sync() {
+    Warp& w = warp();
+    w.arrived.fetch_add(1);
+    w.bar->arrive_and_wait();
+    if (w.broken) throw std::runtime_error("warp collective without every lane of the warp (one returned or threw)");
+}
 
-inline unsigned char* shared_base(const void* p) {
+inline unsigned shared_offset(const void* p) {
     const unsigned char* c = static_cast<const unsigned char*>(p);
-    if (c >= smem_raw && c < smem_raw + EMU_SMEM_BYTES) return smem_raw;
-    const unsigned char* f = reinterpret_cast<const unsigned char*>(smem);
-    if (c >= f && c < f + EMU_SMEM_BYTES) return const_cast<unsigned char*>(f);
-    throw std::runtime_error("shared address outside shared memory");
+    if (c < dyn_smem || c >= dyn_smem + SMEM_BYTES)
+        throw std::runtime_error("shared-window address of memory outside the dynamic shared memory");
+    return (unsigned)(c - dyn_smem);
 }
 }  // namespace emu
 
-// 32-bit shared-window addresses: offsets into smem_raw (the only buffer the ldmatrix/cp.async kernels use)
-inline unsigned __cvta_generic_to_shared(const void* p) {
-    return (unsigned)(static_cast<const unsigned char*>(p) - emu::shared_base(p));
-}
+// 32-bit shared-window addresses: offsets into the dynamic shared memory
+inline unsigned __cvta_generic_to_shared(const void* p) { return emu::shared_offset(p); }
 
-template <typename V>
-inline V __shfl_xor_sync(unsigned, V v, int o) {
+namespace emu {
+// every lane publishes v, reads the value of lane src(L) (its own when src(L) is outside the warp)
+template <typename V, typename F>
+inline V shfl(V v, F src) {
     static_assert(sizeof(V) <= 8, "shfl of a wide type");
-    auto& W = emu::warp();
-    const int L = emu::lane();
+    auto& W = warp();
+    const int L = lane();
     uint64_t bits = 0;
     std::memcpy(&bits, &v, sizeof(V));
     W.x[L][0] = bits;
-    emu::warp_sync();
-    uint64_t got = W.x[L ^ o][0];
-    emu::warp_sync();
+    warp_sync();
+    const int s = src(L);
+    const uint64_t got = (s >= 0 && s < 32) ? W.x[s][0] : bits;
+    warp_sync();
     V r;
     std::memcpy(&r, &got, sizeof(V));
     return r;
 }
+}  // namespace emu
+
+template <typename V> inline V __shfl_xor_sync(unsigned, V v, int o) { return emu::shfl(v, [&](int L) { return L ^ o; }); }
+template <typename V> inline V __shfl_sync(unsigned, V v, int s) { return emu::shfl(v, [&](int) { return s & 31; }); }
+template <typename V> inline V __shfl_up_sync(unsigned, V v, unsigned d) { return emu::shfl(v, [&](int L) { return L - (int)d; }); }
+template <typename V> inline V __shfl_down_sync(unsigned, V v, unsigned d) { return emu::shfl(v, [&](int L) { return L + (int)d; }); }
 
 namespace emu {
 // ------------------------------------------------------------------------ operands of rewritten asm statements
@@ -200,11 +244,31 @@ inline void ldmatrix(const Out* outs, const In* ins, bool trans) {
         for (int h = 0; h < 2; ++h) {
             const int r = trans ? 2 * (L % 4) + h : L / 4, c = trans ? L / 4 : 2 * (L % 4) + h;
             const unsigned addr = (unsigned)W.x[8 * i + r][0] + 2 * c;
-            std::memcpy(&v[h], smem_raw + addr, 2);
+            if (addr + 2 > (unsigned)dyn_bytes) throw std::runtime_error("ldmatrix past the dynamic shared memory");
+            std::memcpy(&v[h], dyn_smem + addr, 2);
         }
         outs[i].set_u32((unsigned)v[0] | ((unsigned)v[1] << 16));
     }
     warp_sync();
+}
+
+// ------------------------------------------------------------------------ cp.async
+inline void land(const Copy& c) {
+    for (int i = 0; i < c.n; ++i)
+        if (c.dst[i] != 0xff)
+            throw std::runtime_error("shared memory at offset " + std::to_string(c.dst - dyn_smem) +
+                                     " written while a cp.async to it was in flight");
+    std::memset(c.dst, 0, c.n);
+    if (c.src_n) std::memcpy(c.dst, c.src, c.src_n);
+}
+// land this thread's copies of every group but the newest `keep` committed ones (uncommitted copies stay)
+inline void wait_groups(long keep) {
+    std::vector<Copy> rest;
+    for (const Copy& c : pending) {
+        if (c.group < committed - keep) land(c);
+        else rest.push_back(c);
+    }
+    pending.swap(rest);
 }
 
 inline bool starts(const std::string& s, const char* p) { return s.rfind(p, 0) == 0; }
@@ -220,19 +284,23 @@ inline void ptx(const char* text, std::initializer_list<Out> o, std::initializer
     if (starts(s, "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16")) return ldmatrix(outs, ins, true);
     if (starts(s, "ldmatrix.sync.aligned.m8n8.x4.shared.b16")) return ldmatrix(outs, ins, false);
     if (starts(s, "cp.async.cg.shared.global") || starts(s, "cp.async.ca.shared.global")) {
-        const int n = starts(s, "cp.async.cg") ? 16 : 4;
-        pending.push_back({smem_raw + ins[0].u32(), ins[1].ptr(), n, (int)ins[2].u32()});
+        // "[%0], [%1], cp-size(, %2)": the copy size is the number after the second operand
+        const size_t at = s.find("],", s.find("],") + 2);
+        const int n = std::stoi(s.substr(at + 2));
+        const int src_n = i.size() > 2 ? (int)ins[2].u32() : n;
+        const unsigned off = ins[0].u32();
+        if (n != 4 && n != 8 && n != 16) throw std::runtime_error("cp.async of " + std::to_string(n) + " bytes");
+        if (off % n) throw std::runtime_error("cp.async to a misaligned shared address");
+        if ((uintptr_t)ins[1].ptr() % n) throw std::runtime_error("cp.async from a misaligned global address");
+        if (src_n < 0 || src_n > n) throw std::runtime_error("cp.async src-size out of range");
+        if (off + n > (unsigned)dyn_bytes) throw std::runtime_error("cp.async past the dynamic shared memory");
+        std::memset(dyn_smem + off, 0xff, n);
+        pending.push_back({dyn_smem + off, ins[1].ptr(), n, src_n, committed});
         return;
     }
-    if (starts(s, "cp.async.commit_group")) return;
-    if (starts(s, "cp.async.wait_group")) {
-        for (const Copy& c : pending) {
-            std::memset(c.dst, 0, c.n);
-            if (c.src_n) std::memcpy(c.dst, c.src, c.src_n);
-        }
-        pending.clear();
-        return;
-    }
+    if (starts(s, "cp.async.commit_group")) { ++committed; return; }
+    if (starts(s, "cp.async.wait_group")) return wait_groups(std::stol(s.substr(std::strlen("cp.async.wait_group"))));
+    if (starts(s, "cp.async.wait_all")) { ++committed; return wait_groups(0); }
     if (starts(s, "red.global.add.v2.f32")) {
         float* p = static_cast<float*>(ins[0].ptr());
         std::atomic_ref<float>(p[0]).fetch_add(ins[1].f32());
@@ -255,45 +323,62 @@ inline void ptx(const char* text, std::initializer_list<Out> o, std::initializer
 }
 
 // ------------------------------------------------------------------------ launch
-inline void launch(unsigned grid, unsigned block, std::function<void()> body) {
-    if (block % 32) throw std::runtime_error("block size must be a multiple of 32");
-    std::barrier<> bbar((std::ptrdiff_t)block);
-    std::vector<std::barrier<>> wbars;
+// Run body for every block of the grid (x fastest), `block` threads each, `smem_bytes` of dynamic shared memory.
+inline void launch(emu_dim3 grid, unsigned block, unsigned smem_bytes, std::function<void()> body) {
+    if (block == 0 || block > 1024 || block % 32) throw std::runtime_error("block size must be a multiple of 32, <= 1024");
+    if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535)
+        throw std::runtime_error("grid dimensions out of range");
+    if (smem_bytes > (unsigned)SMEM_BYTES) throw std::runtime_error("dynamic shared memory above the emulator's");
     Block blk;
-    blk.bar = &bbar;
-    blk.warps.resize(block / 32);
-    std::vector<std::unique_ptr<std::barrier<>>> owned;
-    for (auto& w : blk.warps) {
-        owned.emplace_back(new std::barrier<>(32));
-        w.bar = owned.back().get();
-    }
     B = &blk;
-    gridDim = {grid, 1, 1};
+    gridDim = grid;
     blockDim = {block, 1, 1};
-    std::vector<std::thread> threads;
+    dyn_bytes = (int)smem_bytes;
+    const unsigned long long nblocks = (unsigned long long)grid.x * grid.y * grid.z;
+    std::barrier<> gate((std::ptrdiff_t)block);   // between blocks (every thread, never dropped)
     std::exception_ptr err = nullptr;
     std::atomic<bool> failed{false};
+    auto fail = [&](std::exception_ptr e) { if (!failed.exchange(true)) err = e; };
+    std::vector<std::thread> threads;
     for (unsigned t = 0; t < block; ++t)
         threads.emplace_back([&, t] {
             threadIdx = {t, 0, 0};
-            for (unsigned b = 0; b < grid; ++b) {
-                if (t == 0) {
-                    std::memset(smem_raw, 0xff, EMU_SMEM_BYTES);
-                    std::memset(smem, 0xff, EMU_SMEM_BYTES);
+            pending.clear();
+            committed = 0;
+            for (unsigned long long b = 0; b < nblocks; ++b) {
+                if (t == 0) {                           // a fresh block: barriers, poisoned shared memory
+                    std::memset(dyn_smem, 0xff, SMEM_BYTES);
+                    SharedStatic::poison_all();
+                    blk.bar.reset(new std::barrier<>((std::ptrdiff_t)block));
+                    blk.warps.clear();
+                    for (unsigned i = 0; i < block / 32; ++i) {
+                        Warp* w = new Warp();
+                        w->bar.reset(new std::barrier<WarpPhase>(32, WarpPhase{w}));
+                        blk.warps.emplace_back(w);
+                    }
                 }
-                blockIdx = {b, 0, 0};
-                bbar.arrive_and_wait();
+                blockIdx = {(unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y), (unsigned)(b / grid.x / grid.y)};
+                gate.arrive_and_wait();
                 try {
                     if (!failed) body();
                 } catch (...) {
-                    if (!failed.exchange(true)) err = std::current_exception();
+                    fail(std::current_exception());
                 }
-                if (!pending.empty()) {                  // a copy never waited for
-                    if (!failed.exchange(true))
-                        err = std::make_exception_ptr(std::runtime_error("cp.async issued but never waited for"));
+                warp().bar->arrive_and_drop();          // returned: no longer waited for
+                blk.bar->arrive_and_drop();
+                if (!pending.empty()) {
+                    fail(std::make_exception_ptr(std::runtime_error("cp.async issued but never waited for")));
                     pending.clear();
                 }
-                bbar.arrive_and_wait();
+                gate.arrive_and_wait();
+                if (t == 0 && !failed) {                // nothing written past the launch's dynamic size
+                    for (int i = (int)smem_bytes; i < SMEM_BYTES; ++i)
+                        if (dyn_smem[i] != 0xff) {
+                            fail(std::make_exception_ptr(std::runtime_error(
+                                "shared memory written past the launch's dynamic size (offset " + std::to_string(i) + ")")));
+                            break;
+                        }
+                }
             }
         });
     for (auto& th : threads) th.join();
@@ -301,10 +386,21 @@ inline void launch(unsigned grid, unsigned block, std::function<void()> body) {
     if (err) std::rethrow_exception(err);
 }
 
-// call f with the arguments args[i] points to (each of f's parameter type)
+// call f with the arguments args[i] points to, after checking their number and sizes against f's parameters
+template <typename A> using Param = std::remove_cv_t<std::remove_reference_t<A>>;
 template <typename... A, size_t... I>
 inline void call_impl(void (*f)(A...), void** args, std::index_sequence<I...>) {
-    f(*reinterpret_cast<std::remove_cv_t<std::remove_reference_t<A>>*>(args[I])...);
+    f(*reinterpret_cast<Param<A>*>(args[I])...);
+}
+template <typename... A>
+inline void check_args(void (*)(A...), const int* sizes, int n) {
+    constexpr int want = (int)sizeof...(A);
+    if (n != want) throw std::runtime_error(std::to_string(n) + " arguments for a kernel of " + std::to_string(want));
+    const int size[] = {(int)sizeof(Param<A>)..., 0};
+    for (int i = 0; i < want; ++i)
+        if (sizes[i] != size[i])
+            throw std::runtime_error("argument " + std::to_string(i) + " has " + std::to_string(sizes[i]) +
+                                     " bytes, the kernel's parameter " + std::to_string(size[i]));
 }
 template <typename... A>
 inline void call(void (*f)(A...), void** args) { call_impl(f, args, std::index_sequence_for<A...>{}); }

@@ -74,7 +74,8 @@ def save(result: dict, json_path: Optional[str], csv_path: Optional[str], md_pat
 def show(result: dict, full: bool = True, echo=print) -> None:
     """Print the header, the full table (when ``full``), problems, and the short headline table last."""
     echo(report.header(result))
-    if full:
+    ops_rows = any(not r.get("table") for r in result["results"])      # decode and packed rows: own tables
+    if full and ops_rows:
         echo(report.full_table(result, fmt="simple"))
     p = report.problems(result)
     if p:
@@ -82,10 +83,17 @@ def show(result: dict, full: bool = True, echo=print) -> None:
     api = report.api_table(result, fmt="simple")
     if api:
         echo(f"host overhead of the public API ({report.API_NOTE}):\n{api}")
+    dec = report.decode_table(result, fmt="simple")
+    if dec:
+        echo(f"decode throughput ({report.DECODE_NOTE}):\n{dec}")
+    pk = report.packed_table(result, fmt="simple")
+    if pk:
+        echo(f"packed sequences:\n{pk}")
     noisy = noisy_report(result)
     if noisy:
         echo(noisy)
-    echo(report.short_table(result, fmt="simple"))
+    if ops_rows:
+        echo(report.short_table(result, fmt="simple"))
 
 
 def flag_noisy(result: dict) -> dict:

@@ -26,6 +26,11 @@ Conventions (the README's bench section repeats them):
     token): its time against this count is what the reader wants to compare.
 
   Backward / forward is therefore 2.5 in both forms when Dk = Dv (the FlashAttention convention).
+* Steps (decode, ``step_*``): one token per state.  FLOPs: the update ``k v^T`` and the read-out ``q^T S``,
+  ``4 Dk Dv`` per state matrix (ZeroS: three).  Bytes: the state read and written once (its dtype: float32,
+  float64 for float64 inputs; with the linear denominator's ``z`` and ZeroS's four scalars), the token's
+  arrays read and ``o`` written once.  The decode goal is stated against the state's read alone
+  (``step_state_bytes``).
 * Minimum bytes (docs/spec.md section 5): each input read once and each output written once, in the dtype's
   itemsize.  Forward: the op's arrays in, ``o`` out.  Backward: the op's arrays and ``do`` in, one gradient
   per array out.  Forward+backward: the op's arrays and ``do`` in, ``o`` and the gradients out (the
@@ -146,3 +151,22 @@ def achieved(flop: float, nbytes: float, seconds: float, peak_flops: float = Non
         r["bound_ms"] = bound * 1e3
         r["roof_frac"] = bound / seconds
     return r
+
+
+# ----------------------------------------------------------------------------- steps (decode)
+def step_state_bytes(op: str, N: int, Dk: int, Dv: int, dtype: str, normalize: bool = False) -> float:
+    """Bytes of the state of N heads (read once per step; written once too)."""
+    extra = {"linear": Dk if normalize else 0, "decayed": 0, "zeros": 4}[op]
+    state_item = 8 if dtype == "float64" else 4
+    return float(N * (SPECS[op].linear_states * Dk * Dv + extra) * state_item)
+
+
+def step_bytes(op: str, N: int, Dk: int, Dv: int, dtype: str, normalize: bool = False, n_gates: int = 2) -> float:
+    """Minimum bytes of one step of N heads: the state read and written, the token's arrays read, o written."""
+    el = array_elements(op, Shape(N, 1, Dk, Dv, n_gates))
+    return 2 * step_state_bytes(op, N, Dk, Dv, dtype, normalize) + (sum(el.values()) + N * Dv) * itemsize(dtype)
+
+
+def step_flops(op: str, N: int, Dk: int, Dv: int) -> float:
+    """Contraction FLOPs of one step of N heads: update and read-out of every state matrix."""
+    return float(N * SPECS[op].linear_states * 4 * Dk * Dv)

@@ -1,6 +1,10 @@
 """Benchmarks declared as data: the grid of cells and the lines to compare (like triton's perf_report).
 
-A cell is (op, T, D, dtype, causal); every line of a cell -- our variants of the listed backends, the public
+Three kinds of grid (``kind``): ``Grid`` ("ops") times the ops' variants and peers, ``DecodeGrid``
+("decode") the one-token steps at several batch sizes (workbench/bench/decode.py), ``PackedGrid``
+("packed") packed sequences against padding and against one sequence (workbench/bench/packed.py).
+
+A cell of ``Grid`` is (op, T, D, dtype, causal); every line of a cell -- our variants of the listed backends, the public
 API calling them (``api``), and the op's peers -- is timed on the same freshly drawn inputs, for each pass.  ``baseline`` names, per op, the
 lines the ratios are taken against, in order of preference: the first one measured in the cell is its
 baseline.  ``budget_s`` bounds the run: cells not started when it is spent are listed as skipped.
@@ -8,8 +12,9 @@ baseline.  ``budget_s`` bounds the run: cells not started when it is spent are l
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
-from ..opspec import OPS, SPECS
+from ..opspec import OPS, SPECS, STATE_OPS
 from .costs import PASSES
 
 GPU_BASELINES = {
@@ -23,6 +28,7 @@ CPU_BASELINES = {op: ("numpy:explicit",) for op in OPS}
 
 @dataclass(frozen=True)
 class Grid:
+    kind: ClassVar[str] = "ops"
     name: str
     description: str
     device: str                                 # "gpu" (CUDA-event timing) or "host" (perf_counter)
@@ -151,6 +157,153 @@ GRIDS = {
         peers=False, Ts=(32, 64, 128, 256, 512), Ds=(16,), lead=(1, 2), passes=("fwd",),
         baseline=dict(CPU_BASELINES), flush_l2=False, target_ms=40.0, budget_s=120.0, api="off"),
 }
+
+
+# ----------------------------------------------------------------------------- decode and packing
+STEP_OPS = STATE_OPS
+
+
+def _refuse(grid, what: str, given) -> None:
+    if given:
+        raise ValueError(f"grid {grid.name} ({grid.kind}) has no {what}; got {', '.join(map(str, given))}")
+
+
+def _restricted(grid, ops, dtypes, Ds, budget_s, flush_l2):
+    """The filters every grid kind takes: ops (within the grid's), dtypes, head dims, budget, L2 flush."""
+    if ops:
+        unknown = [o for o in ops if o not in grid.ops]
+        if unknown:
+            _refuse(grid, f"op {unknown[0]!r} (its ops: {', '.join(grid.ops)})", unknown)
+        grid = replace(grid, ops=tuple(o for o in grid.ops if o in ops))
+    if dtypes:
+        grid = replace(grid, dtypes=tuple(dtypes))
+    if Ds:
+        grid = replace(grid, Ds=tuple(Ds))
+    if budget_s is not None:
+        grid = replace(grid, budget_s=budget_s)
+    if flush_l2 is not None:
+        grid = replace(grid, flush_l2=flush_l2)
+    return grid
+
+
+@dataclass(frozen=True)
+class DecodeCell:
+    op: str
+    B: int                                      # batch: sequences advanced by one step
+    D: int                                      # head dim, Dk = Dv = D
+    dtype: str
+
+
+@dataclass(frozen=True)
+class DecodeGrid:
+    """Decode throughput: one token of ``op`` for B sequences of ``heads`` heads (B * heads states of D x D)
+    from a random state, per line: the step kernel ("step:kernel"), the array form on the arrays' module
+    ("step:array"; on the host: NumPy), and the public step wall-clocked per call ("api:step")."""
+    kind: ClassVar[str] = "decode"
+    name: str
+    description: str
+    device: str
+    ops: tuple = STEP_OPS
+    dtypes: tuple = ("float16", "float32")
+    batches: tuple = (1, 4, 16, 64, 256)
+    heads: int = 1
+    Ds: tuple = (64,)
+    paths: tuple = ("kernel", "array")          # workbench.steps paths timed as lines "step:<path>"
+    api: str = "default"                        # "default": an "api:step" line; "off": none
+    options: dict = field(default_factory=dict)  # {op: step options}, e.g. {"linear": {"normalize": True}}
+    n_gates: int = 2
+    flush_l2: bool = True                       # GPU: every sample reads the state from DRAM, as in a model
+    head_start_ms: float = 1.0                  # GPU: hide the host's launch time (the kernel's own time;
+                                                # the array form on CuPy launches ~30 small kernels)
+    target_ms: float = 30.0
+    budget_s: float = 120.0
+    api_reps: int = 300
+    api_budget_ms: float = 60.0
+    passes: tuple = ("step",)
+
+    def cells(self) -> list:
+        """Smallest batch of every op first (a spent budget cuts the largest)."""
+        return [DecodeCell(op, B, D, dt) for B in self.batches for D in self.Ds for dt in self.dtypes
+                for op in self.ops]
+
+    def filtered(self, ops=(), backends=(), dtypes=(), Ts=(), Ds=(), passes=(), budget_s=None, flush_l2=None,
+                 peers=None) -> "DecodeGrid":
+        _refuse(self, "T axis (a step is one token; the batches are its axis)", Ts)
+        _refuse(self, f"backend filter (its lines: step:kernel, step:array, api:step)", backends)
+        _refuse(self, "pass other than step", [p for p in passes if p != "step"])
+        return _restricted(self, ops, dtypes, Ds, budget_s, flush_l2)
+
+
+@dataclass(frozen=True)
+class PackedCell:
+    op: str
+    mix: str                                    # a key of the grid's mixes
+    D: int
+    dtype: str
+
+
+@dataclass(frozen=True)
+class PackedGrid:
+    """Packed sequences: per variant of ``backends`` that takes ``cu_seqlens`` (the "packed" feature), the
+    sequences of one length mix packed into one T axis (layout "packed"), the same sequences padded to the
+    longest as one batch (layout "padded"), and one sequence of the same total length (layout "single"),
+    ``heads`` heads each, timed per pass on the same tokens."""
+    kind: ClassVar[str] = "packed"
+    name: str
+    description: str
+    device: str
+    mixes: dict                                 # name -> sequence lengths
+    ops: tuple = ("linear", "decayed", "zeros", "softmax")
+    backends: tuple = ("cupy", "numba")
+    dtypes: tuple = ("float16",)
+    heads: int = 8
+    Ds: tuple = (64,)
+    passes: tuple = ("fwd", "fwdbwd")
+    n_gates: int = 2
+    flush_l2: bool = True
+    api: str = "off"                            # (the harness's timing switch: no API lines here)
+    head_start_ms: float = 0.0
+    target_ms: float = 60.0
+    budget_s: float = 180.0
+
+    def cells(self) -> list:
+        return [PackedCell(op, mix, D, dt) for mix in self.mixes for D in self.Ds for dt in self.dtypes
+                for op in self.ops]
+
+    def filtered(self, ops=(), backends=(), dtypes=(), Ts=(), Ds=(), passes=(), budget_s=None, flush_l2=None,
+                 peers=None) -> "PackedGrid":
+        _refuse(self, "T axis (its sequence lengths are the mixes)", Ts)
+        g = _restricted(self, ops, dtypes, Ds, budget_s, flush_l2)
+        if backends:
+            g = replace(g, backends=tuple(dict.fromkeys(b.split(":", 1)[0] for b in backends)))
+        if passes:
+            g = replace(g, passes=tuple(p for p in PASSES if p in passes))
+        return g
+
+
+# a mix of awkward lengths (chunk edges 63, 64, 65; one token; 128 +- 1) and long ones: 16 sequences, 16291
+# tokens, the longest 4096 (padding to it is 4x the tokens); and 16 equal lengths (padding costs nothing:
+# what packing itself costs)
+MIXED = (4096, 1, 63, 64, 65, 2048, 1000, 3000, 512, 129, 127, 777, 1500, 2500, 300, 109)
+GRIDS.update({
+    "decode": DecodeGrid(
+        "decode", "GPU: tokens/s of the step kernels at batch 1..256 (one head of 64 x 64 per sequence), "
+        "fp16, bf16 and fp32, against the state's read + write bandwidth bound", device="gpu",
+        dtypes=("float16", "bfloat16", "float32")),
+    "cpu-decode": DecodeGrid(
+        "cpu-decode", "NumPy steps on the host at batch 1 and 8, D 16 (seconds)", device="host",
+        dtypes=("float32",), batches=(1, 8), Ds=(16,), paths=("array",), api="off", flush_l2=False,
+        head_start_ms=0.0, target_ms=20.0, budget_s=60.0),
+    "packed": PackedGrid(
+        "packed", "GPU: 16 sequences of mixed lengths (16k tokens) packed, padded to 4096, and as one sequence; "
+        "16 equal ones; fp16 and fp32, D 64, 8 heads", device="gpu",
+        mixes={"mixed-16": MIXED, "equal-16x1k": (1024,) * 16}, dtypes=("float16", "float32"),
+        head_start_ms=2.0),                     # the GPU's work: the host's segment table is not timed
+    "cpu-packed": PackedGrid(
+        "cpu-packed", "NumPy references: 5 sequences (1, 63, 64, 65, 7) packed, padded and as one, D 16",
+        device="host", mixes={"awkward-5": (1, 63, 64, 65, 7)}, backends=("numpy",), dtypes=("float32",),
+        heads=1, Ds=(16,), passes=("fwd", "fwdbwd"), flush_l2=False, target_ms=20.0, budget_s=120.0),
+})
 
 
 def get_grid(name: str) -> Grid:

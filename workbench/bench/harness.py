@@ -44,7 +44,8 @@ ROW_FIELDS = ("op", "T", "Dk", "Dv", "dtype", "causal", "pass", "line", "kind", 
               "ms_median", "ms_q1", "ms_q3", "ms_min", "ms_max", "reps", "clock", "form", "flops", "bytes",
               "intensity", "tflops", "gbps", "compute", "peak_flops", "peak_bw", "bound_ms", "roof_frac",
               "rel_err", "peak_mem_bytes", "baseline", "vs_baseline", "vs_peers", "B", "H", "N",
-              "api_of", "kernel_ms", "overhead_ms", "host_ms")
+              "api_of", "kernel_ms", "overhead_ms", "host_ms", "table", "tokens_per_s", "read_bound_ms",
+              "read_bound_x", "layout", "mix", "lengths", "vs_single", "vs_padded")
 API_WARMUP = 10             # untimed calls of an API line before its samples (fewer when slow: API_WARMUP_MS)
 API_WARMUP_MS = 50.0
 HOST_ONLY_MS = 1.0          # the host-only loop runs for calls shorter than this (where host time matters)
@@ -332,7 +333,37 @@ def _add_ratios(rows: list, preference: tuple) -> None:
                 r["vs_peers"] = {k: p["ms_median"] / r["ms_median"] for k, p in ok.items() if p["kind"] == "peer"}
 
 
-def run_grid(grid: Grid, ceil: dict, seed: int = 0, echo=print, progress: bool = True, on_cell=None) -> dict:
+class _OpsCells:
+    """The cells of a ``Grid`` (kind "ops"); decode.py and packed.py run the other kinds the same way."""
+
+    @staticmethod
+    def line_keys(grid) -> dict:
+        return {op: [v.key for v in lines.our_lines(op, grid.backends, grid.exclude)] for op in grid.ops}
+
+    @staticmethod
+    def run_cell(grid, cell, ceil: dict, seed: int, clocks: _Clocks) -> list:
+        return run_cell(grid, *cell, ceil, seed, clocks)
+
+
+def _runner(grid):
+    """What runs the cells of ``grid``: a module or class with ``line_keys(grid)`` and ``run_cell(grid, cell,
+    ceil, seed, clocks)`` (kind "decode": decode.py, "packed": packed.py)."""
+    return _OpsCells if grid.kind == "ops" else importlib.import_module(f".{grid.kind}", __package__)
+
+
+def _cell_fields(cell) -> dict:
+    """A cell as a dict, op first (skipped-cell records, progress lines)."""
+    if isinstance(cell, tuple):
+        return dict(zip(("op", "T", "D", "dtype", "causal"), cell))
+    return asdict(cell)
+
+
+def _cell_label(fields: dict) -> str:
+    return f"{fields['op']} " + " ".join(f"{k}={v}" if k not in ("dtype", "mix") else str(v)
+                                         for k, v in fields.items() if k != "op")
+
+
+def run_grid(grid, ceil: dict, seed: int = 0, echo=print, progress: bool = True, on_cell=None) -> dict:
     """Run every cell of ``grid`` (within its time budget); returns {"meta", "results", "skipped_cells"}.
     ``on_cell(partial_result)`` is called after every cell (the command writes the JSON each time, so a run
     killed from outside keeps what it measured; ``meta.complete`` is False until the end)."""
@@ -341,10 +372,11 @@ def run_grid(grid: Grid, ceil: dict, seed: int = 0, echo=print, progress: bool =
     load_error = "; ".join(_error_text(e) for _, e in failures) or None
     if load_error and echo:
         echo(f"bench: registry.load_all failed ({load_error}); timing the variants registered so far")
+    runner = _runner(grid)
     meta = dict(grid=asdict(grid), device=ceil.get("device"), ceilings=ceil, versions=versions(),
                 commit=git_commit(), date=time.strftime("%Y-%m-%d %H:%M:%S"), seed=seed,
-                poisoning=False, registry_error=load_error,
-                lines={op: [v.key for v in lines.our_lines(op, grid.backends, grid.exclude)] for op in grid.ops})
+                poisoning=False, registry_error=load_error, lines=runner.line_keys(grid))
+    meta["grid"]["kind"] = grid.kind
     cells = grid.cells()
     rows, skipped = [], []
     meta["complete"] = False
@@ -354,15 +386,17 @@ def run_grid(grid: Grid, ceil: dict, seed: int = 0, echo=print, progress: bool =
     tty = sys.stderr.isatty()
     bar = tqdm(cells, desc=f"bench {grid.name}", unit="cell", disable=not (progress and tty))
     lost = None
-    for i, (op, T, D, dtype, causal) in enumerate(bar):
+    for i, cell in enumerate(bar):
+        fields = _cell_fields(cell)
+        label = _cell_label(fields)
         elapsed = time.perf_counter() - t0
         if lost or (i > 0 and elapsed > grid.budget_s):          # the first cell always runs
             reason = f"CUDA context lost: {lost}" if lost else f"time budget of {grid.budget_s:.0f} s spent"
-            skipped.append(dict(op=op, T=T, D=D, dtype=dtype, causal=causal, reason=reason))
+            skipped.append(dict(fields, reason=reason))
             continue
-        bar.set_postfix_str(f"{op} T={T} D={D} {dtype}")
+        bar.set_postfix_str(label)
         with backends.poisoned(False):             # time the user's path: no NaN fills of outputs
-            cell_rows = run_cell(grid, op, T, D, dtype, causal, ceil, seed + 7919 * i, clocks)
+            cell_rows = runner.run_cell(grid, cell, ceil, seed + 7919 * i, clocks)
         rows += cell_rows
         if grid.device == "gpu":
             lost = sticky_error(cell_rows)
@@ -371,8 +405,7 @@ def run_grid(grid: Grid, ceil: dict, seed: int = 0, echo=print, progress: bool =
         if progress and not tty and echo:
             n_ok = sum(r["status"] == "ok" for r in cell_rows)
             n_err = sum(r["status"] == "error" for r in cell_rows)
-            echo(f"[{i + 1}/{len(cells)}] {op} T={T} D={D} {dtype} causal={causal}: {n_ok} ok, {n_err} errors "
-                 f"({time.perf_counter() - t0:.0f} s)")
+            echo(f"[{i + 1}/{len(cells)}] {label}: {n_ok} ok, {n_err} errors ({time.perf_counter() - t0:.0f} s)")
         if on_cell is not None:
             meta["wall_s"] = time.perf_counter() - t0
             try:

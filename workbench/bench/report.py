@@ -38,7 +38,7 @@ def full_table(result: dict, fmt: str = "github", include_skips: bool = False) -
     """One row per (cell, line, pass): time, spread, rates, roofline fraction, speed-up vs the baseline."""
     rows = []
     for r in result["results"]:
-        if r.get("status") != "ok" and not include_skips:
+        if (r.get("status") != "ok" and not include_skips) or r.get("table"):
             continue
         iqr = (r["ms_q3"] - r["ms_q1"]) / r["ms_median"] if r.get("ms_median") else None
         rows.append([r["op"], r["T"], r["Dk"], r["dtype"], "c" if r.get("causal") else "nc", r["pass"],
@@ -57,7 +57,7 @@ def short_table(result: dict, fmt: str = "github") -> str:
     baseline."""
     cells = {}
     for r in result["results"]:
-        if r.get("status") != "ok":
+        if r.get("status") != "ok" or r.get("table"):     # decode and packed rows: their own tables
             continue
         key = (r["op"], r["T"], r["Dk"], r["dtype"], r.get("causal"), r["pass"])
         c = cells.setdefault(key, {"ours": None, "base": None})
@@ -98,6 +98,56 @@ def api_table(result: dict, fmt: str = "github") -> str:
         return ""
     head = ["op", "T", "D", "dtype", "pass", "variant", "variant ms", "API ms", "API overhead us",
             "API host us", "calls"]
+    return tabulate(rows, headers=head, tablefmt=fmt, disable_numparse=True)
+
+
+def decode_table(result: dict, fmt: str = "github") -> str:
+    """Decode rows (``table`` "decode"): per op, dtype, batch and line the time of one step, tokens/s, the
+    bandwidth achieved, the roofline fraction (state read + write at the copy bandwidth) and the time over
+    the state-read bound.  Empty when there are none."""
+    rows = []
+    for r in result["results"]:
+        if r.get("table") != "decode" or r.get("status") != "ok":
+            continue
+        rows.append([r["op"], r["dtype"], r["B"], r["H"], r["Dk"], r["line"], _f(r.get("ms_median") * 1e3, "{:.4g}"),
+                     _f(r.get("tokens_per_s"), "{:.4g}"), _f(r.get("gbps")), _pct(r.get("roof_frac")),
+                     _f(r.get("read_bound_x"), "{:.2f}"), _f(r.get("rel_err"), "{:.1e}"),
+                     (r.get("note") or "")[:50]])
+    if not rows:
+        return ""
+    head = ["op", "dtype", "B", "heads", "D", "line", "us / step", "tokens/s", "GB/s", "roofline",
+            "x read bound", "rel err", "note"]
+    return tabulate(rows, headers=head, tablefmt=fmt, disable_numparse=True)
+
+
+DECODE_NOTE = ("one token for B sequences (B x heads states of D x D); step lines: CUDA events, L2 flushed, the host's "
+               "launch time hidden (the kernel's own time); api:step: the public step's wall time per call; roofline: "
+               "state read + write at the copy bandwidth / time; x read bound: time / (state read at the copy "
+               "bandwidth), the goal is <= 2 at B = 64")
+
+
+def packed_table(result: dict, fmt: str = "github") -> str:
+    """Packed rows (``table`` "packed"): per op, mix, dtype, pass and variant the times of the packed, padded
+    and single-sequence layouts, packed / single (the goal: <= 1.1) and the speed-up of packing over
+    padding.  Empty when there are none."""
+    cells = {}
+    for r in result["results"]:
+        if r.get("table") != "packed" or r.get("status") != "ok":
+            continue
+        key = (r["op"], r["mix"], r["dtype"], r["Dk"], r["pass"], r["line"])
+        cells.setdefault(key, {})[r["layout"]] = r
+    rows = []
+    for (op, mix, dtype, D, pass_, line), c in cells.items():
+        p = c.get("packed")
+        vs_single = p.get("vs_single") if p else None
+        rows.append([op, mix, dtype, D, pass_, line] + [_f(c[x]["ms_median"], "{:.4g}") if x in c else ""
+                                                        for x in ("packed", "padded", "single")]
+                    + [_f(1 / vs_single if vs_single else None, "{:.2f}"), _f(p and p.get("vs_padded"), "{:.2f}"),
+                       _f(p and p.get("rel_err"), "{:.1e}")])
+    if not rows:
+        return ""
+    head = ["op", "mix", "dtype", "D", "pass", "line", "packed ms", "padded ms", "single ms",
+            "packed / single (goal <= 1.1)", "padded / packed", "rel err (packed vs padded)"]
     return tabulate(rows, headers=head, tablefmt=fmt, disable_numparse=True)
 
 
@@ -150,6 +200,12 @@ def markdown(result: dict) -> str:
     api = api_table(result)
     if api:
         parts += ["", "## Host overhead of the public API", "", API_NOTE + ".", "", api]
+    dec = decode_table(result)
+    if dec:
+        parts += ["", "## Decode throughput", "", DECODE_NOTE + ".", "", dec]
+    pk = packed_table(result)
+    if pk:
+        parts += ["", "## Packed against padded and one sequence", "", pk]
     p = problems(result)
     if p:
         parts += ["", "## Errors and skips", "", "```", p, "```"]

@@ -543,6 +543,18 @@ ZEROS_CASES = [_zeros(*row) for row in (
     ("chunked_mma_tf32", "float32", (1,), 130, 64, 64, True, 3),
     ("chunked_mma_tf32", "float32", (1,), 65, 32, 128, False, 2))]
 ZEROS_GRID_TESTS = ("test_forward_stats", "test_backward_rows", "test_variant_extreme_logits")
+# states and packed sequences: a few cells of the GPU test's grid (G and H in one call and apart, not causal
+# packed, one token), two calls against one, packed against per-sequence calls, the zero-length refusal
+ZEROS_STATE_CASES = [_zeros_test("test_state_and_packed_match_the_reference", impl=impl, dtype=dt, T=T, Dk=dk, Dv=dv,
+                                 causal=c, state=st, packed=pk) for impl, dt, T, dk, dv, c, st, pk in (
+    ("chunked_mma", "float32", 200, 32, 80, True, True, True),
+    ("chunked_mma", "float16", 130, 64, 64, True, True, True),
+    ("chunked_mma", "float32", 67, 5, 7, False, False, True),
+    ("chunked_mma_tf32", "float32", 1, 64, 64, True, True, False))]
+ZEROS_STATE_CASES += [_zeros_test("test_two_calls_equal_one_call", impl="chunked_mma", dtype=dt, split=split)
+                      for dt, split in (("float32", 63), ("float16", 65))]
+ZEROS_STATE_CASES += [_zeros_test("test_packed_equals_one_call_per_sequence", impl="chunked_mma", dtype="float16"),
+                      _zeros_test("test_zero_length_sequence_is_refused")]
 ZEROS_TESTS = ("test_forward_stats_nan", "test_variant_nan_in_s_reaches_later_rows_only")
 
 
@@ -550,7 +562,7 @@ def cases() -> list:
     """Every case, in running order (the zeros grids read from its test file's parametrize marks)."""
     zeros_tests = [_zeros_test(f, **kw) for f in ZEROS_GRID_TESTS for kw in _test_grid("test_cupy_zeros_mma", f)]
     return (SOFTMAX_CASES + CHUNKED_CASES + ZEROS_CASES + zeros_tests
-            + [_zeros_test(f) for f in ZEROS_TESTS] + _cells())
+            + [_zeros_test(f) for f in ZEROS_TESTS] + ZEROS_STATE_CASES + _cells())
 
 
 # ----------------------------------------------------------------------------- main

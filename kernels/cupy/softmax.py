@@ -34,6 +34,7 @@ import numpy as np
 from workbench import backends
 from workbench.registry import Variant, register
 
+from . import _packing as packing
 from ._module import declare_groups, get_kernel, launch
 
 SOURCE = "softmax.cu"
@@ -166,7 +167,8 @@ def _forward(family, q, k, v, causal=True, scale=1.0):
     return o, (family, q, k, v, o, lse, bool(causal), float(scale))
 
 
-def _backward(ctx, do):
+def _backward(ctx, do, cu=None):
+    """cu: packed sequences (the flash_mma kernels only; cupy:fa2_det's backward)."""
     import cupy as cp
     family, q, k, v, o, lse, causal, scale = ctx
     if do.dtype != q.dtype or not do.flags.c_contiguous:
@@ -189,10 +191,11 @@ def _backward(ctx, do):
     launch(_kernel(fam, ct, f"bwd_dot<{ct}>"), (-(-N * T // 8),), (256,), (o, do, Dbuf, np.int64(N * T), np.int32(dv)))
     threads = FLASH_THREADS if fam == "flash" else MMA_THREADS
     smem = smem_flash if fam == "flash" else smem_mma
+    seqs = packing.kernel_args(cu) if fam == "mma" else ()
     for kind, outs in (("dkdv", (dk_, dv_)), ("dq", (dq,))):
         t = tiles(fam, D, kind)
         launch(_kernel(fam, ct, _expr(fam, ct, D, kind, t)), (-(-T // t[0]) * N,), (threads,),
-               (q, k, v, lse, Dbuf, do) + outs + dims, smem(kind, D))
+               (q, k, v, lse, Dbuf, do) + outs + dims + seqs, smem(kind, D))
     return dq, dk_, dv_
 
 
@@ -378,6 +381,7 @@ class Fa2Ctx:
     causal: bool
     scale: float
     fallback: Any = None           # cupy:flash's ctx when plan is None
+    cu: Optional[tuple] = None     # packed sequences (cu_seqlens), or None
 
 
 def _aligned16(x):
@@ -385,12 +389,15 @@ def _aligned16(x):
     return x if backends.data_ptr(x) % 16 == 0 else x.copy()
 
 
-def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0):
+def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None):
     import cupy as cp
     N, T, dk = q.shape
     dv = v.shape[-1]
     dt = str(q.dtype)
     plan = _fa2_plan(spec.policy(dt), spec.family, CTYPE[dt], dk, dv)
+    if plan is None and cu_seqlens is not None:
+        raise ValueError(f"softmax_attention: backend cupy:{spec.name} packs sequences (cu_seqlens) for head dims "
+                         f"up to {FA2_BUCKETS[-1]} only, got Dk={dk}, Dv={dv}")
     if plan is None:
         o, ctx = _forward("flash", q, k, v, causal=causal, scale=scale)
         return o, Fa2Ctx(spec, None, (), bool(causal), float(scale), fallback=ctx)
@@ -399,8 +406,8 @@ def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0):
     lse = backends.new_output(cp, (N, T), cp.float32)
     launch(plan.fwd, (-(-T // plan.rows) * N,), (FA_THREADS,),
            (q, k, v, o, lse, np.int32(N), np.int32(T), plan.dk, plan.dv, np.float32(scale * LOG2E),
-            np.int32(bool(causal))), plan.fwd_smem)
-    return o, Fa2Ctx(spec, plan, (q, k, v, o, lse), bool(causal), float(scale))
+            np.int32(bool(causal))) + packing.kernel_args(cu_seqlens), plan.fwd_smem)
+    return o, Fa2Ctx(spec, plan, (q, k, v, o, lse), bool(causal), float(scale), cu=cu_seqlens)
 
 
 def _fa2_backward(ctx: Fa2Ctx, do):
@@ -408,7 +415,7 @@ def _fa2_backward(ctx: Fa2Ctx, do):
         return _backward(ctx.fallback, do)
     q, k, v, o, lse = ctx.saved
     if ctx.spec.deterministic:
-        return _backward(("mma", q, k, v, o, lse, ctx.causal, ctx.scale), do)
+        return _backward(("mma", q, k, v, o, lse, ctx.causal, ctx.scale), do, cu=ctx.cu)
     import cupy as cp
     plan = ctx.plan
     N, T, dk = q.shape
@@ -423,18 +430,19 @@ def _fa2_backward(ctx: Fa2Ctx, do):
     launch(plan.pre, (-(-rows // 8),), (256,), (o, do, Dbuf, dqacc, np.int64(rows), plan.dv, plan.dk))
     launch(plan.bwd, (-(-T // FA2_KEY_BLOCK) * N,), (FA_THREADS,),
            (q, k, v, lse, Dbuf, do, dqacc, dk_, dv_, np.int32(N), np.int32(T), plan.dk, plan.dv,
-            np.float32(ctx.scale * LOG2E), np.float32(ctx.scale), np.int32(ctx.causal)), plan.bwd_smem)
+            np.float32(ctx.scale * LOG2E), np.float32(ctx.scale), np.int32(ctx.causal))
+           + packing.kernel_args(ctx.cu), plan.bwd_smem)
     launch(plan.post, (-(-rows * dk // 256),), (256,), (dqacc, dq, np.int64(rows * dk), np.float32(ctx.scale)))
     return dq, dk_, dv_
 
 
 def _fa2_make(spec: Fa2Spec):
-    def forward(q, k, v, causal=True, scale=1.0):
-        return _fa2_forward(spec, q, k, v, causal=causal, scale=scale)
+    def forward(q, k, v, causal=True, scale=1.0, cu_seqlens=None):
+        return _fa2_forward(spec, q, k, v, causal=causal, scale=scale, cu_seqlens=cu_seqlens)
     return forward
 
 
 for _spec in FA2_SPECS:
     register(Variant("softmax", "cupy", _spec.name, _fa2_make(_spec), _fa2_backward, dtypes=_spec.dtypes,
-                     array_kind="cupy", gpu=True, supports=_supports, tags=_spec.tags,
+                     array_kind="cupy", gpu=True, supports=_supports, tags=_spec.tags, features=frozenset({"packed"}),
                      default_for=_spec.default_for, description=_spec.description))

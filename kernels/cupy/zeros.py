@@ -133,7 +133,6 @@ for _impl, _desc, _default in (
 # (kernels/cuda/chunked_mma.cu): F = core(q, k, u v; log decays gF), [G, H] = core(q, k, [((s - c)/sigma) v, v])
 # (two calls when 2 Dv > 128), o = (alpha oF + beta sigma oG + gamma oH) / s_o.  Read the zeros.cu section
 # header for the derivation, the shift c and the scales s_o (stream outputs) and sigma (per head).
-import functools  # noqa: E402
 import math  # noqa: E402
 from dataclasses import dataclass as _dataclass  # noqa: E402
 from typing import Optional  # noqa: E402
@@ -142,6 +141,7 @@ from workbench.backends import data_ptr, new_output  # noqa: E402
 from workbench.state import ZeroSState  # noqa: E402
 
 from . import _chunked_mma as mma  # noqa: E402
+from . import _packing as packing  # noqa: E402
 
 INSTANTIATIONS = INSTANTIATIONS + mma.INSTANTIATIONS     # the kernels this module's variants launch
 from ._module import launch  # noqa: E402
@@ -190,14 +190,6 @@ def _at(a, offset: int = 0):
     return np.uint64(data_ptr(a) + offset * a.itemsize)
 
 
-@functools.lru_cache(maxsize=256)
-def _sequence_arrays(cu: tuple):
-    """Device int32 arrays: the sequence of every token (T,) and the offsets (nseq + 1,)."""
-    import cupy as cp
-    ids = np.repeat(np.arange(len(cu) - 1, dtype=np.int32), np.diff(np.asarray(cu)))
-    return cp.asarray(ids), cp.asarray(np.asarray(cu, np.int32))
-
-
 @_dataclass(frozen=True)
 class Sequences:
     """The packed sequences of one call and its initial state's scalars, as the token kernels take them:
@@ -211,10 +203,7 @@ class Sequences:
 
     def args(self) -> tuple:
         """tseq, cu, nseq (the kernels' sequence arguments; null pointers for one sequence)."""
-        if self.cu is None:
-            return np.uint64(0), np.uint64(0), np.int32(1)
-        tseq, cu_dev = _sequence_arrays(self.cu)
-        return tseq, cu_dev, np.int32(self.nseq)
+        return packing.kernel_args(self.cu) + (np.int32(self.nseq),)
 
     def sums(self, x):
         """(..., T) -> (..., nseq) float64: x summed over each sequence."""

@@ -514,6 +514,20 @@ SOFTMAX_CASES += [
     _softmax("fa2_3xtf32 T=130 Dk=32 Dv=24", "fa2_3xtf32", "float32", (1,), 130, 32, 24, False, True),
     _softmax("fa2_tf32 T=150 Dk=Dv=128", "fa2_tf32", "float32", (1,), 150, 128, 128, False, True)]
 
+# packed sequences (cu_seqlens, inputs.packed_lengths) on the fa2 kernels and fa2_det's backward: check cells and
+# the GPU test's packed-against-per-sequence comparison
+SOFTMAX_CASES += [Case("softmax", f"softmax packed cell cupy:{var} {dt} T={T} {dk}x{dv} causal={c}", "check_cell",
+                       dict(op="softmax", variant=var, dtype=dt, lead=(2,), T=T, Dk=dk, Dv=dv, causal=c, state=False,
+                            packed=True)) for var, dt, T, dk, dv, c in (
+    ("fa2", "float16", 200, 96, 40, True), ("fa2", "float16", 200, 96, 40, False),
+    ("fa2_det", "float16", 130, 64, 64, True), ("fa2_det", "float16", 67, 16, 24, False),
+    ("fa2_3xtf32", "float32", 200, 64, 64, False), ("fa2_tf32", "float32", 130, 128, 128, True))]
+SOFTMAX_CASES += [Case("softmax", f"softmax test_fa2_packed_equals_one_call_per_sequence(variant={var})", "test_function",
+                       dict(module="test_cupy_softmax", function="test_fa2_packed_equals_one_call_per_sequence",
+                            kwargs=dict(variant=var))) for var in ("fa2", "fa2_det")]
+SOFTMAX_CASES += [Case("softmax", "softmax test_zero_length_sequence_is_refused()", "test_function",
+                       dict(module="test_cupy_softmax", function="test_zero_length_sequence_is_refused", kwargs={}))]
+
 # chunked_mma: every storage type and split the emulator runs x every mode x segment lengths.  Shapes: packed
 # T = 130 (sequences of 1, 63, 1, 65 tokens: chunk edges, one-token sequences) and T = 130 in one sequence
 # (segments of 3, 1 and 2 chunks), each with every L; head dims 80 x 72 (128-wide tiles, separate dk and dv

@@ -181,6 +181,21 @@ __global__ void zeros_scan_bwd(const TI* __restrict__ s, const TI* __restrict__ 
 // The running max is held fixed throughout: o does not depend on it, so the gradient is exact.  The core
 // also returns d gF (F is a decayed call); it is discarded for the same reason.
 //
+// Packed sequences and states.  With cu_seqlens (tseq: the sequence of each token) both scans are segmented:
+// a forward element carries a flag "starts a sequence" and (a, b) -> b when b has it; a backward element a flag
+// "ends a sequence" and (a, b) -> a when a has it (still associative, so chunk partials, the scan over chunks
+// and the in-chunk fix-up stay as they are; chunks may hold several sequences).  An initial state's scalars
+// (m0, E0, P0, n0 per sequence: st0) are joined to the first token's element, n_t = n0 + the position in the
+// sequence (row ST_N), and gF at the first token is m0 - m_t, which decays the initial F0 handed to the F
+// stream's core call (G0 and H0 go to the G and H calls as (G0 - c H0) / sigma and H0); zeros_ftoken writes
+// each sequence's final m, E, P, n (the final F, G, H come from the core calls).  Backward: the final
+// state's gradient seeds each sequence's last element (R -= dE, Q -= dP: E_b and P_b are sums over the
+// sequence like the rows' E_t, P_t), zeros_bfinish adds the final max's gradient mu = dm - E_b dE - <F_b, dF>
+// to ds of the token that first reached it and writes dE0 = -R e^{m0 - m_first}, dP0 = -Q at each sequence's
+// first token; zeros_bchunk writes dn_t (summed per sequence on the host: dn0).  Not causal and packed:
+// a causal statistics pass gives each sequence's totals, which the per-token pass reads (and the host sums
+// x, y per sequence for the backward).
+//
 // Layouts: per-token statistics st (NST, N, T) float32 (rows ST_*); per head (NHEAD, N) float32 (sigma, c);
 // per-chunk arrays (N, NC); stream arrays (N, T, width) row-major with a leading dimension ld (G and H may
 // share one array: vH = vG + Dv).

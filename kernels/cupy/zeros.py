@@ -132,7 +132,9 @@ for _impl, _desc, _default in (
 # row kernels of zeros.cu (namespace zs) around two calls of the tensor-core chunk core
 # (kernels/cuda/chunked_mma.cu): F = core(q, k, u v; log decays gF), [G, H] = core(q, k, [((s - c)/sigma) v, v])
 # (two calls when 2 Dv > 128), o = (alpha oF + beta sigma oG + gamma oH) / s_o.  Read the zeros.cu section
-# header for the derivation, the shift c and the scales s_o (stream outputs) and sigma (per head).
+# header for the derivation, the shift c and the scales s_o (stream outputs) and sigma (per head), packed
+# sequences (segmented scans) and states (initial statistics joined to each sequence's first token; F0, G0, H0
+# as the core calls' initial states; the gradient formulas of workbench/reference/zeros.py).
 import math  # noqa: E402
 from dataclasses import dataclass as _dataclass  # noqa: E402
 from typing import Optional  # noqa: E402

@@ -525,8 +525,11 @@ SOFTMAX_CASES += [Case("softmax", f"softmax packed cell cupy:{var} {dt} T={T} {d
 SOFTMAX_CASES += [Case("softmax", f"softmax test_fa2_packed_equals_one_call_per_sequence(variant={var})", "test_function",
                        dict(module="test_cupy_softmax", function="test_fa2_packed_equals_one_call_per_sequence",
                             kwargs=dict(variant=var))) for var in ("fa2", "fa2_det")]
-SOFTMAX_CASES += [Case("softmax", "softmax test_zero_length_sequence_is_refused()", "test_function",
-                       dict(module="test_cupy_softmax", function="test_zero_length_sequence_is_refused", kwargs={}))]
+SOFTMAX_CASES += [Case("softmax", f"softmax test_fa2_packed_refusals(D={D})", "test_function",
+                       dict(module="test_cupy_softmax", function="test_fa2_packed_refusals",
+                            kwargs=dict(D=D, cu=cu, match=match)))
+                  for D, cu, match in ((200, (0, 4, 10), "cu_seqlens.*head dims up to 128"),
+                                       (16, (0, 4, 4, 10), "zero-length sequence"))]
 
 # chunked_mma: every storage type and split the emulator runs x every mode x segment lengths.  Shapes: packed
 # T = 130 (sequences of 1, 63, 1, 65 tokens: chunk edges, one-token sequences) and T = 130 in one sequence

@@ -281,17 +281,12 @@ def test_fa2_packed_equals_one_call_per_sequence(variant):
 
 @gpu
 @needs_cupy
-def test_fa2_packed_head_dim_limit_is_a_clear_error():
+@pytest.mark.parametrize("D,cu,match", [(200, (0, 4, 10), "cu_seqlens.*head dims up to 128"),
+                                        (16, (0, 4, 4, 10), "zero-length sequence")],
+                         ids=["head-dim-above-128", "zero-length"])
+def test_fa2_packed_refusals(D, cu, match):
+    """Clear errors: packing above head dim 128 (the fallback kernels do not pack), a zero-length sequence."""
     cp = backends.cupy_module()
-    q, k, v = (cp.asarray(a, dtype=cp.float16) for a in random_inputs("softmax", (1,), 10, 200, 200, "float32", 0))
-    with pytest.raises(ValueError, match="cu_seqlens.*head dims up to 128"):
-        wb.softmax_attention(q, k, v, cu_seqlens=(0, 4, 10), backend="cupy:fa2")
-
-
-@gpu
-@needs_cupy
-def test_zero_length_sequence_is_refused():
-    cp = backends.cupy_module()
-    q, k, v = (cp.asarray(a, dtype=cp.float16) for a in random_inputs("softmax", (1,), 10, 16, 16, "float32", 0))
-    with pytest.raises(ValueError, match="zero-length sequence"):
-        wb.softmax_attention(q, k, v, cu_seqlens=(0, 4, 4, 10), backend="cupy:fa2")
+    q, k, v = (cp.asarray(a, dtype=cp.float16) for a in random_inputs("softmax", (1,), 10, D, D, "float32", 0))
+    with pytest.raises(ValueError, match=match):
+        wb.softmax_attention(q, k, v, cu_seqlens=cu, backend="cupy:fa2")

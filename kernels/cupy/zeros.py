@@ -423,16 +423,20 @@ def _head(stats: ForwardStats):
     return stats.head[0][:, None, None, None], stats.head[1][:, None, None, None]
 
 
-def _gh_states(cp, G, H, sigma, c, one_call: bool) -> list:
-    """The G and H streams' view of a pair of (N, nseq, Dk, Dv) states (G, H) of s itself: [(G - c H) / sigma,
-    H], side by side when G and H are one core call."""
-    pair = [cp.ascontiguousarray((G - c * H) / sigma, dtype=cp.float32), cp.ascontiguousarray(H, dtype=cp.float32)]
+def _f32(x):
+    import cupy as cp
+    return cp.ascontiguousarray(x, dtype=cp.float32)
+
+
+def _gh_operands(cp, g, h, one_call: bool) -> list:
+    """A G-call and an H-call state operand (N, nseq, Dk, Dv) as the core calls take them: side by side in one
+    array when G and H are one call, else apart."""
+    pair = [_f32(g), _f32(h)]
     return [cp.concatenate(pair, axis=-1)] if one_call else pair
 
 
 def _state_scalars(cp, state):
-    return None if state is None else cp.ascontiguousarray(cp.stack([getattr(state, x) for x in STATE_SCALARS]),
-                                                           dtype=cp.float32)
+    return None if state is None else _f32(cp.stack([getattr(state, x) for x in STATE_SCALARS]))
 
 
 def _make_mma(split):
@@ -450,8 +454,8 @@ def _make_mma(split):
         S0 = [None] * 3
         if initial_state is not None:
             sigma, c = _head(stats)
-            S0 = [cp.ascontiguousarray(initial_state.F, dtype=cp.float32)] + _gh_states(
-                cp, initial_state.G, initial_state.H, sigma, c, one_call)
+            G0, H0 = initial_state.G, initial_state.H                # the G call runs on (s - c) / sigma
+            S0 = [_f32(initial_state.F)] + _gh_operands(cp, (G0 - c * H0) / sigma, H0, one_call)
         call = dict(scale=so, causal=causal, split=split, want_final=return_state, cu=cu_seqlens)
         oF, cF = mma.forward(q, k, vals.F, gF, S0=S0[0], **call)
         if one_call:
@@ -466,7 +470,7 @@ def _make_mma(split):
                           cF.final if return_state else None)
         if not return_state:
             return o, ctx
-        return (o, _final_state(cp, stats, cores, Dv)), ctx
+        return (o, _final_state(stats, cores, Dv)), ctx
 
     def backward(ctx, do, dfinal=None):
         import cupy as cp
@@ -480,14 +484,12 @@ def _make_mma(split):
         sg = StateGrads(d0=new_output(cp, (2, N, seqs.nseq), cp.float32) if st0 is not None else None)
         dST = [None] * 3
         if dfinal is not None:
-            f32 = lambda x: cp.ascontiguousarray(x, dtype=cp.float32)   # noqa: E731
             sigma, c = _head(stats)
             # G = sigma S_G + c S_H, H = S_H: dS_G = sigma dG, dS_H = c dG + dH, divided by 4 sigma as the core's
             # G and H gradients are (zeros_bchunk)
-            dST = [f32(dfinal.F)] + _gh_states(cp, dfinal.G / 4, (c * dfinal.G + dfinal.H) / (4 * sigma), 1.0, 0.0,
-                                               one_call)
+            dST = [_f32(dfinal.F)] + _gh_operands(cp, dfinal.G / 4, (c * dfinal.G + dfinal.H) / (4 * sigma), one_call)
             mu = dfinal.m - stats.fin.E * dfinal.E - (ctx.finF * dfinal.F).sum(axis=(-2, -1))
-            sg = StateGrads(f32(cp.stack([dfinal.E, dfinal.P])), f32(mu), stats.fin.M, sg.d0)
+            sg = StateGrads(_f32(cp.stack([dfinal.E, dfinal.P])), _f32(mu), stats.fin.M, sg.d0)
         dn = new_output(cp, (N, T), cp.float32) if st0 is not None else None
         dgates, xy, yR, yQ = backward_scalars(dt, do, ctx.outs, ctx.gates, stats, ctx.causal, ctx.inv_s, douts,
                                               seqs=seqs, dfin=sg.dfin, dn=dn)
@@ -509,16 +511,14 @@ def _make_mma(split):
     return forward, backward
 
 
-def _final_state(cp, stats: ForwardStats, cores, Dv) -> ZeroSState:
+def _final_state(stats: ForwardStats, cores, Dv) -> ZeroSState:
     """The state after each sequence: the statistics, F from the F call, G = sigma S_G + c S_H and H = S_H from
     the G and H calls."""
     fin = stats.fin
     SG, SH = (cores[1].final[..., :Dv], cores[1].final[..., Dv:]) if len(cores) == 2 else (cores[1].final,
                                                                                           cores[2].final)
     sigma, c = _head(stats)
-    f32 = lambda x: cp.ascontiguousarray(x, dtype=cp.float32)   # noqa: E731
-    return ZeroSState(f32(fin.M), f32(fin.E), f32(fin.P), f32(fin.n), f32(cores[0].final), f32(sigma * SG + c * SH),
-                      f32(SH))
+    return ZeroSState(*(_f32(x) for x in (fin.M, fin.E, fin.P, fin.n, cores[0].final, sigma * SG + c * SH, SH)))
 
 
 def _initial_state_grad(cp, ctx: _MMAContext, dfinal, sg: StateGrads, dn, dS0F, dS0G, dS0H) -> ZeroSState:
@@ -537,8 +537,7 @@ def _initial_state_grad(cp, ctx: _MMAContext, dfinal, sg: StateGrads, dn, dS0F, 
     if dfinal is not None:
         dn0 = dn0 + dfinal.n
         dm0 = dm0 + cp.where(st0.m == sg.finM, sg.mu, 0)
-    f32 = lambda x: cp.ascontiguousarray(x, dtype=cp.float32)   # noqa: E731
-    return ZeroSState(*(f32(x) for x in (dm0, dE0, dP0, dn0, dF0, dG0, dH0)))
+    return ZeroSState(*(_f32(x) for x in (dm0, dE0, dP0, dn0, dF0, dG0, dH0)))
 
 
 _f, _bw = _make_mma(3)

@@ -241,6 +241,14 @@ def _same_or_copy(a, dtype=None, contiguous=False):
     return _copy(a, dtype)
 
 
+def _ascontiguousarray(a, dtype=None):
+    """CuPy's ascontiguousarray takes device arrays only (a NumPy array is a TypeError there, as here)."""
+    if not isinstance(a, HostArray):
+        raise TypeError(f"Argument 'a' has incorrect type (expected cupy._core.core._ndarray_base, got "
+                        f"{type(a).__module__}.{type(a).__name__})")
+    return _same_or_copy(a, dtype, contiguous=True)
+
+
 def _wrap(fn):
     """A NumPy function whose ndarray results come back as device arrays."""
     def f(*args, **kwargs):
@@ -317,7 +325,7 @@ def fake_cupy() -> types.ModuleType:
     cp.full = lambda shape, v, dtype=None: _copy(np.full(shape, v, dtype))
     cp.empty_like = lambda a, dtype=None: _alloc(np.shape(a), dtype or a.dtype)
     cp.asarray = lambda a, dtype=None: _same_or_copy(a, dtype)
-    cp.ascontiguousarray = lambda a, dtype=None: _same_or_copy(a, dtype, contiguous=True)
+    cp.ascontiguousarray = _ascontiguousarray
     cp.asnumpy = lambda a: np.array(a)
     cp.RawModule = RawModule
     cp.RawKernel = lambda code, name, options=(), **_: RawModule(code, options).get_function(name)

@@ -2,10 +2,12 @@
 that only record their launches) runs every variant's forward and backward, so the launch path -- kernel
 lookup, compile groups, output allocation, launch arguments -- is exercised on every machine.  The numbers
 are meaningless; the GPU tests check those.  Also: ``cli.py warmup`` lists and refuses without a GPU."""
+import re
 import sys
 import types
 
 import numpy as np
+
 import pytest
 from click.testing import CliRunner
 
@@ -122,6 +124,10 @@ def test_warmup_lists_every_group_and_refuses_without_a_gpu(monkeypatch):
     softmax_groups = [g for src, g in _module.groups() if src == "softmax.cu"]
     assert r.output.count("compile softmax.cu") == len(softmax_groups) > 0
     assert "call cupy:flash_mma float16" in r.output
+    r = CliRunner().invoke(main, ["warmup", "--list", "--backend", "cupy", "--op", "linear"])
+    assert r.exit_code == 0 and "call cupy:chunked_mma float32 T=64 causal=True, feature_map=elu1, normalize=True" \
+        in r.output, r.output
+    assert not re.search(r"call cupy:chunked_mma_tf32 .*normalize=True", r.output), "a call the variant refuses"
     monkeypatch.setattr(backends, "status", lambda b: (False, "no GPU here"))
     r = CliRunner().invoke(main, ["warmup"])
     assert r.exit_code == 2 and "nothing to warm up" in r.output and "no GPU here" in r.output

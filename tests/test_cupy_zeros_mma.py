@@ -575,7 +575,7 @@ def run_case(impl, dtype, N, T, Dk, Dv, causal, n_gates, seed=0, s_fn=None, prep
     from workbench.backends import poisoned
     arrays, do = _inputs((N,), T, Dk, Dv, n_gates, seed, s_fn, prep)
     var = registry.get("zeros", "cupy", impl)
-    dev = [cp.ascontiguousarray(_cast(a, dtype)) for a in arrays + [do]]
+    dev = [cp.ascontiguousarray(_dev(a, dtype)) for a in arrays + [do]]
     with poisoned():
         out, ctx = var.forward(*dev[:5], causal=causal, **kw)
         grads = var.backward(ctx, dev[5])

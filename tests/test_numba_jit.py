@@ -225,3 +225,41 @@ def test_shape_sweep_command(tmp_path):
     import json
     data = json.loads(out.read_text())
     assert data["ops"][0]["calls"] == 4 and data["failures"] == 0
+
+
+def test_cache_saves_of_two_processes_never_cross(tmp_path, monkeypatch):
+    """Two writers saving different keys into one kernel's cache at once (threads stand in for processes:
+    each opens its own lock file description): both load the index before either saves, the first writer's
+    data lands last.  Unserialised, the second key's index entry would point at the first key's data."""
+    import threading
+    import time
+    from numba.cuda.core import caching
+    assert getattr(caching.IndexDataCacheFile.save, "serialised", False), "kernels.numba._jit did not patch it"
+    gate = threading.Barrier(2, timeout=0.5)
+    load_index, save_data = caching.IndexDataCacheFile._load_index, caching.IndexDataCacheFile._save_data
+
+    def slow_load_index(self):
+        overloads = load_index(self)
+        try:
+            gate.wait()                      # unserialised: both writers read the empty index
+        except threading.BrokenBarrierError:
+            pass                             # serialised: the other writer is waiting on the lock
+        return overloads
+
+    def late_save_data(self, name, data):
+        if data == "A":
+            time.sleep(0.3)
+        save_data(self, name, data)
+
+    monkeypatch.setattr(caching.IndexDataCacheFile, "_load_index", slow_load_index)
+    monkeypatch.setattr(caching.IndexDataCacheFile, "_save_data", late_save_data)
+    files = [caching.IndexDataCacheFile(str(tmp_path), "kern-1.py312", "stamp") for _ in range(2)]
+    writers = [threading.Thread(target=f.save, args=(key, key)) for f, key in zip(files, "AB")]
+    writers[0].start()
+    time.sleep(0.05)
+    writers[1].start()
+    for w in writers:
+        w.join()
+    monkeypatch.setattr(caching.IndexDataCacheFile, "_load_index", load_index)
+    reader = caching.IndexDataCacheFile(str(tmp_path), "kern-1.py312", "stamp")
+    assert [reader.load(key) for key in "AB"] == ["A", "B"]

@@ -28,6 +28,7 @@ Where the cache lives: ``kernels/numba/__pycache__`` when writable, else Numba's
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import numba
@@ -52,6 +53,44 @@ def bucket(*dims: int) -> int:
 def group(DB: int) -> int:
     """The skip-group width for bucket DB (GROUP, or DB itself for a smaller test bucket)."""
     return min(GROUP, DB)
+
+
+def _serialise_cache_saves() -> None:
+    """Make Numba's disk-cache writes safe between processes.
+
+    Every specialisation of one factory kernel (each bucket, type, signature) shares one index file, and
+    Numba names a new entry's data file by the first number its index does not use yet.  Two processes
+    compiling different specialisations at once (``check -j``, parallel test runs) can both take number 1:
+    A writes its index {a: 1}, B overwrites it with {b: 1} and writes data 1, then A writes data 1; B's
+    key now loads A's kernel, silently (seen on an H200: Numba ZeroS GPU tests failing only while another
+    process compiled into the same cache).  Here each save (read the index, pick the name, write the index
+    and the data) runs under an exclusive ``flock`` on a lock file beside the index, so no two processes
+    interleave; loads need no lock (index and data files are replaced atomically and a data file never
+    changes its key)."""
+    try:
+        from numba.cuda.core import caching
+    except ImportError:                          # another numba layout: leave it as it is
+        return
+    cls = getattr(caching, "IndexDataCacheFile", None)
+    if cls is None or getattr(cls.save, "serialised", False):
+        return
+    unlocked = cls.save
+
+    def save(self, key, data):
+        import fcntl
+        os.makedirs(self._cache_path, exist_ok=True)
+        with open(self._index_path + ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                unlocked(self, key, data)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    save.serialised = True
+    cls.save = save
+
+
+_serialise_cache_saves()
 
 
 def kernel(fn):

@@ -427,6 +427,7 @@ def test_forward_stats(T, kind, causal):
     r = direct_stats(s, gates, causal, c)
     n = r["n"]
     np.testing.assert_array_equal(got["m"], r["m"])
+    np.testing.assert_array_equal(got["n"], r["n"])
     np.testing.assert_array_equal(sigma, r["sigma"])
     _close("E", got["E"], r["E"], 2e-5)
     _close("P", got["P"], r["P"], 1e-6, np.cumsum(np.abs(s), -1) if causal else np.abs(s).sum(-1, keepdims=True))

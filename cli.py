@@ -14,7 +14,7 @@ import click
 import workbench
 from workbench.cli_params import DTYPE, NON_NEGATIVE_INT, OP, SEED, Backend, make_parent
 
-# Modules that each define click commands in a ``COMMANDS`` list (added when the module exists).
+# Modules that each define click commands in a ``COMMANDS`` list.
 _COMMAND_MODULES = (
     "workbench.bench.commands",      # bench, roofline, scaling
     "experiments.commands",          # experiment NAME
@@ -64,7 +64,7 @@ def check(ops, backends, quick, full, dtypes, json_path, seed, jobs):
 
 
 @main.command()
-@click.option("--op", "ops", multiple=True, type=click.Choice(("softmax", "linear", "decayed", "zeros")),
+@click.option("--op", "ops", multiple=True, type=click.Choice(workbench.registry.OPS),
               help="only these ops (repeatable; default all)")
 @click.option("--backend", "backends_", multiple=True, type=click.Choice(("cupy", "numba")),
               help="only these GPU backends (repeatable; default every one usable here)")
@@ -106,13 +106,7 @@ def warmup(ops, backends_, jobs, list_only):
 
 def _add_command_modules():
     for name in _COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if name.startswith(e.name or "\0"):      # that module not written yet
-                continue
-            raise
-        for cmd in getattr(mod, "COMMANDS", ()):
+        for cmd in importlib.import_module(name).COMMANDS:
             main.add_command(cmd)
 
 

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 
 import workbench as wb
+from workbench.inputs import default_options
 from workbench.reference.common import feature_map as _phi, sigmoid
 
 DEFAULT_OUT = os.path.join("out", "experiments")        # scratch (git-ignored); results/experiments is committed
@@ -33,10 +34,6 @@ def mean_se(values):
 
 
 # ----------------------------------------------------------------------------- rows from the ops
-OPS = {"softmax": wb.softmax_attention, "linear": wb.linear_attention, "decayed": wb.decayed_attention,
-       "zeros": wb.zeros_attention}
-
-
 def last_row_weights(op: str, arrays, backend: str = "numpy", **options):
     """Weights of the last query row over all T keys, for every leading index, from the public op's ``vjp``.
 
@@ -51,7 +48,7 @@ def last_row_weights(op: str, arrays, backend: str = "numpy", **options):
     v = arrays[2]
     if v.shape[-1] != 1:
         raise ValueError("last_row_weights: pass v with Dv = 1")
-    out, pullback = wb.vjp(OPS[op], *arrays, backend=backend, **options)
+    out, pullback = wb.vjp(wb.PUBLIC_OPS[op], *arrays, backend=backend, **options)
     dout = np.zeros_like(out)
     dout[..., -1, :] = 1.0
     dv = pullback(dout)[2]
@@ -63,7 +60,7 @@ def direct_row_weights(op: str, arrays, t: int, options=None):
     directly in float64 from the docs/spec.md section 3 formulas in O(t Dk) -- for long T, where neither a T x T matrix
     nor all T rows are affordable.  ``arrays`` are the op's arrays with one leading dim ``(N, T, ...)``.
     Tested against the references' explicit weight matrices."""
-    o = dict(options or {})
+    o = default_options(op, **(options or {}))
     q, k = (np.asarray(a, dtype=np.float64) for a in arrays[:2])
     qt, kw = q[:, t], k[:, :t + 1]
     if op == "softmax":
@@ -72,15 +69,15 @@ def direct_row_weights(op: str, arrays, t: int, options=None):
         e = np.exp(a - a.max(-1, keepdims=True))
         return e / e.sum(-1, keepdims=True)
     if op == "linear":
-        fm = o.get("feature_map", "identity")
-        A = o.get("scale", 1.0) * np.einsum("nid,nd->ni", _phi(kw, fm), _phi(qt, fm))
-        if o.get("normalize", False):
-            A = A / (A.sum(-1, keepdims=True) + o.get("eps", 1e-6))
+        fm = o["feature_map"]
+        A = o["scale"] * np.einsum("nid,nd->ni", _phi(kw, fm), _phi(qt, fm))
+        if o["normalize"]:
+            A = A / (A.sum(-1, keepdims=True) + o["eps"])
         return A
     B = np.einsum("nid,nd->ni", kw, qt)
     if op == "decayed":
         G = np.cumsum(np.asarray(arrays[3], dtype=np.float64)[:, :t + 1], -1)
-        return o.get("scale", 1.0) * np.exp(G[:, -1:] - G) * B
+        return o["scale"] * np.exp(G[:, -1:] - G) * B
     if op == "zeros":
         s = np.asarray(arrays[3], dtype=np.float64)[:, :t + 1]
         gates = np.asarray(arrays[4], dtype=np.float64)[:, t]

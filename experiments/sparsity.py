@@ -27,6 +27,7 @@ import numpy as np
 from ._common import (DEFAULT_OUT, direct_row_weights, last_row_weights, mean_se, progress, pyplot,
                       save_fig, sparsity, table, write_json)
 from workbench.inputs import random_inputs
+from workbench.opspec import OPS
 from workbench.reference.common import feature_map as _phi, sigmoid
 
 NAME = "sparsity"
@@ -392,7 +393,7 @@ def sweep_T(cfg, show):
     D = cfg["Dk_sweep"]
     out = {}
     sb = sphere_dot_sparsity(D)
-    jobs = [(op, T, seed) for op in ("softmax", "linear", "decayed", "zeros") for T in cfg["T_sweep"]
+    jobs = [(op, T, seed) for op in OPS for T in cfg["T_sweep"]
             for seed in range(cfg["sweep_seeds"])]
     acc = {}
     for op, T, seed in progress(jobs, "sparsity: S against T", show):
@@ -413,7 +414,7 @@ def sweep_T(cfg, show):
         acc.setdefault((op, T), ([], []))
         acc[(op, T)][0].extend(Ss)
         acc[(op, T)][1].extend(asym)
-    for op in ("softmax", "linear", "decayed", "zeros"):
+    for op in OPS:
         rows = []
         for T in cfg["T_sweep"]:
             Ss, asym = acc[(op, T)]

@@ -369,6 +369,7 @@ def run_softmax(variant, dtype, lead, T, Dk, Dv, causal, full_mantissa, seed) ->
     full_mantissa: float32 inputs keep every mantissa bit (else they are float16 values)."""
     from workbench import registry
     from workbench.backends import poisoned
+    from workbench.check import rel_error
     from workbench.inputs import random_inputs
     from workbench.reference import softmax as ref
     rng = np.random.default_rng(seed)
@@ -385,12 +386,9 @@ def run_softmax(variant, dtype, lead, T, Dk, Dv, causal, full_mantissa, seed) ->
         grads = var.backward(ctx, flat[3])
     o_ref, rctx = ref.explicit_forward(q, k, v, causal=causal, scale=scale)
     g_ref = ref.explicit_backward(rctx, do)
-    errs = {}
-    for name, x, r in zip(("o", "dq", "dk", "dv"), (out,) + tuple(grads), (o_ref,) + tuple(g_ref)):
-        x = np.asarray(x, np.float64).reshape(r.shape)
-        nr = np.linalg.norm(r)
-        errs[name] = np.linalg.norm(x - r) / nr if nr > 0 else np.linalg.norm(x - r)
-    tol = 5e-3 if "tf32" in var.tags else {"float32": 1e-4, "float16": 2e-2}[dtype]
+    errs = {name: rel_error(np.asarray(x, np.float64).reshape(r.shape), r)
+            for name, x, r in zip(("o", "dq", "dk", "dv"), (out,) + tuple(grads), (o_ref,) + tuple(g_ref))}
+    tol = registry.TOLERANCE["tf32" if "tf32" in var.tags else dtype]
     return Result(all(np.isfinite(e) and e < tol for e in errs.values()), errs, tol)
 
 

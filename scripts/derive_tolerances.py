@@ -74,8 +74,8 @@ def derive(paths, headroom: float = HEADROOM) -> list:
             cells = comparison_cells(json.load(f))
         if not cells:
             raise ValueError(f"{path}: no comparison cells (not a `check --json` file of a variant sweep?)")
-        for c in cells:
-            groups.setdefault((c["op"], c["variant"], c["dtype"]), []).append(c)
+        for c in cells:          # variants under their current names (sweeps recorded before a rename)
+            groups.setdefault((c["op"], registry.canonical_key(c["variant"], warn=False), c["dtype"]), []).append(c)
     out = []
     for (op, variant, dtype), cells in sorted(groups.items()):
         errs = [e for c in cells for e in c["errors"].values() if e is not None and math.isfinite(e)]

@@ -25,7 +25,9 @@ from dataclasses import asdict, dataclass, field
 import click
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OPS = ("softmax", "linear", "decayed", "zeros")
+sys.path.insert(0, ROOT)
+from workbench.opspec import OPS, SPECS  # noqa: E402  (imports neither Numba nor CuPy)
+
 HEAD_DIMS = ((8, 8), (16, 5), (32, 24), (48, 80), (64, 64))
 QUICK_HEAD_DIMS = ((8, 8), (16, 5))
 
@@ -65,21 +67,19 @@ def sweep(backend="numba", ops=OPS, head_dims=HEAD_DIMS, T_max=130, arrays="nump
     xp = np
     if arrays == "cupy":
         import cupy as xp
-    fns = {"softmax": wb.softmax_attention, "linear": wb.linear_attention, "decayed": wb.decayed_attention,
-           "zeros": wb.zeros_attention}
     res = SweepResult(backend, arrays, [list(p) for p in head_dims], T_max)
     t_start = time.perf_counter()
     for op in ops:
         times = OpTimes(op)
         res.ops.append(times)
         for Dk, Dv in head_dims:
-            for causal in ((True,) if op == "decayed" else (True, False)):
+            for causal in SPECS[op].causal_values:
                 for T in range(1, T_max + 1):
                     ins = [xp.asarray(a) for a in random_inputs(op, lead, T, Dk, Dv, "float32", seed=T)]
                     dout = xp.asarray(np.random.default_rng(T).standard_normal((*lead, T, Dv)).astype("float32"))
                     t0 = time.perf_counter()
                     try:
-                        out, pull = wb.vjp(fns[op], *ins, backend=backend, causal=causal)
+                        out, pull = wb.vjp(wb.PUBLIC_OPS[op], *ins, backend=backend, causal=causal)
                         grads = pull(dout)
                         if arrays == "cupy":
                             xp.cuda.runtime.deviceSynchronize()
@@ -121,7 +121,6 @@ def main(backend, ops, T_max, arrays, fresh_cache, quick, json_path):
             raise click.UsageError("--fresh-cache must be set before numba or cupy is imported")
         cache = tempfile.mkdtemp(prefix="wb-kernel-cache-")
         os.environ["NUMBA_CACHE_DIR"] = os.environ["CUPY_CACHE_DIR"] = cache
-    sys.path.insert(0, ROOT)
     from workbench import backends
     ok, why = backends.status(backend.split(":")[0])
     if not ok:
@@ -129,7 +128,7 @@ def main(backend, ops, T_max, arrays, fresh_cache, quick, json_path):
     head_dims = QUICK_HEAD_DIMS if quick else HEAD_DIMS
     T_max = T_max or (2 if quick else 130)
     ops = ops or OPS
-    n_calls = sum(len(head_dims) * (1 if op == "decayed" else 2) * T_max for op in ops)
+    n_calls = sum(len(head_dims) * len(SPECS[op].causal_values) * T_max for op in ops)
     click.echo(f"shape sweep: backend {backend}, float32, {arrays} arrays, head dims "
                f"{' '.join(f'({a},{b})' for a, b in head_dims)}, T 1..{T_max}, causal and not: {n_calls} calls"
                + (f"; fresh kernel cache {cache}" if cache else ""))

@@ -191,7 +191,7 @@ def test_backend_filter_takes_groups_and_line_keys():
     g = G.get_grid("headline").filtered(backends=("cupy", "peer:sdpa-flash"))
     assert g.backends == ("cupy",) and g.peers
     assert g.wants("cupy:flash") and g.wants("peer:sdpa-flash")
-    assert not g.wants("peer:sdpa-cudnn") and not g.wants("numba:tiled")
+    assert not g.wants("peer:sdpa-cudnn") and not g.wants("numba:flash")
     g = G.get_grid("cpu").filtered(backends=("numpy:chunked",))
     assert g.backends == ("numpy",) and not g.peers
     assert g.wants("numpy:chunked") and not g.wants("numpy:explicit")

@@ -9,13 +9,14 @@ import pytest
 import workbench as wb
 from workbench import registry
 from workbench.backends import cupy_module
+from workbench.check import rel_error
 from workbench.inputs import random_inputs
 from workbench.reference import decayed as ref_decayed, linear as ref_linear, zeros as ref_zeros
 
 from kernels.cupy import _chunked as core, decayed, linear, zeros
 
 gpu = pytest.mark.gpu
-TOL = {"float32": 1e-4, "float16": 2e-2}
+TOL = registry.TOLERANCE          # the library's relative-error tolerance per dtype
 OPS = {"linear": (wb.linear_attention, ref_linear), "decayed": (wb.decayed_attention, ref_decayed),
        "zeros": (wb.zeros_attention, ref_zeros)}
 
@@ -65,12 +66,6 @@ def test_supports_rejects_big_heads():
 
 
 # ----------------------------------------------------------------------------- GPU: against the reference
-def _rel(x, r):
-    x = np.asarray(x, np.float64)
-    err, nr = np.linalg.norm(x - r), np.linalg.norm(r)
-    return err / nr if nr > 0 else err
-
-
 def _run(op, impl, lead, T, Dk, Dv, dtype, seed=0, **kw):
     fn, ref = OPS[op]
     input_kw = {k: kw.pop(k) for k in ("n_gates", "log_decay_range") if k in kw}
@@ -85,17 +80,22 @@ def _run(op, impl, lead, T, Dk, Dv, dtype, seed=0, **kw):
     flat = [a.reshape((-1,) + a.shape[len(lead):]) for a in arrays]
     ro, ctx = ref.explicit_forward(*flat, **kw)
     rg = ref.explicit_backward(ctx, do.reshape((-1, T, Dv)))
-    errs = [_rel(out.reshape(ro.shape), ro)] + [_rel(g.reshape(r.shape), r) for g, r in zip(grads, rg)]
+    errs = [rel_error(out.reshape(ro.shape), ro)] + [rel_error(g.reshape(r.shape), r) for g, r in zip(grads, rg)]
     return errs
 
 
 SHAPES = [((2, 3), 37, 5, 7), ((1,), 1, 64, 64), ((2,), 130, 64, 64), ((1,), 200, 80, 48), ((1,), 70, 160, 24)]
 
 
-@gpu
-@pytest.mark.parametrize("impl", ["naive", "chunked"])
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("shape", SHAPES)
+def every_case(test):
+    """A GPU test over both kernels, both dtypes and every shape."""
+    for mark in (pytest.mark.parametrize("shape", SHAPES), pytest.mark.parametrize("dtype", ["float32", "float16"]),
+                 pytest.mark.parametrize("impl", ["naive", "chunked"]), gpu):
+        test = mark(test)
+    return test
+
+
+@every_case
 def test_linear(impl, dtype, shape):
     for causal in (True, False):
         for fmap, norm in (("identity", False), ("elu1", True), ("relu", False)):
@@ -105,20 +105,14 @@ def test_linear(impl, dtype, shape):
             assert max(errs) < TOL[dtype], (causal, fmap, norm, errs)
 
 
-@gpu
-@pytest.mark.parametrize("impl", ["naive", "chunked"])
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("shape", SHAPES)
+@every_case
 def test_decayed(impl, dtype, shape):
     for rng in ((-1.0, -0.01), (-30.0, 0.0)):
         errs = _run("decayed", impl, *shape, dtype, log_decay_range=rng, scale=0.9)
         assert max(errs) < TOL[dtype], (rng, errs)
 
 
-@gpu
-@pytest.mark.parametrize("impl", ["naive", "chunked"])
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("shape", SHAPES)
+@every_case
 def test_zeros(impl, dtype, shape):
     for causal in (True, False):
         for n_gates in (2, 3):
@@ -145,7 +139,7 @@ def test_zeros_extreme_logits(impl):
             rg = ref_zeros.explicit_backward(ctx, do)
             for name, x, r in zip(("out", "dq", "dk", "dv", "ds", "dgates"), (out,) + grads, (ro,) + rg):
                 assert x.dtype == np.dtype(dtype) and np.all(np.isfinite(x)), (dtype, causal, name)
-                assert _rel(x, r) < tol, (dtype, causal, name, _rel(x, r))
+                assert rel_error(x, r) < tol, (dtype, causal, name, rel_error(x, r))
 
 
 @gpu
@@ -174,4 +168,4 @@ def test_decayed_extreme_decay_matches_the_reference():
         tol = registry.get("decayed", "cupy", impl).tolerance("float32")
         out, pull = wb.vjp(wb.decayed_attention, q, k, v, g, backend=f"cupy:{impl}")
         for name, x, r in zip(("out", "dq", "dk", "dv", "dlog_decay"), (out,) + pull(do), refs):
-            assert np.isfinite(x).all() and _rel(x, r) < tol, (impl, name, _rel(x, r))
+            assert np.isfinite(x).all() and rel_error(x, r) < tol, (impl, name, rel_error(x, r))

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 import workbench as wb
+from workbench import registry
+from workbench.check import rel_error
 from workbench.backends import numba_simulator
 from workbench.inputs import random_inputs
 from workbench.reference import decayed as ref
@@ -16,7 +18,7 @@ nd = pytest.importorskip("kernels.numba.decayed")
 from kernels.numba import _chunked, _jit  # noqa: E402
 
 pytestmark = pytest.mark.slow      # Numba CUDA simulator: minutes; -m "not slow" leaves them out
-TOL = {"float32": 1e-4, "float64": 1e-10}
+TOL = registry.TOLERANCE          # the library's relative-error tolerance per dtype
 MULTI_TILE = {"chunk": 8, "block_k": 4, "block_v": 4, "threads": 8}
 ONE_TILE = {"chunk": 8, "block_k": 8, "block_v": 8, "threads": 8}
 
@@ -34,12 +36,6 @@ def tiles(monkeypatch):
         monkeypatch.setattr(nd, "SCAN_THREADS", scan_threads)
     return set_tiles
 
-
-def rel(x, r):
-    """||x - r|| / ||r||; against max(||r||, 1) where the reference is (numerically) zero (dg at T = 1)."""
-    r = np.asarray(r, np.float64)
-    err = np.linalg.norm(np.asarray(x, np.float64) - r)
-    return err / (np.linalg.norm(r) if np.linalg.norm(r) > 1e-6 else 1.0)
 
 
 def numba_vjp(variant, q, k, v, g, do, scale=1.0):
@@ -64,7 +60,7 @@ def check_case(variant, lead, T, Dk, Dv, dtype, scale=1.0, decay_range=(-1.0, -0
     got, want = run(variant, q, k, v, g, do, scale)
     for name, x, r in zip(("o", "dq", "dk", "dv", "dlog_decay"), got, want):
         assert x.dtype == np.dtype(dtype) and x.shape == r.shape, (name, x.dtype, x.shape)
-        err = rel(x, r)
+        err = rel_error(x, r)
         assert np.isfinite(err) and err < TOL[dtype], (variant, name, err)
 
 
@@ -156,7 +152,7 @@ def test_minus_inf_log_decay_is_an_exact_reset(variant, dtype, tiles):
     np.testing.assert_allclose(want[0][:, 9:], seg_o, rtol=1e-12, atol=1e-12)      # the truth is a reset
     for name, x, r in zip(("o", "dq", "dk", "dv", "dlog_decay"), got, want):
         assert np.isfinite(x).all(), name
-        err = rel(x, r)
+        err = rel_error(x, r)
         assert err < TOL[dtype], (variant, name, err)
 
 
@@ -175,7 +171,7 @@ def test_any_log_decay_in_minus_inf_to_zero_is_accurate_in_float32(variant, tile
     do = rng.standard_normal((1, T, 3)).astype(np.float32).astype(np.float64)
     got = numba_vjp(variant, *(x.astype(np.float32) for x in (q, k, v, g, do)))
     want = pairwise_truth(q, k, v, g, do)
-    errs = {n: rel(x, r) for n, x, r in zip(("o", "dq", "dk", "dv", "dlog_decay"), got, want)}
+    errs = {n: rel_error(x, r) for n, x, r in zip(("o", "dq", "dk", "dv", "dlog_decay"), got, want)}
     assert all(np.isfinite(x).all() for x in got), errs
     assert max(errs.values()) < 1e-5, errs
 
@@ -196,7 +192,7 @@ def test_gpu_cupy_in_cupy_out():
     q, k, v, g = random_inputs("decayed", lead=(2,), T=100, Dk=64, Dv=64, dtype="float32")
     o = wb.decayed_attention(*(cp.asarray(x) for x in (q, k, v, g)), backend="numba:chunked")
     assert isinstance(o, cp.ndarray)
-    assert rel(cp.asnumpy(o), ref.explicit_forward(q, k, v, g)[0]) < 1e-4
+    assert rel_error(cp.asnumpy(o), ref.explicit_forward(q, k, v, g)[0]) < 1e-4
 
 
 def test_chunked_weights_stay_accurate_when_the_chunk_cumsum_is_large(tiles):
@@ -212,6 +208,6 @@ def test_chunked_weights_stay_accurate_when_the_chunk_cumsum_is_large(tiles):
     do = np.random.default_rng(4).standard_normal((*lead, T, D)).astype(np.float16).astype(np.float64)
     got, want = run("chunked", *(x.astype(np.float32) for x in (q, k, v, g, do)))
     _, want = run("naive", q, k, v, g, do)                                          # float64: the truth
-    errs = {n: rel(x, r) for n, x, r in zip(("o", "dq", "dk", "dv", "dlog_decay"), got, want)}
+    errs = {n: rel_error(x, r) for n, x, r in zip(("o", "dq", "dk", "dv", "dlog_decay"), got, want)}
     # measured: 4e-8 (o, dq, dk, dv) and 1e-6 (dlog_decay); 3e-7..4e-7 and 8e-6 with a plain float32 cumsum
     assert max(errs[n] for n in ("o", "dq", "dk", "dv")) < 1.5e-7 and errs["dlog_decay"] < 4e-6, errs

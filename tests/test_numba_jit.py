@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow      # Numba CUDA simulator and subprocesses: minu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OPS = ("softmax", "linear", "decayed", "zeros")
-VARIANTS = [(op, v) for op in OPS for v in ("naive", "tiled" if op == "softmax" else "chunked")]
+VARIANTS = [(op, v) for op in OPS for v in ("naive", "flash" if op == "softmax" else "chunked")]
 # Kernels per (bucket, dtype): every option is run-time (causal, direction, normalize, output parts) except
 # linear's feature map (7 kernels per map, 2 shared).
 KERNELS_PER_BUCKET = {"softmax": 7, "linear": 2 + 3 * 7, "decayed": 5, "zeros": 6}
@@ -128,7 +128,7 @@ def one_small_bucket(monkeypatch):
     monkeypatch.setattr(_jit, "GROUP", 4)
     for key, val in {"block_q": 8, "block_k": 4, "block_kv": 4, "block_q_bwd": 8}.items():
         monkeypatch.setitem(softmax.CONFIG, key, val)
-    for key, val in {"chunk32": 4, "chunk64": 4, "db": 3, "threads": 16, "rows": 8}.items():
+    for key, val in {"chunk_float32": 4, "chunk_float64": 4, "block_cols": 3, "threads": 16, "rows": 8}.items():
         monkeypatch.setitem(linear.CONFIG, key, val)
     for key, val in {"chunk": 8, "block_k": 4, "block_v": 4, "threads": 8}.items():
         monkeypatch.setitem(_chunked.CONFIG, key, val)

@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 import workbench as wb
+from workbench import registry
+from workbench.check import rel_error
 from workbench.backends import numba_simulator
 from workbench.inputs import random_inputs
 from workbench.reference import linear as ref
@@ -14,8 +16,8 @@ numba_linear = pytest.importorskip("kernels.numba.linear")
 from kernels.numba import _jit  # noqa: E402
 
 pytestmark = pytest.mark.slow      # Numba CUDA simulator: minutes; -m "not slow" leaves them out
-TOL = {"float32": 1e-4, "float64": 1e-10}
-SMALL = {"chunk32": 4, "chunk64": 4, "db": 3, "threads": 16, "rows": 8}
+TOL = registry.TOLERANCE          # the library's relative-error tolerance per dtype
+SMALL = {"chunk_float32": 4, "chunk_float64": 4, "block_cols": 3, "threads": 16, "rows": 8}
 
 
 @pytest.fixture(autouse=True)
@@ -28,11 +30,6 @@ def small_tiles(monkeypatch):
         monkeypatch.setattr(_jit, "BUCKETS", (8, 16))
         monkeypatch.setattr(_jit, "GROUP", 4)
 
-
-def rel(x, r):
-    """||x - r|| / ||r||; the absolute error where the reference is exactly zero."""
-    err, nr = np.linalg.norm(np.asarray(x, np.float64) - r), np.linalg.norm(r)
-    return err / nr if nr > 0 else err
 
 
 def run_case(variant, lead, T, Dk, Dv, dtype, causal, feature_map="identity", normalize=False, scale=1.0,
@@ -47,8 +44,8 @@ def run_case(variant, lead, T, Dk, Dv, dtype, causal, feature_map="identity", no
                                       eps=1e-6, **opts)
     g_ref = ref.explicit_backward(ctx, do.astype(np.float64))
     assert out.dtype == np.dtype(dtype) and out.shape == (*lead, T, Dv)
-    errs = {"o": rel(out, o_ref)}
-    errs.update({n: rel(g, r) for n, g, r in zip(("dq", "dk", "dv"), grads, g_ref)})
+    errs = {"o": rel_error(out, o_ref)}
+    errs.update({n: rel_error(g, r) for n, g, r in zip(("dq", "dk", "dv"), grads, g_ref)})
     for name, err in errs.items():
         assert np.isfinite(err) and err < TOL[dtype], (variant, name, err, errs)
 
@@ -96,7 +93,7 @@ def test_nan_propagates_without_crash():
 @pytest.mark.parametrize("causal", [True, False])
 def test_gpu_real_chunks(variant, causal, monkeypatch):
     """On a GPU: default chunks, T not a multiple of 64, head dims 64, 128 and odd."""
-    defaults = {"chunk32": 64, "chunk64": 32, "db": 16, "threads": 128, "rows": 64}
+    defaults = {"chunk_float32": 64, "chunk_float64": 32, "block_cols": 16, "threads": 128, "rows": 64}
     for key, val in defaults.items():
         monkeypatch.setitem(numba_linear.CONFIG, key, val)
     for T, Dk, Dv in [(127, 64, 64), (200, 128, 128), (65, 80, 48)]:

@@ -1,6 +1,6 @@
 """Without a GPU: every kernel the ``numba:*`` variants launch -- driven through their real host code, bucket
 and tile choice and launch arguments -- types and compiles to PTX for sm_90, with static shared memory <= 48 KB
-and no float64 arithmetic in float32 kernels (``kernels/numba/_ptx_check.py``).  The CUDA simulator cannot catch
+and no float64 arithmetic in float32 kernels (``kernels/numba/ptx_check.py``).  The CUDA simulator cannot catch
 these: it runs kernels as Python.  Two head-dim buckets are compiled (64, and 128 for 80/48); at bucket 64 the
 kernels listed keep their per-thread rows in registers (no local memory), which the bucket layout (arrays sized
 by the bucket, indexed by unrolled loops) must preserve."""
@@ -36,7 +36,7 @@ def test_every_kernel_compiles_to_ptx(op, n_kernels, registers_only):
         pytest.skip("libNVVM (a CUDA toolkit) not found")
     env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0", CUDA_HOME=home,
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    res = subprocess.run([sys.executable, "-m", "kernels.numba._ptx_check", "--op", op, "--dtype", "float32",
+    res = subprocess.run([sys.executable, "-m", "kernels.numba.ptx_check", "--op", op, "--dtype", "float32",
                           "--D", "64", "--D", "80/48", "--quick"], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=600)
     out = res.stdout + res.stderr

@@ -1,10 +1,12 @@
-"""Numba softmax attention (naive and tiled) against the float64 explicit NumPy reference, through the public
+"""Numba softmax attention (naive and flash) against the float64 explicit NumPy reference, through the public
 API.  On a CPU machine this runs on Numba's CUDA simulator (tests/conftest.py), so shapes and tiles are tiny;
 the tile sizes are shrunk so T crosses several tiles and one tile boundary falls mid-tile."""
 import numpy as np
 import pytest
 
 import workbench as wb
+from workbench import registry
+from workbench.check import rel_error
 from workbench.backends import numba_simulator
 from workbench.inputs import random_inputs
 from workbench.reference import softmax as ref
@@ -13,7 +15,7 @@ numba_softmax = pytest.importorskip("kernels.numba.softmax")
 from kernels.numba import _jit  # noqa: E402
 
 pytestmark = pytest.mark.slow      # Numba CUDA simulator: minutes; -m "not slow" leaves them out
-TOL = {"float32": 1e-4, "float64": 1e-10}
+TOL = registry.TOLERANCE          # the library's relative-error tolerance per dtype
 SMALL_TILES = {"block_q": 8, "block_k": 4, "block_kv": 4, "block_q_bwd": 8}
 
 
@@ -28,11 +30,6 @@ def small_tiles(monkeypatch):
         monkeypatch.setattr(_jit, "GROUP", 4)
 
 
-def rel(x, r):
-    """||x - r|| / ||r||; the absolute error where the reference is exactly zero (dq, dk at T=1 causal)."""
-    err, nr = np.linalg.norm(np.asarray(x, np.float64) - r), np.linalg.norm(r)
-    return err / nr if nr > 0 else err
-
 
 def run_case(variant, lead, T, Dk, Dv, dtype, causal, scale=None, seed=0):
     q, k, v = random_inputs("softmax", lead=lead, T=T, Dk=Dk, Dv=Dv, dtype=dtype, seed=seed)
@@ -44,38 +41,38 @@ def run_case(variant, lead, T, Dk, Dv, dtype, causal, scale=None, seed=0):
                                       causal=causal, scale=sc)
     g_ref = ref.explicit_backward(ctx, do.astype(np.float64))
     assert out.dtype == np.dtype(dtype) and out.shape == (*lead, T, Dv)
-    errs = {"o": rel(out, o_ref)}
-    errs.update({n: rel(g, r) for n, g, r in zip(("dq", "dk", "dv"), grads, g_ref)})
+    errs = {"o": rel_error(out, o_ref)}
+    errs.update({n: rel_error(g, r) for n, g, r in zip(("dq", "dk", "dv"), grads, g_ref)})
     for name, err in errs.items():
         assert np.isfinite(err) and err < TOL[dtype], (variant, name, err, errs)
 
 
 # T=19 crosses several 8-/4-row tiles and ends mid-tile; Dk != Dv and odd; two leading dims.
-@pytest.mark.parametrize("variant", ["naive", "tiled"])
+@pytest.mark.parametrize("variant", ["naive", "flash"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_awkward_shape_float64(variant, causal):
     run_case(variant, (2, 3), 19, 5, 7, "float64", causal)
 
 
-@pytest.mark.parametrize("variant", ["naive", "tiled"])
+@pytest.mark.parametrize("variant", ["naive", "flash"])
 def test_float32_and_scale(variant):
     run_case(variant, (2,), 13, 6, 4, "float32", True, scale=0.7)
 
 
-@pytest.mark.parametrize("variant", ["naive", "tiled"])
+@pytest.mark.parametrize("variant", ["naive", "flash"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_single_position(variant, causal):
     run_case(variant, (3,), 1, 4, 3, "float64", causal)
 
 
-def test_tiled_longer_sequence_matches_naive():
+def test_flash_longer_sequence_matches_naive():
     """T=37: several key tiles per query tile, and query tiles that skip key tiles (causal)."""
-    run_case("tiled", (1,), 37, 4, 4, "float64", True, seed=3)
+    run_case("flash", (1,), 37, 4, 4, "float64", True, seed=3)
 
 
 @pytest.mark.parametrize("D,itemsize", [(64, 4), (128, 4), (64, 8), (256, 8)])
 def test_tiles_fit_static_shared_memory(D, itemsize, monkeypatch):
-    """With the default tiles, every tiled kernel's static shared memory stays under the 48 KB limit."""
+    """With the default tiles, every flash kernel's static shared memory stays under the 48 KB limit."""
     for key, val in {"block_q": 64, "block_k": 64, "block_kv": 32, "block_q_bwd": 32}.items():
         monkeypatch.setitem(numba_softmax.CONFIG, key, val)
     tl = numba_softmax._tiles(D, itemsize)
@@ -90,7 +87,7 @@ def test_tiles_fit_static_shared_memory(D, itemsize, monkeypatch):
 def test_nan_propagates_without_crash():
     q, k, v = random_inputs("softmax", lead=(1,), T=6, Dk=4, Dv=4, dtype="float64")
     v[0, 2, 1] = np.nan
-    out = wb.softmax_attention(q, k, v, backend="numba:tiled", causal=True)
+    out = wb.softmax_attention(q, k, v, backend="numba:flash", causal=True)
     assert np.isfinite(out[0, :2]).all()         # rows before position 2 never see it
     assert np.isnan(out[0, 2:, 1]).all()
 
@@ -98,11 +95,11 @@ def test_nan_propagates_without_crash():
 def test_unsupported_head_dim_is_a_clear_error():
     q, k, v = random_inputs("softmax", lead=(1,), T=2, Dk=300, Dv=4, dtype="float32")
     with pytest.raises(ValueError, match="head dims"):
-        wb.softmax_attention(q, k, v, backend="numba:tiled")
+        wb.softmax_attention(q, k, v, backend="numba:flash")
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", ["naive", "tiled"])
+@pytest.mark.parametrize("variant", ["naive", "flash"])
 @pytest.mark.parametrize("causal", [True, False])
 def test_gpu_real_tiles(variant, causal, monkeypatch):
     """On a GPU: default tiles, T not a multiple of 64, head dims 64 and 128 and odd."""

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 import workbench as wb
+from workbench import registry
+from workbench.check import rel_error
 from workbench.backends import numba_simulator
 from workbench.inputs import random_inputs
 from workbench.reference import zeros as ref
@@ -17,7 +19,7 @@ nz = pytest.importorskip("kernels.numba.zeros")
 from kernels.numba import _chunked, _jit  # noqa: E402
 
 pytestmark = pytest.mark.slow      # Numba CUDA simulator: minutes; -m "not slow" leaves them out
-TOL = {"float32": 1e-4, "float64": 1e-10}
+TOL = registry.TOLERANCE          # the library's relative-error tolerance per dtype
 MULTI_TILE = {"chunk": 8, "block_k": 4, "block_v": 4, "threads": 8}
 ONE_TILE = {"chunk": 8, "block_k": 8, "block_v": 8, "threads": 8}
 NAMES = ("o", "dq", "dk", "dv", "ds", "dgates")
@@ -36,12 +38,6 @@ def tiles(monkeypatch):
         monkeypatch.setattr(nz, "SCAN_THREADS", scan_threads)
     return set_tiles
 
-
-def rel(x, r):
-    """||x - r|| / ||r||; against max(||r||, 1) where the reference is (numerically) zero (T = 1)."""
-    r = np.asarray(r, np.float64)
-    err = np.linalg.norm(np.asarray(x, np.float64) - r)
-    return err / (np.linalg.norm(r) if np.linalg.norm(r) > 1e-6 else 1.0)
 
 
 def run(variant, arrays, do, causal):
@@ -64,7 +60,7 @@ def check_case(variant, lead, T, Dk, Dv, dtype, causal=True, n_gates=2, s_scale=
     got, want = run(variant, arrays, do, causal)
     for name, x, r in zip(NAMES, got, want):
         assert x.dtype == np.dtype(dtype) and x.shape == r.shape, (name, x.dtype, x.shape)
-        err = rel(x, r)
+        err = rel_error(x, r)
         assert np.isfinite(err) and err < TOL[dtype], (variant, name, err)
 
 
@@ -145,4 +141,4 @@ def test_gpu_cupy_in_cupy_out():
     q, k, v, s, gates = random_inputs("zeros", lead=(2,), T=100, Dk=64, Dv=64, dtype="float32")
     o = wb.zeros_attention(*(cp.asarray(x) for x in (q, k, v, s, gates)), backend="numba:chunked")
     assert isinstance(o, cp.ndarray)
-    assert rel(cp.asnumpy(o), ref.explicit_forward(q, k, v, s, gates)[0]) < 1e-4
+    assert rel_error(cp.asnumpy(o), ref.explicit_forward(q, k, v, s, gates)[0]) < 1e-4

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import backends, registry
 from .inputs import default_options, packed_lengths, random_inputs, random_state
+from .opspec import SPECS, spec
 from .ops import PUBLIC_OPS, vjp
 from .state import fields, map_state, state_dtype
 
@@ -71,24 +72,13 @@ SHAPES = {
 
 
 def option_grid(op: str, quick: bool) -> list:
-    """Extra options (beyond causal) swept per op: (label, options-for-the-op, extra input args)."""
-    if op == "linear":
-        grid = [("identity", dict(feature_map="identity", normalize=False)),
-                ("elu1,norm", dict(feature_map="elu1", normalize=True)),
-                ("relu,norm", dict(feature_map="relu", normalize=True)),
-                ("elu1", dict(feature_map="elu1", normalize=False))]
-        return grid[:2] if quick else grid
-    if op == "zeros":
-        return [("2 gates", dict(n_gates=2)), ("3 gates", dict(n_gates=3))]
-    if op == "decayed":
-        grid = [("g in [-1,0)", dict(log_decay_range=(-1.0, -0.01))),
-                ("g in [-30,0]", dict(log_decay_range=(-30.0, 0.0)))]
-        return grid[:1] if quick else grid
-    return [("", {})]
+    """Extra options (beyond causal) swept per op: (label, options-for-the-op and input arguments); the op
+    table's ``check_cells`` (workbench/opspec.py)."""
+    return SPECS[op].cells(quick)
 
 
 def causal_values(op: str) -> tuple:
-    return (True,) if op == "decayed" else (True, False)
+    return SPECS[op].causal_values
 
 
 # State and packing cells: (label suffix, flags).  state: an initial state in, the final state out and its
@@ -133,11 +123,11 @@ def rel_error(x, ref) -> float:
 
 
 def _split_input_options(op: str, extra: dict) -> tuple:
-    extra = dict(extra)
-    input_kw = {k: extra.pop(k) for k in ("n_gates", "log_decay_range") if k in extra}
-    if "feature_map" in extra:
-        input_kw["feature_map"] = extra["feature_map"]
-    return input_kw, extra
+    """(input-generator arguments, op options) of a cell's options; an option of both (feature_map) is in
+    both."""
+    sp = SPECS[op]
+    input_kw = {k: extra[k] for k in sp.input_args if k in extra}
+    return input_kw, {k: x for k, x in extra.items() if k not in input_kw or k in sp.options}
 
 
 _REF_CACHE: dict = {}
@@ -186,11 +176,9 @@ def cell_inputs(op: str, lead=(2,), T=16, Dk=8, Dv=None, options=None, seed=0, n
     """``options`` are the public op's keyword options (defaults filled in); ``causal`` overrides options'."""
     Dv = Dk if Dv is None else Dv
     options = dict(options or {})
-    if causal is not None and op != "decayed":
+    if causal is not None:
         options["causal"] = causal
-    opts = default_options(op, **options)
-    if op == "decayed":
-        opts.pop("causal", None)
+    opts = default_options(op, **options)           # a causal-only op's options hold no causal
     input_kw = dict(n_gates=n_gates, feature_map=opts.get("feature_map", "identity"))
     if log_decay_range is not None:
         input_kw["log_decay_range"] = log_decay_range
@@ -225,7 +213,7 @@ def _named(op: str, out, grads, has_state: bool) -> dict:
     res = {"out": o}
     if final is not None:
         res.update({f"final.{n}": x for n, x in fields(final).items()})
-    res.update({"d" + n: g for n, g in zip(registry.ARRAY_ARGS[op], grads)})
+    res.update(dict(zip(SPECS[op].gradients, grads)))
     if has_state:
         res.update({f"dinit.{n}": x for n, x in fields(grads[-1]).items()})
     return res
@@ -276,7 +264,7 @@ def finite_differences(op: str, lead=FD_SHAPE.lead, T=FD_SHAPE.T, Dk=FD_SHAPE.Dk
     t0 = time.perf_counter()
     _, pullback = vjp(fn, *cin.arrays, backend=REFERENCE, **cin.options, **cin.extras())
     grads = pullback(cin.dout, *([cin.dstate] if state else []))
-    targets = [("d" + n, grads[i], i, None) for i, n in enumerate(registry.ARRAY_ARGS[op])]
+    targets = [(n, grads[i], i, None) for i, n in enumerate(SPECS[op].gradients)]
     if state:
         targets += [(f"dinit.{n}", x, None, n) for n, x in fields(grads[-1]).items()]
     errors = {}
@@ -342,9 +330,9 @@ def select_variants(ops=(), backends_=()) -> tuple:
     """(variants to check, notes about skipped ones).  Default: every variant whose backend is usable here.
     A backend named explicitly must be usable: otherwise BackendUnavailable, naming why."""
     for op in ops:
-        if op not in registry.OPS:
-            raise ValueError(f"unknown op {op!r}; available: {', '.join(registry.OPS)}")
+        spec(op)                        # ValueError naming the known ops
     known = set(registry.BACKENDS) | {v.key for v in registry.variants()}
+    backends_ = tuple(registry.canonical_key(b) for b in backends_)
     for b in backends_:
         if b not in known:
             raise ValueError(f"unknown backend or variant {b!r}; available: {', '.join(sorted(known))}")

@@ -68,6 +68,8 @@ class Backend(click.ParamType):
         self.timed = timed
 
     def convert(self, value, param, ctx):
+        if str(value).partition(":")[0] in registry.BACKENDS:
+            value = registry.canonical_key(value)         # a renamed variant's former name: its new one
         group, _, variant = str(value).partition(":")
         if group not in self.groups:
             self.fail(f"unknown backend or variant {value!r}; choose one of {', '.join(self.groups)} "

@@ -7,44 +7,28 @@ from __future__ import annotations
 
 import numpy as np
 
-from .registry import ARRAY_ARGS
+from .opspec import spec
 
 
 def default_options(op: str, causal: bool = True, **extra) -> dict:
-    """Options of the public op (all of them, with defaults) for one check/bench cell."""
-    base = {
-        "softmax": dict(causal=causal, scale=None),
-        "linear": dict(causal=causal, feature_map="identity", normalize=False, scale=1.0, eps=1e-6),
-        "decayed": dict(scale=1.0),
-        "zeros": dict(causal=causal),
-    }[op]
-    base.update(extra)
-    return base
+    """Options of the public op (all of them, with defaults) for one check/bench cell (workbench/opspec.py)."""
+    return spec(op).default_options(causal, **extra)
 
 
 def random_inputs(op: str, lead=(2,), T=16, Dk=8, Dv=None, dtype="float64", seed=0, n_gates=2,
                   log_decay_range=(-1.0, -0.01), feature_map="identity") -> tuple:
-    """NumPy arrays (q, k, v[, log_decay | s, gates]) of the given shape and dtype."""
+    """NumPy arrays (q, k, v[, log_decay | s, gates]) of the given shape and dtype: q, k, v drawn N(0, 1),
+    then shaped and completed by the op's generator (``OpSpec.make_inputs``)."""
     Dv = Dk if Dv is None else Dv
+    sp = spec(op)
     rng = np.random.default_rng(seed)
     lead = tuple(lead)
     q = rng.standard_normal((*lead, T, Dk))
     k = rng.standard_normal((*lead, T, Dk))
     v = rng.standard_normal((*lead, T, Dv))
-    if op == "linear" and feature_map != "identity":
-        q, k = q + 0.5, k + 0.5          # keep features mostly positive so normalisation is well posed
-    if op in ("linear", "decayed"):
-        q, k = q / np.sqrt(Dk), k / np.sqrt(Dk)
-    arrays = [q, k, v]
-    if op == "decayed":
-        lo, hi = log_decay_range
-        arrays.append(rng.uniform(lo, hi, (*lead, T)))
-    if op == "zeros":
-        arrays[0] = q / np.linalg.norm(q, axis=-1, keepdims=True)
-        arrays[1] = k / np.linalg.norm(k, axis=-1, keepdims=True)
-        arrays.append(rng.standard_normal((*lead, T)))
-        arrays.append(rng.standard_normal((*lead, T, n_gates)))
-    assert len(arrays) == len(ARRAY_ARGS[op])
+    given = dict(n_gates=n_gates, log_decay_range=log_decay_range, feature_map=feature_map)
+    arrays = sp.make_inputs(rng, q, k, v, **{a: given[a] for a in sp.input_args})
+    assert len(arrays) == len(sp.arrays)
     return tuple(a.astype(dtype) for a in arrays)
 
 
@@ -67,7 +51,7 @@ def random_state(op: str, lead=(2,), Dk=8, Dv=None, dtype="float64", seed=0, nor
             x = rng.integers(1, 20, lead).astype(np.float64)
         elif name == "P":
             x = 3 * x
-        elif op in ("linear", "decayed"):
+        elif spec(op).scaled_qk:
             x = x / np.sqrt(Dk)
         out[name] = x.astype(state_dtype(dtype))
     return STATE_TYPES[op](**out)

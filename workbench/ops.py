@@ -36,8 +36,8 @@ import numpy as np
 
 from . import backends, registry
 from . import state as _st
+from .opspec import FEATURE_MAPS, N_GATES, SPECS, check_options  # noqa: F401  (FEATURE_MAPS: the ops' names)
 
-FEATURE_MAPS = ("identity", "elu1", "relu")
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 # Backends ``backend="auto"`` tries, per array kind, in order: NumPy arrays stay on the host; CuPy arrays get
 # a CuPy kernel, or a Numba one (it takes CuPy arrays without a copy) for dtypes no CuPy kernel takes.
@@ -92,43 +92,19 @@ def _check_arrays(op: str, arrays: dict) -> tuple:
     Dv = v.shape[-1]
     if T < 1 or Dk < 1 or Dv < 1:
         raise ValueError(f"{op}_attention: T, Dk and Dv must be >= 1, got q {q.shape}, v {v.shape}")
-    for name in ("log_decay", "s"):
-        if name in arrays and arrays[name].shape != (*lead, T):
-            raise ValueError(f"{op}_attention: argument {name!r} must have shape {(*lead, T)} ((..., T)), "
-                             f"got {arrays[name].shape}")
-    if "gates" in arrays:
-        g = arrays["gates"]
-        if g.shape[:-1] != (*lead, T) or g.ndim != q.ndim or g.shape[-1] not in (2, 3):
-            raise ValueError(f"{op}_attention: argument 'gates' must have shape {(*lead, T, 2)} or "
-                             f"{(*lead, T, 3)} ((..., T, 2|3)), got {g.shape}")
+    for a in SPECS[op].arrays[3:]:               # per-token arrays after q, k, v (workbench/opspec.py)
+        x = arrays[a.name]
+        if a.dims == ("T",) and x.shape != (*lead, T):
+            raise ValueError(f"{op}_attention: argument {a.name!r} must have shape {(*lead, T)} ((..., T)), "
+                             f"got {x.shape}")
+        if a.dims == ("T", "G") and (x.shape[:-1] != (*lead, T) or x.ndim != q.ndim or x.shape[-1] not in N_GATES):
+            raise ValueError(f"{op}_attention: argument {a.name!r} must have shape "
+                             f"{' or '.join(str((*lead, T, g)) for g in N_GATES)} "
+                             f"((..., T, {'|'.join(map(str, N_GATES))})), got {x.shape}")
     return kind, dtype, tuple(lead), T, Dk, Dv
 
 
-def _check_options(op: str, options: dict, Dk: int) -> dict:
-    o = dict(options)
-    if "causal" in o and not isinstance(o["causal"], (bool, np.bool_)):
-        raise TypeError(f"{op}_attention: 'causal' must be True or False, got {o['causal']!r}")
-    if op == "softmax":
-        if o.get("scale") is None:
-            o["scale"] = 1.0 / math.sqrt(Dk)
-    if op == "linear":
-        if o["feature_map"] not in FEATURE_MAPS:
-            raise ValueError(f"linear_attention: unknown feature_map {o['feature_map']!r}; "
-                             f"expected one of {FEATURE_MAPS}")
-        o["normalize"] = bool(o["normalize"])
-        o["eps"] = float(o["eps"])
-        if not o["eps"] >= 0:
-            raise ValueError(f"linear_attention: 'eps' must be >= 0, got {o['eps']}")
-    if op == "decayed":
-        if not o.pop("causal"):
-            raise ValueError("decayed_attention: causal=False is not supported; decayed attention is "
-                             "always causal (the decay runs forward in time)")
-    if "scale" in o:
-        try:
-            o["scale"] = float(o["scale"])
-        except (TypeError, ValueError):
-            raise TypeError(f"{op}_attention: 'scale' must be a number, got {o['scale']!r}") from None
-    return o
+_check_options = check_options        # the options' validation lives with the op table (workbench/opspec.py)
 
 
 def _takers(op: str, dtype: str) -> str:
@@ -381,7 +357,8 @@ def _make_plan(op: str, arrays: tuple, options: dict, backend, extras: _Extras =
                            **({"cu_seqlens": cu} if cu is not None else {}))
     plan = _Plan(op, variant, kind, first if first.isnative else first.newbyteorder("="), tuple(shapes.values()),
                  flat_shapes, (*lead, T, Dv), (N, T, Dv), variant_options, to_kind,
-                 all(a.dtype.isnative for a in arrays), names.index("log_decay") if "log_decay" in names else -1,
+                 all(a.dtype.isnative for a in arrays),
+                 next((i for i, a in enumerate(SPECS[op].arrays) if a.nonpositive), -1),
                  bool(extras.return_state), extras.initial_state is not None, (*lead, *nseq), (N, len(cu) - 1 if cu else 1),
                  bool(options.get("normalize", False)), Dk, Dv)
     if extras.initial_state is not None:
@@ -527,15 +504,32 @@ for _f, _cls in ((linear_attention, "LinearState"), (decayed_attention, "Decayed
 
 
 PUBLIC_OPS = {f._wb_op: f for f in (softmax_attention, linear_attention, decayed_attention, zeros_attention)}
-_EXTRA_OPTIONS = ("initial_state", "return_state", "cu_seqlens")
-# op -> its keyword options and their defaults, in signature order (backend and the state/packing ones
-# excluded: those are in the op's signature too, see _EXTRA_OPTIONS)
-_OPTIONS = {name: {p.name: p.default for p in inspect.signature(f).parameters.values()
-                   if p.name not in registry.ARRAY_ARGS[name] and p.name != "backend"
-                   and p.name not in _EXTRA_OPTIONS}
-            for name, f in PUBLIC_OPS.items()}
-_OP_EXTRAS = {name: tuple(p for p in _EXTRA_OPTIONS if p in inspect.signature(f).parameters)
-              for name, f in PUBLIC_OPS.items()}
+# The keywords of each optional feature (registry.FEATURES), in signature order.
+_FEATURE_KEYWORDS = {"state": ("initial_state", "return_state"), "packed": ("cu_seqlens",)}
+# op -> its keyword options and their defaults (workbench/opspec.py), and its state/packing keywords
+_OPTIONS = {name: dict(sp.options) for name, sp in SPECS.items()}
+_OP_EXTRAS = {name: tuple(k for f in registry.FEATURES if f in sp.features for k in _FEATURE_KEYWORDS[f])
+              for name, sp in SPECS.items()}
+
+
+def _check_signatures() -> None:
+    """Each public op's signature is the op table's: its arrays, its options with their defaults in order,
+    ``backend`` and its feature keywords (a mismatch is a programming error, raised at import)."""
+    for name, f in PUBLIC_OPS.items():
+        params = inspect.signature(f).parameters.values()
+        extras = _OP_EXTRAS[name]
+        arrays = tuple(p.name for p in params if p.default is inspect.Parameter.empty)
+        options = [(p.name, p.default) for p in params
+                   if p.default is not inspect.Parameter.empty and p.name != "backend" and p.name not in extras]
+        if (arrays != SPECS[name].array_names or options != list(_OPTIONS[name].items())
+                or tuple(p.name for p in params if p.name in extras) != extras
+                or "backend" not in inspect.signature(f).parameters):
+            raise RuntimeError(f"{f.__name__}{inspect.signature(f)} disagrees with the op table "
+                               f"(workbench/opspec.py): arrays {SPECS[name].array_names}, options "
+                               f"{_OPTIONS[name]}, backend, feature keywords {extras}")
+
+
+_check_signatures()
 
 
 def vjp(op, *arrays, **options):

@@ -49,19 +49,13 @@ True), alone or together, with or without ``cu_seqlens``:
 from __future__ import annotations
 
 import importlib
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Optional
 
-OPS = ("softmax", "linear", "decayed", "zeros")
-BACKENDS = ("numpy", "numba", "cupy")
+from .opspec import ARRAY_ARGS, OPS, SPECS  # noqa: F401  (the ops, their array arguments: workbench/opspec.py)
 
-# Array arguments of each op, in order (also the order of the gradients).
-ARRAY_ARGS = {
-    "softmax": ("q", "k", "v"),
-    "linear": ("q", "k", "v"),
-    "decayed": ("q", "k", "v", "log_decay"),
-    "zeros": ("q", "k", "v", "s", "gates"),
-}
+BACKENDS = ("numpy", "numba", "cupy")
 
 # Optional features a variant may implement (see the module doc).
 FEATURES = ("state", "packed")
@@ -85,7 +79,6 @@ class Variant:
     supports: Optional[Callable] = None
     default: bool = False           # the variant that "<backend>" alone picks
     default_for: tuple = ()         # dtypes for which "<backend>" alone picks this one instead
-    is_reference: bool = False      # an exact NumPy reference (checked against the explicit float64 one)
     gpu: bool = False               # needs a CUDA device (or the Numba simulator)
     tags: tuple = field(default_factory=tuple)
     # Cost model used by ``bench`` (workbench/bench/costs.py): "quadratic" (explicit T x T pairs),
@@ -97,6 +90,8 @@ class Variant:
     tol: Mapping[str, float] = field(default_factory=dict, hash=False)
     # The optional features of the module doc this variant implements: "state", "packed".
     features: frozenset = frozenset()
+    # Former names (deprecated): ``get`` and ``canonical_key`` still accept them, with a FutureWarning.
+    aliases: tuple = ()
 
     @property
     def key(self) -> str:
@@ -116,6 +111,8 @@ class Variant:
 
 _TABLE: dict = {}          # (op, backend, name) -> Variant
 _LOADED = False
+_FAILED: list = []         # (provider, exception) of every provider that did not import
+_PARTIAL_OK = [False]      # load_all(allow_failures=True) was called: serve the providers that imported
 _VIEWS: dict = {}          # (op, backend) -> sorted list of variants; rebuilt after every register()
 VERSION = [0]              # bumped by every register(): choices cached elsewhere (ops' plans) are stale
 
@@ -134,9 +131,10 @@ def register(variant: Variant) -> Variant:
     if variant.backend not in BACKENDS:
         raise ValueError(f"unknown backend {variant.backend!r}")
     bad = set(variant.features) - set(FEATURES)
-    if bad or ("state" in variant.features and variant.op == "softmax"):
+    if bad or not set(variant.features) <= set(SPECS[variant.op].features):
         raise ValueError(f"variant {variant.op} {variant.key}: features {sorted(variant.features)}; expected a "
-                         f"subset of {FEATURES} (no state for softmax)")
+                         f"subset of {FEATURES} (no state for "
+                         f"{', '.join(o for o, sp in SPECS.items() if 'state' not in sp.features)})")
     for dtype, tol in variant.tol.items():
         if dtype not in variant.dtypes or dtype not in TOLERANCE or not 0 < tol <= variant.ceiling(dtype):
             raise ValueError(f"variant {variant.op} {variant.key}: tol[{dtype!r}] = {tol!r}; expected a dtype "
@@ -145,6 +143,8 @@ def register(variant: Variant) -> Variant:
     key = (variant.op, variant.backend, variant.name)
     if key in _TABLE and _TABLE[key] is not variant:
         raise ValueError(f"variant {variant.op} {variant.key} registered twice")
+    if any((variant.op, variant.backend, a) in _TABLE for a in variant.aliases):
+        raise ValueError(f"variant {variant.op} {variant.key}: a former name {variant.aliases} is a variant's name")
     _TABLE[key] = variant
     _changed()
     return variant
@@ -161,18 +161,32 @@ def _changed() -> None:
     VERSION[0] += 1
 
 
-def load_all() -> None:
-    """Import every provider module once (each registers its variants)."""
+class ProviderImportError(ImportError):
+    """A provider module of ``_PROVIDERS`` failed to import: its variants are not registered."""
+
+
+def load_all(allow_failures: bool = False) -> list:
+    """Import every provider module once (each registers its variants).
+
+    A provider that fails to import raises ``ProviderImportError`` (its error chained) from this call and
+    from every later one -- every lookup calls this -- so nothing works on a table that silently lacks a
+    backend.  ``allow_failures=True`` (``bench``: time what did register) returns the failures instead, as
+    (provider, exception) pairs, and from then on the table serves the providers that imported."""
     global _LOADED
-    if _LOADED:
-        return
-    _LOADED = True
-    for mod in _PROVIDERS:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:    # a provider package not written yet: skip it
-            if e.name != mod and not mod.startswith(e.name or "\0"):
-                raise
+    if not _LOADED:
+        _LOADED = True                  # before the imports: a provider's import may look variants up
+        for mod in _PROVIDERS:
+            try:
+                importlib.import_module(mod)
+            except Exception as e:
+                _FAILED.append((mod, e))
+    if allow_failures:
+        _PARTIAL_OK[0] = True
+    elif _FAILED and not _PARTIAL_OK[0]:
+        mod, e = _FAILED[0]
+        raise ProviderImportError(f"variant provider {mod} failed to import ({type(e).__name__}: {e}); its "
+                                  f"variants are not registered") from e
+    return list(_FAILED)
 
 
 def variants(op: Optional[str] = None, backend: Optional[str] = None) -> list:
@@ -201,8 +215,29 @@ def get(op: str, backend: str, name: Optional[str] = None, dtype: Optional[str] 
     for v in cands:
         if v.name == name:
             return v
+    for v in cands:
+        if name in v.aliases:
+            _warn_renamed(f"{backend}:{name}", v.key)
+            return v
     raise ValueError(f"unknown variant {backend}:{name} for op {op}; available: "
                      f"{', '.join(available_keys(op))}")
+
+
+def _warn_renamed(old: str, new: str) -> None:
+    warnings.warn(f"variant {old} is now {new}; the old name is deprecated and will be removed", FutureWarning,
+                  stacklevel=3)
+
+
+def canonical_key(key: str, warn: bool = True) -> str:
+    """``key`` ("backend:name") with a deprecated variant name replaced by the current one (a FutureWarning
+    unless ``warn=False``: results recorded before the rename); anything else unchanged."""
+    backend, _, name = str(key).partition(":")
+    for v in variants(backend=backend) if name and backend in BACKENDS else ():
+        if name in v.aliases and not any(w.name == name for w in variants(backend=backend)):
+            if warn:
+                _warn_renamed(key, v.key)
+            return v.key
+    return key
 
 
 def available_keys(op: Optional[str] = None) -> list:

@@ -33,10 +33,11 @@ import numpy as np
 
 from . import backends
 from .ops import _check_kinds_and_dtypes, _check_options, _opt_key
+from .opspec import ARRAY_ARGS, STATE_OPS
 from .state import KVCache, DecayedState, LinearState, ZeroSState, check_state, empty_state, state_dtype
 
 PATHS = ("auto", "kernel", "array")
-_ARGS = {"linear": ("q", "k", "v"), "decayed": ("q", "k", "v", "log_decay"), "zeros": ("q", "k", "v", "s", "gates")}
+_ARGS = {op: ARRAY_ARGS[op] for op in STATE_OPS}
 _MAX_PLANS = 1024
 
 

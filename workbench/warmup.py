@@ -24,11 +24,11 @@ from typing import Callable, Optional
 
 from . import backends, registry
 from .inputs import default_options, random_inputs
+from .opspec import spec
 
 GPU_BACKENDS = ("cupy", "numba")
 TINY_Ts = (64, 70)              # a whole number of chunks, and a padded last chunk (two launch paths)
 TINY_D = 64
-LINEAR_OPTIONS = tuple(dict(feature_map=f, normalize=n) for f in ("identity", "elu1", "relu") for n in (False, True))
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,10 @@ def compile_cupy_group(source: str, expressions: tuple) -> float:
 
 
 def _options(op: str) -> list:
-    causals = (True,) if op == "decayed" else (True, False)
-    extra = LINEAR_OPTIONS if op == "linear" else (dict(),)
-    return [default_options(op, causal=c, **x) for c, x in itertools.product(causals, extra)]
+    """Every mask and every combination of the op's finite option values (``OpSpec.choices``)."""
+    sp = spec(op)
+    extra = [dict(zip(sp.choices, values)) for values in itertools.product(*sp.choices.values())]
+    return [default_options(op, causal=c, **x) for c, x in itertools.product(sp.causal_values, extra)]
 
 
 def _shapes(op: str, T: int) -> dict:

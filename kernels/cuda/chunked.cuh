@@ -210,23 +210,10 @@ __global__ void __launch_bounds__(256) chunk_out(const TI* __restrict__ X, const
         for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
 
     if (CAUSAL) {                                      // (1) A = scale * D o (X Y^T), masked
-        float s[TM][TM];
-#pragma unroll
-        for (int i = 0; i < TM; ++i)
-#pragma unroll
-            for (int j = 0; j < TM; ++j) s[i][j] = 0.f;
-#pragma unroll 4
-        for (int d = 0; d < DXP; ++d) {
-            float xr[TM], yc[TM];
-#pragma unroll
-            for (int i = 0; i < TM; ++i) xr[i] = Xs[(ty + 16 * i) * LX + d];
-#pragma unroll
-            for (int j = 0; j < TM; ++j) yc[j] = Ys[(tx + 16 * j) * LX + d];
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TM; ++j) s[i][j] += xr[i] * yc[j];
-        }
+        float s1[1][TM][TM];
+        float (&s)[TM][TM] = s1[0];
+        rt_zero(s1);
+        rt_mm<1, TM, TM, DXP, LX, LX, 1, 4>(s1, {Xs}, {Ys}, ty, tx);     // X Y^T
 #pragma unroll
         for (int i = 0; i < TM; ++i)
 #pragma unroll
@@ -272,23 +259,10 @@ __global__ void __launch_bounds__(256) chunk_out(const TI* __restrict__ X, const
             }
         }
     }
-    float inter[TM][TN];                               // (2b) X H
-#pragma unroll
-    for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) inter[i][j] = 0.f;
-#pragma unroll 4
-    for (int d = 0; d < DXP; ++d) {
-        float xr[TM], hv[TN];
-#pragma unroll
-        for (int m = 0; m < TM; ++m) xr[m] = Xs[(ty + 16 * m) * LX + d];
-#pragma unroll
-        for (int j = 0; j < TN; ++j) hv[j] = Ys[d * LZ + tx + 16 * j];
-#pragma unroll
-        for (int m = 0; m < TM; ++m)
-#pragma unroll
-            for (int j = 0; j < TN; ++j) inter[m][j] += xr[m] * hv[j];
-    }
+    float inter1[1][TM][TN];                           // (2b) X H
+    float (&inter)[TM][TN] = inter1[0];
+    rt_zero(inter1);
+    rt_mm<1, TM, TN, DXP, LX, 1, LZ, 4>(inter1, {Xs}, {Ys}, ty, tx);
     const float blast = bs[C - 1];
 #pragma unroll
     for (int m = 0; m < TM; ++m) {

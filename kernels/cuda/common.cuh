@@ -73,3 +73,42 @@ __device__ __forceinline__ float warp_max(float x) {
     for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
     return x;
 }
+
+// ---------------------------------------------------------------- register-tiled products (CUDA cores)
+// Thread (r, c) of a 16 x 16 grid owns rows r + 16 i (i < TM) and columns c + 16 j (j < TN) of each of
+// the NP accumulators, and for every x < K adds
+//   acc[p][i][j] += A_p[(r + 16 i) LDA + x] * B_p[(c + 16 j) BROW + x BCOL]
+// (BROW = LD, BCOL = 1: A B^T of two row-major tiles; BROW = 1, BCOL = LD: A B).  The NP products share one
+// loop (a backward's score and dO.V^T tiles side by side).  Used by softmax.cu's flash kernels and
+// chunked.cuh's chunk_out.
+template <int NP, int TM, int TN>
+__device__ __forceinline__ void rt_zero(float (&acc)[NP][TM][TN]) {
+#pragma unroll
+    for (int p = 0; p < NP; ++p)
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j) acc[p][i][j] = 0.f;
+}
+template <int NP, int TM, int TN, int K, int LDA, int BROW, int BCOL, int UNROLL>
+__device__ __forceinline__ void rt_mm(float (&acc)[NP][TM][TN], const float* const (&A)[NP],
+                                      const float* const (&B)[NP], int r, int c) {
+#pragma unroll UNROLL
+    for (int x = 0; x < K; ++x) {
+        float a[NP][TM], b[NP][TN];
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int p = 0; p < NP; ++p) a[p][i] = A[p][(r + 16 * i) * LDA + x];
+#pragma unroll
+        for (int j = 0; j < TN; ++j)
+#pragma unroll
+            for (int p = 0; p < NP; ++p) b[p][j] = B[p][(c + 16 * j) * BROW + x * BCOL];
+#pragma unroll
+        for (int i = 0; i < TM; ++i)
+#pragma unroll
+            for (int j = 0; j < TN; ++j)
+#pragma unroll
+                for (int p = 0; p < NP; ++p) acc[p][i][j] += a[p][i] * b[p][j];
+    }
+}

@@ -28,7 +28,7 @@
 //   3  fa2_*     FlashAttention-2's schedule on tensor cores (f16/bf16, and f32 through 1x or 3x TF32):
 //                cp.async-pipelined tiles, several m16 tiles per warp, masks on diagonal tiles only, and a
 //                one-pass backward (per key block; dq added with float32 atomics).  Its own header below.
-#include "common.cuh"
+#include "mma.cuh"
 
 // ============================================================================ 0. naive
 #define NAIVE_MAXD 256
@@ -221,36 +221,21 @@ __global__ void __launch_bounds__(FL_THREADS) flash_fwd(const T* q, const T* k, 
     const long long nT = (long long)n * T_;
     fl_load<T, D, BR>(sQ, q + nT * dk, q0, T_, dk, sl2);
 
-    float m[TM], l[TM], acc[TM][TD];
+    float m[TM], l[TM], acc1[1][TM][TD];
+    float (&acc)[TM][TD] = acc1[0];
+    rt_zero(acc1);
 #pragma unroll
-    for (int i = 0; i < TM; ++i) {
-        m[i] = -WB_INF; l[i] = 0.f;
-#pragma unroll
-        for (int j = 0; j < TD; ++j) acc[i][j] = 0.f;
-    }
+    for (int i = 0; i < TM; ++i) { m[i] = -WB_INF; l[i] = 0.f; }
     const int kend = causal ? min(T_, q0 + BR) : T_;
     for (int k0 = 0; k0 < kend; k0 += BC) {
         __syncthreads();                                   // previous tile fully consumed
         fl_load<T, D, BC>(sK, k + nT * dk, k0, T_, dk, 1.f);
         fl_load<T, D, BC>(sV, v + nT * dv, k0, T_, dv, 1.f);
         __syncthreads();
-        float s[TM][TN];                                   // s = (sl2 q) . k
-#pragma unroll
-        for (int i = 0; i < TM; ++i)
-#pragma unroll
-            for (int j = 0; j < TN; ++j) s[i][j] = 0.f;
-#pragma unroll 4
-        for (int d = 0; d < D; ++d) {
-            float a[TM], b[TN];
-#pragma unroll
-            for (int i = 0; i < TM; ++i) a[i] = sQ[(r + 16 * i) * LD + d];
-#pragma unroll
-            for (int j = 0; j < TN; ++j) b[j] = sK[(c + 16 * j) * LD + d];
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) s[i][j] += a[i] * b[j];
-        }
+        float s1[1][TM][TN];                               // s = (sl2 q) . k
+        float (&s)[TM][TN] = s1[0];
+        rt_zero(s1);
+        rt_mm<1, TM, TN, D, LD, LD, 1, 4>(s1, {sQ}, {sK}, r, c);
 #pragma unroll
         for (int i = 0; i < TM; ++i) {
             const int row = q0 + r + 16 * i;
@@ -277,18 +262,7 @@ __global__ void __launch_bounds__(FL_THREADS) flash_fwd(const T* q, const T* k, 
             for (int j = 0; j < TD; ++j) acc[i][j] *= corr;
         }
         __syncthreads();                                   // P complete
-#pragma unroll 4
-        for (int kk = 0; kk < BC; ++kk) {
-            float a[TM], b[TD];
-#pragma unroll
-            for (int i = 0; i < TM; ++i) a[i] = sP[(r + 16 * i) * (BC + 1) + kk];
-#pragma unroll
-            for (int j = 0; j < TD; ++j) b[j] = sV[kk * LD + c + 16 * j];
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TD; ++j) acc[i][j] += a[i] * b[j];
-        }
+        rt_mm<1, TM, TD, BC, BC + 1, 1, LD, 4>(acc1, {sP}, {sV}, r, c);
     }
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
@@ -328,11 +302,10 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dkdv(const T* q, const T
     const long long nT = (long long)n * T_;
     fl_load<T, D, BK>(sK, k + nT * dk, k0, T_, dk, sl2);
     fl_load<T, D, BK>(sV, v + nT * dv, k0, T_, dv, 1.f);
-    float gk[TM][TD], gv[TM][TD];
-#pragma unroll
-    for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TD; ++j) gk[i][j] = gv[i][j] = 0.f;
+    float gvk[2][TM][TD];
+    float (&gv)[TM][TD] = gvk[0];
+    float (&gk)[TM][TD] = gvk[1];
+    rt_zero(gvk);
     for (int q0 = causal ? (k0 / BQ) * BQ : 0; q0 < T_; q0 += BQ) {
         __syncthreads();
         fl_load<T, D, BQ>(sQ, q + nT * dk, q0, T_, dk, 1.f);
@@ -343,23 +316,11 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dkdv(const T* q, const T
             sD[x] = t < T_ ? Dbuf[nT + t] : 0.f;
         }
         __syncthreads();
-        float s[TM][TN], dp[TM][TN];
-#pragma unroll
-        for (int i = 0; i < TM; ++i)
-#pragma unroll
-            for (int j = 0; j < TN; ++j) s[i][j] = dp[i][j] = 0.f;
-#pragma unroll 2
-        for (int d = 0; d < D; ++d) {
-            float a[TM], a2[TM], b[TN], b2[TN];
-#pragma unroll
-            for (int i = 0; i < TM; ++i) { a[i] = sK[(r + 16 * i) * LD + d]; a2[i] = sV[(r + 16 * i) * LD + d]; }
-#pragma unroll
-            for (int j = 0; j < TN; ++j) { b[j] = sQ[(c + 16 * j) * LD + d]; b2[j] = sO[(c + 16 * j) * LD + d]; }
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) { s[i][j] += a[i] * b[j]; dp[i][j] += a2[i] * b2[j]; }
-        }
+        float sdp[2][TM][TN];
+        float (&s)[TM][TN] = sdp[0];
+        float (&dp)[TM][TN] = sdp[1];
+        rt_zero(sdp);
+        rt_mm<2, TM, TN, D, LD, LD, 1, 2>(sdp, {sK, sV}, {sQ, sO}, r, c);
 #pragma unroll
         for (int i = 0; i < TM; ++i) {
             const int key = k0 + r + 16 * i;
@@ -373,18 +334,7 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dkdv(const T* q, const T
             }
         }
         __syncthreads();
-#pragma unroll 2
-        for (int x = 0; x < BQ; ++x) {
-            float a[TM], a2[TM], b[TD], b2[TD];
-#pragma unroll
-            for (int i = 0; i < TM; ++i) { a[i] = sP[(r + 16 * i) * (BQ + 1) + x]; a2[i] = sS[(r + 16 * i) * (BQ + 1) + x]; }
-#pragma unroll
-            for (int j = 0; j < TD; ++j) { b[j] = sO[x * LD + c + 16 * j]; b2[j] = sQ[x * LD + c + 16 * j]; }
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TD; ++j) { gv[i][j] += a[i] * b[j]; gk[i][j] += a2[i] * b2[j]; }
-        }
+        rt_mm<2, TM, TD, BQ, BQ + 1, 1, LD, 2>(gvk, {sP, sS}, {sO, sQ}, r, c);
     }
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
@@ -418,14 +368,14 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dq(const T* q, const T* 
     const long long nT = (long long)n * T_;
     fl_load<T, D, BR>(sQ, q + nT * dk, q0, T_, dk, sl2);
     fl_load<T, D, BR>(sO, dout + nT * dv, q0, T_, dv, 1.f);
-    float l2[TM], Dr[TM], g[TM][TD];
+    float l2[TM], Dr[TM], g1[1][TM][TD];
+    float (&g)[TM][TD] = g1[0];
+    rt_zero(g1);
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
         const int t = q0 + r + 16 * i;
         l2[i] = t < T_ ? lse[nT + t] * WB_LOG2E : 0.f;
         Dr[i] = t < T_ ? Dbuf[nT + t] : 0.f;
-#pragma unroll
-        for (int j = 0; j < TD; ++j) g[i][j] = 0.f;
     }
     const int kend = causal ? min(T_, q0 + BR) : T_;
     for (int k0 = 0; k0 < kend; k0 += BC) {
@@ -433,23 +383,11 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dq(const T* q, const T* 
         fl_load<T, D, BC>(sK, k + nT * dk, k0, T_, dk, 1.f);
         fl_load<T, D, BC>(sV, v + nT * dv, k0, T_, dv, 1.f);
         __syncthreads();
-        float s[TM][TN], dp[TM][TN];
-#pragma unroll
-        for (int i = 0; i < TM; ++i)
-#pragma unroll
-            for (int j = 0; j < TN; ++j) s[i][j] = dp[i][j] = 0.f;
-#pragma unroll 2
-        for (int d = 0; d < D; ++d) {
-            float a[TM], a2[TM], b[TN], b2[TN];
-#pragma unroll
-            for (int i = 0; i < TM; ++i) { a[i] = sQ[(r + 16 * i) * LD + d]; a2[i] = sO[(r + 16 * i) * LD + d]; }
-#pragma unroll
-            for (int j = 0; j < TN; ++j) { b[j] = sK[(c + 16 * j) * LD + d]; b2[j] = sV[(c + 16 * j) * LD + d]; }
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TN; ++j) { s[i][j] += a[i] * b[j]; dp[i][j] += a2[i] * b2[j]; }
-        }
+        float sdp[2][TM][TN];
+        float (&s)[TM][TN] = sdp[0];
+        float (&dp)[TM][TN] = sdp[1];
+        rt_zero(sdp);
+        rt_mm<2, TM, TN, D, LD, LD, 1, 2>(sdp, {sQ, sO}, {sK, sV}, r, c);
 #pragma unroll
         for (int i = 0; i < TM; ++i) {
             const int t = q0 + r + 16 * i;
@@ -462,18 +400,7 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dq(const T* q, const T* 
             }
         }
         __syncthreads();
-#pragma unroll 2
-        for (int kk = 0; kk < BC; ++kk) {
-            float a[TM], b[TD];
-#pragma unroll
-            for (int i = 0; i < TM; ++i) a[i] = sS[(r + 16 * i) * (BC + 1) + kk];
-#pragma unroll
-            for (int j = 0; j < TD; ++j) b[j] = sK[kk * LD + c + 16 * j];
-#pragma unroll
-            for (int i = 0; i < TM; ++i)
-#pragma unroll
-                for (int j = 0; j < TD; ++j) g[i][j] += a[i] * b[j];
-        }
+        rt_mm<1, TM, TD, BC, BC + 1, 1, LD, 2>(g1, {sS}, {sK}, r, c);
     }
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
@@ -498,53 +425,21 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dq(const T* q, const T* 
 // k slice (P and dS never touch shared memory).  Row statistics of row g live in the 4 lanes sharing g.
 #define MM_THREADS 128
 
-template <typename T> struct mma_op;
-template <> struct mma_op<wb_half> {
-    static __device__ __forceinline__ void run(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-};
-template <> struct mma_op<wb_bf16> {
-    static __device__ __forceinline__ void run(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
-        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-};
-
-__device__ __forceinline__ unsigned smem_addr(const void* p) {
-    return (unsigned)__cvta_generic_to_shared(p);
-}
-__device__ __forceinline__ void ldsm4(unsigned (&r)[4], const void* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)) : "memory");
-}
-__device__ __forceinline__ void ldsm4_t(unsigned (&r)[4], const void* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)) : "memory");
-}
-
-// A fragment of rows m0..m0+15, k slice k0..k0+15 of a [rows][LDH] tile (matrices: (m0,k0) (m0+8,k0)
-// (m0,k0+8) (m0+8,k0+8); lane L gives row L % 8 of matrix L / 8).
+// The fragment loads of kernels/cuda/mma.cuh with the row stride LDH as a template argument: A fragment of
+// rows m0..m0+15, k slice k0..k0+15 of a [rows][LDH] tile; B fragments of n tiles n0 and n0 + 8 (b[0], b[1]
+// serve n0; b[2], b[3] serve n0 + 8) for C += A B^T with B stored [n][k] (ld_bt) and for C += A B with B
+// stored [k][n] (ld_b, a transposing load).
 template <typename T, int LDH>
 __device__ __forceinline__ void ld_a(unsigned (&a)[4], const T* s, int m0, int k0) {
-    const int L = threadIdx.x & 31, mi = L >> 3, rr = L & 7;
-    ldsm4(a, s + (m0 + rr + 8 * (mi & 1)) * LDH + k0 + 8 * (mi >> 1));
+    wbmma::load_a<T, false>(a, s, LDH, m0, k0);
 }
-// B fragments for C += A B^T where B is stored [n][k] (rows = the mma's n): n tiles n0 and n0+8, k slice
-// k0.  b[0], b[1] serve n0; b[2], b[3] serve n0+8.
 template <typename T, int LDH>
 __device__ __forceinline__ void ld_bt(unsigned (&b)[4], const T* s, int n0, int k0) {
-    const int L = threadIdx.x & 31, mi = L >> 3, rr = L & 7;
-    ldsm4(b, s + (n0 + rr + 8 * (mi >> 1)) * LDH + k0 + 8 * (mi & 1));
+    wbmma::load_b2<T, true>(b, s, LDH, k0, n0);
 }
-// B fragments for C += A B where B is stored [k][n]: k slice k0, n tiles n0 and n0+8 (transposing load).
 template <typename T, int LDH>
 __device__ __forceinline__ void ld_b(unsigned (&b)[4], const T* s, int k0, int n0) {
-    const int L = threadIdx.x & 31, mi = L >> 3, rr = L & 7;
-    ldsm4_t(b, s + (k0 + rr + 8 * (mi & 1)) * LDH + n0 + 8 * (mi >> 1));
+    wbmma::load_b2<T, false>(b, s, LDH, k0, n0);
 }
 // C fragments of 16 x (2 NK 8) -> A fragments of NK 16-wide k slices.
 // Two warp-level GEMMs in one k-loop, for this warp's 16 rows m0.. of A1 and A2 against the NB * 8 rows of
@@ -566,11 +461,11 @@ __device__ __forceinline__ void mma_two_abt(float (&s)[NB][4], float (&dp)[NB][4
         for (int np = 0; np < NB / 2; ++np) {
             unsigned b[4];
             ld_bt<T, LDH>(b, sB1, 16 * np, 16 * kk);
-            mma_op<T>::run(s[2 * np], a1, b[0], b[1]);
-            mma_op<T>::run(s[2 * np + 1], a1, b[2], b[3]);
+            wbmma::mma<T>(s[2 * np], a1, b[0], b[1]);
+            wbmma::mma<T>(s[2 * np + 1], a1, b[2], b[3]);
             ld_bt<T, LDH>(b, sB2, 16 * np, 16 * kk);
-            mma_op<T>::run(dp[2 * np], a2, b[0], b[1]);
-            mma_op<T>::run(dp[2 * np + 1], a2, b[2], b[3]);
+            wbmma::mma<T>(dp[2 * np], a2, b[0], b[1]);
+            wbmma::mma<T>(dp[2 * np + 1], a2, b[2], b[3]);
         }
     }
 }
@@ -662,15 +557,7 @@ __global__ void __launch_bounds__(MM_THREADS) mma_fwd(const T* q, const T* k, co
         float s[NC][4];
 #pragma unroll
         for (int j = 0; j < NC; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-#pragma unroll
-        for (int kk = 0; kk < KD; ++kk)
-#pragma unroll
-            for (int np = 0; np < NC / 2; ++np) {
-                unsigned b[4];
-                ld_bt<T, LDH>(b, sK, 16 * np, 16 * kk);
-                mma_op<T>::run(s[2 * np], qa[kk], b[0], b[1]);
-                mma_op<T>::run(s[2 * np + 1], qa[kk], b[2], b[3]);
-            }
+        wbmma::gemm_rs<T, 1, NC, KD, true>(s, qa, sK, LDH, 0, 0, KD);           // s = Q K^T
         float mx[2] = {-WB_INF, -WB_INF};
 #pragma unroll
         for (int j = 0; j < NC; ++j)
@@ -694,15 +581,7 @@ __global__ void __launch_bounds__(MM_THREADS) mma_fwd(const T* q, const T* k, co
             }
         unsigned pa[BC / 16][4];
         c_to_a<T, BC / 16>(pa, s);
-#pragma unroll
-        for (int kk = 0; kk < BC / 16; ++kk)
-#pragma unroll
-            for (int np = 0; np < ND / 2; ++np) {
-                unsigned b[4];
-                ld_b<T, LDH>(b, sV, 16 * kk, 16 * np);
-                mma_op<T>::run(acc[2 * np], pa[kk], b[0], b[1]);
-                mma_op<T>::run(acc[2 * np + 1], pa[kk], b[2], b[3]);
-            }
+        wbmma::gemm_rs<T, 1, ND, BC / 16, false>(acc, pa, sV, LDH, 0, 0, BC / 16);   // acc += P V
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -786,18 +665,8 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dkdv(const T* q, const T* 
         unsigned pa[BQ / 16][4], da[BQ / 16][4];
         c_to_a<T, BQ / 16>(pa, s);
         c_to_a<T, BQ / 16>(da, dp);
-#pragma unroll
-        for (int kk = 0; kk < BQ / 16; ++kk)
-#pragma unroll
-            for (int np = 0; np < ND / 2; ++np) {
-                unsigned b[4];
-                ld_b<T, LDH>(b, sO, 16 * kk, 16 * np);
-                mma_op<T>::run(gv[2 * np], pa[kk], b[0], b[1]);
-                mma_op<T>::run(gv[2 * np + 1], pa[kk], b[2], b[3]);
-                ld_b<T, LDH>(b, sQ, 16 * kk, 16 * np);
-                mma_op<T>::run(gk[2 * np], da[kk], b[0], b[1]);
-                mma_op<T>::run(gk[2 * np + 1], da[kk], b[2], b[3]);
-            }
+        wbmma::gemm_rs<T, 1, ND, BQ / 16, false>(gv, pa, sO, LDH, 0, 0, BQ / 16);    // dV += P^T dO
+        wbmma::gemm_rs<T, 1, ND, BQ / 16, false>(gk, da, sQ, LDH, 0, 0, BQ / 16);    // dK += dS^T Q
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -862,15 +731,7 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dq(const T* q, const T* k,
             }
         unsigned da[BC / 16][4];
         c_to_a<T, BC / 16>(da, dp);
-#pragma unroll
-        for (int kk = 0; kk < BC / 16; ++kk)
-#pragma unroll
-            for (int np = 0; np < ND / 2; ++np) {
-                unsigned b[4];
-                ld_b<T, LDH>(b, sK, 16 * kk, 16 * np);
-                mma_op<T>::run(gq[2 * np], da[kk], b[0], b[1]);
-                mma_op<T>::run(gq[2 * np + 1], da[kk], b[2], b[3]);
-            }
+        wbmma::gemm_rs<T, 1, ND, BC / 16, false>(gq, da, sK, LDH, 0, 0, BC / 16);    // dQ += dS K
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -923,11 +784,11 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dq(const T* q, const T* k,
 #define FA_THREADS 128
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(wbmma::smem_u32(dst)), "l"(src), "r"(src_bytes)
                  : "memory");
 }
 __device__ __forceinline__ void cp_async4(void* dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes)
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(wbmma::smem_u32(dst)), "l"(src), "r"(src_bytes)
                  : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
@@ -1029,7 +890,7 @@ struct fa_h {                               // float16 / bfloat16: m16n8k16, ldm
         b0.x[0] = r[0]; b0.x[1] = r[1]; b1.x[0] = r[2]; b1.x[1] = r[3];
     }
     static __device__ __forceinline__ void mma(float (&c)[4], const A& a, const B& b) {
-        mma_op<T>::run(c, a.x, b.x[0], b.x[1]);
+        wbmma::mma<T>(c, a.x, b.x[0], b.x[1]);
     }
     static __device__ __forceinline__ void c_to_a(A& a, const float (&c0)[4], const float (&c1)[4]) {
         a.x[0] = pack2<T>(c0[0], c0[1]);
@@ -1093,9 +954,7 @@ struct fa_tf {
         cvt(b1.h[1], b1.l[1], p[LD + 8]);
     }
     static __device__ __forceinline__ void mma1(float (&c)[4], const unsigned (&a)[4], const unsigned (&b)[2]) {
-        asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+        wbmma::mma_tf32(c, a, b[0], b[1]);
     }
     static __device__ __forceinline__ void mma(float (&c)[4], const A& a, const B& b) {
         if constexpr (SPLIT == 3) {               // small terms first

@@ -4,6 +4,8 @@ registers its ``cupy:<variant>`` entries when imported; this package imports the
 import importlib
 import pkgutil
 
+TOOLS = ("nvrtc_check",)         # command-line tools: they register nothing
+
 for _m in pkgutil.iter_modules(__path__):
-    if not _m.name.startswith("_"):
+    if not _m.name.startswith("_") and _m.name not in TOOLS:
         importlib.import_module(f"{__name__}.{_m.name}")

@@ -22,15 +22,16 @@ kernels; state_combine alone.  A call at one head dim compiles only its bucket.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 
 from workbench.backends import new_output
 
-from ._module import get_kernel, launch
+from ._module import CTYPE, get_kernel, launch, padded_dim
 
 DIMS = (32, 64, 128, 256)          # padded contraction dims (template DXP)
-MAX_DIM = 256
+MAX_DIM = DIMS[-1]
 THREADS = 256
 BV = 64                            # output-column tile of chunk_out
 BS = 32                            # state tile of chunk_state
@@ -39,16 +40,12 @@ SEGMENT = 8                        # chunks per segment of the segmented state p
 # "chunked_seg" cuts the chain into segments run in parallel.  Measured on the H100 (docs/kernels/linear.md):
 # chunked_seg is 0-20% slower at T = 4k..64k except fp16 backward -- the chain was not the bottleneck.
 SEGMENTS = {"chunked": 0, "chunked_seg": SEGMENT}
-IMPLS = ("naive", "chunked", "chunked_seg")
 
-_TI = {"float32": "float", "float16": "wb_half"}
+_TI = {dt: CTYPE[dt] for dt in ("float32", "float16")}
 
 
 def pad_dim(d: int) -> int:
-    for p in DIMS:
-        if d <= p:
-            return p
-    raise ValueError(f"head dim {d} > {MAX_DIM}")
+    return padded_dim(d, DIMS)
 
 
 def chunk_size(dk: int, dv: int) -> int:
@@ -213,18 +210,48 @@ def core_backward(source, impl, q, k, v, H, do, causal, scale, b=None, g=None):
     decay = (b is not None) if impl != "naive" else (g is not None)
     if impl == "naive":
         dq = naive(source, do, v, k, g, decay, causal, False, scale)
-        dk = naive(source, v, do, q, g, decay, causal, True, scale)
-        dv = naive(source, k, q, do, g, decay, causal, True, scale)
-        return dq, dk, dv
-    N, T, dk_ = q.shape
-    dv_ = v.shape[-1]
-    C = chunk_size(dk_, dv_)
+        Dk = naive(source, v, do, q, g, decay, causal, True, scale)
+        Dv = naive(source, k, q, do, g, decay, causal, True, scale)
+        return dq, Dk, Dv
+    N, T, dk = q.shape
+    dv = v.shape[-1]
+    C = chunk_size(dk, dv)
     NC = -(-T // C)
     dH = states(source, q, do, b, C, decay, True, segment=SEGMENTS[impl])
-    dq = out(source, do, v, k, b, H, (1, dv_), 0 if causal else NC, C, decay, causal, False, scale)
-    dk = out(source, v, do, q, b, dH, (1, dv_), 1 if causal else 0, C, decay, causal, True, scale)
-    dv = out(source, k, q, do, b, dH, (dv_, 1), 1 if causal else 0, C, decay, causal, True, scale)
-    return dq, dk, dv
+    dq = out(source, do, v, k, b, H, (1, dv), 0 if causal else NC, C, decay, causal, False, scale)
+    Dk = out(source, v, do, q, b, dH, (1, dv), 1 if causal else 0, C, decay, causal, True, scale)
+    Dv = out(source, k, q, do, b, dH, (dv, 1), 1 if causal else 0, C, decay, causal, True, scale)
+    return dq, Dk, Dv
+
+
+# ----------------------------------------------------------------------------- the variants on this core
+@dataclass
+class Saved:
+    """The first fields of the context of every variant on this core: the implementation that ran ("naive",
+    "chunked" or "chunked_seg") and the forward's q, k, v."""
+    impl: str
+    q: object
+    k: object
+    v: object
+
+
+def supports(options, shapes):
+    """Head dims up to MAX_DIM (the padded contraction dims of chunk_out)."""
+    dk, dv = shapes["q"][-1], shapes["v"][-1]
+    if max(dk, dv) > MAX_DIM:
+        return f"head dims up to {MAX_DIM} (Dk={dk}, Dv={dv})"
+    return None
+
+
+def register_variants(op: str, forward, backward, descriptions: dict, tol: dict, supports=supports) -> None:
+    """Register an op's cupy:naive, cupy:chunked and cupy:chunked_seg (float32 and float16 on CUDA cores):
+    ``forward(impl, *arrays, **options)`` with the implementation bound per variant, one ``backward``
+    (the context records the implementation); descriptions: impl -> text."""
+    from workbench.registry import Variant, register
+    for impl, description in descriptions.items():
+        register(Variant(op, "cupy", impl, functools.partial(forward, impl), backward, dtypes=("float32", "float16"),
+                         array_kind="cupy", gpu=True, supports=supports, description=description,
+                         form="quadratic" if impl == "naive" else "linear", tol=tol))
 
 
 def chunk_cumsum(g, C):

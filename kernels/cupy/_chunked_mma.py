@@ -22,7 +22,7 @@ import numpy as np
 
 from workbench.backends import new_output
 
-from ._module import declare_groups, get_kernel, launch
+from ._module import CTYPE, ITEMSIZE, declare_groups, get_kernel, launch, padded_dim
 
 SOURCE = "chunked_mma.cu"
 C = 64                      # chunk length          (chunked_mma.cu: tc::C)
@@ -33,15 +33,10 @@ TRAILER_BYTES = 8 * C + 4 * C + 4 * C + 4 * 32      # sizeof(tc::Trailer)
 DIMS = (64, 128)            # padded head dims (DKP, DVP)
 MAX_DIM = DIMS[-1]
 SEGMENT_CHUNKS = 8          # chunks per segment when the grid is full anyway (choose_segments)
-CTYPE = {"float32": "float", "float16": "wb_half", "bfloat16": "wb_bf16"}
-ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def pad_dim(d: int) -> int:
-    for p in DIMS:
-        if d <= p:
-            return p
-    raise ValueError(f"head dim {d} > {MAX_DIM}")
+    return padded_dim(d, DIMS)
 
 
 # ----------------------------------------------------------------------------- instantiations
@@ -232,36 +227,36 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
     final state, or None."""
     import cupy as cp
     q, k, v, g, tab = ctx.q, ctx.k, ctx.v, ctx.g, ctx.table
-    N, T, dk = q.shape
-    dv = v.shape[-1]
+    N, T, Dk = q.shape
+    Dv = v.shape[-1]
     dt = str(q.dtype)
-    item, dkp, dvp, split = ITEMSIZE[dt], pad_dim(dk), pad_dim(dv), ctx.split
+    item, dkp, dvp, split = ITEMSIZE[dt], pad_dim(Dk), pad_dim(Dv), ctx.split
     ct = CTYPE[dt]
-    ntk, ntv = -(-dk // BV), -(-dv // BV)
-    E = dk * dv
+    ntk, ntv = -(-Dk // BV), -(-Dv // BV)
+    E = Dk * Dv
     i32 = np.int32
     segs = (tab.t0, tab.t1)
-    dims = (i32(T), i32(dk), i32(dv), i32(tab.nseg), i32(tab.nseq))
+    dims = (i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(tab.nseq))
     decay = g is not None
     want_dg = decay and want_dg
     dq = new_output(cp, q.shape, q.dtype)
-    dk_ = new_output(cp, k.shape, k.dtype)
-    dv_ = new_output(cp, v.shape, v.dtype)
+    dk = new_output(cp, k.shape, k.dtype)
+    dv = new_output(cp, v.shape, v.dtype)
     dS0 = dSend = None
     if ctx.causal and tab.single:
         dSend = dST
-        dS0 = new_output(cp, (N, tab.nseq, dk, dv), cp.float32) if ctx.S0 is not None else None
+        dS0 = new_output(cp, (N, tab.nseq, Dk, Dv), cp.float32) if ctx.S0 is not None else None
     else:
-        Rseg = new_output(cp, (N, tab.nseg, dk, dv), cp.float32)
+        Rseg = new_output(cp, (N, tab.nseg, Dk, Dv), cp.float32)
         launch(_kern(dt, split, f"tc_seg_state<{ct}, {dkp}, true, {split}>"), (tab.nseg * ntv, N), (THREADS,),
-               (q, do, _ptr(g), Rseg, _ptr(None)) + segs + (i32(T), i32(dk), i32(dv), i32(tab.nseg),
+               (q, do, _ptr(g), Rseg, _ptr(None)) + segs + (i32(T), i32(Dk), i32(Dv), i32(tab.nseg),
                                                     np.float32(ctx.scale)),
                smem_seg_state(item, dkp))
         if not ctx.causal and tab.single:
             dSend = Rseg                                     # the total gradient of each sequence's state
         else:
-            dSend = new_output(cp, (N, tab.nseg, dk, dv), cp.float32)
-            dS0 = new_output(cp, (N, tab.nseq, dk, dv), cp.float32)
+            dSend = new_output(cp, (N, tab.nseg, Dk, Dv), cp.float32)
+            dS0 = new_output(cp, (N, tab.nseq, Dk, Dv), cp.float32)
             launch(_common("tc_seg_scan<true>"), (-(-E // 256), tab.nseq, N), (256,),
                    (Rseg, _ptr(ctx.gam), _ptr(dST), dSend, dS0, tab.seq_seg, i32(tab.nseg), i32(tab.nseq),
                     np.int64(E)))
@@ -276,7 +271,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
     whiches = ((0, 1),) if (dkp, dvp) == (64, 64) else ((1, ntk), (2, ntv))
     for which, tiles in whiches:
         launch(_kern(dt, split, f"tc_bwd_dkdv<{ct}, {dkp}, {dvp}, {split}, {which}>"), (tab.nseg * tiles, N),
-               (THREADS,), (q, k, v, _ptr(g), do, dk_, dv_, _ptr(rk), _ptr(dSend), _ptr(dS0_out)) + tail,
+               (THREADS,), (q, k, v, _ptr(g), do, dk, dv, _ptr(rk), _ptr(dSend), _ptr(dS0_out)) + tail,
                smem_dkdv(item, dkp, dvp, which))
     dg = None
     if want_dg:
@@ -287,4 +282,4 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
         launch(_common("tc_dg"), (tab.nseq, N), (1024,),
                (rq, i32(ntk), rk, i32(ntk), dg, tab.cu_dev, _ptr(cst), i32(ctx.S0 is None), i32(T),
                 i32(tab.nseq)))
-    return dq, dk_, dv_, dg, (dS0 if ctx.S0 is not None else None)
+    return dq, dk, dv, dg, (dS0 if ctx.S0 is not None else None)

@@ -27,6 +27,9 @@ import re
 CUDA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cuda")
 DEFAULT_OPTIONS = ("-std=c++17", "--use_fast_math")
 STATIC_SMEM_LIMIT = 48 * 1024       # dynamic shared memory above this needs an opt-in attribute
+# The C++ storage type of each dtype the kernels take (kernels/cuda/common.cuh) and its size in bytes.
+CTYPE = {"float32": "float", "float16": "wb_half", "bfloat16": "wb_bf16"}
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
 
@@ -115,3 +118,11 @@ def launch(kernel, grid, block, args, shared_mem: int = 0) -> None:
         kernel.max_dynamic_shared_size_bytes = shared_mem
         _OPTED_IN[id(kernel)] = shared_mem
     kernel(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)
+
+
+def padded_dim(d: int, dims: tuple) -> int:
+    """The smallest of ``dims`` (ascending template head dims) that holds ``d``."""
+    for p in dims:
+        if d <= p:
+            return p
+    raise ValueError(f"head dim {d} > {dims[-1]}")

@@ -10,6 +10,9 @@ Maps the reference derivation (workbench/reference/decayed.py) onto the core of 
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 from workbench.registry import Variant, register
 
 from . import _chunked as core
@@ -21,63 +24,57 @@ INSTANTIATIONS = core.instantiations(SOURCE, decay_values=(True,))
 declare_groups(SOURCE, core.compile_groups(decay_values=(True,)))
 
 
-def _make(impl):
-    def forward(q, k, v, log_decay, scale=1.0):
-        import cupy as cp
-        g = log_decay.astype(cp.float32, copy=False)
-        if impl != "naive":
-            # float32 differences of within-chunk cumsums: accurate for log decays >= LOG_DECAY_FLOOR only,
-            # and -inf would give inf - inf; refuse rather than return something silently wrong
-            if g.size and float(g.min()) < LOG_DECAY_FLOOR:
-                raise ValueError(f"decayed_attention: backend cupy:{impl} is accurate for log_decay >= "
-                                 f"{LOG_DECAY_FLOOR} only (got {float(g.min())}); cupy:chunked_mma (the default) "
-                                 f"and cupy:naive take any value in [-inf, 0]")
-            b = core.chunk_cumsum(g, core.chunk_size(q.shape[-1], v.shape[-1]))
-            o, H = core.core_forward(SOURCE, impl, q, k, v, True, scale, b=b)
-        else:
-            b = None
-            o, H = core.core_forward(SOURCE, impl, q, k, v, True, scale, g=g)
-        return o.astype(q.dtype, copy=False), (q, k, v, g, b, H, o, scale)
-
-    def backward(ctx, do):
-        import cupy as cp
-        q, k, v, g, b, H, o, scale = ctx
-        if impl != "naive":
-            dq, dk, dv = core.core_backward(SOURCE, impl, q, k, v, H, do, True, scale, b=b)
-        else:
-            dq, dk, dv = core.core_backward(SOURCE, impl, q, k, v, H, do, True, scale, g=g)
-        dG = (do.astype(cp.float32, copy=False) * o).sum(-1) - (v.astype(cp.float32, copy=False) * dv).sum(-1)
-        dg = cp.cumsum(dG[:, ::-1], axis=1)[:, ::-1]
-        dg[:, 0] = 0          # exact: g_0 never enters a difference G_t - G_i (i <= t)
-        return tuple(x.astype(q.dtype, copy=False) for x in (dq, dk, dv, dg))
-
-    return forward, backward
+@dataclass
+class _Context(core.Saved):
+    """What the backward of cupy:naive / chunked / chunked_seg needs."""
+    g: object                # (N, T) float32 log decays (naive core)
+    b: object                # (N, NC*C) within-chunk cumulative log decays (chunked cores), else None
+    states: object           # the core's forward states (chunked), else None
+    o: object                # float32 output (for d log_decay)
+    scale: float
 
 
-def supports(options, shapes):
-    dk, dv = shapes["q"][-1], shapes["v"][-1]
-    if max(dk, dv) > core.MAX_DIM:
-        return f"head dims up to {core.MAX_DIM} (Dk={dk}, Dv={dv})"
-    return None
+def _forward(impl, q, k, v, log_decay, scale=1.0):
+    import cupy as cp
+    g = log_decay.astype(cp.float32, copy=False)
+    if impl != "naive":
+        # float32 differences of within-chunk cumsums: accurate for log decays >= LOG_DECAY_FLOOR only,
+        # and -inf would give inf - inf; refuse rather than return something silently wrong
+        if g.size and float(g.min()) < LOG_DECAY_FLOOR:
+            raise ValueError(f"decayed_attention: backend cupy:{impl} is accurate for log_decay >= "
+                             f"{LOG_DECAY_FLOOR} only (got {float(g.min())}); cupy:chunked_mma (the default) "
+                             f"and cupy:naive take any value in [-inf, 0]")
+        b = core.chunk_cumsum(g, core.chunk_size(q.shape[-1], v.shape[-1]))
+        o, H = core.core_forward(SOURCE, impl, q, k, v, True, scale, b=b)
+    else:
+        b = None
+        o, H = core.core_forward(SOURCE, impl, q, k, v, True, scale, g=g)
+    return o.astype(q.dtype, copy=False), _Context(impl, q, k, v, g, b, H, o, scale)
 
 
-for _impl, _desc, _default in (
-        ("naive", "one thread per output row, decay accumulated along the row, O(T^2 D)", False),
-        ("chunked", "chunked: carried decayed Dk x Dv states (one chain over the chunks per state tile) "
-                    "+ C x C blocks, chunk-local log-decay cumsums; the fallback above head dim 128", False),
-        ("chunked_seg", "chunked, the decayed state chain cut into segments of 8 chunks run in parallel, then "
-                        "joined", False)):
-    _f, _b = _make(_impl)
-    register(Variant("decayed", "cupy", _impl, _f, _b, dtypes=("float32", "float16"), array_kind="cupy",
-                     gpu=True, default=_default, supports=supports, description=_desc,
-                     form="quadratic" if _impl == "naive" else "linear", tol={"float32": 1e-4, "float16": 2e-3}))
+def _backward(ctx: _Context, do):
+    import cupy as cp
+    q, v = ctx.q, ctx.v
+    decays = dict(b=ctx.b) if ctx.impl != "naive" else dict(g=ctx.g)
+    dq, dk, dv = core.core_backward(SOURCE, ctx.impl, q, ctx.k, v, ctx.states, do, True, ctx.scale, **decays)
+    dG = (do.astype(cp.float32, copy=False) * ctx.o).sum(-1) - (v.astype(cp.float32, copy=False) * dv).sum(-1)
+    dg = cp.cumsum(dG[:, ::-1], axis=1)[:, ::-1]
+    dg[:, 0] = 0          # exact: g_0 never enters a difference G_t - G_i (i <= t)
+    return tuple(x.astype(q.dtype, copy=False) for x in (dq, dk, dv, dg))
+
+
+core.register_variants("decayed", _forward, _backward, {
+    "naive": "one thread per output row, decay accumulated along the row, O(T^2 D)",
+    "chunked": "chunked: carried decayed Dk x Dv states (one chain over the chunks per state tile) "
+               "+ C x C blocks, chunk-local log-decay cumsums; the fallback above head dim 128",
+    "chunked_seg": "chunked, the decayed state chain cut into segments of 8 chunks run in parallel, then "
+                   "joined",
+}, tol={"float32": 1e-4, "float16": 2e-3})
 
 
 # ----------------------------------------------------------------------------- tensor cores
 # cupy:chunked_mma (float16, bfloat16; float32 as 3xTF32) and cupy:chunked_mma_tf32: the tensor-core chunk
 # core (kernels/cuda/chunked_mma.cu); d log_decay = reverse cumsum of q.dq - k.dk, formed in the kernels.
-from dataclasses import dataclass  # noqa: E402
-
 from workbench.state import DecayedState  # noqa: E402
 
 from . import _chunked_mma as mma  # noqa: E402
@@ -97,28 +94,26 @@ class _MMAContext:
 CORE_IN_FLOAT32 = ("bfloat16",)
 
 
-def _make_mma(split):
-    def forward(q, k, v, log_decay, scale=1.0, initial_state=None, return_state=False, cu_seqlens=None):
-        import cupy as cp
-        dt = q.dtype
-        if str(dt) in CORE_IN_FLOAT32:
-            q, k, v = (x.astype(cp.float32) for x in (q, k, v))
-        g = cp.ascontiguousarray(log_decay, dtype=cp.float32)
-        S0 = None if initial_state is None else cp.ascontiguousarray(initial_state.S, dtype=cp.float32)
-        o, cctx = mma.forward(q, k, v, g, scale=scale, causal=True, split=split, S0=S0, want_final=return_state,
-                              cu=cu_seqlens)
-        o = o.astype(dt, copy=False)
-        ctx = _MMAContext(cctx, initial_state is not None, dt)
-        return ((o, DecayedState(cctx.final)) if return_state else o), ctx
+def _mma_forward(split, q, k, v, log_decay, scale=1.0, initial_state=None, return_state=False, cu_seqlens=None):
+    import cupy as cp
+    dt = q.dtype
+    if str(dt) in CORE_IN_FLOAT32:
+        q, k, v = (x.astype(cp.float32) for x in (q, k, v))
+    g = cp.ascontiguousarray(log_decay, dtype=cp.float32)
+    S0 = None if initial_state is None else cp.ascontiguousarray(initial_state.S, dtype=cp.float32)
+    o, cctx = mma.forward(q, k, v, g, scale=scale, causal=True, split=split, S0=S0, want_final=return_state,
+                          cu=cu_seqlens)
+    o = o.astype(dt, copy=False)
+    ctx = _MMAContext(cctx, initial_state is not None, dt)
+    return ((o, DecayedState(cctx.final)) if return_state else o), ctx
 
-    def backward(ctx, do, dfinal=None):
-        import cupy as cp
-        dST = None if dfinal is None else cp.ascontiguousarray(dfinal.S, dtype=cp.float32)
-        dq, dk, dv, dg, dS0 = mma.backward(ctx.core, cp.ascontiguousarray(do, dtype=ctx.core.q.dtype), dST)
-        grads = tuple(x.astype(ctx.dtype, copy=False) for x in (dq, dk, dv, dg))
-        return grads + ((DecayedState(dS0),) if ctx.has_initial else ())
 
-    return forward, backward
+def _mma_backward(ctx: _MMAContext, do, dfinal=None):
+    import cupy as cp
+    dST = None if dfinal is None else cp.ascontiguousarray(dfinal.S, dtype=cp.float32)
+    dq, dk, dv, dg, dS0 = mma.backward(ctx.core, cp.ascontiguousarray(do, dtype=ctx.core.q.dtype), dST)
+    grads = tuple(x.astype(ctx.dtype, copy=False) for x in (dq, dk, dv, dg))
+    return grads + ((DecayedState(dS0),) if ctx.has_initial else ())
 
 
 def _supports_mma(options, shapes):
@@ -128,13 +123,13 @@ def _supports_mma(options, shapes):
     return None
 
 
-_f, _b = _make_mma(3)
-register(Variant("decayed", "cupy", "chunked_mma", _f, _b, dtypes=("float32", "float16", "bfloat16"),
+register(Variant("decayed", "cupy", "chunked_mma", functools.partial(_mma_forward, 3), _mma_backward,
+                 dtypes=("float32", "float16", "bfloat16"),
                  array_kind="cupy", gpu=True, default=True, supports=_supports_mma, form="linear",
                  features=frozenset({"state", "packed"}),
                  description="tensor cores (mma.sync): chunks of 64, segment-carried states, in-kernel float64 "
                              "log-decay cumsums; float32 as 3xTF32"))
-_f, _b = _make_mma(1)
-register(Variant("decayed", "cupy", "chunked_mma_tf32", _f, _b, dtypes=("float32",), array_kind="cupy", gpu=True,
+register(Variant("decayed", "cupy", "chunked_mma_tf32", functools.partial(_mma_forward, 1), _mma_backward,
+                 dtypes=("float32",), array_kind="cupy", gpu=True,
                  supports=_supports_mma, features=frozenset({"state", "packed"}), form="linear", tags=("tf32",),
                  description="cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, opt-in)"))

@@ -12,6 +12,9 @@ work in float32 (phi and the ones column are formed by CuPy elementwise ops).
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import numpy as np
 
 from workbench.registry import Variant, register
@@ -40,46 +43,58 @@ def _dphi(x, name):
     return cp.where(x > 0, 1, cp.exp(cp.minimum(x, 0))).astype(cp.float32)
 
 
-def _make(impl):
-    def forward(q, k, v, causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6):
-        import cupy as cp
-        dtype = q.dtype
-        plain = feature_map == "identity" and not normalize
-        if plain:
-            Q, K, Va = q, k, v
-        else:
-            Q, K = (_phi(x.astype(cp.float32, copy=False), feature_map) for x in (q, k))
-            Va = v.astype(cp.float32, copy=False)
-            if normalize:
-                Va = cp.concatenate([Va, cp.ones(v.shape[:-1] + (1,), cp.float32)], axis=-1)
-        num, H = core.core_forward(SOURCE, impl, Q, K, Va, causal, scale)
-        if normalize:
-            den = num[..., -1] + eps
-            o = num[..., :-1] / den[..., None]
-        else:
-            den, o = None, num
-        ctx = (q, k, Q, K, Va, H, o, den, causal, feature_map, normalize, scale)
-        return o.astype(dtype, copy=False), ctx
+@dataclass
+class _Context(core.Saved):
+    """What the backward of cupy:naive / chunked / chunked_seg needs (phi' is taken of q and k)."""
+    Q: object                # the core's operands: phi(q), phi(k) and v or [v, 1]
+    K: object
+    Va: object
+    states: object           # the core's forward states (chunked), else None
+    o: object                # the output, float32 (normalize: divided by den)
+    den: object              # (N, T) float32 denominators with normalize, else None
+    causal: bool
+    feature_map: str
+    normalize: bool
+    scale: float
 
-    def backward(ctx, do):
-        import cupy as cp
-        q, k, Q, K, Va, H, o, den, causal, fmap, normalize, scale = ctx
-        dtype = q.dtype
-        if normalize:
-            do32 = do.astype(cp.float32, copy=False)
-            dnum = do32 / den[..., None]
-            dden = -(do32 * o).sum(-1) / den
-            doa = cp.concatenate([dnum, dden[..., None]], axis=-1)
-        else:
-            doa = do.astype(Q.dtype, copy=False)
-        dQ, dK, dVa = core.core_backward(SOURCE, impl, Q, K, Va, H, doa, causal, scale)
-        dv = dVa[..., :-1] if normalize else dVa
-        if fmap != "identity":
-            dQ = dQ * _dphi(q.astype(cp.float32, copy=False), fmap)
-            dK = dK * _dphi(k.astype(cp.float32, copy=False), fmap)
-        return tuple(x.astype(dtype, copy=False) for x in (dQ, dK, dv))
 
-    return forward, backward
+def _forward(impl, q, k, v, causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6):
+    import cupy as cp
+    dtype = q.dtype
+    plain = feature_map == "identity" and not normalize
+    if plain:
+        Q, K, Va = q, k, v
+    else:
+        Q, K = (_phi(x.astype(cp.float32, copy=False), feature_map) for x in (q, k))
+        Va = v.astype(cp.float32, copy=False)
+        if normalize:
+            Va = cp.concatenate([Va, cp.ones(v.shape[:-1] + (1,), cp.float32)], axis=-1)
+    num, H = core.core_forward(SOURCE, impl, Q, K, Va, causal, scale)
+    if normalize:
+        den = num[..., -1] + eps
+        o = num[..., :-1] / den[..., None]
+    else:
+        den, o = None, num
+    ctx = _Context(impl, q, k, v, Q, K, Va, H, o, den, causal, feature_map, normalize, scale)
+    return o.astype(dtype, copy=False), ctx
+
+
+def _backward(ctx: _Context, do):
+    import cupy as cp
+    dtype = ctx.q.dtype
+    if ctx.normalize:
+        do32 = do.astype(cp.float32, copy=False)
+        dnum = do32 / ctx.den[..., None]
+        dden = -(do32 * ctx.o).sum(-1) / ctx.den
+        doa = cp.concatenate([dnum, dden[..., None]], axis=-1)
+    else:
+        doa = do.astype(ctx.Q.dtype, copy=False)
+    dQ, dK, dVa = core.core_backward(SOURCE, ctx.impl, ctx.Q, ctx.K, ctx.Va, ctx.states, doa, ctx.causal, ctx.scale)
+    dv = dVa[..., :-1] if ctx.normalize else dVa
+    if ctx.feature_map != "identity":
+        dQ = dQ * _dphi(ctx.q.astype(cp.float32, copy=False), ctx.feature_map)
+        dK = dK * _dphi(ctx.k.astype(cp.float32, copy=False), ctx.feature_map)
+    return tuple(x.astype(dtype, copy=False) for x in (dQ, dK, dv))
 
 
 def supports(options, shapes):
@@ -89,24 +104,18 @@ def supports(options, shapes):
     return None
 
 
-for _impl, _desc, _default in (
-        ("naive", "one thread per output row (and per key row in the backward), O(T^2 D)", False),
-        ("chunked", "chunked: carried Dk x Dv states (one chain over the chunks per state tile) + C x C "
-                    "blocks in shared memory (C = 64); the fallback above head dim 128", False),
-        ("chunked_seg", "chunked, the state chain cut into segments of 8 chunks run in parallel, then joined",
-         False)):
-    _f, _b = _make(_impl)
-    register(Variant("linear", "cupy", _impl, _f, _b, dtypes=("float32", "float16"), array_kind="cupy",
-                     gpu=True, default=_default, supports=supports, description=_desc,
-                     form="quadratic" if _impl == "naive" else "linear", tol={"float32": 1e-4, "float16": 1e-3}))
+core.register_variants("linear", _forward, _backward, {
+    "naive": "one thread per output row (and per key row in the backward), O(T^2 D)",
+    "chunked": "chunked: carried Dk x Dv states (one chain over the chunks per state tile) + C x C "
+               "blocks in shared memory (C = 64); the fallback above head dim 128",
+    "chunked_seg": "chunked, the state chain cut into segments of 8 chunks run in parallel, then joined",
+}, tol={"float32": 1e-4, "float16": 1e-3}, supports=supports)
 
 
 # ----------------------------------------------------------------------------- tensor cores
 # cupy:chunked_mma (float16, bfloat16; float32 as 3xTF32) and cupy:chunked_mma_tf32 (float32 as TF32):
 # the tensor-core chunk core of kernels/cuda/chunked_mma.cu (kernels/cupy/_chunked_mma.py).  phi and the
 # normalising column of ones are formed around it in the input dtype, as above.
-from dataclasses import dataclass as _dataclass  # noqa: E402
-
 from workbench.state import LinearState  # noqa: E402
 
 from . import _chunked_mma as mma  # noqa: E402
@@ -114,7 +123,7 @@ from . import _chunked_mma as mma  # noqa: E402
 INSTANTIATIONS = INSTANTIATIONS + mma.INSTANTIATIONS     # the kernels this module's variants launch
 
 
-@_dataclass
+@dataclass
 class _MMAContext:
     core: mma.CoreContext
     q: object
@@ -141,53 +150,51 @@ def _state_from_core(S, normalize):
     return LinearState(cp.ascontiguousarray(S[..., :-1]), cp.ascontiguousarray(S[..., -1]))
 
 
-def _make_mma(split):
-    def forward(q, k, v, causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6,
-                initial_state=None, return_state=False, cu_seqlens=None):
-        import cupy as cp
-        # normalize with bfloat16: the backward's [do/den, -(do.o)/den] against [v, 1] cancels to ~1/10 of
-        # its terms, beyond bfloat16's 8 bits (dq 3.5e-2 on the emulated kernels): the core runs in float32
-        dt = np.dtype(np.float32) if (normalize and str(q.dtype) == "bfloat16") else q.dtype
-        if feature_map == "identity":
-            Q, K = q.astype(dt, copy=False), k.astype(dt, copy=False)
-        else:
-            Q = _phi(q.astype(cp.float32, copy=False), feature_map).astype(dt, copy=False)
-            K = _phi(k.astype(cp.float32, copy=False), feature_map).astype(dt, copy=False)
-        Va = cp.concatenate([v.astype(dt, copy=False), cp.ones(v.shape[:-1] + (1,), dt)], axis=-1) if normalize else v
-        S0 = None if initial_state is None else _state_to_core(initial_state, normalize)
-        num, cctx = mma.forward(Q, K, Va, None, scale=scale, causal=causal, split=split, S0=S0,
-                                want_final=return_state, cu=cu_seqlens)
-        o = den = None
-        if normalize:
-            den = num[..., -1].astype(cp.float32) + eps
-            o = num[..., :-1].astype(cp.float32) / den[..., None]
-            out = o.astype(q.dtype)
-        else:
-            out = num
-        ctx = _MMAContext(cctx, q, k, o, den, feature_map, bool(normalize), initial_state is not None)
-        return ((out, _state_from_core(cctx.final, normalize)) if return_state else out), ctx
+def _mma_forward(split, q, k, v, causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6,
+                 initial_state=None, return_state=False, cu_seqlens=None):
+    import cupy as cp
+    # normalize with bfloat16: the backward's [do/den, -(do.o)/den] against [v, 1] cancels to ~1/10 of
+    # its terms, beyond bfloat16's 8 bits (dq 3.5e-2 on the emulated kernels): the core runs in float32
+    dt = np.dtype(np.float32) if (normalize and str(q.dtype) == "bfloat16") else q.dtype
+    if feature_map == "identity":
+        Q, K = q.astype(dt, copy=False), k.astype(dt, copy=False)
+    else:
+        Q = _phi(q.astype(cp.float32, copy=False), feature_map).astype(dt, copy=False)
+        K = _phi(k.astype(cp.float32, copy=False), feature_map).astype(dt, copy=False)
+    Va = cp.concatenate([v.astype(dt, copy=False), cp.ones(v.shape[:-1] + (1,), dt)], axis=-1) if normalize else v
+    S0 = None if initial_state is None else _state_to_core(initial_state, normalize)
+    num, cctx = mma.forward(Q, K, Va, None, scale=scale, causal=causal, split=split, S0=S0,
+                            want_final=return_state, cu=cu_seqlens)
+    o = den = None
+    if normalize:
+        den = num[..., -1].astype(cp.float32) + eps
+        o = num[..., :-1].astype(cp.float32) / den[..., None]
+        out = o.astype(q.dtype)
+    else:
+        out = num
+    ctx = _MMAContext(cctx, q, k, o, den, feature_map, bool(normalize), initial_state is not None)
+    return ((out, _state_from_core(cctx.final, normalize)) if return_state else out), ctx
 
-    def backward(ctx, do, dfinal=None):
-        import cupy as cp
-        dt = ctx.q.dtype
-        if ctx.normalize:
-            do32 = do.astype(cp.float32, copy=False)
-            doa = cp.concatenate([do32 / ctx.den[..., None], (-(do32 * ctx.o).sum(-1) / ctx.den)[..., None]],
-                                 axis=-1).astype(ctx.core.q.dtype)
-        else:
-            doa = cp.ascontiguousarray(do, dtype=dt)
-        dST = None if dfinal is None else _state_to_core(dfinal, ctx.normalize)
-        dQ, dK, dVa, _, dS0 = mma.backward(ctx.core, doa, dST)
-        dv = dVa[..., :-1] if ctx.normalize else dVa
-        if ctx.feature_map != "identity":
-            dQ = (dQ.astype(cp.float32, copy=False) * _dphi(ctx.q.astype(cp.float32, copy=False), ctx.feature_map)
-                  ).astype(dt, copy=False)
-            dK = (dK.astype(cp.float32, copy=False) * _dphi(ctx.k.astype(cp.float32, copy=False), ctx.feature_map)
-                  ).astype(dt, copy=False)
-        grads = (dQ.astype(dt, copy=False), dK.astype(dt, copy=False), cp.ascontiguousarray(dv, dtype=dt))
-        return grads + ((_state_from_core(dS0, ctx.normalize),) if ctx.has_initial else ())
 
-    return forward, backward
+def _mma_backward(ctx: _MMAContext, do, dfinal=None):
+    import cupy as cp
+    dt = ctx.q.dtype
+    if ctx.normalize:
+        do32 = do.astype(cp.float32, copy=False)
+        doa = cp.concatenate([do32 / ctx.den[..., None], (-(do32 * ctx.o).sum(-1) / ctx.den)[..., None]],
+                             axis=-1).astype(ctx.core.q.dtype)
+    else:
+        doa = cp.ascontiguousarray(do, dtype=dt)
+    dST = None if dfinal is None else _state_to_core(dfinal, ctx.normalize)
+    dQ, dK, dVa, _, dS0 = mma.backward(ctx.core, doa, dST)
+    dv = dVa[..., :-1] if ctx.normalize else dVa
+    if ctx.feature_map != "identity":
+        dQ = (dQ.astype(cp.float32, copy=False) * _dphi(ctx.q.astype(cp.float32, copy=False), ctx.feature_map)
+              ).astype(dt, copy=False)
+        dK = (dK.astype(cp.float32, copy=False) * _dphi(ctx.k.astype(cp.float32, copy=False), ctx.feature_map)
+              ).astype(dt, copy=False)
+    grads = (dQ.astype(dt, copy=False), dK.astype(dt, copy=False), cp.ascontiguousarray(dv, dtype=dt))
+    return grads + ((_state_from_core(dS0, ctx.normalize),) if ctx.has_initial else ())
 
 
 def _supports_mma(options, shapes):
@@ -197,11 +204,12 @@ def _supports_mma(options, shapes):
     return None
 
 
-_f, _b = _make_mma(3)
-register(Variant("linear", "cupy", "chunked_mma", _f, _b, dtypes=("float32", "float16", "bfloat16"),
-                 array_kind="cupy", gpu=True, default=True, supports=_supports_mma, form="linear",
+register(Variant("linear", "cupy", "chunked_mma", functools.partial(_mma_forward, 3), _mma_backward,
+                 dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, default=True, supports=_supports_mma, form="linear",
                  features=frozenset({"state", "packed"}),
                  description="tensor cores (mma.sync): chunks of 64, segment-carried states; float32 as 3xTF32"))
+
+
 def _supports_mma_tf32(options, shapes):
     if options.get("normalize"):
         return ("normalize=True needs cupy:chunked_mma (measured on an H200: TF32 rounding of the normaliser "
@@ -209,7 +217,7 @@ def _supports_mma_tf32(options, shapes):
     return _supports_mma(options, shapes)
 
 
-_f, _b = _make_mma(1)
-register(Variant("linear", "cupy", "chunked_mma_tf32", _f, _b, dtypes=("float32",), array_kind="cupy", gpu=True,
+register(Variant("linear", "cupy", "chunked_mma_tf32", functools.partial(_mma_forward, 1), _mma_backward,
+                 dtypes=("float32",), array_kind="cupy", gpu=True,
                  supports=_supports_mma_tf32, features=frozenset({"state", "packed"}), form="linear", tags=("tf32",),
                  description="cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, opt-in)"))

@@ -28,7 +28,7 @@ def instantiations() -> dict:
     import kernels.cupy as pkg
     found = {f: set() for f in sorted(os.listdir(CUDA_DIR)) if f.endswith(".cu")}
     for m in pkgutil.iter_modules(pkg.__path__):
-        if m.name in ("nvrtc_check", "_device_softmax"):
+        if m.name in pkg.TOOLS:
             continue
         mod = importlib.import_module(f"kernels.cupy.{m.name}")
         for src, expr in getattr(mod, "INSTANTIATIONS", ()):

@@ -35,12 +35,11 @@ from workbench import backends
 from workbench.registry import Variant, register
 
 from . import _packing as packing
-from ._module import declare_groups, get_kernel, launch
+from ._module import CTYPE, declare_groups, get_kernel, launch
 
 SOURCE = "softmax.cu"
 LOG2E = 1.0 / math.log(2.0)
 MAX_HEAD_DIM = 256
-CTYPE = {"float32": "float", "float16": "wb_half", "bfloat16": "wb_bf16"}
 FLASH_BUCKETS = (32, 64, 128, 256)
 MMA_BUCKETS = (32, 64, 128)
 NAIVE_THREADS, FLASH_THREADS, MMA_THREADS = 128, 256, 128
@@ -56,8 +55,8 @@ def _bucket(d: int, buckets) -> int:
 # Tile shapes, per kernel kind ("fwd", "dkdv", "dq") and head-dim bucket: (rows per block, inner tile).
 # CUDA-core kernels: rows = queries (fwd, dq) or keys (dkdv), 16 rows per thread group of 16 lanes, so a
 # thread owns rows / 16 rows.  Tensor-core kernels: 64 rows per block (4 warps x 16); the inner tile is
-# the query tile of dkdv and the key tile of dq (the forward's is 64).  TILES holds what runs;
-# CANDIDATES are compiled too so a device run can time them against TILES (kernels/cupy/_device_softmax.py).
+# the query tile of dkdv and the key tile of dq (the forward's is 64).  TILES holds what runs (the tiles
+# measured against them and not kept: docs/kernels/softmax.md).
 TILES = {("flash", D, kind): ((64, 64) if D <= 128 else (32, 32)) for D in FLASH_BUCKETS
          for kind in ("fwd", "dkdv", "dq")}
 TILES.update({("mma", D, kind): (64, 64 if (D <= 64 or kind != "dq") else 32) for D in MMA_BUCKETS
@@ -66,10 +65,6 @@ TILES.update({("mma", D, kind): (64, 64 if (D <= 64 or kind != "dq") else 32) fo
 # T=4096: 3.00 -> 2.58 ms), lose at D=128; 128-key dkdv tiles lose (5.7 -> 8.4 ms); the tensor-core
 # dkdv wins with a 64-query tile at D=128 (25.7 -> 23.8 ms at T=16384), its dq loses (14.9 -> 17.1 ms).
 TILES.update({("flash", D, "fwd"): (128, 64) for D in (32, 64)})
-CANDIDATES = {("flash", D, "fwd"): (64, 64) for D in (32, 64)}
-CANDIDATES[("flash", 128, "fwd")] = (128, 64)
-CANDIDATES.update({("flash", D, kind): (128, 64) for D in (32, 64) for kind in ("dkdv", "dq")})
-CANDIDATES.update({("mma", 128, "dq"): (64, 64), ("mma", 128, "dkdv"): (64, 32)})
 
 def tiles(family: str, D: int, kind: str) -> tuple:
     return TILES[(family, D, kind)]
@@ -87,10 +82,9 @@ def expressions(family: str, ctype: str) -> tuple:
     if family == "naive":
         return tuple(f"{k}<{ctype}>" for k in ("naive_fwd", "naive_bwd_dq", "naive_bwd_dkdv"))
     out = [f"bwd_dot<{ctype}>"]
-    for table in (TILES, CANDIDATES):
-        for (fam, D, kind), t in sorted(table.items()):
-            if fam == family:
-                out.append(_expr(family, ctype, D, kind, t))
+    for (fam, D, kind), t in sorted(TILES.items()):
+        if fam == family:
+            out.append(_expr(family, ctype, D, kind, t))
     return tuple(dict.fromkeys(out))
 
 
@@ -146,15 +140,29 @@ def _plan(family: str, dk: int, dv: int) -> tuple:
     return "flash", _bucket(d, FLASH_BUCKETS)
 
 
+@dataclass
+class _Context:
+    """What the backward of cupy:naive / flash / flash_mma needs."""
+    family: str             # the kernel family asked for: "naive", "flash" or "mma"
+    q: object
+    k: object
+    v: object
+    o: object
+    lse: object             # (N, T) float32 log-sum-exp of every row
+    causal: bool
+    scale: float
+    cu: Optional[tuple] = None   # packed sequences (cu_seqlens; the mma backward kernels of cupy:fa2_det), or None
+
+
 def _forward(family, q, k, v, causal=True, scale=1.0):
     import cupy as cp
-    N, T, dk = q.shape
-    dv = v.shape[-1]
+    N, T, Dk = q.shape
+    Dv = v.shape[-1]
     ct = _ctype(q.dtype)
-    fam, D = _plan(family, dk, dv)
-    o = backends.new_output(cp, (N, T, dv), q.dtype)
+    fam, D = _plan(family, Dk, Dv)
+    o = backends.new_output(cp, (N, T, Dv), q.dtype)
     lse = backends.new_output(cp, (N, T), cp.float32)
-    args = (q, k, v, o, lse, np.int32(N), np.int32(T), np.int32(dk), np.int32(dv),
+    args = (q, k, v, o, lse, np.int32(N), np.int32(T), np.int32(Dk), np.int32(Dv),
             np.float32(scale * LOG2E), np.int32(bool(causal)))
     if fam == "naive":
         rows = N * T
@@ -164,39 +172,38 @@ def _forward(family, q, k, v, causal=True, scale=1.0):
         smem = smem_flash("fwd", D) if fam == "flash" else smem_mma("fwd", D)
         launch(_kernel(fam, ct, _expr(fam, ct, D, "fwd", t)), (-(-T // t[0]) * N,),
                (FLASH_THREADS if fam == "flash" else MMA_THREADS,), args, smem)
-    return o, (family, q, k, v, o, lse, bool(causal), float(scale))
+    return o, _Context(family, q, k, v, o, lse, bool(causal), float(scale))
 
 
-def _backward(ctx, do, cu=None):
-    """cu: packed sequences (the flash_mma kernels only; cupy:fa2_det's backward)."""
+def _backward(ctx: _Context, do):
     import cupy as cp
-    family, q, k, v, o, lse, causal, scale = ctx
+    q, k, v, o, lse, scale = ctx.q, ctx.k, ctx.v, ctx.o, ctx.lse, ctx.scale
     if do.dtype != q.dtype or not do.flags.c_contiguous:
         do = cp.ascontiguousarray(do, dtype=q.dtype)
-    N, T, dk = q.shape
-    dv = v.shape[-1]
+    N, T, Dk = q.shape
+    Dv = v.shape[-1]
     ct = _ctype(q.dtype)
-    fam, D = _plan(family, dk, dv)
-    dq, dk_, dv_ = (backends.new_output(cp, x.shape, x.dtype) for x in (q, k, v))
+    fam, D = _plan(ctx.family, Dk, Dv)
+    dq, dk, dv = (backends.new_output(cp, x.shape, x.dtype) for x in (q, k, v))
     Dbuf = backends.new_output(cp, (N, T), cp.float32)
-    dims = (np.int32(N), np.int32(T), np.int32(dk), np.int32(dv), np.float32(scale * LOG2E),
-            np.float32(scale), np.int32(causal))
+    dims = (np.int32(N), np.int32(T), np.int32(Dk), np.int32(Dv), np.float32(scale * LOG2E),
+            np.float32(scale), np.int32(ctx.causal))
     if fam == "naive":
         grid = (-(-N * T // (NAIVE_THREADS // 32)),)
         launch(_kernel(fam, ct, f"naive_bwd_dq<{ct}>"), grid, (NAIVE_THREADS,),
                (q, k, v, o, lse, do, dq, Dbuf) + dims)
         launch(_kernel(fam, ct, f"naive_bwd_dkdv<{ct}>"), grid, (NAIVE_THREADS,),
-               (q, k, v, lse, Dbuf, do, dk_, dv_) + dims)
-        return dq, dk_, dv_
-    launch(_kernel(fam, ct, f"bwd_dot<{ct}>"), (-(-N * T // 8),), (256,), (o, do, Dbuf, np.int64(N * T), np.int32(dv)))
+               (q, k, v, lse, Dbuf, do, dk, dv) + dims)
+        return dq, dk, dv
+    launch(_kernel(fam, ct, f"bwd_dot<{ct}>"), (-(-N * T // 8),), (256,), (o, do, Dbuf, np.int64(N * T), np.int32(Dv)))
     threads = FLASH_THREADS if fam == "flash" else MMA_THREADS
     smem = smem_flash if fam == "flash" else smem_mma
-    seqs = packing.kernel_args(cu) if fam == "mma" else ()
-    for kind, outs in (("dkdv", (dk_, dv_)), ("dq", (dq,))):
+    seqs = packing.kernel_args(ctx.cu) if fam == "mma" else ()
+    for kind, outs in (("dkdv", (dk, dv)), ("dq", (dq,))):
         t = tiles(fam, D, kind)
         launch(_kernel(fam, ct, _expr(fam, ct, D, kind, t)), (-(-T // t[0]) * N,), (threads,),
                (q, k, v, lse, Dbuf, do) + outs + dims + seqs, smem(kind, D))
-    return dq, dk_, dv_
+    return dq, dk, dv
 
 
 def _supports(options, shapes):
@@ -206,24 +213,18 @@ def _supports(options, shapes):
     return None
 
 
-def _make(family):
-    def forward(q, k, v, causal=True, scale=1.0):
-        return _forward(family, q, k, v, causal=causal, scale=scale)
-    return forward
-
-
-register(Variant("softmax", "cupy", "naive", _make("naive"), _backward, dtypes=_FAMILY_DTYPES["naive"],
-                 array_kind="cupy", gpu=True, supports=_supports,
+register(Variant("softmax", "cupy", "naive", functools.partial(_forward, "naive"), _backward,
+                 dtypes=_FAMILY_DTYPES["naive"], array_kind="cupy", gpu=True, supports=_supports,
                  description="one warp per row, online softmax; backward warp per query row (dq) and per "
                              "key row (dk, dv), recomputing p from the saved lse",
                  tol={"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}))
-register(Variant("softmax", "cupy", "flash", _make("flash"), _backward, dtypes=_FAMILY_DTYPES["flash"],
-                 array_kind="cupy", gpu=True, default=True, supports=_supports,
+register(Variant("softmax", "cupy", "flash", functools.partial(_forward, "flash"), _backward,
+                 dtypes=_FAMILY_DTYPES["flash"], array_kind="cupy", gpu=True, default=True, supports=_supports,
                  description="FlashAttention-2 tiles on CUDA cores (fp32 FMA), saved lse; backward: D pre-pass, "
                              "key-tile kernel (dk, dv), query-tile kernel (dq)",
                  tol={"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}))
-register(Variant("softmax", "cupy", "flash_mma", _make("mma"), _backward, dtypes=_FAMILY_DTYPES["mma"],
-                 array_kind="cupy", gpu=True, supports=_supports,
+register(Variant("softmax", "cupy", "flash_mma", functools.partial(_forward, "mma"), _backward,
+                 dtypes=_FAMILY_DTYPES["mma"], array_kind="cupy", gpu=True, supports=_supports,
                  description="flash tiling on tensor cores (mma.sync m16n8k16, fp32 accumulate), forward and "
                              "backward; head dims > 128 run cupy:flash's kernels",
                  tol={"float16": 2e-3, "bfloat16": 2e-2}))
@@ -349,8 +350,8 @@ class Fa2Plan:
     rows: int              # query rows per forward block
     fwd_smem: int
     bwd_smem: int
-    dk: np.int32
-    dv: np.int32
+    Dk: np.int32           # the head dims
+    Dv: np.int32
 
 
 @functools.lru_cache(maxsize=None)
@@ -370,7 +371,7 @@ def _fa2_plan(policy: str, family: str, ctype: str, dk: int, dv: int) -> Optiona
                    bwd=kern(f"fa2_bwd<{policy}, {D}, {t.bq}, {_cpp_bool(t.kvreg)}>"),
                    pre=kern(f"fa2_bwd_pre<{ctype}>"), post=kern(f"fa2_dq_post<{ctype}>"),
                    rows=64 * t.mt, fwd_smem=fa2_smem(family, D, t, "fwd"), bwd_smem=fa2_smem(family, D, t, "bwd"),
-                   dk=np.int32(dk), dv=np.int32(dv))
+                   Dk=np.int32(dk), Dv=np.int32(dv))
 
 
 @dataclass
@@ -391,21 +392,21 @@ def _aligned16(x):
 
 def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None):
     import cupy as cp
-    N, T, dk = q.shape
-    dv = v.shape[-1]
+    N, T, Dk = q.shape
+    Dv = v.shape[-1]
     dt = str(q.dtype)
-    plan = _fa2_plan(spec.policy(dt), spec.family, CTYPE[dt], dk, dv)
+    plan = _fa2_plan(spec.policy(dt), spec.family, CTYPE[dt], Dk, Dv)
     if plan is None and cu_seqlens is not None:
         raise ValueError(f"softmax_attention: backend cupy:{spec.name} packs sequences (cu_seqlens) for head dims "
-                         f"up to {FA2_BUCKETS[-1]} only, got Dk={dk}, Dv={dv}")
+                         f"up to {FA2_BUCKETS[-1]} only, got Dk={Dk}, Dv={Dv}")
     if plan is None:
         o, ctx = _forward("flash", q, k, v, causal=causal, scale=scale)
         return o, Fa2Ctx(spec, None, (), bool(causal), float(scale), fallback=ctx)
     q, k, v = _aligned16(q), _aligned16(k), _aligned16(v)
-    o = backends.new_output(cp, (N, T, dv), q.dtype)
+    o = backends.new_output(cp, (N, T, Dv), q.dtype)
     lse = backends.new_output(cp, (N, T), cp.float32)
     launch(plan.fwd, (-(-T // plan.rows) * N,), (FA_THREADS,),
-           (q, k, v, o, lse, np.int32(N), np.int32(T), plan.dk, plan.dv, np.float32(scale * LOG2E),
+           (q, k, v, o, lse, np.int32(N), np.int32(T), plan.Dk, plan.Dv, np.float32(scale * LOG2E),
             np.int32(bool(causal))) + packing.kernel_args(cu_seqlens), plan.fwd_smem)
     return o, Fa2Ctx(spec, plan, (q, k, v, o, lse), bool(causal), float(scale), cu=cu_seqlens)
 
@@ -415,34 +416,29 @@ def _fa2_backward(ctx: Fa2Ctx, do):
         return _backward(ctx.fallback, do)
     q, k, v, o, lse = ctx.saved
     if ctx.spec.deterministic:
-        return _backward(("mma", q, k, v, o, lse, ctx.causal, ctx.scale), do, cu=ctx.cu)
+        return _backward(_Context("mma", q, k, v, o, lse, ctx.causal, ctx.scale, cu=ctx.cu), do)
     import cupy as cp
     plan = ctx.plan
-    N, T, dk = q.shape
-    dv = v.shape[-1]
+    N, T, Dk = q.shape
+    Dv = v.shape[-1]
     do = _aligned16(cp.ascontiguousarray(do, dtype=q.dtype))
     dq = backends.new_output(cp, q.shape, q.dtype)
-    dk_ = backends.new_output(cp, k.shape, k.dtype)
-    dv_ = backends.new_output(cp, v.shape, v.dtype)
+    dk = backends.new_output(cp, k.shape, k.dtype)
+    dv = backends.new_output(cp, v.shape, v.dtype)
     rows = N * T
-    acc = cp.empty(rows * dk + rows, cp.float32)          # dq accumulator (zeroed by fa2_bwd_pre), then D
-    dqacc, Dbuf = acc[:rows * dk], acc[rows * dk:]
-    launch(plan.pre, (-(-rows // 8),), (256,), (o, do, Dbuf, dqacc, np.int64(rows), plan.dv, plan.dk))
+    acc = cp.empty(rows * Dk + rows, cp.float32)          # dq accumulator (zeroed by fa2_bwd_pre), then D
+    dqacc, Dbuf = acc[:rows * Dk], acc[rows * Dk:]
+    launch(plan.pre, (-(-rows // 8),), (256,), (o, do, Dbuf, dqacc, np.int64(rows), plan.Dv, plan.Dk))
     launch(plan.bwd, (-(-T // FA2_KEY_BLOCK) * N,), (FA_THREADS,),
-           (q, k, v, lse, Dbuf, do, dqacc, dk_, dv_, np.int32(N), np.int32(T), plan.dk, plan.dv,
+           (q, k, v, lse, Dbuf, do, dqacc, dk, dv, np.int32(N), np.int32(T), plan.Dk, plan.Dv,
             np.float32(ctx.scale * LOG2E), np.float32(ctx.scale), np.int32(ctx.causal))
            + packing.kernel_args(ctx.cu), plan.bwd_smem)
-    launch(plan.post, (-(-rows * dk // 256),), (256,), (dqacc, dq, np.int64(rows * dk), np.float32(ctx.scale)))
-    return dq, dk_, dv_
-
-
-def _fa2_make(spec: Fa2Spec):
-    def forward(q, k, v, causal=True, scale=1.0, cu_seqlens=None):
-        return _fa2_forward(spec, q, k, v, causal=causal, scale=scale, cu_seqlens=cu_seqlens)
-    return forward
+    launch(plan.post, (-(-rows * Dk // 256),), (256,), (dqacc, dq, np.int64(rows * Dk), np.float32(ctx.scale)))
+    return dq, dk, dv
 
 
 for _spec in FA2_SPECS:
-    register(Variant("softmax", "cupy", _spec.name, _fa2_make(_spec), _fa2_backward, dtypes=_spec.dtypes,
+    register(Variant("softmax", "cupy", _spec.name, functools.partial(_fa2_forward, _spec), _fa2_backward,
+                     dtypes=_spec.dtypes,
                      array_kind="cupy", gpu=True, supports=_supports, tags=_spec.tags, features=frozenset({"packed"}),
                      default_for=_spec.default_for, description=_spec.description))

@@ -24,11 +24,10 @@ import numpy as np
 from workbench.backends import data_ptr, new_output
 from workbench.state import DecayedState, LinearState, ZeroSState, map_state
 
-from ._module import STATIC_SMEM_LIMIT, declare_groups, get_kernel, launch
+from ._module import CTYPE, STATIC_SMEM_LIMIT, declare_groups, get_kernel, launch
 
 SOURCE = "steps.cu"
 OPS = ("linear", "decayed", "zeros")
-CTYPE = {"float32": "float", "float16": "wb_half", "bfloat16": "wb_bf16"}
 WIDTHS = (4, 1)                     # state columns per thread (16-byte or 4-byte accesses)
 THREADS = 256                       # block size     (steps.cu: wbstep::THREADS)
 SLAB = 32                           # columns per block (wbstep::SLAB)

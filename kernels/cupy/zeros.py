@@ -15,6 +15,8 @@ and dgates.  The running max m is held fixed in the backward: o does not depend 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from workbench.registry import Variant, register
@@ -62,69 +64,85 @@ def _groups(Dv):
     return [("G", "H")] if 2 * Dv <= core.MAX_DIM else [("G",), ("H",)]
 
 
-def _make(impl):
-    def forward(q, k, v, s, gates, causal=True):
-        import cupy as cp
-        dtype = q.dtype
-        q, k, v, s, gates = (x.astype(cp.float32, copy=False) for x in (q, k, v, s, gates))
-        Dk, Dv = q.shape[-1], v.shape[-1]
-        C = core.chunk_size(Dk, Dv)
-        m, E, P, coef, u, bF, gF = _scan_fwd(s, gates, causal, C)
-        vals = {"F": u[..., None] * v, "G": s[..., None] * v, "H": v}
-        dec = {}
-        if causal:
-            dec = dict(b=bF) if impl != "naive" else dict(g=gF)
-        oF, HF = core.core_forward(SOURCE, impl, q, k, vals["F"], causal, 1.0, **dec)
-        outs, calls = {"F": oF}, [(("F",), vals["F"], HF, dec)]
-        for grp in _groups(Dv):
-            V = cp.concatenate([vals[x] for x in grp], axis=-1) if len(grp) > 1 else vals[grp[0]]
-            o_g, H_g = core.core_forward(SOURCE, impl, q, k, V, causal, 1.0)
-            calls.append((grp, V, H_g, {}))
-            for j, x in enumerate(grp):
-                outs[x] = o_g[..., j * Dv:(j + 1) * Dv]
-        alpha, beta, gamma = coef[..., 0:1], coef[..., 1:2], coef[..., 2:3]
-        o = alpha * outs["F"] + beta * outs["G"] + gamma * outs["H"]
-        return o.astype(dtype, copy=False), (q, k, v, s, gates, causal, m, E, P, coef, u, outs, calls, dtype)
-
-    def backward(ctx, do):
-        import cupy as cp
-        q, k, v, s, gates, causal, m, E, P, coef, u, outs, calls, dtype = ctx
-        do = do.astype(cp.float32, copy=False)
-        a, Vr, Zr = ((do * outs[x]).sum(-1) for x in ("F", "G", "H"))
-        ds, dgates = _scan_bwd(s, gates, causal, m, E, P, a, Vr, Zr)
-        dos = {x: coef[..., j:j + 1] * do for j, x in enumerate("FGH")}
-        dq = dk = 0
-        dvals = {}
-        for grp, V, H, dec in calls:
-            dO = cp.concatenate([dos[x] for x in grp], axis=-1) if len(grp) > 1 else dos[grp[0]]
-            gq, gk, gV = core.core_backward(SOURCE, impl, q, k, V, H, dO, causal, 1.0, **dec)
-            dq, dk = dq + gq, dk + gk
-            for j, x in enumerate(grp):
-                dvals[x] = gV[..., j * v.shape[-1]:(j + 1) * v.shape[-1]]
-        dv = u[..., None] * dvals["F"] + s[..., None] * dvals["G"] + dvals["H"]
-        ds = ds + (dvals["F"] * (u[..., None] * v)).sum(-1) + (dvals["G"] * v).sum(-1)
-        return tuple(x.astype(dtype, copy=False) for x in (dq, dk, dv, ds, dgates))
-
-    return forward, backward
+@dataclass
+class _CoreCall:
+    """One call of the core: the value streams it computed together, their values and the core's states."""
+    streams: tuple           # ("F",), ("G", "H") or ("G",), ("H",)
+    values: object           # the streams' values side by side (N, T, len(streams) Dv)
+    states: object           # the core's forward states (chunked), else None
+    decays: dict             # the decay argument of the call (F: b or g), else {}
 
 
-def supports(options, shapes):
-    dk, dv = shapes["q"][-1], shapes["v"][-1]
-    if max(dk, dv) > core.MAX_DIM:
-        return f"head dims up to {core.MAX_DIM} (Dk={dk}, Dv={dv})"
-    return None
+@dataclass
+class _Context(core.Saved):
+    """What the backward of cupy:naive / chunked / chunked_seg needs (everything float32)."""
+    s: object
+    gates: object
+    causal: bool
+    m: object                # running max, E relative to it, P: scan_fwd's per-token statistics
+    E: object
+    P: object
+    coef: object             # (N, T, 3) alpha, beta, gamma
+    u: object                # e^{s - m}
+    outs: dict               # stream -> its output oF, oG, oH
+    calls: list              # _CoreCall, F first
+    dtype: object            # the inputs' dtype (the gradients have it)
 
 
-for _impl, _desc, _default in (
-        ("naive", "scans + the naive core (one thread per output row), O(T^2 D)", False),
-        ("chunked", "scans + the chunked core: states F (running max), G, H, one chain over the chunks; the "
-                    "fallback above head dim 128", False),
-        ("chunked_seg", "scans + the chunked core with the state chains cut into segments run in parallel",
-         False)):
-    _f, _b = _make(_impl)
-    register(Variant("zeros", "cupy", _impl, _f, _b, dtypes=("float32", "float16"), array_kind="cupy",
-                     gpu=True, default=_default, supports=supports, description=_desc,
-                     form="quadratic" if _impl == "naive" else "linear", tol={"float32": 5e-5, "float16": 2e-3}))
+def _forward(impl, q, k, v, s, gates, causal=True):
+    import cupy as cp
+    dtype = q.dtype
+    q, k, v, s, gates = (x.astype(cp.float32, copy=False) for x in (q, k, v, s, gates))
+    Dk, Dv = q.shape[-1], v.shape[-1]
+    C = core.chunk_size(Dk, Dv)
+    m, E, P, coef, u, bF, gF = _scan_fwd(s, gates, causal, C)
+    vals = {"F": u[..., None] * v, "G": s[..., None] * v, "H": v}
+    dec = {}
+    if causal:
+        dec = dict(b=bF) if impl != "naive" else dict(g=gF)
+    oF, HF = core.core_forward(SOURCE, impl, q, k, vals["F"], causal, 1.0, **dec)
+    outs, calls = {"F": oF}, [_CoreCall(("F",), vals["F"], HF, dec)]
+    for grp in _groups(Dv):
+        V = cp.concatenate([vals[x] for x in grp], axis=-1) if len(grp) > 1 else vals[grp[0]]
+        o_g, H_g = core.core_forward(SOURCE, impl, q, k, V, causal, 1.0)
+        calls.append(_CoreCall(grp, V, H_g, {}))
+        for j, x in enumerate(grp):
+            outs[x] = o_g[..., j * Dv:(j + 1) * Dv]
+    alpha, beta, gamma = coef[..., 0:1], coef[..., 1:2], coef[..., 2:3]
+    o = alpha * outs["F"] + beta * outs["G"] + gamma * outs["H"]
+    return o.astype(dtype, copy=False), _Context(impl, q, k, v, s, gates, causal, m, E, P, coef, u, outs, calls,
+                                                 dtype)
+
+
+def _backward(ctx: _Context, do):
+    import cupy as cp
+    q, k, v, s, coef, u = ctx.q, ctx.k, ctx.v, ctx.s, ctx.coef, ctx.u
+    do = do.astype(cp.float32, copy=False)
+    a, Vr, Zr = ((do * ctx.outs[x]).sum(-1) for x in ("F", "G", "H"))
+    ds, dgates = _scan_bwd(s, ctx.gates, ctx.causal, ctx.m, ctx.E, ctx.P, a, Vr, Zr)
+    dos = {x: coef[..., j:j + 1] * do for j, x in enumerate("FGH")}
+    dq = dk = 0
+    dvals = {}
+    Dv = v.shape[-1]
+    for call in ctx.calls:
+        grp = call.streams
+        dO = cp.concatenate([dos[x] for x in grp], axis=-1) if len(grp) > 1 else dos[grp[0]]
+        gq, gk, gV = core.core_backward(SOURCE, ctx.impl, q, k, call.values, call.states, dO, ctx.causal, 1.0,
+                                        **call.decays)
+        dq, dk = dq + gq, dk + gk
+        for j, x in enumerate(grp):
+            dvals[x] = gV[..., j * Dv:(j + 1) * Dv]
+    dv = u[..., None] * dvals["F"] + s[..., None] * dvals["G"] + dvals["H"]
+    ds = ds + (dvals["F"] * (u[..., None] * v)).sum(-1) + (dvals["G"] * v).sum(-1)
+    return tuple(x.astype(ctx.dtype, copy=False) for x in (dq, dk, dv, ds, dgates))
+
+
+core.register_variants("zeros", _forward, _backward, {
+    "naive": "scans + the naive core (one thread per output row), O(T^2 D)",
+    "chunked": "scans + the chunked core: states F (running max), G, H, one chain over the chunks; the "
+               "fallback above head dim 128",
+    "chunked_seg": "scans + the chunked core with the state chains cut into segments run in parallel",
+}, tol={"float32": 5e-5, "float16": 2e-3})
 
 
 # ----------------------------------------------------------------------------- tensor cores

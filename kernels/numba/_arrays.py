@@ -20,6 +20,9 @@ NumPy, and everything below works unchanged.
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import numpy as np
 from numba import cuda
 
@@ -88,6 +91,28 @@ class DeviceIO:
 def grid_1d(n: int, threads: int = 128) -> tuple:
     """(blocks, threads) for one thread per item over n items."""
     return (max(1, (n + threads - 1) // threads), threads)
+
+
+@dataclass
+class Saved:
+    """The first fields of every Numba variant's context: the caller's array kind, the variant that ran (its
+    name: "naive", or the op's fast rung) and the forward's q, k, v as device arrays."""
+    io: DeviceIO
+    impl: str
+    q: object
+    k: object
+    v: object
+
+
+def register_variant(op: str, name: str, forward, backward, description: str, tol: dict, **extra) -> None:
+    """Register ``numba:<name>`` of ``op``: ``forward(name, *arrays, **options)`` with the name bound (the
+    context records it), ``backward(ctx, do)``.  Every Numba variant takes float32 and float64 (accumulating
+    in the input's precision), NumPy or CuPy arrays (``array_kind="any"``, see ``DeviceIO``), runs on a CUDA
+    device (or the simulator) and takes head dims up to the largest bucket (``head_dims_in_buckets``)."""
+    from workbench.registry import Variant, register
+    register(Variant(op, "numba", name, functools.partial(forward, name), backward, dtypes=("float32", "float64"),
+                     array_kind="any", gpu=True, supports=head_dims_in_buckets, description=description, tol=tol,
+                     **extra))
 
 
 def head_dims_in_buckets(options, shapes):

@@ -3,7 +3,7 @@
 ``trace`` drives the *real* host code of each variant (its bucket and tile choice, its kernel factories, its
 launch arguments) with fake device arrays: ``DeviceIO`` hands out shape/dtype-only arrays and every
 ``kernel[grid, block](*args)`` records (kernel, argument types) instead of launching.  Nothing is compiled.
-Two users: ``_ptx_check`` compiles each traced kernel to PTX (no GPU needed), ``_warmup`` compiles each for
+Two users: ``ptx_check`` compiles each traced kernel to PTX (no GPU needed), ``_warmup`` compiles each for
 the local GPU into Numba's disk cache.  Works on the CUDA simulator too (the tests compare the kernels two
 shapes launch).
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-OPS = ("softmax", "linear", "decayed", "zeros")
+from workbench.opspec import OPS
 
 
 class FakeDeviceArray:
@@ -104,20 +104,21 @@ def _intercepted(record):
 def cells(op: str, quick: bool = False):
     """(label, options, input kwargs, causal values) covering every option of an op (``quick``: the option
     cells that differ only in a run-time argument of the kernels are dropped)."""
-    from workbench.check import _split_input_options, causal_values, option_grid
-    for label, extra in option_grid(op, quick=quick):
+    from workbench.check import _split_input_options
+    from workbench.opspec import SPECS
+    for label, extra in SPECS[op].cells(quick):
         input_kw, extra = _split_input_options(op, extra)
-        yield label, extra, input_kw, causal_values(op)
+        yield label, extra, input_kw, SPECS[op].causal_values
 
 
 def trace(ops=OPS, dtypes=("float32", "float64"), dims=((64, 64),), variants=None, quick=False,
           echo=None) -> list:
     """Every distinct (kernel, argument types) that forward + backward of the numba variants of ``ops``
     launch, for each dtype, head-dim pair (Dk, Dv) and option cell, in first-launch order.  ``variants``:
-    only these variant names (e.g. ``("tiled", "chunked")``); ``echo`` gets one line per traced cell."""
+    only these variant names (e.g. ``("flash", "chunked")``); ``echo`` gets one line per traced cell."""
     from workbench import registry
     from workbench.inputs import default_options, random_inputs
-    from workbench.ops import _check_options
+    from workbench.opspec import check_options
     registry.load_all()
     seen: dict = {}
     where = [""]
@@ -138,10 +139,7 @@ def trace(ops=OPS, dtypes=("float32", "float64"), dims=((64, 64),), variants=Non
                         for label, extra, input_kw, causals in cells(op, quick):
                             for causal in causals:
                                 arrays = random_inputs(op, (2,), 70, Dk, Dv, dtype, **input_kw)
-                                opts = default_options(op, causal=causal, **extra)
-                                if op == "decayed":
-                                    opts["causal"] = True
-                                opts = _check_options(op, opts, Dk)
+                                opts = check_options(op, default_options(op, causal=causal, **extra), Dk)
                                 where[0] = f"{v.key} {dtype} Dk={Dk} Dv={Dv} {label} causal={causal}".replace("  ", " ")
                                 if echo:
                                     echo(f"# {where[0]}")

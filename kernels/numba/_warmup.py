@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from ._trace import OPS
+from workbench.opspec import OPS
 
 DTYPES = ("float32", "float64")
 

@@ -38,14 +38,13 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from numba import cuda
 
-from workbench.registry import Variant, register
-
 from . import _chunked
-from ._arrays import DeviceIO, grid_1d, head_dims_in_buckets
+from ._arrays import DeviceIO, Saved, grid_1d, register_variant
 from ._jit import bucket, kernel, nb_type, row_axpy, row_dot, row_store
 
 SCAN_THREADS = 128        # threads per block of the dg scan (tests shrink it)
@@ -187,42 +186,47 @@ def _chunked_dg(io, do, o, v, dv):
 
 
 # ============================================================================ variants
-def _run(chunked, a, b, c, g, scale, out, rev):
-    if chunked:
+def _run(impl, a, b, c, g, scale, out, rev):
+    if impl == "chunked":
         _chunked.launch(a, b, c, out, g=g, scale=scale, decay=True, rev=rev)
     else:
         _naive_launch(a, b, c, g, scale, out, rev)
 
 
-def _forward(chunked, q, k, v, log_decay, scale=1.0):
+@dataclass
+class _Context(Saved):
+    """What the backward needs (impl: "naive" or "chunked"; o for dg)."""
+    log_decay: object
+    o: object
+    scale: float
+
+
+def _forward(impl, q, k, v, log_decay, scale=1.0):
     io = DeviceIO(q)
     q, k, v, g = (io.to_device(x) for x in (q, k, v, log_decay))
     N, T, _ = q.shape
     o = io.empty((N, T, v.shape[2]), q.dtype)
-    _run(chunked, q, k, v, g, scale, o, rev=False)
-    return io.to_caller(o), (chunked, io, q, k, v, g, o, scale)
+    _run(impl, q, k, v, g, scale, o, rev=False)
+    return io.to_caller(o), _Context(io, impl, q, k, v, g, o, scale)
 
 
-def _backward(ctx, do):
-    chunked, io, q, k, v, g, o, scale = ctx
+def _backward(ctx: _Context, do):
+    io, q, k, v, g, scale = ctx.io, ctx.q, ctx.k, ctx.v, ctx.log_decay, ctx.scale
     do = io.to_device(do)
     dq, dk, dv = io.empty(q.shape, q.dtype), io.empty(k.shape, k.dtype), io.empty(v.shape, v.dtype)
-    _run(chunked, do, v, k, g, scale, dq, rev=False)        # dq_t = sum_{i<=t} w (do_t.v_i) k_i
-    _run(chunked, v, do, q, g, scale, dk, rev=True)         # dk_i = sum_{t>=i} w (v_i.do_t) q_t
-    _run(chunked, k, q, do, g, scale, dv, rev=True)         # dv_i = sum_{t>=i} w (k_i.q_t) do_t
-    dg = (_chunked_dg if chunked else _naive_dg)(io, do, o, v, dv)
+    _run(ctx.impl, do, v, k, g, scale, dq, rev=False)        # dq_t = sum_{i<=t} w (do_t.v_i) k_i
+    _run(ctx.impl, v, do, q, g, scale, dk, rev=True)         # dk_i = sum_{t>=i} w (v_i.do_t) q_t
+    _run(ctx.impl, k, q, do, g, scale, dv, rev=True)         # dv_i = sum_{t>=i} w (k_i.q_t) do_t
+    dg = (_chunked_dg if ctx.impl == "chunked" else _naive_dg)(io, do, ctx.o, v, dv)
     return tuple(io.to_caller(x) for x in (dq, dk, dv, dg))
 
 
-register(Variant("decayed", "numba", "naive", functools.partial(_forward, False), _backward,
-                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
-                 description="one thread per output row (query row for o, dq; key row for dk, dv), O(T^2), "
-                             "decay summed along the loop; dg by row dots + a per-n reverse cumsum",
-                 tol={"float32": 1e-4, "float64": 5e-13}))
-register(Variant("decayed", "numba", "chunked", functools.partial(_forward, True), _backward,
-                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
-                 default=True,
-                 description="chunked: C x C intra-chunk block with within-chunk log-decay cumsums, Dk x BV "
-                             "state in shared memory carried across chunks; backward = the same kernel for dq "
-                             "and, run in reverse, for dk and dv; dg by a block segmented reverse scan",
-                 tol={"float32": 1e-4, "float64": 2e-13}))
+register_variant("decayed", "naive", _forward, _backward,
+                 "one thread per output row (query row for o, dq; key row for dk, dv), O(T^2), "
+                 "decay summed along the loop; dg by row dots + a per-n reverse cumsum",
+                 {"float32": 1e-4, "float64": 5e-13})
+register_variant("decayed", "chunked", _forward, _backward,
+                 "chunked: C x C intra-chunk block with within-chunk log-decay cumsums, Dk x BV "
+                 "state in shared memory carried across chunks; backward = the same kernel for dq "
+                 "and, run in reverse, for dk and dv; dg by a block segmented reverse scan",
+                 {"float32": 1e-4, "float64": 2e-13}, default=True)

@@ -47,16 +47,17 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from numba import cuda
 
-from workbench.registry import Variant, register
-
-from ._arrays import DeviceIO, head_dims_in_buckets
+from ._arrays import DeviceIO, Saved, register_variant
 from ._jit import bucket, cdiv, device, group, kernel, nb_type, row_axpy, row_dot, row_store, work_dtype
 
-CONFIG = {"chunk32": 64, "chunk64": 32, "db": 16, "threads": 128, "rows": 64}
+# Tiles: chunk length per accumulation dtype, columns staged per step of the C x C products, threads per
+# chunk block, rows per block of the row kernels.  Tests shrink them for the simulator.
+CONFIG = {"chunk_float32": 64, "chunk_float64": 32, "block_cols": 16, "threads": 128, "rows": 64}
 SHARED_BYTES = 46 * 1024
 PLAIN, PHI, AUG = 0, 1, 2          # how a kernel reads an operand: as stored, through phi, or as [x, 1]
 
@@ -560,8 +561,8 @@ def _chunk_dkdv(DB, C, BC, NT, fmap, acc):
 def _chunk_size(wdt):
     """Chunk length C and column-tile BC for the accumulation dtype, within the shared budget
     (chunk_dkdv holds two C x C blocks and two C x BC staging tiles)."""
-    C = CONFIG["chunk64"] if wdt == np.float64 else CONFIG["chunk32"]
-    BC = CONFIG["db"]
+    C = CONFIG[f"chunk_{wdt.name}"]
+    BC = CONFIG["block_cols"]
     while C > 1 and (2 * C * C + 2 * C * BC) * wdt.itemsize > SHARED_BYTES:
         C //= 2
     return C, BC
@@ -572,7 +573,20 @@ def _launch_rows(T):
     return cdiv(T, b), b
 
 
-def _forward(chunked, q, k, v, causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6):
+@dataclass
+class _Context(Saved):
+    """What the backward needs (impl: "naive" or "chunked")."""
+    o: object
+    den: object                 # (N, T) denominators with normalize, else a (1, 1) placeholder
+    states: object              # chunked: the forward's prefix states (N, nC, Dk, Dw), for dq; else None
+    causal: bool
+    normalize: bool
+    feature_map: str
+    scale: object               # in the accumulation dtype
+    dtype: np.dtype             # the inputs' dtype (the gradients have it)
+
+
+def _forward(impl, q, k, v, causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6):
     io = DeviceIO(q)
     N, T, Dk = q.shape
     Dv = v.shape[2]
@@ -581,68 +595,64 @@ def _forward(chunked, q, k, v, causal=True, feature_map="identity", normalize=Fa
     wdt = work_dtype(q.dtype)
     acc = nb_type(wdt)
     causal, normalize, fm = bool(causal), bool(normalize), feature_map
-    dq_, dk_, dv_ = io.to_device(q), io.to_device(k), io.to_device(v)
+    qd, kd, vd = io.to_device(q), io.to_device(k), io.to_device(v)
     o = io.empty((N, T, Dv), q.dtype)
     den = io.empty((N, T) if normalize else (1, 1), wdt)
     sc, ep = wdt.type(scale), wdt.type(eps)
     S = None
-    if chunked:
+    if impl == "chunked":
         C, BC = _chunk_size(wdt)
         NT = CONFIG["threads"]
         nC = cdiv(T, C)
         S = io.empty((N, nC, Dk, Dw), wdt)
-        _chunk_states(DB, C, NT, fm, acc)[(N, nC), NT](dk_, dv_, S)
+        _chunk_states(DB, C, NT, fm, acc)[(N, nC), NT](kd, vd, S)
         _scan_states(acc)[(N, cdiv(Dk * Dw, 128)), 128](S, causal, False)
-        _chunk_forward(DB, C, BC, NT, fm, acc)[(N, nC), NT](dq_, dk_, dv_, S, sc, ep, causal, normalize, o, den)
+        _chunk_forward(DB, C, BC, NT, fm, acc)[(N, nC), NT](qd, kd, vd, S, sc, ep, causal, normalize, o, den)
     else:
         nb, b = _launch_rows(T)
-        _naive_fwd(DB, fm, acc)[(N, nb), b](dq_, dk_, dv_, sc, ep, causal, normalize, o, den)
-    ctx = (io, chunked, dq_, dk_, dv_, o, den, S, causal, normalize, fm, sc, q.dtype)
-    return io.to_caller(o), ctx
+        _naive_fwd(DB, fm, acc)[(N, nb), b](qd, kd, vd, sc, ep, causal, normalize, o, den)
+    return io.to_caller(o), _Context(io, impl, qd, kd, vd, o, den, S, causal, normalize, fm, sc, q.dtype)
 
 
-def _backward(ctx, do):
-    io, chunked, q, k, v, o, den, S, causal, normalize, fm, sc, dtype = ctx
+def _backward(ctx: _Context, do):
+    io, q, k, v, fm, dtype = ctx.io, ctx.q, ctx.k, ctx.v, ctx.feature_map, ctx.dtype
     N, T, Dk = q.shape
     Dv = v.shape[2]
     DB = bucket(Dk, Dv)
-    Dw = Dv + 1 if normalize else Dv
+    Dw = Dv + 1 if ctx.normalize else Dv
     wdt = work_dtype(dtype)
     acc = nb_type(wdt)
-    ddo = io.to_device(do)
+    do = io.to_device(do)
     nb, b = _launch_rows(T)
-    if normalize:
+    if ctx.normalize:
         dnum = io.empty((N, T, Dw), wdt)
-        _dnum_kernel(acc)[(N, nb), b](ddo, o, den, dnum)
+        _dnum_kernel(acc)[(N, nb), b](do, ctx.o, ctx.den, dnum)
     else:
-        dnum = ddo
+        dnum = do
     dq = io.empty((N, T, Dk), dtype)
     dk = io.empty((N, T, Dk), dtype)
     dv = io.empty((N, T, Dv), dtype)
-    if chunked:
+    if ctx.impl == "chunked":
         C, BC = _chunk_size(wdt)
         NT = CONFIG["threads"]
         nC = cdiv(T, C)
         dS = io.empty((N, nC, Dk, Dw), wdt)
-        _chunk_dq(DB, C, BC, NT, fm, acc)[(N, nC), NT](q, k, v, dnum, S, sc, causal, dq)
+        _chunk_dq(DB, C, BC, NT, fm, acc)[(N, nC), NT](q, k, v, dnum, ctx.states, ctx.scale, ctx.causal, dq)
         _chunk_states(DB, C, NT, fm, acc)[(N, nC), NT](q, dnum, dS)
-        _scan_states(acc)[(N, cdiv(Dk * Dw, 128)), 128](dS, causal, True)
-        _chunk_dkdv(DB, C, BC, NT, fm, acc)[(N, nC), NT](q, k, v, dnum, dS, sc, causal, dk, dv)
+        _scan_states(acc)[(N, cdiv(Dk * Dw, 128)), 128](dS, ctx.causal, True)
+        _chunk_dkdv(DB, C, BC, NT, fm, acc)[(N, nC), NT](q, k, v, dnum, dS, ctx.scale, ctx.causal, dk, dv)
     else:
-        _naive_dq(DB, fm, acc)[(N, nb), b](q, k, v, dnum, sc, causal, normalize, dq)
-        _naive_dkdv(DB, fm, acc)[(N, nb), b](q, k, v, dnum, sc, causal, normalize, dk, dv)
+        _naive_dq(DB, fm, acc)[(N, nb), b](q, k, v, dnum, ctx.scale, ctx.causal, ctx.normalize, dq)
+        _naive_dkdv(DB, fm, acc)[(N, nb), b](q, k, v, dnum, ctx.scale, ctx.causal, ctx.normalize, dk, dv)
     return io.to_caller(dq), io.to_caller(dk), io.to_caller(dv)
 
 
-register(Variant("linear", "numba", "naive", functools.partial(_forward, False), _backward,
-                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
-                 description="one thread per output row (O(T^2)); naive backward (thread per query row for "
-                             "dq, per key row for dk/dv)",
-                 tol={"float32": 1e-4, "float64": 2e-13}))
-register(Variant("linear", "numba", "chunked", functools.partial(_forward, True), _backward,
-                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
-                 default=True,
-                 description="chunked: per-chunk Dk x Dv states in parallel, scan over chunks, masked C x C "
-                             "blocks in shared memory; backward chunked (forward states for dq, reverse-scanned "
-                             "states for dk/dv)",
-                 tol={"float32": 5e-5, "float64": 1e-13}))
+register_variant("linear", "naive", _forward, _backward,
+                 "one thread per output row (O(T^2)); naive backward (thread per query row for "
+                 "dq, per key row for dk/dv)",
+                 {"float32": 1e-4, "float64": 2e-13})
+register_variant("linear", "chunked", _forward, _backward,
+                 "chunked: per-chunk Dk x Dv states in parallel, scan over chunks, masked C x C "
+                 "blocks in shared memory; backward chunked (forward states for dq, reverse-scanned "
+                 "states for dk/dv)",
+                 {"float32": 5e-5, "float64": 1e-13}, default=True)

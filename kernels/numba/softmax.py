@@ -1,4 +1,5 @@
-"""Softmax attention in Numba CUDA: a plain "naive" rung and a FlashAttention-2 style "tiled" rung.
+"""Softmax attention in Numba CUDA: a plain "naive" rung and a FlashAttention-2 style "flash" rung (the algorithm
+of cupy:flash; this variant was called numba:tiled, a name still accepted with a FutureWarning).
 
 Math (workbench/reference/softmax.py; per leading index n, rows t, keys i, i <= t when causal):
     a_ti = scale q_t.k_i,   lse_t = log sum_i exp(a_ti),   p_ti = exp(a_ti - lse_t),   o_t = sum_i p_ti v_i.
@@ -16,7 +17,7 @@ blockIdx.x is the leading index n (up to 2^31-1), blockIdx.y the row tile.
 naive  -- forward: each thread streams k_i, v_i from global memory with an online softmax (running max m,
           running sum l, accumulator acc[Dv] in a per-thread local array).  Backward: D kernel, then one
           thread per query row for dq, and one thread per key row for dk, dv, all reading global memory.
-tiled  -- forward: a block of BQ threads (BQ query rows) stages key/value tiles of BK rows in shared memory;
+flash  -- forward: a block of BQ threads (BQ query rows) stages key/value tiles of BK rows in shared memory;
           every thread reads the same k_j / v_j element at once (a shared-memory broadcast).  Causal: the key
           loop stops at the block's last query row (tiles above the diagonal are never loaded); inside the
           diagonal tile each thread's own bound j <= t applies.  Backward: D kernel; a dk/dv kernel over key
@@ -37,12 +38,12 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
+import numpy as np
 from numba import cuda
 
-from workbench.registry import Variant, register
-
-from ._arrays import DeviceIO, head_dims_in_buckets
+from ._arrays import DeviceIO, Saved, register_variant
 from ._jit import (bucket, cdiv, group, kernel, nb_type, row_axpy, row_dot, row_store, tile_axpy, tile_dot,
                    tile_loader, work_dtype)
 
@@ -168,9 +169,9 @@ def _naive_dkdv(DB, acc):
     return kern
 
 
-# ============================================================================ tiled
+# ============================================================================ flash
 @functools.lru_cache(maxsize=None)
-def _tiled_fwd(DB, BQ, BK, acc):
+def _flash_fwd(DB, BQ, BK, acc):
     """Block = BQ threads = BQ query rows of one n; K/V tiles of BK rows in shared memory (sk, sv, zero past
     the head dims); each thread keeps its pre-scaled query row qr[DB] and its accumulator accv[DB] in
     registers."""
@@ -227,7 +228,7 @@ def _tiled_fwd(DB, BQ, BK, acc):
 
 
 @functools.lru_cache(maxsize=None)
-def _tiled_dkdv(DB, BKV, BQ, acc):
+def _flash_dkdv(DB, BKV, BQ, acc):
     """Block = BKV threads = BKV key rows i of one n; its own k_i, v_i in padded shared rows (odd stride:
     no bank conflicts when every thread reads its own row at the same column); dk_i, dv_i in registers.
     Query tiles of BQ rows (q, do, lse, D) are staged in shared memory and read as broadcasts."""
@@ -287,7 +288,7 @@ def _tiled_dkdv(DB, BKV, BQ, acc):
 
 
 @functools.lru_cache(maxsize=None)
-def _tiled_dq(DB, BQ, BK, acc):
+def _flash_dq(DB, BQ, BK, acc):
     """Block = BQ threads = BQ query rows t; own q_t, do_t in padded shared rows, dq_t in registers; key
     tiles (k, v) of BK rows staged in shared memory; causal: no key tile beyond the block's last row."""
     ZERO, ONE = acc(0), acc(1)
@@ -335,7 +336,7 @@ def _tiled_dq(DB, BQ, BK, acc):
 
 # ============================================================================ host side
 def _tiles(DB, itemsize):
-    """Tile sizes of the tiled rung for head-dim bucket DB, shrunk to the shared-memory budget.  The
+    """Tile sizes of the flash rung for head-dim bucket DB, shrunk to the shared-memory budget.  The
     per-thread padded rows (k_i, v_i in dk/dv; q_t, do_t in dq) get at most half the budget, the streamed
     tiles the rest."""
     own = (2 * DB + 2) * itemsize                        # one thread's padded rows
@@ -349,63 +350,68 @@ def _tiles(DB, itemsize):
     return dict(bq=bq, bk=bk, bkv=bkv, bqb=bqb, bq_dq=bq_dq, bk_dq=bk_dq)
 
 
-def _forward(tiled, q, k, v, causal=True, scale=1.0):
+@dataclass
+class _Context(Saved):
+    """What the backward needs (impl: "naive" or "flash")."""
+    o: object
+    lse: object                 # (N, T) log-sum-exp of every row, accumulation dtype
+    causal: bool
+    scale: object               # in the accumulation dtype
+    dtype: np.dtype             # the inputs' dtype (the gradients have it)
+
+
+def _forward(impl, q, k, v, causal=True, scale=1.0):
     io = DeviceIO(q)
     N, T, Dk = q.shape
     Dv = v.shape[2]
     DB = bucket(Dk, Dv)
     wdt = work_dtype(q.dtype)
     acc = nb_type(wdt)
-    causal = bool(causal)
-    dq_, dk_, dv_ = io.to_device(q), io.to_device(k), io.to_device(v)
-    o = io.empty((N, T, Dv), q.dtype)
-    lse = io.empty((N, T), wdt)
-    sc = wdt.type(scale)
-    if tiled:
+    ctx = _Context(io, impl, io.to_device(q), io.to_device(k), io.to_device(v), io.empty((N, T, Dv), q.dtype),
+                   io.empty((N, T), wdt), bool(causal), wdt.type(scale), q.dtype)
+    args = (ctx.q, ctx.k, ctx.v, ctx.scale, ctx.causal, ctx.o, ctx.lse)
+    if impl == "flash":
         tl = _tiles(DB, wdt.itemsize)
         bq = tl["bq"]
-        _tiled_fwd(DB, bq, tl["bk"], acc)[(N, cdiv(T, bq)), bq](dq_, dk_, dv_, sc, causal, o, lse)
+        _flash_fwd(DB, bq, tl["bk"], acc)[(N, cdiv(T, bq)), bq](*args)
     else:
         bq = CONFIG["block_q"]
-        _naive_fwd(DB, acc)[(N, cdiv(T, bq)), bq](dq_, dk_, dv_, sc, causal, o, lse)
-    ctx = (io, tiled, dq_, dk_, dv_, o, lse, causal, sc, q.dtype)
-    return io.to_caller(o), ctx
+        _naive_fwd(DB, acc)[(N, cdiv(T, bq)), bq](*args)
+    return io.to_caller(ctx.o), ctx
 
 
-def _backward(ctx, do):
-    io, tiled, q, k, v, o, lse, causal, sc, dtype = ctx
+def _backward(ctx: _Context, do):
+    io, q, k, v = ctx.io, ctx.q, ctx.k, ctx.v
     N, T, Dk = q.shape
     Dv = v.shape[2]
     DB = bucket(Dk, Dv)
-    wdt = work_dtype(dtype)
+    wdt = work_dtype(ctx.dtype)
     acc = nb_type(wdt)
-    ddo = io.to_device(do)
+    do = io.to_device(do)
     D = io.empty((N, T), wdt)
-    dq = io.empty((N, T, Dk), dtype)
-    dk = io.empty((N, T, Dk), dtype)
-    dv = io.empty((N, T, Dv), dtype)
+    dq = io.empty((N, T, Dk), ctx.dtype)
+    dk = io.empty((N, T, Dk), ctx.dtype)
+    dv = io.empty((N, T, Dv), ctx.dtype)
     rows = 128
-    _rowdot(acc)[(N, cdiv(T, rows)), rows](ddo, o, D)
-    if tiled:
+    _rowdot(acc)[(N, cdiv(T, rows)), rows](do, ctx.o, D)
+    args = (q, k, v, do, ctx.lse, D, ctx.scale, ctx.causal)
+    if ctx.impl == "flash":
         tl = _tiles(DB, wdt.itemsize)
         bkv, bqb, bq, bk = tl["bkv"], tl["bqb"], tl["bq_dq"], tl["bk_dq"]
-        _tiled_dkdv(DB, bkv, bqb, acc)[(N, cdiv(T, bkv)), bkv](q, k, v, ddo, lse, D, sc, causal, dk, dv)
-        _tiled_dq(DB, bq, bk, acc)[(N, cdiv(T, bq)), bq](q, k, v, ddo, lse, D, sc, causal, dq)
+        _flash_dkdv(DB, bkv, bqb, acc)[(N, cdiv(T, bkv)), bkv](*args, dk, dv)
+        _flash_dq(DB, bq, bk, acc)[(N, cdiv(T, bq)), bq](*args, dq)
     else:
         b = CONFIG["block_q"]
-        _naive_dkdv(DB, acc)[(N, cdiv(T, b)), b](q, k, v, ddo, lse, D, sc, causal, dk, dv)
-        _naive_dq(DB, acc)[(N, cdiv(T, b)), b](q, k, v, ddo, lse, D, sc, causal, dq)
+        _naive_dkdv(DB, acc)[(N, cdiv(T, b)), b](*args, dk, dv)
+        _naive_dq(DB, acc)[(N, cdiv(T, b)), b](*args, dq)
     return io.to_caller(dq), io.to_caller(dk), io.to_caller(dv)
 
 
-register(Variant("softmax", "numba", "naive", functools.partial(_forward, False), _backward,
-                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
-                 description="one thread per query row, online softmax from global memory; naive backward "
-                             "(one thread per query row for dq, per key row for dk/dv)",
-                 tol={"float32": 1e-5, "float64": 2e-14}))
-register(Variant("softmax", "numba", "tiled", functools.partial(_forward, True), _backward,
-                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
-                 default=True,
-                 description="FlashAttention-2 style: K/V tiles in shared memory, online softmax, causal tile "
-                             "skipping, saved LSE; backward recomputes P per tile (dk/dv kernel + dq kernel)",
-                 tol={"float32": 1e-5, "float64": 2e-14}))
+register_variant("softmax", "naive", _forward, _backward,
+                 "one thread per query row, online softmax from global memory; naive backward "
+                 "(one thread per query row for dq, per key row for dk/dv)",
+                 {"float32": 1e-5, "float64": 2e-14})
+register_variant("softmax", "flash", _forward, _backward,
+                 "FlashAttention-2 style: K/V tiles in shared memory, online softmax, causal tile "
+                 "skipping, saved LSE; backward recomputes P per tile (dk/dv kernel + dq kernel)",
+                 {"float32": 1e-5, "float64": 2e-14}, default=True, aliases=("tiled",))

@@ -42,13 +42,13 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 from numba import cuda
 
-from workbench.registry import Variant, register
-
 from . import _chunked
-from ._arrays import DeviceIO, grid_1d, head_dims_in_buckets
+from ._arrays import DeviceIO, Saved, grid_1d, register_variant
 from ._jit import bucket, device, kernel, nb_type, row_axpy, row_dot, row_store
 
 SCAN_THREADS = 128        # threads per block of the stats and finish scans (tests shrink it)
@@ -228,19 +228,16 @@ def _rows_grid(N, T):
     return (N, blocks), threads
 
 
-def _naive_forward(q, k, v, s, gates, causal=True):
-    io = DeviceIO(q)
-    q, k, v, s, gates = (io.to_device(x) for x in (q, k, v, s, gates))
+def _naive_forward(io, q, k, v, s, gates, causal):
     N, T, Dk = q.shape
     Dv = v.shape[2]
-    causal = bool(causal)
     o = io.empty((N, T, Dv), q.dtype)
     _naive_fwd(bucket(Dk, Dv), nb_type(q.dtype))[_rows_grid(N, T)](q, k, v, s, gates, causal, o)
-    return io.to_caller(o), ("naive", io, causal, (q, k, v, s, gates))
+    return o, None
 
 
-def _naive_backward(io, causal, arrays, do):
-    q, k, v, s, gates = arrays
+def _naive_backward(ctx, do):
+    io, q, k, v, s, gates, causal = ctx.io, ctx.q, ctx.k, ctx.v, ctx.s, ctx.gates, ctx.causal
     N, T, Dk = q.shape
     Dv = v.shape[2]
     acc = nb_type(q.dtype)
@@ -437,58 +434,78 @@ def _finish_kernel(NT, acc):
 
 
 # ============================================================================ chunked
-def _chunked_forward(q, k, v, s, gates, causal=True):
-    io = DeviceIO(q)
-    q, k, v, s, gates = (io.to_device(x) for x in (q, k, v, s, gates))
+@dataclass
+class _Coefficients:
+    """The chunk kernel's per-position coefficient arrays (N, T, 3, 2) from the stats scan (module doc), and
+    the statistics st (N, T, 3): m, E, P."""
+    Qf: object
+    Kf: object
+    Qp: object
+    Qdk: object
+    st: object
+
+
+def _chunked_forward(io, q, k, v, s, gates, causal):
     N, T, Dk = q.shape
     Dv = v.shape[2]
-    acc = nb_type(q.dtype)
-    Qf, Kf, Qp, Qdk = (io.empty((N, T, 3, 2), q.dtype) for _ in range(4))
-    st = io.empty((N, T, 3), q.dtype)
-    causal = bool(causal)
-    _stats_kernel(SCAN_THREADS, acc)[N, SCAN_THREADS](s, gates, causal, Qf, Kf, Qp, Qdk, st)
+    co = _Coefficients(*(io.empty((N, T, 3, 2), q.dtype) for _ in range(4)), io.empty((N, T, 3), q.dtype))
+    _stats_kernel(SCAN_THREADS, nb_type(q.dtype))[N, SCAN_THREADS](s, gates, causal, co.Qf, co.Kf, co.Qp, co.Qdk,
+                                                                   co.st)
     o = io.empty((N, T, Dv), q.dtype)
-    _chunked.launch(q, k, v, o, qco=Qf, kco=Kf, NS=3, causal=causal)
-    return io.to_caller(o), ("chunked", io, causal, (q, k, v, s, gates, Qf, Kf, Qp, Qdk, st))
+    _chunked.launch(q, k, v, o, qco=co.Qf, kco=co.Kf, NS=3, causal=causal)
+    return o, co
 
 
-def _chunked_backward(io, causal, arrays, do):
-    q, k, v, s, gates, Qf, Kf, Qp, Qdk, st = arrays
+def _chunked_backward(ctx, do):
+    io, q, k, v, s, gates, causal, co = ctx.io, ctx.q, ctx.k, ctx.v, ctx.s, ctx.gates, ctx.causal, ctx.coefficients
     N, T, Dk = q.shape
     Dv = v.shape[2]
     acc = nb_type(q.dtype)
     dt = q.dtype
     oF, oG, oH = (io.empty((N, T, Dv), dt) for _ in range(3))
-    _chunked.launch(q, k, v, oF, oG, oH, qco=Qp, kco=Kf, NS=3, causal=causal, parts=True)
+    _chunked.launch(q, k, v, oF, oG, oH, qco=co.Qp, kco=co.Kf, NS=3, causal=causal, parts=True)
     dq = io.empty(q.shape, dt)
-    _chunked.launch(do, v, k, dq, qco=Qf, kco=Kf, NS=3, causal=causal)
+    _chunked.launch(do, v, k, dq, qco=co.Qf, kco=co.Kf, NS=3, causal=causal)
     dkF, dkG, dkH = (io.empty((N, T, Dk), dt) for _ in range(3))
-    _chunked.launch(v, do, q, dkF, dkG, dkH, qco=Qdk, kco=Qf, NS=3, causal=causal, rev=True, parts=True)
+    _chunked.launch(v, do, q, dkF, dkG, dkH, qco=co.Qdk, kco=co.Qf, NS=3, causal=causal, rev=True, parts=True)
     dv = io.empty(v.shape, dt)
-    _chunked.launch(k, q, do, dv, qco=Kf, kco=Qf, NS=3, causal=causal, rev=True)
+    _chunked.launch(k, q, do, dv, qco=co.Kf, kco=co.Qf, NS=3, causal=causal, rev=True)
     dk, ds, dgates = io.empty(k.shape, dt), io.empty(s.shape, dt), io.empty(gates.shape, dt)
     scratch = io.empty((N, T, 3), dt)
     _finish_kernel(SCAN_THREADS, acc)[N, SCAN_THREADS](
-        do, oF, oG, oH, k, dkF, dkG, dkH, s, gates, st, causal, dk, ds, dgates, scratch)
+        do, oF, oG, oH, k, dkF, dkG, dkH, s, gates, co.st, causal, dk, ds, dgates, scratch)
     return dq, dk, dv, ds, dgates
 
 
-def _backward(ctx, do):
-    kind, io, causal, arrays = ctx
-    do = io.to_device(do)
-    grads = (_chunked_backward if kind == "chunked" else _naive_backward)(io, causal, arrays, do)
-    return tuple(io.to_caller(x) for x in grads)
+# ============================================================================ variants
+@dataclass
+class _Context(Saved):
+    """What the backward needs (impl: "naive" or "chunked")."""
+    s: object
+    gates: object
+    causal: bool
+    coefficients: Optional[_Coefficients]     # chunked only
 
 
-register(Variant("zeros", "numba", "naive", _naive_forward, _backward,
-                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
-                 description="one thread per output row, O(T^2), each row's softmax stats recomputed; backward: "
-                             "one thread per query row (dq, U, V, Z, dgates), one per key row (dk, dv, ds)",
-                 tol={"float32": 2e-5, "float64": 5e-14}))
-register(Variant("zeros", "numba", "chunked", _chunked_forward, _backward,
-                 dtypes=("float32", "float64"), array_kind="any", gpu=True, supports=head_dims_in_buckets,
-                 default=True,
-                 description="chunked: F, G, H states (Dk x BV each, shared memory) with a running-max "
-                             "reference for e^s; segmented-scan stats; backward = the same kernel for the output "
-                             "parts, dq, dk parts and dv (reverse), then a segmented reverse scan for ds, dgates",
-                 tol={"float32": 5e-6, "float64": 2e-14}))
+def _forward(impl, q, k, v, s, gates, causal=True):
+    io = DeviceIO(q)
+    q, k, v, s, gates = (io.to_device(x) for x in (q, k, v, s, gates))
+    causal = bool(causal)
+    o, co = (_chunked_forward if impl == "chunked" else _naive_forward)(io, q, k, v, s, gates, causal)
+    return io.to_caller(o), _Context(io, impl, q, k, v, s, gates, causal, co)
+
+
+def _backward(ctx: _Context, do):
+    grads = (_chunked_backward if ctx.impl == "chunked" else _naive_backward)(ctx, ctx.io.to_device(do))
+    return tuple(ctx.io.to_caller(x) for x in grads)
+
+
+register_variant("zeros", "naive", _forward, _backward,
+                 "one thread per output row, O(T^2), each row's softmax stats recomputed; backward: "
+                 "one thread per query row (dq, U, V, Z, dgates), one per key row (dk, dv, ds)",
+                 {"float32": 2e-5, "float64": 5e-14})
+register_variant("zeros", "chunked", _forward, _backward,
+                 "chunked: F, G, H states (Dk x BV each, shared memory) with a running-max "
+                 "reference for e^s; segmented-scan stats; backward = the same kernel for the output "
+                 "parts, dq, dk parts and dv (reverse), then a segmented reverse scan for ds, dgates",
+                 {"float32": 5e-6, "float64": 2e-14}, default=True)

@@ -20,7 +20,8 @@ Conventions (the README's bench section repeats them):
     ``Dk x Dv`` state: one state update ``k_t v_t^T`` and one read-out ``q_t^T S_t``: ``2 Dk Dv`` MACs
     per state forward; backward recomputes the state, reads out ``dq``, accumulates the reverse state
     ``sum q do^T`` and reads out ``dk`` and ``dv``: ``5 Dk Dv`` MACs per state.  Linear and decayed
-    attention have one state, ZeroS three (F, G, H).  Causal or not, the count is the same.
+    attention have one state, ZeroS three (F, G, H): ``OpSpec.linear_states`` (workbench/opspec.py), 0 for an
+    op with no linear-time form (softmax).  Causal or not, the count is the same.
     A chunked kernel executes more than this (the C x C diagonal blocks add ``~C (Dk + Dv)`` MACs per
     token): its time against this count is what the reader wants to compare.
 
@@ -37,13 +38,15 @@ Conventions (the README's bench section repeats them):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..opspec import SPECS
+
 PASSES = ("fwd", "bwd", "fwdbwd")
 FORMS = ("quadratic", "linear")
-STATES = {"linear": 1, "decayed": 1, "zeros": 3}       # Dk x Dv states of the linear-time forms
 
 # Variant names that mean the explicit pairwise form when a variant does not set ``form``.
 _QUADRATIC_NAMES = ("explicit", "naive", "quadratic", "parallel", "pairwise", "dense")
@@ -60,13 +63,13 @@ class Shape:
 
 
 def form_of(op: str, name: str = "", form: str = "") -> str:
-    """The cost form of a variant: its declared ``form``; softmax is always quadratic; otherwise
-    "quadratic" when the name says explicit/naive/parallel..., else "linear"."""
+    """The cost form of a variant: its declared ``form``; an op with no linear-time form (softmax) is always
+    quadratic; otherwise "quadratic" when the name says explicit/naive/parallel..., else "linear"."""
     if form:
         if form not in FORMS:
             raise ValueError(f"unknown cost form {form!r}; expected one of {FORMS}")
         return form
-    if op == "softmax":
+    if not SPECS[op].linear_states:
         return "quadratic"
     return "quadratic" if any(w in name.lower() for w in _QUADRATIC_NAMES) else "linear"
 
@@ -80,17 +83,16 @@ def flops(op: str, form: str, shape: Shape, causal: bool, pass_: str) -> float:
     """Contraction FLOPs (2 per multiply-add) of one pass over all N leading indices."""
     if pass_ not in PASSES:
         raise ValueError(f"unknown pass {pass_!r}; expected one of {PASSES}")
-    if op == "decayed":
-        causal = True                       # always causal
+    causal = causal or bool(SPECS[op].causal_only)
     N, T, Dk, Dv = shape.N, shape.T, shape.Dk, shape.Dv
     if form == "quadratic":
         P = pairs(T, causal)
         fwd = 2 * P * (Dk + Dv)
         bwd = 2 * P * (3 * Dk + 2 * Dv)
     elif form == "linear":
-        if op == "softmax":
-            raise ValueError("softmax attention has no linear-time form")
-        S = STATES[op]
+        S = SPECS[op].linear_states
+        if not S:
+            raise ValueError(f"{SPECS[op].title} has no linear-time form")
         fwd = 2 * T * S * 2 * Dk * Dv
         bwd = 2 * T * S * 5 * Dk * Dv
     else:
@@ -101,14 +103,8 @@ def flops(op: str, form: str, shape: Shape, causal: bool, pass_: str) -> float:
 
 def array_elements(op: str, shape: Shape) -> dict:
     """Elements of each array argument of the op (in argument order) for one cell."""
-    N, T, Dk, Dv = shape.N, shape.T, shape.Dk, shape.Dv
-    el = {"q": N * T * Dk, "k": N * T * Dk, "v": N * T * Dv}
-    if op == "decayed":
-        el["log_decay"] = N * T
-    if op == "zeros":
-        el["s"] = N * T
-        el["gates"] = N * T * shape.n_gates
-    return el
+    size = dict(T=shape.T, Dk=shape.Dk, Dv=shape.Dv, G=shape.n_gates)
+    return {a.name: shape.N * math.prod(size[d] for d in a.dims) for a in SPECS[op].arrays}
 
 
 def min_bytes(op: str, shape: Shape, dtype: str, pass_: str) -> float:
@@ -162,7 +158,7 @@ def step_state_bytes(op: str, N: int, Dk: int, Dv: int, dtype: str, normalize: b
     """Bytes of the state of N heads (read once per step; written once too)."""
     extra = {"linear": Dk if normalize else 0, "decayed": 0, "zeros": 4}[op]
     state_item = 8 if dtype == "float64" else 4
-    return float(N * (STATES[op] * Dk * Dv + extra) * state_item)
+    return float(N * (SPECS[op].linear_states * Dk * Dv + extra) * state_item)
 
 
 def step_bytes(op: str, N: int, Dk: int, Dv: int, dtype: str, normalize: bool = False, n_gates: int = 2) -> float:
@@ -173,4 +169,4 @@ def step_bytes(op: str, N: int, Dk: int, Dv: int, dtype: str, normalize: bool = 
 
 def step_flops(op: str, N: int, Dk: int, Dv: int) -> float:
     """Contraction FLOPs of one step of N heads: update and read-out of every state matrix."""
-    return float(N * STATES[op] * 4 * Dk * Dv)
+    return float(N * SPECS[op].linear_states * 4 * Dk * Dv)

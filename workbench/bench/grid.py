@@ -14,9 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
+from ..opspec import OPS, SPECS, STATE_OPS
 from .costs import PASSES
-
-OPS = ("softmax", "linear", "decayed", "zeros")
 
 GPU_BASELINES = {
     "softmax": ("peer:sdpa-flash", "peer:sdpa-cudnn", "peer:sdpa-efficient"),
@@ -73,14 +72,14 @@ class Grid:
 
     def cells(self) -> list:
         """(op, T, D, dtype, causal) in run order: the smallest T of every op first, so a spent budget cuts
-        the largest cells.  Decayed attention is always causal (one cell, causal=True)."""
+        the largest cells.  A causal-only op (decayed) gets one cell, causal=True."""
         out = []
         for T in self.Ts:
             for D in self.Ds:
                 for dtype in self.dtypes:
                     for causal in self.causal:
                         for op in self.ops:
-                            if op == "decayed" and not causal:
+                            if causal not in SPECS[op].causal_values:
                                 continue
                             out.append((op, T, D, dtype, causal))
         return out
@@ -161,7 +160,7 @@ GRIDS = {
 
 
 # ----------------------------------------------------------------------------- decode and packing
-STEP_OPS = ("linear", "decayed", "zeros")
+STEP_OPS = STATE_OPS
 
 
 def _refuse(grid, what: str, given) -> None:

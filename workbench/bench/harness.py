@@ -35,6 +35,7 @@ import numpy as np
 
 from .. import backends, registry
 from ..inputs import default_options, random_inputs
+from ..opspec import SPECS
 from . import costs, lines, peers
 from .grid import Grid
 from .timing import gpu_clock, time_gpu, time_host
@@ -227,7 +228,7 @@ def _cell_lines(grid: Grid, op: str, dtype: str, options: dict, shape: costs.Sha
             if not grid.wants(p.key):
                 continue
             why = torch_why or p.why_not(dtype, options, shape)
-            form = "quadratic" if op == "softmax" else "linear"
+            form = "linear" if SPECS[op].linear_states else "quadratic"
             out.append((p.key, "peer", form, p.prepare, why, p.comparable, p.compute_fp32))
     return out
 
@@ -237,7 +238,7 @@ def run_cell(grid: Grid, op: str, T: int, D: int, dtype: str, causal: bool, ceil
     B, H = grid.lead
     shape = costs.Shape(B * H, T, D, D, grid.n_gates)
     options = default_options(op, causal=causal)
-    base = dict(op=op, T=T, Dk=D, Dv=D, dtype=dtype, causal=causal if op != "decayed" else True,
+    base = dict(op=op, T=T, Dk=D, Dv=D, dtype=dtype, causal=causal or bool(SPECS[op].causal_only),
                 B=B, H=H, N=B * H)
     try:
         arrays = random_inputs(op, lead=(B, H), T=T, Dk=D, Dv=D, dtype=dtype, seed=seed, n_gates=grid.n_gates)
@@ -245,7 +246,7 @@ def run_cell(grid: Grid, op: str, T: int, D: int, dtype: str, causal: bool, ceil
     except Exception as e:
         return [dict(base, line="inputs", kind="-", status="error", note=_error_text(e), **{"pass": p})
                 for p in grid.passes]
-    arrays_shapes = {n: a.shape for n, a in zip(registry.ARRAY_ARGS[op], arrays)}
+    arrays_shapes = {n: a.shape for n, a in zip(SPECS[op].array_names, arrays)}
     rows, ref_out = [], None
     for key, kind, form, prepare, why, comparable, compute_fp32 in _cell_lines(
             grid, op, dtype, options, shape, arrays_shapes):
@@ -367,13 +368,10 @@ def run_grid(grid, ceil: dict, seed: int = 0, echo=print, progress: bool = True,
     ``on_cell(partial_result)`` is called after every cell (the command writes the JSON each time, so a run
     killed from outside keeps what it measured; ``meta.complete`` is False until the end)."""
     from tqdm import tqdm
-    load_error = None
-    try:
-        registry.load_all()
-    except Exception as e:              # a provider that does not import: time what did register
-        load_error = _error_text(e)
-        if echo:
-            echo(f"bench: registry.load_all failed ({load_error}); timing the variants registered so far")
+    failures = registry.load_all(allow_failures=True)       # a provider that does not import: time the rest
+    load_error = "; ".join(_error_text(e) for _, e in failures) or None
+    if load_error and echo:
+        echo(f"bench: registry.load_all failed ({load_error}); timing the variants registered so far")
     runner = _runner(grid)
     meta = dict(grid=asdict(grid), device=ceil.get("device"), ceilings=ceil, versions=versions(),
                 commit=git_commit(), date=time.strftime("%Y-%m-%d %H:%M:%S"), seed=seed,

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from .. import registry
+from ..opspec import check_options
 
 
 class Skip(Exception):
@@ -44,16 +45,8 @@ class Prepared:
 
 def validated_options(op: str, options: dict, Dk: int) -> dict:
     """The options a variant's forward receives (the public op's validation: default scale, no causal for
-    decayed)."""
-    from ..ops import _check_options            # the one place that turns public options into variant ones
-    options = dict(options)
-    if op == "decayed":
-        options.setdefault("causal", True)      # the public op always passes it
-    return _check_options(op, options, Dk)
-
-
-def line_name(variant) -> str:
-    return variant.key                           # "cupy:flash", "numpy:chunked", ...
+    a causal-only op)."""
+    return check_options(op, options, Dk)
 
 
 def our_lines(op: str, backends: tuple, exclude: tuple = ()) -> list:

@@ -16,8 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import NullLocator  # noqa: E402
 
-MARKERS = {"softmax": "o", "linear": "s", "decayed": "^", "zeros": "D"}
-OPS = ("softmax", "linear", "decayed", "zeros")
+from ..opspec import OPS  # noqa: E402
+
+MARKERS = dict(zip(OPS, "os^Dv<>"))         # one marker per op, in the op table's order
 FIGSIZE = (12, 8)
 DPI = 100
 

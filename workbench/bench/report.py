@@ -14,6 +14,7 @@ from typing import Optional
 
 from tabulate import tabulate
 
+from ..opspec import OPS
 from .harness import ROW_FIELDS
 
 SPEEDUP_NOTE = "speed-up = t_baseline / t_line (> 1: the line is faster than the baseline)"
@@ -67,7 +68,7 @@ def short_table(result: dict, fmt: str = "github") -> str:
             c["base"] = r
     rows = []
     order = {"fwd": 0, "bwd": 1, "fwdbwd": 2}
-    ops = {"softmax": 0, "linear": 1, "decayed": 2, "zeros": 3}
+    ops = {op: i for i, op in enumerate(OPS)}
     for key in sorted(cells, key=lambda k: (ops.get(k[0], 9), k[3], k[1], k[2], str(k[4]), order.get(k[5], 3))):
         o, b = cells[key]["ours"], cells[key]["base"]
         op, T, D, dtype, causal, pass_ = key
@@ -222,7 +223,7 @@ def merge(results: list) -> dict:
     devices = {r["meta"].get("device") for r in results}
     if len(devices) > 1:
         raise ValueError(f"results from different devices cannot be merged: {sorted(map(str, devices))}")
-    order = {op: i for i, op in enumerate(("softmax", "linear", "decayed", "zeros"))}
+    order = {op: i for i, op in enumerate(OPS)}
     rows = [row for r in results for row in r["results"]]
     rows.sort(key=lambda row: (order.get(row["op"], 9), str(row["dtype"]), row["T"], row["Dk"]))
     meta = copy.deepcopy(results[0]["meta"])

@@ -1,6 +1,7 @@
 """NumPy references: for each op an explicit O(T^2) form and a linear-time (chunked / tiled) form, forward
 and hand-derived backward.  Importing this package registers them as ``numpy:explicit`` and
 ``numpy:chunked`` (the NumPy backend's default)."""
+from ..opspec import SPECS
 from ..registry import Variant, register
 from . import decayed, linear, softmax, zeros
 
@@ -15,8 +16,8 @@ for _op, _mod, _fast, _fast_fwd, _fast_bwd in (
          decayed.chunked_forward, decayed.chunked_backward),
         ("zeros", zeros, "chunked: three carried states with a running max", zeros.chunked_forward,
          zeros.chunked_backward)):
-    _features = frozenset({"packed"} if _op == "softmax" else {"packed", "state"})
+    _features = frozenset(SPECS[_op].features)          # the references implement every feature
     register(Variant(_op, "numpy", "explicit", _mod.explicit_forward, _mod.explicit_backward, dtypes=_DTYPES,
-                     description="explicit T x T matrices in float64", is_reference=True, features=_features))
+                     description="explicit T x T matrices in float64", features=_features))
     register(Variant(_op, "numpy", "chunked", _fast_fwd, _fast_bwd, dtypes=_DTYPES, description=_fast,
-                     default=True, is_reference=True, features=_features))
+                     default=True, features=_features))

@@ -520,6 +520,23 @@ SOFTMAX_CASES += [
     _softmax("fa2_3xtf32 T=130 Dk=32 Dv=24", "fa2_3xtf32", "float32", (1,), 130, 32, 24, False, True),
     _softmax("fa2_tf32 T=150 Dk=Dv=128", "fa2_tf32", "float32", (1,), 150, 128, 128, False, True)]
 
+# packed sequences (cu_seqlens, inputs.packed_lengths) on the fa2 kernels and fa2_det's backward: check cells and
+# the GPU test's packed-against-per-sequence comparison
+SOFTMAX_CASES += [Case("softmax", f"softmax packed cell cupy:{var} {dt} T={T} {dk}x{dv} causal={c}", "check_cell",
+                       dict(op="softmax", variant=var, dtype=dt, lead=(2,), T=T, Dk=dk, Dv=dv, causal=c, state=False,
+                            packed=True)) for var, dt, T, dk, dv, c in (
+    ("fa2", "float16", 200, 96, 40, True), ("fa2", "float16", 200, 96, 40, False),
+    ("fa2_det", "float16", 130, 64, 64, True), ("fa2_det", "float16", 67, 16, 24, False),
+    ("fa2_3xtf32", "float32", 200, 64, 64, False), ("fa2_tf32", "float32", 130, 128, 128, True))]
+SOFTMAX_CASES += [Case("softmax", f"softmax test_fa2_packed_equals_one_call_per_sequence(variant={var})", "test_function",
+                       dict(module="test_cupy_softmax", function="test_fa2_packed_equals_one_call_per_sequence",
+                            kwargs=dict(variant=var))) for var in ("fa2", "fa2_det")]
+SOFTMAX_CASES += [Case("softmax", f"softmax test_fa2_packed_refusals(D={D})", "test_function",
+                       dict(module="test_cupy_softmax", function="test_fa2_packed_refusals",
+                            kwargs=dict(D=D, cu=cu, match=match)))
+                  for D, cu, match in ((200, (0, 4, 10), "cu_seqlens.*head dims up to 128"),
+                                       (16, (0, 4, 4, 10), "zero-length sequence"))]
+
 # chunked_mma: every storage type and split the emulator runs x every mode x segment lengths.  Shapes: packed
 # T = 130 (sequences of 1, 63, 1, 65 tokens: chunk edges, one-token sequences) and T = 130 in one sequence
 # (segments of 3, 1 and 2 chunks), each with every L; head dims 80 x 72 (128-wide tiles, separate dk and dv
@@ -549,6 +566,18 @@ ZEROS_CASES = [_zeros(*row) for row in (
     ("chunked_mma_tf32", "float32", (1,), 130, 64, 64, True, 3),
     ("chunked_mma_tf32", "float32", (1,), 65, 32, 128, False, 2))]
 ZEROS_GRID_TESTS = ("test_forward_stats", "test_backward_rows", "test_variant_extreme_logits")
+# states and packed sequences: a few cells of the GPU test's grid (G and H in one call and apart, not causal
+# packed, one token), two calls against one, packed against per-sequence calls, the zero-length refusal
+ZEROS_STATE_CASES = [_zeros_test("test_state_and_packed_match_the_reference", impl=impl, dtype=dt, T=T, Dk=dk, Dv=dv,
+                                 causal=c, state=st, packed=pk) for impl, dt, T, dk, dv, c, st, pk in (
+    ("chunked_mma", "float32", 200, 32, 80, True, True, True),
+    ("chunked_mma", "float16", 130, 64, 64, True, True, True),
+    ("chunked_mma", "float32", 67, 5, 7, False, False, True),
+    ("chunked_mma_tf32", "float32", 1, 64, 64, True, True, False))]
+ZEROS_STATE_CASES += [_zeros_test("test_two_calls_equal_one_call", impl="chunked_mma", dtype=dt, split=split)
+                      for dt, split in (("float32", 63), ("float16", 65))]
+ZEROS_STATE_CASES += [_zeros_test("test_packed_equals_one_call_per_sequence", impl="chunked_mma", dtype="float16"),
+                      _zeros_test("test_zero_length_sequence_is_refused")]
 ZEROS_TESTS = ("test_forward_stats_nan", "test_variant_nan_in_s_reaches_later_rows_only")
 
 
@@ -556,7 +585,7 @@ def cases() -> list:
     """Every case, in running order (the zeros grids read from its test file's parametrize marks)."""
     zeros_tests = [_zeros_test(f, **kw) for f in ZEROS_GRID_TESTS for kw in _test_grid("test_cupy_zeros_mma", f)]
     return (SOFTMAX_CASES + CHUNKED_CASES + ZEROS_CASES + zeros_tests
-            + [_zeros_test(f) for f in ZEROS_TESTS] + _cells())
+            + [_zeros_test(f) for f in ZEROS_TESTS] + ZEROS_STATE_CASES + _cells())
 
 
 # ----------------------------------------------------------------------------- main

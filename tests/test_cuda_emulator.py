@@ -18,8 +18,8 @@ needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C
 
 # labels (substrings, each naming one case) run per family: the emulator's self-check first
 FAMILY_CASES = {
-    "softmax": ["emulator self-check", "fa2 fp16 T=70 D=64 causal=True", "fa2_3xtf32 T=70 D=64 causal=False",
-                "Dk=5"],
+    "softmax": ["emulator self-check", "softmax packed cell cupy:fa2 float16 T=200 96x40 causal=True", "fa2 fp16 T=70 D=64 causal=True", "fa2_3xtf32 T=70 D=64 causal=False",
+                "Dk=5 Dv=7 (plain loads)"],
     "chunked_mma": ["chunked_mma float16/1 cu=0,1,64,65,130 64x64 decayed L=1",
                     "chunked_mma float32/3 cu=0,97 80x72 linear L=0",
                     "chunked_mma float32/1 cu=0,63,130 96x40 noncausal L=1"],
@@ -28,6 +28,7 @@ FAMILY_CASES = {
     "decayed": ["decayed cell cupy:chunked_mma_tf32 float32 T=70 16x24 causal=True state packed",
                 "decayed cell cupy:chunked_seg float16 T=70 16x24 causal=True"],
     "zeros": ["zeros cupy:chunked_mma float16 1 T=130 64x64 causal=True gates=2",
+              "zeros test_state_and_packed_match_the_reference(impl=chunked_mma, dtype=float16, T=130",
               "zeros test_forward_stats(T=130, kind=ties, causal=True)",
               "zeros test_backward_rows(T=65, kind=ties, Dv=80, causal=False)"],
 }

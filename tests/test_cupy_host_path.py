@@ -20,8 +20,8 @@ pytestmark = pytest.mark.skipif(backends.cupy_module() is not None, reason="a re
 
 def _fake_cupy(log: dict):
     cp = types.ModuleType("cupy")
-    for name in ("float32", "float16", "float64", "nan", "maximum", "minimum", "exp", "where", "concatenate", "cumsum",
-                 "zeros", "ones", "ones_like", "ascontiguousarray", "asarray"):
+    for name in ("float32", "float16", "float64", "int32", "nan", "maximum", "minimum", "exp", "where", "concatenate",
+                 "cumsum", "stack", "zeros", "ones", "ones_like", "ascontiguousarray", "asarray"):
         setattr(cp, name, getattr(np, name))
 
     def full(shape, value, dtype=None):

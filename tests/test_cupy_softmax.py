@@ -225,3 +225,60 @@ def test_3xtf32_reaches_float32_accuracy(causal):
     e1 = run_case("fa2_tf32", (2,), 300, 64, 64, "float32", causal, round16=False)
     assert max(e3.values()) < 1e-4
     assert max(e3.values()) < max(e1.values()) / 10, (e3, e1)
+
+
+# --------------------------------------------------------------------------- GPU: packed sequences
+# lengths (inputs.packed_lengths): T = 130 packs 1, 63, 64, 2; T = 200 1, 63, 64, 65, 2, 5 (boundaries inside
+# query blocks of 128 and key tiles of 32 and 64); T = 67 at head dims 16 x 24 (bucket 32); 600 at 128 x 128
+PACKED_SHAPES = [(130, 64, 64), (200, 96, 40), (67, 16, 24), (600, 128, 128), (1, 64, 64)]
+
+
+@gpu
+@needs_cupy
+@pytest.mark.parametrize("variant", FA2)
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("T,Dk,Dv", PACKED_SHAPES)
+def test_fa2_packed_matches_reference(variant, causal, T, Dk, Dv):
+    """A packed check cell (cu_seqlens; no token attends across a boundary) against the float64 explicit
+    reference, forward and every gradient, in each dtype of the variant."""
+    from workbench import check
+    for dtype in _dtypes(variant):
+        r = check.compare("softmax", f"cupy:{variant}", (2,), T, Dk, Dv, dtype, causal=causal, packed=True)
+        assert r["ok"], (dtype, {k: e for k, e in r.items() if isinstance(e, float) and e > r["tol"]})
+
+
+@gpu
+@needs_cupy
+@pytest.mark.parametrize("variant", FA2)
+def test_fa2_packed_equals_one_call_per_sequence(variant):
+    """Sequences of 1, 63, 64, 65 and 130 tokens packed into one call equal one call per sequence (output and
+    every gradient), causal and not."""
+    cp = backends.cupy_module()
+    cu = (0, 1, 64, 128, 193, 323)
+    dtype = _dtypes(variant)[0]
+    q, k, v = (cp.asarray(_as(a, dtype)) for a in random_inputs("softmax", (2,), cu[-1], 64, 48, "float64", 3))
+    do = cp.asarray(_as(np.random.default_rng(4).standard_normal((2, cu[-1], 48)), dtype))
+    host = lambda x: cp.asnumpy(x).astype(np.float64)    # noqa: E731
+    for causal in (True, False):
+        o, pull = wb.vjp(wb.softmax_attention, q, k, v, causal=causal, cu_seqlens=cu, backend=f"cupy:{variant}")
+        packed = [host(o)] + [host(g) for g in pull(do)]
+        parts = []
+        for a, b in zip(cu[:-1], cu[1:]):
+            o, pull = wb.vjp(wb.softmax_attention, q[:, a:b], k[:, a:b], v[:, a:b], causal=causal,
+                             backend=f"cupy:{variant}")
+            parts.append([host(o)] + [host(g) for g in pull(do[:, a:b])])
+        for name, x, pieces in zip(("o", "dq", "dk", "dv"), packed, zip(*parts)):
+            assert rel(x, np.concatenate(pieces, 1)) < tol(variant, dtype), (causal, name)
+
+
+@gpu
+@needs_cupy
+@pytest.mark.parametrize("D,cu,match", [(200, (0, 4, 10), "cu_seqlens.*head dims up to 128"),
+                                        (16, (0, 4, 4, 10), "zero-length sequence")],
+                         ids=["head-dim-above-128", "zero-length"])
+def test_fa2_packed_refusals(D, cu, match):
+    """Clear errors: packing above head dim 128 (the fallback kernels do not pack), a zero-length sequence."""
+    cp = backends.cupy_module()
+    q, k, v = (cp.asarray(a, dtype=cp.float16) for a in random_inputs("softmax", (1,), 10, D, D, "float32", 0))
+    with pytest.raises(ValueError, match=match):
+        wb.softmax_attention(q, k, v, cu_seqlens=cu, backend="cupy:fa2")

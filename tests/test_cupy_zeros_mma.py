@@ -6,7 +6,9 @@ with its power-of-two scales (s_o, sigma, the 4 sigma of the backward) against t
 variant table and the instantiation list.
 GPU (marked gpu): every scan and row kernel against NumPy float64 (T = 1, 63, 64, 65, 130, 4097; s of +-1e3;
 ties in the running max; NaN), and the variant against the float64 explicit reference, forward and every
-gradient, in float32 (3xTF32 and TF32), float16 and bfloat16.
+gradient, in float32 (3xTF32 and TF32), float16 and bfloat16; initial and final states and packed sequences
+(lengths 1, 63, 64, 65) against the reference, two calls against one, a packed call against one call per
+sequence.
 """
 import math
 
@@ -14,9 +16,10 @@ import numpy as np
 import pytest
 
 import workbench as wb
-from workbench import registry
+from workbench import check, registry
+from workbench import state as wst
 from workbench.check import rel_error
-from workbench.inputs import random_inputs
+from workbench.inputs import random_inputs, random_state
 from workbench.reference import zeros as ref_zeros
 
 from kernels.cupy import zeros
@@ -424,6 +427,7 @@ def test_forward_stats(T, kind, causal):
     r = direct_stats(s, gates, causal, c)
     n = r["n"]
     np.testing.assert_array_equal(got["m"], r["m"])
+    np.testing.assert_array_equal(got["n"], r["n"])
     np.testing.assert_array_equal(sigma, r["sigma"])
     _close("E", got["E"], r["E"], 2e-5)
     _close("P", got["P"], r["P"], 1e-6, np.cumsum(np.abs(s), -1) if causal else np.abs(s).sum(-1, keepdims=True))
@@ -665,6 +669,101 @@ def test_fused_nan_in_s_reaches_later_rows_only():
     s[0, 77] = np.nan
     out = wb.zeros_attention(q, k, v, s, gates, backend="cupy:chunked_mma_fused")
     assert np.isfinite(out[0, :77]).all() and np.isnan(out[0, 77:]).any(-1).all() and np.isfinite(out[1]).all()
+
+
+# ----------------------------------------------------------------------------- GPU: states and packed sequences
+STATE_IMPLS = [("chunked_mma", "float32"), ("chunked_mma", "float16"), ("chunked_mma", "bfloat16"),
+               ("chunked_mma_tf32", "float32")]
+# T = 130 packs lengths 1, 63, 64, 2 (inputs.packed_lengths), T = 200 adds 65 and Dv = 80 runs G and H apart
+STATE_SHAPES = [(1, 64, 64), (130, 64, 64), (200, 32, 80), (67, 5, 7)]
+STATE_FLAGS = [(True, True, False), (True, False, True), (True, True, True), (False, False, True)]
+
+
+@gpu
+@pytest.mark.parametrize("impl,dtype", STATE_IMPLS)
+@pytest.mark.parametrize("T,Dk,Dv", STATE_SHAPES)
+@pytest.mark.parametrize("causal,state,packed", STATE_FLAGS)
+def test_state_and_packed_match_the_reference(impl, dtype, T, Dk, Dv, causal, state, packed):
+    """A check cell (the float64 explicit reference, the variant's tolerance): output, final state, every
+    gradient and the initial state's gradient; packed sequences causal and not."""
+    r = check.compare("zeros", f"cupy:{impl}", (2,), T, Dk, Dv, dtype, causal=causal, state=state, packed=packed)
+    assert r["ok"], {k: e for k, e in r.items() if isinstance(e, float) and e > r["tol"]}
+
+
+def _stateful_run(cp, impl, arrays, init, dout, dfin, cu=None):
+    """(out, final state, gradients incl. the initial state's) of one call through wb.vjp, as float64 NumPy."""
+    (o, fin), pull = wb.vjp(wb.zeros_attention, *arrays, initial_state=init, return_state=True, cu_seqlens=cu,
+                            backend=f"cupy:{impl}")
+    grads = pull(dout, dfin)
+    host = lambda x: cp.asnumpy(x).astype(np.float64)    # noqa: E731
+    return host(o), wst.map_state(host, fin), [host(g) for g in grads[:-1]], wst.map_state(host, grads[-1])
+
+
+def _state_inputs(cp, dtype, T, slead, seed):
+    arrays = [cp.asarray(_cast(a, dtype)) for a in random_inputs("zeros", (2,), T, 32, 40, "float64", seed)]
+    init = random_state("zeros", slead, 32, 40, "float32", seed=seed)
+    rng = np.random.default_rng(seed)
+    dout = cp.asarray(_cast(rng.standard_normal((2, T, 40)), dtype))
+    dfin = wst.map_state(lambda a: rng.standard_normal(a.shape).astype(np.float32), init)
+    return arrays, wst.map_state(cp.asarray, init), dout, wst.map_state(cp.asarray, dfin)
+
+
+def _assert_close(pairs, tol):
+    bad = {name: rel_error(a, b) for name, a, b in pairs if not rel_error(a, b) < tol}
+    assert not bad, bad
+
+
+def _pairs(a, b):
+    """(name, x, y) over out, final state, gradients and the initial state's gradient of two runs."""
+    out = [("out", a[0], b[0])] + [(f"final.{n}", x, getattr(b[1], n)) for n, x in wst.fields(a[1]).items()]
+    out += [(f"d{i}", x, y) for i, (x, y) in enumerate(zip(a[2], b[2]))]
+    return out + [(f"dinit.{n}", x, getattr(b[3], n)) for n, x in wst.fields(a[3]).items()]
+
+
+@gpu
+@pytest.mark.parametrize("impl,dtype", STATE_IMPLS)
+@pytest.mark.parametrize("split", [1, 63, 64, 65])
+def test_two_calls_equal_one_call(impl, dtype, split):
+    """T = 130 run as [0, split) and [split, 130) with the state handed over (and the final state's gradient
+    handed back) equals one call: output, final state, every gradient, the initial state's gradient."""
+    import cupy as cp
+    T = 130
+    arrays, init, dout, dfin = _state_inputs(cp, dtype, T, (2,), split)
+    one = _stateful_run(cp, impl, arrays, init, dout, dfin)
+    (o1, fin1), pb1 = wb.vjp(wb.zeros_attention, *[x[:, :split] for x in arrays], initial_state=init,
+                             return_state=True, backend=f"cupy:{impl}")
+    (o2, fin2), pb2 = wb.vjp(wb.zeros_attention, *[x[:, split:] for x in arrays], initial_state=fin1,
+                             return_state=True, backend=f"cupy:{impl}")
+    g2 = pb2(dout[:, split:], dfin)
+    g1 = pb1(dout[:, :split], g2[-1])
+    host = lambda x: cp.asnumpy(x).astype(np.float64)    # noqa: E731
+    two = (np.concatenate([host(o1), host(o2)], 1), wst.map_state(host, fin2),
+           [np.concatenate([host(a), host(b)], 1) for a, b in zip(g1[:-1], g2[:-1])], wst.map_state(host, g1[-1]))
+    _assert_close(_pairs(two, one), registry.get("zeros", "cupy", impl).tolerance(dtype))
+
+
+@gpu
+@pytest.mark.parametrize("impl,dtype", STATE_IMPLS)
+def test_packed_equals_one_call_per_sequence(impl, dtype):
+    """Sequences of 1, 63, 64 and 65 tokens packed into one call, each from its own initial state, equal four
+    calls: output, final states, every gradient, the initial states' gradients."""
+    import cupy as cp
+    cu = (0, 1, 64, 128, 193)
+    arrays, init, dout, dfin = _state_inputs(cp, dtype, cu[-1], (2, len(cu) - 1), 11)
+    packed = _stateful_run(cp, impl, arrays, init, dout, dfin, cu)
+    runs = [_stateful_run(cp, impl, [x[:, a:b] for x in arrays], wst.select(init, j), dout[:, a:b],
+                          wst.select(dfin, j)) for j, (a, b) in enumerate(zip(cu[:-1], cu[1:]))]
+    apart = (np.concatenate([r[0] for r in runs], 1), wst.stack([r[1] for r in runs]),
+             [np.concatenate(g, 1) for g in zip(*(r[2] for r in runs))], wst.stack([r[3] for r in runs]))
+    _assert_close(_pairs(packed, apart), registry.get("zeros", "cupy", impl).tolerance(dtype))
+
+
+@gpu
+def test_zero_length_sequence_is_refused():
+    import cupy as cp
+    arrays = [cp.asarray(a) for a in random_inputs("zeros", (2,), 10, 16, 16, "float32", 0)]
+    with pytest.raises(ValueError, match="zero-length sequence"):
+        wb.zeros_attention(*arrays, cu_seqlens=(0, 4, 4, 10), backend="cupy:chunked_mma")
 
 
 def test_math_helpers():

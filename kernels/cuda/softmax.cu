@@ -600,13 +600,24 @@ __global__ void __launch_bounds__(MM_THREADS) mma_fwd(const T* q, const T* k, co
     }
 }
 
-// dk, dv: block = 64 keys (warp w: keys 16 w ..), BQ-query tiles from the diagonal on.
+// Packed sequences (cu_seqlens): tseq (T_,) the sequence of every position and cu its offsets, or nullptr (one
+// sequence).  A query attends to the keys of its own sequence only: FaSeq is the range [a, b) of the sequence
+// of position t (clamped into [0, T_); [0, T_) when not packed).
+struct FaSeq { int a, b; };
+__device__ __forceinline__ FaSeq fa_seq(const int* tseq, const int* cu, int t, int T_) {
+    if (!tseq) return {0, T_};
+    const int j = tseq[min(max(t, 0), T_ - 1)];
+    return {cu[j], cu[j + 1]};
+}
+
+// dk, dv: block = 64 keys (warp w: keys 16 w ..), BQ-query tiles from the diagonal (or, packed, the first key's
+// sequence start) to the last key's sequence end.
 // S^T = K Q^T and dP^T = V dO^T (A from K, V in smem; B = Q, dO stored [query][d]); P^T, dS^T are
 // the A operands of dV += P^T dO and dK += dS^T Q (B = dO, Q stored [query][d], transposing load).
 template <typename T, int D, int BQ>
 __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dkdv(const T* q, const T* k, const T* v,
         const float* lse, const float* Dbuf, const T* dout, T* dk_, T* dv_, int N, int T_, int dk, int dv,
-        float sl2, float scale, int causal) {
+        float sl2, float scale, int causal, const int* tseq, const int* cu) {
     constexpr int BK = 64, LDH = D + 8, KD = D / 16, NQ = BQ / 8, ND = D / 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* sK = reinterpret_cast<T*>(smem_raw);
@@ -627,7 +638,9 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dkdv(const T* q, const T* 
 #pragma unroll
         for (int e = 0; e < 4; ++e) gk[j][e] = gv[j][e] = 0.f;
     const int key[2] = {k0 + 16 * w + g, k0 + 16 * w + g + 8};
-    for (int q0 = causal ? (k0 / BQ) * BQ : 0; q0 < T_; q0 += BQ) {
+    const FaSeq ks[2] = {fa_seq(tseq, cu, key[0], T_), fa_seq(tseq, cu, key[1], T_)};
+    const int qbeg = causal ? k0 : fa_seq(tseq, cu, k0, T_).a, qend = fa_seq(tseq, cu, min(k0 + BK, T_) - 1, T_).b;
+    for (int q0 = (qbeg / BQ) * BQ; q0 < qend; q0 += BQ) {
         __syncthreads();
         mm_load<T, D, BQ>(sQ, q + nT * dk, q0, T_, dk);
         mm_load<T, D, BQ>(sO, dout + nT * dv, q0, T_, dv);
@@ -644,7 +657,7 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dkdv(const T* q, const T* 
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int x = 8 * j + 2 * tq + (e & 1), t = q0 + x, kr = key[e >> 1];
-                const bool ok = t < T_ && kr < T_ && (!causal || kr <= t);
+                const bool ok = t < ks[e >> 1].b && t >= ks[e >> 1].a && kr < T_ && (!causal || kr <= t);
                 const float p = ok ? exp2f(s[j][e] * sl2 - sL[x]) : 0.f;
                 s[j][e] = p;
                 dp[j][e] = p * (dp[j][e] - sD[x]);
@@ -669,12 +682,13 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dkdv(const T* q, const T* 
     }
 }
 
-// dq: block = 64 queries (warp w: rows 16 w ..), BC-key tiles up to the diagonal.  S = Q K^T,
+// dq: block = 64 queries (warp w: rows 16 w ..), BC-key tiles from the first row's sequence start up to the
+// diagonal (or the last row's sequence end).  S = Q K^T,
 // dP = dO V^T (B = K, V stored [key][d]); dS is the A operand of dQ += dS K (B = K, transposing load).
 template <typename T, int D, int BC>
 __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dq(const T* q, const T* k, const T* v,
         const float* lse, const float* Dbuf, const T* dout, T* dq, int N, int T_, int dk, int dv, float sl2,
-        float scale, int causal) {
+        float scale, int causal, const int* tseq, const int* cu) {
     constexpr int BR = 64, LDH = D + 8, KD = D / 16, NC = BC / 8, ND = D / 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* sQ = reinterpret_cast<T*>(smem_raw);
@@ -696,8 +710,10 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dq(const T* q, const T* k,
     }
 #pragma unroll
     for (int j = 0; j < ND; ++j) gq[j][0] = gq[j][1] = gq[j][2] = gq[j][3] = 0.f;
-    const int kend = causal ? min(T_, q0 + BR) : T_;
-    for (int k0 = 0; k0 < kend; k0 += BC) {
+    const FaSeq rs[2] = {fa_seq(tseq, cu, row[0], T_), fa_seq(tseq, cu, row[1], T_)};
+    const int kbeg = fa_seq(tseq, cu, q0, T_).a;
+    const int kend = causal ? min(T_, q0 + BR) : fa_seq(tseq, cu, min(q0 + BR, T_) - 1, T_).b;
+    for (int k0 = (kbeg / BC) * BC; k0 < kend; k0 += BC) {
         __syncthreads();
         mm_load<T, D, BC>(sK, k + nT * dk, k0, T_, dk);
         mm_load<T, D, BC>(sV, v + nT * dv, k0, T_, dv);
@@ -709,7 +725,7 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dq(const T* q, const T* k,
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int kr = k0 + 8 * j + 2 * tq + (e & 1), h = e >> 1;
-                const bool ok = row[h] < T_ && kr < T_ && (!causal || kr <= row[h]);
+                const bool ok = row[h] < T_ && kr < rs[h].b && kr >= rs[h].a && (!causal || kr <= row[h]);
                 const float p = ok ? exp2f(s[j][e] * sl2 - l2[h]) : 0.f;
                 dp[j][e] = p * (dp[j][e] - Dr[h]);
             }
@@ -958,12 +974,13 @@ struct fa_tf {
 // ---------------------------------------------------------------------------- forward
 // One key tile of the online softmax for a warp's MT m16 tiles: s (raw q.k) -> p = 2^(sl2 s - m'), rescales
 // l and acc by 2^(m - m').  Row of (mt, h) = row_g + 16 mt + 8 h; key of (j, e) = key_t + 8 j + (e & 1).
-// MASK: -inf past T_ and above the diagonal (only tiles that cross them take this branch).  Row sums l are
+// MASK: -inf outside the row's sequence rs (so past T_) and above the diagonal (only tiles that cross them
+// take this branch).  Row sums l are
 // per-lane partials (the 4 lanes of a row are reduced once, at the end).
 template <int MT, int NC, int ND, bool MASK>
 __device__ __forceinline__ void fa_softmax(float (&s)[MT][NC][4], float (&m)[MT][2], float (&l)[MT][2],
-                                           float (&acc)[MT][ND][4], int row_g, int key_t, int T_, int causal,
-                                           float sl2) {
+                                           float (&acc)[MT][ND][4], int row_g, int key_t, const FaSeq (&rs)[MT][2],
+                                           int causal, float sl2) {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
         float mx[2] = {-WB_INF, -WB_INF};
@@ -974,7 +991,8 @@ __device__ __forceinline__ void fa_softmax(float (&s)[MT][NC][4], float (&m)[MT]
                 float x = s[mt][j][e] * sl2;
                 if (MASK) {
                     const int key = key_t + 8 * j + (e & 1), row = row_g + 16 * mt + 8 * (e >> 1);
-                    if (key >= T_ || (causal && key > row)) x = -WB_INF;
+                    const FaSeq& r = rs[mt][e >> 1];
+                    if (key < r.a || key >= r.b || (causal && key > row)) x = -WB_INF;
                 }
                 s[mt][j][e] = x;
                 mx[e >> 1] = fmaxf(mx[e >> 1], x);
@@ -995,7 +1013,7 @@ __device__ __forceinline__ void fa_softmax(float (&s)[MT][NC][4], float (&m)[MT]
 template <class P, int D, int MT, bool QREG, int BC>
 __global__ void __launch_bounds__(FA_THREADS) fa2_fwd(const typename P::T* q, const typename P::T* k,
         const typename P::T* v, typename P::T* o, float* lse, int N, int T_, int dk, int dv, float sl2,
-        int causal) {
+        int causal, const int* tseq, const int* cu) {
     using T = typename P::T;
     constexpr int BR = 64 * MT, LDQ = D + P::PAD_R, LDK = D + P::PAD_R, LDV = D + P::PAD_C;
     constexpr int KD = D / P::KS, NC = BC / 8, ND = D / 8, KC = BC / P::KS, CW = P::KS / 8;
@@ -1010,8 +1028,19 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_fwd(const typename P::T* q, co
     const long long nT = (long long)n * T_;
     const T* kn = k + nT * dk;
     const T* vn = v + nT * dv;
+    // keys of the block: from its first row's sequence start to the diagonal (causal) or its last row's
+    // sequence end; the warp's tiles need no mask inside [wlo, whi) (every row's sequence holds it)
+    const int kbeg = fa_seq(tseq, cu, q0, T_).a;
+    const int kend = causal ? min(T_, q0 + BR) : fa_seq(tseq, cu, min(q0 + BR, T_) - 1, T_).b;
+    const int wlo = fa_seq(tseq, cu, min(r0 + 16 * MT, T_) - 1, T_).a, whi = fa_seq(tseq, cu, r0, T_).b;
+    FaSeq rs[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) rs[mt][h] = fa_seq(tseq, cu, r0 + g + 16 * mt + 8 * h, T_);
+    const int j0 = kbeg / BC;
     fa_load<T, D, LDQ, BR>(sQ, q + nT * dk, q0, T_, dk);
-    fa_load<T, D, LDK, BC>(sK, kn, 0, T_, dk);
+    fa_load<T, D, LDK, BC>(sK, kn, j0 * BC, T_, dk);
     cp_async_commit();
     typename P::A qa[QREG ? MT : 1][QREG ? KD : 1];
     float m[MT][2], l[MT][2], acc[MT][ND][4];
@@ -1030,9 +1059,8 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_fwd(const typename P::T* q, co
 #pragma unroll
             for (int kk = 0; kk < KD; ++kk) P::template load_a<LDQ>(qa[mt][kk], sQ, 16 * (MT * w + mt), P::KS * kk);
     }
-    const int kend = causal ? min(T_, q0 + BR) : T_;
     const int nk = (kend + BC - 1) / BC;
-    for (int j = 0; j < nk; ++j) {
+    for (int j = j0; j < nk; ++j) {
         const int k0 = j * BC;
         cp_async_wait_all();
         __syncthreads();                                         // K_j landed; every warp is done with V_{j-1}
@@ -1062,10 +1090,10 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_fwd(const typename P::T* q, co
                 }
             }
         }
-        if (k0 + BC > T_ || (causal && k0 + BC - 1 > r0))        // warp-uniform
-            fa_softmax<MT, NC, ND, true>(s, m, l, acc, r0 + g, k0 + 2 * tq, T_, causal, sl2);
+        if (k0 < wlo || k0 + BC > whi || (causal && k0 + BC - 1 > r0))        // warp-uniform
+            fa_softmax<MT, NC, ND, true>(s, m, l, acc, r0 + g, k0 + 2 * tq, rs, causal, sl2);
         else
-            fa_softmax<MT, NC, ND, false>(s, m, l, acc, r0 + g, k0 + 2 * tq, T_, causal, sl2);
+            fa_softmax<MT, NC, ND, false>(s, m, l, acc, r0 + g, k0 + 2 * tq, rs, causal, sl2);
         cp_async_wait_all();
         __syncthreads();                                         // V_j landed; every warp is done with K_j
         if (j + 1 < nk) {
@@ -1131,10 +1159,11 @@ __global__ void fa2_dq_post(const float* dqacc, T* dq, long long count, float sc
 
 // P^T and dS^T of one query tile: s (raw k.q) -> p = 2^(sl2 s - lse_t log2 e), dp -> p (dp - D_t).  Key of
 // (j, e) = key_g + 8 (e >> 1); query (tile-local) x = 8 j + 2 tq + (e & 1).  sL holds lse (natural log, as
-// saved by the forward and copied as is), sD holds D.
+// saved by the forward and copied as is), sD holds D.  MASK: p = 0 for queries outside [ks.a, ks.b) of the
+// key (its sequence, from the key itself when causal; empty for keys past T_).
 template <int NQ, bool MASK>
 __device__ __forceinline__ void fa_bwd_p(float (&s)[NQ][4], float (&dp)[NQ][4], const float* sL, const float* sD,
-                                         int key_g, int tq, int q0, int T_, int causal, float sl2) {
+                                         int tq, int q0, const FaSeq (&ks)[2], float sl2) {
 #pragma unroll
     for (int j = 0; j < NQ; ++j)
 #pragma unroll
@@ -1142,8 +1171,8 @@ __device__ __forceinline__ void fa_bwd_p(float (&s)[NQ][4], float (&dp)[NQ][4], 
             const int x = 8 * j + 2 * tq + (e & 1);
             float p = exp2f(s[j][e] * sl2 - sL[x] * WB_LOG2E);
             if (MASK) {
-                const int t = q0 + x, key = key_g + 8 * (e >> 1);
-                if (t >= T_ || key >= T_ || (causal && key > t)) p = 0.f;
+                const int t = q0 + x;
+                if (t < ks[e >> 1].a || t >= ks[e >> 1].b) p = 0.f;
             }
             s[j][e] = p;
             dp[j][e] = p * (dp[j][e] - sD[x]);
@@ -1154,7 +1183,7 @@ template <class P, int D, int BQ, bool KVREG>
 __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, const typename P::T* k,
         const typename P::T* v, const float* lse, const float* Dbuf, const typename P::T* dout, float* dqacc,
         typename P::T* dk_, typename P::T* dv_, int N, int T_, int dk, int dv, float sl2, float scale,
-        int causal) {
+        int causal, const int* tseq, const int* cu) {
     using T = typename P::T;
     constexpr int BK = 64, LDK = D + P::PAD_X, LDV = D + P::PAD_R, LDQ = D + P::PAD_X, LDS = BK + P::PAD_R;
     constexpr int KD = D / P::KS, NQ = BQ / 8, ND = D / 8, KQ = BQ / P::KS, KK = BK / P::KS, CW = P::KS / 8;
@@ -1175,7 +1204,12 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, co
     const T* on = dout + nT * dv;
     const float* ln = lse + nT;
     const float* Dn = Dbuf + nT;
-    const int i0 = causal ? k0 / BQ : 0, nq = (T_ + BQ - 1) / BQ;
+    // queries of the block: from the diagonal (causal) or its first key's sequence start to its last key's
+    // sequence end; the warp's tiles need no mask inside [wlo, whi)
+    const int qbeg = causal ? k0 : fa_seq(tseq, cu, k0, T_).a;
+    const int qend = fa_seq(tseq, cu, min(k0 + BK, T_) - 1, T_).b;
+    const int wlo = fa_seq(tseq, cu, min(k0 + 16 * w + 16, T_) - 1, T_).a, whi = fa_seq(tseq, cu, k0 + 16 * w, T_).b;
+    const int i0 = qbeg / BQ, nq = (qend + BQ - 1) / BQ;
     fa_load<T, D, LDK, BK>(sK, k + nT * dk, k0, T_, dk);
     fa_load<T, D, LDV, BK>(sV, v + nT * dv, k0, T_, dv);
     fa_load<T, D, LDQ, BQ>(sQ, qn, i0 * BQ, T_, dk);
@@ -1190,6 +1224,14 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, co
         for (int e = 0; e < 4; ++e) gk[j][e] = gv[j][e] = 0.f;
     typename P::A ka[KVREG ? KD : 1], va[KVREG ? KD : 1];
     const int key_g = k0 + 16 * w + g;                          // keys of this lane: key_g, key_g + 8
+    FaSeq ks[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int key = key_g + 8 * h;
+        ks[h] = fa_seq(tseq, cu, key, T_);
+        if (causal) ks[h].a = key;
+        if (key >= T_) ks[h].b = 0;
+    }
     const int mq = w / WN, c0 = (w % WN) * DW;                  // this warp's share of the dQ tile
     cp_async_wait_all();
     __syncthreads();
@@ -1235,10 +1277,10 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, co
                 P::mma(dp[2 * np + 1], a2, b1);
             }
         }
-        if (q0 + BQ > T_ || k0 + BK > T_ || (causal && q0 < k0 + 16 * w + 15))   // warp-uniform
-            fa_bwd_p<NQ, true>(s, dp, sL, sD, key_g, tq, q0, T_, causal, sl2);
+        if (q0 < wlo || q0 + BQ > whi || k0 + BK > T_ || (causal && q0 < k0 + 16 * w + 15))   // warp-uniform
+            fa_bwd_p<NQ, true>(s, dp, sL, sD, tq, q0, ks, sl2);
         else
-            fa_bwd_p<NQ, false>(s, dp, sL, sD, key_g, tq, q0, T_, causal, sl2);
+            fa_bwd_p<NQ, false>(s, dp, sL, sD, tq, q0, ks, sl2);
 #pragma unroll
         for (int j = 0; j < NQ; ++j)
 #pragma unroll

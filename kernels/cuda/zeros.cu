@@ -181,6 +181,21 @@ __global__ void zeros_scan_bwd(const TI* __restrict__ s, const TI* __restrict__ 
 // The running max is held fixed throughout: o does not depend on it, so the gradient is exact.  The core
 // also returns d gF (F is a decayed call); it is discarded for the same reason.
 //
+// Packed sequences and states.  With cu_seqlens (tseq: the sequence of each token) both scans are segmented:
+// a forward element carries a flag "starts a sequence" and (a, b) -> b when b has it; a backward element a flag
+// "ends a sequence" and (a, b) -> a when a has it (still associative, so chunk partials, the scan over chunks
+// and the in-chunk fix-up stay as they are; chunks may hold several sequences).  An initial state's scalars
+// (m0, E0, P0, n0 per sequence: st0) are joined to the first token's element, n_t = n0 + the position in the
+// sequence (row ST_N), and gF at the first token is m0 - m_t, which decays the initial F0 handed to the F
+// stream's core call (G0 and H0 go to the G and H calls as (G0 - c H0) / sigma and H0); zeros_ftoken writes
+// each sequence's final m, E, P, n (the final F, G, H come from the core calls).  Backward: the final
+// state's gradient seeds each sequence's last element (R -= dE, Q -= dP: E_b and P_b are sums over the
+// sequence like the rows' E_t, P_t), zeros_bfinish adds the final max's gradient mu = dm - E_b dE - <F_b, dF>
+// to ds of the token that first reached it and writes dE0 = -R e^{m0 - m_first}, dP0 = -Q at each sequence's
+// first token; zeros_bchunk writes dn_t (summed per sequence on the host: dn0).  Not causal and packed:
+// a causal statistics pass gives each sequence's totals, which the per-token pass reads (and the host sums
+// x, y per sequence for the backward).
+//
 // Layouts: per-token statistics st (NST, N, T) float32 (rows ST_*); per head (NHEAD, N) float32 (sigma, c);
 // per-chunk arrays (N, NC); stream arrays (N, T, width) row-major with a leading dimension ld (G and H may
 // share one array: vH = vG + Dv).
@@ -190,7 +205,7 @@ constexpr int WARPS = 4;           // warps per block of the per-chunk kernels (
 constexpr int SCAN = 256;          // threads per block of the scans over chunks (one block per head)
 constexpr int CPL = 4;             // head-dim columns per lane in the row loops (head dims <= 128)
 constexpr unsigned FULL = 0xffffffffu;
-enum { ST_M, ST_E, ST_P, ST_ALPHA, ST_BETA, ST_GAMMA, ST_U, ST_GF, NST };   // rows of st (NST, N, T)
+enum { ST_M, ST_E, ST_P, ST_ALPHA, ST_BETA, ST_GAMMA, ST_U, ST_GF, ST_N, NST };   // rows of st (NST, N, T)
 enum { HEAD_SIGMA, HEAD_SHIFT, NHEAD };                                    // rows of head (NHEAD, N)
 
 // x e^{from - to} (to >= from), exactly x when the two are equal, and 0 for x == 0 even when from or to
@@ -199,29 +214,72 @@ __device__ __forceinline__ float rescale(float x, float from, float to) {
     return (x == 0.f || from == to) ? x : x * __expf(from - to);
 }
 
-struct Fwd { float M, E; double P; };                     // (max, sum e^{s - M}, sum s)
-__device__ __forceinline__ Fwd fwd_empty() { return {-WB_INF, 0.f, 0.0}; }
-__device__ __forceinline__ Fwd fwd_token(float s) { return {s, 1.f, (double)s}; }
+// (max, sum e^{s - M}, sum s) and r: the element starts a sequence (what precedes it does not count).  The
+// combine below is the segmented one: (a, b) -> b when b starts a sequence, else the sum (flag of a); still
+// associative (not commutative), identity fwd_empty().
+struct Fwd { float M, E; double P; int r; };
+__device__ __forceinline__ Fwd fwd_empty() { return {-WB_INF, 0.f, 0.0, 0}; }
+__device__ __forceinline__ Fwd fwd_token(float s) { return {s, 1.f, (double)s, 0}; }
 __device__ __forceinline__ Fwd operator+(const Fwd& a, const Fwd& b) {
+    if (b.r) return b;
     const float M = fmaxf(a.M, b.M);
-    return {M, rescale(a.E, a.M, M) + rescale(b.E, b.M, M), a.P + b.P};
+    return {M, rescale(a.E, a.M, M) + rescale(b.E, b.M, M), a.P + b.P, a.r};
 }
 __device__ __forceinline__ Fwd shfl_up(const Fwd& a, int o) {
-    return {__shfl_up_sync(FULL, a.M, o), __shfl_up_sync(FULL, a.E, o), __shfl_up_sync(FULL, a.P, o)};
+    return {__shfl_up_sync(FULL, a.M, o), __shfl_up_sync(FULL, a.E, o), __shfl_up_sync(FULL, a.P, o),
+            __shfl_up_sync(FULL, a.r, o)};
 }
-__device__ __forceinline__ Fwd shfl_xor(const Fwd& a, int o) {
-    return {__shfl_xor_sync(FULL, a.M, o), __shfl_xor_sync(FULL, a.E, o), __shfl_xor_sync(FULL, a.P, o)};
+__device__ __forceinline__ Fwd shfl_down(const Fwd& a, int o) {
+    return {__shfl_down_sync(FULL, a.M, o), __shfl_down_sync(FULL, a.E, o), __shfl_down_sync(FULL, a.P, o),
+            __shfl_down_sync(FULL, a.r, o)};
 }
 
-// (mu, R, Q): R relative to e^{mu}; empty = (0, 0, 0), which may only stand on the right of a "+"
-// (every caller keeps empties after the non-empty elements: tokens past T, chunks past NC).
-struct Bwd { float mu, R; double Q; };
-__device__ __forceinline__ Bwd bwd_empty() { return {0.f, 0.f, 0.0}; }
+// (mu, R, Q): R relative to e^{mu}; r: the element ends a sequence (what follows it does not count): the
+// segmented combine (a, b) -> a when a ends a sequence, else the sum (flag of b).  Empty = (0, 0, 0, 0),
+// which may only stand on the right of a "+" (every caller keeps empties after the non-empty elements:
+// tokens past T, chunks past NC).
+struct Bwd { float mu, R; double Q; int r; };
+__device__ __forceinline__ Bwd bwd_empty() { return {0.f, 0.f, 0.0, 0}; }
 __device__ __forceinline__ Bwd operator+(const Bwd& a, const Bwd& b) {
-    return {a.mu, a.R + rescale(b.R, a.mu, b.mu), a.Q + b.Q};
+    if (a.r) return a;
+    return {a.mu, a.R + rescale(b.R, a.mu, b.mu), a.Q + b.Q, b.r};
 }
 __device__ __forceinline__ Bwd shfl_down(const Bwd& a, int o) {
-    return {__shfl_down_sync(FULL, a.mu, o), __shfl_down_sync(FULL, a.R, o), __shfl_down_sync(FULL, a.Q, o)};
+    return {__shfl_down_sync(FULL, a.mu, o), __shfl_down_sync(FULL, a.R, o), __shfl_down_sync(FULL, a.Q, o),
+            __shfl_down_sync(FULL, a.r, o)};
+}
+
+// Packed sequences and initial states (both optional), as every token kernel takes them: tseq (T,) the
+// sequence of each token and cu (nseq + 1,) the offsets (tseq == nullptr: one sequence [0, T)); st0 the
+// initial state's scalars, rows (S0_*, N, nseq) float32 (nullptr: none).
+enum { S0_M, S0_E, S0_P, S0_N, NS0 };
+struct Seqs {
+    const int* tseq;
+    const int* cu;
+    int nseq;
+    const float* st0;
+};
+struct Span { int j, a, b; long long at; };               // token's sequence, its range [a, b), n nseq + j
+__device__ __forceinline__ Span span_of(const Seqs& q, int n, int t, int T) {
+    if (!q.tseq) return {0, 0, T, (long long)n * q.nseq};
+    const int j = q.tseq[t];
+    return {j, q.cu[j], q.cu[j + 1], (long long)n * q.nseq + j};
+}
+// row r of the initial state's scalars of a token's sequence (N heads)
+__device__ __forceinline__ float st0_at(const Seqs& q, const Span& sp, int r, int N) {
+    return q.st0[(long long)r * N * q.nseq + sp.at];
+}
+// The token's element of the forward scan: (s, 1, s), joined to the initial state and flagged at a start.
+__device__ __forceinline__ Fwd fwd_element(const Seqs& q, const Span& sp, int t, float s, int N) {
+    Fwd e = fwd_token(s);
+    if (t != sp.a) return e;
+    if (q.st0) e = Fwd{st0_at(q, sp, S0_M, N), st0_at(q, sp, S0_E, N), (double)st0_at(q, sp, S0_P, N), 0} + e;
+    e.r = 1;
+    return e;
+}
+// m before the token: the previous token's running max, or the initial state's at a sequence start
+__device__ __forceinline__ float m_before(const Seqs& q, const Span& sp, int t, int N, float prev) {
+    return t != sp.a ? prev : (q.st0 ? st0_at(q, sp, S0_M, N) : -WB_INF);
 }
 
 __device__ __forceinline__ double warp_sum_d(double x) {
@@ -278,13 +336,17 @@ __device__ __forceinline__ Gates gates_at(const TI* __restrict__ gates, long lon
 }  // namespace zs
 
 // ---------------------------------------------------------------------------------------- forward scans
-// grid (ceil(NC / 4), N), block 128: warp w reduces chunk 4 blockIdx.x + w.
+// grid (ceil(NC / 4), N), block 128: warp w reduces chunk 4 blockIdx.x + w (in token order: the combine is
+// segmented; cR: the chunk holds a sequence start).
 template <typename TI>
-__global__ void __launch_bounds__(128) zeros_fchunk(const TI* __restrict__ s, int T, int NC, float* __restrict__ cM,
-        float* __restrict__ cE, double* __restrict__ cP, float* __restrict__ cLo, float* __restrict__ cHi) {
+__global__ void __launch_bounds__(128) zeros_fchunk(const TI* __restrict__ s, int T, int NC, const int* __restrict__ tseq,
+        const int* __restrict__ cu, int nseq, const float* __restrict__ st0, float* __restrict__ cM,
+        float* __restrict__ cE, double* __restrict__ cP, int* __restrict__ cR, float* __restrict__ cLo,
+        float* __restrict__ cHi) {
     using namespace zs;
     const int lane = threadIdx.x & 31, c = blockIdx.x * WARPS + (threadIdx.x >> 5), n = blockIdx.y;
     if (c >= NC) return;                                           // warp-uniform
+    const Seqs sq{tseq, cu, nseq, st0};
     const long long base = (long long)n * T;
     Fwd acc = fwd_empty();
     float lo = WB_INF, hi = -WB_INF;                               // min and max of s (NaN ignored)
@@ -293,14 +355,18 @@ __global__ void __launch_bounds__(128) zeros_fchunk(const TI* __restrict__ s, in
         const int t = c * C + 2 * lane + h;
         if (t < T) {
             const float x = to_f32(s[base + t]);
-            acc = acc + fwd_token(x);
+            acc = acc + fwd_element(sq, span_of(sq, n, t, T), t, x, gridDim.y);
             lo = fminf(lo, x);
             hi = fmaxf(hi, x);
         }
     }
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {                             // commutative: every lane ends equal
-        acc = acc + shfl_xor(acc, o);
+    for (int o = 1; o < 32; o <<= 1) {                             // lane 0 ends with the chunk, in order
+        const Fwd y = shfl_down(acc, o);
+        if (lane + o < 32) acc = acc + y;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
         lo = fminf(lo, __shfl_xor_sync(FULL, lo, o));
         hi = fmaxf(hi, __shfl_xor_sync(FULL, hi, o));
     }
@@ -309,6 +375,7 @@ __global__ void __launch_bounds__(128) zeros_fchunk(const TI* __restrict__ s, in
         cM[at] = acc.M;
         cE[at] = acc.E;
         cP[at] = acc.P;
+        cR[at] = acc.r;
         cLo[at] = lo;
         cHi[at] = hi;
     }
@@ -318,7 +385,8 @@ __global__ void __launch_bounds__(128) zeros_fchunk(const TI* __restrict__ s, in
 // CAUSAL: x[c] = the triple of all chunks before c; else x[c] = the head's total (every c).
 template <bool CAUSAL>
 __global__ void __launch_bounds__(256) zeros_fscan(const float* __restrict__ cM, const float* __restrict__ cE,
-        const double* __restrict__ cP, const float* __restrict__ cLo, const float* __restrict__ cHi, int NC,
+        const double* __restrict__ cP, const int* __restrict__ cR, const float* __restrict__ cLo,
+        const float* __restrict__ cHi, int NC,
         float* __restrict__ xM, float* __restrict__ xE, double* __restrict__ xP, float* __restrict__ head) {
     using namespace zs;
     __shared__ Fwd wtot[SCAN / 32];
@@ -326,7 +394,7 @@ __global__ void __launch_bounds__(256) zeros_fscan(const float* __restrict__ cM,
     const int n = blockIdx.x, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     const int per = (NC + SCAN - 1) / SCAN, c0 = min(NC, tid * per), c1 = min(NC, c0 + per);
     const long long base = (long long)n * NC;
-    auto chunk = [&](int c) { return Fwd{cM[base + c], cE[base + c], cP[base + c]}; };
+    auto chunk = [&](int c) { return Fwd{cM[base + c], cE[base + c], cP[base + c], cR[base + c]}; };
     Fwd agg = fwd_empty();
     float lo = WB_INF, hi = -WB_INF;
     for (int c = c0; c < c1; ++c) {
@@ -383,31 +451,39 @@ __global__ void __launch_bounds__(256) zeros_fscan(const float* __restrict__ cM,
 
 // grid (NC, N), block 128: chunk blockIdx.x.  Warp 0: the per-token statistics; then warp w forms the
 // values of rows 16w..16w+15.  vH may be nullptr (H's values are v itself); vF nullptr: statistics only.
+// The carries x*: per chunk (causal, or not causal in one sequence), per sequence when not causal and packed
+// (the sequences' totals).  fin* (nullptr: not wanted): the statistics after each sequence's last token
+// (N, nseq): m, E, P (float64) and the count n.
 template <typename TI, bool CAUSAL>
 __global__ void __launch_bounds__(128) zeros_ftoken(const TI* __restrict__ s, const TI* __restrict__ gates,
-        const TI* __restrict__ v, int ng, int T, int Dv, int NC, const float* __restrict__ xM,
+        const TI* __restrict__ v, int ng, int T, int Dv, int NC, const int* __restrict__ tseq,
+        const int* __restrict__ cu, int nseq, const float* __restrict__ st0, const float* __restrict__ xM,
         const float* __restrict__ xE, const double* __restrict__ xP, const float* __restrict__ head,
-        float* __restrict__ st, TI* __restrict__ vF, TI* __restrict__ vG, int ldG, TI* __restrict__ vH, int ldH) {
+        float* __restrict__ st, TI* __restrict__ vF, TI* __restrict__ vG, int ldG, TI* __restrict__ vH, int ldH,
+        float* __restrict__ finM, float* __restrict__ finE, double* __restrict__ finP, float* __restrict__ finN) {
     using namespace zs;
     __shared__ float su[C], ss[C];
     const Block b = block_of(T);
-    const int c = b.c, n = b.n, cs = b.cs, lane = b.lane;
+    const int c = b.c, n = b.n, cs = b.cs, lane = b.lane, N = gridDim.y;
     const long long base = b.base, NT = b.NT;
+    const Seqs sq{tseq, cu, nseq, st0};
     if (b.w == 0) {
-        const float isg = 1.f / head[HEAD_SIGMA * gridDim.y + n];   // exact: sigma is a power of two
-        const float shift = head[HEAD_SHIFT * gridDim.y + n];
+        const float isg = 1.f / head[HEAD_SIGMA * N + n];          // exact: sigma is a power of two
+        const float shift = head[HEAD_SHIFT * N + n];
         float sv[2];
         Fwd e[2];
+        Span sp[2];
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const int t = cs + 2 * lane + h;
+            sp[h] = span_of(sq, n, min(t, T - 1), T);
             sv[h] = t < T ? to_f32(s[base + t]) : 0.f;
-            e[h] = t < T ? fwd_token(sv[h]) : fwd_empty();
+            e[h] = t < T ? fwd_element(sq, sp[h], t, sv[h], N) : fwd_empty();
         }
-        const Fwd carry{xM[(long long)n * NC + c], xE[(long long)n * NC + c], xP[(long long)n * NC + c]};
         Fwd at[2];
-        float prev[2] = {0.f, 0.f};                                // m of the token before (causal)
+        float prev[2] = {0.f, 0.f};                                // m before the token (causal)
         if (CAUSAL) {
+            const Fwd carry{xM[(long long)n * NC + c], xE[(long long)n * NC + c], xP[(long long)n * NC + c], 0};
             Fwd inc = e[0] + e[1];
 #pragma unroll
             for (int o = 1; o < 32; o <<= 1) {
@@ -419,20 +495,26 @@ __global__ void __launch_bounds__(128) zeros_ftoken(const TI* __restrict__ s, co
             const Fwd before = carry + ex;
             at[0] = before + e[0];
             at[1] = at[0] + e[1];
-            prev[0] = before.M;
-            prev[1] = at[0].M;
-        } else {
-            at[0] = at[1] = carry;                                 // the head's totals
+            prev[0] = m_before(sq, sp[0], cs + 2 * lane, N, before.M);
+            prev[1] = m_before(sq, sp[1], cs + 2 * lane + 1, N, at[0].M);
+        } else {                                                   // the totals (of the head or sequence)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const long long x = tseq ? sp[h].at : (long long)n * NC + c;
+                at[h] = Fwd{xM[x], xE[x], xP[x], 0};
+            }
         }
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const int t = cs + 2 * lane + h;
             if (t >= T) continue;
-            const float nt = CAUSAL ? (float)(t + 1) : (float)T;
+            const float nt = CAUSAL ? (st0 ? st0_at(sq, sp[h], S0_N, N) : 0.f) + (float)(t - sp[h].a + 1)
+                                    : (float)(sp[h].b - sp[h].a);
             const float m = at[h].M, E = at[h].E, P = (float)(at[h].P - (double)nt * shift);   // sum (s - c)
             const Gates g = gates_at(gates, base + t, ng);
             const float beta = (g.sig1 - g.sigh) / nt;
             const float u = __expf(sv[h] - m);
+            const bool keep = t != sp[h].a || st0;                 // gF at a start decays the initial state
             st[ST_M * NT + base + t] = m;
             st[ST_E * NT + base + t] = E;
             st[ST_P * NT + base + t] = P;
@@ -440,9 +522,16 @@ __global__ void __launch_bounds__(128) zeros_ftoken(const TI* __restrict__ s, co
             st[ST_BETA * NT + base + t] = beta;
             st[ST_GAMMA * NT + base + t] = (g.tz - g.sigh - beta * P) / nt;
             st[ST_U * NT + base + t] = u;
-            st[ST_GF * NT + base + t] = (CAUSAL && t > 0) ? prev[h] - m : 0.f;
+            st[ST_GF * NT + base + t] = (CAUSAL && keep) ? prev[h] - m : 0.f;
+            st[ST_N * NT + base + t] = nt;
             su[2 * lane + h] = u;
             ss[2 * lane + h] = (sv[h] - shift) * isg;
+            if (CAUSAL && finM && t == sp[h].b - 1) {
+                finM[sp[h].at] = m;
+                finE[sp[h].at] = E;
+                finP[sp[h].at] = at[h].P;
+                finN[sp[h].at] = nt;
+            }
         }
     }
     if (!vF) return;                                               // statistics only (uniform over the block)
@@ -488,15 +577,18 @@ __global__ void __launch_bounds__(128) zeros_combine(const float* __restrict__ s
 // ---------------------------------------------------------------------------------------- backward scans
 namespace zs {
 // The per-token part of the backward scalars from the true row dots a = do.oF, V = do.oG, Z = do.oH of token t
-// (row = n T + t): x = alpha U (U = a / E) and y = beta Z / n into xy (and returned), and dgates.
-template <typename TI, bool CAUSAL>
-__device__ __forceinline__ void token_scalars(float a, float V, float Z, int t, long long row, int T, long long NT,
-        const float* __restrict__ st, const TI* __restrict__ gates, int ng, float* __restrict__ xy,
-        TI* __restrict__ dgates, float& x, float& y) {
-    const float nt = CAUSAL ? (float)(t + 1) : (float)T, P = st[ST_P * NT + row];
+// (row = n T + t): x = alpha U (U = a / E) and y = beta Z / n into xy (and returned), and dgates; with dn (an
+// initial state: its count's gradient is the sum over the sequence), dn_t = -(beta (V - Z P / n) + gamma Z) / n
+// of the true (unshifted) P = P' + n c and V, gamma (V' and gamma' of s - c give the same value).
+template <typename TI>
+__device__ __forceinline__ void token_scalars(float a, float V, float Z, long long row, long long NT,
+        const float* __restrict__ st, const TI* __restrict__ gates, int ng, float shift, float* __restrict__ xy,
+        TI* __restrict__ dgates, float* __restrict__ dn, float& x, float& y) {
+    const float nt = st[ST_N * NT + row], P = st[ST_P * NT + row];
     const float U = a / st[ST_E * NT + row];
+    const float beta = st[ST_BETA * NT + row];
     x = st[ST_ALPHA * NT + row] * U;
-    y = st[ST_BETA * NT + row] * Z / nt;
+    y = beta * Z / nt;
     xy[row] = x;
     xy[NT + row] = y;
     const float dsig1 = V / nt - P * Z / (nt * nt), dsigh = U - dsig1 - Z / nt;
@@ -505,48 +597,75 @@ __device__ __forceinline__ void token_scalars(float a, float V, float Z, int t, 
     dg[0] = from_f32<TI>(dsig1 * dsigmoid(to_f32(gr[0])));
     dg[1] = from_f32<TI>(dsigh * dsigmoid(to_f32(gr[1])));
     if (ng == 3) dg[2] = from_f32<TI>(Z / nt * dtanh_exp(to_f32(gr[2])));
+    if (dn) dn[row] = -(beta * (V - Z * (P / nt + shift)) + st[ST_GAMMA * NT + row] * Z) / nt;
 }
 
-// Warp 0 of a per-chunk block: the chunk's partial of the reverse scan from its tokens' x (sx) and y (sy):
-// cR = sum x_t e^{m_first - m_t} (relative to m at the chunk's first token), cQ = sum y_t.
-__device__ __forceinline__ void chunk_partial(const Block& b, int T, int NC, const float* __restrict__ st,
-        const float* sx, const float* sy, float* __restrict__ cR, double* __restrict__ cQ) {
-    const long long NT = b.NT, base = b.base;
-    const int cs = b.cs, lane = b.lane;
-    const float mu = st[ST_M * NT + base + cs];
-    float R = 0.f;
-    double Q = 0.0;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const int r = 2 * lane + h;
-        if (cs + r < T) {
-            R += rescale(sx[r], mu, st[ST_M * NT + base + cs + r]);
-            Q += sy[r];
+// The token's element of the reverse scan: (m_t, x_t, y_t), flagged at a sequence's last token, where the final
+// state's gradient (dfin: rows dE, dP (2, N, nseq), or nullptr) seeds it: R -= dE (relative to m_t = the final
+// max), Q -= dP.
+__device__ __forceinline__ Bwd bwd_element(const Span& sp, int t, float m, float x, float y,
+        const float* __restrict__ dfin, long long NS) {
+    Bwd e{m, x, (double)y, 0};
+    if (t == sp.b - 1) {
+        e.r = 1;
+        if (dfin) {
+            e.R -= dfin[sp.at];
+            e.Q -= (double)dfin[NS + sp.at];
         }
     }
-    R = warp_sum(R);
-    Q = warp_sum_d(Q);
+    return e;
+}
+
+// Warp 0 of a per-chunk block: the chunk's partial of the reverse scan from its tokens' x (sx) and y (sy), in
+// token order: cR = sum x_t e^{m_first - m_t} (relative to m at the chunk's first token), cQ = sum y_t, up to
+// the first sequence end in the chunk (cF: there is one).
+__device__ __forceinline__ void chunk_partial(const Block& b, int T, int NC, const Seqs& sq,
+        const float* __restrict__ dfin, const float* __restrict__ st, const float* sx, const float* sy,
+        float* __restrict__ cR, double* __restrict__ cQ, int* __restrict__ cF) {
+    const long long NT = b.NT, base = b.base;
+    const int cs = b.cs, lane = b.lane;
+    Bwd acc = bwd_empty();
+#pragma unroll
+    for (int h = 1; h >= 0; --h) {
+        const int r = 2 * lane + h, t = cs + r;
+        if (t < T)
+            acc = bwd_element(span_of(sq, b.n, t, T), t, st[ST_M * NT + base + t], sx[r], sy[r], dfin,
+                              (long long)gridDim.y * sq.nseq) + acc;
+    }
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const Bwd y = shfl_down(acc, o);
+        if (lane + o < 32) acc = acc + y;
+    }
     if (lane == 0) {
-        cR[(long long)b.n * NC + b.c] = R;
-        cQ[(long long)b.n * NC + b.c] = Q;
+        cR[(long long)b.n * NC + b.c] = acc.R;
+        cQ[(long long)b.n * NC + b.c] = acc.Q;
+        cF[(long long)b.n * NC + b.c] = acc.r;
     }
 }
 
 // Warp 0 of a per-chunk block: the scalar part of ds for the chunk's tokens, sds[r] = -u R - Q, with R_j, Q_j
-// by a reverse shuffle scan seeded by the carry yR, yQ of zeros_bscan (not causal: the totals).
+// by a reverse shuffle scan seeded by the carry yR, yQ of zeros_bscan (not causal: the totals, per chunk or,
+// packed, per sequence).  d0 (causal, an initial state; else nullptr): rows dE0, dP0 (2, N, nseq) <- -R, -Q at
+// each sequence's first token, R taken relative to the initial state's max.
 template <bool CAUSAL>
-__device__ __forceinline__ void scalar_ds(const Block& b, int T, int NC, const float* __restrict__ st,
-        const float* __restrict__ xy, const float* __restrict__ yR, const double* __restrict__ yQ, float* sds) {
-    const int c = b.c, cs = b.cs, lane = b.lane;
-    const long long base = b.base, NT = b.NT, at = (long long)b.n * NC + c;
-    float Rt[2] = {yR[at], yR[at]};
-    double Qt[2] = {yQ[at], yQ[at]};
+__device__ __forceinline__ void scalar_ds(const Block& b, int T, int NC, const Seqs& sq,
+        const float* __restrict__ dfin, const float* __restrict__ st, const float* __restrict__ xy,
+        const float* __restrict__ yR, const double* __restrict__ yQ, float* sds, float* __restrict__ d0) {
+    const int c = b.c, cs = b.cs, lane = b.lane, N = gridDim.y;
+    const long long base = b.base, NT = b.NT, at = (long long)b.n * NC + c, NS = (long long)N * sq.nseq;
+    Span sp[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) sp[h] = span_of(sq, b.n, min(cs + 2 * lane + h, T - 1), T);
+    float Rt[2];
+    double Qt[2];
     if (CAUSAL) {
         Bwd e[2];
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const long long row = base + cs + 2 * lane + h;
-            e[h] = cs + 2 * lane + h < T ? Bwd{st[ST_M * NT + row], xy[row], (double)xy[NT + row]} : bwd_empty();
+            const int t = cs + 2 * lane + h;
+            const long long row = base + t;
+            e[h] = t < T ? bwd_element(sp[h], t, st[ST_M * NT + row], xy[row], xy[NT + row], dfin, NS) : bwd_empty();
         }
         Bwd inc = e[0] + e[1];
 #pragma unroll
@@ -555,37 +674,52 @@ __device__ __forceinline__ void scalar_ds(const Block& b, int T, int NC, const f
             if (lane + o < 32) inc = inc + y;
         }
         const Bwd ex = shfl_down(inc, 1);
-        const Bwd carry{c + 1 < NC ? st[ST_M * NT + base + cs + C] : 0.f, yR[at], yQ[at]};
+        const Bwd carry{c + 1 < NC ? st[ST_M * NT + base + cs + C] : 0.f, yR[at], yQ[at], 0};
         const Bwd after = lane < 31 ? ex + carry : carry;
         const Bwd r1 = e[1] + after, r0 = e[0] + r1;
         Rt[0] = r0.R;
         Rt[1] = r1.R;
         Qt[0] = r0.Q;
         Qt[1] = r1.Q;
+    } else {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const long long x = sq.tseq ? sp[h].at : at;
+            Rt[h] = yR[x];
+            Qt[h] = yQ[x];
+        }
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int t = cs + 2 * lane + h;
-        if (t < T) sds[2 * lane + h] = -st[ST_U * NT + base + t] * Rt[h] - (float)Qt[h];
+        if (t >= T) continue;
+        sds[2 * lane + h] = -st[ST_U * NT + base + t] * Rt[h] - (float)Qt[h];
+        if (CAUSAL && d0 && t == sp[h].a) {
+            d0[sp[h].at] = -rescale(Rt[h], st0_at(sq, sp[h], S0_M, N), st[ST_M * NT + base + t]);
+            d0[NS + sp[h].at] = -(float)Qt[h];
+        }
     }
 }
 }  // namespace zs
 
 // grid (NC, N), block 128: warp w handles rows 16w..16w+15 of chunk blockIdx.x (row dots, dO of the three
-// streams, dgates, x and y), then warp 0 writes the chunk partials cR (relative to m at the chunk's first
-// token) and cQ.  xy: (2, N, T) float32, x then y.
+// streams, dgates, x and y, dn when not nullptr), then warp 0 writes the chunk partials cR (relative to m at
+// the chunk's first token), cQ and cF.  xy: (2, N, T) float32, x then y.  dfin: see bwd_element.
 template <typename TI, bool CAUSAL>
 __global__ void __launch_bounds__(128) zeros_bchunk(const TI* __restrict__ dout, const TI* __restrict__ oF,
         const TI* __restrict__ oG, int ldG, const TI* __restrict__ oH, int ldH, const TI* __restrict__ gates, int ng,
         const float* __restrict__ st, const float* __restrict__ head, int T, int Dv, int NC, float inv_s,
+        const int* __restrict__ tseq, const int* __restrict__ cu, int nseq, const float* __restrict__ dfin,
         TI* __restrict__ dOF, TI* __restrict__ dOG, int ldDG, TI* __restrict__ dOH, int ldDH, float* __restrict__ xy,
-        TI* __restrict__ dgates, float* __restrict__ cR, double* __restrict__ cQ) {
+        TI* __restrict__ dgates, float* __restrict__ dn, float* __restrict__ cR, double* __restrict__ cQ,
+        int* __restrict__ cF) {
     using namespace zs;
     __shared__ float sx[C], sy[C];
     const Block b = block_of(T);
-    const int cs = b.cs, lane = b.lane;
+    const int lane = b.lane;
     const long long NT = b.NT;
-    const float sg = head[HEAD_SIGMA * gridDim.y + b.n];
+    const Seqs sq{tseq, cu, nseq, nullptr};
+    const float sg = head[HEAD_SIGMA * gridDim.y + b.n], shift = head[HEAD_SHIFT * gridDim.y + b.n];
     warp_rows(b, T, [&](int r, long long row) {
         float d[CPL], pa = 0.f, pv = 0.f, pz = 0.f;
 #pragma unroll
@@ -610,23 +744,26 @@ __global__ void __launch_bounds__(128) zeros_bchunk(const TI* __restrict__ dout,
             dOG[row * ldDG + col] = from_f32<TI>(cG * d[i]);
             dOH[row * ldDH + col] = from_f32<TI>(cH * d[i]);
         }
-        if (lane == 0) token_scalars<TI, CAUSAL>(a, V, Z, cs + r, row, T, NT, st, gates, ng, xy, dgates, sx[r], sy[r]);
+        if (lane == 0) token_scalars<TI>(a, V, Z, row, NT, st, gates, ng, shift, xy, dgates, dn, sx[r], sy[r]);
     });
     __syncthreads();
-    if (b.w == 0) chunk_partial(b, T, NC, st, sx, sy, cR, cQ);
+    if (b.w == 0) chunk_partial(b, T, NC, sq, dfin, st, sx, sy, cR, cQ, cF);
 }
 
 // grid (N), block 256: the reverse scan over chunks.  CAUSAL: yR[c], yQ[c] = R and Q at the first token of
 // chunk c + 1 (R relative to m there; 0 for the last chunk); else the head's totals (every c).
 template <bool CAUSAL>
 __global__ void __launch_bounds__(256) zeros_bscan(const float* __restrict__ cR, const double* __restrict__ cQ,
-        const float* __restrict__ stm, int T, int NC, float* __restrict__ yR, double* __restrict__ yQ) {
+        const int* __restrict__ cF, const float* __restrict__ stm, int T, int NC, float* __restrict__ yR,
+        double* __restrict__ yQ) {
     using namespace zs;
     __shared__ Bwd wtot[SCAN / 32];
     const int n = blockIdx.x, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     const int per = (NC + SCAN - 1) / SCAN, c0 = min(NC, tid * per), c1 = min(NC, c0 + per);
     const long long base = (long long)n * NC;
-    auto chunk = [&](int c) { return Bwd{stm[(long long)n * T + (long long)c * C], cR[base + c], cQ[base + c]}; };
+    auto chunk = [&](int c) {
+        return Bwd{stm[(long long)n * T + (long long)c * C], cR[base + c], cQ[base + c], CAUSAL ? cF[base + c] : 0};
+    };
     Bwd agg = bwd_empty();
     if (c0 < c1) {
         agg = chunk(c0);
@@ -661,22 +798,28 @@ __global__ void __launch_bounds__(256) zeros_bscan(const float* __restrict__ cR,
 }
 
 // grid (NC, N), block 128.  Warp 0: R_j, Q_j for the chunk's tokens (a reverse shuffle scan seeded by the
-// carry) -> the scalar part of ds; then warp w assembles rows 16w..16w+15.  The core's gradients: F (exact),
-// G and H (divided by 4 sigma; dqH/dkH are nullptr when G and H were one call, whose dq/dk is dqG/dkG).
+// carry) -> the scalar part of ds (and d0, see scalar_ds); then warp w assembles rows 16w..16w+15.  The core's
+// gradients: F (exact), G and H (divided by 4 sigma; dqH/dkH are nullptr when G and H were one call, whose
+// dq/dk is dqG/dkG).  mu (causal, a final state's gradient; else nullptr): per sequence (N, nseq), the gradient
+// of its final max finM, added to ds of the token that first reached it (none when the initial state's max
+// is the final max).
 template <typename TI, bool CAUSAL>
 __global__ void __launch_bounds__(128) zeros_bfinish(const float* __restrict__ st, const float* __restrict__ head,
         const float* __restrict__ xy, const float* __restrict__ yR, const double* __restrict__ yQ,
         const TI* __restrict__ s, const TI* __restrict__ v, const TI* __restrict__ dqF, const TI* __restrict__ dqG,
         const TI* __restrict__ dqH, const TI* __restrict__ dkF, const TI* __restrict__ dkG, const TI* __restrict__ dkH,
         const TI* __restrict__ dvF, const TI* __restrict__ dvG, int ldG, const TI* __restrict__ dvH, int ldH,
-        int T, int Dk, int Dv, int NC, TI* __restrict__ dq, TI* __restrict__ dk, TI* __restrict__ dv,
-        TI* __restrict__ ds) {
+        int T, int Dk, int Dv, int NC, const int* __restrict__ tseq, const int* __restrict__ cu, int nseq,
+        const float* __restrict__ st0, const float* __restrict__ dfin, const float* __restrict__ mu,
+        const float* __restrict__ finM, TI* __restrict__ dq, TI* __restrict__ dk, TI* __restrict__ dv,
+        TI* __restrict__ ds, float* __restrict__ d0) {
     using namespace zs;
     __shared__ float sds[C];
     const Block b = block_of(T);
     const int n = b.n, lane = b.lane;
     const long long NT = b.NT;
-    if (b.w == 0) scalar_ds<CAUSAL>(b, T, NC, st, xy, yR, yQ, sds);
+    const Seqs sq{tseq, cu, nseq, st0};
+    if (b.w == 0) scalar_ds<CAUSAL>(b, T, NC, sq, dfin, st, xy, yR, yQ, sds, d0);
     __syncthreads();
     const float g4 = 4.f * head[HEAD_SIGMA * gridDim.y + n], shift = head[HEAD_SHIFT * gridDim.y + n];
     warp_rows(b, T, [&](int r, long long row) {
@@ -702,7 +845,17 @@ __global__ void __launch_bounds__(128) zeros_bfinish(const float* __restrict__ s
             pd += xv * (u * f + 4.f * gg);
         }
         pd = warp_sum(pd);
-        if (lane == 0) ds[row] = from_f32<TI>(sds[r] + pd);
+        if (lane == 0) {
+            float extra = 0.f;
+            if (CAUSAL && mu) {                                    // the final max's gradient, to its argmax
+                const int t = b.cs + r;
+                const Span sp = span_of(sq, n, t, T);
+                const float m = st[ST_M * NT + row];
+                if (m_before(sq, sp, t, gridDim.y, t > 0 ? st[ST_M * NT + row - 1] : 0.f) < m && m == finM[sp.at])
+                    extra = mu[sp.at];
+            }
+            ds[row] = from_f32<TI>(sds[r] + pd + extra);
+        }
     });
 }
 
@@ -716,7 +869,7 @@ __global__ void __launch_bounds__(128) zeros_bfinish(const float* __restrict__ s
 template <typename TI, bool CAUSAL>
 __global__ void __launch_bounds__(128) zeros_fused_bscalar(const float* __restrict__ rd, int ntk,
         const TI* __restrict__ gates, int ng, const float* __restrict__ st, int T, int NC, float* __restrict__ xy,
-        TI* __restrict__ dgates, float* __restrict__ cR, double* __restrict__ cQ) {
+        TI* __restrict__ dgates, float* __restrict__ cR, double* __restrict__ cQ, int* __restrict__ cF) {
     using namespace zs;
     __shared__ float sx[C], sy[C];
     const Block b = block_of(T);
@@ -729,10 +882,10 @@ __global__ void __launch_bounds__(128) zeros_fused_bscalar(const float* __restri
             d[j] = 0.f;
             for (int i = 0; i < ntk; ++i) d[j] += rd[((long long)j * ntk + i) * b.NT + row];
         }
-        token_scalars<TI, CAUSAL>(d[0], d[1], d[2], t, row, T, b.NT, st, gates, ng, xy, dgates, sx[r], sy[r]);
+        token_scalars<TI>(d[0], d[1], d[2], row, b.NT, st, gates, ng, 0.f, xy, dgates, nullptr, sx[r], sy[r]);
     }
     __syncthreads();
-    if (b.w == 0) chunk_partial(b, T, NC, st, sx, sy, cR, cQ);
+    if (b.w == 0) chunk_partial(b, T, NC, Seqs{nullptr, nullptr, 1, nullptr}, nullptr, st, sx, sy, cR, cQ, cF);
 }
 
 // grid (NC, N), block 128: ds = the direct part summed over the ntv dv tiles (dsp: (ntv, N, T)) + the scalar part
@@ -744,7 +897,7 @@ __global__ void __launch_bounds__(128) zeros_fused_bds(const float* __restrict__
     using namespace zs;
     __shared__ float sds[C];
     const Block b = block_of(T);
-    if (b.w == 0) scalar_ds<CAUSAL>(b, T, NC, st, xy, yR, yQ, sds);
+    if (b.w == 0) scalar_ds<CAUSAL>(b, T, NC, Seqs{nullptr, nullptr, 1, nullptr}, nullptr, st, xy, yR, yQ, sds, nullptr);
     __syncthreads();
     const int r = threadIdx.x, t = b.cs + r;
     if (r < C && t < T) {

@@ -34,6 +34,7 @@ import numpy as np
 from workbench import backends
 from workbench.registry import Variant, register
 
+from . import _packing as packing
 from ._module import CTYPE, declare_groups, get_kernel, launch
 
 SOURCE = "softmax.cu"
@@ -150,6 +151,7 @@ class _Context:
     lse: object             # (N, T) float32 log-sum-exp of every row
     causal: bool
     scale: float
+    cu: Optional[tuple] = None   # packed sequences (cu_seqlens; the mma backward kernels of cupy:fa2_det), or None
 
 
 def _forward(family, q, k, v, causal=True, scale=1.0):
@@ -196,10 +198,11 @@ def _backward(ctx: _Context, do):
     launch(_kernel(fam, ct, f"bwd_dot<{ct}>"), (-(-N * T // 8),), (256,), (o, do, Dbuf, np.int64(N * T), np.int32(Dv)))
     threads = FLASH_THREADS if fam == "flash" else MMA_THREADS
     smem = smem_flash if fam == "flash" else smem_mma
+    seqs = packing.kernel_args(ctx.cu) if fam == "mma" else ()
     for kind, outs in (("dkdv", (dk, dv)), ("dq", (dq,))):
         t = tiles(fam, D, kind)
         launch(_kernel(fam, ct, _expr(fam, ct, D, kind, t)), (-(-T // t[0]) * N,), (threads,),
-               (q, k, v, lse, Dbuf, do) + outs + dims, smem(kind, D))
+               (q, k, v, lse, Dbuf, do) + outs + dims + seqs, smem(kind, D))
     return dq, dk, dv
 
 
@@ -379,6 +382,7 @@ class Fa2Ctx:
     causal: bool
     scale: float
     fallback: Any = None           # cupy:flash's ctx when plan is None
+    cu: Optional[tuple] = None     # packed sequences (cu_seqlens), or None
 
 
 def _aligned16(x):
@@ -386,12 +390,15 @@ def _aligned16(x):
     return x if backends.data_ptr(x) % 16 == 0 else x.copy()
 
 
-def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0):
+def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None):
     import cupy as cp
     N, T, Dk = q.shape
     Dv = v.shape[-1]
     dt = str(q.dtype)
     plan = _fa2_plan(spec.policy(dt), spec.family, CTYPE[dt], Dk, Dv)
+    if plan is None and cu_seqlens is not None:
+        raise ValueError(f"softmax_attention: backend cupy:{spec.name} packs sequences (cu_seqlens) for head dims "
+                         f"up to {FA2_BUCKETS[-1]} only, got Dk={Dk}, Dv={Dv}")
     if plan is None:
         o, ctx = _forward("flash", q, k, v, causal=causal, scale=scale)
         return o, Fa2Ctx(spec, None, (), bool(causal), float(scale), fallback=ctx)
@@ -400,8 +407,8 @@ def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0):
     lse = backends.new_output(cp, (N, T), cp.float32)
     launch(plan.fwd, (-(-T // plan.rows) * N,), (FA_THREADS,),
            (q, k, v, o, lse, np.int32(N), np.int32(T), plan.Dk, plan.Dv, np.float32(scale * LOG2E),
-            np.int32(bool(causal))), plan.fwd_smem)
-    return o, Fa2Ctx(spec, plan, (q, k, v, o, lse), bool(causal), float(scale))
+            np.int32(bool(causal))) + packing.kernel_args(cu_seqlens), plan.fwd_smem)
+    return o, Fa2Ctx(spec, plan, (q, k, v, o, lse), bool(causal), float(scale), cu=cu_seqlens)
 
 
 def _fa2_backward(ctx: Fa2Ctx, do):
@@ -409,7 +416,7 @@ def _fa2_backward(ctx: Fa2Ctx, do):
         return _backward(ctx.fallback, do)
     q, k, v, o, lse = ctx.saved
     if ctx.spec.deterministic:
-        return _backward(_Context("mma", q, k, v, o, lse, ctx.causal, ctx.scale), do)
+        return _backward(_Context("mma", q, k, v, o, lse, ctx.causal, ctx.scale, cu=ctx.cu), do)
     import cupy as cp
     plan = ctx.plan
     N, T, Dk = q.shape
@@ -424,7 +431,8 @@ def _fa2_backward(ctx: Fa2Ctx, do):
     launch(plan.pre, (-(-rows // 8),), (256,), (o, do, Dbuf, dqacc, np.int64(rows), plan.Dv, plan.Dk))
     launch(plan.bwd, (-(-T // FA2_KEY_BLOCK) * N,), (FA_THREADS,),
            (q, k, v, lse, Dbuf, do, dqacc, dk, dv, np.int32(N), np.int32(T), plan.Dk, plan.Dv,
-            np.float32(ctx.scale * LOG2E), np.float32(ctx.scale), np.int32(ctx.causal)), plan.bwd_smem)
+            np.float32(ctx.scale * LOG2E), np.float32(ctx.scale), np.int32(ctx.causal))
+           + packing.kernel_args(ctx.cu), plan.bwd_smem)
     launch(plan.post, (-(-rows * Dk // 256),), (256,), (dqacc, dq, np.int64(rows * Dk), np.float32(ctx.scale)))
     return dq, dk, dv
 
@@ -432,5 +440,5 @@ def _fa2_backward(ctx: Fa2Ctx, do):
 for _spec in FA2_SPECS:
     register(Variant("softmax", "cupy", _spec.name, functools.partial(_fa2_forward, _spec), _fa2_backward,
                      dtypes=_spec.dtypes,
-                     array_kind="cupy", gpu=True, supports=_supports, tags=_spec.tags,
+                     array_kind="cupy", gpu=True, supports=_supports, tags=_spec.tags, features=frozenset({"packed"}),
                      default_for=_spec.default_for, description=_spec.description))

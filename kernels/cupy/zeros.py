@@ -150,13 +150,18 @@ core.register_variants("zeros", _forward, _backward, {
 # row kernels of zeros.cu (namespace zs) around two calls of the tensor-core chunk core
 # (kernels/cuda/chunked_mma.cu): F = core(q, k, u v; log decays gF), [G, H] = core(q, k, [((s - c)/sigma) v, v])
 # (two calls when 2 Dv > 128), o = (alpha oF + beta sigma oG + gamma oH) / s_o.  Read the zeros.cu section
-# header for the derivation, the shift c and the scales s_o (stream outputs) and sigma (per head).
+# header for the derivation, the shift c and the scales s_o (stream outputs) and sigma (per head), packed
+# sequences (segmented scans) and states (initial statistics joined to each sequence's first token; F0, G0, H0
+# as the core calls' initial states; the gradient formulas of workbench/reference/zeros.py).
 import math  # noqa: E402
 from dataclasses import dataclass as _dataclass  # noqa: E402
+from typing import Optional  # noqa: E402
 
 from workbench.backends import data_ptr, new_output  # noqa: E402
+from workbench.state import ZeroSState  # noqa: E402
 
 from . import _chunked_mma as mma  # noqa: E402
+from . import _packing as packing  # noqa: E402
 
 INSTANTIATIONS = INSTANTIATIONS + mma.INSTANTIATIONS     # the kernels this module's variants launch
 from ._module import launch  # noqa: E402
@@ -165,11 +170,12 @@ from .decayed import _supports_mma  # noqa: E402  (head dims up to the core's MA
 SCAN_CHUNK = 64             # tokens per scan chunk (zeros.cu: zs::C)
 SCAN_WARPS = 4              # warps per block of the per-chunk kernels (zs::WARPS)
 SCAN_THREADS = 256          # block of the scans over chunks (zs::SCAN)
-STAT_ROWS = ("m", "E", "P", "alpha", "beta", "gamma", "u", "gF")   # per-token statistics rows (zs::ST_*; P - n c)
+STAT_ROWS = ("m", "E", "P", "alpha", "beta", "gamma", "u", "gF", "n")   # per-token statistics (zs::ST_*; P - n c)
 NST = len(STAT_ROWS)        # zs::NST
 ST = {name: i for i, name in enumerate(STAT_ROWS)}
 ST_GF = ST["gF"]
 NHEAD = 2                   # per-head rows (zs::NHEAD): sigma, c
+STATE_SCALARS = ("m", "E", "P", "n")   # rows of the initial state's scalars the token kernels take (zs::S0_*)
 _CT = {"float32": "float", "float16": "wb_half", "bfloat16": "wb_bf16"}
 
 
@@ -204,37 +210,98 @@ def _at(a, offset: int = 0):
     return np.uint64(data_ptr(a) + offset * a.itemsize)
 
 
+@_dataclass(frozen=True)
+class Sequences:
+    """The packed sequences of one call and its initial state's scalars, as the token kernels take them:
+    ``cu`` (offsets, None: one sequence), ``st0`` (len(STATE_SCALARS), N, nseq) float32 or None."""
+    cu: Optional[tuple] = None
+    st0: object = None
+
+    @property
+    def nseq(self) -> int:
+        return 1 if self.cu is None else len(self.cu) - 1
+
+    def args(self) -> tuple:
+        """tseq, cu, nseq (the kernels' sequence arguments; null pointers for one sequence)."""
+        return packing.kernel_args(self.cu) + (np.int32(self.nseq),)
+
+    def sums(self, x):
+        """(..., T) -> (..., nseq) float64: x summed over each sequence."""
+        import cupy as cp
+        T = x.shape[-1]
+        ends = np.asarray(self.cu[1:] if self.cu is not None else (T,), np.int64) - 1
+        tot = cp.cumsum(x.astype(cp.float64), axis=-1)[..., cp.asarray(ends)]
+        return cp.concatenate([tot[..., :1], tot[..., 1:] - tot[..., :-1]], axis=-1)
+
+
+ONE_SEQUENCE = Sequences()
+
+
+@_dataclass
+class FinalStats:
+    """The statistics after each sequence's last token (N, nseq): running max M, E (relative to M), P (float64,
+    of s itself) and the count n."""
+    M: object
+    E: object
+    P: object
+    n: object
+
+
 @_dataclass
 class ForwardStats:
-    """Per-token statistics (zeros_ftoken): st (NST, N, T) float32 rows m, E, P - n c, alpha, beta, gamma, u, gF;
-    head (NHEAD, N) float32 rows sigma (the power of two >= max(1, max |s - c|)) and c ((min s + max s) / 2)."""
+    """Per-token statistics (zeros_ftoken): st (NST, N, T) float32 rows m, E, P - n c, alpha, beta, gamma, u, gF, n;
+    head (NHEAD, N) float32 rows sigma (the power of two >= max(1, max |s - c|)) and c ((min s + max s) / 2);
+    fin: FinalStats or None."""
     st: object
     head: object
+    fin: Optional[FinalStats] = None
 
 
-def forward_stats(s, gates, v, causal, vF=None, vG=None, ldG=0, vH=None, ldH=0) -> ForwardStats:
+def _final_stats(cp, N, nseq) -> FinalStats:
+    return FinalStats(*(new_output(cp, (N, nseq), dt) for dt in (cp.float32, cp.float32, cp.float64, cp.float32)))
+
+
+def forward_stats(s, gates, v, causal, vF=None, vG=None, ldG=0, vH=None, ldH=0, seqs: Sequences = ONE_SEQUENCE,
+                  want_final=False) -> ForwardStats:
     """The three forward scan kernels; when vF is given, also writes the stream values vF = u v,
-    vG = ((s - c)/sigma) v and (when vH is given) vH = v, at leading dimensions Dv, ldG, ldH."""
+    vG = ((s - c)/sigma) v and (when vH is given) vH = v, at leading dimensions Dv, ldG, ldH.  ``seqs``: packed
+    sequences and the initial state's scalars; want_final (causal): the statistics after each sequence.  Not
+    causal with packed sequences, a causal statistics pass gives each sequence's totals first."""
     import cupy as cp
     N, T = s.shape
     dt = str(s.dtype)
     NC = -(-T // SCAN_CHUNK)
     i32 = np.int32
+    sq = seqs.args()
+    st0 = mma._ptr(seqs.st0)
     cM, cE, cLo, cHi = (new_output(cp, (N, NC), cp.float32) for _ in range(4))
     cP = new_output(cp, (N, NC), cp.float64)
+    cR = new_output(cp, (N, NC), cp.int32)
     launch(_zs(dt, f"zeros_fchunk<{_CT[dt]}>"), (-(-NC // SCAN_WARPS), N), (32 * SCAN_WARPS,),
-           (s, i32(T), i32(NC), cM, cE, cP, cLo, cHi))
+           (s, i32(T), i32(NC)) + sq + (st0, cM, cE, cP, cR, cLo, cHi))
     xM, xE = (new_output(cp, (N, NC), cp.float32) for _ in range(2))
     xP = new_output(cp, (N, NC), cp.float64)
     head = new_output(cp, (NHEAD, N), cp.float32)
-    launch(_zs(dt, f"zeros_fscan<{_flag(causal)}>"), (N,), (SCAN_THREADS,),
-           (cM, cE, cP, cLo, cHi, i32(NC), xM, xE, xP, head))
-    st = new_output(cp, (NST, N, T), cp.float32)
+    by_sequence = not causal and seqs.cu is not None          # not causal, packed: each sequence's totals
+    launch(_zs(dt, f"zeros_fscan<{_flag(causal or by_sequence)}>"), (N,), (SCAN_THREADS,),
+           (cM, cE, cP, cR, cLo, cHi, i32(NC), xM, xE, xP, head))
     Dv = v.shape[-1]
-    launch(_zs(dt, f"zeros_ftoken<{_CT[dt]}, {_flag(causal)}>"), (NC, N), (32 * SCAN_WARPS,),
-           (s, gates, v, i32(gates.shape[-1]), i32(T), i32(Dv), i32(NC), xM, xE, xP, head, st, mma._ptr(vF),
-            mma._ptr(vG), i32(ldG), mma._ptr(vH), i32(ldH)))
-    return ForwardStats(st, head)
+    null = np.uint64(0)
+
+    def token_pass(causal_pass, carries, st, fin, vF, vG, vH):
+        fin_args = (fin.M, fin.E, fin.P, fin.n) if fin is not None else (null,) * 4
+        launch(_zs(dt, f"zeros_ftoken<{_CT[dt]}, {_flag(causal_pass)}>"), (NC, N), (32 * SCAN_WARPS,),
+               (s, gates, v, i32(gates.shape[-1]), i32(T), i32(Dv), i32(NC)) + sq + (st0,) + carries
+               + (head, st, mma._ptr(vF), mma._ptr(vG), i32(ldG), mma._ptr(vH), i32(ldH)) + fin_args)
+
+    fin = _final_stats(cp, N, seqs.nseq) if (want_final and causal) or by_sequence else None
+    carries = (xM, xE, xP)
+    if by_sequence:
+        token_pass(True, carries, new_output(cp, (NST, N, T), cp.float32), fin, None, None, None)
+        carries, fin = (fin.M, fin.E, fin.P), None
+    st = new_output(cp, (NST, N, T), cp.float32)
+    token_pass(causal, carries, st, fin, vF, vG, vH)
+    return ForwardStats(st, head, fin)
 
 
 @_dataclass
@@ -259,9 +326,12 @@ def _gh_one_call(Dv: int) -> bool:
     return 2 * Dv <= mma.MAX_DIM
 
 
-def backward_scalars(dt, do, outs: Streams, gates, stats: ForwardStats, causal, inv_s, douts: Streams):
+def backward_scalars(dt, do, outs: Streams, gates, stats: ForwardStats, causal, inv_s, douts: Streams,
+                     seqs: Sequences = ONE_SEQUENCE, dfin=None, dn=None):
     """zeros_bchunk + zeros_bscan: the streams' output gradients (into douts), dgates, and the per-token
-    x, y with the chunk carries that zeros_bfinish needs.  Returns (dgates, xy, yR, yQ)."""
+    x, y with the chunk carries that zeros_bfinish needs (not causal with packed sequences: each sequence's
+    totals of x and y).  dfin: rows dE, dP (2, N, nseq) of the final state's gradient, or None; dn (N, T): the
+    per-token gradients of the count, written when given.  Returns (dgates, xy, yR, yQ)."""
     import cupy as cp
     N, T, Dv = do.shape
     NC = -(-T // SCAN_CHUNK)
@@ -270,13 +340,18 @@ def backward_scalars(dt, do, outs: Streams, gates, stats: ForwardStats, causal, 
     dgates = new_output(cp, gates.shape, gates.dtype)
     cR = new_output(cp, (N, NC), cp.float32)
     cQ = new_output(cp, (N, NC), cp.float64)
+    cF = new_output(cp, (N, NC), cp.int32)
     launch(_zs(dt, f"zeros_bchunk<{_CT[dt]}, {_flag(causal)}>"), (NC, N), (32 * SCAN_WARPS,),
            (do, outs.F, outs.g(), i32(outs.g_ld), outs.h(), i32(outs.h_ld), gates, i32(gates.shape[-1]), stats.st,
-            stats.head, i32(T), i32(Dv), i32(NC), np.float32(inv_s), douts.F, douts.g(), i32(douts.g_ld), douts.h(),
-            i32(douts.h_ld), xy, dgates, cR, cQ))
+            stats.head, i32(T), i32(Dv), i32(NC), np.float32(inv_s)) + seqs.args() + (mma._ptr(dfin),)
+           + (douts.F, douts.g(), i32(douts.g_ld), douts.h(), i32(douts.h_ld), xy, dgates, mma._ptr(dn), cR, cQ, cF))
+    if not causal and seqs.cu is not None:
+        tot = seqs.sums(xy)                                        # (2, N, nseq)
+        return dgates, xy, cp.ascontiguousarray(tot[0], dtype=cp.float32), cp.ascontiguousarray(tot[1])
     yR = new_output(cp, (N, NC), cp.float32)
     yQ = new_output(cp, (N, NC), cp.float64)
-    launch(_zs(dt, f"zeros_bscan<{_flag(causal)}>"), (N,), (SCAN_THREADS,), (cR, cQ, stats.st[0], i32(T), i32(NC), yR, yQ))
+    launch(_zs(dt, f"zeros_bscan<{_flag(causal)}>"), (N,), (SCAN_THREADS,),
+           (cR, cQ, cF, stats.st[0], i32(T), i32(NC), yR, yQ))
     return dgates, xy, yR, yQ
 
 
@@ -304,8 +379,20 @@ class CoreGrads:
     dv: Streams
 
 
-def finish(dt, s, v, stats: ForwardStats, xy, yR, yQ, g: CoreGrads, causal):
-    """zeros_bfinish: dq, dk, dv, ds in the input dtype."""
+@_dataclass
+class StateGrads:
+    """What zeros_bfinish needs for states: the final state's gradient rows dE, dP (2, N, nseq) and the
+    gradient mu of each final max (N, nseq) with the final maxima (or None: no final-state gradient); d0
+    (2, N, nseq) receives dE0, dP0 of the initial state (or None: none)."""
+    dfin: object = None
+    mu: object = None
+    finM: object = None
+    d0: object = None
+
+
+def finish(dt, s, v, stats: ForwardStats, xy, yR, yQ, g: CoreGrads, causal, seqs: Sequences = ONE_SEQUENCE,
+           sg: StateGrads = StateGrads()):
+    """zeros_bfinish: dq, dk, dv, ds in the input dtype (and sg.d0 when given)."""
     import cupy as cp
     N, T, Dv = v.shape
     Dk = g.dqF.shape[-1]
@@ -315,10 +402,11 @@ def finish(dt, s, v, stats: ForwardStats, xy, yR, yQ, g: CoreGrads, causal):
     dk = new_output(cp, (N, T, Dk), s.dtype)
     dv = new_output(cp, (N, T, Dv), s.dtype)
     ds = new_output(cp, (N, T), s.dtype)
+    p = mma._ptr
     launch(_zs(dt, f"zeros_bfinish<{_CT[dt]}, {_flag(causal)}>"), (NC, N), (32 * SCAN_WARPS,),
-           (stats.st, stats.head, xy, yR, yQ, s, v, g.dqF, g.dqG, mma._ptr(g.dqH), g.dkF, g.dkG, mma._ptr(g.dkH),
-            g.dv.F, g.dv.g(), i32(g.dv.g_ld), g.dv.h(), i32(g.dv.h_ld), i32(T), i32(Dk), i32(Dv), i32(NC), dq, dk, dv,
-            ds))
+           (stats.st, stats.head, xy, yR, yQ, s, v, g.dqF, g.dqG, p(g.dqH), g.dkF, g.dkG, p(g.dkH),
+            g.dv.F, g.dv.g(), i32(g.dv.g_ld), g.dv.h(), i32(g.dv.h_ld), i32(T), i32(Dk), i32(Dv), i32(NC))
+           + seqs.args() + (p(seqs.st0), p(sg.dfin), p(sg.mu), p(sg.finM), dq, dk, dv, ds, p(sg.d0)))
     return dq, dk, dv, ds
 
 
@@ -343,61 +431,142 @@ class _MMAContext:
     stats: ForwardStats
     outs: Streams            # the stored stream outputs oF', oG', oH'
     cores: tuple             # CoreContext of F, then of GH (one call) or of G and H
+    seqs: Sequences
+    state: Optional[ZeroSState]   # the initial state, or None
+    finF: object             # the final state's F (N, nseq, Dk, Dv), or None
+
+
+def _head(stats: ForwardStats):
+    """sigma and c of every head, shaped to scale (N, nseq, Dk, Dv) states."""
+    return stats.head[0][:, None, None, None], stats.head[1][:, None, None, None]
+
+
+def _f32(x):
+    import cupy as cp
+    return cp.ascontiguousarray(x, dtype=cp.float32)
+
+
+def _gh_operands(cp, g, h, one_call: bool) -> list:
+    """A G-call and an H-call state operand (N, nseq, Dk, Dv) as the core calls take them: side by side in one
+    array when G and H are one call, else apart."""
+    pair = [_f32(g), _f32(h)]
+    return [cp.concatenate(pair, axis=-1)] if one_call else pair
+
+
+def _state_scalars(cp, state):
+    return None if state is None else _f32(cp.stack([getattr(state, x) for x in STATE_SCALARS]))
 
 
 def _make_mma(split):
-    def forward(q, k, v, s, gates, causal=True):
+    def forward(q, k, v, s, gates, causal=True, initial_state=None, return_state=False, cu_seqlens=None):
         import cupy as cp
         N, T, Dv = v.shape
         dt = str(q.dtype)
         one_call = _gh_one_call(Dv)
+        seqs = Sequences(cu_seqlens, _state_scalars(cp, initial_state))
         vals = _stream_arrays(cp, N, T, Dv, q.dtype, one_call, h_given=v)
         stats = forward_stats(s, gates, v, causal, vals.F, vals.g(), vals.g_ld,
-                              vals.h() if one_call else None, vals.h_ld)
+                              vals.h() if one_call else None, vals.h_ld, seqs=seqs, want_final=return_state)
         so = output_scale(T)
         gF = stats.st[ST_GF] if causal else None
-        oF, cF = mma.forward(q, k, vals.F, gF, scale=so, causal=causal, split=split)
+        S0 = [None] * 3
+        if initial_state is not None:
+            sigma, c = _head(stats)
+            G0, H0 = initial_state.G, initial_state.H                # the G call runs on (s - c) / sigma
+            S0 = [_f32(initial_state.F)] + _gh_operands(cp, (G0 - c * H0) / sigma, H0, one_call)
+        call = dict(scale=so, causal=causal, split=split, want_final=return_state, cu=cu_seqlens)
+        oF, cF = mma.forward(q, k, vals.F, gF, S0=S0[0], **call)
         if one_call:
-            oGH, cGH = mma.forward(q, k, vals.G, None, scale=so, causal=causal, split=split)
+            oGH, cGH = mma.forward(q, k, vals.G, None, S0=S0[1], **call)
             outs, cores = Streams(oF, oGH, 0, 2 * Dv, oGH, Dv, 2 * Dv), (cF, cGH)
         else:
-            oG, cG = mma.forward(q, k, vals.G, None, scale=so, causal=causal, split=split)
-            oH, cH = mma.forward(q, k, v, None, scale=so, causal=causal, split=split)
+            oG, cG = mma.forward(q, k, vals.G, None, S0=S0[1], **call)
+            oH, cH = mma.forward(q, k, v, None, S0=S0[2], **call)
             outs, cores = Streams(oF, oG, 0, Dv, oH, 0, Dv), (cF, cG, cH)
         o = combine(dt, stats, outs, 1.0 / so)
-        return o, _MMAContext(s, v, gates, bool(causal), 1.0 / so, stats, outs, cores)
+        ctx = _MMAContext(s, v, gates, bool(causal), 1.0 / so, stats, outs, cores, seqs, initial_state,
+                          cF.final if return_state else None)
+        if not return_state:
+            return o, ctx
+        return (o, _final_state(stats, cores, Dv)), ctx
 
-    def backward(ctx, do):
+    def backward(ctx, do, dfinal=None):
         import cupy as cp
         v = ctx.v
         N, T, Dv = v.shape
         dt = str(v.dtype)
         do = cp.ascontiguousarray(do, dtype=v.dtype)
         one_call = len(ctx.cores) == 2
+        seqs, stats, st0 = ctx.seqs, ctx.stats, ctx.state
         douts = _stream_arrays(cp, N, T, Dv, v.dtype, one_call)
-        dgates, xy, yR, yQ = backward_scalars(dt, do, ctx.outs, ctx.gates, ctx.stats, ctx.causal, ctx.inv_s, douts)
-        dqF, dkF, dvF, _, _ = mma.backward(ctx.cores[0], douts.F, want_dg=False)     # d gF is not needed (m held fixed)
+        sg = StateGrads(d0=new_output(cp, (2, N, seqs.nseq), cp.float32) if st0 is not None else None)
+        dST = [None] * 3
+        if dfinal is not None:
+            sigma, c = _head(stats)
+            # G = sigma S_G + c S_H, H = S_H: dS_G = sigma dG, dS_H = c dG + dH, divided by 4 sigma as the core's
+            # G and H gradients are (zeros_bchunk)
+            dST = [_f32(dfinal.F)] + _gh_operands(cp, dfinal.G / 4, (c * dfinal.G + dfinal.H) / (4 * sigma), one_call)
+            mu = dfinal.m - stats.fin.E * dfinal.E - (ctx.finF * dfinal.F).sum(axis=(-2, -1))
+            sg = StateGrads(_f32(cp.stack([dfinal.E, dfinal.P])), _f32(mu), stats.fin.M, sg.d0)
+        dn = new_output(cp, (N, T), cp.float32) if st0 is not None else None
+        dgates, xy, yR, yQ = backward_scalars(dt, do, ctx.outs, ctx.gates, stats, ctx.causal, ctx.inv_s, douts,
+                                              seqs=seqs, dfin=sg.dfin, dn=dn)
+        dqF, dkF, dvF, _, dS0F = mma.backward(ctx.cores[0], douts.F, dST[0], want_dg=False)  # d gF: m held fixed
         if one_call:
-            dqG, dkG, dvGH, _, _ = mma.backward(ctx.cores[1], douts.G)
+            dqG, dkG, dvGH, _, dS0GH = mma.backward(ctx.cores[1], douts.G, dST[1])
             grads = CoreGrads(dqF, dkF, dqG, dkG, None, None, Streams(dvF, dvGH, 0, 2 * Dv, dvGH, Dv, 2 * Dv))
+            dS0G, dS0H = (None, None) if dS0GH is None else (dS0GH[..., :Dv], dS0GH[..., Dv:])
         else:
-            dqG, dkG, dvG, _, _ = mma.backward(ctx.cores[1], douts.G)
-            dqH, dkH, dvH, _, _ = mma.backward(ctx.cores[2], douts.H)
+            dqG, dkG, dvG, _, dS0G = mma.backward(ctx.cores[1], douts.G, dST[1])
+            dqH, dkH, dvH, _, dS0H = mma.backward(ctx.cores[2], douts.H, dST[2])
             grads = CoreGrads(dqF, dkF, dqG, dkG, dqH, dkH, Streams(dvF, dvG, 0, Dv, dvH, 0, Dv))
-        dq, dk, dv, ds = finish(dt, ctx.s, v, ctx.stats, xy, yR, yQ, grads, ctx.causal)
-        return dq, dk, dv, ds, dgates
+        dq, dk, dv, ds = finish(dt, ctx.s, v, stats, xy, yR, yQ, grads, ctx.causal, seqs, sg)
+        out = (dq, dk, dv, ds, dgates)
+        if st0 is None:
+            return out
+        return out + (_initial_state_grad(cp, ctx, dfinal, sg, dn, dS0F, dS0G, dS0H),)
 
     return forward, backward
+
+
+def _final_state(stats: ForwardStats, cores, Dv) -> ZeroSState:
+    """The state after each sequence: the statistics, F from the F call, G = sigma S_G + c S_H and H = S_H from
+    the G and H calls."""
+    fin = stats.fin
+    SG, SH = (cores[1].final[..., :Dv], cores[1].final[..., Dv:]) if len(cores) == 2 else (cores[1].final,
+                                                                                          cores[2].final)
+    sigma, c = _head(stats)
+    return ZeroSState(*(_f32(x) for x in (fin.M, fin.E, fin.P, fin.n, cores[0].final, sigma * SG + c * SH, SH)))
+
+
+def _initial_state_grad(cp, ctx: _MMAContext, dfinal, sg: StateGrads, dn, dS0F, dS0G, dS0H) -> ZeroSState:
+    """The initial state's gradient (the reference's formulas, workbench/reference/zeros.py): dE0, dP0 from
+    zeros_bfinish; dF0 from the F call; dG0 = 4 dS_G and dH0 = 4 sigma dS_H - 4 c dS_G from the G and H calls
+    (their gradients are divided by 4 sigma, and S_G = (G - c H) / sigma); dn0 = the sequence's sum of dn_t
+    (+ dn); dm0 = E0 dE0 + <F0, dF0>, plus the final max's gradient when the initial max is the final one."""
+    st0 = ctx.state
+    sigma, c = _head(ctx.stats)
+    dE0, dP0 = sg.d0[0], sg.d0[1]
+    dF0 = dS0F
+    dG0 = 4 * dS0G
+    dH0 = 4 * sigma * dS0H - 4 * c * dS0G
+    dn0 = ctx.seqs.sums(dn)
+    dm0 = st0.E * dE0 + (st0.F * dF0).sum(axis=(-2, -1))
+    if dfinal is not None:
+        dn0 = dn0 + dfinal.n
+        dm0 = dm0 + cp.where(st0.m == sg.finM, sg.mu, 0)
+    return ZeroSState(*(_f32(x) for x in (dm0, dE0, dP0, dn0, dF0, dG0, dH0)))
 
 
 _f, _bw = _make_mma(3)
 register(Variant("zeros", "cupy", "chunked_mma", _f, _bw, dtypes=("float32", "float16", "bfloat16"),
                  array_kind="cupy", gpu=True, default=True, supports=_supports_mma, form="linear",
+                 features=frozenset({"state", "packed"}),
                  description="parallel scans + the tensor-core chunk core: F (decayed by the running max) and "
                              "[G, H] in two core calls; float32 as 3xTF32"))
 _f, _bw = _make_mma(1)
 register(Variant("zeros", "cupy", "chunked_mma_tf32", _f, _bw, dtypes=("float32",), array_kind="cupy", gpu=True,
-                 supports=_supports_mma, form="linear", tags=("tf32",),
+                 supports=_supports_mma, form="linear", tags=("tf32",), features=frozenset({"state", "packed"}),
                  description="cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, opt-in)"))
 
 
@@ -535,10 +704,12 @@ def _fused_backward(ctx: _FusedContext, do):
     xy = new_output(cp, (2, N, T), cp.float32)
     dgates = new_output(cp, gates.shape, gates.dtype)
     cR, cQ = new_output(cp, (N, NC), cp.float32), new_output(cp, (N, NC), cp.float64)
+    cF = new_output(cp, (N, NC), cp.int32)
     launch(_zs(dt, f"zeros_fused_bscalar<{ct}, {c}>"), (NC, N), (32 * SCAN_WARPS,),
-           (rd, i32(ntk), gates, i32(gates.shape[-1]), stats.st, i32(T), i32(NC), xy, dgates, cR, cQ))
+           (rd, i32(ntk), gates, i32(gates.shape[-1]), stats.st, i32(T), i32(NC), xy, dgates, cR, cQ, cF))
     yR, yQ = new_output(cp, (N, NC), cp.float32), new_output(cp, (N, NC), cp.float64)
-    launch(_zs(dt, f"zeros_bscan<{c}>"), (N,), (SCAN_THREADS,), (cR, cQ, stats.st[ST["m"]], i32(T), i32(NC), yR, yQ))
+    launch(_zs(dt, f"zeros_bscan<{c}>"), (N,), (SCAN_THREADS,),
+           (cR, cQ, cF, stats.st[ST["m"]], i32(T), i32(NC), yR, yQ))
     ds = new_output(cp, s.shape, s.dtype)
     launch(_zs(dt, f"zeros_fused_bds<{ct}, {c}>"), (NC, N), (32 * SCAN_WARPS,),
            (stats.st, xy, yR, yQ, dsp, i32(ntv), i32(T), i32(NC), ds))

@@ -87,3 +87,19 @@ def test_parallel_check_gives_the_same_cells_in_the_same_order(tmp_path):
     assert len(a) == len(b) > 4
     strip = lambda c: {k: v for k, v in c.items() if k != "seconds"}      # noqa: E731
     assert [strip(c) for c in a] == [strip(c) for c in b]
+
+
+def test_plan_leaves_out_the_cells_a_variant_refuses(monkeypatch):
+    """The GPU sweep plans no cell the op would refuse for that variant (the tf32 linear variant with normalize,
+    the tensor-core one at head dim 128 with normalize: Dv + 1 columns), and says how many it left out and why."""
+    import kernels.cupy  # noqa: F401  (registers the cupy variants)
+    from workbench import backends as be
+    monkeypatch.setattr(be, "status", lambda b: (True, "pretend"))
+    cells, notes = check.plan(ops=("linear",), backends_=("cupy:chunked_mma_tf32", "cupy:chunked_mma"))
+    tf32 = [c for c in cells if c[0].key == "cupy:chunked_mma_tf32"]
+    mma = [c for c in cells if c[0].key == "cupy:chunked_mma"]
+    assert tf32 and not any(c[5].get("normalize") for c in tf32)
+    assert any(c[5].get("normalize") for c in mma)
+    assert not any(c[5].get("normalize") and c[1].Dv + 1 > 128 for c in mma)
+    assert any(c[1].Dv == 128 for c in mma)                       # without normalize it is checked there
+    assert any("not checked" in n and "normalize=True needs cupy:chunked_mma" in n for n in notes), notes

@@ -268,7 +268,7 @@ def test_fa2_packed_equals_one_call_per_sequence(variant):
                              backend=f"cupy:{variant}")
             parts.append([host(o)] + [host(g) for g in pull(do[:, a:b])])
         for name, x, pieces in zip(("o", "dq", "dk", "dv"), packed, zip(*parts)):
-            assert rel(x, np.concatenate(pieces, 1)) < tol(variant, dtype), (causal, name)
+            assert rel_error(x, np.concatenate(pieces, 1)) < tol(variant, dtype), (causal, name)
 
 
 @gpu

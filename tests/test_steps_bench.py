@@ -134,7 +134,11 @@ def test_decode_and_packed_grids_on_the_gpu():
             assert r["rel_err"] < tol[r["dtype"]], r
     pk = replace(G.GRIDS["packed"], mixes={"awkward": (1, 63, 64, 65, 700)}, ops=("linear", "decayed"), target_ms=5.0)
     rows = harness.run_grid(pk, ceil, echo=None)["results"]
-    assert rows and all(r["status"] == "ok" for r in rows), [(r["line"], r["note"]) for r in rows if r["status"] != "ok"]
+    # a variant that does not take the dtype (the tf32 one in float16) is a skip row; nothing may fail
+    assert rows and all(r["status"] in ("ok", "skip") for r in rows), \
+        [(r["line"], r["note"]) for r in rows if r["status"] not in ("ok", "skip")]
+    assert all("not supported" in r["note"] for r in rows if r["status"] == "skip")
+    assert {r["dtype"] for r in rows if r["status"] == "ok"} == set(pk.dtypes)
     for r in rows:
-        if r["layout"] == "packed":
+        if r["layout"] == "packed" and r["status"] == "ok":
             assert r["rel_err"] < 2e-3 and r["vs_single"] > 0, r

@@ -87,7 +87,8 @@ def _errors(op, options, inkw, dtype, lead, Dk, Dv, seed=0, transform=None):
     errs = {"o": rel_error(o, ref)}
     errs.update({f"final.{n}": rel_error(x, getattr(ref_fin, n)) for n, x in wst.fields(fin).items()})
     for n, x in wst.fields(st0).items():                                  # double-buffered: init untouched
-        np.testing.assert_array_equal(np.asarray(x), getattr(init, n), err_msg=f"state field {n} was modified")
+        np.testing.assert_array_equal(x.get() if hasattr(x, "get") else np.asarray(x), getattr(init, n),
+                                      err_msg=f"state field {n} was modified")
     return errs
 
 

@@ -361,7 +361,7 @@ def plan(ops=(), backends_=(), quick=False, full=False, dtypes=()) -> tuple:
     against it.  No cells when nothing but the
     finite differences would run and the reference itself was not chosen."""
     variants, notes = select_variants(ops, backends_)
-    cells, fd = [], []
+    cells, fd, refused = [], [], {}
     for op in dict.fromkeys(v.op for v in variants):
         reference = _variant(op, REFERENCE, "float64")
         fd += [(reference, FD_SHAPE, "float64", causal, label, extra, "fd")
@@ -383,10 +383,21 @@ def plan(ops=(), backends_=(), quick=False, full=False, dtypes=()) -> tuple:
                         if extra.get("normalize") and shape.T < 2:
                             # o = A v / (A + eps) at T=1: dq, dk vanish up to eps, relative error is noise
                             continue
+                        why = v.unsupported_reason(dict(extra, causal=causal), _arg_shapes(v.op, shape))
+                        if why:                  # the op refuses these inputs for this variant: nothing to check
+                            refused[why] = refused.get(why, 0) + 1
+                            continue
                         cells.append((v, shape, dtype, causal, label, extra, "compare"))
+    notes += [f"not checked: {n} cell(s) the variant refuses: {why}" for why, n in refused.items()]
     if not cells and not any(v.key == REFERENCE for v in variants):
         return [], notes
     return sorted(fd + cells, key=lambda c: c[0].op), notes        # stable: per op, fd cells first
+
+
+def _arg_shapes(op: str, shape) -> dict:
+    """The argument shapes of a cell, as the ops layer passes them to ``Variant.unsupported_reason``."""
+    lead, Dv = tuple(shape.lead), shape.Dv if shape.Dv is not None else shape.Dk
+    return {"q": (*lead, shape.T, shape.Dk), "k": (*lead, shape.T, shape.Dk), "v": (*lead, shape.T, Dv)}
 
 
 def run_cell(v, shape, dtype, causal, label, extra, kind="compare", seed=0) -> Cell:

@@ -153,9 +153,11 @@ def _state_from_core(S, normalize):
 def _mma_forward(split, q, k, v, causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6,
                  initial_state=None, return_state=False, cu_seqlens=None):
     import cupy as cp
-    # normalize with bfloat16: the backward's [do/den, -(do.o)/den] against [v, 1] cancels to ~1/10 of
-    # its terms, beyond bfloat16's 8 bits (dq 3.5e-2 on the emulated kernels): the core runs in float32
-    dt = np.dtype(np.float32) if (normalize and str(q.dtype) == "bfloat16") else q.dtype
+    # normalize runs the core in float32 for 16-bit inputs: with bfloat16 the backward's [do/den, -(do.o)/den]
+    # against [v, 1] cancels to ~1/10 of its terms, beyond bfloat16's 8 bits (dq 3.5e-2 on the emulated
+    # kernels); with float16 the denominator column (a sum of phi(q).phi(k) over the window, 7.6e4 at T = 1024
+    # with elu1 and unit-normal inputs) overflows the float16 output (H200 check: errors 0.1-1.0 at T >= 1024)
+    dt = np.dtype(np.float32) if (normalize and str(q.dtype) in ("bfloat16", "float16")) else q.dtype
     if feature_map == "identity":
         Q, K = q.astype(dt, copy=False), k.astype(dt, copy=False)
     else:

@@ -298,7 +298,7 @@ FA2_SPECS = (
                         "atomics (not bitwise deterministic)"),
     Fa2Spec("fa2_det", ("float16", "bfloat16"), "h", deterministic=True,
             description="cupy:fa2's forward with flash_mma's deterministic two-kernel backward"),
-    Fa2Spec("fa2_3xtf32", ("float32",), "tf", split=3,
+    Fa2Spec("fa2_3xtf32", ("float32",), "tf", split=3, default_for=("float32",),
             description="cupy:fa2 for float32 on TF32 tensor cores (m16n8k8), every product split 3xTF32 "
                         "(hi.hi + hi.lo + lo.hi): float32 accuracy"),
     Fa2Spec("fa2_tf32", ("float32",), "tf", split=1, tags=("tf32",),

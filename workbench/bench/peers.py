@@ -69,7 +69,14 @@ def _torch():
 
 
 def _cuda(a: np.ndarray, grad: bool = True):
-    t = _torch().from_numpy(np.ascontiguousarray(a)).to(DEVICE)
+    """A NumPy array as a torch tensor on the device; bfloat16 (ml_dtypes, which torch cannot convert) moves
+    as its 16-bit patterns and is reinterpreted as torch.bfloat16, bit for bit."""
+    torch = _torch()
+    a = np.ascontiguousarray(a)
+    if a.dtype.name == "bfloat16":
+        t = torch.from_numpy(a.view(np.uint16).view(np.int16)).view(torch.bfloat16).to(DEVICE)
+    else:
+        t = torch.from_numpy(a).to(DEVICE)
     return t.requires_grad_(grad)
 
 

@@ -135,14 +135,21 @@ def test_zeros_gradient_of_the_running_max(where):
     rng = np.random.default_rng(8)
     dout = rng.standard_normal((*lead, T, 3))
     dfin = wst.map_state(lambda a: rng.standard_normal(a.shape), init)
+    _assert_zeros_matches_explicit((q, k, v, s, gates), init, dout, dfin, cu)
+
+
+def _assert_zeros_matches_explicit(arrays, init, dout, dfin, cu=None):
+    """numba:chunked against numpy:explicit with an initial state and the final state's gradient: output, final
+    state, every gradient and the initial state's, float64, to 1e-12."""
     got, want = [], []
     for backend, res in (("numba:chunked", got), ("numpy:explicit", want)):
-        (o, fin), pb = wb.vjp(wb.zeros_attention, q, k, v, s, gates, initial_state=init, return_state=True,
+        (o, fin), pb = wb.vjp(wb.zeros_attention, *arrays, initial_state=init, return_state=True,
                               cu_seqlens=cu, backend=backend)
         g = pb(dout, dfin)
-        res += [o, *g[:-1]] + list(wst.fields(fin).values()) + list(wst.fields(g[-1]).values())
-    for i, (a, b) in enumerate(zip(got, want)):
-        assert np.isfinite(a).all() and check.rel_error(a, b) < 1e-12, (i, check.rel_error(a, b))
+        res += [("out", o)] + [(f"final.{n}", x) for n, x in wst.fields(fin).items()]
+        res += [(f"d{i}", x) for i, x in enumerate(g[:-1])] + [(f"dinit.{n}", x) for n, x in wst.fields(g[-1]).items()]
+    for (name, a), (_, b) in zip(got, want):
+        assert np.isfinite(a).all() and check.rel_error(a, b) < 1e-12, (name, check.rel_error(a, b))
 
 
 @pytest.mark.parametrize("scan_threads,T", [(3, 19), (2, 24)])
@@ -159,12 +166,4 @@ def test_zeros_final_max_in_the_last_run_of_the_finish_scan(scan_threads, T, mon
     rng = np.random.default_rng(4)
     dout = rng.standard_normal((*lead, T, 7))
     dfin = wst.map_state(lambda a: rng.standard_normal(a.shape), init)
-    got, want = [], []
-    for backend, res in (("numba:chunked", got), ("numpy:explicit", want)):
-        (o, fin), pb = wb.vjp(wb.zeros_attention, q, k, v, s, gates, initial_state=init, return_state=True,
-                              backend=backend)
-        g = pb(dout, dfin)
-        res += [("out", o)] + [(f"d{i}", x) for i, x in enumerate(g[:-1])]
-        res += [(f"dinit.{n}", x) for n, x in wst.fields(g[-1]).items()]
-    for (name, a), (_, b) in zip(got, want):
-        assert np.isfinite(a).all() and check.rel_error(a, b) < 1e-12, (name, check.rel_error(a, b))
+    _assert_zeros_matches_explicit((q, k, v, s, gates), init, dout, dfin)

@@ -135,11 +135,35 @@ def test_zeros_gradient_of_the_running_max(where):
     rng = np.random.default_rng(8)
     dout = rng.standard_normal((*lead, T, 3))
     dfin = wst.map_state(lambda a: rng.standard_normal(a.shape), init)
+    _assert_zeros_matches_explicit((q, k, v, s, gates), init, dout, dfin, cu)
+
+
+def _assert_zeros_matches_explicit(arrays, init, dout, dfin, cu=None):
+    """numba:chunked against numpy:explicit with an initial state and the final state's gradient: output, final
+    state, every gradient and the initial state's, float64, to 1e-12."""
     got, want = [], []
     for backend, res in (("numba:chunked", got), ("numpy:explicit", want)):
-        (o, fin), pb = wb.vjp(wb.zeros_attention, q, k, v, s, gates, initial_state=init, return_state=True,
+        (o, fin), pb = wb.vjp(wb.zeros_attention, *arrays, initial_state=init, return_state=True,
                               cu_seqlens=cu, backend=backend)
         g = pb(dout, dfin)
-        res += [o, *g[:-1]] + list(wst.fields(fin).values()) + list(wst.fields(g[-1]).values())
-    for i, (a, b) in enumerate(zip(got, want)):
-        assert np.isfinite(a).all() and check.rel_error(a, b) < 1e-12, (i, check.rel_error(a, b))
+        res += [("out", o)] + [(f"final.{n}", x) for n, x in wst.fields(fin).items()]
+        res += [(f"d{i}", x) for i, x in enumerate(g[:-1])] + [(f"dinit.{n}", x) for n, x in wst.fields(g[-1]).items()]
+    for (name, a), (_, b) in zip(got, want):
+        assert np.isfinite(a).all() and check.rel_error(a, b) < 1e-12, (name, check.rel_error(a, b))
+
+
+@pytest.mark.parametrize("scan_threads,T", [(3, 19), (2, 24)])
+def test_zeros_final_max_in_the_last_run_of_the_finish_scan(scan_threads, T, monkeypatch):
+    """The finish scan's runs hold several rows each (T = 19 over 3 threads: runs of 7, 7, 5) and the running
+    max rises inside the last run (s at the last row is the maximum): the final state's dE enters relative to
+    m_{T-1} and must be rescaled to the last run's first row before it reaches the earlier runs -- ds of every
+    earlier row and the initial state's dE, dm against numpy:explicit, float64, one sequence."""
+    monkeypatch.setattr(nz, "SCAN_THREADS", scan_threads)
+    lead = (2,)
+    q, k, v, s, gates = random_inputs("zeros", lead, T, 5, 7, "float64", seed=3)
+    s[:, -1] = 4.0
+    init = random_state("zeros", lead, 5, 7, seed=3)
+    rng = np.random.default_rng(4)
+    dout = rng.standard_normal((*lead, T, 7))
+    dfin = wst.map_state(lambda a: rng.standard_normal(a.shape), init)
+    _assert_zeros_matches_explicit((q, k, v, s, gates), init, dout, dfin)

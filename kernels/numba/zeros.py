@@ -437,9 +437,8 @@ def _finish_kernel(NT, acc):
                 if causal:
                     sX[w] = X                      # X, Y at the first row after run w
                     sY[w] = Y
-                    if wlo < whi:
-                        if whi < T:
-                            X *= math.exp(st[n, wlo, 0] - st[n, whi, 0])
+                    if wlo < whi:                  # X at whi is relative to m_whi (the seed's: to m_{T-1})
+                        X *= math.exp(st[n, wlo, 0] - st[n, min(whi, T - 1), 0])
                         X += Xw
                         Y += Yw
                 else:

@@ -103,3 +103,34 @@ def test_plan_leaves_out_the_cells_a_variant_refuses(monkeypatch):
     assert not any(c[5].get("normalize") and c[1].Dv + 1 > 128 for c in mma)
     assert any(c[1].Dv == 128 for c in mma)                       # without normalize it is checked there
     assert any("not checked" in n and "normalize=True needs cupy:chunked_mma" in n for n in notes), notes
+
+
+@pytest.fixture
+def exact_bfloat16_variant():
+    """A zeros variant for bfloat16 inputs that computes exactly (the float64 reference on the inputs it gets)."""
+    from workbench.opspec import SPECS
+    from workbench.reference import zeros
+
+    def fwd(*args, **kw):
+        return zeros.explicit_forward(*(np.asarray(a, np.float64) for a in args), **kw)
+
+    def bwd(ctx, do, *dfinal):
+        return zeros.explicit_backward(ctx, np.asarray(do, np.float64), *dfinal)
+    v = registry.register(registry.Variant("zeros", "numpy", "exact_bf16", fwd, bwd, dtypes=("bfloat16",),
+                                           features=frozenset(SPECS["zeros"].features)))
+    yield v
+    registry.unregister("zeros", "numpy", "exact_bf16")
+
+
+def test_bfloat16_cells_compare_with_the_reference_on_the_rounded_inputs(exact_bfloat16_variant):
+    """Cell inputs are float16-exact; bfloat16 rounds them further.  The reference runs on the inputs as the
+    variant gets them: an exact variant shows no error, even in ZeroS's final P = P0 + sum s (T = 130: the sum
+    cancels, and on the unrounded inputs it is off by about 0.1)."""
+    pytest.importorskip("ml_dtypes")
+    cell = check.compare("zeros", "numpy:exact_bf16", (2,), 130, 64, 64, "bfloat16", causal=True, state=True)
+    errors = {k: e for k, e in cell.items() if isinstance(e, float) and k not in ("tol", "seconds")}
+    assert "final.P" in errors and max(errors.values()) < 1e-9, errors
+    cin = check.cell_inputs("zeros", (2,), 130, 64, 64, causal=True, state=True)
+    assert check._as_seen(cin, check._caster("float16"), "float16") is cin
+    seen = check._as_seen(cin, check._caster("bfloat16"), "bfloat16")
+    assert seen.key != cin.key and not np.array_equal(seen.arrays[3], cin.arrays[3])

@@ -198,8 +198,22 @@ def cell_inputs(op: str, lead=(2,), T=16, Dk=8, Dv=None, options=None, seed=0, n
 
 
 def _half_exact(a):
-    """float64 values that float16 (and so every dtype) represents exactly."""
+    """float64 values that float16 (and so float32 and float64) represents exactly; bfloat16 (8 significant
+    bits) does not: ``_as_seen``."""
     return a.astype(np.float16).astype(np.float64)
+
+
+def _as_seen(cin: CellInputs, cast, dtype: str) -> CellInputs:
+    """The cell's inputs as a variant run in ``dtype`` receives them: the arrays and ``dout`` rounded through
+    ``cast`` (bfloat16 rounds float16's 11 significant bits to 8), so the reference is computed on the very
+    inputs the variant gets and the errors measure the variant, not the input rounding (a sum with
+    cancellation, like ZeroS's P = P0 + sum s, would otherwise show the rounding many times magnified).
+    ``cin`` itself when ``dtype`` represents them exactly.  The state is float32 (``state_dtype``): exact."""
+    seen = tuple(_to_float64(cast(a)) for a in cin.arrays)
+    dout = _to_float64(cast(cin.dout))
+    if all(np.array_equal(x, a) for x, a in zip(seen, cin.arrays)) and np.array_equal(dout, cin.dout):
+        return cin
+    return dataclasses.replace(cin, arrays=seen, dout=dout, key=cin.key + (dtype,))
 
 
 def _variant(op: str, backend_key: str, dtype: str) -> registry.Variant:
@@ -228,10 +242,11 @@ def compare(op: str, backend_key: str, lead=(2,), T=16, Dk=8, Dv=None, dtype="fl
     keyword options (defaults filled in); ``causal`` overrides options'.  ``state``: an initial state in, the
     final state out and its gradient back; ``packed``: sequences packed with ``inputs.packed_lengths(T)``.
     """
-    cin = cell_inputs(op, lead, T, Dk, Dv, options, seed, n_gates, log_decay_range, causal, state, packed)
+    cast = _caster(dtype)
+    cin = _as_seen(cell_inputs(op, lead, T, Dk, Dv, options, seed, n_gates, log_decay_range, causal, state, packed),
+                   cast, dtype)
     ref_out, ref_grads = _reference(op, cin)
 
-    cast = _caster(dtype)
     t0 = time.perf_counter()
     with backends.poisoned():          # unwritten output elements show up as NaN
         out, pullback = vjp(PUBLIC_OPS[op], *[cast(a) for a in cin.arrays], backend=backend_key, **cin.options,

@@ -32,6 +32,13 @@ def small_tiles(monkeypatch):
 
 
 
+@pytest.fixture
+def default_tiles(monkeypatch):
+    """The GPU's tile sizes again (after small_tiles, an autouse fixture, shrank them)."""
+    for key, val in DEFAULT_TILES.items():
+        monkeypatch.setitem(numba_softmax.CONFIG, key, val)
+
+
 def run_case(variant, lead, T, Dk, Dv, dtype, causal, scale=None, seed=0):
     q, k, v = random_inputs("softmax", lead=lead, T=T, Dk=Dk, Dv=Dv, dtype=dtype, seed=seed)
     do = np.random.default_rng(seed + 1).standard_normal((*lead, T, Dv)).astype(dtype)
@@ -72,10 +79,8 @@ def test_flash_longer_sequence_matches_naive():
 
 
 @pytest.mark.parametrize("D,itemsize", [(64, 4), (128, 4), (64, 8), (256, 8)])
-def test_tiles_fit_static_shared_memory(D, itemsize, monkeypatch):
+def test_tiles_fit_static_shared_memory(D, itemsize, default_tiles):
     """With the default tiles, every flash kernel's static shared memory stays under the 48 KB limit."""
-    for key, val in DEFAULT_TILES.items():
-        monkeypatch.setitem(numba_softmax.CONFIG, key, val)
     tl = numba_softmax._tiles(D, itemsize)
     own, tile = (2 * D + 2) * itemsize, 2 * D * itemsize
     limit = numba_softmax.SHARED_BYTES
@@ -102,10 +107,8 @@ def test_unsupported_head_dim_is_a_clear_error():
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["naive", "flash"])
 @pytest.mark.parametrize("causal", [True, False])
-def test_gpu_real_tiles(variant, causal, monkeypatch):
+def test_gpu_real_tiles(variant, causal, default_tiles):
     """On a GPU: default tiles, T not a multiple of 64, head dims 64 and 128 and odd."""
-    for key, val in DEFAULT_TILES.items():
-        monkeypatch.setitem(numba_softmax.CONFIG, key, val)
     for T, Dk, Dv in [(127, 64, 64), (200, 128, 128), (65, 80, 48)]:
         run_case(variant, (2,), T, Dk, Dv, "float32", causal)
 
@@ -160,8 +163,6 @@ def test_packed_is_declared():
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", ["naive", "flash"])
 @pytest.mark.parametrize("causal", [True, False])
-def test_gpu_packed_real_tiles(variant, causal, monkeypatch):
+def test_gpu_packed_real_tiles(variant, causal, default_tiles):
     """On a GPU: default tiles, lengths 1, 63, 64, 65 at D = 64, float32."""
-    for key, val in DEFAULT_TILES.items():
-        monkeypatch.setitem(numba_softmax.CONFIG, key, val)
     packed_case(variant, (1, 63, 64, 65), causal, 64, 64, "float32")

@@ -22,10 +22,21 @@ flash  -- forward: a block of BQ threads (BQ query rows) stages key/value tiles 
           loop stops at the block's last query row (tiles above the diagonal are never loaded); inside the
           diagonal tile each thread's own bound j <= t applies.  Backward: D kernel; a dk/dv kernel over key
           tiles (thread = key row, its k_i, v_i in padded shared rows, dk_i, dv_i in local arrays) that
-          streams query tiles (q, do, lse, D staged in shared; causal: from the tile holding the block's first
-          key); and a separate dq kernel over query tiles that streams key tiles.  Why a second kernel rather
+          streams query tiles (q, do, lse, D staged in shared; causal: starting at the block's first key
+          row); and a separate dq kernel over query tiles that streams key tiles.  Why a second kernel rather
           than atomics for dq: deterministic results, no float64 atomics contention, and each kernel writes
           its rows once; the price is recomputing q.k and do.v once more (7 instead of 5 T^2 D products).
+
+Packed sequences (``cu_seqlens``, offsets into the T axis; registry feature "packed").  Every kernel gets
+three run-time arguments: ``tseq`` (T,) int32, the sequence of each position, ``cu`` (nseq + 1,) int32, the
+offsets, and ``packed`` (False: one sequence, the arrays are one-element stand-ins never read).  Row t of
+sequence [a, b) attends to the keys [a, t + 1) (causal) or [a, b); key i is seen by the query rows [i, b) or
+[a, b) (``_windows``).  The math above holds unchanged inside each window (the gradients are the usual ones
+with p_ti = 0 outside it).  naive: each thread loops over its own window.  flash: a block loads only the
+tiles between its first row's window start and its last row's window end (both grow with the row), the
+tiles starting at that first position; each thread cuts the first and last tiles to its own window, so a
+block of rows from several sequences masks per thread, and tiles outside every row's sequence are never
+loaded.  One sequence (no cu_seqlens, or cu = (0, T)) runs the same kernels with ``packed`` False.
 
 Accumulation is float32 for float32 inputs, float64 for float64.  Kernels are compiled once per head-dim
 bucket DB (``_jit.BUCKETS``: 64, 128, 256) and dtype, cached on disk (kernels/numba/_jit.py): the head
@@ -40,12 +51,14 @@ import functools
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from numba import cuda
 
 from ._arrays import DeviceIO, Saved, register_variant
-from ._jit import (bucket, cdiv, group, kernel, nb_type, row_axpy, row_dot, row_store, tile_axpy, tile_dot,
-                   tile_loader, work_dtype)
+from . import _chunked
+from ._jit import (bucket, cdiv, device, group, kernel, nb_type, row_axpy, row_dot, row_store, tile_axpy,
+                   tile_dot, tile_loader, work_dtype)
 
 CONFIG = {"block_q": 64, "block_k": 64, "block_kv": 32, "block_q_bwd": 32}
 SHARED_BYTES = 46 * 1024          # static shared memory budget per block (device limit 48 KB)
@@ -59,6 +72,34 @@ def _fit(rows: int, row_bytes: int, fixed_bytes: int = 0, budget: int = None) ->
     return rows
 
 
+# ============================================================================ packed sequences
+@functools.lru_cache(maxsize=None)
+def _windows():
+    """Device functions keys(tseq, cu, packed, causal, t, T) -> [lo, hi), the keys query row t attends to,
+    and queries(..., i, T) -> [lo, hi), the query rows that attend to key i.  Row t's sequence is [a, b)
+    (packed: s = tseq[t], [cu[s], cu[s + 1]); else [0, T)); keys: [a, t + 1) causal, [a, b) not; queries:
+    [i, b) causal, [a, b) not.  Both bounds grow with the row, so the rows r0..r1 of a block together need
+    [window(r0).lo, window(r1).hi)."""
+    def span(tseq, cu, packed, t, T):
+        a = 0
+        b = T
+        if packed:
+            s = tseq[t]
+            a = cu[s]
+            b = cu[s + 1]
+        return a, b
+    span = device(span)
+
+    def keys(tseq, cu, packed, causal, t, T):
+        a, b = span(tseq, cu, packed, t, T)
+        return a, (t + 1 if causal else b)
+
+    def queries(tseq, cu, packed, causal, i, T):
+        a, b = span(tseq, cu, packed, i, T)
+        return (i if causal else a), b
+    return device(keys), device(queries)
+
+
 # ============================================================================ naive
 @functools.lru_cache(maxsize=None)
 def _naive_fwd(DB, acc):
@@ -67,9 +108,10 @@ def _naive_fwd(DB, acc):
     ZERO = acc(0)
     G = group(DB)
     dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
+    keys, queries = _windows()
 
     @kernel
-    def kern(q, k, v, scale, causal, o, lse):
+    def kern(q, k, v, scale, causal, tseq, cu, packed, o, lse):
         n = cuda.blockIdx.x
         t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
         T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
@@ -80,8 +122,8 @@ def _naive_fwd(DB, acc):
             accv[e] = ZERO
         m = NEG_INF
         l = ZERO
-        iend = t + 1 if causal else T
-        for i in range(iend):
+        ia, ib = keys(tseq, cu, packed, causal, t, T)
+        for i in range(ia, ib):
             s = dot(q, n, t, k, i, Dk) * scale
             if s > m:                        # new running max: rescale l and acc by exp(m_old - m_new)
                 corr = math.exp(m - s)
@@ -120,9 +162,10 @@ def _naive_dq(DB, acc):
     """One thread per query row t: dq_t = scale sum_{i} p_ti (do_t.v_i - D_t) k_i."""
     ZERO = acc(0)
     dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
+    keys, queries = _windows()
 
     @kernel
-    def kern(q, k, v, do, lse, D, scale, causal, dq):
+    def kern(q, k, v, do, lse, D, scale, causal, tseq, cu, packed, dq):
         n = cuda.blockIdx.x
         t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
         T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
@@ -131,8 +174,8 @@ def _naive_dq(DB, acc):
         g = cuda.local.array(DB, acc)
         for d in range(DB):
             g[d] = ZERO
-        iend = t + 1 if causal else T
-        for i in range(iend):
+        ia, ib = keys(tseq, cu, packed, causal, t, T)
+        for i in range(ia, ib):
             p = math.exp(dot(q, n, t, k, i, Dk) * scale - lse[n, t])
             ds = p * (dot(do, n, t, v, i, Dv) - D[n, t])
             axpy(g, ds, k, n, i, Dk)
@@ -145,9 +188,10 @@ def _naive_dkdv(DB, acc):
     """One thread per key row i: dv_i = sum_t p_ti do_t,  dk_i = scale sum_t p_ti (do_t.v_i - D_t) q_t."""
     ZERO = acc(0)
     dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
+    keys, queries = _windows()
 
     @kernel
-    def kern(q, k, v, do, lse, D, scale, causal, dk, dv):
+    def kern(q, k, v, do, lse, D, scale, causal, tseq, cu, packed, dk, dv):
         n = cuda.blockIdx.x
         i = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
         T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
@@ -158,8 +202,8 @@ def _naive_dkdv(DB, acc):
         for d in range(DB):
             gk[d] = ZERO
             gv[d] = ZERO
-        t0 = i if causal else 0
-        for t in range(t0, T):
+        ta, tb = queries(tseq, cu, packed, causal, i, T)
+        for t in range(ta, tb):
             p = math.exp(dot(q, n, t, k, i, Dk) * scale - lse[n, t])
             ds = p * (dot(do, n, t, v, i, Dv) - D[n, t])
             axpy(gv, p, do, n, t, Dv)
@@ -180,9 +224,10 @@ def _flash_fwd(DB, BQ, BK, acc):
     G = group(DB)
     load = tile_loader(BK, DB, BQ, acc)
     dot, axpy, store = tile_dot(DB, acc), tile_axpy(DB), row_store(DB)
+    keys, queries = _windows()
 
     @kernel
-    def kern(q, k, v, scale, causal, o, lse):
+    def kern(q, k, v, scale, causal, tseq, cu, packed, o, lse):
         sk = cuda.shared.array((BK, DB), acc)
         sv = cuda.shared.array((BK, DB), acc)
         qr = cuda.local.array((1, DB), acc)                # the thread's pre-scaled query row
@@ -198,17 +243,19 @@ def _flash_fwd(DB, BQ, BK, acc):
             accv[d] = ZERO
         m = NEG_INF
         l = ZERO
-        kend = min(T, q0 + BQ) if causal else T      # causal: no key tile beyond the block's last row
-        for k0 in range(0, kend, BK):
+        # the block's key tiles: from its first row's first key to its last row's last (causal: no tile
+        # beyond the block's last row; packed: none outside its rows' sequences); each thread's own window
+        # cuts the first and last tiles short
+        kstart = keys(tseq, cu, packed, causal, q0, T)[0]
+        kend = keys(tseq, cu, packed, causal, min(T, q0 + BQ) - 1, T)[1]
+        ia, ib = keys(tseq, cu, packed, causal, min(t, T - 1), T)
+        for k0 in range(kstart, kend, BK):
             cuda.syncthreads()                       # previous tile fully consumed
             load(sk, k, n, k0, 0, T, Dk, False, ONE)
             load(sv, v, n, k0, 0, T, Dv, False, ONE)
             cuda.syncthreads()
             if live:
-                jend = min(BK, T - k0)
-                if causal:
-                    jend = min(jend, t - k0 + 1)     # only the diagonal tile cuts this short
-                for j in range(jend):
+                for j in range(max(0, ia - k0), min(BK, ib - k0)):
                     s = dot(qr, 0, sk, j, Dk)
                     if s > m:
                         corr = math.exp(m - s)
@@ -238,9 +285,10 @@ def _flash_dkdv(DB, BKV, BQ, acc):
     load_own = tile_loader(BKV, DB, BKV, acc)
     load = tile_loader(BQ, DB, BKV, acc)
     dot, axpy, store = tile_dot(DB, acc), tile_axpy(DB), row_store(DB)
+    keys, queries = _windows()
 
     @kernel
-    def kern(q, k, v, do, lse, D, scale, causal, dk, dv):
+    def kern(q, k, v, do, lse, D, scale, causal, tseq, cu, packed, dk, dv):
         kr = cuda.shared.array((BKV, DB1), acc)
         vr = cuda.shared.array((BKV, DB1), acc)
         sq = cuda.shared.array((BQ, DB), acc)
@@ -260,8 +308,12 @@ def _flash_dkdv(DB, BKV, BQ, acc):
         for d in range(DB):
             gk[d] = ZERO
             gv[d] = ZERO
-        tstart = (k0 // BQ) * BQ if causal else 0     # causal: query tiles wholly before k0 see no key here
-        for t0 in range(tstart, T, BQ):
+        # the block's query tiles: the window of its first key's queries to its last's (causal: none before
+        # k0; packed: none outside its keys' sequences)
+        tstart = queries(tseq, cu, packed, causal, k0, T)[0]
+        tend = queries(tseq, cu, packed, causal, min(T, k0 + BKV) - 1, T)[1]
+        ta, tb = queries(tseq, cu, packed, causal, min(i, T - 1), T)
+        for t0 in range(tstart, tend, BQ):
             cuda.syncthreads()
             load(sq, q, n, t0, 0, T, Dk, False, ONE)
             load(sdo, do, n, t0, 0, T, Dv, False, ONE)
@@ -270,9 +322,7 @@ def _flash_dkdv(DB, BKV, BQ, acc):
                 sD[r] = D[n, t0 + r] if t0 + r < T else ZERO
             cuda.syncthreads()
             if live:
-                rstart = max(0, i - t0) if causal else 0
-                rend = min(BQ, T - t0)
-                for r in range(rstart, rend):
+                for r in range(max(0, ta - t0), min(BQ, tb - t0)):
                     p = math.exp(dot(sq, r, kr, tid, Dk) - slse[r])
                     dp = ZERO
                     for e0 in range(0, DB, G):              # dp and dv in one pass over the do row
@@ -296,9 +346,10 @@ def _flash_dq(DB, BQ, BK, acc):
     load_own = tile_loader(BQ, DB, BQ, acc)
     load = tile_loader(BK, DB, BQ, acc)
     dot, axpy, store = tile_dot(DB, acc), tile_axpy(DB), row_store(DB)
+    keys, queries = _windows()
 
     @kernel
-    def kern(q, k, v, do, lse, D, scale, causal, dq):
+    def kern(q, k, v, do, lse, D, scale, causal, tseq, cu, packed, dq):
         qr = cuda.shared.array((BQ, DB1), acc)
         dor = cuda.shared.array((BQ, DB1), acc)
         sk = cuda.shared.array((BK, DB), acc)
@@ -316,17 +367,16 @@ def _flash_dq(DB, BQ, BK, acc):
             g[d] = ZERO
         lt = lse[n, t] if live else ZERO
         Dt = D[n, t] if live else ZERO
-        kend = min(T, q0 + BQ) if causal else T
-        for k0 in range(0, kend, BK):
+        kstart = keys(tseq, cu, packed, causal, q0, T)[0]          # the block's key tiles, as the forward's
+        kend = keys(tseq, cu, packed, causal, min(T, q0 + BQ) - 1, T)[1]
+        ia, ib = keys(tseq, cu, packed, causal, min(t, T - 1), T)
+        for k0 in range(kstart, kend, BK):
             cuda.syncthreads()
             load(sk, k, n, k0, 0, T, Dk, False, ONE)
             load(sv, v, n, k0, 0, T, Dv, False, ONE)
             cuda.syncthreads()
             if live:
-                jend = min(BK, T - k0)
-                if causal:
-                    jend = min(jend, t - k0 + 1)
-                for j in range(jend):
+                for j in range(max(0, ia - k0), min(BK, ib - k0)):
                     p = math.exp(dot(qr, tid, sk, j, Dk) - lt)
                     axpy(g, p * (dot(dor, tid, sv, j, Dv) - Dt), sk, j, Dk)
         if live:
@@ -350,6 +400,29 @@ def _tiles(DB, itemsize):
     return dict(bq=bq, bk=bk, bkv=bkv, bqb=bqb, bq_dq=bq_dq, bk_dq=bk_dq)
 
 
+@dataclass(frozen=True)
+class _Packing:
+    """The kernels' run-time sequence arguments (tseq, cu, packed): packed, device int32 arrays of the
+    sequence of every position (T,) and of the offsets (nseq + 1,); one sequence, one-element stand-ins
+    (never read)."""
+    tseq: object
+    cu: object
+    packed: bool
+
+    @classmethod
+    def of(cls, io, cu_seqlens) -> "_Packing":
+        if cu_seqlens is None or len(cu_seqlens) == 2:
+            dummy = _chunked._dummy(numba.int32, 1)          # (traced: _trace fakes it)
+            return cls(dummy, dummy, False)
+        cu = np.asarray(cu_seqlens, np.int32)
+        tseq = np.repeat(np.arange(len(cu) - 1, dtype=np.int32), np.diff(cu))
+        return cls(io.to_device(tseq), io.to_device(cu), True)
+
+    @property
+    def args(self) -> tuple:
+        return self.tseq, self.cu, self.packed
+
+
 @dataclass
 class _Context(Saved):
     """What the backward needs (impl: "naive" or "flash")."""
@@ -358,9 +431,10 @@ class _Context(Saved):
     causal: bool
     scale: object               # in the accumulation dtype
     dtype: np.dtype             # the inputs' dtype (the gradients have it)
+    packing: _Packing
 
 
-def _forward(impl, q, k, v, causal=True, scale=1.0):
+def _forward(impl, q, k, v, causal=True, scale=1.0, cu_seqlens=None):
     io = DeviceIO(q)
     N, T, Dk = q.shape
     Dv = v.shape[2]
@@ -368,8 +442,8 @@ def _forward(impl, q, k, v, causal=True, scale=1.0):
     wdt = work_dtype(q.dtype)
     acc = nb_type(wdt)
     ctx = _Context(io, impl, io.to_device(q), io.to_device(k), io.to_device(v), io.empty((N, T, Dv), q.dtype),
-                   io.empty((N, T), wdt), bool(causal), wdt.type(scale), q.dtype)
-    args = (ctx.q, ctx.k, ctx.v, ctx.scale, ctx.causal, ctx.o, ctx.lse)
+                   io.empty((N, T), wdt), bool(causal), wdt.type(scale), q.dtype, _Packing.of(io, cu_seqlens))
+    args = (ctx.q, ctx.k, ctx.v, ctx.scale, ctx.causal, *ctx.packing.args, ctx.o, ctx.lse)
     if impl == "flash":
         tl = _tiles(DB, wdt.itemsize)
         bq = tl["bq"]
@@ -394,7 +468,7 @@ def _backward(ctx: _Context, do):
     dv = io.empty((N, T, Dv), ctx.dtype)
     rows = 128
     _rowdot(acc)[(N, cdiv(T, rows)), rows](do, ctx.o, D)
-    args = (q, k, v, do, ctx.lse, D, ctx.scale, ctx.causal)
+    args = (q, k, v, do, ctx.lse, D, ctx.scale, ctx.causal, *ctx.packing.args)
     if ctx.impl == "flash":
         tl = _tiles(DB, wdt.itemsize)
         bkv, bqb, bq, bk = tl["bkv"], tl["bqb"], tl["bq_dq"], tl["bk_dq"]
@@ -410,8 +484,9 @@ def _backward(ctx: _Context, do):
 register_variant("softmax", "naive", _forward, _backward,
                  "one thread per query row, online softmax from global memory; naive backward "
                  "(one thread per query row for dq, per key row for dk/dv)",
-                 {"float32": 1e-5, "float64": 2e-14})
+                 {"float32": 1e-5, "float64": 2e-14}, features=frozenset({"packed"}))
 register_variant("softmax", "flash", _forward, _backward,
                  "FlashAttention-2 style: K/V tiles in shared memory, online softmax, causal tile "
                  "skipping, saved LSE; backward recomputes P per tile (dk/dv kernel + dq kernel)",
-                 {"float32": 1e-5, "float64": 2e-14}, default=True, aliases=("tiled",))
+                 {"float32": 1e-5, "float64": 2e-14}, default=True, aliases=("tiled",),
+                 features=frozenset({"packed"}))

@@ -398,7 +398,8 @@ def plan(ops=(), backends_=(), quick=False, full=False, dtypes=()) -> tuple:
                         if extra.get("normalize") and shape.T < 2:
                             # o = A v / (A + eps) at T=1: dq, dk vanish up to eps, relative error is noise
                             continue
-                        why = v.unsupported_reason(dict(extra, causal=causal), _arg_shapes(v.op, shape))
+                        why = v.unsupported_reason(dict(extra, causal=causal), spec(v.op).shapes(
+                            tuple(shape.lead), shape.T, shape.Dk, shape.Dv if shape.Dv is not None else shape.Dk))
                         if why:                  # the op refuses these inputs for this variant: nothing to check
                             refused[why] = refused.get(why, 0) + 1
                             continue
@@ -407,12 +408,6 @@ def plan(ops=(), backends_=(), quick=False, full=False, dtypes=()) -> tuple:
     if not cells and not any(v.key == REFERENCE for v in variants):
         return [], notes
     return sorted(fd + cells, key=lambda c: c[0].op), notes        # stable: per op, fd cells first
-
-
-def _arg_shapes(op: str, shape) -> dict:
-    """The argument shapes of a cell, as the ops layer passes them to ``Variant.unsupported_reason``."""
-    lead, Dv = tuple(shape.lead), shape.Dv if shape.Dv is not None else shape.Dk
-    return {"q": (*lead, shape.T, shape.Dk), "k": (*lead, shape.T, shape.Dk), "v": (*lead, shape.T, Dv)}
 
 
 def run_cell(v, shape, dtype, causal, label, extra, kind="compare", seed=0) -> Cell:

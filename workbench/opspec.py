@@ -68,6 +68,12 @@ class OpSpec:
     def array_names(self) -> tuple:
         return tuple(a.name for a in self.arrays)
 
+    def shapes(self, lead: tuple, T: int, Dk: int, Dv: int, G: int = N_GATES[0]) -> dict:
+        """Each array argument's shape for these sizes (G: ZeroS gates per token), as the public ops hand them
+        to ``Variant.unsupported_reason``."""
+        size = {"T": T, "Dk": Dk, "Dv": Dv, "G": G}
+        return {a.name: (*lead, *(size[d] for d in a.dims)) for a in self.arrays}
+
     @property
     def gradients(self) -> tuple:
         """Names of the pullback's gradients, in order: ``dq, dk, dv, ...``."""

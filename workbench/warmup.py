@@ -76,12 +76,6 @@ def _options(op: str) -> list:
     return [default_options(op, causal=c, **x) for c, x in itertools.product(sp.causal_values, extra)]
 
 
-def _shapes(op: str, T: int) -> dict:
-    """The argument shapes of the tiny warm-up call (what a variant's ``unsupported_reason`` looks at)."""
-    arrays = random_inputs(op, (1,), T, TINY_D, TINY_D, "float32", seed=0)
-    return {name: a.shape for name, a in zip(registry.ARRAY_ARGS[op], arrays)}
-
-
 def _api_call(variant, dtype: str, T: int, options: dict):
     def run():
         import cupy as cp
@@ -123,7 +117,7 @@ def cupy_tasks(ops) -> list:
                 if dtype == "bfloat16" and importlib.util.find_spec("ml_dtypes") is None:
                     continue
                 for T, opts in itertools.product(TINY_Ts, _options(op)):
-                    if v.unsupported_reason(opts, _shapes(op, T)) is not None:
+                    if v.unsupported_reason(opts, spec(op).shapes((1,), T, TINY_D, TINY_D)) is not None:
                         continue                # e.g. normalize=True on a tf32 variant: the op refuses it
                     shown = ", ".join(f"{k}={val}" for k, val in opts.items() if val is not None)
                     tasks.append(Task("cupy", f"call {v.key} {dtype} T={T} {shown}", run=_api_call(v, dtype, T, opts)))

@@ -93,6 +93,7 @@ from typing import Optional
 import numpy as np
 from numba import cuda
 
+from .._segments import Segmentation, segment_rows
 from ._jit import bucket, cdiv, device, kernel, nb_type
 
 PLAIN, DECAY, COEF = "plain", "decay", "coef"     # weight families (module doc)
@@ -472,35 +473,18 @@ def scan_kernel(acc):
 
 # ============================================================================ host side
 @dataclass(frozen=True)
-class Segments:
-    """The packed T axis cut into sequences (``cu``) and each sequence into segments of ``L`` chunks (L = 0:
-    one per sequence).  ``seg``: device (nseg, 3) int32 rows (t0, t1, end of the sequence); ``seq_seg``:
-    device (nseq + 1,) int32 offsets of each sequence's segments; ``cu_dev``: the offsets on the device."""
-    cu: tuple
-    L: int
-    nseg: int
+class Segments(Segmentation):
+    """The segment table (kernels/_segments.py) on the device: ``seg`` (nseg, 3) int32 rows (t0, t1, end of the
+    sequence); ``seq_seg`` (nseq + 1,) int32 offsets of each sequence's segments; ``cu_dev`` the offsets."""
     seg: object
     seq_seg: object
     cu_dev: object
 
-    @property
-    def nseq(self) -> int:
-        return len(self.cu) - 1
-
-    @property
-    def single(self) -> bool:
-        """One segment per sequence: the walker starts from S0 and writes the final state itself."""
-        return self.nseg == self.nseq
-
 
 def segments(io, T: int, C: int, L: int, cu: Optional[tuple] = None) -> Segments:
-    cu = tuple(cu) if cu is not None else (0, T)
-    rows, seq_seg = [], [0]
-    for a, b in zip(cu[:-1], cu[1:]):
-        step = L * C if L > 0 else b - a
-        rows += [(x, min(b, x + step), b) for x in range(a, b, step)]
-        seq_seg.append(len(rows))
-    return Segments(cu, L, len(rows), *(io.to_device(np.asarray(x, np.int32)) for x in (rows, seq_seg, cu)))
+    r = segment_rows(T, C, L, cu)
+    seg = np.ascontiguousarray(r.rows[:, [0, 1, 3]])
+    return Segments(r.cu, L, len(seg), *(io.to_device(x) for x in (seg, r.seq_seg, np.asarray(r.cu, np.int32))))
 
 
 @functools.lru_cache(maxsize=None)

@@ -154,6 +154,20 @@ def tile_thread(ROWS: int):
     return device(rows)
 
 
+@functools.lru_cache(maxsize=None)
+def sequence_run(NT: int):
+    """Device function run(cu, u) -> (j, a, b, lo, hi) of a scan with one block per (n, sequence j =
+    blockIdx.y) of NT threads: the sequence [a, b) = [cu[j], cu[j + 1]) and thread u's contiguous run of its
+    rows [lo, hi) (runs of ceil((b - a) / NT) rows in order, the last ones short or empty)."""
+    def run(cu, u):
+        j = cuda.blockIdx.y
+        a, b = cu[j], cu[j + 1]
+        SEG = (b - a + NT - 1) // NT
+        lo = min(a + u * SEG, b)
+        return j, a, b, lo, min(lo + SEG, b)
+    return device(run)
+
+
 # Per-thread row helpers.  ``row`` is a thread's local array of DB values; every loop over it is unrolled over
 # the bucket (constant indices, so the row stays in registers after inlining) in skip groups.  Global loads
 # past D are never issued; shared tiles are zero past D, so tile loops need no per-element guard.

@@ -132,7 +132,7 @@ def identity(acc):
 
 @functools.lru_cache(maxsize=None)
 def row_thread():
-    """Device function row_thread(q, v) -> (n, t, T, Dk, Dv) of a one-thread-per-row kernel (grid (N, row
+    """Device function rows(q, v) -> (n, t, T, Dk, Dv) of a one-thread-per-row kernel (grid (N, row
     blocks), block = rows): the thread's leading index n and row t (possibly >= T in the last block), the
     sequence length T and the head dims Dk = q.shape[2], Dv = v.shape[2]."""
     def rows(q, v):
@@ -143,7 +143,7 @@ def row_thread():
 
 @functools.lru_cache(maxsize=None)
 def tile_thread(ROWS: int):
-    """Device function tile_thread(q, v) -> (n, r0, tid, r, T, Dk, Dv, live) of a kernel whose blocks are ROWS
+    """Device function rows(q, v) -> (n, r0, tid, r, T, Dk, Dv, live) of a kernel whose blocks are ROWS
     threads for ROWS rows (grid (N, row tiles)): the leading index n, the block's first row r0, the thread's
     index tid and row r = r0 + tid, the sequence length, the head dims (of q and v) and whether r < T."""
     def rows(q, v):

@@ -103,53 +103,49 @@ __device__ __forceinline__ void cp_async_wait_group() {
     else asm volatile("cp.async.wait_group 1;\n" ::: "memory");
 }
 
-// The load pipeline of a chunk walk (chunks j = 0 .. nch-1 in walking order).  The tiles a chunk loads by
-// cp.async live in STAGES buffers; chunk j's go to stage j % STAGES, issued STAGES - 1 chunks ahead of its
-// compute, one cp.async group per chunk.  The walk: prologue(); then per chunk j: __syncthreads() (every warp
-// is done with chunk j - 1, whose stage the loads of chunk j + STAGES - 1 refill), ahead(j), the chunk's
-// other shared writes, wait(), __syncthreads(), compute.  STAGES 1 is the plain walk (load, wait, compute).
-// issue(j, stage) issues chunk j's loads into the stage's buffers (issue(...) of load_tile calls).
+// The chunk walk of one block (chunks j = 0 .. nch-1 in walking order) and its load pipeline.  The tiles a
+// chunk loads by cp.async live in STAGES buffers; chunk j's go to stage j % STAGES, issued STAGES - 1 chunks
+// ahead of its compute, one cp.async group per chunk; warp 0's log decays (decayed walks) likewise, in
+// registers.  Per chunk j: top(j) (a barrier: every warp is done with chunk j - 1, whose stage the loads of
+// chunk j + STAGES - 1 refill; those loads; chunk j's b, e, u -> tr), the chunk's other shared writes, wait(),
+// __syncthreads(), compute.  STAGES 1 is the plain walk (load, wait, compute).  issue(j, stage): chunk j's
+// load_tile calls into that stage's buffers; gload(j): logdecay_load of chunk j.
 template <int STAGES>
 struct Walk {
     static_assert(STAGES == 1 || STAGES == 2, "one or two stages");
-    template <typename F>
-    __device__ __forceinline__ static void prologue(int nch, F&& issue) {
+    int nch;
+    bool decay;                                // this thread computes the log decays (warp 0, decayed walks)
+    float2 next = make_float2(0.f, 0.f);       // two stages: the log decays of the chunk after the current one
+    template <typename F, typename G>
+    __device__ __forceinline__ Walk(int nch_, bool decay_, F&& issue, G&& gload)
+        : nch(nch_), decay(decay_ && threadIdx.x < 32) {
+        if constexpr (STAGES > 1) {
+            if (decay) next = gload(0);
+        }
 #pragma unroll
         for (int j = 0; j < STAGES - 1; ++j) {
             if (j < nch) issue(j, j);
             cp_async_commit();
         }
     }
-    template <typename F>
-    __device__ __forceinline__ static void ahead(int j, int nch, F&& issue) {
+    template <typename F, typename G>
+    __device__ __forceinline__ void top(int j, Trailer* tr, F&& issue, G&& gload) {
+        __syncthreads();
         const int jn = j + STAGES - 1;
         if (jn < nch) issue(jn, jn % STAGES);
         cp_async_commit();
+        if (decay) {
+            float2 x;
+            if constexpr (STAGES > 1) {
+                x = next;
+                if (j + 1 < nch) next = gload(j + 1);
+            } else {
+                x = gload(j);
+            }
+            chunk_logdecay(tr, x);
+        }
     }
     __device__ __forceinline__ static void wait() { cp_async_wait_group<STAGES - 1>(); }
-};
-
-// Warp 0's log decays along a chunk walk: with two stages chunk j + 1's are loaded (into registers) while
-// chunk j is computed.  load(j) = logdecay_load of chunk j.
-template <int STAGES>
-struct DecayAhead {
-    float2 next = make_float2(0.f, 0.f);
-    template <typename F>
-    __device__ __forceinline__ void start(F&& load) {
-        if constexpr (STAGES > 1) next = load(0);
-    }
-    // chunk j's b, e, u -> tr (warp 0 only)
-    template <typename F>
-    __device__ __forceinline__ void chunk(Trailer* tr, int j, int nch, F&& load) {
-        float2 x;
-        if constexpr (STAGES > 1) {
-            x = next;
-            if (j + 1 < nch) next = load(j + 1);
-        } else {
-            x = load(j);
-        }
-        chunk_logdecay(tr, x);
-    }
 };
 
 // rows [0, C) x columns [0, W) of the tile <- g[r * ldg + col0 + c] (zeros past nrows or ncols).  16-byte
@@ -379,20 +375,16 @@ __global__ void __launch_bounds__(128) tc_fwd(const T* __restrict__ q, const T* 
         }
     };
     auto gload = [&](int j) { return logdecay_load(g + nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
-    DecayAhead<STAGES> gahead;
-    if (causal && decay && w == 0) gahead.start(gload);
-    Walk<STAGES>::prologue(nch, issue);
+    Walk<STAGES> walk(nch, causal && decay, issue, gload);
     for (int j = 0; j < nch; ++j) {
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
         T* sQ = stages + (j % STAGES) * STAGE;
         T* sK = sQ + C * LDK;
         T* sV = sK + C * LDK;
-        __syncthreads();                                           // the previous chunk is done with smem
-        Walk<STAGES>::ahead(j, nch, issue);
-        if (causal && decay && w == 0) gahead.chunk(tr, j, nch, gload);
+        walk.top(j, tr, issue, gload);                             // the previous chunk is done with smem
         const float sigma = state_to_smem<T, HMT, 8>(H, sH, LDV, hm0, tr->red);
-        Walk<STAGES>::wait();
+        walk.wait();
         __syncthreads();
         float acc[1][8][4];
         zero(acc);
@@ -456,16 +448,12 @@ __global__ void __launch_bounds__(128) tc_seg_state(const T* __restrict__ x, con
         load_tile<T, BV>(sX + C * LDX, LDY, y + row0 * dy, dy, nrow, c0, dy);
     };
     auto gload = [&](int j) { return logdecay_load(g + nT + start(j), min(C, t1 - start(j))); };
-    DecayAhead<STAGES> gahead;
-    if (decay && w == 0) gahead.start(gload);
-    Walk<STAGES>::prologue(nch, issue);
+    Walk<STAGES> walk(nch, decay, issue, gload);
     for (int j = 0; j < nch; ++j) {
         T* sX = stages + (j % STAGES) * STAGE;
         T* sY = sX + C * LDX;
-        __syncthreads();
-        Walk<STAGES>::ahead(j, nch, issue);
-        if (decay && w == 0) gahead.chunk(tr, j, nch, gload);
-        Walk<STAGES>::wait();
+        walk.top(j, tr, issue, gload);
+        walk.wait();
         __syncthreads();
         if (decay || wscale != 1.f) {
             scale_rows<T, BV>(sY, LDY, decay ? (REV ? tr->e : tr->u) : nullptr, wscale);
@@ -543,9 +531,7 @@ __global__ void __launch_bounds__(128) tc_bwd_dq(const T* __restrict__ q, const 
         }
     };
     auto gload = [&](int j) { return logdecay_load(g + nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
-    DecayAhead<STAGES> gahead;
-    if (causal && decay && w == 0) gahead.start(gload);
-    Walk<STAGES>::prologue(nch, issue);
+    Walk<STAGES> walk(nch, causal && decay, issue, gload);
     for (int j = 0; j < nch; ++j) {
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
@@ -553,11 +539,9 @@ __global__ void __launch_bounds__(128) tc_bwd_dq(const T* __restrict__ q, const 
         T* sV = sO + C * LDV;
         T* sK = sV + C * LDV;
         T* sQ = sK + C * LDT;
-        __syncthreads();
-        Walk<STAGES>::ahead(j, nch, issue);
-        if (causal && decay && w == 0) gahead.chunk(tr, j, nch, gload);
+        walk.top(j, tr, issue, gload);
         const float sigma = state_to_smem<T, 1, HNT>(H, sH, LDV, 16 * w, tr->red);
-        Walk<STAGES>::wait();
+        walk.wait();
         __syncthreads();
         float acc[1][8][4];
         zero(acc);
@@ -632,9 +616,7 @@ __global__ void __launch_bounds__(128) tc_bwd_dkdv(const T* __restrict__ q, cons
         load_tile<T, DVP>(sQ + 2 * C * LDK + C * LDV, LDV, dout + row0 * dv, dv, nrow, 0, dv);
     };
     auto gload = [&](int i) { return logdecay_load(g + nT + start(i), min(C, t1 - start(i))); };
-    DecayAhead<STAGES> gahead;
-    if (causal && decay && w == 0) gahead.start(gload);
-    Walk<STAGES>::prologue(nch, issue);
+    Walk<STAGES> walk(nch, causal && decay, issue, gload);
     for (int i = 0; i < nch; ++i) {
         const int j = nch - 1 - i, cs = start(i), nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
@@ -642,11 +624,9 @@ __global__ void __launch_bounds__(128) tc_bwd_dkdv(const T* __restrict__ q, cons
         T* sK = sQ + C * LDK;
         T* sV = sK + C * LDK;
         T* sO = sV + C * LDV;
-        __syncthreads();
-        Walk<STAGES>::ahead(i, nch, issue);
-        if (causal && decay && w == 0) gahead.chunk(tr, i, nch, gload);
+        walk.top(i, tr, issue, gload);
         const float sigma = state_to_smem<T, SMT, SNT>(dS, sS, LDS, sm0, tr->red);
-        Walk<STAGES>::wait();
+        walk.wait();
         __syncthreads();
         auto inter = [&](int r) { return sigma * (causal && decay ? tr->u[r] : 1.f); };
         if (WHICH != 1) {                                          // dv (columns vc0 ..)

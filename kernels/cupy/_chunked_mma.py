@@ -22,7 +22,7 @@ import numpy as np
 
 from workbench.backends import new_output
 
-from ._module import CTYPE, ITEMSIZE, declare_groups, get_kernel, launch, padded_dim
+from ._module import CTYPE, ITEMSIZE, declare_groups, dtype_name, get_kernel, launch, padded_dim
 
 SOURCE = "chunked_mma.cu"
 C = 64                      # chunk length          (chunked_mma.cu: tc::C)
@@ -63,10 +63,12 @@ INSTANTIATIONS = [(SOURCE, e) for grp in list(GROUPS.values()) + [COMMON] for e 
 declare_groups(SOURCE, list(GROUPS.values()) + [COMMON])      # what cli.py warmup compiles
 
 
+@functools.lru_cache(maxsize=None)      # a launch looks its kernel up by three short keys, not by the group
 def _kern(dtype: str, split: int, expr: str):
     return get_kernel(SOURCE, expr, group=GROUPS[(dtype, split)])
 
 
+@functools.lru_cache(maxsize=None)
 def _common(expr: str):
     return get_kernel(SOURCE, expr, group=COMMON)
 
@@ -179,7 +181,7 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     import cupy as cp
     N, T, dk = q.shape
     dv = v.shape[-1]
-    dt = str(q.dtype)
+    dt = dtype_name(q.dtype)
     split = split if dt == "float32" else 1            # the 3xTF32 split applies to float32 products only
     item, dkp = ITEMSIZE[dt], pad_dim(dk)
     ntv = -(-dv // BV)
@@ -229,7 +231,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
     q, k, v, g, tab = ctx.q, ctx.k, ctx.v, ctx.g, ctx.table
     N, T, Dk = q.shape
     Dv = v.shape[-1]
-    dt = str(q.dtype)
+    dt = dtype_name(q.dtype)
     item, dkp, dvp, split = ITEMSIZE[dt], pad_dim(Dk), pad_dim(Dv), ctx.split
     ct = CTYPE[dt]
     ntk, ntv = -(-Dk // BV), -(-Dv // BV)

@@ -130,7 +130,7 @@ def launch(kernel, grid, block, args, shared_mem: int = 0) -> None:
         fast = _LAUNCHERS.get(id(kernel))
         if fast is None:
             fast = _LAUNCHERS[id(kernel)] = FastLauncher.of(kernel)
-        if fast and fast.launch(grid, block, args, shared_mem):
+        if fast.available and fast.launch(grid, block, args, shared_mem):
             return
     kernel(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)
 
@@ -154,7 +154,7 @@ def _env_flag(name: str) -> bool:
 
 
 _SLOW = [_env_flag("WORKBENCH_SLOW_LAUNCH")]     # a stack, as the switches of workbench/backends.py
-_LAUNCHERS: dict = {}     # id(kernel) -> its FastLauncher, or False where the fast path is unavailable
+_LAUNCHERS: dict = {}     # id(kernel) -> its FastLauncher (which holds the kernel: the id stays its own)
 FALLBACKS: list = []      # (kernel name, error) of every first launch the fast path failed and handed back
 
 
@@ -225,26 +225,26 @@ def _dim3(t) -> tuple:
 class FastLauncher:
     """Launches one RawKernel through cuLaunchKernel's packed-parameter form (see the section comment)."""
 
-    def __init__(self, kernel, driver, current_stream):
+    def __init__(self, kernel, driver_launch=None, current_stream=None):
         self.kernel = kernel
-        self.driver_launch = driver.launchKernel
+        self.driver_launch = driver_launch
         self.current_stream = current_stream
+        self.available = driver_launch is not None
         self.packers: dict = {}         # tuple of argument types -> _Packer, or False (no fast launch)
 
     @classmethod
     def of(cls, kernel):
-        """The launcher of ``kernel``, or False where the fast path is unavailable: no CuPy driver binding with
-        ``launchKernel`` (the stand-in cupy modules of scripts/cuda_emulate.py and the tests), or a kernel
+        """The launcher of ``kernel``; unavailable (``available`` False) without a CuPy driver binding with
+        ``launchKernel`` (the stand-in cupy modules of scripts/cuda_emulate.py and the tests) or for a kernel
         object without the per-device function handle (``RawKernel.kernel.ptr``)."""
         try:
             import cupy
-            driver = cupy.cuda.driver
-            launch, current_stream = driver.launchKernel, cupy.cuda.get_current_stream
+            launch, current_stream = cupy.cuda.driver.launchKernel, cupy.cuda.get_current_stream
         except (ImportError, AttributeError):
-            return False
+            return cls(kernel)
         if not hasattr(type(kernel), "kernel"):
-            return False
-        return cls(kernel, driver, current_stream)
+            return cls(kernel)
+        return cls(kernel, launch, current_stream)
 
     def launch(self, grid, block, args, shared_mem: int) -> bool:
         """Launch; False (nothing launched) when these argument types have no packer."""

@@ -158,7 +158,7 @@ import math  # noqa: E402
 from dataclasses import dataclass as _dataclass  # noqa: E402
 from typing import Optional  # noqa: E402
 
-from workbench.backends import data_ptr, new_output  # noqa: E402
+from workbench.backends import data_ptr, new_output, new_scratch  # noqa: E402
 from workbench.state import ZeroSState  # noqa: E402
 
 from . import _chunked_mma as mma  # noqa: E402
@@ -277,13 +277,12 @@ def forward_stats(s, gates, v, causal, vF=None, vG=None, ldG=0, vH=None, ldH=0, 
     i32 = np.int32
     sq = seqs.args()
     st0 = mma._ptr(seqs.st0)
-    cM, cE, cLo, cHi = (new_output(cp, (N, NC), cp.float32) for _ in range(4))
-    cP = new_output(cp, (N, NC), cp.float64)
-    cR = new_output(cp, (N, NC), cp.int32)
+    f32, f64 = ((N, NC), cp.float32), ((N, NC), cp.float64)
+    # the chunk summaries and carries, by address in one scratch allocation (held until the launches are queued)
+    scratch, (cM, cE, cLo, cHi, cP, cR, xM, xE, xP) = new_scratch(
+        cp, (f32, f32, f32, f32, f64, ((N, NC), cp.int32), f32, f32, f64))
     launch(_zs(dt, f"zeros_fchunk<{_CT[dt]}>"), (-(-NC // SCAN_WARPS), N), (32 * SCAN_WARPS,),
            (s, i32(T), i32(NC)) + sq + (st0, cM, cE, cP, cR, cLo, cHi))
-    xM, xE = (new_output(cp, (N, NC), cp.float32) for _ in range(2))
-    xP = new_output(cp, (N, NC), cp.float64)
     head = new_output(cp, (NHEAD, N), cp.float32)
     by_sequence = not causal and seqs.cu is not None          # not causal, packed: each sequence's totals
     launch(_zs(dt, f"zeros_fscan<{_flag(causal or by_sequence)}>"), (N,), (SCAN_THREADS,),
@@ -698,30 +697,29 @@ def _fused_backward(ctx: _FusedContext, do):
     tok = _token_args(s, stats)
     tail = (tab.t0, tab.t1, i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(causal))
     null = np.uint64(0)
+    NC = -(-T // SCAN_CHUNK)
+    # by address in one scratch allocation (held until the launches are queued): the row dots a, V, Z per dk
+    # tile, the direct part of ds per dv tile, x and y, the chunk carries cR, cQ, cF and their scans yR, yQ
+    scratch, (rd, dsp, xy, cR, cQ, cF, yR, yQ) = new_scratch(cp, (
+        ((3, ntk, N, T), cp.float32), ((ntv, N, T), cp.float32), ((2, N, T), cp.float32), ((N, NC), cp.float32),
+        ((N, NC), cp.float64), ((N, NC), cp.int32), ((N, NC), cp.float32), ((N, NC), cp.float64)))
+    m_row = tok[1]                                                # the statistics' row m
     dq = new_output(cp, q.shape, q.dtype)
-    rd = new_output(cp, (3, ntk, N, T), cp.float32)               # row dots a, V, Z per dk tile
     _fused_launch(dt, "tz_bwd_dq", (Dk, Dv), N, ntk, tab, (q, k, v) + tok + (do, dq, rd, mma._ptr(ctx.H)) + tail)
 
     def segment_sums(out):
         _fused_launch(dt, "tz_bwd_dv", (Dk, Dv), N, ntv, tab, (q, k, v) + tok + (do, null, null, null, out) + tail)
     S = _chained(causal, tab, stats.st[ST["m"]], (N, Dk, Dv), True, segment_sums)
     dv = new_output(cp, v.shape, v.dtype)
-    dsp = new_output(cp, (ntv, N, T), cp.float32)                 # the direct part of ds per dv tile
     _fused_launch(dt, "tz_bwd_dv", (Dk, Dv), N, ntv, tab, (q, k, v) + tok + (do, dv, dsp, mma._ptr(S), null) + tail)
     dk = new_output(cp, k.shape, k.dtype)
     _fused_launch(dt, "tz_bwd_dk", (Dk, Dv), N, ntk, tab, (q, v) + tok + (do, dk, mma._ptr(S)) + tail)
     # the scalars: dgates and the scalar part of ds
-    NC = -(-T // SCAN_CHUNK)
     ct, c = _CT[dt], _flag(causal)
-    xy = new_output(cp, (2, N, T), cp.float32)
     dgates = new_output(cp, gates.shape, gates.dtype)
-    cR, cQ = new_output(cp, (N, NC), cp.float32), new_output(cp, (N, NC), cp.float64)
-    cF = new_output(cp, (N, NC), cp.int32)
     launch(_zs(dt, f"zeros_fused_bscalar<{ct}, {c}>"), (NC, N), (32 * SCAN_WARPS,),
            (rd, i32(ntk), gates, i32(gates.shape[-1]), stats.st, i32(T), i32(NC), xy, dgates, cR, cQ, cF))
-    yR, yQ = new_output(cp, (N, NC), cp.float32), new_output(cp, (N, NC), cp.float64)
-    launch(_zs(dt, f"zeros_bscan<{c}>"), (N,), (SCAN_THREADS,),
-           (cR, cQ, cF, stats.st[ST["m"]], i32(T), i32(NC), yR, yQ))
+    launch(_zs(dt, f"zeros_bscan<{c}>"), (N,), (SCAN_THREADS,), (cR, cQ, cF, m_row, i32(T), i32(NC), yR, yQ))
     ds = new_output(cp, s.shape, s.dtype)
     launch(_zs(dt, f"zeros_fused_bds<{ct}, {c}>"), (NC, N), (32 * SCAN_WARPS,),
            (stats.st, xy, yR, yQ, dsp, i32(ntv), i32(T), i32(NC), ds))

@@ -243,3 +243,19 @@ def test_packed_launches_give_the_rawkernel_calls_results(key, op, dtype, extra)
         else:                       # atomics: compare within the slow path's own run-to-run spread
             scale = float(np.max(np.abs(b), initial=0.0)) or 1.0
             assert float(np.nanmax(diff, initial=0.0)) <= max(4 * spread, 1e-6 * scale), (i, spread)
+
+
+def test_scratch_parts_are_aligned_disjoint_and_poisoned():
+    """backends.new_scratch (the ZeroS launch paths' scratch buffers by address)."""
+    from workbench import backends
+    layout = (((3, 5), np.float32), ((7,), np.float64), ((2, 2), np.int32), ((300,), np.float16))
+    for poison in (False, True):
+        with backends.poisoned(poison):
+            buf, addrs = backends.new_scratch(np, layout)
+        base = backends.data_ptr(buf)
+        offsets = [int(a) - base for a in addrs]
+        assert all(type(a) is np.uint64 for a in addrs)
+        assert offsets == [0, 256, 512, 768] and buf.nbytes >= 768 + 600
+        if poison:
+            assert np.isnan(buf[:60].view(np.float32)).all() and np.isnan(buf[256:312].view(np.float64)).all()
+            assert np.isnan(buf[768:1368].view(np.float16)).all()

@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from workbench.backends import new_output
+from workbench.backends import new_output, new_scratch
 
 from ._module import CTYPE, ITEMSIZE, declare_groups, dtype_name, get_kernel, launch, padded_dim
 
@@ -264,8 +264,9 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
                     np.int64(E)))
             if not ctx.causal:
                 dSend = dS0                                  # not causal: the gradient of the total
-    rq = new_output(cp, (ntk, N, T), cp.float32) if want_dg else None
-    rk = new_output(cp, (ntk, N, T), cp.float32) if want_dg else None
+    rq = rk = None
+    if want_dg:          # the row dots of q.dq and k.dk per dk tile, by address (held until tc_dg is queued)
+        scratch, (rq, rk) = new_scratch(cp, (((ntk, N, T), cp.float32),) * 2)
     tail = segs + (tab.seq,) + dims + (np.float32(ctx.scale), i32(ctx.causal))
     launch(_kern(dt, split, f"tc_bwd_dq<{ct}, {dvp}, {split}>"), (tab.nseg * ntk, N), (THREADS,),
            (q, k, v, _ptr(g), do, dq, _ptr(rq), _ptr(ctx.Hstart)) + tail, smem_dq(item, dvp))

@@ -154,6 +154,12 @@ def test_a_failed_first_launch_goes_to_the_rawkernel_call_and_is_recorded(driver
     driver.fail = None
     launch(k, (1,), (32,), (np.int32(1), DevArray(1)))                  # another signature: packed, proven
     assert len(driver.calls) == 1
+    driver.fail = RuntimeError("CUDA_ERROR_INVALID_CONTEXT")            # a new thread: CuPy's call sets one up
+    launch(k, (1,), (32,), (np.int32(1), DevArray(1)))
+    assert len(k.calls) == 3 and len(_module.FALLBACKS) == 1
+    driver.fail = None
+    launch(k, (1,), (32,), (np.int32(1), DevArray(1)))                  # and the packer stays in use
+    assert len(driver.calls) == 2
     driver.fail = RuntimeError("CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES")
     with pytest.raises(RuntimeError, match="OUT_OF_RESOURCES"):         # a proven packer does not hide errors
         launch(k, (1,), (32,), (np.int32(1), DevArray(1)))

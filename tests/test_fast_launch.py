@@ -272,20 +272,23 @@ def test_scratch_parts_are_aligned_disjoint_and_poisoned():
 def test_step_kernels_through_both_launch_paths(op, dtype):
     """The CuPy step kernels (kernels/cupy/steps.py) launch through the same launcher: one token from a random
     state, bitwise equal through both paths (Dv = 40: 16-byte state accesses; Dv = 5: 4-byte ones)."""
-    import workbench as wb
+    from kernels.cupy import steps as kernel_steps
     from workbench import backends, state as st
     from workbench.inputs import random_inputs, random_state
+    options = {"linear": dict(feature_map="elu1", normalize=True, scale=0.5, eps=1e-6), "decayed": dict(scale=0.5),
+               "zeros": {}}[op]
     cp = backends.cupy_module()
     if cp is None:
         pytest.skip("needs CuPy and a GPU")
     for Dv in (40, 5):
         arrays = [cp.asarray(a[..., 0, :] if a.ndim == 4 else a[..., 0]).astype(dtype)
                   for a in random_inputs(op, (2, 3), 1, 24, Dv, "float32", seed=4)]
-        state = st.map_state(cp.asarray, random_state(op, (2, 3), 24, Dv, "float32", seed=5))
+        state = st.map_state(cp.asarray, random_state(op, (2, 3), 24, Dv, "float32", seed=5,
+                                                      normalize=bool(options.get("normalize"))))
         results = []
         for slow in (True, False):
             with slow_launch(slow):
-                o, new = wb.steps.step(op, *arrays, state=state, path="kernel")
+                o, new = getattr(kernel_steps, f"{op}_step")(*arrays, state, **options)
             results.append([o.get()] + [x.get() for x in st.fields(new).values()])
         for a, b in zip(*results):
             assert np.array_equal(a, b, equal_nan=True), (op, dtype, Dv)

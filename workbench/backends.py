@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 
 import numpy as np
@@ -162,6 +163,30 @@ def new_output(xp, shape, dtype):
     """A kernel's output buffer of module ``xp`` (numpy or cupy): NaN-filled while poisoning, else
     uninitialised (every element must be written by the kernel)."""
     return xp.full(shape, xp.nan, dtype) if _POISON[-1] else xp.empty(shape, dtype)
+
+
+SCRATCH_ALIGN = 256       # bytes: where each part of a scratch allocation starts (as CuPy aligns allocations)
+
+
+@functools.lru_cache(maxsize=1024)
+def _scratch_offsets(layout: tuple) -> tuple:
+    """(byte offset of every part, total bytes) of a scratch layout ((shape, dtype), ...)."""
+    offsets, n = [], 0
+    for shape, dtype in layout:
+        offsets.append(n)
+        n += -(-math.prod(shape) * np.dtype(dtype).itemsize // SCRATCH_ALIGN) * SCRATCH_ALIGN
+    return tuple(offsets), max(n, 1)
+
+
+def new_scratch(xp, layout: tuple) -> tuple:
+    """Scratch buffers a kernel launch sequence needs only by address, carved from one allocation of module
+    ``xp``: ``layout`` is ((shape, dtype), ...); returns (the allocation, the address of every part as
+    ``np.uint64``).  Keep the allocation referenced while the parts are in use.  Every part starts on
+    SCRATCH_ALIGN bytes; while poisoning every byte is 0xFF (NaN in every float format), else uninitialised."""
+    offsets, nbytes = _scratch_offsets(layout)
+    buf = xp.full(nbytes, 255, np.uint8) if _POISON[-1] else xp.empty(nbytes, np.uint8)
+    base = data_ptr(buf)
+    return buf, [np.uint64(base + o) for o in offsets]
 
 
 def data_ptr(x) -> int:

@@ -266,6 +266,8 @@ class _Plan:
         g = arrays[self.decay_index]
         if self.kind == "cupy" and not backends.device_checks():
             return
+        if self.kind == "numpy" and g.size == 1 and not g.item() > 0:     # one token: no array temporaries
+            return
         positive = g > 0
         if positive.any():
             raise ValueError(f"{self.op}_attention: argument 'log_decay' must be <= 0 everywhere (a log decay: "
@@ -410,7 +412,7 @@ def _pullback(plan: _Plan, ctx):
         if kind != plan.kind:
             raise TypeError(f"{where}: 'dout' is a {kind} array but the op's inputs were {plan.kind}")
         dt = dout.dtype
-        if dt != plan.dtype:
+        if dt is not plan.dtype and dt != plan.dtype:
             if dt.isnative or dt.newbyteorder("=") != plan.dtype:
                 raise TypeError(f"{where}: argument 'dout' has dtype {_dtype_name(dt)}; expected "
                                 f"{plan.dtype} (the output's dtype): cast it with dout.astype(out.dtype)")
@@ -427,7 +429,10 @@ def _pullback(plan: _Plan, ctx):
                             f"in the call")
         else:
             grads = plan.variant.backward(ctx, d)
-        out = tuple(plan.back(g, s) for g, s in zip(grads, plan.arg_shapes))
+        if plan.to_kind:
+            out = tuple(plan.back(g, s) for g, s in zip(grads, plan.arg_shapes))
+        else:
+            out = tuple(g if g.shape == s else g.reshape(s) for g, s in zip(grads, plan.arg_shapes))
         return out + (plan.back_state(grads[-1]),) if plan.has_state else out
     return pullback
 

@@ -24,10 +24,10 @@ from typing import Optional
 
 import numpy as np
 
-from workbench.backends import new_output
+from workbench.backends import new_output, new_scratch
 
 from .._segments import Segmentation, segment_rows
-from ._module import CTYPE, ITEMSIZE, declare_groups, get_kernel, launch, padded_dim
+from ._module import CTYPE, ITEMSIZE, declare_groups, dtype_name, get_kernel, launch, padded_dim
 
 SOURCE = "chunked_mma.cu"
 C = 64                      # chunk length          (chunked_mma.cu: tc::C)
@@ -122,10 +122,16 @@ INSTANTIATIONS = list(dict.fromkeys((SOURCE, e) for grp in list(GROUPS.values())
 declare_groups(SOURCE, list(GROUPS.values()) + [COMMON])      # what cli.py warmup compiles
 
 
+@functools.lru_cache(maxsize=None)      # a launch looks its kernel up by four short keys, not by the group
+def _kern(dtype: str, split: int, stages: int, expr: str):
+    return get_kernel(SOURCE, expr, group=GROUPS[(dtype, split, stages)])
+
+
 def _launch(dtype: str, split: int, stages: int, k: Launchable, grid, args) -> None:
-    launch(get_kernel(SOURCE, k.expr, group=GROUPS[(dtype, split, stages)]), grid, (THREADS,), args, k.smem)
+    launch(_kern(dtype, split, stages, k.expr), grid, (THREADS,), args, k.smem)
 
 
+@functools.lru_cache(maxsize=None)
 def _common(expr: str):
     return get_kernel(SOURCE, expr, group=COMMON)
 
@@ -200,7 +206,7 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     import cupy as cp
     N, T, dk = q.shape
     dv = v.shape[-1]
-    dt = str(q.dtype)
+    dt = dtype_name(q.dtype)
     split = split if dt == "float32" else 1            # the 3xTF32 split applies to float32 products only
     if stages not in STAGES:
         raise ValueError(f"stages must be one of {STAGES} (got {stages!r})")
@@ -249,7 +255,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
     q, k, v, g, tab = ctx.q, ctx.k, ctx.v, ctx.g, ctx.table
     N, T, Dk = q.shape
     Dv = v.shape[-1]
-    dt = str(q.dtype)
+    dt = dtype_name(q.dtype)
     dkp, dvp, split, stages = pad_dim(Dk), pad_dim(Dv), ctx.split, ctx.stages
     ntk, ntv = -(-Dk // BV), -(-Dv // BV)
     E = Dk * Dv
@@ -280,8 +286,9 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
                     np.int64(E)))
             if not ctx.causal:
                 dSend = dS0                                  # not causal: the gradient of the total
-    rq = new_output(cp, (ntk, N, T), cp.float32) if want_dg else None
-    rk = new_output(cp, (ntk, N, T), cp.float32) if want_dg else None
+    rq = rk = None
+    if want_dg:          # the row dots of q.dq and k.dk per dk tile, by address (held until tc_dg is queued)
+        scratch, (rq, rk) = new_scratch(cp, (((ntk, N, T), cp.float32),) * 2)
     tail = segs + (tab.seq,) + dims + (np.float32(ctx.scale), i32(ctx.causal))
     _launch(dt, split, stages, _dq(dt, split, stages, dvp), (tab.nseg * ntk, N),
             (q, k, v, _ptr(g), do, dq, _ptr(rq), _ptr(ctx.Hstart)) + tail)

@@ -19,10 +19,18 @@ The same options are used by the NVRTC compile test (``kernels/cupy/nvrtc_check.
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import functools
 import hashlib
 import os
 import re
+import struct
+import threading
+import warnings
+from typing import Optional
+
+import numpy as np
 
 CUDA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cuda")
 DEFAULT_OPTIONS = ("-std=c++17", "--use_fast_math")
@@ -113,11 +121,186 @@ _OPTED_IN: dict = {}      # id(kernel) -> dynamic shared memory opted in (kernel
 
 
 def launch(kernel, grid, block, args, shared_mem: int = 0) -> None:
-    """Launch ``kernel``; opts in to more than 48 KiB of dynamic shared memory when asked for it."""
+    """Launch ``kernel``; opts in to more than 48 KiB of dynamic shared memory when asked for it.  Through the
+    packed-parameter launcher (``FastLauncher``) where it is available, else through the RawKernel's call."""
     if shared_mem > STATIC_SMEM_LIMIT and _OPTED_IN.get(id(kernel), 0) < shared_mem:
         kernel.max_dynamic_shared_size_bytes = shared_mem
         _OPTED_IN[id(kernel)] = shared_mem
+    if not _SLOW[-1]:
+        fast = _LAUNCHERS.get(id(kernel))
+        if fast is None:
+            fast = _LAUNCHERS[id(kernel)] = FastLauncher.of(kernel)
+        if fast.available and fast.launch(grid, block, args, shared_mem):
+            return
     kernel(tuple(grid), tuple(block), tuple(args), shared_mem=shared_mem)
+
+
+# ----------------------------------------------------------------------------- the packed-parameter launcher
+# CuPy's RawKernel.__call__ turns every argument into a C value one by one (10-20 us for the 10-20 arguments of
+# our kernels).  The launcher below does the same work once per kernel and argument types: the parameters'
+# layout as a ``struct`` format with C alignment ('@': each field at a multiple of its size, no padding at the
+# end), a preallocated buffer, and the ``extra`` array of cuLaunchKernel's packed form.  A launch packs the
+# values into the buffer (arrays as their data pointer) and calls the driver on the current stream.
+#
+# Argument types and the C parameter each one stands for (the only ones the launcher takes; any other type --
+# a Python int or float, whose width CuPy picks -- goes through the RawKernel's call):
+SCALAR_CODES = {np.int32: "i", np.float32: "f", np.int64: "q", np.uint64: "Q"}
+POINTER_CODE = "P"            # a device array (its ``data.ptr``) or None (a null pointer): 8 bytes
+CU_LAUNCH_PARAM_END, CU_LAUNCH_PARAM_BUFFER_POINTER, CU_LAUNCH_PARAM_BUFFER_SIZE = 0, 1, 2
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "0") not in ("", "0")
+
+
+_SLOW = [_env_flag("WORKBENCH_SLOW_LAUNCH")]     # a stack, as the switches of workbench/backends.py
+_LAUNCHERS: dict = {}     # id(kernel) -> its FastLauncher (which holds the kernel: the id stays its own)
+FALLBACKS: list = []      # (kernel name, error) of every first launch the fast path failed and handed back
+
+
+def slow_launches() -> bool:
+    """True while every launch goes through the RawKernel's call (``WORKBENCH_SLOW_LAUNCH=1``, ``slow_launch()``)."""
+    return _SLOW[-1]
+
+
+@contextlib.contextmanager
+def slow_launch(on: bool = True):
+    """Inside the block, launch through the RawKernel's call (on) or the packed-parameter launcher (off)."""
+    _SLOW.append(bool(on))
+    try:
+        yield
+    finally:
+        _SLOW.pop()
+
+
+def _is_device_array(x) -> bool:
+    return hasattr(getattr(x, "data", None), "ptr") and hasattr(x, "dtype")
+
+
+def param_format(args) -> Optional[str]:
+    """The native ``struct`` format of a kernel's parameters, from the Python types of its arguments: device
+    arrays and None as pointers, NumPy scalars as their C type.  None when some argument has another type."""
+    codes = []
+    for a in args:
+        code = SCALAR_CODES.get(type(a))
+        if code is None:
+            if a is not None and not _is_device_array(a):
+                return None
+            code = POINTER_CODE
+        codes.append(code)
+    return "@" + "".join(codes)
+
+
+class _Packer:
+    """One argument signature of one kernel: its struct, buffer and ``extra`` array (kept alive here)."""
+
+    def __init__(self, fmt: str):
+        self.struct = struct.Struct(fmt)
+        codes = fmt[1:]
+        self.pointers = tuple(i for i, c in enumerate(codes) if c == POINTER_CODE)
+        n = max(1, -(-self.struct.size // 8))
+        self.buffer = (ctypes.c_uint64 * n)()                  # 8-byte aligned
+        self.size = ctypes.c_size_t(self.struct.size)
+        self.extra = (ctypes.c_void_p * 5)(CU_LAUNCH_PARAM_BUFFER_POINTER, ctypes.addressof(self.buffer),
+                                           CU_LAUNCH_PARAM_BUFFER_SIZE, ctypes.addressof(self.size),
+                                           CU_LAUNCH_PARAM_END)
+        self.extra_ptr = ctypes.addressof(self.extra)
+        self.lock = threading.Lock()                           # the buffer is shared until the driver copies it
+        self.proven = False                                    # a launch through it has succeeded
+
+    def values(self, args) -> list:
+        vals = list(args)
+        for i in self.pointers:
+            a = vals[i]
+            vals[i] = 0 if a is None else a.data.ptr
+        return vals
+
+
+def _dim3(t) -> tuple:
+    """A grid or block as CuPy launches it: three dims, each at least 1."""
+    n = len(t)
+    return max(1, t[0]), max(1, t[1]) if n > 1 else 1, max(1, t[2]) if n > 2 else 1
+
+
+class FastLauncher:
+    """Launches one RawKernel through cuLaunchKernel's packed-parameter form (see the section comment)."""
+
+    def __init__(self, kernel, driver_launch=None, current_stream=None):
+        self.kernel = kernel
+        self.driver_launch = driver_launch
+        self.current_stream = current_stream
+        self.available = driver_launch is not None
+        self.packers: dict = {}         # tuple of argument types -> _Packer, or False (no fast launch)
+
+    @classmethod
+    def of(cls, kernel):
+        """The launcher of ``kernel``; unavailable (``available`` False) without a CuPy driver binding with
+        ``launchKernel`` (the stand-in cupy modules of scripts/cuda_emulate.py and the tests) or for a kernel
+        object without the per-device function handle (``RawKernel.kernel.ptr``)."""
+        try:
+            import cupy
+            launch, current_stream = cupy.cuda.driver.launchKernel, cupy.cuda.get_current_stream
+        except (ImportError, AttributeError):
+            return cls(kernel)
+        if not hasattr(type(kernel), "kernel"):
+            return cls(kernel)
+        return cls(kernel, launch, current_stream)
+
+    def launch(self, grid, block, args, shared_mem: int) -> bool:
+        """Launch; False (nothing launched) when these argument types have no packer."""
+        sig = tuple(map(type, args))
+        p = self.packers.get(sig)
+        if p is None:
+            fmt = param_format(args)
+            p = self.packers[sig] = _Packer(fmt) if fmt else False
+        if not p:
+            return False
+        vals = p.values(args)
+        gx, gy, gz = _dim3(grid)
+        bx, by, bz = _dim3(block)
+        func = self.kernel.kernel.ptr
+        stream = self.current_stream().ptr
+        with p.lock:
+            p.struct.pack_into(p.buffer, 0, *vals)
+            try:
+                self.driver_launch(func, gx, gy, gz, bx, by, bz, shared_mem, stream, 0, p.extra_ptr)
+            except Exception as e:
+                if p.proven:
+                    if "CONTEXT" in str(e):     # a thread without a current context: CuPy's call makes one
+                        return False
+                    raise
+                # never launched through this packer: hand this signature back to the RawKernel's call
+                self.packers[sig] = False
+                FALLBACKS.append((getattr(self.kernel, "name", repr(self.kernel)), f"{type(e).__name__}: {e}"))
+                warnings.warn(f"packed-parameter launch of {getattr(self.kernel, 'name', self.kernel)} failed "
+                              f"({type(e).__name__}: {e}); launching it through CuPy's RawKernel call")
+                return False
+            p.proven = True
+        return True
+
+
+_DTYPE_NAMES: dict = {}   # dtype -> str(dtype) (NumPy's str of a dtype is Python code: microseconds per call)
+
+
+def dtype_name(dtype) -> str:
+    """``str(dtype)``, cached per dtype (the launch paths look it up on every call)."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype)
+    return name
+
+
+def as_dtype(x, dtype):
+    """``x.astype(dtype, copy=False)`` without the call when x has the dtype already."""
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
+def as_contiguous(x, dtype):
+    """``cupy.ascontiguousarray(x, dtype=dtype)`` without the call when x is C-contiguous and of that dtype."""
+    if x.dtype == dtype and x.flags.c_contiguous:
+        return x
+    import cupy
+    return cupy.ascontiguousarray(x, dtype=dtype)
 
 
 def padded_dim(d: int, dims: tuple) -> int:

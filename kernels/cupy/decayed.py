@@ -78,6 +78,7 @@ core.register_variants("decayed", _forward, _backward, {
 from workbench.state import DecayedState  # noqa: E402
 
 from . import _chunked_mma as mma  # noqa: E402
+from ._module import as_contiguous, as_dtype, dtype_name  # noqa: E402
 
 INSTANTIATIONS = INSTANTIATIONS + mma.INSTANTIATIONS     # the kernels this module's variants launch
 
@@ -97,22 +98,22 @@ CORE_IN_FLOAT32 = ("bfloat16",)
 def _mma_forward(split, stages, q, k, v, log_decay, scale=1.0, initial_state=None, return_state=False, cu_seqlens=None):
     import cupy as cp
     dt = q.dtype
-    if str(dt) in CORE_IN_FLOAT32:
+    if dtype_name(dt) in CORE_IN_FLOAT32:
         q, k, v = (x.astype(cp.float32) for x in (q, k, v))
-    g = cp.ascontiguousarray(log_decay, dtype=cp.float32)
-    S0 = None if initial_state is None else cp.ascontiguousarray(initial_state.S, dtype=cp.float32)
+    g = as_contiguous(log_decay, cp.float32)
+    S0 = None if initial_state is None else as_contiguous(initial_state.S, cp.float32)
     o, cctx = mma.forward(q, k, v, g, scale=scale, causal=True, split=split, S0=S0, want_final=return_state,
                           cu=cu_seqlens, stages=stages)
-    o = o.astype(dt, copy=False)
+    o = as_dtype(o, dt)
     ctx = _MMAContext(cctx, initial_state is not None, dt)
     return ((o, DecayedState(cctx.final)) if return_state else o), ctx
 
 
 def _mma_backward(ctx: _MMAContext, do, dfinal=None):
     import cupy as cp
-    dST = None if dfinal is None else cp.ascontiguousarray(dfinal.S, dtype=cp.float32)
-    dq, dk, dv, dg, dS0 = mma.backward(ctx.core, cp.ascontiguousarray(do, dtype=ctx.core.q.dtype), dST)
-    grads = tuple(x.astype(ctx.dtype, copy=False) for x in (dq, dk, dv, dg))
+    dST = None if dfinal is None else as_contiguous(dfinal.S, cp.float32)
+    dq, dk, dv, dg, dS0 = mma.backward(ctx.core, as_contiguous(do, ctx.core.q.dtype), dST)
+    grads = tuple(as_dtype(x, ctx.dtype) for x in (dq, dk, dv, dg))
     return grads + ((DecayedState(dS0),) if ctx.has_initial else ())
 
 

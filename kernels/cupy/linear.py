@@ -120,6 +120,7 @@ core.register_variants("linear", _forward, _backward, {
 from workbench.state import LinearState  # noqa: E402
 
 from . import _chunked_mma as mma  # noqa: E402
+from ._module import as_contiguous, as_dtype, dtype_name  # noqa: E402
 
 INSTANTIATIONS = INSTANTIATIONS + mma.INSTANTIATIONS     # the kernels this module's variants launch
 
@@ -158,13 +159,13 @@ def _mma_forward(split, stages, q, k, v, causal=True, feature_map="identity", no
     # against [v, 1] cancels to ~1/10 of its terms, beyond bfloat16's 8 bits (dq 3.5e-2 on the emulated
     # kernels); with float16 the denominator column (a sum of phi(q).phi(k) over the window, 7.6e4 at T = 1024
     # with elu1 and unit-normal inputs) overflows the float16 output (H200 check: errors 0.1-1.0 at T >= 1024)
-    dt = np.dtype(np.float32) if (normalize and str(q.dtype) in ("bfloat16", "float16")) else q.dtype
+    dt = np.dtype(np.float32) if (normalize and dtype_name(q.dtype) in ("bfloat16", "float16")) else q.dtype
     if feature_map == "identity":
-        Q, K = q.astype(dt, copy=False), k.astype(dt, copy=False)
+        Q, K = as_dtype(q, dt), as_dtype(k, dt)
     else:
-        Q = _phi(q.astype(cp.float32, copy=False), feature_map).astype(dt, copy=False)
-        K = _phi(k.astype(cp.float32, copy=False), feature_map).astype(dt, copy=False)
-    Va = cp.concatenate([v.astype(dt, copy=False), cp.ones(v.shape[:-1] + (1,), dt)], axis=-1) if normalize else v
+        Q = as_dtype(_phi(as_dtype(q, cp.float32), feature_map), dt)
+        K = as_dtype(_phi(as_dtype(k, cp.float32), feature_map), dt)
+    Va = cp.concatenate([as_dtype(v, dt), cp.ones(v.shape[:-1] + (1,), dt)], axis=-1) if normalize else v
     S0 = None if initial_state is None else _state_to_core(initial_state, normalize)
     num, cctx = mma.forward(Q, K, Va, None, scale=scale, causal=causal, split=split, S0=S0,
                             want_final=return_state, cu=cu_seqlens, stages=stages)
@@ -187,7 +188,7 @@ def _mma_backward(ctx: _MMAContext, do, dfinal=None):
         doa = cp.concatenate([do32 / ctx.den[..., None], (-(do32 * ctx.o).sum(-1) / ctx.den)[..., None]],
                              axis=-1).astype(ctx.core.q.dtype)
     else:
-        doa = cp.ascontiguousarray(do, dtype=dt)
+        doa = as_contiguous(do, dt)
     dST = None if dfinal is None else _state_to_core(dfinal, ctx.normalize)
     dQ, dK, dVa, _, dS0 = mma.backward(ctx.core, doa, dST)
     dv = dVa[..., :-1] if ctx.normalize else dVa
@@ -196,7 +197,7 @@ def _mma_backward(ctx: _MMAContext, do, dfinal=None):
               ).astype(dt, copy=False)
         dK = (dK.astype(cp.float32, copy=False) * _dphi(ctx.k.astype(cp.float32, copy=False), ctx.feature_map)
               ).astype(dt, copy=False)
-    grads = (dQ.astype(dt, copy=False), dK.astype(dt, copy=False), cp.ascontiguousarray(dv, dtype=dt))
+    grads = (as_dtype(dQ, dt), as_dtype(dK, dt), as_contiguous(dv, dt))
     return grads + ((_state_from_core(dS0, ctx.normalize),) if ctx.has_initial else ())
 
 

@@ -35,7 +35,7 @@ from workbench import backends
 from workbench.registry import Variant, register
 
 from . import _packing as packing
-from ._module import CTYPE, declare_groups, get_kernel, launch
+from ._module import CTYPE, as_contiguous, declare_groups, dtype_name, get_kernel, launch
 
 SOURCE = "softmax.cu"
 LOG2E = 1.0 / math.log(2.0)
@@ -104,9 +104,8 @@ def _kernel(family: str, ctype: str, expr: str):
     return get_kernel(SOURCE, expr, group=expressions(family, ctype))
 
 
-@functools.lru_cache(maxsize=None)
 def _ctype(dtype) -> str:
-    return CTYPE[str(dtype)]
+    return CTYPE[dtype_name(dtype)]
 
 
 # ----------------------------------------------------------------------------- shared memory (bytes)
@@ -178,8 +177,7 @@ def _forward(family, q, k, v, causal=True, scale=1.0):
 def _backward(ctx: _Context, do):
     import cupy as cp
     q, k, v, o, lse, scale = ctx.q, ctx.k, ctx.v, ctx.o, ctx.lse, ctx.scale
-    if do.dtype != q.dtype or not do.flags.c_contiguous:
-        do = cp.ascontiguousarray(do, dtype=q.dtype)
+    do = as_contiguous(do, q.dtype)
     N, T, Dk = q.shape
     Dv = v.shape[-1]
     ct = _ctype(q.dtype)
@@ -374,6 +372,16 @@ def _fa2_plan(policy: str, family: str, ctype: str, dk: int, dv: int) -> Optiona
                    Dk=np.int32(dk), Dv=np.int32(dv))
 
 
+_FA2_SPEC_OF = {s.name: s for s in FA2_SPECS}
+
+
+@functools.lru_cache(maxsize=None)
+def _fa2_plan_of(name: str, dtype: str, dk: int, dv: int) -> Optional[Fa2Plan]:
+    """_fa2_plan of the spec named ``name`` for a storage dtype (one short-key lookup per call)."""
+    spec = _FA2_SPEC_OF[name]
+    return _fa2_plan(spec.policy(dtype), spec.family, CTYPE[dtype], dk, dv)
+
+
 @dataclass
 class Fa2Ctx:
     spec: Fa2Spec
@@ -394,8 +402,7 @@ def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None
     import cupy as cp
     N, T, Dk = q.shape
     Dv = v.shape[-1]
-    dt = str(q.dtype)
-    plan = _fa2_plan(spec.policy(dt), spec.family, CTYPE[dt], Dk, Dv)
+    plan = _fa2_plan_of(spec.name, dtype_name(q.dtype), Dk, Dv)
     if plan is None and cu_seqlens is not None:
         raise ValueError(f"softmax_attention: backend cupy:{spec.name} packs sequences (cu_seqlens) for head dims "
                          f"up to {FA2_BUCKETS[-1]} only, got Dk={Dk}, Dv={Dv}")
@@ -421,13 +428,13 @@ def _fa2_backward(ctx: Fa2Ctx, do):
     plan = ctx.plan
     N, T, Dk = q.shape
     Dv = v.shape[-1]
-    do = _aligned16(cp.ascontiguousarray(do, dtype=q.dtype))
+    do = _aligned16(as_contiguous(do, q.dtype))
     dq = backends.new_output(cp, q.shape, q.dtype)
     dk = backends.new_output(cp, k.shape, k.dtype)
     dv = backends.new_output(cp, v.shape, v.dtype)
     rows = N * T
     acc = cp.empty(rows * Dk + rows, cp.float32)          # dq accumulator (zeroed by fa2_bwd_pre), then D
-    dqacc, Dbuf = acc[:rows * Dk], acc[rows * Dk:]
+    dqacc, Dbuf = acc, np.uint64(backends.data_ptr(acc) + 4 * rows * Dk)     # (pointers: no views built)
     launch(plan.pre, (-(-rows // 8),), (256,), (o, do, Dbuf, dqacc, np.int64(rows), plan.Dv, plan.Dk))
     launch(plan.bwd, (-(-T // FA2_KEY_BLOCK) * N,), (FA_THREADS,),
            (q, k, v, lse, Dbuf, do, dqacc, dk, dv, np.int32(N), np.int32(T), plan.Dk, plan.Dv,

@@ -15,6 +15,7 @@ and dgates.  The running max m is held fixed in the backward: o does not depend 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,14 +158,14 @@ import math  # noqa: E402
 from dataclasses import dataclass as _dataclass  # noqa: E402
 from typing import Optional  # noqa: E402
 
-from workbench.backends import data_ptr, new_output  # noqa: E402
+from workbench.backends import data_ptr, new_output, new_scratch  # noqa: E402
 from workbench.state import ZeroSState  # noqa: E402
 
 from . import _chunked_mma as mma  # noqa: E402
 from . import _packing as packing  # noqa: E402
 
 INSTANTIATIONS = INSTANTIATIONS + mma.INSTANTIATIONS     # the kernels this module's variants launch
-from ._module import launch  # noqa: E402
+from ._module import as_contiguous, dtype_name, launch  # noqa: E402
 from .decayed import _supports_mma  # noqa: E402  (head dims up to the core's MAX_DIM, the same rule)
 
 SCAN_CHUNK = 64             # tokens per scan chunk (zeros.cu: zs::C)
@@ -183,6 +184,7 @@ def _flag(x):
     return "true" if x else "false"
 
 
+@functools.lru_cache(maxsize=None)
 def scan_exprs(ctype: str) -> tuple:
     """Every zs kernel of one storage type, compiled together (one NVRTC run per dtype)."""
     out = [f"zeros_fchunk<{ctype}>", f"zeros_combine<{ctype}>"]
@@ -196,6 +198,7 @@ INSTANTIATIONS += [(SOURCE, e) for ct in _CT.values() for e in scan_exprs(ct)]
 declare_groups(SOURCE, [scan_exprs(ct) for ct in _CT.values()])
 
 
+@functools.lru_cache(maxsize=None)      # per launch: one short-key lookup, not the group rebuilt
 def _zs(dtype: str, expr: str):
     return get_kernel(SOURCE, expr, group=scan_exprs(_CT[dtype]))
 
@@ -269,18 +272,17 @@ def forward_stats(s, gates, v, causal, vF=None, vG=None, ldG=0, vH=None, ldH=0, 
     causal with packed sequences, a causal statistics pass gives each sequence's totals first."""
     import cupy as cp
     N, T = s.shape
-    dt = str(s.dtype)
+    dt = dtype_name(s.dtype)
     NC = -(-T // SCAN_CHUNK)
     i32 = np.int32
     sq = seqs.args()
     st0 = mma._ptr(seqs.st0)
-    cM, cE, cLo, cHi = (new_output(cp, (N, NC), cp.float32) for _ in range(4))
-    cP = new_output(cp, (N, NC), cp.float64)
-    cR = new_output(cp, (N, NC), cp.int32)
+    f32, f64 = ((N, NC), cp.float32), ((N, NC), cp.float64)
+    # the chunk summaries and carries, by address in one scratch allocation (held until the launches are queued)
+    scratch, (cM, cE, cLo, cHi, cP, cR, xM, xE, xP) = new_scratch(
+        cp, (f32, f32, f32, f32, f64, ((N, NC), cp.int32), f32, f32, f64))
     launch(_zs(dt, f"zeros_fchunk<{_CT[dt]}>"), (-(-NC // SCAN_WARPS), N), (32 * SCAN_WARPS,),
            (s, i32(T), i32(NC)) + sq + (st0, cM, cE, cP, cR, cLo, cHi))
-    xM, xE = (new_output(cp, (N, NC), cp.float32) for _ in range(2))
-    xP = new_output(cp, (N, NC), cp.float64)
     head = new_output(cp, (NHEAD, N), cp.float32)
     by_sequence = not causal and seqs.cu is not None          # not causal, packed: each sequence's totals
     launch(_zs(dt, f"zeros_fscan<{_flag(causal or by_sequence)}>"), (N,), (SCAN_THREADS,),
@@ -461,7 +463,7 @@ def _make_mma(split):
     def forward(q, k, v, s, gates, causal=True, initial_state=None, return_state=False, cu_seqlens=None):
         import cupy as cp
         N, T, Dv = v.shape
-        dt = str(q.dtype)
+        dt = dtype_name(q.dtype)
         one_call = _gh_one_call(Dv)
         seqs = Sequences(cu_seqlens, _state_scalars(cp, initial_state))
         vals = _stream_arrays(cp, N, T, Dv, q.dtype, one_call, h_given=v)
@@ -494,8 +496,8 @@ def _make_mma(split):
         import cupy as cp
         v = ctx.v
         N, T, Dv = v.shape
-        dt = str(v.dtype)
-        do = cp.ascontiguousarray(do, dtype=v.dtype)
+        dt = dtype_name(v.dtype)
+        do = as_contiguous(do, v.dtype)
         one_call = len(ctx.cores) == 2
         seqs, stats, st0 = ctx.seqs, ctx.stats, ctx.state
         douts = _stream_arrays(cp, N, T, Dv, v.dtype, one_call)
@@ -617,11 +619,16 @@ class _FusedContext:
                              # not causal: (N, 1, 3, Dk, Dv) totals
 
 
+@functools.lru_cache(maxsize=None)
+def _fused_kernel(dt: str, name: str, dp: int):
+    return get_kernel(mma.SOURCE, f"{name}<{_CT[dt]}, {dp}, {SPLIT[dt]}>", group=FUSED_GROUPS[dt])
+
+
 def _fused_launch(dt: str, name: str, dims, N: int, tiles: int, tab, args) -> None:
     """One tz kernel over (segments x tiles, N) blocks; dims = (dk, dv)."""
     dp = mma.pad_dim(dims[0] if _FUSED_KERNELS[name][0] == "k" else dims[1])
-    launch(get_kernel(mma.SOURCE, f"{name}<{_CT[dt]}, {dp}, {SPLIT[dt]}>", group=FUSED_GROUPS[dt]),
-           (tab.nseg * tiles, N), (mma.THREADS,), args, smem_fused(name, mma.ITEMSIZE[dt], dp))
+    launch(_fused_kernel(dt, name, dp), (tab.nseg * tiles, N), (mma.THREADS,), args,
+           smem_fused(name, mma.ITEMSIZE[dt], dp))
 
 
 def _chained(causal, tab, m, shape, rev, segment_pass):
@@ -645,9 +652,13 @@ def _chained(causal, tab, m, shape, rev, segment_pass):
 
 
 def _token_args(s, stats: ForwardStats) -> tuple:
-    """s, the rows m, alpha, beta, gamma of the statistics and the per-head sigma and c (every tz kernel)."""
+    """s, the rows m, alpha, beta, gamma of the statistics and the per-head sigma and c (every tz kernel), the
+    rows as device addresses (no views built)."""
     st, head = stats.st, stats.head
-    return (s, st[ST["m"]], st[ST["alpha"]], st[ST["beta"]], st[ST["gamma"]], head[0], head[1])
+    row = st.itemsize * st.shape[1] * st.shape[2]
+    base, hbase = data_ptr(st), data_ptr(head)
+    return (s, *(np.uint64(base + ST[r] * row) for r in ("m", "alpha", "beta", "gamma")), np.uint64(hbase),
+            np.uint64(hbase + head.itemsize * head.shape[1]))
 
 
 def _fused_forward(q, k, v, s, gates, causal=True, L=None):
@@ -655,7 +666,7 @@ def _fused_forward(q, k, v, s, gates, causal=True, L=None):
     import cupy as cp
     N, T, Dk = q.shape
     Dv = v.shape[-1]
-    dt = str(q.dtype)
+    dt = dtype_name(q.dtype)
     i32 = np.int32
     stats = forward_stats(s, gates, v, causal)
     ntw = -(-Dv // FUSED_BW)
@@ -679,37 +690,36 @@ def _fused_backward(ctx: _FusedContext, do):
     q, k, v, s, gates, tab, stats, causal = ctx.q, ctx.k, ctx.v, ctx.s, ctx.gates, ctx.table, ctx.stats, ctx.causal
     N, T, Dk = q.shape
     Dv = v.shape[-1]
-    dt = str(q.dtype)
-    do = cp.ascontiguousarray(do, dtype=v.dtype)
+    dt = dtype_name(q.dtype)
+    do = as_contiguous(do, v.dtype)
     i32 = np.int32
     ntk, ntv = -(-Dk // FUSED_BW), -(-Dv // FUSED_BW)
     tok = _token_args(s, stats)
     tail = (tab.t0, tab.t1, i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(causal))
     null = np.uint64(0)
+    NC = -(-T // SCAN_CHUNK)
+    # by address in one scratch allocation (held until the launches are queued): the row dots a, V, Z per dk
+    # tile, the direct part of ds per dv tile, x and y, the chunk carries cR, cQ, cF and their scans yR, yQ
+    scratch, (rd, dsp, xy, cR, cQ, cF, yR, yQ) = new_scratch(cp, (
+        ((3, ntk, N, T), cp.float32), ((ntv, N, T), cp.float32), ((2, N, T), cp.float32), ((N, NC), cp.float32),
+        ((N, NC), cp.float64), ((N, NC), cp.int32), ((N, NC), cp.float32), ((N, NC), cp.float64)))
+    m_row = tok[1]                                                # the statistics' row m
     dq = new_output(cp, q.shape, q.dtype)
-    rd = new_output(cp, (3, ntk, N, T), cp.float32)               # row dots a, V, Z per dk tile
     _fused_launch(dt, "tz_bwd_dq", (Dk, Dv), N, ntk, tab, (q, k, v) + tok + (do, dq, rd, mma._ptr(ctx.H)) + tail)
 
     def segment_sums(out):
         _fused_launch(dt, "tz_bwd_dv", (Dk, Dv), N, ntv, tab, (q, k, v) + tok + (do, null, null, null, out) + tail)
     S = _chained(causal, tab, stats.st[ST["m"]], (N, Dk, Dv), True, segment_sums)
     dv = new_output(cp, v.shape, v.dtype)
-    dsp = new_output(cp, (ntv, N, T), cp.float32)                 # the direct part of ds per dv tile
     _fused_launch(dt, "tz_bwd_dv", (Dk, Dv), N, ntv, tab, (q, k, v) + tok + (do, dv, dsp, mma._ptr(S), null) + tail)
     dk = new_output(cp, k.shape, k.dtype)
     _fused_launch(dt, "tz_bwd_dk", (Dk, Dv), N, ntk, tab, (q, v) + tok + (do, dk, mma._ptr(S)) + tail)
     # the scalars: dgates and the scalar part of ds
-    NC = -(-T // SCAN_CHUNK)
     ct, c = _CT[dt], _flag(causal)
-    xy = new_output(cp, (2, N, T), cp.float32)
     dgates = new_output(cp, gates.shape, gates.dtype)
-    cR, cQ = new_output(cp, (N, NC), cp.float32), new_output(cp, (N, NC), cp.float64)
-    cF = new_output(cp, (N, NC), cp.int32)
     launch(_zs(dt, f"zeros_fused_bscalar<{ct}, {c}>"), (NC, N), (32 * SCAN_WARPS,),
            (rd, i32(ntk), gates, i32(gates.shape[-1]), stats.st, i32(T), i32(NC), xy, dgates, cR, cQ, cF))
-    yR, yQ = new_output(cp, (N, NC), cp.float32), new_output(cp, (N, NC), cp.float64)
-    launch(_zs(dt, f"zeros_bscan<{c}>"), (N,), (SCAN_THREADS,),
-           (cR, cQ, cF, stats.st[ST["m"]], i32(T), i32(NC), yR, yQ))
+    launch(_zs(dt, f"zeros_bscan<{c}>"), (N,), (SCAN_THREADS,), (cR, cQ, cF, m_row, i32(T), i32(NC), yR, yQ))
     ds = new_output(cp, s.shape, s.dtype)
     launch(_zs(dt, f"zeros_fused_bds<{ct}, {c}>"), (NC, N), (32 * SCAN_WARPS,),
            (stats.st, xy, yR, yQ, dsp, i32(ntv), i32(T), i32(NC), ds))

@@ -97,6 +97,24 @@ def test_a_sign_flip_in_a_shared_gradient_helper_fails_the_cpu_check(monkeypatch
     assert fd and any(not c.ok for c in fd)
 
 
+def _shifted(fn):
+    return lambda x, name: fn(x, name) + 0.25
+
+
+@pytest.mark.parametrize("name,shifted", [("_phi", _shifted(common.feature_map)),
+                                          ("feature_map_by_parts", _shifted(common.feature_map_by_parts))],
+                         ids=["explicit", "chunked"])
+def test_a_wrong_feature_map_in_either_linear_reference_fails_the_cpu_check(monkeypatch, name, shifted):
+    """A constant added to phi keeps phi' right, so the finite-difference cells pass; the two linear references
+    write phi each their own way, so the comparison cells fail whichever of them is wrong."""
+    monkeypatch.setattr(linear, name, shifted)
+    monkeypatch.setattr(check, "_REF_CACHE", {})          # the reference computed with this phi
+    cells, _ = check.plan(ops=("linear",), backends_=("numpy",), quick=True)
+    done = [check.run_cell(*c, seed=0) for c in cells]
+    assert all(c.ok for c in done if c.kind == "fd")
+    assert any(not c.ok for c in done if c.kind == "compare")
+
+
 def test_finite_differences_of_a_correct_reference_are_tight():
     """The fd cells' own error is far below their tolerance (so the tolerance has room and still bites)."""
     for op in registry.OPS:

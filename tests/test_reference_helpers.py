@@ -24,6 +24,18 @@ def test_feature_map_grad_is_the_derivative_of_the_feature_map(name):
     np.testing.assert_allclose(common.feature_map_grad(x, name), d, rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("name", ["identity", "relu", "elu1"])
+def test_feature_map_by_parts_is_the_feature_map_bit_for_bit(name):
+    """The linear-time reference's own form of phi: the same values, edge values included."""
+    x = np.concatenate([np.random.default_rng(5).standard_normal(50) * 3,
+                        [0.0, -0.0, 1e-300, -1e-300, np.inf, -np.inf, np.nan, 50.0, -800.0]])
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(common.feature_map_by_parts(x, name), common.feature_map(x, name))
+    assert common.feature_map_by_parts(x.astype(np.float32), name).dtype == np.float32
+    with pytest.raises(ValueError, match="unknown feature_map 'gelu'"):
+        common.feature_map_by_parts(x, "gelu")
+
+
 def test_dlog_decay_sums_the_pairs_that_span_each_position():
     rng = np.random.default_rng(1)
     N, C = 2, 7

@@ -18,7 +18,8 @@ The initial state adds  dQ_t += scale (S0 dnum_t + z0 dden_t)  and has the gradi
     dS0 = scale sum_t Q_t dnum_t^T + dS_b,   dz0 = scale sum_t Q_t dden_t + dz_b,
 where (dS_b, dz_b) is the gradient of the final state, which also adds  dK_i += dS_b v_i + dz_b,
 dv_i += dS_b^T K_i  (S_b is linear in K_i v_i^T and z_b in K_i).
-The chunked form derives dden through o instead: dden_t = -(dnum_t . o_t).
+The chunked form derives dden through o instead: dden_t = -(dnum_t . o_t), and writes phi its own way
+(``feature_map_by_parts``), so comparing the two forms also checks the feature map.
 Chunked (one sequence at a time): within a chunk the masked C x C block is explicit; across chunks
     dQ_t += scale (S_prev dnum_t + z_prev dden_t)                    (forward sweep, prefix states from S0)
     dK_i += dS v_i + dz,  dv_i += dS^T K_i                            (reverse sweep)
@@ -30,8 +31,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..state import LinearState, state_dtype
-from .common import (CHUNK, as_work, causal_mask, chunks, feature_map as _phi, feature_map_grad, mT, packed_backward,
-                     packed_forward, packed_mask, sequences, state_as)
+from .common import (CHUNK, as_work, causal_mask, chunks, feature_map as _phi, feature_map_by_parts, feature_map_grad,
+                     mT, packed_backward, packed_forward, packed_mask, sequences, state_as)
 
 
 def _scores(Q, K, causal, scale, cu=None):
@@ -129,7 +130,7 @@ def chunked_forward(q, k, v, causal=True, feature_map="identity", normalize=Fals
 
 def _chunked_forward_one(q, k, v, state, causal, feature_map, normalize, scale, eps, C):
     """One sequence: (o, final LinearState, ctx)."""
-    Q, K = _phi(q, feature_map), _phi(k, feature_map)
+    Q, K = feature_map_by_parts(q, feature_map), feature_map_by_parts(k, feature_map)
     num, den, S, z = _chunked_num_den(Q, K, v, causal, scale, eps, normalize, C, state)
     o = num / den[..., None] if normalize else num
     return o, LinearState(S, z if normalize else None), (q, k, v, num, den, causal, feature_map, normalize,
@@ -166,7 +167,7 @@ def chunked_backward(ctx, do, dstate=None):
 def _chunked_backward_one(ctx, do, dfinal):
     """One sequence: ((dq, dk, dv), initial state's gradient or None)."""
     q, k, v, num, den, causal, fmap, normalize, scale, C, state = ctx
-    Q, K = _phi(q, fmap), _phi(k, fmap)
+    Q, K = feature_map_by_parts(q, fmap), feature_map_by_parts(k, fmap)
     # its own derivation of (dnum, dden), through the output o = num / den: dden = -(do / den).o
     dnum = do / den[..., None] if normalize else do
     dden = -(dnum * num / den[..., None]).sum(-1) if normalize else None

@@ -234,6 +234,13 @@ __device__ __forceinline__ void c_to_a(AFrags<T, NT>& A, const float (&c)[NT][4]
     }
 }
 
+// accumulator fragments <- 0
+template <int N>
+__device__ __forceinline__ void zero_acc(float (&a)[N][4]) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) a[j][0] = a[j][1] = a[j][2] = a[j][3] = 0.f;
+}
+
 // Visit every accumulator element with its (row, column) inside the warp's tile: f(mt, nt, e, row, col).
 template <int MT, int NT, typename F>
 __device__ __forceinline__ void for_each(float (&acc)[MT][NT][4], int m0, int n0, F f) {

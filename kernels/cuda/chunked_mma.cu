@@ -175,32 +175,31 @@ __device__ __forceinline__ void row_dots(const float (&a)[8][4], const T* s, int
     }
 }
 
-// The state tile (fp32 fragments, rows m0.. of the block's tile) -> shared memory in T, scaled by 1/sigma;
-// returns sigma (1 except for fp16, where it is the power of two that keeps |H| / sigma <= 2^14).
-// Every thread of the block must call it (it synchronises for the fp16 reduction).
-template <typename T, int MT, int NT>
-__device__ __forceinline__ float state_to_smem(const float (&H)[MT][NT][4], T* s, int lds, int m0, float* red) {
-    float sigma = 1.f, inv = 1.f;
-    if constexpr (wbmma::Traits<T>::HALF) {
-        float mx = 0.f;
+// The pieces of moving a state tile (fp32 fragments, rows m0.. of the block's tile) to shared memory in T.  fp16
+// operands are scaled by 1/sigma, sigma the power of two that keeps |H| / sigma <= 2^14 (1 for other types):
+//   warp_abs_max   max |H| over the warp's fragments (every lane gets it)
+//   pow2_scale     sigma and 1/sigma from the block's max (left at 1 while the max is below 2^14, or inf / NaN)
+//   frags_to_smem  the fragments times inv -> shared memory (row stride lds, columns from 0)
+template <int MT, int NT>
+__device__ __forceinline__ float warp_abs_max(const float (&H)[MT][NT][4]) {
+    float mx = 0.f;
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
+        for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) mx = fmaxf(mx, fabsf(H[mt][nt][e]));
-        mx = warp_max(mx);
-        const int w = threadIdx.x >> 5;
-        if ((threadIdx.x & 31) == 0) red[w] = mx;
-        __syncthreads();
-        mx = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
-        const int ex = (int)((__float_as_uint(mx) >> 23) & 0xff) - 127;   // mx in [2^ex, 2^(ex+1))
-        if (ex > 13 && ex < 128) {
-            sigma = __uint_as_float((unsigned)(127 + ex - 13) << 23);      // 2^(ex-13)
-            inv = __uint_as_float((unsigned)(127 - ex + 13) << 23);
-        }
-        __syncthreads();                                                   // red is read before reuse
+            for (int e = 0; e < 4; ++e) mx = fmaxf(mx, fabsf(H[mt][nt][e]));
+    return warp_max(mx);
+}
+__device__ __forceinline__ void pow2_scale(float mx, float& sigma, float& inv) {
+    const int ex = (int)((__float_as_uint(mx) >> 23) & 0xff) - 127;       // mx in [2^ex, 2^(ex+1))
+    if (ex > 13 && ex < 128) {
+        sigma = __uint_as_float((unsigned)(127 + ex - 13) << 23);          // 2^(ex-13)
+        inv = __uint_as_float((unsigned)(127 - ex + 13) << 23);
     }
+}
+template <typename T, int MT, int NT>
+__device__ __forceinline__ void frags_to_smem(const float (&H)[MT][NT][4], T* s, int lds, int m0, float inv) {
     const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -216,6 +215,21 @@ __device__ __forceinline__ float state_to_smem(const float (&H)[MT][NT][4], T* s
                     *reinterpret_cast<unsigned*>(dst) = pack2<T>(H[mt][nt][2 * h] * inv, H[mt][nt][2 * h + 1] * inv);
                 }
             }
+}
+
+// The state tile -> shared memory in T, scaled by 1/sigma; returns sigma.  Every thread of the block must call it
+// (it synchronises for the fp16 reduction).
+template <typename T, int MT, int NT>
+__device__ __forceinline__ float state_to_smem(const float (&H)[MT][NT][4], T* s, int lds, int m0, float* red) {
+    float sigma = 1.f, inv = 1.f;
+    if constexpr (wbmma::Traits<T>::HALF) {
+        const float mx = warp_abs_max(H);
+        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
+        __syncthreads();
+        pow2_scale(fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3])), sigma, inv);
+        __syncthreads();                                                   // red is read before reuse
+    }
+    frags_to_smem(H, s, lds, m0, inv);
     return sigma;
 }
 
@@ -778,51 +792,21 @@ template <typename T, int MT, int NT>
 __device__ __forceinline__ void states_to_smem(const float (&X)[3][MT][NT][4], T* dst, int stride, int lds, int m0,
                                                float* red, float (&sg)[3]) {
     float inv[3] = {1.f, 1.f, 1.f};
+    sg[0] = sg[1] = sg[2] = 1.f;
     if constexpr (wbmma::Traits<T>::HALF) {
         const int w = threadIdx.x >> 5;
 #pragma unroll
         for (int j = 0; j < 3; ++j) {
-            float mx = 0.f;
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) mx = fmaxf(mx, fabsf(X[j][mt][nt][e]));
-            mx = warp_max(mx);
+            const float mx = warp_abs_max(X[j]);
             if ((threadIdx.x & 31) == 0) red[3 * w + j] = mx;
         }
         __syncthreads();
 #pragma unroll
-        for (int j = 0; j < 3; ++j) {
-            const float mx = fmaxf(fmaxf(red[j], red[3 + j]), fmaxf(red[6 + j], red[9 + j]));
-            const int ex = (int)((__float_as_uint(mx) >> 23) & 0xff) - 127;   // mx in [2^ex, 2^(ex+1))
-            sg[j] = 1.f;
-            if (ex > 13 && ex < 128) {
-                sg[j] = __uint_as_float((unsigned)(127 + ex - 13) << 23);     // 2^(ex-13)
-                inv[j] = __uint_as_float((unsigned)(127 - ex + 13) << 23);
-            }
-        }
-    } else {
-        sg[0] = sg[1] = sg[2] = 1.f;
+        for (int j = 0; j < 3; ++j)
+            pow2_scale(fmaxf(fmaxf(red[j], red[3 + j]), fmaxf(red[6 + j], red[9 + j])), sg[j], inv[j]);
     }
-    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
 #pragma unroll
-    for (int j = 0; j < 3; ++j)
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    T* d = dst + j * stride + (m0 + 16 * mt + g + 8 * h) * lds + 8 * nt + 2 * t;
-                    if constexpr (wbmma::Traits<T>::F32) {
-                        d[0] = X[j][mt][nt][2 * h];
-                        d[1] = X[j][mt][nt][2 * h + 1];
-                    } else {
-                        *reinterpret_cast<unsigned*>(d) = pack2<T>(X[j][mt][nt][2 * h] * inv[j], X[j][mt][nt][2 * h + 1] * inv[j]);
-                    }
-                }
+    for (int j = 0; j < 3; ++j) frags_to_smem(X[j], dst + j * stride, lds, m0, inv[j]);
 }
 
 // The block's place: tile `tile` (columns col0.. of its wide side, of width `width`) of segment sg of head n;

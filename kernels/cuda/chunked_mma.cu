@@ -809,6 +809,38 @@ __device__ __forceinline__ void states_to_smem(const float (&X)[3][MT][NT][4], T
     for (int j = 0; j < 3; ++j) frags_to_smem(X[j], dst + j * stride, lds, m0, inv[j]);
 }
 
+// A tz kernel's dynamic shared memory, in the order kernels/cupy/zeros.py sizes it: two wide tiles [C][DP + PAD]
+// (every column of one side, DP its padded head dim), NARROW tiles [C][LDW] (this block's 32 columns of the other
+// side), the three state operands (KEY_MAJOR: DP rows x LDW each; else BW rows x (DP + PAD)), then Rows.
+template <typename T, int DP, int NARROW, bool KEY_MAJOR>
+struct Smem {
+    static constexpr int LDD = DP + PAD, LDX = KEY_MAJOR ? LDW : LDD, XSTRIDE = (KEY_MAJOR ? DP : BW) * LDX;
+    T* base;
+    __device__ __forceinline__ Smem() {
+        extern __shared__ __align__(16) unsigned char smem_raw[];
+        base = reinterpret_cast<T*>(smem_raw);
+    }
+    __device__ __forceinline__ T* wide(int i) const { return base + i * C * LDD; }
+    __device__ __forceinline__ T* narrow(int i) const { return wide(2) + i * C * LDW; }
+    __device__ __forceinline__ T* states() const { return narrow(NARROW); }
+    __device__ __forceinline__ Rows* rows() const { return reinterpret_cast<Rows*>(states() + 3 * XSTRIDE); }
+    // the chunk's nrow rows of an input of d columns (row stride d) -> a wide tile (every column) or a narrow tile
+    // (columns col0 .. col0 + 31)
+    __device__ __forceinline__ void load_wide(T* dst, const T* __restrict__ g, int d, int nrow) const {
+        load_tile<T, DP>(dst, LDD, g, d, nrow, 0, d);
+    }
+    __device__ __forceinline__ void load_narrow(T* dst, const T* __restrict__ g, int d, int nrow, int col0) const {
+        load_tile<T, BW>(dst, LDW, g, d, nrow, col0, d);
+    }
+    // the warp's state fragments -> the state operands (states_to_smem): key-major fragments hold rows off.. of the
+    // operands, value-major ones columns off..
+    template <int MT, int NT>
+    __device__ __forceinline__ void put_states(const float (&X)[3][MT][NT][4], int off, float (&sg)[3]) const {
+        if constexpr (KEY_MAJOR) states_to_smem<T, MT, NT>(X, states(), XSTRIDE, LDX, off, rows()->red, sg);
+        else states_to_smem<T, MT, NT>(X, states() + off, XSTRIDE, LDX, 0, rows()->red, sg);
+    }
+};
+
 // The block's place: tile `tile` (columns col0.. of its wide side, of width `width`) of segment sg of head n;
 // the segment's tokens t0..t1, n T, dk dv, and the head's sigma, c and 1 / sigma.
 struct Place {
@@ -893,13 +925,10 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_fwd(const T*
     using namespace tz;
     using namespace wbmma;
     constexpr int LDK = DKP + PAD, KS = Traits<T>::KS, HMT = DKP / 64;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* sQ = reinterpret_cast<T*>(smem_raw);
-    T* sK = sQ + C * LDK;
-    T* sW = sK + C * LDK;                                          // the two weighted copies of v, then v
-    T* sV = sW + 2 * C * LDW;
-    T* sX = sV + C * LDW;
-    Rows* tr = reinterpret_cast<Rows*>(sX + 3 * DKP * LDW);
+    const Smem<T, DKP, 3, true> sm;
+    T *sQ = sm.wide(0), *sK = sm.wide(1), *sV = sm.narrow(2), *sX = sm.states();
+    T* sW = sm.narrow(0);                                          // the two weighted copies of v (before v)
+    Rows* tr = sm.rows();
     const Place p = place_of(dv, seg_t0, seg_t1, T_, dk, dv, head_sig, head_shift);
     const bool outp = o != nullptr, walk = !outp || causal;
     const int w = threadIdx.x >> 5, hm0 = (DKP / 4) * w;
@@ -910,13 +939,13 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_fwd(const T*
         const long long row0 = p.nT + cs;
         const bool upd = walk && (!outp || cs + C < p.t1);
         __syncthreads();                                           // the previous chunk is done with smem
-        if (outp) load_tile<T, DKP>(sQ, LDK, q + row0 * dk, dk, nrow, 0, dk);
+        if (outp) sm.load_wide(sQ, q + row0 * dk, dk, nrow);
         if (walk) {
-            load_tile<T, DKP>(sK, LDK, k + row0 * dk, dk, nrow, 0, dk);
-            load_tile<T, BW>(sV, LDW, v + row0 * dv, dv, nrow, p.col0, dv);
+            sm.load_wide(sK, k + row0 * dk, dk, nrow);
+            sm.load_narrow(sV, v + row0 * dv, dv, nrow, p.col0);
         }
         load_stats<T, true>(tr, s, m, al, be, ga, row0, cs, nrow, p.shift, p.isig);
-        if (outp && (causal || cs == p.t0)) states_to_smem<T, HMT, 4>(X, sX, DKP * LDW, LDW, hm0, tr->red, sg3);
+        if (outp && (causal || cs == p.t0)) sm.put_states(X, hm0, sg3);
         cp_async_wait();
         __syncthreads();
         if (upd) weighted_copies<T, BW, 2>(sW, sV, LDW, tr);
@@ -988,14 +1017,10 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dq(const
     using namespace tz;
     using namespace wbmma;
     constexpr int LDV = DVP + PAD, KS = Traits<T>::KS, NTW = DVP / 32;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* sO = reinterpret_cast<T*>(smem_raw);
-    T* sV = sO + C * LDV;
-    T* sQ = sV + C * LDV;
-    T* sW = sQ + C * LDW;                                          // the two weighted copies of k, then k
-    T* sK = sW + 2 * C * LDW;
-    T* sX = sK + C * LDW;
-    Rows* tr = reinterpret_cast<Rows*>(sX + 3 * BW * LDV);
+    const Smem<T, DVP, 4, false> sm;
+    T *sO = sm.wide(0), *sV = sm.wide(1), *sQ = sm.narrow(0), *sK = sm.narrow(3), *sX = sm.states();
+    T* sW = sm.narrow(1);                                          // the two weighted copies of k (between q and k)
+    Rows* tr = sm.rows();
     const Place p = place_of(dk, seg_t0, seg_t1, T_, dk, dv, head_sig, head_shift);
     const int ntk = (dk + BW - 1) / BW, N = gridDim.y, w = threadIdx.x >> 5, hn0 = (DVP / 4) * w;
     float X[3][2][NTW][4], sg3[3] = {1.f, 1.f, 1.f};
@@ -1005,14 +1030,14 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dq(const
         const long long row0 = p.nT + cs;
         const bool upd = causal && cs + C < p.t1;
         __syncthreads();
-        load_tile<T, DVP>(sO, LDV, dout + row0 * dv, dv, nrow, 0, dv);
-        load_tile<T, BW>(sQ, LDW, q + row0 * dk, dk, nrow, p.col0, dk);
+        sm.load_wide(sO, dout + row0 * dv, dv, nrow);
+        sm.load_narrow(sQ, q + row0 * dk, dk, nrow, p.col0);
         if (causal) {
-            load_tile<T, DVP>(sV, LDV, v + row0 * dv, dv, nrow, 0, dv);
-            load_tile<T, BW>(sK, LDW, k + row0 * dk, dk, nrow, p.col0, dk);
+            sm.load_wide(sV, v + row0 * dv, dv, nrow);
+            sm.load_narrow(sK, k + row0 * dk, dk, nrow, p.col0);
         }
         load_stats<T, true>(tr, s, m, al, be, ga, row0, cs, nrow, p.shift, p.isig);
-        if (causal || cs == p.t0) states_to_smem<T, 2, NTW>(X, sX + hn0, BW * LDV, LDV, 0, tr->red, sg3);
+        if (causal || cs == p.t0) sm.put_states(X, hn0, sg3);
         cp_async_wait();
         __syncthreads();
         if (upd) weighted_copies<T, BW, 2>(sW, sK, LDW, tr);
@@ -1080,14 +1105,10 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_bwd_dv(const
     using namespace tz;
     using namespace wbmma;
     constexpr int LDK = DKP + PAD, KS = Traits<T>::KS, HMT = DKP / 64;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* sQ = reinterpret_cast<T*>(smem_raw);
-    T* sK = sQ + C * LDK;
-    T* sW = sK + C * LDK;                                          // the three weighted copies of do, then do
-    T* sO = sW + 3 * C * LDW;
-    T* sVt = sO + C * LDW;
-    T* sX = sVt + C * LDW;
-    Rows* tr = reinterpret_cast<Rows*>(sX + 3 * DKP * LDW);
+    const Smem<T, DKP, 5, true> sm;
+    T *sQ = sm.wide(0), *sK = sm.wide(1), *sO = sm.narrow(3), *sVt = sm.narrow(4), *sX = sm.states();
+    T* sW = sm.narrow(0);                                          // the three weighted copies of do (before do)
+    Rows* tr = sm.rows();
     const Place p = place_of(dv, seg_t0, seg_t1, T_, dk, dv, head_sig, head_shift);
     const bool outp = dvout != nullptr, walk = !outp || causal;
     const int N = gridDim.y, w = threadIdx.x >> 5, hm0 = (DKP / 4) * w;
@@ -1100,15 +1121,15 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_bwd_dv(const
         const bool upd = walk && (!outp || jc > 0);
         __syncthreads();
         if (walk) {
-            load_tile<T, DKP>(sQ, LDK, q + row0 * dk, dk, nrow, 0, dk);
-            load_tile<T, BW>(sO, LDW, dout + row0 * dv, dv, nrow, p.col0, dv);
+            sm.load_wide(sQ, q + row0 * dk, dk, nrow);
+            sm.load_narrow(sO, dout + row0 * dv, dv, nrow, p.col0);
         }
         if (outp) {
-            load_tile<T, DKP>(sK, LDK, k + row0 * dk, dk, nrow, 0, dk);
-            load_tile<T, BW>(sVt, LDW, v + row0 * dv, dv, nrow, p.col0, dv);
+            sm.load_wide(sK, k + row0 * dk, dk, nrow);
+            sm.load_narrow(sVt, v + row0 * dv, dv, nrow, p.col0);
         }
         load_stats<T, false>(tr, s, m, al, be, ga, row0, cs, nrow, p.shift, p.isig);
-        if (outp && (causal || jc == nch - 1)) states_to_smem<T, HMT, 4>(X, sX, DKP * LDW, LDW, hm0, tr->red, sg3);
+        if (outp && (causal || jc == nch - 1)) sm.put_states(X, hm0, sg3);
         cp_async_wait();
         __syncthreads();
         if (upd) weighted_copies<T, BW, 3>(sW, sO, LDW, tr);
@@ -1167,13 +1188,10 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dk(const
     using namespace tz;
     using namespace wbmma;
     constexpr int LDV = DVP + PAD, KS = Traits<T>::KS, NTW = DVP / 32;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* sV = reinterpret_cast<T*>(smem_raw);
-    T* sO = sV + C * LDV;
-    T* sW = sO + C * LDV;                                          // the three weighted copies of q, then q
-    T* sQ = sW + 3 * C * LDW;
-    T* sX = sQ + C * LDW;
-    Rows* tr = reinterpret_cast<Rows*>(sX + 3 * BW * LDV);
+    const Smem<T, DVP, 4, false> sm;
+    T *sV = sm.wide(0), *sO = sm.wide(1), *sQ = sm.narrow(3), *sX = sm.states();
+    T* sW = sm.narrow(0);                                          // the three weighted copies of q (before q)
+    Rows* tr = sm.rows();
     const Place p = place_of(dk, seg_t0, seg_t1, T_, dk, dv, head_sig, head_shift);
     const int w = threadIdx.x >> 5, hn0 = (DVP / 4) * w;
     float X[3][2][NTW][4], sg3[3] = {1.f, 1.f, 1.f};
@@ -1184,13 +1202,13 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dk(const
         const long long row0 = p.nT + cs;
         const bool upd = causal && jc > 0;
         __syncthreads();
-        load_tile<T, DVP>(sV, LDV, v + row0 * dv, dv, nrow, 0, dv);
+        sm.load_wide(sV, v + row0 * dv, dv, nrow);
         if (causal) {
-            load_tile<T, DVP>(sO, LDV, dout + row0 * dv, dv, nrow, 0, dv);
-            load_tile<T, BW>(sQ, LDW, q + row0 * dk, dk, nrow, p.col0, dk);
+            sm.load_wide(sO, dout + row0 * dv, dv, nrow);
+            sm.load_narrow(sQ, q + row0 * dk, dk, nrow, p.col0);
         }
         load_stats<T, false>(tr, s, m, al, be, ga, row0, cs, nrow, p.shift, p.isig);
-        if (causal || jc == nch - 1) states_to_smem<T, 2, NTW>(X, sX + hn0, BW * LDV, LDV, 0, tr->red, sg3);
+        if (causal || jc == nch - 1) sm.put_states(X, hn0, sg3);
         cp_async_wait();
         __syncthreads();
         if (upd) weighted_copies<T, BW, 3>(sW, sQ, LDW, tr);

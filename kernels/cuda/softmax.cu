@@ -215,23 +215,6 @@ __device__ __forceinline__ void fl_load(float* s, const T* g, int row0, int T_, 
     }
 }
 
-// The thread's register tile a[i][j] (tile row r + 16 i, column c + 16 j) times mul -> rows row0 + r + 16 i of a
-// (T_, d_act) matrix g, for the rows below T_ and the columns below d_act.
-template <typename T, int TM, int TD>
-__device__ __forceinline__ void fl_store(T* g, const float (&a)[TM][TD], int row0, int T_, int d_act, float mul) {
-    const int r = threadIdx.x >> 4, c = threadIdx.x & 15;
-#pragma unroll
-    for (int i = 0; i < TM; ++i) {
-        const int t = row0 + r + 16 * i;
-        if (t >= T_) continue;
-#pragma unroll
-        for (int j = 0; j < TD; ++j) {
-            const int d = c + 16 * j;
-            if (d < d_act) g[(long long)t * d_act + d] = from_f32<T>(a[i][j] * mul);
-        }
-    }
-}
-
 // max and sum over the 16 lanes of a half-warp (xor offsets < 16 stay inside it)
 __device__ __forceinline__ float hw_max(float x) {
 #pragma unroll
@@ -242,35 +225,6 @@ __device__ __forceinline__ float hw_sum(float x) {
 #pragma unroll
     for (int o = 8; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
     return x;
-}
-
-// The two backward kernels' products and elementwise step on a tile of the thread's share (rows r + 16 i, columns
-// c + 16 j; row0 + row and col0 + col their positions; KEY_ROWS: rows are keys and columns queries, else the reverse):
-//   fl_two_abt  sdp[0] = s = A1 B1^T and sdp[1] = dp = A2 B2^T over the D columns of [rows][D + 1] tiles
-//   fl_ds       p = 2^(s - lse2) on the visible (query t, key) pairs (both below T_, key <= t when causal), else 0,
-//               and ds = p (dp - D) -> sS [row][col] (row stride LDS); KEY_ROWS also stores p -> sP (dV needs P^T).
-//               lse2 and D of the element's query: lse2[q], Dq[q], q = col (KEY_ROWS: per column) or i (per row)
-template <int D, int TM, int TN>
-__device__ __forceinline__ void fl_two_abt(float (&sdp)[2][TM][TN], const float* A1, const float* A2, const float* B1,
-                                           const float* B2) {
-    rt_zero(sdp);
-    rt_mm<2, TM, TN, D, D + 1, D + 1, 1, 2>(sdp, {A1, A2}, {B1, B2}, threadIdx.x >> 4, threadIdx.x & 15);
-}
-template <bool KEY_ROWS, int TM, int TN, int LDS>
-__device__ __forceinline__ void fl_ds(const float (&sdp)[2][TM][TN], const float* lse2, const float* Dq, int row0,
-                                      int col0, int T_, int causal, float* sP, float* sS) {
-    const int r = threadIdx.x >> 4, c = threadIdx.x & 15;
-#pragma unroll
-    for (int i = 0; i < TM; ++i)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) {
-            const int row = r + 16 * i, col = c + 16 * j, qi = KEY_ROWS ? col : i;
-            const int t = (KEY_ROWS ? col0 + col : row0 + row), key = (KEY_ROWS ? row0 + row : col0 + col);
-            const bool ok = t < T_ && key < T_ && (!causal || key <= t);
-            const float p = ok ? exp2f(sdp[0][i][j] - lse2[qi]) : 0.f;
-            if constexpr (KEY_ROWS) sP[row * LDS + col] = p;
-            sS[row * LDS + col] = p * (sdp[1][i][j] - Dq[qi]);
-        }
 }
 
 // Forward.  Block: BR query rows; loops over BC-key tiles.  smem: Q [BR][D+1] (pre-scaled by sl2),
@@ -373,13 +327,36 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dkdv(const T* q, const T
         }
         __syncthreads();
         float sdp[2][TM][TN];
-        fl_two_abt<D>(sdp, sK, sV, sQ, sO);                     // s^T = K Q^T, dp^T = V dO^T
-        fl_ds<true, TM, TN, BQ + 1>(sdp, sL, sD, k0, q0, T_, causal, sP, sS);
+        float (&s)[TM][TN] = sdp[0];
+        float (&dp)[TM][TN] = sdp[1];
+        rt_zero(sdp);
+        rt_mm<2, TM, TN, D, LD, LD, 1, 2>(sdp, {sK, sV}, {sQ, sO}, r, c);
+#pragma unroll
+        for (int i = 0; i < TM; ++i) {
+            const int key = k0 + r + 16 * i;
+#pragma unroll
+            for (int j = 0; j < TN; ++j) {
+                const int x = c + 16 * j, t = q0 + x;
+                const bool ok = t < T_ && key < T_ && (!causal || key <= t);
+                const float p = ok ? exp2f(s[i][j] - sL[x]) : 0.f;
+                sP[(r + 16 * i) * (BQ + 1) + x] = p;
+                sS[(r + 16 * i) * (BQ + 1) + x] = p * (dp[i][j] - sD[x]);
+            }
+        }
         __syncthreads();
         rt_mm<2, TM, TD, BQ, BQ + 1, 1, LD, 2>(gvk, {sP, sS}, {sO, sQ}, r, c);
     }
-    fl_store<T, TM, TD>(dk_ + nT * dk, gk, k0, T_, dk, scale);
-    fl_store<T, TM, TD>(dv_ + nT * dv, gv, k0, T_, dv, 1.f);
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int key = k0 + r + 16 * i;
+        if (key >= T_) continue;
+#pragma unroll
+        for (int j = 0; j < TD; ++j) {
+            const int d = c + 16 * j;
+            if (d < dk) dk_[(nT + key) * dk + d] = from_f32<T>(gk[i][j] * scale);
+            if (d < dv) dv_[(nT + key) * dv + d] = from_f32<T>(gv[i][j]);
+        }
+    }
 }
 
 // dq.  Block: BR query rows, loops over BC-key tiles up to the diagonal.  s = sl2 q.k, p = exp2(s - lse2),
@@ -411,12 +388,34 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dq(const T* q, const T* 
         fl_load<T, D, BC>(sV, v + nT * dv, k0, T_, dv, 1.f);
         __syncthreads();
         float sdp[2][TM][TN];
-        fl_two_abt<D>(sdp, sQ, sO, sK, sV);                     // s = Q K^T, dp = dO V^T
-        fl_ds<false, TM, TN, BC + 1>(sdp, l2, Dr, q0, k0, T_, causal, nullptr, sS);
+        float (&s)[TM][TN] = sdp[0];
+        float (&dp)[TM][TN] = sdp[1];
+        rt_zero(sdp);
+        rt_mm<2, TM, TN, D, LD, LD, 1, 2>(sdp, {sQ, sO}, {sK, sV}, r, c);
+#pragma unroll
+        for (int i = 0; i < TM; ++i) {
+            const int t = q0 + r + 16 * i;
+#pragma unroll
+            for (int j = 0; j < TN; ++j) {
+                const int key = k0 + c + 16 * j;
+                const bool ok = t < T_ && key < T_ && (!causal || key <= t);
+                const float p = ok ? exp2f(s[i][j] - l2[i]) : 0.f;
+                sS[(r + 16 * i) * (BC + 1) + c + 16 * j] = p * (dp[i][j] - Dr[i]);
+            }
+        }
         __syncthreads();
         rt_mm<1, TM, TD, BC, BC + 1, 1, LD, 2>(g1, {sS}, {sK}, r, c);
     }
-    fl_store<T, TM, TD>(dq + nT * dk, g, q0, T_, dk, scale);
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+        const int t = q0 + r + 16 * i;
+        if (t >= T_) continue;
+#pragma unroll
+        for (int j = 0; j < TD; ++j) {
+            const int d = c + 16 * j;
+            if (d < dk) dq[(nT + t) * dk + d] = from_f32<T>(g[i][j] * scale);
+        }
+    }
 }
 
 // ============================================================================ 2. mma (tensor cores)
@@ -1158,9 +1157,13 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, co
     constexpr int MQ = BQ / 16, WN = 4 / MQ, DW = D / WN, NDW = DW / 8;   // dQ tile: warp -> (m tile, columns)
     static_assert(MQ * WN == 4 && DW % 16 == 0, "dQ tile must split into 4 warps of 16-column multiples");
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    // K, V; two buffers of BQ rows of Q; dO; dS of the tile ([query][key]); then lse and D of the tile (float)
-    const auto [sK, sV, sQ, sO, sS] = carve<T>(smem_raw, BK * LDK, BK * LDV, 2 * BQ * LDQ, BQ * LDQ, BQ * LDS).p;
-    const auto [sL, sD] = carve<float>(sS + BQ * LDS, BQ, BQ).p;
+    T* sK = reinterpret_cast<T*>(smem_raw);
+    T* sV = sK + BK * LDK;
+    T* sQ = sV + BK * LDV;                                      // two buffers of BQ rows
+    T* sO = sQ + 2 * BQ * LDQ;
+    T* sS = sO + BQ * LDQ;                                      // dS of the tile, [query][key]
+    float* sL = reinterpret_cast<float*>(sS + BQ * LDS);
+    float* sD = sL + BQ;
     const int n = blockIdx.x % N, k0 = (int)(blockIdx.x / N) * BK;   // causal: longest key blocks first
     const int w = threadIdx.x >> 5, L = threadIdx.x & 31, g = L >> 2, tq = L & 3;
     const long long nT = (long long)n * T_;

@@ -236,32 +236,31 @@ __device__ __forceinline__ void row_dots(const float (&a)[8][4], const T* s, int
     }
 }
 
-// The state tile (fp32 fragments, rows m0.. of the block's tile) -> shared memory in T, scaled by 1/sigma;
-// returns sigma (1 except for fp16, where it is the power of two that keeps |H| / sigma <= 2^14).
-// Every thread of the block must call it (it synchronises for the fp16 reduction).
-template <typename T, int MT, int NT>
-__device__ __forceinline__ float state_to_smem(const float (&H)[MT][NT][4], T* s, int lds, int m0, float* red) {
-    float sigma = 1.f, inv = 1.f;
-    if constexpr (wbmma::Traits<T>::HALF) {
-        float mx = 0.f;
+// The pieces of moving a state tile (fp32 fragments, rows m0.. of the block's tile) to shared memory in T.  fp16
+// operands are scaled by 1/sigma, sigma the power of two that keeps |H| / sigma <= 2^14 (1 for other types):
+//   warp_abs_max   max |H| over the warp's fragments (every lane gets it)
+//   pow2_scale     sigma and 1/sigma from the block's max (left at 1 while the max is below 2^14, or inf / NaN)
+//   frags_to_smem  the fragments times inv -> shared memory (row stride lds, columns from 0)
+template <int MT, int NT>
+__device__ __forceinline__ float warp_abs_max(const float (&H)[MT][NT][4]) {
+    float mx = 0.f;
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
+        for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) mx = fmaxf(mx, fabsf(H[mt][nt][e]));
-        mx = warp_max(mx);
-        const int w = threadIdx.x >> 5;
-        if ((threadIdx.x & 31) == 0) red[w] = mx;
-        __syncthreads();
-        mx = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
-        const int ex = (int)((__float_as_uint(mx) >> 23) & 0xff) - 127;   // mx in [2^ex, 2^(ex+1))
-        if (ex > 13 && ex < 128) {
-            sigma = __uint_as_float((unsigned)(127 + ex - 13) << 23);      // 2^(ex-13)
-            inv = __uint_as_float((unsigned)(127 - ex + 13) << 23);
-        }
-        __syncthreads();                                                   // red is read before reuse
+            for (int e = 0; e < 4; ++e) mx = fmaxf(mx, fabsf(H[mt][nt][e]));
+    return warp_max(mx);
+}
+__device__ __forceinline__ void pow2_scale(float mx, float& sigma, float& inv) {
+    const int ex = (int)((__float_as_uint(mx) >> 23) & 0xff) - 127;       // mx in [2^ex, 2^(ex+1))
+    if (ex > 13 && ex < 128) {
+        sigma = __uint_as_float((unsigned)(127 + ex - 13) << 23);          // 2^(ex-13)
+        inv = __uint_as_float((unsigned)(127 - ex + 13) << 23);
     }
+}
+template <typename T, int MT, int NT>
+__device__ __forceinline__ void frags_to_smem(const float (&H)[MT][NT][4], T* s, int lds, int m0, float inv) {
     const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -277,6 +276,21 @@ __device__ __forceinline__ float state_to_smem(const float (&H)[MT][NT][4], T* s
                     *reinterpret_cast<unsigned*>(dst) = pack2<T>(H[mt][nt][2 * h] * inv, H[mt][nt][2 * h + 1] * inv);
                 }
             }
+}
+
+// The state tile -> shared memory in T, scaled by 1/sigma; returns sigma.  Every thread of the block must call it
+// (it synchronises for the fp16 reduction).
+template <typename T, int MT, int NT>
+__device__ __forceinline__ float state_to_smem(const float (&H)[MT][NT][4], T* s, int lds, int m0, float* red) {
+    float sigma = 1.f, inv = 1.f;
+    if constexpr (wbmma::Traits<T>::HALF) {
+        const float mx = warp_abs_max(H);
+        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
+        __syncthreads();
+        pow2_scale(fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3])), sigma, inv);
+        __syncthreads();                                                   // red is read before reuse
+    }
+    frags_to_smem(H, s, lds, m0, inv);
     return sigma;
 }
 
@@ -870,52 +884,54 @@ template <typename T, int MT, int NT>
 __device__ __forceinline__ void states_to_smem(const float (&X)[3][MT][NT][4], T* dst, int stride, int lds, int m0,
                                                float* red, float (&sg)[3]) {
     float inv[3] = {1.f, 1.f, 1.f};
+    sg[0] = sg[1] = sg[2] = 1.f;
     if constexpr (wbmma::Traits<T>::HALF) {
         const int w = threadIdx.x >> 5;
 #pragma unroll
         for (int j = 0; j < 3; ++j) {
-            float mx = 0.f;
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) mx = fmaxf(mx, fabsf(X[j][mt][nt][e]));
-            mx = warp_max(mx);
+            const float mx = warp_abs_max(X[j]);
             if ((threadIdx.x & 31) == 0) red[3 * w + j] = mx;
         }
         __syncthreads();
 #pragma unroll
-        for (int j = 0; j < 3; ++j) {
-            const float mx = fmaxf(fmaxf(red[j], red[3 + j]), fmaxf(red[6 + j], red[9 + j]));
-            const int ex = (int)((__float_as_uint(mx) >> 23) & 0xff) - 127;   // mx in [2^ex, 2^(ex+1))
-            sg[j] = 1.f;
-            if (ex > 13 && ex < 128) {
-                sg[j] = __uint_as_float((unsigned)(127 + ex - 13) << 23);     // 2^(ex-13)
-                inv[j] = __uint_as_float((unsigned)(127 - ex + 13) << 23);
-            }
-        }
-    } else {
-        sg[0] = sg[1] = sg[2] = 1.f;
+        for (int j = 0; j < 3; ++j)
+            pow2_scale(fmaxf(fmaxf(red[j], red[3 + j]), fmaxf(red[6 + j], red[9 + j])), sg[j], inv[j]);
     }
-    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
 #pragma unroll
-    for (int j = 0; j < 3; ++j)
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    T* d = dst + j * stride + (m0 + 16 * mt + g + 8 * h) * lds + 8 * nt + 2 * t;
-                    if constexpr (wbmma::Traits<T>::F32) {
-                        d[0] = X[j][mt][nt][2 * h];
-                        d[1] = X[j][mt][nt][2 * h + 1];
-                    } else {
-                        *reinterpret_cast<unsigned*>(d) = pack2<T>(X[j][mt][nt][2 * h] * inv[j], X[j][mt][nt][2 * h + 1] * inv[j]);
-                    }
-                }
+    for (int j = 0; j < 3; ++j) frags_to_smem(X[j], dst + j * stride, lds, m0, inv[j]);
 }
+
+// A tz kernel's dynamic shared memory, in the order kernels/cupy/zeros.py sizes it: two wide tiles [C][DP + PAD]
+// (every column of one side, DP its padded head dim), NARROW tiles [C][LDW] (this block's 32 columns of the other
+// side), the three state operands (KEY_MAJOR: DP rows x LDW each; else BW rows x (DP + PAD)), then Rows.
+template <typename T, int DP, int NARROW, bool KEY_MAJOR>
+struct Smem {
+    static constexpr int LDD = DP + PAD, LDX = KEY_MAJOR ? LDW : LDD, XSTRIDE = (KEY_MAJOR ? DP : BW) * LDX;
+    T* base;
+    __device__ __forceinline__ Smem() {
+        extern __shared__ __align__(16) unsigned char smem_raw[];
+        base = reinterpret_cast<T*>(smem_raw);
+    }
+    __device__ __forceinline__ T* wide(int i) const { return base + i * C * LDD; }
+    __device__ __forceinline__ T* narrow(int i) const { return wide(2) + i * C * LDW; }
+    __device__ __forceinline__ T* states() const { return narrow(NARROW); }
+    __device__ __forceinline__ Rows* rows() const { return reinterpret_cast<Rows*>(states() + 3 * XSTRIDE); }
+    // the chunk's nrow rows of an input of d columns (row stride d) -> a wide tile (every column) or a narrow tile
+    // (columns col0 .. col0 + 31)
+    __device__ __forceinline__ void load_wide(T* dst, const T* __restrict__ g, int d, int nrow) const {
+        load_tile<T, DP>(dst, LDD, g, d, nrow, 0, d);
+    }
+    __device__ __forceinline__ void load_narrow(T* dst, const T* __restrict__ g, int d, int nrow, int col0) const {
+        load_tile<T, BW>(dst, LDW, g, d, nrow, col0, d);
+    }
+    // the warp's state fragments -> the state operands (states_to_smem): key-major fragments hold rows off.. of the
+    // operands, value-major ones columns off..
+    template <int MT, int NT>
+    __device__ __forceinline__ void put_states(const float (&X)[3][MT][NT][4], int off, float (&sg)[3]) const {
+        if constexpr (KEY_MAJOR) states_to_smem<T, MT, NT>(X, states(), XSTRIDE, LDX, off, rows()->red, sg);
+        else states_to_smem<T, MT, NT>(X, states() + off, XSTRIDE, LDX, 0, rows()->red, sg);
+    }
+};
 
 // The block's place: tile `tile` (columns col0.. of its wide side, of width `width`) of segment sg of head n;
 // the segment's tokens t0..t1, n T, dk dv, and the head's sigma, c and 1 / sigma.
@@ -1001,13 +1017,10 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_fwd(const T*
     using namespace tz;
     using namespace wbmma;
     constexpr int LDK = DKP + PAD, KS = Traits<T>::KS, HMT = DKP / 64;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* sQ = reinterpret_cast<T*>(smem_raw);
-    T* sK = sQ + C * LDK;
-    T* sW = sK + C * LDK;                                          // the two weighted copies of v, then v
-    T* sV = sW + 2 * C * LDW;
-    T* sX = sV + C * LDW;
-    Rows* tr = reinterpret_cast<Rows*>(sX + 3 * DKP * LDW);
+    const Smem<T, DKP, 3, true> sm;
+    T *sQ = sm.wide(0), *sK = sm.wide(1), *sV = sm.narrow(2), *sX = sm.states();
+    T* sW = sm.narrow(0);                                          // the two weighted copies of v (before v)
+    Rows* tr = sm.rows();
     const Place p = place_of(dv, seg_t0, seg_t1, T_, dk, dv, head_sig, head_shift);
     const bool outp = o != nullptr, walk = !outp || causal;
     const int w = threadIdx.x >> 5, hm0 = (DKP / 4) * w;
@@ -1018,13 +1031,13 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_fwd(const T*
         const long long row0 = p.nT + cs;
         const bool upd = walk && (!outp || cs + C < p.t1);
         __syncthreads();                                           // the previous chunk is done with smem
-        if (outp) load_tile<T, DKP>(sQ, LDK, q + row0 * dk, dk, nrow, 0, dk);
+        if (outp) sm.load_wide(sQ, q + row0 * dk, dk, nrow);
         if (walk) {
-            load_tile<T, DKP>(sK, LDK, k + row0 * dk, dk, nrow, 0, dk);
-            load_tile<T, BW>(sV, LDW, v + row0 * dv, dv, nrow, p.col0, dv);
+            sm.load_wide(sK, k + row0 * dk, dk, nrow);
+            sm.load_narrow(sV, v + row0 * dv, dv, nrow, p.col0);
         }
         load_stats<T, true>(tr, s, m, al, be, ga, row0, cs, nrow, p.shift, p.isig);
-        if (outp && (causal || cs == p.t0)) states_to_smem<T, HMT, 4>(X, sX, DKP * LDW, LDW, hm0, tr->red, sg3);
+        if (outp && (causal || cs == p.t0)) sm.put_states(X, hm0, sg3);
         cp_async_wait();
         __syncthreads();
         if (upd) weighted_copies<T, BW, 2>(sW, sV, LDW, tr);
@@ -1096,14 +1109,10 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dq(const
     using namespace tz;
     using namespace wbmma;
     constexpr int LDV = DVP + PAD, KS = Traits<T>::KS, NTW = DVP / 32;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* sO = reinterpret_cast<T*>(smem_raw);
-    T* sV = sO + C * LDV;
-    T* sQ = sV + C * LDV;
-    T* sW = sQ + C * LDW;                                          // the two weighted copies of k, then k
-    T* sK = sW + 2 * C * LDW;
-    T* sX = sK + C * LDW;
-    Rows* tr = reinterpret_cast<Rows*>(sX + 3 * BW * LDV);
+    const Smem<T, DVP, 4, false> sm;
+    T *sO = sm.wide(0), *sV = sm.wide(1), *sQ = sm.narrow(0), *sK = sm.narrow(3), *sX = sm.states();
+    T* sW = sm.narrow(1);                                          // the two weighted copies of k (between q and k)
+    Rows* tr = sm.rows();
     const Place p = place_of(dk, seg_t0, seg_t1, T_, dk, dv, head_sig, head_shift);
     const int ntk = (dk + BW - 1) / BW, N = gridDim.y, w = threadIdx.x >> 5, hn0 = (DVP / 4) * w;
     float X[3][2][NTW][4], sg3[3] = {1.f, 1.f, 1.f};
@@ -1113,14 +1122,14 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dq(const
         const long long row0 = p.nT + cs;
         const bool upd = causal && cs + C < p.t1;
         __syncthreads();
-        load_tile<T, DVP>(sO, LDV, dout + row0 * dv, dv, nrow, 0, dv);
-        load_tile<T, BW>(sQ, LDW, q + row0 * dk, dk, nrow, p.col0, dk);
+        sm.load_wide(sO, dout + row0 * dv, dv, nrow);
+        sm.load_narrow(sQ, q + row0 * dk, dk, nrow, p.col0);
         if (causal) {
-            load_tile<T, DVP>(sV, LDV, v + row0 * dv, dv, nrow, 0, dv);
-            load_tile<T, BW>(sK, LDW, k + row0 * dk, dk, nrow, p.col0, dk);
+            sm.load_wide(sV, v + row0 * dv, dv, nrow);
+            sm.load_narrow(sK, k + row0 * dk, dk, nrow, p.col0);
         }
         load_stats<T, true>(tr, s, m, al, be, ga, row0, cs, nrow, p.shift, p.isig);
-        if (causal || cs == p.t0) states_to_smem<T, 2, NTW>(X, sX + hn0, BW * LDV, LDV, 0, tr->red, sg3);
+        if (causal || cs == p.t0) sm.put_states(X, hn0, sg3);
         cp_async_wait();
         __syncthreads();
         if (upd) weighted_copies<T, BW, 2>(sW, sK, LDW, tr);
@@ -1188,14 +1197,10 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_bwd_dv(const
     using namespace tz;
     using namespace wbmma;
     constexpr int LDK = DKP + PAD, KS = Traits<T>::KS, HMT = DKP / 64;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* sQ = reinterpret_cast<T*>(smem_raw);
-    T* sK = sQ + C * LDK;
-    T* sW = sK + C * LDK;                                          // the three weighted copies of do, then do
-    T* sO = sW + 3 * C * LDW;
-    T* sVt = sO + C * LDW;
-    T* sX = sVt + C * LDW;
-    Rows* tr = reinterpret_cast<Rows*>(sX + 3 * DKP * LDW);
+    const Smem<T, DKP, 5, true> sm;
+    T *sQ = sm.wide(0), *sK = sm.wide(1), *sO = sm.narrow(3), *sVt = sm.narrow(4), *sX = sm.states();
+    T* sW = sm.narrow(0);                                          // the three weighted copies of do (before do)
+    Rows* tr = sm.rows();
     const Place p = place_of(dv, seg_t0, seg_t1, T_, dk, dv, head_sig, head_shift);
     const bool outp = dvout != nullptr, walk = !outp || causal;
     const int N = gridDim.y, w = threadIdx.x >> 5, hm0 = (DKP / 4) * w;
@@ -1208,15 +1213,15 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_bwd_dv(const
         const bool upd = walk && (!outp || jc > 0);
         __syncthreads();
         if (walk) {
-            load_tile<T, DKP>(sQ, LDK, q + row0 * dk, dk, nrow, 0, dk);
-            load_tile<T, BW>(sO, LDW, dout + row0 * dv, dv, nrow, p.col0, dv);
+            sm.load_wide(sQ, q + row0 * dk, dk, nrow);
+            sm.load_narrow(sO, dout + row0 * dv, dv, nrow, p.col0);
         }
         if (outp) {
-            load_tile<T, DKP>(sK, LDK, k + row0 * dk, dk, nrow, 0, dk);
-            load_tile<T, BW>(sVt, LDW, v + row0 * dv, dv, nrow, p.col0, dv);
+            sm.load_wide(sK, k + row0 * dk, dk, nrow);
+            sm.load_narrow(sVt, v + row0 * dv, dv, nrow, p.col0);
         }
         load_stats<T, false>(tr, s, m, al, be, ga, row0, cs, nrow, p.shift, p.isig);
-        if (outp && (causal || jc == nch - 1)) states_to_smem<T, HMT, 4>(X, sX, DKP * LDW, LDW, hm0, tr->red, sg3);
+        if (outp && (causal || jc == nch - 1)) sm.put_states(X, hm0, sg3);
         cp_async_wait();
         __syncthreads();
         if (upd) weighted_copies<T, BW, 3>(sW, sO, LDW, tr);
@@ -1275,13 +1280,10 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dk(const
     using namespace tz;
     using namespace wbmma;
     constexpr int LDV = DVP + PAD, KS = Traits<T>::KS, NTW = DVP / 32;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* sV = reinterpret_cast<T*>(smem_raw);
-    T* sO = sV + C * LDV;
-    T* sW = sO + C * LDV;                                          // the three weighted copies of q, then q
-    T* sQ = sW + 3 * C * LDW;
-    T* sX = sQ + C * LDW;
-    Rows* tr = reinterpret_cast<Rows*>(sX + 3 * BW * LDV);
+    const Smem<T, DVP, 4, false> sm;
+    T *sV = sm.wide(0), *sO = sm.wide(1), *sQ = sm.narrow(3), *sX = sm.states();
+    T* sW = sm.narrow(0);                                          // the three weighted copies of q (before q)
+    Rows* tr = sm.rows();
     const Place p = place_of(dk, seg_t0, seg_t1, T_, dk, dv, head_sig, head_shift);
     const int w = threadIdx.x >> 5, hn0 = (DVP / 4) * w;
     float X[3][2][NTW][4], sg3[3] = {1.f, 1.f, 1.f};
@@ -1292,13 +1294,13 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dk(const
         const long long row0 = p.nT + cs;
         const bool upd = causal && jc > 0;
         __syncthreads();
-        load_tile<T, DVP>(sV, LDV, v + row0 * dv, dv, nrow, 0, dv);
+        sm.load_wide(sV, v + row0 * dv, dv, nrow);
         if (causal) {
-            load_tile<T, DVP>(sO, LDV, dout + row0 * dv, dv, nrow, 0, dv);
-            load_tile<T, BW>(sQ, LDW, q + row0 * dk, dk, nrow, p.col0, dk);
+            sm.load_wide(sO, dout + row0 * dv, dv, nrow);
+            sm.load_narrow(sQ, q + row0 * dk, dk, nrow, p.col0);
         }
         load_stats<T, false>(tr, s, m, al, be, ga, row0, cs, nrow, p.shift, p.isig);
-        if (causal || jc == nch - 1) states_to_smem<T, 2, NTW>(X, sX + hn0, BW * LDV, LDV, 0, tr->red, sg3);
+        if (causal || jc == nch - 1) sm.put_states(X, hn0, sg3);
         cp_async_wait();
         __syncthreads();
         if (upd) weighted_copies<T, BW, 3>(sW, sQ, LDW, tr);

@@ -10,6 +10,7 @@
 //   pack2<T>(lo, hi)           two floats -> one 32-bit register of two 16-bit values (lo at the lower
 //                              address), the operand format of mma.sync
 //   warp_sum / warp_max        butterfly reductions over the 32 lanes of a warp
+//   carve<T>(base, n0, n1, ..) consecutive tiles of dynamic shared memory
 //   WB_INF, WB_NAN             +inf and a quiet NaN without math.h
 //
 // Everything is __device__ __forceinline__; nothing here launches or allocates.
@@ -72,6 +73,24 @@ __device__ __forceinline__ float warp_max(float x) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
     return x;
+}
+
+// ---------------------------------------------------------------- dynamic shared memory
+// carve<T>(base, n0, n1, ...).p: the first elements of consecutive tiles of n0, n1, ... elements of T from base
+// (tile i starts where tile i - 1 ends), for a structured binding:
+//   const auto [sQ, sK] = carve<float>(smem, BR * LD, BC * LD).p;
+template <typename T, int N> struct Carved { T* p[N]; };
+template <typename T, typename... S>
+__device__ __forceinline__ Carved<T, sizeof...(S)> carve(void* base, S... sizes) {
+    const int n[] = {sizes...};
+    Carved<T, sizeof...(S)> c;
+    T* at = reinterpret_cast<T*>(base);
+#pragma unroll
+    for (int i = 0; i < (int)sizeof...(S); ++i) {
+        c.p[i] = at;
+        at += n[i];
+    }
+    return c;
 }
 
 // ---------------------------------------------------------------- register-tiled products (CUDA cores)

@@ -94,6 +94,10 @@ __device__ __forceinline__ void ldsm_x4_t(unsigned (&r)[4], const void* p) {
 }
 
 // ---------------------------------------------------------------- fragment loads from shared memory
+// element i of a float tile s, as the raw bits an mma operand register holds
+template <typename T>
+__device__ __forceinline__ unsigned f32_bits(const T* s, int i) { return __float_as_uint(reinterpret_cast<const float*>(s)[i]); }
+
 // A fragment of rows m0..m0+15 and k slice k0..k0+KS-1.
 //   16-bit: ldmatrix.x4 matrix j (lanes 8j..8j+7 give its 8 row addresses) = rows m0 + 8 (j & 1), cols
 //   k0 + 8 (j >> 1): a0..a3 in order.  KM storage holds the same blocks transposed, so the lanes address
@@ -103,17 +107,16 @@ __device__ __forceinline__ void load_a(unsigned (&a)[4], const T* s, int ld, int
     const int L = lane_id();
     if constexpr (Traits<T>::F32) {
         const int g = L >> 2, t = L & 3;
-        const float* f = reinterpret_cast<const float*>(s);
         if constexpr (!KM) {
-            a[0] = __float_as_uint(f[(m0 + g) * ld + k0 + t]);
-            a[1] = __float_as_uint(f[(m0 + g + 8) * ld + k0 + t]);
-            a[2] = __float_as_uint(f[(m0 + g) * ld + k0 + t + 4]);
-            a[3] = __float_as_uint(f[(m0 + g + 8) * ld + k0 + t + 4]);
+            a[0] = f32_bits(s, (m0 + g) * ld + k0 + t);
+            a[1] = f32_bits(s, (m0 + g + 8) * ld + k0 + t);
+            a[2] = f32_bits(s, (m0 + g) * ld + k0 + t + 4);
+            a[3] = f32_bits(s, (m0 + g + 8) * ld + k0 + t + 4);
         } else {
-            a[0] = __float_as_uint(f[(k0 + t) * ld + m0 + g]);
-            a[1] = __float_as_uint(f[(k0 + t) * ld + m0 + g + 8]);
-            a[2] = __float_as_uint(f[(k0 + t + 4) * ld + m0 + g]);
-            a[3] = __float_as_uint(f[(k0 + t + 4) * ld + m0 + g + 8]);
+            a[0] = f32_bits(s, (k0 + t) * ld + m0 + g);
+            a[1] = f32_bits(s, (k0 + t) * ld + m0 + g + 8);
+            a[2] = f32_bits(s, (k0 + t + 4) * ld + m0 + g);
+            a[3] = f32_bits(s, (k0 + t + 4) * ld + m0 + g + 8);
         }
     } else {
         const int j = L >> 3, r = L & 7;
@@ -131,16 +134,15 @@ __device__ __forceinline__ void load_b2(unsigned (&b)[4], const T* s, int ld, in
     const int L = lane_id();
     if constexpr (Traits<T>::F32) {
         const int g = L >> 2, t = L & 3;
-        const float* f = reinterpret_cast<const float*>(s);
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const int n = n0 + 8 * h + g;
             if constexpr (NK) {
-                b[2 * h] = __float_as_uint(f[n * ld + k0 + t]);
-                b[2 * h + 1] = __float_as_uint(f[n * ld + k0 + t + 4]);
+                b[2 * h] = f32_bits(s, n * ld + k0 + t);
+                b[2 * h + 1] = f32_bits(s, n * ld + k0 + t + 4);
             } else {
-                b[2 * h] = __float_as_uint(f[(k0 + t) * ld + n]);
-                b[2 * h + 1] = __float_as_uint(f[(k0 + t + 4) * ld + n]);
+                b[2 * h] = f32_bits(s, (k0 + t) * ld + n);
+                b[2 * h + 1] = f32_bits(s, (k0 + t + 4) * ld + n);
             }
         }
     } else {
@@ -230,6 +232,13 @@ __device__ __forceinline__ void c_to_a(AFrags<T, NT>& A, const float (&c)[NT][4]
             A.f[kk][3] = pack2<T>(c[2 * kk + 1][2], c[2 * kk + 1][3]);
         }
     }
+}
+
+// accumulator fragments <- 0
+template <int N>
+__device__ __forceinline__ void zero_acc(float (&a)[N][4]) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) a[j][0] = a[j][1] = a[j][2] = a[j][3] = 0.f;
 }
 
 // Visit every accumulator element with its (row, column) inside the warp's tile: f(mt, nt, e, row, col).

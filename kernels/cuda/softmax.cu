@@ -64,16 +64,34 @@ __device__ __forceinline__ void naive_axpy(float (&acc)[NAIVE_PER_LANE], float a
     }
 }
 
+// One warp per row: the global warp index w is the row.  For the (N, T) rows of the naive kernels, w = n T + t:
+// NaiveRow holds w, the first row n T of its sequence and its position t.
+__device__ __forceinline__ long long warp_row() { return ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; }
+struct NaiveRow { long long w, nT; int t; };
+__device__ __forceinline__ NaiveRow naive_row(int T_) {
+    const long long w = warp_row();
+    const int t = (int)(w % T_);
+    return {w, w - t, t};
+}
+
+// D_w = o_w . do_w (lanes split the dv columns; lane 0 stores it).
+template <typename T>
+__device__ __forceinline__ void store_row_dot(float* Dbuf, const T* o, const T* dout, long long w, int lane, int dv) {
+    float s = 0.f;
+    for (int d = lane; d < dv; d += 32) s += to_f32(o[w * dv + d]) * to_f32(dout[w * dv + d]);
+    s = warp_sum(s);
+    if (lane == 0) Dbuf[w] = s;
+}
+
 // o_t, lse_t for row w = n T + t: online softmax over keys i < (causal ? t + 1 : T).
 template <typename T>
 __global__ void naive_fwd(const T* q, const T* k, const T* v, T* o, float* lse,
                           int N, int T_, int dk, int dv, float sl2, int causal) {
-    long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
+    const auto [w, nT, t] = naive_row(T_);
+    const int lane = threadIdx.x & 31;
     if (w >= (long long)N * T_) return;
-    int t = (int)(w % T_);
-    const T* kn = k + (w - t) * dk;
-    const T* vn = v + (w - t) * dv;
+    const T* kn = k + nT * dk;
+    const T* vn = v + nT * dv;
     float qr[NAIVE_PER_LANE], acc[NAIVE_PER_LANE];
     naive_load_row(qr, q + w * dk, dk, lane, sl2);          // q pre-scaled: s is in log2 units
 #pragma unroll
@@ -105,12 +123,11 @@ template <typename T>
 __global__ void naive_bwd_dq(const T* q, const T* k, const T* v, const T* o, const float* lse, const T* dout,
                              T* dq, float* Dbuf, int N, int T_, int dk, int dv, float sl2, float scale,
                              int causal) {
-    long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
+    const auto [w, nT, t] = naive_row(T_);
+    const int lane = threadIdx.x & 31;
     if (w >= (long long)N * T_) return;
-    int t = (int)(w % T_);
-    const T* kn = k + (w - t) * dk;
-    const T* vn = v + (w - t) * dv;
+    const T* kn = k + nT * dk;
+    const T* vn = v + nT * dv;
     float qr[NAIVE_PER_LANE], dor[NAIVE_PER_LANE], acc[NAIVE_PER_LANE];
     naive_load_row(qr, q + w * dk, dk, lane, sl2);
     naive_load_row(dor, dout + w * dv, dv, lane, 1.f);
@@ -137,11 +154,9 @@ template <typename T>
 __global__ void naive_bwd_dkdv(const T* q, const T* k, const T* v, const float* lse, const float* Dbuf,
                                const T* dout, T* dk_, T* dv_, int N, int T_, int dk, int dv, float sl2,
                                float scale, int causal) {
-    long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
+    const auto [w, row0, i] = naive_row(T_);        // key row i; row0 = n T
+    const int lane = threadIdx.x & 31;
     if (w >= (long long)N * T_) return;
-    int i = (int)(w % T_);
-    long long row0 = w - i;                          // n T
     float kr[NAIVE_PER_LANE], vr[NAIVE_PER_LANE], gk[NAIVE_PER_LANE], gv[NAIVE_PER_LANE];
     naive_load_row(kr, k + w * dk, dk, lane, sl2);
     naive_load_row(vr, v + w * dv, dv, lane, 1.f);
@@ -166,13 +181,10 @@ __global__ void naive_bwd_dkdv(const T* q, const T* k, const T* v, const float* 
 // D_t = do_t . o_t for the tiled backwards: one warp per row.
 template <typename T>
 __global__ void bwd_dot(const T* o, const T* dout, float* Dbuf, long long rows, int dv) {
-    long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
+    const long long w = warp_row();
+    const int lane = threadIdx.x & 31;
     if (w >= rows) return;
-    float s = 0.f;
-    for (int d = lane; d < dv; d += 32) s += to_f32(o[w * dv + d]) * to_f32(dout[w * dv + d]);
-    s = warp_sum(s);
-    if (lane == 0) Dbuf[w] = s;
+    store_row_dot(Dbuf, o, dout, w, lane, dv);
 }
 
 // ============================================================================ 1. flash (CUDA cores)
@@ -181,6 +193,17 @@ __global__ void bwd_dot(const T* o, const T* dout, float* Dbuf, long long rows, 
 // row stride makes both access patterns conflict-free (16 lanes walking rows of one column, or
 // walking one row).  A row's 16 owners are one half-warp, so row reductions are 4 xor-shuffles.
 #define FL_THREADS 256
+
+// The block's tile in the 1-D grids of sections 1 to 3 (but fa2_bwd): block b handles tile ntiles - 1 - b / N of
+// leading index n = b % N (the longest causal tiles start first).  row0: the tile's first row (of R); nT = n T,
+// the first row of n's (T_, d) matrices.
+struct BlockTile { int row0; long long nT; };
+template <int R>
+__device__ __forceinline__ BlockTile block_tile(int N, int T_) {
+    const int ntiles = (T_ + R - 1) / R;
+    const int n = blockIdx.x % N;
+    return {(ntiles - 1 - (int)(blockIdx.x / N)) * R, (long long)n * T_};
+}
 
 // rows [row0, row0 + ROWS) of a (T_, d_act) matrix -> s[ROWS][D + 1] as float, times mul; zeros past
 // T_ and past d_act.
@@ -211,14 +234,9 @@ __global__ void __launch_bounds__(FL_THREADS) flash_fwd(const T* q, const T* k, 
                                                         int N, int T_, int dk, int dv, float sl2, int causal) {
     constexpr int LD = D + 1, TM = BR / 16, TN = BC / 16, TD = D / 16;
     extern __shared__ float smem[];
-    float* sQ = smem;
-    float* sK = sQ + BR * LD;
-    float* sV = sK + BC * LD;
-    float* sP = sV + BC * LD;
-    const int ntiles = (T_ + BR - 1) / BR;
-    const int n = blockIdx.x % N, q0 = (ntiles - 1 - (int)(blockIdx.x / N)) * BR;
+    const auto [sQ, sK, sV, sP] = carve<float>(smem, BR * LD, BC * LD, BC * LD, BR * (BC + 1)).p;
+    const auto [q0, nT] = block_tile<BR>(N, T_);
     const int r = threadIdx.x >> 4, c = threadIdx.x & 15;
-    const long long nT = (long long)n * T_;
     fl_load<T, D, BR>(sQ, q + nT * dk, q0, T_, dk, sl2);
 
     float m[TM], l[TM], acc1[1][TM][TD];
@@ -288,18 +306,10 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dkdv(const T* q, const T
         float sl2, float scale, int causal) {
     constexpr int LD = D + 1, TM = BK / 16, TN = BQ / 16, TD = D / 16;
     extern __shared__ float smem[];
-    float* sK = smem;
-    float* sV = sK + BK * LD;
-    float* sQ = sV + BK * LD;
-    float* sO = sQ + BQ * LD;             // dO tile
-    float* sP = sO + BQ * LD;
-    float* sS = sP + BK * (BQ + 1);       // dS^T
-    float* sL = sS + BK * (BQ + 1);
-    float* sD = sL + BQ;
-    const int ntiles = (T_ + BK - 1) / BK;
-    const int n = blockIdx.x % N, k0 = (ntiles - 1 - (int)(blockIdx.x / N)) * BK;
+    const auto [sK, sV, sQ, sO, sP, sS, sL, sD] =
+        carve<float>(smem, BK * LD, BK * LD, BQ * LD, BQ * LD, BK * (BQ + 1), BK * (BQ + 1), BQ, BQ).p;
+    const auto [k0, nT] = block_tile<BK>(N, T_);
     const int r = threadIdx.x >> 4, c = threadIdx.x & 15;
-    const long long nT = (long long)n * T_;
     fl_load<T, D, BK>(sK, k + nT * dk, k0, T_, dk, sl2);
     fl_load<T, D, BK>(sV, v + nT * dv, k0, T_, dv, 1.f);
     float gvk[2][TM][TD];
@@ -357,15 +367,9 @@ __global__ void __launch_bounds__(FL_THREADS) flash_bwd_dq(const T* q, const T* 
         float scale, int causal) {
     constexpr int LD = D + 1, TM = BR / 16, TN = BC / 16, TD = D / 16;
     extern __shared__ float smem[];
-    float* sQ = smem;
-    float* sO = sQ + BR * LD;
-    float* sK = sO + BR * LD;
-    float* sV = sK + BC * LD;
-    float* sS = sV + BC * LD;
-    const int ntiles = (T_ + BR - 1) / BR;
-    const int n = blockIdx.x % N, q0 = (ntiles - 1 - (int)(blockIdx.x / N)) * BR;
+    const auto [sQ, sO, sK, sV, sS] = carve<float>(smem, BR * LD, BR * LD, BC * LD, BC * LD, BR * (BC + 1)).p;
+    const auto [q0, nT] = block_tile<BR>(N, T_);
     const int r = threadIdx.x >> 4, c = threadIdx.x & 15;
-    const long long nT = (long long)n * T_;
     fl_load<T, D, BR>(sQ, q + nT * dk, q0, T_, dk, sl2);
     fl_load<T, D, BR>(sO, dout + nT * dv, q0, T_, dv, 1.f);
     float l2[TM], Dr[TM], g1[1][TM][TD];
@@ -448,10 +452,8 @@ __device__ __forceinline__ void ld_b(unsigned (&b)[4], const T* s, int k0, int n
 template <typename T, int LDH, int KD, int NB>
 __device__ __forceinline__ void mma_two_abt(float (&s)[NB][4], float (&dp)[NB][4], const T* sA1, const T* sA2,
                                             const T* sB1, const T* sB2, int m0) {
-#pragma unroll
-    for (int j = 0; j < NB; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
+    wbmma::zero_acc(s);
+    wbmma::zero_acc(dp);
 #pragma unroll
     for (int kk = 0; kk < KD; ++kk) {
         unsigned a1[4], a2[4];
@@ -505,6 +507,20 @@ __device__ __forceinline__ void mm_load(T* s, const T* g, int row0, int T_, int 
     }
 }
 
+// Row h (0: g, 1: g + 8) of the lane's accumulators acc[j] (columns 8 j + 2 tq + e) times mul -> the global row
+// orow, for the columns below d_act.
+template <typename T, int ND>
+__device__ __forceinline__ void mm_store_row(T* orow, const float (&acc)[ND][4], int h, int d_act, float mul) {
+    const int tq = threadIdx.x & 3;
+#pragma unroll
+    for (int j = 0; j < ND; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int d = 8 * j + 2 * tq + e;
+            if (d < d_act) orow[d] = from_f32<T>(acc[j][2 * h + e] * mul);
+        }
+}
+
 // Online-softmax step of one m16 accumulator tile's two rows (h = 0: row g, h = 1: row g + 8).  mx[h]: this
 // lane's max of the new scores (log2 units).  Reduces it over the row's 4 lanes, moves the running max m to
 // m' = max(m, mx), rescales the per-lane partial sums l and the output accumulators acc by 2^(m - m'), and
@@ -532,21 +548,16 @@ __global__ void __launch_bounds__(MM_THREADS) mma_fwd(const T* q, const T* k, co
                                                       int N, int T_, int dk, int dv, float sl2, int causal) {
     constexpr int BR = 64, BC = 64, LDH = D + 8, KD = D / 16, NC = BC / 8, ND = D / 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* sQ = reinterpret_cast<T*>(smem_raw);
-    T* sK = sQ + BR * LDH;
-    T* sV = sK + BC * LDH;
-    const int ntiles = (T_ + BR - 1) / BR;
-    const int n = blockIdx.x % N, q0 = (ntiles - 1 - (int)(blockIdx.x / N)) * BR;
+    const auto [sQ, sK, sV] = carve<T>(smem_raw, BR * LDH, BC * LDH, BC * LDH).p;
+    const auto [q0, nT] = block_tile<BR>(N, T_);
     const int w = threadIdx.x >> 5, L = threadIdx.x & 31, g = L >> 2, tq = L & 3;
-    const long long nT = (long long)n * T_;
     mm_load<T, D, BR>(sQ, q + nT * dk, q0, T_, dk);
     __syncthreads();
     unsigned qa[KD][4];
 #pragma unroll
     for (int kk = 0; kk < KD; ++kk) ld_a<T, LDH>(qa[kk], sQ, 16 * w, 16 * kk);
     float m[2] = {-WB_INF, -WB_INF}, l[2] = {0.f, 0.f}, acc[ND][4];
-#pragma unroll
-    for (int j = 0; j < ND; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+    wbmma::zero_acc(acc);
     const int row[2] = {q0 + 16 * w + g, q0 + 16 * w + g + 8};
     const int kend = causal ? min(T_, q0 + BR) : T_;
     for (int k0 = 0; k0 < kend; k0 += BC) {
@@ -555,8 +566,7 @@ __global__ void __launch_bounds__(MM_THREADS) mma_fwd(const T* q, const T* k, co
         mm_load<T, D, BC>(sV, v + nT * dv, k0, T_, dv);
         __syncthreads();
         float s[NC][4];
-#pragma unroll
-        for (int j = 0; j < NC; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+        wbmma::zero_acc(s);
         wbmma::gemm_rs<T, 1, NC, KD, true>(s, qa, sK, LDH, 0, 0, KD);           // s = Q K^T
         float mx[2] = {-WB_INF, -WB_INF};
 #pragma unroll
@@ -588,14 +598,7 @@ __global__ void __launch_bounds__(MM_THREADS) mma_fwd(const T* q, const T* k, co
         l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
         l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
         if (row[h] >= T_) continue;
-        const float inv = 1.f / l[h];
-#pragma unroll
-        for (int j = 0; j < ND; ++j)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int d = 8 * j + 2 * tq + e;
-                if (d < dv) o[(nT + row[h]) * dv + d] = from_f32<T>(acc[j][2 * h + e] * inv);
-            }
+        mm_store_row<T, ND>(o + (nT + row[h]) * dv, acc, h, dv, 1.f / l[h]);
         if (tq == 0) lse[nT + row[h]] = (m[h] + log2f(l[h])) * WB_LN2;
     }
 }
@@ -620,23 +623,15 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dkdv(const T* q, const T* 
         float sl2, float scale, int causal, const int* tseq, const int* cu) {
     constexpr int BK = 64, LDH = D + 8, KD = D / 16, NQ = BQ / 8, ND = D / 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* sK = reinterpret_cast<T*>(smem_raw);
-    T* sV = sK + BK * LDH;
-    T* sQ = sV + BK * LDH;
-    T* sO = sQ + BQ * LDH;
-    float* sL = reinterpret_cast<float*>(sO + BQ * LDH);
-    float* sD = sL + BQ;
-    const int ntiles = (T_ + BK - 1) / BK;
-    const int n = blockIdx.x % N, k0 = (ntiles - 1 - (int)(blockIdx.x / N)) * BK;
+    const auto [sK, sV, sQ, sO] = carve<T>(smem_raw, BK * LDH, BK * LDH, BQ * LDH, BQ * LDH).p;
+    const auto [sL, sD] = carve<float>(sO + BQ * LDH, BQ, BQ).p;
+    const auto [k0, nT] = block_tile<BK>(N, T_);
     const int w = threadIdx.x >> 5, L = threadIdx.x & 31, g = L >> 2, tq = L & 3;
-    const long long nT = (long long)n * T_;
     mm_load<T, D, BK>(sK, k + nT * dk, k0, T_, dk);
     mm_load<T, D, BK>(sV, v + nT * dv, k0, T_, dv);
     float gk[ND][4], gv[ND][4];
-#pragma unroll
-    for (int j = 0; j < ND; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) gk[j][e] = gv[j][e] = 0.f;
+    wbmma::zero_acc(gk);
+    wbmma::zero_acc(gv);
     const int key[2] = {k0 + 16 * w + g, k0 + 16 * w + g + 8};
     const FaSeq ks[2] = {fa_seq(tseq, cu, key[0], T_), fa_seq(tseq, cu, key[1], T_)};
     const int qbeg = causal ? k0 : fa_seq(tseq, cu, k0, T_).a, qend = fa_seq(tseq, cu, min(k0 + BK, T_) - 1, T_).b;
@@ -671,14 +666,8 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dkdv(const T* q, const T* 
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         if (key[h] >= T_) continue;
-#pragma unroll
-        for (int j = 0; j < ND; ++j)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int d = 8 * j + 2 * tq + e;
-                if (d < dk) dk_[(nT + key[h]) * dk + d] = from_f32<T>(gk[j][2 * h + e] * scale);
-                if (d < dv) dv_[(nT + key[h]) * dv + d] = from_f32<T>(gv[j][2 * h + e]);
-            }
+        mm_store_row<T, ND>(dk_ + (nT + key[h]) * dk, gk, h, dk, scale);
+        mm_store_row<T, ND>(dv_ + (nT + key[h]) * dv, gv, h, dv, 1.f);
     }
 }
 
@@ -691,14 +680,9 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dq(const T* q, const T* k,
         float scale, int causal, const int* tseq, const int* cu) {
     constexpr int BR = 64, LDH = D + 8, KD = D / 16, NC = BC / 8, ND = D / 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* sQ = reinterpret_cast<T*>(smem_raw);
-    T* sO = sQ + BR * LDH;
-    T* sK = sO + BR * LDH;
-    T* sV = sK + BC * LDH;
-    const int ntiles = (T_ + BR - 1) / BR;
-    const int n = blockIdx.x % N, q0 = (ntiles - 1 - (int)(blockIdx.x / N)) * BR;
+    const auto [sQ, sO, sK, sV] = carve<T>(smem_raw, BR * LDH, BR * LDH, BC * LDH, BC * LDH).p;
+    const auto [q0, nT] = block_tile<BR>(N, T_);
     const int w = threadIdx.x >> 5, L = threadIdx.x & 31, g = L >> 2, tq = L & 3;
-    const long long nT = (long long)n * T_;
     mm_load<T, D, BR>(sQ, q + nT * dk, q0, T_, dk);
     mm_load<T, D, BR>(sO, dout + nT * dv, q0, T_, dv);
     const int row[2] = {q0 + 16 * w + g, q0 + 16 * w + g + 8};
@@ -708,8 +692,7 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dq(const T* q, const T* k,
         l2[h] = row[h] < T_ ? lse[nT + row[h]] * WB_LOG2E : 0.f;
         Dr[h] = row[h] < T_ ? Dbuf[nT + row[h]] : 0.f;
     }
-#pragma unroll
-    for (int j = 0; j < ND; ++j) gq[j][0] = gq[j][1] = gq[j][2] = gq[j][3] = 0.f;
+    wbmma::zero_acc(gq);
     const FaSeq rs[2] = {fa_seq(tseq, cu, row[0], T_), fa_seq(tseq, cu, row[1], T_)};
     const int kbeg = fa_seq(tseq, cu, q0, T_).a;
     const int kend = causal ? min(T_, q0 + BR) : fa_seq(tseq, cu, min(q0 + BR, T_) - 1, T_).b;
@@ -736,13 +719,7 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dq(const T* q, const T* k,
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         if (row[h] >= T_) continue;
-#pragma unroll
-        for (int j = 0; j < ND; ++j)
-#pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int d = 8 * j + 2 * tq + e;
-                if (d < dk) dq[(nT + row[h]) * dk + d] = from_f32<T>(gq[j][2 * h + e] * scale);
-            }
+        mm_store_row<T, ND>(dq + (nT + row[h]) * dk, gq, h, dk, scale);
     }
 }
 
@@ -1018,14 +995,10 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_fwd(const typename P::T* q, co
     constexpr int BR = 64 * MT, LDQ = D + P::PAD_R, LDK = D + P::PAD_R, LDV = D + P::PAD_C;
     constexpr int KD = D / P::KS, NC = BC / 8, ND = D / 8, KC = BC / P::KS, CW = P::KS / 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* sQ = reinterpret_cast<T*>(smem_raw);
-    T* sK = sQ + BR * LDQ;
-    T* sV = sK + BC * LDK;
-    const int ntiles = (T_ + BR - 1) / BR;
-    const int n = blockIdx.x % N, q0 = (ntiles - 1 - (int)(blockIdx.x / N)) * BR;
+    const auto [sQ, sK, sV] = carve<T>(smem_raw, BR * LDQ, BC * LDK, BC * LDV).p;
+    const auto [q0, nT] = block_tile<BR>(N, T_);
     const int w = threadIdx.x >> 5, L = threadIdx.x & 31, g = L >> 2, tq = L & 3;
     const int r0 = q0 + 16 * MT * w;                            // first row of this warp
-    const long long nT = (long long)n * T_;
     const T* kn = k + nT * dk;
     const T* vn = v + nT * dv;
     // keys of the block: from its first row's sequence start to the diagonal (causal) or its last row's
@@ -1048,8 +1021,7 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_fwd(const typename P::T* q, co
     for (int mt = 0; mt < MT; ++mt) {
         m[mt][0] = m[mt][1] = -WB_INF;
         l[mt][0] = l[mt][1] = 0.f;
-#pragma unroll
-        for (int j = 0; j < ND; ++j) acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.f;
+        wbmma::zero_acc(acc[mt]);
     }
     cp_async_wait_all();
     __syncthreads();
@@ -1068,9 +1040,7 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_fwd(const typename P::T* q, co
         cp_async_commit();
         float s[MT][NC][4];
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int c = 0; c < NC; ++c) s[mt][c][0] = s[mt][c][1] = s[mt][c][2] = s[mt][c][3] = 0.f;
+        for (int mt = 0; mt < MT; ++mt) wbmma::zero_acc(s[mt]);
 #pragma unroll
         for (int kk = 0; kk < KD; ++kk) {
             typename P::A a[MT];
@@ -1139,13 +1109,10 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_fwd(const typename P::T* q, co
 // D_t = do_t . o_t (one warp per row) and the row's float32 dq accumulator zeroed.
 template <typename T>
 __global__ void fa2_bwd_pre(const T* o, const T* dout, float* Dbuf, float* dqacc, long long rows, int dv, int dk) {
-    const long long w = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const long long w = warp_row();
     const int lane = threadIdx.x & 31;
     if (w >= rows) return;
-    float s = 0.f;
-    for (int d = lane; d < dv; d += 32) s += to_f32(o[w * dv + d]) * to_f32(dout[w * dv + d]);
-    s = warp_sum(s);
-    if (lane == 0) Dbuf[w] = s;
+    store_row_dot(Dbuf, o, dout, w, lane, dv);
     for (int d = lane; d < dk; d += 32) dqacc[w * dk + d] = 0.f;
 }
 
@@ -1218,10 +1185,8 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, co
     fa_load_vec<BQ>(sD, Dn, i0 * BQ, T_);
     cp_async_commit();
     float gk[ND][4], gv[ND][4];
-#pragma unroll
-    for (int j = 0; j < ND; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) gk[j][e] = gv[j][e] = 0.f;
+    wbmma::zero_acc(gk);
+    wbmma::zero_acc(gv);
     typename P::A ka[KVREG ? KD : 1], va[KVREG ? KD : 1];
     const int key_g = k0 + 16 * w + g;                          // keys of this lane: key_g, key_g + 8
     FaSeq ks[2];
@@ -1252,10 +1217,8 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, co
             cp_async_commit();
         }
         float s[NQ][4], dp[NQ][4];                              // S^T = K Q^T, dP^T = V dO^T (this warp's keys)
-#pragma unroll
-        for (int j = 0; j < NQ; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
+        wbmma::zero_acc(s);
+        wbmma::zero_acc(dp);
 #pragma unroll
         for (int kk = 0; kk < KD; ++kk) {
             typename P::A a1, a2;
@@ -1310,8 +1273,7 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, co
             cp_async_commit();
         }
         float gq[NDW][4];                                       // dQ rows q0 + 16 mq .., columns c0 .. c0 + DW
-#pragma unroll
-        for (int j = 0; j < NDW; ++j) gq[j][0] = gq[j][1] = gq[j][2] = gq[j][3] = 0.f;
+        wbmma::zero_acc(gq);
 #pragma unroll
         for (int kc = 0; kc < KK; ++kc) {
             typename P::A a;

@@ -90,6 +90,9 @@ MIXERS = {
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The model of the module docstring: ``layers`` blocks of width ``width`` over ``vocab`` token ids, the
+    mixer (a key of ``MIXERS``) split into ``heads`` heads, an MLP of ``mlp_ratio * width`` hidden units;
+    ``shift`` and ``out_norm`` switch the token shift and the per-head output norm off."""
     mixer: str
     vocab: int
     width: int

@@ -95,7 +95,7 @@ class Grid:
     diff_kv: int
     diff_values: int
     diff_steps: int
-    layers: int = 2
+    layers: int = ModelConfig.layers       # the model's default depth
     head_width: int = 64
     lr_width: int = 64
     stop_at: float = 0.995

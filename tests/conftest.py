@@ -28,3 +28,45 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# ----------------------------------------------------------------------------- Numba kernels on the simulator
+@pytest.fixture
+def small_buckets(monkeypatch):
+    """On the simulator, Numba head-dim buckets of 8 and 16 with skip groups of 4 (GPU: 64/128/256 and 16), so
+    that the simulator stays fast and a bucket holds partial groups and groups skipped at run time."""
+    from workbench.backends import numba_simulator
+    if numba_simulator():
+        from kernels.numba import _jit
+        monkeypatch.setattr(_jit, "BUCKETS", (8, 16))
+        monkeypatch.setattr(_jit, "GROUP", 4)
+
+
+@pytest.fixture
+def tiles(monkeypatch, small_buckets):
+    """set_tiles(cfg, scan_threads=4): the Numba chunked core's tiles (``cfg``: keys of _chunked.CONFIG) and the
+    threads of the decayed and ZeroS scans, with small_buckets."""
+    from kernels.numba import _chunked, decayed, zeros
+
+    def set_tiles(cfg, scan_threads=4):
+        for key, val in cfg.items():
+            monkeypatch.setitem(_chunked.CONFIG, key, val)
+        for module in (decayed, zeros):
+            monkeypatch.setattr(module, "SCAN_THREADS", scan_threads)
+    return set_tiles
+
+
+# ----------------------------------------------------------------------------- failures injected into a run
+@pytest.fixture
+def fail_when(monkeypatch):
+    """fail_when(owner, name, when, error): owner.name (a function of a case, then anything) raises ``error``
+    for the cases where when(case) holds and runs as before for the others (one failing case of a run)."""
+    def inject(owner, name, when, error):
+        real = getattr(owner, name)
+
+        def failing(case, *args, **kwargs):
+            if when(case):
+                raise error
+            return real(case, *args, **kwargs)
+        monkeypatch.setattr(owner, name, failing)
+    return inject

@@ -61,27 +61,27 @@ def test_readme_check_json_into_a_missing_folder():
 
 
 # ----------------------------------------------------------------------------- item 4: bad options, exit 2
+# Per command, options it must refuse, each named in the error: "--name value" (or two flags that exclude
+# each other)
+BAD_OPTIONS = {
+    "bench": ["--op bogus", "--dtype float99", "--T 0", "--D -4", "--budget 0", "--peak-flops 658",
+              "--backend numpy:bogus", "--backend tpu", "--seed -1"],
+    "check": ["--dtype float128", "--op cosine", "--jobs -2", "--quick --full"],
+    "experiment sparsity": ["--backend numpy:bogus", "--seed -3"],
+    "scaling": ["--op bogus"],
+}
+
+
+@pytest.mark.parametrize("command, option", [(c, o) for c, opts in BAD_OPTIONS.items() for o in opts])
+def test_bad_option_is_refused_naming_it(command, option):
+    refused(invoke(*command.split(), *option.split()), *option.split())
+
+
 @pytest.mark.parametrize("args, words", [
-    (["bench", "--op", "bogus"], ["--op", "bogus"]),
-    (["bench", "--dtype", "float99"], ["--dtype", "float99"]),
-    (["bench", "--T", "0"], ["--T", "0"]),
-    (["bench", "--D", "-4"], ["--D", "-4"]),
-    (["bench", "--budget", "0"], ["--budget", "0"]),
-    (["bench", "--peak-flops", "658"], ["--peak-flops", "658"]),
-    (["bench", "--backend", "numpy:bogus"], ["--backend", "numpy:bogus"]),
-    (["bench", "--backend", "tpu"], ["--backend", "tpu"]),
-    (["bench", "--seed", "-1"], ["--seed", "-1"]),
-    (["check", "--dtype", "float128"], ["--dtype", "float128"]),
-    (["check", "--op", "cosine"], ["--op", "cosine"]),
-    (["check", "--jobs", "-2"], ["--jobs", "-2"]),
-    (["check", "--quick", "--full"], ["--quick", "--full"]),
-    (["experiment", "sparsity", "--backend", "numpy:bogus"], ["--backend", "numpy:bogus"]),
-    (["experiment", "sparsity", "--seed", "-3"], ["--seed", "-3"]),
     (["experiment", "sparsity", "--quick", "--update-results"], ["--update-results", "--quick"]),
     (["roofline", "missing.json"], ["missing.json"]),
-    (["scaling", "--op", "bogus"], ["--op", "bogus"]),
 ])
-def test_bad_option_is_refused_naming_it(args, words):
+def test_bad_arguments_are_refused_naming_them(args, words):
     refused(invoke(*args), *words)
 
 
@@ -124,16 +124,10 @@ def test_bench_that_measures_nothing_exits_1():
     assert "nothing was measured" in r.output
 
 
-def test_bench_with_a_failing_measurement_exits_1(monkeypatch):
+def test_bench_with_a_failing_measurement_exits_1(fail_when):
     from workbench.bench import lines
-    real = lines.prepare_variant
-
-    def broken(variant, *a, **k):
-        if variant.key == "numpy:chunked":
-            raise RuntimeError("broken on purpose")
-        return real(variant, *a, **k)
-
-    monkeypatch.setattr(lines, "prepare_variant", broken)
+    fail_when(lines, "prepare_variant", lambda variant: variant.key == "numpy:chunked",
+              RuntimeError("broken on purpose"))
     r = invoke("bench", *TINY)
     assert r.exit_code == 1, r.output
     assert "failed" in r.output and "broken on purpose" in r.output

@@ -360,15 +360,9 @@ def test_a_second_sweep_on_the_same_file_is_refused(tmp_path):
     assert not lock.exists()
 
 
-def test_a_failing_run_is_reported_and_the_others_are_kept(tmp_path, monkeypatch):
+def test_a_failing_run_is_reported_and_the_others_are_kept(tmp_path, fail_when):
     g = _test_grid()
-    real = mqar.train
-
-    def fail_zeros(spec, *a, **k):
-        if spec.mixer == "zeros2":
-            raise FloatingPointError("boom")
-        return real(spec, *a, **k)
-    monkeypatch.setattr(mqar, "train", fail_zeros)
+    fail_when(mqar, "train", lambda spec: spec.mixer == "zeros2", FloatingPointError("boom"))
     with pytest.raises(RuntimeError, match="2 run\\(s\\) failed.*boom"):
         mqar.run(out=str(tmp_path), grid=g, progress_bar=False, plots=False)
     kept = json.loads((tmp_path / "mqar_test.json").read_text())["runs"]

@@ -10,9 +10,9 @@ import pytest
 import workbench as wb
 from workbench import registry
 from workbench.check import rel_error
-from workbench.backends import numba_simulator
 from workbench.inputs import random_inputs
 from workbench.reference import decayed as ref
+from numba_cases import assert_matches
 
 nd = pytest.importorskip("kernels.numba.decayed")
 from kernels.numba import _chunked, _jit  # noqa: E402
@@ -21,21 +21,7 @@ pytestmark = pytest.mark.slow      # Numba CUDA simulator: minutes; -m "not slow
 TOL = registry.TOLERANCE          # the library's relative-error tolerance per dtype
 MULTI_TILE = {"chunk": 8, "block_k": 4, "block_v": 4, "threads": 8}
 ONE_TILE = {"chunk": 8, "block_k": 8, "block_v": 8, "threads": 8}
-
-
-@pytest.fixture
-def tiles(monkeypatch):
-    """Tiny tiles; on the simulator also head-dim buckets of 8 and 16 with skip groups of 4 (GPU: 64/128/256
-    and 16), so that a bucket holds partial groups and groups skipped at run time."""
-    def set_tiles(cfg, scan_threads=4):
-        for key, val in cfg.items():
-            monkeypatch.setitem(_chunked.CONFIG, key, val)
-        if numba_simulator():
-            monkeypatch.setattr(_jit, "BUCKETS", (8, 16))
-            monkeypatch.setattr(_jit, "GROUP", 4)
-        monkeypatch.setattr(nd, "SCAN_THREADS", scan_threads)
-    return set_tiles
-
+NAMES = ("o", "dq", "dk", "dv", "dlog_decay")
 
 
 def numba_vjp(variant, q, k, v, g, do, scale=1.0):
@@ -58,10 +44,7 @@ def check_case(variant, lead, T, Dk, Dv, dtype, scale=1.0, decay_range=(-1.0, -0
                                log_decay_range=decay_range)
     do = np.random.default_rng(seed + 1).standard_normal((*lead, T, Dv)).astype(dtype)
     got, want = run(variant, q, k, v, g, do, scale)
-    for name, x, r in zip(("o", "dq", "dk", "dv", "dlog_decay"), got, want):
-        assert x.dtype == np.dtype(dtype) and x.shape == r.shape, (name, x.dtype, x.shape)
-        err = rel_error(x, r)
-        assert np.isfinite(err) and err < TOL[dtype], (variant, name, err)
+    assert_matches(variant, NAMES, got, want, dtype)
 
 
 @pytest.mark.parametrize("variant", ["naive", "chunked"])
@@ -150,7 +133,7 @@ def test_minus_inf_log_decay_is_an_exact_reset(variant, dtype, tiles):
     seg_o, _ = ref.explicit_forward(q[:, 9:], k[:, 9:], v[:, 9:], np.where(np.isinf(g[:, 9:]), 0.0, g[:, 9:]),
                                     scale=0.7)
     np.testing.assert_allclose(want[0][:, 9:], seg_o, rtol=1e-12, atol=1e-12)      # the truth is a reset
-    for name, x, r in zip(("o", "dq", "dk", "dv", "dlog_decay"), got, want):
+    for name, x, r in zip(NAMES, got, want):
         assert np.isfinite(x).all(), name
         err = rel_error(x, r)
         assert err < TOL[dtype], (variant, name, err)
@@ -171,7 +154,7 @@ def test_any_log_decay_in_minus_inf_to_zero_is_accurate_in_float32(variant, tile
     do = rng.standard_normal((1, T, 3)).astype(np.float32).astype(np.float64)
     got = numba_vjp(variant, *(x.astype(np.float32) for x in (q, k, v, g, do)))
     want = pairwise_truth(q, k, v, g, do)
-    errs = {n: rel_error(x, r) for n, x, r in zip(("o", "dq", "dk", "dv", "dlog_decay"), got, want)}
+    errs = {n: rel_error(x, r) for n, x, r in zip(NAMES, got, want)}
     assert all(np.isfinite(x).all() for x in got), errs
     assert max(errs.values()) < 1e-5, errs
 
@@ -208,6 +191,6 @@ def test_chunked_weights_stay_accurate_when_the_chunk_cumsum_is_large(tiles):
     do = np.random.default_rng(4).standard_normal((*lead, T, D)).astype(np.float16).astype(np.float64)
     got, want = run("chunked", *(x.astype(np.float32) for x in (q, k, v, g, do)))
     _, want = run("naive", q, k, v, g, do)                                          # float64: the truth
-    errs = {n: rel_error(x, r) for n, x, r in zip(("o", "dq", "dk", "dv", "dlog_decay"), got, want)}
+    errs = {n: rel_error(x, r) for n, x, r in zip(NAMES, got, want)}
     # measured: 4e-8 (o, dq, dk, dv) and 1e-6 (dlog_decay); 3e-7..4e-7 and 8e-6 with a plain float32 cumsum
     assert max(errs[n] for n in ("o", "dq", "dk", "dv")) < 1.5e-7 and errs["dlog_decay"] < 4e-6, errs

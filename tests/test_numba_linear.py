@@ -7,30 +7,25 @@ import numpy as np
 import pytest
 
 import workbench as wb
-from workbench import registry
-from workbench.check import rel_error
 from workbench.backends import numba_simulator
 from workbench.inputs import random_inputs
 from workbench.reference import linear as ref
+from numba_cases import assert_matches
 
 numba_linear = pytest.importorskip("kernels.numba.linear")
-from kernels.numba import _chunked, _jit  # noqa: E402
+from kernels.numba import _chunked  # noqa: E402
 
 pytestmark = pytest.mark.slow      # Numba CUDA simulator: minutes; -m "not slow" leaves them out
-TOL = registry.TOLERANCE          # the library's relative-error tolerance per dtype
 SMALL = {"chunk": 4, "block_k": 4, "block_v": 4, "threads": 16}
 
 
 @pytest.fixture(autouse=True)
-def small_tiles(monkeypatch):
-    """Tiny chunks; on the simulator also head-dim buckets of 8 and 16 with skip groups of 4 (GPU: 64/128/256
-    and 16), so that a bucket holds partial groups and groups skipped at run time."""
+def small_tiles(monkeypatch, small_buckets):
+    """Tiny chunks and, on the simulator, small head-dim buckets (tests/conftest.py)."""
     monkeypatch.setitem(numba_linear.CONFIG, "rows", 8)
     if numba_simulator():
         for key, val in SMALL.items():
             monkeypatch.setitem(_chunked.CONFIG, key, val)
-        monkeypatch.setattr(_jit, "BUCKETS", (8, 16))
-        monkeypatch.setattr(_jit, "GROUP", 4)
 
 
 
@@ -45,11 +40,8 @@ def run_case(variant, lead, T, Dk, Dv, dtype, causal, feature_map="identity", no
     o_ref, ctx = ref.explicit_forward(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
                                       eps=1e-6, **opts)
     g_ref = ref.explicit_backward(ctx, do.astype(np.float64))
-    assert out.dtype == np.dtype(dtype) and out.shape == (*lead, T, Dv)
-    errs = {"o": rel_error(out, o_ref)}
-    errs.update({n: rel_error(g, r) for n, g, r in zip(("dq", "dk", "dv"), grads, g_ref)})
-    for name, err in errs.items():
-        assert np.isfinite(err) and err < TOL[dtype], (variant, name, err, errs)
+    assert out.shape == (*lead, T, Dv)
+    assert_matches(variant, ("o", "dq", "dk", "dv"), (out, *grads), (o_ref, *g_ref), dtype)
 
 
 @pytest.mark.parametrize("variant", ["naive", "chunked"])

@@ -7,12 +7,11 @@ import pytest
 import workbench as wb
 from workbench import registry
 from workbench.check import rel_error
-from workbench.backends import numba_simulator
 from workbench.inputs import random_inputs
 from workbench.reference import softmax as ref
+from numba_cases import assert_matches
 
 numba_softmax = pytest.importorskip("kernels.numba.softmax")
-from kernels.numba import _jit  # noqa: E402
 
 pytestmark = pytest.mark.slow      # Numba CUDA simulator: minutes; -m "not slow" leaves them out
 TOL = registry.TOLERANCE          # the library's relative-error tolerance per dtype
@@ -21,14 +20,10 @@ DEFAULT_TILES = dict(numba_softmax.CONFIG)   # the GPU tiles (read before any te
 
 
 @pytest.fixture(autouse=True)
-def small_tiles(monkeypatch):
-    """Tiny tiles, and head-dim buckets of 8 and 16 with skip groups of 4 (on the GPU: 64/128/256 and 16),
-    so that the simulator stays fast and a bucket holds a partial group and groups skipped at run time."""
+def small_tiles(monkeypatch, small_buckets):
+    """Tiny tiles and, on the simulator, small head-dim buckets (tests/conftest.py)."""
     for key, val in SMALL_TILES.items():
         monkeypatch.setitem(numba_softmax.CONFIG, key, val)
-    if numba_simulator():
-        monkeypatch.setattr(_jit, "BUCKETS", (8, 16))
-        monkeypatch.setattr(_jit, "GROUP", 4)
 
 
 
@@ -48,11 +43,8 @@ def run_case(variant, lead, T, Dk, Dv, dtype, causal, scale=None, seed=0):
     o_ref, ctx = ref.explicit_forward(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64),
                                       causal=causal, scale=sc)
     g_ref = ref.explicit_backward(ctx, do.astype(np.float64))
-    assert out.dtype == np.dtype(dtype) and out.shape == (*lead, T, Dv)
-    errs = {"o": rel_error(out, o_ref)}
-    errs.update({n: rel_error(g, r) for n, g, r in zip(("dq", "dk", "dv"), grads, g_ref)})
-    for name, err in errs.items():
-        assert np.isfinite(err) and err < TOL[dtype], (variant, name, err, errs)
+    assert out.shape == (*lead, T, Dv)
+    assert_matches(variant, ("o", "dq", "dk", "dv"), (out, *grads), (o_ref, *g_ref), dtype)
 
 
 # T=19 crosses several 8-/4-row tiles and ends mid-tile; Dk != Dv and odd; two leading dims.

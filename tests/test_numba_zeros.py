@@ -9,35 +9,18 @@ import numpy as np
 import pytest
 
 import workbench as wb
-from workbench import registry
 from workbench.check import rel_error
-from workbench.backends import numba_simulator
 from workbench.inputs import random_inputs
 from workbench.reference import zeros as ref
+from numba_cases import assert_matches
 
 nz = pytest.importorskip("kernels.numba.zeros")
 from kernels.numba import _chunked, _jit  # noqa: E402
 
 pytestmark = pytest.mark.slow      # Numba CUDA simulator: minutes; -m "not slow" leaves them out
-TOL = registry.TOLERANCE          # the library's relative-error tolerance per dtype
 MULTI_TILE = {"chunk": 8, "block_k": 4, "block_v": 4, "threads": 8}
 ONE_TILE = {"chunk": 8, "block_k": 8, "block_v": 8, "threads": 8}
 NAMES = ("o", "dq", "dk", "dv", "ds", "dgates")
-
-
-@pytest.fixture
-def tiles(monkeypatch):
-    """Tiny tiles; on the simulator also head-dim buckets of 8 and 16 with skip groups of 4 (GPU: 64/128/256
-    and 16), so that a bucket holds partial groups and groups skipped at run time."""
-    def set_tiles(cfg, scan_threads=4):
-        for key, val in cfg.items():
-            monkeypatch.setitem(_chunked.CONFIG, key, val)
-        if numba_simulator():
-            monkeypatch.setattr(_jit, "BUCKETS", (8, 16))
-            monkeypatch.setattr(_jit, "GROUP", 4)
-        monkeypatch.setattr(nz, "SCAN_THREADS", scan_threads)
-    return set_tiles
-
 
 
 def run(variant, arrays, do, causal):
@@ -58,10 +41,7 @@ def check_case(variant, lead, T, Dk, Dv, dtype, causal=True, n_gates=2, s_scale=
     arrays = [x.astype(dtype) for x in arrays]
     do = np.random.default_rng(seed + 1).standard_normal((*lead, T, Dv)).astype(dtype)
     got, want = run(variant, arrays, do, causal)
-    for name, x, r in zip(NAMES, got, want):
-        assert x.dtype == np.dtype(dtype) and x.shape == r.shape, (name, x.dtype, x.shape)
-        err = rel_error(x, r)
-        assert np.isfinite(err) and err < TOL[dtype], (variant, name, err)
+    assert_matches(variant, NAMES, got, want, dtype)
 
 
 @pytest.mark.parametrize("variant", ["naive", "chunked"])

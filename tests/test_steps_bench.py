@@ -129,6 +129,11 @@ def test_decode_and_packed_grids_on_the_gpu():
     assert len(kern) == 3 * 3 * 2
     tol = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 1e-2}
     assert all(r["rel_err"] == 0.0 for r in kern)                       # the first line: the reference
+    floors = {(r["op"], r["B"], r["dtype"]): r["ms_median"] for r in rows if r["line"] == "floor"}
+    assert len(floors) == len(kern)                                     # one empty-kernel floor per cell
+    for r in kern:                                                      # the step's own work, floor taken off
+        f = floors[(r["op"], r["B"], r["dtype"])]
+        assert r["above_floor_x"] == pytest.approx(max(r["ms_median"] - f, 0.0) / r["read_bound_ms"])
     for r in rows:
         if r["line"] == "step:array":
             assert r["rel_err"] < tol[r["dtype"]], r

@@ -22,6 +22,7 @@ import numpy as np
 
 from workbench.backends import new_output, new_scratch
 
+from .._segments import Segmentation, segment_rows
 from ._module import CTYPE, ITEMSIZE, declare_groups, dtype_name, get_kernel, launch, padded_dim
 
 SOURCE = "chunked_mma.cu"
@@ -94,43 +95,23 @@ def smem_dkdv(item: int, dkp: int, dvp: int, which: int) -> int:
 
 # ----------------------------------------------------------------------------- segments
 @dataclass(frozen=True)
-class SegmentTable:
-    """The packed T axis cut into sequences (``cu``: offsets) and each sequence into segments of ``L``
-    chunks (L = 0: one segment per sequence).  Device int32 arrays: t0, t1 (token range of each segment),
-    seq (its sequence), seq_seg (offsets of each sequence's segments), cu_dev."""
+class SegmentTable(Segmentation):
+    """The segment table (kernels/_segments.py) on the device, int32 arrays: t0, t1 (token range of each
+    segment), seq (its sequence), seq_seg (offsets of each sequence's segments), cu_dev."""
     T: int
-    L: int
-    cu: tuple
-    nseg: int
     t0: object
     t1: object
     seq: object
     seq_seg: object
     cu_dev: object
 
-    @property
-    def nseq(self) -> int:
-        return len(self.cu) - 1
-
-    @property
-    def single(self) -> bool:
-        return self.nseg == self.nseq
-
 
 @functools.lru_cache(maxsize=256)
 def segment_table(T: int, L: int, cu: Optional[tuple] = None) -> SegmentTable:
     import cupy as cp
-    cu = tuple(cu) if cu is not None else (0, T)
-    t0, t1, seq, seq_seg = [], [], [], [0]
-    for s, (a, b) in enumerate(zip(cu[:-1], cu[1:])):
-        step = L * C if L > 0 else max(b - a, 1)
-        for x in range(a, b, step):
-            t0.append(x)
-            t1.append(min(b, x + step))
-            seq.append(s)
-        seq_seg.append(len(t0))
-    dev = lambda a: cp.asarray(np.asarray(a, np.int32))      # noqa: E731
-    return SegmentTable(T, L, cu, len(t0), dev(t0), dev(t1), dev(seq), dev(seq_seg), dev(cu))
+    r = segment_rows(T, C, L, cu)
+    cols = (r.rows[:, 0], r.rows[:, 1], r.rows[:, 2], r.seq_seg, np.asarray(r.cu, np.int32))
+    return SegmentTable(r.cu, L, len(r.rows), T, *(cp.asarray(np.ascontiguousarray(x)) for x in cols))
 
 
 @functools.lru_cache(maxsize=None)

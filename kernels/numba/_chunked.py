@@ -93,7 +93,8 @@ from typing import Optional
 import numpy as np
 from numba import cuda
 
-from ._jit import bucket, cdiv, device, kernel, nb_type
+from .._segments import Segmentation, segment_rows
+from ._jit import block_element, bucket, cdiv, kernel, nb_type, tile_loader
 
 PLAIN, DECAY, COEF = "plain", "decay", "coef"     # weight families (module doc)
 
@@ -104,6 +105,8 @@ SEGMENT_CHUNKS = 8                # chunks per segment when the grid is full any
 SCAN_THREADS = 128                # threads per block of the segment scan
 SHARED_BYTES = 46 * 1024          # static shared-memory budget per block (device limit 48 KB)
 LOG_FLOOR = {4: -128.0, 8: -1024.0}   # per accumulation itemsize: exp(LOG_FLOOR) == 0 exactly (docstring)
+# the order tiles() halves the tiles in until the shared memory fits, each down to its floor
+SHRINK = (("BK", 16), ("BV", 8), ("C", 16), ("BV", 1), ("BK", 1), ("C", 1))
 
 
 def state_rows(DB: int, BK: int, family: str) -> int:
@@ -128,46 +131,16 @@ def tiles(DB: int, NS: int, itemsize: int, family: str = DECAY) -> tuple:
     BV = CONFIG["block_v"] or min(32, DB)
     NT = CONFIG["threads"] or 256
     fixed = CONFIG["chunk"] and CONFIG["block_k"] and CONFIG["block_v"]
-    while not fixed and shared_bytes(DB, NS, C, BK, BV, itemsize, family) > SHARED_BYTES:
-        if BK > 16:
-            BK //= 2
-        elif BV > 8:
-            BV //= 2
-        elif C > 16:
-            C //= 2
-        elif BV > 1:
-            BV //= 2
-        elif BK > 1:
-            BK //= 2
-        elif C > 1:
-            C //= 2
-        else:
+    size = {"C": C, "BK": BK, "BV": BV}
+    while not fixed and shared_bytes(DB, NS, size["C"], size["BK"], size["BV"], itemsize, family) > SHARED_BYTES:
+        tile = next((t for t, floor in SHRINK if size[t] > floor), None)
+        if tile is None:
             break
-    return C, BK, BV, NT
+        size[tile] //= 2
+    return size["C"], size["BK"], size["BV"], NT
 
 
 # ============================================================================ device code
-@functools.lru_cache(maxsize=None)
-def _segment_loader(ROWS: int, COLS: int, NT: int, acc):
-    """Device function load(dst, src, n, t0, t1, p0, c0, D, rev): the shared tile dst[j, d] =
-    src[n, t, c0 + d] for the chunk's processed positions p0 + j of the segment [t0, t1) (t = t0 + p0 + j, or
-    t1 - 1 - (p0 + j) in reverse), zero past the segment and past column D; strided over the block's NT
-    threads (coalesced reads), so every thread of the block calls it."""
-    ZERO = acc(0)
-
-    def load(dst, src, n, t0, t1, p0, c0, D, rev):
-        for x in range(cuda.threadIdx.x, ROWS * COLS, NT):
-            j = x // COLS
-            d = x - j * COLS
-            val = ZERO
-            r = p0 + j
-            if t0 + r < t1 and c0 + d < D:
-                t = t1 - 1 - r if rev else t0 + r
-                val = acc(src[n, t, c0 + d])
-            dst[j, d] = val
-    return device(load)
-
-
 @functools.lru_cache(maxsize=None)
 def chunk_kernel(DB, NS, family, C, BK, BV, NT, acc):
     """Compile the chunk kernel for one (head-dim bucket, states, weight family, tiles, accumulation type).
@@ -186,8 +159,11 @@ def chunk_kernel(DB, NS, family, C, BK, BV, NT, acc):
     ZERO, ONE = acc(0), acc(1)
     NEG_INF = acc(-math.inf)
     FLOOR = acc(LOG_FLOOR[np.dtype(acc.name).itemsize])
-    load_ab = _segment_loader(C, BK, NT, acc)    # a or b rows of the chunk, one Da tile (padded tiles)
-    load_c = _segment_loader(C, BV, NT, acc)     # c rows of the chunk, this block's columns
+    load_ab = tile_loader(C, BK, NT, acc)    # a or b rows of the chunk, one Da tile (padded tiles)
+    load_c = tile_loader(C, BV, NT, acc)     # c rows of the chunk, this block's columns
+    score_elem = block_element(C, C, NT)     # a thread's elements of the C x C score block (EB of them)
+    out_elem = block_element(C, BV, NT)      # of the C x BV output tile (EO)
+    state_elem = block_element(BK, BV, NT)   # of a BK x BV state tile (ES)
 
     @kernel
     def kern(a, b, c, qco, kco, g, out0, out1, out2, seg, S0, R0, Sfin, Rfin, gam, scale, scale_in_state, rev,
@@ -276,26 +252,21 @@ def chunk_kernel(DB, NS, family, C, BK, BV, NT, acc):
                 for r in range(NSEO):
                     accO[r] = ZERO
                 for d0 in range(0, Da, BK):
-                    load_ab(As, a, n, t0, t1, p0, d0, Da, rev)
+                    load_ab(As, a, n, t0, t1, p0, d0, Da, rev, ONE)
                     if intra:
-                        load_ab(Bs, b, n, t0, t1, p0, d0, Da, rev)
+                        load_ab(Bs, b, n, t0, t1, p0, d0, Da, rev, ONE)
                     cuda.syncthreads()
                     if intra:
                         for r in range(EB):
-                            e = tid + r * NT
-                            if e < C * C:
-                                p = e // C
-                                i = e - p * C
-                                if i <= p:
-                                    sacc = ZERO
-                                    for d in range(BK):
-                                        sacc += As[p, d] * Bs[i, d]
-                                    accB[r] += sacc
+                            live, p, i = score_elem(r)
+                            if live and i <= p:
+                                sacc = ZERO
+                                for d in range(BK):
+                                    sacc += As[p, d] * Bs[i, d]
+                                accB[r] += sacc
                     for r in range(EO):
-                        e = tid + r * NT
-                        if e < C * BV:
-                            p = e // BV
-                            jj = e - p * BV
+                        live, p, jj = out_elem(r)
+                        if live:
                             for x in range(NS):
                                 sacc = ZERO
                                 for d in range(BK):
@@ -303,15 +274,13 @@ def chunk_kernel(DB, NS, family, C, BK, BV, NT, acc):
                                 accO[x * EO + r] += sacc
                     cuda.syncthreads()
                 if intra:                                   # the chunk's c rows
-                    load_c(Cs, c, n, t0, t1, p0, j0, Dc, rev)
+                    load_c(Cs, c, n, t0, t1, p0, j0, Dc, rev, ONE)
                 for xo in range(nout):
                     # ---- B: weighted, masked scores of the states summed into output xo
                     if intra:
                         for r in range(EB):
-                            e = tid + r * NT
-                            if e < C * C:
-                                p = e // C
-                                i = e - p * C
+                            live, p, i = score_elem(r)
+                            if live:
                                 wv = ZERO
                                 if i <= p and p < L:
                                     if decay:
@@ -328,30 +297,27 @@ def chunk_kernel(DB, NS, family, C, BK, BV, NT, acc):
                     cuda.syncthreads()
                     # ---- C: out_p = inter-chunk + intra-chunk terms
                     for r in range(EO):
-                        e = tid + r * NT
-                        if e < C * BV:
-                            p = e // BV
-                            jj = e - p * BV
-                            if p < L and j0 + jj < Dc:
-                                t = t1 - 1 - (p0 + p) if rev else t0 + p0 + p
-                                o = ZERO
-                                if decay:
-                                    o = sq * math.exp(qw[0, 0, p] + qw[0, 1, p]) * accO[r]
-                                elif coef:
-                                    for x in range(NS):
-                                        if (x == xo or not parts) and ref[x] != NEG_INF:  # else S^x = 0
-                                            o += qw[x, 0, p] * math.exp(qw[x, 1, p] + ref[x]) * accO[x * EO + r]
-                                else:
-                                    o = sq * accO[r]
-                                if intra:
-                                    for i in range(p + 1):
-                                        o += W[p, i] * Cs[i, jj]
-                                if xo == 0:
-                                    out0[n, t, j0 + jj] = o
-                                elif xo == 1:
-                                    out1[n, t, j0 + jj] = o
-                                else:
-                                    out2[n, t, j0 + jj] = o
+                        live, p, jj = out_elem(r)
+                        if live and p < L and j0 + jj < Dc:
+                            t = t1 - 1 - (p0 + p) if rev else t0 + p0 + p
+                            o = ZERO
+                            if decay:
+                                o = sq * math.exp(qw[0, 0, p] + qw[0, 1, p]) * accO[r]
+                            elif coef:
+                                for x in range(NS):
+                                    if (x == xo or not parts) and ref[x] != NEG_INF:  # else S^x = 0
+                                        o += qw[x, 0, p] * math.exp(qw[x, 1, p] + ref[x]) * accO[x * EO + r]
+                            else:
+                                o = sq * accO[r]
+                            if intra:
+                                for i in range(p + 1):
+                                    o += W[p, i] * Cs[i, jj]
+                            if xo == 0:
+                                out0[n, t, j0 + jj] = o
+                            elif xo == 1:
+                                out1[n, t, j0 + jj] = o
+                            else:
+                                out2[n, t, j0 + jj] = o
                     cuda.syncthreads()      # W is rewritten next (next output, D, or the next chunk)
             if fold and (has_fin or ch < nch - 1):        # (the last fold matters only to the final state)
                 # ---- D: fold the chunk into the states
@@ -368,7 +334,7 @@ def chunk_kernel(DB, NS, family, C, BK, BV, NT, acc):
                     else:
                         rnew[0] = ONE
                 if not (emit and intra):                                # c rows not loaded by A-C
-                    load_c(Cs, c, n, t0, t1, p0, j0, Dc, rev)
+                    load_c(Cs, c, n, t0, t1, p0, j0, Dc, rev, ONE)
                 cuda.syncthreads()
                 for e in range(tid, NS * C, NT):                        # key weights of the update
                     x = e // C
@@ -385,25 +351,22 @@ def chunk_kernel(DB, NS, family, C, BK, BV, NT, acc):
                     kw[x, 0, i] = wk
                 cuda.syncthreads()
                 for d0 in range(0, Da, BK):
-                    load_ab(Bs, b, n, t0, t1, p0, d0, Da, rev)
+                    load_ab(Bs, b, n, t0, t1, p0, d0, Da, rev, ONE)
                     cuda.syncthreads()
                     for r in range(ES):
-                        e = tid + r * NT
-                        if e < BK * BV:
-                            d = e // BV
-                            jj = e - d * BV
-                            if d0 + d < Da:
-                                for x in range(NS):
-                                    if not coef:
-                                        dec = rnew[0]
-                                    elif ref[x] == NEG_INF:
-                                        dec = ZERO
-                                    else:
-                                        dec = math.exp(ref[x] - rnew[x])
-                                    sacc = ZERO
-                                    for i in range(L):
-                                        sacc += kw[x, 0, i] * Bs[i, d] * Cs[i, jj]
-                                    S[x, d0 + d, jj] = dec * S[x, d0 + d, jj] + sacc
+                        live, d, jj = state_elem(r)
+                        if live and d0 + d < Da:
+                            for x in range(NS):
+                                if not coef:
+                                    dec = rnew[0]
+                                elif ref[x] == NEG_INF:
+                                    dec = ZERO
+                                else:
+                                    dec = math.exp(ref[x] - rnew[x])
+                                sacc = ZERO
+                                for i in range(L):
+                                    sacc += kw[x, 0, i] * Bs[i, d] * Cs[i, jj]
+                                S[x, d0 + d, jj] = dec * S[x, d0 + d, jj] + sacc
                     cuda.syncthreads()
                 if coef and tid < NS:
                     ref[tid] = rnew[tid]
@@ -472,35 +435,18 @@ def scan_kernel(acc):
 
 # ============================================================================ host side
 @dataclass(frozen=True)
-class Segments:
-    """The packed T axis cut into sequences (``cu``) and each sequence into segments of ``L`` chunks (L = 0:
-    one per sequence).  ``seg``: device (nseg, 3) int32 rows (t0, t1, end of the sequence); ``seq_seg``:
-    device (nseq + 1,) int32 offsets of each sequence's segments; ``cu_dev``: the offsets on the device."""
-    cu: tuple
-    L: int
-    nseg: int
+class Segments(Segmentation):
+    """The segment table (kernels/_segments.py) on the device: ``seg`` (nseg, 3) int32 rows (t0, t1, end of the
+    sequence); ``seq_seg`` (nseq + 1,) int32 offsets of each sequence's segments; ``cu_dev`` the offsets."""
     seg: object
     seq_seg: object
     cu_dev: object
 
-    @property
-    def nseq(self) -> int:
-        return len(self.cu) - 1
-
-    @property
-    def single(self) -> bool:
-        """One segment per sequence: the walker starts from S0 and writes the final state itself."""
-        return self.nseg == self.nseq
-
 
 def segments(io, T: int, C: int, L: int, cu: Optional[tuple] = None) -> Segments:
-    cu = tuple(cu) if cu is not None else (0, T)
-    rows, seq_seg = [], [0]
-    for a, b in zip(cu[:-1], cu[1:]):
-        step = L * C if L > 0 else b - a
-        rows += [(x, min(b, x + step), b) for x in range(a, b, step)]
-        seq_seg.append(len(rows))
-    return Segments(cu, L, len(rows), *(io.to_device(np.asarray(x, np.int32)) for x in (rows, seq_seg, cu)))
+    r = segment_rows(T, C, L, cu)
+    seg = np.ascontiguousarray(r.rows[:, [0, 1, 3]])
+    return Segments(r.cu, L, len(seg), *(io.to_device(x) for x in (seg, r.seq_seg, np.asarray(r.cu, np.int32))))
 
 
 @functools.lru_cache(maxsize=None)

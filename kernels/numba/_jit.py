@@ -130,6 +130,44 @@ def identity(acc):
     return device(ident)
 
 
+@functools.lru_cache(maxsize=None)
+def row_thread():
+    """Device function rows(q, v) -> (n, t, T, Dk, Dv) of a one-thread-per-row kernel (grid (N, row
+    blocks), block = rows): the thread's leading index n and row t (possibly >= T in the last block), the
+    sequence length T and the head dims Dk = q.shape[2], Dv = v.shape[2]."""
+    def rows(q, v):
+        return (cuda.blockIdx.x, cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x, q.shape[1], q.shape[2],
+                v.shape[2])
+    return device(rows)
+
+
+@functools.lru_cache(maxsize=None)
+def tile_thread(ROWS: int):
+    """Device function rows(q, v) -> (n, r0, tid, r, T, Dk, Dv, live) of a kernel whose blocks are ROWS
+    threads for ROWS rows (grid (N, row tiles)): the leading index n, the block's first row r0, the thread's
+    index tid and row r = r0 + tid, the sequence length, the head dims (of q and v) and whether r < T."""
+    def rows(q, v):
+        r0 = cuda.blockIdx.y * ROWS
+        tid = cuda.threadIdx.x
+        T = q.shape[1]
+        return cuda.blockIdx.x, r0, tid, r0 + tid, T, q.shape[2], v.shape[2], r0 + tid < T
+    return device(rows)
+
+
+@functools.lru_cache(maxsize=None)
+def sequence_run(NT: int):
+    """Device function run(cu, u) -> (j, a, b, lo, hi) of a scan with one block per (n, sequence j =
+    blockIdx.y) of NT threads: the sequence [a, b) = [cu[j], cu[j + 1]) and thread u's contiguous run of its
+    rows [lo, hi) (runs of ceil((b - a) / NT) rows in order, the last ones short or empty)."""
+    def run(cu, u):
+        j = cuda.blockIdx.y
+        a, b = cu[j], cu[j + 1]
+        SEG = (b - a + NT - 1) // NT
+        lo = min(a + u * SEG, b)
+        return j, a, b, lo, min(lo + SEG, b)
+    return device(run)
+
+
 # Per-thread row helpers.  ``row`` is a thread's local array of DB values; every loop over it is unrolled over
 # the bucket (constant indices, so the row stays in registers after inlining) in skip groups.  Global loads
 # past D are never issued; shared tiles are zero past D, so tile loops need no per-element guard.
@@ -165,6 +203,17 @@ def row_axpy(DB: int, acc, fn=None):
                     if d < D:
                         row[d] += a * f(acc(X[n, i, d]))
     return device(axpy)
+
+
+@functools.lru_cache(maxsize=None)
+def row_zero(DB: int, acc):
+    """Device function zero(row): row[d] = 0 for the whole bucket (a thread's accumulator, before its loop)."""
+    ZERO = acc(0)
+
+    def zero(row):
+        for d in range(DB):
+            row[d] = ZERO
+    return device(zero)
 
 
 @functools.lru_cache(maxsize=None)
@@ -208,21 +257,35 @@ def tile_axpy(DB: int):
 
 
 @functools.lru_cache(maxsize=None)
+def block_element(ROWS: int, COLS: int, NT: int):
+    """Device function element(r) -> (live, row, col): the r-th element a thread owns in a ROWS x COLS block
+    split over the block's NT threads (element tid + r NT, row-major; live: inside the block).  With r a
+    compile-time loop index the element's accumulator stays in a register."""
+    def element(r):
+        e = cuda.threadIdx.x + r * NT
+        row = e // COLS
+        return e < ROWS * COLS, row, e - row * COLS
+    return device(element)
+
+
+@functools.lru_cache(maxsize=None)
 def tile_loader(ROWS: int, COLS: int, NT: int, acc):
-    """Device function load(dst, src, n, r0, c0, T, D, rev, mult): the shared tile dst[j, d] =
-    mult * src[n, row, c0 + d] for j < ROWS, d < COLS, with row = r0 + j (rev: T - 1 - (r0 + j)), zero past
-    row T and past column D (the actual head dim); the elements are strided over the block's NT threads
-    (coalesced reads), so every thread of the block calls it."""
+    """Device function load(dst, src, n, t0, t1, p0, c0, D, rev, mult): the shared tile dst[j, d] =
+    mult * src[n, t, c0 + d] for j < ROWS, d < COLS, with t the position p0 + j of the window [t0, t1)
+    (t0 + p0 + j, or t1 - 1 - (p0 + j) when rev), zero past the window and past column D (the actual head
+    dim); the elements are strided over the block's NT threads (coalesced reads), so every thread of the
+    block calls it.  (A tile of rows r0.. of the whole sequence: t0, t1, p0 = 0, T, r0.)"""
     ZERO = acc(0)
 
-    def load(dst, src, n, r0, c0, T, D, rev, mult):
+    def load(dst, src, n, t0, t1, p0, c0, D, rev, mult):
         for x in range(cuda.threadIdx.x, ROWS * COLS, NT):
             j = x // COLS
             d = x - j * COLS
             val = ZERO
-            if r0 + j < T and c0 + d < D:
-                row = T - 1 - (r0 + j) if rev else r0 + j
-                val = acc(src[n, row, c0 + d]) * mult
+            r = p0 + j
+            if t0 + r < t1 and c0 + d < D:
+                t = t1 - 1 - r if rev else t0 + r
+                val = acc(src[n, t, c0 + d]) * mult
             dst[j, d] = val
     return device(load)
 

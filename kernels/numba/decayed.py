@@ -70,7 +70,7 @@ from workbench.state import DecayedState
 
 from . import _chunked
 from ._arrays import DeviceIO, Saved, grid_1d, register_variant
-from ._jit import bucket, cdiv, kernel, nb_type, row_axpy, row_dot, row_store
+from ._jit import bucket, cdiv, kernel, nb_type, row_axpy, row_dot, row_store, row_thread, row_zero, sequence_run
 
 SCAN_THREADS = 128        # threads per block of the dg scan (tests shrink it)
 
@@ -81,20 +81,18 @@ def _naive_kernel(DB, acc):
     """One thread per row p: out_p = sum scale exp(G_t - G_i) (a_p.b_j) c_j over j <= p (forward: t = p, i = j)
     or j >= p (rev: i = p, t = j); the log decay L = G_t - G_i is summed along the loop (always <= 0)."""
     ZERO, ONE = acc(0), acc(1)
-    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
+    dot, axpy, store, zero = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB), row_zero(DB, acc)
+    rows = row_thread()
 
     @kernel
     def kern(a, b, c, g, scale, rev, out):
-        n = cuda.blockIdx.x
-        p = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T, Da, Dc = a.shape[1], a.shape[2], c.shape[2]
+        n, p, T, Da, Dc = rows(a, c)
         if p >= T:
             return
-        row = cuda.local.array(DB, acc)
-        for e in range(DB):
-            row[e] = ZERO
-        L = ZERO
+        L = ZERO                             # the log decay between rows p and j
         j = p
+        row = cuda.local.array(DB, acc)
+        zero(row)
         while True:
             axpy(row, scale * math.exp(L) * dot(a, n, p, b, j, Da), c, n, j, Dc)
             if rev:
@@ -114,14 +112,15 @@ def _naive_kernel(DB, acc):
 @functools.lru_cache(maxsize=None)
 def _row_dG(acc):
     """dG_t = do_t.o_t - v_t.dv_t, one thread per row."""
+    rows = row_thread()
+
     @kernel
     def kern(do, o, v, dv, dG):
-        n = cuda.blockIdx.x
-        t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        if t >= o.shape[1]:
+        n, t, T, _, Dv = rows(o, o)
+        if t >= T:
             return
         s = acc(0)
-        for e in range(o.shape[2]):
+        for e in range(Dv):
             s += acc(do[n, t, e]) * acc(o[n, t, e]) - acc(v[n, t, e]) * acc(dv[n, t, e])
         dG[n, t] = s
     return kern
@@ -169,17 +168,14 @@ def _scan_dg(NT, acc):
     <D, S_T> (the final state's gradient and the final state, when given); thread 0 turns tot into suffix sums
     over later segments, starting from <D, S_T>; pass 2: each thread's reverse cumulative sum of its rows."""
     ZERO = acc(0)
+    run = sequence_run(NT)
 
     @kernel
     def kern(do, o, v, dv, cu, D, Sfin, has_D, has_init, dg):
         n = cuda.blockIdx.x
-        j = cuda.blockIdx.y
         u = cuda.threadIdx.x
+        j, a, b, lo, hi = run(cu, u)
         Dv = o.shape[2]
-        a, b = cu[j], cu[j + 1]
-        SEG = (b - a + NT - 1) // NT
-        lo = min(a + u * SEG, b)
-        hi = min(lo + SEG, b)
         tot = cuda.shared.array(NT, acc)
         red = cuda.shared.array(NT, acc)
         c = ZERO

@@ -47,6 +47,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numba import cuda
@@ -55,7 +56,8 @@ from workbench.state import LinearState
 
 from . import _chunked
 from ._arrays import DeviceIO, Saved, register_variant
-from ._jit import bucket, cdiv, device, kernel, nb_type, row_axpy, row_dot, row_store, work_dtype
+from ._jit import (bucket, cdiv, device, kernel, nb_type, row_axpy, row_dot, row_store, row_thread, row_zero,
+                   work_dtype)
 
 CONFIG = {"rows": 64}        # rows per block of the naive (row) kernels; tests shrink it
 
@@ -88,27 +90,41 @@ def _phi(fmap, acc):
     return device(f), device(df)
 
 
+@functools.lru_cache(maxsize=None)
+def _store_grad(DB, fmap, acc):
+    """Device function store(out, x, n, t, row, D, scale): out[n, t, d] = scale row[d] phi'(x[n, t, d]) for
+    d < D (dq from dQ, dk from dK)."""
+    _, dphi = _phi(fmap, acc)
+    ZERO = acc(0)
+
+    def store(out, x, n, t, row, D, scale):
+        for d in range(DB):
+            xd = acc(x[n, t, d]) if d < D else ZERO
+            val = row[d] * scale * dphi(xd)
+            if d < D:
+                out[n, t, d] = val
+    return device(store)
+
+
 # ============================================================================ naive
 @functools.lru_cache(maxsize=None)
 def _naive_fwd(DB, fmap, acc):
     """One thread per query row t: num_t = sum_i scale Q_t.K_i v_i and den_t - eps = sum_i scale Q_t.K_i over
     keys i (i <= t when causal)."""
     phi, _ = _phi(fmap, acc)
-    dot, axpy, store = row_dot(DB, acc, phi), row_axpy(DB, acc), row_store(DB)
+    dot, axpy, store, zero = row_dot(DB, acc, phi), row_axpy(DB, acc), row_store(DB), row_zero(DB, acc)
+    rows = row_thread()
     ZERO, ONE = acc(0), acc(1)
 
     @kernel
     def kern(q, k, v, scale, eps, causal, normalize, o, den):
-        n = cuda.blockIdx.x
-        t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
+        n, t, T, Dk, Dv = rows(q, v)
         if t >= T:
             return
-        num = cuda.local.array(DB, acc)
-        for e in range(DB):
-            num[e] = ZERO
-        nden = ZERO
         iend = t + 1 if causal else T
+        num = cuda.local.array(DB, acc)
+        zero(num)
+        nden = ZERO
         for i in range(iend):
             a = dot(q, n, t, k, i, Dk) * scale
             nden += a
@@ -121,74 +137,38 @@ def _naive_fwd(DB, fmap, acc):
 
 
 @functools.lru_cache(maxsize=None)
-def _dnum_kernel(acc):
-    """Augmented output gradient with normalize: dnum~_t = [do_t / den_t, -(do_t.o_t) / den_t]."""
-    @kernel
-    def kern(do, o, den, dnum):
-        n = cuda.blockIdx.x
-        t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        Dv = do.shape[2]
-        if t >= do.shape[1]:
-            return
-        inv = acc(1) / den[n, t]
-        s = acc(0)
-        for e in range(Dv):
-            g = acc(do[n, t, e])
-            s += g * acc(o[n, t, e])
-            dnum[n, t, e] = g * inv
-        dnum[n, t, Dv] = -s * inv
-    return kern
-
-
-@functools.lru_cache(maxsize=None)
-def _naive_dq(DB, fmap, acc):
-    """One thread per query row t: dq_t = phi'(q_t) * scale sum_i (dnum~_t.v~_i) K_i."""
-    phi, dphi = _phi(fmap, acc)
-    dot, axpy = row_dot(DB, acc), row_axpy(DB, acc, phi)
-    ZERO = acc(0)
-
-    @kernel
-    def kern(q, k, v, dnum, scale, causal, normalize, dq):
-        n = cuda.blockIdx.x
-        t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
-        if t >= T:
-            return
-        g = cuda.local.array(DB, acc)
-        for d in range(DB):
-            g[d] = ZERO
-        dden = acc(dnum[n, t, Dv]) if normalize else ZERO          # the extra column of dnum~ (v~ = 1 there)
-        iend = t + 1 if causal else T
-        for i in range(iend):
-            axpy(g, dot(dnum, n, t, v, i, Dv) + dden, k, n, i, Dk)
-        for d in range(DB):
-            qd = acc(q[n, t, d]) if d < Dk else ZERO
-            val = g[d] * scale * dphi(qd)
-            if d < Dk:
-                dq[n, t, d] = val
-    return kern
-
-
-@functools.lru_cache(maxsize=None)
-def _naive_dkdv(DB, fmap, acc):
-    """One thread per key row i: dk_i = phi'(k_i) * scale sum_t dA_ti Q_t,  dv_i = sum_t A_ti dnum_t."""
-    phi, dphi = _phi(fmap, acc)
+def _naive_backward(DB, fmap, acc):
+    """The naive backward's kernels (dq, dkdv), everything read from global memory:
+    dq:   one thread per query row t: dq_t = phi'(q_t) * scale sum_i (dnum~_t.v~_i) K_i;
+    dkdv: one thread per key row i: dk_i = phi'(k_i) * scale sum_t dA_ti Q_t,  dv_i = sum_t A_ti dnum_t."""
+    phi, _ = _phi(fmap, acc)
     pdot, dot = row_dot(DB, acc, phi), row_dot(DB, acc)
-    axpy, paxpy, store = row_axpy(DB, acc), row_axpy(DB, acc, phi), row_store(DB)
+    axpy, paxpy, store, zero = row_axpy(DB, acc), row_axpy(DB, acc, phi), row_store(DB), row_zero(DB, acc)
+    rows, store_grad = row_thread(), _store_grad(DB, fmap, acc)
     ZERO, ONE = acc(0), acc(1)
 
     @kernel
-    def kern(q, k, v, dnum, scale, causal, normalize, dk, dv):
-        n = cuda.blockIdx.x
-        i = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
+    def kern_dq(q, k, v, dnum, scale, causal, normalize, dq):
+        n, t, T, Dk, Dv = rows(q, v)
+        if t >= T:
+            return
+        dden = acc(dnum[n, t, Dv]) if normalize else ZERO          # the extra column of dnum~ (v~ = 1 there)
+        g = cuda.local.array(DB, acc)
+        zero(g)
+        iend = t + 1 if causal else T
+        for i in range(iend):
+            paxpy(g, dot(dnum, n, t, v, i, Dv) + dden, k, n, i, Dk)
+        store_grad(dq, q, n, t, g, Dk, scale)
+
+    @kernel
+    def kern_dkdv(q, k, v, dnum, scale, causal, normalize, dk, dv):
+        n, i, T, Dk, Dv = rows(q, v)
         if i >= T:
             return
         gk = cuda.local.array(DB, acc)
         gv = cuda.local.array(DB, acc)
-        for d in range(DB):
-            gk[d] = ZERO
-            gv[d] = ZERO
+        zero(gk)
+        zero(gv)
         t0 = i if causal else 0
         for t in range(t0, T):
             a = pdot(q, n, t, k, i, Dk) * scale
@@ -197,13 +177,60 @@ def _naive_dkdv(DB, fmap, acc):
                 da += acc(dnum[n, t, Dv])
             axpy(gv, a, dnum, n, t, Dv)
             paxpy(gk, da, q, n, t, Dk)
-        for d in range(DB):
-            kd = acc(k[n, i, d]) if d < Dk else ZERO
-            val = gk[d] * scale * dphi(kd)
-            if d < Dk:
-                dk[n, i, d] = val
+        store_grad(dk, k, n, i, gk, Dk, scale)
         store(dv, n, i, gv, Dv, ONE)
-    return kern
+    return kern_dq, kern_dkdv
+
+
+# ============================================================================ the normaliser's row passes
+class _Normaliser(NamedTuple):
+    augment: object
+    normalize: object
+    dnum: object
+
+
+@functools.lru_cache(maxsize=None)
+def _normaliser(acc):
+    """The row passes of normalize (both rungs), one thread per row (n, t):
+    augment(v, va):            va[n, t] = [v[n, t], 1] (the normalised value v~);
+    normalize(num, eps, o, den): den_t = num~[t, Dv] + eps, o_t = num~[t, :Dv] / den_t;
+    dnum(do, o, den, dnum):    the augmented output gradient dnum~_t = [do_t / den_t, -(do_t.o_t) / den_t]."""
+    rows = row_thread()
+    ONE = acc(1)
+
+    @kernel
+    def augment(v, va):
+        n, t, T, _, Dv = rows(v, v)
+        if t >= T:
+            return
+        for e in range(Dv):
+            va[n, t, e] = v[n, t, e]
+        va[n, t, Dv] = ONE
+
+    @kernel
+    def normalize(num, eps, o, den):
+        n, t, T, _, Dv = rows(o, o)
+        if t >= T:
+            return
+        dn = num[n, t, Dv] + eps
+        den[n, t] = dn
+        inv = ONE / dn
+        for e in range(Dv):
+            o[n, t, e] = num[n, t, e] * inv
+
+    @kernel
+    def dnum(do, o, den, dnum):
+        n, t, T, _, Dv = rows(do, do)
+        if t >= T:
+            return
+        inv = ONE / den[n, t]
+        s = acc(0)
+        for e in range(Dv):
+            g = acc(do[n, t, e])
+            s += g * acc(o[n, t, e])
+            dnum[n, t, e] = g * inv
+        dnum[n, t, Dv] = -s * inv
+    return _Normaliser(augment, normalize, dnum)
 
 
 # ============================================================================ chunked: elementwise passes
@@ -232,42 +259,6 @@ def _phi_pass(fmap, acc, grad):
     return kern
 
 
-@functools.lru_cache(maxsize=None)
-def _augment(acc):
-    """va[n, t] = [v[n, t], 1] (the normalised value v~), one thread per row."""
-    ONE = acc(1)
-
-    @kernel
-    def kern(v, va):
-        n = cuda.blockIdx.x
-        t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        Dv = v.shape[2]
-        if t >= v.shape[1]:
-            return
-        for e in range(Dv):
-            va[n, t, e] = v[n, t, e]
-        va[n, t, Dv] = ONE
-    return kern
-
-
-@functools.lru_cache(maxsize=None)
-def _normalize(acc):
-    """den_t = num~[t, Dv] + eps, o_t = num~[t, :Dv] / den_t, one thread per row."""
-    @kernel
-    def kern(num, eps, o, den):
-        n = cuda.blockIdx.x
-        t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        Dv = o.shape[2]
-        if t >= o.shape[1]:
-            return
-        dn = num[n, t, Dv] + eps
-        den[n, t] = dn
-        inv = acc(1) / dn
-        for e in range(Dv):
-            o[n, t, e] = num[n, t, e] * inv
-    return kern
-
-
 # ============================================================================ host side
 def _launch_rows(T):
     b = CONFIG["rows"]
@@ -291,7 +282,7 @@ def _operands(io, q, k, v, fm, normalize, acc):
     Va = v
     if normalize:
         Va = io.empty((N, T, Dv + 1), v.dtype)
-        _augment(acc)[(N, cdiv(T, 64)), 64](v, Va)
+        _normaliser(acc).augment[(N, cdiv(T, 64)), 64](v, Va)
     return Q, K, Va
 
 
@@ -358,7 +349,7 @@ def _forward(impl, q, k, v, causal=True, feature_map="identity", normalize=False
     _chunked.run(core, segs, Q, K, Va, num, scale=scale, S0=fw.starts, intra=causal, fold=causal,
                  Sfin=fw.final if (causal and segs.single) else None)
     if normalize:
-        _normalize(acc)[(N, cdiv(T, 64)), 64](num, ep, o, den)
+        _normaliser(acc).normalize[(N, cdiv(T, 64)), 64](num, ep, o, den)
     ctx = _Context(io, impl, qd, kd, vd, o, den, causal, normalize, fm, sc, q.dtype, Q, K, Va, segs, fw,
                    S0 is not None)
     out = io.to_caller(o)
@@ -378,16 +369,16 @@ def _backward(ctx: _Context, do, dfinal=None):
     nb, b = _launch_rows(T)
     if ctx.normalize:
         dnum = io.empty((N, T, Dw), wdt)
-        _dnum_kernel(acc)[(N, nb), b](do, ctx.o, ctx.den, dnum)
+        _normaliser(acc).dnum[(N, nb), b](do, ctx.o, ctx.den, dnum)
     else:
         dnum = do
     dq = io.empty((N, T, Dk), dtype)
     dk = io.empty((N, T, Dk), dtype)
     dv = io.empty((N, T, Dv), dtype)
     if ctx.impl != "chunked":
-        DB = bucket(Dk, Dv)
-        _naive_dq(DB, fm, acc)[(N, nb), b](q, k, v, dnum, ctx.scale, ctx.causal, ctx.normalize, dq)
-        _naive_dkdv(DB, fm, acc)[(N, nb), b](q, k, v, dnum, ctx.scale, ctx.causal, ctx.normalize, dk, dv)
+        naive_dq, naive_dkdv = _naive_backward(bucket(Dk, Dv), fm, acc)
+        naive_dq[(N, nb), b](q, k, v, dnum, ctx.scale, ctx.causal, ctx.normalize, dq)
+        naive_dkdv[(N, nb), b](q, k, v, dnum, ctx.scale, ctx.causal, ctx.normalize, dk, dv)
         return io.to_caller(dq), io.to_caller(dk), io.to_caller(dv)
     causal, sc, segs, fw = ctx.causal, ctx.scale, ctx.segs, ctx.fw
     Q, K, Va = ctx.Q, ctx.K, ctx.Va

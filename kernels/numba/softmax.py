@@ -57,8 +57,8 @@ from numba import cuda
 
 from ._arrays import DeviceIO, Saved, register_variant
 from . import _chunked
-from ._jit import (bucket, cdiv, device, group, kernel, nb_type, row_axpy, row_dot, row_store, tile_axpy,
-                   tile_dot, tile_loader, work_dtype)
+from ._jit import (bucket, cdiv, device, group, kernel, nb_type, row_axpy, row_dot, row_store, row_thread,
+                   row_zero, tile_axpy, tile_dot, tile_loader, tile_thread, work_dtype)
 
 CONFIG = {"block_q": 64, "block_k": 64, "block_kv": 32, "block_q_bwd": 32}
 SHARED_BYTES = 46 * 1024          # static shared memory budget per block (device limit 48 KB)
@@ -100,43 +100,101 @@ def _windows():
     return device(keys), device(queries)
 
 
+@functools.lru_cache(maxsize=None)
+def _block_windows(ROWS):
+    """Device functions block_keys(tseq, cu, packed, causal, r0, r, T) -> (lo, hi, a, b) for a block of ROWS
+    query rows from r0: [lo, hi) the keys of all its rows, from its first row's first key to its last row's
+    last (causal: no key beyond its last row; packed: none outside its rows' sequences), and [a, b) the keys
+    of the thread's own row r (clamped to T - 1); block_queries(...) the same for a block of key rows."""
+    keys, queries = _windows()
+
+    def over(window):
+        def block(tseq, cu, packed, causal, r0, r, T):
+            lo = window(tseq, cu, packed, causal, r0, T)[0]
+            hi = window(tseq, cu, packed, causal, min(T, r0 + ROWS) - 1, T)[1]
+            a, b = window(tseq, cu, packed, causal, min(r, T - 1), T)
+            return lo, hi, a, b
+        return device(block)
+    return over(keys), over(queries)
+
+
+# ============================================================================ device helpers
+@functools.lru_cache(maxsize=None)
+def _online(DB, acc):
+    """Device functions of a row's online softmax (running max m, running sum l, accumulator accv[:Dv]):
+    start(accv) -> (m, l) zeroes accv and returns (-inf, 0); step(s, m, l, accv, Dv) -> (m, l, p) takes score
+    s in: a new maximum rescales l and accv by exp(m_old - m_new); p = exp(s - m), already added to l, is the
+    weight of s's value row, which the caller adds to accv."""
+    G = group(DB)
+    NEG_INF, ZERO = acc(-math.inf), acc(0)
+    zero = row_zero(DB, acc)
+
+    def start(accv):
+        zero(accv)
+        return NEG_INF, ZERO
+
+    def step(s, m, l, accv, Dv):
+        if s > m:
+            corr = math.exp(m - s)
+            l *= corr
+            for e0 in range(0, DB, G):
+                if e0 < Dv:
+                    for e in range(e0, e0 + G):
+                        accv[e] *= corr
+            m = s
+        p = math.exp(s - m)
+        return m, l + p, p
+    return device(start), device(step)
+
+
+@functools.lru_cache(maxsize=None)
+def _pair(DB, acc):
+    """Device function pair(q, k, v, do, lse, D, n, t, i, scale, Dk, Dv) -> (p, ds) of query row t and key i,
+    from global memory: p_ti = exp(scale q_t.k_i - lse_t), ds_ti = p_ti (do_t.v_i - D_t)."""
+    dot = row_dot(DB, acc)
+
+    def pair(q, k, v, do, lse, D, n, t, i, scale, Dk, Dv):
+        p = math.exp(dot(q, n, t, k, i, Dk) * scale - lse[n, t])
+        return p, p * (dot(do, n, t, v, i, Dv) - D[n, t])
+    return device(pair)
+
+
+@functools.lru_cache(maxsize=None)
+def _stage(ROWS, DB, NT, acc):
+    """Device function stage(sa, a, Da, sb, b, Db, n, r0, T): the next pair of tiles of the flash loops, the
+    rows r0.. of a and b into the shared tiles sa and sb, zero past T and past the head dims Da, Db; every
+    thread of the block calls it (it waits until the previous tiles are consumed, and until these are in)."""
+    load = tile_loader(ROWS, DB, NT, acc)
+    ONE = acc(1)
+
+    def stage(sa, a, Da, sb, b, Db, n, r0, T):
+        cuda.syncthreads()
+        load(sa, a, n, 0, T, r0, 0, Da, False, ONE)
+        load(sb, b, n, 0, T, r0, 0, Db, False, ONE)
+        cuda.syncthreads()
+    return device(stage)
+
+
 # ============================================================================ naive
 @functools.lru_cache(maxsize=None)
 def _naive_fwd(DB, acc):
     """One thread per query row t: online softmax over keys i (i <= t when causal), all reads global."""
-    NEG_INF = acc(-math.inf)
-    ZERO = acc(0)
-    G = group(DB)
+    ONE = acc(1)
     dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
-    keys, queries = _windows()
+    rows, (start, step), keys = row_thread(), _online(DB, acc), _windows()[0]
 
     @kernel
     def kern(q, k, v, scale, causal, tseq, cu, packed, o, lse):
-        n = cuda.blockIdx.x
-        t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
+        n, t, T, Dk, Dv = rows(q, v)
         if t >= T:
             return
-        accv = cuda.local.array(DB, acc)
-        for e in range(DB):
-            accv[e] = ZERO
-        m = NEG_INF
-        l = ZERO
         ia, ib = keys(tseq, cu, packed, causal, t, T)
+        accv = cuda.local.array(DB, acc)
+        m, l = start(accv)
         for i in range(ia, ib):
-            s = dot(q, n, t, k, i, Dk) * scale
-            if s > m:                        # new running max: rescale l and acc by exp(m_old - m_new)
-                corr = math.exp(m - s)
-                l *= corr
-                for e0 in range(0, DB, G):
-                    if e0 < Dv:
-                        for e in range(e0, e0 + G):
-                            accv[e] *= corr
-                m = s
-            p = math.exp(s - m)
-            l += p
+            m, l, p = step(dot(q, n, t, k, i, Dk) * scale, m, l, accv, Dv)
             axpy(accv, p, v, n, i, Dv)
-        store(o, n, t, accv, Dv, acc(1) / l)
+        store(o, n, t, accv, Dv, ONE / l)
         lse[n, t] = m + math.log(l)
     return kern
 
@@ -144,73 +202,57 @@ def _naive_fwd(DB, acc):
 @functools.lru_cache(maxsize=None)
 def _rowdot(acc):
     """D_t = do_t . o_t, one thread per row (shared by both rungs' backward); a plain run-time loop."""
+    rows = row_thread()
+
     @kernel
     def kern(do, o, D):
-        n = cuda.blockIdx.x
-        t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        if t >= o.shape[1]:
+        n, t, T, _, Dv = rows(o, o)
+        if t >= T:
             return
         s = acc(0)
-        for e in range(o.shape[2]):
+        for e in range(Dv):
             s += acc(do[n, t, e]) * acc(o[n, t, e])
         D[n, t] = s
     return kern
 
 
 @functools.lru_cache(maxsize=None)
-def _naive_dq(DB, acc):
-    """One thread per query row t: dq_t = scale sum_{i} p_ti (do_t.v_i - D_t) k_i."""
-    ZERO = acc(0)
-    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
-    keys, queries = _windows()
+def _naive_backward(DB, acc):
+    """The naive backward's kernels (dq, dkdv), all reads global:
+    dq:   one thread per query row t: dq_t = scale sum_{i} p_ti (do_t.v_i - D_t) k_i;
+    dkdv: one thread per key row i: dv_i = sum_t p_ti do_t,  dk_i = scale sum_t p_ti (do_t.v_i - D_t) q_t."""
+    axpy, store, zero = row_axpy(DB, acc), row_store(DB), row_zero(DB, acc)
+    rows, pair, (keys, queries) = row_thread(), _pair(DB, acc), _windows()
 
     @kernel
-    def kern(q, k, v, do, lse, D, scale, causal, tseq, cu, packed, dq):
-        n = cuda.blockIdx.x
-        t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
+    def kern_dq(q, k, v, do, lse, D, scale, causal, tseq, cu, packed, dq):
+        n, t, T, Dk, Dv = rows(q, v)
         if t >= T:
             return
-        g = cuda.local.array(DB, acc)
-        for d in range(DB):
-            g[d] = ZERO
         ia, ib = keys(tseq, cu, packed, causal, t, T)
+        g = cuda.local.array(DB, acc)
+        zero(g)
         for i in range(ia, ib):
-            p = math.exp(dot(q, n, t, k, i, Dk) * scale - lse[n, t])
-            ds = p * (dot(do, n, t, v, i, Dv) - D[n, t])
-            axpy(g, ds, k, n, i, Dk)
+            axpy(g, pair(q, k, v, do, lse, D, n, t, i, scale, Dk, Dv)[1], k, n, i, Dk)
         store(dq, n, t, g, Dk, scale)
-    return kern
-
-
-@functools.lru_cache(maxsize=None)
-def _naive_dkdv(DB, acc):
-    """One thread per key row i: dv_i = sum_t p_ti do_t,  dk_i = scale sum_t p_ti (do_t.v_i - D_t) q_t."""
-    ZERO = acc(0)
-    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
-    keys, queries = _windows()
 
     @kernel
-    def kern(q, k, v, do, lse, D, scale, causal, tseq, cu, packed, dk, dv):
-        n = cuda.blockIdx.x
-        i = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
+    def kern_dkdv(q, k, v, do, lse, D, scale, causal, tseq, cu, packed, dk, dv):
+        n, i, T, Dk, Dv = rows(q, v)
         if i >= T:
             return
+        ta, tb = queries(tseq, cu, packed, causal, i, T)
         gk = cuda.local.array(DB, acc)
         gv = cuda.local.array(DB, acc)
-        for d in range(DB):
-            gk[d] = ZERO
-            gv[d] = ZERO
-        ta, tb = queries(tseq, cu, packed, causal, i, T)
+        zero(gk)
+        zero(gv)
         for t in range(ta, tb):
-            p = math.exp(dot(q, n, t, k, i, Dk) * scale - lse[n, t])
-            ds = p * (dot(do, n, t, v, i, Dv) - D[n, t])
+            p, ds = pair(q, k, v, do, lse, D, n, t, i, scale, Dk, Dv)
             axpy(gv, p, do, n, t, Dv)
             axpy(gk, ds, q, n, t, Dk)
         store(dk, n, i, gk, Dk, scale)
         store(dv, n, i, gv, Dv, acc(1))
-    return kern
+    return kern_dq, kern_dkdv
 
 
 # ============================================================================ flash
@@ -219,12 +261,10 @@ def _flash_fwd(DB, BQ, BK, acc):
     """Block = BQ threads = BQ query rows of one n; K/V tiles of BK rows in shared memory (sk, sv, zero past
     the head dims); each thread keeps its pre-scaled query row qr[DB] and its accumulator accv[DB] in
     registers."""
-    NEG_INF = acc(-math.inf)
     ZERO, ONE = acc(0), acc(1)
-    G = group(DB)
-    load = tile_loader(BK, DB, BQ, acc)
+    stage, (start, step), block_keys = _stage(BK, DB, BQ, acc), _online(DB, acc), _block_windows(BQ)[0]
     dot, axpy, store = tile_dot(DB, acc), tile_axpy(DB), row_store(DB)
-    keys, queries = _windows()
+    rows = tile_thread(BQ)
 
     @kernel
     def kern(q, k, v, scale, causal, tseq, cu, packed, o, lse):
@@ -232,41 +272,17 @@ def _flash_fwd(DB, BQ, BK, acc):
         sv = cuda.shared.array((BK, DB), acc)
         qr = cuda.local.array((1, DB), acc)                # the thread's pre-scaled query row
         accv = cuda.local.array(DB, acc)
-        n = cuda.blockIdx.x
-        q0 = cuda.blockIdx.y * BQ
-        tid = cuda.threadIdx.x
-        t = q0 + tid
-        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
-        live = t < T
+        n, q0, tid, t, T, Dk, Dv, live = rows(q, v)
         for d in range(DB):
             qr[0, d] = acc(q[n, t, d]) * scale if live and d < Dk else ZERO
-            accv[d] = ZERO
-        m = NEG_INF
-        l = ZERO
-        # the block's key tiles: from its first row's first key to its last row's last (causal: no tile
-        # beyond the block's last row; packed: none outside its rows' sequences); each thread's own window
-        # cuts the first and last tiles short
-        kstart = keys(tseq, cu, packed, causal, q0, T)[0]
-        kend = keys(tseq, cu, packed, causal, min(T, q0 + BQ) - 1, T)[1]
-        ia, ib = keys(tseq, cu, packed, causal, min(t, T - 1), T)
+        m, l = start(accv)
+        # the block's key tiles; each thread's own window cuts the first and last tiles short
+        kstart, kend, ia, ib = block_keys(tseq, cu, packed, causal, q0, t, T)
         for k0 in range(kstart, kend, BK):
-            cuda.syncthreads()                       # previous tile fully consumed
-            load(sk, k, n, k0, 0, T, Dk, False, ONE)
-            load(sv, v, n, k0, 0, T, Dv, False, ONE)
-            cuda.syncthreads()
+            stage(sk, k, Dk, sv, v, Dv, n, k0, T)
             if live:
                 for j in range(max(0, ia - k0), min(BK, ib - k0)):
-                    s = dot(qr, 0, sk, j, Dk)
-                    if s > m:
-                        corr = math.exp(m - s)
-                        l *= corr
-                        for e0 in range(0, DB, G):
-                            if e0 < Dv:
-                                for e in range(e0, e0 + G):
-                                    accv[e] *= corr
-                        m = s
-                    p = math.exp(s - m)
-                    l += p
+                    m, l, p = step(dot(qr, 0, sk, j, Dk), m, l, accv, Dv)
                     axpy(accv, p, sv, j, Dv)
         if live:
             store(o, n, t, accv, Dv, ONE / l)
@@ -284,8 +300,8 @@ def _flash_dkdv(DB, BKV, BQ, acc):
     G = group(DB)
     load_own = tile_loader(BKV, DB, BKV, acc)
     load = tile_loader(BQ, DB, BKV, acc)
-    dot, axpy, store = tile_dot(DB, acc), tile_axpy(DB), row_store(DB)
-    keys, queries = _windows()
+    dot, axpy, store, zero = tile_dot(DB, acc), tile_axpy(DB), row_store(DB), row_zero(DB, acc)
+    rows, block_queries = tile_thread(BKV), _block_windows(BKV)[1]
 
     @kernel
     def kern(q, k, v, do, lse, D, scale, causal, tseq, cu, packed, dk, dv):
@@ -297,26 +313,17 @@ def _flash_dkdv(DB, BKV, BQ, acc):
         sD = cuda.shared.array(BQ, acc)
         gk = cuda.local.array(DB, acc)
         gv = cuda.local.array(DB, acc)
-        n = cuda.blockIdx.x
-        k0 = cuda.blockIdx.y * BKV
-        tid = cuda.threadIdx.x
-        i = k0 + tid
-        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
-        live = i < T
-        load_own(kr, k, n, k0, 0, T, Dk, False, scale)          # pre-scaled k
-        load_own(vr, v, n, k0, 0, T, Dv, False, ONE)
-        for d in range(DB):
-            gk[d] = ZERO
-            gv[d] = ZERO
-        # the block's query tiles: the window of its first key's queries to its last's (causal: none before
-        # k0; packed: none outside its keys' sequences)
-        tstart = queries(tseq, cu, packed, causal, k0, T)[0]
-        tend = queries(tseq, cu, packed, causal, min(T, k0 + BKV) - 1, T)[1]
-        ta, tb = queries(tseq, cu, packed, causal, min(i, T - 1), T)
+        n, k0, tid, i, T, Dk, Dv, live = rows(q, v)
+        load_own(kr, k, n, 0, T, k0, 0, Dk, False, scale)          # pre-scaled k
+        load_own(vr, v, n, 0, T, k0, 0, Dv, False, ONE)
+        zero(gk)
+        zero(gv)
+        # the block's query tiles (causal: none before k0; packed: none outside its keys' sequences)
+        tstart, tend, ta, tb = block_queries(tseq, cu, packed, causal, k0, i, T)
         for t0 in range(tstart, tend, BQ):
             cuda.syncthreads()
-            load(sq, q, n, t0, 0, T, Dk, False, ONE)
-            load(sdo, do, n, t0, 0, T, Dv, False, ONE)
+            load(sq, q, n, 0, T, t0, 0, Dk, False, ONE)
+            load(sdo, do, n, 0, T, t0, 0, Dv, False, ONE)
             for r in range(tid, BQ, BKV):
                 slse[r] = lse[n, t0 + r] if t0 + r < T else ZERO
                 sD[r] = D[n, t0 + r] if t0 + r < T else ZERO
@@ -344,9 +351,9 @@ def _flash_dq(DB, BQ, BK, acc):
     ZERO, ONE = acc(0), acc(1)
     DB1 = DB + 1
     load_own = tile_loader(BQ, DB, BQ, acc)
-    load = tile_loader(BK, DB, BQ, acc)
-    dot, axpy, store = tile_dot(DB, acc), tile_axpy(DB), row_store(DB)
-    keys, queries = _windows()
+    stage, block_keys = _stage(BK, DB, BQ, acc), _block_windows(BQ)[0]
+    dot, axpy, store, zero = tile_dot(DB, acc), tile_axpy(DB), row_store(DB), row_zero(DB, acc)
+    rows = tile_thread(BQ)
 
     @kernel
     def kern(q, k, v, do, lse, D, scale, causal, tseq, cu, packed, dq):
@@ -355,26 +362,15 @@ def _flash_dq(DB, BQ, BK, acc):
         sk = cuda.shared.array((BK, DB), acc)
         sv = cuda.shared.array((BK, DB), acc)
         g = cuda.local.array(DB, acc)
-        n = cuda.blockIdx.x
-        q0 = cuda.blockIdx.y * BQ
-        tid = cuda.threadIdx.x
-        t = q0 + tid
-        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
-        live = t < T
-        load_own(qr, q, n, q0, 0, T, Dk, False, scale)         # pre-scaled q
-        load_own(dor, do, n, q0, 0, T, Dv, False, ONE)
-        for d in range(DB):
-            g[d] = ZERO
+        n, q0, tid, t, T, Dk, Dv, live = rows(q, v)
+        load_own(qr, q, n, 0, T, q0, 0, Dk, False, scale)         # pre-scaled q
+        load_own(dor, do, n, 0, T, q0, 0, Dv, False, ONE)
+        zero(g)
         lt = lse[n, t] if live else ZERO
         Dt = D[n, t] if live else ZERO
-        kstart = keys(tseq, cu, packed, causal, q0, T)[0]          # the block's key tiles, as the forward's
-        kend = keys(tseq, cu, packed, causal, min(T, q0 + BQ) - 1, T)[1]
-        ia, ib = keys(tseq, cu, packed, causal, min(t, T - 1), T)
+        kstart, kend, ia, ib = block_keys(tseq, cu, packed, causal, q0, t, T)     # as the forward's
         for k0 in range(kstart, kend, BK):
-            cuda.syncthreads()
-            load(sk, k, n, k0, 0, T, Dk, False, ONE)
-            load(sv, v, n, k0, 0, T, Dv, False, ONE)
-            cuda.syncthreads()
+            stage(sk, k, Dk, sv, v, Dv, n, k0, T)
             if live:
                 for j in range(max(0, ia - k0), min(BK, ib - k0)):
                     p = math.exp(dot(qr, tid, sk, j, Dk) - lt)
@@ -476,8 +472,9 @@ def _backward(ctx: _Context, do):
         _flash_dq(DB, bq, bk, acc)[(N, cdiv(T, bq)), bq](*args, dq)
     else:
         b = CONFIG["block_q"]
-        _naive_dkdv(DB, acc)[(N, cdiv(T, b)), b](*args, dk, dv)
-        _naive_dq(DB, acc)[(N, cdiv(T, b)), b](*args, dq)
+        naive_dq, naive_dkdv = _naive_backward(DB, acc)
+        naive_dkdv[(N, cdiv(T, b)), b](*args, dk, dv)
+        naive_dq[(N, cdiv(T, b)), b](*args, dq)
     return io.to_caller(dq), io.to_caller(dk), io.to_caller(dv)
 
 

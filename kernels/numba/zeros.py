@@ -59,7 +59,8 @@ from workbench.state import ZeroSState
 
 from . import _chunked
 from ._arrays import DeviceIO, Saved, grid_1d, register_variant
-from ._jit import bucket, device, kernel, nb_type, row_axpy, row_dot, row_store
+from ._jit import (bucket, device, kernel, nb_type, row_axpy, row_dot, row_store, row_thread, row_zero,
+                   sequence_run)
 
 SCAN_THREADS = 128        # threads per block of the stats and finish scans (tests shrink it)
 
@@ -125,23 +126,20 @@ def _window_stats_fn(acc):
 @functools.lru_cache(maxsize=None)
 def _naive_fwd(DB, acc):
     """One thread per query row t: o_t = sum_{i in W(t)} r_ti (q_t.k_i) v_i."""
-    ZERO, ONE = acc(0), acc(1)
-    stats, gate = _window_stats_fn(acc), _gate_fn(acc)
-    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
+    ONE = acc(1)
+    rows, stats, gate = row_thread(), _window_stats_fn(acc), _gate_fn(acc)
+    dot, axpy, store, zero = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB), row_zero(DB, acc)
 
     @kernel
     def kern(q, k, v, s, gates, causal, o):
-        n = cuda.blockIdx.x
-        t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
+        n, t, T, Dk, Dv = rows(q, v)
         if t >= T:
             return
         i1 = t + 1 if causal else T
         m, E, P = stats(s, n, 0, i1)
         sig1, sigh, tz, beta, gamma = gate(gates, n, t, P, acc(i1))
         row = cuda.local.array(DB, acc)
-        for e in range(DB):
-            row[e] = ZERO
+        zero(row)
         for i in range(i1):
             si = acc(s[n, i])
             w = (sigh * math.exp(si - m) / E + beta * si + gamma) * dot(q, n, t, k, i, Dk)
@@ -154,14 +152,12 @@ def _naive_fwd(DB, acc):
 def _naive_bwd_rows(DB, acc):
     """One thread per query row t: dq_t, U_t, V_t, Z_t, dgates_t; saves (m, E, P, U, Z) of the row."""
     ZERO, ONE = acc(0), acc(1)
-    stats, gate, gate_grads = _window_stats_fn(acc), _gate_fn(acc), _gate_grads_fn(acc)
-    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
+    rows, stats, gate, gate_grads = row_thread(), _window_stats_fn(acc), _gate_fn(acc), _gate_grads_fn(acc)
+    dot, axpy, store, zero = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB), row_zero(DB, acc)
 
     @kernel
-    def kern(q, k, v, s, gates, do, causal, dq, dgates, rows):
-        n = cuda.blockIdx.x
-        t = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
+    def kern(q, k, v, s, gates, do, causal, dq, dgates, saved):
+        n, t, T, Dk, Dv = rows(q, v)
         if t >= T:
             return
         i1 = t + 1 if causal else T
@@ -169,8 +165,7 @@ def _naive_bwd_rows(DB, acc):
         m, E, P = stats(s, n, 0, i1)
         sig1, sigh, tz, beta, gamma = gate(gates, n, t, P, nt)
         g = cuda.local.array(DB, acc)
-        for d in range(DB):
-            g[d] = ZERO
+        zero(g)
         U = ZERO
         V = ZERO
         Z = ZERO
@@ -186,11 +181,11 @@ def _naive_bwd_rows(DB, acc):
             axpy(g, r * dA, k, n, i, Dk)
         store(dq, n, t, g, Dk, ONE)
         gate_grads(gates, n, t, U, V, Z, P, nt, dgates)
-        rows[n, t, 0] = m
-        rows[n, t, 1] = E
-        rows[n, t, 2] = P
-        rows[n, t, 3] = U
-        rows[n, t, 4] = Z
+        saved[n, t, 0] = m
+        saved[n, t, 1] = E
+        saved[n, t, 2] = P
+        saved[n, t, 3] = U
+        saved[n, t, 4] = Z
     return kern
 
 
@@ -198,26 +193,23 @@ def _naive_bwd_rows(DB, acc):
 def _naive_bwd_keys(DB, acc):
     """One thread per key row j: dk_j, dv_j, ds_j summed over the query rows t whose window holds j."""
     ZERO, ONE = acc(0), acc(1)
-    gate = _gate_fn(acc)
-    dot, axpy, store = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB)
+    rows, gate = row_thread(), _gate_fn(acc)
+    dot, axpy, store, zero = row_dot(DB, acc), row_axpy(DB, acc), row_store(DB), row_zero(DB, acc)
 
     @kernel
-    def kern(q, k, v, s, gates, do, rows, causal, dk, dv, ds):
-        n = cuda.blockIdx.x
-        j = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-        T, Dk, Dv = q.shape[1], q.shape[2], v.shape[2]
+    def kern(q, k, v, s, gates, do, saved, causal, dk, dv, ds):
+        n, j, T, Dk, Dv = rows(q, v)
         if j >= T:
             return
-        gk = cuda.local.array(DB, acc)
-        gv = cuda.local.array(DB, acc)
-        for d in range(DB):
-            gk[d] = ZERO
-            gv[d] = ZERO
         sj = acc(s[n, j])
         dsj = ZERO
+        gk = cuda.local.array(DB, acc)
+        gv = cuda.local.array(DB, acc)
+        zero(gk)
+        zero(gv)
         for t in range(j if causal else 0, T):
             nt = acc(t + 1) if causal else acc(T)
-            m, E, P, U, Z = rows[n, t, 0], rows[n, t, 1], rows[n, t, 2], rows[n, t, 3], rows[n, t, 4]
+            m, E, P, U, Z = saved[n, t, 0], saved[n, t, 1], saved[n, t, 2], saved[n, t, 3], saved[n, t, 4]
             sig1, sigh, tz, beta, gamma = gate(gates, n, t, P, nt)
             p = math.exp(sj - m) / E
             r = sigh * p + beta * sj + gamma
@@ -253,21 +245,35 @@ def _naive_backward(ctx, do):
     acc = nb_type(q.dtype)
     dq, dk, dv = io.empty(q.shape, q.dtype), io.empty(k.shape, q.dtype), io.empty(v.shape, q.dtype)
     ds, dgates = io.empty(s.shape, q.dtype), io.empty(gates.shape, q.dtype)
-    rows = io.empty((N, T, 5), q.dtype)
+    saved = io.empty((N, T, 5), q.dtype)
     DB = bucket(Dk, Dv)
-    _naive_bwd_rows(DB, acc)[_rows_grid(N, T)](q, k, v, s, gates, do, causal, dq, dgates, rows)
-    _naive_bwd_keys(DB, acc)[_rows_grid(N, T)](q, k, v, s, gates, do, rows, causal, dk, dv, ds)
+    _naive_bwd_rows(DB, acc)[_rows_grid(N, T)](q, k, v, s, gates, do, causal, dq, dgates, saved)
+    _naive_bwd_keys(DB, acc)[_rows_grid(N, T)](q, k, v, s, gates, do, saved, causal, dk, dv, ds)
     return dq, dk, dv, ds, dgates
 
 
 # ============================================================================ chunked: scans
+@functools.lru_cache(maxsize=None)
+def _initial_fn(acc):
+    """Device function initial(init, n, j, has_init) -> (m0, E0, P0, n0): the scalars of sequence j's initial
+    state, or those of no state (-inf, 0, 0, 0)."""
+    ZERO, NEG_INF = acc(0), acc(-math.inf)
+
+    @device
+    def initial(init, n, j, has_init):
+        if has_init:
+            return init[n, j, 0], init[n, j, 1], init[n, j, 2], init[n, j, 3]
+        return NEG_INF, ZERO, ZERO, ZERO
+    return initial
+
+
 @functools.lru_cache(maxsize=None)
 def _stats_kernel(NT, acc):
     """One block per n.  Pass 1: each thread's run [lo, hi) summarised as (max, sum e^{s - max}, sum s);
     thread 0 turns the runs into exclusive prefixes (causal) or the totals (non-causal); pass 2: each thread
     rescans its run from its prefix and writes m, E, P and the coefficient arrays of every row."""
     ZERO, ONE, NEG_INF = acc(0), acc(1), acc(-math.inf)
-    gate = _gate_fn(acc)
+    gate, initial, run = _gate_fn(acc), _initial_fn(acc), sequence_run(NT)
 
     @device
     def merge(m1, E1, m2, E2):
@@ -283,13 +289,9 @@ def _stats_kernel(NT, acc):
     @kernel
     def kern(s, gates, cu, init, has_init, causal, Qf, Kf, Qp, Qdk, st, fin):
         n = cuda.blockIdx.x
-        j = cuda.blockIdx.y
-        a, b = cu[j], cu[j + 1]
-        n0 = init[n, j, 3] if has_init else ZERO
         u = cuda.threadIdx.x
-        SEG = (b - a + NT - 1) // NT
-        lo = min(a + u * SEG, b)
-        hi = min(lo + SEG, b)
+        j, a, b, lo, hi = run(cu, u)
+        m0, E0, P0, n0 = initial(init, n, j, has_init)
         sm = cuda.shared.array(NT, acc)
         sE = cuda.shared.array(NT, acc)
         sP = cuda.shared.array(NT, acc)
@@ -305,11 +307,7 @@ def _stats_kernel(NT, acc):
         sP[u] = P
         cuda.syncthreads()
         if u == 0:
-            m = NEG_INF
-            E = ZERO
-            P = ZERO
-            if has_init:                       # the initial state's (m0, E0, P0) come first
-                m, E, P = init[n, j, 0], init[n, j, 1], init[n, j, 2]
+            m, E, P = m0, E0, P0               # the initial state's come first (none: -inf, 0, 0)
             for w in range(NT):
                 mw, Ew, Pw = sm[w], sE[w], sP[w]
                 if causal:                     # exclusive prefix of run w
@@ -371,20 +369,16 @@ def _finish_kernel(NT, acc):
     X_lo = A + e^{m_lo - m_hi} X_hi, Y_lo = Yrun + Y_hi.  Thread 0 turns the runs into X, Y at each run's end;
     pass 2: each thread's reverse scan and ds_t = K_t - e^{s_t - m_t} X_t - Y_t."""
     ZERO = acc(0)
-    gate, gate_grads = _gate_fn(acc), _gate_grads_fn(acc)
+    gate, gate_grads, initial, run = _gate_fn(acc), _gate_grads_fn(acc), _initial_fn(acc), sequence_run(NT)
 
     @kernel
     def kern(do, oF, oG, oH, k, dkF, dkG, dkH, s, gates, st, cu, init, has_init, seed, mu, has_seed, causal, dk, ds,
              dgates, scratch, sc):
         n = cuda.blockIdx.x
-        j = cuda.blockIdx.y
-        a, T = cu[j], cu[j + 1]                                     # the sequence [a, T)
-        n0 = init[n, j, 3] if has_init else ZERO
         u = cuda.threadIdx.x
+        j, a, T, lo, hi = run(cu, u)                                # the sequence [a, T), this thread's rows
+        m0, _, _, n0 = initial(init, n, j, has_init)
         Dk, Dv = k.shape[2], do.shape[2]
-        SEG = (T - a + NT - 1) // NT
-        lo = min(a + u * SEG, T)
-        hi = min(lo + SEG, T)
         sX = cuda.shared.array(NT, acc)
         sY = cuda.shared.array(NT, acc)
         sN = cuda.shared.array(NT, acc)
@@ -432,8 +426,7 @@ def _finish_kernel(NT, acc):
                 Y = -seed[n, j, 1]
             for w in range(NT - 1, -1, -1):
                 Xw, Yw = sX[w], sY[w]
-                wlo = min(a + w * SEG, T)
-                whi = min(wlo + SEG, T)
+                _, _, _, wlo, whi = run(cu, w)
                 if causal:
                     sX[w] = X                      # X, Y at the first row after run w
                     sY[w] = Y
@@ -452,7 +445,7 @@ def _finish_kernel(NT, acc):
             for w in range(NT):
                 dn += sN[w]
             if has_init:                           # the initial state's dE0 (X at row a is relative to m_a), dP0, dn0
-                sc[n, j, 0] = -math.exp(init[n, j, 0] - st[n, a, 0]) * X
+                sc[n, j, 0] = -math.exp(m0 - st[n, a, 0]) * X
                 sc[n, j, 1] = -Y
                 sc[n, j, 2] = dn
         cuda.syncthreads()
@@ -467,7 +460,7 @@ def _finish_kernel(NT, acc):
                 Y += scratch[n, t, 1]
             val = scratch[n, t, 2] - math.exp(acc(s[n, t]) - m) * X - Y
             if has_seed:                           # the final max's gradient goes to its first s_t (m0 wins ties)
-                prev = st[n, t - 1, 0] if t > a else (init[n, j, 0] if has_init else acc(-math.inf))
+                prev = st[n, t - 1, 0] if t > a else m0
                 if acc(s[n, t]) == st[n, T - 1, 0] and prev < st[n, T - 1, 0]:
                     val += mu[n, j]
             ds[n, t] = val

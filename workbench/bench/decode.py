@@ -16,7 +16,9 @@ Every call starts from the same state (the new state is dropped).  Each ok row h
 and written, token in, output out) with ``bound_ms`` (that traffic at the device's copy bandwidth) and
 ``roof_frac`` (bound / time), ``read_bound_ms`` (the state's read alone at that bandwidth) and
 ``read_bound_x = time / read_bound_ms`` (the decode goal: at most 2 at B = 64, one 64 x 64 head each), and
-``rel_err`` of its output against the cell's first line.
+``rel_err`` of its output against the cell's first line.  On the GPU a row ``floor`` times an empty kernel the
+same way (the launch and the events alone), and the kernel rows get ``above_floor_x = (time - floor) /
+read_bound_ms``: how far the step's own work is from the bound once the floor every launch pays is taken off.
 """
 from __future__ import annotations
 
@@ -28,6 +30,18 @@ from ..inputs import random_inputs, random_state
 from . import costs, lines
 from .harness import _add_overheads, _error_text, _time_wall
 from .timing import time_gpu, time_host
+
+
+_EMPTY = []
+
+
+def _empty_launch():
+    """A launch of an empty kernel (one block of one thread): what a step costs before it does anything."""
+    if not _EMPTY:
+        import cupy as cp
+        _EMPTY.append(cp.RawKernel('extern "C" __global__ void wb_empty() {}', "wb_empty"))
+    k = _EMPTY[0]
+    return lambda: k((1,), (1,), ())
 
 
 def line_keys(grid) -> dict:
@@ -80,6 +94,13 @@ def run_cell(grid, cell, ceil: dict, seed: int, clocks) -> list:
     if grid.api != "off":
         todo.append(("api:step", "api", lambda: public(*tok, st, **options)))
     rows, ref_out = [], None
+    floor_ms = None
+    if gpu:                                        # the harness's floor: an empty kernel, timed the same way
+        t = time_gpu(_empty_launch(), warmup=2, flush_l2=grid.flush_l2, target_ms=grid.target_ms, min_reps=3,
+                     clock=clocks.get("cupy"))
+        floor_ms = t.ms_median
+        rows.append(dict(base, line="floor", kind="floor", status="ok", **t.as_dict(),
+                         tokens_per_s=B / (floor_ms * 1e-3), note="an empty kernel: the launch + event floor"))
     for key, kind, fn in todo:
         row = dict(base, line=key, kind=kind)
         try:
@@ -113,6 +134,8 @@ def run_cell(grid, cell, ceil: dict, seed: int, clocks) -> list:
             if peak_bw:
                 row["read_bound_ms"] = read_bytes / peak_bw * 1e3
                 row["read_bound_x"] = t.ms_median / row["read_bound_ms"]
+                if floor_ms is not None:
+                    row["above_floor_x"] = max(t.ms_median - floor_ms, 0.0) / row["read_bound_ms"]
         rows.append(row)
     _add_overheads(rows)
     return rows

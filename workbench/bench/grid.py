@@ -186,6 +186,12 @@ def _restricted(grid, ops, dtypes, Ds, budget_s, flush_l2):
     return grid
 
 
+def _cells(grid, cell, axis) -> list:
+    """The cells cell(op, x, D, dtype) of a decode or packed grid: x along its own axis (batches, mixes) in order,
+    then the head dims, the dtypes, and every op at each."""
+    return [cell(op, x, D, dt) for x in axis for D in grid.Ds for dt in grid.dtypes for op in grid.ops]
+
+
 @dataclass(frozen=True)
 class DecodeCell:
     op: str
@@ -223,8 +229,7 @@ class DecodeGrid:
 
     def cells(self) -> list:
         """Smallest batch of every op first (a spent budget cuts the largest)."""
-        return [DecodeCell(op, B, D, dt) for B in self.batches for D in self.Ds for dt in self.dtypes
-                for op in self.ops]
+        return _cells(self, DecodeCell, self.batches)
 
     def filtered(self, ops=(), backends=(), dtypes=(), Ts=(), Ds=(), passes=(), budget_s=None, flush_l2=None,
                  peers=None) -> "DecodeGrid":
@@ -267,8 +272,7 @@ class PackedGrid:
     budget_s: float = 180.0
 
     def cells(self) -> list:
-        return [PackedCell(op, mix, D, dt) for mix in self.mixes for D in self.Ds for dt in self.dtypes
-                for op in self.ops]
+        return _cells(self, PackedCell, self.mixes)
 
     def filtered(self, ops=(), backends=(), dtypes=(), Ts=(), Ds=(), passes=(), budget_s=None, flush_l2=None,
                  peers=None) -> "PackedGrid":

@@ -16,7 +16,8 @@ Families:  softmax      the registry's cupy softmax variants against workbench.r
                         emulator's self-check on cupy:flash_mma (tensor-core kernels verified on GPUs: if
                         they fail here, the emulator is wrong, not the kernels)
            chunked_mma  kernels/cupy/_chunked_mma.py forward + backward through tests/test_cupy_chunked_mma.py's
-                        run_case (a float64 token-by-token recurrence) and its tolerances
+                        run_case (a float64 token-by-token recurrence) and its tolerances, with one load stage
+                        (cupy:chunked_mma) and two (chunked_mma_db)
            zeros        the cupy ZeroS variants through tests/test_cupy_zeros_mma.py's _vjp_errors and
                         tolerances, and that file's GPU tests of the scan and row kernels, called as they are
            every op     one cell of ``cli.py check`` (workbench.check.compare) per registered cupy variant
@@ -392,13 +393,14 @@ def run_softmax(variant, dtype, lead, T, Dk, Dv, causal, full_mantissa, seed) ->
     return Result(all(np.isfinite(e) and e < tol for e in errs.values()), errs, tol)
 
 
-def run_chunked_mma(dtype, split, cu, dk, dv, mode, L) -> Result:
+def run_chunked_mma(dtype, split, cu, dk, dv, mode, L, stages=1) -> Result:
     """The tensor-core chunk core (N = 1), forward and every gradient, through the GPU test's run_case and
     tolerance (mode: linear, decayed or noncausal, as that test's modes; causal cases carry an initial state
-    and a final-state gradient)."""
+    and a final-state gradient; stages: the chunk walk's load pipeline, 2 = cupy:chunked_mma_db)."""
     t = _load_test_module("test_cupy_chunked_mma")
     causal = mode != "noncausal"
-    res = t.run_case(dtype, split, 1, list(cu), dk, dv, mode == "decayed", causal, L, with_state=causal, seed=L)
+    res = t.run_case(dtype, split, 1, list(cu), dk, dv, mode == "decayed", causal, L, with_state=causal, seed=L,
+                     stages=stages)
     tol = t.TOL[(dtype, split)]
     bad = [f"{n}: {w}" for n, (e, w) in res.items() if not e <= tol]
     return Result(not bad, {n: e for n, (e, _) in res.items()}, tol, "; ".join(bad))
@@ -448,10 +450,11 @@ def _softmax(label, variant, dtype, lead, T, Dk, Dv, causal, full_mantissa=False
                                                   causal=causal, full_mantissa=full_mantissa, seed=len(label)))
 
 
-def _chunked(dtype, split, cu, dk, dv, mode, L):
-    label = f"chunked_mma {dtype}/{split} cu={','.join(map(str, cu))} {dk}x{dv} {mode} L={L}"
+def _chunked(dtype, split, cu, dk, dv, mode, L, stages=1):
+    label = (f"chunked_mma{'_db' if stages == 2 else ''} {dtype}/{split} cu={','.join(map(str, cu))} {dk}x{dv} "
+             f"{mode} L={L}")
     return Case("chunked_mma", label, "chunked_mma", dict(dtype=dtype, split=split, cu=cu, dk=dk, dv=dv, mode=mode,
-                                                          L=L))
+                                                          L=L, stages=stages))
 
 
 def _zeros(impl, dtype, lead, T, Dk, Dv, causal, n_gates):
@@ -547,6 +550,16 @@ CHUNKED_SHAPES = [((0, 1, 64, 65, 130), 64, 64, (0, 1, 2)), ((0, 130), 32, 48, (
 CHUNKED_CASES = [_chunked(dt, split, cu, dk, dv, mode, L)
                  for dt, split in (("float16", 1), ("float32", 3), ("float32", 1))
                  for cu, dk, dv, Ls in CHUNKED_SHAPES for mode in ("linear", "decayed", "noncausal") for L in Ls]
+# the double-buffered walk (stages 2, cupy:chunked_mma_db): walks of 1 to 5 chunks (T = 300 in one sequence
+# with L = 0; segments of 2 with L = 2), packed sequences with chunk-edge lengths, element-wise loads, the
+# 128-wide tiles (separate dk and dv kernels; float32 there runs them with one stage: two do not fit)
+CHUNKED_DB_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, stages=2) for dt, split, cu, dk, dv, mode, L in (
+    ("float16", 1, (0, 300), 64, 64, "linear", 0), ("float16", 1, (0, 300), 64, 64, "decayed", 2),
+    ("float16", 1, (0, 1, 64, 65, 130), 64, 64, "decayed", 0), ("float16", 1, (0, 130), 32, 48, "noncausal", 1),
+    ("float16", 1, (0, 97), 80, 72, "linear", 0), ("float16", 1, (0, 70), 5, 7, "decayed", 1),
+    ("float32", 3, (0, 300), 64, 64, "decayed", 0), ("float32", 3, (0, 1, 64, 65, 130), 64, 64, "linear", 1),
+    ("float32", 3, (0, 63, 130), 96, 40, "linear", 0), ("float32", 3, (0, 130), 32, 48, "noncausal", 2),
+    ("float32", 1, (0, 200), 64, 64, "decayed", 2))]
 
 # zeros: the ZeroS variants on the tensor-core core (public API; every dtype and split the emulator runs; the
 # GPU test's shapes but its T = 4097, one lead dim where it has two; both causal modes and gate counts spread
@@ -584,7 +597,7 @@ ZEROS_TESTS = ("test_forward_stats_nan", "test_variant_nan_in_s_reaches_later_ro
 def cases() -> list:
     """Every case, in running order (the zeros grids read from its test file's parametrize marks)."""
     zeros_tests = [_zeros_test(f, **kw) for f in ZEROS_GRID_TESTS for kw in _test_grid("test_cupy_zeros_mma", f)]
-    return (SOFTMAX_CASES + CHUNKED_CASES + ZEROS_CASES + zeros_tests
+    return (SOFTMAX_CASES + CHUNKED_CASES + CHUNKED_DB_CASES + ZEROS_CASES + zeros_tests
             + [_zeros_test(f) for f in ZEROS_TESTS] + ZEROS_STATE_CASES + _cells())
 
 

@@ -3,7 +3,8 @@
 Written independently of workbench/reference: the recurrence S_t = e^{g_t} S_{t-1} + k_t v_t^T,
 o_t = scale q_t^T S_t and its adjoint, token by token, with an initial state, a final-state gradient and
 packed sequences.  Every case runs every segment length the core can pick (whole sequences, 1 and 2
-chunks per segment), so the segment-state and scan kernels are checked too.  GPU only.
+chunks per segment), so the segment-state and scan kernels are checked too, and both load pipelines of the
+chunk walk (stages 1: cupy:chunked_mma, 2: cupy:chunked_mma_db).  GPU only.
 """
 import itertools
 
@@ -57,7 +58,7 @@ def _where(x, ref):
     return f"worst at {tuple(int(j) for j in i)}: {np.asarray(x).flat[np.ravel_multi_index(i, err.shape)]} vs {ref[i]}"
 
 
-def run_case(dtype, split, N, cu, dk, dv, decay, causal, L, with_state, seed=0):
+def run_case(dtype, split, N, cu, dk, dv, decay, causal, L, with_state, seed=0, stages=1):
     import cupy as cp
     from kernels.cupy import _chunked_mma as mma
     from workbench.backends import poisoned
@@ -82,7 +83,7 @@ def run_case(dtype, split, N, cu, dk, dv, decay, causal, L, with_state, seed=0):
         o, ctx = mma.forward(dev(q), dev(k), dev(v), None if g is None else cp.asarray(g, cp.float32),
                              scale=0.7, causal=causal, split=split,
                              S0=None if S0 is None else cp.asarray(S0, cp.float32), want_final=with_state,
-                             cu=tuple(cu) if nseq > 1 else None, L=L)
+                             cu=tuple(cu) if nseq > 1 else None, L=L, stages=stages)
         dq, dkk, dvv, dg, dS0 = mma.backward(ctx, dev(do), None if dST is None else cp.asarray(dST, cp.float32))
     got = dict(o=o, dq=dq, dk=dkk, dv=dvv)
     if decay:
@@ -115,10 +116,11 @@ SHAPES = [  # (N, cu, dk, dv)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"N{s[0]}-cu{'_'.join(map(str, s[1]))}-{s[2]}x{s[3]}")
 @pytest.mark.parametrize("mode", ["linear", "decayed", "noncausal"])
 @pytest.mark.parametrize("L", [0, 1, 2])
-def test_core_matches_recurrence(dtype, split, shape, mode, L):
+@pytest.mark.parametrize("stages", [1, 2], ids=["mma", "mma_db"])
+def test_core_matches_recurrence(dtype, split, shape, mode, L, stages):
     N, cu, dk, dv = shape
     decay, causal = mode == "decayed", mode != "noncausal"
-    res = run_case(dtype, split, N, list(cu), dk, dv, decay, causal, L, with_state=causal, seed=L)
+    res = run_case(dtype, split, N, list(cu), dk, dv, decay, causal, L, with_state=causal, seed=L, stages=stages)
     tol = TOL[(dtype, split)]
     bad = {n: r for n, r in res.items() if not r[0] <= tol}
-    assert not bad, f"{dtype}/{split} {shape} {mode} L={L}: " + "; ".join(f"{n} {e:.2e} ({w})" for n, (e, w) in bad.items())
+    assert not bad, f"{dtype}/{split} stages={stages} {shape} {mode} L={L}: " + "; ".join(f"{n} {e:.2e} ({w})" for n, (e, w) in bad.items())

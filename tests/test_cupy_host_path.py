@@ -151,13 +151,15 @@ def test_cuda_source_text_changes_with_its_headers(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("op", ["linear", "decayed"])
 @pytest.mark.parametrize("normalize", [False, True])
-def test_state_and_packed_launch_path_of_chunked_mma(fake, op, normalize):
+@pytest.mark.parametrize("impl, stages", [("chunked_mma", 1), ("chunked_mma_db", 2)])
+def test_state_and_packed_launch_path_of_chunked_mma(fake, op, normalize, impl, stages):
     """The tensor-core variants' state / packed keywords through the stand-in CuPy: states in and out with the
-    registry contract's types and shapes, and one more gradient (the initial state's) when one was passed."""
+    registry contract's types and shapes, and one more gradient (the initial state's) when one was passed;
+    every chunk-walking kernel launched with the variant's load stages (chunked_mma_db: double-buffered)."""
     from workbench.state import DecayedState, LinearState
     if op == "decayed" and normalize:
         pytest.skip("decayed has no normalize")
-    v = registry.get(op, "cupy", "chunked_mma")
+    v = registry.get(op, "cupy", impl)
     assert v.features >= {"state", "packed"}
     cu = (0, 1, 64, 65, 130)
     N, T, dk, dv = 2, cu[-1], 16, 24
@@ -180,6 +182,9 @@ def test_state_and_packed_launch_path_of_chunked_mma(fake, op, normalize):
     # float16 with normalize runs the core in float32 (its denominator column overflows float16 at T ~ 1k)
     core = [e for e in fake["launches"] if e.startswith("tc_fwd<")]
     assert core and all(("<float," if normalize else "<wb_half,") in e for e in core), core
+    walks = [e for e in fake["launches"] if e.startswith(("tc_fwd<", "tc_seg_state<", "tc_bwd_dq<", "tc_bwd_dkdv<"))]
+    assert {e.split("<")[0] for e in walks} == {"tc_fwd", "tc_seg_state", "tc_bwd_dq", "tc_bwd_dkdv"}, walks
+    assert all(e.endswith(f", {stages}>") for e in walks), walks
 
 
 @pytest.mark.parametrize("impl", ["chunked", "chunked_seg"])

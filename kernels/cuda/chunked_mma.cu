@@ -26,12 +26,14 @@
 // tc_seg_scan chains them (fp32), so the walkers start from the right state.
 //
 // Kernels (block = 4 warps; warp w owns chunk rows 16w..16w+15, or state rows (R/4) w ..):
-//   tc_fwd<T, DKP, SPLIT>          o for one 64-column tile of v; optionally the state after the segment
-//   tc_seg_state<T, DXP, REV, SPLIT>  one segment's state contribution (REV: of q, do, for dS)
+//   tc_fwd<T, DKP, SPLIT, STAGES>  o for one 64-column tile of v; optionally the state after the segment
+//   tc_seg_state<T, DXP, REV, SPLIT, STAGES>  one segment's state contribution (REV: of q, do, for dS)
 //   tc_seg_scan<REV>               segment start states (REV: segment end gradients), final state / dS0
-//   tc_bwd_dq<T, DVP, SPLIT>       dq for one 64-column tile of dk (and its row dots q.dq)
-//   tc_bwd_dkdv<T, DKP, DVP, SPLIT, WHICH>  dk and dv (WHICH 0, head dims <= 64), dk tiles (1), dv tiles (2)
+//   tc_bwd_dq<T, DVP, SPLIT, STAGES>  dq for one 64-column tile of dk (and its row dots q.dq)
+//   tc_bwd_dkdv<T, DKP, DVP, SPLIT, WHICH, STAGES>  dk and dv (WHICH 0, head dims <= 64), dk tiles (1), dv tiles (2)
 //   tc_dg                          d log_decay: reverse cumulative sum of q.dq - k.dk per sequence
+// STAGES (tc::Walk): 1 loads a chunk's tiles, waits, computes; 2 double-buffers the tiles, so chunk c + 1's
+// cp.async loads (and warp 0's log decays) are in flight while chunk c is computed (cupy:chunked_mma_db).
 // DKP, DVP: head dims padded to 64 or 128; actual dims are run-time and loads past them read zeros.
 // decay (g != nullptr) and causal are run-time flags (uniform branches).  T: wb_half, wb_bf16 or float
 // (float runs 3xTF32 (SPLIT 3) or TF32 (SPLIT 1) products).  The fp16 state operand is scaled by a power
@@ -57,10 +59,16 @@ struct Trailer {
 
 __device__ __forceinline__ float dexp(double x) { return __expf((float)x); }
 
-// Warp 0: the chunk's log decays g[0..nrow) -> b, e, u (rows past nrow decay by nothing).
-__device__ __forceinline__ void chunk_logdecay(Trailer* tr, const float* __restrict__ g, int nrow) {
+// Warp 0, lane L: the chunk's log decays g[2L], g[2L + 1] (rows past nrow decay by nothing).
+__device__ __forceinline__ float2 logdecay_load(const float* __restrict__ g, int nrow) {
     const int L = threadIdx.x & 31;
-    float x0 = 2 * L < nrow ? g[2 * L] : 0.f, x1 = 2 * L + 1 < nrow ? g[2 * L + 1] : 0.f;
+    return make_float2(2 * L < nrow ? g[2 * L] : 0.f, 2 * L + 1 < nrow ? g[2 * L + 1] : 0.f);
+}
+
+// Warp 0: the chunk's log decays (logdecay_load) -> b, e, u.
+__device__ __forceinline__ void chunk_logdecay(Trailer* tr, float2 x) {
+    const int L = threadIdx.x & 31;
+    float x0 = x.x, x1 = x.y;
     if (x0 < G_MIN) x0 = G_MIN;                      // NaN compares false: it propagates
     if (x1 < G_MIN) x1 = G_MIN;
     double incl = (double)x0 + (double)x1;
@@ -86,10 +94,63 @@ __device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes
                  : "memory");
 }
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// wait until at most N of this thread's committed cp.async groups are still in flight
+template <int N>
+__device__ __forceinline__ void cp_async_wait_group() {
+    static_assert(N == 0 || N == 1, "at most one group in flight");
+    if constexpr (N == 0) asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+    else asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+}
+
+// The chunk walk of one block (chunks j = 0 .. nch-1 in walking order) and its load pipeline.  The tiles a
+// chunk loads by cp.async live in STAGES buffers; chunk j's go to stage j % STAGES, issued STAGES - 1 chunks
+// ahead of its compute, one cp.async group per chunk; warp 0's log decays (decayed walks) likewise, in
+// registers.  Per chunk j: top(j) (a barrier: every warp is done with chunk j - 1, whose stage the loads of
+// chunk j + STAGES - 1 refill; those loads; chunk j's b, e, u -> tr), the chunk's other shared writes, wait(),
+// __syncthreads(), compute.  STAGES 1 is the plain walk (load, wait, compute).  issue(j, stage): chunk j's
+// load_tile calls into that stage's buffers; gload(j): logdecay_load of chunk j.
+template <int STAGES>
+struct Walk {
+    static_assert(STAGES == 1 || STAGES == 2, "one or two stages");
+    int nch;
+    bool decay;                                // this thread computes the log decays (warp 0, decayed walks)
+    float2 next = make_float2(0.f, 0.f);       // two stages: the log decays of the chunk after the current one
+    template <typename F, typename G>
+    __device__ __forceinline__ Walk(int nch_, bool decay_, F&& issue, G&& gload)
+        : nch(nch_), decay(decay_ && threadIdx.x < 32) {
+        if constexpr (STAGES > 1) {
+            if (decay) next = gload(0);
+        }
+#pragma unroll
+        for (int j = 0; j < STAGES - 1; ++j) {
+            if (j < nch) issue(j, j);
+            cp_async_commit();
+        }
+    }
+    template <typename F, typename G>
+    __device__ __forceinline__ void top(int j, Trailer* tr, F&& issue, G&& gload) {
+        __syncthreads();
+        const int jn = j + STAGES - 1;
+        if (jn < nch) issue(jn, jn % STAGES);
+        cp_async_commit();
+        if (decay) {
+            float2 x;
+            if constexpr (STAGES > 1) {
+                x = next;
+                if (j + 1 < nch) next = gload(j + 1);
+            } else {
+                x = gload(j);
+            }
+            chunk_logdecay(tr, x);
+        }
+    }
+    __device__ __forceinline__ static void wait() { cp_async_wait_group<STAGES - 1>(); }
+};
 
 // rows [0, C) x columns [0, W) of the tile <- g[r * ldg + col0 + c] (zeros past nrows or ncols).  16-byte
-// rows go through cp.async (zero-filled past the data; the caller waits with cp_async_wait() before the
-// barrier that publishes the tile), so every load of a chunk is in flight at once; other layouts load
+// rows go through cp.async (zero-filled past the data; the caller waits (cp_async_wait(), Walk::wait()) before
+// the barrier that publishes the tile), so every load of a chunk is in flight at once; other layouts load
 // element by element.
 template <typename T, int W>
 __device__ __forceinline__ void load_tile(T* s, int lds, const T* __restrict__ g, long long ldg, int nrows, int col0,
@@ -277,10 +338,10 @@ __device__ __forceinline__ void intra_frags(wbmma::AFrags<T, 8>& A, float (&S)[1
 }  // namespace tc
 
 // ================================================================================================ forward
-// grid (NSEG * ceil(dv / 64), N); dynamic smem: Q, K [C][DKP+8], V [C][72], H [DKP][72] of T + Trailer.
-// causal: H starts at Hin[n][seg] (nullptr: zeros) and walks the segment; Hend[n][seg] (optional) gets the
-// state after it.  Not causal: H = Hin[n][seq] (the sequence's total), o = scale Q H, nothing carried.
-template <typename T, int DKP, int SPLIT>
+// grid (NSEG * ceil(dv / 64), N); dynamic smem: STAGES x (Q, K [C][DKP+8], V [C][72]), H [DKP][72] of T +
+// Trailer.  causal: H starts at Hin[n][seg] (nullptr: zeros) and walks the segment; Hend[n][seg] (optional)
+// gets the state after it.  Not causal: H = Hin[n][seq] (the sequence's total), o = scale Q H, nothing carried.
+template <typename T, int DKP, int SPLIT, int STAGES>
 __global__ void __launch_bounds__(128) tc_fwd(const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const float* __restrict__ g, T* __restrict__ o, const float* __restrict__ Hin,
         float* __restrict__ Hend, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1,
@@ -288,11 +349,10 @@ __global__ void __launch_bounds__(128) tc_fwd(const T* __restrict__ q, const T* 
     using namespace tc;
     using namespace wbmma;
     constexpr int LDK = DKP + PAD, LDV = BV + PAD, KS = Traits<T>::KS, HMT = DKP / 64;
+    constexpr int STAGE = 2 * C * LDK + C * LDV;                 // one stage: Q, K, V
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* sQ = reinterpret_cast<T*>(smem_raw);
-    T* sK = sQ + C * LDK;
-    T* sV = sK + C * LDK;
-    T* sH = sV + C * LDV;
+    T* stages = reinterpret_cast<T*>(smem_raw);
+    T* sH = stages + STAGES * STAGE;
     Trailer* tr = reinterpret_cast<Trailer*>(sH + DKP * LDV);
     const bool decay = g != nullptr;
     const int ntv = (dv + BV - 1) / BV;
@@ -303,18 +363,28 @@ __global__ void __launch_bounds__(128) tc_fwd(const T* __restrict__ q, const T* 
     float H[HMT][8][4];
     state_load(H, causal ? (Hin ? Hin + ((long long)n * NSEG + s) * E : nullptr)
                          : Hin + ((long long)n * nseq + seg_seq[s]) * E, hm0, 0, c0, dk, dv);
-    for (int cs = t0; cs < t1; cs += C) {
-        const int nrow = min(C, t1 - cs);
-        const long long row0 = nT + cs;
-        __syncthreads();                                           // the previous chunk is done with smem
+    const int nch = (t1 - t0 + C - 1) / C;
+    auto issue = [&](int j, int st) {                              // chunk j's tiles -> stage st
+        T* sQ = stages + st * STAGE;
+        const long long row0 = nT + t0 + C * j;
+        const int nrow = min(C, t1 - (t0 + C * j));
         load_tile<T, DKP>(sQ, LDK, q + row0 * dk, dk, nrow, 0, dk);
         if (causal) {
-            load_tile<T, DKP>(sK, LDK, k + row0 * dk, dk, nrow, 0, dk);
-            load_tile<T, BV>(sV, LDV, v + row0 * dv, dv, nrow, c0, dv);
-            if (decay && w == 0) chunk_logdecay(tr, g + row0, nrow);
+            load_tile<T, DKP>(sQ + C * LDK, LDK, k + row0 * dk, dk, nrow, 0, dk);
+            load_tile<T, BV>(sQ + 2 * C * LDK, LDV, v + row0 * dv, dv, nrow, c0, dv);
         }
+    };
+    auto gload = [&](int j) { return logdecay_load(g + nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
+    Walk<STAGES> walk(nch, causal && decay, issue, gload);
+    for (int j = 0; j < nch; ++j) {
+        const int cs = t0 + C * j, nrow = min(C, t1 - cs);
+        const long long row0 = nT + cs;
+        T* sQ = stages + (j % STAGES) * STAGE;
+        T* sK = sQ + C * LDK;
+        T* sV = sK + C * LDK;
+        walk.top(j, tr, issue, gload);                             // the previous chunk is done with smem
         const float sigma = state_to_smem<T, HMT, 8>(H, sH, LDV, hm0, tr->red);
-        cp_async_wait();
+        walk.wait();
         __syncthreads();
         float acc[1][8][4];
         zero(acc);
@@ -329,7 +399,7 @@ __global__ void __launch_bounds__(128) tc_fwd(const T* __restrict__ q, const T* 
             gemm_rs<T, SPLIT, 8, AFrags<T, 8>::N, false>(acc[0], P.f, sV, LDV, 0, 0, (16 * w + 16) / KS);  // + P V
         }
         store_rows<T, 8>(acc[0], o + row0 * dv, dv, 16 * w, nrow, c0, dv);
-        if (causal && (cs + C < t1 || Hend)) {                    // H <- e^{b_last} H + K^T diag(u) V
+        if (causal && (j + 1 < nch || Hend)) {                    // H <- e^{b_last} H + K^T diag(u) V
             if (decay) {
                 __syncthreads();                                   // every warp is done reading sV
                 scale_rows<T, BV>(sV, LDV, tr->u, 1.f);
@@ -343,11 +413,11 @@ __global__ void __launch_bounds__(128) tc_fwd(const T* __restrict__ q, const T* 
 }
 
 // ================================================================================================ segment states
-// grid (NSEG * ceil(dy / 64), N); smem: X [C][DXP+8], Y [C][72] of T + Trailer.
+// grid (NSEG * ceil(dy / 64), N); smem: STAGES x (X [C][DXP+8], Y [C][72]) of T + Trailer.
 //   forward (REV false, x = k, y = v):  E = sum over the segment's chunks, in order, E <- e^{b_last} E + X^T diag(u) Y
 //   REV (x = q, y = do):                 the same over the chunks in reverse with weights wscale e^{b_t}
 // E: (N, NSEG, dx, dy) fp32; gam: (N, NSEG) the segment's total log decay (decay only).
-template <typename T, int DXP, bool REV, int SPLIT>
+template <typename T, int DXP, bool REV, int SPLIT, int STAGES>
 __global__ void __launch_bounds__(128) tc_seg_state(const T* __restrict__ x, const T* __restrict__ y,
         const float* __restrict__ g, float* __restrict__ Eout, float* __restrict__ gam,
         const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, int T_, int dx, int dy, int NSEG,
@@ -355,10 +425,10 @@ __global__ void __launch_bounds__(128) tc_seg_state(const T* __restrict__ x, con
     using namespace tc;
     using namespace wbmma;
     constexpr int LDX = DXP + PAD, LDY = BV + PAD, HMT = DXP / 64;
+    constexpr int STAGE = C * LDX + C * LDY;                     // one stage: X, Y
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* sX = reinterpret_cast<T*>(smem_raw);
-    T* sY = sX + C * LDX;
-    Trailer* tr = reinterpret_cast<Trailer*>(sY + C * LDY);
+    T* stages = reinterpret_cast<T*>(smem_raw);
+    Trailer* tr = reinterpret_cast<Trailer*>(stages + STAGES * STAGE);
     const bool decay = g != nullptr;
     const int nty = (dy + BV - 1) / BV;
     const int yt = blockIdx.x % nty, s = blockIdx.x / nty, n = blockIdx.y;
@@ -369,15 +439,21 @@ __global__ void __launch_bounds__(128) tc_seg_state(const T* __restrict__ x, con
     zero(Es);
     double gsum = 0.0;
     const int nch = (t1 - t0 + C - 1) / C;
-    for (int j = 0; j < nch; ++j) {
-        const int cs = t0 + C * (REV ? nch - 1 - j : j);
-        const int nrow = min(C, t1 - cs);
+    auto start = [&](int j) { return t0 + C * (REV ? nch - 1 - j : j); };    // chunk j of the walk
+    auto issue = [&](int j, int st) {
+        T* sX = stages + st * STAGE;
+        const int cs = start(j), nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
-        __syncthreads();
-        if (decay && w == 0) chunk_logdecay(tr, g + row0, nrow);
         load_tile<T, DXP>(sX, LDX, x + row0 * dx, dx, nrow, 0, dx);
-        load_tile<T, BV>(sY, LDY, y + row0 * dy, dy, nrow, c0, dy);
-        cp_async_wait();
+        load_tile<T, BV>(sX + C * LDX, LDY, y + row0 * dy, dy, nrow, c0, dy);
+    };
+    auto gload = [&](int j) { return logdecay_load(g + nT + start(j), min(C, t1 - start(j))); };
+    Walk<STAGES> walk(nch, decay, issue, gload);
+    for (int j = 0; j < nch; ++j) {
+        T* sX = stages + (j % STAGES) * STAGE;
+        T* sY = sX + C * LDX;
+        walk.top(j, tr, issue, gload);
+        walk.wait();
         __syncthreads();
         if (decay || wscale != 1.f) {
             scale_rows<T, BV>(sY, LDY, decay ? (REV ? tr->e : tr->u) : nullptr, wscale);
@@ -416,10 +492,10 @@ __global__ void __launch_bounds__(256) tc_seg_scan(const float* __restrict__ Ese
 }
 
 // ================================================================================================ backward: dq
-// grid (NSEG * ceil(dk / 64), N); smem: dO, V [C][DVP+8], K, Q [C][72] (this block's 64 dk columns),
-// H [64][DVP+8] of T + Trailer.  H: rows of this dk tile, all dv columns, walked forwards as in tc_fwd.
+// grid (NSEG * ceil(dk / 64), N); smem: STAGES x (dO, V [C][DVP+8], K, Q [C][72] (this block's 64 dk
+// columns)), H [64][DVP+8] of T + Trailer.  H: rows of this dk tile, all dv columns, walked forwards as in tc_fwd.
 // rq (decay only; nullptr: not wanted): (ceil(dk/64), N, T) partial row dots q.dq of this tile.
-template <typename T, int DVP, int SPLIT>
+template <typename T, int DVP, int SPLIT, int STAGES>
 __global__ void __launch_bounds__(128) tc_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const float* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dq,
         float* __restrict__ rq, const float* __restrict__ Hin, const int* __restrict__ seg_t0,
@@ -428,12 +504,10 @@ __global__ void __launch_bounds__(128) tc_bwd_dq(const T* __restrict__ q, const 
     using namespace tc;
     using namespace wbmma;
     constexpr int LDV = DVP + PAD, LDT = BV + PAD, KS = Traits<T>::KS, HNT = DVP / 8;
+    constexpr int STAGE = 2 * C * LDV + 2 * C * LDT;             // one stage: dO, V, K, Q
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* sO = reinterpret_cast<T*>(smem_raw);
-    T* sV = sO + C * LDV;
-    T* sK = sV + C * LDV;
-    T* sQ = sK + C * LDT;
-    T* sH = sQ + C * LDT;
+    T* stages = reinterpret_cast<T*>(smem_raw);
+    T* sH = stages + STAGES * STAGE;
     Trailer* tr = reinterpret_cast<Trailer*>(sH + BV * LDV);
     const bool decay = g != nullptr;
     const int ntk = (dk + BV - 1) / BV;
@@ -444,21 +518,30 @@ __global__ void __launch_bounds__(128) tc_bwd_dq(const T* __restrict__ q, const 
     float H[1][HNT][4];
     state_load(H, causal ? (Hin ? Hin + ((long long)n * NSEG + s) * E : nullptr)
                          : Hin + ((long long)n * nseq + seg_seq[s]) * E, 16 * w, k0, 0, dk, dv);
-    for (int cs = t0; cs < t1; cs += C) {
-        const int nrow = min(C, t1 - cs);
-        const long long row0 = nT + cs;
-        __syncthreads();
+    const int nch = (t1 - t0 + C - 1) / C;
+    auto issue = [&](int j, int st) {                              // chunk j's tiles -> stage st
+        T* sO = stages + st * STAGE;
+        const long long row0 = nT + t0 + C * j;
+        const int nrow = min(C, t1 - (t0 + C * j));
         load_tile<T, DVP>(sO, LDV, dout + row0 * dv, dv, nrow, 0, dv);
         if (causal) {
-            load_tile<T, DVP>(sV, LDV, v + row0 * dv, dv, nrow, 0, dv);
-            load_tile<T, BV>(sK, LDT, k + row0 * dk, dk, nrow, k0, dk);
-            if (decay) {
-                load_tile<T, BV>(sQ, LDT, q + row0 * dk, dk, nrow, k0, dk);
-                if (w == 0) chunk_logdecay(tr, g + row0, nrow);
-            }
+            load_tile<T, DVP>(sO + C * LDV, LDV, v + row0 * dv, dv, nrow, 0, dv);
+            load_tile<T, BV>(sO + 2 * C * LDV, LDT, k + row0 * dk, dk, nrow, k0, dk);
+            if (decay) load_tile<T, BV>(sO + 2 * C * LDV + C * LDT, LDT, q + row0 * dk, dk, nrow, k0, dk);
         }
+    };
+    auto gload = [&](int j) { return logdecay_load(g + nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
+    Walk<STAGES> walk(nch, causal && decay, issue, gload);
+    for (int j = 0; j < nch; ++j) {
+        const int cs = t0 + C * j, nrow = min(C, t1 - cs);
+        const long long row0 = nT + cs;
+        T* sO = stages + (j % STAGES) * STAGE;
+        T* sV = sO + C * LDV;
+        T* sK = sV + C * LDV;
+        T* sQ = sK + C * LDT;
+        walk.top(j, tr, issue, gload);
         const float sigma = state_to_smem<T, 1, HNT>(H, sH, LDV, 16 * w, tr->red);
-        cp_async_wait();
+        walk.wait();
         __syncthreads();
         float acc[1][8][4];
         zero(acc);
@@ -475,7 +558,7 @@ __global__ void __launch_bounds__(128) tc_bwd_dq(const T* __restrict__ q, const 
         store_rows<T, 8>(acc[0], dq + row0 * dk, dk, 16 * w, nrow, k0, dk);
         if (causal && decay && rq)                                 // row dots q.dq of this tile
             row_dots<T>(acc[0], sQ, LDT, 16 * w, nrow, rq + ((long long)kt * N + n) * T_ + cs);
-        if (causal && cs + C < t1) {                              // H (this dk tile) <- e^{b_last} H + K^T diag(u) V
+        if (causal && j + 1 < nch) {                              // H (this dk tile) <- e^{b_last} H + K^T diag(u) V
             if (decay) {
                 __syncthreads();
                 scale_rows<T, DVP>(sV, LDV, tr->u, 1.f);
@@ -491,11 +574,11 @@ __global__ void __launch_bounds__(128) tc_bwd_dq(const T* __restrict__ q, const 
 // WHICH 0: dk and dv together (DKP = DVP = 64, one block per segment); 1: dk for one 64-column tile of dk;
 // 2: dv for one 64-column tile of dv.  The block holds the dS tile it needs (rows: dk, columns: dv):
 // WHICH 0: all x all, 1: its dk rows x all dv, 2: all dk x its dv columns, and walks the chunks backwards.
-// smem: Q, K [C][DKP+8], V, dO [C][DVP+8], dS [R][CC+8] of T + Trailer (V is not loaded for WHICH 2).
+// smem: STAGES x (Q, K [C][DKP+8], V, dO [C][DVP+8]), dS [R][CC+8] of T + Trailer (V is not loaded for WHICH 2).
 // causal: dS starts at dSin[n][seg] (the gradient of the state after the segment; nullptr: zeros);
 // dSstart[n][seg] (optional) gets the gradient of the state before it.  Not causal: dS = dSin[n][seq].
 // rk (decay only; nullptr: not wanted): (ceil(dk/64), N, T) partial row dots k.dk.
-template <typename T, int DKP, int DVP, int SPLIT, int WHICH>
+template <typename T, int DKP, int DVP, int SPLIT, int WHICH, int STAGES>
 __global__ void __launch_bounds__(128) tc_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const float* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dkout,
         T* __restrict__ dvout, float* __restrict__ rk, const float* __restrict__ dSin, float* __restrict__ dSstart,
@@ -506,12 +589,10 @@ __global__ void __launch_bounds__(128) tc_bwd_dkdv(const T* __restrict__ q, cons
     static_assert(WHICH != 0 || (DKP == 64 && DVP == 64), "the fused dk/dv kernel holds a 64 x 64 dS");
     constexpr int R = WHICH == 1 ? BV : DKP, CC = WHICH == 2 ? BV : DVP;
     constexpr int SMT = R / 64, SNT = CC / 8, LDK = DKP + PAD, LDV = DVP + PAD, LDS = CC + PAD, KS = Traits<T>::KS;
+    constexpr int STAGE = 2 * C * LDK + 2 * C * LDV;             // one stage: Q, K, V, dO
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* sQ = reinterpret_cast<T*>(smem_raw);
-    T* sK = sQ + C * LDK;
-    T* sV = sK + C * LDK;
-    T* sO = sV + C * LDV;
-    T* sS = sO + C * LDV;
+    T* stages = reinterpret_cast<T*>(smem_raw);
+    T* sS = stages + STAGES * STAGE;
     Trailer* tr = reinterpret_cast<Trailer*>(sS + R * LDS);
     const bool decay = g != nullptr;
     const int nt_ = WHICH == 1 ? (dk + BV - 1) / BV : WHICH == 2 ? (dv + BV - 1) / BV : 1;
@@ -524,17 +605,28 @@ __global__ void __launch_bounds__(128) tc_bwd_dkdv(const T* __restrict__ q, cons
     state_load(dS, causal ? (dSin ? dSin + ((long long)n * NSEG + s) * E : nullptr)
                           : dSin + ((long long)n * nseq + seg_seq[s]) * E, sm0, kr0, vc0, dk, dv);
     const int nch = (t1 - t0 + C - 1) / C;
-    for (int j = nch - 1; j >= 0; --j) {
-        const int cs = t0 + C * j, nrow = min(C, t1 - cs);
+    auto start = [&](int i) { return t0 + C * (nch - 1 - i); };    // chunk i of the (backward) walk
+    auto issue = [&](int i, int st) {                              // its tiles -> stage st
+        T* sQ = stages + st * STAGE;
+        const int cs = start(i), nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
-        __syncthreads();
         load_tile<T, DKP>(sQ, LDK, q + row0 * dk, dk, nrow, 0, dk);
-        load_tile<T, DKP>(sK, LDK, k + row0 * dk, dk, nrow, 0, dk);
-        if (WHICH != 2) load_tile<T, DVP>(sV, LDV, v + row0 * dv, dv, nrow, 0, dv);
-        load_tile<T, DVP>(sO, LDV, dout + row0 * dv, dv, nrow, 0, dv);
-        if (causal && decay && w == 0) chunk_logdecay(tr, g + row0, nrow);
+        load_tile<T, DKP>(sQ + C * LDK, LDK, k + row0 * dk, dk, nrow, 0, dk);
+        if (WHICH != 2) load_tile<T, DVP>(sQ + 2 * C * LDK, LDV, v + row0 * dv, dv, nrow, 0, dv);
+        load_tile<T, DVP>(sQ + 2 * C * LDK + C * LDV, LDV, dout + row0 * dv, dv, nrow, 0, dv);
+    };
+    auto gload = [&](int i) { return logdecay_load(g + nT + start(i), min(C, t1 - start(i))); };
+    Walk<STAGES> walk(nch, causal && decay, issue, gload);
+    for (int i = 0; i < nch; ++i) {
+        const int j = nch - 1 - i, cs = start(i), nrow = min(C, t1 - cs);
+        const long long row0 = nT + cs;
+        T* sQ = stages + (i % STAGES) * STAGE;
+        T* sK = sQ + C * LDK;
+        T* sV = sK + C * LDK;
+        T* sO = sV + C * LDV;
+        walk.top(i, tr, issue, gload);
         const float sigma = state_to_smem<T, SMT, SNT>(dS, sS, LDS, sm0, tr->red);
-        cp_async_wait();
+        walk.wait();
         __syncthreads();
         auto inter = [&](int r) { return sigma * (causal && decay ? tr->u[r] : 1.f); };
         if (WHICH != 1) {                                          // dv (columns vc0 ..)

@@ -10,6 +10,10 @@ Work split: sequences are cut into segments of ``L`` chunks of 64 (``segment_tab
 segment carrying its state tile in registers.  With one segment per sequence (``L = 0``) the forward is
 one launch; with more, a parallel pass sums each segment's state (``tc_seg_state``) and a scan chains
 them (``tc_seg_scan``).  ``choose_segments`` picks L so that the grid fills the GPU.
+
+Stages: the chunk-walking kernels take ``STAGES`` (1, or 2 = double-buffered tiles: chunk c + 1's loads in
+flight while chunk c is computed; ``stages=2`` is cupy:chunked_mma_db).  A kernel whose two stages would not
+fit in ``SMEM_MAX`` runs with one (``staged``).
 """
 from __future__ import annotations
 
@@ -34,63 +38,102 @@ TRAILER_BYTES = 8 * C + 4 * C + 4 * C + 4 * 32      # sizeof(tc::Trailer)
 DIMS = (64, 128)            # padded head dims (DKP, DVP)
 MAX_DIM = DIMS[-1]
 SEGMENT_CHUNKS = 8          # chunks per segment when the grid is full anyway (choose_segments)
+SMEM_MAX = 227 * 1024       # the most dynamic shared memory one block may opt in to (sm_90)
+STAGES = (1, 2)             # the kernels' load pipelines (tc::Walk): plain, double-buffered
+DOUBLE_BUFFERED = ("cupy:chunked_mma with double-buffered chunk tiles (stages=2): chunk c+1's cp.async loads in "
+                   "flight while chunk c is computed")     # the description of the ops' chunked_mma_db variants
 
 
 def pad_dim(d: int) -> int:
     return padded_dim(d, DIMS)
 
 
+# ----------------------------------------------------------------------------- shared memory (bytes)
+# Each kernel: ``stages`` copies of the tiles a chunk loads, then the state tile, then the Trailer.
+def smem_fwd(item: int, dkp: int, stages: int = 1) -> int:
+    return item * (stages * (2 * C * (dkp + PAD) + C * (BV + PAD)) + dkp * (BV + PAD)) + TRAILER_BYTES
+
+
+def smem_seg_state(item: int, dxp: int, stages: int = 1) -> int:
+    return item * stages * (C * (dxp + PAD) + C * (BV + PAD)) + TRAILER_BYTES
+
+
+def smem_dq(item: int, dvp: int, stages: int = 1) -> int:
+    return item * (stages * (2 * C * (dvp + PAD) + 2 * C * (BV + PAD)) + BV * (dvp + PAD)) + TRAILER_BYTES
+
+
+def smem_dkdv(item: int, dkp: int, dvp: int, which: int, stages: int = 1) -> int:
+    rows = BV if which == 1 else dkp
+    cols = BV if which == 2 else dvp
+    return item * (stages * (2 * C * (dkp + PAD) + 2 * C * (dvp + PAD)) + rows * (cols + PAD)) + TRAILER_BYTES
+
+
 # ----------------------------------------------------------------------------- instantiations
-def _group(ctype: str, split: int) -> tuple:
-    """Every kernel of one storage type and split, compiled together (one NVRTC run, one disk-cache entry)."""
+@dataclass(frozen=True)
+class Launchable:
+    """One chunk-walking kernel as launched: its name expression and its dynamic shared memory (bytes)."""
+    expr: str
+    smem: int
+
+
+def staged(name: str, targs: tuple, stages: int, smem) -> Launchable:
+    """``name<targs..., S>`` with S = ``stages`` where ``smem(S)`` (bytes) fits in SMEM_MAX, else 1."""
+    s = stages if smem(stages) <= SMEM_MAX else 1
+    return Launchable(f"{name}<{', '.join(map(str, targs))}, {s}>", smem(s))
+
+
+def _fwd(dtype, split, stages, dkp):
+    return staged("tc_fwd", (CTYPE[dtype], dkp, split), stages, lambda s: smem_fwd(ITEMSIZE[dtype], dkp, s))
+
+
+def _seg_state(dtype, split, stages, dxp, rev):
+    return staged("tc_seg_state", (CTYPE[dtype], dxp, str(rev).lower(), split), stages,
+                  lambda s: smem_seg_state(ITEMSIZE[dtype], dxp, s))
+
+
+def _dq(dtype, split, stages, dvp):
+    return staged("tc_bwd_dq", (CTYPE[dtype], dvp, split), stages, lambda s: smem_dq(ITEMSIZE[dtype], dvp, s))
+
+
+def _dkdv(dtype, split, stages, dkp, dvp, which):
+    return staged("tc_bwd_dkdv", (CTYPE[dtype], dkp, dvp, split, which), stages,
+                  lambda s: smem_dkdv(ITEMSIZE[dtype], dkp, dvp, which, s))
+
+
+def _group(dtype: str, split: int, stages: int) -> tuple:
+    """Every kernel of one storage type, split and stage count, compiled together (one NVRTC run, one
+    disk-cache entry)."""
     out = []
     for p in DIMS:
-        out.append(f"tc_fwd<{ctype}, {p}, {split}>")
-        out.append(f"tc_bwd_dq<{ctype}, {p}, {split}>")
-        for rev in ("false", "true"):
-            out.append(f"tc_seg_state<{ctype}, {p}, {rev}, {split}>")
-    out.append(f"tc_bwd_dkdv<{ctype}, 64, 64, {split}, 0>")
+        out += [_fwd(dtype, split, stages, p), _dq(dtype, split, stages, p)]
+        out += [_seg_state(dtype, split, stages, p, rev) for rev in (False, True)]
+    out.append(_dkdv(dtype, split, stages, 64, 64, 0))
     for dkp in DIMS:
         for dvp in DIMS:
             if (dkp, dvp) != (64, 64):
-                out += [f"tc_bwd_dkdv<{ctype}, {dkp}, {dvp}, {split}, {w}>" for w in (1, 2)]
-    return tuple(out)
+                out += [_dkdv(dtype, split, stages, dkp, dvp, w) for w in (1, 2)]
+    return tuple(k.expr for k in out)
 
 
 COMMON = ("tc_seg_scan<false>", "tc_seg_scan<true>", "tc_dg")
-GROUPS = {("float16", 1): _group("wb_half", 1), ("bfloat16", 1): _group("wb_bf16", 1),
-          ("float32", 3): _group("float", 3), ("float32", 1): _group("float", 1)}
-INSTANTIATIONS = [(SOURCE, e) for grp in list(GROUPS.values()) + [COMMON] for e in grp]
+GROUPS = {(dt, split, st): _group(dt, split, st)
+          for st in STAGES for dt, split in (("float16", 1), ("bfloat16", 1), ("float32", 3), ("float32", 1))}
+INSTANTIATIONS = list(dict.fromkeys((SOURCE, e) for grp in list(GROUPS.values()) + [COMMON] for e in grp))
 declare_groups(SOURCE, list(GROUPS.values()) + [COMMON])      # what cli.py warmup compiles
 
 
-@functools.lru_cache(maxsize=None)      # a launch looks its kernel up by three short keys, not by the group
-def _kern(dtype: str, split: int, expr: str):
-    return get_kernel(SOURCE, expr, group=GROUPS[(dtype, split)])
+@functools.lru_cache(maxsize=None)      # a launch looks its kernel up by four short keys, not by the group
+def _kern(dtype: str, split: int, stages: int, expr: str):
+    return get_kernel(SOURCE, expr, group=GROUPS[(dtype, split, stages)])
+
+
+def _launch(dtype: str, split: int, stages: int, k: Launchable, grid, args) -> None:
+    launch(_kern(dtype, split, stages, k.expr), grid, (THREADS,), args, k.smem)
 
 
 @functools.lru_cache(maxsize=None)
 def _common(expr: str):
     return get_kernel(SOURCE, expr, group=COMMON)
-
-
-# ----------------------------------------------------------------------------- shared memory (bytes)
-def smem_fwd(item: int, dkp: int) -> int:
-    return item * (2 * C * (dkp + PAD) + C * (BV + PAD) + dkp * (BV + PAD)) + TRAILER_BYTES
-
-
-def smem_seg_state(item: int, dxp: int) -> int:
-    return item * (C * (dxp + PAD) + C * (BV + PAD)) + TRAILER_BYTES
-
-
-def smem_dq(item: int, dvp: int) -> int:
-    return item * (2 * C * (dvp + PAD) + 2 * C * (BV + PAD) + BV * (dvp + PAD)) + TRAILER_BYTES
-
-
-def smem_dkdv(item: int, dkp: int, dvp: int, which: int) -> int:
-    rows = BV if which == 1 else dkp
-    cols = BV if which == 2 else dvp
-    return item * (2 * C * (dkp + PAD) + 2 * C * (dvp + PAD) + rows * (cols + PAD)) + TRAILER_BYTES
 
 
 # ----------------------------------------------------------------------------- segments
@@ -148,6 +191,7 @@ class CoreContext:
     scale: float
     causal: bool
     split: int
+    stages: int               # the kernels' load pipeline (STAGES)
 
 
 def _ptr(x):
@@ -156,15 +200,17 @@ def _ptr(x):
 
 
 def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_final=False, cu=None,
-            L=None):
+            L=None, stages=1):
     """o (N, T, dv) in q's dtype, and the CoreContext.  g: (N, T) float32 or None; S0: (N, nseq, dk, dv)
-    float32 or None; cu: sequence offsets (tuple) or None."""
+    float32 or None; cu: sequence offsets (tuple) or None; stages: 1 or 2 (STAGES), also for the backward."""
     import cupy as cp
     N, T, dk = q.shape
     dv = v.shape[-1]
     dt = dtype_name(q.dtype)
     split = split if dt == "float32" else 1            # the 3xTF32 split applies to float32 products only
-    item, dkp = ITEMSIZE[dt], pad_dim(dk)
+    if stages not in STAGES:
+        raise ValueError(f"stages must be one of {STAGES} (got {stages!r})")
+    dkp = pad_dim(dk)
     ntv = -(-dv // BV)
     if L is None:
         longest = T if cu is None else max(b - a for a, b in zip(cu[:-1], cu[1:]))
@@ -182,10 +228,8 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     else:
         Eseg = new_output(cp, (N, tab.nseg, dk, dv), cp.float32)
         gam = new_output(cp, (N, tab.nseg), cp.float32) if g is not None else None
-        launch(_kern(dt, split, f"tc_seg_state<{CTYPE[dt]}, {dkp}, false, {split}>"), (tab.nseg * ntv, N),
-               (THREADS,), (k, v, _ptr(g), Eseg, _ptr(gam)) + segs + (i32(T), i32(dk), i32(dv), i32(tab.nseg),
-                                                                    np.float32(1.0)),
-               smem_seg_state(item, dkp))
+        _launch(dt, split, stages, _seg_state(dt, split, stages, dkp, False), (tab.nseg * ntv, N),
+                (k, v, _ptr(g), Eseg, _ptr(gam)) + segs + (i32(T), i32(dk), i32(dv), i32(tab.nseg), np.float32(1.0)))
         if not causal and tab.single:
             final = Eseg                                     # one segment per sequence: its sum is the total
         else:
@@ -195,12 +239,11 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
                    (Eseg, _ptr(gam), _ptr(S0), Hstart, final, tab.seq_seg, i32(tab.nseg), i32(tab.nseq),
                     np.int64(E)))
     Hin = Hstart if causal else final
-    launch(_kern(dt, split, f"tc_fwd<{CTYPE[dt]}, {dkp}, {split}>"), (tab.nseg * ntv, N), (THREADS,),
-           (q, k, v, _ptr(g), o, _ptr(Hin), _ptr(final if (causal and tab.single) else None)) + segs
-           + (tab.seq,) + dims + (np.float32(scale), i32(bool(causal))),
-           smem_fwd(item, dkp))
+    _launch(dt, split, stages, _fwd(dt, split, stages, dkp), (tab.nseg * ntv, N),
+            (q, k, v, _ptr(g), o, _ptr(Hin), _ptr(final if (causal and tab.single) else None)) + segs
+            + (tab.seq,) + dims + (np.float32(scale), i32(bool(causal))))
     ctx = CoreContext(q, k, v, g, tab, Hstart if causal else final, gam, final, S0, float(scale), bool(causal),
-                      split)
+                      split, stages)
     return o, ctx
 
 
@@ -213,8 +256,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
     N, T, Dk = q.shape
     Dv = v.shape[-1]
     dt = dtype_name(q.dtype)
-    item, dkp, dvp, split = ITEMSIZE[dt], pad_dim(Dk), pad_dim(Dv), ctx.split
-    ct = CTYPE[dt]
+    dkp, dvp, split, stages = pad_dim(Dk), pad_dim(Dv), ctx.split, ctx.stages
     ntk, ntv = -(-Dk // BV), -(-Dv // BV)
     E = Dk * Dv
     i32 = np.int32
@@ -231,10 +273,9 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
         dS0 = new_output(cp, (N, tab.nseq, Dk, Dv), cp.float32) if ctx.S0 is not None else None
     else:
         Rseg = new_output(cp, (N, tab.nseg, Dk, Dv), cp.float32)
-        launch(_kern(dt, split, f"tc_seg_state<{ct}, {dkp}, true, {split}>"), (tab.nseg * ntv, N), (THREADS,),
-               (q, do, _ptr(g), Rseg, _ptr(None)) + segs + (i32(T), i32(Dk), i32(Dv), i32(tab.nseg),
-                                                    np.float32(ctx.scale)),
-               smem_seg_state(item, dkp))
+        _launch(dt, split, stages, _seg_state(dt, split, stages, dkp, True), (tab.nseg * ntv, N),
+                (q, do, _ptr(g), Rseg, _ptr(None)) + segs + (i32(T), i32(Dk), i32(Dv), i32(tab.nseg),
+                                                     np.float32(ctx.scale)))
         if not ctx.causal and tab.single:
             dSend = Rseg                                     # the total gradient of each sequence's state
         else:
@@ -249,14 +290,13 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
     if want_dg:          # the row dots of q.dq and k.dk per dk tile, by address (held until tc_dg is queued)
         scratch, (rq, rk) = new_scratch(cp, (((ntk, N, T), cp.float32),) * 2)
     tail = segs + (tab.seq,) + dims + (np.float32(ctx.scale), i32(ctx.causal))
-    launch(_kern(dt, split, f"tc_bwd_dq<{ct}, {dvp}, {split}>"), (tab.nseg * ntk, N), (THREADS,),
-           (q, k, v, _ptr(g), do, dq, _ptr(rq), _ptr(ctx.Hstart)) + tail, smem_dq(item, dvp))
+    _launch(dt, split, stages, _dq(dt, split, stages, dvp), (tab.nseg * ntk, N),
+            (q, k, v, _ptr(g), do, dq, _ptr(rq), _ptr(ctx.Hstart)) + tail)
     dS0_out = dS0 if (ctx.causal and tab.single) else None
     whiches = ((0, 1),) if (dkp, dvp) == (64, 64) else ((1, ntk), (2, ntv))
     for which, tiles in whiches:
-        launch(_kern(dt, split, f"tc_bwd_dkdv<{ct}, {dkp}, {dvp}, {split}, {which}>"), (tab.nseg * tiles, N),
-               (THREADS,), (q, k, v, _ptr(g), do, dk, dv, _ptr(rk), _ptr(dSend), _ptr(dS0_out)) + tail,
-               smem_dkdv(item, dkp, dvp, which))
+        _launch(dt, split, stages, _dkdv(dt, split, stages, dkp, dvp, which), (tab.nseg * tiles, N),
+                (q, k, v, _ptr(g), do, dk, dv, _ptr(rk), _ptr(dSend), _ptr(dS0_out)) + tail)
     dg = None
     if want_dg:
         dg = new_output(cp, (N, T), cp.float32)

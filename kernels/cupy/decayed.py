@@ -73,8 +73,8 @@ core.register_variants("decayed", _forward, _backward, {
 
 
 # ----------------------------------------------------------------------------- tensor cores
-# cupy:chunked_mma (float16, bfloat16; float32 as 3xTF32) and cupy:chunked_mma_tf32: the tensor-core chunk
-# core (kernels/cuda/chunked_mma.cu); d log_decay = reverse cumsum of q.dq - k.dk, formed in the kernels.
+# cupy:chunked_mma (float16, bfloat16; float32 as 3xTF32), cupy:chunked_mma_db (double-buffered chunk tiles)
+# and cupy:chunked_mma_tf32: the tensor-core chunk core (kernels/cuda/chunked_mma.cu); d log_decay = reverse cumsum of q.dq - k.dk, formed in the kernels.
 from workbench.state import DecayedState  # noqa: E402
 
 from . import _chunked_mma as mma  # noqa: E402
@@ -95,7 +95,7 @@ class _MMAContext:
 CORE_IN_FLOAT32 = ("bfloat16",)
 
 
-def _mma_forward(split, q, k, v, log_decay, scale=1.0, initial_state=None, return_state=False, cu_seqlens=None):
+def _mma_forward(split, stages, q, k, v, log_decay, scale=1.0, initial_state=None, return_state=False, cu_seqlens=None):
     import cupy as cp
     dt = q.dtype
     if dtype_name(dt) in CORE_IN_FLOAT32:
@@ -103,7 +103,7 @@ def _mma_forward(split, q, k, v, log_decay, scale=1.0, initial_state=None, retur
     g = as_contiguous(log_decay, cp.float32)
     S0 = None if initial_state is None else as_contiguous(initial_state.S, cp.float32)
     o, cctx = mma.forward(q, k, v, g, scale=scale, causal=True, split=split, S0=S0, want_final=return_state,
-                          cu=cu_seqlens)
+                          cu=cu_seqlens, stages=stages)
     o = as_dtype(o, dt)
     ctx = _MMAContext(cctx, initial_state is not None, dt)
     return ((o, DecayedState(cctx.final)) if return_state else o), ctx
@@ -124,13 +124,17 @@ def _supports_mma(options, shapes):
     return None
 
 
-register(Variant("decayed", "cupy", "chunked_mma", functools.partial(_mma_forward, 3), _mma_backward,
+register(Variant("decayed", "cupy", "chunked_mma", functools.partial(_mma_forward, 3, 1), _mma_backward,
                  dtypes=("float32", "float16", "bfloat16"),
                  array_kind="cupy", gpu=True, default=True, supports=_supports_mma, form="linear",
                  features=frozenset({"state", "packed"}),
                  description="tensor cores (mma.sync): chunks of 64, segment-carried states, in-kernel float64 "
                              "log-decay cumsums; float32 as 3xTF32"))
-register(Variant("decayed", "cupy", "chunked_mma_tf32", functools.partial(_mma_forward, 1), _mma_backward,
+register(Variant("decayed", "cupy", "chunked_mma_db", functools.partial(_mma_forward, 3, 2), _mma_backward,
+                 dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
+                 form="linear", features=frozenset({"state", "packed"}),
+                 description=mma.DOUBLE_BUFFERED))
+register(Variant("decayed", "cupy", "chunked_mma_tf32", functools.partial(_mma_forward, 1, 1), _mma_backward,
                  dtypes=("float32",), array_kind="cupy", gpu=True,
                  supports=_supports_mma, features=frozenset({"state", "packed"}), form="linear", tags=("tf32",),
                  description="cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, opt-in)"))

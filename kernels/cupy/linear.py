@@ -113,8 +113,9 @@ core.register_variants("linear", _forward, _backward, {
 
 
 # ----------------------------------------------------------------------------- tensor cores
-# cupy:chunked_mma (float16, bfloat16; float32 as 3xTF32) and cupy:chunked_mma_tf32 (float32 as TF32):
-# the tensor-core chunk core of kernels/cuda/chunked_mma.cu (kernels/cupy/_chunked_mma.py).  phi and the
+# cupy:chunked_mma (float16, bfloat16; float32 as 3xTF32), cupy:chunked_mma_db (the same with double-buffered
+# chunk tiles) and cupy:chunked_mma_tf32 (float32 as TF32): the tensor-core chunk core of
+# kernels/cuda/chunked_mma.cu (kernels/cupy/_chunked_mma.py).  phi and the
 # normalising column of ones are formed around it in the input dtype, as above.
 from workbench.state import LinearState  # noqa: E402
 
@@ -151,7 +152,7 @@ def _state_from_core(S, normalize):
     return LinearState(cp.ascontiguousarray(S[..., :-1]), cp.ascontiguousarray(S[..., -1]))
 
 
-def _mma_forward(split, q, k, v, causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6,
+def _mma_forward(split, stages, q, k, v, causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6,
                  initial_state=None, return_state=False, cu_seqlens=None):
     import cupy as cp
     # normalize runs the core in float32 for 16-bit inputs: with bfloat16 the backward's [do/den, -(do.o)/den]
@@ -167,7 +168,7 @@ def _mma_forward(split, q, k, v, causal=True, feature_map="identity", normalize=
     Va = cp.concatenate([as_dtype(v, dt), cp.ones(v.shape[:-1] + (1,), dt)], axis=-1) if normalize else v
     S0 = None if initial_state is None else _state_to_core(initial_state, normalize)
     num, cctx = mma.forward(Q, K, Va, None, scale=scale, causal=causal, split=split, S0=S0,
-                            want_final=return_state, cu=cu_seqlens)
+                            want_final=return_state, cu=cu_seqlens, stages=stages)
     o = den = None
     if normalize:
         den = num[..., -1].astype(cp.float32) + eps
@@ -207,7 +208,7 @@ def _supports_mma(options, shapes):
     return None
 
 
-register(Variant("linear", "cupy", "chunked_mma", functools.partial(_mma_forward, 3), _mma_backward,
+register(Variant("linear", "cupy", "chunked_mma", functools.partial(_mma_forward, 3, 1), _mma_backward,
                  dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, default=True, supports=_supports_mma, form="linear",
                  features=frozenset({"state", "packed"}),
                  description="tensor cores (mma.sync): chunks of 64, segment-carried states; float32 as 3xTF32"))
@@ -220,7 +221,11 @@ def _supports_mma_tf32(options, shapes):
     return _supports_mma(options, shapes)
 
 
-register(Variant("linear", "cupy", "chunked_mma_tf32", functools.partial(_mma_forward, 1), _mma_backward,
+register(Variant("linear", "cupy", "chunked_mma_db", functools.partial(_mma_forward, 3, 2), _mma_backward,
+                 dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
+                 form="linear", features=frozenset({"state", "packed"}),
+                 description=mma.DOUBLE_BUFFERED))
+register(Variant("linear", "cupy", "chunked_mma_tf32", functools.partial(_mma_forward, 1, 1), _mma_backward,
                  dtypes=("float32",), array_kind="cupy", gpu=True,
                  supports=_supports_mma_tf32, features=frozenset({"state", "packed"}), form="linear", tags=("tf32",),
                  description="cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, opt-in)"))

@@ -28,8 +28,23 @@ sys.path.insert(0, ROOT)
 from workbench import registry  # noqa: E402
 
 HEADROOM = 4.0
-# The sweep the registered tolerances come from (change together with the register(...) tol arguments).
-SOURCES = ("results/h100-2026-11-23/check_numba.json", "results/h100-2026-11-23/check_cupy.json")
+# The sweeps the registered tolerances come from (change together with the register(...) tol arguments): a
+# file, or a file and the (op, variant) pairs taken from it ("*": every op), for variants that a later sweep
+# measured (the H200 sweeps: callC, every cupy variant of that day; callD, chunked_mma for linear and ZeroS
+# after their fixes -- callC's cells of it predate those fixes).
+_FA2 = tuple(("softmax", f"cupy:{n}") for n in ("fa2", "fa2_det", "fa2_3xtf32", "fa2_tf32"))
+SOURCES = (
+    "results/h100-2026-11-23/check_numba.json",
+    "results/h100-2026-11-23/check_cupy.json",
+    ("results/h200-2026-12-02/callC/check_cupy.json",
+     _FA2 + (("zeros", "cupy:chunked_mma_fused"), ("decayed", "cupy:chunked_mma"))),
+    ("results/h200-2026-12-02/callD/check_cupy_mma.json", (("*", "cupy:chunked_mma"),)),
+)
+
+
+def _source(entry) -> tuple:
+    """(path, keep): keep is None (every variant) or a set of (op, variant) pairs, op "*" for any."""
+    return (entry, None) if isinstance(entry, str) else (entry[0], set(entry[1]))
 
 
 @dataclass(frozen=True)
@@ -53,11 +68,20 @@ def round_up_125(x: float) -> float:
     raise AssertionError(x)
 
 
-def derive_tolerance(worst: float, dtype: str, headroom: float = HEADROOM) -> float:
-    """HEADROOM x the worst error, rounded up to 1, 2 or 5 x 10^k, at most the dtype's tolerance (also when
-    nothing was measured: worst = 0)."""
-    ceiling = registry.TOLERANCE[dtype]
+def derive_tolerance(worst: float, dtype: str, headroom: float = HEADROOM, ceiling: float = None) -> float:
+    """HEADROOM x the worst error, rounded up to 1, 2 or 5 x 10^k, at most ``ceiling`` (default: the dtype's
+    tolerance; the variant's own, ``Variant.ceiling``, for a registered variant: TF32 variants get the tf32
+    one) -- also when nothing was measured (worst = 0)."""
+    ceiling = registry.TOLERANCE[dtype] if ceiling is None else ceiling
     return ceiling if worst <= 0 else min(round_up_125(headroom * worst), ceiling)
+
+
+def _ceiling(op: str, variant: str, dtype: str) -> float:
+    backend, name = variant.split(":")
+    try:
+        return registry.get(op, backend, name).ceiling(dtype)
+    except (ValueError, KeyError):
+        return registry.TOLERANCE[dtype]
 
 
 def comparison_cells(data: dict) -> list:
@@ -69,19 +93,23 @@ def comparison_cells(data: dict) -> list:
 
 def derive(paths, headroom: float = HEADROOM) -> list:
     groups: dict = {}
-    for path in paths:
+    for entry in paths:
+        path, keep = _source(entry)
         with open(path) as f:
             cells = comparison_cells(json.load(f))
         if not cells:
             raise ValueError(f"{path}: no comparison cells (not a `check --json` file of a variant sweep?)")
         for c in cells:          # variants under their current names (sweeps recorded before a rename)
-            groups.setdefault((c["op"], registry.canonical_key(c["variant"], warn=False), c["dtype"]), []).append(c)
+            key = registry.canonical_key(c["variant"], warn=False)
+            if keep is not None and (c["op"], key) not in keep and ("*", key) not in keep:
+                continue
+            groups.setdefault((c["op"], key, c["dtype"]), []).append(c)
     out = []
     for (op, variant, dtype), cells in sorted(groups.items()):
         errs = [e for c in cells for e in c["errors"].values() if e is not None and math.isfinite(e)]
         worst = max(errs, default=0.0)
         out.append(Derived(op, variant, dtype, len(cells), sum(not c["ok"] for c in cells), worst,
-                           derive_tolerance(worst, dtype, headroom)))
+                           derive_tolerance(worst, dtype, headroom, _ceiling(op, variant, dtype))))
     return out
 
 
@@ -95,10 +123,11 @@ def registered(op: str, variant: str, dtype: str):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("paths", nargs="*", help=f"check --json files (default: {' '.join(SOURCES)})")
+    ap.add_argument("paths", nargs="*", help="check --json files (default: the committed sweeps, SOURCES)")
     ap.add_argument("--headroom", type=float, default=HEADROOM, help="factor on the worst error seen")
     args = ap.parse_args(argv)
-    paths = args.paths or [os.path.join(ROOT, p) for p in SOURCES]
+    paths = args.paths or [os.path.join(ROOT, p) if isinstance(p, str) else (os.path.join(ROOT, p[0]), p[1])
+                           for p in SOURCES]
     try:
         rows = derive(paths, args.headroom)
     except (OSError, ValueError, KeyError) as e:
@@ -109,7 +138,7 @@ def main(argv=None) -> int:
     for d in rows:
         now = registered(d.op, d.variant, d.dtype)
         table.append([d.op, d.variant, d.dtype, d.cells, d.failed, f"{d.worst:.2e}", f"{args.headroom * d.worst:.2e}",
-                      f"{d.tol:.0e}", f"{registry.TOLERANCE[d.dtype]:.0e}", "-" if now is None else f"{now:.0e}",
+                      f"{d.tol:.0e}", f"{_ceiling(d.op, d.variant, d.dtype):.0e}", "-" if now is None else f"{now:.0e}",
                       "" if now == d.tol else "differs"])
     print(tabulate(table, headers=["op", "variant", "dtype", "cells", "failed", "worst err", f"{args.headroom:g}x",
                                    "tol", "dtype tol", "registered", ""], disable_numparse=True))

@@ -7,7 +7,9 @@
 # Steps (STEPS, run in this order; default "check tests bench plots"):
 #   check  -- `cli.py check` per backend (CHECK_BACKENDS, default "numba cupy"), cells spread over the CPU
 #             cores (-j 0): check_<backend>.json and .txt
-#   tests  -- `python -m pytest -m gpu` (every GPU test; needs the [test] extra): pytest_gpu.txt
+#   tests  -- `python -m pytest -m gpu` (every GPU test; needs the [test] extra): pytest_gpu.txt; with
+#             TESTS_JOBS > 1, split by file over that many processes (scripts/gpu_test_shards.py; shard
+#             logs in tests/)
 #   bench  -- the headline grid (ceilings measured first): bench.json, bench.csv, bench.md
 #   goals  -- the extra grids of docs/kernels (softmax-d128, chunked-long, zeros-paper): <grid>.json and .md
 #   plots  -- roofline (fwd+bwd and fwd) and scaling PNGs from bench.json
@@ -15,7 +17,7 @@
 # above, session.log (everything printed) and summary.txt: each step's exit status, the check totals and
 # the GPU tests' last line with every failure.  The script exits 1 if any step failed.
 #
-# Knobs (environment): PYTHON, CHECK_BACKENDS, CHECK_ARGS, CHECK_TIMEOUT (s), TESTS_ARGS, TESTS_TIMEOUT,
+# Knobs (environment): PYTHON, CHECK_BACKENDS, CHECK_ARGS, CHECK_TIMEOUT (s), TESTS_ARGS, TESTS_TIMEOUT, TESTS_JOBS,
 # BENCH_ARGS (filters for the headline grid, e.g. "--op softmax --dtype float16"), BENCH_BUDGET (s; default:
 # the grid's own), BENCH_TIMEOUT, GOALS (grid names), GOALS_ARGS, GOALS_TIMEOUT; WHEELS and DEVICE_INFO as
 # in scripts/device.sh, which this script runs first.
@@ -33,6 +35,7 @@ CHECK_ARGS="${CHECK_ARGS:-}"
 CHECK_TIMEOUT="${CHECK_TIMEOUT:-1200}"
 TESTS_ARGS="${TESTS_ARGS:-}"
 TESTS_TIMEOUT="${TESTS_TIMEOUT:-1200}"
+TESTS_JOBS="${TESTS_JOBS:-1}"
 BENCH_ARGS="${BENCH_ARGS:-}"
 BENCH_BUDGET="${BENCH_BUDGET:-}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-1800}"
@@ -78,10 +81,18 @@ session() {
     done
   fi
   if has tests; then
-    # shellcheck disable=SC2086
-    step tests "$TESTS_TIMEOUT" "$OUT_DIR/pytest_gpu.txt" "$PY" -m pytest -m gpu -q -rfE -p no:cacheprovider $TESTS_ARGS
-    { grep -E "^(FAILED|ERROR) " "$OUT_DIR/pytest_gpu.txt"; tail -n 1 "$OUT_DIR/pytest_gpu.txt"; } \
-      | sed "s/^/  pytest -m gpu: /" | tee -a "$SUMMARY"
+    if [ "$TESTS_JOBS" -gt 1 ]; then
+      # shellcheck disable=SC2086
+      step tests "$TESTS_TIMEOUT" "$OUT_DIR/pytest_gpu.txt" "$PY" scripts/gpu_test_shards.py --jobs "$TESTS_JOBS" \
+           --timeout "$((TESTS_TIMEOUT - 30))" --out "$OUT_DIR/tests" ${TESTS_ARGS:+-- $TESTS_ARGS}
+      { grep -E "^  (FAILED|ERROR) " "$OUT_DIR/pytest_gpu.txt"; tail -n 1 "$OUT_DIR/pytest_gpu.txt"; } \
+        | sed "s/^/  pytest -m gpu: /" | tee -a "$SUMMARY"
+    else
+      # shellcheck disable=SC2086
+      step tests "$TESTS_TIMEOUT" "$OUT_DIR/pytest_gpu.txt" "$PY" -m pytest -m gpu -q -rfE -p no:cacheprovider $TESTS_ARGS
+      { grep -E "^(FAILED|ERROR) " "$OUT_DIR/pytest_gpu.txt"; tail -n 1 "$OUT_DIR/pytest_gpu.txt"; } \
+        | sed "s/^/  pytest -m gpu: /" | tee -a "$SUMMARY"
+    fi
   fi
   if has bench; then
     # shellcheck disable=SC2086

@@ -1,0 +1,57 @@
+"""scripts/gpu_test_shards.py: the split of the GPU tests over shards and the reading of pytest's summary."""
+import importlib.util
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("gpu_test_shards", os.path.join(ROOT, "scripts", "gpu_test_shards.py"))
+shards = importlib.util.module_from_spec(_spec)
+sys.modules["gpu_test_shards"] = shards          # dataclasses look their module up there
+_spec.loader.exec_module(shards)
+
+
+def _ids(f, n):
+    return [f"tests/{f}::t[{i}]" for i in range(n)]
+
+
+def test_every_id_lands_in_one_shard_and_files_stay_whole():
+    ids = _ids("test_a.py", 30) + _ids("test_numba_b.py", 10) + _ids("test_c.py", 170) + _ids("test_d.py", 5)
+    out = shards.split(ids, 4, piece=80)
+    flat = [i for s in out for i in s.ids]
+    assert sorted(flat) == sorted(ids) and len(flat) == len(set(flat))
+    # a file of at most `piece` tests is in one shard; test_c (170) is cut into pieces of at most 80
+    for f in ("test_a.py", "test_numba_b.py", "test_d.py"):
+        assert sum(any(i.startswith(f"tests/{f}") for i in s.ids) for s in out) == 1
+    assert max(sum(i.startswith("tests/test_c.py") for i in s.ids) for s in out) <= 80
+    # the Numba file weighs 3x: 10 tests load 30
+    assert sum(s.load for s in out) == 30 + 3 * 10 + 170 + 5
+
+
+def test_the_split_balances_and_drops_empty_shards():
+    out = shards.split(_ids("test_a.py", 100) + _ids("test_b.py", 100), 2, piece=50)
+    assert [s.load for s in out] == [100, 100]
+    assert len(shards.split(_ids("test_a.py", 3), 8)) == 1
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        shards.split(_ids("test_a.py", 3), 0)
+
+
+def test_pytest_summary_lines_are_read():
+    assert shards.counts("160 passed, 32 warnings in 5.89s") == {"passed": 160}
+    assert shards.counts("3 failed, 150 passed, 2 errors, 4 skipped in 9.0s") == \
+        {"failed": 3, "passed": 150, "error": 2, "skipped": 4}
+    assert shards.counts("1 error in 0.5s") == {"error": 1}
+
+
+@pytest.mark.slow
+def test_nothing_run_exits_1(tmp_path, capsys):
+    """On a machine without a GPU every GPU test skips: no test passed, so the command fails."""
+    from workbench import backends
+    if backends.gpu_available():
+        pytest.skip("needs a machine without a GPU")
+    rc = shards.main(["--jobs", "2", "--out", str(tmp_path), "--", "tests/test_fast_launch.py"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "0 passed" in out and " skipped" in out
+    logs = sorted(p.stem for p in tmp_path.glob("s*.txt"))
+    assert logs and logs == sorted(p.stem for p in tmp_path.glob("s*.ids"))     # one log per shard run

@@ -165,6 +165,18 @@ def new_output(xp, shape, dtype):
     return xp.full(shape, xp.nan, dtype) if _POISON[-1] else xp.empty(shape, dtype)
 
 
+_DTYPE_NAMES: dict = {}        # dtype -> its name in byte-order-free form ('>f4' -> 'float32')
+
+
+def dtype_name(dt) -> str:
+    """``str(dt)`` in byte-order-free form ('>f4' -> 'float32'), cached per dtype: NumPy's str of a dtype is
+    Python code, microseconds per call, and the ops and the launch paths ask on every call."""
+    name = _DTYPE_NAMES.get(dt)
+    if name is None:
+        name = _DTYPE_NAMES[dt] = str(dt if dt.isnative else dt.newbyteorder("="))
+    return name
+
+
 SCRATCH_ALIGN = 256       # bytes: where each part of a scratch allocation starts (as CuPy aligns allocations)
 
 

@@ -46,14 +46,6 @@ _MAX_PLANS = 4096
 
 
 # ----------------------------------------------------------------------------- validation
-_DTYPE_NAMES: dict = {}        # dtype -> its name in byte-order-free form ('>f4' -> 'float32')
-
-
-def _dtype_name(dt) -> str:
-    name = _DTYPE_NAMES.get(dt)
-    if name is None:
-        name = _DTYPE_NAMES[dt] = str(dt if dt.isnative else dt.newbyteorder("="))
-    return name
 
 
 def _check_kinds_and_dtypes(where: str, arrays: dict) -> tuple:
@@ -66,7 +58,7 @@ def _check_kinds_and_dtypes(where: str, arrays: dict) -> tuple:
             raise TypeError(f"{where}: argument {name!r}: {e}") from None
     if len(set(kinds.values())) > 1:
         raise TypeError(f"{where}: mixed array kinds {kinds}; pass all NumPy or all CuPy arrays")
-    dts = {name: _dtype_name(x.dtype) for name, x in arrays.items()}
+    dts = {name: backends.dtype_name(x.dtype) for name, x in arrays.items()}
     for name, dt in dts.items():
         if dt not in _FLOAT_DTYPES:
             raise TypeError(f"{where}: argument {name!r} has dtype {dt}; expected a floating dtype "
@@ -414,7 +406,7 @@ def _pullback(plan: _Plan, ctx):
         dt = dout.dtype
         if dt is not plan.dtype and dt != plan.dtype:
             if dt.isnative or dt.newbyteorder("=") != plan.dtype:
-                raise TypeError(f"{where}: argument 'dout' has dtype {_dtype_name(dt)}; expected "
+                raise TypeError(f"{where}: argument 'dout' has dtype {backends.dtype_name(dt)}; expected "
                                 f"{plan.dtype} (the output's dtype): cast it with dout.astype(out.dtype)")
             dout = dout.astype(plan.dtype)
         d = dout if dout.shape == plan.flat_out_shape else dout.reshape(plan.flat_out_shape)

@@ -32,6 +32,8 @@ from typing import Optional
 
 import numpy as np
 
+from workbench.backends import dtype_name  # noqa: F401  (the launch paths' cached str(dtype))
+
 CUDA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cuda")
 DEFAULT_OPTIONS = ("-std=c++17", "--use_fast_math")
 STATIC_SMEM_LIMIT = 48 * 1024       # dynamic shared memory above this needs an opt-in attribute
@@ -277,17 +279,6 @@ class FastLauncher:
                 return False
             p.proven = True
         return True
-
-
-_DTYPE_NAMES: dict = {}   # dtype -> str(dtype) (NumPy's str of a dtype is Python code: microseconds per call)
-
-
-def dtype_name(dtype) -> str:
-    """``str(dtype)``, cached per dtype (the launch paths look it up on every call)."""
-    name = _DTYPE_NAMES.get(dtype)
-    if name is None:
-        name = _DTYPE_NAMES[dtype] = str(dtype)
-    return name
 
 
 def as_dtype(x, dtype):

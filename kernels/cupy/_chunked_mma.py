@@ -82,19 +82,23 @@ def staged(name: str, targs: tuple, stages: int, smem) -> Launchable:
     return Launchable(f"{name}<{', '.join(map(str, targs))}, {s}>", smem(s))
 
 
+@functools.lru_cache(maxsize=None)          # per launch: the expression and smem once per key
 def _fwd(dtype, split, stages, dkp):
     return staged("tc_fwd", (CTYPE[dtype], dkp, split), stages, lambda s: smem_fwd(ITEMSIZE[dtype], dkp, s))
 
 
+@functools.lru_cache(maxsize=None)
 def _seg_state(dtype, split, stages, dxp, rev):
     return staged("tc_seg_state", (CTYPE[dtype], dxp, str(rev).lower(), split), stages,
                   lambda s: smem_seg_state(ITEMSIZE[dtype], dxp, s))
 
 
+@functools.lru_cache(maxsize=None)
 def _dq(dtype, split, stages, dvp):
     return staged("tc_bwd_dq", (CTYPE[dtype], dvp, split), stages, lambda s: smem_dq(ITEMSIZE[dtype], dvp, s))
 
 
+@functools.lru_cache(maxsize=None)
 def _dkdv(dtype, split, stages, dkp, dvp, which):
     return staged("tc_bwd_dkdv", (CTYPE[dtype], dkp, dvp, split, which), stages,
                   lambda s: smem_dkdv(ITEMSIZE[dtype], dkp, dvp, which, s))

@@ -22,6 +22,8 @@ read_bound_ms``: how far the step's own work is from the bound once the floor ev
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .. import state as wst
@@ -32,15 +34,11 @@ from .harness import _add_overheads, _error_text, _time_wall
 from .timing import time_gpu, time_host
 
 
-_EMPTY = []
-
-
+@functools.lru_cache(maxsize=1)
 def _empty_launch():
     """A launch of an empty kernel (one block of one thread): what a step costs before it does anything."""
-    if not _EMPTY:
-        import cupy as cp
-        _EMPTY.append(cp.RawKernel('extern "C" __global__ void wb_empty() {}', "wb_empty"))
-    k = _EMPTY[0]
+    import cupy as cp
+    k = cp.RawKernel('extern "C" __global__ void wb_empty() {}', "wb_empty")
     return lambda: k((1,), (1,), ())
 
 

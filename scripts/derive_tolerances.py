@@ -42,6 +42,11 @@ SOURCES = (
 )
 
 
+def default_sources() -> list:
+    """SOURCES with their paths made absolute (the argument ``derive`` takes)."""
+    return [os.path.join(ROOT, e) if isinstance(e, str) else (os.path.join(ROOT, e[0]), e[1]) for e in SOURCES]
+
+
 def _source(entry) -> tuple:
     """(path, keep): keep is None (every variant) or a set of (op, variant) pairs, op "*" for any."""
     return (entry, None) if isinstance(entry, str) else (entry[0], set(entry[1]))
@@ -126,8 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("paths", nargs="*", help="check --json files (default: the committed sweeps, SOURCES)")
     ap.add_argument("--headroom", type=float, default=HEADROOM, help="factor on the worst error seen")
     args = ap.parse_args(argv)
-    paths = args.paths or [os.path.join(ROOT, p) if isinstance(p, str) else (os.path.join(ROOT, p[0]), p[1])
-                           for p in SOURCES]
+    paths = args.paths or default_sources()
     try:
         rows = derive(paths, args.headroom)
     except (OSError, ValueError, KeyError) as e:

@@ -196,9 +196,7 @@ def test_derive_takes_the_worst_error_of_every_output_and_gradient(tmp_path):
 def test_registered_tolerances_are_the_ones_derived_from_the_committed_gpu_sweep(capsys):
     """Every variant with GPU data declares 4x its worst error seen (rounded up, capped); the committed sweep
     passes under them; cupy:flash_mma float16 is held to <= 2e-3."""
-    paths = [os.path.join(ROOT, p) if isinstance(p, str) else (os.path.join(ROOT, p[0]), p[1])
-             for p in derive_tolerances.SOURCES]
-    derived = derive_tolerances.derive(paths)
+    derived = derive_tolerances.derive(derive_tolerances.default_sources())
     assert len(derived) >= 50
     assert ("softmax", "cupy:fa2", "float16") in {(d.op, d.variant, d.dtype) for d in derived}   # the H200 sweeps
     for d in derived:

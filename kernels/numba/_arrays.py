@@ -13,7 +13,12 @@ Arrays saved in a variant's ``ctx`` for the backward stay on the device (the obj
 ``to_device``/``empty``), so a backward pass does not copy them again.
 
 Streams: Numba launches on its default stream (the legacy NULL stream) and CuPy's default stream is also
-the NULL stream, so CuPy-allocated outputs and Numba launches are ordered without explicit syncs.
+the NULL stream, so CuPy-allocated outputs and Numba launches are ordered without explicit syncs.  Numba's
+``as_cuda_array`` would synchronise the stream a CuPy array exports (CUDA Array Interface v3) on every import:
+the host waiting for the GPU to drain before each ``to_device``/``empty``, then the GPU idle while the host
+prepares the next launch.  ``_view`` skips that wait when the exported stream is the legacy default stream,
+where it orders nothing the launches are not already ordered by (``_view``'s doc); any other stream is
+synchronised as before.
 
 Under the CUDA simulator (NUMBA_ENABLE_CUDASIM=1) ``cuda.to_device`` returns a fake device array backed by
 NumPy, and everything below works unchanged.
@@ -33,6 +38,25 @@ from . import _jit
 
 def _is_cupy(x) -> bool:
     return type(x).__module__.startswith("cupy")
+
+
+LEGACY_STREAM = 1      # the CUDA Array Interface's "stream" value of the legacy default (NULL) stream
+
+
+def import_needs_sync(desc: dict) -> bool:
+    """Whether importing an array with CUDA Array Interface ``desc`` must wait for its stream: not for the
+    legacy default stream (CuPy's current stream unless the caller set another), because every launch here
+    goes to Numba's default stream (the legacy stream, or the per-thread default stream, which synchronises
+    with it), so each kernel already runs after all work queued on the legacy stream before it; the host
+    wait would only leave the GPU idle while the host prepares the next launch.  Any other stream is
+    synchronised, as Numba does by default (no stream given: there is nothing to wait for)."""
+    return desc.get("stream") != LEGACY_STREAM
+
+
+def _view(x):
+    """A Numba device view of a CuPy array (``import_needs_sync``)."""
+    desc = x.__cuda_array_interface__
+    return cuda.from_cuda_array_interface(desc, owner=x, sync=import_needs_sync(desc))
 
 
 class DeviceIO:
@@ -58,7 +82,7 @@ class DeviceIO:
         if self.kind == "cupy":
             if not _is_cupy(x):
                 x = self._cupy.asarray(x)
-            d = cuda.as_cuda_array(x)
+            d = _view(x)
             self._owners[id(d)] = (d, x)
             return d
         if isinstance(x, np.ndarray):
@@ -74,7 +98,7 @@ class DeviceIO:
         if self.kind == "cupy":
             cp = self._cupy
             x = cp.empty(shape, dtype) if value is None else cp.full(shape, value, dtype)
-            d = cuda.as_cuda_array(x)
+            d = _view(x)
             self._owners[id(d)] = (d, x)
             return d
         if value is None:

@@ -318,6 +318,24 @@ def as_contiguous(x, dtype):
     return cupy.ascontiguousarray(x, dtype=dtype)
 
 
+def lead_size(shape, trailing: int) -> int:
+    """The product of an array's leading dims, all but its last ``trailing`` (1 when there are none): N of the
+    kernels' (N, T, ...) view of an array of a variant that takes leading dims (registry.Variant.leading_dims)."""
+    n = len(shape) - trailing
+    if n == 1:
+        return shape[0]
+    N = 1
+    for d in shape[:n]:
+        N *= d
+    return N
+
+
+def flat3(x):
+    """An array (..., T, D) as (N, T, D): itself when it has one leading dim, else a view."""
+    shape = x.shape
+    return x if len(shape) == 3 else x.reshape(lead_size(shape, 2), shape[-2], shape[-1])
+
+
 def padded_dim(d: int, dims: tuple) -> int:
     """The smallest of ``dims`` (ascending template head dims) that holds ``d``."""
     for p in dims:

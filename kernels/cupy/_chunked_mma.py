@@ -27,7 +27,7 @@ import numpy as np
 from workbench.backends import new_output, new_scratch
 
 from .._segments import Segmentation, segment_rows
-from ._module import CTYPE, ITEMSIZE, declare_groups, dtype_name, get_kernel, launch, padded_dim
+from ._module import CTYPE, ITEMSIZE, declare_groups, dtype_name, get_kernel, launch, lead_size, padded_dim
 
 SOURCE = "chunked_mma.cu"
 C = 64                      # chunk length          (chunked_mma.cu: tc::C)
@@ -205,10 +205,12 @@ def _ptr(x):
 
 def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_final=False, cu=None,
             L=None, stages=1):
-    """o (N, T, dv) in q's dtype, and the CoreContext.  g: (N, T) float32 or None; S0: (N, nseq, dk, dv)
+    """o (..., T, dv) in q's dtype, and the CoreContext.  q, k, v: (..., T, d), any leading dims (N: their
+    product); g: (..., T) float32 or None; S0: (N, nseq, dk, dv)
     float32 or None; cu: sequence offsets (tuple) or None; stages: 1 or 2 (STAGES), also for the backward."""
     import cupy as cp
-    N, T, dk = q.shape
+    shape = q.shape                                    # (..., T, dk): any leading dims, N their product
+    N, T, dk = lead_size(shape, 2), shape[-2], shape[-1]
     dv = v.shape[-1]
     dt = dtype_name(q.dtype)
     split = split if dt == "float32" else 1            # the 3xTF32 split applies to float32 products only
@@ -221,7 +223,7 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
         L = choose_segments(N, longest, ntv)
     tab = segment_table(T, L, cu)
     E = dk * dv
-    o = new_output(cp, (N, T, dv), q.dtype)
+    o = new_output(cp, shape[:-1] + (dv,), q.dtype)
     i32 = np.int32
     dims = (i32(T), i32(dk), i32(dv), i32(tab.nseg), i32(tab.nseq))
     segs = (tab.t0, tab.t1)
@@ -257,7 +259,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
     final state, or None."""
     import cupy as cp
     q, k, v, g, tab = ctx.q, ctx.k, ctx.v, ctx.g, ctx.table
-    N, T, Dk = q.shape
+    N, T, Dk = lead_size(q.shape, 2), q.shape[-2], q.shape[-1]
     Dv = v.shape[-1]
     dt = dtype_name(q.dtype)
     dkp, dvp, split, stages = pad_dim(Dk), pad_dim(Dv), ctx.split, ctx.stages
@@ -303,7 +305,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
                 (q, k, v, _ptr(g), do, dk, dv, _ptr(rk), _ptr(dSend), _ptr(dS0_out)) + tail)
     dg = None
     if want_dg:
-        dg = new_output(cp, (N, T), cp.float32)
+        dg = new_output(cp, g.shape, cp.float32)
         cst = None
         if dST is not None:
             cst = cp.ascontiguousarray((dST * ctx.final).sum(axis=(-2, -1)), dtype=cp.float32)

@@ -310,8 +310,8 @@ _NO_EXTRAS = _Extras()
 
 def _plan(op: str, arrays: tuple, options: dict, backend, extras: _Extras = _NO_EXTRAS) -> _Plan:
     try:
-        key = (op, backend, *[(type(x), x.dtype, x.shape) for x in arrays],
-               *[(k, _opt_key(v)) for k, v in options.items()], extras.key() if extras is not _NO_EXTRAS else None)
+        key = (op, backend, tuple([(type(x), x.dtype, x.shape) for x in arrays]), tuple(options),
+               tuple(map(_opt_key, options.values())), extras.key() if extras is not _NO_EXTRAS else None)
         plan = _PLANS.get(key)
     except (TypeError, AttributeError):         # unhashable or not an array: validation says what is wrong
         key = plan = None
@@ -426,7 +426,7 @@ def _pullback(plan: _Plan, ctx):
         if plan.to_kind:
             out = tuple(plan.back(g, s) for g, s in zip(grads, plan.arg_shapes))
         else:
-            out = tuple(g if g.shape == s else g.reshape(s) for g, s in zip(grads, plan.arg_shapes))
+            out = tuple([g if g.shape == s else g.reshape(s) for g, s in zip(grads, plan.arg_shapes)])
         return out + (plan.back_state(grads[-1]),) if plan.has_state else out
     return pullback
 

@@ -165,7 +165,7 @@ from . import _chunked_mma as mma  # noqa: E402
 from . import _packing as packing  # noqa: E402
 
 INSTANTIATIONS = INSTANTIATIONS + mma.INSTANTIATIONS     # the kernels this module's variants launch
-from ._module import as_contiguous, dtype_name, launch  # noqa: E402
+from ._module import as_contiguous, dtype_name, launch, lead_size  # noqa: E402
 from .decayed import _supports_mma  # noqa: E402  (head dims up to the core's MAX_DIM, the same rule)
 
 SCAN_CHUNK = 64             # tokens per scan chunk (zeros.cu: zs::C)
@@ -269,9 +269,11 @@ def forward_stats(s, gates, v, causal, vF=None, vG=None, ldG=0, vH=None, ldH=0, 
     """The three forward scan kernels; when vF is given, also writes the stream values vF = u v,
     vG = ((s - c)/sigma) v and (when vH is given) vH = v, at leading dimensions Dv, ldG, ldH.  ``seqs``: packed
     sequences and the initial state's scalars; want_final (causal): the statistics after each sequence.  Not
-    causal with packed sequences, a causal statistics pass gives each sequence's totals first."""
+    causal with packed sequences, a causal statistics pass gives each sequence's totals first.  s: (..., T), any
+    leading dims (N: their product)."""
     import cupy as cp
-    N, T = s.shape
+    T = s.shape[-1]
+    N = lead_size(s.shape, 1)
     dt = dtype_name(s.dtype)
     NC = -(-T // SCAN_CHUNK)
     i32 = np.int32
@@ -632,7 +634,7 @@ def _fused_launch(dt: str, name: str, dims, N: int, tiles: int, tab, args) -> No
            smem_fused(name, mma.ITEMSIZE[dt], dp))
 
 
-def _chained(causal, tab, m, shape, rev, segment_pass):
+def _chained(causal, tab, stats: ForwardStats, shape, rev, segment_pass):
     """The states every walker starts from.  Causal with one segment: None (zeros); causal: the scan of the
     segment sums (forwards, or the suffix sums in reverse); not causal: the totals.  segment_pass(out) fills
     out (N, nseg, 3, Dk, Dv) with each segment's own sum."""
@@ -640,6 +642,7 @@ def _chained(causal, tab, m, shape, rev, segment_pass):
     if causal and tab.single:
         return None
     N, Dk, Dv = shape
+    m = stats.st[ST["m"]]
     part = new_output(cp, (N, tab.nseg, 3, Dk, Dv), cp.float32)
     segment_pass(part)
     if not causal and tab.single:
@@ -665,7 +668,7 @@ def _token_args(s, stats: ForwardStats) -> tuple:
 def _fused_forward(q, k, v, s, gates, causal=True, L=None):
     """L: chunks per segment (None: _chunked_mma.choose_segments; 0: one segment per head)."""
     import cupy as cp
-    N, T, Dk = q.shape
+    N, T, Dk = lead_size(q.shape, 2), q.shape[-2], q.shape[-1]       # any leading dims (Variant.leading_dims)
     Dv = v.shape[-1]
     dt = dtype_name(q.dtype)
     i32 = np.int32
@@ -680,8 +683,8 @@ def _fused_forward(q, k, v, s, gates, causal=True, L=None):
 
     def segment_sums(out):
         _fused_launch(dt, "tz_fwd", (Dk, Dv), N, ntw, tab, (null, k, v) + tok + (null, null, out) + tail)
-    H = _chained(causal, tab, stats.st[ST["m"]], (N, Dk, Dv), False, segment_sums)
-    o = new_output(cp, (N, T, Dv), q.dtype)
+    H = _chained(causal, tab, stats, (N, Dk, Dv), False, segment_sums)
+    o = new_output(cp, q.shape[:-1] + (Dv,), q.dtype)
     _fused_launch(dt, "tz_fwd", (Dk, Dv), N, ntw, tab, (q, k, v) + tok + (o, mma._ptr(H), null) + tail)
     return o, _FusedContext(q, k, v, s, gates, bool(causal), stats, tab, H)
 
@@ -689,7 +692,7 @@ def _fused_forward(q, k, v, s, gates, causal=True, L=None):
 def _fused_backward(ctx: _FusedContext, do):
     import cupy as cp
     q, k, v, s, gates, tab, stats, causal = ctx.q, ctx.k, ctx.v, ctx.s, ctx.gates, ctx.table, ctx.stats, ctx.causal
-    N, T, Dk = q.shape
+    N, T, Dk = lead_size(q.shape, 2), q.shape[-2], q.shape[-1]
     Dv = v.shape[-1]
     dt = dtype_name(q.dtype)
     do = as_contiguous(do, v.dtype)
@@ -710,7 +713,7 @@ def _fused_backward(ctx: _FusedContext, do):
 
     def segment_sums(out):
         _fused_launch(dt, "tz_bwd_dv", (Dk, Dv), N, ntv, tab, (q, k, v) + tok + (do, null, null, null, out) + tail)
-    S = _chained(causal, tab, stats.st[ST["m"]], (N, Dk, Dv), True, segment_sums)
+    S = _chained(causal, tab, stats, (N, Dk, Dv), True, segment_sums)
     dv = new_output(cp, v.shape, v.dtype)
     _fused_launch(dt, "tz_bwd_dv", (Dk, Dv), N, ntv, tab, (q, k, v) + tok + (do, dv, dsp, mma._ptr(S), null) + tail)
     dk = new_output(cp, k.shape, k.dtype)
@@ -727,7 +730,7 @@ def _fused_backward(ctx: _FusedContext, do):
     return dq, dk, dv, ds, dgates
 
 
-register(Variant("zeros", "cupy", "chunked_mma_fused", _fused_forward, _fused_backward,
+register(Variant("zeros", "cupy", "chunked_mma_fused", _fused_forward, _fused_backward, leading_dims=True,
                  tol={"float32": 5e-6, "float16": 5e-3, "bfloat16": 2e-2},
                  dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
                  form="linear", default_for=("float32", "float16", "bfloat16"),   # H200: 1.2-1.5x chunked_mma

@@ -345,14 +345,17 @@ def _make_plan(op: str, arrays: tuple, options: dict, backend, extras: _Extras =
     shapes = {n: tuple(a.shape) for n, a in named.items()}
     variant = _pick_variant(op, backend, kind, dtype, options, shapes, features)
     N = math.prod(lead)
-    flat_shapes = tuple(shapes.values()) if variant.leading_dims else tuple((N,) + s[len(lead):] for s in shapes.values())
+    if variant.leading_dims:                    # the variant takes the caller's arrays as they are
+        flat_shapes, flat_out = tuple(shapes.values()), (*lead, T, Dv)
+    else:
+        flat_shapes, flat_out = tuple((N,) + s[len(lead):] for s in shapes.values()), (N, T, Dv)
     to_kind = variant.array_kind if variant.array_kind not in ("any", kind) else ""
     first = arrays[0].dtype
     nseq = () if cu is None else (len(cu) - 1,)
     variant_options = dict(options, **({"return_state": True} if extras.return_state else {}),
                            **({"cu_seqlens": cu} if cu is not None else {}))
     plan = _Plan(op, variant, kind, first if first.isnative else first.newbyteorder("="), tuple(shapes.values()),
-                 flat_shapes, (*lead, T, Dv), (*lead, T, Dv) if variant.leading_dims else (N, T, Dv), variant_options, to_kind,
+                 flat_shapes, (*lead, T, Dv), flat_out, variant_options, to_kind,
                  all(a.dtype.isnative for a in arrays),
                  next((i for i, a in enumerate(SPECS[op].arrays) if a.nonpositive), -1),
                  bool(extras.return_state), extras.initial_state is not None, (*lead, *nseq), (N, len(cu) - 1 if cu else 1),

@@ -198,6 +198,14 @@ class CoreContext:
     stages: int               # the kernels' load pipeline (STAGES)
 
 
+@functools.lru_cache(maxsize=1024)
+def _scalars(T: int, dk: int, dv: int, nseg: int, nseq: int, causal: bool) -> tuple:
+    """The walkers' int32 arguments, made once per geometry: (T, dk, dv, nseg, nseq) and causal.  (The scale
+    is not cached: a float key would take -0.0 for 0.0.)"""
+    i32 = np.int32
+    return (i32(T), i32(dk), i32(dv), i32(nseg), i32(nseq)), i32(causal)
+
+
 def _ptr(x):
     """An optional array argument: the array, or a null pointer."""
     return np.uint64(0) if x is None else x
@@ -225,7 +233,7 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     E = dk * dv
     o = new_output(cp, shape[:-1] + (dv,), q.dtype)
     i32 = np.int32
-    dims = (i32(T), i32(dk), i32(dv), i32(tab.nseg), i32(tab.nseq))
+    dims, causal32 = _scalars(T, dk, dv, tab.nseg, tab.nseq, bool(causal))
     segs = (tab.t0, tab.t1)
     Hstart = gam = final = None
     if causal and tab.single:
@@ -247,7 +255,7 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     Hin = Hstart if causal else final
     _launch(dt, split, stages, _fwd(dt, split, stages, dkp), (tab.nseg * ntv, N),
             (q, k, v, _ptr(g), o, _ptr(Hin), _ptr(final if (causal and tab.single) else None)) + segs
-            + (tab.seq,) + dims + (np.float32(scale), i32(bool(causal))))
+            + (tab.seq,) + dims + (np.float32(scale), causal32))
     ctx = CoreContext(q, k, v, g, tab, Hstart if causal else final, gam, final, S0, float(scale), bool(causal),
                       split, stages)
     return o, ctx
@@ -267,7 +275,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
     E = Dk * Dv
     i32 = np.int32
     segs = (tab.t0, tab.t1)
-    dims = (i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(tab.nseq))
+    dims, causal32 = _scalars(T, Dk, Dv, tab.nseg, tab.nseq, ctx.causal)
     decay = g is not None
     want_dg = decay and want_dg
     dq = new_output(cp, q.shape, q.dtype)
@@ -295,7 +303,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
     rq = rk = None
     if want_dg:          # the row dots of q.dq and k.dk per dk tile, by address (held until tc_dg is queued)
         scratch, (rq, rk) = new_scratch(cp, (((ntk, N, T), cp.float32),) * 2)
-    tail = segs + (tab.seq,) + dims + (np.float32(ctx.scale), i32(ctx.causal))
+    tail = segs + (tab.seq,) + dims + (np.float32(ctx.scale), causal32)
     _launch(dt, split, stages, _dq(dt, split, stages, dvp), (tab.nseg * ntk, N),
             (q, k, v, _ptr(g), do, dq, _ptr(rq), _ptr(ctx.Hstart)) + tail)
     dS0_out = dS0 if (ctx.causal and tab.single) else None

@@ -404,33 +404,30 @@ def _aligned16(x):
 @dataclass(frozen=True)
 class Fa2Call:
     """The launch arguments of one call geometry that are not arrays, made once per (spec, dtype, N, T, head
-    dims, causal, scale): grids and scalar tails of the forward and of the backward's three kernels."""
+    dims, causal): grids and int scalars of the forward and of the backward's three kernels.  (The scale's
+    float32 values are made per call: a float key would take -0.0 for 0.0.)"""
     plan: Fa2Plan
     fwd_grid: tuple
-    fwd_tail: tuple           # N, T, Dk, Dv, scale log2(e), causal
+    ints: tuple               # N, T, Dk, Dv (int32)
+    causal: np.int32
     pre_grid: tuple
     pre_tail: tuple           # rows, Dv, Dk
     bwd_grid: tuple
-    bwd_tail: tuple           # N, T, Dk, Dv, scale log2(e), scale, causal
     post_grid: tuple
-    post_tail: tuple          # rows Dk, scale
+    post_size: np.int64       # rows Dk
     acc_size: int             # float32 elements of the dq accumulator and the D rows
     acc_D_offset: int         # bytes from the accumulator's start to D
 
 
 @functools.lru_cache(maxsize=1024)
-def _fa2_call(name: str, dtype: str, N: int, T: int, Dk: int, Dv: int, causal: bool, scale: float):
+def _fa2_call(name: str, dtype: str, N: int, T: int, Dk: int, Dv: int, causal: bool):
     plan = _fa2_plan_of(name, dtype, Dk, Dv)
     if plan is None:
         return None
     i32, rows = np.int32, N * T
-    return Fa2Call(plan, (-(-T // plan.rows) * N,),
-                   (i32(N), i32(T), plan.Dk, plan.Dv, np.float32(scale * LOG2E), i32(causal)),
-                   (-(-rows // 8),), (np.int64(rows), plan.Dv, plan.Dk),
-                   (-(-T // FA2_KEY_BLOCK) * N,),
-                   (i32(N), i32(T), plan.Dk, plan.Dv, np.float32(scale * LOG2E), np.float32(scale), i32(causal)),
-                   (-(-rows * Dk // 256),), (np.int64(rows * Dk), np.float32(scale)),
-                   rows * Dk + rows, 4 * rows * Dk)
+    return Fa2Call(plan, (-(-T // plan.rows) * N,), (i32(N), i32(T), plan.Dk, plan.Dv), i32(causal),
+                   (-(-rows // 8),), (np.int64(rows), plan.Dv, plan.Dk), (-(-T // FA2_KEY_BLOCK) * N,),
+                   (-(-rows * Dk // 256),), np.int64(rows * Dk), rows * Dk + rows, 4 * rows * Dk)
 
 
 def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None):
@@ -439,7 +436,7 @@ def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None
     shape = q.shape
     T, Dk, Dv = shape[-2], shape[-1], v.shape[-1]
     N = lead_size(shape, 2)
-    call = _fa2_call(spec.name, dtype_name(q.dtype), N, T, Dk, Dv, bool(causal), scale)
+    call = _fa2_call(spec.name, dtype_name(q.dtype), N, T, Dk, Dv, bool(causal))
     if call is None and cu_seqlens is not None:
         raise ValueError(f"softmax_attention: backend cupy:{spec.name} packs sequences (cu_seqlens) for head dims "
                          f"up to {FA2_BUCKETS[-1]} only, got Dk={Dk}, Dv={Dv}")
@@ -453,7 +450,8 @@ def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None
     o = backends.new_output(cp, shape[:-1] + (Dv,), q.dtype)
     lse = backends.new_output(cp, (N, T), cp.float32)
     launch(plan.fwd, call.fwd_grid, (FA_THREADS,),
-           (q, k, v, o, lse) + call.fwd_tail + packing.kernel_args(cu_seqlens), plan.fwd_smem)
+           (q, k, v, o, lse) + call.ints + (np.float32(scale * LOG2E), call.causal) + packing.kernel_args(cu_seqlens),
+           plan.fwd_smem)
     return o, Fa2Ctx(spec, plan, (q, k, v, o, lse), bool(causal), float(scale), cu=cu_seqlens, call=call)
 
 
@@ -476,8 +474,10 @@ def _fa2_backward(ctx: Fa2Ctx, do):
     dqacc, Dbuf = acc, np.uint64(backends.data_ptr(acc) + call.acc_D_offset)     # (pointers: no views built)
     launch(plan.pre, call.pre_grid, (256,), (o, do, Dbuf, dqacc) + call.pre_tail)
     launch(plan.bwd, call.bwd_grid, (FA_THREADS,),
-           (q, k, v, lse, Dbuf, do, dqacc, dk, dv) + call.bwd_tail + packing.kernel_args(ctx.cu), plan.bwd_smem)
-    launch(plan.post, call.post_grid, (256,), (dqacc, dq) + call.post_tail)
+           (q, k, v, lse, Dbuf, do, dqacc, dk, dv) + call.ints
+           + (np.float32(ctx.scale * LOG2E), np.float32(ctx.scale), call.causal) + packing.kernel_args(ctx.cu),
+           plan.bwd_smem)
+    launch(plan.post, call.post_grid, (256,), (dqacc, dq, call.post_size, np.float32(ctx.scale)))
     return dq, dk, dv
 
 

@@ -198,7 +198,7 @@ class _Packer:
     ``pack(args)``: a function made for this signature that writes the values into the buffer in one call --
     arrays as ``a.data.ptr``, None as 0, scalars as they are -- so a launch runs no per-argument Python."""
 
-    def __init__(self, fmt: str, sig: tuple = ()):
+    def __init__(self, fmt: str, sig: tuple):
         self.struct = struct.Struct(fmt)
         codes = fmt[1:]
         self.pointers = tuple(i for i, c in enumerate(codes) if c == POINTER_CODE)
@@ -212,19 +212,11 @@ class _Packer:
         self.lock = threading.Lock()                           # the buffer is shared until the driver copies it
         self.proven = False                                    # a launch through it has succeeded
         none = type(None)
-        fields = ["0" if sig and sig[i] is none else f"a[{i}].data.ptr" if i in self.pointers else f"a[{i}]"
+        fields = ["0" if sig[i] is none else f"a[{i}].data.ptr" if i in self.pointers else f"a[{i}]"
                   for i in range(len(codes))]
         scope = {"pack_into": self.struct.pack_into, "buf": self.buffer}
         exec(f"def pack(a):\n    pack_into(buf, 0, {', '.join(fields) or ''})\n", scope)
         self.pack = scope["pack"]
-
-    def values(self, args) -> list:
-        """The values ``pack`` writes, in order (arrays as their address, None as 0)."""
-        vals = list(args)
-        for i in self.pointers:
-            a = vals[i]
-            vals[i] = 0 if a is None else a.data.ptr
-        return vals
 
 
 def _dim3(t) -> tuple:

@@ -489,6 +489,13 @@ def _cells() -> list:
                     out.append(Case(op, label, "check_cell", dict(op=op, variant=v.name, dtype=dtype, lead=(2,),
                                                                   T=70, Dk=16, Dv=24, causal=causal, state=state,
                                                                   packed=packed)))
+            if v.leading_dims:          # the caller's leading dims reach the kernels unflattened
+                dtype = next(d for d in v.dtypes if d != "bfloat16")
+                state = "state" in v.features
+                out.append(Case(op, f"{op} cell cupy:{v.name} {dtype} leading dims 2x3 T=70 16x24 causal=True"
+                                + " state" * state, "check_cell",
+                                dict(op=op, variant=v.name, dtype=dtype, lead=(2, 3), T=70, Dk=16, Dv=24, causal=True,
+                                     state=state, packed=False)))
     return out
 
 

@@ -355,3 +355,44 @@ def test_registering_a_variant_drops_cached_plans(monkeypatch):
     assert wb.linear_attention(q, k, v, backend="numpy") is marker       # the new default, not a stale plan
     assert before.name == "chunked"
     ops._PLANS.clear()
+
+
+@pytest.mark.parametrize("leading_dims", [False, True])
+def test_a_variant_that_takes_leading_dims_gets_the_callers_arrays(monkeypatch, leading_dims):
+    """registry.Variant.leading_dims: the ops hand such a variant the caller's arrays (no reshape) and take its
+    outputs as they come; any other variant sees (N, T, D) arrays.  Either way the caller gets its own shapes
+    and the reference's values."""
+    from workbench import ops
+    ref = registry.get("softmax", "numpy", "explicit")
+    seen = []
+
+    def forward(q, k, v, **o):
+        seen.append(("fwd", q, k, v))
+        return ref.forward(q.reshape(-1, *q.shape[-2:]), k.reshape(-1, *k.shape[-2:]),
+                           v.reshape(-1, *v.shape[-2:]), **o)[0].reshape(q.shape[:-1] + v.shape[-1:]), (q, k, v, o)
+
+    def backward(ctx, do):
+        q, k, v, o = ctx
+        seen.append(("bwd", do))
+        flat = [x.reshape(-1, *x.shape[-2:]) for x in (q, k, v)]
+        _, c = ref.forward(*flat, **o)
+        grads = ref.backward(c, do.reshape(-1, *do.shape[-2:]))
+        return tuple(g.reshape(x.shape) for g, x in zip(grads, (q, k, v)))
+    monkeypatch.setattr(registry, "_TABLE", dict(registry._TABLE))
+    monkeypatch.setattr(registry, "_VIEWS", {})
+    registry.register(registry.Variant("softmax", "numpy", "zz_lead", forward, backward, leading_dims=leading_dims))
+    q, k, v = random_inputs("softmax", (2, 3), 5, 4, 6, "float64", seed=0)
+    do = np.random.default_rng(1).standard_normal((2, 3, 5, 6))
+    try:
+        out, pb = wb.vjp(wb.softmax_attention, q, k, v, backend="numpy:zz_lead")
+        grads = pb(do)
+    finally:
+        ops._PLANS.clear()
+    want_out, want_pb = wb.vjp(wb.softmax_attention, q, k, v, backend="numpy:explicit")
+    assert out.shape == (2, 3, 5, 6) and rel_error(out, want_out) < 1e-12
+    assert all(g.shape == x.shape and rel_error(g, w) < 1e-12 for g, x, w in zip(grads, (q, k, v), want_pb(do)))
+    (_, fq, fk, fv), (_, fdo) = seen
+    if leading_dims:
+        assert fq is q and fk is k and fv is v and fdo is do          # the caller's arrays, not views of them
+    else:
+        assert fq.shape == fk.shape == (6, 5, 4) and fv.shape == fdo.shape == (6, 5, 6)

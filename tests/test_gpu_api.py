@@ -96,3 +96,19 @@ def test_outputs_of_repeated_calls_are_fresh_arrays(cp):
         cp.testing.assert_array_equal(a, b)
         ga, gb = pa(cp.ones_like(a)), pb(cp.ones_like(b))
         assert all(x.data.ptr != y.data.ptr for x, y in zip(ga, gb))
+
+
+def _leading_dims_variants():
+    return [pytest.param(v, id=v.key) for op in registry.OPS for v in registry.variants(op, "cupy") if v.leading_dims]
+
+
+@pytest.mark.parametrize("variant", _leading_dims_variants())
+def test_variants_that_take_leading_dims_through_the_api(cp, variant):
+    """A variant that takes leading dims (registry.Variant.leading_dims) gets the caller's (2, 3, T, D) arrays
+    unflattened: output and every gradient of the caller's shapes and the float64 reference's values, with an
+    initial and a final state where the variant implements them (workbench.check.compare, the check cell)."""
+    from workbench import check
+    dtype = next(d for d in variant.dtypes if d != "bfloat16")
+    r = check.compare(variant.op, variant.key, (2, 3), 70, 16, 24, dtype, causal=True,
+                      state="state" in variant.features, packed=False)
+    assert r["ok"], r

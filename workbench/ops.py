@@ -1,7 +1,8 @@
 """The public ops (docs/spec.md section 2): validation, backend choice, and ``vjp``.
 
-Each public op checks its inputs, picks a registered variant, flattens the leading dims to one, calls
-``variant.forward``, and reshapes the result back.  ``vjp`` does the same and returns a pullback that calls
+Each public op checks its inputs, picks a registered variant, flattens the leading dims to one (unless the
+variant takes them: ``registry.Variant.leading_dims``), calls ``variant.forward``, and reshapes the result
+back where its shape differs.  ``vjp`` does the same and returns a pullback that calls
 ``variant.backward``.
 
 The host path is planned once per call signature.  A ``_Plan`` -- the validated options, the variant, the
@@ -200,9 +201,10 @@ class _Plan:
     kind: str                   # the caller's array kind
     dtype: np.dtype             # the inputs' dtype in native byte order (outputs and gradients have it)
     arg_shapes: tuple           # the caller's shape of every array argument (the gradients get them back)
-    flat_shapes: tuple          # the shapes the variant sees: leading dims flattened to one
+    flat_shapes: tuple          # the shapes the variant sees: leading dims flattened to one (unless the
+                                # variant takes leading dims: registry.Variant.leading_dims)
     out_shape: tuple            # (*lead, T, Dv)
-    flat_out_shape: tuple       # (N, T, Dv)
+    flat_out_shape: tuple       # (N, T, Dv), or out_shape for a variant that takes leading dims
     options: dict               # validated options passed to the variant
     to_kind: str                # the kind the variant takes when it differs from the caller's, else ""
     native: bool                # every argument in native byte order
@@ -308,8 +310,8 @@ _NO_EXTRAS = _Extras()
 
 def _plan(op: str, arrays: tuple, options: dict, backend, extras: _Extras = _NO_EXTRAS) -> _Plan:
     try:
-        key = (op, backend, *[(type(x), x.dtype, x.shape) for x in arrays],
-               *[(k, _opt_key(v)) for k, v in options.items()], extras.key() if extras is not _NO_EXTRAS else None)
+        key = (op, backend, tuple([(type(x), x.dtype, x.shape) for x in arrays]), tuple(options),
+               tuple(map(_opt_key, options.values())), extras.key() if extras is not _NO_EXTRAS else None)
         plan = _PLANS.get(key)
     except (TypeError, AttributeError):         # unhashable or not an array: validation says what is wrong
         key = plan = None
@@ -343,14 +345,17 @@ def _make_plan(op: str, arrays: tuple, options: dict, backend, extras: _Extras =
     shapes = {n: tuple(a.shape) for n, a in named.items()}
     variant = _pick_variant(op, backend, kind, dtype, options, shapes, features)
     N = math.prod(lead)
-    flat_shapes = tuple((N,) + s[len(lead):] for s in shapes.values())
+    if variant.leading_dims:                    # the variant takes the caller's arrays as they are
+        flat_shapes, flat_out = tuple(shapes.values()), (*lead, T, Dv)
+    else:
+        flat_shapes, flat_out = tuple((N,) + s[len(lead):] for s in shapes.values()), (N, T, Dv)
     to_kind = variant.array_kind if variant.array_kind not in ("any", kind) else ""
     first = arrays[0].dtype
     nseq = () if cu is None else (len(cu) - 1,)
     variant_options = dict(options, **({"return_state": True} if extras.return_state else {}),
                            **({"cu_seqlens": cu} if cu is not None else {}))
     plan = _Plan(op, variant, kind, first if first.isnative else first.newbyteorder("="), tuple(shapes.values()),
-                 flat_shapes, (*lead, T, Dv), (N, T, Dv), variant_options, to_kind,
+                 flat_shapes, (*lead, T, Dv), flat_out, variant_options, to_kind,
                  all(a.dtype.isnative for a in arrays),
                  next((i for i, a in enumerate(SPECS[op].arrays) if a.nonpositive), -1),
                  bool(extras.return_state), extras.initial_state is not None, (*lead, *nseq), (N, len(cu) - 1 if cu else 1),
@@ -424,7 +429,7 @@ def _pullback(plan: _Plan, ctx):
         if plan.to_kind:
             out = tuple(plan.back(g, s) for g, s in zip(grads, plan.arg_shapes))
         else:
-            out = tuple(g if g.shape == s else g.reshape(s) for g, s in zip(grads, plan.arg_shapes))
+            out = tuple([g if g.shape == s else g.reshape(s) for g, s in zip(grads, plan.arg_shapes)])
         return out + (plan.back_state(grads[-1]),) if plan.has_state else out
     return pullback
 

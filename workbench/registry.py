@@ -92,6 +92,11 @@ class Variant:
     features: frozenset = frozenset()
     # Former names (deprecated): ``get`` and ``canonical_key`` still accept them, with a FutureWarning.
     aliases: tuple = ()
+    # forward/backward take the arrays with any leading dims ((..., T, D), C-contiguous) and return outputs
+    # and gradients with them (or flattened to one leading dim): the public ops then pass the caller's arrays
+    # without reshaping them (a view per array and per result saved on the host path).  False: every array
+    # arrives with its leading dims flattened to one, (N, T, ...).
+    leading_dims: bool = False
 
     @property
     def key(self) -> str:

@@ -27,7 +27,7 @@ import numpy as np
 from workbench.backends import new_output, new_scratch
 
 from .._segments import Segmentation, segment_rows
-from ._module import CTYPE, ITEMSIZE, declare_groups, dtype_name, get_kernel, launch, padded_dim
+from ._module import CTYPE, ITEMSIZE, declare_groups, dtype_name, get_kernel, launch, lead_size, padded_dim
 
 SOURCE = "chunked_mma.cu"
 C = 64                      # chunk length          (chunked_mma.cu: tc::C)
@@ -198,6 +198,14 @@ class CoreContext:
     stages: int               # the kernels' load pipeline (STAGES)
 
 
+@functools.lru_cache(maxsize=1024)
+def _scalars(T: int, dk: int, dv: int, nseg: int, nseq: int, causal: bool) -> tuple:
+    """The walkers' int32 arguments, made once per geometry: (T, dk, dv, nseg, nseq) and causal.  (The scale
+    is not cached: a float key would take -0.0 for 0.0.)"""
+    i32 = np.int32
+    return (i32(T), i32(dk), i32(dv), i32(nseg), i32(nseq)), i32(causal)
+
+
 def _ptr(x):
     """An optional array argument: the array, or a null pointer."""
     return np.uint64(0) if x is None else x
@@ -205,10 +213,12 @@ def _ptr(x):
 
 def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_final=False, cu=None,
             L=None, stages=1):
-    """o (N, T, dv) in q's dtype, and the CoreContext.  g: (N, T) float32 or None; S0: (N, nseq, dk, dv)
+    """o (..., T, dv) in q's dtype, and the CoreContext.  q, k, v: (..., T, d), any leading dims (N: their
+    product); g: (..., T) float32 or None; S0: (N, nseq, dk, dv)
     float32 or None; cu: sequence offsets (tuple) or None; stages: 1 or 2 (STAGES), also for the backward."""
     import cupy as cp
-    N, T, dk = q.shape
+    shape = q.shape                                    # (..., T, dk): any leading dims, N their product
+    N, T, dk = lead_size(shape, 2), shape[-2], shape[-1]
     dv = v.shape[-1]
     dt = dtype_name(q.dtype)
     split = split if dt == "float32" else 1            # the 3xTF32 split applies to float32 products only
@@ -221,9 +231,9 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
         L = choose_segments(N, longest, ntv)
     tab = segment_table(T, L, cu)
     E = dk * dv
-    o = new_output(cp, (N, T, dv), q.dtype)
+    o = new_output(cp, shape[:-1] + (dv,), q.dtype)
     i32 = np.int32
-    dims = (i32(T), i32(dk), i32(dv), i32(tab.nseg), i32(tab.nseq))
+    dims, causal32 = _scalars(T, dk, dv, tab.nseg, tab.nseq, bool(causal))
     segs = (tab.t0, tab.t1)
     Hstart = gam = final = None
     if causal and tab.single:
@@ -245,7 +255,7 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     Hin = Hstart if causal else final
     _launch(dt, split, stages, _fwd(dt, split, stages, dkp), (tab.nseg * ntv, N),
             (q, k, v, _ptr(g), o, _ptr(Hin), _ptr(final if (causal and tab.single) else None)) + segs
-            + (tab.seq,) + dims + (np.float32(scale), i32(bool(causal))))
+            + (tab.seq,) + dims + (np.float32(scale), causal32))
     ctx = CoreContext(q, k, v, g, tab, Hstart if causal else final, gam, final, S0, float(scale), bool(causal),
                       split, stages)
     return o, ctx
@@ -257,7 +267,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
     final state, or None."""
     import cupy as cp
     q, k, v, g, tab = ctx.q, ctx.k, ctx.v, ctx.g, ctx.table
-    N, T, Dk = q.shape
+    N, T, Dk = lead_size(q.shape, 2), q.shape[-2], q.shape[-1]
     Dv = v.shape[-1]
     dt = dtype_name(q.dtype)
     dkp, dvp, split, stages = pad_dim(Dk), pad_dim(Dv), ctx.split, ctx.stages
@@ -265,7 +275,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
     E = Dk * Dv
     i32 = np.int32
     segs = (tab.t0, tab.t1)
-    dims = (i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(tab.nseq))
+    dims, causal32 = _scalars(T, Dk, Dv, tab.nseg, tab.nseq, ctx.causal)
     decay = g is not None
     want_dg = decay and want_dg
     dq = new_output(cp, q.shape, q.dtype)
@@ -293,7 +303,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
     rq = rk = None
     if want_dg:          # the row dots of q.dq and k.dk per dk tile, by address (held until tc_dg is queued)
         scratch, (rq, rk) = new_scratch(cp, (((ntk, N, T), cp.float32),) * 2)
-    tail = segs + (tab.seq,) + dims + (np.float32(ctx.scale), i32(ctx.causal))
+    tail = segs + (tab.seq,) + dims + (np.float32(ctx.scale), causal32)
     _launch(dt, split, stages, _dq(dt, split, stages, dvp), (tab.nseg * ntk, N),
             (q, k, v, _ptr(g), do, dq, _ptr(rq), _ptr(ctx.Hstart)) + tail)
     dS0_out = dS0 if (ctx.causal and tab.single) else None
@@ -303,7 +313,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
                 (q, k, v, _ptr(g), do, dk, dv, _ptr(rk), _ptr(dSend), _ptr(dS0_out)) + tail)
     dg = None
     if want_dg:
-        dg = new_output(cp, (N, T), cp.float32)
+        dg = new_output(cp, g.shape, cp.float32)
         cst = None
         if dST is not None:
             cst = cp.ascontiguousarray((dST * ctx.final).sum(axis=(-2, -1)), dtype=cp.float32)

@@ -194,9 +194,11 @@ def param_format(args) -> Optional[str]:
 
 
 class _Packer:
-    """One argument signature of one kernel: its struct, buffer and ``extra`` array (kept alive here)."""
+    """One argument signature of one kernel: its struct, buffer and ``extra`` array (kept alive here), and
+    ``pack(args)``: a function made for this signature that writes the values into the buffer in one call --
+    arrays as ``a.data.ptr``, None as 0, scalars as they are -- so a launch runs no per-argument Python."""
 
-    def __init__(self, fmt: str):
+    def __init__(self, fmt: str, sig: tuple):
         self.struct = struct.Struct(fmt)
         codes = fmt[1:]
         self.pointers = tuple(i for i, c in enumerate(codes) if c == POINTER_CODE)
@@ -209,19 +211,35 @@ class _Packer:
         self.extra_ptr = ctypes.addressof(self.extra)
         self.lock = threading.Lock()                           # the buffer is shared until the driver copies it
         self.proven = False                                    # a launch through it has succeeded
-
-    def values(self, args) -> list:
-        vals = list(args)
-        for i in self.pointers:
-            a = vals[i]
-            vals[i] = 0 if a is None else a.data.ptr
-        return vals
+        none = type(None)
+        fields = ["0" if sig[i] is none else f"a[{i}].data.ptr" if i in self.pointers else f"a[{i}]"
+                  for i in range(len(codes))]
+        scope = {"pack_into": self.struct.pack_into, "buf": self.buffer}
+        exec(f"def pack(a):\n    pack_into(buf, 0, {', '.join(fields) or ''})\n", scope)
+        self.pack = scope["pack"]
 
 
 def _dim3(t) -> tuple:
     """A grid or block as CuPy launches it: three dims, each at least 1."""
     n = len(t)
     return max(1, t[0]), max(1, t[1]) if n > 1 else 1, max(1, t[2]) if n > 2 else 1
+
+
+_DIMS: dict = {}          # (grid, block) -> the six launch dims (``_dim3`` of each), for tuples seen before
+_MAX_DIMS = 4096
+
+
+def launch_dims(grid, block) -> tuple:
+    """(gx, gy, gz, bx, by, bz) of a grid and a block, cached per pair of tuples."""
+    try:
+        d = _DIMS.get((grid, block))
+    except TypeError:                    # a list: not hashable, not cached
+        return _dim3(grid) + _dim3(block)
+    if d is None:
+        if len(_DIMS) >= _MAX_DIMS:
+            _DIMS.clear()
+        d = _DIMS[(grid, block)] = _dim3(grid) + _dim3(block)
+    return d
 
 
 class FastLauncher:
@@ -254,16 +272,14 @@ class FastLauncher:
         p = self.packers.get(sig)
         if p is None:
             fmt = param_format(args)
-            p = self.packers[sig] = _Packer(fmt) if fmt else False
+            p = self.packers[sig] = _Packer(fmt, sig) if fmt else False
         if not p:
             return False
-        vals = p.values(args)
-        gx, gy, gz = _dim3(grid)
-        bx, by, bz = _dim3(block)
+        gx, gy, gz, bx, by, bz = launch_dims(grid, block)
         func = self.kernel.kernel.ptr
         stream = self.current_stream().ptr
         with p.lock:
-            p.struct.pack_into(p.buffer, 0, *vals)
+            p.pack(args)
             try:
                 self.driver_launch(func, gx, gy, gz, bx, by, bz, shared_mem, stream, 0, p.extra_ptr)
             except Exception as e:
@@ -292,6 +308,24 @@ def as_contiguous(x, dtype):
         return x
     import cupy
     return cupy.ascontiguousarray(x, dtype=dtype)
+
+
+def lead_size(shape, trailing: int) -> int:
+    """The product of an array's leading dims, all but its last ``trailing`` (1 when there are none): N of the
+    kernels' (N, T, ...) view of an array of a variant that takes leading dims (registry.Variant.leading_dims)."""
+    n = len(shape) - trailing
+    if n == 1:
+        return shape[0]
+    N = 1
+    for d in shape[:n]:
+        N *= d
+    return N
+
+
+def flat3(x):
+    """An array (..., T, D) as (N, T, D): itself when it has one leading dim, else a view."""
+    shape = x.shape
+    return x if len(shape) == 3 else x.reshape(lead_size(shape, 2), shape[-2], shape[-1])
 
 
 def padded_dim(d: int, dims: tuple) -> int:

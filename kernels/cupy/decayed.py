@@ -125,6 +125,7 @@ def _supports_mma(options, shapes):
 
 
 register(Variant("decayed", "cupy", "chunked_mma", functools.partial(_mma_forward, 3, 1), _mma_backward,
+                 leading_dims=True,
                  tol={"float32": 1e-4, "float16": 2e-2, "bfloat16": 2e-2},
                  dtypes=("float32", "float16", "bfloat16"),
                  array_kind="cupy", gpu=True, default=True, supports=_supports_mma, form="linear",
@@ -132,10 +133,12 @@ register(Variant("decayed", "cupy", "chunked_mma", functools.partial(_mma_forwar
                  description="tensor cores (mma.sync): chunks of 64, segment-carried states, in-kernel float64 "
                              "log-decay cumsums; float32 as 3xTF32"))
 register(Variant("decayed", "cupy", "chunked_mma_db", functools.partial(_mma_forward, 3, 2), _mma_backward,
+                 leading_dims=True,
                  dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
                  form="linear", features=frozenset({"state", "packed"}),
                  description=mma.DOUBLE_BUFFERED))
 register(Variant("decayed", "cupy", "chunked_mma_tf32", functools.partial(_mma_forward, 1, 1), _mma_backward,
+                 leading_dims=True,
                  dtypes=("float32",), array_kind="cupy", gpu=True,
                  supports=_supports_mma, features=frozenset({"state", "packed"}), form="linear", tags=("tf32",),
                  description="cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, opt-in)"))

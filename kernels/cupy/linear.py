@@ -209,6 +209,7 @@ def _supports_mma(options, shapes):
 
 
 register(Variant("linear", "cupy", "chunked_mma", functools.partial(_mma_forward, 3, 1), _mma_backward,
+                 leading_dims=True,
                  dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, default=True, supports=_supports_mma, form="linear",
                  features=frozenset({"state", "packed"}), tol={"float32": 5e-5, "float16": 5e-3, "bfloat16": 2e-2},
                  description="tensor cores (mma.sync): chunks of 64, segment-carried states; float32 as 3xTF32"))
@@ -222,10 +223,12 @@ def _supports_mma_tf32(options, shapes):
 
 
 register(Variant("linear", "cupy", "chunked_mma_db", functools.partial(_mma_forward, 3, 2), _mma_backward,
+                 leading_dims=True,
                  dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
                  form="linear", features=frozenset({"state", "packed"}),
                  description=mma.DOUBLE_BUFFERED))
 register(Variant("linear", "cupy", "chunked_mma_tf32", functools.partial(_mma_forward, 1, 1), _mma_backward,
+                 leading_dims=True,
                  dtypes=("float32",), array_kind="cupy", gpu=True,
                  supports=_supports_mma_tf32, features=frozenset({"state", "packed"}), form="linear", tags=("tf32",),
                  description="cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, opt-in)"))

@@ -35,7 +35,7 @@ from workbench import backends
 from workbench.registry import Variant, register
 
 from . import _packing as packing
-from ._module import CTYPE, as_contiguous, declare_groups, dtype_name, get_kernel, launch
+from ._module import CTYPE, as_contiguous, declare_groups, dtype_name, flat3, get_kernel, launch, lead_size
 
 SOURCE = "softmax.cu"
 LOG2E = 1.0 / math.log(2.0)
@@ -393,6 +393,7 @@ class Fa2Ctx:
     scale: float
     fallback: Any = None           # cupy:flash's ctx when plan is None
     cu: Optional[tuple] = None     # packed sequences (cu_seqlens), or None
+    call: Any = None               # the Fa2Call of the forward (plan not None)
 
 
 def _aligned16(x):
@@ -400,49 +401,83 @@ def _aligned16(x):
     return x if backends.data_ptr(x) % 16 == 0 else x.copy()
 
 
+@dataclass(frozen=True)
+class Fa2Call:
+    """The launch arguments of one call geometry that are not arrays, made once per (spec, dtype, N, T, head
+    dims, causal): grids and int scalars of the forward and of the backward's three kernels.  (The scale's
+    float32 values are made per call: a float key would take -0.0 for 0.0.)"""
+    plan: Fa2Plan
+    fwd_grid: tuple
+    ints: tuple               # N, T, Dk, Dv (int32)
+    causal: np.int32
+    pre_grid: tuple
+    pre_tail: tuple           # rows, Dv, Dk
+    bwd_grid: tuple
+    post_grid: tuple
+    post_size: np.int64       # rows Dk
+    acc_size: int             # float32 elements of the dq accumulator and the D rows
+    acc_D_offset: int         # bytes from the accumulator's start to D
+
+
+@functools.lru_cache(maxsize=1024)
+def _fa2_call(name: str, dtype: str, N: int, T: int, Dk: int, Dv: int, causal: bool):
+    plan = _fa2_plan_of(name, dtype, Dk, Dv)
+    if plan is None:
+        return None
+    i32, rows = np.int32, N * T
+    return Fa2Call(plan, (-(-T // plan.rows) * N,), (i32(N), i32(T), plan.Dk, plan.Dv), i32(causal),
+                   (-(-rows // 8),), (np.int64(rows), plan.Dv, plan.Dk), (-(-T // FA2_KEY_BLOCK) * N,),
+                   (-(-rows * Dk // 256),), np.int64(rows * Dk), rows * Dk + rows, 4 * rows * Dk)
+
+
 def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None):
+    """q, k, v: (..., T, D) (any leading dims: Variant.leading_dims); o has them."""
     import cupy as cp
-    N, T, Dk = q.shape
-    Dv = v.shape[-1]
-    plan = _fa2_plan_of(spec.name, dtype_name(q.dtype), Dk, Dv)
-    if plan is None and cu_seqlens is not None:
+    shape = q.shape
+    T, Dk, Dv = shape[-2], shape[-1], v.shape[-1]
+    N = lead_size(shape, 2)
+    call = _fa2_call(spec.name, dtype_name(q.dtype), N, T, Dk, Dv, bool(causal))
+    if call is None and cu_seqlens is not None:
         raise ValueError(f"softmax_attention: backend cupy:{spec.name} packs sequences (cu_seqlens) for head dims "
                          f"up to {FA2_BUCKETS[-1]} only, got Dk={Dk}, Dv={Dv}")
-    if plan is None:
-        o, ctx = _forward("flash", q, k, v, causal=causal, scale=scale)
+    if call is None:
+        o, ctx = _forward("flash", flat3(q), flat3(k), flat3(v), causal=causal, scale=scale)
         return o, Fa2Ctx(spec, None, (), bool(causal), float(scale), fallback=ctx)
-    q, k, v = _aligned16(q), _aligned16(k), _aligned16(v)
-    o = backends.new_output(cp, (N, T, Dv), q.dtype)
+    ptr = backends.data_ptr
+    if (ptr(q) | ptr(k) | ptr(v)) % 16:
+        q, k, v = _aligned16(q), _aligned16(k), _aligned16(v)
+    plan = call.plan
+    o = backends.new_output(cp, shape[:-1] + (Dv,), q.dtype)
     lse = backends.new_output(cp, (N, T), cp.float32)
-    launch(plan.fwd, (-(-T // plan.rows) * N,), (FA_THREADS,),
-           (q, k, v, o, lse, np.int32(N), np.int32(T), plan.Dk, plan.Dv, np.float32(scale * LOG2E),
-            np.int32(bool(causal))) + packing.kernel_args(cu_seqlens), plan.fwd_smem)
-    return o, Fa2Ctx(spec, plan, (q, k, v, o, lse), bool(causal), float(scale), cu=cu_seqlens)
+    launch(plan.fwd, call.fwd_grid, (FA_THREADS,),
+           (q, k, v, o, lse) + call.ints + (np.float32(scale * LOG2E), call.causal) + packing.kernel_args(cu_seqlens),
+           plan.fwd_smem)
+    return o, Fa2Ctx(spec, plan, (q, k, v, o, lse), bool(causal), float(scale), cu=cu_seqlens, call=call)
 
 
 def _fa2_backward(ctx: Fa2Ctx, do):
     if ctx.plan is None:
-        return _backward(ctx.fallback, do)
+        return _backward(ctx.fallback, flat3(do))
     q, k, v, o, lse = ctx.saved
     if ctx.spec.deterministic:
-        return _backward(_Context("mma", q, k, v, o, lse, ctx.causal, ctx.scale, cu=ctx.cu), do)
+        return _backward(_Context("mma", flat3(q), flat3(k), flat3(v), flat3(o), lse, ctx.causal, ctx.scale,
+                                  cu=ctx.cu), flat3(do))
     import cupy as cp
-    plan = ctx.plan
-    N, T, Dk = q.shape
-    Dv = v.shape[-1]
-    do = _aligned16(as_contiguous(do, q.dtype))
+    plan, call = ctx.plan, ctx.call
+    do = as_contiguous(do, q.dtype)
+    if backends.data_ptr(do) % 16:
+        do = _aligned16(do)
     dq = backends.new_output(cp, q.shape, q.dtype)
     dk = backends.new_output(cp, k.shape, k.dtype)
     dv = backends.new_output(cp, v.shape, v.dtype)
-    rows = N * T
-    acc = cp.empty(rows * Dk + rows, cp.float32)          # dq accumulator (zeroed by fa2_bwd_pre), then D
-    dqacc, Dbuf = acc, np.uint64(backends.data_ptr(acc) + 4 * rows * Dk)     # (pointers: no views built)
-    launch(plan.pre, (-(-rows // 8),), (256,), (o, do, Dbuf, dqacc, np.int64(rows), plan.Dv, plan.Dk))
-    launch(plan.bwd, (-(-T // FA2_KEY_BLOCK) * N,), (FA_THREADS,),
-           (q, k, v, lse, Dbuf, do, dqacc, dk, dv, np.int32(N), np.int32(T), plan.Dk, plan.Dv,
-            np.float32(ctx.scale * LOG2E), np.float32(ctx.scale), np.int32(ctx.causal))
-           + packing.kernel_args(ctx.cu), plan.bwd_smem)
-    launch(plan.post, (-(-rows * Dk // 256),), (256,), (dqacc, dq, np.int64(rows * Dk), np.float32(ctx.scale)))
+    acc = cp.empty(call.acc_size, cp.float32)          # dq accumulator (zeroed by fa2_bwd_pre), then D
+    dqacc, Dbuf = acc, np.uint64(backends.data_ptr(acc) + call.acc_D_offset)     # (pointers: no views built)
+    launch(plan.pre, call.pre_grid, (256,), (o, do, Dbuf, dqacc) + call.pre_tail)
+    launch(plan.bwd, call.bwd_grid, (FA_THREADS,),
+           (q, k, v, lse, Dbuf, do, dqacc, dk, dv) + call.ints
+           + (np.float32(ctx.scale * LOG2E), np.float32(ctx.scale), call.causal) + packing.kernel_args(ctx.cu),
+           plan.bwd_smem)
+    launch(plan.post, call.post_grid, (256,), (dqacc, dq, call.post_size, np.float32(ctx.scale)))
     return dq, dk, dv
 
 
@@ -450,4 +485,5 @@ for _spec in FA2_SPECS:
     register(Variant("softmax", "cupy", _spec.name, functools.partial(_fa2_forward, _spec), _fa2_backward,
                      dtypes=_spec.dtypes,
                      array_kind="cupy", gpu=True, supports=_supports, tags=_spec.tags, features=frozenset({"packed"}),
+                     leading_dims=True,
                      default_for=_spec.default_for, tol=dict(_spec.tol or {}), description=_spec.description))

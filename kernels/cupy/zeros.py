@@ -165,7 +165,7 @@ from . import _chunked_mma as mma  # noqa: E402
 from . import _packing as packing  # noqa: E402
 
 INSTANTIATIONS = INSTANTIATIONS + mma.INSTANTIATIONS     # the kernels this module's variants launch
-from ._module import as_contiguous, dtype_name, launch  # noqa: E402
+from ._module import as_contiguous, dtype_name, launch, lead_size  # noqa: E402
 from .decayed import _supports_mma  # noqa: E402  (head dims up to the core's MAX_DIM, the same rule)
 
 SCAN_CHUNK = 64             # tokens per scan chunk (zeros.cu: zs::C)
@@ -201,6 +201,14 @@ declare_groups(SOURCE, [scan_exprs(ct) for ct in _CT.values()])
 @functools.lru_cache(maxsize=None)      # per launch: one short-key lookup, not the group rebuilt
 def _zs(dtype: str, expr: str):
     return get_kernel(SOURCE, expr, group=scan_exprs(_CT[dtype]))
+
+
+@functools.lru_cache(maxsize=None)
+def _scan(dtype: str, name: str, flag=None):
+    """The zs kernel ``zeros_<name>`` of a storage type: templated on the type, on ``flag`` (a bool), or on
+    both (as scan_exprs lists them); one lookup per key instead of a name formatted per launch."""
+    targs = ((_CT[dtype],) if name not in ("fscan", "bscan") else ()) + (() if flag is None else (_flag(flag),))
+    return _zs(dtype, f"zeros_{name}<{', '.join(targs)}>")
 
 
 def output_scale(T: int) -> float:
@@ -269,9 +277,11 @@ def forward_stats(s, gates, v, causal, vF=None, vG=None, ldG=0, vH=None, ldH=0, 
     """The three forward scan kernels; when vF is given, also writes the stream values vF = u v,
     vG = ((s - c)/sigma) v and (when vH is given) vH = v, at leading dimensions Dv, ldG, ldH.  ``seqs``: packed
     sequences and the initial state's scalars; want_final (causal): the statistics after each sequence.  Not
-    causal with packed sequences, a causal statistics pass gives each sequence's totals first."""
+    causal with packed sequences, a causal statistics pass gives each sequence's totals first.  s: (..., T), any
+    leading dims (N: their product)."""
     import cupy as cp
-    N, T = s.shape
+    T = s.shape[-1]
+    N = lead_size(s.shape, 1)
     dt = dtype_name(s.dtype)
     NC = -(-T // SCAN_CHUNK)
     i32 = np.int32
@@ -281,18 +291,18 @@ def forward_stats(s, gates, v, causal, vF=None, vG=None, ldG=0, vH=None, ldH=0, 
     # the chunk summaries and carries, by address in one scratch allocation (held until the launches are queued)
     scratch, (cM, cE, cLo, cHi, cP, cR, xM, xE, xP) = new_scratch(
         cp, (f32, f32, f32, f32, f64, ((N, NC), cp.int32), f32, f32, f64))
-    launch(_zs(dt, f"zeros_fchunk<{_CT[dt]}>"), (-(-NC // SCAN_WARPS), N), (32 * SCAN_WARPS,),
+    launch(_scan(dt, "fchunk"), (-(-NC // SCAN_WARPS), N), (32 * SCAN_WARPS,),
            (s, i32(T), i32(NC)) + sq + (st0, cM, cE, cP, cR, cLo, cHi))
     head = new_output(cp, (NHEAD, N), cp.float32)
     by_sequence = not causal and seqs.cu is not None          # not causal, packed: each sequence's totals
-    launch(_zs(dt, f"zeros_fscan<{_flag(causal or by_sequence)}>"), (N,), (SCAN_THREADS,),
+    launch(_scan(dt, "fscan", causal or by_sequence), (N,), (SCAN_THREADS,),
            (cM, cE, cP, cR, cLo, cHi, i32(NC), xM, xE, xP, head))
     Dv = v.shape[-1]
     null = np.uint64(0)
 
     def token_pass(causal_pass, carries, st, fin, vF, vG, vH):
         fin_args = (fin.M, fin.E, fin.P, fin.n) if fin is not None else (null,) * 4
-        launch(_zs(dt, f"zeros_ftoken<{_CT[dt]}, {_flag(causal_pass)}>"), (NC, N), (32 * SCAN_WARPS,),
+        launch(_scan(dt, "ftoken", causal_pass), (NC, N), (32 * SCAN_WARPS,),
                (s, gates, v, i32(gates.shape[-1]), i32(T), i32(Dv), i32(NC)) + sq + (st0,) + carries
                + (head, st, mma._ptr(vF), mma._ptr(vG), i32(ldG), mma._ptr(vH), i32(ldH)) + fin_args)
 
@@ -618,6 +628,7 @@ class _FusedContext:
     table: object            # _chunked_mma.SegmentTable (one sequence per head)
     H: object                # causal: (N, nseg, 3, Dk, Dv) states before each segment (None: one segment);
                              # not causal: (N, 1, 3, Dk, Dv) totals
+    tok: tuple = ()          # _token_args(s, stats), as the forward launched them
 
 
 @functools.lru_cache(maxsize=None)
@@ -625,14 +636,20 @@ def _fused_kernel(dt: str, name: str, dp: int):
     return get_kernel(mma.SOURCE, f"{name}<{_CT[dt]}, {dp}, {SPLIT[dt]}>", group=FUSED_GROUPS[dt])
 
 
+@functools.lru_cache(maxsize=None)
+def _fused_kernel_of(dt: str, name: str, dims: tuple) -> tuple:
+    """(kernel, dynamic shared memory) of a tz kernel for head dims (dk, dv), once per key."""
+    dp = mma.pad_dim(dims[0] if _FUSED_KERNELS[name][0] == "k" else dims[1])
+    return _fused_kernel(dt, name, dp), smem_fused(name, mma.ITEMSIZE[dt], dp)
+
+
 def _fused_launch(dt: str, name: str, dims, N: int, tiles: int, tab, args) -> None:
     """One tz kernel over (segments x tiles, N) blocks; dims = (dk, dv)."""
-    dp = mma.pad_dim(dims[0] if _FUSED_KERNELS[name][0] == "k" else dims[1])
-    launch(_fused_kernel(dt, name, dp), (tab.nseg * tiles, N), (mma.THREADS,), args,
-           smem_fused(name, mma.ITEMSIZE[dt], dp))
+    kernel, smem = _fused_kernel_of(dt, name, dims)
+    launch(kernel, (tab.nseg * tiles, N), (mma.THREADS,), args, smem)
 
 
-def _chained(causal, tab, m, shape, rev, segment_pass):
+def _chained(causal, tab, stats: ForwardStats, shape, rev, segment_pass):
     """The states every walker starts from.  Causal with one segment: None (zeros); causal: the scan of the
     segment sums (forwards, or the suffix sums in reverse); not causal: the totals.  segment_pass(out) fills
     out (N, nseg, 3, Dk, Dv) with each segment's own sum."""
@@ -640,6 +657,7 @@ def _chained(causal, tab, m, shape, rev, segment_pass):
     if causal and tab.single:
         return None
     N, Dk, Dv = shape
+    m = stats.st[ST["m"]]
     part = new_output(cp, (N, tab.nseg, 3, Dk, Dv), cp.float32)
     segment_pass(part)
     if not causal and tab.single:
@@ -665,7 +683,7 @@ def _token_args(s, stats: ForwardStats) -> tuple:
 def _fused_forward(q, k, v, s, gates, causal=True, L=None):
     """L: chunks per segment (None: _chunked_mma.choose_segments; 0: one segment per head)."""
     import cupy as cp
-    N, T, Dk = q.shape
+    N, T, Dk = lead_size(q.shape, 2), q.shape[-2], q.shape[-1]       # any leading dims (Variant.leading_dims)
     Dv = v.shape[-1]
     dt = dtype_name(q.dtype)
     i32 = np.int32
@@ -680,22 +698,22 @@ def _fused_forward(q, k, v, s, gates, causal=True, L=None):
 
     def segment_sums(out):
         _fused_launch(dt, "tz_fwd", (Dk, Dv), N, ntw, tab, (null, k, v) + tok + (null, null, out) + tail)
-    H = _chained(causal, tab, stats.st[ST["m"]], (N, Dk, Dv), False, segment_sums)
-    o = new_output(cp, (N, T, Dv), q.dtype)
+    H = _chained(causal, tab, stats, (N, Dk, Dv), False, segment_sums)
+    o = new_output(cp, q.shape[:-1] + (Dv,), q.dtype)
     _fused_launch(dt, "tz_fwd", (Dk, Dv), N, ntw, tab, (q, k, v) + tok + (o, mma._ptr(H), null) + tail)
-    return o, _FusedContext(q, k, v, s, gates, bool(causal), stats, tab, H)
+    return o, _FusedContext(q, k, v, s, gates, bool(causal), stats, tab, H, tok)
 
 
 def _fused_backward(ctx: _FusedContext, do):
     import cupy as cp
     q, k, v, s, gates, tab, stats, causal = ctx.q, ctx.k, ctx.v, ctx.s, ctx.gates, ctx.table, ctx.stats, ctx.causal
-    N, T, Dk = q.shape
+    N, T, Dk = lead_size(q.shape, 2), q.shape[-2], q.shape[-1]
     Dv = v.shape[-1]
     dt = dtype_name(q.dtype)
     do = as_contiguous(do, v.dtype)
     i32 = np.int32
     ntk, ntv = -(-Dk // FUSED_BW), -(-Dv // FUSED_BW)
-    tok = _token_args(s, stats)
+    tok = ctx.tok or _token_args(s, stats)
     tail = (tab.t0, tab.t1, i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(causal))
     null = np.uint64(0)
     NC = -(-T // SCAN_CHUNK)
@@ -710,24 +728,23 @@ def _fused_backward(ctx: _FusedContext, do):
 
     def segment_sums(out):
         _fused_launch(dt, "tz_bwd_dv", (Dk, Dv), N, ntv, tab, (q, k, v) + tok + (do, null, null, null, out) + tail)
-    S = _chained(causal, tab, stats.st[ST["m"]], (N, Dk, Dv), True, segment_sums)
+    S = _chained(causal, tab, stats, (N, Dk, Dv), True, segment_sums)
     dv = new_output(cp, v.shape, v.dtype)
     _fused_launch(dt, "tz_bwd_dv", (Dk, Dv), N, ntv, tab, (q, k, v) + tok + (do, dv, dsp, mma._ptr(S), null) + tail)
     dk = new_output(cp, k.shape, k.dtype)
     _fused_launch(dt, "tz_bwd_dk", (Dk, Dv), N, ntk, tab, (q, v) + tok + (do, dk, mma._ptr(S)) + tail)
     # the scalars: dgates and the scalar part of ds
-    ct, c = _CT[dt], _flag(causal)
     dgates = new_output(cp, gates.shape, gates.dtype)
-    launch(_zs(dt, f"zeros_fused_bscalar<{ct}, {c}>"), (NC, N), (32 * SCAN_WARPS,),
+    launch(_scan(dt, "fused_bscalar", causal), (NC, N), (32 * SCAN_WARPS,),
            (rd, i32(ntk), gates, i32(gates.shape[-1]), stats.st, i32(T), i32(NC), xy, dgates, cR, cQ, cF))
-    launch(_zs(dt, f"zeros_bscan<{c}>"), (N,), (SCAN_THREADS,), (cR, cQ, cF, m_row, i32(T), i32(NC), yR, yQ))
+    launch(_scan(dt, "bscan", causal), (N,), (SCAN_THREADS,), (cR, cQ, cF, m_row, i32(T), i32(NC), yR, yQ))
     ds = new_output(cp, s.shape, s.dtype)
-    launch(_zs(dt, f"zeros_fused_bds<{ct}, {c}>"), (NC, N), (32 * SCAN_WARPS,),
+    launch(_scan(dt, "fused_bds", causal), (NC, N), (32 * SCAN_WARPS,),
            (stats.st, xy, yR, yQ, dsp, i32(ntv), i32(T), i32(NC), ds))
     return dq, dk, dv, ds, dgates
 
 
-register(Variant("zeros", "cupy", "chunked_mma_fused", _fused_forward, _fused_backward,
+register(Variant("zeros", "cupy", "chunked_mma_fused", _fused_forward, _fused_backward, leading_dims=True,
                  tol={"float32": 5e-6, "float16": 5e-3, "bfloat16": 2e-2},
                  dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
                  form="linear", default_for=("float32", "float16", "bfloat16"),   # H200: 1.2-1.5x chunked_mma

@@ -7,8 +7,10 @@
 // Linear attention is g = 0 (decay off).  Non-causal linear attention: o_t = scale q_t^T S_total.
 //
 // Chunks of C = 64 positions; b_t = the within-chunk cumulative log decay (b_last = b of the chunk's last
-// row), in float64 so that differences of large sums stay exact; log decays below G_MIN (and -inf) are
-// clamped to G_MIN, whose exp is exactly 0 in every precision used here, so -inf is an exact reset.
+// row), summed in float64 once per chunk and kept as a float32 pair b = bh + bl, so that a difference
+// b_t - b_i = (bh_t - bh_i) + (bl_t - bl_i) costs three float32 adds and is rounded relative to the
+// difference, not to the large sums; log decays below G_MIN (and -inf) are clamped to G_MIN, whose exp is
+// exactly 0 in every precision used here, so -inf is an exact reset.
 //   intra-chunk:  P = scale * mask(e^{b_t - b_i} Q K^T)  (i <= t)
 //   output:       O = P V + scale diag(e^{b_t}) Q H          H = the state before the chunk
 //   state:        H <- e^{b_last} H + K^T diag(u) V,     u_i = e^{b_last - b_i}
@@ -51,18 +53,31 @@ constexpr float G_MIN = -1.0e4f;   // log decays below this (and -inf) read as G
 
 // per-chunk scalars, after the tiles in shared memory
 struct Trailer {
-    double b[C];      // within-chunk cumulative log decay
+    float bh[C];      // within-chunk cumulative log decay b (float64 sum) = bh + bl: bh = (float)b,
+    float bl[C];      //   bl = (float)(b - bh)
     float e[C];       // e^{b_t}
     float u[C];       // e^{b_last - b_t}
     float red[32];    // block reductions
+    float gnext[3][C];  // the log decays of chunk j in slot j % 3, landed by cp.async ahead of its top (Walk)
 };
 
 __device__ __forceinline__ float dexp(double x) { return __expf((float)x); }
 
-// Warp 0, lane L: the chunk's log decays g[2L], g[2L + 1] (rows past nrow decay by nothing).
-__device__ __forceinline__ float2 logdecay_load(const float* __restrict__ g, int nrow) {
+// e^{b_r - b_c} from the float32 pairs: the hi parts subtract with one rounding relative to the difference
+__device__ __forceinline__ float pair_exp(float hr, float lr, float hc, float lc) {
+    return __expf((hr - hc) + (lr - lc));
+}
+
+// One chunk's log decays in global memory: g[0 .. nrow) (rows past nrow decay by nothing).
+struct GRows {
+    const float* g;
+    int nrow;
+};
+
+// Warp 0, lane L: the chunk's log decays g[2L], g[2L + 1].
+__device__ __forceinline__ float2 logdecay_load(GRows x) {
     const int L = threadIdx.x & 31;
-    return make_float2(2 * L < nrow ? g[2 * L] : 0.f, 2 * L + 1 < nrow ? g[2 * L + 1] : 0.f);
+    return make_float2(2 * L < x.nrow ? x.g[2 * L] : 0.f, 2 * L + 1 < x.nrow ? x.g[2 * L + 1] : 0.f);
 }
 
 // Warp 0: the chunk's log decays (logdecay_load) -> b, e, u.
@@ -81,8 +96,11 @@ __device__ __forceinline__ void chunk_logdecay(Trailer* tr, float2 x) {
     if (L == 0) ex = 0.0;
     const double b0 = ex + x0, b1 = b0 + x1;
     const double bl = __shfl_sync(0xffffffffu, b1, 31);
-    tr->b[2 * L] = b0;
-    tr->b[2 * L + 1] = b1;
+    const float h0 = (float)b0, h1 = (float)b1;
+    tr->bh[2 * L] = h0;
+    tr->bh[2 * L + 1] = h1;
+    tr->bl[2 * L] = (float)(b0 - h0);
+    tr->bl[2 * L + 1] = (float)(b1 - h1);
     tr->e[2 * L] = dexp(b0);
     tr->e[2 * L + 1] = dexp(b1);
     tr->u[2 * L] = dexp(bl - b0);
@@ -91,6 +109,10 @@ __device__ __forceinline__ void chunk_logdecay(Trailer* tr, float2 x) {
 
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(wbmma::smem_u32(dst)), "l"(src), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, int bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(wbmma::smem_u32(dst)), "l"(src), "r"(bytes)
                  : "memory");
 }
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
@@ -105,45 +127,57 @@ __device__ __forceinline__ void cp_async_wait_group() {
 
 // The chunk walk of one block (chunks j = 0 .. nch-1 in walking order) and its load pipeline.  The tiles a
 // chunk loads by cp.async live in STAGES buffers; chunk j's go to stage j % STAGES, issued STAGES - 1 chunks
-// ahead of its compute, one cp.async group per chunk; warp 0's log decays (decayed walks) likewise, in
-// registers.  Per chunk j: top(j) (a barrier: every warp is done with chunk j - 1, whose stage the loads of
-// chunk j + STAGES - 1 refill; those loads; chunk j's b, e, u -> tr), the chunk's other shared writes, wait(),
-// __syncthreads(), compute.  STAGES 1 is the plain walk (load, wait, compute).  issue(j, stage): chunk j's
-// load_tile calls into that stage's buffers; gload(j): logdecay_load of chunk j.
+// ahead of its compute, one cp.async group per chunk.  Warp 0's log decays (decayed walks) ride one chunk
+// further ahead: chunk c's group also copies chunk c + 1's log decays into tr->gnext[(c + 1) % 3], landed by
+// chunk c's wait(), so the scan of chunk j never waits for a global load (only chunk 0's are loaded at its
+// top) and holds no register across the chunk's products (the kernels sit at the 168-register line of 3
+// blocks/SM).  Three slots: with two stages chunk j + 2's copy is issued at chunk j's top, right after chunk
+// j's slot is read.  Per chunk j: top(j) (a barrier: every warp is done with chunk j - 1, whose stage the
+// loads of chunk j + STAGES - 1 refill; those loads; chunk j's b, e, u -> tr), the chunk's other shared
+// writes, wait(), __syncthreads(), compute.  STAGES 1 is the plain walk (load, wait, compute).
+// issue(j, stage): chunk j's load_tile calls into that stage's buffers; grows(j): chunk j's GRows.
 template <int STAGES>
 struct Walk {
     static_assert(STAGES == 1 || STAGES == 2, "one or two stages");
     int nch;
     bool decay;                                // this thread computes the log decays (warp 0, decayed walks)
-    float2 next = make_float2(0.f, 0.f);       // two stages: the log decays of the chunk after the current one
-    template <typename F, typename G>
-    __device__ __forceinline__ Walk(int nch_, bool decay_, F&& issue, G&& gload)
-        : nch(nch_), decay(decay_ && threadIdx.x < 32) {
-        if constexpr (STAGES > 1) {
-            if (decay) next = gload(0);
+    // chunk c + 1's log decays -> their slot, in the group being filled (before its commit)
+    template <typename G>
+    __device__ __forceinline__ void copy_next(int c, Trailer* tr, G&& grows) const {
+        if (!decay || c + 1 >= nch) return;
+        const int L = threadIdx.x & 31;
+        const GRows r = grows(c + 1);
+        float* dst = tr->gnext[(c + 1) % 3];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const bool in = 2 * L + i < r.nrow;
+            cp_async4(dst + 2 * L + i, in ? r.g + 2 * L + i : r.g, in ? 4 : 0);
         }
+    }
+    template <typename F, typename G>
+    __device__ __forceinline__ Walk(int nch_, bool decay_, Trailer* tr, F&& issue, G&& grows)
+        : nch(nch_), decay(decay_ && threadIdx.x < 32) {
 #pragma unroll
         for (int j = 0; j < STAGES - 1; ++j) {
             if (j < nch) issue(j, j);
+            copy_next(j, tr, grows);
             cp_async_commit();
         }
     }
     template <typename F, typename G>
-    __device__ __forceinline__ void top(int j, Trailer* tr, F&& issue, G&& gload) {
+    __device__ __forceinline__ void top(int j, Trailer* tr, F&& issue, G&& grows) {
         __syncthreads();
+        float2 x = make_float2(0.f, 0.f);
+        if (decay) {
+            const int L = threadIdx.x & 31;
+            const float* slot = tr->gnext[j % 3];
+            x = j == 0 ? logdecay_load(grows(0)) : make_float2(slot[2 * L], slot[2 * L + 1]);
+        }
         const int jn = j + STAGES - 1;
         if (jn < nch) issue(jn, jn % STAGES);
+        copy_next(jn, tr, grows);
         cp_async_commit();
-        if (decay) {
-            float2 x;
-            if constexpr (STAGES > 1) {
-                x = next;
-                if (j + 1 < nch) next = gload(j + 1);
-            } else {
-                x = gload(j);
-            }
-            chunk_logdecay(tr, x);
-        }
+        if (decay) chunk_logdecay(tr, x);
     }
     __device__ __forceinline__ static void wait() { cp_async_wait_group<STAGES - 1>(); }
 };
@@ -176,15 +210,47 @@ __device__ __forceinline__ void load_tile(T* s, int lds, const T* __restrict__ g
     }
 }
 
-// tile rows r <- tile rows * (f ? f[r] : 1) * mul, in place (C rows, W columns)
-template <typename T, int W>
-__device__ __forceinline__ void scale_rows(T* s, int lds, const float* f, float mul) {
-    for (int idx = threadIdx.x; idx < C * W; idx += THREADS) {
-        const int r = idx / W, c = idx % W;
-        const float x = to_f32(s[r * lds + c]) * (f ? f[r] : 1.f) * mul;
-        s[r * lds + c] = from_f32<T>(x);
-    }
+// The A-fragment hook of gemm_ss (wbmma::gemm_ss) for X^T diag(w) Y with X^T the A operand (k = the chunk
+// position): the fragments of k slice k0 times w_k = (f ? f[k] : 1) * mul, in float32, rounded to T once.
+// Fragment k indices (mma.cuh): 16-bit a0, a1 hold k0 + 2t, k0 + 2t + 1 (low, high half), a2, a3 the same
+// + 8; float a0, a1 hold k0 + t, a2, a3 k0 + t + 4.
+template <typename T>
+__device__ __forceinline__ unsigned weigh2(unsigned a, float w0, float w1) {
+    T lo, hi;
+    lo.bits = (unsigned short)(a & 0xffffu);
+    hi.bits = (unsigned short)(a >> 16);
+    return pack2<T>(to_f32(lo) * w0, to_f32(hi) * w1);
 }
+template <typename T>
+struct KWeights {
+    const float* f;
+    float mul;
+    template <int MT>
+    __device__ __forceinline__ void operator()(unsigned (&a)[MT][4], int k0) const {
+        const int t = threadIdx.x & 3;
+        if constexpr (wbmma::Traits<T>::F32) {
+            const float w0 = (f ? f[k0 + t] : 1.f) * mul, w1 = (f ? f[k0 + t + 4] : 1.f) * mul;
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                a[mt][0] = __float_as_uint(__uint_as_float(a[mt][0]) * w0);
+                a[mt][1] = __float_as_uint(__uint_as_float(a[mt][1]) * w0);
+                a[mt][2] = __float_as_uint(__uint_as_float(a[mt][2]) * w1);
+                a[mt][3] = __float_as_uint(__uint_as_float(a[mt][3]) * w1);
+            }
+        } else {
+            const int k = k0 + 2 * t;
+            const float w0 = (f ? f[k] : 1.f) * mul, w1 = (f ? f[k + 1] : 1.f) * mul;
+            const float w8 = (f ? f[k + 8] : 1.f) * mul, w9 = (f ? f[k + 9] : 1.f) * mul;
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                a[mt][0] = weigh2<T>(a[mt][0], w0, w1);
+                a[mt][1] = weigh2<T>(a[mt][1], w0, w1);
+                a[mt][2] = weigh2<T>(a[mt][2], w8, w9);
+                a[mt][3] = weigh2<T>(a[mt][3], w8, w9);
+            }
+        }
+    }
+};
 
 template <int MT, int NT>
 __device__ __forceinline__ void zero(float (&a)[MT][NT][4]) {
@@ -335,16 +401,39 @@ __device__ __forceinline__ void state_store(float (&H)[MT][NT][4], float* __rest
 }
 
 // The masked, decayed, scaled intra-chunk tile -> A fragments.  LOWER: keep col <= row (P = f(Q K^T));
-// else keep col >= row (the transposed forms P^T, dP^T: rows are keys, columns queries).
+// else keep col >= row (the transposed forms P^T, dP^T: rows are keys, columns queries).  The decay of
+// element (r, c) is e^{b_r - b_c} (LOWER) or e^{b_c - b_r}: the thread's two rows' and sixteen columns'
+// (bh, bl) are read once; n tiles wholly past the diagonal (warp-uniform) are zeroed without an exp.
 template <typename T, bool LOWER>
 __device__ __forceinline__ void intra_frags(wbmma::AFrags<T, 8>& A, float (&S)[1][8][4], int m0, const Trailer* tr,
                                             bool decay, float scale) {
-    wbmma::for_each(S, m0, 0, [&](float& x, int r, int c) {
-        const bool vis = LOWER ? c <= r : c >= r;
-        float f = scale;
-        if (decay && vis) f *= LOWER ? dexp(tr->b[r] - tr->b[c]) : dexp(tr->b[c] - tr->b[r]);
-        x = vis ? f * x : 0.f;                       // a select: masked NaN or inf never leaks
-    });
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+    float rh[2] = {0.f, 0.f}, rl[2] = {0.f, 0.f};
+    if (decay) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) rh[h] = tr->bh[m0 + g + 8 * h], rl[h] = tr->bl[m0 + g + 8 * h];
+    }
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt) {
+        if (LOWER ? 8 * nt > m0 + 15 : 8 * nt + 7 < m0) {           // every element masked
+            S[0][nt][0] = S[0][nt][1] = S[0][nt][2] = S[0][nt][3] = 0.f;
+            continue;
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int c = 8 * nt + 2 * t + i;
+            const float ch = decay ? tr->bh[c] : 0.f, cl = decay ? tr->bl[c] : 0.f;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int r = m0 + g + 8 * h;
+                const bool vis = LOWER ? c <= r : c >= r;
+                float f = scale;
+                if (decay) f *= LOWER ? pair_exp(rh[h], rl[h], ch, cl) : pair_exp(ch, cl, rh[h], rl[h]);
+                float& x = S[0][nt][2 * h + i];
+                x = vis ? f * x : 0.f;               // a select: masked NaN or inf never leaks
+            }
+        }
+    }
     wbmma::c_to_a<T, 8>(A, S[0]);
 }
 
@@ -388,15 +477,15 @@ __global__ void __launch_bounds__(128) tc_fwd(const T* __restrict__ q, const T* 
             load_tile<T, BV>(sQ + 2 * C * LDK, LDV, v + row0 * dv, dv, nrow, c0, dv);
         }
     };
-    auto gload = [&](int j) { return logdecay_load(g + nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
-    Walk<STAGES> walk(nch, causal && decay, issue, gload);
+    auto grows = [&](int j) { return GRows{g + nT + t0 + C * j, min(C, t1 - (t0 + C * j))}; };
+    Walk<STAGES> walk(nch, causal && decay, tr, issue, grows);
     for (int j = 0; j < nch; ++j) {
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
         T* sQ = stages + (j % STAGES) * STAGE;
         T* sK = sQ + C * LDK;
         T* sV = sK + C * LDK;
-        walk.top(j, tr, issue, gload);                             // the previous chunk is done with smem
+        walk.top(j, tr, issue, grows);                             // the previous chunk is done with smem
         const float sigma = state_to_smem<T, HMT, 8>(H, sH, LDV, hm0, tr->red);
         walk.wait();
         __syncthreads();
@@ -414,13 +503,12 @@ __global__ void __launch_bounds__(128) tc_fwd(const T* __restrict__ q, const T* 
         }
         store_rows<T, 8>(acc[0], o + row0 * dv, dv, 16 * w, nrow, c0, dv);
         if (causal && (j + 1 < nch || Hend)) {                    // H <- e^{b_last} H + K^T diag(u) V
-            if (decay) {
-                __syncthreads();                                   // every warp is done reading sV
-                scale_rows<T, BV>(sV, LDV, tr->u, 1.f);
-                __syncthreads();
+            if (decay) {                                           // u weighs K^T's fragments in registers
                 scale_acc(H, tr->e[C - 1]);
+                gemm_ss<T, SPLIT, HMT, 8, true, false>(H, sK, LDK, sV, LDV, hm0, 0, 0, C, 0, 4, KWeights<T>{tr->u, 1.f});
+            } else {
+                gemm_ss<T, SPLIT, HMT, 8, true, false>(H, sK, LDK, sV, LDV, hm0, 0, 0, C);
             }
-            gemm_ss<T, SPLIT, HMT, 8, true, false>(H, sK, LDK, sV, LDV, hm0, 0, 0, C);
         }
     }
     if (causal && Hend) state_store(H, Hend + ((long long)n * NSEG + s) * E, hm0, 0, c0, dk, dv);
@@ -461,23 +549,23 @@ __global__ void __launch_bounds__(128) tc_seg_state(const T* __restrict__ x, con
         load_tile<T, DXP>(sX, LDX, x + row0 * dx, dx, nrow, 0, dx);
         load_tile<T, BV>(sX + C * LDX, LDY, y + row0 * dy, dy, nrow, c0, dy);
     };
-    auto gload = [&](int j) { return logdecay_load(g + nT + start(j), min(C, t1 - start(j))); };
-    Walk<STAGES> walk(nch, decay, issue, gload);
+    auto grows = [&](int j) { return GRows{g + nT + start(j), min(C, t1 - start(j))}; };
+    Walk<STAGES> walk(nch, decay, tr, issue, grows);
     for (int j = 0; j < nch; ++j) {
         T* sX = stages + (j % STAGES) * STAGE;
         T* sY = sX + C * LDX;
-        walk.top(j, tr, issue, gload);
+        walk.top(j, tr, issue, grows);
         walk.wait();
         __syncthreads();
-        if (decay || wscale != 1.f) {
-            scale_rows<T, BV>(sY, LDY, decay ? (REV ? tr->e : tr->u) : nullptr, wscale);
-            __syncthreads();
-        }
         if (decay) {
-            gsum += tr->b[C - 1];
+            gsum += (double)tr->bh[C - 1] + (double)tr->bl[C - 1];
             scale_acc(Es, tr->e[C - 1]);
         }
-        gemm_ss<T, SPLIT, HMT, 8, true, false>(Es, sX, LDX, sY, LDY, hm0, 0, 0, C);
+        if (decay || wscale != 1.f)                                // the weights on X^T's fragments
+            gemm_ss<T, SPLIT, HMT, 8, true, false>(Es, sX, LDX, sY, LDY, hm0, 0, 0, C, 0, 4,
+                                                   KWeights<T>{decay ? (REV ? tr->e : tr->u) : nullptr, wscale});
+        else
+            gemm_ss<T, SPLIT, HMT, 8, true, false>(Es, sX, LDX, sY, LDY, hm0, 0, 0, C);
     }
     state_store(Es, Eout + ((long long)n * NSEG + s) * dx * dy, hm0, 0, c0, dx, dy);
     if (decay && gam && yt == 0 && threadIdx.x == 0) gam[(long long)n * NSEG + s] = (float)gsum;
@@ -544,8 +632,8 @@ __global__ void __launch_bounds__(128) tc_bwd_dq(const T* __restrict__ q, const 
             if (decay) load_tile<T, BV>(sO + 2 * C * LDV + C * LDT, LDT, q + row0 * dk, dk, nrow, k0, dk);
         }
     };
-    auto gload = [&](int j) { return logdecay_load(g + nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
-    Walk<STAGES> walk(nch, causal && decay, issue, gload);
+    auto grows = [&](int j) { return GRows{g + nT + t0 + C * j, min(C, t1 - (t0 + C * j))}; };
+    Walk<STAGES> walk(nch, causal && decay, tr, issue, grows);
     for (int j = 0; j < nch; ++j) {
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
@@ -553,7 +641,7 @@ __global__ void __launch_bounds__(128) tc_bwd_dq(const T* __restrict__ q, const 
         T* sV = sO + C * LDV;
         T* sK = sV + C * LDV;
         T* sQ = sK + C * LDT;
-        walk.top(j, tr, issue, gload);
+        walk.top(j, tr, issue, grows);
         const float sigma = state_to_smem<T, 1, HNT>(H, sH, LDV, 16 * w, tr->red);
         walk.wait();
         __syncthreads();
@@ -573,13 +661,13 @@ __global__ void __launch_bounds__(128) tc_bwd_dq(const T* __restrict__ q, const 
         if (causal && decay && rq)                                 // row dots q.dq of this tile
             row_dots<T>(acc[0], sQ, LDT, 16 * w, nrow, rq + ((long long)kt * N + n) * T_ + cs);
         if (causal && j + 1 < nch) {                              // H (this dk tile) <- e^{b_last} H + K^T diag(u) V
-            if (decay) {
-                __syncthreads();
-                scale_rows<T, DVP>(sV, LDV, tr->u, 1.f);
-                __syncthreads();
+            if (decay) {                                           // u weighs K^T's fragments in registers
                 scale_acc(H, tr->e[C - 1]);
+                gemm_ss<T, SPLIT, 1, HNT, true, false>(H, sK, LDT, sV, LDV, 16 * w, 0, 0, C, 0, HNT / 2,
+                                                       KWeights<T>{tr->u, 1.f});
+            } else {
+                gemm_ss<T, SPLIT, 1, HNT, true, false>(H, sK, LDT, sV, LDV, 16 * w, 0, 0, C);
             }
-            gemm_ss<T, SPLIT, 1, HNT, true, false>(H, sK, LDT, sV, LDV, 16 * w, 0, 0, C);
         }
     }
 }
@@ -629,8 +717,8 @@ __global__ void __launch_bounds__(128) tc_bwd_dkdv(const T* __restrict__ q, cons
         if (WHICH != 2) load_tile<T, DVP>(sQ + 2 * C * LDK, LDV, v + row0 * dv, dv, nrow, 0, dv);
         load_tile<T, DVP>(sQ + 2 * C * LDK + C * LDV, LDV, dout + row0 * dv, dv, nrow, 0, dv);
     };
-    auto gload = [&](int i) { return logdecay_load(g + nT + start(i), min(C, t1 - start(i))); };
-    Walk<STAGES> walk(nch, causal && decay, issue, gload);
+    auto grows = [&](int i) { return GRows{g + nT + start(i), min(C, t1 - start(i))}; };
+    Walk<STAGES> walk(nch, causal && decay, tr, issue, grows);
     for (int i = 0; i < nch; ++i) {
         const int j = nch - 1 - i, cs = start(i), nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
@@ -638,7 +726,7 @@ __global__ void __launch_bounds__(128) tc_bwd_dkdv(const T* __restrict__ q, cons
         T* sK = sQ + C * LDK;
         T* sV = sK + C * LDK;
         T* sO = sV + C * LDV;
-        walk.top(i, tr, issue, gload);
+        walk.top(i, tr, issue, grows);
         const float sigma = state_to_smem<T, SMT, SNT>(dS, sS, LDS, sm0, tr->red);
         walk.wait();
         __syncthreads();
@@ -676,11 +764,9 @@ __global__ void __launch_bounds__(128) tc_bwd_dkdv(const T* __restrict__ q, cons
                 row_dots<T>(acc[0], sK + kr0, LDK, 16 * w, nrow, rk + ((long long)tile * N + n) * T_ + cs);
         }
         if (causal && (j > 0 || dSstart)) {                       // dS <- e^{b_last} dS + Q^T diag(scale e^b) dO
-            __syncthreads();
-            scale_rows<T, DVP>(sO, LDV, decay ? tr->e : nullptr, scale);
-            __syncthreads();
-            if (decay) scale_acc(dS, tr->e[C - 1]);
-            gemm_ss<T, SPLIT, SMT, SNT, true, false>(dS, sQ + kr0, LDK, sO + vc0, LDV, sm0, 0, 0, C);
+            if (decay) scale_acc(dS, tr->e[C - 1]);                // the weights on Q^T's fragments, in registers
+            gemm_ss<T, SPLIT, SMT, SNT, true, false>(dS, sQ + kr0, LDK, sO + vc0, LDV, sm0, 0, 0, C, 0, SNT / 2,
+                                                     KWeights<T>{decay ? tr->e : nullptr, scale});
         }
     }
     if (causal && dSstart) state_store(dS, dSstart + ((long long)n * NSEG + s) * E, sm0, kr0, vc0, dk, dv);

@@ -153,12 +153,20 @@ __device__ __forceinline__ void load_b2(unsigned (&b)[4], const T* s, int ld, in
 }
 
 // ---------------------------------------------------------------- warp GEMMs
+// The default A-fragment hook of gemm_ss: leaves the fragments as loaded.
+struct AsLoaded {
+    template <int MT>
+    __device__ __forceinline__ void operator()(unsigned (&)[MT][4], int) const {}
+};
+
 // acc[MT][NT] (MT m tiles of 16 from row m0, NT n tiles of 8 from column n0) += A B over the k slices
 // [kb, ke) (multiples of KS).  Only the n-tile pairs p in [plo, phi) are computed (NT even): a caller
-// skips tiles that a causal mask zeroes.
-template <typename T, int SPLIT, int MT, int NT, bool AKM, bool BNK>
+// skips tiles that a causal mask zeroes.  ascale(a, k0) may rewrite the A fragments of k slice k0 in
+// registers after they are loaded (a weight per k: A diag(w) B without a pass over shared memory).
+template <typename T, int SPLIT, int MT, int NT, bool AKM, bool BNK, typename AS = AsLoaded>
 __device__ __forceinline__ void gemm_ss(float (&acc)[MT][NT][4], const T* sA, int lda, const T* sB, int ldb,
-                                        int m0, int n0, int kb, int ke, int plo = 0, int phi = NT / 2) {
+                                        int m0, int n0, int kb, int ke, int plo = 0, int phi = NT / 2,
+                                        AS ascale = AS()) {
     constexpr int KS = Traits<T>::KS;
     static_assert(NT % 2 == 0, "n tiles come in pairs");
 #pragma unroll 2
@@ -166,6 +174,7 @@ __device__ __forceinline__ void gemm_ss(float (&acc)[MT][NT][4], const T* sA, in
         unsigned a[MT][4];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) load_a<T, AKM>(a[mt], sA, lda, m0 + 16 * mt, k0);
+        ascale(a, k0);
 #pragma unroll
         for (int p = 0; p < NT / 2; ++p) {
             if (p < plo || p >= phi) continue;

@@ -33,7 +33,7 @@
 //   tc_seg_scan<REV>               segment start states (REV: segment end gradients), final state / dS0
 //   tc_bwd_dq<T, DVP, SPLIT, STAGES>  dq for one 64-column tile of dk (and its row dots q.dq)
 //   tc_bwd_dkdv<T, DKP, DVP, SPLIT, WHICH, STAGES>  dk and dv (WHICH 0, head dims <= 64), dk tiles (1), dv tiles (2)
-//   tc_dg                          d log_decay: reverse cumulative sum of q.dq - k.dk per sequence
+//   tc_dg_part, tc_dg              d log_decay: reverse cumulative sum of q.dq - k.dk per sequence
 // STAGES (tc::Walk): 1 loads a chunk's tiles, waits, computes; 2 double-buffers the tiles, so chunk c + 1's
 // cp.async loads (and warp 0's log decays) are in flight while chunk c is computed (cupy:chunked_mma_db).
 // DKP, DVP: head dims padded to 64 or 128; actual dims are run-time and loads past them read zeros.
@@ -773,40 +773,75 @@ __global__ void __launch_bounds__(128) tc_bwd_dkdv(const T* __restrict__ q, cons
 }
 
 // ================================================================================================ d log_decay
-// grid (nseq, N), block 1024: dg_t = sum_{t' >= t in the sequence} (sum_i rq[i][n][t'] - sum_i rk[i][n][t'])
-// + cst[n][seq] (the final-state term <dS_T, S_T>, or nothing); zero_first: the sequence's first entry is
-// exactly 0 (no initial state: g_0 never enters a difference G_t - G_i).  Accumulated in float64.
-__global__ void __launch_bounds__(1024) tc_dg(const float* __restrict__ rq, int ntq, const float* __restrict__ rk,
-        int ntk, float* __restrict__ dg, const int* __restrict__ cu, const float* __restrict__ cst, int zero_first,
-        int T_, int nseq) {
-    __shared__ double wsum[32];
-    const int qs = blockIdx.x, n = blockIdx.y, N = gridDim.y;
-    const int a = cu[qs], b = cu[qs + 1], per = (b - a + 1023) / 1024;
-    const int lo = min(b, a + (int)threadIdx.x * per), hi = min(b, lo + per);
-    auto dG = [&](int t) {
-        double x = 0.0;
-        for (int i = 0; i < ntq; ++i) x += rq[((long long)i * N + n) * T_ + t];
-        for (int i = 0; i < ntk; ++i) x -= rk[((long long)i * N + n) * T_ + t];
-        return x;
-    };
-    double mine = 0.0;
-    for (int t = lo; t < hi; ++t) mine += dG(t);
-    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-    double suf = mine;                                             // inclusive suffix sum within the warp
+// dg_t = sum_{t' >= t in the sequence} dG_t' + cst[n][seq],  dG_t = sum_i rq[i][n][t] - sum_i rk[i][n][t]
+// (cst: the final-state term <dS_T, S_T>, or nothing); zero_first: the sequence's first entry is exactly 0
+// (no initial state: g_0 never enters a difference G_t - G_i).  Accumulated in float64.  Two launches over
+// the segment table (grid (NSEG, N), 256 threads: every segment of every row a block):
+//   tc_dg_part  part[n][s] = sum of dG over segment s
+//   tc_dg       carry = cst + the parts of the later segments of the same sequence; then the segment's own
+//               suffix sums, 256 tokens at a time from its end (a block scan), + carry.
+namespace tc {
+enum : int { DG_THREADS = 256 };
+__device__ __forceinline__ double dg_term(const float* __restrict__ rq, int ntq, const float* __restrict__ rk,
+                                          int ntk, long long nt, long long NT, int t) {
+    double x = 0.0;
+    for (int i = 0; i < ntq; ++i) x += rq[i * NT + nt + t];
+    for (int i = 0; i < ntk; ++i) x -= rk[i * NT + nt + t];
+    return x;
+}
+}  // namespace tc
+
+__global__ void __launch_bounds__(256) tc_dg_part(const float* __restrict__ rq, int ntq, const float* __restrict__ rk,
+        int ntk, double* __restrict__ part, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, int T_,
+        int NSEG) {
+    __shared__ double wsum[tc::DG_THREADS / 32];
+    const int s = blockIdx.x, n = blockIdx.y;
+    const long long NT = (long long)gridDim.y * T_, nt = (long long)n * T_;
+    double x = 0.0;
+    for (int t = seg_t0[s] + threadIdx.x; t < seg_t1[s]; t += tc::DG_THREADS) x += tc::dg_term(rq, ntq, rk, ntk, nt, NT, t);
 #pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const double y = __shfl_down_sync(0xffffffffu, suf, o);
-        if (lane + o < 32) suf += y;
-    }
-    if (lane == 0) wsum[wid] = suf;
-    double after = __shfl_down_sync(0xffffffffu, suf, 1);
-    if (lane == 31) after = 0.0;
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    if ((threadIdx.x & 31) == 0) wsum[threadIdx.x >> 5] = x;
     __syncthreads();
-    for (int j = wid + 1; j < 32; ++j) after += wsum[j];
-    double acc = after + (cst ? (double)cst[(long long)n * nseq + qs] : 0.0);
-    for (int t = hi - 1; t >= lo; --t) {
-        acc += dG(t);
-        dg[(long long)n * T_ + t] = (zero_first && t == a) ? 0.f : (float)acc;
+    if (threadIdx.x == 0) {
+        double tot = 0.0;
+        for (int w = 0; w < tc::DG_THREADS / 32; ++w) tot += wsum[w];
+        part[(long long)n * NSEG + s] = tot;
+    }
+}
+
+__global__ void __launch_bounds__(256) tc_dg(const float* __restrict__ rq, int ntq, const float* __restrict__ rk,
+        int ntk, float* __restrict__ dg, const double* __restrict__ part, const int* __restrict__ seg_t0,
+        const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, const int* __restrict__ seq_seg,
+        const float* __restrict__ cst, int zero_first, int T_, int NSEG, int nseq) {
+    constexpr int W = tc::DG_THREADS / 32;
+    __shared__ double wsum[W];
+    const int s = blockIdx.x, n = blockIdx.y, qs = seg_seq[s];
+    const long long NT = (long long)gridDim.y * T_, nt = (long long)n * T_;
+    const int t0 = seg_t0[s], t1 = seg_t1[s], first = seg_t0[seq_seg[qs]];
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    double carry = cst ? (double)cst[(long long)n * nseq + qs] : 0.0;
+    for (int s2 = s + 1; s2 < seq_seg[qs + 1]; ++s2) carry += part[(long long)n * NSEG + s2];
+    for (int end = t1; end > t0; end -= tc::DG_THREADS) {          // tokens [end - 256, end), from the end
+        const int t = end - tc::DG_THREADS + (int)threadIdx.x;
+        const bool in = t >= t0;
+        double suf = in ? tc::dg_term(rq, ntq, rk, ntk, nt, NT, t) : 0.0;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {                         // inclusive suffix sum within the warp
+            const double y = __shfl_down_sync(0xffffffffu, suf, o);
+            if (lane + o < 32) suf += y;
+        }
+        if (lane == 0) wsum[wid] = suf;
+        __syncthreads();
+        double after = carry, tile = 0.0;
+#pragma unroll
+        for (int w = 0; w < W; ++w) {
+            if (w > wid) after += wsum[w];
+            tile += wsum[w];
+        }
+        if (in) dg[nt + t] = (zero_first && t == first) ? 0.f : (float)(after + suf);
+        carry += tile;
+        __syncthreads();                                           // wsum is read before the next tile
     }
 }
 

@@ -33,6 +33,7 @@ SOURCE = "chunked_mma.cu"
 C = 64                      # chunk length          (chunked_mma.cu: tc::C)
 BV = 64                     # column tile           (tc::BV)
 THREADS = 128               # block size            (tc::THREADS)
+DG_THREADS = 256            # block size of tc_dg_part, tc_dg (tc::DG_THREADS)
 PAD = 8                     # shared row padding    (tc::PAD)
 TRAILER_BYTES = 4 * (7 * C + 32)                    # sizeof(tc::Trailer): bh, bl, e, u [C], red [32], gnext [3][C]
 DIMS = (64, 128)            # padded head dims (DKP, DVP)
@@ -119,7 +120,7 @@ def _group(dtype: str, split: int, stages: int) -> tuple:
     return tuple(k.expr for k in out)
 
 
-COMMON = ("tc_seg_scan<false>", "tc_seg_scan<true>", "tc_dg")
+COMMON = ("tc_seg_scan<false>", "tc_seg_scan<true>", "tc_dg_part", "tc_dg")
 GROUPS = {(dt, split, st): _group(dt, split, st)
           for st in STAGES for dt, split in (("float16", 1), ("bfloat16", 1), ("float32", 3), ("float32", 1))}
 INSTANTIATIONS = list(dict.fromkeys((SOURCE, e) for grp in list(GROUPS.values()) + [COMMON] for e in grp))
@@ -317,7 +318,12 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
         cst = None
         if dST is not None:
             cst = cp.ascontiguousarray((dST * ctx.final).sum(axis=(-2, -1)), dtype=cp.float32)
-        launch(_common("tc_dg"), (tab.nseq, N), (1024,),
-               (rq, i32(ntk), rk, i32(ntk), dg, tab.cu_dev, _ptr(cst), i32(ctx.S0 is None), i32(T),
-                i32(tab.nseq)))
+        part = None
+        if not tab.single:   # the segments' sums of dG, for the carries of the earlier segments
+            part = new_output(cp, (N, tab.nseg), cp.float64)
+            launch(_common("tc_dg_part"), (tab.nseg, N), (DG_THREADS,),
+                   (rq, i32(ntk), rk, i32(ntk), part) + segs + (i32(T), i32(tab.nseg)))
+        launch(_common("tc_dg"), (tab.nseg, N), (DG_THREADS,),
+               (rq, i32(ntk), rk, i32(ntk), dg, _ptr(part)) + segs
+               + (tab.seq, tab.seq_seg, _ptr(cst), i32(ctx.S0 is None), i32(T), i32(tab.nseg), i32(tab.nseq)))
     return dq, dk, dv, dg, (dS0 if ctx.S0 is not None else None)

@@ -438,6 +438,15 @@ __device__ __forceinline__ void intra_frags(wbmma::AFrags<T, 8>& A, float (&S)[1
 }
 
 
+// Blocks per SM the walkers of the forward and of dq ask ptxas for (__launch_bounds__' second argument).
+// 16-bit inputs, head dim 64, one stage: 4 (<= 128 registers; ptxas spills 32-80 bytes to L1) against the 3 that
+// 144-168 registers allow -- these kernels are latency-bound at 12 warps per SM (Nsight Compute, docs/kernels/
+// linear.md); everything else: no request.
+template <typename T, int D, int STAGES>
+__host__ __device__ constexpr int walk_min_blocks() {
+    return (sizeof(T) == 2 && D == 64 && STAGES == 1) ? 4 : 1;
+}
+
 }  // namespace tc
 
 // ================================================================================================ forward
@@ -445,7 +454,7 @@ __device__ __forceinline__ void intra_frags(wbmma::AFrags<T, 8>& A, float (&S)[1
 // Trailer.  causal: H starts at Hin[n][seg] (nullptr: zeros) and walks the segment; Hend[n][seg] (optional)
 // gets the state after it.  Not causal: H = Hin[n][seq] (the sequence's total), o = scale Q H, nothing carried.
 template <typename T, int DKP, int SPLIT, int STAGES>
-__global__ void __launch_bounds__(128) tc_fwd(const T* __restrict__ q, const T* __restrict__ k,
+__global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DKP, STAGES>()) tc_fwd(const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const float* __restrict__ g, T* __restrict__ o, const float* __restrict__ Hin,
         float* __restrict__ Hend, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1,
         const int* __restrict__ seg_seq, int T_, int dk, int dv, int NSEG, int nseq, float scale, int causal) {
@@ -598,7 +607,7 @@ __global__ void __launch_bounds__(256) tc_seg_scan(const float* __restrict__ Ese
 // columns)), H [64][DVP+8] of T + Trailer.  H: rows of this dk tile, all dv columns, walked forwards as in tc_fwd.
 // rq (decay only; nullptr: not wanted): (ceil(dk/64), N, T) partial row dots q.dq of this tile.
 template <typename T, int DVP, int SPLIT, int STAGES>
-__global__ void __launch_bounds__(128) tc_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
+__global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES>()) tc_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const float* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dq,
         float* __restrict__ rq, const float* __restrict__ Hin, const int* __restrict__ seg_t0,
         const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, int T_, int dk, int dv, int NSEG,

@@ -107,16 +107,10 @@ __device__ __forceinline__ void chunk_logdecay(Trailer* tr, float2 x) {
     tr->u[2 * L + 1] = dexp(bl - b1);
 }
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(wbmma::smem_u32(dst)), "l"(src), "r"(bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src, int bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(wbmma::smem_u32(dst)), "l"(src), "r"(bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+using wbmma::cp_async16;
+using wbmma::cp_async4;
+using wbmma::cp_async_commit;
+__device__ __forceinline__ void cp_async_wait() { wbmma::cp_async_wait_all(); }
 // wait until at most N of this thread's committed cp.async groups are still in flight
 template <int N>
 __device__ __forceinline__ void cp_async_wait_group() {

@@ -760,16 +760,10 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dq(const T* q, const T* k,
 // deterministic two-kernel backward of section 2 for float16/bfloat16).
 #define FA_THREADS 128
 
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(wbmma::smem_u32(dst)), "l"(src), "r"(src_bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async4(void* dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(wbmma::smem_u32(dst)), "l"(src), "r"(src_bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+using wbmma::cp_async16;
+using wbmma::cp_async4;
+using wbmma::cp_async_commit;
+using wbmma::cp_async_wait_all;
 
 // rows [row0, row0 + ROWS) of a (T_, d_act) row-major matrix -> s[ROWS][LD] (its first D columns); zeros past T_
 // and past d_act.  Rows made of whole 16-byte chunks go through cp.async (src-size 0 zero-fills); other head

@@ -368,7 +368,7 @@ def _make_plan(op: str, arrays: tuple, options: dict, backend, extras: _Extras =
 def _contiguous(x):
     if x.flags.c_contiguous:
         return x
-    return x.copy() if not isinstance(x, np.ndarray) else np.ascontiguousarray(x)
+    return x.copy(order="C")        # NumPy and CuPy alike (keeps an ndarray subclass: the CUDA emulator's arrays)
 
 
 # ----------------------------------------------------------------------------- dispatch

@@ -111,7 +111,10 @@ def derive(paths, headroom: float = HEADROOM) -> list:
             groups.setdefault((c["op"], key, c["dtype"]), []).append(c)
     out = []
     for (op, variant, dtype), cells in sorted(groups.items()):
-        errs = [e for c in cells for e in c["errors"].values() if e is not None and math.isfinite(e)]
+        # outputs judged against their rounding floor (check.rounding_floors) measure the reference's own
+        # conditioning, not the variant: left out
+        errs = [e for c in cells for n, e in c["errors"].items()
+                if e is not None and math.isfinite(e) and n not in c.get("floors", {})]
         worst = max(errs, default=0.0)
         out.append(Derived(op, variant, dtype, len(cells), sum(not c["ok"] for c in cells), worst,
                            derive_tolerance(worst, dtype, headroom, _ceiling(op, variant, dtype))))

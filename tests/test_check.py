@@ -1,4 +1,5 @@
 """The `check` sweep and the CLI: it passes on the references, and a planted wrong variant fails it."""
+import dataclasses
 import json
 
 import numpy as np
@@ -134,3 +135,55 @@ def test_bfloat16_cells_compare_with_the_reference_on_the_rounded_inputs(exact_b
     assert check._as_seen(cin, check._caster("float16"), "float16") is cin
     seen = check._as_seen(cin, check._caster("bfloat16"), "bfloat16")
     assert seen.key != cin.key and not np.array_equal(seen.arrays[3], cin.arrays[3])
+
+
+@pytest.fixture
+def skewed_bfloat16_variant():
+    """A zeros variant for bfloat16 inputs: the exact result with one output scaled by (1 + ``skew[name]``)."""
+    from workbench.opspec import SPECS
+    from workbench.reference import zeros
+    skew = {}
+
+    def fwd(*args, **kw):
+        return zeros.explicit_forward(*(np.asarray(a, np.float64) for a in args), **kw)
+
+    def bwd(ctx, do, *dfinal):
+        grads = list(zeros.explicit_backward(ctx, np.asarray(do, np.float64), *dfinal))
+        if "dq" in skew:
+            grads[0] = grads[0] * (1 + skew["dq"])
+        if "dinit.m" in skew:
+            grads[-1] = dataclasses.replace(grads[-1], m=grads[-1].m * (1 + skew["dinit.m"]))
+        return tuple(grads)
+    registry.register(registry.Variant("zeros", "numpy", "skewed_bf16", fwd, bwd, dtypes=("bfloat16",),
+                                       features=frozenset(SPECS["zeros"].features)))
+    yield skew
+    registry.unregister("zeros", "numpy", "skewed_bf16")
+
+
+def _skewed_cell(skew, **errors):
+    skew.clear()
+    skew.update(errors)
+    return check.compare("zeros", "numpy:skewed_bf16", (2,), 127, 80, 80, "bfloat16", causal=True, state=True)
+
+
+def test_ill_conditioned_outputs_are_judged_against_their_rounding_floor(skewed_bfloat16_variant):
+    """At this cell the float64 reference's d init.m moves about 3% under bfloat16 input rounding (its rounding
+    floor, above the 2e-2 tolerance): an error of 5% there passes, and says so; 50% fails.  A 10% error in dq
+    (floor about 0.5%) fails, and an exact result computes no floor at all."""
+    pytest.importorskip("ml_dtypes")
+    skew = skewed_bfloat16_variant
+    exact = _skewed_cell(skew)
+    assert exact["ok"] and exact["floors"] == {}
+    near = _skewed_cell(skew, **{"dinit.m": 0.05})
+    tol, floor = near["tol"], near["floors"]["dinit.m"]
+    assert near["dinit.m"] > tol and tol < floor < near["dinit.m"] <= check.FLOOR_FACTOR * floor
+    assert near["ok"] and set(near["floors"]) == {"dinit.m"}
+    assert not _skewed_cell(skew, **{"dinit.m": 0.5})["ok"]
+    bad_dq = _skewed_cell(skew, dq=0.1)
+    assert not bad_dq["ok"] and bad_dq["floors"]["dq"] < 0.01
+
+
+def test_rounding_floor_only_for_16_bit_dtypes():
+    cin = check.cell_inputs("linear", (2,), 9, 4)
+    assert check.rounding_floors("linear", cin, "float32", ["dq"]) == {}
+    assert 0 < check.rounding_floors("linear", cin, "float16", ["dq"])["dq"] < 1e-2

@@ -20,6 +20,8 @@ Families:  softmax      the registry's cupy softmax variants against workbench.r
                         (cupy:chunked_mma) and two (chunked_mma_db)
            zeros        the cupy ZeroS variants through tests/test_cupy_zeros_mma.py's _vjp_errors and
                         tolerances, and that file's GPU tests of the scan and row kernels, called as they are
+           steps        the step kernels (kernels/cupy/steps.py) through tests/test_steps_kernel.py's GPU tests,
+                        every parametrisation (op x shape x dtype, every block geometry, the extreme values)
            every op     one cell of ``cli.py check`` (workbench.check.compare) per registered cupy variant
                         and dtype: every module of kernels/cupy, state and packed sequences where implemented
 
@@ -464,10 +466,13 @@ def _zeros(impl, dtype, lead, T, Dk, Dv, causal, n_gates):
                                                       causal=causal, n_gates=n_gates))
 
 
+def _test_case(family, module, function, **kwargs):
+    label = f"{family} {function}(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")"
+    return Case(family, label, "test_function", dict(module=module, function=function, kwargs=kwargs))
+
+
 def _zeros_test(function, **kwargs):
-    label = f"zeros {function}(" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + ")"
-    return Case("zeros", label, "test_function", dict(module="test_cupy_zeros_mma", function=function,
-                                                      kwargs=kwargs))
+    return _test_case("zeros", "test_cupy_zeros_mma", function, **kwargs)
 
 
 def _cells() -> list:
@@ -599,13 +604,18 @@ ZEROS_STATE_CASES += [_zeros_test("test_two_calls_equal_one_call", impl="chunked
 ZEROS_STATE_CASES += [_zeros_test("test_packed_equals_one_call_per_sequence", impl="chunked_mma", dtype="float16"),
                       _zeros_test("test_zero_length_sequence_is_refused")]
 ZEROS_TESTS = ("test_forward_stats_nan", "test_variant_nan_in_s_reaches_later_rows_only")
+# steps: the step kernels' GPU tests (tests/test_steps_kernel.py) called as they are, every parametrisation
+# (each op x shape x dtype, each block geometry forced, the extreme values)
+STEPS_TESTS = ("test_kernel_steps_equal_the_float64_op", "test_every_geometry", "test_kernel_steps_extreme_values")
 
 
 def cases() -> list:
     """Every case, in running order (the zeros grids read from its test file's parametrize marks)."""
     zeros_tests = [_zeros_test(f, **kw) for f in ZEROS_GRID_TESTS for kw in _test_grid("test_cupy_zeros_mma", f)]
+    steps_tests = [_test_case("steps", "test_steps_kernel", f, **kw) for f in STEPS_TESTS
+                   for kw in _test_grid("test_steps_kernel", f)]
     return (SOFTMAX_CASES + CHUNKED_CASES + CHUNKED_DB_CASES + ZEROS_CASES + zeros_tests
-            + [_zeros_test(f) for f in ZEROS_TESTS] + ZEROS_STATE_CASES + _cells())
+            + [_zeros_test(f) for f in ZEROS_TESTS] + ZEROS_STATE_CASES + steps_tests + _cells())
 
 
 # ----------------------------------------------------------------------------- main

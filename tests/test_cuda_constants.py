@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from kernels.cupy import _chunked, _chunked_mma, _module, steps, zeros
+from kernels.cupy import _chunked, _chunked_mma, _module, zeros
 
 
 def _constants(source: str, namespace: str = "") -> dict:
@@ -24,7 +24,6 @@ def _constants(source: str, namespace: str = "") -> dict:
     ("chunked.cuh", "", {"THREADS": _chunked.THREADS, "BV": _chunked.BV, "BS": _chunked.BS}),
     ("chunked_mma.cu", "tc", {"C": _chunked_mma.C, "THREADS": _chunked_mma.THREADS, "BV": _chunked_mma.BV,
                               "PAD": _chunked_mma.PAD}),
-    ("steps.cu", "wbstep", {"THREADS": steps.THREADS, "SLAB": steps.SLAB}),
     ("zeros.cu", "zs", {"C": zeros.SCAN_CHUNK, "WARPS": zeros.SCAN_WARPS, "SCAN": zeros.SCAN_THREADS}),
 ])
 def test_host_constants_match_the_source(source, namespace, host):

@@ -32,6 +32,8 @@ FAMILY_CASES = {
               "zeros test_state_and_packed_match_the_reference(impl=chunked_mma, dtype=float16, T=130",
               "zeros test_forward_stats(T=130, kind=ties, causal=True)",
               "zeros test_backward_rows(T=65, kind=ties, Dv=80, causal=False)"],
+    "steps": ["steps test_kernel_steps_equal_the_float64_op(label=zeros-3, lead=(2,), Dk=130, Dv=72, dtype=float32)",
+              "steps test_every_geometry(label=linear-elu1-norm, lead=(3,), Dk=70, Dv=40, geometry=wide)"],
 }
 
 

@@ -5,8 +5,8 @@ GPU (marked gpu; the CPU emulator, scripts/cuda_emulate.py, calls the same funct
 T steps of the kernel from a random initial state give, in every dtype, the outputs and the final state of
 the float64 NumPy op (numpy:chunked) run over the T tokens from that state; the state passed in is left as
 it was (the kernel writes new arrays).  Shapes: 16-byte and 4-byte state accesses (Dv % 4), several
-column slabs of 32 with a partial last one, Dk beyond one pass of loads (128 rows), no leading dims.
-CPU: the path choice and its errors, the instantiation list.
+column slabs with a partial last one, Dk beyond one pass of loads, no leading dims; every block geometry.
+CPU: the path choice and its errors, the geometry rule, the instantiation list.
 """
 import os
 import shutil
@@ -57,9 +57,10 @@ def _token(x, t, lead):
     return x[..., t, :] if x.ndim == len(lead) + 2 else x[..., t]
 
 
-def _kernel_run(op, options, arrays, init, dtype, lead):
-    """T kernel steps from ``init`` on device arrays of ``dtype``: (outputs (..., T, Dv) float64, final state,
-    the initial state's device arrays after the run)."""
+def _kernel_run(op, options, arrays, init, dtype, lead, geometry=None):
+    """T kernel steps from ``init`` on device arrays of ``dtype`` (the block geometry of kernels/cupy/steps.py's
+    rule, or ``geometry``): (outputs (..., T, Dv) float64, final state, the initial state's device arrays
+    after the run)."""
     cp = _cupy()
     xs = [cp.asarray(_cast(a, dtype)) for a in arrays]
     st0 = wst.map_state(cp.asarray, init)
@@ -67,13 +68,13 @@ def _kernel_run(op, options, arrays, init, dtype, lead):
     kw = wb.steps.validated_options(op, options, arrays[0].shape[-1])
     st, outs = st0, []
     for t in range(arrays[0].shape[-2]):
-        o, st = fn(*[_token(x, t, lead) for x in xs], st, **kw)
+        o, st = fn(*[_token(x, t, lead) for x in xs], st, **kw, geometry=geometry)
         assert str(o.dtype) == dtype and o.shape == (*lead, arrays[2].shape[-1])
         outs.append(np.asarray(cp.asnumpy(o)).astype(np.float64))
     return np.stack(outs, -2), wst.map_state(lambda a: np.asarray(cp.asnumpy(a)), st), st0
 
 
-def _errors(op, options, inkw, dtype, lead, Dk, Dv, seed=0, transform=None):
+def _errors(op, options, inkw, dtype, lead, Dk, Dv, seed=0, transform=None, geometry=None):
     """Relative errors of the kernel's T outputs and final state fields against the float64 op."""
     arrays = random_inputs(op, lead, T_STEPS, Dk, Dv, "float64", seed=seed, **inkw)
     if transform is not None:
@@ -81,7 +82,7 @@ def _errors(op, options, inkw, dtype, lead, Dk, Dv, seed=0, transform=None):
     arrays = [_cast(a, dtype).astype(np.float64) for a in arrays]        # the values every dtype holds
     init = wst.map_state(np.asarray, random_state(op, lead, Dk, Dv, "float32", seed=seed,
                                                   normalize=options.get("normalize", False)))
-    o, fin, st0 = _kernel_run(op, options, arrays, init, dtype, lead)
+    o, fin, st0 = _kernel_run(op, options, arrays, init, dtype, lead, geometry)
     ref, ref_fin = wb.PUBLIC_OPS[op](*arrays, **options, initial_state=wst.map_state(lambda a: a.astype(np.float64), init),
                                      return_state=True, backend="numpy:chunked")
     errs = {"o": rel_error(o, ref)}
@@ -120,6 +121,18 @@ def _extreme(op):
                 np.sign(arrays[3] + 0.1)
         return arrays
     return transform
+
+
+@gpu
+@pytest.mark.parametrize("geometry", list(kernel_steps.GEOMETRIES))
+@pytest.mark.parametrize("lead,Dk,Dv", [((3,), 70, 40), ((2,), 40, 7)])
+@pytest.mark.parametrize("label", LABELS)
+def test_every_geometry(label, lead, Dk, Dv, geometry):
+    """Every block geometry (the rule picks one per call; here each is forced) with 16- and 4-byte accesses:
+    Dk = 70 takes two passes of 64 rows (one of 128), Dv = 40 a partial last slab of 16 or 32 columns; Dk = 40
+    with 4-byte accesses two or three passes."""
+    _, op, options, inkw = CASES[LABELS.index(label)]
+    _judge(_errors(op, options, inkw, "float32", lead, Dk, Dv, seed=Dk + Dv, geometry=geometry), "float32")
 
 
 @gpu
@@ -212,19 +225,42 @@ def test_numpy_arrays_take_the_array_form_and_path_errors_are_clear():
 
 def test_kernel_limits():
     assert kernel_steps.unsupported("float16", 64) is None
+    assert kernel_steps.unsupported("float32", 100000) is None          # no staging: any Dk, in passes
     assert "dtype float64" in kernel_steps.unsupported("float64", 64)
-    assert "Dk = 6145" in kernel_steps.unsupported("float32", kernel_steps.MAX_DK + 1)
+
+
+def test_geometry_rule():
+    """The rule's picks (the decode grid: one head of 64 x 64 per sequence, batches 1..256), every geometry it
+    names valid for its width, and the geometries of 16-byte accesses cover their key dims in one pass."""
+    pick = kernel_steps.pick_geometry
+    assert [pick(4, B, 64, 64) for B in (1, 4, 16, 32, 33, 64, 256)] == ["narrow"] * 4 + ["wide"] * 3
+    assert pick(4, 1, 128, 128) == pick(4, 64, 65, 64) == pick(4, 1, 300, 64) == "deep"
+    assert pick(1, 1, 64, 7) == pick(1, 1000, 16, 5) == "deep"
+    for width, max_dk, _, name in kernel_steps.RULE:
+        g = kernel_steps.GEOMETRIES[name]
+        g.check(width)
+        if max_dk is not None:
+            assert g.rows_per_pass(width) >= max_dk, (width, name)
+    assert kernel_steps.GEOMETRIES["deep"].rows_per_pass(4) == 128
+    with pytest.raises(ValueError, match="slab / width divide 32"):
+        kernel_steps.Geometry(24, 256, 2).check(4)
+    with pytest.raises(ValueError, match="no step geometry for width 2"):
+        pick(2, 1, 64, 64)
 
 
 def test_instantiations_and_compile_groups():
-    """Every op x dtype x access width is listed (the NVRTC test compiles them), compiled in its op's declared
-    group, and that group is in warmup's list for the op (not for softmax, which has no step kernel)."""
+    """Every op x dtype x (access width, geometry) the rule can pick is listed (the NVRTC test compiles them),
+    compiled in its op's declared group, and that group is in warmup's list for the op (not for softmax, which
+    has no step kernel)."""
     from workbench import warmup
     exprs = {e for _, e in kernel_steps.INSTANTIATIONS}
-    assert len(exprs) == 3 * 3 * 2
+    shapes = kernel_steps.RULE_SHAPES
+    assert set(shapes) == {(4, "narrow"), (4, "wide"), (4, "deep"), (1, "deep")}
+    assert len(exprs) == 3 * 3 * len(shapes)
+    assert kernel_steps.expression("zeros", "float16", 4, "wide") == "zeros_step<wb_half, 4, 32, 256, 2>"
     for op in kernel_steps.OPS:
-        group = _module.group_of(kernel_steps.SOURCE, kernel_steps.expression(op, "float16", 4))
-        assert set(group) == {kernel_steps.expression(op, dt, w) for dt in kernel_steps.CTYPE
-                              for w in kernel_steps.WIDTHS}
+        group = _module.group_of(kernel_steps.SOURCE, kernel_steps.expression(op, "float16", 4, "narrow"))
+        assert set(group) == {kernel_steps.expression(op, dt, w, g) for dt in kernel_steps.CTYPE
+                              for w, g in shapes}
         assert (kernel_steps.SOURCE, group) in warmup.cupy_groups((op,))
     assert not [src for src, _ in warmup.cupy_groups(("softmax",)) if src == kernel_steps.SOURCE]

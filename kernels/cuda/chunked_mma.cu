@@ -432,13 +432,19 @@ __device__ __forceinline__ void intra_frags(wbmma::AFrags<T, 8>& A, float (&S)[1
 }
 
 
-// Blocks per SM the walkers of the forward and of dq ask ptxas for (__launch_bounds__' second argument).
-// 16-bit inputs, head dim 64, one stage: 4 (<= 128 registers; ptxas spills 32-80 bytes to L1) against the 3 that
-// 144-168 registers allow -- these kernels are latency-bound at 12 warps per SM (Nsight Compute, docs/kernels/
-// linear.md); everything else: no request.
+// Blocks per SM the walkers of the forward and of dq ask ptxas for (__launch_bounds__' second argument), head dim
+// 64, one stage (everything else: no request):
+//   16-bit inputs: 4 (<= 128 registers; ptxas spills 32-80 bytes to L1) against the 3 that 144-168 registers
+//     allow -- these kernels are latency-bound at 12 warps per SM (Nsight Compute, docs/kernels/linear.md).
+//   float32 (3xTF32 and TF32): 3, i.e. <= 168 registers, no spills.  The forward's 75 KB of shared memory fit 3
+//     blocks per SM; left to itself ptxas (NVRTC 12.9, what the GPU runs) gave tc_fwd 185 registers once the
+//     decayed path's code joined the kernel (167 before): 2 blocks per SM for linear and decayed float32 alike.
+//     dq's 94 KB fit only 2 blocks, so there the request only holds it to the 168 registers it had (203 unasked;
+//     its shared loads then sat as far ahead of their mma as before).  docs/kernels/linear.md, "float32 regression".
 template <typename T, int D, int STAGES>
 __host__ __device__ constexpr int walk_min_blocks() {
-    return (sizeof(T) == 2 && D == 64 && STAGES == 1) ? 4 : 1;
+    if (D != 64 || STAGES != 1) return 1;
+    return sizeof(T) == 2 ? 4 : 3;
 }
 
 }  // namespace tc

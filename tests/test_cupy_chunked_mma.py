@@ -131,10 +131,10 @@ def test_core_matches_recurrence(dtype, split, shape, mode, L, stages):
                          ids=lambda s: f"N{s[0]}-cu{'_'.join(map(str, s[1]))}-{s[2]}x{s[3]}")
 @pytest.mark.parametrize("mode", ["linear", "decayed", "noncausal"])
 @pytest.mark.parametrize("L", [0, 2])
-@pytest.mark.parametrize("dkdv", ["split", "wide"])
+@pytest.mark.parametrize("dkdv", ["split", "wide", "roles"])
 def test_dkdv_modes_match_recurrence(dtype, split, shape, mode, L, dkdv):
     """The dk/dv walkers of the other modes at head dims (64, 64) (_chunked_mma.DKDV_MODES: the dk and dv
-    kernels apart, the 8-warp fused kernel), one load stage."""
+    kernels apart, the two 8-warp fused kernels), one load stage."""
     N, cu, dk, dv = shape
     decay, causal = mode == "decayed", mode != "noncausal"
     res = run_case(dtype, split, N, list(cu), dk, dv, decay, causal, L, with_state=causal, seed=L, dkdv=dkdv)

@@ -458,16 +458,25 @@ __host__ __device__ constexpr int walk_min_blocks() {
     return (sizeof(T) == 2 && D == 64 && STAGES == 1) ? 4 : 1;
 }
 
-// The dk/dv walker (tc_bwd_dkdv): WARPS 4 or 8 per block, and the blocks per SM it asks ptxas for.  At head
-// dims (64, 64), 16-bit inputs, one stage: the 8-warp fused block (each warp a 16 x 32 quarter of the dS tile
-// and of the dk, dv tiles) asks for 2 blocks (<= 128 registers, 16 warps per SM); the separate dk and dv kernels
-// (WHICH 1, 2: cupy dkdv mode "split") for DKDV_SPLIT_MIN_BLOCKS.  Everything else: no request (the fused
-// 4-warp kernel spills 800+ bytes at 128 registers: docs/kernels/decayed.md step 4).
+// The dk/dv walker's warp layouts (tc_bwd_dkdv's LAYOUT; the fused kernel, WHICH 0, takes every one):
+//   DKDV_ROWS   4 warps; warp w: rows (R/4) w .. of the dS tile (all its columns), rows 16w .. of dk and dv
+//   DKDV_COLS   8 warps; warp w: the rows of warp w % 4 and column half w / 4 of the dS tile and of dk and dv
+//               (half the accumulators; the warps w, w + 4 both form the 16 x 64 intra-chunk scores of their rows)
+//   DKDV_ROLES  8 warps; warp w: the rows of warp w % 4 and column half w / 4 of the dS tile; warps 0-3 form dv,
+//               warps 4-7 dk (all 64 columns each: every product is done once, as with DKDV_ROWS)
+enum : int { DKDV_ROWS = 0, DKDV_COLS = 1, DKDV_ROLES = 2 };
+__host__ __device__ constexpr int dkdv_warps(int layout) { return layout == DKDV_ROWS ? 4 : 8; }
+
+// The blocks per SM tc_bwd_dkdv asks ptxas for (__launch_bounds__' second argument; 0: no request -- an explicit
+// 1 is not the same: it took the fused 4-warp float16 kernel from 162 to 184 registers).  At head dims (64, 64),
+// 16-bit inputs, one stage: the 8-warp layouts ask for 2 blocks (<= 128 registers, 16 warps per SM); the
+// separate dk and dv kernels (WHICH 1, 2: cupy dkdv mode "split") for DKDV_SPLIT_MIN_BLOCKS.  Everything else:
+// none (the fused 4-warp kernel spills 800+ bytes at 128 registers: docs/kernels/decayed.md step 4).
 constexpr int DKDV_SPLIT_MIN_BLOCKS = 4;
-template <typename T, int DKP, int DVP, int WHICH, int WARPS, int STAGES>
+template <typename T, int DKP, int DVP, int WHICH, int LAYOUT, int STAGES>
 __host__ __device__ constexpr int dkdv_min_blocks() {
     return !(sizeof(T) == 2 && DKP == 64 && DVP == 64 && STAGES == 1) ? 0
-           : WARPS == 8 ? 2 : WHICH != 0 ? DKDV_SPLIT_MIN_BLOCKS : 0;
+           : LAYOUT != DKDV_ROWS ? 2 : WHICH != 0 ? DKDV_SPLIT_MIN_BLOCKS : 0;
 }
 
 }  // namespace tc
@@ -708,18 +717,17 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES>()) tc
 // WHICH 0: dk and dv together (DKP = DVP = 64, one block per segment); 1: dk for one 64-column tile of dk;
 // 2: dv for one 64-column tile of dv.  The block holds the dS tile it needs (rows: dk, columns: dv):
 // WHICH 0: all x all, 1: its dk rows x all dv, 2: all dk x its dv columns, and walks the chunks backwards.
-// WARPS 4: warp w owns rows (R/4) w .. of the dS tile (all its columns) and rows 16w .. of the dk, dv tiles;
-// WARPS 8 (WHICH 0 only): warp w owns rows of warp w % 4 and the column half w / 4 of the dS tile and of the
-// dk, dv tiles (half the accumulator registers), and forms the whole 16 x 64 intra-chunk scores (K Q^T, V dO^T)
-// of its rows (the warps w and w + 4 compute the same scores); the two halves' k.dk row dots meet in shared
-// memory (CH floats after the Trailer).
-// smem: STAGES x (Q, K [C][DKP+8], V, dO [C][DVP+8]), dS [R][CC+8] of T + Trailer (+ C floats with 8 warps)
+// LAYOUT (tc::DKDV_ROWS, DKDV_COLS, DKDV_ROLES; the 8-warp ones for WHICH 0 only): which warp holds which part
+// of the dS tile and forms which part of dk and dv.  DKDV_COLS: the two column halves' k.dk row dots meet in
+// shared memory (C floats after the Trailer).
+// smem: STAGES x (Q, K [C][DKP+8], V, dO [C][DVP+8]), dS [R][CC+8] of T + Trailer (+ C floats with DKDV_COLS)
 // (V is not loaded for WHICH 2).
 // causal: dS starts at dSin[n][seg] (the gradient of the state after the segment; nullptr: zeros);
 // dSstart[n][seg] (optional) gets the gradient of the state before it.  Not causal: dS = dSin[n][seq].
 // rk (decay only; nullptr: not wanted): (ceil(dk/64), N, T) partial row dots k.dk.
-template <typename T, int DKP, int DVP, int SPLIT, int WHICH, int WARPS, int STAGES>
-__global__ void __launch_bounds__(32 * WARPS, tc::dkdv_min_blocks<T, DKP, DVP, WHICH, WARPS, STAGES>()) tc_bwd_dkdv(
+template <typename T, int DKP, int DVP, int SPLIT, int WHICH, int LAYOUT, int STAGES>
+__global__ void __launch_bounds__(32 * tc::dkdv_warps(LAYOUT), tc::dkdv_min_blocks<T, DKP, DVP, WHICH, LAYOUT, STAGES>())
+tc_bwd_dkdv(
         const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const float* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dkout,
         T* __restrict__ dvout, float* __restrict__ rk, const float* __restrict__ dSin, float* __restrict__ dSstart,
@@ -728,10 +736,12 @@ __global__ void __launch_bounds__(32 * WARPS, tc::dkdv_min_blocks<T, DKP, DVP, W
     using namespace tc;
     using namespace wbmma;
     static_assert(WHICH != 0 || (DKP == 64 && DVP == 64), "the fused dk/dv kernel holds a 64 x 64 dS");
-    static_assert(WARPS == 4 || (WARPS == 8 && WHICH == 0), "8 warps: the fused kernel only");
-    constexpr int NTH = 32 * WARPS, CH = WARPS / 4;                // threads; column parts of the tiles
+    static_assert(LAYOUT == DKDV_ROWS || ((LAYOUT == DKDV_COLS || LAYOUT == DKDV_ROLES) && WHICH == 0),
+                  "the 8-warp layouts: the fused kernel only");
+    constexpr int WARPS = dkdv_warps(LAYOUT), NTH = 32 * WARPS, CH = WARPS / 4;   // CH: column parts of dS
+    constexpr int OCH = LAYOUT == DKDV_COLS ? 2 : 1;              // column parts of the dk, dv tiles
     constexpr int R = WHICH == 1 ? BV : DKP, CC = WHICH == 2 ? BV : DVP;
-    constexpr int SMT = R / 64, SNT = CC / CH / 8, ONT = BV / CH / 8;
+    constexpr int SMT = R / 64, SNT = CC / CH / 8, ONT = BV / OCH / 8;
     constexpr int LDK = DKP + PAD, LDV = DVP + PAD, LDS = CC + PAD, KS = Traits<T>::KS;
     constexpr int STAGE = 2 * C * LDK + 2 * C * LDV;             // one stage: Q, K, V, dO
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -744,7 +754,8 @@ __global__ void __launch_bounds__(32 * WARPS, tc::dkdv_min_blocks<T, DKP, DVP, W
     const int kr0 = WHICH == 1 ? tile * BV : 0, vc0 = WHICH == 2 ? tile * BV : 0;
     const int w = threadIdx.x >> 5, rw = CH == 1 ? w : w & 3, ch = CH == 1 ? 0 : w >> 2;
     const int sm0 = (R / 4) * rw, sn0 = (CC / CH) * ch;         // the warp's part of the dS tile
-    const int m0 = 16 * rw, on0 = (BV / CH) * ch;                 // ... and of the dk, dv tiles
+    const int m0 = 16 * rw, on0 = OCH == 1 ? 0 : (BV / OCH) * ch;  // ... and of the dk, dv tiles
+    const bool dv_warp = LAYOUT != DKDV_ROLES || ch == 0, dk_warp = LAYOUT != DKDV_ROLES || ch == 1;
     const int t0 = seg_t0[s], t1 = seg_t1[s];
     const long long nT = (long long)n * T_, E = (long long)dk * dv;
     float dS[SMT][SNT][4];
@@ -775,7 +786,7 @@ __global__ void __launch_bounds__(32 * WARPS, tc::dkdv_min_blocks<T, DKP, DVP, W
         walk.wait();
         __syncthreads();
         auto inter = [&](int r) { return sigma * (causal && decay ? tr->u[r] : 1.f); };
-        if (WHICH != 1) {                                          // dv (columns vc0 + on0 ..)
+        if (WHICH != 1 && dv_warp) {                               // dv (columns vc0 + on0 ..)
             float acc[1][ONT][4];
             zero(acc);
             gemm_ss<T, SPLIT, 1, ONT, false, false>(acc, sK, LDK, sS, LDS, m0, on0, 0, DKP);     // K dS
@@ -790,7 +801,7 @@ __global__ void __launch_bounds__(32 * WARPS, tc::dkdv_min_blocks<T, DKP, DVP, W
             }
             store_rows<T, ONT>(acc[0], dvout + row0 * dv, dv, m0, nrow, vc0 + on0, dv);
         }
-        if (WHICH != 2) {                                          // dk (columns kr0 + on0 ..)
+        if (WHICH != 2 && dk_warp) {                               // dk (columns kr0 + on0 ..)
             float acc[1][ONT][4];
             zero(acc);
             gemm_ss<T, SPLIT, 1, ONT, false, true>(acc, sV, LDV, sS, LDS, m0, on0, 0, DVP);      // V dS^T
@@ -806,7 +817,7 @@ __global__ void __launch_bounds__(32 * WARPS, tc::dkdv_min_blocks<T, DKP, DVP, W
             store_rows<T, ONT>(acc[0], dkout + row0 * dk, dk, m0, nrow, kr0 + on0, dk);
             if (causal && decay && rk) {                           // row dots k.dk of this tile
                 float* out = rk + ((long long)tile * N + n) * T_ + cs;
-                if constexpr (CH == 1) {
+                if constexpr (OCH == 1) {
                     row_dots<T>(acc[0], sK + kr0, LDK, m0, nrow, out);
                 } else {                                           // the column halves add up in shared memory
                     float* part = reinterpret_cast<float*>(tr + 1);

@@ -17,8 +17,9 @@ fit in ``SMEM_MAX`` runs with one (``staged``).
 
 dk/dv at head dims (64, 64) (``DKDV_MODES``, ``dkdv=`` of ``forward``, kept for the backward): "fused" (the
 default: one 4-warp kernel for dk and dv), "split" (the dk kernel and the dv kernel of the wider head dims, each
-recomputing the dS walk; cupy:chunked_mma_dkdv2) or "wide" (the fused kernel with 8 warps, each owning half the
-columns of the dS, dk and dv tiles; cupy:chunked_mma_dkdv8).  Above 64 the separate kernels run in every mode.
+recomputing the dS walk; cupy:chunked_mma_dkdv2), "wide" (the fused kernel with 8 warps, each owning half the
+columns of the dS, dk and dv tiles; cupy:chunked_mma_dkdv8) or "roles" (8 warps: each a quarter of dS, warps
+0-3 form dv, 4-7 dk; cupy:chunked_mma_dkdv8r).  Above 64 the separate kernels run in every mode.
 """
 from __future__ import annotations
 
@@ -48,14 +49,18 @@ SMEM_MAX = 227 * 1024       # the most dynamic shared memory one block may opt i
 STAGES = (1, 2)             # the kernels' load pipelines (tc::Walk): plain, double-buffered
 DOUBLE_BUFFERED = ("cupy:chunked_mma with double-buffered chunk tiles (stages=2): chunk c+1's cp.async loads in "
                    "flight while chunk c is computed")     # the description of the ops' chunked_mma_db variants
-# The dk/dv walkers launched at head dims (64, 64), per mode: ((WHICH, WARPS), ...) of tc_bwd_dkdv, in order
-DKDV_MODES = {"fused": ((0, 4),), "split": ((1, 4), (2, 4)), "wide": ((0, 8),)}
-DKDV_WIDE = ((1, 4), (2, 4))            # above 64: the dk kernel per 64-column dk tile, the dv kernel per dv tile
+# The dk/dv walkers launched at head dims (64, 64), per mode: ((WHICH, LAYOUT), ...) of tc_bwd_dkdv, in order;
+# LAYOUT: tc::DKDV_ROWS 0 (4 warps), DKDV_COLS 1 and DKDV_ROLES 2 (8 warps), DKDV_WARPS per layout
+DKDV_MODES = {"fused": ((0, 0),), "split": ((1, 0), (2, 0)), "wide": ((0, 1),), "roles": ((0, 2),)}
+DKDV_WARPS = (4, 8, 8)
+DKDV_WIDE = ((1, 0), (2, 0))            # above 64: the dk kernel per 64-column dk tile, the dv kernel per dv tile
 DKDV_DESCRIPTION = {   # the ops' measured-rung variants of the dk/dv modes: (variant name, description)
     "split": ("chunked_mma_dkdv2", "cupy:chunked_mma with dk and dv in two kernels at head dim 64 (dkdv='split': "
                                    "fewer registers each, the dS walk done twice)"),
     "wide": ("chunked_mma_dkdv8", "cupy:chunked_mma with an 8-warp dk/dv kernel at head dim 64 (dkdv='wide': each "
                                   "warp half the columns of the dS, dk and dv tiles)"),
+    "roles": ("chunked_mma_dkdv8r", "cupy:chunked_mma with an 8-warp dk/dv kernel at head dim 64 (dkdv='roles': "
+                                    "each warp a quarter of dS; warps 0-3 form dv, 4-7 dk)"),
 }
 
 
@@ -77,10 +82,10 @@ def smem_dq(item: int, dvp: int, stages: int = 1) -> int:
     return item * (stages * (2 * C * (dvp + PAD) + 2 * C * (BV + PAD)) + BV * (dvp + PAD)) + TRAILER_BYTES
 
 
-def smem_dkdv(item: int, dkp: int, dvp: int, which: int, stages: int = 1, warps: int = 4) -> int:
+def smem_dkdv(item: int, dkp: int, dvp: int, which: int, stages: int = 1, layout: int = 0) -> int:
     rows = BV if which == 1 else dkp
     cols = BV if which == 2 else dvp
-    part = 4 * C if warps == 8 else 0                  # the 8-warp kernel's row-dot halves, after the Trailer
+    part = 4 * C if layout == 1 else 0                 # DKDV_COLS: the row-dot halves, after the Trailer
     return (item * (stages * (2 * C * (dkp + PAD) + 2 * C * (dvp + PAD)) + rows * (cols + PAD)) + TRAILER_BYTES
             + part)
 
@@ -117,13 +122,13 @@ def _dq(dtype, split, stages, dvp):
 
 
 @functools.lru_cache(maxsize=None)
-def _dkdv(dtype, split, stages, dkp, dvp, which, warps=4):
-    return staged("tc_bwd_dkdv", (CTYPE[dtype], dkp, dvp, split, which, warps), stages,
-                  lambda s: smem_dkdv(ITEMSIZE[dtype], dkp, dvp, which, s, warps), 32 * warps)
+def _dkdv(dtype, split, stages, dkp, dvp, which, layout=0):
+    return staged("tc_bwd_dkdv", (CTYPE[dtype], dkp, dvp, split, which, layout), stages,
+                  lambda s: smem_dkdv(ITEMSIZE[dtype], dkp, dvp, which, s, layout), 32 * DKDV_WARPS[layout])
 
 
 def dkdv_launches(dkp: int, dvp: int, dkdv: str) -> tuple:
-    """((WHICH, WARPS), ...) of the dk/dv walkers one backward launches (padded head dims, mode)."""
+    """((WHICH, LAYOUT), ...) of the dk/dv walkers one backward launches (padded head dims, mode)."""
     return DKDV_MODES[dkdv] if (dkp, dvp) == (64, 64) else DKDV_WIDE
 
 
@@ -337,9 +342,9 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dkdv=None):
     _launch(dt, split, stages, _dq(dt, split, stages, dvp), (tab.nseg * ntk, N),
             (q, k, v, _ptr(g), do, dq, _ptr(rq), _ptr(ctx.Hstart)) + tail)
     dS0_out = dS0 if (ctx.causal and tab.single) else None
-    for which, warps in dkdv_launches(dkp, dvp, dkdv):
+    for which, layout in dkdv_launches(dkp, dvp, dkdv):
         tiles = ntk if which == 1 else ntv if which == 2 else 1
-        _launch(dt, split, stages, _dkdv(dt, split, stages, dkp, dvp, which, warps), (tab.nseg * tiles, N),
+        _launch(dt, split, stages, _dkdv(dt, split, stages, dkp, dvp, which, layout), (tab.nseg * tiles, N),
                 (q, k, v, _ptr(g), do, dk, dv, _ptr(rk), _ptr(dSend), _ptr(dS0_out)) + tail)
     dg = None
     if want_dg:

@@ -118,12 +118,17 @@ SHAPES = [  # (N, cu, dk, dv)
 @pytest.mark.parametrize("L", [0, 1, 2])
 @pytest.mark.parametrize("stages", [1, 2], ids=["mma", "mma_db"])
 def test_core_matches_recurrence(dtype, split, shape, mode, L, stages):
+    _check_case(dtype, split, shape, mode, L, stages=stages)
+
+
+def _check_case(dtype, split, shape, mode, L, **kw):
+    """run_case on one (N, cu, dk, dv) shape and mode, every result within TOL (kw: stages, dkdv)."""
     N, cu, dk, dv = shape
     decay, causal = mode == "decayed", mode != "noncausal"
-    res = run_case(dtype, split, N, list(cu), dk, dv, decay, causal, L, with_state=causal, seed=L, stages=stages)
+    res = run_case(dtype, split, N, list(cu), dk, dv, decay, causal, L, with_state=causal, seed=L, **kw)
     tol = TOL[(dtype, split)]
     bad = {n: r for n, r in res.items() if not r[0] <= tol}
-    assert not bad, f"{dtype}/{split} stages={stages} {shape} {mode} L={L}: " + "; ".join(f"{n} {e:.2e} ({w})" for n, (e, w) in bad.items())
+    assert not bad, f"{dtype}/{split} {kw} {shape} {mode} L={L}: " + "; ".join(f"{n} {e:.2e} ({w})" for n, (e, w) in bad.items())
 
 
 @pytest.mark.parametrize("dtype,split", CASES)
@@ -135,9 +140,4 @@ def test_core_matches_recurrence(dtype, split, shape, mode, L, stages):
 def test_dkdv_modes_match_recurrence(dtype, split, shape, mode, L, dkdv):
     """The dk/dv walkers of the other modes at head dims (64, 64) (_chunked_mma.DKDV_MODES: the dk and dv
     kernels apart, the two 8-warp fused kernels), one load stage."""
-    N, cu, dk, dv = shape
-    decay, causal = mode == "decayed", mode != "noncausal"
-    res = run_case(dtype, split, N, list(cu), dk, dv, decay, causal, L, with_state=causal, seed=L, dkdv=dkdv)
-    tol = TOL[(dtype, split)]
-    bad = {n: r for n, r in res.items() if not r[0] <= tol}
-    assert not bad, f"{dtype}/{split} dkdv={dkdv} {shape} {mode} L={L}: " + "; ".join(f"{n} {e:.2e} ({w})" for n, (e, w) in bad.items())
+    _check_case(dtype, split, shape, mode, L, dkdv=dkdv)

@@ -395,14 +395,15 @@ def run_softmax(variant, dtype, lead, T, Dk, Dv, causal, full_mantissa, seed) ->
     return Result(all(np.isfinite(e) and e < tol for e in errs.values()), errs, tol)
 
 
-def run_chunked_mma(dtype, split, cu, dk, dv, mode, L, stages=1) -> Result:
+def run_chunked_mma(dtype, split, cu, dk, dv, mode, L, stages=1, dkdv="fused") -> Result:
     """The tensor-core chunk core (N = 1), forward and every gradient, through the GPU test's run_case and
     tolerance (mode: linear, decayed or noncausal, as that test's modes; causal cases carry an initial state
-    and a final-state gradient; stages: the chunk walk's load pipeline, 2 = cupy:chunked_mma_db)."""
+    and a final-state gradient; stages: the chunk walk's load pipeline, 2 = cupy:chunked_mma_db; dkdv: the dk/dv
+    walkers at head dims (64, 64), _chunked_mma.DKDV_MODES)."""
     t = _load_test_module("test_cupy_chunked_mma")
     causal = mode != "noncausal"
     res = t.run_case(dtype, split, 1, list(cu), dk, dv, mode == "decayed", causal, L, with_state=causal, seed=L,
-                     stages=stages)
+                     stages=stages, dkdv=dkdv)
     tol = t.TOL[(dtype, split)]
     bad = [f"{n}: {w}" for n, (e, w) in res.items() if not e <= tol]
     return Result(not bad, {n: e for n, (e, _) in res.items()}, tol, "; ".join(bad))
@@ -452,11 +453,11 @@ def _softmax(label, variant, dtype, lead, T, Dk, Dv, causal, full_mantissa=False
                                                   causal=causal, full_mantissa=full_mantissa, seed=len(label)))
 
 
-def _chunked(dtype, split, cu, dk, dv, mode, L, stages=1):
-    label = (f"chunked_mma{'_db' if stages == 2 else ''} {dtype}/{split} cu={','.join(map(str, cu))} {dk}x{dv} "
-             f"{mode} L={L}")
+def _chunked(dtype, split, cu, dk, dv, mode, L, stages=1, dkdv="fused"):
+    label = (f"chunked_mma{'_db' if stages == 2 else ''}{'' if dkdv == 'fused' else '_dkdv-' + dkdv} {dtype}/{split} "
+             f"cu={','.join(map(str, cu))} {dk}x{dv} {mode} L={L}")
     return Case("chunked_mma", label, "chunked_mma", dict(dtype=dtype, split=split, cu=cu, dk=dk, dv=dv, mode=mode,
-                                                          L=L, stages=stages))
+                                                          L=L, stages=stages, dkdv=dkdv))
 
 
 def _zeros(impl, dtype, lead, T, Dk, Dv, causal, n_gates):
@@ -572,6 +573,16 @@ CHUNKED_DB_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, stages=2) for dt, s
     ("float32", 3, (0, 300), 64, 64, "decayed", 0), ("float32", 3, (0, 1, 64, 65, 130), 64, 64, "linear", 1),
     ("float32", 3, (0, 63, 130), 96, 40, "linear", 0), ("float32", 3, (0, 130), 32, 48, "noncausal", 2),
     ("float32", 1, (0, 200), 64, 64, "decayed", 2))]
+# the other dk/dv walkers at head dims (64, 64) (_chunked_mma.DKDV_MODES: "split" = the dk and dv kernels apart,
+# "wide", "roles" = the 8-warp fused kernels): walks of 1 to 5 chunks with the initial state's gradient written by the walker
+# (L = 0) and through the segment scan (L = 2), packed chunk-edge lengths, element-wise loads (5 x 7), not causal
+CHUNKED_DKDV_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, dkdv=m) for m in ("split", "wide", "roles")
+                      for dt, split, cu, dk, dv, mode, L in (
+    ("float16", 1, (0, 300), 64, 64, "decayed", 0), ("float16", 1, (0, 300), 64, 64, "linear", 2),
+    ("float16", 1, (0, 1, 64, 65, 130), 64, 64, "decayed", 1), ("float16", 1, (0, 70), 5, 7, "linear", 0),
+    ("float16", 1, (0, 130), 32, 48, "noncausal", 1),
+    ("float32", 3, (0, 300), 64, 64, "decayed", 2), ("float32", 3, (0, 1, 64, 65, 130), 64, 64, "linear", 0),
+    ("float32", 1, (0, 130), 32, 48, "decayed", 0))]
 
 # zeros: the ZeroS variants on the tensor-core core (public API; every dtype and split the emulator runs; the
 # GPU test's shapes but its T = 4097, one lead dim where it has two; both causal modes and gate counts spread
@@ -614,7 +625,7 @@ def cases() -> list:
     zeros_tests = [_zeros_test(f, **kw) for f in ZEROS_GRID_TESTS for kw in _test_grid("test_cupy_zeros_mma", f)]
     steps_tests = [_test_case("steps", "test_steps_kernel", f, **kw) for f in STEPS_TESTS
                    for kw in _test_grid("test_steps_kernel", f)]
-    return (SOFTMAX_CASES + CHUNKED_CASES + CHUNKED_DB_CASES + ZEROS_CASES + zeros_tests
+    return (SOFTMAX_CASES + CHUNKED_CASES + CHUNKED_DB_CASES + CHUNKED_DKDV_CASES + ZEROS_CASES + zeros_tests
             + [_zeros_test(f) for f in ZEROS_TESTS] + ZEROS_STATE_CASES + steps_tests + _cells())
 
 

@@ -58,7 +58,7 @@ def _where(x, ref):
     return f"worst at {tuple(int(j) for j in i)}: {np.asarray(x).flat[np.ravel_multi_index(i, err.shape)]} vs {ref[i]}"
 
 
-def run_case(dtype, split, N, cu, dk, dv, decay, causal, L, with_state, seed=0, stages=1):
+def run_case(dtype, split, N, cu, dk, dv, decay, causal, L, with_state, seed=0, stages=1, dkdv="fused"):
     import cupy as cp
     from kernels.cupy import _chunked_mma as mma
     from workbench.backends import poisoned
@@ -83,7 +83,7 @@ def run_case(dtype, split, N, cu, dk, dv, decay, causal, L, with_state, seed=0, 
         o, ctx = mma.forward(dev(q), dev(k), dev(v), None if g is None else cp.asarray(g, cp.float32),
                              scale=0.7, causal=causal, split=split,
                              S0=None if S0 is None else cp.asarray(S0, cp.float32), want_final=with_state,
-                             cu=tuple(cu) if nseq > 1 else None, L=L, stages=stages)
+                             cu=tuple(cu) if nseq > 1 else None, L=L, stages=stages, dkdv=dkdv)
         dq, dkk, dvv, dg, dS0 = mma.backward(ctx, dev(do), None if dST is None else cp.asarray(dST, cp.float32))
     got = dict(o=o, dq=dq, dk=dkk, dv=dvv)
     if decay:
@@ -118,9 +118,26 @@ SHAPES = [  # (N, cu, dk, dv)
 @pytest.mark.parametrize("L", [0, 1, 2])
 @pytest.mark.parametrize("stages", [1, 2], ids=["mma", "mma_db"])
 def test_core_matches_recurrence(dtype, split, shape, mode, L, stages):
+    _check_case(dtype, split, shape, mode, L, stages=stages)
+
+
+def _check_case(dtype, split, shape, mode, L, **kw):
+    """run_case on one (N, cu, dk, dv) shape and mode, every result within TOL (kw: stages, dkdv)."""
     N, cu, dk, dv = shape
     decay, causal = mode == "decayed", mode != "noncausal"
-    res = run_case(dtype, split, N, list(cu), dk, dv, decay, causal, L, with_state=causal, seed=L, stages=stages)
+    res = run_case(dtype, split, N, list(cu), dk, dv, decay, causal, L, with_state=causal, seed=L, **kw)
     tol = TOL[(dtype, split)]
     bad = {n: r for n, r in res.items() if not r[0] <= tol}
-    assert not bad, f"{dtype}/{split} stages={stages} {shape} {mode} L={L}: " + "; ".join(f"{n} {e:.2e} ({w})" for n, (e, w) in bad.items())
+    assert not bad, f"{dtype}/{split} {kw} {shape} {mode} L={L}: " + "; ".join(f"{n} {e:.2e} ({w})" for n, (e, w) in bad.items())
+
+
+@pytest.mark.parametrize("dtype,split", CASES)
+@pytest.mark.parametrize("shape", [s for s in SHAPES if max(s[2], s[3]) <= 64],
+                         ids=lambda s: f"N{s[0]}-cu{'_'.join(map(str, s[1]))}-{s[2]}x{s[3]}")
+@pytest.mark.parametrize("mode", ["linear", "decayed", "noncausal"])
+@pytest.mark.parametrize("L", [0, 2])
+@pytest.mark.parametrize("dkdv", ["split", "wide", "roles"])
+def test_dkdv_modes_match_recurrence(dtype, split, shape, mode, L, dkdv):
+    """The dk/dv walkers of the other modes at head dims (64, 64) (_chunked_mma.DKDV_MODES: the dk and dv
+    kernels apart, the two 8-warp fused kernels), one load stage."""
+    _check_case(dtype, split, shape, mode, L, dkdv=dkdv)

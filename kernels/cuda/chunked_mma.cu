@@ -32,7 +32,8 @@
 //   tc_seg_state<T, DXP, REV, SPLIT, STAGES>  one segment's state contribution (REV: of q, do, for dS)
 //   tc_seg_scan<REV>               segment start states (REV: segment end gradients), final state / dS0
 //   tc_bwd_dq<T, DVP, SPLIT, STAGES>  dq for one 64-column tile of dk (and its row dots q.dq)
-//   tc_bwd_dkdv<T, DKP, DVP, SPLIT, WHICH, STAGES>  dk and dv (WHICH 0, head dims <= 64), dk tiles (1), dv tiles (2)
+//   tc_bwd_dkdv<T, DKP, DVP, SPLIT, WHICH, WARPS, STAGES>  dk and dv (WHICH 0, head dims <= 64; 4 or 8 warps),
+//                                  dk tiles (1), dv tiles (2)
 //   tc_dg_part, tc_dg              d log_decay: reverse cumulative sum of q.dq - k.dk per sequence
 // STAGES (tc::Walk): 1 loads a chunk's tiles, waits, computes; 2 double-buffers the tiles, so chunk c + 1's
 // cp.async loads (and warp 0's log decays) are in flight while chunk c is computed (cupy:chunked_mma_db).
@@ -179,21 +180,21 @@ struct Walk {
 // rows [0, C) x columns [0, W) of the tile <- g[r * ldg + col0 + c] (zeros past nrows or ncols).  16-byte
 // rows go through cp.async (zero-filled past the data; the caller waits (cp_async_wait(), Walk::wait()) before
 // the barrier that publishes the tile), so every load of a chunk is in flight at once; other layouts load
-// element by element.
-template <typename T, int W>
+// element by element.  NTH: the block's threads (tc_bwd_dkdv runs 4 or 8 warps).
+template <typename T, int W, int NTH = THREADS>
 __device__ __forceinline__ void load_tile(T* s, int lds, const T* __restrict__ g, long long ldg, int nrows, int col0,
                                           int ncols) {
     constexpr int VEC = 16 / sizeof(T), CV = W / VEC;
     const bool vec = (ldg % VEC) == 0 && (col0 % VEC) == 0 && (((unsigned long long)g) & 15ull) == 0;
     if (vec) {
-        for (int idx = threadIdx.x; idx < C * CV; idx += THREADS) {
+        for (int idx = threadIdx.x; idx < C * CV; idx += NTH) {
             const int r = idx / CV, c = (idx % CV) * VEC;
             const int left = r < nrows ? ncols - (col0 + c) : 0;
             const int bytes = left <= 0 ? 0 : (left >= VEC ? 16 : left * (int)sizeof(T));
             cp_async16(s + r * lds + c, bytes ? g + r * ldg + col0 + c : g, bytes);
         }
     } else {
-        for (int idx = threadIdx.x; idx < C * CV; idx += THREADS) {
+        for (int idx = threadIdx.x; idx < C * CV; idx += NTH) {
             const int r = idx / CV, c = (idx % CV) * VEC;
             T* dst = s + r * lds + c;
             const T* src = g + r * ldg + col0 + c;
@@ -277,8 +278,23 @@ __device__ __forceinline__ void scale_acc(float (&a)[MT][NT][4], float f) {
         for (int j = 0; j < NT; ++j) a[i][j][0] *= f, a[i][j][1] *= f, a[i][j][2] *= f, a[i][j][3] *= f;
 }
 
-// Row dots x_r . acc_r of the warp's 16 rows (tile rows m0 + ...) against a shared tile s (row stride lds),
-// written to out[r] for rows r < nrow: the d log_decay terms q.dq and k.dk of one 64-column tile.
+// Row dot x_r . acc_r of row m0 + g + 8h of the warp's 16 x 8NT accumulator tile against a shared tile s (row
+// stride lds, columns from 0), summed over the row's quad (every thread of the quad gets it).
+template <typename T, int NT>
+__device__ __forceinline__ float row_dot(const float (&a)[NT][4], const T* s, int lds, int m0, int h) {
+    const int gq = (threadIdx.x & 31) >> 2, tq = threadIdx.x & 3;
+    const int r = m0 + gq + 8 * h;
+    float d = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+        d += a[nt][2 * h] * to_f32(s[r * lds + 8 * nt + 2 * tq]) + a[nt][2 * h + 1] * to_f32(s[r * lds + 8 * nt + 2 * tq + 1]);
+    d += __shfl_xor_sync(0xffffffffu, d, 1);
+    d += __shfl_xor_sync(0xffffffffu, d, 2);
+    return d;
+}
+
+// Row dots of the warp's 16 rows (tile rows m0 + ...) of one 64-column tile, written to out[r] for rows r < nrow:
+// the d log_decay terms q.dq and k.dk.
 template <typename T>
 __device__ __forceinline__ void row_dots(const float (&a)[8][4], const T* s, int lds, int m0, int nrow,
                                          float* __restrict__ out) {
@@ -286,12 +302,7 @@ __device__ __forceinline__ void row_dots(const float (&a)[8][4], const T* s, int
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int r = m0 + gq + 8 * h;
-        float d = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
-            d += a[nt][2 * h] * to_f32(s[r * lds + 8 * nt + 2 * tq]) + a[nt][2 * h + 1] * to_f32(s[r * lds + 8 * nt + 2 * tq + 1]);
-        d += __shfl_xor_sync(0xffffffffu, d, 1);
-        d += __shfl_xor_sync(0xffffffffu, d, 2);
+        const float d = row_dot<T, 8>(a, s, lds, m0, h);
         if (tq == 0 && r < nrow) out[r] = d;
     }
 }
@@ -300,7 +311,7 @@ __device__ __forceinline__ void row_dots(const float (&a)[8][4], const T* s, int
 // operands are scaled by 1/sigma, sigma the power of two that keeps |H| / sigma <= 2^14 (1 for other types):
 //   warp_abs_max   max |H| over the warp's fragments (every lane gets it)
 //   pow2_scale     sigma and 1/sigma from the block's max (left at 1 while the max is below 2^14, or inf / NaN)
-//   frags_to_smem  the fragments times inv -> shared memory (row stride lds, columns from 0)
+//   frags_to_smem  the fragments times inv -> shared memory (row stride lds, the warp's columns from n0)
 template <int MT, int NT>
 __device__ __forceinline__ float warp_abs_max(const float (&H)[MT][NT][4]) {
     float mx = 0.f;
@@ -320,7 +331,8 @@ __device__ __forceinline__ void pow2_scale(float mx, float& sigma, float& inv) {
     }
 }
 template <typename T, int MT, int NT>
-__device__ __forceinline__ void frags_to_smem(const float (&H)[MT][NT][4], T* s, int lds, int m0, float inv) {
+__device__ __forceinline__ void frags_to_smem(const float (&H)[MT][NT][4], T* s, int lds, int m0, float inv,
+                                              int n0 = 0) {
     const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -328,7 +340,7 @@ __device__ __forceinline__ void frags_to_smem(const float (&H)[MT][NT][4], T* s,
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                T* dst = s + (m0 + 16 * mt + g + 8 * h) * lds + 8 * nt + 2 * t;
+                T* dst = s + (m0 + 16 * mt + g + 8 * h) * lds + n0 + 8 * nt + 2 * t;
                 if constexpr (wbmma::Traits<T>::F32) {
                     dst[0] = H[mt][nt][2 * h];
                     dst[1] = H[mt][nt][2 * h + 1];
@@ -338,19 +350,23 @@ __device__ __forceinline__ void frags_to_smem(const float (&H)[MT][NT][4], T* s,
             }
 }
 
-// The state tile -> shared memory in T, scaled by 1/sigma; returns sigma.  Every thread of the block must call it
-// (it synchronises for the fp16 reduction).
-template <typename T, int MT, int NT>
-__device__ __forceinline__ float state_to_smem(const float (&H)[MT][NT][4], T* s, int lds, int m0, float* red) {
+// The state tile -> shared memory in T, scaled by 1/sigma; returns sigma.  Every thread of the block (NW warps,
+// each holding rows m0.. and columns n0.. of the tile) must call it (it synchronises for the fp16 reduction).
+template <typename T, int MT, int NT, int NW = 4>
+__device__ __forceinline__ float state_to_smem(const float (&H)[MT][NT][4], T* s, int lds, int m0, float* red,
+                                               int n0 = 0) {
     float sigma = 1.f, inv = 1.f;
     if constexpr (wbmma::Traits<T>::HALF) {
         const float mx = warp_abs_max(H);
         if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
         __syncthreads();
-        pow2_scale(fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3])), sigma, inv);
+        float bm = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+#pragma unroll
+        for (int i = 4; i < NW; ++i) bm = fmaxf(bm, red[i]);
+        pow2_scale(bm, sigma, inv);
         __syncthreads();                                                   // red is read before reuse
     }
-    frags_to_smem(H, s, lds, m0, inv);
+    frags_to_smem(H, s, lds, m0, inv, n0);
     return sigma;
 }
 
@@ -378,18 +394,19 @@ __device__ __forceinline__ void store_rows(const float (&a)[NT][4], T* __restric
         }
 }
 
-// a state tile held in fragments <-> its place in a (dk, dv) fp32 matrix (rows r0 + row, cols c0 + col)
+// a state tile held in fragments (the warp's rows m0.., columns n0..) <-> its place in a (dk, dv) fp32 matrix
+// (rows r0 + row, cols c0 + col)
 template <int MT, int NT>
 __device__ __forceinline__ void state_load(float (&H)[MT][NT][4], const float* __restrict__ src, int m0, int r0,
-                                           int c0, int dk, int dv) {
-    wbmma::for_each(H, m0, 0, [&](float& x, int r, int c) {
+                                           int c0, int dk, int dv, int n0 = 0) {
+    wbmma::for_each(H, m0, n0, [&](float& x, int r, int c) {
         x = (src && r0 + r < dk && c0 + c < dv) ? src[(long long)(r0 + r) * dv + c0 + c] : 0.f;
     });
 }
 template <int MT, int NT>
 __device__ __forceinline__ void state_store(float (&H)[MT][NT][4], float* __restrict__ dst, int m0, int r0, int c0,
-                                            int dk, int dv) {
-    wbmma::for_each(H, m0, 0, [&](float& x, int r, int c) {
+                                            int dk, int dv, int n0 = 0) {
+    wbmma::for_each(H, m0, n0, [&](float& x, int r, int c) {
         if (r0 + r < dk && c0 + c < dv) dst[(long long)(r0 + r) * dv + c0 + c] = x;
     });
 }
@@ -445,6 +462,27 @@ template <typename T, int D, int STAGES>
 __host__ __device__ constexpr int walk_min_blocks() {
     if (D != 64 || STAGES != 1) return 1;
     return sizeof(T) == 2 ? 4 : 3;
+}
+
+// The dk/dv walker's warp layouts (tc_bwd_dkdv's LAYOUT; the fused kernel, WHICH 0, takes every one):
+//   DKDV_ROWS   4 warps; warp w: rows (R/4) w .. of the dS tile (all its columns), rows 16w .. of dk and dv
+//   DKDV_COLS   8 warps; warp w: the rows of warp w % 4 and column half w / 4 of the dS tile and of dk and dv
+//               (half the accumulators; the warps w, w + 4 both form the 16 x 64 intra-chunk scores of their rows)
+//   DKDV_ROLES  8 warps; warp w: the rows of warp w % 4 and column half w / 4 of the dS tile; warps 0-3 form dv,
+//               warps 4-7 dk (all 64 columns each: every product is done once, as with DKDV_ROWS)
+enum : int { DKDV_ROWS = 0, DKDV_COLS = 1, DKDV_ROLES = 2 };
+__host__ __device__ constexpr int dkdv_warps(int layout) { return layout == DKDV_ROWS ? 4 : 8; }
+
+// The blocks per SM tc_bwd_dkdv asks ptxas for (__launch_bounds__' second argument; 0: no request -- an explicit
+// 1 is not the same: it took the fused 4-warp float16 kernel from 162 to 184 registers).  At head dims (64, 64),
+// 16-bit inputs, one stage: the 8-warp layouts ask for 2 blocks (<= 128 registers, 16 warps per SM); the
+// separate dk and dv kernels (WHICH 1, 2: cupy dkdv mode "split") for DKDV_SPLIT_MIN_BLOCKS.  Everything else:
+// none (the fused 4-warp kernel spills 800+ bytes at 128 registers: docs/kernels/decayed.md step 4).
+constexpr int DKDV_SPLIT_MIN_BLOCKS = 4;
+template <typename T, int DKP, int DVP, int WHICH, int LAYOUT, int STAGES>
+__host__ __device__ constexpr int dkdv_min_blocks() {
+    return !(sizeof(T) == 2 && DKP == 64 && DVP == 64 && STAGES == 1) ? 0
+           : LAYOUT != DKDV_ROWS ? 2 : WHICH != 0 ? DKDV_SPLIT_MIN_BLOCKS : 0;
 }
 
 }  // namespace tc
@@ -685,12 +723,18 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES>()) tc
 // WHICH 0: dk and dv together (DKP = DVP = 64, one block per segment); 1: dk for one 64-column tile of dk;
 // 2: dv for one 64-column tile of dv.  The block holds the dS tile it needs (rows: dk, columns: dv):
 // WHICH 0: all x all, 1: its dk rows x all dv, 2: all dk x its dv columns, and walks the chunks backwards.
-// smem: STAGES x (Q, K [C][DKP+8], V, dO [C][DVP+8]), dS [R][CC+8] of T + Trailer (V is not loaded for WHICH 2).
+// LAYOUT (tc::DKDV_ROWS, DKDV_COLS, DKDV_ROLES; the 8-warp ones for WHICH 0 only): which warp holds which part
+// of the dS tile and forms which part of dk and dv.  DKDV_COLS: the two column halves' k.dk row dots meet in
+// shared memory (C floats after the Trailer).
+// smem: STAGES x (Q, K [C][DKP+8], V, dO [C][DVP+8]), dS [R][CC+8] of T + Trailer (+ C floats with DKDV_COLS)
+// (V is not loaded for WHICH 2).
 // causal: dS starts at dSin[n][seg] (the gradient of the state after the segment; nullptr: zeros);
 // dSstart[n][seg] (optional) gets the gradient of the state before it.  Not causal: dS = dSin[n][seq].
 // rk (decay only; nullptr: not wanted): (ceil(dk/64), N, T) partial row dots k.dk.
-template <typename T, int DKP, int DVP, int SPLIT, int WHICH, int STAGES>
-__global__ void __launch_bounds__(128) tc_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k,
+template <typename T, int DKP, int DVP, int SPLIT, int WHICH, int LAYOUT, int STAGES>
+__global__ void __launch_bounds__(32 * tc::dkdv_warps(LAYOUT), tc::dkdv_min_blocks<T, DKP, DVP, WHICH, LAYOUT, STAGES>())
+tc_bwd_dkdv(
+        const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const float* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dkout,
         T* __restrict__ dvout, float* __restrict__ rk, const float* __restrict__ dSin, float* __restrict__ dSstart,
         const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, int T_,
@@ -698,8 +742,13 @@ __global__ void __launch_bounds__(128) tc_bwd_dkdv(const T* __restrict__ q, cons
     using namespace tc;
     using namespace wbmma;
     static_assert(WHICH != 0 || (DKP == 64 && DVP == 64), "the fused dk/dv kernel holds a 64 x 64 dS");
+    static_assert(LAYOUT == DKDV_ROWS || ((LAYOUT == DKDV_COLS || LAYOUT == DKDV_ROLES) && WHICH == 0),
+                  "the 8-warp layouts: the fused kernel only");
+    constexpr int WARPS = dkdv_warps(LAYOUT), NTH = 32 * WARPS, CH = WARPS / 4;   // CH: column parts of dS
+    constexpr int OCH = LAYOUT == DKDV_COLS ? 2 : 1;              // column parts of the dk, dv tiles
     constexpr int R = WHICH == 1 ? BV : DKP, CC = WHICH == 2 ? BV : DVP;
-    constexpr int SMT = R / 64, SNT = CC / 8, LDK = DKP + PAD, LDV = DVP + PAD, LDS = CC + PAD, KS = Traits<T>::KS;
+    constexpr int SMT = R / 64, SNT = CC / CH / 8, ONT = BV / OCH / 8;
+    constexpr int LDK = DKP + PAD, LDV = DVP + PAD, LDS = CC + PAD, KS = Traits<T>::KS;
     constexpr int STAGE = 2 * C * LDK + 2 * C * LDV;             // one stage: Q, K, V, dO
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = reinterpret_cast<T*>(smem_raw);
@@ -709,22 +758,25 @@ __global__ void __launch_bounds__(128) tc_bwd_dkdv(const T* __restrict__ q, cons
     const int nt_ = WHICH == 1 ? (dk + BV - 1) / BV : WHICH == 2 ? (dv + BV - 1) / BV : 1;
     const int tile = blockIdx.x % nt_, s = blockIdx.x / nt_, n = blockIdx.y, N = gridDim.y;
     const int kr0 = WHICH == 1 ? tile * BV : 0, vc0 = WHICH == 2 ? tile * BV : 0;
-    const int w = threadIdx.x >> 5, sm0 = (R / 4) * w;
+    const int w = threadIdx.x >> 5, rw = CH == 1 ? w : w & 3, ch = CH == 1 ? 0 : w >> 2;
+    const int sm0 = (R / 4) * rw, sn0 = (CC / CH) * ch;         // the warp's part of the dS tile
+    const int m0 = 16 * rw, on0 = OCH == 1 ? 0 : (BV / OCH) * ch;  // ... and of the dk, dv tiles
+    const bool dv_warp = LAYOUT != DKDV_ROLES || ch == 0, dk_warp = LAYOUT != DKDV_ROLES || ch == 1;
     const int t0 = seg_t0[s], t1 = seg_t1[s];
     const long long nT = (long long)n * T_, E = (long long)dk * dv;
     float dS[SMT][SNT][4];
     state_load(dS, causal ? (dSin ? dSin + ((long long)n * NSEG + s) * E : nullptr)
-                          : dSin + ((long long)n * nseq + seg_seq[s]) * E, sm0, kr0, vc0, dk, dv);
+                          : dSin + ((long long)n * nseq + seg_seq[s]) * E, sm0, kr0, vc0, dk, dv, sn0);
     const int nch = (t1 - t0 + C - 1) / C;
     auto start = [&](int i) { return t0 + C * (nch - 1 - i); };    // chunk i of the (backward) walk
     auto issue = [&](int i, int st) {                              // its tiles -> stage st
         T* sQ = stages + st * STAGE;
         const int cs = start(i), nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
-        load_tile<T, DKP>(sQ, LDK, q + row0 * dk, dk, nrow, 0, dk);
-        load_tile<T, DKP>(sQ + C * LDK, LDK, k + row0 * dk, dk, nrow, 0, dk);
-        if (WHICH != 2) load_tile<T, DVP>(sQ + 2 * C * LDK, LDV, v + row0 * dv, dv, nrow, 0, dv);
-        load_tile<T, DVP>(sQ + 2 * C * LDK + C * LDV, LDV, dout + row0 * dv, dv, nrow, 0, dv);
+        load_tile<T, DKP, NTH>(sQ, LDK, q + row0 * dk, dk, nrow, 0, dk);
+        load_tile<T, DKP, NTH>(sQ + C * LDK, LDK, k + row0 * dk, dk, nrow, 0, dk);
+        if (WHICH != 2) load_tile<T, DVP, NTH>(sQ + 2 * C * LDK, LDV, v + row0 * dv, dv, nrow, 0, dv);
+        load_tile<T, DVP, NTH>(sQ + 2 * C * LDK + C * LDV, LDV, dout + row0 * dv, dv, nrow, 0, dv);
     };
     auto grows = [&](int i) { return GRows{g + nT + start(i), min(C, t1 - start(i))}; };
     Walk<STAGES> walk(nch, causal && decay, tr, issue, grows);
@@ -736,49 +788,64 @@ __global__ void __launch_bounds__(128) tc_bwd_dkdv(const T* __restrict__ q, cons
         T* sV = sK + C * LDK;
         T* sO = sV + C * LDV;
         walk.top(i, tr, issue, grows);
-        const float sigma = state_to_smem<T, SMT, SNT>(dS, sS, LDS, sm0, tr->red);
+        const float sigma = state_to_smem<T, SMT, SNT, WARPS>(dS, sS, LDS, sm0, tr->red, sn0);
         walk.wait();
         __syncthreads();
         auto inter = [&](int r) { return sigma * (causal && decay ? tr->u[r] : 1.f); };
-        if (WHICH != 1) {                                          // dv (columns vc0 ..)
-            float acc[1][8][4];
+        if (WHICH != 1 && dv_warp) {                               // dv (columns vc0 + on0 ..)
+            float acc[1][ONT][4];
             zero(acc);
-            gemm_ss<T, SPLIT, 1, 8, false, false>(acc, sK, LDK, sS, LDS, 16 * w, 0, 0, DKP);      // K dS
-            scale_acc_rows(acc, 16 * w, inter);
+            gemm_ss<T, SPLIT, 1, ONT, false, false>(acc, sK, LDK, sS, LDS, m0, on0, 0, DKP);     // K dS
+            scale_acc_rows(acc, m0, inter);
             if (causal) {
                 float S[1][8][4];
                 zero(S);
-                gemm_ss<T, SPLIT, 1, 8, false, true>(S, sK, LDK, sQ, LDK, 16 * w, 0, 0, DKP, w, 4);  // K Q^T
+                gemm_ss<T, SPLIT, 1, 8, false, true>(S, sK, LDK, sQ, LDK, m0, 0, 0, DKP, rw, 4);  // K Q^T
                 AFrags<T, 8> P;
-                intra_frags<T, false>(P, S, 16 * w, tr, decay, scale);
-                gemm_rs<T, SPLIT, 8, AFrags<T, 8>::N, false>(acc[0], P.f, sO + vc0, LDV, 0, (16 * w) / KS, C / KS);
+                intra_frags<T, false>(P, S, m0, tr, decay, scale);
+                gemm_rs<T, SPLIT, ONT, AFrags<T, 8>::N, false>(acc[0], P.f, sO + vc0 + on0, LDV, 0, m0 / KS, C / KS);
             }
-            store_rows<T, 8>(acc[0], dvout + row0 * dv, dv, 16 * w, nrow, vc0, dv);
+            store_rows<T, ONT>(acc[0], dvout + row0 * dv, dv, m0, nrow, vc0 + on0, dv);
         }
-        if (WHICH != 2) {                                          // dk (columns kr0 ..)
-            float acc[1][8][4];
+        if (WHICH != 2 && dk_warp) {                               // dk (columns kr0 + on0 ..)
+            float acc[1][ONT][4];
             zero(acc);
-            gemm_ss<T, SPLIT, 1, 8, false, true>(acc, sV, LDV, sS, LDS, 16 * w, 0, 0, DVP);       // V dS^T
-            scale_acc_rows(acc, 16 * w, inter);
+            gemm_ss<T, SPLIT, 1, ONT, false, true>(acc, sV, LDV, sS, LDS, m0, on0, 0, DVP);      // V dS^T
+            scale_acc_rows(acc, m0, inter);
             if (causal) {
                 float S[1][8][4];
                 zero(S);
-                gemm_ss<T, SPLIT, 1, 8, false, true>(S, sV, LDV, sO, LDV, 16 * w, 0, 0, DVP, w, 4);  // V dO^T
+                gemm_ss<T, SPLIT, 1, 8, false, true>(S, sV, LDV, sO, LDV, m0, 0, 0, DVP, rw, 4);  // V dO^T
                 AFrags<T, 8> P;
-                intra_frags<T, false>(P, S, 16 * w, tr, decay, scale);
-                gemm_rs<T, SPLIT, 8, AFrags<T, 8>::N, false>(acc[0], P.f, sQ + kr0, LDK, 0, (16 * w) / KS, C / KS);
+                intra_frags<T, false>(P, S, m0, tr, decay, scale);
+                gemm_rs<T, SPLIT, ONT, AFrags<T, 8>::N, false>(acc[0], P.f, sQ + kr0 + on0, LDK, 0, m0 / KS, C / KS);
             }
-            store_rows<T, 8>(acc[0], dkout + row0 * dk, dk, 16 * w, nrow, kr0, dk);
-            if (causal && decay && rk)                             // row dots k.dk of this tile
-                row_dots<T>(acc[0], sK + kr0, LDK, 16 * w, nrow, rk + ((long long)tile * N + n) * T_ + cs);
+            store_rows<T, ONT>(acc[0], dkout + row0 * dk, dk, m0, nrow, kr0 + on0, dk);
+            if (causal && decay && rk) {                           // row dots k.dk of this tile
+                float* out = rk + ((long long)tile * N + n) * T_ + cs;
+                if constexpr (OCH == 1) {
+                    row_dots<T>(acc[0], sK + kr0, LDK, m0, nrow, out);
+                } else {                                           // the column halves add up in shared memory
+                    float* part = reinterpret_cast<float*>(tr + 1);
+                    const int gq = (threadIdx.x & 31) >> 2, tq = threadIdx.x & 3;
+                    float d[2];
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) d[h] = row_dot<T, ONT>(acc[0], sK + kr0 + on0, LDK, m0, h);
+                    if (ch == 1 && tq == 0) part[m0 + gq] = d[0], part[m0 + gq + 8] = d[1];
+                    __syncthreads();                               // (read before the next chunk's top barrier)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h)
+                        if (ch == 0 && tq == 0 && m0 + gq + 8 * h < nrow) out[m0 + gq + 8 * h] = d[h] + part[m0 + gq + 8 * h];
+                }
+            }
         }
         if (causal && (j > 0 || dSstart)) {                       // dS <- e^{b_last} dS + Q^T diag(scale e^b) dO
             if (decay) scale_acc(dS, tr->e[C - 1]);                // the weights on Q^T's fragments, in registers
-            gemm_ss<T, SPLIT, SMT, SNT, true, false>(dS, sQ + kr0, LDK, sO + vc0, LDV, sm0, 0, 0, C, 0, SNT / 2,
+            gemm_ss<T, SPLIT, SMT, SNT, true, false>(dS, sQ + kr0, LDK, sO + vc0, LDV, sm0, sn0, 0, C, 0, SNT / 2,
                                                      KWeights<T>{decay ? tr->e : nullptr, scale});
         }
     }
-    if (causal && dSstart) state_store(dS, dSstart + ((long long)n * NSEG + s) * E, sm0, kr0, vc0, dk, dv);
+    if (causal && dSstart) state_store(dS, dSstart + ((long long)n * NSEG + s) * E, sm0, kr0, vc0, dk, dv, sn0);
 }
 
 // ================================================================================================ d log_decay

@@ -14,6 +14,12 @@ them (``tc_seg_scan``).  ``choose_segments`` picks L so that the grid fills the 
 Stages: the chunk-walking kernels take ``STAGES`` (1, or 2 = double-buffered tiles: chunk c + 1's loads in
 flight while chunk c is computed; ``stages=2`` is cupy:chunked_mma_db).  A kernel whose two stages would not
 fit in ``SMEM_MAX`` runs with one (``staged``).
+
+dk/dv at head dims (64, 64) (``DKDV_MODES``, ``dkdv=`` of ``forward``, kept for the backward): "fused" (the
+default: one 4-warp kernel for dk and dv), "split" (the dk kernel and the dv kernel of the wider head dims, each
+recomputing the dS walk; cupy:chunked_mma_dkdv2), "wide" (the fused kernel with 8 warps, each owning half the
+columns of the dS, dk and dv tiles; cupy:chunked_mma_dkdv8) or "roles" (8 warps: each a quarter of dS, warps
+0-3 form dv, 4-7 dk; cupy:chunked_mma_dkdv8r).  Above 64 the separate kernels run in every mode.
 """
 from __future__ import annotations
 
@@ -43,6 +49,19 @@ SMEM_MAX = 227 * 1024       # the most dynamic shared memory one block may opt i
 STAGES = (1, 2)             # the kernels' load pipelines (tc::Walk): plain, double-buffered
 DOUBLE_BUFFERED = ("cupy:chunked_mma with double-buffered chunk tiles (stages=2): chunk c+1's cp.async loads in "
                    "flight while chunk c is computed")     # the description of the ops' chunked_mma_db variants
+# The dk/dv walkers launched at head dims (64, 64), per mode: ((WHICH, LAYOUT), ...) of tc_bwd_dkdv, in order;
+# LAYOUT: tc::DKDV_ROWS 0 (4 warps), DKDV_COLS 1 and DKDV_ROLES 2 (8 warps), DKDV_WARPS per layout
+DKDV_MODES = {"fused": ((0, 0),), "split": ((1, 0), (2, 0)), "wide": ((0, 1),), "roles": ((0, 2),)}
+DKDV_WARPS = (4, 8, 8)
+DKDV_WIDE = ((1, 0), (2, 0))            # above 64: the dk kernel per 64-column dk tile, the dv kernel per dv tile
+DKDV_DESCRIPTION = {   # the ops' measured-rung variants of the dk/dv modes: (variant name, description)
+    "split": ("chunked_mma_dkdv2", "cupy:chunked_mma with dk and dv in two kernels at head dim 64 (dkdv='split': "
+                                   "fewer registers each, the dS walk done twice)"),
+    "wide": ("chunked_mma_dkdv8", "cupy:chunked_mma with an 8-warp dk/dv kernel at head dim 64 (dkdv='wide': each "
+                                  "warp half the columns of the dS, dk and dv tiles)"),
+    "roles": ("chunked_mma_dkdv8r", "cupy:chunked_mma with an 8-warp dk/dv kernel at head dim 64 (dkdv='roles': "
+                                    "each warp a quarter of dS; warps 0-3 form dv, 4-7 dk)"),
+}
 
 
 def pad_dim(d: int) -> int:
@@ -63,24 +82,27 @@ def smem_dq(item: int, dvp: int, stages: int = 1) -> int:
     return item * (stages * (2 * C * (dvp + PAD) + 2 * C * (BV + PAD)) + BV * (dvp + PAD)) + TRAILER_BYTES
 
 
-def smem_dkdv(item: int, dkp: int, dvp: int, which: int, stages: int = 1) -> int:
+def smem_dkdv(item: int, dkp: int, dvp: int, which: int, stages: int = 1, layout: int = 0) -> int:
     rows = BV if which == 1 else dkp
     cols = BV if which == 2 else dvp
-    return item * (stages * (2 * C * (dkp + PAD) + 2 * C * (dvp + PAD)) + rows * (cols + PAD)) + TRAILER_BYTES
+    part = 4 * C if layout == 1 else 0                 # DKDV_COLS: the row-dot halves, after the Trailer
+    return (item * (stages * (2 * C * (dkp + PAD) + 2 * C * (dvp + PAD)) + rows * (cols + PAD)) + TRAILER_BYTES
+            + part)
 
 
 # ----------------------------------------------------------------------------- instantiations
 @dataclass(frozen=True)
 class Launchable:
-    """One chunk-walking kernel as launched: its name expression and its dynamic shared memory (bytes)."""
+    """One chunk-walking kernel as launched: its name expression, dynamic shared memory (bytes), block size."""
     expr: str
     smem: int
+    threads: int = THREADS
 
 
-def staged(name: str, targs: tuple, stages: int, smem) -> Launchable:
+def staged(name: str, targs: tuple, stages: int, smem, threads: int = THREADS) -> Launchable:
     """``name<targs..., S>`` with S = ``stages`` where ``smem(S)`` (bytes) fits in SMEM_MAX, else 1."""
     s = stages if smem(stages) <= SMEM_MAX else 1
-    return Launchable(f"{name}<{', '.join(map(str, targs))}, {s}>", smem(s))
+    return Launchable(f"{name}<{', '.join(map(str, targs))}, {s}>", smem(s), threads)
 
 
 @functools.lru_cache(maxsize=None)          # per launch: the expression and smem once per key
@@ -100,9 +122,14 @@ def _dq(dtype, split, stages, dvp):
 
 
 @functools.lru_cache(maxsize=None)
-def _dkdv(dtype, split, stages, dkp, dvp, which):
-    return staged("tc_bwd_dkdv", (CTYPE[dtype], dkp, dvp, split, which), stages,
-                  lambda s: smem_dkdv(ITEMSIZE[dtype], dkp, dvp, which, s))
+def _dkdv(dtype, split, stages, dkp, dvp, which, layout=0):
+    return staged("tc_bwd_dkdv", (CTYPE[dtype], dkp, dvp, split, which, layout), stages,
+                  lambda s: smem_dkdv(ITEMSIZE[dtype], dkp, dvp, which, s, layout), 32 * DKDV_WARPS[layout])
+
+
+def dkdv_launches(dkp: int, dvp: int, dkdv: str) -> tuple:
+    """((WHICH, LAYOUT), ...) of the dk/dv walkers one backward launches (padded head dims, mode)."""
+    return DKDV_MODES[dkdv] if (dkp, dvp) == (64, 64) else DKDV_WIDE
 
 
 def _group(dtype: str, split: int, stages: int) -> tuple:
@@ -112,11 +139,11 @@ def _group(dtype: str, split: int, stages: int) -> tuple:
     for p in DIMS:
         out += [_fwd(dtype, split, stages, p), _dq(dtype, split, stages, p)]
         out += [_seg_state(dtype, split, stages, p, rev) for rev in (False, True)]
-    out.append(_dkdv(dtype, split, stages, 64, 64, 0))
     for dkp in DIMS:
         for dvp in DIMS:
-            if (dkp, dvp) != (64, 64):
-                out += [_dkdv(dtype, split, stages, dkp, dvp, w) for w in (1, 2)]
+            for mode in DKDV_MODES:
+                out += [_dkdv(dtype, split, stages, dkp, dvp, *ww) for ww in dkdv_launches(dkp, dvp, mode)]
+    out = list(dict.fromkeys(out))
     return tuple(k.expr for k in out)
 
 
@@ -133,7 +160,7 @@ def _kern(dtype: str, split: int, stages: int, expr: str):
 
 
 def _launch(dtype: str, split: int, stages: int, k: Launchable, grid, args) -> None:
-    launch(_kern(dtype, split, stages, k.expr), grid, (THREADS,), args, k.smem)
+    launch(_kern(dtype, split, stages, k.expr), grid, (k.threads,), args, k.smem)
 
 
 @functools.lru_cache(maxsize=None)
@@ -197,6 +224,7 @@ class CoreContext:
     causal: bool
     split: int
     stages: int               # the kernels' load pipeline (STAGES)
+    dkdv: str = "fused"       # the dk/dv walkers at head dims (64, 64) (DKDV_MODES)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -213,10 +241,11 @@ def _ptr(x):
 
 
 def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_final=False, cu=None,
-            L=None, stages=1):
+            L=None, stages=1, dkdv="fused"):
     """o (..., T, dv) in q's dtype, and the CoreContext.  q, k, v: (..., T, d), any leading dims (N: their
     product); g: (..., T) float32 or None; S0: (N, nseq, dk, dv)
-    float32 or None; cu: sequence offsets (tuple) or None; stages: 1 or 2 (STAGES), also for the backward."""
+    float32 or None; cu: sequence offsets (tuple) or None; stages: 1 or 2 (STAGES), also for the backward;
+    dkdv: the backward's dk/dv walkers at head dims (64, 64) (DKDV_MODES)."""
     import cupy as cp
     shape = q.shape                                    # (..., T, dk): any leading dims, N their product
     N, T, dk = lead_size(shape, 2), shape[-2], shape[-1]
@@ -225,6 +254,8 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     split = split if dt == "float32" else 1            # the 3xTF32 split applies to float32 products only
     if stages not in STAGES:
         raise ValueError(f"stages must be one of {STAGES} (got {stages!r})")
+    if dkdv not in DKDV_MODES:
+        raise ValueError(f"dkdv must be one of {tuple(DKDV_MODES)} (got {dkdv!r})")
     dkp = pad_dim(dk)
     ntv = -(-dv // BV)
     if L is None:
@@ -258,20 +289,23 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
             (q, k, v, _ptr(g), o, _ptr(Hin), _ptr(final if (causal and tab.single) else None)) + segs
             + (tab.seq,) + dims + (np.float32(scale), causal32))
     ctx = CoreContext(q, k, v, g, tab, Hstart if causal else final, gam, final, S0, float(scale), bool(causal),
-                      split, stages)
+                      split, stages, dkdv)
     return o, ctx
 
 
-def backward(ctx: CoreContext, do, dST=None, want_dg=True):
+def backward(ctx: CoreContext, do, dST=None, want_dg=True, dkdv=None):
     """(dq, dk, dv, dg, dS0): gradients in q's dtype except dg (float32; None without decay or when not
     ``want_dg``) and dS0 (float32, None without an initial state).  dST: (N, nseq, dk, dv) gradient of the
-    final state, or None."""
+    final state, or None.  dkdv: the dk/dv walkers at head dims (64, 64) (DKDV_MODES; None: the forward's)."""
     import cupy as cp
     q, k, v, g, tab = ctx.q, ctx.k, ctx.v, ctx.g, ctx.table
     N, T, Dk = lead_size(q.shape, 2), q.shape[-2], q.shape[-1]
     Dv = v.shape[-1]
     dt = dtype_name(q.dtype)
     dkp, dvp, split, stages = pad_dim(Dk), pad_dim(Dv), ctx.split, ctx.stages
+    dkdv = ctx.dkdv if dkdv is None else dkdv
+    if dkdv not in DKDV_MODES:
+        raise ValueError(f"dkdv must be one of {tuple(DKDV_MODES)} (got {dkdv!r})")
     ntk, ntv = -(-Dk // BV), -(-Dv // BV)
     E = Dk * Dv
     i32 = np.int32
@@ -308,9 +342,9 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True):
     _launch(dt, split, stages, _dq(dt, split, stages, dvp), (tab.nseg * ntk, N),
             (q, k, v, _ptr(g), do, dq, _ptr(rq), _ptr(ctx.Hstart)) + tail)
     dS0_out = dS0 if (ctx.causal and tab.single) else None
-    whiches = ((0, 1),) if (dkp, dvp) == (64, 64) else ((1, ntk), (2, ntv))
-    for which, tiles in whiches:
-        _launch(dt, split, stages, _dkdv(dt, split, stages, dkp, dvp, which), (tab.nseg * tiles, N),
+    for which, layout in dkdv_launches(dkp, dvp, dkdv):
+        tiles = ntk if which == 1 else ntv if which == 2 else 1
+        _launch(dt, split, stages, _dkdv(dt, split, stages, dkp, dvp, which, layout), (tab.nseg * tiles, N),
                 (q, k, v, _ptr(g), do, dk, dv, _ptr(rk), _ptr(dSend), _ptr(dS0_out)) + tail)
     dg = None
     if want_dg:

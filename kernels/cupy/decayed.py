@@ -95,7 +95,8 @@ class _MMAContext:
 CORE_IN_FLOAT32 = ("bfloat16",)
 
 
-def _mma_forward(split, stages, q, k, v, log_decay, scale=1.0, initial_state=None, return_state=False, cu_seqlens=None):
+def _mma_forward(split, stages, q, k, v, log_decay, scale=1.0, initial_state=None, return_state=False, cu_seqlens=None,
+                 dkdv="fused"):
     import cupy as cp
     dt = q.dtype
     if dtype_name(dt) in CORE_IN_FLOAT32:
@@ -103,7 +104,7 @@ def _mma_forward(split, stages, q, k, v, log_decay, scale=1.0, initial_state=Non
     g = as_contiguous(log_decay, cp.float32)
     S0 = None if initial_state is None else as_contiguous(initial_state.S, cp.float32)
     o, cctx = mma.forward(q, k, v, g, scale=scale, causal=True, split=split, S0=S0, want_final=return_state,
-                          cu=cu_seqlens, stages=stages)
+                          cu=cu_seqlens, stages=stages, dkdv=dkdv)
     o = as_dtype(o, dt)
     ctx = _MMAContext(cctx, initial_state is not None, dt)
     return ((o, DecayedState(cctx.final)) if return_state else o), ctx
@@ -137,6 +138,11 @@ register(Variant("decayed", "cupy", "chunked_mma_db", functools.partial(_mma_for
                  dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
                  form="linear", features=frozenset({"state", "packed"}),
                  description=mma.DOUBLE_BUFFERED))
+for _mode, (_name, _desc) in mma.DKDV_DESCRIPTION.items():      # measured rungs of the dk/dv walkers
+    register(Variant("decayed", "cupy", _name, functools.partial(_mma_forward, 3, 1, dkdv=_mode), _mma_backward,
+                     leading_dims=True,
+                     dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
+                     form="linear", features=frozenset({"state", "packed"}), description=_desc))
 register(Variant("decayed", "cupy", "chunked_mma_tf32", functools.partial(_mma_forward, 1, 1), _mma_backward,
                  leading_dims=True,
                  dtypes=("float32",), array_kind="cupy", gpu=True,

@@ -153,7 +153,7 @@ def _state_from_core(S, normalize):
 
 
 def _mma_forward(split, stages, q, k, v, causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6,
-                 initial_state=None, return_state=False, cu_seqlens=None):
+                 initial_state=None, return_state=False, cu_seqlens=None, dkdv="fused"):
     import cupy as cp
     # normalize runs the core in float32 for 16-bit inputs: with bfloat16 the backward's [do/den, -(do.o)/den]
     # against [v, 1] cancels to ~1/10 of its terms, beyond bfloat16's 8 bits (dq 3.5e-2 on the emulated
@@ -168,7 +168,7 @@ def _mma_forward(split, stages, q, k, v, causal=True, feature_map="identity", no
     Va = cp.concatenate([as_dtype(v, dt), cp.ones(v.shape[:-1] + (1,), dt)], axis=-1) if normalize else v
     S0 = None if initial_state is None else _state_to_core(initial_state, normalize)
     num, cctx = mma.forward(Q, K, Va, None, scale=scale, causal=causal, split=split, S0=S0,
-                            want_final=return_state, cu=cu_seqlens, stages=stages)
+                            want_final=return_state, cu=cu_seqlens, stages=stages, dkdv=dkdv)
     o = den = None
     if normalize:
         den = num[..., -1].astype(cp.float32) + eps
@@ -227,6 +227,11 @@ register(Variant("linear", "cupy", "chunked_mma_db", functools.partial(_mma_forw
                  dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
                  form="linear", features=frozenset({"state", "packed"}),
                  description=mma.DOUBLE_BUFFERED))
+for _mode, (_name, _desc) in mma.DKDV_DESCRIPTION.items():      # measured rungs of the dk/dv walkers
+    register(Variant("linear", "cupy", _name, functools.partial(_mma_forward, 3, 1, dkdv=_mode), _mma_backward,
+                     leading_dims=True,
+                     dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
+                     form="linear", features=frozenset({"state", "packed"}), description=_desc))
 register(Variant("linear", "cupy", "chunked_mma_tf32", functools.partial(_mma_forward, 1, 1), _mma_backward,
                  leading_dims=True,
                  dtypes=("float32",), array_kind="cupy", gpu=True,

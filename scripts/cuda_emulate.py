@@ -432,7 +432,8 @@ def run_check_cell(op, variant, dtype, lead, T, Dk, Dv, causal, state, packed) -
     r = check.compare(op, f"cupy:{variant}", lead, T, Dk, Dv, dtype, causal=causal, state=state, packed=packed)
     tol, ok = r.pop("tol"), r.pop("ok")
     r.pop("seconds")
-    return Result(ok, r, tol)
+    floors = r.pop("floors")
+    return Result(ok, dict(r, **{f"floor {n}": f for n, f in floors.items()}), tol)
 
 
 RUNNERS = {"softmax": run_softmax, "chunked_mma": run_chunked_mma, "zeros_variant": run_zeros_variant,

@@ -291,11 +291,7 @@ decayed_step(const T* __restrict__ q, const T* __restrict__ k, const T* __restri
     using namespace wbstep;
     const Place<V, SLAB, THREADS> at(Dv);
     const long long n = at.n, E = (long long)Dk * Dv;
-    DecayedRule<T, V> rule;
-    rule.in[0] = S + n * E;
-    rule.out[0] = S_out + n * E;
-    rule.g = g[n];
-    rule.scale = scale;
+    DecayedRule<T, V> rule{{}, {S + n * E}, {S_out + n * E}, g[n], scale, 0.f};
     state_pass<T, V, SLAB, THREADS, R>(rule, at, q + n * Dk, k + n * Dk, v + n * Dv, o + n * Dv, Dk, Dv);
 }
 

@@ -854,8 +854,9 @@ tc_bwd_dkdv(
 // (no initial state: g_0 never enters a difference G_t - G_i).  Accumulated in float64.  Two launches over
 // the segment table (grid (NSEG, N), 256 threads: every segment of every row a block):
 //   tc_dg_part  part[n][s] = sum of dG over segment s
-//   tc_dg       carry = cst + the parts of the later segments of the same sequence; then the segment's own
-//               suffix sums, 256 tokens at a time from its end (a block scan), + carry.
+//   tc_dg<OT>   carry = cst + the parts of the later segments of the same sequence; then the segment's own
+//               suffix sums, 256 tokens at a time from its end (a block scan), + carry; written as OT (the
+//               caller's dtype: float, wb_half, wb_bf16; rounded from float32, as a cast after it would).
 namespace tc {
 enum : int { DG_THREADS = 256 };
 __device__ __forceinline__ double dg_term(const float* __restrict__ rq, int ntq, const float* __restrict__ rk,
@@ -886,8 +887,9 @@ __global__ void __launch_bounds__(256) tc_dg_part(const float* __restrict__ rq, 
     }
 }
 
+template <typename OT>
 __global__ void __launch_bounds__(256) tc_dg(const float* __restrict__ rq, int ntq, const float* __restrict__ rk,
-        int ntk, float* __restrict__ dg, const double* __restrict__ part, const int* __restrict__ seg_t0,
+        int ntk, OT* __restrict__ dg, const double* __restrict__ part, const int* __restrict__ seg_t0,
         const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, const int* __restrict__ seq_seg,
         const float* __restrict__ cst, int zero_first, int T_, int NSEG, int nseq) {
     constexpr int W = tc::DG_THREADS / 32;
@@ -915,7 +917,7 @@ __global__ void __launch_bounds__(256) tc_dg(const float* __restrict__ rq, int n
             if (w > wid) after += wsum[w];
             tile += wsum[w];
         }
-        if (in) dg[nt + t] = (zero_first && t == first) ? 0.f : (float)(after + suf);
+        if (in) dg[nt + t] = from_f32<OT>((zero_first && t == first) ? 0.f : (float)(after + suf));
         carry += tile;
         __syncthreads();                                           // wsum is read before the next tile
     }

@@ -147,7 +147,8 @@ def _group(dtype: str, split: int, stages: int) -> tuple:
     return tuple(k.expr for k in out)
 
 
-COMMON = ("tc_seg_scan<false>", "tc_seg_scan<true>", "tc_dg_part", "tc_dg")
+_DG = {dt: f"tc_dg<{c}>" for dt, c in CTYPE.items()}          # d log_decay written in the caller's dtype
+COMMON = ("tc_seg_scan<false>", "tc_seg_scan<true>", "tc_dg_part") + tuple(_DG.values())
 GROUPS = {(dt, split, st): _group(dt, split, st)
           for st in STAGES for dt, split in (("float16", 1), ("bfloat16", 1), ("float32", 3), ("float32", 1))}
 INSTANTIATIONS = list(dict.fromkeys((SOURCE, e) for grp in list(GROUPS.values()) + [COMMON] for e in grp))
@@ -293,10 +294,11 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     return o, ctx
 
 
-def backward(ctx: CoreContext, do, dST=None, want_dg=True, dkdv=None):
-    """(dq, dk, dv, dg, dS0): gradients in q's dtype except dg (float32; None without decay or when not
-    ``want_dg``) and dS0 (float32, None without an initial state).  dST: (N, nseq, dk, dv) gradient of the
-    final state, or None.  dkdv: the dk/dv walkers at head dims (64, 64) (DKDV_MODES; None: the forward's)."""
+def backward(ctx: CoreContext, do, dST=None, want_dg=True, dkdv=None, dg_dtype=None):
+    """(dq, dk, dv, dg, dS0): gradients in q's dtype except dg and dS0.  dg: in ``dg_dtype`` (a float32,
+    float16 or bfloat16 dtype, written so by ``tc_dg``; None: float32), None without decay or when not
+    ``want_dg``.  dS0: float32, None without an initial state.  dST: (N, nseq, dk, dv) gradient of the final
+    state, or None.  dkdv: the dk/dv walkers at head dims (64, 64) (DKDV_MODES; None: the forward's)."""
     import cupy as cp
     q, k, v, g, tab = ctx.q, ctx.k, ctx.v, ctx.g, ctx.table
     N, T, Dk = lead_size(q.shape, 2), q.shape[-2], q.shape[-1]
@@ -348,7 +350,8 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dkdv=None):
                 (q, k, v, _ptr(g), do, dk, dv, _ptr(rk), _ptr(dSend), _ptr(dS0_out)) + tail)
     dg = None
     if want_dg:
-        dg = new_output(cp, g.shape, cp.float32)
+        dg_dtype = cp.dtype(cp.float32) if dg_dtype is None else dg_dtype
+        dg = new_output(cp, g.shape, dg_dtype)
         cst = None
         if dST is not None:
             cst = cp.ascontiguousarray((dST * ctx.final).sum(axis=(-2, -1)), dtype=cp.float32)
@@ -357,7 +360,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dkdv=None):
             part = new_output(cp, (N, tab.nseg), cp.float64)
             launch(_common("tc_dg_part"), (tab.nseg, N), (DG_THREADS,),
                    (rq, i32(ntk), rk, i32(ntk), part) + segs + (i32(T), i32(tab.nseg)))
-        launch(_common("tc_dg"), (tab.nseg, N), (DG_THREADS,),
+        launch(_common(_DG[dtype_name(dg_dtype)]), (tab.nseg, N), (DG_THREADS,),
                (rq, i32(ntk), rk, i32(ntk), dg, _ptr(part)) + segs
                + (tab.seq, tab.seq_seg, _ptr(cst), i32(ctx.S0 is None), i32(T), i32(tab.nseg), i32(tab.nseq)))
     return dq, dk, dv, dg, (dS0 if ctx.S0 is not None else None)

@@ -113,7 +113,8 @@ def _mma_forward(split, stages, q, k, v, log_decay, scale=1.0, initial_state=Non
 def _mma_backward(ctx: _MMAContext, do, dfinal=None):
     import cupy as cp
     dST = None if dfinal is None else as_contiguous(dfinal.S, cp.float32)
-    dq, dk, dv, dg, dS0 = mma.backward(ctx.core, as_contiguous(do, ctx.core.q.dtype), dST)
+    dq, dk, dv, dg, dS0 = mma.backward(ctx.core, as_contiguous(do, ctx.core.q.dtype), dST,
+                                       dg_dtype=ctx.dtype)                  # tc_dg writes the caller's dtype
     grads = tuple(as_dtype(x, ctx.dtype) for x in (dq, dk, dv, dg))
     return grads + ((DecayedState(dS0),) if ctx.has_initial else ())
 

@@ -5,7 +5,8 @@
 # Register counts quoted in docs/kernels/*.md come from this version (see docs/testing.md, "Registers").
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx '/.nvrtc12/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info; echo '/.nvrtc12/' >> .git/info/exclude; }
+EXCLUDE="$(git rev-parse --git-path info/exclude 2>/dev/null || echo .git/info/exclude)"   # a worktree's too
+grep -qx '/.nvrtc12/' "$EXCLUDE" 2>/dev/null || { mkdir -p "$(dirname "$EXCLUDE")"; echo '/.nvrtc12/' >> "$EXCLUDE"; }
 VERSION="${NVRTC_VERSION:-12.9.86}"
 python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .nvrtc12 "nvidia-cuda-nvrtc-cu12==$VERSION"

@@ -585,6 +585,11 @@ CHUNKED_DKDV_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, dkdv=m) for m in 
     ("float32", 3, (0, 300), 64, 64, "decayed", 2), ("float32", 3, (0, 1, 64, 65, 130), 64, 64, "linear", 0),
     ("float32", 1, (0, 130), 32, 48, "decayed", 0))]
 
+# float16 log decays read by the walkers against their float32 cast, bit for bit (every parametrisation)
+_G16_TEST = "test_float16_log_decays_equal_their_float32_cast"
+CHUNKED_G16_CASES = [_test_case("chunked_mma", "test_cupy_chunked_mma", _G16_TEST, **kw)
+                     for kw in _test_grid("test_cupy_chunked_mma", _G16_TEST)]
+
 # zeros: the ZeroS variants on the tensor-core core (public API; every dtype and split the emulator runs; the
 # GPU test's shapes but its T = 4097, one lead dim where it has two; both causal modes and gate counts spread
 # over them), then GPU tests called as they are: every parametrisation of the scan and row kernel tests and of
@@ -626,8 +631,8 @@ def cases() -> list:
     zeros_tests = [_zeros_test(f, **kw) for f in ZEROS_GRID_TESTS for kw in _test_grid("test_cupy_zeros_mma", f)]
     steps_tests = [_test_case("steps", "test_steps_kernel", f, **kw) for f in STEPS_TESTS
                    for kw in _test_grid("test_steps_kernel", f)]
-    return (SOFTMAX_CASES + CHUNKED_CASES + CHUNKED_DB_CASES + CHUNKED_DKDV_CASES + ZEROS_CASES + zeros_tests
-            + [_zeros_test(f) for f in ZEROS_TESTS] + ZEROS_STATE_CASES + steps_tests + _cells())
+    return (SOFTMAX_CASES + CHUNKED_CASES + CHUNKED_DB_CASES + CHUNKED_DKDV_CASES + CHUNKED_G16_CASES + ZEROS_CASES
+            + zeros_tests + [_zeros_test(f) for f in ZEROS_TESTS] + ZEROS_STATE_CASES + steps_tests + _cells())
 
 
 # ----------------------------------------------------------------------------- main

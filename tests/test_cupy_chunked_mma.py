@@ -141,3 +141,30 @@ def test_dkdv_modes_match_recurrence(dtype, split, shape, mode, L, dkdv):
     """The dk/dv walkers of the other modes at head dims (64, 64) (_chunked_mma.DKDV_MODES: the dk and dv
     kernels apart, the two 8-warp fused kernels), one load stage."""
     _check_case(dtype, split, shape, mode, L, dkdv=dkdv)
+
+
+@pytest.mark.parametrize("N,cu,L,stages,dkdv", [
+    (1, (0, 1, 64, 65, 130), 0, 1, "fused"), (1, (0, 1, 64, 65, 130), 2, 2, "split"),
+    (2, (0, 129), 0, 1, "fused"), (2, (0, 193), 2, 2, "wide")],
+    ids=lambda x: "_".join(map(str, x)) if isinstance(x, tuple) else str(x))
+def test_float16_log_decays_equal_their_float32_cast(N, cu, L, stages, dkdv):
+    """float16 log decays read by the walkers (g_half: no cast launch) give the bits of the same values cast to
+    float32 first: chunks starting 2-byte aligned (packed sequences at odd tokens, odd T), -inf, values below
+    tc::G_MIN, a NaN, segments of 0 and 2 chunks, both load pipelines."""
+    import cupy as cp
+    from kernels.cupy import _chunked_mma as mma
+    rng = np.random.default_rng(7)
+    T, nseq, d = cu[-1], len(cu) - 1, 64
+    q, k, v, do = (cp.asarray(rng.standard_normal((N, T, d)).astype(np.float16)) for _ in range(4))
+    g = rng.uniform(-1.0, 0.0, (N, T))
+    g[:, 3::17], g[:, 5::23], g[:, 7::29], g[:, 100] = -np.inf, -50.0, -2.0e4, np.nan
+    g16 = g.astype(np.float16)
+    S0, dST = (cp.asarray((rng.standard_normal((N, nseq, d, d)) * 0.3).astype(np.float32)) for _ in range(2))
+    outs = []
+    for gg in (g16, g16.astype(np.float32)):
+        o, ctx = mma.forward(q, k, v, cp.asarray(gg), scale=0.7, S0=S0, want_final=True,
+                             cu=cu if nseq > 1 else None, L=L, stages=stages, dkdv=dkdv)
+        grads = mma.backward(ctx, do, dST, dg_dtype=np.dtype(np.float16))
+        outs.append([cp.asnumpy(x).tobytes() for x in (o, ctx.final) + tuple(grads)])
+    names = ("o", "final", "dq", "dk", "dv", "dg", "dS0")
+    assert [n for n, a, b in zip(names, *outs) if a != b] == []

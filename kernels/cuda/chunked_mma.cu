@@ -38,7 +38,8 @@
 // STAGES (tc::Walk): 1 loads a chunk's tiles, waits, computes; 2 double-buffers the tiles, so chunk c + 1's
 // cp.async loads (and warp 0's log decays) are in flight while chunk c is computed (cupy:chunked_mma_db).
 // DKP, DVP: head dims padded to 64 or 128; actual dims are run-time and loads past them read zeros.
-// decay (g != nullptr) and causal are run-time flags (uniform branches).  T: wb_half, wb_bf16 or float
+// decay (g != nullptr), causal and g_half (the log decays g are float16, else float32) are run-time flags
+// (uniform branches).  T: wb_half, wb_bf16 or float
 // (float runs 3xTF32 (SPLIT 3) or TF32 (SPLIT 1) products).  The fp16 state operand is scaled by a power
 // of two sigma so that it cannot overflow (the fp32 state itself never leaves registers unscaled).
 #include "mma.cuh"
@@ -59,7 +60,8 @@ struct Trailer {
     float e[C];       // e^{b_t}
     float u[C];       // e^{b_last - b_t}
     float red[32];    // block reductions
-    float gnext[3][C];  // the log decays of chunk j in slot j % 3, landed by cp.async ahead of its top (Walk)
+    float gnext[3][C];  // the log decays of chunk j in slot j % 3, landed by cp.async ahead of its top (Walk);
+                        //   float16 log decays: C halves in the slot's first half
 };
 
 __device__ __forceinline__ float dexp(double x) { return __expf((float)x); }
@@ -69,16 +71,34 @@ __device__ __forceinline__ float pair_exp(float hr, float lr, float hc, float lc
     return __expf((hr - hc) + (lr - lc));
 }
 
-// One chunk's log decays in global memory: g[0 .. nrow) (rows past nrow decay by nothing).
+// One chunk's log decays in global memory: g[0 .. nrow) (rows past nrow decay by nothing), float32 or (half, a
+// run-time flag uniform over the launch) float16, read as the same values converted exactly to float32.
 struct GRows {
-    const float* g;
+    const void* g;
     int nrow;
+    bool half;
 };
+
+// The chunk of log decays g[i ..] (element i of a float32 or float16 array)
+__device__ __forceinline__ GRows grows_at(const void* g, bool half, long long i, int nrow) {
+    return GRows{static_cast<const char*>(g) + (half ? 2 : 4) * i, nrow, half};
+}
+
+// float16 log decays: 1 when the chunk starts in the middle of a 4-byte word (2-byte aligned only), else 0
+__device__ __forceinline__ int half_offset(GRows x) {
+    return (int)(reinterpret_cast<unsigned long long>(x.g) >> 1) & 1;
+}
 
 // Warp 0, lane L: the chunk's log decays g[2L], g[2L + 1].
 __device__ __forceinline__ float2 logdecay_load(GRows x) {
     const int L = threadIdx.x & 31;
-    return make_float2(2 * L < x.nrow ? x.g[2 * L] : 0.f, 2 * L + 1 < x.nrow ? x.g[2 * L + 1] : 0.f);
+    if (x.half) {
+        const wb_half* h = static_cast<const wb_half*>(x.g);
+        return make_float2(2 * L < x.nrow ? to_f32(h[2 * L]) : 0.f,
+                           2 * L + 1 < x.nrow ? to_f32(h[2 * L + 1]) : 0.f);
+    }
+    const float* f = static_cast<const float*>(x.g);
+    return make_float2(2 * L < x.nrow ? f[2 * L] : 0.f, 2 * L + 1 < x.nrow ? f[2 * L + 1] : 0.f);
 }
 
 // Warp 0: the chunk's log decays (logdecay_load) -> b, e, u.
@@ -131,11 +151,18 @@ __device__ __forceinline__ void cp_async_wait_group() {
 // loads of chunk j + STAGES - 1 refill; those loads; chunk j's b, e, u -> tr), the chunk's other shared
 // writes, wait(), __syncthreads(), compute.  STAGES 1 is the plain walk (load, wait, compute).
 // issue(j, stage): chunk j's load_tile calls into that stage's buffers; grows(j): chunk j's GRows.
+// float16 log decays (GRows::half): the slot holds the 4-byte words over the chunk's halves, lane L word L
+// (2 bytes, or none, at the chunk's tail), converted on read.  A chunk that starts 2-byte aligned only
+// (half_offset 1: packed sequences at odd tokens, odd T) starts one half into its first word (whose first half,
+// the token before the chunk, is copied and never read: the 2 bytes before a 2-mod-4 address lie in the same
+// allocation) and lane 0 also copies word 32.  Every chunk of a walk has the same half_offset (C halves are
+// 128 bytes).
 template <int STAGES>
 struct Walk {
     static_assert(STAGES == 1 || STAGES == 2, "one or two stages");
     int nch;
     bool decay;                                // this thread computes the log decays (warp 0, decayed walks)
+    bool half;                                 // ... from float16 log decays
     // chunk c + 1's log decays -> their slot, in the group being filled (before its commit)
     template <typename G>
     __device__ __forceinline__ void copy_next(int c, Trailer* tr, G&& grows) const {
@@ -143,15 +170,27 @@ struct Walk {
         const int L = threadIdx.x & 31;
         const GRows r = grows(c + 1);
         float* dst = tr->gnext[(c + 1) % 3];
+        if (half) {                                                // word w: halves 2w - hoff, 2w + 1 - hoff
+            const int hoff = half_offset(r);
+            const wb_half* h = static_cast<const wb_half*>(r.g) - hoff;
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const int w = i == 0 ? L : 32, a = 2 * w - hoff;
+                const int bytes = a + 1 < r.nrow ? 4 : a < r.nrow ? 2 : 0;   // the tail's words: zero-filled
+                if (i == 0 || (L == 0 && hoff)) cp_async4(dst + w, bytes ? h + 2 * w : h, bytes);
+            }
+            return;
+        }
+        const float* f = static_cast<const float*>(r.g);
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             const bool in = 2 * L + i < r.nrow;
-            cp_async4(dst + 2 * L + i, in ? r.g + 2 * L + i : r.g, in ? 4 : 0);
+            cp_async4(dst + 2 * L + i, in ? f + 2 * L + i : f, in ? 4 : 0);
         }
     }
     template <typename F, typename G>
     __device__ __forceinline__ Walk(int nch_, bool decay_, Trailer* tr, F&& issue, G&& grows)
-        : nch(nch_), decay(decay_ && threadIdx.x < 32) {
+        : nch(nch_), decay(decay_ && threadIdx.x < 32), half(grows(0).half) {
 #pragma unroll
         for (int j = 0; j < STAGES - 1; ++j) {
             if (j < nch) issue(j, j);
@@ -166,7 +205,11 @@ struct Walk {
         if (decay) {
             const int L = threadIdx.x & 31;
             const float* slot = tr->gnext[j % 3];
-            x = j == 0 ? logdecay_load(grows(0)) : make_float2(slot[2 * L], slot[2 * L + 1]);
+            const wb_half* hslot = reinterpret_cast<const wb_half*>(slot);
+            const int hoff = half ? half_offset(grows(j)) : 0;
+            x = j == 0 ? logdecay_load(grows(0))
+                : half ? make_float2(to_f32(hslot[2 * L + hoff]), to_f32(hslot[2 * L + 1 + hoff]))
+                       : make_float2(slot[2 * L], slot[2 * L + 1]);
         }
         const int jn = j + STAGES - 1;
         if (jn < nch) issue(jn, jn % STAGES);
@@ -493,9 +536,10 @@ __host__ __device__ constexpr int dkdv_min_blocks() {
 // gets the state after it.  Not causal: H = Hin[n][seq] (the sequence's total), o = scale Q H, nothing carried.
 template <typename T, int DKP, int SPLIT, int STAGES>
 __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DKP, STAGES>()) tc_fwd(const T* __restrict__ q, const T* __restrict__ k,
-        const T* __restrict__ v, const float* __restrict__ g, T* __restrict__ o, const float* __restrict__ Hin,
+        const T* __restrict__ v, const void* __restrict__ g, T* __restrict__ o, const float* __restrict__ Hin,
         float* __restrict__ Hend, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1,
-        const int* __restrict__ seg_seq, int T_, int dk, int dv, int NSEG, int nseq, float scale, int causal) {
+        const int* __restrict__ seg_seq, int T_, int dk, int dv, int NSEG, int nseq, float scale, int causal,
+        int g_half) {
     using namespace tc;
     using namespace wbmma;
     constexpr int LDK = DKP + PAD, LDV = BV + PAD, KS = Traits<T>::KS, HMT = DKP / 64;
@@ -524,7 +568,7 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DKP, STAGES>()) tc
             load_tile<T, BV>(sQ + 2 * C * LDK, LDV, v + row0 * dv, dv, nrow, c0, dv);
         }
     };
-    auto grows = [&](int j) { return GRows{g + nT + t0 + C * j, min(C, t1 - (t0 + C * j))}; };
+    auto grows = [&](int j) { return grows_at(g, g_half, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
     Walk<STAGES> walk(nch, causal && decay, tr, issue, grows);
     for (int j = 0; j < nch; ++j) {
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
@@ -568,9 +612,9 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DKP, STAGES>()) tc
 // E: (N, NSEG, dx, dy) fp32; gam: (N, NSEG) the segment's total log decay (decay only).
 template <typename T, int DXP, bool REV, int SPLIT, int STAGES>
 __global__ void __launch_bounds__(128) tc_seg_state(const T* __restrict__ x, const T* __restrict__ y,
-        const float* __restrict__ g, float* __restrict__ Eout, float* __restrict__ gam,
+        const void* __restrict__ g, float* __restrict__ Eout, float* __restrict__ gam,
         const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, int T_, int dx, int dy, int NSEG,
-        float wscale) {
+        float wscale, int g_half) {
     using namespace tc;
     using namespace wbmma;
     constexpr int LDX = DXP + PAD, LDY = BV + PAD, HMT = DXP / 64;
@@ -596,7 +640,7 @@ __global__ void __launch_bounds__(128) tc_seg_state(const T* __restrict__ x, con
         load_tile<T, DXP>(sX, LDX, x + row0 * dx, dx, nrow, 0, dx);
         load_tile<T, BV>(sX + C * LDX, LDY, y + row0 * dy, dy, nrow, c0, dy);
     };
-    auto grows = [&](int j) { return GRows{g + nT + start(j), min(C, t1 - start(j))}; };
+    auto grows = [&](int j) { return grows_at(g, g_half, nT + start(j), min(C, t1 - start(j))); };
     Walk<STAGES> walk(nch, decay, tr, issue, grows);
     for (int j = 0; j < nch; ++j) {
         T* sX = stages + (j % STAGES) * STAGE;
@@ -646,10 +690,10 @@ __global__ void __launch_bounds__(256) tc_seg_scan(const float* __restrict__ Ese
 // rq (decay only; nullptr: not wanted): (ceil(dk/64), N, T) partial row dots q.dq of this tile.
 template <typename T, int DVP, int SPLIT, int STAGES>
 __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES>()) tc_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
-        const T* __restrict__ v, const float* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dq,
+        const T* __restrict__ v, const void* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dq,
         float* __restrict__ rq, const float* __restrict__ Hin, const int* __restrict__ seg_t0,
         const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, int T_, int dk, int dv, int NSEG,
-        int nseq, float scale, int causal) {
+        int nseq, float scale, int causal, int g_half) {
     using namespace tc;
     using namespace wbmma;
     constexpr int LDV = DVP + PAD, LDT = BV + PAD, KS = Traits<T>::KS, HNT = DVP / 8;
@@ -679,7 +723,7 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES>()) tc
             if (decay) load_tile<T, BV>(sO + 2 * C * LDV + C * LDT, LDT, q + row0 * dk, dk, nrow, k0, dk);
         }
     };
-    auto grows = [&](int j) { return GRows{g + nT + t0 + C * j, min(C, t1 - (t0 + C * j))}; };
+    auto grows = [&](int j) { return grows_at(g, g_half, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
     Walk<STAGES> walk(nch, causal && decay, tr, issue, grows);
     for (int j = 0; j < nch; ++j) {
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
@@ -735,10 +779,10 @@ template <typename T, int DKP, int DVP, int SPLIT, int WHICH, int LAYOUT, int ST
 __global__ void __launch_bounds__(32 * tc::dkdv_warps(LAYOUT), tc::dkdv_min_blocks<T, DKP, DVP, WHICH, LAYOUT, STAGES>())
 tc_bwd_dkdv(
         const T* __restrict__ q, const T* __restrict__ k,
-        const T* __restrict__ v, const float* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dkout,
+        const T* __restrict__ v, const void* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dkout,
         T* __restrict__ dvout, float* __restrict__ rk, const float* __restrict__ dSin, float* __restrict__ dSstart,
         const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, int T_,
-        int dk, int dv, int NSEG, int nseq, float scale, int causal) {
+        int dk, int dv, int NSEG, int nseq, float scale, int causal, int g_half) {
     using namespace tc;
     using namespace wbmma;
     static_assert(WHICH != 0 || (DKP == 64 && DVP == 64), "the fused dk/dv kernel holds a 64 x 64 dS");
@@ -778,7 +822,7 @@ tc_bwd_dkdv(
         if (WHICH != 2) load_tile<T, DVP, NTH>(sQ + 2 * C * LDK, LDV, v + row0 * dv, dv, nrow, 0, dv);
         load_tile<T, DVP, NTH>(sQ + 2 * C * LDK + C * LDV, LDV, dout + row0 * dv, dv, nrow, 0, dv);
     };
-    auto grows = [&](int i) { return GRows{g + nT + start(i), min(C, t1 - start(i))}; };
+    auto grows = [&](int i) { return grows_at(g, g_half, nT + start(i), min(C, t1 - start(i))); };
     Walk<STAGES> walk(nch, causal && decay, tr, issue, grows);
     for (int i = 0; i < nch; ++i) {
         const int j = nch - 1 - i, cs = start(i), nrow = min(C, t1 - cs);

@@ -215,7 +215,7 @@ class CoreContext:
     q: object
     k: object
     v: object
-    g: object                 # (N, T) float32 log decays, or None
+    g: object                 # (N, T) float32 or float16 log decays, or None
     table: SegmentTable
     Hstart: object            # causal: (N, nseg, dk, dv) state before each segment (None: zeros); else totals
     gam: object               # (N, nseg) segment log-decay totals, or None
@@ -241,10 +241,23 @@ def _ptr(x):
     return np.uint64(0) if x is None else x
 
 
+LOG_DECAY_DTYPES = ("float32", "float16")   # the walkers read either (their g_half flag)
+
+
+def _g_half(g) -> np.int32:
+    """The walkers' g_half argument: 1 when the log decays are float16 (read and converted in the kernels)."""
+    if g is None:
+        return np.int32(0)
+    name = dtype_name(g.dtype)
+    if name not in LOG_DECAY_DTYPES:
+        raise ValueError(f"log decays must be one of {LOG_DECAY_DTYPES} (got {name})")
+    return np.int32(name == "float16")
+
+
 def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_final=False, cu=None,
             L=None, stages=1, dkdv="fused"):
     """o (..., T, dv) in q's dtype, and the CoreContext.  q, k, v: (..., T, d), any leading dims (N: their
-    product); g: (..., T) float32 or None; S0: (N, nseq, dk, dv)
+    product); g: (..., T) float32, float16 or None; S0: (N, nseq, dk, dv)
     float32 or None; cu: sequence offsets (tuple) or None; stages: 1 or 2 (STAGES), also for the backward;
     dkdv: the backward's dk/dv walkers at head dims (64, 64) (DKDV_MODES)."""
     import cupy as cp
@@ -267,6 +280,7 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     o = new_output(cp, shape[:-1] + (dv,), q.dtype)
     i32 = np.int32
     dims, causal32 = _scalars(T, dk, dv, tab.nseg, tab.nseq, bool(causal))
+    g_half = _g_half(g)
     segs = (tab.t0, tab.t1)
     Hstart = gam = final = None
     if causal and tab.single:
@@ -276,7 +290,8 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
         Eseg = new_output(cp, (N, tab.nseg, dk, dv), cp.float32)
         gam = new_output(cp, (N, tab.nseg), cp.float32) if g is not None else None
         _launch(dt, split, stages, _seg_state(dt, split, stages, dkp, False), (tab.nseg * ntv, N),
-                (k, v, _ptr(g), Eseg, _ptr(gam)) + segs + (i32(T), i32(dk), i32(dv), i32(tab.nseg), np.float32(1.0)))
+                (k, v, _ptr(g), Eseg, _ptr(gam)) + segs + (i32(T), i32(dk), i32(dv), i32(tab.nseg), np.float32(1.0),
+                                                             g_half))
         if not causal and tab.single:
             final = Eseg                                     # one segment per sequence: its sum is the total
         else:
@@ -288,7 +303,7 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     Hin = Hstart if causal else final
     _launch(dt, split, stages, _fwd(dt, split, stages, dkp), (tab.nseg * ntv, N),
             (q, k, v, _ptr(g), o, _ptr(Hin), _ptr(final if (causal and tab.single) else None)) + segs
-            + (tab.seq,) + dims + (np.float32(scale), causal32))
+            + (tab.seq,) + dims + (np.float32(scale), causal32, g_half))
     ctx = CoreContext(q, k, v, g, tab, Hstart if causal else final, gam, final, S0, float(scale), bool(causal),
                       split, stages, dkdv)
     return o, ctx
@@ -314,6 +329,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dkdv=None, dg_dtype=N
     segs = (tab.t0, tab.t1)
     dims, causal32 = _scalars(T, Dk, Dv, tab.nseg, tab.nseq, ctx.causal)
     decay = g is not None
+    g_half = _g_half(g)
     want_dg = decay and want_dg
     dq = new_output(cp, q.shape, q.dtype)
     dk = new_output(cp, k.shape, k.dtype)
@@ -326,7 +342,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dkdv=None, dg_dtype=N
         Rseg = new_output(cp, (N, tab.nseg, Dk, Dv), cp.float32)
         _launch(dt, split, stages, _seg_state(dt, split, stages, dkp, True), (tab.nseg * ntv, N),
                 (q, do, _ptr(g), Rseg, _ptr(None)) + segs + (i32(T), i32(Dk), i32(Dv), i32(tab.nseg),
-                                                     np.float32(ctx.scale)))
+                                                     np.float32(ctx.scale), g_half))
         if not ctx.causal and tab.single:
             dSend = Rseg                                     # the total gradient of each sequence's state
         else:
@@ -340,7 +356,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dkdv=None, dg_dtype=N
     rq = rk = None
     if want_dg:          # the row dots of q.dq and k.dk per dk tile, by address (held until tc_dg is queued)
         scratch, (rq, rk) = new_scratch(cp, (((ntk, N, T), cp.float32),) * 2)
-    tail = segs + (tab.seq,) + dims + (np.float32(ctx.scale), causal32)
+    tail = segs + (tab.seq,) + dims + (np.float32(ctx.scale), causal32, g_half)
     _launch(dt, split, stages, _dq(dt, split, stages, dvp), (tab.nseg * ntk, N),
             (q, k, v, _ptr(g), do, dq, _ptr(rq), _ptr(ctx.Hstart)) + tail)
     dS0_out = dS0 if (ctx.causal and tab.single) else None

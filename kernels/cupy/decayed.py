@@ -101,7 +101,9 @@ def _mma_forward(split, stages, q, k, v, log_decay, scale=1.0, initial_state=Non
     dt = q.dtype
     if dtype_name(dt) in CORE_IN_FLOAT32:
         q, k, v = (x.astype(cp.float32) for x in (q, k, v))
-    g = as_contiguous(log_decay, cp.float32)
+    # float16 log decays go to the kernels as they are (read and converted exactly there: no cast launch);
+    # others (bfloat16: the float32 core) as float32
+    g = as_contiguous(log_decay, log_decay.dtype if dtype_name(log_decay.dtype) == "float16" else cp.float32)
     S0 = None if initial_state is None else as_contiguous(initial_state.S, cp.float32)
     o, cctx = mma.forward(q, k, v, g, scale=scale, causal=True, split=split, S0=S0, want_final=return_state,
                           cu=cu_seqlens, stages=stages, dkdv=dkdv)

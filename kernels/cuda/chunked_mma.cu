@@ -32,7 +32,7 @@
 //   tc_seg_state<T, DXP, REV, SPLIT, STAGES>  one segment's state contribution (REV: of q, do, for dS)
 //   tc_seg_scan<REV>               segment start states (REV: segment end gradients), final state / dS0
 //   tc_bwd_dq<T, DVP, SPLIT, STAGES>  dq for one 64-column tile of dk (and its row dots q.dq)
-//   tc_bwd_dkdv<T, DKP, DVP, SPLIT, WHICH, WARPS, STAGES>  dk and dv (WHICH 0, head dims <= 64; 4 or 8 warps),
+//   tc_bwd_dkdv<T, DKP, DVP, SPLIT, WHICH, LAYOUT, STAGES>  dk and dv (WHICH 0, head dims <= 64; LAYOUT: 4 or 8 warps),
 //                                  dk tiles (1), dv tiles (2)
 //   tc_dg_part, tc_dg              d log_decay: reverse cumulative sum of q.dq - k.dk per sequence
 // STAGES (tc::Walk): 1 loads a chunk's tiles, waits, computes; 2 double-buffers the tiles, so chunk c + 1's

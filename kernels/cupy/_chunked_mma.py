@@ -309,20 +309,17 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     return o, ctx
 
 
-def backward(ctx: CoreContext, do, dST=None, want_dg=True, dkdv=None, dg_dtype=None):
+def backward(ctx: CoreContext, do, dST=None, want_dg=True, dg_dtype=None):
     """(dq, dk, dv, dg, dS0): gradients in q's dtype except dg and dS0.  dg: in ``dg_dtype`` (a float32,
     float16 or bfloat16 dtype, written so by ``tc_dg``; None: float32), None without decay or when not
     ``want_dg``.  dS0: float32, None without an initial state.  dST: (N, nseq, dk, dv) gradient of the final
-    state, or None.  dkdv: the dk/dv walkers at head dims (64, 64) (DKDV_MODES; None: the forward's)."""
+    state, or None.  The dk/dv walkers at head dims (64, 64) are the forward's ``dkdv`` mode (DKDV_MODES)."""
     import cupy as cp
     q, k, v, g, tab = ctx.q, ctx.k, ctx.v, ctx.g, ctx.table
     N, T, Dk = lead_size(q.shape, 2), q.shape[-2], q.shape[-1]
     Dv = v.shape[-1]
     dt = dtype_name(q.dtype)
     dkp, dvp, split, stages = pad_dim(Dk), pad_dim(Dv), ctx.split, ctx.stages
-    dkdv = ctx.dkdv if dkdv is None else dkdv
-    if dkdv not in DKDV_MODES:
-        raise ValueError(f"dkdv must be one of {tuple(DKDV_MODES)} (got {dkdv!r})")
     ntk, ntv = -(-Dk // BV), -(-Dv // BV)
     E = Dk * Dv
     i32 = np.int32
@@ -360,7 +357,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dkdv=None, dg_dtype=N
     _launch(dt, split, stages, _dq(dt, split, stages, dvp), (tab.nseg * ntk, N),
             (q, k, v, _ptr(g), do, dq, _ptr(rq), _ptr(ctx.Hstart)) + tail)
     dS0_out = dS0 if (ctx.causal and tab.single) else None
-    for which, layout in dkdv_launches(dkp, dvp, dkdv):
+    for which, layout in dkdv_launches(dkp, dvp, ctx.dkdv):
         tiles = ntk if which == 1 else ntv if which == 2 else 1
         _launch(dt, split, stages, _dkdv(dt, split, stages, dkp, dvp, which, layout), (tab.nseg * tiles, N),
                 (q, k, v, _ptr(g), do, dk, dv, _ptr(rk), _ptr(dSend), _ptr(dS0_out)) + tail)

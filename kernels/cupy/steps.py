@@ -84,8 +84,10 @@ def expression(op: str, dtype: str, width: int, geometry: str) -> str:
     return f"{op}_step<{CTYPE[dtype]}, {width}, {g.slab}, {g.threads}, {g.rows}>"
 
 
-# the (width, geometry) pairs the rule can pick, in its order
+# the (width, geometry) pairs the rule can pick, in its order (checked once here, not per step)
 RULE_SHAPES = tuple(dict.fromkeys((w, name) for w, _, _, name in RULE))
+for _w, _name in RULE_SHAPES:
+    GEOMETRIES[_name].check(_w)
 
 
 def instantiations(ops=OPS) -> list:
@@ -123,11 +125,12 @@ def _launch(op: str, dtype: str, width: int, v, Dk: int, args: tuple, geometry: 
     """One block per head (N = v's leading size) and slab of state columns."""
     N, Dv = math.prod(v.shape[:-1]), v.shape[-1]
     if geometry is None:
-        geometry = pick_geometry(width, N, Dk, Dv)
+        geometry = pick_geometry(width, N, Dk, Dv)            # RULE's geometries: checked at import
     elif geometry not in GEOMETRIES:
         raise ValueError(f"unknown step geometry {geometry!r}; expected one of {', '.join(GEOMETRIES)}")
+    else:
+        GEOMETRIES[geometry].check(width)
     g = GEOMETRIES[geometry]
-    g.check(width)
     if N == 0:
         return
     launch(get_kernel(SOURCE, expression(op, dtype, width, geometry)), (N * math.ceil(Dv / g.slab),),

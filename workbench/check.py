@@ -486,7 +486,28 @@ def _run_group(keys_and_cells, seed) -> list:
     return out
 
 
-def _run_parallel(cells, seed, jobs, bar) -> list:
+class _Progress:
+    """The sweep's progress: a bar on a terminal.  Without one (a log file, a GPU batch job; the bar is off) a
+    line per finished group, and each failed cell at once, so a sweep cut short by a time limit still says
+    how far it got and what failed."""
+
+    def __init__(self, bar, total: int):
+        self.bar, self.total, self.done, self.failed = bar, total, 0, 0
+
+    def advance(self, cells: list) -> None:
+        self.bar.update(len(cells))
+        self.done += len(cells)
+        self.failed += sum(not c.ok for c in cells)
+        if not self.bar.disable:
+            return
+        for c in cells:
+            if not c.ok:
+                print(f"check: FAIL {c.op} {c.variant} {c.shape} {c.dtype} {'causal' if c.causal else 'full'} "
+                      f"{c.options}: {_verdict(c)} {c.errors}", file=sys.stderr, flush=True)
+        print(f"check: {self.done}/{self.total} cells, {self.failed} failed", file=sys.stderr, flush=True)
+
+
+def _run_parallel(cells, seed, jobs, progress: _Progress) -> list:
     """Run cells in ``jobs`` processes (spawned: CUDA contexts do not survive fork).  Cells that share a
     variant, head dims and dtype go to one process, so each JIT/NVRTC compilation happens once; on a GPU
     machine the compiles, not the kernels, dominate the sweep's time."""
@@ -501,9 +522,10 @@ def _run_parallel(cells, seed, jobs, bar) -> list:
         futures = {pool.submit(_run_group, [c for _, c in g], seed): [i for i, _ in g]
                    for g in sorted(groups.values(), key=len, reverse=True)}
         for fut in as_completed(futures):
-            for i, cell in zip(futures[fut], fut.result()):
+            done = [cell for cell in fut.result()]
+            for i, cell in zip(futures[fut], done):
                 results[i] = cell
-            bar.update(len(futures[fut]))
+            progress.advance(done)
     return results
 
 
@@ -523,13 +545,14 @@ def run_check(ops=(), backends=(), quick=False, full=False, dtypes=(), json_path
         return False
     jobs = (os.cpu_count() or 1) if jobs == 0 else int(jobs)
     with tqdm(total=len(cells), desc="check", unit="cell", file=sys.stderr, disable=None) as bar:
+        progress = _Progress(bar, len(cells))
         if jobs > 1:
-            results = _run_parallel(cells, seed, jobs, bar)
+            results = _run_parallel(cells, seed, jobs, progress)
         else:
             results = []
             for args in cells:
                 results.append(run_cell(*args, seed=seed))
-                bar.update(1)
+                progress.advance(results[-1:])
     rows = []
     for c in results:
         if not rows or rows[-1][0] != c.op:          # the op's reference row: what its cells are compared with

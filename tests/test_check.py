@@ -60,6 +60,20 @@ def test_check_catches_a_wrong_variant(broken_variant):
     assert cell["out"] < 1e-6 and cell["dk"] > 0.1 and not cell["ok"]
 
 
+def test_check_without_a_terminal_reports_progress_and_failures_as_they_come(broken_variant):
+    # in a log file (no terminal, so no bar) each failed cell is printed at once and every step prints the
+    # running count, so a sweep cut short by a time limit still says how far it got
+    res = CliRunner().invoke(cli.main, ["check", "--backend", "numpy:broken", "--quick"])
+    assert res.exit_code == 1
+    err = res.stderr
+    assert "check: FAIL softmax numpy:broken" in err
+    counts = [line.split()[1] for line in err.splitlines() if line.startswith("check: ") and "cells," in line]
+    done = [int(c.split("/")[0]) for c in counts]
+    assert done == sorted(done) and len(done) > 1 and counts[-1] == f"{done[-1]}/{done[-1]}"
+    last = [line for line in err.splitlines() if "cells," in line][-1]
+    assert not last.endswith(" 0 failed")
+
+
 def test_check_reports_a_crashing_variant_as_a_failed_cell():
     def fwd(q, k, v, causal=True, scale=1.0):
         raise RuntimeError("kernel exploded")

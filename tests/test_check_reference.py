@@ -57,7 +57,7 @@ def test_reference_is_the_reference_row_and_is_checked_by_finite_differences(tmp
             assert set(c["errors"]) == want and all(0 < e < 1e-8 for e in c["errors"].values()), c
             assert c["ok"]
     # one reference row per op in the table, with no result of its own
-    rows = [line.split() for line in res.output.splitlines()]
+    rows = [line.split() for line in res.stdout.splitlines()]
     ref_rows = [r for r in rows if r[1:2] == ["numpy:explicit"] and r[-1] == "reference"]
     assert sorted(r[0] for r in ref_rows) == sorted(registry.OPS)
     n_fd, n_cmp = len(fd), len(compared)
@@ -141,7 +141,7 @@ def test_check_applies_and_prints_the_variant_tolerance(tight_variant, tmp_path)
     path = tmp_path / "c.json"
     res = CliRunner().invoke(cli.main, ["check", "--backend", "numpy:tight", "--quick", "--json", str(path)])
     assert res.exit_code == 1
-    tight_rows = [line.split() for line in res.output.splitlines() if "numpy:tight" in line]
+    tight_rows = [line.split() for line in res.stdout.splitlines() if "numpy:tight" in line]
     assert {r[3] for r in tight_rows} == {"float32", "float64"}
     assert all(("1e-09" in r and r[-1] == "FAIL") if r[3] == "float32" else ("1e-10" in r and r[-1] == "ok")
                for r in tight_rows), tight_rows

@@ -10,7 +10,8 @@ needs <= 255 registers to run at all and <= 128 (or 168, 255) for 4 (3, 2) block
     python scripts/ptxas_report.py --source linear.cu
     python scripts/ptxas_report.py --source chunked_mma.cu --match tc_ --nvrtc .nvrtc12/nvidia/cuda_nvrtc/lib/libnvrtc.so.12
 
-The header names the NVRTC version that compiled.  By default that is cuda.bindings' NVRTC (13.5 with
+The header names the NVRTC version that compiled.  ``--cubin FILE`` also writes the compiled cubin (every matched
+instantiation), for a disassembler of a CUDA toolkit: ``nvdisasm -c FILE`` (instruction mix, schedule).  By default that is cuda.bindings' NVRTC (13.5 with
 ``.[test]`` on the CPU machines); ``--nvrtc LIB`` compiles through the shared library at path LIB instead
 (ctypes).  The H200 runs what NVRTC 12.9 builds (the nvidia-cuda-nvrtc-cu12 12.9.86 wheel cupy-cuda12x
 brings), and ptxas of 12.9 and 13.5 differ by 10-40 registers per kernel (``tc_fwd<float, 64, 3, 1>``: 167
@@ -40,7 +41,8 @@ NVRTC12 = ".nvrtc12/nvidia/cuda_nvrtc/lib/libnvrtc.so.12"     # where scripts/fe
 
 
 def _compile_bindings(src: str, name: str, expressions: list, opts: list) -> tuple:
-    """(ok, log, {lowered name: expression}) through cuda.bindings' NVRTC (the one ``.[test]`` installs)."""
+    """(ok, log, {lowered name: expression}, cubin bytes or None) through cuda.bindings' NVRTC (the one
+    ``.[test]`` installs)."""
     from cuda.bindings import nvrtc
     ok_code = nvrtc.nvrtcResult.NVRTC_SUCCESS
     err, prog = nvrtc.nvrtcCreateProgram(src.encode(), name.encode(), 0, [], [])
@@ -54,14 +56,18 @@ def _compile_bindings(src: str, name: str, expressions: list, opts: list) -> tup
         buf = b" " * size
         nvrtc.nvrtcGetProgramLog(prog, buf)
         log = buf.decode(errors="replace").rstrip("\x00")
-        lowered = {}
+        lowered, cubin = {}, None
         for e in expressions if err == ok_code else ():
             res = nvrtc.nvrtcGetLoweredName(prog, e.encode())
             if res[0] == ok_code:
                 lowered[res[1].decode()] = e
+        if err == ok_code:
+            _, size = nvrtc.nvrtcGetCUBINSize(prog)
+            cubin = b" " * size
+            nvrtc.nvrtcGetCUBIN(prog, cubin)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
-    return err == ok_code, log, lowered
+    return err == ok_code, log, lowered, cubin
 
 
 def _load(lib: str):
@@ -76,6 +82,8 @@ def _load(lib: str):
                      ("nvrtcGetProgramLogSize", [c.c_void_p, c.POINTER(c.c_size_t)]),
                      ("nvrtcGetProgramLog", [c.c_void_p, c.c_char_p]),
                      ("nvrtcGetLoweredName", [c.c_void_p, c.c_char_p, strs]),
+                     ("nvrtcGetCUBINSize", [c.c_void_p, c.POINTER(c.c_size_t)]),
+                     ("nvrtcGetCUBIN", [c.c_void_p, c.c_char_p]),
                      ("nvrtcDestroyProgram", [prog_p])):
         f = getattr(dll, fn)
         f.argtypes, f.restype = args, c.c_int
@@ -84,7 +92,8 @@ def _load(lib: str):
 
 
 def _compile_ctypes(lib: str, src: str, name: str, expressions: list, opts: list) -> tuple:
-    """(ok, log, {lowered name: expression}) through the NVRTC library at path ``lib``, by ctypes."""
+    """(ok, log, {lowered name: expression}, cubin bytes or None) through the NVRTC library at path ``lib``,
+    by ctypes."""
     c, dll = ctypes, _load(lib)
 
     def check(fn, res):
@@ -102,14 +111,19 @@ def _compile_ctypes(lib: str, src: str, name: str, expressions: list, opts: list
         buf = c.create_string_buffer(size.value)
         check("nvrtcGetProgramLog", dll.nvrtcGetProgramLog(prog, buf))
         log = buf.value.decode(errors="replace")
-        lowered = {}
+        lowered, cubin = {}, None
         for e in expressions if err == 0 else ():
             out = c.c_char_p()
             if dll.nvrtcGetLoweredName(prog, e.encode(), c.byref(out)) == 0:
                 lowered[out.value.decode()] = e
+        if err == 0:
+            check("nvrtcGetCUBINSize", dll.nvrtcGetCUBINSize(prog, c.byref(size)))
+            buf = c.create_string_buffer(size.value)
+            check("nvrtcGetCUBIN", dll.nvrtcGetCUBIN(prog, buf))
+            cubin = buf.raw
     finally:
         dll.nvrtcDestroyProgram(c.byref(prog))
-    return err == 0, log, lowered
+    return err == 0, log, lowered, cubin
 
 
 def nvrtc_version(lib: str | None = None) -> str:
@@ -123,16 +137,20 @@ def nvrtc_version(lib: str | None = None) -> str:
     return f"{major.value}.{minor.value}"
 
 
-def report(name: str, expressions: list, arch: str, lib: str | None = None) -> tuple:
+def report(name: str, expressions: list, arch: str, lib: str | None = None, cubin: str | None = None) -> tuple:
     """(rows, log): rows = [(expression, registers, spill_stores, spill_loads, stack)], NVRTC's log.
-    ``lib``: path of a libnvrtc.so.* to compile with (ctypes); None: cuda.bindings' NVRTC."""
+    ``lib``: path of a libnvrtc.so.* to compile with (ctypes); None: cuda.bindings' NVRTC.  ``cubin``: a path
+    the compiled cubin is written to (when the compile succeeds)."""
     opts = [o.encode() for o in compile_options(DEFAULT_OPTIONS) + (f"-arch={arch}", "-Xptxas", "-v")]
     if lib is None:
-        ok, log, lowered = _compile_bindings(source(name), name, expressions, opts)
+        ok, log, lowered, binary = _compile_bindings(source(name), name, expressions, opts)
     else:
-        ok, log, lowered = _compile_ctypes(lib, source(name), name, expressions, opts)
+        ok, log, lowered, binary = _compile_ctypes(lib, source(name), name, expressions, opts)
     if not ok:
         return None, log
+    if cubin is not None:
+        with open(cubin, "wb") as f:
+            f.write(binary)
     stats, cur = {}, None
     for line in log.splitlines():
         if (m := _ENTRY.search(line)):
@@ -153,6 +171,7 @@ def main(argv=None) -> int:
     ap.add_argument("--allow-spills", action="store_true")
     ap.add_argument("--nvrtc", metavar="LIB", help="path of a libnvrtc.so.* to compile with (ctypes) instead of "
                     "cuda.bindings' NVRTC; the GPU's 12.9: scripts/fetch_nvrtc12.sh, then " + NVRTC12)
+    ap.add_argument("--cubin", metavar="FILE", help="also write the compiled cubin there (disassemble: nvdisasm -c FILE)")
     a = ap.parse_args(argv)
     if a.nvrtc is not None:
         if not os.path.isfile(a.nvrtc):
@@ -167,7 +186,7 @@ def main(argv=None) -> int:
     if not exprs:
         print(f"no instantiation of {a.source} matches {a.match!r}")
         return 1
-    rows, log = report(a.source, exprs, a.arch, a.nvrtc)
+    rows, log = report(a.source, exprs, a.arch, a.nvrtc, a.cubin)
     if rows is None:
         print(log)
         return 1

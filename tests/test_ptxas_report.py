@@ -76,3 +76,18 @@ def test_a_compile_error_comes_back_as_the_log(monkeypatch):
     for path in (None, lib):
         rows, log = ptxas_report.report("small.cu", EXPRS, "sm_90", path)
         assert rows is None and "undeclared" in log
+
+
+def test_cubin_is_written_by_both_paths(tmp_path, monkeypatch):
+    """``cubin=``: the compiled binary (an ELF holding every instantiation) lands there, by either path."""
+    lib = _bindings_library()
+    monkeypatch.setattr(ptxas_report, "source", lambda name: SMALL)
+    blobs = []
+    for path in (None, lib):
+        out = tmp_path / f"small{len(blobs)}.cubin"
+        rows, log = ptxas_report.report("small.cu", EXPRS, "sm_90", path, str(out))
+        assert rows is not None, log
+        blobs.append(out.read_bytes())
+    assert all(b[:4] == b"\x7fELF" for b in blobs)
+    assert blobs[0] == blobs[1]          # the same library: the same binary
+    assert all(b"_Z5scaleIfLi64EEvPT_f" in b for b in blobs)

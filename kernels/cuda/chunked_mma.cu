@@ -520,11 +520,16 @@ __host__ __device__ constexpr int dkdv_warps(int layout) { return layout == DKDV
 // 1 is not the same: it took the fused 4-warp float16 kernel from 162 to 184 registers).  At head dims (64, 64),
 // 16-bit inputs, one stage: the 8-warp layouts ask for 2 blocks (<= 128 registers, 16 warps per SM); the
 // separate dk and dv kernels (WHICH 1, 2: cupy dkdv mode "split") for DKDV_SPLIT_MIN_BLOCKS.  Everything else:
-// none (the fused 4-warp kernel spills 800+ bytes at 128 registers: docs/kernels/decayed.md step 4).
+// none (the fused 4-warp kernel spills 800+ bytes at 128 registers: docs/kernels/decayed.md step 4) -- except
+// the fused 4-warp float32 3xTF32 kernel (SPLIT 3), which asks for the 2 blocks its 91 KB of shared memory allow
+// anyway: unasked, ptxas (NVRTC 12.9) gives it 175 registers and issues the next trip's loads of two mma loops
+// 50-70 instructions ahead instead of ~200; asked, 212 and e119910's schedule (docs/kernels/linear.md, "The
+// backward's share").  TF32 (SPLIT 1) keeps its 168 (asked, 206).
 constexpr int DKDV_SPLIT_MIN_BLOCKS = 4;
-template <typename T, int DKP, int DVP, int WHICH, int LAYOUT, int STAGES>
+template <typename T, int DKP, int DVP, int SPLIT, int WHICH, int LAYOUT, int STAGES>
 __host__ __device__ constexpr int dkdv_min_blocks() {
-    return !(sizeof(T) == 2 && DKP == 64 && DVP == 64 && STAGES == 1) ? 0
+    return !(DKP == 64 && DVP == 64 && STAGES == 1) ? 0
+           : sizeof(T) != 2 ? (SPLIT == 3 && WHICH == 0 && LAYOUT == DKDV_ROWS ? 2 : 0)
            : LAYOUT != DKDV_ROWS ? 2 : WHICH != 0 ? DKDV_SPLIT_MIN_BLOCKS : 0;
 }
 
@@ -776,7 +781,7 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES>()) tc
 // dSstart[n][seg] (optional) gets the gradient of the state before it.  Not causal: dS = dSin[n][seq].
 // rk (decay only; nullptr: not wanted): (ceil(dk/64), N, T) partial row dots k.dk.
 template <typename T, int DKP, int DVP, int SPLIT, int WHICH, int LAYOUT, int STAGES>
-__global__ void __launch_bounds__(32 * tc::dkdv_warps(LAYOUT), tc::dkdv_min_blocks<T, DKP, DVP, WHICH, LAYOUT, STAGES>())
+__global__ void __launch_bounds__(32 * tc::dkdv_warps(LAYOUT), tc::dkdv_min_blocks<T, DKP, DVP, SPLIT, WHICH, LAYOUT, STAGES>())
 tc_bwd_dkdv(
         const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const void* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dkout,

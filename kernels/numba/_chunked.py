@@ -74,14 +74,20 @@ scale_in_state are run-time arguments (uniform branches).
 
 Layout and work split.  NT threads per block; shared memory: S (NS, DB, BV) (rows past Da stay 0), the
 chunk's a and b rows one Da-tile of BK columns at a time (C, BK+1: padded rows so column reads do not
-bank-conflict), c (C, BV), the weighted C x C score block W, the chunk's per-row coefficients.  Each thread
-owns the elements e = tid + r NT of the C x C score block, of the C x BV output tile and of each BK x BV state
-tile, with accumulators in per-thread local arrays.  Per chunk:
-  A  (emit) for each Da tile: load a, b tiles; scores (a_p.b_i) for i <= p; inter-chunk a_p.S^x[:, j]
-  B  W[p, i] = weight * score (masked), load the c tile
-  C  out_p = inter + sum_i W[p, i] c_i      (parts: B and C once per state x, written to out_x)
+bank-conflict), c (C, BV), the weighted C x C score block W (C, C+1), the chunk's per-row coefficients.  Every
+product is register-tiled as the CUDA-core rung's rt_mm (kernels/cuda/chunked.cuh): in each of the C x C score
+block, the C x BV output tile and the BK x BV state tile a thread owns MR x MC elements (ty + TY m, tx + TX j)
+(_jit.micro_tile; 2 x 2 at C = BK = BV = 32, NT = 256) with the accumulators in registers, and a k step reads
+MR + MC shared values for MR MC FMAs.  Per chunk:
+  A  (emit) for each Da tile: load a, b tiles; scores (a_p.b_i) for the whole block; inter-chunk a_p.S^x[:, j]
+  B  W[p, i] = weight * score (masked pairs: a select, never 0 * x), load the c tile
+  C  out_p = inter + sum_{i <= p} W[p, i] c_i  (the i a row cannot see are skipped, so a NaN or inf in a later
+     c row never reaches it; parts: B and C once per state x, written to out_x)
   D  (fold) new reference r', key weights; for each Da tile: reload b, S <- decay S + sum_i w_i b_i c_i^T
 The score block is recomputed by every value-column tile (cost C Da / (2 BV) per position and column).
+The hot loops over k are ``while`` loops from 0 (Numba's range iterator over a run-time bound, or nested in
+this kernel, was neither unrolled nor proven non-negative: every shared index paid the negative-index
+wrap-around, ~20 SASS instructions per FMA; docs/kernels/linear.md, "Numba chunked core: why 11x").
 """
 from __future__ import annotations
 
@@ -94,7 +100,7 @@ import numpy as np
 from numba import cuda
 
 from .._segments import Segmentation, segment_rows
-from ._jit import block_element, bucket, cdiv, kernel, nb_type, tile_loader
+from ._jit import bucket, cdiv, kernel, micro_tile, nb_type, tile_loader
 
 PLAIN, DECAY, COEF = "plain", "decay", "coef"     # weight families (module doc)
 
@@ -105,6 +111,12 @@ SEGMENT_CHUNKS = 8                # chunks per segment when the grid is full any
 SCAN_THREADS = 128                # threads per block of the segment scan
 SHARED_BYTES = 46 * 1024          # static shared-memory budget per block (device limit 48 KB)
 LOG_FLOOR = {4: -128.0, 8: -1024.0}   # per accumulation itemsize: exp(LOG_FLOOR) == 0 exactly (docstring)
+# registers per thread of the chunk kernel, per accumulation itemsize (None: as ptxas likes).  Unasked, ptxas
+# takes ~250 (float32, bucket 64): one block of 256 threads per SM, idle at every barrier.  At 80 the register
+# tiles' loops keep all their operands in registers (the spills are loop-invariant addresses outside them;
+# docs/kernels/linear.md, "Numba chunked core: why 11x"): 3 blocks per SM.  Fixed here, not in CONFIG: the disk
+# cache key does not hold it (_jit.kernel).
+MAX_REGISTERS = {4: 80, 8: None}
 # the order tiles() halves the tiles in until the shared memory fits, each down to its floor
 SHRINK = (("BK", 16), ("BV", 8), ("C", 16), ("BV", 1), ("BK", 1), ("C", 1))
 
@@ -116,7 +128,7 @@ def state_rows(DB: int, BK: int, family: str) -> int:
 
 
 def shared_bytes(DB, NS, C, BK, BV, itemsize, family=DECAY) -> int:
-    return itemsize * (NS * state_rows(DB, BK, family) * BV + 2 * C * (BK + 1) + C * BV + C * C + 4 * NS * C
+    return itemsize * (NS * state_rows(DB, BK, family) * BV + 2 * C * (BK + 1) + C * BV + C * (C + 1) + 4 * NS * C
                        + 2 * NS + 2)
 
 
@@ -150,22 +162,22 @@ def chunk_kernel(DB, NS, family, C, BK, BV, NT, acc):
     nseg NS) the coef references, gam (N, nseg) the decay family's segment log decays (written when
     has_fin)."""
     decay, coef = family == DECAY, family == COEF
-    EB = cdiv(C * C, NT)              # score elements per thread
-    EO = cdiv(C * BV, NT)             # output elements per thread
-    ES = cdiv(BK * BV, NT)            # state elements per thread (per Da tile)
-    NSEO = NS * EO
-    BKP = BK + 1                      # padded row of the a, b tiles (column reads avoid bank conflicts)
+    # register tiles (_jit.micro_tile) of the C x C score block, the C x BV output tile, the BK x BV state tile
+    SY, SX, SR, SC = micro_tile(C, C, NT)
+    OY, OX, OR, OC = micro_tile(C, BV, NT)
+    TY, TX, TR, TC = micro_tile(BK, BV, NT)
+    SRC, ORC, TRC = SR * SC, OR * OC, TR * TC
+    NSO = NS * ORC
+    RA, RB = max(SR, OR, TR), max(SC, OC, TC)     # a thread's column / row operands of one k step
+    BKP, CP = BK + 1, C + 1           # padded rows of the a, b tiles and of W (column reads avoid bank conflicts)
     R = state_rows(DB, BK, family)    # rows of the state (>= every Da this kernel takes)
     ZERO, ONE = acc(0), acc(1)
     NEG_INF = acc(-math.inf)
     FLOOR = acc(LOG_FLOOR[np.dtype(acc.name).itemsize])
     load_ab = tile_loader(C, BK, NT, acc)    # a or b rows of the chunk, one Da tile (padded tiles)
     load_c = tile_loader(C, BV, NT, acc)     # c rows of the chunk, this block's columns
-    score_elem = block_element(C, C, NT)     # a thread's elements of the C x C score block (EB of them)
-    out_elem = block_element(C, BV, NT)      # of the C x BV output tile (EO)
-    state_elem = block_element(BK, BV, NT)   # of a BK x BV state tile (ES)
 
-    @kernel
+    @kernel(max_registers=MAX_REGISTERS[np.dtype(acc.name).itemsize])
     def kern(a, b, c, qco, kco, g, out0, out1, out2, seg, S0, R0, Sfin, Rfin, gam, scale, scale_in_state, rev,
              intra, emit, fold, parts, has_init, has_fin, st_trans):
         n = cuda.blockIdx.x
@@ -179,14 +191,27 @@ def chunk_kernel(DB, NS, family, C, BK, BV, NT, acc):
         As = cuda.shared.array((C, BKP), acc)           # a rows of the chunk, one Da tile
         Bs = cuda.shared.array((C, BKP), acc)           # b rows of the chunk, one Da tile
         Cs = cuda.shared.array((C, BV), acc)            # c rows of the chunk, this block's columns
-        W = cuda.shared.array((C, C), acc)              # weighted masked scores
+        W = cuda.shared.array((C, CP), acc)             # weighted masked scores (padded rows)
         qw = cuda.shared.array((NS, 2, C), acc)         # (cq, lq) per row; decay: b = qw[0,0] + qw[0,1]
         kw = cuda.shared.array((NS, 2, C), acc)         # (ck, lk) per row; then the state-update weights
         ref = cuda.shared.array(NS, acc)                # r^x: log reference of each state
         rnew = cuda.shared.array(NS, acc)               # r'^x, or the decay of S (decay family)
         tot = cuda.shared.array(2, acc)                 # decay: the segment's log decay, hi + lo
-        accB = cuda.local.array(EB, acc)
-        accO = cuda.local.array(NSEO, acc)
+        accB = cuda.local.array(SRC, acc)               # the thread's score tile
+        accO = cuda.local.array(NSO, acc)               # its inter-chunk output tiles, one per state
+        ro = cuda.local.array(ORC, acc)                 # its output tile
+        sacc = cuda.local.array(TRC, acc)               # its state-update tile
+        ra = cuda.local.array(RA, acc)                  # one k step's operands
+        rb = cuda.local.array(RB, acc)
+        sy = tid // SX                                  # the thread's place in each register tiling
+        sx = tid - sy * SX
+        oy = tid // OX
+        ox = tid - oy * OX
+        ty = tid // TX
+        tx = tid - ty * TX
+        s_live = sy < min(SY, C)
+        o_live = oy < min(OY, C)
+        t_live = ty < min(TY, BK)
         sq = ONE if scale_in_state else scale           # the output's state term
         sk = scale if scale_in_state else ONE           # the state update
 
@@ -246,78 +271,114 @@ def chunk_kernel(DB, NS, family, C, BK, BV, NT, acc):
             cuda.syncthreads()
 
             if emit:
-                # ---- A: scores a_p.b_i (i <= p) and inter-chunk a_p.S^x, one Da tile at a time
-                for r in range(EB):
+                # ---- A: scores a_p.b_i and inter-chunk a_p.S^x, one Da tile at a time, in register tiles
+                for r in range(SRC):
                     accB[r] = ZERO
-                for r in range(NSEO):
+                for r in range(NSO):
                     accO[r] = ZERO
-                for d0 in range(0, Da, BK):
+                d0 = 0
+                while d0 < Da:                      # (while loops: indices Numba/LLVM can prove >= 0)
                     load_ab(As, a, n, t0, t1, p0, d0, Da, rev, ONE)
                     if intra:
                         load_ab(Bs, b, n, t0, t1, p0, d0, Da, rev, ONE)
                     cuda.syncthreads()
-                    if intra:
-                        for r in range(EB):
-                            live, p, i = score_elem(r)
-                            if live and i <= p:
-                                sacc = ZERO
-                                for d in range(BK):
-                                    sacc += As[p, d] * Bs[i, d]
-                                accB[r] += sacc
-                    for r in range(EO):
-                        live, p, jj = out_elem(r)
-                        if live:
+                    if intra and s_live:        # the whole block: masked pairs are dropped in B
+                        d = 0
+                        while d < BK:               # (while: Numba's range iterator is not unrolled here)
+                            for m in range(SR):
+                                ra[m] = As[sy + SY * m, d]
+                            for j in range(SC):
+                                rb[j] = Bs[sx + SX * j, d]
+                            for m in range(SR):
+                                for j in range(SC):
+                                    accB[m * SC + j] += ra[m] * rb[j]
+                            d += 1
+                    if o_live:
+                        d = 0
+                        while d < BK:
+                            for m in range(OR):
+                                ra[m] = As[oy + OY * m, d]
                             for x in range(NS):
-                                sacc = ZERO
-                                for d in range(BK):
-                                    sacc += As[p, d] * S[x, d0 + d, jj]
-                                accO[x * EO + r] += sacc
+                                for j in range(OC):
+                                    rb[j] = S[x, d0 + d, ox + OX * j]
+                                for m in range(OR):
+                                    for j in range(OC):
+                                        accO[(x * OR + m) * OC + j] += ra[m] * rb[j]
+                            d += 1
                     cuda.syncthreads()
+                    d0 += BK
                 if intra:                                   # the chunk's c rows
                     load_c(Cs, c, n, t0, t1, p0, j0, Dc, rev, ONE)
                 for xo in range(nout):
                     # ---- B: weighted, masked scores of the states summed into output xo
-                    if intra:
-                        for r in range(EB):
-                            live, p, i = score_elem(r)
-                            if live:
+                    if intra and s_live:
+                        for m in range(SR):
+                            p = sy + SY * m
+                            for j in range(SC):
+                                i = sx + SX * j
+                                sc = accB[m * SC + j]
                                 wv = ZERO
-                                if i <= p and p < L:
+                                if i <= p and p < L:        # a select: a masked pair never enters
                                     if decay:
                                         lw = (qw[0, 0, p] - qw[0, 0, i]) + (qw[0, 1, p] - qw[0, 1, i])
-                                        wv = scale * math.exp(lw) * accB[r]
+                                        wv = scale * math.exp(lw) * sc
                                     elif coef:
                                         for x in range(NS):
                                             if x == xo or not parts:
                                                 wv += (qw[x, 0, p] * kw[x, 0, i]
-                                                       * math.exp(qw[x, 1, p] + kw[x, 1, i]) * accB[r])
+                                                       * math.exp(qw[x, 1, p] + kw[x, 1, i]) * sc)
                                     else:
-                                        wv = scale * accB[r]
+                                        wv = scale * sc
                                 W[p, i] = wv
                     cuda.syncthreads()
-                    # ---- C: out_p = inter-chunk + intra-chunk terms
-                    for r in range(EO):
-                        live, p, jj = out_elem(r)
-                        if live and p < L and j0 + jj < Dc:
-                            t = t1 - 1 - (p0 + p) if rev else t0 + p0 + p
-                            o = ZERO
-                            if decay:
-                                o = sq * math.exp(qw[0, 0, p] + qw[0, 1, p]) * accO[r]
-                            elif coef:
-                                for x in range(NS):
-                                    if (x == xo or not parts) and ref[x] != NEG_INF:  # else S^x = 0
-                                        o += qw[x, 0, p] * math.exp(qw[x, 1, p] + ref[x]) * accO[x * EO + r]
-                            else:
-                                o = sq * accO[r]
-                            if intra:
-                                for i in range(p + 1):
-                                    o += W[p, i] * Cs[i, jj]
-                            if xo == 0:
-                                out0[n, t, j0 + jj] = o
-                            elif xo == 1:
-                                out1[n, t, j0 + jj] = o
-                            else:
-                                out2[n, t, j0 + jj] = o
+                    # ---- C: out_p = inter-chunk + intra-chunk terms, in a register tile
+                    if o_live:
+                        for m in range(OR):
+                            p = oy + OY * m
+                            pw = ZERO                               # the state term's row weight
+                            if decay and p < L:
+                                pw = sq * math.exp(qw[0, 0, p] + qw[0, 1, p])
+                            for j in range(OC):
+                                o = ZERO
+                                if decay:
+                                    o = pw * accO[m * OC + j]
+                                elif coef:
+                                    for x in range(NS):
+                                        if (x == xo or not parts) and ref[x] != NEG_INF and p < L:  # else S^x = 0
+                                            o += (qw[x, 0, p] * math.exp(qw[x, 1, p] + ref[x])
+                                                  * accO[(x * OR + m) * OC + j])
+                                else:
+                                    o = sq * accO[m * OC + j]
+                                ro[m * OC + j] = o
+                        if intra:
+                            # i <= p only: masked pairs are skipped, not multiplied by 0 (a NaN in a later c row
+                            # must not leak).  Rows p = oy + OY m: the i of (oy + OY (k-1), oy + OY k] are seen
+                            # by the rows m >= k, a compile-time test once k and m are unrolled.
+                            for k in range(OR):
+                                i = 0 if k == 0 else max(0, oy + OY * (k - 1) + 1)    # (max: i >= 0 known)
+                                iend = min(L, oy + OY * k + 1)
+                                while i < iend:
+                                    for j in range(OC):
+                                        rb[j] = Cs[i, ox + OX * j]
+                                    for m in range(OR):
+                                        if m >= k:
+                                            wv = W[oy + OY * m, i]
+                                            for j in range(OC):
+                                                ro[m * OC + j] += wv * rb[j]
+                                    i += 1
+                        for m in range(OR):
+                            p = oy + OY * m
+                            if p < L:
+                                t = t1 - 1 - (p0 + p) if rev else t0 + p0 + p
+                                for j in range(OC):
+                                    jj = j0 + ox + OX * j
+                                    if jj < Dc:
+                                        if xo == 0:
+                                            out0[n, t, jj] = ro[m * OC + j]
+                                        elif xo == 1:
+                                            out1[n, t, jj] = ro[m * OC + j]
+                                        else:
+                                            out2[n, t, jj] = ro[m * OC + j]
                     cuda.syncthreads()      # W is rewritten next (next output, D, or the next chunk)
             if fold and (has_fin or ch < nch - 1):        # (the last fold matters only to the final state)
                 # ---- D: fold the chunk into the states
@@ -350,24 +411,39 @@ def chunk_kernel(DB, NS, family, C, BK, BV, NT, acc):
                             wk = sk
                     kw[x, 0, i] = wk
                 cuda.syncthreads()
-                for d0 in range(0, Da, BK):
+                d0 = 0
+                while d0 < Da:
                     load_ab(Bs, b, n, t0, t1, p0, d0, Da, rev, ONE)
                     cuda.syncthreads()
-                    for r in range(ES):
-                        live, d, jj = state_elem(r)
-                        if live and d0 + d < Da:
-                            for x in range(NS):
-                                if not coef:
-                                    dec = rnew[0]
-                                elif ref[x] == NEG_INF:
-                                    dec = ZERO
-                                else:
-                                    dec = math.exp(ref[x] - rnew[x])
-                                sacc = ZERO
-                                for i in range(L):
-                                    sacc += kw[x, 0, i] * Bs[i, d] * Cs[i, jj]
-                                S[x, d0 + d, jj] = dec * S[x, d0 + d, jj] + sacc
+                    if t_live:
+                        for x in range(NS):
+                            if not coef:
+                                dec = rnew[0]
+                            elif ref[x] == NEG_INF:
+                                dec = ZERO
+                            else:
+                                dec = math.exp(ref[x] - rnew[x])
+                            for r in range(TRC):
+                                sacc[r] = ZERO
+                            i = 0
+                            while i < L:                    # S <- dec S + sum_i w_i b_i c_i^T, a register tile
+                                wk = kw[x, 0, i]
+                                for m in range(TR):
+                                    ra[m] = wk * Bs[i, ty + TY * m]
+                                for j in range(TC):
+                                    rb[j] = Cs[i, tx + TX * j]
+                                for m in range(TR):
+                                    for j in range(TC):
+                                        sacc[m * TC + j] += ra[m] * rb[j]
+                                i += 1
+                            for m in range(TR):
+                                d = d0 + ty + TY * m
+                                if d < Da:
+                                    for j in range(TC):
+                                        jj = tx + TX * j
+                                        S[x, d, jj] = dec * S[x, d, jj] + sacc[m * TC + j]
                     cuda.syncthreads()
+                    d0 += BK
                 if coef and tid < NS:
                     ref[tid] = rnew[tid]
                 cuda.syncthreads()

@@ -93,9 +93,14 @@ def _serialise_cache_saves() -> None:
 _serialise_cache_saves()
 
 
-def kernel(fn):
-    """``cuda.jit(cache=True)``, and remember the dispatcher."""
-    k = cuda.jit(cache=True)(fn)
+def kernel(fn=None, *, max_registers=None):
+    """``cuda.jit(cache=True)``, and remember the dispatcher.  ``max_registers`` caps the registers per thread
+    (ptxas spills the rest); Numba's disk-cache key does not hold it, so a factory must fix it by values in the
+    kernel's closure (or the kernel's source file) rather than vary it alone."""
+    if fn is None:
+        return functools.partial(kernel, max_registers=max_registers)
+    opts = {"max_registers": max_registers} if max_registers and not numba.config.ENABLE_CUDASIM else {}
+    k = cuda.jit(cache=True, **opts)(fn)
     KERNELS.append(k)
     return k
 
@@ -256,16 +261,19 @@ def tile_axpy(DB: int):
     return device(axpy)
 
 
-@functools.lru_cache(maxsize=None)
-def block_element(ROWS: int, COLS: int, NT: int):
-    """Device function element(r) -> (live, row, col): the r-th element a thread owns in a ROWS x COLS block
-    split over the block's NT threads (element tid + r NT, row-major; live: inside the block).  With r a
-    compile-time loop index the element's accumulator stays in a register."""
-    def element(r):
-        e = cuda.threadIdx.x + r * NT
-        row = e // COLS
-        return e < ROWS * COLS, row, e - row * COLS
-    return device(element)
+def micro_tile(ROWS: int, COLS: int, NT: int) -> tuple:
+    """(TY, TX, MR, MC): a ROWS x COLS block split over NT threads as register tiles.  Thread tid is (ty, tx) =
+    (tid // TX, tid % TX) and owns the MR x MC elements (ty + TY m, tx + TX j), m < MR, j < MC (strided, so that
+    a warp's shared reads of one column are a few broadcast rows and of one row are consecutive words).  A thread
+    is live when ty < min(TY, ROWS) (more threads than rows: the rest idle).  With m, j compile-time loop
+    indices the tile stays in registers; a product over k then reads MR + MC shared values for MR MC FMAs (the
+    CUDA-core rung's rt_mm; one element per thread would read two per FMA)."""
+    for d in (ROWS, COLS, NT):
+        if d < 1 or d & (d - 1):
+            raise ValueError(f"micro_tile: sizes must be powers of two (ROWS={ROWS}, COLS={COLS}, NT={NT})")
+    TX = min(COLS, 16, NT)
+    TY = NT // TX
+    return TY, TX, cdiv(ROWS, TY), COLS // TX
 
 
 @functools.lru_cache(maxsize=None)

@@ -607,7 +607,8 @@ ZEROS_CASES = [_zeros(*row) for row in (
     ("chunked_mma", "float16", (1,), 70, 128, 80, True, 3),
     ("chunked_mma_tf32", "float32", (1,), 130, 64, 64, True, 3),
     ("chunked_mma_tf32", "float32", (1,), 65, 32, 128, False, 2))]
-ZEROS_GRID_TESTS = ("test_forward_stats", "test_backward_rows", "test_variant_extreme_logits")
+ZEROS_GRID_TESTS = ("test_forward_stats", "test_backward_rows", "test_variant_extreme_logits",
+                    "test_scans_in_block_or_apart")
 # states and packed sequences: a few cells of the GPU test's grid (G and H in one call and apart, not causal
 # packed, one token), two calls against one, packed against per-sequence calls, the zero-length refusal
 ZEROS_STATE_CASES = [_zeros_test("test_state_and_packed_match_the_reference", impl=impl, dtype=dt, T=T, Dk=dk, Dv=dv,

@@ -296,9 +296,10 @@ def test_every_scan_kernel_is_listed():
     listed = {e for src, e in zeros.INSTANTIATIONS if src == zeros.SOURCE}
     for ct in ("float", "wb_half", "wb_bf16"):
         group = zeros.scan_exprs(ct)
-        assert set(group) <= listed and len(group) == 16
+        assert set(group) <= listed and len(group) == 18
         assert {"zeros_fchunk", "zeros_fscan", "zeros_ftoken", "zeros_combine", "zeros_bchunk", "zeros_bscan",
-                "zeros_bfinish", "zeros_fused_bscalar", "zeros_fused_bds"} == {e.split("<")[0] for e in group}
+                "zeros_bfinish", "zeros_fused_bscalar", "zeros_fused_bds",
+                "zeros_fused_bscalar_ds"} == {e.split("<")[0] for e in group}
 
 
 def test_every_fused_kernel_is_listed_and_declared():
@@ -614,6 +615,24 @@ def test_variant_extreme_logits(impl, dtype, tol, T):
     for causal in (True, False):
         errs = _vjp_errors(impl, dtype, (2,), T, 16, 16, causal, 3, seed=4, s_fn=s_fn)
         assert all(e < tol for e in errs.values()), (causal, errs)
+
+
+@gpu
+@pytest.mark.parametrize("impl", MMA_IMPLS)
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("float16", 2e-2)])
+@pytest.mark.parametrize("max_chunks", [0, 2])
+def test_scans_in_block_or_apart(impl, dtype, tol, max_chunks):
+    """Both ways of running the scans over chunks (zeros.IN_BLOCK_SCAN_MAX_CHUNKS: inside the per-chunk blocks
+    up to that many chunks, else separate launches) against the reference, at T = 1 (one chunk) and T = 150
+    (three); max_chunks 0: always separate, 2: T = 150 separate."""
+    saved = zeros.IN_BLOCK_SCAN_MAX_CHUNKS
+    zeros.IN_BLOCK_SCAN_MAX_CHUNKS = max_chunks
+    try:
+        for T, causal in ((1, True), (150, True), (150, False)):
+            errs = _vjp_errors(impl, dtype, (2,), T, 24, 40, causal, 3, seed=T)
+            assert all(e < tol for e in errs.values()), (T, causal, errs)
+    finally:
+        zeros.IN_BLOCK_SCAN_MAX_CHUNKS = saved
 
 
 @gpu

@@ -9,7 +9,8 @@
 //     of that section and in docs/kernels/zeros.md.
 //   * zeros_fused_bscalar / zeros_fused_bds (last): the scalar backward of cupy:chunked_mma_fused, whose
 //     tensor-core kernels (tz_*) are at the end of chunked_mma.cu; the forward scans above serve it too
-//     (zeros_ftoken without stream values).
+//     (zeros_ftoken without stream values).  For few chunks the scans over chunks run inside the per-chunk
+//     blocks (zeros_ftoken alone; zeros_fused_bscalar_ds): fewer launches for small T.
 //
 // ------------------------------------------------------------------------------------------ CUDA-core rung
 // With m_t the running max of s (the global max when not causal), E_t = sum_{j in W(t)} e^{s_j - m_t},
@@ -336,26 +337,23 @@ __device__ __forceinline__ Gates gates_at(const TI* __restrict__ gates, long lon
 }  // namespace zs
 
 // ---------------------------------------------------------------------------------------- forward scans
-// grid (ceil(NC / 4), N), block 128: warp w reduces chunk 4 blockIdx.x + w (in token order: the combine is
-// segmented; cR: the chunk holds a sequence start).
+namespace zs {
+// Warp reduction of chunk c of head n: its triple (lane 0 holds it; in token order: the combine is segmented)
+// and the min and max of s (NaN ignored; every lane holds them).
 template <typename TI>
-__global__ void __launch_bounds__(128) zeros_fchunk(const TI* __restrict__ s, int T, int NC, const int* __restrict__ tseq,
-        const int* __restrict__ cu, int nseq, const float* __restrict__ st0, float* __restrict__ cM,
-        float* __restrict__ cE, double* __restrict__ cP, int* __restrict__ cR, float* __restrict__ cLo,
-        float* __restrict__ cHi) {
-    using namespace zs;
-    const int lane = threadIdx.x & 31, c = blockIdx.x * WARPS + (threadIdx.x >> 5), n = blockIdx.y;
-    if (c >= NC) return;                                           // warp-uniform
-    const Seqs sq{tseq, cu, nseq, st0};
+__device__ __forceinline__ Fwd chunk_triple(const TI* __restrict__ s, int T, int c, int n, int N, const Seqs& sq,
+        float& lo, float& hi) {
+    const int lane = threadIdx.x & 31;
     const long long base = (long long)n * T;
     Fwd acc = fwd_empty();
-    float lo = WB_INF, hi = -WB_INF;                               // min and max of s (NaN ignored)
+    lo = WB_INF;
+    hi = -WB_INF;
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int t = c * C + 2 * lane + h;
         if (t < T) {
             const float x = to_f32(s[base + t]);
-            acc = acc + fwd_element(sq, span_of(sq, n, t, T), t, x, gridDim.y);
+            acc = acc + fwd_element(sq, span_of(sq, n, t, T), t, x, N);
             lo = fminf(lo, x);
             hi = fmaxf(hi, x);
         }
@@ -370,6 +368,67 @@ __global__ void __launch_bounds__(128) zeros_fchunk(const TI* __restrict__ s, in
         lo = fminf(lo, __shfl_xor_sync(FULL, lo, o));
         hi = fmaxf(hi, __shfl_xor_sync(FULL, hi, o));
     }
+    return acc;
+}
+
+// The head's shift c = (min s + max s) / 2 (0 without finite s, or for both infinities) and scale sigma.
+__device__ __forceinline__ void head_values(float lo, float hi, float& sigma, float& shift) {
+    float c = 0.5f * (lo + hi);
+    if (!(fabsf(c) < WB_INF)) c = 0.f;
+    sigma = pow2_at_least(fmaxf(1.f, fmaxf(hi - c, c - lo)));
+    shift = c;
+}
+
+// zeros_fchunk + zeros_fscan inside one block of zeros_ftoken (its x* == nullptr: the host's choice for few
+// chunks, IN_BLOCK_SCAN_MAX_CHUNKS in kernels/cupy/zeros.py): warp w reduces a contiguous run of the head's
+// chunks, in token order, into part[w] (the chunks before c_end only) and lohi[w], lohi[WARPS + w] (every
+// chunk).  Ends with a barrier; join() then gives the carry, the min and the max.
+template <typename TI>
+__device__ __forceinline__ void block_chunks(const TI* __restrict__ s, int T, int NC, int c_end, int n, int N,
+        const Seqs& sq, Fwd* part, float* lohi) {
+    const int w = threadIdx.x >> 5, per = (NC + WARPS - 1) / WARPS, c0 = min(NC, w * per), c1 = min(NC, c0 + per);
+    Fwd run = fwd_empty();
+    float lo = WB_INF, hi = -WB_INF;
+    for (int j = c0; j < c1; ++j) {                                // warp-uniform
+        float l, h;
+        const Fwd x = chunk_triple(s, T, j, n, N, sq, l, h);
+        if (j < c_end) run = run + x;
+        lo = fminf(lo, l);
+        hi = fmaxf(hi, h);
+    }
+    if ((threadIdx.x & 31) == 0) {
+        part[w] = run;
+        lohi[w] = lo;
+        lohi[WARPS + w] = hi;
+    }
+    __syncthreads();
+}
+__device__ __forceinline__ Fwd join_chunks(const Fwd* part, const float* lohi, float& lo, float& hi) {
+    Fwd run = fwd_empty();
+    lo = WB_INF;
+    hi = -WB_INF;
+    for (int j = 0; j < WARPS; ++j) {
+        run = run + part[j];
+        lo = fminf(lo, lohi[j]);
+        hi = fmaxf(hi, lohi[WARPS + j]);
+    }
+    run.r = 0;
+    return run;
+}
+}  // namespace zs
+
+// grid (ceil(NC / 4), N), block 128: warp w reduces chunk 4 blockIdx.x + w (in token order: the combine is
+// segmented; cR: the chunk holds a sequence start).
+template <typename TI>
+__global__ void __launch_bounds__(128) zeros_fchunk(const TI* __restrict__ s, int T, int NC, const int* __restrict__ tseq,
+        const int* __restrict__ cu, int nseq, const float* __restrict__ st0, float* __restrict__ cM,
+        float* __restrict__ cE, double* __restrict__ cP, int* __restrict__ cR, float* __restrict__ cLo,
+        float* __restrict__ cHi) {
+    using namespace zs;
+    const int lane = threadIdx.x & 31, c = blockIdx.x * WARPS + (threadIdx.x >> 5), n = blockIdx.y;
+    if (c >= NC) return;                                           // warp-uniform
+    float lo, hi;
+    const Fwd acc = chunk_triple(s, T, c, n, gridDim.y, Seqs{tseq, cu, nseq, st0}, lo, hi);
     if (lane == 0) {
         const long long at = (long long)n * NC + c;
         cM[at] = acc.M;
@@ -442,10 +501,7 @@ __global__ void __launch_bounds__(256) zeros_fscan(const float* __restrict__ cM,
             lo = fminf(lo, wlo[j]);
             hi = fmaxf(hi, whi[j]);
         }
-        float c = 0.5f * (lo + hi);
-        if (!(fabsf(c) < WB_INF)) c = 0.f;                         // no finite s, or both infinities
-        head[HEAD_SIGMA * gridDim.x + n] = pow2_at_least(fmaxf(1.f, fmaxf(hi - c, c - lo)));
-        head[HEAD_SHIFT * gridDim.x + n] = c;
+        head_values(lo, hi, head[HEAD_SIGMA * gridDim.x + n], head[HEAD_SHIFT * gridDim.x + n]);
     }
 }
 
@@ -454,22 +510,42 @@ __global__ void __launch_bounds__(256) zeros_fscan(const float* __restrict__ cM,
 // The carries x*: per chunk (causal, or not causal in one sequence), per sequence when not causal and packed
 // (the sequences' totals).  fin* (nullptr: not wanted): the statistics after each sequence's last token
 // (N, nseq): m, E, P (float64) and the count n.
+// xM == nullptr (xE, xP unused; not with packed sequences when not causal): the block scans the head's chunks
+// itself (zeros.cu block_chunks: zeros_fchunk + zeros_fscan in one launch, O(NC) per block, for few chunks)
+// and block 0 writes head; else head is zeros_fscan's and only read.
 template <typename TI, bool CAUSAL>
 __global__ void __launch_bounds__(128) zeros_ftoken(const TI* __restrict__ s, const TI* __restrict__ gates,
         const TI* __restrict__ v, int ng, int T, int Dv, int NC, const int* __restrict__ tseq,
         const int* __restrict__ cu, int nseq, const float* __restrict__ st0, const float* __restrict__ xM,
-        const float* __restrict__ xE, const double* __restrict__ xP, const float* __restrict__ head,
+        const float* __restrict__ xE, const double* __restrict__ xP, float* __restrict__ head,
         float* __restrict__ st, TI* __restrict__ vF, TI* __restrict__ vG, int ldG, TI* __restrict__ vH, int ldH,
         float* __restrict__ finM, float* __restrict__ finE, double* __restrict__ finP, float* __restrict__ finN) {
     using namespace zs;
     __shared__ float su[C], ss[C];
+    __shared__ Fwd part[WARPS];
+    __shared__ float lohi[2 * WARPS];
     const Block b = block_of(T);
     const int c = b.c, n = b.n, cs = b.cs, lane = b.lane, N = gridDim.y;
     const long long base = b.base, NT = b.NT;
     const Seqs sq{tseq, cu, nseq, st0};
+    const bool in_block = xM == nullptr;                           // block-uniform
+    if (in_block) block_chunks(s, T, NC, CAUSAL ? c : NC, n, N, sq, part, lohi);
     if (b.w == 0) {
-        const float isg = 1.f / head[HEAD_SIGMA * N + n];          // exact: sigma is a power of two
-        const float shift = head[HEAD_SHIFT * N + n];
+        float sigma, shift;
+        Fwd own = fwd_empty();                                     // in_block: the carry (causal) or the total
+        if (in_block) {
+            float lo, hi;
+            own = join_chunks(part, lohi, lo, hi);
+            head_values(lo, hi, sigma, shift);
+            if (c == 0 && lane == 0) {
+                head[HEAD_SIGMA * N + n] = sigma;
+                head[HEAD_SHIFT * N + n] = shift;
+            }
+        } else {
+            sigma = head[HEAD_SIGMA * N + n];
+            shift = head[HEAD_SHIFT * N + n];
+        }
+        const float isg = 1.f / sigma;                             // exact: sigma is a power of two
         float sv[2];
         Fwd e[2];
         Span sp[2];
@@ -483,7 +559,8 @@ __global__ void __launch_bounds__(128) zeros_ftoken(const TI* __restrict__ s, co
         Fwd at[2];
         float prev[2] = {0.f, 0.f};                                // m before the token (causal)
         if (CAUSAL) {
-            const Fwd carry{xM[(long long)n * NC + c], xE[(long long)n * NC + c], xP[(long long)n * NC + c], 0};
+            const Fwd carry = in_block ? own
+                                       : Fwd{xM[(long long)n * NC + c], xE[(long long)n * NC + c], xP[(long long)n * NC + c], 0};
             Fwd inc = e[0] + e[1];
 #pragma unroll
             for (int o = 1; o < 32; o <<= 1) {
@@ -501,7 +578,7 @@ __global__ void __launch_bounds__(128) zeros_ftoken(const TI* __restrict__ s, co
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const long long x = tseq ? sp[h].at : (long long)n * NC + c;
-                at[h] = Fwd{xM[x], xE[x], xP[x], 0};
+                at[h] = in_block ? own : Fwd{xM[x], xE[x], xP[x], 0};
             }
         }
 #pragma unroll
@@ -580,6 +657,12 @@ namespace zs {
 // (row = n T + t): x = alpha U (U = a / E) and y = beta Z / n into xy (and returned), and dgates; with dn (an
 // initial state: its count's gradient is the sum over the sequence), dn_t = -(beta (V - Z P / n) + gamma Z) / n
 // of the true (unshifted) P = P' + n c and V, gamma (V' and gamma' of s - c give the same value).
+// x = alpha a / E and y = beta Z / n alone
+__device__ __forceinline__ void token_xy(float a, float Z, long long row, long long NT, const float* __restrict__ st,
+        float& x, float& y) {
+    x = st[ST_ALPHA * NT + row] * (a / st[ST_E * NT + row]);
+    y = st[ST_BETA * NT + row] * Z / st[ST_N * NT + row];
+}
 template <typename TI>
 __device__ __forceinline__ void token_scalars(float a, float V, float Z, long long row, long long NT,
         const float* __restrict__ st, const TI* __restrict__ gates, int ng, float shift, float* __restrict__ xy,
@@ -587,8 +670,7 @@ __device__ __forceinline__ void token_scalars(float a, float V, float Z, long lo
     const float nt = st[ST_N * NT + row], P = st[ST_P * NT + row];
     const float U = a / st[ST_E * NT + row];
     const float beta = st[ST_BETA * NT + row];
-    x = st[ST_ALPHA * NT + row] * U;
-    y = beta * Z / nt;
+    token_xy(a, Z, row, NT, st, x, y);
     xy[row] = x;
     xy[NT + row] = y;
     const float dsig1 = V / nt - P * Z / (nt * nt), dsigh = U - dsig1 - Z / nt;
@@ -619,9 +701,9 @@ __device__ __forceinline__ Bwd bwd_element(const Span& sp, int t, float m, float
 // Warp 0 of a per-chunk block: the chunk's partial of the reverse scan from its tokens' x (sx) and y (sy), in
 // token order: cR = sum x_t e^{m_first - m_t} (relative to m at the chunk's first token), cQ = sum y_t, up to
 // the first sequence end in the chunk (cF: there is one).
-__device__ __forceinline__ void chunk_partial(const Block& b, int T, int NC, const Seqs& sq,
-        const float* __restrict__ dfin, const float* __restrict__ st, const float* sx, const float* sy,
-        float* __restrict__ cR, double* __restrict__ cQ, int* __restrict__ cF) {
+// chunk_sum: the partial in lane 0 (mu: m at the chunk's first token); chunk_partial writes it.
+__device__ __forceinline__ Bwd chunk_sum(const Block& b, int T, const Seqs& sq, const float* __restrict__ dfin,
+        const float* __restrict__ st, const float* sx, const float* sy) {
     const long long NT = b.NT, base = b.base;
     const int cs = b.cs, lane = b.lane;
     Bwd acc = bwd_empty();
@@ -637,7 +719,13 @@ __device__ __forceinline__ void chunk_partial(const Block& b, int T, int NC, con
         const Bwd y = shfl_down(acc, o);
         if (lane + o < 32) acc = acc + y;
     }
-    if (lane == 0) {
+    return acc;
+}
+__device__ __forceinline__ void chunk_partial(const Block& b, int T, int NC, const Seqs& sq,
+        const float* __restrict__ dfin, const float* __restrict__ st, const float* sx, const float* sy,
+        float* __restrict__ cR, double* __restrict__ cQ, int* __restrict__ cF) {
+    const Bwd acc = chunk_sum(b, T, sq, dfin, st, sx, sy);
+    if (b.lane == 0) {
         cR[(long long)b.n * NC + b.c] = acc.R;
         cQ[(long long)b.n * NC + b.c] = acc.Q;
         cF[(long long)b.n * NC + b.c] = acc.r;
@@ -648,10 +736,12 @@ __device__ __forceinline__ void chunk_partial(const Block& b, int T, int NC, con
 // by a reverse shuffle scan seeded by the carry yR, yQ of zeros_bscan (not causal: the totals, per chunk or,
 // packed, per sequence).  d0 (causal, an initial state; else nullptr): rows dE0, dP0 (2, N, nseq) <- -R, -Q at
 // each sequence's first token, R taken relative to the initial state's max.
-template <bool CAUSAL>
+// The carry comes from y(x): {R, Q} of index x (n NC + c, or n nseq + j packed and not causal).
+struct RQ { float R; double Q; };
+template <bool CAUSAL, typename Y>
 __device__ __forceinline__ void scalar_ds(const Block& b, int T, int NC, const Seqs& sq,
-        const float* __restrict__ dfin, const float* __restrict__ st, const float* __restrict__ xy,
-        const float* __restrict__ yR, const double* __restrict__ yQ, float* sds, float* __restrict__ d0) {
+        const float* __restrict__ dfin, const float* __restrict__ st, const float* __restrict__ xy, Y y,
+        float* sds, float* __restrict__ d0) {
     const int c = b.c, cs = b.cs, lane = b.lane, N = gridDim.y;
     const long long base = b.base, NT = b.NT, at = (long long)b.n * NC + c, NS = (long long)N * sq.nseq;
     Span sp[2];
@@ -674,7 +764,8 @@ __device__ __forceinline__ void scalar_ds(const Block& b, int T, int NC, const S
             if (lane + o < 32) inc = inc + y;
         }
         const Bwd ex = shfl_down(inc, 1);
-        const Bwd carry{c + 1 < NC ? st[ST_M * NT + base + cs + C] : 0.f, yR[at], yQ[at], 0};
+        const RQ yc = y(at);
+        const Bwd carry{c + 1 < NC ? st[ST_M * NT + base + cs + C] : 0.f, yc.R, yc.Q, 0};
         const Bwd after = lane < 31 ? ex + carry : carry;
         const Bwd r1 = e[1] + after, r0 = e[0] + r1;
         Rt[0] = r0.R;
@@ -684,9 +775,9 @@ __device__ __forceinline__ void scalar_ds(const Block& b, int T, int NC, const S
     } else {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const long long x = sq.tseq ? sp[h].at : at;
-            Rt[h] = yR[x];
-            Qt[h] = yQ[x];
+            const RQ yc = y(sq.tseq ? sp[h].at : at);
+            Rt[h] = yc.R;
+            Qt[h] = yc.Q;
         }
     }
 #pragma unroll
@@ -700,6 +791,12 @@ __device__ __forceinline__ void scalar_ds(const Block& b, int T, int NC, const S
         }
     }
 }
+// the carries of zeros_bscan, by index
+struct ScanCarry {
+    const float* R;
+    const double* Q;
+    __device__ __forceinline__ RQ operator()(long long x) const { return {R[x], Q[x]}; }
+};
 }  // namespace zs
 
 // grid (NC, N), block 128: warp w handles rows 16w..16w+15 of chunk blockIdx.x (row dots, dO of the three
@@ -819,7 +916,7 @@ __global__ void __launch_bounds__(128) zeros_bfinish(const float* __restrict__ s
     const int n = b.n, lane = b.lane;
     const long long NT = b.NT;
     const Seqs sq{tseq, cu, nseq, st0};
-    if (b.w == 0) scalar_ds<CAUSAL>(b, T, NC, sq, dfin, st, xy, yR, yQ, sds, d0);
+    if (b.w == 0) scalar_ds<CAUSAL>(b, T, NC, sq, dfin, st, xy, ScanCarry{yR, yQ}, sds, d0);
     __syncthreads();
     const float g4 = 4.f * head[HEAD_SIGMA * gridDim.y + n], shift = head[HEAD_SHIFT * gridDim.y + n];
     warp_rows(b, T, [&](int r, long long row) {
@@ -864,6 +961,40 @@ __global__ void __launch_bounds__(128) zeros_bfinish(const float* __restrict__ s
 // leave the row dots and the direct part of ds as per-tile partials): the same per-token code as zeros_bchunk
 // and zeros_bfinish.
 
+namespace zs {
+// token t's row dot j (0: a, 1: V, 2: Z) summed over the ntk dk tiles (rd: (3, ntk, N, T))
+__device__ __forceinline__ float row_dot(const float* __restrict__ rd, int ntk, int j, long long NT, long long row) {
+    float d = 0.f;
+    for (int i = 0; i < ntk; ++i) d += rd[((long long)j * ntk + i) * NT + row];
+    return d;
+}
+// thread r < 64 of a per-chunk block: token cs + r's x, y (into sx, sy and xy) and dgates
+template <typename TI>
+__device__ __forceinline__ void fused_token_scalars(const Block& b, int T, const float* __restrict__ rd, int ntk,
+        const TI* __restrict__ gates, int ng, const float* __restrict__ st, float* __restrict__ xy,
+        TI* __restrict__ dgates, float* sx, float* sy) {
+    const int r = threadIdx.x, t = b.cs + r;
+    if (r < C && t < T) {
+        const long long row = b.base + t;
+        token_scalars<TI>(row_dot(rd, ntk, 0, b.NT, row), row_dot(rd, ntk, 1, b.NT, row),
+                          row_dot(rd, ntk, 2, b.NT, row), row, b.NT, st, gates, ng, 0.f, xy, dgates, nullptr,
+                          sx[r], sy[r]);
+    }
+}
+// thread r < 64: ds of token cs + r = the direct part summed over the ntv dv tiles (dsp: (ntv, N, T)) + sds[r]
+template <typename TI>
+__device__ __forceinline__ void fused_ds_rows(const Block& b, int T, const float* sds, const float* __restrict__ dsp,
+        int ntv, TI* __restrict__ ds) {
+    const int r = threadIdx.x, t = b.cs + r;
+    if (r < C && t < T) {
+        const long long row = b.base + t;
+        float d = sds[r];
+        for (int i = 0; i < ntv; ++i) d += dsp[i * b.NT + row];
+        ds[row] = from_f32<TI>(d);
+    }
+}
+}  // namespace zs
+
 // grid (NC, N), block 128: thread r < 64 sums token cs + r's row dots over the ntk dk tiles (rd: (3, ntk, N, T),
 // rows a, V, Z) -> x, y, dgates; then warp 0 writes the chunk partials cR, cQ (as zeros_bchunk).
 template <typename TI, bool CAUSAL>
@@ -873,17 +1004,7 @@ __global__ void __launch_bounds__(128) zeros_fused_bscalar(const float* __restri
     using namespace zs;
     __shared__ float sx[C], sy[C];
     const Block b = block_of(T);
-    const int r = threadIdx.x, t = b.cs + r;
-    if (r < C && t < T) {
-        const long long row = b.base + t;
-        float d[3];
-#pragma unroll
-        for (int j = 0; j < 3; ++j) {
-            d[j] = 0.f;
-            for (int i = 0; i < ntk; ++i) d[j] += rd[((long long)j * ntk + i) * b.NT + row];
-        }
-        token_scalars<TI>(d[0], d[1], d[2], row, b.NT, st, gates, ng, 0.f, xy, dgates, nullptr, sx[r], sy[r]);
-    }
+    fused_token_scalars<TI>(b, T, rd, ntk, gates, ng, st, xy, dgates, sx, sy);
     __syncthreads();
     if (b.w == 0) chunk_partial(b, T, NC, Seqs{nullptr, nullptr, 1, nullptr}, nullptr, st, sx, sy, cR, cQ, cF);
 }
@@ -897,13 +1018,50 @@ __global__ void __launch_bounds__(128) zeros_fused_bds(const float* __restrict__
     using namespace zs;
     __shared__ float sds[C];
     const Block b = block_of(T);
-    if (b.w == 0) scalar_ds<CAUSAL>(b, T, NC, Seqs{nullptr, nullptr, 1, nullptr}, nullptr, st, xy, yR, yQ, sds, nullptr);
+    if (b.w == 0)
+        scalar_ds<CAUSAL>(b, T, NC, Seqs{nullptr, nullptr, 1, nullptr}, nullptr, st, xy, ScanCarry{yR, yQ}, sds,
+                          nullptr);
     __syncthreads();
-    const int r = threadIdx.x, t = b.cs + r;
-    if (r < C && t < T) {
-        const long long row = b.base + t;
-        float d = sds[r];
-        for (int i = 0; i < ntv; ++i) d += dsp[i * b.NT + row];
-        ds[row] = from_f32<TI>(d);
+    fused_ds_rows<TI>(b, T, sds, dsp, ntv, ds);
+}
+
+// grid (NC, N), block 128: zeros_fused_bscalar + zeros_bscan + zeros_fused_bds in one launch, for few chunks
+// (the host's choice, IN_BLOCK_SCAN_MAX_CHUNKS in kernels/cupy/zeros.py): the block's own tokens' x, y
+// (into xy) and dgates; then the carry -- the partials of the chunks after this one (causal) or of every chunk
+// (not causal), recomputed from rd and st in reverse order, joined as zeros_bscan joins them (O(NC) per block);
+// then ds as zeros_fused_bds.  No packed sequences (cupy:chunked_mma_fused has none).
+template <typename TI, bool CAUSAL>
+__global__ void __launch_bounds__(128) zeros_fused_bscalar_ds(const float* __restrict__ rd, int ntk,
+        const TI* __restrict__ gates, int ng, const float* __restrict__ st, int T, int NC, float* __restrict__ xy,
+        TI* __restrict__ dgates, const float* __restrict__ dsp, int ntv, TI* __restrict__ ds) {
+    using namespace zs;
+    __shared__ float sx[C], sy[C], sds[C];
+    __shared__ RQ carry[1];
+    const Block b = block_of(T);
+    const Seqs one{nullptr, nullptr, 1, nullptr};
+    fused_token_scalars<TI>(b, T, rd, ntk, gates, ng, st, xy, dgates, sx, sy);
+    Bwd after = bwd_empty();                                       // warp 0, lane 0: the chunks after c
+    for (int j = NC - 1; j >= (CAUSAL ? b.c + 1 : 0); --j) {       // block-uniform
+        __syncthreads();                                           // sx, sy free (and xy written)
+        Block bj = b;
+        bj.c = j;
+        bj.cs = j * C;
+        const int r = threadIdx.x, t = bj.cs + r;
+        if (r < C && t < T) {
+            const long long row = b.base + t;
+            token_xy(row_dot(rd, ntk, 0, b.NT, row), row_dot(rd, ntk, 2, b.NT, row), row, b.NT, st, sx[r], sy[r]);
+        }
+        __syncthreads();
+        if (b.w == 0) {
+            Bwd p = chunk_sum(bj, T, one, nullptr, st, sx, sy);
+            if (!CAUSAL) p.r = 0;
+            after = p + after;
+        }
     }
+    if (threadIdx.x == 0) carry[0] = RQ{after.R, after.Q};
+    __syncthreads();
+    if (b.w == 0)
+        scalar_ds<CAUSAL>(b, T, NC, one, nullptr, st, xy, [&](long long) { return carry[0]; }, sds, nullptr);
+    __syncthreads();
+    fused_ds_rows<TI>(b, T, sds, dsp, ntv, ds);
 }

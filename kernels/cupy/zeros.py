@@ -177,6 +177,12 @@ ST = {name: i for i, name in enumerate(STAT_ROWS)}
 ST_GF = ST["gF"]
 NHEAD = 2                   # per-head rows (zs::NHEAD): sigma, c
 STATE_SCALARS = ("m", "E", "P", "n")   # rows of the initial state's scalars the token kernels take (zs::S0_*)
+# Up to this many scan chunks (T <= 256) the scans over chunks run inside the per-chunk blocks, each block
+# joining the chunks it needs itself (O(NC) per block): zeros_ftoken without zeros_fchunk / zeros_fscan (one
+# launch for the forward statistics, no carries), zeros_fused_bscalar_ds for zeros_fused_bscalar + zeros_bscan
+# + zeros_fused_bds (whose blocks walk the later chunks one after another: NC - 1 steps of two barriers for the
+# first, so the bound is kept low).  Above it, the separate scan launches (O(1) per block).  0: always apart.
+IN_BLOCK_SCAN_MAX_CHUNKS = 4
 _CT = {"float32": "float", "float16": "wb_half", "bfloat16": "wb_bf16"}
 
 
@@ -190,7 +196,7 @@ def scan_exprs(ctype: str) -> tuple:
     out = [f"zeros_fchunk<{ctype}>", f"zeros_combine<{ctype}>"]
     out += [f"zeros_{k}<{ctype}, {_flag(c)}>" for k in ("ftoken", "bchunk", "bfinish") for c in (True, False)]
     out += [f"zeros_{k}<{_flag(c)}>" for k in ("fscan", "bscan") for c in (True, False)]
-    out += [f"zeros_fused_{k}<{ctype}, {_flag(c)}>" for k in ("bscalar", "bds") for c in (True, False)]
+    out += [f"zeros_fused_{k}<{ctype}, {_flag(c)}>" for k in ("bscalar", "bds", "bscalar_ds") for c in (True, False)]
     return tuple(out)
 
 
@@ -262,23 +268,36 @@ class FinalStats:
 class ForwardStats:
     """Per-token statistics (zeros_ftoken): st (NST, N, T) float32 rows m, E, P - n c, alpha, beta, gamma, u, gF, n;
     head (NHEAD, N) float32 rows sigma (the power of two >= max(1, max |s - c|)) and c ((min s + max s) / 2);
-    fin: FinalStats or None."""
+    fin: FinalStats or None.  By address (forward_stats(by_address=True)): st and head are the np.uint64
+    addresses of their first elements in one allocation, buf."""
     st: object
     head: object
     fin: Optional[FinalStats] = None
+    buf: object = None
 
 
 def _final_stats(cp, N, nseq) -> FinalStats:
     return FinalStats(*(new_output(cp, (N, nseq), dt) for dt in (cp.float32, cp.float32, cp.float64, cp.float32)))
 
 
+@functools.lru_cache(maxsize=256)
+def _stats_layout(N: int, T: int, NC: int, carries: bool) -> tuple:
+    """new_scratch layout of forward_stats(by_address=True): st, head, and (carries) the chunk summaries and
+    carries of zeros_fchunk / zeros_fscan."""
+    f32, f64 = ((N, NC), np.float32), ((N, NC), np.float64)
+    return (((NST, N, T), np.float32), ((NHEAD, N), np.float32)) + (
+        (f32, f32, f32, f32, f64, ((N, NC), np.int32), f32, f32, f64) if carries else ())
+
+
 def forward_stats(s, gates, v, causal, vF=None, vG=None, ldG=0, vH=None, ldH=0, seqs: Sequences = ONE_SEQUENCE,
-                  want_final=False) -> ForwardStats:
-    """The three forward scan kernels; when vF is given, also writes the stream values vF = u v,
-    vG = ((s - c)/sigma) v and (when vH is given) vH = v, at leading dimensions Dv, ldG, ldH.  ``seqs``: packed
-    sequences and the initial state's scalars; want_final (causal): the statistics after each sequence.  Not
-    causal with packed sequences, a causal statistics pass gives each sequence's totals first.  s: (..., T), any
-    leading dims (N: their product)."""
+                  want_final=False, by_address=False) -> ForwardStats:
+    """The forward scan kernels (zeros_ftoken alone up to IN_BLOCK_SCAN_MAX_CHUNKS chunks, after zeros_fchunk and
+    zeros_fscan above); when vF is given, also writes the stream values vF = u v, vG = ((s - c)/sigma) v and
+    (when vH is given) vH = v, at leading dimensions Dv, ldG, ldH.  ``seqs``: packed sequences and the initial
+    state's scalars; want_final (causal): the statistics after each sequence.  Not causal with packed sequences,
+    a causal statistics pass gives each sequence's totals first.  by_address: st and head (and any carries) in
+    one allocation, handed back as addresses (ForwardStats.buf holds it).  s: (..., T), any leading dims (N:
+    their product)."""
     import cupy as cp
     T = s.shape[-1]
     N = lead_size(s.shape, 1)
@@ -287,18 +306,31 @@ def forward_stats(s, gates, v, causal, vF=None, vG=None, ldG=0, vH=None, ldH=0, 
     i32 = np.int32
     sq = seqs.args()
     st0 = mma._ptr(seqs.st0)
-    f32, f64 = ((N, NC), cp.float32), ((N, NC), cp.float64)
-    # the chunk summaries and carries, by address in one scratch allocation (held until the launches are queued)
-    scratch, (cM, cE, cLo, cHi, cP, cR, xM, xE, xP) = new_scratch(
-        cp, (f32, f32, f32, f32, f64, ((N, NC), cp.int32), f32, f32, f64))
-    launch(_scan(dt, "fchunk"), (-(-NC // SCAN_WARPS), N), (32 * SCAN_WARPS,),
-           (s, i32(T), i32(NC)) + sq + (st0, cM, cE, cP, cR, cLo, cHi))
-    head = new_output(cp, (NHEAD, N), cp.float32)
-    by_sequence = not causal and seqs.cu is not None          # not causal, packed: each sequence's totals
-    launch(_scan(dt, "fscan", causal or by_sequence), (N,), (SCAN_THREADS,),
-           (cM, cE, cP, cR, cLo, cHi, i32(NC), xM, xE, xP, head))
-    Dv = v.shape[-1]
     null = np.uint64(0)
+    by_sequence = not causal and seqs.cu is not None          # not causal, packed: each sequence's totals
+    separate = by_sequence or NC > IN_BLOCK_SCAN_MAX_CHUNKS
+    buf = None
+    if by_address:
+        buf, parts = new_scratch(cp, _stats_layout(N, T, NC, separate))
+        st, head, chunks = parts[0], parts[1], parts[2:]
+    else:
+        head = st = None
+        if separate:      # the chunk summaries and carries, by address (held until the launches are queued)
+            f32, f64 = ((N, NC), cp.float32), ((N, NC), cp.float64)
+            scratch, chunks = new_scratch(cp, (f32, f32, f32, f32, f64, ((N, NC), cp.int32), f32, f32, f64))
+    carries = (null,) * 3                                     # zeros_ftoken scans the chunks itself
+    if separate:
+        cM, cE, cLo, cHi, cP, cR, xM, xE, xP = chunks
+        launch(_scan(dt, "fchunk"), (-(-NC // SCAN_WARPS), N), (32 * SCAN_WARPS,),
+               (s, i32(T), i32(NC)) + sq + (st0, cM, cE, cP, cR, cLo, cHi))
+        if head is None:
+            head = new_output(cp, (NHEAD, N), cp.float32)
+        launch(_scan(dt, "fscan", causal or by_sequence), (N,), (SCAN_THREADS,),
+               (cM, cE, cP, cR, cLo, cHi, i32(NC), xM, xE, xP, head))
+        carries = (xM, xE, xP)
+    elif head is None:
+        head = new_output(cp, (NHEAD, N), cp.float32)
+    Dv = v.shape[-1]
 
     def token_pass(causal_pass, carries, st, fin, vF, vG, vH):
         fin_args = (fin.M, fin.E, fin.P, fin.n) if fin is not None else (null,) * 4
@@ -307,13 +339,13 @@ def forward_stats(s, gates, v, causal, vF=None, vG=None, ldG=0, vH=None, ldH=0, 
                + (head, st, mma._ptr(vF), mma._ptr(vG), i32(ldG), mma._ptr(vH), i32(ldH)) + fin_args)
 
     fin = _final_stats(cp, N, seqs.nseq) if (want_final and causal) or by_sequence else None
-    carries = (xM, xE, xP)
     if by_sequence:
         token_pass(True, carries, new_output(cp, (NST, N, T), cp.float32), fin, None, None, None)
         carries, fin = (fin.M, fin.E, fin.P), None
-    st = new_output(cp, (NST, N, T), cp.float32)
+    if st is None:
+        st = new_output(cp, (NST, N, T), cp.float32)
     token_pass(causal, carries, st, fin, vF, vG, vH)
-    return ForwardStats(st, head, fin)
+    return ForwardStats(st, head, fin, buf)
 
 
 @_dataclass
@@ -649,15 +681,14 @@ def _fused_launch(dt: str, name: str, dims, N: int, tiles: int, tab, args) -> No
     launch(kernel, (tab.nseg * tiles, N), (mma.THREADS,), args, smem)
 
 
-def _chained(causal, tab, stats: ForwardStats, shape, rev, segment_pass):
+def _chained(causal, tab, m, T, shape, rev, segment_pass):
     """The states every walker starts from.  Causal with one segment: None (zeros); causal: the scan of the
-    segment sums (forwards, or the suffix sums in reverse); not causal: the totals.  segment_pass(out) fills
-    out (N, nseg, 3, Dk, Dv) with each segment's own sum."""
+    segment sums (forwards, or the suffix sums in reverse); not causal: the totals.  m: the address of the
+    statistics' row m (N, T); segment_pass(out) fills out (N, nseg, 3, Dk, Dv) with each segment's own sum."""
     import cupy as cp
     if causal and tab.single:
         return None
     N, Dk, Dv = shape
-    m = stats.st[ST["m"]]
     part = new_output(cp, (N, tab.nseg, 3, Dk, Dv), cp.float32)
     segment_pass(part)
     if not causal and tab.single:
@@ -665,19 +696,18 @@ def _chained(causal, tab, stats: ForwardStats, shape, rev, segment_pass):
     out = new_output(cp, (N, tab.nseg if causal else 1, 3, Dk, Dv), cp.float32)
     E = Dk * Dv
     launch(get_kernel(mma.SOURCE, f"tz_seg_scan<{_flag(rev)}>", group=FUSED_COMMON), (-(-3 * E // 256), N),
-           (256,), (part, m, tab.t0, tab.t1, np.int32(m.shape[-1]), np.int32(tab.nseg), np.int64(E),
+           (256,), (part, m, tab.t0, tab.t1, np.int32(T), np.int32(tab.nseg), np.int64(E),
                     out if causal else np.uint64(0), np.uint64(0) if causal else out))
     return out
 
 
 def _token_args(s, stats: ForwardStats) -> tuple:
-    """s, the rows m, alpha, beta, gamma of the statistics and the per-head sigma and c (every tz kernel), the
-    rows as device addresses (no views built)."""
-    st, head = stats.st, stats.head
-    row = st.itemsize * st.shape[1] * st.shape[2]
-    base, hbase = data_ptr(st), data_ptr(head)
+    """s, the rows m, alpha, beta, gamma of the statistics and the per-head sigma and c (every tz kernel), as
+    device addresses (stats by address: forward_stats(by_address=True))."""
+    N, T = lead_size(s.shape, 1), s.shape[-1]
+    row, base, hbase = 4 * N * T, int(stats.st), int(stats.head)          # float32 rows
     return (s, *(np.uint64(base + ST[r] * row) for r in ("m", "alpha", "beta", "gamma")), np.uint64(hbase),
-            np.uint64(hbase + head.itemsize * head.shape[1]))
+            np.uint64(hbase + 4 * N))
 
 
 def _fused_forward(q, k, v, s, gates, causal=True, L=None):
@@ -687,7 +717,7 @@ def _fused_forward(q, k, v, s, gates, causal=True, L=None):
     Dv = v.shape[-1]
     dt = dtype_name(q.dtype)
     i32 = np.int32
-    stats = forward_stats(s, gates, v, causal)
+    stats = forward_stats(s, gates, v, causal, by_address=True)
     ntw = -(-Dv // FUSED_BW)
     if L is None:
         L = mma.choose_segments(N, T, max(ntw, -(-Dk // FUSED_BW)))
@@ -698,7 +728,7 @@ def _fused_forward(q, k, v, s, gates, causal=True, L=None):
 
     def segment_sums(out):
         _fused_launch(dt, "tz_fwd", (Dk, Dv), N, ntw, tab, (null, k, v) + tok + (null, null, out) + tail)
-    H = _chained(causal, tab, stats, (N, Dk, Dv), False, segment_sums)
+    H = _chained(causal, tab, tok[1], T, (N, Dk, Dv), False, segment_sums)
     o = new_output(cp, q.shape[:-1] + (Dv,), q.dtype)
     _fused_launch(dt, "tz_fwd", (Dk, Dv), N, ntw, tab, (q, k, v) + tok + (o, mma._ptr(H), null) + tail)
     return o, _FusedContext(q, k, v, s, gates, bool(causal), stats, tab, H, tok)
@@ -717,31 +747,43 @@ def _fused_backward(ctx: _FusedContext, do):
     tail = (tab.t0, tab.t1, i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(causal))
     null = np.uint64(0)
     NC = -(-T // SCAN_CHUNK)
+    separate = NC > IN_BLOCK_SCAN_MAX_CHUNKS                       # the scalars' scan over chunks in its own launch
     # by address in one scratch allocation (held until the launches are queued): the row dots a, V, Z per dk
-    # tile, the direct part of ds per dv tile, x and y, the chunk carries cR, cQ, cF and their scans yR, yQ
-    scratch, (rd, dsp, xy, cR, cQ, cF, yR, yQ) = new_scratch(cp, (
-        ((3, ntk, N, T), cp.float32), ((ntv, N, T), cp.float32), ((2, N, T), cp.float32), ((N, NC), cp.float32),
-        ((N, NC), cp.float64), ((N, NC), cp.int32), ((N, NC), cp.float32), ((N, NC), cp.float64)))
+    # tile, the direct part of ds per dv tile, x and y, (separate) the chunk carries cR, cQ, cF and their scans
+    scratch, (rd, dsp, xy, *carries) = new_scratch(cp, _bwd_layout(N, T, NC, ntk, ntv, separate))
     m_row = tok[1]                                                # the statistics' row m
     dq = new_output(cp, q.shape, q.dtype)
     _fused_launch(dt, "tz_bwd_dq", (Dk, Dv), N, ntk, tab, (q, k, v) + tok + (do, dq, rd, mma._ptr(ctx.H)) + tail)
 
     def segment_sums(out):
         _fused_launch(dt, "tz_bwd_dv", (Dk, Dv), N, ntv, tab, (q, k, v) + tok + (do, null, null, null, out) + tail)
-    S = _chained(causal, tab, stats, (N, Dk, Dv), True, segment_sums)
+    S = _chained(causal, tab, m_row, T, (N, Dk, Dv), True, segment_sums)
     dv = new_output(cp, v.shape, v.dtype)
     _fused_launch(dt, "tz_bwd_dv", (Dk, Dv), N, ntv, tab, (q, k, v) + tok + (do, dv, dsp, mma._ptr(S), null) + tail)
     dk = new_output(cp, k.shape, k.dtype)
     _fused_launch(dt, "tz_bwd_dk", (Dk, Dv), N, ntk, tab, (q, v) + tok + (do, dk, mma._ptr(S)) + tail)
     # the scalars: dgates and the scalar part of ds
     dgates = new_output(cp, gates.shape, gates.dtype)
-    launch(_scan(dt, "fused_bscalar", causal), (NC, N), (32 * SCAN_WARPS,),
-           (rd, i32(ntk), gates, i32(gates.shape[-1]), stats.st, i32(T), i32(NC), xy, dgates, cR, cQ, cF))
-    launch(_scan(dt, "bscan", causal), (N,), (SCAN_THREADS,), (cR, cQ, cF, m_row, i32(T), i32(NC), yR, yQ))
     ds = new_output(cp, s.shape, s.dtype)
+    scalars = (rd, i32(ntk), gates, i32(gates.shape[-1]), stats.st, i32(T), i32(NC), xy, dgates)
+    if not separate:
+        launch(_scan(dt, "fused_bscalar_ds", causal), (NC, N), (32 * SCAN_WARPS,), scalars + (dsp, i32(ntv), ds))
+        return dq, dk, dv, ds, dgates
+    cR, cQ, cF, yR, yQ = carries
+    launch(_scan(dt, "fused_bscalar", causal), (NC, N), (32 * SCAN_WARPS,), scalars + (cR, cQ, cF))
+    launch(_scan(dt, "bscan", causal), (N,), (SCAN_THREADS,), (cR, cQ, cF, m_row, i32(T), i32(NC), yR, yQ))
     launch(_scan(dt, "fused_bds", causal), (NC, N), (32 * SCAN_WARPS,),
            (stats.st, xy, yR, yQ, dsp, i32(ntv), i32(T), i32(NC), ds))
     return dq, dk, dv, ds, dgates
+
+
+@functools.lru_cache(maxsize=256)
+def _bwd_layout(N: int, T: int, NC: int, ntk: int, ntv: int, separate: bool) -> tuple:
+    """new_scratch layout of the fused backward: rd, dsp, xy and (separate) cR, cQ, cF, yR, yQ."""
+    f32 = np.float32
+    return (((3, ntk, N, T), f32), ((ntv, N, T), f32), ((2, N, T), f32)) + (
+        (((N, NC), f32), ((N, NC), np.float64), ((N, NC), np.int32), ((N, NC), f32), ((N, NC), np.float64))
+        if separate else ())
 
 
 register(Variant("zeros", "cupy", "chunked_mma_fused", _fused_forward, _fused_backward, leading_dims=True,

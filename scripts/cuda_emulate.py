@@ -536,6 +536,15 @@ SOFTMAX_CASES += [
     _softmax("fa2_3xtf32 T=150 Dk=Dv=128", "fa2_3xtf32", "float32", (1,), 150, 128, 128, True, True),
     _softmax("fa2_3xtf32 T=130 Dk=32 Dv=24", "fa2_3xtf32", "float32", (1,), 130, 32, 24, False, True),
     _softmax("fa2_tf32 T=150 Dk=Dv=128", "fa2_tf32", "float32", (1,), 150, 128, 128, False, True)]
+# T <= 64 (FA2_KEY_BLOCK): fa2_bwd's DIRECT instantiation alone (D formed in the block, dq stored, no pre / post)
+SOFTMAX_CASES += [
+    _softmax(f"fa2 direct fp16 T=64 D=64 causal={_c}", "fa2", "float16", (2,), 64, 64, 64, _c) for _c in (True, False)]
+SOFTMAX_CASES += [
+    _softmax("fa2 direct fp16 T=45 Dk=5 Dv=7, plain loads", "fa2", "float16", (1,), 45, 5, 7, True),
+    _softmax("fa2 direct fp16 T=50 Dk=Dv=128 (2 query tiles)", "fa2", "float16", (1,), 50, 128, 128, False),
+    _softmax("fa2_3xtf32 direct T=64 D=64", "fa2_3xtf32", "float32", (2,), 64, 64, 64, True, True),
+    _softmax("fa2_3xtf32 direct T=40 Dk=Dv=128 (3 query tiles)", "fa2_3xtf32", "float32", (1,), 40, 128, 128, False,
+             True)]
 
 # packed sequences (cu_seqlens, inputs.packed_lengths) on the fa2 kernels and fa2_det's backward: check cells and
 # the GPU test's packed-against-per-sequence comparison
@@ -544,7 +553,8 @@ SOFTMAX_CASES += [Case("softmax", f"softmax packed cell cupy:{var} {dt} T={T} {d
                             packed=True)) for var, dt, T, dk, dv, c in (
     ("fa2", "float16", 200, 96, 40, True), ("fa2", "float16", 200, 96, 40, False),
     ("fa2_det", "float16", 130, 64, 64, True), ("fa2_det", "float16", 67, 16, 24, False),
-    ("fa2_3xtf32", "float32", 200, 64, 64, False), ("fa2_tf32", "float32", 130, 128, 128, True))]
+    ("fa2_3xtf32", "float32", 200, 64, 64, False), ("fa2_tf32", "float32", 130, 128, 128, True),
+    ("fa2", "float16", 64, 64, 64, True), ("fa2_3xtf32", "float32", 60, 32, 24, False))]      # these two: DIRECT
 SOFTMAX_CASES += [Case("softmax", f"softmax test_fa2_packed_equals_one_call_per_sequence(variant={var})", "test_function",
                        dict(module="test_cupy_softmax", function="test_fa2_packed_equals_one_call_per_sequence",
                             kwargs=dict(variant=var))) for var in ("fa2", "fa2_det")]

@@ -98,12 +98,13 @@ def test_fa2_registered():
 def test_fa2_instantiations_cover_every_plan():
     exprs = {e for _, e in cs.INSTANTIATIONS}
     for pol, (fam, ct) in cs._fa2_groups().items():
-        group = cs.fa2_expressions(pol, fam, ct)
-        assert set(group) <= exprs
+        group, direct = cs.fa2_expressions(pol, fam, ct), cs.fa2_direct_expressions(pol, fam)
+        assert set(group) | set(direct) <= exprs
         for D in cs.FA2_BUCKETS:                    # what _fa2_plan looks up is in the compiled group
             t = cs.FA2_TILES[(fam, D)]
             assert f"fa2_fwd<{pol}, {D}, {t.mt}, {cs._cpp_bool(t.qreg)}, {t.bc}>" in group
-            assert f"fa2_bwd<{pol}, {D}, {t.bq}, {cs._cpp_bool(t.kvreg)}>" in group
+            assert f"fa2_bwd<{pol}, {D}, {t.bq}, {cs._cpp_bool(t.kvreg)}, false>" in group
+            assert f"fa2_bwd<{pol}, {D}, {t.bq}, {cs._cpp_bool(t.kvreg)}, true>" in direct     # T <= 64
 
 
 def test_fa2_tiles_fit():

@@ -74,12 +74,18 @@ __device__ __forceinline__ NaiveRow naive_row(int T_) {
     return {w, w - t, t};
 }
 
-// D_w = o_w . do_w (lanes split the dv columns; lane 0 stores it).
+// o_w . do_w, every lane of the warp gets it (lanes split the dv columns, then a warp sum).
 template <typename T>
-__device__ __forceinline__ void store_row_dot(float* Dbuf, const T* o, const T* dout, long long w, int lane, int dv) {
+__device__ __forceinline__ float row_dot(const T* o, const T* dout, long long w, int lane, int dv) {
     float s = 0.f;
     for (int d = lane; d < dv; d += 32) s += to_f32(o[w * dv + d]) * to_f32(dout[w * dv + d]);
-    s = warp_sum(s);
+    return warp_sum(s);
+}
+
+// D_w = o_w . do_w (lane 0 stores it).
+template <typename T>
+__device__ __forceinline__ void store_row_dot(float* Dbuf, const T* o, const T* dout, long long w, int lane, int dv) {
+    const float s = row_dot(o, dout, w, lane, dv);
     if (lane == 0) Dbuf[w] = s;
 }
 
@@ -739,7 +745,7 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dq(const T* q, const T* k,
 // accumulators straight into the A operand of P V (never touches shared memory).  Saves lse (float32, natural
 // log) as every forward here.
 //
-// Backward fa2_bwd<P, D, BQ, KVREG>: one pass per block of 64 keys (warp w owns keys 16 w ..), looping over the
+// Backward fa2_bwd<P, D, BQ, KVREG, DIRECT>: one pass per block of 64 keys (warp w owns keys 16 w ..), looping over the
 // query tiles (BQ rows) that see those keys (from the diagonal on when causal).  With s = sl2 q.k (log2 units),
 // p_ti = 2^(s_ti - lse_t log2 e) and D_t = do_t . o_t (pre-kernel fa2_bwd_pre):
 //     dv_i = sum_t p_ti do_t                         (P^T dO)
@@ -755,7 +761,11 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dq(const T* q, const T* k,
 //     dV += P^T dO_i, dK += dS^T Q_i                  (A = the S^T / dP^T accumulators, register to register)
 //     sync; issue dO_{i+1}, lse_{i+1}, D_{i+1}
 //     dQ_i (BQ x D, split over the 4 warps) = dS K: added into a float32 buffer with red.global.add
-// dK, dV are written once at the end (dK scaled); fa2_dq_post scales and casts the float32 dQ buffer.  The
+// dK, dV are written once at the end (dK scaled); fa2_dq_post scales and casts the float32 dQ buffer (float16 /
+// bfloat16; a float32 dq is that buffer itself, zeroed by fa2_bwd_pre, and the adds are scaled).  DIRECT (the host
+// launches it when T_ <= BK: one key block per n, so no other block adds into n's dq): D_t is formed in the block
+// (fa_load_D, fa2_bwd_pre's sums) and the scaled dQ tiles are stored to dq_ -- one launch, no pre / post kernels,
+// no float32 buffer (Dbuf, dqacc unused); o is read only then.  The
 // atomic adds make dq's last float32 bits depend on the order blocks finish (cupy:fa2_det keeps the
 // deterministic two-kernel backward of section 2 for float16/bfloat16).
 #define FA_THREADS 128
@@ -796,6 +806,27 @@ __device__ __forceinline__ void fa_load_vec(float* s, const float* g, int row0, 
     for (int x = threadIdx.x; x < ROWS; x += FA_THREADS) {
         const bool ok = row0 + x < T_;
         cp_async4(s + x, ok ? g + row0 + x : g, ok ? 4 : 0);
+    }
+}
+
+// D_t of rows [row0, row0 + ROWS) -> s: read from Dbuf (fa2_bwd_pre's, as fa_load_vec: visible after the cp.async
+// wait), or, when OWN, formed here as o_t . do_t (one warp per row, fa2_bwd_pre's sum order; plain stores,
+// visible after the next __syncthreads); zeros past T_.
+template <bool OWN, typename T, int ROWS>
+__device__ __forceinline__ void fa_load_D(float* s, const float* Dbuf, const T* o, const T* dout, int row0, int T_,
+                                          int dv) {
+    if constexpr (!OWN) {
+        fa_load_vec<ROWS>(s, Dbuf, row0, T_);
+        return;
+    }
+    constexpr int W = FA_THREADS / 32;
+    static_assert(ROWS % W == 0, "query tiles of whole warps' rows");
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int r = 0; r < ROWS / W; ++r) {                        // unrolled: the rows' loads in flight together
+        const int x = (threadIdx.x >> 5) + W * r;
+        const float d = row0 + x < T_ ? row_dot(o, dout, row0 + x, lane, dv) : 0.f;
+        if (lane == 0) s[x] = d;
     }
 }
 
@@ -1100,7 +1131,8 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_fwd(const typename P::T* q, co
 }
 
 // ---------------------------------------------------------------------------- backward
-// D_t = do_t . o_t (one warp per row) and the row's float32 dq accumulator zeroed.
+// D_t = do_t . o_t (one warp per row) and the row's float32 dq accumulator zeroed (dq itself for float32 storage).
+// Not launched when T_ <= BK (fa2_bwd's direct mode).
 template <typename T>
 __global__ void fa2_bwd_pre(const T* o, const T* dout, float* Dbuf, float* dqacc, long long rows, int dv, int dk) {
     const long long w = warp_row();
@@ -1110,7 +1142,7 @@ __global__ void fa2_bwd_pre(const T* o, const T* dout, float* Dbuf, float* dqacc
     for (int d = lane; d < dk; d += 32) dqacc[w * dk + d] = 0.f;
 }
 
-// dq = scale * dqacc, cast to the storage type.
+// dq = scale * dqacc, cast to the storage type: float16 / bfloat16 only (a float32 dq is its own accumulator).
 template <typename T>
 __global__ void fa2_dq_post(const float* dqacc, T* dq, long long count, float scale) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count;
@@ -1140,11 +1172,11 @@ __device__ __forceinline__ void fa_bwd_p(float (&s)[NQ][4], float (&dp)[NQ][4], 
         }
 }
 
-template <class P, int D, int BQ, bool KVREG>
+template <class P, int D, int BQ, bool KVREG, bool DIRECT>
 __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, const typename P::T* k,
-        const typename P::T* v, const float* lse, const float* Dbuf, const typename P::T* dout, float* dqacc,
-        typename P::T* dk_, typename P::T* dv_, int N, int T_, int dk, int dv, float sl2, float scale,
-        int causal, const int* tseq, const int* cu) {
+        const typename P::T* v, const typename P::T* o, const float* lse, const float* Dbuf,
+        const typename P::T* dout, float* dqacc, typename P::T* dq_, typename P::T* dk_, typename P::T* dv_, int N,
+        int T_, int dk, int dv, float sl2, float scale, int causal, const int* tseq, const int* cu) {
     using T = typename P::T;
     constexpr int BK = 64, LDK = D + P::PAD_X, LDV = D + P::PAD_R, LDQ = D + P::PAD_X, LDS = BK + P::PAD_R;
     constexpr int KD = D / P::KS, NQ = BQ / 8, ND = D / 8, KQ = BQ / P::KS, KK = BK / P::KS, CW = P::KS / 8;
@@ -1164,7 +1196,10 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, co
     const T* qn = q + nT * dk;
     const T* on = dout + nT * dv;
     const float* ln = lse + nT;
-    const float* Dn = Dbuf + nT;
+    const float* Dn = DIRECT ? nullptr : Dbuf + nT;             // DIRECT: fa_load_D forms D from o and dout
+    const T* o_n = DIRECT ? o + nT * dv : nullptr;
+    // dQ's scale: in the store (DIRECT) or the adds into a float32 dq; else 1 (a no-op, fa2_dq_post scales)
+    const float qs = (DIRECT || sizeof(T) == 4) ? scale : 1.f;
     // queries of the block: from the diagonal (causal) or its first key's sequence start to its last key's
     // sequence end; the warp's tiles need no mask inside [wlo, whi)
     const int qbeg = causal ? k0 : fa_seq(tseq, cu, k0, T_).a;
@@ -1176,7 +1211,7 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, co
     fa_load<T, D, LDQ, BQ>(sQ, qn, i0 * BQ, T_, dk);
     fa_load<T, D, LDQ, BQ>(sO, on, i0 * BQ, T_, dv);
     fa_load_vec<BQ>(sL, ln, i0 * BQ, T_);
-    fa_load_vec<BQ>(sD, Dn, i0 * BQ, T_);
+    fa_load_D<DIRECT, T, BQ>(sD, Dn, o_n, on, i0 * BQ, T_, dv);
     cp_async_commit();
     float gk[ND][4], gv[ND][4];
     wbmma::zero_acc(gk);
@@ -1263,7 +1298,7 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, co
         if (i + 1 < nq) {
             fa_load<T, D, LDQ, BQ>(sO, on, q0 + BQ, T_, dv);
             fa_load_vec<BQ>(sL, ln, q0 + BQ, T_);
-            fa_load_vec<BQ>(sD, Dn, q0 + BQ, T_);
+            fa_load_D<DIRECT, T, BQ>(sD, Dn, o_n, on, q0 + BQ, T_, dv);
             cp_async_commit();
         }
         float gq[NDW][4];                                       // dQ rows q0 + 16 mq .., columns c0 .. c0 + DW
@@ -1284,9 +1319,17 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, co
         for (int h = 0; h < 2; ++h) {
             const int row = q0 + 16 * mq + g + 8 * h;
             if (row >= T_) continue;
-            float* dst = dqacc + (nT + row) * dk;
+            if constexpr (DIRECT) {
+                T* dst = dq_ + (nT + row) * dk;
 #pragma unroll
-            for (int j = 0; j < NDW; ++j) fa_red2(dst, c0 + 8 * j + 2 * tq, dk, gq[j][2 * h], gq[j][2 * h + 1]);
+                for (int j = 0; j < NDW; ++j)
+                    fa_store2<T>(dst, c0 + 8 * j + 2 * tq, dk, gq[j][2 * h] * qs, gq[j][2 * h + 1] * qs);
+            } else {
+                float* dst = dqacc + (nT + row) * dk;
+#pragma unroll
+                for (int j = 0; j < NDW; ++j)
+                    fa_red2(dst, c0 + 8 * j + 2 * tq, dk, gq[j][2 * h] * qs, gq[j][2 * h + 1] * qs);
+            }
         }
     }
 #pragma unroll

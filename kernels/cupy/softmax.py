@@ -231,11 +231,14 @@ register(Variant("softmax", "cupy", "flash_mma", functools.partial(_forward, "mm
 # ============================================================================= fa2 (softmax.cu section 3)
 # Host side of cupy:fa2, fa2_det, fa2_tf32 and fa2_3xtf32, kept apart from the launch path above.  Whatever
 # does not depend on N or T (kernels, tiles, shared-memory sizes, int32 head dims) is computed once per
-# (operand policy, dtype, dk, dv) by _fa2_plan; a call allocates its outputs and, in the backward, one float32
-# buffer holding the dq accumulator and D.  Head dims above FA2_BUCKETS[-1] run cupy:flash's kernels.
+# (operand policy, dtype, dk, dv) by _fa2_plan; a call allocates its outputs and, in the backward above
+# FA2_KEY_BLOCK tokens, one float32 buffer holding D and (float16/bfloat16) the dq accumulator.  Up to
+# FA2_KEY_BLOCK tokens the backward is one launch of fa2_bwd (direct mode: one key block per sequence forms D and
+# stores dq itself).  Head dims above FA2_BUCKETS[-1] run cupy:flash's kernels.
 FA2_BUCKETS = (32, 64, 128)
 FA_THREADS = 128
-FA2_KEY_BLOCK = 64                  # keys per backward block (BK in softmax.cu)
+_NULL = np.uint64(0)                # a null pointer argument
+FA2_KEY_BLOCK = 64                  # keys per backward block (BK in softmax.cu); T up to it: direct mode
 
 
 @dataclass(frozen=True)
@@ -320,14 +323,25 @@ def _cpp_bool(b: bool) -> str:
     return "true" if b else "false"
 
 
+def fa2_bwd_expr(policy: str, family: str, D: int, direct: bool) -> str:
+    t = FA2_TILES[(family, D)]
+    return f"fa2_bwd<{policy}, {D}, {t.bq}, {_cpp_bool(t.kvreg)}, {_cpp_bool(direct)}>"
+
+
 def fa2_expressions(policy: str, family: str, ctype: str) -> tuple:
     """Every fa2 instantiation of one operand policy (compiled together): fwd and bwd per bucket, pre, post."""
     out = []
     for D in FA2_BUCKETS:
         t = FA2_TILES[(family, D)]
         out.append(f"fa2_fwd<{policy}, {D}, {t.mt}, {_cpp_bool(t.qreg)}, {t.bc}>")
-        out.append(f"fa2_bwd<{policy}, {D}, {t.bq}, {_cpp_bool(t.kvreg)}>")
+        out.append(fa2_bwd_expr(policy, family, D, False))
     return tuple(out) + (f"fa2_bwd_pre<{ctype}>", f"fa2_dq_post<{ctype}>")
+
+
+def fa2_direct_expressions(policy: str, family: str) -> tuple:
+    """fa2_bwd's DIRECT instantiations (T <= FA2_KEY_BLOCK) of one policy: their own compile group, built on the
+    first such backward (a long-T caller never compiles them)."""
+    return tuple(fa2_bwd_expr(policy, family, D, True) for D in FA2_BUCKETS)
 
 
 def _fa2_groups() -> dict:
@@ -336,8 +350,9 @@ def _fa2_groups() -> dict:
 
 
 INSTANTIATIONS += [(SOURCE, e) for pol, (fam, ct) in _fa2_groups().items()
-                   for e in fa2_expressions(pol, fam, ct)]
-declare_groups(SOURCE, [fa2_expressions(pol, fam, ct) for pol, (fam, ct) in _fa2_groups().items()])
+                   for e in fa2_expressions(pol, fam, ct) + fa2_direct_expressions(pol, fam)]
+declare_groups(SOURCE, [fa2_expressions(pol, fam, ct) for pol, (fam, ct) in _fa2_groups().items()]
+               + [fa2_direct_expressions(pol, fam) for pol, (fam, ct) in _fa2_groups().items()])
 
 
 @dataclass(frozen=True)
@@ -345,6 +360,7 @@ class Fa2Plan:
     """Everything a launch needs that does not depend on N or T."""
     fwd: Any
     bwd: Any
+    direct: tuple          # (expression, group) of fa2_bwd<..., DIRECT = true>: compiled by the first Fa2Call using it
     pre: Any
     post: Any
     rows: int              # query rows per forward block
@@ -368,7 +384,8 @@ def _fa2_plan(policy: str, family: str, ctype: str, dk: int, dv: int) -> Optiona
         return get_kernel(SOURCE, expr, group=group)
 
     return Fa2Plan(fwd=kern(f"fa2_fwd<{policy}, {D}, {t.mt}, {_cpp_bool(t.qreg)}, {t.bc}>"),
-                   bwd=kern(f"fa2_bwd<{policy}, {D}, {t.bq}, {_cpp_bool(t.kvreg)}>"),
+                   bwd=kern(fa2_bwd_expr(policy, family, D, False)),
+                   direct=(fa2_bwd_expr(policy, family, D, True), fa2_direct_expressions(policy, family)),
                    pre=kern(f"fa2_bwd_pre<{ctype}>"), post=kern(f"fa2_dq_post<{ctype}>"),
                    rows=64 * t.mt, fwd_smem=fa2_smem(family, D, t, "fwd"), bwd_smem=fa2_smem(family, D, t, "bwd"),
                    Dk=np.int32(dk), Dv=np.int32(dv))
@@ -404,19 +421,26 @@ def _aligned16(x):
 @dataclass(frozen=True)
 class Fa2Call:
     """The launch arguments of one call geometry that are not arrays, made once per (spec, dtype, N, T, head
-    dims, causal): grids and int scalars of the forward and of the backward's three kernels.  (The scale's
-    float32 values are made per call: a float key would take -0.0 for 0.0.)"""
+    dims, causal): grids and int scalars of the forward and of the backward's kernels.  (The scale's
+    float32 values are made per call: a float key would take -0.0 for 0.0.)
+
+    Backward: direct (T <= FA2_KEY_BLOCK): fa2_bwd alone (it forms D and stores dq).  Otherwise fa2_bwd_pre (D,
+    the accumulator zeroed), fa2_bwd (scaled dq added atomically), and for float16/bfloat16 fa2_dq_post (the cast);
+    a float32 dq is its own accumulator (dq_in_place)."""
     plan: Fa2Plan
     fwd_grid: tuple
     ints: tuple               # N, T, Dk, Dv (int32)
     causal: np.int32
+    direct: bool
+    bwd: Any                  # the backward kernel: plan.bwd, or its DIRECT instantiation
+    dq_in_place: bool
     pre_grid: tuple
     pre_tail: tuple           # rows, Dv, Dk
     bwd_grid: tuple
     post_grid: tuple
     post_size: np.int64       # rows Dk
-    acc_size: int             # float32 elements of the dq accumulator and the D rows
-    acc_D_offset: int         # bytes from the accumulator's start to D
+    acc_size: int             # float32 elements of the buffer: the dq accumulator (not in place), then the D rows
+    acc_D_offset: int         # bytes from the buffer's start to D (0 in place; the accumulator stays 8-byte aligned)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -425,9 +449,13 @@ def _fa2_call(name: str, dtype: str, N: int, T: int, Dk: int, Dv: int, causal: b
     if plan is None:
         return None
     i32, rows = np.int32, N * T
+    in_place, direct = dtype == "float32", T <= FA2_KEY_BLOCK
+    acc = 0 if in_place else rows * Dk
+    bwd = get_kernel(SOURCE, plan.direct[0], group=plan.direct[1]) if direct else plan.bwd
     return Fa2Call(plan, (-(-T // plan.rows) * N,), (i32(N), i32(T), plan.Dk, plan.Dv), i32(causal),
+                   direct, bwd, in_place,
                    (-(-rows // 8),), (np.int64(rows), plan.Dv, plan.Dk), (-(-T // FA2_KEY_BLOCK) * N,),
-                   (-(-rows * Dk // 256),), np.int64(rows * Dk), rows * Dk + rows, 4 * rows * Dk)
+                   (-(-rows * Dk // 256),), np.int64(rows * Dk), acc + rows, 4 * acc)
 
 
 def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None):
@@ -470,14 +498,19 @@ def _fa2_backward(ctx: Fa2Ctx, do):
     dq = backends.new_output(cp, q.shape, q.dtype)
     dk = backends.new_output(cp, k.shape, k.dtype)
     dv = backends.new_output(cp, v.shape, v.dtype)
-    acc = cp.empty(call.acc_size, cp.float32)          # dq accumulator (zeroed by fa2_bwd_pre), then D
-    dqacc, Dbuf = acc, np.uint64(backends.data_ptr(acc) + call.acc_D_offset)     # (pointers: no views built)
+    tail = call.ints + (np.float32(ctx.scale * LOG2E), np.float32(ctx.scale), call.causal) + packing.kernel_args(ctx.cu)
+    if call.direct:                                    # one key block per sequence: D and dq in fa2_bwd
+        launch(call.bwd, call.bwd_grid, (FA_THREADS,), (q, k, v, o, lse, _NULL, do, _NULL, dq, dk, dv) + tail,
+               plan.bwd_smem)
+        return dq, dk, dv
+    acc = cp.empty(call.acc_size, cp.float32)          # dq accumulator (zeroed by fa2_bwd_pre) unless in place, D
+    Dbuf = np.uint64(backends.data_ptr(acc) + call.acc_D_offset)                 # (pointers: no views built)
+    dqacc = dq if call.dq_in_place else acc
     launch(plan.pre, call.pre_grid, (256,), (o, do, Dbuf, dqacc) + call.pre_tail)
-    launch(plan.bwd, call.bwd_grid, (FA_THREADS,),
-           (q, k, v, lse, Dbuf, do, dqacc, dk, dv) + call.ints
-           + (np.float32(ctx.scale * LOG2E), np.float32(ctx.scale), call.causal) + packing.kernel_args(ctx.cu),
+    launch(call.bwd, call.bwd_grid, (FA_THREADS,), (q, k, v, o, lse, Dbuf, do, dqacc, _NULL, dk, dv) + tail,
            plan.bwd_smem)
-    launch(plan.post, call.post_grid, (256,), (dqacc, dq, call.post_size, np.float32(ctx.scale)))
+    if not call.dq_in_place:
+        launch(plan.post, call.post_grid, (256,), (dqacc, dq, call.post_size, np.float32(ctx.scale)))
     return dq, dk, dv
 
 

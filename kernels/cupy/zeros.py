@@ -280,13 +280,17 @@ def _final_stats(cp, N, nseq) -> FinalStats:
     return FinalStats(*(new_output(cp, (N, nseq), dt) for dt in (cp.float32, cp.float32, cp.float64, cp.float32)))
 
 
+def _carry_layout(N: int, NC: int) -> tuple:
+    """new_scratch layout of zeros_fchunk / zeros_fscan's chunk summaries and carries: cM, cE, cLo, cHi, cP, cR,
+    xM, xE, xP."""
+    f32, f64 = ((N, NC), np.float32), ((N, NC), np.float64)
+    return (f32, f32, f32, f32, f64, ((N, NC), np.int32), f32, f32, f64)
+
+
 @functools.lru_cache(maxsize=256)
 def _stats_layout(N: int, T: int, NC: int, carries: bool) -> tuple:
-    """new_scratch layout of forward_stats(by_address=True): st, head, and (carries) the chunk summaries and
-    carries of zeros_fchunk / zeros_fscan."""
-    f32, f64 = ((N, NC), np.float32), ((N, NC), np.float64)
-    return (((NST, N, T), np.float32), ((NHEAD, N), np.float32)) + (
-        (f32, f32, f32, f32, f64, ((N, NC), np.int32), f32, f32, f64) if carries else ())
+    """new_scratch layout of forward_stats(by_address=True): st, head, and (carries) _carry_layout."""
+    return (((NST, N, T), np.float32), ((NHEAD, N), np.float32)) + (_carry_layout(N, NC) if carries else ())
 
 
 def forward_stats(s, gates, v, causal, vF=None, vG=None, ldG=0, vH=None, ldH=0, seqs: Sequences = ONE_SEQUENCE,
@@ -309,27 +313,23 @@ def forward_stats(s, gates, v, causal, vF=None, vG=None, ldG=0, vH=None, ldH=0, 
     null = np.uint64(0)
     by_sequence = not causal and seqs.cu is not None          # not causal, packed: each sequence's totals
     separate = by_sequence or NC > IN_BLOCK_SCAN_MAX_CHUNKS
-    buf = None
+    buf = chunks = None
     if by_address:
         buf, parts = new_scratch(cp, _stats_layout(N, T, NC, separate))
         st, head, chunks = parts[0], parts[1], parts[2:]
     else:
-        head = st = None
+        st = new_output(cp, (NST, N, T), cp.float32)
+        head = new_output(cp, (NHEAD, N), cp.float32)
         if separate:      # the chunk summaries and carries, by address (held until the launches are queued)
-            f32, f64 = ((N, NC), cp.float32), ((N, NC), cp.float64)
-            scratch, chunks = new_scratch(cp, (f32, f32, f32, f32, f64, ((N, NC), cp.int32), f32, f32, f64))
+            scratch, chunks = new_scratch(cp, _carry_layout(N, NC))
     carries = (null,) * 3                                     # zeros_ftoken scans the chunks itself
     if separate:
         cM, cE, cLo, cHi, cP, cR, xM, xE, xP = chunks
         launch(_scan(dt, "fchunk"), (-(-NC // SCAN_WARPS), N), (32 * SCAN_WARPS,),
                (s, i32(T), i32(NC)) + sq + (st0, cM, cE, cP, cR, cLo, cHi))
-        if head is None:
-            head = new_output(cp, (NHEAD, N), cp.float32)
         launch(_scan(dt, "fscan", causal or by_sequence), (N,), (SCAN_THREADS,),
                (cM, cE, cP, cR, cLo, cHi, i32(NC), xM, xE, xP, head))
         carries = (xM, xE, xP)
-    elif head is None:
-        head = new_output(cp, (NHEAD, N), cp.float32)
     Dv = v.shape[-1]
 
     def token_pass(causal_pass, carries, st, fin, vF, vG, vH):
@@ -342,8 +342,6 @@ def forward_stats(s, gates, v, causal, vF=None, vG=None, ldG=0, vH=None, ldH=0, 
     if by_sequence:
         token_pass(True, carries, new_output(cp, (NST, N, T), cp.float32), fin, None, None, None)
         carries, fin = (fin.M, fin.E, fin.P), None
-    if st is None:
-        st = new_output(cp, (NST, N, T), cp.float32)
     token_pass(causal, carries, st, fin, vF, vG, vH)
     return ForwardStats(st, head, fin, buf)
 

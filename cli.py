@@ -47,7 +47,10 @@ def info():
 @click.option("--seed", type=SEED, default=0, show_default=True, help="seed of the random inputs")
 @click.option("--jobs", "-j", type=NON_NEGATIVE_INT, default=1, show_default=True,
               help="processes to run cells in (0: one per CPU core); GPU sweeps are bound by JIT compiles")
-def check(ops, backends, quick, full, dtypes, json_path, seed, jobs):
+@click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="start no cell after this many seconds; the cells that ran are reported and written, the rest "
+                   "counted as not run, and the command exits 1 (default: no limit)")
+def check(ops, backends, quick, full, dtypes, json_path, seed, jobs, time_limit):
     """Sweep ops x variants x shapes x dtypes x causal against the float64 explicit reference, forward and
     every gradient.  Exits 1 if any cell fails or nothing was checked."""
     from workbench import BackendUnavailable
@@ -57,7 +60,7 @@ def check(ops, backends, quick, full, dtypes, json_path, seed, jobs):
     make_parent(json_path)
     try:
         ok = run_check(ops=ops, backends=backends, quick=quick, full=full, dtypes=dtypes, json_path=json_path,
-                       seed=seed, echo=click.echo, jobs=jobs)
+                       seed=seed, echo=click.echo, jobs=jobs, time_limit=time_limit)
     except (ValueError, BackendUnavailable) as e:
         raise click.UsageError(str(e)) from None
     sys.exit(0 if ok else 1)

@@ -1,6 +1,7 @@
 """The `check` sweep and the CLI: it passes on the references, and a planted wrong variant fails it."""
 import dataclasses
 import json
+import time
 
 import numpy as np
 import pytest
@@ -201,3 +202,24 @@ def test_rounding_floor_only_for_16_bit_dtypes():
     cin = check.cell_inputs("linear", (2,), 9, 4)
     assert check.rounding_floors("linear", cin, "float32", ["dq"]) == {}
     assert 0 < check.rounding_floors("linear", cin, "float16", ["dq"])["dq"] < 1e-2
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_sweep_cut_short_by_its_time_limit_fails_and_keeps_what_ran(tmp_path, jobs):
+    """--time-limit: the cells that ran are written, the rest counted as not run, and the sweep is not a pass;
+    with jobs > 1 the workers still running are stopped rather than waited for."""
+    path = tmp_path / "cut.json"
+    lines = []
+    t0 = time.monotonic()
+    ok = check.run_check(ops=("zeros",), backends=("numpy",), quick=True, json_path=str(path), echo=lines.append,
+                         jobs=jobs, time_limit=1e-6)
+    assert not ok
+    data = json.loads(path.read_text())
+    assert data["not_run"] > 0 and data["planned"] == data["not_run"] + len(data["cells"])
+    assert any(f"NOT RUN: {data['not_run']} of {data['planned']} cells" in str(x) for x in lines)
+    whole = tmp_path / "whole.json"
+    assert check.run_check(ops=("zeros",), backends=("numpy",), quick=True, json_path=str(whole),
+                           echo=lambda *_: None, time_limit=600)
+    full = json.loads(whole.read_text())
+    assert full["not_run"] == 0 and full["planned"] == len(full["cells"]) == data["planned"]
+    assert time.monotonic() - t0 < 120

@@ -507,31 +507,49 @@ class _Progress:
         print(f"check: {self.done}/{self.total} cells, {self.failed} failed", file=sys.stderr, flush=True)
 
 
-def _run_parallel(cells, seed, jobs, progress: _Progress) -> list:
+def _run_parallel(cells, seed, jobs, progress: _Progress, deadline=None) -> list:
     """Run cells in ``jobs`` processes (spawned: CUDA contexts do not survive fork).  Cells that share a
     variant, head dims and dtype go to one process, so each JIT/NVRTC compilation happens once; on a GPU
-    machine the compiles, not the kernels, dominate the sweep's time."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    machine the compiles, not the kernels, dominate the sweep's time.  At ``deadline`` (``time.monotonic()``)
+    the groups not finished are dropped and the workers stopped: their cells stay ``None``."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     import multiprocessing as mp
     groups: dict = {}
     for i, (v, shape, dtype, causal, label, extra, kind) in enumerate(cells):
         groups.setdefault((v.key, v.op, shape.Dk, shape.Dv, dtype), []).append(
             (i, (v.op, v.key, shape, dtype, causal, label, extra, kind)))
     results = [None] * len(cells)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+    try:
         futures = {pool.submit(_run_group, [c for _, c in g], seed): [i for i, _ in g]
                    for g in sorted(groups.values(), key=len, reverse=True)}
-        for fut in as_completed(futures):
-            done = [cell for cell in fut.result()]
-            for i, cell in zip(futures[fut], done):
-                results[i] = cell
-            progress.advance(done)
+        pending = set(futures)
+        while pending:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            finished, pending = wait(pending, timeout=left, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                done = fut.result()
+                for i, cell in zip(futures[fut], done):
+                    results[i] = cell
+                progress.advance(done)
+    finally:
+        if any(r is None for r in results):         # cut short: stop the workers still compiling or running
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+        else:
+            pool.shutdown()
     return results
 
 
 def run_check(ops=(), backends=(), quick=False, full=False, dtypes=(), json_path=None, seed=0, echo=print,
-              jobs=1):
-    """Run the sweep; ``jobs`` > 1 runs cell groups in that many processes (0: one per CPU core)."""
+              jobs=1, time_limit=None):
+    """Run the sweep; ``jobs`` > 1 runs cell groups in that many processes (0: one per CPU core).  With
+    ``time_limit`` (seconds) no cell starts after that long (with jobs > 1 the unfinished groups are stopped):
+    the table, the totals and the JSON then hold the cells that ran and count the rest as not run, and the
+    sweep fails (an incomplete sweep is not a pass).  Returns True when every cell ran and passed."""
     import os
 
     from tabulate import tabulate
@@ -546,13 +564,18 @@ def run_check(ops=(), backends=(), quick=False, full=False, dtypes=(), json_path
     jobs = (os.cpu_count() or 1) if jobs == 0 else int(jobs)
     with tqdm(total=len(cells), desc="check", unit="cell", file=sys.stderr, disable=None) as bar:
         progress = _Progress(bar, len(cells))
+        deadline = None if time_limit is None else time.monotonic() + float(time_limit)
         if jobs > 1:
-            results = _run_parallel(cells, seed, jobs, progress)
+            results = _run_parallel(cells, seed, jobs, progress, deadline)
         else:
             results = []
             for args in cells:
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
                 results.append(run_cell(*args, seed=seed))
                 progress.advance(results[-1:])
+    not_run = len(cells) - sum(r is not None for r in results)
+    results = [r for r in results if r is not None]
     rows = []
     for c in results:
         if not rows or rows[-1][0] != c.op:          # the op's reference row: what its cells are compared with
@@ -573,12 +596,15 @@ def run_check(ops=(), backends=(), quick=False, full=False, dtypes=(), json_path
              "input rounding; 'floor' in the table, rounding_floors)")
     echo(f"\n{len(results) - n_fail} passed, {n_fail} failed ({len(results)} cells: {len(results) - n_fd} "
          f"against the reference {REFERENCE}, {n_fd} of its gradients against finite differences)")
+    if not_run:
+        echo(f"NOT RUN: {not_run} of {len(cells)} cells (the time limit of {time_limit:g} s ran out): "
+             "the sweep is incomplete")
     if json_path:
         with open(json_path, "w") as f:
-            json.dump(dict(environment=environment(), reference=REFERENCE, cells=[asdict(c) for c in results]),
-                      f, indent=1, default=str)
+            json.dump(dict(environment=environment(), reference=REFERENCE, planned=len(cells), not_run=not_run,
+                           cells=[asdict(c) for c in results]), f, indent=1, default=str)
         echo(f"wrote {json_path}")
-    return n_fail == 0
+    return n_fail == 0 and not_run == 0
 
 
 def _verdict(c: Cell) -> str:

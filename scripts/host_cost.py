@@ -43,14 +43,30 @@ class _Flags:
 _CONTIGUOUS = _Flags(True)
 
 
+class _MemoryPointer:
+    """cupy.cuda.MemoryPointer's face: ``ptr``, and ``+ bytes`` for a pointer into the same memory."""
+    __slots__ = ("ptr",)
+
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+    def __add__(self, offset):
+        return _MemoryPointer(self.ptr + offset)
+
+
 class ndarray:
-    """A device array's host-side face: shape, dtype, flags, ``data.ptr``; views and casts make new objects."""
+    """A device array's host-side face: shape, dtype, flags, ``data.ptr``; views and casts make new objects.
+    ``ndarray(shape, dtype, memptr=p)``: an array on existing memory (a view: counted as one)."""
     __slots__ = ("shape", "dtype", "data", "flags", "__weakref__")
 
-    def __init__(self, shape, dtype, ptr=None):
+    def __init__(self, shape, dtype=float, memptr=None):
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
-        self.data = types.SimpleNamespace(ptr=next(_ADDR) * 256 if ptr is None else ptr)
+        if memptr is None:
+            memptr = _MemoryPointer(next(_ADDR) * 256)
+        else:
+            COUNTS["view"] += 1
+        self.data = memptr
         self.flags = _CONTIGUOUS
 
     ndim = property(lambda self: len(self.shape))
@@ -58,9 +74,8 @@ class ndarray:
     itemsize = property(lambda self: self.dtype.itemsize)
 
     def reshape(self, *shape):
-        COUNTS["view"] += 1
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], tuple) else shape
-        return ndarray(shape, self.dtype, self.data.ptr)
+        return ndarray(shape, self.dtype, self.data)
 
     def astype(self, dtype, copy=True):
         if not copy and np.dtype(dtype) == self.dtype:

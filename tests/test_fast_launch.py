@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from kernels.cupy import _module
-from kernels.cupy._module import FastLauncher, launch, param_format, slow_launch
+from kernels.cupy._module import FastLauncher, Prepared, launch, param_format, slow_launch
 
 
 # ----------------------------------------------------------------------------- without a GPU
@@ -165,6 +165,30 @@ def test_a_failed_first_launch_goes_to_the_rawkernel_call_and_is_recorded(driver
         launch(k, (1,), (32,), (np.int32(1), DevArray(1)))
 
 
+def test_a_prepared_launch_packs_arrays_or_none_and_falls_back_like_launch(driver):
+    k = FakeRawKernel()
+    prep = Prepared(k, (4, 3), (256,), 2048)
+    a, b = DevArray(0x7000_0000_1000), DevArray(0x7000_0000_2200, np.float16)
+    prep((a, None, np.int32(5), b, np.float32(0.5)))
+    prep((None, b, np.int32(6), a, np.float32(1.5)))                    # a pointer parameter: array or None
+    assert k.calls == [] and [c["grid"] + c["block"] for c in driver.calls] == [(4, 3, 1, 256, 1, 1)] * 2
+    assert {c["smem"] for c in driver.calls} == {2048} and {c["func"] for c in driver.calls} == {0xF00}
+    assert struct.unpack("@PPiPf", driver.calls[0]["buffer"]) == (a.data.ptr, 0, 5, b.data.ptr, 0.5)
+    assert struct.unpack("@PPiPf", driver.calls[1]["buffer"]) == (0, b.data.ptr, 6, a.data.ptr, 1.5)
+    with slow_launch():                                                   # the RawKernel's call: None as 0
+        prep((a, None, np.int32(7), b, np.float32(2.0)))
+    (call,) = k.calls
+    assert call[:2] == ((4, 3), (256,)) and call[3] == 2048 and type(call[2][1]) is np.uint64 and call[2][1] == 0
+    k2 = FakeRawKernel()
+    driver.fail = RuntimeError("CUDA_ERROR_INVALID_VALUE")
+    prep2 = Prepared(k2, (1,), (32,))
+    with pytest.warns(UserWarning, match="packed-parameter launch"):
+        prep2((a, np.int32(1)))
+    driver.fail = None
+    prep2((a, np.int32(2)))                                              # stays on the RawKernel's call
+    assert len(k2.calls) == 2 and len(_module.FALLBACKS) == 1 and len(driver.calls) == 2
+
+
 def test_the_environment_switch_forces_the_rawkernel_call():
     code = "from kernels.cupy import _module; print(_module.slow_launches())"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -264,6 +288,39 @@ def test_scratch_parts_are_aligned_disjoint_and_poisoned():
         if poison:
             assert np.isnan(buf[:60].view(np.float32)).all() and np.isnan(buf[256:312].view(np.float64)).all()
             assert np.isnan(buf[768:1368].view(np.float16)).all()
+
+
+def test_outputs_of_a_pass_share_one_allocation_up_to_the_bound(monkeypatch):
+    """backends.new_outputs (the chunk core's backward: dq, dk, dv, d log_decay and the row dots)."""
+    import importlib.util
+    from workbench import backends
+    layout = (((2, 3, 5), np.float16), ((7,), np.float32), ((1, 4), np.float64))
+    scratch = (((3, 10), np.float32),) * 2
+    for poison in (False, True):
+        with backends.poisoned(poison):
+            outs, addrs, keep = backends.new_outputs(np, layout, scratch)
+        base = backends.data_ptr(keep)
+        assert [(o.shape, o.dtype) for o in outs] == [(s, np.dtype(d)) for s, d in layout]
+        assert [backends.data_ptr(o) - base for o in outs] == [0, 256, 512]
+        assert [int(a) - base for a in addrs] == [768, 1024] and all(type(a) is np.uint64 for a in addrs)
+        assert all(o.flags.c_contiguous and o.base is not None for o in outs)
+        if poison:
+            assert all(np.isnan(o).all() for o in outs) and np.isnan(keep[768:888].view(np.float32)).all()
+    monkeypatch.setattr(backends, "OUTPUTS_MERGE_MAX", 1024)          # above the bound: one allocation each
+    outs, addrs, keep = backends.new_outputs(np, layout, scratch)
+    assert all(o.base is None for o in outs) and backends.data_ptr(keep) + 256 == int(addrs[1])
+    assert backends.new_outputs(np, layout)[1] == []                    # no scratch: no addresses
+    # CuPy's way (an ndarray on the allocation's memory): the host_cost stand-in's ndarray(shape, dtype, memptr)
+    monkeypatch.setattr(backends, "OUTPUTS_MERGE_MAX", 4 << 20)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("host_cost", os.path.join(root, "scripts", "host_cost.py"))
+    hc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hc)
+    outs, addrs, keep = backends.new_outputs(hc.stand_in_cupy(), layout, scratch)
+    base = keep.data.ptr
+    assert [(o.shape, o.dtype, o.data.ptr - base) for o in outs] == [
+        ((2, 3, 5), np.float16, 0), ((7,), np.float32, 256), ((1, 4), np.float64, 512)]
+    assert [int(a) - base for a in addrs] == [768, 1024]
 
 
 @pytest.mark.gpu

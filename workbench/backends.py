@@ -58,6 +58,9 @@ def status(backend: str) -> tuple:
     if backend == "numba":
         return numba_cuda_status()
     if backend == "cupy":
+        cp = cupy_module()
+        if cp is not None:                      # the cached answer first: the ops ask on every call
+            return True, f"cupy {cp.__version__}"
         try:
             import cupy  # noqa: F401
         except Exception as e:
@@ -199,6 +202,34 @@ def new_scratch(xp, layout: tuple) -> tuple:
     buf = xp.full(nbytes, 255, np.uint8) if _POISON[-1] else xp.empty(nbytes, np.uint8)
     base = data_ptr(buf)
     return buf, [np.uint64(base + o) for o in offsets]
+
+
+OUTPUTS_MERGE_MAX = 4 << 20     # bytes: the outputs of one pass up to this total share one allocation
+
+
+def new_outputs(xp, layout: tuple, scratch: tuple = ()) -> tuple:
+    """The outputs of one kernel pass, ``layout`` ((shape, dtype), ...), and its scratch (``new_scratch``'s
+    layout), in one allocation of module ``xp`` when they total at most OUTPUTS_MERGE_MAX bytes: each output
+    a view (CuPy: an ndarray on the allocation's memory, no pool allocation of its own; every part starts on
+    SCRATCH_ALIGN bytes), each scratch part by address.  Above the bound (where the kernels' time dwarfs an
+    allocation's, and one kept output would hold the others' memory) one allocation per output and one for
+    the scratch.  Returns (outputs, scratch addresses as ``np.uint64``, the allocation to keep referenced
+    while the scratch is in use).  While poisoning every byte is 0xFF (NaN in every float format)."""
+    offsets, nbytes = _scratch_offsets(tuple(layout) + tuple(scratch))
+    if nbytes > OUTPUTS_MERGE_MAX:
+        outs = [new_output(xp, shape, dtype) for shape, dtype in layout]
+        keep, addrs = new_scratch(xp, scratch) if scratch else (None, [])
+        return outs, addrs, keep
+    buf = xp.full(nbytes, 255, np.uint8) if _POISON[-1] else xp.empty(nbytes, np.uint8)
+    n = len(layout)
+    if isinstance(buf, np.ndarray):       # NumPy, and the CUDA emulator's stand-in device arrays
+        outs = [buf[o:o + math.prod(shape) * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
+                for o, (shape, dtype) in zip(offsets, layout)]
+    else:
+        mem, nd = buf.data, xp.ndarray
+        outs = [nd(shape, dtype, memptr=mem + o) for o, (shape, dtype) in zip(offsets, layout)]
+    base = data_ptr(buf)
+    return outs, [np.uint64(base + o) for o in offsets[n:]], buf
 
 
 def data_ptr(x) -> int:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -217,8 +218,20 @@ class _Plan:
     normalize: bool = False     # linear: the state carries z
     Dk: int = 0
     Dv: int = 0
+    passthrough: bool = False   # flatten hands the caller's arrays on (variant takes leading dims, arrays of
+                                # native byte order and the variant's kind): only C-contiguity to check
 
-    def flatten(self, arrays) -> list:
+    def __post_init__(self):
+        object.__setattr__(self, "passthrough", self.flat_shapes == self.arg_shapes and self.native
+                           and not self.to_kind)
+
+    def flatten(self, arrays):
+        if self.passthrough:                    # the caller's arrays as they are, when C-contiguous
+            for x in arrays:
+                if not x.flags.c_contiguous:
+                    break
+            else:
+                return arrays
         flat = []
         for x, shape in zip(arrays, self.flat_shapes):
             if x.shape != shape:
@@ -308,10 +321,21 @@ class _Extras:
 _NO_EXTRAS = _Extras()
 
 
+def _options_key(op: str, options: dict):
+    """The options' part of a plan key: None when every value is the very object of the op's default (the
+    public functions and ``vjp`` called without options: no per-value key to build), else the names and
+    ``_opt_key`` of every value."""
+    names, defaults = _DEFAULT_OPTIONS[op]
+    if len(options) == len(defaults) and all(map(operator.is_, options.values(), defaults)) \
+            and tuple(options) == names:
+        return None
+    return tuple(options), tuple(map(_opt_key, options.values()))
+
+
 def _plan(op: str, arrays: tuple, options: dict, backend, extras: _Extras = _NO_EXTRAS) -> _Plan:
     try:
-        key = (op, backend, tuple([(type(x), x.dtype, x.shape) for x in arrays]), tuple(options),
-               tuple(map(_opt_key, options.values())), extras.key() if extras is not _NO_EXTRAS else None)
+        key = (op, backend, tuple([(type(x), x.dtype, x.shape) for x in arrays]), _options_key(op, options),
+               extras.key() if extras is not _NO_EXTRAS else None)
         plan = _PLANS.get(key)
     except (TypeError, AttributeError):         # unhashable or not an array: validation says what is wrong
         key = plan = None
@@ -532,6 +556,13 @@ def _check_signatures() -> None:
 
 
 _check_signatures()
+# The defaults as the very objects of the public functions' signatures (equal to the op table's, checked above),
+# so that a call with default options -- the public function's or vjp's -- has the plan key's short form
+# (_options_key): op -> (option names, default values).
+for _name, _f in PUBLIC_OPS.items():
+    _params = inspect.signature(_f).parameters
+    _OPTIONS[_name] = {k: _params[k].default for k in _OPTIONS[_name]}
+_DEFAULT_OPTIONS = {name: (tuple(o), tuple(o.values())) for name, o in _OPTIONS.items()}
 
 
 def vjp(op, *arrays, **options):

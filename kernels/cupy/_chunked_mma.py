@@ -30,10 +30,10 @@ from typing import Optional
 
 import numpy as np
 
-from workbench.backends import new_output, new_scratch
+from workbench.backends import new_output, new_outputs
 
 from .._segments import Segmentation, segment_rows
-from ._module import CTYPE, ITEMSIZE, declare_groups, dtype_name, get_kernel, launch, lead_size, padded_dim
+from ._module import CTYPE, ITEMSIZE, Prepared, declare_groups, dtype_name, get_kernel, lead_size, padded_dim
 
 SOURCE = "chunked_mma.cu"
 C = 64                      # chunk length          (chunked_mma.cu: tc::C)
@@ -160,10 +160,6 @@ def _kern(dtype: str, split: int, stages: int, expr: str):
     return get_kernel(SOURCE, expr, group=GROUPS[(dtype, split, stages)])
 
 
-def _launch(dtype: str, split: int, stages: int, k: Launchable, grid, args) -> None:
-    launch(_kern(dtype, split, stages, k.expr), grid, (k.threads,), args, k.smem)
-
-
 @functools.lru_cache(maxsize=None)
 def _common(expr: str):
     return get_kernel(SOURCE, expr, group=COMMON)
@@ -226,6 +222,8 @@ class CoreContext:
     split: int
     stages: int               # the kernels' load pipeline (STAGES)
     dkdv: str = "fused"       # the dk/dv walkers at head dims (64, 64) (DKDV_MODES)
+    plan: object = None       # the forward's _CorePlan (the backward's launches are cached on it)
+    scale32: object = None    # the scale as the kernels take it (np.float32)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -254,6 +252,107 @@ def _g_half(g) -> np.int32:
     return np.int32(name == "float16")
 
 
+def _prepared(dt: str, split: int, stages: int, k: Launchable, grid):
+    """A walker's launch (``_module.Prepared``) at ``grid``."""
+    return Prepared(_kern(dt, split, stages, k.expr), grid, (k.threads,), k.smem)
+
+
+class _CorePlan:
+    """Everything of one core call that depends only on its geometry, made once per (storage dtype, shape, head
+    dims, split, stages, causal, packing, segments, log-decay dtype, initial state given, final state wanted):
+    the segment table, the kernels' scalar arguments and each launch prepared (``_module.Prepared``: kernel,
+    grid, block, shared memory).  The backward's launches are made on its first use (``backward_plan``)."""
+
+    def __init__(self, dt, shape, dv, split, stages, causal, cu, L, g_name, has_S0, want_final):
+        N, T, dk = lead_size(shape, 2), shape[-2], shape[-1]
+        self.N, self.T, self.dk, self.dv, self.dt, self.split, self.stages = N, T, dk, dv, dt, split, stages
+        self.causal, self.has_S0 = causal, has_S0
+        self.dkp, self.dvp = pad_dim(dk), pad_dim(dv)
+        self.ntk, self.ntv = -(-dk // BV), -(-dv // BV)
+        if L is None:
+            longest = T if cu is None else max(b - a for a, b in zip(cu[:-1], cu[1:]))
+            L = choose_segments(N, longest, self.ntv)
+        tab = self.table = segment_table(T, L, cu)
+        self.single = tab.single
+        self.E = dk * dv
+        self.o_shape = tuple(shape[:-1]) + (dv,)
+        self.state_shape = (N, tab.nseq, dk, dv)
+        self.seg_shape = (N, tab.nseg, dk, dv)
+        self.dims, self.causal32 = _scalars(T, dk, dv, tab.nseg, tab.nseq, causal)
+        self.g_half = np.int32(g_name == "float16")
+        self.decay = g_name is not None
+        self.segs = (tab.t0, tab.t1)
+        self.head = self.segs + (tab.seq,) + self.dims          # the walkers' arguments after the pointers
+        self.want_final = want_final
+        i32 = np.int32
+        self.seg_args = (i32(T), i32(dk), i32(dv), i32(tab.nseg))
+        self.scan_args = (tab.seq_seg, i32(tab.nseg), i32(tab.nseq), np.int64(self.E))
+        grid = (tab.nseg * self.ntv, N)
+        self.seg_state = self.seg_scan = None
+        if not (causal and tab.single):
+            self.seg_state = _prepared(dt, split, stages, _seg_state(dt, split, stages, self.dkp, False), grid)
+            if causal or not tab.single:
+                self.seg_scan = Prepared(_common("tc_seg_scan<false>"), (-(-self.E // 256), tab.nseq, N), (256,))
+        self.fwd = _prepared(dt, split, stages, _fwd(dt, split, stages, self.dkp), grid)
+        self._backward: dict = {}
+
+    def backward_plan(self, dkdv: str, want_dg: bool, dg_name: str):
+        key = (dkdv, want_dg, dg_name)
+        b = self._backward.get(key)
+        if b is None:
+            b = self._backward[key] = _BackwardPlan(self, dkdv, want_dg, dg_name)
+        return b
+
+
+class _BackwardPlan:
+    """The backward's launches of one _CorePlan, dk/dv mode and d log_decay choice."""
+
+    def __init__(self, cp_: _CorePlan, dkdv: str, want_dg: bool, dg_name: str):
+        dt, split, stages, tab, N = cp_.dt, cp_.split, cp_.stages, cp_.table, cp_.N
+        i32 = np.int32
+        self.rseg = self.rscan = None
+        if not (cp_.causal and tab.single):
+            self.rseg = _prepared(dt, split, stages, _seg_state(dt, split, stages, cp_.dkp, True),
+                                  (tab.nseg * cp_.ntv, N))
+            if cp_.causal or not tab.single:
+                self.rscan = Prepared(_common("tc_seg_scan<true>"), (-(-cp_.E // 256), tab.nseq, N), (256,))
+        self.dq = _prepared(dt, split, stages, _dq(dt, split, stages, cp_.dvp), (tab.nseg * cp_.ntk, N))
+        self.dkdv = tuple(_prepared(dt, split, stages, _dkdv(dt, split, stages, cp_.dkp, cp_.dvp, which, layout),
+                                    (tab.nseg * (cp_.ntk if which == 1 else cp_.ntv if which == 2 else 1), N))
+                          for which, layout in dkdv_launches(cp_.dkp, cp_.dvp, dkdv))
+        self.want_dg = want_dg
+        self.layout = None              # the outputs' (shape, dtype), from the first call's arrays
+        self.scratch = ()
+        if want_dg:
+            self.scratch = (((cp_.ntk, N, cp_.T), np.float32),) * 2     # the row dots of q.dq and k.dk
+            self.dg_part = None if tab.single else Prepared(_common("tc_dg_part"), (tab.nseg, N), (DG_THREADS,))
+            self.dg = Prepared(_common(_DG[dg_name]), (tab.nseg, N), (DG_THREADS,))
+            ntk = i32(cp_.ntk)
+            self.part_tail = cp_.segs + (i32(cp_.T), i32(tab.nseg))
+            self.dg_tail = (cp_.segs + (tab.seq, tab.seq_seg))
+            self.dg_scalars = (i32(not cp_.has_S0), i32(cp_.T), i32(tab.nseg), i32(tab.nseq))
+            self.ntk32 = ntk
+
+
+_PLANS: dict = {}
+_MAX_PLANS = 1024
+
+
+def _plan(dt, shape, dv, split, stages, causal, cu, L, g, has_S0, want_final) -> _CorePlan:
+    g_name = g_shape = None
+    if g is not None:
+        g_name, g_shape = dtype_name(g.dtype), g.shape
+    key = (dt, shape, dv, split, stages, causal, cu, L, g_name, g_shape, has_S0, want_final)
+    p = _PLANS.get(key)
+    if p is None:
+        if g_name is not None and g_name not in LOG_DECAY_DTYPES:
+            raise ValueError(f"log decays must be one of {LOG_DECAY_DTYPES} (got {g_name})")
+        if len(_PLANS) >= _MAX_PLANS:
+            _PLANS.clear()
+        p = _PLANS[key] = _CorePlan(dt, shape, dv, split, stages, causal, cu, L, g_name, has_S0, want_final)
+    return p
+
+
 def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_final=False, cu=None,
             L=None, stages=1, dkdv="fused"):
     """o (..., T, dv) in q's dtype, and the CoreContext.  q, k, v: (..., T, d), any leading dims (N: their
@@ -261,51 +360,34 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     float32 or None; cu: sequence offsets (tuple) or None; stages: 1 or 2 (STAGES), also for the backward;
     dkdv: the backward's dk/dv walkers at head dims (64, 64) (DKDV_MODES)."""
     import cupy as cp
-    shape = q.shape                                    # (..., T, dk): any leading dims, N their product
-    N, T, dk = lead_size(shape, 2), shape[-2], shape[-1]
-    dv = v.shape[-1]
     dt = dtype_name(q.dtype)
     split = split if dt == "float32" else 1            # the 3xTF32 split applies to float32 products only
     if stages not in STAGES:
         raise ValueError(f"stages must be one of {STAGES} (got {stages!r})")
     if dkdv not in DKDV_MODES:
         raise ValueError(f"dkdv must be one of {tuple(DKDV_MODES)} (got {dkdv!r})")
-    dkp = pad_dim(dk)
-    ntv = -(-dv // BV)
-    if L is None:
-        longest = T if cu is None else max(b - a for a, b in zip(cu[:-1], cu[1:]))
-        L = choose_segments(N, longest, ntv)
-    tab = segment_table(T, L, cu)
-    E = dk * dv
-    o = new_output(cp, shape[:-1] + (dv,), q.dtype)
-    i32 = np.int32
-    dims, causal32 = _scalars(T, dk, dv, tab.nseg, tab.nseq, bool(causal))
-    g_half = _g_half(g)
-    segs = (tab.t0, tab.t1)
+    causal = bool(causal)
+    P = _plan(dt, q.shape, v.shape[-1], split, stages, causal, cu, L, g, S0 is not None, bool(want_final))
+    o = new_output(cp, P.o_shape, q.dtype)
+    scale32 = np.float32(scale)
     Hstart = gam = final = None
-    if causal and tab.single:
+    if P.seg_state is None:                            # causal, one segment per sequence
         Hstart = S0
-        final = new_output(cp, (N, tab.nseq, dk, dv), cp.float32) if want_final else None
+        final = new_output(cp, P.state_shape, cp.float32) if want_final else None
     else:
-        Eseg = new_output(cp, (N, tab.nseg, dk, dv), cp.float32)
-        gam = new_output(cp, (N, tab.nseg), cp.float32) if g is not None else None
-        _launch(dt, split, stages, _seg_state(dt, split, stages, dkp, False), (tab.nseg * ntv, N),
-                (k, v, _ptr(g), Eseg, _ptr(gam)) + segs + (i32(T), i32(dk), i32(dv), i32(tab.nseg), np.float32(1.0),
-                                                             g_half))
-        if not causal and tab.single:
+        Eseg = new_output(cp, P.seg_shape, cp.float32)
+        gam = new_output(cp, (P.N, P.table.nseg), cp.float32) if g is not None else None
+        P.seg_state((k, v, g, Eseg, gam) + P.segs + P.seg_args + (np.float32(1.0), P.g_half))
+        if P.seg_scan is None:
             final = Eseg                                     # one segment per sequence: its sum is the total
         else:
-            Hstart = new_output(cp, (N, tab.nseg, dk, dv), cp.float32)
-            final = new_output(cp, (N, tab.nseq, dk, dv), cp.float32)
-            launch(_common("tc_seg_scan<false>"), (-(-E // 256), tab.nseq, N), (256,),
-                   (Eseg, _ptr(gam), _ptr(S0), Hstart, final, tab.seq_seg, i32(tab.nseg), i32(tab.nseq),
-                    np.int64(E)))
-    Hin = Hstart if causal else final
-    _launch(dt, split, stages, _fwd(dt, split, stages, dkp), (tab.nseg * ntv, N),
-            (q, k, v, _ptr(g), o, _ptr(Hin), _ptr(final if (causal and tab.single) else None)) + segs
-            + (tab.seq,) + dims + (np.float32(scale), causal32, g_half))
-    ctx = CoreContext(q, k, v, g, tab, Hstart if causal else final, gam, final, S0, float(scale), bool(causal),
-                      split, stages, dkdv)
+            Hstart = new_output(cp, P.seg_shape, cp.float32)
+            final = new_output(cp, P.state_shape, cp.float32)
+            P.seg_scan((Eseg, gam, S0, Hstart, final) + P.scan_args)
+    P.fwd((q, k, v, g, o, Hstart if causal else final, final if P.seg_state is None else None) + P.head
+          + (scale32, P.causal32, P.g_half))
+    ctx = CoreContext(q, k, v, g, P.table, Hstart if causal else final, gam, final, S0, float(scale), causal,
+                      split, stages, dkdv, P, scale32)
     return o, ctx
 
 
@@ -315,65 +397,49 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dg_dtype=None):
     ``want_dg``.  dS0: float32, None without an initial state.  dST: (N, nseq, dk, dv) gradient of the final
     state, or None.  The dk/dv walkers at head dims (64, 64) are the forward's ``dkdv`` mode (DKDV_MODES)."""
     import cupy as cp
-    q, k, v, g, tab = ctx.q, ctx.k, ctx.v, ctx.g, ctx.table
-    N, T, Dk = lead_size(q.shape, 2), q.shape[-2], q.shape[-1]
-    Dv = v.shape[-1]
-    dt = dtype_name(q.dtype)
-    dkp, dvp, split, stages = pad_dim(Dk), pad_dim(Dv), ctx.split, ctx.stages
-    ntk, ntv = -(-Dk // BV), -(-Dv // BV)
-    E = Dk * Dv
-    i32 = np.int32
-    segs = (tab.t0, tab.t1)
-    dims, causal32 = _scalars(T, Dk, Dv, tab.nseg, tab.nseq, ctx.causal)
-    decay = g is not None
-    g_half = _g_half(g)
-    want_dg = decay and want_dg
-    dq = new_output(cp, q.shape, q.dtype)
-    dk = new_output(cp, k.shape, k.dtype)
-    dv = new_output(cp, v.shape, v.dtype)
+    q, k, v, g, P = ctx.q, ctx.k, ctx.v, ctx.g, ctx.plan
+    want_dg = g is not None and want_dg
+    if want_dg:
+        dg_dtype = np.dtype(np.float32) if dg_dtype is None else dg_dtype
+    B = P.backward_plan(ctx.dkdv, want_dg, dtype_name(dg_dtype) if want_dg else None)
+    layout = B.layout
+    if layout is None:               # dq, dk, dv (and d log_decay) as one allocation (backends.new_outputs)
+        layout = B.layout = (((q.shape, q.dtype), (k.shape, k.dtype), (v.shape, v.dtype))
+                             + (((g.shape, dg_dtype),) if want_dg else ()))
+    # the row dots of q.dq and k.dk per dk tile (want_dg), by address, in the same allocation (held by `keep`
+    # until tc_dg is queued)
+    outs, rows, keep = new_outputs(cp, layout, B.scratch)
+    dq, dk, dv = outs[0], outs[1], outs[2]
+    rq, rk = rows if want_dg else (None, None)
     dS0 = dSend = None
-    if ctx.causal and tab.single:
+    if B.rseg is None:                                 # causal, one segment per sequence
         dSend = dST
-        dS0 = new_output(cp, (N, tab.nseq, Dk, Dv), cp.float32) if ctx.S0 is not None else None
+        dS0 = new_output(cp, P.state_shape, cp.float32) if ctx.S0 is not None else None
     else:
-        Rseg = new_output(cp, (N, tab.nseg, Dk, Dv), cp.float32)
-        _launch(dt, split, stages, _seg_state(dt, split, stages, dkp, True), (tab.nseg * ntv, N),
-                (q, do, _ptr(g), Rseg, _ptr(None)) + segs + (i32(T), i32(Dk), i32(Dv), i32(tab.nseg),
-                                                     np.float32(ctx.scale), g_half))
-        if not ctx.causal and tab.single:
+        Rseg = new_output(cp, P.seg_shape, cp.float32)
+        B.rseg((q, do, g, Rseg, None) + P.segs + P.seg_args + (ctx.scale32, P.g_half))
+        if B.rscan is None:
             dSend = Rseg                                     # the total gradient of each sequence's state
         else:
-            dSend = new_output(cp, (N, tab.nseg, Dk, Dv), cp.float32)
-            dS0 = new_output(cp, (N, tab.nseq, Dk, Dv), cp.float32)
-            launch(_common("tc_seg_scan<true>"), (-(-E // 256), tab.nseq, N), (256,),
-                   (Rseg, _ptr(ctx.gam), _ptr(dST), dSend, dS0, tab.seq_seg, i32(tab.nseg), i32(tab.nseq),
-                    np.int64(E)))
+            dSend = new_output(cp, P.seg_shape, cp.float32)
+            dS0 = new_output(cp, P.state_shape, cp.float32)
+            B.rscan((Rseg, ctx.gam, dST, dSend, dS0) + P.scan_args)
             if not ctx.causal:
                 dSend = dS0                                  # not causal: the gradient of the total
-    rq = rk = None
-    if want_dg:          # the row dots of q.dq and k.dk per dk tile, by address (held until tc_dg is queued)
-        scratch, (rq, rk) = new_scratch(cp, (((ntk, N, T), cp.float32),) * 2)
-    tail = segs + (tab.seq,) + dims + (np.float32(ctx.scale), causal32, g_half)
-    _launch(dt, split, stages, _dq(dt, split, stages, dvp), (tab.nseg * ntk, N),
-            (q, k, v, _ptr(g), do, dq, _ptr(rq), _ptr(ctx.Hstart)) + tail)
-    dS0_out = dS0 if (ctx.causal and tab.single) else None
-    for which, layout in dkdv_launches(dkp, dvp, ctx.dkdv):
-        tiles = ntk if which == 1 else ntv if which == 2 else 1
-        _launch(dt, split, stages, _dkdv(dt, split, stages, dkp, dvp, which, layout), (tab.nseg * tiles, N),
-                (q, k, v, _ptr(g), do, dk, dv, _ptr(rk), _ptr(dSend), _ptr(dS0_out)) + tail)
+    tail = P.head + (ctx.scale32, P.causal32, P.g_half)
+    B.dq((q, k, v, g, do, dq, rq, ctx.Hstart) + tail)
+    dS0_out = dS0 if B.rseg is None else None
+    for launch_dkdv in B.dkdv:
+        launch_dkdv((q, k, v, g, do, dk, dv, rk, dSend, dS0_out) + tail)
     dg = None
     if want_dg:
-        dg_dtype = cp.dtype(cp.float32) if dg_dtype is None else dg_dtype
-        dg = new_output(cp, g.shape, dg_dtype)
+        dg = outs[3]
         cst = None
         if dST is not None:
             cst = cp.ascontiguousarray((dST * ctx.final).sum(axis=(-2, -1)), dtype=cp.float32)
         part = None
-        if not tab.single:   # the segments' sums of dG, for the carries of the earlier segments
-            part = new_output(cp, (N, tab.nseg), cp.float64)
-            launch(_common("tc_dg_part"), (tab.nseg, N), (DG_THREADS,),
-                   (rq, i32(ntk), rk, i32(ntk), part) + segs + (i32(T), i32(tab.nseg)))
-        launch(_common(_DG[dtype_name(dg_dtype)]), (tab.nseg, N), (DG_THREADS,),
-               (rq, i32(ntk), rk, i32(ntk), dg, _ptr(part)) + segs
-               + (tab.seq, tab.seq_seg, _ptr(cst), i32(ctx.S0 is None), i32(T), i32(tab.nseg), i32(tab.nseq)))
+        if B.dg_part is not None:   # the segments' sums of dG, for the carries of the earlier segments
+            part = new_output(cp, (P.N, P.table.nseg), cp.float64)
+            B.dg_part((rq, B.ntk32, rk, B.ntk32, part) + B.part_tail)
+        B.dg((rq, B.ntk32, rk, B.ntk32, dg, part) + B.dg_tail + (cst,) + B.dg_scalars)
     return dq, dk, dv, dg, (dS0 if ctx.S0 is not None else None)

@@ -198,7 +198,7 @@ class _Packer:
     ``pack(args)``: a function made for this signature that writes the values into the buffer in one call --
     arrays as ``a.data.ptr``, None as 0, scalars as they are -- so a launch runs no per-argument Python."""
 
-    def __init__(self, fmt: str, sig: tuple):
+    def __init__(self, fmt: str, sig: tuple = None):
         self.struct = struct.Struct(fmt)
         codes = fmt[1:]
         self.pointers = tuple(i for i, c in enumerate(codes) if c == POINTER_CODE)
@@ -212,8 +212,10 @@ class _Packer:
         self.lock = threading.Lock()                           # the buffer is shared until the driver copies it
         self.proven = False                                    # a launch through it has succeeded
         none = type(None)
-        fields = ["0" if sig[i] is none else f"a[{i}].data.ptr" if i in self.pointers else f"a[{i}]"
-                  for i in range(len(codes))]
+        # sig None (a Prepared launch): every pointer parameter takes an array or None
+        fields = [f"(0 if a[{i}] is None else a[{i}].data.ptr)" if sig is None and i in self.pointers
+                  else "0" if sig is not None and sig[i] is none else f"a[{i}].data.ptr" if i in self.pointers
+                  else f"a[{i}]" for i in range(len(codes))]
         scope = {"pack_into": self.struct.pack_into, "buf": self.buffer}
         exec(f"def pack(a):\n    pack_into(buf, 0, {', '.join(fields) or ''})\n", scope)
         self.pack = scope["pack"]
@@ -275,7 +277,12 @@ class FastLauncher:
             p = self.packers[sig] = _Packer(fmt, sig) if fmt else False
         if not p:
             return False
-        gx, gy, gz, bx, by, bz = launch_dims(grid, block)
+        return self.launch_packed(p, sig, launch_dims(grid, block), shared_mem, args)
+
+    def launch_packed(self, p: _Packer, sig, dims: tuple, shared_mem: int, args) -> bool:
+        """Launch through packer ``p`` (kept in ``packers[sig]``) at launch dims ``dims``; False (nothing
+        launched) when its first launch failed (the signature is then handed to the RawKernel's call)."""
+        gx, gy, gz, bx, by, bz = dims
         func = self.kernel.kernel.ptr
         stream = self.current_stream().ptr
         with p.lock:
@@ -295,6 +302,42 @@ class FastLauncher:
                 return False
             p.proven = True
         return True
+
+
+class Prepared:
+    """One launch whose kernel, grid, block and dynamic shared memory are fixed (made once per call geometry,
+    e.g. by a cached plan): a call ``prep(args)`` packs the arguments and calls the driver -- no per-launch
+    signature, dims or opt-in lookups.  Each pointer parameter takes a device array or None (a null pointer);
+    the scalar parameters keep the types of the first call's (``np.int32`` etc.: the layout is made from them
+    once, ``param_format``).  The RawKernel's call where the packed launcher is not available, under
+    ``slow_launch()``, or after a failed first packed launch (as ``launch``)."""
+    __slots__ = ("kernel", "kid", "grid", "block", "dims", "shared_mem", "fmt")
+
+    def __init__(self, kernel, grid, block, shared_mem: int = 0):
+        self.kernel, self.kid, self.shared_mem = kernel, id(kernel), shared_mem
+        self.grid, self.block = tuple(grid), tuple(block)
+        self.dims = _dim3(self.grid) + _dim3(self.block)
+        self.fmt = None                 # the parameter layout, from the first call's arguments
+        if shared_mem > STATIC_SMEM_LIMIT and _OPTED_IN.get(id(kernel), 0) < shared_mem:
+            kernel.max_dynamic_shared_size_bytes = shared_mem
+            _OPTED_IN[id(kernel)] = shared_mem
+
+    def __call__(self, args) -> None:
+        if not _SLOW[-1]:
+            fast = _LAUNCHERS.get(self.kid)
+            if fast is None:
+                fast = _LAUNCHERS[self.kid] = FastLauncher.of(self.kernel)
+            if fast.available:
+                fmt = self.fmt
+                if fmt is None:
+                    fmt = self.fmt = param_format(args) or ""
+                p = fast.packers.get(fmt)           # a string key: beside launch()'s per-type-tuple packers
+                if p is None:
+                    p = fast.packers[fmt] = _Packer(fmt) if fmt else False
+                if p and fast.launch_packed(p, fmt, self.dims, self.shared_mem, args):
+                    return
+        self.kernel(self.grid, self.block, tuple(np.uint64(0) if a is None else a for a in args),
+                    shared_mem=self.shared_mem)
 
 
 def as_dtype(x, dtype):

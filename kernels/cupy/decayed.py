@@ -117,7 +117,8 @@ def _mma_backward(ctx: _MMAContext, do, dfinal=None):
     dST = None if dfinal is None else as_contiguous(dfinal.S, cp.float32)
     dq, dk, dv, dg, dS0 = mma.backward(ctx.core, as_contiguous(do, ctx.core.q.dtype), dST,
                                        dg_dtype=ctx.dtype)                  # tc_dg writes the caller's dtype
-    grads = tuple(as_dtype(x, ctx.dtype) for x in (dq, dk, dv, dg))
+    dt = ctx.dtype
+    grads = (as_dtype(dq, dt), as_dtype(dk, dt), as_dtype(dv, dt), as_dtype(dg, dt))
     return grads + ((DecayedState(dS0),) if ctx.has_initial else ())
 
 

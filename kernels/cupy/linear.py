@@ -197,7 +197,7 @@ def _mma_backward(ctx: _MMAContext, do, dfinal=None):
               ).astype(dt, copy=False)
         dK = (dK.astype(cp.float32, copy=False) * _dphi(ctx.k.astype(cp.float32, copy=False), ctx.feature_map)
               ).astype(dt, copy=False)
-    grads = (as_dtype(dQ, dt), as_dtype(dK, dt), as_contiguous(dv, dt))
+    grads = (as_dtype(dQ, dt), as_dtype(dK, dt), as_contiguous(dv, dt) if ctx.normalize else as_dtype(dv, dt))
     return grads + ((_state_from_core(dS0, ctx.normalize),) if ctx.has_initial else ())
 
 

@@ -20,6 +20,7 @@ _jit = pytest.importorskip("kernels.numba._jit")
 from kernels.numba import _chunked, _trace, linear, softmax  # noqa: E402
 from kernels.numba import decayed as nd  # noqa: E402
 from kernels.numba import zeros as nz  # noqa: E402
+from numba import cuda  # noqa: E402  (a module global: the simulator swaps it inside kernels)
 
 pytestmark = pytest.mark.slow      # Numba CUDA simulator and subprocesses: minutes; -m "not slow" leaves them out
 
@@ -134,6 +135,35 @@ def one_small_bucket(monkeypatch):
         monkeypatch.setitem(_chunked.CONFIG, key, val)
     monkeypatch.setattr(nd, "SCAN_THREADS", 4)
     monkeypatch.setattr(nz, "SCAN_THREADS", 4)
+
+
+@pytest.mark.parametrize("ROWS,COLS,NT", [(8, 8, 4), (8, 8, 16), (8, 8, 24), (4, 8, 64)])
+def test_tile_loader_both_loop_forms(ROWS, COLS, NT):
+    """_jit.tile_loader (unsigned indices; unrolled passes up to UNROLL_PASSES, else a while loop; exact or with a
+    tail) against NumPy: window [t0, t1), offset p0, columns c0.. below D, reversed or not, scaled by mult."""
+    if not numba_simulator():
+        pytest.skip("simulator sizes")
+    import numba
+    load = _jit.tile_loader(ROWS, COLS, NT, numba.float32)
+
+    @cuda.jit
+    def kern(dst, src, t0, t1, p0, c0, D, rev):
+        sh = cuda.shared.array((ROWS, COLS + 1), numba.float32)
+        load(sh, src, 1, t0, t1, p0, c0, D, rev, numba.float32(2))
+        cuda.syncthreads()
+        for x in range(cuda.threadIdx.x, ROWS * COLS, NT):
+            dst[x // COLS, x % COLS] = sh[x // COLS, x % COLS]
+
+    src = np.random.default_rng(0).standard_normal((2, 20, 12)).astype(np.float32)
+    for t0, t1, p0, c0, D, rev in ((2, 15, 3, 0, 7, False), (2, 15, 3, 4, 12, True), (0, 20, 16, 0, 12, False)):
+        out = np.full((ROWS, COLS), np.nan, np.float32)
+        kern[1, NT](out, src, t0, t1, p0, c0, D, rev)
+        want = np.zeros((ROWS, COLS), np.float32)
+        for j in range(ROWS):
+            for d in range(COLS):
+                if t0 + p0 + j < t1 and c0 + d < D:
+                    want[j, d] = 2 * src[1, t1 - 1 - (p0 + j) if rev else t0 + p0 + j, c0 + d]
+        np.testing.assert_array_equal(out, want)
 
 
 @pytest.mark.parametrize("op,variant", VARIANTS)

@@ -77,8 +77,8 @@ chunk's a and b rows one Da-tile of BK columns at a time (C, BK+1: padded rows s
 bank-conflict), c (C, BV), the weighted C x C score block W (C, C+1), the chunk's per-row coefficients.  Every
 product is register-tiled as the CUDA-core rung's rt_mm (kernels/cuda/chunked.cuh): in each of the C x C score
 block, the C x BV output tile and the BK x BV state tile a thread owns MR x MC elements (ty + TY m, tx + TX j)
-(_jit.micro_tile; 2 x 2 at C = BK = BV = 32, NT = 256) with the accumulators in registers, and a k step reads
-MR + MC shared values for MR MC FMAs.  Per chunk:
+(_jit.micro_tile; at C = BK = 32, BV = 64, NT = 256: 2 x 2 scores, 2 x 4 output and state) with the
+accumulators in registers, and a k step reads MR + MC shared values for MR MC FMAs.  Per chunk:
   A  (emit) for each Da tile: load a, b tiles; scores (a_p.b_i) for the whole block; inter-chunk a_p.S^x[:, j]
   B  W[p, i] = weight * score (masked pairs: a select, never 0 * x), load the c tile
   C  out_p = inter + sum_{i <= p} W[p, i] c_i  (the i a row cannot see are skipped, so a NaN or inf in a later
@@ -107,7 +107,12 @@ PLAIN, DECAY, COEF = "plain", "decay", "coef"     # weight families (module doc)
 # Tile sizes; None means "choose from the head-dim bucket and dtype" (tiles()).  Tests set small values.
 # segment_chunks: chunks per segment (None: choose_segments; 0: one segment per sequence).
 CONFIG = {"chunk": None, "block_k": None, "block_v": None, "threads": None, "segment_chunks": None}
-SEGMENT_CHUNKS = 8                # chunks per segment when the grid is full anyway (choose_segments)
+# chunks per segment when the grid is full anyway (choose_segments).  4, not the tensor-core core's 8: with one
+# block per 64 value columns (BV = 64) the reference shape (N = 32, T = 4096) has 1024 blocks at 4 (7.8 per SM,
+# 3 resident: the last wave's tail is a quarter of a block's time) against 512 at 8 (3.9 per SM: one lone
+# block per SM after three); the walk's last chunk skips its fold, 1 in 4 instead of 1 in 8
+# (docs/kernels/linear.md, "why 3x"; scripts/numba_chunk_tiles.py times 8 as the setting seg8)
+SEGMENT_CHUNKS = 4
 SCAN_THREADS = 128                # threads per block of the segment scan
 SHARED_BYTES = 46 * 1024          # static shared-memory budget per block (device limit 48 KB)
 LOG_FLOOR = {4: -128.0, 8: -1024.0}   # per accumulation itemsize: exp(LOG_FLOOR) == 0 exactly (docstring)
@@ -117,8 +122,13 @@ LOG_FLOOR = {4: -128.0, 8: -1024.0}   # per accumulation itemsize: exp(LOG_FLOOR
 # docs/kernels/linear.md, "Numba chunked core: why 11x"): 3 blocks per SM.  Fixed here, not in CONFIG: the disk
 # cache key does not hold it (_jit.kernel).
 MAX_REGISTERS = {4: 80, 8: None}
-# the order tiles() halves the tiles in until the shared memory fits, each down to its floor
-SHRINK = (("BK", 16), ("BV", 8), ("C", 16), ("BV", 1), ("BK", 1), ("C", 1))
+# tiles() starts from START (each capped at the bucket) and halves the tiles in the order SHRINK, each down to its
+# floor, until the shared memory fits.  BV = 64 first: at bucket 64 (plain, decay; float32) one block covers all
+# value columns, so the chunk's scores, its a/b tile loads and the per-chunk scalar work are done once instead
+# of once per 32 columns, and the output/state register tiles are 2 x 4 (docs/kernels/linear.md, "why 3x");
+# the coef family (NS = 3), bucket 128 and float64 drop back to BV = 32 at the first step, as before.
+START = {"C": 32, "BK": 32, "BV": 64}
+SHRINK = (("BV", 32), ("BK", 16), ("BV", 8), ("C", 16), ("BV", 1), ("BK", 1), ("C", 1))
 
 
 def state_rows(DB: int, BK: int, family: str) -> int:
@@ -135,12 +145,12 @@ def shared_bytes(DB, NS, C, BK, BV, itemsize, family=DECAY) -> int:
 def tiles(DB: int, NS: int, itemsize: int, family: str = DECAY) -> tuple:
     """(C, BK, BV, NT): chunk length, Da tile, value-column tile, threads per block, for head-dim bucket DB.
 
-    Start from C = 32, BK = 32, BV = 32 (capped at the bucket), then shrink BK to 16, BV down to 8, C to 16,
-    and the rest down to 1, until the static shared memory fits SHARED_BYTES.  BK stays a power of two <= DB
-    (so it divides the bucket)."""
-    C = CONFIG["chunk"] or 32
-    BK = CONFIG["block_k"] or min(32, DB)
-    BV = CONFIG["block_v"] or min(32, DB)
+    Start from START (C = 32, BK = 32, BV = 64; BK, BV capped at the bucket), then halve in the order SHRINK
+    (BV to 32, BK to 16, BV down to 8, C to 16, the rest down to 1) until the static shared memory fits
+    SHARED_BYTES.  BK stays a power of two <= DB (so it divides the bucket)."""
+    C = CONFIG["chunk"] or START["C"]
+    BK = CONFIG["block_k"] or min(START["BK"], DB)
+    BV = CONFIG["block_v"] or min(START["BV"], DB)
     NT = CONFIG["threads"] or 256
     fixed = CONFIG["chunk"] and CONFIG["block_k"] and CONFIG["block_v"]
     size = {"C": C, "BK": BK, "BV": BV}
@@ -534,7 +544,7 @@ def _sm_count() -> int:
 
 
 def choose_segments(N: int, longest: int, C: int, tiles_: int) -> int:
-    """Chunks per segment: SEGMENT_CHUNKS (as the tensor-core core), shortened when that leaves fewer than
+    """Chunks per segment: SEGMENT_CHUNKS (its comment: why 4), shortened when that leaves fewer than
     about two blocks per SM; 0 (one segment per sequence) when the sequences are that short anyway."""
     if CONFIG["segment_chunks"] is not None:
         return CONFIG["segment_chunks"]

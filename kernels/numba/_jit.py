@@ -37,6 +37,8 @@ from numba import cuda
 
 BUCKETS = (64, 128, 256)     # head-dim buckets (tests shrink them to keep the simulator fast)
 GROUP = 16                   # columns per run-time skip group inside a bucket
+UIDX = numba.uint64          # index type of the hot paths: unsigned indices skip Numba's negative-index wrap-around
+UNROLL_PASSES = 8            # tile_loader: passes over a tile up to which its loop is unrolled
 
 KERNELS: list = []           # every kernel dispatcher made, in order (for compile_stats and the tests)
 
@@ -282,19 +284,46 @@ def tile_loader(ROWS: int, COLS: int, NT: int, acc):
     mult * src[n, t, c0 + d] for j < ROWS, d < COLS, with t the position p0 + j of the window [t0, t1)
     (t0 + p0 + j, or t1 - 1 - (p0 + j) when rev), zero past the window and past column D (the actual head
     dim); the elements are strided over the block's NT threads (coalesced reads), so every thread of the
-    block calls it.  (A tile of rows r0.. of the whole sequence: t0, t1, p0 = 0, T, r0.)"""
+    block calls it.  (A tile of rows r0.. of the whole sequence: t0, t1, p0 = 0, T, r0.)
+
+    Cost.  The element's row and column are uint32 (``x // COLS`` a shift for a power of two) and the global and
+    shared indices unsigned (``UIDX``): Numba adds the negative-index wrap-around to each signed index it cannot
+    prove >= 0 and divides signed int64 by COLS with a rounding fix-up, so the run-time ``range(tid, ROWS COLS,
+    NT)`` this replaces cost ~65 SASS instructions per element (docs/kernels/linear.md, "why 3x"), now ~20.
+    Up to ``UNROLL_PASSES`` passes over the tile (the chunk core's 4 to 8) are a compile-time loop, unrolled,
+    so a thread's global loads issue back to back; more (softmax's 64 x 64 tiles on 64 threads) a ``while``
+    loop, so the code does not grow with the tile."""
     ZERO = acc(0)
+    N_EL = ROWS * COLS
+    PASSES = cdiv(N_EL, NT)
+    UNROLL = PASSES <= UNROLL_PASSES
+    EXACT = N_EL % NT == 0                 # every pass covers NT elements: no tail test
+    U32, U64, I64 = numba.uint32, UIDX, numba.int64
+    UCOLS, UNT, UN_EL = U32(COLS), U32(NT), U32(N_EL)
+
+    def put(dst, src, x, n, t0, t1, p0, c0, D, rev, mult):
+        uj = x // UCOLS                                # the element x: row uj, column ud of the tile
+        ud = x - uj * UCOLS
+        val = ZERO
+        r = p0 + I64(uj)
+        col = c0 + I64(ud)
+        if t0 + r < t1 and col < D:
+            t = t1 - 1 - r if rev else t0 + r
+            val = acc(src[U64(n), U64(t), U64(col)]) * mult
+        dst[uj, ud] = val
+    put = device(put)
 
     def load(dst, src, n, t0, t1, p0, c0, D, rev, mult):
-        for x in range(cuda.threadIdx.x, ROWS * COLS, NT):
-            j = x // COLS
-            d = x - j * COLS
-            val = ZERO
-            r = p0 + j
-            if t0 + r < t1 and c0 + d < D:
-                t = t1 - 1 - r if rev else t0 + r
-                val = acc(src[n, t, c0 + d]) * mult
-            dst[j, d] = val
+        x = U32(cuda.threadIdx.x)
+        if UNROLL:
+            for _ in range(PASSES):
+                if EXACT or x < UN_EL:
+                    put(dst, src, x, n, t0, t1, p0, c0, D, rev, mult)
+                x += UNT
+        else:
+            while x < UN_EL:
+                put(dst, src, x, n, t0, t1, p0, c0, D, rev, mult)
+                x += UNT
     return device(load)
 
 

@@ -998,6 +998,8 @@ __global__ void __launch_bounds__(256) tc_dg(const float* __restrict__ rq, int n
 // update's per-token weights scale the narrow operand (a 32-column tile) in shared memory.
 // Inputs per token: s (T) and the float32 rows m, alpha, beta, gamma (N, T); per head sigma and c (N).
 // States in memory: (N, segments or 1, 3, dk, dv) float32 (F, G', H or A, Bs, Cs).
+// cupy:chunked_mma_fused2 launches tz_bwd_dv<..., DKF = true> instead of tz_bwd_dv + tz_bwd_dk: dk is a sum of
+// per-dv-tile terms, each formed by that tile's dv walker (see there).
 namespace tz {
 using namespace tc;
 enum : int {
@@ -1450,8 +1452,8 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dq(const
 //   dk = sum over dv tiles of (r o dP_tile)^T Q + diag(e^{s - m_end}) V_tile A_tile^T + diag(s') V_tile Bs_tile^T
 //        + V_tile Cs_tile^T
 //   (dP_tile^T = V_tile dO_tile^T, already formed for ds, weighed with S's weights; the tile's states already in
-//   shared memory), so the block also forms its tile's part of every dk column, 32 at a time: into dkout (the
-//   input dtype) when one tile covers dv, else into dkp[vt][n][t][:] (float32, summed by the scalar kernels).
+//   shared memory), so the block also forms its tile's part of every dk column, 32 at a time: into dkout when one
+//   tile covers dv, else into dkp[vt][n][t][:] (summed by the scalar kernels); both in the input dtype.
 //   Without DKF, dkout and dkp are not read.
 template <typename T, int DKP, int SPLIT, bool DKF = false>
 __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_bwd_dv(const T* __restrict__ q,
@@ -1459,7 +1461,7 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_bwd_dv(const
         const float* __restrict__ al, const float* __restrict__ be, const float* __restrict__ ga,
         const float* __restrict__ head_sig, const float* __restrict__ head_shift, const T* __restrict__ dout,
         T* __restrict__ dvout, float* __restrict__ dsp, const float* __restrict__ Sin, float* __restrict__ Rseg,
-        T* __restrict__ dkout, float* __restrict__ dkp, const int* __restrict__ seg_t0,
+        T* __restrict__ dkout, T* __restrict__ dkp, const int* __restrict__ seg_t0,
         const int* __restrict__ seg_t1, int T_, int dk, int dv, int NSEG, int causal) {
     using namespace tz;
     using namespace wbmma;
@@ -1535,9 +1537,8 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_bwd_dv(const
                                                                      C / KS);
                     inter<T, SPLIT, true>(acc[0], sVt, LDW, sX + c0 * LDW, DKP * LDW, LDW, 16 * w, BW, keyw,
                                           [](int, const float (&)[4][4]) {});   // + V A^T, V Bs^T, V Cs^T
-                    if (dkout) store_rows<T, 4>(acc[0], dkout + row0 * dk, dk, 16 * w, nrow, c0, dk);
-                    else store_rows<float, 4>(acc[0], dkp + ((long long)p.tile * N * T_ + row0) * dk, dk, 16 * w,
-                                              nrow, c0, dk);
+                    T* dst = dkout ? dkout + row0 * dk : dkp + ((long long)p.tile * N * T_ + row0) * dk;
+                    store_rows<T, 4>(acc[0], dst, dk, 16 * w, nrow, c0, dk);
                 }
             }
         }

@@ -993,17 +993,17 @@ __device__ __forceinline__ void fused_ds_rows(const Block& b, int T, const float
         ds[row] = from_f32<TI>(d);
     }
 }
-// cupy:chunked_mma_fused2 (dkp not null): dk of the chunk's tokens = its float32 parts summed over the ntv dv tiles
-// (dkp: (ntv, N, T, dk), written by tz_bwd_dv<..., DKF>), in the input dtype; every thread of the block.
+// cupy:chunked_mma_fused2 (dkp not null): dk of the chunk's tokens = its parts summed over the ntv dv tiles (dkp:
+// (ntv, N, T, dk) in the input dtype, written by tz_bwd_dv<..., DKF>), summed in float32; every thread of the block.
 template <typename TI>
-__device__ __forceinline__ void fused_dk_rows(const Block& b, int T, const float* __restrict__ dkp, int ntv, int dk,
+__device__ __forceinline__ void fused_dk_rows(const Block& b, int T, const TI* __restrict__ dkp, int ntv, int dk,
                                               TI* __restrict__ dkout) {
     if (!dkp) return;
     const int nrow = min(C, T - b.cs);
     for (int idx = threadIdx.x; idx < nrow * dk; idx += blockDim.x) {
         const long long at = (b.base + b.cs) * dk + idx;
         float d = 0.f;
-        for (int i = 0; i < ntv; ++i) d += dkp[i * b.NT * dk + at];
+        for (int i = 0; i < ntv; ++i) d += to_f32(dkp[i * b.NT * dk + at]);
         dkout[at] = from_f32<TI>(d);
     }
 }
@@ -1028,7 +1028,7 @@ __global__ void __launch_bounds__(128) zeros_fused_bscalar(const float* __restri
 template <typename TI, bool CAUSAL>
 __global__ void __launch_bounds__(128) zeros_fused_bds(const float* __restrict__ st, const float* __restrict__ xy,
         const float* __restrict__ yR, const double* __restrict__ yQ, const float* __restrict__ dsp, int ntv, int T,
-        int NC, TI* __restrict__ ds, const float* __restrict__ dkp, int dk, TI* __restrict__ dkout) {
+        int NC, TI* __restrict__ ds, const TI* __restrict__ dkp, int dk, TI* __restrict__ dkout) {
     using namespace zs;
     __shared__ float sds[C];
     const Block b = block_of(T);
@@ -1049,7 +1049,7 @@ template <typename TI, bool CAUSAL>
 __global__ void __launch_bounds__(128) zeros_fused_bscalar_ds(const float* __restrict__ rd, int ntk,
         const TI* __restrict__ gates, int ng, const float* __restrict__ st, int T, int NC, float* __restrict__ xy,
         TI* __restrict__ dgates, const float* __restrict__ dsp, int ntv, TI* __restrict__ ds,
-        const float* __restrict__ dkp, int dk, TI* __restrict__ dkout) {
+        const TI* __restrict__ dkp, int dk, TI* __restrict__ dkout) {
     using namespace zs;
     __shared__ float sx[C], sy[C], sds[C];
     __shared__ RQ carry[1];

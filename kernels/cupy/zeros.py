@@ -735,7 +735,8 @@ def _fused_forward(q, k, v, s, gates, causal=True, L=None):
 # cupy:chunked_mma_fused2: the backward folds dk into the dv walker (tz_bwd_dv<..., DKF = true>): each dv tile's
 # block also forms its part of dk ((r o dP_tile)^T Q + V_tile X_tile^T, the tile's dP and suffix states being in
 # its registers and shared memory already), so tz_bwd_dk is not launched.  One dv tile (Dv <= 32): dk directly;
-# else float32 parts (ntv, N, T, Dk) that the last scalar kernel sums into dk.  Forward: cupy:chunked_mma_fused's.
+# else parts (ntv, N, T, Dk) in the input dtype that the last scalar kernel sums into dk (in float32).  Forward:
+# cupy:chunked_mma_fused's.
 FUSED2_GROUPS = {dt: tuple(f"tz_bwd_dv<{ct}, {p}, {SPLIT[dt]}, true>" for p in mma.DIMS) for dt, ct in _CT.items()}
 INSTANTIATIONS += [(mma.SOURCE, e) for grp in FUSED2_GROUPS.values() for e in grp]
 declare_groups(mma.SOURCE, list(FUSED2_GROUPS.values()))
@@ -770,8 +771,9 @@ def _fused_backward(ctx: _FusedContext, do, dk_in_dv=False):
     separate = NC > IN_BLOCK_SCAN_MAX_CHUNKS                       # the scalars' scan over chunks in its own launch
     # by address in one scratch allocation (held until the launches are queued): the row dots a, V, Z per dk
     # tile, the direct part of ds per dv tile, x and y, (separate) the chunk carries cR, cQ, cF and their scans
-    dk_parts = dk_in_dv and ntv > 1                               # dk summed from float32 parts (else direct)
-    scratch, (rd, dsp, xy, *carries) = new_scratch(cp, _bwd_layout(N, T, NC, ntk, ntv, separate, dk_parts and Dk))
+    dk_parts = dk_in_dv and ntv > 1                               # dk summed from parts (else direct)
+    scratch, (rd, dsp, xy, *carries) = new_scratch(cp, _bwd_layout(N, T, NC, ntk, ntv, separate,
+                                                                   (Dk, mma.ITEMSIZE[dt]) if dk_parts else None))
     dkp = carries.pop() if dk_parts else null
     m_row = tok[1]                                                # the statistics' row m
     dq = new_output(cp, q.shape, q.dtype)
@@ -809,13 +811,14 @@ def _fused_backward(ctx: _FusedContext, do, dk_in_dv=False):
 
 
 @functools.lru_cache(maxsize=256)
-def _bwd_layout(N: int, T: int, NC: int, ntk: int, ntv: int, separate: bool, dk_parts: int = 0) -> tuple:
-    """new_scratch layout of the fused backward: rd, dsp, xy, (separate) cR, cQ, cF, yR, yQ and (dk_parts = Dk,
-    cupy:chunked_mma_fused2 with several dv tiles) the float32 parts of dk (ntv, N, T, Dk)."""
+def _bwd_layout(N: int, T: int, NC: int, ntk: int, ntv: int, separate: bool, dk_parts=None) -> tuple:
+    """new_scratch layout of the fused backward: rd, dsp, xy, (separate) cR, cQ, cF, yR, yQ and (dk_parts = (Dk,
+    itemsize), cupy:chunked_mma_fused2 with several dv tiles) the parts of dk (ntv, N, T, Dk) in the input dtype."""
     f32 = np.float32
     return (((3, ntk, N, T), f32), ((ntv, N, T), f32), ((2, N, T), f32)) + (
         (((N, NC), f32), ((N, NC), np.float64), ((N, NC), np.int32), ((N, NC), f32), ((N, NC), np.float64))
-        if separate else ()) + ((((ntv, N, T, dk_parts), f32),) if dk_parts else ())
+        if separate else ()) + ((((ntv, N, T, dk_parts[0]), np.float32 if dk_parts[1] == 4 else np.uint16),)
+                                 if dk_parts else ())
 
 
 register(Variant("zeros", "cupy", "chunked_mma_fused", _fused_forward, _fused_backward, leading_dims=True,

@@ -648,6 +648,8 @@ ZEROS_STATE_CASES += [_zeros_test("test_two_calls_equal_one_call", impl="chunked
 ZEROS_STATE_CASES += [_zeros_test("test_fused_segment_lengths", impl="chunked_mma_fused2", dtype=dt, tol=tol, L=L,
                                   causal=c) for dt, tol, L, c in (("float32", 1e-4, 0, True), ("float16", 2e-2, 3, True),
                                                                  ("float32", 1e-4, 3, False))]
+ZEROS_STATE_CASES += [_zeros_test("test_fused2_wide_walks", dtype=dt, tol=tol) for dt, tol in (("float32", 1e-4),
+                                                                                             ("float16", 2e-2))]
 ZEROS_STATE_CASES += [_zeros_test("test_packed_equals_one_call_per_sequence", impl="chunked_mma", dtype="float16"),
                       _zeros_test("test_zero_length_sequence_is_refused")]
 ZEROS_TESTS = ("test_forward_stats_nan", "test_variant_nan_in_s_reaches_later_rows_only")

@@ -342,6 +342,10 @@ def test_fused_shared_memory_fits():
         for dp in (64, 128):
             assert zeros.smem_fused(name, 4, dp) <= 227 * 1024
             assert zeros.smem_fused(name, 2, dp) <= 163 * 1024
+    for dp in (64, 128):                                   # chunked_mma_fused2's dv walker (fewer narrow tiles at 64)
+        narrow = zeros.FUSED2_DV_NARROW[dp]
+        assert narrow <= 5 and zeros.smem_fused("tz_bwd_dv", 4, dp, narrow) <= 227 * 1024
+    assert 2 * zeros.smem_fused("tz_bwd_dv", 4, 64, zeros.FUSED2_DV_NARROW[64]) <= 228 * 1024   # 2 blocks per SM
 
 
 def test_output_scale():
@@ -664,6 +668,15 @@ def test_fused_segment_lengths(impl, dtype, tol, L, causal):
     3 chunks, the automatic choice): the segment passes and scans (forwards and in reverse) against the
     chunked float64 reference at T = 1000, Dk != Dv, 3 heads."""
     errs = run_case(impl, dtype, 3, 1000, 48, 40, causal, 3, seed=7, form="chunked", L=L)
+    assert all(e < tol for e in errs.values()), errs
+
+
+@gpu
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("float16", 2e-2)])
+def test_fused2_wide_walks(dtype, tol):
+    """cupy:chunked_mma_fused2 at head dims 128 x 80 (its dv walker folds through weighted copies of dO there, not
+    the fragment weights of head dim 64; dk from 3 dv tiles' parts) with walks of 2 chunks (L = 2)."""
+    errs = run_case("chunked_mma_fused2", dtype, 1, 300, 128, 80, True, 3, seed=3, form="chunked", L=2)
     assert all(e < tol for e in errs.values()), errs
 
 

@@ -1246,10 +1246,11 @@ __device__ __forceinline__ void inter(float (&acc)[4][4], const T* sA, int lda, 
 }
 
 // The chunk folded into the states: X_0 (F or A) rescaled by fd, then X_j += A_j^T B_j over the chunk's C tokens
-// (A_j = A + j aStep stored [token][state row], B_j = B + j bStep stored [token][state column]).
-template <typename T, int SPLIT, int MT, int NT>
+// (A_j = A + j aStep stored [token][state row], B_j = B + j bStep stored [token][state column]); hook(j): the
+// A-fragment hook of product j (gemm_ss; KWeights: A_j^T diag(w_j) B_j with the weights in registers).
+template <typename T, int SPLIT, int MT, int NT, typename H>
 __device__ __forceinline__ void fold(float (&X)[3][MT][NT][4], float fd, const T* A, int aStep, int lda, const T* B,
-                                     int bStep, int ldb, int m0, int n0) {
+                                     int bStep, int ldb, int m0, int n0, H hook) {
 #pragma unroll
     for (int i = 0; i < MT; ++i)
 #pragma unroll
@@ -1258,7 +1259,13 @@ __device__ __forceinline__ void fold(float (&X)[3][MT][NT][4], float fd, const T
             for (int e = 0; e < 4; ++e) X[0][i][jj][e] *= fd;
 #pragma unroll
     for (int j = 0; j < 3; ++j)
-        wbmma::gemm_ss<T, SPLIT, MT, NT, true, false>(X[j], A + j * aStep, lda, B + j * bStep, ldb, m0, n0, 0, C);
+        wbmma::gemm_ss<T, SPLIT, MT, NT, true, false>(X[j], A + j * aStep, lda, B + j * bStep, ldb, m0, n0, 0, C, 0,
+                                                      NT / 2, hook(j));
+}
+template <typename T, int SPLIT, int MT, int NT>
+__device__ __forceinline__ void fold(float (&X)[3][MT][NT][4], float fd, const T* A, int aStep, int lda, const T* B,
+                                     int bStep, int ldb, int m0, int n0) {
+    fold<T, SPLIT>(X, fd, A, aStep, lda, B, bStep, ldb, m0, n0, [](int) { return wbmma::AsLoaded(); });
 }
 }  // namespace tz
 
@@ -1454,7 +1461,10 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dq(const
 //   (dP_tile^T = V_tile dO_tile^T, already formed for ds, weighed with S's weights; the tile's states already in
 //   shared memory), so the block also forms its tile's part of every dk column, 32 at a time: into dkout when one
 //   tile covers dv, else into dkp[vt][n][t][:] (summed by the scalar kernels); both in the input dtype.
-//   Without DKF, dkout and dkp are not read.
+//   Without DKF, dkout and dkp are not read.  DKF at DKP 64 (KW) also folds the queries into A, Bs, Cs with their
+//   weights (alpha e^{m_ref - m}, beta, gamma) on the A fragments (KWeights) instead of three weighted copies of dO
+//   in shared memory: 2 narrow tiles instead of 5 (float32: 90 KB, 2 blocks per SM instead of 1).  Not at 128:
+//   no block more fits there, and float32 would spill (ptxas: 28 bytes).
 template <typename T, int DKP, int SPLIT, bool DKF = false>
 __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_bwd_dv(const T* __restrict__ q,
         const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ s, const float* __restrict__ m,
@@ -1466,9 +1476,10 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_bwd_dv(const
     using namespace tz;
     using namespace wbmma;
     constexpr int LDK = DKP + PAD, KS = Traits<T>::KS, HMT = DKP / 64;
-    const Smem<T, DKP, 5, true> sm;
-    T *sQ = sm.wide(0), *sK = sm.wide(1), *sO = sm.narrow(3), *sVt = sm.narrow(4), *sX = sm.states();
-    T* sW = sm.narrow(0);                                          // the three weighted copies of do (before do)
+    constexpr bool KW = DKF && DKP == 64;                          // the fold's weights on its A fragments
+    const Smem<T, DKP, KW ? 2 : 5, true> sm;
+    T *sQ = sm.wide(0), *sK = sm.wide(1), *sO = sm.narrow(KW ? 0 : 3), *sVt = sm.narrow(KW ? 1 : 4);
+    T *sX = sm.states(), *sW = sm.narrow(0);                       // not KW: the three weighted copies of do
     Rows* tr = sm.rows();
     const Place p = place_of(dv, seg_t0, seg_t1, T_, dk, dv, head_sig, head_shift);
     const bool outp = dvout != nullptr, walk = !outp || causal;
@@ -1493,7 +1504,8 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_bwd_dv(const
         if (outp && (causal || jc == nch - 1)) sm.put_states(X, hm0, sg3);
         cp_async_wait();
         __syncthreads();
-        if (upd) weighted_copies<T, BW, 3>(sW, sO, LDW, tr);
+        if constexpr (!KW)
+            if (upd) weighted_copies<T, BW, 3>(sW, sO, LDW, tr);
         if (outp) {
             float acc[1][4][4], ds[2] = {0.f, 0.f};
             AFrags<T, 8> Pd;                                       // DKF: (r o dP_tile)^T, causal
@@ -1544,7 +1556,11 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_bwd_dv(const
         }
         if (upd) {                                                 // fold this chunk's queries into A, Bs, Cs
             __syncthreads();
-            fold<T, SPLIT>(X, xp(tr->mref, tr->mend), sQ, 0, LDK, sW, C * LDW, LDW, hm0, 0);
+            if constexpr (KW)
+                fold<T, SPLIT>(X, xp(tr->mref, tr->mend), sQ, 0, LDK, sO, 0, LDW, hm0, 0,
+                               [&](int j) { return KWeights<T>{tr->w[j], 1.f}; });
+            else
+                fold<T, SPLIT>(X, xp(tr->mref, tr->mend), sQ, 0, LDK, sW, C * LDW, LDW, hm0, 0);
         }
     }
     if (!outp) states_store(X, Rseg + ((long long)p.n * NSEG + p.sg) * 3 * p.E, hm0, 0, p.col0, dk, dv);

@@ -638,10 +638,12 @@ INSTANTIATIONS += [(mma.SOURCE, e) for grp in list(FUSED_GROUPS.values()) + [FUS
 declare_groups(mma.SOURCE, list(FUSED_GROUPS.values()) + [FUSED_COMMON])
 
 
-def smem_fused(kernel: str, item: int, dp: int) -> int:
-    """Dynamic shared memory (bytes) of a tz kernel with padded wide head dim dp (DKP or DVP, as templated)."""
+def smem_fused(kernel: str, item: int, dp: int, narrow=None) -> int:
+    """Dynamic shared memory (bytes) of a tz kernel with padded wide head dim dp (DKP or DVP, as templated);
+    narrow: its count of 32-column tiles when not the kernel's usual (tz_bwd_dv<..., DKF>: FUSED2_DV_NARROW)."""
     C, PAD, W = mma.C, mma.PAD, FUSED_BW
-    side, narrow = _FUSED_KERNELS[kernel]
+    side, usual = _FUSED_KERNELS[kernel]
+    narrow = usual if narrow is None else narrow
     states = 3 * dp * (W + PAD) if side == "k" else 3 * W * (dp + PAD)
     return item * (2 * C * (dp + PAD) + narrow * C * (W + PAD) + states) + FUSED_ROWS_BYTES
 
@@ -738,6 +740,8 @@ def _fused_forward(q, k, v, s, gates, causal=True, L=None):
 # else parts (ntv, N, T, Dk) in the input dtype that the last scalar kernel sums into dk (in float32).  Forward:
 # cupy:chunked_mma_fused's.
 FUSED2_GROUPS = {dt: tuple(f"tz_bwd_dv<{ct}, {p}, {SPLIT[dt]}, true>" for p in mma.DIMS) for dt, ct in _CT.items()}
+FUSED2_DV_NARROW = {64: 2, 128: 5}   # tz_bwd_dv<..., DKF>'s 32-column tiles per DKP (64: do, v; the fold weighs
+                                     # its A fragments, chunked_mma.cu KW)
 INSTANTIATIONS += [(mma.SOURCE, e) for grp in FUSED2_GROUPS.values() for e in grp]
 declare_groups(mma.SOURCE, list(FUSED2_GROUPS.values()))
 
@@ -747,7 +751,7 @@ def _fused2_dv_kernel_of(dt: str, dk: int) -> tuple:
     """(kernel, dynamic shared memory) of tz_bwd_dv<..., true> (the dv walker that also forms dk) for head dim dk."""
     dp = mma.pad_dim(dk)
     return (get_kernel(mma.SOURCE, f"tz_bwd_dv<{_CT[dt]}, {dp}, {SPLIT[dt]}, true>", group=FUSED2_GROUPS[dt]),
-            smem_fused("tz_bwd_dv", mma.ITEMSIZE[dt], dp))
+            smem_fused("tz_bwd_dv", mma.ITEMSIZE[dt], dp, FUSED2_DV_NARROW[dp]))
 
 
 def _fused2_backward(ctx: _FusedContext, do):

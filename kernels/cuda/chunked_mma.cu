@@ -20,6 +20,9 @@
 //   dv = (P^T) dO + diag(u) K dS
 //   dS <- e^{b_last} dS + Q^T diag(scale e^{b}) dO;        dS0 = dS at the sequence start
 //   d log_decay: dG_t = q_t.dq_t - k_t.dk_t, dg_j = sum_{t >= j} dG_t + <dS_T, S_T> (docs/kernels/linear.md)
+// dq needs the chunk's own tiles and H, never dS: tc_bwd_dq re-walks the chunks forwards to rebuild H, while the
+// dq-folded walk (WHICH DKDV_DQ) reads H of every chunk (in T, scaled by 1/sigma, and sigma: what tc_fwd's
+// products read, written by its STORE) and forms dq in the same reverse walk as dk and dv (linear.md, "dq folded").
 //
 // Sequences are cut into segments of L chunks (a table: token range and sequence of each segment).  One
 // block walks one segment's chunks in order, carrying its state tile in registers (fp32 mma accumulators)
@@ -28,12 +31,14 @@
 // tc_seg_scan chains them (fp32), so the walkers start from the right state.
 //
 // Kernels (block = 4 warps; warp w owns chunk rows 16w..16w+15, or state rows (R/4) w ..):
-//   tc_fwd<T, DKP, SPLIT, STAGES>  o for one 64-column tile of v; optionally the state after the segment
+//   tc_fwd<T, DKP, SPLIT, STAGES, STORE>  o for one 64-column tile of v; optionally the state after the segment;
+//                                  STORE 1: also the state before every chunk (for tc_bwd_dkdv's WHICH DKDV_DQ)
 //   tc_seg_state<T, DXP, REV, SPLIT, STAGES>  one segment's state contribution (REV: of q, do, for dS)
 //   tc_seg_scan<REV>               segment start states (REV: segment end gradients), final state / dS0
 //   tc_bwd_dq<T, DVP, SPLIT, STAGES>  dq for one 64-column tile of dk (and its row dots q.dq)
 //   tc_bwd_dkdv<T, DKP, DVP, SPLIT, WHICH, LAYOUT, STAGES>  dk and dv (WHICH 0, head dims <= 64; LAYOUT: 4 or 8 warps),
-//                                  dk tiles (1), dv tiles (2)
+//                                  dk tiles (1), dv tiles (2), or dq, dk and dv (3 = DKDV_DQ, head dims <= 64, causal:
+//                                  dq's state operand read from tc_fwd's STORE, so tc_bwd_dq is not run)
 //   tc_dg_part, tc_dg              d log_decay: reverse cumulative sum of q.dq - k.dk per sequence
 // STAGES (tc::Walk): 1 loads a chunk's tiles, waits, computes; 2 double-buffers the tiles, so chunk c + 1's
 // cp.async loads (and warp 0's log decays) are in flight while chunk c is computed (cupy:chunked_mma_db).
@@ -538,12 +543,14 @@ __host__ __device__ constexpr int dkdv_warps(int layout) { return layout == DKDV
 // the fused 4-warp float32 3xTF32 kernel (SPLIT 3), which asks for the 2 blocks its 91 KB of shared memory allow
 // anyway: unasked, ptxas (NVRTC 12.9) gives it 175 registers and issues the next trip's loads of two mma loops
 // 50-70 instructions ahead instead of ~200; asked, 212 and e119910's schedule (docs/kernels/linear.md, "The
-// backward's share").  TF32 (SPLIT 1) keeps its 168 (asked, 206).
+// backward's share").  TF32 (SPLIT 1) keeps its 168 (asked, 206).  The dq-folded kernel (WHICH DKDV_DQ) in float32
+// (110 KB of shared memory: 2 blocks per SM) asks for 2 as well: 212 registers for both splits (unasked: 3xTF32 178,
+// TF32 168 with 8 bytes spilled); 16-bit: no request (167 / 168 registers, 3 blocks per SM as the fused kernel).
 constexpr int DKDV_SPLIT_MIN_BLOCKS = 4;
 template <typename T, int DKP, int DVP, int SPLIT, int WHICH, int LAYOUT, int STAGES>
 __host__ __device__ constexpr int dkdv_min_blocks() {
     return !(DKP == 64 && DVP == 64 && STAGES == 1) ? 0
-           : sizeof(T) != 2 ? (SPLIT == 3 && WHICH == 0 && LAYOUT == DKDV_ROWS ? 2 : 0)
+           : sizeof(T) != 2 ? ((SPLIT == 3 && WHICH == 0 && LAYOUT == DKDV_ROWS) || WHICH == DKDV_DQ ? 2 : 0)
            : LAYOUT != DKDV_ROWS ? 2 : (WHICH == 1 || WHICH == 2) ? DKDV_SPLIT_MIN_BLOCKS : 0;
 }
 

@@ -34,7 +34,7 @@ from typing import Optional
 
 import numpy as np
 
-from workbench.backends import new_output, new_outputs
+from workbench.backends import new_output, new_outputs, new_scratch
 
 from .._segments import Segmentation, segment_rows
 from ._module import CTYPE, ITEMSIZE, Prepared, declare_groups, dtype_name, get_kernel, lead_size, padded_dim
@@ -264,8 +264,9 @@ class CoreContext:
     dkdv: str = "fused"       # the dk/dv walkers at head dims (64, 64) (DKDV_MODES)
     plan: object = None       # the forward's _CorePlan (the backward's launches are cached on it)
     scale32: object = None    # the scale as the kernels take it (np.float32)
-    Hst: object = None        # dq-folded mode: the state before every chunk, (N, chunks, ntv, 64, 64) in q's dtype
-    Hsig: object = None       #   and its power-of-two scale, (N, chunks, ntv) float32
+    states: object = None     # dq-folded mode: the allocation of the per-chunk states (kept until the backward) and
+    state_args: tuple = ()    #   the kernels' Hst, Hsig: the state before every chunk ((N, chunks, ntv, 64, 64) in
+                              #   q's dtype, as its products read it) and its power-of-two scale ((N, chunks, ntv) float32)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -339,10 +340,10 @@ class _CorePlan:
         self.fold = folded(self.dkp, self.dvp, dkdv, causal)
         self.fwd = _prepared(dt, split, stages, _fwd(dt, split, stages, self.dkp, store=self.fold), grid)
         self.fold_args = (_ptr(None),) * 3                      # tc_fwd's Hst, Hsig, seg_c0 without STORE
-        if self.fold:
+        if self.fold:                                           # one allocation, by address (new_scratch)
             self.chunk0, nch = chunk_offsets(T, L, cu)
-            self.hst_shape = (N, nch, self.ntv, self.dkp, BV)
-            self.hsig_shape = (N, nch, self.ntv)
+            self.states_layout = (((N, nch, self.ntv, self.dkp, BV), np.dtype(f"u{ITEMSIZE[dt]}")),   # T, by size
+                                  ((N, nch, self.ntv), np.float32))
         self._backward: dict = {}
 
     def backward_plan(self, dkdv: str, want_dg: bool, dg_name: str):
@@ -434,15 +435,15 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
             Hstart = new_output(cp, P.seg_shape, cp.float32)
             final = new_output(cp, P.state_shape, cp.float32)
             P.seg_scan((Eseg, gam, S0, Hstart, final) + P.scan_args)
-    Hst = Hsig = None
-    fold_args = P.fold_args
+    states, state_args, fold_args = None, (), P.fold_args
     if P.fold:                                          # the state before every chunk, for the backward's dq
-        Hst, Hsig = new_output(cp, P.hst_shape, q.dtype), new_output(cp, P.hsig_shape, cp.float32)
-        fold_args = (Hst, Hsig, P.chunk0)
+        states, state_args = new_scratch(cp, P.states_layout)
+        state_args = tuple(state_args)
+        fold_args = state_args + (P.chunk0,)
     P.fwd((q, k, v, g, o, Hstart if causal else final, final if P.seg_state is None else None) + P.head
           + (scale32, P.causal32, P.g_half) + fold_args)
     ctx = CoreContext(q, k, v, g, P.table, Hstart if causal else final, gam, final, S0, float(scale), causal,
-                      split, stages, dkdv, P, scale32, Hst, Hsig)
+                      split, stages, dkdv, P, scale32, states, state_args)
     return o, ctx
 
 
@@ -486,7 +487,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dg_dtype=None):
         B.dq((q, k, v, g, do, dq, rq, ctx.Hstart) + tail)
         tail += (_ptr(None),) * 5                          # tc_bwd_dkdv's dq, rq, Hst, Hsig, seg_c0 (DKDV_DQ only)
     else:                                                  # dq folded into the dk/dv walk
-        tail += (dq, _ptr(rq), ctx.Hst, ctx.Hsig, P.chunk0)
+        tail += (dq, _ptr(rq)) + ctx.state_args + (P.chunk0,)
     dS0_out = dS0 if B.rseg is None else None
     for launch_dkdv in B.dkdv:
         launch_dkdv((q, k, v, g, do, dk, dv, rk, dSend, dS0_out) + tail)

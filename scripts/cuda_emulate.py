@@ -587,13 +587,21 @@ CHUNKED_DB_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, stages=2) for dt, s
 # the other dk/dv walkers at head dims (64, 64) (_chunked_mma.DKDV_MODES: "split" = the dk and dv kernels apart,
 # "wide", "roles" = the 8-warp fused kernels): walks of 1 to 5 chunks with the initial state's gradient written by the walker
 # (L = 0) and through the segment scan (L = 2), packed chunk-edge lengths, element-wise loads (5 x 7), not causal
-CHUNKED_DKDV_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, dkdv=m) for m in ("split", "wide", "roles")
+CHUNKED_DKDV_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, dkdv=m) for m in ("split", "wide", "roles", "dqfold")
                       for dt, split, cu, dk, dv, mode, L in (
     ("float16", 1, (0, 300), 64, 64, "decayed", 0), ("float16", 1, (0, 300), 64, 64, "linear", 2),
     ("float16", 1, (0, 1, 64, 65, 130), 64, 64, "decayed", 1), ("float16", 1, (0, 70), 5, 7, "linear", 0),
     ("float16", 1, (0, 130), 32, 48, "noncausal", 1),
     ("float32", 3, (0, 300), 64, 64, "decayed", 2), ("float32", 3, (0, 1, 64, 65, 130), 64, 64, "linear", 0),
     ("float32", 1, (0, 130), 32, 48, "decayed", 0))]
+# dq folded into the dk/dv walk ("dqfold", cupy:chunked_mma_dqf) beyond the cases above: one token, Dk != Dv within
+# the 64-wide tiles, three segments of a walk with a partial last chunk, packed sequences through the segment scan
+CHUNKED_DKDV_CASES += [_chunked(dt, split, cu, dk, dv, mode, L, dkdv="dqfold") for dt, split, cu, dk, dv, mode, L in (
+    ("float16", 1, (0, 1), 64, 64, "decayed", 0), ("float32", 3, (0, 1), 64, 64, "linear", 0),
+    ("float16", 1, (0, 150), 48, 24, "decayed", 1), ("float32", 3, (0, 150), 24, 48, "decayed", 1),
+    ("float16", 1, (0, 63, 191), 64, 40, "linear", 1), ("float32", 3, (0, 1, 64, 65, 130), 64, 64, "decayed", 2))]
+CHUNKED_DKDV_CASES += [_chunked(dt, split, cu, dk, dv, mode, L, stages=2, dkdv="dqfold") for dt, split, cu, dk, dv, mode, L in (
+    ("float16", 1, (0, 300), 64, 64, "decayed", 2), ("float32", 3, (0, 1, 64, 65, 130), 64, 64, "linear", 0))]
 
 # float16 log decays read by the walkers against their float32 cast, bit for bit (every parametrisation)
 _G16_TEST = "test_float16_log_decays_equal_their_float32_cast"

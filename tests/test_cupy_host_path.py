@@ -151,11 +151,12 @@ def test_cuda_source_text_changes_with_its_headers(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("op", ["linear", "decayed"])
 @pytest.mark.parametrize("normalize", [False, True])
-@pytest.mark.parametrize("impl, stages", [("chunked_mma", 1), ("chunked_mma_db", 2)])
+@pytest.mark.parametrize("impl, stages", [("chunked_mma", 1), ("chunked_mma_db", 2), ("chunked_mma_dqf", 1)])
 def test_state_and_packed_launch_path_of_chunked_mma(fake, op, normalize, impl, stages):
     """The tensor-core variants' state / packed keywords through the stand-in CuPy: states in and out with the
     registry contract's types and shapes, and one more gradient (the initial state's) when one was passed;
-    every chunk-walking kernel launched with the variant's load stages (chunked_mma_db: double-buffered)."""
+    every chunk-walking kernel launched with the variant's load stages (chunked_mma_db: double-buffered;
+    chunked_mma_dqf: dq folded into the dk/dv walk, so no tc_bwd_dq and the forward storing every chunk's state)."""
     from workbench.state import DecayedState, LinearState
     if op == "decayed" and normalize:
         pytest.skip("decayed has no normalize")
@@ -183,8 +184,14 @@ def test_state_and_packed_launch_path_of_chunked_mma(fake, op, normalize, impl, 
     core = [e for e in fake["launches"] if e.startswith("tc_fwd<")]
     assert core and all(("<float," if normalize else "<wb_half,") in e for e in core), core
     walks = [e for e in fake["launches"] if e.startswith(("tc_fwd<", "tc_seg_state<", "tc_bwd_dq<", "tc_bwd_dkdv<"))]
-    assert {e.split("<")[0] for e in walks} == {"tc_fwd", "tc_seg_state", "tc_bwd_dq", "tc_bwd_dkdv"}, walks
-    assert all(e.endswith(f", {stages}>") for e in walks), walks
+    fold = impl == "chunked_mma_dqf"
+    assert ({e.split("<")[0] for e in walks}
+            == {"tc_fwd", "tc_seg_state", "tc_bwd_dkdv"} | (set() if fold else {"tc_bwd_dq"})), walks
+    assert all(e.endswith(f", {stages}>" if not (fold and e.startswith("tc_fwd<")) else f", {stages}, 1>")
+               for e in walks), walks
+    if fold:                        # the walker forming dq, dk and dv (tc::DKDV_DQ) and nothing else
+        assert {e for e in walks if e.startswith("tc_bwd_dkdv<")} == {
+            f"tc_bwd_dkdv<{'float' if normalize else 'wb_half'}, 64, 64, {3 if normalize else 1}, 3, 0, 1>"}, walks
 
 
 @pytest.mark.parametrize("impl", ["chunked", "chunked_seg"])

@@ -136,6 +136,12 @@ def _alloc(shape, dtype=np.float64):
     return ndarray((shape,) if isinstance(shape, (int, np.integer)) else shape, dtype)
 
 
+def _device_alloc(nbytes):
+    """cupy.cuda.alloc: device memory without an array (backends.new_outputs' one allocation)."""
+    COUNTS["alloc"] += 1
+    return _MemoryPointer(next(_ADDR) * 256)
+
+
 def _elementwise(x, dtype=None, **_):
     """asarray / ascontiguousarray: the array itself when nothing changes, else a copy (a kernel on a GPU)."""
     if isinstance(x, ndarray) and (dtype is None or np.dtype(dtype) == x.dtype) and x.flags.c_contiguous:
@@ -159,6 +165,7 @@ def stand_in_cupy() -> types.ModuleType:
     device = types.SimpleNamespace(id=0, synchronize=lambda: None, attributes={"MultiProcessorCount": 132})
     cp.cuda = types.SimpleNamespace(
         driver=types.SimpleNamespace(launchKernel=_launch_kernel), get_current_stream=lambda: stream,
+        alloc=_device_alloc,
         Device=lambda *_: device,
         runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, getDevice=lambda: 0))
     return cp

@@ -109,7 +109,7 @@ def test_launch_path_of_every_cupy_variant(fake, variant, dtype):
                 assert out.shape == (3, 70, dv) and out.dtype == dtype
                 assert [g.shape for g in grads] == [a.shape for a in arrays]
                 assert all(g.dtype == dtype for g in grads)
-                nan_fills = [v for v in fake["full"] if np.isnan(v)]
+                nan_fills = [v for v in fake["full"] if np.isnan(v) or v == 255]    # 0xFF bytes: NaN too
                 assert bool(nan_fills) == poison, "outputs NaN-filled exactly while poisoning"
     assert fake["launches"]
     declared = {g for _, g in _module.groups()}

@@ -748,6 +748,7 @@ class _FusedPlan:
             self.fchunk_head, self.fscan_nc = (i32(T), i32(NC)) + sq, i32(NC)
         kernel, smem = _fused_kernel_of(dt, "tz_fwd", (Dk, Dv))
         self.fwd = Prepared(kernel, (tab.nseg * ntw, N), (mma.THREADS,), smem)
+        self.sums = Prepared(kernel, (tab.nseg * ntw, N), (mma.THREADS,), smem)   # its own parameter layout
         self.tail = (tab.t0, tab.t1, i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(causal))
         if self.h_mode == "scan":
             E = Dk * Dv
@@ -773,10 +774,10 @@ class _FusedPlan:
         self.ftoken((s, gates, v) + self.ft_head + carries + (head, st) + self.ft_tail)
         H = addrs[-1] if self.h_mode else None
         if self.h_mode == "sums":                              # not causal, one segment: the totals
-            self.fwd((null, k, v) + tok + (null, null, H) + self.tail)
+            self.sums((null, k, v) + tok + (null, null, H) + self.tail)
         elif self.h_mode == "scan":
             part = new_output(cp, self.h_shape, cp.float32)   # each segment's own sum, until the scan is queued
-            self.fwd((null, k, v) + tok + (null, null, part) + self.tail)
+            self.sums((null, k, v) + tok + (null, null, part) + self.tail)
             self.seg_scan((part, tok[1]) + self.scan_args + ((H, null) if self.causal else (null, H)))
         self.fwd((q, k, v) + tok + (o, null if H is None else H, null) + self.tail)
         return o, ForwardStats(st, head, None, keep), H, tok

@@ -250,22 +250,23 @@ def stand_in(monkeypatch):
     _clear_caches()
 
 
-@pytest.mark.parametrize("T, causal", [(64, True), (64, False), (300, True), (300, False)])
-def test_fused_zeros_forward_packs_every_launch(stand_in, T, causal):
+@pytest.mark.parametrize("T, causal, dtype", [(64, True, "float16"), (64, False, "float32"), (300, True, "bfloat16"),
+                                             (300, False, "float16")])
+def test_fused_zeros_forward_packs_every_launch(stand_in, T, causal, dtype):
     """Every prepared launch of the fused forward plan packs its arguments (the segment-sum pass of tz_fwd has
     a parameter layout of its own: null q and o, the sums by address or as an array) -- twice, so the second
     call reuses the first call's layouts -- with no fallback to the RawKernel call; the backward after it."""
     from kernels.cupy import _module, zeros
     hc = stand_in
     v = registry.get("zeros", "cupy", "chunked_mma_fused")
-    arrays = [hc.ndarray(a.shape, a.dtype) for a in random_inputs("zeros", (1, 1), T, 64, 64, "float16", n_gates=3)]
+    arrays = [hc.ndarray(a.shape, a.dtype) for a in random_inputs("zeros", (1, 1), T, 64, 64, dtype, n_gates=3)]
     fallbacks = len(_module.FALLBACKS)
     zeros._FUSED_PLANS.clear()
     with backends.poisoned(False):
         for _ in range(2):
             hc.COUNTS.clear()
             out, ctx = v.forward(*arrays, causal=causal, L=None if T == 64 else 1)
-            assert out.shape == (1, 1, T, 64) and hc.COUNTS["alloc"] == 1 + (T == 300)
+            assert out.shape == (1, 1, T, 64) and out.dtype == arrays[0].dtype and hc.COUNTS["alloc"] == 1 + (T == 300)
             assert hc.COUNTS["launch"] == {(64, True): 2, (64, False): 3, (300, True): 6, (300, False): 6}[(T, causal)]
             grads = v.backward(ctx, hc.ndarray(out.shape, out.dtype))      # the backward takes H by address
             assert [g.shape for g in grads] == [a.shape for a in arrays]

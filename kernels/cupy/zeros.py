@@ -717,7 +717,8 @@ class _FusedPlan:
     every launch prepared (``_module.Prepared``).  Per call: one allocation, the addresses added to its base,
     the launches."""
 
-    def __init__(self, dt, q_shape, v_shape, g_shape, causal: bool, L):
+    def __init__(self, dtype, q_shape, v_shape, g_shape, causal: bool, L):
+        dt = dtype_name(dtype)                     # the kernels' storage type; o has the dtype object itself
         N, T, Dk, Dv = lead_size(q_shape, 2), q_shape[-2], q_shape[-1], v_shape[-1]
         i32, null = np.int32, np.uint64(0)
         NC = -(-T // SCAN_CHUNK)
@@ -732,7 +733,7 @@ class _FusedPlan:
         nh = tab.nseg if causal else 1
         self.h_shape = (N, tab.nseg, 3, Dk, Dv)
         scratch = _stats_layout(N, T, NC, separate) + ((((N, nh, 3, Dk, Dv), np.float32),) if self.h_mode else ())
-        self.layout = outputs_layout(((tuple(q_shape[:-1]) + (Dv,), np.dtype(dt)),), scratch)
+        self.layout = outputs_layout(((tuple(q_shape[:-1]) + (Dv,), dtype),), scratch)   # (bfloat16: no NumPy name)
         row = 4 * N * T                                            # bytes of one statistics row (float32)
         self.rows = tuple(ST[r] * row for r in ("m", "alpha", "beta", "gamma"))
         self.shift = 4 * N                                         # the head rows: sigma, then c
@@ -795,7 +796,7 @@ def _fused_forward(q, k, v, s, gates, causal=True, L=None):
     if P is None:
         if len(_FUSED_PLANS) >= _MAX_FUSED_PLANS:
             _FUSED_PLANS.clear()
-        P = _FUSED_PLANS[key] = _FusedPlan(dtype_name(q.dtype), q.shape, v.shape, gates.shape, causal, L)
+        P = _FUSED_PLANS[key] = _FusedPlan(q.dtype, q.shape, v.shape, gates.shape, causal, L)
     o, stats, H, tok = P(q, k, v, s, gates)
     return o, _FusedContext(q, k, v, s, gates, causal, stats, P.table, H, tok)
 

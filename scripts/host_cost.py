@@ -3,8 +3,8 @@ forward and of ``wb.vjp`` + pullback, with a stand-in ``cupy`` whose allocations
 device work (a thin array object carrying a shape, a dtype and a fake address; kernels with a function handle
 and a no-op ``cupy.cuda.driver.launchKernel``, so launches go through the packed-parameter launcher of
 kernels/cupy/_module.py as on a GPU).  It also counts, per call, what reaches the stand-in: allocations
-(``empty``/``full``), launches, reshapes/views, and CuPy array operations (casts, copies: each an elementwise
-kernel on a GPU).
+(``empty``/``full``/``cuda.alloc``), launches, reshapes/views, and CuPy array operations (casts, copies: each an
+elementwise kernel on a GPU).
 
 What it measures is the Python between the API and the driver on this CPU; on a GPU each allocation (~3 us),
 view (~1 us), launch (~2 us in the driver) and CuPy array operation (~8 us) costs more than the stand-in's, and

@@ -624,7 +624,13 @@ ZEROS_CASES = [_zeros(*row) for row in (
     ("chunked_mma", "float16", (1,), 130, 64, 64, True, 2),
     ("chunked_mma", "float16", (1,), 70, 128, 80, True, 3),
     ("chunked_mma_tf32", "float32", (1,), 130, 64, 64, True, 3),
-    ("chunked_mma_tf32", "float32", (1,), 65, 32, 128, False, 2))]
+    ("chunked_mma_tf32", "float32", (1,), 65, 32, 128, False, 2),
+    # the fused variant's forward plans (zeros._FusedPlan): one segment causal (no states) and not causal (the
+    # segment sums are the totals), above IN_BLOCK_SCAN_MAX_CHUNKS (the scans apart) with segments chained
+    ("chunked_mma_fused", "float16", (1, 1), 64, 64, 64, True, 3),
+    ("chunked_mma_fused", "float16", (1,), 64, 64, 64, False, 2),
+    ("chunked_mma_fused", "float32", (2,), 300, 32, 40, True, 3),
+    ("chunked_mma_fused", "float32", (1,), 300, 32, 40, False, 2))]
 ZEROS_GRID_TESTS = ("test_forward_stats", "test_backward_rows", "test_variant_extreme_logits",
                     "test_scans_in_block_or_apart")
 # states and packed sequences: a few cells of the GPU test's grid (G and H in one call and apart, not causal

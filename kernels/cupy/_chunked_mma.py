@@ -34,7 +34,7 @@ from typing import Optional
 
 import numpy as np
 
-from workbench.backends import new_output, new_outputs, new_scratch
+from workbench.backends import new_output, new_scratch, outputs_layout
 
 from .._segments import Segmentation, segment_rows
 from ._module import CTYPE, ITEMSIZE, Prepared, declare_groups, dtype_name, get_kernel, lead_size, padded_dim
@@ -372,7 +372,7 @@ class _BackwardPlan:
                                     (tab.nseg * (cp_.ntk if which == 1 else cp_.ntv if which == 2 else 1), N))
                           for which, layout in dkdv_launches(cp_.dkp, cp_.dvp, dkdv, cp_.causal))
         self.want_dg = want_dg
-        self.layout = None              # the outputs' (shape, dtype), from the first call's arrays
+        self.layout = None              # the outputs' backends.OutputLayout, from the first call's arrays
         self.scratch = ()
         if want_dg:
             self.scratch = (((cp_.ntk, N, cp_.T), np.float32),) * 2     # the row dots of q.dq and k.dk
@@ -460,11 +460,11 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dg_dtype=None):
     B = P.backward_plan(ctx.dkdv, want_dg, dtype_name(dg_dtype) if want_dg else None)
     layout = B.layout
     if layout is None:               # dq, dk, dv (and d log_decay) as one allocation (backends.new_outputs)
-        layout = B.layout = (((q.shape, q.dtype), (k.shape, k.dtype), (v.shape, v.dtype))
-                             + (((g.shape, dg_dtype),) if want_dg else ()))
+        layout = B.layout = outputs_layout(((q.shape, q.dtype), (k.shape, k.dtype), (v.shape, v.dtype))
+                                           + (((g.shape, dg_dtype),) if want_dg else ()), B.scratch)
     # the row dots of q.dq and k.dk per dk tile (want_dg), by address, in the same allocation (held by `keep`
     # until tc_dg is queued)
-    outs, rows, keep = new_outputs(cp, layout, B.scratch)
+    outs, rows, keep = layout.new(cp)
     dq, dk, dv = outs[0], outs[1], outs[2]
     rq, rk = rows if want_dg else (None, None)
     dS0 = dSend = None

@@ -587,13 +587,21 @@ CHUNKED_DB_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, stages=2) for dt, s
 # the other dk/dv walkers at head dims (64, 64) (_chunked_mma.DKDV_MODES: "split" = the dk and dv kernels apart,
 # "wide", "roles" = the 8-warp fused kernels): walks of 1 to 5 chunks with the initial state's gradient written by the walker
 # (L = 0) and through the segment scan (L = 2), packed chunk-edge lengths, element-wise loads (5 x 7), not causal
-CHUNKED_DKDV_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, dkdv=m) for m in ("split", "wide", "roles")
+CHUNKED_DKDV_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, dkdv=m) for m in ("split", "wide", "roles", "dqfold")
                       for dt, split, cu, dk, dv, mode, L in (
     ("float16", 1, (0, 300), 64, 64, "decayed", 0), ("float16", 1, (0, 300), 64, 64, "linear", 2),
     ("float16", 1, (0, 1, 64, 65, 130), 64, 64, "decayed", 1), ("float16", 1, (0, 70), 5, 7, "linear", 0),
     ("float16", 1, (0, 130), 32, 48, "noncausal", 1),
     ("float32", 3, (0, 300), 64, 64, "decayed", 2), ("float32", 3, (0, 1, 64, 65, 130), 64, 64, "linear", 0),
     ("float32", 1, (0, 130), 32, 48, "decayed", 0))]
+# dq folded into the dk/dv walk ("dqfold", cupy:chunked_mma_dqf) beyond the cases above: one token, Dk != Dv within
+# the 64-wide tiles, three segments of a walk with a partial last chunk, packed sequences through the segment scan
+CHUNKED_DKDV_CASES += [_chunked(dt, split, cu, dk, dv, mode, L, dkdv="dqfold") for dt, split, cu, dk, dv, mode, L in (
+    ("float16", 1, (0, 1), 64, 64, "decayed", 0), ("float32", 3, (0, 1), 64, 64, "linear", 0),
+    ("float16", 1, (0, 150), 48, 24, "decayed", 1), ("float32", 3, (0, 150), 24, 48, "decayed", 1),
+    ("float16", 1, (0, 63, 191), 64, 40, "linear", 1), ("float32", 3, (0, 1, 64, 65, 130), 64, 64, "decayed", 2))]
+CHUNKED_DKDV_CASES += [_chunked(dt, split, cu, dk, dv, mode, L, stages=2, dkdv="dqfold") for dt, split, cu, dk, dv, mode, L in (
+    ("float16", 1, (0, 300), 64, 64, "decayed", 2), ("float32", 3, (0, 1, 64, 65, 130), 64, 64, "linear", 0))]
 
 # float16 log decays read by the walkers against their float32 cast, bit for bit (every parametrisation)
 _G16_TEST = "test_float16_log_decays_equal_their_float32_cast"
@@ -617,8 +625,8 @@ ZEROS_CASES = [_zeros(*row) for row in (
     ("chunked_mma", "float16", (1,), 70, 128, 80, True, 3),
     ("chunked_mma_tf32", "float32", (1,), 130, 64, 64, True, 3),
     ("chunked_mma_tf32", "float32", (1,), 65, 32, 128, False, 2),
-    # cupy:chunked_mma_fused2 (dk in the dv walker): dk from float32 parts (2 to 4 dv tiles) or directly (one tile,
-    # Dv <= 32), several segments (T = 4097: 65 chunks), T = 1, Dk != Dv, head dims 5..128, both dtypes
+    # cupy:chunked_mma_fused2 (dk in the dv walker): dk from parts (2 to 4 dv tiles) or directly (one tile,
+    # Dv <= 32), several segments (one chunk each at these N), T = 1, Dk != Dv, head dims 5..128, both dtypes
     ("chunked_mma_fused2", "float32", (2, 3), 37, 5, 7, True, 3),
     ("chunked_mma_fused2", "float32", (1,), 130, 64, 64, True, 3),
     ("chunked_mma_fused2", "float32", (1,), 130, 64, 64, False, 2),
@@ -630,7 +638,13 @@ ZEROS_CASES = [_zeros(*row) for row in (
     ("chunked_mma_fused2", "float16", (2, 3), 37, 5, 7, False, 2),
     ("chunked_mma_fused2", "float16", (1,), 130, 64, 64, True, 2),
     ("chunked_mma_fused2", "float16", (1,), 70, 128, 80, True, 3),
-    ("chunked_mma_fused2", "float16", (1,), 100, 48, 32, True, 3))]
+    ("chunked_mma_fused2", "float16", (1,), 100, 48, 32, True, 3),
+    # the fused variant's forward plans (zeros._FusedPlan): one segment causal (no states) and not causal (the
+    # segment sums are the totals), above IN_BLOCK_SCAN_MAX_CHUNKS (the scans apart) with segments chained
+    ("chunked_mma_fused", "float16", (1, 1), 64, 64, 64, True, 3),
+    ("chunked_mma_fused", "float16", (1,), 64, 64, 64, False, 2),
+    ("chunked_mma_fused", "float32", (2,), 300, 32, 40, True, 3),
+    ("chunked_mma_fused", "float32", (1,), 300, 32, 40, False, 2))]
 ZEROS_GRID_TESTS = ("test_forward_stats", "test_backward_rows", "test_variant_extreme_logits",
                     "test_scans_in_block_or_apart")
 # states and packed sequences: a few cells of the GPU test's grid (G and H in one call and apart, not causal

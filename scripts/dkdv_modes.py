@@ -1,10 +1,11 @@
 """Time fwd+bwd of cupy:chunked_mma against its dk/dv rungs (kernels/cupy/_chunked_mma.py DKDV_MODES: chunked_mma_dkdv2,
-chunked_mma_dkdv8, chunked_mma_dkdv8r) on one GPU, and check each rung's output and gradients against the default's
+chunked_mma_dkdv8, chunked_mma_dkdv8r, chunked_mma_dqf) on one GPU, and check each rung's output and gradients against the default's
 (max relative error, max |a - b| / max |b| per array).  B = 2, H = 16, D = 64, causal; CUDA events (the bench's
 time_gpu: L2 flushed before each call), median of 20.
 
     python scripts/dkdv_modes.py                      # linear and decayed, float16 and bfloat16, T = 16384, 65536
     python scripts/dkdv_modes.py --T 16384 --ops decayed --dtypes float16
+    python scripts/dkdv_modes.py --variants chunked_mma chunked_mma_dqf
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-VARIANTS = ("chunked_mma", "chunked_mma_dkdv2", "chunked_mma_dkdv8", "chunked_mma_dkdv8r")
+VARIANTS = ("chunked_mma", "chunked_mma_dkdv2", "chunked_mma_dkdv8", "chunked_mma_dkdv8r", "chunked_mma_dqf")
 
 
 def main(argv=None) -> int:
@@ -30,9 +31,10 @@ def main(argv=None) -> int:
     ap.add_argument("--ops", nargs="+", default=["linear", "decayed"])
     ap.add_argument("--dtypes", nargs="+", default=["float16", "bfloat16"])
     ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), help="cupy variants; the first is the reference")
     a = ap.parse_args(argv)
     B, H, D = 2, 16, 64
-    print("op       dtype     T      " + "  ".join(f"{v:>20s}" for v in VARIANTS) + "   (fwd+bwd ms; max rel err vs chunked_mma)")
+    print("op       dtype     T      " + "  ".join(f"{v:>20s}" for v in a.variants) + f"   (fwd+bwd ms; max rel err vs {a.variants[0]})")
     for op in a.ops:
         for dt in a.dtypes:
             npdt = ml_dtypes.bfloat16 if dt == "bfloat16" else np.dtype(dt)
@@ -44,7 +46,7 @@ def main(argv=None) -> int:
                 if op == "decayed":
                     extra = (cp.asarray(rng.uniform(-1.0, -0.01, (B, H, T)).astype(np.float32)),)   # log decays
                 res, ref = [], None
-                for name in VARIANTS:
+                for name in a.variants:
                     var = registry.get(op, "cupy", name)
 
                     def step():

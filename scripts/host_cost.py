@@ -3,8 +3,8 @@ forward and of ``wb.vjp`` + pullback, with a stand-in ``cupy`` whose allocations
 device work (a thin array object carrying a shape, a dtype and a fake address; kernels with a function handle
 and a no-op ``cupy.cuda.driver.launchKernel``, so launches go through the packed-parameter launcher of
 kernels/cupy/_module.py as on a GPU).  It also counts, per call, what reaches the stand-in: allocations
-(``empty``/``full``), launches, reshapes/views, and CuPy array operations (casts, copies: each an elementwise
-kernel on a GPU).
+(``empty``/``full``/``cuda.alloc``), launches, reshapes/views, and CuPy array operations (casts, copies: each an
+elementwise kernel on a GPU).
 
 What it measures is the Python between the API and the driver on this CPU; on a GPU each allocation (~3 us),
 view (~1 us), launch (~2 us in the driver) and CuPy array operation (~8 us) costs more than the stand-in's, and
@@ -136,6 +136,12 @@ def _alloc(shape, dtype=np.float64):
     return ndarray((shape,) if isinstance(shape, (int, np.integer)) else shape, dtype)
 
 
+def _device_alloc(nbytes):
+    """cupy.cuda.alloc: device memory without an array (backends.new_outputs' one allocation)."""
+    COUNTS["alloc"] += 1
+    return _MemoryPointer(next(_ADDR) * 256)
+
+
 def _elementwise(x, dtype=None, **_):
     """asarray / ascontiguousarray: the array itself when nothing changes, else a copy (a kernel on a GPU)."""
     if isinstance(x, ndarray) and (dtype is None or np.dtype(dtype) == x.dtype) and x.flags.c_contiguous:
@@ -159,6 +165,7 @@ def stand_in_cupy() -> types.ModuleType:
     device = types.SimpleNamespace(id=0, synchronize=lambda: None, attributes={"MultiProcessorCount": 132})
     cp.cuda = types.SimpleNamespace(
         driver=types.SimpleNamespace(launchKernel=_launch_kernel), get_current_stream=lambda: stream,
+        alloc=_device_alloc,
         Device=lambda *_: device,
         runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, getDevice=lambda: 0))
     return cp
@@ -181,16 +188,16 @@ def calls(op: str, dtype: str, T: int, D: int) -> dict:
     return {"fwd": fwd, "fwdbwd": fwdbwd}
 
 
-def per_call(f, n: int, repeats: int) -> float:
-    """Microseconds per call: the least process CPU time of ``repeats`` runs of ``n`` calls."""
+def per_call(f, n: int, repeats: int, clock=time.process_time) -> float:
+    """Microseconds per call: the least process CPU time (or ``clock``'s) of ``repeats`` runs of ``n`` calls."""
     for _ in range(50):
         f()
     best = float("inf")
     for _ in range(repeats):
-        t0 = time.process_time()
+        t0 = clock()
         for _ in range(n):
             f()
-        best = min(best, time.process_time() - t0)
+        best = min(best, clock() - t0)
     return best / n * 1e6
 
 

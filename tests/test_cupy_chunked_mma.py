@@ -136,16 +136,41 @@ def _check_case(dtype, split, shape, mode, L, **kw):
                          ids=lambda s: f"N{s[0]}-cu{'_'.join(map(str, s[1]))}-{s[2]}x{s[3]}")
 @pytest.mark.parametrize("mode", ["linear", "decayed", "noncausal"])
 @pytest.mark.parametrize("L", [0, 2])
-@pytest.mark.parametrize("dkdv", ["split", "wide", "roles"])
+@pytest.mark.parametrize("dkdv", ["split", "wide", "roles", "dqfold"])
 def test_dkdv_modes_match_recurrence(dtype, split, shape, mode, L, dkdv):
     """The dk/dv walkers of the other modes at head dims (64, 64) (_chunked_mma.DKDV_MODES: the dk and dv
-    kernels apart, the two 8-warp fused kernels), one load stage."""
+    kernels apart, the two 8-warp fused kernels, dq folded into the fused walk), one load stage."""
     _check_case(dtype, split, shape, mode, L, dkdv=dkdv)
+
+
+@pytest.mark.parametrize("dtype,split", CASES)
+@pytest.mark.parametrize("shape", [(2, (0, 1), 64, 64), (1, (0, 300), 64, 64), (1, (0, 150), 48, 24),
+                                   (2, (0, 1, 64, 65, 130, 200), 64, 64), (1, (0, 63, 191), 64, 40),
+                                   (1, (0, 97), 80, 72)],
+                         ids=lambda s: f"N{s[0]}-cu{'_'.join(map(str, s[1]))}-{s[2]}x{s[3]}")
+@pytest.mark.parametrize("mode", ["linear", "decayed"])
+@pytest.mark.parametrize("L", [0, 1, 2])
+@pytest.mark.parametrize("stages", [1, 2], ids=["mma", "mma_db"])
+def test_dqfold_matches_recurrence(dtype, split, shape, mode, L, stages):
+    """dq folded into the dk/dv walk (dkdv="dqfold", cupy:chunked_mma_dqf): walks of 1 to 5 chunks, every segment
+    length (the forward's per-chunk states indexed through the chunk offsets of each segment), packed sequences,
+    Dk != Dv inside the 64-wide tiles, both load pipelines; 80 x 72 runs the unfolded kernels (the mode's
+    fallback above head dim 64)."""
+    _check_case(dtype, split, shape, mode, L, stages=stages, dkdv="dqfold")
+
+
+def test_dqfold_launches():
+    """Which kernels the dq-folded mode runs: no tc_bwd_dq and the STORE forward at head dims 64 when causal;
+    the fused mode's kernels otherwise (not causal, wider head dims)."""
+    from kernels.cupy import _chunked_mma as mma
+    assert mma.folded(64, 64, "dqfold", True) and not mma.folded(64, 64, "dqfold", False)
+    assert not mma.folded(128, 64, "dqfold", True) and not mma.folded(64, 64, "fused", True)
+    assert mma.dkdv_launches(64, 64, "dqfold", False) == mma.DKDV_MODES["fused"]
 
 
 @pytest.mark.parametrize("N,cu,L,stages,dkdv", [
     (1, (0, 1, 64, 65, 130), 0, 1, "fused"), (1, (0, 1, 64, 65, 130), 2, 2, "split"),
-    (2, (0, 129), 0, 1, "fused"), (2, (0, 193), 2, 2, "wide")],
+    (2, (0, 129), 0, 1, "fused"), (2, (0, 193), 2, 2, "wide"), (1, (0, 1, 64, 65, 130), 1, 1, "dqfold")],
     ids=lambda x: "_".join(map(str, x)) if isinstance(x, tuple) else str(x))
 def test_float16_log_decays_equal_their_float32_cast(N, cu, L, stages, dkdv):
     """float16 log decays read by the walkers (g_half: no cast launch) give the bits of the same values cast to

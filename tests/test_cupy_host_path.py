@@ -109,7 +109,7 @@ def test_launch_path_of_every_cupy_variant(fake, variant, dtype):
                 assert out.shape == (3, 70, dv) and out.dtype == dtype
                 assert [g.shape for g in grads] == [a.shape for a in arrays]
                 assert all(g.dtype == dtype for g in grads)
-                nan_fills = [v for v in fake["full"] if np.isnan(v)]
+                nan_fills = [v for v in fake["full"] if np.isnan(v) or v == 255]    # 0xFF bytes: NaN too
                 assert bool(nan_fills) == poison, "outputs NaN-filled exactly while poisoning"
     assert fake["launches"]
     declared = {g for _, g in _module.groups()}
@@ -151,11 +151,12 @@ def test_cuda_source_text_changes_with_its_headers(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("op", ["linear", "decayed"])
 @pytest.mark.parametrize("normalize", [False, True])
-@pytest.mark.parametrize("impl, stages", [("chunked_mma", 1), ("chunked_mma_db", 2)])
+@pytest.mark.parametrize("impl, stages", [("chunked_mma", 1), ("chunked_mma_db", 2), ("chunked_mma_dqf", 1)])
 def test_state_and_packed_launch_path_of_chunked_mma(fake, op, normalize, impl, stages):
     """The tensor-core variants' state / packed keywords through the stand-in CuPy: states in and out with the
     registry contract's types and shapes, and one more gradient (the initial state's) when one was passed;
-    every chunk-walking kernel launched with the variant's load stages (chunked_mma_db: double-buffered)."""
+    every chunk-walking kernel launched with the variant's load stages (chunked_mma_db: double-buffered;
+    chunked_mma_dqf: dq folded into the dk/dv walk, so no tc_bwd_dq and the forward storing every chunk's state)."""
     from workbench.state import DecayedState, LinearState
     if op == "decayed" and normalize:
         pytest.skip("decayed has no normalize")
@@ -183,8 +184,14 @@ def test_state_and_packed_launch_path_of_chunked_mma(fake, op, normalize, impl, 
     core = [e for e in fake["launches"] if e.startswith("tc_fwd<")]
     assert core and all(("<float," if normalize else "<wb_half,") in e for e in core), core
     walks = [e for e in fake["launches"] if e.startswith(("tc_fwd<", "tc_seg_state<", "tc_bwd_dq<", "tc_bwd_dkdv<"))]
-    assert {e.split("<")[0] for e in walks} == {"tc_fwd", "tc_seg_state", "tc_bwd_dq", "tc_bwd_dkdv"}, walks
-    assert all(e.endswith(f", {stages}>") for e in walks), walks
+    fold = impl == "chunked_mma_dqf"
+    assert ({e.split("<")[0] for e in walks}
+            == {"tc_fwd", "tc_seg_state", "tc_bwd_dkdv"} | (set() if fold else {"tc_bwd_dq"})), walks
+    assert all(e.endswith(f", {stages}>" if not (fold and e.startswith("tc_fwd<")) else f", {stages}, 1>")
+               for e in walks), walks
+    if fold:                        # the walker forming dq, dk and dv (tc::DKDV_DQ) and nothing else
+        assert {e for e in walks if e.startswith("tc_bwd_dkdv<")} == {
+            f"tc_bwd_dkdv<{'float' if normalize else 'wb_half'}, 64, 64, {3 if normalize else 1}, 3, 0, 1>"}, walks
 
 
 @pytest.mark.parametrize("impl", ["chunked", "chunked_seg"])
@@ -200,3 +207,74 @@ def test_cuda_core_decayed_refuses_log_decays_below_its_range(fake, impl):
         with pytest.raises(ValueError, match=rf"cupy:{impl} is accurate for log_decay >= -30.*cupy:chunked_mma"):
             var.forward(q, k, v, g2)
     registry.get("decayed", "cupy", "chunked_mma").forward(q, k, v, g2)   # the default takes -inf
+
+
+@pytest.mark.parametrize("T, causal, launches", [
+    (64, True, ["zeros_ftoken", "tz_fwd"]),                                   # one segment: no states
+    (64, False, ["zeros_ftoken", "tz_fwd", "tz_fwd"]),                        # the segment sums are the totals
+    (300, True, ["zeros_fchunk", "zeros_fscan", "zeros_ftoken", "tz_fwd", "tz_seg_scan", "tz_fwd"])])
+def test_fused_zeros_forward_plan(fake, T, causal, launches):
+    """cupy:chunked_mma_fused's forward plan (zeros._FusedPlan): made once per geometry (and per
+    IN_BLOCK_SCAN_MAX_CHUNKS), one allocation per call for o and the statistics, the launches its geometry needs."""
+    from kernels.cupy import zeros
+    v = registry.get("zeros", "cupy", "chunked_mma_fused")
+    arrays = random_inputs("zeros", (1, 1), T, 64, 64, "float16", seed=0, n_gates=3)
+    zeros._FUSED_PLANS.clear()
+    with backends.poisoned(False):
+        for _ in range(2):
+            fake["launches"].clear()
+            fake["empty"] = 0
+            out, ctx = v.forward(*arrays, causal=causal, L=None if T == 64 else 1)
+            assert out.shape == (1, 1, T, 64) and out.dtype == np.float16
+            assert [e.split("<")[0] for e in fake["launches"]] == launches
+            assert fake["empty"] == 1 + (launches.count("tz_seg_scan"))    # + the segment sums before a scan
+            assert (ctx.H is None) == (causal and T == 64) and ctx.tok[1] == ctx.stats.st     # row m first
+        assert len(zeros._FUSED_PLANS) == 1
+        saved = zeros.IN_BLOCK_SCAN_MAX_CHUNKS
+        zeros.IN_BLOCK_SCAN_MAX_CHUNKS = 0                   # a moved bound: a new plan, the scans apart
+        try:
+            fake["launches"].clear()
+            v.forward(*arrays, causal=causal, L=None if T == 64 else 1)
+        finally:
+            zeros.IN_BLOCK_SCAN_MAX_CHUNKS = saved
+        assert len(zeros._FUSED_PLANS) == 2 and fake["launches"][0].startswith("zeros_fchunk<")
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    """scripts/host_cost.py's stand-in cupy: no-op allocations and a no-op driver, so launches go through the
+    packed-parameter launcher (kernels/cupy/_module.py) as on a GPU."""
+    import importlib.util
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("host_cost", os.path.join(root, "scripts", "host_cost.py"))
+    hc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hc)
+    _clear_caches()
+    monkeypatch.setitem(sys.modules, "cupy", hc.stand_in_cupy())
+    yield hc
+    monkeypatch.undo()
+    _clear_caches()
+
+
+@pytest.mark.parametrize("T, causal, dtype", [(64, True, "float16"), (64, False, "float32"), (300, True, "bfloat16"),
+                                             (300, False, "float16")])
+def test_fused_zeros_forward_packs_every_launch(stand_in, T, causal, dtype):
+    """Every prepared launch of the fused forward plan packs its arguments (the segment-sum pass of tz_fwd has
+    a parameter layout of its own: null q and o, the sums by address or as an array) -- twice, so the second
+    call reuses the first call's layouts -- with no fallback to the RawKernel call; the backward after it."""
+    from kernels.cupy import _module, zeros
+    hc = stand_in
+    v = registry.get("zeros", "cupy", "chunked_mma_fused")
+    arrays = [hc.ndarray(a.shape, a.dtype) for a in random_inputs("zeros", (1, 1), T, 64, 64, dtype, n_gates=3)]
+    fallbacks = len(_module.FALLBACKS)
+    zeros._FUSED_PLANS.clear()
+    with backends.poisoned(False):
+        for _ in range(2):
+            hc.COUNTS.clear()
+            out, ctx = v.forward(*arrays, causal=causal, L=None if T == 64 else 1)
+            assert out.shape == (1, 1, T, 64) and out.dtype == arrays[0].dtype and hc.COUNTS["alloc"] == 1 + (T == 300)
+            assert hc.COUNTS["launch"] == {(64, True): 2, (64, False): 3, (300, True): 6, (300, False): 6}[(T, causal)]
+            grads = v.backward(ctx, hc.ndarray(out.shape, out.dtype))      # the backward takes H by address
+            assert [g.shape for g in grads] == [a.shape for a in arrays]
+    assert len(_module.FALLBACKS) == fallbacks

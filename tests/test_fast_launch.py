@@ -316,11 +316,20 @@ def test_outputs_of_a_pass_share_one_allocation_up_to_the_bound(monkeypatch):
     spec = importlib.util.spec_from_file_location("host_cost", os.path.join(root, "scripts", "host_cost.py"))
     hc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hc)
-    outs, addrs, keep = backends.new_outputs(hc.stand_in_cupy(), layout, scratch)
-    base = keep.data.ptr
-    assert [(o.shape, o.dtype, o.data.ptr - base) for o in outs] == [
-        ((2, 3, 5), np.float16, 0), ((7,), np.float32, 256), ((1, 4), np.float64, 512)]
-    assert [int(a) - base for a in addrs] == [768, 1024]
+    for poison in (False, True):        # off: cupy.cuda.alloc's memory, no array around it; on: a 0xFF-filled array
+        with backends.poisoned(poison):
+            outs, addrs, keep = backends.new_outputs(hc.stand_in_cupy(), layout, scratch)
+        base = backends.data_ptr(keep)
+        assert isinstance(keep, hc.ndarray) == poison
+        assert [(o.shape, o.dtype, o.data.ptr - base) for o in outs] == [
+            ((2, 3, 5), np.float16, 0), ((7,), np.float32, 256), ((1, 4), np.float64, 512)]
+        assert [int(a) - base for a in addrs] == [768, 1024]
+    # a plan keeps the layout: made once per (outputs, scratch); one output comes back as a 1-tuple
+    lay = backends.outputs_layout(layout, scratch)
+    assert backends.outputs_layout(layout, scratch) is lay and lay.nbytes == 1280
+    with backends.poisoned(False):
+        (o,), addrs, keep = backends.outputs_layout(layout[:1]).new(hc.stand_in_cupy())
+    assert o.shape == (2, 3, 5) and o.data.ptr == keep.ptr and addrs == []
 
 
 @pytest.mark.gpu

@@ -207,34 +207,77 @@ def new_scratch(xp, layout: tuple) -> tuple:
 OUTPUTS_MERGE_MAX = 4 << 20     # bytes: the outputs of one pass up to this total share one allocation
 
 
+class OutputLayout:
+    """The outputs of one kernel pass and its scratch, laid out once (``outputs_layout``; a plan keeps it):
+    every part's byte offset (SCRATCH_ALIGN), the total, and a function made for this layout that builds every
+    CuPy view and scratch address in one call (``cupy.ndarray(shape, dtype, memptr)`` with the shapes, dtypes
+    and offsets as constants: no per-call zip, offsets, keyword arguments or layout hashing).  ``new(xp)``
+    allocates: see ``new_outputs``."""
+    __slots__ = ("outputs", "scratch", "offsets", "nbytes", "scratch_offsets", "_parts")
+
+    def __init__(self, outputs: tuple, scratch: tuple = ()):
+        self.outputs = tuple((tuple(shape), np.dtype(dtype)) for shape, dtype in outputs)
+        self.scratch = tuple(scratch)
+        offsets, self.nbytes = _scratch_offsets(self.outputs + self.scratch)
+        n = len(self.outputs)
+        self.offsets, self.scratch_offsets = offsets[:n], offsets[n:]
+        scope = {f"S{i}": s for i, (s, _) in enumerate(self.outputs)}
+        scope.update({f"D{i}": d for i, (_, d) in enumerate(self.outputs)}, u64=np.uint64)
+        views = ", ".join(f"nd(S{i}, D{i}, mem{f' + {o}' if o else ''})" for i, o in enumerate(self.offsets))
+        addrs = ", ".join(f"u64(base + {o})" for o in self.scratch_offsets)
+        exec(f"def parts(nd, mem):\n    base = mem.ptr\n    return ({views}{',' if n == 1 else ''}), [{addrs}]\n",
+             scope)
+        self._parts = scope["parts"]
+
+    def new(self, xp) -> tuple:
+        """(outputs, scratch addresses as ``np.uint64``, the allocation to keep referenced while the scratch is
+        in use) of module ``xp``, as ``new_outputs`` describes."""
+        nbytes = self.nbytes
+        if nbytes > OUTPUTS_MERGE_MAX:
+            outs = tuple(new_output(xp, shape, dtype) for shape, dtype in self.outputs)
+            keep, addrs = new_scratch(xp, self.scratch) if self.scratch else (None, [])
+            return outs, addrs, keep
+        alloc = getattr(getattr(xp, "cuda", None), "alloc", None)
+        if _POISON[-1] or alloc is None:
+            keep = xp.full(nbytes, 255, np.uint8) if _POISON[-1] else xp.empty(nbytes, np.uint8)
+            if isinstance(keep, np.ndarray):     # NumPy, and the CUDA emulator's stand-in device arrays
+                outs = tuple(keep[o:o + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
+                             for o, (shape, dtype) in zip(self.offsets, self.outputs))
+                base = data_ptr(keep)
+                return outs, [np.uint64(base + o) for o in self.scratch_offsets], keep
+            mem = keep.data
+        else:                                    # CuPy: the pool's memory itself, no uint8 array around it
+            mem = keep = alloc(nbytes)
+        outs, addrs = self._parts(xp.ndarray, mem)
+        return outs, addrs, keep
+
+
+@functools.lru_cache(maxsize=1024)
+def outputs_layout(outputs: tuple, scratch: tuple = ()) -> OutputLayout:
+    """The OutputLayout of ``outputs`` ((shape, dtype), ...) and ``scratch`` (``new_scratch``'s layout), made
+    once per pair."""
+    return OutputLayout(outputs, scratch)
+
+
 def new_outputs(xp, layout: tuple, scratch: tuple = ()) -> tuple:
     """The outputs of one kernel pass, ``layout`` ((shape, dtype), ...), and its scratch (``new_scratch``'s
     layout), in one allocation of module ``xp`` when they total at most OUTPUTS_MERGE_MAX bytes: each output
-    a view (CuPy: an ndarray on the allocation's memory, no pool allocation of its own; every part starts on
-    SCRATCH_ALIGN bytes), each scratch part by address.  Above the bound (where the kernels' time dwarfs an
-    allocation's, and one kept output would hold the others' memory) one allocation per output and one for
-    the scratch.  Returns (outputs, scratch addresses as ``np.uint64``, the allocation to keep referenced
-    while the scratch is in use).  While poisoning every byte is 0xFF (NaN in every float format)."""
-    offsets, nbytes = _scratch_offsets(tuple(layout) + tuple(scratch))
-    if nbytes > OUTPUTS_MERGE_MAX:
-        outs = [new_output(xp, shape, dtype) for shape, dtype in layout]
-        keep, addrs = new_scratch(xp, scratch) if scratch else (None, [])
-        return outs, addrs, keep
-    buf = xp.full(nbytes, 255, np.uint8) if _POISON[-1] else xp.empty(nbytes, np.uint8)
-    n = len(layout)
-    if isinstance(buf, np.ndarray):       # NumPy, and the CUDA emulator's stand-in device arrays
-        outs = [buf[o:o + math.prod(shape) * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
-                for o, (shape, dtype) in zip(offsets, layout)]
-    else:
-        mem, nd = buf.data, xp.ndarray
-        outs = [nd(shape, dtype, memptr=mem + o) for o, (shape, dtype) in zip(offsets, layout)]
-    base = data_ptr(buf)
-    return outs, [np.uint64(base + o) for o in offsets[n:]], buf
+    a view (CuPy: an ndarray on the allocation's memory -- ``cupy.cuda.alloc``'s, no uint8 array around it --
+    no pool allocation of its own; every part starts on SCRATCH_ALIGN bytes), each scratch part by address.
+    Above the bound (where the kernels' time dwarfs an allocation's, and one kept output would hold the
+    others' memory) one allocation per output and one for the scratch.  Returns (outputs, scratch addresses
+    as ``np.uint64``, the allocation to keep referenced while the scratch is in use: an array, or CuPy's
+    MemoryPointer).  While poisoning every byte is 0xFF (NaN in every float format).  A caller with a plan
+    keeps ``outputs_layout(layout, scratch)`` and calls its ``new(xp)``: no layout lookup per call."""
+    return outputs_layout(tuple(layout), tuple(scratch)).new(xp)
 
 
 def data_ptr(x) -> int:
-    """The address of an array's first element (CuPy: device pointer; NumPy: host pointer)."""
+    """The address of an array's first element (CuPy: device pointer; NumPy: host pointer), or of a CuPy
+    MemoryPointer (``new_outputs``' allocation)."""
     try:
         return x.data.ptr
     except AttributeError:
+        if hasattr(x, "ptr"):
+            return x.ptr
         return x.__array_interface__["data"][0]

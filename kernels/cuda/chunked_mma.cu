@@ -20,6 +20,9 @@
 //   dv = (P^T) dO + diag(u) K dS
 //   dS <- e^{b_last} dS + Q^T diag(scale e^{b}) dO;        dS0 = dS at the sequence start
 //   d log_decay: dG_t = q_t.dq_t - k_t.dk_t, dg_j = sum_{t >= j} dG_t + <dS_T, S_T> (docs/kernels/linear.md)
+// dq needs the chunk's own tiles and H, never dS: tc_bwd_dq re-walks the chunks forwards to rebuild H, while the
+// dq-folded walk (WHICH DKDV_DQ) reads H of every chunk (in T, scaled by 1/sigma, and sigma: what tc_fwd's
+// products read, written by its STORE) and forms dq in the same reverse walk as dk and dv (linear.md, "dq folded").
 //
 // Sequences are cut into segments of L chunks (a table: token range and sequence of each segment).  One
 // block walks one segment's chunks in order, carrying its state tile in registers (fp32 mma accumulators)
@@ -28,12 +31,14 @@
 // tc_seg_scan chains them (fp32), so the walkers start from the right state.
 //
 // Kernels (block = 4 warps; warp w owns chunk rows 16w..16w+15, or state rows (R/4) w ..):
-//   tc_fwd<T, DKP, SPLIT, STAGES>  o for one 64-column tile of v; optionally the state after the segment
+//   tc_fwd<T, DKP, SPLIT, STAGES, STORE>  o for one 64-column tile of v; optionally the state after the segment;
+//                                  STORE 1: also the state before every chunk (for tc_bwd_dkdv's WHICH DKDV_DQ)
 //   tc_seg_state<T, DXP, REV, SPLIT, STAGES>  one segment's state contribution (REV: of q, do, for dS)
 //   tc_seg_scan<REV>               segment start states (REV: segment end gradients), final state / dS0
 //   tc_bwd_dq<T, DVP, SPLIT, STAGES>  dq for one 64-column tile of dk (and its row dots q.dq)
 //   tc_bwd_dkdv<T, DKP, DVP, SPLIT, WHICH, LAYOUT, STAGES>  dk and dv (WHICH 0, head dims <= 64; LAYOUT: 4 or 8 warps),
-//                                  dk tiles (1), dv tiles (2)
+//                                  dk tiles (1), dv tiles (2), or dq, dk and dv (3 = DKDV_DQ, head dims <= 64, causal:
+//                                  dq's state operand read from tc_fwd's STORE, so tc_bwd_dq is not run)
 //   tc_dg_part, tc_dg              d log_decay: reverse cumulative sum of q.dq - k.dk per sequence
 // STAGES (tc::Walk): 1 loads a chunk's tiles, waits, computes; 2 double-buffers the tiles, so chunk c + 1's
 // cp.async loads (and warp 0's log decays) are in flight while chunk c is computed (cupy:chunked_mma_db).
@@ -437,6 +442,17 @@ __device__ __forceinline__ void store_rows(const float (&a)[NT][4], T* __restric
         }
 }
 
+// rows [0, R) x columns [0, BV) of a shared tile (row stride lds) -> R x BV contiguous elements of g, 16 bytes a
+// store (the per-chunk states of the dq-folded backward: tc_fwd's STORE, read back by load_tile)
+template <typename T, int R, int NTH = THREADS>
+__device__ __forceinline__ void tile_to_global(const T* s, int lds, T* __restrict__ g) {
+    constexpr int VEC = 16 / sizeof(T), CV = BV / VEC;
+    for (int idx = threadIdx.x; idx < R * CV; idx += NTH) {
+        const int r = idx / CV, c = (idx % CV) * VEC;
+        *reinterpret_cast<uint4*>(g + r * BV + c) = *reinterpret_cast<const uint4*>(s + r * lds + c);
+    }
+}
+
 // a state tile held in fragments (the warp's rows m0.., columns n0..) <-> its place in a (dk, dv) fp32 matrix
 // (rows r0 + row, cols c0 + col)
 template <int MT, int NT>
@@ -514,6 +530,9 @@ __host__ __device__ constexpr int walk_min_blocks() {
 //   DKDV_ROLES  8 warps; warp w: the rows of warp w % 4 and column half w / 4 of the dS tile; warps 0-3 form dv,
 //               warps 4-7 dk (all 64 columns each: every product is done once, as with DKDV_ROWS)
 enum : int { DKDV_ROWS = 0, DKDV_COLS = 1, DKDV_ROLES = 2 };
+// tc_bwd_dkdv's WHICH beside 0 (dk and dv), 1 (dk tiles), 2 (dv tiles): dq, dk and dv in one walk (head dims 64,
+// DKDV_ROWS, causal), the state before each chunk read from the forward's per-chunk states (tc_fwd's STORE)
+enum : int { DKDV_DQ = 3 };
 __host__ __device__ constexpr int dkdv_warps(int layout) { return layout == DKDV_ROWS ? 4 : 8; }
 
 // The blocks per SM tc_bwd_dkdv asks ptxas for (__launch_bounds__' second argument; 0: no request -- an explicit
@@ -524,13 +543,15 @@ __host__ __device__ constexpr int dkdv_warps(int layout) { return layout == DKDV
 // the fused 4-warp float32 3xTF32 kernel (SPLIT 3), which asks for the 2 blocks its 91 KB of shared memory allow
 // anyway: unasked, ptxas (NVRTC 12.9) gives it 175 registers and issues the next trip's loads of two mma loops
 // 50-70 instructions ahead instead of ~200; asked, 212 and e119910's schedule (docs/kernels/linear.md, "The
-// backward's share").  TF32 (SPLIT 1) keeps its 168 (asked, 206).
+// backward's share").  TF32 (SPLIT 1) keeps its 168 (asked, 206).  The dq-folded kernel (WHICH DKDV_DQ) in float32
+// (110 KB of shared memory: 2 blocks per SM) asks for 2 as well: 212 registers for both splits (unasked: 3xTF32 178,
+// TF32 168 with 8 bytes spilled); 16-bit: no request (167 / 168 registers, 3 blocks per SM as the fused kernel).
 constexpr int DKDV_SPLIT_MIN_BLOCKS = 4;
 template <typename T, int DKP, int DVP, int SPLIT, int WHICH, int LAYOUT, int STAGES>
 __host__ __device__ constexpr int dkdv_min_blocks() {
     return !(DKP == 64 && DVP == 64 && STAGES == 1) ? 0
-           : sizeof(T) != 2 ? (SPLIT == 3 && WHICH == 0 && LAYOUT == DKDV_ROWS ? 2 : 0)
-           : LAYOUT != DKDV_ROWS ? 2 : WHICH != 0 ? DKDV_SPLIT_MIN_BLOCKS : 0;
+           : sizeof(T) != 2 ? ((SPLIT == 3 && WHICH == 0 && LAYOUT == DKDV_ROWS) || WHICH == DKDV_DQ ? 2 : 0)
+           : LAYOUT != DKDV_ROWS ? 2 : (WHICH == 1 || WHICH == 2) ? DKDV_SPLIT_MIN_BLOCKS : 0;
 }
 
 }  // namespace tc
@@ -539,12 +560,12 @@ __host__ __device__ constexpr int dkdv_min_blocks() {
 // grid (NSEG * ceil(dv / 64), N); dynamic smem: STAGES x (Q, K [C][DKP+8], V [C][72]), H [DKP][72] of T +
 // Trailer.  causal: H starts at Hin[n][seg] (nullptr: zeros) and walks the segment; Hend[n][seg] (optional)
 // gets the state after it.  Not causal: H = Hin[n][seq] (the sequence's total), o = scale Q H, nothing carried.
-template <typename T, int DKP, int SPLIT, int STAGES>
+template <typename T, int DKP, int SPLIT, int STAGES, int STORE = 0>
 __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DKP, STAGES>()) tc_fwd(const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const void* __restrict__ g, T* __restrict__ o, const float* __restrict__ Hin,
         float* __restrict__ Hend, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1,
         const int* __restrict__ seg_seq, int T_, int dk, int dv, int NSEG, int nseq, float scale, int causal,
-        int g_half) {
+        int g_half, T* __restrict__ Hst, float* __restrict__ Hsig, const int* __restrict__ seg_c0) {
     using namespace tc;
     using namespace wbmma;
     constexpr int LDK = DKP + PAD, LDV = BV + PAD, KS = Traits<T>::KS, HMT = DKP / 64;
@@ -598,6 +619,13 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DKP, STAGES>()) tc
             gemm_rs<T, SPLIT, 8, AFrags<T, 8>::N, false>(acc[0], P.f, sV, LDV, 0, 0, (16 * w + 16) / KS);  // + P V
         }
         store_rows<T, 8>(acc[0], o + row0 * dv, dv, 16 * w, nrow, c0, dv);
+        if constexpr (STORE != 0) {                                // the state before the chunk, as sH holds it
+            if (causal) {
+                const long long at = ((long long)n * seg_c0[NSEG] + seg_c0[s] + j) * ntv + vt;
+                tile_to_global<T, DKP>(sH, LDV, Hst + at * (DKP * BV));
+                if (threadIdx.x == 0) Hsig[at] = sigma;
+            }
+        }
         if (causal && (j + 1 < nch || Hend)) {                    // H <- e^{b_last} H + K^T diag(u) V
             if (decay) {                                           // u weighs K^T's fragments in registers
                 scale_acc(H, tr->e[C - 1]);
@@ -787,22 +815,26 @@ tc_bwd_dkdv(
         const T* __restrict__ v, const void* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dkout,
         T* __restrict__ dvout, float* __restrict__ rk, const float* __restrict__ dSin, float* __restrict__ dSstart,
         const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, int T_,
-        int dk, int dv, int NSEG, int nseq, float scale, int causal, int g_half) {
+        int dk, int dv, int NSEG, int nseq, float scale, int causal, int g_half, T* __restrict__ dqout,
+        float* __restrict__ rq, const T* __restrict__ Hst, const float* __restrict__ Hsig,
+        const int* __restrict__ seg_c0) {
     using namespace tc;
     using namespace wbmma;
-    static_assert(WHICH != 0 || (DKP == 64 && DVP == 64), "the fused dk/dv kernel holds a 64 x 64 dS");
+    static_assert((WHICH != 0 && WHICH != DKDV_DQ) || (DKP == 64 && DVP == 64), "the fused dk/dv kernel holds a 64 x 64 dS");
     static_assert(LAYOUT == DKDV_ROWS || ((LAYOUT == DKDV_COLS || LAYOUT == DKDV_ROLES) && WHICH == 0),
                   "the 8-warp layouts: the fused kernel only");
+    constexpr bool DQ = WHICH == DKDV_DQ;                         // dq folded in: the forward's per-chunk states
     constexpr int WARPS = dkdv_warps(LAYOUT), NTH = 32 * WARPS, CH = WARPS / 4;   // CH: column parts of dS
     constexpr int OCH = LAYOUT == DKDV_COLS ? 2 : 1;              // column parts of the dk, dv tiles
     constexpr int R = WHICH == 1 ? BV : DKP, CC = WHICH == 2 ? BV : DVP;
     constexpr int SMT = R / 64, SNT = CC / CH / 8, ONT = BV / OCH / 8;
     constexpr int LDK = DKP + PAD, LDV = DVP + PAD, LDS = CC + PAD, KS = Traits<T>::KS;
-    constexpr int STAGE = 2 * C * LDK + 2 * C * LDV;             // one stage: Q, K, V, dO
+    constexpr int STAGE = 2 * C * LDK + 2 * C * LDV + (DQ ? DKP * LDV : 0);   // one stage: Q, K, V, dO (, H)
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = reinterpret_cast<T*>(smem_raw);
     T* sS = stages + STAGES * STAGE;
     Trailer* tr = reinterpret_cast<Trailer*>(sS + R * LDS);
+    float* hsig = reinterpret_cast<float*>(tr + 1);              // DQ: the sigma of each stage's H tile
     const bool decay = g != nullptr;
     const int nt_ = WHICH == 1 ? (dk + BV - 1) / BV : WHICH == 2 ? (dv + BV - 1) / BV : 1;
     const int tile = blockIdx.x % nt_, s = blockIdx.x / nt_, n = blockIdx.y, N = gridDim.y;
@@ -826,6 +858,11 @@ tc_bwd_dkdv(
         load_tile<T, DKP, NTH>(sQ + C * LDK, LDK, k + row0 * dk, dk, nrow, 0, dk);
         if (WHICH != 2) load_tile<T, DVP, NTH>(sQ + 2 * C * LDK, LDV, v + row0 * dv, dv, nrow, 0, dv);
         load_tile<T, DVP, NTH>(sQ + 2 * C * LDK + C * LDV, LDV, dout + row0 * dv, dv, nrow, 0, dv);
+        if constexpr (DQ) {                                        // the state before the chunk (tc_fwd's STORE)
+            const long long at = (long long)n * seg_c0[NSEG] + seg_c0[s] + (nch - 1 - i);
+            load_tile<T, BV, NTH>(sQ + 2 * C * LDK + 2 * C * LDV, LDV, Hst + at * (DKP * BV), BV, C, 0, BV);
+            if (threadIdx.x == 0) cp_async4(hsig + st, Hsig + at, 4);
+        }
     };
     auto grows = [&](int i) { return grows_at(g, g_half, nT + start(i), min(C, t1 - start(i))); };
     Walk<STAGES> walk(nch, causal && decay, tr, issue, grows);
@@ -887,6 +924,22 @@ tc_bwd_dkdv(
                         if (ch == 0 && tq == 0 && m0 + gq + 8 * h < nrow) out[m0 + gq + 8 * h] = d[h] + part[m0 + gq + 8 * h];
                 }
             }
+        }
+        if constexpr (DQ) {                                    // dq = scale e^b dO H^T + scale mask(e^{b_t-b_i} dO V^T) K
+            const T* sH = sO + C * LDV;                            // causal only (the host folds causal calls)
+            float acc[1][8][4];
+            zero(acc);
+            gemm_ss<T, SPLIT, 1, 8, false, true>(acc, sO, LDV, sH, LDV, m0, 0, 0, DVP);        // dO H^T
+            const float hs = scale * hsig[i % STAGES];
+            scale_acc_rows(acc, m0, [&](int r) { return hs * (decay ? tr->e[r] : 1.f); });
+            float S[1][8][4];
+            zero(S);
+            gemm_ss<T, SPLIT, 1, 8, false, true>(S, sO, LDV, sV, LDV, m0, 0, 0, DVP, 0, rw + 1);  // dO V^T
+            AFrags<T, 8> P;
+            intra_frags<T, true>(P, S, m0, tr, decay, scale);
+            gemm_rs<T, SPLIT, 8, AFrags<T, 8>::N, false>(acc[0], P.f, sK, LDK, 0, 0, (m0 + 16) / KS);  // + dP K
+            store_rows<T, 8>(acc[0], dqout + row0 * dk, dk, m0, nrow, 0, dk);
+            if (decay && rq) row_dots<T>(acc[0], sQ, LDK, m0, nrow, rq + (long long)n * T_ + cs);   // q.dq
         }
         if (causal && (j > 0 || dSstart)) {                       // dS <- e^{b_last} dS + Q^T diag(scale e^b) dO
             if (decay) scale_acc(dS, tr->e[C - 1]);                // the weights on Q^T's fragments, in registers

@@ -18,8 +18,12 @@ fit in ``SMEM_MAX`` runs with one (``staged``).
 dk/dv at head dims (64, 64) (``DKDV_MODES``, ``dkdv=`` of ``forward``, kept for the backward): "fused" (the
 default: one 4-warp kernel for dk and dv), "split" (the dk kernel and the dv kernel of the wider head dims, each
 recomputing the dS walk; cupy:chunked_mma_dkdv2), "wide" (the fused kernel with 8 warps, each owning half the
-columns of the dS, dk and dv tiles; cupy:chunked_mma_dkdv8) or "roles" (8 warps: each a quarter of dS, warps
-0-3 form dv, 4-7 dk; cupy:chunked_mma_dkdv8r).  Above 64 the separate kernels run in every mode.
+columns of the dS, dk and dv tiles; cupy:chunked_mma_dkdv8), "roles" (8 warps: each a quarter of dS, warps
+0-3 form dv, 4-7 dk; cupy:chunked_mma_dkdv8r) or "dqfold" (dq folded into the fused 4-warp dk/dv walk, WHICH
+tc::DKDV_DQ: the forward writes the state before every chunk (``tc_fwd``'s STORE, in the storage type as the
+products read it, with its power-of-two sigma), the reverse walk reads it back and forms dq beside dk and dv,
+and ``tc_bwd_dq`` is not launched; cupy:chunked_mma_dqf; causal calls only, not causal runs "fused").  Above 64
+the separate kernels (and ``tc_bwd_dq``) run in every mode.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from typing import Optional
 
 import numpy as np
 
-from workbench.backends import new_output, new_outputs
+from workbench.backends import new_output, new_scratch, outputs_layout
 
 from .._segments import Segmentation, segment_rows
 from ._module import CTYPE, ITEMSIZE, Prepared, declare_groups, dtype_name, get_kernel, lead_size, padded_dim
@@ -51,7 +55,9 @@ DOUBLE_BUFFERED = ("cupy:chunked_mma with double-buffered chunk tiles (stages=2)
                    "flight while chunk c is computed")     # the description of the ops' chunked_mma_db variants
 # The dk/dv walkers launched at head dims (64, 64), per mode: ((WHICH, LAYOUT), ...) of tc_bwd_dkdv, in order;
 # LAYOUT: tc::DKDV_ROWS 0 (4 warps), DKDV_COLS 1 and DKDV_ROLES 2 (8 warps), DKDV_WARPS per layout
-DKDV_MODES = {"fused": ((0, 0),), "split": ((1, 0), (2, 0)), "wide": ((0, 1),), "roles": ((0, 2),)}
+DKDV_MODES = {"fused": ((0, 0),), "split": ((1, 0), (2, 0)), "wide": ((0, 1),), "roles": ((0, 2),),
+              "dqfold": ((3, 0),)}
+DKDV_DQ = 3                             # tc::DKDV_DQ: the WHICH of the walker that forms dq, dk and dv
 DKDV_WARPS = (4, 8, 8)
 DKDV_WIDE = ((1, 0), (2, 0))            # above 64: the dk kernel per 64-column dk tile, the dv kernel per dv tile
 DKDV_DESCRIPTION = {   # the ops' measured-rung variants of the dk/dv modes: (variant name, description)
@@ -61,6 +67,8 @@ DKDV_DESCRIPTION = {   # the ops' measured-rung variants of the dk/dv modes: (va
                                   "warp half the columns of the dS, dk and dv tiles)"),
     "roles": ("chunked_mma_dkdv8r", "cupy:chunked_mma with an 8-warp dk/dv kernel at head dim 64 (dkdv='roles': "
                                     "each warp a quarter of dS; warps 0-3 form dv, 4-7 dk)"),
+    "dqfold": ("chunked_mma_dqf", "cupy:chunked_mma with dq folded into the dk/dv walk at head dim 64, causal "
+                                  "(dkdv='dqfold': the forward stores each chunk's state, no dq walker)"),
 }
 
 
@@ -86,8 +94,11 @@ def smem_dkdv(item: int, dkp: int, dvp: int, which: int, stages: int = 1, layout
     rows = BV if which == 1 else dkp
     cols = BV if which == 2 else dvp
     part = 4 * C if layout == 1 else 0                 # DKDV_COLS: the row-dot halves, after the Trailer
-    return (item * (stages * (2 * C * (dkp + PAD) + 2 * C * (dvp + PAD)) + rows * (cols + PAD)) + TRAILER_BYTES
-            + part)
+    dq = which == DKDV_DQ
+    state = dkp * (dvp + PAD) if dq else 0             # DKDV_DQ: the state tile of each stage ...
+    sig = 16 if dq else 0                              # ... and its sigma (a float per stage), after the Trailer
+    return (item * (stages * (2 * C * (dkp + PAD) + 2 * C * (dvp + PAD) + state) + rows * (cols + PAD))
+            + TRAILER_BYTES + part + sig)
 
 
 # ----------------------------------------------------------------------------- instantiations
@@ -99,15 +110,17 @@ class Launchable:
     threads: int = THREADS
 
 
-def staged(name: str, targs: tuple, stages: int, smem, threads: int = THREADS) -> Launchable:
-    """``name<targs..., S>`` with S = ``stages`` where ``smem(S)`` (bytes) fits in SMEM_MAX, else 1."""
+def staged(name: str, targs: tuple, stages: int, smem, threads: int = THREADS, tail: tuple = ()) -> Launchable:
+    """``name<targs..., S, tail...>`` with S = ``stages`` where ``smem(S)`` (bytes) fits in SMEM_MAX, else 1."""
     s = stages if smem(stages) <= SMEM_MAX else 1
-    return Launchable(f"{name}<{', '.join(map(str, targs))}, {s}>", smem(s), threads)
+    return Launchable(f"{name}<{', '.join(map(str, targs + (s,) + tail))}>", smem(s), threads)
 
 
 @functools.lru_cache(maxsize=None)          # per launch: the expression and smem once per key
-def _fwd(dtype, split, stages, dkp):
-    return staged("tc_fwd", (CTYPE[dtype], dkp, split), stages, lambda s: smem_fwd(ITEMSIZE[dtype], dkp, s))
+def _fwd(dtype, split, stages, dkp, store=False):
+    """tc_fwd; store: STORE 1, the state before every chunk written for the dq-folded backward (DKDV_DQ)."""
+    return staged("tc_fwd", (CTYPE[dtype], dkp, split), stages, lambda s: smem_fwd(ITEMSIZE[dtype], dkp, s),
+                  tail=(1,) if store else ())
 
 
 @functools.lru_cache(maxsize=None)
@@ -127,9 +140,24 @@ def _dkdv(dtype, split, stages, dkp, dvp, which, layout=0):
                   lambda s: smem_dkdv(ITEMSIZE[dtype], dkp, dvp, which, s, layout), 32 * DKDV_WARPS[layout])
 
 
-def dkdv_launches(dkp: int, dvp: int, dkdv: str) -> tuple:
-    """((WHICH, LAYOUT), ...) of the dk/dv walkers one backward launches (padded head dims, mode)."""
-    return DKDV_MODES[dkdv] if (dkp, dvp) == (64, 64) else DKDV_WIDE
+def dkdv_launches(dkp: int, dvp: int, dkdv: str, causal: bool = True) -> tuple:
+    """((WHICH, LAYOUT), ...) of the dk/dv walkers one backward launches (padded head dims, mode, causal: the
+    dq-folded walker runs causal calls only, others take the fused kernel and tc_bwd_dq)."""
+    if (dkp, dvp) != (64, 64):
+        return DKDV_WIDE
+    if not causal and folds(dkdv):
+        return DKDV_MODES["fused"]
+    return DKDV_MODES[dkdv]
+
+
+def folds(dkdv: str) -> bool:
+    """Whether the mode's walkers form dq too (DKDV_DQ)."""
+    return any(which == DKDV_DQ for which, _ in DKDV_MODES[dkdv])
+
+
+def folded(dkp: int, dvp: int, dkdv: str, causal: bool) -> bool:
+    """Whether a call's backward forms dq in the dk/dv walk (so its forward stores the per-chunk states)."""
+    return any(which == DKDV_DQ for which, _ in dkdv_launches(dkp, dvp, dkdv, causal))
 
 
 def _group(dtype: str, split: int, stages: int) -> tuple:
@@ -139,6 +167,7 @@ def _group(dtype: str, split: int, stages: int) -> tuple:
     for p in DIMS:
         out += [_fwd(dtype, split, stages, p), _dq(dtype, split, stages, p)]
         out += [_seg_state(dtype, split, stages, p, rev) for rev in (False, True)]
+    out += [_fwd(dtype, split, stages, 64, store=True)]          # the dq-folded mode's forward (head dims 64)
     for dkp in DIMS:
         for dvp in DIMS:
             for mode in DKDV_MODES:
@@ -186,6 +215,17 @@ def segment_table(T: int, L: int, cu: Optional[tuple] = None) -> SegmentTable:
     return SegmentTable(r.cu, L, len(r.rows), T, *(cp.asarray(np.ascontiguousarray(x)) for x in cols))
 
 
+@functools.lru_cache(maxsize=256)
+def chunk_offsets(T: int, L: int, cu: Optional[tuple] = None):
+    """(offsets, total): the index of each segment's first chunk among all chunks of the packed T axis (int32,
+    nseg + 1 entries on the device, the last one the total), where the dq-folded mode keeps the per-chunk states."""
+    import cupy as cp
+    r = segment_rows(T, C, L, cu)
+    nch = -(-(r.rows[:, 1] - r.rows[:, 0]) // C)
+    off = np.concatenate([[0], np.cumsum(nch)]).astype(np.int32)
+    return cp.asarray(off), int(off[-1])
+
+
 @functools.lru_cache(maxsize=None)
 def _sm_count() -> int:
     import cupy as cp
@@ -224,6 +264,9 @@ class CoreContext:
     dkdv: str = "fused"       # the dk/dv walkers at head dims (64, 64) (DKDV_MODES)
     plan: object = None       # the forward's _CorePlan (the backward's launches are cached on it)
     scale32: object = None    # the scale as the kernels take it (np.float32)
+    states: object = None     # dq-folded mode: the allocation of the per-chunk states (kept until the backward) and
+    state_args: tuple = ()    #   the kernels' Hst, Hsig: the state before every chunk ((N, chunks, ntv, 64, 64) in
+                              #   q's dtype, as its products read it) and its power-of-two scale ((N, chunks, ntv) float32)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -263,7 +306,7 @@ class _CorePlan:
     the segment table, the kernels' scalar arguments and each launch prepared (``_module.Prepared``: kernel,
     grid, block, shared memory).  The backward's launches are made on its first use (``backward_plan``)."""
 
-    def __init__(self, dt, shape, dv, split, stages, causal, cu, L, g_name, has_S0, want_final):
+    def __init__(self, dt, shape, dv, split, stages, causal, cu, L, g_name, has_S0, want_final, dkdv="fused"):
         N, T, dk = lead_size(shape, 2), shape[-2], shape[-1]
         self.N, self.T, self.dk, self.dv, self.dt, self.split, self.stages = N, T, dk, dv, dt, split, stages
         self.causal, self.has_S0 = causal, has_S0
@@ -293,7 +336,14 @@ class _CorePlan:
             self.seg_state = _prepared(dt, split, stages, _seg_state(dt, split, stages, self.dkp, False), grid)
             if causal or not tab.single:
                 self.seg_scan = Prepared(_common("tc_seg_scan<false>"), (-(-self.E // 256), tab.nseq, N), (256,))
-        self.fwd = _prepared(dt, split, stages, _fwd(dt, split, stages, self.dkp), grid)
+        # dq folded into the dk/dv walk (DKDV_DQ): the forward writes the state before every chunk
+        self.fold = folded(self.dkp, self.dvp, dkdv, causal)
+        self.fwd = _prepared(dt, split, stages, _fwd(dt, split, stages, self.dkp, store=self.fold), grid)
+        self.fold_args = (_ptr(None),) * 3                      # tc_fwd's Hst, Hsig, seg_c0 without STORE
+        if self.fold:                                           # one allocation, by address (new_scratch)
+            self.chunk0, nch = chunk_offsets(T, L, cu)
+            self.states_layout = (((N, nch, self.ntv, self.dkp, BV), np.dtype(f"u{ITEMSIZE[dt]}")),   # T, by size
+                                  ((N, nch, self.ntv), np.float32))
         self._backward: dict = {}
 
     def backward_plan(self, dkdv: str, want_dg: bool, dg_name: str):
@@ -316,12 +366,13 @@ class _BackwardPlan:
                                   (tab.nseg * cp_.ntv, N))
             if cp_.causal or not tab.single:
                 self.rscan = Prepared(_common("tc_seg_scan<true>"), (-(-cp_.E // 256), tab.nseq, N), (256,))
-        self.dq = _prepared(dt, split, stages, _dq(dt, split, stages, cp_.dvp), (tab.nseg * cp_.ntk, N))
+        self.dq = None if cp_.fold else _prepared(dt, split, stages, _dq(dt, split, stages, cp_.dvp),
+                                                  (tab.nseg * cp_.ntk, N))
         self.dkdv = tuple(_prepared(dt, split, stages, _dkdv(dt, split, stages, cp_.dkp, cp_.dvp, which, layout),
                                     (tab.nseg * (cp_.ntk if which == 1 else cp_.ntv if which == 2 else 1), N))
-                          for which, layout in dkdv_launches(cp_.dkp, cp_.dvp, dkdv))
+                          for which, layout in dkdv_launches(cp_.dkp, cp_.dvp, dkdv, cp_.causal))
         self.want_dg = want_dg
-        self.layout = None              # the outputs' (shape, dtype), from the first call's arrays
+        self.layout = None              # the outputs' backends.OutputLayout, from the first call's arrays
         self.scratch = ()
         if want_dg:
             self.scratch = (((cp_.ntk, N, cp_.T), np.float32),) * 2     # the row dots of q.dq and k.dk
@@ -338,18 +389,18 @@ _PLANS: dict = {}
 _MAX_PLANS = 1024
 
 
-def _plan(dt, shape, dv, split, stages, causal, cu, L, g, has_S0, want_final) -> _CorePlan:
+def _plan(dt, shape, dv, split, stages, causal, cu, L, g, has_S0, want_final, dkdv="fused") -> _CorePlan:
     g_name = g_shape = None
     if g is not None:
         g_name, g_shape = dtype_name(g.dtype), g.shape
-    key = (dt, shape, dv, split, stages, causal, cu, L, g_name, g_shape, has_S0, want_final)
+    key = (dt, shape, dv, split, stages, causal, cu, L, g_name, g_shape, has_S0, want_final, dkdv)
     p = _PLANS.get(key)
     if p is None:
         if g_name is not None and g_name not in LOG_DECAY_DTYPES:
             raise ValueError(f"log decays must be one of {LOG_DECAY_DTYPES} (got {g_name})")
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
-        p = _PLANS[key] = _CorePlan(dt, shape, dv, split, stages, causal, cu, L, g_name, has_S0, want_final)
+        p = _PLANS[key] = _CorePlan(dt, shape, dv, split, stages, causal, cu, L, g_name, has_S0, want_final, dkdv)
     return p
 
 
@@ -367,7 +418,7 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     if dkdv not in DKDV_MODES:
         raise ValueError(f"dkdv must be one of {tuple(DKDV_MODES)} (got {dkdv!r})")
     causal = bool(causal)
-    P = _plan(dt, q.shape, v.shape[-1], split, stages, causal, cu, L, g, S0 is not None, bool(want_final))
+    P = _plan(dt, q.shape, v.shape[-1], split, stages, causal, cu, L, g, S0 is not None, bool(want_final), dkdv)
     o = new_output(cp, P.o_shape, q.dtype)
     scale32 = np.float32(scale)
     Hstart = gam = final = None
@@ -384,10 +435,15 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
             Hstart = new_output(cp, P.seg_shape, cp.float32)
             final = new_output(cp, P.state_shape, cp.float32)
             P.seg_scan((Eseg, gam, S0, Hstart, final) + P.scan_args)
+    states, state_args, fold_args = None, (), P.fold_args
+    if P.fold:                                          # the state before every chunk, for the backward's dq
+        states, state_args = new_scratch(cp, P.states_layout)
+        state_args = tuple(state_args)
+        fold_args = state_args + (P.chunk0,)
     P.fwd((q, k, v, g, o, Hstart if causal else final, final if P.seg_state is None else None) + P.head
-          + (scale32, P.causal32, P.g_half))
+          + (scale32, P.causal32, P.g_half) + fold_args)
     ctx = CoreContext(q, k, v, g, P.table, Hstart if causal else final, gam, final, S0, float(scale), causal,
-                      split, stages, dkdv, P, scale32)
+                      split, stages, dkdv, P, scale32, states, state_args)
     return o, ctx
 
 
@@ -404,11 +460,11 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dg_dtype=None):
     B = P.backward_plan(ctx.dkdv, want_dg, dtype_name(dg_dtype) if want_dg else None)
     layout = B.layout
     if layout is None:               # dq, dk, dv (and d log_decay) as one allocation (backends.new_outputs)
-        layout = B.layout = (((q.shape, q.dtype), (k.shape, k.dtype), (v.shape, v.dtype))
-                             + (((g.shape, dg_dtype),) if want_dg else ()))
+        layout = B.layout = outputs_layout(((q.shape, q.dtype), (k.shape, k.dtype), (v.shape, v.dtype))
+                                           + (((g.shape, dg_dtype),) if want_dg else ()), B.scratch)
     # the row dots of q.dq and k.dk per dk tile (want_dg), by address, in the same allocation (held by `keep`
     # until tc_dg is queued)
-    outs, rows, keep = new_outputs(cp, layout, B.scratch)
+    outs, rows, keep = layout.new(cp)
     dq, dk, dv = outs[0], outs[1], outs[2]
     rq, rk = rows if want_dg else (None, None)
     dS0 = dSend = None
@@ -427,7 +483,11 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dg_dtype=None):
             if not ctx.causal:
                 dSend = dS0                                  # not causal: the gradient of the total
     tail = P.head + (ctx.scale32, P.causal32, P.g_half)
-    B.dq((q, k, v, g, do, dq, rq, ctx.Hstart) + tail)
+    if B.dq is not None:
+        B.dq((q, k, v, g, do, dq, rq, ctx.Hstart) + tail)
+        tail += (_ptr(None),) * 5                          # tc_bwd_dkdv's dq, rq, Hst, Hsig, seg_c0 (DKDV_DQ only)
+    else:                                                  # dq folded into the dk/dv walk
+        tail += (dq, _ptr(rq)) + ctx.state_args + (P.chunk0,)
     dS0_out = dS0 if B.rseg is None else None
     for launch_dkdv in B.dkdv:
         launch_dkdv((q, k, v, g, do, dk, dv, rk, dSend, dS0_out) + tail)

@@ -158,14 +158,14 @@ import math  # noqa: E402
 from dataclasses import dataclass as _dataclass  # noqa: E402
 from typing import Optional  # noqa: E402
 
-from workbench.backends import data_ptr, new_output, new_scratch  # noqa: E402
+from workbench.backends import data_ptr, new_output, new_scratch, outputs_layout  # noqa: E402
 from workbench.state import ZeroSState  # noqa: E402
 
 from . import _chunked_mma as mma  # noqa: E402
 from . import _packing as packing  # noqa: E402
 
 INSTANTIATIONS = INSTANTIATIONS + mma.INSTANTIATIONS     # the kernels this module's variants launch
-from ._module import as_contiguous, dtype_name, launch, lead_size  # noqa: E402
+from ._module import Prepared, as_contiguous, dtype_name, launch, lead_size  # noqa: E402
 from .decayed import _supports_mma  # noqa: E402  (head dims up to the core's MAX_DIM, the same rule)
 
 SCAN_CHUNK = 64             # tokens per scan chunk (zeros.cu: zs::C)
@@ -659,7 +659,8 @@ class _FusedContext:
     stats: ForwardStats
     table: object            # _chunked_mma.SegmentTable (one sequence per head)
     H: object                # causal: (N, nseg, 3, Dk, Dv) states before each segment (None: one segment);
-                             # not causal: (N, 1, 3, Dk, Dv) totals
+                             # not causal: (N, 1, 3, Dk, Dv) totals; float32, the np.uint64 address of its
+                             # first element (a part of stats.buf)
     tok: tuple = ()          # _token_args(s, stats), as the forward launched them
 
 
@@ -710,28 +711,96 @@ def _token_args(s, stats: ForwardStats) -> tuple:
             np.uint64(hbase + 4 * N))
 
 
+class _FusedPlan:
+    """Everything of one fused forward that depends only on its geometry, made once per (storage dtype, q's
+    shape, v's shape, gates' shape, causal, L, IN_BLOCK_SCAN_MAX_CHUNKS): the segment table, the argument
+    tails, one layout for o and the statistics (backends.OutputLayout: o a view; st, head, the chunk carries
+    above IN_BLOCK_SCAN_MAX_CHUNKS and the states H by address; one allocation up to OUTPUTS_MERGE_MAX) and
+    every launch prepared (``_module.Prepared``).  Per call: one allocation, the addresses added to its base,
+    the launches."""
+
+    def __init__(self, dtype, q_shape, v_shape, g_shape, causal: bool, L):
+        dt = dtype_name(dtype)                     # the kernels' storage type; o has the dtype object itself
+        N, T, Dk, Dv = lead_size(q_shape, 2), q_shape[-2], q_shape[-1], v_shape[-1]
+        i32, null = np.int32, np.uint64(0)
+        NC = -(-T // SCAN_CHUNK)
+        self.separate = separate = NC > IN_BLOCK_SCAN_MAX_CHUNKS      # the scans over chunks in their own launches
+        ntw = -(-Dv // FUSED_BW)
+        if L is None:
+            L = mma.choose_segments(N, T, max(ntw, -(-Dk // FUSED_BW)))
+        tab = self.table = mma.segment_table(T, L)
+        # H: causal with one segment none (the walkers start from zeros); not causal with one segment the segment
+        # sums themselves (the totals); else the scan of the segment sums (a per-call `part` before it)
+        self.h_mode = None if causal and tab.single else "sums" if tab.single else "scan"
+        nh = tab.nseg if causal else 1
+        self.h_shape = (N, tab.nseg, 3, Dk, Dv)
+        scratch = _stats_layout(N, T, NC, separate) + ((((N, nh, 3, Dk, Dv), np.float32),) if self.h_mode else ())
+        self.layout = outputs_layout(((tuple(q_shape[:-1]) + (Dv,), dtype),), scratch)   # (bfloat16: no NumPy name)
+        row = 4 * N * T                                            # bytes of one statistics row (float32)
+        self.rows = tuple(ST[r] * row for r in ("m", "alpha", "beta", "gamma"))
+        self.shift = 4 * N                                         # the head rows: sigma, then c
+        # zeros_ftoken (the statistics; no stream values, one sequence, no state); above the bound after
+        # zeros_fchunk and zeros_fscan (carries by address)
+        sq = ONE_SEQUENCE.args() + (null,)                         # tseq, cu, nseq, st0
+        self.ft_head = (i32(g_shape[-1]), i32(T), i32(Dv), i32(NC)) + sq
+        self.ft_tail = (null, null, i32(0), null, i32(0)) + (null,) * 4
+        self.ftoken = Prepared(_scan(dt, "ftoken", causal), (NC, N), (32 * SCAN_WARPS,))
+        if separate:
+            self.fchunk = Prepared(_scan(dt, "fchunk"), (-(-NC // SCAN_WARPS), N), (32 * SCAN_WARPS,))
+            self.fscan = Prepared(_scan(dt, "fscan", causal), (N,), (SCAN_THREADS,))
+            self.fchunk_head, self.fscan_nc = (i32(T), i32(NC)) + sq, i32(NC)
+        kernel, smem = _fused_kernel_of(dt, "tz_fwd", (Dk, Dv))
+        self.fwd = Prepared(kernel, (tab.nseg * ntw, N), (mma.THREADS,), smem)
+        self.sums = Prepared(kernel, (tab.nseg * ntw, N), (mma.THREADS,), smem)   # its own parameter layout
+        self.tail = (tab.t0, tab.t1, i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(causal))
+        if self.h_mode == "scan":
+            E = Dk * Dv
+            self.seg_scan = Prepared(get_kernel(mma.SOURCE, "tz_seg_scan<false>", group=FUSED_COMMON),
+                                     (-(-3 * E // 256), N), (256,))
+            self.scan_args = (tab.t0, tab.t1, i32(T), i32(tab.nseg), np.int64(E))
+            self.causal = causal
+
+    def __call__(self, q, k, v, s, gates):
+        """o, ForwardStats (by address), H (np.uint64 address or None), the token arguments."""
+        import cupy as cp
+        u64, null = np.uint64, np.uint64(0)
+        (o,), addrs, keep = self.layout.new(cp)
+        st, head = addrs[0], addrs[1]
+        b, (rm, ra, rb, rg) = int(st), self.rows
+        tok = (s, u64(b + rm), u64(b + ra), u64(b + rb), u64(b + rg), head, u64(int(head) + self.shift))
+        carries = (null,) * 3                                  # zeros_ftoken scans the chunks itself
+        if self.separate:
+            cM, cE, cLo, cHi, cP, cR, xM, xE, xP = addrs[2:11]
+            self.fchunk((s,) + self.fchunk_head + (cM, cE, cP, cR, cLo, cHi))
+            self.fscan((cM, cE, cP, cR, cLo, cHi, self.fscan_nc, xM, xE, xP, head))
+            carries = (xM, xE, xP)
+        self.ftoken((s, gates, v) + self.ft_head + carries + (head, st) + self.ft_tail)
+        H = addrs[-1] if self.h_mode else None
+        if self.h_mode == "sums":                              # not causal, one segment: the totals
+            self.sums((null, k, v) + tok + (null, null, H) + self.tail)
+        elif self.h_mode == "scan":
+            part = new_output(cp, self.h_shape, cp.float32)   # each segment's own sum, until the scan is queued
+            self.sums((null, k, v) + tok + (null, null, part) + self.tail)
+            self.seg_scan((part, tok[1]) + self.scan_args + ((H, null) if self.causal else (null, H)))
+        self.fwd((q, k, v) + tok + (o, null if H is None else H, null) + self.tail)
+        return o, ForwardStats(st, head, None, keep), H, tok
+
+
+_FUSED_PLANS: dict = {}
+_MAX_FUSED_PLANS = 256
+
+
 def _fused_forward(q, k, v, s, gates, causal=True, L=None):
     """L: chunks per segment (None: _chunked_mma.choose_segments; 0: one segment per head)."""
-    import cupy as cp
-    N, T, Dk = lead_size(q.shape, 2), q.shape[-2], q.shape[-1]       # any leading dims (Variant.leading_dims)
-    Dv = v.shape[-1]
-    dt = dtype_name(q.dtype)
-    i32 = np.int32
-    stats = forward_stats(s, gates, v, causal, by_address=True)
-    ntw = -(-Dv // FUSED_BW)
-    if L is None:
-        L = mma.choose_segments(N, T, max(ntw, -(-Dk // FUSED_BW)))
-    tab = mma.segment_table(T, L)
-    tok = _token_args(s, stats)
-    tail = (tab.t0, tab.t1, i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(bool(causal)))
-    null = np.uint64(0)
-
-    def segment_sums(out):
-        _fused_launch(dt, "tz_fwd", (Dk, Dv), N, ntw, tab, (null, k, v) + tok + (null, null, out) + tail)
-    H = _chained(causal, tab, tok[1], T, (N, Dk, Dv), False, segment_sums)
-    o = new_output(cp, q.shape[:-1] + (Dv,), q.dtype)
-    _fused_launch(dt, "tz_fwd", (Dk, Dv), N, ntw, tab, (q, k, v) + tok + (o, mma._ptr(H), null) + tail)
-    return o, _FusedContext(q, k, v, s, gates, bool(causal), stats, tab, H, tok)
+    causal = bool(causal)
+    key = (q.dtype, q.shape, v.shape, gates.shape, causal, L, IN_BLOCK_SCAN_MAX_CHUNKS)   # (a test moves the bound)
+    P = _FUSED_PLANS.get(key)
+    if P is None:
+        if len(_FUSED_PLANS) >= _MAX_FUSED_PLANS:
+            _FUSED_PLANS.clear()
+        P = _FUSED_PLANS[key] = _FusedPlan(q.dtype, q.shape, v.shape, gates.shape, causal, L)
+    o, stats, H, tok = P(q, k, v, s, gates)
+    return o, _FusedContext(q, k, v, s, gates, causal, stats, P.table, H, tok)
 
 
 # cupy:chunked_mma_fused2: the backward folds dk into the dv walker (tz_bwd_dv<..., DKF = true>): each dv tile's

@@ -290,6 +290,9 @@ def test_registered():
     assert set(f.dtypes) == {"float32", "float16", "bfloat16"} and f.gpu and f.form == "linear" and not f.tags
     assert f.unsupported_reason({}, {"q": (2, 8, 129), "v": (2, 8, 64)})
     assert f.unsupported_reason({}, {"q": (2, 8, 128), "v": (2, 8, 1)}) is None
+    f2 = registry.get("zeros", "cupy", "chunked_mma_fused2")
+    assert f2.dtypes == f.dtypes and f2.gpu and f2.form == "linear" and not f2.tags and f2.forward is f.forward
+    assert f2.unsupported_reason({}, {"q": (2, 8, 129), "v": (2, 8, 64)})
 
 
 def test_every_scan_kernel_is_listed():
@@ -315,6 +318,10 @@ def test_every_fused_kernel_is_listed_and_declared():
                               for p in (64, 128)}
         assert set(group) <= listed and group in declared
     assert set(zeros.FUSED_COMMON) <= listed and zeros.FUSED_COMMON in declared
+    for dt, ct in (("float32", "float"), ("float16", "wb_half"), ("bfloat16", "wb_bf16")):   # chunked_mma_fused2
+        group = zeros.FUSED2_GROUPS[dt]
+        assert set(group) == {f"tz_bwd_dv<{ct}, {p}, {3 if dt == 'float32' else 1}, true>" for p in (64, 128)}
+        assert set(group) <= listed and group in declared
 
 
 def test_stat_rows_match_the_kernels():
@@ -335,6 +342,10 @@ def test_fused_shared_memory_fits():
         for dp in (64, 128):
             assert zeros.smem_fused(name, 4, dp) <= 227 * 1024
             assert zeros.smem_fused(name, 2, dp) <= 163 * 1024
+    for dp in (64, 128):                                   # chunked_mma_fused2's dv walker (fewer narrow tiles at 64)
+        narrow = zeros.FUSED2_DV_NARROW[dp]
+        assert narrow <= 5 and zeros.smem_fused("tz_bwd_dv", 4, dp, narrow) <= 227 * 1024
+    assert 2 * zeros.smem_fused("tz_bwd_dv", 4, 64, zeros.FUSED2_DV_NARROW[64]) <= 228 * 1024   # 2 blocks per SM
 
 
 def test_output_scale():
@@ -587,7 +598,9 @@ SHAPES = [((2, 3), 37, 5, 7), ((1,), 1, 64, 64), ((2,), 130, 64, 64), ((1,), 200
           ((2,), 65, 32, 128), ((1,), 4097, 64, 64)]
 CASES = [("chunked_mma", "float32", 1e-4), ("chunked_mma", "float16", 2e-2), ("chunked_mma", "bfloat16", 3e-2),
          ("chunked_mma_tf32", "float32", 5e-3), ("chunked_mma_fused", "float32", 1e-4),
-         ("chunked_mma_fused", "float16", 2e-2), ("chunked_mma_fused", "bfloat16", 2e-2)]
+         ("chunked_mma_fused", "float16", 2e-2), ("chunked_mma_fused", "bfloat16", 2e-2),
+         ("chunked_mma_fused2", "float32", 1e-4), ("chunked_mma_fused2", "float16", 2e-2),
+         ("chunked_mma_fused2", "bfloat16", 2e-2)]
 
 
 @gpu
@@ -601,7 +614,8 @@ def test_variant_matches_reference(impl, dtype, tol, shape):
             assert not bad, (causal, n_gates, bad)
 
 
-MMA_IMPLS = ("chunked_mma", "chunked_mma_fused")
+MMA_IMPLS = ("chunked_mma", "chunked_mma_fused", "chunked_mma_fused2")
+FUSED_IMPLS = ("chunked_mma_fused", "chunked_mma_fused2")
 
 
 @gpu
@@ -645,14 +659,24 @@ def test_variant_long_sequence_float16(impl):
 
 
 @gpu
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("float16", 2e-2)])
 @pytest.mark.parametrize("L", [0, 1, 3, None])
 @pytest.mark.parametrize("causal", [True, False])
-def test_fused_segment_lengths(dtype, tol, L, causal):
-    """cupy:chunked_mma_fused with every kind of segmentation (one segment per head, one chunk per segment,
+def test_fused_segment_lengths(impl, dtype, tol, L, causal):
+    """cupy:chunked_mma_fused(2) with every kind of segmentation (one segment per head, one chunk per segment,
     3 chunks, the automatic choice): the segment passes and scans (forwards and in reverse) against the
     chunked float64 reference at T = 1000, Dk != Dv, 3 heads."""
-    errs = run_case("chunked_mma_fused", dtype, 3, 1000, 48, 40, causal, 3, seed=7, form="chunked", L=L)
+    errs = run_case(impl, dtype, 3, 1000, 48, 40, causal, 3, seed=7, form="chunked", L=L)
+    assert all(e < tol for e in errs.values()), errs
+
+
+@gpu
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("float16", 2e-2)])
+def test_fused2_wide_walks(dtype, tol):
+    """cupy:chunked_mma_fused2 at head dims 128 x 80 (its dv walker folds through weighted copies of dO there, not
+    the fragment weights of head dim 64; dk from 3 dv tiles' parts) with walks of 2 chunks (L = 2)."""
+    errs = run_case("chunked_mma_fused2", dtype, 1, 300, 128, 80, True, 3, seed=3, form="chunked", L=2)
     assert all(e < tol for e in errs.values()), errs
 
 
@@ -663,10 +687,10 @@ def large_states(q, k, v):
 
 
 @gpu
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
 @pytest.mark.parametrize("causal", [True, False])
-def test_fused_float16_large_states(causal):
-    errs = run_case("chunked_mma_fused", "float16", 2, 1000, 32, 32, causal, 3, seed=9, prep=large_states,
-                    form="chunked")
+def test_fused_float16_large_states(impl, causal):
+    errs = run_case(impl, "float16", 2, 1000, 32, 32, causal, 3, seed=9, prep=large_states, form="chunked")
     assert all(e < 2e-2 for e in errs.values()), errs
 
 
@@ -681,12 +705,13 @@ def test_variant_nan_in_s_reaches_later_rows_only():
 
 
 @gpu
-def test_fused_nan_in_s_reaches_later_rows_only():
-    """The same for cupy:chunked_mma_fused at t = 77, off the 16-row bands: it keeps v as it is (the NaN is only
+@pytest.mark.parametrize("impl", FUSED_IMPLS)
+def test_fused_nan_in_s_reaches_later_rows_only(impl):
+    """The same for cupy:chunked_mma_fused(2) at t = 77, off the 16-row bands: it keeps v as it is (the NaN is only
     in the weights, which are selected to zero where masked), so exactly the rows from 77 on are NaN."""
     q, k, v, s, gates = random_inputs("zeros", (2,), 200, 32, 32, "float32", seed=2)
     s[0, 77] = np.nan
-    out = wb.zeros_attention(q, k, v, s, gates, backend="cupy:chunked_mma_fused")
+    out = wb.zeros_attention(q, k, v, s, gates, backend=f"cupy:{impl}")
     assert np.isfinite(out[0, :77]).all() and np.isnan(out[0, 77:]).any(-1).all() and np.isfinite(out[1]).all()
 
 

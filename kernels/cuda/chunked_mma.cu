@@ -1051,6 +1051,8 @@ __global__ void __launch_bounds__(256) tc_dg(const float* __restrict__ rq, int n
 // update's per-token weights scale the narrow operand (a 32-column tile) in shared memory.
 // Inputs per token: s (T) and the float32 rows m, alpha, beta, gamma (N, T); per head sigma and c (N).
 // States in memory: (N, segments or 1, 3, dk, dv) float32 (F, G', H or A, Bs, Cs).
+// cupy:chunked_mma_fused2 launches tz_bwd_dv<..., DKF = true> instead of tz_bwd_dv + tz_bwd_dk: dk is a sum of
+// per-dv-tile terms, each formed by that tile's dv walker (see there).
 namespace tz {
 using namespace tc;
 enum : int {
@@ -1160,9 +1162,10 @@ __device__ __forceinline__ void store_row_values(float* __restrict__ out, const 
 
 // The intra-chunk tile S (the warp's 16 rows, 64 columns) -> r o S on the visible elements, 0 elsewhere.  LOWER:
 // rows are queries, columns keys, visible c <= r; else rows are keys, columns queries, visible c >= r.  Before an
-// element is weighed, f(nt, e, query, key, e^{s_key - m_query}) sees it (S[0][nt][e] still unweighed).
-template <bool LOWER, typename F>
-__device__ __forceinline__ void weigh(float (&S)[1][8][4], int m0, const Rows* tr, F f) {
+// element is weighed, f(nt, e, query, key, e^{s_key - m_query}) sees it (S[0][nt][e] still unweighed).  PAIR: Y
+// (a second tile of the same rows and columns) is weighed alike (r o Y), with the weights formed once.
+template <bool LOWER, bool PAIR, typename F>
+__device__ __forceinline__ void weigh_tiles(float (&S)[1][8][4], float (&Y)[1][8][4], int m0, const Rows* tr, F f) {
     const int L = threadIdx.x & 31, g = L >> 2, t = L & 3;
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
@@ -1173,8 +1176,18 @@ __device__ __forceinline__ void weigh(float (&S)[1][8][4], int m0, const Rows* t
             const bool vis = LOWER ? c <= r : c >= r;
             const float ex = xp(tr->s[kr], tr->m[qr]);
             if (vis) f(nt, e, qr, kr, ex);
-            S[0][nt][e] = vis ? (tr->al[qr] * ex + tr->be[qr] * tr->sc[kr] + tr->ga[qr]) * S[0][nt][e] : 0.f;  // a select
+            if constexpr (PAIR) {
+                const float rw = tr->al[qr] * ex + tr->be[qr] * tr->sc[kr] + tr->ga[qr];
+                S[0][nt][e] = vis ? rw * S[0][nt][e] : 0.f;
+                Y[0][nt][e] = vis ? rw * Y[0][nt][e] : 0.f;
+            } else {
+                S[0][nt][e] = vis ? (tr->al[qr] * ex + tr->be[qr] * tr->sc[kr] + tr->ga[qr]) * S[0][nt][e] : 0.f;  // a select
+            }
         }
+}
+template <bool LOWER, typename F>
+__device__ __forceinline__ void weigh(float (&S)[1][8][4], int m0, const Rows* tr, F f) {
+    weigh_tiles<LOWER, false>(S, S, m0, tr, f);
 }
 
 // The three states (fp32 fragments: rows m0 + .., columns from 0 of dst) -> their operands in shared memory
@@ -1286,10 +1299,11 @@ __device__ __forceinline__ void inter(float (&acc)[4][4], const T* sA, int lda, 
 }
 
 // The chunk folded into the states: X_0 (F or A) rescaled by fd, then X_j += A_j^T B_j over the chunk's C tokens
-// (A_j = A + j aStep stored [token][state row], B_j = B + j bStep stored [token][state column]).
-template <typename T, int SPLIT, int MT, int NT>
+// (A_j = A + j aStep stored [token][state row], B_j = B + j bStep stored [token][state column]); hook(j): the
+// A-fragment hook of product j (gemm_ss; KWeights: A_j^T diag(w_j) B_j with the weights in registers).
+template <typename T, int SPLIT, int MT, int NT, typename H>
 __device__ __forceinline__ void fold(float (&X)[3][MT][NT][4], float fd, const T* A, int aStep, int lda, const T* B,
-                                     int bStep, int ldb, int m0, int n0) {
+                                     int bStep, int ldb, int m0, int n0, H hook) {
 #pragma unroll
     for (int i = 0; i < MT; ++i)
 #pragma unroll
@@ -1298,7 +1312,13 @@ __device__ __forceinline__ void fold(float (&X)[3][MT][NT][4], float fd, const T
             for (int e = 0; e < 4; ++e) X[0][i][jj][e] *= fd;
 #pragma unroll
     for (int j = 0; j < 3; ++j)
-        wbmma::gemm_ss<T, SPLIT, MT, NT, true, false>(X[j], A + j * aStep, lda, B + j * bStep, ldb, m0, n0, 0, C);
+        wbmma::gemm_ss<T, SPLIT, MT, NT, true, false>(X[j], A + j * aStep, lda, B + j * bStep, ldb, m0, n0, 0, C, 0,
+                                                      NT / 2, hook(j));
+}
+template <typename T, int SPLIT, int MT, int NT>
+__device__ __forceinline__ void fold(float (&X)[3][MT][NT][4], float fd, const T* A, int aStep, int lda, const T* B,
+                                     int bStep, int ldb, int m0, int n0) {
+    fold<T, SPLIT>(X, fd, A, aStep, lda, B, bStep, ldb, m0, n0, [](int) { return wbmma::AsLoaded(); });
 }
 }  // namespace tz
 
@@ -1488,19 +1508,31 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dq(const
 //   with v are sums over the dv tiles).  Causal: the states start at Sin[n][seg] (the suffix states after the
 //   segment, A relative to m at its last token; nullptr: zeros); not causal: Sin[n] holds the totals.
 // dvout == nullptr: Rseg[n][seg] <- the segment's own suffix sum (A relative to m before the segment).
-template <typename T, int DKP, int SPLIT>
+// DKF (cupy:chunked_mma_fused2; tz_bwd_dk is then not launched): dk is linear in each dv tile's contribution,
+//   dk = sum over dv tiles of (r o dP_tile)^T Q + diag(e^{s - m_end}) V_tile A_tile^T + diag(s') V_tile Bs_tile^T
+//        + V_tile Cs_tile^T
+//   (dP_tile^T = V_tile dO_tile^T, already formed for ds, weighed with S's weights; the tile's states already in
+//   shared memory), so the block also forms its tile's part of every dk column, 32 at a time: into dkout when one
+//   tile covers dv, else into dkp[vt][n][t][:] (summed by the scalar kernels); both in the input dtype.
+//   Without DKF, dkout and dkp are not read.  DKF at DKP 64 (KW) also folds the queries into A, Bs, Cs with their
+//   weights (alpha e^{m_ref - m}, beta, gamma) on the A fragments (KWeights) instead of three weighted copies of dO
+//   in shared memory: 2 narrow tiles instead of 5 (float32: 90 KB, 2 blocks per SM instead of 1).  Not at 128:
+//   no block more fits there, and float32 would spill (ptxas: 28 bytes).
+template <typename T, int DKP, int SPLIT, bool DKF = false>
 __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_bwd_dv(const T* __restrict__ q,
         const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ s, const float* __restrict__ m,
         const float* __restrict__ al, const float* __restrict__ be, const float* __restrict__ ga,
         const float* __restrict__ head_sig, const float* __restrict__ head_shift, const T* __restrict__ dout,
         T* __restrict__ dvout, float* __restrict__ dsp, const float* __restrict__ Sin, float* __restrict__ Rseg,
-        const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, int T_, int dk, int dv, int NSEG, int causal) {
+        T* __restrict__ dkout, T* __restrict__ dkp, const int* __restrict__ seg_t0,
+        const int* __restrict__ seg_t1, int T_, int dk, int dv, int NSEG, int causal) {
     using namespace tz;
     using namespace wbmma;
     constexpr int LDK = DKP + PAD, KS = Traits<T>::KS, HMT = DKP / 64;
-    const Smem<T, DKP, 5, true> sm;
-    T *sQ = sm.wide(0), *sK = sm.wide(1), *sO = sm.narrow(3), *sVt = sm.narrow(4), *sX = sm.states();
-    T* sW = sm.narrow(0);                                          // the three weighted copies of do (before do)
+    constexpr bool KW = DKF && DKP == 64;                          // the fold's weights on its A fragments
+    const Smem<T, DKP, KW ? 2 : 5, true> sm;
+    T *sQ = sm.wide(0), *sK = sm.wide(1), *sO = sm.narrow(KW ? 0 : 3), *sVt = sm.narrow(KW ? 1 : 4);
+    T *sX = sm.states(), *sW = sm.narrow(0);                       // not KW: the three weighted copies of do
     Rows* tr = sm.rows();
     const Place p = place_of(dv, seg_t0, seg_t1, T_, dk, dv, head_sig, head_shift);
     const bool outp = dvout != nullptr, walk = !outp || causal;
@@ -1525,9 +1557,11 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_bwd_dv(const
         if (outp && (causal || jc == nch - 1)) sm.put_states(X, hm0, sg3);
         cp_async_wait();
         __syncthreads();
-        if (upd) weighted_copies<T, BW, 3>(sW, sO, LDW, tr);
+        if constexpr (!KW)
+            if (upd) weighted_copies<T, BW, 3>(sW, sO, LDW, tr);
         if (outp) {
             float acc[1][4][4], ds[2] = {0.f, 0.f};
+            AFrags<T, 8> Pd;                                       // DKF: (r o dP_tile)^T, causal
             zero(acc);
             if (causal) {                                          // (r o S)^T dO; the intra part of ds
                 float S[1][8][4], D[1][8][4];
@@ -1536,18 +1570,19 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_bwd_dv(const
                 gemm_ss<T, SPLIT, 1, 8, false, true>(S, sK, LDK, sQ, LDK, 16 * w, 0, 0, DKP, w, 4);     // K Q^T
                 gemm_ss<T, SPLIT, 1, 8, false, true>(D, sVt, LDW, sO, LDW, 16 * w, 0, 0, BW, w, 4);     // this tile's V dO^T
                 float id[2] = {0.f, 0.f};
-                weigh<false>(S, 16 * w, tr, [&](int nt, int e, int qr, int, float ex) {
+                weigh_tiles<false, DKF>(S, D, 16 * w, tr, [&](int nt, int e, int qr, int, float ex) {
                     id[e >> 1] += S[0][nt][e] * D[0][nt][e] * (tr->al[qr] * ex + tr->be[qr]);
                 });
                 ds[0] += quad_sum(id[0]);
                 ds[1] += quad_sum(id[1]);
+                if constexpr (DKF) c_to_a<T, 8>(Pd, D[0]);
                 AFrags<T, 8> P;
                 c_to_a<T, 8>(P, S[0]);
                 gemm_rs<T, SPLIT, 4, AFrags<T, 8>::N, false>(acc[0], P.f, sO, LDW, 0, (16 * w) / KS, C / KS);
             }
             auto keyf = [&](int j, int r) { return sg3[j] * (j == 0 ? xp(tr->s[r], tr->mend) : 1.f); };
-            inter<T, SPLIT, false>(acc[0], sK, LDK, sX, DKP * LDW, LDW, 16 * w, DKP,      // + K A, K Bs, K Cs
-                [&](int j, int r) { return keyf(j, r) * (j == 1 ? tr->sc[r] : 1.f); },
+            auto keyw = [&](int j, int r) { return keyf(j, r) * (j == 1 ? tr->sc[r] : 1.f); };
+            inter<T, SPLIT, false>(acc[0], sK, LDK, sX, DKP * LDW, LDW, 16 * w, DKP, keyw,  // + K A, K Bs, K Cs
                 [&](int j, const float (&x)[4][4]) {               // ds: e^{s - m_end} v.(K A) + v.(K Bs)
                     if (j == 2) return;
                     float d[2];
@@ -1558,10 +1593,27 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_bwd_dv(const
                 });
             store_rows<T, 4>(acc[0], dvout + row0 * dv, dv, 16 * w, nrow, p.col0, dv);
             store_row_values(dsp + ((long long)p.tile * N + p.n) * T_ + cs, ds, 16 * w, nrow);
+            if constexpr (DKF) {                                   // this tile's part of dk, 32 columns at a time
+#pragma unroll 1
+                for (int c0 = 0; c0 < dk; c0 += BW) {
+                    zero(acc);
+                    if (causal)                                    // (r o dP_tile)^T Q
+                        gemm_rs<T, SPLIT, 4, AFrags<T, 8>::N, false>(acc[0], Pd.f, sQ + c0, LDK, 0, (16 * w) / KS,
+                                                                     C / KS);
+                    inter<T, SPLIT, true>(acc[0], sVt, LDW, sX + c0 * LDW, DKP * LDW, LDW, 16 * w, BW, keyw,
+                                          [](int, const float (&)[4][4]) {});   // + V A^T, V Bs^T, V Cs^T
+                    T* dst = dkout ? dkout + row0 * dk : dkp + ((long long)p.tile * N * T_ + row0) * dk;
+                    store_rows<T, 4>(acc[0], dst, dk, 16 * w, nrow, c0, dk);
+                }
+            }
         }
         if (upd) {                                                 // fold this chunk's queries into A, Bs, Cs
             __syncthreads();
-            fold<T, SPLIT>(X, xp(tr->mref, tr->mend), sQ, 0, LDK, sW, C * LDW, LDW, hm0, 0);
+            if constexpr (KW)
+                fold<T, SPLIT>(X, xp(tr->mref, tr->mend), sQ, 0, LDK, sO, 0, LDW, hm0, 0,
+                               [&](int j) { return KWeights<T>{tr->w[j], 1.f}; });
+            else
+                fold<T, SPLIT>(X, xp(tr->mref, tr->mend), sQ, 0, LDK, sW, C * LDW, LDW, hm0, 0);
         }
     }
     if (!outp) states_store(X, Rseg + ((long long)p.n * NSEG + p.sg) * 3 * p.E, hm0, 0, p.col0, dk, dv);

@@ -993,6 +993,20 @@ __device__ __forceinline__ void fused_ds_rows(const Block& b, int T, const float
         ds[row] = from_f32<TI>(d);
     }
 }
+// cupy:chunked_mma_fused2 (dkp not null): dk of the chunk's tokens = its parts summed over the ntv dv tiles (dkp:
+// (ntv, N, T, dk) in the input dtype, written by tz_bwd_dv<..., DKF>), summed in float32; every thread of the block.
+template <typename TI>
+__device__ __forceinline__ void fused_dk_rows(const Block& b, int T, const TI* __restrict__ dkp, int ntv, int dk,
+                                              TI* __restrict__ dkout) {
+    if (!dkp) return;
+    const int nrow = min(C, T - b.cs);
+    for (int idx = threadIdx.x; idx < nrow * dk; idx += blockDim.x) {
+        const long long at = (b.base + b.cs) * dk + idx;
+        float d = 0.f;
+        for (int i = 0; i < ntv; ++i) d += to_f32(dkp[i * b.NT * dk + at]);
+        dkout[at] = from_f32<TI>(d);
+    }
+}
 }  // namespace zs
 
 // grid (NC, N), block 128: thread r < 64 sums token cs + r's row dots over the ntk dk tiles (rd: (3, ntk, N, T),
@@ -1010,11 +1024,11 @@ __global__ void __launch_bounds__(128) zeros_fused_bscalar(const float* __restri
 }
 
 // grid (NC, N), block 128: ds = the direct part summed over the ntv dv tiles (dsp: (ntv, N, T)) + the scalar part
-// -u R - Q (warp 0, as zeros_bfinish), in the input dtype.
+// -u R - Q (warp 0, as zeros_bfinish), in the input dtype; dkp not null: also dk (fused_dk_rows).
 template <typename TI, bool CAUSAL>
 __global__ void __launch_bounds__(128) zeros_fused_bds(const float* __restrict__ st, const float* __restrict__ xy,
         const float* __restrict__ yR, const double* __restrict__ yQ, const float* __restrict__ dsp, int ntv, int T,
-        int NC, TI* __restrict__ ds) {
+        int NC, TI* __restrict__ ds, const TI* __restrict__ dkp, int dk, TI* __restrict__ dkout) {
     using namespace zs;
     __shared__ float sds[C];
     const Block b = block_of(T);
@@ -1023,17 +1037,19 @@ __global__ void __launch_bounds__(128) zeros_fused_bds(const float* __restrict__
                           nullptr);
     __syncthreads();
     fused_ds_rows<TI>(b, T, sds, dsp, ntv, ds);
+    fused_dk_rows<TI>(b, T, dkp, ntv, dk, dkout);
 }
 
 // grid (NC, N), block 128: zeros_fused_bscalar + zeros_bscan + zeros_fused_bds in one launch, for few chunks
 // (the host's choice, IN_BLOCK_SCAN_MAX_CHUNKS in kernels/cupy/zeros.py): the block's own tokens' x, y
 // (into xy) and dgates; then the carry -- the partials of the chunks after this one (causal) or of every chunk
 // (not causal), recomputed from rd and st in reverse order, joined as zeros_bscan joins them (O(NC) per block);
-// then ds as zeros_fused_bds.  No packed sequences (cupy:chunked_mma_fused has none).
+// then ds (and dk from dkp) as zeros_fused_bds.  No packed sequences (cupy:chunked_mma_fused has none).
 template <typename TI, bool CAUSAL>
 __global__ void __launch_bounds__(128) zeros_fused_bscalar_ds(const float* __restrict__ rd, int ntk,
         const TI* __restrict__ gates, int ng, const float* __restrict__ st, int T, int NC, float* __restrict__ xy,
-        TI* __restrict__ dgates, const float* __restrict__ dsp, int ntv, TI* __restrict__ ds) {
+        TI* __restrict__ dgates, const float* __restrict__ dsp, int ntv, TI* __restrict__ ds,
+        const TI* __restrict__ dkp, int dk, TI* __restrict__ dkout) {
     using namespace zs;
     __shared__ float sx[C], sy[C], sds[C];
     __shared__ RQ carry[1];
@@ -1064,4 +1080,5 @@ __global__ void __launch_bounds__(128) zeros_fused_bscalar_ds(const float* __res
         scalar_ds<CAUSAL>(b, T, NC, one, nullptr, st, xy, [&](long long) { return carry[0]; }, sds, nullptr);
     __syncthreads();
     fused_ds_rows<TI>(b, T, sds, dsp, ntv, ds);
+    fused_dk_rows<TI>(b, T, dkp, ntv, dk, dkout);
 }

@@ -638,10 +638,12 @@ INSTANTIATIONS += [(mma.SOURCE, e) for grp in list(FUSED_GROUPS.values()) + [FUS
 declare_groups(mma.SOURCE, list(FUSED_GROUPS.values()) + [FUSED_COMMON])
 
 
-def smem_fused(kernel: str, item: int, dp: int) -> int:
-    """Dynamic shared memory (bytes) of a tz kernel with padded wide head dim dp (DKP or DVP, as templated)."""
+def smem_fused(kernel: str, item: int, dp: int, narrow=None) -> int:
+    """Dynamic shared memory (bytes) of a tz kernel with padded wide head dim dp (DKP or DVP, as templated);
+    narrow: its count of 32-column tiles when not the kernel's usual (tz_bwd_dv<..., DKF>: FUSED2_DV_NARROW)."""
     C, PAD, W = mma.C, mma.PAD, FUSED_BW
-    side, narrow = _FUSED_KERNELS[kernel]
+    side, usual = _FUSED_KERNELS[kernel]
+    narrow = usual if narrow is None else narrow
     states = 3 * dp * (W + PAD) if side == "k" else 3 * W * (dp + PAD)
     return item * (2 * C * (dp + PAD) + narrow * C * (W + PAD) + states) + FUSED_ROWS_BYTES
 
@@ -801,7 +803,32 @@ def _fused_forward(q, k, v, s, gates, causal=True, L=None):
     return o, _FusedContext(q, k, v, s, gates, causal, stats, P.table, H, tok)
 
 
-def _fused_backward(ctx: _FusedContext, do):
+# cupy:chunked_mma_fused2: the backward folds dk into the dv walker (tz_bwd_dv<..., DKF = true>): each dv tile's
+# block also forms its part of dk ((r o dP_tile)^T Q + V_tile X_tile^T, the tile's dP and suffix states being in
+# its registers and shared memory already), so tz_bwd_dk is not launched.  One dv tile (Dv <= 32): dk directly;
+# else parts (ntv, N, T, Dk) in the input dtype that the last scalar kernel sums into dk (in float32).  Forward:
+# cupy:chunked_mma_fused's.
+FUSED2_GROUPS = {dt: tuple(f"tz_bwd_dv<{ct}, {p}, {SPLIT[dt]}, true>" for p in mma.DIMS) for dt, ct in _CT.items()}
+FUSED2_DV_NARROW = {64: 2, 128: 5}   # tz_bwd_dv<..., DKF>'s 32-column tiles per DKP (64: do, v; the fold weighs
+                                     # its A fragments, chunked_mma.cu KW)
+INSTANTIATIONS += [(mma.SOURCE, e) for grp in FUSED2_GROUPS.values() for e in grp]
+declare_groups(mma.SOURCE, list(FUSED2_GROUPS.values()))
+
+
+@functools.lru_cache(maxsize=None)
+def _fused2_dv_kernel_of(dt: str, dk: int) -> tuple:
+    """(kernel, dynamic shared memory) of tz_bwd_dv<..., true> (the dv walker that also forms dk) for head dim dk."""
+    dp = mma.pad_dim(dk)
+    return (get_kernel(mma.SOURCE, f"tz_bwd_dv<{_CT[dt]}, {dp}, {SPLIT[dt]}, true>", group=FUSED2_GROUPS[dt]),
+            smem_fused("tz_bwd_dv", mma.ITEMSIZE[dt], dp, FUSED2_DV_NARROW[dp]))
+
+
+def _fused2_backward(ctx: _FusedContext, do):
+    return _fused_backward(ctx, do, dk_in_dv=True)
+
+
+def _fused_backward(ctx: _FusedContext, do, dk_in_dv=False):
+    """dk_in_dv: cupy:chunked_mma_fused2's backward (dk from the dv walker, no tz_bwd_dk)."""
     import cupy as cp
     q, k, v, s, gates, tab, stats, causal = ctx.q, ctx.k, ctx.v, ctx.s, ctx.gates, ctx.table, ctx.stats, ctx.causal
     N, T, Dk = lead_size(q.shape, 2), q.shape[-2], q.shape[-1]
@@ -817,40 +844,54 @@ def _fused_backward(ctx: _FusedContext, do):
     separate = NC > IN_BLOCK_SCAN_MAX_CHUNKS                       # the scalars' scan over chunks in its own launch
     # by address in one scratch allocation (held until the launches are queued): the row dots a, V, Z per dk
     # tile, the direct part of ds per dv tile, x and y, (separate) the chunk carries cR, cQ, cF and their scans
-    scratch, (rd, dsp, xy, *carries) = new_scratch(cp, _bwd_layout(N, T, NC, ntk, ntv, separate))
+    dk_parts = dk_in_dv and ntv > 1                               # dk summed from parts (else direct)
+    scratch, (rd, dsp, xy, *carries) = new_scratch(cp, _bwd_layout(N, T, NC, ntk, ntv, separate,
+                                                                   (Dk, mma.ITEMSIZE[dt]) if dk_parts else None))
+    dkp = carries.pop() if dk_parts else null
     m_row = tok[1]                                                # the statistics' row m
     dq = new_output(cp, q.shape, q.dtype)
     _fused_launch(dt, "tz_bwd_dq", (Dk, Dv), N, ntk, tab, (q, k, v) + tok + (do, dq, rd, mma._ptr(ctx.H)) + tail)
 
     def segment_sums(out):
-        _fused_launch(dt, "tz_bwd_dv", (Dk, Dv), N, ntv, tab, (q, k, v) + tok + (do, null, null, null, out) + tail)
+        _fused_launch(dt, "tz_bwd_dv", (Dk, Dv), N, ntv, tab,
+                      (q, k, v) + tok + (do, null, null, null, out, null, null) + tail)
     S = _chained(causal, tab, m_row, T, (N, Dk, Dv), True, segment_sums)
     dv = new_output(cp, v.shape, v.dtype)
-    _fused_launch(dt, "tz_bwd_dv", (Dk, Dv), N, ntv, tab, (q, k, v) + tok + (do, dv, dsp, mma._ptr(S), null) + tail)
     dk = new_output(cp, k.shape, k.dtype)
-    _fused_launch(dt, "tz_bwd_dk", (Dk, Dv), N, ntk, tab, (q, v) + tok + (do, dk, mma._ptr(S)) + tail)
-    # the scalars: dgates and the scalar part of ds
+    if dk_in_dv:                                                  # dv, ds parts and dk (or its parts) in one walk
+        kernel, smem = _fused2_dv_kernel_of(dt, Dk)
+        launch(kernel, (tab.nseg * ntv, N), (mma.THREADS,),
+               (q, k, v) + tok + (do, dv, dsp, mma._ptr(S), null, null if dk_parts else dk, dkp) + tail, smem)
+    else:
+        _fused_launch(dt, "tz_bwd_dv", (Dk, Dv), N, ntv, tab,
+                      (q, k, v) + tok + (do, dv, dsp, mma._ptr(S), null, null, null) + tail)
+        _fused_launch(dt, "tz_bwd_dk", (Dk, Dv), N, ntk, tab, (q, v) + tok + (do, dk, mma._ptr(S)) + tail)
+    # the scalars: dgates and the scalar part of ds (and dk from its parts)
     dgates = new_output(cp, gates.shape, gates.dtype)
     ds = new_output(cp, s.shape, s.dtype)
     scalars = (rd, i32(ntk), gates, i32(gates.shape[-1]), stats.st, i32(T), i32(NC), xy, dgates)
+    dk_sum = (dkp, i32(Dk), dk if dk_parts else null)
     if not separate:
-        launch(_scan(dt, "fused_bscalar_ds", causal), (NC, N), (32 * SCAN_WARPS,), scalars + (dsp, i32(ntv), ds))
+        launch(_scan(dt, "fused_bscalar_ds", causal), (NC, N), (32 * SCAN_WARPS,),
+               scalars + (dsp, i32(ntv), ds) + dk_sum)
         return dq, dk, dv, ds, dgates
     cR, cQ, cF, yR, yQ = carries
     launch(_scan(dt, "fused_bscalar", causal), (NC, N), (32 * SCAN_WARPS,), scalars + (cR, cQ, cF))
     launch(_scan(dt, "bscan", causal), (N,), (SCAN_THREADS,), (cR, cQ, cF, m_row, i32(T), i32(NC), yR, yQ))
     launch(_scan(dt, "fused_bds", causal), (NC, N), (32 * SCAN_WARPS,),
-           (stats.st, xy, yR, yQ, dsp, i32(ntv), i32(T), i32(NC), ds))
+           (stats.st, xy, yR, yQ, dsp, i32(ntv), i32(T), i32(NC), ds) + dk_sum)
     return dq, dk, dv, ds, dgates
 
 
 @functools.lru_cache(maxsize=256)
-def _bwd_layout(N: int, T: int, NC: int, ntk: int, ntv: int, separate: bool) -> tuple:
-    """new_scratch layout of the fused backward: rd, dsp, xy and (separate) cR, cQ, cF, yR, yQ."""
+def _bwd_layout(N: int, T: int, NC: int, ntk: int, ntv: int, separate: bool, dk_parts=None) -> tuple:
+    """new_scratch layout of the fused backward: rd, dsp, xy, (separate) cR, cQ, cF, yR, yQ and (dk_parts = (Dk,
+    itemsize), cupy:chunked_mma_fused2 with several dv tiles) the parts of dk (ntv, N, T, Dk) in the input dtype."""
     f32 = np.float32
     return (((3, ntk, N, T), f32), ((ntv, N, T), f32), ((2, N, T), f32)) + (
         (((N, NC), f32), ((N, NC), np.float64), ((N, NC), np.int32), ((N, NC), f32), ((N, NC), np.float64))
-        if separate else ())
+        if separate else ()) + ((((ntv, N, T, dk_parts[0]), np.float32 if dk_parts[1] == 4 else np.uint16),)
+                                 if dk_parts else ())
 
 
 register(Variant("zeros", "cupy", "chunked_mma_fused", _fused_forward, _fused_backward, leading_dims=True,
@@ -859,3 +900,10 @@ register(Variant("zeros", "cupy", "chunked_mma_fused", _fused_forward, _fused_ba
                  form="linear", default_for=("float32", "float16", "bfloat16"),   # H200: 1.2-1.5x chunked_mma
                  description="parallel scans + one tensor-core pass: the three states per block, the ZeroS weights "
                              "in registers, one Q K^T and dO V^T per chunk; float32 as 3xTF32"))
+register(Variant("zeros", "cupy", "chunked_mma_fused2", _fused_forward, _fused2_backward, leading_dims=True,
+                 tol={"float32": 5e-6, "float16": 5e-3, "bfloat16": 2e-2},
+                 dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
+                 form="linear",
+                 description="cupy:chunked_mma_fused with dk formed in the dv walker (per dv tile: (r o dP)^T Q and "
+                             "the suffix states' V X^T), no separate dk walk: one launch and the dk side's "
+                             "recomputed dP and state folds fewer"))

@@ -17,6 +17,10 @@ pytestmark = pytest.mark.gpu
 
 # The core alone, on its own (larger, unrounded) inputs: tolerances of its own, per storage dtype and TF32 split.
 TOL = {("float32", 3): 2e-5, ("float32", 1): 1e-2, ("float16", 1): 5e-3, ("bfloat16", 1): 3e-2}
+# d log_decay = reverse cumsum of q.dq - k.dk: two terms of like size cancel, so on plain TF32 its error relative to
+# its own largest value runs 10-25x the other gradients': 2.2e-3 .. 1.01e-2 at T = 300 over seeds 0-3 (H200, callY,
+# the default fused walker and the dq fold alike, 3xTF32 2e-6); the bound keeps 3x over the worst seen.
+TOL_DG = {("float32", 1): 3e-2}
 
 
 def recurrence(q, k, v, g, scale, causal, S0=None, dST=None, do=None):
@@ -127,7 +131,7 @@ def _check_case(dtype, split, shape, mode, L, **kw):
     decay, causal = mode == "decayed", mode != "noncausal"
     res = run_case(dtype, split, N, list(cu), dk, dv, decay, causal, L, with_state=causal, seed=L, **kw)
     tol = TOL[(dtype, split)]
-    bad = {n: r for n, r in res.items() if not r[0] <= tol}
+    bad = {n: r for n, r in res.items() if not r[0] <= (TOL_DG.get((dtype, split), tol) if n == "dg" else tol)}
     assert not bad, f"{dtype}/{split} {kw} {shape} {mode} L={L}: " + "; ".join(f"{n} {e:.2e} ({w})" for n, (e, w) in bad.items())
 
 

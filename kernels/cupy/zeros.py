@@ -913,13 +913,13 @@ def _bwd_layout(N: int, T: int, NC: int, ntk: int, ntv: int, separate: bool, dk_
 register(Variant("zeros", "cupy", "chunked_mma_fused", _fused_forward, _fused_backward, leading_dims=True,
                  tol={"float32": 5e-6, "float16": 5e-3, "bfloat16": 2e-2},
                  dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
-                 form="linear", default_for=("float32", "float16", "bfloat16"),   # H200: 1.2-1.5x chunked_mma
+                 form="linear",    # the default until callY (H200: 1.2-1.5x chunked_mma), fused2 since
                  description="parallel scans + one tensor-core pass: the three states per block, the ZeroS weights "
                              "in registers, one Q K^T and dO V^T per chunk; float32 as 3xTF32"))
 register(Variant("zeros", "cupy", "chunked_mma_fused2", _fused_forward, _fused2_backward, leading_dims=True,
                  tol={"float32": 5e-6, "float16": 5e-3, "bfloat16": 2e-2},
                  dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
-                 form="linear",
+                 form="linear", default_for=("float32", "float16", "bfloat16"),   # H200 callY: 1.09-1.20x fused
                  description="cupy:chunked_mma_fused with dk formed in the dv walker (per dv tile: (r o dP)^T Q and "
                              "the suffix states' V X^T), no separate dk walk: one launch and the dk side's "
                              "recomputed dP and state folds fewer"))

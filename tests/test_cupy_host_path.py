@@ -278,3 +278,45 @@ def test_fused_zeros_forward_packs_every_launch(stand_in, T, causal, dtype):
             grads = v.backward(ctx, hc.ndarray(out.shape, out.dtype))      # the backward takes H by address
             assert [g.shape for g in grads] == [a.shape for a in arrays]
     assert len(_module.FALLBACKS) == fallbacks
+
+
+@pytest.mark.parametrize("T, causal, dtype", [(64, True, "float16"), (64, False, "float32"), (300, True, "bfloat16"),
+                                             (300, False, "float16")])
+def test_fused_zeros_backward_plan(stand_in, T, causal, dtype):
+    """The fused backward's plans (zeros._FusedBackwardPlan): one per forward plan and variant kind (fused:
+    tz_bwd_dk launched; fused2: dk in the dv walker, its parts summed by the scalars with several dv tiles), made
+    at the first backward and reused; per backward one allocation (dq, dk, dv, ds, dgates as its views, the
+    scratch -- segment sums and their scan included -- by address), the launches its geometry needs, every one
+    through the packed launcher with no fallback to the RawKernel call."""
+    from kernels.cupy import _module, zeros
+    hc = stand_in
+    arrays = [hc.ndarray(a.shape, a.dtype) for a in random_inputs("zeros", (1, 1), T, 64, 64, dtype, n_gates=3)]
+    fallbacks = len(_module.FALLBACKS)
+    zeros._FUSED_PLANS.clear()
+    chained = 0 if causal and T == 64 else 1 if T == 64 else 2         # the segment sums (and their scan)
+    scalars = 1 if T == 64 else 3                                     # bscalar_ds, or bscalar + bscan + bds
+    with backends.poisoned(False):
+        for impl, walks in (("chunked_mma_fused", 3), ("chunked_mma_fused2", 2)):   # dq, dv (, dk)
+            v = registry.get("zeros", "cupy", impl)
+            for _ in range(2):
+                out, ctx = v.forward(*arrays, causal=causal, L=None if T == 64 else 1)
+                hc.COUNTS.clear()
+                grads = v.backward(ctx, hc.ndarray(out.shape, out.dtype))
+                assert [(g.shape, g.dtype) for g in grads] == [(a.shape, a.dtype) for a in arrays]
+                assert (hc.COUNTS["launch"], hc.COUNTS["alloc"], hc.COUNTS["view"]) == (
+                    walks + chained + scalars, 1, 5)
+                assert len({g.data.ptr for g in grads}) == 5
+            assert len(zeros._FUSED_PLANS) == 1
+            assert set(ctx.plan.backward) == ({False} if impl == "chunked_mma_fused" else {False, True})
+            B = ctx.plan.backward[impl == "chunked_mma_fused2"]
+            assert B.dk_in_dv == (impl == "chunked_mma_fused2") and B.dk_parts == B.dk_in_dv   # 2 dv tiles at 64
+        saved = backends.OUTPUTS_MERGE_MAX
+        backends.OUTPUTS_MERGE_MAX = 0                        # above the bound: each gradient its own, one scratch
+        try:
+            hc.COUNTS.clear()
+            grads = v.backward(ctx, hc.ndarray(out.shape, out.dtype))
+        finally:
+            backends.OUTPUTS_MERGE_MAX = saved
+        assert (hc.COUNTS["alloc"], hc.COUNTS["view"]) == (6, 0)
+        assert [(g.shape, g.dtype) for g in grads] == [(a.shape, a.dtype) for a in arrays]
+    assert len(_module.FALLBACKS) == fallbacks

@@ -661,7 +661,8 @@ class _FusedContext:
     H: object                # causal: (N, nseg, 3, Dk, Dv) states before each segment (None: one segment);
                              # not causal: (N, 1, 3, Dk, Dv) totals; float32, the np.uint64 address of its
                              # first element (a part of stats.buf)
-    tok: tuple = ()          # _token_args(s, stats), as the forward launched them
+    tok: tuple = ()          # s and the statistics' rows by address, as the forward launched them (_FusedPlan)
+    plan: object = None      # the forward's _FusedPlan (its backward plans: _FusedBackwardPlan)
 
 
 @functools.lru_cache(maxsize=None)
@@ -674,41 +675,6 @@ def _fused_kernel_of(dt: str, name: str, dims: tuple) -> tuple:
     """(kernel, dynamic shared memory) of a tz kernel for head dims (dk, dv), once per key."""
     dp = mma.pad_dim(dims[0] if _FUSED_KERNELS[name][0] == "k" else dims[1])
     return _fused_kernel(dt, name, dp), smem_fused(name, mma.ITEMSIZE[dt], dp)
-
-
-def _fused_launch(dt: str, name: str, dims, N: int, tiles: int, tab, args) -> None:
-    """One tz kernel over (segments x tiles, N) blocks; dims = (dk, dv)."""
-    kernel, smem = _fused_kernel_of(dt, name, dims)
-    launch(kernel, (tab.nseg * tiles, N), (mma.THREADS,), args, smem)
-
-
-def _chained(causal, tab, m, T, shape, rev, segment_pass):
-    """The states every walker starts from.  Causal with one segment: None (zeros); causal: the scan of the
-    segment sums (forwards, or the suffix sums in reverse); not causal: the totals.  m: the address of the
-    statistics' row m (N, T); segment_pass(out) fills out (N, nseg, 3, Dk, Dv) with each segment's own sum."""
-    import cupy as cp
-    if causal and tab.single:
-        return None
-    N, Dk, Dv = shape
-    part = new_output(cp, (N, tab.nseg, 3, Dk, Dv), cp.float32)
-    segment_pass(part)
-    if not causal and tab.single:
-        return part
-    out = new_output(cp, (N, tab.nseg if causal else 1, 3, Dk, Dv), cp.float32)
-    E = Dk * Dv
-    launch(get_kernel(mma.SOURCE, f"tz_seg_scan<{_flag(rev)}>", group=FUSED_COMMON), (-(-3 * E // 256), N),
-           (256,), (part, m, tab.t0, tab.t1, np.int32(T), np.int32(tab.nseg), np.int64(E),
-                    out if causal else np.uint64(0), np.uint64(0) if causal else out))
-    return out
-
-
-def _token_args(s, stats: ForwardStats) -> tuple:
-    """s, the rows m, alpha, beta, gamma of the statistics and the per-head sigma and c (every tz kernel), as
-    device addresses (stats by address: forward_stats(by_address=True))."""
-    N, T = lead_size(s.shape, 1), s.shape[-1]
-    row, base, hbase = 4 * N * T, int(stats.st), int(stats.head)          # float32 rows
-    return (s, *(np.uint64(base + ST[r] * row) for r in ("m", "alpha", "beta", "gamma")), np.uint64(hbase),
-            np.uint64(hbase + 4 * N))
 
 
 class _FusedPlan:
@@ -758,7 +724,8 @@ class _FusedPlan:
             self.seg_scan = Prepared(get_kernel(mma.SOURCE, "tz_seg_scan<false>", group=FUSED_COMMON),
                                      (-(-3 * E // 256), N), (256,))
             self.scan_args = (tab.t0, tab.t1, i32(T), i32(tab.nseg), np.int64(E))
-            self.causal = causal
+        self.causal, self.dt, self.NC = causal, dt, NC
+        self.backward = {}                                         # dk_in_dv -> _FusedBackwardPlan
 
     def __call__(self, q, k, v, s, gates):
         """o, ForwardStats (by address), H (np.uint64 address or None), the token arguments."""
@@ -800,7 +767,7 @@ def _fused_forward(q, k, v, s, gates, causal=True, L=None):
             _FUSED_PLANS.clear()
         P = _FUSED_PLANS[key] = _FusedPlan(q.dtype, q.shape, v.shape, gates.shape, causal, L)
     o, stats, H, tok = P(q, k, v, s, gates)
-    return o, _FusedContext(q, k, v, s, gates, causal, stats, P.table, H, tok)
+    return o, _FusedContext(q, k, v, s, gates, causal, stats, P.table, H, tok, P)
 
 
 # cupy:chunked_mma_fused2: the backward folds dk into the dv walker (tz_bwd_dv<..., DKF = true>): each dv tile's
@@ -828,59 +795,108 @@ def _fused2_backward(ctx: _FusedContext, do):
 
 
 def _fused_backward(ctx: _FusedContext, do, dk_in_dv=False):
-    """dk_in_dv: cupy:chunked_mma_fused2's backward (dk from the dv walker, no tz_bwd_dk)."""
-    import cupy as cp
-    q, k, v, s, gates, tab, stats, causal = ctx.q, ctx.k, ctx.v, ctx.s, ctx.gates, ctx.table, ctx.stats, ctx.causal
-    N, T, Dk = lead_size(q.shape, 2), q.shape[-2], q.shape[-1]
-    Dv = v.shape[-1]
-    dt = dtype_name(q.dtype)
-    do = as_contiguous(do, v.dtype)
-    i32 = np.int32
-    ntk, ntv = -(-Dk // FUSED_BW), -(-Dv // FUSED_BW)
-    tok = ctx.tok or _token_args(s, stats)
-    tail = (tab.t0, tab.t1, i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(causal))
-    null = np.uint64(0)
-    NC = -(-T // SCAN_CHUNK)
-    separate = NC > IN_BLOCK_SCAN_MAX_CHUNKS                       # the scalars' scan over chunks in its own launch
-    # by address in one scratch allocation (held until the launches are queued): the row dots a, V, Z per dk
-    # tile, the direct part of ds per dv tile, x and y, (separate) the chunk carries cR, cQ, cF and their scans
-    dk_parts = dk_in_dv and ntv > 1                               # dk summed from parts (else direct)
-    scratch, (rd, dsp, xy, *carries) = new_scratch(cp, _bwd_layout(N, T, NC, ntk, ntv, separate,
-                                                                   (Dk, mma.ITEMSIZE[dt]) if dk_parts else None))
-    dkp = carries.pop() if dk_parts else null
-    m_row = tok[1]                                                # the statistics' row m
-    dq = new_output(cp, q.shape, q.dtype)
-    _fused_launch(dt, "tz_bwd_dq", (Dk, Dv), N, ntk, tab, (q, k, v) + tok + (do, dq, rd, mma._ptr(ctx.H)) + tail)
+    """dk_in_dv: cupy:chunked_mma_fused2's backward (dk from the dv walker, no tz_bwd_dk).  The plan is the
+    forward plan's (one per variant kind), made at its first backward."""
+    plans = ctx.plan.backward
+    B = plans.get(dk_in_dv)
+    if B is None:
+        B = plans[dk_in_dv] = _FusedBackwardPlan(ctx, dk_in_dv)
+    return B(ctx, as_contiguous(do, ctx.v.dtype))
 
-    def segment_sums(out):
-        _fused_launch(dt, "tz_bwd_dv", (Dk, Dv), N, ntv, tab,
-                      (q, k, v) + tok + (do, null, null, null, out, null, null) + tail)
-    S = _chained(causal, tab, m_row, T, (N, Dk, Dv), True, segment_sums)
-    dv = new_output(cp, v.shape, v.dtype)
-    dk = new_output(cp, k.shape, k.dtype)
-    if dk_in_dv:                                                  # dv, ds parts and dk (or its parts) in one walk
-        kernel, smem = _fused2_dv_kernel_of(dt, Dk)
-        launch(kernel, (tab.nseg * ntv, N), (mma.THREADS,),
-               (q, k, v) + tok + (do, dv, dsp, mma._ptr(S), null, null if dk_parts else dk, dkp) + tail, smem)
-    else:
-        _fused_launch(dt, "tz_bwd_dv", (Dk, Dv), N, ntv, tab,
-                      (q, k, v) + tok + (do, dv, dsp, mma._ptr(S), null, null, null) + tail)
-        _fused_launch(dt, "tz_bwd_dk", (Dk, Dv), N, ntk, tab, (q, v) + tok + (do, dk, mma._ptr(S)) + tail)
-    # the scalars: dgates and the scalar part of ds (and dk from its parts)
-    dgates = new_output(cp, gates.shape, gates.dtype)
-    ds = new_output(cp, s.shape, s.dtype)
-    scalars = (rd, i32(ntk), gates, i32(gates.shape[-1]), stats.st, i32(T), i32(NC), xy, dgates)
-    dk_sum = (dkp, i32(Dk), dk if dk_parts else null)
-    if not separate:
-        launch(_scan(dt, "fused_bscalar_ds", causal), (NC, N), (32 * SCAN_WARPS,),
-               scalars + (dsp, i32(ntv), ds) + dk_sum)
+
+class _FusedBackwardPlan:
+    """Everything of one fused backward that depends only on its geometry, made once per forward plan
+    (_FusedPlan) and dk_in_dv: one layout for dq, dk, dv, ds, dgates and the scratch (backends.OutputLayout:
+    the gradients views; by address the row dots a, V, Z per dk tile, the direct part of ds per dv tile, x and
+    y, (scans apart) the chunk carries cR, cQ, cF and their scans yR, yQ, (fused2 with several dv tiles) dk's
+    parts, (states chained) the segment sums and their scan; one allocation up to OUTPUTS_MERGE_MAX), the
+    argument tails and every launch prepared (``_module.Prepared``; a launch whose arguments differ in kind
+    from another's on the same kernel -- tz_bwd_dv's segment-sum pass -- has its own).  Per call: one
+    allocation, the launches."""
+
+    def __init__(self, ctx: _FusedContext, dk_in_dv: bool):
+        P, q, k, v, s, gates, tab = ctx.plan, ctx.q, ctx.k, ctx.v, ctx.s, ctx.gates, ctx.table
+        N, T, Dk, Dv = lead_size(q.shape, 2), q.shape[-2], q.shape[-1], v.shape[-1]
+        dt, causal, NC, separate = P.dt, P.causal, P.NC, P.separate
+        i32 = np.int32
+        ntk, ntv = -(-Dk // FUSED_BW), -(-Dv // FUSED_BW)
+        self.dk_in_dv = dk_in_dv
+        self.dk_parts = dk_parts = dk_in_dv and ntv > 1                 # dk summed from parts (else direct)
+        self.separate, self.causal = separate, causal
+        # the states the dv (and dk) walkers start from: causal with one segment none (zeros); not causal with
+        # one segment the segment sums themselves (the totals); else the reverse scan of the segment sums
+        self.s_mode = None if causal and tab.single else "sums" if tab.single else "scan"
+        seg = (((N, tab.nseg, 3, Dk, Dv), np.float32),) if self.s_mode else ()
+        if self.s_mode == "scan":
+            seg += (((N, tab.nseg if causal else 1, 3, Dk, Dv), np.float32),)
+        scratch = _bwd_layout(N, T, NC, ntk, ntv, separate, (Dk, mma.ITEMSIZE[dt]) if dk_parts else None) + seg
+        self.layout = outputs_layout(tuple((x.shape, x.dtype) for x in (q, k, v, s, gates)), scratch)
+        self.n_carries = 5 if separate else 0
+        self.tail = (tab.t0, tab.t1, i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(causal))
+
+        def walker(name, tiles, dims=(Dk, Dv)):
+            kernel, smem = _fused_kernel_of(dt, name, dims)
+            return Prepared(kernel, (tab.nseg * tiles, N), (mma.THREADS,), smem)
+        self.dq = walker("tz_bwd_dq", ntk)
+        if self.s_mode:
+            self.sums = walker("tz_bwd_dv", ntv)                        # the segment sums: no dv, ds or dk
+        if self.s_mode == "scan":
+            E = Dk * Dv
+            self.seg_scan = Prepared(get_kernel(mma.SOURCE, "tz_seg_scan<true>", group=FUSED_COMMON),
+                                     (-(-3 * E // 256), N), (256,))
+            self.scan_args = (tab.t0, tab.t1, i32(T), i32(tab.nseg), np.int64(E))
+        if dk_in_dv:                                                    # dv, ds parts and dk (or its parts)
+            kernel, smem = _fused2_dv_kernel_of(dt, Dk)
+            self.dv = Prepared(kernel, (tab.nseg * ntv, N), (mma.THREADS,), smem)
+        else:
+            self.dv, self.dk = walker("tz_bwd_dv", ntv), walker("tz_bwd_dk", ntk)
+        # the scalars: dgates and the scalar part of ds (and dk from its parts)
+        self.ntk, self.ntv, self.G, self.Dk, self.T, self.NC = (i32(x) for x in (ntk, ntv, gates.shape[-1], Dk, T, NC))
+        blocks = ((NC, N), (32 * SCAN_WARPS,))
+        if not separate:
+            self.bscalar_ds = Prepared(_scan(dt, "fused_bscalar_ds", causal), *blocks)
+        else:
+            self.bscalar = Prepared(_scan(dt, "fused_bscalar", causal), *blocks)
+            self.bscan = Prepared(_scan(dt, "bscan", causal), (N,), (SCAN_THREADS,))
+            self.bds = Prepared(_scan(dt, "fused_bds", causal), *blocks)
+
+    def __call__(self, ctx: _FusedContext, do):
+        import cupy as cp
+        q, k, v, tok, H, tail, null = ctx.q, ctx.k, ctx.v, ctx.tok, ctx.H, self.tail, _NULL
+        (dq, dk, dv, ds, dgates), addrs, keep = self.layout.new(cp)   # keep: held until the launches are queued
+        rd, dsp, xy = addrs[0], addrs[1], addrs[2]
+        i = 3 + self.n_carries
+        dkp = addrs[i] if self.dk_parts else null
+        i += self.dk_parts
+        qkv = (q, k, v) + tok
+        self.dq(qkv + (do, dq, rd, null if H is None else H) + tail)
+        S = null
+        if self.s_mode:
+            S = part = addrs[i]
+            self.sums(qkv + (do, null, null, null, part, null, null) + tail)
+            if self.s_mode == "scan":
+                S = addrs[i + 1]
+                self.seg_scan((part, tok[1]) + self.scan_args + ((S, null) if self.causal else (null, S)))
+        dk_direct = null if self.dk_parts else dk
+        if self.dk_in_dv:
+            self.dv(qkv + (do, dv, dsp, S, null, dk_direct, dkp) + tail)
+        else:
+            self.dv(qkv + (do, dv, dsp, S, null, null, null) + tail)
+            self.dk((q, v) + tok + (do, dk, S) + tail)
+        st, T, NC = ctx.stats.st, self.T, self.NC
+        scalars = (rd, self.ntk, ctx.gates, self.G, st, T, NC, xy, dgates)
+        dk_sum = (dkp, self.Dk, dk if self.dk_parts else null)
+        if not self.separate:
+            self.bscalar_ds(scalars + (dsp, self.ntv, ds) + dk_sum)
+            return dq, dk, dv, ds, dgates
+        cR, cQ, cF, yR, yQ = addrs[3:8]
+        self.bscalar(scalars + (cR, cQ, cF))
+        self.bscan((cR, cQ, cF, tok[1], T, NC, yR, yQ))
+        self.bds((st, xy, yR, yQ, dsp, self.ntv, T, NC, ds) + dk_sum)
         return dq, dk, dv, ds, dgates
-    cR, cQ, cF, yR, yQ = carries
-    launch(_scan(dt, "fused_bscalar", causal), (NC, N), (32 * SCAN_WARPS,), scalars + (cR, cQ, cF))
-    launch(_scan(dt, "bscan", causal), (N,), (SCAN_THREADS,), (cR, cQ, cF, m_row, i32(T), i32(NC), yR, yQ))
-    launch(_scan(dt, "fused_bds", causal), (NC, N), (32 * SCAN_WARPS,),
-           (stats.st, xy, yR, yQ, dsp, i32(ntv), i32(T), i32(NC), ds) + dk_sum)
-    return dq, dk, dv, ds, dgates
+
+
+_NULL = np.uint64(0)
 
 
 @functools.lru_cache(maxsize=256)

@@ -823,9 +823,10 @@ class _FusedBackwardPlan:
         self.dk_in_dv = dk_in_dv
         self.dk_parts = dk_parts = dk_in_dv and ntv > 1                 # dk summed from parts (else direct)
         self.separate, self.causal = separate, causal
-        # the states the dv (and dk) walkers start from: causal with one segment none (zeros); not causal with
-        # one segment the segment sums themselves (the totals); else the reverse scan of the segment sums
-        self.s_mode = None if causal and tab.single else "sums" if tab.single else "scan"
+        # the states the dv (and dk) walkers start from, chained as the forward's (_FusedPlan.h_mode): causal with
+        # one segment none (zeros); not causal with one segment the segment sums themselves (the totals); else the
+        # reverse scan of the segment sums
+        self.s_mode = P.h_mode
         seg = (((N, tab.nseg, 3, Dk, Dv), np.float32),) if self.s_mode else ()
         if self.s_mode == "scan":
             seg += (((N, tab.nseg if causal else 1, 3, Dk, Dv), np.float32),)
@@ -910,16 +911,16 @@ def _bwd_layout(N: int, T: int, NC: int, ntk: int, ntv: int, separate: bool, dk_
                                  if dk_parts else ())
 
 
-register(Variant("zeros", "cupy", "chunked_mma_fused", _fused_forward, _fused_backward, leading_dims=True,
-                 tol={"float32": 5e-6, "float16": 5e-3, "bfloat16": 2e-2},
-                 dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
-                 form="linear",    # the default until callY (H200: 1.2-1.5x chunked_mma), fused2 since
+# what the two fused variants share (they differ in the backward)
+_FUSED_VARIANT = dict(leading_dims=True, tol={"float32": 5e-6, "float16": 5e-3, "bfloat16": 2e-2},
+                      dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
+                      form="linear")
+register(Variant("zeros", "cupy", "chunked_mma_fused", _fused_forward, _fused_backward, **_FUSED_VARIANT,
+                 # the default until callY (H200: 1.2-1.5x chunked_mma), fused2 since
                  description="parallel scans + one tensor-core pass: the three states per block, the ZeroS weights "
                              "in registers, one Q K^T and dO V^T per chunk; float32 as 3xTF32"))
-register(Variant("zeros", "cupy", "chunked_mma_fused2", _fused_forward, _fused2_backward, leading_dims=True,
-                 tol={"float32": 5e-6, "float16": 5e-3, "bfloat16": 2e-2},
-                 dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
-                 form="linear", default_for=("float32", "float16", "bfloat16"),   # H200 callY: 1.09-1.20x fused
+register(Variant("zeros", "cupy", "chunked_mma_fused2", _fused_forward, _fused2_backward, **_FUSED_VARIANT,
+                 default_for=("float32", "float16", "bfloat16"),   # H200 callY: 1.09-1.20x fused
                  description="cupy:chunked_mma_fused with dk formed in the dv walker (per dv tile: (r o dP)^T Q and "
                              "the suffix states' V X^T), no separate dk walk: one launch and the dk side's "
                              "recomputed dP and state folds fewer"))

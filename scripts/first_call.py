@@ -8,8 +8,11 @@ caches the cold run filled) and, with --after-warmup, after ``cli.py warmup`` in
 Each measurement is a new Python process with its own cache directories (``CUPY_CACHE_DIR`` and
 ``NUMBA_CACHE_DIR`` under a temporary folder, one per backend and op).  The child reports the time to import
 the library and create the inputs on the device, the first ``wb.vjp`` + pullback (synchronised), and a second
-one; ``compiled`` counts the files the run added to the CuPy cache (a compile adds one; 0 after a complete
-warm-up).  Exits 1 if any child failed.
+one; ``compiled`` counts the files the run added to the kernel caches (a CuPy compile adds one file, a Numba
+one an index and a data file; 0 after a complete warm-up) and ``new_files`` names them (up to 8, relative to
+the cache).  The output gradient is copied from the host (``cupy.asarray``), not made by a CuPy kernel
+(``ones_like`` would compile CuPy's fill kernel into the cache: a compile of the script's, not the
+library's).  Exits 1 if any child failed.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ def child(op: str, backend: str, T: int, D: int, dtype: str) -> dict:
     t0 = time.perf_counter()
     sys.path.insert(0, ROOT)
     import cupy as cp
+    import numpy as np
     import workbench as wb
     from workbench.inputs import random_inputs
     xs = [cp.asarray(a) for a in random_inputs(op, (1, 4), T, D, D, dtype, seed=0)]
@@ -39,14 +43,14 @@ def child(op: str, backend: str, T: int, D: int, dtype: str) -> dict:
     for _ in range(2):
         a = time.perf_counter()
         out, pullback = wb.vjp(wb.PUBLIC_OPS[op], *xs, backend=backend)
-        pullback(cp.ones_like(out))
+        pullback(cp.asarray(np.ones(out.shape, out.dtype)))
         cp.cuda.Device().synchronize()
         times.append(time.perf_counter() - a)
     return dict(import_s=t1 - t0, first_s=times[0], second_s=times[1])
 
 
-def _files(d: str) -> int:
-    return sum(len(files) for _, _, files in os.walk(d))
+def _files(d: str) -> set:
+    return {os.path.relpath(os.path.join(root, f), d) for root, _, files in os.walk(d) for f in files}
 
 
 def measure(op: str, backend: str, cache: str, args) -> dict:
@@ -59,7 +63,8 @@ def measure(op: str, backend: str, cache: str, args) -> dict:
     if p.returncode != 0:
         return dict(error=(p.stderr.strip().splitlines() or ["?"])[-1][:300], process_s=wall)
     out = json.loads(p.stdout.strip().splitlines()[-1])
-    return dict(out, process_s=wall, compiled=_files(cache) - before)
+    new = sorted(_files(cache) - before)
+    return dict(out, process_s=wall, compiled=len(new), new_files=new[:8])
 
 
 def warmup(op: str, backend: str, cache: str, args) -> dict:

@@ -40,6 +40,18 @@ def test_api_lines_next_to_every_variant():
     assert "API overhead us" in table and all(op in table for op in registry.OPS)
     assert "Host overhead of the public API" in report.markdown(res)
     assert report.api_table(dict(res, results=ours)) == ""
+    assert "host_floor" not in res["meta"] and "host floor" not in table     # host grids: no GPU floor
+
+
+def test_the_host_floor_is_shown_under_the_overhead_table(monkeypatch):
+    res = harness.run_grid(replace(TINY, ops=("linear",), Ts=(4,), passes=("fwd",)), dict(FAKE_CEIL), echo=None)
+    assert "host floor" not in report.api_table(res)
+    res["meta"]["host_floor"] = {"before": dict(launch=21.04, alloc_launch=24.5, launch_host=6.25),
+                                 "after": {"error": "RuntimeError: no device"}}
+    table = report.api_table(res)
+    assert "empty launch + sync 21.0 us, with a cupy.empty 24.5 us, launch alone (host) 6.2 us" in table
+    assert "after: failed (RuntimeError: no device)" in table
+    assert "host floor" in report.markdown(res)
 
 
 def test_api_default_mode_times_the_backend_default_only():

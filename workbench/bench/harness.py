@@ -16,6 +16,10 @@ variant's own time of the same pass (``kernel_ms``: CUDA events on the GPU, L2 f
 the grid flushes; on the host, in grids with API lines, the same wall-clock loop as the API lines),
 ``overhead_ms = ms_median - kernel_ms`` (the host cost of the public API), and on the GPU
 ``host_ms``, the median host time of one call without the sync.  They have no cost model (no rates).
+A GPU grid with API lines also measures the host's floor once, before its cells and after them
+(``meta.host_floor``, ``host_floor``): the same wall-clock loop around the least a library call can do --
+one launch of an empty kernel, with and without allocating a small output first -- so a table of overheads
+says how fast the host that measured it was (the same code's overhead has differed 2x between H200 hosts).
 The bench times the user's path: output poisoning (``backends.poisoned``) is off while it runs.
 """
 from __future__ import annotations
@@ -49,6 +53,7 @@ ROW_FIELDS = ("op", "T", "Dk", "Dv", "dtype", "causal", "pass", "line", "kind", 
 API_WARMUP = 10             # untimed calls of an API line before its samples (fewer when slow: API_WARMUP_MS)
 API_WARMUP_MS = 50.0
 HOST_ONLY_MS = 1.0          # the host-only loop runs for calls shorter than this (where host time matters)
+FLOOR_REPS = 2000           # calls per host-floor sample (host_floor)
 
 
 def versions() -> dict:
@@ -177,14 +182,53 @@ def _time_wall(fn, sync, grid: Grid):
     extra = {}
     if sync is not None and t.ms_median < HOST_ONLY_MS:
         t = replace(t, clock="wall+sync")
-        samples = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - t0)
+        extra["host_ms"] = _median_s(fn, reps) * 1e3
         sync()
-        extra["host_ms"] = statistics.median(samples) * 1e3
     return t, extra
+
+
+def _median_s(fn, reps: int, sync=None) -> float:
+    """Median seconds of ``reps`` calls of ``fn`` (each followed by ``sync()`` inside the timing if given)."""
+    samples = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        if sync is not None:
+            sync()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+_EMPTY_SOURCE = r"""extern "C" __global__ void wb_empty(float* out, int n) {
+    if (n < 0) out[0] = 0.f;
+}"""
+
+
+def host_floor(reps: int = FLOOR_REPS) -> dict:
+    """The host's floor for one synced call through CuPy, in microseconds (medians of ``reps`` calls, timed
+    as the API lines are: the call, then a device sync): ``launch``: one launch of an empty kernel (a pointer
+    and an int argument, one block); ``alloc_launch``: a 64-float ``cupy.empty`` first, as an op allocates
+    its output; ``launch_host``: the launch alone, no sync (the host's share).  No kernel compiles here:
+    the empty kernel is built by NVRTC once per process, before the samples."""
+    import cupy as cp
+    kern = cp.RawKernel(_EMPTY_SOURCE, "wb_empty")
+    buf = cp.empty(64, cp.float32)
+    n = np.int32(64)
+    sync = cp.cuda.Device().synchronize
+
+    def launch():
+        kern((1,), (32,), (buf, n))
+
+    def alloc_launch():
+        kern((1,), (32,), (cp.empty(64, cp.float32), n))
+
+    out = {}
+    for name, fn in (("launch", launch), ("alloc_launch", alloc_launch)):
+        _median_s(fn, 50, sync)                                 # warm-up: the module loaded, the pool primed
+        out[name] = _median_s(fn, reps, sync) * 1e6
+    out["launch_host"] = _median_s(launch, reps) * 1e6
+    sync()
+    return out
 
 
 def _free_device_memory():
@@ -382,6 +426,9 @@ def run_grid(grid, ceil: dict, seed: int = 0, echo=print, progress: bool = True,
     meta["complete"] = False
     partial = {"meta": meta, "results": rows, "skipped_cells": skipped}
     clocks = _Clocks(grid.head_start_ms)
+    floors = grid.device == "gpu" and grid.api != "off"
+    if floors:
+        meta["host_floor"] = {"before": _floor_or_error()}
     t0 = time.perf_counter()
     tty = sys.stderr.isatty()
     bar = tqdm(cells, desc=f"bench {grid.name}", unit="cell", disable=not (progress and tty))
@@ -414,5 +461,14 @@ def run_grid(grid, ceil: dict, seed: int = 0, echo=print, progress: bool = True,
                 if echo:
                     echo(f"bench: saving the partial result failed: {_error_text(e)}")
     meta["wall_s"] = time.perf_counter() - t0
+    if floors:
+        meta["host_floor"]["after"] = _floor_or_error()
     meta["complete"] = True
     return partial
+
+
+def _floor_or_error() -> dict:
+    try:
+        return host_floor()
+    except Exception as e:                      # a grid's timing never fails because of its floor
+        return {"error": _error_text(e)}

@@ -98,7 +98,26 @@ def api_table(result: dict, fmt: str = "github") -> str:
         return ""
     head = ["op", "T", "D", "dtype", "pass", "variant", "variant ms", "API ms", "API overhead us",
             "API host us", "calls"]
-    return tabulate(rows, headers=head, tablefmt=fmt, disable_numparse=True)
+    table = tabulate(rows, headers=head, tablefmt=fmt, disable_numparse=True)
+    floor = host_floor_line(result)
+    return f"{table}\n\n{floor}" if floor else table
+
+
+def host_floor_line(result: dict) -> str:
+    """One line: the host floor measured before and after the grid (``harness.host_floor``); '' if none."""
+    hf = (result.get("meta") or {}).get("host_floor")
+    if not hf:
+        return ""
+
+    def one(f):
+        if not f:
+            return "-"
+        if "error" in f:
+            return f"failed ({f['error']})"
+        return (f"empty launch + sync {f['launch']:.1f} us, with a cupy.empty {f['alloc_launch']:.1f} us, "
+                f"launch alone (host) {f['launch_host']:.1f} us")
+    return (f"host floor of this run (the least a synced call through CuPy costs on this host): "
+            f"before the cells: {one(hf.get('before'))}; after: {one(hf.get('after'))}")
 
 
 def decode_table(result: dict, fmt: str = "github") -> str:

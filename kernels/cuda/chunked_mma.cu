@@ -961,8 +961,10 @@ tc_bwd_dkdv(
                 float a = 0.f;
                 for_each(dS, sm0, sn0, [&](float& x, int r, int c) { a += x * to_f32(sH[r * LDV + c]); });
                 a = warp_sum(a);
-                if ((threadIdx.x & 31) == 0)
-                    anc[((long long)n * seg_c0[NSEG] + seg_c0[s] + j) * ANC_PARTS + w] = a * hsig[i % STAGES];
+                if ((threadIdx.x & 31) == 0) {
+                    const int at = (n * seg_c0[NSEG] + seg_c0[s] + j) * ANC_PARTS + w;   // < N T / 16
+                    anc[at] = a * hsig[i % STAGES];
+                }
             }
         }
     }

@@ -496,7 +496,7 @@ def _cells() -> list:
                     out.append(Case(op, label, "check_cell", dict(op=op, variant=v.name, dtype=dtype, lead=(2,),
                                                                   T=70, Dk=16, Dv=24, causal=causal, state=state,
                                                                   packed=packed)))
-            if v.leading_dims:          # the caller's leading dims reach the kernels unflattened
+            if v.leading_dims and set(v.dtypes) - {"bfloat16"}:   # leading dims reach the kernels unflattened
                 dtype = next(d for d in v.dtypes if d != "bfloat16")
                 state = "state" in v.features
                 out.append(Case(op, f"{op} cell cupy:{v.name} {dtype} leading dims 2x3 T=70 16x24 causal=True"
@@ -602,6 +602,18 @@ CHUNKED_DKDV_CASES += [_chunked(dt, split, cu, dk, dv, mode, L, dkdv="dqfold") f
     ("float16", 1, (0, 63, 191), 64, 40, "linear", 1), ("float32", 3, (0, 1, 64, 65, 130), 64, 64, "decayed", 2))]
 CHUNKED_DKDV_CASES += [_chunked(dt, split, cu, dk, dv, mode, L, stages=2, dkdv="dqfold") for dt, split, cu, dk, dv, mode, L in (
     ("float16", 1, (0, 300), 64, 64, "decayed", 2), ("float32", 3, (0, 1, 64, 65, 130), 64, 64, "linear", 0))]
+# d log_decay from chunk anchors ("anchor": the dq-folded walkers + tc_dg from the anchors; bfloat16's core, run here
+# in float16): walks of 1 to 5 chunks with the sequence's end at a partial chunk (L = 0), segments of 1 and 2 chunks
+# (the anchor of a segment's first chunk: the update done without dSstart), packed chunk-edge lengths (a sequence's
+# last chunk takes <dS_T, S_T>), one token, Dk != Dv, both stages, float32; linear (no anchors) and not causal (folds
+# nothing: the fused walker) run as "anchor" too
+CHUNKED_DKDV_CASES += [_chunked(dt, split, cu, dk, dv, mode, L, stages=st, dkdv="anchor")
+                       for dt, split, cu, dk, dv, mode, L, st in (
+    ("float16", 1, (0, 300), 64, 64, "decayed", 0, 1), ("float16", 1, (0, 300), 64, 64, "decayed", 2, 1),
+    ("float16", 1, (0, 1, 64, 65, 130), 64, 64, "decayed", 1, 1), ("float16", 1, (0, 1), 64, 64, "decayed", 0, 1),
+    ("float16", 1, (0, 150), 48, 24, "decayed", 1, 1), ("float16", 1, (0, 300), 64, 64, "decayed", 2, 2),
+    ("float32", 3, (0, 1, 64, 65, 130), 64, 64, "decayed", 2, 1), ("float16", 1, (0, 130), 64, 64, "linear", 1, 1),
+    ("float16", 1, (0, 130), 32, 48, "noncausal", 1, 1))]
 
 # float16 log decays read by the walkers against their float32 cast, bit for bit (every parametrisation)
 _G16_TEST = "test_float16_log_decays_equal_their_float32_cast"

@@ -205,13 +205,15 @@ def main(argv=None) -> int:
     from workbench.opspec import SPECS
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--op", action="append", choices=sorted(SPECS))
-    p.add_argument("--dtype", action="append", help="float16, float32 (repeatable; default float16)")
+    p.add_argument("--dtype", action="append", help="float16, float32, bfloat16 (repeatable; default float16)")
     p.add_argument("--T", type=int, default=64)
     p.add_argument("--D", type=int, default=64)
     p.add_argument("--calls", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--profile", type=int, default=0, help="print cProfile's top N functions (own time)")
     a = p.parse_args(argv)
+    if "bfloat16" in (a.dtype or ()):
+        import ml_dtypes  # noqa: F401  (NumPy's bfloat16)
     sys.modules["cupy"] = stand_in_cupy()
     os.environ.pop("WORKBENCH_POISON", None)
     import kernels.cupy  # noqa: F401  (registers the cupy variants against the stand-in)

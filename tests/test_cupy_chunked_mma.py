@@ -163,6 +163,42 @@ def test_dqfold_matches_recurrence(dtype, split, shape, mode, L, stages):
     _check_case(dtype, split, shape, mode, L, stages=stages, dkdv="dqfold")
 
 
+@pytest.mark.parametrize("dtype,split", CASES)
+@pytest.mark.parametrize("shape", [(2, (0, 1), 64, 64), (1, (0, 300), 64, 64), (1, (0, 150), 48, 24),
+                                   (2, (0, 1, 64, 65, 130, 200), 64, 64), (1, (0, 97), 80, 72)],
+                         ids=lambda s: f"N{s[0]}-cu{'_'.join(map(str, s[1]))}-{s[2]}x{s[3]}")
+@pytest.mark.parametrize("L", [0, 1, 2])
+@pytest.mark.parametrize("stages", [1, 2], ids=["mma", "mma_db"])
+def test_anchor_matches_recurrence(dtype, split, shape, L, stages):
+    """d log_decay from chunk anchors (dkdv="anchor", cupy:chunked_mma_dqa, bfloat16's default core): the anchors
+    of every chunk (a segment's first chunk included: its dS update is done for it), a sequence's last chunk from
+    <dS_T, S_T>, packed sequences, Dk != Dv, both load pipelines; 80 x 72 runs the unfolded kernels and the
+    reverse cumsum (no anchors above head dim 64)."""
+    _check_case(dtype, split, shape, "decayed", L, stages=stages, dkdv="anchor")
+
+
+# bfloat16 decayed through the public API at the check's inputs (workbench.check.compare): the 16-bit core with
+# chunk anchors (default) against the float32-core rung; d log_decay at most BF16_DG_MAX (the model,
+# scripts/bf16_dg_model.py: 1.8e-3 - 3.8e-3 at T up to 16k; the float32 core ~1e-3), at T = 4096 and 4097 where the
+# reverse cumsum of the 16-bit core reached 2.4e-2 - 3.0e-2 (callO)
+BF16_DG_MAX = 1e-2
+
+
+@pytest.mark.parametrize("variant", ["chunked_mma", "chunked_mma_db", "chunked_mma_bf16f32"])
+@pytest.mark.parametrize("T, lead", [(4096, (2,)), (4097, (1,)), (1024, (1, 2))])
+@pytest.mark.parametrize("rng", [(-1.0, -0.01), (-30.0, 0.0)], ids=["g-1", "g-30"])
+@pytest.mark.parametrize("state", [False, True], ids=["", "state"])
+def test_bfloat16_decayed_long(variant, T, lead, rng, state):
+    from workbench.check import compare
+    errs = []
+    for seed in range(2):
+        res = compare("decayed", f"cupy:{variant}", lead, T, 64, 64, "bfloat16", seed=seed, log_decay_range=rng,
+                      state=state)
+        assert res["ok"], res
+        errs.append(res["dlog_decay"])
+    assert max(errs) <= BF16_DG_MAX, errs
+
+
 def test_dqfold_launches():
     """Which kernels the dq-folded mode runs: no tc_bwd_dq and the STORE forward at head dims 64 when causal;
     the fused mode's kernels otherwise (not causal, wider head dims)."""

@@ -194,6 +194,37 @@ def test_state_and_packed_launch_path_of_chunked_mma(fake, op, normalize, impl, 
             f"tc_bwd_dkdv<{'float' if normalize else 'wb_half'}, 64, 64, {3 if normalize else 1}, 3, 0, 1>"}, walks
 
 
+@pytest.mark.parametrize("impl, d, anchored", [
+    ("chunked_mma", 64, True), ("chunked_mma_db", 64, True), ("chunked_mma_dqf", 48, True), ("chunked_mma_dqa", 64, True),
+    ("chunked_mma", 80, False), ("chunked_mma_dkdv2", 64, False), ("chunked_mma_bf16f32", 64, False)])
+def test_bfloat16_decayed_core(fake, impl, d, anchored):
+    """bfloat16 decayed (kernels/cupy/decayed.py, BF16_ANCHORED_FROM): the 16-bit core with d log_decay from chunk
+    anchors -- the forward storing every chunk's state, the dq-folded walker (tc::DKDV_DQ) and no tc_bwd_dq,
+    tc_dg<wb_bf16> without tc_dg_part -- at head dims <= 64 in the dk/dv modes fused, dqfold and anchor; the float32
+    core (3xTF32) above 64, in the other modes and in cupy:chunked_mma_bf16f32.  T = 300 on 132 SMs: segments of
+    one chunk, so the unanchored path sums segments (tc_dg_part)."""
+    import ml_dtypes  # noqa: F401  (numpy's bfloat16)
+    from kernels.cupy import _chunked_mma
+    _chunked_mma._PLANS.clear()                  # launches prepared by an earlier test log elsewhere
+    v = registry.get("decayed", "cupy", impl)
+    arrays = random_inputs("decayed", (2,), 300, d, d, "bfloat16", seed=0)
+    opts = validated_options("decayed", default_options("decayed", causal=True), d)
+    out, ctx = v.forward(*arrays, **opts)
+    grads = v.backward(ctx, np.ones_like(out))
+    assert out.dtype == arrays[0].dtype and [(g.shape, g.dtype) for g in grads] == [(a.shape, a.dtype) for a in arrays]
+    la = fake["launches"]
+    fwd = [e for e in la if e.startswith("tc_fwd<")]
+    assert fwd and all(e.startswith("tc_fwd<wb_bf16," if anchored else "tc_fwd<float,") for e in fwd), fwd
+    assert "tc_dg<wb_bf16>" in la, la
+    dkdv = {e for e in la if e.startswith("tc_bwd_dkdv<")}
+    if anchored:
+        assert len(dkdv) == 1 and next(iter(dkdv)).startswith("tc_bwd_dkdv<wb_bf16, 64, 64, 1, 3, 0, "), dkdv
+        assert not any(e.startswith(("tc_bwd_dq<", "tc_dg_part")) for e in la), la
+        assert all(e.endswith(", 1>") for e in fwd), fwd                     # STORE: every chunk's state
+    else:
+        assert "tc_dg_part" in la and not any(e.startswith("tc_bwd_dkdv<wb_bf16") for e in la), la
+
+
 @pytest.mark.parametrize("impl", ["chunked", "chunked_seg"])
 def test_cuda_core_decayed_refuses_log_decays_below_its_range(fake, impl):
     """cupy:chunked / chunked_seg (float32 cumsum differences) refuse log decays below -30 and -inf with a clear

@@ -19,7 +19,10 @@
 //   dk = scale mask(..)^T-form: (dP^T) Q + diag(u) V dS^T,   dP^T_{it} = e^{b_t-b_i} v_i.do_t (t >= i)
 //   dv = (P^T) dO + diag(u) K dS
 //   dS <- e^{b_last} dS + Q^T diag(scale e^{b}) dO;        dS0 = dS at the sequence start
-//   d log_decay: dG_t = q_t.dq_t - k_t.dk_t, dg_j = sum_{t >= j} dG_t + <dS_T, S_T> (docs/kernels/linear.md)
+//   d log_decay: dG_t = q_t.dq_t - k_t.dk_t, dg_j = sum_{t >= j} dG_t + <dS_T, S_T> (docs/kernels/linear.md);
+//   or, from chunk anchors (the dq-folded walk with anc: bfloat16, whose long sum would cancel beyond its 8 bits),
+//   dg_{c0} = <H, dS'> at each chunk's first token c0 (H the state before the chunk, dS' its gradient) and
+//   dg_j = dg_{c1} + sum_{j <= t < c1} dG_t inside it (c1 the next chunk's first token; docs/kernels/decayed.md)
 // dq needs the chunk's own tiles and H, never dS: tc_bwd_dq re-walks the chunks forwards to rebuild H, while the
 // dq-folded walk (WHICH DKDV_DQ) reads H of every chunk (in T, scaled by 1/sigma, and sigma: what tc_fwd's
 // products read, written by its STORE) and forms dq in the same reverse walk as dk and dv (linear.md, "dq folded").
@@ -39,7 +42,8 @@
 //   tc_bwd_dkdv<T, DKP, DVP, SPLIT, WHICH, LAYOUT, STAGES>  dk and dv (WHICH 0, head dims <= 64; LAYOUT: 4 or 8 warps),
 //                                  dk tiles (1), dv tiles (2), or dq, dk and dv (3 = DKDV_DQ, head dims <= 64, causal:
 //                                  dq's state operand read from tc_fwd's STORE, so tc_bwd_dq is not run)
-//   tc_dg_part, tc_dg              d log_decay: reverse cumulative sum of q.dq - k.dk per sequence
+//   tc_dg_part, tc_dg              d log_decay: reverse cumulative sum of q.dq - k.dk per sequence (or chunk-local
+//                                  suffix sums from the dq-folded walker's chunk anchors)
 // STAGES (tc::Walk): 1 loads a chunk's tiles, waits, computes; 2 double-buffers the tiles, so chunk c + 1's
 // cp.async loads (and warp 0's log decays) are in flight while chunk c is computed (cupy:chunked_mma_db).
 // DKP, DVP: head dims padded to 64 or 128; actual dims are run-time and loads past them read zeros.
@@ -533,6 +537,9 @@ enum : int { DKDV_ROWS = 0, DKDV_COLS = 1, DKDV_ROLES = 2 };
 // tc_bwd_dkdv's WHICH beside 0 (dk and dv), 1 (dk tiles), 2 (dv tiles): dq, dk and dv in one walk (head dims 64,
 // DKDV_ROWS, causal), the state before each chunk read from the forward's per-chunk states (tc_fwd's STORE)
 enum : int { DKDV_DQ = 3 };
+// The dq-folded walker's d log_decay anchors (anc != nullptr, dk/dv mode "anchor"): per chunk, one float per warp,
+// anc[n][chunk][warp] (chunks numbered as tc_fwd's STORE numbers them), summed by tc_dg
+enum : int { ANC_PARTS = 4 };
 __host__ __device__ constexpr int dkdv_warps(int layout) { return layout == DKDV_ROWS ? 4 : 8; }
 
 // The blocks per SM tc_bwd_dkdv asks ptxas for (__launch_bounds__' second argument; 0: no request -- an explicit
@@ -817,10 +824,11 @@ tc_bwd_dkdv(
         const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, int T_,
         int dk, int dv, int NSEG, int nseq, float scale, int causal, int g_half, T* __restrict__ dqout,
         float* __restrict__ rq, const T* __restrict__ Hst, const float* __restrict__ Hsig,
-        const int* __restrict__ seg_c0) {
+        const int* __restrict__ seg_c0, float* __restrict__ anc) {
     using namespace tc;
     using namespace wbmma;
     static_assert((WHICH != 0 && WHICH != DKDV_DQ) || (DKP == 64 && DVP == 64), "the fused dk/dv kernel holds a 64 x 64 dS");
+    static_assert(WHICH != DKDV_DQ || dkdv_warps(LAYOUT) == ANC_PARTS, "one anchor part per warp");
     static_assert(LAYOUT == DKDV_ROWS || ((LAYOUT == DKDV_COLS || LAYOUT == DKDV_ROLES) && WHICH == 0),
                   "the 8-warp layouts: the fused kernel only");
     constexpr bool DQ = WHICH == DKDV_DQ;                         // dq folded in: the forward's per-chunk states
@@ -836,6 +844,7 @@ tc_bwd_dkdv(
     Trailer* tr = reinterpret_cast<Trailer*>(sS + R * LDS);
     float* hsig = reinterpret_cast<float*>(tr + 1);              // DQ: the sigma of each stage's H tile
     const bool decay = g != nullptr;
+    const bool anchors = DQ && decay && anc != nullptr;          // d log_decay's chunk anchors wanted (causal)
     const int nt_ = WHICH == 1 ? (dk + BV - 1) / BV : WHICH == 2 ? (dv + BV - 1) / BV : 1;
     const int tile = blockIdx.x % nt_, s = blockIdx.x / nt_, n = blockIdx.y, N = gridDim.y;
     const int kr0 = WHICH == 1 ? tile * BV : 0, vc0 = WHICH == 2 ? tile * BV : 0;
@@ -941,10 +950,22 @@ tc_bwd_dkdv(
             store_rows<T, 8>(acc[0], dqout + row0 * dk, dk, m0, nrow, 0, dk);
             if (decay && rq) row_dots<T>(acc[0], sQ, LDK, m0, nrow, rq + (long long)n * T_ + cs);   // q.dq
         }
-        if (causal && (j > 0 || dSstart)) {                       // dS <- e^{b_last} dS + Q^T diag(scale e^b) dO
+        if (causal && (j > 0 || dSstart || anchors)) {            // dS <- e^{b_last} dS + Q^T diag(scale e^b) dO
             if (decay) scale_acc(dS, tr->e[C - 1]);                // the weights on Q^T's fragments, in registers
             gemm_ss<T, SPLIT, SMT, SNT, true, false>(dS, sQ + kr0, LDK, sO + vc0, LDV, sm0, sn0, 0, C, 0, SNT / 2,
                                                      KWeights<T>{decay ? tr->e : nullptr, scale});
+        }
+        if constexpr (DQ) {                                        // chunk anchor d log_decay[c0] = <H, dS> (the state
+            if (anchors) {                                         // before the chunk, the gradient of that state)
+                const T* sH = sO + C * LDV;
+                float a = 0.f;
+                for_each(dS, sm0, sn0, [&](float& x, int r, int c) { a += x * to_f32(sH[r * LDV + c]); });
+                a = warp_sum(a);
+                if ((threadIdx.x & 31) == 0) {
+                    const int at = (n * seg_c0[NSEG] + seg_c0[s] + j) * ANC_PARTS + w;   // < N T / 16
+                    anc[at] = a * hsig[i % STAGES];
+                }
+            }
         }
     }
     if (causal && dSstart) state_store(dS, dSstart + ((long long)n * NSEG + s) * E, sm0, kr0, vc0, dk, dv, sn0);
@@ -959,6 +980,9 @@ tc_bwd_dkdv(
 //   tc_dg<OT>   carry = cst + the parts of the later segments of the same sequence; then the segment's own
 //               suffix sums, 256 tokens at a time from its end (a block scan), + carry; written as OT (the
 //               caller's dtype: float, wb_half, wb_bf16; rounded from float32, as a cast after it would).
+//               With anc (the chunk anchors of tc_bwd_dkdv's DKDV_DQ walk, seg_c0 its chunk numbering): no
+//               tc_dg_part; each chunk's tokens start from the next chunk's anchor (cst past the sequence's end)
+//               and add the chunk's own suffix sums (a warp per chunk), so no sum runs over more than 64 tokens.
 namespace tc {
 enum : int { DG_THREADS = 256 };
 __device__ __forceinline__ double dg_term(const float* __restrict__ rq, int ntq, const float* __restrict__ rk,
@@ -993,7 +1017,8 @@ template <typename OT>
 __global__ void __launch_bounds__(256) tc_dg(const float* __restrict__ rq, int ntq, const float* __restrict__ rk,
         int ntk, OT* __restrict__ dg, const double* __restrict__ part, const int* __restrict__ seg_t0,
         const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, const int* __restrict__ seq_seg,
-        const float* __restrict__ cst, int zero_first, int T_, int NSEG, int nseq) {
+        const float* __restrict__ cst, int zero_first, int T_, int NSEG, int nseq, const float* __restrict__ anc,
+        const int* __restrict__ seg_c0) {
     constexpr int W = tc::DG_THREADS / 32;
     __shared__ double wsum[W];
     const int s = blockIdx.x, n = blockIdx.y, qs = seg_seq[s];
@@ -1001,6 +1026,32 @@ __global__ void __launch_bounds__(256) tc_dg(const float* __restrict__ rq, int n
     const int t0 = seg_t0[s], t1 = seg_t1[s], first = seg_t0[seq_seg[qs]];
     const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
     double carry = cst ? (double)cst[(long long)n * nseq + qs] : 0.0;
+    if (anc) {         // chunk anchors: token t of chunk m = the next chunk's anchor + sum_{t <= t' < chunk end} dG_t'
+        const long long cb = (long long)n * seg_c0[NSEG] + seg_c0[s];          // (past the sequence's end: cst)
+        const bool last = s + 1 == seq_seg[qs + 1];
+        const int nch = (t1 - t0 + tc::C - 1) / tc::C;
+        for (int m = wid; m < nch; m += W) {                       // a warp per chunk, two tokens a lane
+            const int c0 = t0 + tc::C * m, ce = min(c0 + tc::C, t1);
+            double next = carry;
+            if (!(last && ce == t1)) {
+                next = 0.0;
+#pragma unroll
+                for (int p = 0; p < tc::ANC_PARTS; ++p) next += anc[(cb + m + 1) * tc::ANC_PARTS + p];
+            }
+            const int ta = c0 + 2 * lane, tb = ta + 1;
+            const double xa = ta < ce ? tc::dg_term(rq, ntq, rk, ntk, nt, NT, ta) : 0.0;
+            const double xb = tb < ce ? tc::dg_term(rq, ntq, rk, ntk, nt, NT, tb) : 0.0;
+            double suf = xa + xb;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {                     // inclusive suffix sum over the lanes
+                const double y = __shfl_down_sync(0xffffffffu, suf, o);
+                if (lane + o < 32) suf += y;
+            }
+            if (ta < ce) dg[nt + ta] = from_f32<OT>((zero_first && ta == first) ? 0.f : (float)(next + suf));
+            if (tb < ce) dg[nt + tb] = from_f32<OT>((float)(next + suf - xa));
+        }
+        return;
+    }
     for (int s2 = s + 1; s2 < seq_seg[qs + 1]; ++s2) carry += part[(long long)n * NSEG + s2];
     for (int end = t1; end > t0; end -= tc::DG_THREADS) {          // tokens [end - 256, end), from the end
         const int t = end - tc::DG_THREADS + (int)threadIdx.x;

@@ -22,7 +22,10 @@ columns of the dS, dk and dv tiles; cupy:chunked_mma_dkdv8), "roles" (8 warps: e
 0-3 form dv, 4-7 dk; cupy:chunked_mma_dkdv8r) or "dqfold" (dq folded into the fused 4-warp dk/dv walk, WHICH
 tc::DKDV_DQ: the forward writes the state before every chunk (``tc_fwd``'s STORE, in the storage type as the
 products read it, with its power-of-two sigma), the reverse walk reads it back and forms dq beside dk and dv,
-and ``tc_bwd_dq`` is not launched; cupy:chunked_mma_dqf; causal calls only, not causal runs "fused").  Above 64
+and ``tc_bwd_dq`` is not launched; cupy:chunked_mma_dqf; causal calls only, not causal runs "fused") or "anchor"
+(``ANCHORED``: the "dqfold" walkers, and d log_decay from chunk anchors: the walker writes <H, dS'> of every chunk,
+``tc_dg`` sums at most one chunk's tokens from the next chunk's anchor instead of the whole suffix -- what lets
+bfloat16 decayed run the 16-bit core, docs/kernels/decayed.md "d log_decay from chunk anchors").  Above 64
 the separate kernels (and ``tc_bwd_dq``) run in every mode.
 """
 from __future__ import annotations
@@ -56,8 +59,10 @@ DOUBLE_BUFFERED = ("cupy:chunked_mma with double-buffered chunk tiles (stages=2)
 # The dk/dv walkers launched at head dims (64, 64), per mode: ((WHICH, LAYOUT), ...) of tc_bwd_dkdv, in order;
 # LAYOUT: tc::DKDV_ROWS 0 (4 warps), DKDV_COLS 1 and DKDV_ROLES 2 (8 warps), DKDV_WARPS per layout
 DKDV_MODES = {"fused": ((0, 0),), "split": ((1, 0), (2, 0)), "wide": ((0, 1),), "roles": ((0, 2),),
-              "dqfold": ((3, 0),)}
+              "dqfold": ((3, 0),), "anchor": ((3, 0),)}
 DKDV_DQ = 3                             # tc::DKDV_DQ: the WHICH of the walker that forms dq, dk and dv
+ANCHORED = ("anchor",)                  # modes whose d log_decay comes from the folded walker's chunk anchors
+ANC_PARTS = 4                           # tc::ANC_PARTS: floats per chunk anchor (one per warp of the walker)
 DKDV_WARPS = (4, 8, 8)
 DKDV_WIDE = ((1, 0), (2, 0))            # above 64: the dk kernel per 64-column dk tile, the dv kernel per dv tile
 DKDV_DESCRIPTION = {   # the ops' measured-rung variants of the dk/dv modes: (variant name, description)
@@ -340,8 +345,10 @@ class _CorePlan:
         self.fold = folded(self.dkp, self.dvp, dkdv, causal)
         self.fwd = _prepared(dt, split, stages, _fwd(dt, split, stages, self.dkp, store=self.fold), grid)
         self.fold_args = (_ptr(None),) * 3                      # tc_fwd's Hst, Hsig, seg_c0 without STORE
+        self.anchored = self.fold and self.decay and dkdv in ANCHORED     # d log_decay from chunk anchors
         if self.fold:                                           # one allocation, by address (new_scratch)
             self.chunk0, nch = chunk_offsets(T, L, cu)
+            self.nch = nch
             self.states_layout = (((N, nch, self.ntv, self.dkp, BV), np.dtype(f"u{ITEMSIZE[dt]}")),   # T, by size
                                   ((N, nch, self.ntv), np.float32))
         self._backward: dict = {}
@@ -372,16 +379,21 @@ class _BackwardPlan:
                                     (tab.nseg * (cp_.ntk if which == 1 else cp_.ntv if which == 2 else 1), N))
                           for which, layout in dkdv_launches(cp_.dkp, cp_.dvp, dkdv, cp_.causal))
         self.want_dg = want_dg
+        self.anchored = want_dg and cp_.anchored
         self.layout = None              # the outputs' backends.OutputLayout, from the first call's arrays
         self.scratch = ()
         if want_dg:
             self.scratch = (((cp_.ntk, N, cp_.T), np.float32),) * 2     # the row dots of q.dq and k.dk
-            self.dg_part = None if tab.single else Prepared(_common("tc_dg_part"), (tab.nseg, N), (DG_THREADS,))
+            if self.anchored:                                           # ... and the chunk anchors' parts
+                self.scratch += (((N, cp_.nch, ANC_PARTS), np.float32),)
+            self.dg_part = (None if tab.single or self.anchored
+                            else Prepared(_common("tc_dg_part"), (tab.nseg, N), (DG_THREADS,)))
             self.dg = Prepared(_common(_DG[dg_name]), (tab.nseg, N), (DG_THREADS,))
             ntk = i32(cp_.ntk)
             self.part_tail = cp_.segs + (i32(cp_.T), i32(tab.nseg))
             self.dg_tail = (cp_.segs + (tab.seq, tab.seq_seg))
             self.dg_scalars = (i32(not cp_.has_S0), i32(cp_.T), i32(tab.nseg), i32(tab.nseq))
+            self.dg_chunks = cp_.chunk0 if self.anchored else None      # tc_dg's seg_c0 (with its anc)
             self.ntk32 = ntk
 
 
@@ -466,7 +478,8 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dg_dtype=None):
     # until tc_dg is queued)
     outs, rows, keep = layout.new(cp)
     dq, dk, dv = outs[0], outs[1], outs[2]
-    rq, rk = rows if want_dg else (None, None)
+    rq, rk = rows[:2] if want_dg else (None, None)
+    anc = rows[2] if B.anchored else None              # the chunk anchors (dk/dv mode "anchor")
     dS0 = dSend = None
     if B.rseg is None:                                 # causal, one segment per sequence
         dSend = dST
@@ -485,9 +498,9 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dg_dtype=None):
     tail = P.head + (ctx.scale32, P.causal32, P.g_half)
     if B.dq is not None:
         B.dq((q, k, v, g, do, dq, rq, ctx.Hstart) + tail)
-        tail += (_ptr(None),) * 5                          # tc_bwd_dkdv's dq, rq, Hst, Hsig, seg_c0 (DKDV_DQ only)
+        tail += (_ptr(None),) * 6                          # tc_bwd_dkdv's dq, rq, Hst, Hsig, seg_c0, anc (DKDV_DQ)
     else:                                                  # dq folded into the dk/dv walk
-        tail += (dq, _ptr(rq)) + ctx.state_args + (P.chunk0,)
+        tail += (dq, _ptr(rq)) + ctx.state_args + (P.chunk0, _ptr(anc))
     dS0_out = dS0 if B.rseg is None else None
     for launch_dkdv in B.dkdv:
         launch_dkdv((q, k, v, g, do, dk, dv, rk, dSend, dS0_out) + tail)
@@ -501,5 +514,5 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dg_dtype=None):
         if B.dg_part is not None:   # the segments' sums of dG, for the carries of the earlier segments
             part = new_output(cp, (P.N, P.table.nseg), cp.float64)
             B.dg_part((rq, B.ntk32, rk, B.ntk32, part) + B.part_tail)
-        B.dg((rq, B.ntk32, rk, B.ntk32, dg, part) + B.dg_tail + (cst,) + B.dg_scalars)
+        B.dg((rq, B.ntk32, rk, B.ntk32, dg, part) + B.dg_tail + (cst,) + B.dg_scalars + (_ptr(anc), _ptr(B.dg_chunks)))
     return dq, dk, dv, dg, (dS0 if ctx.S0 is not None else None)

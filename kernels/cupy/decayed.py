@@ -90,19 +90,38 @@ class _MMAContext:
     dtype: object            # the inputs' dtype (the gradients are returned in it)
 
 
-# Input dtypes whose core runs in float32 (3xTF32): with bfloat16 operands, d log_decay = reverse cumsum of
-# q.dq - k.dk cancels beyond bfloat16's 8 bits (2.1e-2 at T = 193 on the emulated kernels, growing with T).
-CORE_IN_FLOAT32 = ("bfloat16",)
+# bfloat16: with bfloat16 operands the reverse cumsum of q.dq - k.dk (d log_decay) cancels beyond bfloat16's 8 bits
+# (2.4e-2 - 3.0e-2 on the check cells, H200 callO; 3e-2 - 4e-2 at T = 16k in scripts/bf16_dg_model.py), so bfloat16
+# runs the 16-bit core only with d log_decay from chunk anchors (_chunked_mma.ANCHORED, 1.8e-3 - 3.8e-3 in the
+# model, flat in T): where the dq-folded walk runs (padded head dims (64, 64)) and the variant's dk/dv mode is one of
+# BF16_ANCHORED_FROM (taken over by "anchor"); elsewhere, and with bf16_core="float32" (cupy:chunked_mma_bf16f32),
+# the core runs in float32 (3xTF32).  docs/kernels/decayed.md, "d log_decay from chunk anchors".
+BF16_ANCHORED_FROM = ("fused", "dqfold", "anchor")
+BF16_CORES = ("anchored", "float32")
+
+
+def _bf16_mode(dkdv: str, dk: int, dv: int, bf16_core: str):
+    """The dk/dv mode a bfloat16 call runs its 16-bit core with ("anchor"), or None: the core in float32."""
+    if bf16_core not in BF16_CORES:
+        raise ValueError(f"bf16_core must be one of {BF16_CORES} (got {bf16_core!r})")
+    if bf16_core == "anchored" and dkdv in BF16_ANCHORED_FROM and mma.folded(mma.pad_dim(dk), mma.pad_dim(dv),
+                                                                              "anchor", True):
+        return "anchor"
+    return None
 
 
 def _mma_forward(split, stages, q, k, v, log_decay, scale=1.0, initial_state=None, return_state=False, cu_seqlens=None,
-                 dkdv="fused"):
+                 dkdv="fused", bf16_core="anchored"):
     import cupy as cp
     dt = q.dtype
-    if dtype_name(dt) in CORE_IN_FLOAT32:
-        q, k, v = (x.astype(cp.float32) for x in (q, k, v))
+    if dtype_name(dt) == "bfloat16":
+        mode = _bf16_mode(dkdv, q.shape[-1], v.shape[-1], bf16_core)
+        if mode is None:
+            q, k, v = (x.astype(cp.float32) for x in (q, k, v))
+        else:
+            dkdv = mode
     # float16 log decays go to the kernels as they are (read and converted exactly there: no cast launch);
-    # others (bfloat16: the float32 core) as float32
+    # others (bfloat16) as float32
     g = as_contiguous(log_decay, log_decay.dtype if dtype_name(log_decay.dtype) == "float16" else cp.float32)
     S0 = None if initial_state is None else as_contiguous(initial_state.S, cp.float32)
     o, cctx = mma.forward(q, k, v, g, scale=scale, causal=True, split=split, S0=S0, want_final=return_state,
@@ -147,6 +166,18 @@ for _mode, (_name, _desc) in mma.DKDV_DESCRIPTION.items():      # measured rungs
                      leading_dims=True,
                      dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
                      form="linear", features=frozenset({"state", "packed"}), description=_desc))
+register(Variant("decayed", "cupy", "chunked_mma_dqa", functools.partial(_mma_forward, 3, 1, dkdv="anchor"),
+                 _mma_backward, leading_dims=True,
+                 dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
+                 form="linear", features=frozenset({"state", "packed"}),
+                 description="cupy:chunked_mma with dq folded into the dk/dv walk and d log_decay from chunk anchors "
+                             "at head dims <= 64 (dkdv='anchor'; bfloat16's default core)"))
+register(Variant("decayed", "cupy", "chunked_mma_bf16f32", functools.partial(_mma_forward, 3, 1, bf16_core="float32"),
+                 _mma_backward, leading_dims=True,
+                 dtypes=("bfloat16",), array_kind="cupy", gpu=True, supports=_supports_mma,
+                 form="linear", features=frozenset({"state", "packed"}),
+                 description="cupy:chunked_mma for bfloat16 with the core in float32 (3xTF32) at every head dim "
+                             "(the default before the anchored bfloat16 core)"))
 register(Variant("decayed", "cupy", "chunked_mma_tf32", functools.partial(_mma_forward, 1, 1), _mma_backward,
                  leading_dims=True,
                  dtypes=("float32",), array_kind="cupy", gpu=True,

@@ -677,8 +677,8 @@ SM_SMEM = 228 * 1024            # shared memory per SM (sm_90), of which 1 KB pe
 def wave_segments(N: int, T: int, tiles: int, slots: int) -> int:
     """Chunks per segment (0: one segment per head) for the fused walkers (grid (segments x tiles, N)) when slots
     of their blocks are resident at once: the L in 1..FUSED_MAX_SEGMENT_CHUNKS of least modelled time (above),
-    the longest of equal ones.  At N = 32, D = 64 on 132 SMs: float16 (3 blocks per SM) L = 11 at T = 4k and 16k
-    (1 and 4 waves; choose_segments' 8: 2 and 6), float32 (2) 16 (1 and 4 waves; 8: 2 and 8)."""
+    the longest of equal ones.  At N = 32, D = 64 on 132 SMs: float16 (3 blocks per SM) L = 11 at T = 4k (1 wave;
+    choose_segments' 8: 2) and 15 at 16k (3 waves; 8: 6), float32 (2) 16 at both (1 and 4 waves; 8: 2 and 8)."""
     nch = -(-T // mma.C)
     if nch <= 1:
         return 0

@@ -665,6 +665,8 @@ ZEROS_STATE_CASES += [_zeros_test("test_fused_segment_lengths", impl=impl, dtype
                       for impl in ("chunked_mma_fused2", "chunked_mma_fused3")
                       for dt, tol, L, c in (("float32", 1e-4, 0, True), ("float16", 2e-2, 3, True),
                                             ("float32", 1e-4, 3, False))]
+ZEROS_STATE_CASES += [_zeros_test("test_fused3_wave_segments", dtype=dt, tol=tol) for dt, tol in (("float32", 1e-4),
+                                                                                                ("float16", 2e-2))]
 ZEROS_STATE_CASES += [_zeros_test("test_fused2_wide_walks", impl=impl, dtype=dt, tol=tol)
                       for impl in ("chunked_mma_fused2", "chunked_mma_fused3")
                       for dt, tol in (("float32", 1e-4), ("float16", 2e-2))]

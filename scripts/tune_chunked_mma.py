@@ -56,9 +56,10 @@ def main(argv=None) -> int:
                     var = registry.get("zeros", "cupy", impl)
                     zs, zg = (rng.standard_normal(shape, dtype=cp.float32).astype(dtype)   # s, 3 gates
                               for shape in ((a.N, T), (a.N, T, 3)))
-                    kind, tiles = zeros.FUSED_KINDS[impl], -(-a.D // zeros.FUSED_BW)
-                    picked = (zeros.wave_segments(a.N, T, tiles, zeros.fused_blocks_per_sm(dtype, a.D, a.D)
-                                                  * mma._sm_count()) if kind.waves else mma.choose_segments(a.N, T, tiles))
+                    tiles = -(-a.D // zeros.FUSED_BW)
+                    slots = zeros.fused_blocks_per_sm(dtype, a.D, a.D) * mma._sm_count()
+                    picked = (zeros.wave_segments(a.N, T, tiles, slots) if zeros.FUSED_KINDS[impl].waves
+                              else mma.choose_segments(a.N, T, tiles))
 
                     def fwd():
                         return var.forward(q, k, v, zs, zg, causal=True, L=L)

@@ -710,6 +710,27 @@ def test_fused2_wide_walks(impl, dtype, tol):
     assert all(e < tol for e in errs.values()), errs
 
 
+@gpu
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("float16", 2e-2)])
+def test_fused3_wave_segments(dtype, tol):
+    """cupy:chunked_mma_fused3 with its own segment length (zeros.wave_segments, no L given) where that makes walks
+    of several chunks: as if the GPU had 8 SMs, T = 1000 (16 chunks), 3 heads, 48 x 40 take 2 segments of 8 chunks
+    (float32, 16 slots) or 4 of 4 (16-bit, 24 slots)."""
+    saved, plans = zeros.mma._sm_count, dict(zeros._FUSED_PLANS)
+    zeros.mma._sm_count = lambda: 8
+    zeros._FUSED_PLANS.clear()                        # (a plan of the same key made with the real SM count)
+    try:
+        L = zeros.wave_segments(3, 1000, 2, 8 * zeros.fused_blocks_per_sm(dtype, 48, 40))
+        assert L == (8 if dtype == "float32" else 4)
+        errs = run_case("chunked_mma_fused3", dtype, 3, 1000, 48, 40, True, 3, seed=7, form="chunked")
+        assert all(e < tol for e in errs.values()), errs
+        assert [P.table.L for P in zeros._FUSED_PLANS.values()] == [L]
+    finally:
+        zeros.mma._sm_count = saved
+        zeros._FUSED_PLANS.clear()
+        zeros._FUSED_PLANS.update(plans)
+
+
 def large_states(q, k, v):
     """Positive q, k and v of about 2000: the states F, G, H grow like T |k| |v| and pass the float16 range
     (65504) within a few hundred tokens, so the fp16 state operands must be scaled (tz::states_to_smem)."""

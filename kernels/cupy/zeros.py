@@ -651,7 +651,8 @@ def smem_fused(kernel: str, item: int, dp: int, narrow=None) -> int:
 @_dataclass(frozen=True)
 class _FusedKind:
     """What tells the fused variants apart (they share every kernel; registered below as FUSED_KINDS)."""
-    dk_in_dv: bool           # dk formed in the dv walker (tz_bwd_dv<..., DKF = true>; no tz_bwd_dk)
+    dk_in_dv: bool           # dk formed in the dv walker (tz_bwd_dv<..., DKF = true>; no tz_bwd_dk).  The backward
+                             # function passes it (fused and fused2 share one forward plan, made with fused's kind)
     waves: bool = False      # chunks per segment from the walkers' waves (wave_segments), not choose_segments
     kw_sums: bool = False    # the backward's segment-sum pass on the DKF instantiation (at head dim 64 its fold
                              # weighs A fragments: no weighted copies of dO; float32 2 blocks per SM, not 1)
@@ -822,7 +823,8 @@ def _fused_forward(q, k, v, s, gates, causal=True, L=None, kind=None):
     shares)."""
     causal = bool(causal)
     kind = kind or FUSED_KINDS["chunked_mma_fused"]
-    key = (q.dtype, q.shape, v.shape, gates.shape, causal, L, IN_BLOCK_SCAN_MAX_CHUNKS, kind)   # (a test moves the bound)
+    # (a test moves IN_BLOCK_SCAN_MAX_CHUNKS)
+    key = (q.dtype, q.shape, v.shape, gates.shape, causal, L, IN_BLOCK_SCAN_MAX_CHUNKS, kind)
     P = _FUSED_PLANS.get(key)
     if P is None:
         if len(_FUSED_PLANS) >= _MAX_FUSED_PLANS:

@@ -326,6 +326,10 @@ def test_every_fused_kernel_is_listed_and_declared():
         group = zeros.FUSED2_GROUPS[dt]
         assert set(group) == {f"tz_bwd_dv<{ct}, {p}, {3 if dt == 'float32' else 1}, true>" for p in (64, 128)}
         assert set(group) <= listed and group in declared
+    for dt, ct in (("float32", "float"), ("float16", "wb_half"), ("bfloat16", "wb_bf16")):   # chunked_mma_fused3
+        group = zeros.FUSED3_GROUPS[dt]
+        assert set(group) == {f"{k}<{ct}, 64, {3 if dt == 'float32' else 1}, true>" for k in ("tz_fwd", "tz_bwd_dq")}
+        assert set(group) <= listed and group in declared
 
 
 def test_stat_rows_match_the_kernels():
@@ -350,6 +354,8 @@ def test_fused_shared_memory_fits():
         narrow = zeros.FUSED2_DV_NARROW[dp]
         assert narrow <= 5 and zeros.smem_fused("tz_bwd_dv", 4, dp, narrow) <= 227 * 1024
     assert 2 * zeros.smem_fused("tz_bwd_dv", 4, 64, zeros.FUSED2_DV_NARROW[64]) <= 228 * 1024   # 2 blocks per SM
+    for name, narrow in zeros.FUSED3_KW_NARROW.items():     # chunked_mma_fused3's KW forward and dq walkers (64)
+        assert narrow < zeros._FUSED_KERNELS[name][1] and 2 * zeros.smem_fused(name, 4, 64, narrow) <= 228 * 1024
 
 
 def test_wave_segments(monkeypatch):

@@ -656,12 +656,14 @@ class _FusedKind:
     waves: bool = False      # chunks per segment from the walkers' waves (wave_segments), not choose_segments
     kw_sums: bool = False    # the backward's segment-sum pass on the DKF instantiation (at head dim 64 its fold
                              # weighs A fragments: no weighted copies of dO; float32 2 blocks per SM, not 1)
+    kw_folds: bool = False   # tz_fwd and tz_bwd_dq at head dim 64 with KW = true (their folds weigh A fragments: no
+                             # weighted copies, no copy pass, one barrier fewer per chunk; FUSED3_GROUPS)
 
 
 FUSED_KINDS = {
     "chunked_mma_fused": _FusedKind(dk_in_dv=False),
     "chunked_mma_fused2": _FusedKind(dk_in_dv=True),
-    "chunked_mma_fused3": _FusedKind(dk_in_dv=True, waves=True, kw_sums=True),
+    "chunked_mma_fused3": _FusedKind(dk_in_dv=True, waves=True, kw_sums=True, kw_folds=True),
 }
 
 # wave_segments' model (docs/kernels/zeros.md, "Segments by waves: cupy:chunked_mma_fused3"): a walker's time is
@@ -693,16 +695,18 @@ def wave_segments(N: int, T: int, tiles: int, slots: int) -> int:
     return 0 if L >= nch else L
 
 
-def fused_blocks_per_sm(dt: str, dk: int, dv: int) -> int:
-    """The fewest blocks per SM among cupy:chunked_mma_fused3's walkers (tz_fwd, tz_bwd_dq, tz_bwd_dv<..., DKF>):
-    each kernel's tz::min_blocks (its launch bound: registers) and what its shared memory leaves."""
+def fused_blocks_per_sm(dt: str, dk: int, dv: int, kw: bool = True) -> int:
+    """The fewest blocks per SM among cupy:chunked_mma_fused3's walkers (tz_fwd, tz_bwd_dq, with KW = kw where the
+    head dim pads to 64, and tz_bwd_dv<..., DKF>): each kernel's tz::min_blocks (its launch bound: registers) and
+    what its shared memory leaves."""
     item, dkp, dvp = mma.ITEMSIZE[dt], mma.pad_dim(dk), mma.pad_dim(dv)
     f32 = dt == "float32"
 
-    def per_sm(dp, smem):
-        return min(3 if dp == 64 and not f32 else 2, SM_SMEM // (smem + 1024))
-    return min(per_sm(dkp, smem_fused("tz_fwd", item, dkp)), per_sm(dvp, smem_fused("tz_bwd_dq", item, dvp)),
-               per_sm(dkp, smem_fused("tz_bwd_dv", item, dkp, FUSED2_DV_NARROW[dkp])))
+    def per_sm(name, dp, narrow=None):
+        if kw and dp == 64 and name in FUSED3_KW_NARROW:
+            narrow = FUSED3_KW_NARROW[name]
+        return min(3 if dp == 64 and not f32 else 2, SM_SMEM // (smem_fused(name, item, dp, narrow) + 1024))
+    return min(per_sm("tz_fwd", dkp), per_sm("tz_bwd_dq", dvp), per_sm("tz_bwd_dv", dkp, FUSED2_DV_NARROW[dkp]))
 
 
 @_dataclass
@@ -752,8 +756,8 @@ class _FusedPlan:
         self.kind = kind
         if L is None:
             tiles = max(ntw, -(-Dk // FUSED_BW))
-            L = (wave_segments(N, T, tiles, fused_blocks_per_sm(dt, Dk, Dv) * mma._sm_count()) if kind.waves
-                 else mma.choose_segments(N, T, tiles))
+            L = (wave_segments(N, T, tiles, fused_blocks_per_sm(dt, Dk, Dv, kind.kw_folds) * mma._sm_count())
+                 if kind.waves else mma.choose_segments(N, T, tiles))
         tab = self.table = mma.segment_table(T, L)
         # H: causal with one segment none (the walkers start from zeros); not causal with one segment the segment
         # sums themselves (the totals); else the scan of the segment sums (a per-call `part` before it)
@@ -775,7 +779,7 @@ class _FusedPlan:
             self.fchunk = Prepared(_scan(dt, "fchunk"), (-(-NC // SCAN_WARPS), N), (32 * SCAN_WARPS,))
             self.fscan = Prepared(_scan(dt, "fscan", causal), (N,), (SCAN_THREADS,))
             self.fchunk_head, self.fscan_nc = (i32(T), i32(NC)) + sq, i32(NC)
-        kernel, smem = _fused_kernel_of(dt, "tz_fwd", (Dk, Dv))
+        kernel, smem = _fused_walker_of(dt, "tz_fwd", (Dk, Dv), kind.kw_folds)
         self.fwd = Prepared(kernel, (tab.nseg * ntw, N), (mma.THREADS,), smem)
         self.sums = Prepared(kernel, (tab.nseg * ntw, N), (mma.THREADS,), smem)   # its own parameter layout
         self.tail = (tab.t0, tab.t1, i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(causal))
@@ -854,6 +858,26 @@ def _fused2_dv_kernel_of(dt: str, dk: int) -> tuple:
             smem_fused("tz_bwd_dv", mma.ITEMSIZE[dt], dp, FUSED2_DV_NARROW[dp]))
 
 
+# cupy:chunked_mma_fused3's forward and dq walkers at head dim 64: tz_fwd and tz_bwd_dq with KW = true (their folds
+# weigh the A fragments, as the DKF dv walker's: no weighted copies of v or k in shared memory)
+FUSED3_KW_NARROW = {"tz_fwd": 1, "tz_bwd_dq": 2}     # their 32-column tiles with KW (v; q, k), not 3 and 4
+FUSED3_GROUPS = {dt: tuple(f"{name}<{ct}, 64, {SPLIT[dt]}, true>" for name in FUSED3_KW_NARROW)
+                 for dt, ct in _CT.items()}
+INSTANTIATIONS += [(mma.SOURCE, e) for grp in FUSED3_GROUPS.values() for e in grp]
+declare_groups(mma.SOURCE, list(FUSED3_GROUPS.values()))
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_walker_of(dt: str, name: str, dims: tuple, kw: bool) -> tuple:
+    """(kernel, dynamic shared memory) of tz_fwd or tz_bwd_dq for head dims (dk, dv): with kw (fused3) the KW
+    instantiation where the head dim pads to 64, else _fused_kernel_of's."""
+    dp = mma.pad_dim(dims[0] if _FUSED_KERNELS[name][0] == "k" else dims[1])
+    if not (kw and dp == 64):
+        return _fused_kernel_of(dt, name, dims)
+    return (get_kernel(mma.SOURCE, f"{name}<{_CT[dt]}, 64, {SPLIT[dt]}, true>", group=FUSED3_GROUPS[dt]),
+            smem_fused(name, mma.ITEMSIZE[dt], 64, FUSED3_KW_NARROW[name]))
+
+
 def _fused2_backward(ctx: _FusedContext, do):
     return _fused_backward(ctx, do, dk_in_dv=True)
 
@@ -906,7 +930,8 @@ class _FusedBackwardPlan:
         def walker(name, tiles, dims=(Dk, Dv)):
             kernel, smem = _fused_kernel_of(dt, name, dims)
             return Prepared(kernel, (tab.nseg * tiles, N), (mma.THREADS,), smem)
-        self.dq = walker("tz_bwd_dq", ntk)
+        kernel, smem = _fused_walker_of(dt, "tz_bwd_dq", (Dk, Dv), P.kind.kw_folds)
+        self.dq = Prepared(kernel, (tab.nseg * ntk, N), (mma.THREADS,), smem)
         if self.s_mode:                                                 # the segment sums: no dv, ds or dk
             if P.kind.kw_sums:
                 kernel, smem = _fused2_dv_kernel_of(dt, Dk)

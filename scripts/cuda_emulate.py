@@ -639,18 +639,20 @@ ZEROS_CASES = [_zeros(*row) for row in (
     ("chunked_mma_tf32", "float32", (1,), 65, 32, 128, False, 2),
     # cupy:chunked_mma_fused2 (dk in the dv walker): dk from parts (2 to 4 dv tiles) or directly (one tile,
     # Dv <= 32), several segments (one chunk each at these N), T = 1, Dk != Dv, head dims 5..128, both dtypes
-    ("chunked_mma_fused2", "float32", (2, 3), 37, 5, 7, True, 3),
-    ("chunked_mma_fused2", "float32", (1,), 130, 64, 64, True, 3),
-    ("chunked_mma_fused2", "float32", (1,), 130, 64, 64, False, 2),
-    ("chunked_mma_fused2", "float32", (1,), 1, 64, 64, True, 2),
-    ("chunked_mma_fused2", "float32", (1,), 200, 80, 48, True, 2),
-    ("chunked_mma_fused2", "float32", (1,), 70, 128, 80, False, 3),
-    ("chunked_mma_fused2", "float32", (1,), 65, 32, 128, True, 2),
-    ("chunked_mma_fused2", "float16", (1,), 1, 64, 64, False, 3),
-    ("chunked_mma_fused2", "float16", (2, 3), 37, 5, 7, False, 2),
-    ("chunked_mma_fused2", "float16", (1,), 130, 64, 64, True, 2),
-    ("chunked_mma_fused2", "float16", (1,), 70, 128, 80, True, 3),
-    ("chunked_mma_fused2", "float16", (1,), 100, 48, 32, True, 3),
+    # (cupy:chunked_mma_fused3, its kernels but the segment length and the segment-sum pass, the same rows)
+    *((impl,) + row for impl in ("chunked_mma_fused2", "chunked_mma_fused3") for row in (
+        ("float32", (2, 3), 37, 5, 7, True, 3),
+        ("float32", (1,), 130, 64, 64, True, 3),
+        ("float32", (1,), 130, 64, 64, False, 2),
+        ("float32", (1,), 1, 64, 64, True, 2),
+        ("float32", (1,), 200, 80, 48, True, 2),
+        ("float32", (1,), 70, 128, 80, False, 3),
+        ("float32", (1,), 65, 32, 128, True, 2),
+        ("float16", (1,), 1, 64, 64, False, 3),
+        ("float16", (2, 3), 37, 5, 7, False, 2),
+        ("float16", (1,), 130, 64, 64, True, 2),
+        ("float16", (1,), 70, 128, 80, True, 3),
+        ("float16", (1,), 100, 48, 32, True, 3))),
     # the fused variant's forward plans (zeros._FusedPlan): one segment causal (no states) and not causal (the
     # segment sums are the totals), above IN_BLOCK_SCAN_MAX_CHUNKS (the scans apart) with segments chained
     ("chunked_mma_fused", "float16", (1, 1), 64, 64, 64, True, 3),
@@ -671,11 +673,15 @@ ZEROS_STATE_CASES += [_zeros_test("test_two_calls_equal_one_call", impl="chunked
                       for dt, split in (("float32", 63), ("float16", 65))]
 # walks of several chunks (the cases above have one chunk per segment at their small N): the fused backward's
 # in-walk folds, against the chunked float64 reference at T = 1000
-ZEROS_STATE_CASES += [_zeros_test("test_fused_segment_lengths", impl="chunked_mma_fused2", dtype=dt, tol=tol, L=L,
-                                  causal=c) for dt, tol, L, c in (("float32", 1e-4, 0, True), ("float16", 2e-2, 3, True),
-                                                                 ("float32", 1e-4, 3, False))]
-ZEROS_STATE_CASES += [_zeros_test("test_fused2_wide_walks", dtype=dt, tol=tol) for dt, tol in (("float32", 1e-4),
-                                                                                             ("float16", 2e-2))]
+ZEROS_STATE_CASES += [_zeros_test("test_fused_segment_lengths", impl=impl, dtype=dt, tol=tol, L=L, causal=c)
+                      for impl in ("chunked_mma_fused2", "chunked_mma_fused3")
+                      for dt, tol, L, c in (("float32", 1e-4, 0, True), ("float16", 2e-2, 3, True),
+                                            ("float32", 1e-4, 3, False))]
+ZEROS_STATE_CASES += [_zeros_test("test_fused3_wave_segments", dtype=dt, tol=tol) for dt, tol in (("float32", 1e-4),
+                                                                                                ("float16", 2e-2))]
+ZEROS_STATE_CASES += [_zeros_test("test_fused2_wide_walks", impl=impl, dtype=dt, tol=tol)
+                      for impl in ("chunked_mma_fused2", "chunked_mma_fused3")
+                      for dt, tol in (("float32", 1e-4), ("float16", 2e-2))]
 ZEROS_STATE_CASES += [_zeros_test("test_packed_equals_one_call_per_sequence", impl="chunked_mma", dtype="float16"),
                       _zeros_test("test_zero_length_sequence_is_refused")]
 ZEROS_TESTS = ("test_forward_stats_nan", "test_variant_nan_in_s_reaches_later_rows_only")

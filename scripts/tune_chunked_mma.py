@@ -5,6 +5,12 @@
 
 Prints one row per (dtype, decay, T, L): forward and forward+backward milliseconds, and marks the L that
 choose_segments picks, so the table shows what the heuristic costs against the best L measured.
+
+    python scripts/tune_chunked_mma.py --zeros chunked_mma_fused2 --zeros chunked_mma_fused3 --dtype float16 \
+        --T 4096 --T 16384 --L 4 --L 8 --L 11 --L 15 --L 16
+
+times ZeroS's fused variants (cupy:<impl>, 3 gates) over L instead, marking the L each one's own rule picks
+(fused, fused2: choose_segments; fused3: zeros.wave_segments; docs/kernels/zeros.md).
 """
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ def main(argv=None) -> int:
     ap.add_argument("--N", type=int, default=32, help="leading dims flattened (default 32 = B 2 x H 16)")
     ap.add_argument("--D", type=int, default=64)
     ap.add_argument("--decay", action="store_true", help="time the decayed core (default: linear)")
+    ap.add_argument("--zeros", action="append", metavar="IMPL",
+                    help="time this ZeroS variant (cupy:IMPL, e.g. chunked_mma_fused3) instead of the core")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args(argv)
@@ -41,13 +49,31 @@ def main(argv=None) -> int:
                            for _ in range(4))
             g = -rng.random((a.N, T), dtype=cp.float32) if a.decay else None
             picked = mma.choose_segments(a.N, T, -(-a.D // mma.BV))
-            for L in Ls:
-                def fwd():
-                    return mma.forward(q, k, v, g, scale=0.125, causal=True, split=3, L=L)
+            for impl, L in [(z, L) for z in a.zeros for L in Ls] if a.zeros else [(None, L) for L in Ls]:
+                if impl:                                       # a ZeroS fused variant (its own L rule marked)
+                    from kernels.cupy import zeros
+                    from workbench import registry
+                    var = registry.get("zeros", "cupy", impl)
+                    zs, zg = (rng.standard_normal(shape, dtype=cp.float32).astype(dtype)   # s, 3 gates
+                              for shape in ((a.N, T), (a.N, T, 3)))
+                    tiles = -(-a.D // zeros.FUSED_BW)
+                    slots = zeros.fused_blocks_per_sm(dtype, a.D, a.D) * mma._sm_count()
+                    picked = (zeros.wave_segments(a.N, T, tiles, slots) if zeros.FUSED_KINDS[impl].waves
+                              else mma.choose_segments(a.N, T, tiles))
 
-                def fwdbwd():
-                    _, ctx = fwd()
-                    mma.backward(ctx, do)
+                    def fwd():
+                        return var.forward(q, k, v, zs, zg, causal=True, L=L)
+
+                    def fwdbwd():
+                        _, ctx = fwd()
+                        var.backward(ctx, do)
+                else:
+                    def fwd():
+                        return mma.forward(q, k, v, g, scale=0.125, causal=True, split=3, L=L)
+
+                    def fwdbwd():
+                        _, ctx = fwd()
+                        mma.backward(ctx, do)
                 times = {}
                 for name, fn in (("fwd", fwd), ("fwdbwd", fwdbwd)):
                     fn()
@@ -58,9 +84,10 @@ def main(argv=None) -> int:
                         e.record()
                     ev[-1][1].synchronize()
                     times[name] = float(np.median([cp.cuda.get_elapsed_time(s, e) for s, e in ev]))
-                row = dict(dtype=dtype, decay=a.decay, T=T, N=a.N, D=a.D, L=L, picked=L == picked, **times)
+                what = impl or ('decayed' if a.decay else 'linear')
+                row = dict(dtype=dtype, decay=a.decay, op=what, T=T, N=a.N, D=a.D, L=L, picked=L == picked, **times)
                 rows.append(row)
-                print(f"{dtype:9s} {'decayed' if a.decay else 'linear':8s} T={T:6d} L={L:4d}{' *' if L == picked else '  '}"
+                print(f"{dtype:9s} {what:8s} T={T:6d} L={L:4d}{' *' if L == picked else '  '}"
                       f" fwd {times['fwd']:8.3f} ms  fwd+bwd {times['fwdbwd']:8.3f} ms", flush=True)
     if a.json:
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)

@@ -315,7 +315,8 @@ def test_fused_zeros_forward_packs_every_launch(stand_in, T, causal, dtype):
                                              (300, False, "float16")])
 def test_fused_zeros_backward_plan(stand_in, T, causal, dtype):
     """The fused backward's plans (zeros._FusedBackwardPlan): one per forward plan and variant kind (fused:
-    tz_bwd_dk launched; fused2: dk in the dv walker, its parts summed by the scalars with several dv tiles), made
+    tz_bwd_dk launched; fused2: dk in the dv walker, its parts summed by the scalars with several dv tiles;
+    fused3: fused2's on its own forward plan, the segment sums on the dv walker's DKF instantiation), made
     at the first backward and reused; per backward one allocation (dq, dk, dv, ds, dgates as its views, the
     scratch -- segment sums and their scan included -- by address), the launches its geometry needs, every one
     through the packed launcher with no fallback to the RawKernel call."""
@@ -327,8 +328,8 @@ def test_fused_zeros_backward_plan(stand_in, T, causal, dtype):
     chained = 0 if causal and T == 64 else 1 if T == 64 else 2         # the segment sums (and their scan)
     scalars = 1 if T == 64 else 3                                     # bscalar_ds, or bscalar + bscan + bds
     with backends.poisoned(False):
-        for impl, walks in (("chunked_mma_fused", 3), ("chunked_mma_fused2", 2)):   # dq, dv (, dk)
-            v = registry.get("zeros", "cupy", impl)
+        for impl, walks in (("chunked_mma_fused", 3), ("chunked_mma_fused2", 2), ("chunked_mma_fused3", 2)):
+            v = registry.get("zeros", "cupy", impl)                                  # dq, dv (, dk)
             for _ in range(2):
                 out, ctx = v.forward(*arrays, causal=causal, L=None if T == 64 else 1)
                 hc.COUNTS.clear()
@@ -337,10 +338,15 @@ def test_fused_zeros_backward_plan(stand_in, T, causal, dtype):
                 assert (hc.COUNTS["launch"], hc.COUNTS["alloc"], hc.COUNTS["view"]) == (
                     walks + chained + scalars, 1, 5)
                 assert len({g.data.ptr for g in grads}) == 5
-            assert len(zeros._FUSED_PLANS) == 1
-            assert set(ctx.plan.backward) == ({False} if impl == "chunked_mma_fused" else {False, True})
-            B = ctx.plan.backward[impl == "chunked_mma_fused2"]
-            assert B.dk_in_dv == (impl == "chunked_mma_fused2") and B.dk_parts == B.dk_in_dv   # 2 dv tiles at 64
+            fused3 = impl == "chunked_mma_fused3"
+            assert len(zeros._FUSED_PLANS) == 1 + fused3                        # fused and fused2 share theirs
+            assert set(ctx.plan.backward) == ({False} if impl == "chunked_mma_fused" else {True} if fused3
+                                              else {False, True})
+            assert ctx.plan.kind == zeros.FUSED_KINDS["chunked_mma_fused3" if fused3 else "chunked_mma_fused"]
+            B = ctx.plan.backward[impl != "chunked_mma_fused"]
+            assert B.dk_in_dv == (impl != "chunked_mma_fused") and B.dk_parts == B.dk_in_dv   # 2 dv tiles at 64
+            if chained:                                      # the segment-sum pass: fused3 on the DKF dv walker
+                assert (B.sums.kernel is zeros._fused2_dv_kernel_of(dtype, 64)[0]) == fused3
         saved = backends.OUTPUTS_MERGE_MAX
         backends.OUTPUTS_MERGE_MAX = 0                        # above the bound: each gradient its own, one scratch
         try:

@@ -293,6 +293,10 @@ def test_registered():
     f2 = registry.get("zeros", "cupy", "chunked_mma_fused2")
     assert f2.dtypes == f.dtypes and f2.gpu and f2.form == "linear" and not f2.tags and f2.forward is f.forward
     assert f2.unsupported_reason({}, {"q": (2, 8, 129), "v": (2, 8, 64)})
+    f3 = registry.get("zeros", "cupy", "chunked_mma_fused3")
+    assert f3.dtypes == f.dtypes and f3.gpu and f3.form == "linear" and not f3.tags and f3.backward is f2.backward
+    assert f3.unsupported_reason({}, {"q": (2, 8, 129), "v": (2, 8, 64)})
+    assert not f3.default_for and "float16" in f2.default_for       # fused2 stays the default until measured
 
 
 def test_every_scan_kernel_is_listed():
@@ -322,6 +326,10 @@ def test_every_fused_kernel_is_listed_and_declared():
         group = zeros.FUSED2_GROUPS[dt]
         assert set(group) == {f"tz_bwd_dv<{ct}, {p}, {3 if dt == 'float32' else 1}, true>" for p in (64, 128)}
         assert set(group) <= listed and group in declared
+    for dt, ct in (("float32", "float"), ("float16", "wb_half"), ("bfloat16", "wb_bf16")):   # chunked_mma_fused3
+        group = zeros.FUSED3_GROUPS[dt]
+        assert set(group) == {f"{k}<{ct}, 64, {3 if dt == 'float32' else 1}, true>" for k in ("tz_fwd", "tz_bwd_dq")}
+        assert set(group) <= listed and group in declared
 
 
 def test_stat_rows_match_the_kernels():
@@ -346,6 +354,32 @@ def test_fused_shared_memory_fits():
         narrow = zeros.FUSED2_DV_NARROW[dp]
         assert narrow <= 5 and zeros.smem_fused("tz_bwd_dv", 4, dp, narrow) <= 227 * 1024
     assert 2 * zeros.smem_fused("tz_bwd_dv", 4, 64, zeros.FUSED2_DV_NARROW[64]) <= 228 * 1024   # 2 blocks per SM
+    for name, narrow in zeros.FUSED3_KW_NARROW.items():     # chunked_mma_fused3's KW forward and dq walkers (64)
+        assert narrow < zeros._FUSED_KERNELS[name][1] and 2 * zeros.smem_fused(name, 4, 64, narrow) <= 228 * 1024
+
+
+def test_wave_segments(monkeypatch):
+    """cupy:chunked_mma_fused3's segment length (zeros.wave_segments): whole waves of the walkers' blocks at the
+    benchmark shape (N = 32, D = 64, 132 SMs; float16 3 blocks per SM, float32 2), one segment up to one chunk,
+    never longer than FUSED_MAX_SEGMENT_CHUNKS, and never more modelled steps than choose_segments' length."""
+    assert zeros.fused_blocks_per_sm("float16", 64, 64) == 3 and zeros.fused_blocks_per_sm("bfloat16", 64, 64) == 3
+    assert zeros.fused_blocks_per_sm("float32", 64, 64) == 2 and zeros.fused_blocks_per_sm("float32", 128, 128) == 1
+    ws = zeros.wave_segments
+    monkeypatch.setattr(zeros.mma, "_sm_count", lambda: 132)          # choose_segments' (no device here)
+    assert [ws(32, T, 2, 396) for T in (1, 64, 65, 4096, 16384)] == [0, 0, 1, 11, 15]
+    assert [ws(32, T, 2, 264) for T in (4096, 16384)] == [16, 16]
+
+    def waves_steps(N, T, tiles, slots, L):
+        nch = -(-T // 64)
+        nseg = -(-nch // L) if L else 1
+        return -(-nseg * tiles * N // slots) * ((L or nch) + 1)
+    for N in (1, 3, 32, 64):
+        for T in (100, 1000, 4096, 16384, 65536):
+            for slots in (264, 396):
+                L = ws(N, T, 2, slots)
+                assert 0 <= L <= zeros.FUSED_MAX_SEGMENT_CHUNKS
+                Lc = zeros.mma.choose_segments(N, T, 2)
+                assert waves_steps(N, T, 2, slots, L) <= waves_steps(N, T, 2, slots, Lc) or L == 0, (N, T, slots)
 
 
 def test_output_scale():
@@ -600,7 +634,8 @@ CASES = [("chunked_mma", "float32", 1e-4), ("chunked_mma", "float16", 2e-2), ("c
          ("chunked_mma_tf32", "float32", 5e-3), ("chunked_mma_fused", "float32", 1e-4),
          ("chunked_mma_fused", "float16", 2e-2), ("chunked_mma_fused", "bfloat16", 2e-2),
          ("chunked_mma_fused2", "float32", 1e-4), ("chunked_mma_fused2", "float16", 2e-2),
-         ("chunked_mma_fused2", "bfloat16", 2e-2)]
+         ("chunked_mma_fused2", "bfloat16", 2e-2), ("chunked_mma_fused3", "float32", 1e-4),
+         ("chunked_mma_fused3", "float16", 2e-2), ("chunked_mma_fused3", "bfloat16", 2e-2)]
 
 
 @gpu
@@ -614,8 +649,8 @@ def test_variant_matches_reference(impl, dtype, tol, shape):
             assert not bad, (causal, n_gates, bad)
 
 
-MMA_IMPLS = ("chunked_mma", "chunked_mma_fused", "chunked_mma_fused2")
-FUSED_IMPLS = ("chunked_mma_fused", "chunked_mma_fused2")
+MMA_IMPLS = ("chunked_mma", "chunked_mma_fused", "chunked_mma_fused2", "chunked_mma_fused3")
+FUSED_IMPLS = ("chunked_mma_fused", "chunked_mma_fused2", "chunked_mma_fused3")
 
 
 @gpu
@@ -672,12 +707,34 @@ def test_fused_segment_lengths(impl, dtype, tol, L, causal):
 
 
 @gpu
+@pytest.mark.parametrize("impl", ["chunked_mma_fused2", "chunked_mma_fused3"])
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("float16", 2e-2)])
-def test_fused2_wide_walks(dtype, tol):
-    """cupy:chunked_mma_fused2 at head dims 128 x 80 (its dv walker folds through weighted copies of dO there, not
-    the fragment weights of head dim 64; dk from 3 dv tiles' parts) with walks of 2 chunks (L = 2)."""
-    errs = run_case("chunked_mma_fused2", dtype, 1, 300, 128, 80, True, 3, seed=3, form="chunked", L=2)
+def test_fused2_wide_walks(impl, dtype, tol):
+    """cupy:chunked_mma_fused2 (and fused3) at head dims 128 x 80 (its dv walker folds through weighted copies of dO
+    there, not the fragment weights of head dim 64; dk from 3 dv tiles' parts) with walks of 2 chunks (L = 2)."""
+    errs = run_case(impl, dtype, 1, 300, 128, 80, True, 3, seed=3, form="chunked", L=2)
     assert all(e < tol for e in errs.values()), errs
+
+
+@gpu
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("float16", 2e-2)])
+def test_fused3_wave_segments(dtype, tol):
+    """cupy:chunked_mma_fused3 with its own segment length (zeros.wave_segments, no L given) where that makes walks
+    of several chunks: as if the GPU had 8 SMs, T = 1000 (16 chunks), 3 heads, 48 x 40 take 2 segments of 8 chunks
+    (float32, 16 slots) or 4 of 4 (16-bit, 24 slots)."""
+    saved, plans = zeros.mma._sm_count, dict(zeros._FUSED_PLANS)
+    zeros.mma._sm_count = lambda: 8
+    zeros._FUSED_PLANS.clear()                        # (a plan of the same key made with the real SM count)
+    try:
+        L = zeros.wave_segments(3, 1000, 2, 8 * zeros.fused_blocks_per_sm(dtype, 48, 40))
+        assert L == (8 if dtype == "float32" else 4)
+        errs = run_case("chunked_mma_fused3", dtype, 3, 1000, 48, 40, True, 3, seed=7, form="chunked")
+        assert all(e < tol for e in errs.values()), errs
+        assert [P.table.L for P in zeros._FUSED_PLANS.values()] == [L]
+    finally:
+        zeros.mma._sm_count = saved
+        zeros._FUSED_PLANS.clear()
+        zeros._FUSED_PLANS.update(plans)
 
 
 def large_states(q, k, v):

@@ -1379,7 +1379,10 @@ __device__ __forceinline__ void fold(float (&X)[3][MT][NT][4], float fd, const T
 // o != nullptr: o for this column tile.  Causal: the states start at Hin[n][seg] (nullptr: zeros) and walk the
 //   segment; not causal: Hin[n] holds the head's totals (F relative to its max), nothing is carried.
 // o == nullptr: Eseg[n][seg] <- the segment's own state sum (F relative to m at its last token); q is not read.
-template <typename T, int DKP, int SPLIT>
+// KW (cupy:chunked_mma_fused3, head dim 64): the fold weighs its A fragments (K^T, KWeights with the key weights
+//   e^{s - m_end}, s'/sigma, 1) instead of two weighted copies of v in shared memory: 1 narrow tile instead of 3,
+//   no copy pass and no barrier before the fold.
+template <typename T, int DKP, int SPLIT, bool KW = false>
 __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_fwd(const T* __restrict__ q,
         const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ s, const float* __restrict__ m,
         const float* __restrict__ al, const float* __restrict__ be, const float* __restrict__ ga,
@@ -1389,9 +1392,9 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_fwd(const T*
     using namespace tz;
     using namespace wbmma;
     constexpr int LDK = DKP + PAD, KS = Traits<T>::KS, HMT = DKP / 64;
-    const Smem<T, DKP, 3, true> sm;
-    T *sQ = sm.wide(0), *sK = sm.wide(1), *sV = sm.narrow(2), *sX = sm.states();
-    T* sW = sm.narrow(0);                                          // the two weighted copies of v (before v)
+    const Smem<T, DKP, KW ? 1 : 3, true> sm;
+    T *sQ = sm.wide(0), *sK = sm.wide(1), *sV = sm.narrow(KW ? 0 : 2), *sX = sm.states();
+    T* sW = sm.narrow(0);                                          // not KW: the two weighted copies of v (before v)
     Rows* tr = sm.rows();
     const Place p = place_of(dv, seg_t0, seg_t1, T_, dk, dv, head_sig, head_shift);
     const bool outp = o != nullptr, walk = !outp || causal;
@@ -1412,7 +1415,8 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_fwd(const T*
         if (outp && (causal || cs == p.t0)) sm.put_states(X, hm0, sg3);
         cp_async_wait();
         __syncthreads();
-        if (upd) weighted_copies<T, BW, 2>(sW, sV, LDW, tr);
+        if constexpr (!KW)
+            if (upd) weighted_copies<T, BW, 2>(sW, sV, LDW, tr);
         if (outp) {
             float acc[1][4][4];
             zero(acc);
@@ -1432,8 +1436,13 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_fwd(const T*
             store_rows<T, 4>(acc[0], o + row0 * dv, dv, 16 * w, nrow, p.col0, dv);
         }
         if (upd) {                                                 // F, G', H <- the chunk's keys and values
-            __syncthreads();                                       // the weighted copies are complete
-            fold<T, SPLIT>(X, xp(tr->mref, tr->mend), sK, 0, LDK, sW, C * LDW, LDW, hm0, 0);
+            if constexpr (KW) {                                    // (its operands published by the last barrier)
+                fold<T, SPLIT>(X, xp(tr->mref, tr->mend), sK, 0, LDK, sV, 0, LDW, hm0, 0,
+                               [&](int j) { return KWeights<T>{tr->w[j], 1.f}; });
+            } else {
+                __syncthreads();                                   // the weighted copies are complete
+                fold<T, SPLIT>(X, xp(tr->mref, tr->mend), sK, 0, LDK, sW, C * LDW, LDW, hm0, 0);
+            }
         }
     }
     if (!outp) states_store(X, Eseg + ((long long)p.n * NSEG + p.sg) * 3 * p.E, hm0, 0, p.col0, dk, dv);
@@ -1471,7 +1480,10 @@ __global__ void __launch_bounds__(256) tz_seg_scan(const float* __restrict__ Ese
 // The states walk forwards from Hin[n][seg] (causal; nullptr: zeros) or are Hin[n]'s totals (not causal).
 // dq: this block's 32 columns.  rd (3, ntk, N, T): this tile's part of the row dots a, V, Z (the tiles add up:
 // the intra part is linear in S = the sum of the tiles' Q K^T, the inter part is a dot with q).
-template <typename T, int DVP, int SPLIT>
+// KW (cupy:chunked_mma_fused3, head dim 64): the fold weighs its A fragments (K^T of this block's 32 columns,
+//   KWeights) instead of two weighted copies of k: 2 narrow tiles instead of 4, no copy pass and no barrier
+//   before the fold.
+template <typename T, int DVP, int SPLIT, bool KW = false>
 __global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dq(const T* __restrict__ q,
         const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ s, const float* __restrict__ m,
         const float* __restrict__ al, const float* __restrict__ be, const float* __restrict__ ga,
@@ -1481,9 +1493,9 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dq(const
     using namespace tz;
     using namespace wbmma;
     constexpr int LDV = DVP + PAD, KS = Traits<T>::KS, NTW = DVP / 32;
-    const Smem<T, DVP, 4, false> sm;
-    T *sO = sm.wide(0), *sV = sm.wide(1), *sQ = sm.narrow(0), *sK = sm.narrow(3), *sX = sm.states();
-    T* sW = sm.narrow(1);                                          // the two weighted copies of k (between q and k)
+    const Smem<T, DVP, KW ? 2 : 4, false> sm;
+    T *sO = sm.wide(0), *sV = sm.wide(1), *sQ = sm.narrow(0), *sK = sm.narrow(KW ? 1 : 3), *sX = sm.states();
+    T* sW = sm.narrow(1);                                          // not KW: the two weighted copies of k (q .. k)
     Rows* tr = sm.rows();
     const Place p = place_of(dk, seg_t0, seg_t1, T_, dk, dv, head_sig, head_shift);
     const int ntk = (dk + BW - 1) / BW, N = gridDim.y, w = threadIdx.x >> 5, hn0 = (DVP / 4) * w;
@@ -1504,7 +1516,8 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dq(const
         if (causal || cs == p.t0) sm.put_states(X, hn0, sg3);
         cp_async_wait();
         __syncthreads();
-        if (upd) weighted_copies<T, BW, 2>(sW, sK, LDW, tr);
+        if constexpr (!KW)
+            if (upd) weighted_copies<T, BW, 2>(sW, sK, LDW, tr);
         float acc[1][4][4], dots[3][2] = {{0.f, 0.f}, {0.f, 0.f}, {0.f, 0.f}};
         zero(acc);
         if (causal) {                                              // (r o dP) K; the intra row dots
@@ -1545,8 +1558,13 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dq(const
         for (int j = 0; j < 3; ++j)
             store_row_values(rd + ((long long)(j * ntk + p.tile) * N + p.n) * T_ + cs, dots[j], 16 * w, nrow);
         if (upd) {
-            __syncthreads();
-            fold<T, SPLIT>(X, xp(tr->mref, tr->mend), sW, C * LDW, LDW, sV, 0, LDV, 0, hn0);
+            if constexpr (KW) {                                    // (its operands published by the last barrier)
+                fold<T, SPLIT>(X, xp(tr->mref, tr->mend), sK, 0, LDW, sV, 0, LDV, 0, hn0,
+                               [&](int j) { return KWeights<T>{tr->w[j], 1.f}; });
+            } else {
+                __syncthreads();
+                fold<T, SPLIT>(X, xp(tr->mref, tr->mend), sW, C * LDW, LDW, sV, 0, LDV, 0, hn0);
+            }
         }
     }
 }

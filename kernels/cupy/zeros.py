@@ -648,6 +648,67 @@ def smem_fused(kernel: str, item: int, dp: int, narrow=None) -> int:
     return item * (2 * C * (dp + PAD) + narrow * C * (W + PAD) + states) + FUSED_ROWS_BYTES
 
 
+@_dataclass(frozen=True)
+class _FusedKind:
+    """What tells the fused variants apart (they share every kernel; registered below as FUSED_KINDS)."""
+    dk_in_dv: bool           # dk formed in the dv walker (tz_bwd_dv<..., DKF = true>; no tz_bwd_dk).  The backward
+                             # function passes it (fused and fused2 share one forward plan, made with fused's kind)
+    waves: bool = False      # chunks per segment from the walkers' waves (wave_segments), not choose_segments
+    kw_sums: bool = False    # the backward's segment-sum pass on the DKF instantiation (at head dim 64 its fold
+                             # weighs A fragments: no weighted copies of dO; float32 2 blocks per SM, not 1)
+    kw_folds: bool = False   # tz_fwd and tz_bwd_dq at head dim 64 with KW = true (their folds weigh A fragments: no
+                             # weighted copies, no copy pass, one barrier fewer per chunk; FUSED3_GROUPS)
+
+
+FUSED_KINDS = {
+    "chunked_mma_fused": _FusedKind(dk_in_dv=False),
+    "chunked_mma_fused2": _FusedKind(dk_in_dv=True),
+    "chunked_mma_fused3": _FusedKind(dk_in_dv=True, waves=True, kw_sums=True, kw_folds=True),
+}
+
+# wave_segments' model (docs/kernels/zeros.md, "Segments by waves: cupy:chunked_mma_fused3"): a walker's time is
+# its waves (ceil(blocks / (SMs x blocks per SM)): a partial last wave costs about a full one, the walk being
+# latency-bound) times its chunk steps per block (L, + 1 for the block's state load and store); with several
+# segments per head the two segment-sum passes add their fold-only steps (FUSED_SUMS_STEP of the walkers' chunk
+# step) and the four launches of the passes and the scans FUSED_SEG_LAUNCHES steps.
+FUSED_MAX_SEGMENT_CHUNKS = 16   # longest segment tried (linear's measured range: 4-16 chunks, _chunked_mma)
+FUSED_SUMS_STEP = 0.2           # fold-only step of the segment passes / the walkers' (units 6 of 34 per chunk)
+FUSED_SEG_LAUNCHES = 0.5        # the passes' and scans' launches, in walker chunk steps
+SM_SMEM = 228 * 1024            # shared memory per SM (sm_90), of which 1 KB per resident block is reserved
+
+
+def wave_segments(N: int, T: int, tiles: int, slots: int) -> int:
+    """Chunks per segment (0: one segment per head) for the fused walkers (grid (segments x tiles, N)) when slots
+    of their blocks are resident at once: the L in 1..FUSED_MAX_SEGMENT_CHUNKS of least modelled time (above),
+    the longest of equal ones.  At N = 32, D = 64 on 132 SMs: float16 (3 blocks per SM) L = 11 at T = 4k (1 wave;
+    choose_segments' 8: 2) and 15 at 16k (3 waves; 8: 6), float32 (2) 16 at both (1 and 4 waves; 8: 2 and 8)."""
+    nch = -(-T // mma.C)
+    if nch <= 1:
+        return 0
+
+    def cost(L):
+        nseg = -(-nch // L)
+        steps = -(-nseg * tiles * N // slots) * (min(L, nch) + 1)
+        return steps if nseg == 1 else steps * (1 + FUSED_SUMS_STEP) + FUSED_SEG_LAUNCHES
+
+    L = min(range(1, min(FUSED_MAX_SEGMENT_CHUNKS, nch) + 1), key=lambda L: (cost(L), -L))
+    return 0 if L >= nch else L
+
+
+def fused_blocks_per_sm(dt: str, dk: int, dv: int, kw: bool = True) -> int:
+    """The fewest blocks per SM among cupy:chunked_mma_fused3's walkers (tz_fwd, tz_bwd_dq, with KW = kw where the
+    head dim pads to 64, and tz_bwd_dv<..., DKF>): each kernel's tz::min_blocks (its launch bound: registers) and
+    what its shared memory leaves."""
+    item, dkp, dvp = mma.ITEMSIZE[dt], mma.pad_dim(dk), mma.pad_dim(dv)
+    f32 = dt == "float32"
+
+    def per_sm(name, dp, narrow=None):
+        if kw and dp == 64 and name in FUSED3_KW_NARROW:
+            narrow = FUSED3_KW_NARROW[name]
+        return min(3 if dp == 64 and not f32 else 2, SM_SMEM // (smem_fused(name, item, dp, narrow) + 1024))
+    return min(per_sm("tz_fwd", dkp), per_sm("tz_bwd_dq", dvp), per_sm("tz_bwd_dv", dkp, FUSED2_DV_NARROW[dkp]))
+
+
 @_dataclass
 class _FusedContext:
     q: object
@@ -685,15 +746,18 @@ class _FusedPlan:
     every launch prepared (``_module.Prepared``).  Per call: one allocation, the addresses added to its base,
     the launches."""
 
-    def __init__(self, dtype, q_shape, v_shape, g_shape, causal: bool, L):
+    def __init__(self, dtype, q_shape, v_shape, g_shape, causal: bool, L, kind: "_FusedKind"):
         dt = dtype_name(dtype)                     # the kernels' storage type; o has the dtype object itself
         N, T, Dk, Dv = lead_size(q_shape, 2), q_shape[-2], q_shape[-1], v_shape[-1]
         i32, null = np.int32, np.uint64(0)
         NC = -(-T // SCAN_CHUNK)
         self.separate = separate = NC > IN_BLOCK_SCAN_MAX_CHUNKS      # the scans over chunks in their own launches
         ntw = -(-Dv // FUSED_BW)
+        self.kind = kind
         if L is None:
-            L = mma.choose_segments(N, T, max(ntw, -(-Dk // FUSED_BW)))
+            tiles = max(ntw, -(-Dk // FUSED_BW))
+            L = (wave_segments(N, T, tiles, fused_blocks_per_sm(dt, Dk, Dv, kind.kw_folds) * mma._sm_count())
+                 if kind.waves else mma.choose_segments(N, T, tiles))
         tab = self.table = mma.segment_table(T, L)
         # H: causal with one segment none (the walkers start from zeros); not causal with one segment the segment
         # sums themselves (the totals); else the scan of the segment sums (a per-call `part` before it)
@@ -715,7 +779,7 @@ class _FusedPlan:
             self.fchunk = Prepared(_scan(dt, "fchunk"), (-(-NC // SCAN_WARPS), N), (32 * SCAN_WARPS,))
             self.fscan = Prepared(_scan(dt, "fscan", causal), (N,), (SCAN_THREADS,))
             self.fchunk_head, self.fscan_nc = (i32(T), i32(NC)) + sq, i32(NC)
-        kernel, smem = _fused_kernel_of(dt, "tz_fwd", (Dk, Dv))
+        kernel, smem = _fused_walker_of(dt, "tz_fwd", (Dk, Dv), kind.kw_folds)
         self.fwd = Prepared(kernel, (tab.nseg * ntw, N), (mma.THREADS,), smem)
         self.sums = Prepared(kernel, (tab.nseg * ntw, N), (mma.THREADS,), smem)   # its own parameter layout
         self.tail = (tab.t0, tab.t1, i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(causal))
@@ -757,15 +821,19 @@ _FUSED_PLANS: dict = {}
 _MAX_FUSED_PLANS = 256
 
 
-def _fused_forward(q, k, v, s, gates, causal=True, L=None):
-    """L: chunks per segment (None: _chunked_mma.choose_segments; 0: one segment per head)."""
+def _fused_forward(q, k, v, s, gates, causal=True, L=None, kind=None):
+    """L: chunks per segment (None: the kind's rule, _chunked_mma.choose_segments or wave_segments; 0: one segment
+    per head).  kind: the variant's _FusedKind (None: FUSED_KINDS["chunked_mma_fused"], whose forward fused2
+    shares)."""
     causal = bool(causal)
-    key = (q.dtype, q.shape, v.shape, gates.shape, causal, L, IN_BLOCK_SCAN_MAX_CHUNKS)   # (a test moves the bound)
+    kind = kind or FUSED_KINDS["chunked_mma_fused"]
+    # (a test moves IN_BLOCK_SCAN_MAX_CHUNKS)
+    key = (q.dtype, q.shape, v.shape, gates.shape, causal, L, IN_BLOCK_SCAN_MAX_CHUNKS, kind)
     P = _FUSED_PLANS.get(key)
     if P is None:
         if len(_FUSED_PLANS) >= _MAX_FUSED_PLANS:
             _FUSED_PLANS.clear()
-        P = _FUSED_PLANS[key] = _FusedPlan(q.dtype, q.shape, v.shape, gates.shape, causal, L)
+        P = _FUSED_PLANS[key] = _FusedPlan(q.dtype, q.shape, v.shape, gates.shape, causal, L, kind)
     o, stats, H, tok = P(q, k, v, s, gates)
     return o, _FusedContext(q, k, v, s, gates, causal, stats, P.table, H, tok, P)
 
@@ -790,8 +858,32 @@ def _fused2_dv_kernel_of(dt: str, dk: int) -> tuple:
             smem_fused("tz_bwd_dv", mma.ITEMSIZE[dt], dp, FUSED2_DV_NARROW[dp]))
 
 
+# cupy:chunked_mma_fused3's forward and dq walkers at head dim 64: tz_fwd and tz_bwd_dq with KW = true (their folds
+# weigh the A fragments, as the DKF dv walker's: no weighted copies of v or k in shared memory)
+FUSED3_KW_NARROW = {"tz_fwd": 1, "tz_bwd_dq": 2}     # their 32-column tiles with KW (v; q, k), not 3 and 4
+FUSED3_GROUPS = {dt: tuple(f"{name}<{ct}, 64, {SPLIT[dt]}, true>" for name in FUSED3_KW_NARROW)
+                 for dt, ct in _CT.items()}
+INSTANTIATIONS += [(mma.SOURCE, e) for grp in FUSED3_GROUPS.values() for e in grp]
+declare_groups(mma.SOURCE, list(FUSED3_GROUPS.values()))
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_walker_of(dt: str, name: str, dims: tuple, kw: bool) -> tuple:
+    """(kernel, dynamic shared memory) of tz_fwd or tz_bwd_dq for head dims (dk, dv): with kw (fused3) the KW
+    instantiation where the head dim pads to 64, else _fused_kernel_of's."""
+    dp = mma.pad_dim(dims[0] if _FUSED_KERNELS[name][0] == "k" else dims[1])
+    if not (kw and dp == 64):
+        return _fused_kernel_of(dt, name, dims)
+    return (get_kernel(mma.SOURCE, f"{name}<{_CT[dt]}, 64, {SPLIT[dt]}, true>", group=FUSED3_GROUPS[dt]),
+            smem_fused(name, mma.ITEMSIZE[dt], 64, FUSED3_KW_NARROW[name]))
+
+
 def _fused2_backward(ctx: _FusedContext, do):
     return _fused_backward(ctx, do, dk_in_dv=True)
+
+
+def _fused3_forward(q, k, v, s, gates, causal=True, L=None):
+    return _fused_forward(q, k, v, s, gates, causal, L, FUSED_KINDS["chunked_mma_fused3"])
 
 
 def _fused_backward(ctx: _FusedContext, do, dk_in_dv=False):
@@ -838,9 +930,14 @@ class _FusedBackwardPlan:
         def walker(name, tiles, dims=(Dk, Dv)):
             kernel, smem = _fused_kernel_of(dt, name, dims)
             return Prepared(kernel, (tab.nseg * tiles, N), (mma.THREADS,), smem)
-        self.dq = walker("tz_bwd_dq", ntk)
-        if self.s_mode:
-            self.sums = walker("tz_bwd_dv", ntv)                        # the segment sums: no dv, ds or dk
+        kernel, smem = _fused_walker_of(dt, "tz_bwd_dq", (Dk, Dv), P.kind.kw_folds)
+        self.dq = Prepared(kernel, (tab.nseg * ntk, N), (mma.THREADS,), smem)
+        if self.s_mode:                                                 # the segment sums: no dv, ds or dk
+            if P.kind.kw_sums:
+                kernel, smem = _fused2_dv_kernel_of(dt, Dk)
+                self.sums = Prepared(kernel, (tab.nseg * ntv, N), (mma.THREADS,), smem)
+            else:
+                self.sums = walker("tz_bwd_dv", ntv)
         if self.s_mode == "scan":
             E = Dk * Dv
             self.seg_scan = Prepared(get_kernel(mma.SOURCE, "tz_seg_scan<true>", group=FUSED_COMMON),
@@ -924,3 +1021,10 @@ register(Variant("zeros", "cupy", "chunked_mma_fused2", _fused_forward, _fused2_
                  description="cupy:chunked_mma_fused with dk formed in the dv walker (per dv tile: (r o dP)^T Q and "
                              "the suffix states' V X^T), no separate dk walk: one launch and the dk side's "
                              "recomputed dP and state folds fewer"))
+# cupy:chunked_mma_fused3: fused2's kernels and launches with the segment length chosen from the walkers' waves
+# (wave_segments) and the backward's segment-sum pass on the DKF dv walker (FUSED_KINDS); forward through
+# _fused_forward with its kind (its own plans: another L), backward fused2's (the kind read from the plan)
+register(Variant("zeros", "cupy", "chunked_mma_fused3", _fused3_forward, _fused2_backward, **_FUSED_VARIANT,
+                 description="cupy:chunked_mma_fused2 with segments sized to whole waves of the walkers' blocks "
+                             "(fewer chunk steps per SM at T >= 4k) and the backward's segment sums on the dv "
+                             "walker that weighs its fold in registers"))

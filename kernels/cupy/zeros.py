@@ -1017,7 +1017,7 @@ register(Variant("zeros", "cupy", "chunked_mma_fused", _fused_forward, _fused_ba
                  description="parallel scans + one tensor-core pass: the three states per block, the ZeroS weights "
                              "in registers, one Q K^T and dO V^T per chunk; float32 as 3xTF32"))
 register(Variant("zeros", "cupy", "chunked_mma_fused2", _fused_forward, _fused2_backward, **_FUSED_VARIANT,
-                 default_for=("float32", "float16", "bfloat16"),   # H200 callY: 1.09-1.20x fused
+                 # the default from callY (H200: 1.09-1.20x fused) until callH, fused3 since
                  description="cupy:chunked_mma_fused with dk formed in the dv walker (per dv tile: (r o dP)^T Q and "
                              "the suffix states' V X^T), no separate dk walk: one launch and the dk side's "
                              "recomputed dP and state folds fewer"))
@@ -1025,6 +1025,7 @@ register(Variant("zeros", "cupy", "chunked_mma_fused2", _fused_forward, _fused2_
 # (wave_segments) and the backward's segment-sum pass on the DKF dv walker (FUSED_KINDS); forward through
 # _fused_forward with its kind (its own plans: another L), backward fused2's (the kind read from the plan)
 register(Variant("zeros", "cupy", "chunked_mma_fused3", _fused3_forward, _fused2_backward, **_FUSED_VARIANT,
+                 default_for=("float32", "float16", "bfloat16"),   # H200 callH: 1.07-1.32x fused2
                  description="cupy:chunked_mma_fused2 with segments sized to whole waves of the walkers' blocks "
                              "(fewer chunk steps per SM at T >= 4k) and the backward's segment sums on the dv "
                              "walker that weighs its fold in registers"))

@@ -424,12 +424,13 @@ def run_test_function(module, function, kwargs) -> Result:
     return Result(True, {}, float("nan"))
 
 
-def run_check_cell(op, variant, dtype, lead, T, Dk, Dv, causal, state, packed) -> Result:
+def run_check_cell(op, variant, dtype, lead, T, Dk, Dv, causal, state, packed, seed=0, log_decay_range=None) -> Result:
     """A registered cupy variant of any op through the public API on one cell of ``cli.py check``
     (workbench.check.compare: the float64 explicit reference, the variant's own tolerance), the output, every
     gradient and, with ``state``, the final state and the initial state's gradient."""
     from workbench import check
-    r = check.compare(op, f"cupy:{variant}", lead, T, Dk, Dv, dtype, causal=causal, state=state, packed=packed)
+    r = check.compare(op, f"cupy:{variant}", lead, T, Dk, Dv, dtype, causal=causal, state=state, packed=packed,
+                      seed=seed, log_decay_range=log_decay_range)
     tol, ok = r.pop("tol"), r.pop("ok")
     r.pop("seconds")
     floors = r.pop("floors")
@@ -503,6 +504,14 @@ def _cells() -> list:
                                 + " state" * state, "check_cell",
                                 dict(op=op, variant=v.name, dtype=dtype, lead=(2, 3), T=70, Dk=16, Dv=24, causal=True,
                                      state=state, packed=False)))
+    # float16 decayed with an initial state and log decays down to -30 (seed 1: a chunk starting near -30): the
+    # backward's e^{b} weights relative to the chunk's first row (tc weight_base); before, d init.S came out 0
+    # (relative error 1.0, H200 callI and here)
+    for name in ("chunked_mma", "chunked_mma_dqa"):
+        out.append(Case("decayed", f"decayed cell cupy:{name} float16 T=1024 lead 1x2 g in [-30, 0] seed 1 state",
+                        "check_cell", dict(op="decayed", variant=name, dtype="float16", lead=(1, 2), T=1024, Dk=64,
+                                           Dv=64, causal=True, state=True, packed=False, seed=1,
+                                           log_decay_range=(-30.0, 0.0))))
     return out
 
 

@@ -203,6 +203,17 @@ def test_bfloat16_decayed_long(variant, T, lead, rng, state, request):
     assert max(errs) <= BF16_DG_MAX, errs
 
 
+@pytest.mark.parametrize("variant", ["chunked_mma", "chunked_mma_dqa"])
+def test_float16_initial_state_gradient_behind_a_strong_decay(variant):
+    """float16 decayed, an initial state, log decays down to -30 (seed 1: a chunk whose first log decay is near -30):
+    the backward's dS update and REV pass weigh rows by e^{b_t - b_0} and apply e^{b_0} in float32 (tc weight_base);
+    with e^{b_t} rounded to float16 every weight was 0 and d init.S came out 0 (relative error 1.0, H200 callI)."""
+    from workbench.check import compare
+    res = compare("decayed", f"cupy:{variant}", (1, 2), 1024, 64, 64, "float16", seed=1, log_decay_range=(-30.0, 0.0),
+                  state=True)
+    assert res["ok"] and res["dinit.S"] < 1e-2, res
+
+
 def test_dqfold_launches():
     """Which kernels the dq-folded mode runs: no tc_bwd_dq and the STORE forward at head dims 64 when causal;
     the fused mode's kernels otherwise (not causal, wider head dims)."""

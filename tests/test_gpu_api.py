@@ -108,7 +108,7 @@ def test_variants_that_take_leading_dims_through_the_api(cp, variant):
     unflattened: output and every gradient of the caller's shapes and the float64 reference's values, with an
     initial and a final state where the variant implements them (workbench.check.compare, the check cell)."""
     from workbench import check
-    dtype = next(d for d in variant.dtypes if d != "bfloat16")
+    dtype = next((d for d in variant.dtypes if d != "bfloat16"), variant.dtypes[0])   # bfloat16-only variants too
     r = check.compare(variant.op, variant.key, (2, 3), 70, 16, 24, dtype, causal=True,
                       state="state" in variant.features, packed=False)
     assert r["ok"], r

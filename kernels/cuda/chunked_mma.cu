@@ -73,6 +73,16 @@ struct Trailer {
                         //   float16 log decays: C halves in the slot's first half
 };
 
+// The base of a chunk's forward weights e^{b_t} (b non-increasing: e[0] the largest): products that weigh rows by
+// e^{b_t} (the backward's dS update, the REV state pass) weigh them by e^{b_t - b_0} and apply e^{b_0} to the float32
+// accumulator, so a chunk whose first log decay is very negative (e^{b_0} below the 16-bit range from b_0 ~ -17:
+// every weight would round to 0, the initial state's gradient came out 0) keeps its terms.  1 where e[0] is 0 or
+// below 1e-30 (-inf, G_MIN: the weights are 0 either way).
+__device__ __forceinline__ float weight_base(const Trailer* tr) {
+    const float e0 = tr->e[0];
+    return e0 > 1e-30f ? e0 : 1.f;
+}
+
 __device__ __forceinline__ float dexp(double x) { return __expf((float)x); }
 
 // e^{b_r - b_c} from the float32 pairs: the hi parts subtract with one rounding relative to the difference
@@ -688,15 +698,17 @@ __global__ void __launch_bounds__(128) tc_seg_state(const T* __restrict__ x, con
         walk.top(j, tr, issue, grows);
         walk.wait();
         __syncthreads();
+        const float e0 = decay && REV ? weight_base(tr) : 1.f;   // REV: e^b relative to the chunk's first row
         if (decay) {
             gsum += (double)tr->bh[C - 1] + (double)tr->bl[C - 1];
-            scale_acc(Es, tr->e[C - 1]);
+            scale_acc(Es, tr->e[C - 1] / e0);
         }
         if (decay || wscale != 1.f)                                // the weights on X^T's fragments
             gemm_ss<T, SPLIT, HMT, 8, true, false>(Es, sX, LDX, sY, LDY, hm0, 0, 0, C, 0, 4,
-                                                   KWeights<T>{decay ? (REV ? tr->e : tr->u) : nullptr, wscale});
+                                                   KWeights<T>{decay ? (REV ? tr->e : tr->u) : nullptr, wscale / e0});
         else
             gemm_ss<T, SPLIT, HMT, 8, true, false>(Es, sX, LDX, sY, LDY, hm0, 0, 0, C);
+        if (e0 != 1.f) scale_acc(Es, e0);
     }
     state_store(Es, Eout + ((long long)n * NSEG + s) * dx * dy, hm0, 0, c0, dx, dy);
     if (decay && gam && yt == 0 && threadIdx.x == 0) gam[(long long)n * NSEG + s] = (float)gsum;
@@ -951,9 +963,11 @@ tc_bwd_dkdv(
             if (decay && rq) row_dots<T>(acc[0], sQ, LDK, m0, nrow, rq + (long long)n * T_ + cs);   // q.dq
         }
         if (causal && (j > 0 || dSstart || anchors)) {            // dS <- e^{b_last} dS + Q^T diag(scale e^b) dO
-            if (decay) scale_acc(dS, tr->e[C - 1]);                // the weights on Q^T's fragments, in registers
+            const float e0 = decay ? weight_base(tr) : 1.f;        // e^b relative to the chunk's first row
+            if (decay) scale_acc(dS, tr->e[C - 1] / e0);           // the weights on Q^T's fragments, in registers
             gemm_ss<T, SPLIT, SMT, SNT, true, false>(dS, sQ + kr0, LDK, sO + vc0, LDV, sm0, sn0, 0, C, 0, SNT / 2,
-                                                     KWeights<T>{decay ? tr->e : nullptr, scale});
+                                                     KWeights<T>{decay ? tr->e : nullptr, scale / e0});
+            if (e0 != 1.f) scale_acc(dS, e0);
         }
         if constexpr (DQ) {                                        // chunk anchor d log_decay[c0] = <H, dS> (the state
             if (anchors) {                                         // before the chunk, the gradient of that state)

@@ -177,8 +177,8 @@ def test_anchor_matches_recurrence(dtype, split, shape, L, stages):
     _check_case(dtype, split, shape, "decayed", L, stages=stages, dkdv="anchor")
 
 
-# bfloat16 decayed through the public API at the check's inputs (workbench.check.compare): the 16-bit core with
-# chunk anchors (default) against the float32-core rung; d log_decay at most BF16_DG_MAX (the model,
+# bfloat16 decayed through the public API at the check's inputs (workbench.check.compare): the default (float32
+# core) and the 16-bit core with chunk anchors (cupy:chunked_mma_dqa); d log_decay at most BF16_DG_MAX (the model,
 # scripts/bf16_dg_model.py: 1.8e-3 - 3.8e-3 at T up to 16k; the float32 core ~1e-3), at T = 4096 and 4097 where the
 # reverse cumsum of the 16-bit core reached 2.4e-2 - 3.0e-2 (callO)
 BF16_DG_MAX = 1e-2

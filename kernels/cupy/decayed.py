@@ -92,13 +92,13 @@ class _MMAContext:
 
 # bfloat16: with bfloat16 operands the reverse cumsum of q.dq - k.dk (d log_decay) cancels beyond bfloat16's 8 bits
 # (2.4e-2 - 3.0e-2 on the check cells, H200 callO; 3e-2 - 4e-2 at T = 16k in scripts/bf16_dg_model.py), so bfloat16
-# runs the 16-bit core only with d log_decay from chunk anchors (_chunked_mma.ANCHORED, 1.8e-3 - 3.8e-3 in the
-# model, flat in T): where the dq-folded walk runs (padded head dims (64, 64)) and the variant's dk/dv mode is one of
-# BF16_ANCHORED_FROM (taken over by "anchor"); elsewhere, and with bf16_core="float32" (cupy:chunked_mma_bf16f32),
-# the core runs in float32 (3xTF32).  docs/kernels/decayed.md, "d log_decay from chunk anchors".
-# Only "anchor" (cupy:chunked_mma_dqa) for now: on the H200 (callH) the anchored bfloat16 core passed every check
-# cell (145) and the long-T cells without an initial state, but missed with an initial state and log decays in
-# [-30, 0] at T = 1024 / 4096 with two heads (decayed.md, "callH"), so the default keeps the float32 core.
+# runs the 16-bit core only with d log_decay from chunk anchors (_chunked_mma.ANCHORED): where the dq-folded walk
+# runs (padded head dims (64, 64)) and the variant's dk/dv mode is in BF16_ANCHORED_FROM (a mode listed there
+# other than "anchor" would be taken over by "anchor"); elsewhere, and with bf16_core="float32"
+# (cupy:chunked_mma_bf16f32), the core runs in float32 (3xTF32).  Only "anchor" (cupy:chunked_mma_dqa) for now: on
+# the H200 (callH) the anchored core passed every check cell (145) but missed d log_decay with an initial state and
+# log decays in [-30, 0] at T = 1024 / 4096 with two heads, where the rounding of the state operands dominates
+# (decayed.md, "Measured (callH and callI)"), so the default keeps the float32 core.
 BF16_ANCHORED_FROM = ("anchor",)
 BF16_CORES = ("anchored", "float32")
 
@@ -174,7 +174,7 @@ register(Variant("decayed", "cupy", "chunked_mma_dqa", functools.partial(_mma_fo
                  dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
                  form="linear", features=frozenset({"state", "packed"}),
                  description="cupy:chunked_mma with dq folded into the dk/dv walk and d log_decay from chunk anchors "
-                             "at head dims <= 64 (dkdv='anchor'; bfloat16's default core)"))
+                             "at head dims <= 64 (dkdv='anchor'; bfloat16 on the 16-bit core there)"))
 register(Variant("decayed", "cupy", "chunked_mma_bf16f32", functools.partial(_mma_forward, 3, 1, bf16_core="float32"),
                  _mma_backward, leading_dims=True,
                  dtypes=("bfloat16",), array_kind="cupy", gpu=True, supports=_supports_mma,

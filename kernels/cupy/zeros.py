@@ -927,27 +927,22 @@ class _FusedBackwardPlan:
         self.n_carries = 5 if separate else 0
         self.tail = (tab.t0, tab.t1, i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(causal))
 
-        def walker(name, tiles, dims=(Dk, Dv)):
-            kernel, smem = _fused_kernel_of(dt, name, dims)
-            return Prepared(kernel, (tab.nseg * tiles, N), (mma.THREADS,), smem)
-        kernel, smem = _fused_walker_of(dt, "tz_bwd_dq", (Dk, Dv), P.kind.kw_folds)
-        self.dq = Prepared(kernel, (tab.nseg * ntk, N), (mma.THREADS,), smem)
+        def walker(found, tiles):                                       # found: (kernel, dynamic shared memory)
+            return Prepared(found[0], (tab.nseg * tiles, N), (mma.THREADS,), found[1])
+        dkf = _fused2_dv_kernel_of(dt, Dk) if dk_in_dv or P.kind.kw_sums else None   # the DKF dv walker
+        self.dq = walker(_fused_walker_of(dt, "tz_bwd_dq", (Dk, Dv), P.kind.kw_folds), ntk)
         if self.s_mode:                                                 # the segment sums: no dv, ds or dk
-            if P.kind.kw_sums:
-                kernel, smem = _fused2_dv_kernel_of(dt, Dk)
-                self.sums = Prepared(kernel, (tab.nseg * ntv, N), (mma.THREADS,), smem)
-            else:
-                self.sums = walker("tz_bwd_dv", ntv)
+            self.sums = walker(dkf if P.kind.kw_sums else _fused_kernel_of(dt, "tz_bwd_dv", (Dk, Dv)), ntv)
         if self.s_mode == "scan":
             E = Dk * Dv
             self.seg_scan = Prepared(get_kernel(mma.SOURCE, "tz_seg_scan<true>", group=FUSED_COMMON),
                                      (-(-3 * E // 256), N), (256,))
             self.scan_args = (tab.t0, tab.t1, i32(T), i32(tab.nseg), np.int64(E))
         if dk_in_dv:                                                    # dv, ds parts and dk (or its parts)
-            kernel, smem = _fused2_dv_kernel_of(dt, Dk)
-            self.dv = Prepared(kernel, (tab.nseg * ntv, N), (mma.THREADS,), smem)
+            self.dv = walker(dkf, ntv)
         else:
-            self.dv, self.dk = walker("tz_bwd_dv", ntv), walker("tz_bwd_dk", ntk)
+            self.dv = walker(_fused_kernel_of(dt, "tz_bwd_dv", (Dk, Dv)), ntv)
+            self.dk = walker(_fused_kernel_of(dt, "tz_bwd_dk", (Dk, Dv)), ntk)
         # the scalars: dgates and the scalar part of ds (and dk from its parts)
         self.ntk, self.ntv, self.G, self.Dk, self.T, self.NC = (i32(x) for x in (ntk, ntv, gates.shape[-1], Dk, T, NC))
         blocks = ((NC, N), (32 * SCAN_WARPS,))

@@ -22,7 +22,7 @@ export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 
 if [ -n "${WHEELS:-}" ]; then
   site="${TMPDIR:-/tmp}/workbench-site"
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$WHEELS"/*.whl \
+  "$PY" -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target "$site" "$WHEELS"/*.whl \
     || { echo "device.sh: installing the wheels in $WHEELS failed" >&2; exit 1; }
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi

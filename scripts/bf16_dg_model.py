@@ -158,7 +158,8 @@ def cell(lead, T, D, rng_range, seed, state=False, packed=False):
     """The check's inputs of one decayed cell (workbench.check.cell_inputs + _as_seen for bfloat16), as float64;
     packed: S0 and dST hold a state per sequence (lead + (nseq,)), the sequences cut by cu_seqlens (returned)."""
     from workbench.check import cell_inputs
-    cin = cell_inputs("decayed", lead, T, D, D, None, seed, log_decay_range=rng_range, state=state, packed=packed)
+    Dk, Dv = (D, D) if np.ndim(D) == 0 else D
+    cin = cell_inputs("decayed", lead, T, Dk, Dv, None, seed, log_decay_range=rng_range, state=state, packed=packed)
     to_bf = lambda a: np.asarray(a).astype(BF16).astype(np.float64)      # noqa: E731
     q, k, v, g = (to_bf(a) for a in cin.arrays)
     do = to_bf(cin.dout)
@@ -176,8 +177,9 @@ def errors(lead, T, D, rng_range, seed, state=False, modes=MODES, packed=False):
     N, nseq = int(np.prod(lead)), len(cu) - 1
     q, k, v, do = (x.reshape(N, T, -1) for x in (q, k, v, do))
     g = g.reshape(N, T)
-    S0 = None if S0 is None else S0.reshape(N, nseq, D, D)
-    dST = None if dST is None else dST.reshape(N, nseq, D, D)
+    Dk, Dv = q.shape[-1], v.shape[-1]                      # (D: one head dim, or (Dk, Dv))
+    S0 = None if S0 is None else S0.reshape(N, nseq, Dk, Dv)
+    dST = None if dST is None else dST.reshape(N, nseq, Dk, Dv)
 
     def run(**kw):
         out = np.empty((N, T))

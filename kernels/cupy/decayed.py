@@ -174,7 +174,8 @@ register(Variant("decayed", "cupy", "chunked_mma_dqa", functools.partial(_mma_fo
                  dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
                  form="linear", features=frozenset({"state", "packed"}),
                  description="cupy:chunked_mma with dq folded into the dk/dv walk and d log_decay from chunk anchors "
-                             "at head dims <= 64 (dkdv='anchor'; bfloat16 on the 16-bit core there)"))
+                             "at head dims <= 64 (dkdv='anchor'; bfloat16 on the 16-bit core there, its state "
+                             "operands as hi + lo pairs)"))
 register(Variant("decayed", "cupy", "chunked_mma_bf16f32", functools.partial(_mma_forward, 3, 1, bf16_core="float32"),
                  _mma_backward, leading_dims=True,
                  dtypes=("bfloat16",), array_kind="cupy", gpu=True, supports=_supports_mma,

@@ -177,8 +177,9 @@ def test_anchor_matches_recurrence(dtype, split, shape, L, stages):
     _check_case(dtype, split, shape, "decayed", L, stages=stages, dkdv="anchor")
 
 
-# bfloat16 decayed through the public API at the check's inputs (workbench.check.compare): the default (float32
-# core) and the 16-bit core with chunk anchors and hi + lo state operands (cupy:chunked_mma_dqa); d log_decay at most
+# bfloat16 decayed through the public API at the check's inputs (workbench.check.compare): the default (the 16-bit
+# core with chunk anchors and hi + lo state operands, as cupy:chunked_mma_dqa) and the float32 core
+# (cupy:chunked_mma_bf16f32); d log_decay at most
 # BF16_DG_MAX, at T = 4096 and 4097 where the reverse cumsum of the 16-bit core reached 2.4e-2 - 3.0e-2 (callO), and
 # with an initial state and log decays down to -30, where the anchors alone reached 2.3e-2 - 4.0e-2 (callH, callI).
 # The model (scripts/bf16_dg_model.py, "anchor + split-state, anchor hi+lo"): 1.3e-3 - 2.9e-3 on every cell here; the
@@ -186,7 +187,7 @@ def test_anchor_matches_recurrence(dtype, split, shape, L, stages):
 BF16_DG_MAX = 1e-2
 
 
-@pytest.mark.parametrize("variant", ["chunked_mma", "chunked_mma_dqa"])
+@pytest.mark.parametrize("variant", ["chunked_mma", "chunked_mma_bf16f32"])
 @pytest.mark.parametrize("T, lead", [(4096, (2,)), (4097, (1,)), (1024, (1, 2))])
 @pytest.mark.parametrize("rng", [(-1.0, -0.01), (-30.0, 0.0)], ids=["g-1", "g-30"])
 @pytest.mark.parametrize("state", [False, True], ids=["", "state"])

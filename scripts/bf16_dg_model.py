@@ -66,7 +66,7 @@ def split_rounder(dt):
 
 
 def model_dg(q, k, v, do, g, scale=1.0, S0=None, dST=None, dt=BF16, split_state=False, split_weights=False,
-             exact_intra=False, dg="cumsum", exact=False):
+             exact_intra=False, dg="cumsum", exact=False, split_anchor=False):
     """d log_decay of one head (q, k: (T, Dk), v, do: (T, Dv), g: (T,)) as the kernels form it; exact: float64, no
     rounding anywhere (the reference)."""
     T, Dk = q.shape
@@ -115,7 +115,8 @@ def model_dg(q, k, v, do, g, scale=1.0, S0=None, dST=None, dt=BF16, split_state=
         dk = acc + P @ q[a:z]
         rk[a:z] = np.sum(k[a:z] * dk, axis=1)
         dS = (np.exp(b[-1]).astype(f) * dS + Rw(q[a:z] * (scale * e)[:, None]).T @ do[a:z]).astype(f)
-        anchors[c] = float(np.sum(R(Hs[c]).astype(np.float64) * dS))   # H_c as the dq-folded walk reads it
+        Ra = Rs if split_anchor else R                  # H_c as the dq-folded walk reads it (hi, or hi + lo)
+        anchors[c] = float(np.sum(Ra(Hs[c]).astype(np.float64) * dS))
     dG = rq - rk
     cst = anchors[nch]
     if dg == "cumsum" or exact:
@@ -143,6 +144,8 @@ MODES = {
     "split-all": dict(split_state=True, split_weights=True),
     "anchor": dict(dg="anchor"),
     "anchor-near": dict(dg="anchor-near"),
+    "anchor + split-state": dict(dg="anchor", split_state=True),
+    "anchor + split-state, anchor hi+lo": dict(dg="anchor", split_state=True, split_anchor=True),
     "float16 today": dict(dt=F16),
 }
 
@@ -151,10 +154,12 @@ def rel_error(x, ref):
     return float(np.linalg.norm(x - ref) / np.linalg.norm(ref))
 
 
-def cell(lead, T, D, rng_range, seed, state=False):
-    """The check's inputs of one decayed cell (workbench.check.cell_inputs + _as_seen for bfloat16), as float64."""
+def cell(lead, T, D, rng_range, seed, state=False, packed=False):
+    """The check's inputs of one decayed cell (workbench.check.cell_inputs + _as_seen for bfloat16), as float64;
+    packed: S0 and dST hold a state per sequence (lead + (nseq,)), the sequences cut by cu_seqlens (returned)."""
     from workbench.check import cell_inputs
-    cin = cell_inputs("decayed", lead, T, D, D, None, seed, log_decay_range=rng_range, state=state)
+    Dk, Dv = (D, D) if np.ndim(D) == 0 else D
+    cin = cell_inputs("decayed", lead, T, Dk, Dv, None, seed, log_decay_range=rng_range, state=state, packed=packed)
     to_bf = lambda a: np.asarray(a).astype(BF16).astype(np.float64)      # noqa: E731
     q, k, v, g = (to_bf(a) for a in cin.arrays)
     do = to_bf(cin.dout)
@@ -162,24 +167,31 @@ def cell(lead, T, D, rng_range, seed, state=False):
     if state:
         S0 = np.asarray(cin.initial_state.S, np.float32).astype(np.float64)
         dST = np.asarray(cin.dstate.S, np.float32).astype(np.float64)
-    return q, k, v, g, do, S0, dST
+    return q, k, v, g, do, S0, dST, (cin.cu_seqlens or (0, T))
 
 
-def errors(lead, T, D, rng_range, seed, state=False, modes=MODES):
-    q, k, v, g, do, S0, dST = cell(lead, T, D, rng_range, seed, state)
-    N = int(np.prod(lead))
+def errors(lead, T, D, rng_range, seed, state=False, modes=MODES, packed=False):
+    """Relative d log_decay error of each mode on one check cell (packed: every sequence on its own, its chunks
+    from its first token, with its own initial state and final-state gradient, as the segment table cuts them)."""
+    q, k, v, g, do, S0, dST, cu = cell(lead, T, D, rng_range, seed, state, packed)
+    N, nseq = int(np.prod(lead)), len(cu) - 1
     q, k, v, do = (x.reshape(N, T, -1) for x in (q, k, v, do))
     g = g.reshape(N, T)
-    S0 = None if S0 is None else S0.reshape(N, D, D)
-    dST = None if dST is None else dST.reshape(N, D, D)
-    ref = np.stack([model_dg(q[n], k[n], v[n], do[n], g[n], S0=None if S0 is None else S0[n],
-                             dST=None if dST is None else dST[n], exact=True) for n in range(N)])
-    out = {}
-    for name, kw in modes.items():
-        got = np.stack([model_dg(q[n], k[n], v[n], do[n], g[n], S0=None if S0 is None else S0[n],
-                                 dST=None if dST is None else dST[n], **kw) for n in range(N)])
-        out[name] = rel_error(got, ref)
-    return out
+    Dk, Dv = q.shape[-1], v.shape[-1]                      # (D: one head dim, or (Dk, Dv))
+    S0 = None if S0 is None else S0.reshape(N, nseq, Dk, Dv)
+    dST = None if dST is None else dST.reshape(N, nseq, Dk, Dv)
+
+    def run(**kw):
+        out = np.empty((N, T))
+        for n in range(N):
+            for s in range(nseq):
+                a, z = cu[s], cu[s + 1]
+                out[n, a:z] = model_dg(q[n, a:z], k[n, a:z], v[n, a:z], do[n, a:z], g[n, a:z],
+                                       S0=None if S0 is None else S0[n, s], dST=None if dST is None else dST[n, s],
+                                       **kw)
+        return out
+    ref = run(exact=True)
+    return {name: rel_error(run(**kw), ref) for name, kw in modes.items()}
 
 
 def validate():

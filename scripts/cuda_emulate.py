@@ -29,9 +29,10 @@ Families:  softmax      the registry's cupy softmax variants against workbench.r
     python scripts/cuda_emulate.py -k fa2_tf32  # cases whose label contains the text (repeatable: any)
     python scripts/cuda_emulate.py --list       # the case labels
 
-Slow (threads x barriers on a few cores): small shapes only.  bfloat16 is not emulated (NumPy has no such
-dtype here; such cases are left out); the bfloat16 kernels differ from the float16 ones only in their mma and
-conversion instructions.  Not checked: global-memory bounds (a read past an array returns whatever the host
+Slow (threads x barriers on a few cores): small shapes only.  bfloat16: NumPy's through ml_dtypes (cases left out
+without it); emu.h's cvt (round to nearest even) and mma read and round bfloat16 as the GPU does.  Only the
+chunked_mma cases that name it run it (the bfloat16 decayed core: its hi + lo state operands); the other families'
+bfloat16 kernels differ from their float16 ones only in their mma and conversion instructions.  Not checked: global-memory bounds (a read past an array returns whatever the host
 memory holds), the memory model beyond barriers and cp.async waits, timing.
 """
 from __future__ import annotations
@@ -512,6 +513,16 @@ def _cells() -> list:
                         "check_cell", dict(op="decayed", variant=name, dtype="float16", lead=(1, 2), T=1024, Dk=64,
                                            Dv=64, causal=True, state=True, packed=False, seed=1,
                                            log_decay_range=(-30.0, 0.0))))
+    # bfloat16 decayed, the anchored core (hi + lo state operands) on cells it missed before them: state + packed at
+    # T = 193, g in [-1, 0) (test_gpu_state's cell: 2.05e-2 on the GPU and here before, the model 8.6e-3 after), an
+    # initial state with g in [-30, 0] at T = 1024 (test_bfloat16_decayed_long: 4.0e-2 on the GPU, callI)
+    for lead, T, seed, rng, packed in (((2,), 193, 0, (-1.0, -0.01), True), ((2,), 193, 1, (-1.0, -0.01), True),
+                                       ((1, 2), 1024, 0, (-30.0, 0.0), False)) if BF16 else ():
+        out.append(Case("decayed", f"decayed cell cupy:chunked_mma_dqa bfloat16 T={T} lead {'x'.join(map(str, lead))} "
+                                   f"g in [{rng[0]:g}, {rng[1]:g}] seed {seed} state" + " packed" * packed,
+                        "check_cell", dict(op="decayed", variant="chunked_mma_dqa", dtype="bfloat16", lead=lead, T=T,
+                                           Dk=64, Dv=64, causal=True, state=True, packed=packed, seed=seed,
+                                           log_decay_range=rng)))
     return out
 
 
@@ -624,6 +635,17 @@ CHUNKED_DKDV_CASES += [_chunked(dt, split, cu, dk, dv, mode, L, stages=st, dkdv=
     ("float32", 3, (0, 1, 64, 65, 130), 64, 64, "decayed", 2, 1), ("float16", 1, (0, 130), 64, 64, "linear", 1, 1),
     ("float16", 1, (0, 130), 32, 48, "noncausal", 1, 1))]
 
+# bfloat16 (ml_dtypes), the decayed core with chunk anchors and its state operands as hi + lo pairs (tc::state_pairs,
+# docs/kernels/decayed.md "anchor + split-state"): the float16 anchor cases' walks, segment lengths, packing and both
+# stages; "dqfold" (the pairs without anchors); linear through "anchor" (no decay: single products, no lo tiles)
+BF16 = importlib.util.find_spec("ml_dtypes") is not None
+CHUNKED_BF16_CASES = [_chunked("bfloat16", 1, cu, dk, dv, mode, L, stages=st, dkdv=m) for cu, dk, dv, mode, L, st, m in (
+    ((0, 300), 64, 64, "decayed", 0, 1, "anchor"), ((0, 300), 64, 64, "decayed", 2, 1, "anchor"),
+    ((0, 1, 64, 65, 130), 64, 64, "decayed", 1, 1, "anchor"), ((0, 1), 64, 64, "decayed", 0, 1, "anchor"),
+    ((0, 150), 48, 24, "decayed", 1, 1, "anchor"), ((0, 300), 64, 64, "decayed", 2, 2, "anchor"),
+    ((0, 1, 64, 65, 130), 64, 64, "decayed", 2, 2, "dqfold"), ((0, 130), 64, 64, "linear", 1, 1, "anchor"),
+    ((0, 130), 32, 48, "noncausal", 1, 1, "anchor"))] if BF16 else []
+
 # float16 log decays read by the walkers against their float32 cast, bit for bit (every parametrisation)
 _G16_TEST = "test_float16_log_decays_equal_their_float32_cast"
 CHUNKED_G16_CASES = [_test_case("chunked_mma", "test_cupy_chunked_mma", _G16_TEST, **kw)
@@ -704,7 +726,8 @@ def cases() -> list:
     zeros_tests = [_zeros_test(f, **kw) for f in ZEROS_GRID_TESTS for kw in _test_grid("test_cupy_zeros_mma", f)]
     steps_tests = [_test_case("steps", "test_steps_kernel", f, **kw) for f in STEPS_TESTS
                    for kw in _test_grid("test_steps_kernel", f)]
-    return (SOFTMAX_CASES + CHUNKED_CASES + CHUNKED_DB_CASES + CHUNKED_DKDV_CASES + CHUNKED_G16_CASES + ZEROS_CASES
+    return (SOFTMAX_CASES + CHUNKED_CASES + CHUNKED_DB_CASES + CHUNKED_DKDV_CASES + CHUNKED_BF16_CASES
+            + CHUNKED_G16_CASES + ZEROS_CASES
             + zeros_tests + [_zeros_test(f) for f in ZEROS_TESTS] + ZEROS_STATE_CASES + steps_tests + _cells())
 
 

@@ -195,15 +195,16 @@ def test_state_and_packed_launch_path_of_chunked_mma(fake, op, normalize, impl, 
 
 
 @pytest.mark.parametrize("impl, d, anchored", [
-    ("chunked_mma_dqa", 64, True), ("chunked_mma_dqa", 48, True), ("chunked_mma", 64, False), ("chunked_mma_db", 64, False),
+    ("chunked_mma_dqa", 64, True), ("chunked_mma_dqa", 48, True), ("chunked_mma", 64, True), ("chunked_mma_db", 64, True),
     ("chunked_mma_dqf", 48, False), ("chunked_mma", 80, False), ("chunked_mma_dkdv2", 64, False),
     ("chunked_mma_bf16f32", 64, False)])
 def test_bfloat16_decayed_core(fake, impl, d, anchored):
     """bfloat16 decayed (kernels/cupy/decayed.py, BF16_ANCHORED_FROM): the 16-bit core with d log_decay from chunk
     anchors -- the forward storing every chunk's state, the dq-folded walker (tc::DKDV_DQ) and no tc_bwd_dq,
-    tc_dg<wb_bf16> without tc_dg_part -- at head dims <= 64 in the dk/dv mode anchor (cupy:chunked_mma_dqa); the
-    float32 core (3xTF32) above 64 and in the other modes (the default's included, since callH).  T = 300 on 132 SMs: segments of
-    one chunk, so the unanchored path sums segments (tc_dg_part)."""
+    tc_dg<wb_bf16> without tc_dg_part -- at head dims <= 64 in the dk/dv modes fused (the default: cupy:chunked_mma,
+    _db) and anchor (cupy:chunked_mma_dqa); the float32 core (3xTF32) above 64, in the other modes and in
+    cupy:chunked_mma_bf16f32.  T = 300 on 132 SMs: segments of one chunk, so the unanchored path sums segments
+    (tc_dg_part)."""
     import ml_dtypes  # noqa: F401  (numpy's bfloat16)
     from kernels.cupy import _chunked_mma
     _chunked_mma._PLANS.clear()                  # launches prepared by an earlier test log elsewhere

@@ -373,7 +373,8 @@ __device__ __forceinline__ void row_dots(const float (&a)[8][4], const T* s, int
 // operands are scaled by 1/sigma, sigma the power of two that keeps |H| / sigma <= 2^14 (1 for other types):
 //   warp_abs_max   max |H| over the warp's fragments (every lane gets it)
 //   pow2_scale     sigma and 1/sigma from the block's max (left at 1 while the max is below 2^14, or inf / NaN)
-//   frags_to_smem  the fragments times inv -> shared memory (row stride lds, the warp's columns from n0)
+//   frags_to_smem  the fragments times inv -> shared memory (row stride lds, the warp's columns from n0); LO (16-bit,
+//                  slo != nullptr): also the residuals x inv - hi rounded to T into slo (same layout): hi + lo pairs
 template <int MT, int NT>
 __device__ __forceinline__ float warp_abs_max(const float (&H)[MT][NT][4]) {
     float mx = 0.f;
@@ -392,9 +393,9 @@ __device__ __forceinline__ void pow2_scale(float mx, float& sigma, float& inv) {
         inv = __uint_as_float((unsigned)(127 - ex + 13) << 23);
     }
 }
-template <typename T, int MT, int NT>
+template <typename T, int MT, int NT, bool LO = false>
 __device__ __forceinline__ void frags_to_smem(const float (&H)[MT][NT][4], T* s, int lds, int m0, float inv,
-                                              int n0 = 0) {
+                                              int n0 = 0, T* slo = nullptr) {
     const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -407,16 +408,27 @@ __device__ __forceinline__ void frags_to_smem(const float (&H)[MT][NT][4], T* s,
                     dst[0] = H[mt][nt][2 * h];
                     dst[1] = H[mt][nt][2 * h + 1];
                 } else {
-                    *reinterpret_cast<unsigned*>(dst) = pack2<T>(H[mt][nt][2 * h] * inv, H[mt][nt][2 * h + 1] * inv);
+                    const float x0 = H[mt][nt][2 * h] * inv, x1 = H[mt][nt][2 * h + 1] * inv;
+                    const unsigned hi = pack2<T>(x0, x1);
+                    *reinterpret_cast<unsigned*>(dst) = hi;
+                    if constexpr (LO) {
+                        if (slo) {
+                            T h0, h1;
+                            h0.bits = (unsigned short)(hi & 0xffffu);
+                            h1.bits = (unsigned short)(hi >> 16);
+                            *reinterpret_cast<unsigned*>(slo + (dst - s)) = pack2<T>(x0 - to_f32(h0), x1 - to_f32(h1));
+                        }
+                    }
                 }
             }
 }
 
 // The state tile -> shared memory in T, scaled by 1/sigma; returns sigma.  Every thread of the block (NW warps,
 // each holding rows m0.. and columns n0.. of the tile) must call it (it synchronises for the fp16 reduction).
-template <typename T, int MT, int NT, int NW = 4>
+// LO, slo: the lo tile of hi + lo pairs too (frags_to_smem).
+template <typename T, int MT, int NT, int NW = 4, bool LO = false>
 __device__ __forceinline__ float state_to_smem(const float (&H)[MT][NT][4], T* s, int lds, int m0, float* red,
-                                               int n0 = 0) {
+                                               int n0 = 0, T* slo = nullptr) {
     float sigma = 1.f, inv = 1.f;
     if constexpr (wbmma::Traits<T>::HALF) {
         const float mx = warp_abs_max(H);
@@ -428,7 +440,7 @@ __device__ __forceinline__ float state_to_smem(const float (&H)[MT][NT][4], T* s
         pow2_scale(bm, sigma, inv);
         __syncthreads();                                                   // red is read before reuse
     }
-    frags_to_smem(H, s, lds, m0, inv, n0);
+    frags_to_smem<T, MT, NT, LO>(H, s, lds, m0, inv, n0, slo);
     return sigma;
 }
 
@@ -522,6 +534,30 @@ __device__ __forceinline__ void intra_frags(wbmma::AFrags<T, 8>& A, float (&S)[1
 }
 
 
+// bfloat16's state operands as hi + lo pairs (issue #12; docs/kernels/decayed.md, "anchor + split-state"): in the
+// decayed dq-folded walk (tc_bwd_dkdv's DKDV_DQ, g != nullptr) the state operands of the two inter-chunk products
+// that feed d log_decay -- H in dq's dO H^T, dS in dk's V dS^T -- and H in the chunk anchors <H, dS'> are bfloat16
+// pairs x = hi + lo (hi = bf16(x), lo = bf16(x - hi): ~16 significant bits, two products instead of one); tc_fwd's
+// STORE writes H's lo tiles after all the hi tiles of the same allocation.  Everything else (the forward's Q H, dv's
+// K dS, the state updates) keeps one rounding.  float16 and float32 compile none of it; bfloat16 linear (no decay)
+// runs the single products (a run-time, launch-uniform branch).
+template <typename T>
+__host__ __device__ constexpr bool state_pairs() { return !wbmma::Traits<T>::F32 && !wbmma::Traits<T>::HALF; }
+
+// acc += A B, B a walk's state tile in shared memory; with PAIRS and pairs, B + B_lo (the lo tile blo elements on)
+template <typename T, int SPLIT, int MT, int NT, bool AKM, bool BNK, bool PAIRS>
+__device__ __forceinline__ void gemm_state(float (&acc)[MT][NT][4], const T* sA, int lda, const T* sB, int ldb,
+                                           int m0, int n0, int ke, bool pairs, int blo) {
+    if constexpr (PAIRS) {
+        if (pairs) {
+            wbmma::gemm_ss<T, SPLIT, MT, NT, AKM, BNK, 2>(acc, sA, lda, sB, ldb, m0, n0, 0, ke, 0, NT / 2,
+                                                          wbmma::AsLoaded(), blo);
+            return;
+        }
+    }
+    wbmma::gemm_ss<T, SPLIT, MT, NT, AKM, BNK>(acc, sA, lda, sB, ldb, m0, n0, 0, ke);
+}
+
 // Blocks per SM the walkers of the forward and of dq ask ptxas for (__launch_bounds__' second argument), head dim
 // 64, one stage (everything else: no request):
 //   16-bit inputs: 4 (<= 128 registers; ptxas spills 32-80 bytes to L1) against the 3 that 144-168 registers
@@ -587,10 +623,11 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DKP, STAGES>()) tc
     using namespace wbmma;
     constexpr int LDK = DKP + PAD, LDV = BV + PAD, KS = Traits<T>::KS, HMT = DKP / 64;
     constexpr int STAGE = 2 * C * LDK + C * LDV;                 // one stage: Q, K, V
+    constexpr bool PAIRS = STORE != 0 && state_pairs<T>();       // STORE also writes H's lo tiles (decayed)
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = reinterpret_cast<T*>(smem_raw);
-    T* sH = stages + STAGES * STAGE;
-    Trailer* tr = reinterpret_cast<Trailer*>(sH + DKP * LDV);
+    T* sH = stages + STAGES * STAGE;                             // (PAIRS: its lo tile after it)
+    Trailer* tr = reinterpret_cast<Trailer*>(sH + (PAIRS ? 2 : 1) * DKP * LDV);
     const bool decay = g != nullptr;
     const int ntv = (dv + BV - 1) / BV;
     const int vt = blockIdx.x % ntv, s = blockIdx.x / ntv, n = blockIdx.y;
@@ -620,7 +657,8 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DKP, STAGES>()) tc
         T* sK = sQ + C * LDK;
         T* sV = sK + C * LDK;
         walk.top(j, tr, issue, grows);                             // the previous chunk is done with smem
-        const float sigma = state_to_smem<T, HMT, 8>(H, sH, LDV, hm0, tr->red);
+        const float sigma = state_to_smem<T, HMT, 8, 4, PAIRS>(H, sH, LDV, hm0, tr->red, 0,
+                                                               PAIRS && causal && decay ? sH + DKP * LDV : nullptr);
         walk.wait();
         __syncthreads();
         float acc[1][8][4];
@@ -641,6 +679,10 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DKP, STAGES>()) tc
                 const long long at = ((long long)n * seg_c0[NSEG] + seg_c0[s] + j) * ntv + vt;
                 tile_to_global<T, DKP>(sH, LDV, Hst + at * (DKP * BV));
                 if (threadIdx.x == 0) Hsig[at] = sigma;
+                if constexpr (PAIRS) {                             // the lo tiles after every hi tile
+                    const long long lo = (long long)gridDim.y * seg_c0[NSEG] * ntv;
+                    if (decay) tile_to_global<T, DKP>(sH + DKP * LDV, LDV, Hst + (lo + at) * (DKP * BV));
+                }
             }
         }
         if (causal && (j + 1 < nch || Hend)) {                    // H <- e^{b_last} H + K^T diag(u) V
@@ -849,13 +891,16 @@ tc_bwd_dkdv(
     constexpr int R = WHICH == 1 ? BV : DKP, CC = WHICH == 2 ? BV : DVP;
     constexpr int SMT = R / 64, SNT = CC / CH / 8, ONT = BV / OCH / 8;
     constexpr int LDK = DKP + PAD, LDV = DVP + PAD, LDS = CC + PAD, KS = Traits<T>::KS;
-    constexpr int STAGE = 2 * C * LDK + 2 * C * LDV + (DQ ? DKP * LDV : 0);   // one stage: Q, K, V, dO (, H)
+    constexpr bool PAIRS = DQ && state_pairs<T>();               // bfloat16: H and dS as hi + lo pairs (decayed)
+    constexpr int NP = PAIRS ? 2 : 1;
+    constexpr int STAGE = 2 * C * LDK + 2 * C * LDV + (DQ ? NP * DKP * LDV : 0);   // one stage: Q, K, V, dO (, H (, lo))
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = reinterpret_cast<T*>(smem_raw);
-    T* sS = stages + STAGES * STAGE;
-    Trailer* tr = reinterpret_cast<Trailer*>(sS + R * LDS);
+    T* sS = stages + STAGES * STAGE;                             // (PAIRS: its lo tile after it)
+    Trailer* tr = reinterpret_cast<Trailer*>(sS + NP * R * LDS);
     float* hsig = reinterpret_cast<float*>(tr + 1);              // DQ: the sigma of each stage's H tile
     const bool decay = g != nullptr;
+    const bool pairs = PAIRS && decay;                           // (tc_fwd's STORE wrote the lo tiles)
     const bool anchors = DQ && decay && anc != nullptr;          // d log_decay's chunk anchors wanted (causal)
     const int nt_ = WHICH == 1 ? (dk + BV - 1) / BV : WHICH == 2 ? (dv + BV - 1) / BV : 1;
     const int tile = blockIdx.x % nt_, s = blockIdx.x / nt_, n = blockIdx.y, N = gridDim.y;
@@ -883,6 +928,11 @@ tc_bwd_dkdv(
             const long long at = (long long)n * seg_c0[NSEG] + seg_c0[s] + (nch - 1 - i);
             load_tile<T, BV, NTH>(sQ + 2 * C * LDK + 2 * C * LDV, LDV, Hst + at * (DKP * BV), BV, C, 0, BV);
             if (threadIdx.x == 0) cp_async4(hsig + st, Hsig + at, 4);
+            if (pairs) {                                           // ... and its lo tile (after every hi tile)
+                const long long lo = (long long)gridDim.y * seg_c0[NSEG];
+                load_tile<T, BV, NTH>(sQ + 2 * C * LDK + 2 * C * LDV + DKP * LDV, LDV, Hst + (lo + at) * (DKP * BV),
+                                      BV, C, 0, BV);
+            }
         }
     };
     auto grows = [&](int i) { return grows_at(g, g_half, nT + start(i), min(C, t1 - start(i))); };
@@ -895,7 +945,8 @@ tc_bwd_dkdv(
         T* sV = sK + C * LDK;
         T* sO = sV + C * LDV;
         walk.top(i, tr, issue, grows);
-        const float sigma = state_to_smem<T, SMT, SNT, WARPS>(dS, sS, LDS, sm0, tr->red, sn0);
+        const float sigma = state_to_smem<T, SMT, SNT, WARPS, PAIRS>(dS, sS, LDS, sm0, tr->red, sn0,
+                                                                     pairs ? sS + R * LDS : nullptr);
         walk.wait();
         __syncthreads();
         auto inter = [&](int r) { return sigma * (causal && decay ? tr->u[r] : 1.f); };
@@ -917,7 +968,7 @@ tc_bwd_dkdv(
         if (WHICH != 2 && dk_warp) {                               // dk (columns kr0 + on0 ..)
             float acc[1][ONT][4];
             zero(acc);
-            gemm_ss<T, SPLIT, 1, ONT, false, true>(acc, sV, LDV, sS, LDS, m0, on0, 0, DVP);      // V dS^T
+            gemm_state<T, SPLIT, 1, ONT, false, true, PAIRS>(acc, sV, LDV, sS, LDS, m0, on0, DVP, pairs, R * LDS);  // V dS^T
             scale_acc_rows(acc, m0, inter);
             if (causal) {
                 float S[1][8][4];
@@ -950,7 +1001,7 @@ tc_bwd_dkdv(
             const T* sH = sO + C * LDV;                            // causal only (the host folds causal calls)
             float acc[1][8][4];
             zero(acc);
-            gemm_ss<T, SPLIT, 1, 8, false, true>(acc, sO, LDV, sH, LDV, m0, 0, 0, DVP);        // dO H^T
+            gemm_state<T, SPLIT, 1, 8, false, true, PAIRS>(acc, sO, LDV, sH, LDV, m0, 0, DVP, pairs, DKP * LDV);  // dO H^T
             const float hs = scale * hsig[i % STAGES];
             scale_acc_rows(acc, m0, [&](int r) { return hs * (decay ? tr->e[r] : 1.f); });
             float S[1][8][4];
@@ -973,7 +1024,13 @@ tc_bwd_dkdv(
             if (anchors) {                                         // before the chunk, the gradient of that state)
                 const T* sH = sO + C * LDV;
                 float a = 0.f;
-                for_each(dS, sm0, sn0, [&](float& x, int r, int c) { a += x * to_f32(sH[r * LDV + c]); });
+                for_each(dS, sm0, sn0, [&](float& x, int r, int c) {
+                    float h = to_f32(sH[r * LDV + c]);
+                    if constexpr (PAIRS) {
+                        if (pairs) h += to_f32(sH[(DKP + r) * LDV + c]);      // H's lo tile
+                    }
+                    a += x * h;
+                });
                 a = warp_sum(a);
                 if ((threadIdx.x & 31) == 0) {
                     const int at = (n * seg_c0[NSEG] + seg_c0[s] + j) * ANC_PARTS + w;   // < N T / 16

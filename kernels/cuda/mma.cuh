@@ -175,12 +175,15 @@ struct AsLoaded {
 // [kb, ke) (multiples of KS).  Only the n-tile pairs p in [plo, phi) are computed (NT even): a caller
 // skips tiles that a causal mask zeroes.  ascale(a, k0) may rewrite the A fragments of k slice k0 in
 // registers after they are loaded (a weight per k: A diag(w) B without a pass over shared memory).
-template <typename T, int SPLIT, int MT, int NT, bool AKM, bool BNK, typename AS = AsLoaded>
+// NB 2: B is a hi + lo pair of tiles (the lo tile blo elements after the hi one, same stride): A B_lo + A B_hi,
+// the small product first, each A fragment loaded once (16-bit types: B to ~16 significant bits).
+template <typename T, int SPLIT, int MT, int NT, bool AKM, bool BNK, int NB = 1, typename AS = AsLoaded>
 __device__ __forceinline__ void gemm_ss(float (&acc)[MT][NT][4], const T* sA, int lda, const T* sB, int ldb,
                                         int m0, int n0, int kb, int ke, int plo = 0, int phi = NT / 2,
-                                        AS ascale = AS()) {
+                                        AS ascale = AS(), int blo = 0) {
     constexpr int KS = Traits<T>::KS;
     static_assert(NT % 2 == 0, "n tiles come in pairs");
+    static_assert(NB == 1 || NB == 2, "B alone or a hi + lo pair");
 #pragma unroll 2
     for (int k0 = kb; k0 < ke; k0 += KS) {
         unsigned a[MT][4];
@@ -190,12 +193,15 @@ __device__ __forceinline__ void gemm_ss(float (&acc)[MT][NT][4], const T* sA, in
 #pragma unroll
         for (int p = 0; p < NT / 2; ++p) {
             if (p < plo || p >= phi) continue;
-            unsigned b[4];
-            load_b2<T, BNK>(b, sB, ldb, k0, n0 + 16 * p);
 #pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                mma<T, SPLIT>(acc[mt][2 * p], a[mt], b[0], b[1]);
-                mma<T, SPLIT>(acc[mt][2 * p + 1], a[mt], b[2], b[3]);
+            for (int h = NB - 1; h >= 0; --h) {                  // NB 2: the lo tile first
+                unsigned b[4];
+                load_b2<T, BNK>(b, sB + h * blo, ldb, k0, n0 + 16 * p);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma<T, SPLIT>(acc[mt][2 * p], a[mt], b[0], b[1]);
+                    mma<T, SPLIT>(acc[mt][2 * p + 1], a[mt], b[2], b[3]);
+                }
             }
         }
     }

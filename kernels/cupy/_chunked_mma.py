@@ -64,6 +64,11 @@ DKDV_DQ = 3                             # tc::DKDV_DQ: the WHICH of the walker t
 ANCHORED = ("anchor",)                  # modes whose d log_decay comes from the folded walker's chunk anchors
 ANC_PARTS = 4                           # tc::ANC_PARTS: floats per chunk anchor (one per warp of the walker)
 DKDV_WARPS = (4, 8, 8)
+# Storage dtypes whose dq-folded decayed walk takes the state operands as hi + lo pairs (tc::state_pairs: bfloat16;
+# docs/kernels/decayed.md "anchor + split-state"): tc_fwd's STORE also writes H's lo tiles (after the hi tiles: the
+# per-chunk states take twice the memory in decayed calls) and the STORE forward and the DKDV_DQ walker hold a lo
+# tile beside each state tile in shared memory
+STATE_PAIRS = ("bfloat16",)
 DKDV_WIDE = ((1, 0), (2, 0))            # above 64: the dk kernel per 64-column dk tile, the dv kernel per dv tile
 DKDV_DESCRIPTION = {   # the ops' measured-rung variants of the dk/dv modes: (variant name, description)
     "split": ("chunked_mma_dkdv2", "cupy:chunked_mma with dk and dv in two kernels at head dim 64 (dkdv='split': "
@@ -83,8 +88,9 @@ def pad_dim(d: int) -> int:
 
 # ----------------------------------------------------------------------------- shared memory (bytes)
 # Each kernel: ``stages`` copies of the tiles a chunk loads, then the state tile, then the Trailer.
-def smem_fwd(item: int, dkp: int, stages: int = 1) -> int:
-    return item * (stages * (2 * C * (dkp + PAD) + C * (BV + PAD)) + dkp * (BV + PAD)) + TRAILER_BYTES
+def smem_fwd(item: int, dkp: int, stages: int = 1, pairs: bool = False) -> int:
+    """pairs: the STORE forward of a STATE_PAIRS dtype (the state tile's lo tile after it)."""
+    return item * (stages * (2 * C * (dkp + PAD) + C * (BV + PAD)) + (1 + pairs) * dkp * (BV + PAD)) + TRAILER_BYTES
 
 
 def smem_seg_state(item: int, dxp: int, stages: int = 1) -> int:
@@ -95,14 +101,17 @@ def smem_dq(item: int, dvp: int, stages: int = 1) -> int:
     return item * (stages * (2 * C * (dvp + PAD) + 2 * C * (BV + PAD)) + BV * (dvp + PAD)) + TRAILER_BYTES
 
 
-def smem_dkdv(item: int, dkp: int, dvp: int, which: int, stages: int = 1, layout: int = 0) -> int:
+def smem_dkdv(item: int, dkp: int, dvp: int, which: int, stages: int = 1, layout: int = 0,
+              pairs: bool = False) -> int:
+    """pairs: the DKDV_DQ walker of a STATE_PAIRS dtype (H's and dS's lo tiles beside them)."""
     rows = BV if which == 1 else dkp
     cols = BV if which == 2 else dvp
     part = 4 * C if layout == 1 else 0                 # DKDV_COLS: the row-dot halves, after the Trailer
     dq = which == DKDV_DQ
-    state = dkp * (dvp + PAD) if dq else 0             # DKDV_DQ: the state tile of each stage ...
+    npair = 2 if dq and pairs else 1
+    state = npair * dkp * (dvp + PAD) if dq else 0     # DKDV_DQ: the state tile of each stage ...
     sig = 16 if dq else 0                              # ... and its sigma (a float per stage), after the Trailer
-    return (item * (stages * (2 * C * (dkp + PAD) + 2 * C * (dvp + PAD) + state) + rows * (cols + PAD))
+    return (item * (stages * (2 * C * (dkp + PAD) + 2 * C * (dvp + PAD) + state) + npair * rows * (cols + PAD))
             + TRAILER_BYTES + part + sig)
 
 
@@ -124,7 +133,8 @@ def staged(name: str, targs: tuple, stages: int, smem, threads: int = THREADS, t
 @functools.lru_cache(maxsize=None)          # per launch: the expression and smem once per key
 def _fwd(dtype, split, stages, dkp, store=False):
     """tc_fwd; store: STORE 1, the state before every chunk written for the dq-folded backward (DKDV_DQ)."""
-    return staged("tc_fwd", (CTYPE[dtype], dkp, split), stages, lambda s: smem_fwd(ITEMSIZE[dtype], dkp, s),
+    pairs = store and dtype in STATE_PAIRS
+    return staged("tc_fwd", (CTYPE[dtype], dkp, split), stages, lambda s: smem_fwd(ITEMSIZE[dtype], dkp, s, pairs),
                   tail=(1,) if store else ())
 
 
@@ -142,7 +152,8 @@ def _dq(dtype, split, stages, dvp):
 @functools.lru_cache(maxsize=None)
 def _dkdv(dtype, split, stages, dkp, dvp, which, layout=0):
     return staged("tc_bwd_dkdv", (CTYPE[dtype], dkp, dvp, split, which, layout), stages,
-                  lambda s: smem_dkdv(ITEMSIZE[dtype], dkp, dvp, which, s, layout), 32 * DKDV_WARPS[layout])
+                  lambda s: smem_dkdv(ITEMSIZE[dtype], dkp, dvp, which, s, layout, dtype in STATE_PAIRS),
+                  32 * DKDV_WARPS[layout])
 
 
 def dkdv_launches(dkp: int, dvp: int, dkdv: str, causal: bool = True) -> tuple:
@@ -271,7 +282,8 @@ class CoreContext:
     scale32: object = None    # the scale as the kernels take it (np.float32)
     states: object = None     # dq-folded mode: the allocation of the per-chunk states (kept until the backward) and
     state_args: tuple = ()    #   the kernels' Hst, Hsig: the state before every chunk ((N, chunks, ntv, 64, 64) in
-                              #   q's dtype, as its products read it) and its power-of-two scale ((N, chunks, ntv) float32)
+                              #   q's dtype, as its products read it; bfloat16 decayed: (2, N, ..), hi then lo tiles,
+                              #   STATE_PAIRS) and its power-of-two scale ((N, chunks, ntv) float32)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -349,7 +361,8 @@ class _CorePlan:
         if self.fold:                                           # one allocation, by address (new_scratch)
             self.chunk0, nch = chunk_offsets(T, L, cu)
             self.nch = nch
-            self.states_layout = (((N, nch, self.ntv, self.dkp, BV), np.dtype(f"u{ITEMSIZE[dt]}")),   # T, by size
+            npair = 2 if self.decay and dt in STATE_PAIRS else 1   # hi tiles (, then lo tiles: STATE_PAIRS)
+            self.states_layout = (((npair, N, nch, self.ntv, self.dkp, BV), np.dtype(f"u{ITEMSIZE[dt]}")),  # T
                                   ((N, nch, self.ntv), np.float32))
         self._backward: dict = {}
 

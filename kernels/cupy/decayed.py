@@ -92,14 +92,15 @@ class _MMAContext:
 
 # bfloat16: with bfloat16 operands the reverse cumsum of q.dq - k.dk (d log_decay) cancels beyond bfloat16's 8 bits
 # (2.4e-2 - 3.0e-2 on the check cells, H200 callO; 3e-2 - 4e-2 at T = 16k in scripts/bf16_dg_model.py), so bfloat16
-# runs the 16-bit core only with d log_decay from chunk anchors (_chunked_mma.ANCHORED): where the dq-folded walk
-# runs (padded head dims (64, 64)) and the variant's dk/dv mode is in BF16_ANCHORED_FROM (a mode listed there
-# other than "anchor" would be taken over by "anchor"); elsewhere, and with bf16_core="float32"
-# (cupy:chunked_mma_bf16f32), the core runs in float32 (3xTF32).  Only "anchor" (cupy:chunked_mma_dqa) for now: on
-# the H200 (callH) the anchored core passed every check cell (145) but missed d log_decay with an initial state and
-# log decays in [-30, 0] at T = 1024 / 4096 with two heads, where the rounding of the state operands dominates
-# (decayed.md, "Measured (callH and callI)"), so the default keeps the float32 core.
-BF16_ANCHORED_FROM = ("anchor",)
+# runs the 16-bit core only with d log_decay from chunk anchors (_chunked_mma.ANCHORED) and its state operands as
+# bfloat16 hi + lo pairs (_chunked_mma.STATE_PAIRS): where the dq-folded walk runs (padded head dims (64, 64)) and
+# the variant's dk/dv mode is in BF16_ANCHORED_FROM (a mode listed there other than "anchor" is taken over by
+# "anchor"); elsewhere, and with bf16_core="float32" (cupy:chunked_mma_bf16f32), the core runs in float32 (3xTF32).
+# The default's mode ("fused": cupy:chunked_mma, _db) and "anchor" (cupy:chunked_mma_dqa): the anchors alone missed
+# d log_decay with an initial state and log decays in [-30, 0] on the H200 (callH, callI: 2.3e-2 - 4.0e-2), the hi +
+# lo state operands bring those cells to 1.5e-3 - 3.1e-3 (model and CPU emulator; decayed.md "Anchor +
+# split-state").  To go back to the float32 core by default: ("anchor",).
+BF16_ANCHORED_FROM = ("fused", "anchor")
 BF16_CORES = ("anchored", "float32")
 
 
@@ -174,14 +175,15 @@ register(Variant("decayed", "cupy", "chunked_mma_dqa", functools.partial(_mma_fo
                  dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
                  form="linear", features=frozenset({"state", "packed"}),
                  description="cupy:chunked_mma with dq folded into the dk/dv walk and d log_decay from chunk anchors "
-                             "at head dims <= 64 (dkdv='anchor'; bfloat16 on the 16-bit core there)"))
+                             "at head dims <= 64 (dkdv='anchor'; bfloat16 on the 16-bit core there, its state "
+                             "operands as hi + lo pairs)"))
 register(Variant("decayed", "cupy", "chunked_mma_bf16f32", functools.partial(_mma_forward, 3, 1, bf16_core="float32"),
                  _mma_backward, leading_dims=True,
                  dtypes=("bfloat16",), array_kind="cupy", gpu=True, supports=_supports_mma,
                  form="linear", features=frozenset({"state", "packed"}),
                  description="cupy:chunked_mma for bfloat16 with the core in float32 (3xTF32) at every head dim "
-                             "in every dk/dv mode (what the default runs for bfloat16 while the anchored core is "
-                             "opt-in: cupy:chunked_mma_dqa)"))
+                             "in every dk/dv mode (the default runs the anchored 16-bit core at head dims <= 64; "
+                             "this keeps the float32 core as a measured rung)"))
 register(Variant("decayed", "cupy", "chunked_mma_tf32", functools.partial(_mma_forward, 1, 1), _mma_backward,
                  leading_dims=True,
                  dtypes=("float32",), array_kind="cupy", gpu=True,

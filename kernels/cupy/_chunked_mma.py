@@ -40,7 +40,7 @@ import numpy as np
 from workbench.backends import new_output, new_scratch, outputs_layout
 
 from .._segments import Segmentation, segment_rows
-from ._module import CTYPE, ITEMSIZE, Prepared, declare_groups, dtype_name, get_kernel, lead_size, padded_dim
+from ._module import CTYPE, ITEMSIZE, Prepared, declare_groups, dtype_name, f32, get_kernel, lead_size, padded_dim
 
 SOURCE = "chunked_mma.cu"
 C = 64                      # chunk length          (chunked_mma.cu: tc::C)
@@ -432,7 +432,7 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     causal = bool(causal)
     P = _plan(dt, q.shape, v.shape[-1], split, stages, causal, cu, L, g, S0 is not None, bool(want_final), dkdv)
     o = new_output(cp, P.o_shape, q.dtype)
-    scale32 = np.float32(scale)
+    scale32 = f32(scale)
     Hstart = gam = final = None
     if P.seg_state is None:                            # causal, one segment per sequence
         Hstart = S0

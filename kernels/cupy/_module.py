@@ -359,6 +359,23 @@ class Prepared:
                     shared_mem=self.shared_mem)
 
 
+_F32: dict = {}           # (id(x), factor) -> (x, np.float32(x * factor)); x is held, so its id stays its own
+_MAX_F32 = 256
+
+
+def f32(x, factor: float = 1.0):
+    """``np.float32(x * factor)`` for a launch's scalar argument, cached per *object* x (a plan passes the same
+    scale object on every call): identity, not equality, so -0.0 and 0.0 stay apart."""
+    hit = _F32.get((id(x), factor))
+    if hit is not None and hit[0] is x:
+        return hit[1]
+    if len(_F32) >= _MAX_F32:
+        _F32.clear()
+    v = np.float32(x * factor)
+    _F32[(id(x), factor)] = (x, v)
+    return v
+
+
 def as_dtype(x, dtype):
     """``x.astype(dtype, copy=False)`` without the call when x has the dtype already."""
     return x if x.dtype == dtype else x.astype(dtype)

@@ -35,7 +35,7 @@ from workbench import backends
 from workbench.registry import Variant, register
 
 from . import _packing as packing
-from ._module import CTYPE, Prepared, as_contiguous, declare_groups, dtype_name, flat3, get_kernel, launch, lead_size
+from ._module import CTYPE, Prepared, as_contiguous, declare_groups, dtype_name, f32, flat3, get_kernel, launch, lead_size
 
 SOURCE = "softmax.cu"
 LOG2E = 1.0 / math.log(2.0)
@@ -482,7 +482,7 @@ def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None
     if (ptr(q) | ptr(k) | ptr(v)) % 16:
         q, k, v = _aligned16(q), _aligned16(k), _aligned16(v)
     (o, lse), _, _ = call.fwd_out.new(cp)          # one allocation, o and lse views of it
-    call.fwd((q, k, v, o, lse) + call.ints + (np.float32(scale * LOG2E), call.causal) + _packed(cu_seqlens))
+    call.fwd((q, k, v, o, lse) + call.ints + (f32(scale, LOG2E), call.causal) + _packed(cu_seqlens))
     return o, Fa2Ctx(spec, call.plan, (q, k, v, o, lse), bool(causal), float(scale), cu=cu_seqlens, call=call)
 
 
@@ -504,7 +504,7 @@ def _fa2_backward(ctx: Fa2Ctx, do):
     if backends.data_ptr(do) % 16:
         do = _aligned16(do)
     (dq, dk, dv), buf, keep = call.bwd_out.new(cp)   # one allocation: the gradients, and the buffer by address
-    tail = call.ints + (np.float32(ctx.scale * LOG2E), np.float32(ctx.scale), call.causal) + _packed(ctx.cu)
+    tail = call.ints + (f32(ctx.scale, LOG2E), f32(ctx.scale), call.causal) + _packed(ctx.cu)
     if call.direct:                                    # one key block per sequence: D and dq in fa2_bwd
         call.bwd((q, k, v, o, lse, None, do, None, dq, dk, dv) + tail)
         return dq, dk, dv
@@ -514,7 +514,7 @@ def _fa2_backward(ctx: Fa2Ctx, do):
     call.pre((o, do, Dbuf, dqacc) + call.pre_tail)
     call.bwd((q, k, v, o, lse, Dbuf, do, dqacc, None, dk, dv) + tail)
     if not call.dq_in_place:
-        call.post((dqacc, dq, call.post_size, np.float32(ctx.scale)))
+        call.post((dqacc, dq, call.post_size, f32(ctx.scale)))
     return dq, dk, dv                                  # (`keep` holds the buffer until the launches are queued)
 
 

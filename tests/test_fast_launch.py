@@ -358,3 +358,12 @@ def test_step_kernels_through_both_launch_paths(op, dtype):
             results.append([o.get()] + [x.get() for x in st.fields(new).values()])
         for a, b in zip(*results):
             assert np.array_equal(a, b, equal_nan=True), (op, dtype, Dv)
+
+
+def test_f32_caches_by_object_so_signed_zeros_stay_apart():
+    from kernels.cupy._module import f32
+    neg, pos = -0.0, 0.0
+    assert np.signbit(f32(neg)) and not np.signbit(f32(pos)) and np.signbit(f32(neg))
+    x = 0.125
+    assert f32(x, 2.0) == np.float32(0.25) and f32(x) == np.float32(0.125) and type(f32(x)) is np.float32
+    assert f32(3) == np.float32(3.0)

@@ -59,10 +59,11 @@ def test_unknown_op_names_the_ops():
 
 
 def test_a_provider_that_fails_to_import_raises_every_time(monkeypatch):
-    monkeypatch.setattr(registry, "_LOADED", False)
+    monkeypatch.setattr(registry, "_LOADED", set())
+    monkeypatch.setattr(registry, "_IMPORTED", set(registry._IMPORTED))
     monkeypatch.setattr(registry, "_FAILED", [])
     monkeypatch.setattr(registry, "_PARTIAL_OK", [False])
-    monkeypatch.setattr(registry, "_PROVIDERS", registry._PROVIDERS + ("kernels.not_a_provider",))
+    monkeypatch.setattr(registry, "_PROVIDERS", registry._PROVIDERS + (("kernels.not_a_provider", None, None),))
     for _ in range(2):
         with pytest.raises(registry.ProviderImportError, match="kernels.not_a_provider failed to import"):
             registry.variants("softmax")
@@ -92,3 +93,27 @@ def test_a_renamed_variant_keeps_its_former_name(recwarn):
     with pytest.warns(FutureWarning):
         r = CliRunner().invoke(main, ["check", "--op", "softmax", "--backend", "numba:tiled", "--quick"])
     assert r.exit_code == 0 and "numba:flash" in r.output, r.output
+
+
+def test_a_lookup_imports_only_its_providers_and_they_declare_what_they_register():
+    """registry._PROVIDERS: a Numba lookup of one op imports that op's module alone, not the CuPy kernels nor
+    Numba's other ops (a first call's import time); every variant comes from a provider declared for its
+    backend and op (register refuses others while the registry imports), so the lazy lookup misses none."""
+    import subprocess
+    import sys
+    code = ("import sys; from workbench import registry; registry.variants('linear', 'numba'); "
+            "print(sorted(m for m in sys.modules if m.startswith('kernels.') and not m.split('.')[-1].startswith('_')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['kernels.numba', 'kernels.numba.linear']", out
+    registry.load_all()
+    for mod, backend, op in registry._PROVIDERS:
+        assert mod in registry._IMPORTED
+    declared = {(b, o) for _, b, o in registry._PROVIDERS}
+    for v in registry.variants():
+        assert (v.backend, v.op) in declared or (v.backend, None) in declared, v.key
+    with pytest.raises(ValueError, match="registered by provider kernels.numba.linear"):
+        registry._LOADING.append(("kernels.numba.linear", "numba", "linear"))
+        try:
+            registry.register(registry.Variant("softmax", "numba", "stray", None, None))
+        finally:
+            registry._LOADING.pop()

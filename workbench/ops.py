@@ -220,10 +220,27 @@ class _Plan:
     Dv: int = 0
     passthrough: bool = False   # flatten hands the caller's arrays on (variant takes leading dims, arrays of
                                 # native byte order and the variant's kind): only C-contiguity to check
+    array_type: type = None     # the type of the caller's first array (every array's kind is its kind)
+    # set by __post_init__, for the cached path: the variant's forward/backward, the backend to re-check
+    # (a GPU variant: "" for the others), whether the pullback has a fast case (no state, no kind change, the
+    # variant takes dout in the output's shape: a dout of the caller's type, the output's shape and dtype,
+    # C-contiguous, is handed on as it is) and whether the gradients may come back in the caller's shapes
+    # (a variant that takes leading dims: each is checked, no reshape when it has its argument's shape)
+    fwd: object = None
+    bwd: object = None
+    gpu_backend: str = ""
+    dout_direct: bool = False
+    grads_direct: bool = False
 
     def __post_init__(self):
-        object.__setattr__(self, "passthrough", self.flat_shapes == self.arg_shapes and self.native
-                           and not self.to_kind)
+        f = lambda k, v: object.__setattr__(self, k, v)     # noqa: E731  (a frozen dataclass)
+        f("passthrough", self.flat_shapes == self.arg_shapes and self.native and not self.to_kind)
+        f("fwd", self.variant.forward)
+        f("bwd", self.variant.backward)
+        f("gpu_backend", self.variant.backend if self.variant.gpu else "")
+        f("dout_direct", self.flat_out_shape == self.out_shape and not self.to_kind and not self.return_state
+                         and not self.has_state)
+        f("grads_direct", self.passthrough)
 
     def flatten(self, arrays):
         if self.passthrough:                    # the caller's arrays as they are, when C-contiguous
@@ -333,6 +350,11 @@ def _options_key(op: str, options: dict):
 
 
 def _plan(op: str, arrays: tuple, options: dict, backend, extras: _Extras = _NO_EXTRAS) -> _Plan:
+    """The cached plan of this call's signature (made and cached on a miss), its value checks done.  The key
+    holds everything a plan depends on: op, backend, the type, dtype and shape of every array, the options
+    (``_options_key``) and the state/packing arguments (``_Extras.key``); plans made before the registry
+    last changed are dropped (``registry.VERSION``).  A hit re-checks only what can change without the
+    key changing: the GPU backend's availability and the values (``_Plan.check_values``)."""
     try:
         key = (op, backend, tuple([(type(x), x.dtype, x.shape) for x in arrays]), _options_key(op, options),
                extras.key() if extras is not _NO_EXTRAS else None)
@@ -346,9 +368,10 @@ def _plan(op: str, arrays: tuple, options: dict, backend, extras: _Extras = _NO_
                 _PLANS.clear()
                 _PLANS_VERSION[0] = registry.VERSION[0]
             _PLANS[key] = plan
-    else:
-        _require(op, plan.variant)
-    plan.check_values(arrays)
+    elif plan.gpu_backend and not backends.status(plan.gpu_backend)[0]:
+        _require(op, plan.variant)              # raises BackendUnavailable with the op's name
+    if plan.decay_index >= 0:
+        plan.check_values(arrays)
     return plan
 
 
@@ -383,7 +406,7 @@ def _make_plan(op: str, arrays: tuple, options: dict, backend, extras: _Extras =
                  all(a.dtype.isnative for a in arrays),
                  next((i for i, a in enumerate(SPECS[op].arrays) if a.nonpositive), -1),
                  bool(extras.return_state), extras.initial_state is not None, (*lead, *nseq), (N, len(cu) - 1 if cu else 1),
-                 bool(options.get("normalize", False)), Dk, Dv)
+                 bool(options.get("normalize", False)), Dk, Dv, array_type=type(arrays[0]))
     if extras.initial_state is not None:
         plan.check_state(extras.initial_state, "initial_state")
     return plan
@@ -400,13 +423,15 @@ def _forward(op: str, arrays: tuple, options: dict, backend, extras: _Extras = _
     """(out, plan, ctx); out is (o, final state) with return_state."""
     plan = _plan(op, arrays, options, backend, extras)
     if extras.initial_state is None:
-        res, ctx = plan.variant.forward(*plan.flatten(arrays), **plan.options)
+        res, ctx = plan.fwd(*plan.flatten(arrays), **plan.options)
     else:
         res, ctx = plan.variant.forward(*plan.flatten(arrays), initial_state=plan.flatten_state(extras.initial_state),
                                         **plan.options)
     if plan.return_state:
         return (plan.back(res[0], plan.out_shape), plan.back_state(res[1])), plan, ctx
-    return plan.back(res, plan.out_shape), plan, ctx
+    if plan.to_kind or res.shape != plan.out_shape:
+        res = plan.back(res, plan.out_shape)
+    return res, plan, ctx
 
 
 def _full_state(plan: _Plan, dstate):
@@ -423,6 +448,17 @@ def _pullback(plan: _Plan, ctx):
     where = f"{plan.op}_attention pullback"
 
     def pullback(dout, dstate=None):
+        if (plan.dout_direct and dstate is None and type(dout) is plan.array_type and dout.dtype is plan.dtype
+                and dout.shape == plan.out_shape and dout.flags.c_contiguous):
+            # the common case (the output's type, shape and dtype, C-contiguous): every check below passes
+            grads = plan.bwd(ctx, dout)
+            if plan.grads_direct:
+                for g, s in zip(grads, plan.arg_shapes):
+                    if g.shape != s:
+                        break
+                else:
+                    return tuple(grads)
+            return tuple([g if g.shape == s else g.reshape(s) for g, s in zip(grads, plan.arg_shapes)])
         try:
             kind = backends.array_kind(dout)
         except TypeError as e:
@@ -563,6 +599,7 @@ for _name, _f in PUBLIC_OPS.items():
     _params = inspect.signature(_f).parameters
     _OPTIONS[_name] = {k: _params[k].default for k in _OPTIONS[_name]}
 _DEFAULT_OPTIONS = {name: (tuple(o), tuple(o.values())) for name, o in _OPTIONS.items()}
+_N_ARRAYS = {name: len(registry.ARRAY_ARGS[name]) for name in _OPTIONS}
 
 
 def vjp(op, *arrays, **options):
@@ -578,6 +615,10 @@ def vjp(op, *arrays, **options):
     if name is None:
         raise TypeError(f"vjp: {op!r} is not a workbench op; pass one of "
                         f"{', '.join(f.__name__ for f in PUBLIC_OPS.values())}")
+    if not options:                             # no options: the defaults, backend "auto"
+        if len(arrays) == _N_ARRAYS[name]:
+            out, plan, ctx = _forward(name, arrays, _OPTIONS[name], "auto", _NO_EXTRAS)
+            return out, _pullback(plan, ctx)
     arg_names = registry.ARRAY_ARGS[name]
     if len(arrays) != len(arg_names):
         raise TypeError(f"vjp: {op.__name__} takes {len(arg_names)} arrays ({', '.join(arg_names)}), "

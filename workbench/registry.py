@@ -115,18 +115,27 @@ class Variant:
 
 
 _TABLE: dict = {}          # (op, backend, name) -> Variant
-_LOADED = False
+_IMPORTED: set = set()     # providers imported (or tried: a failure is in _FAILED)
+_LOADED: set = set()       # (op, backend) lookups whose providers all imported (None: every op / backend)
 _FAILED: list = []         # (provider, exception) of every provider that did not import
 _PARTIAL_OK = [False]      # load_all(allow_failures=True) was called: serve the providers that imported
 _VIEWS: dict = {}          # (op, backend) -> sorted list of variants; rebuilt after every register()
+_LOADING: list = []        # the _PROVIDERS entries being imported (register checks a variant against it)
 VERSION = [0]              # bumped by every register(): choices cached elsewhere (ops' plans) are stale
 
-# Modules that register variants when imported.  GPU modules must import without a GPU (and without
-# CuPy installed): they import their GPU libraries lazily, inside forward/backward.
+# Modules that register variants when imported, each with the backend and op of every variant it registers
+# (None: any): a lookup imports only the modules of its (op, backend) -- a first Numba call of one op
+# imports neither the CuPy kernels nor Numba's other ops (kernels/numba/__init__.py imports no submodule) --
+# and ``register`` refuses a variant its importing module does not declare, so a lazy lookup misses nothing.
+# GPU modules must import without a GPU (and without CuPy installed): they import CuPy lazily, inside
+# forward/backward (Numba's modules import numba at import).
 _PROVIDERS = (
-    "workbench.reference",
-    "kernels.numba",
-    "kernels.cupy",
+    ("workbench.reference", "numpy", None),
+    ("kernels.numba.softmax", "numba", "softmax"),
+    ("kernels.numba.linear", "numba", "linear"),
+    ("kernels.numba.decayed", "numba", "decayed"),
+    ("kernels.numba.zeros", "numba", "zeros"),
+    ("kernels.cupy", "cupy", None),
 )
 
 
@@ -145,6 +154,12 @@ def register(variant: Variant) -> Variant:
             raise ValueError(f"variant {variant.op} {variant.key}: tol[{dtype!r}] = {tol!r}; expected a dtype "
                              f"of the variant ({', '.join(variant.dtypes)}) and 0 < tol <= "
                              f"{variant.ceiling(dtype) if dtype in TOLERANCE else None}")
+    if _LOADING:
+        mod, backend, op = _LOADING[-1]
+        if (backend or variant.backend) != variant.backend or (op or variant.op) != variant.op:
+            raise ValueError(f"variant {variant.op} {variant.key} registered by provider {mod}, which registry."
+                             f"_PROVIDERS declares for backend {backend or 'any'}, op {op or 'any'}: declare it "
+                             f"there (a lookup of {variant.op} {variant.backend} would miss it)")
     key = (variant.op, variant.backend, variant.name)
     if key in _TABLE and _TABLE[key] is not variant:
         raise ValueError(f"variant {variant.op} {variant.key} registered twice")
@@ -170,32 +185,46 @@ class ProviderImportError(ImportError):
     """A provider module of ``_PROVIDERS`` failed to import: its variants are not registered."""
 
 
-def load_all(allow_failures: bool = False) -> list:
-    """Import every provider module once (each registers its variants).
+def load(op: Optional[str] = None, backend: Optional[str] = None) -> None:
+    """Import, once, the provider modules of ``op``'s variants of ``backend`` (None: every op / backend).
 
     A provider that fails to import raises ``ProviderImportError`` (its error chained) from this call and
-    from every later one -- every lookup calls this -- so nothing works on a table that silently lacks a
-    backend.  ``allow_failures=True`` (``bench``: time what did register) returns the failures instead, as
-    (provider, exception) pairs, and from then on the table serves the providers that imported."""
-    global _LOADED
-    if not _LOADED:
-        _LOADED = True                  # before the imports: a provider's import may look variants up
-        for mod in _PROVIDERS:
+    from every later one that needs it -- every lookup calls this -- so nothing works on a table that
+    silently lacks a backend (``load_all(allow_failures=True)`` turns that off)."""
+    if (op, backend) in _LOADED:
+        return
+    mine = [p for p in _PROVIDERS
+            if (backend is None or p[1] in (None, backend)) and (op is None or p[2] in (None, op))]
+    for p in mine:
+        if p[0] not in _IMPORTED:
+            _IMPORTED.add(p[0])         # before the import: a provider's import may look variants up
+            _LOADING.append(p)
             try:
-                importlib.import_module(mod)
+                importlib.import_module(p[0])
             except Exception as e:
-                _FAILED.append((mod, e))
-    if allow_failures:
-        _PARTIAL_OK[0] = True
-    elif _FAILED and not _PARTIAL_OK[0]:
-        mod, e = _FAILED[0]
+                _FAILED.append((p[0], e))
+            finally:
+                _LOADING.pop()
+    failed = [(m, e) for m, e in _FAILED if any(m == p[0] for p in mine)]
+    if failed and not _PARTIAL_OK[0]:
+        mod, e = failed[0]
         raise ProviderImportError(f"variant provider {mod} failed to import ({type(e).__name__}: {e}); its "
                                   f"variants are not registered") from e
+    _LOADED.add((op, backend))
+
+
+def load_all(allow_failures: bool = False) -> list:
+    """Import every provider module once (each registers its variants): ``load()`` of everything.
+    ``allow_failures=True`` (``bench``: time what did register) returns the failures instead of raising, as
+    (provider, exception) pairs, and from then on the table serves the providers that imported."""
+    if allow_failures:
+        _PARTIAL_OK[0] = True
+    load()
     return list(_FAILED)
 
 
 def variants(op: Optional[str] = None, backend: Optional[str] = None) -> list:
-    load_all()
+    load(op, backend)
     view = _VIEWS.get((op, backend))
     if view is None:
         view = _VIEWS[(op, backend)] = [v for (o, b, _), v in sorted(_TABLE.items())
@@ -206,7 +235,6 @@ def variants(op: Optional[str] = None, backend: Optional[str] = None) -> list:
 def get(op: str, backend: str, name: Optional[str] = None, dtype: Optional[str] = None) -> Variant:
     """The variant ``backend:name`` of ``op``; when name is None the backend's default for ``dtype`` (a
     variant listing it in ``default_for``), else its default."""
-    load_all()
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; available: {', '.join(available_keys(op))}")
     cands = variants(op, backend)

@@ -40,7 +40,7 @@ import numpy as np
 from workbench.backends import new_output, new_scratch, outputs_layout
 
 from .._segments import Segmentation, segment_rows
-from ._module import CTYPE, ITEMSIZE, Prepared, declare_groups, dtype_name, get_kernel, lead_size, padded_dim
+from ._module import CTYPE, ITEMSIZE, Prepared, declare_groups, dtype_name, f32, get_kernel, lead_size, padded_dim
 
 SOURCE = "chunked_mma.cu"
 C = 64                      # chunk length          (chunked_mma.cu: tc::C)
@@ -294,9 +294,13 @@ def _scalars(T: int, dk: int, dv: int, nseg: int, nseq: int, causal: bool) -> tu
     return (i32(T), i32(dk), i32(dv), i32(nseg), i32(nseq)), i32(causal)
 
 
+_NULL = np.uint64(0)
+_ONE32 = np.float32(1.0)
+
+
 def _ptr(x):
-    """An optional array argument: the array, or a null pointer."""
-    return np.uint64(0) if x is None else x
+    """An optional array argument: the array, or a null pointer (one constant: no NumPy scalar made per call)."""
+    return _NULL if x is None else x
 
 
 LOG_DECAY_DTYPES = ("float32", "float16")   # the walkers read either (their g_half flag)
@@ -445,7 +449,7 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     causal = bool(causal)
     P = _plan(dt, q.shape, v.shape[-1], split, stages, causal, cu, L, g, S0 is not None, bool(want_final), dkdv)
     o = new_output(cp, P.o_shape, q.dtype)
-    scale32 = np.float32(scale)
+    scale32 = f32(scale)
     Hstart = gam = final = None
     if P.seg_state is None:                            # causal, one segment per sequence
         Hstart = S0
@@ -453,7 +457,7 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     else:
         Eseg = new_output(cp, P.seg_shape, cp.float32)
         gam = new_output(cp, (P.N, P.table.nseg), cp.float32) if g is not None else None
-        P.seg_state((k, v, g, Eseg, gam) + P.segs + P.seg_args + (np.float32(1.0), P.g_half))
+        P.seg_state((k, v, g, Eseg, gam) + P.segs + P.seg_args + (_ONE32, P.g_half))
         if P.seg_scan is None:
             final = Eseg                                     # one segment per sequence: its sum is the total
         else:

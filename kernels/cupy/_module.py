@@ -310,20 +310,38 @@ class Prepared:
     signature, dims or opt-in lookups.  Each pointer parameter takes a device array or None (a null pointer);
     the scalar parameters keep the types of the first call's (``np.int32`` etc.: the layout is made from them
     once, ``param_format``).  The RawKernel's call where the packed launcher is not available, under
-    ``slow_launch()``, or after a failed first packed launch (as ``launch``)."""
-    __slots__ = ("kernel", "kid", "grid", "block", "dims", "shared_mem", "fmt")
+    ``slow_launch()``, or after a failed first packed launch (as ``launch``).
+
+    After its first packed launch succeeds a Prepared keeps (launcher, packer): a later call packs and calls
+    the driver directly, as long as that launcher is still the kernel's (``_LAUNCHERS``: tests swap the
+    table for a stand-in driver's) and ``slow_launch()`` is off."""
+    __slots__ = ("kernel", "kid", "grid", "block", "dims", "shared_mem", "fmt", "go")
 
     def __init__(self, kernel, grid, block, shared_mem: int = 0):
         self.kernel, self.kid, self.shared_mem = kernel, id(kernel), shared_mem
         self.grid, self.block = tuple(grid), tuple(block)
         self.dims = _dim3(self.grid) + _dim3(self.block)
         self.fmt = None                 # the parameter layout, from the first call's arguments
+        self.go = None                  # (FastLauncher, _Packer) once a packed launch through them succeeded
         if shared_mem > STATIC_SMEM_LIMIT and _OPTED_IN.get(id(kernel), 0) < shared_mem:
             kernel.max_dynamic_shared_size_bytes = shared_mem
             _OPTED_IN[id(kernel)] = shared_mem
 
     def __call__(self, args) -> None:
-        if not _SLOW[-1]:
+        go = self.go
+        if go is not None and not _SLOW[-1] and _LAUNCHERS.get(self.kid) is go[0]:
+            fast, p = go
+            gx, gy, gz, bx, by, bz = self.dims
+            with p.lock:
+                p.pack(args)
+                try:
+                    fast.driver_launch(self.kernel.kernel.ptr, gx, gy, gz, bx, by, bz, self.shared_mem,
+                                       fast.current_stream().ptr, 0, p.extra_ptr)
+                    return
+                except Exception as e:          # a proven packer: only a thread without a context falls back
+                    if "CONTEXT" not in str(e):
+                        raise
+        elif not _SLOW[-1]:
             fast = _LAUNCHERS.get(self.kid)
             if fast is None:
                 fast = _LAUNCHERS[self.kid] = FastLauncher.of(self.kernel)
@@ -335,9 +353,27 @@ class Prepared:
                 if p is None:
                     p = fast.packers[fmt] = _Packer(fmt) if fmt else False
                 if p and fast.launch_packed(p, fmt, self.dims, self.shared_mem, args):
+                    self.go = (fast, p)
                     return
         self.kernel(self.grid, self.block, tuple(np.uint64(0) if a is None else a for a in args),
                     shared_mem=self.shared_mem)
+
+
+_F32: dict = {}           # (id(x), factor) -> (x, np.float32(x * factor)); x is held, so its id stays its own
+_MAX_F32 = 256
+
+
+def f32(x, factor: float = 1.0):
+    """``np.float32(x * factor)`` for a launch's scalar argument, cached per *object* x (a plan passes the same
+    scale object on every call): identity, not equality, so -0.0 and 0.0 stay apart."""
+    hit = _F32.get((id(x), factor))
+    if hit is not None and hit[0] is x:
+        return hit[1]
+    if len(_F32) >= _MAX_F32:
+        _F32.clear()
+    v = np.float32(x * factor)
+    _F32[(id(x), factor)] = (x, v)
+    return v
 
 
 def as_dtype(x, dtype):

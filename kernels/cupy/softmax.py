@@ -35,7 +35,7 @@ from workbench import backends
 from workbench.registry import Variant, register
 
 from . import _packing as packing
-from ._module import CTYPE, as_contiguous, declare_groups, dtype_name, flat3, get_kernel, launch, lead_size
+from ._module import CTYPE, Prepared, as_contiguous, declare_groups, dtype_name, f32, flat3, get_kernel, launch, lead_size
 
 SOURCE = "softmax.cu"
 LOG2E = 1.0 / math.log(2.0)
@@ -237,7 +237,6 @@ register(Variant("softmax", "cupy", "flash_mma", functools.partial(_forward, "mm
 # stores dq itself).  Head dims above FA2_BUCKETS[-1] run cupy:flash's kernels.
 FA2_BUCKETS = (32, 64, 128)
 FA_THREADS = 128
-_NULL = np.uint64(0)                # a null pointer argument
 FA2_KEY_BLOCK = 64                  # keys per backward block (BK in softmax.cu); T up to it: direct mode
 
 
@@ -420,67 +419,76 @@ def _aligned16(x):
 
 @dataclass(frozen=True)
 class Fa2Call:
-    """The launch arguments of one call geometry that are not arrays, made once per (spec, dtype, N, T, head
-    dims, causal): grids and int scalars of the forward and of the backward's kernels.  (The scale's
-    float32 values are made per call: a float key would take -0.0 for 0.0.)
+    """Everything of one call geometry that is not an array or the scale, made once per (spec, dtype, q's shape,
+    Dv, causal): each launch prepared (``_module.Prepared``: kernel, grid, block, shared memory), the int
+    scalars, and the outputs of the forward (o, lse) and of the backward (dq, dk, dv, and its float32 buffer)
+    each laid out in one allocation (``backends.OutputLayout``).  (The scale's float32 values are made per
+    call: a float key would take -0.0 for 0.0.)
 
     Backward: direct (T <= FA2_KEY_BLOCK): fa2_bwd alone (it forms D and stores dq).  Otherwise fa2_bwd_pre (D,
     the accumulator zeroed), fa2_bwd (scaled dq added atomically), and for float16/bfloat16 fa2_dq_post (the cast);
     a float32 dq is its own accumulator (dq_in_place)."""
     plan: Fa2Plan
-    fwd_grid: tuple
     ints: tuple               # N, T, Dk, Dv (int32)
     causal: np.int32
     direct: bool
-    bwd: Any                  # the backward kernel: plan.bwd, or its DIRECT instantiation
     dq_in_place: bool
-    pre_grid: tuple
     pre_tail: tuple           # rows, Dv, Dk
-    bwd_grid: tuple
-    post_grid: tuple
     post_size: np.int64       # rows Dk
-    acc_size: int             # float32 elements of the buffer: the dq accumulator (not in place), then the D rows
     acc_D_offset: int         # bytes from the buffer's start to D (0 in place; the accumulator stays 8-byte aligned)
+    fwd: Prepared
+    bwd: Prepared             # plan.bwd, or its DIRECT instantiation
+    pre: Prepared
+    post: Prepared
+    fwd_out: backends.OutputLayout      # o, lse
+    bwd_out: backends.OutputLayout      # dq, dk, dv; scratch: the dq accumulator (not in place) and D (not direct)
 
 
 @functools.lru_cache(maxsize=1024)
-def _fa2_call(name: str, dtype: str, N: int, T: int, Dk: int, Dv: int, causal: bool):
-    plan = _fa2_plan_of(name, dtype, Dk, Dv)
+def _fa2_call(name: str, dtype: np.dtype, shape: tuple, Dv: int, causal: bool):
+    T, Dk = shape[-2], shape[-1]
+    plan = _fa2_plan_of(name, dtype_name(dtype), Dk, Dv)
     if plan is None:
         return None
-    i32, rows = np.int32, N * T
-    in_place, direct = dtype == "float32", T <= FA2_KEY_BLOCK
+    i32, N = np.int32, lead_size(shape, 2)
+    rows = N * T
+    in_place, direct = dtype_name(dtype) == "float32", T <= FA2_KEY_BLOCK
     acc = 0 if in_place else rows * Dk
     bwd = get_kernel(SOURCE, plan.direct[0], group=plan.direct[1]) if direct else plan.bwd
-    return Fa2Call(plan, (-(-T // plan.rows) * N,), (i32(N), i32(T), plan.Dk, plan.Dv), i32(causal),
-                   direct, bwd, in_place,
-                   (-(-rows // 8),), (np.int64(rows), plan.Dv, plan.Dk), (-(-T // FA2_KEY_BLOCK) * N,),
-                   (-(-rows * Dk // 256),), np.int64(rows * Dk), acc + rows, 4 * acc)
+    v_shape = shape[:-1] + (Dv,)
+    return Fa2Call(plan, (i32(N), i32(T), plan.Dk, plan.Dv), i32(causal), direct, in_place,
+                   (np.int64(rows), plan.Dv, plan.Dk), np.int64(rows * Dk), 4 * acc,
+                   Prepared(plan.fwd, (-(-T // plan.rows) * N,), (FA_THREADS,), plan.fwd_smem),
+                   Prepared(bwd, (-(-T // FA2_KEY_BLOCK) * N,), (FA_THREADS,), plan.bwd_smem),
+                   Prepared(plan.pre, (-(-rows // 8),), (256,)),
+                   Prepared(plan.post, (-(-rows * Dk // 256),), (256,)),
+                   backends.outputs_layout(((v_shape, dtype), ((N, T), np.float32))),
+                   backends.outputs_layout(((shape, dtype), (shape, dtype), (v_shape, dtype)),
+                                           () if direct else (((acc + rows,), np.float32),)))
 
 
 def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None):
     """q, k, v: (..., T, D) (any leading dims: Variant.leading_dims); o has them."""
     import cupy as cp
     shape = q.shape
-    T, Dk, Dv = shape[-2], shape[-1], v.shape[-1]
-    N = lead_size(shape, 2)
-    call = _fa2_call(spec.name, dtype_name(q.dtype), N, T, Dk, Dv, bool(causal))
+    call = _fa2_call(spec.name, q.dtype, shape, v.shape[-1], bool(causal))
     if call is None and cu_seqlens is not None:
         raise ValueError(f"softmax_attention: backend cupy:{spec.name} packs sequences (cu_seqlens) for head dims "
-                         f"up to {FA2_BUCKETS[-1]} only, got Dk={Dk}, Dv={Dv}")
+                         f"up to {FA2_BUCKETS[-1]} only, got Dk={shape[-1]}, Dv={v.shape[-1]}")
     if call is None:
         o, ctx = _forward("flash", flat3(q), flat3(k), flat3(v), causal=causal, scale=scale)
         return o, Fa2Ctx(spec, None, (), bool(causal), float(scale), fallback=ctx)
     ptr = backends.data_ptr
     if (ptr(q) | ptr(k) | ptr(v)) % 16:
         q, k, v = _aligned16(q), _aligned16(k), _aligned16(v)
-    plan = call.plan
-    o = backends.new_output(cp, shape[:-1] + (Dv,), q.dtype)
-    lse = backends.new_output(cp, (N, T), cp.float32)
-    launch(plan.fwd, call.fwd_grid, (FA_THREADS,),
-           (q, k, v, o, lse) + call.ints + (np.float32(scale * LOG2E), call.causal) + packing.kernel_args(cu_seqlens),
-           plan.fwd_smem)
-    return o, Fa2Ctx(spec, plan, (q, k, v, o, lse), bool(causal), float(scale), cu=cu_seqlens, call=call)
+    (o, lse), _, _ = call.fwd_out.new(cp)          # one allocation, o and lse views of it
+    call.fwd((q, k, v, o, lse) + call.ints + (f32(scale, LOG2E), call.causal) + _packed(cu_seqlens))
+    return o, Fa2Ctx(spec, call.plan, (q, k, v, o, lse), bool(causal), float(scale), cu=cu_seqlens, call=call)
+
+
+def _packed(cu) -> tuple:
+    """The packed-sequence arguments of a prepared launch: None (null pointers) for one sequence."""
+    return (None, None) if cu is None else packing.sequence_arrays(tuple(cu))
 
 
 def _fa2_backward(ctx: Fa2Ctx, do):
@@ -491,27 +499,23 @@ def _fa2_backward(ctx: Fa2Ctx, do):
         return _backward(_Context("mma", flat3(q), flat3(k), flat3(v), flat3(o), lse, ctx.causal, ctx.scale,
                                   cu=ctx.cu), flat3(do))
     import cupy as cp
-    plan, call = ctx.plan, ctx.call
+    call = ctx.call
     do = as_contiguous(do, q.dtype)
     if backends.data_ptr(do) % 16:
         do = _aligned16(do)
-    dq = backends.new_output(cp, q.shape, q.dtype)
-    dk = backends.new_output(cp, k.shape, k.dtype)
-    dv = backends.new_output(cp, v.shape, v.dtype)
-    tail = call.ints + (np.float32(ctx.scale * LOG2E), np.float32(ctx.scale), call.causal) + packing.kernel_args(ctx.cu)
+    (dq, dk, dv), buf, keep = call.bwd_out.new(cp)   # one allocation: the gradients, and the buffer by address
+    tail = call.ints + (f32(ctx.scale, LOG2E), f32(ctx.scale), call.causal) + _packed(ctx.cu)
     if call.direct:                                    # one key block per sequence: D and dq in fa2_bwd
-        launch(call.bwd, call.bwd_grid, (FA_THREADS,), (q, k, v, o, lse, _NULL, do, _NULL, dq, dk, dv) + tail,
-               plan.bwd_smem)
+        call.bwd((q, k, v, o, lse, None, do, None, dq, dk, dv) + tail)
         return dq, dk, dv
-    acc = cp.empty(call.acc_size, cp.float32)          # dq accumulator (zeroed by fa2_bwd_pre) unless in place, D
-    Dbuf = np.uint64(backends.data_ptr(acc) + call.acc_D_offset)                 # (pointers: no views built)
+    acc = buf[0]                                       # dq accumulator (zeroed by fa2_bwd_pre) unless in place, D
+    Dbuf = np.uint64(acc + call.acc_D_offset)
     dqacc = dq if call.dq_in_place else acc
-    launch(plan.pre, call.pre_grid, (256,), (o, do, Dbuf, dqacc) + call.pre_tail)
-    launch(call.bwd, call.bwd_grid, (FA_THREADS,), (q, k, v, o, lse, Dbuf, do, dqacc, _NULL, dk, dv) + tail,
-           plan.bwd_smem)
+    call.pre((o, do, Dbuf, dqacc) + call.pre_tail)
+    call.bwd((q, k, v, o, lse, Dbuf, do, dqacc, None, dk, dv) + tail)
     if not call.dq_in_place:
-        launch(plan.post, call.post_grid, (256,), (dqacc, dq, call.post_size, np.float32(ctx.scale)))
-    return dq, dk, dv
+        call.post((dqacc, dq, call.post_size, f32(ctx.scale)))
+    return dq, dk, dv                                  # (`keep` holds the buffer until the launches are queued)
 
 
 for _spec in FA2_SPECS:

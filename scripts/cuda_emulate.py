@@ -663,6 +663,9 @@ ZEROS_CASES = [_zeros(*row) for row in (
         ("float16", (1,), 130, 64, 64, True, 2),
         ("float16", (1,), 70, 128, 80, True, 3),
         ("float16", (1,), 100, 48, 32, True, 3))),
+    # cupy:chunked_mma_fused4's per-chunk states at an odd dv (element stores, not float2) over several chunks
+    ("chunked_mma_fused4", "float32", (2,), 150, 24, 37, True, 3),
+    ("chunked_mma_fused4", "float16", (1,), 200, 5, 7, True, 2),
     # the fused variant's forward plans (zeros._FusedPlan): one segment causal (no states) and not causal (the
     # segment sums are the totals), above IN_BLOCK_SCAN_MAX_CHUNKS (the scans apart) with segments chained
     ("chunked_mma_fused", "float16", (1, 1), 64, 64, 64, True, 3),

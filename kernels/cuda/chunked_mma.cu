@@ -1341,31 +1341,23 @@ __device__ __forceinline__ void states_store(float (&X)[3][MT][NT][4], float* __
     for (int j = 0; j < 3; ++j) state_store(X[j], dst + j * (long long)dk * dv, m0, r0, c0, dk, dv);
 }
 
-// the three states' fragments -> chunk `chunk`'s slot (N, chunks, 3, dk, dv) of the per-chunk states (CST: tz_fwd
-// writes, tz_bwd_dq reads); column pairs as float2 where dv is even (c0 + col is), so a warp's store fills whole
-// 32-byte sectors
+// the three states' fragments (columns from c0, even) -> their chunk's slot of the per-chunk states (N, chunks, 3,
+// dk, dv) (CST: tz_fwd writes, tz_bwd_dq reads); column pairs (x, (&x)[1]: columns c, c + 1 of one fragment) as
+// float2 where dv is even, so a warp's store fills whole 32-byte sectors
 template <int MT, int NT>
-__device__ __forceinline__ void states_store_pairs(const float (&X)[3][MT][NT][4], float* __restrict__ dst, int m0,
-                                                   int c0, int dk, int dv) {
-    const int L = threadIdx.x & 31, g = L >> 2, t = L & 3;
+__device__ __forceinline__ void states_store_pairs(float (&X)[3][MT][NT][4], float* __restrict__ dst, int m0, int c0,
+                                                   int dk, int dv) {
 #pragma unroll
     for (int j = 0; j < 3; ++j)
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int h = 0; h < 2; ++h) {
-                    const int r = m0 + 16 * mt + g + 8 * h, c = c0 + 8 * nt + 2 * t;
-                    float* d = dst + j * (long long)dk * dv + (long long)r * dv + c;
-                    const float x0 = X[j][mt][nt][2 * h], x1 = X[j][mt][nt][2 * h + 1];
-                    if (r >= dk || c >= dv) continue;
-                    if ((dv & 1) == 0) *reinterpret_cast<float2*>(d) = make_float2(x0, x1);
-                    else {
-                        d[0] = x0;
-                        if (c + 1 < dv) d[1] = x1;
-                    }
-                }
+        wbmma::for_each(X[j], m0, c0, [&](float& x, int r, int c) {
+            if (((c - c0) & 1) || r >= dk || c >= dv) return;
+            float* d = dst + j * (long long)dk * dv + (long long)r * dv + c;
+            if ((dv & 1) == 0) *reinterpret_cast<float2*>(d) = make_float2(x, (&x)[1]);
+            else {
+                d[0] = x;
+                if (c + 1 < dv) d[1] = (&x)[1];
+            }
+        });
 }
 
 // chunk cs / C of head n in the per-chunk states (N, ceil(T / C), 3, dk, dv)

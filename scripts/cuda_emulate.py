@@ -670,8 +670,9 @@ ZEROS_CASES = [_zeros(*row) for row in (
     ("chunked_mma_tf32", "float32", (1,), 65, 32, 128, False, 2),
     # cupy:chunked_mma_fused2 (dk in the dv walker): dk from parts (2 to 4 dv tiles) or directly (one tile,
     # Dv <= 32), several segments (one chunk each at these N), T = 1, Dk != Dv, head dims 5..128, both dtypes
-    # (cupy:chunked_mma_fused3, its kernels but the segment length and the segment-sum pass, the same rows)
-    *((impl,) + row for impl in ("chunked_mma_fused2", "chunked_mma_fused3") for row in (
+    # (cupy:chunked_mma_fused3, its kernels but the segment length and the segment-sum pass, the same rows;
+    # cupy:chunked_mma_fused4, fused3 with dq from the forward's per-chunk states, the same rows)
+    *((impl,) + row for impl in ("chunked_mma_fused2", "chunked_mma_fused3", "chunked_mma_fused4") for row in (
         ("float32", (2, 3), 37, 5, 7, True, 3),
         ("float32", (1,), 130, 64, 64, True, 3),
         ("float32", (1,), 130, 64, 64, False, 2),
@@ -684,6 +685,9 @@ ZEROS_CASES = [_zeros(*row) for row in (
         ("float16", (1,), 130, 64, 64, True, 2),
         ("float16", (1,), 70, 128, 80, True, 3),
         ("float16", (1,), 100, 48, 32, True, 3))),
+    # cupy:chunked_mma_fused4's per-chunk states at an odd dv (element stores, not float2) over several chunks
+    ("chunked_mma_fused4", "float32", (2,), 150, 24, 37, True, 3),
+    ("chunked_mma_fused4", "float16", (1,), 200, 5, 7, True, 2),
     # the fused variant's forward plans (zeros._FusedPlan): one segment causal (no states) and not causal (the
     # segment sums are the totals), above IN_BLOCK_SCAN_MAX_CHUNKS (the scans apart) with segments chained
     ("chunked_mma_fused", "float16", (1, 1), 64, 64, 64, True, 3),
@@ -705,13 +709,14 @@ ZEROS_STATE_CASES += [_zeros_test("test_two_calls_equal_one_call", impl="chunked
 # walks of several chunks (the cases above have one chunk per segment at their small N): the fused backward's
 # in-walk folds, against the chunked float64 reference at T = 1000
 ZEROS_STATE_CASES += [_zeros_test("test_fused_segment_lengths", impl=impl, dtype=dt, tol=tol, L=L, causal=c)
-                      for impl in ("chunked_mma_fused2", "chunked_mma_fused3")
+                      for impl in ("chunked_mma_fused2", "chunked_mma_fused3", "chunked_mma_fused4")
                       for dt, tol, L, c in (("float32", 1e-4, 0, True), ("float16", 2e-2, 3, True),
                                             ("float32", 1e-4, 3, False))]
-ZEROS_STATE_CASES += [_zeros_test("test_fused3_wave_segments", dtype=dt, tol=tol) for dt, tol in (("float32", 1e-4),
-                                                                                                ("float16", 2e-2))]
+ZEROS_STATE_CASES += [_zeros_test("test_fused3_wave_segments", dtype=dt, tol=tol, impl=impl)
+                      for impl in ("chunked_mma_fused3", "chunked_mma_fused4")
+                      for dt, tol in (("float32", 1e-4), ("float16", 2e-2))]
 ZEROS_STATE_CASES += [_zeros_test("test_fused2_wide_walks", impl=impl, dtype=dt, tol=tol)
-                      for impl in ("chunked_mma_fused2", "chunked_mma_fused3")
+                      for impl in ("chunked_mma_fused2", "chunked_mma_fused3", "chunked_mma_fused4")
                       for dt, tol in (("float32", 1e-4), ("float16", 2e-2))]
 ZEROS_STATE_CASES += [_zeros_test("test_packed_equals_one_call_per_sequence", impl="chunked_mma", dtype="float16"),
                       _zeros_test("test_zero_length_sequence_is_refused")]

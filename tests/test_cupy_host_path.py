@@ -330,7 +330,8 @@ def test_fused_zeros_backward_plan(stand_in, T, causal, dtype):
     chained = 0 if causal and T == 64 else 1 if T == 64 else 2         # the segment sums (and their scan)
     scalars = 1 if T == 64 else 3                                     # bscalar_ds, or bscalar + bscan + bds
     with backends.poisoned(False):
-        for impl, walks in (("chunked_mma_fused", 3), ("chunked_mma_fused2", 2), ("chunked_mma_fused3", 2)):
+        for impl, walks in (("chunked_mma_fused", 3), ("chunked_mma_fused2", 2), ("chunked_mma_fused3", 2),
+                            ("chunked_mma_fused4", 2)):
             v = registry.get("zeros", "cupy", impl)                                  # dq, dv (, dk)
             for _ in range(2):
                 out, ctx = v.forward(*arrays, causal=causal, L=None if T == 64 else 1)
@@ -340,12 +341,17 @@ def test_fused_zeros_backward_plan(stand_in, T, causal, dtype):
                 assert (hc.COUNTS["launch"], hc.COUNTS["alloc"], hc.COUNTS["view"]) == (
                     walks + chained + scalars, 1, 5)
                 assert len({g.data.ptr for g in grads}) == 5
-            fused3 = impl == "chunked_mma_fused3"
-            assert len(zeros._FUSED_PLANS) == 1 + fused3                        # fused and fused2 share theirs
+            fused3 = impl in ("chunked_mma_fused3", "chunked_mma_fused4")       # (fused4: fused3 + dq_states)
+            fused4 = impl == "chunked_mma_fused4"
+            assert len(zeros._FUSED_PLANS) == 1 + fused3 + fused4               # fused and fused2 share theirs
             assert set(ctx.plan.backward) == ({False} if impl == "chunked_mma_fused" else {True} if fused3
                                               else {False, True})
-            assert ctx.plan.kind == zeros.FUSED_KINDS["chunked_mma_fused3" if fused3 else "chunked_mma_fused"]
+            assert ctx.plan.kind == zeros.FUSED_KINDS[impl if fused3 else "chunked_mma_fused"]
             B = ctx.plan.backward[impl != "chunked_mma_fused"]
+            # fused4, causal with several chunks: the forward stores the per-chunk states (in its one allocation)
+            # and the dq walker reads them (its CST instantiation, in every case)
+            assert (ctx.Hc is not None) == (fused4 and causal and T > 64) == B.dq_states
+            assert (B.dq.kernel is zeros._fused_walker_of(dtype, "tz_bwd_dq", (64, 64), True, True)[0]) == fused4
             assert B.dk_in_dv == (impl != "chunked_mma_fused") and B.dk_parts == B.dk_in_dv   # 2 dv tiles at 64
             if chained:                                      # the segment-sum pass: fused3 on the DKF dv walker
                 assert (B.sums.kernel is zeros._fused2_dv_kernel_of(dtype, 64)[0]) == fused3

@@ -10,6 +10,7 @@ gradient, in float32 (3xTF32 and TF32), float16 and bfloat16; initial and final 
 (lengths 1, 63, 64, 65) against the reference, two calls against one, a packed call against one call per
 sequence.
 """
+import dataclasses
 import math
 
 import numpy as np
@@ -297,6 +298,11 @@ def test_registered():
     assert f3.dtypes == f.dtypes and f3.gpu and f3.form == "linear" and not f3.tags and f3.backward is f2.backward
     assert f3.unsupported_reason({}, {"q": (2, 8, 129), "v": (2, 8, 64)})
     assert not f2.default_for and "float16" in f3.default_for       # fused3 the default since callH (1.07-1.32x)
+    f4 = registry.get("zeros", "cupy", "chunked_mma_fused4")
+    assert f4.dtypes == f.dtypes and f4.gpu and f4.form == "linear" and not f4.tags and f4.backward is f2.backward
+    assert not f4.default_for and f4.forward is not f3.forward
+    k3, k4 = zeros.FUSED_KINDS["chunked_mma_fused3"], zeros.FUSED_KINDS["chunked_mma_fused4"]
+    assert k4.dq_states and not k3.dq_states and k4 == dataclasses.replace(k3, dq_states=True)
 
 
 def test_every_scan_kernel_is_listed():
@@ -330,6 +336,11 @@ def test_every_fused_kernel_is_listed_and_declared():
         group = zeros.FUSED3_GROUPS[dt]
         assert set(group) == {f"{k}<{ct}, 64, {3 if dt == 'float32' else 1}, true>" for k in ("tz_fwd", "tz_bwd_dq")}
         assert set(group) <= listed and group in declared
+    for dt, ct in (("float32", "float"), ("float16", "wb_half"), ("bfloat16", "wb_bf16")):   # chunked_mma_fused4
+        group, sp = zeros.FUSED4_GROUPS[dt], 3 if dt == "float32" else 1
+        assert set(group) == ({f"tz_fwd<{ct}, 64, {sp}, true, true>", f"tz_fwd<{ct}, 128, {sp}, false, true>"}
+                              | {f"tz_bwd_dq<{ct}, {p}, {sp}, false, true>" for p in (64, 128)})
+        assert set(group) <= listed and group in declared
 
 
 def test_stat_rows_match_the_kernels():
@@ -356,6 +367,9 @@ def test_fused_shared_memory_fits():
     assert 2 * zeros.smem_fused("tz_bwd_dv", 4, 64, zeros.FUSED2_DV_NARROW[64]) <= 228 * 1024   # 2 blocks per SM
     for name, narrow in zeros.FUSED3_KW_NARROW.items():     # chunked_mma_fused3's KW forward and dq walkers (64)
         assert narrow < zeros._FUSED_KERNELS[name][1] and 2 * zeros.smem_fused(name, 4, 64, narrow) <= 228 * 1024
+    for dp in (64, 128):                     # chunked_mma_fused4's dq walker (CST): no fold, 2 narrow tiles (q, k)
+        assert zeros.smem_fused("tz_bwd_dq", 4, dp, zeros.FUSED3_KW_NARROW["tz_bwd_dq"]) < zeros.smem_fused(
+            "tz_bwd_dq", 4, dp)
 
 
 def test_wave_segments(monkeypatch):
@@ -635,7 +649,9 @@ CASES = [("chunked_mma", "float32", 1e-4), ("chunked_mma", "float16", 2e-2), ("c
          ("chunked_mma_fused", "float16", 2e-2), ("chunked_mma_fused", "bfloat16", 2e-2),
          ("chunked_mma_fused2", "float32", 1e-4), ("chunked_mma_fused2", "float16", 2e-2),
          ("chunked_mma_fused2", "bfloat16", 2e-2), ("chunked_mma_fused3", "float32", 1e-4),
-         ("chunked_mma_fused3", "float16", 2e-2), ("chunked_mma_fused3", "bfloat16", 2e-2)]
+         ("chunked_mma_fused3", "float16", 2e-2), ("chunked_mma_fused3", "bfloat16", 2e-2),
+         ("chunked_mma_fused4", "float32", 1e-4), ("chunked_mma_fused4", "float16", 2e-2),
+         ("chunked_mma_fused4", "bfloat16", 2e-2)]
 
 
 @gpu
@@ -649,8 +665,8 @@ def test_variant_matches_reference(impl, dtype, tol, shape):
             assert not bad, (causal, n_gates, bad)
 
 
-MMA_IMPLS = ("chunked_mma", "chunked_mma_fused", "chunked_mma_fused2", "chunked_mma_fused3")
-FUSED_IMPLS = ("chunked_mma_fused", "chunked_mma_fused2", "chunked_mma_fused3")
+MMA_IMPLS = ("chunked_mma", "chunked_mma_fused", "chunked_mma_fused2", "chunked_mma_fused3", "chunked_mma_fused4")
+FUSED_IMPLS = ("chunked_mma_fused", "chunked_mma_fused2", "chunked_mma_fused3", "chunked_mma_fused4")
 
 
 @gpu
@@ -707,7 +723,7 @@ def test_fused_segment_lengths(impl, dtype, tol, L, causal):
 
 
 @gpu
-@pytest.mark.parametrize("impl", ["chunked_mma_fused2", "chunked_mma_fused3"])
+@pytest.mark.parametrize("impl", ["chunked_mma_fused2", "chunked_mma_fused3", "chunked_mma_fused4"])
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("float16", 2e-2)])
 def test_fused2_wide_walks(impl, dtype, tol):
     """cupy:chunked_mma_fused2 (and fused3) at head dims 128 x 80 (its dv walker folds through weighted copies of dO
@@ -718,17 +734,18 @@ def test_fused2_wide_walks(impl, dtype, tol):
 
 @gpu
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-4), ("float16", 2e-2)])
-def test_fused3_wave_segments(dtype, tol):
-    """cupy:chunked_mma_fused3 with its own segment length (zeros.wave_segments, no L given) where that makes walks
-    of several chunks: as if the GPU had 8 SMs, T = 1000 (16 chunks), 3 heads, 48 x 40 take 2 segments of 8 chunks
-    (float32, 16 slots) or 4 of 4 (16-bit, 24 slots)."""
+@pytest.mark.parametrize("impl", ["chunked_mma_fused3", "chunked_mma_fused4"])
+def test_fused3_wave_segments(dtype, tol, impl):
+    """cupy:chunked_mma_fused3 (and fused4) with its own segment length (zeros.wave_segments, no L given) where that
+    makes walks of several chunks: as if the GPU had 8 SMs, T = 1000 (16 chunks), 3 heads, 48 x 40 take 2 segments of
+    8 chunks (float32, 16 slots) or 4 of 4 (16-bit, 24 slots)."""
     saved, plans = zeros.mma._sm_count, dict(zeros._FUSED_PLANS)
     zeros.mma._sm_count = lambda: 8
     zeros._FUSED_PLANS.clear()                        # (a plan of the same key made with the real SM count)
     try:
         L = zeros.wave_segments(3, 1000, 2, 8 * zeros.fused_blocks_per_sm(dtype, 48, 40))
         assert L == (8 if dtype == "float32" else 4)
-        errs = run_case("chunked_mma_fused3", dtype, 3, 1000, 48, 40, True, 3, seed=7, form="chunked")
+        errs = run_case(impl, dtype, 3, 1000, 48, 40, True, 3, seed=7, form="chunked")
         assert all(e < tol for e in errs.values()), errs
         assert [P.table.L for P in zeros._FUSED_PLANS.values()] == [L]
     finally:

@@ -1398,6 +1398,30 @@ __device__ __forceinline__ void states_store(float (&X)[3][MT][NT][4], float* __
     for (int j = 0; j < 3; ++j) state_store(X[j], dst + j * (long long)dk * dv, m0, r0, c0, dk, dv);
 }
 
+// the three states' fragments (columns from c0, even) -> their chunk's slot of the per-chunk states (N, chunks, 3,
+// dk, dv) (CST: tz_fwd writes, tz_bwd_dq reads); column pairs (x, (&x)[1]: columns c, c + 1 of one fragment) as
+// float2 where dv is even, so a warp's store fills whole 32-byte sectors
+template <int MT, int NT>
+__device__ __forceinline__ void states_store_pairs(float (&X)[3][MT][NT][4], float* __restrict__ dst, int m0, int c0,
+                                                   int dk, int dv) {
+#pragma unroll
+    for (int j = 0; j < 3; ++j)
+        wbmma::for_each(X[j], m0, c0, [&](float& x, int r, int c) {
+            if (((c - c0) & 1) || r >= dk || c >= dv) return;
+            float* d = dst + j * (long long)dk * dv + (long long)r * dv + c;
+            if ((dv & 1) == 0) *reinterpret_cast<float2*>(d) = make_float2(x, (&x)[1]);
+            else {
+                d[0] = x;
+                if (c + 1 < dv) d[1] = (&x)[1];
+            }
+        });
+}
+
+// chunk cs / C of head n in the per-chunk states (N, ceil(T / C), 3, dk, dv)
+__device__ __forceinline__ long long chunk_state_at(const Place& p, int T_, int cs) {
+    return ((long long)p.n * ((T_ + C - 1) / C) + cs / C) * 3 * p.E;
+}
+
 // the state base of head n, segment sg (causal: per segment, nullptr stays nullptr; else one per head)
 __device__ __forceinline__ const float* state_at(const float* base, const Place& p, int NSEG, bool causal) {
     if (!base) return nullptr;
@@ -1453,7 +1477,10 @@ __device__ __forceinline__ void fold(float (&X)[3][MT][NT][4], float fd, const T
 // KW (cupy:chunked_mma_fused3, head dim 64): the fold weighs its A fragments (K^T, KWeights with the key weights
 //   e^{s - m_end}, s'/sigma, 1) instead of two weighted copies of v in shared memory: 1 narrow tile instead of 3,
 //   no copy pass and no barrier before the fold.
-template <typename T, int DKP, int SPLIT, bool KW = false>
+// CST (cupy:chunked_mma_fused4): causal with o != nullptr, Eseg (not otherwise written by that walk; nullptr: none)
+//   receives the three states before every chunk, (N, ceil(T / C), 3, dk, dv) float32 (this block's 32 columns),
+//   for tz_bwd_dq<..., CST>.
+template <typename T, int DKP, int SPLIT, bool KW = false, bool CST = false>
 __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_fwd(const T* __restrict__ q,
         const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ s, const float* __restrict__ m,
         const float* __restrict__ al, const float* __restrict__ be, const float* __restrict__ ga,
@@ -1505,6 +1532,8 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_fwd(const T*
                     return sg3[j] * (j == 0 ? tr->al[r] * xp(tr->mref, tr->m[r]) : j == 1 ? tr->be[r] * p.sig : tr->ga[r]);
                 }, [](int, const float (&)[4][4]) {});
             store_rows<T, 4>(acc[0], o + row0 * dv, dv, 16 * w, nrow, p.col0, dv);
+            if constexpr (CST)                                     // the states before the chunk, for dq
+                if (causal && Eseg) states_store_pairs(X, Eseg + chunk_state_at(p, T_, cs), hm0, p.col0, dk, dv);
         }
         if (upd) {                                                 // F, G', H <- the chunk's keys and values
             if constexpr (KW) {                                    // (its operands published by the last barrier)
@@ -1554,7 +1583,10 @@ __global__ void __launch_bounds__(256) tz_seg_scan(const float* __restrict__ Ese
 // KW (cupy:chunked_mma_fused3, head dim 64): the fold weighs its A fragments (K^T of this block's 32 columns,
 //   KWeights) instead of two weighted copies of k: 2 narrow tiles instead of 4, no copy pass and no barrier
 //   before the fold.
-template <typename T, int DVP, int SPLIT, bool KW = false>
+// CST (cupy:chunked_mma_fused4), causal: Hin is tz_fwd<..., CST>'s per-chunk states (N, ceil(T / C), 3, dk, dv):
+//   each chunk's states are read, not folded (no fold, no weighted copies: 2 narrow tiles); the next chunk's loads
+//   are issued after put_states, in flight during this chunk's products.  Not causal: as without CST.
+template <typename T, int DVP, int SPLIT, bool KW = false, bool CST = false>
 __global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dq(const T* __restrict__ q,
         const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ s, const float* __restrict__ m,
         const float* __restrict__ al, const float* __restrict__ be, const float* __restrict__ ga,
@@ -1564,14 +1596,17 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dq(const
     using namespace tz;
     using namespace wbmma;
     constexpr int LDV = DVP + PAD, KS = Traits<T>::KS, NTW = DVP / 32;
-    const Smem<T, DVP, KW ? 2 : 4, false> sm;
-    T *sO = sm.wide(0), *sV = sm.wide(1), *sQ = sm.narrow(0), *sK = sm.narrow(KW ? 1 : 3), *sX = sm.states();
+    constexpr bool NOCOPY = KW || CST;                              // no weighted copies of k
+    const Smem<T, DVP, NOCOPY ? 2 : 4, false> sm;
+    T *sO = sm.wide(0), *sV = sm.wide(1), *sQ = sm.narrow(0), *sK = sm.narrow(NOCOPY ? 1 : 3), *sX = sm.states();
     T* sW = sm.narrow(1);                                          // not KW: the two weighted copies of k (q .. k)
     Rows* tr = sm.rows();
     const Place p = place_of(dk, seg_t0, seg_t1, T_, dk, dv, head_sig, head_shift);
     const int ntk = (dk + BW - 1) / BW, N = gridDim.y, w = threadIdx.x >> 5, hn0 = (DVP / 4) * w;
     float X[3][2][NTW][4], sg3[3] = {1.f, 1.f, 1.f};
-    states_load(X, state_at(Hin, p, NSEG, causal), 0, p.col0, hn0, dk, dv);
+    const bool cst = CST && causal;                                // the states per chunk from the forward
+    states_load(X, cst ? (Hin ? Hin + chunk_state_at(p, T_, p.t0) : nullptr) : state_at(Hin, p, NSEG, causal), 0,
+                p.col0, hn0, dk, dv);
     for (int cs = p.t0; cs < p.t1; cs += C) {
         const int nrow = min(C, p.t1 - cs);
         const long long row0 = p.nT + cs;
@@ -1585,9 +1620,11 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dq(const
         }
         load_stats<T, true>(tr, s, m, al, be, ga, row0, cs, nrow, p.shift, p.isig);
         if (causal || cs == p.t0) sm.put_states(X, hn0, sg3);
+        if constexpr (CST)                                         // the next chunk's states (X is in sX now)
+            if (upd) states_load(X, Hin + chunk_state_at(p, T_, cs + C), 0, p.col0, hn0, dk, dv);
         cp_async_wait();
         __syncthreads();
-        if constexpr (!KW)
+        if constexpr (!NOCOPY)
             if (upd) weighted_copies<T, BW, 2>(sW, sK, LDW, tr);
         float acc[1][4][4], dots[3][2] = {{0.f, 0.f}, {0.f, 0.f}, {0.f, 0.f}};
         zero(acc);
@@ -1628,11 +1665,11 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DVP>()) tz_bwd_dq(const
 #pragma unroll
         for (int j = 0; j < 3; ++j)
             store_row_values(rd + ((long long)(j * ntk + p.tile) * N + p.n) * T_ + cs, dots[j], 16 * w, nrow);
-        if (upd) {
+        if (upd && !cst) {
             if constexpr (KW) {                                    // (its operands published by the last barrier)
                 fold<T, SPLIT>(X, xp(tr->mref, tr->mend), sK, 0, LDW, sV, 0, LDV, 0, hn0,
                                [&](int j) { return KWeights<T>{tr->w[j], 1.f}; });
-            } else {
+            } else if constexpr (!CST) {
                 __syncthreads();
                 fold<T, SPLIT>(X, xp(tr->mref, tr->mend), sW, C * LDW, LDW, sV, 0, LDV, 0, hn0);
             }

@@ -658,12 +658,16 @@ class _FusedKind:
                              # weighs A fragments: no weighted copies of dO; float32 2 blocks per SM, not 1)
     kw_folds: bool = False   # tz_fwd and tz_bwd_dq at head dim 64 with KW = true (their folds weigh A fragments: no
                              # weighted copies, no copy pass, one barrier fewer per chunk; FUSED3_GROUPS)
+    dq_states: bool = False  # causal with several chunks: tz_fwd stores the states before every chunk and tz_bwd_dq
+                             # reads them instead of folding (CST = true, FUSED4_GROUPS; the forward at head dim 64
+                             # with KW as kw_folds' -- the kinds with it have kw_folds)
 
 
 FUSED_KINDS = {
     "chunked_mma_fused": _FusedKind(dk_in_dv=False),
     "chunked_mma_fused2": _FusedKind(dk_in_dv=True),
     "chunked_mma_fused3": _FusedKind(dk_in_dv=True, waves=True, kw_sums=True, kw_folds=True),
+    "chunked_mma_fused4": _FusedKind(dk_in_dv=True, waves=True, kw_sums=True, kw_folds=True, dq_states=True),
 }
 
 # wave_segments' model (docs/kernels/zeros.md, "Segments by waves: cupy:chunked_mma_fused3"): a walker's time is
@@ -724,6 +728,8 @@ class _FusedContext:
                              # first element (a part of stats.buf)
     tok: tuple = ()          # s and the statistics' rows by address, as the forward launched them (_FusedPlan)
     plan: object = None      # the forward's _FusedPlan (its backward plans: _FusedBackwardPlan)
+    Hc: object = None        # dq_states (causal, several chunks): the states before every chunk (N, chunks, 3, Dk,
+                             # Dv) float32 by address, for tz_bwd_dq<..., CST> (a part of stats.buf); else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -764,7 +770,11 @@ class _FusedPlan:
         self.h_mode = None if causal and tab.single else "sums" if tab.single else "scan"
         nh = tab.nseg if causal else 1
         self.h_shape = (N, tab.nseg, 3, Dk, Dv)
-        scratch = _stats_layout(N, T, NC, separate) + ((((N, nh, 3, Dk, Dv), np.float32),) if self.h_mode else ())
+        # dq_states: the states before every chunk (N, chunks, 3, Dk, Dv) float32, after H (tz_fwd<..., CST>)
+        nch = -(-T // mma.C)
+        self.cst = kind.dq_states and causal and nch > 1
+        scratch = (_stats_layout(N, T, NC, separate) + ((((N, nh, 3, Dk, Dv), np.float32),) if self.h_mode else ())
+                   + ((((N, nch, 3, Dk, Dv), np.float32),) if self.cst else ()))
         self.layout = outputs_layout(((tuple(q_shape[:-1]) + (Dv,), dtype),), scratch)   # (bfloat16: no NumPy name)
         row = 4 * N * T                                            # bytes of one statistics row (float32)
         self.rows = tuple(ST[r] * row for r in ("m", "alpha", "beta", "gamma"))
@@ -779,7 +789,7 @@ class _FusedPlan:
             self.fchunk = Prepared(_scan(dt, "fchunk"), (-(-NC // SCAN_WARPS), N), (32 * SCAN_WARPS,))
             self.fscan = Prepared(_scan(dt, "fscan", causal), (N,), (SCAN_THREADS,))
             self.fchunk_head, self.fscan_nc = (i32(T), i32(NC)) + sq, i32(NC)
-        kernel, smem = _fused_walker_of(dt, "tz_fwd", (Dk, Dv), kind.kw_folds)
+        kernel, smem = _fused_walker_of(dt, "tz_fwd", (Dk, Dv), kind.kw_folds, kind.dq_states)
         self.fwd = Prepared(kernel, (tab.nseg * ntw, N), (mma.THREADS,), smem)
         self.sums = Prepared(kernel, (tab.nseg * ntw, N), (mma.THREADS,), smem)   # its own parameter layout
         self.tail = (tab.t0, tab.t1, i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(causal))
@@ -792,7 +802,8 @@ class _FusedPlan:
         self.backward = {}                                         # dk_in_dv -> _FusedBackwardPlan
 
     def __call__(self, q, k, v, s, gates):
-        """o, ForwardStats (by address), H (np.uint64 address or None), the token arguments."""
+        """o, ForwardStats (by address), H (np.uint64 address or None), the token arguments, the per-chunk states
+        (np.uint64 address; None without dq_states)."""
         import cupy as cp
         u64, null = np.uint64, np.uint64(0)
         (o,), addrs, keep = self.layout.new(cp)
@@ -806,15 +817,16 @@ class _FusedPlan:
             self.fscan((cM, cE, cP, cR, cLo, cHi, self.fscan_nc, xM, xE, xP, head))
             carries = (xM, xE, xP)
         self.ftoken((s, gates, v) + self.ft_head + carries + (head, st) + self.ft_tail)
-        H = addrs[-1] if self.h_mode else None
+        H = addrs[-1 - self.cst] if self.h_mode else None
+        Hc = addrs[-1] if self.cst else None
         if self.h_mode == "sums":                              # not causal, one segment: the totals
             self.sums((null, k, v) + tok + (null, null, H) + self.tail)
         elif self.h_mode == "scan":
             part = new_output(cp, self.h_shape, cp.float32)   # each segment's own sum, until the scan is queued
             self.sums((null, k, v) + tok + (null, null, part) + self.tail)
             self.seg_scan((part, tok[1]) + self.scan_args + ((H, null) if self.causal else (null, H)))
-        self.fwd((q, k, v) + tok + (o, null if H is None else H, null) + self.tail)
-        return o, ForwardStats(st, head, None, keep), H, tok
+        self.fwd((q, k, v) + tok + (o, null if H is None else H, null if Hc is None else Hc) + self.tail)
+        return o, ForwardStats(st, head, None, keep), H, tok, Hc
 
 
 _FUSED_PLANS: dict = {}
@@ -834,8 +846,8 @@ def _fused_forward(q, k, v, s, gates, causal=True, L=None, kind=None):
         if len(_FUSED_PLANS) >= _MAX_FUSED_PLANS:
             _FUSED_PLANS.clear()
         P = _FUSED_PLANS[key] = _FusedPlan(q.dtype, q.shape, v.shape, gates.shape, causal, L, kind)
-    o, stats, H, tok = P(q, k, v, s, gates)
-    return o, _FusedContext(q, k, v, s, gates, causal, stats, P.table, H, tok, P)
+    o, stats, H, tok, Hc = P(q, k, v, s, gates)
+    return o, _FusedContext(q, k, v, s, gates, causal, stats, P.table, H, tok, P, Hc)
 
 
 # cupy:chunked_mma_fused2: the backward folds dk into the dv walker (tz_bwd_dv<..., DKF = true>): each dv tile's
@@ -867,11 +879,28 @@ INSTANTIATIONS += [(mma.SOURCE, e) for grp in FUSED3_GROUPS.values() for e in gr
 declare_groups(mma.SOURCE, list(FUSED3_GROUPS.values()))
 
 
+# cupy:chunked_mma_fused4 (dq_states): tz_fwd and tz_bwd_dq with CST = true at every head dim: the forward (KW at 64,
+# as fused3's) stores the states before every chunk, tz_bwd_dq reads them (no fold, 2 narrow tiles: q, k)
+def _fused4_expr(ctype: str, name: str, dp: int, split: int) -> str:
+    return f"{name}<{ctype}, {dp}, {split}, {_flag(name == 'tz_fwd' and dp == 64)}, true>"
+
+
+FUSED4_GROUPS = {dt: tuple(_fused4_expr(ct, name, p, SPLIT[dt]) for p in mma.DIMS for name in FUSED3_KW_NARROW)
+                 for dt, ct in _CT.items()}
+INSTANTIATIONS += [(mma.SOURCE, e) for grp in FUSED4_GROUPS.values() for e in grp]
+declare_groups(mma.SOURCE, list(FUSED4_GROUPS.values()))
+
+
 @functools.lru_cache(maxsize=None)
-def _fused_walker_of(dt: str, name: str, dims: tuple, kw: bool) -> tuple:
-    """(kernel, dynamic shared memory) of tz_fwd or tz_bwd_dq for head dims (dk, dv): with kw (fused3) the KW
-    instantiation where the head dim pads to 64, else _fused_kernel_of's."""
+def _fused_walker_of(dt: str, name: str, dims: tuple, kw: bool, cst: bool = False) -> tuple:
+    """(kernel, dynamic shared memory) of tz_fwd or tz_bwd_dq for head dims (dk, dv): with cst (dq_states) the CST
+    instantiation (FUSED4_GROUPS); else with kw (fused3) the KW instantiation where the head dim pads to 64, else
+    _fused_kernel_of's."""
     dp = mma.pad_dim(dims[0] if _FUSED_KERNELS[name][0] == "k" else dims[1])
+    if cst:
+        kwf = name == "tz_fwd" and dp == 64                    # the forward's fold as fused3's; dq has no fold
+        return (get_kernel(mma.SOURCE, _fused4_expr(_CT[dt], name, dp, SPLIT[dt]), group=FUSED4_GROUPS[dt]),
+                smem_fused(name, mma.ITEMSIZE[dt], dp, FUSED3_KW_NARROW[name] if kwf or name == "tz_bwd_dq" else None))
     if not (kw and dp == 64):
         return _fused_kernel_of(dt, name, dims)
     return (get_kernel(mma.SOURCE, f"{name}<{_CT[dt]}, 64, {SPLIT[dt]}, true>", group=FUSED3_GROUPS[dt]),
@@ -884,6 +913,10 @@ def _fused2_backward(ctx: _FusedContext, do):
 
 def _fused3_forward(q, k, v, s, gates, causal=True, L=None):
     return _fused_forward(q, k, v, s, gates, causal, L, FUSED_KINDS["chunked_mma_fused3"])
+
+
+def _fused4_forward(q, k, v, s, gates, causal=True, L=None):
+    return _fused_forward(q, k, v, s, gates, causal, L, FUSED_KINDS["chunked_mma_fused4"])
 
 
 def _fused_backward(ctx: _FusedContext, do, dk_in_dv=False):
@@ -930,7 +963,8 @@ class _FusedBackwardPlan:
         def walker(found, tiles):                                       # found: (kernel, dynamic shared memory)
             return Prepared(found[0], (tab.nseg * tiles, N), (mma.THREADS,), found[1])
         dkf = _fused2_dv_kernel_of(dt, Dk) if dk_in_dv or P.kind.kw_sums else None   # the DKF dv walker
-        self.dq = walker(_fused_walker_of(dt, "tz_bwd_dq", (Dk, Dv), P.kind.kw_folds), ntk)
+        self.dq_states = P.cst                                          # dq from the forward's per-chunk states
+        self.dq = walker(_fused_walker_of(dt, "tz_bwd_dq", (Dk, Dv), P.kind.kw_folds, P.kind.dq_states), ntk)
         if self.s_mode:                                                 # the segment sums: no dv, ds or dk
             self.sums = walker(dkf if P.kind.kw_sums else _fused_kernel_of(dt, "tz_bwd_dv", (Dk, Dv)), ntv)
         if self.s_mode == "scan":
@@ -962,7 +996,8 @@ class _FusedBackwardPlan:
         dkp = addrs[i] if self.dk_parts else null
         i += self.dk_parts
         qkv = (q, k, v) + tok
-        self.dq(qkv + (do, dq, rd, null if H is None else H) + tail)
+        Hq = ctx.Hc if self.dq_states else H                           # (CST, not causal: the totals H)
+        self.dq(qkv + (do, dq, rd, null if Hq is None else Hq) + tail)
         S = null
         if self.s_mode:
             S = part = addrs[i]
@@ -1024,3 +1059,9 @@ register(Variant("zeros", "cupy", "chunked_mma_fused3", _fused3_forward, _fused2
                  description="cupy:chunked_mma_fused2 with segments sized to whole waves of the walkers' blocks "
                              "(fewer chunk steps per SM at T >= 4k) and the backward's segment sums on the dv "
                              "walker that weighs its fold in registers"))
+# cupy:chunked_mma_fused4: fused3 with dq_states (FUSED_KINDS): the forward stores the states before every chunk
+# (N, chunks, 3, Dk, Dv) float32 and tz_bwd_dq reads them instead of folding the chunk's keys (docs/kernels/zeros.md,
+# "dq from the forward's per-chunk states")
+register(Variant("zeros", "cupy", "chunked_mma_fused4", _fused4_forward, _fused2_backward, **_FUSED_VARIANT,
+                 description="cupy:chunked_mma_fused3 with the states before every chunk stored by the forward and "
+                             "read by the dq pass (no fold in dq; +48 KB per chunk and head, float32)"))

@@ -29,6 +29,7 @@ Input contract (every error names the op and the argument):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import operator
@@ -221,7 +222,8 @@ class _Plan:
     passthrough: bool = False   # flatten hands the caller's arrays on (variant takes leading dims, arrays of
                                 # native byte order and the variant's kind): only C-contiguity to check
     array_type: type = None     # the type of the caller's first array (every array's kind is its kind)
-    # set by __post_init__, for the cached path: the variant's forward/backward, the backend to re-check
+    # set by __post_init__, for the cached path: the variant's forward (its options bound) and backward, or the
+    # pair its ``prepare`` bound to this plan (registry.Variant.prepare; not with a state), the backend to re-check
     # (a GPU variant: "" for the others), whether the pullback has a fast case (no state, no kind change, the
     # variant takes dout in the output's shape: a dout of the caller's type, the output's shape and dtype,
     # C-contiguous, is handed on as it is) and whether the gradients may come back in the caller's shapes
@@ -235,8 +237,15 @@ class _Plan:
     def __post_init__(self):
         f = lambda k, v: object.__setattr__(self, k, v)     # noqa: E731  (a frozen dataclass)
         f("passthrough", self.flat_shapes == self.arg_shapes and self.native and not self.to_kind)
-        f("fwd", self.variant.forward)
-        f("bwd", self.variant.backward)
+        run = None
+        if self.variant.prepare is not None and not self.return_state and not self.has_state:
+            run = self.variant.prepare(self.options, self.flat_shapes, self.dtype)     # (forward, backward) bound
+        if run is not None:
+            f("fwd", run[0])
+            f("bwd", run[1])
+        else:
+            f("fwd", functools.partial(self.variant.forward, **self.options) if self.options else self.variant.forward)
+            f("bwd", self.variant.backward)
         f("gpu_backend", self.variant.backend if self.variant.gpu else "")
         f("dout_direct", self.flat_out_shape == self.out_shape and not self.to_kind and not self.return_state
                          and not self.has_state)
@@ -423,7 +432,7 @@ def _forward(op: str, arrays: tuple, options: dict, backend, extras: _Extras = _
     """(out, plan, ctx); out is (o, final state) with return_state."""
     plan = _plan(op, arrays, options, backend, extras)
     if extras.initial_state is None:
-        res, ctx = plan.fwd(*plan.flatten(arrays), **plan.options)
+        res, ctx = plan.fwd(*plan.flatten(arrays))
     else:
         res, ctx = plan.variant.forward(*plan.flatten(arrays), initial_state=plan.flatten_state(extras.initial_state),
                                         **plan.options)
@@ -485,7 +494,7 @@ def _pullback(plan: _Plan, ctx):
             raise TypeError(f"{where}: argument 'dstate' (the final state's gradient) needs return_state=True "
                             f"in the call")
         else:
-            grads = plan.variant.backward(ctx, d)
+            grads = plan.bwd(ctx, d)                # the forward's pair (a prepared ctx is the prepared backward's)
         if plan.to_kind:
             out = tuple(plan.back(g, s) for g, s in zip(grads, plan.arg_shapes))
         else:

@@ -233,6 +233,7 @@ class _Plan:
     gpu_backend: str = ""
     dout_direct: bool = False
     grads_direct: bool = False
+    grads_exact: bool = False   # a prepared pair's gradients are in the caller's shapes already (passthrough)
 
     def __post_init__(self):
         f = lambda k, v: object.__setattr__(self, k, v)     # noqa: E731  (a frozen dataclass)
@@ -250,6 +251,7 @@ class _Plan:
         f("dout_direct", self.flat_out_shape == self.out_shape and not self.to_kind and not self.return_state
                          and not self.has_state)
         f("grads_direct", self.passthrough)
+        f("grads_exact", self.passthrough and run is not None)
 
     def flatten(self, arrays):
         if self.passthrough:                    # the caller's arrays as they are, when C-contiguous
@@ -351,6 +353,8 @@ def _options_key(op: str, options: dict):
     """The options' part of a plan key: None when every value is the very object of the op's default (the
     public functions and ``vjp`` called without options: no per-value key to build), else the names and
     ``_opt_key`` of every value."""
+    if options is _OPTIONS[op]:                 # vjp without options: the defaults themselves
+        return None
     names, defaults = _DEFAULT_OPTIONS[op]
     if len(options) == len(defaults) and all(map(operator.is_, options.values(), defaults)) \
             and tuple(options) == names:
@@ -377,7 +381,7 @@ def _plan(op: str, arrays: tuple, options: dict, backend, extras: _Extras = _NO_
                 _PLANS.clear()
                 _PLANS_VERSION[0] = registry.VERSION[0]
             _PLANS[key] = plan
-    elif plan.gpu_backend and not backends.status(plan.gpu_backend)[0]:
+    elif plan.gpu_backend and not backends.usable(plan.gpu_backend):
         _require(op, plan.variant)              # raises BackendUnavailable with the op's name
     if plan.decay_index >= 0:
         plan.check_values(arrays)
@@ -461,6 +465,8 @@ def _pullback(plan: _Plan, ctx):
                 and dout.shape == plan.out_shape and dout.flags.c_contiguous):
             # the common case (the output's type, shape and dtype, C-contiguous): every check below passes
             grads = plan.bwd(ctx, dout)
+            if plan.grads_exact:                # a prepared pair: a tuple of the gradients in the variant's shapes
+                return grads
             if plan.grads_direct:
                 for g, s in zip(grads, plan.arg_shapes):
                     if g.shape != s:

@@ -102,8 +102,9 @@ class Variant:
     # validated options the variant would get, ``shapes`` the arrays' shapes as it sees them, in argument order,
     # ``dtype`` their NumPy dtype), or None for the general path.  ``forward(*arrays)`` and ``backward(ctx, dout)``
     # must do what ``self.forward(*arrays, **options)`` and ``self.backward`` do for arrays of that signature
-    # (C-contiguous, native byte order; dout C-contiguous in dtype), with every choice and lookup made once.  Not
-    # used with an initial state or return_state.
+    # (C-contiguous, native byte order; dout C-contiguous in dtype), with every choice and lookup made once; the
+    # backward returns a tuple of the gradients in ``shapes`` (the ops hand it on as it is).  Not used with an
+    # initial state or return_state.
     prepare: Optional[Callable] = None
 
     @property

@@ -369,6 +369,7 @@ class _CorePlan:
             self.states_layout = (((npair, N, nch, self.ntv, self.dkp, BV), np.dtype(f"u{ITEMSIZE[dt]}")),  # T
                                   ((N, nch, self.ntv), np.float32))
         self._backward: dict = {}
+        self.tails = (None, (), ())     # (scale32, tc_fwd's tail, + the null fold arguments): run
 
     def run(self, q, k, v, g, S0, scale32) -> tuple:
         """One forward's allocations and launches: (o, Hstart -- the state the backward's walkers start from:
@@ -390,13 +391,18 @@ class _CorePlan:
                 Hstart = new_output(cp, self.seg_shape, cp.float32)
                 final = new_output(cp, self.state_shape, cp.float32)
                 self.seg_scan((Eseg, gam, S0, Hstart, final) + self.scan_args)
-        states, state_args, fold_args = None, (), self.fold_args
+        tails = self.tails                             # the tail of the last scale object, as _BackwardPlan's
+        if tails[0] is not scale32:
+            tail = self.head + (scale32, self.causal32, self.g_half)
+            tails = self.tails = (scale32, tail, tail + self.fold_args)
+        states, state_args = None, ()
         if self.fold:                                  # the state before every chunk, for the backward's dq
             states, state_args = new_scratch(cp, self.states_layout)
             state_args = tuple(state_args)
-            fold_args = state_args + (self.chunk0,)
-        self.fwd((q, k, v, g, o, Hstart if self.causal else final, final if self.seg_state is None else None)
-                 + self.head + (scale32, self.causal32, self.g_half) + fold_args)
+            tail = tails[1] + state_args + (self.chunk0,)
+        else:
+            tail = tails[2]
+        self.fwd((q, k, v, g, o, Hstart if self.causal else final, final if self.seg_state is None else None) + tail)
         return o, (Hstart if self.causal else final), gam, final, states, state_args
 
     def backward_plan(self, dkdv: str, want_dg: bool, dg_name: str):
@@ -427,6 +433,7 @@ class _BackwardPlan:
         self.want_dg = want_dg
         self.anchored = want_dg and cp_.anchored
         self.layout = None              # the outputs' backends.OutputLayout, from the first call's arrays
+        self.tails = (None, (), ())     # (scale32, the walkers' tail, + the unfolded dk/dv walker's nulls): run
         self.scratch = ()
         if want_dg:
             self.scratch = (((cp_.ntk, N, cp_.T), np.float32),) * 2     # the row dots of q.dq and k.dk
@@ -439,7 +446,7 @@ class _BackwardPlan:
             self.part_tail = cp_.segs + (i32(cp_.T), i32(tab.nseg))
             self.dg_tail = (cp_.segs + (tab.seq, tab.seq_seg))
             self.dg_scalars = (i32(not cp_.has_S0), i32(cp_.T), i32(tab.nseg), i32(tab.nseq))
-            self.dg_chunks = cp_.chunk0 if self.anchored else None      # tc_dg's seg_c0 (with its anc)
+            self.dg_chunks = cp_.chunk0 if self.anchored else _NULL     # tc_dg's seg_c0 (with its anc)
             self.ntk32 = ntk
 
 
@@ -474,11 +481,15 @@ class _BackwardPlan:
                 B.rscan((Rseg, gam, dST, dSend, dS0) + P.scan_args)
                 if not P.causal:
                     dSend = dS0                                  # not causal: the gradient of the total
-        tail = P.head + (scale32, P.causal32, P.g_half)
+        tails = B.tails                                    # the walkers' tails of the last scale object (one
+        if tails[0] is not scale32:                        # tuple: no thread sees a scale with another's tail)
+            tail = P.head + (scale32, P.causal32, P.g_half)
+            tails = B.tails = (scale32, tail, tail + (_NULL,) * 6)   # + tc_bwd_dkdv's dq, rq, Hst, Hsig, seg_c0, anc
+        _, tail, tail_nulls = tails
         if B.dq is not None:
             B.dq((q, k, v, g, do, dq, rq, Hstart) + tail)
-            tail += (_ptr(None),) * 6                          # tc_bwd_dkdv's dq, rq, Hst, Hsig, seg_c0, anc (DKDV_DQ)
-        else:                                                  # dq folded into the dk/dv walk
+            tail = tail_nulls
+        else:                                              # dq folded into the dk/dv walk
             tail += (dq, _ptr(rq)) + state_args + (P.chunk0, _ptr(anc))
         dS0_out = dS0 if B.rseg is None else None
         for launch_dkdv in B.dkdv:
@@ -493,7 +504,7 @@ class _BackwardPlan:
             if B.dg_part is not None:   # the segments' sums of dG, for the carries of the earlier segments
                 part = new_output(cp, (P.N, P.table.nseg), cp.float64)
                 B.dg_part((rq, B.ntk32, rk, B.ntk32, part) + B.part_tail)
-            B.dg((rq, B.ntk32, rk, B.ntk32, dg, part) + B.dg_tail + (cst,) + B.dg_scalars + (_ptr(anc), _ptr(B.dg_chunks)))
+            B.dg((rq, B.ntk32, rk, B.ntk32, dg, part, *B.dg_tail, cst, *B.dg_scalars, _ptr(anc), B.dg_chunks))
         return dq, dk, dv, dg, dS0
 
 

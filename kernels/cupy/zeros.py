@@ -784,6 +784,7 @@ class _FusedPlan:
         sq = ONE_SEQUENCE.args() + (null,)                         # tseq, cu, nseq, st0
         self.ft_head = (i32(g_shape[-1]), i32(T), i32(Dv), i32(NC)) + sq
         self.ft_tail = (null, null, i32(0), null, i32(0)) + (null,) * 4
+        self.ft_head_nulls = self.ft_head + (null,) * 3            # + the carries' null addresses (scans in block)
         self.ftoken = Prepared(_scan(dt, "ftoken", causal), (NC, N), (32 * SCAN_WARPS,))
         if separate:
             self.fchunk = Prepared(_scan(dt, "fchunk"), (-(-NC // SCAN_WARPS), N), (32 * SCAN_WARPS,))
@@ -811,18 +812,18 @@ class _FusedPlan:
         """The forward's allocation and launches: o, the statistics' st and head (np.uint64 addresses), the
         allocation to keep, H, the token arguments, the per-chunk states (as ``__call__``)."""
         import cupy as cp
-        u64, null = np.uint64, np.uint64(0)
+        u64, null = np.uint64, _NULL
         (o,), addrs, keep = self.layout.new(cp)
         st, head = addrs[0], addrs[1]
         b, (rm, ra, rb, rg) = int(st), self.rows
         tok = (s, u64(b + rm), u64(b + ra), u64(b + rb), u64(b + rg), head, u64(int(head) + self.shift))
-        carries = (null,) * 3                                  # zeros_ftoken scans the chunks itself
         if self.separate:
             cM, cE, cLo, cHi, cP, cR, xM, xE, xP = addrs[2:11]
             self.fchunk((s,) + self.fchunk_head + (cM, cE, cP, cR, cLo, cHi))
             self.fscan((cM, cE, cP, cR, cLo, cHi, self.fscan_nc, xM, xE, xP, head))
-            carries = (xM, xE, xP)
-        self.ftoken((s, gates, v) + self.ft_head + carries + (head, st) + self.ft_tail)
+            self.ftoken((s, gates, v, *self.ft_head, xM, xE, xP, head, st, *self.ft_tail))
+        else:                                                  # zeros_ftoken scans the chunks itself
+            self.ftoken((s, gates, v, *self.ft_head_nulls, head, st, *self.ft_tail))
         H = addrs[-1 - self.cst] if self.h_mode else None
         Hc = addrs[-1] if self.cst else None
         if self.h_mode == "sums":                              # not causal, one segment: the totals
@@ -831,7 +832,7 @@ class _FusedPlan:
             part = new_output(cp, self.h_shape, cp.float32)   # each segment's own sum, until the scan is queued
             self.sums((null, k, v) + tok + (null, null, part) + self.tail)
             self.seg_scan((part, tok[1]) + self.scan_args + ((H, null) if self.causal else (null, H)))
-        self.fwd((q, k, v) + tok + (o, null if H is None else H, null if Hc is None else Hc) + self.tail)
+        self.fwd((q, k, v, *tok, o, null if H is None else H, null if Hc is None else Hc, *self.tail))
         return o, st, head, keep, H, tok, Hc
 
 

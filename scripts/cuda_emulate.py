@@ -498,6 +498,12 @@ def _cells() -> list:
                     out.append(Case(op, label, "check_cell", dict(op=op, variant=v.name, dtype=dtype, lead=(2,),
                                                                   T=70, Dk=16, Dv=24, causal=causal, state=state,
                                                                   packed=packed)))
+                if (i == 0 or v.default) and op == "decayed" and v.prepare is not None:
+                    # a causal-only op's cells all carry a state: one without, for the variant's prepared path
+                    # (registry.Variant.prepare runs only without a state)
+                    out.append(Case(op, f"{op} cell cupy:{v.name} {dtype} T=70 16x24 causal=True prepared",
+                                    "check_cell", dict(op=op, variant=v.name, dtype=dtype, lead=(2,), T=70, Dk=16,
+                                                       Dv=24, causal=True, state=False, packed=False)))
             if v.leading_dims and set(v.dtypes) - {"bfloat16"}:   # leading dims reach the kernels unflattened
                 dtype = next(d for d in v.dtypes if d != "bfloat16")
                 state = "state" in v.features

@@ -43,6 +43,10 @@ def _fake_cupy(log: dict):
             if shared_mem > 48 * 1024:
                 assert self.max_dynamic_shared_size_bytes >= shared_mem, "no shared-memory opt-in"
             log["launches"].append(self.expr)
+            if "calls" in log:      # what a launch got: arrays by shape and dtype, addresses as "addr" (or 0)
+                log["calls"].append((self.expr, grid, block, shared_mem, tuple(
+                    ("array", a.shape, a.dtype.str) if isinstance(a, np.ndarray)
+                    else ("addr" if a else 0) if type(a) is np.uint64 else (type(a).__name__, a.item()) for a in args)))
 
     class RawModule:
         def __init__(self, code, options, name_expressions):
@@ -365,3 +369,105 @@ def test_fused_zeros_backward_plan(stand_in, T, causal, dtype):
         assert (hc.COUNTS["alloc"], hc.COUNTS["view"]) == (6, 0)
         assert [(g.shape, g.dtype) for g in grads] == [(a.shape, a.dtype) for a in arrays]
     assert len(_module.FALLBACKS) == fallbacks
+
+
+@pytest.mark.parametrize("op, key, dtype, T, options", [
+    ("linear", "cupy:chunked_mma", "float16", 64, dict(scale=0.5)),
+    ("linear", "cupy:chunked_mma_tf32", "float32", 70, dict(causal=False)),
+    ("linear", "cupy:chunked_mma_db", "float32", 130, dict(cu_seqlens=(0, 50, 130))),
+    ("decayed", "cupy:chunked_mma", "float32", 70, dict(scale=0.25)),
+    ("decayed", "cupy:chunked_mma", "float16", 64, {}),
+    ("decayed", "cupy:chunked_mma_dqf", "float16", 130, {}),
+    ("decayed", "cupy:chunked_mma_dqa", "float32", 200, dict(cu_seqlens=(0, 70, 200))),
+    ("zeros", "cupy:chunked_mma_fused3", "float16", 64, {}),
+    ("zeros", "cupy:chunked_mma_fused", "float32", 300, dict(causal=False)),
+    ("zeros", "cupy:chunked_mma_fused2", "float32", 70, {}),
+    ("zeros", "cupy:chunked_mma_fused4", "float16", 130, {})])
+def test_prepared_path_launches_as_the_variant(fake, op, key, dtype, T, options):
+    """A variant's prepared pair (registry.Variant.prepare), through the public API, launches what the variant's own
+    forward and backward launch for the same arrays and options: the same kernels, grids, blocks, shared memory and
+    scalar arguments, arrays of the same shapes and dtypes, addresses where they pass addresses; outputs and
+    gradients of the same shapes and dtypes."""
+    import functools
+
+    import workbench as wb
+    from workbench import ops
+    v = registry.get(op, *key.split(":"))
+    arrays = random_inputs(op, (2,), T, 64, 64, dtype, seed=0, **({"n_gates": 3} if op == "zeros" else {}))
+    ops._PLANS.clear()
+    fake["calls"] = []
+    with backends.poisoned(False):
+        out, pullback = wb.vjp(ops.PUBLIC_OPS[op], *arrays, backend=key, **options)
+        grads = pullback(np.ones_like(out))
+        (plan,) = ops._PLANS.values()
+        assert not isinstance(plan.fwd, functools.partial) and plan.fwd is not v.forward, "the prepared pair"
+        api, fake["calls"] = fake["calls"], []
+        out2, ctx = v.forward(*arrays, **plan.options)
+        grads2 = v.backward(ctx, np.ones_like(out2))
+    assert api and api == fake["calls"]
+    assert (out.shape, out.dtype) == (out2.shape, out2.dtype)
+    assert [(g.shape, g.dtype) for g in grads] == [(g.shape, g.dtype) for g in grads2]
+
+
+def test_prepared_pair_per_plan(fake):
+    """The prepared pairs are cached with the public ops' plans, so every change of what a plan is keyed on gets its
+    own: shape, dtype, options (scale, its sign, causal, packing); with a state the general path (no pair); the same
+    signature again reuses its plan and pair.  ZeroS's pair re-plans where IN_BLOCK_SCAN_MAX_CHUNKS moved."""
+    import functools
+
+    import workbench as wb
+    from kernels.cupy import zeros
+    from workbench import ops
+    from workbench.state import DecayedState
+
+    def plan_of(fn, *arrays, **kw):
+        n = len(ops._PLANS)
+        out, pullback = wb.vjp(fn, *arrays, **kw)
+        o = out[0] if kw.get("return_state") else out
+        pullback(np.ones_like(o))
+        return list(ops._PLANS.values())[-1], len(ops._PLANS) - n
+
+    def run_of(plan):
+        return None if isinstance(plan.fwd, functools.partial) else plan.fwd.__self__
+
+    ops._PLANS.clear()
+    a32 = random_inputs("decayed", (2,), 70, 16, 24, "float32", seed=0)
+    base, new = plan_of(wb.decayed_attention, *a32, backend="cupy")
+    r = run_of(base)
+    assert new == 1 and r.P.T == 70 and r.P.dt == "float32" and r.scale32 == 1.0
+    assert plan_of(wb.decayed_attention, *a32, backend="cupy") == (base, 0)
+    seen = {id(r)}
+    for arrays, kw, check in (
+            (random_inputs("decayed", (2,), 130, 16, 24, "float32", seed=0), {}, lambda r: r.P.T == 130),
+            (random_inputs("decayed", (2,), 70, 16, 24, "float16", seed=0), {}, lambda r: r.P.dt == "float16"),
+            (random_inputs("decayed", (3,), 70, 16, 24, "float32", seed=0), {}, lambda r: r.P.N == 3),
+            (a32, dict(scale=0.5), lambda r: r.scale32 == np.float32(0.5)),
+            (a32, dict(scale=0.0), lambda r: r.scale32 == 0 and not np.signbit(r.scale32)),
+            (a32, dict(scale=-0.0), lambda r: np.signbit(r.scale32)),
+            (a32, dict(cu_seqlens=(0, 30, 70)), lambda r: r.P.table.nseq == 2)):
+        plan, new = plan_of(wb.decayed_attention, *arrays, backend="cupy", **kw)
+        r = run_of(plan)
+        assert new == 1 and r is not None and id(r) not in seen and check(r), kw
+        seen.add(id(r))
+    state = DecayedState(np.zeros((2, 16, 24), np.float32))
+    for kw in (dict(initial_state=state), dict(return_state=True)):
+        plan, new = plan_of(wb.decayed_attention, *a32, backend="cupy", **kw)
+        assert new == 1 and run_of(plan) is None, kw                      # a state: the variant's general path
+    lin = random_inputs("linear", (2,), 70, 16, 24, "float32", seed=0)
+    for kw, prepared in ((dict(causal=False), True), (dict(normalize=True), False), (dict(feature_map="relu"), False)):
+        plan, new = plan_of(wb.linear_attention, *lin, backend="cupy", **kw)
+        assert new == 1 and (run_of(plan) is not None) == prepared, kw
+        if prepared:
+            assert not run_of(plan).P.causal
+    z = random_inputs("zeros", (1,), 64, 64, 64, "float16", seed=0, n_gates=3)
+    plan, new = plan_of(wb.zeros_attention, *z, backend="cupy:chunked_mma_fused3")
+    r = run_of(plan)
+    assert new == 1 and not r.P.separate
+    saved = zeros.IN_BLOCK_SCAN_MAX_CHUNKS
+    zeros.IN_BLOCK_SCAN_MAX_CHUNKS = 0                        # a moved bound: the same pair makes the new plan
+    try:
+        assert plan_of(wb.zeros_attention, *z, backend="cupy:chunked_mma_fused3") == (plan, 0) and r.P.separate
+    finally:
+        zeros.IN_BLOCK_SCAN_MAX_CHUNKS = saved
+    plan_of(wb.zeros_attention, *z, backend="cupy:chunked_mma_fused3")
+    assert not r.P.separate

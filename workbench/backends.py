@@ -71,6 +71,14 @@ def status(backend: str) -> tuple:
     return False, f"unknown backend {backend!r}"
 
 
+def usable(backend: str) -> bool:
+    """``status(backend)[0]`` without building the description where CuPy is known usable (the ops ask on every
+    call of a GPU variant)."""
+    if backend == "cupy" and cupy_module() is not None:
+        return True
+    return status(backend)[0]
+
+
 def require(backend: str) -> None:
     ok, why = status(backend)
     if not ok:

@@ -29,6 +29,7 @@ Input contract (every error names the op and the argument):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import operator
@@ -221,7 +222,8 @@ class _Plan:
     passthrough: bool = False   # flatten hands the caller's arrays on (variant takes leading dims, arrays of
                                 # native byte order and the variant's kind): only C-contiguity to check
     array_type: type = None     # the type of the caller's first array (every array's kind is its kind)
-    # set by __post_init__, for the cached path: the variant's forward/backward, the backend to re-check
+    # set by __post_init__, for the cached path: the variant's forward (its options bound) and backward, or the
+    # pair its ``prepare`` bound to this plan (registry.Variant.prepare; not with a state), the backend to re-check
     # (a GPU variant: "" for the others), whether the pullback has a fast case (no state, no kind change, the
     # variant takes dout in the output's shape: a dout of the caller's type, the output's shape and dtype,
     # C-contiguous, is handed on as it is) and whether the gradients may come back in the caller's shapes
@@ -231,16 +233,25 @@ class _Plan:
     gpu_backend: str = ""
     dout_direct: bool = False
     grads_direct: bool = False
+    grads_exact: bool = False   # a prepared pair's gradients are in the caller's shapes already (passthrough)
 
     def __post_init__(self):
         f = lambda k, v: object.__setattr__(self, k, v)     # noqa: E731  (a frozen dataclass)
         f("passthrough", self.flat_shapes == self.arg_shapes and self.native and not self.to_kind)
-        f("fwd", self.variant.forward)
-        f("bwd", self.variant.backward)
+        run = None
+        if self.variant.prepare is not None and not self.return_state and not self.has_state:
+            run = self.variant.prepare(self.options, self.flat_shapes, self.dtype)     # (forward, backward) bound
+        if run is not None:
+            f("fwd", run[0])
+            f("bwd", run[1])
+        else:
+            f("fwd", functools.partial(self.variant.forward, **self.options) if self.options else self.variant.forward)
+            f("bwd", self.variant.backward)
         f("gpu_backend", self.variant.backend if self.variant.gpu else "")
         f("dout_direct", self.flat_out_shape == self.out_shape and not self.to_kind and not self.return_state
                          and not self.has_state)
         f("grads_direct", self.passthrough)
+        f("grads_exact", self.passthrough and run is not None)
 
     def flatten(self, arrays):
         if self.passthrough:                    # the caller's arrays as they are, when C-contiguous
@@ -342,6 +353,8 @@ def _options_key(op: str, options: dict):
     """The options' part of a plan key: None when every value is the very object of the op's default (the
     public functions and ``vjp`` called without options: no per-value key to build), else the names and
     ``_opt_key`` of every value."""
+    if options is _OPTIONS[op]:                 # vjp without options: the defaults themselves
+        return None
     names, defaults = _DEFAULT_OPTIONS[op]
     if len(options) == len(defaults) and all(map(operator.is_, options.values(), defaults)) \
             and tuple(options) == names:
@@ -368,7 +381,7 @@ def _plan(op: str, arrays: tuple, options: dict, backend, extras: _Extras = _NO_
                 _PLANS.clear()
                 _PLANS_VERSION[0] = registry.VERSION[0]
             _PLANS[key] = plan
-    elif plan.gpu_backend and not backends.status(plan.gpu_backend)[0]:
+    elif plan.gpu_backend and not backends.usable(plan.gpu_backend):
         _require(op, plan.variant)              # raises BackendUnavailable with the op's name
     if plan.decay_index >= 0:
         plan.check_values(arrays)
@@ -423,7 +436,7 @@ def _forward(op: str, arrays: tuple, options: dict, backend, extras: _Extras = _
     """(out, plan, ctx); out is (o, final state) with return_state."""
     plan = _plan(op, arrays, options, backend, extras)
     if extras.initial_state is None:
-        res, ctx = plan.fwd(*plan.flatten(arrays), **plan.options)
+        res, ctx = plan.fwd(*plan.flatten(arrays))
     else:
         res, ctx = plan.variant.forward(*plan.flatten(arrays), initial_state=plan.flatten_state(extras.initial_state),
                                         **plan.options)
@@ -452,6 +465,8 @@ def _pullback(plan: _Plan, ctx):
                 and dout.shape == plan.out_shape and dout.flags.c_contiguous):
             # the common case (the output's type, shape and dtype, C-contiguous): every check below passes
             grads = plan.bwd(ctx, dout)
+            if plan.grads_exact:                # a prepared pair: a tuple of the gradients in the variant's shapes
+                return grads
             if plan.grads_direct:
                 for g, s in zip(grads, plan.arg_shapes):
                     if g.shape != s:
@@ -485,7 +500,7 @@ def _pullback(plan: _Plan, ctx):
             raise TypeError(f"{where}: argument 'dstate' (the final state's gradient) needs return_state=True "
                             f"in the call")
         else:
-            grads = plan.variant.backward(ctx, d)
+            grads = plan.bwd(ctx, d)                # the forward's pair (a prepared ctx is the prepared backward's)
         if plan.to_kind:
             out = tuple(plan.back(g, s) for g, s in zip(grads, plan.arg_shapes))
         else:

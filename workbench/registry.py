@@ -97,6 +97,15 @@ class Variant:
     # without reshaping them (a view per array and per result saved on the host path).  False: every array
     # arrives with its leading dims flattened to one, (N, T, ...).
     leading_dims: bool = False
+    # Optional: ``prepare(options, shapes, dtype)`` -> (forward, backward) bound to one call signature (the public
+    # ops' plan calls it once per plan, keyed on every array's shape and dtype and every option: ``options`` the
+    # validated options the variant would get, ``shapes`` the arrays' shapes as it sees them, in argument order,
+    # ``dtype`` their NumPy dtype), or None for the general path.  ``forward(*arrays)`` and ``backward(ctx, dout)``
+    # must do what ``self.forward(*arrays, **options)`` and ``self.backward`` do for arrays of that signature
+    # (C-contiguous, native byte order; dout C-contiguous in dtype), with every choice and lookup made once; the
+    # backward returns a tuple of the gradients in ``shapes`` (the ops hand it on as it is).  Not used with an
+    # initial state or return_state.
+    prepare: Optional[Callable] = None
 
     @property
     def key(self) -> str:

@@ -369,6 +369,41 @@ class _CorePlan:
             self.states_layout = (((npair, N, nch, self.ntv, self.dkp, BV), np.dtype(f"u{ITEMSIZE[dt]}")),  # T
                                   ((N, nch, self.ntv), np.float32))
         self._backward: dict = {}
+        self.tails = (None, (), ())     # (scale32, tc_fwd's tail, + the null fold arguments): run
+
+    def run(self, q, k, v, g, S0, scale32) -> tuple:
+        """One forward's allocations and launches: (o, Hstart -- the state the backward's walkers start from:
+        causal, the state before each segment (None: zeros); else the totals --, gam, final, states, state_args)
+        (CoreContext's fields)."""
+        import cupy as cp
+        o = new_output(cp, self.o_shape, q.dtype)
+        Hstart = gam = final = None
+        if self.seg_state is None:                     # causal, one segment per sequence
+            Hstart = S0
+            final = new_output(cp, self.state_shape, cp.float32) if self.want_final else None
+        else:
+            Eseg = new_output(cp, self.seg_shape, cp.float32)
+            gam = new_output(cp, (self.N, self.table.nseg), cp.float32) if g is not None else None
+            self.seg_state((k, v, g, Eseg, gam) + self.segs + self.seg_args + (_ONE32, self.g_half))
+            if self.seg_scan is None:
+                final = Eseg                                 # one segment per sequence: its sum is the total
+            else:
+                Hstart = new_output(cp, self.seg_shape, cp.float32)
+                final = new_output(cp, self.state_shape, cp.float32)
+                self.seg_scan((Eseg, gam, S0, Hstart, final) + self.scan_args)
+        tails = self.tails                             # the tail of the last scale object, as _BackwardPlan's
+        if tails[0] is not scale32:
+            tail = self.head + (scale32, self.causal32, self.g_half)
+            tails = self.tails = (scale32, tail, tail + self.fold_args)
+        states, state_args = None, ()
+        if self.fold:                                  # the state before every chunk, for the backward's dq
+            states, state_args = new_scratch(cp, self.states_layout)
+            state_args = tuple(state_args)
+            tail = tails[1] + state_args + (self.chunk0,)
+        else:
+            tail = tails[2]
+        self.fwd((q, k, v, g, o, Hstart if self.causal else final, final if self.seg_state is None else None) + tail)
+        return o, (Hstart if self.causal else final), gam, final, states, state_args
 
     def backward_plan(self, dkdv: str, want_dg: bool, dg_name: str):
         key = (dkdv, want_dg, dg_name)
@@ -398,6 +433,7 @@ class _BackwardPlan:
         self.want_dg = want_dg
         self.anchored = want_dg and cp_.anchored
         self.layout = None              # the outputs' backends.OutputLayout, from the first call's arrays
+        self.tails = (None, (), ())     # (scale32, the walkers' tail, + the unfolded dk/dv walker's nulls): run
         self.scratch = ()
         if want_dg:
             self.scratch = (((cp_.ntk, N, cp_.T), np.float32),) * 2     # the row dots of q.dq and k.dk
@@ -410,8 +446,66 @@ class _BackwardPlan:
             self.part_tail = cp_.segs + (i32(cp_.T), i32(tab.nseg))
             self.dg_tail = (cp_.segs + (tab.seq, tab.seq_seg))
             self.dg_scalars = (i32(not cp_.has_S0), i32(cp_.T), i32(tab.nseg), i32(tab.nseq))
-            self.dg_chunks = cp_.chunk0 if self.anchored else None      # tc_dg's seg_c0 (with its anc)
+            self.dg_chunks = cp_.chunk0 if self.anchored else _NULL     # tc_dg's seg_c0 (with its anc)
             self.ntk32 = ntk
+
+
+    def run(self, P: "_CorePlan", q, k, v, g, do, Hstart, gam, final, S0, dST, scale32, state_args, dg_dtype) -> tuple:
+        """One backward's allocations and launches (the forward's CoreContext fields as arguments): (dq, dk, dv, dg,
+        dS0) as ``backward`` describes (dS0 whatever the walk made: the caller drops it without an initial
+        state)."""
+        import cupy as cp
+        B, want_dg = self, self.want_dg
+        layout = B.layout
+        if layout is None:               # dq, dk, dv (and d log_decay) as one allocation (backends.new_outputs)
+            layout = B.layout = outputs_layout(((q.shape, q.dtype), (k.shape, k.dtype), (v.shape, v.dtype))
+                                               + (((g.shape, dg_dtype),) if want_dg else ()), B.scratch)
+        # the row dots of q.dq and k.dk per dk tile (want_dg), by address, in the same allocation (held by `keep`
+        # until tc_dg is queued)
+        outs, rows, keep = layout.new(cp)
+        dq, dk, dv = outs[0], outs[1], outs[2]
+        rq, rk = rows[:2] if want_dg else (None, None)
+        anc = rows[2] if B.anchored else None              # the chunk anchors (dk/dv mode "anchor")
+        dS0 = dSend = None
+        if B.rseg is None:                                 # causal, one segment per sequence
+            dSend = dST
+            dS0 = new_output(cp, P.state_shape, cp.float32) if S0 is not None else None
+        else:
+            Rseg = new_output(cp, P.seg_shape, cp.float32)
+            B.rseg((q, do, g, Rseg, None) + P.segs + P.seg_args + (scale32, P.g_half))
+            if B.rscan is None:
+                dSend = Rseg                                     # the total gradient of each sequence's state
+            else:
+                dSend = new_output(cp, P.seg_shape, cp.float32)
+                dS0 = new_output(cp, P.state_shape, cp.float32)
+                B.rscan((Rseg, gam, dST, dSend, dS0) + P.scan_args)
+                if not P.causal:
+                    dSend = dS0                                  # not causal: the gradient of the total
+        tails = B.tails                                    # the walkers' tails of the last scale object (one
+        if tails[0] is not scale32:                        # tuple: no thread sees a scale with another's tail)
+            tail = P.head + (scale32, P.causal32, P.g_half)
+            tails = B.tails = (scale32, tail, tail + (_NULL,) * 6)   # + tc_bwd_dkdv's dq, rq, Hst, Hsig, seg_c0, anc
+        _, tail, tail_nulls = tails
+        if B.dq is not None:
+            B.dq((q, k, v, g, do, dq, rq, Hstart) + tail)
+            tail = tail_nulls
+        else:                                              # dq folded into the dk/dv walk
+            tail += (dq, _ptr(rq)) + state_args + (P.chunk0, _ptr(anc))
+        dS0_out = dS0 if B.rseg is None else None
+        for launch_dkdv in B.dkdv:
+            launch_dkdv((q, k, v, g, do, dk, dv, rk, dSend, dS0_out) + tail)
+        dg = None
+        if want_dg:
+            dg = outs[3]
+            cst = None
+            if dST is not None:
+                cst = cp.ascontiguousarray((dST * final).sum(axis=(-2, -1)), dtype=cp.float32)
+            part = None
+            if B.dg_part is not None:   # the segments' sums of dG, for the carries of the earlier segments
+                part = new_output(cp, (P.N, P.table.nseg), cp.float64)
+                B.dg_part((rq, B.ntk32, rk, B.ntk32, part) + B.part_tail)
+            B.dg((rq, B.ntk32, rk, B.ntk32, dg, part, *B.dg_tail, cst, *B.dg_scalars, _ptr(anc), B.dg_chunks))
+        return dq, dk, dv, dg, dS0
 
 
 _PLANS: dict = {}
@@ -427,10 +521,66 @@ def _plan(dt, shape, dv, split, stages, causal, cu, L, g, has_S0, want_final, dk
     if p is None:
         if g_name is not None and g_name not in LOG_DECAY_DTYPES:
             raise ValueError(f"log decays must be one of {LOG_DECAY_DTYPES} (got {g_name})")
+        p = _plan_of(key)
+    return p
+
+
+def _plan_of(key: tuple) -> _CorePlan:
+    """The cached _CorePlan of ``_plan``'s key (made on a miss)."""
+    p = _PLANS.get(key)
+    if p is None:
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
+        dt, shape, dv, split, stages, causal, cu, L, g_name, _, has_S0, want_final, dkdv = key
         p = _PLANS[key] = _CorePlan(dt, shape, dv, split, stages, causal, cu, L, g_name, has_S0, want_final, dkdv)
     return p
+
+
+def _check_modes(dt: str, split: int, stages: int, dkdv: str) -> int:
+    """``forward``'s checks of its modes; the split the kernels take (the 3xTF32 split applies to float32 products
+    only)."""
+    if stages not in STAGES:
+        raise ValueError(f"stages must be one of {STAGES} (got {stages!r})")
+    if dkdv not in DKDV_MODES:
+        raise ValueError(f"dkdv must be one of {tuple(DKDV_MODES)} (got {dkdv!r})")
+    return split if dt == "float32" else 1
+
+
+class CoreRun:
+    """``forward`` and ``backward`` of one call signature with every choice made once (a variant's ``prepare``, kept
+    by the public ops' plan, which keys it on every array's shape and dtype and every option): the _CorePlan, the
+    scale as the kernels take it, the backward's plan (made at the first backward).  No initial or final state
+    (those calls take the general path).  ``forward(q, k, v, g)`` -> (o, ctx) and ``backward(ctx, do)`` -> the
+    first ``n_grads`` of (dq, dk, dv, dg): the arrays as ``forward`` takes them (C-contiguous, q's dtype; g
+    float32 or float16), do C-contiguous in q's dtype.  ctx: (q, k, v, g, Hstart, gam, final, states,
+    state_args), no CoreContext built."""
+    __slots__ = ("P", "scale32", "dkdv", "want_dg", "dg_dtype", "dg_name", "n_grads", "B")
+
+    def __init__(self, dt: str, shape, dv: int, g_dtype, *, scale, causal=True, split=1, stages=1, dkdv="fused",
+                 cu=None, L=None, want_dg=True, dg_dtype=None, n_grads=4):
+        split = _check_modes(dt, split, stages, dkdv)
+        g_name = None if g_dtype is None else dtype_name(g_dtype)
+        if g_name is not None and g_name not in LOG_DECAY_DTYPES:
+            raise ValueError(f"log decays must be one of {LOG_DECAY_DTYPES} (got {g_name})")
+        g_shape = None if g_dtype is None else tuple(shape[:-1])
+        key = (dt, tuple(shape), dv, split, stages, bool(causal), cu, L, g_name, g_shape, False, False, dkdv)
+        self.P = _plan_of(key)
+        self.scale32 = np.float32(scale)
+        self.dkdv, self.want_dg, self.n_grads, self.B = dkdv, want_dg and g_name is not None, n_grads, None
+        self.dg_dtype = (np.dtype(np.float32) if dg_dtype is None else np.dtype(dg_dtype)) if self.want_dg else None
+        self.dg_name = dtype_name(self.dg_dtype) if self.want_dg else None
+
+    def forward(self, q, k, v, g=None):
+        o, Hstart, gam, final, states, state_args = self.P.run(q, k, v, g, None, self.scale32)
+        return o, (q, k, v, g, Hstart, gam, final, states, state_args)
+
+    def backward(self, ctx, do):
+        B = self.B
+        if B is None:
+            B = self.B = self.P.backward_plan(self.dkdv, self.want_dg, self.dg_name)
+        q, k, v, g, Hstart, gam, final, _, state_args = ctx
+        return B.run(self.P, q, k, v, g, do, Hstart, gam, final, None, None, self.scale32, state_args,
+                     self.dg_dtype)[:self.n_grads]
 
 
 def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_final=False, cu=None,
@@ -439,39 +589,13 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     product); g: (..., T) float32, float16 or None; S0: (N, nseq, dk, dv)
     float32 or None; cu: sequence offsets (tuple) or None; stages: 1 or 2 (STAGES), also for the backward;
     dkdv: the backward's dk/dv walkers at head dims (64, 64) (DKDV_MODES)."""
-    import cupy as cp
     dt = dtype_name(q.dtype)
-    split = split if dt == "float32" else 1            # the 3xTF32 split applies to float32 products only
-    if stages not in STAGES:
-        raise ValueError(f"stages must be one of {STAGES} (got {stages!r})")
-    if dkdv not in DKDV_MODES:
-        raise ValueError(f"dkdv must be one of {tuple(DKDV_MODES)} (got {dkdv!r})")
+    split = _check_modes(dt, split, stages, dkdv)
     causal = bool(causal)
     P = _plan(dt, q.shape, v.shape[-1], split, stages, causal, cu, L, g, S0 is not None, bool(want_final), dkdv)
-    o = new_output(cp, P.o_shape, q.dtype)
     scale32 = f32(scale)
-    Hstart = gam = final = None
-    if P.seg_state is None:                            # causal, one segment per sequence
-        Hstart = S0
-        final = new_output(cp, P.state_shape, cp.float32) if want_final else None
-    else:
-        Eseg = new_output(cp, P.seg_shape, cp.float32)
-        gam = new_output(cp, (P.N, P.table.nseg), cp.float32) if g is not None else None
-        P.seg_state((k, v, g, Eseg, gam) + P.segs + P.seg_args + (_ONE32, P.g_half))
-        if P.seg_scan is None:
-            final = Eseg                                     # one segment per sequence: its sum is the total
-        else:
-            Hstart = new_output(cp, P.seg_shape, cp.float32)
-            final = new_output(cp, P.state_shape, cp.float32)
-            P.seg_scan((Eseg, gam, S0, Hstart, final) + P.scan_args)
-    states, state_args, fold_args = None, (), P.fold_args
-    if P.fold:                                          # the state before every chunk, for the backward's dq
-        states, state_args = new_scratch(cp, P.states_layout)
-        state_args = tuple(state_args)
-        fold_args = state_args + (P.chunk0,)
-    P.fwd((q, k, v, g, o, Hstart if causal else final, final if P.seg_state is None else None) + P.head
-          + (scale32, P.causal32, P.g_half) + fold_args)
-    ctx = CoreContext(q, k, v, g, P.table, Hstart if causal else final, gam, final, S0, float(scale), causal,
+    o, Hstart, gam, final, states, state_args = P.run(q, k, v, g, S0, scale32)
+    ctx = CoreContext(q, k, v, g, P.table, Hstart, gam, final, S0, float(scale), causal,
                       split, stages, dkdv, P, scale32, states, state_args)
     return o, ctx
 
@@ -481,55 +605,11 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dg_dtype=None):
     float16 or bfloat16 dtype, written so by ``tc_dg``; None: float32), None without decay or when not
     ``want_dg``.  dS0: float32, None without an initial state.  dST: (N, nseq, dk, dv) gradient of the final
     state, or None.  The dk/dv walkers at head dims (64, 64) are the forward's ``dkdv`` mode (DKDV_MODES)."""
-    import cupy as cp
-    q, k, v, g, P = ctx.q, ctx.k, ctx.v, ctx.g, ctx.plan
+    q, g, P = ctx.q, ctx.g, ctx.plan
     want_dg = g is not None and want_dg
     if want_dg:
         dg_dtype = np.dtype(np.float32) if dg_dtype is None else dg_dtype
     B = P.backward_plan(ctx.dkdv, want_dg, dtype_name(dg_dtype) if want_dg else None)
-    layout = B.layout
-    if layout is None:               # dq, dk, dv (and d log_decay) as one allocation (backends.new_outputs)
-        layout = B.layout = outputs_layout(((q.shape, q.dtype), (k.shape, k.dtype), (v.shape, v.dtype))
-                                           + (((g.shape, dg_dtype),) if want_dg else ()), B.scratch)
-    # the row dots of q.dq and k.dk per dk tile (want_dg), by address, in the same allocation (held by `keep`
-    # until tc_dg is queued)
-    outs, rows, keep = layout.new(cp)
-    dq, dk, dv = outs[0], outs[1], outs[2]
-    rq, rk = rows[:2] if want_dg else (None, None)
-    anc = rows[2] if B.anchored else None              # the chunk anchors (dk/dv mode "anchor")
-    dS0 = dSend = None
-    if B.rseg is None:                                 # causal, one segment per sequence
-        dSend = dST
-        dS0 = new_output(cp, P.state_shape, cp.float32) if ctx.S0 is not None else None
-    else:
-        Rseg = new_output(cp, P.seg_shape, cp.float32)
-        B.rseg((q, do, g, Rseg, None) + P.segs + P.seg_args + (ctx.scale32, P.g_half))
-        if B.rscan is None:
-            dSend = Rseg                                     # the total gradient of each sequence's state
-        else:
-            dSend = new_output(cp, P.seg_shape, cp.float32)
-            dS0 = new_output(cp, P.state_shape, cp.float32)
-            B.rscan((Rseg, ctx.gam, dST, dSend, dS0) + P.scan_args)
-            if not ctx.causal:
-                dSend = dS0                                  # not causal: the gradient of the total
-    tail = P.head + (ctx.scale32, P.causal32, P.g_half)
-    if B.dq is not None:
-        B.dq((q, k, v, g, do, dq, rq, ctx.Hstart) + tail)
-        tail += (_ptr(None),) * 6                          # tc_bwd_dkdv's dq, rq, Hst, Hsig, seg_c0, anc (DKDV_DQ)
-    else:                                                  # dq folded into the dk/dv walk
-        tail += (dq, _ptr(rq)) + ctx.state_args + (P.chunk0, _ptr(anc))
-    dS0_out = dS0 if B.rseg is None else None
-    for launch_dkdv in B.dkdv:
-        launch_dkdv((q, k, v, g, do, dk, dv, rk, dSend, dS0_out) + tail)
-    dg = None
-    if want_dg:
-        dg = outs[3]
-        cst = None
-        if dST is not None:
-            cst = cp.ascontiguousarray((dST * ctx.final).sum(axis=(-2, -1)), dtype=cp.float32)
-        part = None
-        if B.dg_part is not None:   # the segments' sums of dG, for the carries of the earlier segments
-            part = new_output(cp, (P.N, P.table.nseg), cp.float64)
-            B.dg_part((rq, B.ntk32, rk, B.ntk32, part) + B.part_tail)
-        B.dg((rq, B.ntk32, rk, B.ntk32, dg, part) + B.dg_tail + (cst,) + B.dg_scalars + (_ptr(anc), _ptr(B.dg_chunks)))
+    dq, dk, dv, dg, dS0 = B.run(P, q, ctx.k, ctx.v, g, do, ctx.Hstart, ctx.gam, ctx.final, ctx.S0, dST, ctx.scale32,
+                                ctx.state_args, dg_dtype)
     return dq, dk, dv, dg, (dS0 if ctx.S0 is not None else None)

@@ -312,7 +312,8 @@ class Prepared:
     once, ``param_format``).  The RawKernel's call where the packed launcher is not available, under
     ``slow_launch()``, or after a failed first packed launch (as ``launch``).
 
-    After its first packed launch succeeds a Prepared keeps (launcher, packer): a later call packs and calls
+    After its first packed launch succeeds a Prepared keeps the launcher and what a launch uses of it and of the
+    packer (pack, lock, driver call, stream getter, ``extra``): a later call packs and calls
     the driver directly, as long as that launcher is still the kernel's (``_LAUNCHERS``: tests swap the
     table for a stand-in driver's) and ``slow_launch()`` is off."""
     __slots__ = ("kernel", "kid", "grid", "block", "dims", "shared_mem", "fmt", "go")
@@ -330,13 +331,12 @@ class Prepared:
     def __call__(self, args) -> None:
         go = self.go
         if go is not None and not _SLOW[-1] and _LAUNCHERS.get(self.kid) is go[0]:
-            fast, p = go
-            gx, gy, gz, bx, by, bz = self.dims
-            with p.lock:
-                p.pack(args)
+            _, pack, lock, driver_launch, current_stream, extra_ptr = go
+            with lock:
+                pack(args)
                 try:
-                    fast.driver_launch(self.kernel.kernel.ptr, gx, gy, gz, bx, by, bz, self.shared_mem,
-                                       fast.current_stream().ptr, 0, p.extra_ptr)
+                    driver_launch(self.kernel.kernel.ptr, *self.dims, self.shared_mem, current_stream().ptr, 0,
+                                  extra_ptr)
                     return
                 except Exception as e:          # a proven packer: only a thread without a context falls back
                     if "CONTEXT" not in str(e):
@@ -353,7 +353,7 @@ class Prepared:
                 if p is None:
                     p = fast.packers[fmt] = _Packer(fmt) if fmt else False
                 if p and fast.launch_packed(p, fmt, self.dims, self.shared_mem, args):
-                    self.go = (fast, p)
+                    self.go = (fast, p.pack, p.lock, fast.driver_launch, fast.current_stream, p.extra_ptr)
                     return
         self.kernel(self.grid, self.block, tuple(np.uint64(0) if a is None else a for a in args),
                     shared_mem=self.shared_mem)

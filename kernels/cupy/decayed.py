@@ -145,6 +145,29 @@ def _mma_backward(ctx: _MMAContext, do, dfinal=None):
     return grads + ((DecayedState(dS0),) if ctx.has_initial else ())
 
 
+def _mma_prepare(split, stages, options, shapes, dtype, dkdv="fused", bf16_core="anchored"):
+    """registry.Variant.prepare: _mma_forward / _mma_backward for one call signature (a _chunked_mma.CoreRun: plan,
+    scale and d log_decay's dtype resolved once), or None: bfloat16 (its casts and core choice) and options this
+    does not know take the general path."""
+    dt = dtype_name(dtype)
+    if dt == "bfloat16" or not options.keys() <= {"scale", "cu_seqlens"}:
+        return None
+    run = mma.CoreRun(dt, shapes[0], shapes[2][-1], dtype, scale=options.get("scale", 1.0), split=split,
+                      stages=stages, dkdv=dkdv, cu=options.get("cu_seqlens"), dg_dtype=dtype, n_grads=4)
+    return run.forward, run.backward
+
+
+def _mma_variant(name: str, split: int, stages: int, description: str, **kw):
+    """A chunked_mma variant of decayed: ``_mma_forward`` with the split, stages and keywords ``kw`` (dkdv, bf16_core),
+    its ``prepare`` alike; ``variant`` the Variant's other fields."""
+    variant = kw.pop("variant", {})
+    return Variant("decayed", "cupy", name, functools.partial(_mma_forward, split, stages, **kw), _mma_backward,
+                   prepare=functools.partial(_mma_prepare, split, stages, **kw), leading_dims=True,
+                   array_kind="cupy", gpu=True, supports=_supports_mma, form="linear",
+                   features=frozenset({"state", "packed"}), description=description,
+                   **{"dtypes": ("float32", "float16", "bfloat16"), **variant})
+
+
 def _supports_mma(options, shapes):
     dk, dv = shapes["q"][-1], shapes["v"][-1]
     if max(dk, dv) > mma.MAX_DIM:
@@ -152,40 +175,20 @@ def _supports_mma(options, shapes):
     return None
 
 
-register(Variant("decayed", "cupy", "chunked_mma", functools.partial(_mma_forward, 3, 1), _mma_backward,
-                 leading_dims=True,
-                 tol={"float32": 1e-4, "float16": 2e-2, "bfloat16": 2e-2},
-                 dtypes=("float32", "float16", "bfloat16"),
-                 array_kind="cupy", gpu=True, default=True, supports=_supports_mma, form="linear",
-                 features=frozenset({"state", "packed"}),
-                 description="tensor cores (mma.sync): chunks of 64, segment-carried states, in-kernel float64 "
-                             "log-decay cumsums; float32 as 3xTF32"))
-register(Variant("decayed", "cupy", "chunked_mma_db", functools.partial(_mma_forward, 3, 2), _mma_backward,
-                 leading_dims=True,
-                 dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
-                 form="linear", features=frozenset({"state", "packed"}),
-                 description=mma.DOUBLE_BUFFERED))
+register(_mma_variant("chunked_mma", 3, 1, "tensor cores (mma.sync): chunks of 64, segment-carried states, "
+                                           "in-kernel float64 log-decay cumsums; float32 as 3xTF32",
+                      variant=dict(tol={"float32": 1e-4, "float16": 2e-2, "bfloat16": 2e-2}, default=True)))
+register(_mma_variant("chunked_mma_db", 3, 2, mma.DOUBLE_BUFFERED))
 for _mode, (_name, _desc) in mma.DKDV_DESCRIPTION.items():      # measured rungs of the dk/dv walkers
-    register(Variant("decayed", "cupy", _name, functools.partial(_mma_forward, 3, 1, dkdv=_mode), _mma_backward,
-                     leading_dims=True,
-                     dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
-                     form="linear", features=frozenset({"state", "packed"}), description=_desc))
-register(Variant("decayed", "cupy", "chunked_mma_dqa", functools.partial(_mma_forward, 3, 1, dkdv="anchor"),
-                 _mma_backward, leading_dims=True,
-                 dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
-                 form="linear", features=frozenset({"state", "packed"}),
-                 description="cupy:chunked_mma with dq folded into the dk/dv walk and d log_decay from chunk anchors "
-                             "at head dims <= 64 (dkdv='anchor'; bfloat16 on the 16-bit core there, its state "
-                             "operands as hi + lo pairs)"))
-register(Variant("decayed", "cupy", "chunked_mma_bf16f32", functools.partial(_mma_forward, 3, 1, bf16_core="float32"),
-                 _mma_backward, leading_dims=True,
-                 dtypes=("bfloat16",), array_kind="cupy", gpu=True, supports=_supports_mma,
-                 form="linear", features=frozenset({"state", "packed"}),
-                 description="cupy:chunked_mma for bfloat16 with the core in float32 (3xTF32) at every head dim "
-                             "in every dk/dv mode (the default runs the anchored 16-bit core at head dims <= 64; "
-                             "this keeps the float32 core as a measured rung)"))
-register(Variant("decayed", "cupy", "chunked_mma_tf32", functools.partial(_mma_forward, 1, 1), _mma_backward,
-                 leading_dims=True,
-                 dtypes=("float32",), array_kind="cupy", gpu=True,
-                 supports=_supports_mma, features=frozenset({"state", "packed"}), form="linear", tags=("tf32",),
-                 description="cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, opt-in)"))
+    register(_mma_variant(_name, 3, 1, _desc, dkdv=_mode))
+register(_mma_variant("chunked_mma_dqa", 3, 1, "cupy:chunked_mma with dq folded into the dk/dv walk and d log_decay "
+                                               "from chunk anchors at head dims <= 64 (dkdv='anchor'; bfloat16 on "
+                                               "the 16-bit core there, its state operands as hi + lo pairs)",
+                      dkdv="anchor"))
+register(_mma_variant("chunked_mma_bf16f32", 3, 1, "cupy:chunked_mma for bfloat16 with the core in float32 (3xTF32) "
+                                                   "at every head dim in every dk/dv mode (the default runs the "
+                                                   "anchored 16-bit core at head dims <= 64; this keeps the float32 "
+                                                   "core as a measured rung)",
+                      bf16_core="float32", variant=dict(dtypes=("bfloat16",))))
+register(_mma_variant("chunked_mma_tf32", 1, 1, "cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, "
+                                                "opt-in)", variant=dict(dtypes=("float32",), tags=("tf32",))))

@@ -203,6 +203,19 @@ def _mma_backward(ctx: _MMAContext, do, dfinal=None):
     return grads + ((_state_from_core(dS0, ctx.normalize),) if ctx.has_initial else ())
 
 
+def _mma_prepare(split, stages, options, shapes, dtype, dkdv="fused"):
+    """registry.Variant.prepare: _mma_forward / _mma_backward for one call signature where they hand the core's
+    results on as they are (identity feature map, no normalize): a _chunked_mma.CoreRun (plan and scale resolved
+    once); else None (the general path)."""
+    if not options.keys() <= {"causal", "feature_map", "normalize", "scale", "eps", "cu_seqlens"} or \
+            options.get("feature_map", "identity") != "identity" or options.get("normalize", False):
+        return None
+    run = mma.CoreRun(dtype_name(dtype), shapes[0], shapes[2][-1], None, scale=options.get("scale", 1.0),
+                      causal=options.get("causal", True), split=split, stages=stages, dkdv=dkdv,
+                      cu=options.get("cu_seqlens"), n_grads=3)
+    return run.forward, run.backward
+
+
 def _supports_mma(options, shapes):
     dk, dv = shapes["q"][-1], shapes["v"][-1] + bool(options.get("normalize"))
     if max(dk, dv) > mma.MAX_DIM:
@@ -211,7 +224,7 @@ def _supports_mma(options, shapes):
 
 
 register(Variant("linear", "cupy", "chunked_mma", functools.partial(_mma_forward, 3, 1), _mma_backward,
-                 leading_dims=True,
+                 leading_dims=True, prepare=functools.partial(_mma_prepare, 3, 1),
                  dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, default=True, supports=_supports_mma, form="linear",
                  features=frozenset({"state", "packed"}), tol={"float32": 5e-5, "float16": 5e-3, "bfloat16": 2e-2},
                  description="tensor cores (mma.sync): chunks of 64, segment-carried states; float32 as 3xTF32"))
@@ -225,17 +238,17 @@ def _supports_mma_tf32(options, shapes):
 
 
 register(Variant("linear", "cupy", "chunked_mma_db", functools.partial(_mma_forward, 3, 2), _mma_backward,
-                 leading_dims=True,
+                 leading_dims=True, prepare=functools.partial(_mma_prepare, 3, 2),
                  dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
                  form="linear", features=frozenset({"state", "packed"}),
                  description=mma.DOUBLE_BUFFERED))
 for _mode, (_name, _desc) in mma.DKDV_DESCRIPTION.items():      # measured rungs of the dk/dv walkers
     register(Variant("linear", "cupy", _name, functools.partial(_mma_forward, 3, 1, dkdv=_mode), _mma_backward,
-                     leading_dims=True,
+                     leading_dims=True, prepare=functools.partial(_mma_prepare, 3, 1, dkdv=_mode),
                      dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
                      form="linear", features=frozenset({"state", "packed"}), description=_desc))
 register(Variant("linear", "cupy", "chunked_mma_tf32", functools.partial(_mma_forward, 1, 1), _mma_backward,
-                 leading_dims=True,
+                 leading_dims=True, prepare=functools.partial(_mma_prepare, 1, 1),
                  dtypes=("float32",), array_kind="cupy", gpu=True,
                  supports=_supports_mma_tf32, features=frozenset({"state", "packed"}), form="linear", tags=("tf32",),
                  description="cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, opt-in)"))

@@ -784,6 +784,7 @@ class _FusedPlan:
         sq = ONE_SEQUENCE.args() + (null,)                         # tseq, cu, nseq, st0
         self.ft_head = (i32(g_shape[-1]), i32(T), i32(Dv), i32(NC)) + sq
         self.ft_tail = (null, null, i32(0), null, i32(0)) + (null,) * 4
+        self.ft_head_nulls = self.ft_head + (null,) * 3            # + the carries' null addresses (scans in block)
         self.ftoken = Prepared(_scan(dt, "ftoken", causal), (NC, N), (32 * SCAN_WARPS,))
         if separate:
             self.fchunk = Prepared(_scan(dt, "fchunk"), (-(-NC // SCAN_WARPS), N), (32 * SCAN_WARPS,))
@@ -804,19 +805,25 @@ class _FusedPlan:
     def __call__(self, q, k, v, s, gates):
         """o, ForwardStats (by address), H (np.uint64 address or None), the token arguments, the per-chunk states
         (np.uint64 address; None without dq_states)."""
+        o, st, head, keep, H, tok, Hc = self.run(q, k, v, s, gates)
+        return o, ForwardStats(st, head, None, keep), H, tok, Hc
+
+    def run(self, q, k, v, s, gates):
+        """The forward's allocation and launches: o, the statistics' st and head (np.uint64 addresses), the
+        allocation to keep, H, the token arguments, the per-chunk states (as ``__call__``)."""
         import cupy as cp
-        u64, null = np.uint64, np.uint64(0)
+        u64, null = np.uint64, _NULL
         (o,), addrs, keep = self.layout.new(cp)
         st, head = addrs[0], addrs[1]
         b, (rm, ra, rb, rg) = int(st), self.rows
         tok = (s, u64(b + rm), u64(b + ra), u64(b + rb), u64(b + rg), head, u64(int(head) + self.shift))
-        carries = (null,) * 3                                  # zeros_ftoken scans the chunks itself
         if self.separate:
             cM, cE, cLo, cHi, cP, cR, xM, xE, xP = addrs[2:11]
             self.fchunk((s,) + self.fchunk_head + (cM, cE, cP, cR, cLo, cHi))
             self.fscan((cM, cE, cP, cR, cLo, cHi, self.fscan_nc, xM, xE, xP, head))
-            carries = (xM, xE, xP)
-        self.ftoken((s, gates, v) + self.ft_head + carries + (head, st) + self.ft_tail)
+            self.ftoken((s, gates, v, *self.ft_head, xM, xE, xP, head, st, *self.ft_tail))
+        else:                                                  # zeros_ftoken scans the chunks itself
+            self.ftoken((s, gates, v, *self.ft_head_nulls, head, st, *self.ft_tail))
         H = addrs[-1 - self.cst] if self.h_mode else None
         Hc = addrs[-1] if self.cst else None
         if self.h_mode == "sums":                              # not causal, one segment: the totals
@@ -825,12 +832,23 @@ class _FusedPlan:
             part = new_output(cp, self.h_shape, cp.float32)   # each segment's own sum, until the scan is queued
             self.sums((null, k, v) + tok + (null, null, part) + self.tail)
             self.seg_scan((part, tok[1]) + self.scan_args + ((H, null) if self.causal else (null, H)))
-        self.fwd((q, k, v) + tok + (o, null if H is None else H, null if Hc is None else Hc) + self.tail)
-        return o, ForwardStats(st, head, None, keep), H, tok, Hc
+        self.fwd((q, k, v, *tok, o, null if H is None else H, null if Hc is None else Hc, *self.tail))
+        return o, st, head, keep, H, tok, Hc
 
 
 _FUSED_PLANS: dict = {}
 _MAX_FUSED_PLANS = 256
+
+
+def _fused_plan(dtype, q_shape, v_shape, g_shape, causal: bool, L, kind) -> _FusedPlan:
+    """The cached _FusedPlan of this geometry (made on a miss); keyed also on IN_BLOCK_SCAN_MAX_CHUNKS."""
+    key = (dtype, q_shape, v_shape, g_shape, causal, L, IN_BLOCK_SCAN_MAX_CHUNKS, kind)
+    P = _FUSED_PLANS.get(key)
+    if P is None:
+        if len(_FUSED_PLANS) >= _MAX_FUSED_PLANS:
+            _FUSED_PLANS.clear()
+        P = _FUSED_PLANS[key] = _FusedPlan(dtype, q_shape, v_shape, g_shape, causal, L, kind)
+    return P
 
 
 def _fused_forward(q, k, v, s, gates, causal=True, L=None, kind=None):
@@ -840,12 +858,7 @@ def _fused_forward(q, k, v, s, gates, causal=True, L=None, kind=None):
     causal = bool(causal)
     kind = kind or FUSED_KINDS["chunked_mma_fused"]
     # (a test moves IN_BLOCK_SCAN_MAX_CHUNKS)
-    key = (q.dtype, q.shape, v.shape, gates.shape, causal, L, IN_BLOCK_SCAN_MAX_CHUNKS, kind)
-    P = _FUSED_PLANS.get(key)
-    if P is None:
-        if len(_FUSED_PLANS) >= _MAX_FUSED_PLANS:
-            _FUSED_PLANS.clear()
-        P = _FUSED_PLANS[key] = _FusedPlan(q.dtype, q.shape, v.shape, gates.shape, causal, L, kind)
+    P = _fused_plan(q.dtype, q.shape, v.shape, gates.shape, causal, L, kind)
     o, stats, H, tok, Hc = P(q, k, v, s, gates)
     return o, _FusedContext(q, k, v, s, gates, causal, stats, P.table, H, tok, P, Hc)
 
@@ -922,11 +935,19 @@ def _fused4_forward(q, k, v, s, gates, causal=True, L=None):
 def _fused_backward(ctx: _FusedContext, do, dk_in_dv=False):
     """dk_in_dv: cupy:chunked_mma_fused2's backward (dk from the dv walker, no tz_bwd_dk).  The plan is the
     forward plan's (one per variant kind), made at its first backward."""
-    plans = ctx.plan.backward
-    B = plans.get(dk_in_dv)
+    B = ctx.plan.backward.get(dk_in_dv)
     if B is None:
-        B = plans[dk_in_dv] = _FusedBackwardPlan(ctx, dk_in_dv)
-    return B(ctx, as_contiguous(do, ctx.v.dtype))
+        B = _backward_plan(ctx.plan, tuple((x.shape, x.dtype) for x in (ctx.q, ctx.k, ctx.v, ctx.s, ctx.gates)),
+                           dk_in_dv)
+    return B.run(ctx.q, ctx.k, ctx.v, ctx.gates, ctx.tok, ctx.H, ctx.Hc, ctx.stats.st, as_contiguous(do, ctx.v.dtype))
+
+
+def _backward_plan(P: _FusedPlan, specs: tuple, dk_in_dv: bool) -> "_FusedBackwardPlan":
+    """The forward plan's backward plan for dk_in_dv (made on a miss); specs: (shape, dtype) of q, k, v, s, gates."""
+    B = P.backward.get(dk_in_dv)
+    if B is None:
+        B = P.backward[dk_in_dv] = _FusedBackwardPlan(P, specs, dk_in_dv)
+    return B
 
 
 class _FusedBackwardPlan:
@@ -939,9 +960,10 @@ class _FusedBackwardPlan:
     from another's on the same kernel -- tz_bwd_dv's segment-sum pass -- has its own).  Per call: one
     allocation, the launches."""
 
-    def __init__(self, ctx: _FusedContext, dk_in_dv: bool):
-        P, q, k, v, s, gates, tab = ctx.plan, ctx.q, ctx.k, ctx.v, ctx.s, ctx.gates, ctx.table
-        N, T, Dk, Dv = lead_size(q.shape, 2), q.shape[-2], q.shape[-1], v.shape[-1]
+    def __init__(self, P: _FusedPlan, specs: tuple, dk_in_dv: bool):
+        (q_shape, _), _, (v_shape, _), _, (g_shape, _) = specs         # (shape, dtype) of q, k, v, s, gates
+        tab = P.table
+        N, T, Dk, Dv = lead_size(q_shape, 2), q_shape[-2], q_shape[-1], v_shape[-1]
         dt, causal, NC, separate = P.dt, P.causal, P.NC, P.separate
         i32 = np.int32
         ntk, ntv = -(-Dk // FUSED_BW), -(-Dv // FUSED_BW)
@@ -956,7 +978,7 @@ class _FusedBackwardPlan:
         if self.s_mode == "scan":
             seg += (((N, tab.nseg if causal else 1, 3, Dk, Dv), np.float32),)
         scratch = _bwd_layout(N, T, NC, ntk, ntv, separate, (Dk, mma.ITEMSIZE[dt]) if dk_parts else None) + seg
-        self.layout = outputs_layout(tuple((x.shape, x.dtype) for x in (q, k, v, s, gates)), scratch)
+        self.layout = outputs_layout(tuple(specs), scratch)
         self.n_carries = 5 if separate else 0
         self.tail = (tab.t0, tab.t1, i32(T), i32(Dk), i32(Dv), i32(tab.nseg), i32(causal))
 
@@ -978,7 +1000,7 @@ class _FusedBackwardPlan:
             self.dv = walker(_fused_kernel_of(dt, "tz_bwd_dv", (Dk, Dv)), ntv)
             self.dk = walker(_fused_kernel_of(dt, "tz_bwd_dk", (Dk, Dv)), ntk)
         # the scalars: dgates and the scalar part of ds (and dk from its parts)
-        self.ntk, self.ntv, self.G, self.Dk, self.T, self.NC = (i32(x) for x in (ntk, ntv, gates.shape[-1], Dk, T, NC))
+        self.ntk, self.ntv, self.G, self.Dk, self.T, self.NC = (i32(x) for x in (ntk, ntv, g_shape[-1], Dk, T, NC))
         blocks = ((NC, N), (32 * SCAN_WARPS,))
         if not separate:
             self.bscalar_ds = Prepared(_scan(dt, "fused_bscalar_ds", causal), *blocks)
@@ -988,15 +1010,20 @@ class _FusedBackwardPlan:
             self.bds = Prepared(_scan(dt, "fused_bds", causal), *blocks)
 
     def __call__(self, ctx: _FusedContext, do):
+        return self.run(ctx.q, ctx.k, ctx.v, ctx.gates, ctx.tok, ctx.H, ctx.Hc, ctx.stats.st, do)
+
+    def run(self, q, k, v, gates, tok, H, Hc, st, do):
+        """dq, dk, dv, ds, dgates (the forward's context's fields as arguments: tok, H, Hc and st, the statistics'
+        address)."""
         import cupy as cp
-        q, k, v, tok, H, tail, null = ctx.q, ctx.k, ctx.v, ctx.tok, ctx.H, self.tail, _NULL
+        tail, null = self.tail, _NULL
         (dq, dk, dv, ds, dgates), addrs, keep = self.layout.new(cp)   # keep: held until the launches are queued
         rd, dsp, xy = addrs[0], addrs[1], addrs[2]
         i = 3 + self.n_carries
         dkp = addrs[i] if self.dk_parts else null
         i += self.dk_parts
         qkv = (q, k, v) + tok
-        Hq = ctx.Hc if self.dq_states else H                           # (CST, not causal: the totals H)
+        Hq = Hc if self.dq_states else H                           # (CST, not causal: the totals H)
         self.dq(qkv + (do, dq, rd, null if Hq is None else Hq) + tail)
         S = null
         if self.s_mode:
@@ -1011,8 +1038,8 @@ class _FusedBackwardPlan:
         else:
             self.dv(qkv + (do, dv, dsp, S, null, null, null) + tail)
             self.dk((q, v) + tok + (do, dk, S) + tail)
-        st, T, NC = ctx.stats.st, self.T, self.NC
-        scalars = (rd, self.ntk, ctx.gates, self.G, st, T, NC, xy, dgates)
+        T, NC = self.T, self.NC
+        scalars = (rd, self.ntk, gates, self.G, st, T, NC, xy, dgates)
         dk_sum = (dkp, self.Dk, dk if self.dk_parts else null)
         if not self.separate:
             self.bscalar_ds(scalars + (dsp, self.ntv, ds) + dk_sum)
@@ -1025,6 +1052,45 @@ class _FusedBackwardPlan:
 
 
 _NULL = np.uint64(0)
+
+
+class _FusedRun:
+    """registry.Variant.prepare of the fused variants: their forward and backward for one call signature (the public
+    ops' plan keeps it, keyed on every array's shape and dtype and causal), the forward plan looked up once (again
+    where IN_BLOCK_SCAN_MAX_CHUNKS moved: a test moves it) and the context a tuple (P, q, k, v, gates, tok, H, Hc,
+    st, the allocation), no _FusedContext or ForwardStats built.  The arrays as the variant takes them (C-contiguous,
+    one dtype); do C-contiguous in it."""
+    __slots__ = ("args", "specs", "dk_in_dv", "P", "nc_max")
+
+    def __init__(self, dtype, shapes, causal: bool, kind: "_FusedKind", dk_in_dv: bool):
+        self.args = (dtype, shapes[0], shapes[2], shapes[4], bool(causal), None, kind)
+        self.specs = tuple((shape, dtype) for shape in shapes)
+        self.dk_in_dv = dk_in_dv
+        self.P, self.nc_max = _fused_plan(*self.args), IN_BLOCK_SCAN_MAX_CHUNKS
+
+    def forward(self, q, k, v, s, gates):
+        P = self.P
+        if self.nc_max != IN_BLOCK_SCAN_MAX_CHUNKS:
+            P = self.P = _fused_plan(*self.args)
+            self.nc_max = IN_BLOCK_SCAN_MAX_CHUNKS
+        o, st, _, keep, H, tok, Hc = P.run(q, k, v, s, gates)
+        return o, (P, q, k, v, gates, tok, H, Hc, st, keep)
+
+    def backward(self, ctx, do):
+        P, q, k, v, gates, tok, H, Hc, st, _ = ctx
+        B = P.backward.get(self.dk_in_dv)
+        if B is None:
+            B = _backward_plan(P, self.specs, self.dk_in_dv)
+        return B.run(q, k, v, gates, tok, H, Hc, st, do)
+
+
+def _fused_prepare(kind: str, dk_in_dv: bool, options, shapes, dtype):
+    """registry.Variant.prepare of the fused variant whose forward runs FUSED_KINDS[kind] and whose backward forms dk
+    in the dv walker when dk_in_dv: a _FusedRun's (forward, backward), or None for options it does not know."""
+    if not options.keys() <= {"causal"}:
+        return None
+    run = _FusedRun(dtype, shapes, options.get("causal", True), FUSED_KINDS[kind], dk_in_dv)
+    return run.forward, run.backward
 
 
 @functools.lru_cache(maxsize=256)
@@ -1043,10 +1109,12 @@ _FUSED_VARIANT = dict(leading_dims=True, tol={"float32": 5e-6, "float16": 5e-3, 
                       dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
                       form="linear")
 register(Variant("zeros", "cupy", "chunked_mma_fused", _fused_forward, _fused_backward, **_FUSED_VARIANT,
+                 prepare=functools.partial(_fused_prepare, "chunked_mma_fused", False),
                  # the default until callY (H200: 1.2-1.5x chunked_mma), fused2 since
                  description="parallel scans + one tensor-core pass: the three states per block, the ZeroS weights "
                              "in registers, one Q K^T and dO V^T per chunk; float32 as 3xTF32"))
 register(Variant("zeros", "cupy", "chunked_mma_fused2", _fused_forward, _fused2_backward, **_FUSED_VARIANT,
+                 prepare=functools.partial(_fused_prepare, "chunked_mma_fused", True),
                  # the default from callY (H200: 1.09-1.20x fused) until callH, fused3 since
                  description="cupy:chunked_mma_fused with dk formed in the dv walker (per dv tile: (r o dP)^T Q and "
                              "the suffix states' V X^T), no separate dk walk: one launch and the dk side's "
@@ -1055,6 +1123,7 @@ register(Variant("zeros", "cupy", "chunked_mma_fused2", _fused_forward, _fused2_
 # (wave_segments) and the backward's segment-sum pass on the DKF dv walker (FUSED_KINDS); forward through
 # _fused_forward with its kind (its own plans: another L), backward fused2's (the kind read from the plan)
 register(Variant("zeros", "cupy", "chunked_mma_fused3", _fused3_forward, _fused2_backward, **_FUSED_VARIANT,
+                 prepare=functools.partial(_fused_prepare, "chunked_mma_fused3", True),
                  default_for=("float32", "float16", "bfloat16"),   # H200 callH: 1.07-1.32x fused2
                  description="cupy:chunked_mma_fused2 with segments sized to whole waves of the walkers' blocks "
                              "(fewer chunk steps per SM at T >= 4k) and the backward's segment sums on the dv "
@@ -1063,5 +1132,6 @@ register(Variant("zeros", "cupy", "chunked_mma_fused3", _fused3_forward, _fused2
 # (N, chunks, 3, Dk, Dv) float32 and tz_bwd_dq reads them instead of folding the chunk's keys (docs/kernels/zeros.md,
 # "dq from the forward's per-chunk states")
 register(Variant("zeros", "cupy", "chunked_mma_fused4", _fused4_forward, _fused2_backward, **_FUSED_VARIANT,
+                 prepare=functools.partial(_fused_prepare, "chunked_mma_fused4", True),
                  description="cupy:chunked_mma_fused3 with the states before every chunk stored by the forward and "
                              "read by the dq pass (no fold in dq; +48 KB per chunk and head, float32)"))

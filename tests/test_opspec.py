@@ -108,6 +108,11 @@ def test_a_lookup_imports_only_its_providers_and_they_declare_what_they_register
     registry.load_all()
     for mod, backend, op in registry._PROVIDERS:
         assert mod in registry._IMPORTED
+    import pkgutil
+    import kernels.numba
+    numba_mods = {f"kernels.numba.{m.name}" for m in pkgutil.iter_modules(kernels.numba.__path__)
+                  if not m.name.startswith("_") and m.name not in kernels.numba.TOOLS}
+    assert numba_mods <= {mod for mod, _, _ in registry._PROVIDERS}, numba_mods     # a new op module is declared
     declared = {(b, o) for _, b, o in registry._PROVIDERS}
     for v in registry.variants():
         assert (v.backend, v.op) in declared or (v.backend, None) in declared, v.key

@@ -306,16 +306,6 @@ def _ptr(x):
 LOG_DECAY_DTYPES = ("float32", "float16")   # the walkers read either (their g_half flag)
 
 
-def _g_half(g) -> np.int32:
-    """The walkers' g_half argument: 1 when the log decays are float16 (read and converted in the kernels)."""
-    if g is None:
-        return np.int32(0)
-    name = dtype_name(g.dtype)
-    if name not in LOG_DECAY_DTYPES:
-        raise ValueError(f"log decays must be one of {LOG_DECAY_DTYPES} (got {name})")
-    return np.int32(name == "float16")
-
-
 def _prepared(dt: str, split: int, stages: int, k: Launchable, grid):
     """A walker's launch (``_module.Prepared``) at ``grid``."""
     return Prepared(_kern(dt, split, stages, k.expr), grid, (k.threads,), k.smem)
@@ -518,20 +508,18 @@ def _plan(dt, shape, dv, split, stages, causal, cu, L, g, has_S0, want_final, dk
         g_name, g_shape = dtype_name(g.dtype), g.shape
     key = (dt, shape, dv, split, stages, causal, cu, L, g_name, g_shape, has_S0, want_final, dkdv)
     p = _PLANS.get(key)
-    if p is None:
-        if g_name is not None and g_name not in LOG_DECAY_DTYPES:
-            raise ValueError(f"log decays must be one of {LOG_DECAY_DTYPES} (got {g_name})")
-        p = _plan_of(key)
-    return p
+    return p if p is not None else _plan_of(key)
 
 
 def _plan_of(key: tuple) -> _CorePlan:
-    """The cached _CorePlan of ``_plan``'s key (made on a miss)."""
+    """The cached _CorePlan of ``_plan``'s key (made on a miss, after the log decays' dtype is checked)."""
     p = _PLANS.get(key)
     if p is None:
+        dt, shape, dv, split, stages, causal, cu, L, g_name, _, has_S0, want_final, dkdv = key
+        if g_name is not None and g_name not in LOG_DECAY_DTYPES:
+            raise ValueError(f"log decays must be one of {LOG_DECAY_DTYPES} (got {g_name})")
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
-        dt, shape, dv, split, stages, causal, cu, L, g_name, _, has_S0, want_final, dkdv = key
         p = _PLANS[key] = _CorePlan(dt, shape, dv, split, stages, causal, cu, L, g_name, has_S0, want_final, dkdv)
     return p
 
@@ -560,8 +548,6 @@ class CoreRun:
                  cu=None, L=None, want_dg=True, dg_dtype=None, n_grads=4):
         split = _check_modes(dt, split, stages, dkdv)
         g_name = None if g_dtype is None else dtype_name(g_dtype)
-        if g_name is not None and g_name not in LOG_DECAY_DTYPES:
-            raise ValueError(f"log decays must be one of {LOG_DECAY_DTYPES} (got {g_name})")
         g_shape = None if g_dtype is None else tuple(shape[:-1])
         key = (dt, tuple(shape), dv, split, stages, bool(causal), cu, L, g_name, g_shape, False, False, dkdv)
         self.P = _plan_of(key)

@@ -1009,9 +1009,6 @@ class _FusedBackwardPlan:
             self.bscan = Prepared(_scan(dt, "bscan", causal), (N,), (SCAN_THREADS,))
             self.bds = Prepared(_scan(dt, "fused_bds", causal), *blocks)
 
-    def __call__(self, ctx: _FusedContext, do):
-        return self.run(ctx.q, ctx.k, ctx.v, ctx.gates, ctx.tok, ctx.H, ctx.Hc, ctx.stats.st, do)
-
     def run(self, q, k, v, gates, tok, H, Hc, st, do):
         """dq, dk, dv, ds, dgates (the forward's context's fields as arguments: tok, H, Hc and st, the statistics'
         address)."""

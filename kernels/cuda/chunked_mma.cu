@@ -1402,7 +1402,7 @@ __device__ __forceinline__ void states_store(float (&X)[3][MT][NT][4], float* __
 // dk, dv) (CST: tz_fwd writes, tz_bwd_dq reads); column pairs (x, (&x)[1]: columns c, c + 1 of one fragment) as
 // float2 where dv is even, so a warp's store fills whole 32-byte sectors
 template <int MT, int NT>
-__device__ __forceinline__ void states_store_pairs(float (&X)[3][MT][NT][4], float* __restrict__ dst, int m0, int c0,
+__device__ __forceinline__ void chunk_states_store(float (&X)[3][MT][NT][4], float* __restrict__ dst, int m0, int c0,
                                                    int dk, int dv) {
 #pragma unroll
     for (int j = 0; j < 3; ++j)
@@ -1533,7 +1533,7 @@ __global__ void __launch_bounds__(128, tz::min_blocks<T, DKP>()) tz_fwd(const T*
                 }, [](int, const float (&)[4][4]) {});
             store_rows<T, 4>(acc[0], o + row0 * dv, dv, 16 * w, nrow, p.col0, dv);
             if constexpr (CST)                                     // the states before the chunk, for dq
-                if (causal && Eseg) states_store_pairs(X, Eseg + chunk_state_at(p, T_, cs), hm0, p.col0, dk, dv);
+                if (causal && Eseg) chunk_states_store(X, Eseg + chunk_state_at(p, T_, cs), hm0, p.col0, dk, dv);
         }
         if (upd) {                                                 // F, G', H <- the chunk's keys and values
             if constexpr (KW) {                                    // (its operands published by the last barrier)

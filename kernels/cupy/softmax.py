@@ -487,7 +487,9 @@ def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None
 
 
 def _packed(cu) -> tuple:
-    """The packed-sequence arguments of a prepared launch: None (null pointers) for one sequence."""
+    """The packed-sequence arguments of a prepared launch: None (null pointers) for one sequence.  Not
+    ``packing.kernel_args``: its np.uint64 nulls would fix those parameters as scalars in the Prepared's
+    parameter layout (``param_format``), which one Fa2Call shares between packed and unpacked calls."""
     return (None, None) if cu is None else packing.sequence_arrays(tuple(cu))
 
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from . import backends, registry
-from .inputs import default_options, packed_lengths, random_inputs, random_state
+from .inputs import default_options, numpy_dtype, packed_lengths, random_inputs, random_state
 from .opspec import SPECS, spec
 from .ops import PUBLIC_OPS, vjp
 from .state import fields, map_state, state_dtype
@@ -348,13 +348,8 @@ def finite_differences(op: str, lead=FD_SHAPE.lead, T=FD_SHAPE.T, Dk=FD_SHAPE.Dk
 
 
 def _caster(dtype: str):
-    if dtype == "bfloat16":
-        try:
-            import ml_dtypes  # noqa: F401
-            return lambda a: a.astype("bfloat16")
-        except ImportError:
-            raise TypeError("bfloat16 inputs need ml_dtypes (NumPy has no bfloat16)") from None
-    return lambda a: a.astype(dtype)
+    dt = numpy_dtype(dtype)
+    return lambda a: a.astype(dt)
 
 
 def _to_float64(x):

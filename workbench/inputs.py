@@ -10,6 +10,18 @@ import numpy as np
 from .opspec import spec
 
 
+def numpy_dtype(dtype) -> np.dtype:
+    """The NumPy dtype of a dtype name; "bfloat16" through ml_dtypes (NumPy has none), imported here so that its
+    name is known however the caller got here."""
+    if dtype == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise TypeError("bfloat16 inputs need ml_dtypes (NumPy has no bfloat16)") from None
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(dtype)
+
+
 def default_options(op: str, causal: bool = True, **extra) -> dict:
     """Options of the public op (all of them, with defaults) for one check/bench cell (workbench/opspec.py)."""
     return spec(op).default_options(causal, **extra)
@@ -29,7 +41,8 @@ def random_inputs(op: str, lead=(2,), T=16, Dk=8, Dv=None, dtype="float64", seed
     given = dict(n_gates=n_gates, log_decay_range=log_decay_range, feature_map=feature_map)
     arrays = sp.make_inputs(rng, q, k, v, **{a: given[a] for a in sp.input_args})
     assert len(arrays) == len(sp.arrays)
-    return tuple(a.astype(dtype) for a in arrays)
+    dt = numpy_dtype(dtype)
+    return tuple(a.astype(dt) for a in arrays)
 
 
 def random_state(op: str, lead=(2,), Dk=8, Dv=None, dtype="float64", seed=0, normalize=False):

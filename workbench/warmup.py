@@ -90,10 +90,8 @@ def _api_call(variant, dtype: str, T: int, options: dict):
 
 
 def _np_dtype(dtype: str):
-    if dtype == "bfloat16":
-        import ml_dtypes
-        return ml_dtypes.bfloat16
-    return dtype
+    from .inputs import numpy_dtype
+    return numpy_dtype(dtype)
 
 
 def _step_call(op: str, dtype: str):

@@ -33,21 +33,26 @@ class Shard:
     load: float         # the weighted number of tests
 
 
-def split(node_ids, jobs: int, piece: int = 80, numba_weight: float = 3.0) -> list:
+def split(node_ids, jobs: int, piece: int = 80, numba_weight: float = 3.0, seconds: dict | None = None) -> list:
     """Node ids into at most ``jobs`` shards of whole files (files over ``piece`` ids cut into pieces),
     largest piece first onto the lightest shard.  Every id lands in exactly one shard; empty shards are
-    dropped."""
+    dropped.  ``seconds`` (node id -> seconds, from an earlier run: ``measured_seconds``) weighs each id by
+    its time instead of counting it; ids it lacks weigh the median of those it has."""
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1 (got {jobs})")
     by_file: dict = {}
     for i in node_ids:
         by_file.setdefault(i.split("::", 1)[0], []).append(i)
+    known = sorted(seconds.values()) if seconds else []
     pieces = []
     for f, ids in by_file.items():
         w = numba_weight if "numba" in os.path.basename(f) else 1.0
         for j in range(0, len(ids), piece):
             chunk = ids[j:j + piece]
-            pieces.append((w * len(chunk), chunk))
+            if known:
+                pieces.append((sum(seconds.get(i, known[len(known) // 2]) for i in chunk), chunk))
+            else:
+                pieces.append((w * len(chunk), chunk))
     pieces.sort(key=lambda p: -p[0])
     loads, shards = [0.0] * jobs, [[] for _ in range(jobs)]
     for w, chunk in pieces:
@@ -55,6 +60,25 @@ def split(node_ids, jobs: int, piece: int = 80, numba_weight: float = 3.0) -> li
         loads[k] += w
         shards[k] += chunk
     return [Shard(tuple(s), l) for s, l in zip(shards, loads) if s]
+
+
+_SECONDS = re.compile(r" in ([0-9.]+)s")
+
+
+def measured_seconds(folder: str) -> dict:
+    """Node id -> seconds from an earlier run's shard folder: each shard's time (its pytest summary line)
+    spread evenly over the ids it ran (``sK.ids`` + ``sK.txt``)."""
+    out: dict = {}
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".ids"):
+            continue
+        ids = [i for i in open(os.path.join(folder, name)).read().split() if i]
+        log = os.path.join(folder, name[:-4] + ".txt")
+        lines = open(log).read().splitlines() if os.path.exists(log) else []
+        m = _SECONDS.search(lines[-1]) if lines else None
+        if ids and m:
+            out.update(dict.fromkeys(ids, float(m.group(1)) / len(ids)))
+    return out
 
 
 _COUNT = re.compile(r"(\d+) (passed|failed|errors?|skipped|deselected)")
@@ -85,12 +109,17 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=1200.0, help="seconds per shard")
     ap.add_argument("--piece", type=int, default=80, help="most tests of one file in one piece")
     ap.add_argument("--numba-weight", type=float, default=3.0, help="weight of a Numba test")
+    ap.add_argument("--times", help="an earlier run's --out folder: balance the shards on its measured times")
     a = ap.parse_args(argv)
+    seconds = measured_seconds(a.times) if a.times else None
+    if a.times and not seconds:
+        print(f"gpu_test_shards: no shard times under {a.times}", file=sys.stderr)
+        return 1
     ids = collect(extra)
     if not ids:
         print("gpu_test_shards: no GPU test collected", file=sys.stderr)
         return 1
-    shards = split(ids, a.jobs, a.piece, a.numba_weight)
+    shards = split(ids, a.jobs, a.piece, a.numba_weight, seconds)
     os.makedirs(a.out, exist_ok=True)
     print(f"{len(ids)} GPU tests in {len(shards)} shards (loads {[round(s.load) for s in shards]})", flush=True)
     t0, procs = time.time(), []

@@ -55,3 +55,20 @@ def test_nothing_run_exits_1(tmp_path, capsys):
     assert rc == 1 and "0 passed" in out and " skipped" in out
     logs = sorted(p.stem for p in tmp_path.glob("s*.txt"))
     assert logs and logs == sorted(p.stem for p in tmp_path.glob("s*.ids"))     # one log per shard run
+
+
+def test_an_earlier_runs_times_balance_the_shards(tmp_path):
+    """--times: each id weighs its earlier shard's seconds per test; ids not seen weigh the median."""
+    slow, fast = _ids("test_slow.py", 10), _ids("test_fast.py", 10) + _ids("test_fast2.py", 10)
+    (tmp_path / "s0.ids").write_text("\n".join(slow) + "\n")
+    (tmp_path / "s0.txt").write_text("...\n10 passed, 3 warnings in 400.00s (0:06:40)\n")
+    (tmp_path / "s1.ids").write_text("\n".join(fast) + "\n")
+    (tmp_path / "s1.txt").write_text("20 passed in 20.0s\n")
+    (tmp_path / "s2.ids").write_text("tests/x.py::never\n")                  # no log: not read
+    sec = shards.measured_seconds(str(tmp_path))
+    assert sec[slow[0]] == 40.0 and sec[fast[0]] == 1.0 and "tests/x.py::never" not in sec
+    new = _ids("test_new.py", 4)
+    out = shards.split(slow + fast + new, 2, piece=80, seconds=sec)
+    # counted, the slow file would share a shard with one fast file; timed, it runs alone
+    assert sorted(len(s.ids) for s in out) == [10, 24]
+    assert sorted(s.load for s in out) == [20 + 4 * 1.0, 400.0]         # the median of 40 x 10, 1 x 20 is 1

@@ -66,18 +66,33 @@ _SECONDS = re.compile(r" in ([0-9.]+)s")
 
 
 def measured_seconds(folder: str) -> dict:
-    """Node id -> seconds from an earlier run's shard folder: each shard's time (its pytest summary line)
-    spread evenly over the ids it ran (``sK.ids`` + ``sK.txt``)."""
+    """Node id -> seconds from an earlier run's shard folder: each test's own time where the shard wrote a JUnit
+    report (``sK.xml``), else the shard's time (its pytest summary line) spread evenly over the ids it ran
+    (``sK.ids`` + ``sK.txt``)."""
     out: dict = {}
     for name in sorted(os.listdir(folder)):
+        if name.endswith(".xml"):
+            out.update(_junit_seconds(os.path.join(folder, name)))
+            continue
         if not name.endswith(".ids"):
             continue
         ids = [i for i in open(os.path.join(folder, name)).read().split() if i]
         log = os.path.join(folder, name[:-4] + ".txt")
         lines = open(log).read().splitlines() if os.path.exists(log) else []
         m = _SECONDS.search(lines[-1]) if lines else None
-        if ids and m:
+        if ids and m and not os.path.exists(log[:-4] + ".xml"):
             out.update(dict.fromkeys(ids, float(m.group(1)) / len(ids)))
+    return out
+
+
+def _junit_seconds(path: str) -> dict:
+    """Node id -> seconds of a pytest JUnit report (classname "tests.test_x" + name "t[...]")."""
+    import xml.etree.ElementTree as ET
+    out = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        cls, name = case.get("classname", ""), case.get("name", "")
+        if cls and name:
+            out[cls.replace(".", "/") + ".py::" + name] = float(case.get("time", 0.0))
     return out
 
 
@@ -109,7 +124,7 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=1200.0, help="seconds per shard")
     ap.add_argument("--piece", type=int, default=80, help="most tests of one file in one piece")
     ap.add_argument("--numba-weight", type=float, default=3.0, help="weight of a Numba test")
-    ap.add_argument("--times", help="an earlier run's --out folder: balance the shards on its measured times")
+    ap.add_argument("--times", help="an earlier run's --out folder: balance the shards on its measured times (JUnit reports sK.xml where written)")
     a = ap.parse_args(argv)
     seconds = measured_seconds(a.times) if a.times else None
     if a.times and not seconds:
@@ -131,7 +146,7 @@ def main(argv=None) -> int:
                    NUMBA_CACHE_DIR=tempfile.mkdtemp(prefix=f"nbc-s{k}-"))
         log = open(os.path.join(a.out, f"s{k}.txt"), "w")
         cmd = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rfE", "--tb=short", "-p", "no:cacheprovider",
-               *s.ids]
+               f"--junitxml={os.path.join(a.out, f's{k}.xml')}", *s.ids]
         procs.append((k, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
     total, bad = {}, False
     for k, p, log in procs:

@@ -72,3 +72,13 @@ def test_an_earlier_runs_times_balance_the_shards(tmp_path):
     # counted, the slow file would share a shard with one fast file; timed, it runs alone
     assert sorted(len(s.ids) for s in out) == [10, 24]
     assert sorted(s.load for s in out) == [20 + 4 * 1.0, 400.0]         # the median of 40 x 10, 1 x 20 is 1
+
+
+def test_junit_reports_give_each_test_its_own_time(tmp_path):
+    (tmp_path / "s0.ids").write_text("tests/test_a.py::t[0]\ntests/test_a.py::t[1]\n")
+    (tmp_path / "s0.txt").write_text("2 passed in 10.0s\n")
+    (tmp_path / "s0.xml").write_text(
+        '<?xml version="1.0"?><testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.test_a" name="t[0]" time="9.5"/>'
+        '<testcase classname="tests.test_a" name="t[1]" time="0.5"/></testsuite></testsuites>')
+    assert shards.measured_seconds(str(tmp_path)) == {"tests/test_a.py::t[0]": 9.5, "tests/test_a.py::t[1]": 0.5}

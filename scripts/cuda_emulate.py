@@ -666,6 +666,12 @@ CHUNKED_BF16_CASES = [_chunked("bfloat16", 1, cu, dk, dv, mode, L, stages=st, dk
     ((0, 300), 64, 64, "decayed", 3, 1, "dqrev"), ((0, 1, 64, 65, 130), 48, 24, "decayed", 1, 2, "dqrev"),
     ((0, 300), 64, 64, "linear", 2, 1, "dqrev"))] if BF16 else []
 
+# dqrev against the fused mode on the same inputs, bit-identical o, final state, dq and the rest to rounding (every
+# parametrisation but bfloat16's), and where it launches what
+CHUNKED_DQREV_TESTS = [_test_case("chunked_mma", "test_cupy_chunked_mma", "test_dqrev_equals_fused_to_rounding", **kw)
+                       for kw in _test_grid("test_cupy_chunked_mma", "test_dqrev_equals_fused_to_rounding")]
+CHUNKED_DQREV_TESTS += [_test_case("chunked_mma", "test_cupy_chunked_mma", "test_dqrev_launches")]
+
 # float16 log decays read by the walkers against their float32 cast, bit for bit (every parametrisation)
 _G16_TEST = "test_float16_log_decays_equal_their_float32_cast"
 CHUNKED_G16_CASES = [_test_case("chunked_mma", "test_cupy_chunked_mma", _G16_TEST, **kw)
@@ -752,7 +758,7 @@ def cases() -> list:
     steps_tests = [_test_case("steps", "test_steps_kernel", f, **kw) for f in STEPS_TESTS
                    for kw in _test_grid("test_steps_kernel", f)]
     return (SOFTMAX_CASES + CHUNKED_CASES + CHUNKED_DB_CASES + CHUNKED_DKDV_CASES + CHUNKED_BF16_CASES
-            + CHUNKED_G16_CASES + ZEROS_CASES
+            + CHUNKED_G16_CASES + CHUNKED_DQREV_TESTS + ZEROS_CASES
             + zeros_tests + [_zeros_test(f) for f in ZEROS_TESTS] + ZEROS_STATE_CASES + steps_tests + _cells())
 
 

@@ -25,7 +25,9 @@ products read it, with its power-of-two sigma), the reverse walk reads it back a
 and ``tc_bwd_dq`` is not launched; cupy:chunked_mma_dqf; causal calls only, not causal runs "fused") or "anchor"
 (``ANCHORED``: the "dqfold" walkers, and d log_decay from chunk anchors: the walker writes <H, dS'> of every chunk,
 ``tc_dg`` sums at most one chunk's tokens from the next chunk's anchor instead of the whole suffix -- what lets
-bfloat16 decayed run the 16-bit core, docs/kernels/decayed.md "d log_decay from chunk anchors").  Above 64
+bfloat16 decayed run the 16-bit core, docs/kernels/decayed.md "d log_decay from chunk anchors") or "dqrev" (the "fused"
+walkers; ``REV_IN_DQ``: ``tc_bwd_dq`` (its ESUM) also forms the REV segment sums, so the reverse ``tc_seg_state`` pass
+is not launched -- causal calls of several segments, at every dk and dv <= 64; cupy:chunked_mma_dqr).  Above 64
 the separate kernels (and ``tc_bwd_dq``) run in every mode.
 """
 from __future__ import annotations

@@ -184,8 +184,8 @@ def test_dqrev_matches_recurrence(dtype, split, shape, mode, L, stages):
 # gradient, segments of 3 chunks): the REV sums are the same terms summed in another association, so o, the
 # final state and dq (which never see them) are bit-identical, and dk, dv, dS0, d log_decay agree to rounding
 # (the fragment weights differ -- e^{B_c + b_t - beta} against e^{b_t - b_0} -- so they round differently to the 16-bit
-# type or to TF32: emulator, every cell: float16 <= 1.8e-5, 3xTF32 <= 2.4e-7, TF32 <= 1.8e-5)
-DQREV_DIFF = {("float32", 3): 2e-6, ("float32", 1): 1e-4, ("float16", 1): 5e-4, ("bfloat16", 1): 4e-3}
+# type or to TF32: emulator, every cell: float16 <= 1.8e-5, bfloat16 <= 1.2e-4, 3xTF32 <= 2.4e-7, TF32 <= 1.8e-5)
+DQREV_DIFF = {("float32", 3): 2e-6, ("float32", 1): 1e-4, ("float16", 1): 5e-4, ("bfloat16", 1): 1e-3}
 
 
 @pytest.mark.parametrize("dtype,split", CASES)

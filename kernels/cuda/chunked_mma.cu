@@ -863,11 +863,11 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES, ESUM>
             row_dots<T>(acc[0], sQ, LDT, 16 * w, nrow, rq + ((long long)kt * N + n) * T_ + cs);
         if constexpr (ESUM) {                                      // Es += Q^T diag(scale e^{B_c + b_t - beta}) dO
             if (esum) {
-                // REV's weights are e^{b_t} relative to each chunk's first row, e^{b_0} and the later chunks' e^{b_last}
-                // applied in float32; forwards, one base for the segment: chunk 0's weight_base (e^{beta}, beta =
-                // its first row's b; 1 below 1e-30), so chunk 0's fragment weights are REV's (scale e^{b_t} / base)
-                // and chunk c's are scale e^{b_t} e^{B_c - beta} (B_c - beta <= 0: nothing overflows), with B_c - beta
-                // summed in double from the clamped chunk totals b_last as REV's gsum
+                // REV's weights are e^{b_t} relative to each chunk's first row, e^{b_0} and the later chunks'
+                // e^{b_last} applied in float32; forwards, one base for the segment: chunk 0's weight_base
+                // (e^{beta}, beta = its first row's b; 1 below 1e-30), so chunk 0's fragment weights are REV's
+                // (scale e^{b_t} / base) and chunk c's are scale e^{b_t} e^{B_c - beta} (B_c - beta <= 0: nothing
+                // overflows), with B_c - beta summed in double from the clamped chunk totals b_last as REV's gsum
                 float mul = scale;
                 if (decay) {
                     if (j == 0) {

@@ -440,7 +440,7 @@ class _BackwardPlan:
         self.want_dg = want_dg
         self.anchored = want_dg and cp_.anchored
         self.layout = None              # the outputs' backends.OutputLayout, from the first call's arrays
-        self.tails = (None, (), (), ())     # (scale32, the walkers' tail, + the unfolded dk/dv walker's nulls, + dq's): run
+        self.tails = (None, (), (), ())  # (scale32, the walkers' tail, + the dk/dv walker's nulls, + dq's): run
         self.scratch = ()
         if want_dg:
             self.scratch = (((cp_.ntk, N, cp_.T), np.float32),) * 2     # the row dots of q.dq and k.dk

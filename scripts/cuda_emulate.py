@@ -514,7 +514,7 @@ def _cells() -> list:
     # float16 decayed with an initial state and log decays down to -30 (seed 1: a chunk starting near -30): the
     # backward's e^{b} weights relative to the chunk's first row (tc weight_base); before, d init.S came out 0
     # (relative error 1.0, H200 callI and here)
-    for name in ("chunked_mma", "chunked_mma_dqa"):
+    for name in ("chunked_mma", "chunked_mma_dqa", "chunked_mma_dqr"):
         out.append(Case("decayed", f"decayed cell cupy:{name} float16 T=1024 lead 1x2 g in [-30, 0] seed 1 state",
                         "check_cell", dict(op="decayed", variant=name, dtype="float16", lead=(1, 2), T=1024, Dk=64,
                                            Dv=64, causal=True, state=True, packed=False, seed=1,
@@ -613,7 +613,8 @@ CHUNKED_DB_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, stages=2) for dt, s
 # the other dk/dv walkers at head dims (64, 64) (_chunked_mma.DKDV_MODES: "split" = the dk and dv kernels apart,
 # "wide", "roles" = the 8-warp fused kernels): walks of 1 to 5 chunks with the initial state's gradient written by the walker
 # (L = 0) and through the segment scan (L = 2), packed chunk-edge lengths, element-wise loads (5 x 7), not causal
-CHUNKED_DKDV_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, dkdv=m) for m in ("split", "wide", "roles", "dqfold")
+CHUNKED_DKDV_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, dkdv=m)
+                      for m in ("split", "wide", "roles", "dqfold", "dqrev")
                       for dt, split, cu, dk, dv, mode, L in (
     ("float16", 1, (0, 300), 64, 64, "decayed", 0), ("float16", 1, (0, 300), 64, 64, "linear", 2),
     ("float16", 1, (0, 1, 64, 65, 130), 64, 64, "decayed", 1), ("float16", 1, (0, 70), 5, 7, "linear", 0),
@@ -628,6 +629,18 @@ CHUNKED_DKDV_CASES += [_chunked(dt, split, cu, dk, dv, mode, L, dkdv="dqfold") f
     ("float16", 1, (0, 63, 191), 64, 40, "linear", 1), ("float32", 3, (0, 1, 64, 65, 130), 64, 64, "decayed", 2))]
 CHUNKED_DKDV_CASES += [_chunked(dt, split, cu, dk, dv, mode, L, stages=2, dkdv="dqfold") for dt, split, cu, dk, dv, mode, L in (
     ("float16", 1, (0, 300), 64, 64, "decayed", 2), ("float32", 3, (0, 1, 64, 65, 130), 64, 64, "linear", 0))]
+# the REV segment sums formed in the dq walker ("dqrev", cupy:chunked_mma_dqr; tc_bwd_dq's ESUM) beyond the cases above:
+# walks of 1 to 4 chunks per segment with a partial last chunk (T = 300, L = 1, 3, 4), one token, Dk != Dv and odd
+# dims inside the 64-wide tiles, element-wise loads, packed chunk-edge lengths, two dk tiles (Dk 96 with Dv 40), both
+# stages, float32; 80 x 72 keeps the REV pass (dv beyond REV_IN_DQ_DIMS)
+CHUNKED_DKDV_CASES += [_chunked(dt, split, cu, dk, dv, mode, L, stages=st, dkdv="dqrev")
+                       for dt, split, cu, dk, dv, mode, L, st in (
+    ("float16", 1, (0, 300), 64, 64, "decayed", 3, 1), ("float16", 1, (0, 300), 64, 64, "linear", 4, 1),
+    ("float16", 1, (0, 300), 64, 64, "decayed", 1, 2), ("float16", 1, (0, 1), 64, 64, "decayed", 0, 1),
+    ("float16", 1, (0, 150), 48, 24, "decayed", 1, 1), ("float16", 1, (0, 70), 5, 7, "decayed", 1, 1),
+    ("float16", 1, (0, 63, 191), 96, 40, "decayed", 1, 1), ("float16", 1, (0, 97), 80, 72, "decayed", 1, 1),
+    ("float32", 3, (0, 150), 24, 48, "decayed", 1, 1), ("float32", 3, (0, 1, 64, 65, 130), 64, 64, "decayed", 1, 2),
+    ("float32", 1, (0, 300), 64, 64, "decayed", 3, 1))]
 # d log_decay from chunk anchors ("anchor": the dq-folded walkers + tc_dg from the anchors; bfloat16's core, run here
 # in float16): walks of 1 to 5 chunks with the sequence's end at a partial chunk (L = 0), segments of 1 and 2 chunks
 # (the anchor of a segment's first chunk: the update done without dSstart), packed chunk-edge lengths (a sequence's
@@ -650,7 +663,15 @@ CHUNKED_BF16_CASES = [_chunked("bfloat16", 1, cu, dk, dv, mode, L, stages=st, dk
     ((0, 1, 64, 65, 130), 64, 64, "decayed", 1, 1, "anchor"), ((0, 1), 64, 64, "decayed", 0, 1, "anchor"),
     ((0, 150), 48, 24, "decayed", 1, 1, "anchor"), ((0, 300), 64, 64, "decayed", 2, 2, "anchor"),
     ((0, 1, 64, 65, 130), 64, 64, "decayed", 2, 2, "dqfold"), ((0, 130), 64, 64, "linear", 1, 1, "anchor"),
-    ((0, 130), 32, 48, "noncausal", 1, 1, "anchor"))] if BF16 else []
+    ((0, 130), 32, 48, "noncausal", 1, 1, "anchor"),
+    ((0, 300), 64, 64, "decayed", 3, 1, "dqrev"), ((0, 1, 64, 65, 130), 48, 24, "decayed", 1, 2, "dqrev"),
+    ((0, 300), 64, 64, "linear", 2, 1, "dqrev"))] if BF16 else []
+
+# dqrev against the fused mode on the same inputs, bit-identical o, final state, dq and the rest to rounding (every
+# parametrisation but bfloat16's), and where it launches what
+CHUNKED_DQREV_TESTS = [_test_case("chunked_mma", "test_cupy_chunked_mma", "test_dqrev_equals_fused_to_rounding", **kw)
+                       for kw in _test_grid("test_cupy_chunked_mma", "test_dqrev_equals_fused_to_rounding")]
+CHUNKED_DQREV_TESTS += [_test_case("chunked_mma", "test_cupy_chunked_mma", "test_dqrev_launches")]
 
 # float16 log decays read by the walkers against their float32 cast, bit for bit (every parametrisation)
 _G16_TEST = "test_float16_log_decays_equal_their_float32_cast"
@@ -738,7 +759,7 @@ def cases() -> list:
     steps_tests = [_test_case("steps", "test_steps_kernel", f, **kw) for f in STEPS_TESTS
                    for kw in _test_grid("test_steps_kernel", f)]
     return (SOFTMAX_CASES + CHUNKED_CASES + CHUNKED_DB_CASES + CHUNKED_DKDV_CASES + CHUNKED_BF16_CASES
-            + CHUNKED_G16_CASES + ZEROS_CASES
+            + CHUNKED_G16_CASES + CHUNKED_DQREV_TESTS + ZEROS_CASES
             + zeros_tests + [_zeros_test(f) for f in ZEROS_TESTS] + ZEROS_STATE_CASES + steps_tests + _cells())
 
 

@@ -140,10 +140,11 @@ def _check_case(dtype, split, shape, mode, L, **kw):
                          ids=lambda s: f"N{s[0]}-cu{'_'.join(map(str, s[1]))}-{s[2]}x{s[3]}")
 @pytest.mark.parametrize("mode", ["linear", "decayed", "noncausal"])
 @pytest.mark.parametrize("L", [0, 2])
-@pytest.mark.parametrize("dkdv", ["split", "wide", "roles", "dqfold"])
+@pytest.mark.parametrize("dkdv", ["split", "wide", "roles", "dqfold", "dqrev"])
 def test_dkdv_modes_match_recurrence(dtype, split, shape, mode, L, dkdv):
     """The dk/dv walkers of the other modes at head dims (64, 64) (_chunked_mma.DKDV_MODES: the dk and dv
-    kernels apart, the two 8-warp fused kernels, dq folded into the fused walk), one load stage."""
+    kernels apart, the two 8-warp fused kernels, dq folded into the fused walk, the REV sums in the dq walker),
+    one load stage."""
     _check_case(dtype, split, shape, mode, L, dkdv=dkdv)
 
 
@@ -161,6 +162,75 @@ def test_dqfold_matches_recurrence(dtype, split, shape, mode, L, stages):
     Dk != Dv inside the 64-wide tiles, both load pipelines; 80 x 72 runs the unfolded kernels (the mode's
     fallback above head dim 64)."""
     _check_case(dtype, split, shape, mode, L, stages=stages, dkdv="dqfold")
+
+
+@pytest.mark.parametrize("dtype,split", CASES)
+@pytest.mark.parametrize("shape", [(2, (0, 1), 64, 64), (1, (0, 300), 64, 64), (1, (0, 150), 48, 24),
+                                   (2, (0, 1, 64, 65, 130, 200), 64, 64), (1, (0, 63, 191), 96, 40),
+                                   (1, (0, 70), 5, 7), (1, (0, 97), 80, 72)],
+                         ids=lambda s: f"N{s[0]}-cu{'_'.join(map(str, s[1]))}-{s[2]}x{s[3]}")
+@pytest.mark.parametrize("mode", ["linear", "decayed"])
+@pytest.mark.parametrize("L", [1, 2, 4])
+@pytest.mark.parametrize("stages", [1, 2], ids=["mma", "mma_db"])
+def test_dqrev_matches_recurrence(dtype, split, shape, mode, L, stages):
+    """The REV segment sums formed in the dq walker (dkdv="dqrev", cupy:chunked_mma_dqr; tc_bwd_dq's ESUM): segments
+    of 1, 2 and 4 chunks with a partial last chunk, one token (one segment: the unchained path), packed sequences,
+    Dk != Dv and odd dims, two dk tiles (96 x 40), both load pipelines; 80 x 72 keeps the REV pass (dv above
+    REV_IN_DQ_DIMS)."""
+    _check_case(dtype, split, shape, mode, L, stages=stages, dkdv="dqrev")
+
+
+# dqrev against the fused mode on the same inputs (log decays down to -80, a reset, an initial state and a final-state
+# gradient, segments of 3 chunks): the REV sums are the same terms summed in another association, so o, the
+# final state and dq (which never see them) are bit-identical, and dk, dv, dS0, d log_decay agree to rounding
+# (the fragment weights differ -- e^{B_c + b_t - beta} against e^{b_t - b_0} -- so they round differently to the 16-bit
+# type or to TF32: emulator, every cell: float16 <= 1.8e-5, bfloat16 <= 1.2e-4, 3xTF32 <= 2.4e-7, TF32 <= 1.8e-5)
+DQREV_DIFF = {("float32", 3): 2e-6, ("float32", 1): 1e-4, ("float16", 1): 5e-4, ("bfloat16", 1): 1e-3}
+
+
+@pytest.mark.parametrize("dtype,split", CASES)
+@pytest.mark.parametrize("mode", ["linear", "decayed"])
+@pytest.mark.parametrize("cu", [(0, 500), (0, 1, 200, 263, 400)], ids=["T500", "packed"])
+def test_dqrev_equals_fused_to_rounding(dtype, split, mode, cu):
+    import cupy as cp
+    from kernels.cupy import _chunked_mma as mma
+    rng = np.random.default_rng(5)
+    N, T, d, nseq = 2, cu[-1], 64, len(cu) - 1
+    cast = {"float32": np.float32, "float16": np.float16, "bfloat16": "bfloat16"}[dtype]
+    if dtype == "bfloat16":
+        import ml_dtypes  # noqa: F401
+    q, k, v, do = (cp.asarray((rng.standard_normal((N, T, d)) * 0.5).astype(cast)) for _ in range(4))
+    g = None
+    if mode == "decayed":       # slow decays (the sums reach every chunk), some drops, a reset near the end; in row 1
+        gg = rng.uniform(-0.02, 0.0, (N, T))            # segments (of 192 tokens in one sequence) starting at -30 (a
+        gg[:, 37::97] = -5.0                            # base e^{-30}) and at -80 (below weight_base's 1e-30: base 1)
+        gg[1, 192], gg[1, 384], gg[:, T - 50] = -30.0, -80.0, -np.inf
+        g = cp.asarray(gg.astype(np.float32))
+    S0, dST = (cp.asarray((rng.standard_normal((N, nseq, d, d)) * 0.3).astype(np.float32)) for _ in range(2))
+    res = []
+    for dkdv in ("fused", "dqrev"):
+        o, ctx = mma.forward(q, k, v, g, scale=0.7, split=split, S0=S0, want_final=True, cu=cu if nseq > 1 else None,
+                             L=3, dkdv=dkdv)
+        dq, dk, dv, dg, dS0 = mma.backward(ctx, do, dST)
+        res.append(dict(o=o, final=ctx.final, dq=dq, dk=dk, dv=dv, dS0=dS0, **({"dg": dg} if g is not None else {})))
+    fused, dqrev = ({n: cp.asnumpy(x).astype(np.float64) for n, x in r.items()} for r in res)
+    for n in ("o", "final", "dq"):
+        assert np.array_equal(fused[n], dqrev[n]), n
+    diff = {n: rel_error(dqrev[n], fused[n]) for n in ("dk", "dv", "dS0") + (("dg",) if g is not None else ())}
+    assert all(e <= DQREV_DIFF[(dtype, split)] for e in diff.values()), diff
+
+
+def test_dqrev_launches():
+    """Where the dq walker forms the REV sums: causal calls of several segments at dv <= 64 (REV_IN_DQ_DIMS), the
+    dq walker launched (not folded); the REV pass elsewhere (one segment: no chained sums at all)."""
+    from kernels.cupy import _chunked_mma as mma
+    mma._PLANS.clear()
+    for T, dv, causal, esum in ((300, 64, True, True), (300, 48, True, True), (64, 64, True, False),
+                                (300, 64, False, False), (300, 80, True, False)):
+        P = mma._plan("float16", (1, T, 64), dv, 1, 1, causal, None, 1, None, False, False, "dqrev")
+        B = P.backward_plan("dqrev", False, None)
+        assert B.esum == esum and (B.rseg is None) == (esum or (causal and P.table.single)), (T, dv, causal)
+        assert B.dq.kernel is mma._kern("float16", 1, 1, mma._dq("float16", 1, 1, P.dvp, esum).expr)
 
 
 @pytest.mark.parametrize("dtype,split", CASES)
@@ -202,7 +272,7 @@ def test_bfloat16_decayed_long(variant, T, lead, rng, state):
     assert max(errs) <= BF16_DG_MAX, errs
 
 
-@pytest.mark.parametrize("variant", ["chunked_mma", "chunked_mma_dqa"])
+@pytest.mark.parametrize("variant", ["chunked_mma", "chunked_mma_dqa", "chunked_mma_dqr"])
 def test_float16_initial_state_gradient_behind_a_strong_decay(variant):
     """float16 decayed, an initial state, log decays down to -30 (seed 1: a chunk whose first log decay is near -30):
     the backward's dS update and REV pass weigh rows by e^{b_t - b_0} and apply e^{b_0} in float32 (tc weight_base);
@@ -224,7 +294,8 @@ def test_dqfold_launches():
 
 @pytest.mark.parametrize("N,cu,L,stages,dkdv", [
     (1, (0, 1, 64, 65, 130), 0, 1, "fused"), (1, (0, 1, 64, 65, 130), 2, 2, "split"),
-    (2, (0, 129), 0, 1, "fused"), (2, (0, 193), 2, 2, "wide"), (1, (0, 1, 64, 65, 130), 1, 1, "dqfold")],
+    (2, (0, 129), 0, 1, "fused"), (2, (0, 193), 2, 2, "wide"), (1, (0, 1, 64, 65, 130), 1, 1, "dqfold"),
+    (2, (0, 1, 64, 65, 300), 2, 1, "dqrev")],
     ids=lambda x: "_".join(map(str, x)) if isinstance(x, tuple) else str(x))
 def test_float16_log_decays_equal_their_float32_cast(N, cu, L, stages, dkdv):
     """float16 log decays read by the walkers (g_half: no cast launch) give the bits of the same values cast to

@@ -155,12 +155,14 @@ def test_cuda_source_text_changes_with_its_headers(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("op", ["linear", "decayed"])
 @pytest.mark.parametrize("normalize", [False, True])
-@pytest.mark.parametrize("impl, stages", [("chunked_mma", 1), ("chunked_mma_db", 2), ("chunked_mma_dqf", 1)])
+@pytest.mark.parametrize("impl, stages", [("chunked_mma", 1), ("chunked_mma_db", 2), ("chunked_mma_dqf", 1),
+                                          ("chunked_mma_dqr", 1)])
 def test_state_and_packed_launch_path_of_chunked_mma(fake, op, normalize, impl, stages):
     """The tensor-core variants' state / packed keywords through the stand-in CuPy: states in and out with the
     registry contract's types and shapes, and one more gradient (the initial state's) when one was passed;
     every chunk-walking kernel launched with the variant's load stages (chunked_mma_db: double-buffered;
-    chunked_mma_dqf: dq folded into the dk/dv walk, so no tc_bwd_dq and the forward storing every chunk's state)."""
+    chunked_mma_dqf: dq folded into the dk/dv walk, so no tc_bwd_dq and the forward storing every chunk's state;
+    chunked_mma_dqr: the REV segment sums from tc_bwd_dq's ESUM instantiation, no REV tc_seg_state pass)."""
     from workbench.state import DecayedState, LinearState
     if op == "decayed" and normalize:
         pytest.skip("decayed has no normalize")
@@ -188,11 +190,15 @@ def test_state_and_packed_launch_path_of_chunked_mma(fake, op, normalize, impl, 
     core = [e for e in fake["launches"] if e.startswith("tc_fwd<")]
     assert core and all(("<float," if normalize else "<wb_half,") in e for e in core), core
     walks = [e for e in fake["launches"] if e.startswith(("tc_fwd<", "tc_seg_state<", "tc_bwd_dq<", "tc_bwd_dkdv<"))]
-    fold = impl == "chunked_mma_dqf"
+    fold, esum = impl == "chunked_mma_dqf", impl == "chunked_mma_dqr"
     assert ({e.split("<")[0] for e in walks}
             == {"tc_fwd", "tc_seg_state", "tc_bwd_dkdv"} | (set() if fold else {"tc_bwd_dq"})), walks
-    assert all(e.endswith(f", {stages}>" if not (fold and e.startswith("tc_fwd<")) else f", {stages}, 1>")
+    assert all(e.endswith(f", {stages}, 1>" if fold and e.startswith("tc_fwd<")
+                          else f", {stages}, true>" if esum and e.startswith("tc_bwd_dq<") else f", {stages}>")
                for e in walks), walks
+    # segments of one chunk here (132 SMs): the REV pass (tc_seg_state REV true) runs but where the dq walker forms
+    # its sums
+    assert any(", true, " in e for e in walks if e.startswith("tc_seg_state<")) != esum, walks
     if fold:                        # the walker forming dq, dk and dv (tc::DKDV_DQ) and nothing else
         assert {e for e in walks if e.startswith("tc_bwd_dkdv<")} == {
             f"tc_bwd_dkdv<{'float' if normalize else 'wb_half'}, 64, 64, {3 if normalize else 1}, 3, 0, 1>"}, walks
@@ -378,6 +384,8 @@ def test_fused_zeros_backward_plan(stand_in, T, causal, dtype):
     ("decayed", "cupy:chunked_mma", "float32", 70, dict(scale=0.25)),
     ("decayed", "cupy:chunked_mma", "float16", 64, {}),
     ("decayed", "cupy:chunked_mma_dqf", "float16", 130, {}),
+    ("linear", "cupy:chunked_mma_dqr", "float16", 200, dict(cu_seqlens=(0, 70, 200))),
+    ("decayed", "cupy:chunked_mma_dqr", "float32", 130, {}),
     ("decayed", "cupy:chunked_mma_dqa", "float32", 200, dict(cu_seqlens=(0, 70, 200))),
     ("zeros", "cupy:chunked_mma_fused3", "float16", 64, {}),
     ("zeros", "cupy:chunked_mma_fused", "float32", 300, dict(causal=False)),

@@ -567,9 +567,13 @@ __device__ __forceinline__ void gemm_state(float (&acc)[MT][NT][4], const T* sA,
 //     decayed path's code joined the kernel (167 before): 2 blocks per SM for linear and decayed float32 alike.
 //     dq's 94 KB fit only 2 blocks, so there the request only holds it to the 168 registers it had (203 unasked;
 //     its shared loads then sat as far ahead of their mma as before).  docs/kernels/linear.md, "float32 regression".
-template <typename T, int D, int STAGES>
+// tc_bwd_dq with ESUM (it also forms the REV segment sums: 32 more accumulator registers at head dim 64): 16-bit
+// ESUM_MIN_BLOCKS (<= 168 registers), float32 2 (its 94 KB of shared memory allow no more).
+constexpr int ESUM_MIN_BLOCKS = 3;
+template <typename T, int D, int STAGES, bool ESUM = false>
 __host__ __device__ constexpr int walk_min_blocks() {
     if (D != 64 || STAGES != 1) return 1;
+    if (ESUM) return sizeof(T) == 2 ? ESUM_MIN_BLOCKS : 2;
     return sizeof(T) == 2 ? 4 : 3;
 }
 
@@ -782,12 +786,19 @@ __global__ void __launch_bounds__(256) tc_seg_scan(const float* __restrict__ Ese
 // grid (NSEG * ceil(dk / 64), N); smem: STAGES x (dO, V [C][DVP+8], K, Q [C][72] (this block's 64 dk
 // columns)), H [64][DVP+8] of T + Trailer.  H: rows of this dk tile, all dv columns, walked forwards as in tc_fwd.
 // rq (decay only; nullptr: not wanted): (ceil(dk/64), N, T) partial row dots q.dq of this tile.
-template <typename T, int DVP, int SPLIT, int STAGES>
-__global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES>()) tc_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
+// ESUM (causal calls of several segments; cupy dk/dv mode "dqrev"): the block also forms its segment's REV sum for
+// its dk rows -- what tc_seg_state<.., REV = true, ..> writes, E_s = sum over the segment's chunks c of
+// e^{B_c} Q_c^T diag(scale e^{b_t}) dO_c (B_c the log decay from the segment's start to chunk c's) -- and writes it
+// to Eout (N, NSEG, dk, dv) fp32, so that pass is not run.  The walk is forwards, so chunk c's rows are weighed by
+// e^{B_c + b_t} relative to the segment's first row (see the E update below; docs/kernels/linear.md "The REV sums in
+// the dq walker").
+template <typename T, int DVP, int SPLIT, int STAGES, bool ESUM = false>
+__global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES, ESUM>()) tc_bwd_dq(const T* __restrict__ q,
+        const T* __restrict__ k,
         const T* __restrict__ v, const void* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dq,
         float* __restrict__ rq, const float* __restrict__ Hin, const int* __restrict__ seg_t0,
         const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, int T_, int dk, int dv, int NSEG,
-        int nseq, float scale, int causal, int g_half) {
+        int nseq, float scale, int causal, int g_half, float* __restrict__ Eout) {
     using namespace tc;
     using namespace wbmma;
     constexpr int LDV = DVP + PAD, LDT = BV + PAD, KS = Traits<T>::KS, HNT = DVP / 8;
@@ -805,6 +816,11 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES>()) tc
     float H[1][HNT][4];
     state_load(H, causal ? (Hin ? Hin + ((long long)n * NSEG + s) * E : nullptr)
                          : Hin + ((long long)n * nseq + seg_seq[s]) * E, 16 * w, k0, 0, dk, dv);
+    const bool esum = ESUM && causal;                              // (the host launches ESUM causal only)
+    float Es[1][ESUM ? HNT : 2][4];                                // ESUM: the REV sum (this dk tile's rows), / base
+    if constexpr (ESUM) zero(Es);
+    double Bd = 0.0;                                               // ESUM: B_c - beta (below)
+    float base = 1.f;                                              // ESUM: e^{beta}, applied to Es at the end
     const int nch = (t1 - t0 + C - 1) / C;
     auto issue = [&](int j, int st) {                              // chunk j's tiles -> stage st
         T* sO = stages + st * STAGE;
@@ -814,7 +830,7 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES>()) tc
         if (causal) {
             load_tile<T, DVP>(sO + C * LDV, LDV, v + row0 * dv, dv, nrow, 0, dv);
             load_tile<T, BV>(sO + 2 * C * LDV, LDT, k + row0 * dk, dk, nrow, k0, dk);
-            if (decay) load_tile<T, BV>(sO + 2 * C * LDV + C * LDT, LDT, q + row0 * dk, dk, nrow, k0, dk);
+            if (decay || ESUM) load_tile<T, BV>(sO + 2 * C * LDV + C * LDT, LDT, q + row0 * dk, dk, nrow, k0, dk);
         }
     };
     auto grows = [&](int j) { return grows_at(g, g_half, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
@@ -845,6 +861,31 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES>()) tc
         store_rows<T, 8>(acc[0], dq + row0 * dk, dk, 16 * w, nrow, k0, dk);
         if (causal && decay && rq)                                 // row dots q.dq of this tile
             row_dots<T>(acc[0], sQ, LDT, 16 * w, nrow, rq + ((long long)kt * N + n) * T_ + cs);
+        if constexpr (ESUM) {                                      // Es += Q^T diag(scale e^{B_c + b_t - beta}) dO
+            if (esum) {
+                // REV's weights are e^{b_t} relative to each chunk's first row, e^{b_0} and the later chunks'
+                // e^{b_last} applied in float32; forwards, one base for the segment: chunk 0's weight_base
+                // (e^{beta}, beta = its first row's b; 1 below 1e-30), so chunk 0's fragment weights are REV's
+                // (scale e^{b_t} / base) and chunk c's are scale e^{b_t} e^{B_c - beta} (B_c - beta <= 0: nothing
+                // overflows), with B_c - beta summed in double from the clamped chunk totals b_last as REV's gsum
+                float mul = scale;
+                if (decay) {
+                    if (j == 0) {
+                        base = weight_base(tr);
+                        Bd = base != 1.f ? -((double)tr->bh[0] + (double)tr->bl[0]) : 0.0;
+                        mul = scale / base;
+                    } else {
+                        mul = scale * dexp(Bd);
+                    }
+                    Bd += (double)tr->bh[C - 1] + (double)tr->bl[C - 1];
+                }
+                if (decay || scale != 1.f)
+                    gemm_ss<T, SPLIT, 1, HNT, true, false>(Es, sQ, LDT, sO, LDV, 16 * w, 0, 0, C, 0, HNT / 2,
+                                                           KWeights<T>{decay ? tr->e : nullptr, mul});
+                else
+                    gemm_ss<T, SPLIT, 1, HNT, true, false>(Es, sQ, LDT, sO, LDV, 16 * w, 0, 0, C);
+            }
+        }
         if (causal && j + 1 < nch) {                              // H (this dk tile) <- e^{b_last} H + K^T diag(u) V
             if (decay) {                                           // u weighs K^T's fragments in registers
                 scale_acc(H, tr->e[C - 1]);
@@ -853,6 +894,12 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES>()) tc
             } else {
                 gemm_ss<T, SPLIT, 1, HNT, true, false>(H, sK, LDT, sV, LDV, 16 * w, 0, 0, C);
             }
+        }
+    }
+    if constexpr (ESUM) {
+        if (esum) {
+            if (base != 1.f) scale_acc(Es, base);
+            state_store(Es, Eout + ((long long)n * NSEG + s) * E, 16 * w, k0, 0, dk, dv);
         }
     }
 }

@@ -25,7 +25,9 @@ products read it, with its power-of-two sigma), the reverse walk reads it back a
 and ``tc_bwd_dq`` is not launched; cupy:chunked_mma_dqf; causal calls only, not causal runs "fused") or "anchor"
 (``ANCHORED``: the "dqfold" walkers, and d log_decay from chunk anchors: the walker writes <H, dS'> of every chunk,
 ``tc_dg`` sums at most one chunk's tokens from the next chunk's anchor instead of the whole suffix -- what lets
-bfloat16 decayed run the 16-bit core, docs/kernels/decayed.md "d log_decay from chunk anchors").  Above 64
+bfloat16 decayed run the 16-bit core, docs/kernels/decayed.md "d log_decay from chunk anchors") or "dqrev" (the "fused"
+walkers; ``REV_IN_DQ``: ``tc_bwd_dq`` (its ESUM) also forms the REV segment sums, so the reverse ``tc_seg_state`` pass
+is not launched -- causal calls of several segments, at every dk and dv <= 64; cupy:chunked_mma_dqr).  Above 64
 the separate kernels (and ``tc_bwd_dq``) run in every mode.
 """
 from __future__ import annotations
@@ -59,11 +61,17 @@ DOUBLE_BUFFERED = ("cupy:chunked_mma with double-buffered chunk tiles (stages=2)
 # The dk/dv walkers launched at head dims (64, 64), per mode: ((WHICH, LAYOUT), ...) of tc_bwd_dkdv, in order;
 # LAYOUT: tc::DKDV_ROWS 0 (4 warps), DKDV_COLS 1 and DKDV_ROLES 2 (8 warps), DKDV_WARPS per layout
 DKDV_MODES = {"fused": ((0, 0),), "split": ((1, 0), (2, 0)), "wide": ((0, 1),), "roles": ((0, 2),),
-              "dqfold": ((3, 0),), "anchor": ((3, 0),)}
+              "dqfold": ((3, 0),), "anchor": ((3, 0),), "dqrev": ((0, 0),)}
 DKDV_DQ = 3                             # tc::DKDV_DQ: the WHICH of the walker that forms dq, dk and dv
 ANCHORED = ("anchor",)                  # modes whose d log_decay comes from the folded walker's chunk anchors
 ANC_PARTS = 4                           # tc::ANC_PARTS: floats per chunk anchor (one per warp of the walker)
 DKDV_WARPS = (4, 8, 8)
+# Modes whose backward forms the REV segment sums (the gradient of each segment's start state from its own chunks)
+# in tc_bwd_dq (its ESUM) instead of the tc_seg_state<.., REV = true, ..> pass: causal calls of several segments, at
+# padded head dims in REV_IN_DQ_DIMS (dv; wider ones keep the pass: 64 more accumulator registers would not fit);
+# dq launched before the REV scan (docs/kernels/linear.md "The REV sums in the dq walker")
+REV_IN_DQ = ("dqrev",)
+REV_IN_DQ_DIMS = (64,)
 # Storage dtypes whose dq-folded decayed walk takes the state operands as hi + lo pairs (tc::state_pairs: bfloat16;
 # docs/kernels/decayed.md "anchor + split-state"): tc_fwd's STORE also writes H's lo tiles (after the hi tiles: the
 # per-chunk states take twice the memory in decayed calls) and the STORE forward and the DKDV_DQ walker hold a lo
@@ -79,6 +87,8 @@ DKDV_DESCRIPTION = {   # the ops' measured-rung variants of the dk/dv modes: (va
                                     "each warp a quarter of dS; warps 0-3 form dv, 4-7 dk)"),
     "dqfold": ("chunked_mma_dqf", "cupy:chunked_mma with dq folded into the dk/dv walk at head dim 64, causal "
                                   "(dkdv='dqfold': the forward stores each chunk's state, no dq walker)"),
+    "dqrev": ("chunked_mma_dqr", "cupy:chunked_mma with the backward's REV segment sums formed in the dq walker "
+                                 "(dkdv='dqrev': no reverse segment-state pass; causal, several segments, dv <= 64)"),
 }
 
 
@@ -145,8 +155,10 @@ def _seg_state(dtype, split, stages, dxp, rev):
 
 
 @functools.lru_cache(maxsize=None)
-def _dq(dtype, split, stages, dvp):
-    return staged("tc_bwd_dq", (CTYPE[dtype], dvp, split), stages, lambda s: smem_dq(ITEMSIZE[dtype], dvp, s))
+def _dq(dtype, split, stages, dvp, esum=False):
+    """tc_bwd_dq; esum: ESUM true, the walker also writes the REV segment sums (dk/dv modes in REV_IN_DQ)."""
+    return staged("tc_bwd_dq", (CTYPE[dtype], dvp, split), stages, lambda s: smem_dq(ITEMSIZE[dtype], dvp, s),
+                  tail=("true",) if esum else ())
 
 
 @functools.lru_cache(maxsize=None)
@@ -182,6 +194,7 @@ def _group(dtype: str, split: int, stages: int) -> tuple:
     out = []
     for p in DIMS:
         out += [_fwd(dtype, split, stages, p), _dq(dtype, split, stages, p)]
+        out += [_dq(dtype, split, stages, p, esum=True)] if p in REV_IN_DQ_DIMS else []
         out += [_seg_state(dtype, split, stages, p, rev) for rev in (False, True)]
     out += [_fwd(dtype, split, stages, 64, store=True)]          # the dq-folded mode's forward (head dims 64)
     for dkp in DIMS:
@@ -410,12 +423,16 @@ class _BackwardPlan:
         dt, split, stages, tab, N = cp_.dt, cp_.split, cp_.stages, cp_.table, cp_.N
         i32 = np.int32
         self.rseg = self.rscan = None
-        if not (cp_.causal and tab.single):
+        # the REV segment sums from tc_bwd_dq (ESUM): causal, several segments, the dq walker run (not folded)
+        self.esum = (dkdv in REV_IN_DQ and cp_.causal and not tab.single and not cp_.fold
+                     and cp_.dvp in REV_IN_DQ_DIMS)
+        self.chained = not (cp_.causal and tab.single)        # the backward chains segment sums (REV pass or ESUM)
+        if self.chained and not self.esum:
             self.rseg = _prepared(dt, split, stages, _seg_state(dt, split, stages, cp_.dkp, True),
                                   (tab.nseg * cp_.ntv, N))
-            if cp_.causal or not tab.single:
-                self.rscan = Prepared(_common("tc_seg_scan<true>"), (-(-cp_.E // 256), tab.nseq, N), (256,))
-        self.dq = None if cp_.fold else _prepared(dt, split, stages, _dq(dt, split, stages, cp_.dvp),
+        if self.chained and (cp_.causal or not tab.single):
+            self.rscan = Prepared(_common("tc_seg_scan<true>"), (-(-cp_.E // 256), tab.nseq, N), (256,))
+        self.dq = None if cp_.fold else _prepared(dt, split, stages, _dq(dt, split, stages, cp_.dvp, self.esum),
                                                   (tab.nseg * cp_.ntk, N))
         self.dkdv = tuple(_prepared(dt, split, stages, _dkdv(dt, split, stages, cp_.dkp, cp_.dvp, which, layout),
                                     (tab.nseg * (cp_.ntk if which == 1 else cp_.ntv if which == 2 else 1), N))
@@ -423,7 +440,7 @@ class _BackwardPlan:
         self.want_dg = want_dg
         self.anchored = want_dg and cp_.anchored
         self.layout = None              # the outputs' backends.OutputLayout, from the first call's arrays
-        self.tails = (None, (), ())     # (scale32, the walkers' tail, + the unfolded dk/dv walker's nulls): run
+        self.tails = (None, (), (), ())  # (scale32, the walkers' tail, + the dk/dv walker's nulls, + dq's): run
         self.scratch = ()
         if want_dg:
             self.scratch = (((cp_.ntk, N, cp_.T), np.float32),) * 2     # the row dots of q.dq and k.dk
@@ -456,13 +473,22 @@ class _BackwardPlan:
         dq, dk, dv = outs[0], outs[1], outs[2]
         rq, rk = rows[:2] if want_dg else (None, None)
         anc = rows[2] if B.anchored else None              # the chunk anchors (dk/dv mode "anchor")
+        tails = B.tails                                    # the walkers' tails of the last scale object (one
+        if tails[0] is not scale32:                        # tuple: no thread sees a scale with another's tail)
+            tail = P.head + (scale32, P.causal32, P.g_half)
+            tails = B.tails = (scale32, tail, tail + (_NULL,) * 6,   # + tc_bwd_dkdv's dq, rq, Hst, Hsig, seg_c0, anc
+                               tail + (_NULL,))                     # + tc_bwd_dq's Eout (no REV sums)
+        _, tail, tail_nulls, tail_dq = tails
         dS0 = dSend = None
-        if B.rseg is None:                                 # causal, one segment per sequence
+        if not B.chained:                                   # causal, one segment per sequence
             dSend = dST
             dS0 = new_output(cp, P.state_shape, cp.float32) if S0 is not None else None
         else:
             Rseg = new_output(cp, P.seg_shape, cp.float32)
-            B.rseg((q, do, g, Rseg, None) + P.segs + P.seg_args + (scale32, P.g_half))
+            if B.esum:                                     # dq first: it writes the REV sums the scan chains
+                B.dq((q, k, v, g, do, dq, rq, Hstart) + tail + (Rseg,))
+            else:
+                B.rseg((q, do, g, Rseg, None) + P.segs + P.seg_args + (scale32, P.g_half))
             if B.rscan is None:
                 dSend = Rseg                                     # the total gradient of each sequence's state
             else:
@@ -471,17 +497,13 @@ class _BackwardPlan:
                 B.rscan((Rseg, gam, dST, dSend, dS0) + P.scan_args)
                 if not P.causal:
                     dSend = dS0                                  # not causal: the gradient of the total
-        tails = B.tails                                    # the walkers' tails of the last scale object (one
-        if tails[0] is not scale32:                        # tuple: no thread sees a scale with another's tail)
-            tail = P.head + (scale32, P.causal32, P.g_half)
-            tails = B.tails = (scale32, tail, tail + (_NULL,) * 6)   # + tc_bwd_dkdv's dq, rq, Hst, Hsig, seg_c0, anc
-        _, tail, tail_nulls = tails
         if B.dq is not None:
-            B.dq((q, k, v, g, do, dq, rq, Hstart) + tail)
+            if not B.esum:
+                B.dq((q, k, v, g, do, dq, rq, Hstart) + tail_dq)
             tail = tail_nulls
         else:                                              # dq folded into the dk/dv walk
             tail += (dq, _ptr(rq)) + state_args + (P.chunk0, _ptr(anc))
-        dS0_out = dS0 if B.rseg is None else None
+        dS0_out = dS0 if not B.chained else None
         for launch_dkdv in B.dkdv:
             launch_dkdv((q, k, v, g, do, dk, dv, rk, dSend, dS0_out) + tail)
         dg = None

@@ -90,6 +90,11 @@ DKDV_DESCRIPTION = {   # the ops' measured-rung variants of the dk/dv modes: (va
     "dqrev": ("chunked_mma_dqr", "cupy:chunked_mma with the backward's REV segment sums formed in the dq walker "
                                  "(dkdv='dqrev': no reverse segment-state pass; causal, several segments, dv <= 64)"),
 }
+# The dk/dv modes whose variant "cupy" alone picks, per op: the dtypes (registry's default_for).  dqrev: H200 callB of
+# 2026-12-03, fwd+bwd 2-8% under the fused mode (cupy:chunked_mma) at T 4k-64k in every dtype measured (linear.md,
+# "The REV sums in the dq walker"); decayed bfloat16 keeps the anchored 16-bit core of cupy:chunked_mma (dqrev runs
+# it on the float32 core).
+DKDV_DEFAULT_FOR = {("linear", "dqrev"): ("float32", "float16", "bfloat16"), ("decayed", "dqrev"): ("float32", "float16")}
 
 
 def pad_dim(d: int) -> int:

@@ -246,7 +246,8 @@ for _mode, (_name, _desc) in mma.DKDV_DESCRIPTION.items():      # measured rungs
     register(Variant("linear", "cupy", _name, functools.partial(_mma_forward, 3, 1, dkdv=_mode), _mma_backward,
                      leading_dims=True, prepare=functools.partial(_mma_prepare, 3, 1, dkdv=_mode),
                      dtypes=("float32", "float16", "bfloat16"), array_kind="cupy", gpu=True, supports=_supports_mma,
-                     form="linear", features=frozenset({"state", "packed"}), description=_desc))
+                     form="linear", features=frozenset({"state", "packed"}), description=_desc,
+                     default_for=mma.DKDV_DEFAULT_FOR.get(("linear", _mode), ())))
 register(Variant("linear", "cupy", "chunked_mma_tf32", functools.partial(_mma_forward, 1, 1), _mma_backward,
                  leading_dims=True, prepare=functools.partial(_mma_prepare, 1, 1),
                  dtypes=("float32",), array_kind="cupy", gpu=True,

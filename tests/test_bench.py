@@ -221,3 +221,19 @@ def test_merge_joins_runs_of_one_device_and_the_cli_saves_it(tmp_path):
                                   "--json", str(merged), "--short"])
     assert r.exit_code == 0, r.output
     assert len(report.read_json(str(merged))["results"]) == len(m["results"])
+
+
+def test_the_budget_does_not_count_the_lines_first_calls(monkeypatch):
+    """Compiles and a peer's autotuning happen in a line's set-up and first call per pass: the budget counts timing
+    only, so a first call that took "forever" leaves the budget for the cells after it."""
+    monkeypatch.setattr(harness, "_first_call", lambda prep, pass_, clocks: 1e6)
+    res = harness.run_grid(replace(TINY, budget_s=0.0), dict(FAKE_CEIL), echo=None)
+    assert res["skipped_cells"] == [] and res["meta"]["setup_s"] >= 1e6
+
+
+def test_a_first_call_runs_the_pass_once_and_waits_for_it():
+    calls, synced = [], []
+    prep = lines.Prepared(lambda: calls.append("fwd"), None, lambda: calls.append("fwdbwd"), "wall",
+                          sync=lambda: synced.append(1))
+    assert harness._first_call(prep, "fwdbwd", harness._Clocks()) >= 0 and calls == ["fwdbwd"] and synced == [1]
+    assert harness._first_call(prep, "bwd", harness._Clocks()) == 0.0 and calls == ["fwdbwd"]

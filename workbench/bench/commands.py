@@ -42,7 +42,7 @@ def _finish(outcome) -> None:
 @click.option("--D", "Ds", type=POSITIVE_INT, multiple=True, help="head dims instead of the grid's (repeatable)")
 @click.option("--pass", "passes", type=_PASS, multiple=True, help="only these passes (repeatable)")
 @click.option("--budget", "budget_s", type=POSITIVE_FLOAT, default=None,
-              help="stop starting cells after this many seconds")
+              help="stop starting cells after this many seconds of timing (the lines' set-up and first calls -- compiles, a peer's autotuning -- not counted)")
 @click.option("--no-flush", is_flag=True, help="do not flush the L2 cache before each timed run")
 @click.option("--no-peers", is_flag=True, help="time our variants only")
 @click.option("--peak-bw", type=POSITIVE_FLOAT, default=None, help="override the measured bandwidth (GB/s)")

@@ -7,7 +7,8 @@ Three kinds of grid (``kind``): ``Grid`` ("ops") times the ops' variants and pee
 A cell of ``Grid`` is (op, T, D, dtype, causal); every line of a cell -- our variants of the listed backends, the public
 API calling them (``api``), and the op's peers -- is timed on the same freshly drawn inputs, for each pass.  ``baseline`` names, per op, the
 lines the ratios are taken against, in order of preference: the first one measured in the cell is its
-baseline.  ``budget_s`` bounds the run: cells not started when it is spent are listed as skipped.
+baseline.  ``budget_s`` bounds the run's timing (each line's set-up and first call per pass -- compiles, a peer's
+autotuning -- not counted): cells not started when it is spent are listed as skipped.
 """
 from __future__ import annotations
 

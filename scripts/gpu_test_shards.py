@@ -43,16 +43,14 @@ def split(node_ids, jobs: int, piece: int = 80, numba_weight: float = 3.0, secon
     by_file: dict = {}
     for i in node_ids:
         by_file.setdefault(i.split("::", 1)[0], []).append(i)
-    known = sorted(seconds.values()) if seconds else []
+    unseen = sorted(seconds.values())[len(seconds) // 2] if seconds else None     # an id it lacks: the median
     pieces = []
     for f, ids in by_file.items():
         w = numba_weight if "numba" in os.path.basename(f) else 1.0
         for j in range(0, len(ids), piece):
             chunk = ids[j:j + piece]
-            if known:
-                pieces.append((sum(seconds.get(i, known[len(known) // 2]) for i in chunk), chunk))
-            else:
-                pieces.append((w * len(chunk), chunk))
+            load = sum(seconds.get(i, unseen) for i in chunk) if seconds else w * len(chunk)
+            pieces.append((load, chunk))
     pieces.sort(key=lambda p: -p[0])
     loads, shards = [0.0] * jobs, [[] for _ in range(jobs)]
     for w, chunk in pieces:

@@ -435,7 +435,7 @@ class _BackwardPlan:
         if self.chained and not self.esum:
             self.rseg = _prepared(dt, split, stages, _seg_state(dt, split, stages, cp_.dkp, True),
                                   (tab.nseg * cp_.ntv, N))
-        if self.chained and (cp_.causal or not tab.single):
+        if not tab.single:                                    # several segments: their sums chained
             self.rscan = Prepared(_common("tc_seg_scan<true>"), (-(-cp_.E // 256), tab.nseq, N), (256,))
         self.dq = None if cp_.fold else _prepared(dt, split, stages, _dq(dt, split, stages, cp_.dvp, self.esum),
                                                   (tab.nseg * cp_.ntk, N))

@@ -377,6 +377,46 @@ def test_fused_zeros_backward_plan(stand_in, T, causal, dtype):
     assert len(_module.FALLBACKS) == fallbacks
 
 
+@pytest.mark.parametrize("op", ["linear", "decayed"])
+@pytest.mark.parametrize("impl", ["chunked_mma", "chunked_mma_dqr", "chunked_mma_dqf"])
+def test_chunk_core_allocations_per_pass(stand_in, op, impl):
+    """The chunk core with several segments (T = 300, one chunk per segment at N = 1): the forward allocates o and
+    one block for everything its context keeps (segment sums, log-decay totals, the states before each segment,
+    the final state, dqf's per-chunk states) -- at any size, so also above OUTPUTS_MERGE_MAX -- plus a final
+    state of its own when the caller asked for it; the backward its gradients' block and one block for its own
+    arrays (REV sums, their scan's outputs, the dG segment sums), plus dS0 when an initial state was given."""
+    from kernels.cupy import _module
+    from workbench.state import DecayedState, LinearState
+    hc = stand_in
+    v = registry.get(op, "cupy", impl)
+    arrays = [hc.ndarray(a.shape, a.dtype) for a in random_inputs(op, (1,), 300, 64, 64, "float16")]
+    fallbacks = len(_module.FALLBACKS)
+    Cls = LinearState if op == "linear" else DecayedState
+    S0 = Cls(S=hc.ndarray((1, 1, 64, 64), np.float32))
+    with backends.poisoned(False):
+        for bound in (4 << 20, 0):                   # 0: every pass above OUTPUTS_MERGE_MAX
+            saved = backends.OUTPUTS_MERGE_MAX
+            backends.OUTPUTS_MERGE_MAX = bound
+            try:
+                for state in (False, True):
+                    kw = dict(initial_state=S0, return_state=True) if state else {}
+                    hc.COUNTS.clear()
+                    out, ctx = v.forward(*arrays, **kw)
+                    assert hc.COUNTS["alloc"] == 2 + state, (bound, state)       # o, the saved block (, final)
+                    if state:
+                        out, final = out
+                        assert type(final) is Cls and final.S.shape == (1, 1, 64, 64)
+                    hc.COUNTS.clear()
+                    grads = v.backward(ctx, hc.ndarray(out.shape, out.dtype))  # (no final-state gradient: the
+                    # stand-in does no arithmetic, which d log_decay's share of it takes)
+                    assert [g.shape for g in grads[:len(arrays)]] == [a.shape for a in arrays]
+                    ngrad = 1 if bound else len(arrays) + (op == "decayed")     # + d log_decay's row-dot scratch
+                    assert hc.COUNTS["alloc"] == ngrad + 1 + state, (bound, state)
+            finally:
+                backends.OUTPUTS_MERGE_MAX = saved
+    assert len(_module.FALLBACKS) == fallbacks
+
+
 @pytest.mark.parametrize("op, key, dtype, T, options", [
     ("linear", "cupy:chunked_mma", "float16", 64, dict(scale=0.5)),
     ("linear", "cupy:chunked_mma_tf32", "float32", 70, dict(causal=False)),

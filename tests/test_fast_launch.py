@@ -310,6 +310,13 @@ def test_outputs_of_a_pass_share_one_allocation_up_to_the_bound(monkeypatch):
     outs, addrs, keep = backends.new_outputs(np, layout, scratch)
     assert all(o.base is None for o in outs) and backends.data_ptr(keep) + 256 == int(addrs[1])
     assert backends.new_outputs(np, layout)[1] == []                    # no scratch: no addresses
+    # above the bound still one allocation: everything but the largest output small beside it (o and its row
+    # statistics), or parts that live together (a context's saved arrays)
+    lopsided = (((64, 64), np.float32), ((16,), np.float32))
+    assert all(o.base is not None for o in backends.new_outputs(np, lopsided)[0])
+    even = (((32, 32), np.float32), ((32, 32), np.float32))
+    assert all(o.base is None for o in backends.new_outputs(np, even)[0])
+    assert all(o.base is not None for o in backends.outputs_layout(even, (), True).new(np)[0])
     # CuPy's way (an ndarray on the allocation's memory): the host_cost stand-in's ndarray(shape, dtype, memptr)
     monkeypatch.setattr(backends, "OUTPUTS_MERGE_MAX", 4 << 20)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

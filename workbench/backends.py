@@ -213,6 +213,7 @@ def new_scratch(xp, layout: tuple) -> tuple:
 
 
 OUTPUTS_MERGE_MAX = 4 << 20     # bytes: the outputs of one pass up to this total share one allocation
+OUTPUTS_SIDE_FRACTION = 16      # ... and above it too when all but the largest output take <= 1/16 of its bytes
 
 
 class OutputLayout:
@@ -220,15 +221,22 @@ class OutputLayout:
     every part's byte offset (SCRATCH_ALIGN), the total, and a function made for this layout that builds every
     CuPy view and scratch address in one call (``cupy.ndarray(shape, dtype, memptr)`` with the shapes, dtypes
     and offsets as constants: no per-call zip, offsets, keyword arguments or layout hashing).  ``new(xp)``
-    allocates: see ``new_outputs``."""
-    __slots__ = ("outputs", "scratch", "offsets", "nbytes", "scratch_offsets", "_parts")
+    allocates: see ``new_outputs``.
 
-    def __init__(self, outputs: tuple, scratch: tuple = ()):
+    One allocation or one per output (``new``): one up to OUTPUTS_MERGE_MAX bytes in all; above it one when
+    ``together`` (parts that live and die together: a context's saved arrays) or when everything but the largest
+    output is small beside it (at most 1/OUTPUTS_SIDE_FRACTION of its bytes: softmax's o and its row statistics),
+    so that a kept output never holds much more memory than its own."""
+    __slots__ = ("outputs", "scratch", "offsets", "nbytes", "scratch_offsets", "_parts", "lopsided")
+
+    def __init__(self, outputs: tuple, scratch: tuple = (), together: bool = False):
         self.outputs = tuple((tuple(shape), np.dtype(dtype)) for shape, dtype in outputs)
         self.scratch = tuple(scratch)
         offsets, self.nbytes = _scratch_offsets(self.outputs + self.scratch)
         n = len(self.outputs)
         self.offsets, self.scratch_offsets = offsets[:n], offsets[n:]
+        largest = max((math.prod(s) * d.itemsize for s, d in self.outputs), default=0)
+        self.lopsided = together or (self.nbytes - largest) * OUTPUTS_SIDE_FRACTION <= largest
         scope = {f"S{i}": s for i, (s, _) in enumerate(self.outputs)}
         scope.update({f"D{i}": d for i, (_, d) in enumerate(self.outputs)}, u64=np.uint64)
         views = ", ".join(f"nd(S{i}, D{i}, mem{f' + {o}' if o else ''})" for i, o in enumerate(self.offsets))
@@ -241,7 +249,7 @@ class OutputLayout:
         """(outputs, scratch addresses as ``np.uint64``, the allocation to keep referenced while the scratch is
         in use) of module ``xp``, as ``new_outputs`` describes."""
         nbytes = self.nbytes
-        if nbytes > OUTPUTS_MERGE_MAX:
+        if nbytes > OUTPUTS_MERGE_MAX and not self.lopsided:
             outs = tuple(new_output(xp, shape, dtype) for shape, dtype in self.outputs)
             keep, addrs = new_scratch(xp, self.scratch) if self.scratch else (None, [])
             return outs, addrs, keep
@@ -261,10 +269,10 @@ class OutputLayout:
 
 
 @functools.lru_cache(maxsize=1024)
-def outputs_layout(outputs: tuple, scratch: tuple = ()) -> OutputLayout:
+def outputs_layout(outputs: tuple, scratch: tuple = (), together: bool = False) -> OutputLayout:
     """The OutputLayout of ``outputs`` ((shape, dtype), ...) and ``scratch`` (``new_scratch``'s layout), made
-    once per pair."""
-    return OutputLayout(outputs, scratch)
+    once per pair (``together``: one allocation at any size, see OutputLayout)."""
+    return OutputLayout(outputs, scratch, together)
 
 
 def new_outputs(xp, layout: tuple, scratch: tuple = ()) -> tuple:
@@ -276,7 +284,8 @@ def new_outputs(xp, layout: tuple, scratch: tuple = ()) -> tuple:
     others' memory) one allocation per output and one for the scratch.  Returns (outputs, scratch addresses
     as ``np.uint64``, the allocation to keep referenced while the scratch is in use: an array, or CuPy's
     MemoryPointer).  While poisoning every byte is 0xFF (NaN in every float format).  A caller with a plan
-    keeps ``outputs_layout(layout, scratch)`` and calls its ``new(xp)``: no layout lookup per call."""
+    keeps ``outputs_layout(layout, scratch)`` and calls its ``new(xp)``: no layout lookup per call.  (Above the
+    bound, one allocation still when all but the largest output are small beside it: ``OutputLayout``.)"""
     return outputs_layout(tuple(layout), tuple(scratch)).new(xp)
 
 

@@ -39,7 +39,7 @@ from typing import Optional
 
 import numpy as np
 
-from workbench.backends import new_output, new_scratch, outputs_layout
+from workbench.backends import new_output, outputs_layout
 
 from .._segments import Segmentation, segment_rows
 from ._module import CTYPE, ITEMSIZE, Prepared, declare_groups, dtype_name, f32, get_kernel, lead_size, padded_dim
@@ -370,12 +370,26 @@ class _CorePlan:
         self.fwd = _prepared(dt, split, stages, _fwd(dt, split, stages, self.dkp, store=self.fold), grid)
         self.fold_args = (_ptr(None),) * 3                      # tc_fwd's Hst, Hsig, seg_c0 without STORE
         self.anchored = self.fold and self.decay and dkdv in ANCHORED     # d log_decay from chunk anchors
-        if self.fold:                                           # one allocation, by address (new_scratch)
+        if self.fold:                                           # by address, in the saved arrays' allocation
             self.chunk0, nch = chunk_offsets(T, L, cu)
             self.nch = nch
             npair = 2 if self.decay and dt in STATE_PAIRS else 1   # hi tiles (, then lo tiles: STATE_PAIRS)
             self.states_layout = (((npair, N, nch, self.ntv, self.dkp, BV), np.dtype(f"u{ITEMSIZE[dt]}")),  # T
                                   ((N, nch, self.ntv), np.float32))
+        # the arrays the forward keeps for the backward (segment sums, log-decay totals, the states before each
+        # segment, an internal final state) and the per-chunk states of the fold: one allocation at any size
+        # (they live and die with the context); o, and a final state the caller gets, have their own
+        saved = []
+        if self.seg_state is not None:
+            saved.append((self.seg_shape, np.float32))                       # Eseg
+            if self.decay:
+                saved.append(((N, tab.nseg), np.float32))                    # gam
+            if self.seg_scan is not None:
+                saved.append((self.seg_shape, np.float32))                   # Hstart
+                if not want_final:
+                    saved.append((self.state_shape, np.float32))             # final
+        self.saved = (outputs_layout(tuple(saved), self.states_layout if self.fold else (), together=True)
+                      if saved or self.fold else None)
         self._backward: dict = {}
         self.tails = (None, (), ())     # (scale32, tc_fwd's tail, + the null fold arguments): run
 
@@ -385,28 +399,26 @@ class _CorePlan:
         (CoreContext's fields)."""
         import cupy as cp
         o = new_output(cp, self.o_shape, q.dtype)
+        saved, state_args, states = ((), (), None) if self.saved is None else self.saved.new(cp)
         Hstart = gam = final = None
         if self.seg_state is None:                     # causal, one segment per sequence
             Hstart = S0
             final = new_output(cp, self.state_shape, cp.float32) if self.want_final else None
         else:
-            Eseg = new_output(cp, self.seg_shape, cp.float32)
-            gam = new_output(cp, (self.N, self.table.nseg), cp.float32) if g is not None else None
+            Eseg, gam = saved[0], saved[1] if self.decay else None
             self.seg_state((k, v, g, Eseg, gam) + self.segs + self.seg_args + (_ONE32, self.g_half))
             if self.seg_scan is None:
                 final = Eseg                                 # one segment per sequence: its sum is the total
             else:
-                Hstart = new_output(cp, self.seg_shape, cp.float32)
-                final = new_output(cp, self.state_shape, cp.float32)
+                Hstart = saved[1 + self.decay]
+                final = new_output(cp, self.state_shape, cp.float32) if self.want_final else saved[2 + self.decay]
                 self.seg_scan((Eseg, gam, S0, Hstart, final) + self.scan_args)
         tails = self.tails                             # the tail of the last scale object, as _BackwardPlan's
         if tails[0] is not scale32:
             tail = self.head + (scale32, self.causal32, self.g_half)
             tails = self.tails = (scale32, tail, tail + self.fold_args)
-        states, state_args = None, ()
         if self.fold:                                  # the state before every chunk, for the backward's dq
-            states, state_args = new_scratch(cp, self.states_layout)
-            state_args = tuple(state_args)
+            state_args = tuple(state_args)             # (its addresses in the saved arrays' allocation)
             tail = tails[1] + state_args + (self.chunk0,)
         else:
             tail = tails[2]
@@ -460,6 +472,18 @@ class _BackwardPlan:
             self.dg_scalars = (i32(not cp_.has_S0), i32(cp_.T), i32(tab.nseg), i32(tab.nseq))
             self.dg_chunks = cp_.chunk0 if self.anchored else _NULL     # tc_dg's seg_c0 (with its anc)
             self.ntk32 = ntk
+        # the backward's own arrays (the REV segment sums, their scan's outputs but a dS0 the caller gets, the
+        # segments' dG sums): one allocation at any size, alive for this call only
+        tmp = []
+        if self.chained:
+            tmp.append((cp_.seg_shape, np.float32))                           # Rseg
+            if self.rscan is not None:
+                tmp.append((cp_.seg_shape, np.float32))                       # dSend
+                if not cp_.has_S0:
+                    tmp.append((cp_.state_shape, np.float32))                 # dS0 (dropped by the caller)
+        if want_dg and self.dg_part is not None:
+            tmp.append(((N, tab.nseg), np.float64))                           # part
+        self.temps = outputs_layout(tuple(tmp), together=True) if tmp else None
 
 
     def run(self, P: "_CorePlan", q, k, v, g, do, Hstart, gam, final, S0, dST, scale32, state_args, dg_dtype) -> tuple:
@@ -484,12 +508,13 @@ class _BackwardPlan:
             tails = B.tails = (scale32, tail, tail + (_NULL,) * 6,   # + tc_bwd_dkdv's dq, rq, Hst, Hsig, seg_c0, anc
                                tail + (_NULL,))                     # + tc_bwd_dq's Eout (no REV sums)
         _, tail, tail_nulls, tail_dq = tails
+        temps = () if B.temps is None else B.temps.new(cp)[0]
         dS0 = dSend = None
         if not B.chained:                                   # causal, one segment per sequence
             dSend = dST
             dS0 = new_output(cp, P.state_shape, cp.float32) if S0 is not None else None
         else:
-            Rseg = new_output(cp, P.seg_shape, cp.float32)
+            Rseg = temps[0]
             if B.esum:                                     # dq first: it writes the REV sums the scan chains
                 B.dq((q, k, v, g, do, dq, rq, Hstart) + tail + (Rseg,))
             else:
@@ -497,8 +522,8 @@ class _BackwardPlan:
             if B.rscan is None:
                 dSend = Rseg                                     # the total gradient of each sequence's state
             else:
-                dSend = new_output(cp, P.seg_shape, cp.float32)
-                dS0 = new_output(cp, P.state_shape, cp.float32)
+                dSend = temps[1]
+                dS0 = new_output(cp, P.state_shape, cp.float32) if P.has_S0 else temps[2]
                 B.rscan((Rseg, gam, dST, dSend, dS0) + P.scan_args)
                 if not P.causal:
                     dSend = dS0                                  # not causal: the gradient of the total
@@ -519,7 +544,7 @@ class _BackwardPlan:
                 cst = cp.ascontiguousarray((dST * final).sum(axis=(-2, -1)), dtype=cp.float32)
             part = None
             if B.dg_part is not None:   # the segments' sums of dG, for the carries of the earlier segments
-                part = new_output(cp, (P.N, P.table.nseg), cp.float64)
+                part = temps[-1]
                 B.dg_part((rq, B.ntk32, rk, B.ntk32, part) + B.part_tail)
             B.dg((rq, B.ntk32, rk, B.ntk32, dg, part, *B.dg_tail, cst, *B.dg_scalars, _ptr(anc), B.dg_chunks))
         return dq, dk, dv, dg, dS0

@@ -673,8 +673,8 @@ CHUNKED_DQREV_TESTS = [_test_case("chunked_mma", "test_cupy_chunked_mma", "test_
                        for kw in _test_grid("test_cupy_chunked_mma", "test_dqrev_equals_fused_to_rounding")]
 CHUNKED_DQREV_TESTS += [_test_case("chunked_mma", "test_cupy_chunked_mma", "test_dqrev_launches")]
 
-# float16 log decays read by the walkers against their float32 cast, bit for bit (every parametrisation)
-_G16_TEST = "test_float16_log_decays_equal_their_float32_cast"
+# float16 and bfloat16 log decays read by the walkers against their float32 cast, bit for bit (every parametrisation)
+_G16_TEST = "test_16bit_log_decays_equal_their_float32_cast"
 CHUNKED_G16_CASES = [_test_case("chunked_mma", "test_cupy_chunked_mma", _G16_TEST, **kw)
                      for kw in _test_grid("test_cupy_chunked_mma", _G16_TEST)]
 

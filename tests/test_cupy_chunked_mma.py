@@ -297,18 +297,21 @@ def test_dqfold_launches():
     (2, (0, 129), 0, 1, "fused"), (2, (0, 193), 2, 2, "wide"), (1, (0, 1, 64, 65, 130), 1, 1, "dqfold"),
     (2, (0, 1, 64, 65, 300), 2, 1, "dqrev")],
     ids=lambda x: "_".join(map(str, x)) if isinstance(x, tuple) else str(x))
-def test_float16_log_decays_equal_their_float32_cast(N, cu, L, stages, dkdv):
-    """float16 log decays read by the walkers (g_half: no cast launch) give the bits of the same values cast to
-    float32 first: chunks starting 2-byte aligned (packed sequences at odd tokens, odd T), -inf, values below
-    tc::G_MIN, a NaN, segments of 0 and 2 chunks, both load pipelines."""
+@pytest.mark.parametrize("gdtype", ["float16", "bfloat16"])
+def test_16bit_log_decays_equal_their_float32_cast(N, cu, L, stages, dkdv, gdtype):
+    """float16 and bfloat16 log decays read by the walkers (g_kind: no cast launch) give the bits of the same
+    values cast to float32 first: chunks starting 2-byte aligned (packed sequences at odd tokens, odd T), -inf,
+    values below tc::G_MIN, a NaN, segments of 0 and 2 chunks, both load pipelines."""
     import cupy as cp
     from kernels.cupy import _chunked_mma as mma
+    if gdtype == "bfloat16":
+        pytest.importorskip("ml_dtypes")            # registers numpy's "bfloat16"
     rng = np.random.default_rng(7)
     T, nseq, d = cu[-1], len(cu) - 1, 64
     q, k, v, do = (cp.asarray(rng.standard_normal((N, T, d)).astype(np.float16)) for _ in range(4))
     g = rng.uniform(-1.0, 0.0, (N, T))
     g[:, 3::17], g[:, 5::23], g[:, 7::29], g[:, 100] = -np.inf, -50.0, -2.0e4, np.nan
-    g16 = g.astype(np.float16)
+    g16 = g.astype(gdtype)
     S0, dST = (cp.asarray((rng.standard_normal((N, nseq, d, d)) * 0.3).astype(np.float32)) for _ in range(2))
     outs = []
     for gg in (g16, g16.astype(np.float32)):

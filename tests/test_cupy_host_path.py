@@ -224,6 +224,10 @@ def test_bfloat16_decayed_core(fake, impl, d, anchored):
     out, ctx = v.forward(*arrays, **opts)
     grads = v.backward(ctx, np.ones_like(out))
     assert out.dtype == arrays[0].dtype and [(g.shape, g.dtype) for g in grads] == [(a.shape, a.dtype) for a in arrays]
+    assert str(ctx.core.g.dtype) == "bfloat16"        # the walkers read bfloat16 log decays (g_kind): no cast
+    # a prepared pair exactly where the core runs in 16 bits (the float32 core casts q, k, v: the general path)
+    pair = v.prepare(opts, (arrays[0].shape, arrays[1].shape, arrays[2].shape, arrays[3].shape), arrays[0].dtype)
+    assert (pair is not None) == anchored
     la = fake["launches"]
     fwd = [e for e in la if e.startswith("tc_fwd<")]
     assert fwd and all(e.startswith("tc_fwd<wb_bf16," if anchored else "tc_fwd<float,") for e in fwd), fwd
@@ -427,6 +431,8 @@ def test_chunk_core_allocations_per_pass(stand_in, op, impl):
     ("linear", "cupy:chunked_mma_dqr", "float16", 200, dict(cu_seqlens=(0, 70, 200))),
     ("decayed", "cupy:chunked_mma_dqr", "float32", 130, {}),
     ("decayed", "cupy:chunked_mma_dqa", "float32", 200, dict(cu_seqlens=(0, 70, 200))),
+    ("decayed", "cupy:chunked_mma", "bfloat16", 130, {}),           # the anchored 16-bit core's pair
+    ("decayed", "cupy:chunked_mma_db", "bfloat16", 200, dict(cu_seqlens=(0, 70, 200))),
     ("zeros", "cupy:chunked_mma_fused3", "float16", 64, {}),
     ("zeros", "cupy:chunked_mma_fused", "float32", 300, dict(causal=False)),
     ("zeros", "cupy:chunked_mma_fused2", "float32", 70, {}),
@@ -440,6 +446,8 @@ def test_prepared_path_launches_as_the_variant(fake, op, key, dtype, T, options)
 
     import workbench as wb
     from workbench import ops
+    if dtype == "bfloat16":
+        pytest.importorskip("ml_dtypes")            # registers numpy's "bfloat16"
     v = registry.get(op, *key.split(":"))
     arrays = random_inputs(op, (2,), T, 64, 64, dtype, seed=0, **({"n_gates": 3} if op == "zeros" else {}))
     ops._PLANS.clear()

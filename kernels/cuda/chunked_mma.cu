@@ -47,7 +47,7 @@
 // STAGES (tc::Walk): 1 loads a chunk's tiles, waits, computes; 2 double-buffers the tiles, so chunk c + 1's
 // cp.async loads (and warp 0's log decays) are in flight while chunk c is computed (cupy:chunked_mma_db).
 // DKP, DVP: head dims padded to 64 or 128; actual dims are run-time and loads past them read zeros.
-// decay (g != nullptr), causal and g_half (the log decays g are float16, else float32) are run-time flags
+// decay (g != nullptr), causal and g_kind (the log decays' type: tc::G_F32, G_F16, G_BF16) are run-time flags
 // (uniform branches).  T: wb_half, wb_bf16 or float
 // (float runs 3xTF32 (SPLIT 3) or TF32 (SPLIT 1) products).  The fp16 state operand is scaled by a power
 // of two sigma so that it cannot overflow (the fp32 state itself never leaves registers unscaled).
@@ -70,7 +70,7 @@ struct Trailer {
     float u[C];       // e^{b_last - b_t}
     float red[32];    // block reductions
     float gnext[3][C];  // the log decays of chunk j in slot j % 3, landed by cp.async ahead of its top (Walk);
-                        //   float16 log decays: C halves in the slot's first half
+                        //   16-bit log decays: C halves in the slot's first half
 };
 
 // The base of a chunk's forward weights e^{b_t} (b non-increasing: e[0] the largest): products that weigh rows by
@@ -90,32 +90,39 @@ __device__ __forceinline__ float pair_exp(float hr, float lr, float hc, float lc
     return __expf((hr - hc) + (lr - lc));
 }
 
-// One chunk's log decays in global memory: g[0 .. nrow) (rows past nrow decay by nothing), float32 or (half, a
-// run-time flag uniform over the launch) float16, read as the same values converted exactly to float32.
+// The log decays' storage type (the kernels' g_kind argument, uniform over a launch)
+enum : int { G_F32 = 0, G_F16 = 1, G_BF16 = 2 };
+
+// One chunk's log decays in global memory: g[0 .. nrow) (rows past nrow decay by nothing), float32, float16 or
+// bfloat16 (kind), read as the same values converted exactly to float32.
 struct GRows {
     const void* g;
     int nrow;
-    bool half;
+    int kind;
 };
 
-// The chunk of log decays g[i ..] (element i of a float32 or float16 array)
-__device__ __forceinline__ GRows grows_at(const void* g, bool half, long long i, int nrow) {
-    return GRows{static_cast<const char*>(g) + (half ? 2 : 4) * i, nrow, half};
+// The chunk of log decays g[i ..] (element i of an array of that kind)
+__device__ __forceinline__ GRows grows_at(const void* g, int kind, long long i, int nrow) {
+    return GRows{static_cast<const char*>(g) + (kind != G_F32 ? 2 : 4) * i, nrow, kind};
 }
 
-// float16 log decays: 1 when the chunk starts in the middle of a 4-byte word (2-byte aligned only), else 0
+// 16-bit log decays: 1 when the chunk starts in the middle of a 4-byte word (2-byte aligned only), else 0
 __device__ __forceinline__ int half_offset(GRows x) {
     return (int)(reinterpret_cast<unsigned long long>(x.g) >> 1) & 1;
+}
+
+// Element i of 16-bit log decays of this kind (G_F16 or G_BF16), as float32 (exact)
+__device__ __forceinline__ float g16_at(const void* p, int i, int kind) {
+    const unsigned short r = static_cast<const unsigned short*>(p)[i];     // one load, either conversion
+    return kind == G_BF16 ? to_f32(wb_bf16{r}) : to_f32(wb_half{r});
 }
 
 // Warp 0, lane L: the chunk's log decays g[2L], g[2L + 1].
 __device__ __forceinline__ float2 logdecay_load(GRows x) {
     const int L = threadIdx.x & 31;
-    if (x.half) {
-        const wb_half* h = static_cast<const wb_half*>(x.g);
-        return make_float2(2 * L < x.nrow ? to_f32(h[2 * L]) : 0.f,
-                           2 * L + 1 < x.nrow ? to_f32(h[2 * L + 1]) : 0.f);
-    }
+    if (x.kind != G_F32)
+        return make_float2(2 * L < x.nrow ? g16_at(x.g, 2 * L, x.kind) : 0.f,
+                           2 * L + 1 < x.nrow ? g16_at(x.g, 2 * L + 1, x.kind) : 0.f);
     const float* f = static_cast<const float*>(x.g);
     return make_float2(2 * L < x.nrow ? f[2 * L] : 0.f, 2 * L + 1 < x.nrow ? f[2 * L + 1] : 0.f);
 }
@@ -170,7 +177,7 @@ __device__ __forceinline__ void cp_async_wait_group() {
 // loads of chunk j + STAGES - 1 refill; those loads; chunk j's b, e, u -> tr), the chunk's other shared
 // writes, wait(), __syncthreads(), compute.  STAGES 1 is the plain walk (load, wait, compute).
 // issue(j, stage): chunk j's load_tile calls into that stage's buffers; grows(j): chunk j's GRows.
-// float16 log decays (GRows::half): the slot holds the 4-byte words over the chunk's halves, lane L word L
+// 16-bit log decays (GRows::kind G_F16, G_BF16): the slot holds the 4-byte words over the chunk's halves, lane L word L
 // (2 bytes, or none, at the chunk's tail), converted on read.  A chunk that starts 2-byte aligned only
 // (half_offset 1: packed sequences at odd tokens, odd T) starts one half into its first word (whose first half,
 // the token before the chunk, is copied and never read: the 2 bytes before a 2-mod-4 address lie in the same
@@ -181,7 +188,7 @@ struct Walk {
     static_assert(STAGES == 1 || STAGES == 2, "one or two stages");
     int nch;
     bool decay;                                // this thread computes the log decays (warp 0, decayed walks)
-    bool half;                                 // ... from float16 log decays
+    int kind;                                  // ... from log decays of this kind (G_F32, G_F16, G_BF16)
     // chunk c + 1's log decays -> their slot, in the group being filled (before its commit)
     template <typename G>
     __device__ __forceinline__ void copy_next(int c, Trailer* tr, G&& grows) const {
@@ -189,7 +196,7 @@ struct Walk {
         const int L = threadIdx.x & 31;
         const GRows r = grows(c + 1);
         float* dst = tr->gnext[(c + 1) % 3];
-        if (half) {                                                // word w: halves 2w - hoff, 2w + 1 - hoff
+        if (kind != G_F32) {                                       // word w: halves 2w - hoff, 2w + 1 - hoff
             const int hoff = half_offset(r);
             const wb_half* h = static_cast<const wb_half*>(r.g) - hoff;
 #pragma unroll
@@ -209,7 +216,7 @@ struct Walk {
     }
     template <typename F, typename G>
     __device__ __forceinline__ Walk(int nch_, bool decay_, Trailer* tr, F&& issue, G&& grows)
-        : nch(nch_), decay(decay_ && threadIdx.x < 32), half(grows(0).half) {
+        : nch(nch_), decay(decay_ && threadIdx.x < 32), kind(grows(0).kind) {
 #pragma unroll
         for (int j = 0; j < STAGES - 1; ++j) {
             if (j < nch) issue(j, j);
@@ -224,11 +231,10 @@ struct Walk {
         if (decay) {
             const int L = threadIdx.x & 31;
             const float* slot = tr->gnext[j % 3];
-            const wb_half* hslot = reinterpret_cast<const wb_half*>(slot);
-            const int hoff = half ? half_offset(grows(j)) : 0;
+            const int hoff = kind != G_F32 ? half_offset(grows(j)) : 0;
             x = j == 0 ? logdecay_load(grows(0))
-                : half ? make_float2(to_f32(hslot[2 * L + hoff]), to_f32(hslot[2 * L + 1 + hoff]))
-                       : make_float2(slot[2 * L], slot[2 * L + 1]);
+                : kind != G_F32 ? make_float2(g16_at(slot, 2 * L + hoff, kind), g16_at(slot, 2 * L + 1 + hoff, kind))
+                                : make_float2(slot[2 * L], slot[2 * L + 1]);
         }
         const int jn = j + STAGES - 1;
         if (jn < nch) issue(jn, jn % STAGES);
@@ -622,7 +628,7 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DKP, STAGES>()) tc
         const T* __restrict__ v, const void* __restrict__ g, T* __restrict__ o, const float* __restrict__ Hin,
         float* __restrict__ Hend, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1,
         const int* __restrict__ seg_seq, int T_, int dk, int dv, int NSEG, int nseq, float scale, int causal,
-        int g_half, T* __restrict__ Hst, float* __restrict__ Hsig, const int* __restrict__ seg_c0) {
+        int g_kind, T* __restrict__ Hst, float* __restrict__ Hsig, const int* __restrict__ seg_c0) {
     using namespace tc;
     using namespace wbmma;
     constexpr int LDK = DKP + PAD, LDV = BV + PAD, KS = Traits<T>::KS, HMT = DKP / 64;
@@ -652,7 +658,7 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DKP, STAGES>()) tc
             load_tile<T, BV>(sQ + 2 * C * LDK, LDV, v + row0 * dv, dv, nrow, c0, dv);
         }
     };
-    auto grows = [&](int j) { return grows_at(g, g_half, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
+    auto grows = [&](int j) { return grows_at(g, g_kind, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
     Walk<STAGES> walk(nch, causal && decay, tr, issue, grows);
     for (int j = 0; j < nch; ++j) {
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
@@ -710,7 +716,7 @@ template <typename T, int DXP, bool REV, int SPLIT, int STAGES>
 __global__ void __launch_bounds__(128) tc_seg_state(const T* __restrict__ x, const T* __restrict__ y,
         const void* __restrict__ g, float* __restrict__ Eout, float* __restrict__ gam,
         const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, int T_, int dx, int dy, int NSEG,
-        float wscale, int g_half) {
+        float wscale, int g_kind) {
     using namespace tc;
     using namespace wbmma;
     constexpr int LDX = DXP + PAD, LDY = BV + PAD, HMT = DXP / 64;
@@ -736,7 +742,7 @@ __global__ void __launch_bounds__(128) tc_seg_state(const T* __restrict__ x, con
         load_tile<T, DXP>(sX, LDX, x + row0 * dx, dx, nrow, 0, dx);
         load_tile<T, BV>(sX + C * LDX, LDY, y + row0 * dy, dy, nrow, c0, dy);
     };
-    auto grows = [&](int j) { return grows_at(g, g_half, nT + start(j), min(C, t1 - start(j))); };
+    auto grows = [&](int j) { return grows_at(g, g_kind, nT + start(j), min(C, t1 - start(j))); };
     Walk<STAGES> walk(nch, decay, tr, issue, grows);
     for (int j = 0; j < nch; ++j) {
         T* sX = stages + (j % STAGES) * STAGE;
@@ -798,7 +804,7 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES, ESUM>
         const T* __restrict__ v, const void* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dq,
         float* __restrict__ rq, const float* __restrict__ Hin, const int* __restrict__ seg_t0,
         const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, int T_, int dk, int dv, int NSEG,
-        int nseq, float scale, int causal, int g_half, float* __restrict__ Eout) {
+        int nseq, float scale, int causal, int g_kind, float* __restrict__ Eout) {
     using namespace tc;
     using namespace wbmma;
     constexpr int LDV = DVP + PAD, LDT = BV + PAD, KS = Traits<T>::KS, HNT = DVP / 8;
@@ -833,7 +839,7 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES, ESUM>
             if (decay || ESUM) load_tile<T, BV>(sO + 2 * C * LDV + C * LDT, LDT, q + row0 * dk, dk, nrow, k0, dk);
         }
     };
-    auto grows = [&](int j) { return grows_at(g, g_half, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
+    auto grows = [&](int j) { return grows_at(g, g_kind, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
     Walk<STAGES> walk(nch, causal && decay, tr, issue, grows);
     for (int j = 0; j < nch; ++j) {
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
@@ -923,7 +929,7 @@ tc_bwd_dkdv(
         const T* __restrict__ v, const void* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dkout,
         T* __restrict__ dvout, float* __restrict__ rk, const float* __restrict__ dSin, float* __restrict__ dSstart,
         const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, int T_,
-        int dk, int dv, int NSEG, int nseq, float scale, int causal, int g_half, T* __restrict__ dqout,
+        int dk, int dv, int NSEG, int nseq, float scale, int causal, int g_kind, T* __restrict__ dqout,
         float* __restrict__ rq, const T* __restrict__ Hst, const float* __restrict__ Hsig,
         const int* __restrict__ seg_c0, float* __restrict__ anc) {
     using namespace tc;
@@ -982,7 +988,7 @@ tc_bwd_dkdv(
             }
         }
     };
-    auto grows = [&](int i) { return grows_at(g, g_half, nT + start(i), min(C, t1 - start(i))); };
+    auto grows = [&](int i) { return grows_at(g, g_kind, nT + start(i), min(C, t1 - start(i))); };
     Walk<STAGES> walk(nch, causal && decay, tr, issue, grows);
     for (int i = 0; i < nch; ++i) {
         const int j = nch - 1 - i, cs = start(i), nrow = min(C, t1 - cs);

@@ -285,7 +285,7 @@ class CoreContext:
     q: object
     k: object
     v: object
-    g: object                 # (N, T) float32 or float16 log decays, or None
+    g: object                 # (N, T) float32, float16 or bfloat16 log decays, or None
     table: SegmentTable
     Hstart: object            # causal: (N, nseg, dk, dv) state before each segment (None: zeros); else totals
     gam: object               # (N, nseg) segment log-decay totals, or None
@@ -321,7 +321,8 @@ def _ptr(x):
     return _NULL if x is None else x
 
 
-LOG_DECAY_DTYPES = ("float32", "float16")   # the walkers read either (their g_half flag)
+LOG_DECAY_DTYPES = ("float32", "float16", "bfloat16")   # the walkers read each (their g_kind argument)
+G_KIND = {"float32": 0, "float16": 1, "bfloat16": 2}    # g_kind: tc::G_F32, G_F16, G_BF16 (chunked_mma.cu)
 
 
 def _prepared(dt: str, split: int, stages: int, k: Launchable, grid):
@@ -351,7 +352,7 @@ class _CorePlan:
         self.state_shape = (N, tab.nseq, dk, dv)
         self.seg_shape = (N, tab.nseg, dk, dv)
         self.dims, self.causal32 = _scalars(T, dk, dv, tab.nseg, tab.nseq, causal)
-        self.g_half = np.int32(g_name == "float16")
+        self.g_kind = np.int32(G_KIND.get(g_name, 0))
         self.decay = g_name is not None
         self.segs = (tab.t0, tab.t1)
         self.head = self.segs + (tab.seq,) + self.dims          # the walkers' arguments after the pointers
@@ -406,7 +407,7 @@ class _CorePlan:
             final = new_output(cp, self.state_shape, cp.float32) if self.want_final else None
         else:
             Eseg, gam = saved[0], saved[1] if self.decay else None
-            self.seg_state((k, v, g, Eseg, gam) + self.segs + self.seg_args + (_ONE32, self.g_half))
+            self.seg_state((k, v, g, Eseg, gam) + self.segs + self.seg_args + (_ONE32, self.g_kind))
             if self.seg_scan is None:
                 final = Eseg                                 # one segment per sequence: its sum is the total
             else:
@@ -415,7 +416,7 @@ class _CorePlan:
                 self.seg_scan((Eseg, gam, S0, Hstart, final) + self.scan_args)
         tails = self.tails                             # the tail of the last scale object, as _BackwardPlan's
         if tails[0] is not scale32:
-            tail = self.head + (scale32, self.causal32, self.g_half)
+            tail = self.head + (scale32, self.causal32, self.g_kind)
             tails = self.tails = (scale32, tail, tail + self.fold_args)
         if self.fold:                                  # the state before every chunk, for the backward's dq
             state_args = tuple(state_args)             # (its addresses in the saved arrays' allocation)
@@ -504,7 +505,7 @@ class _BackwardPlan:
         anc = rows[2] if B.anchored else None              # the chunk anchors (dk/dv mode "anchor")
         tails = B.tails                                    # the walkers' tails of the last scale object (one
         if tails[0] is not scale32:                        # tuple: no thread sees a scale with another's tail)
-            tail = P.head + (scale32, P.causal32, P.g_half)
+            tail = P.head + (scale32, P.causal32, P.g_kind)
             tails = B.tails = (scale32, tail, tail + (_NULL,) * 6,   # + tc_bwd_dkdv's dq, rq, Hst, Hsig, seg_c0, anc
                                tail + (_NULL,))                     # + tc_bwd_dq's Eout (no REV sums)
         _, tail, tail_nulls, tail_dq = tails
@@ -518,7 +519,7 @@ class _BackwardPlan:
             if B.esum:                                     # dq first: it writes the REV sums the scan chains
                 B.dq((q, k, v, g, do, dq, rq, Hstart) + tail + (Rseg,))
             else:
-                B.rseg((q, do, g, Rseg, None) + P.segs + P.seg_args + (scale32, P.g_half))
+                B.rseg((q, do, g, Rseg, None) + P.segs + P.seg_args + (scale32, P.g_kind))
             if B.rscan is None:
                 dSend = Rseg                                     # the total gradient of each sequence's state
             else:

@@ -124,9 +124,10 @@ def _mma_forward(split, stages, q, k, v, log_decay, scale=1.0, initial_state=Non
             q, k, v = (x.astype(cp.float32) for x in (q, k, v))
         else:
             dkdv = mode
-    # float16 log decays go to the kernels as they are (read and converted exactly there: no cast launch);
-    # others (bfloat16) as float32
-    g = as_contiguous(log_decay, log_decay.dtype if dtype_name(log_decay.dtype) == "float16" else cp.float32)
+    # float16 and bfloat16 log decays go to the kernels as they are (read and converted exactly there, the walkers'
+    # g_kind: no cast launch); others as float32
+    g = as_contiguous(log_decay, log_decay.dtype if dtype_name(log_decay.dtype) in mma.LOG_DECAY_DTYPES
+                      else cp.float32)
     S0 = None if initial_state is None else as_contiguous(initial_state.S, cp.float32)
     o, cctx = mma.forward(q, k, v, g, scale=scale, causal=True, split=split, S0=S0, want_final=return_state,
                           cu=cu_seqlens, stages=stages, dkdv=dkdv)
@@ -147,11 +148,16 @@ def _mma_backward(ctx: _MMAContext, do, dfinal=None):
 
 def _mma_prepare(split, stages, options, shapes, dtype, dkdv="fused", bf16_core="anchored"):
     """registry.Variant.prepare: _mma_forward / _mma_backward for one call signature (a _chunked_mma.CoreRun: plan,
-    scale and d log_decay's dtype resolved once), or None: bfloat16 (its casts and core choice) and options this
-    does not know take the general path."""
+    scale and d log_decay's dtype resolved once), or None: options this does not know, and bfloat16 where its core
+    runs in float32 (the casts of q, k, v), take the general path.  bfloat16 on the anchored 16-bit core runs the
+    core's mode for it (``_bf16_mode``), its log decays read as they are."""
     dt = dtype_name(dtype)
-    if dt == "bfloat16" or not options.keys() <= {"scale", "cu_seqlens"}:
+    if not options.keys() <= {"scale", "cu_seqlens"}:
         return None
+    if dt == "bfloat16":
+        dkdv = _bf16_mode(dkdv, shapes[0][-1], shapes[2][-1], bf16_core)
+        if dkdv is None:
+            return None
     run = mma.CoreRun(dt, shapes[0], shapes[2][-1], dtype, scale=options.get("scale", 1.0), split=split,
                       stages=stages, dkdv=dkdv, cu=options.get("cu_seqlens"), dg_dtype=dtype, n_grads=4)
     return run.forward, run.backward

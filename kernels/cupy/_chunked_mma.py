@@ -39,6 +39,7 @@ from typing import Optional
 
 import numpy as np
 
+from workbench import backends
 from workbench.backends import new_output, outputs_layout
 
 from .._segments import Segmentation, segment_rows
@@ -377,20 +378,28 @@ class _CorePlan:
             npair = 2 if self.decay and dt in STATE_PAIRS else 1   # hi tiles (, then lo tiles: STATE_PAIRS)
             self.states_layout = (((npair, N, nch, self.ntv, self.dkp, BV), np.dtype(f"u{ITEMSIZE[dt]}")),  # T
                                   ((N, nch, self.ntv), np.float32))
-        # the arrays the forward keeps for the backward (segment sums, log-decay totals, the states before each
-        # segment, an internal final state) and the per-chunk states of the fold: one allocation at any size
-        # (they live and die with the context); o, and a final state the caller gets, have their own
-        saved = []
+        # the arrays the forward keeps for the backward (log-decay totals, the states before each segment, an internal
+        # final state; the segment sums where they are the totals) and the per-chunk states of the fold: one
+        # allocation at any size (they live and die with the context).  The segment sums the scan reads join it
+        # while the block stays within backends.OUTPUTS_MERGE_MAX; above, kept with the context they would hold
+        # N nseg dk dv floats from the forward to the backward, so they are a per-call allocation.  o, and a final
+        # state the caller gets, have their own.
+        parts = {}
         if self.seg_state is not None:
-            saved.append((self.seg_shape, np.float32))                       # Eseg
+            parts["Eseg"] = (self.seg_shape, np.float32)
             if self.decay:
-                saved.append(((N, tab.nseg), np.float32))                    # gam
+                parts["gam"] = ((N, tab.nseg), np.float32)
             if self.seg_scan is not None:
-                saved.append((self.seg_shape, np.float32))                   # Hstart
+                parts["Hstart"] = (self.seg_shape, np.float32)
                 if not want_final:
-                    saved.append((self.state_shape, np.float32))             # final
-        self.saved = (outputs_layout(tuple(saved), self.states_layout if self.fold else (), together=True)
-                      if saved or self.fold else None)
+                    parts["final"] = (self.state_shape, np.float32)
+        states = self.states_layout if self.fold else ()
+        self.eseg_temp = (self.seg_scan is not None and outputs_layout(tuple(parts.values()), states).nbytes
+                          > backends.OUTPUTS_MERGE_MAX)
+        if self.eseg_temp:
+            del parts["Eseg"]
+        self.saved_at = {name: i for i, name in enumerate(parts)}        # each part's place in the block
+        self.saved = outputs_layout(tuple(parts.values()), states, together=True) if parts or self.fold else None
         self._backward: dict = {}
         self.tails = (None, (), ())     # (scale32, tc_fwd's tail, + the null fold arguments): run
 
@@ -406,13 +415,15 @@ class _CorePlan:
             Hstart = S0
             final = new_output(cp, self.state_shape, cp.float32) if self.want_final else None
         else:
-            Eseg, gam = saved[0], saved[1] if self.decay else None
+            at = self.saved_at
+            Eseg = new_output(cp, self.seg_shape, cp.float32) if self.eseg_temp else saved[at["Eseg"]]
+            gam = saved[at["gam"]] if self.decay else None
             self.seg_state((k, v, g, Eseg, gam) + self.segs + self.seg_args + (_ONE32, self.g_kind))
             if self.seg_scan is None:
                 final = Eseg                                 # one segment per sequence: its sum is the total
             else:
-                Hstart = saved[1 + self.decay]
-                final = new_output(cp, self.state_shape, cp.float32) if self.want_final else saved[2 + self.decay]
+                Hstart = saved[at["Hstart"]]
+                final = new_output(cp, self.state_shape, cp.float32) if self.want_final else saved[at["final"]]
                 self.seg_scan((Eseg, gam, S0, Hstart, final) + self.scan_args)
         tails = self.tails                             # the tail of the last scale object, as _BackwardPlan's
         if tails[0] is not scale32:

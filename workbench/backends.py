@@ -227,7 +227,7 @@ class OutputLayout:
     ``together`` (parts that live and die together: a context's saved arrays) or when everything but the largest
     output is small beside it (at most 1/OUTPUTS_SIDE_FRACTION of its bytes: softmax's o and its row statistics),
     so that a kept output never holds much more memory than its own."""
-    __slots__ = ("outputs", "scratch", "offsets", "nbytes", "scratch_offsets", "_parts", "lopsided")
+    __slots__ = ("outputs", "scratch", "offsets", "nbytes", "scratch_offsets", "_parts", "one_block")
 
     def __init__(self, outputs: tuple, scratch: tuple = (), together: bool = False):
         self.outputs = tuple((tuple(shape), np.dtype(dtype)) for shape, dtype in outputs)
@@ -236,7 +236,7 @@ class OutputLayout:
         n = len(self.outputs)
         self.offsets, self.scratch_offsets = offsets[:n], offsets[n:]
         largest = max((math.prod(s) * d.itemsize for s, d in self.outputs), default=0)
-        self.lopsided = together or (self.nbytes - largest) * OUTPUTS_SIDE_FRACTION <= largest
+        self.one_block = together or (self.nbytes - largest) * OUTPUTS_SIDE_FRACTION <= largest   # at any size
         scope = {f"S{i}": s for i, (s, _) in enumerate(self.outputs)}
         scope.update({f"D{i}": d for i, (_, d) in enumerate(self.outputs)}, u64=np.uint64)
         views = ", ".join(f"nd(S{i}, D{i}, mem{f' + {o}' if o else ''})" for i, o in enumerate(self.offsets))
@@ -249,7 +249,7 @@ class OutputLayout:
         """(outputs, scratch addresses as ``np.uint64``, the allocation to keep referenced while the scratch is
         in use) of module ``xp``, as ``new_outputs`` describes."""
         nbytes = self.nbytes
-        if nbytes > OUTPUTS_MERGE_MAX and not self.lopsided:
+        if nbytes > OUTPUTS_MERGE_MAX and not self.one_block:
             outs = tuple(new_output(xp, shape, dtype) for shape, dtype in self.outputs)
             keep, addrs = new_scratch(xp, self.scratch) if self.scratch else (None, [])
             return outs, addrs, keep

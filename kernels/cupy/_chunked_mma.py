@@ -322,8 +322,8 @@ def _ptr(x):
     return _NULL if x is None else x
 
 
-LOG_DECAY_DTYPES = ("float32", "float16", "bfloat16")   # the walkers read each (their g_kind argument)
 G_KIND = {"float32": 0, "float16": 1, "bfloat16": 2}    # g_kind: tc::G_F32, G_F16, G_BF16 (chunked_mma.cu)
+LOG_DECAY_DTYPES = tuple(G_KIND)                        # the walkers read each (their g_kind argument)
 
 
 def _prepared(dt: str, split: int, stages: int, k: Launchable, grid):
@@ -394,12 +394,13 @@ class _CorePlan:
                 if not want_final:
                     parts["final"] = (self.state_shape, np.float32)
         states = self.states_layout if self.fold else ()
-        self.eseg_temp = (self.seg_scan is not None and outputs_layout(tuple(parts.values()), states).nbytes
-                          > backends.OUTPUTS_MERGE_MAX)
+        saved = outputs_layout(tuple(parts.values()), states, together=True) if parts or self.fold else None
+        self.eseg_temp = self.seg_scan is not None and saved.nbytes > backends.OUTPUTS_MERGE_MAX
         if self.eseg_temp:
             del parts["Eseg"]
+            saved = outputs_layout(tuple(parts.values()), states, together=True)
         self.saved_at = {name: i for i, name in enumerate(parts)}        # each part's place in the block
-        self.saved = outputs_layout(tuple(parts.values()), states, together=True) if parts or self.fold else None
+        self.saved = saved
         self._backward: dict = {}
         self.tails = (None, (), ())     # (scale32, tc_fwd's tail, + the null fold arguments): run
 

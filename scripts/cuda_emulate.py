@@ -614,7 +614,7 @@ CHUNKED_DB_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, stages=2) for dt, s
 # "wide", "roles" = the 8-warp fused kernels): walks of 1 to 5 chunks with the initial state's gradient written by the walker
 # (L = 0) and through the segment scan (L = 2), packed chunk-edge lengths, element-wise loads (5 x 7), not causal
 CHUNKED_DKDV_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, dkdv=m)
-                      for m in ("split", "wide", "roles", "dqfold", "dqrev")
+                      for m in ("split", "wide", "roles", "dqfold", "dqrev", "dqrev_roles")
                       for dt, split, cu, dk, dv, mode, L in (
     ("float16", 1, (0, 300), 64, 64, "decayed", 0), ("float16", 1, (0, 300), 64, 64, "linear", 2),
     ("float16", 1, (0, 1, 64, 65, 130), 64, 64, "decayed", 1), ("float16", 1, (0, 70), 5, 7, "linear", 0),

@@ -140,7 +140,7 @@ def _check_case(dtype, split, shape, mode, L, **kw):
                          ids=lambda s: f"N{s[0]}-cu{'_'.join(map(str, s[1]))}-{s[2]}x{s[3]}")
 @pytest.mark.parametrize("mode", ["linear", "decayed", "noncausal"])
 @pytest.mark.parametrize("L", [0, 2])
-@pytest.mark.parametrize("dkdv", ["split", "wide", "roles", "dqfold", "dqrev"])
+@pytest.mark.parametrize("dkdv", ["split", "wide", "roles", "dqfold", "dqrev", "dqrev_roles"])
 def test_dkdv_modes_match_recurrence(dtype, split, shape, mode, L, dkdv):
     """The dk/dv walkers of the other modes at head dims (64, 64) (_chunked_mma.DKDV_MODES: the dk and dv
     kernels apart, the two 8-warp fused kernels, dq folded into the fused walk, the REV sums in the dq walker),

@@ -27,7 +27,8 @@ and ``tc_bwd_dq`` is not launched; cupy:chunked_mma_dqf; causal calls only, not 
 ``tc_dg`` sums at most one chunk's tokens from the next chunk's anchor instead of the whole suffix -- what lets
 bfloat16 decayed run the 16-bit core, docs/kernels/decayed.md "d log_decay from chunk anchors") or "dqrev" (the "fused"
 walkers; ``REV_IN_DQ``: ``tc_bwd_dq`` (its ESUM) also forms the REV segment sums, so the reverse ``tc_seg_state`` pass
-is not launched -- causal calls of several segments, at every dk and dv <= 64; cupy:chunked_mma_dqr).  Above 64
+is not launched -- causal calls of several segments, at every dk and dv <= 64; cupy:chunked_mma_dqr) or "dqrev_roles"
+(the "roles" walker after the "dqrev" dq walker; cupy:chunked_mma_dqr8r, a rung measured at long T).  Above 64
 the separate kernels (and ``tc_bwd_dq``) run in every mode.
 """
 from __future__ import annotations
@@ -62,7 +63,7 @@ DOUBLE_BUFFERED = ("cupy:chunked_mma with double-buffered chunk tiles (stages=2)
 # The dk/dv walkers launched at head dims (64, 64), per mode: ((WHICH, LAYOUT), ...) of tc_bwd_dkdv, in order;
 # LAYOUT: tc::DKDV_ROWS 0 (4 warps), DKDV_COLS 1 and DKDV_ROLES 2 (8 warps), DKDV_WARPS per layout
 DKDV_MODES = {"fused": ((0, 0),), "split": ((1, 0), (2, 0)), "wide": ((0, 1),), "roles": ((0, 2),),
-              "dqfold": ((3, 0),), "anchor": ((3, 0),), "dqrev": ((0, 0),)}
+              "dqfold": ((3, 0),), "anchor": ((3, 0),), "dqrev": ((0, 0),), "dqrev_roles": ((0, 2),)}
 DKDV_DQ = 3                             # tc::DKDV_DQ: the WHICH of the walker that forms dq, dk and dv
 ANCHORED = ("anchor",)                  # modes whose d log_decay comes from the folded walker's chunk anchors
 ANC_PARTS = 4                           # tc::ANC_PARTS: floats per chunk anchor (one per warp of the walker)
@@ -71,7 +72,7 @@ DKDV_WARPS = (4, 8, 8)
 # in tc_bwd_dq (its ESUM) instead of the tc_seg_state<.., REV = true, ..> pass: causal calls of several segments, at
 # padded head dims in REV_IN_DQ_DIMS (dv; wider ones keep the pass: 64 more accumulator registers would not fit);
 # dq launched before the REV scan (docs/kernels/linear.md "The REV sums in the dq walker")
-REV_IN_DQ = ("dqrev",)
+REV_IN_DQ = ("dqrev", "dqrev_roles")
 REV_IN_DQ_DIMS = (64,)
 # Storage dtypes whose dq-folded decayed walk takes the state operands as hi + lo pairs (tc::state_pairs: bfloat16;
 # docs/kernels/decayed.md "anchor + split-state"): tc_fwd's STORE also writes H's lo tiles (after the hi tiles: the
@@ -90,6 +91,8 @@ DKDV_DESCRIPTION = {   # the ops' measured-rung variants of the dk/dv modes: (va
                                   "(dkdv='dqfold': the forward stores each chunk's state, no dq walker)"),
     "dqrev": ("chunked_mma_dqr", "cupy:chunked_mma with the backward's REV segment sums formed in the dq walker "
                                  "(dkdv='dqrev': no reverse segment-state pass; causal, several segments, dv <= 64)"),
+    "dqrev_roles": ("chunked_mma_dqr8r", "cupy:chunked_mma_dqr with the 8-warp dk/dv walker of chunked_mma_dkdv8r "
+                                         "(dkdv='dqrev_roles': the REV sums in the dq walker, warps 0-3 form dv, 4-7 dk)"),
 }
 # The dk/dv modes whose variant "cupy" alone picks, per op: the dtypes (registry's default_for).  dqrev: H200 callB of
 # 2026-12-03, fwd+bwd 2-8% under the fused mode (cupy:chunked_mma) at T 4k-64k in every dtype measured (linear.md,

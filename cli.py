@@ -50,9 +50,14 @@ def info():
 @click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
               help="start no cell after this many seconds; the cells that ran are reported and written, the rest "
                    "counted as not run, and the command exits 1 (default: no limit)")
-def check(ops, backends, quick, full, dtypes, json_path, seed, jobs, time_limit):
+@click.option("--skip-passed", "skip_passed", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="an earlier run's --json file (repeatable; same --seed): its passed cells are not run again, "
+                   "so a sweep cut by --time-limit continues where it stopped; exits 0 when every planned cell "
+                   "passed here or there")
+def check(ops, backends, quick, full, dtypes, json_path, seed, jobs, time_limit, skip_passed):
     """Sweep ops x variants x shapes x dtypes x causal against the float64 explicit reference, forward and
-    every gradient.  Exits 1 if any cell fails or nothing was checked."""
+    every gradient.  Exits 1 if any cell fails or nothing was checked (cells skipped by --skip-passed count as
+    checked: they passed in the files given)."""
     from workbench import BackendUnavailable
     from workbench.check import run_check
     if quick and full:
@@ -60,7 +65,7 @@ def check(ops, backends, quick, full, dtypes, json_path, seed, jobs, time_limit)
     make_parent(json_path)
     try:
         ok = run_check(ops=ops, backends=backends, quick=quick, full=full, dtypes=dtypes, json_path=json_path,
-                       seed=seed, echo=click.echo, jobs=jobs, time_limit=time_limit)
+                       seed=seed, echo=click.echo, jobs=jobs, time_limit=time_limit, skip_passed=skip_passed)
     except (ValueError, BackendUnavailable) as e:
         raise click.UsageError(str(e)) from None
     sys.exit(0 if ok else 1)

@@ -223,3 +223,70 @@ def test_a_sweep_cut_short_by_its_time_limit_fails_and_keeps_what_ran(tmp_path, 
     full = json.loads(whole.read_text())
     assert full["not_run"] == 0 and full["planned"] == len(full["cells"]) == data["planned"]
     assert time.monotonic() - t0 < 120
+
+
+def test_skip_passed_runs_only_what_did_not_pass_before(tmp_path):
+    """--skip-passed: the cells that passed in an earlier JSON (same seed) are not run again -- the cells missing
+    from it (a sweep cut by its time limit) and the ones that failed there are; the sweep passes when every
+    planned cell passed here or there, and the JSON counts the skipped ones."""
+    first = tmp_path / "first.json"
+    assert check.run_check(ops=("linear",), backends=("numpy",), quick=True, json_path=str(first),
+                           echo=lambda *_: None)
+    data = json.loads(first.read_text())
+    planned = data["planned"]
+    assert planned == len(data["cells"]) > 4 and data["seed"] == 0
+    # as a cut sweep would leave it: the last two cells missing, one failed
+    data["cells"] = data["cells"][:-2]
+    data["cells"][0]["ok"] = False
+    rerun_ids = {check.cell_identity(**{k: c[k] for k in ("op", "variant", "shape", "dtype", "causal", "options",
+                                                          "kind")}) for c in json.loads(first.read_text())["cells"]}
+    cut = tmp_path / "cut.json"
+    cut.write_text(json.dumps(data))
+    lines, second = [], tmp_path / "second.json"
+    assert check.run_check(ops=("linear",), backends=("numpy",), quick=True, json_path=str(second),
+                           echo=lambda *a: lines.append(" ".join(map(str, a))), skip_passed=(str(cut),))
+    out = json.loads(second.read_text())
+    assert out["planned"] == planned and out["skipped"] == planned - 3 and out["not_run"] == 0
+    assert out["skipped_from"] == [str(cut)]
+    ran = {check.cell_identity(**{k: c[k] for k in ("op", "variant", "shape", "dtype", "causal", "options", "kind")})
+           for c in out["cells"]}
+    wanted = {check.cell_identity(**{k: c[k] for k in ("op", "variant", "shape", "dtype", "causal", "options",
+                                                         "kind")}) for c in [data["cells"][0]]}
+    assert len(ran) == 3 and wanted <= ran and ran <= rerun_ids
+    assert any(f"skipped {planned - 3} of {planned} planned cells" in x for x in lines)
+    # everything passed before: nothing runs, and that is a pass that says so
+    lines.clear()
+    assert check.run_check(ops=("linear",), backends=("numpy",), quick=True, echo=lines.append,
+                           skip_passed=(str(first),))
+    assert any("nothing left to run" in x for x in lines)
+
+
+def test_skip_passed_refuses_another_seed_or_a_file_that_is_not_a_check_json(tmp_path):
+    path = tmp_path / "s1.json"
+    assert check.run_check(ops=("softmax",), backends=("numpy:explicit",), quick=True, json_path=str(path),
+                           seed=1, echo=lambda *_: None) in (True, False)
+    with pytest.raises(ValueError, match=r"--seed 1.*--seed 0"):
+        check.run_check(ops=("softmax",), backends=("numpy",), quick=True, echo=lambda *_: None,
+                        skip_passed=(str(path),))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"rows": []}))
+    with pytest.raises(ValueError, match="not a check JSON"):
+        check.run_check(ops=("softmax",), backends=("numpy",), quick=True, echo=lambda *_: None,
+                        skip_passed=(str(other),))
+
+
+def test_cli_check_skip_passed(tmp_path):
+    from click.testing import CliRunner
+    import cli
+    path = tmp_path / "c.json"
+    r = CliRunner().invoke(cli.main, ["check", "--op", "decayed", "--backend", "numpy", "--quick", "--json", str(path)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli.main, ["check", "--op", "decayed", "--backend", "numpy", "--quick",
+                                      "--skip-passed", str(path)])
+    assert r.exit_code == 0 and "nothing left to run" in r.output, r.output
+    r = CliRunner().invoke(cli.main, ["check", "--op", "decayed", "--backend", "numpy", "--quick",
+                                      "--skip-passed", str(tmp_path / "missing.json")])
+    assert r.exit_code == 2 and "missing.json" in r.output
+    r = CliRunner().invoke(cli.main, ["check", "--op", "decayed", "--backend", "numpy", "--quick", "--seed", "3",
+                                      "--skip-passed", str(path)])
+    assert r.exit_code == 2 and "--seed 0" in r.output, r.output

@@ -448,10 +448,49 @@ def plan(ops=(), backends_=(), quick=False, full=False, dtypes=()) -> tuple:
     return sorted(fd + cells, key=lambda c: c[0].op), notes        # stable: per op, fd cells first
 
 
+def cell_options(label: str, kind: str) -> str:
+    """A cell's options column (Cell.options) from its plan label and kind."""
+    return "finite differences" + (f", {label}" if label else "") if kind == "fd" else label
+
+
+def cell_identity(op, variant, shape, dtype, causal, options, kind) -> tuple:
+    """What names one cell across runs (a planned cell and a cell read back from a check JSON alike): op, variant
+    key, shape text, dtype, causal, options text, kind."""
+    return (str(op), str(variant), str(shape), str(dtype), bool(causal), str(options), str(kind))
+
+
+def _planned_identity(c) -> tuple:
+    v, shape, dtype, causal, label, _extra, kind = c
+    return cell_identity(v.op, v.key, shape, dtype, causal, cell_options(label, kind), kind)
+
+
+def passed_in(paths, seed: int) -> tuple:
+    """(identities, counts): the cells that passed in earlier check JSON files (``--skip-passed``) and how many
+    each file gave.  A file written with another seed (its inputs were other random draws) is refused; files
+    written before the JSON recorded its seed count as seed 0 (the default)."""
+    found, counts = set(), {}
+    for path in paths:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--skip-passed {path}: not a readable check JSON ({e})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("cells"), list):
+            raise ValueError(f"--skip-passed {path}: not a check JSON (no 'cells' list)")
+        if data.get("seed", 0) != seed:
+            raise ValueError(f"--skip-passed {path}: written with --seed {data.get('seed')}, this sweep runs "
+                             f"--seed {seed} (expected the same seed)")
+        ids = {cell_identity(c["op"], c["variant"], c["shape"], c["dtype"], c["causal"], c["options"],
+                             c.get("kind", "compare")) for c in data["cells"] if c.get("ok") and not c.get("error")}
+        counts[str(path)] = len(ids)
+        found |= ids
+    return found, counts
+
+
 def run_cell(v, shape, dtype, causal, label, extra, kind="compare", seed=0) -> Cell:
     fd = kind == "fd"
-    cell = Cell(v.op, v.key, str(shape), dtype, causal, "finite differences" + (f", {label}" if label else "")
-                if fd else label, kind, tol=FD_TOLERANCE if fd else v.tolerance(dtype))
+    cell = Cell(v.op, v.key, str(shape), dtype, causal, cell_options(label, kind), kind,
+                tol=FD_TOLERANCE if fd else v.tolerance(dtype))
     kw = dict(extra)
     n_gates = kw.pop("n_gates", 2)
     ldr = kw.pop("log_decay_range", None)
@@ -540,11 +579,13 @@ def _run_parallel(cells, seed, jobs, progress: _Progress, deadline=None) -> list
 
 
 def run_check(ops=(), backends=(), quick=False, full=False, dtypes=(), json_path=None, seed=0, echo=print,
-              jobs=1, time_limit=None):
+              jobs=1, time_limit=None, skip_passed=()):
     """Run the sweep; ``jobs`` > 1 runs cell groups in that many processes (0: one per CPU core).  With
     ``time_limit`` (seconds) no cell starts after that long (with jobs > 1 the unfinished groups are stopped):
     the table, the totals and the JSON then hold the cells that ran and count the rest as not run, and the
-    sweep fails (an incomplete sweep is not a pass).  Returns True when every cell ran and passed."""
+    sweep fails (an incomplete sweep is not a pass).  ``skip_passed``: earlier check JSON files (same seed) whose
+    passed cells are not run again -- a sweep cut by its time limit continues where it stopped; the summary and
+    the JSON count them as skipped.  Returns True when every planned cell passed, here or in those files."""
     import os
 
     from tabulate import tabulate
@@ -556,6 +597,18 @@ def run_check(ops=(), backends=(), quick=False, full=False, dtypes=(), json_path
     if not cells:
         echo("nothing to check")
         return False
+    planned, skipped = len(cells), 0
+    if skip_passed:
+        done, counts = passed_in(skip_passed, seed)
+        cells = [c for c in cells if _planned_identity(c) not in done]
+        skipped = planned - len(cells)
+        echo(f"skipped {skipped} of {planned} planned cells: passed in "
+             + ", ".join(f"{p} ({n} passed cells)" for p, n in counts.items()))
+        if not cells:
+            echo(f"all {planned} planned cells passed in the files given; nothing left to run")
+            if json_path:
+                _write_json(json_path, planned, 0, [], seed, skipped, skip_passed)
+            return True
     jobs = (os.cpu_count() or 1) if jobs == 0 else int(jobs)
     with tqdm(total=len(cells), desc="check", unit="cell", file=sys.stderr, disable=None) as bar:
         progress = _Progress(bar, len(cells))
@@ -591,15 +644,23 @@ def run_check(ops=(), backends=(), quick=False, full=False, dtypes=(), json_path
              "input rounding; 'floor' in the table, rounding_floors)")
     echo(f"\n{len(results) - n_fail} passed, {n_fail} failed ({len(results)} cells: {len(results) - n_fd} "
          f"against the reference {REFERENCE}, {n_fd} of its gradients against finite differences)")
+    if skipped:
+        echo(f"{skipped} cell(s) skipped: passed in {', '.join(map(str, skip_passed))}")
     if not_run:
-        echo(f"NOT RUN: {not_run} of {len(cells)} cells (the time limit of {time_limit:g} s ran out): "
-             "the sweep is incomplete")
+        echo(f"NOT RUN: {not_run} of {planned} cells (the time limit of {time_limit:g} s ran out): "
+             "the sweep is incomplete" + (" (rerun with --skip-passed and this run's JSON to continue)"
+                                          if json_path else ""))
     if json_path:
-        with open(json_path, "w") as f:
-            json.dump(dict(environment=environment(), reference=REFERENCE, planned=len(cells), not_run=not_run,
-                           cells=[asdict(c) for c in results]), f, indent=1, default=str)
+        _write_json(json_path, planned, not_run, results, seed, skipped, skip_passed)
         echo(f"wrote {json_path}")
     return n_fail == 0 and not_run == 0
+
+
+def _write_json(path, planned, not_run, results, seed, skipped, skip_passed) -> None:
+    with open(path, "w") as f:
+        json.dump(dict(environment=environment(), reference=REFERENCE, seed=seed, planned=planned, not_run=not_run,
+                       skipped=skipped, skipped_from=[str(p) for p in skip_passed],
+                       cells=[asdict(c) for c in results]), f, indent=1, default=str)
 
 
 def _verdict(c: Cell) -> str:

@@ -116,7 +116,54 @@ def get_kernel(name: str, expression: str, options: tuple = DEFAULT_OPTIONS, gro
     exprs = tuple(group) if group else group_of(name, expression)
     if expression not in exprs:
         raise ValueError(f"{expression!r} is not in its compile group")
-    return _module(name, exprs, tuple(options)).get_function(expression)
+    kernel = _module(name, exprs, tuple(options)).get_function(expression)
+    _EXPRESSIONS[id(kernel)] = expression
+    return kernel
+
+
+_EXPRESSIONS: dict = {}   # id(kernel) -> the name expression get_kernel found it by (kernel_label; kernels are never freed)
+
+
+def kernel_label(kernel) -> str:
+    """The name expression of a kernel from ``get_kernel`` (``tc_fwd<wb_half, 64, 1, 1>``), else its own name."""
+    return _EXPRESSIONS.get(id(kernel)) or str(getattr(kernel, "name", "?"))
+
+
+_TRACE: list = [None]     # the callback of traced_launches while one is active (a stack)
+
+
+@contextlib.contextmanager
+def traced_launches(record, new_event=None):
+    """Inside the block every launch -- ``launch`` and ``Prepared`` alike -- is bracketed by two CUDA events
+    recorded on the current stream, and ``record(label, start, end)`` gets the kernel's label (``kernel_label``)
+    and the two events after the launch is queued.  Once the host runs ahead of the GPU, ``end - start`` is the
+    kernel's GPU time (``workbench.bench.kernels``).  ``new_event()`` gives the events (default: a new
+    ``cupy.cuda.Event`` each; a caller timing many calls hands out preallocated ones).  Outside such a block
+    launches are not touched: ``Prepared``'s call is swapped for the block's duration, and ``launch`` looks at one
+    list entry."""
+    if new_event is None:
+        import cupy as cp
+        new_event = cp.cuda.Event
+
+    def traced(kernel, go):
+        a, b = new_event(), new_event()
+        a.record()
+        go()
+        b.record()
+        record(kernel_label(kernel), a, b)
+
+    plain = Prepared.__call__
+
+    def prepared_call(self, args):
+        traced(self.kernel, lambda: plain(self, args))
+
+    _TRACE.append(traced)
+    Prepared.__call__ = prepared_call
+    try:
+        yield
+    finally:
+        Prepared.__call__ = plain
+        _TRACE.pop()
 
 
 _OPTED_IN: dict = {}      # id(kernel) -> dynamic shared memory opted in (kernels are cached, never freed)
@@ -125,6 +172,12 @@ _OPTED_IN: dict = {}      # id(kernel) -> dynamic shared memory opted in (kernel
 def launch(kernel, grid, block, args, shared_mem: int = 0) -> None:
     """Launch ``kernel``; opts in to more than 48 KiB of dynamic shared memory when asked for it.  Through the
     packed-parameter launcher (``FastLauncher``) where it is available, else through the RawKernel's call."""
+    if _TRACE[-1] is not None:
+        return _TRACE[-1](kernel, lambda: _launch(kernel, grid, block, args, shared_mem))
+    _launch(kernel, grid, block, args, shared_mem)
+
+
+def _launch(kernel, grid, block, args, shared_mem: int = 0) -> None:
     if shared_mem > STATIC_SMEM_LIMIT and _OPTED_IN.get(id(kernel), 0) < shared_mem:
         kernel.max_dynamic_shared_size_bytes = shared_mem
         _OPTED_IN[id(kernel)] = shared_mem

@@ -1,5 +1,5 @@
-"""Click commands ``bench``, ``roofline`` and ``scaling`` (added to cli.py through ``COMMANDS``).  Thin: every
-command calls one function of ``workbench.bench.api``."""
+"""Click commands ``bench``, ``roofline``, ``scaling`` and ``kernels`` (added to cli.py through ``COMMANDS``).  Thin:
+every command calls one function of ``workbench.bench.api`` (``kernels``: of ``workbench.bench.kernels``)."""
 from __future__ import annotations
 
 import sys
@@ -128,4 +128,49 @@ def scaling(json_path, grid, out, pass_, dtype, ops, backends):
         _finish(api.outcome(result))
 
 
-COMMANDS = [bench, roofline, scaling]
+@click.command()
+@click.option("--op", type=OP, required=True, help="the op")
+@click.option("--backend", "keys", type=Backend(), multiple=True, required=True,
+              help="cupy or cupy:VARIANT (repeatable: one split each)")
+@click.option("--dtype", type=DTYPE, default="float16", show_default=True)
+@click.option("--T", "T", type=POSITIVE_INT, default=4096, show_default=True, help="sequence length")
+@click.option("--D", "D", type=POSITIVE_INT, default=64, show_default=True, help="head dim (Dk = Dv)")
+@click.option("--B", "B", type=POSITIVE_INT, default=2, show_default=True, help="batch")
+@click.option("--H", "H", type=POSITIVE_INT, default=16, show_default=True, help="heads")
+@click.option("--pass", "pass_", type=_PASS, default="fwdbwd", show_default=True)
+@click.option("--calls", type=POSITIVE_INT, default=15, show_default=True, help="traced calls (medians over them)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="write the splits here (its folder is created)")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="seed of the random inputs")
+def kernels(op, keys, dtype, T, D, B, H, pass_, calls, json_path, seed):
+    """The GPU time of every kernel one call through the public API launches (CUDA events around each launch;
+    CuPy variants), with the call's whole GPU span beside their sum.  Exits 1 if any variant failed."""
+    import json
+    from tabulate import tabulate
+    from ..cli_params import make_parent
+    from .kernels import cupy_variant, kernel_split
+    try:
+        for key in keys:
+            cupy_variant(op, key, dtype)
+    except (ValueError, KeyError) as e:
+        raise click.UsageError(str(e)) from None
+    out, failed = [], 0
+    for key in keys:
+        try:
+            split = kernel_split(op, key, dtype, B=B, H=H, T=T, D=D, pass_=pass_, calls=calls, seed=seed)
+        except Exception as e:          # a failing variant is reported, the others still run
+            click.echo(f"kernels: {key}: {type(e).__name__}: {e}", err=True)
+            failed += 1
+            continue
+        click.echo(f"\n{split.variant}  {op} {dtype} {pass_}  B={B} H={H} T={T} D={D}  (medians of {calls} calls, us)")
+        click.echo(tabulate(split.table(), headers=["#", "kernel", "us", "share"], disable_numparse=True))
+        out.append(split.as_dict())
+    if json_path and out:
+        make_parent(json_path)
+        with open(json_path, "w") as f:
+            json.dump(out, f, indent=1)
+        click.echo(f"wrote {json_path}")
+    sys.exit(1 if failed or not out else 0)
+
+
+COMMANDS = [bench, roofline, scaling, kernels]

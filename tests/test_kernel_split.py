@@ -44,6 +44,8 @@ for key in ("cupy:chunked_mma_dqr", "cupy:chunked_mma"):
     out[key] = s.as_dict()
 s = kernel_split("softmax", "cupy:fa2", "float16", T=1024, pass_="fwd", calls=2)
 out["fwd"] = s.as_dict()
+s = kernel_split("linear", "cupy:chunked", "float32", T=256, pass_="bwd", calls=2)     # launch(), not Prepared
+out["launch"] = s.as_dict()
 print(json.dumps(out))
 ''')
     assert r.returncode == 0, r.stderr[-3000:]
@@ -64,6 +66,9 @@ print(json.dumps(out))
         assert s["sum_us"] == 1000.0 * n and s["span_us"] == 1000.0 * (2 * n + 1)
         assert s["untraced_us"] == 1000.0 * (n + 1) and s["calls"] == 3 and s["pass"] == "fwdbwd"
     assert [k["kernel"].split("<")[0] for k in out["fwd"]["kernels"]] == ["fa2_fwd"]
+    plain = out["launch"]                   # the CUDA-core chunked core launches through _module.launch
+    assert plain["pass"] == "bwd" and plain["kernels"] and all(k["us"] == 1000.0 for k in plain["kernels"])
+    assert all("<" in k["kernel"] for k in plain["kernels"]), plain["kernels"]
 
 
 def test_cli_kernels_prints_and_writes_the_split(tmp_path):

@@ -140,7 +140,9 @@ def traced_launches(record, new_event=None):
     kernel's GPU time (``workbench.bench.kernels``).  ``new_event()`` gives the events (default: a new
     ``cupy.cuda.Event`` each; a caller timing many calls hands out preallocated ones).  Outside such a block
     launches are not touched: ``Prepared``'s call is swapped for the block's duration, and ``launch`` looks at one
-    list entry."""
+    list entry.  One block at a time (a block inside another raises RuntimeError)."""
+    if _TRACE[-1] is not None:
+        raise RuntimeError("traced_launches: a traced block is already active (one at a time)")
     if new_event is None:
         import cupy as cp
         new_event = cp.cuda.Event

@@ -32,12 +32,17 @@ def main(argv=None) -> int:
     ap.add_argument("--decay", action="store_true", help="time the decayed core (default: linear)")
     ap.add_argument("--zeros", action="append", metavar="IMPL",
                     help="time this ZeroS variant (cupy:IMPL, e.g. chunked_mma_fused3) instead of the core")
+    ap.add_argument("--dkdv", default="dqrev",
+                    help="the core's dk/dv mode (kernels/cupy/_chunked_mma.py DKDV_MODES; default dqrev, the mode of "
+                         "the default variants cupy:chunked_mma_dqr)")
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--json", help="write the rows here")
     a = ap.parse_args(argv)
     import cupy as cp
     import numpy as np
     from kernels.cupy import _chunked_mma as mma
+    if a.dkdv not in mma.DKDV_MODES:
+        ap.error(f"--dkdv must be one of {', '.join(mma.DKDV_MODES)} (got {a.dkdv!r})")
 
     rows = []
     for dtype in a.dtype or ["float16"]:
@@ -69,7 +74,7 @@ def main(argv=None) -> int:
                         var.backward(ctx, do)
                 else:
                     def fwd():
-                        return mma.forward(q, k, v, g, scale=0.125, causal=True, split=3, L=L)
+                        return mma.forward(q, k, v, g, scale=0.125, causal=True, split=3, L=L, dkdv=a.dkdv)
 
                     def fwdbwd():
                         _, ctx = fwd()
@@ -85,7 +90,8 @@ def main(argv=None) -> int:
                     ev[-1][1].synchronize()
                     times[name] = float(np.median([cp.cuda.get_elapsed_time(s, e) for s, e in ev]))
                 what = impl or ('decayed' if a.decay else 'linear')
-                row = dict(dtype=dtype, decay=a.decay, op=what, T=T, N=a.N, D=a.D, L=L, picked=L == picked, **times)
+                row = dict(dtype=dtype, decay=a.decay, op=what, T=T, N=a.N, D=a.D, L=L, picked=L == picked,
+                           dkdv=None if impl else a.dkdv, **times)
                 rows.append(row)
                 print(f"{dtype:9s} {what:8s} T={T:6d} L={L:4d}{' *' if L == picked else '  '}"
                       f" fwd {times['fwd']:8.3f} ms  fwd+bwd {times['fwdbwd']:8.3f} ms", flush=True)

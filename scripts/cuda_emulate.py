@@ -677,6 +677,10 @@ CHUNKED_DQREV_TESTS += [_test_case("chunked_mma", "test_cupy_chunked_mma", "test
 _G16_TEST = "test_16bit_log_decays_equal_their_float32_cast"
 CHUNKED_G16_CASES = [_test_case("chunked_mma", "test_cupy_chunked_mma", _G16_TEST, **kw)
                      for kw in _test_grid("test_cupy_chunked_mma", _G16_TEST)]
+# every allocation as above OUTPUTS_MERGE_MAX (the segment sums a per-call temporary), float16 and float32
+_MERGE_TEST = "test_core_above_the_merge_bound_matches_recurrence"
+CHUNKED_G16_CASES += [_test_case("chunked_mma", "test_cupy_chunked_mma", _MERGE_TEST, **kw)
+                      for kw in _test_grid("test_cupy_chunked_mma", _MERGE_TEST)]
 
 # zeros: the ZeroS variants on the tensor-core core (public API; every dtype and split the emulator runs; the
 # GPU test's shapes but its T = 4097, one lead dim where it has two; both causal modes and gate counts spread

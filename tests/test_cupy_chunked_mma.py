@@ -125,6 +125,28 @@ def test_core_matches_recurrence(dtype, split, shape, mode, L, stages):
     _check_case(dtype, split, shape, mode, L, stages=stages)
 
 
+@pytest.mark.parametrize("dtype,split", [("float16", 1), ("bfloat16", 1), ("float32", 3)])
+@pytest.mark.parametrize("mode", ["linear", "decayed"])
+@pytest.mark.parametrize("dkdv", ["fused", "dqrev", "dqfold"])
+def test_core_above_the_merge_bound_matches_recurrence(dtype, split, mode, dkdv):
+    """Every pass as above backends.OUTPUTS_MERGE_MAX (bound 0): each output its own allocation, the forward's
+    segment sums a per-call temporary outside its saved block (what calls of more than 4 MiB take, 64k benches
+    among them) -- results against the float64 recurrence as at any size (packed sequences, one of several
+    segments: their scan reads the temporary; states).
+    (No monkeypatch fixture: the CUDA emulator calls this function as it is.)"""
+    from kernels.cupy import _chunked_mma as mma
+    from workbench import backends
+    bound, plans = backends.OUTPUTS_MERGE_MAX, dict(mma._PLANS)
+    backends.OUTPUTS_MERGE_MAX = 0
+    mma._PLANS.clear()                               # the plans weigh the segment sums against the bound
+    try:
+        _check_case(dtype, split, (2, (0, 1, 64, 65, 300), 64, 64), mode, 1, dkdv=dkdv)     # 4 segments in one
+    finally:
+        backends.OUTPUTS_MERGE_MAX = bound
+        mma._PLANS.clear()
+        mma._PLANS.update(plans)
+
+
 def _check_case(dtype, split, shape, mode, L, **kw):
     """run_case on one (N, cu, dk, dv) shape and mode, every result within TOL (kw: stages, dkdv)."""
     N, cu, dk, dv = shape

@@ -581,6 +581,9 @@ SOFTMAX_CASES += [Case("softmax", f"softmax packed cell cupy:{var} {dt} T={T} {d
     ("fa2_det", "float16", 130, 64, 64, True), ("fa2_det", "float16", 67, 16, 24, False),
     ("fa2_3xtf32", "float32", 200, 64, 64, False), ("fa2_tf32", "float32", 130, 128, 128, True),
     ("fa2", "float16", 64, 64, 64, True), ("fa2_3xtf32", "float32", 60, 32, 24, False))]      # these two: DIRECT
+SOFTMAX_CASES += [Case("softmax", f"softmax test_fa2_above_the_merge_bound(variant={var})", "test_function",
+                       dict(module="test_cupy_softmax", function="test_fa2_above_the_merge_bound",
+                            kwargs=dict(variant=var))) for var in ("fa2", "fa2_3xtf32")]
 SOFTMAX_CASES += [Case("softmax", f"softmax test_fa2_packed_equals_one_call_per_sequence(variant={var})", "test_function",
                        dict(module="test_cupy_softmax", function="test_fa2_packed_equals_one_call_per_sequence",
                             kwargs=dict(variant=var))) for var in ("fa2", "fa2_det")]

@@ -680,7 +680,10 @@ CHUNKED_DQREV_TESTS += [_test_case("chunked_mma", "test_cupy_chunked_mma", "test
 _G16_TEST = "test_16bit_log_decays_equal_their_float32_cast"
 CHUNKED_G16_CASES = [_test_case("chunked_mma", "test_cupy_chunked_mma", _G16_TEST, **kw)
                      for kw in _test_grid("test_cupy_chunked_mma", _G16_TEST)]
-# every allocation as above OUTPUTS_MERGE_MAX (the segment sums a per-call temporary), float16 and float32
+# every allocation as above OUTPUTS_MERGE_MAX (the segment sums a per-call temporary), float16 and float32; ZeroS's
+# composition and fused default likewise
+CHUNKED_G16_CASES += [_zeros_test("test_variant_above_the_merge_bound", **kw)
+                      for kw in _test_grid("test_cupy_zeros_mma", "test_variant_above_the_merge_bound")]
 _MERGE_TEST = "test_core_above_the_merge_bound_matches_recurrence"
 CHUNKED_G16_CASES += [_test_case("chunked_mma", "test_cupy_chunked_mma", _MERGE_TEST, **kw)
                       for kw in _test_grid("test_cupy_chunked_mma", _MERGE_TEST)]

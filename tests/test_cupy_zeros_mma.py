@@ -665,6 +665,28 @@ def test_variant_matches_reference(impl, dtype, tol, shape):
             assert not bad, (causal, n_gates, bad)
 
 
+@gpu
+@pytest.mark.parametrize("impl,dtype,tol", [c for c in CASES if c[0] in ("chunked_mma", "chunked_mma_fused3")])
+def test_variant_above_the_merge_bound(impl, dtype, tol):
+    """Every pass as above backends.OUTPUTS_MERGE_MAX (bound 0), what calls of more than 4 MiB take: outputs in
+    their own allocations unless the side ones are small (OutputLayout), the core's segment sums a per-call
+    temporary -- results against the float64 reference as at any size.  (No monkeypatch fixture: the CUDA
+    emulator calls this function as it is.)"""
+    from kernels.cupy import _chunked_mma as mma
+    from workbench import backends
+    bound, plans = backends.OUTPUTS_MERGE_MAX, dict(mma._PLANS)
+    backends.OUTPUTS_MERGE_MAX = 0
+    mma._PLANS.clear()                               # the core's plans weigh the segment sums against the bound
+    try:
+        errs = _vjp_errors(impl, dtype, (2,), 300, 64, 64, True, 3)
+    finally:
+        backends.OUTPUTS_MERGE_MAX = bound
+        mma._PLANS.clear()
+        mma._PLANS.update(plans)
+    bad = {k: e for k, e in errs.items() if not e < tol}
+    assert not bad, bad
+
+
 MMA_IMPLS = ("chunked_mma", "chunked_mma_fused", "chunked_mma_fused2", "chunked_mma_fused3", "chunked_mma_fused4")
 FUSED_IMPLS = ("chunked_mma_fused", "chunked_mma_fused2", "chunked_mma_fused3", "chunked_mma_fused4")
 

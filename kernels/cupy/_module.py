@@ -150,7 +150,11 @@ def traced_launches(record, new_event=None):
     def traced(kernel, go):
         a, b = new_event(), new_event()
         a.record()
-        go()
+        _TRACE.append(None)             # go() launches untraced (``launch`` calls itself through it)
+        try:
+            go()
+        finally:
+            _TRACE.pop()
         b.record()
         record(kernel_label(kernel), a, b)
 
@@ -175,11 +179,7 @@ def launch(kernel, grid, block, args, shared_mem: int = 0) -> None:
     """Launch ``kernel``; opts in to more than 48 KiB of dynamic shared memory when asked for it.  Through the
     packed-parameter launcher (``FastLauncher``) where it is available, else through the RawKernel's call."""
     if _TRACE[-1] is not None:
-        return _TRACE[-1](kernel, lambda: _launch(kernel, grid, block, args, shared_mem))
-    _launch(kernel, grid, block, args, shared_mem)
-
-
-def _launch(kernel, grid, block, args, shared_mem: int = 0) -> None:
+        return _TRACE[-1](kernel, lambda: launch(kernel, grid, block, args, shared_mem))
     if shared_mem > STATIC_SMEM_LIMIT and _OPTED_IN.get(id(kernel), 0) < shared_mem:
         kernel.max_dynamic_shared_size_bytes = shared_mem
         _OPTED_IN[id(kernel)] = shared_mem

@@ -296,6 +296,14 @@ def _cell_lines(grid: Grid, op: str, dtype: str, options: dict, shape: costs.Sha
     return out
 
 
+def cell_inputs(op: str, B: int, H: int, T: int, D: int, dtype: str, seed: int, n_gates: int = 2) -> tuple:
+    """(arrays, dout) of one cell: the op's inputs (``random_inputs``, B x H heads of T x D) and the output's
+    gradient (its own seed, ``seed + 10 000``), NumPy arrays in ``dtype``."""
+    arrays = random_inputs(op, lead=(B, H), T=T, Dk=D, Dv=D, dtype=dtype, seed=seed, n_gates=n_gates)
+    dout = np.random.default_rng(seed + 10_000).standard_normal((B, H, T, D)).astype(dtype)
+    return arrays, dout
+
+
 def run_cell(grid: Grid, op: str, T: int, D: int, dtype: str, causal: bool, ceil: dict, seed: int,
              clocks: _Clocks) -> list:
     B, H = grid.lead
@@ -304,8 +312,7 @@ def run_cell(grid: Grid, op: str, T: int, D: int, dtype: str, causal: bool, ceil
     base = dict(op=op, T=T, Dk=D, Dv=D, dtype=dtype, causal=causal or bool(SPECS[op].causal_only),
                 B=B, H=H, N=B * H)
     try:
-        arrays = random_inputs(op, lead=(B, H), T=T, Dk=D, Dv=D, dtype=dtype, seed=seed, n_gates=grid.n_gates)
-        dout = np.random.default_rng(seed + 10_000).standard_normal((B, H, T, D)).astype(dtype)
+        arrays, dout = cell_inputs(op, B, H, T, D, dtype, seed, grid.n_gates)
     except Exception as e:
         return [dict(base, line="inputs", kind="-", status="error", note=_error_text(e), **{"pass": p})
                 for p in grid.passes]

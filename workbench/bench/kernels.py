@@ -7,18 +7,16 @@ median over ``calls`` calls of each launch's event pair is its time.  That is a 
 ahead of the GPU (long T: the host's tens of microseconds per call hide under milliseconds of kernels); at short T,
 where the GPU waits for the host, a pair also holds the launch's own latency.  ``span_us``, from an event before the
 call to one after it, holds everything the GPU ran in between: kernels CuPy launched itself (casts, copies), which
-the tracer does not see, show as ``span - sum``.  Inputs are the bench's (``workbench.inputs.random_inputs``, the
-same seed, B x H heads of T x D).  CuPy variants only: Numba's launches go through Numba's dispatcher."""
+the tracer does not see, show as ``span - sum``.  The call is the bench's API line on the bench's inputs
+(``lines.prepare_api``, ``harness.cell_inputs``: the same seed, B x H heads of T x D).  CuPy variants only: Numba's launches go through Numba's dispatcher."""
 from __future__ import annotations
 
 import importlib
 import statistics
 from dataclasses import asdict, dataclass
 
-import numpy as np
-
 from .. import registry
-from ..inputs import default_options, random_inputs
+from ..inputs import default_options
 from .costs import PASSES
 
 MAX_LAUNCHES = 256          # launches one traced call may make (events are preallocated for them)
@@ -83,32 +81,19 @@ def kernel_split(op: str, key: str, dtype: str = "float16", B: int = 2, H: int =
     """Trace ``calls`` calls (after ``warmup`` untraced ones) of the public API running CuPy variant ``key``."""
     from kernels.cupy._module import traced_launches
 
-    from ..ops import PUBLIC_OPS, vjp
+    from .harness import cell_inputs
+    from .lines import prepare_api
     if pass_ not in PASSES:
         raise ValueError(f"pass must be one of {PASSES} (got {pass_!r})")
     if calls < 1:
         raise ValueError(f"calls must be >= 1 (got {calls})")
     v = cupy_variant(op, key, dtype)
     cp = importlib.import_module("cupy")
-    arrays = random_inputs(op, lead=(B, H), T=T, Dk=D, Dv=D, dtype=dtype, seed=seed)
-    dout = np.random.default_rng(seed + 10_000).standard_normal((B, H, T, D)).astype(dtype)
-    xs, d = [cp.asarray(a) for a in arrays], cp.asarray(dout)
-    fn, kw = PUBLIC_OPS[op], dict(default_options(op, causal=True), backend=v.key)
-    if pass_ == "fwd":
-        def call():
-            fn(*xs, **kw)
-    elif pass_ == "bwd":
-        pullback = vjp(fn, *xs, **kw)[1]
-
-        def call():
-            pullback(d)
-    else:
-        def call():
-            vjp(fn, *xs, **kw)[1](d)
-    device = cp.cuda.Device()
+    # the bench's API line on the bench's inputs: the arrays on the device, one vjp whose pullback "bwd" reuses
+    call = prepare_api(v, *cell_inputs(op, B, H, T, D, dtype, seed), default_options(op, causal=True)).pass_fn(pass_)
     for _ in range(warmup):
         call()
-    device.synchronize()
+    cp.cuda.Device().synchronize()
     times, names, spans = {}, {}, []
     start, end = cp.cuda.Event(), cp.cuda.Event()
     pool = [cp.cuda.Event() for _ in range(2 * MAX_LAUNCHES)]    # made once: no event is created inside a call

@@ -459,6 +459,12 @@ def cell_identity(op, variant, shape, dtype, causal, options, kind) -> tuple:
     return (str(op), str(variant), str(shape), str(dtype), bool(causal), str(options), str(kind))
 
 
+def json_cell_identity(c: dict) -> tuple:
+    """``cell_identity`` of a cell as a check JSON holds it (``asdict(Cell)``)."""
+    return cell_identity(c["op"], c["variant"], c["shape"], c["dtype"], c["causal"], c["options"],
+                         c.get("kind", "compare"))
+
+
 def _planned_identity(c) -> tuple:
     v, shape, dtype, causal, label, _extra, kind = c
     return cell_identity(v.op, v.key, shape, dtype, causal, cell_options(label, kind), kind)
@@ -480,8 +486,7 @@ def passed_in(paths, seed: int) -> tuple:
         if data.get("seed", 0) != seed:
             raise ValueError(f"--skip-passed {path}: written with --seed {data.get('seed')}, this sweep runs "
                              f"--seed {seed} (expected the same seed)")
-        ids = {cell_identity(c["op"], c["variant"], c["shape"], c["dtype"], c["causal"], c["options"],
-                             c.get("kind", "compare")) for c in data["cells"] if c.get("ok") and not c.get("error")}
+        ids = {json_cell_identity(c) for c in data["cells"] if c.get("ok") and not c.get("error")}
         counts[str(path)] = len(ids)
         found |= ids
     return found, counts

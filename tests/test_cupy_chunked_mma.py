@@ -134,17 +134,9 @@ def test_core_above_the_merge_bound_matches_recurrence(dtype, split, mode, dkdv)
     among them) -- results against the float64 recurrence as at any size (packed sequences, one of several
     segments: their scan reads the temporary; states).
     (No monkeypatch fixture: the CUDA emulator calls this function as it is.)"""
-    from kernels.cupy import _chunked_mma as mma
     from workbench import backends
-    bound, plans = backends.OUTPUTS_MERGE_MAX, dict(mma._PLANS)
-    backends.OUTPUTS_MERGE_MAX = 0
-    mma._PLANS.clear()                               # the plans weigh the segment sums against the bound
-    try:
+    with backends.merge_bound(0):
         _check_case(dtype, split, (2, (0, 1, 64, 65, 300), 64, 64), mode, 1, dkdv=dkdv)     # 4 segments in one
-    finally:
-        backends.OUTPUTS_MERGE_MAX = bound
-        mma._PLANS.clear()
-        mma._PLANS.update(plans)
 
 
 def _check_case(dtype, split, shape, mode, L, **kw):

@@ -369,13 +369,9 @@ def test_fused_zeros_backward_plan(stand_in, T, causal, dtype):
             assert B.dk_in_dv == (impl != "chunked_mma_fused") and B.dk_parts == B.dk_in_dv   # 2 dv tiles at 64
             if chained:                                      # the segment-sum pass: fused3 on the DKF dv walker
                 assert (B.sums.kernel is zeros._fused2_dv_kernel_of(dtype, 64)[0]) == fused3
-        saved = backends.OUTPUTS_MERGE_MAX
-        backends.OUTPUTS_MERGE_MAX = 0                        # above the bound: each gradient its own, one scratch
-        try:
+        with backends.merge_bound(0):                         # above the bound: each gradient its own, one scratch
             hc.COUNTS.clear()
             grads = v.backward(ctx, hc.ndarray(out.shape, out.dtype))
-        finally:
-            backends.OUTPUTS_MERGE_MAX = saved
         assert (hc.COUNTS["alloc"], hc.COUNTS["view"]) == (6, 0)
         assert [(g.shape, g.dtype) for g in grads] == [(a.shape, a.dtype) for a in arrays]
     assert len(_module.FALLBACKS) == fallbacks
@@ -390,7 +386,7 @@ def test_chunk_core_allocations_per_pass(stand_in, op, impl):
     up to that bound (above: their own, per call), plus a final state of its own when the caller asked for it; the
     backward its gradients' block and one block for its own arrays (REV sums, their scan's outputs, the dG segment
     sums), plus dS0 when an initial state was given."""
-    from kernels.cupy import _chunked_mma, _module
+    from kernels.cupy import _module
     from workbench.state import DecayedState, LinearState
     hc = stand_in
     v = registry.get(op, "cupy", impl)
@@ -400,10 +396,7 @@ def test_chunk_core_allocations_per_pass(stand_in, op, impl):
     S0 = Cls(S=hc.ndarray((1, 1, 64, 64), np.float32))
     with backends.poisoned(False):
         for bound in (4 << 20, 0):                   # 0: every pass above OUTPUTS_MERGE_MAX
-            saved = backends.OUTPUTS_MERGE_MAX
-            backends.OUTPUTS_MERGE_MAX = bound
-            _chunked_mma._PLANS.clear()                 # the plans weigh the segment sums against the bound
-            try:
+            with backends.merge_bound(bound):           # (a plan per bound: it weighs the segment sums against it)
                 for state in (False, True):
                     kw = dict(initial_state=S0, return_state=True) if state else {}
                     hc.COUNTS.clear()
@@ -419,8 +412,6 @@ def test_chunk_core_allocations_per_pass(stand_in, op, impl):
                     assert [g.shape for g in grads[:len(arrays)]] == [a.shape for a in arrays]
                     ngrad = 1 if bound else len(arrays) + (op == "decayed")     # + d log_decay's row-dot scratch
                     assert hc.COUNTS["alloc"] == ngrad + 1 + state, (bound, state)
-            finally:
-                backends.OUTPUTS_MERGE_MAX = saved
     assert len(_module.FALLBACKS) == fallbacks
 
 

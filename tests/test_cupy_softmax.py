@@ -206,15 +206,8 @@ def test_fa2_above_the_merge_bound(variant):
     o and lse in one block (lse is under 1/16 of o), the backward's gradients and its float32 scratch each their own
     allocation -- results against the float64 reference as at any size.  (No monkeypatch fixture: the CUDA
     emulator calls this function as it is.)"""
-    from kernels.cupy import softmax as sm
-    bound = backends.OUTPUTS_MERGE_MAX
-    backends.OUTPUTS_MERGE_MAX = 0
-    sm._fa2_call.cache_clear()                      # the calls' output layouts are made against the bound
-    try:
+    with backends.merge_bound(0):
         run_case(variant, (2,), 300, 64, 64, _dtypes(variant)[0], True)
-    finally:
-        backends.OUTPUTS_MERGE_MAX = bound
-        sm._fa2_call.cache_clear()
 
 
 @gpu

@@ -672,17 +672,9 @@ def test_variant_above_the_merge_bound(impl, dtype, tol):
     their own allocations unless the side ones are small (OutputLayout), the core's segment sums a per-call
     temporary -- results against the float64 reference as at any size.  (No monkeypatch fixture: the CUDA
     emulator calls this function as it is.)"""
-    from kernels.cupy import _chunked_mma as mma
     from workbench import backends
-    bound, plans = backends.OUTPUTS_MERGE_MAX, dict(mma._PLANS)
-    backends.OUTPUTS_MERGE_MAX = 0
-    mma._PLANS.clear()                               # the core's plans weigh the segment sums against the bound
-    try:
+    with backends.merge_bound(0):
         errs = _vjp_errors(impl, dtype, (2,), 300, 64, 64, True, 3)
-    finally:
-        backends.OUTPUTS_MERGE_MAX = bound
-        mma._PLANS.clear()
-        mma._PLANS.update(plans)
     bad = {k: e for k, e in errs.items() if not e < tol}
     assert not bad, bad
 

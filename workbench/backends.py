@@ -160,6 +160,18 @@ def poisoned(on: bool = True):
     return _pushed(_POISON, on)
 
 
+@contextlib.contextmanager
+def merge_bound(nbytes: int):
+    """OUTPUTS_MERGE_MAX set to ``nbytes`` inside the block (the tests: 0 puts every pass above the bound, where
+    calls of more than 4 MiB go)."""
+    global OUTPUTS_MERGE_MAX
+    saved, OUTPUTS_MERGE_MAX = OUTPUTS_MERGE_MAX, nbytes
+    try:
+        yield
+    finally:
+        OUTPUTS_MERGE_MAX = saved
+
+
 def device_checks() -> bool:
     """True while the ops check the values of CuPy inputs too (each such check syncs the device)."""
     return _DEVICE_CHECKS[-1]

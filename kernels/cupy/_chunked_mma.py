@@ -570,11 +570,18 @@ _PLANS: dict = {}
 _MAX_PLANS = 1024
 
 
+def _plan_key(dt, shape, dv, split, stages, causal, cu, L, g_name, g_shape, has_S0, want_final, dkdv) -> tuple:
+    """The key of a _CorePlan in _PLANS (``_plan`` and ``CoreRun``): the call's signature, and the merge bound the
+    plan weighs its saved block against (eseg_temp)."""
+    return (dt, shape, dv, split, stages, causal, cu, L, g_name, g_shape, has_S0, want_final, dkdv,
+            backends.OUTPUTS_MERGE_MAX)
+
+
 def _plan(dt, shape, dv, split, stages, causal, cu, L, g, has_S0, want_final, dkdv="fused") -> _CorePlan:
     g_name = g_shape = None
     if g is not None:
         g_name, g_shape = dtype_name(g.dtype), g.shape
-    key = (dt, shape, dv, split, stages, causal, cu, L, g_name, g_shape, has_S0, want_final, dkdv)
+    key = _plan_key(dt, shape, dv, split, stages, causal, cu, L, g_name, g_shape, has_S0, want_final, dkdv)
     p = _PLANS.get(key)
     return p if p is not None else _plan_of(key)
 
@@ -583,7 +590,7 @@ def _plan_of(key: tuple) -> _CorePlan:
     """The cached _CorePlan of ``_plan``'s key (made on a miss, after the log decays' dtype is checked)."""
     p = _PLANS.get(key)
     if p is None:
-        dt, shape, dv, split, stages, causal, cu, L, g_name, _, has_S0, want_final, dkdv = key
+        dt, shape, dv, split, stages, causal, cu, L, g_name, _, has_S0, want_final, dkdv, _ = key
         if g_name is not None and g_name not in LOG_DECAY_DTYPES:
             raise ValueError(f"log decays must be one of {LOG_DECAY_DTYPES} (got {g_name})")
         if len(_PLANS) >= _MAX_PLANS:
@@ -617,8 +624,8 @@ class CoreRun:
         split = _check_modes(dt, split, stages, dkdv)
         g_name = None if g_dtype is None else dtype_name(g_dtype)
         g_shape = None if g_dtype is None else tuple(shape[:-1])
-        key = (dt, tuple(shape), dv, split, stages, bool(causal), cu, L, g_name, g_shape, False, False, dkdv)
-        self.P = _plan_of(key)
+        self.P = _plan_of(_plan_key(dt, tuple(shape), dv, split, stages, bool(causal), cu, L, g_name, g_shape, False,
+                                    False, dkdv))
         self.scale32 = np.float32(scale)
         self.dkdv, self.want_dg, self.n_grads, self.B = dkdv, want_dg and g_name is not None, n_grads, None
         self.dg_dtype = (np.dtype(np.float32) if dg_dtype is None else np.dtype(dg_dtype)) if self.want_dg else None

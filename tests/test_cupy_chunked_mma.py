@@ -62,19 +62,24 @@ def _where(x, ref):
     return f"worst at {tuple(int(j) for j in i)}: {np.asarray(x).flat[np.ravel_multi_index(i, err.shape)]} vs {ref[i]}"
 
 
-def run_case(dtype, split, N, cu, dk, dv, decay, causal, L, with_state, seed=0, stages=1, dkdv="fused"):
+def run_case(dtype, split, N, cu, dk, dv, decay, causal, L, with_state, seed=0, stages=1, dkdv="fused",
+             mags=(0.5, 0.5, 0.5, 0.5), scale=0.7, g_lo=-1.0, resets=True):
+    """The core against the recurrence on random inputs: q, k, v, do standard normal times mags (a negative
+    magnitude: |x| times -m, all positive), log decays uniform in [g_lo, 0) (resets: with resets and drops)."""
     import cupy as cp
     from kernels.cupy import _chunked_mma as mma
     from workbench.backends import poisoned
     rng = np.random.default_rng(seed)
     T = cu[-1]
     nseq = len(cu) - 1
-    q, k, v, do = (rng.standard_normal((N, T, d)) * 0.5 for d in (dk, dk, dv, dv))
+    q, k, v, do = (rng.standard_normal((N, T, d)) * m if m > 0 else np.abs(rng.standard_normal((N, T, d))) * -m
+                   for d, m in zip((dk, dk, dv, dv), mags))
     g = None
     if decay:
-        g = rng.uniform(-1.0, 0.0, (N, T))
-        g[:, 3::17] = -np.inf                     # exact resets
-        g[:, 5::23] = -50.0
+        g = rng.uniform(g_lo, 0.0, (N, T))
+        if resets:
+            g[:, 3::17] = -np.inf                 # exact resets
+            g[:, 5::23] = -50.0
     S0 = rng.standard_normal((N, nseq, dk, dv)) * 0.3 if with_state else None
     dST = rng.standard_normal((N, nseq, dk, dv)) * 0.3 if with_state else None
     cast = {"float32": np.float32, "float16": np.float16, "bfloat16": "bfloat16"}[dtype]
@@ -85,7 +90,7 @@ def run_case(dtype, split, N, cu, dk, dv, decay, causal, L, with_state, seed=0, 
     dev = lambda x: cp.asarray(x.astype(cast))                        # noqa: E731
     with poisoned():
         o, ctx = mma.forward(dev(q), dev(k), dev(v), None if g is None else cp.asarray(g, cp.float32),
-                             scale=0.7, causal=causal, split=split,
+                             scale=scale, causal=causal, split=split,
                              S0=None if S0 is None else cp.asarray(S0, cp.float32), want_final=with_state,
                              cu=tuple(cu) if nseq > 1 else None, L=L, stages=stages, dkdv=dkdv)
         dq, dkk, dvv, dg, dS0 = mma.backward(ctx, dev(do), None if dST is None else cp.asarray(dST, cp.float32))
@@ -98,7 +103,7 @@ def run_case(dtype, split, N, cu, dk, dv, decay, causal, L, with_state, seed=0, 
     ref = {n: np.empty_like(x) for n, x in got.items()}
     for n_, (a, b) in itertools.product(range(N), zip(cu[:-1], cu[1:])):
         s = cu.index(a)
-        out = recurrence(q[n_, a:b], k[n_, a:b], v[n_, a:b], None if g is None else g[n_, a:b], 0.7, causal,
+        out = recurrence(q[n_, a:b], k[n_, a:b], v[n_, a:b], None if g is None else g[n_, a:b], scale, causal,
                          None if S0 is None else S0[n_, s], None if dST is None else dST[n_, s], do[n_, a:b])
         o_r, fin, (dq_r, dk_r, dv_r, dg_r, dS0_r) = out
         ref["o"][n_, a:b], ref["dq"][n_, a:b], ref["dk"][n_, a:b], ref["dv"][n_, a:b] = o_r, dq_r, dk_r, dv_r
@@ -147,6 +152,27 @@ def _check_case(dtype, split, shape, mode, L, **kw):
     tol = TOL[(dtype, split)]
     bad = {n: r for n, r in res.items() if not r[0] <= (TOL_DG.get((dtype, split), tol) if n == "dg" else tol)}
     assert not bad, f"{dtype}/{split} {kw} {shape} {mode} L={L}: " + "; ".join(f"{n} {e:.2e} ({w})" for n, (e, w) in bad.items())
+
+
+# States beyond float16's range: the walkers hand their float32 state to the products as float16 divided by a power of
+# two sigma (tc::state_to_smem; the block max posted by state_max_post whenever the state changes), which no other test
+# reaches (|H| <= 2^14 keeps sigma 1).  "state": positive k, v of size ~30 (the forward's and dq's H pass 2^14 within a
+# chunk and float16's 65504 within two; a small scale keeps o and dq in range); "dstate": positive q, dO (dk/dv's dS
+# likewise), small k, v.  Slow decays without resets (the sums grow as without decay) or none; walks of 5 chunks in
+# one segment, in segments of 1 chunk (each starts from a scanned state) and of 3 (dqrev: the dq walker with ESUM),
+# the dq-folded walkers.
+BIG = {"state": dict(mags=(0.5, -30.0, -30.0, 0.5), scale=1e-3),
+       "dstate": dict(mags=(-30.0, 0.005, 0.005, -30.0), scale=1.0)}
+
+
+@pytest.mark.parametrize("big", sorted(BIG))
+@pytest.mark.parametrize("mode", ["linear", "decayed"])
+@pytest.mark.parametrize("L, dkdv", [(0, "fused"), (1, "fused"), (3, "dqrev"), (0, "dqfold")])
+def test_float16_states_beyond_the_16bit_range(big, mode, L, dkdv):
+    res = run_case("float16", 1, 1, [0, 300], 64, 64, mode == "decayed", True, L, with_state=False, seed=3, dkdv=dkdv,
+                   g_lo=-0.002, resets=False, **BIG[big])
+    bad = {n: r for n, r in res.items() if not r[0] <= TOL[("float16", 1)]}
+    assert not bad, f"{big} {mode} L={L} {dkdv}: " + "; ".join(f"{n} {e:.2e} ({w})" for n, (e, w) in bad.items())
 
 
 @pytest.mark.parametrize("dtype,split", CASES)

@@ -157,8 +157,17 @@ def _fwd(dtype, split, stages, dkp, store=False):
                   tail=(1,) if store else ())
 
 
+# tc_seg_state's load pipeline for 16-bit inputs, whatever the walk's: its one product per chunk leaves the loads
+# exposed, and at two stages it keeps 5 blocks per SM (19 -> 37 KB): 183 against 197 us at 64k float16 (H200 callO of
+# 2026-12-03, the split of cupy:chunked_mma_db; docs/kernels/linear.md "Segment states at two stages").  float32 takes
+# the walk's (two stages: 73 KB, 3 blocks per SM; not measured alone).
+SEG_STATE_STAGES_16BIT = 2
+
+
 @functools.lru_cache(maxsize=None)
 def _seg_state(dtype, split, stages, dxp, rev):
+    if ITEMSIZE[dtype] == 2:
+        stages = max(stages, SEG_STATE_STAGES_16BIT)
     return staged("tc_seg_state", (CTYPE[dtype], dxp, str(rev).lower(), split), stages,
                   lambda s: smem_seg_state(ITEMSIZE[dtype], dxp, s))
 

@@ -429,31 +429,22 @@ __device__ __forceinline__ void frags_to_smem(const float (&H)[MT][NT][4], T* s,
             }
 }
 
-// A state tile's fp16 scale without a barrier of its own: each warp posts the max |H| of its fragments to red[w]
-// whenever its fragments change (after state_load, after each chunk's update: state_max_post), and the next
-// barrier -- Walk::top's, before the chunk's state_to_smem -- publishes them.  red is read (state_to_smem) before
-// the barrier that publishes the chunk's tiles and written (the update) after it, so one buffer serves.  Other
-// types: nothing to post.
-template <typename T, int MT, int NT>
-__device__ __forceinline__ void state_max_post(const float (&H)[MT][NT][4], float* red) {
-    if constexpr (wbmma::Traits<T>::HALF) {
-        const float mx = warp_abs_max(H);
-        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
-    }
-}
-
-// The state tile -> shared memory in T, scaled by 1/sigma; returns sigma.  fp16: sigma from the block max of the
-// NW warps' posts (state_max_post, published by a barrier since H last changed), the same in every thread.
+// The state tile -> shared memory in T, scaled by 1/sigma; returns sigma.  Every thread of the block (NW warps,
+// each holding rows m0.. and columns n0.. of the tile) must call it (it synchronises for the fp16 reduction).
 // LO, slo: the lo tile of hi + lo pairs too (frags_to_smem).
 template <typename T, int MT, int NT, int NW = 4, bool LO = false>
-__device__ __forceinline__ float state_to_smem(const float (&H)[MT][NT][4], T* s, int lds, int m0, const float* red,
+__device__ __forceinline__ float state_to_smem(const float (&H)[MT][NT][4], T* s, int lds, int m0, float* red,
                                                int n0 = 0, T* slo = nullptr) {
     float sigma = 1.f, inv = 1.f;
     if constexpr (wbmma::Traits<T>::HALF) {
+        const float mx = warp_abs_max(H);
+        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
+        __syncthreads();
         float bm = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
 #pragma unroll
         for (int i = 4; i < NW; ++i) bm = fmaxf(bm, red[i]);
         pow2_scale(bm, sigma, inv);
+        __syncthreads();                                                   // red is read before reuse
     }
     frags_to_smem<T, MT, NT, LO>(H, s, lds, m0, inv, n0, slo);
     return sigma;
@@ -656,7 +647,6 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DKP, STAGES>()) tc
     float H[HMT][8][4];
     state_load(H, causal ? (Hin ? Hin + ((long long)n * NSEG + s) * E : nullptr)
                          : Hin + ((long long)n * nseq + seg_seq[s]) * E, hm0, 0, c0, dk, dv);
-    state_max_post<T>(H, tr->red);                               // (published by the first chunk's top barrier)
     const int nch = (t1 - t0 + C - 1) / C;
     auto issue = [&](int j, int st) {                              // chunk j's tiles -> stage st
         T* sQ = stages + st * STAGE;
@@ -713,7 +703,6 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DKP, STAGES>()) tc
                 gemm_ss<T, SPLIT, HMT, 8, true, false>(H, sK, LDK, sV, LDV, hm0, 0, 0, C);
             }
         }
-        if (causal && j + 1 < nch) state_max_post<T>(H, tr->red);  // the next chunk's sigma
     }
     if (causal && Hend) state_store(H, Hend + ((long long)n * NSEG + s) * E, hm0, 0, c0, dk, dv);
 }
@@ -833,7 +822,6 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES, ESUM>
     float H[1][HNT][4];
     state_load(H, causal ? (Hin ? Hin + ((long long)n * NSEG + s) * E : nullptr)
                          : Hin + ((long long)n * nseq + seg_seq[s]) * E, 16 * w, k0, 0, dk, dv);
-    state_max_post<T>(H, tr->red);                               // (published by the first chunk's top barrier)
     const bool esum = ESUM && causal;                              // (the host launches ESUM causal only)
     float Es[1][ESUM ? HNT : 2][4];                                // ESUM: the REV sum (this dk tile's rows), / base
     if constexpr (ESUM) zero(Es);
@@ -912,7 +900,6 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES, ESUM>
             } else {
                 gemm_ss<T, SPLIT, 1, HNT, true, false>(H, sK, LDT, sV, LDV, 16 * w, 0, 0, C);
             }
-            state_max_post<T>(H, tr->red);                        // the next chunk's sigma
         }
     }
     if constexpr (ESUM) {
@@ -980,7 +967,6 @@ tc_bwd_dkdv(
     float dS[SMT][SNT][4];
     state_load(dS, causal ? (dSin ? dSin + ((long long)n * NSEG + s) * E : nullptr)
                           : dSin + ((long long)n * nseq + seg_seq[s]) * E, sm0, kr0, vc0, dk, dv, sn0);
-    state_max_post<T>(dS, tr->red);                              // (published by the first chunk's top barrier)
     const int nch = (t1 - t0 + C - 1) / C;
     auto start = [&](int i) { return t0 + C * (nch - 1 - i); };    // chunk i of the (backward) walk
     auto issue = [&](int i, int st) {                              // its tiles -> stage st
@@ -1086,7 +1072,6 @@ tc_bwd_dkdv(
             gemm_ss<T, SPLIT, SMT, SNT, true, false>(dS, sQ + kr0, LDK, sO + vc0, LDV, sm0, sn0, 0, C, 0, SNT / 2,
                                                      KWeights<T>{decay ? tr->e : nullptr, scale / e0});
             if (e0 != 1.f) scale_acc(dS, e0);
-            if (i + 1 < nch) state_max_post<T>(dS, tr->red);      // the next chunk's sigma
         }
         if constexpr (DQ) {                                        // chunk anchor d log_decay[c0] = <H, dS> (the state
             if (anchors) {                                         // before the chunk, the gradient of that state)

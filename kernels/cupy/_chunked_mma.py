@@ -157,18 +157,21 @@ def _fwd(dtype, split, stages, dkp, store=False):
                   tail=(1,) if store else ())
 
 
-# tc_seg_state's load pipeline for 16-bit inputs, whatever the walk's: its one product per chunk leaves the loads
-# exposed, and at two stages it keeps 5 blocks per SM (19 -> 37 KB): 183 against 197 us at 64k float16 (H200 callO of
-# 2026-12-03, the split of cupy:chunked_mma_db; docs/kernels/linear.md "Segment states at two stages").  float32 takes
-# the walk's (two stages: 73 KB, 3 blocks per SM; not measured alone).
-SEG_STATE_STAGES_16BIT = 2
+# tc_seg_state's load pipeline for 16-bit inputs without log decays, whatever the walk's: its one product per chunk
+# leaves the loads exposed, and at two stages it keeps 5 blocks per SM (19 -> 37 KB).  64k, H200: linear float16
+# 200 -> 184 us, bfloat16 203 -> 187; decayed float16 213 -> 224, so decayed calls and float32 (73 KB at two
+# stages: 3 blocks per SM, not measured alone) take the walk's (docs/kernels/linear.md "Segment states at two stages").
+SEG_STATE_STAGES_LINEAR_16BIT = 2
+
+
+def seg_stages(dtype: str, stages: int, decay: bool) -> int:
+    """The load stages of the segment-state passes (tc_seg_state) of a walk of ``stages``."""
+    return max(stages, SEG_STATE_STAGES_LINEAR_16BIT) if ITEMSIZE[dtype] == 2 and not decay else stages
 
 
 @functools.lru_cache(maxsize=None)
-def _seg_state(dtype, split, stages, dxp, rev):
-    if ITEMSIZE[dtype] == 2:
-        stages = max(stages, SEG_STATE_STAGES_16BIT)
-    return staged("tc_seg_state", (CTYPE[dtype], dxp, str(rev).lower(), split), stages,
+def _seg_state(dtype, split, stages, dxp, rev, decay):
+    return staged("tc_seg_state", (CTYPE[dtype], dxp, str(rev).lower(), split), seg_stages(dtype, stages, decay),
                   lambda s: smem_seg_state(ITEMSIZE[dtype], dxp, s))
 
 
@@ -213,7 +216,7 @@ def _group(dtype: str, split: int, stages: int) -> tuple:
     for p in DIMS:
         out += [_fwd(dtype, split, stages, p), _dq(dtype, split, stages, p)]
         out += [_dq(dtype, split, stages, p, esum=True)] if p in REV_IN_DQ_DIMS else []
-        out += [_seg_state(dtype, split, stages, p, rev) for rev in (False, True)]
+        out += [_seg_state(dtype, split, stages, p, rev, decay) for rev in (False, True) for decay in (False, True)]
     out += [_fwd(dtype, split, stages, 64, store=True)]          # the dq-folded mode's forward (head dims 64)
     for dkp in DIMS:
         for dvp in DIMS:
@@ -376,7 +379,8 @@ class _CorePlan:
         grid = (tab.nseg * self.ntv, N)
         self.seg_state = self.seg_scan = None
         if not (causal and tab.single):
-            self.seg_state = _prepared(dt, split, stages, _seg_state(dt, split, stages, self.dkp, False), grid)
+            seg = _seg_state(dt, split, stages, self.dkp, False, self.decay)
+            self.seg_state = _prepared(dt, split, stages, seg, grid)
             if causal or not tab.single:
                 self.seg_scan = Prepared(_common("tc_seg_scan<false>"), (-(-self.E // 256), tab.nseq, N), (256,))
         # dq folded into the dk/dv walk (DKDV_DQ): the forward writes the state before every chunk
@@ -470,7 +474,7 @@ class _BackwardPlan:
                      and cp_.dvp in REV_IN_DQ_DIMS)
         self.chained = not (cp_.causal and tab.single)        # the backward chains segment sums (REV pass or ESUM)
         if self.chained and not self.esum:
-            self.rseg = _prepared(dt, split, stages, _seg_state(dt, split, stages, cp_.dkp, True),
+            self.rseg = _prepared(dt, split, stages, _seg_state(dt, split, stages, cp_.dkp, True, cp_.decay),
                                   (tab.nseg * cp_.ntv, N))
         if not tab.single:                                    # several segments: their sums chained
             self.rscan = Prepared(_common("tc_seg_scan<true>"), (-(-cp_.E // 256), tab.nseq, N), (256,))

@@ -687,8 +687,7 @@ CHUNKED_G16_CASES += [_zeros_test("test_variant_above_the_merge_bound", **kw)
 _MERGE_TEST = "test_core_above_the_merge_bound_matches_recurrence"
 CHUNKED_G16_CASES += [_test_case("chunked_mma", "test_cupy_chunked_mma", _MERGE_TEST, **kw)
                       for kw in _test_grid("test_cupy_chunked_mma", _MERGE_TEST)]
-# float16 states beyond the 16-bit range (the walkers' power-of-two sigma, its block max posted ahead), every
-# parametrisation
+# float16 states beyond the 16-bit range (the walkers' power-of-two sigma, tc::state_to_smem), every parametrisation
 _BIG_TEST = "test_float16_states_beyond_the_16bit_range"
 CHUNKED_G16_CASES += [_test_case("chunked_mma", "test_cupy_chunked_mma", _BIG_TEST, **kw)
                       for kw in _test_grid("test_cupy_chunked_mma", _BIG_TEST)]

@@ -158,9 +158,10 @@ def _fwd(dtype, split, stages, dkp, store=False):
 
 
 # tc_seg_state's load pipeline for 16-bit inputs without log decays, whatever the walk's: its one product per chunk
-# leaves the loads exposed, and at two stages it keeps 5 blocks per SM (19 -> 37 KB).  64k, H200: linear float16
-# 200 -> 184 us, bfloat16 203 -> 187; decayed float16 213 -> 224, so decayed calls and float32 (73 KB at two
-# stages: 3 blocks per SM, not measured alone) take the walk's (docs/kernels/linear.md "Segment states at two stages").
+# leaves the loads exposed, and at two stages it keeps 5 blocks per SM (19 -> 37 KB).  H200: linear float16 16k
+# 68.5 -> 62-64 us, 64k 200 -> 184-200, bfloat16 64k 203 -> 187; decayed float16 64k 210-213 -> 224, so decayed calls
+# and float32 (73 KB at two stages: 3 blocks per SM, not measured alone) take the walk's (docs/kernels/linear.md
+# "Segment states at two stages").
 SEG_STATE_STAGES_LINEAR_16BIT = 2
 
 

@@ -44,8 +44,7 @@ def main(argv=None) -> int:
     if a.dkdv not in mma.DKDV_MODES:
         ap.error(f"--dkdv must be one of {', '.join(mma.DKDV_MODES)} (got {a.dkdv!r})")
 
-    if "bfloat16" in (a.dtype or []):
-        import ml_dtypes  # noqa: F401  (the "bfloat16" dtype name)
+    from workbench.inputs import numpy_dtype
     rows = []
     for dtype in a.dtype or ["float16"]:
         for T in a.T or [4096, 16384, 65536]:
@@ -53,7 +52,7 @@ def main(argv=None) -> int:
             Ls = a.L or sorted({0, 1, 2, 4, 8, 16, 32, 64, 128, 256} & set(range(nch + 1)) | {0})
             rng = cp.random.default_rng(0)
             # scaled before the cast: CuPy promotes bfloat16 * 0.5 to float32 (a bfloat16 sweep timed float32)
-            q, k, v, do = ((rng.standard_normal((a.N, T, a.D), dtype=cp.float32) * 0.5).astype(dtype)
+            q, k, v, do = ((rng.standard_normal((a.N, T, a.D), dtype=cp.float32) * 0.5).astype(numpy_dtype(dtype))
                            for _ in range(4))
             if q.dtype.name != dtype:
                 raise SystemExit(f"tune_chunked_mma: inputs came out {q.dtype.name}, not {dtype}")

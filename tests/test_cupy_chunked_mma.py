@@ -156,11 +156,10 @@ def _check_case(dtype, split, shape, mode, L, **kw):
 
 # States beyond float16's range: the walkers hand their float32 state to the products as float16 divided by a power of
 # two sigma (tc::state_to_smem, from the block's max |H| each chunk), which no other test reaches (|H| <= 2^14 keeps
-# sigma 1).  "state": positive k, v of size ~30 (the forward's and dq's H pass 2^14 within a
-# chunk and float16's 65504 within two; a small scale keeps o and dq in range); "dstate": positive q, dO (dk/dv's dS
-# likewise), small k, v.  Slow decays without resets (the sums grow as without decay) or none; walks of 5 chunks in
-# one segment, in segments of 1 chunk (each starts from a scanned state) and of 3 (dqrev: the dq walker with ESUM),
-# the dq-folded walkers.
+# sigma 1).  "state": positive k, v of size ~30 (the forward's and dq's H pass 2^14 within a chunk and float16's 65504
+# within two; a small scale keeps o and dq in range); "dstate": positive q, dO (dk/dv's dS likewise), small k, v.
+# Slow decays without resets (the sums grow as without decay) or none; walks of 5 chunks in one segment, in segments
+# of 1 chunk (each starts from a scanned state) and of 3 (dqrev: the dq walker with ESUM), the dq-folded walkers.
 BIG = {"state": dict(mags=(0.5, -30.0, -30.0, 0.5), scale=1e-3),
        "dstate": dict(mags=(-30.0, 0.005, 0.005, -30.0), scale=1.0)}
 

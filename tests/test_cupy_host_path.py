@@ -162,7 +162,7 @@ def test_state_and_packed_launch_path_of_chunked_mma(fake, op, normalize, impl, 
     registry contract's types and shapes, and one more gradient (the initial state's) when one was passed;
     every chunk-walking kernel launched with the variant's load stages (chunked_mma_db: double-buffered;
     chunked_mma_dqf: dq folded into the dk/dv walk, so no tc_bwd_dq and the forward storing every chunk's state;
-    chunked_mma_dqr: the REV segment sums from tc_bwd_dq's ESUM instantiation, no REV tc_seg_state pass; 16-bit
+    chunked_mma_dqr: the REV segment sums from tc_bwd_dq's ESUM instantiation, no REV tc_seg_state pass;
     16-bit linear tc_seg_state at two stages whatever the walk's, _chunked_mma.seg_stages)."""
     from workbench.state import DecayedState, LinearState
     if op == "decayed" and normalize:
@@ -194,11 +194,11 @@ def test_state_and_packed_launch_path_of_chunked_mma(fake, op, normalize, impl, 
     fold, esum = impl == "chunked_mma_dqf", impl == "chunked_mma_dqr"
     assert ({e.split("<")[0] for e in walks}
             == {"tc_fwd", "tc_seg_state", "tc_bwd_dkdv"} | (set() if fold else {"tc_bwd_dq"})), walks
-    from kernels.cupy._chunked_mma import SEG_STATE_STAGES_LINEAR_16BIT
-    seg_stages = stages if normalize or op == "decayed" else max(stages, SEG_STATE_STAGES_LINEAR_16BIT)
+    from kernels.cupy._chunked_mma import SEG_STATE_STAGES_LINEAR_16BIT     # (the rule restated: seg_stages under test)
+    seg = stages if normalize or op == "decayed" else max(stages, SEG_STATE_STAGES_LINEAR_16BIT)
     assert all(e.endswith(f", {stages}, 1>" if fold and e.startswith("tc_fwd<")
                           else f", {stages}, true>" if esum and e.startswith("tc_bwd_dq<")
-                          else f", {seg_stages}>" if e.startswith("tc_seg_state<") else f", {stages}>")
+                          else f", {seg}>" if e.startswith("tc_seg_state<") else f", {stages}>")
                for e in walks), walks
     # segments of one chunk here (132 SMs): the REV pass (tc_seg_state REV true) runs but where the dq walker forms
     # its sums

@@ -20,6 +20,8 @@ Families:  softmax      the registry's cupy softmax variants against workbench.r
                         (cupy:chunked_mma) and two (chunked_mma_db)
            zeros        the cupy ZeroS variants through tests/test_cupy_zeros_mma.py's _vjp_errors and
                         tolerances, and that file's GPU tests of the scan and row kernels, called as they are
+           wgmma        kernels/cuda/wgmma.cuh's warpgroup MMA (the emulator's model of it) through
+                        tests/test_wgmma.py's products against NumPy
            steps        the step kernels (kernels/cupy/steps.py) through tests/test_steps_kernel.py's GPU tests,
                         every parametrisation (op x shape x dtype, every block geometry, the extreme values)
            every op     one cell of ``cli.py check`` (workbench.check.compare) per registered cupy variant
@@ -168,7 +170,8 @@ def build(code: str, expression: str, include_dirs: list):
     files = {}
     for d in include_dirs:
         for n in sorted(os.listdir(d)):
-            if n.endswith((".cuh", ".h")):
+            if n.endswith((".cuh", ".h")) or (n.endswith(".cu") and f'#include "{n}"' in code):   # a source may include
+                                                                                            # another's kernels
                 with open(os.path.join(d, n)) as f:
                     files.setdefault(n, rewrite(f.read()))
     files["kernel_source.cu"] = rewrite(code)
@@ -333,7 +336,8 @@ def fake_cupy() -> types.ModuleType:
     cp.asnumpy = lambda a: np.array(a)
     cp.RawModule = RawModule
     cp.RawKernel = lambda code, name, options=(), **_: RawModule(code, options).get_function(name)
-    device = types.SimpleNamespace(id=0, synchronize=lambda: None, attributes={"MultiProcessorCount": 132})
+    device = types.SimpleNamespace(id=0, synchronize=lambda: None, attributes={"MultiProcessorCount": 132},
+                                   compute_capability="90")
     props = {"name": b"CPU emulator", "major": 9, "minor": 0, "multiProcessorCount": 132,
              "sharedMemPerBlockOptin": SMEM_OPTIN_MAX}
     cp.cuda = types.SimpleNamespace(
@@ -657,6 +661,16 @@ CHUNKED_DKDV_CASES += [_chunked(dt, split, cu, dk, dv, mode, L, stages=st, dkdv=
     ("float32", 3, (0, 1, 64, 65, 130), 64, 64, "decayed", 2, 1), ("float16", 1, (0, 130), 64, 64, "linear", 1, 1),
     ("float16", 1, (0, 130), 32, 48, "noncausal", 1, 1))]
 
+# the forward's segment sums on warpgroup MMA ("dqrev_wg", cupy:chunked_mma_wg; chunked_wgmma.cu tg_seg_state): walks of
+# 1 to 4 chunks per segment with a partial last chunk, packed chunk-edge lengths, Dk != Dv inside the 64-wide tile,
+# element-wise loads (5 x 7), the totals of a call that is not causal; decayed and float32 (tc_seg_state, the fallback)
+CHUNKED_WG_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, dkdv="dqrev_wg") for dt, split, cu, dk, dv, mode, L in (
+    ("float16", 1, (0, 300), 64, 64, "linear", 1), ("float16", 1, (0, 300), 64, 64, "linear", 4),
+    ("float16", 1, (0, 1, 64, 65, 130), 64, 64, "linear", 1), ("float16", 1, (0, 150), 48, 24, "linear", 2),
+    ("float16", 1, (0, 70), 5, 7, "linear", 1), ("float16", 1, (0, 130), 32, 48, "noncausal", 1),
+    ("float16", 1, (0, 300), 64, 64, "decayed", 2), ("float32", 3, (0, 300), 64, 64, "linear", 2))]
+CHUNKED_WG_CASES += [_test_case("chunked_mma", "test_cupy_chunked_mma", "test_wg_seg_state_launches")]
+
 # bfloat16 (ml_dtypes), the decayed core with chunk anchors and its state operands as hi + lo pairs (tc::state_pairs,
 # docs/kernels/decayed.md "anchor + split-state"): the float16 anchor cases' walks, segment lengths, packing and both
 # stages; "dqfold" (the pairs without anchors); linear through "anchor" (no decay: single products, no lo tiles)
@@ -691,6 +705,12 @@ CHUNKED_G16_CASES += [_test_case("chunked_mma", "test_cupy_chunked_mma", _MERGE_
 _BIG_TEST = "test_float16_states_beyond_the_16bit_range"
 CHUNKED_G16_CASES += [_test_case("chunked_mma", "test_cupy_chunked_mma", _BIG_TEST, **kw)
                       for kw in _test_grid("test_cupy_chunked_mma", _BIG_TEST)]
+
+# wgmma: Hopper's warpgroup MMA as kernels/cuda/wgmma.cuh uses it, every form of tests/test_wgmma.py against NumPy
+# (the emulator's model of the instruction; the same test on an H100 / H200 checks the hardware)
+WGMMA_TESTS = [_test_case("wgmma", "test_wgmma", "test_product_matches_numpy", **kw)
+               for kw in _test_grid("test_wgmma", "test_product_matches_numpy")]
+WGMMA_TESTS += [_test_case("wgmma", "test_wgmma", "test_product_refuses_other_shapes_and_dtypes")]
 
 # zeros: the ZeroS variants on the tensor-core core (public API; every dtype and split the emulator runs; the
 # GPU test's shapes but its T = 4097, one lead dim where it has two; both causal modes and gate counts spread
@@ -773,7 +793,7 @@ def cases() -> list:
     steps_tests = [_test_case("steps", "test_steps_kernel", f, **kw) for f in STEPS_TESTS
                    for kw in _test_grid("test_steps_kernel", f)]
     return (SOFTMAX_CASES + CHUNKED_CASES + CHUNKED_DB_CASES + CHUNKED_DKDV_CASES + CHUNKED_BF16_CASES
-            + CHUNKED_G16_CASES + CHUNKED_DQREV_TESTS + ZEROS_CASES
+            + CHUNKED_G16_CASES + CHUNKED_DQREV_TESTS + WGMMA_TESTS + CHUNKED_WG_CASES + ZEROS_CASES
             + zeros_tests + [_zeros_test(f) for f in ZEROS_TESTS] + ZEROS_STATE_CASES + steps_tests + _cells())
 
 

@@ -205,6 +205,43 @@ def test_dqfold_matches_recurrence(dtype, split, shape, mode, L, stages):
 
 @pytest.mark.parametrize("dtype,split", CASES)
 @pytest.mark.parametrize("shape", [(2, (0, 1), 64, 64), (1, (0, 300), 64, 64), (1, (0, 150), 48, 24),
+                                   (2, (0, 1, 64, 65, 130, 200), 64, 64), (1, (0, 63, 191), 64, 40),
+                                   (1, (0, 70), 5, 7), (1, (0, 97), 80, 72)],
+                         ids=lambda s: f"N{s[0]}-cu{'_'.join(map(str, s[1]))}-{s[2]}x{s[3]}")
+@pytest.mark.parametrize("mode", ["linear", "decayed", "noncausal"])
+@pytest.mark.parametrize("L", [1, 2, 4])
+def test_wg_seg_state_matches_recurrence(dtype, split, shape, mode, L):
+    """The forward's segment sums on warpgroup MMA (dkdv="dqrev_wg", cupy:chunked_mma_wg; chunked_wgmma.cu
+    tg_seg_state, where a call qualifies): walks of 1 to 4 chunks per segment with a partial last chunk, one token,
+    packed chunk-edge lengths, Dk != Dv and odd dims inside the 64-wide tiles (element-wise loads at 5 x 7), the
+    totals of a call that is not causal; decayed, float32 and 80 x 72 run tc_seg_state (the mode's fallback)."""
+    _check_case(dtype, split, shape, mode, L, dkdv="dqrev_wg")
+
+
+def test_wg_seg_state_launches():
+    """Which segment-state kernel a forward launches: tg_seg_state for 16-bit linear calls of several segments at
+    Dk <= 64 in the "dqrev_wg" mode on a compute capability 9.0 device; tc_seg_state for decayed calls, float32,
+    Dk above 64, the other modes and other devices."""
+    import cupy as cp
+    from kernels.cupy import _chunked_mma as mma
+    from kernels.cupy._module import kernel_label, sm90a
+
+    def seg(dt, dk, decayed, dkdv):
+        g = cp.zeros((1, 300), cp.float32) if decayed else None
+        P = mma._plan(dt, (1, 300, dk), 64, 3 if dt == "float32" else 1, 1, True, None, 1, g, False, False, dkdv)
+        return kernel_label(P.seg_state.kernel)
+
+    wg = sm90a()
+    assert seg("float16", 64, False, "dqrev_wg") == ("tg_seg_state<wb_half, 2>" if wg else
+                                                     "tc_seg_state<wb_half, 64, false, 1, 2>")
+    assert seg("bfloat16", 48, False, "dqrev_wg").startswith("tg_seg_state<wb_bf16" if wg else "tc_seg_state<")
+    for args in (("float16", 64, True, "dqrev_wg"), ("float32", 64, False, "dqrev_wg"), ("float16", 80, False, "dqrev_wg"),
+                 ("float16", 64, False, "dqrev")):
+        assert seg(*args).startswith("tc_seg_state<"), args
+
+
+@pytest.mark.parametrize("dtype,split", CASES)
+@pytest.mark.parametrize("shape", [(2, (0, 1), 64, 64), (1, (0, 300), 64, 64), (1, (0, 150), 48, 24),
                                    (2, (0, 1, 64, 65, 130, 200), 64, 64), (1, (0, 63, 191), 96, 40),
                                    (1, (0, 70), 5, 7), (1, (0, 97), 80, 72)],
                          ids=lambda s: f"N{s[0]}-cu{'_'.join(map(str, s[1]))}-{s[2]}x{s[3]}")

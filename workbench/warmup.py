@@ -58,7 +58,7 @@ def cupy_groups(ops) -> list:
                 wanted.setdefault((src, _module.group_of(src, expr)), None)
     for src, expr in steps.instantiations(ops):
         wanted.setdefault((src, _module.group_of(src, expr)), None)
-    return list(wanted)
+    return [(src, g) for src, g in wanted if src not in _module.SM90A_SOURCES or _module.sm90a()]
 
 
 def compile_cupy_group(source: str, expressions: tuple) -> float:

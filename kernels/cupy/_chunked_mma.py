@@ -63,7 +63,8 @@ DOUBLE_BUFFERED = ("cupy:chunked_mma with double-buffered chunk tiles (stages=2)
 # The dk/dv walkers launched at head dims (64, 64), per mode: ((WHICH, LAYOUT), ...) of tc_bwd_dkdv, in order;
 # LAYOUT: tc::DKDV_ROWS 0 (4 warps), DKDV_COLS 1 and DKDV_ROLES 2 (8 warps), DKDV_WARPS per layout
 DKDV_MODES = {"fused": ((0, 0),), "split": ((1, 0), (2, 0)), "wide": ((0, 1),), "roles": ((0, 2),),
-              "dqfold": ((3, 0),), "anchor": ((3, 0),), "dqrev": ((0, 0),), "dqrev_roles": ((0, 2),)}
+              "dqfold": ((3, 0),), "anchor": ((3, 0),), "dqrev": ((0, 0),), "dqrev_roles": ((0, 2),),
+              "dqrev_wg": ((0, 0),)}
 DKDV_DQ = 3                             # tc::DKDV_DQ: the WHICH of the walker that forms dq, dk and dv
 ANCHORED = ("anchor",)                  # modes whose d log_decay comes from the folded walker's chunk anchors
 ANC_PARTS = 4                           # tc::ANC_PARTS: floats per chunk anchor (one per warp of the walker)
@@ -72,7 +73,12 @@ DKDV_WARPS = (4, 8, 8)
 # in tc_bwd_dq (its ESUM) instead of the tc_seg_state<.., REV = true, ..> pass: causal calls of several segments, at
 # padded head dims in REV_IN_DQ_DIMS (dv; wider ones keep the pass: 64 more accumulator registers would not fit);
 # dq launched before the REV scan (docs/kernels/linear.md "The REV sums in the dq walker")
-REV_IN_DQ = ("dqrev", "dqrev_roles")
+REV_IN_DQ = ("dqrev", "dqrev_roles", "dqrev_wg")
+# Modes whose forward sums the segment states on Hopper's warpgroup MMA (chunked_wgmma.cu tg_seg_state) where a call
+# qualifies (``wg_seg_state``): 16-bit, no log decays, dk <= 64, a compute capability 9.0 device; the rest of the call
+# is the "dqrev" mode's (docs/kernels/linear.md "The segment-state pass on warpgroup MMA").  Linear attention's rung
+# only: decayed calls never qualify.
+WG_SEG_MODES = ("dqrev_wg",)
 REV_IN_DQ_DIMS = (64,)
 # Storage dtypes whose dq-folded decayed walk takes the state operands as hi + lo pairs (tc::state_pairs: bfloat16;
 # docs/kernels/decayed.md "anchor + split-state"): tc_fwd's STORE also writes H's lo tiles (after the hi tiles: the
@@ -93,6 +99,9 @@ DKDV_DESCRIPTION = {   # the ops' measured-rung variants of the dk/dv modes: (va
                                  "(dkdv='dqrev': no reverse segment-state pass; causal, several segments, dv <= 64)"),
     "dqrev_roles": ("chunked_mma_dqr8r", "cupy:chunked_mma_dqr with the 8-warp dk/dv walker of chunked_mma_dkdv8r "
                                          "(dkdv='dqrev_roles': the REV sums in the dq walker, warps 0-3 form dv, 4-7 dk)"),
+    "dqrev_wg": ("chunked_mma_wg", "cupy:chunked_mma_dqr with the forward's segment sums on Hopper's warpgroup MMA "
+                                   "(dkdv='dqrev_wg': float16 / bfloat16, Dk <= 64, compute capability 9.0; else "
+                                   "chunked_mma_dqr's kernels)"),
 }
 # The dk/dv modes whose variant "cupy" alone picks, per op: the dtypes (registry's default_for).  dqrev: H200 callB of
 # 2026-12-03, fwd+bwd 2-8% under the fused mode (cupy:chunked_mma) at T 4k-64k in every dtype measured (linear.md,
@@ -176,6 +185,31 @@ def _seg_state(dtype, split, stages, dxp, rev, decay):
                   lambda s: smem_seg_state(ITEMSIZE[dtype], dxp, s))
 
 
+# tg_seg_state (chunked_wgmma.cu): its load stages; the swizzled tiles of one stage take 16 KB, plus 1 KB of slack
+# that aligns them to 1024 bytes.
+WG_SOURCE = "chunked_wgmma.cu"
+WG_SEG_STAGES = 2
+WG_SEG_STAGE_CHOICES = (2, 3)
+WG_DTYPES = ("float16", "bfloat16")
+
+
+def smem_wg_seg_state(stages: int) -> int:
+    return stages * 2 * C * 64 * 2 + 1024
+
+
+def wg_seg_state(dkdv: str, dtype: str, decay: bool, dkp: int) -> bool:
+    """Whether a call's forward sums its segment states with tg_seg_state (the conditions of WG_SEG_MODES)."""
+    if dkdv not in WG_SEG_MODES or dtype not in WG_DTYPES or decay or dkp != 64:
+        return False
+    from ._module import sm90a
+    return sm90a()
+
+
+@functools.lru_cache(maxsize=None)
+def _wg_seg_state(dtype: str, stages: int = WG_SEG_STAGES) -> Launchable:
+    return Launchable(f"tg_seg_state<{CTYPE[dtype]}, {stages}>", smem_wg_seg_state(stages))
+
+
 @functools.lru_cache(maxsize=None)
 def _dq(dtype, split, stages, dvp, esum=False):
     """tc_bwd_dq; esum: ESUM true, the walker also writes the REV segment sums (dk/dv modes in REV_IN_DQ)."""
@@ -231,8 +265,11 @@ _DG = {dt: f"tc_dg<{c}>" for dt, c in CTYPE.items()}          # d log_decay writ
 COMMON = ("tc_seg_scan<false>", "tc_seg_scan<true>", "tc_dg_part") + tuple(_DG.values())
 GROUPS = {(dt, split, st): _group(dt, split, st)
           for st in STAGES for dt, split in (("float16", 1), ("bfloat16", 1), ("float32", 3), ("float32", 1))}
+WG_GROUPS = {dt: tuple(_wg_seg_state(dt, s).expr for s in WG_SEG_STAGE_CHOICES) for dt in WG_DTYPES}
 INSTANTIATIONS = list(dict.fromkeys((SOURCE, e) for grp in list(GROUPS.values()) + [COMMON] for e in grp))
+INSTANTIATIONS += [(WG_SOURCE, e) for grp in WG_GROUPS.values() for e in grp]
 declare_groups(SOURCE, list(GROUPS.values()) + [COMMON])      # what cli.py warmup compiles
+declare_groups(WG_SOURCE, list(WG_GROUPS.values()))
 
 
 @functools.lru_cache(maxsize=None)      # a launch looks its kernel up by four short keys, not by the group
@@ -243,6 +280,11 @@ def _kern(dtype: str, split: int, stages: int, expr: str):
 @functools.lru_cache(maxsize=None)
 def _common(expr: str):
     return get_kernel(SOURCE, expr, group=COMMON)
+
+
+@functools.lru_cache(maxsize=None)
+def _wg_kern(dtype: str, expr: str):
+    return get_kernel(WG_SOURCE, expr, group=WG_GROUPS[dtype])
 
 
 # ----------------------------------------------------------------------------- segments
@@ -380,8 +422,12 @@ class _CorePlan:
         grid = (tab.nseg * self.ntv, N)
         self.seg_state = self.seg_scan = None
         if not (causal and tab.single):
-            seg = _seg_state(dt, split, stages, self.dkp, False, self.decay)
-            self.seg_state = _prepared(dt, split, stages, seg, grid)
+            if wg_seg_state(dkdv, dt, self.decay, self.dkp):
+                seg = _wg_seg_state(dt)
+                self.seg_state = Prepared(_wg_kern(dt, seg.expr), grid, (seg.threads,), seg.smem)
+            else:
+                seg = _seg_state(dt, split, stages, self.dkp, False, self.decay)
+                self.seg_state = _prepared(dt, split, stages, seg, grid)
             if causal or not tab.single:
                 self.seg_scan = Prepared(_common("tc_seg_scan<false>"), (-(-self.E // 256), tab.nseq, N), (256,))
         # dq folded into the dk/dv walk (DKDV_DQ): the forward writes the state before every chunk

@@ -36,6 +36,12 @@ from workbench.backends import dtype_name  # noqa: F401  (the launch paths' cach
 
 CUDA_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cuda")
 DEFAULT_OPTIONS = ("-std=c++17", "--use_fast_math")
+# Sources on Hopper's warpgroup MMA (kernels/cuda/wgmma.cuh) build for sm_90a, whose code runs on compute capability
+# 9.0 alone: their modules get "-arch=sm_90a" in their options.  CuPy appends its own "-arch=sm_<device>" after the
+# options, and NVRTC (12.9) keeps the sm_90a features when both are given, in either order (a wgmma compiles).
+# Callers launch these sources' kernels only where ``sm90a()`` holds; the NVRTC check compiles them for sm_90a alone.
+SM90A_SOURCES = ("wgmma_check.cu", "chunked_wgmma.cu")
+SM90A_OPTION = "-arch=sm_90a"
 STATIC_SMEM_LIMIT = 48 * 1024       # dynamic shared memory above this needs an opt-in attribute
 # The C++ storage type of each dtype the kernels take (kernels/cuda/common.cuh) and its size in bytes.
 CTYPE = {"float32": "float", "float16": "wb_half", "bfloat16": "wb_bf16"}
@@ -70,6 +76,22 @@ def compile_options(options: tuple = DEFAULT_OPTIONS) -> tuple:
     return tuple(options) + (f"-I{CUDA_DIR}",)
 
 
+def source_options(name: str, options: tuple = DEFAULT_OPTIONS) -> tuple:
+    """``options`` for source ``name``: with SM90A_OPTION for the SM90A_SOURCES."""
+    return tuple(options) + ((SM90A_OPTION,) if name in SM90A_SOURCES and SM90A_OPTION not in options else ())
+
+
+@functools.lru_cache(maxsize=None)
+def sm90a() -> bool:
+    """Whether the current device runs sm_90a code (compute capability 9.0: H100, H200); False without CuPy or a
+    device."""
+    try:
+        import cupy
+        return str(getattr(cupy.cuda.Device(), "compute_capability", "")) == "90"
+    except Exception:              # no CuPy, no driver, no device
+        return False
+
+
 # ----------------------------------------------------------------------------- compile groups
 _GROUP_OF: dict = {}      # (source, expression) -> the declared group (tuple of expressions) it compiles in
 _GROUPS: list = []        # [(source, group)] in declaration order
@@ -100,7 +122,7 @@ def group_of(name: str, expression: str) -> tuple:
 @functools.lru_cache(maxsize=None)
 def _module(name: str, expressions: tuple, options: tuple):
     import cupy
-    return cupy.RawModule(code=source(name), options=compile_options(options),
+    return cupy.RawModule(code=source(name), options=compile_options(source_options(name, options)),
                           name_expressions=list(expressions))
 
 

@@ -15,12 +15,17 @@ import os
 import pkgutil
 import sys
 
-from ._module import CUDA_DIR, DEFAULT_OPTIONS, compile_options, source
+from ._module import CUDA_DIR, DEFAULT_OPTIONS, SM90A_SOURCES, compile_options, source
 
 # sm_90: to machine code, so ptxas checks every inline PTX instruction on the architecture the kernels are
 # tuned for; compute_80: to PTX only (the C++ and the templates on the oldest supported architecture),
 # which skips the slow machine-code pass of a second architecture.
 ARCHS = ("compute_80", "sm_90")
+
+
+def archs(name: str) -> tuple:
+    """The architectures source ``name`` is checked for: sm_90a alone for the warpgroup-MMA sources."""
+    return ("sm_90a",) if name in SM90A_SOURCES else ARCHS
 
 
 def instantiations() -> dict:
@@ -69,7 +74,7 @@ def compile_source(name: str, expressions=(), arch: str = "sm_90", options=DEFAU
 def main() -> int:
     bad = 0
     for src, exprs in instantiations().items():
-        for arch in ARCHS:
+        for arch in archs(src):
             ok, log, missing = compile_source(src, exprs, arch)
             print(f"{'ok  ' if ok else 'FAIL'} {src} {arch}: {len(exprs)} instantiations")
             if not ok:

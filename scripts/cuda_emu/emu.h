@@ -62,7 +62,7 @@ inline int max(int a, int b) { return a > b ? a : b; }
 namespace emu {
 // dynamic shared memory of the running block: every `extern __shared__` array of the sources points here
 constexpr int SMEM_BYTES = 256 * 1024;
-alignas(128) inline unsigned char dyn_smem[SMEM_BYTES];
+alignas(1024) inline unsigned char dyn_smem[SMEM_BYTES];   // 1024: the 128-byte swizzle's atoms
 inline int dyn_bytes = 0;                          // the running launch's dynamic shared memory size
 
 // static shared arrays (function-local statics after cuda_emulate.py's rewrite), poisoned before every block
@@ -89,15 +89,24 @@ struct Warp {
     uint64_t x[32][16];
 };
 inline void WarpPhase::operator()() noexcept { w->broken = w->arrived.exchange(0) != 32; }
+struct WarpGroup {                                  // 4 warps (wgmma's collectives)
+    std::unique_ptr<std::barrier<>> bar;
+    uint64_t x[128][8];
+};
 struct Block {
     std::unique_ptr<std::barrier<>> bar;
     std::vector<std::unique_ptr<Warp>> warps;
+    std::vector<std::unique_ptr<WarpGroup>> groups;
 };
 inline Block* B = nullptr;
 
 struct Copy { unsigned char* dst; const void* src; int n, src_n; long group; };
 inline thread_local std::vector<Copy> pending;      // this thread's cp.async copies not yet landed
 inline thread_local long committed = 0;             // cp.async groups this thread committed
+// wgmma results not yet landed in their accumulator registers: they land at the wait_group that covers their batch
+struct AccWrite { float* dst; float v; long group; };
+inline thread_local std::vector<AccWrite> acc_pending;
+inline thread_local long wg_committed = 0;          // wgmma batches this thread committed
 
 inline void syncthreads() { B->bar->arrive_and_wait(); }
 inline int lane() { return threadIdx.x & 31; }
@@ -165,6 +174,8 @@ struct In {
     In(int v) : bits((uint64_t)(unsigned)v) {}
     In(unsigned short v) : bits(v) {}
     In(long long v) : bits((uint64_t)v) {}
+    In(long v) : bits((uint64_t)v) {}
+    In(unsigned long v) : bits((uint64_t)v) {}
     In(unsigned long long v) : bits(v) {}
     unsigned u32() const { return (unsigned)bits; }
     float f32() const { float f; unsigned u = (unsigned)bits; std::memcpy(&f, &u, 4); return f; }
@@ -252,6 +263,90 @@ inline void ldmatrix(const Out* outs, const In* ins, bool trans) {
     warp_sync();
 }
 
+
+// ------------------------------------------------------------------------ warpgroup MMA (wgmma, sm_90a)
+// wgmma.mma_async m64n64k16, f32 += f16 / bf16, as kernels/cuda/wgmma.cuh describes it: a collective of the 4 warps
+// of a warpgroup (threads 128 i .. 128 i + 127).  Shared-memory operands through the 64-bit descriptor: start
+// address, LBO, SBO (>> 4 each), base offset (must be 0), swizzle (must be 1: 128 bytes).  The element (mn, k) of a
+// k-slice (k < 16) sits, before the swizzle, at
+//   K-major  (trans 0): start + 128 (mn % 8) + SBO (mn / 8) + 2 k
+//   MN-major (trans 1): start + 128 (k % 8) + SBO (k / 8) + 2 (mn % 64) + LBO (mn / 64)
+// and the 128-byte swizzle XORs address bits 4-6 with bits 7-9.  The results land in the accumulators at the
+// wait_group that covers the instruction's batch (an accumulator read before it sees the old value); a later
+// wgmma of the same thread that reads an accumulator with a pending result chains on that result.
+inline WarpGroup& warpgroup() {
+    const unsigned i = threadIdx.x >> 7;
+    if (i >= B->groups.size()) throw std::runtime_error("wgmma outside a whole warpgroup");
+    return *B->groups[i];
+}
+inline void wg_sync() { warpgroup().bar->arrive_and_wait(); }
+
+struct Desc { unsigned start, lbo, sbo; };
+inline Desc desc_of(uint64_t d) {
+    if (((d >> 49) & 7u) != 0) throw std::runtime_error("wgmma descriptor: base offset other than 0");
+    if ((d >> 62) != 1u) throw std::runtime_error("wgmma descriptor: swizzle mode other than 128 bytes");
+    return {(unsigned)(d & 0x3FFFu) << 4, (unsigned)((d >> 16) & 0x3FFFu) << 4, (unsigned)((d >> 32) & 0x3FFFu) << 4};
+}
+inline float desc_elem(const Desc& d, bool mn_major, int mn, int k, Kind kind) {
+    const unsigned lin = mn_major ? d.start + 128u * (k % 8) + d.sbo * (k / 8) + 2u * (mn % 64) + d.lbo * (mn / 64)
+                                  : d.start + 128u * (mn % 8) + d.sbo * (mn / 8) + 2u * k;
+    const unsigned phys = lin ^ (((lin >> 7) & 7u) << 4);
+    if (phys + 2 > (unsigned)dyn_bytes) throw std::runtime_error("wgmma operand past the dynamic shared memory");
+    unsigned short h;
+    std::memcpy(&h, dyn_smem + phys, 2);
+    return kind == Kind::f16 ? half_to_f(h) : bf_to_f(h);
+}
+
+inline float acc_value(float* p) {                   // an accumulator as the next wgmma reads it
+    for (auto it = acc_pending.rbegin(); it != acc_pending.rend(); ++it)
+        if (it->dst == p) return it->v;
+    return *p;
+}
+
+// outs: the 32 accumulators d[j][e]; ins: SS (desc a, desc b, scale-d, trans a, trans b) or RS (a0..a3, desc b,
+// scale-d, trans b)
+inline void wgmma(const Out* outs, const In* ins, int nin, Kind kind) {
+    const bool rs = nin == 7;
+    if (!rs && nin != 5) throw std::runtime_error("wgmma: unexpected operands");
+    auto& G = warpgroup();
+    const int tid = threadIdx.x & 127;
+    for (int i = 0; i < (rs ? 4 : 2); ++i) G.x[tid][i] = rs ? ins[i].u32() : ins[i].bits;
+    wg_sync();
+    const uint64_t db_bits = rs ? ins[4].bits : ins[1].bits;
+    const bool scale_d = (rs ? ins[5].u32() : ins[2].u32()) != 0;
+    const bool ta = rs ? false : ins[3].u32() != 0, tb = (rs ? ins[6].u32() : ins[4].u32()) != 0;
+    for (int t2 = 0; t2 < 128; ++t2)                   // every thread of the group issued the same descriptors
+        if (!rs && G.x[t2][0] != G.x[tid][0]) throw std::runtime_error("wgmma: A descriptors differ across the warpgroup");
+    const Desc db = desc_of(db_bits);
+    const Desc da = rs ? Desc{0, 0, 0} : desc_of(ins[0].bits);
+    auto A = [&](int m, int k) -> double {
+        if (!rs) return desc_elem(da, ta, m, k, kind);
+        const int w = m / 16, r = m % 16;              // warp w's fragment: a0 (g, 2t..) a1 (g+8, 2t..) a2 (g, 2t+8..) a3
+        const int ln = (r % 8) * 4 + (k % 8) / 2, reg = (r >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+        return elem16((unsigned)G.x[32 * w + ln][reg], k & 1, kind);
+    };
+    const int w = tid >> 5, L = tid & 31, g = L >> 2, t = L & 3;
+    float d[32];
+    for (int j = 0; j < 8; ++j)
+        for (int e = 0; e < 4; ++e) {
+            const int m = 16 * w + g + 8 * (e >> 1), n = 8 * j + 2 * t + (e & 1);
+            double acc = 0.0;
+            for (int k = 0; k < 16; ++k) acc += A(m, k) * (double)desc_elem(db, tb, n, k, kind);
+            float* p = static_cast<float*>(outs[4 * j + e].p);
+            d[4 * j + e] = (float)((scale_d ? (double)acc_value(p) : 0.0) + acc);
+        }
+    wg_sync();
+    for (int i = 0; i < 32; ++i) acc_pending.push_back({static_cast<float*>(outs[i].p), d[i], wg_committed});
+}
+inline void wgmma_wait(long keep) {
+    std::vector<AccWrite> rest;
+    for (const AccWrite& a : acc_pending) {
+        if (a.group < wg_committed - keep) *a.dst = a.v;
+        else rest.push_back(a);
+    }
+    acc_pending.swap(rest);
+}
+
 // ------------------------------------------------------------------------ cp.async
 inline void land(const Copy& c) {
     for (int i = 0; i < c.n; ++i)
@@ -278,6 +373,14 @@ inline void ptx(const char* text, std::initializer_list<Out> o, std::initializer
     while (!s.empty() && (s[0] == ' ' || s[0] == '\n' || s[0] == '\t')) s.erase(0, 1);
     const Out* outs = o.begin();
     const In* ins = i.begin();
+    if (s.empty()) return;                          // asm volatile("" : "+f"(x)): a compiler barrier only
+    if (s.find("wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16") != std::string::npos)
+        return wgmma(outs, ins, (int)i.size(), Kind::f16);
+    if (s.find("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16") != std::string::npos)
+        return wgmma(outs, ins, (int)i.size(), Kind::bf16);
+    if (starts(s, "wgmma.fence.sync.aligned") || starts(s, "fence.proxy.async.shared::cta")) return;
+    if (starts(s, "wgmma.commit_group.sync.aligned")) { ++wg_committed; return; }
+    if (starts(s, "wgmma.wait_group.sync.aligned")) return wgmma_wait(std::stol(s.substr(std::strlen("wgmma.wait_group.sync.aligned"))));
     if (starts(s, "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32")) return mma(outs, ins, Kind::f16);
     if (starts(s, "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32")) return mma(outs, ins, Kind::bf16);
     if (starts(s, "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32")) return mma(outs, ins, Kind::tf32);
@@ -345,6 +448,8 @@ inline void launch(emu_dim3 grid, unsigned block, unsigned smem_bytes, std::func
             threadIdx = {t, 0, 0};
             pending.clear();
             committed = 0;
+            acc_pending.clear();
+            wg_committed = 0;
             for (unsigned long long b = 0; b < nblocks; ++b) {
                 if (t == 0) {                           // a fresh block: barriers, poisoned shared memory
                     std::memset(dyn_smem, 0xff, SMEM_BYTES);
@@ -355,6 +460,12 @@ inline void launch(emu_dim3 grid, unsigned block, unsigned smem_bytes, std::func
                         Warp* w = new Warp();
                         w->bar.reset(new std::barrier<WarpPhase>(32, WarpPhase{w}));
                         blk.warps.emplace_back(w);
+                    }
+                    blk.groups.clear();
+                    for (unsigned i = 0; i < block / 128; ++i) {
+                        WarpGroup* g = new WarpGroup();
+                        g->bar.reset(new std::barrier<>(128));
+                        blk.groups.emplace_back(g);
                     }
                 }
                 blockIdx = {(unsigned)(b % grid.x), (unsigned)(b / grid.x % grid.y), (unsigned)(b / grid.x / grid.y)};
@@ -369,6 +480,10 @@ inline void launch(emu_dim3 grid, unsigned block, unsigned smem_bytes, std::func
                 if (!pending.empty()) {
                     fail(std::make_exception_ptr(std::runtime_error("cp.async issued but never waited for")));
                     pending.clear();
+                }
+                if (!acc_pending.empty()) {
+                    fail(std::make_exception_ptr(std::runtime_error("wgmma issued but never waited for")));
+                    acc_pending.clear();
                 }
                 gate.arrive_and_wait();
                 if (t == 0 && !failed) {                // nothing written past the launch's dynamic size

@@ -661,15 +661,20 @@ CHUNKED_DKDV_CASES += [_chunked(dt, split, cu, dk, dv, mode, L, stages=st, dkdv=
     ("float32", 3, (0, 1, 64, 65, 130), 64, 64, "decayed", 2, 1), ("float16", 1, (0, 130), 64, 64, "linear", 1, 1),
     ("float16", 1, (0, 130), 32, 48, "noncausal", 1, 1))]
 
-# the forward's segment sums on warpgroup MMA ("dqrev_wg", cupy:chunked_mma_wg; chunked_wgmma.cu tg_seg_state): walks of
-# 1 to 4 chunks per segment with a partial last chunk, packed chunk-edge lengths, Dk != Dv inside the 64-wide tile,
-# element-wise loads (5 x 7), the totals of a call that is not causal; decayed and float32 (tc_seg_state, the fallback)
-CHUNKED_WG_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, dkdv="dqrev_wg") for dt, split, cu, dk, dv, mode, L in (
+# the kernels on warpgroup MMA (chunked_wgmma.cu): the forward's segment sums ("dqrev_wgs", cupy:chunked_mma_wgs;
+# tg_seg_state) and the causal forward walker ("dqrev_wg", cupy:chunked_mma_wg; tg_fwd): walks of 1 to 5 chunks with a
+# partial last chunk (whole sequences at L = 0), packed chunk-edge lengths, Dk != Dv inside the 64-wide tile,
+# element-wise loads (5 x 7), two dv tiles (64 x 128), the totals of a call that is not causal; decayed and float32
+# (the mma.sync kernels, the fallback)
+CHUNKED_WG_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, dkdv=m) for m in ("dqrev_wgs", "dqrev_wg")
+                    for dt, split, cu, dk, dv, mode, L in (
     ("float16", 1, (0, 300), 64, 64, "linear", 1), ("float16", 1, (0, 300), 64, 64, "linear", 4),
+    ("float16", 1, (0, 300), 64, 64, "linear", 0),
     ("float16", 1, (0, 1, 64, 65, 130), 64, 64, "linear", 1), ("float16", 1, (0, 150), 48, 24, "linear", 2),
-    ("float16", 1, (0, 70), 5, 7, "linear", 1), ("float16", 1, (0, 130), 32, 48, "noncausal", 1),
+    ("float16", 1, (0, 70), 5, 7, "linear", 1), ("float16", 1, (0, 200), 64, 128, "linear", 2),
+    ("float16", 1, (0, 130), 32, 48, "noncausal", 1),
     ("float16", 1, (0, 300), 64, 64, "decayed", 2), ("float32", 3, (0, 300), 64, 64, "linear", 2))]
-CHUNKED_WG_CASES += [_test_case("chunked_mma", "test_cupy_chunked_mma", "test_wg_seg_state_launches")]
+CHUNKED_WG_CASES += [_test_case("chunked_mma", "test_cupy_chunked_mma", "test_wg_launches")]
 
 # bfloat16 (ml_dtypes), the decayed core with chunk anchors and its state operands as hi + lo pairs (tc::state_pairs,
 # docs/kernels/decayed.md "anchor + split-state"): the float16 anchor cases' walks, segment lengths, packing and both

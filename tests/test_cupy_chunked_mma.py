@@ -159,14 +159,16 @@ def _check_case(dtype, split, shape, mode, L, **kw):
 # sigma 1).  "state": positive k, v of size ~30 (the forward's and dq's H pass 2^14 within a chunk and float16's 65504
 # within two; a small scale keeps o and dq in range); "dstate": positive q, dO (dk/dv's dS likewise), small k, v.
 # Slow decays without resets (the sums grow as without decay) or none; walks of 5 chunks in one segment, in segments
-# of 1 chunk (each starts from a scanned state) and of 3 (dqrev: the dq walker with ESUM), the dq-folded walkers.
+# of 1 chunk (each starts from a scanned state) and of 3 (dqrev: the dq walker with ESUM), the dq-folded walkers, the
+# forward walker on warpgroup MMA (dqrev_wg: tg_fwd's own sigma, linear; decayed runs tc_fwd there).
 BIG = {"state": dict(mags=(0.5, -30.0, -30.0, 0.5), scale=1e-3),
        "dstate": dict(mags=(-30.0, 0.005, 0.005, -30.0), scale=1.0)}
 
 
 @pytest.mark.parametrize("big", sorted(BIG))
 @pytest.mark.parametrize("mode", ["linear", "decayed"])
-@pytest.mark.parametrize("L, dkdv", [(0, "fused"), (1, "fused"), (3, "dqrev"), (0, "dqfold")])
+@pytest.mark.parametrize("L, dkdv", [(0, "fused"), (1, "fused"), (3, "dqrev"), (0, "dqfold"), (0, "dqrev_wg"),
+                                     (3, "dqrev_wg")])
 def test_float16_states_beyond_the_16bit_range(big, mode, L, dkdv):
     res = run_case("float16", 1, 1, [0, 300], 64, 64, mode == "decayed", True, L, with_state=False, seed=3, dkdv=dkdv,
                    g_lo=-0.002, resets=False, **BIG[big])
@@ -190,54 +192,54 @@ def test_dkdv_modes_match_recurrence(dtype, split, shape, mode, L, dkdv):
 @pytest.mark.parametrize("dtype,split", CASES)
 @pytest.mark.parametrize("shape", [(2, (0, 1), 64, 64), (1, (0, 300), 64, 64), (1, (0, 150), 48, 24),
                                    (2, (0, 1, 64, 65, 130, 200), 64, 64), (1, (0, 63, 191), 64, 40),
-                                   (1, (0, 97), 80, 72)],
-                         ids=lambda s: f"N{s[0]}-cu{'_'.join(map(str, s[1]))}-{s[2]}x{s[3]}")
-@pytest.mark.parametrize("mode", ["linear", "decayed"])
-@pytest.mark.parametrize("L", [0, 1, 2])
-@pytest.mark.parametrize("stages", [1, 2], ids=["mma", "mma_db"])
-def test_dqfold_matches_recurrence(dtype, split, shape, mode, L, stages):
-    """dq folded into the dk/dv walk (dkdv="dqfold", cupy:chunked_mma_dqf): walks of 1 to 5 chunks, every segment
-    length (the forward's per-chunk states indexed through the chunk offsets of each segment), packed sequences,
-    Dk != Dv inside the 64-wide tiles, both load pipelines; 80 x 72 runs the unfolded kernels (the mode's
-    fallback above head dim 64)."""
-    _check_case(dtype, split, shape, mode, L, stages=stages, dkdv="dqfold")
-
-
-@pytest.mark.parametrize("dtype,split", CASES)
-@pytest.mark.parametrize("shape", [(2, (0, 1), 64, 64), (1, (0, 300), 64, 64), (1, (0, 150), 48, 24),
-                                   (2, (0, 1, 64, 65, 130, 200), 64, 64), (1, (0, 63, 191), 64, 40),
-                                   (1, (0, 70), 5, 7), (1, (0, 97), 80, 72)],
+                                   (1, (0, 70), 5, 7), (1, (0, 97), 80, 72), (1, (0, 200), 64, 128)],
                          ids=lambda s: f"N{s[0]}-cu{'_'.join(map(str, s[1]))}-{s[2]}x{s[3]}")
 @pytest.mark.parametrize("mode", ["linear", "decayed", "noncausal"])
-@pytest.mark.parametrize("L", [1, 2, 4])
-def test_wg_seg_state_matches_recurrence(dtype, split, shape, mode, L):
-    """The forward's segment sums on warpgroup MMA (dkdv="dqrev_wg", cupy:chunked_mma_wg; chunked_wgmma.cu
-    tg_seg_state, where a call qualifies): walks of 1 to 4 chunks per segment with a partial last chunk, one token,
-    packed chunk-edge lengths, Dk != Dv and odd dims inside the 64-wide tiles (element-wise loads at 5 x 7), the
-    totals of a call that is not causal; decayed, float32 and 80 x 72 run tc_seg_state (the mode's fallback)."""
-    _check_case(dtype, split, shape, mode, L, dkdv="dqrev_wg")
+@pytest.mark.parametrize("L", [0, 1, 2, 4])
+@pytest.mark.parametrize("dkdv", ["dqrev_wgs", "dqrev_wg"])
+def test_wg_matches_recurrence(dtype, split, shape, mode, L, dkdv):
+    """The kernels on warpgroup MMA (chunked_wgmma.cu, where a call qualifies): the forward's segment sums
+    (dkdv="dqrev_wgs", cupy:chunked_mma_wgs; tg_seg_state) and the causal forward walker (dkdv="dqrev_wg",
+    cupy:chunked_mma_wg; tg_fwd): walks of 1 to 5 chunks per segment with a partial last chunk (whole sequences at
+    L = 0), one token, packed chunk-edge lengths, Dk != Dv and odd dims inside the 64-wide tiles (element-wise loads at
+    5 x 7), two dv tiles (64 x 128), initial and final states; decayed, float32, not causal and 80 x 72 run the
+    mma.sync kernels (the modes' fallback)."""
+    _check_case(dtype, split, shape, mode, L, dkdv=dkdv)
 
 
-def test_wg_seg_state_launches():
-    """Which segment-state kernel a forward launches: tg_seg_state for 16-bit linear calls of several segments at
-    Dk <= 64 in the "dqrev_wg" mode on a compute capability 9.0 device; tc_seg_state for decayed calls, float32,
-    Dk above 64, the other modes and other devices."""
+def test_wg_launches():
+    """Which kernels a forward launches: tg_seg_state for 16-bit linear calls of several segments at Dk <= 64 in the
+    "dqrev_wgs" mode, tg_fwd for 16-bit linear causal calls at Dk <= 64 in the "dqrev_wg" mode, both on a compute
+    capability 9.0 device; the mma.sync kernels for decayed calls, float32, Dk above 64, not causal, the other modes
+    and other devices."""
     import cupy as cp
     from kernels.cupy import _chunked_mma as mma
     from kernels.cupy._module import kernel_label, sm90a
 
-    def seg(dt, dk, decayed, dkdv):
+    def plan(dt, dk, decayed, dkdv, causal=True):
         g = cp.zeros((1, 300), cp.float32) if decayed else None
-        P = mma._plan(dt, (1, 300, dk), 64, 3 if dt == "float32" else 1, 1, True, None, 1, g, False, False, dkdv)
-        return kernel_label(P.seg_state.kernel)
+        return mma._plan(dt, (1, 300, dk), 64, 3 if dt == "float32" else 1, 1, causal, None, 1, g, False, False, dkdv)
+
+    def seg(*a):
+        return kernel_label(plan(*a).seg_state.kernel)
+
+    def fwd(*a):
+        return kernel_label(plan(*a).fwd.kernel)
 
     wg = sm90a()
-    assert seg("float16", 64, False, "dqrev_wg") == ("tg_seg_state<wb_half, 2>" if wg else
-                                                     "tc_seg_state<wb_half, 64, false, 1, 2>")
-    assert seg("bfloat16", 48, False, "dqrev_wg").startswith("tg_seg_state<wb_bf16" if wg else "tc_seg_state<")
-    for args in (("float16", 64, True, "dqrev_wg"), ("float32", 64, False, "dqrev_wg"), ("float16", 80, False, "dqrev_wg"),
-                 ("float16", 64, False, "dqrev")):
-        assert seg(*args).startswith("tc_seg_state<"), args
+    assert seg("float16", 64, False, "dqrev_wgs") == ("tg_seg_state<wb_half, 2>" if wg else
+                                                      "tc_seg_state<wb_half, 64, false, 1, 2>")
+    assert seg("bfloat16", 48, False, "dqrev_wgs").startswith("tg_seg_state<wb_bf16" if wg else "tc_seg_state<")
+    assert fwd("float16", 64, False, "dqrev_wg") == ("tg_fwd<wb_half, 2>" if wg else "tc_fwd<wb_half, 64, 1, 1>")
+    assert fwd("bfloat16", 40, False, "dqrev_wg").startswith("tg_fwd<wb_bf16" if wg else "tc_fwd<")
+    assert seg("float16", 64, False, "dqrev_wg").startswith("tc_seg_state<")        # the forward walker only
+    assert fwd("float16", 64, False, "dqrev_wgs").startswith("tc_fwd<")             # the segment sums only
+    for args in (("float16", 64, True), ("float32", 64, False), ("float16", 80, False)):
+        assert seg(*args, "dqrev_wgs").startswith("tc_seg_state<"), args
+        assert fwd(*args, "dqrev_wg").startswith("tc_fwd<"), args
+    assert fwd("float16", 64, False, "dqrev_wg", False).startswith("tc_fwd<")       # not causal
+    assert seg("float16", 64, False, "dqrev").startswith("tc_seg_state<")
+    assert fwd("float16", 64, False, "dqrev").startswith("tc_fwd<")
 
 
 @pytest.mark.parametrize("dtype,split", CASES)

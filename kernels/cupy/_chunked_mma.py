@@ -64,7 +64,7 @@ DOUBLE_BUFFERED = ("cupy:chunked_mma with double-buffered chunk tiles (stages=2)
 # LAYOUT: tc::DKDV_ROWS 0 (4 warps), DKDV_COLS 1 and DKDV_ROLES 2 (8 warps), DKDV_WARPS per layout
 DKDV_MODES = {"fused": ((0, 0),), "split": ((1, 0), (2, 0)), "wide": ((0, 1),), "roles": ((0, 2),),
               "dqfold": ((3, 0),), "anchor": ((3, 0),), "dqrev": ((0, 0),), "dqrev_roles": ((0, 2),),
-              "dqrev_wg": ((0, 0),)}
+              "dqrev_wgs": ((0, 0),), "dqrev_wg": ((0, 0),)}
 DKDV_DQ = 3                             # tc::DKDV_DQ: the WHICH of the walker that forms dq, dk and dv
 ANCHORED = ("anchor",)                  # modes whose d log_decay comes from the folded walker's chunk anchors
 ANC_PARTS = 4                           # tc::ANC_PARTS: floats per chunk anchor (one per warp of the walker)
@@ -73,12 +73,14 @@ DKDV_WARPS = (4, 8, 8)
 # in tc_bwd_dq (its ESUM) instead of the tc_seg_state<.., REV = true, ..> pass: causal calls of several segments, at
 # padded head dims in REV_IN_DQ_DIMS (dv; wider ones keep the pass: 64 more accumulator registers would not fit);
 # dq launched before the REV scan (docs/kernels/linear.md "The REV sums in the dq walker")
-REV_IN_DQ = ("dqrev", "dqrev_roles", "dqrev_wg")
-# Modes whose forward sums the segment states on Hopper's warpgroup MMA (chunked_wgmma.cu tg_seg_state) where a call
-# qualifies (``wg_seg_state``): 16-bit, no log decays, dk <= 64, a compute capability 9.0 device; the rest of the call
-# is the "dqrev" mode's (docs/kernels/linear.md "The segment-state pass on warpgroup MMA").  Linear attention's rung
-# only: decayed calls never qualify.
-WG_SEG_MODES = ("dqrev_wg",)
+REV_IN_DQ = ("dqrev", "dqrev_roles", "dqrev_wgs", "dqrev_wg")
+# Modes that run kernels of chunked_wgmma.cu (Hopper's warpgroup MMA) where a call qualifies: 16-bit, no log decays,
+# dk <= 64, a compute capability 9.0 device (``wg_kernel``); the rest of the call is the "dqrev" mode's.  Linear
+# attention's rungs only: decayed calls never qualify (docs/kernels/linear.md "Warpgroup MMA").
+#   WG_SEG_MODES  the forward's segment sums (tg_seg_state; measured slower than tc_seg_state: callD of 2026-12-04)
+#   WG_FWD_MODES  the forward walker of causal calls (tg_fwd)
+WG_SEG_MODES = ("dqrev_wgs",)
+WG_FWD_MODES = ("dqrev_wg",)
 REV_IN_DQ_DIMS = (64,)
 # Storage dtypes whose dq-folded decayed walk takes the state operands as hi + lo pairs (tc::state_pairs: bfloat16;
 # docs/kernels/decayed.md "anchor + split-state"): tc_fwd's STORE also writes H's lo tiles (after the hi tiles: the
@@ -99,7 +101,10 @@ DKDV_DESCRIPTION = {   # the ops' measured-rung variants of the dk/dv modes: (va
                                  "(dkdv='dqrev': no reverse segment-state pass; causal, several segments, dv <= 64)"),
     "dqrev_roles": ("chunked_mma_dqr8r", "cupy:chunked_mma_dqr with the 8-warp dk/dv walker of chunked_mma_dkdv8r "
                                          "(dkdv='dqrev_roles': the REV sums in the dq walker, warps 0-3 form dv, 4-7 dk)"),
-    "dqrev_wg": ("chunked_mma_wg", "cupy:chunked_mma_dqr with the forward's segment sums on Hopper's warpgroup MMA "
+    "dqrev_wgs": ("chunked_mma_wgs", "cupy:chunked_mma_dqr with the forward's segment sums on Hopper's warpgroup MMA "
+                                     "(dkdv='dqrev_wgs': float16 / bfloat16, Dk <= 64, compute capability 9.0; else "
+                                     "chunked_mma_dqr's kernels)"),
+    "dqrev_wg": ("chunked_mma_wg", "cupy:chunked_mma_dqr with the causal forward walker on Hopper's warpgroup MMA "
                                    "(dkdv='dqrev_wg': float16 / bfloat16, Dk <= 64, compute capability 9.0; else "
                                    "chunked_mma_dqr's kernels)"),
 }
@@ -185,29 +190,42 @@ def _seg_state(dtype, split, stages, dxp, rev, decay):
                   lambda s: smem_seg_state(ITEMSIZE[dtype], dxp, s))
 
 
-# tg_seg_state (chunked_wgmma.cu): its load stages; the swizzled tiles of one stage take 16 KB, plus 1 KB of slack
-# that aligns them to 1024 bytes.
+# The kernels of chunked_wgmma.cu: their load stages; one stage's swizzled tiles take 8 KB each (tg_seg_state: X, Y;
+# tg_fwd: Q, K, V, and the state tile beside the stages), plus 1 KB of slack that aligns them to 1024 bytes.
 WG_SOURCE = "chunked_wgmma.cu"
 WG_SEG_STAGES = 2
-WG_SEG_STAGE_CHOICES = (2, 3)
+WG_FWD_STAGES = 2
+WG_STAGE_CHOICES = (2, 3)
 WG_DTYPES = ("float16", "bfloat16")
+WG_TILE_BYTES = C * 64 * 2
 
 
 def smem_wg_seg_state(stages: int) -> int:
-    return stages * 2 * C * 64 * 2 + 1024
+    return stages * 2 * WG_TILE_BYTES + 1024
 
 
-def wg_seg_state(dkdv: str, dtype: str, decay: bool, dkp: int) -> bool:
-    """Whether a call's forward sums its segment states with tg_seg_state (the conditions of WG_SEG_MODES)."""
-    if dkdv not in WG_SEG_MODES or dtype not in WG_DTYPES or decay or dkp != 64:
+def smem_wg_fwd(stages: int) -> int:
+    return (3 * stages + 1) * WG_TILE_BYTES + 16 + 1024
+
+
+def wg_kernel(modes: tuple, dkdv: str, dtype: str, decay: bool, dkp: int) -> bool:
+    """Whether a call of mode ``dkdv`` runs the chunked_wgmma.cu kernel of ``modes`` (WG_SEG_MODES, WG_FWD_MODES)."""
+    if dkdv not in modes or dtype not in WG_DTYPES or decay or dkp != 64:
         return False
     from ._module import sm90a
     return sm90a()
 
 
 @functools.lru_cache(maxsize=None)
-def _wg_seg_state(dtype: str, stages: int = WG_SEG_STAGES) -> Launchable:
+def _wg_seg_state(dtype: str, stages: Optional[int] = None) -> Launchable:
+    stages = WG_SEG_STAGES if stages is None else stages
     return Launchable(f"tg_seg_state<{CTYPE[dtype]}, {stages}>", smem_wg_seg_state(stages))
+
+
+@functools.lru_cache(maxsize=None)
+def _wg_fwd(dtype: str, stages: Optional[int] = None) -> Launchable:
+    stages = WG_FWD_STAGES if stages is None else stages
+    return Launchable(f"tg_fwd<{CTYPE[dtype]}, {stages}>", smem_wg_fwd(stages))
 
 
 @functools.lru_cache(maxsize=None)
@@ -265,7 +283,7 @@ _DG = {dt: f"tc_dg<{c}>" for dt, c in CTYPE.items()}          # d log_decay writ
 COMMON = ("tc_seg_scan<false>", "tc_seg_scan<true>", "tc_dg_part") + tuple(_DG.values())
 GROUPS = {(dt, split, st): _group(dt, split, st)
           for st in STAGES for dt, split in (("float16", 1), ("bfloat16", 1), ("float32", 3), ("float32", 1))}
-WG_GROUPS = {dt: tuple(_wg_seg_state(dt, s).expr for s in WG_SEG_STAGE_CHOICES) for dt in WG_DTYPES}
+WG_GROUPS = {dt: tuple(f(dt, s).expr for f in (_wg_seg_state, _wg_fwd) for s in WG_STAGE_CHOICES) for dt in WG_DTYPES}
 INSTANTIATIONS = list(dict.fromkeys((SOURCE, e) for grp in list(GROUPS.values()) + [COMMON] for e in grp))
 INSTANTIATIONS += [(WG_SOURCE, e) for grp in WG_GROUPS.values() for e in grp]
 declare_groups(SOURCE, list(GROUPS.values()) + [COMMON])      # what cli.py warmup compiles
@@ -422,7 +440,7 @@ class _CorePlan:
         grid = (tab.nseg * self.ntv, N)
         self.seg_state = self.seg_scan = None
         if not (causal and tab.single):
-            if wg_seg_state(dkdv, dt, self.decay, self.dkp):
+            if wg_kernel(WG_SEG_MODES, dkdv, dt, self.decay, self.dkp):
                 seg = _wg_seg_state(dt)
                 self.seg_state = Prepared(_wg_kern(dt, seg.expr), grid, (seg.threads,), seg.smem)
             else:
@@ -432,7 +450,11 @@ class _CorePlan:
                 self.seg_scan = Prepared(_common("tc_seg_scan<false>"), (-(-self.E // 256), tab.nseq, N), (256,))
         # dq folded into the dk/dv walk (DKDV_DQ): the forward writes the state before every chunk
         self.fold = folded(self.dkp, self.dvp, dkdv, causal)
-        self.fwd = _prepared(dt, split, stages, _fwd(dt, split, stages, self.dkp, store=self.fold), grid)
+        if causal and not self.fold and wg_kernel(WG_FWD_MODES, dkdv, dt, self.decay, self.dkp):
+            wf = _wg_fwd(dt)
+            self.fwd = Prepared(_wg_kern(dt, wf.expr), grid, (wf.threads,), wf.smem)
+        else:
+            self.fwd = _prepared(dt, split, stages, _fwd(dt, split, stages, self.dkp, store=self.fold), grid)
         self.fold_args = (_ptr(None),) * 3                      # tc_fwd's Hst, Hsig, seg_c0 without STORE
         self.anchored = self.fold and self.decay and dkdv in ANCHORED     # d log_decay from chunk anchors
         if self.fold:                                           # by address, in the saved arrays' allocation

@@ -112,7 +112,11 @@ DKDV_DESCRIPTION = {   # the ops' measured-rung variants of the dk/dv modes: (va
 # 2026-12-03, fwd+bwd 2-8% under the fused mode (cupy:chunked_mma) at T 4k-64k in every dtype measured (linear.md,
 # "The REV sums in the dq walker"); decayed bfloat16 keeps the anchored 16-bit core of cupy:chunked_mma (dqrev runs
 # it on the float32 core).
-DKDV_DEFAULT_FOR = {("linear", "dqrev"): ("float32", "float16", "bfloat16"), ("decayed", "dqrev"): ("float32", "float16")}
+# dqrev_wg (linear 16-bit: the forward walker on warpgroup MMA where the device and call allow, else dqrev's kernels):
+# H200 callE of 2026-12-04, fwd+bwd 2.4-2.5% under dqrev at 64k, 0.8-0.9% at 16k, float16 and bfloat16 (linear.md,
+# "The forward walker on wgmma").
+DKDV_DEFAULT_FOR = {("linear", "dqrev"): ("float32",), ("linear", "dqrev_wg"): ("float16", "bfloat16"),
+                    ("decayed", "dqrev"): ("float32", "float16")}
 
 
 def pad_dim(d: int) -> int:
@@ -193,8 +197,8 @@ def _seg_state(dtype, split, stages, dxp, rev, decay):
 # The kernels of chunked_wgmma.cu: their load stages; one stage's swizzled tiles take 8 KB each (tg_seg_state: X, Y;
 # tg_fwd: Q, K, V, and the state tile beside the stages), plus 1 KB of slack that aligns them to 1024 bytes.
 WG_SOURCE = "chunked_wgmma.cu"
-WG_SEG_STAGES = 2
-WG_FWD_STAGES = 2
+WG_SEG_STAGES = 3           # H200 callE: 64k 170 / 169 us (float16 / bfloat16) at 3 stages, 175 / 179 at 2
+WG_FWD_STAGES = 2           # H200 callE: 64k float16 390 us at 2 stages (3 blocks/SM), 449 at 3 (2 blocks/SM)
 WG_STAGE_CHOICES = (2, 3)
 WG_DTYPES = ("float16", "bfloat16")
 WG_TILE_BYTES = C * 64 * 2

@@ -666,7 +666,7 @@ CHUNKED_DKDV_CASES += [_chunked(dt, split, cu, dk, dv, mode, L, stages=st, dkdv=
 # partial last chunk (whole sequences at L = 0), packed chunk-edge lengths, Dk != Dv inside the 64-wide tile,
 # element-wise loads (5 x 7), two dv tiles (64 x 128), the totals of a call that is not causal; decayed and float32
 # (the mma.sync kernels, the fallback)
-CHUNKED_WG_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, dkdv=m) for m in ("dqrev_wgs", "dqrev_wg")
+CHUNKED_WG_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, dkdv=m) for m in ("dqrev_wgs", "dqrev_wg", "dqrev_wgb")
                     for dt, split, cu, dk, dv, mode, L in (
     ("float16", 1, (0, 300), 64, 64, "linear", 1), ("float16", 1, (0, 300), 64, 64, "linear", 4),
     ("float16", 1, (0, 300), 64, 64, "linear", 0),

@@ -168,7 +168,7 @@ BIG = {"state": dict(mags=(0.5, -30.0, -30.0, 0.5), scale=1e-3),
 @pytest.mark.parametrize("big", sorted(BIG))
 @pytest.mark.parametrize("mode", ["linear", "decayed"])
 @pytest.mark.parametrize("L, dkdv", [(0, "fused"), (1, "fused"), (3, "dqrev"), (0, "dqfold"), (0, "dqrev_wg"),
-                                     (3, "dqrev_wg")])
+                                     (3, "dqrev_wg"), (0, "dqrev_wgb"), (3, "dqrev_wgb")])
 def test_float16_states_beyond_the_16bit_range(big, mode, L, dkdv):
     res = run_case("float16", 1, 1, [0, 300], 64, 64, mode == "decayed", True, L, with_state=False, seed=3, dkdv=dkdv,
                    g_lo=-0.002, resets=False, **BIG[big])
@@ -196,11 +196,12 @@ def test_dkdv_modes_match_recurrence(dtype, split, shape, mode, L, dkdv):
                          ids=lambda s: f"N{s[0]}-cu{'_'.join(map(str, s[1]))}-{s[2]}x{s[3]}")
 @pytest.mark.parametrize("mode", ["linear", "decayed", "noncausal"])
 @pytest.mark.parametrize("L", [0, 1, 2, 4])
-@pytest.mark.parametrize("dkdv", ["dqrev_wgs", "dqrev_wg"])
+@pytest.mark.parametrize("dkdv", ["dqrev_wgs", "dqrev_wg", "dqrev_wgb"])
 def test_wg_matches_recurrence(dtype, split, shape, mode, L, dkdv):
     """The kernels on warpgroup MMA (chunked_wgmma.cu, where a call qualifies): the forward's segment sums
-    (dkdv="dqrev_wgs", cupy:chunked_mma_wgs; tg_seg_state) and the causal forward walker (dkdv="dqrev_wg",
-    cupy:chunked_mma_wg; tg_fwd): walks of 1 to 5 chunks per segment with a partial last chunk (whole sequences at
+    (dkdv="dqrev_wgs", cupy:chunked_mma_wgs; tg_seg_state), the causal forward walker (dkdv="dqrev_wg",
+    cupy:chunked_mma_wg; tg_fwd) and with it the backward's walkers (dkdv="dqrev_wgb", cupy:chunked_mma_wgb;
+    tg_bwd_dq with and without the REV sums, tg_bwd_dkdv): walks of 1 to 5 chunks per segment with a partial last chunk (whole sequences at
     L = 0), one token, packed chunk-edge lengths, Dk != Dv and odd dims inside the 64-wide tiles (element-wise loads at
     5 x 7), two dv tiles (64 x 128), initial and final states; decayed, float32, not causal and 80 x 72 run the
     mma.sync kernels (the modes' fallback)."""
@@ -208,36 +209,59 @@ def test_wg_matches_recurrence(dtype, split, shape, mode, L, dkdv):
 
 
 def test_wg_launches():
-    """Which kernels a forward launches: tg_seg_state for 16-bit linear calls of several segments at Dk <= 64 in the
-    "dqrev_wgs" mode, tg_fwd for 16-bit linear causal calls at Dk <= 64 in the "dqrev_wg" mode, both on a compute
-    capability 9.0 device; the mma.sync kernels for decayed calls, float32, Dk above 64, not causal, the other modes
-    and other devices."""
+    """Which kernels a call launches: tg_seg_state for 16-bit linear calls of several segments at Dk <= 64 in the
+    "dqrev_wgs" mode; tg_fwd for 16-bit linear causal calls at Dk <= 64 in the "dqrev_wg" and "dqrev_wgb" modes;
+    tg_bwd_dq (Dv <= 64; with the REV sums where several segments) and tg_bwd_dkdv (Dk, Dv <= 64) for those calls in
+    "dqrev_wgb"; all on a compute capability 9.0 device.  The mma.sync kernels for decayed calls, float32, wider
+    heads, not causal, the other modes and other devices."""
     import cupy as cp
     from kernels.cupy import _chunked_mma as mma
     from kernels.cupy._module import kernel_label, sm90a
 
-    def plan(dt, dk, decayed, dkdv, causal=True):
+    def plan(dt, dk, decayed, dkdv, causal=True, dv=64):
         g = cp.zeros((1, 300), cp.float32) if decayed else None
-        return mma._plan(dt, (1, 300, dk), 64, 3 if dt == "float32" else 1, 1, causal, None, 1, g, False, False, dkdv)
+        return mma._plan(dt, (1, 300, dk), dv, 3 if dt == "float32" else 1, 1, causal, None, 1, g, False, False, dkdv)
 
-    def seg(*a):
-        return kernel_label(plan(*a).seg_state.kernel)
+    def seg(*a, **kw):
+        return kernel_label(plan(*a, **kw).seg_state.kernel)
 
-    def fwd(*a):
-        return kernel_label(plan(*a).fwd.kernel)
+    def fwd(*a, **kw):
+        return kernel_label(plan(*a, **kw).fwd.kernel)
+
+    def bwd(*a, **kw):
+        P = plan(*a, **kw)
+        B = P.backward_plan(a[3], a[2], "float32" if a[2] else None)
+        return kernel_label(B.dq.kernel), tuple(kernel_label(x.kernel) for x in B.dkdv)
 
     wg = sm90a()
-    assert seg("float16", 64, False, "dqrev_wgs") == ("tg_seg_state<wb_half, 2>" if wg else
+    assert seg("float16", 64, False, "dqrev_wgs") == (f"tg_seg_state<wb_half, {mma.WG_SEG_STAGES}>" if wg else
                                                       "tc_seg_state<wb_half, 64, false, 1, 2>")
     assert seg("bfloat16", 48, False, "dqrev_wgs").startswith("tg_seg_state<wb_bf16" if wg else "tc_seg_state<")
-    assert fwd("float16", 64, False, "dqrev_wg") == ("tg_fwd<wb_half, 2>" if wg else "tc_fwd<wb_half, 64, 1, 1>")
+    assert fwd("float16", 64, False, "dqrev_wg") == (f"tg_fwd<wb_half, {mma.WG_FWD_STAGES}>" if wg else
+                                                     "tc_fwd<wb_half, 64, 1, 1>")
     assert fwd("bfloat16", 40, False, "dqrev_wg").startswith("tg_fwd<wb_bf16" if wg else "tc_fwd<")
+    assert fwd("float16", 64, False, "dqrev_wgb").startswith("tg_fwd<" if wg else "tc_fwd<")
+    dq, dkdv = bwd("float16", 64, False, "dqrev_wgb")
+    lr = str(mma.WG_DKDV_LOWREG).lower()
+    assert (dq, dkdv) == ((f"tg_bwd_dq<wb_half, {mma.WG_DQ_STAGES}, true>",
+                           (f"tg_bwd_dkdv<wb_half, {mma.WG_DKDV_STAGES}, {lr}>",)) if wg else
+                          ("tc_bwd_dq<wb_half, 64, 1, 1, true>", ("tc_bwd_dkdv<wb_half, 64, 64, 1, 0, 0, 1>",)))
+    dq, dkdv = bwd("bfloat16", 96, False, "dqrev_wgb", dv=40)           # dq at Dk 96: two dk tiles; dk/dv: wide
+    assert dq.startswith("tg_bwd_dq<wb_bf16" if wg else "tc_bwd_dq<") and all(x.startswith("tc_") for x in dkdv)
+    dq, dkdv = bwd("float16", 64, False, "dqrev_wg")                     # the forward walker only
+    assert dq.startswith("tc_bwd_dq<") and dkdv[0].startswith("tc_bwd_dkdv<")
     assert seg("float16", 64, False, "dqrev_wg").startswith("tc_seg_state<")        # the forward walker only
     assert fwd("float16", 64, False, "dqrev_wgs").startswith("tc_fwd<")             # the segment sums only
     for args in (("float16", 64, True), ("float32", 64, False), ("float16", 80, False)):
         assert seg(*args, "dqrev_wgs").startswith("tc_seg_state<"), args
         assert fwd(*args, "dqrev_wg").startswith("tc_fwd<"), args
+        dq, dkdv = bwd(*args, "dqrev_wgb")
+        wide_dk_only = wg and args == ("float16", 80, False)                # dq's walker takes any Dk at Dv 64
+        assert dq.startswith("tg_bwd_dq<" if wide_dk_only else "tc_bwd_dq<"), args
+        assert all(x.startswith("tc_") for x in dkdv), args
     assert fwd("float16", 64, False, "dqrev_wg", False).startswith("tc_fwd<")       # not causal
+    dq, dkdv = bwd("float16", 64, False, "dqrev_wgb", False)
+    assert dq.startswith("tc_bwd_dq<") and dkdv[0].startswith("tc_bwd_dkdv<")
     assert seg("float16", 64, False, "dqrev").startswith("tc_seg_state<")
     assert fwd("float16", 64, False, "dqrev").startswith("tc_fwd<")
 

@@ -125,6 +125,22 @@ __device__ __forceinline__ void mma_rs(float (&d)[8][4], const unsigned (&a)[4],
                      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate), "n"((int)TB));
 }
 
+// The four k-slices of a 64-deep product, one instruction each (inside one batch: the caller fences, commits,
+// waits).  gemm64_ss: A and B swizzled tiles, read MN-major where TA / TB (else K-major); accumulate false: the first
+// slice does not read the accumulators.  gemm64_rs: A from registers (a[ks]: k-slice ks), B a swizzled tile.
+template <typename T, bool TA, bool TB>
+__device__ __forceinline__ void gemm64_ss(float (&d)[8][4], const T* a, const T* b, bool accumulate) {
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks)
+        mma_ss<T, TA, TB>(d, TA ? desc_mnmajor(a, 16 * ks) : desc_kmajor(a, 16 * ks),
+                          TB ? desc_mnmajor(b, 16 * ks) : desc_kmajor(b, 16 * ks), accumulate || ks > 0);
+}
+template <typename T, bool TB>
+__device__ __forceinline__ void gemm64_rs(float (&d)[8][4], const unsigned (&a)[4][4], const T* b) {
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) mma_rs<T, TB>(d, a[ks], TB ? desc_mnmajor(b, 16 * ks) : desc_kmajor(b, 16 * ks), 1);
+}
+
 // A fragment (mma.sync m16n8k16 layout) of rows m0 .. m0 + 15 and k slice k0 .. k0 + 15 of a swizzled tile:
 // KM false: the tile is A[m][k] (rows m); KM true: the tile is stored [k][m] (ldmatrix .trans), as
 // wbmma::load_a's, with each lane's 16-byte row piece addressed through sw128.

@@ -64,7 +64,7 @@ DOUBLE_BUFFERED = ("cupy:chunked_mma with double-buffered chunk tiles (stages=2)
 # LAYOUT: tc::DKDV_ROWS 0 (4 warps), DKDV_COLS 1 and DKDV_ROLES 2 (8 warps), DKDV_WARPS per layout
 DKDV_MODES = {"fused": ((0, 0),), "split": ((1, 0), (2, 0)), "wide": ((0, 1),), "roles": ((0, 2),),
               "dqfold": ((3, 0),), "anchor": ((3, 0),), "dqrev": ((0, 0),), "dqrev_roles": ((0, 2),),
-              "dqrev_wgs": ((0, 0),), "dqrev_wg": ((0, 0),)}
+              "dqrev_wgs": ((0, 0),), "dqrev_wg": ((0, 0),), "dqrev_wgb": ((0, 0),)}
 DKDV_DQ = 3                             # tc::DKDV_DQ: the WHICH of the walker that forms dq, dk and dv
 ANCHORED = ("anchor",)                  # modes whose d log_decay comes from the folded walker's chunk anchors
 ANC_PARTS = 4                           # tc::ANC_PARTS: floats per chunk anchor (one per warp of the walker)
@@ -73,14 +73,17 @@ DKDV_WARPS = (4, 8, 8)
 # in tc_bwd_dq (its ESUM) instead of the tc_seg_state<.., REV = true, ..> pass: causal calls of several segments, at
 # padded head dims in REV_IN_DQ_DIMS (dv; wider ones keep the pass: 64 more accumulator registers would not fit);
 # dq launched before the REV scan (docs/kernels/linear.md "The REV sums in the dq walker")
-REV_IN_DQ = ("dqrev", "dqrev_roles", "dqrev_wgs", "dqrev_wg")
+REV_IN_DQ = ("dqrev", "dqrev_roles", "dqrev_wgs", "dqrev_wg", "dqrev_wgb")
 # Modes that run kernels of chunked_wgmma.cu (Hopper's warpgroup MMA) where a call qualifies: 16-bit, no log decays,
 # dk <= 64, a compute capability 9.0 device (``wg_kernel``); the rest of the call is the "dqrev" mode's.  Linear
 # attention's rungs only: decayed calls never qualify (docs/kernels/linear.md "Warpgroup MMA").
 #   WG_SEG_MODES  the forward's segment sums (tg_seg_state; measured slower than tc_seg_state: callD of 2026-12-04)
-#   WG_FWD_MODES  the forward walker of causal calls (tg_fwd)
+#   WG_FWD_MODES  the forward walker of causal calls (tg_fwd; Dk <= 64)
+#   WG_BWD_MODES  the backward's walkers of causal calls: dq (tg_bwd_dq; Dv <= 64) and the fused dk/dv walker
+#                 (tg_bwd_dkdv; Dk, Dv <= 64)
 WG_SEG_MODES = ("dqrev_wgs",)
-WG_FWD_MODES = ("dqrev_wg",)
+WG_FWD_MODES = ("dqrev_wg", "dqrev_wgb")
+WG_BWD_MODES = ("dqrev_wgb",)
 REV_IN_DQ_DIMS = (64,)
 # Storage dtypes whose dq-folded decayed walk takes the state operands as hi + lo pairs (tc::state_pairs: bfloat16;
 # docs/kernels/decayed.md "anchor + split-state"): tc_fwd's STORE also writes H's lo tiles (after the hi tiles: the
@@ -107,6 +110,9 @@ DKDV_DESCRIPTION = {   # the ops' measured-rung variants of the dk/dv modes: (va
     "dqrev_wg": ("chunked_mma_wg", "cupy:chunked_mma_dqr with the causal forward walker on Hopper's warpgroup MMA "
                                    "(dkdv='dqrev_wg': float16 / bfloat16, Dk <= 64, compute capability 9.0; else "
                                    "chunked_mma_dqr's kernels)"),
+    "dqrev_wgb": ("chunked_mma_wgb", "cupy:chunked_mma_wg with the backward's walkers on warpgroup MMA too (dkdv="
+                                     "'dqrev_wgb': dq at Dv <= 64, dk/dv at Dk, Dv <= 64; float16 / bfloat16, "
+                                     "compute capability 9.0; else chunked_mma_dqr's kernels)"),
 }
 # The dk/dv modes whose variant "cupy" alone picks, per op: the dtypes (registry's default_for).  dqrev: H200 callB of
 # 2026-12-03, fwd+bwd 2-8% under the fused mode (cupy:chunked_mma) at T 4k-64k in every dtype measured (linear.md,
@@ -199,6 +205,9 @@ def _seg_state(dtype, split, stages, dxp, rev, decay):
 WG_SOURCE = "chunked_wgmma.cu"
 WG_SEG_STAGES = 3           # H200 callE: 64k 170 / 169 us (float16 / bfloat16) at 3 stages, 175 / 179 at 2
 WG_FWD_STAGES = 2           # H200 callE: 64k float16 390 us at 2 stages (3 blocks/SM), 449 at 3 (2 blocks/SM)
+WG_DQ_STAGES = 2
+WG_DKDV_STAGES = 2
+WG_DKDV_LOWREG = True       # tg_bwd_dkdv's batch 2 in two: 3 blocks per SM (else 192 registers, 2 blocks)
 WG_STAGE_CHOICES = (2, 3)
 WG_DTYPES = ("float16", "bfloat16")
 WG_TILE_BYTES = C * 64 * 2
@@ -212,9 +221,10 @@ def smem_wg_fwd(stages: int) -> int:
     return (3 * stages + 1) * WG_TILE_BYTES + 16 + 1024
 
 
-def wg_kernel(modes: tuple, dkdv: str, dtype: str, decay: bool, dkp: int) -> bool:
-    """Whether a call of mode ``dkdv`` runs the chunked_wgmma.cu kernel of ``modes`` (WG_SEG_MODES, WG_FWD_MODES)."""
-    if dkdv not in modes or dtype not in WG_DTYPES or decay or dkp != 64:
+def wg_kernel(modes: tuple, dkdv: str, dtype: str, decay: bool, ok_dims: bool = True) -> bool:
+    """Whether a call of mode ``dkdv`` runs the chunked_wgmma.cu kernel of ``modes`` (WG_SEG_MODES, WG_FWD_MODES,
+    WG_BWD_MODES), given that the kernel takes the call's head dims (``ok_dims``)."""
+    if dkdv not in modes or dtype not in WG_DTYPES or decay or not ok_dims:
         return False
     from ._module import sm90a
     return sm90a()
@@ -224,6 +234,24 @@ def wg_kernel(modes: tuple, dkdv: str, dtype: str, decay: bool, dkp: int) -> boo
 def _wg_seg_state(dtype: str, stages: Optional[int] = None) -> Launchable:
     stages = WG_SEG_STAGES if stages is None else stages
     return Launchable(f"tg_seg_state<{CTYPE[dtype]}, {stages}>", smem_wg_seg_state(stages))
+
+
+def smem_wg_dq(stages: int) -> int:
+    """tg_bwd_dq's and tg_bwd_dkdv's: four tiles a stage and the state tile."""
+    return (4 * stages + 1) * WG_TILE_BYTES + 16 + 1024
+
+
+@functools.lru_cache(maxsize=None)
+def _wg_dq(dtype: str, esum: bool, stages: Optional[int] = None) -> Launchable:
+    stages = WG_DQ_STAGES if stages is None else stages
+    return Launchable(f"tg_bwd_dq<{CTYPE[dtype]}, {stages}, {str(esum).lower()}>", smem_wg_dq(stages))
+
+
+@functools.lru_cache(maxsize=None)
+def _wg_dkdv(dtype: str, stages: Optional[int] = None, lowreg: Optional[bool] = None) -> Launchable:
+    stages = WG_DKDV_STAGES if stages is None else stages
+    lowreg = WG_DKDV_LOWREG if lowreg is None else lowreg
+    return Launchable(f"tg_bwd_dkdv<{CTYPE[dtype]}, {stages}, {str(lowreg).lower()}>", smem_wg_dq(stages))
 
 
 @functools.lru_cache(maxsize=None)
@@ -287,7 +315,10 @@ _DG = {dt: f"tc_dg<{c}>" for dt, c in CTYPE.items()}          # d log_decay writ
 COMMON = ("tc_seg_scan<false>", "tc_seg_scan<true>", "tc_dg_part") + tuple(_DG.values())
 GROUPS = {(dt, split, st): _group(dt, split, st)
           for st in STAGES for dt, split in (("float16", 1), ("bfloat16", 1), ("float32", 3), ("float32", 1))}
-WG_GROUPS = {dt: tuple(f(dt, s).expr for f in (_wg_seg_state, _wg_fwd) for s in WG_STAGE_CHOICES) for dt in WG_DTYPES}
+WG_GROUPS = {dt: tuple([f(dt, s).expr for f in (_wg_seg_state, _wg_fwd) for s in WG_STAGE_CHOICES]
+                       + [_wg_dq(dt, e, s).expr for e in (False, True) for s in WG_STAGE_CHOICES]
+                       + [_wg_dkdv(dt, s, lr).expr for s in WG_STAGE_CHOICES for lr in (False, True)])
+             for dt in WG_DTYPES}
 INSTANTIATIONS = list(dict.fromkeys((SOURCE, e) for grp in list(GROUPS.values()) + [COMMON] for e in grp))
 INSTANTIATIONS += [(WG_SOURCE, e) for grp in WG_GROUPS.values() for e in grp]
 declare_groups(SOURCE, list(GROUPS.values()) + [COMMON])      # what cli.py warmup compiles
@@ -444,7 +475,7 @@ class _CorePlan:
         grid = (tab.nseg * self.ntv, N)
         self.seg_state = self.seg_scan = None
         if not (causal and tab.single):
-            if wg_kernel(WG_SEG_MODES, dkdv, dt, self.decay, self.dkp):
+            if wg_kernel(WG_SEG_MODES, dkdv, dt, self.decay, self.dkp == 64):
                 seg = _wg_seg_state(dt)
                 self.seg_state = Prepared(_wg_kern(dt, seg.expr), grid, (seg.threads,), seg.smem)
             else:
@@ -454,7 +485,7 @@ class _CorePlan:
                 self.seg_scan = Prepared(_common("tc_seg_scan<false>"), (-(-self.E // 256), tab.nseq, N), (256,))
         # dq folded into the dk/dv walk (DKDV_DQ): the forward writes the state before every chunk
         self.fold = folded(self.dkp, self.dvp, dkdv, causal)
-        if causal and not self.fold and wg_kernel(WG_FWD_MODES, dkdv, dt, self.decay, self.dkp):
+        if causal and not self.fold and wg_kernel(WG_FWD_MODES, dkdv, dt, self.decay, self.dkp == 64):
             wf = _wg_fwd(dt)
             self.fwd = Prepared(_wg_kern(dt, wf.expr), grid, (wf.threads,), wf.smem)
         else:
@@ -551,11 +582,21 @@ class _BackwardPlan:
                                   (tab.nseg * cp_.ntv, N))
         if not tab.single:                                    # several segments: their sums chained
             self.rscan = Prepared(_common("tc_seg_scan<true>"), (-(-cp_.E // 256), tab.nseq, N), (256,))
-        self.dq = None if cp_.fold else _prepared(dt, split, stages, _dq(dt, split, stages, cp_.dvp, self.esum),
-                                                  (tab.nseg * cp_.ntk, N))
-        self.dkdv = tuple(_prepared(dt, split, stages, _dkdv(dt, split, stages, cp_.dkp, cp_.dvp, which, layout),
-                                    (tab.nseg * (cp_.ntk if which == 1 else cp_.ntv if which == 2 else 1), N))
-                          for which, layout in dkdv_launches(cp_.dkp, cp_.dvp, dkdv, cp_.causal))
+        if cp_.fold:
+            self.dq = None
+        elif cp_.causal and wg_kernel(WG_BWD_MODES, dkdv, dt, cp_.decay, cp_.dvp == 64):
+            wq = _wg_dq(dt, self.esum)
+            self.dq = Prepared(_wg_kern(dt, wq.expr), (tab.nseg * cp_.ntk, N), (wq.threads,), wq.smem)
+        else:
+            self.dq = _prepared(dt, split, stages, _dq(dt, split, stages, cp_.dvp, self.esum), (tab.nseg * cp_.ntk, N))
+        launches = dkdv_launches(cp_.dkp, cp_.dvp, dkdv, cp_.causal)
+        if launches == ((0, 0),) and cp_.causal and wg_kernel(WG_BWD_MODES, dkdv, dt, cp_.decay):
+            wk = _wg_dkdv(dt)
+            self.dkdv = (Prepared(_wg_kern(dt, wk.expr), (tab.nseg, N), (wk.threads,), wk.smem),)
+        else:
+            self.dkdv = tuple(_prepared(dt, split, stages, _dkdv(dt, split, stages, cp_.dkp, cp_.dvp, which, layout),
+                                        (tab.nseg * (cp_.ntk if which == 1 else cp_.ntv if which == 2 else 1), N))
+                              for which, layout in launches)
         self.want_dg = want_dg
         self.anchored = want_dg and cp_.anchored
         self.layout = None              # the outputs' backends.OutputLayout, from the first call's arrays

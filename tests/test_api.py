@@ -198,9 +198,9 @@ def test_backend_default_can_depend_on_dtype():
     assert registry.get("softmax", "cupy", dtype="float16").name == "fa2"
     assert registry.get("softmax", "cupy", dtype="float32").name == "fa2_3xtf32"
     assert registry.get("softmax", "cupy").name == "flash"
-    # linear: the forward walker on warpgroup MMA in 16 bits (its mma.sync kernels elsewhere), the REV sums in dq
+    # linear: the walkers on warpgroup MMA in 16 bits (its mma.sync kernels elsewhere), the REV sums in dq
     assert [registry.get("linear", "cupy", dtype=d).name for d in ("float16", "bfloat16", "float32")] == \
-        ["chunked_mma_wg", "chunked_mma_wg", "chunked_mma_dqr"]
+        ["chunked_mma_wgb", "chunked_mma_wgb", "chunked_mma_dqr"]
     # decayed bfloat16 keeps the anchored 16-bit core; the other dtypes form the REV sums in the dq walker
     assert [registry.get("decayed", "cupy", dtype=d).name for d in ("float16", "bfloat16", "float32")] == \
         ["chunked_mma_dqr", "chunked_mma", "chunked_mma_dqr"]
@@ -214,7 +214,7 @@ def test_a_default_that_cannot_take_the_inputs_falls_back(monkeypatch):
     shapes = {"q": (2, 70, 200), "k": (2, 70, 200), "v": (2, 70, 200)}
     opts = dict(causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6)
     small = {n: (2, 70, 64) for n in shapes}
-    assert ops._pick_variant("linear", "cupy", "cupy", "float16", opts, small).name == "chunked_mma_wg"
+    assert ops._pick_variant("linear", "cupy", "cupy", "float16", opts, small).name == "chunked_mma_wgb"
     assert ops._pick_variant("linear", "cupy", "cupy", "float16", opts, shapes).name == "chunked"
     with pytest.raises(ValueError, match="cupy:chunked_mma does not support these inputs: head dims up to 128"):
         ops._pick_variant("linear", "cupy:chunked_mma", "cupy", "float16", opts, shapes)

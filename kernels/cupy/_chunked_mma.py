@@ -118,10 +118,10 @@ DKDV_DESCRIPTION = {   # the ops' measured-rung variants of the dk/dv modes: (va
 # 2026-12-03, fwd+bwd 2-8% under the fused mode (cupy:chunked_mma) at T 4k-64k in every dtype measured (linear.md,
 # "The REV sums in the dq walker"); decayed bfloat16 keeps the anchored 16-bit core of cupy:chunked_mma (dqrev runs
 # it on the float32 core).
-# dqrev_wg (linear 16-bit: the forward walker on warpgroup MMA where the device and call allow, else dqrev's kernels):
-# H200 callE of 2026-12-04, fwd+bwd 2.4-2.5% under dqrev at 64k, 0.8-0.9% at 16k, float16 and bfloat16 (linear.md,
-# "The forward walker on wgmma").
-DKDV_DEFAULT_FOR = {("linear", "dqrev"): ("float32",), ("linear", "dqrev_wg"): ("float16", "bfloat16"),
+# dqrev_wgb (linear 16-bit: the forward and backward walkers on warpgroup MMA where the device and call allow, else
+# dqrev's kernels): H200 callF of 2026-12-04, fwd+bwd 14-18% under dqrev_wg (which was 1-2.5% under dqrev in callE) at
+# T 4k-64k, float16 and bfloat16 (linear.md, "The backward walkers on wgmma").
+DKDV_DEFAULT_FOR = {("linear", "dqrev"): ("float32",), ("linear", "dqrev_wgb"): ("float16", "bfloat16"),
                     ("decayed", "dqrev"): ("float32", "float16")}
 
 
@@ -205,9 +205,10 @@ def _seg_state(dtype, split, stages, dxp, rev, decay):
 WG_SOURCE = "chunked_wgmma.cu"
 WG_SEG_STAGES = 3           # H200 callE: 64k 170 / 169 us (float16 / bfloat16) at 3 stages, 175 / 179 at 2
 WG_FWD_STAGES = 2           # H200 callE: 64k float16 390 us at 2 stages (3 blocks/SM), 449 at 3 (2 blocks/SM)
-WG_DQ_STAGES = 2
-WG_DKDV_STAGES = 2
-WG_DKDV_LOWREG = True       # tg_bwd_dkdv's batch 2 in two: 3 blocks per SM (else 192 registers, 2 blocks)
+WG_DQ_STAGES = 2            # H200 callF: 64k float16 tg_bwd_dq 506 us at 2 stages, 584 at 3
+WG_DKDV_STAGES = 2          # ... tg_bwd_dkdv 650 at 2, 771 at 3
+WG_DKDV_LOWREG = True       # tg_bwd_dkdv's batch 2 in two: 158 registers, 3 blocks per SM (else 182, 2 blocks); callF:
+                            # 650 us against 733
 WG_STAGE_CHOICES = (2, 3)
 WG_DTYPES = ("float16", "bfloat16")
 WG_TILE_BYTES = C * 64 * 2

@@ -137,6 +137,23 @@ def test_warmup_lists_every_group_and_refuses_without_a_gpu(monkeypatch):
     assert r.exit_code == 2 and "nothing to warm up" in r.output and "no GPU here" in r.output
 
 
+def test_sm90a_sources_are_built_and_warmed_for_sm90a_only(monkeypatch):
+    """The warpgroup-MMA sources (_module.SM90A_SOURCES) compile with -arch=sm_90a in their options, the NVRTC check
+    takes them for sm_90a alone, and `cli.py warmup` lists their groups only on a compute capability 9.0 device."""
+    from kernels.cupy import _chunked_mma as mma, _module, nvrtc_check
+    from workbench import warmup
+    assert _module.source_options("chunked_wgmma.cu") == _module.DEFAULT_OPTIONS + ("-arch=sm_90a",)
+    assert _module.source_options("chunked_mma.cu") == _module.DEFAULT_OPTIONS
+    assert nvrtc_check.archs("wgmma_check.cu") == ("sm_90a",) and nvrtc_check.archs("softmax.cu") == nvrtc_check.ARCHS
+    assert set(_module.SM90A_SOURCES) == {src for src in nvrtc_check.instantiations()
+                                          if "wgmma.cuh" in _module.source(src)}
+    for on in (False, True):
+        monkeypatch.setattr(_module, "sm90a", lambda on=on: on)
+        srcs = {src for src, _ in warmup.cupy_groups(("linear",))}
+        assert ("chunked_wgmma.cu" in srcs) == on and "chunked_mma.cu" in srcs
+        assert not mma.wg_kernel(mma.WG_FWD_MODES, "dqrev_wgb", "float16", False) or on
+
+
 def test_cuda_source_text_changes_with_its_headers(tmp_path, monkeypatch):
     """CuPy's on-disk cache keys on the source text: a header edit must change it."""
     from kernels.cupy import _module

@@ -30,6 +30,12 @@ walkers; ``REV_IN_DQ``: ``tc_bwd_dq`` (its ESUM) also forms the REV segment sums
 is not launched -- causal calls of several segments, at every dk and dv <= 64; cupy:chunked_mma_dqr) or "dqrev_roles"
 (the "roles" walker after the "dqrev" dq walker; cupy:chunked_mma_dqr8r, a rung measured at long T).  Above 64
 the separate kernels (and ``tc_bwd_dq``) run in every mode.
+
+Warpgroup MMA (kernels/cuda/chunked_wgmma.cu, sm_90a: ``wg_kernel`` decides per kernel): "dqrev_wgs" sums the
+forward's segment states with ``tg_seg_state`` (cupy:chunked_mma_wgs, a rung), "dqrev_wg" walks the causal forward
+with ``tg_fwd`` (cupy:chunked_mma_wg), "dqrev_wgb" also the backward with ``tg_bwd_dq`` and ``tg_bwd_dkdv``
+(cupy:chunked_mma_wgb, linear's 16-bit default); every other kernel of these modes, and every kernel of a call they do
+not take (float32, log decays, wider heads, another device), is the "dqrev" mode's.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Every CUDA source in kernels/cuda compiles with NVRTC for sm_90 (and to compute_80 PTX), with every template
+"""Every CUDA source in kernels/cuda compiles with NVRTC for sm_90 (and to compute_80 PTX; the warpgroup-MMA sources
+for sm_90a alone), with every template
 instantiation the kernels.cupy modules launch, with no error and no warning.  Needs no GPU: only
 ``cuda-bindings`` and the ``nvidia-cuda-nvrtc`` wheel (the sources include no toolkit header)."""
 import pytest

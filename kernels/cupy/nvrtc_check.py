@@ -6,7 +6,8 @@ with all of its name expressions at once, using kernels/cupy/_module.py's option
 log; a source no module lists is compiled bare (its non-template kernels only).  The sources are
 header-free (kernels/cuda/common.cuh), so NVRTC needs no CUDA toolkit headers.
 
-    python -m kernels.cupy.nvrtc_check            # every source, compute_80 and sm_90; exit 1 on any message
+    python -m kernels.cupy.nvrtc_check            # every source, compute_80 and sm_90 (the warpgroup-MMA sources,
+                                                  # _module.SM90A_SOURCES: sm_90a alone); exit 1 on any message
 """
 from __future__ import annotations
 

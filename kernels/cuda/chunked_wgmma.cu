@@ -1,7 +1,8 @@
 // chunked_wgmma.cu -- kernels of the tensor-core chunk core (chunked_mma.cu) on Hopper's warpgroup MMA (wgmma.cuh):
 // sm_90a only (kernels/cupy/_module.py SM90A_SOURCES).  Each is a drop-in for one chunked_mma.cu kernel: the same
 // arguments, the same results up to the order of the float32 sums, launched by kernels/cupy/_chunked_mma.py where a
-// call qualifies (docs/kernels/linear.md, "The segment-state pass on warpgroup MMA").
+// call qualifies (docs/kernels/linear.md, "Warpgroup MMA: the primitives, their model, and the first two kernels" and
+// the sections after it).  tg_bwd_dq and tg_bwd_dkdv: their comments below.
 //
 //   tg_fwd<T, STAGES>        tc_fwd<T, 64, 1, ..> of a causal linear call: T 16-bit, dk <= 64, no log decays, no
 //                            STORE.  grid (NSEG * ceil(dv / 64), N), block 128; smem: STAGES x (Q, K, V) swizzled
@@ -12,8 +13,8 @@
 //                            batch of P V (four RS products: P from registers) and the state update H += K^T V (four
 //                            SS products, K^T read M-major), which runs beside P V.  The full 64 x 64 score tile is
 //                            formed (the mask zeroes the part past the diagonal): twice tc_fwd's triangle, in fewer
-//                            instructions.  Two barriers per chunk, as tc_fwd in float16: the block max of |H| for
-//                            sigma (float16), then the state tile and chunk j's loads published.
+//                            instructions.  Two barriers per chunk (tg::chunk_top; tc_fwd: four in float16): the
+//                            block max of |H| for sigma (float16), then the state tile and chunk j's loads published.
 //   tg_seg_state<T, STAGES>  tc_seg_state<T, 64, false, 1, ..> of a linear call: T 16-bit, head dim dx <= 64, no log
 //                            decays, wscale 1 (the forward's segment sums).  grid (NSEG * ceil(dy / 64), N), block
 //                            128 (one warpgroup); smem: STAGES x (X, Y) swizzled 64 x 64 tiles + 1024 bytes of
@@ -277,7 +278,7 @@ __global__ void __launch_bounds__(128, 3) tg_bwd_dq(const T* __restrict__ q, con
 //   then     dv stored; dk's rows times sigma; P2 from S2; Q^T's fragments times scale (ldmatrix of Q)
 //   batch 3  dk += P2 Q, dS += (scale Q)^T dO                        (eight RS)
 // LOWREG: batch 2 in two, dv += P1 dO waited for and stored before dk = V dS^T and S2 are issued, so at most dS, dv
-// and P1, then dS, dk and S2 are live (<= 168 registers: 3 blocks per SM); else dS, dv, P1, dk and S2 at once (192
+// and P1, then dS, dk and S2 are live (158 registers: 3 blocks per SM); else dS, dv, P1, dk and S2 at once (182
 // registers: 2 blocks per SM) with one wait fewer per chunk.  The dS update runs for every
 // chunk (no branch inside a batch; tc_bwd_dkdv skips the segment's first chunk when nothing wants dSstart).
 template <typename T, int STAGES, bool LOWREG>

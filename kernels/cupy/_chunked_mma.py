@@ -207,7 +207,8 @@ def _seg_state(dtype, split, stages, dxp, rev, decay):
 
 
 # The kernels of chunked_wgmma.cu: their load stages; one stage's swizzled tiles take 8 KB each (tg_seg_state: X, Y;
-# tg_fwd: Q, K, V, and the state tile beside the stages), plus 1 KB of slack that aligns them to 1024 bytes.
+# tg_fwd: Q, K, V; tg_bwd_dq: dO, V, K, Q; tg_bwd_dkdv: Q, K, V, dO; the walkers' state tile beside the stages), plus
+# 1 KB of slack that aligns them to 1024 bytes.
 WG_SOURCE = "chunked_wgmma.cu"
 WG_SEG_STAGES = 3           # H200 callE: 64k 170 / 169 us (float16 / bfloat16) at 3 stages, 175 / 179 at 2
 WG_FWD_STAGES = 2           # H200 callE: 64k float16 390 us at 2 stages (3 blocks/SM), 449 at 3 (2 blocks/SM)

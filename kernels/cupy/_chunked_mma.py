@@ -225,8 +225,10 @@ def smem_wg_seg_state(stages: int) -> int:
     return stages * 2 * WG_TILE_BYTES + 1024
 
 
-def smem_wg_fwd(stages: int) -> int:
-    return (3 * stages + 1) * WG_TILE_BYTES + 16 + 1024
+def smem_wg_walk(tiles: int, stages: int) -> int:
+    """A chunked_wgmma.cu walker's: ``tiles`` tiles a stage (tg_fwd 3, tg_bwd_dq and tg_bwd_dkdv 4), the state tile,
+    4 floats (the block max of float16's sigma) and the slack that aligns the tiles to 1024 bytes."""
+    return (tiles * stages + 1) * WG_TILE_BYTES + 16 + 1024
 
 
 def wg_kernel(modes: tuple, dkdv: str, dtype: str, decay: bool, ok_dims: bool = True) -> bool:
@@ -244,28 +246,23 @@ def _wg_seg_state(dtype: str, stages: Optional[int] = None) -> Launchable:
     return Launchable(f"tg_seg_state<{CTYPE[dtype]}, {stages}>", smem_wg_seg_state(stages))
 
 
-def smem_wg_dq(stages: int) -> int:
-    """tg_bwd_dq's and tg_bwd_dkdv's: four tiles a stage and the state tile."""
-    return (4 * stages + 1) * WG_TILE_BYTES + 16 + 1024
-
-
 @functools.lru_cache(maxsize=None)
 def _wg_dq(dtype: str, esum: bool, stages: Optional[int] = None) -> Launchable:
     stages = WG_DQ_STAGES if stages is None else stages
-    return Launchable(f"tg_bwd_dq<{CTYPE[dtype]}, {stages}, {str(esum).lower()}>", smem_wg_dq(stages))
+    return Launchable(f"tg_bwd_dq<{CTYPE[dtype]}, {stages}, {str(esum).lower()}>", smem_wg_walk(4, stages))
 
 
 @functools.lru_cache(maxsize=None)
 def _wg_dkdv(dtype: str, stages: Optional[int] = None, lowreg: Optional[bool] = None) -> Launchable:
     stages = WG_DKDV_STAGES if stages is None else stages
     lowreg = WG_DKDV_LOWREG if lowreg is None else lowreg
-    return Launchable(f"tg_bwd_dkdv<{CTYPE[dtype]}, {stages}, {str(lowreg).lower()}>", smem_wg_dq(stages))
+    return Launchable(f"tg_bwd_dkdv<{CTYPE[dtype]}, {stages}, {str(lowreg).lower()}>", smem_wg_walk(4, stages))
 
 
 @functools.lru_cache(maxsize=None)
 def _wg_fwd(dtype: str, stages: Optional[int] = None) -> Launchable:
     stages = WG_FWD_STAGES if stages is None else stages
-    return Launchable(f"tg_fwd<{CTYPE[dtype]}, {stages}>", smem_wg_fwd(stages))
+    return Launchable(f"tg_fwd<{CTYPE[dtype]}, {stages}>", smem_wg_walk(3, stages))
 
 
 @functools.lru_cache(maxsize=None)
@@ -346,6 +343,11 @@ def _common(expr: str):
 @functools.lru_cache(maxsize=None)
 def _wg_kern(dtype: str, expr: str):
     return get_kernel(WG_SOURCE, expr, group=WG_GROUPS[dtype])
+
+
+def _wg_prepared(dt: str, k: Launchable, grid):
+    """A chunked_wgmma.cu kernel's launch at ``grid`` (as ``_prepared`` for chunked_mma.cu's)."""
+    return Prepared(_wg_kern(dt, k.expr), grid, (k.threads,), k.smem)
 
 
 # ----------------------------------------------------------------------------- segments
@@ -484,8 +486,7 @@ class _CorePlan:
         self.seg_state = self.seg_scan = None
         if not (causal and tab.single):
             if wg_kernel(WG_SEG_MODES, dkdv, dt, self.decay, self.dkp == 64):
-                seg = _wg_seg_state(dt)
-                self.seg_state = Prepared(_wg_kern(dt, seg.expr), grid, (seg.threads,), seg.smem)
+                self.seg_state = _wg_prepared(dt, _wg_seg_state(dt), grid)
             else:
                 seg = _seg_state(dt, split, stages, self.dkp, False, self.decay)
                 self.seg_state = _prepared(dt, split, stages, seg, grid)
@@ -494,8 +495,7 @@ class _CorePlan:
         # dq folded into the dk/dv walk (DKDV_DQ): the forward writes the state before every chunk
         self.fold = folded(self.dkp, self.dvp, dkdv, causal)
         if causal and not self.fold and wg_kernel(WG_FWD_MODES, dkdv, dt, self.decay, self.dkp == 64):
-            wf = _wg_fwd(dt)
-            self.fwd = Prepared(_wg_kern(dt, wf.expr), grid, (wf.threads,), wf.smem)
+            self.fwd = _wg_prepared(dt, _wg_fwd(dt), grid)
         else:
             self.fwd = _prepared(dt, split, stages, _fwd(dt, split, stages, self.dkp, store=self.fold), grid)
         self.fold_args = (_ptr(None),) * 3                      # tc_fwd's Hst, Hsig, seg_c0 without STORE
@@ -593,14 +593,12 @@ class _BackwardPlan:
         if cp_.fold:
             self.dq = None
         elif cp_.causal and wg_kernel(WG_BWD_MODES, dkdv, dt, cp_.decay, cp_.dvp == 64):
-            wq = _wg_dq(dt, self.esum)
-            self.dq = Prepared(_wg_kern(dt, wq.expr), (tab.nseg * cp_.ntk, N), (wq.threads,), wq.smem)
+            self.dq = _wg_prepared(dt, _wg_dq(dt, self.esum), (tab.nseg * cp_.ntk, N))
         else:
             self.dq = _prepared(dt, split, stages, _dq(dt, split, stages, cp_.dvp, self.esum), (tab.nseg * cp_.ntk, N))
         launches = dkdv_launches(cp_.dkp, cp_.dvp, dkdv, cp_.causal)
         if launches == ((0, 0),) and cp_.causal and wg_kernel(WG_BWD_MODES, dkdv, dt, cp_.decay):
-            wk = _wg_dkdv(dt)
-            self.dkdv = (Prepared(_wg_kern(dt, wk.expr), (tab.nseg, N), (wk.threads,), wk.smem),)
+            self.dkdv = (_wg_prepared(dt, _wg_dkdv(dt), (tab.nseg, N)),)
         else:
             self.dkdv = tuple(_prepared(dt, split, stages, _dkdv(dt, split, stages, cp_.dkp, cp_.dvp, which, layout),
                                         (tab.nseg * (cp_.ntk if which == 1 else cp_.ntv if which == 2 else 1), N))

@@ -237,14 +237,14 @@ def test_wg_launches():
     assert seg("float16", 64, False, "dqrev_wgs") == (f"tg_seg_state<wb_half, {mma.WG_SEG_STAGES}>" if wg else
                                                       "tc_seg_state<wb_half, 64, false, 1, 2>")
     assert seg("bfloat16", 48, False, "dqrev_wgs").startswith("tg_seg_state<wb_bf16" if wg else "tc_seg_state<")
-    assert fwd("float16", 64, False, "dqrev_wg") == (f"tg_fwd<wb_half, {mma.WG_FWD_STAGES}>" if wg else
+    assert fwd("float16", 64, False, "dqrev_wg") == (f"tg_fwd<wb_half, {mma.WG_FWD_STAGES}, false>" if wg else
                                                      "tc_fwd<wb_half, 64, 1, 1>")
     assert fwd("bfloat16", 40, False, "dqrev_wg").startswith("tg_fwd<wb_bf16" if wg else "tc_fwd<")
     assert fwd("float16", 64, False, "dqrev_wgb").startswith("tg_fwd<" if wg else "tc_fwd<")
     dq, dkdv = bwd("float16", 64, False, "dqrev_wgb")
     lr = str(mma.WG_DKDV_LOWREG).lower()
-    assert (dq, dkdv) == ((f"tg_bwd_dq<wb_half, {mma.WG_DQ_STAGES}, true>",
-                           (f"tg_bwd_dkdv<wb_half, {mma.WG_DKDV_STAGES}, {lr}>",)) if wg else
+    assert (dq, dkdv) == ((f"tg_bwd_dq<wb_half, {mma.WG_DQ_STAGES}, true, false>",
+                           (f"tg_bwd_dkdv<wb_half, {mma.WG_DKDV_STAGES}, {lr}, false>",)) if wg else
                           ("tc_bwd_dq<wb_half, 64, 1, 1, true>", ("tc_bwd_dkdv<wb_half, 64, 64, 1, 0, 0, 1>",)))
     dq, dkdv = bwd("bfloat16", 96, False, "dqrev_wgb", dv=40)           # dq at Dk 96: two dk tiles; dk/dv: wide
     assert dq.startswith("tg_bwd_dq<wb_bf16" if wg else "tc_bwd_dq<") and all(x.startswith("tc_") for x in dkdv)
@@ -252,7 +252,13 @@ def test_wg_launches():
     assert dq.startswith("tc_bwd_dq<") and dkdv[0].startswith("tc_bwd_dkdv<")
     assert seg("float16", 64, False, "dqrev_wg").startswith("tc_seg_state<")        # the forward walker only
     assert fwd("float16", 64, False, "dqrev_wgs").startswith("tc_fwd<")             # the segment sums only
-    for args in (("float16", 64, True), ("float32", 64, False), ("float16", 80, False)):
+    # log decays: the walkers' DECAY instantiations (two stages, tc::Walk), never the segment sums' pass
+    assert seg("float16", 64, True, "dqrev_wgs").startswith("tc_seg_state<")
+    assert fwd("float16", 64, True, "dqrev_wg") == ("tg_fwd<wb_half, 2, true>" if wg else "tc_fwd<wb_half, 64, 1, 1>")
+    dq, dkdv = bwd("float16", 64, True, "dqrev_wgb")
+    assert (dq, dkdv) == (("tg_bwd_dq<wb_half, 2, true, true>", (f"tg_bwd_dkdv<wb_half, 2, {lr}, true>",)) if wg else
+                          ("tc_bwd_dq<wb_half, 64, 1, 1, true>", ("tc_bwd_dkdv<wb_half, 64, 64, 1, 0, 0, 1>",)))
+    for args in (("float32", 64, False), ("float16", 80, False)):
         assert seg(*args, "dqrev_wgs").startswith("tc_seg_state<"), args
         assert fwd(*args, "dqrev_wg").startswith("tc_fwd<"), args
         dq, dkdv = bwd(*args, "dqrev_wgb")

@@ -128,9 +128,86 @@ __device__ __forceinline__ float chunk_top(const float (&St)[1][8][4], T* tile, 
 // fences the compiler may not move accumulator reads or writes across (wbgmma::fence_acc of each)
 template <typename... A>
 __device__ __forceinline__ void fence_accs(A&... a) { (wbgmma::fence_acc(a[0]), ...); }
+
+// A walker's load pipeline and chunk top, with (DECAY) or without log decays.  issue(j, st): chunk j's tiles into
+// stage st; grows(j): its log decays (tc::grows_at).  Without: tg::prologue and tg::chunk_top (the linear walkers'
+// two barriers per chunk).  With: tc::Walk (warp 0's log decays of chunk j into the Trailer at the top, chunk j + 1's
+// copied a chunk ahead), then the state / sigma into its tile (float16: the block max through tr->red, one barrier),
+// chunk j's loads waited for, the async-proxy fence and the barrier that publishes the tile, the tiles and the
+// Trailer -- three barriers per chunk in float16, two otherwise (tc's walkers: four and two).
+template <int STAGES, bool DECAY>
+struct Pipe {
+    template <typename F, typename G>
+    __device__ __forceinline__ Pipe(int nch, tc::Trailer*, F&& issue, G&&) {
+        prologue<STAGES>(nch, [&](int j) { issue(j, j % STAGES); });
+    }
+    template <typename T, typename F, typename G>
+    __device__ __forceinline__ float top(int j, int nch, tc::Trailer*, F&& issue, G&&, const float (&St)[1][8][4],
+                                         T* tile, float* red) {
+        return chunk_top<T, STAGES>(St, tile, red, [&] {
+            if (j + STAGES - 1 < nch) issue(j + STAGES - 1, (j + STAGES - 1) % STAGES);
+        });
+    }
+};
+template <int STAGES>
+struct Pipe<STAGES, true> {
+    tc::Walk<STAGES> walk;
+    template <typename F, typename G>
+    __device__ __forceinline__ Pipe(int nch, tc::Trailer* tr, F&& issue, G&& grows) : walk(nch, true, tr, issue, grows) {}
+    template <typename T, typename F, typename G>
+    __device__ __forceinline__ float top(int j, int, tc::Trailer* tr, F&& issue, G&& grows, const float (&St)[1][8][4],
+                                         T* tile, float*) {
+        walk.top(j, tr, issue, grows);                          // barrier: chunk j - 1 done; loads; log decays
+        float sigma = 1.f, inv = 1.f;
+        if constexpr (wbmma::Traits<T>::HALF) {
+            const float mx = tc::warp_abs_max(St);
+            if ((threadIdx.x & 31) == 0) tr->red[threadIdx.x >> 5] = mx;
+            __syncthreads();
+            tc::pow2_scale(fmaxf(fmaxf(tr->red[0], tr->red[1]), fmaxf(tr->red[2], tr->red[3])), sigma, inv);
+        }
+        frags_to_tile<T>(St[0], tile, 16 * (threadIdx.x >> 5), inv);
+        walk.wait();
+        wbgmma::fence_proxy_async();
+        __syncthreads();
+        return sigma;
+    }
+};
+
+// A^T's register fragments for an RS product contracting over the chunk (k = tokens): the warp's 16 rows (columns
+// 16 w .. of a swizzled tile stored [token][column]), each k-slice weighed in float32 and rounded to T once, as tc's
+// KWeights weighs mma.sync fragments (f: a weight per token or nullptr, times mul).
+template <typename T>
+__device__ __forceinline__ void weighed_at(unsigned (&a)[4][4], const T* tile, const float* f, float mul) {
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+        wbgmma::load_a<true>(a[ks], tile, 16 * (threadIdx.x >> 5), 16 * ks);
+        tc::KWeights<T>{f, mul}(reinterpret_cast<unsigned (&)[1][4]>(a[ks]), 16 * ks);
+    }
+}
+
+// Row dots x_r . acc_r of the warp's 16 rows (tile rows m0 ..) against a swizzled tile's rows, written to out[r] for
+// rows r < nrow (tc::row_dots on the swizzled layout: d log_decay's q.dq and k.dk)
+template <typename T>
+__device__ __forceinline__ void row_dots(const float (&a)[8][4], const T* tile, int m0, int nrow, float* __restrict__ out) {
+    const int gq = (threadIdx.x & 31) >> 2, tq = threadIdx.x & 3;
+    const unsigned char* b = reinterpret_cast<const unsigned char*>(tile);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int r = m0 + gq + 8 * h;
+        float d = 0.f;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+            const T* x = reinterpret_cast<const T*>(b + wbgmma::sw128(r, nt)) + 2 * tq;
+            d += a[nt][2 * h] * to_f32(x[0]) + a[nt][2 * h + 1] * to_f32(x[1]);
+        }
+        d += __shfl_xor_sync(0xffffffffu, d, 1);
+        d += __shfl_xor_sync(0xffffffffu, d, 2);
+        if (tq == 0 && r < nrow) out[r] = d;
+    }
+}
 }  // namespace tg
 
-template <typename T, int STAGES>
+template <typename T, int STAGES, bool DECAY>
 __global__ void __launch_bounds__(128) tg_fwd(const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const void* __restrict__ g, T* __restrict__ o, const float* __restrict__ Hin,
         float* __restrict__ Hend, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1,
@@ -142,7 +219,8 @@ __global__ void __launch_bounds__(128) tg_fwd(const T* __restrict__ q, const T* 
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: Q, K, V at (3 s + 0, 1, 2) TILE
     T* sH = stages + STAGES * 3 * TILE;
-    float* red = reinterpret_cast<float*>(sH + TILE);           // each warp's max |H| (float16)
+    float* red = reinterpret_cast<float*>(sH + TILE);           // each warp's max |H| (float16) ...
+    Trailer* tr = reinterpret_cast<Trailer*>(sH + TILE);        // ... or, DECAY, the Trailer (red inside)
     const int ntv = (dv + BV - 1) / BV;
     const int vt = blockIdx.x % ntv, s = blockIdx.x / ntv, n = blockIdx.y;
     const int c0 = vt * BV, w = threadIdx.x >> 5;
@@ -151,21 +229,22 @@ __global__ void __launch_bounds__(128) tg_fwd(const T* __restrict__ q, const T* 
     float H[1][8][4];
     state_load(H, Hin ? Hin + ((long long)n * NSEG + s) * E : nullptr, 16 * w, 0, c0, dk, dv);
     const int nch = (t1 - t0 + C - 1) / C;
-    auto issue = [&](int j) {
-        T* sQ = stages + (j % STAGES) * 3 * TILE;
+    auto issue = [&](int j, int st) {
+        T* sQ = stages + st * 3 * TILE;
         const long long row0 = nT + t0 + C * j;
         const int nrow = min(C, t1 - (t0 + C * j));
         wbgmma::load_tile<T, C, THREADS>(sQ, q + row0 * dk, dk, nrow, 0, dk);
         wbgmma::load_tile<T, C, THREADS>(sQ + TILE, k + row0 * dk, dk, nrow, 0, dk);
         wbgmma::load_tile<T, C, THREADS>(sQ + 2 * TILE, v + row0 * dv, dv, nrow, c0, dv);
     };
-    tg::prologue<STAGES>(nch, issue);
+    auto grows = [&](int j) { return grows_at(g, g_kind, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
+    tg::Pipe<STAGES, DECAY> pipe(nch, tr, issue, grows);
     for (int j = 0; j < nch; ++j) {
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
         const T* sQ = stages + (j % STAGES) * 3 * TILE;
         const T* sK = sQ + TILE;
         const T* sV = sK + TILE;
-        const float sigma = tg::chunk_top<T, STAGES>(H, sH, red, [&] { if (j + STAGES - 1 < nch) issue(j + STAGES - 1); });
+        const float sigma = pipe.top(j, nch, tr, issue, grows, H, sH, red);
         float acc[1][8][4], S[1][8][4];
         tg::fence_accs(acc, S);
         wbgmma::fence();
@@ -174,13 +253,20 @@ __global__ void __launch_bounds__(128) tg_fwd(const T* __restrict__ q, const T* 
         wbgmma::commit();
         wbgmma::wait<0>();
         tg::fence_accs(acc, S);
-        scale_acc(acc, scale * sigma);
+        if constexpr (DECAY) scale_acc_rows(acc, 16 * w, [&](int r) { return scale * sigma * tr->e[r]; });
+        else scale_acc(acc, scale * sigma);
         wbmma::AFrags<T, 8> P;
-        intra_frags<T, true>(P, S, 16 * w, nullptr, false, scale);
+        intra_frags<T, true>(P, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
+        unsigned kf[4][4];                                      // DECAY: (diag(u) K)^T's fragments
+        if constexpr (DECAY) {
+            scale_acc(H, tr->e[C - 1]);
+            tg::weighed_at<T>(kf, sK, tr->u, 1.f);
+        }
         tg::fence_accs(acc, H);
         wbgmma::fence();
         wbgmma::gemm64_rs<T, true>(acc[0], P.f, sV);                  // o += P V
-        wbgmma::gemm64_ss<T, true, true>(H[0], sK, sV, true);         // H += K^T V (also after the last chunk: no
+        if constexpr (DECAY) wbgmma::gemm64_rs<T, true>(H[0], kf, sV);   // H <- e^{b_last} H + K^T diag(u) V
+        else wbgmma::gemm64_ss<T, true, true>(H[0], sK, sV, true);    // H += K^T V (also after the last chunk: no
         wbgmma::commit();                                              // branch between a batch's wgmmas)
         wbgmma::wait<0>();
         tg::fence_accs(acc, H);
@@ -190,17 +276,21 @@ __global__ void __launch_bounds__(128) tg_fwd(const T* __restrict__ q, const T* 
     if (Hend) state_store(H, Hend + ((long long)n * NSEG + s) * E, 16 * w, 0, c0, dk, dv);
 }
 
-// tg_bwd_dq<T, STAGES, ESUM>: tc_bwd_dq<T, 64, 1, .., ESUM> of a causal linear call (16-bit, dv <= 64, no log decays).
-// grid (NSEG * ceil(dk / 64), N), block 128; smem: STAGES x (dO, V, K, Q) swizzled tiles (K, Q: this block's 64 dk
-// columns; Q loaded with ESUM only), the state tile (H / sigma: rows dk, columns dv), 4 floats, 1024 bytes of slack.
-// Per chunk, after the state went to shared memory (two barriers, as tg_fwd): one batch of dO H^T and dO V^T (eight
-// SS products) and a second batch beside it of the state update H += K^T V and, with ESUM, the REV sum Es += Q^T dO
-// (eight SS products, K^T and Q^T read M-major: nothing the first batch's epilogue waits for); then dq's rows
-// scaled by scale sigma and dP = the masked, scaled dO V^T in registers; one batch of dP K (four RS).  Es is summed
-// unscaled and multiplied by scale once at the end (tc_bwd_dq weighs Q^T's fragments by scale in T instead: the
-// results agree to rounding).
-template <typename T, int STAGES, bool ESUM>
-__global__ void __launch_bounds__(128, 3) tg_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
+// tg_bwd_dq<T, STAGES, ESUM, DECAY>: tc_bwd_dq<T, 64, 1, .., ESUM> of a causal call (16-bit, dv <= 64; DECAY: with log
+// decays).  grid (NSEG * ceil(dk / 64), N), block 128; smem: STAGES x (dO, V, K, Q) swizzled tiles (K, Q: this block's
+// 64 dk columns; Q loaded with ESUM or DECAY), the state tile (H / sigma: rows dk, columns dv), 4 floats or (DECAY) the
+// Trailer, 1024 bytes of slack.  Per chunk, after the state went to shared memory (tg::Pipe): one batch of dO H^T
+// and dO V^T (eight SS products) and a second batch beside it of the state update and, with ESUM, the REV sum:
+//   linear: H += K^T V, Es += Q^T dO (eight SS, K^T and Q^T read M-major), Es times scale once at the end (tc_bwd_dq
+//           weighs Q^T's fragments by scale in T instead: the results agree to rounding), and only the first batch
+//           is waited for before dq's epilogue (the second runs on beside it);
+//   DECAY:  H <- e^{b_last} H + K^T diag(u) V and Es += Q^T diag(scale e^{B_c + b_t - beta}) dO (RS: tc_bwd_dq's
+//           weighed fragments, tg::weighed_at; its base and B_c as there), both batches waited for (the weighed
+//           fragments must live until their products are done);
+// then dq's rows scaled by scale sigma (e^{b_t}), dP = the masked, scaled (decayed) dO V^T in registers; one batch of
+// dP K (four RS); DECAY and rq: the row dots q.dq.
+template <typename T, int STAGES, bool ESUM, bool DECAY>
+__global__ void __launch_bounds__(128, DECAY && ESUM ? 1 : 3) tg_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const void* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dq,
         float* __restrict__ rq, const float* __restrict__ Hin, const int* __restrict__ seg_t0,
         const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, int T_, int dk, int dv, int NSEG,
@@ -212,8 +302,9 @@ __global__ void __launch_bounds__(128, 3) tg_bwd_dq(const T* __restrict__ q, con
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: dO, V, K, Q at (4 s + 0, 1, 2, 3) TILE
     T* sH = stages + STAGES * 4 * TILE;
     float* red = reinterpret_cast<float*>(sH + TILE);
+    Trailer* tr = reinterpret_cast<Trailer*>(sH + TILE);
     const int ntk = (dk + BV - 1) / BV;
-    const int kt = blockIdx.x % ntk, s = blockIdx.x / ntk, n = blockIdx.y;
+    const int kt = blockIdx.x % ntk, s = blockIdx.x / ntk, n = blockIdx.y, N = gridDim.y;
     const int k0 = kt * BV, w = threadIdx.x >> 5;
     const int t0 = seg_t0[s], t1 = seg_t1[s];
     const long long nT = (long long)n * T_, E = (long long)dk * dv;
@@ -221,38 +312,65 @@ __global__ void __launch_bounds__(128, 3) tg_bwd_dq(const T* __restrict__ q, con
     state_load(H, Hin ? Hin + ((long long)n * NSEG + s) * E : nullptr, 16 * w, k0, 0, dk, dv);
     float Es[1][8][4];
     zero(Es);
+    double Bd = 0.0;                                            // DECAY, ESUM: B_c - beta (tc_bwd_dq)
+    float base = 1.f;                                           // DECAY, ESUM: e^{beta}, applied to Es at the end
     const int nch = (t1 - t0 + C - 1) / C;
-    auto issue = [&](int j) {
-        T* sO = stages + (j % STAGES) * 4 * TILE;
+    auto issue = [&](int j, int st) {
+        T* sO = stages + st * 4 * TILE;
         const long long row0 = nT + t0 + C * j;
         const int nrow = min(C, t1 - (t0 + C * j));
         wbgmma::load_tile<T, C, THREADS>(sO, dout + row0 * dv, dv, nrow, 0, dv);
         wbgmma::load_tile<T, C, THREADS>(sO + TILE, v + row0 * dv, dv, nrow, 0, dv);
         wbgmma::load_tile<T, C, THREADS>(sO + 2 * TILE, k + row0 * dk, dk, nrow, k0, dk);
-        if constexpr (ESUM) wbgmma::load_tile<T, C, THREADS>(sO + 3 * TILE, q + row0 * dk, dk, nrow, k0, dk);
+        if constexpr (ESUM || DECAY) wbgmma::load_tile<T, C, THREADS>(sO + 3 * TILE, q + row0 * dk, dk, nrow, k0, dk);
     };
-    tg::prologue<STAGES>(nch, issue);
+    auto grows = [&](int j) { return grows_at(g, g_kind, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
+    tg::Pipe<STAGES, DECAY> pipe(nch, tr, issue, grows);
     for (int j = 0; j < nch; ++j) {
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
         const T* sO = stages + (j % STAGES) * 4 * TILE;
         const T* sV = sO + TILE;
         const T* sK = sV + TILE;
         const T* sQ = sK + TILE;
-        const float sigma = tg::chunk_top<T, STAGES>(H, sH, red, [&] { if (j + STAGES - 1 < nch) issue(j + STAGES - 1); });
+        const float sigma = pipe.top(j, nch, tr, issue, grows, H, sH, red);
         float acc[1][8][4], S[1][8][4];
+        unsigned kf[4][4], qf[4][4];                            // DECAY: the weighed fragments of K^T and Q^T
+        if constexpr (DECAY) {
+            scale_acc(H, tr->e[C - 1]);
+            tg::weighed_at<T>(kf, sK, tr->u, 1.f);
+            if constexpr (ESUM) {
+                float mul;
+                if (j == 0) {
+                    base = weight_base(tr);
+                    Bd = base != 1.f ? -((double)tr->bh[0] + (double)tr->bl[0]) : 0.0;
+                    mul = scale / base;
+                } else {
+                    mul = scale * dexp(Bd);
+                }
+                Bd += (double)tr->bh[C - 1] + (double)tr->bl[C - 1];
+                tg::weighed_at<T>(qf, sQ, tr->e, mul);
+            }
+        }
         tg::fence_accs(acc, S, H, Es);
         wbgmma::fence();
         wbgmma::gemm64_ss<T, false, false>(acc[0], sO, sH, false);     // dq = dO H^T (H's rows are dq's columns)
         wbgmma::gemm64_ss<T, false, false>(S[0], sO, sV, false);       // S = dO V^T
         wbgmma::commit();
-        wbgmma::gemm64_ss<T, true, true>(H[0], sK, sV, true);         // H += K^T V (also after the last chunk)
-        if constexpr (ESUM) wbgmma::gemm64_ss<T, true, true>(Es[0], sQ, sO, true);   // Es += Q^T dO (scale: at the end)
+        if constexpr (DECAY) {
+            wbgmma::gemm64_rs<T, true>(H[0], kf, sV);                  // H <- e^{b_last} H + K^T diag(u) V
+            if constexpr (ESUM) wbgmma::gemm64_rs<T, true>(Es[0], qf, sO);   // Es += (weighed Q)^T dO
+        } else {
+            wbgmma::gemm64_ss<T, true, true>(H[0], sK, sV, true);     // H += K^T V (also after the last chunk)
+            if constexpr (ESUM) wbgmma::gemm64_ss<T, true, true>(Es[0], sQ, sO, true);   // Es += Q^T dO
+        }
         wbgmma::commit();
-        wbgmma::wait<1>();                                      // the first batch done; the state batch may run on
+        if constexpr (DECAY) wbgmma::wait<0>();                 // (the weighed fragments die here)
+        else wbgmma::wait<1>();                                 // the first batch done; the state batch may run on
         tg::fence_accs(acc, S);
-        scale_acc(acc, scale * sigma);
+        if constexpr (DECAY) scale_acc_rows(acc, 16 * w, [&](int r) { return scale * sigma * tr->e[r]; });
+        else scale_acc(acc, scale * sigma);
         wbmma::AFrags<T, 8> P;
-        intra_frags<T, true>(P, S, 16 * w, nullptr, false, scale);
+        intra_frags<T, true>(P, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
         tg::fence_accs(acc);
         wbgmma::fence();
         wbgmma::gemm64_rs<T, true>(acc[0], P.f, sK);                  // dq += dP K
@@ -260,28 +378,34 @@ __global__ void __launch_bounds__(128, 3) tg_bwd_dq(const T* __restrict__ q, con
         wbgmma::wait<0>();
         tg::fence_accs(acc, H, Es);
         store_rows<T, 8>(acc[0], dq + (nT + cs) * dk, dk, 16 * w, nrow, k0, dk);
+        if (DECAY && rq) tg::row_dots<T>(acc[0], sQ, 16 * w, nrow, rq + ((long long)kt * N + n) * T_ + cs);
     }
     cp_async_wait();
     if constexpr (ESUM) {
-        scale_acc(Es, scale);
+        if constexpr (DECAY) {
+            if (base != 1.f) scale_acc(Es, base);
+        } else {
+            scale_acc(Es, scale);
+        }
         state_store(Es, Eout + ((long long)n * NSEG + s) * E, 16 * w, k0, 0, dk, dv);
     }
 }
 
-// tg_bwd_dkdv<T, STAGES, LOWREG>: tc_bwd_dkdv<T, 64, 64, 1, 0, DKDV_ROWS, ..> (the fused dk/dv walker) of a causal linear
-// call (16-bit, dk, dv <= 64, no log decays).  grid (NSEG, N), block 128; smem: STAGES x (Q, K, V, dO) swizzled
-// tiles, the dS tile (dS / sigma: rows dk, columns dv), 4 floats, 1024 bytes of slack.  Walks its segment's chunks
-// backwards; per chunk, after dS went to shared memory (two barriers, as tg_fwd):
+// tg_bwd_dkdv<T, STAGES, LOWREG, DECAY>: tc_bwd_dkdv<T, 64, 64, 1, 0, DKDV_ROWS, ..> (the fused dk/dv walker) of a
+// causal call (16-bit, dk, dv <= 64; DECAY: with log decays).  grid (NSEG, N), block 128; smem: STAGES x (Q, K, V, dO)
+// swizzled tiles, the dS tile (dS / sigma: rows dk, columns dv), 4 floats or (DECAY) the Trailer, 1024 bytes of slack.
+// Walks its segment's chunks backwards; per chunk, after dS went to shared memory (tg::Pipe):
 //   batch 1  dv = K dS, S1 = K Q^T                                   (eight SS)
-//   then     dv's rows times sigma; P1 = the masked, scaled S1 (keys x queries, upper) in registers
+//   then     dv's rows times sigma (u_t); P1 = the masked, scaled (decayed) S1 (keys x queries, upper) in registers
 //   batch 2  dv += P1 dO (four RS), dk = V dS^T, S2 = V dO^T         (eight SS)
-//   then     dv stored; dk's rows times sigma; P2 from S2; Q^T's fragments times scale (ldmatrix of Q)
-//   batch 3  dk += P2 Q, dS += (scale Q)^T dO                        (eight RS)
+//   then     dv stored; dk's rows times sigma (u_t); P2 from S2; DECAY and rk: the row dots k.dk; the weighed
+//            fragments of Q^T (scale, or scale e^{b_t - b_0} with dS first times e^{b_last - b_0}: tc_bwd_dkdv's)
+//   batch 3  dk += P2 Q, dS += (weighed Q)^T dO                      (eight RS); DECAY: dS times e^{b_0} after it
 // LOWREG: batch 2 in two, dv += P1 dO waited for and stored before dk = V dS^T and S2 are issued, so at most dS, dv
-// and P1, then dS, dk and S2 are live (158 registers: 3 blocks per SM); else dS, dv, P1, dk and S2 at once (182
-// registers: 2 blocks per SM) with one wait fewer per chunk.  The dS update runs for every
-// chunk (no branch inside a batch; tc_bwd_dkdv skips the segment's first chunk when nothing wants dSstart).
-template <typename T, int STAGES, bool LOWREG>
+// and P1, then dS, dk and S2 are live (158 registers: 3 blocks per SM; 166 with DECAY); else dS, dv, P1, dk and S2 at once (182
+// registers: 2 blocks per SM) with one wait fewer per chunk.  The dS update runs for every chunk (no branch inside a
+// batch; tc_bwd_dkdv skips the segment's first chunk when nothing wants dSstart).
+template <typename T, int STAGES, bool LOWREG, bool DECAY>
 __global__ void __launch_bounds__(128, LOWREG ? 3 : 1) tg_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const void* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dkout,
         T* __restrict__ dvout, float* __restrict__ rk, const float* __restrict__ dSin, float* __restrict__ dSstart,
@@ -296,6 +420,7 @@ __global__ void __launch_bounds__(128, LOWREG ? 3 : 1) tg_bwd_dkdv(const T* __re
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: Q, K, V, dO at (4 s + 0, 1, 2, 3) TILE
     T* sS = stages + STAGES * 4 * TILE;
     float* red = reinterpret_cast<float*>(sS + TILE);
+    Trailer* tr = reinterpret_cast<Trailer*>(sS + TILE);
     const int s = blockIdx.x, n = blockIdx.y, w = threadIdx.x >> 5;
     const int t0 = seg_t0[s], t1 = seg_t1[s];
     const long long nT = (long long)n * T_, E = (long long)dk * dv;
@@ -303,8 +428,8 @@ __global__ void __launch_bounds__(128, LOWREG ? 3 : 1) tg_bwd_dkdv(const T* __re
     state_load(dS, dSin ? dSin + ((long long)n * NSEG + s) * E : nullptr, 16 * w, 0, 0, dk, dv);
     const int nch = (t1 - t0 + C - 1) / C;
     auto start = [&](int i) { return t0 + C * (nch - 1 - i); };    // chunk i of the (backward) walk
-    auto issue = [&](int i) {
-        T* sQ = stages + (i % STAGES) * 4 * TILE;
+    auto issue = [&](int i, int st) {
+        T* sQ = stages + st * 4 * TILE;
         const int cs = start(i), nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
         wbgmma::load_tile<T, C, THREADS>(sQ, q + row0 * dk, dk, nrow, 0, dk);
@@ -312,7 +437,8 @@ __global__ void __launch_bounds__(128, LOWREG ? 3 : 1) tg_bwd_dkdv(const T* __re
         wbgmma::load_tile<T, C, THREADS>(sQ + 2 * TILE, v + row0 * dv, dv, nrow, 0, dv);
         wbgmma::load_tile<T, C, THREADS>(sQ + 3 * TILE, dout + row0 * dv, dv, nrow, 0, dv);
     };
-    tg::prologue<STAGES>(nch, issue);
+    auto grows = [&](int i) { return grows_at(g, g_kind, nT + start(i), min(C, t1 - start(i))); };
+    tg::Pipe<STAGES, DECAY> pipe(nch, tr, issue, grows);
     for (int i = 0; i < nch; ++i) {
         const int cs = start(i), nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
@@ -320,7 +446,8 @@ __global__ void __launch_bounds__(128, LOWREG ? 3 : 1) tg_bwd_dkdv(const T* __re
         const T* sK = sQ + TILE;
         const T* sV = sK + TILE;
         const T* sO = sV + TILE;
-        const float sigma = tg::chunk_top<T, STAGES>(dS, sS, red, [&] { if (i + STAGES - 1 < nch) issue(i + STAGES - 1); });
+        const float sigma = pipe.top(i, nch, tr, issue, grows, dS, sS, red);
+        auto inter = [&](int r) { return sigma * (DECAY ? tr->u[r] : 1.f); };
         float gv[1][8][4], gk[1][8][4], S[1][8][4];
         wbmma::AFrags<T, 8> P;
         tg::fence_accs(gv, S);
@@ -330,8 +457,9 @@ __global__ void __launch_bounds__(128, LOWREG ? 3 : 1) tg_bwd_dkdv(const T* __re
         wbgmma::commit();
         wbgmma::wait<0>();
         tg::fence_accs(gv, S);
-        scale_acc(gv, sigma);
-        intra_frags<T, false>(P, S, 16 * w, nullptr, false, scale);
+        if constexpr (DECAY) scale_acc_rows(gv, 16 * w, inter);
+        else scale_acc(gv, sigma);
+        intra_frags<T, false>(P, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
         tg::fence_accs(gv, gk, S);
         wbgmma::fence();
         wbgmma::gemm64_rs<T, true>(gv[0], P.f, sO);                   // dv += P1 dO
@@ -349,22 +477,23 @@ __global__ void __launch_bounds__(128, LOWREG ? 3 : 1) tg_bwd_dkdv(const T* __re
         wbgmma::wait<0>();
         tg::fence_accs(gv, gk, S);
         if constexpr (!LOWREG) store_rows<T, 8>(gv[0], dvout + row0 * dv, dv, 16 * w, nrow, 0, dv);
-        scale_acc(gk, sigma);
-        intra_frags<T, false>(P, S, 16 * w, nullptr, false, scale);
-        unsigned qa[4][4];                                      // (scale Q)^T's fragments: the warp's dk rows
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks) {
-            wbgmma::load_a<true>(qa[ks], sQ, 16 * w, 16 * ks);
-            KWeights<T>{nullptr, scale}(reinterpret_cast<unsigned (&)[1][4]>(qa[ks]), 16 * ks);
-        }
+        if constexpr (DECAY) scale_acc_rows(gk, 16 * w, inter);
+        else scale_acc(gk, sigma);
+        intra_frags<T, false>(P, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
+        unsigned qa[4][4];                                      // (weighed Q)^T's fragments: the warp's dk rows
+        const float e0 = DECAY ? weight_base(tr) : 1.f;         // e^b relative to the chunk's first row
+        if constexpr (DECAY) scale_acc(dS, tr->e[C - 1] / e0);
+        tg::weighed_at<T>(qa, sQ, DECAY ? tr->e : nullptr, scale / e0);
         tg::fence_accs(gk, dS);
         wbgmma::fence();
         wbgmma::gemm64_rs<T, true>(gk[0], P.f, sQ);                   // dk += P2 Q
-        wbgmma::gemm64_rs<T, true>(dS[0], qa, sO);                    // dS += (scale Q)^T dO
+        wbgmma::gemm64_rs<T, true>(dS[0], qa, sO);                    // dS += (weighed Q)^T dO
         wbgmma::commit();
         wbgmma::wait<0>();
         tg::fence_accs(gk, dS);
+        if (DECAY && e0 != 1.f) scale_acc(dS, e0);
         store_rows<T, 8>(gk[0], dkout + row0 * dk, dk, 16 * w, nrow, 0, dk);
+        if (DECAY && rk) tg::row_dots<T>(gk[0], sK, 16 * w, nrow, rk + (long long)n * T_ + cs);
     }
     cp_async_wait();
     if (dSstart) state_store(dS, dSstart + ((long long)n * NSEG + s) * E, 16 * w, 0, 0, dk, dv);

@@ -80,13 +80,13 @@ DKDV_WARPS = (4, 8, 8)
 # padded head dims in REV_IN_DQ_DIMS (dv; wider ones keep the pass: 64 more accumulator registers would not fit);
 # dq launched before the REV scan (docs/kernels/linear.md "The REV sums in the dq walker")
 REV_IN_DQ = ("dqrev", "dqrev_roles", "dqrev_wgs", "dqrev_wg", "dqrev_wgb")
-# Modes that run kernels of chunked_wgmma.cu (Hopper's warpgroup MMA) where a call qualifies: 16-bit, no log decays,
-# dk <= 64, a compute capability 9.0 device (``wg_kernel``); the rest of the call is the "dqrev" mode's.  Linear
-# attention's rungs only: decayed calls never qualify (docs/kernels/linear.md "Warpgroup MMA").
+# Modes that run kernels of chunked_wgmma.cu (Hopper's warpgroup MMA) where a call qualifies: 16-bit, the head dims
+# each kernel takes, a compute capability 9.0 device (``wg_kernel``); the rest of the call is the "dqrev" mode's
+# (docs/kernels/linear.md "Warpgroup MMA").
 #   WG_SEG_MODES  the forward's segment sums (tg_seg_state; measured slower than tc_seg_state: callD of 2026-12-04)
-#   WG_FWD_MODES  the forward walker of causal calls (tg_fwd; Dk <= 64)
+#   WG_FWD_MODES  the forward walker of causal calls (tg_fwd; Dk <= 64; log decays or none)
 #   WG_BWD_MODES  the backward's walkers of causal calls: dq (tg_bwd_dq; Dv <= 64) and the fused dk/dv walker
-#                 (tg_bwd_dkdv; Dk, Dv <= 64)
+#                 (tg_bwd_dkdv; Dk, Dv <= 64); log decays or none
 WG_SEG_MODES = ("dqrev_wgs",)
 WG_FWD_MODES = ("dqrev_wg", "dqrev_wgb")
 WG_BWD_MODES = ("dqrev_wgb",)
@@ -225,19 +225,24 @@ def smem_wg_seg_state(stages: int) -> int:
     return stages * 2 * WG_TILE_BYTES + 1024
 
 
-def smem_wg_walk(tiles: int, stages: int) -> int:
-    """A chunked_wgmma.cu walker's: ``tiles`` tiles a stage (tg_fwd 3, tg_bwd_dq and tg_bwd_dkdv 4), the state tile,
-    4 floats (the block max of float16's sigma) and the slack that aligns the tiles to 1024 bytes."""
-    return (tiles * stages + 1) * WG_TILE_BYTES + 16 + 1024
+def smem_wg_walk(tiles: int, stages: int, decay: bool) -> int:
+    """A chunked_wgmma.cu walker's: ``tiles`` tiles a stage, the state tile, 4 floats or (decay) the Trailer, and the
+    slack that aligns the tiles to 1024 bytes."""
+    return (tiles * stages + 1) * WG_TILE_BYTES + (TRAILER_BYTES if decay else 16) + 1024
 
 
 def wg_kernel(modes: tuple, dkdv: str, dtype: str, decay: bool, ok_dims: bool = True) -> bool:
     """Whether a call of mode ``dkdv`` runs the chunked_wgmma.cu kernel of ``modes`` (WG_SEG_MODES, WG_FWD_MODES,
-    WG_BWD_MODES), given that the kernel takes the call's head dims (``ok_dims``)."""
-    if dkdv not in modes or dtype not in WG_DTYPES or decay or not ok_dims:
+    WG_BWD_MODES), given that the kernel takes the call's head dims (``ok_dims``); calls with log decays only where the
+    mode's walkers take them (not WG_SEG_MODES: tg_seg_state has no decay)."""
+    if dkdv not in modes or dtype not in WG_DTYPES or (decay and modes is WG_SEG_MODES) or not ok_dims:
         return False
     from ._module import sm90a
     return sm90a()
+
+
+def _b(x: bool) -> str:
+    return str(bool(x)).lower()
 
 
 @functools.lru_cache(maxsize=None)
@@ -247,22 +252,22 @@ def _wg_seg_state(dtype: str, stages: Optional[int] = None) -> Launchable:
 
 
 @functools.lru_cache(maxsize=None)
-def _wg_dq(dtype: str, esum: bool, stages: Optional[int] = None) -> Launchable:
+def _wg_dq(dtype: str, esum: bool, decay: bool = False, stages: Optional[int] = None) -> Launchable:
     stages = WG_DQ_STAGES if stages is None else stages
-    return Launchable(f"tg_bwd_dq<{CTYPE[dtype]}, {stages}, {str(esum).lower()}>", smem_wg_walk(4, stages))
+    return Launchable(f"tg_bwd_dq<{CTYPE[dtype]}, {stages}, {_b(esum)}, {_b(decay)}>", smem_wg_walk(4, stages, decay))
 
 
 @functools.lru_cache(maxsize=None)
-def _wg_dkdv(dtype: str, stages: Optional[int] = None, lowreg: Optional[bool] = None) -> Launchable:
+def _wg_dkdv(dtype: str, decay: bool = False, stages: Optional[int] = None, lowreg: Optional[bool] = None) -> Launchable:
     stages = WG_DKDV_STAGES if stages is None else stages
     lowreg = WG_DKDV_LOWREG if lowreg is None else lowreg
-    return Launchable(f"tg_bwd_dkdv<{CTYPE[dtype]}, {stages}, {str(lowreg).lower()}>", smem_wg_walk(4, stages))
+    return Launchable(f"tg_bwd_dkdv<{CTYPE[dtype]}, {stages}, {_b(lowreg)}, {_b(decay)}>", smem_wg_walk(4, stages, decay))
 
 
 @functools.lru_cache(maxsize=None)
-def _wg_fwd(dtype: str, stages: Optional[int] = None) -> Launchable:
+def _wg_fwd(dtype: str, decay: bool = False, stages: Optional[int] = None) -> Launchable:
     stages = WG_FWD_STAGES if stages is None else stages
-    return Launchable(f"tg_fwd<{CTYPE[dtype]}, {stages}>", smem_wg_walk(3, stages))
+    return Launchable(f"tg_fwd<{CTYPE[dtype]}, {stages}, {_b(decay)}>", smem_wg_walk(3, stages, decay))
 
 
 @functools.lru_cache(maxsize=None)
@@ -320,9 +325,12 @@ _DG = {dt: f"tc_dg<{c}>" for dt, c in CTYPE.items()}          # d log_decay writ
 COMMON = ("tc_seg_scan<false>", "tc_seg_scan<true>", "tc_dg_part") + tuple(_DG.values())
 GROUPS = {(dt, split, st): _group(dt, split, st)
           for st in STAGES for dt, split in (("float16", 1), ("bfloat16", 1), ("float32", 3), ("float32", 1))}
-WG_GROUPS = {dt: tuple([f(dt, s).expr for f in (_wg_seg_state, _wg_fwd) for s in WG_STAGE_CHOICES]
-                       + [_wg_dq(dt, e, s).expr for e in (False, True) for s in WG_STAGE_CHOICES]
-                       + [_wg_dkdv(dt, s, lr).expr for s in WG_STAGE_CHOICES for lr in (False, True)])
+WG_GROUPS = {dt: tuple([_wg_seg_state(dt, s).expr for s in WG_STAGE_CHOICES]     # (log decays: tc::Walk, 2 stages)
+                       + [_wg_fwd(dt, d, s).expr for d in (False, True) for s in WG_STAGE_CHOICES if not d or s == 2]
+                       + [_wg_dq(dt, e, d, s).expr for e in (False, True) for d in (False, True) for s in WG_STAGE_CHOICES
+                          if not d or s == 2]
+                       + [_wg_dkdv(dt, d, s, lr).expr for d in (False, True) for s in WG_STAGE_CHOICES
+                          for lr in (False, True) if not d or s == 2])
              for dt in WG_DTYPES}
 INSTANTIATIONS = list(dict.fromkeys((SOURCE, e) for grp in list(GROUPS.values()) + [COMMON] for e in grp))
 INSTANTIATIONS += [(WG_SOURCE, e) for grp in WG_GROUPS.values() for e in grp]
@@ -495,7 +503,7 @@ class _CorePlan:
         # dq folded into the dk/dv walk (DKDV_DQ): the forward writes the state before every chunk
         self.fold = folded(self.dkp, self.dvp, dkdv, causal)
         if causal and not self.fold and wg_kernel(WG_FWD_MODES, dkdv, dt, self.decay, self.dkp == 64):
-            self.fwd = _wg_prepared(dt, _wg_fwd(dt), grid)
+            self.fwd = _wg_prepared(dt, _wg_fwd(dt, self.decay), grid)
         else:
             self.fwd = _prepared(dt, split, stages, _fwd(dt, split, stages, self.dkp, store=self.fold), grid)
         self.fold_args = (_ptr(None),) * 3                      # tc_fwd's Hst, Hsig, seg_c0 without STORE
@@ -593,12 +601,12 @@ class _BackwardPlan:
         if cp_.fold:
             self.dq = None
         elif cp_.causal and wg_kernel(WG_BWD_MODES, dkdv, dt, cp_.decay, cp_.dvp == 64):
-            self.dq = _wg_prepared(dt, _wg_dq(dt, self.esum), (tab.nseg * cp_.ntk, N))
+            self.dq = _wg_prepared(dt, _wg_dq(dt, self.esum, cp_.decay), (tab.nseg * cp_.ntk, N))
         else:
             self.dq = _prepared(dt, split, stages, _dq(dt, split, stages, cp_.dvp, self.esum), (tab.nseg * cp_.ntk, N))
         launches = dkdv_launches(cp_.dkp, cp_.dvp, dkdv, cp_.causal)
         if launches == ((0, 0),) and cp_.causal and wg_kernel(WG_BWD_MODES, dkdv, dt, cp_.decay):
-            self.dkdv = (_wg_prepared(dt, _wg_dkdv(dt), (tab.nseg, N)),)
+            self.dkdv = (_wg_prepared(dt, _wg_dkdv(dt, cp_.decay), (tab.nseg, N)),)
         else:
             self.dkdv = tuple(_prepared(dt, split, stages, _dkdv(dt, split, stages, cp_.dkp, cp_.dvp, which, layout),
                                         (tab.nseg * (cp_.ntk if which == 1 else cp_.ntv if which == 2 else 1), N))

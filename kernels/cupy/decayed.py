@@ -186,7 +186,7 @@ register(_mma_variant("chunked_mma", 3, 1, "tensor cores (mma.sync): chunks of 6
                       variant=dict(tol={"float32": 1e-4, "float16": 2e-2, "bfloat16": 2e-2}, default=True)))
 register(_mma_variant("chunked_mma_db", 3, 2, mma.DOUBLE_BUFFERED))
 for _mode, (_name, _desc) in mma.DKDV_DESCRIPTION.items():      # measured rungs of the dk/dv walkers
-    if _mode in mma.WG_SEG_MODES + mma.WG_FWD_MODES + mma.WG_BWD_MODES:   # linear's rungs: decayed never qualifies
+    if _mode in mma.WG_SEG_MODES:                                 # tg_seg_state takes no log decays: chunked_mma_dqr
         continue
     register(_mma_variant(_name, 3, 1, _desc, dkdv=_mode,
                           variant=dict(default_for=mma.DKDV_DEFAULT_FOR.get(("decayed", _mode), ()))))

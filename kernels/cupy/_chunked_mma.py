@@ -35,7 +35,7 @@ Warpgroup MMA (kernels/cuda/chunked_wgmma.cu, sm_90a: ``wg_kernel`` decides per 
 forward's segment states with ``tg_seg_state`` (cupy:chunked_mma_wgs, a rung), "dqrev_wg" walks the causal forward
 with ``tg_fwd`` (cupy:chunked_mma_wg), "dqrev_wgb" also the backward with ``tg_bwd_dq`` and ``tg_bwd_dkdv``
 (cupy:chunked_mma_wgb, linear's 16-bit default); every other kernel of these modes, and every kernel of a call they do
-not take (float32, log decays, wider heads, another device), is the "dqrev" mode's.
+not take (float32, wider heads, another device; log decays for the segment sums), is the "dqrev" mode's.
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@
 // call qualifies (docs/kernels/linear.md, "Warpgroup MMA: the primitives, their model, and the first two kernels" and
 // the sections after it).  tg_bwd_dq and tg_bwd_dkdv: their comments below.
 //
-//   tg_fwd<T, STAGES>        tc_fwd<T, 64, 1, ..> of a causal linear call: T 16-bit, dk <= 64, no log decays, no
-//                            STORE.  grid (NSEG * ceil(dv / 64), N), block 128; smem: STAGES x (Q, K, V) swizzled
+//   tg_fwd<T, STAGES, DECAY> tc_fwd<T, 64, 1, ..> of a causal call: T 16-bit, dk <= 64, log decays (DECAY) or none,
+//                            no STORE.  grid (NSEG * ceil(dv / 64), N), block 128; smem: STAGES x (Q, K, V) swizzled
 //                            tiles, the state tile (swizzled, H / sigma in T), 4 floats, 1024 bytes of slack.  Per
 //                            chunk (after the state went to shared memory): one batch of Q H and Q K^T (eight SS
 //                            products, the first of each not reading its accumulator), then o's rows scaled by

@@ -26,6 +26,18 @@
 #include "chunked_mma.cu"
 #include "wgmma.cuh"
 
+namespace tg {
+// The walkers' chunk prologue: the first STAGES - 1 chunks' loads, a cp.async group each.
+template <int STAGES, typename F>
+__device__ __forceinline__ void prologue(int nch, F&& issue) {
+#pragma unroll
+    for (int j = 0; j < STAGES - 1; ++j) {
+        if (j < nch) issue(j);
+        tc::cp_async_commit();
+    }
+}
+}  // namespace tg
+
 template <typename T, int STAGES>
 __global__ void __launch_bounds__(128) tg_seg_state(const T* __restrict__ x, const T* __restrict__ y,
         const void* __restrict__ g, float* __restrict__ Eout, float* __restrict__ gam,
@@ -51,11 +63,7 @@ __global__ void __launch_bounds__(128) tg_seg_state(const T* __restrict__ x, con
     };
     float Es[1][8][4];
     zero(Es);
-#pragma unroll
-    for (int j = 0; j < STAGES - 1; ++j) {
-        if (j < nch) issue(j);
-        cp_async_commit();
-    }
+    tg::prologue<STAGES>(nch, issue);
     for (int j = 0; j < nch; ++j) {
         cp_async_wait_group<STAGES - 2>();                      // chunk j's tiles (this thread's copies) landed
         wbgmma::fence_proxy_async();
@@ -89,16 +97,6 @@ __device__ __forceinline__ void frags_to_tile(const float (&H)[8][4], T* tile, i
         for (int h = 0; h < 2; ++h)
             *reinterpret_cast<unsigned*>(b + wbgmma::sw128(m0 + g + 8 * h, nt) + 4 * t) =
                 pack2<T>(H[nt][2 * h] * inv, H[nt][2 * h + 1] * inv);
-}
-
-// The walkers' chunk prologue: the first STAGES - 1 chunks' loads, a cp.async group each.
-template <int STAGES, typename F>
-__device__ __forceinline__ void prologue(int nch, F&& issue) {
-#pragma unroll
-    for (int j = 0; j < STAGES - 1; ++j) {
-        if (j < nch) issue(j);
-        tc::cp_async_commit();
-    }
 }
 
 // The top of chunk j of a walker that hands its float32 state St (warp w: rows 16 w ..) to the chunk's products:

@@ -127,7 +127,8 @@ __device__ __forceinline__ void mma_rs(float (&d)[8][4], const unsigned (&a)[4],
 
 // The four k-slices of a 64-deep product, one instruction each (inside one batch: the caller fences, commits,
 // waits).  gemm64_ss: A and B swizzled tiles, read MN-major where TA / TB (else K-major); accumulate false: the first
-// slice does not read the accumulators.  gemm64_rs: A from registers (a[ks]: k-slice ks), B a swizzled tile.
+// slice does not read the accumulators.  gemm64_rs: A from registers (a[ks]: k-slice ks), B a swizzled tile, the same
+// accumulate (default true).
 template <typename T, bool TA, bool TB>
 __device__ __forceinline__ void gemm64_ss(float (&d)[8][4], const T* a, const T* b, bool accumulate) {
 #pragma unroll
@@ -136,9 +137,11 @@ __device__ __forceinline__ void gemm64_ss(float (&d)[8][4], const T* a, const T*
                           TB ? desc_mnmajor(b, 16 * ks) : desc_kmajor(b, 16 * ks), accumulate || ks > 0);
 }
 template <typename T, bool TB>
-__device__ __forceinline__ void gemm64_rs(float (&d)[8][4], const unsigned (&a)[4][4], const T* b) {
+__device__ __forceinline__ void gemm64_rs(float (&d)[8][4], const unsigned (&a)[4][4], const T* b,
+                                          bool accumulate = true) {
 #pragma unroll
-    for (int ks = 0; ks < 4; ++ks) mma_rs<T, TB>(d, a[ks], TB ? desc_mnmajor(b, 16 * ks) : desc_kmajor(b, 16 * ks), 1);
+    for (int ks = 0; ks < 4; ++ks)
+        mma_rs<T, TB>(d, a[ks], TB ? desc_mnmajor(b, 16 * ks) : desc_kmajor(b, 16 * ks), accumulate || ks > 0);
 }
 
 // A fragment (mma.sync m16n8k16 layout) of rows m0 .. m0 + 15 and k slice k0 .. k0 + 15 of a swizzled tile:

@@ -9,7 +9,7 @@
 //      when TB is true (rows k, columns n: N-major);
 //   c: 64 x 64 float32: when accumulate, c += A B, else c = A B (the accumulators start as NaN and the first
 //      k-slice does not read them).  RS: A from registers (wgmma.cuh load_a of the swizzled tile), the rest as SS.
-// Four k-slices of 16 in one batch (fence, 4 x mma, commit, wait 0).
+// Four k-slices of 16 in one batch (fence, wgmma.cuh gemm64_ss / gemm64_rs -- the walkers' helpers --, commit, wait 0).
 #include "wgmma.cuh"
 
 template <typename T, bool TA, bool TB, bool RS>
@@ -40,17 +40,10 @@ __global__ void __launch_bounds__(128) wgmma_product(const T* __restrict__ a, co
     }
     wbgmma::fence_acc(d);
     wbgmma::fence();
-#pragma unroll
-    for (int ks = 0; ks < 4; ++ks) {
-        const unsigned long long db = TB ? wbgmma::desc_mnmajor(sB, 16 * ks) : wbgmma::desc_kmajor(sB, 16 * ks);
-        const int acc = accumulate || ks > 0;
-        if constexpr (RS) {
-            wbgmma::mma_rs<T, TB>(d, af[ks], db, acc);
-        } else {
-            const unsigned long long da = TA ? wbgmma::desc_mnmajor(sA, 16 * ks) : wbgmma::desc_kmajor(sA, 16 * ks);
-            wbgmma::mma_ss<T, TA, TB>(d, da, db, acc);
-        }
-    }
+    if constexpr (RS)
+        wbgmma::gemm64_rs<T, TB>(d, af, sB, accumulate);
+    else
+        wbgmma::gemm64_ss<T, TA, TB>(d, sA, sB, accumulate);
     wbgmma::commit();
     wbgmma::wait<0>();
     wbgmma::fence_acc(d);

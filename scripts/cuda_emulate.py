@@ -662,11 +662,13 @@ CHUNKED_DKDV_CASES += [_chunked(dt, split, cu, dk, dv, mode, L, stages=st, dkdv=
     ("float16", 1, (0, 130), 32, 48, "noncausal", 1, 1))]
 
 # the kernels on warpgroup MMA (chunked_wgmma.cu): the forward's segment sums ("dqrev_wgs", cupy:chunked_mma_wgs;
-# tg_seg_state) and the causal forward walker ("dqrev_wg", cupy:chunked_mma_wg; tg_fwd): walks of 1 to 5 chunks with a
-# partial last chunk (whole sequences at L = 0), packed chunk-edge lengths, Dk != Dv inside the 64-wide tile,
-# element-wise loads (5 x 7), two dv tiles (64 x 128), the totals of a call that is not causal; decayed and float32
-# (the mma.sync kernels, the fallback)
-CHUNKED_WG_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, dkdv=m) for m in ("dqrev_wgs", "dqrev_wg", "dqrev_wgb")
+# tg_seg_state), the causal forward walker ("dqrev_wg", cupy:chunked_mma_wg; tg_fwd), every walker ("dqrev_wgb") and
+# the dk/dv walker alone ("dqrev_wgk"): walks of 1 to 5 chunks with a partial last chunk (whole sequences at L = 0),
+# packed chunk-edge lengths, Dk != Dv inside the 64-wide tile, element-wise loads (5 x 7), two dv tiles (64 x 128), the
+# totals of a call that is not causal, log decays (the walkers' DECAY instantiations); float32 (the mma.sync kernels,
+# the fallback)
+CHUNKED_WG_CASES = [_chunked(dt, split, cu, dk, dv, mode, L, dkdv=m)
+                    for m in ("dqrev_wgs", "dqrev_wg", "dqrev_wgb", "dqrev_wgk")
                     for dt, split, cu, dk, dv, mode, L in (
     ("float16", 1, (0, 300), 64, 64, "linear", 1), ("float16", 1, (0, 300), 64, 64, "linear", 4),
     ("float16", 1, (0, 300), 64, 64, "linear", 0),

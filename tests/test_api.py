@@ -201,9 +201,10 @@ def test_backend_default_can_depend_on_dtype():
     # linear: the walkers on warpgroup MMA in 16 bits (its mma.sync kernels elsewhere), the REV sums in dq
     assert [registry.get("linear", "cupy", dtype=d).name for d in ("float16", "bfloat16", "float32")] == \
         ["chunked_mma_wgb", "chunked_mma_wgb", "chunked_mma_dqr"]
-    # decayed bfloat16 keeps the anchored 16-bit core; the other dtypes form the REV sums in the dq walker
+    # decayed: float16 the dk/dv walker on warpgroup MMA, bfloat16 the anchored 16-bit core, float32 the REV sums in
+    # the dq walker
     assert [registry.get("decayed", "cupy", dtype=d).name for d in ("float16", "bfloat16", "float32")] == \
-        ["chunked_mma_dqr", "chunked_mma", "chunked_mma_dqr"]
+        ["chunked_mma_wgk", "chunked_mma", "chunked_mma_dqr"]
 
 
 def test_a_default_that_cannot_take_the_inputs_falls_back(monkeypatch):

@@ -160,7 +160,7 @@ def _check_case(dtype, split, shape, mode, L, **kw):
 # within two; a small scale keeps o and dq in range); "dstate": positive q, dO (dk/dv's dS likewise), small k, v.
 # Slow decays without resets (the sums grow as without decay) or none; walks of 5 chunks in one segment, in segments
 # of 1 chunk (each starts from a scanned state) and of 3 (dqrev: the dq walker with ESUM), the dq-folded walkers, the
-# forward walker on warpgroup MMA (dqrev_wg: tg_fwd's own sigma, linear; decayed runs tc_fwd there).
+# walkers on warpgroup MMA (dqrev_wg: tg_fwd's own sigma; dqrev_wgb: every walker's; dqrev_wgk: tg_bwd_dkdv's).
 BIG = {"state": dict(mags=(0.5, -30.0, -30.0, 0.5), scale=1e-3),
        "dstate": dict(mags=(-30.0, 0.005, 0.005, -30.0), scale=1.0)}
 
@@ -168,7 +168,8 @@ BIG = {"state": dict(mags=(0.5, -30.0, -30.0, 0.5), scale=1e-3),
 @pytest.mark.parametrize("big", sorted(BIG))
 @pytest.mark.parametrize("mode", ["linear", "decayed"])
 @pytest.mark.parametrize("L, dkdv", [(0, "fused"), (1, "fused"), (3, "dqrev"), (0, "dqfold"), (0, "dqrev_wg"),
-                                     (3, "dqrev_wg"), (0, "dqrev_wgb"), (3, "dqrev_wgb")])
+                                     (3, "dqrev_wg"), (0, "dqrev_wgb"), (3, "dqrev_wgb"),
+                                     (3, "dqrev_wgk")])
 def test_float16_states_beyond_the_16bit_range(big, mode, L, dkdv):
     res = run_case("float16", 1, 1, [0, 300], 64, 64, mode == "decayed", True, L, with_state=False, seed=3, dkdv=dkdv,
                    g_lo=-0.002, resets=False, **BIG[big])
@@ -196,24 +197,26 @@ def test_dkdv_modes_match_recurrence(dtype, split, shape, mode, L, dkdv):
                          ids=lambda s: f"N{s[0]}-cu{'_'.join(map(str, s[1]))}-{s[2]}x{s[3]}")
 @pytest.mark.parametrize("mode", ["linear", "decayed", "noncausal"])
 @pytest.mark.parametrize("L", [0, 1, 2, 4])
-@pytest.mark.parametrize("dkdv", ["dqrev_wgs", "dqrev_wg", "dqrev_wgb"])
+@pytest.mark.parametrize("dkdv", ["dqrev_wgs", "dqrev_wg", "dqrev_wgb", "dqrev_wgk"])
 def test_wg_matches_recurrence(dtype, split, shape, mode, L, dkdv):
     """The kernels on warpgroup MMA (chunked_wgmma.cu, where a call qualifies): the forward's segment sums
     (dkdv="dqrev_wgs", cupy:chunked_mma_wgs; tg_seg_state), the causal forward walker (dkdv="dqrev_wg",
-    cupy:chunked_mma_wg; tg_fwd) and with it the backward's walkers (dkdv="dqrev_wgb", cupy:chunked_mma_wgb;
-    tg_bwd_dq with and without the REV sums, tg_bwd_dkdv): walks of 1 to 5 chunks per segment with a partial last chunk (whole sequences at
-    L = 0), one token, packed chunk-edge lengths, Dk != Dv and odd dims inside the 64-wide tiles (element-wise loads at
-    5 x 7), two dv tiles (64 x 128), initial and final states; decayed, float32, not causal and 80 x 72 run the
-    mma.sync kernels (the modes' fallback)."""
+    cupy:chunked_mma_wg; tg_fwd), with it the backward's walkers (dkdv="dqrev_wgb", cupy:chunked_mma_wgb; tg_bwd_dq
+    with and without the REV sums, tg_bwd_dkdv), and the dk/dv walker alone (dkdv="dqrev_wgk", cupy:chunked_mma_wgk):
+    walks of 1 to 5 chunks per segment with a partial last chunk (whole sequences at L = 0), one token, packed
+    chunk-edge lengths, Dk != Dv and odd dims inside the 64-wide tiles (element-wise loads at 5 x 7), two dv tiles
+    (64 x 128), initial and final states, with log decays (the walkers' DECAY instantiations; the segment sums run
+    tc_seg_state) and without; float32, not causal and 80 x 72 run the mma.sync kernels (the modes' fallback)."""
     _check_case(dtype, split, shape, mode, L, dkdv=dkdv)
 
 
 def test_wg_launches():
     """Which kernels a call launches: tg_seg_state for 16-bit linear calls of several segments at Dk <= 64 in the
-    "dqrev_wgs" mode; tg_fwd for 16-bit linear causal calls at Dk <= 64 in the "dqrev_wg" and "dqrev_wgb" modes;
-    tg_bwd_dq (Dv <= 64; with the REV sums where several segments) and tg_bwd_dkdv (Dk, Dv <= 64) for those calls in
-    "dqrev_wgb"; all on a compute capability 9.0 device.  The mma.sync kernels for decayed calls, float32, wider
-    heads, not causal, the other modes and other devices."""
+    "dqrev_wgs" mode; tg_fwd for 16-bit causal calls at Dk <= 64 in the "dqrev_wg" and "dqrev_wgb" modes; tg_bwd_dq
+    (Dv <= 64; with the REV sums where several segments) for those calls in "dqrev_wgb", tg_bwd_dkdv (Dk, Dv <= 64) in
+    "dqrev_wgb" and "dqrev_wgk"; log decays through the walkers' DECAY instantiations; all on a compute capability 9.0
+    device.  The mma.sync kernels for float32, wider heads, not causal, the segment sums of decayed calls, the other
+    modes and other devices."""
     import cupy as cp
     from kernels.cupy import _chunked_mma as mma
     from kernels.cupy._module import kernel_label, sm90a
@@ -258,6 +261,15 @@ def test_wg_launches():
     dq, dkdv = bwd("float16", 64, True, "dqrev_wgb")
     assert (dq, dkdv) == (("tg_bwd_dq<wb_half, 2, true, true>", (f"tg_bwd_dkdv<wb_half, 2, {lr}, true>",)) if wg else
                           ("tc_bwd_dq<wb_half, 64, 1, 1, true>", ("tc_bwd_dkdv<wb_half, 64, 64, 1, 0, 0, 1>",)))
+    # the dk/dv walker alone (decayed float16's default): tc_fwd, tc_bwd_dq, tg_bwd_dkdv
+    for decayed in (False, True):
+        assert fwd("float16", 64, decayed, "dqrev_wgk").startswith("tc_fwd<")
+        dq, dkdv = bwd("float16", 64, decayed, "dqrev_wgk")
+        d = str(decayed).lower()
+        assert (dq, dkdv) == (("tc_bwd_dq<wb_half, 64, 1, 1, true>",
+                               ((f"tg_bwd_dkdv<wb_half, {2 if decayed else mma.WG_DKDV_STAGES}, {lr}, {d}>",) if wg
+                                else ("tc_bwd_dkdv<wb_half, 64, 64, 1, 0, 0, 1>",)))), decayed
+    assert bwd("float16", 64, True, "dqrev_wgk", False)[1][0].startswith("tc_bwd_dkdv<")      # not causal
     for args in (("float32", 64, False), ("float16", 80, False)):
         assert seg(*args, "dqrev_wgs").startswith("tc_seg_state<"), args
         assert fwd(*args, "dqrev_wg").startswith("tc_fwd<"), args

@@ -34,7 +34,8 @@ the separate kernels (and ``tc_bwd_dq``) run in every mode.
 Warpgroup MMA (kernels/cuda/chunked_wgmma.cu, sm_90a: ``wg_kernel`` decides per kernel): "dqrev_wgs" sums the
 forward's segment states with ``tg_seg_state`` (cupy:chunked_mma_wgs, a rung), "dqrev_wg" walks the causal forward
 with ``tg_fwd`` (cupy:chunked_mma_wg), "dqrev_wgb" also the backward with ``tg_bwd_dq`` and ``tg_bwd_dkdv``
-(cupy:chunked_mma_wgb, linear's 16-bit default); every other kernel of these modes, and every kernel of a call they do
+(cupy:chunked_mma_wgb, linear's 16-bit default), "dqrev_wgk" the fused dk/dv walker ``tg_bwd_dkdv`` alone
+(cupy:chunked_mma_wgk, decayed's float16 default); every other kernel of these modes, and every kernel of a call they do
 not take (float32, wider heads, another device; log decays for the segment sums), is the "dqrev" mode's.
 """
 from __future__ import annotations
@@ -70,7 +71,7 @@ DOUBLE_BUFFERED = ("cupy:chunked_mma with double-buffered chunk tiles (stages=2)
 # LAYOUT: tc::DKDV_ROWS 0 (4 warps), DKDV_COLS 1 and DKDV_ROLES 2 (8 warps), DKDV_WARPS per layout
 DKDV_MODES = {"fused": ((0, 0),), "split": ((1, 0), (2, 0)), "wide": ((0, 1),), "roles": ((0, 2),),
               "dqfold": ((3, 0),), "anchor": ((3, 0),), "dqrev": ((0, 0),), "dqrev_roles": ((0, 2),),
-              "dqrev_wgs": ((0, 0),), "dqrev_wg": ((0, 0),), "dqrev_wgb": ((0, 0),)}
+              "dqrev_wgs": ((0, 0),), "dqrev_wg": ((0, 0),), "dqrev_wgb": ((0, 0),), "dqrev_wgk": ((0, 0),)}
 DKDV_DQ = 3                             # tc::DKDV_DQ: the WHICH of the walker that forms dq, dk and dv
 ANCHORED = ("anchor",)                  # modes whose d log_decay comes from the folded walker's chunk anchors
 ANC_PARTS = 4                           # tc::ANC_PARTS: floats per chunk anchor (one per warp of the walker)
@@ -79,17 +80,21 @@ DKDV_WARPS = (4, 8, 8)
 # in tc_bwd_dq (its ESUM) instead of the tc_seg_state<.., REV = true, ..> pass: causal calls of several segments, at
 # padded head dims in REV_IN_DQ_DIMS (dv; wider ones keep the pass: 64 more accumulator registers would not fit);
 # dq launched before the REV scan (docs/kernels/linear.md "The REV sums in the dq walker")
-REV_IN_DQ = ("dqrev", "dqrev_roles", "dqrev_wgs", "dqrev_wg", "dqrev_wgb")
+REV_IN_DQ = ("dqrev", "dqrev_roles", "dqrev_wgs", "dqrev_wg", "dqrev_wgb", "dqrev_wgk")
 # Modes that run kernels of chunked_wgmma.cu (Hopper's warpgroup MMA) where a call qualifies: 16-bit, the head dims
 # each kernel takes, a compute capability 9.0 device (``wg_kernel``); the rest of the call is the "dqrev" mode's
 # (docs/kernels/linear.md "Warpgroup MMA").
 #   WG_SEG_MODES  the forward's segment sums (tg_seg_state; measured slower than tc_seg_state: callD of 2026-12-04)
 #   WG_FWD_MODES  the forward walker of causal calls (tg_fwd; Dk <= 64; log decays or none)
-#   WG_BWD_MODES  the backward's walkers of causal calls: dq (tg_bwd_dq; Dv <= 64) and the fused dk/dv walker
-#                 (tg_bwd_dkdv; Dk, Dv <= 64); log decays or none
+#   WG_DQ_MODES   the backward's dq walker of causal calls (tg_bwd_dq; Dv <= 64; log decays or none)
+#   WG_DKDV_MODES the backward's fused dk/dv walker of causal calls (tg_bwd_dkdv; Dk, Dv <= 64; log decays or none)
+# "dqrev_wgk" takes the dk/dv walker alone: with log decays tg_fwd and tg_bwd_dq measured slower than tc_fwd and
+# tc_bwd_dq, tg_bwd_dkdv faster than tc_bwd_dkdv (H200 callH of 2026-12-04, decayed float16 64k: 525 / 744 / 801 us
+# against 505 / 724 / 956; docs/kernels/decayed.md "The walkers with log decays on wgmma").
 WG_SEG_MODES = ("dqrev_wgs",)
 WG_FWD_MODES = ("dqrev_wg", "dqrev_wgb")
-WG_BWD_MODES = ("dqrev_wgb",)
+WG_DQ_MODES = ("dqrev_wgb",)
+WG_DKDV_MODES = ("dqrev_wgb", "dqrev_wgk")
 REV_IN_DQ_DIMS = (64,)
 # Storage dtypes whose dq-folded decayed walk takes the state operands as hi + lo pairs (tc::state_pairs: bfloat16;
 # docs/kernels/decayed.md "anchor + split-state"): tc_fwd's STORE also writes H's lo tiles (after the hi tiles: the
@@ -119,6 +124,9 @@ DKDV_DESCRIPTION = {   # the ops' measured-rung variants of the dk/dv modes: (va
     "dqrev_wgb": ("chunked_mma_wgb", "cupy:chunked_mma_wg with the backward's walkers on warpgroup MMA too (dkdv="
                                      "'dqrev_wgb': dq at Dv <= 64, dk/dv at Dk, Dv <= 64; float16 / bfloat16, "
                                      "compute capability 9.0; else chunked_mma_dqr's kernels)"),
+    "dqrev_wgk": ("chunked_mma_wgk", "cupy:chunked_mma_dqr with the fused dk/dv walker alone on Hopper's warpgroup "
+                                     "MMA (dkdv='dqrev_wgk': causal, Dk, Dv <= 64, float16 / bfloat16, compute "
+                                     "capability 9.0; the forward and dq walkers mma.sync)"),
 }
 # The dk/dv modes whose variant "cupy" alone picks, per op: the dtypes (registry's default_for).  dqrev: H200 callB of
 # 2026-12-03, fwd+bwd 2-8% under the fused mode (cupy:chunked_mma) at T 4k-64k in every dtype measured (linear.md,
@@ -127,8 +135,11 @@ DKDV_DESCRIPTION = {   # the ops' measured-rung variants of the dk/dv modes: (va
 # dqrev_wgb (linear 16-bit: the forward and backward walkers on warpgroup MMA where the device and call allow, else
 # dqrev's kernels): H200 callF of 2026-12-04, fwd+bwd 14-18% under dqrev_wg (which was 1-2.5% under dqrev in callE) at
 # T 4k-64k, float16 and bfloat16 (linear.md, "The backward walkers on wgmma").
+# dqrev_wgk (decayed float16): H200 callH of 2026-12-04, the sum of the kernels' split medians 2.36 ms at 64k against
+# dqrev_wgb's 2.41 and dqrev's 2.52 (decayed.md "The walkers with log decays on wgmma"); bfloat16 keeps the anchored
+# core (its dqrev runs the float32 core).
 DKDV_DEFAULT_FOR = {("linear", "dqrev"): ("float32",), ("linear", "dqrev_wgb"): ("float16", "bfloat16"),
-                    ("decayed", "dqrev"): ("float32", "float16")}
+                    ("decayed", "dqrev"): ("float32",), ("decayed", "dqrev_wgk"): ("float16",)}
 
 
 def pad_dim(d: int) -> int:
@@ -233,7 +244,7 @@ def smem_wg_walk(tiles: int, stages: int, decay: bool) -> int:
 
 def wg_kernel(modes: tuple, dkdv: str, dtype: str, decay: bool, ok_dims: bool = True) -> bool:
     """Whether a call of mode ``dkdv`` runs the chunked_wgmma.cu kernel of ``modes`` (WG_SEG_MODES, WG_FWD_MODES,
-    WG_BWD_MODES), given that the kernel takes the call's head dims (``ok_dims``); calls with log decays only where the
+    WG_DQ_MODES, WG_DKDV_MODES), given that the kernel takes the call's head dims (``ok_dims``); calls with log decays only where the
     mode's walkers take them (not WG_SEG_MODES: tg_seg_state has no decay)."""
     if dkdv not in modes or dtype not in WG_DTYPES or (decay and modes is WG_SEG_MODES) or not ok_dims:
         return False
@@ -600,12 +611,12 @@ class _BackwardPlan:
             self.rscan = Prepared(_common("tc_seg_scan<true>"), (-(-cp_.E // 256), tab.nseq, N), (256,))
         if cp_.fold:
             self.dq = None
-        elif cp_.causal and wg_kernel(WG_BWD_MODES, dkdv, dt, cp_.decay, cp_.dvp == 64):
+        elif cp_.causal and wg_kernel(WG_DQ_MODES, dkdv, dt, cp_.decay, cp_.dvp == 64):
             self.dq = _wg_prepared(dt, _wg_dq(dt, self.esum, cp_.decay), (tab.nseg * cp_.ntk, N))
         else:
             self.dq = _prepared(dt, split, stages, _dq(dt, split, stages, cp_.dvp, self.esum), (tab.nseg * cp_.ntk, N))
         launches = dkdv_launches(cp_.dkp, cp_.dvp, dkdv, cp_.causal)
-        if launches == ((0, 0),) and cp_.causal and wg_kernel(WG_BWD_MODES, dkdv, dt, cp_.decay):
+        if launches == ((0, 0),) and cp_.causal and wg_kernel(WG_DKDV_MODES, dkdv, dt, cp_.decay):
             self.dkdv = (_wg_prepared(dt, _wg_dkdv(dt, cp_.decay), (tab.nseg, N)),)
         else:
             self.dkdv = tuple(_prepared(dt, split, stages, _dkdv(dt, split, stages, cp_.dkp, cp_.dvp, which, layout),

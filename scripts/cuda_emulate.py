@@ -576,6 +576,17 @@ SOFTMAX_CASES += [
     _softmax("fa2_3xtf32 direct T=40 Dk=Dv=128 (3 query tiles)", "fa2_3xtf32", "float32", (1,), 40, 128, 128, False,
              True)]
 
+# the one-launch backward (fa2_bwd_one: cupy:fa2 up to FA2_ONE_LAUNCH_MAX_T at head dims <= 64, so the fa2 cases above
+# at those dims run it too; fa2_one at every T) and the atomic three-launch form it replaced there (fa2_atomic)
+SOFTMAX_CASES += [
+    _softmax(f"fa2_one fp16 T=200 D=64 causal={_c}", "fa2_one", "float16", (1,), 200, 64, 64, _c) for _c in (True, False)]
+SOFTMAX_CASES += [
+    _softmax("fa2_one fp16 T=65 Dk=5 Dv=7 (two tiles, plain loads)", "fa2_one", "float16", (2,), 65, 5, 7, True),
+    _softmax(f"fa2_atomic fp16 T=130 Dk=16 Dv=24 (bucket 32)", "fa2_atomic", "float16", (1,), 130, 16, 24, True),
+    _softmax(f"fa2_atomic fp16 T=70 D=64 causal=False", "fa2_atomic", "float16", (2,), 70, 64, 64, False),
+    Case("softmax", "softmax test_fa2_backward_launches()", "test_function",
+         dict(module="test_cupy_softmax", function="test_fa2_backward_launches", kwargs={}))]
+
 # packed sequences (cu_seqlens, inputs.packed_lengths) on the fa2 kernels and fa2_det's backward: check cells and
 # the GPU test's packed-against-per-sequence comparison
 SOFTMAX_CASES += [Case("softmax", f"softmax packed cell cupy:{var} {dt} T={T} {dk}x{dv} causal={c}", "check_cell",
@@ -584,13 +595,15 @@ SOFTMAX_CASES += [Case("softmax", f"softmax packed cell cupy:{var} {dt} T={T} {d
     ("fa2", "float16", 200, 96, 40, True), ("fa2", "float16", 200, 96, 40, False),
     ("fa2_det", "float16", 130, 64, 64, True), ("fa2_det", "float16", 67, 16, 24, False),
     ("fa2_3xtf32", "float32", 200, 64, 64, False), ("fa2_tf32", "float32", 130, 128, 128, True),
-    ("fa2", "float16", 64, 64, 64, True), ("fa2_3xtf32", "float32", 60, 32, 24, False))]      # these two: DIRECT
+    ("fa2", "float16", 64, 64, 64, True), ("fa2_3xtf32", "float32", 60, 32, 24, False),      # these two: DIRECT
+    ("fa2_one", "float16", 200, 64, 64, True), ("fa2_one", "float16", 130, 16, 24, False),
+    ("fa2_atomic", "float16", 200, 64, 64, True))]
 SOFTMAX_CASES += [Case("softmax", f"softmax test_fa2_above_the_merge_bound(variant={var})", "test_function",
                        dict(module="test_cupy_softmax", function="test_fa2_above_the_merge_bound",
                             kwargs=dict(variant=var))) for var in ("fa2", "fa2_3xtf32")]
 SOFTMAX_CASES += [Case("softmax", f"softmax test_fa2_packed_equals_one_call_per_sequence(variant={var})", "test_function",
                        dict(module="test_cupy_softmax", function="test_fa2_packed_equals_one_call_per_sequence",
-                            kwargs=dict(variant=var))) for var in ("fa2", "fa2_det")]
+                            kwargs=dict(variant=var))) for var in ("fa2", "fa2_det", "fa2_atomic")]
 SOFTMAX_CASES += [Case("softmax", f"softmax test_fa2_packed_refusals(D={D})", "test_function",
                        dict(module="test_cupy_softmax", function="test_fa2_packed_refusals",
                             kwargs=dict(D=D, cu=cu, match=match)))

@@ -13,7 +13,7 @@ from workbench.reference import softmax as ref
 
 from kernels.cupy import softmax as cs
 
-FA2 = ["fa2", "fa2_det", "fa2_3xtf32", "fa2_tf32"]
+FA2 = ["fa2", "fa2_det", "fa2_one", "fa2_atomic", "fa2_3xtf32", "fa2_tf32"]
 VARIANTS = ["naive", "flash", "flash_mma"] + FA2
 H100_SMEM = 227 * 1024
 
@@ -105,6 +105,8 @@ def test_fa2_instantiations_cover_every_plan():
             assert f"fa2_fwd<{pol}, {D}, {t.mt}, {cs._cpp_bool(t.qreg)}, {t.bc}>" in group
             assert f"fa2_bwd<{pol}, {D}, {t.bq}, {cs._cpp_bool(t.kvreg)}, false>" in group
             assert f"fa2_bwd<{pol}, {D}, {t.bq}, {cs._cpp_bool(t.kvreg)}, true>" in direct     # T <= 64
+        one = cs.fa2_one_expressions(pol, fam)                # the one-launch backward: family "h", D <= 64
+        assert set(one) <= exprs and len(one) == (len(cs.FA2_ONE_BUCKETS) if fam == "h" else 0)
 
 
 def test_fa2_tiles_fit():
@@ -118,6 +120,8 @@ def test_fa2_tiles_fit():
         assert 4 % mq == 0 and (D // (4 // mq)) % 16 == 0           # dQ tile split over 4 warps
         for pass_ in ("fwd", "bwd"):
             assert 0 < cs.fa2_smem(fam, D, t, pass_) <= H100_SMEM, (fam, D, t, pass_)
+        if fam == "h" and D in cs.FA2_ONE_BUCKETS:
+            assert cs.fa2_smem(fam, D, t, "bwd") <= cs.fa2_one_smem(fam, D, t) <= H100_SMEM
 
 
 def test_fa2_plan_above_128_falls_back():
@@ -221,11 +225,37 @@ def test_fa2_atomic_dq_matches_deterministic(causal):
                for a in random_inputs("softmax", lead=(2,), T=1537, Dk=64, Dv=64, dtype="float32", seed=5))
     do = cp.asarray(np.random.default_rng(6).standard_normal((2, 1537, 64)), dtype=cp.float16)
     grads = {}
-    for name in ("fa2", "fa2_det"):
+    for name in ("fa2_atomic", "fa2_one", "fa2_det"):
         out, pull = wb.vjp(wb.softmax_attention, q, k, v, causal=causal, backend=f"cupy:{name}")
         grads[name] = [cp.asnumpy(g).astype(np.float64) for g in pull(do)]
-    for a, b in zip(grads["fa2"], grads["fa2_det"]):
-        assert rel_error(a, b) < 2e-3
+    for name in ("fa2_atomic", "fa2_one"):
+        for a, b in zip(grads[name], grads["fa2_det"]):
+            assert rel_error(a, b) < 2e-3, name
+
+
+@gpu
+@needs_cupy
+def test_fa2_backward_launches():
+    """Which backward a call runs: fa2_bwd's DIRECT instantiation up to 64 tokens; fa2_bwd_one (no pre / post
+    kernels, no float32 buffer) above it up to the spec's one_launch_max_t (cupy:fa2: FA2_ONE_LAUNCH_MAX_T;
+    fa2_one: every T; fa2_atomic: none) at head dims <= 64 in float16 / bfloat16; else fa2_bwd with the atomic adds.
+    float32 and head dims above 64 never take the one-launch form."""
+    from kernels.cupy._module import kernel_label
+    m = cs.FA2_ONE_LAUNCH_MAX_T
+
+    def bwd(name, T, D=64, dtype=np.float16):
+        call = cs._fa2_call(name, np.dtype(dtype), (2, T, D), D, True)
+        return kernel_label(call.bwd.kernel), call.one, call.bwd_out
+
+    assert bwd("fa2", 64)[0] == "fa2_bwd<fa_h<wb_half>, 64, 64, true, true>"
+    assert bwd("fa2", 65)[:2] == ("fa2_bwd_one<fa_h<wb_half>, 64, 64, true>", True)
+    assert bwd("fa2", m)[1] and not bwd("fa2", m + 1)[1]
+    assert bwd("fa2", m + 1)[0] == "fa2_bwd<fa_h<wb_half>, 64, 64, true, false>"
+    assert bwd("fa2_one", 4 * m)[1] and not bwd("fa2_atomic", 65)[1]
+    assert bwd("fa2", 300, 32)[0] == "fa2_bwd_one<fa_h<wb_half>, 32, 64, true>"
+    assert not bwd("fa2", 300, 96)[1] and not bwd("fa2_3xtf32", 300, 64, np.float32)[1]
+    # the one-launch form allocates the three gradients alone (no float32 dq buffer and D)
+    assert bwd("fa2", 300)[2].scratch == () and len(bwd("fa2_atomic", 300)[2].scratch) == 1
 
 
 @gpu

@@ -1172,12 +1172,19 @@ __device__ __forceinline__ void fa_bwd_p(float (&s)[NQ][4], float (&dp)[NQ][4], 
         }
 }
 
-template <class P, int D, int BQ, bool KVREG, bool DIRECT>
-__global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, const typename P::T* k,
+// What a key block does with dq: FA_DQ_ADD adds its scaled share atomically into dqacc (D_t from Dbuf), FA_DQ_STORE
+// stores it (DIRECT: the block's keys are the sequence's only ones; D_t formed in the block), FA_DQ_NONE forms no dq
+// (fa2_bwd_one: query-tile blocks form it; D_t formed in the block).
+enum FaDq { FA_DQ_ADD = 0, FA_DQ_STORE = 1, FA_DQ_NONE = 2 };
+
+// fa2_bwd's body for the key block at k0 of row n (fa2_bwd_one runs it for half of its blocks)
+template <class P, int D, int BQ, bool KVREG, int DQ>
+__device__ __forceinline__ void fa2_bwd_keys(const typename P::T* q, const typename P::T* k,
         const typename P::T* v, const typename P::T* o, const float* lse, const float* Dbuf,
-        const typename P::T* dout, float* dqacc, typename P::T* dq_, typename P::T* dk_, typename P::T* dv_, int N,
-        int T_, int dk, int dv, float sl2, float scale, int causal, const int* tseq, const int* cu) {
+        const typename P::T* dout, float* dqacc, typename P::T* dq_, typename P::T* dk_, typename P::T* dv_,
+        int T_, int dk, int dv, float sl2, float scale, int causal, const int* tseq, const int* cu, int n, int k0) {
     using T = typename P::T;
+    constexpr bool OWN = DQ != FA_DQ_ADD;                       // D_t formed in the block (fa_load_D)
     constexpr int BK = 64, LDK = D + P::PAD_X, LDV = D + P::PAD_R, LDQ = D + P::PAD_X, LDS = BK + P::PAD_R;
     constexpr int KD = D / P::KS, NQ = BQ / 8, ND = D / 8, KQ = BQ / P::KS, KK = BK / P::KS, CW = P::KS / 8;
     constexpr int MQ = BQ / 16, WN = 4 / MQ, DW = D / WN, NDW = DW / 8;   // dQ tile: warp -> (m tile, columns)
@@ -1190,16 +1197,15 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, co
     T* sS = sO + BQ * LDQ;                                      // dS of the tile, [query][key]
     float* sL = reinterpret_cast<float*>(sS + BQ * LDS);
     float* sD = sL + BQ;
-    const int n = blockIdx.x % N, k0 = (int)(blockIdx.x / N) * BK;   // causal: longest key blocks first
     const int w = threadIdx.x >> 5, L = threadIdx.x & 31, g = L >> 2, tq = L & 3;
     const long long nT = (long long)n * T_;
     const T* qn = q + nT * dk;
     const T* on = dout + nT * dv;
     const float* ln = lse + nT;
-    const float* Dn = DIRECT ? nullptr : Dbuf + nT;             // DIRECT: fa_load_D forms D from o and dout
-    const T* o_n = DIRECT ? o + nT * dv : nullptr;
+    const float* Dn = OWN ? nullptr : Dbuf + nT;                // OWN: fa_load_D forms D from o and dout
+    const T* o_n = OWN ? o + nT * dv : nullptr;
     // dQ's scale: in the store (DIRECT) or the adds into a float32 dq; else 1 (a no-op, fa2_dq_post scales)
-    const float qs = (DIRECT || sizeof(T) == 4) ? scale : 1.f;
+    const float qs = (DQ == FA_DQ_STORE || sizeof(T) == 4) ? scale : 1.f;
     // queries of the block: from the diagonal (causal) or its first key's sequence start to its last key's
     // sequence end; the warp's tiles need no mask inside [wlo, whi)
     const int qbeg = causal ? k0 : fa_seq(tseq, cu, k0, T_).a;
@@ -1211,7 +1217,7 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, co
     fa_load<T, D, LDQ, BQ>(sQ, qn, i0 * BQ, T_, dk);
     fa_load<T, D, LDQ, BQ>(sO, on, i0 * BQ, T_, dv);
     fa_load_vec<BQ>(sL, ln, i0 * BQ, T_);
-    fa_load_D<DIRECT, T, BQ>(sD, Dn, o_n, on, i0 * BQ, T_, dv);
+    fa_load_D<OWN, T, BQ>(sD, Dn, o_n, on, i0 * BQ, T_, dv);
     cp_async_commit();
     float gk[ND][4], gv[ND][4];
     wbmma::zero_acc(gk);
@@ -1273,11 +1279,13 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, co
             fa_bwd_p<NQ, true>(s, dp, sL, sD, tq, q0, ks, sl2);
         else
             fa_bwd_p<NQ, false>(s, dp, sL, sD, tq, q0, ks, sl2);
+        if constexpr (DQ != FA_DQ_NONE) {
 #pragma unroll
-        for (int j = 0; j < NQ; ++j)
+            for (int j = 0; j < NQ; ++j)
 #pragma unroll
-            for (int e = 0; e < 4; ++e)
-                sS[(8 * j + 2 * tq + (e & 1)) * LDS + 16 * w + g + 8 * (e >> 1)] = from_f32<T>(dp[j][e]);
+                for (int e = 0; e < 4; ++e)
+                    sS[(8 * j + 2 * tq + (e & 1)) * LDS + 16 * w + g + 8 * (e >> 1)] = from_f32<T>(dp[j][e]);
+        }
 #pragma unroll
         for (int kc = 0; kc < KQ; ++kc) {                       // dV += P^T dO, dK += dS^T Q
             typename P::A pa, da;
@@ -1298,9 +1306,10 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, co
         if (i + 1 < nq) {
             fa_load<T, D, LDQ, BQ>(sO, on, q0 + BQ, T_, dv);
             fa_load_vec<BQ>(sL, ln, q0 + BQ, T_);
-            fa_load_D<DIRECT, T, BQ>(sD, Dn, o_n, on, q0 + BQ, T_, dv);
+            fa_load_D<OWN, T, BQ>(sD, Dn, o_n, on, q0 + BQ, T_, dv);
             cp_async_commit();
         }
+        if constexpr (DQ == FA_DQ_NONE) continue;
         float gq[NDW][4];                                       // dQ rows q0 + 16 mq .., columns c0 .. c0 + DW
         wbmma::zero_acc(gq);
 #pragma unroll
@@ -1319,7 +1328,7 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, co
         for (int h = 0; h < 2; ++h) {
             const int row = q0 + 16 * mq + g + 8 * h;
             if (row >= T_) continue;
-            if constexpr (DIRECT) {
+            if constexpr (DQ == FA_DQ_STORE) {
                 T* dst = dq_ + (nT + row) * dk;
 #pragma unroll
                 for (int j = 0; j < NDW; ++j)
@@ -1344,4 +1353,151 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, co
             fa_store2<T>(vrow, 8 * j + 2 * tq, dv, gv[j][2 * h], gv[j][2 * h + 1]);
         }
     }
+}
+
+template <class P, int D, int BQ, bool KVREG, bool DIRECT>
+__global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, const typename P::T* k,
+        const typename P::T* v, const typename P::T* o, const float* lse, const float* Dbuf,
+        const typename P::T* dout, float* dqacc, typename P::T* dq_, typename P::T* dk_, typename P::T* dv_, int N,
+        int T_, int dk, int dv, float sl2, float scale, int causal, const int* tseq, const int* cu) {
+    // causal: longest key blocks first
+    fa2_bwd_keys<P, D, BQ, KVREG, DIRECT ? FA_DQ_STORE : FA_DQ_ADD>(q, k, v, o, lse, Dbuf, dout, dqacc, dq_, dk_, dv_,
+            T_, dk, dv, sl2, scale, causal, tseq, cu, (int)(blockIdx.x % N), (int)(blockIdx.x / N) * 64);
+}
+
+// The dq of one 64-row query tile at q0 of row n (fa2_bwd_one's query blocks): warp w owns rows q0 + 16 w ..; the
+// key tiles of 64 that the rows see (from the first row's sequence start to the diagonal, or to the last row's
+// sequence end), K_j and V_j double-buffered (cp.async, one group per tile), Q and dO fragments in registers:
+//     S = Q K_j^T, dP = dO V_j^T                     (A = Q, dO; B = K_j, V_j stored [key][d])
+//     P = 2^(sl2 S - lse_t log2 e), dS = P (dP - D_t) in registers (masks only on tiles crossing the diagonal,
+//                                                     a sequence edge or T: warp-uniform, as fa2_fwd)
+//     dQ += dS K_j                                   (A = the dS accumulators; B = K_j stored [key][d])
+// D_t = do_t . o_t formed in the block (fa_load_D); dq stored once, scaled, in T.  Rows past T_ are not stored.
+template <class P, int D>
+__device__ __forceinline__ void fa2_bwd_queries(const typename P::T* q, const typename P::T* k,
+        const typename P::T* v, const typename P::T* o, const float* lse, const typename P::T* dout,
+        typename P::T* dq_, int T_, int dk, int dv, float sl2, float scale, int causal, const int* tseq, const int* cu,
+        int n, int q0) {
+    using T = typename P::T;
+    constexpr int BR = 64, BK = 64, LDQ = D + P::PAD_R, LDK = D + P::PAD_X, LDV = D + P::PAD_R;
+    constexpr int KD = D / P::KS, NC = BK / 8, ND = D / 8, KC = BK / P::KS, CW = P::KS / 8;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const auto [sQ, sO, sK, sV] = carve<T>(smem_raw, BR * LDQ, BR * LDQ, 2 * BK * LDK, 2 * BK * LDV).p;
+    const auto [sL, sD] = carve<float>(sV + 2 * BK * LDV, BR, BR).p;
+    const int w = threadIdx.x >> 5, L = threadIdx.x & 31, g = L >> 2, tq = L & 3;
+    const long long nT = (long long)n * T_;
+    const T* kn = k + nT * dk;
+    const T* vn = v + nT * dv;
+    const T* on = dout + nT * dv;
+    const int r0 = q0 + 16 * w;                                 // first row of this warp
+    const int kbeg = fa_seq(tseq, cu, q0, T_).a;
+    const int kend = causal ? min(T_, q0 + BR) : fa_seq(tseq, cu, min(q0 + BR, T_) - 1, T_).b;
+    const int wlo = fa_seq(tseq, cu, min(r0 + 16, T_) - 1, T_).a, whi = fa_seq(tseq, cu, r0, T_).b;
+    FaSeq rs[1][2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) rs[0][h] = fa_seq(tseq, cu, r0 + g + 8 * h, T_);
+    const int j0 = kbeg / BK, nk = (kend + BK - 1) / BK;
+    fa_load<T, D, LDQ, BR>(sQ, q + nT * dk, q0, T_, dk);
+    fa_load<T, D, LDQ, BR>(sO, on, q0, T_, dv);
+    fa_load_vec<BR>(sL, lse + nT, q0, T_);
+    fa_load_D<true, T, BR>(sD, nullptr, o + nT * dv, on, q0, T_, dv);
+    fa_load<T, D, LDK, BK>(sK, kn, j0 * BK, T_, dk);
+    fa_load<T, D, LDV, BK>(sV, vn, j0 * BK, T_, dv);
+    cp_async_commit();
+    cp_async_wait_all();
+    __syncthreads();
+    typename P::A qa[KD], oa[KD];
+#pragma unroll
+    for (int kk = 0; kk < KD; ++kk) {
+        P::template load_a<LDQ>(qa[kk], sQ, 16 * w, P::KS * kk);
+        P::template load_a<LDQ>(oa[kk], sO, 16 * w, P::KS * kk);
+    }
+    float lr[2], dr[2];                                         // lse_t log2 e and D_t of this lane's rows
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        lr[h] = sL[16 * w + g + 8 * h] * WB_LOG2E;
+        dr[h] = sD[16 * w + g + 8 * h];
+    }
+    float gq[ND][4];
+    wbmma::zero_acc(gq);
+    for (int j = j0; j < nk; ++j) {
+        const int k0 = j * BK, b = (j - j0) & 1;
+        const T* sKj = sK + b * BK * LDK;
+        const T* sVj = sV + b * BK * LDV;
+        cp_async_wait_all();
+        __syncthreads();                     // K_j, V_j landed; every warp is done with tile j - 1's buffers
+        if (j + 1 < nk) {
+            fa_load<T, D, LDK, BK>(sK + (b ^ 1) * BK * LDK, kn, k0 + BK, T_, dk);
+            fa_load<T, D, LDV, BK>(sV + (b ^ 1) * BK * LDV, vn, k0 + BK, T_, dv);
+            cp_async_commit();
+        }
+        float s[NC][4], dp[NC][4];
+        wbmma::zero_acc(s);
+        wbmma::zero_acc(dp);
+#pragma unroll
+        for (int kk = 0; kk < KD; ++kk) {
+#pragma unroll
+            for (int np = 0; np < NC / 2; ++np) {
+                typename P::B b0, b1;
+                P::template load_bt<LDK>(b0, b1, sKj, 16 * np, P::KS * kk);
+                P::mma(s[2 * np], qa[kk], b0);
+                P::mma(s[2 * np + 1], qa[kk], b1);
+                P::template load_bt<LDV>(b0, b1, sVj, 16 * np, P::KS * kk);
+                P::mma(dp[2 * np], oa[kk], b0);
+                P::mma(dp[2 * np + 1], oa[kk], b1);
+            }
+        }
+        const bool mask = k0 < wlo || k0 + BK > whi || (causal && k0 + BK - 1 > r0);   // warp-uniform
+#pragma unroll
+        for (int jj = 0; jj < NC; ++jj)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int h = e >> 1, key = k0 + 8 * jj + 2 * tq + (e & 1), row = r0 + g + 8 * h;
+                float p = exp2f(s[jj][e] * sl2 - lr[h]);
+                if (mask && (key < rs[0][h].a || key >= rs[0][h].b || (causal && key > row))) p = 0.f;
+                dp[jj][e] = p * (dp[jj][e] - dr[h]);
+            }
+#pragma unroll
+        for (int kc = 0; kc < KC; ++kc) {                       // dQ += dS K_j
+            typename P::A da;
+            P::c_to_a(da, dp[CW * kc], dp[CW * kc + CW - 1]);
+#pragma unroll
+            for (int np = 0; np < ND / 2; ++np) {
+                typename P::B b0, b1;
+                P::template load_b<LDK>(b0, b1, sKj, P::KS * kc, 16 * np);
+                P::mma(gq[2 * np], da, b0);
+                P::mma(gq[2 * np + 1], da, b1);
+            }
+        }
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int row = r0 + g + 8 * h;
+        if (row >= T_) continue;
+        T* dst = dq_ + (nT + row) * dk;
+#pragma unroll
+        for (int jj = 0; jj < ND; ++jj)
+            fa_store2<T>(dst, 8 * jj + 2 * tq, dk, gq[jj][2 * h] * scale, gq[jj][2 * h + 1] * scale);
+    }
+}
+
+// fa2_bwd_one<P, D, BQ, KVREG>: the whole backward in one launch (the host takes it up to FA2_ONE_LAUNCH_MAX_T tokens
+// at head dims <= 64, float16 / bfloat16): no fa2_bwd_pre, no float32 dq buffer, no fa2_dq_post.  grid 2 ntiles N
+// (ntiles = ceil(T / 64)); block b: pair p = b / (2 N), row n = b % N; (b / N) even: fa2_bwd's key block p (dk, dv;
+// D_t formed in the block; no dq), odd: the dq of query tile ntiles - 1 - p (fa2_bwd_queries).  Causal: the pairs
+// run longest first (key block p sees ntiles - p query tiles, query tile ntiles - 1 - p as many key tiles).  Per
+// (query, key) tile pair 7 products (S^T, dP^T, dV, dK; S, dP, dQ) against fa2_bwd's 5 and its atomic dq adds.
+// Shared memory: the larger of the two roles' (host: fa2_one_smem).
+template <class P, int D, int BQ, bool KVREG>
+__global__ void __launch_bounds__(FA_THREADS) fa2_bwd_one(const typename P::T* q, const typename P::T* k,
+        const typename P::T* v, const typename P::T* o, const float* lse, const typename P::T* dout,
+        typename P::T* dq_, typename P::T* dk_, typename P::T* dv_, int N, int T_, int dk, int dv, float sl2,
+        float scale, int causal, const int* tseq, const int* cu) {
+    const int n = (int)(blockIdx.x % N), pair = (int)(blockIdx.x / (2 * N)), ntiles = (T_ + 63) / 64;
+    if ((blockIdx.x / N) % 2 == 0)
+        fa2_bwd_keys<P, D, BQ, KVREG, FA_DQ_NONE>(q, k, v, o, lse, nullptr, dout, nullptr, nullptr, dk_, dv_, T_, dk,
+                                                  dv, sl2, scale, causal, tseq, cu, n, 64 * pair);
+    else
+        fa2_bwd_queries<P, D>(q, k, v, o, lse, dout, dq_, T_, dk, dv, sl2, scale, causal, tseq, cu, n,
+                              64 * (ntiles - 1 - pair));
 }

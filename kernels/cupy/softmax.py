@@ -234,10 +234,17 @@ register(Variant("softmax", "cupy", "flash_mma", functools.partial(_forward, "mm
 # (operand policy, dtype, dk, dv) by _fa2_plan; a call allocates its outputs and, in the backward above
 # FA2_KEY_BLOCK tokens, one float32 buffer holding D and (float16/bfloat16) the dq accumulator.  Up to
 # FA2_KEY_BLOCK tokens the backward is one launch of fa2_bwd (direct mode: one key block per sequence forms D and
-# stores dq itself).  Head dims above FA2_BUCKETS[-1] run cupy:flash's kernels.
+# stores dq itself).  Above it, up to a spec's one_launch_max_t tokens (float16 / bfloat16 at head dims up to 64),
+# the backward is one launch of fa2_bwd_one (key blocks for dk, dv and query blocks for dq, each forming D: no
+# float32 buffer, no pre / post kernels); longer calls run fa2_bwd_pre, fa2_bwd (dq added atomically) and
+# fa2_dq_post.  Head dims above FA2_BUCKETS[-1] run cupy:flash's kernels.
 FA2_BUCKETS = (32, 64, 128)
 FA_THREADS = 128
 FA2_KEY_BLOCK = 64                  # keys per backward block (BK in softmax.cu); T up to it: direct mode
+FA2_ONE_BUCKETS = (32, 64)          # head-dim buckets of fa2_bwd_one (tile family "h")
+# cupy:fa2's one-launch backward up to this many tokens (docs/kernels/softmax.md "The backward in one launch";
+# written before any GPU run: to be set from the measurement of cupy:fa2_one against cupy:fa2_atomic)
+FA2_ONE_LAUNCH_MAX_T = 2048
 
 
 @dataclass(frozen=True)
@@ -278,6 +285,7 @@ class Fa2Spec:
     kind: str                 # "h" or "tf"
     split: int = 0            # TF32 split: 1 (TF32 accuracy) or 3 (float32 accuracy); 0 for "h"
     deterministic: bool = False   # True: section 2's two-kernel backward instead of atomics
+    one_launch_max_t: Optional[int] = None   # fa2_bwd_one up to this T (family "h"); None: FA2_ONE_LAUNCH_MAX_T
     default_for: tuple = ()       # dtypes for which "cupy" alone picks this variant
     tags: tuple = ()
     tol: dict = None          # check's tolerance per dtype (4x the worst error of the H200 sweep; derive_tolerances)
@@ -291,6 +299,11 @@ class Fa2Spec:
         """Key of FA2_TILES."""
         return "h" if self.kind == "h" else f"tf{self.split}"
 
+    def one_launch(self, T: int) -> bool:
+        """Whether a backward of T tokens (above FA2_KEY_BLOCK) runs fa2_bwd_one (where the head dims allow)."""
+        m = FA2_ONE_LAUNCH_MAX_T if self.one_launch_max_t is None else self.one_launch_max_t
+        return self.family == "h" and not self.deterministic and T <= m
+
 
 FA2_SPECS = (
     Fa2Spec("fa2", ("float16", "bfloat16"), "h", default_for=("float16", "bfloat16"),
@@ -300,6 +313,13 @@ FA2_SPECS = (
                         "atomics (not bitwise deterministic)"),
     Fa2Spec("fa2_det", ("float16", "bfloat16"), "h", deterministic=True, tol={"float16": 2e-3, "bfloat16": 2e-2},
             description="cupy:fa2's forward with flash_mma's deterministic two-kernel backward"),
+    Fa2Spec("fa2_one", ("float16", "bfloat16"), "h", one_launch_max_t=1 << 30, tol={"float16": 2e-3, "bfloat16": 2e-2},
+            description="cupy:fa2 with the one-launch backward at every T (fa2_bwd_one: key blocks form dk, dv, "
+                        "query blocks dq, each its own D; no atomics, no pre / post kernels; head dims <= 64): a "
+                        "measured rung"),
+    Fa2Spec("fa2_atomic", ("float16", "bfloat16"), "h", one_launch_max_t=0, tol={"float16": 2e-3, "bfloat16": 2e-2},
+            description="cupy:fa2 with the atomic three-launch backward at every T above 64 (fa2_bwd_pre, fa2_bwd, "
+                        "fa2_dq_post): a measured rung"),
     Fa2Spec("fa2_3xtf32", ("float32",), "tf", split=3, default_for=("float32",), tol={"float32": 1e-4},
             description="cupy:fa2 for float32 on TF32 tensor cores (m16n8k8), every product split 3xTF32 "
                         "(hi.hi + hi.lo + lo.hi): float32 accuracy"),
@@ -316,6 +336,14 @@ def fa2_smem(family: str, D: int, t: Fa2Tiles, pass_: str) -> int:
         return size * (64 * t.mt * (D + pad_r) + t.bc * (D + pad_r) + t.bc * (D + pad_c))
     bk = FA2_KEY_BLOCK
     return size * (bk * (D + pad_x) + bk * (D + pad_r) + 3 * t.bq * (D + pad_x) + t.bq * (bk + pad_r)) + 8 * t.bq
+
+
+def fa2_one_smem(family: str, D: int, t: Fa2Tiles) -> int:
+    """Dynamic shared memory (bytes) of fa2_bwd_one: the larger of its key blocks' (fa2_bwd's) and its query
+    blocks' (Q, dO, two K and two V tiles of 64 rows, lse and D)."""
+    size, pad_r, _, pad_x = _FA2_SMEM_LAYOUT[family]
+    queries = size * (2 * 64 * (D + pad_r) + 2 * 64 * (D + pad_x) + 2 * 64 * (D + pad_r)) + 8 * 64
+    return max(fa2_smem(family, D, t, "bwd"), queries)
 
 
 def _cpp_bool(b: bool) -> str:
@@ -343,15 +371,25 @@ def fa2_direct_expressions(policy: str, family: str) -> tuple:
     return tuple(fa2_bwd_expr(policy, family, D, True) for D in FA2_BUCKETS)
 
 
+def fa2_one_expressions(policy: str, family: str) -> tuple:
+    """fa2_bwd_one's instantiations of one policy (family "h" only; FA2_ONE_BUCKETS): their own compile group,
+    built on the first such backward."""
+    if family != "h":
+        return ()
+    return tuple(f"fa2_bwd_one<{policy}, {D}, {FA2_TILES[(family, D)].bq}, {_cpp_bool(FA2_TILES[(family, D)].kvreg)}>"
+                 for D in FA2_ONE_BUCKETS)
+
+
 def _fa2_groups() -> dict:
     """policy -> (tile family, ctype) for every policy some spec uses (deduplicated)."""
     return {s.policy(dt): (s.family, CTYPE[dt]) for s in FA2_SPECS for dt in s.dtypes}
 
 
 INSTANTIATIONS += [(SOURCE, e) for pol, (fam, ct) in _fa2_groups().items()
-                   for e in fa2_expressions(pol, fam, ct) + fa2_direct_expressions(pol, fam)]
+                   for e in fa2_expressions(pol, fam, ct) + fa2_direct_expressions(pol, fam) + fa2_one_expressions(pol, fam)]
 declare_groups(SOURCE, [fa2_expressions(pol, fam, ct) for pol, (fam, ct) in _fa2_groups().items()]
-               + [fa2_direct_expressions(pol, fam) for pol, (fam, ct) in _fa2_groups().items()])
+               + [fa2_direct_expressions(pol, fam) for pol, (fam, ct) in _fa2_groups().items()]
+               + [g for pol, (fam, ct) in _fa2_groups().items() if (g := fa2_one_expressions(pol, fam))])
 
 
 @dataclass(frozen=True)
@@ -360,6 +398,8 @@ class Fa2Plan:
     fwd: Any
     bwd: Any
     direct: tuple          # (expression, group) of fa2_bwd<..., DIRECT = true>: compiled by the first Fa2Call using it
+    one: Optional[tuple]   # (expression, group) of fa2_bwd_one, as direct; None where its buckets do not reach
+    one_smem: int
     pre: Any
     post: Any
     rows: int              # query rows per forward block
@@ -385,6 +425,9 @@ def _fa2_plan(policy: str, family: str, ctype: str, dk: int, dv: int) -> Optiona
     return Fa2Plan(fwd=kern(f"fa2_fwd<{policy}, {D}, {t.mt}, {_cpp_bool(t.qreg)}, {t.bc}>"),
                    bwd=kern(fa2_bwd_expr(policy, family, D, False)),
                    direct=(fa2_bwd_expr(policy, family, D, True), fa2_direct_expressions(policy, family)),
+                   one=((fa2_one_expressions(policy, family)[FA2_ONE_BUCKETS.index(D)], fa2_one_expressions(policy, family))
+                        if family == "h" and D in FA2_ONE_BUCKETS else None),
+                   one_smem=fa2_one_smem(family, D, t) if D in FA2_ONE_BUCKETS else 0,
                    pre=kern(f"fa2_bwd_pre<{ctype}>"), post=kern(f"fa2_dq_post<{ctype}>"),
                    rows=64 * t.mt, fwd_smem=fa2_smem(family, D, t, "fwd"), bwd_smem=fa2_smem(family, D, t, "bwd"),
                    Dk=np.int32(dk), Dv=np.int32(dv))
@@ -425,19 +468,21 @@ class Fa2Call:
     each laid out in one allocation (``backends.OutputLayout``).  (The scale's float32 values are made per
     call: a float key would take -0.0 for 0.0.)
 
-    Backward: direct (T <= FA2_KEY_BLOCK): fa2_bwd alone (it forms D and stores dq).  Otherwise fa2_bwd_pre (D,
-    the accumulator zeroed), fa2_bwd (scaled dq added atomically), and for float16/bfloat16 fa2_dq_post (the cast);
-    a float32 dq is its own accumulator (dq_in_place)."""
+    Backward: direct (T <= FA2_KEY_BLOCK): fa2_bwd alone (it forms D and stores dq).  one (``Fa2Spec.one_launch``,
+    head dims <= 64): fa2_bwd_one alone (key blocks and query blocks, each forming D; dq stored).  Otherwise
+    fa2_bwd_pre (D, the accumulator zeroed), fa2_bwd (scaled dq added atomically), and for float16/bfloat16
+    fa2_dq_post (the cast); a float32 dq is its own accumulator (dq_in_place)."""
     plan: Fa2Plan
     ints: tuple               # N, T, Dk, Dv (int32)
     causal: np.int32
     direct: bool
+    one: bool
     dq_in_place: bool
     pre_tail: tuple           # rows, Dv, Dk
     post_size: np.int64       # rows Dk
     acc_D_offset: int         # bytes from the buffer's start to D (0 in place; the accumulator stays 8-byte aligned)
     fwd: Prepared
-    bwd: Prepared             # plan.bwd, or its DIRECT instantiation
+    bwd: Prepared             # plan.bwd, its DIRECT instantiation, or fa2_bwd_one
     pre: Prepared
     post: Prepared
     fwd_out: backends.OutputLayout      # o, lse
@@ -453,18 +498,25 @@ def _fa2_call(name: str, dtype: np.dtype, shape: tuple, Dv: int, causal: bool):
     i32, N = np.int32, lead_size(shape, 2)
     rows = N * T
     in_place, direct = dtype_name(dtype) == "float32", T <= FA2_KEY_BLOCK
+    one = not direct and plan.one is not None and _FA2_SPEC_OF[name].one_launch(T)
     acc = 0 if in_place else rows * Dk
-    bwd = get_kernel(SOURCE, plan.direct[0], group=plan.direct[1]) if direct else plan.bwd
+    ntiles = -(-T // FA2_KEY_BLOCK)
+    if one:
+        bwd = Prepared(get_kernel(SOURCE, plan.one[0], group=plan.one[1]), (2 * ntiles * N,), (FA_THREADS,),
+                       plan.one_smem)
+    else:
+        bwd = Prepared(get_kernel(SOURCE, plan.direct[0], group=plan.direct[1]) if direct else plan.bwd,
+                       (ntiles * N,), (FA_THREADS,), plan.bwd_smem)
     v_shape = shape[:-1] + (Dv,)
-    return Fa2Call(plan, (i32(N), i32(T), plan.Dk, plan.Dv), i32(causal), direct, in_place,
+    return Fa2Call(plan, (i32(N), i32(T), plan.Dk, plan.Dv), i32(causal), direct, one, in_place,
                    (np.int64(rows), plan.Dv, plan.Dk), np.int64(rows * Dk), 4 * acc,
                    Prepared(plan.fwd, (-(-T // plan.rows) * N,), (FA_THREADS,), plan.fwd_smem),
-                   Prepared(bwd, (-(-T // FA2_KEY_BLOCK) * N,), (FA_THREADS,), plan.bwd_smem),
+                   bwd,
                    Prepared(plan.pre, (-(-rows // 8),), (256,)),
                    Prepared(plan.post, (-(-rows * Dk // 256),), (256,)),
                    backends.outputs_layout(((v_shape, dtype), ((N, T), np.float32))),
                    backends.outputs_layout(((shape, dtype), (shape, dtype), (v_shape, dtype)),
-                                           () if direct else (((acc + rows,), np.float32),)))
+                                           () if direct or one else (((acc + rows,), np.float32),)))
 
 
 def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None):
@@ -509,6 +561,9 @@ def _fa2_backward(ctx: Fa2Ctx, do):
     tail = call.ints + (f32(ctx.scale, LOG2E), f32(ctx.scale), call.causal) + _packed(ctx.cu)
     if call.direct:                                    # one key block per sequence: D and dq in fa2_bwd
         call.bwd((q, k, v, o, lse, None, do, None, dq, dk, dv) + tail)
+        return dq, dk, dv
+    if call.one:                                       # key blocks and query blocks in one launch
+        call.bwd((q, k, v, o, lse, do, dq, dk, dv) + tail)
         return dq, dk, dv
     acc = buf[0]                                       # dq accumulator (zeroed by fa2_bwd_pre) unless in place, D
     Dbuf = np.uint64(acc + call.acc_D_offset)

@@ -1173,37 +1173,67 @@ __device__ __forceinline__ void fa_bwd_p(float (&s)[NQ][4], float (&dp)[NQ][4], 
 }
 
 // What a key block does with dq: FA_DQ_ADD adds its scaled share atomically into dqacc (D_t from Dbuf), FA_DQ_STORE
-// stores it (DIRECT: the block's keys are the sequence's only ones; D_t formed in the block), FA_DQ_NONE forms no dq
-// (fa2_bwd_one: query-tile blocks form it; D_t formed in the block).
+// stores it (DIRECT: the block's keys are the sequence's only ones; D_t formed in the block by fa_load_D), FA_DQ_NONE
+// forms no dq (fa2_bwd_one: query-tile blocks form it).  FA_DQ_NONE also pipelines differently: with no dq product
+// to hide the loads behind, each query tile's Q, dO, o and lse go to the second of two buffers at the top of the
+// previous tile (so they have a whole tile to land), D_t is formed from the o and dO tiles in shared memory
+// (fa_tile_D: each warp its rows, published by a barrier before the scores use them), and there is no second
+// barrier per tile (no dS tile, no reload of single-buffered tiles).
 enum FaDq { FA_DQ_ADD = 0, FA_DQ_STORE = 1, FA_DQ_NONE = 2 };
 
-// fa2_bwd's body for the key block at k0 of row n (fa2_bwd_one runs it for half of its blocks)
+// D_t = o_t . do_t of this warp's 16 rows (16 w ..) of a 64-row tile pair in shared memory (zero past T and the head
+// dim, as fa_load fills them) -> sD: two lanes per row, half the D columns each, 16-byte pieces.
+template <typename T, int D, int LD>
+__device__ __forceinline__ void fa_tile_D(float* sD, const T* so, const T* sdo) {
+    static_assert(sizeof(T) == 2 && D % 16 == 0, "16-bit tiles of whole 16-byte pieces per lane");
+    constexpr int PER = D / 2, E = 8;
+    const int L = threadIdx.x & 31, r = 16 * (threadIdx.x >> 5) + (L >> 1), c0 = (L & 1) * PER;
+    float d = 0.f;
+#pragma unroll
+    for (int c = 0; c < PER; c += E) {
+        const uint4 a = *reinterpret_cast<const uint4*>(so + r * LD + c0 + c);
+        const uint4 b = *reinterpret_cast<const uint4*>(sdo + r * LD + c0 + c);
+        const T* x = reinterpret_cast<const T*>(&a);
+        const T* y = reinterpret_cast<const T*>(&b);
+#pragma unroll
+        for (int e = 0; e < E; ++e) d += to_f32(x[e]) * to_f32(y[e]);
+    }
+    d += __shfl_xor_sync(0xffffffffu, d, 1);
+    if ((L & 1) == 0) sD[r] = d;
+}
+
+// fa2_bwd's body for the key block at k0 of row n (fa2_bwd_one runs it, FA_DQ_NONE, for half of its blocks).
+// Shared memory: K, V, two Q buffers, then FA_DQ_NONE: two dO, two o buffers, two lse and two D vectors; else one dO
+// buffer, the dS tile, lse and D.
 template <class P, int D, int BQ, bool KVREG, int DQ>
 __device__ __forceinline__ void fa2_bwd_keys(const typename P::T* q, const typename P::T* k,
         const typename P::T* v, const typename P::T* o, const float* lse, const float* Dbuf,
         const typename P::T* dout, float* dqacc, typename P::T* dq_, typename P::T* dk_, typename P::T* dv_,
         int T_, int dk, int dv, float sl2, float scale, int causal, const int* tseq, const int* cu, int n, int k0) {
     using T = typename P::T;
-    constexpr bool OWN = DQ != FA_DQ_ADD;                       // D_t formed in the block (fa_load_D)
+    constexpr bool ONE = DQ == FA_DQ_NONE;
     constexpr int BK = 64, LDK = D + P::PAD_X, LDV = D + P::PAD_R, LDQ = D + P::PAD_X, LDS = BK + P::PAD_R;
     constexpr int KD = D / P::KS, NQ = BQ / 8, ND = D / 8, KQ = BQ / P::KS, KK = BK / P::KS, CW = P::KS / 8;
     constexpr int MQ = BQ / 16, WN = 4 / MQ, DW = D / WN, NDW = DW / 8;   // dQ tile: warp -> (m tile, columns)
     static_assert(MQ * WN == 4 && DW % 16 == 0, "dQ tile must split into 4 warps of 16-column multiples");
+    static_assert(!ONE || BQ == 64, "FA_DQ_NONE: 64-row query tiles (fa_tile_D)");
+    constexpr int NB = ONE ? 2 : 1;                             // buffers of dO, lse, D (and o)
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* sK = reinterpret_cast<T*>(smem_raw);
     T* sV = sK + BK * LDK;
     T* sQ = sV + BK * LDV;                                      // two buffers of BQ rows
-    T* sO = sQ + 2 * BQ * LDQ;
-    T* sS = sO + BQ * LDQ;                                      // dS of the tile, [query][key]
-    float* sL = reinterpret_cast<float*>(sS + BQ * LDS);
-    float* sD = sL + BQ;
+    T* sO = sQ + 2 * BQ * LDQ;                                  // dO: NB buffers
+    T* sOo = sO + NB * BQ * LDQ;                                // ONE: o, two buffers
+    T* sS = sOo;                                                // else: dS of the tile, [query][key]
+    float* sL = reinterpret_cast<float*>(ONE ? sOo + 2 * BQ * LDQ : sS + BQ * LDS);   // NB vectors of BQ
+    float* sD = sL + NB * BQ;
     const int w = threadIdx.x >> 5, L = threadIdx.x & 31, g = L >> 2, tq = L & 3;
     const long long nT = (long long)n * T_;
     const T* qn = q + nT * dk;
     const T* on = dout + nT * dv;
+    const T* o_n = o + nT * dv;
     const float* ln = lse + nT;
-    const float* Dn = OWN ? nullptr : Dbuf + nT;                // OWN: fa_load_D forms D from o and dout
-    const T* o_n = OWN ? o + nT * dv : nullptr;
+    const float* Dn = DQ == FA_DQ_ADD ? Dbuf + nT : nullptr;
     // dQ's scale: in the store (DIRECT) or the adds into a float32 dq; else 1 (a no-op, fa2_dq_post scales)
     const float qs = (DQ == FA_DQ_STORE || sizeof(T) == 4) ? scale : 1.f;
     // queries of the block: from the diagonal (causal) or its first key's sequence start to its last key's
@@ -1217,7 +1247,8 @@ __device__ __forceinline__ void fa2_bwd_keys(const typename P::T* q, const typen
     fa_load<T, D, LDQ, BQ>(sQ, qn, i0 * BQ, T_, dk);
     fa_load<T, D, LDQ, BQ>(sO, on, i0 * BQ, T_, dv);
     fa_load_vec<BQ>(sL, ln, i0 * BQ, T_);
-    fa_load_D<OWN, T, BQ>(sD, Dn, o_n, on, i0 * BQ, T_, dv);
+    if constexpr (ONE) fa_load<T, D, LDQ, BQ>(sOo, o_n, i0 * BQ, T_, dv);
+    else fa_load_D<DQ == FA_DQ_STORE, T, BQ>(sD, Dn, o_n, on, i0 * BQ, T_, dv);
     cp_async_commit();
     float gk[ND][4], gv[ND][4];
     wbmma::zero_acc(gk);
@@ -1243,14 +1274,23 @@ __device__ __forceinline__ void fa2_bwd_keys(const typename P::T* q, const typen
         }
     }
     for (int i = i0; i < nq; ++i) {
-        const int q0 = i * BQ;
-        T* sQc = sQ + ((i - i0) & 1) * BQ * LDQ;
+        const int q0 = i * BQ, b = (i - i0) & 1;
+        T* sQc = sQ + b * BQ * LDQ;
+        T* sOc = sO + (ONE ? b : 0) * BQ * LDQ;
+        const float* sLc = sL + (ONE ? b : 0) * BQ;
+        float* sDc = sD + (ONE ? b : 0) * BQ;
         cp_async_wait_all();
-        __syncthreads();                     // Q_i, dO_i, lse_i, D_i landed; every warp is done with tile i-1
+        __syncthreads();                     // tile i's loads landed; every warp is done with tile i-1
         if (i + 1 < nq) {
-            fa_load<T, D, LDQ, BQ>(sQ + (((i - i0) & 1) ^ 1) * BQ * LDQ, qn, q0 + BQ, T_, dk);
+            fa_load<T, D, LDQ, BQ>(sQ + (b ^ 1) * BQ * LDQ, qn, q0 + BQ, T_, dk);
+            if constexpr (ONE) {
+                fa_load<T, D, LDQ, BQ>(sO + (b ^ 1) * BQ * LDQ, on, q0 + BQ, T_, dv);
+                fa_load<T, D, LDQ, BQ>(sOo + (b ^ 1) * BQ * LDQ, o_n, q0 + BQ, T_, dv);
+                fa_load_vec<BQ>(sL + (b ^ 1) * BQ, ln, q0 + BQ, T_);
+            }
             cp_async_commit();
         }
+        if constexpr (ONE) fa_tile_D<T, D, LDQ>(sDc, sOo + b * BQ * LDQ, sOc);
         float s[NQ][4], dp[NQ][4];                              // S^T = K Q^T, dP^T = V dO^T (this warp's keys)
         wbmma::zero_acc(s);
         wbmma::zero_acc(dp);
@@ -1270,16 +1310,17 @@ __device__ __forceinline__ void fa2_bwd_keys(const typename P::T* q, const typen
                 P::template load_bt<LDQ>(b0, b1, sQc, 16 * np, P::KS * kk);
                 P::mma(s[2 * np], a1, b0);
                 P::mma(s[2 * np + 1], a1, b1);
-                P::template load_bt<LDQ>(b0, b1, sO, 16 * np, P::KS * kk);
+                P::template load_bt<LDQ>(b0, b1, sOc, 16 * np, P::KS * kk);
                 P::mma(dp[2 * np], a2, b0);
                 P::mma(dp[2 * np + 1], a2, b1);
             }
         }
+        if constexpr (ONE) __syncthreads();  // every warp's D_t of the tile in sDc
         if (q0 < wlo || q0 + BQ > whi || k0 + BK > T_ || (causal && q0 < k0 + 16 * w + 15))   // warp-uniform
-            fa_bwd_p<NQ, true>(s, dp, sL, sD, tq, q0, ks, sl2);
+            fa_bwd_p<NQ, true>(s, dp, sLc, sDc, tq, q0, ks, sl2);
         else
-            fa_bwd_p<NQ, false>(s, dp, sL, sD, tq, q0, ks, sl2);
-        if constexpr (DQ != FA_DQ_NONE) {
+            fa_bwd_p<NQ, false>(s, dp, sLc, sDc, tq, q0, ks, sl2);
+        if constexpr (!ONE) {
 #pragma unroll
             for (int j = 0; j < NQ; ++j)
 #pragma unroll
@@ -1294,7 +1335,7 @@ __device__ __forceinline__ void fa2_bwd_keys(const typename P::T* q, const typen
 #pragma unroll
             for (int np = 0; np < ND / 2; ++np) {
                 typename P::B b0, b1;
-                P::template load_b<LDQ>(b0, b1, sO, P::KS * kc, 16 * np);
+                P::template load_b<LDQ>(b0, b1, sOc, P::KS * kc, 16 * np);
                 P::mma(gv[2 * np], pa, b0);
                 P::mma(gv[2 * np + 1], pa, b1);
                 P::template load_b<LDQ>(b0, b1, sQc, P::KS * kc, 16 * np);
@@ -1302,42 +1343,43 @@ __device__ __forceinline__ void fa2_bwd_keys(const typename P::T* q, const typen
                 P::mma(gk[2 * np + 1], da, b1);
             }
         }
-        __syncthreads();                     // dS complete in sS; every warp is done with sO, sL, sD
-        if (i + 1 < nq) {
-            fa_load<T, D, LDQ, BQ>(sO, on, q0 + BQ, T_, dv);
-            fa_load_vec<BQ>(sL, ln, q0 + BQ, T_);
-            fa_load_D<OWN, T, BQ>(sD, Dn, o_n, on, q0 + BQ, T_, dv);
-            cp_async_commit();
-        }
-        if constexpr (DQ == FA_DQ_NONE) continue;
-        float gq[NDW][4];                                       // dQ rows q0 + 16 mq .., columns c0 .. c0 + DW
-        wbmma::zero_acc(gq);
-#pragma unroll
-        for (int kc = 0; kc < KK; ++kc) {
-            typename P::A a;
-            P::template load_a<LDS>(a, sS, 16 * mq, P::KS * kc);
-#pragma unroll
-            for (int np = 0; np < NDW / 2; ++np) {
-                typename P::B b0, b1;
-                P::template load_b<LDK>(b0, b1, sK, P::KS * kc, c0 + 16 * np);
-                P::mma(gq[2 * np], a, b0);
-                P::mma(gq[2 * np + 1], a, b1);
+        if constexpr (!ONE) {
+            __syncthreads();                 // dS complete in sS; every warp is done with sO, sL, sD
+            if (i + 1 < nq) {
+                fa_load<T, D, LDQ, BQ>(sO, on, q0 + BQ, T_, dv);
+                fa_load_vec<BQ>(sL, ln, q0 + BQ, T_);
+                fa_load_D<DQ == FA_DQ_STORE, T, BQ>(sD, Dn, o_n, on, q0 + BQ, T_, dv);
+                cp_async_commit();
             }
-        }
+            float gq[NDW][4];                                   // dQ rows q0 + 16 mq .., columns c0 .. c0 + DW
+            wbmma::zero_acc(gq);
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int row = q0 + 16 * mq + g + 8 * h;
-            if (row >= T_) continue;
-            if constexpr (DQ == FA_DQ_STORE) {
-                T* dst = dq_ + (nT + row) * dk;
+            for (int kc = 0; kc < KK; ++kc) {
+                typename P::A a;
+                P::template load_a<LDS>(a, sS, 16 * mq, P::KS * kc);
 #pragma unroll
-                for (int j = 0; j < NDW; ++j)
-                    fa_store2<T>(dst, c0 + 8 * j + 2 * tq, dk, gq[j][2 * h] * qs, gq[j][2 * h + 1] * qs);
-            } else {
-                float* dst = dqacc + (nT + row) * dk;
+                for (int np = 0; np < NDW / 2; ++np) {
+                    typename P::B b0, b1;
+                    P::template load_b<LDK>(b0, b1, sK, P::KS * kc, c0 + 16 * np);
+                    P::mma(gq[2 * np], a, b0);
+                    P::mma(gq[2 * np + 1], a, b1);
+                }
+            }
 #pragma unroll
-                for (int j = 0; j < NDW; ++j)
-                    fa_red2(dst, c0 + 8 * j + 2 * tq, dk, gq[j][2 * h] * qs, gq[j][2 * h + 1] * qs);
+            for (int h = 0; h < 2; ++h) {
+                const int row = q0 + 16 * mq + g + 8 * h;
+                if (row >= T_) continue;
+                if constexpr (DQ == FA_DQ_STORE) {
+                    T* dst = dq_ + (nT + row) * dk;
+#pragma unroll
+                    for (int j = 0; j < NDW; ++j)
+                        fa_store2<T>(dst, c0 + 8 * j + 2 * tq, dk, gq[j][2 * h] * qs, gq[j][2 * h + 1] * qs);
+                } else {
+                    float* dst = dqacc + (nT + row) * dk;
+#pragma unroll
+                    for (int j = 0; j < NDW; ++j)
+                        fa_red2(dst, c0 + 8 * j + 2 * tq, dk, gq[j][2 * h] * qs, gq[j][2 * h + 1] * qs);
+                }
             }
         }
     }

@@ -339,11 +339,13 @@ def fa2_smem(family: str, D: int, t: Fa2Tiles, pass_: str) -> int:
 
 
 def fa2_one_smem(family: str, D: int, t: Fa2Tiles) -> int:
-    """Dynamic shared memory (bytes) of fa2_bwd_one: the larger of its key blocks' (fa2_bwd's) and its query
-    blocks' (Q, dO, two K and two V tiles of 64 rows, lse and D)."""
+    """Dynamic shared memory (bytes) of fa2_bwd_one: the larger of its key blocks' (K, V, two buffers each of Q,
+    dO and o, two lse and two D vectors) and its query blocks' (Q, dO, two K and two V tiles of 64 rows, lse, D)."""
     size, pad_r, _, pad_x = _FA2_SMEM_LAYOUT[family]
+    bk = FA2_KEY_BLOCK
+    keys = size * (bk * (D + pad_x) + bk * (D + pad_r) + 6 * t.bq * (D + pad_x)) + 16 * t.bq
     queries = size * (2 * 64 * (D + pad_r) + 2 * 64 * (D + pad_x) + 2 * 64 * (D + pad_r)) + 8 * 64
-    return max(fa2_smem(family, D, t, "bwd"), queries)
+    return max(keys, queries)
 
 
 def _cpp_bool(b: bool) -> str:

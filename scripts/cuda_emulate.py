@@ -576,8 +576,8 @@ SOFTMAX_CASES += [
     _softmax("fa2_3xtf32 direct T=40 Dk=Dv=128 (3 query tiles)", "fa2_3xtf32", "float32", (1,), 40, 128, 128, False,
              True)]
 
-# the one-launch backward (fa2_bwd_one: cupy:fa2 up to FA2_ONE_LAUNCH_MAX_T at head dims <= 64, so the fa2 cases above
-# at those dims run it too; fa2_one at every T) and the atomic three-launch form it replaced there (fa2_atomic)
+# the one-launch backward (fa2_bwd_one: cupy:fa2_one at every T above 64, cupy:fa2 up to FA2_ONE_LAUNCH_MAX_T) and the
+# atomic three-launch form (cupy:fa2_atomic at every T; cupy:fa2 above the bound)
 SOFTMAX_CASES += [
     _softmax(f"fa2_one fp16 T=200 D=64 causal={_c}", "fa2_one", "float16", (1,), 200, 64, 64, _c) for _c in (True, False)]
 SOFTMAX_CASES += [

@@ -247,15 +247,15 @@ def test_fa2_backward_launches():
         call = cs._fa2_call(name, np.dtype(dtype), (2, T, D), D, True)
         return kernel_label(call.bwd.kernel), call.one, call.bwd_out
 
-    assert bwd("fa2", 64)[0] == "fa2_bwd<fa_h<wb_half>, 64, 64, true, true>"
-    assert bwd("fa2", 65)[:2] == ("fa2_bwd_one<fa_h<wb_half>, 64, 64, true>", True)
-    assert bwd("fa2", m)[1] and not bwd("fa2", m + 1)[1]
-    assert bwd("fa2", m + 1)[0] == "fa2_bwd<fa_h<wb_half>, 64, 64, true, false>"
-    assert bwd("fa2_one", 4 * m)[1] and not bwd("fa2_atomic", 65)[1]
-    assert bwd("fa2", 300, 32)[0] == "fa2_bwd_one<fa_h<wb_half>, 32, 64, true>"
-    assert not bwd("fa2", 300, 96)[1] and not bwd("fa2_3xtf32", 300, 64, np.float32)[1]
+    assert bwd("fa2", 64)[0] == bwd("fa2_one", 64)[0] == "fa2_bwd<fa_h<wb_half>, 64, 64, true, true>"
+    assert bwd("fa2_one", 65)[:2] == ("fa2_bwd_one<fa_h<wb_half>, 64, 64, true>", True)
+    assert bwd("fa2", max(m, 65))[1] == (m >= 65) and not bwd("fa2", max(m, 64) + 1)[1]
+    assert bwd("fa2", max(m, 64) + 1)[0] == "fa2_bwd<fa_h<wb_half>, 64, 64, true, false>"
+    assert bwd("fa2_one", 1 << 16)[1] and not bwd("fa2_atomic", 65)[1]
+    assert bwd("fa2_one", 300, 32)[0] == "fa2_bwd_one<fa_h<wb_half>, 32, 64, true>"
+    assert not bwd("fa2_one", 300, 96)[1] and not bwd("fa2_3xtf32", 300, 64, np.float32)[1]
     # the one-launch form allocates the three gradients alone (no float32 dq buffer and D)
-    assert bwd("fa2", 300)[2].scratch == () and len(bwd("fa2_atomic", 300)[2].scratch) == 1
+    assert bwd("fa2_one", 300)[2].scratch == () and len(bwd("fa2_atomic", 300)[2].scratch) == 1
 
 
 @gpu

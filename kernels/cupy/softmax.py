@@ -242,9 +242,10 @@ FA2_BUCKETS = (32, 64, 128)
 FA_THREADS = 128
 FA2_KEY_BLOCK = 64                  # keys per backward block (BK in softmax.cu); T up to it: direct mode
 FA2_ONE_BUCKETS = (32, 64)          # head-dim buckets of fa2_bwd_one (tile family "h")
-# cupy:fa2's one-launch backward up to this many tokens (docs/kernels/softmax.md "The backward in one launch";
-# written before any GPU run: to be set from the measurement of cupy:fa2_one against cupy:fa2_atomic)
-FA2_ONE_LAUNCH_MAX_T = 2048
+# cupy:fa2's one-launch backward up to this many tokens (docs/kernels/softmax.md "The backward in one launch"): 0,
+# none -- its first form measured 3-5x slower than the atomic backward at T 1k-16k (H200 callJ of 2026-12-04); the
+# second form (its key blocks re-pipelined) is not measured yet
+FA2_ONE_LAUNCH_MAX_T = 0
 
 
 @dataclass(frozen=True)

@@ -332,13 +332,8 @@ __global__ void __launch_bounds__(128, DECAY && ESUM ? 1 : 3) tg_bwd_dq(const T*
         const T* sQ = sK + TILE;
         const float sigma = pipe.top(j, nch, tr, issue, grows, H, sH, red);
         float acc[1][8][4], S[1][8][4];
-        tg::fence_accs(acc, S, H, Es);
-        wbgmma::fence();
-        wbgmma::gemm64_ss<T, false, false>(acc[0], sO, sH, false);     // dq = dO H^T (H's rows are dq's columns)
-        wbgmma::gemm64_ss<T, false, false>(S[0], sO, sV, false);       // S = dO V^T
-        wbgmma::commit();
-        unsigned kf[4][4], qf[4][4];                            // DECAY: the weighed fragments of K^T and Q^T and
-        if constexpr (DECAY) {                                  // the decayed state, formed while the first batch runs
+        unsigned kf[4][4], qf[4][4];                            // DECAY: the weighed fragments of K^T and Q^T
+        if constexpr (DECAY) {
             scale_acc(H, tr->e[C - 1]);
             tg::weighed_at<T>(kf, sK, tr->u, 1.f);
             if constexpr (ESUM) {
@@ -353,9 +348,12 @@ __global__ void __launch_bounds__(128, DECAY && ESUM ? 1 : 3) tg_bwd_dq(const T*
                 Bd += (double)tr->bh[C - 1] + (double)tr->bl[C - 1];
                 tg::weighed_at<T>(qf, sQ, tr->e, mul);
             }
-            tg::fence_accs(H, Es);
-            wbgmma::fence();
         }
+        tg::fence_accs(acc, S, H, Es);
+        wbgmma::fence();
+        wbgmma::gemm64_ss<T, false, false>(acc[0], sO, sH, false);     // dq = dO H^T (H's rows are dq's columns)
+        wbgmma::gemm64_ss<T, false, false>(S[0], sO, sV, false);       // S = dO V^T
+        wbgmma::commit();
         if constexpr (DECAY) {
             wbgmma::gemm64_rs<T, true>(H[0], kf, sV);                  // H <- e^{b_last} H + K^T diag(u) V
             if constexpr (ESUM) wbgmma::gemm64_rs<T, true>(Es[0], qf, sO);   // Es += (weighed Q)^T dO

@@ -243,8 +243,8 @@ FA_THREADS = 128
 FA2_KEY_BLOCK = 64                  # keys per backward block (BK in softmax.cu); T up to it: direct mode
 FA2_ONE_BUCKETS = (32, 64)          # head-dim buckets of fa2_bwd_one (tile family "h")
 # cupy:fa2's one-launch backward up to this many tokens (docs/kernels/softmax.md "The backward in one launch"): 0,
-# none -- its first form measured 3-5x slower than the atomic backward at T 1k-16k (H200 callJ of 2026-12-04); the
-# second form (its key blocks re-pipelined) is not measured yet
+# none -- slower than the atomic backward at every T measured (H200, 2026-12-04: first form 3.0-5.1x in callJ, the
+# re-pipelined second form 1.23-1.34x in callK at T 1k-16k)
 FA2_ONE_LAUNCH_MAX_T = 0
 
 

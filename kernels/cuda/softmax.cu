@@ -767,7 +767,8 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dq(const T* q, const T* k,
 // (fa_load_D, fa2_bwd_pre's sums) and the scaled dQ tiles are stored to dq_ -- one launch, no pre / post kernels,
 // no float32 buffer (Dbuf, dqacc unused); o is read only then.  The
 // atomic adds make dq's last float32 bits depend on the order blocks finish (cupy:fa2_det keeps the
-// deterministic two-kernel backward of section 2 for float16/bfloat16).
+// deterministic two-kernel backward of section 2 for float16/bfloat16).  fa2_bwd_one (below) is the backward in one
+// launch with query-tile blocks for dq beside the key blocks (cupy:fa2_one, a measured rung: 7 products per pair).
 #define FA_THREADS 128
 
 using wbmma::cp_async16;

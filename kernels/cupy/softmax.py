@@ -374,13 +374,16 @@ def fa2_direct_expressions(policy: str, family: str) -> tuple:
     return tuple(fa2_bwd_expr(policy, family, D, True) for D in FA2_BUCKETS)
 
 
+def fa2_one_expr(policy: str, family: str, D: int) -> str:
+    """fa2_bwd_one<P, D, BQ, KVREG> with the bucket's backward tiles (as fa2_bwd_expr)."""
+    t = FA2_TILES[(family, D)]
+    return f"fa2_bwd_one<{policy}, {D}, {t.bq}, {_cpp_bool(t.kvreg)}>"
+
+
 def fa2_one_expressions(policy: str, family: str) -> tuple:
     """fa2_bwd_one's instantiations of one policy (family "h" only; FA2_ONE_BUCKETS): their own compile group,
     built on the first such backward."""
-    if family != "h":
-        return ()
-    return tuple(f"fa2_bwd_one<{policy}, {D}, {FA2_TILES[(family, D)].bq}, {_cpp_bool(FA2_TILES[(family, D)].kvreg)}>"
-                 for D in FA2_ONE_BUCKETS)
+    return tuple(fa2_one_expr(policy, family, D) for D in FA2_ONE_BUCKETS) if family == "h" else ()
 
 
 def _fa2_groups() -> dict:
@@ -389,7 +392,8 @@ def _fa2_groups() -> dict:
 
 
 INSTANTIATIONS += [(SOURCE, e) for pol, (fam, ct) in _fa2_groups().items()
-                   for e in fa2_expressions(pol, fam, ct) + fa2_direct_expressions(pol, fam) + fa2_one_expressions(pol, fam)]
+                   for e in (fa2_expressions(pol, fam, ct) + fa2_direct_expressions(pol, fam)
+                             + fa2_one_expressions(pol, fam))]
 declare_groups(SOURCE, [fa2_expressions(pol, fam, ct) for pol, (fam, ct) in _fa2_groups().items()]
                + [fa2_direct_expressions(pol, fam) for pol, (fam, ct) in _fa2_groups().items()]
                + [g for pol, (fam, ct) in _fa2_groups().items() if (g := fa2_one_expressions(pol, fam))])
@@ -428,7 +432,7 @@ def _fa2_plan(policy: str, family: str, ctype: str, dk: int, dv: int) -> Optiona
     return Fa2Plan(fwd=kern(f"fa2_fwd<{policy}, {D}, {t.mt}, {_cpp_bool(t.qreg)}, {t.bc}>"),
                    bwd=kern(fa2_bwd_expr(policy, family, D, False)),
                    direct=(fa2_bwd_expr(policy, family, D, True), fa2_direct_expressions(policy, family)),
-                   one=((fa2_one_expressions(policy, family)[FA2_ONE_BUCKETS.index(D)], fa2_one_expressions(policy, family))
+                   one=((fa2_one_expr(policy, family, D), fa2_one_expressions(policy, family))
                         if family == "h" and D in FA2_ONE_BUCKETS else None),
                    one_smem=fa2_one_smem(family, D, t) if D in FA2_ONE_BUCKETS else 0,
                    pre=kern(f"fa2_bwd_pre<{ctype}>"), post=kern(f"fa2_dq_post<{ctype}>"),

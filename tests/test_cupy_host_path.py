@@ -59,8 +59,9 @@ def _fake_cupy(log: dict):
 
     cp.full, cp.empty, cp.RawModule, cp.__version__ = full, empty, RawModule, "fake"
     device = types.SimpleNamespace(synchronize=lambda: None, attributes={"MultiProcessorCount": 132})
-    cp.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, getDevice=lambda: 0),
-                                    Device=lambda: device)
+    cp.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, getDevice=lambda: 0,
+                                                                  memsetAsync=lambda *a: log["launches"].append("memset")),
+                                    Device=lambda: device, get_current_stream=lambda: types.SimpleNamespace(ptr=0))
     return cp
 
 

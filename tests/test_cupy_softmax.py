@@ -13,7 +13,7 @@ from workbench.reference import softmax as ref
 
 from kernels.cupy import softmax as cs
 
-FA2 = ["fa2", "fa2_det", "fa2_one", "fa2_atomic", "fa2_3xtf32", "fa2_tf32"]
+FA2 = ["fa2", "fa2_det", "fa2_one", "fa2_cast", "fa2_atomic", "fa2_3xtf32", "fa2_tf32"]
 VARIANTS = ["naive", "flash", "flash_mma"] + FA2
 H100_SMEM = 227 * 1024
 
@@ -105,8 +105,10 @@ def test_fa2_instantiations_cover_every_plan():
             assert f"fa2_fwd<{pol}, {D}, {t.mt}, {cs._cpp_bool(t.qreg)}, {t.bc}>" in group
             assert f"fa2_bwd<{pol}, {D}, {t.bq}, {cs._cpp_bool(t.kvreg)}, false>" in group
             assert f"fa2_bwd<{pol}, {D}, {t.bq}, {cs._cpp_bool(t.kvreg)}, true>" in direct     # T <= 64
-        one = cs.fa2_one_expressions(pol, fam)                # the one-launch backward: family "h", D <= 64
-        assert set(one) <= exprs and len(one) == (len(cs.FA2_ONE_BUCKETS) if fam == "h" else 0)
+        one = cs.fa2_one_expressions(pol, fam)                # the one-launch backwards: family "h", D <= 64
+        cast = cs.fa2_cast_expressions(pol, fam)
+        assert set(one) | set(cast) <= exprs
+        assert len(one) == len(cast) == (len(cs.FA2_ONE_BUCKETS) if fam == "h" else 0)
 
 
 def test_fa2_tiles_fit():
@@ -122,6 +124,7 @@ def test_fa2_tiles_fit():
             assert 0 < cs.fa2_smem(fam, D, t, pass_) <= H100_SMEM, (fam, D, t, pass_)
         if fam == "h" and D in cs.FA2_ONE_BUCKETS:
             assert cs.fa2_smem(fam, D, t, "bwd") < cs.fa2_one_smem(fam, D, t) <= H100_SMEM
+            assert cs.fa2_smem(fam, D, t, "bwd") < cs.fa2_cast_smem(fam, D, t) <= H100_SMEM
 
 
 def test_fa2_plan_above_128_falls_back():
@@ -225,10 +228,10 @@ def test_fa2_atomic_dq_matches_deterministic(causal):
                for a in random_inputs("softmax", lead=(2,), T=1537, Dk=64, Dv=64, dtype="float32", seed=5))
     do = cp.asarray(np.random.default_rng(6).standard_normal((2, 1537, 64)), dtype=cp.float16)
     grads = {}
-    for name in ("fa2_atomic", "fa2_one", "fa2_det"):
+    for name in ("fa2_atomic", "fa2_one", "fa2_cast", "fa2_det"):
         out, pull = wb.vjp(wb.softmax_attention, q, k, v, causal=causal, backend=f"cupy:{name}")
         grads[name] = [cp.asnumpy(g).astype(np.float64) for g in pull(do)]
-    for name in ("fa2_atomic", "fa2_one"):
+    for name in ("fa2_atomic", "fa2_one", "fa2_cast"):
         for a, b in zip(grads[name], grads["fa2_det"]):
             assert rel_error(a, b) < 2e-3, name
 
@@ -238,14 +241,19 @@ def test_fa2_atomic_dq_matches_deterministic(causal):
 def test_fa2_backward_launches():
     """Which backward a call runs: fa2_bwd's DIRECT instantiation up to 64 tokens; fa2_bwd_one (no pre / post
     kernels, no float32 buffer) above it up to the spec's one_launch_max_t (cupy:fa2: FA2_ONE_LAUNCH_MAX_T;
-    fa2_one: every T; fa2_atomic: none) at head dims <= 64 in float16 / bfloat16; else fa2_bwd with the atomic adds.
-    float32 and head dims above 64 never take the one-launch form."""
+    fa2_one: every T; fa2_atomic: none) at head dims <= 64 in float16 / bfloat16; else fa2_bwd_cast (one memset, one
+    launch; calls without packed sequences) up to the spec's cast_max_t (cupy:fa2: FA2_CAST_MAX_T; fa2_cast: every
+    T); else fa2_bwd with the atomic adds.  float32 and head dims above 64 never take the one-launch forms."""
     from kernels.cupy._module import kernel_label
     m = cs.FA2_ONE_LAUNCH_MAX_T
 
     def bwd(name, T, D=64, dtype=np.float16):
         call = cs._fa2_call(name, np.dtype(dtype), (2, T, D), D, True)
         return kernel_label(call.bwd.kernel), call.one, call.bwd_out
+
+    def cast(name, T, D=64, dtype=np.float16):
+        call = cs._fa2_call(name, np.dtype(dtype), (2, T, D), D, True)
+        return call.cast and kernel_label(call.cast.kernel)
 
     assert bwd("fa2", 64)[0] == bwd("fa2_one", 64)[0] == "fa2_bwd<fa_h<wb_half>, 64, 64, true, true>"
     assert bwd("fa2_one", 65)[:2] == ("fa2_bwd_one<fa_h<wb_half>, 64, 64, true>", True)
@@ -256,6 +264,16 @@ def test_fa2_backward_launches():
     assert not bwd("fa2_one", 300, 96)[1] and not bwd("fa2_3xtf32", 300, 64, np.float32)[1]
     # the one-launch form allocates the three gradients alone (no float32 dq buffer and D)
     assert bwd("fa2_one", 300)[2].scratch == () and len(bwd("fa2_atomic", 300)[2].scratch) == 1
+    # the atomic schedule in one launch: its own kernel beside the atomic form's (packed calls run that one), the
+    # float32 buffer and the arrival counters (N x ceil(T / 64) int32)
+    c = cs.FA2_CAST_MAX_T
+    assert cast("fa2_cast", 300) == "fa2_bwd_cast<fa_h<wb_half>, 64, 64, true>"
+    assert cast("fa2_cast", 1 << 15) and cast("fa2_cast", 300, 32) == "fa2_bwd_cast<fa_h<wb_half>, 32, 64, true>"
+    assert not cast("fa2_cast", 64) and not cast("fa2_cast", 300, 96) and not cast("fa2_3xtf32", 300, 64, np.float32)
+    assert not cast("fa2_atomic", 300) and not cast("fa2_one", 300)
+    assert bool(cast("fa2", max(c, 65))) == (c >= 65) and not cast("fa2", max(c, 64) + 1)
+    assert bwd("fa2_cast", 300)[0] == "fa2_bwd<fa_h<wb_half>, 64, 64, true, false>"
+    assert bwd("fa2_cast", 300)[2].scratch[1] == ((2 * 5,), np.dtype(np.int32))
 
 
 @gpu

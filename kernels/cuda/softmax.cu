@@ -1175,12 +1175,13 @@ __device__ __forceinline__ void fa_bwd_p(float (&s)[NQ][4], float (&dp)[NQ][4], 
 
 // What a key block does with dq: FA_DQ_ADD adds its scaled share atomically into dqacc (D_t from Dbuf), FA_DQ_STORE
 // stores it (DIRECT: the block's keys are the sequence's only ones; D_t formed in the block by fa_load_D), FA_DQ_NONE
-// forms no dq (fa2_bwd_one: query-tile blocks form it).  FA_DQ_NONE also pipelines differently: with no dq product
-// to hide the loads behind, each query tile's Q, dO, o and lse go to the second of two buffers at the top of the
-// previous tile (so they have a whole tile to land), D_t is formed from the o and dO tiles in shared memory
-// (fa_tile_D: each warp its rows, published by a barrier before the scores use them), and there is no second
-// barrier per tile (no dS tile, no reload of single-buffered tiles).
-enum FaDq { FA_DQ_ADD = 0, FA_DQ_STORE = 1, FA_DQ_NONE = 2 };
+// forms no dq (fa2_bwd_one: query-tile blocks form it), FA_DQ_CAST adds as FA_DQ_ADD into a zeroed float32 buffer and
+// the last key block to add into a query tile casts that tile's dq (fa2_bwd_cast: no pre / post kernels).  FA_DQ_NONE
+// and FA_DQ_CAST pipeline differently (TILE2): each query tile's Q, dO, o and lse go to the second of two buffers at
+// the top of the previous tile (so they have a whole tile to land), D_t is formed from the o and dO tiles in shared
+// memory (fa_tile_D: each warp its rows, published by a barrier before the scores use them); FA_DQ_NONE has no
+// second barrier per tile (no dS tile, nothing single-buffered to reload).
+enum FaDq { FA_DQ_ADD = 0, FA_DQ_STORE = 1, FA_DQ_NONE = 2, FA_DQ_CAST = 3 };
 
 // D_t = o_t . do_t of this warp's 16 rows (16 w ..) of a 64-row tile pair in shared memory (zero past T and the head
 // dim, as fa_load fills them) -> sD: two lanes per row, half the D columns each, 16-byte pieces.
@@ -1203,31 +1204,59 @@ __device__ __forceinline__ void fa_tile_D(float* sD, const T* so, const T* sdo) 
     if ((L & 1) == 0) sD[r] = d;
 }
 
-// fa2_bwd's body for the key block at k0 of row n (fa2_bwd_one runs it, FA_DQ_NONE, for half of its blocks).
-// Shared memory: K, V, two Q buffers, then FA_DQ_NONE: two dO, two o buffers, two lse and two D vectors; else one dO
-// buffer, the dS tile, lse and D.
+// The key blocks that add into query tile i (64 rows) of a call without packed sequences (the host launches
+// fa2_bwd_cast for those alone): causal, key blocks 0 .. i; else all of them.
+__device__ __forceinline__ int fa_tile_visits(int causal, int i, int T_) {
+    return causal ? i + 1 : (T_ + 63) / 64;
+}
+
+// A key block's arrival at query tile i after its dq adds (FA_DQ_CAST): every thread's adds made visible device-wide,
+// then one arrival on the tile's counter; the block that arrives last (visits - 1 arrivals before it) casts the
+// tile's float32 rows (read from L2) times scale into dq in the storage type.  Its barriers also free sS and the
+// tile's buffers.
+template <typename T>
+__device__ __forceinline__ void fa_dq_arrive(int* cnt, int visits, int* sLast, const float* dqacc, T* dq_,
+                                             long long nT, int q0, int rows, int T_, int dk, float scale) {
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) *sLast = atomicAdd(cnt, 1) == visits - 1;
+    __syncthreads();
+    if (!*sLast) return;
+    __threadfence();
+    const int nr = min(rows, T_ - q0);
+    const float* src = dqacc + (nT + q0) * dk;
+    T* dst = dq_ + (nT + q0) * dk;
+    for (int x = threadIdx.x; x < nr * dk; x += FA_THREADS) dst[x] = from_f32<T>(__ldcg(src + x) * scale);
+}
+
+// fa2_bwd's body for the key block at k0 of row n (fa2_bwd_one runs it, FA_DQ_NONE, for half of its blocks;
+// fa2_bwd_cast, FA_DQ_CAST, for every block).  Shared memory: K, V, two Q buffers, then TILE2: two dO and two o
+// buffers, the dS tile (FA_DQ_CAST), two lse and two D vectors, an int (FA_DQ_CAST); else one dO buffer, the dS tile,
+// lse and D.  cnt (FA_DQ_CAST): an arrival counter per (n, query tile), zero before the launch.
 template <class P, int D, int BQ, bool KVREG, int DQ>
 __device__ __forceinline__ void fa2_bwd_keys(const typename P::T* q, const typename P::T* k,
         const typename P::T* v, const typename P::T* o, const float* lse, const float* Dbuf,
         const typename P::T* dout, float* dqacc, typename P::T* dq_, typename P::T* dk_, typename P::T* dv_,
-        int T_, int dk, int dv, float sl2, float scale, int causal, const int* tseq, const int* cu, int n, int k0) {
+        int T_, int dk, int dv, float sl2, float scale, int causal, const int* tseq, const int* cu, int n, int k0,
+        int* cnt = nullptr) {
     using T = typename P::T;
-    constexpr bool ONE = DQ == FA_DQ_NONE;
+    constexpr bool ONE = DQ == FA_DQ_NONE, TILE2 = ONE || DQ == FA_DQ_CAST;
     constexpr int BK = 64, LDK = D + P::PAD_X, LDV = D + P::PAD_R, LDQ = D + P::PAD_X, LDS = BK + P::PAD_R;
     constexpr int KD = D / P::KS, NQ = BQ / 8, ND = D / 8, KQ = BQ / P::KS, KK = BK / P::KS, CW = P::KS / 8;
     constexpr int MQ = BQ / 16, WN = 4 / MQ, DW = D / WN, NDW = DW / 8;   // dQ tile: warp -> (m tile, columns)
     static_assert(MQ * WN == 4 && DW % 16 == 0, "dQ tile must split into 4 warps of 16-column multiples");
-    static_assert(!ONE || BQ == 64, "FA_DQ_NONE: 64-row query tiles (fa_tile_D)");
-    constexpr int NB = ONE ? 2 : 1;                             // buffers of dO, lse, D (and o)
+    static_assert(!TILE2 || BQ == 64, "FA_DQ_NONE, FA_DQ_CAST: 64-row query tiles (fa_tile_D)");
+    constexpr int NB = TILE2 ? 2 : 1;                           // buffers of dO, lse, D (and o)
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* sK = reinterpret_cast<T*>(smem_raw);
     T* sV = sK + BK * LDK;
     T* sQ = sV + BK * LDV;                                      // two buffers of BQ rows
     T* sO = sQ + 2 * BQ * LDQ;                                  // dO: NB buffers
-    T* sOo = sO + NB * BQ * LDQ;                                // ONE: o, two buffers
-    T* sS = sOo;                                                // else: dS of the tile, [query][key]
-    float* sL = reinterpret_cast<float*>(ONE ? sOo + 2 * BQ * LDQ : sS + BQ * LDS);   // NB vectors of BQ
+    T* sOo = sO + NB * BQ * LDQ;                                // TILE2: o, two buffers
+    T* sS = sOo + (TILE2 ? 2 : 0) * BQ * LDQ;                   // dS of the tile, [query][key] (not ONE)
+    float* sL = reinterpret_cast<float*>(sS + (ONE ? 0 : BQ * LDS));   // NB vectors of BQ
     float* sD = sL + NB * BQ;
+    int* sLast = reinterpret_cast<int*>(sD + NB * BQ);          // FA_DQ_CAST: this block adds last into the tile
     const int w = threadIdx.x >> 5, L = threadIdx.x & 31, g = L >> 2, tq = L & 3;
     const long long nT = (long long)n * T_;
     const T* qn = q + nT * dk;
@@ -1248,7 +1277,7 @@ __device__ __forceinline__ void fa2_bwd_keys(const typename P::T* q, const typen
     fa_load<T, D, LDQ, BQ>(sQ, qn, i0 * BQ, T_, dk);
     fa_load<T, D, LDQ, BQ>(sO, on, i0 * BQ, T_, dv);
     fa_load_vec<BQ>(sL, ln, i0 * BQ, T_);
-    if constexpr (ONE) fa_load<T, D, LDQ, BQ>(sOo, o_n, i0 * BQ, T_, dv);
+    if constexpr (TILE2) fa_load<T, D, LDQ, BQ>(sOo, o_n, i0 * BQ, T_, dv);
     else fa_load_D<DQ == FA_DQ_STORE, T, BQ>(sD, Dn, o_n, on, i0 * BQ, T_, dv);
     cp_async_commit();
     float gk[ND][4], gv[ND][4];
@@ -1277,21 +1306,21 @@ __device__ __forceinline__ void fa2_bwd_keys(const typename P::T* q, const typen
     for (int i = i0; i < nq; ++i) {
         const int q0 = i * BQ, b = (i - i0) & 1;
         T* sQc = sQ + b * BQ * LDQ;
-        T* sOc = sO + (ONE ? b : 0) * BQ * LDQ;
-        const float* sLc = sL + (ONE ? b : 0) * BQ;
-        float* sDc = sD + (ONE ? b : 0) * BQ;
+        T* sOc = sO + (TILE2 ? b : 0) * BQ * LDQ;
+        const float* sLc = sL + (TILE2 ? b : 0) * BQ;
+        float* sDc = sD + (TILE2 ? b : 0) * BQ;
         cp_async_wait_all();
         __syncthreads();                     // tile i's loads landed; every warp is done with tile i-1
         if (i + 1 < nq) {
             fa_load<T, D, LDQ, BQ>(sQ + (b ^ 1) * BQ * LDQ, qn, q0 + BQ, T_, dk);
-            if constexpr (ONE) {
+            if constexpr (TILE2) {
                 fa_load<T, D, LDQ, BQ>(sO + (b ^ 1) * BQ * LDQ, on, q0 + BQ, T_, dv);
                 fa_load<T, D, LDQ, BQ>(sOo + (b ^ 1) * BQ * LDQ, o_n, q0 + BQ, T_, dv);
                 fa_load_vec<BQ>(sL + (b ^ 1) * BQ, ln, q0 + BQ, T_);
             }
             cp_async_commit();
         }
-        if constexpr (ONE) fa_tile_D<T, D, LDQ>(sDc, sOo + b * BQ * LDQ, sOc);
+        if constexpr (TILE2) fa_tile_D<T, D, LDQ>(sDc, sOo + b * BQ * LDQ, sOc);
         float s[NQ][4], dp[NQ][4];                              // S^T = K Q^T, dP^T = V dO^T (this warp's keys)
         wbmma::zero_acc(s);
         wbmma::zero_acc(dp);
@@ -1316,7 +1345,7 @@ __device__ __forceinline__ void fa2_bwd_keys(const typename P::T* q, const typen
                 P::mma(dp[2 * np + 1], a2, b1);
             }
         }
-        if constexpr (ONE) __syncthreads();  // every warp's D_t of the tile in sDc
+        if constexpr (TILE2) __syncthreads();   // every warp's D_t of the tile in sDc
         if (q0 < wlo || q0 + BQ > whi || k0 + BK > T_ || (causal && q0 < k0 + 16 * w + 15))   // warp-uniform
             fa_bwd_p<NQ, true>(s, dp, sLc, sDc, tq, q0, ks, sl2);
         else
@@ -1346,7 +1375,7 @@ __device__ __forceinline__ void fa2_bwd_keys(const typename P::T* q, const typen
         }
         if constexpr (!ONE) {
             __syncthreads();                 // dS complete in sS; every warp is done with sO, sL, sD
-            if (i + 1 < nq) {
+            if (!TILE2 && i + 1 < nq) {
                 fa_load<T, D, LDQ, BQ>(sO, on, q0 + BQ, T_, dv);
                 fa_load_vec<BQ>(sL, ln, q0 + BQ, T_);
                 fa_load_D<DQ == FA_DQ_STORE, T, BQ>(sD, Dn, o_n, on, q0 + BQ, T_, dv);
@@ -1382,6 +1411,9 @@ __device__ __forceinline__ void fa2_bwd_keys(const typename P::T* q, const typen
                         fa_red2(dst, c0 + 8 * j + 2 * tq, dk, gq[j][2 * h] * qs, gq[j][2 * h + 1] * qs);
                 }
             }
+            if constexpr (DQ == FA_DQ_CAST)
+                fa_dq_arrive<T>(cnt + (long long)n * ((T_ + BQ - 1) / BQ) + i, fa_tile_visits(causal, i, T_), sLast,
+                                dqacc, dq_, nT, q0, BQ, T_, dk, scale);
         }
     }
 #pragma unroll
@@ -1406,6 +1438,19 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_bwd(const typename P::T* q, co
     // causal: longest key blocks first
     fa2_bwd_keys<P, D, BQ, KVREG, DIRECT ? FA_DQ_STORE : FA_DQ_ADD>(q, k, v, o, lse, Dbuf, dout, dqacc, dq_, dk_, dv_,
             T_, dk, dv, sl2, scale, causal, tseq, cu, (int)(blockIdx.x % N), (int)(blockIdx.x / N) * 64);
+}
+
+// fa2_bwd_cast<P, D, BQ, KVREG>: fa2_bwd's atomic schedule in one launch (FA_DQ_CAST: D_t from the o tiles, the
+// last key block to add into a query tile casts its dq), for calls without packed sequences at head dims <= 64 in
+// float16 / bfloat16.  dqacc (float32, rows x dk) and cnt (N x ceil(T / 64) ints) zero before the launch (the host:
+// one memset).  grid ceil(T / 64) N, block 128, shared memory fa2_cast_smem (host).
+template <class P, int D, int BQ, bool KVREG>
+__global__ void __launch_bounds__(FA_THREADS) fa2_bwd_cast(const typename P::T* q, const typename P::T* k,
+        const typename P::T* v, const typename P::T* o, const float* lse, const typename P::T* dout, float* dqacc,
+        int* cnt, typename P::T* dq_, typename P::T* dk_, typename P::T* dv_, int N, int T_, int dk, int dv,
+        float sl2, float scale, int causal) {
+    fa2_bwd_keys<P, D, BQ, KVREG, FA_DQ_CAST>(q, k, v, o, lse, nullptr, dout, dqacc, dq_, dk_, dv_, T_, dk, dv, sl2,
+            scale, causal, nullptr, nullptr, (int)(blockIdx.x % N), (int)(blockIdx.x / N) * 64, cnt);
 }
 
 // The dq of one 64-row query tile at q0 of row n (fa2_bwd_one's query blocks): warp w owns rows q0 + 16 w ..; the

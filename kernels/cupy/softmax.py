@@ -35,7 +35,8 @@ from workbench import backends
 from workbench.registry import Variant, register
 
 from . import _packing as packing
-from ._module import CTYPE, Prepared, as_contiguous, declare_groups, dtype_name, f32, flat3, get_kernel, launch, lead_size
+from ._module import (CTYPE, Prepared, as_contiguous, declare_groups, dtype_name, f32, flat3, get_kernel, launch,
+                      lead_size, memset_async)
 
 SOURCE = "softmax.cu"
 LOG2E = 1.0 / math.log(2.0)
@@ -241,11 +242,15 @@ register(Variant("softmax", "cupy", "flash_mma", functools.partial(_forward, "mm
 FA2_BUCKETS = (32, 64, 128)
 FA_THREADS = 128
 FA2_KEY_BLOCK = 64                  # keys per backward block (BK in softmax.cu); T up to it: direct mode
-FA2_ONE_BUCKETS = (32, 64)          # head-dim buckets of fa2_bwd_one (tile family "h")
+FA2_ONE_BUCKETS = (32, 64)          # head-dim buckets of fa2_bwd_one and fa2_bwd_cast (tile family "h")
 # cupy:fa2's one-launch backward up to this many tokens (docs/kernels/softmax.md "The backward in one launch"): 0,
 # none -- slower than the atomic backward at every T measured (H200, 2026-12-04: first form 3.0-5.1x in callJ, the
 # re-pipelined second form 1.23-1.34x in callK at T 1k-16k)
 FA2_ONE_LAUNCH_MAX_T = 0
+# cupy:fa2's backward as fa2_bwd_cast (the atomic schedule in one launch after one memset: D_t in the key blocks, the
+# dq cast by the last key block of each query tile) up to this many tokens, calls without packed sequences
+# (docs/kernels/softmax.md "One launch with the atomic schedule"; 0 until measured on a GPU)
+FA2_CAST_MAX_T = 0
 
 
 @dataclass(frozen=True)
@@ -287,6 +292,7 @@ class Fa2Spec:
     split: int = 0            # TF32 split: 1 (TF32 accuracy) or 3 (float32 accuracy); 0 for "h"
     deterministic: bool = False   # True: section 2's two-kernel backward instead of atomics
     one_launch_max_t: Optional[int] = None   # fa2_bwd_one up to this T (family "h"); None: FA2_ONE_LAUNCH_MAX_T
+    cast_max_t: Optional[int] = None         # fa2_bwd_cast up to this T (family "h"); None: FA2_CAST_MAX_T
     default_for: tuple = ()       # dtypes for which "cupy" alone picks this variant
     tags: tuple = ()
     tol: dict = None          # check's tolerance per dtype (4x the worst error of the H200 sweep; derive_tolerances)
@@ -305,6 +311,12 @@ class Fa2Spec:
         m = FA2_ONE_LAUNCH_MAX_T if self.one_launch_max_t is None else self.one_launch_max_t
         return self.family == "h" and not self.deterministic and T <= m
 
+    def cast(self, T: int) -> bool:
+        """Whether a backward of T tokens (above FA2_KEY_BLOCK, not one_launch) without packed sequences runs
+        fa2_bwd_cast (where the head dims allow)."""
+        m = FA2_CAST_MAX_T if self.cast_max_t is None else self.cast_max_t
+        return self.family == "h" and not self.deterministic and T <= m
+
 
 FA2_SPECS = (
     Fa2Spec("fa2", ("float16", "bfloat16"), "h", default_for=("float16", "bfloat16"),
@@ -318,7 +330,13 @@ FA2_SPECS = (
             description="cupy:fa2 with the one-launch backward at every T (fa2_bwd_one: key blocks form dk, dv, "
                         "query blocks dq, each its own D; no atomics, no pre / post kernels; head dims <= 64): a "
                         "measured rung"),
-    Fa2Spec("fa2_atomic", ("float16", "bfloat16"), "h", one_launch_max_t=0, tol={"float16": 2e-3, "bfloat16": 2e-2},
+    Fa2Spec("fa2_cast", ("float16", "bfloat16"), "h", one_launch_max_t=0, cast_max_t=1 << 30,
+            tol={"float16": 2e-3, "bfloat16": 2e-2},
+            description="cupy:fa2 with the atomic backward in one launch at every T above 64 (fa2_bwd_cast: D_t "
+                        "formed in the key blocks, dq cast by the last key block of each query tile, the float32 "
+                        "buffer zeroed by one memset; head dims <= 64, no packed sequences): a measured rung"),
+    Fa2Spec("fa2_atomic", ("float16", "bfloat16"), "h", one_launch_max_t=0, cast_max_t=0,
+            tol={"float16": 2e-3, "bfloat16": 2e-2},
             description="cupy:fa2 with the atomic three-launch backward at every T above 64 (fa2_bwd_pre, fa2_bwd, "
                         "fa2_dq_post): a measured rung"),
     Fa2Spec("fa2_3xtf32", ("float32",), "tf", split=3, default_for=("float32",), tol={"float32": 1e-4},
@@ -347,6 +365,14 @@ def fa2_one_smem(family: str, D: int, t: Fa2Tiles) -> int:
     keys = size * (bk * (D + pad_x) + bk * (D + pad_r) + 6 * t.bq * (D + pad_x)) + 16 * t.bq
     queries = size * (2 * 64 * (D + pad_r) + 2 * 64 * (D + pad_x) + 2 * 64 * (D + pad_r)) + 8 * 64
     return max(keys, queries)
+
+
+def fa2_cast_smem(family: str, D: int, t: Fa2Tiles) -> int:
+    """Dynamic shared memory (bytes) of fa2_bwd_cast: K, V, two buffers each of Q, dO and o, the dS tile, two lse and
+    two D vectors, and the last-arrival flag (16 bytes)."""
+    size, pad_r, _, pad_x = _FA2_SMEM_LAYOUT[family]
+    bk = FA2_KEY_BLOCK
+    return size * (bk * (D + pad_x) + bk * (D + pad_r) + 6 * t.bq * (D + pad_x) + t.bq * (bk + pad_r)) + 16 * t.bq + 16
 
 
 def _cpp_bool(b: bool) -> str:
@@ -386,6 +412,17 @@ def fa2_one_expressions(policy: str, family: str) -> tuple:
     return tuple(fa2_one_expr(policy, family, D) for D in FA2_ONE_BUCKETS) if family == "h" else ()
 
 
+def fa2_cast_expr(policy: str, family: str, D: int) -> str:
+    """fa2_bwd_cast<P, D, BQ, KVREG> with the bucket's backward tiles (as fa2_bwd_expr)."""
+    t = FA2_TILES[(family, D)]
+    return f"fa2_bwd_cast<{policy}, {D}, {t.bq}, {_cpp_bool(t.kvreg)}>"
+
+
+def fa2_cast_expressions(policy: str, family: str) -> tuple:
+    """fa2_bwd_cast's instantiations of one policy (family "h" only; FA2_ONE_BUCKETS): their own compile group."""
+    return tuple(fa2_cast_expr(policy, family, D) for D in FA2_ONE_BUCKETS) if family == "h" else ()
+
+
 def _fa2_groups() -> dict:
     """policy -> (tile family, ctype) for every policy some spec uses (deduplicated)."""
     return {s.policy(dt): (s.family, CTYPE[dt]) for s in FA2_SPECS for dt in s.dtypes}
@@ -393,10 +430,11 @@ def _fa2_groups() -> dict:
 
 INSTANTIATIONS += [(SOURCE, e) for pol, (fam, ct) in _fa2_groups().items()
                    for e in (fa2_expressions(pol, fam, ct) + fa2_direct_expressions(pol, fam)
-                             + fa2_one_expressions(pol, fam))]
+                             + fa2_one_expressions(pol, fam) + fa2_cast_expressions(pol, fam))]
 declare_groups(SOURCE, [fa2_expressions(pol, fam, ct) for pol, (fam, ct) in _fa2_groups().items()]
                + [fa2_direct_expressions(pol, fam) for pol, (fam, ct) in _fa2_groups().items()]
-               + [g for pol, (fam, ct) in _fa2_groups().items() if (g := fa2_one_expressions(pol, fam))])
+               + [g for pol, (fam, ct) in _fa2_groups().items() if (g := fa2_one_expressions(pol, fam))]
+               + [g for pol, (fam, ct) in _fa2_groups().items() if (g := fa2_cast_expressions(pol, fam))])
 
 
 @dataclass(frozen=True)
@@ -407,6 +445,8 @@ class Fa2Plan:
     direct: tuple          # (expression, group) of fa2_bwd<..., DIRECT = true>: compiled by the first Fa2Call using it
     one: Optional[tuple]   # (expression, group) of fa2_bwd_one, as direct; None where its buckets do not reach
     one_smem: int
+    cast: Optional[tuple]  # (expression, group) of fa2_bwd_cast, as one
+    cast_smem: int
     pre: Any
     post: Any
     rows: int              # query rows per forward block
@@ -435,6 +475,9 @@ def _fa2_plan(policy: str, family: str, ctype: str, dk: int, dv: int) -> Optiona
                    one=((fa2_one_expr(policy, family, D), fa2_one_expressions(policy, family))
                         if family == "h" and D in FA2_ONE_BUCKETS else None),
                    one_smem=fa2_one_smem(family, D, t) if D in FA2_ONE_BUCKETS else 0,
+                   cast=((fa2_cast_expr(policy, family, D), fa2_cast_expressions(policy, family))
+                         if family == "h" and D in FA2_ONE_BUCKETS else None),
+                   cast_smem=fa2_cast_smem(family, D, t) if D in FA2_ONE_BUCKETS else 0,
                    pre=kern(f"fa2_bwd_pre<{ctype}>"), post=kern(f"fa2_dq_post<{ctype}>"),
                    rows=64 * t.mt, fwd_smem=fa2_smem(family, D, t, "fwd"), bwd_smem=fa2_smem(family, D, t, "bwd"),
                    Dk=np.int32(dk), Dv=np.int32(dv))
@@ -476,7 +519,9 @@ class Fa2Call:
     call: a float key would take -0.0 for 0.0.)
 
     Backward: direct (T <= FA2_KEY_BLOCK): fa2_bwd alone (it forms D and stores dq).  one (``Fa2Spec.one_launch``,
-    head dims <= 64): fa2_bwd_one alone (key blocks and query blocks, each forming D; dq stored).  Otherwise
+    head dims <= 64): fa2_bwd_one alone (key blocks and query blocks, each forming D; dq stored).  cast
+    (``Fa2Spec.cast``, head dims <= 64, calls without packed sequences): one memset of the float32 buffer and the
+    arrival counters, then fa2_bwd_cast (D formed in the key blocks, dq cast by each query tile's last).  Otherwise
     fa2_bwd_pre (D, the accumulator zeroed), fa2_bwd (scaled dq added atomically), and for float16/bfloat16
     fa2_dq_post (the cast); a float32 dq is its own accumulator (dq_in_place)."""
     plan: Fa2Plan
@@ -490,6 +535,8 @@ class Fa2Call:
     acc_D_offset: int         # bytes from the buffer's start to D (0 in place; the accumulator stays 8-byte aligned)
     fwd: Prepared
     bwd: Prepared             # plan.bwd, its DIRECT instantiation, or fa2_bwd_one
+    cast: Optional[Prepared]  # fa2_bwd_cast (calls without packed sequences), else None
+    cnt_bytes: int            # cast: bytes of the arrival counters (int32 per (row, query tile))
     pre: Prepared
     post: Prepared
     fwd_out: backends.OutputLayout      # o, lse
@@ -506,6 +553,7 @@ def _fa2_call(name: str, dtype: np.dtype, shape: tuple, Dv: int, causal: bool):
     rows = N * T
     in_place, direct = dtype_name(dtype) == "float32", T <= FA2_KEY_BLOCK
     one = not direct and plan.one is not None and _FA2_SPEC_OF[name].one_launch(T)
+    cast = not direct and not one and plan.cast is not None and _FA2_SPEC_OF[name].cast(T)
     acc = 0 if in_place else rows * Dk
     ntiles = -(-T // FA2_KEY_BLOCK)
     if one:
@@ -519,11 +567,15 @@ def _fa2_call(name: str, dtype: np.dtype, shape: tuple, Dv: int, causal: bool):
                    (np.int64(rows), plan.Dv, plan.Dk), np.int64(rows * Dk), 4 * acc,
                    Prepared(plan.fwd, (-(-T // plan.rows) * N,), (FA_THREADS,), plan.fwd_smem),
                    bwd,
+                   Prepared(get_kernel(SOURCE, plan.cast[0], group=plan.cast[1]), (ntiles * N,), (FA_THREADS,),
+                            plan.cast_smem) if cast else None,
+                   4 * N * ntiles,
                    Prepared(plan.pre, (-(-rows // 8),), (256,)),
                    Prepared(plan.post, (-(-rows * Dk // 256),), (256,)),
                    backends.outputs_layout(((v_shape, dtype), ((N, T), np.float32))),
                    backends.outputs_layout(((shape, dtype), (shape, dtype), (v_shape, dtype)),
-                                           () if direct or one else (((acc + rows,), np.float32),)))
+                                           () if direct or one else (((acc + rows,), np.float32),)
+                                           + ((((N * ntiles,), np.int32),) if cast else ())))
 
 
 def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None):
@@ -571,6 +623,11 @@ def _fa2_backward(ctx: Fa2Ctx, do):
         return dq, dk, dv
     if call.one:                                       # key blocks and query blocks in one launch
         call.bwd((q, k, v, o, lse, do, dq, dk, dv) + tail)
+        return dq, dk, dv
+    if call.cast is not None and ctx.cu is None:       # one memset, one launch
+        memset_async(buf[0], int(buf[1]) - int(buf[0]) + call.cnt_bytes)
+        call.cast((q, k, v, o, lse, do, buf[0], buf[1], dq, dk, dv) + call.ints
+                  + (f32(ctx.scale, LOG2E), f32(ctx.scale), call.causal))
         return dq, dk, dv
     acc = buf[0]                                       # dq accumulator (zeroed by fa2_bwd_pre) unless in place, D
     Dbuf = np.uint64(acc + call.acc_D_offset)

@@ -153,6 +153,11 @@ template <typename V> inline V __shfl_xor_sync(unsigned, V v, int o) { return em
 template <typename V> inline V __shfl_sync(unsigned, V v, int s) { return emu::shfl(v, [&](int) { return s & 31; }); }
 template <typename V> inline V __shfl_up_sync(unsigned, V v, unsigned d) { return emu::shfl(v, [&](int L) { return L - (int)d; }); }
 template <typename V> inline V __shfl_down_sync(unsigned, V v, unsigned d) { return emu::shfl(v, [&](int L) { return L + (int)d; }); }
+// Device-wide ordering and atomics: blocks run one after another, so a fence has nothing to order across blocks
+// (a block's threads meet at its barriers), an L2 load is a load, and an atomic is the host's atomic add.
+inline void __threadfence() {}
+inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+inline float __ldcg(const float* p) { return *p; }
 
 namespace emu {
 // ------------------------------------------------------------------------ operands of rewritten asm statements

@@ -127,8 +127,10 @@ __device__ __forceinline__ float2 logdecay_load(GRows x) {
     return make_float2(2 * L < x.nrow ? f[2 * L] : 0.f, 2 * L + 1 < x.nrow ? f[2 * L + 1] : 0.f);
 }
 
-// Warp 0: the chunk's log decays (logdecay_load) -> b, e, u.
-__device__ __forceinline__ void chunk_logdecay(Trailer* tr, float2 x) {
+// The chunk's log decays (logdecay_load) -> b, e, u: every warp of the block runs the scan's shuffles (a branch-free,
+// convergent path: under a per-thread condition ptxas compiles each shuffle as a collective sequence), warp 0 (own)
+// with the chunk's values forms the exps and writes the Trailer.
+__device__ __forceinline__ void chunk_logdecay(Trailer* tr, float2 x, bool own) {
     const int L = threadIdx.x & 31;
     float x0 = x.x, x1 = x.y;
     if (x0 < G_MIN) x0 = G_MIN;                      // NaN compares false: it propagates
@@ -143,6 +145,7 @@ __device__ __forceinline__ void chunk_logdecay(Trailer* tr, float2 x) {
     if (L == 0) ex = 0.0;
     const double b0 = ex + x0, b1 = b0 + x1;
     const double bl = __shfl_sync(0xffffffffu, b1, 31);
+    if (!own) return;
     const float h0 = (float)b0, h1 = (float)b1;
     tr->bh[2 * L] = h0;
     tr->bh[2 * L + 1] = h1;
@@ -187,7 +190,8 @@ template <int STAGES>
 struct Walk {
     static_assert(STAGES == 1 || STAGES == 2, "one or two stages");
     int nch;
-    bool decay;                                // this thread computes the log decays (warp 0, decayed walks)
+    bool scan;                                 // a decayed walk: every thread takes part in the log-decay scan
+    bool decay;                                // this thread loads and writes the log decays (warp 0, decayed walks)
     int kind;                                  // ... from log decays of this kind (G_F32, G_F16, G_BF16)
     // chunk c + 1's log decays -> their slot, in the group being filled (before its commit)
     template <typename G>
@@ -216,7 +220,7 @@ struct Walk {
     }
     template <typename F, typename G>
     __device__ __forceinline__ Walk(int nch_, bool decay_, Trailer* tr, F&& issue, G&& grows)
-        : nch(nch_), decay(decay_ && threadIdx.x < 32), kind(grows(0).kind) {
+        : nch(nch_), scan(decay_), decay(decay_ && threadIdx.x < 32), kind(grows(0).kind) {
 #pragma unroll
         for (int j = 0; j < STAGES - 1; ++j) {
             if (j < nch) issue(j, j);
@@ -240,7 +244,7 @@ struct Walk {
         if (jn < nch) issue(jn, jn % STAGES);
         copy_next(jn, tr, grows);
         cp_async_commit();
-        if (decay) chunk_logdecay(tr, x);
+        if (scan) chunk_logdecay(tr, x, decay);
     }
     __device__ __forceinline__ static void wait() { cp_async_wait_group<STAGES - 1>(); }
 };

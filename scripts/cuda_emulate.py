@@ -590,6 +590,11 @@ SOFTMAX_CASES += [
     _softmax("fa2_cast fp16 T=200 D=64 causal=False", "fa2_cast", "float16", (1,), 200, 64, 64, False),
     _softmax("fa2_cast fp16 T=65 Dk=5 Dv=7 (two tiles, plain loads)", "fa2_cast", "float16", (2,), 65, 5, 7, True),
     _softmax("fa2_cast fp16 T=130 Dk=16 Dv=24 (bucket 32)", "fa2_cast", "float16", (1,), 130, 16, 24, False),
+    _softmax("fa2_tail fp16 T=200 D=64 causal=True", "fa2_tail", "float16", (2,), 200, 64, 64, True),
+    _softmax("fa2_tail fp16 T=200 D=64 causal=False", "fa2_tail", "float16", (1,), 200, 64, 64, False),
+    _softmax("fa2_tail bf16 T=65 Dk=5 Dv=7 (two tiles, plain loads, scalar cast)", "fa2_tail", "bfloat16", (2,), 65, 5,
+             7, True),
+    _softmax("fa2_tail fp16 T=130 Dk=16 Dv=24 (bucket 32)", "fa2_tail", "float16", (1,), 130, 16, 24, False),
     Case("softmax", "softmax test_fa2_backward_launches()", "test_function",
          dict(module="test_cupy_softmax", function="test_fa2_backward_launches", kwargs={}))]
 
@@ -603,7 +608,8 @@ SOFTMAX_CASES += [Case("softmax", f"softmax packed cell cupy:{var} {dt} T={T} {d
     ("fa2_3xtf32", "float32", 200, 64, 64, False), ("fa2_tf32", "float32", 130, 128, 128, True),
     ("fa2", "float16", 64, 64, 64, True), ("fa2_3xtf32", "float32", 60, 32, 24, False),      # these two: DIRECT
     ("fa2_one", "float16", 200, 64, 64, True), ("fa2_one", "float16", 130, 16, 24, False),
-    ("fa2_atomic", "float16", 200, 64, 64, True), ("fa2_cast", "float16", 200, 64, 64, True))]
+    ("fa2_atomic", "float16", 200, 64, 64, True), ("fa2_cast", "float16", 200, 64, 64, True),
+    ("fa2_tail", "float16", 200, 64, 64, True))]
 SOFTMAX_CASES += [Case("softmax", f"softmax test_fa2_above_the_merge_bound(variant={var})", "test_function",
                        dict(module="test_cupy_softmax", function="test_fa2_above_the_merge_bound",
                             kwargs=dict(variant=var))) for var in ("fa2", "fa2_3xtf32")]

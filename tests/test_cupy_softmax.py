@@ -13,7 +13,7 @@ from workbench.reference import softmax as ref
 
 from kernels.cupy import softmax as cs
 
-FA2 = ["fa2", "fa2_det", "fa2_one", "fa2_cast", "fa2_atomic", "fa2_3xtf32", "fa2_tf32"]
+FA2 = ["fa2", "fa2_det", "fa2_one", "fa2_cast", "fa2_tail", "fa2_atomic", "fa2_3xtf32", "fa2_tf32"]
 VARIANTS = ["naive", "flash", "flash_mma"] + FA2
 H100_SMEM = 227 * 1024
 
@@ -105,10 +105,9 @@ def test_fa2_instantiations_cover_every_plan():
             assert f"fa2_fwd<{pol}, {D}, {t.mt}, {cs._cpp_bool(t.qreg)}, {t.bc}>" in group
             assert f"fa2_bwd<{pol}, {D}, {t.bq}, {cs._cpp_bool(t.kvreg)}, false>" in group
             assert f"fa2_bwd<{pol}, {D}, {t.bq}, {cs._cpp_bool(t.kvreg)}, true>" in direct     # T <= 64
-        one = cs.fa2_one_expressions(pol, fam)                # the one-launch backwards: family "h", D <= 64
-        cast = cs.fa2_cast_expressions(pol, fam)
-        assert set(one) | set(cast) <= exprs
-        assert len(one) == len(cast) == (len(cs.FA2_ONE_BUCKETS) if fam == "h" else 0)
+        for kernel in cs.FA2_H_KERNELS:                     # one-launch, cast and tail backwards: family "h", D <= 64
+            h = cs.fa2_h_expressions(kernel, pol, fam)
+            assert set(h) <= exprs and len(h) == (len(cs.FA2_ONE_BUCKETS) if fam == "h" else 0)
 
 
 def test_fa2_tiles_fit():
@@ -228,10 +227,10 @@ def test_fa2_atomic_dq_matches_deterministic(causal):
                for a in random_inputs("softmax", lead=(2,), T=1537, Dk=64, Dv=64, dtype="float32", seed=5))
     do = cp.asarray(np.random.default_rng(6).standard_normal((2, 1537, 64)), dtype=cp.float16)
     grads = {}
-    for name in ("fa2_atomic", "fa2_one", "fa2_cast", "fa2_det"):
+    for name in ("fa2_atomic", "fa2_one", "fa2_cast", "fa2_tail", "fa2_det"):
         out, pull = wb.vjp(wb.softmax_attention, q, k, v, causal=causal, backend=f"cupy:{name}")
         grads[name] = [cp.asnumpy(g).astype(np.float64) for g in pull(do)]
-    for name in ("fa2_atomic", "fa2_one", "fa2_cast"):
+    for name in ("fa2_atomic", "fa2_one", "fa2_cast", "fa2_tail"):
         for a, b in zip(grads[name], grads["fa2_det"]):
             assert rel_error(a, b) < 2e-3, name
 
@@ -243,7 +242,9 @@ def test_fa2_backward_launches():
     kernels, no float32 buffer) above it up to the spec's one_launch_max_t (cupy:fa2: FA2_ONE_LAUNCH_MAX_T;
     fa2_one: every T; fa2_atomic: none) at head dims <= 64 in float16 / bfloat16; else fa2_bwd_cast (one memset, one
     launch; calls without packed sequences) up to the spec's cast_max_t (cupy:fa2: FA2_CAST_MAX_T; fa2_cast: every
-    T); else fa2_bwd with the atomic adds.  float32 and head dims above 64 never take the one-launch forms."""
+    T); else fa2_bwd_tail (after fa2_bwd_pre, no fa2_dq_post; calls without packed sequences) up to the spec's
+    tail_max_t (cupy:fa2: FA2_TAIL_MAX_T; fa2_tail: every T); else fa2_bwd with the atomic adds.  float32 and head
+    dims above 64 never take the one-launch, cast or tail forms."""
     from kernels.cupy._module import kernel_label
     m = cs.FA2_ONE_LAUNCH_MAX_T
 
@@ -274,6 +275,21 @@ def test_fa2_backward_launches():
     assert bool(cast("fa2", max(c, 65))) == (c >= 65) and not cast("fa2", max(c, 64) + 1)
     assert bwd("fa2_cast", 300)[0] == "fa2_bwd<fa_h<wb_half>, 64, 64, true, false>"
     assert bwd("fa2_cast", 300)[2].scratch[1] == ((2 * 5,), np.dtype(np.int32))
+    # the dq cast in the key blocks' tail: its kernel beside fa2_bwd (packed calls run that), the same counters,
+    # which fa2_bwd_pre zeroes (ncnt of them)
+    def tail(name, T, D=64, dtype=np.float16):
+        call = cs._fa2_call(name, np.dtype(dtype), (2, T, D), D, True)
+        return call.tail and (kernel_label(call.tail.kernel), int(call.ncnt))
+
+    t = cs.FA2_TAIL_MAX_T
+    assert tail("fa2_tail", 300) == ("fa2_bwd_tail<fa_h<wb_half>, 64, 64, true>", 2 * 5)
+    assert tail("fa2_tail", 1 << 15) and tail("fa2_tail", 300, 32)[0] == "fa2_bwd_tail<fa_h<wb_half>, 32, 64, true>"
+    assert not tail("fa2_tail", 64) and not tail("fa2_tail", 300, 96) and not tail("fa2_3xtf32", 300, 64, np.float32)
+    assert not tail("fa2_atomic", 300) and not tail("fa2_cast", 300) and not tail("fa2_one", 300)
+    assert bool(tail("fa2", max(t, 65))) == (t >= 65) and not tail("fa2", max(t, 64) + 1)
+    assert bwd("fa2_tail", 300)[0] == "fa2_bwd<fa_h<wb_half>, 64, 64, true, false>"
+    assert bwd("fa2_tail", 300)[2].scratch[1] == ((2 * 5,), np.dtype(np.int32))
+    assert cs._fa2_call("fa2_atomic", np.dtype(np.float16), (2, 300, 64), 64, True).ncnt == 0
 
 
 @gpu

@@ -1132,15 +1132,18 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_fwd(const typename P::T* q, co
 }
 
 // ---------------------------------------------------------------------------- backward
-// D_t = do_t . o_t (one warp per row) and the row's float32 dq accumulator zeroed (dq itself for float32 storage).
+// D_t = do_t . o_t (one warp per row) and the row's float32 dq accumulator zeroed (dq itself for float32 storage);
+// the first ncnt warps also zero one arrival counter each (fa2_bwd_tail's; ncnt <= rows, 0 for fa2_bwd).
 // Not launched when T_ <= BK (fa2_bwd's direct mode).
 template <typename T>
-__global__ void fa2_bwd_pre(const T* o, const T* dout, float* Dbuf, float* dqacc, long long rows, int dv, int dk) {
+__global__ void fa2_bwd_pre(const T* o, const T* dout, float* Dbuf, float* dqacc, long long rows, int dv, int dk,
+                            int* cnt, long long ncnt) {
     const long long w = warp_row();
     const int lane = threadIdx.x & 31;
     if (w >= rows) return;
     store_row_dot(Dbuf, o, dout, w, lane, dv);
     for (int d = lane; d < dk; d += 32) dqacc[w * dk + d] = 0.f;
+    if (w < ncnt && lane == 0) cnt[w] = 0;
 }
 
 // dq = scale * dqacc, cast to the storage type: float16 / bfloat16 only (a float32 dq is its own accumulator).
@@ -1176,12 +1179,15 @@ __device__ __forceinline__ void fa_bwd_p(float (&s)[NQ][4], float (&dp)[NQ][4], 
 // What a key block does with dq: FA_DQ_ADD adds its scaled share atomically into dqacc (D_t from Dbuf), FA_DQ_STORE
 // stores it (DIRECT: the block's keys are the sequence's only ones; D_t formed in the block by fa_load_D), FA_DQ_NONE
 // forms no dq (fa2_bwd_one: query-tile blocks form it), FA_DQ_CAST adds as FA_DQ_ADD into a zeroed float32 buffer and
-// the last key block to add into a query tile casts that tile's dq (fa2_bwd_cast: no pre / post kernels).  FA_DQ_NONE
+// the last key block to add into a query tile casts that tile's dq (fa2_bwd_cast: no pre / post kernels), FA_DQ_TAIL
+// adds as FA_DQ_ADD (D_t from Dbuf) and, once the block is done, arrives at every query tile it added into -- one
+// device-wide fence per block, not per tile -- and casts the tiles its arrival completed (fa2_bwd_tail: no post
+// kernel; fa_dq_tail).  FA_DQ_NONE
 // and FA_DQ_CAST pipeline differently (TILE2): each query tile's Q, dO, o and lse go to the second of two buffers at
 // the top of the previous tile (so they have a whole tile to land), D_t is formed from the o and dO tiles in shared
 // memory (fa_tile_D: each warp its rows, published by a barrier before the scores use them); FA_DQ_NONE has no
 // second barrier per tile (no dS tile, nothing single-buffered to reload).
-enum FaDq { FA_DQ_ADD = 0, FA_DQ_STORE = 1, FA_DQ_NONE = 2, FA_DQ_CAST = 3 };
+enum FaDq { FA_DQ_ADD = 0, FA_DQ_STORE = 1, FA_DQ_NONE = 2, FA_DQ_CAST = 3, FA_DQ_TAIL = 4 };
 
 // D_t = o_t . do_t of this warp's 16 rows (16 w ..) of a 64-row tile pair in shared memory (zero past T and the head
 // dim, as fa_load fills them) -> sD: two lanes per row, half the D columns each, 16-byte pieces.
@@ -1210,6 +1216,27 @@ __device__ __forceinline__ int fa_tile_visits(int causal, int i, int T_) {
     return causal ? i + 1 : (T_ + 63) / 64;
 }
 
+// dq rows [row0, row0 + nr) = scale * dqacc's (float32, read from L2: other blocks added them) in the storage type,
+// by the whole block: 4 columns per thread and step where the rows' starts keep 16-byte alignment (dk % 4 == 0).
+template <typename T>
+__device__ __forceinline__ void fa_dq_cast_rows(const float* dqacc, T* dq_, long long row0, int nr, int dk,
+                                                float scale) {
+    const float* src = dqacc + row0 * dk;
+    T* dst = dq_ + row0 * dk;
+    const int count = nr * dk;
+    if ((dk & 3) == 0) {
+        for (int x = 4 * threadIdx.x; x < count; x += 4 * FA_THREADS) {
+            const float4 f = __ldcg(reinterpret_cast<const float4*>(src + x));
+            dst[x] = from_f32<T>(f.x * scale);
+            dst[x + 1] = from_f32<T>(f.y * scale);
+            dst[x + 2] = from_f32<T>(f.z * scale);
+            dst[x + 3] = from_f32<T>(f.w * scale);
+        }
+    } else {
+        for (int x = threadIdx.x; x < count; x += FA_THREADS) dst[x] = from_f32<T>(__ldcg(src + x) * scale);
+    }
+}
+
 // A key block's arrival at query tile i after its dq adds (FA_DQ_CAST): every thread's adds made visible device-wide,
 // then one arrival on the tile's counter; the block that arrives last (visits - 1 arrivals before it) casts the
 // tile's float32 rows (read from L2) times scale into dq in the storage type.  Its barriers also free sS and the
@@ -1223,10 +1250,36 @@ __device__ __forceinline__ void fa_dq_arrive(int* cnt, int visits, int* sLast, c
     __syncthreads();
     if (!*sLast) return;
     __threadfence();
-    const int nr = min(rows, T_ - q0);
-    const float* src = dqacc + (nT + q0) * dk;
-    T* dst = dq_ + (nT + q0) * dk;
-    for (int x = threadIdx.x; x < nr * dk; x += FA_THREADS) dst[x] = from_f32<T>(__ldcg(src + x) * scale);
+    fa_dq_cast_rows<T>(dqacc, dq_, nT + q0, min(rows, T_ - q0), dk, scale);
+}
+
+// A key block's arrivals after all its dq adds (FA_DQ_TAIL): one device-wide fence, then an arrival at each query
+// tile i0 .. nq-1 of row n (thread t takes tiles i0 + t, i0 + t + 128, ...); a tile whose arrival is its last
+// (fa_tile_visits) is cast by the whole block (fa_dq_cast_rows), 128 tiles per round.  sMask: 4 ints of shared
+// memory free for the block's use (its barriers).  cnt: the row's counters, one per 64-row query tile.
+template <typename T>
+__device__ __forceinline__ void fa_dq_tail(int* cnt, unsigned* sMask, const float* dqacc, T* dq_, long long nT,
+                                           int i0, int nq, int T_, int dk, int causal, float scale) {
+    __threadfence();
+    __syncthreads();                                            // every thread's adds made visible first
+    for (int base = i0; base < nq; base += FA_THREADS) {
+        const int i = base + threadIdx.x;
+        const bool last = i < nq && atomicAdd(cnt + i, 1) == fa_tile_visits(causal, i, T_) - 1;
+        __threadfence();                                        // the arrival before the reads of a tile it completed
+        const unsigned m = __ballot_sync(0xffffffffu, last);
+        if ((threadIdx.x & 31) == 0) sMask[threadIdx.x >> 5] = m;
+        __syncthreads();
+        unsigned mk[FA_THREADS / 32];
+#pragma unroll
+        for (int x = 0; x < FA_THREADS / 32; ++x) mk[x] = sMask[x];
+#pragma unroll
+        for (int x = 0; x < FA_THREADS / 32; ++x)
+            for (unsigned b = mk[x]; b != 0u; b &= b - 1u) {       // block-uniform: every thread reads the same mask
+                const int q0 = (base + 32 * x + __ffs(b) - 1) * 64;
+                fa_dq_cast_rows<T>(dqacc, dq_, nT + q0, min(64, T_ - q0), dk, scale);
+            }
+        __syncthreads();                                        // sMask read by every thread before the next round
+    }
 }
 
 // fa2_bwd's body for the key block at k0 of row n (fa2_bwd_one runs it, FA_DQ_NONE, for half of its blocks;
@@ -1246,6 +1299,7 @@ __device__ __forceinline__ void fa2_bwd_keys(const typename P::T* q, const typen
     constexpr int MQ = BQ / 16, WN = 4 / MQ, DW = D / WN, NDW = DW / 8;   // dQ tile: warp -> (m tile, columns)
     static_assert(MQ * WN == 4 && DW % 16 == 0, "dQ tile must split into 4 warps of 16-column multiples");
     static_assert(!TILE2 || BQ == 64, "FA_DQ_NONE, FA_DQ_CAST: 64-row query tiles (fa_tile_D)");
+    static_assert(DQ != FA_DQ_TAIL || (BQ == 64 && sizeof(T) == 2), "FA_DQ_TAIL: 64-row query tiles, 16-bit dq");
     constexpr int NB = TILE2 ? 2 : 1;                           // buffers of dO, lse, D (and o)
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* sK = reinterpret_cast<T*>(smem_raw);
@@ -1263,7 +1317,7 @@ __device__ __forceinline__ void fa2_bwd_keys(const typename P::T* q, const typen
     const T* on = dout + nT * dv;
     const T* o_n = o + nT * dv;
     const float* ln = lse + nT;
-    const float* Dn = DQ == FA_DQ_ADD ? Dbuf + nT : nullptr;
+    const float* Dn = (DQ == FA_DQ_ADD || DQ == FA_DQ_TAIL) ? Dbuf + nT : nullptr;
     // dQ's scale: in the store (DIRECT) or the adds into a float32 dq; else 1 (a no-op, fa2_dq_post scales)
     const float qs = (DQ == FA_DQ_STORE || sizeof(T) == 4) ? scale : 1.f;
     // queries of the block: from the diagonal (causal) or its first key's sequence start to its last key's
@@ -1428,6 +1482,9 @@ __device__ __forceinline__ void fa2_bwd_keys(const typename P::T* q, const typen
             fa_store2<T>(vrow, 8 * j + 2 * tq, dv, gv[j][2 * h], gv[j][2 * h + 1]);
         }
     }
+    if constexpr (DQ == FA_DQ_TAIL)                             // sS is free once fa_dq_tail's first barrier passed
+        fa_dq_tail<T>(cnt + (long long)n * ((T_ + BQ - 1) / BQ), reinterpret_cast<unsigned*>(sS), dqacc, dq_, nT, i0,
+                      nq, T_, dk, causal, scale);
 }
 
 template <class P, int D, int BQ, bool KVREG, bool DIRECT>
@@ -1450,6 +1507,20 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_bwd_cast(const typename P::T* 
         int* cnt, typename P::T* dq_, typename P::T* dk_, typename P::T* dv_, int N, int T_, int dk, int dv,
         float sl2, float scale, int causal) {
     fa2_bwd_keys<P, D, BQ, KVREG, FA_DQ_CAST>(q, k, v, o, lse, nullptr, dout, dqacc, dq_, dk_, dv_, T_, dk, dv, sl2,
+            scale, causal, nullptr, nullptr, (int)(blockIdx.x % N), (int)(blockIdx.x / N) * 64, cnt);
+}
+
+// fa2_bwd_tail<P, D, BQ, KVREG>: fa2_bwd's atomic schedule with the dq cast in the same launch (FA_DQ_TAIL: after
+// its adds each key block arrives at the query tiles it added into; the arrival that completes a tile casts it), for
+// calls without packed sequences at head dims <= 64 in float16 / bfloat16: fa2_bwd_pre (D, the float32 buffer and
+// cnt zeroed: N x ceil(T / 64) ints), then this -- two launches, no fa2_dq_post.  grid ceil(T / 64) N, block 128,
+// shared memory fa2_smem(.., "bwd") as fa2_bwd.
+template <class P, int D, int BQ, bool KVREG>
+__global__ void __launch_bounds__(FA_THREADS) fa2_bwd_tail(const typename P::T* q, const typename P::T* k,
+        const typename P::T* v, const typename P::T* o, const float* lse, const float* Dbuf,
+        const typename P::T* dout, float* dqacc, int* cnt, typename P::T* dq_, typename P::T* dk_,
+        typename P::T* dv_, int N, int T_, int dk, int dv, float sl2, float scale, int causal) {
+    fa2_bwd_keys<P, D, BQ, KVREG, FA_DQ_TAIL>(q, k, v, o, lse, Dbuf, dout, dqacc, dq_, dk_, dv_, T_, dk, dv, sl2,
             scale, causal, nullptr, nullptr, (int)(blockIdx.x % N), (int)(blockIdx.x / N) * 64, cnt);
 }
 

@@ -251,6 +251,10 @@ FA2_ONE_LAUNCH_MAX_T = 0
 # dq cast by the last key block of each query tile) up to this many tokens, calls without packed sequences
 # (docs/kernels/softmax.md "One launch with the atomic schedule"; 0 until measured on a GPU)
 FA2_CAST_MAX_T = 0
+# cupy:fa2's backward as fa2_bwd_pre + fa2_bwd_tail (the atomic schedule with the dq cast by the key blocks whose
+# arrivals complete a query tile: no fa2_dq_post launch) up to this many tokens, calls without packed sequences
+# (docs/kernels/softmax.md "The dq cast in the key blocks' tail"; 0 until measured on a GPU)
+FA2_TAIL_MAX_T = 0
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,7 @@ class Fa2Spec:
     deterministic: bool = False   # True: section 2's two-kernel backward instead of atomics
     one_launch_max_t: Optional[int] = None   # fa2_bwd_one up to this T (family "h"); None: FA2_ONE_LAUNCH_MAX_T
     cast_max_t: Optional[int] = None         # fa2_bwd_cast up to this T (family "h"); None: FA2_CAST_MAX_T
+    tail_max_t: Optional[int] = None         # fa2_bwd_tail up to this T (family "h"); None: FA2_TAIL_MAX_T
     default_for: tuple = ()       # dtypes for which "cupy" alone picks this variant
     tags: tuple = ()
     tol: dict = None          # check's tolerance per dtype (4x the worst error of the H200 sweep; derive_tolerances)
@@ -317,6 +322,12 @@ class Fa2Spec:
         m = FA2_CAST_MAX_T if self.cast_max_t is None else self.cast_max_t
         return self.family == "h" and not self.deterministic and T <= m
 
+    def tail(self, T: int) -> bool:
+        """Whether a backward of T tokens (above FA2_KEY_BLOCK, neither one_launch nor cast) without packed
+        sequences runs fa2_bwd_pre + fa2_bwd_tail (where the head dims allow)."""
+        m = FA2_TAIL_MAX_T if self.tail_max_t is None else self.tail_max_t
+        return self.family == "h" and not self.deterministic and T <= m
+
 
 FA2_SPECS = (
     Fa2Spec("fa2", ("float16", "bfloat16"), "h", default_for=("float16", "bfloat16"),
@@ -335,7 +346,12 @@ FA2_SPECS = (
             description="cupy:fa2 with the atomic backward in one launch at every T above 64 (fa2_bwd_cast: D_t "
                         "formed in the key blocks, dq cast by the last key block of each query tile, the float32 "
                         "buffer zeroed by one memset; head dims <= 64, no packed sequences): a measured rung"),
-    Fa2Spec("fa2_atomic", ("float16", "bfloat16"), "h", one_launch_max_t=0, cast_max_t=0,
+    Fa2Spec("fa2_tail", ("float16", "bfloat16"), "h", one_launch_max_t=0, cast_max_t=0, tail_max_t=1 << 30,
+            tol={"float16": 2e-3, "bfloat16": 2e-2},
+            description="cupy:fa2 with the atomic backward in two launches at every T above 64 (fa2_bwd_pre, "
+                        "fa2_bwd_tail: the key blocks whose arrivals complete a query tile cast its dq, no "
+                        "fa2_dq_post; head dims <= 64, no packed sequences)"),
+    Fa2Spec("fa2_atomic", ("float16", "bfloat16"), "h", one_launch_max_t=0, cast_max_t=0, tail_max_t=0,
             tol={"float16": 2e-3, "bfloat16": 2e-2},
             description="cupy:fa2 with the atomic three-launch backward at every T above 64 (fa2_bwd_pre, fa2_bwd, "
                         "fa2_dq_post): a measured rung"),
@@ -400,27 +416,21 @@ def fa2_direct_expressions(policy: str, family: str) -> tuple:
     return tuple(fa2_bwd_expr(policy, family, D, True) for D in FA2_BUCKETS)
 
 
-def fa2_one_expr(policy: str, family: str, D: int) -> str:
-    """fa2_bwd_one<P, D, BQ, KVREG> with the bucket's backward tiles (as fa2_bwd_expr)."""
+# The backward kernels of family "h" at head dims <= 64 only (FA2_ONE_BUCKETS), each a template
+# <P, D, BQ, KVREG> with the bucket's backward tiles, each kernel's instantiations their own compile group (built on
+# the first backward that runs it): fa2_bwd_one, fa2_bwd_cast, fa2_bwd_tail.
+FA2_H_KERNELS = ("fa2_bwd_one", "fa2_bwd_cast", "fa2_bwd_tail")
+
+
+def fa2_h_expr(kernel: str, policy: str, family: str, D: int) -> str:
+    """kernel<P, D, BQ, KVREG> (one of FA2_H_KERNELS) with the bucket's backward tiles (as fa2_bwd_expr)."""
     t = FA2_TILES[(family, D)]
-    return f"fa2_bwd_one<{policy}, {D}, {t.bq}, {_cpp_bool(t.kvreg)}>"
+    return f"{kernel}<{policy}, {D}, {t.bq}, {_cpp_bool(t.kvreg)}>"
 
 
-def fa2_one_expressions(policy: str, family: str) -> tuple:
-    """fa2_bwd_one's instantiations of one policy (family "h" only; FA2_ONE_BUCKETS): their own compile group,
-    built on the first such backward."""
-    return tuple(fa2_one_expr(policy, family, D) for D in FA2_ONE_BUCKETS) if family == "h" else ()
-
-
-def fa2_cast_expr(policy: str, family: str, D: int) -> str:
-    """fa2_bwd_cast<P, D, BQ, KVREG> with the bucket's backward tiles (as fa2_bwd_expr)."""
-    t = FA2_TILES[(family, D)]
-    return f"fa2_bwd_cast<{policy}, {D}, {t.bq}, {_cpp_bool(t.kvreg)}>"
-
-
-def fa2_cast_expressions(policy: str, family: str) -> tuple:
-    """fa2_bwd_cast's instantiations of one policy (family "h" only; FA2_ONE_BUCKETS): their own compile group."""
-    return tuple(fa2_cast_expr(policy, family, D) for D in FA2_ONE_BUCKETS) if family == "h" else ()
+def fa2_h_expressions(kernel: str, policy: str, family: str) -> tuple:
+    """One of FA2_H_KERNELS' instantiations of one policy: () but for family "h"."""
+    return tuple(fa2_h_expr(kernel, policy, family, D) for D in FA2_ONE_BUCKETS) if family == "h" else ()
 
 
 def _fa2_groups() -> dict:
@@ -430,11 +440,11 @@ def _fa2_groups() -> dict:
 
 INSTANTIATIONS += [(SOURCE, e) for pol, (fam, ct) in _fa2_groups().items()
                    for e in (fa2_expressions(pol, fam, ct) + fa2_direct_expressions(pol, fam)
-                             + fa2_one_expressions(pol, fam) + fa2_cast_expressions(pol, fam))]
+                             + sum((fa2_h_expressions(kn, pol, fam) for kn in FA2_H_KERNELS), ()))]
 declare_groups(SOURCE, [fa2_expressions(pol, fam, ct) for pol, (fam, ct) in _fa2_groups().items()]
                + [fa2_direct_expressions(pol, fam) for pol, (fam, ct) in _fa2_groups().items()]
-               + [g for pol, (fam, ct) in _fa2_groups().items() if (g := fa2_one_expressions(pol, fam))]
-               + [g for pol, (fam, ct) in _fa2_groups().items() if (g := fa2_cast_expressions(pol, fam))])
+               + [g for pol, (fam, ct) in _fa2_groups().items() for kn in FA2_H_KERNELS
+                  if (g := fa2_h_expressions(kn, pol, fam))])
 
 
 @dataclass(frozen=True)
@@ -447,6 +457,7 @@ class Fa2Plan:
     one_smem: int
     cast: Optional[tuple]  # (expression, group) of fa2_bwd_cast, as one
     cast_smem: int
+    tail: Optional[tuple]  # (expression, group) of fa2_bwd_tail, as one (shared memory: bwd_smem)
     pre: Any
     post: Any
     rows: int              # query rows per forward block
@@ -465,19 +476,20 @@ def _fa2_plan(policy: str, family: str, ctype: str, dk: int, dv: int) -> Optiona
     D = _bucket(d, FA2_BUCKETS)
     t = FA2_TILES[(family, D)]
     group = fa2_expressions(policy, family, ctype)
+    h = family == "h" and D in FA2_ONE_BUCKETS
 
     def kern(expr):
         return get_kernel(SOURCE, expr, group=group)
 
+    def h_kernel(kernel):
+        return (fa2_h_expr(kernel, policy, family, D), fa2_h_expressions(kernel, policy, family)) if h else None
+
     return Fa2Plan(fwd=kern(f"fa2_fwd<{policy}, {D}, {t.mt}, {_cpp_bool(t.qreg)}, {t.bc}>"),
                    bwd=kern(fa2_bwd_expr(policy, family, D, False)),
                    direct=(fa2_bwd_expr(policy, family, D, True), fa2_direct_expressions(policy, family)),
-                   one=((fa2_one_expr(policy, family, D), fa2_one_expressions(policy, family))
-                        if family == "h" and D in FA2_ONE_BUCKETS else None),
-                   one_smem=fa2_one_smem(family, D, t) if D in FA2_ONE_BUCKETS else 0,
-                   cast=((fa2_cast_expr(policy, family, D), fa2_cast_expressions(policy, family))
-                         if family == "h" and D in FA2_ONE_BUCKETS else None),
-                   cast_smem=fa2_cast_smem(family, D, t) if D in FA2_ONE_BUCKETS else 0,
+                   one=h_kernel("fa2_bwd_one"), one_smem=fa2_one_smem(family, D, t) if h else 0,
+                   cast=h_kernel("fa2_bwd_cast"), cast_smem=fa2_cast_smem(family, D, t) if h else 0,
+                   tail=h_kernel("fa2_bwd_tail"),
                    pre=kern(f"fa2_bwd_pre<{ctype}>"), post=kern(f"fa2_dq_post<{ctype}>"),
                    rows=64 * t.mt, fwd_smem=fa2_smem(family, D, t, "fwd"), bwd_smem=fa2_smem(family, D, t, "bwd"),
                    Dk=np.int32(dk), Dv=np.int32(dv))
@@ -521,9 +533,12 @@ class Fa2Call:
     Backward: direct (T <= FA2_KEY_BLOCK): fa2_bwd alone (it forms D and stores dq).  one (``Fa2Spec.one_launch``,
     head dims <= 64): fa2_bwd_one alone (key blocks and query blocks, each forming D; dq stored).  cast
     (``Fa2Spec.cast``, head dims <= 64, calls without packed sequences): one memset of the float32 buffer and the
-    arrival counters, then fa2_bwd_cast (D formed in the key blocks, dq cast by each query tile's last).  Otherwise
-    fa2_bwd_pre (D, the accumulator zeroed), fa2_bwd (scaled dq added atomically), and for float16/bfloat16
-    fa2_dq_post (the cast); a float32 dq is its own accumulator (dq_in_place)."""
+    arrival counters, then fa2_bwd_cast (D formed in the key blocks, dq cast by each query tile's last).  tail
+    (``Fa2Spec.tail``, head dims <= 64, calls without packed sequences): fa2_bwd_pre (D, the accumulator and the
+    arrival counters zeroed), then fa2_bwd_tail (dq added atomically, each query tile cast by the key block whose
+    arrival completes it).  Otherwise fa2_bwd_pre (D, the accumulator zeroed), fa2_bwd (scaled dq added
+    atomically), and for float16/bfloat16 fa2_dq_post (the cast); a float32 dq is its own accumulator
+    (dq_in_place)."""
     plan: Fa2Plan
     ints: tuple               # N, T, Dk, Dv (int32)
     causal: np.int32
@@ -536,7 +551,9 @@ class Fa2Call:
     fwd: Prepared
     bwd: Prepared             # plan.bwd, its DIRECT instantiation, or fa2_bwd_one
     cast: Optional[Prepared]  # fa2_bwd_cast (calls without packed sequences), else None
+    tail: Optional[Prepared]  # fa2_bwd_tail (calls without packed sequences), else None
     cnt_bytes: int            # cast: bytes of the arrival counters (int32 per (row, query tile))
+    ncnt: np.int64            # tail: the arrival counters fa2_bwd_pre zeroes (0: none)
     pre: Prepared
     post: Prepared
     fwd_out: backends.OutputLayout      # o, lse
@@ -554,6 +571,7 @@ def _fa2_call(name: str, dtype: np.dtype, shape: tuple, Dv: int, causal: bool):
     in_place, direct = dtype_name(dtype) == "float32", T <= FA2_KEY_BLOCK
     one = not direct and plan.one is not None and _FA2_SPEC_OF[name].one_launch(T)
     cast = not direct and not one and plan.cast is not None and _FA2_SPEC_OF[name].cast(T)
+    tail = not direct and not one and not cast and plan.tail is not None and _FA2_SPEC_OF[name].tail(T)
     acc = 0 if in_place else rows * Dk
     ntiles = -(-T // FA2_KEY_BLOCK)
     if one:
@@ -569,13 +587,15 @@ def _fa2_call(name: str, dtype: np.dtype, shape: tuple, Dv: int, causal: bool):
                    bwd,
                    Prepared(get_kernel(SOURCE, plan.cast[0], group=plan.cast[1]), (ntiles * N,), (FA_THREADS,),
                             plan.cast_smem) if cast else None,
-                   4 * N * ntiles,
+                   Prepared(get_kernel(SOURCE, plan.tail[0], group=plan.tail[1]), (ntiles * N,), (FA_THREADS,),
+                            plan.bwd_smem) if tail else None,
+                   4 * N * ntiles, np.int64(N * ntiles if tail else 0),
                    Prepared(plan.pre, (-(-rows // 8),), (256,)),
                    Prepared(plan.post, (-(-rows * Dk // 256),), (256,)),
                    backends.outputs_layout(((v_shape, dtype), ((N, T), np.float32))),
                    backends.outputs_layout(((shape, dtype), (shape, dtype), (v_shape, dtype)),
                                            () if direct or one else (((acc + rows,), np.float32),)
-                                           + ((((N * ntiles,), np.int32),) if cast else ())))
+                                           + ((((N * ntiles,), np.int32),) if cast or tail else ())))
 
 
 def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None):
@@ -602,6 +622,9 @@ def _packed(cu) -> tuple:
     ``packing.kernel_args``: its np.uint64 nulls would fix those parameters as scalars in the Prepared's
     parameter layout (``param_format``), which one Fa2Call shares between packed and unpacked calls."""
     return (None, None) if cu is None else packing.sequence_arrays(tuple(cu))
+
+
+_NO_COUNTERS = (np.uint64(0), np.int64(0))    # fa2_bwd_pre's cnt, ncnt without counters (an address, as the tail's)
 
 
 def _fa2_backward(ctx: Fa2Ctx, do):
@@ -632,7 +655,12 @@ def _fa2_backward(ctx: Fa2Ctx, do):
     acc = buf[0]                                       # dq accumulator (zeroed by fa2_bwd_pre) unless in place, D
     Dbuf = np.uint64(acc + call.acc_D_offset)
     dqacc = dq if call.dq_in_place else acc
-    call.pre((o, do, Dbuf, dqacc) + call.pre_tail)
+    if call.tail is not None and ctx.cu is None:       # the counters zeroed with the accumulator; no fa2_dq_post
+        call.pre((o, do, Dbuf, dqacc) + call.pre_tail + (buf[1], call.ncnt))
+        call.tail((q, k, v, o, lse, Dbuf, do, acc, buf[1], dq, dk, dv) + call.ints
+                  + (f32(ctx.scale, LOG2E), f32(ctx.scale), call.causal))
+        return dq, dk, dv
+    call.pre((o, do, Dbuf, dqacc) + call.pre_tail + _NO_COUNTERS)
     call.bwd((q, k, v, o, lse, Dbuf, do, dqacc, None, dk, dv) + tail)
     if not call.dq_in_place:
         call.post((dqacc, dq, call.post_size, f32(ctx.scale)))

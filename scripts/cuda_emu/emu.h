@@ -50,6 +50,7 @@ inline emu_dim3 blockDim, gridDim;
 
 struct uint4 { unsigned x, y, z, w; };
 struct float2 { float x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
 inline float2 make_float2(float x, float y) { return {x, y}; }
 
 inline float __int_as_float(int x) { float f; std::memcpy(&f, &x, 4); return f; }
@@ -158,6 +159,23 @@ template <typename V> inline V __shfl_down_sync(unsigned, V v, unsigned d) { ret
 inline void __threadfence() {}
 inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 inline float __ldcg(const float* p) { return *p; }
+inline float4 __ldcg(const float4* p) { return *p; }
+inline int __ffs(unsigned x) { return x ? __builtin_ctz(x) + 1 : 0; }
+
+namespace emu {
+// every lane publishes its predicate, reads every lane's: bit L of the result is lane L's
+inline unsigned ballot(bool pred) {
+    auto& W = warp();
+    const int L = lane();
+    W.x[L][0] = pred ? 1u : 0u;
+    warp_sync();
+    unsigned m = 0;
+    for (int i = 0; i < 32; ++i) m |= (W.x[i][0] ? 1u : 0u) << i;
+    warp_sync();
+    return m;
+}
+}  // namespace emu
+inline unsigned __ballot_sync(unsigned, bool pred) { return emu::ballot(pred); }
 
 namespace emu {
 // ------------------------------------------------------------------------ operands of rewritten asm statements

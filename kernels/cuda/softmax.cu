@@ -1217,7 +1217,10 @@ __device__ __forceinline__ int fa_tile_visits(int causal, int i, int T_) {
 }
 
 // dq rows [row0, row0 + nr) = scale * dqacc's (float32, read from L2: other blocks added them) in the storage type,
-// by the whole block: 4 columns per thread and step where the rows' starts keep 16-byte alignment (dk % 4 == 0).
+// by the whole block.  Where the rows' starts keep 16-byte alignment (dk % 4 == 0): 4 columns per thread and step,
+// FA_CAST_U steps' loads issued before their stores (the stores may alias the loads for all the compiler knows, so
+// a plain loop would wait out one L2 round trip per step), 8-byte stores.
+constexpr int FA_CAST_U = 8;
 template <typename T>
 __device__ __forceinline__ void fa_dq_cast_rows(const float* dqacc, T* dq_, long long row0, int nr, int dk,
                                                 float scale) {
@@ -1225,12 +1228,23 @@ __device__ __forceinline__ void fa_dq_cast_rows(const float* dqacc, T* dq_, long
     T* dst = dq_ + row0 * dk;
     const int count = nr * dk;
     if ((dk & 3) == 0) {
-        for (int x = 4 * threadIdx.x; x < count; x += 4 * FA_THREADS) {
-            const float4 f = __ldcg(reinterpret_cast<const float4*>(src + x));
-            dst[x] = from_f32<T>(f.x * scale);
-            dst[x + 1] = from_f32<T>(f.y * scale);
-            dst[x + 2] = from_f32<T>(f.z * scale);
-            dst[x + 3] = from_f32<T>(f.w * scale);
+        for (int x0 = 4 * threadIdx.x; x0 < count; x0 += 4 * FA_THREADS * FA_CAST_U) {
+            float4 f[FA_CAST_U];
+#pragma unroll
+            for (int u = 0; u < FA_CAST_U; ++u) {
+                const int x = x0 + 4 * FA_THREADS * u;
+                if (x < count) f[u] = __ldcg(reinterpret_cast<const float4*>(src + x));
+            }
+#pragma unroll
+            for (int u = 0; u < FA_CAST_U; ++u) {
+                const int x = x0 + 4 * FA_THREADS * u;
+                if (x < count) {
+                    uint2 h;
+                    h.x = pack2<T>(f[u].x * scale, f[u].y * scale);
+                    h.y = pack2<T>(f[u].z * scale, f[u].w * scale);
+                    *reinterpret_cast<uint2*>(dst + x) = h;
+                }
+            }
         }
     } else {
         for (int x = threadIdx.x; x < count; x += FA_THREADS) dst[x] = from_f32<T>(__ldcg(src + x) * scale);
@@ -1274,9 +1288,13 @@ __device__ __forceinline__ void fa_dq_tail(int* cnt, unsigned* sMask, const floa
         for (int x = 0; x < FA_THREADS / 32; ++x) mk[x] = sMask[x];
 #pragma unroll
         for (int x = 0; x < FA_THREADS / 32; ++x)
-            for (unsigned b = mk[x]; b != 0u; b &= b - 1u) {       // block-uniform: every thread reads the same mask
-                const int q0 = (base + 32 * x + __ffs(b) - 1) * 64;
-                fa_dq_cast_rows<T>(dqacc, dq_, nT + q0, min(64, T_ - q0), dk, scale);
+            for (unsigned b = mk[x]; b != 0u;) {                  // block-uniform: every thread reads the same mask
+                const int lo = __ffs(b) - 1;                      // a run of completed tiles lo .. hi-1: one cast
+                const unsigned run = b >> lo;
+                const int len = run == 0xffffffffu ? 32 : __ffs(~run) - 1;
+                b = len + lo >= 32 ? 0u : b & ~(((1u << len) - 1u) << lo);
+                const int q0 = (base + 32 * x + lo) * 64;
+                fa_dq_cast_rows<T>(dqacc, dq_, nT + q0, min(64 * len, T_ - q0), dk, scale);
             }
         __syncthreads();                                        // sMask read by every thread before the next round
     }

@@ -63,9 +63,11 @@ enum : int {
 constexpr float G_MIN = -1.0e4f;   // log decays below this (and -inf) read as G_MIN: exp(G_MIN) == 0 exactly
 
 // per-chunk scalars, after the tiles in shared memory
+// (16-byte aligned: every kernel places it after tiles whose rows are multiples of 16 bytes, so that a lane's column
+// pair (c, c + 1) of b (c even) is one 16-byte load and of e or u one 8-byte load: intra_frags, KWeights)
 struct Trailer {
-    float bh[C];      // within-chunk cumulative log decay b (float64 sum) = bh + bl: bh = (float)b,
-    float bl[C];      //   bl = (float)(b - bh)
+    float2 b[C];      // within-chunk cumulative log decay b (float64 sum) = bh + bl, side by side: bh = b[t].x =
+                      //   (float)b, bl = b[t].y = (float)(b - bh)
     float e[C];       // e^{b_t}
     float u[C];       // e^{b_last - b_t}
     float red[32];    // block reductions
@@ -147,14 +149,9 @@ __device__ __forceinline__ void chunk_logdecay(Trailer* tr, float2 x, bool own) 
     const double bl = __shfl_sync(0xffffffffu, b1, 31);
     if (!own) return;
     const float h0 = (float)b0, h1 = (float)b1;
-    tr->bh[2 * L] = h0;
-    tr->bh[2 * L + 1] = h1;
-    tr->bl[2 * L] = (float)(b0 - h0);
-    tr->bl[2 * L + 1] = (float)(b1 - h1);
-    tr->e[2 * L] = dexp(b0);
-    tr->e[2 * L + 1] = dexp(b1);
-    tr->u[2 * L] = dexp(bl - b0);
-    tr->u[2 * L + 1] = dexp(bl - b1);
+    *reinterpret_cast<float4*>(tr->b + 2 * L) = make_float4(h0, (float)(b0 - h0), h1, (float)(b1 - h1));
+    *reinterpret_cast<float2*>(tr->e + 2 * L) = make_float2(dexp(b0), dexp(b1));
+    *reinterpret_cast<float2*>(tr->u + 2 * L) = make_float2(dexp(bl - b0), dexp(bl - b1));
 }
 
 using wbmma::cp_async16;
@@ -278,7 +275,8 @@ __device__ __forceinline__ void load_tile(T* s, int lds, const T* __restrict__ g
 }
 
 // The A-fragment hook of gemm_ss (wbmma::gemm_ss) for X^T diag(w) Y with X^T the A operand (k = the chunk
-// position): the fragments of k slice k0 times w_k = (f ? f[k] : 1) * mul, in float32, rounded to T once.
+// position): the fragments of k slice k0 times w_k = (f ? f[k] : 1) * mul, in float32, rounded to T once (f:
+// 8-byte aligned, as every Trailer and Rows array is).
 // Fragment k indices (mma.cuh): 16-bit a0, a1 hold k0 + 2t, k0 + 2t + 1 (low, high half), a2, a3 the same
 // + 8; float a0, a1 hold k0 + t, a2, a3 k0 + t + 4.
 template <typename T>
@@ -305,9 +303,10 @@ struct KWeights {
                 a[mt][3] = __float_as_uint(__uint_as_float(a[mt][3]) * w1);
             }
         } else {
-            const int k = k0 + 2 * t;
-            const float w0 = (f ? f[k] : 1.f) * mul, w1 = (f ? f[k + 1] : 1.f) * mul;
-            const float w8 = (f ? f[k + 8] : 1.f) * mul, w9 = (f ? f[k + 9] : 1.f) * mul;
+            const int k = k0 + 2 * t;                                  // even: f[k], f[k + 1] one 8-byte load
+            const float2 f0 = f ? *reinterpret_cast<const float2*>(f + k) : make_float2(1.f, 1.f);
+            const float2 f8 = f ? *reinterpret_cast<const float2*>(f + k + 8) : make_float2(1.f, 1.f);
+            const float w0 = f0.x * mul, w1 = f0.y * mul, w8 = f8.x * mul, w9 = f8.y * mul;
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
                 a[mt][0] = weigh2<T>(a[mt][0], w0, w1);
@@ -509,7 +508,8 @@ __device__ __forceinline__ void state_store(float (&H)[MT][NT][4], float* __rest
 // The masked, decayed, scaled intra-chunk tile -> A fragments.  LOWER: keep col <= row (P = f(Q K^T));
 // else keep col >= row (the transposed forms P^T, dP^T: rows are keys, columns queries).  The decay of
 // element (r, c) is e^{b_r - b_c} (LOWER) or e^{b_c - b_r}: the thread's two rows' and sixteen columns'
-// (bh, bl) are read once; n tiles wholly past the diagonal (warp-uniform) are zeroed without an exp.
+// (bh, bl) are read once, a row's pair in one 8-byte load, a column pair's (c, c + 1) two in one 16-byte load;
+// n tiles wholly past the diagonal (warp-uniform) are zeroed without an exp.
 template <typename T, bool LOWER>
 __device__ __forceinline__ void intra_frags(wbmma::AFrags<T, 8>& A, float (&S)[1][8][4], int m0, const Trailer* tr,
                                             bool decay, float scale) {
@@ -517,7 +517,10 @@ __device__ __forceinline__ void intra_frags(wbmma::AFrags<T, 8>& A, float (&S)[1
     float rh[2] = {0.f, 0.f}, rl[2] = {0.f, 0.f};
     if (decay) {
 #pragma unroll
-        for (int h = 0; h < 2; ++h) rh[h] = tr->bh[m0 + g + 8 * h], rl[h] = tr->bl[m0 + g + 8 * h];
+        for (int h = 0; h < 2; ++h) {
+            const float2 b = tr->b[m0 + g + 8 * h];
+            rh[h] = b.x, rl[h] = b.y;
+        }
     }
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt) {
@@ -525,18 +528,26 @@ __device__ __forceinline__ void intra_frags(wbmma::AFrags<T, 8>& A, float (&S)[1
             S[0][nt][0] = S[0][nt][1] = S[0][nt][2] = S[0][nt][3] = 0.f;
             continue;
         }
+        float f[2][2] = {{scale, scale}, {scale, scale}};                // [i][h]
+        if (decay) {
+            const float4 cb = *reinterpret_cast<const float4*>(tr->b + 8 * nt + 2 * t);   // columns c, c + 1
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const float ch = i ? cb.z : cb.x, cl = i ? cb.w : cb.y;
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+                    f[i][h] *= LOWER ? pair_exp(rh[h], rl[h], ch, cl) : pair_exp(ch, cl, rh[h], rl[h]);
+            }
+        }
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
             const int c = 8 * nt + 2 * t + i;
-            const float ch = decay ? tr->bh[c] : 0.f, cl = decay ? tr->bl[c] : 0.f;
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const int r = m0 + g + 8 * h;
                 const bool vis = LOWER ? c <= r : c >= r;
-                float f = scale;
-                if (decay) f *= LOWER ? pair_exp(rh[h], rl[h], ch, cl) : pair_exp(ch, cl, rh[h], rl[h]);
                 float& x = S[0][nt][2 * h + i];
-                x = vis ? f * x : 0.f;               // a select: masked NaN or inf never leaks
+                x = vis ? f[i][h] * x : 0.f;         // a select: masked NaN or inf never leaks
             }
         }
     }
@@ -756,7 +767,7 @@ __global__ void __launch_bounds__(128) tc_seg_state(const T* __restrict__ x, con
         __syncthreads();
         const float e0 = decay && REV ? weight_base(tr) : 1.f;   // REV: e^b relative to the chunk's first row
         if (decay) {
-            gsum += (double)tr->bh[C - 1] + (double)tr->bl[C - 1];
+            gsum += (double)tr->b[C - 1].x + (double)tr->b[C - 1].y;
             scale_acc(Es, tr->e[C - 1] / e0);
         }
         if (decay || wscale != 1.f)                                // the weights on X^T's fragments
@@ -882,12 +893,12 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES, ESUM>
                 if (decay) {
                     if (j == 0) {
                         base = weight_base(tr);
-                        Bd = base != 1.f ? -((double)tr->bh[0] + (double)tr->bl[0]) : 0.0;
+                        Bd = base != 1.f ? -((double)tr->b[0].x + (double)tr->b[0].y) : 0.0;
                         mul = scale / base;
                     } else {
                         mul = scale * dexp(Bd);
                     }
-                    Bd += (double)tr->bh[C - 1] + (double)tr->bl[C - 1];
+                    Bd += (double)tr->b[C - 1].x + (double)tr->b[C - 1].y;
                 }
                 if (decay || scale != 1.f)
                     gemm_ss<T, SPLIT, 1, HNT, true, false>(Es, sQ, LDT, sO, LDV, 16 * w, 0, 0, C, 0, HNT / 2,

@@ -340,12 +340,12 @@ __global__ void __launch_bounds__(128, DECAY && ESUM ? 1 : 3) tg_bwd_dq(const T*
                 float mul;
                 if (j == 0) {
                     base = weight_base(tr);
-                    Bd = base != 1.f ? -((double)tr->bh[0] + (double)tr->bl[0]) : 0.0;
+                    Bd = base != 1.f ? -((double)tr->b[0].x + (double)tr->b[0].y) : 0.0;
                     mul = scale / base;
                 } else {
                     mul = scale * dexp(Bd);
                 }
-                Bd += (double)tr->bh[C - 1] + (double)tr->bl[C - 1];
+                Bd += (double)tr->b[C - 1].x + (double)tr->b[C - 1].y;
                 tg::weighed_at<T>(qf, sQ, tr->e, mul);
             }
         }

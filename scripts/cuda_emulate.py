@@ -586,17 +586,18 @@ SOFTMAX_CASES += [
     _softmax("fa2_one fp16 T=65 Dk=5 Dv=7 (two tiles, plain loads)", "fa2_one", "float16", (2,), 65, 5, 7, True),
     _softmax(f"fa2_atomic fp16 T=130 Dk=16 Dv=24 (bucket 32)", "fa2_atomic", "float16", (1,), 130, 16, 24, True),
     _softmax(f"fa2_atomic fp16 T=70 D=64 causal=False", "fa2_atomic", "float16", (2,), 70, 64, 64, False),
-    _softmax("fa2_cast fp16 T=200 D=64 causal=True", "fa2_cast", "float16", (2,), 200, 64, 64, True),
-    _softmax("fa2_cast fp16 T=200 D=64 causal=False", "fa2_cast", "float16", (1,), 200, 64, 64, False),
     _softmax("fa2_cast fp16 T=65 Dk=5 Dv=7 (two tiles, plain loads)", "fa2_cast", "float16", (2,), 65, 5, 7, True),
-    _softmax("fa2_cast fp16 T=130 Dk=16 Dv=24 (bucket 32)", "fa2_cast", "float16", (1,), 130, 16, 24, False),
-    _softmax("fa2_tail fp16 T=200 D=64 causal=True", "fa2_tail", "float16", (2,), 200, 64, 64, True),
-    _softmax("fa2_tail fp16 T=200 D=64 causal=False", "fa2_tail", "float16", (1,), 200, 64, 64, False),
     _softmax("fa2_tail bf16 T=65 Dk=5 Dv=7 (two tiles, plain loads, scalar cast)", "fa2_tail", "bfloat16", (2,), 65, 5,
              7, True),
-    _softmax("fa2_tail fp16 T=130 Dk=16 Dv=24 (bucket 32)", "fa2_tail", "float16", (1,), 130, 16, 24, False),
     Case("softmax", "softmax test_fa2_backward_launches()", "test_function",
          dict(module="test_cupy_softmax", function="test_fa2_backward_launches", kwargs={}))]
+
+# the dq cast in the key blocks (fa2_bwd_cast: per query tile; fa2_bwd_tail: after each block's adds), causal and not,
+# one tile bucket 32
+SOFTMAX_CASES += [_softmax(f"{_v} fp16 T=200 D=64 causal={_c}", _v, "float16", (2,) if _c else (1,), 200, 64, 64, _c)
+                  for _v in ("fa2_cast", "fa2_tail") for _c in (True, False)]
+SOFTMAX_CASES += [_softmax(f"{_v} fp16 T=130 Dk=16 Dv=24 (bucket 32)", _v, "float16", (1,), 130, 16, 24, False)
+                  for _v in ("fa2_cast", "fa2_tail")]
 
 # packed sequences (cu_seqlens, inputs.packed_lengths) on the fa2 kernels and fa2_det's backward: check cells and
 # the GPU test's packed-against-per-sequence comparison

@@ -1289,7 +1289,7 @@ __device__ __forceinline__ void fa_dq_tail(int* cnt, unsigned* sMask, const floa
 #pragma unroll
         for (int x = 0; x < FA_THREADS / 32; ++x)
             for (unsigned b = mk[x]; b != 0u;) {                  // block-uniform: every thread reads the same mask
-                const int lo = __ffs(b) - 1;                      // a run of completed tiles lo .. hi-1: one cast
+                const int lo = __ffs(b) - 1;                      // a run of completed tiles lo .. lo + len - 1: one cast
                 const unsigned run = b >> lo;
                 const int len = run == 0xffffffffu ? 32 : __ffs(~run) - 1;
                 b = len + lo >= 32 ? 0u : b & ~(((1u << len) - 1u) << lo);

@@ -314,22 +314,24 @@ class Fa2Spec:
         """Key of FA2_TILES."""
         return "h" if self.kind == "h" else f"tf{self.split}"
 
+    def _h_form(self, bound: Optional[int], default: int, T: int) -> bool:
+        """Whether a backward of T tokens runs one of the family-"h" forms bounded by ``bound`` (the spec's own,
+        or ``default`` where it has none): never for the TF32 families or the deterministic backward."""
+        return self.family == "h" and not self.deterministic and T <= (default if bound is None else bound)
+
     def one_launch(self, T: int) -> bool:
         """Whether a backward of T tokens (above FA2_KEY_BLOCK) runs fa2_bwd_one (where the head dims allow)."""
-        m = FA2_ONE_LAUNCH_MAX_T if self.one_launch_max_t is None else self.one_launch_max_t
-        return self.family == "h" and not self.deterministic and T <= m
+        return self._h_form(self.one_launch_max_t, FA2_ONE_LAUNCH_MAX_T, T)
 
     def cast(self, T: int) -> bool:
         """Whether a backward of T tokens (above FA2_KEY_BLOCK, not one_launch) without packed sequences runs
         fa2_bwd_cast (where the head dims allow)."""
-        m = FA2_CAST_MAX_T if self.cast_max_t is None else self.cast_max_t
-        return self.family == "h" and not self.deterministic and T <= m
+        return self._h_form(self.cast_max_t, FA2_CAST_MAX_T, T)
 
     def tail(self, T: int) -> bool:
         """Whether a backward of T tokens (above FA2_KEY_BLOCK, neither one_launch nor cast) without packed
         sequences runs fa2_bwd_pre + fa2_bwd_tail (where the head dims allow)."""
-        m = FA2_TAIL_MAX_T if self.tail_max_t is None else self.tail_max_t
-        return self.family == "h" and not self.deterministic and T <= m
+        return self._h_form(self.tail_max_t, FA2_TAIL_MAX_T, T)
 
 
 FA2_SPECS = (
@@ -555,8 +557,7 @@ class Fa2Call:
     bwd: Prepared             # plan.bwd, its DIRECT instantiation, or fa2_bwd_one
     cast: Optional[Prepared]  # fa2_bwd_cast (calls without packed sequences), else None
     tail: Optional[Prepared]  # fa2_bwd_tail (calls without packed sequences), else None
-    cnt_bytes: int            # cast: bytes of the arrival counters (int32 per (row, query tile))
-    ncnt: np.int64            # tail: the arrival counters fa2_bwd_pre zeroes (0: none)
+    ncnt: np.int64            # cast, tail: the arrival counters (int32 per (row, query tile)) after the buffer; else 0
     pre: Prepared
     post: Prepared
     fwd_out: backends.OutputLayout      # o, lse
@@ -592,7 +593,7 @@ def _fa2_call(name: str, dtype: np.dtype, shape: tuple, Dv: int, causal: bool):
                             plan.cast_smem) if cast else None,
                    Prepared(get_kernel(SOURCE, plan.tail[0], group=plan.tail[1]), (ntiles * N,), (FA_THREADS,),
                             plan.bwd_smem) if tail else None,
-                   4 * N * ntiles, np.int64(N * ntiles if tail else 0),
+                   np.int64(N * ntiles if cast or tail else 0),
                    Prepared(plan.pre, (-(-rows // 8),), (256,)),
                    Prepared(plan.post, (-(-rows * Dk // 256),), (256,)),
                    backends.outputs_layout(((v_shape, dtype), ((N, T), np.float32))),
@@ -643,28 +644,27 @@ def _fa2_backward(ctx: Fa2Ctx, do):
     if backends.data_ptr(do) % 16:
         do = _aligned16(do)
     (dq, dk, dv), buf, keep = call.bwd_out.new(cp)   # one allocation: the gradients, and the buffer by address
-    tail = call.ints + (f32(ctx.scale, LOG2E), f32(ctx.scale), call.causal) + _packed(ctx.cu)
+    # every backward kernel's scalar parameters; fa2_bwd and fa2_bwd_one add the packed-sequence arrays after them
+    scalars = call.ints + (f32(ctx.scale, LOG2E), f32(ctx.scale), call.causal)
     if call.direct:                                    # one key block per sequence: D and dq in fa2_bwd
-        call.bwd((q, k, v, o, lse, None, do, None, dq, dk, dv) + tail)
+        call.bwd((q, k, v, o, lse, None, do, None, dq, dk, dv) + scalars + _packed(ctx.cu))
         return dq, dk, dv
     if call.one:                                       # key blocks and query blocks in one launch
-        call.bwd((q, k, v, o, lse, do, dq, dk, dv) + tail)
+        call.bwd((q, k, v, o, lse, do, dq, dk, dv) + scalars + _packed(ctx.cu))
         return dq, dk, dv
     if call.cast is not None and ctx.cu is None:       # one memset, one launch
-        memset_async(buf[0], int(buf[1]) - int(buf[0]) + call.cnt_bytes)
-        call.cast((q, k, v, o, lse, do, buf[0], buf[1], dq, dk, dv) + call.ints
-                  + (f32(ctx.scale, LOG2E), f32(ctx.scale), call.causal))
+        memset_async(buf[0], int(buf[1]) - int(buf[0]) + 4 * int(call.ncnt))
+        call.cast((q, k, v, o, lse, do, buf[0], buf[1], dq, dk, dv) + scalars)
         return dq, dk, dv
     acc = buf[0]                                       # dq accumulator (zeroed by fa2_bwd_pre) unless in place, D
     Dbuf = np.uint64(acc + call.acc_D_offset)
     dqacc = dq if call.dq_in_place else acc
     if call.tail is not None and ctx.cu is None:       # the counters zeroed with the accumulator; no fa2_dq_post
         call.pre((o, do, Dbuf, dqacc) + call.pre_tail + (buf[1], call.ncnt))
-        call.tail((q, k, v, o, lse, Dbuf, do, acc, buf[1], dq, dk, dv) + call.ints
-                  + (f32(ctx.scale, LOG2E), f32(ctx.scale), call.causal))
+        call.tail((q, k, v, o, lse, Dbuf, do, acc, buf[1], dq, dk, dv) + scalars)
         return dq, dk, dv
     call.pre((o, do, Dbuf, dqacc) + call.pre_tail + _NO_COUNTERS)
-    call.bwd((q, k, v, o, lse, Dbuf, do, dqacc, None, dk, dv) + tail)
+    call.bwd((q, k, v, o, lse, Dbuf, do, dqacc, None, dk, dv) + scalars + _packed(ctx.cu))
     if not call.dq_in_place:
         call.post((dqacc, dq, call.post_size, f32(ctx.scale)))
     return dq, dk, dv                                  # (`keep` holds the buffer until the launches are queued)

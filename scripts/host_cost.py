@@ -171,13 +171,13 @@ def stand_in_cupy() -> types.ModuleType:
     return cp
 
 
-def calls(op: str, dtype: str, T: int, D: int) -> dict:
+def calls(op: str, dtype: str, T: int, D: int, B: int = 1, H: int = 1) -> dict:
     import workbench as wb
     from workbench.opspec import SPECS
     size = {"T": T, "Dk": D, "Dv": D, "G": 3}
-    arrays = [ndarray((1, 1, *(size[d] for d in a.dims)), dtype) for a in SPECS[op].arrays]
+    arrays = [ndarray((B, H, *(size[d] for d in a.dims)), dtype) for a in SPECS[op].arrays]
     fn = getattr(wb, f"{op}_attention")
-    do = ndarray((1, 1, T, D), dtype)
+    do = ndarray((B, H, T, D), dtype)
 
     def fwd():
         fn(*arrays)
@@ -208,6 +208,9 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", action="append", help="float16, float32, bfloat16 (repeatable; default float16)")
     p.add_argument("--T", type=int, default=64)
     p.add_argument("--D", type=int, default=64)
+    p.add_argument("--B", type=int, default=1, help="batch (B = 2, H = 16 at T = 1024: every pass above "
+                   "backends.OUTPUTS_MERGE_MAX, one allocation per output)")
+    p.add_argument("--H", type=int, default=1)
     p.add_argument("--calls", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--profile", type=int, default=0, help="print cProfile's top N functions (own time)")
@@ -221,7 +224,7 @@ def main(argv=None) -> int:
     ran = 0
     for op in a.op or sorted(SPECS):
         for dtype in a.dtype or ("float16",):
-            for name, f in calls(op, dtype, a.T, a.D).items():
+            for name, f in calls(op, dtype, a.T, a.D, a.B, a.H).items():
                 us = per_call(f, a.calls, a.repeats)
                 COUNTS.clear()
                 f()

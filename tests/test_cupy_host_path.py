@@ -452,7 +452,12 @@ def test_chunk_core_allocations_per_pass(stand_in, op, impl):
     ("zeros", "cupy:chunked_mma_fused3", "float16", 64, {}),
     ("zeros", "cupy:chunked_mma_fused", "float32", 300, dict(causal=False)),
     ("zeros", "cupy:chunked_mma_fused2", "float32", 70, {}),
-    ("zeros", "cupy:chunked_mma_fused4", "float16", 130, {})])
+    ("zeros", "cupy:chunked_mma_fused4", "float16", 130, {}),
+    ("softmax", "cupy:fa2", "float16", 300, {}),                     # fa2_bwd_pre + fa2_bwd_tail
+    ("softmax", "cupy:fa2_3xtf32", "float32", 64, dict(scale=0.3)),  # direct: fa2_bwd alone
+    ("softmax", "cupy:fa2_atomic", "float16", 200, dict(causal=False)),
+    ("softmax", "cupy:fa2_tf32", "float32", 130, dict(cu_seqlens=(0, 50, 130))),
+    ("softmax", "cupy:fa2_cast", "float16", 130, {})])
 def test_prepared_path_launches_as_the_variant(fake, op, key, dtype, T, options):
     """A variant's prepared pair (registry.Variant.prepare), through the public API, launches what the variant's own
     forward and backward launch for the same arrays and options: the same kernels, grids, blocks, shared memory and
@@ -543,3 +548,41 @@ def test_prepared_pair_per_plan(fake):
         zeros.IN_BLOCK_SCAN_MAX_CHUNKS = saved
     plan_of(wb.zeros_attention, *z, backend="cupy:chunked_mma_fused3")
     assert not r.P.separate
+
+
+class _Order(__import__("collections").Counter):
+    """host_cost's COUNTS that also records the order of what reached the stand-in (allocations, launches)."""
+    def __init__(self):
+        super().__init__()
+        self.order = []
+
+    def __setitem__(self, key, value):
+        if key in ("alloc", "launch"):
+            self.order.append(key)
+        super().__setitem__(key, value)
+
+
+@pytest.mark.parametrize("name, dtype, order", [
+    # above the merge bound: the accumulator, D (and the tail's counters) alone, fa2_bwd_pre queued on them, then
+    # dq, dk, dv -- the GPU runs fa2_bwd_pre while the host allocates them -- and the key blocks' launch(es)
+    ("fa2_tail", "float16", ["alloc", "launch", "alloc", "alloc", "alloc", "launch"]),
+    ("fa2_atomic", "float16", ["alloc", "launch", "alloc", "alloc", "alloc", "launch", "launch"]),
+    # float32: dq is its own accumulator (fa2_bwd_pre zeroes it), so the gradients come first
+    ("fa2_atomic", "float32", ["alloc", "alloc", "alloc", "alloc", "launch", "launch"]),
+])
+def test_fa2_backward_queues_fa2_bwd_pre_before_the_gradients(stand_in, monkeypatch, name, dtype, order):
+    hc = stand_in
+    v = registry.get("softmax", "cupy", name)
+    arrays = [hc.ndarray(a.shape, a.dtype) for a in random_inputs("softmax", (2, 3), 300, 64, 64, dtype)]
+    rec = _Order()
+    monkeypatch.setattr(hc, "COUNTS", rec)
+    with backends.poisoned(False), backends.merge_bound(0):
+        out, ctx = v.forward(*arrays, causal=True)
+        del rec.order[:]
+        grads = v.backward(ctx, hc.ndarray(out.shape, out.dtype))
+    assert rec.order == order
+    assert [(g.shape, g.dtype) for g in grads] == [(a.shape, a.dtype) for a in arrays]
+    with backends.poisoned(False):          # below the bound: one allocation, then the launches
+        del rec.order[:]
+        v.backward(ctx, hc.ndarray(out.shape, out.dtype))
+    assert rec.order == ["alloc"] + [e for e in order if e == "launch"]

@@ -216,11 +216,17 @@ def _scratch_offsets(layout: tuple) -> tuple:
 def new_scratch(xp, layout: tuple) -> tuple:
     """Scratch buffers a kernel launch sequence needs only by address, carved from one allocation of module
     ``xp``: ``layout`` is ((shape, dtype), ...); returns (the allocation, the address of every part as
-    ``np.uint64``).  Keep the allocation referenced while the parts are in use.  Every part starts on
-    SCRATCH_ALIGN bytes; while poisoning every byte is 0xFF (NaN in every float format), else uninitialised."""
+    ``np.uint64``; the allocation is an array, or CuPy's MemoryPointer when not poisoning).  Keep it referenced
+    while the parts are in use.  Every part starts on SCRATCH_ALIGN bytes; while poisoning every byte is 0xFF (NaN
+    in every float format), else uninitialised."""
     offsets, nbytes = _scratch_offsets(layout)
-    buf = xp.full(nbytes, 255, np.uint8) if _POISON[-1] else xp.empty(nbytes, np.uint8)
-    base = data_ptr(buf)
+    alloc = None if _POISON[-1] else getattr(getattr(xp, "cuda", None), "alloc", None)
+    if alloc is not None:         # CuPy: the pool's memory itself (a MemoryPointer), no uint8 array around it
+        buf = alloc(nbytes)
+        base = buf.ptr
+    else:
+        buf = xp.full(nbytes, 255, np.uint8) if _POISON[-1] else xp.empty(nbytes, np.uint8)
+        base = data_ptr(buf)
     return buf, [np.uint64(base + o) for o in offsets]
 
 
@@ -257,12 +263,22 @@ class OutputLayout:
              scope)
         self._parts = scope["parts"]
 
+    def separate(self) -> bool:
+        """True when ``new`` allocates every output and the scratch apart (above OUTPUTS_MERGE_MAX, not one
+        block).  A caller may then take the scratch alone first (``new_scratch(xp, layout.scratch)``), queue the
+        launches that need only it, and allocate the outputs after (``outputs_apart``) while the GPU runs them."""
+        return self.nbytes > OUTPUTS_MERGE_MAX and not self.one_block
+
+    def outputs_apart(self, xp) -> tuple:
+        """The outputs of a separate layout (``separate``), one allocation each."""
+        return tuple([new_output(xp, shape, dtype) for shape, dtype in self.outputs])
+
     def new(self, xp) -> tuple:
         """(outputs, scratch addresses as ``np.uint64``, the allocation to keep referenced while the scratch is
         in use) of module ``xp``, as ``new_outputs`` describes."""
         nbytes = self.nbytes
         if nbytes > OUTPUTS_MERGE_MAX and not self.one_block:
-            outs = tuple(new_output(xp, shape, dtype) for shape, dtype in self.outputs)
+            outs = self.outputs_apart(xp)
             keep, addrs = new_scratch(xp, self.scratch) if self.scratch else (None, [])
             return outs, addrs, keep
         alloc = getattr(getattr(xp, "cuda", None), "alloc", None)

@@ -520,6 +520,7 @@ class Fa2Ctx:
     fallback: Any = None           # cupy:flash's ctx when plan is None
     cu: Optional[tuple] = None     # packed sequences (cu_seqlens), or None
     call: Any = None               # the Fa2Call of the forward (plan not None)
+    scalars: tuple = ()            # every fa2 backward kernel's scalar parameters (plan not None)
 
 
 def _aligned16(x):
@@ -617,8 +618,12 @@ def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None
     if (ptr(q) | ptr(k) | ptr(v)) % 16:
         q, k, v = _aligned16(q), _aligned16(k), _aligned16(v)
     (o, lse), _, _ = call.fwd_out.new(cp)          # one allocation, o and lse views of it
-    call.fwd((q, k, v, o, lse) + call.ints + (f32(scale, LOG2E), call.causal) + _packed(cu_seqlens))
-    return o, Fa2Ctx(spec, call.plan, (q, k, v, o, lse), bool(causal), float(scale), cu=cu_seqlens, call=call)
+    scale2 = f32(scale, LOG2E)
+    call.fwd((q, k, v, o, lse) + call.ints + (scale2, call.causal) + _packed(cu_seqlens))
+    # the backward's scalar parameters made here, while the GPU runs the forward (fa2_bwd and fa2_bwd_one add the
+    # packed-sequence arrays after them)
+    return o, Fa2Ctx(spec, call.plan, (q, k, v, o, lse), bool(causal), float(scale), cu=cu_seqlens, call=call,
+                     scalars=call.ints + (scale2, f32(scale), call.causal))
 
 
 def _packed(cu) -> tuple:
@@ -639,39 +644,86 @@ def _fa2_backward(ctx: Fa2Ctx, do):
         return _backward(_Context("mma", flat3(q), flat3(k), flat3(v), flat3(o), lse, ctx.causal, ctx.scale,
                                   cu=ctx.cu), flat3(do))
     import cupy as cp
-    call = ctx.call
+    call, scalars = ctx.call, ctx.scalars
     do = as_contiguous(do, q.dtype)
     if backends.data_ptr(do) % 16:
         do = _aligned16(do)
-    (dq, dk, dv), buf, keep = call.bwd_out.new(cp)   # one allocation: the gradients, and the buffer by address
-    # every backward kernel's scalar parameters; fa2_bwd and fa2_bwd_one add the packed-sequence arrays after them
-    scalars = call.ints + (f32(ctx.scale, LOG2E), f32(ctx.scale), call.causal)
-    if call.direct:                                    # one key block per sequence: D and dq in fa2_bwd
-        call.bwd((q, k, v, o, lse, None, do, None, dq, dk, dv) + scalars + _packed(ctx.cu))
+    lay = call.bwd_out
+    if call.direct or call.one or (call.cast is not None and ctx.cu is None):
+        (dq, dk, dv), buf, keep = lay.new(cp)          # one allocation: the gradients, and the buffer by address
+        if call.direct:                                # one key block per sequence: D and dq in fa2_bwd
+            call.bwd((q, k, v, o, lse, None, do, None, dq, dk, dv) + scalars + _packed(ctx.cu))
+        elif call.one:                                 # key blocks and query blocks in one launch
+            call.bwd((q, k, v, o, lse, do, dq, dk, dv) + scalars + _packed(ctx.cu))
+        else:                                          # one memset, one launch
+            memset_async(buf[0], int(buf[1]) - int(buf[0]) + 4 * int(call.ncnt))
+            call.cast((q, k, v, o, lse, do, buf[0], buf[1], dq, dk, dv) + scalars)
         return dq, dk, dv
-    if call.one:                                       # key blocks and query blocks in one launch
-        call.bwd((q, k, v, o, lse, do, dq, dk, dv) + scalars + _packed(ctx.cu))
-        return dq, dk, dv
-    if call.cast is not None and ctx.cu is None:       # one memset, one launch
-        memset_async(buf[0], int(buf[1]) - int(buf[0]) + 4 * int(call.ncnt))
-        call.cast((q, k, v, o, lse, do, buf[0], buf[1], dq, dk, dv) + scalars)
-        return dq, dk, dv
+    tail = call.tail is not None and ctx.cu is None    # the counters zeroed with the accumulator; no fa2_dq_post
+    if call.dq_in_place or not lay.separate():
+        grads, buf, keep = lay.new(cp)
+    else:   # above the merge bound: the accumulator and D alone first, fa2_bwd_pre running while dq, dk, dv are made
+        grads, (keep, buf) = None, backends.new_scratch(cp, lay.scratch)
     acc = buf[0]                                       # dq accumulator (zeroed by fa2_bwd_pre) unless in place, D
     Dbuf = np.uint64(acc + call.acc_D_offset)
-    dqacc = dq if call.dq_in_place else acc
-    if call.tail is not None and ctx.cu is None:       # the counters zeroed with the accumulator; no fa2_dq_post
-        call.pre((o, do, Dbuf, dqacc) + call.pre_tail + (buf[1], call.ncnt))
+    dqacc = grads[0] if call.dq_in_place else acc
+    call.pre((o, do, Dbuf, dqacc) + call.pre_tail + ((buf[1], call.ncnt) if tail else _NO_COUNTERS))
+    dq, dk, dv = grads or lay.outputs_apart(cp)
+    if tail:
         call.tail((q, k, v, o, lse, Dbuf, do, acc, buf[1], dq, dk, dv) + scalars)
         return dq, dk, dv
-    call.pre((o, do, Dbuf, dqacc) + call.pre_tail + _NO_COUNTERS)
     call.bwd((q, k, v, o, lse, Dbuf, do, dqacc, None, dk, dv) + scalars + _packed(ctx.cu))
     if not call.dq_in_place:
         call.post((dqacc, dq, call.post_size, f32(ctx.scale)))
     return dq, dk, dv                                  # (`keep` holds the buffer until the launches are queued)
 
 
+class Fa2Run:
+    """registry.Variant.prepare's pair for one call signature of a cupy:fa2* variant (the fa2 kernels, not
+    deterministic): the Fa2Call, the forward's scalar parameters and the backward's resolved once per plan, so
+    that a call runs the alignment check, one allocation and the launch.  ``forward(q, k, v)`` and
+    ``backward(ctx, do)`` do what _fa2_forward / _fa2_backward do for arrays of the signature (C-contiguous,
+    native byte order; do C-contiguous in q's dtype, as the ops hand it on)."""
+    __slots__ = ("spec", "call", "causal", "scale", "cu", "fwd_tail", "scalars")
+
+    def __init__(self, spec: Fa2Spec, call: Fa2Call, causal: bool, scale, cu):
+        self.spec, self.call, self.causal, self.scale, self.cu = spec, call, causal, float(scale), cu
+        scale2 = f32(self.scale, LOG2E)
+        self.fwd_tail = call.ints + (scale2, call.causal) + _packed(cu)
+        self.scalars = call.ints + (scale2, f32(self.scale), call.causal)
+
+    def forward(self, q, k, v):
+        import cupy as cp
+        call = self.call
+        ptr = backends.data_ptr
+        if (ptr(q) | ptr(k) | ptr(v)) % 16:
+            q, k, v = _aligned16(q), _aligned16(k), _aligned16(v)
+        (o, lse), _, _ = call.fwd_out.new(cp)
+        call.fwd((q, k, v, o, lse) + self.fwd_tail)
+        return o, Fa2Ctx(self.spec, call.plan, (q, k, v, o, lse), self.causal, self.scale, cu=self.cu, call=call,
+                         scalars=self.scalars)
+
+    @staticmethod
+    def backward(ctx, do):
+        return _fa2_backward(ctx, do)
+
+
+def _fa2_prepare(spec: Fa2Spec, options, shapes, dtype):
+    """registry.Variant.prepare: a Fa2Run where the fa2 kernels run this signature (head dims <= FA2_BUCKETS[-1],
+    not deterministic: their gradients come back in the arrays' shapes); else None (the general path)."""
+    if spec.deterministic or not options.keys() <= {"causal", "scale", "cu_seqlens"}:
+        return None
+    causal = bool(options.get("causal", True))
+    call = _fa2_call(spec.name, np.dtype(dtype), tuple(shapes[0]), shapes[2][-1], causal)
+    if call is None:
+        return None
+    run = Fa2Run(spec, call, causal, options.get("scale", 1.0), options.get("cu_seqlens"))
+    return run.forward, run.backward
+
+
 for _spec in FA2_SPECS:
     register(Variant("softmax", "cupy", _spec.name, functools.partial(_fa2_forward, _spec), _fa2_backward,
+                     prepare=functools.partial(_fa2_prepare, _spec),
                      dtypes=_spec.dtypes,
                      array_kind="cupy", gpu=True, supports=_supports, tags=_spec.tags, features=frozenset({"packed"}),
                      leading_dims=True,

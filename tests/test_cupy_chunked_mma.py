@@ -133,14 +133,16 @@ def test_core_matches_recurrence(dtype, split, shape, mode, L, stages):
 @pytest.mark.parametrize("dtype,split", [("float16", 1), ("bfloat16", 1), ("float32", 3)])
 @pytest.mark.parametrize("mode", ["linear", "decayed"])
 @pytest.mark.parametrize("dkdv", ["fused", "dqrev", "dqfold"])
-def test_core_above_the_merge_bound_matches_recurrence(dtype, split, mode, dkdv):
-    """Every pass as above backends.OUTPUTS_MERGE_MAX (bound 0): each output its own allocation, the forward's
+@pytest.mark.parametrize("group", [0, 1 << 30], ids=["apart", "grouped"])
+def test_core_above_the_merge_bound_matches_recurrence(dtype, split, mode, dkdv, group):
+    """Every pass as above backends.OUTPUTS_MERGE_MAX (bound 0): each output its own allocation (group 0; the
+    gradients in one of their own with group > 0, as calls of 4-32 MiB take them), the forward's
     segment sums a per-call temporary outside its saved block (what calls of more than 4 MiB take, 64k benches
     among them) -- results against the float64 recurrence as at any size (packed sequences, one of several
     segments: their scan reads the temporary; states).
     (No monkeypatch fixture: the CUDA emulator calls this function as it is.)"""
     from workbench import backends
-    with backends.merge_bound(0):
+    with backends.merge_bound(0, group):
         _check_case(dtype, split, (2, (0, 1, 64, 65, 300), 64, 64), mode, 1, dkdv=dkdv)     # 4 segments in one
 
 

@@ -582,6 +582,12 @@ def test_fa2_backward_queues_fa2_bwd_pre_before_the_gradients(stand_in, monkeypa
         grads = v.backward(ctx, hc.ndarray(out.shape, out.dtype))
     assert rec.order == order
     assert [(g.shape, g.dtype) for g in grads] == [(a.shape, a.dtype) for a in arrays]
+    with backends.poisoned(False), backends.merge_bound(0, 1 << 30):   # the gradients in one allocation (4-32 MiB)
+        del rec.order[:]
+        grads = v.backward(ctx, hc.ndarray(out.shape, out.dtype))
+    # (float32: the gradients' allocation, then the scratch's)
+    assert rec.order == ["alloc", "alloc"] + order[4:] if dtype == "float32" else ["alloc", "launch", "alloc"] + order[5:]
+    assert [(g.shape, g.dtype) for g in grads] == [(a.shape, a.dtype) for a in arrays]
     with backends.poisoned(False):          # below the bound: one allocation, then the launches
         del rec.order[:]
         v.backward(ctx, hc.ndarray(out.shape, out.dtype))

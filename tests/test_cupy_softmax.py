@@ -207,12 +207,14 @@ def test_fa2_many_blocks(variant, causal, shape):
 @gpu
 @needs_cupy
 @pytest.mark.parametrize("variant", FA2)
-def test_fa2_above_the_merge_bound(variant):
+@pytest.mark.parametrize("group", [0, 1 << 30], ids=["apart", "grouped"])
+def test_fa2_above_the_merge_bound(variant, group):
     """Every pass as above backends.OUTPUTS_MERGE_MAX (bound 0), what calls of more than 4 MiB take: the forward's
-    o and lse in one block (lse is under 1/16 of o), the backward's gradients and its float32 scratch each their own
-    allocation -- results against the float64 reference as at any size.  (No monkeypatch fixture: the CUDA
-    emulator calls this function as it is.)"""
-    with backends.merge_bound(0):
+    o and lse in one block (lse is under 1/16 of o), the backward's float32 scratch its own allocation and the
+    gradients each their own (group 0: above OUTPUTS_GROUP_MAX) or one together (calls of 4-32 MiB) -- results
+    against the float64 reference as at any size.  (No monkeypatch fixture: the CUDA emulator calls this function
+    as it is.)"""
+    with backends.merge_bound(0, group):
         run_case(variant, (2,), 300, 64, 64, _dtypes(variant)[0], True)
 
 

@@ -667,13 +667,15 @@ def test_variant_matches_reference(impl, dtype, tol, shape):
 
 @gpu
 @pytest.mark.parametrize("impl,dtype,tol", [c for c in CASES if c[0] in ("chunked_mma", "chunked_mma_fused3")])
-def test_variant_above_the_merge_bound(impl, dtype, tol):
+@pytest.mark.parametrize("group", [0, 1 << 30], ids=["apart", "grouped"])
+def test_variant_above_the_merge_bound(impl, dtype, tol, group):
     """Every pass as above backends.OUTPUTS_MERGE_MAX (bound 0), what calls of more than 4 MiB take: outputs in
-    their own allocations unless the side ones are small (OutputLayout), the core's segment sums a per-call
-    temporary -- results against the float64 reference as at any size.  (No monkeypatch fixture: the CUDA
-    emulator calls this function as it is.)"""
+    their own allocations unless the side ones are small (OutputLayout; group > 0: the outputs in one allocation
+    apart from the scratch, as calls of 4-32 MiB take them), the core's segment sums a per-call temporary --
+    results against the float64 reference as at any size.  (No monkeypatch fixture: the CUDA emulator calls this
+    function as it is.)"""
     from workbench import backends
-    with backends.merge_bound(0):
+    with backends.merge_bound(0, group):
         errs = _vjp_errors(impl, dtype, (2,), 300, 64, 64, True, 3)
     bad = {k: e for k, e in errs.items() if not e < tol}
     assert not bad, bad

@@ -9,6 +9,7 @@ import contextlib
 import functools
 import math
 import os
+from typing import Optional
 
 import numpy as np
 
@@ -161,15 +162,17 @@ def poisoned(on: bool = True):
 
 
 @contextlib.contextmanager
-def merge_bound(nbytes: int):
-    """OUTPUTS_MERGE_MAX set to ``nbytes`` inside the block (the tests: 0 puts every pass above the bound, where
-    calls of more than 4 MiB go)."""
-    global OUTPUTS_MERGE_MAX
-    saved, OUTPUTS_MERGE_MAX = OUTPUTS_MERGE_MAX, nbytes
+def merge_bound(nbytes: int, group: Optional[int] = None):
+    """OUTPUTS_MERGE_MAX set to ``nbytes`` and OUTPUTS_GROUP_MAX to ``group`` (None: ``nbytes`` too) inside the
+    block (the tests: 0 puts every pass above both bounds, where calls of more than 4 MiB go, one allocation per
+    output; ``merge_bound(0, 1 << 30)`` where calls of 4-32 MiB go, the outputs apart from the scratch)."""
+    global OUTPUTS_MERGE_MAX, OUTPUTS_GROUP_MAX
+    saved = OUTPUTS_MERGE_MAX, OUTPUTS_GROUP_MAX
+    OUTPUTS_MERGE_MAX, OUTPUTS_GROUP_MAX = nbytes, nbytes if group is None else group
     try:
         yield
     finally:
-        OUTPUTS_MERGE_MAX = saved
+        OUTPUTS_MERGE_MAX, OUTPUTS_GROUP_MAX = saved
 
 
 def device_checks() -> bool:
@@ -232,6 +235,11 @@ def new_scratch(xp, layout: tuple) -> tuple:
 
 OUTPUTS_MERGE_MAX = 4 << 20     # bytes: the outputs of one pass up to this total share one allocation
 OUTPUTS_SIDE_FRACTION = 16      # ... and above it too when all but the largest output take <= 1/16 of its bytes
+# bytes: above OUTPUTS_MERGE_MAX the outputs alone (not the scratch) still share one allocation up to this total --
+# a kept output then holds at most this much.  Two allocations fewer per backward of three gradients: at softmax
+# float16 T = 1024 (B = 2, H = 16, 12 MiB of gradients) the host's allocations sit between the backward's launches,
+# where the GPU waits for them (docs/kernels/host.md "Eleventh pass")
+OUTPUTS_GROUP_MAX = 32 << 20
 
 
 class OutputLayout:
@@ -241,11 +249,13 @@ class OutputLayout:
     and offsets as constants: no per-call zip, offsets, keyword arguments or layout hashing).  ``new(xp)``
     allocates: see ``new_outputs``.
 
-    One allocation or one per output (``new``): one up to OUTPUTS_MERGE_MAX bytes in all; above it one when
-    ``together`` (parts that live and die together: a context's saved arrays) or when everything but the largest
-    output is small beside it (at most 1/OUTPUTS_SIDE_FRACTION of its bytes: softmax's o and its row statistics),
-    so that a kept output never holds much more memory than its own."""
-    __slots__ = ("outputs", "scratch", "offsets", "nbytes", "scratch_offsets", "_parts", "one_block")
+    One allocation or more (``new``): one up to OUTPUTS_MERGE_MAX bytes in all; above it one when ``together``
+    (parts that live and die together: a context's saved arrays) or when everything but the largest output is small
+    beside it (at most 1/OUTPUTS_SIDE_FRACTION of its bytes: softmax's o and its row statistics); else the scratch
+    apart and the outputs in one allocation up to OUTPUTS_GROUP_MAX bytes, one each above it -- so that a kept
+    output never holds much more memory than its own, or than OUTPUTS_GROUP_MAX."""
+    __slots__ = ("outputs", "scratch", "offsets", "nbytes", "scratch_offsets", "_parts", "_views", "one_block",
+                 "outputs_nbytes")
 
     def __init__(self, outputs: tuple, scratch: tuple = (), together: bool = False):
         self.outputs = tuple((tuple(shape), np.dtype(dtype)) for shape, dtype in outputs)
@@ -259,9 +269,10 @@ class OutputLayout:
         scope.update({f"D{i}": d for i, (_, d) in enumerate(self.outputs)}, u64=np.uint64)
         views = ", ".join(f"nd(S{i}, D{i}, mem{f' + {o}' if o else ''})" for i, o in enumerate(self.offsets))
         addrs = ", ".join(f"u64(base + {o})" for o in self.scratch_offsets)
-        exec(f"def parts(nd, mem):\n    base = mem.ptr\n    return ({views}{',' if n == 1 else ''}), [{addrs}]\n",
-             scope)
-        self._parts = scope["parts"]
+        exec(f"def parts(nd, mem):\n    base = mem.ptr\n    return ({views}{',' if n == 1 else ''}), [{addrs}]\n"
+             f"def views(nd, mem):\n    return ({views}{',' if n == 1 else ''})\n", scope)
+        self._parts, self._views = scope["parts"], scope["views"]
+        self.outputs_nbytes = self.scratch_offsets[0] if self.scratch else self.nbytes     # the outputs' share
 
     def separate(self) -> bool:
         """True when ``new`` allocates every output and the scratch apart (above OUTPUTS_MERGE_MAX, not one
@@ -270,8 +281,13 @@ class OutputLayout:
         return self.nbytes > OUTPUTS_MERGE_MAX and not self.one_block
 
     def outputs_apart(self, xp) -> tuple:
-        """The outputs of a separate layout (``separate``), one allocation each."""
-        return tuple([new_output(xp, shape, dtype) for shape, dtype in self.outputs])
+        """The outputs of a separate layout (``separate``): CuPy's in one allocation of their own up to
+        OUTPUTS_GROUP_MAX bytes, else (and NumPy's) one allocation each."""
+        alloc = getattr(getattr(xp, "cuda", None), "alloc", None)
+        if alloc is None or self.outputs_nbytes > OUTPUTS_GROUP_MAX or len(self.outputs) == 1:
+            return tuple([new_output(xp, shape, dtype) for shape, dtype in self.outputs])
+        mem = xp.full(self.outputs_nbytes, 255, np.uint8).data if _POISON[-1] else alloc(self.outputs_nbytes)
+        return self._views(xp.ndarray, mem)
 
     def new(self, xp) -> tuple:
         """(outputs, scratch addresses as ``np.uint64``, the allocation to keep referenced while the scratch is

@@ -1116,7 +1116,7 @@ tc_bwd_dkdv(
 // (no initial state: g_0 never enters a difference G_t - G_i).  Accumulated in float64.  Two launches over
 // the segment table (grid (NSEG, N), 256 threads: every segment of every row a block):
 //   tc_dg_part  part[n][s] = sum of dG over segment s
-//   tc_dg<OT>   carry = cst + the parts of the later segments of the same sequence; then the segment's own
+//   tc_dg<OT>   carry = cst + the parts of the later segments of the same sequence (a block sum); then the segment's own
 //               suffix sums, 256 tokens at a time from its end (a block scan), + carry; written as OT (the
 //               caller's dtype: float, wb_half, wb_bf16; rounded from float32, as a cast after it would).
 //               With anc (the chunk anchors of tc_bwd_dkdv's DKDV_DQ walk, seg_c0 its chunk numbering): no
@@ -1191,7 +1191,19 @@ __global__ void __launch_bounds__(256) tc_dg(const float* __restrict__ rq, int n
         }
         return;
     }
-    for (int s2 = s + 1; s2 < seq_seg[qs + 1]; ++s2) carry += part[(long long)n * NSEG + s2];
+    {   // + the parts of the later segments of the sequence: strided over the threads, then across the warps (one
+        // thread summing them in order was a chain of up to NSEG dependent loads: 36 us at 64k, H200 callO)
+        double later = 0.0;
+        for (int s2 = s + 1 + (int)threadIdx.x; s2 < seq_seg[qs + 1]; s2 += tc::DG_THREADS)
+            later += part[(long long)n * NSEG + s2];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) later += __shfl_xor_sync(0xffffffffu, later, o);
+        if (lane == 0) wsum[wid] = later;
+        __syncthreads();
+#pragma unroll
+        for (int w = 0; w < W; ++w) carry += wsum[w];
+        __syncthreads();                                           // wsum is written again below
+    }
     for (int end = t1; end > t0; end -= tc::DG_THREADS) {          // tokens [end - 256, end), from the end
         const int t = end - tc::DG_THREADS + (int)threadIdx.x;
         const bool in = t >= t0;

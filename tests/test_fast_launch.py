@@ -337,6 +337,20 @@ def test_outputs_of_a_pass_share_one_allocation_up_to_the_bound(monkeypatch):
     with backends.poisoned(False):
         (o,), addrs, keep = backends.outputs_layout(layout[:1]).new(hc.stand_in_cupy())
     assert o.shape == (2, 3, 5) and o.data.ptr == keep.ptr and addrs == []
+    # by address (a launch before the arrays are made; softmax's forward): one allocation at any size, every
+    # output's and scratch part's address, the views after on the same bytes
+    monkeypatch.setattr(backends, "OUTPUTS_MERGE_MAX", 0)
+    for xp in (np, hc.stand_in_cupy()):
+        for poison in (False, True):
+            with backends.poisoned(poison):
+                keep, every = lay.new_by_address(xp)
+                outs = lay.views(xp, keep)
+            base = backends.data_ptr(keep)
+            assert [int(a) - base for a in every] == [0, 256, 512, 768, 1024] and all(type(a) is np.uint64 for a in every)
+            assert [(o.shape, o.dtype, backends.data_ptr(o) - base) for o in outs] == [
+                ((2, 3, 5), np.float16, 0), ((7,), np.float32, 256), ((1, 4), np.float64, 512)]
+            if poison and xp is np:
+                assert all(np.isnan(o).all() for o in outs)
 
 
 @pytest.mark.gpu

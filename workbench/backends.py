@@ -254,8 +254,8 @@ class OutputLayout:
     beside it (at most 1/OUTPUTS_SIDE_FRACTION of its bytes: softmax's o and its row statistics); else the scratch
     apart and the outputs in one allocation up to OUTPUTS_GROUP_MAX bytes, one each above it -- so that a kept
     output never holds much more memory than its own, or than OUTPUTS_GROUP_MAX."""
-    __slots__ = ("outputs", "scratch", "offsets", "nbytes", "scratch_offsets", "_parts", "_views", "one_block",
-                 "outputs_nbytes")
+    __slots__ = ("outputs", "scratch", "offsets", "nbytes", "scratch_offsets", "_parts", "_views", "_addrs",
+                 "one_block", "outputs_nbytes")
 
     def __init__(self, outputs: tuple, scratch: tuple = (), together: bool = False):
         self.outputs = tuple((tuple(shape), np.dtype(dtype)) for shape, dtype in outputs)
@@ -269,9 +269,11 @@ class OutputLayout:
         scope.update({f"D{i}": d for i, (_, d) in enumerate(self.outputs)}, u64=np.uint64)
         views = ", ".join(f"nd(S{i}, D{i}, mem{f' + {o}' if o else ''})" for i, o in enumerate(self.offsets))
         addrs = ", ".join(f"u64(base + {o})" for o in self.scratch_offsets)
+        every = ", ".join(f"u64(base + {o})" for o in self.offsets + self.scratch_offsets)
         exec(f"def parts(nd, mem):\n    base = mem.ptr\n    return ({views}{',' if n == 1 else ''}), [{addrs}]\n"
-             f"def views(nd, mem):\n    return ({views}{',' if n == 1 else ''})\n", scope)
-        self._parts, self._views = scope["parts"], scope["views"]
+             f"def views(nd, mem):\n    return ({views}{',' if n == 1 else ''})\n"
+             f"def addrs(base):\n    return ({every},)\n", scope)
+        self._parts, self._views, self._addrs = scope["parts"], scope["views"], scope["addrs"]
         self.outputs_nbytes = self.scratch_offsets[0] if self.scratch else self.nbytes     # the outputs' share
 
     def separate(self) -> bool:
@@ -280,14 +282,53 @@ class OutputLayout:
         launches that need only it, and allocate the outputs after (``outputs_apart``) while the GPU runs them."""
         return self.nbytes > OUTPUTS_MERGE_MAX and not self.one_block
 
+    def _grouped(self, xp):
+        """``cupy.cuda.alloc`` where the outputs of a separate layout share one allocation (CuPy, more than one
+        output, at most OUTPUTS_GROUP_MAX bytes of them), else None (one allocation each)."""
+        alloc = getattr(getattr(xp, "cuda", None), "alloc", None)
+        return None if len(self.outputs) == 1 or self.outputs_nbytes > OUTPUTS_GROUP_MAX else alloc
+
     def outputs_apart(self, xp) -> tuple:
         """The outputs of a separate layout (``separate``): CuPy's in one allocation of their own up to
         OUTPUTS_GROUP_MAX bytes, else (and NumPy's) one allocation each."""
-        alloc = getattr(getattr(xp, "cuda", None), "alloc", None)
-        if alloc is None or self.outputs_nbytes > OUTPUTS_GROUP_MAX or len(self.outputs) == 1:
+        alloc = self._grouped(xp)
+        if alloc is None:
             return tuple([new_output(xp, shape, dtype) for shape, dtype in self.outputs])
         mem = xp.full(self.outputs_nbytes, 255, np.uint8).data if _POISON[-1] else alloc(self.outputs_nbytes)
         return self._views(xp.ndarray, mem)
+
+    def outputs_by_address(self, xp) -> tuple:
+        """``outputs_apart`` for a caller that launches before it makes the output arrays: (what to keep, the
+        outputs' addresses as ``np.uint64``); ``outputs_views(xp, kept)`` makes the outputs after the launch."""
+        alloc = self._grouped(xp)
+        if alloc is None:
+            outs = self.outputs_apart(xp)
+            return outs, tuple([np.uint64(data_ptr(o)) for o in outs])
+        keep = xp.full(self.outputs_nbytes, 255, np.uint8) if _POISON[-1] else alloc(self.outputs_nbytes)
+        return keep, self._addrs(data_ptr(keep))[:len(self.outputs)]
+
+    def outputs_views(self, xp, keep) -> tuple:
+        """The outputs of ``outputs_by_address``'s ``keep``."""
+        return keep if type(keep) is tuple else self._views(xp.ndarray, getattr(keep, "data", keep))
+
+    def new_by_address(self, xp) -> tuple:
+        """One allocation of the whole layout at any size, by address, for a caller that launches before it makes
+        the output arrays (their construction then runs while the GPU works): (the allocation, the address of
+        every output and then of every scratch part, as ``np.uint64``).  ``views(xp, allocation)`` makes the
+        outputs after the launch.  (For layouts whose parts live and die together: a kept output holds it all.)"""
+        alloc = None if _POISON[-1] else getattr(getattr(xp, "cuda", None), "alloc", None)
+        if alloc is not None:          # CuPy: the pool's memory itself
+            keep = alloc(self.nbytes)
+            return keep, self._addrs(keep.ptr)
+        keep = xp.full(self.nbytes, 255, np.uint8) if _POISON[-1] else xp.empty(self.nbytes, np.uint8)
+        return keep, self._addrs(data_ptr(keep))
+
+    def views(self, xp, keep) -> tuple:
+        """The outputs on ``new_by_address``'s allocation ``keep``."""
+        if isinstance(keep, np.ndarray):       # NumPy, and the CUDA emulator's stand-in device arrays
+            return tuple(keep[o:o + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
+                         for o, (shape, dtype) in zip(self.offsets, self.outputs))
+        return self._views(xp.ndarray, getattr(keep, "data", keep))      # a CuPy array (poisoned) or MemoryPointer
 
     def new(self, xp) -> tuple:
         """(outputs, scratch addresses as ``np.uint64``, the allocation to keep referenced while the scratch is

@@ -617,9 +617,10 @@ def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None
     ptr = backends.data_ptr
     if (ptr(q) | ptr(k) | ptr(v)) % 16:
         q, k, v = _aligned16(q), _aligned16(k), _aligned16(v)
-    (o, lse), _, _ = call.fwd_out.new(cp)          # one allocation, o and lse views of it
+    keep, (po, plse) = call.fwd_out.new_by_address(cp)     # one allocation; o and lse by address, viewed after
     scale2 = f32(scale, LOG2E)
-    call.fwd((q, k, v, o, lse) + call.ints + (scale2, call.causal) + _packed(cu_seqlens))
+    call.fwd((q, k, v, po, plse) + call.ints + (scale2, call.causal) + _packed(cu_seqlens))
+    o, lse = call.fwd_out.views(cp, keep)
     # the backward's scalar parameters made here, while the GPU runs the forward (fa2_bwd and fa2_bwd_one add the
     # packed-sequence arrays after them)
     return o, Fa2Ctx(spec, call.plan, (q, k, v, o, lse), bool(causal), float(scale), cu=cu_seqlens, call=call,
@@ -659,7 +660,20 @@ def _fa2_backward(ctx: Fa2Ctx, do):
             memset_async(buf[0], int(buf[1]) - int(buf[0]) + 4 * int(call.ncnt))
             call.cast((q, k, v, o, lse, do, buf[0], buf[1], dq, dk, dv) + scalars)
         return dq, dk, dv
-    tail = call.tail is not None and ctx.cu is None    # the counters zeroed with the accumulator; no fa2_dq_post
+    if call.tail is not None and ctx.cu is None:       # the counters zeroed with the accumulator; no fa2_dq_post
+        # dq, dk, dv by address: fa2_bwd_tail is queued before their arrays are made; above the merge bound the
+        # accumulator, D and the counters alone first, fa2_bwd_pre running while the gradients are allocated
+        apart = lay.separate()
+        if apart:
+            keep, (acc, cnt) = backends.new_scratch(cp, lay.scratch)
+        else:                                          # one allocation: dq, dk, dv, the buffer, the counters
+            keep, (*grads, acc, cnt) = lay.new_by_address(cp)
+        Dbuf = np.uint64(acc + call.acc_D_offset)
+        call.pre((o, do, Dbuf, acc) + call.pre_tail + (cnt, call.ncnt))
+        if apart:
+            kept, grads = lay.outputs_by_address(cp)
+        call.tail((q, k, v, o, lse, Dbuf, do, acc, cnt) + tuple(grads) + scalars)
+        return lay.outputs_views(cp, kept) if apart else lay.views(cp, keep)
     if call.dq_in_place or not lay.separate():
         grads, buf, keep = lay.new(cp)
     else:   # above the merge bound: the accumulator and D alone first, fa2_bwd_pre running while dq, dk, dv are made
@@ -667,11 +681,8 @@ def _fa2_backward(ctx: Fa2Ctx, do):
     acc = buf[0]                                       # dq accumulator (zeroed by fa2_bwd_pre) unless in place, D
     Dbuf = np.uint64(acc + call.acc_D_offset)
     dqacc = grads[0] if call.dq_in_place else acc
-    call.pre((o, do, Dbuf, dqacc) + call.pre_tail + ((buf[1], call.ncnt) if tail else _NO_COUNTERS))
+    call.pre((o, do, Dbuf, dqacc) + call.pre_tail + _NO_COUNTERS)
     dq, dk, dv = grads or lay.outputs_apart(cp)
-    if tail:
-        call.tail((q, k, v, o, lse, Dbuf, do, acc, buf[1], dq, dk, dv) + scalars)
-        return dq, dk, dv
     call.bwd((q, k, v, o, lse, Dbuf, do, dqacc, None, dk, dv) + scalars + _packed(ctx.cu))
     if not call.dq_in_place:
         call.post((dqacc, dq, call.post_size, f32(ctx.scale)))
@@ -698,8 +709,9 @@ class Fa2Run:
         ptr = backends.data_ptr
         if (ptr(q) | ptr(k) | ptr(v)) % 16:
             q, k, v = _aligned16(q), _aligned16(k), _aligned16(v)
-        (o, lse), _, _ = call.fwd_out.new(cp)
-        call.fwd((q, k, v, o, lse) + self.fwd_tail)
+        keep, (po, plse) = call.fwd_out.new_by_address(cp)   # launched first, o and lse made while the GPU runs
+        call.fwd((q, k, v, po, plse) + self.fwd_tail)
+        o, lse = call.fwd_out.views(cp, keep)
         return o, Fa2Ctx(self.spec, call.plan, (q, k, v, o, lse), self.causal, self.scale, cu=self.cu, call=call,
                          scalars=self.scalars)
 

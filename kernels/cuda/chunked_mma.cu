@@ -87,6 +87,32 @@ __device__ __forceinline__ float weight_base(const Trailer* tr) {
 
 __device__ __forceinline__ float dexp(double x) { return __expf((float)x); }
 
+// b_t in float64 from the Trailer's (bh, bl) pair
+__device__ __forceinline__ double logdecay_at(const Trailer* tr, int t) {
+    return (double)tr->b[t].x + (double)tr->b[t].y;
+}
+
+// The REV sums' weights in a forward walk (tc_bwd_dq's and tg_bwd_dq's ESUM; docs/kernels/linear.md "The REV sums in
+// the dq walker"): one base for the segment, chunk 0's weight_base e^{beta} (beta = its first row's b; 1 below 1e-30),
+// applied to the float32 sum at the end; chunk c's fragment multiplier scale e^{B_c - beta} (chunk 0: scale / base;
+// B_c - beta <= 0: nothing overflows), B_c - beta summed in double from the chunks' clamped totals b_last.
+struct RevWeights {
+    double Bd = 0.0;                 // B_c - beta
+    float base = 1.f;                // e^{beta}
+    __device__ __forceinline__ float next(const Trailer* tr, int j, float scale) {
+        float mul;
+        if (j == 0) {
+            base = weight_base(tr);
+            Bd = base != 1.f ? -logdecay_at(tr, 0) : 0.0;
+            mul = scale / base;
+        } else {
+            mul = scale * dexp(Bd);
+        }
+        Bd += logdecay_at(tr, C - 1);
+        return mul;
+    }
+};
+
 // e^{b_r - b_c} from the float32 pairs: the hi parts subtract with one rounding relative to the difference
 __device__ __forceinline__ float pair_exp(float hr, float lr, float hc, float lc) {
     return __expf((hr - hc) + (lr - lc));
@@ -767,7 +793,7 @@ __global__ void __launch_bounds__(128) tc_seg_state(const T* __restrict__ x, con
         __syncthreads();
         const float e0 = decay && REV ? weight_base(tr) : 1.f;   // REV: e^b relative to the chunk's first row
         if (decay) {
-            gsum += (double)tr->b[C - 1].x + (double)tr->b[C - 1].y;
+            gsum += logdecay_at(tr, C - 1);
             scale_acc(Es, tr->e[C - 1] / e0);
         }
         if (decay || wscale != 1.f)                                // the weights on X^T's fragments
@@ -840,8 +866,7 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES, ESUM>
     const bool esum = ESUM && causal;                              // (the host launches ESUM causal only)
     float Es[1][ESUM ? HNT : 2][4];                                // ESUM: the REV sum (this dk tile's rows), / base
     if constexpr (ESUM) zero(Es);
-    double Bd = 0.0;                                               // ESUM: B_c - beta (below)
-    float base = 1.f;                                              // ESUM: e^{beta}, applied to Es at the end
+    RevWeights rw;                                                 // ESUM: the chunks' weights, the base (below)
     const int nch = (t1 - t0 + C - 1) / C;
     auto issue = [&](int j, int st) {                              // chunk j's tiles -> stage st
         T* sO = stages + st * STAGE;
@@ -885,21 +910,9 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES, ESUM>
         if constexpr (ESUM) {                                      // Es += Q^T diag(scale e^{B_c + b_t - beta}) dO
             if (esum) {
                 // REV's weights are e^{b_t} relative to each chunk's first row, e^{b_0} and the later chunks'
-                // e^{b_last} applied in float32; forwards, one base for the segment: chunk 0's weight_base
-                // (e^{beta}, beta = its first row's b; 1 below 1e-30), so chunk 0's fragment weights are REV's
-                // (scale e^{b_t} / base) and chunk c's are scale e^{b_t} e^{B_c - beta} (B_c - beta <= 0: nothing
-                // overflows), with B_c - beta summed in double from the clamped chunk totals b_last as REV's gsum
-                float mul = scale;
-                if (decay) {
-                    if (j == 0) {
-                        base = weight_base(tr);
-                        Bd = base != 1.f ? -((double)tr->b[0].x + (double)tr->b[0].y) : 0.0;
-                        mul = scale / base;
-                    } else {
-                        mul = scale * dexp(Bd);
-                    }
-                    Bd += (double)tr->b[C - 1].x + (double)tr->b[C - 1].y;
-                }
+                // e^{b_last} applied in float32; forwards, one base for the segment (RevWeights): chunk 0's
+                // fragment weights are REV's (scale e^{b_t} / base), chunk c's scale e^{b_t} e^{B_c - beta}
+                const float mul = decay ? rw.next(tr, j, scale) : scale;
                 if (decay || scale != 1.f)
                     gemm_ss<T, SPLIT, 1, HNT, true, false>(Es, sQ, LDT, sO, LDV, 16 * w, 0, 0, C, 0, HNT / 2,
                                                            KWeights<T>{decay ? tr->e : nullptr, mul});
@@ -919,7 +932,7 @@ __global__ void __launch_bounds__(128, tc::walk_min_blocks<T, DVP, STAGES, ESUM>
     }
     if constexpr (ESUM) {
         if (esum) {
-            if (base != 1.f) scale_acc(Es, base);
+            if (rw.base != 1.f) scale_acc(Es, rw.base);
             state_store(Es, Eout + ((long long)n * NSEG + s) * E, 16 * w, k0, 0, dk, dv);
         }
     }

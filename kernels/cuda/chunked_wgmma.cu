@@ -310,8 +310,7 @@ __global__ void __launch_bounds__(128, DECAY && ESUM ? 1 : 3) tg_bwd_dq(const T*
     state_load(H, Hin ? Hin + ((long long)n * NSEG + s) * E : nullptr, 16 * w, k0, 0, dk, dv);
     float Es[1][8][4];
     zero(Es);
-    double Bd = 0.0;                                            // DECAY, ESUM: B_c - beta (tc_bwd_dq)
-    float base = 1.f;                                           // DECAY, ESUM: e^{beta}, applied to Es at the end
+    tc::RevWeights rw;                                          // DECAY, ESUM: as tc_bwd_dq's
     const int nch = (t1 - t0 + C - 1) / C;
     auto issue = [&](int j, int st) {
         T* sO = stages + st * 4 * TILE;
@@ -337,16 +336,7 @@ __global__ void __launch_bounds__(128, DECAY && ESUM ? 1 : 3) tg_bwd_dq(const T*
             scale_acc(H, tr->e[C - 1]);
             tg::weighed_at<T>(kf, sK, tr->u, 1.f);
             if constexpr (ESUM) {
-                float mul;
-                if (j == 0) {
-                    base = weight_base(tr);
-                    Bd = base != 1.f ? -((double)tr->b[0].x + (double)tr->b[0].y) : 0.0;
-                    mul = scale / base;
-                } else {
-                    mul = scale * dexp(Bd);
-                }
-                Bd += (double)tr->b[C - 1].x + (double)tr->b[C - 1].y;
-                tg::weighed_at<T>(qf, sQ, tr->e, mul);
+                tg::weighed_at<T>(qf, sQ, tr->e, rw.next(tr, j, scale));
             }
         }
         tg::fence_accs(acc, S, H, Es);
@@ -381,7 +371,7 @@ __global__ void __launch_bounds__(128, DECAY && ESUM ? 1 : 3) tg_bwd_dq(const T*
     cp_async_wait();
     if constexpr (ESUM) {
         if constexpr (DECAY) {
-            if (base != 1.f) scale_acc(Es, base);
+            if (rw.base != 1.f) scale_acc(Es, rw.base);
         } else {
             scale_acc(Es, scale);
         }

@@ -1210,6 +1210,11 @@ __device__ __forceinline__ void fa_tile_D(float* sD, const T* so, const T* sdo) 
     if ((L & 1) == 0) sD[r] = d;
 }
 
+// Row n's arrival counters (fa2_bwd_cast, fa2_bwd_tail): one per query tile of BQ rows, the rows one after another.
+__device__ __forceinline__ int* fa_row_counters(int* cnt, int n, int T_, int BQ) {
+    return cnt + (long long)n * ((T_ + BQ - 1) / BQ);
+}
+
 // The key blocks that add into query tile i (64 rows) of a call without packed sequences (the host launches
 // fa2_bwd_cast for those alone): causal, key blocks 0 .. i; else all of them.
 __device__ __forceinline__ int fa_tile_visits(int causal, int i, int T_) {
@@ -1484,7 +1489,7 @@ __device__ __forceinline__ void fa2_bwd_keys(const typename P::T* q, const typen
                 }
             }
             if constexpr (DQ == FA_DQ_CAST)
-                fa_dq_arrive<T>(cnt + (long long)n * ((T_ + BQ - 1) / BQ) + i, fa_tile_visits(causal, i, T_), sLast,
+                fa_dq_arrive<T>(fa_row_counters(cnt, n, T_, BQ) + i, fa_tile_visits(causal, i, T_), sLast,
                                 dqacc, dq_, nT, q0, BQ, T_, dk, scale);
         }
     }
@@ -1501,7 +1506,7 @@ __device__ __forceinline__ void fa2_bwd_keys(const typename P::T* q, const typen
         }
     }
     if constexpr (DQ == FA_DQ_TAIL)                             // sS is free once fa_dq_tail's first barrier passed
-        fa_dq_tail<T>(cnt + (long long)n * ((T_ + BQ - 1) / BQ), reinterpret_cast<unsigned*>(sS), dqacc, dq_, nT, i0,
+        fa_dq_tail<T>(fa_row_counters(cnt, n, T_, BQ), reinterpret_cast<unsigned*>(sS), dqacc, dq_, nT, i0,
                       nq, T_, dk, causal, scale);
 }
 

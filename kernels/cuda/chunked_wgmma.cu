@@ -99,6 +99,25 @@ __device__ __forceinline__ void frags_to_tile(const float (&H)[8][4], T* tile, i
                 pack2<T>(H[nt][2 * h] * inv, H[nt][2 * h + 1] * inv);
 }
 
+// float16: the warp's max |St| posted to red[w] (read by state_to_tile after a barrier); nothing otherwise
+template <typename T>
+__device__ __forceinline__ void post_state_max(const float (&St)[1][8][4], float* red) {
+    if constexpr (wbmma::Traits<T>::HALF) {
+        const float mx = tc::warp_abs_max(St);
+        if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
+    }
+}
+
+// St / sigma into its swizzled tile (warp w: rows 16 w ..), sigma a power of two from the block max that
+// post_state_max posted (1 but for float16, as tc::state_to_smem).  Returns sigma.
+template <typename T>
+__device__ __forceinline__ float state_to_tile(const float (&St)[1][8][4], T* tile, const float* red) {
+    float sigma = 1.f, inv = 1.f;
+    if constexpr (wbmma::Traits<T>::HALF) tc::pow2_scale(fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3])), sigma, inv);
+    frags_to_tile<T>(St[0], tile, 16 * (threadIdx.x >> 5), inv);
+    return sigma;
+}
+
 // The top of chunk j of a walker that hands its float32 state St (warp w: rows 16 w ..) to the chunk's products:
 // chunk j's copies waited for; float16: the warp's max |St| posted to red; the barrier after which chunk j - 1's
 // products are done in every warp (the state tile and chunk j - 1's stage are free); sigma from the block max (1 but
@@ -106,16 +125,10 @@ __device__ __forceinline__ void frags_to_tile(const float (&H)[8][4], T* tile, i
 // their group; the async-proxy fence; the barrier that publishes the tile and chunk j's tiles.  Returns sigma.
 template <typename T, int STAGES, typename F>
 __device__ __forceinline__ float chunk_top(const float (&St)[1][8][4], T* tile, float* red, F&& issue_next) {
-    const int w = threadIdx.x >> 5;
     tc::cp_async_wait_group<STAGES - 2>();
-    if constexpr (wbmma::Traits<T>::HALF) {
-        const float mx = tc::warp_abs_max(St);
-        if ((threadIdx.x & 31) == 0) red[w] = mx;
-    }
+    post_state_max<T>(St, red);
     __syncthreads();
-    float sigma = 1.f, inv = 1.f;
-    if constexpr (wbmma::Traits<T>::HALF) tc::pow2_scale(fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3])), sigma, inv);
-    frags_to_tile<T>(St[0], tile, 16 * w, inv);
+    const float sigma = state_to_tile<T>(St, tile, red);
     issue_next();
     tc::cp_async_commit();
     wbgmma::fence_proxy_async();
@@ -156,14 +169,9 @@ struct Pipe<STAGES, true> {
     __device__ __forceinline__ float top(int j, int, tc::Trailer* tr, F&& issue, G&& grows, const float (&St)[1][8][4],
                                          T* tile, float*) {
         walk.top(j, tr, issue, grows);                          // barrier: chunk j - 1 done; loads; log decays
-        float sigma = 1.f, inv = 1.f;
-        if constexpr (wbmma::Traits<T>::HALF) {
-            const float mx = tc::warp_abs_max(St);
-            if ((threadIdx.x & 31) == 0) tr->red[threadIdx.x >> 5] = mx;
-            __syncthreads();
-            tc::pow2_scale(fmaxf(fmaxf(tr->red[0], tr->red[1]), fmaxf(tr->red[2], tr->red[3])), sigma, inv);
-        }
-        frags_to_tile<T>(St[0], tile, 16 * (threadIdx.x >> 5), inv);
+        post_state_max<T>(St, tr->red);
+        if constexpr (wbmma::Traits<T>::HALF) __syncthreads();
+        const float sigma = state_to_tile<T>(St, tile, tr->red);
         walk.wait();
         wbgmma::fence_proxy_async();
         __syncthreads();

@@ -619,6 +619,18 @@ __device__ __forceinline__ FaSeq fa_seq(const int* tseq, const int* cu, int t, i
     return {cu[j], cu[j + 1]};
 }
 
+// The keys that the query rows [q0, q0 + BR) visit: from the first row's sequence start to the diagonal (causal) or
+// to the last row's sequence end.
+__device__ __forceinline__ FaSeq fa_block_keys(const int* tseq, const int* cu, int q0, int BR, int T_, int causal) {
+    return {fa_seq(tseq, cu, q0, T_).a, causal ? min(T_, q0 + BR) : fa_seq(tseq, cu, min(q0 + BR, T_) - 1, T_).b};
+}
+
+// [a, b): the positions every row of [r0, r0 + n) shares its sequence with (the last row's sequence start to the
+// first row's sequence end): a tile inside it needs no sequence mask.
+__device__ __forceinline__ FaSeq fa_shared_range(const int* tseq, const int* cu, int r0, int n, int T_) {
+    return {fa_seq(tseq, cu, min(r0 + n, T_) - 1, T_).a, fa_seq(tseq, cu, r0, T_).b};
+}
+
 // dk, dv: block = 64 keys (warp w: keys 16 w ..), BQ-query tiles from the diagonal (or, packed, the first key's
 // sequence start) to the last key's sequence end.
 // S^T = K Q^T and dP^T = V dO^T (A from K, V in smem; B = Q, dO stored [query][d]); P^T, dS^T are
@@ -700,8 +712,7 @@ __global__ void __launch_bounds__(MM_THREADS) mma_bwd_dq(const T* q, const T* k,
     }
     wbmma::zero_acc(gq);
     const FaSeq rs[2] = {fa_seq(tseq, cu, row[0], T_), fa_seq(tseq, cu, row[1], T_)};
-    const int kbeg = fa_seq(tseq, cu, q0, T_).a;
-    const int kend = causal ? min(T_, q0 + BR) : fa_seq(tseq, cu, min(q0 + BR, T_) - 1, T_).b;
+    const auto [kbeg, kend] = fa_block_keys(tseq, cu, q0, BR, T_, causal);
     for (int k0 = (kbeg / BC) * BC; k0 < kend; k0 += BC) {
         __syncthreads();
         mm_load<T, D, BC>(sK, k + nT * dk, k0, T_, dk);
@@ -1029,9 +1040,8 @@ __global__ void __launch_bounds__(FA_THREADS) fa2_fwd(const typename P::T* q, co
     const T* vn = v + nT * dv;
     // keys of the block: from its first row's sequence start to the diagonal (causal) or its last row's
     // sequence end; the warp's tiles need no mask inside [wlo, whi) (every row's sequence holds it)
-    const int kbeg = fa_seq(tseq, cu, q0, T_).a;
-    const int kend = causal ? min(T_, q0 + BR) : fa_seq(tseq, cu, min(q0 + BR, T_) - 1, T_).b;
-    const int wlo = fa_seq(tseq, cu, min(r0 + 16 * MT, T_) - 1, T_).a, whi = fa_seq(tseq, cu, r0, T_).b;
+    const auto [kbeg, kend] = fa_block_keys(tseq, cu, q0, BR, T_, causal);
+    const auto [wlo, whi] = fa_shared_range(tseq, cu, r0, 16 * MT, T_);
     FaSeq rs[MT][2];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -1347,7 +1357,7 @@ __device__ __forceinline__ void fa2_bwd_keys(const typename P::T* q, const typen
     // sequence end; the warp's tiles need no mask inside [wlo, whi)
     const int qbeg = causal ? k0 : fa_seq(tseq, cu, k0, T_).a;
     const int qend = fa_seq(tseq, cu, min(k0 + BK, T_) - 1, T_).b;
-    const int wlo = fa_seq(tseq, cu, min(k0 + 16 * w + 16, T_) - 1, T_).a, whi = fa_seq(tseq, cu, k0 + 16 * w, T_).b;
+    const auto [wlo, whi] = fa_shared_range(tseq, cu, k0 + 16 * w, 16, T_);
     const int i0 = qbeg / BQ, nq = (qend + BQ - 1) / BQ;
     fa_load<T, D, LDK, BK>(sK, k + nT * dk, k0, T_, dk);
     fa_load<T, D, LDV, BK>(sV, v + nT * dv, k0, T_, dv);
@@ -1572,9 +1582,8 @@ __device__ __forceinline__ void fa2_bwd_queries(const typename P::T* q, const ty
     const T* vn = v + nT * dv;
     const T* on = dout + nT * dv;
     const int r0 = q0 + 16 * w;                                 // first row of this warp
-    const int kbeg = fa_seq(tseq, cu, q0, T_).a;
-    const int kend = causal ? min(T_, q0 + BR) : fa_seq(tseq, cu, min(q0 + BR, T_) - 1, T_).b;
-    const int wlo = fa_seq(tseq, cu, min(r0 + 16, T_) - 1, T_).a, whi = fa_seq(tseq, cu, r0, T_).b;
+    const auto [kbeg, kend] = fa_block_keys(tseq, cu, q0, BR, T_, causal);
+    const auto [wlo, whi] = fa_shared_range(tseq, cu, r0, 16, T_);
     FaSeq rs[1][2];
 #pragma unroll
     for (int h = 0; h < 2; ++h) rs[0][h] = fa_seq(tseq, cu, r0 + g + 8 * h, T_);

@@ -216,6 +216,27 @@ def _scratch_offsets(layout: tuple) -> tuple:
     return tuple(offsets), max(n, 1)
 
 
+def _raw(xp, nbytes: int):
+    """``nbytes`` of memory of module ``xp``: a 0xFF-filled uint8 array while poisoning (NaN in every float format);
+    else CuPy's pool memory itself (``cupy.cuda.alloc``: a MemoryPointer, no array around it) where there is one,
+    an uninitialised uint8 array otherwise (NumPy, the CUDA emulator's stand-in)."""
+    if _POISON[-1]:
+        return xp.full(nbytes, 255, np.uint8)
+    alloc = getattr(getattr(xp, "cuda", None), "alloc", None)
+    return alloc(nbytes) if alloc is not None else xp.empty(nbytes, np.uint8)
+
+
+def _mem(keep):
+    """CuPy memory of ``_raw``'s allocation: the array's MemoryPointer (poisoning), or the MemoryPointer itself."""
+    return getattr(keep, "data", keep)
+
+
+def _base(keep) -> int:
+    """The address of ``_raw``'s memory (a MemoryPointer's ``ptr`` without data_ptr's exception path)."""
+    ptr = getattr(keep, "ptr", None)
+    return data_ptr(keep) if ptr is None else ptr
+
+
 def new_scratch(xp, layout: tuple) -> tuple:
     """Scratch buffers a kernel launch sequence needs only by address, carved from one allocation of module
     ``xp``: ``layout`` is ((shape, dtype), ...); returns (the allocation, the address of every part as
@@ -223,13 +244,8 @@ def new_scratch(xp, layout: tuple) -> tuple:
     while the parts are in use.  Every part starts on SCRATCH_ALIGN bytes; while poisoning every byte is 0xFF (NaN
     in every float format), else uninitialised."""
     offsets, nbytes = _scratch_offsets(layout)
-    alloc = None if _POISON[-1] else getattr(getattr(xp, "cuda", None), "alloc", None)
-    if alloc is not None:         # CuPy: the pool's memory itself (a MemoryPointer), no uint8 array around it
-        buf = alloc(nbytes)
-        base = buf.ptr
-    else:
-        buf = xp.full(nbytes, 255, np.uint8) if _POISON[-1] else xp.empty(nbytes, np.uint8)
-        base = data_ptr(buf)
+    buf = _raw(xp, nbytes)
+    base = _base(buf)
     return buf, [np.uint64(base + o) for o in offsets]
 
 
@@ -282,53 +298,46 @@ class OutputLayout:
         launches that need only it, and allocate the outputs after (``outputs_apart``) while the GPU runs them."""
         return self.nbytes > OUTPUTS_MERGE_MAX and not self.one_block
 
-    def _grouped(self, xp):
-        """``cupy.cuda.alloc`` where the outputs of a separate layout share one allocation (CuPy, more than one
-        output, at most OUTPUTS_GROUP_MAX bytes of them), else None (one allocation each)."""
-        alloc = getattr(getattr(xp, "cuda", None), "alloc", None)
-        return None if len(self.outputs) == 1 or self.outputs_nbytes > OUTPUTS_GROUP_MAX else alloc
+    def _grouped(self, xp) -> bool:
+        """Whether the outputs of a separate layout share one allocation: CuPy (``cupy.cuda.alloc``), more than
+        one output, at most OUTPUTS_GROUP_MAX bytes of them; else one allocation each."""
+        return (len(self.outputs) > 1 and self.outputs_nbytes <= OUTPUTS_GROUP_MAX
+                and getattr(getattr(xp, "cuda", None), "alloc", None) is not None)
 
     def outputs_apart(self, xp) -> tuple:
         """The outputs of a separate layout (``separate``): CuPy's in one allocation of their own up to
         OUTPUTS_GROUP_MAX bytes, else (and NumPy's) one allocation each."""
-        alloc = self._grouped(xp)
-        if alloc is None:
+        if not self._grouped(xp):
             return tuple([new_output(xp, shape, dtype) for shape, dtype in self.outputs])
-        mem = xp.full(self.outputs_nbytes, 255, np.uint8).data if _POISON[-1] else alloc(self.outputs_nbytes)
-        return self._views(xp.ndarray, mem)
+        return self._views(xp.ndarray, _mem(_raw(xp, self.outputs_nbytes)))
 
     def outputs_by_address(self, xp) -> tuple:
         """``outputs_apart`` for a caller that launches before it makes the output arrays: (what to keep, the
         outputs' addresses as ``np.uint64``); ``outputs_views(xp, kept)`` makes the outputs after the launch."""
-        alloc = self._grouped(xp)
-        if alloc is None:
+        if not self._grouped(xp):
             outs = self.outputs_apart(xp)
             return outs, tuple([np.uint64(data_ptr(o)) for o in outs])
-        keep = xp.full(self.outputs_nbytes, 255, np.uint8) if _POISON[-1] else alloc(self.outputs_nbytes)
-        return keep, self._addrs(data_ptr(keep))[:len(self.outputs)]
+        keep = _raw(xp, self.outputs_nbytes)
+        return keep, self._addrs(_base(keep))[:len(self.outputs)]
 
     def outputs_views(self, xp, keep) -> tuple:
         """The outputs of ``outputs_by_address``'s ``keep``."""
-        return keep if type(keep) is tuple else self._views(xp.ndarray, getattr(keep, "data", keep))
+        return keep if type(keep) is tuple else self._views(xp.ndarray, _mem(keep))
 
     def new_by_address(self, xp) -> tuple:
         """One allocation of the whole layout at any size, by address, for a caller that launches before it makes
         the output arrays (their construction then runs while the GPU works): (the allocation, the address of
         every output and then of every scratch part, as ``np.uint64``).  ``views(xp, allocation)`` makes the
         outputs after the launch.  (For layouts whose parts live and die together: a kept output holds it all.)"""
-        alloc = None if _POISON[-1] else getattr(getattr(xp, "cuda", None), "alloc", None)
-        if alloc is not None:          # CuPy: the pool's memory itself
-            keep = alloc(self.nbytes)
-            return keep, self._addrs(keep.ptr)
-        keep = xp.full(self.nbytes, 255, np.uint8) if _POISON[-1] else xp.empty(self.nbytes, np.uint8)
-        return keep, self._addrs(data_ptr(keep))
+        keep = _raw(xp, self.nbytes)
+        return keep, self._addrs(_base(keep))
 
     def views(self, xp, keep) -> tuple:
         """The outputs on ``new_by_address``'s allocation ``keep``."""
         if isinstance(keep, np.ndarray):       # NumPy, and the CUDA emulator's stand-in device arrays
             return tuple(keep[o:o + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
                          for o, (shape, dtype) in zip(self.offsets, self.outputs))
-        return self._views(xp.ndarray, getattr(keep, "data", keep))      # a CuPy array (poisoned) or MemoryPointer
+        return self._views(xp.ndarray, _mem(keep))
 
     def new(self, xp) -> tuple:
         """(outputs, scratch addresses as ``np.uint64``, the allocation to keep referenced while the scratch is
@@ -338,18 +347,11 @@ class OutputLayout:
             outs = self.outputs_apart(xp)
             keep, addrs = new_scratch(xp, self.scratch) if self.scratch else (None, [])
             return outs, addrs, keep
-        alloc = getattr(getattr(xp, "cuda", None), "alloc", None)
-        if _POISON[-1] or alloc is None:
-            keep = xp.full(nbytes, 255, np.uint8) if _POISON[-1] else xp.empty(nbytes, np.uint8)
-            if isinstance(keep, np.ndarray):     # NumPy, and the CUDA emulator's stand-in device arrays
-                outs = tuple(keep[o:o + math.prod(shape) * dtype.itemsize].view(dtype).reshape(shape)
-                             for o, (shape, dtype) in zip(self.offsets, self.outputs))
-                base = data_ptr(keep)
-                return outs, [np.uint64(base + o) for o in self.scratch_offsets], keep
-            mem = keep.data
-        else:                                    # CuPy: the pool's memory itself, no uint8 array around it
-            mem = keep = alloc(nbytes)
-        outs, addrs = self._parts(xp.ndarray, mem)
+        keep = _raw(xp, nbytes)
+        if isinstance(keep, np.ndarray):         # NumPy, and the CUDA emulator's stand-in device arrays
+            base = data_ptr(keep)
+            return self.views(xp, keep), [np.uint64(base + o) for o in self.scratch_offsets], keep
+        outs, addrs = self._parts(xp.ndarray, _mem(keep))
         return outs, addrs, keep
 
 

@@ -603,9 +603,21 @@ def _fa2_call(name: str, dtype: np.dtype, shape: tuple, Dv: int, causal: bool):
                                            + ((((N * ntiles,), np.int32),) if cast or tail else ())))
 
 
+def _fa2_fwd_launch(call: Fa2Call, q, k, v, tail: tuple) -> tuple:
+    """fa2_fwd on q, k, v (copies of any not 16-byte aligned: cp.async copies 16-byte chunks) with the scalar and
+    packed-sequence parameters ``tail``: launched on o's and lse's addresses in one allocation, their arrays made
+    after the launch while the GPU runs.  Returns (q, k, v, o, lse) as the kernel saw them."""
+    import cupy as cp
+    ptr = backends.data_ptr
+    if (ptr(q) | ptr(k) | ptr(v)) % 16:
+        q, k, v = _aligned16(q), _aligned16(k), _aligned16(v)
+    keep, (po, plse) = call.fwd_out.new_by_address(cp)
+    call.fwd((q, k, v, po, plse) + tail)
+    return (q, k, v) + call.fwd_out.views(cp, keep)
+
+
 def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None):
     """q, k, v: (..., T, D) (any leading dims: Variant.leading_dims); o has them."""
-    import cupy as cp
     shape = q.shape
     call = _fa2_call(spec.name, q.dtype, shape, v.shape[-1], bool(causal))
     if call is None and cu_seqlens is not None:
@@ -614,17 +626,12 @@ def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None
     if call is None:
         o, ctx = _forward("flash", flat3(q), flat3(k), flat3(v), causal=causal, scale=scale)
         return o, Fa2Ctx(spec, None, (), bool(causal), float(scale), fallback=ctx)
-    ptr = backends.data_ptr
-    if (ptr(q) | ptr(k) | ptr(v)) % 16:
-        q, k, v = _aligned16(q), _aligned16(k), _aligned16(v)
-    keep, (po, plse) = call.fwd_out.new_by_address(cp)     # one allocation; o and lse by address, viewed after
     scale2 = f32(scale, LOG2E)
-    call.fwd((q, k, v, po, plse) + call.ints + (scale2, call.causal) + _packed(cu_seqlens))
-    o, lse = call.fwd_out.views(cp, keep)
+    saved = _fa2_fwd_launch(call, q, k, v, call.ints + (scale2, call.causal) + _packed(cu_seqlens))
     # the backward's scalar parameters made here, while the GPU runs the forward (fa2_bwd and fa2_bwd_one add the
     # packed-sequence arrays after them)
-    return o, Fa2Ctx(spec, call.plan, (q, k, v, o, lse), bool(causal), float(scale), cu=cu_seqlens, call=call,
-                     scalars=call.ints + (scale2, f32(scale), call.causal))
+    return saved[3], Fa2Ctx(spec, call.plan, saved, bool(causal), float(scale), cu=cu_seqlens, call=call,
+                            scalars=call.ints + (scale2, f32(scale), call.causal))
 
 
 def _packed(cu) -> tuple:
@@ -704,16 +711,9 @@ class Fa2Run:
         self.scalars = call.ints + (scale2, f32(self.scale), call.causal)
 
     def forward(self, q, k, v):
-        import cupy as cp
-        call = self.call
-        ptr = backends.data_ptr
-        if (ptr(q) | ptr(k) | ptr(v)) % 16:
-            q, k, v = _aligned16(q), _aligned16(k), _aligned16(v)
-        keep, (po, plse) = call.fwd_out.new_by_address(cp)   # launched first, o and lse made while the GPU runs
-        call.fwd((q, k, v, po, plse) + self.fwd_tail)
-        o, lse = call.fwd_out.views(cp, keep)
-        return o, Fa2Ctx(self.spec, call.plan, (q, k, v, o, lse), self.causal, self.scale, cu=self.cu, call=call,
-                         scalars=self.scalars)
+        saved = _fa2_fwd_launch(self.call, q, k, v, self.fwd_tail)
+        return saved[3], Fa2Ctx(self.spec, self.call.plan, saved, self.causal, self.scale, cu=self.cu,
+                                call=self.call, scalars=self.scalars)
 
     @staticmethod
     def backward(ctx, do):

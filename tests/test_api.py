@@ -402,3 +402,23 @@ def test_a_variant_that_takes_leading_dims_gets_the_callers_arrays(monkeypatch, 
         assert fq is q and fk is k and fv is v and fdo is do          # the caller's arrays, not views of them
     else:
         assert fq.shape == fk.shape == (6, 5, 4) and fv.shape == fdo.shape == (6, 5, 6)
+
+
+def test_ops_layer_cost_script_restores_the_variants(capsys):
+    """scripts/ops_layer_cost.py (#10's CPU goal) times every op with its NumPy variant stubbed out, then puts the
+    variant back: the public ops compute again afterwards."""
+    import importlib.util
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("ops_layer_cost", os.path.join(root, "scripts", "ops_layer_cost.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--calls", "5", "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == ["softmax", "linear", "decayed", "zeros"]
+    import workbench as wb
+    from workbench.inputs import random_inputs
+    q, k, v = random_inputs("linear", (1, 1), 3, 4, 4, "float32", seed=1)
+    out = wb.linear_attention(q, k, v)
+    ref = np.einsum("...ts,...sd->...td", np.tril(np.einsum("...td,...sd->...ts", q, k)), v)
+    assert np.allclose(out, ref, atol=1e-5)

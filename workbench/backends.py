@@ -216,13 +216,19 @@ def _scratch_offsets(layout: tuple) -> tuple:
     return tuple(offsets), max(n, 1)
 
 
+def _cuda_alloc(xp):
+    """``cupy.cuda.alloc`` of module ``xp`` (the pool's memory without an array around it), or None (NumPy, the CUDA
+    emulator's stand-in)."""
+    return getattr(getattr(xp, "cuda", None), "alloc", None)
+
+
 def _raw(xp, nbytes: int):
     """``nbytes`` of memory of module ``xp``: a 0xFF-filled uint8 array while poisoning (NaN in every float format);
     else CuPy's pool memory itself (``cupy.cuda.alloc``: a MemoryPointer, no array around it) where there is one,
     an uninitialised uint8 array otherwise (NumPy, the CUDA emulator's stand-in)."""
     if _POISON[-1]:
         return xp.full(nbytes, 255, np.uint8)
-    alloc = getattr(getattr(xp, "cuda", None), "alloc", None)
+    alloc = _cuda_alloc(xp)
     return alloc(nbytes) if alloc is not None else xp.empty(nbytes, np.uint8)
 
 
@@ -301,8 +307,7 @@ class OutputLayout:
     def _grouped(self, xp) -> bool:
         """Whether the outputs of a separate layout share one allocation: CuPy (``cupy.cuda.alloc``), more than
         one output, at most OUTPUTS_GROUP_MAX bytes of them; else one allocation each."""
-        return (len(self.outputs) > 1 and self.outputs_nbytes <= OUTPUTS_GROUP_MAX
-                and getattr(getattr(xp, "cuda", None), "alloc", None) is not None)
+        return len(self.outputs) > 1 and self.outputs_nbytes <= OUTPUTS_GROUP_MAX and _cuda_alloc(xp) is not None
 
     def outputs_apart(self, xp) -> tuple:
         """The outputs of a separate layout (``separate``): CuPy's in one allocation of their own up to
@@ -322,7 +327,7 @@ class OutputLayout:
 
     def outputs_views(self, xp, keep) -> tuple:
         """The outputs of ``outputs_by_address``'s ``keep``."""
-        return keep if type(keep) is tuple else self._views(xp.ndarray, _mem(keep))
+        return keep if type(keep) is tuple else self.views(xp, keep)
 
     def new_by_address(self, xp) -> tuple:
         """One allocation of the whole layout at any size, by address, for a caller that launches before it makes
@@ -342,12 +347,11 @@ class OutputLayout:
     def new(self, xp) -> tuple:
         """(outputs, scratch addresses as ``np.uint64``, the allocation to keep referenced while the scratch is
         in use) of module ``xp``, as ``new_outputs`` describes."""
-        nbytes = self.nbytes
-        if nbytes > OUTPUTS_MERGE_MAX and not self.one_block:
+        if self.separate():
             outs = self.outputs_apart(xp)
             keep, addrs = new_scratch(xp, self.scratch) if self.scratch else (None, [])
             return outs, addrs, keep
-        keep = _raw(xp, nbytes)
+        keep = _raw(xp, self.nbytes)
         if isinstance(keep, np.ndarray):         # NumPy, and the CUDA emulator's stand-in device arrays
             base = data_ptr(keep)
             return self.views(xp, keep), [np.uint64(base + o) for o in self.scratch_offsets], keep

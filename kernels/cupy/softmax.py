@@ -603,6 +603,13 @@ def _fa2_call(name: str, dtype: np.dtype, shape: tuple, Dv: int, causal: bool):
                                            + ((((N * ntiles,), np.int32),) if cast or tail else ())))
 
 
+def _fa2_scalars(call: Fa2Call, scale, cu) -> tuple:
+    """(fa2_fwd's parameters after its arrays, every fa2 backward kernel's scalar parameters) for a call of this
+    scale and packing (fa2_bwd and fa2_bwd_one add the packed-sequence arrays after the latter)."""
+    scale2 = f32(scale, LOG2E)
+    return call.ints + (scale2, call.causal) + _packed(cu), call.ints + (scale2, f32(scale), call.causal)
+
+
 def _fa2_fwd_launch(call: Fa2Call, q, k, v, tail: tuple) -> tuple:
     """fa2_fwd on q, k, v (copies of any not 16-byte aligned: cp.async copies 16-byte chunks) with the scalar and
     packed-sequence parameters ``tail``: launched on o's and lse's addresses in one allocation, their arrays made
@@ -626,12 +633,10 @@ def _fa2_forward(spec: Fa2Spec, q, k, v, causal=True, scale=1.0, cu_seqlens=None
     if call is None:
         o, ctx = _forward("flash", flat3(q), flat3(k), flat3(v), causal=causal, scale=scale)
         return o, Fa2Ctx(spec, None, (), bool(causal), float(scale), fallback=ctx)
-    scale2 = f32(scale, LOG2E)
-    saved = _fa2_fwd_launch(call, q, k, v, call.ints + (scale2, call.causal) + _packed(cu_seqlens))
-    # the backward's scalar parameters made here, while the GPU runs the forward (fa2_bwd and fa2_bwd_one add the
-    # packed-sequence arrays after them)
+    fwd_tail, scalars = _fa2_scalars(call, scale, cu_seqlens)     # (the backward's too: made before the launch)
+    saved = _fa2_fwd_launch(call, q, k, v, fwd_tail)
     return saved[3], Fa2Ctx(spec, call.plan, saved, bool(causal), float(scale), cu=cu_seqlens, call=call,
-                            scalars=call.ints + (scale2, f32(scale), call.causal))
+                            scalars=scalars)
 
 
 def _packed(cu) -> tuple:
@@ -699,25 +704,19 @@ def _fa2_backward(ctx: Fa2Ctx, do):
 class Fa2Run:
     """registry.Variant.prepare's pair for one call signature of a cupy:fa2* variant (the fa2 kernels, not
     deterministic): the Fa2Call, the forward's scalar parameters and the backward's resolved once per plan, so
-    that a call runs the alignment check, one allocation and the launch.  ``forward(q, k, v)`` and
-    ``backward(ctx, do)`` do what _fa2_forward / _fa2_backward do for arrays of the signature (C-contiguous,
-    native byte order; do C-contiguous in q's dtype, as the ops hand it on)."""
+    that a call runs the alignment check, one allocation and the launch.  ``forward(q, k, v)`` does what
+    _fa2_forward does for arrays of the signature (C-contiguous, native byte order); its context carries the
+    backward's scalars, so _fa2_backward itself is the pair's backward."""
     __slots__ = ("spec", "call", "causal", "scale", "cu", "fwd_tail", "scalars")
 
     def __init__(self, spec: Fa2Spec, call: Fa2Call, causal: bool, scale, cu):
         self.spec, self.call, self.causal, self.scale, self.cu = spec, call, causal, float(scale), cu
-        scale2 = f32(self.scale, LOG2E)
-        self.fwd_tail = call.ints + (scale2, call.causal) + _packed(cu)
-        self.scalars = call.ints + (scale2, f32(self.scale), call.causal)
+        self.fwd_tail, self.scalars = _fa2_scalars(call, self.scale, cu)
 
     def forward(self, q, k, v):
         saved = _fa2_fwd_launch(self.call, q, k, v, self.fwd_tail)
         return saved[3], Fa2Ctx(self.spec, self.call.plan, saved, self.causal, self.scale, cu=self.cu,
                                 call=self.call, scalars=self.scalars)
-
-    @staticmethod
-    def backward(ctx, do):
-        return _fa2_backward(ctx, do)
 
 
 def _fa2_prepare(spec: Fa2Spec, options, shapes, dtype):
@@ -730,7 +729,7 @@ def _fa2_prepare(spec: Fa2Spec, options, shapes, dtype):
     if call is None:
         return None
     run = Fa2Run(spec, call, causal, options.get("scale", 1.0), options.get("cu_seqlens"))
-    return run.forward, run.backward
+    return run.forward, _fa2_backward                  # the backward needs nothing the context does not carry
 
 
 for _spec in FA2_SPECS:

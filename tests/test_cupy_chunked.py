@@ -42,7 +42,7 @@ def test_pad_and_chunk():
 def test_every_launch_is_instantiated(module, decay, dtypes):
     """Every expression the launch code can form for head dims 1..256 is in INSTANTIATIONS."""
     listed = {e for src, e in module.INSTANTIATIONS if src == module.SOURCE}
-    assert {src for src, _ in module.INSTANTIATIONS} <= {module.SOURCE, "chunked_mma.cu", "chunked_wgmma.cu"}
+    assert {src for src, _ in module.INSTANTIATIONS} <= {module.SOURCE, "chunked_mma.cu", "chunked_wgmma.cu", "xscale.cu"}
     decays = (False, True) if decay is None else (decay,)
     for ti in dtypes:
         for dk in range(1, 257, 7):

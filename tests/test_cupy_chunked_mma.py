@@ -63,9 +63,11 @@ def _where(x, ref):
 
 
 def run_case(dtype, split, N, cu, dk, dv, decay, causal, L, with_state, seed=0, stages=1, dkdv="fused",
-             mags=(0.5, 0.5, 0.5, 0.5), scale=0.7, g_lo=-1.0, resets=True):
+             mags=(0.5, 0.5, 0.5, 0.5), scale=0.7, g_lo=-1.0, resets=True, xscale=False, slices=None):
     """The core against the recurrence on random inputs: q, k, v, do standard normal times mags (a negative
-    magnitude: |x| times -m, all positive), log decays uniform in [g_lo, 0) (resets: with resets and drops)."""
+    magnitude: |x| times -m, all positive), log decays uniform in [g_lo, 0) (resets: with resets and drops).
+    xscale: float32 inputs through ``forward(..., xscale=True)``; slices: per operand (q, k, v, do) a factor per
+    leading index, and each result's error is the largest of its slices' (each against its own scale)."""
     import cupy as cp
     from kernels.cupy import _chunked_mma as mma
     from workbench.backends import poisoned
@@ -82,6 +84,11 @@ def run_case(dtype, split, N, cu, dk, dv, decay, causal, L, with_state, seed=0, 
             g[:, 5::23] = -50.0
     S0 = rng.standard_normal((N, nseq, dk, dv)) * 0.3 if with_state else None
     dST = rng.standard_normal((N, nseq, dk, dv)) * 0.3 if with_state else None
+    if slices is not None:
+        f = [np.asarray(x, np.float64).reshape(N, 1, 1) for x in slices]
+        q, k, v, do = q * f[0], k * f[1], v * f[2], do * f[3]
+        S0 = None if S0 is None else S0 * (f[1] * f[2])[:, None]          # states in proportion
+        dST = None if dST is None else dST * (f[0] * f[3])[:, None]
     cast = {"float32": np.float32, "float16": np.float16, "bfloat16": "bfloat16"}[dtype]
     if dtype == "bfloat16":
         import ml_dtypes  # noqa: F401
@@ -92,13 +99,13 @@ def run_case(dtype, split, N, cu, dk, dv, decay, causal, L, with_state, seed=0, 
         o, ctx = mma.forward(dev(q), dev(k), dev(v), None if g is None else cp.asarray(g, cp.float32),
                              scale=scale, causal=causal, split=split,
                              S0=None if S0 is None else cp.asarray(S0, cp.float32), want_final=with_state,
-                             cu=tuple(cu) if nseq > 1 else None, L=L, stages=stages, dkdv=dkdv)
+                             cu=tuple(cu) if nseq > 1 else None, L=L, stages=stages, dkdv=dkdv, xscale=xscale)
         dq, dkk, dvv, dg, dS0 = mma.backward(ctx, dev(do), None if dST is None else cp.asarray(dST, cp.float32))
     got = dict(o=o, dq=dq, dk=dkk, dv=dvv)
     if decay:
         got["dg"] = dg
     if with_state:
-        got["final"], got["dS0"] = ctx.final, dS0
+        got["final"], got["dS0"] = mma.final_state(ctx), dS0
     got = {n: cp.asnumpy(x).astype(np.float64) for n, x in got.items()}
     ref = {n: np.empty_like(x) for n, x in got.items()}
     for n_, (a, b) in itertools.product(range(N), zip(cu[:-1], cu[1:])):
@@ -111,6 +118,10 @@ def run_case(dtype, split, N, cu, dk, dv, decay, causal, L, with_state, seed=0, 
             ref["dg"][n_, a:b] = dg_r
         if with_state:
             ref["final"][n_, s], ref["dS0"][n_, s] = fin, dS0_r
+    if slices is not None:
+        worst = lambda r: np.inf if np.isnan(r[0]) else r[0]              # noqa: E731 (NaN: a failure)
+        return {n: max(((rel_error(got[n][i], ref[n][i]), f"slice {i}: {_where(got[n][i], ref[n][i])}")
+                        for i in range(N)), key=worst) for n in got}
     return {n: (rel_error(got[n], ref[n]), _where(got[n], ref[n])) for n in got}
 
 
@@ -210,6 +221,44 @@ def test_wg_matches_recurrence(dtype, split, shape, mode, L, dkdv):
     (64 x 128), initial and final states, with log decays (the walkers' DECAY instantiations; the segment sums run
     tc_seg_state) and without; float32, not causal and 80 x 72 run the mma.sync kernels (the modes' fallback)."""
     _check_case(dtype, split, shape, mode, L, dkdv=dkdv)
+
+
+# xscale (kernels/cupy/_xscale.py): float32 inputs rounded to float16 under a power-of-two scale per leading index, on
+# the "dqrev_wgb" walkers with float32 results (cupy:chunked_mma_wgx).  Slices: "unit" inputs (every slice keeps
+# exponent 0), "scaled" (slice 1 of q x 1e3, of k x 1e-3, of v x 2e-5 -- float16 subnormals unless rescaled -- of do x
+# 7e4 -- beyond float16 -- each slice against its own scale): tolerance the tf32 tag's (workbench.registry),
+# d log_decay TF32's (TOL_DG: the cancelling sum).
+XS_TOL, XS_TOL_DG = 5e-3, 3e-2
+XS_SLICES = {"unit": None, "scaled": ((1.0, 1e3), (1.0, 1e-3), (1.0, 2e-5), (1.0, 7e4))}
+
+
+@pytest.mark.parametrize("shape", [(2, (0, 1), 64, 64), (2, (0, 300), 64, 64), (2, (0, 150), 48, 24),
+                                   (2, (0, 1, 64, 65, 130, 200), 64, 64), (2, (0, 70), 5, 7)],
+                         ids=lambda s: f"N{s[0]}-cu{'_'.join(map(str, s[1]))}-{s[2]}x{s[3]}")
+@pytest.mark.parametrize("mode", ["linear", "decayed"])
+@pytest.mark.parametrize("L", [0, 2])
+@pytest.mark.parametrize("slices", sorted(XS_SLICES))
+def test_xscale_matches_recurrence(shape, mode, L, slices):
+    from kernels.cupy import _chunked_mma as mma
+    N, cu, dk, dv = shape
+    res = run_case("float32", 1, N, list(cu), dk, dv, mode == "decayed", True, L, with_state=True, seed=L,
+                   dkdv=mma.XS_MODE, xscale=True, slices=XS_SLICES[slices])
+    bad = {n: r for n, r in res.items() if not r[0] <= (XS_TOL_DG if n == "dg" else XS_TOL)}
+    assert not bad, f"{shape} {mode} L={L} {slices}: " + "; ".join(f"{n} {e:.2e} ({w})" for n, (e, w) in bad.items())
+
+
+def test_xscale_refuses_what_its_walkers_do_not_take():
+    """xscale calls need every walker on warpgroup MMA: causal, head dims <= 64, float32 operands."""
+    import cupy as cp
+    from kernels.cupy import _chunked_mma as mma
+    x = cp.zeros((1, 70, 64), cp.float32)
+    with pytest.raises(ValueError, match="causal"):
+        mma.forward(x, x, x, causal=False, dkdv=mma.XS_MODE, xscale=True)
+    w = cp.zeros((1, 70, 80), cp.float32)
+    with pytest.raises(ValueError, match="head dims up to 64"):
+        mma.forward(w, w, w, dkdv=mma.XS_MODE, xscale=True)
+    with pytest.raises(ValueError, match="float32"):
+        mma.forward(x.astype(cp.float16), x.astype(cp.float16), x.astype(cp.float16), dkdv=mma.XS_MODE, xscale=True)
 
 
 def test_wg_launches():

@@ -58,7 +58,8 @@ def _fake_cupy(log: dict):
             return Kernel(expr)
 
     cp.full, cp.empty, cp.RawModule, cp.__version__ = full, empty, RawModule, "fake"
-    device = types.SimpleNamespace(synchronize=lambda: None, attributes={"MultiProcessorCount": 132})
+    device = types.SimpleNamespace(synchronize=lambda: None, attributes={"MultiProcessorCount": 132},
+                                   compute_capability="90")          # an H100 / H200: the sm_90a kernels too
     cp.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, getDevice=lambda: 0,
                                                                   memsetAsync=lambda *a: log["launches"].append("memset")),
                                     Device=lambda: device, get_current_stream=lambda: types.SimpleNamespace(ptr=0))

@@ -191,10 +191,11 @@ __device__ __forceinline__ void weighed_at(unsigned (&a)[4][4], const T* tile, c
     }
 }
 
-// Row dots x_r . acc_r of the warp's 16 rows (tile rows m0 ..) against a swizzled tile's rows, written to out[r] for
-// rows r < nrow (tc::row_dots on the swizzled layout: d log_decay's q.dq and k.dk)
+// Row dots x_r . acc_r of the warp's 16 rows (tile rows m0 ..) against a swizzled tile's rows, times mul, written to
+// out[r] for rows r < nrow (tc::row_dots on the swizzled layout: d log_decay's q.dq and k.dk)
 template <typename T>
-__device__ __forceinline__ void row_dots(const float (&a)[8][4], const T* tile, int m0, int nrow, float* __restrict__ out) {
+__device__ __forceinline__ void row_dots(const float (&a)[8][4], const T* tile, int m0, int nrow, float* __restrict__ out,
+                                         float mul) {
     const int gq = (threadIdx.x & 31) >> 2, tq = threadIdx.x & 3;
     const unsigned char* b = reinterpret_cast<const unsigned char*>(tile);
 #pragma unroll
@@ -208,20 +209,36 @@ __device__ __forceinline__ void row_dots(const float (&a)[8][4], const T* tile, 
         }
         d += __shfl_xor_sync(0xffffffffu, d, 1);
         d += __shfl_xor_sync(0xffffffffu, d, 2);
-        if (tq == 0 && r < nrow) out[r] = d;
+        if (tq == 0 && r < nrow) out[r] = d * mul;
+    }
+}
+
+// The "xscale" storage (TO float with T 16-bit: xscale.cu): operand i of slice n (0 q, 1 k, 2 v, 3 dO) holds its
+// float32 values times 2^-xexp[i N + n], so a result the walker forms linear in operands a, b, .. comes out
+// 2^-(e_a + e_b + ..) times its value; xmul<T, TO>(xexp, a, b, ..) is the factor that gives it back (1 where TO is T:
+// the operands are the caller's).
+template <typename T, typename TO, typename... I>
+__device__ __forceinline__ float xmul(const int* __restrict__ xexp, I... idx) {
+    if constexpr (wbmma::Traits<TO>::F32 && !wbmma::Traits<T>::F32) {
+        const int n = blockIdx.y, N = gridDim.y;
+        return ldexpf(1.f, (xexp[idx * N + n] + ...));
+    } else {
+        return 1.f;
     }
 }
 }  // namespace tg
 
-template <typename T, int STAGES, bool DECAY>
+template <typename T, int STAGES, bool DECAY, typename TO = T>
 __global__ void __launch_bounds__(128) tg_fwd(const T* __restrict__ q, const T* __restrict__ k,
-        const T* __restrict__ v, const void* __restrict__ g, T* __restrict__ o, const float* __restrict__ Hin,
+        const T* __restrict__ v, const void* __restrict__ g, TO* __restrict__ o, const float* __restrict__ Hin,
         float* __restrict__ Hend, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1,
         const int* __restrict__ seg_seq, int T_, int dk, int dv, int NSEG, int nseq, float scale, int causal,
-        int g_kind, T* __restrict__ Hst, float* __restrict__ Hsig, const int* __restrict__ seg_c0) {
+        int g_kind, T* __restrict__ Hst, float* __restrict__ Hsig, const int* __restrict__ seg_c0,
+        const int* __restrict__ xexp) {
     using namespace tc;
     static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3), "16-bit tiles, two or three stages");
     constexpr int TILE = C * 64;
+    constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 outputs times omul
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: Q, K, V at (3 s + 0, 1, 2) TILE
     T* sH = stages + STAGES * 3 * TILE;
@@ -234,6 +251,7 @@ __global__ void __launch_bounds__(128) tg_fwd(const T* __restrict__ q, const T* 
     const long long nT = (long long)n * T_, E = (long long)dk * dv;
     float H[1][8][4];
     state_load(H, Hin ? Hin + ((long long)n * NSEG + s) * E : nullptr, 16 * w, 0, c0, dk, dv);
+    const float omul = tg::xmul<T, TO>(xexp, 0, 1, 2);
     const int nch = (t1 - t0 + C - 1) / C;
     auto issue = [&](int j, int st) {
         T* sQ = stages + st * 3 * TILE;
@@ -276,7 +294,8 @@ __global__ void __launch_bounds__(128) tg_fwd(const T* __restrict__ q, const T* 
         wbgmma::commit();                                              // branch between a batch's wgmmas)
         wbgmma::wait<0>();
         tg::fence_accs(acc, H);
-        store_rows<T, 8>(acc[0], o + (nT + cs) * dv, dv, 16 * w, nrow, c0, dv);
+        if constexpr (XS) scale_acc(acc, omul);
+        store_rows<TO, 8>(acc[0], o + (nT + cs) * dv, dv, 16 * w, nrow, c0, dv);
     }
     cp_async_wait();                                            // the trailing empty groups
     if (Hend) state_store(H, Hend + ((long long)n * NSEG + s) * E, 16 * w, 0, c0, dk, dv);
@@ -295,15 +314,16 @@ __global__ void __launch_bounds__(128) tg_fwd(const T* __restrict__ q, const T* 
 //           fragments must live until their products are done);
 // then dq's rows scaled by scale sigma (e^{b_t}), dP = the masked, scaled (decayed) dO V^T in registers; one batch of
 // dP K (four RS); DECAY and rq: the row dots q.dq.
-template <typename T, int STAGES, bool ESUM, bool DECAY>
+template <typename T, int STAGES, bool ESUM, bool DECAY, typename TO = T>
 __global__ void __launch_bounds__(128, DECAY && ESUM ? 1 : 3) tg_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
-        const T* __restrict__ v, const void* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dq,
+        const T* __restrict__ v, const void* __restrict__ g, const T* __restrict__ dout, TO* __restrict__ dq,
         float* __restrict__ rq, const float* __restrict__ Hin, const int* __restrict__ seg_t0,
         const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, int T_, int dk, int dv, int NSEG,
-        int nseq, float scale, int causal, int g_kind, float* __restrict__ Eout) {
+        int nseq, float scale, int causal, int g_kind, float* __restrict__ Eout, const int* __restrict__ xexp) {
     using namespace tc;
     static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3), "16-bit tiles, two or three stages");
     constexpr int TILE = C * 64;
+    constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 dq times qmul, q.dq times 2^e_q
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: dO, V, K, Q at (4 s + 0, 1, 2, 3) TILE
     T* sH = stages + STAGES * 4 * TILE;
@@ -318,6 +338,7 @@ __global__ void __launch_bounds__(128, DECAY && ESUM ? 1 : 3) tg_bwd_dq(const T*
     state_load(H, Hin ? Hin + ((long long)n * NSEG + s) * E : nullptr, 16 * w, k0, 0, dk, dv);
     float Es[1][8][4];
     zero(Es);
+    const float qmul = tg::xmul<T, TO>(xexp, 3, 2, 1), rqmul = tg::xmul<T, TO>(xexp, 0);
     tc::RevWeights rw;                                          // DECAY, ESUM: as tc_bwd_dq's
     const int nch = (t1 - t0 + C - 1) / C;
     auto issue = [&](int j, int st) {
@@ -373,8 +394,9 @@ __global__ void __launch_bounds__(128, DECAY && ESUM ? 1 : 3) tg_bwd_dq(const T*
         wbgmma::commit();
         wbgmma::wait<0>();
         tg::fence_accs(acc, H, Es);
-        store_rows<T, 8>(acc[0], dq + (nT + cs) * dk, dk, 16 * w, nrow, k0, dk);
-        if (DECAY && rq) tg::row_dots<T>(acc[0], sQ, 16 * w, nrow, rq + ((long long)kt * N + n) * T_ + cs);
+        if constexpr (XS) scale_acc(acc, qmul);
+        store_rows<TO, 8>(acc[0], dq + (nT + cs) * dk, dk, 16 * w, nrow, k0, dk);
+        if (DECAY && rq) tg::row_dots<T>(acc[0], sQ, 16 * w, nrow, rq + ((long long)kt * N + n) * T_ + cs, rqmul);
     }
     cp_async_wait();
     if constexpr (ESUM) {
@@ -401,17 +423,18 @@ __global__ void __launch_bounds__(128, DECAY && ESUM ? 1 : 3) tg_bwd_dq(const T*
 // and P1, then dS, dk and S2 are live (158 registers: 3 blocks per SM; 166 with DECAY); else dS, dv, P1, dk and S2 at once (182
 // registers: 2 blocks per SM) with one wait fewer per chunk.  The dS update runs for every chunk (no branch inside a
 // batch; tc_bwd_dkdv skips the segment's first chunk when nothing wants dSstart).
-template <typename T, int STAGES, bool LOWREG, bool DECAY>
+template <typename T, int STAGES, bool LOWREG, bool DECAY, typename TO = T>
 __global__ void __launch_bounds__(128, LOWREG ? 3 : 1) tg_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k,
-        const T* __restrict__ v, const void* __restrict__ g, const T* __restrict__ dout, T* __restrict__ dkout,
-        T* __restrict__ dvout, float* __restrict__ rk, const float* __restrict__ dSin, float* __restrict__ dSstart,
+        const T* __restrict__ v, const void* __restrict__ g, const T* __restrict__ dout, TO* __restrict__ dkout,
+        TO* __restrict__ dvout, float* __restrict__ rk, const float* __restrict__ dSin, float* __restrict__ dSstart,
         const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, int T_,
         int dk, int dv, int NSEG, int nseq, float scale, int causal, int g_kind, T* __restrict__ dqout,
         float* __restrict__ rq, const T* __restrict__ Hst, const float* __restrict__ Hsig,
-        const int* __restrict__ seg_c0, float* __restrict__ anc) {
+        const int* __restrict__ seg_c0, float* __restrict__ anc, const int* __restrict__ xexp) {
     using namespace tc;
     static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3), "16-bit tiles, two or three stages");
     constexpr int TILE = C * 64;
+    constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 dk, dv times kmul, vmul; k.dk 2^e_k
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: Q, K, V, dO at (4 s + 0, 1, 2, 3) TILE
     T* sS = stages + STAGES * 4 * TILE;
@@ -422,6 +445,8 @@ __global__ void __launch_bounds__(128, LOWREG ? 3 : 1) tg_bwd_dkdv(const T* __re
     const long long nT = (long long)n * T_, E = (long long)dk * dv;
     float dS[1][8][4];
     state_load(dS, dSin ? dSin + ((long long)n * NSEG + s) * E : nullptr, 16 * w, 0, 0, dk, dv);
+    const float kmul = tg::xmul<T, TO>(xexp, 0, 2, 3), vmul = tg::xmul<T, TO>(xexp, 0, 1, 3);
+    const float rkmul = tg::xmul<T, TO>(xexp, 1);
     const int nch = (t1 - t0 + C - 1) / C;
     auto start = [&](int i) { return t0 + C * (nch - 1 - i); };    // chunk i of the (backward) walk
     auto issue = [&](int i, int st) {
@@ -463,7 +488,8 @@ __global__ void __launch_bounds__(128, LOWREG ? 3 : 1) tg_bwd_dkdv(const T* __re
             wbgmma::commit();
             wbgmma::wait<0>();
             tg::fence_accs(gv);
-            store_rows<T, 8>(gv[0], dvout + row0 * dv, dv, 16 * w, nrow, 0, dv);
+            if constexpr (XS) scale_acc(gv, vmul);
+            store_rows<TO, 8>(gv[0], dvout + row0 * dv, dv, 16 * w, nrow, 0, dv);
             tg::fence_accs(gk, S);
             wbgmma::fence();
         }
@@ -472,7 +498,10 @@ __global__ void __launch_bounds__(128, LOWREG ? 3 : 1) tg_bwd_dkdv(const T* __re
         wbgmma::commit();
         wbgmma::wait<0>();
         tg::fence_accs(gv, gk, S);
-        if constexpr (!LOWREG) store_rows<T, 8>(gv[0], dvout + row0 * dv, dv, 16 * w, nrow, 0, dv);
+        if constexpr (!LOWREG) {
+            if constexpr (XS) scale_acc(gv, vmul);
+            store_rows<TO, 8>(gv[0], dvout + row0 * dv, dv, 16 * w, nrow, 0, dv);
+        }
         if constexpr (DECAY) scale_acc_rows(gk, 16 * w, inter);
         else scale_acc(gk, sigma);
         intra_frags<T, false>(P, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
@@ -488,8 +517,9 @@ __global__ void __launch_bounds__(128, LOWREG ? 3 : 1) tg_bwd_dkdv(const T* __re
         wbgmma::wait<0>();
         tg::fence_accs(gk, dS);
         if (DECAY && e0 != 1.f) scale_acc(dS, e0);
-        store_rows<T, 8>(gk[0], dkout + row0 * dk, dk, 16 * w, nrow, 0, dk);
-        if (DECAY && rk) tg::row_dots<T>(gk[0], sK, 16 * w, nrow, rk + (long long)n * T_ + cs);
+        if constexpr (XS) scale_acc(gk, kmul);
+        store_rows<TO, 8>(gk[0], dkout + row0 * dk, dk, 16 * w, nrow, 0, dk);
+        if (DECAY && rk) tg::row_dots<T>(gk[0], sK, 16 * w, nrow, rk + (long long)n * T_ + cs, rkmul);
     }
     cp_async_wait();
     if (dSstart) state_store(dS, dSstart + ((long long)n * NSEG + s) * E, 16 * w, 0, 0, dk, dv);

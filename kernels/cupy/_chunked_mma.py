@@ -51,7 +51,9 @@ from workbench import backends
 from workbench.backends import new_output, outputs_layout
 
 from .._segments import Segmentation, segment_rows
-from ._module import CTYPE, ITEMSIZE, Prepared, declare_groups, dtype_name, f32, get_kernel, lead_size, padded_dim
+from . import _xscale
+from ._module import (CTYPE, ITEMSIZE, Prepared, as_contiguous, declare_groups, dtype_name, f32, get_kernel, lead_size,
+                      padded_dim)
 
 SOURCE = "chunked_mma.cu"
 C = 64                      # chunk length          (chunked_mma.cu: tc::C)
@@ -256,6 +258,19 @@ def _b(x: bool) -> str:
     return str(bool(x)).lower()
 
 
+# xscale calls (``forward(..., xscale=True)``, kernels/cupy/_xscale.py): float32 operands carried as float16 under a
+# power-of-two scale per leading index run the 16-bit walkers, instantiated with float32 results (TO = float: each
+# result scaled back by its operands' exponents, tg::xmul).  Every walker of such a call is a chunked_wgmma.cu one:
+# causal, head dims <= 64, the "dqrev_wgb" mode's kernels, a compute capability 9.0 device (``xscale_refusal``).
+XS_STORAGE = "float16"
+XS_MODE = "dqrev_wgb"
+
+
+def _to(out: Optional[str]) -> str:
+    """A walker's trailing template argument TO: none (the storage type) or float (xscale)."""
+    return "" if out is None else f", {CTYPE[out]}"
+
+
 @functools.lru_cache(maxsize=None)
 def _wg_seg_state(dtype: str, stages: Optional[int] = None) -> Launchable:
     stages = WG_SEG_STAGES if stages is None else stages
@@ -263,22 +278,26 @@ def _wg_seg_state(dtype: str, stages: Optional[int] = None) -> Launchable:
 
 
 @functools.lru_cache(maxsize=None)
-def _wg_dq(dtype: str, esum: bool, decay: bool = False, stages: Optional[int] = None) -> Launchable:
+def _wg_dq(dtype: str, esum: bool, decay: bool = False, stages: Optional[int] = None, out: Optional[str] = None) -> Launchable:
+    """out: the results' type where it is not the storage type (xscale: "float32")."""
     stages = WG_DQ_STAGES if stages is None else stages
-    return Launchable(f"tg_bwd_dq<{CTYPE[dtype]}, {stages}, {_b(esum)}, {_b(decay)}>", smem_wg_walk(4, stages, decay))
+    return Launchable(f"tg_bwd_dq<{CTYPE[dtype]}, {stages}, {_b(esum)}, {_b(decay)}{_to(out)}>",
+                      smem_wg_walk(4, stages, decay))
 
 
 @functools.lru_cache(maxsize=None)
-def _wg_dkdv(dtype: str, decay: bool = False, stages: Optional[int] = None, lowreg: Optional[bool] = None) -> Launchable:
+def _wg_dkdv(dtype: str, decay: bool = False, stages: Optional[int] = None, lowreg: Optional[bool] = None,
+             out: Optional[str] = None) -> Launchable:
     stages = WG_DKDV_STAGES if stages is None else stages
     lowreg = WG_DKDV_LOWREG if lowreg is None else lowreg
-    return Launchable(f"tg_bwd_dkdv<{CTYPE[dtype]}, {stages}, {_b(lowreg)}, {_b(decay)}>", smem_wg_walk(4, stages, decay))
+    return Launchable(f"tg_bwd_dkdv<{CTYPE[dtype]}, {stages}, {_b(lowreg)}, {_b(decay)}{_to(out)}>",
+                      smem_wg_walk(4, stages, decay))
 
 
 @functools.lru_cache(maxsize=None)
-def _wg_fwd(dtype: str, decay: bool = False, stages: Optional[int] = None) -> Launchable:
+def _wg_fwd(dtype: str, decay: bool = False, stages: Optional[int] = None, out: Optional[str] = None) -> Launchable:
     stages = WG_FWD_STAGES if stages is None else stages
-    return Launchable(f"tg_fwd<{CTYPE[dtype]}, {stages}, {_b(decay)}>", smem_wg_walk(3, stages, decay))
+    return Launchable(f"tg_fwd<{CTYPE[dtype]}, {stages}, {_b(decay)}{_to(out)}>", smem_wg_walk(3, stages, decay))
 
 
 @functools.lru_cache(maxsize=None)
@@ -343,8 +362,12 @@ WG_GROUPS = {dt: tuple([_wg_seg_state(dt, s).expr for s in WG_STAGE_CHOICES]    
                        + [_wg_dkdv(dt, d, s, lr).expr for d in (False, True) for s in WG_STAGE_CHOICES
                           for lr in (False, True) if not d or s == 2])
              for dt in WG_DTYPES}
+WG_GROUPS["xscale"] = tuple([_wg_fwd(XS_STORAGE, d, out="float32").expr for d in (False, True)]     # the defaults'
+                            + [_wg_dq(XS_STORAGE, e, d, out="float32").expr for e in (False, True) for d in (False, True)]
+                            + [_wg_dkdv(XS_STORAGE, d, out="float32").expr for d in (False, True)])
 INSTANTIATIONS = list(dict.fromkeys((SOURCE, e) for grp in list(GROUPS.values()) + [COMMON] for e in grp))
 INSTANTIATIONS += [(WG_SOURCE, e) for grp in WG_GROUPS.values() for e in grp]
+INSTANTIATIONS += _xscale.INSTANTIATIONS
 declare_groups(SOURCE, list(GROUPS.values()) + [COMMON])      # what cli.py warmup compiles
 declare_groups(WG_SOURCE, list(WG_GROUPS.values()))
 
@@ -360,13 +383,26 @@ def _common(expr: str):
 
 
 @functools.lru_cache(maxsize=None)
-def _wg_kern(dtype: str, expr: str):
-    return get_kernel(WG_SOURCE, expr, group=WG_GROUPS[dtype])
+def _wg_kern(group: str, expr: str):
+    return get_kernel(WG_SOURCE, expr, group=WG_GROUPS[group])
 
 
-def _wg_prepared(dt: str, k: Launchable, grid):
-    """A chunked_wgmma.cu kernel's launch at ``grid`` (as ``_prepared`` for chunked_mma.cu's)."""
-    return Prepared(_wg_kern(dt, k.expr), grid, (k.threads,), k.smem)
+def _wg_prepared(dt: str, k: Launchable, grid, xscale: bool = False):
+    """A chunked_wgmma.cu kernel's launch at ``grid`` (as ``_prepared`` for chunked_mma.cu's); xscale: of the
+    float32-result instantiations."""
+    return Prepared(_wg_kern("xscale" if xscale else dt, k.expr), grid, (k.threads,), k.smem)
+
+
+def xscale_refusal(dk: int, dv: int, causal: bool) -> Optional[str]:
+    """Why a call cannot run as xscale (every walker a chunked_wgmma.cu one), or None."""
+    if not causal:
+        return "causal=False (the warpgroup-MMA walkers are causal)"
+    if max(dk, dv) > 64:
+        return f"head dims up to 64 (Dk={dk}, Dv={dv})"
+    from ._module import sm90a
+    if not sm90a():
+        return "a compute capability 9.0 device (H100, H200: warpgroup MMA)"
+    return None
 
 
 # ----------------------------------------------------------------------------- segments
@@ -443,6 +479,8 @@ class CoreContext:
     state_args: tuple = ()    #   the kernels' Hst, Hsig: the state before every chunk ((N, chunks, ntv, 64, 64) in
                               #   q's dtype, as its products read it; bfloat16 decayed: (2, N, ..), hi then lo tiles,
                               #   STATE_PAIRS) and its power-of-two scale ((N, chunks, ntv) float32)
+    xexp: object = None       # xscale calls: the operands' exponents (_xscale.exponents); q, k, v are the float16
+                              #   copies, S0 and final in the walkers' units
 
 
 @functools.lru_cache(maxsize=1024)
@@ -477,9 +515,15 @@ class _CorePlan:
     the segment table, the kernels' scalar arguments and each launch prepared (``_module.Prepared``: kernel,
     grid, block, shared memory).  The backward's launches are made on its first use (``backward_plan``)."""
 
-    def __init__(self, dt, shape, dv, split, stages, causal, cu, L, g_name, has_S0, want_final, dkdv="fused"):
+    def __init__(self, dt, shape, dv, split, stages, causal, cu, L, g_name, has_S0, want_final, dkdv="fused",
+                 xscale=False):
         N, T, dk = lead_size(shape, 2), shape[-2], shape[-1]
         self.N, self.T, self.dk, self.dv, self.dt, self.split, self.stages = N, T, dk, dv, dt, split, stages
+        self.xscale = xscale                                    # float32 results of float16 operands (XS_STORAGE)
+        self.out_dtype = np.dtype(np.float32) if xscale else None     # None: the operands' dtype
+        if xscale and (dt != XS_STORAGE or dkdv != XS_MODE or xscale_refusal(dk, dv, causal)):
+            raise ValueError(f"xscale calls take {XS_STORAGE} operands in mode {XS_MODE!r} and need "
+                             f"{xscale_refusal(dk, dv, causal) or 'those'}")
         self.causal, self.has_S0 = causal, has_S0
         self.dkp, self.dvp = pad_dim(dk), pad_dim(dv)
         self.ntk, self.ntv = -(-dk // BV), -(-dv // BV)
@@ -513,8 +557,9 @@ class _CorePlan:
                 self.seg_scan = Prepared(_common("tc_seg_scan<false>"), (-(-self.E // 256), tab.nseq, N), (256,))
         # dq folded into the dk/dv walk (DKDV_DQ): the forward writes the state before every chunk
         self.fold = folded(self.dkp, self.dvp, dkdv, causal)
-        if causal and not self.fold and wg_kernel(WG_FWD_MODES, dkdv, dt, self.decay, self.dkp == 64):
-            self.fwd = _wg_prepared(dt, _wg_fwd(dt, self.decay), grid)
+        self.fwd_wg = causal and not self.fold and wg_kernel(WG_FWD_MODES, dkdv, dt, self.decay, self.dkp == 64)
+        if self.fwd_wg:      # (its launch takes the exponents of xscale calls after tc_fwd's arguments)
+            self.fwd = _wg_prepared(dt, _wg_fwd(dt, self.decay, out="float32" if xscale else None), grid, xscale)
         else:
             self.fwd = _prepared(dt, split, stages, _fwd(dt, split, stages, self.dkp, store=self.fold), grid)
         self.fold_args = (_ptr(None),) * 3                      # tc_fwd's Hst, Hsig, seg_c0 without STORE
@@ -551,12 +596,12 @@ class _CorePlan:
         self._backward: dict = {}
         self.tails = (None, (), ())     # (scale32, tc_fwd's tail, + the null fold arguments): run
 
-    def run(self, q, k, v, g, S0, scale32) -> tuple:
+    def run(self, q, k, v, g, S0, scale32, xexp=None) -> tuple:
         """One forward's allocations and launches: (o, Hstart -- the state the backward's walkers start from:
         causal, the state before each segment (None: zeros); else the totals --, gam, final, states, state_args)
-        (CoreContext's fields)."""
+        (CoreContext's fields).  xexp: the operands' exponents of an xscale call (_xscale.exponents), else None."""
         import cupy as cp
-        o = new_output(cp, self.o_shape, q.dtype)
+        o = new_output(cp, self.o_shape, self.out_dtype or q.dtype)
         saved, state_args, states = ((), (), None) if self.saved is None else self.saved.new(cp)
         Hstart = gam = final = None
         if self.seg_state is None:                     # causal, one segment per sequence
@@ -582,7 +627,8 @@ class _CorePlan:
             tail = tails[1] + state_args + (self.chunk0,)
         else:
             tail = tails[2]
-        self.fwd((q, k, v, g, o, Hstart if self.causal else final, final if self.seg_state is None else None) + tail)
+        args = (q, k, v, g, o, Hstart if self.causal else final, final if self.seg_state is None else None) + tail
+        self.fwd(args + (xexp,) if self.fwd_wg else args)
         return o, (Hstart if self.causal else final), gam, final, states, state_args
 
     def backward_plan(self, dkdv: str, want_dg: bool, dg_name: str):
@@ -598,6 +644,7 @@ class _BackwardPlan:
 
     def __init__(self, cp_: _CorePlan, dkdv: str, want_dg: bool, dg_name: str):
         dt, split, stages, tab, N = cp_.dt, cp_.split, cp_.stages, cp_.table, cp_.N
+        out = "float32" if cp_.xscale else None                 # the walkers' results' type, where not dt
         i32 = np.int32
         self.rseg = self.rscan = None
         # the REV segment sums from tc_bwd_dq (ESUM): causal, several segments, the dq walker run (not folded)
@@ -609,15 +656,18 @@ class _BackwardPlan:
                                   (tab.nseg * cp_.ntv, N))
         if not tab.single:                                    # several segments: their sums chained
             self.rscan = Prepared(_common("tc_seg_scan<true>"), (-(-cp_.E // 256), tab.nseq, N), (256,))
+        self.dq_wg = not cp_.fold and cp_.causal and wg_kernel(WG_DQ_MODES, dkdv, dt, cp_.decay, cp_.dvp == 64)
         if cp_.fold:
             self.dq = None
-        elif cp_.causal and wg_kernel(WG_DQ_MODES, dkdv, dt, cp_.decay, cp_.dvp == 64):
-            self.dq = _wg_prepared(dt, _wg_dq(dt, self.esum, cp_.decay), (tab.nseg * cp_.ntk, N))
+        elif self.dq_wg:
+            self.dq = _wg_prepared(dt, _wg_dq(dt, self.esum, cp_.decay, out=out), (tab.nseg * cp_.ntk, N), cp_.xscale)
         else:
             self.dq = _prepared(dt, split, stages, _dq(dt, split, stages, cp_.dvp, self.esum), (tab.nseg * cp_.ntk, N))
         launches = dkdv_launches(cp_.dkp, cp_.dvp, dkdv, cp_.causal)
-        if launches == ((0, 0),) and cp_.causal and wg_kernel(WG_DKDV_MODES, dkdv, dt, cp_.decay):
-            self.dkdv = (_wg_prepared(dt, _wg_dkdv(dt, cp_.decay), (tab.nseg, N)),)
+        # the chunked_wgmma.cu walkers' launches take the exponents of xscale calls after tc_*'s arguments
+        self.dkdv_wg = launches == ((0, 0),) and cp_.causal and wg_kernel(WG_DKDV_MODES, dkdv, dt, cp_.decay)
+        if self.dkdv_wg:
+            self.dkdv = (_wg_prepared(dt, _wg_dkdv(dt, cp_.decay, out=out), (tab.nseg, N), cp_.xscale),)
         else:
             self.dkdv = tuple(_prepared(dt, split, stages, _dkdv(dt, split, stages, cp_.dkp, cp_.dvp, which, layout),
                                         (tab.nseg * (cp_.ntk if which == 1 else cp_.ntv if which == 2 else 1), N))
@@ -654,15 +704,18 @@ class _BackwardPlan:
         self.temps = outputs_layout(tuple(tmp), together=True) if tmp else None
 
 
-    def run(self, P: "_CorePlan", q, k, v, g, do, Hstart, gam, final, S0, dST, scale32, state_args, dg_dtype) -> tuple:
+    def run(self, P: "_CorePlan", q, k, v, g, do, Hstart, gam, final, S0, dST, scale32, state_args, dg_dtype,
+            xexp=None) -> tuple:
         """One backward's allocations and launches (the forward's CoreContext fields as arguments): (dq, dk, dv, dg,
         dS0) as ``backward`` describes (dS0 whatever the walk made: the caller drops it without an initial
-        state)."""
+        state).  xexp: an xscale call's exponents (dO's row written; states, dST included, in the walkers' units)."""
         import cupy as cp
         B, want_dg = self, self.want_dg
         layout = B.layout
         if layout is None:               # dq, dk, dv (and d log_decay) as one allocation (backends.new_outputs)
-            layout = B.layout = outputs_layout(((q.shape, q.dtype), (k.shape, k.dtype), (v.shape, v.dtype))
+            od = P.out_dtype
+            layout = B.layout = outputs_layout(((q.shape, od or q.dtype), (k.shape, od or k.dtype),
+                                                (v.shape, od or v.dtype))
                                                + (((g.shape, dg_dtype),) if want_dg else ()), B.scratch)
         # the row dots of q.dq and k.dk per dk tile (want_dg), by address, in the same allocation (held by `keep`
         # until tc_dg is queued)
@@ -684,7 +737,7 @@ class _BackwardPlan:
         else:
             Rseg = temps[0]
             if B.esum:                                     # dq first: it writes the REV sums the scan chains
-                B.dq((q, k, v, g, do, dq, rq, Hstart) + tail + (Rseg,))
+                B.dq((q, k, v, g, do, dq, rq, Hstart) + tail + ((Rseg, xexp) if B.dq_wg else (Rseg,)))
             else:
                 B.rseg((q, do, g, Rseg, None) + P.segs + P.seg_args + (scale32, P.g_kind))
             if B.rscan is None:
@@ -697,11 +750,13 @@ class _BackwardPlan:
                     dSend = dS0                                  # not causal: the gradient of the total
         if B.dq is not None:
             if not B.esum:
-                B.dq((q, k, v, g, do, dq, rq, Hstart) + tail_dq)
+                B.dq((q, k, v, g, do, dq, rq, Hstart) + (tail_dq + (xexp,) if B.dq_wg else tail_dq))
             tail = tail_nulls
         else:                                              # dq folded into the dk/dv walk
             tail += (dq, _ptr(rq)) + state_args + (P.chunk0, _ptr(anc))
         dS0_out = dS0 if not B.chained else None
+        if B.dkdv_wg:
+            tail += (xexp,)
         for launch_dkdv in B.dkdv:
             launch_dkdv((q, k, v, g, do, dk, dv, rk, dSend, dS0_out) + tail)
         dg = None
@@ -710,6 +765,8 @@ class _BackwardPlan:
             cst = None
             if dST is not None:
                 cst = cp.ascontiguousarray((dST * final).sum(axis=(-2, -1)), dtype=cp.float32)
+                if xexp is not None:                   # <dST, final> in the caller's units, as rq and rk are
+                    cst = _xscale.ldexp(cst, xexp, plus=tuple(_xscale.OPERAND))
             part = None
             if B.dg_part is not None:   # the segments' sums of dG, for the carries of the earlier segments
                 part = temps[-1]
@@ -722,18 +779,19 @@ _PLANS: dict = {}
 _MAX_PLANS = 1024
 
 
-def _plan_key(dt, shape, dv, split, stages, causal, cu, L, g_name, g_shape, has_S0, want_final, dkdv) -> tuple:
+def _plan_key(dt, shape, dv, split, stages, causal, cu, L, g_name, g_shape, has_S0, want_final, dkdv,
+              xscale=False) -> tuple:
     """The key of a _CorePlan in _PLANS (``_plan`` and ``CoreRun``): the call's signature, and the merge bound the
     plan weighs its saved block against (eseg_temp)."""
-    return (dt, shape, dv, split, stages, causal, cu, L, g_name, g_shape, has_S0, want_final, dkdv,
+    return (dt, shape, dv, split, stages, causal, cu, L, g_name, g_shape, has_S0, want_final, dkdv, xscale,
             backends.OUTPUTS_MERGE_MAX)
 
 
-def _plan(dt, shape, dv, split, stages, causal, cu, L, g, has_S0, want_final, dkdv="fused") -> _CorePlan:
+def _plan(dt, shape, dv, split, stages, causal, cu, L, g, has_S0, want_final, dkdv="fused", xscale=False) -> _CorePlan:
     g_name = g_shape = None
     if g is not None:
         g_name, g_shape = dtype_name(g.dtype), g.shape
-    key = _plan_key(dt, shape, dv, split, stages, causal, cu, L, g_name, g_shape, has_S0, want_final, dkdv)
+    key = _plan_key(dt, shape, dv, split, stages, causal, cu, L, g_name, g_shape, has_S0, want_final, dkdv, xscale)
     p = _PLANS.get(key)
     return p if p is not None else _plan_of(key)
 
@@ -742,12 +800,13 @@ def _plan_of(key: tuple) -> _CorePlan:
     """The cached _CorePlan of ``_plan``'s key (made on a miss, after the log decays' dtype is checked)."""
     p = _PLANS.get(key)
     if p is None:
-        dt, shape, dv, split, stages, causal, cu, L, g_name, _, has_S0, want_final, dkdv, _ = key
+        dt, shape, dv, split, stages, causal, cu, L, g_name, _, has_S0, want_final, dkdv, xscale, _ = key
         if g_name is not None and g_name not in LOG_DECAY_DTYPES:
             raise ValueError(f"log decays must be one of {LOG_DECAY_DTYPES} (got {g_name})")
         if len(_PLANS) >= _MAX_PLANS:
             _PLANS.clear()
-        p = _PLANS[key] = _CorePlan(dt, shape, dv, split, stages, causal, cu, L, g_name, has_S0, want_final, dkdv)
+        p = _PLANS[key] = _CorePlan(dt, shape, dv, split, stages, causal, cu, L, g_name, has_S0, want_final, dkdv,
+                                    xscale)
     return p
 
 
@@ -768,49 +827,75 @@ class CoreRun:
     (those calls take the general path).  ``forward(q, k, v, g)`` -> (o, ctx) and ``backward(ctx, do)`` -> the
     first ``n_grads`` of (dq, dk, dv, dg): the arrays as ``forward`` takes them (C-contiguous, q's dtype; g
     float32 or float16), do C-contiguous in q's dtype.  ctx: (q, k, v, g, Hstart, gam, final, states,
-    state_args), no CoreContext built."""
-    __slots__ = ("P", "scale32", "dkdv", "want_dg", "dg_dtype", "dg_name", "n_grads", "B")
+    state_args, xexp), no CoreContext built.  xscale: float32 q, k, v and do run as float16 (``forward``'s xscale)."""
+    __slots__ = ("P", "scale32", "dkdv", "want_dg", "dg_dtype", "dg_name", "n_grads", "B", "xscale")
 
     def __init__(self, dt: str, shape, dv: int, g_dtype, *, scale, causal=True, split=1, stages=1, dkdv="fused",
-                 cu=None, L=None, want_dg=True, dg_dtype=None, n_grads=4):
+                 cu=None, L=None, want_dg=True, dg_dtype=None, n_grads=4, xscale=False):
+        dt = XS_STORAGE if xscale else dt
         split = _check_modes(dt, split, stages, dkdv)
         g_name = None if g_dtype is None else dtype_name(g_dtype)
         g_shape = None if g_dtype is None else tuple(shape[:-1])
         self.P = _plan_of(_plan_key(dt, tuple(shape), dv, split, stages, bool(causal), cu, L, g_name, g_shape, False,
-                                    False, dkdv))
+                                    False, dkdv, xscale))
         self.scale32 = np.float32(scale)
         self.dkdv, self.want_dg, self.n_grads, self.B = dkdv, want_dg and g_name is not None, n_grads, None
         self.dg_dtype = (np.dtype(np.float32) if dg_dtype is None else np.dtype(dg_dtype)) if self.want_dg else None
         self.dg_name = dtype_name(self.dg_dtype) if self.want_dg else None
+        self.xscale = xscale
 
     def forward(self, q, k, v, g=None):
-        o, Hstart, gam, final, states, state_args = self.P.run(q, k, v, g, None, self.scale32)
-        return o, (q, k, v, g, Hstart, gam, final, states, state_args)
+        xexp = None
+        if self.xscale:
+            xexp = _xscale.exponents(self.P.N)
+            q, k, v = _xscale.to_half((q, k, v), xexp, "q")
+        o, Hstart, gam, final, states, state_args = self.P.run(q, k, v, g, None, self.scale32, xexp)
+        return o, (q, k, v, g, Hstart, gam, final, states, state_args, xexp)
 
     def backward(self, ctx, do):
         B = self.B
         if B is None:
             B = self.B = self.P.backward_plan(self.dkdv, self.want_dg, self.dg_name)
-        q, k, v, g, Hstart, gam, final, _, state_args = ctx
+        q, k, v, g, Hstart, gam, final, _, state_args, xexp = ctx
+        if xexp is not None:
+            do, = _xscale.to_half((do,), xexp, "do")
         return B.run(self.P, q, k, v, g, do, Hstart, gam, final, None, None, self.scale32, state_args,
-                     self.dg_dtype)[:self.n_grads]
+                     self.dg_dtype, xexp)[:self.n_grads]
 
 
 def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_final=False, cu=None,
-            L=None, stages=1, dkdv="fused"):
+            L=None, stages=1, dkdv="fused", xscale=False):
     """o (..., T, dv) in q's dtype, and the CoreContext.  q, k, v: (..., T, d), any leading dims (N: their
     product); g: (..., T) float32, float16 or None; S0: (N, nseq, dk, dv)
     float32 or None; cu: sequence offsets (tuple) or None; stages: 1 or 2 (STAGES), also for the backward;
-    dkdv: the backward's dk/dv walkers at head dims (64, 64) (DKDV_MODES)."""
+    dkdv: the backward's dk/dv walkers at head dims (64, 64) (DKDV_MODES).  xscale: float32 q, k, v (C-contiguous)
+    run as float16 under a power-of-two scale per leading index (kernels/cupy/_xscale.py) on the XS_MODE walkers
+    (``xscale_refusal`` says which calls can), results in float32; ctx.final and ctx.S0 stay in the walkers' units
+    (the returned final state is ``final_state(ctx)``)."""
+    xexp = None
+    if xscale:
+        if dtype_name(q.dtype) != "float32":
+            raise ValueError(f"xscale takes float32 q, k, v (got {dtype_name(q.dtype)})")
+        xexp = _xscale.exponents(lead_size(q.shape, 2))
+        q, k, v = _xscale.to_half((q, k, v), xexp, "q")
+        S0 = _xscale.ldexp(S0, xexp, minus=("k", "v"))
     dt = dtype_name(q.dtype)
     split = _check_modes(dt, split, stages, dkdv)
     causal = bool(causal)
-    P = _plan(dt, q.shape, v.shape[-1], split, stages, causal, cu, L, g, S0 is not None, bool(want_final), dkdv)
+    P = _plan(dt, q.shape, v.shape[-1], split, stages, causal, cu, L, g, S0 is not None, bool(want_final), dkdv,
+              xscale)
     scale32 = f32(scale)
-    o, Hstart, gam, final, states, state_args = P.run(q, k, v, g, S0, scale32)
+    o, Hstart, gam, final, states, state_args = P.run(q, k, v, g, S0, scale32, xexp)
     ctx = CoreContext(q, k, v, g, P.table, Hstart, gam, final, S0, float(scale), causal,
-                      split, stages, dkdv, P, scale32, states, state_args)
+                      split, stages, dkdv, P, scale32, states, state_args, xexp)
     return o, ctx
+
+
+def final_state(ctx: CoreContext):
+    """The state after each sequence (N, nseq, dk, dv) float32 in the caller's units, or None."""
+    if ctx.final is None or ctx.xexp is None:
+        return ctx.final
+    return _xscale.ldexp(ctx.final, ctx.xexp, plus=("k", "v"))
 
 
 def backward(ctx: CoreContext, do, dST=None, want_dg=True, dg_dtype=None):
@@ -818,11 +903,16 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dg_dtype=None):
     float16 or bfloat16 dtype, written so by ``tc_dg``; None: float32), None without decay or when not
     ``want_dg``.  dS0: float32, None without an initial state.  dST: (N, nseq, dk, dv) gradient of the final
     state, or None.  The dk/dv walkers at head dims (64, 64) are the forward's ``dkdv`` mode (DKDV_MODES)."""
-    q, g, P = ctx.q, ctx.g, ctx.plan
+    q, g, P, xexp = ctx.q, ctx.g, ctx.plan, ctx.xexp
     want_dg = g is not None and want_dg
     if want_dg:
         dg_dtype = np.dtype(np.float32) if dg_dtype is None else dg_dtype
+    if xexp is not None:                         # do and dST into the walkers' units
+        do, = _xscale.to_half((as_contiguous(do, np.float32),), xexp, "do")
+        dST = _xscale.ldexp(dST, xexp, minus=("q", "do"))
     B = P.backward_plan(ctx.dkdv, want_dg, dtype_name(dg_dtype) if want_dg else None)
     dq, dk, dv, dg, dS0 = B.run(P, q, ctx.k, ctx.v, g, do, ctx.Hstart, ctx.gam, ctx.final, ctx.S0, dST, ctx.scale32,
-                                ctx.state_args, dg_dtype)
-    return dq, dk, dv, dg, (dS0 if ctx.S0 is not None else None)
+                                ctx.state_args, dg_dtype, xexp)
+    if ctx.S0 is None:
+        return dq, dk, dv, dg, None
+    return dq, dk, dv, dg, (dS0 if xexp is None else _xscale.ldexp(dS0, xexp, plus=("q", "do")))

@@ -115,7 +115,7 @@ def _bf16_mode(dkdv: str, dk: int, dv: int, bf16_core: str):
 
 
 def _mma_forward(split, stages, q, k, v, log_decay, scale=1.0, initial_state=None, return_state=False, cu_seqlens=None,
-                 dkdv="fused", bf16_core="anchored"):
+                 dkdv="fused", bf16_core="anchored", xscale=False):
     import cupy as cp
     dt = q.dtype
     if dtype_name(dt) == "bfloat16":
@@ -130,23 +130,24 @@ def _mma_forward(split, stages, q, k, v, log_decay, scale=1.0, initial_state=Non
                       else cp.float32)
     S0 = None if initial_state is None else as_contiguous(initial_state.S, cp.float32)
     o, cctx = mma.forward(q, k, v, g, scale=scale, causal=True, split=split, S0=S0, want_final=return_state,
-                          cu=cu_seqlens, stages=stages, dkdv=dkdv)
+                          cu=cu_seqlens, stages=stages, dkdv=dkdv, xscale=xscale)
     o = as_dtype(o, dt)
     ctx = _MMAContext(cctx, initial_state is not None, dt)
-    return ((o, DecayedState(cctx.final)) if return_state else o), ctx
+    return ((o, DecayedState(mma.final_state(cctx))) if return_state else o), ctx
 
 
 def _mma_backward(ctx: _MMAContext, do, dfinal=None):
     import cupy as cp
     dST = None if dfinal is None else as_contiguous(dfinal.S, cp.float32)
-    dq, dk, dv, dg, dS0 = mma.backward(ctx.core, as_contiguous(do, ctx.core.q.dtype), dST,
+    do_dt = ctx.dtype if ctx.core.xexp is not None else ctx.core.q.dtype    # (xscale: the core converts do)
+    dq, dk, dv, dg, dS0 = mma.backward(ctx.core, as_contiguous(do, do_dt), dST,
                                        dg_dtype=ctx.dtype)                  # tc_dg writes the caller's dtype
     dt = ctx.dtype
     grads = (as_dtype(dq, dt), as_dtype(dk, dt), as_dtype(dv, dt), as_dtype(dg, dt))
     return grads + ((DecayedState(dS0),) if ctx.has_initial else ())
 
 
-def _mma_prepare(split, stages, options, shapes, dtype, dkdv="fused", bf16_core="anchored"):
+def _mma_prepare(split, stages, options, shapes, dtype, dkdv="fused", bf16_core="anchored", xscale=False):
     """registry.Variant.prepare: _mma_forward / _mma_backward for one call signature (a _chunked_mma.CoreRun: plan,
     scale and d log_decay's dtype resolved once), or None: options this does not know, and bfloat16 where its core
     runs in float32 (the casts of q, k, v), take the general path.  bfloat16 on the anchored 16-bit core runs the
@@ -159,7 +160,7 @@ def _mma_prepare(split, stages, options, shapes, dtype, dkdv="fused", bf16_core=
         if dkdv is None:
             return None
     run = mma.CoreRun(dt, shapes[0], shapes[2][-1], dtype, scale=options.get("scale", 1.0), split=split,
-                      stages=stages, dkdv=dkdv, cu=options.get("cu_seqlens"), dg_dtype=dtype, n_grads=4)
+                      stages=stages, dkdv=dkdv, cu=options.get("cu_seqlens"), dg_dtype=dtype, n_grads=4, xscale=xscale)
     return run.forward, run.backward
 
 
@@ -169,9 +170,9 @@ def _mma_variant(name: str, split: int, stages: int, description: str, **kw):
     variant = kw.pop("variant", {})
     return Variant("decayed", "cupy", name, functools.partial(_mma_forward, split, stages, **kw), _mma_backward,
                    prepare=functools.partial(_mma_prepare, split, stages, **kw), leading_dims=True,
-                   array_kind="cupy", gpu=True, supports=_supports_mma, form="linear",
+                   array_kind="cupy", gpu=True, form="linear",
                    features=frozenset({"state", "packed"}), description=description,
-                   **{"dtypes": ("float32", "float16", "bfloat16"), **variant})
+                   **{"dtypes": ("float32", "float16", "bfloat16"), "supports": _supports_mma, **variant})
 
 
 def _supports_mma(options, shapes):
@@ -201,3 +202,15 @@ register(_mma_variant("chunked_mma_bf16f32", 3, 1, "cupy:chunked_mma for bfloat1
                       bf16_core="float32", variant=dict(dtypes=("bfloat16",))))
 register(_mma_variant("chunked_mma_tf32", 1, 1, "cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, "
                                                 "opt-in)", variant=dict(dtypes=("float32",), tags=("tf32",))))
+
+
+def _supports_mma_wgx(options, shapes):
+    return mma.xscale_refusal(shapes["q"][-1], shapes["v"][-1], True)
+
+
+register(_mma_variant("chunked_mma_wgx", 1, 1, "float32 on the float16 warpgroup-MMA walkers of cupy:chunked_mma_wgb: "
+                                               "q, k, v and do rounded to float16 under a power-of-two scale per "
+                                               "leading index (TF32's 11 significant bits), float32 accumulation and "
+                                               "results; head dims <= 64, compute capability 9.0 (opt-in, tf32 "
+                                               "tolerance)", dkdv=mma.XS_MODE, xscale=True,
+                      variant=dict(dtypes=("float32",), tags=("tf32",), supports=_supports_mma_wgx)))

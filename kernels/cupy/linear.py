@@ -153,7 +153,7 @@ def _state_from_core(S, normalize):
 
 
 def _mma_forward(split, stages, q, k, v, causal=True, feature_map="identity", normalize=False, scale=1.0, eps=1e-6,
-                 initial_state=None, return_state=False, cu_seqlens=None, dkdv="fused"):
+                 initial_state=None, return_state=False, cu_seqlens=None, dkdv="fused", xscale=False):
     import cupy as cp
     # normalize runs the core in float32 for 16-bit inputs: with bfloat16 the backward's [do/den, -(do.o)/den]
     # against [v, 1] cancels to ~1/10 of its terms, beyond bfloat16's 8 bits (dq 3.5e-2 on the emulated
@@ -168,7 +168,7 @@ def _mma_forward(split, stages, q, k, v, causal=True, feature_map="identity", no
     Va = cp.concatenate([as_dtype(v, dt), cp.ones(v.shape[:-1] + (1,), dt)], axis=-1) if normalize else v
     S0 = None if initial_state is None else _state_to_core(initial_state, normalize)
     num, cctx = mma.forward(Q, K, Va, None, scale=scale, causal=causal, split=split, S0=S0,
-                            want_final=return_state, cu=cu_seqlens, stages=stages, dkdv=dkdv)
+                            want_final=return_state, cu=cu_seqlens, stages=stages, dkdv=dkdv, xscale=xscale)
     o = den = None
     if normalize:
         den = num[..., -1].astype(cp.float32) + eps
@@ -177,7 +177,7 @@ def _mma_forward(split, stages, q, k, v, causal=True, feature_map="identity", no
     else:
         out = num
     ctx = _MMAContext(cctx, q, k, o, den, feature_map, bool(normalize), initial_state is not None)
-    return ((out, _state_from_core(cctx.final, normalize)) if return_state else out), ctx
+    return ((out, _state_from_core(mma.final_state(cctx), normalize)) if return_state else out), ctx
 
 
 def _mma_backward(ctx: _MMAContext, do, dfinal=None):
@@ -203,7 +203,7 @@ def _mma_backward(ctx: _MMAContext, do, dfinal=None):
     return grads + ((_state_from_core(dS0, ctx.normalize),) if ctx.has_initial else ())
 
 
-def _mma_prepare(split, stages, options, shapes, dtype, dkdv="fused"):
+def _mma_prepare(split, stages, options, shapes, dtype, dkdv="fused", xscale=False):
     """registry.Variant.prepare: _mma_forward / _mma_backward for one call signature where they hand the core's
     results on as they are (identity feature map, no normalize): a _chunked_mma.CoreRun (plan and scale resolved
     once); else None (the general path)."""
@@ -212,7 +212,7 @@ def _mma_prepare(split, stages, options, shapes, dtype, dkdv="fused"):
         return None
     run = mma.CoreRun(dtype_name(dtype), shapes[0], shapes[2][-1], None, scale=options.get("scale", 1.0),
                       causal=options.get("causal", True), split=split, stages=stages, dkdv=dkdv,
-                      cu=options.get("cu_seqlens"), n_grads=3)
+                      cu=options.get("cu_seqlens"), n_grads=3, xscale=xscale)
     return run.forward, run.backward
 
 
@@ -253,3 +253,21 @@ register(Variant("linear", "cupy", "chunked_mma_tf32", functools.partial(_mma_fo
                  dtypes=("float32",), array_kind="cupy", gpu=True,
                  supports=_supports_mma_tf32, features=frozenset({"state", "packed"}), form="linear", tags=("tf32",),
                  description="cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, opt-in)"))
+
+
+
+def _supports_mma_wgx(options, shapes):
+    if options.get("normalize"):
+        return "normalize=True needs cupy:chunked_mma (its ones column makes Dv + 1, and the walkers take Dv <= 64)"
+    return mma.xscale_refusal(shapes["q"][-1], shapes["v"][-1], options.get("causal", True))
+
+
+register(Variant("linear", "cupy", "chunked_mma_wgx",
+                 functools.partial(_mma_forward, 1, 1, dkdv=mma.XS_MODE, xscale=True), _mma_backward,
+                 leading_dims=True, prepare=functools.partial(_mma_prepare, 1, 1, dkdv=mma.XS_MODE, xscale=True),
+                 dtypes=("float32",), array_kind="cupy", gpu=True, supports=_supports_mma_wgx,
+                 features=frozenset({"state", "packed"}), form="linear", tags=("tf32",),
+                 description="float32 on the float16 warpgroup-MMA walkers of cupy:chunked_mma_wgb: q, k, v and do "
+                             "rounded to float16 under a power-of-two scale per leading index (TF32's 11 significant "
+                             "bits), float32 accumulation and results; causal, head dims <= 64, compute capability "
+                             "9.0 (opt-in, tf32 tolerance)"))

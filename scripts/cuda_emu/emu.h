@@ -53,6 +53,7 @@ struct alignas(8) uint2 { unsigned x, y; };
 struct float2 { float x, y; };
 struct alignas(16) float4 { float x, y, z, w; };
 inline float2 make_float2(float x, float y) { return {x, y}; }
+inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
 inline float __int_as_float(int x) { float f; std::memcpy(&f, &x, 4); return f; }
@@ -61,6 +62,7 @@ inline unsigned __float_as_uint(float f) { unsigned x; std::memcpy(&x, &f, 4); r
 inline float __expf(float x) { return expf(x); }
 inline int min(int a, int b) { return a < b ? a : b; }
 inline int max(int a, int b) { return a > b ? a : b; }
+inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
 
 namespace emu {
 // dynamic shared memory of the running block: every `extern __shared__` array of the sources points here
@@ -160,6 +162,11 @@ template <typename V> inline V __shfl_down_sync(unsigned, V v, unsigned d) { ret
 // (a block's threads meet at its barriers), an L2 load is a load, and an atomic is the host's atomic add.
 inline void __threadfence() {}
 inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+inline unsigned atomicMax(unsigned* p, unsigned v) {
+    unsigned old = __atomic_load_n(p, __ATOMIC_SEQ_CST);
+    while (old < v && !__atomic_compare_exchange_n(p, &old, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
+    return old;
+}
 inline float __ldcg(const float* p) { return *p; }
 inline float4 __ldcg(const float4* p) { return *p; }
 inline int __ffs(unsigned x) { return x ? __builtin_ctz(x) + 1 : 0; }

@@ -1,0 +1,85 @@
+"""float32 tensors carried as float16 under a power-of-two scale per leading index (kernels/cuda/xscale.cu): the
+storage of the tensor-core chunk core's ``xscale`` calls (kernels/cupy/_chunked_mma.py), which run float32 inputs
+through the 16-bit warpgroup-MMA walkers and write float32 results (docs/kernels/linear.md "float32 through the float16
+walkers").
+
+An operand x (..., T, d) of N slices (its leading dims flattened) becomes y = float16(x 2^-e[n]) with one integer
+e[n] per slice: 0 where the slice's max |x| lies in [XS_SAFE_LO, XS_SAFE_HI] (one pass over x), else the exponent
+that brings the max into [1, 2) (a second pass over that slice).  The exponents of q, k, v and dO are the rows of
+one (N_OPERANDS, N) int32 array (``exponents``, ``OPERAND``); the walkers read it and scale each result back
+(chunked_wgmma.cu ``tg::xmul``), the host scales the states (``ldexp``)."""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from workbench.backends import data_ptr, new_output
+
+from ._module import Prepared, declare_groups, get_kernel, lead_size
+
+SOURCE = "xscale.cu"
+TO_HALF, RESCALE = "xs_to_half", "xs_rescale"
+GROUP = (TO_HALF, RESCALE)
+INSTANTIATIONS = [(SOURCE, e) for e in GROUP]
+declare_groups(SOURCE, [GROUP])
+
+THREADS = 256               # XS_THREADS
+PER_THREAD = 16             # elements each thread converts (four float4) when the grid is as wide as the slice asks
+SAFE = (0.125, 8.0)         # XS_SAFE_LO, XS_SAFE_HI: slices whose max |x| lies here keep e = 0
+OPERAND = {"q": 0, "k": 1, "v": 2, "do": 3}     # rows of the exponent array (tg::xmul's operand indices)
+N_OPERANDS = len(OPERAND)
+_GRID_X_MAX = 65535
+
+
+def exponents(N: int):
+    """The (N_OPERANDS, N) int32 exponent array of one call (rows written by ``to_half``)."""
+    import cupy as cp
+    return cp.empty((N_OPERANDS, N), np.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(name: str):
+    return get_kernel(SOURCE, name)
+
+
+@functools.lru_cache(maxsize=256)
+def _launches(shapes: tuple) -> tuple:
+    """(to_half, rescale, per args, the amax shape) of a conversion of arrays of ``shapes`` (same leading dims)."""
+    N = lead_size(shapes[0], 2)
+    pers = [math.prod(s) // N for s in shapes]
+    bx = max(1, min(-(-max(pers) // (THREADS * PER_THREAD)), _GRID_X_MAX))
+    grid = (bx, N, len(shapes))
+    per_args = tuple(np.int64(p) for p in pers + [0] * (3 - len(pers)))
+    return (Prepared(_kernel(TO_HALF), grid, (THREADS,)), Prepared(_kernel(RESCALE), grid, (THREADS,)),
+            per_args, (len(shapes), N))
+
+
+def _aligned(x):
+    """x (C-contiguous float32) starting on 16 bytes (the kernels' float4 loads), copied if a view starts elsewhere."""
+    return x if data_ptr(x) % 16 == 0 else x.copy()
+
+
+def to_half(xs: tuple, ex, first: str) -> tuple:
+    """float16 copies of the C-contiguous float32 arrays ``xs`` (up to three, same leading dims), their exponents
+    written to the rows of ``ex`` from operand ``first`` (OPERAND) on."""
+    import cupy as cp
+    to, rescale, pers, amax_shape = _launches(tuple(x.shape for x in xs))
+    xs = tuple(_aligned(x) for x in xs)
+    ys = tuple(new_output(cp, x.shape, cp.float16) for x in xs)
+    amax = cp.zeros(amax_shape, np.uint32)
+    pad = (None,) * (3 - len(xs))
+    to(xs + pad + ys + pad + pers + (amax,))
+    rescale(xs + pad + ys + pad + pers + (amax, ex, np.int32(OPERAND[first])))
+    return ys
+
+
+def ldexp(S, ex, plus: tuple = (), minus: tuple = ()):
+    """S (N, ...) float32 times 2^(sum of the exponent rows ``plus`` - those of ``minus``) per leading index (a state
+    into or out of the walkers' scaled units), or None for None."""
+    if S is None:
+        return None
+    import cupy as cp
+    e = sum(ex[OPERAND[o]] for o in plus) - sum(ex[OPERAND[o]] for o in minus)
+    return cp.ldexp(S, e.reshape((-1,) + (1,) * (S.ndim - 1))).astype(np.float32, copy=False)

@@ -36,30 +36,61 @@ __device__ __forceinline__ void prologue(int nch, F&& issue) {
         tc::cp_async_commit();
     }
 }
+
+constexpr int TILE = tc::C * 64;                               // elements of one swizzled 64 x 64 tile
+
+// x - (x rounded to T): the lo part of a hi + lo pair (NP = 2: the "xpair" operands, xscale.cu)
+template <typename T>
+__device__ __forceinline__ float residual(float x) { return x - to_f32(from_f32<T>(x)); }
+
+// D (+)= A B over NP-part operands (a part's lo tile TILE elements after its hi tile): NP 1, A B; NP 2, the three
+// products Ah Bh + Ah Bl + Al Bh (Al Bl, 2^-22 of the rest, dropped) -- wbgmma::gemm64_ss / gemm64_rs, one batch
+template <typename T, int NP, bool TA, bool TB>
+__device__ __forceinline__ void gemm_ss(float (&d)[8][4], const T* a, const T* b, bool accumulate) {
+    wbgmma::gemm64_ss<T, TA, TB>(d, a, b, accumulate);
+    if constexpr (NP == 2) {
+        wbgmma::gemm64_ss<T, TA, TB>(d, a, b + TILE, true);
+        wbgmma::gemm64_ss<T, TA, TB>(d, a + TILE, b, true);
+    }
+}
+template <typename T, int NP, bool TB>
+__device__ __forceinline__ void gemm_rs(float (&d)[8][4], const unsigned (&ah)[4][4], const unsigned (&al)[4][4],
+                                        const T* b) {
+    wbgmma::gemm64_rs<T, TB>(d, ah, b);
+    if constexpr (NP == 2) {
+        wbgmma::gemm64_rs<T, TB>(d, ah, b + TILE);
+        wbgmma::gemm64_rs<T, TB>(d, al, b);
+    }
+}
 }  // namespace tg
 
-template <typename T, int STAGES>
+template <typename T, int STAGES, int NP = 1>
 __global__ void __launch_bounds__(128) tg_seg_state(const T* __restrict__ x, const T* __restrict__ y,
         const void* __restrict__ g, float* __restrict__ Eout, float* __restrict__ gam,
         const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, int T_, int dx, int dy, int NSEG,
         float wscale, int g_kind) {
     using namespace tc;
     static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3), "16-bit tiles, two or three stages");
+    static_assert(NP == 1 || NP == 2, "one part, or hi + lo pairs");
     constexpr int TILE = C * 64;                                // elements of one swizzled 64 x 64 tile
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: X at 2 s TILE, Y after it
+    T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: X at 2 s NP TILE, Y after it
     const int nty = (dy + BV - 1) / BV;
     const int yt = blockIdx.x % nty, s = blockIdx.x / nty, n = blockIdx.y;
     const int c0 = yt * BV, w = threadIdx.x >> 5;
     const int t0 = seg_t0[s], t1 = seg_t1[s];
     const long long nT = (long long)n * T_;
     const int nch = (t1 - t0 + C - 1) / C;
+    const long long lox = (long long)gridDim.y * T_ * dx, loy = (long long)gridDim.y * T_ * dy;   // NP 2: lo parts
     auto issue = [&](int j) {
-        T* sX = stages + (j % STAGES) * 2 * TILE;
+        T* sX = stages + (j % STAGES) * 2 * NP * TILE;
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
-        wbgmma::load_tile<T, C, THREADS>(sX, x + row0 * dx, dx, nrow, 0, dx);
-        wbgmma::load_tile<T, C, THREADS>(sX + TILE, y + row0 * dy, dy, nrow, c0, dy);
+#pragma unroll
+        for (int p = 0; p < NP; ++p) {
+            wbgmma::load_tile<T, C, THREADS>(sX + p * TILE, x + p * lox + row0 * dx, dx, nrow, 0, dx);
+            wbgmma::load_tile<T, C, THREADS>(sX + (NP + p) * TILE, y + p * loy + row0 * dy, dy, nrow, c0, dy);
+        }
     };
     float Es[1][8][4];
     zero(Es);
@@ -70,13 +101,17 @@ __global__ void __launch_bounds__(128) tg_seg_state(const T* __restrict__ x, con
         __syncthreads();                                        // ... every thread's; chunk j - 1's products done
         if (j + STAGES - 1 < nch) issue(j + STAGES - 1);        // into chunk j - 1's stage
         cp_async_commit();
-        const T* sX = stages + (j % STAGES) * 2 * TILE;
+        const T* sX = stages + (j % STAGES) * 2 * NP * TILE;
         wbgmma::fence_acc(Es[0]);
         wbgmma::fence();
+        if constexpr (NP == 1) {
 #pragma unroll
-        for (int ks = 0; ks < C / 16; ++ks)
-            wbgmma::mma_ss<T, true, true>(Es[0], wbgmma::desc_mnmajor(sX, 16 * ks),
-                                          wbgmma::desc_mnmajor(sX + TILE, 16 * ks), 1);
+            for (int ks = 0; ks < C / 16; ++ks)
+                wbgmma::mma_ss<T, true, true>(Es[0], wbgmma::desc_mnmajor(sX, 16 * ks),
+                                              wbgmma::desc_mnmajor(sX + TILE, 16 * ks), 1);
+        } else {
+            tg::gemm_ss<T, NP, true, true>(Es[0], sX, sX + NP * TILE, true);
+        }
         wbgmma::commit();
         wbgmma::wait<0>();
         wbgmma::fence_acc(Es[0]);
@@ -86,17 +121,37 @@ __global__ void __launch_bounds__(128) tg_seg_state(const T* __restrict__ x, con
 }
 
 namespace tg {
-// the state's fragments (warp w: rows m0 .., 64 columns) times inv -> the swizzled state tile in T
-template <typename T>
+// the state's fragments (warp w: rows m0 .., 64 columns) times inv -> the swizzled state tile in T; NP = 2: the
+// residuals rounded to T into the lo tile after it (tile + TILE)
+template <typename T, int NP = 1>
 __device__ __forceinline__ void frags_to_tile(const float (&H)[8][4], T* tile, int m0, float inv) {
     const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
     unsigned char* b = reinterpret_cast<unsigned char*>(tile);
 #pragma unroll
     for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-        for (int h = 0; h < 2; ++h)
-            *reinterpret_cast<unsigned*>(b + wbgmma::sw128(m0 + g + 8 * h, nt) + 4 * t) =
-                pack2<T>(H[nt][2 * h] * inv, H[nt][2 * h + 1] * inv);
+        for (int h = 0; h < 2; ++h) {
+            const float x0 = H[nt][2 * h] * inv, x1 = H[nt][2 * h + 1] * inv;
+            const int at = wbgmma::sw128(m0 + g + 8 * h, nt) + 4 * t;
+            *reinterpret_cast<unsigned*>(b + at) = pack2<T>(x0, x1);
+            if constexpr (NP == 2)
+                *reinterpret_cast<unsigned*>(b + 2 * TILE + at) = pack2<T>(residual<T>(x0), residual<T>(x1));
+        }
+}
+
+// P's A fragments from the scaled, masked scores S (tc::intra_frags: P.f, the hi parts) and, NP = 2, the lo parts
+// (S's residuals) into Pl (S is left holding them)
+template <typename T, int NP, bool LOWER>
+__device__ __forceinline__ void p_frags(wbmma::AFrags<T, 8>& P, wbmma::AFrags<T, 8>& Pl, float (&S)[1][8][4], int m0,
+                                        const tc::Trailer* tr, bool decay, float scale) {
+    tc::intra_frags<T, LOWER>(P, S, m0, tr, decay, scale);
+    if constexpr (NP == 2) {
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) S[0][nt][e] = residual<T>(S[0][nt][e]);
+        wbmma::c_to_a<T, 8>(Pl, S[0]);
+    }
 }
 
 // float16: the warp's max |St| posted to red[w] (read by state_to_tile after a barrier); nothing otherwise
@@ -110,27 +165,30 @@ __device__ __forceinline__ void post_state_max(const float (&St)[1][8][4], float
 
 // St / sigma into its swizzled tile (warp w: rows 16 w ..), sigma a power of two from the block max that
 // post_state_max posted (1 but for float16, as tc::state_to_smem).  Returns sigma.
-template <typename T>
+template <typename T, int NP = 1>
 __device__ __forceinline__ float state_to_tile(const float (&St)[1][8][4], T* tile, const float* red) {
     float sigma = 1.f, inv = 1.f;
     if constexpr (wbmma::Traits<T>::HALF) tc::pow2_scale(fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3])), sigma, inv);
-    frags_to_tile<T>(St[0], tile, 16 * (threadIdx.x >> 5), inv);
+    frags_to_tile<T, NP>(St[0], tile, 16 * (threadIdx.x >> 5), inv);
     return sigma;
 }
 
 // The top of chunk j of a walker that hands its float32 state St (warp w: rows 16 w ..) to the chunk's products:
 // chunk j's copies waited for; float16: the warp's max |St| posted to red; the barrier after which chunk j - 1's
 // products are done in every warp (the state tile and chunk j - 1's stage are free); sigma from the block max (1 but
-// for float16, as tc::state_to_smem); St / sigma into its swizzled tile; chunk j + STAGES - 1's loads (issue_next) and
-// their group; the async-proxy fence; the barrier that publishes the tile and chunk j's tiles.  Returns sigma.
-template <typename T, int STAGES, typename F>
+// for float16, as tc::state_to_smem); St / sigma into its swizzled tile (NP = 2: and its lo tile); chunk j + STAGES -
+// 1's loads (issue_next) and their group; the async-proxy fence; the barrier that publishes the tile and chunk j's
+// tiles.  Returns sigma.  One stage: issue_next loads chunk j itself (its stage is free after the first barrier), and
+// the copies are waited for before the fence.
+template <typename T, int STAGES, int NP = 1, typename F>
 __device__ __forceinline__ float chunk_top(const float (&St)[1][8][4], T* tile, float* red, F&& issue_next) {
-    tc::cp_async_wait_group<STAGES - 2>();
+    if constexpr (STAGES > 1) tc::cp_async_wait_group<STAGES - 2>();
     post_state_max<T>(St, red);
     __syncthreads();
-    const float sigma = state_to_tile<T>(St, tile, red);
+    const float sigma = state_to_tile<T, NP>(St, tile, red);
     issue_next();
     tc::cp_async_commit();
+    if constexpr (STAGES == 1) tc::cp_async_wait();
     wbgmma::fence_proxy_async();
     __syncthreads();
     return sigma;
@@ -146,7 +204,7 @@ __device__ __forceinline__ void fence_accs(A&... a) { (wbgmma::fence_acc(a[0]), 
 // copied a chunk ahead), then the state / sigma into its tile (float16: the block max through tr->red, one barrier),
 // chunk j's loads waited for, the async-proxy fence and the barrier that publishes the tile, the tiles and the
 // Trailer -- three barriers per chunk in float16, two otherwise (tc's walkers: four and two).
-template <int STAGES, bool DECAY>
+template <int STAGES, bool DECAY, int NP = 1>
 struct Pipe {
     template <typename F, typename G>
     __device__ __forceinline__ Pipe(int nch, tc::Trailer*, F&& issue, G&&) {
@@ -155,13 +213,13 @@ struct Pipe {
     template <typename T, typename F, typename G>
     __device__ __forceinline__ float top(int j, int nch, tc::Trailer*, F&& issue, G&&, const float (&St)[1][8][4],
                                          T* tile, float* red) {
-        return chunk_top<T, STAGES>(St, tile, red, [&] {
+        return chunk_top<T, STAGES, NP>(St, tile, red, [&] {
             if (j + STAGES - 1 < nch) issue(j + STAGES - 1, (j + STAGES - 1) % STAGES);
         });
     }
 };
 template <int STAGES>
-struct Pipe<STAGES, true> {
+struct Pipe<STAGES, true, 1> {
     tc::Walk<STAGES> walk;
     template <typename F, typename G>
     __device__ __forceinline__ Pipe(int nch, tc::Trailer* tr, F&& issue, G&& grows) : walk(nch, true, tr, issue, grows) {}
@@ -188,6 +246,25 @@ __device__ __forceinline__ void weighed_at(unsigned (&a)[4][4], const T* tile, c
     for (int ks = 0; ks < 4; ++ks) {
         wbgmma::load_a<true>(a[ks], tile, 16 * (threadIdx.x >> 5), 16 * ks);
         tc::KWeights<T>{f, mul}(reinterpret_cast<unsigned (&)[1][4]>(a[ks]), 16 * ks);
+    }
+}
+
+// NP = 2: weighed_at's fragments of mul A^T for a hi + lo pair of tiles (tile, tile + TILE): each element's
+// mul (hi + lo) in float32, split again into a hi and a lo part (ah, al)
+template <typename T>
+__device__ __forceinline__ void weighed_at_pairs(unsigned (&ah)[4][4], unsigned (&al)[4][4], const T* tile, float mul) {
+    auto half = [](unsigned u, int i) { T x; x.bits = (unsigned short)(i ? u >> 16 : u & 0xffffu); return to_f32(x); };
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+        wbgmma::load_a<true>(ah[ks], tile, 16 * (threadIdx.x >> 5), 16 * ks);
+        wbgmma::load_a<true>(al[ks], tile + TILE, 16 * (threadIdx.x >> 5), 16 * ks);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float x0 = mul * (half(ah[ks][e], 0) + half(al[ks][e], 0));
+            const float x1 = mul * (half(ah[ks][e], 1) + half(al[ks][e], 1));
+            ah[ks][e] = pack2<T>(x0, x1);
+            al[ks][e] = pack2<T>(residual<T>(x0), residual<T>(x1));
+        }
     }
 }
 
@@ -228,22 +305,24 @@ __device__ __forceinline__ float xmul(const int* __restrict__ xexp, I... idx) {
 }
 }  // namespace tg
 
-template <typename T, int STAGES, bool DECAY, typename TO = T>
-__global__ void __launch_bounds__(128) tg_fwd(const T* __restrict__ q, const T* __restrict__ k,
+template <typename T, int STAGES, bool DECAY, typename TO = T, int NP = 1>
+__global__ void __launch_bounds__(128, NP == 2 ? 2 : 1) tg_fwd(const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const void* __restrict__ g, TO* __restrict__ o, const float* __restrict__ Hin,
         float* __restrict__ Hend, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1,
         const int* __restrict__ seg_seq, int T_, int dk, int dv, int NSEG, int nseq, float scale, int causal,
         int g_kind, T* __restrict__ Hst, float* __restrict__ Hsig, const int* __restrict__ seg_c0,
         const int* __restrict__ xexp) {
     using namespace tc;
-    static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3), "16-bit tiles, two or three stages");
-    constexpr int TILE = C * 64;
+    using tg::TILE;
+    static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3 || (NP == 2 && STAGES == 1)),
+                  "16-bit tiles, two or three stages (pairs: one)");
+    static_assert(NP == 1 || (NP == 2 && !DECAY && wbmma::Traits<TO>::F32), "pairs: linear, float32 results");
     constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 outputs times omul
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: Q, K, V at (3 s + 0, 1, 2) TILE
-    T* sH = stages + STAGES * 3 * TILE;
-    float* red = reinterpret_cast<float*>(sH + TILE);           // each warp's max |H| (float16) ...
-    Trailer* tr = reinterpret_cast<Trailer*>(sH + TILE);        // ... or, DECAY, the Trailer (red inside)
+    T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: Q, K, V at (3 s + 0, 1, 2) NP TILE
+    T* sH = stages + STAGES * 3 * NP * TILE;                    // (NP = 2: each hi tile, then its lo tile)
+    float* red = reinterpret_cast<float*>(sH + NP * TILE);      // each warp's max |H| (float16) ...
+    Trailer* tr = reinterpret_cast<Trailer*>(sH + NP * TILE);   // ... or, DECAY, the Trailer (red inside)
     const int ntv = (dv + BV - 1) / BV;
     const int vt = blockIdx.x % ntv, s = blockIdx.x / ntv, n = blockIdx.y;
     const int c0 = vt * BV, w = threadIdx.x >> 5;
@@ -253,34 +332,38 @@ __global__ void __launch_bounds__(128) tg_fwd(const T* __restrict__ q, const T* 
     state_load(H, Hin ? Hin + ((long long)n * NSEG + s) * E : nullptr, 16 * w, 0, c0, dk, dv);
     const float omul = tg::xmul<T, TO>(xexp, 0, 1, 2);
     const int nch = (t1 - t0 + C - 1) / C;
+    const long long lok = (long long)gridDim.y * T_ * dk, lov = (long long)gridDim.y * T_ * dv;   // NP 2: lo parts
     auto issue = [&](int j, int st) {
-        T* sQ = stages + st * 3 * TILE;
+        T* sQ = stages + st * 3 * NP * TILE;
         const long long row0 = nT + t0 + C * j;
         const int nrow = min(C, t1 - (t0 + C * j));
-        wbgmma::load_tile<T, C, THREADS>(sQ, q + row0 * dk, dk, nrow, 0, dk);
-        wbgmma::load_tile<T, C, THREADS>(sQ + TILE, k + row0 * dk, dk, nrow, 0, dk);
-        wbgmma::load_tile<T, C, THREADS>(sQ + 2 * TILE, v + row0 * dv, dv, nrow, c0, dv);
+#pragma unroll
+        for (int p = 0; p < NP; ++p) {
+            wbgmma::load_tile<T, C, THREADS>(sQ + p * TILE, q + p * lok + row0 * dk, dk, nrow, 0, dk);
+            wbgmma::load_tile<T, C, THREADS>(sQ + (NP + p) * TILE, k + p * lok + row0 * dk, dk, nrow, 0, dk);
+            wbgmma::load_tile<T, C, THREADS>(sQ + (2 * NP + p) * TILE, v + p * lov + row0 * dv, dv, nrow, c0, dv);
+        }
     };
     auto grows = [&](int j) { return grows_at(g, g_kind, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
-    tg::Pipe<STAGES, DECAY> pipe(nch, tr, issue, grows);
+    tg::Pipe<STAGES, DECAY, NP> pipe(nch, tr, issue, grows);
     for (int j = 0; j < nch; ++j) {
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
-        const T* sQ = stages + (j % STAGES) * 3 * TILE;
-        const T* sK = sQ + TILE;
-        const T* sV = sK + TILE;
+        const T* sQ = stages + (j % STAGES) * 3 * NP * TILE;
+        const T* sK = sQ + NP * TILE;
+        const T* sV = sK + NP * TILE;
         const float sigma = pipe.top(j, nch, tr, issue, grows, H, sH, red);
         float acc[1][8][4], S[1][8][4];
         tg::fence_accs(acc, S);
         wbgmma::fence();
-        wbgmma::gemm64_ss<T, false, true>(acc[0], sQ, sH, false);      // o = Q H
-        wbgmma::gemm64_ss<T, false, false>(S[0], sQ, sK, false);       // S = Q K^T
+        tg::gemm_ss<T, NP, false, true>(acc[0], sQ, sH, false);       // o = Q H
+        tg::gemm_ss<T, NP, false, false>(S[0], sQ, sK, false);        // S = Q K^T
         wbgmma::commit();
         wbgmma::wait<0>();
         tg::fence_accs(acc, S);
         if constexpr (DECAY) scale_acc_rows(acc, 16 * w, [&](int r) { return scale * sigma * tr->e[r]; });
         else scale_acc(acc, scale * sigma);
-        wbmma::AFrags<T, 8> P;
-        intra_frags<T, true>(P, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
+        wbmma::AFrags<T, 8> P, Pl;                              // (Pl: NP = 2, P's lo parts)
+        tg::p_frags<T, NP, true>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
         unsigned kf[4][4];                                      // DECAY: (diag(u) K)^T's fragments
         if constexpr (DECAY) {
             scale_acc(H, tr->e[C - 1]);
@@ -288,9 +371,9 @@ __global__ void __launch_bounds__(128) tg_fwd(const T* __restrict__ q, const T* 
         }
         tg::fence_accs(acc, H);
         wbgmma::fence();
-        wbgmma::gemm64_rs<T, true>(acc[0], P.f, sV);                  // o += P V
+        tg::gemm_rs<T, NP, true>(acc[0], P.f, Pl.f, sV);             // o += P V
         if constexpr (DECAY) wbgmma::gemm64_rs<T, true>(H[0], kf, sV);   // H <- e^{b_last} H + K^T diag(u) V
-        else wbgmma::gemm64_ss<T, true, true>(H[0], sK, sV, true);    // H += K^T V (also after the last chunk: no
+        else tg::gemm_ss<T, NP, true, true>(H[0], sK, sV, true);     // H += K^T V (also after the last chunk: no
         wbgmma::commit();                                              // branch between a batch's wgmmas)
         wbgmma::wait<0>();
         tg::fence_accs(acc, H);
@@ -314,21 +397,23 @@ __global__ void __launch_bounds__(128) tg_fwd(const T* __restrict__ q, const T* 
 //           fragments must live until their products are done);
 // then dq's rows scaled by scale sigma (e^{b_t}), dP = the masked, scaled (decayed) dO V^T in registers; one batch of
 // dP K (four RS); DECAY and rq: the row dots q.dq.
-template <typename T, int STAGES, bool ESUM, bool DECAY, typename TO = T>
-__global__ void __launch_bounds__(128, DECAY && ESUM ? 1 : 3) tg_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
+template <typename T, int STAGES, bool ESUM, bool DECAY, typename TO = T, int NP = 1>
+__global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const void* __restrict__ g, const T* __restrict__ dout, TO* __restrict__ dq,
         float* __restrict__ rq, const float* __restrict__ Hin, const int* __restrict__ seg_t0,
         const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, int T_, int dk, int dv, int NSEG,
         int nseq, float scale, int causal, int g_kind, float* __restrict__ Eout, const int* __restrict__ xexp) {
     using namespace tc;
-    static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3), "16-bit tiles, two or three stages");
-    constexpr int TILE = C * 64;
+    using tg::TILE;
+    static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3 || (NP == 2 && STAGES == 1)),
+                  "16-bit tiles, two or three stages (pairs: one)");
+    static_assert(NP == 1 || (NP == 2 && !DECAY && wbmma::Traits<TO>::F32), "pairs: linear, float32 results");
     constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 dq times qmul, q.dq times 2^e_q
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: dO, V, K, Q at (4 s + 0, 1, 2, 3) TILE
-    T* sH = stages + STAGES * 4 * TILE;
-    float* red = reinterpret_cast<float*>(sH + TILE);
-    Trailer* tr = reinterpret_cast<Trailer*>(sH + TILE);
+    T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: dO, V, K, Q at (4 s + 0, 1, 2, 3) NP TILE
+    T* sH = stages + STAGES * 4 * NP * TILE;
+    float* red = reinterpret_cast<float*>(sH + NP * TILE);
+    Trailer* tr = reinterpret_cast<Trailer*>(sH + NP * TILE);
     const int ntk = (dk + BV - 1) / BV;
     const int kt = blockIdx.x % ntk, s = blockIdx.x / ntk, n = blockIdx.y, N = gridDim.y;
     const int k0 = kt * BV, w = threadIdx.x >> 5;
@@ -341,23 +426,28 @@ __global__ void __launch_bounds__(128, DECAY && ESUM ? 1 : 3) tg_bwd_dq(const T*
     const float qmul = tg::xmul<T, TO>(xexp, 3, 2, 1), rqmul = tg::xmul<T, TO>(xexp, 0);
     tc::RevWeights rw;                                          // DECAY, ESUM: as tc_bwd_dq's
     const int nch = (t1 - t0 + C - 1) / C;
+    const long long lok = (long long)N * T_ * dk, lov = (long long)N * T_ * dv;     // NP 2: the lo parts
     auto issue = [&](int j, int st) {
-        T* sO = stages + st * 4 * TILE;
+        T* sO = stages + st * 4 * NP * TILE;
         const long long row0 = nT + t0 + C * j;
         const int nrow = min(C, t1 - (t0 + C * j));
-        wbgmma::load_tile<T, C, THREADS>(sO, dout + row0 * dv, dv, nrow, 0, dv);
-        wbgmma::load_tile<T, C, THREADS>(sO + TILE, v + row0 * dv, dv, nrow, 0, dv);
-        wbgmma::load_tile<T, C, THREADS>(sO + 2 * TILE, k + row0 * dk, dk, nrow, k0, dk);
-        if constexpr (ESUM || DECAY) wbgmma::load_tile<T, C, THREADS>(sO + 3 * TILE, q + row0 * dk, dk, nrow, k0, dk);
+#pragma unroll
+        for (int p = 0; p < NP; ++p) {
+            wbgmma::load_tile<T, C, THREADS>(sO + p * TILE, dout + p * lov + row0 * dv, dv, nrow, 0, dv);
+            wbgmma::load_tile<T, C, THREADS>(sO + (NP + p) * TILE, v + p * lov + row0 * dv, dv, nrow, 0, dv);
+            wbgmma::load_tile<T, C, THREADS>(sO + (2 * NP + p) * TILE, k + p * lok + row0 * dk, dk, nrow, k0, dk);
+            if constexpr (ESUM || DECAY)
+                wbgmma::load_tile<T, C, THREADS>(sO + (3 * NP + p) * TILE, q + p * lok + row0 * dk, dk, nrow, k0, dk);
+        }
     };
     auto grows = [&](int j) { return grows_at(g, g_kind, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
-    tg::Pipe<STAGES, DECAY> pipe(nch, tr, issue, grows);
+    tg::Pipe<STAGES, DECAY, NP> pipe(nch, tr, issue, grows);
     for (int j = 0; j < nch; ++j) {
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
-        const T* sO = stages + (j % STAGES) * 4 * TILE;
-        const T* sV = sO + TILE;
-        const T* sK = sV + TILE;
-        const T* sQ = sK + TILE;
+        const T* sO = stages + (j % STAGES) * 4 * NP * TILE;
+        const T* sV = sO + NP * TILE;
+        const T* sK = sV + NP * TILE;
+        const T* sQ = sK + NP * TILE;
         const float sigma = pipe.top(j, nch, tr, issue, grows, H, sH, red);
         float acc[1][8][4], S[1][8][4];
         unsigned kf[4][4], qf[4][4];                            // DECAY: the weighed fragments of K^T and Q^T
@@ -370,15 +460,15 @@ __global__ void __launch_bounds__(128, DECAY && ESUM ? 1 : 3) tg_bwd_dq(const T*
         }
         tg::fence_accs(acc, S, H, Es);
         wbgmma::fence();
-        wbgmma::gemm64_ss<T, false, false>(acc[0], sO, sH, false);     // dq = dO H^T (H's rows are dq's columns)
-        wbgmma::gemm64_ss<T, false, false>(S[0], sO, sV, false);       // S = dO V^T
+        tg::gemm_ss<T, NP, false, false>(acc[0], sO, sH, false);      // dq = dO H^T (H's rows are dq's columns)
+        tg::gemm_ss<T, NP, false, false>(S[0], sO, sV, false);        // S = dO V^T
         wbgmma::commit();
         if constexpr (DECAY) {
             wbgmma::gemm64_rs<T, true>(H[0], kf, sV);                  // H <- e^{b_last} H + K^T diag(u) V
             if constexpr (ESUM) wbgmma::gemm64_rs<T, true>(Es[0], qf, sO);   // Es += (weighed Q)^T dO
         } else {
-            wbgmma::gemm64_ss<T, true, true>(H[0], sK, sV, true);     // H += K^T V (also after the last chunk)
-            if constexpr (ESUM) wbgmma::gemm64_ss<T, true, true>(Es[0], sQ, sO, true);   // Es += Q^T dO
+            tg::gemm_ss<T, NP, true, true>(H[0], sK, sV, true);      // H += K^T V (also after the last chunk)
+            if constexpr (ESUM) tg::gemm_ss<T, NP, true, true>(Es[0], sQ, sO, true);   // Es += Q^T dO
         }
         wbgmma::commit();
         if constexpr (DECAY) wbgmma::wait<0>();                 // (the weighed fragments die here)
@@ -386,11 +476,11 @@ __global__ void __launch_bounds__(128, DECAY && ESUM ? 1 : 3) tg_bwd_dq(const T*
         tg::fence_accs(acc, S);
         if constexpr (DECAY) scale_acc_rows(acc, 16 * w, [&](int r) { return scale * sigma * tr->e[r]; });
         else scale_acc(acc, scale * sigma);
-        wbmma::AFrags<T, 8> P;
-        intra_frags<T, true>(P, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
+        wbmma::AFrags<T, 8> P, Pl;
+        tg::p_frags<T, NP, true>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
         tg::fence_accs(acc);
         wbgmma::fence();
-        wbgmma::gemm64_rs<T, true>(acc[0], P.f, sK);                  // dq += dP K
+        tg::gemm_rs<T, NP, true>(acc[0], P.f, Pl.f, sK);             // dq += dP K
         wbgmma::commit();
         wbgmma::wait<0>();
         tg::fence_accs(acc, H, Es);
@@ -423,8 +513,8 @@ __global__ void __launch_bounds__(128, DECAY && ESUM ? 1 : 3) tg_bwd_dq(const T*
 // and P1, then dS, dk and S2 are live (158 registers: 3 blocks per SM; 166 with DECAY); else dS, dv, P1, dk and S2 at once (182
 // registers: 2 blocks per SM) with one wait fewer per chunk.  The dS update runs for every chunk (no branch inside a
 // batch; tc_bwd_dkdv skips the segment's first chunk when nothing wants dSstart).
-template <typename T, int STAGES, bool LOWREG, bool DECAY, typename TO = T>
-__global__ void __launch_bounds__(128, LOWREG ? 3 : 1) tg_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k,
+template <typename T, int STAGES, bool LOWREG, bool DECAY, typename TO = T, int NP = 1>
+__global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k,
         const T* __restrict__ v, const void* __restrict__ g, const T* __restrict__ dout, TO* __restrict__ dkout,
         TO* __restrict__ dvout, float* __restrict__ rk, const float* __restrict__ dSin, float* __restrict__ dSstart,
         const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, int T_,
@@ -432,14 +522,16 @@ __global__ void __launch_bounds__(128, LOWREG ? 3 : 1) tg_bwd_dkdv(const T* __re
         float* __restrict__ rq, const T* __restrict__ Hst, const float* __restrict__ Hsig,
         const int* __restrict__ seg_c0, float* __restrict__ anc, const int* __restrict__ xexp) {
     using namespace tc;
-    static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3), "16-bit tiles, two or three stages");
-    constexpr int TILE = C * 64;
+    using tg::TILE;
+    static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3 || (NP == 2 && STAGES == 1)),
+                  "16-bit tiles, two or three stages (pairs: one)");
+    static_assert(NP == 1 || (NP == 2 && !DECAY && wbmma::Traits<TO>::F32), "pairs: linear, float32 results");
     constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 dk, dv times kmul, vmul; k.dk 2^e_k
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: Q, K, V, dO at (4 s + 0, 1, 2, 3) TILE
-    T* sS = stages + STAGES * 4 * TILE;
-    float* red = reinterpret_cast<float*>(sS + TILE);
-    Trailer* tr = reinterpret_cast<Trailer*>(sS + TILE);
+    T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: Q, K, V, dO at (4 s + 0, 1, 2, 3) NP TILE
+    T* sS = stages + STAGES * 4 * NP * TILE;
+    float* red = reinterpret_cast<float*>(sS + NP * TILE);
+    Trailer* tr = reinterpret_cast<Trailer*>(sS + NP * TILE);
     const int s = blockIdx.x, n = blockIdx.y, w = threadIdx.x >> 5;
     const int t0 = seg_t0[s], t1 = seg_t1[s];
     const long long nT = (long long)n * T_, E = (long long)dk * dv;
@@ -449,41 +541,45 @@ __global__ void __launch_bounds__(128, LOWREG ? 3 : 1) tg_bwd_dkdv(const T* __re
     const float rkmul = tg::xmul<T, TO>(xexp, 1);
     const int nch = (t1 - t0 + C - 1) / C;
     auto start = [&](int i) { return t0 + C * (nch - 1 - i); };    // chunk i of the (backward) walk
+    const long long lok = (long long)gridDim.y * T_ * dk, lov = (long long)gridDim.y * T_ * dv;   // NP 2: lo parts
     auto issue = [&](int i, int st) {
-        T* sQ = stages + st * 4 * TILE;
+        T* sQ = stages + st * 4 * NP * TILE;
         const int cs = start(i), nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
-        wbgmma::load_tile<T, C, THREADS>(sQ, q + row0 * dk, dk, nrow, 0, dk);
-        wbgmma::load_tile<T, C, THREADS>(sQ + TILE, k + row0 * dk, dk, nrow, 0, dk);
-        wbgmma::load_tile<T, C, THREADS>(sQ + 2 * TILE, v + row0 * dv, dv, nrow, 0, dv);
-        wbgmma::load_tile<T, C, THREADS>(sQ + 3 * TILE, dout + row0 * dv, dv, nrow, 0, dv);
+#pragma unroll
+        for (int p = 0; p < NP; ++p) {
+            wbgmma::load_tile<T, C, THREADS>(sQ + p * TILE, q + p * lok + row0 * dk, dk, nrow, 0, dk);
+            wbgmma::load_tile<T, C, THREADS>(sQ + (NP + p) * TILE, k + p * lok + row0 * dk, dk, nrow, 0, dk);
+            wbgmma::load_tile<T, C, THREADS>(sQ + (2 * NP + p) * TILE, v + p * lov + row0 * dv, dv, nrow, 0, dv);
+            wbgmma::load_tile<T, C, THREADS>(sQ + (3 * NP + p) * TILE, dout + p * lov + row0 * dv, dv, nrow, 0, dv);
+        }
     };
     auto grows = [&](int i) { return grows_at(g, g_kind, nT + start(i), min(C, t1 - start(i))); };
-    tg::Pipe<STAGES, DECAY> pipe(nch, tr, issue, grows);
+    tg::Pipe<STAGES, DECAY, NP> pipe(nch, tr, issue, grows);
     for (int i = 0; i < nch; ++i) {
         const int cs = start(i), nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
-        const T* sQ = stages + (i % STAGES) * 4 * TILE;
-        const T* sK = sQ + TILE;
-        const T* sV = sK + TILE;
-        const T* sO = sV + TILE;
+        const T* sQ = stages + (i % STAGES) * 4 * NP * TILE;
+        const T* sK = sQ + NP * TILE;
+        const T* sV = sK + NP * TILE;
+        const T* sO = sV + NP * TILE;
         const float sigma = pipe.top(i, nch, tr, issue, grows, dS, sS, red);
         auto inter = [&](int r) { return sigma * (DECAY ? tr->u[r] : 1.f); };
         float gv[1][8][4], gk[1][8][4], S[1][8][4];
-        wbmma::AFrags<T, 8> P;
+        wbmma::AFrags<T, 8> P, Pl;
         tg::fence_accs(gv, S);
         wbgmma::fence();
-        wbgmma::gemm64_ss<T, false, true>(gv[0], sK, sS, false);       // dv = K dS
-        wbgmma::gemm64_ss<T, false, false>(S[0], sK, sQ, false);       // S1 = K Q^T
+        tg::gemm_ss<T, NP, false, true>(gv[0], sK, sS, false);        // dv = K dS
+        tg::gemm_ss<T, NP, false, false>(S[0], sK, sQ, false);        // S1 = K Q^T
         wbgmma::commit();
         wbgmma::wait<0>();
         tg::fence_accs(gv, S);
         if constexpr (DECAY) scale_acc_rows(gv, 16 * w, inter);
         else scale_acc(gv, sigma);
-        intra_frags<T, false>(P, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
+        tg::p_frags<T, NP, false>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
         tg::fence_accs(gv, gk, S);
         wbgmma::fence();
-        wbgmma::gemm64_rs<T, true>(gv[0], P.f, sO);                   // dv += P1 dO
+        tg::gemm_rs<T, NP, true>(gv[0], P.f, Pl.f, sO);              // dv += P1 dO
         if constexpr (LOWREG) {                                 // dv done and stored before dk's products start
             wbgmma::commit();
             wbgmma::wait<0>();
@@ -493,8 +589,8 @@ __global__ void __launch_bounds__(128, LOWREG ? 3 : 1) tg_bwd_dkdv(const T* __re
             tg::fence_accs(gk, S);
             wbgmma::fence();
         }
-        wbgmma::gemm64_ss<T, false, false>(gk[0], sV, sS, false);      // dk = V dS^T
-        wbgmma::gemm64_ss<T, false, false>(S[0], sV, sO, false);       // S2 = V dO^T
+        tg::gemm_ss<T, NP, false, false>(gk[0], sV, sS, false);      // dk = V dS^T
+        tg::gemm_ss<T, NP, false, false>(S[0], sV, sO, false);        // S2 = V dO^T
         wbgmma::commit();
         wbgmma::wait<0>();
         tg::fence_accs(gv, gk, S);
@@ -504,15 +600,16 @@ __global__ void __launch_bounds__(128, LOWREG ? 3 : 1) tg_bwd_dkdv(const T* __re
         }
         if constexpr (DECAY) scale_acc_rows(gk, 16 * w, inter);
         else scale_acc(gk, sigma);
-        intra_frags<T, false>(P, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
-        unsigned qa[4][4];                                      // (weighed Q)^T's fragments: the warp's dk rows
+        tg::p_frags<T, NP, false>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
+        unsigned qa[4][4], qal[4][4];                           // (weighed Q)^T's fragments: the warp's dk rows
         const float e0 = DECAY ? weight_base(tr) : 1.f;         // e^b relative to the chunk's first row
         if constexpr (DECAY) scale_acc(dS, tr->e[C - 1] / e0);
-        tg::weighed_at<T>(qa, sQ, DECAY ? tr->e : nullptr, scale / e0);
+        if constexpr (NP == 2) tg::weighed_at_pairs<T>(qa, qal, sQ, scale);
+        else tg::weighed_at<T>(qa, sQ, DECAY ? tr->e : nullptr, scale / e0);
         tg::fence_accs(gk, dS);
         wbgmma::fence();
-        wbgmma::gemm64_rs<T, true>(gk[0], P.f, sQ);                   // dk += P2 Q
-        wbgmma::gemm64_rs<T, true>(dS[0], qa, sO);                    // dS += (weighed Q)^T dO
+        tg::gemm_rs<T, NP, true>(gk[0], P.f, Pl.f, sQ);              // dk += P2 Q
+        tg::gemm_rs<T, NP, true>(dS[0], qa, qal, sO);                 // dS += (weighed Q)^T dO
         wbgmma::commit();
         wbgmma::wait<0>();
         tg::fence_accs(gk, dS);

@@ -234,14 +234,14 @@ WG_DTYPES = ("float16", "bfloat16")
 WG_TILE_BYTES = C * 64 * 2
 
 
-def smem_wg_seg_state(stages: int) -> int:
-    return stages * 2 * WG_TILE_BYTES + 1024
+def smem_wg_seg_state(stages: int, np_: int = 1) -> int:
+    return stages * 2 * np_ * WG_TILE_BYTES + 1024
 
 
-def smem_wg_walk(tiles: int, stages: int, decay: bool) -> int:
-    """A chunked_wgmma.cu walker's: ``tiles`` tiles a stage, the state tile, 4 floats or (decay) the Trailer, and the
-    slack that aligns the tiles to 1024 bytes."""
-    return (tiles * stages + 1) * WG_TILE_BYTES + (TRAILER_BYTES if decay else 16) + 1024
+def smem_wg_walk(tiles: int, stages: int, decay: bool, np_: int = 1) -> int:
+    """A chunked_wgmma.cu walker's: ``tiles`` tiles a stage, the state tile (each np_ tiles: hi + lo pairs), 4 floats or
+    (decay) the Trailer, and the slack that aligns the tiles to 1024 bytes."""
+    return (tiles * stages + 1) * np_ * WG_TILE_BYTES + (TRAILER_BYTES if decay else 16) + 1024
 
 
 def wg_kernel(modes: tuple, dkdv: str, dtype: str, decay: bool, ok_dims: bool = True) -> bool:
@@ -264,40 +264,58 @@ def _b(x: bool) -> str:
 # causal, head dims <= 64, the "dqrev_wgb" mode's kernels, a compute capability 9.0 device (``xscale_refusal``).
 XS_STORAGE = "float16"
 XS_MODE = "dqrev_wgb"
+# xscale 2 (the exact storage, cupy:chunked_mma_wgp): each operand a float16 hi + lo pair (_xscale.to_half's parts 2),
+# every product three (tg::gemm_ss / gemm_rs NP = 2), the walkers at one load stage (a stage's pairs take twice the
+# tiles: one stage keeps two blocks per SM), the forward's segment sums on tg_seg_state's pairs
+XS_PAIR_STAGES = 1
+XS_PAIR_SEG_STAGES = 2
+XS_GROUPS = {1: "xscale", 2: "xpair"}                   # xscale -> its kernels' compile group (WG_GROUPS)
 
 
-def _to(out: Optional[str]) -> str:
-    """A walker's trailing template argument TO: none (the storage type) or float (xscale)."""
-    return "" if out is None else f", {CTYPE[out]}"
+def _to(out: Optional[str], np_: int = 1) -> str:
+    """A walker's trailing template arguments TO, NP: none (the storage type, one part), float (xscale) and 2
+    (pairs)."""
+    return ("" if out is None else f", {CTYPE[out]}") + (f", {np_}" if np_ != 1 else "")
 
 
 @functools.lru_cache(maxsize=None)
-def _wg_seg_state(dtype: str, stages: Optional[int] = None) -> Launchable:
+def _wg_seg_state(dtype: str, stages: Optional[int] = None, np_: int = 1) -> Launchable:
     stages = WG_SEG_STAGES if stages is None else stages
-    return Launchable(f"tg_seg_state<{CTYPE[dtype]}, {stages}>", smem_wg_seg_state(stages))
+    return Launchable(f"tg_seg_state<{CTYPE[dtype]}, {stages}{f', {np_}' if np_ != 1 else ''}>",
+                      smem_wg_seg_state(stages, np_))
 
 
 @functools.lru_cache(maxsize=None)
-def _wg_dq(dtype: str, esum: bool, decay: bool = False, stages: Optional[int] = None, out: Optional[str] = None) -> Launchable:
-    """out: the results' type where it is not the storage type (xscale: "float32")."""
+def _wg_dq(dtype: str, esum: bool, decay: bool = False, stages: Optional[int] = None, out: Optional[str] = None,
+           np_: int = 1) -> Launchable:
+    """out: the results' type where it is not the storage type (xscale: "float32"); np_ 2: hi + lo operands."""
     stages = WG_DQ_STAGES if stages is None else stages
-    return Launchable(f"tg_bwd_dq<{CTYPE[dtype]}, {stages}, {_b(esum)}, {_b(decay)}{_to(out)}>",
-                      smem_wg_walk(4, stages, decay))
+    return Launchable(f"tg_bwd_dq<{CTYPE[dtype]}, {stages}, {_b(esum)}, {_b(decay)}{_to(out, np_)}>",
+                      smem_wg_walk(4, stages, decay, np_))
 
 
 @functools.lru_cache(maxsize=None)
 def _wg_dkdv(dtype: str, decay: bool = False, stages: Optional[int] = None, lowreg: Optional[bool] = None,
-             out: Optional[str] = None) -> Launchable:
+             out: Optional[str] = None, np_: int = 1) -> Launchable:
     stages = WG_DKDV_STAGES if stages is None else stages
     lowreg = WG_DKDV_LOWREG if lowreg is None else lowreg
-    return Launchable(f"tg_bwd_dkdv<{CTYPE[dtype]}, {stages}, {_b(lowreg)}, {_b(decay)}{_to(out)}>",
-                      smem_wg_walk(4, stages, decay))
+    return Launchable(f"tg_bwd_dkdv<{CTYPE[dtype]}, {stages}, {_b(lowreg)}, {_b(decay)}{_to(out, np_)}>",
+                      smem_wg_walk(4, stages, decay, np_))
 
 
 @functools.lru_cache(maxsize=None)
-def _wg_fwd(dtype: str, decay: bool = False, stages: Optional[int] = None, out: Optional[str] = None) -> Launchable:
+def _wg_fwd(dtype: str, decay: bool = False, stages: Optional[int] = None, out: Optional[str] = None,
+            np_: int = 1) -> Launchable:
     stages = WG_FWD_STAGES if stages is None else stages
-    return Launchable(f"tg_fwd<{CTYPE[dtype]}, {stages}, {_b(decay)}{_to(out)}>", smem_wg_walk(3, stages, decay))
+    return Launchable(f"tg_fwd<{CTYPE[dtype]}, {stages}, {_b(decay)}{_to(out, np_)}>",
+                      smem_wg_walk(3, stages, decay, np_))
+
+
+def _wg_walkers(parts: int) -> dict:
+    """The keywords of _wg_fwd, _wg_dq, _wg_dkdv (and _wg_seg_state's stages, np_) for an xscale of ``parts`` (0: none)."""
+    if parts == 2:
+        return dict(out="float32", np_=2, stages=XS_PAIR_STAGES)
+    return dict(out="float32") if parts == 1 else {}
 
 
 @functools.lru_cache(maxsize=None)
@@ -365,6 +383,10 @@ WG_GROUPS = {dt: tuple([_wg_seg_state(dt, s).expr for s in WG_STAGE_CHOICES]    
 WG_GROUPS["xscale"] = tuple([_wg_fwd(XS_STORAGE, d, out="float32").expr for d in (False, True)]     # the defaults'
                             + [_wg_dq(XS_STORAGE, e, d, out="float32").expr for e in (False, True) for d in (False, True)]
                             + [_wg_dkdv(XS_STORAGE, d, out="float32").expr for d in (False, True)])
+WG_GROUPS["xpair"] = tuple([_wg_fwd(XS_STORAGE, **_wg_walkers(2)).expr]                             # linear only
+                           + [_wg_dq(XS_STORAGE, e, **_wg_walkers(2)).expr for e in (False, True)]
+                           + [_wg_dkdv(XS_STORAGE, **_wg_walkers(2)).expr,
+                              _wg_seg_state(XS_STORAGE, XS_PAIR_SEG_STAGES, 2).expr])
 INSTANTIATIONS = list(dict.fromkeys((SOURCE, e) for grp in list(GROUPS.values()) + [COMMON] for e in grp))
 INSTANTIATIONS += [(WG_SOURCE, e) for grp in WG_GROUPS.values() for e in grp]
 INSTANTIATIONS += _xscale.INSTANTIATIONS
@@ -387,14 +409,16 @@ def _wg_kern(group: str, expr: str):
     return get_kernel(WG_SOURCE, expr, group=WG_GROUPS[group])
 
 
-def _wg_prepared(dt: str, k: Launchable, grid, xscale: bool = False):
-    """A chunked_wgmma.cu kernel's launch at ``grid`` (as ``_prepared`` for chunked_mma.cu's); xscale: of the
-    float32-result instantiations."""
-    return Prepared(_wg_kern("xscale" if xscale else dt, k.expr), grid, (k.threads,), k.smem)
+def _wg_prepared(dt: str, k: Launchable, grid, xscale: int = 0):
+    """A chunked_wgmma.cu kernel's launch at ``grid`` (as ``_prepared`` for chunked_mma.cu's); xscale 1 / 2: of the
+    float32-result instantiations (XS_GROUPS)."""
+    return Prepared(_wg_kern(XS_GROUPS[xscale] if xscale else dt, k.expr), grid, (k.threads,), k.smem)
 
 
-def xscale_refusal(dk: int, dv: int, causal: bool) -> Optional[str]:
-    """Why a call cannot run as xscale (every walker a chunked_wgmma.cu one), or None."""
+def xscale_refusal(dk: int, dv: int, causal: bool, decay: bool = False, parts: int = 1) -> Optional[str]:
+    """Why a call cannot run as xscale of ``parts`` (every walker a chunked_wgmma.cu one), or None."""
+    if parts == 2 and decay:
+        return "log decays (the pairs walkers are linear attention's)"
     if not causal:
         return "causal=False (the warpgroup-MMA walkers are causal)"
     if max(dk, dv) > 64:
@@ -519,11 +543,14 @@ class _CorePlan:
                  xscale=False):
         N, T, dk = lead_size(shape, 2), shape[-2], shape[-1]
         self.N, self.T, self.dk, self.dv, self.dt, self.split, self.stages = N, T, dk, dv, dt, split, stages
-        self.xscale = xscale                                    # float32 results of float16 operands (XS_STORAGE)
+        xscale = int(xscale)                                    # 1: float16 operands, 2: hi + lo pairs
+        self.xscale = xscale                                    # (float32 results of XS_STORAGE operands)
         self.out_dtype = np.dtype(np.float32) if xscale else None     # None: the operands' dtype
-        if xscale and (dt != XS_STORAGE or dkdv != XS_MODE or xscale_refusal(dk, dv, causal)):
+        refusal = xscale_refusal(dk, dv, causal, g_name is not None, xscale) if xscale else None
+        if xscale and (dt != XS_STORAGE or dkdv != XS_MODE or refusal):
             raise ValueError(f"xscale calls take {XS_STORAGE} operands in mode {XS_MODE!r} and need "
-                             f"{xscale_refusal(dk, dv, causal) or 'those'}")
+                             f"{refusal or 'those'}")
+        wgk = _wg_walkers(xscale)                               # the walkers' instantiation keywords
         self.causal, self.has_S0 = causal, has_S0
         self.dkp, self.dvp = pad_dim(dk), pad_dim(dv)
         self.ntk, self.ntv = -(-dk // BV), -(-dv // BV)
@@ -548,7 +575,9 @@ class _CorePlan:
         grid = (tab.nseg * self.ntv, N)
         self.seg_state = self.seg_scan = None
         if not (causal and tab.single):
-            if wg_kernel(WG_SEG_MODES, dkdv, dt, self.decay, self.dkp == 64):
+            if xscale == 2:                                     # pairs: the segment sums of tg_seg_state's pairs
+                self.seg_state = _wg_prepared(dt, _wg_seg_state(dt, XS_PAIR_SEG_STAGES, 2), grid, xscale)
+            elif wg_kernel(WG_SEG_MODES, dkdv, dt, self.decay, self.dkp == 64):
                 self.seg_state = _wg_prepared(dt, _wg_seg_state(dt), grid)
             else:
                 seg = _seg_state(dt, split, stages, self.dkp, False, self.decay)
@@ -559,7 +588,7 @@ class _CorePlan:
         self.fold = folded(self.dkp, self.dvp, dkdv, causal)
         self.fwd_wg = causal and not self.fold and wg_kernel(WG_FWD_MODES, dkdv, dt, self.decay, self.dkp == 64)
         if self.fwd_wg:      # (its launch takes the exponents of xscale calls after tc_fwd's arguments)
-            self.fwd = _wg_prepared(dt, _wg_fwd(dt, self.decay, out="float32" if xscale else None), grid, xscale)
+            self.fwd = _wg_prepared(dt, _wg_fwd(dt, self.decay, **wgk), grid, xscale)
         else:
             self.fwd = _prepared(dt, split, stages, _fwd(dt, split, stages, self.dkp, store=self.fold), grid)
         self.fold_args = (_ptr(None),) * 3                      # tc_fwd's Hst, Hsig, seg_c0 without STORE
@@ -644,7 +673,7 @@ class _BackwardPlan:
 
     def __init__(self, cp_: _CorePlan, dkdv: str, want_dg: bool, dg_name: str):
         dt, split, stages, tab, N = cp_.dt, cp_.split, cp_.stages, cp_.table, cp_.N
-        out = "float32" if cp_.xscale else None                 # the walkers' results' type, where not dt
+        wgk = _wg_walkers(cp_.xscale)                           # the walkers' instantiation keywords
         i32 = np.int32
         self.rseg = self.rscan = None
         # the REV segment sums from tc_bwd_dq (ESUM): causal, several segments, the dq walker run (not folded)
@@ -660,14 +689,14 @@ class _BackwardPlan:
         if cp_.fold:
             self.dq = None
         elif self.dq_wg:
-            self.dq = _wg_prepared(dt, _wg_dq(dt, self.esum, cp_.decay, out=out), (tab.nseg * cp_.ntk, N), cp_.xscale)
+            self.dq = _wg_prepared(dt, _wg_dq(dt, self.esum, cp_.decay, **wgk), (tab.nseg * cp_.ntk, N), cp_.xscale)
         else:
             self.dq = _prepared(dt, split, stages, _dq(dt, split, stages, cp_.dvp, self.esum), (tab.nseg * cp_.ntk, N))
         launches = dkdv_launches(cp_.dkp, cp_.dvp, dkdv, cp_.causal)
         # the chunked_wgmma.cu walkers' launches take the exponents of xscale calls after tc_*'s arguments
         self.dkdv_wg = launches == ((0, 0),) and cp_.causal and wg_kernel(WG_DKDV_MODES, dkdv, dt, cp_.decay)
         if self.dkdv_wg:
-            self.dkdv = (_wg_prepared(dt, _wg_dkdv(dt, cp_.decay, out=out), (tab.nseg, N), cp_.xscale),)
+            self.dkdv = (_wg_prepared(dt, _wg_dkdv(dt, cp_.decay, **wgk), (tab.nseg, N), cp_.xscale),)
         else:
             self.dkdv = tuple(_prepared(dt, split, stages, _dkdv(dt, split, stages, cp_.dkp, cp_.dvp, which, layout),
                                         (tab.nseg * (cp_.ntk if which == 1 else cp_.ntv if which == 2 else 1), N))
@@ -827,7 +856,8 @@ class CoreRun:
     (those calls take the general path).  ``forward(q, k, v, g)`` -> (o, ctx) and ``backward(ctx, do)`` -> the
     first ``n_grads`` of (dq, dk, dv, dg): the arrays as ``forward`` takes them (C-contiguous, q's dtype; g
     float32 or float16), do C-contiguous in q's dtype.  ctx: (q, k, v, g, Hstart, gam, final, states,
-    state_args, xexp), no CoreContext built.  xscale: float32 q, k, v and do run as float16 (``forward``'s xscale)."""
+    state_args, xexp), no CoreContext built.  xscale: float32 q, k, v and do run as float16 (1) or hi + lo pairs (2)
+    (``forward``'s xscale)."""
     __slots__ = ("P", "scale32", "dkdv", "want_dg", "dg_dtype", "dg_name", "n_grads", "B", "xscale")
 
     def __init__(self, dt: str, shape, dv: int, g_dtype, *, scale, causal=True, split=1, stages=1, dkdv="fused",
@@ -842,13 +872,13 @@ class CoreRun:
         self.dkdv, self.want_dg, self.n_grads, self.B = dkdv, want_dg and g_name is not None, n_grads, None
         self.dg_dtype = (np.dtype(np.float32) if dg_dtype is None else np.dtype(dg_dtype)) if self.want_dg else None
         self.dg_name = dtype_name(self.dg_dtype) if self.want_dg else None
-        self.xscale = xscale
+        self.xscale = int(xscale)
 
     def forward(self, q, k, v, g=None):
         xexp = None
         if self.xscale:
             xexp = _xscale.exponents(self.P.N)
-            q, k, v = _xscale.to_half((q, k, v), xexp, "q")
+            q, k, v = _xscale.to_half((q, k, v), xexp, "q", self.xscale)
         o, Hstart, gam, final, states, state_args = self.P.run(q, k, v, g, None, self.scale32, xexp)
         return o, (q, k, v, g, Hstart, gam, final, states, state_args, xexp)
 
@@ -858,7 +888,7 @@ class CoreRun:
             B = self.B = self.P.backward_plan(self.dkdv, self.want_dg, self.dg_name)
         q, k, v, g, Hstart, gam, final, _, state_args, xexp = ctx
         if xexp is not None:
-            do, = _xscale.to_half((do,), xexp, "do")
+            do, = _xscale.to_half((do,), xexp, "do", self.xscale)
         return B.run(self.P, q, k, v, g, do, Hstart, gam, final, None, None, self.scale32, state_args,
                      self.dg_dtype, xexp)[:self.n_grads]
 
@@ -869,7 +899,8 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     product); g: (..., T) float32, float16 or None; S0: (N, nseq, dk, dv)
     float32 or None; cu: sequence offsets (tuple) or None; stages: 1 or 2 (STAGES), also for the backward;
     dkdv: the backward's dk/dv walkers at head dims (64, 64) (DKDV_MODES).  xscale: float32 q, k, v (C-contiguous)
-    run as float16 under a power-of-two scale per leading index (kernels/cupy/_xscale.py) on the XS_MODE walkers
+    run as float16 (1: TF32-class) or float16 hi + lo pairs (2: float32-class, linear only) under a power-of-two scale
+    per leading index (kernels/cupy/_xscale.py) on the XS_MODE walkers
     (``xscale_refusal`` says which calls can), results in float32; ctx.final and ctx.S0 stay in the walkers' units
     (the returned final state is ``final_state(ctx)``)."""
     xexp = None
@@ -877,7 +908,7 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
         if dtype_name(q.dtype) != "float32":
             raise ValueError(f"xscale takes float32 q, k, v (got {dtype_name(q.dtype)})")
         xexp = _xscale.exponents(lead_size(q.shape, 2))
-        q, k, v = _xscale.to_half((q, k, v), xexp, "q")
+        q, k, v = _xscale.to_half((q, k, v), xexp, "q", int(xscale))
         S0 = _xscale.ldexp(S0, xexp, minus=("k", "v"))
     dt = dtype_name(q.dtype)
     split = _check_modes(dt, split, stages, dkdv)
@@ -908,7 +939,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dg_dtype=None):
     if want_dg:
         dg_dtype = np.dtype(np.float32) if dg_dtype is None else dg_dtype
     if xexp is not None:                         # do and dST into the walkers' units
-        do, = _xscale.to_half((as_contiguous(do, np.float32),), xexp, "do")
+        do, = _xscale.to_half((as_contiguous(do, np.float32),), xexp, "do", P.xscale)
         dST = _xscale.ldexp(dST, xexp, minus=("q", "do"))
     B = P.backward_plan(ctx.dkdv, want_dg, dtype_name(dg_dtype) if want_dg else None)
     dq, dk, dv, dg, dS0 = B.run(P, q, ctx.k, ctx.v, g, do, ctx.Hstart, ctx.gam, ctx.final, ctx.S0, dST, ctx.scale32,

@@ -166,6 +166,7 @@ def _mma_forward(split, stages, q, k, v, causal=True, feature_map="identity", no
         Q = as_dtype(_phi(as_dtype(q, cp.float32), feature_map), dt)
         K = as_dtype(_phi(as_dtype(k, cp.float32), feature_map), dt)
     Va = cp.concatenate([as_dtype(v, dt), cp.ones(v.shape[:-1] + (1,), dt)], axis=-1) if normalize else v
+    split, dkdv, xscale = _pairs_or_fallback(split, dkdv, xscale, Q.shape[-1], Va.shape[-1], causal)
     S0 = None if initial_state is None else _state_to_core(initial_state, normalize)
     num, cctx = mma.forward(Q, K, Va, None, scale=scale, causal=causal, split=split, S0=S0,
                             want_final=return_state, cu=cu_seqlens, stages=stages, dkdv=dkdv, xscale=xscale)
@@ -203,6 +204,19 @@ def _mma_backward(ctx: _MMAContext, do, dfinal=None):
     return grads + ((_state_from_core(dS0, ctx.normalize),) if ctx.has_initial else ())
 
 
+# cupy:chunked_mma_wgp: float32 as float16 hi + lo pairs on the warpgroup-MMA walkers (xscale 2) where the call
+# qualifies (causal, head dims <= 64 -- the normaliser's column included --, compute capability 9.0), else the float32
+# default's kernels (3xTF32, dk/dv mode PAIRS_FALLBACK): float32 accuracy either way
+PAIRS_FALLBACK = "dqrev"
+
+
+def _pairs_or_fallback(split, dkdv, xscale, dk, dv, causal) -> tuple:
+    """(split, dkdv, xscale) a call runs: pairs (xscale 2) fall back to 3xTF32 where mma.xscale_refusal says so."""
+    if xscale == 2 and mma.xscale_refusal(dk, dv, causal, False, 2):
+        return 3, PAIRS_FALLBACK, 0
+    return split, dkdv, xscale
+
+
 def _mma_prepare(split, stages, options, shapes, dtype, dkdv="fused", xscale=False):
     """registry.Variant.prepare: _mma_forward / _mma_backward for one call signature where they hand the core's
     results on as they are (identity feature map, no normalize): a _chunked_mma.CoreRun (plan and scale resolved
@@ -210,6 +224,8 @@ def _mma_prepare(split, stages, options, shapes, dtype, dkdv="fused", xscale=Fal
     if not options.keys() <= {"causal", "feature_map", "normalize", "scale", "eps", "cu_seqlens"} or \
             options.get("feature_map", "identity") != "identity" or options.get("normalize", False):
         return None
+    split, dkdv, xscale = _pairs_or_fallback(split, dkdv, xscale, shapes[0][-1], shapes[2][-1],
+                                             options.get("causal", True))
     run = mma.CoreRun(dtype_name(dtype), shapes[0], shapes[2][-1], None, scale=options.get("scale", 1.0),
                       causal=options.get("causal", True), split=split, stages=stages, dkdv=dkdv,
                       cu=options.get("cu_seqlens"), n_grads=3, xscale=xscale)
@@ -271,3 +287,11 @@ register(Variant("linear", "cupy", "chunked_mma_wgx",
                              "rounded to float16 under a power-of-two scale per leading index (TF32's 11 significant "
                              "bits), float32 accumulation and results; causal, head dims <= 64, compute capability "
                              "9.0 (opt-in, tf32 tolerance)"))
+register(Variant("linear", "cupy", "chunked_mma_wgp",
+                 functools.partial(_mma_forward, 1, 1, dkdv=mma.XS_MODE, xscale=2), _mma_backward,
+                 leading_dims=True, prepare=functools.partial(_mma_prepare, 1, 1, dkdv=mma.XS_MODE, xscale=2),
+                 dtypes=("float32",), array_kind="cupy", gpu=True, supports=_supports_mma,
+                 features=frozenset({"state", "packed"}), form="linear", tol={"float32": 5e-5},
+                 description="float32 on the float16 warpgroup-MMA walkers as hi + lo pairs (three products each: "
+                             "float32 accuracy) under a power-of-two scale per leading index; causal, head dims <= 64, "
+                             "compute capability 9.0, else cupy:chunked_mma_dqr's kernels (3xTF32)"))

@@ -63,7 +63,7 @@ def test_featured_gpu_variants_match_the_reference(op, key, features, T, Dk, Dv)
                 n_gates, ldr = kw.pop("n_gates", 2), kw.pop("log_decay_range", None)
                 if kw.get("normalize") and T < 2:
                     continue
-                if v.unsupported_reason(kw, {"q": (2, T, Dk), "v": (2, T, Dv)}):
+                if v.unsupported_reason(dict(kw, causal=causal), {"q": (2, T, Dk), "v": (2, T, Dv)}):
                     continue
                 res = check.compare(v.op, v.key, (2,), T, Dk, Dv, dtype, options=kw, n_gates=n_gates,
                                     log_decay_range=ldr, causal=causal, **flags)

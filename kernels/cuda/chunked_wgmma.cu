@@ -62,13 +62,68 @@ __device__ __forceinline__ void gemm_rs(float (&d)[8][4], const unsigned (&ah)[4
         wbgmma::gemm64_rs<T, TB>(d, al, b);
     }
 }
+
+// The walkers' operand element type: T, or float where NP = 2 (the caller's float32, split into hi + lo tiles as the
+// tiles land: load_tile_pair)
+template <typename T, int NP> struct In { using type = T; };
+template <typename T> struct In<T, 2> { using type = float; };
+
+// rows [0, R) x columns [col0, col0 + 64) of a float32 row-major matrix g (row stride ldg), times mul -> the swizzled
+// hi tile at `tile` and its residuals' lo tile at tile + TILE (zeros past nrows rows and past ncols columns): plain
+// loads (16 bytes where g's rows allow) and stores, published by the caller's async-proxy fence and barrier
+template <typename T, int R, int NTH>
+__device__ __forceinline__ void load_tile_pair(T* tile, const float* __restrict__ g, long long ldg, int nrows, int col0,
+                                               int ncols, float mul) {
+    static_assert((R * 8) % NTH == 0, "whole passes");
+    unsigned char* b = reinterpret_cast<unsigned char*>(tile);
+    const bool vec = (ldg % 4) == 0 && (col0 % 4) == 0 && (((unsigned long long)g) & 15ull) == 0;
+#pragma unroll
+    for (int pass = 0; pass < R * 8 / NTH; ++pass) {
+        const int idx = pass * NTH + threadIdx.x, r = idx >> 3, c = idx & 7;
+        const int left = r < nrows ? ncols - (col0 + 8 * c) : 0;
+        const float* src = g + r * ldg + col0 + 8 * c;
+        float x[8];
+        if (vec && left >= 8) {
+            const float4 a = *reinterpret_cast<const float4*>(src), z = *reinterpret_cast<const float4*>(src + 4);
+            x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w, x[4] = z.x, x[5] = z.y, x[6] = z.z, x[7] = z.w;
+        } else {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) x[e] = e < left ? src[e] : 0.f;
+        }
+        unsigned hi[4], lo[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float x0 = x[2 * e] * mul, x1 = x[2 * e + 1] * mul;
+            hi[e] = pack2<T>(x0, x1);
+            lo[e] = pack2<T>(residual<T>(x0), residual<T>(x1));
+        }
+        *reinterpret_cast<uint4*>(b + wbgmma::sw128(r, c)) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+        *reinterpret_cast<uint4*>(b + 2 * TILE + wbgmma::sw128(r, c)) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+    }
+}
+
+// One operand's tile pair (NP = 2) or tile (cp.async, NP = 1) of chunk rows [0, nrows) at g, columns col0 ..; mul: the
+// pair's 2^-e (its slice's exponent, xscale.cu)
+template <typename T, int NP, int R, int NTH, typename TI>
+__device__ __forceinline__ void load_operand(T* tile, const TI* __restrict__ g, long long ldg, int nrows, int col0,
+                                             int ncols, float mul) {
+    if constexpr (NP == 2) load_tile_pair<T, R, NTH>(tile, g, ldg, nrows, col0, ncols, mul);
+    else wbgmma::load_tile<T, R, NTH>(tile, g, ldg, nrows, col0, ncols);
+}
+
+// 2^-e of operand i's slice (NP = 2: the pairs' scale; 1 otherwise)
+template <int NP>
+__device__ __forceinline__ float xinv(const int* __restrict__ xexp, int i) {
+    if constexpr (NP == 2) return ldexpf(1.f, -xexp[i * gridDim.y + blockIdx.y]);
+    else return 1.f;
+}
 }  // namespace tg
 
 template <typename T, int STAGES, int NP = 1>
-__global__ void __launch_bounds__(128) tg_seg_state(const T* __restrict__ x, const T* __restrict__ y,
-        const void* __restrict__ g, float* __restrict__ Eout, float* __restrict__ gam,
-        const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, int T_, int dx, int dy, int NSEG,
-        float wscale, int g_kind) {
+__global__ void __launch_bounds__(128) tg_seg_state(const typename tg::In<T, NP>::type* __restrict__ x,
+        const typename tg::In<T, NP>::type* __restrict__ y, const void* __restrict__ g, float* __restrict__ Eout,
+        float* __restrict__ gam, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, int T_, int dx,
+        int dy, int NSEG, float wscale, int g_kind, const int* __restrict__ xexp) {
     using namespace tc;
     static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3), "16-bit tiles, two or three stages");
     static_assert(NP == 1 || NP == 2, "one part, or hi + lo pairs");
@@ -81,16 +136,13 @@ __global__ void __launch_bounds__(128) tg_seg_state(const T* __restrict__ x, con
     const int t0 = seg_t0[s], t1 = seg_t1[s];
     const long long nT = (long long)n * T_;
     const int nch = (t1 - t0 + C - 1) / C;
-    const long long lox = (long long)gridDim.y * T_ * dx, loy = (long long)gridDim.y * T_ * dy;   // NP 2: lo parts
+    const float mx = tg::xinv<NP>(xexp, 1), my = tg::xinv<NP>(xexp, 2);     // NP 2: x = k, y = v
     auto issue = [&](int j) {
         T* sX = stages + (j % STAGES) * 2 * NP * TILE;
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
-#pragma unroll
-        for (int p = 0; p < NP; ++p) {
-            wbgmma::load_tile<T, C, THREADS>(sX + p * TILE, x + p * lox + row0 * dx, dx, nrow, 0, dx);
-            wbgmma::load_tile<T, C, THREADS>(sX + (NP + p) * TILE, y + p * loy + row0 * dy, dy, nrow, c0, dy);
-        }
+        tg::load_operand<T, NP, C, THREADS>(sX, x + row0 * dx, dx, nrow, 0, dx, mx);
+        tg::load_operand<T, NP, C, THREADS>(sX + NP * TILE, y + row0 * dy, dy, nrow, c0, dy, my);
     };
     float Es[1][8][4];
     zero(Es);
@@ -306,8 +358,9 @@ __device__ __forceinline__ float xmul(const int* __restrict__ xexp, I... idx) {
 }  // namespace tg
 
 template <typename T, int STAGES, bool DECAY, typename TO = T, int NP = 1>
-__global__ void __launch_bounds__(128, NP == 2 ? 2 : 1) tg_fwd(const T* __restrict__ q, const T* __restrict__ k,
-        const T* __restrict__ v, const void* __restrict__ g, TO* __restrict__ o, const float* __restrict__ Hin,
+__global__ void __launch_bounds__(128, NP == 2 ? 2 : 1) tg_fwd(const typename tg::In<T, NP>::type* __restrict__ q,
+        const typename tg::In<T, NP>::type* __restrict__ k, const typename tg::In<T, NP>::type* __restrict__ v,
+        const void* __restrict__ g, TO* __restrict__ o, const float* __restrict__ Hin,
         float* __restrict__ Hend, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1,
         const int* __restrict__ seg_seq, int T_, int dk, int dv, int NSEG, int nseq, float scale, int causal,
         int g_kind, T* __restrict__ Hst, float* __restrict__ Hsig, const int* __restrict__ seg_c0,
@@ -332,17 +385,14 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : 1) tg_fwd(const T* __restri
     state_load(H, Hin ? Hin + ((long long)n * NSEG + s) * E : nullptr, 16 * w, 0, c0, dk, dv);
     const float omul = tg::xmul<T, TO>(xexp, 0, 1, 2);
     const int nch = (t1 - t0 + C - 1) / C;
-    const long long lok = (long long)gridDim.y * T_ * dk, lov = (long long)gridDim.y * T_ * dv;   // NP 2: lo parts
+    const float mq = tg::xinv<NP>(xexp, 0), mk = tg::xinv<NP>(xexp, 1), mv = tg::xinv<NP>(xexp, 2);
     auto issue = [&](int j, int st) {
         T* sQ = stages + st * 3 * NP * TILE;
         const long long row0 = nT + t0 + C * j;
         const int nrow = min(C, t1 - (t0 + C * j));
-#pragma unroll
-        for (int p = 0; p < NP; ++p) {
-            wbgmma::load_tile<T, C, THREADS>(sQ + p * TILE, q + p * lok + row0 * dk, dk, nrow, 0, dk);
-            wbgmma::load_tile<T, C, THREADS>(sQ + (NP + p) * TILE, k + p * lok + row0 * dk, dk, nrow, 0, dk);
-            wbgmma::load_tile<T, C, THREADS>(sQ + (2 * NP + p) * TILE, v + p * lov + row0 * dv, dv, nrow, c0, dv);
-        }
+        tg::load_operand<T, NP, C, THREADS>(sQ, q + row0 * dk, dk, nrow, 0, dk, mq);
+        tg::load_operand<T, NP, C, THREADS>(sQ + NP * TILE, k + row0 * dk, dk, nrow, 0, dk, mk);
+        tg::load_operand<T, NP, C, THREADS>(sQ + 2 * NP * TILE, v + row0 * dv, dv, nrow, c0, dv, mv);
     };
     auto grows = [&](int j) { return grows_at(g, g_kind, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
     tg::Pipe<STAGES, DECAY, NP> pipe(nch, tr, issue, grows);
@@ -398,8 +448,10 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : 1) tg_fwd(const T* __restri
 // then dq's rows scaled by scale sigma (e^{b_t}), dP = the masked, scaled (decayed) dO V^T in registers; one batch of
 // dP K (four RS); DECAY and rq: the row dots q.dq.
 template <typename T, int STAGES, bool ESUM, bool DECAY, typename TO = T, int NP = 1>
-__global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_bwd_dq(const T* __restrict__ q, const T* __restrict__ k,
-        const T* __restrict__ v, const void* __restrict__ g, const T* __restrict__ dout, TO* __restrict__ dq,
+__global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_bwd_dq(
+        const typename tg::In<T, NP>::type* __restrict__ q, const typename tg::In<T, NP>::type* __restrict__ k,
+        const typename tg::In<T, NP>::type* __restrict__ v, const void* __restrict__ g,
+        const typename tg::In<T, NP>::type* __restrict__ dout, TO* __restrict__ dq,
         float* __restrict__ rq, const float* __restrict__ Hin, const int* __restrict__ seg_t0,
         const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, int T_, int dk, int dv, int NSEG,
         int nseq, float scale, int causal, int g_kind, float* __restrict__ Eout, const int* __restrict__ xexp) {
@@ -426,19 +478,17 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_b
     const float qmul = tg::xmul<T, TO>(xexp, 3, 2, 1), rqmul = tg::xmul<T, TO>(xexp, 0);
     tc::RevWeights rw;                                          // DECAY, ESUM: as tc_bwd_dq's
     const int nch = (t1 - t0 + C - 1) / C;
-    const long long lok = (long long)N * T_ * dk, lov = (long long)N * T_ * dv;     // NP 2: the lo parts
+    const float mq = tg::xinv<NP>(xexp, 0), mk = tg::xinv<NP>(xexp, 1), mv = tg::xinv<NP>(xexp, 2);
+    const float mo = tg::xinv<NP>(xexp, 3);
     auto issue = [&](int j, int st) {
         T* sO = stages + st * 4 * NP * TILE;
         const long long row0 = nT + t0 + C * j;
         const int nrow = min(C, t1 - (t0 + C * j));
-#pragma unroll
-        for (int p = 0; p < NP; ++p) {
-            wbgmma::load_tile<T, C, THREADS>(sO + p * TILE, dout + p * lov + row0 * dv, dv, nrow, 0, dv);
-            wbgmma::load_tile<T, C, THREADS>(sO + (NP + p) * TILE, v + p * lov + row0 * dv, dv, nrow, 0, dv);
-            wbgmma::load_tile<T, C, THREADS>(sO + (2 * NP + p) * TILE, k + p * lok + row0 * dk, dk, nrow, k0, dk);
-            if constexpr (ESUM || DECAY)
-                wbgmma::load_tile<T, C, THREADS>(sO + (3 * NP + p) * TILE, q + p * lok + row0 * dk, dk, nrow, k0, dk);
-        }
+        tg::load_operand<T, NP, C, THREADS>(sO, dout + row0 * dv, dv, nrow, 0, dv, mo);
+        tg::load_operand<T, NP, C, THREADS>(sO + NP * TILE, v + row0 * dv, dv, nrow, 0, dv, mv);
+        tg::load_operand<T, NP, C, THREADS>(sO + 2 * NP * TILE, k + row0 * dk, dk, nrow, k0, dk, mk);
+        if constexpr (ESUM || DECAY)
+            tg::load_operand<T, NP, C, THREADS>(sO + 3 * NP * TILE, q + row0 * dk, dk, nrow, k0, dk, mq);
     };
     auto grows = [&](int j) { return grows_at(g, g_kind, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
     tg::Pipe<STAGES, DECAY, NP> pipe(nch, tr, issue, grows);
@@ -514,8 +564,10 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_b
 // registers: 2 blocks per SM) with one wait fewer per chunk.  The dS update runs for every chunk (no branch inside a
 // batch; tc_bwd_dkdv skips the segment's first chunk when nothing wants dSstart).
 template <typename T, int STAGES, bool LOWREG, bool DECAY, typename TO = T, int NP = 1>
-__global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv(const T* __restrict__ q, const T* __restrict__ k,
-        const T* __restrict__ v, const void* __restrict__ g, const T* __restrict__ dout, TO* __restrict__ dkout,
+__global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv(
+        const typename tg::In<T, NP>::type* __restrict__ q, const typename tg::In<T, NP>::type* __restrict__ k,
+        const typename tg::In<T, NP>::type* __restrict__ v, const void* __restrict__ g,
+        const typename tg::In<T, NP>::type* __restrict__ dout, TO* __restrict__ dkout,
         TO* __restrict__ dvout, float* __restrict__ rk, const float* __restrict__ dSin, float* __restrict__ dSstart,
         const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, int T_,
         int dk, int dv, int NSEG, int nseq, float scale, int causal, int g_kind, T* __restrict__ dqout,
@@ -541,18 +593,16 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
     const float rkmul = tg::xmul<T, TO>(xexp, 1);
     const int nch = (t1 - t0 + C - 1) / C;
     auto start = [&](int i) { return t0 + C * (nch - 1 - i); };    // chunk i of the (backward) walk
-    const long long lok = (long long)gridDim.y * T_ * dk, lov = (long long)gridDim.y * T_ * dv;   // NP 2: lo parts
+    const float mq = tg::xinv<NP>(xexp, 0), mk = tg::xinv<NP>(xexp, 1), mv = tg::xinv<NP>(xexp, 2);
+    const float mo = tg::xinv<NP>(xexp, 3);
     auto issue = [&](int i, int st) {
         T* sQ = stages + st * 4 * NP * TILE;
         const int cs = start(i), nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
-#pragma unroll
-        for (int p = 0; p < NP; ++p) {
-            wbgmma::load_tile<T, C, THREADS>(sQ + p * TILE, q + p * lok + row0 * dk, dk, nrow, 0, dk);
-            wbgmma::load_tile<T, C, THREADS>(sQ + (NP + p) * TILE, k + p * lok + row0 * dk, dk, nrow, 0, dk);
-            wbgmma::load_tile<T, C, THREADS>(sQ + (2 * NP + p) * TILE, v + p * lov + row0 * dv, dv, nrow, 0, dv);
-            wbgmma::load_tile<T, C, THREADS>(sQ + (3 * NP + p) * TILE, dout + p * lov + row0 * dv, dv, nrow, 0, dv);
-        }
+        tg::load_operand<T, NP, C, THREADS>(sQ, q + row0 * dk, dk, nrow, 0, dk, mq);
+        tg::load_operand<T, NP, C, THREADS>(sQ + NP * TILE, k + row0 * dk, dk, nrow, 0, dk, mk);
+        tg::load_operand<T, NP, C, THREADS>(sQ + 2 * NP * TILE, v + row0 * dv, dv, nrow, 0, dv, mv);
+        tg::load_operand<T, NP, C, THREADS>(sQ + 3 * NP * TILE, dout + row0 * dv, dv, nrow, 0, dv, mo);
     };
     auto grows = [&](int i) { return grows_at(g, g_kind, nT + start(i), min(C, t1 - start(i))); };
     tg::Pipe<STAGES, DECAY, NP> pipe(nch, tr, issue, grows);

@@ -11,8 +11,9 @@
 //
 // So a call whose slices lie in the safe range (unit-scale data: the common case) reads each float32 element once;
 // the scaled slices read it twice.  Up to three tensors per launch (blockIdx.z); e is written as ex[z0 + z][n].
-// parts 2 (the exact "pairs" storage): each y is two planes of N per elements, hi = f16(x 2^-e) then the residual
-// lo = f16(x 2^-e - hi): hi + lo hold 22 significant bits of x.
+// parts 2: each y is two planes of N per elements, hi = f16(x 2^-e) then the residual lo = f16(x 2^-e - hi): hi + lo
+// hold 22 significant bits of x.  parts 0 (the exact "pairs" calls, whose walkers split float32 tiles themselves):
+// no y, the exponents alone (a read of x; xs_rescale converts nothing).
 #include "common.cuh"
 
 #define XS_THREADS 256
@@ -32,9 +33,9 @@ __device__ __forceinline__ long long pick(long long a, long long b, long long c)
 
 __device__ __forceinline__ float residual(float x) { return x - to_f32(from_f32<wb_half>(x)); }
 
-// y[i] = f16(x[i] * mul) over the slice (and, lo != nullptr, lo[i] = its residual), a float4 per step where the
-// slice allows it (per % 4 == 0; slices of 256-byte aligned arrays are then 16-byte aligned); returns the max |x|
-// bits over the elements this thread read
+// y[i] = f16(x[i] * mul) over the slice (y != nullptr; and, lo != nullptr, lo[i] = its residual), a float4 per step
+// where the slice allows it (per % 4 == 0; slices of 256-byte aligned arrays are then 16-byte aligned); returns the
+// max |x| bits over the elements this thread read
 __device__ __forceinline__ unsigned convert(const float* __restrict__ x, wb_half* __restrict__ y,
                                             wb_half* __restrict__ lo, long long per, float mul) {
     unsigned m = 0;
@@ -46,6 +47,7 @@ __device__ __forceinline__ unsigned convert(const float* __restrict__ x, wb_half
             const float4 a = x4[i];
             m = max(m, max(max(__float_as_uint(fabsf(a.x)), __float_as_uint(fabsf(a.y))),
                            max(__float_as_uint(fabsf(a.z)), __float_as_uint(fabsf(a.w)))));
+            if (!y) continue;
             const float4 s = make_float4(a.x * mul, a.y * mul, a.z * mul, a.w * mul);
             y4[i] = make_uint2(pack2<wb_half>(s.x, s.y), pack2<wb_half>(s.z, s.w));
             if (lo)
@@ -56,6 +58,7 @@ __device__ __forceinline__ unsigned convert(const float* __restrict__ x, wb_half
         for (long long i = (long long)blockIdx.x * XS_THREADS + threadIdx.x; i < per; i += stride) {
             const float a = x[i];
             m = max(m, __float_as_uint(fabsf(a)));
+            if (!y) continue;
             y[i] = from_f32<wb_half>(a * mul);
             if (lo) lo[i] = from_f32<wb_half>(residual(a * mul));
         }
@@ -70,9 +73,9 @@ extern "C" __global__ void __launch_bounds__(XS_THREADS) xs_to_half(const float*
         int parts) {
     __shared__ unsigned red[XS_THREADS / 32];
     const long long per = xs::pick(per0, per1, per2), off = (long long)blockIdx.y * per;
-    wb_half* y = xs::pick(y0, y1, y2);
-    unsigned m = xs::convert(xs::pick(x0, x1, x2) + off, y + off, parts == 2 ? y + gridDim.y * per + off : nullptr,
-                             per, 1.f);
+    wb_half* y = parts ? xs::pick(y0, y1, y2) : nullptr;
+    unsigned m = xs::convert(xs::pick(x0, x1, x2) + off, y ? y + off : nullptr,
+                             parts == 2 ? y + gridDim.y * per + off : nullptr, per, 1.f);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = m;
@@ -91,7 +94,7 @@ extern "C" __global__ void __launch_bounds__(XS_THREADS) xs_rescale(const float*
     const bool keep = a == 0.f || (a >= XS_SAFE_LO && a <= XS_SAFE_HI) || !(a <= 3.402823466e38f);
     const int e = keep ? 0 : max(ilogbf(a), -126);      // (2^126 stays a float)
     if (blockIdx.x == 0 && threadIdx.x == 0) ex[(z0 + blockIdx.z) * gridDim.y + blockIdx.y] = e;
-    if (keep) return;
+    if (keep || parts == 0) return;
     const long long per = xs::pick(per0, per1, per2), off = (long long)blockIdx.y * per;
     wb_half* y = xs::pick(y0, y1, y2);
     xs::convert(xs::pick(x0, x1, x2) + off, y + off, parts == 2 ? y + gridDim.y * per + off : nullptr, per,

@@ -264,9 +264,11 @@ def _b(x: bool) -> str:
 # causal, head dims <= 64, the "dqrev_wgb" mode's kernels, a compute capability 9.0 device (``xscale_refusal``).
 XS_STORAGE = "float16"
 XS_MODE = "dqrev_wgb"
-# xscale 2 (the exact storage, cupy:chunked_mma_wgp): each operand a float16 hi + lo pair (_xscale.to_half's parts 2),
-# every product three (tg::gemm_ss / gemm_rs NP = 2), the walkers at one load stage (a stage's pairs take twice the
-# tiles: one stage keeps two blocks per SM), the forward's segment sums on tg_seg_state's pairs
+# xscale 2 (float32 accuracy, cupy:chunked_mma_wgp): the walkers read the caller's float32 operands and split each
+# tile, times its slice's 2^-e (_xscale.to_half's parts 0: the exponents alone), into float16 hi + lo tiles as it
+# lands (tg::load_tile_pair); every product three (tg::gemm_ss / gemm_rs NP = 2); one load stage (a stage's pairs take
+# twice the tiles: one stage keeps two blocks per SM); the forward's segment sums on tg_seg_state's pairs
+XS_PARTS = {1: 1, 2: 0}                                 # xscale -> _xscale.to_half's parts
 XS_PAIR_STAGES = 1
 XS_PAIR_SEG_STAGES = 2
 XS_GROUPS = {1: "xscale", 2: "xpair"}                   # xscale -> its kernels' compile group (WG_GROUPS)
@@ -574,7 +576,9 @@ class _CorePlan:
         self.scan_args = (tab.seq_seg, i32(tab.nseg), i32(tab.nseq), np.int64(self.E))
         grid = (tab.nseg * self.ntv, N)
         self.seg_state = self.seg_scan = None
+        self.seg_wg = False
         if not (causal and tab.single):
+            self.seg_wg = True                                  # (its launch takes the exponents after tc's arguments)
             if xscale == 2:                                     # pairs: the segment sums of tg_seg_state's pairs
                 self.seg_state = _wg_prepared(dt, _wg_seg_state(dt, XS_PAIR_SEG_STAGES, 2), grid, xscale)
             elif wg_kernel(WG_SEG_MODES, dkdv, dt, self.decay, self.dkp == 64):
@@ -582,6 +586,7 @@ class _CorePlan:
             else:
                 seg = _seg_state(dt, split, stages, self.dkp, False, self.decay)
                 self.seg_state = _prepared(dt, split, stages, seg, grid)
+                self.seg_wg = False
             if causal or not tab.single:
                 self.seg_scan = Prepared(_common("tc_seg_scan<false>"), (-(-self.E // 256), tab.nseq, N), (256,))
         # dq folded into the dk/dv walk (DKDV_DQ): the forward writes the state before every chunk
@@ -640,7 +645,8 @@ class _CorePlan:
             at = self.saved_at
             Eseg = new_output(cp, self.seg_shape, cp.float32) if self.eseg_temp else saved[at["Eseg"]]
             gam = saved[at["gam"]] if self.decay else None
-            self.seg_state((k, v, g, Eseg, gam) + self.segs + self.seg_args + (_ONE32, self.g_kind))
+            self.seg_state((k, v, g, Eseg, gam) + self.segs + self.seg_args
+                           + ((_ONE32, self.g_kind, xexp) if self.seg_wg else (_ONE32, self.g_kind)))
             if self.seg_scan is None:
                 final = Eseg                                 # one segment per sequence: its sum is the total
             else:
@@ -878,7 +884,7 @@ class CoreRun:
         xexp = None
         if self.xscale:
             xexp = _xscale.exponents(self.P.N)
-            q, k, v = _xscale.to_half((q, k, v), xexp, "q", self.xscale)
+            q, k, v = _xscale.to_half((q, k, v), xexp, "q", XS_PARTS[self.xscale])
         o, Hstart, gam, final, states, state_args = self.P.run(q, k, v, g, None, self.scale32, xexp)
         return o, (q, k, v, g, Hstart, gam, final, states, state_args, xexp)
 
@@ -888,7 +894,7 @@ class CoreRun:
             B = self.B = self.P.backward_plan(self.dkdv, self.want_dg, self.dg_name)
         q, k, v, g, Hstart, gam, final, _, state_args, xexp = ctx
         if xexp is not None:
-            do, = _xscale.to_half((do,), xexp, "do", self.xscale)
+            do, = _xscale.to_half((do,), xexp, "do", XS_PARTS[self.xscale])
         return B.run(self.P, q, k, v, g, do, Hstart, gam, final, None, None, self.scale32, state_args,
                      self.dg_dtype, xexp)[:self.n_grads]
 
@@ -908,9 +914,9 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
         if dtype_name(q.dtype) != "float32":
             raise ValueError(f"xscale takes float32 q, k, v (got {dtype_name(q.dtype)})")
         xexp = _xscale.exponents(lead_size(q.shape, 2))
-        q, k, v = _xscale.to_half((q, k, v), xexp, "q", int(xscale))
+        q, k, v = _xscale.to_half((q, k, v), xexp, "q", XS_PARTS[int(xscale)])
         S0 = _xscale.ldexp(S0, xexp, minus=("k", "v"))
-    dt = dtype_name(q.dtype)
+    dt = XS_STORAGE if xscale else dtype_name(q.dtype)
     split = _check_modes(dt, split, stages, dkdv)
     causal = bool(causal)
     P = _plan(dt, q.shape, v.shape[-1], split, stages, causal, cu, L, g, S0 is not None, bool(want_final), dkdv,
@@ -920,6 +926,12 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     ctx = CoreContext(q, k, v, g, P.table, Hstart, gam, final, S0, float(scale), causal,
                       split, stages, dkdv, P, scale32, states, state_args, xexp)
     return o, ctx
+
+
+def operand_dtype(ctx: CoreContext):
+    """The dtype ``backward`` takes do in: the forward's operands' (float32 for xscale calls, whose ctx.q is the
+    float16 copy)."""
+    return np.dtype(np.float32) if ctx.xexp is not None else ctx.q.dtype
 
 
 def final_state(ctx: CoreContext):
@@ -939,7 +951,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dg_dtype=None):
     if want_dg:
         dg_dtype = np.dtype(np.float32) if dg_dtype is None else dg_dtype
     if xexp is not None:                         # do and dST into the walkers' units
-        do, = _xscale.to_half((as_contiguous(do, np.float32),), xexp, "do", P.xscale)
+        do, = _xscale.to_half((as_contiguous(do, np.float32),), xexp, "do", XS_PARTS[P.xscale])
         dST = _xscale.ldexp(dST, xexp, minus=("q", "do"))
     B = P.backward_plan(ctx.dkdv, want_dg, dtype_name(dg_dtype) if want_dg else None)
     dq, dk, dv, dg, dS0 = B.run(P, q, ctx.k, ctx.v, g, do, ctx.Hstart, ctx.gam, ctx.final, ctx.S0, dST, ctx.scale32,

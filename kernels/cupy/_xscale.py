@@ -4,8 +4,9 @@ through the 16-bit warpgroup-MMA walkers and write float32 results (docs/kernels
 walkers").
 
 An operand x (..., T, d) of N slices (its leading dims flattened) becomes y = float16(x 2^-e[n]) with one integer
-e[n] per slice (``parts`` 2, the exact storage: y and its residual lo = float16(x 2^-e[n] - y), two planes, 22
-significant bits together): 0 where the slice's max |x| lies in [XS_SAFE_LO, XS_SAFE_HI] (one pass over x), else the exponent
+e[n] per slice (``parts`` 2: y and its residual lo = float16(x 2^-e[n] - y), two planes, 22 significant bits
+together; ``parts`` 0, the exact calls: the exponents alone, the walkers split x 2^-e[n] into such pairs as their
+tiles land): 0 where the slice's max |x| lies in [XS_SAFE_LO, XS_SAFE_HI] (one pass over x), else the exponent
 that brings the max into [1, 2) (a second pass over that slice).  The exponents of q, k, v and dO are the rows of
 one (N_OPERANDS, N) int32 array (``exponents``, ``OPERAND``); the walkers read it and scale each result back
 (chunked_wgmma.cu ``tg::xmul``), the host scales the states (``ldexp``)."""
@@ -65,25 +66,27 @@ def _aligned(x):
     return x if data_ptr(x) % 16 == 0 else x.copy()
 
 
-PARTS = (1, 2)               # float16 copies; hi + lo pairs
+PARTS = (0, 1, 2)            # the exponents alone; float16 copies; hi + lo pairs
 
 
 def to_half(xs: tuple, ex, first: str, parts: int = 1) -> tuple:
     """float16 copies of the C-contiguous float32 arrays ``xs`` (up to three, same leading dims), their exponents
     written to the rows of ``ex`` from operand ``first`` (OPERAND) on.  parts 2: each copy is the hi plane of a
-    (2, ...) array whose lo plane follows it in memory (the walkers find it there)."""
+    (2, ...) array whose lo plane follows it in memory.  parts 0: the exponents alone; returns ``xs`` (16-byte
+    aligned: copied where a view starts elsewhere)."""
     import cupy as cp
     if parts not in PARTS:
         raise ValueError(f"parts must be one of {PARTS} (got {parts!r})")
     to, rescale, pers, amax_shape = _launches(tuple(x.shape for x in xs))
     xs = tuple(_aligned(x) for x in xs)
-    ys = tuple(new_output(cp, ((2,) if parts == 2 else ()) + x.shape, cp.float16) for x in xs)
+    ys = tuple(new_output(cp, ((2,) if parts == 2 else ()) + x.shape, cp.float16) for x in xs) if parts else ()
     amax = cp.zeros(amax_shape, np.uint32)
     pad = (None,) * (3 - len(xs))
     p32 = np.int32(parts)
-    to(xs + pad + ys + pad + pers + (amax, p32))
-    rescale(xs + pad + ys + pad + pers + (amax, ex, np.int32(OPERAND[first]), p32))
-    return ys if parts == 1 else tuple(y[0] for y in ys)
+    ypad = ys + pad if parts else (None,) * 3
+    to(xs + pad + ypad + pers + (amax, p32))
+    rescale(xs + pad + ypad + pers + (amax, ex, np.int32(OPERAND[first]), p32))
+    return xs if parts == 0 else ys if parts == 1 else tuple(y[0] for y in ys)
 
 
 def ldexp(S, ex, plus: tuple = (), minus: tuple = ()):

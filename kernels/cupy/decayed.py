@@ -139,8 +139,7 @@ def _mma_forward(split, stages, q, k, v, log_decay, scale=1.0, initial_state=Non
 def _mma_backward(ctx: _MMAContext, do, dfinal=None):
     import cupy as cp
     dST = None if dfinal is None else as_contiguous(dfinal.S, cp.float32)
-    do_dt = ctx.dtype if ctx.core.xexp is not None else ctx.core.q.dtype    # (xscale: the core converts do)
-    dq, dk, dv, dg, dS0 = mma.backward(ctx.core, as_contiguous(do, do_dt), dST,
+    dq, dk, dv, dg, dS0 = mma.backward(ctx.core, as_contiguous(do, mma.operand_dtype(ctx.core)), dST,
                                        dg_dtype=ctx.dtype)                  # tc_dg writes the caller's dtype
     dt = ctx.dtype
     grads = (as_dtype(dq, dt), as_dtype(dk, dt), as_dtype(dv, dt), as_dtype(dg, dt))

@@ -166,7 +166,7 @@ def _mma_forward(split, stages, q, k, v, causal=True, feature_map="identity", no
         Q = as_dtype(_phi(as_dtype(q, cp.float32), feature_map), dt)
         K = as_dtype(_phi(as_dtype(k, cp.float32), feature_map), dt)
     Va = cp.concatenate([as_dtype(v, dt), cp.ones(v.shape[:-1] + (1,), dt)], axis=-1) if normalize else v
-    split, dkdv, xscale = _pairs_or_fallback(split, dkdv, xscale, Q.shape[-1], Va.shape[-1], causal)
+    split, dkdv, xscale = _pairs_or_fallback(split, dkdv, xscale, Q.shape[-1], Va.shape[-1], causal, normalize)
     S0 = None if initial_state is None else _state_to_core(initial_state, normalize)
     num, cctx = mma.forward(Q, K, Va, None, scale=scale, causal=causal, split=split, S0=S0,
                             want_final=return_state, cu=cu_seqlens, stages=stages, dkdv=dkdv, xscale=xscale)
@@ -187,7 +187,7 @@ def _mma_backward(ctx: _MMAContext, do, dfinal=None):
     if ctx.normalize:
         do32 = do.astype(cp.float32, copy=False)
         doa = cp.concatenate([do32 / ctx.den[..., None], (-(do32 * ctx.o).sum(-1) / ctx.den)[..., None]],
-                             axis=-1).astype(ctx.core.q.dtype)
+                             axis=-1).astype(mma.operand_dtype(ctx.core))
     else:
         doa = as_contiguous(do, dt)
     dST = None if dfinal is None else _state_to_core(dfinal, ctx.normalize)
@@ -205,14 +205,19 @@ def _mma_backward(ctx: _MMAContext, do, dfinal=None):
 
 
 # cupy:chunked_mma_wgp: float32 as float16 hi + lo pairs on the warpgroup-MMA walkers (xscale 2) where the call
-# qualifies (causal, head dims <= 64 -- the normaliser's column included --, compute capability 9.0), else the float32
-# default's kernels (3xTF32, dk/dv mode PAIRS_FALLBACK): float32 accuracy either way
+# qualifies (causal, head dims <= 64, compute capability 9.0, not normalize), else the float32 default's kernels
+# (3xTF32, dk/dv mode PAIRS_FALLBACK): float32 accuracy either way.  normalize: its backward's [do / den, -(do.o) / den]
+# spans the slice's range with den (its early rows' entries 1/T of the late ones' at T = 67), and a pair's lo part of
+# an entry far under its slice's max falls into float16's subnormals: dq 9.0e-5 on the check's elu1 cell on the CPU
+# emulator (3xTF32 8.6e-7; the variant's tolerance 5e-5), 1.2e-3 - 2.2e-3 on the H200 (callW, before the cotangent
+# was handed on in float32).
 PAIRS_FALLBACK = "dqrev"
 
 
-def _pairs_or_fallback(split, dkdv, xscale, dk, dv, causal) -> tuple:
-    """(split, dkdv, xscale) a call runs: pairs (xscale 2) fall back to 3xTF32 where mma.xscale_refusal says so."""
-    if xscale == 2 and mma.xscale_refusal(dk, dv, causal, False, 2):
+def _pairs_or_fallback(split, dkdv, xscale, dk, dv, causal, normalize=False) -> tuple:
+    """(split, dkdv, xscale) a call runs: pairs (xscale 2) fall back to 3xTF32 where mma.xscale_refusal says so, and
+    with normalize."""
+    if xscale == 2 and (normalize or mma.xscale_refusal(dk, dv, causal, False, 2)):
         return 3, PAIRS_FALLBACK, 0
     return split, dkdv, xscale
 

@@ -63,10 +63,10 @@ __device__ __forceinline__ void gemm_rs(float (&d)[8][4], const unsigned (&ah)[4
     }
 }
 
-// The walkers' operand element type: T, or float where NP = 2 (the caller's float32, split into hi + lo tiles as the
-// tiles land: load_tile_pair)
-template <typename T, int NP> struct In { using type = T; };
-template <typename T> struct In<T, 2> { using type = float; };
+// The walkers' operand element type: T, or float where FS (NP = 2 with the caller's float32 operands, split into hi +
+// lo tiles as the tiles land: load_tile_pair)
+template <typename T, bool FS> struct In { using type = T; };
+template <typename T> struct In<T, true> { using type = float; };
 
 // rows [0, R) x columns [col0, col0 + 64) of a float32 row-major matrix g (row stride ldg), times mul -> the swizzled
 // hi tile at `tile` and its residuals' lo tile at tile + TILE (zeros past nrows rows and past ncols columns): plain
@@ -102,31 +102,36 @@ __device__ __forceinline__ void load_tile_pair(T* tile, const float* __restrict_
     }
 }
 
-// One operand's tile pair (NP = 2) or tile (cp.async, NP = 1) of chunk rows [0, nrows) at g, columns col0 ..; mul: the
-// pair's 2^-e (its slice's exponent, xscale.cu)
-template <typename T, int NP, int R, int NTH, typename TI>
+// One operand's tiles of chunk rows [0, nrows) at g, columns col0 ..: NP = 1, its tile (cp.async); NP = 2, its hi and
+// lo tiles, from the hi and lo planes (the lo plane `plane` elements after the hi one: cp.async) or, FS, split from
+// the caller's float32 times mul (the slice's 2^-e, xscale.cu) as they land
+template <typename T, int NP, bool FS, int R, int NTH, typename TI>
 __device__ __forceinline__ void load_operand(T* tile, const TI* __restrict__ g, long long ldg, int nrows, int col0,
-                                             int ncols, float mul) {
-    if constexpr (NP == 2) load_tile_pair<T, R, NTH>(tile, g, ldg, nrows, col0, ncols, mul);
-    else wbgmma::load_tile<T, R, NTH>(tile, g, ldg, nrows, col0, ncols);
+                                             int ncols, float mul, long long plane) {
+    if constexpr (NP == 2 && FS) {
+        load_tile_pair<T, R, NTH>(tile, g, ldg, nrows, col0, ncols, mul);
+    } else {
+        wbgmma::load_tile<T, R, NTH>(tile, g, ldg, nrows, col0, ncols);
+        if constexpr (NP == 2) wbgmma::load_tile<T, R, NTH>(tile + TILE, g + plane, ldg, nrows, col0, ncols);
+    }
 }
 
-// 2^-e of operand i's slice (NP = 2: the pairs' scale; 1 otherwise)
-template <int NP>
+// 2^-e of operand i's slice (FS: the pairs' scale, applied as the tiles land; 1 otherwise)
+template <bool FS>
 __device__ __forceinline__ float xinv(const int* __restrict__ xexp, int i) {
-    if constexpr (NP == 2) return ldexpf(1.f, -xexp[i * gridDim.y + blockIdx.y]);
+    if constexpr (FS) return ldexpf(1.f, -xexp[i * gridDim.y + blockIdx.y]);
     else return 1.f;
 }
 }  // namespace tg
 
-template <typename T, int STAGES, int NP = 1>
-__global__ void __launch_bounds__(128) tg_seg_state(const typename tg::In<T, NP>::type* __restrict__ x,
-        const typename tg::In<T, NP>::type* __restrict__ y, const void* __restrict__ g, float* __restrict__ Eout,
+template <typename T, int STAGES, int NP = 1, bool FS = false>
+__global__ void __launch_bounds__(128) tg_seg_state(const typename tg::In<T, FS>::type* __restrict__ x,
+        const typename tg::In<T, FS>::type* __restrict__ y, const void* __restrict__ g, float* __restrict__ Eout,
         float* __restrict__ gam, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, int T_, int dx,
         int dy, int NSEG, float wscale, int g_kind, const int* __restrict__ xexp) {
     using namespace tc;
     static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3), "16-bit tiles, two or three stages");
-    static_assert(NP == 1 || NP == 2, "one part, or hi + lo pairs");
+    static_assert((NP == 1 && !FS) || NP == 2, "one part, or hi + lo pairs");
     constexpr int TILE = C * 64;                                // elements of one swizzled 64 x 64 tile
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: X at 2 s NP TILE, Y after it
@@ -136,13 +141,14 @@ __global__ void __launch_bounds__(128) tg_seg_state(const typename tg::In<T, NP>
     const int t0 = seg_t0[s], t1 = seg_t1[s];
     const long long nT = (long long)n * T_;
     const int nch = (t1 - t0 + C - 1) / C;
-    const float mx = tg::xinv<NP>(xexp, 1), my = tg::xinv<NP>(xexp, 2);     // NP 2: x = k, y = v
+    const float mx = tg::xinv<FS>(xexp, 1), my = tg::xinv<FS>(xexp, 2);     // FS: x = k, y = v
+    const long long lox = (long long)gridDim.y * T_ * dx, loy = (long long)gridDim.y * T_ * dy;   // NP 2: lo planes
     auto issue = [&](int j) {
         T* sX = stages + (j % STAGES) * 2 * NP * TILE;
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
-        tg::load_operand<T, NP, C, THREADS>(sX, x + row0 * dx, dx, nrow, 0, dx, mx);
-        tg::load_operand<T, NP, C, THREADS>(sX + NP * TILE, y + row0 * dy, dy, nrow, c0, dy, my);
+        tg::load_operand<T, NP, FS, C, THREADS>(sX, x + row0 * dx, dx, nrow, 0, dx, mx, lox);
+        tg::load_operand<T, NP, FS, C, THREADS>(sX + NP * TILE, y + row0 * dy, dy, nrow, c0, dy, my, loy);
     };
     float Es[1][8][4];
     zero(Es);
@@ -357,9 +363,9 @@ __device__ __forceinline__ float xmul(const int* __restrict__ xexp, I... idx) {
 }
 }  // namespace tg
 
-template <typename T, int STAGES, bool DECAY, typename TO = T, int NP = 1>
-__global__ void __launch_bounds__(128, NP == 2 ? 2 : 1) tg_fwd(const typename tg::In<T, NP>::type* __restrict__ q,
-        const typename tg::In<T, NP>::type* __restrict__ k, const typename tg::In<T, NP>::type* __restrict__ v,
+template <typename T, int STAGES, bool DECAY, typename TO = T, int NP = 1, bool FS = false>
+__global__ void __launch_bounds__(128, NP == 2 && !FS ? 3 : NP == 2 ? 2 : 1) tg_fwd(const typename tg::In<T, FS>::type* __restrict__ q,
+        const typename tg::In<T, FS>::type* __restrict__ k, const typename tg::In<T, FS>::type* __restrict__ v,
         const void* __restrict__ g, TO* __restrict__ o, const float* __restrict__ Hin,
         float* __restrict__ Hend, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1,
         const int* __restrict__ seg_seq, int T_, int dk, int dv, int NSEG, int nseq, float scale, int causal,
@@ -369,7 +375,7 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : 1) tg_fwd(const typename tg
     using tg::TILE;
     static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3 || (NP == 2 && STAGES == 1)),
                   "16-bit tiles, two or three stages (pairs: one)");
-    static_assert(NP == 1 || (NP == 2 && !DECAY && wbmma::Traits<TO>::F32), "pairs: linear, float32 results");
+    static_assert((NP == 1 && !FS) || (NP == 2 && !DECAY && wbmma::Traits<TO>::F32), "pairs: linear, float32 results");
     constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 outputs times omul
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: Q, K, V at (3 s + 0, 1, 2) NP TILE
@@ -385,14 +391,15 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : 1) tg_fwd(const typename tg
     state_load(H, Hin ? Hin + ((long long)n * NSEG + s) * E : nullptr, 16 * w, 0, c0, dk, dv);
     const float omul = tg::xmul<T, TO>(xexp, 0, 1, 2);
     const int nch = (t1 - t0 + C - 1) / C;
-    const float mq = tg::xinv<NP>(xexp, 0), mk = tg::xinv<NP>(xexp, 1), mv = tg::xinv<NP>(xexp, 2);
+    const float mq = tg::xinv<FS>(xexp, 0), mk = tg::xinv<FS>(xexp, 1), mv = tg::xinv<FS>(xexp, 2);
+    const long long lok = (long long)gridDim.y * T_ * dk, lov = (long long)gridDim.y * T_ * dv;   // NP 2: lo planes
     auto issue = [&](int j, int st) {
         T* sQ = stages + st * 3 * NP * TILE;
         const long long row0 = nT + t0 + C * j;
         const int nrow = min(C, t1 - (t0 + C * j));
-        tg::load_operand<T, NP, C, THREADS>(sQ, q + row0 * dk, dk, nrow, 0, dk, mq);
-        tg::load_operand<T, NP, C, THREADS>(sQ + NP * TILE, k + row0 * dk, dk, nrow, 0, dk, mk);
-        tg::load_operand<T, NP, C, THREADS>(sQ + 2 * NP * TILE, v + row0 * dv, dv, nrow, c0, dv, mv);
+        tg::load_operand<T, NP, FS, C, THREADS>(sQ, q + row0 * dk, dk, nrow, 0, dk, mq, lok);
+        tg::load_operand<T, NP, FS, C, THREADS>(sQ + NP * TILE, k + row0 * dk, dk, nrow, 0, dk, mk, lok);
+        tg::load_operand<T, NP, FS, C, THREADS>(sQ + 2 * NP * TILE, v + row0 * dv, dv, nrow, c0, dv, mv, lov);
     };
     auto grows = [&](int j) { return grows_at(g, g_kind, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
     tg::Pipe<STAGES, DECAY, NP> pipe(nch, tr, issue, grows);
@@ -447,11 +454,11 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : 1) tg_fwd(const typename tg
 //           fragments must live until their products are done);
 // then dq's rows scaled by scale sigma (e^{b_t}), dP = the masked, scaled (decayed) dO V^T in registers; one batch of
 // dP K (four RS); DECAY and rq: the row dots q.dq.
-template <typename T, int STAGES, bool ESUM, bool DECAY, typename TO = T, int NP = 1>
+template <typename T, int STAGES, bool ESUM, bool DECAY, typename TO = T, int NP = 1, bool FS = false>
 __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_bwd_dq(
-        const typename tg::In<T, NP>::type* __restrict__ q, const typename tg::In<T, NP>::type* __restrict__ k,
-        const typename tg::In<T, NP>::type* __restrict__ v, const void* __restrict__ g,
-        const typename tg::In<T, NP>::type* __restrict__ dout, TO* __restrict__ dq,
+        const typename tg::In<T, FS>::type* __restrict__ q, const typename tg::In<T, FS>::type* __restrict__ k,
+        const typename tg::In<T, FS>::type* __restrict__ v, const void* __restrict__ g,
+        const typename tg::In<T, FS>::type* __restrict__ dout, TO* __restrict__ dq,
         float* __restrict__ rq, const float* __restrict__ Hin, const int* __restrict__ seg_t0,
         const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, int T_, int dk, int dv, int NSEG,
         int nseq, float scale, int causal, int g_kind, float* __restrict__ Eout, const int* __restrict__ xexp) {
@@ -459,7 +466,7 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_b
     using tg::TILE;
     static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3 || (NP == 2 && STAGES == 1)),
                   "16-bit tiles, two or three stages (pairs: one)");
-    static_assert(NP == 1 || (NP == 2 && !DECAY && wbmma::Traits<TO>::F32), "pairs: linear, float32 results");
+    static_assert((NP == 1 && !FS) || (NP == 2 && !DECAY && wbmma::Traits<TO>::F32), "pairs: linear, float32 results");
     constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 dq times qmul, q.dq times 2^e_q
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: dO, V, K, Q at (4 s + 0, 1, 2, 3) NP TILE
@@ -478,17 +485,18 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_b
     const float qmul = tg::xmul<T, TO>(xexp, 3, 2, 1), rqmul = tg::xmul<T, TO>(xexp, 0);
     tc::RevWeights rw;                                          // DECAY, ESUM: as tc_bwd_dq's
     const int nch = (t1 - t0 + C - 1) / C;
-    const float mq = tg::xinv<NP>(xexp, 0), mk = tg::xinv<NP>(xexp, 1), mv = tg::xinv<NP>(xexp, 2);
-    const float mo = tg::xinv<NP>(xexp, 3);
+    const float mq = tg::xinv<FS>(xexp, 0), mk = tg::xinv<FS>(xexp, 1), mv = tg::xinv<FS>(xexp, 2);
+    const long long lok = (long long)gridDim.y * T_ * dk, lov = (long long)gridDim.y * T_ * dv;   // NP 2: lo planes
+    const float mo = tg::xinv<FS>(xexp, 3);
     auto issue = [&](int j, int st) {
         T* sO = stages + st * 4 * NP * TILE;
         const long long row0 = nT + t0 + C * j;
         const int nrow = min(C, t1 - (t0 + C * j));
-        tg::load_operand<T, NP, C, THREADS>(sO, dout + row0 * dv, dv, nrow, 0, dv, mo);
-        tg::load_operand<T, NP, C, THREADS>(sO + NP * TILE, v + row0 * dv, dv, nrow, 0, dv, mv);
-        tg::load_operand<T, NP, C, THREADS>(sO + 2 * NP * TILE, k + row0 * dk, dk, nrow, k0, dk, mk);
+        tg::load_operand<T, NP, FS, C, THREADS>(sO, dout + row0 * dv, dv, nrow, 0, dv, mo, lov);
+        tg::load_operand<T, NP, FS, C, THREADS>(sO + NP * TILE, v + row0 * dv, dv, nrow, 0, dv, mv, lov);
+        tg::load_operand<T, NP, FS, C, THREADS>(sO + 2 * NP * TILE, k + row0 * dk, dk, nrow, k0, dk, mk, lok);
         if constexpr (ESUM || DECAY)
-            tg::load_operand<T, NP, C, THREADS>(sO + 3 * NP * TILE, q + row0 * dk, dk, nrow, k0, dk, mq);
+            tg::load_operand<T, NP, FS, C, THREADS>(sO + 3 * NP * TILE, q + row0 * dk, dk, nrow, k0, dk, mq, lok);
     };
     auto grows = [&](int j) { return grows_at(g, g_kind, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
     tg::Pipe<STAGES, DECAY, NP> pipe(nch, tr, issue, grows);
@@ -563,11 +571,11 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_b
 // and P1, then dS, dk and S2 are live (158 registers: 3 blocks per SM; 166 with DECAY); else dS, dv, P1, dk and S2 at once (182
 // registers: 2 blocks per SM) with one wait fewer per chunk.  The dS update runs for every chunk (no branch inside a
 // batch; tc_bwd_dkdv skips the segment's first chunk when nothing wants dSstart).
-template <typename T, int STAGES, bool LOWREG, bool DECAY, typename TO = T, int NP = 1>
+template <typename T, int STAGES, bool LOWREG, bool DECAY, typename TO = T, int NP = 1, bool FS = false>
 __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv(
-        const typename tg::In<T, NP>::type* __restrict__ q, const typename tg::In<T, NP>::type* __restrict__ k,
-        const typename tg::In<T, NP>::type* __restrict__ v, const void* __restrict__ g,
-        const typename tg::In<T, NP>::type* __restrict__ dout, TO* __restrict__ dkout,
+        const typename tg::In<T, FS>::type* __restrict__ q, const typename tg::In<T, FS>::type* __restrict__ k,
+        const typename tg::In<T, FS>::type* __restrict__ v, const void* __restrict__ g,
+        const typename tg::In<T, FS>::type* __restrict__ dout, TO* __restrict__ dkout,
         TO* __restrict__ dvout, float* __restrict__ rk, const float* __restrict__ dSin, float* __restrict__ dSstart,
         const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, const int* __restrict__ seg_seq, int T_,
         int dk, int dv, int NSEG, int nseq, float scale, int causal, int g_kind, T* __restrict__ dqout,
@@ -577,7 +585,7 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
     using tg::TILE;
     static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3 || (NP == 2 && STAGES == 1)),
                   "16-bit tiles, two or three stages (pairs: one)");
-    static_assert(NP == 1 || (NP == 2 && !DECAY && wbmma::Traits<TO>::F32), "pairs: linear, float32 results");
+    static_assert((NP == 1 && !FS) || (NP == 2 && !DECAY && wbmma::Traits<TO>::F32), "pairs: linear, float32 results");
     constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 dk, dv times kmul, vmul; k.dk 2^e_k
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: Q, K, V, dO at (4 s + 0, 1, 2, 3) NP TILE
@@ -593,16 +601,17 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
     const float rkmul = tg::xmul<T, TO>(xexp, 1);
     const int nch = (t1 - t0 + C - 1) / C;
     auto start = [&](int i) { return t0 + C * (nch - 1 - i); };    // chunk i of the (backward) walk
-    const float mq = tg::xinv<NP>(xexp, 0), mk = tg::xinv<NP>(xexp, 1), mv = tg::xinv<NP>(xexp, 2);
-    const float mo = tg::xinv<NP>(xexp, 3);
+    const float mq = tg::xinv<FS>(xexp, 0), mk = tg::xinv<FS>(xexp, 1), mv = tg::xinv<FS>(xexp, 2);
+    const long long lok = (long long)gridDim.y * T_ * dk, lov = (long long)gridDim.y * T_ * dv;   // NP 2: lo planes
+    const float mo = tg::xinv<FS>(xexp, 3);
     auto issue = [&](int i, int st) {
         T* sQ = stages + st * 4 * NP * TILE;
         const int cs = start(i), nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
-        tg::load_operand<T, NP, C, THREADS>(sQ, q + row0 * dk, dk, nrow, 0, dk, mq);
-        tg::load_operand<T, NP, C, THREADS>(sQ + NP * TILE, k + row0 * dk, dk, nrow, 0, dk, mk);
-        tg::load_operand<T, NP, C, THREADS>(sQ + 2 * NP * TILE, v + row0 * dv, dv, nrow, 0, dv, mv);
-        tg::load_operand<T, NP, C, THREADS>(sQ + 3 * NP * TILE, dout + row0 * dv, dv, nrow, 0, dv, mo);
+        tg::load_operand<T, NP, FS, C, THREADS>(sQ, q + row0 * dk, dk, nrow, 0, dk, mq, lok);
+        tg::load_operand<T, NP, FS, C, THREADS>(sQ + NP * TILE, k + row0 * dk, dk, nrow, 0, dk, mk, lok);
+        tg::load_operand<T, NP, FS, C, THREADS>(sQ + 2 * NP * TILE, v + row0 * dv, dv, nrow, 0, dv, mv, lov);
+        tg::load_operand<T, NP, FS, C, THREADS>(sQ + 3 * NP * TILE, dout + row0 * dv, dv, nrow, 0, dv, mo, lov);
     };
     auto grows = [&](int i) { return grows_at(g, g_kind, nT + start(i), min(C, t1 - start(i))); };
     tg::Pipe<STAGES, DECAY, NP> pipe(nch, tr, issue, grows);

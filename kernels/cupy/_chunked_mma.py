@@ -264,60 +264,62 @@ def _b(x: bool) -> str:
 # causal, head dims <= 64, the "dqrev_wgb" mode's kernels, a compute capability 9.0 device (``xscale_refusal``).
 XS_STORAGE = "float16"
 XS_MODE = "dqrev_wgb"
-# xscale 2 (float32 accuracy, cupy:chunked_mma_wgp): the walkers read the caller's float32 operands and split each
-# tile, times its slice's 2^-e (_xscale.to_half's parts 0: the exponents alone), into float16 hi + lo tiles as it
-# lands (tg::load_tile_pair); every product three (tg::gemm_ss / gemm_rs NP = 2); one load stage (a stage's pairs take
-# twice the tiles: one stage keeps two blocks per SM); the forward's segment sums on tg_seg_state's pairs
-XS_PARTS = {1: 1, 2: 0}                                 # xscale -> _xscale.to_half's parts
+# xscale 2 (float32 accuracy, cupy:chunked_mma_wgp): each operand two float16 planes, hi and lo (_xscale.to_half's
+# parts 2), loaded as tile pairs; every product three (tg::gemm_ss / gemm_rs NP = 2); one load stage (a stage's pairs
+# take twice the tiles: one stage keeps two or three blocks per SM); the forward's segment sums on tg_seg_state's
+# pairs.  xscale 3 (cupy:chunked_mma_wgpw, a measured rung): the same walkers reading the caller's float32 and
+# splitting each tile, times its slice's 2^-e (parts 0: the exponents alone), as it lands (tg::load_tile_pair, FS):
+# H200 callX 5.736 ms at 64k against the planes' 4.413 (callW), its plain loads at each chunk's top left exposed.
+XS_PARTS = {1: 1, 2: 2, 3: 0}                           # xscale -> _xscale.to_half's parts
 XS_PAIR_STAGES = 1
 XS_PAIR_SEG_STAGES = 2
-XS_GROUPS = {1: "xscale", 2: "xpair"}                   # xscale -> its kernels' compile group (WG_GROUPS)
+XS_GROUPS = {1: "xscale", 2: "xpair", 3: "xpairw"}     # xscale -> its kernels' compile group (WG_GROUPS)
 
 
-def _to(out: Optional[str], np_: int = 1) -> str:
-    """A walker's trailing template arguments TO, NP: none (the storage type, one part), float (xscale) and 2
-    (pairs)."""
-    return ("" if out is None else f", {CTYPE[out]}") + (f", {np_}" if np_ != 1 else "")
+def _to(out: Optional[str], np_: int = 1, fs: bool = False) -> str:
+    """A walker's trailing template arguments TO, NP, FS: none (the storage type, one part), float (xscale), 2
+    (pairs), true (split from float32 as the tiles land)."""
+    return ("" if out is None else f", {CTYPE[out]}") + (f", {np_}" if np_ != 1 else "") + (", true" if fs else "")
 
 
 @functools.lru_cache(maxsize=None)
-def _wg_seg_state(dtype: str, stages: Optional[int] = None, np_: int = 1) -> Launchable:
+def _wg_seg_state(dtype: str, stages: Optional[int] = None, np_: int = 1, fs: bool = False) -> Launchable:
     stages = WG_SEG_STAGES if stages is None else stages
-    return Launchable(f"tg_seg_state<{CTYPE[dtype]}, {stages}{f', {np_}' if np_ != 1 else ''}>",
-                      smem_wg_seg_state(stages, np_))
+    return Launchable(f"tg_seg_state<{CTYPE[dtype]}, {stages}{_to(None, np_, fs)}>", smem_wg_seg_state(stages, np_))
 
 
 @functools.lru_cache(maxsize=None)
 def _wg_dq(dtype: str, esum: bool, decay: bool = False, stages: Optional[int] = None, out: Optional[str] = None,
-           np_: int = 1) -> Launchable:
-    """out: the results' type where it is not the storage type (xscale: "float32"); np_ 2: hi + lo operands."""
+           np_: int = 1, fs: bool = False) -> Launchable:
+    """out: the results' type where it is not the storage type (xscale: "float32"); np_ 2: hi + lo operands (fs:
+    split from float32 as the tiles land)."""
     stages = WG_DQ_STAGES if stages is None else stages
-    return Launchable(f"tg_bwd_dq<{CTYPE[dtype]}, {stages}, {_b(esum)}, {_b(decay)}{_to(out, np_)}>",
+    return Launchable(f"tg_bwd_dq<{CTYPE[dtype]}, {stages}, {_b(esum)}, {_b(decay)}{_to(out, np_, fs)}>",
                       smem_wg_walk(4, stages, decay, np_))
 
 
 @functools.lru_cache(maxsize=None)
 def _wg_dkdv(dtype: str, decay: bool = False, stages: Optional[int] = None, lowreg: Optional[bool] = None,
-             out: Optional[str] = None, np_: int = 1) -> Launchable:
+             out: Optional[str] = None, np_: int = 1, fs: bool = False) -> Launchable:
     stages = WG_DKDV_STAGES if stages is None else stages
     lowreg = WG_DKDV_LOWREG if lowreg is None else lowreg
-    return Launchable(f"tg_bwd_dkdv<{CTYPE[dtype]}, {stages}, {_b(lowreg)}, {_b(decay)}{_to(out, np_)}>",
+    return Launchable(f"tg_bwd_dkdv<{CTYPE[dtype]}, {stages}, {_b(lowreg)}, {_b(decay)}{_to(out, np_, fs)}>",
                       smem_wg_walk(4, stages, decay, np_))
 
 
 @functools.lru_cache(maxsize=None)
 def _wg_fwd(dtype: str, decay: bool = False, stages: Optional[int] = None, out: Optional[str] = None,
-            np_: int = 1) -> Launchable:
+            np_: int = 1, fs: bool = False) -> Launchable:
     stages = WG_FWD_STAGES if stages is None else stages
-    return Launchable(f"tg_fwd<{CTYPE[dtype]}, {stages}, {_b(decay)}{_to(out, np_)}>",
+    return Launchable(f"tg_fwd<{CTYPE[dtype]}, {stages}, {_b(decay)}{_to(out, np_, fs)}>",
                       smem_wg_walk(3, stages, decay, np_))
 
 
-def _wg_walkers(parts: int) -> dict:
-    """The keywords of _wg_fwd, _wg_dq, _wg_dkdv (and _wg_seg_state's stages, np_) for an xscale of ``parts`` (0: none)."""
-    if parts == 2:
-        return dict(out="float32", np_=2, stages=XS_PAIR_STAGES)
-    return dict(out="float32") if parts == 1 else {}
+def _wg_walkers(xscale: int) -> dict:
+    """The keywords of _wg_fwd, _wg_dq, _wg_dkdv for an ``xscale`` (0: none)."""
+    if xscale >= 2:
+        return dict(out="float32", np_=2, stages=XS_PAIR_STAGES, fs=xscale == 3)
+    return dict(out="float32") if xscale == 1 else {}
 
 
 @functools.lru_cache(maxsize=None)
@@ -385,10 +387,11 @@ WG_GROUPS = {dt: tuple([_wg_seg_state(dt, s).expr for s in WG_STAGE_CHOICES]    
 WG_GROUPS["xscale"] = tuple([_wg_fwd(XS_STORAGE, d, out="float32").expr for d in (False, True)]     # the defaults'
                             + [_wg_dq(XS_STORAGE, e, d, out="float32").expr for e in (False, True) for d in (False, True)]
                             + [_wg_dkdv(XS_STORAGE, d, out="float32").expr for d in (False, True)])
-WG_GROUPS["xpair"] = tuple([_wg_fwd(XS_STORAGE, **_wg_walkers(2)).expr]                             # linear only
-                           + [_wg_dq(XS_STORAGE, e, **_wg_walkers(2)).expr for e in (False, True)]
-                           + [_wg_dkdv(XS_STORAGE, **_wg_walkers(2)).expr,
-                              _wg_seg_state(XS_STORAGE, XS_PAIR_SEG_STAGES, 2).expr])
+for _x in (2, 3):                                                                   # linear only
+    WG_GROUPS[XS_GROUPS[_x]] = tuple([_wg_fwd(XS_STORAGE, **_wg_walkers(_x)).expr]
+                                     + [_wg_dq(XS_STORAGE, e, **_wg_walkers(_x)).expr for e in (False, True)]
+                                     + [_wg_dkdv(XS_STORAGE, **_wg_walkers(_x)).expr,
+                                        _wg_seg_state(XS_STORAGE, XS_PAIR_SEG_STAGES, 2, _x == 3).expr])
 INSTANTIATIONS = list(dict.fromkeys((SOURCE, e) for grp in list(GROUPS.values()) + [COMMON] for e in grp))
 INSTANTIATIONS += [(WG_SOURCE, e) for grp in WG_GROUPS.values() for e in grp]
 INSTANTIATIONS += _xscale.INSTANTIATIONS
@@ -419,7 +422,7 @@ def _wg_prepared(dt: str, k: Launchable, grid, xscale: int = 0):
 
 def xscale_refusal(dk: int, dv: int, causal: bool, decay: bool = False, parts: int = 1) -> Optional[str]:
     """Why a call cannot run as xscale of ``parts`` (every walker a chunked_wgmma.cu one), or None."""
-    if parts == 2 and decay:
+    if parts >= 2 and decay:
         return "log decays (the pairs walkers are linear attention's)"
     if not causal:
         return "causal=False (the warpgroup-MMA walkers are causal)"
@@ -545,7 +548,7 @@ class _CorePlan:
                  xscale=False):
         N, T, dk = lead_size(shape, 2), shape[-2], shape[-1]
         self.N, self.T, self.dk, self.dv, self.dt, self.split, self.stages = N, T, dk, dv, dt, split, stages
-        xscale = int(xscale)                                    # 1: float16 operands, 2: hi + lo pairs
+        xscale = int(xscale)                                    # 1: float16 operands, 2 / 3: hi + lo pairs
         self.xscale = xscale                                    # (float32 results of XS_STORAGE operands)
         self.out_dtype = np.dtype(np.float32) if xscale else None     # None: the operands' dtype
         refusal = xscale_refusal(dk, dv, causal, g_name is not None, xscale) if xscale else None
@@ -579,8 +582,8 @@ class _CorePlan:
         self.seg_wg = False
         if not (causal and tab.single):
             self.seg_wg = True                                  # (its launch takes the exponents after tc's arguments)
-            if xscale == 2:                                     # pairs: the segment sums of tg_seg_state's pairs
-                self.seg_state = _wg_prepared(dt, _wg_seg_state(dt, XS_PAIR_SEG_STAGES, 2), grid, xscale)
+            if xscale >= 2:                                     # pairs: the segment sums of tg_seg_state's pairs
+                self.seg_state = _wg_prepared(dt, _wg_seg_state(dt, XS_PAIR_SEG_STAGES, 2, xscale == 3), grid, xscale)
             elif wg_kernel(WG_SEG_MODES, dkdv, dt, self.decay, self.dkp == 64):
                 self.seg_state = _wg_prepared(dt, _wg_seg_state(dt), grid)
             else:

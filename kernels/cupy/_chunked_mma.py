@@ -272,7 +272,10 @@ XS_MODE = "dqrev_wgb"
 # H200 callX 5.736 ms at 64k against the planes' 4.413 (callW), its plain loads at each chunk's top left exposed.
 XS_PARTS = {1: 1, 2: 2, 3: 0}                           # xscale -> _xscale.to_half's parts
 XS_PAIR_STAGES = 1
-XS_PAIR_SEG_STAGES = 2
+XS_PAIR_SEG_STAGES = 2      # tg_seg_state's pairs (3: a measured alternative, XS_PAIR_CHOICES)
+XS_PAIR_LOWREG = True       # tg_bwd_dkdv's pairs: dv stored before dk's products (False: one wait fewer, 211 registers
+                            # either way: 2 blocks per SM)
+XS_PAIR_CHOICES = {"seg_stages": (2, 3), "lowreg": (True, False)}     # instantiated for a measurement
 XS_GROUPS = {1: "xscale", 2: "xpair", 3: "xpairw"}     # xscale -> its kernels' compile group (WG_GROUPS)
 
 
@@ -320,6 +323,11 @@ def _wg_walkers(xscale: int) -> dict:
     if xscale >= 2:
         return dict(out="float32", np_=2, stages=XS_PAIR_STAGES, fs=xscale == 3)
     return dict(out="float32") if xscale == 1 else {}
+
+
+def _wg_dkdv_keywords(xscale: int) -> dict:
+    """_wg_walkers plus the pairs' dk/dv LOWREG choice."""
+    return dict(_wg_walkers(xscale), **({"lowreg": XS_PAIR_LOWREG} if xscale >= 2 else {}))
 
 
 @functools.lru_cache(maxsize=None)
@@ -390,8 +398,10 @@ WG_GROUPS["xscale"] = tuple([_wg_fwd(XS_STORAGE, d, out="float32").expr for d in
 for _x in (2, 3):                                                                   # linear only
     WG_GROUPS[XS_GROUPS[_x]] = tuple([_wg_fwd(XS_STORAGE, **_wg_walkers(_x)).expr]
                                      + [_wg_dq(XS_STORAGE, e, **_wg_walkers(_x)).expr for e in (False, True)]
-                                     + [_wg_dkdv(XS_STORAGE, **_wg_walkers(_x)).expr,
-                                        _wg_seg_state(XS_STORAGE, XS_PAIR_SEG_STAGES, 2, _x == 3).expr])
+                                     + [_wg_dkdv(XS_STORAGE, **dict(_wg_walkers(_x), lowreg=lr)).expr
+                                        for lr in XS_PAIR_CHOICES["lowreg"]]
+                                     + [_wg_seg_state(XS_STORAGE, st, 2, _x == 3).expr
+                                        for st in XS_PAIR_CHOICES["seg_stages"]])
 INSTANTIATIONS = list(dict.fromkeys((SOURCE, e) for grp in list(GROUPS.values()) + [COMMON] for e in grp))
 INSTANTIATIONS += [(WG_SOURCE, e) for grp in WG_GROUPS.values() for e in grp]
 INSTANTIATIONS += _xscale.INSTANTIATIONS
@@ -705,7 +715,8 @@ class _BackwardPlan:
         # the chunked_wgmma.cu walkers' launches take the exponents of xscale calls after tc_*'s arguments
         self.dkdv_wg = launches == ((0, 0),) and cp_.causal and wg_kernel(WG_DKDV_MODES, dkdv, dt, cp_.decay)
         if self.dkdv_wg:
-            self.dkdv = (_wg_prepared(dt, _wg_dkdv(dt, cp_.decay, **wgk), (tab.nseg, N), cp_.xscale),)
+            self.dkdv = (_wg_prepared(dt, _wg_dkdv(dt, cp_.decay, **_wg_dkdv_keywords(cp_.xscale)), (tab.nseg, N),
+                                      cp_.xscale),)
         else:
             self.dkdv = tuple(_prepared(dt, split, stages, _dkdv(dt, split, stages, cp_.dkp, cp_.dvp, which, layout),
                                         (tab.nseg * (cp_.ntk if which == 1 else cp_.ntv if which == 2 else 1), N))

@@ -124,60 +124,6 @@ __device__ __forceinline__ float xinv(const int* __restrict__ xexp, int i) {
 }
 }  // namespace tg
 
-template <typename T, int STAGES, int NP = 1, bool FS = false>
-__global__ void __launch_bounds__(128) tg_seg_state(const typename tg::In<T, FS>::type* __restrict__ x,
-        const typename tg::In<T, FS>::type* __restrict__ y, const void* __restrict__ g, float* __restrict__ Eout,
-        float* __restrict__ gam, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, int T_, int dx,
-        int dy, int NSEG, float wscale, int g_kind, const int* __restrict__ xexp) {
-    using namespace tc;
-    static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3), "16-bit tiles, two or three stages");
-    static_assert((NP == 1 && !FS) || NP == 2, "one part, or hi + lo pairs");
-    constexpr int TILE = C * 64;                                // elements of one swizzled 64 x 64 tile
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: X at 2 s NP TILE, Y after it
-    const int nty = (dy + BV - 1) / BV;
-    const int yt = blockIdx.x % nty, s = blockIdx.x / nty, n = blockIdx.y;
-    const int c0 = yt * BV, w = threadIdx.x >> 5;
-    const int t0 = seg_t0[s], t1 = seg_t1[s];
-    const long long nT = (long long)n * T_;
-    const int nch = (t1 - t0 + C - 1) / C;
-    const float mx = tg::xinv<FS>(xexp, 1), my = tg::xinv<FS>(xexp, 2);     // FS: x = k, y = v
-    const long long lox = (long long)gridDim.y * T_ * dx, loy = (long long)gridDim.y * T_ * dy;   // NP 2: lo planes
-    auto issue = [&](int j) {
-        T* sX = stages + (j % STAGES) * 2 * NP * TILE;
-        const int cs = t0 + C * j, nrow = min(C, t1 - cs);
-        const long long row0 = nT + cs;
-        tg::load_operand<T, NP, FS, C, THREADS>(sX, x + row0 * dx, dx, nrow, 0, dx, mx, lox);
-        tg::load_operand<T, NP, FS, C, THREADS>(sX + NP * TILE, y + row0 * dy, dy, nrow, c0, dy, my, loy);
-    };
-    float Es[1][8][4];
-    zero(Es);
-    tg::prologue<STAGES>(nch, issue);
-    for (int j = 0; j < nch; ++j) {
-        cp_async_wait_group<STAGES - 2>();                      // chunk j's tiles (this thread's copies) landed
-        wbgmma::fence_proxy_async();
-        __syncthreads();                                        // ... every thread's; chunk j - 1's products done
-        if (j + STAGES - 1 < nch) issue(j + STAGES - 1);        // into chunk j - 1's stage
-        cp_async_commit();
-        const T* sX = stages + (j % STAGES) * 2 * NP * TILE;
-        wbgmma::fence_acc(Es[0]);
-        wbgmma::fence();
-        if constexpr (NP == 1) {
-#pragma unroll
-            for (int ks = 0; ks < C / 16; ++ks)
-                wbgmma::mma_ss<T, true, true>(Es[0], wbgmma::desc_mnmajor(sX, 16 * ks),
-                                              wbgmma::desc_mnmajor(sX + TILE, 16 * ks), 1);
-        } else {
-            tg::gemm_ss<T, NP, true, true>(Es[0], sX, sX + NP * TILE, true);
-        }
-        wbgmma::commit();
-        wbgmma::wait<0>();
-        wbgmma::fence_acc(Es[0]);
-    }
-    cp_async_wait();                                            // the trailing empty groups
-    state_store(Es, Eout + ((long long)n * NSEG + s) * dx * dy, 16 * w, 0, c0, dx, dy);
-}
-
 namespace tg {
 // the state's fragments (warp w: rows m0 .., 64 columns) times inv -> the swizzled state tile in T; NP = 2: the
 // residuals rounded to T into the lo tile after it (tile + TILE)
@@ -276,8 +222,8 @@ struct Pipe {
         });
     }
 };
-template <int STAGES>
-struct Pipe<STAGES, true, 1> {
+template <int STAGES, int NP>
+struct Pipe<STAGES, true, NP> {
     tc::Walk<STAGES> walk;
     template <typename F, typename G>
     __device__ __forceinline__ Pipe(int nch, tc::Trailer* tr, F&& issue, G&& grows) : walk(nch, true, tr, issue, grows) {}
@@ -287,7 +233,7 @@ struct Pipe<STAGES, true, 1> {
         walk.top(j, tr, issue, grows);                          // barrier: chunk j - 1 done; loads; log decays
         post_state_max<T>(St, tr->red);
         if constexpr (wbmma::Traits<T>::HALF) __syncthreads();
-        const float sigma = state_to_tile<T>(St, tile, tr->red);
+        const float sigma = state_to_tile<T, NP>(St, tile, tr->red);
         walk.wait();
         wbgmma::fence_proxy_async();
         __syncthreads();
@@ -307,28 +253,35 @@ __device__ __forceinline__ void weighed_at(unsigned (&a)[4][4], const T* tile, c
     }
 }
 
-// NP = 2: weighed_at's fragments of mul A^T for a hi + lo pair of tiles (tile, tile + TILE): each element's
-// mul (hi + lo) in float32, split again into a hi and a lo part (ah, al)
+// NP = 2: weighed_at's fragments of A^T diag(f) mul for a hi + lo pair of tiles (tile, tile + TILE): each element's
+// weight (f[k] mul, f = nullptr: mul) times (hi + lo) in float32, split again into a hi and a lo part (ah, al); the
+// k indices of fragment register e as KWeights reads them (e 0, 1: k, k + 1; e 2, 3: k + 8, k + 9; k = 16 ks + 2 t)
 template <typename T>
-__device__ __forceinline__ void weighed_at_pairs(unsigned (&ah)[4][4], unsigned (&al)[4][4], const T* tile, float mul) {
+__device__ __forceinline__ void weighed_at_pairs(unsigned (&ah)[4][4], unsigned (&al)[4][4], const T* tile, const float* f,
+                                                 float mul) {
     auto half = [](unsigned u, int i) { T x; x.bits = (unsigned short)(i ? u >> 16 : u & 0xffffu); return to_f32(x); };
+    const int t = threadIdx.x & 3;
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
         wbgmma::load_a<true>(ah[ks], tile, 16 * (threadIdx.x >> 5), 16 * ks);
         wbgmma::load_a<true>(al[ks], tile + TILE, 16 * (threadIdx.x >> 5), 16 * ks);
+        const int k = 16 * ks + 2 * t;
+        const float2 f0 = f ? *reinterpret_cast<const float2*>(f + k) : make_float2(1.f, 1.f);
+        const float2 f8 = f ? *reinterpret_cast<const float2*>(f + k + 8) : make_float2(1.f, 1.f);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            const float x0 = mul * (half(ah[ks][e], 0) + half(al[ks][e], 0));
-            const float x1 = mul * (half(ah[ks][e], 1) + half(al[ks][e], 1));
+            const float w0 = (e < 2 ? f0.x : f8.x) * mul, w1 = (e < 2 ? f0.y : f8.y) * mul;
+            const float x0 = w0 * (half(ah[ks][e], 0) + half(al[ks][e], 0));
+            const float x1 = w1 * (half(ah[ks][e], 1) + half(al[ks][e], 1));
             ah[ks][e] = pack2<T>(x0, x1);
             al[ks][e] = pack2<T>(residual<T>(x0), residual<T>(x1));
         }
     }
 }
 
-// Row dots x_r . acc_r of the warp's 16 rows (tile rows m0 ..) against a swizzled tile's rows, times mul, written to
-// out[r] for rows r < nrow (tc::row_dots on the swizzled layout: d log_decay's q.dq and k.dk)
-template <typename T>
+// Row dots x_r . acc_r of the warp's 16 rows (tile rows m0 ..) against a swizzled tile's rows (NP = 2: hi + lo), times
+// mul, written to out[r] for rows r < nrow (tc::row_dots on the swizzled layout: d log_decay's q.dq and k.dk)
+template <typename T, int NP = 1>
 __device__ __forceinline__ void row_dots(const float (&a)[8][4], const T* tile, int m0, int nrow, float* __restrict__ out,
                                          float mul) {
     const int gq = (threadIdx.x & 31) >> 2, tq = threadIdx.x & 3;
@@ -340,7 +293,9 @@ __device__ __forceinline__ void row_dots(const float (&a)[8][4], const T* tile, 
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
             const T* x = reinterpret_cast<const T*>(b + wbgmma::sw128(r, nt)) + 2 * tq;
-            d += a[nt][2 * h] * to_f32(x[0]) + a[nt][2 * h + 1] * to_f32(x[1]);
+            float x0 = to_f32(x[0]), x1 = to_f32(x[1]);
+            if constexpr (NP == 2) x0 += to_f32(x[TILE]), x1 += to_f32(x[TILE + 1]);     // + the lo tile's
+            d += a[nt][2 * h] * x0 + a[nt][2 * h + 1] * x1;
         }
         d += __shfl_xor_sync(0xffffffffu, d, 1);
         d += __shfl_xor_sync(0xffffffffu, d, 2);
@@ -363,8 +318,90 @@ __device__ __forceinline__ float xmul(const int* __restrict__ xexp, I... idx) {
 }
 }  // namespace tg
 
+template <typename T, int STAGES, int NP = 1, bool FS = false, bool DECAY = false>
+__global__ void __launch_bounds__(128) tg_seg_state(const typename tg::In<T, FS>::type* __restrict__ x,
+        const typename tg::In<T, FS>::type* __restrict__ y, const void* __restrict__ g, float* __restrict__ Eout,
+        float* __restrict__ gam, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, int T_, int dx,
+        int dy, int NSEG, float wscale, int g_kind, const int* __restrict__ xexp) {
+    using namespace tc;
+    static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3), "16-bit tiles, two or three stages");
+    static_assert((NP == 1 && !FS && !DECAY) || (NP == 2 && !(FS && DECAY)), "one part, or hi + lo pairs (log decays)");
+    constexpr int TILE = C * 64;                                // elements of one swizzled 64 x 64 tile
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: X at 2 s NP TILE, Y after it
+    const int nty = (dy + BV - 1) / BV;
+    const int yt = blockIdx.x % nty, s = blockIdx.x / nty, n = blockIdx.y;
+    const int c0 = yt * BV, w = threadIdx.x >> 5;
+    const int t0 = seg_t0[s], t1 = seg_t1[s];
+    const long long nT = (long long)n * T_;
+    const int nch = (t1 - t0 + C - 1) / C;
+    const float mx = tg::xinv<FS>(xexp, 1), my = tg::xinv<FS>(xexp, 2);     // FS: x = k, y = v
+    const long long lox = (long long)gridDim.y * T_ * dx, loy = (long long)gridDim.y * T_ * dy;   // NP 2: lo planes
+    auto issue_at = [&](int j, int st) {
+        T* sX = stages + st * 2 * NP * TILE;
+        const int cs = t0 + C * j, nrow = min(C, t1 - cs);
+        const long long row0 = nT + cs;
+        tg::load_operand<T, NP, FS, C, THREADS>(sX, x + row0 * dx, dx, nrow, 0, dx, mx, lox);
+        tg::load_operand<T, NP, FS, C, THREADS>(sX + NP * TILE, y + row0 * dy, dy, nrow, c0, dy, my, loy);
+    };
+    auto issue = [&](int j) { issue_at(j, j % STAGES); };
+    float Es[1][8][4];
+    zero(Es);
+    if constexpr (DECAY) {        // E <- e^{b_last} E + X^T diag(u) Y per chunk (tc_seg_state's forward with log decays)
+        Trailer* tr = reinterpret_cast<Trailer*>(stages + STAGES * 2 * NP * TILE);
+        auto grows = [&](int j) { return grows_at(g, g_kind, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
+        Walk<STAGES> walk(nch, true, tr, issue_at, grows);
+        double gsum = 0.0;
+        for (int j = 0; j < nch; ++j) {
+            const T* sX = stages + (j % STAGES) * 2 * NP * TILE;
+            walk.top(j, tr, issue_at, grows);                   // barrier: chunk j - 1 done; loads; log decays
+            walk.wait();
+            wbgmma::fence_proxy_async();
+            __syncthreads();
+            gsum += logdecay_at(tr, C - 1);
+            scale_acc(Es, tr->e[C - 1]);
+            unsigned xa[4][4], xl[4][4];                        // (X diag(u) wscale)^T's fragments (and lo parts)
+            tg::weighed_at_pairs<T>(xa, xl, sX, tr->u, wscale);
+            wbgmma::fence_acc(Es[0]);
+            wbgmma::fence();
+            tg::gemm_rs<T, NP, true>(Es[0], xa, xl, sX + NP * TILE);
+            wbgmma::commit();
+            wbgmma::wait<0>();
+            wbgmma::fence_acc(Es[0]);
+        }
+        cp_async_wait();
+        state_store(Es, Eout + ((long long)n * NSEG + s) * dx * dy, 16 * w, 0, c0, dx, dy);
+        if (gam && yt == 0 && threadIdx.x == 0) gam[(long long)n * NSEG + s] = (float)gsum;
+        return;
+    }
+    tg::prologue<STAGES>(nch, issue);
+    for (int j = 0; j < nch; ++j) {
+        cp_async_wait_group<STAGES - 2>();                      // chunk j's tiles (this thread's copies) landed
+        wbgmma::fence_proxy_async();
+        __syncthreads();                                        // ... every thread's; chunk j - 1's products done
+        if (j + STAGES - 1 < nch) issue(j + STAGES - 1);        // into chunk j - 1's stage
+        cp_async_commit();
+        const T* sX = stages + (j % STAGES) * 2 * NP * TILE;
+        wbgmma::fence_acc(Es[0]);
+        wbgmma::fence();
+        if constexpr (NP == 1) {
+#pragma unroll
+            for (int ks = 0; ks < C / 16; ++ks)
+                wbgmma::mma_ss<T, true, true>(Es[0], wbgmma::desc_mnmajor(sX, 16 * ks),
+                                              wbgmma::desc_mnmajor(sX + TILE, 16 * ks), 1);
+        } else {
+            tg::gemm_ss<T, NP, true, true>(Es[0], sX, sX + NP * TILE, true);
+        }
+        wbgmma::commit();
+        wbgmma::wait<0>();
+        wbgmma::fence_acc(Es[0]);
+    }
+    cp_async_wait();                                            // the trailing empty groups
+    state_store(Es, Eout + ((long long)n * NSEG + s) * dx * dy, 16 * w, 0, c0, dx, dy);
+}
+
 template <typename T, int STAGES, bool DECAY, typename TO = T, int NP = 1, bool FS = false>
-__global__ void __launch_bounds__(128, NP == 2 && !FS ? 3 : NP == 2 ? 2 : 1) tg_fwd(const typename tg::In<T, FS>::type* __restrict__ q,
+__global__ void __launch_bounds__(128, NP == 2 && !FS && !DECAY ? 3 : NP == 2 ? 2 : 1) tg_fwd(const typename tg::In<T, FS>::type* __restrict__ q,
         const typename tg::In<T, FS>::type* __restrict__ k, const typename tg::In<T, FS>::type* __restrict__ v,
         const void* __restrict__ g, TO* __restrict__ o, const float* __restrict__ Hin,
         float* __restrict__ Hend, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1,
@@ -375,7 +412,8 @@ __global__ void __launch_bounds__(128, NP == 2 && !FS ? 3 : NP == 2 ? 2 : 1) tg_
     using tg::TILE;
     static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3 || (NP == 2 && STAGES == 1)),
                   "16-bit tiles, two or three stages (pairs: one)");
-    static_assert((NP == 1 && !FS) || (NP == 2 && !DECAY && wbmma::Traits<TO>::F32), "pairs: linear, float32 results");
+    static_assert((NP == 1 && !FS) || (NP == 2 && !(DECAY && FS) && wbmma::Traits<TO>::F32),
+                  "pairs: float32 results (split as the tiles land: linear)");
     constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 outputs times omul
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: Q, K, V at (3 s + 0, 1, 2) NP TILE
@@ -421,15 +459,16 @@ __global__ void __launch_bounds__(128, NP == 2 && !FS ? 3 : NP == 2 ? 2 : 1) tg_
         else scale_acc(acc, scale * sigma);
         wbmma::AFrags<T, 8> P, Pl;                              // (Pl: NP = 2, P's lo parts)
         tg::p_frags<T, NP, true>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
-        unsigned kf[4][4];                                      // DECAY: (diag(u) K)^T's fragments
+        unsigned kf[4][4], kfl[4][4];                           // DECAY: (diag(u) K)^T's fragments (NP 2: + lo)
         if constexpr (DECAY) {
             scale_acc(H, tr->e[C - 1]);
-            tg::weighed_at<T>(kf, sK, tr->u, 1.f);
+            if constexpr (NP == 2) tg::weighed_at_pairs<T>(kf, kfl, sK, tr->u, 1.f);
+            else tg::weighed_at<T>(kf, sK, tr->u, 1.f);
         }
         tg::fence_accs(acc, H);
         wbgmma::fence();
         tg::gemm_rs<T, NP, true>(acc[0], P.f, Pl.f, sV);             // o += P V
-        if constexpr (DECAY) wbgmma::gemm64_rs<T, true>(H[0], kf, sV);   // H <- e^{b_last} H + K^T diag(u) V
+        if constexpr (DECAY) tg::gemm_rs<T, NP, true>(H[0], kf, kfl, sV);   // H <- e^{b_last} H + K^T diag(u) V
         else tg::gemm_ss<T, NP, true, true>(H[0], sK, sV, true);     // H += K^T V (also after the last chunk: no
         wbgmma::commit();                                              // branch between a batch's wgmmas)
         wbgmma::wait<0>();
@@ -466,7 +505,8 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_b
     using tg::TILE;
     static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3 || (NP == 2 && STAGES == 1)),
                   "16-bit tiles, two or three stages (pairs: one)");
-    static_assert((NP == 1 && !FS) || (NP == 2 && !DECAY && wbmma::Traits<TO>::F32), "pairs: linear, float32 results");
+    static_assert((NP == 1 && !FS) || (NP == 2 && !(DECAY && FS) && wbmma::Traits<TO>::F32),
+                  "pairs: float32 results (split as the tiles land: linear)");
     constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 dq times qmul, q.dq times 2^e_q
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: dO, V, K, Q at (4 s + 0, 1, 2, 3) NP TILE
@@ -508,12 +548,14 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_b
         const T* sQ = sK + NP * TILE;
         const float sigma = pipe.top(j, nch, tr, issue, grows, H, sH, red);
         float acc[1][8][4], S[1][8][4];
-        unsigned kf[4][4], qf[4][4];                            // DECAY: the weighed fragments of K^T and Q^T
-        if constexpr (DECAY) {
+        unsigned kf[4][4], qf[4][4], kfl[4][4], qfl[4][4];      // DECAY: the weighed fragments of K^T and Q^T (NP 2:
+        if constexpr (DECAY) {                                  // and their lo parts)
             scale_acc(H, tr->e[C - 1]);
-            tg::weighed_at<T>(kf, sK, tr->u, 1.f);
+            if constexpr (NP == 2) tg::weighed_at_pairs<T>(kf, kfl, sK, tr->u, 1.f);
+            else tg::weighed_at<T>(kf, sK, tr->u, 1.f);
             if constexpr (ESUM) {
-                tg::weighed_at<T>(qf, sQ, tr->e, rw.next(tr, j, scale));
+                if constexpr (NP == 2) tg::weighed_at_pairs<T>(qf, qfl, sQ, tr->e, rw.next(tr, j, scale));
+                else tg::weighed_at<T>(qf, sQ, tr->e, rw.next(tr, j, scale));
             }
         }
         tg::fence_accs(acc, S, H, Es);
@@ -522,8 +564,8 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_b
         tg::gemm_ss<T, NP, false, false>(S[0], sO, sV, false);        // S = dO V^T
         wbgmma::commit();
         if constexpr (DECAY) {
-            wbgmma::gemm64_rs<T, true>(H[0], kf, sV);                  // H <- e^{b_last} H + K^T diag(u) V
-            if constexpr (ESUM) wbgmma::gemm64_rs<T, true>(Es[0], qf, sO);   // Es += (weighed Q)^T dO
+            tg::gemm_rs<T, NP, true>(H[0], kf, kfl, sV);             // H <- e^{b_last} H + K^T diag(u) V
+            if constexpr (ESUM) tg::gemm_rs<T, NP, true>(Es[0], qf, qfl, sO);   // Es += (weighed Q)^T dO
         } else {
             tg::gemm_ss<T, NP, true, true>(H[0], sK, sV, true);      // H += K^T V (also after the last chunk)
             if constexpr (ESUM) tg::gemm_ss<T, NP, true, true>(Es[0], sQ, sO, true);   // Es += Q^T dO
@@ -544,7 +586,7 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_b
         tg::fence_accs(acc, H, Es);
         if constexpr (XS) scale_acc(acc, qmul);
         store_rows<TO, 8>(acc[0], dq + (nT + cs) * dk, dk, 16 * w, nrow, k0, dk);
-        if (DECAY && rq) tg::row_dots<T>(acc[0], sQ, 16 * w, nrow, rq + ((long long)kt * N + n) * T_ + cs, rqmul);
+        if (DECAY && rq) tg::row_dots<T, NP>(acc[0], sQ, 16 * w, nrow, rq + ((long long)kt * N + n) * T_ + cs, rqmul);
     }
     cp_async_wait();
     if constexpr (ESUM) {
@@ -585,7 +627,8 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
     using tg::TILE;
     static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3 || (NP == 2 && STAGES == 1)),
                   "16-bit tiles, two or three stages (pairs: one)");
-    static_assert((NP == 1 && !FS) || (NP == 2 && !DECAY && wbmma::Traits<TO>::F32), "pairs: linear, float32 results");
+    static_assert((NP == 1 && !FS) || (NP == 2 && !(DECAY && FS) && wbmma::Traits<TO>::F32),
+                  "pairs: float32 results (split as the tiles land: linear)");
     constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 dk, dv times kmul, vmul; k.dk 2^e_k
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: Q, K, V, dO at (4 s + 0, 1, 2, 3) NP TILE
@@ -663,7 +706,7 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
         unsigned qa[4][4], qal[4][4];                           // (weighed Q)^T's fragments: the warp's dk rows
         const float e0 = DECAY ? weight_base(tr) : 1.f;         // e^b relative to the chunk's first row
         if constexpr (DECAY) scale_acc(dS, tr->e[C - 1] / e0);
-        if constexpr (NP == 2) tg::weighed_at_pairs<T>(qa, qal, sQ, scale);
+        if constexpr (NP == 2) tg::weighed_at_pairs<T>(qa, qal, sQ, DECAY ? tr->e : nullptr, scale / e0);
         else tg::weighed_at<T>(qa, sQ, DECAY ? tr->e : nullptr, scale / e0);
         tg::fence_accs(gk, dS);
         wbgmma::fence();
@@ -675,7 +718,7 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
         if (DECAY && e0 != 1.f) scale_acc(dS, e0);
         if constexpr (XS) scale_acc(gk, kmul);
         store_rows<TO, 8>(gk[0], dkout + row0 * dk, dk, 16 * w, nrow, 0, dk);
-        if (DECAY && rk) tg::row_dots<T>(gk[0], sK, 16 * w, nrow, rk + (long long)n * T_ + cs, rkmul);
+        if (DECAY && rk) tg::row_dots<T, NP>(gk[0], sK, 16 * w, nrow, rk + (long long)n * T_ + cs, rkmul);
     }
     cp_async_wait();
     if (dSstart) state_store(dS, dSstart + ((long long)n * NSEG + s) * E, 16 * w, 0, 0, dk, dv);

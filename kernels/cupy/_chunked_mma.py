@@ -234,8 +234,8 @@ WG_DTYPES = ("float16", "bfloat16")
 WG_TILE_BYTES = C * 64 * 2
 
 
-def smem_wg_seg_state(stages: int, np_: int = 1) -> int:
-    return stages * 2 * np_ * WG_TILE_BYTES + 1024
+def smem_wg_seg_state(stages: int, np_: int = 1, decay: bool = False) -> int:
+    return stages * 2 * np_ * WG_TILE_BYTES + (TRAILER_BYTES if decay else 0) + 1024
 
 
 def smem_wg_walk(tiles: int, stages: int, decay: bool, np_: int = 1) -> int:
@@ -286,9 +286,12 @@ def _to(out: Optional[str], np_: int = 1, fs: bool = False) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _wg_seg_state(dtype: str, stages: Optional[int] = None, np_: int = 1, fs: bool = False) -> Launchable:
+def _wg_seg_state(dtype: str, stages: Optional[int] = None, np_: int = 1, fs: bool = False,
+                  decay: bool = False) -> Launchable:
+    """decay: the pairs' segment sums with log decays (NP 2, not fs)."""
     stages = WG_SEG_STAGES if stages is None else stages
-    return Launchable(f"tg_seg_state<{CTYPE[dtype]}, {stages}{_to(None, np_, fs)}>", smem_wg_seg_state(stages, np_))
+    tail = _to(None, np_, fs) + (", false, true" if decay else "")
+    return Launchable(f"tg_seg_state<{CTYPE[dtype]}, {stages}{tail}>", smem_wg_seg_state(stages, np_, decay))
 
 
 @functools.lru_cache(maxsize=None)
@@ -395,13 +398,16 @@ WG_GROUPS = {dt: tuple([_wg_seg_state(dt, s).expr for s in WG_STAGE_CHOICES]    
 WG_GROUPS["xscale"] = tuple([_wg_fwd(XS_STORAGE, d, out="float32").expr for d in (False, True)]     # the defaults'
                             + [_wg_dq(XS_STORAGE, e, d, out="float32").expr for e in (False, True) for d in (False, True)]
                             + [_wg_dkdv(XS_STORAGE, d, out="float32").expr for d in (False, True)])
-for _x in (2, 3):                                                                   # linear only
-    WG_GROUPS[XS_GROUPS[_x]] = tuple([_wg_fwd(XS_STORAGE, **_wg_walkers(_x)).expr]
-                                     + [_wg_dq(XS_STORAGE, e, **_wg_walkers(_x)).expr for e in (False, True)]
-                                     + [_wg_dkdv(XS_STORAGE, **dict(_wg_walkers(_x), lowreg=lr)).expr
-                                        for lr in XS_PAIR_CHOICES["lowreg"]]
+for _x in (2, 3):                                                   # log decays: the planes' walkers (xscale 2)
+    _ds = (False, True) if _x == 2 else (False,)
+    WG_GROUPS[XS_GROUPS[_x]] = tuple([_wg_fwd(XS_STORAGE, d, **_wg_walkers(_x)).expr for d in _ds]
+                                     + [_wg_dq(XS_STORAGE, e, d, **_wg_walkers(_x)).expr for e in (False, True)
+                                        for d in _ds]
+                                     + [_wg_dkdv(XS_STORAGE, d, **dict(_wg_walkers(_x), lowreg=lr)).expr for d in _ds
+                                        for lr in XS_PAIR_CHOICES["lowreg"] if not d or lr == XS_PAIR_LOWREG]
                                      + [_wg_seg_state(XS_STORAGE, st, 2, _x == 3).expr
-                                        for st in XS_PAIR_CHOICES["seg_stages"]])
+                                        for st in XS_PAIR_CHOICES["seg_stages"]]
+                                     + [_wg_seg_state(XS_STORAGE, XS_PAIR_SEG_STAGES, 2, decay=True).expr] * (_x == 2))
 INSTANTIATIONS = list(dict.fromkeys((SOURCE, e) for grp in list(GROUPS.values()) + [COMMON] for e in grp))
 INSTANTIATIONS += [(WG_SOURCE, e) for grp in WG_GROUPS.values() for e in grp]
 INSTANTIATIONS += _xscale.INSTANTIATIONS
@@ -432,8 +438,8 @@ def _wg_prepared(dt: str, k: Launchable, grid, xscale: int = 0):
 
 def xscale_refusal(dk: int, dv: int, causal: bool, decay: bool = False, parts: int = 1) -> Optional[str]:
     """Why a call cannot run as xscale of ``parts`` (every walker a chunked_wgmma.cu one), or None."""
-    if parts >= 2 and decay:
-        return "log decays (the pairs walkers are linear attention's)"
+    if parts == 3 and decay:
+        return "log decays (the split as the tiles land is linear attention's)"
     if not causal:
         return "causal=False (the warpgroup-MMA walkers are causal)"
     if max(dk, dv) > 64:
@@ -593,7 +599,8 @@ class _CorePlan:
         if not (causal and tab.single):
             self.seg_wg = True                                  # (its launch takes the exponents after tc's arguments)
             if xscale >= 2:                                     # pairs: the segment sums of tg_seg_state's pairs
-                self.seg_state = _wg_prepared(dt, _wg_seg_state(dt, XS_PAIR_SEG_STAGES, 2, xscale == 3), grid, xscale)
+                seg = _wg_seg_state(dt, XS_PAIR_SEG_STAGES, 2, xscale == 3, self.decay)
+                self.seg_state = _wg_prepared(dt, seg, grid, xscale)
             elif wg_kernel(WG_SEG_MODES, dkdv, dt, self.decay, self.dkp == 64):
                 self.seg_state = _wg_prepared(dt, _wg_seg_state(dt), grid)
             else:

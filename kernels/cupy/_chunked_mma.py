@@ -436,6 +436,18 @@ def _wg_prepared(dt: str, k: Launchable, grid, xscale: int = 0):
     return Prepared(_wg_kern(XS_GROUPS[xscale] if xscale else dt, k.expr), grid, (k.threads,), k.smem)
 
 
+PAIRS_FALLBACK_MODE = "dqrev"    # what a pairs call (xscale 2, 3) the walkers refuse runs: the float32 default's kernels
+
+
+def pairs_or_fallback(split: int, dkdv: str, xscale: int, dk: int, dv: int, causal: bool = True, decay: bool = False,
+                      refuse: bool = False) -> tuple:
+    """(split, dkdv, xscale) a call of a pairs variant runs: its own, or 3xTF32 in PAIRS_FALLBACK_MODE where
+    ``xscale_refusal`` (or the caller: ``refuse``) says so -- float32 accuracy either way."""
+    if xscale >= 2 and (refuse or xscale_refusal(dk, dv, causal, decay, xscale)):
+        return 3, PAIRS_FALLBACK_MODE, 0
+    return split, dkdv, xscale
+
+
 def xscale_refusal(dk: int, dv: int, causal: bool, decay: bool = False, parts: int = 1) -> Optional[str]:
     """Why a call cannot run as xscale of ``parts`` (every walker a chunked_wgmma.cu one), or None."""
     if parts == 3 and decay:

@@ -129,7 +129,7 @@ def _mma_forward(split, stages, q, k, v, log_decay, scale=1.0, initial_state=Non
     g = as_contiguous(log_decay, log_decay.dtype if dtype_name(log_decay.dtype) in mma.LOG_DECAY_DTYPES
                       else cp.float32)
     S0 = None if initial_state is None else as_contiguous(initial_state.S, cp.float32)
-    split, dkdv, xscale = _pairs_or_fallback(split, dkdv, xscale, q.shape[-1], v.shape[-1])
+    split, dkdv, xscale = mma.pairs_or_fallback(split, dkdv, xscale, q.shape[-1], v.shape[-1], decay=True)
     o, cctx = mma.forward(q, k, v, g, scale=scale, causal=True, split=split, S0=S0, want_final=return_state,
                           cu=cu_seqlens, stages=stages, dkdv=dkdv, xscale=xscale)
     o = as_dtype(o, dt)
@@ -159,7 +159,7 @@ def _mma_prepare(split, stages, options, shapes, dtype, dkdv="fused", bf16_core=
         dkdv = _bf16_mode(dkdv, shapes[0][-1], shapes[2][-1], bf16_core)
         if dkdv is None:
             return None
-    split, dkdv, xscale = _pairs_or_fallback(split, dkdv, xscale, shapes[0][-1], shapes[2][-1])
+    split, dkdv, xscale = mma.pairs_or_fallback(split, dkdv, xscale, shapes[0][-1], shapes[2][-1], decay=True)
     run = mma.CoreRun(dt, shapes[0], shapes[2][-1], dtype, scale=options.get("scale", 1.0), split=split,
                       stages=stages, dkdv=dkdv, cu=options.get("cu_seqlens"), dg_dtype=dtype, n_grads=4, xscale=xscale)
     return run.forward, run.backward
@@ -203,19 +203,6 @@ register(_mma_variant("chunked_mma_bf16f32", 3, 1, "cupy:chunked_mma for bfloat1
                       bf16_core="float32", variant=dict(dtypes=("bfloat16",))))
 register(_mma_variant("chunked_mma_tf32", 1, 1, "cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, "
                                                 "opt-in)", variant=dict(dtypes=("float32",), tags=("tf32",))))
-
-
-# cupy:chunked_mma_wgp: float32 as float16 hi + lo pairs on the warpgroup-MMA walkers with log decays (xscale 2) where
-# the call qualifies (head dims <= 64, compute capability 9.0), else the float32 default's kernels (3xTF32, dk/dv mode
-# PAIRS_FALLBACK): float32 accuracy either way (linear.md "float32 exact as float16 hi + lo pairs")
-PAIRS_FALLBACK = "dqrev"
-
-
-def _pairs_or_fallback(split, dkdv, xscale, dk, dv) -> tuple:
-    """(split, dkdv, xscale) a call runs: pairs (xscale 2) fall back to 3xTF32 where mma.xscale_refusal says so."""
-    if xscale == 2 and mma.xscale_refusal(dk, dv, True, True, 2):
-        return 3, PAIRS_FALLBACK, 0
-    return split, dkdv, xscale
 
 
 def _supports_mma_wgx(options, shapes):

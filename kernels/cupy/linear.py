@@ -166,7 +166,7 @@ def _mma_forward(split, stages, q, k, v, causal=True, feature_map="identity", no
         Q = as_dtype(_phi(as_dtype(q, cp.float32), feature_map), dt)
         K = as_dtype(_phi(as_dtype(k, cp.float32), feature_map), dt)
     Va = cp.concatenate([as_dtype(v, dt), cp.ones(v.shape[:-1] + (1,), dt)], axis=-1) if normalize else v
-    split, dkdv, xscale = _pairs_or_fallback(split, dkdv, xscale, Q.shape[-1], Va.shape[-1], causal, normalize)
+    split, dkdv, xscale = mma.pairs_or_fallback(split, dkdv, xscale, Q.shape[-1], Va.shape[-1], causal, refuse=normalize)
     S0 = None if initial_state is None else _state_to_core(initial_state, normalize)
     num, cctx = mma.forward(Q, K, Va, None, scale=scale, causal=causal, split=split, S0=S0,
                             want_final=return_state, cu=cu_seqlens, stages=stages, dkdv=dkdv, xscale=xscale)
@@ -204,22 +204,11 @@ def _mma_backward(ctx: _MMAContext, do, dfinal=None):
     return grads + ((_state_from_core(dS0, ctx.normalize),) if ctx.has_initial else ())
 
 
-# cupy:chunked_mma_wgp: float32 as float16 hi + lo pairs on the warpgroup-MMA walkers (xscale 2) where the call
-# qualifies (causal, head dims <= 64, compute capability 9.0, not normalize), else the float32 default's kernels
-# (3xTF32, dk/dv mode PAIRS_FALLBACK): float32 accuracy either way.  normalize: its backward's [do / den, -(do.o) / den]
-# spans the slice's range with den (its early rows' entries 1/T of the late ones' at T = 67), and a pair's lo part of
-# an entry far under its slice's max falls into float16's subnormals: dq 9.0e-5 on the check's elu1 cell on the CPU
-# emulator (3xTF32 8.6e-7; the variant's tolerance 5e-5), 1.2e-3 - 2.2e-3 on the H200 (callW, before the cotangent
-# was handed on in float32).
-PAIRS_FALLBACK = "dqrev"
-
-
-def _pairs_or_fallback(split, dkdv, xscale, dk, dv, causal, normalize=False) -> tuple:
-    """(split, dkdv, xscale) a call runs: pairs (xscale 2, 3) fall back to 3xTF32 where mma.xscale_refusal says so, and
-    with normalize."""
-    if xscale >= 2 and (normalize or mma.xscale_refusal(dk, dv, causal, False, xscale)):
-        return 3, PAIRS_FALLBACK, 0
-    return split, dkdv, xscale
+# cupy:chunked_mma_wgp (xscale 2) and _wgpw (3) run 3xTF32 where the pairs walkers refuse a call (_chunked_mma.
+# pairs_or_fallback) and with normalize: its backward's [do / den, -(do.o) / den] spans the slice's range with den (its
+# early rows' entries 1/T of the late ones' at T = 67), and a pair's lo part of an entry far under its slice's max
+# falls into float16's subnormals: dq 9.0e-5 on the check's elu1 cell on the CPU emulator (3xTF32 8.6e-7; the
+# variant's tolerance 5e-5), 1.2e-3 - 2.2e-3 on the H200 (callW, before the cotangent was handed on in float32).
 
 
 def _mma_prepare(split, stages, options, shapes, dtype, dkdv="fused", xscale=False):
@@ -229,8 +218,8 @@ def _mma_prepare(split, stages, options, shapes, dtype, dkdv="fused", xscale=Fal
     if not options.keys() <= {"causal", "feature_map", "normalize", "scale", "eps", "cu_seqlens"} or \
             options.get("feature_map", "identity") != "identity" or options.get("normalize", False):
         return None
-    split, dkdv, xscale = _pairs_or_fallback(split, dkdv, xscale, shapes[0][-1], shapes[2][-1],
-                                             options.get("causal", True))
+    split, dkdv, xscale = mma.pairs_or_fallback(split, dkdv, xscale, shapes[0][-1], shapes[2][-1],
+                                                options.get("causal", True))
     run = mma.CoreRun(dtype_name(dtype), shapes[0], shapes[2][-1], None, scale=options.get("scale", 1.0),
                       causal=options.get("causal", True), split=split, stages=stages, dkdv=dkdv,
                       cu=options.get("cu_seqlens"), n_grads=3, xscale=xscale)
@@ -276,35 +265,32 @@ register(Variant("linear", "cupy", "chunked_mma_tf32", functools.partial(_mma_fo
                  description="cupy:chunked_mma with float32 products on TF32 (1e-3 accuracy, opt-in)"))
 
 
-
 def _supports_mma_wgx(options, shapes):
     if options.get("normalize"):
         return "normalize=True needs cupy:chunked_mma (its ones column makes Dv + 1, and the walkers take Dv <= 64)"
     return mma.xscale_refusal(shapes["q"][-1], shapes["v"][-1], options.get("causal", True))
 
 
-register(Variant("linear", "cupy", "chunked_mma_wgx",
-                 functools.partial(_mma_forward, 1, 1, dkdv=mma.XS_MODE, xscale=True), _mma_backward,
-                 leading_dims=True, prepare=functools.partial(_mma_prepare, 1, 1, dkdv=mma.XS_MODE, xscale=True),
-                 dtypes=("float32",), array_kind="cupy", gpu=True, supports=_supports_mma_wgx,
-                 features=frozenset({"state", "packed"}), form="linear", tags=("tf32",),
-                 description="float32 on the float16 warpgroup-MMA walkers of cupy:chunked_mma_wgb: q, k, v and do "
-                             "rounded to float16 under a power-of-two scale per leading index (TF32's 11 significant "
-                             "bits), float32 accumulation and results; causal, head dims <= 64, compute capability "
-                             "9.0 (opt-in, tf32 tolerance)"))
-register(Variant("linear", "cupy", "chunked_mma_wgp",
-                 functools.partial(_mma_forward, 1, 1, dkdv=mma.XS_MODE, xscale=2), _mma_backward,
-                 leading_dims=True, prepare=functools.partial(_mma_prepare, 1, 1, dkdv=mma.XS_MODE, xscale=2),
-                 dtypes=("float32",), array_kind="cupy", gpu=True, supports=_supports_mma,
-                 features=frozenset({"state", "packed"}), form="linear", tol={"float32": 5e-5},
-                 description="float32 on the float16 warpgroup-MMA walkers as hi + lo pairs (three products each: "
-                             "float32 accuracy) under a power-of-two scale per leading index; causal, head dims <= 64, "
-                             "compute capability 9.0, else cupy:chunked_mma_dqr's kernels (3xTF32)"))
-register(Variant("linear", "cupy", "chunked_mma_wgpw",
-                 functools.partial(_mma_forward, 1, 1, dkdv=mma.XS_MODE, xscale=3), _mma_backward,
-                 leading_dims=True, prepare=functools.partial(_mma_prepare, 1, 1, dkdv=mma.XS_MODE, xscale=3),
-                 dtypes=("float32",), array_kind="cupy", gpu=True, supports=_supports_mma,
-                 features=frozenset({"state", "packed"}), form="linear", tol={"float32": 5e-5},
-                 description="cupy:chunked_mma_wgp with the walkers reading float32 and splitting each tile into "
-                             "its hi + lo pair as it lands (no planes pass; measured rung: H200 5.74 ms at 64k against "
-                             "the planes' 4.41)"))
+def _xscale_variant(name: str, xscale: int, supports, description: str, **fields) -> Variant:
+    """A float32 variant of the warpgroup-MMA walkers' xscale storage (``_chunked_mma.forward``'s xscale): 1 float16
+    copies (tag tf32), 2 hi + lo planes, 3 hi + lo split as the tiles land."""
+    return Variant("linear", "cupy", name, functools.partial(_mma_forward, 1, 1, dkdv=mma.XS_MODE, xscale=xscale),
+                   _mma_backward, leading_dims=True,
+                   prepare=functools.partial(_mma_prepare, 1, 1, dkdv=mma.XS_MODE, xscale=xscale),
+                   dtypes=("float32",), array_kind="cupy", gpu=True, supports=supports,
+                   features=frozenset({"state", "packed"}), form="linear", description=description, **fields)
+
+
+register(_xscale_variant("chunked_mma_wgx", 1, _supports_mma_wgx,
+                         "float32 on the float16 warpgroup-MMA walkers of cupy:chunked_mma_wgb: q, k, v and do rounded "
+                         "to float16 under a power-of-two scale per leading index (TF32's 11 significant bits), float32 "
+                         "accumulation and results; causal, head dims <= 64, compute capability 9.0 (opt-in, tf32 "
+                         "tolerance)", tags=("tf32",)))
+register(_xscale_variant("chunked_mma_wgp", 2, _supports_mma,
+                         "float32 on the float16 warpgroup-MMA walkers as hi + lo pairs (three products each: float32 "
+                         "accuracy) under a power-of-two scale per leading index; causal, head dims <= 64, compute "
+                         "capability 9.0, else cupy:chunked_mma_dqr's kernels (3xTF32)", tol={"float32": 5e-5}))
+register(_xscale_variant("chunked_mma_wgpw", 3, _supports_mma,
+                         "cupy:chunked_mma_wgp with the walkers reading float32 and splitting each tile into its hi + lo "
+                         "pair as it lands (no planes pass; measured rung: H200 5.74 ms at 64k against the planes' "
+                         "4.41)", tol={"float32": 5e-5}))

@@ -23,6 +23,18 @@
 //                            tc_seg_state's (state_store is shared).  One barrier per chunk: chunk j's tiles landed and
 //                            every warpgroup product of chunk j - 1 completed (wait 0), so chunk j + STAGES - 1's loads
 //                            may refill that stage while chunk j's products run.
+//
+// Every kernel takes a last argument xexp (nullptr but for xscale calls) and the trailing template arguments
+//   TO = T   the results' type: float for xscale calls (float32 operands carried as T under a power-of-two scale per
+//            leading index n, kernels/cupy/_xscale.py): each result is scaled back by its operands' exponents
+//            (tg::xmul) before the store, d log_decay's row dots too;
+//   NP = 1   2: every operand a hi + lo pair of T tiles (the lo tile TILE elements after the hi one; from two planes
+//            of the caller's arrays, the lo plane N T d elements after the hi one), every product three (tg::gemm_ss,
+//            gemm_rs), the state tile, P and the weighed fragments split likewise: float32 accuracy (xscale 2), at
+//            one load stage;
+//   FS       NP 2 with the caller's float32 operands split into the pairs as the tiles land (tg::load_tile_pair,
+//            times the slice's 2^-e; xscale 3, linear only).
+// (tg_seg_state: NP, FS, and DECAY -- the pairs' segment sums with log decays through tc::Walk.)
 #include "chunked_mma.cu"
 #include "wgmma.cuh"
 

@@ -128,6 +128,17 @@ __device__ __forceinline__ void load_operand(T* tile, const TI* __restrict__ g, 
     }
 }
 
+// The 4 floats of the block max (red) after the tiles at `after`, or -- SLACK: a launch sized tiles + 1024 bytes, no
+// room after the tiles once the alignment took more than 1008 bytes -- in the first 16 bytes of the slack the
+// alignment left before the tiles (`stages`): what lets tg_fwd's pairs at two stages (112 KB of tiles) run two
+// blocks per SM (_chunked_mma.smem_wg_walk's red_in_slack)
+template <bool SLACK>
+__device__ __forceinline__ float* red_slot(unsigned char* raw, const void* stages, void* after) {
+    if constexpr (SLACK)
+        if (static_cast<const unsigned char*>(stages) - raw > 1008) return reinterpret_cast<float*>(raw);
+    return reinterpret_cast<float*>(after);
+}
+
 // 2^-e of operand i's slice (FS: the pairs' scale, applied as the tiles land; 1 otherwise)
 template <bool FS>
 __device__ __forceinline__ float xinv(const int* __restrict__ xexp, int i) {
@@ -423,14 +434,14 @@ __global__ void __launch_bounds__(128, NP == 2 && !FS && !DECAY ? 3 : NP == 2 ? 
     using namespace tc;
     using tg::TILE;
     static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3 || (NP == 2 && STAGES == 1)),
-                  "16-bit tiles, two or three stages (pairs: one)");
+                  "16-bit tiles, two or three stages (pairs: one or two)");
     static_assert((NP == 1 && !FS) || (NP == 2 && !(DECAY && FS) && wbmma::Traits<TO>::F32),
                   "pairs: float32 results (split as the tiles land: linear)");
     constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 outputs times omul
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: Q, K, V at (3 s + 0, 1, 2) NP TILE
     T* sH = stages + STAGES * 3 * NP * TILE;                    // (NP = 2: each hi tile, then its lo tile)
-    float* red = reinterpret_cast<float*>(sH + NP * TILE);      // each warp's max |H| (float16) ...
+    float* red = tg::red_slot<NP == 2 && STAGES == 2 && !DECAY>(smem_raw, stages, sH + NP * TILE);   // max |H| ...
     Trailer* tr = reinterpret_cast<Trailer*>(sH + NP * TILE);   // ... or, DECAY, the Trailer (red inside)
     const int ntv = (dv + BV - 1) / BV;
     const int vt = blockIdx.x % ntv, s = blockIdx.x / ntv, n = blockIdx.y;

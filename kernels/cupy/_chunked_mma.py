@@ -238,10 +238,11 @@ def smem_wg_seg_state(stages: int, np_: int = 1, decay: bool = False) -> int:
     return stages * 2 * np_ * WG_TILE_BYTES + (TRAILER_BYTES if decay else 0) + 1024
 
 
-def smem_wg_walk(tiles: int, stages: int, decay: bool, np_: int = 1) -> int:
+def smem_wg_walk(tiles: int, stages: int, decay: bool, np_: int = 1, red_in_slack: bool = False) -> int:
     """A chunked_wgmma.cu walker's: ``tiles`` tiles a stage, the state tile (each np_ tiles: hi + lo pairs), 4 floats or
-    (decay) the Trailer, and the slack that aligns the tiles to 1024 bytes."""
-    return (tiles * stages + 1) * np_ * WG_TILE_BYTES + (TRAILER_BYTES if decay else 16) + 1024
+    (decay) the Trailer, and the slack that aligns the tiles to 1024 bytes; red_in_slack: the 4 floats inside that
+    slack's room (tg::red_slot: tg_fwd's pairs at two stages, 113 KB: two blocks per SM)."""
+    return (tiles * stages + 1) * np_ * WG_TILE_BYTES + (TRAILER_BYTES if decay else 0 if red_in_slack else 16) + 1024
 
 
 def wg_kernel(modes: tuple, dkdv: str, dtype: str, decay: bool, ok_dims: bool = True) -> bool:
@@ -272,10 +273,13 @@ XS_MODE = "dqrev_wgb"
 # H200 callX 5.736 ms at 64k against the planes' 4.413 (callW), its plain loads at each chunk's top left exposed.
 XS_PARTS = {1: 1, 2: 2, 3: 0}                           # xscale -> _xscale.to_half's parts
 XS_PAIR_STAGES = 1
+XS_PAIR_FWD_STAGES = 1      # tg_fwd's pairs (linear): 2 fits two blocks per SM (tg::red_slot), not measured yet
+                            # against 1 (three blocks per SM by registers: 155); XS_PAIR_CHOICES
 XS_PAIR_SEG_STAGES = 2      # tg_seg_state's pairs (3: a measured alternative, XS_PAIR_CHOICES)
 XS_PAIR_LOWREG = True       # tg_bwd_dkdv's pairs: dv stored before dk's products (False: one wait fewer, 211 registers
                             # either way: 2 blocks per SM)
-XS_PAIR_CHOICES = {"seg_stages": (2, 3), "lowreg": (True, False)}     # instantiated for a measurement
+XS_PAIR_CHOICES = {"seg_stages": (2, 3), "lowreg": (True, False),   # instantiated for a measurement
+                   "fwd_stages": (1, 2)}
 XS_GROUPS = {1: "xscale", 2: "xpair", 3: "xpairw"}     # xscale -> its kernels' compile group (WG_GROUPS)
 
 
@@ -318,7 +322,7 @@ def _wg_fwd(dtype: str, decay: bool = False, stages: Optional[int] = None, out: 
             np_: int = 1, fs: bool = False) -> Launchable:
     stages = WG_FWD_STAGES if stages is None else stages
     return Launchable(f"tg_fwd<{CTYPE[dtype]}, {stages}, {_b(decay)}{_to(out, np_, fs)}>",
-                      smem_wg_walk(3, stages, decay, np_))
+                      smem_wg_walk(3, stages, decay, np_, red_in_slack=np_ == 2 and stages == 2 and not decay))
 
 
 def _wg_walkers(xscale: int) -> dict:
@@ -326,6 +330,11 @@ def _wg_walkers(xscale: int) -> dict:
     if xscale >= 2:
         return dict(out="float32", np_=2, stages=XS_PAIR_STAGES, fs=xscale == 3)
     return dict(out="float32") if xscale == 1 else {}
+
+
+def _wg_fwd_keywords(xscale: int, decay: bool) -> dict:
+    """_wg_walkers plus the linear pairs' forward stages choice."""
+    return dict(_wg_walkers(xscale), **({"stages": XS_PAIR_FWD_STAGES} if xscale == 2 and not decay else {}))
 
 
 def _wg_dkdv_keywords(xscale: int) -> dict:
@@ -401,6 +410,7 @@ WG_GROUPS["xscale"] = tuple([_wg_fwd(XS_STORAGE, d, out="float32").expr for d in
 for _x in (2, 3):                                                   # log decays: the planes' walkers (xscale 2)
     _ds = (False, True) if _x == 2 else (False,)
     WG_GROUPS[XS_GROUPS[_x]] = tuple([_wg_fwd(XS_STORAGE, d, **_wg_walkers(_x)).expr for d in _ds]
+                                     + [_wg_fwd(XS_STORAGE, **dict(_wg_walkers(_x), stages=2)).expr] * (_x == 2)
                                      + [_wg_dq(XS_STORAGE, e, d, **_wg_walkers(_x)).expr for e in (False, True)
                                         for d in _ds]
                                      + [_wg_dkdv(XS_STORAGE, d, **dict(_wg_walkers(_x), lowreg=lr)).expr for d in _ds
@@ -625,7 +635,7 @@ class _CorePlan:
         self.fold = folded(self.dkp, self.dvp, dkdv, causal)
         self.fwd_wg = causal and not self.fold and wg_kernel(WG_FWD_MODES, dkdv, dt, self.decay, self.dkp == 64)
         if self.fwd_wg:      # (its launch takes the exponents of xscale calls after tc_fwd's arguments)
-            self.fwd = _wg_prepared(dt, _wg_fwd(dt, self.decay, **wgk), grid, xscale)
+            self.fwd = _wg_prepared(dt, _wg_fwd(dt, self.decay, **_wg_fwd_keywords(xscale, self.decay)), grid, xscale)
         else:
             self.fwd = _prepared(dt, split, stages, _fwd(dt, split, stages, self.dkp, store=self.fold), grid)
         self.fold_args = (_ptr(None),) * 3                      # tc_fwd's Hst, Hsig, seg_c0 without STORE

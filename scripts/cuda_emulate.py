@@ -340,7 +340,9 @@ def fake_cupy() -> types.ModuleType:
                                    compute_capability="90")
     props = {"name": b"CPU emulator", "major": 9, "minor": 0, "multiProcessorCount": 132,
              "sharedMemPerBlockOptin": SMEM_OPTIN_MAX}
+    event = lambda *_, **__: types.SimpleNamespace(record=lambda *_: None, synchronize=lambda: None)   # noqa: E731
     cp.cuda = types.SimpleNamespace(
+        Event=event, get_elapsed_time=lambda start, end: 0.0,      # (no timing here: scripts run, their times are 0)
         Device=lambda *_: device,
         get_current_stream=lambda: types.SimpleNamespace(ptr=0),
         runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, getDevice=lambda: 0,
@@ -711,6 +713,9 @@ CHUNKED_WG_CASES += [_test_case("chunked_mma", "test_cupy_chunked_mma", "test_wg
 CHUNKED_WG_CASES += [_test_case("chunked_mma", "test_cupy_chunked_mma", "test_xscale_matches_recurrence", **kw)
                      for kw in _test_grid("test_cupy_chunked_mma", "test_xscale_matches_recurrence")]
 CHUNKED_WG_CASES += [_test_case("chunked_mma", "test_cupy_chunked_mma", "test_xscale_refuses_what_its_walkers_do_not_take")]
+# the pairs walkers' choices (XS_PAIR: load stages, LOWREG) leave every result bit for bit as it was
+CHUNKED_WG_CASES += [_test_case("chunked_mma", "test_cupy_chunked_mma",
+                                "test_xscale_pair_choices_change_the_schedule_not_the_results")]
 
 # bfloat16 (ml_dtypes), the decayed core with chunk anchors and its state operands as hi + lo pairs (tc::state_pairs,
 # docs/kernels/decayed.md "anchor + split-state"): the float16 anchor cases' walks, segment lengths, packing and both

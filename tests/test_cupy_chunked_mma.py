@@ -268,6 +268,31 @@ def test_xscale_refuses_what_its_walkers_do_not_take():
         mma.forward(x, x, x, cp.zeros((1, 70), cp.float32), dkdv=mma.XS_MODE, xscale=3)
 
 
+def test_xscale_pair_choices_change_the_schedule_not_the_results():
+    """scripts/tune_xscale.py over every XS_PAIR choice at a small T, linear and decayed: every configuration's results
+    equal the first's (the choices are load stages and waits), and XS_PAIR is put back.  (No tmp_path fixture: the
+    CUDA emulator calls this function as it is.)"""
+    import importlib.util
+    import itertools
+    import json
+    import pathlib
+    import tempfile
+    from kernels.cupy import _chunked_mma as mma
+    spec = importlib.util.spec_from_file_location(
+        "tune_xscale", str(pathlib.Path(__file__).parent.parent / "scripts" / "tune_xscale.py"))
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    before = dict(mma.XS_PAIR)
+    with tempfile.TemporaryDirectory() as tmp:
+        for decay in (False, True):
+            out = pathlib.Path(tmp) / f"t{decay}.json"
+            assert tune.main(["--T", "700", "--N", "2", "--rounds", "1", "--json", str(out)] + ["--decay"] * decay) == 0
+            rows = json.loads(out.read_text())
+            assert len(rows) == len(list(itertools.product(*mma.XS_PAIR_CHOICES.values())))
+            assert all(r["max_rel_diff"] == 0.0 for r in rows), [(r["config"], r["max_rel_diff"]) for r in rows]
+    assert mma.XS_PAIR == before
+
+
 def test_wg_launches():
     """Which kernels a call launches: tg_seg_state for 16-bit linear calls of several segments at Dk <= 64 in the
     "dqrev_wgs" mode; tg_fwd for 16-bit causal calls at Dk <= 64 in the "dqrev_wg" and "dqrev_wgb" modes; tg_bwd_dq

@@ -593,3 +593,15 @@ def test_fa2_backward_queues_fa2_bwd_pre_before_the_gradients(stand_in, monkeypa
         del rec.order[:]
         v.backward(ctx, hc.ndarray(out.shape, out.dtype))
     assert rec.order == ["alloc"] + [e for e in order if e == "launch"]
+
+
+def test_tune_xscale_refuses_without_a_compute_capability_9_gpu(capsys):
+    """scripts/tune_xscale.py exits 1 with the reason where the pairs walkers cannot run (no CuPy here)."""
+    import importlib.util
+    import pathlib
+    spec = importlib.util.spec_from_file_location(
+        "tune_xscale", str(pathlib.Path(__file__).parent.parent / "scripts" / "tune_xscale.py"))
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    assert tune.main(["--T", "256"]) == 1
+    assert "compute capability 9.0" in capsys.readouterr().err

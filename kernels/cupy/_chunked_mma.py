@@ -272,14 +272,17 @@ XS_MODE = "dqrev_wgb"
 # splitting each tile, times its slice's 2^-e (parts 0: the exponents alone), as it lands (tg::load_tile_pair, FS):
 # H200 callX 5.736 ms at 64k against the planes' 4.413 (callW), its plain loads at each chunk's top left exposed.
 XS_PARTS = {1: 1, 2: 2, 3: 0}                           # xscale -> _xscale.to_half's parts
-XS_PAIR_STAGES = 1
-XS_PAIR_FWD_STAGES = 1      # tg_fwd's pairs (linear): 2 fits two blocks per SM (tg::red_slot), not measured yet
-                            # against 1 (three blocks per SM by registers: 155); XS_PAIR_CHOICES
-XS_PAIR_SEG_STAGES = 2      # tg_seg_state's pairs (3: a measured alternative, XS_PAIR_CHOICES)
-XS_PAIR_LOWREG = True       # tg_bwd_dkdv's pairs: dv stored before dk's products (False: one wait fewer, 211 registers
-                            # either way: 2 blocks per SM)
-XS_PAIR_CHOICES = {"seg_stages": (2, 3), "lowreg": (True, False),   # instantiated for a measurement
-                   "fwd_stages": (1, 2)}
+XS_PAIR_STAGES = 1          # the dq and dk/dv pairs walkers' load stages (two would leave one block per SM)
+# The pairs walkers' choices (xscale 2, 3), one table; XS_PAIR_CHOICES instantiates every value for a measurement
+# (scripts/tune_xscale.py, which sets XS_PAIR's entries in one process).
+#   fwd_stages  tg_fwd's pairs (linear): 1 (3 blocks per SM by its 155 registers) or 2 (112 KB of tiles and the block
+#               max fitted into 113 KB, tg::red_slot: 2 blocks per SM); 2 not measured yet
+#   seg_stages  tg_seg_state's pairs: 2 or 3 (H200 callZ of 2026-12-04: within 0.6%, 2 the faster at 64k)
+#   lowreg      tg_bwd_dkdv's pairs: dv stored before dk's products (True) or one wait fewer (False; 211 registers
+#               either way, 2 blocks per SM; callZ: within 0.6%)
+XS_PAIR = {"fwd_stages": 1, "seg_stages": 2, "lowreg": True}
+XS_PAIR_DECAY_SEG_STAGES = 2    # tg_seg_state's pairs with log decays (its tc::Walk takes one or two stages)
+XS_PAIR_CHOICES = {"fwd_stages": (1, 2), "seg_stages": (2, 3), "lowreg": (True, False)}
 XS_GROUPS = {1: "xscale", 2: "xpair", 3: "xpairw"}     # xscale -> its kernels' compile group (WG_GROUPS)
 
 
@@ -334,12 +337,12 @@ def _wg_walkers(xscale: int) -> dict:
 
 def _wg_fwd_keywords(xscale: int, decay: bool) -> dict:
     """_wg_walkers plus the linear pairs' forward stages choice."""
-    return dict(_wg_walkers(xscale), **({"stages": XS_PAIR_FWD_STAGES} if xscale == 2 and not decay else {}))
+    return dict(_wg_walkers(xscale), **({"stages": XS_PAIR["fwd_stages"]} if xscale == 2 and not decay else {}))
 
 
 def _wg_dkdv_keywords(xscale: int) -> dict:
     """_wg_walkers plus the pairs' dk/dv LOWREG choice."""
-    return dict(_wg_walkers(xscale), **({"lowreg": XS_PAIR_LOWREG} if xscale >= 2 else {}))
+    return dict(_wg_walkers(xscale), **({"lowreg": XS_PAIR["lowreg"]} if xscale >= 2 else {}))
 
 
 @functools.lru_cache(maxsize=None)
@@ -414,10 +417,10 @@ for _x in (2, 3):                                                   # log decays
                                      + [_wg_dq(XS_STORAGE, e, d, **_wg_walkers(_x)).expr for e in (False, True)
                                         for d in _ds]
                                      + [_wg_dkdv(XS_STORAGE, d, **dict(_wg_walkers(_x), lowreg=lr)).expr for d in _ds
-                                        for lr in XS_PAIR_CHOICES["lowreg"] if not d or lr == XS_PAIR_LOWREG]
+                                        for lr in XS_PAIR_CHOICES["lowreg"]]
                                      + [_wg_seg_state(XS_STORAGE, st, 2, _x == 3).expr
                                         for st in XS_PAIR_CHOICES["seg_stages"]]
-                                     + [_wg_seg_state(XS_STORAGE, XS_PAIR_SEG_STAGES, 2, decay=True).expr] * (_x == 2))
+                                     + [_wg_seg_state(XS_STORAGE, XS_PAIR_DECAY_SEG_STAGES, 2, decay=True).expr] * (_x == 2))
 INSTANTIATIONS = list(dict.fromkeys((SOURCE, e) for grp in list(GROUPS.values()) + [COMMON] for e in grp))
 INSTANTIATIONS += [(WG_SOURCE, e) for grp in WG_GROUPS.values() for e in grp]
 INSTANTIATIONS += _xscale.INSTANTIATIONS
@@ -621,7 +624,8 @@ class _CorePlan:
         if not (causal and tab.single):
             self.seg_wg = True                                  # (its launch takes the exponents after tc's arguments)
             if xscale >= 2:                                     # pairs: the segment sums of tg_seg_state's pairs
-                seg = _wg_seg_state(dt, XS_PAIR_SEG_STAGES, 2, xscale == 3, self.decay)
+                seg = _wg_seg_state(dt, XS_PAIR_DECAY_SEG_STAGES if self.decay else XS_PAIR["seg_stages"], 2,
+                                    xscale == 3, self.decay)
                 self.seg_state = _wg_prepared(dt, seg, grid, xscale)
             elif wg_kernel(WG_SEG_MODES, dkdv, dt, self.decay, self.dkp == 64):
                 self.seg_state = _wg_prepared(dt, _wg_seg_state(dt), grid)

@@ -447,12 +447,9 @@ __device__ __forceinline__ void frags_to_smem(const float (&H)[MT][NT][4], T* s,
                     const unsigned hi = pack2<T>(x0, x1);
                     *reinterpret_cast<unsigned*>(dst) = hi;
                     if constexpr (LO) {
-                        if (slo) {
-                            T h0, h1;
-                            h0.bits = (unsigned short)(hi & 0xffffu);
-                            h1.bits = (unsigned short)(hi >> 16);
-                            *reinterpret_cast<unsigned*>(slo + (dst - s)) = pack2<T>(x0 - to_f32(h0), x1 - to_f32(h1));
-                        }
+                        if (slo)
+                            *reinterpret_cast<unsigned*>(slo + (dst - s)) =
+                                pack2<T>(x0 - unpack2<T>(hi, 0), x1 - unpack2<T>(hi, 1));
                     }
                 }
             }

@@ -51,10 +51,6 @@ __device__ __forceinline__ void prologue(int nch, F&& issue) {
 
 constexpr int TILE = tc::C * 64;                               // elements of one swizzled 64 x 64 tile
 
-// x - (x rounded to T): the lo part of a hi + lo pair (NP = 2: the "xpair" operands, xscale.cu)
-template <typename T>
-__device__ __forceinline__ float residual(float x) { return x - to_f32(from_f32<T>(x)); }
-
 // D (+)= A B over NP-part operands (a part's lo tile TILE elements after its hi tile): NP 1, A B; NP 2, the three
 // products Ah Bh + Ah Bl + Al Bh (Al Bl, 2^-22 of the rest, dropped) -- wbgmma::gemm64_ss / gemm64_rs, one batch
 template <typename T, int NP, bool TA, bool TB>
@@ -104,11 +100,7 @@ __device__ __forceinline__ void load_tile_pair(T* tile, const float* __restrict_
         }
         unsigned hi[4], lo[4];
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const float x0 = x[2 * e] * mul, x1 = x[2 * e + 1] * mul;
-            hi[e] = pack2<T>(x0, x1);
-            lo[e] = pack2<T>(residual<T>(x0), residual<T>(x1));
-        }
+        for (int e = 0; e < 4; ++e) split2<T>(x[2 * e] * mul, x[2 * e + 1] * mul, hi[e], lo[e]);
         *reinterpret_cast<uint4*>(b + wbgmma::sw128(r, c)) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
         *reinterpret_cast<uint4*>(b + 2 * TILE + wbgmma::sw128(r, c)) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
     }
@@ -145,9 +137,7 @@ __device__ __forceinline__ float xinv(const int* __restrict__ xexp, int i) {
     if constexpr (FS) return ldexpf(1.f, -xexp[i * gridDim.y + blockIdx.y]);
     else return 1.f;
 }
-}  // namespace tg
 
-namespace tg {
 // the state's fragments (warp w: rows m0 .., 64 columns) times inv -> the swizzled state tile in T; NP = 2: the
 // residuals rounded to T into the lo tile after it (tile + TILE)
 template <typename T, int NP = 1>
@@ -160,9 +150,10 @@ __device__ __forceinline__ void frags_to_tile(const float (&H)[8][4], T* tile, i
         for (int h = 0; h < 2; ++h) {
             const float x0 = H[nt][2 * h] * inv, x1 = H[nt][2 * h + 1] * inv;
             const int at = wbgmma::sw128(m0 + g + 8 * h, nt) + 4 * t;
-            *reinterpret_cast<unsigned*>(b + at) = pack2<T>(x0, x1);
-            if constexpr (NP == 2)
-                *reinterpret_cast<unsigned*>(b + 2 * TILE + at) = pack2<T>(residual<T>(x0), residual<T>(x1));
+            unsigned hi, lo;
+            split2<T>(x0, x1, hi, lo);
+            *reinterpret_cast<unsigned*>(b + at) = hi;
+            if constexpr (NP == 2) *reinterpret_cast<unsigned*>(b + 2 * TILE + at) = lo;
         }
 }
 
@@ -282,7 +273,6 @@ __device__ __forceinline__ void weighed_at(unsigned (&a)[4][4], const T* tile, c
 template <typename T>
 __device__ __forceinline__ void weighed_at_pairs(unsigned (&ah)[4][4], unsigned (&al)[4][4], const T* tile, const float* f,
                                                  float mul) {
-    auto half = [](unsigned u, int i) { T x; x.bits = (unsigned short)(i ? u >> 16 : u & 0xffffu); return to_f32(x); };
     const int t = threadIdx.x & 3;
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
@@ -294,10 +284,9 @@ __device__ __forceinline__ void weighed_at_pairs(unsigned (&ah)[4][4], unsigned 
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const float w0 = (e < 2 ? f0.x : f8.x) * mul, w1 = (e < 2 ? f0.y : f8.y) * mul;
-            const float x0 = w0 * (half(ah[ks][e], 0) + half(al[ks][e], 0));
-            const float x1 = w1 * (half(ah[ks][e], 1) + half(al[ks][e], 1));
-            ah[ks][e] = pack2<T>(x0, x1);
-            al[ks][e] = pack2<T>(residual<T>(x0), residual<T>(x1));
+            const float x0 = w0 * (unpack2<T>(ah[ks][e], 0) + unpack2<T>(al[ks][e], 0));
+            const float x1 = w1 * (unpack2<T>(ah[ks][e], 1) + unpack2<T>(al[ks][e], 1));
+            split2<T>(x0, x1, ah[ks][e], al[ks][e]);
         }
     }
 }
@@ -349,7 +338,7 @@ __global__ void __launch_bounds__(128) tg_seg_state(const typename tg::In<T, FS>
     using namespace tc;
     static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3), "16-bit tiles, two or three stages");
     static_assert((NP == 1 && !FS && !DECAY) || (NP == 2 && !(FS && DECAY)), "one part, or hi + lo pairs (log decays)");
-    constexpr int TILE = C * 64;                                // elements of one swizzled 64 x 64 tile
+    using tg::TILE;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: X at 2 s NP TILE, Y after it
     const int nty = (dy + BV - 1) / BV;

@@ -9,6 +9,9 @@
 //   to_f32(x), from_f32<T>(f)  scalar load/store conversion, round-to-nearest-even
 //   pack2<T>(lo, hi)           two floats -> one 32-bit register of two 16-bit values (lo at the lower
 //                              address), the operand format of mma.sync
+//   unpack2<T>(u, i)           element i (0: the lower 16 bits) of such a register, as a float
+//   residual<T>(x), split2<T>  hi + lo pairs: x - (x rounded to T); a pair of floats packed (hi) and their
+//                              residuals packed (lo), hi + lo holding about twice T's significant bits
 //   warp_sum / warp_max        butterfly reductions over the 32 lanes of a warp
 //   carve<T>(base, n0, n1, ..) consecutive tiles of dynamic shared memory
 //   WB_INF, WB_NAN             +inf and a quiet NaN without math.h
@@ -61,6 +64,19 @@ template <> __device__ __forceinline__ unsigned pack2<wb_bf16>(float lo, float h
     unsigned r;
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
+}
+
+template <typename T> __device__ __forceinline__ float unpack2(unsigned u, int i) {
+    T x;
+    x.bits = (unsigned short)(i ? u >> 16 : u & 0xffffu);
+    return to_f32(x);
+}
+
+// ---------------------------------------------------------------- hi + lo pairs
+template <typename T> __device__ __forceinline__ float residual(float x) { return x - to_f32(from_f32<T>(x)); }
+template <typename T> __device__ __forceinline__ void split2(float x0, float x1, unsigned& hi, unsigned& lo) {
+    hi = pack2<T>(x0, x1);
+    lo = pack2<T>(residual<T>(x0), residual<T>(x1));
 }
 
 // ---------------------------------------------------------------- warp reductions

@@ -31,8 +31,6 @@ __device__ __forceinline__ long long pick(long long a, long long b, long long c)
     return blockIdx.z == 0 ? a : blockIdx.z == 1 ? b : c;
 }
 
-__device__ __forceinline__ float residual(float x) { return x - to_f32(from_f32<wb_half>(x)); }
-
 // y[i] = f16(x[i] * mul) over the slice (y != nullptr; and, lo != nullptr, lo[i] = its residual), a float4 per step
 // where the slice allows it (per % 4 == 0; slices of 256-byte aligned arrays are then 16-byte aligned); returns the
 // max |x| bits over the elements this thread read
@@ -51,8 +49,9 @@ __device__ __forceinline__ unsigned convert(const float* __restrict__ x, wb_half
             const float4 s = make_float4(a.x * mul, a.y * mul, a.z * mul, a.w * mul);
             y4[i] = make_uint2(pack2<wb_half>(s.x, s.y), pack2<wb_half>(s.z, s.w));
             if (lo)
-                reinterpret_cast<uint2*>(lo)[i] = make_uint2(pack2<wb_half>(residual(s.x), residual(s.y)),
-                                                             pack2<wb_half>(residual(s.z), residual(s.w)));
+                reinterpret_cast<uint2*>(lo)[i] =
+                    make_uint2(pack2<wb_half>(residual<wb_half>(s.x), residual<wb_half>(s.y)),
+                               pack2<wb_half>(residual<wb_half>(s.z), residual<wb_half>(s.w)));
         }
     } else {
         for (long long i = (long long)blockIdx.x * XS_THREADS + threadIdx.x; i < per; i += stride) {
@@ -60,7 +59,7 @@ __device__ __forceinline__ unsigned convert(const float* __restrict__ x, wb_half
             m = max(m, __float_as_uint(fabsf(a)));
             if (!y) continue;
             y[i] = from_f32<wb_half>(a * mul);
-            if (lo) lo[i] = from_f32<wb_half>(residual(a * mul));
+            if (lo) lo[i] = from_f32<wb_half>(residual<wb_half>(a * mul));
         }
     }
     return m;

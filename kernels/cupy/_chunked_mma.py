@@ -549,8 +549,9 @@ class CoreContext:
     state_args: tuple = ()    #   the kernels' Hst, Hsig: the state before every chunk ((N, chunks, ntv, 64, 64) in
                               #   q's dtype, as its products read it; bfloat16 decayed: (2, N, ..), hi then lo tiles,
                               #   STATE_PAIRS) and its power-of-two scale ((N, chunks, ntv) float32)
-    xexp: object = None       # xscale calls: the operands' exponents (_xscale.exponents); q, k, v are the float16
-                              #   copies, S0 and final in the walkers' units
+    xexp: object = None       # xscale calls: the operands' exponents (_xscale.exponents); q, k, v as the walkers
+                              #   read them (float16 copies, the hi planes of pairs, or float32: XS_PARTS), S0 and
+                              #   final in the walkers' units
 
 
 @functools.lru_cache(maxsize=1024)
@@ -620,19 +621,17 @@ class _CorePlan:
         self.scan_args = (tab.seq_seg, i32(tab.nseg), i32(tab.nseq), np.int64(self.E))
         grid = (tab.nseg * self.ntv, N)
         self.seg_state = self.seg_scan = None
-        self.seg_wg = False
+        self.seg_wg = False                # a chunked_wgmma.cu launch: takes the exponents after tc's arguments
         if not (causal and tab.single):
-            self.seg_wg = True                                  # (its launch takes the exponents after tc's arguments)
             if xscale >= 2:                                     # pairs: the segment sums of tg_seg_state's pairs
                 seg = _wg_seg_state(dt, XS_PAIR_DECAY_SEG_STAGES if self.decay else XS_PAIR["seg_stages"], 2,
                                     xscale == 3, self.decay)
-                self.seg_state = _wg_prepared(dt, seg, grid, xscale)
+                self.seg_state, self.seg_wg = _wg_prepared(dt, seg, grid, xscale), True
             elif wg_kernel(WG_SEG_MODES, dkdv, dt, self.decay, self.dkp == 64):
-                self.seg_state = _wg_prepared(dt, _wg_seg_state(dt), grid)
+                self.seg_state, self.seg_wg = _wg_prepared(dt, _wg_seg_state(dt), grid), True
             else:
                 seg = _seg_state(dt, split, stages, self.dkp, False, self.decay)
                 self.seg_state = _prepared(dt, split, stages, seg, grid)
-                self.seg_wg = False
             if causal or not tab.single:
                 self.seg_scan = Prepared(_common("tc_seg_scan<false>"), (-(-self.E // 256), tab.nseq, N), (256,))
         # dq folded into the dk/dv walk (DKDV_DQ): the forward writes the state before every chunk
@@ -902,6 +901,20 @@ def _check_modes(dt: str, split: int, stages: int, dkdv: str) -> int:
     return split if dt == "float32" else 1
 
 
+def _xs_operands(xscale: int, q, k, v) -> tuple:
+    """(q, k, v, xexp) of an xscale call: the operands as its walkers read them (_xscale.to_half of XS_PARTS) and the
+    exponents they were scaled by; the arrays as they are and None without xscale."""
+    if not xscale:
+        return q, k, v, None
+    xexp = _xscale.exponents(lead_size(q.shape, 2))
+    return _xscale.to_half((q, k, v), xexp, "q", XS_PARTS[xscale]) + (xexp,)
+
+
+def _xs_cotangent(xscale: int, xexp, do):
+    """do as an xscale call's walkers read it (its exponents written to xexp's dO row); as it is without xscale."""
+    return do if xexp is None else _xscale.to_half((do,), xexp, "do", XS_PARTS[xscale])[0]
+
+
 class CoreRun:
     """``forward`` and ``backward`` of one call signature with every choice made once (a variant's ``prepare``, kept
     by the public ops' plan, which keys it on every array's shape and dtype and every option): the _CorePlan, the
@@ -909,8 +922,7 @@ class CoreRun:
     (those calls take the general path).  ``forward(q, k, v, g)`` -> (o, ctx) and ``backward(ctx, do)`` -> the
     first ``n_grads`` of (dq, dk, dv, dg): the arrays as ``forward`` takes them (C-contiguous, q's dtype; g
     float32 or float16), do C-contiguous in q's dtype.  ctx: (q, k, v, g, Hstart, gam, final, states,
-    state_args, xexp), no CoreContext built.  xscale: float32 q, k, v and do run as float16 (1) or hi + lo pairs (2)
-    (``forward``'s xscale)."""
+    state_args, xexp), no CoreContext built.  xscale: float32 q, k, v and do as ``forward``'s xscale runs them."""
     __slots__ = ("P", "scale32", "dkdv", "want_dg", "dg_dtype", "dg_name", "n_grads", "B", "xscale")
 
     def __init__(self, dt: str, shape, dv: int, g_dtype, *, scale, causal=True, split=1, stages=1, dkdv="fused",
@@ -928,10 +940,7 @@ class CoreRun:
         self.xscale = int(xscale)
 
     def forward(self, q, k, v, g=None):
-        xexp = None
-        if self.xscale:
-            xexp = _xscale.exponents(self.P.N)
-            q, k, v = _xscale.to_half((q, k, v), xexp, "q", XS_PARTS[self.xscale])
+        q, k, v, xexp = _xs_operands(self.xscale, q, k, v)
         o, Hstart, gam, final, states, state_args = self.P.run(q, k, v, g, None, self.scale32, xexp)
         return o, (q, k, v, g, Hstart, gam, final, states, state_args, xexp)
 
@@ -940,9 +949,7 @@ class CoreRun:
         if B is None:
             B = self.B = self.P.backward_plan(self.dkdv, self.want_dg, self.dg_name)
         q, k, v, g, Hstart, gam, final, _, state_args, xexp = ctx
-        if xexp is not None:
-            do, = _xscale.to_half((do,), xexp, "do", XS_PARTS[self.xscale])
-        return B.run(self.P, q, k, v, g, do, Hstart, gam, final, None, None, self.scale32, state_args,
+        return B.run(self.P, q, k, v, g, _xs_cotangent(self.xscale, xexp, do), Hstart, gam, final, None, None, self.scale32, state_args,
                      self.dg_dtype, xexp)[:self.n_grads]
 
 
@@ -952,16 +959,16 @@ def forward(q, k, v, g=None, *, scale=1.0, causal=True, split=1, S0=None, want_f
     product); g: (..., T) float32, float16 or None; S0: (N, nseq, dk, dv)
     float32 or None; cu: sequence offsets (tuple) or None; stages: 1 or 2 (STAGES), also for the backward;
     dkdv: the backward's dk/dv walkers at head dims (64, 64) (DKDV_MODES).  xscale: float32 q, k, v (C-contiguous)
-    run as float16 (1: TF32-class) or float16 hi + lo pairs (2: float32-class, linear only) under a power-of-two scale
-    per leading index (kernels/cupy/_xscale.py) on the XS_MODE walkers
+    run as float16 (1: TF32-class) or float16 hi + lo pairs (2: float32-class, from two planes; 3: split as the
+    walkers' tiles land, linear only) under a power-of-two scale per leading index (kernels/cupy/_xscale.py) on the
+    XS_MODE walkers
     (``xscale_refusal`` says which calls can), results in float32; ctx.final and ctx.S0 stay in the walkers' units
     (the returned final state is ``final_state(ctx)``)."""
-    xexp = None
-    if xscale:
-        if dtype_name(q.dtype) != "float32":
-            raise ValueError(f"xscale takes float32 q, k, v (got {dtype_name(q.dtype)})")
-        xexp = _xscale.exponents(lead_size(q.shape, 2))
-        q, k, v = _xscale.to_half((q, k, v), xexp, "q", XS_PARTS[int(xscale)])
+    xscale = int(xscale)
+    if xscale and dtype_name(q.dtype) != "float32":
+        raise ValueError(f"xscale takes float32 q, k, v (got {dtype_name(q.dtype)})")
+    q, k, v, xexp = _xs_operands(xscale, q, k, v)
+    if xexp is not None:
         S0 = _xscale.ldexp(S0, xexp, minus=("k", "v"))
     dt = XS_STORAGE if xscale else dtype_name(q.dtype)
     split = _check_modes(dt, split, stages, dkdv)
@@ -998,7 +1005,7 @@ def backward(ctx: CoreContext, do, dST=None, want_dg=True, dg_dtype=None):
     if want_dg:
         dg_dtype = np.dtype(np.float32) if dg_dtype is None else dg_dtype
     if xexp is not None:                         # do and dST into the walkers' units
-        do, = _xscale.to_half((as_contiguous(do, np.float32),), xexp, "do", XS_PARTS[P.xscale])
+        do = _xs_cotangent(P.xscale, xexp, as_contiguous(do, np.float32))
         dST = _xscale.ldexp(dST, xexp, minus=("q", "do"))
     B = P.backward_plan(ctx.dkdv, want_dg, dtype_name(dg_dtype) if want_dg else None)
     dq, dk, dv, dg, dS0 = B.run(P, q, ctx.k, ctx.v, g, do, ctx.Hstart, ctx.gam, ctx.final, ctx.S0, dST, ctx.scale32,

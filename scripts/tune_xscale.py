@@ -6,6 +6,7 @@ compared with the first configuration's (the choices change the schedule, not th
 
     python scripts/tune_xscale.py --T 16384 --T 65536 --vary fwd_stages --json out/tune_xscale.json
     python scripts/tune_xscale.py --vary lowreg --vary seg_stages --decay
+    python scripts/tune_xscale.py --xscale 2 --xscale 4 --vary fwd_stages     # the planes against the staged split
 
 Prints one row per (T, configuration): median and best ms, the largest relative difference from the first
 configuration's o, dq, dk, dv (and d log_decay with --decay), and marks the configuration XS_PAIR holds now.
@@ -28,6 +29,9 @@ def main(argv=None) -> int:
     ap.add_argument("--vary", action="append", choices=sorted(mma.XS_PAIR_CHOICES),
                     help="the choices to vary (default: all); the others keep XS_PAIR's value")
     ap.add_argument("--decay", action="store_true", help="with log decays (uniform in [-1, 0))")
+    ap.add_argument("--xscale", action="append", type=int, choices=(2, 3, 4),
+                    help="the pairs' storage (repeatable; default 2, the planes): 3 split by plain loads (linear "
+                         "only), 4 staged by cp.async; results compared across them too (the same arithmetic)")
     ap.add_argument("--N", type=int, default=32, help="leading dims flattened (default 32 = B 2 x H 16)")
     ap.add_argument("--D", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=12)
@@ -41,8 +45,11 @@ def main(argv=None) -> int:
     import numpy as np
     vary = a.vary or sorted(mma.XS_PAIR_CHOICES)
     default = dict(mma.XS_PAIR)
-    configs = [dict(default, **dict(zip(vary, values)))
+    configs = [(xs, dict(default, **dict(zip(vary, values)))) for xs in (a.xscale or [2])
                for values in itertools.product(*(mma.XS_PAIR_CHOICES[v] for v in vary))]
+    if a.decay and any(xs == 3 for xs, _ in configs):
+        print("tune_xscale: --decay takes --xscale 2 or 4 (the split by plain loads is linear)", file=sys.stderr)
+        return 2
     rows = []
     try:
         for T in a.T or (16384, 65536):
@@ -50,13 +57,16 @@ def main(argv=None) -> int:
             q, k, v, do = (cp.asarray(rng.standard_normal((a.N, T, a.D)), cp.float32) for _ in range(4))
             g = cp.asarray(rng.uniform(-1.0, 0.0, (a.N, T)), cp.float32) if a.decay else None
 
+            xscale = [2]
+
             def run():
-                o, ctx = mma.forward(q, k, v, g, scale=a.D ** -0.5, dkdv=mma.XS_MODE, xscale=2)
+                o, ctx = mma.forward(q, k, v, g, scale=a.D ** -0.5, dkdv=mma.XS_MODE, xscale=xscale[0])
                 dq, dk, dv, dg, _ = mma.backward(ctx, do)
                 return [x for x in (o, dq, dk, dv, dg) if x is not None]
 
-            def use(c):
-                mma.XS_PAIR.update(c)
+            def use(xc):
+                xscale[0] = xc[0]
+                mma.XS_PAIR.update(xc[1])
                 mma._PLANS.clear()                  # plans hold their launches: made again with the choice
 
             ref, diff, times = None, [], [[] for _ in configs]
@@ -76,10 +86,10 @@ def main(argv=None) -> int:
                     end.record()
                     end.synchronize()
                     times[i].append(cp.cuda.get_elapsed_time(start, end))
-            for c, t, d in zip(configs, times, diff):
-                rows.append(dict(T=T, decay=a.decay, config=c, median_ms=float(np.median(t)), min_ms=float(np.min(t)),
-                                 max_rel_diff=d, current=c == default))
-                print(f"T={T:6d} {c}  median {np.median(t):.4f} ms  best {np.min(t):.4f}  diff {d:.1e}"
+            for (xs, c), t, d in zip(configs, times, diff):
+                rows.append(dict(T=T, decay=a.decay, xscale=xs, config=c, median_ms=float(np.median(t)),
+                                 min_ms=float(np.min(t)), max_rel_diff=d, current=c == default))
+                print(f"T={T:6d} xscale {xs} {c}  median {np.median(t):.4f} ms  best {np.min(t):.4f}  diff {d:.1e}"
                       + ("   <- XS_PAIR now" if c == default else ""), flush=True)
     finally:
         mma.XS_PAIR.update(default)

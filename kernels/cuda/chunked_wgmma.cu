@@ -32,8 +32,10 @@
 //            of the caller's arrays, the lo plane N T d elements after the hi one), every product three (tg::gemm_ss,
 //            gemm_rs), the state tile, P and the weighed fragments split likewise: float32 accuracy (xscale 2), at
 //            one load stage;
-//   FS       NP 2 with the caller's float32 operands split into the pairs as the tiles land (tg::load_tile_pair,
-//            times the slice's 2^-e; xscale 3, linear only).
+//   FS = 0   NP 2 with the caller's float32 operands split into the pairs as the tiles land, times the slice's 2^-e:
+//            1 by plain loads (tg::load_tile_pair; xscale 3, linear only), 2 staged by cp.async where the pair
+//            will lie and split in place by the thread that copied it, after its wait (tg::stage_tile_f32,
+//            land_tile_pair; xscale 4, log decays too).
 // (tg_seg_state: NP, FS, and DECAY -- the pairs' segment sums with log decays through tc::Walk.)
 #include "chunked_mma.cu"
 #include "wgmma.cuh"
@@ -73,8 +75,8 @@ __device__ __forceinline__ void gemm_rs(float (&d)[8][4], const unsigned (&ah)[4
 
 // The walkers' operand element type: T, or float where FS (NP = 2 with the caller's float32 operands, split into hi +
 // lo tiles as the tiles land: load_tile_pair)
-template <typename T, bool FS> struct In { using type = T; };
-template <typename T> struct In<T, true> { using type = float; };
+template <typename T, int FS> struct In { using type = float; };
+template <typename T> struct In<T, 0> { using type = T; };
 
 // rows [0, R) x columns [col0, col0 + 64) of a float32 row-major matrix g (row stride ldg), times mul -> the swizzled
 // hi tile at `tile` and its residuals' lo tile at tile + TILE (zeros past nrows rows and past ncols columns): plain
@@ -106,17 +108,70 @@ __device__ __forceinline__ void load_tile_pair(T* tile, const float* __restrict_
     }
 }
 
+// rows [0, R) x columns [col0, col0 + 64) of a float32 row-major matrix g (row stride ldg) staged for land_tile_pair
+// by cp.async (zeros past nrows rows and past ncols columns) where the pair will lie: each 8-column group (r, c) of
+// row r, its first four floats in the hi tile's 16 bytes at sw128(r, c), its last four in the lo tile's at the same
+// place (tile + TILE), so the thread that copies a group is the one that splits it, in place, after its own wait --
+// no barrier between.  16-byte copies where g's rows allow, else 4-byte ones.
+template <int R, int NTH, typename T>
+__device__ __forceinline__ void stage_tile_f32(T* tile, const float* __restrict__ g, long long ldg, int nrows, int col0,
+                                               int ncols) {
+    unsigned char* b = reinterpret_cast<unsigned char*>(tile);
+    const bool vec = (ldg % 4) == 0 && (col0 % 4) == 0 && (((unsigned long long)g) & 15ull) == 0;
+    for (int idx = threadIdx.x; idx < R * 8; idx += NTH) {
+        const int r = idx >> 3, c = idx & 7;
+        const int left = r < nrows ? ncols - (col0 + 8 * c) : 0;
+        const float* src = g + r * ldg + col0 + 8 * c;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {                            // h 0: columns 8 c .. + 3 -> hi; 1: + 4 .. + 7 -> lo
+            unsigned char* dst = b + 2 * TILE * h + wbgmma::sw128(r, c);
+            const int in = min(max(left - 4 * h, 0), 4);
+            if (vec) {
+                wbmma::cp_async16(dst, in ? src + 4 * h : g, 4 * in);
+            } else {
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    wbmma::cp_async4(dst + 4 * e, e < in ? src + 4 * h + e : g, e < in ? 4 : 0);
+            }
+        }
+    }
+}
+
+// stage_tile_f32's groups of this thread (its copies waited for), times mul, split in place into the hi tile and the
+// residuals' lo tile: 16 bytes read from each, 16 bytes written back to each
+template <typename T, int R, int NTH>
+__device__ __forceinline__ void land_tile_pair(T* tile, float mul) {
+    unsigned char* b = reinterpret_cast<unsigned char*>(tile);
+    for (int idx = threadIdx.x; idx < R * 8; idx += NTH) {
+        unsigned char* at = b + wbgmma::sw128(idx >> 3, idx & 7);
+        const float4 a = *reinterpret_cast<const float4*>(at), z = *reinterpret_cast<const float4*>(at + 2 * TILE);
+        const float x[8] = {a.x, a.y, a.z, a.w, z.x, z.y, z.z, z.w};
+        unsigned hi[4], lo[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) split2<T>(x[2 * e] * mul, x[2 * e + 1] * mul, hi[e], lo[e]);
+        *reinterpret_cast<uint4*>(at) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
+        *reinterpret_cast<uint4*>(at + 2 * TILE) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
+    }
+}
+
 // One operand's tiles of chunk rows [0, nrows) at g, columns col0 ..: NP = 1, its tile (cp.async); NP = 2, its hi and
-// lo tiles, from the hi and lo planes (the lo plane `plane` elements after the hi one: cp.async) or, FS, split from
-// the caller's float32 times mul (the slice's 2^-e, xscale.cu) as they land
-template <typename T, int NP, bool FS, int R, int NTH, typename TI>
+// lo tiles -- FS 0: from the hi and lo planes (the lo plane `plane` elements after the hi one: cp.async); FS 1: split
+// from the caller's float32 times mul (the slice's 2^-e, xscale.cu) as they land (plain loads); FS 2: the caller's
+// float32 staged by cp.async (stage_tile_f32), and -- land, after this thread's wait -- split in place (land_tile_pair).
+// land is a no-op but for FS 2.
+template <typename T, int NP, int FS, int R, int NTH, typename TI>
 __device__ __forceinline__ void load_operand(T* tile, const TI* __restrict__ g, long long ldg, int nrows, int col0,
-                                             int ncols, float mul, long long plane) {
-    if constexpr (NP == 2 && FS) {
-        load_tile_pair<T, R, NTH>(tile, g, ldg, nrows, col0, ncols, mul);
-    } else {
-        wbgmma::load_tile<T, R, NTH>(tile, g, ldg, nrows, col0, ncols);
-        if constexpr (NP == 2) wbgmma::load_tile<T, R, NTH>(tile + TILE, g + plane, ldg, nrows, col0, ncols);
+                                             int ncols, float mul, long long plane, bool land = false) {
+    if constexpr (NP == 2 && FS == 2) {
+        if (land) land_tile_pair<T, R, NTH>(tile, mul);
+        else stage_tile_f32<R, NTH>(tile, g, ldg, nrows, col0, ncols);
+    } else if (!land) {
+        if constexpr (NP == 2 && FS == 1) {
+            load_tile_pair<T, R, NTH>(tile, g, ldg, nrows, col0, ncols, mul);
+        } else {
+            wbgmma::load_tile<T, R, NTH>(tile, g, ldg, nrows, col0, ncols);
+            if constexpr (NP == 2) wbgmma::load_tile<T, R, NTH>(tile + TILE, g + plane, ldg, nrows, col0, ncols);
+        }
     }
 }
 
@@ -132,9 +187,9 @@ __device__ __forceinline__ float* red_slot(unsigned char* raw, const void* stage
 }
 
 // 2^-e of operand i's slice (FS: the pairs' scale, applied as the tiles land; 1 otherwise)
-template <bool FS>
+template <int FS>
 __device__ __forceinline__ float xinv(const int* __restrict__ xexp, int i) {
-    if constexpr (FS) return ldexpf(1.f, -xexp[i * gridDim.y + blockIdx.y]);
+    if constexpr (FS != 0) return ldexpf(1.f, -xexp[i * gridDim.y + blockIdx.y]);
     else return 1.f;
 }
 
@@ -198,15 +253,21 @@ __device__ __forceinline__ float state_to_tile(const float (&St)[1][8][4], T* ti
 // 1's loads (issue_next) and their group; the async-proxy fence; the barrier that publishes the tile and chunk j's
 // tiles.  Returns sigma.  One stage: issue_next loads chunk j itself (its stage is free after the first barrier), and
 // the copies are waited for before the fence.
-template <typename T, int STAGES, int NP = 1, typename F>
-__device__ __forceinline__ float chunk_top(const float (&St)[1][8][4], T* tile, float* red, F&& issue_next) {
-    if constexpr (STAGES > 1) tc::cp_async_wait_group<STAGES - 2>();
+template <typename T, int STAGES, int NP = 1, typename F, typename L>
+__device__ __forceinline__ float chunk_top(const float (&St)[1][8][4], T* tile, float* red, F&& issue_next, L&& land) {
+    if constexpr (STAGES > 1) {
+        tc::cp_async_wait_group<STAGES - 2>();
+        land();                                                 // chunk j's staged tiles split (FS 2; else nothing)
+    }
     post_state_max<T>(St, red);
     __syncthreads();
     const float sigma = state_to_tile<T, NP>(St, tile, red);
     issue_next();
     tc::cp_async_commit();
-    if constexpr (STAGES == 1) tc::cp_async_wait();
+    if constexpr (STAGES == 1) {
+        tc::cp_async_wait();
+        land();
+    }
     wbgmma::fence_proxy_async();
     __syncthreads();
     return sigma;
@@ -222,7 +283,7 @@ __device__ __forceinline__ void fence_accs(A&... a) { (wbgmma::fence_acc(a[0]), 
 // copied a chunk ahead), then the state / sigma into its tile (float16: the block max through tr->red, one barrier),
 // chunk j's loads waited for, the async-proxy fence and the barrier that publishes the tile, the tiles and the
 // Trailer -- three barriers per chunk in float16, two otherwise (tc's walkers: four and two).
-template <int STAGES, bool DECAY, int NP = 1>
+template <int STAGES, bool DECAY, int NP = 1, bool LAND = false>
 struct Pipe {
     template <typename F, typename G>
     __device__ __forceinline__ Pipe(int nch, tc::Trailer*, F&& issue, G&&) {
@@ -233,11 +294,13 @@ struct Pipe {
                                          T* tile, float* red) {
         return chunk_top<T, STAGES, NP>(St, tile, red, [&] {
             if (j + STAGES - 1 < nch) issue(j + STAGES - 1, (j + STAGES - 1) % STAGES);
+        }, [&] {
+            if constexpr (LAND) issue(j, j % STAGES, true);
         });
     }
 };
-template <int STAGES, int NP>
-struct Pipe<STAGES, true, NP> {
+template <int STAGES, int NP, bool LAND>
+struct Pipe<STAGES, true, NP, LAND> {
     tc::Walk<STAGES> walk;
     template <typename F, typename G>
     __device__ __forceinline__ Pipe(int nch, tc::Trailer* tr, F&& issue, G&& grows) : walk(nch, true, tr, issue, grows) {}
@@ -249,6 +312,7 @@ struct Pipe<STAGES, true, NP> {
         if constexpr (wbmma::Traits<T>::HALF) __syncthreads();
         const float sigma = state_to_tile<T, NP>(St, tile, tr->red);
         walk.wait();
+        if constexpr (LAND) issue(j, j % STAGES, true);        // chunk j's staged tiles split (FS 2)
         wbgmma::fence_proxy_async();
         __syncthreads();
         return sigma;
@@ -330,14 +394,14 @@ __device__ __forceinline__ float xmul(const int* __restrict__ xexp, I... idx) {
 }
 }  // namespace tg
 
-template <typename T, int STAGES, int NP = 1, bool FS = false, bool DECAY = false>
+template <typename T, int STAGES, int NP = 1, int FS = 0, bool DECAY = false>
 __global__ void __launch_bounds__(128) tg_seg_state(const typename tg::In<T, FS>::type* __restrict__ x,
         const typename tg::In<T, FS>::type* __restrict__ y, const void* __restrict__ g, float* __restrict__ Eout,
         float* __restrict__ gam, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1, int T_, int dx,
         int dy, int NSEG, float wscale, int g_kind, const int* __restrict__ xexp) {
     using namespace tc;
     static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3), "16-bit tiles, two or three stages");
-    static_assert((NP == 1 && !FS && !DECAY) || (NP == 2 && !(FS && DECAY)), "one part, or hi + lo pairs (log decays)");
+    static_assert((NP == 1 && !FS && !DECAY) || (NP == 2 && !(FS == 1 && DECAY)), "one part, or hi + lo pairs (log decays)");
     using tg::TILE;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: X at 2 s NP TILE, Y after it
@@ -349,12 +413,12 @@ __global__ void __launch_bounds__(128) tg_seg_state(const typename tg::In<T, FS>
     const int nch = (t1 - t0 + C - 1) / C;
     const float mx = tg::xinv<FS>(xexp, 1), my = tg::xinv<FS>(xexp, 2);     // FS: x = k, y = v
     const long long lox = (long long)gridDim.y * T_ * dx, loy = (long long)gridDim.y * T_ * dy;   // NP 2: lo planes
-    auto issue_at = [&](int j, int st) {
+    auto issue_at = [&](int j, int st, bool land = false) {
         T* sX = stages + st * 2 * NP * TILE;
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
-        tg::load_operand<T, NP, FS, C, THREADS>(sX, x + row0 * dx, dx, nrow, 0, dx, mx, lox);
-        tg::load_operand<T, NP, FS, C, THREADS>(sX + NP * TILE, y + row0 * dy, dy, nrow, c0, dy, my, loy);
+        tg::load_operand<T, NP, FS, C, THREADS>(sX, x + row0 * dx, dx, nrow, 0, dx, mx, lox, land);
+        tg::load_operand<T, NP, FS, C, THREADS>(sX + NP * TILE, y + row0 * dy, dy, nrow, c0, dy, my, loy, land);
     };
     auto issue = [&](int j) { issue_at(j, j % STAGES); };
     float Es[1][8][4];
@@ -368,6 +432,7 @@ __global__ void __launch_bounds__(128) tg_seg_state(const typename tg::In<T, FS>
             const T* sX = stages + (j % STAGES) * 2 * NP * TILE;
             walk.top(j, tr, issue_at, grows);                   // barrier: chunk j - 1 done; loads; log decays
             walk.wait();
+            if constexpr (FS == 2) issue_at(j, j % STAGES, true);   // (FS 2: split in place)
             wbgmma::fence_proxy_async();
             __syncthreads();
             gsum += logdecay_at(tr, C - 1);
@@ -389,6 +454,7 @@ __global__ void __launch_bounds__(128) tg_seg_state(const typename tg::In<T, FS>
     tg::prologue<STAGES>(nch, issue);
     for (int j = 0; j < nch; ++j) {
         cp_async_wait_group<STAGES - 2>();                      // chunk j's tiles (this thread's copies) landed
+        if constexpr (FS == 2) issue_at(j, j % STAGES, true);   // (FS 2: split in place)
         wbgmma::fence_proxy_async();
         __syncthreads();                                        // ... every thread's; chunk j - 1's products done
         if (j + STAGES - 1 < nch) issue(j + STAGES - 1);        // into chunk j - 1's stage
@@ -412,8 +478,8 @@ __global__ void __launch_bounds__(128) tg_seg_state(const typename tg::In<T, FS>
     state_store(Es, Eout + ((long long)n * NSEG + s) * dx * dy, 16 * w, 0, c0, dx, dy);
 }
 
-template <typename T, int STAGES, bool DECAY, typename TO = T, int NP = 1, bool FS = false>
-__global__ void __launch_bounds__(128, NP == 2 && !FS && !DECAY ? 3 : NP == 2 ? 2 : 1) tg_fwd(const typename tg::In<T, FS>::type* __restrict__ q,
+template <typename T, int STAGES, bool DECAY, typename TO = T, int NP = 1, int FS = 0>
+__global__ void __launch_bounds__(128, NP == 2 && FS != 1 && !DECAY ? 3 : NP == 2 ? 2 : 1) tg_fwd(const typename tg::In<T, FS>::type* __restrict__ q,
         const typename tg::In<T, FS>::type* __restrict__ k, const typename tg::In<T, FS>::type* __restrict__ v,
         const void* __restrict__ g, TO* __restrict__ o, const float* __restrict__ Hin,
         float* __restrict__ Hend, const int* __restrict__ seg_t0, const int* __restrict__ seg_t1,
@@ -424,8 +490,8 @@ __global__ void __launch_bounds__(128, NP == 2 && !FS && !DECAY ? 3 : NP == 2 ? 
     using tg::TILE;
     static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3 || (NP == 2 && STAGES == 1)),
                   "16-bit tiles, two or three stages (pairs: one or two)");
-    static_assert((NP == 1 && !FS) || (NP == 2 && !(DECAY && FS) && wbmma::Traits<TO>::F32),
-                  "pairs: float32 results (split as the tiles land: linear)");
+    static_assert((NP == 1 && !FS) || (NP == 2 && !(DECAY && FS == 1) && wbmma::Traits<TO>::F32),
+                  "pairs: float32 results (split by plain loads: linear)");
     constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 outputs times omul
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: Q, K, V at (3 s + 0, 1, 2) NP TILE
@@ -443,16 +509,16 @@ __global__ void __launch_bounds__(128, NP == 2 && !FS && !DECAY ? 3 : NP == 2 ? 
     const int nch = (t1 - t0 + C - 1) / C;
     const float mq = tg::xinv<FS>(xexp, 0), mk = tg::xinv<FS>(xexp, 1), mv = tg::xinv<FS>(xexp, 2);
     const long long lok = (long long)gridDim.y * T_ * dk, lov = (long long)gridDim.y * T_ * dv;   // NP 2: lo planes
-    auto issue = [&](int j, int st) {
+    auto issue = [&](int j, int st, bool land = false) {
         T* sQ = stages + st * 3 * NP * TILE;
         const long long row0 = nT + t0 + C * j;
         const int nrow = min(C, t1 - (t0 + C * j));
-        tg::load_operand<T, NP, FS, C, THREADS>(sQ, q + row0 * dk, dk, nrow, 0, dk, mq, lok);
-        tg::load_operand<T, NP, FS, C, THREADS>(sQ + NP * TILE, k + row0 * dk, dk, nrow, 0, dk, mk, lok);
-        tg::load_operand<T, NP, FS, C, THREADS>(sQ + 2 * NP * TILE, v + row0 * dv, dv, nrow, c0, dv, mv, lov);
+        tg::load_operand<T, NP, FS, C, THREADS>(sQ, q + row0 * dk, dk, nrow, 0, dk, mq, lok, land);
+        tg::load_operand<T, NP, FS, C, THREADS>(sQ + NP * TILE, k + row0 * dk, dk, nrow, 0, dk, mk, lok, land);
+        tg::load_operand<T, NP, FS, C, THREADS>(sQ + 2 * NP * TILE, v + row0 * dv, dv, nrow, c0, dv, mv, lov, land);
     };
     auto grows = [&](int j) { return grows_at(g, g_kind, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
-    tg::Pipe<STAGES, DECAY, NP> pipe(nch, tr, issue, grows);
+    tg::Pipe<STAGES, DECAY, NP, FS == 2> pipe(nch, tr, issue, grows);
     for (int j = 0; j < nch; ++j) {
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
         const T* sQ = stages + (j % STAGES) * 3 * NP * TILE;
@@ -505,7 +571,7 @@ __global__ void __launch_bounds__(128, NP == 2 && !FS && !DECAY ? 3 : NP == 2 ? 
 //           fragments must live until their products are done);
 // then dq's rows scaled by scale sigma (e^{b_t}), dP = the masked, scaled (decayed) dO V^T in registers; one batch of
 // dP K (four RS); DECAY and rq: the row dots q.dq.
-template <typename T, int STAGES, bool ESUM, bool DECAY, typename TO = T, int NP = 1, bool FS = false>
+template <typename T, int STAGES, bool ESUM, bool DECAY, typename TO = T, int NP = 1, int FS = 0>
 __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_bwd_dq(
         const typename tg::In<T, FS>::type* __restrict__ q, const typename tg::In<T, FS>::type* __restrict__ k,
         const typename tg::In<T, FS>::type* __restrict__ v, const void* __restrict__ g,
@@ -517,8 +583,8 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_b
     using tg::TILE;
     static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3 || (NP == 2 && STAGES == 1)),
                   "16-bit tiles, two or three stages (pairs: one)");
-    static_assert((NP == 1 && !FS) || (NP == 2 && !(DECAY && FS) && wbmma::Traits<TO>::F32),
-                  "pairs: float32 results (split as the tiles land: linear)");
+    static_assert((NP == 1 && !FS) || (NP == 2 && !(DECAY && FS == 1) && wbmma::Traits<TO>::F32),
+                  "pairs: float32 results (split by plain loads: linear)");
     constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 dq times qmul, q.dq times 2^e_q
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: dO, V, K, Q at (4 s + 0, 1, 2, 3) NP TILE
@@ -540,18 +606,18 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_b
     const float mq = tg::xinv<FS>(xexp, 0), mk = tg::xinv<FS>(xexp, 1), mv = tg::xinv<FS>(xexp, 2);
     const long long lok = (long long)gridDim.y * T_ * dk, lov = (long long)gridDim.y * T_ * dv;   // NP 2: lo planes
     const float mo = tg::xinv<FS>(xexp, 3);
-    auto issue = [&](int j, int st) {
+    auto issue = [&](int j, int st, bool land = false) {
         T* sO = stages + st * 4 * NP * TILE;
         const long long row0 = nT + t0 + C * j;
         const int nrow = min(C, t1 - (t0 + C * j));
-        tg::load_operand<T, NP, FS, C, THREADS>(sO, dout + row0 * dv, dv, nrow, 0, dv, mo, lov);
-        tg::load_operand<T, NP, FS, C, THREADS>(sO + NP * TILE, v + row0 * dv, dv, nrow, 0, dv, mv, lov);
-        tg::load_operand<T, NP, FS, C, THREADS>(sO + 2 * NP * TILE, k + row0 * dk, dk, nrow, k0, dk, mk, lok);
+        tg::load_operand<T, NP, FS, C, THREADS>(sO, dout + row0 * dv, dv, nrow, 0, dv, mo, lov, land);
+        tg::load_operand<T, NP, FS, C, THREADS>(sO + NP * TILE, v + row0 * dv, dv, nrow, 0, dv, mv, lov, land);
+        tg::load_operand<T, NP, FS, C, THREADS>(sO + 2 * NP * TILE, k + row0 * dk, dk, nrow, k0, dk, mk, lok, land);
         if constexpr (ESUM || DECAY)
-            tg::load_operand<T, NP, FS, C, THREADS>(sO + 3 * NP * TILE, q + row0 * dk, dk, nrow, k0, dk, mq, lok);
+            tg::load_operand<T, NP, FS, C, THREADS>(sO + 3 * NP * TILE, q + row0 * dk, dk, nrow, k0, dk, mq, lok, land);
     };
     auto grows = [&](int j) { return grows_at(g, g_kind, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
-    tg::Pipe<STAGES, DECAY, NP> pipe(nch, tr, issue, grows);
+    tg::Pipe<STAGES, DECAY, NP, FS == 2> pipe(nch, tr, issue, grows);
     for (int j = 0; j < nch; ++j) {
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
         const T* sO = stages + (j % STAGES) * 4 * NP * TILE;
@@ -625,7 +691,7 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_b
 // and P1, then dS, dk and S2 are live (158 registers: 3 blocks per SM; 166 with DECAY); else dS, dv, P1, dk and S2 at once (182
 // registers: 2 blocks per SM) with one wait fewer per chunk.  The dS update runs for every chunk (no branch inside a
 // batch; tc_bwd_dkdv skips the segment's first chunk when nothing wants dSstart).
-template <typename T, int STAGES, bool LOWREG, bool DECAY, typename TO = T, int NP = 1, bool FS = false>
+template <typename T, int STAGES, bool LOWREG, bool DECAY, typename TO = T, int NP = 1, int FS = 0>
 __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv(
         const typename tg::In<T, FS>::type* __restrict__ q, const typename tg::In<T, FS>::type* __restrict__ k,
         const typename tg::In<T, FS>::type* __restrict__ v, const void* __restrict__ g,
@@ -639,8 +705,8 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
     using tg::TILE;
     static_assert(sizeof(T) == 2 && (STAGES == 2 || STAGES == 3 || (NP == 2 && STAGES == 1)),
                   "16-bit tiles, two or three stages (pairs: one)");
-    static_assert((NP == 1 && !FS) || (NP == 2 && !(DECAY && FS) && wbmma::Traits<TO>::F32),
-                  "pairs: float32 results (split as the tiles land: linear)");
+    static_assert((NP == 1 && !FS) || (NP == 2 && !(DECAY && FS == 1) && wbmma::Traits<TO>::F32),
+                  "pairs: float32 results (split by plain loads: linear)");
     constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 dk, dv times kmul, vmul; k.dk 2^e_k
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: Q, K, V, dO at (4 s + 0, 1, 2, 3) NP TILE
@@ -659,17 +725,17 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
     const float mq = tg::xinv<FS>(xexp, 0), mk = tg::xinv<FS>(xexp, 1), mv = tg::xinv<FS>(xexp, 2);
     const long long lok = (long long)gridDim.y * T_ * dk, lov = (long long)gridDim.y * T_ * dv;   // NP 2: lo planes
     const float mo = tg::xinv<FS>(xexp, 3);
-    auto issue = [&](int i, int st) {
+    auto issue = [&](int i, int st, bool land = false) {
         T* sQ = stages + st * 4 * NP * TILE;
         const int cs = start(i), nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
-        tg::load_operand<T, NP, FS, C, THREADS>(sQ, q + row0 * dk, dk, nrow, 0, dk, mq, lok);
-        tg::load_operand<T, NP, FS, C, THREADS>(sQ + NP * TILE, k + row0 * dk, dk, nrow, 0, dk, mk, lok);
-        tg::load_operand<T, NP, FS, C, THREADS>(sQ + 2 * NP * TILE, v + row0 * dv, dv, nrow, 0, dv, mv, lov);
-        tg::load_operand<T, NP, FS, C, THREADS>(sQ + 3 * NP * TILE, dout + row0 * dv, dv, nrow, 0, dv, mo, lov);
+        tg::load_operand<T, NP, FS, C, THREADS>(sQ, q + row0 * dk, dk, nrow, 0, dk, mq, lok, land);
+        tg::load_operand<T, NP, FS, C, THREADS>(sQ + NP * TILE, k + row0 * dk, dk, nrow, 0, dk, mk, lok, land);
+        tg::load_operand<T, NP, FS, C, THREADS>(sQ + 2 * NP * TILE, v + row0 * dv, dv, nrow, 0, dv, mv, lov, land);
+        tg::load_operand<T, NP, FS, C, THREADS>(sQ + 3 * NP * TILE, dout + row0 * dv, dv, nrow, 0, dv, mo, lov, land);
     };
     auto grows = [&](int i) { return grows_at(g, g_kind, nT + start(i), min(C, t1 - start(i))); };
-    tg::Pipe<STAGES, DECAY, NP> pipe(nch, tr, issue, grows);
+    tg::Pipe<STAGES, DECAY, NP, FS == 2> pipe(nch, tr, issue, grows);
     for (int i = 0; i < nch; ++i) {
         const int cs = start(i), nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;

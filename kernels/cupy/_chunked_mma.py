@@ -271,9 +271,12 @@ XS_MODE = "dqrev_wgb"
 # pairs.  xscale 3 (cupy:chunked_mma_wgpw, a measured rung): the same walkers reading the caller's float32 and
 # splitting each tile, times its slice's 2^-e (parts 0: the exponents alone), as it lands (tg::load_tile_pair, FS):
 # H200 callX 5.736 ms at 64k against the planes' 4.413 (callW), its plain loads at each chunk's top left exposed.
-XS_PARTS = {1: 1, 2: 2, 3: 0}                           # xscale -> _xscale.to_half's parts
+# xscale 4 (cupy:chunked_mma_wgpa): the caller's float32 staged by cp.async where each pair will lie and split in place
+# by the thread that copied it, after its wait (tg::stage_tile_f32, land_tile_pair): no planes, no plain loads.
+XS_PARTS = {1: 1, 2: 2, 3: 0, 4: 0}                     # xscale -> _xscale.to_half's parts
+XS_FS = {3: 1, 4: 2}                                    # xscale -> the walkers' FS (0: the planes, or no pairs)
 XS_PAIR_STAGES = 1          # the dq and dk/dv pairs walkers' load stages (two would leave one block per SM)
-# The pairs walkers' choices (xscale 2, 3), one table; XS_PAIR_CHOICES instantiates every value for a measurement
+# The pairs walkers' choices (xscale 2 - 4), one table; XS_PAIR_CHOICES instantiates every value for a measurement
 # (scripts/tune_xscale.py, which sets XS_PAIR's entries in one process).
 #   fwd_stages  tg_fwd's pairs (linear): 1 (3 blocks per SM by its 155 registers) or 2 (112 KB of tiles and the block
 #               max fitted into 113 KB, tg::red_slot: 2 blocks per SM); 2 not measured yet
@@ -283,29 +286,29 @@ XS_PAIR_STAGES = 1          # the dq and dk/dv pairs walkers' load stages (two w
 XS_PAIR = {"fwd_stages": 1, "seg_stages": 2, "lowreg": True}
 XS_PAIR_DECAY_SEG_STAGES = 2    # tg_seg_state's pairs with log decays (its tc::Walk takes one or two stages)
 XS_PAIR_CHOICES = {"fwd_stages": (1, 2), "seg_stages": (2, 3), "lowreg": (True, False)}
-XS_GROUPS = {1: "xscale", 2: "xpair", 3: "xpairw"}     # xscale -> its kernels' compile group (WG_GROUPS)
+XS_GROUPS = {1: "xscale", 2: "xpair", 3: "xpairw", 4: "xpaira"}     # xscale -> its kernels' compile group (WG_GROUPS)
 
 
-def _to(out: Optional[str], np_: int = 1, fs: bool = False) -> str:
+def _to(out: Optional[str], np_: int = 1, fs: int = 0) -> str:
     """A walker's trailing template arguments TO, NP, FS: none (the storage type, one part), float (xscale), 2
-    (pairs), true (split from float32 as the tiles land)."""
-    return ("" if out is None else f", {CTYPE[out]}") + (f", {np_}" if np_ != 1 else "") + (", true" if fs else "")
+    (pairs), FS 1 / 2 (split from float32 as the tiles land: plain loads / staged by cp.async, XS_FS)."""
+    return ("" if out is None else f", {CTYPE[out]}") + (f", {np_}" if np_ != 1 else "") + (f", {fs}" if fs else "")
 
 
 @functools.lru_cache(maxsize=None)
-def _wg_seg_state(dtype: str, stages: Optional[int] = None, np_: int = 1, fs: bool = False,
+def _wg_seg_state(dtype: str, stages: Optional[int] = None, np_: int = 1, fs: int = 0,
                   decay: bool = False) -> Launchable:
-    """decay: the pairs' segment sums with log decays (NP 2, not fs)."""
+    """decay: the pairs' segment sums with log decays (NP 2; fs 0 or 2)."""
     stages = WG_SEG_STAGES if stages is None else stages
-    tail = _to(None, np_, fs) + (", false, true" if decay else "")
+    tail = _to(None, np_, fs) + ((", 0" if not fs else "") + ", true" if decay else "")   # (.., NP, FS, DECAY)
     return Launchable(f"tg_seg_state<{CTYPE[dtype]}, {stages}{tail}>", smem_wg_seg_state(stages, np_, decay))
 
 
 @functools.lru_cache(maxsize=None)
 def _wg_dq(dtype: str, esum: bool, decay: bool = False, stages: Optional[int] = None, out: Optional[str] = None,
-           np_: int = 1, fs: bool = False) -> Launchable:
+           np_: int = 1, fs: int = 0) -> Launchable:
     """out: the results' type where it is not the storage type (xscale: "float32"); np_ 2: hi + lo operands (fs:
-    split from float32 as the tiles land)."""
+    split from float32 as the tiles land, XS_FS)."""
     stages = WG_DQ_STAGES if stages is None else stages
     return Launchable(f"tg_bwd_dq<{CTYPE[dtype]}, {stages}, {_b(esum)}, {_b(decay)}{_to(out, np_, fs)}>",
                       smem_wg_walk(4, stages, decay, np_))
@@ -313,7 +316,7 @@ def _wg_dq(dtype: str, esum: bool, decay: bool = False, stages: Optional[int] = 
 
 @functools.lru_cache(maxsize=None)
 def _wg_dkdv(dtype: str, decay: bool = False, stages: Optional[int] = None, lowreg: Optional[bool] = None,
-             out: Optional[str] = None, np_: int = 1, fs: bool = False) -> Launchable:
+             out: Optional[str] = None, np_: int = 1, fs: int = 0) -> Launchable:
     stages = WG_DKDV_STAGES if stages is None else stages
     lowreg = WG_DKDV_LOWREG if lowreg is None else lowreg
     return Launchable(f"tg_bwd_dkdv<{CTYPE[dtype]}, {stages}, {_b(lowreg)}, {_b(decay)}{_to(out, np_, fs)}>",
@@ -322,7 +325,7 @@ def _wg_dkdv(dtype: str, decay: bool = False, stages: Optional[int] = None, lowr
 
 @functools.lru_cache(maxsize=None)
 def _wg_fwd(dtype: str, decay: bool = False, stages: Optional[int] = None, out: Optional[str] = None,
-            np_: int = 1, fs: bool = False) -> Launchable:
+            np_: int = 1, fs: int = 0) -> Launchable:
     stages = WG_FWD_STAGES if stages is None else stages
     return Launchable(f"tg_fwd<{CTYPE[dtype]}, {stages}, {_b(decay)}{_to(out, np_, fs)}>",
                       smem_wg_walk(3, stages, decay, np_, red_in_slack=np_ == 2 and stages == 2 and not decay))
@@ -331,13 +334,13 @@ def _wg_fwd(dtype: str, decay: bool = False, stages: Optional[int] = None, out: 
 def _wg_walkers(xscale: int) -> dict:
     """The keywords of _wg_fwd, _wg_dq, _wg_dkdv for an ``xscale`` (0: none)."""
     if xscale >= 2:
-        return dict(out="float32", np_=2, stages=XS_PAIR_STAGES, fs=xscale == 3)
+        return dict(out="float32", np_=2, stages=XS_PAIR_STAGES, fs=XS_FS.get(xscale, 0))
     return dict(out="float32") if xscale == 1 else {}
 
 
 def _wg_fwd_keywords(xscale: int, decay: bool) -> dict:
     """_wg_walkers plus the linear pairs' forward stages choice."""
-    return dict(_wg_walkers(xscale), **({"stages": XS_PAIR["fwd_stages"]} if xscale == 2 and not decay else {}))
+    return dict(_wg_walkers(xscale), **({"stages": XS_PAIR["fwd_stages"]} if xscale in (2, 4) and not decay else {}))
 
 
 def _wg_dkdv_keywords(xscale: int) -> dict:
@@ -410,17 +413,18 @@ WG_GROUPS = {dt: tuple([_wg_seg_state(dt, s).expr for s in WG_STAGE_CHOICES]    
 WG_GROUPS["xscale"] = tuple([_wg_fwd(XS_STORAGE, d, out="float32").expr for d in (False, True)]     # the defaults'
                             + [_wg_dq(XS_STORAGE, e, d, out="float32").expr for e in (False, True) for d in (False, True)]
                             + [_wg_dkdv(XS_STORAGE, d, out="float32").expr for d in (False, True)])
-for _x in (2, 3):                                                   # log decays: the planes' walkers (xscale 2)
-    _ds = (False, True) if _x == 2 else (False,)
+for _x in (2, 3, 4):                                  # log decays: the planes' and the staged walkers (xscale 2, 4)
+    _ds = (False, True) if _x != 3 else (False,)
     WG_GROUPS[XS_GROUPS[_x]] = tuple([_wg_fwd(XS_STORAGE, d, **_wg_walkers(_x)).expr for d in _ds]
-                                     + [_wg_fwd(XS_STORAGE, **dict(_wg_walkers(_x), stages=2)).expr] * (_x == 2)
+                                     + [_wg_fwd(XS_STORAGE, **dict(_wg_walkers(_x), stages=2)).expr] * (_x in (2, 4))
                                      + [_wg_dq(XS_STORAGE, e, d, **_wg_walkers(_x)).expr for e in (False, True)
                                         for d in _ds]
                                      + [_wg_dkdv(XS_STORAGE, d, **dict(_wg_walkers(_x), lowreg=lr)).expr for d in _ds
                                         for lr in XS_PAIR_CHOICES["lowreg"]]
-                                     + [_wg_seg_state(XS_STORAGE, st, 2, _x == 3).expr
+                                     + [_wg_seg_state(XS_STORAGE, st, 2, XS_FS.get(_x, 0)).expr
                                         for st in XS_PAIR_CHOICES["seg_stages"]]
-                                     + [_wg_seg_state(XS_STORAGE, XS_PAIR_DECAY_SEG_STAGES, 2, decay=True).expr] * (_x == 2))
+                                     + [_wg_seg_state(XS_STORAGE, XS_PAIR_DECAY_SEG_STAGES, 2, XS_FS.get(_x, 0),
+                                                      decay=True).expr] * (_x != 3))
 INSTANTIATIONS = list(dict.fromkeys((SOURCE, e) for grp in list(GROUPS.values()) + [COMMON] for e in grp))
 INSTANTIATIONS += [(WG_SOURCE, e) for grp in WG_GROUPS.values() for e in grp]
 INSTANTIATIONS += _xscale.INSTANTIATIONS
@@ -625,7 +629,7 @@ class _CorePlan:
         if not (causal and tab.single):
             if xscale >= 2:                                     # pairs: the segment sums of tg_seg_state's pairs
                 seg = _wg_seg_state(dt, XS_PAIR_DECAY_SEG_STAGES if self.decay else XS_PAIR["seg_stages"], 2,
-                                    xscale == 3, self.decay)
+                                    XS_FS.get(xscale, 0), self.decay)
                 self.seg_state, self.seg_wg = _wg_prepared(dt, seg, grid, xscale), True
             elif wg_kernel(WG_SEG_MODES, dkdv, dt, self.decay, self.dkp == 64):
                 self.seg_state, self.seg_wg = _wg_prepared(dt, _wg_seg_state(dt), grid), True

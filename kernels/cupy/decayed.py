@@ -220,3 +220,7 @@ register(_mma_variant("chunked_mma_wgp", 1, 1, "float32 on the float16 warpgroup
                                                "scale per leading index; head dims <= 64, compute capability 9.0, else "
                                                "cupy:chunked_mma_dqr's kernels (3xTF32)", dkdv=mma.XS_MODE, xscale=2,
                       variant=dict(dtypes=("float32",), tol={"float32": 1e-4})))
+register(_mma_variant("chunked_mma_wgpa", 1, 1, "cupy:chunked_mma_wgp with the walkers' float32 tiles staged by cp.async "
+                                                "where each hi + lo pair will lie and split in place by the thread "
+                                                "that copied them (no planes pass)", dkdv=mma.XS_MODE, xscale=4,
+                      variant=dict(dtypes=("float32",), tol={"float32": 1e-4})))

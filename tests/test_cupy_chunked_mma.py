@@ -270,9 +270,10 @@ def test_xscale_refuses_what_its_walkers_do_not_take():
 
 
 def test_xscale_pair_choices_change_the_schedule_not_the_results():
-    """scripts/tune_xscale.py over every XS_PAIR choice at a small T, linear and decayed: every configuration's results
-    equal the first's (the choices are load stages and waits), and XS_PAIR is put back.  (No tmp_path fixture: the
-    CUDA emulator calls this function as it is.)"""
+    """scripts/tune_xscale.py over every XS_PAIR choice at a small T, linear and decayed, for the planes (xscale 2) and
+    the pairs staged by cp.async (xscale 4): every configuration's results equal the first's (the choices are load
+    stages and waits; the two storages split the same float32 products the same way), and XS_PAIR is put back.  (No
+    tmp_path fixture: the CUDA emulator calls this function as it is.)"""
     import importlib.util
     import itertools
     import json
@@ -287,9 +288,11 @@ def test_xscale_pair_choices_change_the_schedule_not_the_results():
     with tempfile.TemporaryDirectory() as tmp:
         for decay in (False, True):
             out = pathlib.Path(tmp) / f"t{decay}.json"
-            assert tune.main(["--T", "700", "--N", "2", "--rounds", "1", "--json", str(out)] + ["--decay"] * decay) == 0
+            assert tune.main(["--T", "700", "--N", "2", "--rounds", "1", "--xscale", "2", "--xscale", "4", "--json",
+                              str(out)] + ["--decay"] * decay) == 0
             rows = json.loads(out.read_text())
-            assert len(rows) == len(list(itertools.product(*mma.XS_PAIR_CHOICES.values())))
+            assert len(rows) == 2 * len(list(itertools.product(*mma.XS_PAIR_CHOICES.values())))
+            assert {r["xscale"] for r in rows} == {2, 4}
             assert all(r["max_rel_diff"] == 0.0 for r in rows), [(r["config"], r["max_rel_diff"]) for r in rows]
     assert mma.XS_PAIR == before
 

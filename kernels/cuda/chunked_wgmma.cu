@@ -118,6 +118,7 @@ __device__ __forceinline__ void stage_tile_f32(T* tile, const float* __restrict_
                                                int ncols) {
     unsigned char* b = reinterpret_cast<unsigned char*>(tile);
     const bool vec = (ldg % 4) == 0 && (col0 % 4) == 0 && (((unsigned long long)g) & 15ull) == 0;
+#pragma unroll
     for (int idx = threadIdx.x; idx < R * 8; idx += NTH) {
         const int r = idx >> 3, c = idx & 7;
         const int left = r < nrows ? ncols - (col0 + 8 * c) : 0;
@@ -142,6 +143,7 @@ __device__ __forceinline__ void stage_tile_f32(T* tile, const float* __restrict_
 template <typename T, int R, int NTH>
 __device__ __forceinline__ void land_tile_pair(T* tile, float mul) {
     unsigned char* b = reinterpret_cast<unsigned char*>(tile);
+#pragma unroll
     for (int idx = threadIdx.x; idx < R * 8; idx += NTH) {
         unsigned char* at = b + wbgmma::sw128(idx >> 3, idx & 7);
         const float4 a = *reinterpret_cast<const float4*>(at), z = *reinterpret_cast<const float4*>(at + 2 * TILE);

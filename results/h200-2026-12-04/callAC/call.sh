@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# callAC (2026-12-04, sixth session): cupy:chunked_mma_wgpa -- the pairs staged by cp.async where they will lie and
+# split in place (xscale 4, linear and decayed) -- its GPU tests and check cells, then against the planes (_wgp) in one
+# process (scripts/tune_xscale.py --xscale 2 --xscale 4, results bit for bit), the kernels' split at 64k, and against
+# fla at 4k-64k in the same run.
+set -x
+P=python3
+W=/tmp/ac; mkdir -p $W
+T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a $W/timeline.txt; tar czf $OUT/ac.tgz -C /tmp ac; }
+( while true; do sleep 10; tar czf $OUT/ac.tmp.tgz -C /tmp ac 2>/dev/null && mv $OUT/ac.tmp.tgz $OUT/ac.tgz; done ) &
+TARPID=$!
+left() { local x=$(( T0 + $1 - $(date +%s) )); echo $(( x > 10 ? x : 10 )); }
+echo "tree: $(cat _dev/TREE)" > $W/commit.txt
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > $W/gpu.txt
+FPIDS=""
+for op in linear decayed; do
+  FLA_CACHE_RESULTS=1 timeout 240 $P cli.py bench --grid headline --op $op --backend peer --dtype float32 --T 1024 --budget 5 > $W/flac-$op.txt 2>&1 &
+  FPIDS="$FPIDS $!"
+done
+( time timeout 150 $P cli.py warmup --op linear --op decayed --backend cupy -j 10 ) > $W/warm.txt 2>&1
+el warmup done
+timeout 200 $P scripts/gpu_test_shards.py --jobs 8 --piece 60 --timeout 170 --out $W/tests -- -k "xscale or wgp or wg_launches" \
+   tests/test_cupy_chunked_mma.py tests/test_gpu_api.py tests/test_gpu_state.py tests/test_fast_launch.py tests/test_cupy_chunked.py > $W/tests.txt 2>&1
+el tests done
+$P cli.py check --op linear --op decayed --backend cupy:chunked_mma_wgpa --dtype float32 -j 6 --time-limit 80 --json $W/check.json > $W/check.txt 2> $W/check_progress.txt
+el check done
+timeout 100 $P scripts/tune_xscale.py --xscale 2 --xscale 4 --vary lowreg --T 16384 --T 65536 --rounds 10 --json $W/tune_lin.json > $W/tune_lin.txt 2>&1
+el tune linear done
+timeout 100 $P scripts/tune_xscale.py --decay --xscale 2 --xscale 4 --vary lowreg --T 16384 --T 65536 --rounds 10 --json $W/tune_dec.json > $W/tune_dec.txt 2>&1
+el tune decayed done
+for op in linear decayed; do
+  timeout 40 $P cli.py kernels --op $op --backend cupy:chunked_mma_wgpa --dtype float32 --T 65536 --json $W/kernels_${op}_wgpa_64k.json > $W/kernels_${op}_wgpa_64k.txt 2>&1
+done
+el kernels done
+wait $FPIDS
+el fla done
+export FLA_CACHE_RESULTS=1
+timeout $(left 450) $P cli.py bench --grid headline --op linear --dtype float32 --T 4096 --T 16384 --T 65536 \
+   --backend cupy:chunked_mma_wgpa --backend cupy:chunked_mma_wgp --backend peer --pass fwdbwd --budget 45 --json $W/bench_lin32.json --md $W/bench_lin32.md > $W/bench_lin32.txt 2>&1
+el bench linear done
+timeout $(left 540) $P cli.py bench --grid headline --op decayed --dtype float32 --T 16384 --T 65536 \
+   --backend cupy:chunked_mma_wgpa --backend peer --pass fwdbwd --budget 35 --json $W/bench_dec32.json --md $W/bench_dec32.md > $W/bench_dec32.txt 2>&1
+el bench decayed done
+kill $TARPID
+el all done

@@ -215,11 +215,39 @@ __device__ __forceinline__ void frags_to_tile(const float (&H)[8][4], T* tile, i
 }
 
 // P's A fragments from the scaled, masked scores S (tc::intra_frags: P.f, the hi parts) and, NP = 2, the lo parts
-// (S's residuals) into Pl (S is left holding them)
-template <typename T, int NP, bool LOWER>
-__device__ __forceinline__ void p_frags(wbmma::AFrags<T, 8>& P, wbmma::AFrags<T, 8>& Pl, float (&S)[1][8][4], int m0,
-                                        const tc::Trailer* tr, bool decay, float scale) {
+// (S's residuals) into Pl (S is left holding them).  RS (NP = 2 with log decays): each of the thread's two rows
+// (g, g + 8) first times a power of two f that brings its max |S| into [2^13, 2^14) (f in [2^-20, 2^40]; 1 for a row
+// of zeros), so a row whose decays leave it far under 1 keeps its lo parts out of float16's subnormals; returns
+// (f_g, f_g+8), by which the caller scales the product's accumulator rows before it and back after it (exact: powers
+// of two).  1, 1 otherwise.
+template <typename T, int NP, bool LOWER, bool RS = false>
+__device__ __forceinline__ float2 p_frags(wbmma::AFrags<T, 8>& P, wbmma::AFrags<T, 8>& Pl, float (&S)[1][8][4], int m0,
+                                          const tc::Trailer* tr, bool decay, float scale) {
+    static_assert(!RS || NP == 2, "row scales: pairs");
     tc::intra_frags<T, LOWER>(P, S, m0, tr, decay, scale);
+    float2 f = make_float2(1.f, 1.f);
+    if constexpr (RS) {
+        float m[2] = {0.f, 0.f};
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) m[e >> 1] = fmaxf(m[e >> 1], fabsf(S[0][nt][e]));
+        float fr[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffffu, m[h], 1));
+            m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffffu, m[h], 2));
+            int ex;
+            frexpf(m[h], &ex);                                  // m < 2^ex (m > 0)
+            fr[h] = m[h] > 0.f ? ldexpf(1.f, min(max(14 - ex, -20), 40)) : 1.f;
+        }
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) S[0][nt][e] *= fr[e >> 1];
+        wbmma::c_to_a<T, 8>(P, S[0]);
+        f = make_float2(fr[0], fr[1]);
+    }
     if constexpr (NP == 2) {
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt)
@@ -227,6 +255,15 @@ __device__ __forceinline__ void p_frags(wbmma::AFrags<T, 8>& P, wbmma::AFrags<T,
             for (int e = 0; e < 4; ++e) S[0][nt][e] = residual<T>(S[0][nt][e]);
         wbmma::c_to_a<T, 8>(Pl, S[0]);
     }
+    return f;
+}
+
+// the accumulator rows of the thread (g: elements 0, 1 of each n-tile; g + 8: 2, 3) times f.x, f.y
+__device__ __forceinline__ void scale_rows2(float (&a)[1][8][4], float2 f) {
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) a[0][nt][e] *= e < 2 ? f.x : f.y;
 }
 
 // float16: the warp's max |St| posted to red[w] (read by state_to_tile after a barrier); nothing otherwise
@@ -495,6 +532,7 @@ __global__ void __launch_bounds__(128, NP == 2 && FS != 1 && !DECAY ? 3 : NP == 
     static_assert((NP == 1 && !FS) || (NP == 2 && !(DECAY && FS == 1) && wbmma::Traits<TO>::F32),
                   "pairs: float32 results (split by plain loads: linear)");
     constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 outputs times omul
+    constexpr bool RS = NP == 2 && DECAY;                       // P's rows at a power of two each (tg::p_frags)
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: Q, K, V at (3 s + 0, 1, 2) NP TILE
     T* sH = stages + STAGES * 3 * NP * TILE;                    // (NP = 2: each hi tile, then its lo tile)
@@ -538,7 +576,8 @@ __global__ void __launch_bounds__(128, NP == 2 && FS != 1 && !DECAY ? 3 : NP == 
         if constexpr (DECAY) scale_acc_rows(acc, 16 * w, [&](int r) { return scale * sigma * tr->e[r]; });
         else scale_acc(acc, scale * sigma);
         wbmma::AFrags<T, 8> P, Pl;                              // (Pl: NP = 2, P's lo parts)
-        tg::p_frags<T, NP, true>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
+        const float2 pf = tg::p_frags<T, NP, true, RS>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
+        if constexpr (RS) tg::scale_rows2(acc, pf);             // (o's rows in P's units during P V)
         unsigned kf[4][4], kfl[4][4];                           // DECAY: (diag(u) K)^T's fragments (NP 2: + lo)
         if constexpr (DECAY) {
             scale_acc(H, tr->e[C - 1]);
@@ -553,6 +592,7 @@ __global__ void __launch_bounds__(128, NP == 2 && FS != 1 && !DECAY ? 3 : NP == 
         wbgmma::commit();                                              // branch between a batch's wgmmas)
         wbgmma::wait<0>();
         tg::fence_accs(acc, H);
+        if constexpr (RS) tg::scale_rows2(acc, make_float2(1.f / pf.x, 1.f / pf.y));
         if constexpr (XS) scale_acc(acc, omul);
         store_rows<TO, 8>(acc[0], o + (nT + cs) * dv, dv, 16 * w, nrow, c0, dv);
     }
@@ -588,6 +628,7 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_b
     static_assert((NP == 1 && !FS) || (NP == 2 && !(DECAY && FS == 1) && wbmma::Traits<TO>::F32),
                   "pairs: float32 results (split by plain loads: linear)");
     constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 dq times qmul, q.dq times 2^e_q
+    constexpr bool RS = NP == 2 && DECAY;                       // P's rows at a power of two each (tg::p_frags)
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: dO, V, K, Q at (4 s + 0, 1, 2, 3) NP TILE
     T* sH = stages + STAGES * 4 * NP * TILE;
@@ -657,13 +698,15 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_b
         if constexpr (DECAY) scale_acc_rows(acc, 16 * w, [&](int r) { return scale * sigma * tr->e[r]; });
         else scale_acc(acc, scale * sigma);
         wbmma::AFrags<T, 8> P, Pl;
-        tg::p_frags<T, NP, true>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
+        const float2 pf = tg::p_frags<T, NP, true, RS>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
+        if constexpr (RS) tg::scale_rows2(acc, pf);
         tg::fence_accs(acc);
         wbgmma::fence();
         tg::gemm_rs<T, NP, true>(acc[0], P.f, Pl.f, sK);             // dq += dP K
         wbgmma::commit();
         wbgmma::wait<0>();
         tg::fence_accs(acc, H, Es);
+        if constexpr (RS) tg::scale_rows2(acc, make_float2(1.f / pf.x, 1.f / pf.y));
         if constexpr (XS) scale_acc(acc, qmul);
         store_rows<TO, 8>(acc[0], dq + (nT + cs) * dk, dk, 16 * w, nrow, k0, dk);
         if (DECAY && rq) tg::row_dots<T, NP>(acc[0], sQ, 16 * w, nrow, rq + ((long long)kt * N + n) * T_ + cs, rqmul);
@@ -710,6 +753,7 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
     static_assert((NP == 1 && !FS) || (NP == 2 && !(DECAY && FS == 1) && wbmma::Traits<TO>::F32),
                   "pairs: float32 results (split by plain loads: linear)");
     constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 dk, dv times kmul, vmul; k.dk 2^e_k
+    constexpr bool RS = NP == 2 && DECAY;                       // P's rows at a power of two each (tg::p_frags)
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: Q, K, V, dO at (4 s + 0, 1, 2, 3) NP TILE
     T* sS = stages + STAGES * 4 * NP * TILE;
@@ -758,7 +802,8 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
         tg::fence_accs(gv, S);
         if constexpr (DECAY) scale_acc_rows(gv, 16 * w, inter);
         else scale_acc(gv, sigma);
-        tg::p_frags<T, NP, false>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
+        const float2 pf1 = tg::p_frags<T, NP, false, RS>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
+        if constexpr (RS) tg::scale_rows2(gv, pf1);
         tg::fence_accs(gv, gk, S);
         wbgmma::fence();
         tg::gemm_rs<T, NP, true>(gv[0], P.f, Pl.f, sO);              // dv += P1 dO
@@ -766,6 +811,7 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
             wbgmma::commit();
             wbgmma::wait<0>();
             tg::fence_accs(gv);
+            if constexpr (RS) tg::scale_rows2(gv, make_float2(1.f / pf1.x, 1.f / pf1.y));
             if constexpr (XS) scale_acc(gv, vmul);
             store_rows<TO, 8>(gv[0], dvout + row0 * dv, dv, 16 * w, nrow, 0, dv);
             tg::fence_accs(gk, S);
@@ -777,12 +823,14 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
         wbgmma::wait<0>();
         tg::fence_accs(gv, gk, S);
         if constexpr (!LOWREG) {
+            if constexpr (RS) tg::scale_rows2(gv, make_float2(1.f / pf1.x, 1.f / pf1.y));
             if constexpr (XS) scale_acc(gv, vmul);
             store_rows<TO, 8>(gv[0], dvout + row0 * dv, dv, 16 * w, nrow, 0, dv);
         }
         if constexpr (DECAY) scale_acc_rows(gk, 16 * w, inter);
         else scale_acc(gk, sigma);
-        tg::p_frags<T, NP, false>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
+        const float2 pf2 = tg::p_frags<T, NP, false, RS>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
+        if constexpr (RS) tg::scale_rows2(gk, pf2);
         unsigned qa[4][4], qal[4][4];                           // (weighed Q)^T's fragments: the warp's dk rows
         const float e0 = DECAY ? weight_base(tr) : 1.f;         // e^b relative to the chunk's first row
         if constexpr (DECAY) scale_acc(dS, tr->e[C - 1] / e0);
@@ -796,6 +844,7 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
         wbgmma::wait<0>();
         tg::fence_accs(gk, dS);
         if (DECAY && e0 != 1.f) scale_acc(dS, e0);
+        if constexpr (RS) tg::scale_rows2(gk, make_float2(1.f / pf2.x, 1.f / pf2.y));
         if constexpr (XS) scale_acc(gk, kmul);
         store_rows<TO, 8>(gk[0], dkout + row0 * dk, dk, 16 * w, nrow, 0, dk);
         if (DECAY && rk) tg::row_dots<T, NP>(gk[0], sK, 16 * w, nrow, rk + (long long)n * T_ + cs, rkmul);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # callAC (2026-12-04, sixth session): cupy:chunked_mma_wgpa -- the pairs staged by cp.async where they will lie and
-# split in place (xscale 4, linear and decayed) -- its GPU tests and check cells, then against the planes (_wgp) in one
+# split in place (xscale 4, linear and decayed) -- its GPU tests and check cells (decayed _wgp's again: its P rows now
+# split at a power of two each), then against the planes (_wgp) in one
 # process (scripts/tune_xscale.py --xscale 2 --xscale 4, results bit for bit), the kernels' split at 64k, and against
 # fla at 4k-64k in the same run.
 set -x
@@ -22,7 +23,8 @@ el warmup done
 timeout 200 $P scripts/gpu_test_shards.py --jobs 8 --piece 60 --timeout 170 --out $W/tests -- -k "xscale or wgp or wg_launches" \
    tests/test_cupy_chunked_mma.py tests/test_gpu_api.py tests/test_gpu_state.py tests/test_fast_launch.py tests/test_cupy_chunked.py > $W/tests.txt 2>&1
 el tests done
-$P cli.py check --op linear --op decayed --backend cupy:chunked_mma_wgpa --dtype float32 -j 6 --time-limit 80 --json $W/check.json > $W/check.txt 2> $W/check_progress.txt
+$P cli.py check --op linear --backend cupy:chunked_mma_wgpa --dtype float32 -j 6 --time-limit 50 --json $W/check_lin.json > $W/check_lin.txt 2> $W/check_lin_progress.txt
+$P cli.py check --op decayed --backend cupy:chunked_mma_wgpa --backend cupy:chunked_mma_wgp --dtype float32 -j 6 --time-limit 70 --json $W/check_dec.json > $W/check_dec.txt 2> $W/check_dec_progress.txt
 el check done
 timeout 100 $P scripts/tune_xscale.py --xscale 2 --xscale 4 --vary lowreg --T 16384 --T 65536 --rounds 10 --json $W/tune_lin.json > $W/tune_lin.txt 2>&1
 el tune linear done

@@ -1,6 +1,6 @@
 """Time the pairs walkers' choices (``kernels.cupy._chunked_mma.XS_PAIR``, the values ``XS_PAIR_CHOICES`` lists)
 against each other in one process: fwd+bwd through ``_chunked_mma.forward`` / ``backward`` with xscale 2 (the planes
-pass included), every configuration in each of --rounds interleaved rounds (CUDA events, medians), its results
+pass included; --xscale: the other pairs storages too), every configuration in each of --rounds interleaved rounds (CUDA events, medians), its results
 compared with the first configuration's (the choices change the schedule, not the arithmetic: differences should be
 0).  GPU only (compute capability 9.0).
 

@@ -279,7 +279,7 @@ XS_PAIR_STAGES = 1          # the dq and dk/dv pairs walkers' load stages (two w
 # The pairs walkers' choices (xscale 2 - 4), one table; XS_PAIR_CHOICES instantiates every value for a measurement
 # (scripts/tune_xscale.py, which sets XS_PAIR's entries in one process).
 #   fwd_stages  tg_fwd's pairs (linear): 1 (3 blocks per SM by its 155 registers) or 2 (112 KB of tiles and the block
-#               max fitted into 113 KB, tg::red_slot: 2 blocks per SM); 2 not measured yet
+#               max fitted into 113 KB, tg::red_slot: 2 blocks per SM); H200 callAB of 2026-12-04: 2 +1.6% at 64k
 #   seg_stages  tg_seg_state's pairs: 2 or 3 (H200 callZ of 2026-12-04: within 0.6%, 2 the faster at 64k)
 #   lowreg      tg_bwd_dkdv's pairs: dv stored before dk's products (True) or one wait fewer (False; 211 registers
 #               either way, 2 blocks per SM; callZ: within 0.6%)

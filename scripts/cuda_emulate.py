@@ -366,9 +366,12 @@ class Result:
 
 
 def _load_test_module(name: str):
-    """tests/<name>.py as a module (the tests directory is not a package)."""
+    """tests/<name>.py as a module (the tests directory is not a package: on sys.path, as pytest puts it, for the
+    modules the tests share -- numba_cases, script_modules)."""
     if name in sys.modules:
         return sys.modules[name]
+    if os.path.join(ROOT, "tests") not in sys.path:
+        sys.path.insert(0, os.path.join(ROOT, "tests"))
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "tests", f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod

@@ -407,12 +407,8 @@ def test_a_variant_that_takes_leading_dims_gets_the_callers_arrays(monkeypatch, 
 def test_ops_layer_cost_script_restores_the_variants(capsys):
     """scripts/ops_layer_cost.py (#10's CPU goal) times every op with its NumPy variant stubbed out, then puts the
     variant back: the public ops compute again afterwards."""
-    import importlib.util
-    import os
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("ops_layer_cost", os.path.join(root, "scripts", "ops_layer_cost.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from script_modules import load_script
+    mod = load_script("ops_layer_cost")
     assert mod.main(["--calls", "5", "--repeats", "1"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert [ln.split()[0] for ln in lines] == ["softmax", "linear", "decayed", "zeros"]

@@ -1,12 +1,11 @@
 """`check` checks its own reference: finite-difference cells, the reference row, per-variant tolerances."""
-import importlib.util
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from script_modules import load_script
 
 import cli
 from workbench import check, registry, state
@@ -15,15 +14,7 @@ from workbench.reference import common, decayed, linear, softmax, zeros
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-derive_tolerances = _load_script("derive_tolerances")
+derive_tolerances = load_script("derive_tolerances")
 
 
 # ----------------------------------------------------------------------------- the reference row, fd cells

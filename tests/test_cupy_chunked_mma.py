@@ -274,16 +274,13 @@ def test_xscale_pair_choices_change_the_schedule_not_the_results():
     the pairs staged by cp.async (xscale 4): every configuration's results equal the first's (the choices are load
     stages and waits; the two storages split the same float32 products the same way), and XS_PAIR is put back.  (No
     tmp_path fixture: the CUDA emulator calls this function as it is.)"""
-    import importlib.util
     import itertools
     import json
     import pathlib
     import tempfile
     from kernels.cupy import _chunked_mma as mma
-    spec = importlib.util.spec_from_file_location(
-        "tune_xscale", str(pathlib.Path(__file__).parent.parent / "scripts" / "tune_xscale.py"))
-    tune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tune)
+    from script_modules import load_script
+    tune = load_script("tune_xscale")
     before = dict(mma.XS_PAIR)
     with tempfile.TemporaryDirectory() as tmp:
         for decay in (False, True):

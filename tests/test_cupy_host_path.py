@@ -314,12 +314,8 @@ def test_fused_zeros_forward_plan(fake, T, causal, launches):
 def stand_in(monkeypatch):
     """scripts/host_cost.py's stand-in cupy: no-op allocations and a no-op driver, so launches go through the
     packed-parameter launcher (kernels/cupy/_module.py) as on a GPU."""
-    import importlib.util
-    import os
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("host_cost", os.path.join(root, "scripts", "host_cost.py"))
-    hc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hc)
+    from script_modules import load_script
+    hc = load_script("host_cost")
     _clear_caches()
     monkeypatch.setitem(sys.modules, "cupy", hc.stand_in_cupy())
     yield hc
@@ -597,11 +593,7 @@ def test_fa2_backward_queues_fa2_bwd_pre_before_the_gradients(stand_in, monkeypa
 
 def test_tune_xscale_refuses_without_a_compute_capability_9_gpu(capsys):
     """scripts/tune_xscale.py exits 1 with the reason where the pairs walkers cannot run (no CuPy here)."""
-    import importlib.util
-    import pathlib
-    spec = importlib.util.spec_from_file_location(
-        "tune_xscale", str(pathlib.Path(__file__).parent.parent / "scripts" / "tune_xscale.py"))
-    tune = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tune)
+    from script_modules import load_script
+    tune = load_script("tune_xscale")
     assert tune.main(["--T", "256"]) == 1
     assert "compute capability 9.0" in capsys.readouterr().err

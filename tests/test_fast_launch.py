@@ -292,7 +292,6 @@ def test_scratch_parts_are_aligned_disjoint_and_poisoned():
 
 def test_outputs_of_a_pass_share_one_allocation_up_to_the_bound(monkeypatch):
     """backends.new_outputs (the chunk core's backward: dq, dk, dv, d log_decay and the row dots)."""
-    import importlib.util
     from workbench import backends
     layout = (((2, 3, 5), np.float16), ((7,), np.float32), ((1, 4), np.float64))
     scratch = (((3, 10), np.float32),) * 2
@@ -319,10 +318,8 @@ def test_outputs_of_a_pass_share_one_allocation_up_to_the_bound(monkeypatch):
     assert all(o.base is not None for o in backends.outputs_layout(even, (), True).new(np)[0])
     # CuPy's way (an ndarray on the allocation's memory): the host_cost stand-in's ndarray(shape, dtype, memptr)
     monkeypatch.setattr(backends, "OUTPUTS_MERGE_MAX", 4 << 20)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("host_cost", os.path.join(root, "scripts", "host_cost.py"))
-    hc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hc)
+    from script_modules import load_script
+    hc = load_script("host_cost")
     for poison in (False, True):        # off: cupy.cuda.alloc's memory, no array around it; on: a 0xFF-filled array
         with backends.poisoned(poison):
             outs, addrs, keep = backends.new_outputs(hc.stand_in_cupy(), layout, scratch)

@@ -1,15 +1,11 @@
 """scripts/gpu_test_shards.py: the split of the GPU tests over shards and the reading of pytest's summary."""
-import importlib.util
 import os
-import sys
 
 import pytest
 
+from script_modules import load_script
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("gpu_test_shards", os.path.join(ROOT, "scripts", "gpu_test_shards.py"))
-shards = importlib.util.module_from_spec(_spec)
-sys.modules["gpu_test_shards"] = shards          # dataclasses look their module up there
-_spec.loader.exec_module(shards)
+shards = load_script("gpu_test_shards")
 
 
 def _ids(f, n):

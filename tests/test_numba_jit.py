@@ -218,12 +218,8 @@ def test_warmup_leaves_later_processes_nothing_to_compile(tmp_path):
 
 # ----------------------------------------------------------------------------- scripts/shape_sweep.py
 def _sweep_module():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("shape_sweep", os.path.join(ROOT, "scripts", "shape_sweep.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod                 # (its dataclasses look their module up)
-    spec.loader.exec_module(mod)
-    return mod
+    from script_modules import load_script
+    return load_script("shape_sweep")
 
 
 def test_shape_sweep_runs_every_op_and_counts_failures(one_small_bucket):

@@ -1,14 +1,12 @@
 """scripts/ptxas_report.py: ``--nvrtc LIB`` (compiling through a libnvrtc.so.* by ctypes) reports what the
 default path (cuda.bindings' NVRTC) reports, and a bad ``--nvrtc`` is a usage error naming the argument."""
-import importlib.util
 import os
 
 import pytest
 
+from script_modules import load_script
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("ptxas_report", os.path.join(ROOT, "scripts", "ptxas_report.py"))
-ptxas_report = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(ptxas_report)
+ptxas_report = load_script("ptxas_report")
 
 NVRTC12 = os.path.join(ROOT, ptxas_report.NVRTC12)       # scripts/fetch_nvrtc12.sh puts the GPU's NVRTC there
 SMALL = ('#include "common.cuh"\n'

@@ -29,9 +29,10 @@ def main(argv=None) -> int:
     ap.add_argument("--vary", action="append", choices=sorted(mma.XS_PAIR_CHOICES),
                     help="the choices to vary (default: all); the others keep XS_PAIR's value")
     ap.add_argument("--decay", action="store_true", help="with log decays (uniform in [-1, 0))")
-    ap.add_argument("--xscale", action="append", type=int, choices=(2, 3, 4),
+    ap.add_argument("--xscale", action="append", type=int, choices=(2, 3, 4, 5),
                     help="the pairs' storage (repeatable; default 2, the planes): 3 split by plain loads (linear "
-                         "only), 4 staged by cp.async; results compared across them too (the same arithmetic)")
+                         "only), 4 staged by cp.async -- results compared across them too (the same arithmetic) --, "
+                         "5 staged under each chunk tile's own exponent (its results differ in the last bits)")
     ap.add_argument("--N", type=int, default=32, help="leading dims flattened (default 32 = B 2 x H 16)")
     ap.add_argument("--D", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=12)

@@ -226,12 +226,13 @@ def test_wg_matches_recurrence(dtype, split, shape, mode, L, dkdv):
 # xscale (kernels/cupy/_xscale.py): float32 inputs rounded to float16 under a power-of-two scale per leading index, on
 # the "dqrev_wgb" walkers with float32 results (parts 1: cupy:chunked_mma_wgx; parts 2, linear: each operand a float16
 # hi + lo pair, three products each: cupy:chunked_mma_wgp from two float16 planes, parts 3 cupy:chunked_mma_wgpw split
-# from float32 as the walkers' tiles land, parts 4 cupy:chunked_mma_wgpa staged by cp.async and split in place).  Slices: "unit" inputs (every slice keeps exponent 0),
+# from float32 as the walkers' tiles land, parts 4 cupy:chunked_mma_wgpa staged by cp.async and split in place, parts 5
+# cupy:chunked_mma_wgpt as 4 under each chunk tile's own power of two).  Slices: "unit" inputs (every slice keeps exponent 0),
 # "scaled" (slice 1 of q x 1e3, of k x 1e-3, of v x 2e-5 -- float16 subnormals unless rescaled -- of do x 7e4 --
 # beyond float16 -- each slice against its own scale): tolerance the tf32 tag's (workbench.registry), d log_decay
 # TF32's (TOL_DG: the cancelling sum); pairs 3xTF32's, d log_decay included (emulator: 0.9e-6 - 4.2e-6).
-XS_TOL = {1: 5e-3, 2: TOL[("float32", 3)], 3: TOL[("float32", 3)], 4: TOL[("float32", 3)]}
-XS_TOL_DG = {1: TOL_DG[("float32", 1)], 2: TOL[("float32", 3)], 3: TOL[("float32", 3)], 4: TOL[("float32", 3)]}
+XS_TOL = {1: 5e-3, **{p: TOL[("float32", 3)] for p in (2, 3, 4, 5)}}
+XS_TOL_DG = {1: TOL_DG[("float32", 1)], **{p: TOL[("float32", 3)] for p in (2, 3, 4, 5)}}
 XS_SLICES = {"unit": None, "scaled": ((1.0, 1e3), (1.0, 1e-3), (1.0, 2e-5), (1.0, 7e4))}
 
 
@@ -239,7 +240,7 @@ XS_SLICES = {"unit": None, "scaled": ((1.0, 1e3), (1.0, 1e-3), (1.0, 2e-5), (1.0
                                    (2, (0, 1, 64, 65, 130, 200), 64, 64), (2, (0, 70), 5, 7)],
                          ids=lambda s: f"N{s[0]}-cu{'_'.join(map(str, s[1]))}-{s[2]}x{s[3]}")
 @pytest.mark.parametrize("mode, parts", [("linear", 1), ("decayed", 1), ("linear", 2), ("decayed", 2), ("linear", 3),
-                                         ("linear", 4), ("decayed", 4)])
+                                         ("linear", 4), ("decayed", 4), ("linear", 5), ("decayed", 5)])
 @pytest.mark.parametrize("L", [0, 2])
 @pytest.mark.parametrize("slices", sorted(XS_SLICES))
 def test_xscale_matches_recurrence(shape, mode, parts, L, slices):

@@ -156,6 +156,51 @@ __device__ __forceinline__ void land_tile_pair(T* tile, float mul) {
     }
 }
 
+// FS 3: the exponents of a chunk's NOPS staged float32 tiles (stage_tile_f32's layout, 2 TILE elements apart from
+// `stage` on): this thread's max |x| over its groups of each, the warp's max posted to tmx[4 op + warp], one barrier,
+// then e[op] with the tile's max in [1, 2) times 2^-e (0 for a tile of zeros; clamped to [-100, 100]) and mul[op] =
+// 2^-e, the factor its split takes.  Each thread reads the same posts: the exponents are block-uniform.
+template <typename T, int NOPS, int R, int NTH>
+__device__ __forceinline__ void tile_exponents(const T* stage, float* tmx, int (&e)[4], float (&mul)[4]) {
+    const unsigned char* b = reinterpret_cast<const unsigned char*>(stage);
+#pragma unroll
+    for (int op = 0; op < NOPS; ++op) {
+        float m = 0.f;
+#pragma unroll
+        for (int idx = threadIdx.x; idx < R * 8; idx += NTH) {
+            const unsigned char* at = b + 4 * TILE * op + wbgmma::sw128(idx >> 3, idx & 7);
+            const float4 x = *reinterpret_cast<const float4*>(at), z = *reinterpret_cast<const float4*>(at + 2 * TILE);
+            m = fmaxf(m, fmaxf(fmaxf(fmaxf(fabsf(x.x), fabsf(x.y)), fmaxf(fabsf(x.z), fabsf(x.w))),
+                               fmaxf(fmaxf(fabsf(z.x), fabsf(z.y)), fmaxf(fabsf(z.z), fabsf(z.w)))));
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+        if ((threadIdx.x & 31) == 0) tmx[4 * op + (threadIdx.x >> 5)] = m;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int op = 0; op < 4; ++op) {
+        e[op] = 0;
+        if (op < NOPS) {
+            const float m = fmaxf(fmaxf(tmx[4 * op], tmx[4 * op + 1]), fmaxf(tmx[4 * op + 2], tmx[4 * op + 3]));
+            int ex;
+            frexpf(m, &ex);                                     // m < 2^ex (m > 0)
+            e[op] = m > 0.f ? min(max(ex - 1, -100), 100) : 0;
+        }
+        mul[op] = ldexpf(1.f, -e[op]);
+    }
+}
+
+// a float32 accumulator times 2^s, exactly (|s| up to 300: in up to three factors a float holds)
+template <int MT, int NT>
+__device__ __forceinline__ void scale_pow2(float (&a)[MT][NT][4], int s) {
+    while (s != 0) {                                           // block-uniform
+        const int p = max(min(s, 120), -120);
+        tc::scale_acc(a, ldexpf(1.f, p));
+        s -= p;
+    }
+}
+
 // One operand's tiles of chunk rows [0, nrows) at g, columns col0 ..: NP = 1, its tile (cp.async); NP = 2, its hi and
 // lo tiles -- FS 0: from the hi and lo planes (the lo plane `plane` elements after the hi one: cp.async); FS 1: split
 // from the caller's float32 times mul (the slice's 2^-e, xscale.cu) as they land (plain loads); FS 2: the caller's
@@ -164,7 +209,7 @@ __device__ __forceinline__ void land_tile_pair(T* tile, float mul) {
 template <typename T, int NP, int FS, int R, int NTH, typename TI>
 __device__ __forceinline__ void load_operand(T* tile, const TI* __restrict__ g, long long ldg, int nrows, int col0,
                                              int ncols, float mul, long long plane, bool land = false) {
-    if constexpr (NP == 2 && FS == 2) {
+    if constexpr (NP == 2 && FS >= 2) {
         if (land) land_tile_pair<T, R, NTH>(tile, mul);
         else stage_tile_f32<R, NTH>(tile, g, ldg, nrows, col0, ncols);
     } else if (!land) {
@@ -276,11 +321,19 @@ __device__ __forceinline__ void post_state_max(const float (&St)[1][8][4], float
 }
 
 // St / sigma into its swizzled tile (warp w: rows 16 w ..), sigma a power of two from the block max that
-// post_state_max posted (1 but for float16, as tc::state_to_smem).  Returns sigma.
-template <typename T, int NP = 1>
+// post_state_max posted (1 but for float16, as tc::state_to_smem).  Returns sigma.  BOTH (the tile exponents' walkers,
+// FS 3: the state in the caller's units, possibly far under 1): sigma brings the max into [2^13, 2^14) from either
+// side, so a small state keeps its pairs' lo parts out of float16's subnormals.
+template <typename T, int NP = 1, bool BOTH = false>
 __device__ __forceinline__ float state_to_tile(const float (&St)[1][8][4], T* tile, const float* red) {
     float sigma = 1.f, inv = 1.f;
-    if constexpr (wbmma::Traits<T>::HALF) tc::pow2_scale(fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3])), sigma, inv);
+    if constexpr (BOTH) {
+        const float mx = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+        const int ex = (int)((__float_as_uint(mx) >> 23) & 0xff) - 127;   // mx in [2^ex, 2^(ex+1))
+        if (mx > 0.f && ex >= -110 && ex < 128) sigma = ldexpf(1.f, ex - 13), inv = ldexpf(1.f, 13 - ex);
+    } else if constexpr (wbmma::Traits<T>::HALF) {
+        tc::pow2_scale(fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3])), sigma, inv);
+    }
     frags_to_tile<T, NP>(St[0], tile, 16 * (threadIdx.x >> 5), inv);
     return sigma;
 }
@@ -292,7 +345,7 @@ __device__ __forceinline__ float state_to_tile(const float (&St)[1][8][4], T* ti
 // 1's loads (issue_next) and their group; the async-proxy fence; the barrier that publishes the tile and chunk j's
 // tiles.  Returns sigma.  One stage: issue_next loads chunk j itself (its stage is free after the first barrier), and
 // the copies are waited for before the fence.
-template <typename T, int STAGES, int NP = 1, typename F, typename L>
+template <typename T, int STAGES, int NP = 1, bool BOTH = false, typename F, typename L>
 __device__ __forceinline__ float chunk_top(const float (&St)[1][8][4], T* tile, float* red, F&& issue_next, L&& land) {
     if constexpr (STAGES > 1) {
         tc::cp_async_wait_group<STAGES - 2>();
@@ -300,7 +353,7 @@ __device__ __forceinline__ float chunk_top(const float (&St)[1][8][4], T* tile, 
     }
     post_state_max<T>(St, red);
     __syncthreads();
-    const float sigma = state_to_tile<T, NP>(St, tile, red);
+    const float sigma = state_to_tile<T, NP, BOTH>(St, tile, red);
     issue_next();
     tc::cp_async_commit();
     if constexpr (STAGES == 1) {
@@ -322,7 +375,7 @@ __device__ __forceinline__ void fence_accs(A&... a) { (wbgmma::fence_acc(a[0]), 
 // copied a chunk ahead), then the state / sigma into its tile (float16: the block max through tr->red, one barrier),
 // chunk j's loads waited for, the async-proxy fence and the barrier that publishes the tile, the tiles and the
 // Trailer -- three barriers per chunk in float16, two otherwise (tc's walkers: four and two).
-template <int STAGES, bool DECAY, int NP = 1, bool LAND = false>
+template <int STAGES, bool DECAY, int NP = 1, int FS = 0>
 struct Pipe {
     template <typename F, typename G>
     __device__ __forceinline__ Pipe(int nch, tc::Trailer*, F&& issue, G&&) {
@@ -331,15 +384,15 @@ struct Pipe {
     template <typename T, typename F, typename G>
     __device__ __forceinline__ float top(int j, int nch, tc::Trailer*, F&& issue, G&&, const float (&St)[1][8][4],
                                          T* tile, float* red) {
-        return chunk_top<T, STAGES, NP>(St, tile, red, [&] {
+        return chunk_top<T, STAGES, NP, FS == 3>(St, tile, red, [&] {
             if (j + STAGES - 1 < nch) issue(j + STAGES - 1, (j + STAGES - 1) % STAGES);
         }, [&] {
-            if constexpr (LAND) issue(j, j % STAGES, true);
+            if constexpr (FS >= 2) issue(j, j % STAGES, true);  // staged tiles split in place
         });
     }
 };
-template <int STAGES, int NP, bool LAND>
-struct Pipe<STAGES, true, NP, LAND> {
+template <int STAGES, int NP, int FS>
+struct Pipe<STAGES, true, NP, FS> {
     tc::Walk<STAGES> walk;
     template <typename F, typename G>
     __device__ __forceinline__ Pipe(int nch, tc::Trailer* tr, F&& issue, G&& grows) : walk(nch, true, tr, issue, grows) {}
@@ -349,9 +402,9 @@ struct Pipe<STAGES, true, NP, LAND> {
         walk.top(j, tr, issue, grows);                          // barrier: chunk j - 1 done; loads; log decays
         post_state_max<T>(St, tr->red);
         if constexpr (wbmma::Traits<T>::HALF) __syncthreads();
-        const float sigma = state_to_tile<T, NP>(St, tile, tr->red);
+        const float sigma = state_to_tile<T, NP, FS == 3>(St, tile, tr->red);
         walk.wait();
-        if constexpr (LAND) issue(j, j % STAGES, true);        // chunk j's staged tiles split (FS 2)
+        if constexpr (FS >= 2) issue(j, j % STAGES, true);     // chunk j's staged tiles split (FS 2, 3)
         wbgmma::fence_proxy_async();
         __syncthreads();
         return sigma;
@@ -450,10 +503,19 @@ __global__ void __launch_bounds__(128) tg_seg_state(const typename tg::In<T, FS>
     const int t0 = seg_t0[s], t1 = seg_t1[s];
     const long long nT = (long long)n * T_;
     const int nch = (t1 - t0 + C - 1) / C;
-    const float mx = tg::xinv<FS>(xexp, 1), my = tg::xinv<FS>(xexp, 2);     // FS: x = k, y = v
+    float mx = tg::xinv<FS>(xexp, 1), my = tg::xinv<FS>(xexp, 2);           // FS: x = k, y = v
     const long long lox = (long long)gridDim.y * T_ * dx, loy = (long long)gridDim.y * T_ * dy;   // NP 2: lo planes
+    int te[4];                                                  // FS 3: the chunk's tile exponents (x, y)
+    float xm[4];
+    float* tmx = DECAY ? reinterpret_cast<Trailer*>(stages + STAGES * 2 * NP * TILE)->red
+                       : reinterpret_cast<float*>(stages + STAGES * 2 * NP * TILE);
     auto issue_at = [&](int j, int st, bool land = false) {
         T* sX = stages + st * 2 * NP * TILE;
+        if constexpr (FS == 3)
+            if (land) {
+                tg::tile_exponents<T, 2, C, THREADS>(sX, tmx, te, xm);
+                mx = xm[0], my = xm[1];
+            }
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
         tg::load_operand<T, NP, FS, C, THREADS>(sX, x + row0 * dx, dx, nrow, 0, dx, mx, lox, land);
@@ -471,19 +533,21 @@ __global__ void __launch_bounds__(128) tg_seg_state(const typename tg::In<T, FS>
             const T* sX = stages + (j % STAGES) * 2 * NP * TILE;
             walk.top(j, tr, issue_at, grows);                   // barrier: chunk j - 1 done; loads; log decays
             walk.wait();
-            if constexpr (FS == 2) issue_at(j, j % STAGES, true);   // (FS 2: split in place)
+            if constexpr (FS >= 2) issue_at(j, j % STAGES, true);   // (FS 2: split in place)
             wbgmma::fence_proxy_async();
             __syncthreads();
             gsum += logdecay_at(tr, C - 1);
             scale_acc(Es, tr->e[C - 1]);
             unsigned xa[4][4], xl[4][4];                        // (X diag(u) wscale)^T's fragments (and lo parts)
             tg::weighed_at_pairs<T>(xa, xl, sX, tr->u, wscale);
+            if constexpr (FS == 3) tg::scale_pow2(Es, -(te[0] + te[1]));    // (E in the tiles' units for the product)
             wbgmma::fence_acc(Es[0]);
             wbgmma::fence();
             tg::gemm_rs<T, NP, true>(Es[0], xa, xl, sX + NP * TILE);
             wbgmma::commit();
             wbgmma::wait<0>();
             wbgmma::fence_acc(Es[0]);
+            if constexpr (FS == 3) tg::scale_pow2(Es, te[0] + te[1]);
         }
         cp_async_wait();
         state_store(Es, Eout + ((long long)n * NSEG + s) * dx * dy, 16 * w, 0, c0, dx, dy);
@@ -493,12 +557,13 @@ __global__ void __launch_bounds__(128) tg_seg_state(const typename tg::In<T, FS>
     tg::prologue<STAGES>(nch, issue);
     for (int j = 0; j < nch; ++j) {
         cp_async_wait_group<STAGES - 2>();                      // chunk j's tiles (this thread's copies) landed
-        if constexpr (FS == 2) issue_at(j, j % STAGES, true);   // (FS 2: split in place)
+        if constexpr (FS >= 2) issue_at(j, j % STAGES, true);   // (FS 2: split in place)
         wbgmma::fence_proxy_async();
         __syncthreads();                                        // ... every thread's; chunk j - 1's products done
         if (j + STAGES - 1 < nch) issue(j + STAGES - 1);        // into chunk j - 1's stage
         cp_async_commit();
         const T* sX = stages + (j % STAGES) * 2 * NP * TILE;
+        if constexpr (FS == 3) tg::scale_pow2(Es, -(te[0] + te[1]));
         wbgmma::fence_acc(Es[0]);
         wbgmma::fence();
         if constexpr (NP == 1) {
@@ -512,6 +577,7 @@ __global__ void __launch_bounds__(128) tg_seg_state(const typename tg::In<T, FS>
         wbgmma::commit();
         wbgmma::wait<0>();
         wbgmma::fence_acc(Es[0]);
+        if constexpr (FS == 3) tg::scale_pow2(Es, te[0] + te[1]);
     }
     cp_async_wait();                                            // the trailing empty groups
     state_store(Es, Eout + ((long long)n * NSEG + s) * dx * dy, 16 * w, 0, c0, dx, dy);
@@ -531,6 +597,7 @@ __global__ void __launch_bounds__(128, NP == 2 && FS != 1 && !DECAY ? 3 : NP == 
                   "16-bit tiles, two or three stages (pairs: one or two)");
     static_assert((NP == 1 && !FS) || (NP == 2 && !(DECAY && FS == 1) && wbmma::Traits<TO>::F32),
                   "pairs: float32 results (split by plain loads: linear)");
+    static_assert(FS != 3 || STAGES == 1, "tile exponents: one stage (their posts after the block max)");
     constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 outputs times omul
     constexpr bool RS = NP == 2 && DECAY;                       // P's rows at a power of two each (tg::p_frags)
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -547,10 +614,18 @@ __global__ void __launch_bounds__(128, NP == 2 && FS != 1 && !DECAY ? 3 : NP == 
     state_load(H, Hin ? Hin + ((long long)n * NSEG + s) * E : nullptr, 16 * w, 0, c0, dk, dv);
     const float omul = tg::xmul<T, TO>(xexp, 0, 1, 2);
     const int nch = (t1 - t0 + C - 1) / C;
-    const float mq = tg::xinv<FS>(xexp, 0), mk = tg::xinv<FS>(xexp, 1), mv = tg::xinv<FS>(xexp, 2);
+    float mq = tg::xinv<FS>(xexp, 0), mk = tg::xinv<FS>(xexp, 1), mv = tg::xinv<FS>(xexp, 2);
     const long long lok = (long long)gridDim.y * T_ * dk, lov = (long long)gridDim.y * T_ * dv;   // NP 2: lo planes
+    int te[4];                                                  // FS 3: the chunk's tile exponents (q, k, v)
+    float xm[4];
+    float* tmx = (DECAY ? tr->red : red) + 4;
     auto issue = [&](int j, int st, bool land = false) {
         T* sQ = stages + st * 3 * NP * TILE;
+        if constexpr (FS == 3)
+            if (land) {
+                tg::tile_exponents<T, 3, C, THREADS>(sQ, tmx, te, xm);
+                mq = xm[0], mk = xm[1], mv = xm[2];
+            }
         const long long row0 = nT + t0 + C * j;
         const int nrow = min(C, t1 - (t0 + C * j));
         tg::load_operand<T, NP, FS, C, THREADS>(sQ, q + row0 * dk, dk, nrow, 0, dk, mq, lok, land);
@@ -558,7 +633,7 @@ __global__ void __launch_bounds__(128, NP == 2 && FS != 1 && !DECAY ? 3 : NP == 
         tg::load_operand<T, NP, FS, C, THREADS>(sQ + 2 * NP * TILE, v + row0 * dv, dv, nrow, c0, dv, mv, lov, land);
     };
     auto grows = [&](int j) { return grows_at(g, g_kind, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
-    tg::Pipe<STAGES, DECAY, NP, FS == 2> pipe(nch, tr, issue, grows);
+    tg::Pipe<STAGES, DECAY, NP, FS> pipe(nch, tr, issue, grows);
     for (int j = 0; j < nch; ++j) {
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
         const T* sQ = stages + (j % STAGES) * 3 * NP * TILE;
@@ -578,6 +653,10 @@ __global__ void __launch_bounds__(128, NP == 2 && FS != 1 && !DECAY ? 3 : NP == 
         wbmma::AFrags<T, 8> P, Pl;                              // (Pl: NP = 2, P's lo parts)
         const float2 pf = tg::p_frags<T, NP, true, RS>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
         if constexpr (RS) tg::scale_rows2(acc, pf);             // (o's rows in P's units during P V)
+        if constexpr (FS == 3) {                                // o = 2^e_q Q' H (the caller's units), then in the
+            tg::scale_pow2(acc, te[0] - (te[0] + te[1] + te[2]));   // units of P' V' (P' = S' scale: 2^-(e_q + e_k)
+            tg::scale_pow2(H, -(te[1] + te[2]));                //   of P) for P V; H in K' V''s for its update
+        }
         unsigned kf[4][4], kfl[4][4];                           // DECAY: (diag(u) K)^T's fragments (NP 2: + lo)
         if constexpr (DECAY) {
             scale_acc(H, tr->e[C - 1]);
@@ -592,6 +671,10 @@ __global__ void __launch_bounds__(128, NP == 2 && FS != 1 && !DECAY ? 3 : NP == 
         wbgmma::commit();                                              // branch between a batch's wgmmas)
         wbgmma::wait<0>();
         tg::fence_accs(acc, H);
+        if constexpr (FS == 3) {
+            tg::scale_pow2(acc, te[0] + te[1] + te[2]);
+            tg::scale_pow2(H, te[1] + te[2]);
+        }
         if constexpr (RS) tg::scale_rows2(acc, make_float2(1.f / pf.x, 1.f / pf.y));
         if constexpr (XS) scale_acc(acc, omul);
         store_rows<TO, 8>(acc[0], o + (nT + cs) * dv, dv, 16 * w, nrow, c0, dv);
@@ -646,11 +729,19 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_b
     const float qmul = tg::xmul<T, TO>(xexp, 3, 2, 1), rqmul = tg::xmul<T, TO>(xexp, 0);
     tc::RevWeights rw;                                          // DECAY, ESUM: as tc_bwd_dq's
     const int nch = (t1 - t0 + C - 1) / C;
-    const float mq = tg::xinv<FS>(xexp, 0), mk = tg::xinv<FS>(xexp, 1), mv = tg::xinv<FS>(xexp, 2);
+    float mq = tg::xinv<FS>(xexp, 0), mk = tg::xinv<FS>(xexp, 1), mv = tg::xinv<FS>(xexp, 2);
     const long long lok = (long long)gridDim.y * T_ * dk, lov = (long long)gridDim.y * T_ * dv;   // NP 2: lo planes
-    const float mo = tg::xinv<FS>(xexp, 3);
+    float mo = tg::xinv<FS>(xexp, 3);
+    int te[4];                                                  // FS 3: the chunk's tile exponents (dO, v, k, q)
+    float xm[4];
+    float* tmx = (DECAY ? tr->red : red) + 4;
     auto issue = [&](int j, int st, bool land = false) {
         T* sO = stages + st * 4 * NP * TILE;
+        if constexpr (FS == 3)
+            if (land) {
+                tg::tile_exponents<T, (ESUM || DECAY) ? 4 : 3, C, THREADS>(sO, tmx, te, xm);
+                mo = xm[0], mv = xm[1], mk = xm[2], mq = xm[3];
+            }
         const long long row0 = nT + t0 + C * j;
         const int nrow = min(C, t1 - (t0 + C * j));
         tg::load_operand<T, NP, FS, C, THREADS>(sO, dout + row0 * dv, dv, nrow, 0, dv, mo, lov, land);
@@ -660,7 +751,7 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_b
             tg::load_operand<T, NP, FS, C, THREADS>(sO + 3 * NP * TILE, q + row0 * dk, dk, nrow, k0, dk, mq, lok, land);
     };
     auto grows = [&](int j) { return grows_at(g, g_kind, nT + t0 + C * j, min(C, t1 - (t0 + C * j))); };
-    tg::Pipe<STAGES, DECAY, NP, FS == 2> pipe(nch, tr, issue, grows);
+    tg::Pipe<STAGES, DECAY, NP, FS> pipe(nch, tr, issue, grows);
     for (int j = 0; j < nch; ++j) {
         const int cs = t0 + C * j, nrow = min(C, t1 - cs);
         const T* sO = stages + (j % STAGES) * 4 * NP * TILE;
@@ -678,6 +769,10 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_b
                 if constexpr (NP == 2) tg::weighed_at_pairs<T>(qf, qfl, sQ, tr->e, rw.next(tr, j, scale));
                 else tg::weighed_at<T>(qf, sQ, tr->e, rw.next(tr, j, scale));
             }
+        }
+        if constexpr (FS == 3) {                                // H, Es in the tiles' units for their updates
+            tg::scale_pow2(H, -(te[2] + te[1]));
+            if constexpr (ESUM) tg::scale_pow2(Es, -(te[3] + te[0]));
         }
         tg::fence_accs(acc, S, H, Es);
         wbgmma::fence();
@@ -700,16 +795,23 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : DECAY && ESUM ? 1 : 3) tg_b
         wbmma::AFrags<T, 8> P, Pl;
         const float2 pf = tg::p_frags<T, NP, true, RS>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
         if constexpr (RS) tg::scale_rows2(acc, pf);
+        if constexpr (FS == 3) tg::scale_pow2(acc, -(te[1] + te[2]));  // dq = 2^e_o dO' H; dP' K' 2^-(e_o + e_v + e_k)
         tg::fence_accs(acc);
         wbgmma::fence();
         tg::gemm_rs<T, NP, true>(acc[0], P.f, Pl.f, sK);             // dq += dP K
         wbgmma::commit();
         wbgmma::wait<0>();
         tg::fence_accs(acc, H, Es);
+        if constexpr (FS == 3) {
+            tg::scale_pow2(acc, te[0] + te[1] + te[2]);
+            tg::scale_pow2(H, te[2] + te[1]);
+            if constexpr (ESUM) tg::scale_pow2(Es, te[3] + te[0]);
+        }
         if constexpr (RS) tg::scale_rows2(acc, make_float2(1.f / pf.x, 1.f / pf.y));
         if constexpr (XS) scale_acc(acc, qmul);
         store_rows<TO, 8>(acc[0], dq + (nT + cs) * dk, dk, 16 * w, nrow, k0, dk);
-        if (DECAY && rq) tg::row_dots<T, NP>(acc[0], sQ, 16 * w, nrow, rq + ((long long)kt * N + n) * T_ + cs, rqmul);
+        if (DECAY && rq) tg::row_dots<T, NP>(acc[0], sQ, 16 * w, nrow, rq + ((long long)kt * N + n) * T_ + cs,
+                                             FS == 3 ? ldexpf(rqmul, te[3]) : rqmul);
     }
     cp_async_wait();
     if constexpr (ESUM) {
@@ -768,11 +870,19 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
     const float rkmul = tg::xmul<T, TO>(xexp, 1);
     const int nch = (t1 - t0 + C - 1) / C;
     auto start = [&](int i) { return t0 + C * (nch - 1 - i); };    // chunk i of the (backward) walk
-    const float mq = tg::xinv<FS>(xexp, 0), mk = tg::xinv<FS>(xexp, 1), mv = tg::xinv<FS>(xexp, 2);
+    float mq = tg::xinv<FS>(xexp, 0), mk = tg::xinv<FS>(xexp, 1), mv = tg::xinv<FS>(xexp, 2);
     const long long lok = (long long)gridDim.y * T_ * dk, lov = (long long)gridDim.y * T_ * dv;   // NP 2: lo planes
-    const float mo = tg::xinv<FS>(xexp, 3);
+    float mo = tg::xinv<FS>(xexp, 3);
+    int te[4];                                                  // FS 3: the chunk's tile exponents (q, k, v, dO)
+    float xm[4];
+    float* tmx = (DECAY ? tr->red : red) + 4;
     auto issue = [&](int i, int st, bool land = false) {
         T* sQ = stages + st * 4 * NP * TILE;
+        if constexpr (FS == 3)
+            if (land) {
+                tg::tile_exponents<T, 4, C, THREADS>(sQ, tmx, te, xm);
+                mq = xm[0], mk = xm[1], mv = xm[2], mo = xm[3];
+            }
         const int cs = start(i), nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
         tg::load_operand<T, NP, FS, C, THREADS>(sQ, q + row0 * dk, dk, nrow, 0, dk, mq, lok, land);
@@ -781,7 +891,7 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
         tg::load_operand<T, NP, FS, C, THREADS>(sQ + 3 * NP * TILE, dout + row0 * dv, dv, nrow, 0, dv, mo, lov, land);
     };
     auto grows = [&](int i) { return grows_at(g, g_kind, nT + start(i), min(C, t1 - start(i))); };
-    tg::Pipe<STAGES, DECAY, NP, FS == 2> pipe(nch, tr, issue, grows);
+    tg::Pipe<STAGES, DECAY, NP, FS> pipe(nch, tr, issue, grows);
     for (int i = 0; i < nch; ++i) {
         const int cs = start(i), nrow = min(C, t1 - cs);
         const long long row0 = nT + cs;
@@ -804,6 +914,7 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
         else scale_acc(gv, sigma);
         const float2 pf1 = tg::p_frags<T, NP, false, RS>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
         if constexpr (RS) tg::scale_rows2(gv, pf1);
+        if constexpr (FS == 3) tg::scale_pow2(gv, -(te[0] + te[3]));   // dv = 2^e_k K' dS; P1' dO' 2^-(e_k + e_q + e_o)
         tg::fence_accs(gv, gk, S);
         wbgmma::fence();
         tg::gemm_rs<T, NP, true>(gv[0], P.f, Pl.f, sO);              // dv += P1 dO
@@ -811,6 +922,7 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
             wbgmma::commit();
             wbgmma::wait<0>();
             tg::fence_accs(gv);
+            if constexpr (FS == 3) tg::scale_pow2(gv, te[1] + te[0] + te[3]);
             if constexpr (RS) tg::scale_rows2(gv, make_float2(1.f / pf1.x, 1.f / pf1.y));
             if constexpr (XS) scale_acc(gv, vmul);
             store_rows<TO, 8>(gv[0], dvout + row0 * dv, dv, 16 * w, nrow, 0, dv);
@@ -823,6 +935,7 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
         wbgmma::wait<0>();
         tg::fence_accs(gv, gk, S);
         if constexpr (!LOWREG) {
+            if constexpr (FS == 3) tg::scale_pow2(gv, te[1] + te[0] + te[3]);
             if constexpr (RS) tg::scale_rows2(gv, make_float2(1.f / pf1.x, 1.f / pf1.y));
             if constexpr (XS) scale_acc(gv, vmul);
             store_rows<TO, 8>(gv[0], dvout + row0 * dv, dv, 16 * w, nrow, 0, dv);
@@ -831,6 +944,10 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
         else scale_acc(gk, sigma);
         const float2 pf2 = tg::p_frags<T, NP, false, RS>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
         if constexpr (RS) tg::scale_rows2(gk, pf2);
+        if constexpr (FS == 3) {                                // dk = 2^e_v V' dS; P2' Q' 2^-(e_v + e_o + e_q);
+            tg::scale_pow2(gk, -(te[3] + te[0]));               // dS += Q'^T dO' 2^-(e_q + e_o)
+            tg::scale_pow2(dS, -(te[0] + te[3]));
+        }
         unsigned qa[4][4], qal[4][4];                           // (weighed Q)^T's fragments: the warp's dk rows
         const float e0 = DECAY ? weight_base(tr) : 1.f;         // e^b relative to the chunk's first row
         if constexpr (DECAY) scale_acc(dS, tr->e[C - 1] / e0);
@@ -844,10 +961,15 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
         wbgmma::wait<0>();
         tg::fence_accs(gk, dS);
         if (DECAY && e0 != 1.f) scale_acc(dS, e0);
+        if constexpr (FS == 3) {
+            tg::scale_pow2(gk, te[2] + te[3] + te[0]);
+            tg::scale_pow2(dS, te[0] + te[3]);
+        }
         if constexpr (RS) tg::scale_rows2(gk, make_float2(1.f / pf2.x, 1.f / pf2.y));
         if constexpr (XS) scale_acc(gk, kmul);
         store_rows<TO, 8>(gk[0], dkout + row0 * dk, dk, 16 * w, nrow, 0, dk);
-        if (DECAY && rk) tg::row_dots<T, NP>(gk[0], sK, 16 * w, nrow, rk + (long long)n * T_ + cs, rkmul);
+        if (DECAY && rk) tg::row_dots<T, NP>(gk[0], sK, 16 * w, nrow, rk + (long long)n * T_ + cs,
+                                             FS == 3 ? ldexpf(rkmul, te[1]) : rkmul);
     }
     cp_async_wait();
     if (dSstart) state_store(dS, dSstart + ((long long)n * NSEG + s) * E, 16 * w, 0, 0, dk, dv);

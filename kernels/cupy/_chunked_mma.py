@@ -234,15 +234,22 @@ WG_DTYPES = ("float16", "bfloat16")
 WG_TILE_BYTES = C * 64 * 2
 
 
-def smem_wg_seg_state(stages: int, np_: int = 1, decay: bool = False) -> int:
-    return stages * 2 * np_ * WG_TILE_BYTES + (TRAILER_BYTES if decay else 0) + 1024
+TILE_MAX_BYTES = 64    # FS 3 (tile exponents): 4 operands x 4 warps of posted maxima (tg::tile_exponents), after red
 
 
-def smem_wg_walk(tiles: int, stages: int, decay: bool, np_: int = 1, red_in_slack: bool = False) -> int:
+def smem_wg_seg_state(stages: int, np_: int = 1, decay: bool = False, tmax: bool = False) -> int:
+    """tmax: the tile exponents' posts (in the Trailer's red with log decays)."""
+    return stages * 2 * np_ * WG_TILE_BYTES + (TRAILER_BYTES if decay else TILE_MAX_BYTES if tmax else 0) + 1024
+
+
+def smem_wg_walk(tiles: int, stages: int, decay: bool, np_: int = 1, red_in_slack: bool = False,
+                 tmax: bool = False) -> int:
     """A chunked_wgmma.cu walker's: ``tiles`` tiles a stage, the state tile (each np_ tiles: hi + lo pairs), 4 floats or
     (decay) the Trailer, and the slack that aligns the tiles to 1024 bytes; red_in_slack: the 4 floats inside that
-    slack's room (tg::red_slot: tg_fwd's pairs at two stages, 113 KB: two blocks per SM)."""
-    return (tiles * stages + 1) * np_ * WG_TILE_BYTES + (TRAILER_BYTES if decay else 0 if red_in_slack else 16) + 1024
+    slack's room (tg::red_slot: tg_fwd's pairs at two stages, 113 KB: two blocks per SM); tmax: the tile exponents'
+    posts after the 4 floats (in the Trailer's red with log decays)."""
+    red = TRAILER_BYTES if decay else 0 if red_in_slack else 16 + (TILE_MAX_BYTES if tmax else 0)
+    return (tiles * stages + 1) * np_ * WG_TILE_BYTES + red + 1024
 
 
 def wg_kernel(modes: tuple, dkdv: str, dtype: str, decay: bool, ok_dims: bool = True) -> bool:
@@ -273,8 +280,11 @@ XS_MODE = "dqrev_wgb"
 # H200 callX 5.736 ms at 64k against the planes' 4.413 (callW), its plain loads at each chunk's top left exposed.
 # xscale 4 (cupy:chunked_mma_wgpa): the caller's float32 staged by cp.async where each pair will lie and split in place
 # by the thread that copied it, after its wait (tg::stage_tile_f32, land_tile_pair): no planes, no plain loads.
-XS_PARTS = {1: 1, 2: 2, 3: 0, 4: 0}                     # xscale -> _xscale.to_half's parts
-XS_FS = {3: 1, 4: 2}                                    # xscale -> the walkers' FS (0: the planes, or no pairs)
+# xscale 5 (cupy:chunked_mma_wgpt): as 4, each chunk tile split under its own power of two, found by the walker
+# (tg::tile_exponents: one barrier), the accumulators scaled around each product by the operand tiles' exponents
+# (tg::scale_pow2): no exponent pass; the exponents array all zeros, the states in the caller's units.
+XS_PARTS = {1: 1, 2: 2, 3: 0, 4: 0}                     # xscale -> _xscale.to_half's parts (5: no pass)
+XS_FS = {3: 1, 4: 2, 5: 3}                              # xscale -> the walkers' FS (0: the planes, or no pairs)
 XS_PAIR_STAGES = 1          # the dq and dk/dv pairs walkers' load stages (two would leave one block per SM)
 # The pairs walkers' choices (xscale 2 - 4), one table; XS_PAIR_CHOICES instantiates every value for a measurement
 # (scripts/tune_xscale.py, which sets XS_PAIR's entries in one process).
@@ -286,7 +296,7 @@ XS_PAIR_STAGES = 1          # the dq and dk/dv pairs walkers' load stages (two w
 XS_PAIR = {"fwd_stages": 1, "seg_stages": 2, "lowreg": True}
 XS_PAIR_DECAY_SEG_STAGES = 2    # tg_seg_state's pairs with log decays (its tc::Walk takes one or two stages)
 XS_PAIR_CHOICES = {"fwd_stages": (1, 2), "seg_stages": (2, 3), "lowreg": (True, False)}
-XS_GROUPS = {1: "xscale", 2: "xpair", 3: "xpairw", 4: "xpaira"}     # xscale -> its kernels' compile group (WG_GROUPS)
+XS_GROUPS = {1: "xscale", 2: "xpair", 3: "xpairw", 4: "xpaira", 5: "xpairt"}    # xscale -> its compile group (WG_GROUPS)
 
 
 def _to(out: Optional[str], np_: int = 1, fs: int = 0) -> str:
@@ -301,7 +311,7 @@ def _wg_seg_state(dtype: str, stages: Optional[int] = None, np_: int = 1, fs: in
     """decay: the pairs' segment sums with log decays (NP 2; fs 0 or 2)."""
     stages = WG_SEG_STAGES if stages is None else stages
     tail = _to(None, np_, fs) + ((", 0" if not fs else "") + ", true" if decay else "")   # (.., NP, FS, DECAY)
-    return Launchable(f"tg_seg_state<{CTYPE[dtype]}, {stages}{tail}>", smem_wg_seg_state(stages, np_, decay))
+    return Launchable(f"tg_seg_state<{CTYPE[dtype]}, {stages}{tail}>", smem_wg_seg_state(stages, np_, decay, fs == 3))
 
 
 @functools.lru_cache(maxsize=None)
@@ -311,7 +321,7 @@ def _wg_dq(dtype: str, esum: bool, decay: bool = False, stages: Optional[int] = 
     split from float32 as the tiles land, XS_FS)."""
     stages = WG_DQ_STAGES if stages is None else stages
     return Launchable(f"tg_bwd_dq<{CTYPE[dtype]}, {stages}, {_b(esum)}, {_b(decay)}{_to(out, np_, fs)}>",
-                      smem_wg_walk(4, stages, decay, np_))
+                      smem_wg_walk(4, stages, decay, np_, tmax=fs == 3))
 
 
 @functools.lru_cache(maxsize=None)
@@ -320,7 +330,7 @@ def _wg_dkdv(dtype: str, decay: bool = False, stages: Optional[int] = None, lowr
     stages = WG_DKDV_STAGES if stages is None else stages
     lowreg = WG_DKDV_LOWREG if lowreg is None else lowreg
     return Launchable(f"tg_bwd_dkdv<{CTYPE[dtype]}, {stages}, {_b(lowreg)}, {_b(decay)}{_to(out, np_, fs)}>",
-                      smem_wg_walk(4, stages, decay, np_))
+                      smem_wg_walk(4, stages, decay, np_, tmax=fs == 3))
 
 
 @functools.lru_cache(maxsize=None)
@@ -328,7 +338,8 @@ def _wg_fwd(dtype: str, decay: bool = False, stages: Optional[int] = None, out: 
             np_: int = 1, fs: int = 0) -> Launchable:
     stages = WG_FWD_STAGES if stages is None else stages
     return Launchable(f"tg_fwd<{CTYPE[dtype]}, {stages}, {_b(decay)}{_to(out, np_, fs)}>",
-                      smem_wg_walk(3, stages, decay, np_, red_in_slack=np_ == 2 and stages == 2 and not decay))
+                      smem_wg_walk(3, stages, decay, np_, red_in_slack=np_ == 2 and stages == 2 and not decay,
+                                   tmax=fs == 3))
 
 
 def _wg_walkers(xscale: int) -> dict:
@@ -413,7 +424,7 @@ WG_GROUPS = {dt: tuple([_wg_seg_state(dt, s).expr for s in WG_STAGE_CHOICES]    
 WG_GROUPS["xscale"] = tuple([_wg_fwd(XS_STORAGE, d, out="float32").expr for d in (False, True)]     # the defaults'
                             + [_wg_dq(XS_STORAGE, e, d, out="float32").expr for e in (False, True) for d in (False, True)]
                             + [_wg_dkdv(XS_STORAGE, d, out="float32").expr for d in (False, True)])
-for _x in (2, 3, 4):                                  # log decays: the planes' and the staged walkers (xscale 2, 4)
+for _x in (2, 3, 4, 5):                            # log decays: the planes' and the staged walkers (xscale 2, 4, 5)
     _ds = (False, True) if _x != 3 else (False,)
     WG_GROUPS[XS_GROUPS[_x]] = tuple([_wg_fwd(XS_STORAGE, d, **_wg_walkers(_x)).expr for d in _ds]
                                      + [_wg_fwd(XS_STORAGE, **dict(_wg_walkers(_x), stages=2)).expr] * (_x in (2, 4))
@@ -910,13 +921,16 @@ def _xs_operands(xscale: int, q, k, v) -> tuple:
     exponents they were scaled by; the arrays as they are and None without xscale."""
     if not xscale:
         return q, k, v, None
+    if xscale not in XS_PARTS:                                  # tile exponents: no pass, every exponent 0
+        return q, k, v, _xscale.exponents(lead_size(q.shape, 2), zero=True)
     xexp = _xscale.exponents(lead_size(q.shape, 2))
     return _xscale.to_half((q, k, v), xexp, "q", XS_PARTS[xscale]) + (xexp,)
 
 
 def _xs_cotangent(xscale: int, xexp, do):
-    """do as an xscale call's walkers read it (its exponents written to xexp's dO row); as it is without xscale."""
-    return do if xexp is None else _xscale.to_half((do,), xexp, "do", XS_PARTS[xscale])[0]
+    """do as an xscale call's walkers read it (its exponents written to xexp's dO row); as it is without xscale (and
+    for the tile exponents' walkers)."""
+    return do if xexp is None or xscale not in XS_PARTS else _xscale.to_half((do,), xexp, "do", XS_PARTS[xscale])[0]
 
 
 class CoreRun:

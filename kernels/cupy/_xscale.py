@@ -38,10 +38,11 @@ N_OPERANDS = len(OPERAND)
 _GRID_X_MAX = 65535
 
 
-def exponents(N: int):
-    """The (N_OPERANDS, N) int32 exponent array of one call (rows written by ``to_half``)."""
+def exponents(N: int, zero: bool = False):
+    """The (N_OPERANDS, N) int32 exponent array of one call (rows written by ``to_half``; zero: all 0, for walkers that
+    scale each chunk tile themselves -- the chunk core's xscale 5 -- with no pass)."""
     import cupy as cp
-    return cp.empty((N_OPERANDS, N), np.int32)
+    return (cp.zeros if zero else cp.empty)((N_OPERANDS, N), np.int32)
 
 
 @functools.lru_cache(maxsize=None)

@@ -224,3 +224,6 @@ register(_mma_variant("chunked_mma_wgpa", 1, 1, "cupy:chunked_mma_wgp with the w
                                                 "where each hi + lo pair will lie and split in place by the thread "
                                                 "that copied them (no planes pass)", dkdv=mma.XS_MODE, xscale=4,
                       variant=dict(dtypes=("float32",), tol={"float32": 1e-4})))
+register(_mma_variant("chunked_mma_wgpt", 1, 1, "cupy:chunked_mma_wgpa with each chunk tile split under its own power "
+                                                "of two, found by the walkers (no exponent pass)", dkdv=mma.XS_MODE,
+                      xscale=5, variant=dict(dtypes=("float32",), tol={"float32": 1e-4})))

@@ -273,7 +273,8 @@ def _supports_mma_wgx(options, shapes):
 
 def _xscale_variant(name: str, xscale: int, supports, description: str, **fields) -> Variant:
     """A float32 variant of the warpgroup-MMA walkers' xscale storage (``_chunked_mma.forward``'s xscale): 1 float16
-    copies (tag tf32), 2 hi + lo planes, 3 / 4 hi + lo split as the tiles land (plain loads / staged by cp.async)."""
+    copies (tag tf32), 2 hi + lo planes, 3 / 4 hi + lo split as the tiles land (plain loads / staged by cp.async), 5
+    as 4 under each chunk tile's own power of two."""
     return Variant("linear", "cupy", name, functools.partial(_mma_forward, 1, 1, dkdv=mma.XS_MODE, xscale=xscale),
                    _mma_backward, leading_dims=True,
                    prepare=functools.partial(_mma_prepare, 1, 1, dkdv=mma.XS_MODE, xscale=xscale),
@@ -293,6 +294,9 @@ register(_xscale_variant("chunked_mma_wgp", 2, _supports_mma,
 register(_xscale_variant("chunked_mma_wgpa", 4, _supports_mma,
                          "cupy:chunked_mma_wgp with the walkers' float32 tiles staged by cp.async where each hi + lo pair "
                          "will lie and split in place by the thread that copied it (no planes pass)", tol={"float32": 5e-5}))
+register(_xscale_variant("chunked_mma_wgpt", 5, _supports_mma,
+                         "cupy:chunked_mma_wgpa with each chunk tile split under its own power of two, found by the "
+                         "walkers (no exponent pass; the accumulators scaled around each product)", tol={"float32": 5e-5}))
 register(_xscale_variant("chunked_mma_wgpw", 3, _supports_mma,
                          "cupy:chunked_mma_wgp with the walkers reading float32 and splitting each tile into its hi + lo "
                          "pair as it lands (no planes pass; measured rung: H200 5.74 ms at 64k against the planes' "

@@ -26,6 +26,8 @@ FAMILY_CASES = {
                     "chunked_mma_db float16/1 cu=0,1,64,65,130 64x64 decayed L=0",
                     "chunked_mma_dkdv-dqrev_wg float16/1 cu=0,1,64,65,130 64x64 linear L=1",
                     "test_xscale_matches_recurrence(slices=scaled, L=2, mode=decayed, parts=4, "
+                    "shape=(2, (0, 1, 64, 65, 130, 200), 64, 64))",
+                    "test_xscale_matches_recurrence(slices=scaled, L=2, mode=linear, parts=5, "
                     "shape=(2, (0, 1, 64, 65, 130, 200), 64, 64))"],
     "wgmma": ["wgmma test_product_matches_numpy(accumulate=True, ta=True, tb=True, rs=False, dtype=float16)",
               "wgmma test_product_matches_numpy(accumulate=False, ta=False, tb=False, rs=True, dtype=float16)"],

@@ -48,8 +48,9 @@ def main(argv=None) -> int:
     default = dict(mma.XS_PAIR)
     configs = [(xs, dict(default, **dict(zip(vary, values)))) for xs in (a.xscale or [2])
                for values in itertools.product(*(mma.XS_PAIR_CHOICES[v] for v in vary))]
-    if a.decay and any(xs == 3 for xs, _ in configs):
-        print("tune_xscale: --decay takes --xscale 2 or 4 (the split by plain loads is linear)", file=sys.stderr)
+    if a.decay and any(xs in mma.XS_LINEAR_ONLY for xs, _ in configs):
+        print(f"tune_xscale: --decay takes no --xscale {' or '.join(map(str, mma.XS_LINEAR_ONLY))} (linear only)",
+              file=sys.stderr)
         return 2
     rows = []
     try:
@@ -58,32 +59,29 @@ def main(argv=None) -> int:
             q, k, v, do = (cp.asarray(rng.standard_normal((a.N, T, a.D)), cp.float32) for _ in range(4))
             g = cp.asarray(rng.uniform(-1.0, 0.0, (a.N, T)), cp.float32) if a.decay else None
 
-            xscale = [2]
-
-            def run():
-                o, ctx = mma.forward(q, k, v, g, scale=a.D ** -0.5, dkdv=mma.XS_MODE, xscale=xscale[0])
+            def run(xs):
+                o, ctx = mma.forward(q, k, v, g, scale=a.D ** -0.5, dkdv=mma.XS_MODE, xscale=xs)
                 dq, dk, dv, dg, _ = mma.backward(ctx, do)
                 return [x for x in (o, dq, dk, dv, dg) if x is not None]
 
-            def use(xc):
-                xscale[0] = xc[0]
-                mma.XS_PAIR.update(xc[1])
+            def use(c):
+                mma.XS_PAIR.update(c)
                 mma._PLANS.clear()                  # plans hold their launches: made again with the choice
 
             ref, diff, times = None, [], [[] for _ in configs]
-            for c in configs:
+            for xs, c in configs:
                 use(c)
-                got = run()
+                got = run(xs)
                 ref = ref or [x.copy() for x in got]
                 diff.append(max(float(cp.abs(x - r).max() / max(float(cp.abs(r).max()), 1e-30))
                                 for x, r in zip(got, ref)))
             for _ in range(a.rounds):
-                for i, c in enumerate(configs):
+                for i, (xs, c) in enumerate(configs):
                     use(c)
-                    run()
+                    run(xs)
                     start, end = cp.cuda.Event(), cp.cuda.Event()
                     start.record()
-                    run()
+                    run(xs)
                     end.record()
                     end.synchronize()
                     times[i].append(cp.cuda.get_elapsed_time(start, end))

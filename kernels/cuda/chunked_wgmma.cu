@@ -35,7 +35,9 @@
 //   FS = 0   NP 2 with the caller's float32 operands split into the pairs as the tiles land, times the slice's 2^-e:
 //            1 by plain loads (tg::load_tile_pair; xscale 3, linear only), 2 staged by cp.async where the pair
 //            will lie and split in place by the thread that copied it, after its wait (tg::stage_tile_f32,
-//            land_tile_pair; xscale 4, log decays too).
+//            land_tile_pair; xscale 4, log decays too), 3 as 2 under each chunk tile's own power of two found by
+//            the walker and absorbed by the accumulators around each product (tg::tile_exponents, scale_pow2;
+//            xscale 5: no exponent pass, the states in the caller's units).
 // (tg_seg_state: NP, FS, and DECAY -- the pairs' segment sums with log decays through tc::Walk.)
 #include "chunked_mma.cu"
 #include "wgmma.cuh"
@@ -74,7 +76,7 @@ __device__ __forceinline__ void gemm_rs(float (&d)[8][4], const unsigned (&ah)[4
 }
 
 // The walkers' operand element type: T, or float where FS (NP = 2 with the caller's float32 operands, split into hi +
-// lo tiles as the tiles land: load_tile_pair)
+// lo tiles as the tiles land)
 template <typename T, int FS> struct In { using type = float; };
 template <typename T> struct In<T, 0> { using type = T; };
 
@@ -204,8 +206,8 @@ __device__ __forceinline__ void scale_pow2(float (&a)[MT][NT][4], int s) {
 // One operand's tiles of chunk rows [0, nrows) at g, columns col0 ..: NP = 1, its tile (cp.async); NP = 2, its hi and
 // lo tiles -- FS 0: from the hi and lo planes (the lo plane `plane` elements after the hi one: cp.async); FS 1: split
 // from the caller's float32 times mul (the slice's 2^-e, xscale.cu) as they land (plain loads); FS 2: the caller's
-// float32 staged by cp.async (stage_tile_f32), and -- land, after this thread's wait -- split in place (land_tile_pair).
-// land is a no-op but for FS 2.
+// float32 staged by cp.async (stage_tile_f32), and -- land, after this thread's wait -- split in place (land_tile_pair;
+// FS 3 as 2, mul the tile's own 2^-e).  land is a no-op but for FS 2 and 3.
 template <typename T, int NP, int FS, int R, int NTH, typename TI>
 __device__ __forceinline__ void load_operand(T* tile, const TI* __restrict__ g, long long ldg, int nrows, int col0,
                                              int ncols, float mul, long long plane, bool land = false) {
@@ -349,7 +351,7 @@ template <typename T, int STAGES, int NP = 1, bool BOTH = false, typename F, typ
 __device__ __forceinline__ float chunk_top(const float (&St)[1][8][4], T* tile, float* red, F&& issue_next, L&& land) {
     if constexpr (STAGES > 1) {
         tc::cp_async_wait_group<STAGES - 2>();
-        land();                                                 // chunk j's staged tiles split (FS 2; else nothing)
+        land();                                                 // chunk j's staged tiles split (FS 2, 3; else nothing)
     }
     post_state_max<T>(St, red);
     __syncthreads();
@@ -533,7 +535,7 @@ __global__ void __launch_bounds__(128) tg_seg_state(const typename tg::In<T, FS>
             const T* sX = stages + (j % STAGES) * 2 * NP * TILE;
             walk.top(j, tr, issue_at, grows);                   // barrier: chunk j - 1 done; loads; log decays
             walk.wait();
-            if constexpr (FS >= 2) issue_at(j, j % STAGES, true);   // (FS 2: split in place)
+            if constexpr (FS >= 2) issue_at(j, j % STAGES, true);   // (FS 2, 3: split in place)
             wbgmma::fence_proxy_async();
             __syncthreads();
             gsum += logdecay_at(tr, C - 1);
@@ -557,7 +559,7 @@ __global__ void __launch_bounds__(128) tg_seg_state(const typename tg::In<T, FS>
     tg::prologue<STAGES>(nch, issue);
     for (int j = 0; j < nch; ++j) {
         cp_async_wait_group<STAGES - 2>();                      // chunk j's tiles (this thread's copies) landed
-        if constexpr (FS >= 2) issue_at(j, j % STAGES, true);   // (FS 2: split in place)
+        if constexpr (FS >= 2) issue_at(j, j % STAGES, true);   // (FS 2, 3: split in place)
         wbgmma::fence_proxy_async();
         __syncthreads();                                        // ... every thread's; chunk j - 1's products done
         if (j + STAGES - 1 < nch) issue(j + STAGES - 1);        // into chunk j - 1's stage

@@ -285,8 +285,10 @@ XS_MODE = "dqrev_wgb"
 # (tg::scale_pow2): no exponent pass; the exponents array all zeros, the states in the caller's units.
 XS_PARTS = {1: 1, 2: 2, 3: 0, 4: 0}                     # xscale -> _xscale.to_half's parts (5: no pass)
 XS_FS = {3: 1, 4: 2, 5: 3}                              # xscale -> the walkers' FS (0: the planes, or no pairs)
+XS_LINEAR_ONLY = (3,)        # the storages without log decays (the split by plain loads)
+XS_FWD_STAGED = (2, 4)       # the storages whose forward walker takes XS_PAIR["fwd_stages"] (FS 3: one stage only)
 XS_PAIR_STAGES = 1          # the dq and dk/dv pairs walkers' load stages (two would leave one block per SM)
-# The pairs walkers' choices (xscale 2 - 4), one table; XS_PAIR_CHOICES instantiates every value for a measurement
+# The pairs walkers' choices (xscale 2 - 5), one table; XS_PAIR_CHOICES instantiates every value for a measurement
 # (scripts/tune_xscale.py, which sets XS_PAIR's entries in one process).
 #   fwd_stages  tg_fwd's pairs (linear): 1 (3 blocks per SM by its 155 registers) or 2 (112 KB of tiles and the block
 #               max fitted into 113 KB, tg::red_slot: 2 blocks per SM); H200 callAB of 2026-12-04: 2 +1.6% at 64k
@@ -301,14 +303,15 @@ XS_GROUPS = {1: "xscale", 2: "xpair", 3: "xpairw", 4: "xpaira", 5: "xpairt"}    
 
 def _to(out: Optional[str], np_: int = 1, fs: int = 0) -> str:
     """A walker's trailing template arguments TO, NP, FS: none (the storage type, one part), float (xscale), 2
-    (pairs), FS 1 / 2 (split from float32 as the tiles land: plain loads / staged by cp.async, XS_FS)."""
+    (pairs), FS 1 / 2 / 3 (split from float32 as the tiles land: plain loads / staged by cp.async / staged under each
+    tile's own exponent, XS_FS)."""
     return ("" if out is None else f", {CTYPE[out]}") + (f", {np_}" if np_ != 1 else "") + (f", {fs}" if fs else "")
 
 
 @functools.lru_cache(maxsize=None)
 def _wg_seg_state(dtype: str, stages: Optional[int] = None, np_: int = 1, fs: int = 0,
                   decay: bool = False) -> Launchable:
-    """decay: the pairs' segment sums with log decays (NP 2; fs 0 or 2)."""
+    """decay: the pairs' segment sums with log decays (NP 2; fs 0, 2 or 3)."""
     stages = WG_SEG_STAGES if stages is None else stages
     tail = _to(None, np_, fs) + ((", 0" if not fs else "") + ", true" if decay else "")   # (.., NP, FS, DECAY)
     return Launchable(f"tg_seg_state<{CTYPE[dtype]}, {stages}{tail}>", smem_wg_seg_state(stages, np_, decay, fs == 3))
@@ -351,7 +354,7 @@ def _wg_walkers(xscale: int) -> dict:
 
 def _wg_fwd_keywords(xscale: int, decay: bool) -> dict:
     """_wg_walkers plus the linear pairs' forward stages choice."""
-    return dict(_wg_walkers(xscale), **({"stages": XS_PAIR["fwd_stages"]} if xscale in (2, 4) and not decay else {}))
+    return dict(_wg_walkers(xscale), **({"stages": XS_PAIR["fwd_stages"]} if xscale in XS_FWD_STAGED and not decay else {}))
 
 
 def _wg_dkdv_keywords(xscale: int) -> dict:
@@ -425,9 +428,9 @@ WG_GROUPS["xscale"] = tuple([_wg_fwd(XS_STORAGE, d, out="float32").expr for d in
                             + [_wg_dq(XS_STORAGE, e, d, out="float32").expr for e in (False, True) for d in (False, True)]
                             + [_wg_dkdv(XS_STORAGE, d, out="float32").expr for d in (False, True)])
 for _x in (2, 3, 4, 5):                            # log decays: the planes' and the staged walkers (xscale 2, 4, 5)
-    _ds = (False, True) if _x != 3 else (False,)
+    _ds = (False,) if _x in XS_LINEAR_ONLY else (False, True)
     WG_GROUPS[XS_GROUPS[_x]] = tuple([_wg_fwd(XS_STORAGE, d, **_wg_walkers(_x)).expr for d in _ds]
-                                     + [_wg_fwd(XS_STORAGE, **dict(_wg_walkers(_x), stages=2)).expr] * (_x in (2, 4))
+                                     + [_wg_fwd(XS_STORAGE, **dict(_wg_walkers(_x), stages=2)).expr] * (_x in XS_FWD_STAGED)
                                      + [_wg_dq(XS_STORAGE, e, d, **_wg_walkers(_x)).expr for e in (False, True)
                                         for d in _ds]
                                      + [_wg_dkdv(XS_STORAGE, d, **dict(_wg_walkers(_x), lowreg=lr)).expr for d in _ds
@@ -435,7 +438,7 @@ for _x in (2, 3, 4, 5):                            # log decays: the planes' and
                                      + [_wg_seg_state(XS_STORAGE, st, 2, XS_FS.get(_x, 0)).expr
                                         for st in XS_PAIR_CHOICES["seg_stages"]]
                                      + [_wg_seg_state(XS_STORAGE, XS_PAIR_DECAY_SEG_STAGES, 2, XS_FS.get(_x, 0),
-                                                      decay=True).expr] * (_x != 3))
+                                                      decay=True).expr] * (_x not in XS_LINEAR_ONLY))
 INSTANTIATIONS = list(dict.fromkeys((SOURCE, e) for grp in list(GROUPS.values()) + [COMMON] for e in grp))
 INSTANTIATIONS += [(WG_SOURCE, e) for grp in WG_GROUPS.values() for e in grp]
 INSTANTIATIONS += _xscale.INSTANTIATIONS
@@ -478,7 +481,7 @@ def pairs_or_fallback(split: int, dkdv: str, xscale: int, dk: int, dv: int, caus
 
 def xscale_refusal(dk: int, dv: int, causal: bool, decay: bool = False, parts: int = 1) -> Optional[str]:
     """Why a call cannot run as xscale of ``parts`` (every walker a chunked_wgmma.cu one), or None."""
-    if parts == 3 and decay:
+    if parts in XS_LINEAR_ONLY and decay:
         return "log decays (the split as the tiles land is linear attention's)"
     if not causal:
         return "causal=False (the warpgroup-MMA walkers are causal)"
@@ -605,14 +608,13 @@ class _CorePlan:
                  xscale=False):
         N, T, dk = lead_size(shape, 2), shape[-2], shape[-1]
         self.N, self.T, self.dk, self.dv, self.dt, self.split, self.stages = N, T, dk, dv, dt, split, stages
-        xscale = int(xscale)                                    # 1: float16 operands, 2 / 3: hi + lo pairs
+        xscale = int(xscale)                                    # 1: float16 operands, 2 - 5: hi + lo pairs
         self.xscale = xscale                                    # (float32 results of XS_STORAGE operands)
         self.out_dtype = np.dtype(np.float32) if xscale else None     # None: the operands' dtype
         refusal = xscale_refusal(dk, dv, causal, g_name is not None, xscale) if xscale else None
         if xscale and (dt != XS_STORAGE or dkdv != XS_MODE or refusal):
             raise ValueError(f"xscale calls take {XS_STORAGE} operands in mode {XS_MODE!r} and need "
                              f"{refusal or 'those'}")
-        wgk = _wg_walkers(xscale)                               # the walkers' instantiation keywords
         self.causal, self.has_S0 = causal, has_S0
         self.dkp, self.dvp = pad_dim(dk), pad_dim(dv)
         self.ntk, self.ntv = -(-dk // BV), -(-dv // BV)

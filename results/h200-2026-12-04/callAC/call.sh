@@ -7,19 +7,8 @@
 # 2 and 4 bit for bit), the 64k splits, and against fla in the same run (decayed _wgp beside: against callAB's 5.217 ms,
 # what the P row scales cost).
 set -x
-P=python3
-W=/tmp/ac; mkdir -p $W
-T0=$(date +%s); el() { echo "[$(( $(date +%s) - T0 )) s] $*" | tee -a $W/timeline.txt; tar czf $OUT/ac.tgz -C /tmp ac; }
-( while true; do sleep 10; tar czf $OUT/ac.tmp.tgz -C /tmp ac 2>/dev/null && mv $OUT/ac.tmp.tgz $OUT/ac.tgz; done ) &
-TARPID=$!
-left() { local x=$(( T0 + $1 - $(date +%s) )); echo $(( x > 10 ? x : 10 )); }
-echo "tree: $(cat _dev/TREE)" > $W/commit.txt
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > $W/gpu.txt
-FPIDS=""
-for op in linear decayed; do
-  FLA_CACHE_RESULTS=1 timeout 240 $P cli.py bench --grid headline --op $op --backend peer --dtype float32 --T 1024 --budget 5 > $W/flac-$op.txt 2>&1 &
-  FPIDS="$FPIDS $!"
-done
+source scripts/device_call.sh ac
+warm_fla linear decayed
 ( time timeout 150 $P cli.py warmup --op linear --op decayed --backend cupy -j 10 ) > $W/warm.txt 2>&1
 el warmup done
 timeout 150 $P scripts/gpu_test_shards.py --jobs 8 --piece 60 --timeout 130 --out $W/tests -- -k "xscale or wgp or wg_launches" \
@@ -46,5 +35,4 @@ el bench linear done
 timeout $(left 545) $P cli.py bench --grid headline --op decayed --dtype float32 --T 16384 --T 65536 \
    --backend cupy:chunked_mma_wgpt --backend cupy:chunked_mma_wgpa --backend cupy:chunked_mma_wgp --backend peer --pass fwdbwd --budget 35 --json $W/bench_dec32.json --md $W/bench_dec32.md > $W/bench_dec32.txt 2>&1
 el bench decayed done
-kill $TARPID
-el all done
+call_end

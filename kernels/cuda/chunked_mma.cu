@@ -407,6 +407,9 @@ __device__ __forceinline__ void row_dots(const float (&a)[8][4], const T* s, int
 // The pieces of moving a state tile (fp32 fragments, rows m0.. of the block's tile) to shared memory in T.  fp16
 // operands are scaled by 1/sigma, sigma the power of two that keeps |H| / sigma <= 2^14 (1 for other types):
 //   warp_abs_max   max |H| over the warp's fragments (every lane gets it)
+//   pow2_exponent  e with m in [2^e, 2^(e+1)) for m >= 0 read from its bits (zero and subnormals: -127, inf / NaN:
+//                  128); every "power of two from a max" of the walkers starts from it (pow2_scale, tg::state_to_tile's
+//                  two-sided sigma, tg::p_frags' row scales, tg::tile_exponents)
 //   pow2_scale     sigma and 1/sigma from the block's max (left at 1 while the max is below 2^14, or inf / NaN)
 //   frags_to_smem  the fragments times inv -> shared memory (row stride lds, the warp's columns from n0); LO (16-bit,
 //                  slo != nullptr): also the residuals x inv - hi rounded to T into slo (same layout): hi + lo pairs
@@ -421,9 +424,10 @@ __device__ __forceinline__ float warp_abs_max(const float (&H)[MT][NT][4]) {
             for (int e = 0; e < 4; ++e) mx = fmaxf(mx, fabsf(H[mt][nt][e]));
     return warp_max(mx);
 }
+__device__ __forceinline__ int pow2_exponent(float m) { return (int)((__float_as_uint(m) >> 23) & 0xff) - 127; }
 __device__ __forceinline__ void pow2_scale(float mx, float& sigma, float& inv) {
-    const int ex = (int)((__float_as_uint(mx) >> 23) & 0xff) - 127;       // mx in [2^ex, 2^(ex+1))
-    if (ex > 13 && ex < 128) {
+    const int ex = (int)((__float_as_uint(mx) >> 23) & 0xff) - 127;       // pow2_exponent(mx), written out: through
+    if (ex > 13 && ex < 128) {                                            // the call ptxas orders its tests otherwise
         sigma = __uint_as_float((unsigned)(127 + ex - 13) << 23);          // 2^(ex-13)
         inv = __uint_as_float((unsigned)(127 - ex + 13) << 23);
     }

@@ -185,9 +185,7 @@ __device__ __forceinline__ void tile_exponents(const T* stage, float* tmx, int (
         e[op] = 0;
         if (op < NOPS) {
             const float m = fmaxf(fmaxf(tmx[4 * op], tmx[4 * op + 1]), fmaxf(tmx[4 * op + 2], tmx[4 * op + 3]));
-            int ex;
-            frexpf(m, &ex);                                     // m < 2^ex (m > 0)
-            e[op] = m > 0.f ? min(max(ex - 1, -100), 100) : 0;
+            e[op] = m > 0.f ? min(max(tc::pow2_exponent(m), -100), 100) : 0;
         }
         mul[op] = ldexpf(1.f, -e[op]);
     }
@@ -284,9 +282,7 @@ __device__ __forceinline__ float2 p_frags(wbmma::AFrags<T, 8>& P, wbmma::AFrags<
         for (int h = 0; h < 2; ++h) {
             m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffffu, m[h], 1));
             m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffffu, m[h], 2));
-            int ex;
-            frexpf(m[h], &ex);                                  // m < 2^ex (m > 0)
-            fr[h] = m[h] > 0.f ? ldexpf(1.f, min(max(14 - ex, -20), 40)) : 1.f;
+            fr[h] = m[h] > 0.f ? ldexpf(1.f, min(max(13 - tc::pow2_exponent(m[h]), -20), 40)) : 1.f;
         }
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt)
@@ -331,7 +327,7 @@ __device__ __forceinline__ float state_to_tile(const float (&St)[1][8][4], T* ti
     float sigma = 1.f, inv = 1.f;
     if constexpr (BOTH) {
         const float mx = fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
-        const int ex = (int)((__float_as_uint(mx) >> 23) & 0xff) - 127;   // mx in [2^ex, 2^(ex+1))
+        const int ex = tc::pow2_exponent(mx);
         if (mx > 0.f && ex >= -110 && ex < 128) sigma = ldexpf(1.f, ex - 13), inv = ldexpf(1.f, 13 - ex);
     } else if constexpr (wbmma::Traits<T>::HALF) {
         tc::pow2_scale(fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3])), sigma, inv);

@@ -755,6 +755,12 @@ _BIG_TEST = "test_float16_states_beyond_the_16bit_range"
 CHUNKED_G16_CASES += [_test_case("chunked_mma", "test_cupy_chunked_mma", _BIG_TEST, **kw)
                       for kw in _test_grid("test_cupy_chunked_mma", _BIG_TEST)]
 
+# the 16-bit walkers' factored decay (tc::intra_frags FAST: chunks of small log-decay span) and, beside it in one
+# walk, a chunk that takes the exps: every parametrisation
+_SPAN_TEST = "test_decays_of_small_span_match_recurrence"
+CHUNKED_G16_CASES += [_test_case("chunked_mma", "test_cupy_chunked_mma", _SPAN_TEST, **kw)
+                      for kw in _test_grid("test_cupy_chunked_mma", _SPAN_TEST)]
+
 # wgmma: Hopper's warpgroup MMA as kernels/cuda/wgmma.cuh uses it, every form of tests/test_wgmma.py against NumPy
 # (the emulator's model of the instruction; the same test on an H100 / H200 checks the hardware)
 WGMMA_TESTS = [_test_case("wgmma", "test_wgmma", "test_product_matches_numpy", **kw)

@@ -63,9 +63,10 @@ def _where(x, ref):
 
 
 def run_case(dtype, split, N, cu, dk, dv, decay, causal, L, with_state, seed=0, stages=1, dkdv="fused",
-             mags=(0.5, 0.5, 0.5, 0.5), scale=0.7, g_lo=-1.0, resets=True, xscale=False, slices=None):
+             mags=(0.5, 0.5, 0.5, 0.5), scale=0.7, g_lo=-1.0, resets=True, xscale=False, slices=None, reset_at=()):
     """The core against the recurrence on random inputs: q, k, v, do standard normal times mags (a negative
-    magnitude: |x| times -m, all positive), log decays uniform in [g_lo, 0) (resets: with resets and drops).
+    magnitude: |x| times -m, all positive), log decays uniform in [g_lo, 0) (resets: with resets and drops every
+    17 and 23 tokens; reset_at: exact resets at these tokens).
     xscale: float32 inputs through ``forward(..., xscale=True)``; slices: per operand (q, k, v, do) a factor per
     leading index, and each result's error is the largest of its slices' (each against its own scale)."""
     import cupy as cp
@@ -82,6 +83,7 @@ def run_case(dtype, split, N, cu, dk, dv, decay, causal, L, with_state, seed=0, 
         if resets:
             g[:, 3::17] = -np.inf                 # exact resets
             g[:, 5::23] = -50.0
+        g[:, list(reset_at)] = -np.inf
     S0 = rng.standard_normal((N, nseq, dk, dv)) * 0.3 if with_state else None
     dST = rng.standard_normal((N, nseq, dk, dv)) * 0.3 if with_state else None
     if slices is not None:
@@ -165,6 +167,21 @@ def _check_case(dtype, split, shape, mode, L, **kw):
     tol = TOL[(dtype, split)]
     bad = {n: r for n, r in res.items() if not r[0] <= (TOL_DG.get((dtype, split), tol) if n == "dg" else tol)}
     assert not bad, f"{dtype}/{split} {kw} {shape} {mode} L={L}: " + "; ".join(f"{n} {e:.2e} ({w})" for n, (e, w) in bad.items())
+
+
+# The 16-bit walkers' decay of a chunk whose log decays span at most 64 (tc::FAST_MIN = e^-64) is factored into a
+# row and a column value (tc::intra_frags FAST, no exp per element); a chunk of wider span takes the exps.  run_case's default
+# resets (every 17 tokens) put every chunk on the exps, so here: mild decays and no resets (every chunk factored) and
+# one exact reset at token 130 (chunk 2 takes the exps, the rest are factored), in every walker that forms the
+# intra-chunk tile: mma.sync (fused, dqrev, dqfold, anchor) and wgmma (dqrev_wgb, dqrev_wgk).
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("dkdv", ["fused", "dqrev", "dqfold", "anchor", "dqrev_wgb", "dqrev_wgk"])
+@pytest.mark.parametrize("reset_at", [(), (130,)], ids=["factored", "one-reset"])
+def test_decays_of_small_span_match_recurrence(dtype, dkdv, reset_at):
+    res = run_case(dtype, 1, 2, [0, 300], 64, 64, True, True, 2, with_state=True, seed=5, dkdv=dkdv, resets=False,
+                   reset_at=reset_at)
+    bad = {n: r for n, r in res.items() if not r[0] <= TOL[(dtype, 1)]}
+    assert not bad, f"{dtype} {dkdv} {reset_at}: " + "; ".join(f"{n} {e:.2e} ({w})" for n, (e, w) in bad.items())
 
 
 # States beyond float16's range: the walkers hand their float32 state to the products as float16 divided by a power of

@@ -86,9 +86,32 @@ main(["kernels", "--op", "decayed", "--backend", "cupy:chunked_mma_dqr", "--back
     assert any(k["kernel"].startswith("tc_dg<") for k in data[0]["kernels"])     # d log_decay's kernels
 
 
+def test_cli_kernels_takes_the_log_decays_asked_for(tmp_path):
+    path = tmp_path / "split.json"
+    r = _run(rf'''
+from cli import main
+main(["kernels", "--op", "decayed", "--backend", "cupy:chunked_mma_dqr", "--T", "256", "--calls", "1",
+      "--log-decay-range", "-30", "-20", "--json", {str(path)!r}])
+''')
+    assert r.returncode == 0, r.stderr[-3000:] + r.stdout[-2000:]
+    assert "log decays in [-30, -20]" in r.stdout
+    assert json.loads(path.read_text())[0]["log_decay_range"] == [-30.0, -20.0]
+
+
+def test_cell_inputs_draw_the_log_decays_in_the_range_given():
+    from workbench.bench.harness import cell_inputs
+    (q, k, v, g), _ = cell_inputs("decayed", 1, 2, 300, 8, "float32", 0, log_decay_range=(-30.0, -20.0))
+    assert g.shape == (1, 2, 300) and g.min() >= -30.0 and g.max() <= -20.0 and g.max() - g.min() > 5.0
+    (_, _, _, g0), _ = cell_inputs("decayed", 1, 2, 300, 8, "float32", 0)           # the bench's own
+    assert g0.min() >= -1.0 and g0.max() <= -0.01
+
+
 @pytest.mark.parametrize("args, message", [
     (["--op", "linear", "--backend", "numpy"], "CuPy variants only"),
     (["--op", "linear", "--backend", "cupy:chunked_mma_tf32", "--dtype", "float16"], "does not run float16"),
+    (["--op", "linear", "--backend", "cupy", "--log-decay-range", "-1", "0"], "only the decayed op"),
+    (["--op", "decayed", "--backend", "cupy", "--log-decay-range", "-1", "0.5"], "expected finite LO <= HI <= 0"),
+    (["--op", "decayed", "--backend", "cupy", "--log-decay-range", "0", "-1"], "expected finite LO <= HI <= 0"),
 ])
 def test_cli_kernels_refuses_what_it_cannot_trace(args, message):
     r = _run(rf'''

@@ -537,12 +537,25 @@ __device__ __forceinline__ void state_store(float (&H)[MT][NT][4], float* __rest
 // element (r, c) is e^{b_r - b_c} (LOWER) or e^{b_c - b_r}: the thread's two rows' and sixteen columns'
 // (bh, bl) are read once, a row's pair in one 8-byte load, a column pair's (c, c + 1) two in one 16-byte load;
 // n tiles wholly past the diagonal (warp-uniform) are zeroed without an exp.
-template <typename T, bool LOWER>
+// FAST (16-bit products, one part: the default for 16-bit T; p_frags' pairs pass false): in a chunk whose decays
+// span at most 64 (FAST_MIN = e^-64, below; every chunk of mild gates), the decay factors into a row and a column
+// value the Trailer already holds, with no exp per element -- LOWER e^{b_r - b_c} = u_c / u_r (u_t = e^{b_last -
+// b_t}), else e^{b_c - b_r} = e_c / e_r (e_t = e^{b_t}) -- each element one multiply by (scale / row value) x column
+// value.
+// Within the span every u and e lies in [FAST_MIN, 1], so nothing under- or overflows; the factors carry the
+// exps' own rounding (a few 1e-7 times the span), under 16-bit's.  Other chunks (and T = float) take the exps.
+constexpr float FAST_MIN = 1.6038109e-28f;                      // e^-64: the largest log-decay span factored
+template <typename T, bool LOWER, bool FAST = sizeof(T) == 2>
 __device__ __forceinline__ void intra_frags(wbmma::AFrags<T, 8>& A, float (&S)[1][8][4], int m0, const Trailer* tr,
                                             bool decay, float scale) {
     const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-    float rh[2] = {0.f, 0.f}, rl[2] = {0.f, 0.f};
-    if (decay) {
+    const float* rc = LOWER ? tr->u : tr->e;                    // FAST: the rows' and columns' values
+    const bool fast = FAST && decay && (LOWER ? tr->u[0] : tr->e[C - 1]) >= FAST_MIN;   // block-uniform: u_0, e_last
+    float rh[2] = {0.f, 0.f}, rl[2] = {0.f, 0.f};               // (fast: rh the row factors scale / value)
+    if (fast) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) rh[h] = __fdividef(scale, rc[m0 + g + 8 * h]);
+    } else if (decay) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const float2 b = tr->b[m0 + g + 8 * h];
@@ -556,7 +569,11 @@ __device__ __forceinline__ void intra_frags(wbmma::AFrags<T, 8>& A, float (&S)[1
             continue;
         }
         float f[2][2] = {{scale, scale}, {scale, scale}};                // [i][h]
-        if (decay) {
+        if (fast) {
+            const float2 cv = *reinterpret_cast<const float2*>(rc + 8 * nt + 2 * t);   // columns c, c + 1
+#pragma unroll
+            for (int h = 0; h < 2; ++h) f[0][h] = rh[h] * cv.x, f[1][h] = rh[h] * cv.y;
+        } else if (decay) {
             const float4 cb = *reinterpret_cast<const float4*>(tr->b + 8 * nt + 2 * t);   // columns c, c + 1
 #pragma unroll
             for (int i = 0; i < 2; ++i) {

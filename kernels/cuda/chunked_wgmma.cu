@@ -269,7 +269,7 @@ template <typename T, int NP, bool LOWER, bool RS = false>
 __device__ __forceinline__ float2 p_frags(wbmma::AFrags<T, 8>& P, wbmma::AFrags<T, 8>& Pl, float (&S)[1][8][4], int m0,
                                           const tc::Trailer* tr, bool decay, float scale) {
     static_assert(!RS || NP == 2, "row scales: pairs");
-    tc::intra_frags<T, LOWER>(P, S, m0, tr, decay, scale);
+    tc::intra_frags<T, LOWER, NP == 1>(P, S, m0, tr, decay, scale);
     float2 f = make_float2(1.f, 1.f);
     if constexpr (RS) {
         float m[2] = {0.f, 0.f};

@@ -142,27 +142,33 @@ def scaling(json_path, grid, out, pass_, dtype, ops, backends):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="write the splits here (its folder is created)")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="seed of the random inputs")
-def kernels(op, keys, dtype, T, D, B, H, pass_, calls, json_path, seed):
+@click.option("--log-decay-range", "log_decay_range", type=(float, float), default=None, metavar="LO HI",
+              help="decayed: log decays uniform in [LO, HI] (LO <= HI <= 0) instead of the bench's [-1, -0.01]")
+def kernels(op, keys, dtype, T, D, B, H, pass_, calls, json_path, seed, log_decay_range):
     """The GPU time of every kernel one call through the public API launches (CUDA events around each launch;
     CuPy variants), with the call's whole GPU span beside their sum.  Exits 1 if any variant failed."""
     import json
     from tabulate import tabulate
     from ..cli_params import make_parent
-    from .kernels import cupy_variant, kernel_split
+    from .kernels import check_log_decay_range, cupy_variant, kernel_split
     try:
         for key in keys:
             cupy_variant(op, key, dtype)
+        if log_decay_range is not None:
+            check_log_decay_range(op, log_decay_range)
     except (ValueError, KeyError) as e:
         raise click.UsageError(str(e)) from None
     out, failed = [], 0
     for key in keys:
         try:
-            split = kernel_split(op, key, dtype, B=B, H=H, T=T, D=D, pass_=pass_, calls=calls, seed=seed)
+            split = kernel_split(op, key, dtype, B=B, H=H, T=T, D=D, pass_=pass_, calls=calls, seed=seed,
+                                 log_decay_range=log_decay_range)
         except Exception as e:          # a failing variant is reported, the others still run
             click.echo(f"kernels: {key}: {type(e).__name__}: {e}", err=True)
             failed += 1
             continue
-        click.echo(f"\n{split.variant}  {op} {dtype} {pass_}  B={B} H={H} T={T} D={D}  (medians of {calls} calls, us)")
+        gs = "" if log_decay_range is None else f"  log decays in [{log_decay_range[0]:g}, {log_decay_range[1]:g}]"
+        click.echo(f"\n{split.variant}  {op} {dtype} {pass_}  B={B} H={H} T={T} D={D}{gs}  (medians of {calls} calls, us)")
         click.echo(tabulate(split.table(), headers=["#", "kernel", "us", "share"], disable_numparse=True))
         out.append(split.as_dict())
     if json_path and out:

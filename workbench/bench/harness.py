@@ -296,10 +296,12 @@ def _cell_lines(grid: Grid, op: str, dtype: str, options: dict, shape: costs.Sha
     return out
 
 
-def cell_inputs(op: str, B: int, H: int, T: int, D: int, dtype: str, seed: int, n_gates: int = 2) -> tuple:
-    """(arrays, dout) of one cell: the op's inputs (``random_inputs``, B x H heads of T x D) and the output's
-    gradient (its own seed, ``seed + 10 000``), NumPy arrays in ``dtype``."""
-    arrays = random_inputs(op, lead=(B, H), T=T, Dk=D, Dv=D, dtype=dtype, seed=seed, n_gates=n_gates)
+def cell_inputs(op: str, B: int, H: int, T: int, D: int, dtype: str, seed: int, n_gates: int = 2,
+                **input_args) -> tuple:
+    """(arrays, dout) of one cell: the op's inputs (``random_inputs``, B x H heads of T x D; input_args: its
+    generator's other keywords, e.g. log_decay_range) and the output's gradient (its own seed, ``seed + 10 000``),
+    NumPy arrays in ``dtype``."""
+    arrays = random_inputs(op, lead=(B, H), T=T, Dk=D, Dv=D, dtype=dtype, seed=seed, n_gates=n_gates, **input_args)
     dout = np.random.default_rng(seed + 10_000).standard_normal((B, H, T, D)).astype(dtype)
     return arrays, dout
 

@@ -12,8 +12,10 @@ the tracer does not see, show as ``span - sum``.  The call is the bench's API li
 from __future__ import annotations
 
 import importlib
+import math
 import statistics
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 from .. import registry
 from ..inputs import default_options
@@ -42,6 +44,7 @@ class KernelSplit:
     calls: int
     kernels: tuple          # KernelTime, in launch order
     span_us: float          # median of the whole call on the GPU (an event before it to one after it)
+    log_decay_range: Optional[tuple] = None     # decayed: the inputs' log decays (None: the bench's)
 
     @property
     def sum_us(self) -> float:
@@ -64,6 +67,17 @@ class KernelSplit:
         return rows
 
 
+def check_log_decay_range(op: str, r) -> tuple:
+    """(lo, hi) as floats where ``op`` takes log decays and lo <= hi <= 0 are finite; ValueError naming what is wrong
+    otherwise."""
+    if op != "decayed":
+        raise ValueError(f"--log-decay-range: only the decayed op takes log decays (got --op {op})")
+    lo, hi = (float(x) for x in r)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi <= 0.0):
+        raise ValueError(f"--log-decay-range: expected finite LO <= HI <= 0 (got {lo:g} {hi:g})")
+    return lo, hi
+
+
 def cupy_variant(op: str, key: str, dtype: str) -> registry.Variant:
     """The CuPy variant ``key`` (``cupy`` or ``cupy:NAME``) of ``op`` that runs ``dtype``; ValueError naming what
     is wrong otherwise."""
@@ -77,8 +91,10 @@ def cupy_variant(op: str, key: str, dtype: str) -> registry.Variant:
 
 
 def kernel_split(op: str, key: str, dtype: str = "float16", B: int = 2, H: int = 16, T: int = 4096, D: int = 64,
-                 pass_: str = "fwdbwd", calls: int = 15, warmup: int = 3, seed: int = 0) -> KernelSplit:
-    """Trace ``calls`` calls (after ``warmup`` untraced ones) of the public API running CuPy variant ``key``."""
+                 pass_: str = "fwdbwd", calls: int = 15, warmup: int = 3, seed: int = 0,
+                 log_decay_range: Optional[tuple] = None) -> KernelSplit:
+    """Trace ``calls`` calls (after ``warmup`` untraced ones) of the public API running CuPy variant ``key``;
+    log_decay_range (decayed only): the (lo, hi) of the uniform log decays instead of the bench's."""
     from kernels.cupy._module import traced_launches
 
     from .harness import cell_inputs
@@ -90,7 +106,9 @@ def kernel_split(op: str, key: str, dtype: str = "float16", B: int = 2, H: int =
     v = cupy_variant(op, key, dtype)
     cp = importlib.import_module("cupy")
     # the bench's API line on the bench's inputs: the arrays on the device, one vjp whose pullback "bwd" reuses
-    call = prepare_api(v, *cell_inputs(op, B, H, T, D, dtype, seed), default_options(op, causal=True)).pass_fn(pass_)
+    extra = {} if log_decay_range is None else dict(log_decay_range=check_log_decay_range(op, log_decay_range))
+    call = prepare_api(v, *cell_inputs(op, B, H, T, D, dtype, seed, **extra),
+                       default_options(op, causal=True)).pass_fn(pass_)
     for _ in range(warmup):
         call()
     cp.cuda.Device().synchronize()
@@ -116,4 +134,5 @@ def kernel_split(op: str, key: str, dtype: str = "float16", B: int = 2, H: int =
                 raise RuntimeError(f"{v.key}: launch {i} was {names[i]} in an earlier call, {label} in this one")
             times.setdefault(i, []).append(cp.cuda.get_elapsed_time(a, b) * 1e3)
     ks = tuple(KernelTime(i, names[i], statistics.median(times[i])) for i in sorted(times))
-    return KernelSplit(op, v.key, dtype, B, H, T, D, pass_, calls, ks, statistics.median(spans))
+    return KernelSplit(op, v.key, dtype, B, H, T, D, pass_, calls, ks, statistics.median(spans),
+                       extra.get("log_decay_range"))

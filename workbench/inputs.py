@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .opspec import spec
+from .opspec import LOG_DECAY_RANGE, spec
 
 
 def numpy_dtype(dtype) -> np.dtype:
@@ -28,7 +28,7 @@ def default_options(op: str, causal: bool = True, **extra) -> dict:
 
 
 def random_inputs(op: str, lead=(2,), T=16, Dk=8, Dv=None, dtype="float64", seed=0, n_gates=2,
-                  log_decay_range=(-1.0, -0.01), feature_map="identity") -> tuple:
+                  log_decay_range=LOG_DECAY_RANGE, feature_map="identity") -> tuple:
     """NumPy arrays (q, k, v[, log_decay | s, gates]) of the given shape and dtype: q, k, v drawn N(0, 1),
     then shaped and completed by the op's generator (``OpSpec.make_inputs``)."""
     Dv = Dk if Dv is None else Dv

@@ -156,7 +156,10 @@ def _linear_inputs(rng, q, k, v, feature_map="identity"):
     return (*_scaled(q, k), v)
 
 
-def _decayed_inputs(rng, q, k, v, log_decay_range=(-1.0, -0.01)):
+LOG_DECAY_RANGE = (-1.0, -0.01)      # the decayed op's random log decays (bench, kernels, the first check cell)
+
+
+def _decayed_inputs(rng, q, k, v, log_decay_range=LOG_DECAY_RANGE):
     lo, hi = log_decay_range
     return (*_scaled(q, k), v, rng.uniform(lo, hi, q.shape[:-1]))
 
@@ -182,7 +185,7 @@ SPECS = {s.name: s for s in (
     OpSpec("decayed", "decayed attention", (Q, K, V, Array("log_decay", ("T",), nonpositive=True)),
            dict(scale=1.0, causal=True), _decayed_inputs, input_args=("log_decay_range",),
            causal_only="the decay runs forward in time", linear_states=1, scaled_qk=True,
-           check_cells=(("g in [-1,0)", dict(log_decay_range=(-1.0, -0.01))),
+           check_cells=(("g in [-1,0)", dict(log_decay_range=LOG_DECAY_RANGE)),
                         ("g in [-30,0]", dict(log_decay_range=(-30.0, 0.0)))), quick_cells=1),
     OpSpec("zeros", "ZeroS attention", (Q, K, V, Array("s", ("T",)), Array("gates", ("T", "G"))),
            dict(causal=True), _zeros_inputs, input_args=("n_gates",), linear_states=3,

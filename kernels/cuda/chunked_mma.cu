@@ -541,8 +541,7 @@ __device__ __forceinline__ void state_store(float (&H)[MT][NT][4], float* __rest
 // span at most 64 (FAST_MIN = e^-64, below; every chunk of mild gates), the decay factors into a row and a column
 // value the Trailer already holds, with no exp per element -- LOWER e^{b_r - b_c} = u_c / u_r (u_t = e^{b_last -
 // b_t}), else e^{b_c - b_r} = e_c / e_r (e_t = e^{b_t}) -- each element one multiply by (scale / row value) x column
-// value.
-// Within the span every u and e lies in [FAST_MIN, 1], so nothing under- or overflows; the factors carry the
+// value.  Within the span every u and e lies in [FAST_MIN, 1], so nothing under- or overflows; the factors carry the
 // exps' own rounding (a few 1e-7 times the span), under 16-bit's.  Other chunks (and T = float) take the exps.
 constexpr float FAST_MIN = 1.6038109e-28f;                      // e^-64: the largest log-decay span factored
 template <typename T, bool LOWER, bool FAST = sizeof(T) == 2>

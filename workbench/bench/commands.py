@@ -7,6 +7,7 @@ import sys
 import click
 
 from ..cli_params import DTYPE, OP, POSITIVE_FLOAT, POSITIVE_INT, SEED, Backend, BenchJSON, scratch
+from ..opspec import LOG_DECAY_RANGE
 from .ceilings import parse_peak_flops
 from .costs import PASSES
 from .grid import GRIDS
@@ -143,7 +144,8 @@ def scaling(json_path, grid, out, pass_, dtype, ops, backends):
               help="write the splits here (its folder is created)")
 @click.option("--seed", type=SEED, default=0, show_default=True, help="seed of the random inputs")
 @click.option("--log-decay-range", "log_decay_range", type=(float, float), default=None, metavar="LO HI",
-              help="decayed: log decays uniform in [LO, HI] (LO <= HI <= 0) instead of the bench's [-1, -0.01]")
+              help="decayed: log decays uniform in [LO, HI] (LO <= HI <= 0) instead of the bench's "
+                   f"[{LOG_DECAY_RANGE[0]:g}, {LOG_DECAY_RANGE[1]:g}]")
 def kernels(op, keys, dtype, T, D, B, H, pass_, calls, json_path, seed, log_decay_range):
     """The GPU time of every kernel one call through the public API launches (CUDA events around each launch;
     CuPy variants), with the call's whole GPU span beside their sum.  Exits 1 if any variant failed."""

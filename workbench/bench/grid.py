@@ -235,7 +235,7 @@ class DecodeGrid:
     def filtered(self, ops=(), backends=(), dtypes=(), Ts=(), Ds=(), passes=(), budget_s=None, flush_l2=None,
                  peers=None) -> "DecodeGrid":
         _refuse(self, "T axis (a step is one token; the batches are its axis)", Ts)
-        _refuse(self, f"backend filter (its lines: step:kernel, step:array, api:step)", backends)
+        _refuse(self, "backend filter (its lines: step:kernel, step:array, api:step)", backends)
         _refuse(self, "pass other than step", [p for p in passes if p != "step"])
         return _restricted(self, ops, dtypes, Ds, budget_s, flush_l2)
 

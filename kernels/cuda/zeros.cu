@@ -995,15 +995,47 @@ __device__ __forceinline__ void fused_ds_rows(const Block& b, int T, const float
 }
 // cupy:chunked_mma_fused2 (dkp not null): dk of the chunk's tokens = its parts summed over the ntv dv tiles (dkp:
 // (ntv, N, T, dk) in the input dtype, written by tz_bwd_dv<..., DKF>), summed in float32; every thread of the block.
+// In 16-byte groups (4 floats, 8 halves) where the chunk's rows, the parts' stride and both arrays allow (dk a
+// multiple of the group: every head dim of 8 or 16), four groups a thread in flight at once: the loop is bound by its
+// loads' latency, not their bytes (one element a thread and round trip before, H200 callAB: 207 us at 16k float32);
+// elsewhere one element at a time.
 template <typename TI>
 __device__ __forceinline__ void fused_dk_rows(const Block& b, int T, const TI* __restrict__ dkp, int ntv, int dk,
                                               TI* __restrict__ dkout) {
     if (!dkp) return;
     const int nrow = min(C, T - b.cs);
-    for (int idx = threadIdx.x; idx < nrow * dk; idx += blockDim.x) {
-        const long long at = (b.base + b.cs) * dk + idx;
+    constexpr int V = 16 / sizeof(TI);                               // elements of a 16-byte group
+    const long long at0 = (b.base + b.cs) * dk, stride = b.NT * dk;
+    const int n = nrow * dk;
+    const bool vec = dk % V == 0 &&
+                     ((reinterpret_cast<unsigned long long>(dkp) | reinterpret_cast<unsigned long long>(dkout)) & 15) == 0;
+    if (vec) {
+        const uint4* src = reinterpret_cast<const uint4*>(dkp + at0);
+        uint4* dst = reinterpret_cast<uint4*>(dkout + at0);
+        const long long gstride = stride / V;
+#pragma unroll 4
+        for (int gi = threadIdx.x; gi < n / V; gi += blockDim.x) {
+            float acc[V];
+#pragma unroll
+            for (int e = 0; e < V; ++e) acc[e] = 0.f;
+            for (int i = 0; i < ntv; ++i) {
+                const uint4 w = src[i * gstride + gi];
+                const TI* x = reinterpret_cast<const TI*>(&w);
+#pragma unroll
+                for (int e = 0; e < V; ++e) acc[e] += to_f32(x[e]);
+            }
+            uint4 o;
+            TI* y = reinterpret_cast<TI*>(&o);
+#pragma unroll
+            for (int e = 0; e < V; ++e) y[e] = from_f32<TI>(acc[e]);
+            dst[gi] = o;
+        }
+        return;
+    }
+    for (int idx = threadIdx.x; idx < n; idx += blockDim.x) {
+        const long long at = at0 + idx;
         float d = 0.f;
-        for (int i = 0; i < ntv; ++i) d += to_f32(dkp[i * b.NT * dk + at]);
+        for (int i = 0; i < ntv; ++i) d += to_f32(dkp[i * stride + at]);
         dkout[at] = from_f32<TI>(d);
     }
 }
@@ -1032,12 +1064,12 @@ __global__ void __launch_bounds__(128) zeros_fused_bds(const float* __restrict__
     using namespace zs;
     __shared__ float sds[C];
     const Block b = block_of(T);
+    fused_dk_rows<TI>(b, T, dkp, ntv, dk, dkout);                 // (independent of ds: its loads first)
     if (b.w == 0)
         scalar_ds<CAUSAL>(b, T, NC, Seqs{nullptr, nullptr, 1, nullptr}, nullptr, st, xy, ScanCarry{yR, yQ}, sds,
                           nullptr);
     __syncthreads();
     fused_ds_rows<TI>(b, T, sds, dsp, ntv, ds);
-    fused_dk_rows<TI>(b, T, dkp, ntv, dk, dkout);
 }
 
 // grid (NC, N), block 128: zeros_fused_bscalar + zeros_bscan + zeros_fused_bds in one launch, for few chunks

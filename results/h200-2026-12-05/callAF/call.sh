@@ -35,15 +35,15 @@ el kernels done
 wait $FPIDS
 el fla done
 export FLA_CACHE_RESULTS=1
-timeout $(left 420) $P cli.py bench --grid headline --op linear --dtype float32 --T 65536 \
+timeout $(left 360) $P cli.py bench --grid headline --op linear --dtype float32 --T 65536 \
    --backend cupy:chunked_mma_wgpt --backend cupy:chunked_mma_wgpa --backend peer --pass fwdbwd --budget 25 \
    --json $W/bench_lin32.json --md $W/bench_lin32.md > $W/bench_lin32.txt 2>&1
 el bench linear done
-timeout $(left 490) $P cli.py bench --grid headline --op decayed --dtype float32 --T 65536 \
+timeout $(left 420) $P cli.py bench --grid headline --op decayed --dtype float32 --T 65536 \
    --backend cupy:chunked_mma_wgpt --backend cupy:chunked_mma_wgpa --backend peer --pass fwdbwd --budget 25 \
    --json $W/bench_dec32.json --md $W/bench_dec32.md > $W/bench_dec32.txt 2>&1
 el bench decayed32 done
-timeout $(left 550) $P cli.py bench --grid headline --op decayed --dtype float16 --T 65536 \
+timeout $(left 470) $P cli.py bench --grid headline --op decayed --dtype float16 --T 65536 \
    --backend cupy --backend peer --pass fwdbwd --budget 20 \
    --json $W/bench_dec16.json --md $W/bench_dec16.md > $W/bench_dec16.txt 2>&1
 el bench decayed16 done

@@ -2,7 +2,7 @@
 # scripts/gpu_session.sh): what every such call did by hand --
 #
 #   source scripts/device_call.sh NAME      # results in /tmp/NAME, shipped to $OUT/NAME.tgz as the call goes
-#   warm_fla linear decayed                 # fla's Triton autotuning in the background (FPIDS: wait $FPIDS)
+#   warm_fla linear decayed:float16         # fla's Triton autotuning in the background (FPIDS: wait $FPIDS)
 #   ... el "step done" ... timeout $(left 450) ...
 #   call_end
 #
@@ -22,12 +22,14 @@ TARPID=$!
 echo "tree: $(cat _dev/TREE 2>/dev/null || git rev-parse --short HEAD 2>/dev/null)" > "$W/commit.txt"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv > "$W/gpu.txt" 2>&1
 FPIDS=""
-# fla's peer at T = 1024 float32 for each op given, in the background (its autotuning cached for the benches after)
+# fla's peer at T = 1024 for each OP or OP:DTYPE given (float32 when no dtype), in the background (its autotuning
+# cached for the benches after); the log is flac-OP.txt (float32) or flac-OP-DTYPE.txt
 warm_fla() {
-    local op
-    for op in "$@"; do
-        FLA_CACHE_RESULTS=1 timeout 240 $P cli.py bench --grid headline --op "$op" --backend peer --dtype float32 \
-            --T 1024 --budget 5 > "$W/flac-$op.txt" 2>&1 &
+    local spec op dt
+    for spec in "$@"; do
+        op="${spec%%:*}"; dt=float32; [ "$spec" != "$op" ] && dt="${spec#*:}"
+        FLA_CACHE_RESULTS=1 timeout 240 $P cli.py bench --grid headline --op "$op" --backend peer --dtype "$dt" \
+            --T 1024 --budget 5 > "$W/flac-$op$([ "$dt" = float32 ] || echo "-$dt").txt" 2>&1 &
         FPIDS="$FPIDS $!"
     done
 }

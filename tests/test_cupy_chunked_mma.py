@@ -170,10 +170,10 @@ def _check_case(dtype, split, shape, mode, L, **kw):
 
 
 # The 16-bit walkers' decay of a chunk whose log decays span at most 64 (tc::FAST_MIN = e^-64) is factored into a
-# row and a column value (tc::intra_frags FAST, no exp per element); a chunk of wider span takes the exps.  run_case's default
-# resets (every 17 tokens) put every chunk on the exps, so here: mild decays and no resets (every chunk factored) and
-# one exact reset at token 130 (chunk 2 takes the exps, the rest are factored), in every walker that forms the
-# intra-chunk tile: mma.sync (fused, dqrev, dqfold, anchor) and wgmma (dqrev_wgb, dqrev_wgk).
+# row and a column value (tc::intra_frags FAST, no exp per element); a chunk of wider span takes the exps.
+# run_case's default resets (every 17 tokens) put every chunk on the exps, so here: mild decays and no resets (every
+# chunk factored) and one exact reset at token 130 (chunk 2 takes the exps, the rest are factored), in every walker
+# that forms the intra-chunk tile: mma.sync (fused, dqrev, dqfold, anchor) and wgmma (dqrev_wgb, dqrev_wgk).
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("dkdv", ["fused", "dqrev", "dqfold", "anchor", "dqrev_wgb", "dqrev_wgk"])
 @pytest.mark.parametrize("reset_at", [(), (130,)], ids=["factored", "one-reset"])

@@ -25,3 +25,22 @@ def test_prelude_writes_the_timeline_and_ships_it(tmp_path):
     assert {f"{name}/commit.txt", f"{name}/gpu.txt", f"{name}/extra.txt"} <= names
     assert [ln.split("] ")[1] for ln in timeline.splitlines()] == ["step one", "all done"]
     subprocess.run(["rm", "-rf", f"/tmp/{name}"])
+
+
+def test_warm_fla_takes_an_op_or_op_dtype(tmp_path):
+    name = f"devcallfla{os.getpid()}"
+    fake = tmp_path / "fake_python"                      # stands in for python: echoes the command it was given
+    fake.write_text("#!/usr/bin/env bash\necho \"$@\"\n")
+    fake.chmod(0o755)
+    script = (f"source scripts/device_call.sh {name}\n"
+              "warm_fla linear decayed:bfloat16\n"
+              "wait $FPIDS\n"
+              "cat $W/flac-linear.txt $W/flac-decayed-bfloat16.txt\n"
+              "call_end\n")
+    r = subprocess.run(["bash", "-c", script], cwd=ROOT, env=dict(os.environ, OUT=str(tmp_path), PYTHON=str(fake)),
+                       capture_output=True, text=True, timeout=60)
+    subprocess.run(["rm", "-rf", f"/tmp/{name}"])
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("cli.py bench")]
+    assert lines == ["cli.py bench --grid headline --op linear --backend peer --dtype float32 --T 1024 --budget 5",
+                     "cli.py bench --grid headline --op decayed --backend peer --dtype bfloat16 --T 1024 --budget 5"]

@@ -1007,8 +1007,9 @@ __device__ __forceinline__ void fused_dk_rows(const Block& b, int T, const TI* _
     constexpr int V = 16 / sizeof(TI);                               // elements of a 16-byte group
     const long long at0 = (b.base + b.cs) * dk, stride = b.NT * dk;
     const int n = nrow * dk;
-    const bool vec = dk % V == 0 &&
-                     ((reinterpret_cast<unsigned long long>(dkp) | reinterpret_cast<unsigned long long>(dkout)) & 15) == 0;
+    const unsigned long long ends = reinterpret_cast<unsigned long long>(dkp) |
+                                    reinterpret_cast<unsigned long long>(dkout);
+    const bool vec = dk % V == 0 && (ends & 15) == 0;                 // (both arrays 16-byte aligned)
     if (vec) {
         const uint4* src = reinterpret_cast<const uint4*>(dkp + at0);
         uint4* dst = reinterpret_cast<uint4*>(dkout + at0);

@@ -6,12 +6,7 @@
 # [-30, 0] (every chunk on the exps), then fwd+bwd against fla-gla-gamma (float16, bfloat16) in the same run.
 set -x
 source scripts/device_call.sh ad
-FPIDS=""
-for dt in float16 bfloat16; do          # fla's autotuning for the 16-bit peers, in the background
-  FLA_CACHE_RESULTS=1 timeout 240 $P cli.py bench --grid headline --op decayed --backend peer --dtype $dt \
-      --T 1024 --budget 5 > $W/flac-decayed-$dt.txt 2>&1 &
-  FPIDS="$FPIDS $!"
-done
+warm_fla decayed:float16 decayed:bfloat16
 ( time timeout 150 $P cli.py warmup --op decayed --backend cupy -j 10 ) > $W/warm.txt 2>&1
 el warmup done
 timeout 170 $P scripts/gpu_test_shards.py --jobs 8 --piece 60 --timeout 150 --out $W/tests -- \

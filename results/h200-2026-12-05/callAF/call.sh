@@ -7,10 +7,7 @@
 # (factored) and on [-30, 0] (the exps).  The 16k cells, tune_xscale and ZeroS (callAE) are left for a later call.
 set -x
 source scripts/device_call.sh af
-warm_fla linear decayed
-FLA_CACHE_RESULTS=1 timeout 240 $P cli.py bench --grid headline --op decayed --backend peer --dtype float16 \
-    --T 1024 --budget 5 > $W/flac-decayed-f16.txt 2>&1 &
-FPIDS="$FPIDS $!"
+warm_fla linear decayed decayed:float16
 ( time timeout 150 $P cli.py warmup --op linear --op decayed --backend cupy -j 10 ) > $W/warm.txt 2>&1
 el warmup done
 timeout 150 $P scripts/gpu_test_shards.py --jobs 8 --piece 60 --timeout 130 --out $W/tests -- \

@@ -24,8 +24,11 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv 
 FPIDS=""
 # fla's peer at T = 1024 for each OP or OP:DTYPE given (float32 when no dtype), in the background (its autotuning
 # cached for the benches after); the log is flac-OP.txt (float32) or flac-OP-DTYPE.txt
+# First the roofline's ceilings, measured again on the idle GPU (ceilings.txt; cached for the call's benches): left to the
+# first bench, they were measured beside fla's autotuning and came out low (callAG: float32 15.3 TFLOP/s, 51 in callY).
 warm_fla() {
     local spec op dt
+    $P -c "from workbench.bench import ceilings; ceilings.get_ceilings(gpu=True, remeasure=True)" > "$W/ceilings.txt" 2>&1
     for spec in "$@"; do
         op="${spec%%:*}"; dt=float32; [ "$spec" != "$op" ] && dt="${spec#*:}"
         FLA_CACHE_RESULTS=1 timeout 240 $P cli.py bench --grid headline --op "$op" --backend peer --dtype "$dt" \

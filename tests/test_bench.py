@@ -67,6 +67,20 @@ def test_failures_are_recorded_not_raised(monkeypatch):
     assert "kernel exploded" in report.problems(res)
 
 
+def test_a_ceiling_under_a_rows_rate_is_reported():
+    """A roofline above 100% means the ceiling is no bound (measured while the GPU was busy, say): problems() names
+    the ceiling and the table marks the cells, where before it printed 162% as if it were a fraction of a bound."""
+    g = replace(TINY, ops=("linear",), Ts=(16,))
+    fine = harness.run_grid(g, dict(FAKE_CEIL), echo=None)
+    assert not report.ceilings_beaten(fine) and "ceiling" not in report.problems(fine)
+    low = harness.run_grid(g, dict(FAKE_CEIL, bw=1.0), echo=None)               # 1 byte/s: the bytes set every bound
+    beaten = report.ceilings_beaten(low)
+    assert len(beaten) == 1 and beaten[0].startswith("copy ")
+    assert "ceiling copy" in report.problems(low) and "%?" in report.full_table(low)
+    flops_low = harness.run_grid(g, dict(FAKE_CEIL, flops={"float32": 1.0, "float64": 1.0}), echo=None)
+    assert [b.split()[0] for b in report.ceilings_beaten(flops_low)] == ["float32"]    # the grid's dtype
+
+
 def test_budget_skips_cells():
     res = harness.run_grid(replace(TINY, budget_s=0.0), dict(FAKE_CEIL), echo=None)
     assert len(res["skipped_cells"]) == len(TINY.cells()) - 1     # the first cell always runs

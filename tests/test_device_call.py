@@ -39,8 +39,10 @@ def test_warm_fla_takes_an_op_or_op_dtype(tmp_path):
               "call_end\n")
     r = subprocess.run(["bash", "-c", script], cwd=ROOT, env=dict(os.environ, OUT=str(tmp_path), PYTHON=str(fake)),
                        capture_output=True, text=True, timeout=60)
-    subprocess.run(["rm", "-rf", f"/tmp/{name}"])
     assert r.returncode == 0, r.stderr
+    with open(f"/tmp/{name}/ceilings.txt") as f:       # the ceilings measured before fla's autotuning starts
+        assert "get_ceilings(gpu=True, remeasure=True)" in f.read()
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("cli.py bench")]
     assert lines == ["cli.py bench --grid headline --op linear --backend peer --dtype float32 --T 1024 --budget 5",
                      "cli.py bench --grid headline --op decayed --backend peer --dtype bfloat16 --T 1024 --budget 5"]
+    subprocess.run(["rm", "-rf", f"/tmp/{name}"])

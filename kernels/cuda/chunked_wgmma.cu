@@ -264,12 +264,14 @@ __device__ __forceinline__ void frags_to_tile(const float (&H)[8][4], T* tile, i
 // (g, g + 8) first times a power of two f that brings its max |S| into [2^13, 2^14) (f in [2^-20, 2^40]; 1 for a row
 // of zeros), so a row whose decays leave it far under 1 keeps its lo parts out of float16's subnormals; returns
 // (f_g, f_g+8), by which the caller scales the product's accumulator rows before it and back after it (exact: powers
-// of two).  1, 1 otherwise.
-template <typename T, int NP, bool LOWER, bool RS = false>
+// of two).  1, 1 otherwise.  FAST: intra_frags' factored decay (one part only; off in tg_bwd_dkdv's LOWREG form, where
+// at its 168-register bound it spilled and the walker lost more than the factoring saved: H200 callAG, 775 -> 807 us).
+template <typename T, int NP, bool LOWER, bool RS = false, bool FAST = NP == 1>
 __device__ __forceinline__ float2 p_frags(wbmma::AFrags<T, 8>& P, wbmma::AFrags<T, 8>& Pl, float (&S)[1][8][4], int m0,
                                           const tc::Trailer* tr, bool decay, float scale) {
     static_assert(!RS || NP == 2, "row scales: pairs");
-    tc::intra_frags<T, LOWER, NP == 1>(P, S, m0, tr, decay, scale);
+    static_assert(!FAST || NP == 1, "the factored decay: one part");
+    tc::intra_frags<T, LOWER, FAST>(P, S, m0, tr, decay, scale);
     float2 f = make_float2(1.f, 1.f);
     if constexpr (RS) {
         float m[2] = {0.f, 0.f};
@@ -854,6 +856,7 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
                   "pairs: float32 results (split by plain loads: linear)");
     constexpr bool XS = wbmma::Traits<TO>::F32;                 // xscale: float32 dk, dv times kmul, vmul; k.dk 2^e_k
     constexpr bool RS = NP == 2 && DECAY;                       // P's rows at a power of two each (tg::p_frags)
+    constexpr bool FAST = NP == 1 && !LOWREG;                   // the factored decay (p_frags): not at LOWREG's bound
     extern __shared__ __align__(16) unsigned char smem_raw[];
     T* stages = wbgmma::align1024<T>(smem_raw);                 // stage s: Q, K, V, dO at (4 s + 0, 1, 2, 3) NP TILE
     T* sS = stages + STAGES * 4 * NP * TILE;
@@ -910,7 +913,7 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
         tg::fence_accs(gv, S);
         if constexpr (DECAY) scale_acc_rows(gv, 16 * w, inter);
         else scale_acc(gv, sigma);
-        const float2 pf1 = tg::p_frags<T, NP, false, RS>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
+        const float2 pf1 = tg::p_frags<T, NP, false, RS, FAST>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
         if constexpr (RS) tg::scale_rows2(gv, pf1);
         if constexpr (FS == 3) tg::scale_pow2(gv, -(te[0] + te[3]));   // dv = 2^e_k K' dS; P1' dO' 2^-(e_k + e_q + e_o)
         tg::fence_accs(gv, gk, S);
@@ -940,7 +943,7 @@ __global__ void __launch_bounds__(128, NP == 2 ? 2 : LOWREG ? 3 : 1) tg_bwd_dkdv
         }
         if constexpr (DECAY) scale_acc_rows(gk, 16 * w, inter);
         else scale_acc(gk, sigma);
-        const float2 pf2 = tg::p_frags<T, NP, false, RS>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
+        const float2 pf2 = tg::p_frags<T, NP, false, RS, FAST>(P, Pl, S, 16 * w, DECAY ? tr : nullptr, DECAY, scale);
         if constexpr (RS) tg::scale_rows2(gk, pf2);
         if constexpr (FS == 3) {                                // dk = 2^e_v V' dS; P2' Q' 2^-(e_v + e_o + e_q);
             tg::scale_pow2(gk, -(te[3] + te[0]));               // dS += Q'^T dO' 2^-(e_q + e_o)

@@ -30,6 +30,11 @@ def _pct(x):
     return "" if x is None else f"{100 * x:.0f}%"
 
 
+def _roof(x):
+    """The roofline column; above 100% the ceiling is no bound for the row (``ceilings_beaten`` says which)."""
+    return _pct(x) + ("?" if x is not None and x > 1.0 else "")
+
+
 def _short_peer(key: Optional[str]) -> str:
     return (key or "").replace("peer:", "")
 
@@ -43,7 +48,7 @@ def full_table(result: dict, fmt: str = "github", include_skips: bool = False) -
         iqr = (r["ms_q3"] - r["ms_q1"]) / r["ms_median"] if r.get("ms_median") else None
         rows.append([r["op"], r["T"], r["Dk"], r["dtype"], "c" if r.get("causal") else "nc", r["pass"],
                      r["line"], _f(r.get("ms_median"), "{:.4g}"), _pct(iqr), _f(r.get("tflops")),
-                     _f(r.get("gbps")), _f(r.get("intensity"), "{:.1f}"), _pct(r.get("roof_frac")),
+                     _f(r.get("gbps")), _f(r.get("intensity"), "{:.1f}"), _roof(r.get("roof_frac")),
                      _short_peer(r.get("baseline")), _f(r.get("vs_baseline"), "{:.2f}"),
                      _f(r.get("rel_err"), "{:.1e}"),
                      r["status"] if r.get("status") != "ok" else "", (r.get("note") or "")[:60]])
@@ -73,7 +78,7 @@ def short_table(result: dict, fmt: str = "github") -> str:
         o, b = cells[key]["ours"], cells[key]["base"]
         op, T, D, dtype, causal, pass_ = key
         rows.append([op, T, D, dtype, pass_, o["line"] if o else "-", _f(o and o["ms_median"], "{:.4g}"),
-                     _pct(o and o.get("roof_frac")), _short_peer(b and b["line"]) or "-",
+                     _roof(o and o.get("roof_frac")), _short_peer(b and b["line"]) or "-",
                      _f(b and b["ms_median"], "{:.4g}"),
                      _f(b["ms_median"] / o["ms_median"], "{:.2f}") if (o and b) else ""])
     head = ["op", "T", "D", "dtype", "pass", "our best", "ms", "roofline", "baseline", "baseline ms",
@@ -129,7 +134,7 @@ def decode_table(result: dict, fmt: str = "github") -> str:
         if r.get("table") != "decode" or r.get("status") != "ok":
             continue
         rows.append([r["op"], r["dtype"], r["B"], r["H"], r["Dk"], r["line"], _f(r.get("ms_median") * 1e3, "{:.4g}"),
-                     _f(r.get("tokens_per_s"), "{:.4g}"), _f(r.get("gbps")), _pct(r.get("roof_frac")),
+                     _f(r.get("tokens_per_s"), "{:.4g}"), _f(r.get("gbps")), _roof(r.get("roof_frac")),
                      _f(r.get("read_bound_x"), "{:.2f}"), _f(r.get("above_floor_x"), "{:.2f}"),
                      _f(r.get("rel_err"), "{:.1e}"), (r.get("note") or "")[:50]])
     if not rows:
@@ -200,7 +205,37 @@ def problems(result: dict, limit: int = 20) -> str:
     sk = result.get("skipped_cells") or []
     if sk:
         out.append(f"  {len(sk)} cells not run: {sk[0]['reason']}")
+    out += [f"  ceiling {line}" for line in ceilings_beaten(result)]
     return "\n".join(out)
+
+
+def ceilings_beaten(result: dict) -> list:
+    """A line per ceiling that some ok row ran faster than (roofline above 100%): the bound max(FLOPs / peak,
+    bytes / bw) is then no bound for those rows -- the ceiling was measured low (a busy or throttled GPU) or the line
+    beats the library matmul the ceiling was taken from (float32 on 16-bit tensor cores against a float32 one) --
+    so their roofline column overstates them."""
+    worst = {}
+    for r in result.get("results", ()):
+        f = r.get("roof_frac")
+        if r.get("status") == "ok" and f is not None and f > 1.0:
+            t_bytes = r["bytes"] / r["peak_bw"] if r.get("bytes") and r.get("peak_bw") else 0.0
+            t_flops = r["flops"] / r["peak_flops"] if r.get("flops") and r.get("peak_flops") else 0.0
+            key = "bw" if t_bytes >= t_flops else r.get("compute")       # the term that set the bound
+            n, top = worst.get(key, (0, 0.0))
+            worst[key] = (n + 1, max(top, f))
+    ceil = (result.get("meta") or {}).get("ceilings") or {}
+    out = []
+    for key, (n, top) in worst.items():
+        if key == "bw":
+            what = f"copy {ceil['bw'] / 1e9:.4g} GB/s" if ceil.get("bw") else "copy bandwidth"
+        else:
+            v = (ceil.get("flops") or {}).get(key)
+            what = f"{key} {v / 1e12:.3g} TFLOP/s" if v else f"{key} matmul"
+        when = ceil.get("measured_at")
+        out.append(f"{what}{f' (measured {when})' if when else ''} is under the rate of {n} row(s) (roofline up to "
+                   f"{100 * top:.0f}%): their roofline column is no bound; measure again on an idle GPU (--remeasure) "
+                   f"or give the peak (--peak-flops / --peak-bw)")
+    return out
 
 
 def header(result: dict) -> str:
@@ -211,7 +246,7 @@ def header(result: dict) -> str:
     return (f"device: {m.get('device')} | grid {m['grid']['name']} | {m.get('date')} | commit {m.get('commit')}\n"
             f"ceilings ({c.get('source', '?')}): copy {bw}; matmul TFLOP/s: {peaks}\n"
             f"timing: median of many runs after warm-up ({'CUDA events, L2 flushed before each run' if m['grid']['device'] == 'gpu' else 'perf_counter'}); "
-            f"{SPEEDUP_NOTE}; roofline = max(FLOPs/peak, bytes/bw) / time")
+            f"{SPEEDUP_NOTE}; roofline = max(FLOPs/peak, bytes/bw) / time ('?': above 100%, the ceiling is no bound)")
 
 
 def markdown(result: dict) -> str:

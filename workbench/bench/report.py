@@ -214,24 +214,19 @@ def ceilings_beaten(result: dict) -> list:
     bytes / bw) is then no bound for those rows -- the ceiling was measured low (a busy or throttled GPU) or the line
     beats the library matmul the ceiling was taken from (float32 on 16-bit tensor cores against a float32 one) --
     so their roofline column overstates them."""
-    worst = {}
+    worst = {}                                                  # (ceiling, its value) -> (rows, top fraction)
     for r in result.get("results", ()):
         f = r.get("roof_frac")
-        if r.get("status") == "ok" and f is not None and f > 1.0:
+        if r.get("status") == "ok" and f is not None and f > 1.0:      # the ceiling of the term that set the bound
             t_bytes = r["bytes"] / r["peak_bw"] if r.get("bytes") and r.get("peak_bw") else 0.0
             t_flops = r["flops"] / r["peak_flops"] if r.get("flops") and r.get("peak_flops") else 0.0
-            key = "bw" if t_bytes >= t_flops else r.get("compute")       # the term that set the bound
+            key = ("bw", r["peak_bw"]) if t_bytes >= t_flops else (r.get("compute"), r["peak_flops"])
             n, top = worst.get(key, (0, 0.0))
             worst[key] = (n + 1, max(top, f))
-    ceil = (result.get("meta") or {}).get("ceilings") or {}
+    when = ((result.get("meta") or {}).get("ceilings") or {}).get("measured_at")
     out = []
-    for key, (n, top) in worst.items():
-        if key == "bw":
-            what = f"copy {ceil['bw'] / 1e9:.4g} GB/s" if ceil.get("bw") else "copy bandwidth"
-        else:
-            v = (ceil.get("flops") or {}).get(key)
-            what = f"{key} {v / 1e12:.3g} TFLOP/s" if v else f"{key} matmul"
-        when = ceil.get("measured_at")
+    for (name, peak), (n, top) in worst.items():
+        what = f"copy {peak / 1e9:.4g} GB/s" if name == "bw" else f"{name} {peak / 1e12:.3g} TFLOP/s"
         out.append(f"{what}{f' (measured {when})' if when else ''} is under the rate of {n} row(s) (roofline up to "
                    f"{100 * top:.0f}%): their roofline column is no bound; measure again on an idle GPU (--remeasure) "
                    f"or give the peak (--peak-flops / --peak-bw)")
